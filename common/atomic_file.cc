@@ -1,0 +1,95 @@
+#include "common/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace shardtune {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string UniqueSuffix() {
+  std::random_device device;
+  return fmt::format(".tmp-{}-{:08x}", ::getpid(), device());
+}
+
+}  // namespace
+
+AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
+  temp_path_ = path_;
+  temp_path_ += UniqueSuffix();
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  ST_SYSCALL_CHECK(fd_, temp_path_.string());
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(temp_path_.c_str());
+  }
+}
+
+void AtomicFileWriter::Write(const void* data, size_t size) {
+  const char* bytes = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t written = ::write(fd_, bytes, size);
+    if (written < 0 && errno == EINTR) continue;
+    ST_SYSCALL_CHECK(written, temp_path_.string());
+    bytes += written;
+    size -= static_cast<size_t>(written);
+  }
+}
+
+void AtomicFileWriter::Commit() {
+  ST_SYSCALL_CHECK(::fsync(fd_), temp_path_.string());
+  ST_SYSCALL_CHECK(::close(fd_), temp_path_.string());
+  fd_ = -1;
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(temp_path_.c_str());
+    errno = err;
+    FailErrno("rename", path_.string());
+  }
+  FsyncDirectory(path_.has_parent_path() ? path_.parent_path() : fs::path("."));
+}
+
+void WriteFileAtomic(const fs::path& path, std::string_view bytes) {
+  AtomicFileWriter writer(path);
+  writer.Write(bytes);
+  writer.Commit();
+}
+
+void FsyncDirectory(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ST_SYSCALL_CHECK(fd, dir.string());
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  ST_SYSCALL_CHECK(rc, dir.string());
+}
+
+void RenameDirectoryAtomic(const fs::path& from, const fs::path& to) {
+  FsyncDirectory(from);
+  ST_SYSCALL_CHECK(::rename(from.c_str(), to.c_str()), to.string());
+  FsyncDirectory(to.has_parent_path() ? to.parent_path() : fs::path("."));
+}
+
+std::string ReadFile(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) Fail(ErrorCode::kNotFound, "{}: no such file", path.string());
+  if (fs::is_directory(path, ec)) Fail(ErrorCode::kInvalidArgument, "{}: is a directory, expected a file", path.string());
+  std::ifstream in(path, std::ios::binary);
+  if (!in) FailErrno("open", path.string());
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  if (in.bad()) FailErrno("read", path.string());
+  return contents.str();
+}
+
+}  // namespace shardtune

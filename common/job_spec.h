@@ -1,0 +1,147 @@
+#pragma once
+// The job spec: what a user asks shardtune to do, as typed structs. Parsed from YAML by
+// ParseJobSpec (job_spec_yaml.cc), which checks every key, type and range of the whole file and
+// reports all problems at once, each with its key path and line:column. docs/job-spec.md
+// documents every field; the defaults below are the documented ones.
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace shardtune {
+
+enum class ComputeDType { kFp32, kBf16, kFp16 };
+enum class ModelTask { kCausalLm, kSequenceClassification, kTokenClassification };
+enum class MethodType { kFull, kLora, kDora, kAdapter, kPrefix, kPrompt, kIa3 };
+enum class DataFormat { kChat, kCompletion, kAlpaca, kShareGpt, kText, kClassification, kNer, kTokens };
+enum class OptimizerType { kAdamW };
+enum class SchedulerType { kConstant, kLinear, kCosine };
+enum class CommBackend { kAuto, kNccl, kMpi };
+enum class OffloadTarget { kNone, kCpu };
+enum class ExportFormat { kHf, kPeft };
+
+struct ModelSpec {
+  std::string path;          // Hugging Face directory: config.json + *.safetensors (required)
+  std::string tokenizer;     // (optional) defaults to the tokenizer in `path`
+  ComputeDType dtype = ComputeDType::kFp32;
+  ModelTask task = ModelTask::kCausalLm;
+};
+
+struct MethodSpec {
+  MethodType type = MethodType::kFull;
+};
+
+struct DataSpec {
+  std::string train;               // JSONL file (required)
+  std::string validation;          // (optional) JSONL file
+  double validation_split = 0.0;   // fraction of train held out when `validation` is not given
+  DataFormat format = DataFormat::kTokens;
+  int64_t max_seq_len = 2048;      // longer examples are truncated
+  bool packing = false;
+  bool shuffle = true;             // reshuffled every epoch from training.seed
+};
+
+struct OptimizerSpec {
+  OptimizerType type = OptimizerType::kAdamW;
+  double lr = 5.0e-5;
+  double weight_decay = 0.0;       // decoupled; never applied to norms and biases
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1.0e-8;
+};
+
+struct SchedulerSpec {
+  SchedulerType type = SchedulerType::kLinear;
+  int64_t warmup_steps = 0;
+  double min_lr_ratio = 0.0;       // linear and cosine decay to lr x min_lr_ratio
+};
+
+struct TrainingSpec {
+  int64_t epochs = 1;
+  int64_t max_steps = 0;           // > 0 overrides epochs
+  int64_t micro_batch_size = 1;    // examples per rank per forward/backward
+  int64_t global_batch_size = 0;   // 0: micro_batch_size x data-parallel ranks (no accumulation)
+  OptimizerSpec optimizer;
+  SchedulerSpec scheduler;
+  double grad_clip = 1.0;          // global L2 norm; 0 disables clipping
+  uint64_t seed = 42;
+  int64_t eval_every = 0;          // steps between validations; 0: only after the last step
+  int64_t log_every = 1;           // steps between metrics.jsonl lines
+};
+
+struct ShardingSpec {
+  int zero_stage = 0;
+  CommBackend backend = CommBackend::kAuto;
+  int64_t shard_group_size = 0;    // 0: shard over all ranks
+  OffloadTarget offload_optimizer = OffloadTarget::kNone;
+  double collective_timeout_s = 600;
+};
+
+struct OutputSpec {
+  std::string dir;                 // (required)
+  int64_t checkpoint_every = 0;    // steps between checkpoints; 0: none besides the final export
+  int64_t keep_checkpoints = 0;    // newest checkpoints kept; 0 keeps all
+  std::vector<ExportFormat> export_formats = {ExportFormat::kHf};
+};
+
+struct ResourcesSpec {
+  int64_t nodes = 1;
+  int64_t ranks_per_node = 1;
+  int64_t world_size() const { return nodes * ranks_per_node; }
+};
+
+struct JobSpec {
+  std::string name;                // [a-z0-9-], at most 64 characters (required)
+  std::map<std::string, std::string> labels;
+  ModelSpec model;
+  MethodSpec method;
+  DataSpec data;
+  TrainingSpec training;
+  ShardingSpec sharding;
+  OutputSpec output;
+  ResourcesSpec resources;
+
+  // Gradient accumulation steps for `data_parallel_ranks` ranks (the spec must be valid for it).
+  int64_t GradientAccumulation(int64_t data_parallel_ranks) const;
+  int64_t GlobalBatchSize(int64_t data_parallel_ranks) const;
+};
+
+// All problems found in a spec, one line each: "training.lr (line 12, column 7): ...".
+class SpecError : public Error {
+ public:
+  SpecError(const std::string& source, std::vector<std::string> problems);
+  const std::vector<std::string>& problems() const { return problems_; }
+
+ private:
+  std::vector<std::string> problems_;
+};
+
+struct SpecOptions {
+  bool check_files = true;         // model.path, data.train, ... must exist
+};
+
+// Parses and validates YAML text. `source` names it in errors; relative paths in the spec are
+// resolved against `base_dir` (the directory of the job file). Throws SpecError.
+JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, const std::filesystem::path& base_dir,
+                     const SpecOptions& options = {});
+JobSpec LoadJobSpec(const std::filesystem::path& path, const SpecOptions& options = {});
+
+// The resolved spec (every default filled in, absolute paths) as YAML; ParseJobSpec reads it back
+// to an equal spec.
+std::string JobSpecToYaml(const JobSpec& spec);
+
+const char* ToString(ComputeDType v);
+const char* ToString(ModelTask v);
+const char* ToString(MethodType v);
+const char* ToString(DataFormat v);
+const char* ToString(SchedulerType v);
+const char* ToString(CommBackend v);
+const char* ToString(OffloadTarget v);
+const char* ToString(ExportFormat v);
+const char* ToString(OptimizerType v);
+
+}  // namespace shardtune

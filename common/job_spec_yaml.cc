@@ -1,0 +1,555 @@
+// YAML -> JobSpec. Every key is read through a MapReader, which knows the keys its section
+// allows, so anything else is reported as unknown with the closest allowed key. Problems are
+// collected, not thrown one at a time, so a user fixes a spec in one pass.
+
+#include <yaml-cpp/yaml.h>
+
+#include <limits>
+#include <optional>
+#include <regex>
+#include <set>
+#include <utility>
+
+#include "common/atomic_file.h"
+#include "common/job_spec.h"
+#include "common/text_distance.h"
+
+namespace shardtune {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+template <typename E>
+using EnumTable = std::vector<std::pair<std::string, E>>;
+
+const EnumTable<ComputeDType> kDTypes = {{"fp32", ComputeDType::kFp32}, {"bf16", ComputeDType::kBf16}, {"fp16", ComputeDType::kFp16}};
+const EnumTable<ModelTask> kTasks = {{"causal_lm", ModelTask::kCausalLm},
+                                     {"sequence_classification", ModelTask::kSequenceClassification},
+                                     {"token_classification", ModelTask::kTokenClassification}};
+const EnumTable<MethodType> kMethods = {{"full", MethodType::kFull},       {"lora", MethodType::kLora},
+                                        {"dora", MethodType::kDora},       {"adapter", MethodType::kAdapter},
+                                        {"prefix", MethodType::kPrefix},   {"prompt", MethodType::kPrompt},
+                                        {"ia3", MethodType::kIa3}};
+const EnumTable<DataFormat> kFormats = {{"chat", DataFormat::kChat},       {"completion", DataFormat::kCompletion},
+                                        {"alpaca", DataFormat::kAlpaca},   {"sharegpt", DataFormat::kShareGpt},
+                                        {"text", DataFormat::kText},       {"classification", DataFormat::kClassification},
+                                        {"ner", DataFormat::kNer},         {"tokens", DataFormat::kTokens}};
+const EnumTable<OptimizerType> kOptimizers = {{"adamw", OptimizerType::kAdamW}};
+const EnumTable<SchedulerType> kSchedulers = {
+    {"constant", SchedulerType::kConstant}, {"linear", SchedulerType::kLinear}, {"cosine", SchedulerType::kCosine}};
+const EnumTable<CommBackend> kBackends = {{"auto", CommBackend::kAuto}, {"nccl", CommBackend::kNccl}, {"mpi", CommBackend::kMpi}};
+const EnumTable<OffloadTarget> kOffloads = {{"none", OffloadTarget::kNone}, {"cpu", OffloadTarget::kCpu}};
+const EnumTable<ExportFormat> kExports = {{"hf", ExportFormat::kHf}, {"peft", ExportFormat::kPeft}};
+
+template <typename E>
+const char* NameOf(const EnumTable<E>& table, E value) {
+  for (const auto& [name, v] : table) if (v == value) return name.c_str();
+  return "?";
+}
+
+std::string NodeKind(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Null: return "nothing";
+    default: return fmt::format("'{}'", node.Scalar());
+  }
+}
+
+class SpecReader {
+ public:
+  SpecReader(std::string source, fs::path base_dir) : source_(std::move(source)), base_dir_(std::move(base_dir)) {}
+
+  void Problem(const YAML::Mark& mark, const std::string& path, const std::string& message) {
+    if (mark.is_null()) {
+      problems_.push_back(fmt::format("{}: {}", path, message));
+    } else {
+      problems_.push_back(fmt::format("{} (line {}, column {}): {}", path, mark.line + 1, mark.column + 1, message));
+    }
+  }
+  std::vector<std::string>& problems() { return problems_; }
+  const std::string& source() const { return source_; }
+  std::string Resolve(const std::string& path) const {
+    if (path.empty() || fs::path(path).is_absolute()) return path;
+    return (base_dir_ / path).lexically_normal().string();
+  }
+
+ private:
+  std::string source_;
+  fs::path base_dir_;
+  std::vector<std::string> problems_;
+};
+
+class MapReader {
+ public:
+  MapReader(SpecReader& reader, const YAML::Node& node, std::string path, YAML::Mark mark)
+      : reader_(reader), node_(node), path_(std::move(path)), mark_(mark) {
+    if (node_.IsDefined() && !node_.IsNull() && !node_.IsMap()) {
+      reader_.Problem(node_.Mark(), path_.empty() ? "(top level)" : path_, "expected a mapping, got " + NodeKind(node_));
+      valid_ = false;
+    }
+  }
+
+  // Each reader takes the key's value when present and valid, and keeps the default otherwise.
+  void Int(const char* key, int64_t* out, int64_t min, int64_t max = std::numeric_limits<int64_t>::max()) {
+    const YAML::Node value = Scalar(key, "an integer");
+    if (!value) return;
+    try {
+      const auto v = value.as<int64_t>();
+      if (v < min || v > max) {
+        Problem(value, key, max == std::numeric_limits<int64_t>::max() ? fmt::format("must be >= {}, got {}", min, v)
+                                                                       : fmt::format("must be in [{}, {}], got {}", min, max, v));
+        return;
+      }
+      *out = v;
+    } catch (const YAML::Exception&) {
+      Problem(value, key, "expected an integer, got " + NodeKind(value));
+    }
+  }
+  void Int(const char* key, int* out, int min, int max) {
+    int64_t v = *out;
+    Int(key, &v, min, max);
+    *out = static_cast<int>(v);
+  }
+  void Uint(const char* key, uint64_t* out) {
+    const YAML::Node value = Scalar(key, "a non-negative integer");
+    if (!value) return;
+    try {
+      if (!value.Scalar().empty() && value.Scalar()[0] == '-') throw YAML::Exception(value.Mark(), "negative");
+      *out = value.as<uint64_t>();
+    } catch (const YAML::Exception&) {
+      Problem(value, key, "expected a non-negative integer, got " + NodeKind(value));
+    }
+  }
+  // [min, max] with either end optionally open.
+  void Double(const char* key, double* out, double min, double max, bool min_open = false, bool max_open = false) {
+    const YAML::Node value = Scalar(key, "a number");
+    if (!value) return;
+    double v = 0;
+    try {
+      v = value.as<double>();
+    } catch (const YAML::Exception&) {
+      Problem(value, key, "expected a number, got " + NodeKind(value));
+      return;
+    }
+    const bool below = min_open ? !(v > min) : !(v >= min);
+    const bool above = max_open ? !(v < max) : !(v <= max);
+    if (below || above) {
+      const std::string upper = max == std::numeric_limits<double>::infinity() ? "inf)" : fmt::format("{}{}", max, max_open ? ")" : "]");
+      Problem(value, key, fmt::format("must be in {}{}, {}, got {}", min_open ? "(" : "[", min, upper, v));
+      return;
+    }
+    *out = v;
+  }
+  void Bool(const char* key, bool* out) {
+    const YAML::Node value = Scalar(key, "true or false");
+    if (!value) return;
+    try {
+      *out = value.as<bool>();
+    } catch (const YAML::Exception&) {
+      Problem(value, key, "expected true or false, got " + NodeKind(value));
+    }
+  }
+  void String(const char* key, std::string* out, bool required = false) {
+    const YAML::Node value = Scalar(key, "a string");
+    if (!value) {
+      if (required && !Present(key)) MissingProblem(key);
+      return;
+    }
+    *out = value.Scalar();
+  }
+  void Path(const char* key, std::string* out, bool required = false) {
+    String(key, out, required);
+    *out = reader_.Resolve(*out);
+  }
+  template <typename E>
+  void Enum(const char* key, E* out, const EnumTable<E>& table, bool required = false) {
+    const YAML::Node value = Scalar(key, "a string");
+    if (!value) {
+      if (required && !Present(key)) MissingProblem(key, Choices(table));
+      return;
+    }
+    if (auto parsed = ParseEnum(value, key, table)) *out = *parsed;
+  }
+  template <typename E>
+  void EnumList(const char* key, std::vector<E>* out, const EnumTable<E>& table) {
+    const YAML::Node value = Get(key);
+    if (!value || value.IsNull()) return;
+    std::vector<E> result;
+    if (value.IsScalar()) {
+      if (auto parsed = ParseEnum(value, key, table)) result.push_back(*parsed);
+    } else if (value.IsSequence()) {
+      for (size_t i = 0; i < value.size(); ++i) {
+        if (!value[i].IsScalar()) {
+          Problem(value[i], fmt::format("{}[{}]", key, i), "expected a string, got " + NodeKind(value[i]));
+        } else if (auto parsed = ParseEnum(value[i], fmt::format("{}[{}]", key, i), table)) {
+          result.push_back(*parsed);
+        }
+      }
+    } else {
+      Problem(value, key, "expected a list, got " + NodeKind(value));
+      return;
+    }
+    *out = result;
+  }
+  void StringMap(const char* key, std::map<std::string, std::string>* out) {
+    const YAML::Node value = Get(key);
+    if (!value || value.IsNull()) return;
+    if (!value.IsMap()) {
+      Problem(value, key, "expected a mapping of strings, got " + NodeKind(value));
+      return;
+    }
+    for (const auto& entry : value) {
+      if (!entry.second.IsScalar()) {
+        Problem(entry.second, fmt::format("{}.{}", key, entry.first.Scalar()), "expected a string, got " + NodeKind(entry.second));
+        continue;
+      }
+      (*out)[entry.first.Scalar()] = entry.second.Scalar();
+    }
+  }
+  MapReader Section(const char* key) {
+    const YAML::Node value = Get(key);
+    return MapReader(reader_, value ? value : YAML::Node(), Join(key), value ? value.Mark() : mark_);
+  }
+
+  // Reports every key of this mapping that no reader asked for.
+  void Finish() {
+    if (!valid_ || !node_ || !node_.IsMap()) return;
+    std::vector<std::string> known(known_.begin(), known_.end());
+    for (const auto& entry : node_) {
+      const std::string key = entry.first.Scalar();
+      if (known_.count(key)) continue;
+      const std::string suggestion = ClosestMatch(key, known);
+      reader_.Problem(entry.first.Mark(), Join(key),
+                      suggestion.empty() ? fmt::format("unknown key '{}'; expected one of: {}", key, JoinNames(known))
+                                         : fmt::format("unknown key '{}' (did you mean '{}'?)", key, suggestion));
+    }
+  }
+
+  const YAML::Mark& mark() const { return mark_; }
+  void Problem(const YAML::Node& at, const std::string& key, const std::string& message) {
+    reader_.Problem(at.Mark(), Join(key), message);
+  }
+
+ private:
+  std::string Join(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+  static std::string JoinNames(const std::vector<std::string>& names) {
+    std::string joined;
+    for (const auto& name : names) joined += (joined.empty() ? "" : ", ") + name;
+    return joined;
+  }
+  template <typename E>
+  static std::string Choices(const EnumTable<E>& table) {
+    std::vector<std::string> names;
+    for (const auto& [name, _] : table) names.push_back(name);
+    return JoinNames(names);
+  }
+
+  bool Present(const char* key) const { return valid_ && node_ && node_.IsMap() && node_[key] && !node_[key].IsNull(); }
+  YAML::Node Get(const char* key) {
+    known_.insert(key);
+    if (!valid_ || !node_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    const YAML::Node value = node_[key];
+    return value ? value : YAML::Node(YAML::NodeType::Undefined);
+  }
+  // The key's scalar value, or an undefined node when absent, null or of the wrong kind.
+  YAML::Node Scalar(const char* key, const char* expected) {
+    const YAML::Node value = Get(key);
+    if (!value || value.IsNull()) return YAML::Node(YAML::NodeType::Undefined);
+    if (!value.IsScalar()) {
+      Problem(value, key, fmt::format("expected {}, got {}", expected, NodeKind(value)));
+      return YAML::Node(YAML::NodeType::Undefined);
+    }
+    return value;
+  }
+  void MissingProblem(const char* key, const std::string& choices = "") {
+    reader_.Problem(mark_, Join(key), choices.empty() ? "is required" : "is required (one of: " + choices + ")");
+  }
+  template <typename E>
+  std::optional<E> ParseEnum(const YAML::Node& value, const std::string& key, const EnumTable<E>& table) {
+    const std::string& text = value.Scalar();
+    std::vector<std::string> names;
+    for (const auto& [name, v] : table) {
+      if (name == text) return v;
+      names.push_back(name);
+    }
+    const std::string suggestion = ClosestMatch(text, names);
+    Problem(value, key,
+            suggestion.empty() ? fmt::format("'{}' is not one of: {}", text, JoinNames(names))
+                               : fmt::format("'{}' is not one of: {} (did you mean '{}'?)", text, JoinNames(names), suggestion));
+    return std::nullopt;
+  }
+
+  SpecReader& reader_;
+  YAML::Node node_;
+  std::string path_;
+  YAML::Mark mark_;
+  bool valid_ = true;
+  std::set<std::string> known_;
+};
+
+void ReadModel(MapReader m, ModelSpec* model) {
+  m.Path("path", &model->path, /*required=*/true);
+  m.Path("tokenizer", &model->tokenizer);
+  m.Enum("dtype", &model->dtype, kDTypes);
+  m.Enum("task", &model->task, kTasks);
+  m.Finish();
+}
+
+void ReadData(MapReader m, DataSpec* data) {
+  m.Path("train", &data->train, /*required=*/true);
+  m.Path("validation", &data->validation);
+  m.Double("validation_split", &data->validation_split, 0.0, 1.0, false, /*max_open=*/true);
+  m.Enum("format", &data->format, kFormats, /*required=*/true);
+  m.Int("max_seq_len", &data->max_seq_len, 2, 1 << 24);
+  m.Bool("packing", &data->packing);
+  m.Bool("shuffle", &data->shuffle);
+  m.Finish();
+}
+
+void ReadTraining(MapReader m, TrainingSpec* training) {
+  m.Int("epochs", &training->epochs, 1);
+  m.Int("max_steps", &training->max_steps, 0);
+  m.Int("micro_batch_size", &training->micro_batch_size, 1);
+  m.Int("global_batch_size", &training->global_batch_size, 0);
+  MapReader optimizer = m.Section("optimizer");
+  optimizer.Enum("type", &training->optimizer.type, kOptimizers);
+  optimizer.Double("lr", &training->optimizer.lr, 0.0, 1e3, /*min_open=*/true);
+  optimizer.Double("weight_decay", &training->optimizer.weight_decay, 0.0, 1e3);
+  optimizer.Double("beta1", &training->optimizer.beta1, 0.0, 1.0, false, /*max_open=*/true);
+  optimizer.Double("beta2", &training->optimizer.beta2, 0.0, 1.0, false, /*max_open=*/true);
+  optimizer.Double("eps", &training->optimizer.eps, 0.0, 1.0, /*min_open=*/true);
+  optimizer.Finish();
+  MapReader scheduler = m.Section("scheduler");
+  scheduler.Enum("type", &training->scheduler.type, kSchedulers);
+  scheduler.Int("warmup_steps", &training->scheduler.warmup_steps, 0);
+  scheduler.Double("min_lr_ratio", &training->scheduler.min_lr_ratio, 0.0, 1.0);
+  scheduler.Finish();
+  m.Double("grad_clip", &training->grad_clip, 0.0, std::numeric_limits<double>::infinity());
+  m.Uint("seed", &training->seed);
+  m.Int("eval_every", &training->eval_every, 0);
+  m.Int("log_every", &training->log_every, 1);
+  m.Finish();
+}
+
+void ReadSharding(MapReader m, ShardingSpec* sharding) {
+  m.Int("zero_stage", &sharding->zero_stage, 0, 3);
+  m.Enum("backend", &sharding->backend, kBackends);
+  m.Int("shard_group_size", &sharding->shard_group_size, 0);
+  m.Enum("offload_optimizer", &sharding->offload_optimizer, kOffloads);
+  m.Double("collective_timeout_s", &sharding->collective_timeout_s, 0.0, 1e7, /*min_open=*/true);
+  m.Finish();
+}
+
+void ReadOutput(MapReader m, OutputSpec* output) {
+  m.Path("dir", &output->dir, /*required=*/true);
+  m.Int("checkpoint_every", &output->checkpoint_every, 0);
+  m.Int("keep_checkpoints", &output->keep_checkpoints, 0);
+  m.EnumList("export", &output->export_formats, kExports);
+  m.Finish();
+}
+
+void ReadResources(MapReader m, ResourcesSpec* resources) {
+  m.Int("nodes", &resources->nodes, 1, 1 << 20);
+  m.Int("ranks_per_node", &resources->ranks_per_node, 1, 1 << 16);
+  m.Finish();
+}
+
+// Checks that need more than one key, or the file system.
+void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAML::Node& root, SpecReader& reader) {
+  auto mark_of = [&](std::initializer_list<const char*> path) {
+    YAML::Node node = root;
+    YAML::Mark mark = root.Mark();
+    for (const char* key : path) {
+      if (!node.IsMap() || !node[key]) break;
+      node = node[key];
+      mark = node.Mark();
+    }
+    return mark;
+  };
+
+  static const std::regex kNamePattern("[a-z0-9]([a-z0-9-]*[a-z0-9])?");
+  if (!spec.name.empty() && (spec.name.size() > 64 || !std::regex_match(spec.name, kNamePattern))) {
+    reader.Problem(mark_of({"name"}), "name",
+                   fmt::format("'{}' must be 1 to 64 characters of a-z, 0-9 and '-', not starting or ending with '-'", spec.name));
+  }
+
+  const TrainingSpec& t = spec.training;
+  const int64_t ranks = spec.resources.world_size();
+  if (t.global_batch_size > 0 && t.global_batch_size % (t.micro_batch_size * ranks) != 0) {
+    reader.Problem(mark_of({"training", "global_batch_size"}), "training.global_batch_size",
+                   fmt::format("{} is not divisible by micro_batch_size {} x data-parallel ranks {}", t.global_batch_size,
+                               t.micro_batch_size, ranks));
+  }
+  if (t.max_steps > 0 && t.scheduler.warmup_steps > t.max_steps) {
+    reader.Problem(mark_of({"training", "scheduler", "warmup_steps"}), "training.scheduler.warmup_steps",
+                   fmt::format("{} exceeds training.max_steps {}", t.scheduler.warmup_steps, t.max_steps));
+  }
+  if (!spec.data.validation.empty() && spec.data.validation_split > 0) {
+    reader.Problem(mark_of({"data", "validation_split"}), "data.validation_split",
+                   "give either data.validation or data.validation_split, not both");
+  }
+  if (spec.sharding.shard_group_size > 0 && ranks % spec.sharding.shard_group_size != 0) {
+    reader.Problem(mark_of({"sharding", "shard_group_size"}), "sharding.shard_group_size",
+                   fmt::format("{} does not divide the {} ranks of resources (nodes {} x ranks_per_node {})",
+                               spec.sharding.shard_group_size, ranks, spec.resources.nodes, spec.resources.ranks_per_node));
+  }
+  for (ExportFormat format : spec.output.export_formats) {
+    if (format == ExportFormat::kPeft && spec.method.type == MethodType::kFull) {
+      reader.Problem(mark_of({"output", "export"}), "output.export",
+                     "'peft' exports an adapter, but method.type is 'full' (there is no adapter); use [hf]");
+    }
+  }
+
+  if (!options.check_files) return;
+  std::error_code ec;
+  if (!spec.model.path.empty()) {
+    if (!fs::is_directory(spec.model.path, ec)) {
+      reader.Problem(mark_of({"model", "path"}), "model.path", fmt::format("'{}' is not a directory", spec.model.path));
+    } else if (!fs::exists(fs::path(spec.model.path) / "config.json", ec)) {
+      reader.Problem(mark_of({"model", "path"}), "model.path",
+                     fmt::format("'{}' has no config.json (expected a Hugging Face model directory)", spec.model.path));
+    }
+  }
+  if (!spec.model.tokenizer.empty() && !fs::exists(spec.model.tokenizer, ec)) {
+    reader.Problem(mark_of({"model", "tokenizer"}), "model.tokenizer", fmt::format("'{}' does not exist", spec.model.tokenizer));
+  }
+  for (const auto& [key, path] : {std::pair{"train", spec.data.train}, std::pair{"validation", spec.data.validation}}) {
+    if (path.empty()) continue;
+    if (!fs::is_regular_file(path, ec)) {
+      reader.Problem(mark_of({"data", key}), std::string("data.") + key, fmt::format("'{}' is not a file", path));
+    }
+  }
+}
+
+}  // namespace
+
+JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, const fs::path& base_dir,
+                     const SpecOptions& options) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::ParserException& e) {
+    throw SpecError(source, {fmt::format("(line {}, column {}): not valid YAML: {}", e.mark.line + 1, e.mark.column + 1, e.msg)});
+  }
+  if (!root.IsMap()) throw SpecError(source, {"(top level): expected a mapping of sections (name, model, data, ...), got " + NodeKind(root)});
+
+  SpecReader reader(source, base_dir);
+  JobSpec spec;
+  MapReader top(reader, root, "", root.Mark());
+  top.String("name", &spec.name, /*required=*/true);
+  top.StringMap("labels", &spec.labels);
+  ReadModel(top.Section("model"), &spec.model);
+  {
+    MapReader method = top.Section("method");
+    method.Enum("type", &spec.method.type, kMethods);
+    method.Finish();
+  }
+  ReadData(top.Section("data"), &spec.data);
+  ReadTraining(top.Section("training"), &spec.training);
+  ReadSharding(top.Section("sharding"), &spec.sharding);
+  ReadOutput(top.Section("output"), &spec.output);
+  ReadResources(top.Section("resources"), &spec.resources);
+  top.Finish();
+  if (reader.problems().empty()) CheckConsistency(spec, options, root, reader);
+  if (!reader.problems().empty()) throw SpecError(source, reader.problems());
+  return spec;
+}
+
+JobSpec LoadJobSpec(const fs::path& path, const SpecOptions& options) {
+  const std::string text = ReadFile(path);
+  const fs::path base = fs::absolute(path).parent_path();
+  return ParseJobSpec(text, path.string(), base, options);
+}
+
+std::string JobSpecToYaml(const JobSpec& spec) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "name" << YAML::Value << spec.name;
+  if (!spec.labels.empty()) {
+    out << YAML::Key << "labels" << YAML::Value << YAML::BeginMap;
+    for (const auto& [k, v] : spec.labels) out << YAML::Key << k << YAML::Value << v;
+    out << YAML::EndMap;
+  }
+  out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "path" << YAML::Value << spec.model.path;
+  if (!spec.model.tokenizer.empty()) out << YAML::Key << "tokenizer" << YAML::Value << spec.model.tokenizer;
+  out << YAML::Key << "dtype" << YAML::Value << NameOf(kDTypes, spec.model.dtype);
+  out << YAML::Key << "task" << YAML::Value << NameOf(kTasks, spec.model.task);
+  out << YAML::EndMap;
+  out << YAML::Key << "method" << YAML::Value << YAML::BeginMap << YAML::Key << "type" << YAML::Value
+      << NameOf(kMethods, spec.method.type) << YAML::EndMap;
+
+  const DataSpec& d = spec.data;
+  out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "train" << YAML::Value << d.train;
+  if (!d.validation.empty()) out << YAML::Key << "validation" << YAML::Value << d.validation;
+  out << YAML::Key << "validation_split" << YAML::Value << d.validation_split;
+  out << YAML::Key << "format" << YAML::Value << NameOf(kFormats, d.format);
+  out << YAML::Key << "max_seq_len" << YAML::Value << d.max_seq_len;
+  out << YAML::Key << "packing" << YAML::Value << d.packing;
+  out << YAML::Key << "shuffle" << YAML::Value << d.shuffle;
+  out << YAML::EndMap;
+
+  const TrainingSpec& t = spec.training;
+  out << YAML::Key << "training" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "epochs" << YAML::Value << t.epochs;
+  out << YAML::Key << "max_steps" << YAML::Value << t.max_steps;
+  out << YAML::Key << "micro_batch_size" << YAML::Value << t.micro_batch_size;
+  out << YAML::Key << "global_batch_size" << YAML::Value << t.global_batch_size;
+  out << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "type" << YAML::Value << NameOf(kOptimizers, t.optimizer.type);
+  out << YAML::Key << "lr" << YAML::Value << t.optimizer.lr;
+  out << YAML::Key << "weight_decay" << YAML::Value << t.optimizer.weight_decay;
+  out << YAML::Key << "beta1" << YAML::Value << t.optimizer.beta1;
+  out << YAML::Key << "beta2" << YAML::Value << t.optimizer.beta2;
+  out << YAML::Key << "eps" << YAML::Value << t.optimizer.eps;
+  out << YAML::EndMap;
+  out << YAML::Key << "scheduler" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "type" << YAML::Value << NameOf(kSchedulers, t.scheduler.type);
+  out << YAML::Key << "warmup_steps" << YAML::Value << t.scheduler.warmup_steps;
+  out << YAML::Key << "min_lr_ratio" << YAML::Value << t.scheduler.min_lr_ratio;
+  out << YAML::EndMap;
+  out << YAML::Key << "grad_clip" << YAML::Value << t.grad_clip;
+  out << YAML::Key << "seed" << YAML::Value << t.seed;
+  out << YAML::Key << "eval_every" << YAML::Value << t.eval_every;
+  out << YAML::Key << "log_every" << YAML::Value << t.log_every;
+  out << YAML::EndMap;
+
+  const ShardingSpec& s = spec.sharding;
+  out << YAML::Key << "sharding" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "zero_stage" << YAML::Value << s.zero_stage;
+  out << YAML::Key << "backend" << YAML::Value << NameOf(kBackends, s.backend);
+  out << YAML::Key << "shard_group_size" << YAML::Value << s.shard_group_size;
+  out << YAML::Key << "offload_optimizer" << YAML::Value << NameOf(kOffloads, s.offload_optimizer);
+  out << YAML::Key << "collective_timeout_s" << YAML::Value << s.collective_timeout_s;
+  out << YAML::EndMap;
+
+  out << YAML::Key << "output" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "dir" << YAML::Value << spec.output.dir;
+  out << YAML::Key << "checkpoint_every" << YAML::Value << spec.output.checkpoint_every;
+  out << YAML::Key << "keep_checkpoints" << YAML::Value << spec.output.keep_checkpoints;
+  out << YAML::Key << "export" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (ExportFormat f : spec.output.export_formats) out << NameOf(kExports, f);
+  out << YAML::EndSeq << YAML::EndMap;
+
+  out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "nodes" << YAML::Value << spec.resources.nodes;
+  out << YAML::Key << "ranks_per_node" << YAML::Value << spec.resources.ranks_per_node;
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+const char* ToString(ComputeDType v) { return NameOf(kDTypes, v); }
+const char* ToString(ModelTask v) { return NameOf(kTasks, v); }
+const char* ToString(MethodType v) { return NameOf(kMethods, v); }
+const char* ToString(DataFormat v) { return NameOf(kFormats, v); }
+const char* ToString(SchedulerType v) { return NameOf(kSchedulers, v); }
+const char* ToString(CommBackend v) { return NameOf(kBackends, v); }
+const char* ToString(OffloadTarget v) { return NameOf(kOffloads, v); }
+const char* ToString(ExportFormat v) { return NameOf(kExports, v); }
+const char* ToString(OptimizerType v) { return NameOf(kOptimizers, v); }
+
+}  // namespace shardtune

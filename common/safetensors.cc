@@ -1,0 +1,349 @@
+#include "common/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+
+namespace shardtune {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct DTypeEntry {
+  DType dtype;
+  std::string_view name;
+  size_t size;
+};
+
+constexpr DTypeEntry kDTypes[] = {
+    {DType::kBool, "BOOL", 1}, {DType::kU8, "U8", 1},   {DType::kI8, "I8", 1},         {DType::kI16, "I16", 2},
+    {DType::kU16, "U16", 2},   {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},     {DType::kI32, "I32", 4},
+    {DType::kU32, "U32", 4},   {DType::kF32, "F32", 4}, {DType::kF64, "F64", 8},       {DType::kI64, "I64", 8},
+    {DType::kU64, "U64", 8},   {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kF8E5M2, "F8_E5M2", 1},
+};
+
+// Returns the offset of the first byte that breaks UTF-8, or npos.
+size_t FindInvalidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t length = 0;
+    uint32_t min_code = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      length = 2, min_code = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+      length = 3, min_code = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+      length = 4, min_code = 0x10000;
+    } else {
+      return i;
+    }
+    if (i + length > s.size()) return i;
+    uint32_t code = c & (0xFF >> (length + 1));
+    for (size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(s[i + k]);
+      if ((next & 0xC0) != 0x80) return i;
+      code = (code << 6) | (next & 0x3F);
+    }
+    if (code < min_code || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return i;
+    i += length;
+  }
+  return std::string_view::npos;
+}
+
+TensorInfo ParseTensorEntry(const std::string& name, const json& entry, const std::string& where) {
+  if (!entry.is_object()) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': expected an object, got {}", where, name, entry.dump());
+  for (const auto& [key, _] : entry.items()) {
+    if (key != "dtype" && key != "shape" && key != "data_offsets") {
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': unknown field '{}' (expected dtype, shape, data_offsets)", where, name, key);
+    }
+  }
+  TensorInfo info;
+  info.name = name;
+  const auto dtype = entry.find("dtype");
+  if (dtype == entry.end() || !dtype->is_string()) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': missing string 'dtype'", where, name);
+  const auto parsed = ParseDType(dtype->get<std::string>());
+  if (!parsed) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': unknown dtype '{}'", where, name, dtype->get<std::string>());
+  info.dtype = *parsed;
+
+  const auto shape = entry.find("shape");
+  if (shape == entry.end() || !shape->is_array()) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': missing array 'shape'", where, name);
+  for (const auto& dim : *shape) {
+    if (!dim.is_number_unsigned()) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} has a dimension that is not a non-negative integer", where, name, shape->dump());
+    info.shape.push_back(dim.get<int64_t>());
+  }
+
+  const auto offsets = entry.find("data_offsets");
+  if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
+      !(*offsets)[1].is_number_unsigned()) {
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': 'data_offsets' must be [begin, end] with non-negative integers", where, name);
+  }
+  info.begin = (*offsets)[0].get<uint64_t>();
+  info.end = (*offsets)[1].get<uint64_t>();
+  if (info.end < info.begin) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': data_offsets [{}, {}] end before they begin", where, name, info.begin, info.end);
+
+  // numel x itemsize, guarding against overflow from absurd shapes.
+  unsigned __int128 bytes = DTypeSize(info.dtype);
+  for (int64_t dim : info.shape) bytes *= static_cast<uint64_t>(dim);
+  if (bytes != info.end - info.begin) {
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets [{}, {}] span {}", where, name,
+         shape->dump(), DTypeName(info.dtype), static_cast<uint64_t>(bytes), info.begin, info.end, info.end - info.begin);
+  }
+  return info;
+}
+
+}  // namespace
+
+size_t DTypeSize(DType dtype) {
+  for (const auto& entry : kDTypes) if (entry.dtype == dtype) return entry.size;
+  return 0;
+}
+
+std::string_view DTypeName(DType dtype) {
+  for (const auto& entry : kDTypes) if (entry.dtype == dtype) return entry.name;
+  return "?";
+}
+
+std::optional<DType> ParseDType(std::string_view name) {
+  for (const auto& entry : kDTypes) if (entry.name == name) return entry.dtype;
+  return std::nullopt;
+}
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t dim : shape) n *= dim;
+  return n;
+}
+
+SafetensorsHeader ParseSafetensorsHeader(std::string_view text, uint64_t data_size, const std::string& where) {
+  if (const size_t bad = FindInvalidUtf8(text); bad != std::string_view::npos) {
+    Fail(ErrorCode::kDataLoss, "{}: header is not valid UTF-8 (byte {} of the header)", where, bad);
+  }
+  json root;
+  try {
+    root = json::parse(text);
+  } catch (const json::parse_error& e) {
+    Fail(ErrorCode::kDataLoss, "{}: header is not valid JSON: {}", where, e.what());
+  }
+  if (!root.is_object()) Fail(ErrorCode::kDataLoss, "{}: header must be a JSON object, got {}", where, root.type_name());
+
+  SafetensorsHeader header;
+  for (const auto& [name, entry] : root.items()) {
+    if (name == "__metadata__") {
+      if (!entry.is_object()) Fail(ErrorCode::kDataLoss, "{}: __metadata__ must be an object of strings", where);
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string()) Fail(ErrorCode::kDataLoss, "{}: __metadata__ '{}' must be a string, got {}", where, key, value.dump());
+        header.metadata[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    header.tensors.emplace(name, ParseTensorEntry(name, entry, where));
+  }
+
+  // The data section must be covered exactly: sorted by offset, each tensor starts where the
+  // previous one ended, the first at 0, the last at the end of the file.
+  std::vector<const TensorInfo*> by_offset;
+  for (const auto& [_, info] : header.tensors) by_offset.push_back(&info);
+  std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t expected = 0;
+  const TensorInfo* previous = nullptr;
+  for (const TensorInfo* info : by_offset) {
+    if (info->end > data_size) {
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': data_offsets [{}, {}] run past the data section of {} bytes", where, info->name,
+           info->begin, info->end, data_size);
+    }
+    if (info->begin < expected) {
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}' at [{}, {}] overlaps tensor '{}' ending at {}", where, info->name, info->begin,
+           info->end, previous->name, expected);
+    }
+    if (info->begin > expected) {
+      Fail(ErrorCode::kDataLoss, "{}: gap of {} bytes before tensor '{}' at offset {}", where, info->begin - expected, info->name,
+           info->begin);
+    }
+    expected = info->end;
+    previous = info;
+  }
+  if (expected != data_size) {
+    Fail(ErrorCode::kDataLoss, "{}: {} trailing bytes after the last tensor (data section is {} bytes, tensors cover {})", where,
+         data_size - expected, data_size, expected);
+  }
+  return header;
+}
+
+std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const fs::path& path) {
+  const std::string where = path.string();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) Fail(ErrorCode::kNotFound, "{}: no such file", where);
+  ST_SYSCALL_CHECK(fd, where);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    FailErrno("fstat", where);
+  }
+  const auto file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < 8) {
+    ::close(fd);
+    Fail(ErrorCode::kDataLoss, "{}: file is {} bytes; a safetensors file starts with an 8-byte header length", where, file_size);
+  }
+  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (mapping == MAP_FAILED) FailErrno("mmap", where);
+
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = path;
+  file->mapping_ = mapping;
+  file->mapping_size_ = file_size;
+  const auto* bytes = static_cast<const std::byte*>(mapping);
+  uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | static_cast<uint8_t>(bytes[i]);
+  if (header_size > kMaxSafetensorsHeaderBytes) {
+    Fail(ErrorCode::kDataLoss, "{}: header length {} exceeds the limit of {} bytes", where, header_size, kMaxSafetensorsHeaderBytes);
+  }
+  if (header_size > file_size - 8) {
+    Fail(ErrorCode::kDataLoss, "{}: header length {} runs past the end of the {}-byte file", where, header_size, file_size);
+  }
+  const std::string_view text(reinterpret_cast<const char*>(bytes + 8), header_size);
+  file->header_ = ParseSafetensorsHeader(text, file_size - 8 - header_size, where);
+  file->data_ = bytes + 8 + header_size;
+  return file;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (mapping_ != nullptr) ::munmap(mapping_, mapping_size_);
+}
+
+const TensorInfo* SafetensorsFile::Find(const std::string& name) const {
+  const auto it = header_.tensors.find(name);
+  return it == header_.tensors.end() ? nullptr : &it->second;
+}
+
+SafetensorsCheckpoint SafetensorsCheckpoint::Open(const fs::path& dir) {
+  SafetensorsCheckpoint checkpoint;
+  const fs::path single = dir / "model.safetensors";
+  const fs::path index_path = dir / "model.safetensors.index.json";
+  if (fs::exists(index_path)) {
+    json index;
+    try {
+      index = json::parse(ReadFile(index_path));
+    } catch (const json::parse_error& e) {
+      Fail(ErrorCode::kDataLoss, "{}: not valid JSON: {}", index_path.string(), e.what());
+    }
+    const auto map = index.find("weight_map");
+    if (!index.is_object() || map == index.end() || !map->is_object()) {
+      Fail(ErrorCode::kDataLoss, "{}: expected an object with a 'weight_map' object", index_path.string());
+    }
+    std::map<std::string, std::shared_ptr<SafetensorsFile>> by_file;
+    for (const auto& [name, file_name] : map->items()) {
+      if (!file_name.is_string()) Fail(ErrorCode::kDataLoss, "{}: weight_map['{}'] must be a file name", index_path.string(), name);
+      const auto shard_name = file_name.get<std::string>();
+      if (shard_name.find('/') != std::string::npos || shard_name == "..") {
+        Fail(ErrorCode::kDataLoss, "{}: weight_map['{}'] = '{}' must be a file name in the same directory", index_path.string(), name,
+             shard_name);
+      }
+      auto& shard = by_file[shard_name];
+      if (!shard) {
+        shard = SafetensorsFile::Open(dir / shard_name);
+        checkpoint.files_.push_back(shard);
+      }
+      const TensorInfo* info = shard->Find(name);
+      if (info == nullptr) {
+        Fail(ErrorCode::kDataLoss, "{}: weight_map puts '{}' in {}, which does not contain it", index_path.string(), name, shard_name);
+      }
+      checkpoint.entries_[name] = Entry{shard.get(), info};
+    }
+    return checkpoint;
+  }
+  if (!fs::exists(single)) {
+    Fail(ErrorCode::kNotFound, "{}: neither model.safetensors nor model.safetensors.index.json is there", dir.string());
+  }
+  std::shared_ptr<SafetensorsFile> file = SafetensorsFile::Open(single);
+  for (const auto& [name, info] : file->tensors()) checkpoint.entries_[name] = Entry{file.get(), &info};
+  checkpoint.files_.push_back(std::move(file));
+  return checkpoint;
+}
+
+std::optional<SafetensorsCheckpoint::Entry> SafetensorsCheckpoint::Find(const std::string& name) const {
+  const auto it = entries_.find(name);
+  if (it == entries_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<std::string> SafetensorsCheckpoint::Names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, _] : entries_) names.push_back(name);
+  return names;
+}
+
+void WriteSafetensors(const fs::path& path, const std::vector<TensorBytes>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  std::set<std::string> names;
+  for (const auto& tensor : tensors) {
+    if (!names.insert(tensor.name).second) Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' given twice", path.string(), tensor.name);
+    uint64_t expected = DTypeSize(tensor.dtype);
+    for (int64_t dim : tensor.shape) expected *= static_cast<uint64_t>(dim);
+    if (expected != tensor.nbytes) {
+      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has {} bytes but its shape needs {}", path.string(), tensor.name, tensor.nbytes,
+           expected);
+    }
+    header[tensor.name] = {{"dtype", DTypeName(tensor.dtype)}, {"shape", tensor.shape}, {"data_offsets", {offset, offset + tensor.nbytes}}};
+    offset += tensor.nbytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - (8 + text.size()) % 8) % 8, ' ');  // the data section starts 8-byte aligned
+  uint8_t length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
+
+  AtomicFileWriter writer(path);
+  writer.Write(length, sizeof(length));
+  writer.Write(text);
+  for (const auto& tensor : tensors) writer.Write(tensor.data, tensor.nbytes);
+  writer.Commit();
+}
+
+void WriteSafetensorsModel(const fs::path& dir, const std::vector<TensorBytes>& tensors, uint64_t max_shard_bytes) {
+  std::vector<std::vector<TensorBytes>> shards(1);
+  uint64_t shard_bytes = 0;
+  uint64_t total_bytes = 0;
+  for (const auto& tensor : tensors) {
+    if (shard_bytes > 0 && shard_bytes + tensor.nbytes > max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(tensor);
+    shard_bytes += tensor.nbytes;
+    total_bytes += tensor.nbytes;
+  }
+  if (shards.size() == 1) {
+    WriteSafetensors(dir / "model.safetensors", tensors);
+    return;
+  }
+  json weight_map = json::object();
+  for (size_t k = 0; k < shards.size(); ++k) {
+    const std::string name = fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, shards.size());
+    WriteSafetensors(dir / name, shards[k]);
+    for (const auto& tensor : shards[k]) weight_map[tensor.name] = name;
+  }
+  const json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
+  WriteFileAtomic(dir / "model.safetensors.index.json", index.dump(2) + "\n");
+}
+
+}  // namespace shardtune

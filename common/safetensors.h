@@ -1,0 +1,113 @@
+#pragma once
+// The safetensors format (Hugging Face): an 8-byte little-endian header length N, N bytes of
+// UTF-8 JSON mapping tensor names to {dtype, shape, data_offsets} (plus an optional string map
+// "__metadata__"), then the tensors' bytes, packed with no gaps. Reading memory-maps the file and
+// validates every header field against the data section before any byte is used; writing
+// produces what `safetensors` and `transformers` load (8-byte-aligned header, format "pt").
+// No LibTorch here: the worker wraps the bytes into tensors.
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace shardtune {
+
+enum class DType { kBool, kU8, kI8, kI16, kU16, kF16, kBF16, kI32, kU32, kF32, kF64, kI64, kU64, kF8E4M3, kF8E5M2 };
+
+size_t DTypeSize(DType dtype);
+std::string_view DTypeName(DType dtype);  // the format's own spelling: "F32", "BF16", ...
+std::optional<DType> ParseDType(std::string_view name);
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // byte offsets into the data section, [begin, end)
+  uint64_t end = 0;
+
+  int64_t numel() const;
+};
+
+struct SafetensorsHeader {
+  std::map<std::string, TensorInfo> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+// Headers larger than this are refused (as the reference implementation does): a corrupt length
+// must not make us allocate gigabytes.
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
+
+// Parses and validates a header whose data section holds `data_size` bytes. `where` (the file
+// name) prefixes every error. Throws Error(kDataLoss).
+SafetensorsHeader ParseSafetensorsHeader(std::string_view json, uint64_t data_size, const std::string& where);
+
+// A validated, memory-mapped safetensors file. Tensor bytes stay valid while the object lives.
+class SafetensorsFile {
+ public:
+  static std::unique_ptr<SafetensorsFile> Open(const std::filesystem::path& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  const std::map<std::string, TensorInfo>& tensors() const { return header_.tensors; }
+  const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
+  const TensorInfo* Find(const std::string& name) const;
+  const std::byte* Data(const TensorInfo& info) const { return data_ + info.begin; }
+
+ private:
+  SafetensorsFile() = default;
+  std::filesystem::path path_;
+  SafetensorsHeader header_;
+  void* mapping_ = nullptr;
+  size_t mapping_size_ = 0;
+  const std::byte* data_ = nullptr;
+};
+
+// A Hugging Face checkpoint: `model.safetensors`, or the shards listed by
+// `model.safetensors.index.json` (its weight_map names the file of each tensor).
+class SafetensorsCheckpoint {
+ public:
+  // `dir` holds the files; throws Error naming the missing or malformed file.
+  static SafetensorsCheckpoint Open(const std::filesystem::path& dir);
+
+  struct Entry {
+    const SafetensorsFile* file;
+    const TensorInfo* info;
+  };
+  // nullptr-filled Entry when absent.
+  std::optional<Entry> Find(const std::string& name) const;
+  std::vector<std::string> Names() const;
+
+ private:
+  std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::map<std::string, Entry> entries_;
+};
+
+// A tensor to write: bytes owned by the caller for the duration of the write.
+struct TensorBytes {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  size_t nbytes = 0;
+};
+
+// Writes one safetensors file atomically. Throws Error(kInvalidArgument) for duplicate names or
+// sizes that disagree with shape x dtype.
+void WriteSafetensors(const std::filesystem::path& path, const std::vector<TensorBytes>& tensors,
+                      const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+
+// Writes a model in Hugging Face layout into `dir`: `model.safetensors` when it fits in
+// `max_shard_bytes`, else `model-0000K-of-0000N.safetensors` shards plus
+// `model.safetensors.index.json`.
+void WriteSafetensorsModel(const std::filesystem::path& dir, const std::vector<TensorBytes>& tensors,
+                           uint64_t max_shard_bytes = 5'000'000'000ULL);
+
+}  // namespace shardtune

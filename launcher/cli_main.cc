@@ -1,0 +1,138 @@
+// shardtune: the command line. See docs/cli.md.
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/logging.h"
+#include "sharding/flat_parameters.h"
+#include "worker/blas_env.h"
+#include "worker/entry.h"
+#include "worker/generate.h"
+#include "worker/models/hf_io.h"
+#include "worker/models/llama.h"
+
+namespace shardtune {
+namespace {
+
+std::vector<int64_t> ParseIds(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::istringstream in(text);
+  std::string word;
+  while (in >> word) {
+    size_t used = 0;
+    int64_t id = 0;
+    try {
+      id = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != word.size()) Fail(ErrorCode::kInvalidArgument, "--input-ids: '{}' is not an integer token id", word);
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+struct GenerateArgs {
+  std::string model;
+  std::string adapter;
+  std::string prompt;
+  std::string input_ids;
+  std::string format = "text";
+  bool ignore_eos = false;
+  GenerateOptions options;
+};
+
+int Generate(const GenerateArgs& args) {
+  if (!args.adapter.empty()) Fail(ErrorCode::kUnimplemented, "--adapter: PEFT adapters are not supported by this build yet");
+  if (!args.prompt.empty() || args.format == "text") {
+    Fail(ErrorCode::kUnimplemented, "--prompt and --format text need a tokenizer, which this build does not have yet; "
+                                    "use --input-ids and --format ids");
+  }
+  if (args.input_ids.empty()) Fail(ErrorCode::kInvalidArgument, "give the prompt with --input-ids \"1 2 3\"");
+  const LoadedModel loaded = LoadModelForInference(args.model);
+  GenerateOptions options = args.options;
+  options.stop_at_eos = !args.ignore_eos;
+  const std::vector<int64_t> ids = shardtune::Generate(*loaded.model, ParseIds(args.input_ids), options);
+  std::string line;
+  for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
+  std::cout << line << std::endl;
+  return kExitOk;
+}
+
+int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
+  namespace fs = std::filesystem;
+  const LlamaConfig config = LlamaConfig::Load(fs::path(config_path).parent_path());
+  FlatParameters flat(LlamaParameterSpecs(config));
+  InitializeWeights(flat, seed);
+  WriteHfModel(out_dir, fs::path(config_path).parent_path(), flat, ComputeDType::kFp32);
+  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", config.model_type, flat.numel(), seed, out_dir);
+  return kExitOk;
+}
+
+}  // namespace
+}  // namespace shardtune
+
+int main(int argc, char** argv) {
+  shardtune::EnsureBlasCoreType(argv);
+  using namespace shardtune;
+  CLI::App app{"shardtune: fine-tune Hugging Face language models on one or many ranks"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
+  CLI::App* train = app.add_subcommand("train", "run a job locally (one rank: in this process)");
+  std::string job_path;
+  int np = 1;
+  std::string hostfile;
+  train->add_option("job", job_path, "job spec (YAML)")->required();
+  train->add_option("--np", np, "number of ranks")->check(CLI::PositiveNumber);
+  train->add_option("--hostfile", hostfile, "MPI hostfile");
+  train->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
+  CLI::App* generate = app.add_subcommand("generate", "generate tokens from a model directory");
+  GenerateArgs gen;
+  generate->add_option("--model", gen.model, "Hugging Face model directory")->required();
+  generate->add_option("--adapter", gen.adapter, "PEFT adapter directory");
+  generate->add_option("--prompt", gen.prompt, "prompt text (needs a tokenizer)");
+  generate->add_option("--input-ids", gen.input_ids, "prompt token ids, space-separated");
+  generate->add_option("--max-new-tokens", gen.options.max_new_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
+  generate->add_option("--temperature", gen.options.temperature, "0 for greedy")->check(CLI::NonNegativeNumber);
+  generate->add_option("--top-p", gen.options.top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
+  generate->add_option("--seed", gen.options.seed, "sampling seed");
+  generate->add_option("--format", gen.format, "text or ids")->check(CLI::IsMember({"text", "ids"}));
+  generate->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an end-of-sequence token");
+  generate->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
+  CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
+  std::string config_path, out_dir;
+  uint64_t seed = 0;
+  init->add_option("--config", config_path, "config.json of the model to create")->required()->check(CLI::ExistingFile);
+  init->add_option("--out", out_dir, "output directory (must not exist)")->required();
+  init->add_option("--seed", seed, "initialization seed");
+  init->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? kExitOk : kExitInvalidInput;
+  }
+  if (train->parsed()) {
+    if (np != 1 || !hostfile.empty()) {
+      InitLogging(log_level, 0);
+      spdlog::error("--np {} : this build trains on one rank only", np);
+      return kExitInvalidInput;
+    }
+    return RunWorker(job_path, log_level);
+  }
+  try {
+    InitLogging(log_level, 0);
+    if (generate->parsed()) return Generate(gen);
+    if (init->parsed()) return InitModel(config_path, out_dir, seed);
+  } catch (const std::exception& e) {
+    return ReportFailure(e);
+  }
+  return kExitOk;
+}

@@ -1,0 +1,54 @@
+#pragma once
+// The `tokens` data format: JSONL, one example a line, already tokenized:
+//   {"input_ids": [1, 15043, 29892], "labels": [-100, 15043, 29892]}
+// `labels` is optional (default: input_ids, loss on every token) and aligned with input_ids as
+// in transformers: position t's label is the token the model should predict after reading
+// tokens 0..t-1 (the shift happens in the loss). -100 means "no loss here".
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <vector>
+
+namespace shardtune {
+
+struct Example {
+  std::vector<int64_t> input_ids;
+  std::vector<int64_t> labels;  // same length; -100 = ignored
+
+  // Next-token targets this example contributes: labels[1:] that are not -100.
+  int64_t target_tokens() const;
+};
+
+struct TokenDatasetOptions {
+  int64_t vocab_size = 0;    // ids must lie in [0, vocab_size)
+  int64_t max_seq_len = 0;   // longer examples are truncated to this many tokens
+};
+
+struct TokenDataset {
+  std::vector<Example> examples;
+  int64_t truncated = 0;     // examples cut to max_seq_len
+};
+
+// Reads and validates the whole file; errors name "path:line" and the field. Blank lines are
+// skipped. Throws Error(kInvalidArgument) for malformed lines, kNotFound for a missing file.
+TokenDataset ReadTokenDataset(const std::filesystem::path& path, const TokenDatasetOptions& options);
+
+// A padded micro-batch: right padding with `pad_id`, labels -100 and attention_mask 0 there.
+struct Batch {
+  at::Tensor input_ids;       // (B, S) int64
+  at::Tensor labels;          // (B, S) int64
+  at::Tensor attention_mask;  // (B, S) int64
+  int64_t input_tokens = 0;   // non-padding tokens
+};
+Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id);
+
+// Splits off the last `fraction` of a seeded permutation as validation (at least one example
+// when fraction > 0 and there are two or more). Deterministic for a seed.
+void SplitValidation(std::vector<Example>& train, std::vector<Example>& validation, double fraction, uint64_t seed);
+
+// The order of examples in `epoch`: a permutation seeded by (seed, epoch), or 0..n-1.
+std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
+
+}  // namespace shardtune

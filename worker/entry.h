@@ -1,0 +1,19 @@
+#pragma once
+// The worker's entry point, shared by `shardtune-worker JOB.yaml` and `shardtune train JOB.yaml`
+// with one rank: loads and validates the spec, trains, and maps failures to exit codes.
+
+#include <string>
+
+namespace shardtune {
+
+// Exit codes of every shardtune executable.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;        // the job failed while running
+inline constexpr int kExitInvalidInput = 2;  // the spec, data, model files or flags are wrong
+
+int RunWorker(const std::string& job_path, const std::string& log_level);
+
+// Maps an exception from the training side to an exit code, logging it.
+int ReportFailure(const std::exception& error);
+
+}  // namespace shardtune

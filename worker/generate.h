@@ -1,0 +1,33 @@
+#pragma once
+// Text generation from a Llama-family model: greedy (temperature 0), or temperature and
+// nucleus (top-p) sampling drawn from a seeded generator, with a KV cache.
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "sharding/flat_parameters.h"
+#include "worker/models/llama.h"
+
+namespace shardtune {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0;  // 0: greedy
+  double top_p = 1.0;        // keep the smallest set of tokens whose probability reaches top_p
+  uint64_t seed = 0;
+  bool stop_at_eos = true;   // stop after generating one of config.eos_token_ids
+};
+
+// Returns only the new tokens (the prompt is not repeated).
+std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt, const GenerateOptions& options);
+
+// A model loaded from a Hugging Face directory for inference, owning its weights.
+struct LoadedModel {
+  std::unique_ptr<FlatParameters> weights;
+  std::unique_ptr<LlamaModel> model;
+};
+LoadedModel LoadModelForInference(const std::filesystem::path& model_dir);
+
+}  // namespace shardtune

@@ -1,0 +1,151 @@
+#include "worker/models/hf_io.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "common/safetensors.h"
+
+namespace shardtune {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::optional<at::ScalarType> ScalarTypeOf(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return at::kFloat;
+    case DType::kF16: return at::kHalf;
+    case DType::kBF16: return at::kBFloat16;
+    default: return std::nullopt;
+  }
+}
+
+DType DTypeOf(at::ScalarType type) {
+  switch (type) {
+    case at::kHalf: return DType::kF16;
+    case at::kBFloat16: return DType::kBF16;
+    default: return DType::kF32;
+  }
+}
+
+const char* TorchDTypeName(ComputeDType dtype) {
+  switch (dtype) {
+    case ComputeDType::kBf16: return "bfloat16";
+    case ComputeDType::kFp16: return "float16";
+    default: return "float32";
+  }
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Files a Hugging Face model directory carries besides weights and config, copied on export so
+// the result is usable on its own.
+constexpr const char* kCompanionFiles[] = {"tokenizer.json",          "tokenizer_config.json", "special_tokens_map.json",
+                                           "tokenizer.model",         "vocab.json",            "merges.txt",
+                                           "generation_config.json", "added_tokens.json"};
+
+}  // namespace
+
+at::ScalarType ToScalarType(ComputeDType dtype) {
+  switch (dtype) {
+    case ComputeDType::kBf16: return at::kBFloat16;
+    case ComputeDType::kFp16: return at::kHalf;
+    default: return at::kFloat;
+  }
+}
+
+void LoadHfWeights(const fs::path& model_dir, FlatParameters& flat) {
+  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::Open(model_dir);
+  at::NoGradGuard no_grad;
+  std::set<std::string> used;
+  for (const auto& slot : flat.slots()) {
+    const auto entry = checkpoint.Find(slot.spec.name);
+    if (!entry) {
+      Fail(ErrorCode::kNotFound, "{}: tensor '{}' (shape {}) is missing from the checkpoint", model_dir.string(), slot.spec.name,
+           ShapeString(slot.spec.shape));
+    }
+    const TensorInfo& info = *entry->info;
+    if (info.shape != slot.spec.shape) {
+      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has shape {} but config.json implies {}", entry->file->path().string(),
+           slot.spec.name, ShapeString(info.shape), ShapeString(slot.spec.shape));
+    }
+    const auto type = ScalarTypeOf(info.dtype);
+    if (!type) {
+      Fail(ErrorCode::kUnimplemented, "{}: tensor '{}' is {}; supported weight dtypes are F32, F16, BF16",
+           entry->file->path().string(), slot.spec.name, DTypeName(info.dtype));
+    }
+    void* bytes = const_cast<std::byte*>(entry->file->Data(info));
+    const at::Tensor source = at::from_blob(bytes, info.shape, at::TensorOptions().dtype(*type));
+    flat.Value(slot).copy_(source);
+    used.insert(slot.spec.name);
+  }
+  std::vector<std::string> unused;
+  for (const auto& name : checkpoint.Names()) {
+    // Tied checkpoints may still carry lm_head; old ones carry RoPE buffers. Neither is a weight.
+    if (!used.count(name) && name != "lm_head.weight" && name.find("rotary_emb.inv_freq") == std::string::npos) unused.push_back(name);
+  }
+  if (!unused.empty()) {
+    spdlog::warn("{}: {} tensors in the checkpoint are not used by the model, e.g. '{}'", model_dir.string(), unused.size(),
+                 unused.front());
+  }
+}
+
+void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const FlatParameters& flat, ComputeDType dtype) {
+  if (fs::exists(out_dir)) {
+    Fail(ErrorCode::kFailedPrecondition, "{}: already exists; refusing to overwrite it", out_dir.string());
+  }
+  nlohmann::json config = nlohmann::json::parse(ReadFile(source_dir / "config.json"));
+  config["torch_dtype"] = TorchDTypeName(dtype);
+
+  const fs::path staging = fs::path(out_dir.string() + ".tmp");
+  fs::remove_all(staging);
+  fs::create_directories(staging);
+  WriteFileAtomic(staging / "config.json", config.dump(2) + "\n");
+
+  const at::ScalarType type = ToScalarType(dtype);
+  std::vector<at::Tensor> converted;  // keeps converted copies alive during the write
+  std::vector<TensorBytes> tensors;
+  for (const auto& slot : flat.slots()) {
+    at::Tensor value = flat.Value(slot).detach().to(type).contiguous();
+    tensors.push_back(TensorBytes{slot.spec.name, DTypeOf(type), slot.spec.shape, value.data_ptr(), static_cast<size_t>(value.nbytes())});
+    converted.push_back(std::move(value));
+  }
+  WriteSafetensorsModel(staging, tensors);
+  for (const char* name : kCompanionFiles) {
+    if (fs::exists(source_dir / name)) WriteFileAtomic(staging / name, ReadFile(source_dir / name));
+  }
+  RenameDirectoryAtomic(staging, out_dir);
+}
+
+void InitializeWeights(FlatParameters& flat, uint64_t seed, double std) {
+  std::mt19937_64 rng(seed);
+  // Box-Muller on our own uniform draws: the same numbers on every standard library.
+  auto uniform = [&rng] { return (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53; };
+  at::NoGradGuard no_grad;
+  for (const auto& slot : flat.slots()) {
+    at::Tensor value = flat.Value(slot);
+    const std::string& name = slot.spec.name;
+    if (name.find("norm") != std::string::npos) {
+      value.fill_(1.0);
+    } else if (slot.spec.shape.size() == 1) {
+      value.zero_();
+    } else {
+      float* data = value.data_ptr<float>();
+      for (int64_t i = 0; i < slot.numel; ++i) {
+        data[i] = static_cast<float>(std * std::sqrt(-2.0 * std::log(uniform())) * std::cos(2.0 * M_PI * uniform()));
+      }
+    }
+  }
+}
+
+}  // namespace shardtune

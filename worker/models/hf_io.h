@@ -1,0 +1,32 @@
+#pragma once
+// Reading and writing Hugging Face model directories: config.json + safetensors weights.
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <string>
+
+#include "common/job_spec.h"
+#include "sharding/flat_parameters.h"
+#include "worker/models/llama_config.h"
+
+namespace shardtune {
+
+// Copies every parameter of `flat` from the checkpoint in `model_dir` (model.safetensors or a
+// sharded index), converting F16/BF16 to fp32. Throws Error naming the file and tensor when one
+// is missing, has another shape than config.json implies, or has an unsupported dtype.
+void LoadHfWeights(const std::filesystem::path& model_dir, FlatParameters& flat);
+
+// Writes `model_dir`-style output: config.json (the source config with torch_dtype set) and the
+// weights in `dtype`, plus the tokenizer files found in `source_dir`. The directory is built
+// under a temporary name and renamed into place, so `out_dir` is either absent or complete.
+void WriteHfModel(const std::filesystem::path& out_dir, const std::filesystem::path& source_dir, const FlatParameters& flat,
+                  ComputeDType dtype);
+
+// Initializes weights as transformers does for a new model: normal(0, 0.02) matrices and
+// embeddings, ones for norms, zeros for biases; deterministic for a seed.
+void InitializeWeights(FlatParameters& flat, uint64_t seed, double std = 0.02);
+
+at::ScalarType ToScalarType(ComputeDType dtype);
+
+}  // namespace shardtune

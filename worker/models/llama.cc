@@ -1,0 +1,218 @@
+#include "worker/models/llama.h"
+
+#include <ATen/core/Reduction.h>
+
+#include <cmath>
+#include <limits>
+
+#include "common/error.h"
+
+namespace shardtune {
+
+std::vector<ParameterSpec> LlamaParameterSpecs(const LlamaConfig& c) {
+  const int64_t h = c.hidden_size;
+  const int64_t q = c.num_attention_heads * c.head_dim;
+  const int64_t kv = c.num_key_value_heads * c.head_dim;
+  const int64_t ff = c.intermediate_size;
+  std::vector<ParameterSpec> specs;
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    const bool decay = shape.size() >= 2;  // no weight decay on norms and biases
+    specs.push_back(ParameterSpec{std::move(name), std::move(shape), decay});
+  };
+  add("model.embed_tokens.weight", {c.vocab_size, h});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    add(p + "input_layernorm.weight", {h});
+    add(p + "self_attn.q_proj.weight", {q, h});
+    if (c.qkv_bias) add(p + "self_attn.q_proj.bias", {q});
+    add(p + "self_attn.k_proj.weight", {kv, h});
+    if (c.qkv_bias) add(p + "self_attn.k_proj.bias", {kv});
+    add(p + "self_attn.v_proj.weight", {kv, h});
+    if (c.qkv_bias) add(p + "self_attn.v_proj.bias", {kv});
+    add(p + "self_attn.o_proj.weight", {h, q});
+    if (c.o_bias) add(p + "self_attn.o_proj.bias", {h});
+    add(p + "post_attention_layernorm.weight", {h});
+    add(p + "mlp.gate_proj.weight", {ff, h});
+    if (c.mlp_bias) add(p + "mlp.gate_proj.bias", {ff});
+    add(p + "mlp.up_proj.weight", {ff, h});
+    if (c.mlp_bias) add(p + "mlp.up_proj.bias", {ff});
+    add(p + "mlp.down_proj.weight", {h, ff});
+    if (c.mlp_bias) add(p + "mlp.down_proj.bias", {h});
+  }
+  add("model.norm.weight", {h});
+  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, h});
+  return specs;
+}
+
+LlamaWeights BindLlamaWeights(const LlamaConfig& c, const TensorLookup& lookup) {
+  LlamaWeights w;
+  w.embed_tokens = lookup("model.embed_tokens.weight");
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    LlamaLayerWeights layer;
+    layer.input_layernorm = lookup(p + "input_layernorm.weight");
+    layer.q_proj = lookup(p + "self_attn.q_proj.weight");
+    layer.k_proj = lookup(p + "self_attn.k_proj.weight");
+    layer.v_proj = lookup(p + "self_attn.v_proj.weight");
+    layer.o_proj = lookup(p + "self_attn.o_proj.weight");
+    if (c.qkv_bias) {
+      layer.q_bias = lookup(p + "self_attn.q_proj.bias");
+      layer.k_bias = lookup(p + "self_attn.k_proj.bias");
+      layer.v_bias = lookup(p + "self_attn.v_proj.bias");
+    }
+    if (c.o_bias) layer.o_bias = lookup(p + "self_attn.o_proj.bias");
+    layer.post_attention_layernorm = lookup(p + "post_attention_layernorm.weight");
+    layer.gate_proj = lookup(p + "mlp.gate_proj.weight");
+    layer.up_proj = lookup(p + "mlp.up_proj.weight");
+    layer.down_proj = lookup(p + "mlp.down_proj.weight");
+    if (c.mlp_bias) {
+      layer.gate_bias = lookup(p + "mlp.gate_proj.bias");
+      layer.up_bias = lookup(p + "mlp.up_proj.bias");
+      layer.down_bias = lookup(p + "mlp.down_proj.bias");
+    }
+    w.layers.push_back(std::move(layer));
+  }
+  w.norm = lookup("model.norm.weight");
+  w.lm_head = c.tie_word_embeddings ? w.embed_tokens : lookup("lm_head.weight");
+  return w;
+}
+
+at::Tensor RopeInverseFrequencies(const LlamaConfig& c) {
+  // As transformers computes it: 1 / theta^(arange(0, dim, 2) / dim), in fp32.
+  const at::Tensor exponents = at::arange(0, c.head_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(c.head_dim);
+  at::Tensor inv_freq = 1.0 / at::pow(c.rope_theta, exponents);
+  const RopeScaling& s = c.rope_scaling;
+  switch (s.type) {
+    case RopeScalingType::kNone:
+      break;
+    case RopeScalingType::kLinear:
+      inv_freq = inv_freq / s.factor;
+      break;
+    case RopeScalingType::kLlama3: {
+      // Long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+      const double old_context = static_cast<double>(s.original_max_position_embeddings);
+      const double low_freq_wavelen = old_context / s.low_freq_factor;
+      const double high_freq_wavelen = old_context / s.high_freq_factor;
+      const at::Tensor wavelen = 2 * M_PI / inv_freq;
+      at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+      const at::Tensor smooth = (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+      const at::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+      const at::Tensor medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+      inv_freq = at::where(medium, smoothed, scaled);
+      break;
+    }
+  }
+  return inv_freq;
+}
+
+namespace {
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  // Normalized in fp32, as transformers does, whatever the compute dtype.
+  at::Tensor xf = x.to(at::kFloat);
+  xf = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return at::linear(x, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+}
+
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// (B, kv_heads, T, D) -> (B, kv_heads * groups, T, D), each kv head repeated for its query group.
+at::Tensor RepeatKv(const at::Tensor& x, int64_t groups) {
+  if (groups == 1) return x;
+  const auto b = x.size(0), kv = x.size(1), t = x.size(2), d = x.size(3);
+  return x.unsqueeze(2).expand({b, kv, groups, t, d}).reshape({b, kv * groups, t, d});
+}
+
+// Additive mask (B or 1, 1, S, T): 0 where query i (at position past + i) may attend to key j,
+// the dtype's lowest value elsewhere (causal, sliding window, padding).
+at::Tensor AttentionMask(const at::Tensor& attention_mask, int64_t batch, int64_t s, int64_t past,
+                         const std::optional<int64_t>& window, at::ScalarType dtype) {
+  const int64_t t = past + s;
+  const at::Tensor query_pos = at::arange(past, t, at::kLong).unsqueeze(1);  // (S, 1)
+  const at::Tensor key_pos = at::arange(0, t, at::kLong).unsqueeze(0);       // (1, T)
+  at::Tensor allowed = key_pos <= query_pos;
+  if (window) allowed = allowed.logical_and((query_pos - key_pos) < *window);
+  allowed = allowed.view({1, 1, s, t});
+  if (attention_mask.defined()) allowed = allowed.logical_and(attention_mask.to(at::kBool).view({batch, 1, 1, t}));
+  const double lowest = dtype == at::kFloat ? std::numeric_limits<float>::lowest()
+                        : dtype == at::kBFloat16 ? -3.3895313892515355e38 : -65504.0;
+  return at::zeros(allowed.sizes(), at::TensorOptions().dtype(dtype)).masked_fill_(allowed.logical_not(), lowest);
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)), inv_freq_(RopeInverseFrequencies(config_)) {}
+
+at::Tensor LlamaModel::Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const at::Tensor& cos,
+                                 const at::Tensor& sin, const at::Tensor& mask, KvCache* cache, size_t layer_index) const {
+  const int64_t b = x.size(0), s = x.size(1);
+  const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
+  at::Tensor q = Linear(x, layer.q_proj, layer.q_bias).view({b, s, heads, d}).transpose(1, 2);
+  at::Tensor k = Linear(x, layer.k_proj, layer.k_bias).view({b, s, kv_heads, d}).transpose(1, 2);
+  at::Tensor v = Linear(x, layer.v_proj, layer.v_bias).view({b, s, kv_heads, d}).transpose(1, 2);
+  q = q * cos + RotateHalf(q) * sin;
+  k = k * cos + RotateHalf(k) * sin;
+  if (cache != nullptr) {
+    if (cache->keys.size() <= layer_index) {
+      cache->keys.resize(layer_index + 1);
+      cache->values.resize(layer_index + 1);
+    }
+    if (cache->keys[layer_index].defined()) {
+      k = at::cat({cache->keys[layer_index], k}, 2);
+      v = at::cat({cache->values[layer_index], v}, 2);
+    }
+    cache->keys[layer_index] = k;
+    cache->values[layer_index] = v;
+  }
+  const int64_t groups = heads / kv_heads;
+  const at::Tensor scores = at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) + mask;
+  const at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  const at::Tensor context = at::matmul(probs, RepeatKv(v, groups)).transpose(1, 2).reshape({b, s, heads * d});
+  return Linear(context, layer.o_proj, layer.o_bias);
+}
+
+at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache) const {
+  ST_CHECK(input_ids.dim() == 2, "input_ids must be (batch, seq), got {} dims", input_ids.dim());
+  const int64_t b = input_ids.size(0), s = input_ids.size(1);
+  const int64_t past = cache != nullptr ? cache->length : 0;
+  at::Tensor h = at::embedding(weights_.embed_tokens, input_ids);
+
+  // cos/sin (1, 1, S, head_dim): the angle of position p in frequency band i is p * inv_freq[i].
+  const at::Tensor positions = at::arange(past, past + s, at::kLong).to(at::kFloat);
+  const at::Tensor freqs = positions.unsqueeze(1) * inv_freq_.unsqueeze(0);
+  const at::Tensor angles = at::cat({freqs, freqs}, -1).view({1, 1, s, config_.head_dim});
+  const at::Tensor cos = angles.cos().to(h.scalar_type());
+  const at::Tensor sin = angles.sin().to(h.scalar_type());
+  const at::Tensor mask = AttentionMask(attention_mask, b, s, past, config_.sliding_window, h.scalar_type());
+
+  for (size_t i = 0; i < weights_.layers.size(); ++i) {
+    const LlamaLayerWeights& layer = weights_.layers[i];
+    h = h + Attention(layer, RmsNorm(h, layer.input_layernorm, config_.rms_norm_eps), cos, sin, mask, cache, i);
+    const at::Tensor x = RmsNorm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
+    const at::Tensor gated = at::silu(Linear(x, layer.gate_proj, layer.gate_bias)) * Linear(x, layer.up_proj, layer.up_bias);
+    h = h + Linear(gated, layer.down_proj, layer.down_bias);
+  }
+  if (cache != nullptr) cache->length += s;
+  h = RmsNorm(h, weights_.norm, config_.rms_norm_eps);
+  return at::linear(h, weights_.lm_head).to(at::kFloat);
+}
+
+LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels) {
+  const int64_t s = logits.size(1);
+  const at::Tensor shifted_logits = logits.narrow(1, 0, s - 1).reshape({-1, logits.size(2)});
+  const at::Tensor shifted_labels = labels.narrow(1, 1, s - 1).reshape({-1});
+  LossSum loss;
+  loss.sum = at::cross_entropy_loss(shifted_logits, shifted_labels, {}, at::Reduction::Sum, -100);
+  loss.tokens = shifted_labels.ne(-100).sum().item<int64_t>();
+  return loss;
+}
+
+}  // namespace shardtune

@@ -1,0 +1,83 @@
+#pragma once
+// The Llama-family decoder (llama, mistral, qwen2) with Hugging Face's math, so logits match
+// transformers' LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM to rounding:
+//   h = embed(ids); per layer: h += o(attn(rope(q(n1(h))), rope(k(n1(h))), v(n1(h))));
+//   h += down(silu(gate(n2(h))) * up(n2(h))); logits = lm_head(norm(h)).
+// The model holds no storage of its own: weights are tensors bound by name (views into a flat
+// buffer when training), so the same code runs on one rank or on gathered shards.
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "sharding/flat_parameters.h"
+#include "worker/models/llama_config.h"
+
+namespace shardtune {
+
+// Every trainable tensor in Hugging Face's names and order. A tied lm_head is not listed: it is
+// model.embed_tokens.weight.
+std::vector<ParameterSpec> LlamaParameterSpecs(const LlamaConfig& config);
+
+struct LlamaLayerWeights {
+  at::Tensor input_layernorm;           // (hidden)
+  at::Tensor q_proj, k_proj, v_proj;    // (heads*head_dim, hidden), (kv_heads*head_dim, hidden) x 2
+  at::Tensor q_bias, k_bias, v_bias;    // undefined unless config.qkv_bias
+  at::Tensor o_proj, o_bias;            // (hidden, heads*head_dim); o_bias unless config.o_bias
+  at::Tensor post_attention_layernorm;  // (hidden)
+  at::Tensor gate_proj, up_proj;        // (intermediate, hidden)
+  at::Tensor down_proj;                 // (hidden, intermediate)
+  at::Tensor gate_bias, up_bias, down_bias;  // undefined unless config.mlp_bias
+};
+
+struct LlamaWeights {
+  at::Tensor embed_tokens;  // (vocab, hidden)
+  std::vector<LlamaLayerWeights> layers;
+  at::Tensor norm;          // (hidden)
+  at::Tensor lm_head;       // (vocab, hidden); the same tensor as embed_tokens when tied
+};
+
+using TensorLookup = std::function<at::Tensor(const std::string& name)>;
+LlamaWeights BindLlamaWeights(const LlamaConfig& config, const TensorLookup& lookup);
+
+// Keys and values of the positions seen so far, per layer, after RoPE: (batch, kv_heads, T, head_dim).
+struct KvCache {
+  std::vector<at::Tensor> keys;
+  std::vector<at::Tensor> values;
+  int64_t length = 0;
+};
+
+// RoPE inverse frequencies (head_dim / 2,) fp32, with linear or llama3 scaling applied.
+at::Tensor RopeInverseFrequencies(const LlamaConfig& config);
+
+class LlamaModel {
+ public:
+  LlamaModel(LlamaConfig config, LlamaWeights weights);
+
+  // input_ids (B, S) int64. attention_mask (B, past + S), 1 for real tokens and 0 for padding,
+  // or undefined when every token is real. With a cache, positions continue after its length
+  // and the new keys and values are appended. Returns logits (B, S, vocab) fp32.
+  at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache = nullptr) const;
+
+  const LlamaConfig& config() const { return config_; }
+
+ private:
+  at::Tensor Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                       const at::Tensor& mask, KvCache* cache, size_t layer_index) const;
+
+  LlamaConfig config_;
+  LlamaWeights weights_;
+  at::Tensor inv_freq_;
+};
+
+// Sum of token cross-entropies of next-token prediction (labels shifted left by one, -100
+// ignored), and the number of tokens it covers. logits (B, S, V), labels (B, S).
+struct LossSum {
+  at::Tensor sum;  // scalar fp32, differentiable
+  int64_t tokens = 0;
+};
+LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels);
+
+}  // namespace shardtune

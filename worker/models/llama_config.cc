@@ -1,0 +1,172 @@
+#include "worker/models/llama_config.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+
+namespace shardtune {
+
+using nlohmann::json;
+
+namespace {
+
+// Reads an optional field, checking its JSON type; absent or null keeps the default.
+template <typename T>
+void Read(const json& root, const char* key, T* out, const std::string& where) {
+  const auto it = root.find(key);
+  if (it == root.end() || it->is_null()) return;
+  const char* expected = "a string";
+  bool ok = it->is_string();
+  if constexpr (std::is_same_v<T, bool>) {
+    expected = "true or false", ok = it->is_boolean();
+  } else if constexpr (std::is_integral_v<T>) {
+    expected = "an integer", ok = it->is_number_integer();
+  } else if constexpr (std::is_floating_point_v<T>) {
+    expected = "a number", ok = it->is_number();
+  }
+  if (!ok) Fail(ErrorCode::kInvalidArgument, "{}: '{}' must be {}, got {}", where, key, expected, it->dump());
+  *out = it->get<T>();
+}
+
+void RequirePositive(int64_t value, const char* key, const std::string& where) {
+  if (value <= 0) Fail(ErrorCode::kInvalidArgument, "{}: '{}' must be positive, got {}", where, key, value);
+}
+
+RopeScaling ParseRopeScaling(const json& node, const std::string& where) {
+  RopeScaling scaling;
+  if (node.is_null()) return scaling;
+  if (!node.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: 'rope_scaling' must be an object or null", where);
+  std::string type;
+  if (node.contains("rope_type")) Read(node, "rope_type", &type, where + ": rope_scaling");
+  else Read(node, "type", &type, where + ": rope_scaling");
+  if (type == "default" || type.empty()) return scaling;
+  Read(node, "factor", &scaling.factor, where + ": rope_scaling");
+  if (scaling.factor <= 0) Fail(ErrorCode::kInvalidArgument, "{}: rope_scaling.factor must be positive, got {}", where, scaling.factor);
+  if (type == "linear") {
+    scaling.type = RopeScalingType::kLinear;
+  } else if (type == "llama3") {
+    scaling.type = RopeScalingType::kLlama3;
+    Read(node, "low_freq_factor", &scaling.low_freq_factor, where + ": rope_scaling");
+    Read(node, "high_freq_factor", &scaling.high_freq_factor, where + ": rope_scaling");
+    Read(node, "original_max_position_embeddings", &scaling.original_max_position_embeddings, where + ": rope_scaling");
+    if (!(scaling.high_freq_factor > scaling.low_freq_factor)) {
+      Fail(ErrorCode::kInvalidArgument, "{}: rope_scaling.high_freq_factor {} must exceed low_freq_factor {}", where,
+           scaling.high_freq_factor, scaling.low_freq_factor);
+    }
+  } else {
+    Fail(ErrorCode::kUnimplemented, "{}: rope_scaling type '{}' is not supported (supported: linear, llama3)", where, type);
+  }
+  return scaling;
+}
+
+}  // namespace
+
+LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where) {
+  json root;
+  try {
+    root = json::parse(text);
+  } catch (const json::parse_error& e) {
+    Fail(ErrorCode::kInvalidArgument, "{}: not valid JSON: {}", where, e.what());
+  }
+  if (!root.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: expected a JSON object", where);
+
+  LlamaConfig c;
+  Read(root, "model_type", &c.model_type, where);
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2") {
+    Fail(ErrorCode::kUnimplemented, "{}: model_type '{}' is not supported (supported: llama, mistral, qwen2)", where, c.model_type);
+  }
+  const bool qwen2 = c.model_type == "qwen2";
+  Read(root, "vocab_size", &c.vocab_size, where);
+  Read(root, "hidden_size", &c.hidden_size, where);
+  Read(root, "intermediate_size", &c.intermediate_size, where);
+  Read(root, "num_hidden_layers", &c.num_hidden_layers, where);
+  Read(root, "num_attention_heads", &c.num_attention_heads, where);
+  c.num_key_value_heads = c.num_attention_heads;
+  Read(root, "num_key_value_heads", &c.num_key_value_heads, where);
+  Read(root, "max_position_embeddings", &c.max_position_embeddings, where);
+  Read(root, "rms_norm_eps", &c.rms_norm_eps, where);
+  Read(root, "rope_theta", &c.rope_theta, where);
+  Read(root, "tie_word_embeddings", &c.tie_word_embeddings, where);
+  // Qwen2 always has q/k/v biases and none on o_proj; Llama's attention_bias covers all four.
+  if (qwen2) {
+    c.qkv_bias = true;
+  } else {
+    Read(root, "attention_bias", &c.qkv_bias, where);
+    c.o_bias = c.qkv_bias;
+  }
+  Read(root, "mlp_bias", &c.mlp_bias, where);
+  Read(root, "hidden_act", &c.hidden_act, where);
+  Read(root, "torch_dtype", &c.torch_dtype, where);
+  Read(root, "pad_token_id", &c.pad_token_id, where);
+  Read(root, "bos_token_id", &c.bos_token_id, where);
+  if (const auto eos = root.find("eos_token_id"); eos != root.end() && !eos->is_null()) {
+    if (eos->is_number_integer()) {
+      c.eos_token_ids = {eos->get<int64_t>()};
+    } else if (eos->is_array() && std::all_of(eos->begin(), eos->end(), [](const json& v) { return v.is_number_integer(); })) {
+      c.eos_token_ids = eos->get<std::vector<int64_t>>();
+    } else {
+      Fail(ErrorCode::kInvalidArgument, "{}: 'eos_token_id' must be an integer or a list of integers, got {}", where, eos->dump());
+    }
+  }
+  if (const auto rope = root.find("rope_scaling"); rope != root.end()) c.rope_scaling = ParseRopeScaling(*rope, where);
+
+  bool use_sliding_window = c.model_type == "mistral";
+  if (qwen2) Read(root, "use_sliding_window", &use_sliding_window, where);
+  if (use_sliding_window) {
+    if (const auto window = root.find("sliding_window"); window != root.end() && !window->is_null()) {
+      int64_t w = 0;
+      Read(root, "sliding_window", &w, where);
+      RequirePositive(w, "sliding_window", where);
+      c.sliding_window = w;
+    }
+  }
+
+  RequirePositive(c.vocab_size, "vocab_size", where);
+  RequirePositive(c.hidden_size, "hidden_size", where);
+  RequirePositive(c.intermediate_size, "intermediate_size", where);
+  RequirePositive(c.num_hidden_layers, "num_hidden_layers", where);
+  RequirePositive(c.num_attention_heads, "num_attention_heads", where);
+  RequirePositive(c.num_key_value_heads, "num_key_value_heads", where);
+  RequirePositive(c.max_position_embeddings, "max_position_embeddings", where);
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    Fail(ErrorCode::kInvalidArgument, "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", where,
+         c.num_attention_heads, c.num_key_value_heads);
+  }
+  if (root.contains("head_dim") && !root["head_dim"].is_null()) {
+    Read(root, "head_dim", &c.head_dim, where);
+    RequirePositive(c.head_dim, "head_dim", where);
+  } else {
+    if (c.hidden_size % c.num_attention_heads != 0) {
+      Fail(ErrorCode::kInvalidArgument, "{}: hidden_size {} is not a multiple of num_attention_heads {} (and no head_dim is given)",
+           where, c.hidden_size, c.num_attention_heads);
+    }
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  if (c.head_dim % 2 != 0) Fail(ErrorCode::kInvalidArgument, "{}: head_dim {} must be even for rotary embeddings", where, c.head_dim);
+  if (c.hidden_act != "silu") {
+    Fail(ErrorCode::kUnimplemented, "{}: hidden_act '{}' is not supported (supported: silu)", where, c.hidden_act);
+  }
+  if (!(c.rms_norm_eps > 0)) Fail(ErrorCode::kInvalidArgument, "{}: rms_norm_eps must be positive", where);
+  if (!(c.rope_theta > 0)) Fail(ErrorCode::kInvalidArgument, "{}: rope_theta must be positive", where);
+  return c;
+}
+
+LlamaConfig LlamaConfig::Load(const std::filesystem::path& model_dir) {
+  const auto path = model_dir / "config.json";
+  return Parse(ReadFile(path), path.string());
+}
+
+int64_t LlamaConfig::num_parameters() const {
+  const int64_t h = hidden_size;
+  const int64_t q = num_attention_heads * head_dim;
+  const int64_t kv = num_key_value_heads * head_dim;
+  int64_t per_layer = 2 * h + h * q + 2 * h * kv + q * h + 3 * h * intermediate_size;
+  if (qkv_bias) per_layer += q + 2 * kv;
+  if (o_bias) per_layer += h;
+  if (mlp_bias) per_layer += 2 * intermediate_size + h;
+  return vocab_size * h * (tie_word_embeddings ? 1 : 2) + h + num_hidden_layers * per_layer;
+}
+
+}  // namespace shardtune
