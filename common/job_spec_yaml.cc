@@ -5,6 +5,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <limits>
+#include <map>
 #include <optional>
 #include <regex>
 #include <set>
@@ -88,6 +89,17 @@ class MapReader {
     if (node_.IsDefined() && !node_.IsNull() && !node_.IsMap()) {
       reader_.Problem(node_.Mark(), path_.empty() ? "(top level)" : path_, "expected a mapping, got " + NodeKind(node_));
       valid_ = false;
+    }
+    // yaml-cpp keeps one of two equal keys silently; a user who wrote both meant something.
+    if (valid_ && node_ && node_.IsMap()) {
+      std::map<std::string, int> first_line;
+      for (const auto& entry : node_) {
+        const std::string key = entry.first.Scalar();
+        const auto [it, inserted] = first_line.emplace(key, entry.first.Mark().line + 1);
+        if (!inserted) {
+          reader_.Problem(entry.first.Mark(), Join(key), fmt::format("duplicate key '{}' (first at line {})", key, it->second));
+        }
+      }
     }
   }
 

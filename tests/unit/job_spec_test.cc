@@ -1,0 +1,217 @@
+#include "common/job_spec.h"
+
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+
+namespace shardtune {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ScratchDir;
+
+// A directory with the files a minimal valid spec names: model/config.json, data/train.jsonl.
+class JobSpecTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::WriteText(dir_ / "model" / "config.json", "{}");
+    testing::WriteText(dir_ / "data" / "train.jsonl", "{\"input_ids\": [1, 2]}\n");
+  }
+
+  JobSpec Parse(const std::string& yaml) { return ParseJobSpec(yaml, "job.yaml", dir_.path()); }
+
+  // Parses `yaml` expecting a SpecError; returns its problems.
+  std::vector<std::string> Problems(const std::string& yaml) {
+    try {
+      Parse(yaml);
+    } catch (const SpecError& e) {
+      return e.problems();
+    }
+    ADD_FAILURE() << "expected the spec to be rejected:\n" << yaml;
+    return {};
+  }
+
+  // Expects exactly one problem, containing every fragment.
+  void ExpectProblem(const std::string& yaml, std::initializer_list<std::string> fragments) {
+    const auto problems = Problems(yaml);
+    ASSERT_EQ(problems.size(), 1u) << (problems.empty() ? "none" : problems[0]);
+    for (const auto& fragment : fragments) EXPECT_NE(problems[0].find(fragment), std::string::npos) << problems[0];
+  }
+
+  ScratchDir dir_;
+};
+
+constexpr const char* kMinimal = R"(name: support-bot
+model: {path: model}
+data: {train: data/train.jsonl, format: tokens}
+output: {dir: runs/support-bot}
+)";
+
+TEST_F(JobSpecTest, MinimalSpecGetsDocumentedDefaultsAndAbsolutePaths) {
+  const JobSpec spec = Parse(kMinimal);
+  EXPECT_EQ(spec.name, "support-bot");
+  EXPECT_EQ(spec.model.path, (dir_.path() / "model").string());
+  EXPECT_EQ(spec.output.dir, (dir_.path() / "runs/support-bot").string());
+  EXPECT_EQ(spec.model.dtype, ComputeDType::kFp32);
+  EXPECT_EQ(spec.method.type, MethodType::kFull);
+  EXPECT_EQ(spec.training.epochs, 1);
+  EXPECT_EQ(spec.training.micro_batch_size, 1);
+  EXPECT_DOUBLE_EQ(spec.training.optimizer.lr, 5e-5);
+  EXPECT_DOUBLE_EQ(spec.training.grad_clip, 1.0);
+  EXPECT_EQ(spec.training.seed, 42u);
+  EXPECT_EQ(spec.data.max_seq_len, 2048);
+  EXPECT_EQ(spec.sharding.zero_stage, 0);
+  ASSERT_EQ(spec.output.export_formats.size(), 1u);
+  EXPECT_EQ(spec.output.export_formats[0], ExportFormat::kHf);
+  EXPECT_EQ(spec.GlobalBatchSize(1), 1);
+}
+
+TEST_F(JobSpecTest, FullSpecParsesEveryKey) {
+  const JobSpec spec = Parse(R"(name: llama-ft
+labels: {team: nlp}
+model: {path: model, dtype: bf16, task: causal_lm}
+method: {type: full}
+data: {train: data/train.jsonl, validation_split: 0.05, format: tokens, max_seq_len: 512, packing: false, shuffle: false}
+training:
+  max_steps: 100
+  micro_batch_size: 4
+  global_batch_size: 64
+  optimizer: {type: adamw, lr: 2.0e-4, weight_decay: 0.1, beta1: 0.8, beta2: 0.95, eps: 1.0e-6}
+  scheduler: {type: cosine, warmup_steps: 10, min_lr_ratio: 0.1}
+  grad_clip: 0.5
+  seed: 7
+  eval_every: 20
+  log_every: 5
+sharding: {zero_stage: 3, backend: mpi, shard_group_size: 2, offload_optimizer: none, collective_timeout_s: 60}
+output: {dir: out, checkpoint_every: 50, keep_checkpoints: 2, export: [hf]}
+resources: {nodes: 2, ranks_per_node: 2}
+)");
+  EXPECT_EQ(spec.labels.at("team"), "nlp");
+  EXPECT_EQ(spec.model.dtype, ComputeDType::kBf16);
+  EXPECT_DOUBLE_EQ(spec.training.optimizer.beta2, 0.95);
+  EXPECT_EQ(spec.training.scheduler.type, SchedulerType::kCosine);
+  EXPECT_EQ(spec.sharding.zero_stage, 3);
+  EXPECT_EQ(spec.sharding.backend, CommBackend::kMpi);
+  EXPECT_EQ(spec.GradientAccumulation(4), 4);  // 64 / (4 x 4)
+  EXPECT_FALSE(spec.data.shuffle);
+}
+
+TEST_F(JobSpecTest, ResolvedYamlReadsBackToTheSameSpec) {
+  const JobSpec spec = Parse(std::string(kMinimal) + "training: {epochs: 3, optimizer: {lr: 1.0e-3}}\n");
+  const JobSpec again = ParseJobSpec(JobSpecToYaml(spec), "job.yaml", "/");
+  EXPECT_EQ(JobSpecToYaml(again), JobSpecToYaml(spec));
+  EXPECT_EQ(again.training.epochs, 3);
+  EXPECT_DOUBLE_EQ(again.training.optimizer.lr, 1e-3);
+  EXPECT_EQ(again.model.path, spec.model.path);
+}
+
+TEST_F(JobSpecTest, UnknownKeyNamesPathLineColumnAndSuggestion) {
+  ExpectProblem(std::string(kMinimal) + "training:\n  epoch: 3\n",
+                {"training.epoch (line 6, column 3)", "unknown key 'epoch'", "did you mean 'epochs'"});
+}
+
+TEST_F(JobSpecTest, UnknownTopLevelSectionWithoutCloseMatchListsTheKeys) {
+  ExpectProblem(std::string(kMinimal) + "hyperparameters: {}\n", {"hyperparameters (line 5, column 1)", "expected one of"});
+}
+
+TEST_F(JobSpecTest, WrongTypes) {
+  ExpectProblem(std::string(kMinimal) + "training: {epochs: three}\n",
+                {"training.epochs (line 5, column 20)", "expected an integer, got 'three'"});
+  ExpectProblem(std::string(kMinimal) + "training: {optimizer: {lr: fast}}\n", {"training.optimizer.lr", "expected a number"});
+  ExpectProblem(std::string(kMinimal) + "data2: 1\n", {"data2", "did you mean 'data'"});
+  ExpectProblem(std::string(kMinimal) + "training: [1, 2]\n", {"training (line 5, column 11)", "expected a mapping, got a list"});
+  ExpectProblem(std::string(kMinimal) + "sharding: {zero_stage: [3]}\n", {"sharding.zero_stage", "expected an integer, got a list"});
+}
+
+TEST_F(JobSpecTest, OutOfRangeValues) {
+  ExpectProblem(std::string(kMinimal) + "sharding: {zero_stage: 4}\n", {"sharding.zero_stage", "must be in [0, 3], got 4"});
+  ExpectProblem(std::string(kMinimal) + "training: {micro_batch_size: 0}\n", {"training.micro_batch_size", "must be >= 1, got 0"});
+  ExpectProblem(std::string(kMinimal) + "training: {optimizer: {lr: 0}}\n", {"training.optimizer.lr", "must be in (0"});
+  ExpectProblem(std::string(kMinimal) + "training: {optimizer: {beta2: 1.0}}\n", {"training.optimizer.beta2", "must be in [0, 1)"});
+  ExpectProblem(std::string(kMinimal) + "training: {seed: -1}\n", {"training.seed", "non-negative integer"});
+}
+
+TEST_F(JobSpecTest, EnumTypoGetsSuggestion) {
+  ExpectProblem(std::string(kMinimal) + "training: {scheduler: {type: cosin}}\n",
+                {"training.scheduler.type", "'cosin' is not one of: constant, linear, cosine", "did you mean 'cosine'"});
+}
+
+TEST_F(JobSpecTest, InconsistentBatchSizesPrintTheNumbers) {
+  ExpectProblem(std::string(kMinimal) + "training: {micro_batch_size: 3, global_batch_size: 64}\nresources: {ranks_per_node: 4}\n",
+                {"training.global_batch_size", "64 is not divisible by micro_batch_size 3 x data-parallel ranks 4"});
+}
+
+TEST_F(JobSpecTest, MissingRequiredKeys) {
+  const auto problems = Problems("model: {dtype: fp32}\n");
+  std::string all;
+  for (const auto& p : problems) all += p + "\n";
+  EXPECT_NE(all.find("name"), std::string::npos) << all;
+  EXPECT_NE(all.find("model.path"), std::string::npos) << all;
+  EXPECT_NE(all.find("data.train"), std::string::npos) << all;
+  EXPECT_NE(all.find("data.format (line 1, column 1): is required (one of: chat,"), std::string::npos) << all;
+  EXPECT_NE(all.find("output.dir"), std::string::npos) << all;
+}
+
+TEST_F(JobSpecTest, MissingFiles) {
+  ExpectProblem(R"(name: x
+model: {path: nowhere}
+data: {train: data/train.jsonl, format: tokens}
+output: {dir: out}
+)",
+                {"model.path (line 2, column 15)", "nowhere' is not a directory"});
+  ExpectProblem(R"(name: x
+model: {path: data}
+data: {train: data/train.jsonl, format: tokens}
+output: {dir: out}
+)",
+                {"model.path", "has no config.json"});
+  ExpectProblem(R"(name: x
+model: {path: model}
+data: {train: data/missing.jsonl, format: tokens}
+output: {dir: out}
+)",
+                {"data.train (line 3, column 15)", "missing.jsonl' is not a file"});
+}
+
+TEST_F(JobSpecTest, AllProblemsAreReportedAtOnce) {
+  const auto problems = Problems(std::string(kMinimal) + "training: {epochs: 0, grad_clip: -1, warmup: 3}\n");
+  EXPECT_EQ(problems.size(), 3u);
+}
+
+TEST_F(JobSpecTest, CrossFieldChecks) {
+  ExpectProblem(std::string(kMinimal) + "output: {dir: elsewhere}\n",
+                {"output (line 5, column 1)", "duplicate key 'output' (first at line 4)"});
+  ExpectProblem(R"(name: x
+model: {path: model}
+data: {train: data/train.jsonl, validation: data/train.jsonl, validation_split: 0.1, format: tokens}
+output: {dir: out}
+)",
+                {"data.validation_split", "either data.validation or data.validation_split"});
+  ExpectProblem(R"(name: x
+model: {path: model}
+data: {train: data/train.jsonl, format: tokens}
+output: {dir: out, export: [peft]}
+)",
+                {"output.export", "method.type is 'full'"});
+  ExpectProblem(std::string(kMinimal) + "sharding: {shard_group_size: 3}\nresources: {ranks_per_node: 4}\n",
+                {"sharding.shard_group_size", "3 does not divide the 4 ranks"});
+  ExpectProblem(std::string(kMinimal) + "training: {max_steps: 5, scheduler: {warmup_steps: 10}}\n",
+                {"warmup_steps", "10 exceeds training.max_steps 5"});
+}
+
+TEST_F(JobSpecTest, HostileNamesAreRejected) {
+  for (const std::string name : {"\"x; rm -rf /\"", "UPPER", "-leading", "a_b", "\"$(id)\""}) {
+    ExpectProblem("name: " + name + "\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens}\noutput: {dir: out}\n",
+                  {"name (line 1, column 7)", "a-z, 0-9 and '-'"});
+  }
+  ExpectProblem("name: " + std::string(65, 'a') + "\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens}\noutput: {dir: o}\n",
+                {"name", "1 to 64 characters"});
+}
+
+TEST_F(JobSpecTest, SyntaxErrorsAndNonMappingsNameTheLine) {
+  ExpectProblem("name: x\nmodel: {path: model\n", {"line 3", "not valid YAML"});
+  ExpectProblem("- just\n- a list\n", {"expected a mapping of sections"});
+}
+
+}  // namespace
+}  // namespace shardtune

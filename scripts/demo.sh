@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# `make demo`: creates a small Llama model (random weights, fixed seed, Hugging Face layout) and
+# a synthetic dataset that teaches it to count, fine-tunes it on one rank, and shows the loss
+# falling and the greedy continuation of the same prompt before and after.
+set -euo pipefail
+build_dir=${1:-build}
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin="$root/$build_dir/bin"
+out="$root/demo-out"
+
+rm -rf "$out"
+mkdir -p "$out/data"
+"$bin/shardtune" init-model --config "$root/examples/tiny-llama/config.json" --out "$out/base-model" --seed 0 --log-level warn
+
+# Counting task: BOS, then a run of consecutive ids in [3, 63] wrapping around.
+awk 'BEGIN {
+  srand(7);
+  for (n = 0; n < 320; n++) {
+    start = 3 + int(rand() * 61); line = "{\"input_ids\": [1";
+    for (i = 0; i < 24; i++) line = line ", " (3 + (start - 3 + i) % 61);
+    print line "]}";
+  }
+}' > "$out/data/train.jsonl"
+
+cat > "$out/job.yaml" <<YAML
+name: demo-counting
+model: {path: $out/base-model, dtype: fp32}
+data: {train: $out/data/train.jsonl, validation_split: 0.1, format: tokens, max_seq_len: 64}
+training:
+  max_steps: 120
+  micro_batch_size: 8
+  global_batch_size: 16
+  optimizer: {lr: 3.0e-3, weight_decay: 0.01}
+  scheduler: {type: cosine, warmup_steps: 10}
+  eval_every: 40
+output: {dir: $out/run, checkpoint_every: 60, export: [hf]}
+YAML
+
+prompt="1 20 21 22"
+echo "== greedy continuation of '$prompt' before fine-tuning:"
+before=$("$bin/shardtune" generate --model "$out/base-model" --input-ids "$prompt" --max-new-tokens 12 --format ids --log-level warn)
+echo "   $before"
+
+echo "== fine-tuning (job spec: $out/job.yaml)"
+"$bin/shardtune" train "$out/job.yaml"
+
+first=$(head -n 1 "$out/run/metrics.jsonl" | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
+last=$(grep '"loss"' "$out/run/metrics.jsonl" | tail -n 1 | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
+val=$(grep '"val_loss"' "$out/run/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_loss":([0-9.e+-]+).*/\1/')
+echo "== training loss: first step $first -> last step $last; validation loss $val"
+
+echo "== greedy continuation of '$prompt' after fine-tuning ($out/run/final):"
+after=$("$bin/shardtune" generate --model "$out/run/final" --input-ids "$prompt" --max-new-tokens 12 --format ids --log-level warn)
+echo "   $after"
+echo "   (the counting continuation is: 23 24 25 26 27 28 29 30 31 32 33 34)"

@@ -1,0 +1,46 @@
+#pragma once
+// Helpers shared by the unit tests: scratch directories and the shared fixtures.
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+namespace shardtune::testing {
+
+// A fresh directory under the system temp dir, removed when the test ends.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::random_device device;
+    path_ = std::filesystem::temp_directory_path() / ("shardtune-test-" + std::to_string(device()) + std::to_string(device()));
+    std::filesystem::create_directories(path_);
+  }
+  ~ScratchDir() { std::filesystem::remove_all(path_); }
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline void WriteText(const std::filesystem::path& path, const std::string& text) {
+  std::filesystem::create_directories(path.parent_path());
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+// ../shared/fixtures, found from the source tree (SHARDTUNE_SOURCE_DIR is set by CMake).
+inline std::filesystem::path FixturesDir() {
+  return std::filesystem::path(SHARDTUNE_SOURCE_DIR).parent_path() / "shared" / "fixtures";
+}
+
+}  // namespace shardtune::testing
+
+// Skips the test, visibly, when a fixture is not there (CI always has ../shared).
+#define SKIP_WITHOUT_FIXTURE(path)                                                            \
+  do {                                                                                        \
+    if (!std::filesystem::exists(path)) GTEST_SKIP() << "fixture not found: " << (path).string(); \
+  } while (0)
