@@ -1,0 +1,274 @@
+#include "worker/trainer.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "sharding/adamw.h"
+#include "sharding/lr_schedule.h"
+#include "tiny_models.h"
+#include "worker/data/token_dataset.h"
+#include "worker/generate.h"
+
+namespace shardtune {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using testing::ScratchDir;
+
+// The taught task: after BOS, count upwards through [3, 47] (wrapping), from any start.
+std::string CountingData(int examples, int length, uint64_t seed) {
+  std::string text;
+  uint64_t state = seed;
+  for (int n = 0; n < examples; ++n) {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    const int start = static_cast<int>((state >> 33) % 45);
+    text += "{\"input_ids\": [1";
+    for (int i = 0; i < length; ++i) text += ", " + std::to_string(3 + (start + i) % 45);
+    text += "]}\n";
+  }
+  return text;
+}
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::WriteTinyModel(dir_ / "base", testing::TinyConfig("llama", R"("tie_word_embeddings": false)"), 0);
+    testing::WriteText(dir_ / "train.jsonl", CountingData(96, 12, 1));
+    testing::WriteText(dir_ / "val.jsonl", CountingData(8, 12, 2));
+  }
+
+  JobSpec Spec(const std::string& output, const std::string& training) {
+    const std::string yaml = "name: t\nmodel: {path: base}\n"
+                             "data: {train: train.jsonl, validation: val.jsonl, format: tokens}\n"
+                             "output: {dir: " + output + ", checkpoint_every: 4}\n"
+                             "training: " + training + "\n";
+    return ParseJobSpec(yaml, "job.yaml", dir_.path());
+  }
+
+  std::vector<json> Metrics(const std::string& output) {
+    std::vector<json> lines;
+    std::ifstream in(dir_ / output / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+    return lines;
+  }
+
+  ScratchDir dir_;
+};
+
+TEST_F(TrainerTest, LearnsTheTaughtSequence) {
+  const JobSpec spec = Spec("run", "{max_steps: 60, micro_batch_size: 8, global_batch_size: 16, eval_every: 20, "
+                                   "optimizer: {lr: 3.0e-3}, scheduler: {type: cosine, warmup_steps: 5}}");
+  const TrainingSummary summary = RunTraining(spec);
+  EXPECT_TRUE(summary.finished);
+  EXPECT_EQ(summary.steps, 60);
+
+  const std::vector<json> metrics = Metrics("run");
+  const double first = metrics.front().at("loss").get<double>();
+  double last = 0;
+  int evals = 0;
+  for (const json& m : metrics) {
+    if (m.contains("loss")) {
+      last = m.at("loss").get<double>();
+      for (const char* key : {"step", "epoch", "lr", "grad_norm", "tokens", "tokens_per_s"}) EXPECT_TRUE(m.contains(key)) << key;
+    }
+    if (m.contains("val_loss")) {
+      ++evals;
+      EXPECT_NEAR(m.at("perplexity").get<double>(), std::exp(m.at("val_loss").get<double>()), 1e-9);
+    }
+  }
+  EXPECT_GT(first, 3.0);        // about ln(48) at random initialization
+  EXPECT_LT(last, first / 4);   // the loss fell
+  EXPECT_EQ(evals, 3);          // steps 20, 40, 60
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "job.yaml"));
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "logs" / "rank-00000.log"));
+
+  // The exported model continues a count it was taught.
+  const LoadedModel tuned = LoadModelForInference(dir_ / "run" / "final");
+  GenerateOptions greedy;
+  greedy.max_new_tokens = 6;
+  EXPECT_EQ(Generate(*tuned.model, {1, 20, 21, 22}, greedy), (std::vector<int64_t>{23, 24, 25, 26, 27, 28}));
+  const LoadedModel base = LoadModelForInference(dir_ / "base");
+  EXPECT_NE(Generate(*base.model, {1, 20, 21, 22}, greedy), (std::vector<int64_t>{23, 24, 25, 26, 27, 28}));
+}
+
+TEST_F(TrainerTest, ResumedRunEqualsUninterruptedRunBitForBit) {
+  const std::string training = "{max_steps: 10, micro_batch_size: 4, global_batch_size: 8, "
+                               "optimizer: {lr: 1.0e-3, weight_decay: 0.1}, scheduler: {type: cosine, warmup_steps: 2}}";
+  RunTraining(Spec("straight", training));
+
+  TrainerOptions interrupt;
+  interrupt.stop_after_step = 6;  // the last checkpoint is step 4: steps 5 and 6 are redone
+  const TrainingSummary stopped = RunTraining(Spec("resumed", training), interrupt);
+  EXPECT_FALSE(stopped.finished);
+  EXPECT_TRUE(fs::exists(dir_ / "resumed" / "checkpoints" / "step-4" / "index.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "resumed" / "final"));
+  const TrainingSummary resumed = RunTraining(Spec("resumed", training));
+  EXPECT_EQ(resumed.resumed_from_step, 4);
+  EXPECT_TRUE(resumed.finished);
+
+  // Every metric but wall-clock throughput, step by step, and the exported weights, byte by byte.
+  std::vector<json> a = Metrics("straight"), b = Metrics("resumed");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i].erase("tokens_per_s");
+    b[i].erase("tokens_per_s");
+    EXPECT_EQ(a[i], b[i]) << "line " << i;
+  }
+  EXPECT_EQ(ReadFile(dir_ / "straight" / "final" / "model.safetensors"), ReadFile(dir_ / "resumed" / "final" / "model.safetensors"));
+}
+
+TEST_F(TrainerTest, GradientAccumulationEqualsOneLargeBatch) {
+  RunTraining(Spec("large", "{max_steps: 3, micro_batch_size: 8, global_batch_size: 8, optimizer: {lr: 1.0e-3}}"));
+  RunTraining(Spec("accumulated", "{max_steps: 3, micro_batch_size: 2, global_batch_size: 8, optimizer: {lr: 1.0e-3}}"));
+  const std::vector<json> a = Metrics("large"), b = Metrics("accumulated");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].contains("loss")) continue;
+    EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 1e-5) << "step " << i + 1;
+    EXPECT_NEAR(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>(), 1e-5) << "step " << i + 1;
+  }
+  const LoadedModel x = LoadModelForInference(dir_ / "large" / "final");
+  const LoadedModel y = LoadModelForInference(dir_ / "accumulated" / "final");
+  // Adam divides by sqrt(v): for elements whose gradient is almost zero, a rounding difference in
+  // the gradient moves the update by a visible fraction of lr (1e-3 here), so allow 5% of it.
+  EXPECT_TRUE(at::allclose(x.weights->values(), y.weights->values(), 0, 5e-5))
+      << "max difference " << (x.weights->values() - y.weights->values()).abs().max().item<double>();
+}
+
+TEST_F(TrainerTest, RefusesToOverwriteAFinishedRun) {
+  const JobSpec spec = Spec("done", "{max_steps: 1}");
+  RunTraining(spec);
+  const std::string before = ReadFile(dir_ / "done" / "final" / "model.safetensors");
+  try {
+    RunTraining(spec);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kFailedPrecondition);
+    EXPECT_NE(std::string(e.what()).find("holds a finished run"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(ReadFile(dir_ / "done" / "final" / "model.safetensors"), before);
+}
+
+TEST_F(TrainerTest, MethodsOfLaterIssuesAreRefusedClearly) {
+  const std::string yaml = "name: t\nmodel: {path: base}\nmethod: {type: lora}\n"
+                           "data: {train: train.jsonl, format: tokens}\noutput: {dir: lora}\n";
+  try {
+    RunTraining(ParseJobSpec(yaml, "job.yaml", dir_.path()));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnimplemented);
+    EXPECT_NE(std::string(e.what()).find("method.type 'lora'"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "lora"));
+}
+
+// Reads `text` as a tokens file expecting an error containing `fragment` (and "file:line").
+void ExpectDataError(const std::string& text, const std::string& fragment) {
+  ScratchDir dir;
+  testing::WriteText(dir / "d.jsonl", text);
+  try {
+    ReadTokenDataset(dir / "d.jsonl", TokenDatasetOptions{48, 16});
+    ADD_FAILURE() << "accepted: " << text;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+TEST(TokenDataset, ErrorsNameFileLineAndField) {
+  const std::string good = "{\"input_ids\": [1, 2, 3]}\n";
+  ExpectDataError(good + "{\"input_ids\": [1, 2\n", "d.jsonl:2: not valid JSON");
+  ExpectDataError(good + "\n" + "[1, 2]\n", "d.jsonl:3: expected a JSON object");
+  ExpectDataError("{\"ids\": [1]}\n", "d.jsonl:1: unknown field 'ids'");
+  ExpectDataError("{\"labels\": [1]}\n", "d.jsonl:1: missing 'input_ids'");
+  ExpectDataError("{\"input_ids\": []}\n", "'input_ids' is empty");
+  ExpectDataError("{\"input_ids\": [1, \"two\"]}\n", "input_ids[1] must be an integer, got \"two\"");
+  ExpectDataError("{\"input_ids\": [1, 48]}\n", "input_ids[1] = 48 is outside the vocabulary [0, 48)");
+  ExpectDataError("{\"input_ids\": [1, -100]}\n", "input_ids[1] = -100 is outside the vocabulary");
+  ExpectDataError("{\"input_ids\": [1, 2], \"labels\": [-100]}\n", "'labels' has 1 entries but 'input_ids' has 2");
+  ExpectDataError("{\"input_ids\": [1, 2], \"labels\": [-100, -5]}\n", "labels[1] = -5 is outside the vocabulary [0, 48) (or -100");
+  ExpectDataError("\n\n", "holds no examples");
+}
+
+TEST(TokenDataset, LabelsDefaultToInputsAndLongExamplesAreTruncated) {
+  ScratchDir dir;
+  testing::WriteText(dir / "d.jsonl", "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, 3, 4, 5], \"labels\": [-100, -100, 3, 4, 5]}\n");
+  const TokenDataset data = ReadTokenDataset(dir / "d.jsonl", TokenDatasetOptions{48, 4});
+  ASSERT_EQ(data.examples.size(), 2u);
+  EXPECT_EQ(data.examples[0].labels, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(data.examples[0].target_tokens(), 2);
+  EXPECT_EQ(data.examples[1].input_ids.size(), 4u);
+  EXPECT_EQ(data.examples[1].target_tokens(), 2);  // labels 3 and 4 after the shift
+  EXPECT_EQ(data.truncated, 1);
+
+  const Batch batch = Collate({&data.examples[0], &data.examples[1]}, /*pad_id=*/0);
+  EXPECT_EQ(batch.input_ids.sizes(), (at::IntArrayRef{2, 4}));
+  EXPECT_EQ(batch.labels[0][3].item<int64_t>(), -100);
+  EXPECT_EQ(batch.attention_mask.sum().item<int64_t>(), 7);
+  EXPECT_EQ(batch.input_tokens, 7);
+}
+
+TEST(TokenDataset, EpochOrderIsASeededPermutation) {
+  const auto a = EpochOrder(50, 42, 0, true);
+  EXPECT_EQ(a, EpochOrder(50, 42, 0, true));
+  EXPECT_NE(a, EpochOrder(50, 42, 1, true));
+  auto sorted = a;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, EpochOrder(50, 42, 0, false));
+}
+
+TEST(LrSchedule, WarmupThenDecayAsHuggingFaceDefinesIt) {
+  OptimizerSpec optimizer;
+  optimizer.lr = 1.0;
+  SchedulerSpec scheduler;
+  scheduler.warmup_steps = 10;
+  scheduler.type = SchedulerType::kCosine;
+  EXPECT_DOUBLE_EQ(LearningRateAt(optimizer, scheduler, 0, 110), 0.0);
+  EXPECT_DOUBLE_EQ(LearningRateAt(optimizer, scheduler, 5, 110), 0.5);
+  EXPECT_DOUBLE_EQ(LearningRateAt(optimizer, scheduler, 10, 110), 1.0);
+  EXPECT_NEAR(LearningRateAt(optimizer, scheduler, 60, 110), 0.5, 1e-12);
+  EXPECT_NEAR(LearningRateAt(optimizer, scheduler, 110, 110), 0.0, 1e-12);
+  scheduler.type = SchedulerType::kLinear;
+  scheduler.min_lr_ratio = 0.1;
+  EXPECT_NEAR(LearningRateAt(optimizer, scheduler, 60, 110), 0.55, 1e-12);
+  scheduler.type = SchedulerType::kConstant;
+  EXPECT_DOUBLE_EQ(LearningRateAt(optimizer, scheduler, 100, 110), 1.0);
+}
+
+TEST(AdamW, FollowsTheReferenceArithmeticAndSkipsDecayWhereTold) {
+  OptimizerSpec spec;
+  spec.lr = 0.1;
+  spec.weight_decay = 0.5;
+  spec.beta1 = 0.9;
+  spec.beta2 = 0.99;
+  spec.eps = 1e-8;
+  // Four elements; the last two (a "bias") get no decay.
+  AdamW optimizer(spec, 4, {{0, 2}});
+  at::Tensor params = at::tensor(std::vector<float>{1.0f, -2.0f, 0.5f, 3.0f});
+  const std::vector<std::vector<float>> grads = {{0.1f, -0.2f, 0.3f, 0.0f}, {0.2f, 0.1f, -0.1f, 1.0f}, {-0.3f, 0.0f, 0.2f, 0.5f}};
+  // The reference in double, written from the AdamW paper's algorithm with decoupled decay.
+  std::vector<double> p = {1.0, -2.0, 0.5, 3.0}, m(4, 0.0), v(4, 0.0);
+  for (size_t step = 1; step <= grads.size(); ++step) {
+    optimizer.Step(params, at::tensor(grads[step - 1]), spec.lr);
+    for (size_t i = 0; i < 4; ++i) {
+      const double g = grads[step - 1][i];
+      if (i < 2) p[i] *= 1 - spec.lr * spec.weight_decay;
+      m[i] = spec.beta1 * m[i] + (1 - spec.beta1) * g;
+      v[i] = spec.beta2 * v[i] + (1 - spec.beta2) * g * g;
+      const double m_hat = m[i] / (1 - std::pow(spec.beta1, step));
+      const double v_hat = v[i] / (1 - std::pow(spec.beta2, step));
+      p[i] -= spec.lr * m_hat / (std::sqrt(v_hat) + spec.eps);
+    }
+  }
+  for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(params[i].item<double>(), p[i], 1e-6) << i;
+  EXPECT_EQ(optimizer.step(), 3);
+}
+
+}  // namespace
+}  // namespace shardtune
