@@ -83,7 +83,8 @@ void RenameDirectoryAtomic(const fs::path& from, const fs::path& to) {
 std::string ReadFile(const fs::path& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) Fail(ErrorCode::kNotFound, "{}: no such file", path.string());
-  if (fs::is_directory(path, ec)) Fail(ErrorCode::kInvalidArgument, "{}: is a directory, expected a file", path.string());
+  if (fs::is_directory(path, ec))
+    Fail(ErrorCode::kInvalidArgument, "{}: is a directory, expected a file", path.string());
   std::ifstream in(path, std::ios::binary);
   if (!in) FailErrno("open", path.string());
   std::ostringstream contents;

@@ -44,15 +44,15 @@ template <typename... Args>
 }  // namespace shardtune
 
 // Checks a POSIX call that returns -1 on failure, naming the call, the path and errno's message.
-#define ST_SYSCALL_CHECK(stmt, path)                                                        \
-  do {                                                                                      \
+#define ST_SYSCALL_CHECK(stmt, path)                                                                        \
+  do {                                                                                                      \
     if ((stmt) == -1) ::shardtune::FailErrno(fmt::format("{} ({}:{})", #stmt, __FILE__, __LINE__), (path)); \
   } while (0)
 
 // Checks an internal invariant; a failure is a shardtune bug, reported with file:line.
-#define ST_CHECK(cond, ...)                                                                          \
-  do {                                                                                               \
-    if (!(cond))                                                                                     \
-      ::shardtune::Fail(::shardtune::ErrorCode::kInternal, "internal check failed at {}:{}: {}: {}", \
-                        __FILE__, __LINE__, #cond, fmt::format(__VA_ARGS__));                        \
+#define ST_CHECK(cond, ...)                                                                                    \
+  do {                                                                                                         \
+    if (!(cond))                                                                                               \
+      ::shardtune::Fail(::shardtune::ErrorCode::kInternal, "internal check failed at {}:{}: {}: {}", __FILE__, \
+                        __LINE__, #cond, fmt::format(__VA_ARGS__));                                            \
   } while (0)

@@ -5,7 +5,8 @@ namespace shardtune {
 namespace {
 
 std::string JoinProblems(const std::string& source, const std::vector<std::string>& problems) {
-  std::string message = fmt::format("{}: {} problem{} in the job spec:", source, problems.size(), problems.size() == 1 ? "" : "s");
+  std::string message =
+      fmt::format("{}: {} problem{} in the job spec:", source, problems.size(), problems.size() == 1 ? "" : "s");
   for (const auto& problem : problems) message += "\n  " + problem;
   return message;
 }

@@ -25,8 +25,8 @@ enum class OffloadTarget { kNone, kCpu };
 enum class ExportFormat { kHf, kPeft };
 
 struct ModelSpec {
-  std::string path;          // Hugging Face directory: config.json + *.safetensors (required)
-  std::string tokenizer;     // (optional) defaults to the tokenizer in `path`
+  std::string path;       // Hugging Face directory: config.json + *.safetensors (required)
+  std::string tokenizer;  // (optional) defaults to the tokenizer in `path`
   ComputeDType dtype = ComputeDType::kFp32;
   ModelTask task = ModelTask::kCausalLm;
 };
@@ -36,19 +36,19 @@ struct MethodSpec {
 };
 
 struct DataSpec {
-  std::string train;               // JSONL file (required)
-  std::string validation;          // (optional) JSONL file
-  double validation_split = 0.0;   // fraction of train held out when `validation` is not given
+  std::string train;              // JSONL file (required)
+  std::string validation;         // (optional) JSONL file
+  double validation_split = 0.0;  // fraction of train held out when `validation` is not given
   DataFormat format = DataFormat::kTokens;
-  int64_t max_seq_len = 2048;      // longer examples are truncated
+  int64_t max_seq_len = 2048;  // longer examples are truncated
   bool packing = false;
-  bool shuffle = true;             // reshuffled every epoch from training.seed
+  bool shuffle = true;  // reshuffled every epoch from training.seed
 };
 
 struct OptimizerSpec {
   OptimizerType type = OptimizerType::kAdamW;
   double lr = 5.0e-5;
-  double weight_decay = 0.0;       // decoupled; never applied to norms and biases
+  double weight_decay = 0.0;  // decoupled; never applied to norms and biases
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1.0e-8;
@@ -57,34 +57,34 @@ struct OptimizerSpec {
 struct SchedulerSpec {
   SchedulerType type = SchedulerType::kLinear;
   int64_t warmup_steps = 0;
-  double min_lr_ratio = 0.0;       // linear and cosine decay to lr x min_lr_ratio
+  double min_lr_ratio = 0.0;  // linear and cosine decay to lr x min_lr_ratio
 };
 
 struct TrainingSpec {
   int64_t epochs = 1;
-  int64_t max_steps = 0;           // > 0 overrides epochs
-  int64_t micro_batch_size = 1;    // examples per rank per forward/backward
-  int64_t global_batch_size = 0;   // 0: micro_batch_size x data-parallel ranks (no accumulation)
+  int64_t max_steps = 0;          // > 0 overrides epochs
+  int64_t micro_batch_size = 1;   // examples per rank per forward/backward
+  int64_t global_batch_size = 0;  // 0: micro_batch_size x data-parallel ranks (no accumulation)
   OptimizerSpec optimizer;
   SchedulerSpec scheduler;
-  double grad_clip = 1.0;          // global L2 norm; 0 disables clipping
+  double grad_clip = 1.0;  // global L2 norm; 0 disables clipping
   uint64_t seed = 42;
-  int64_t eval_every = 0;          // steps between validations; 0: only after the last step
-  int64_t log_every = 1;           // steps between metrics.jsonl lines
+  int64_t eval_every = 0;  // steps between validations; 0: only after the last step
+  int64_t log_every = 1;   // steps between metrics.jsonl lines
 };
 
 struct ShardingSpec {
   int zero_stage = 0;
   CommBackend backend = CommBackend::kAuto;
-  int64_t shard_group_size = 0;    // 0: shard over all ranks
+  int64_t shard_group_size = 0;  // 0: shard over all ranks
   OffloadTarget offload_optimizer = OffloadTarget::kNone;
   double collective_timeout_s = 600;
 };
 
 struct OutputSpec {
-  std::string dir;                 // (required)
-  int64_t checkpoint_every = 0;    // steps between checkpoints; 0: none besides the final export
-  int64_t keep_checkpoints = 0;    // newest checkpoints kept; 0 keeps all
+  std::string dir;               // (required)
+  int64_t checkpoint_every = 0;  // steps between checkpoints; 0: none besides the final export
+  int64_t keep_checkpoints = 0;  // newest checkpoints kept; 0 keeps all
   std::vector<ExportFormat> export_formats = {ExportFormat::kHf};
 };
 
@@ -95,7 +95,7 @@ struct ResourcesSpec {
 };
 
 struct JobSpec {
-  std::string name;                // [a-z0-9-], at most 64 characters (required)
+  std::string name;  // [a-z0-9-], at most 64 characters (required)
   std::map<std::string, std::string> labels;
   ModelSpec model;
   MethodSpec method;
@@ -121,7 +121,7 @@ class SpecError : public Error {
 };
 
 struct SpecOptions {
-  bool check_files = true;         // model.path, data.train, ... must exist
+  bool check_files = true;  // model.path, data.train, ... must exist
 };
 
 // Parses and validates YAML text. `source` names it in errors; relative paths in the spec are

@@ -24,37 +24,45 @@ namespace {
 template <typename E>
 using EnumTable = std::vector<std::pair<std::string, E>>;
 
-const EnumTable<ComputeDType> kDTypes = {{"fp32", ComputeDType::kFp32}, {"bf16", ComputeDType::kBf16}, {"fp16", ComputeDType::kFp16}};
+const EnumTable<ComputeDType> kDTypes = {
+    {"fp32", ComputeDType::kFp32}, {"bf16", ComputeDType::kBf16}, {"fp16", ComputeDType::kFp16}};
 const EnumTable<ModelTask> kTasks = {{"causal_lm", ModelTask::kCausalLm},
                                      {"sequence_classification", ModelTask::kSequenceClassification},
                                      {"token_classification", ModelTask::kTokenClassification}};
-const EnumTable<MethodType> kMethods = {{"full", MethodType::kFull},       {"lora", MethodType::kLora},
-                                        {"dora", MethodType::kDora},       {"adapter", MethodType::kAdapter},
-                                        {"prefix", MethodType::kPrefix},   {"prompt", MethodType::kPrompt},
+const EnumTable<MethodType> kMethods = {{"full", MethodType::kFull},     {"lora", MethodType::kLora},
+                                        {"dora", MethodType::kDora},     {"adapter", MethodType::kAdapter},
+                                        {"prefix", MethodType::kPrefix}, {"prompt", MethodType::kPrompt},
                                         {"ia3", MethodType::kIa3}};
-const EnumTable<DataFormat> kFormats = {{"chat", DataFormat::kChat},       {"completion", DataFormat::kCompletion},
-                                        {"alpaca", DataFormat::kAlpaca},   {"sharegpt", DataFormat::kShareGpt},
-                                        {"text", DataFormat::kText},       {"classification", DataFormat::kClassification},
-                                        {"ner", DataFormat::kNer},         {"tokens", DataFormat::kTokens}};
+const EnumTable<DataFormat> kFormats = {
+    {"chat", DataFormat::kChat},     {"completion", DataFormat::kCompletion},
+    {"alpaca", DataFormat::kAlpaca}, {"sharegpt", DataFormat::kShareGpt},
+    {"text", DataFormat::kText},     {"classification", DataFormat::kClassification},
+    {"ner", DataFormat::kNer},       {"tokens", DataFormat::kTokens}};
 const EnumTable<OptimizerType> kOptimizers = {{"adamw", OptimizerType::kAdamW}};
 const EnumTable<SchedulerType> kSchedulers = {
     {"constant", SchedulerType::kConstant}, {"linear", SchedulerType::kLinear}, {"cosine", SchedulerType::kCosine}};
-const EnumTable<CommBackend> kBackends = {{"auto", CommBackend::kAuto}, {"nccl", CommBackend::kNccl}, {"mpi", CommBackend::kMpi}};
+const EnumTable<CommBackend> kBackends = {
+    {"auto", CommBackend::kAuto}, {"nccl", CommBackend::kNccl}, {"mpi", CommBackend::kMpi}};
 const EnumTable<OffloadTarget> kOffloads = {{"none", OffloadTarget::kNone}, {"cpu", OffloadTarget::kCpu}};
 const EnumTable<ExportFormat> kExports = {{"hf", ExportFormat::kHf}, {"peft", ExportFormat::kPeft}};
 
 template <typename E>
 const char* NameOf(const EnumTable<E>& table, E value) {
-  for (const auto& [name, v] : table) if (v == value) return name.c_str();
+  for (const auto& [name, v] : table)
+    if (v == value) return name.c_str();
   return "?";
 }
 
 std::string NodeKind(const YAML::Node& node) {
   switch (node.Type()) {
-    case YAML::NodeType::Map: return "a mapping";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Null: return "nothing";
-    default: return fmt::format("'{}'", node.Scalar());
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Null:
+      return "nothing";
+    default:
+      return fmt::format("'{}'", node.Scalar());
   }
 }
 
@@ -87,7 +95,8 @@ class MapReader {
   MapReader(SpecReader& reader, const YAML::Node& node, std::string path, YAML::Mark mark)
       : reader_(reader), node_(node), path_(std::move(path)), mark_(mark) {
     if (node_.IsDefined() && !node_.IsNull() && !node_.IsMap()) {
-      reader_.Problem(node_.Mark(), path_.empty() ? "(top level)" : path_, "expected a mapping, got " + NodeKind(node_));
+      reader_.Problem(node_.Mark(), path_.empty() ? "(top level)" : path_,
+                      "expected a mapping, got " + NodeKind(node_));
       valid_ = false;
     }
     // yaml-cpp keeps one of two equal keys silently; a user who wrote both meant something.
@@ -97,7 +106,8 @@ class MapReader {
         const std::string key = entry.first.Scalar();
         const auto [it, inserted] = first_line.emplace(key, entry.first.Mark().line + 1);
         if (!inserted) {
-          reader_.Problem(entry.first.Mark(), Join(key), fmt::format("duplicate key '{}' (first at line {})", key, it->second));
+          reader_.Problem(entry.first.Mark(), Join(key),
+                          fmt::format("duplicate key '{}' (first at line {})", key, it->second));
         }
       }
     }
@@ -110,8 +120,9 @@ class MapReader {
     try {
       const auto v = value.as<int64_t>();
       if (v < min || v > max) {
-        Problem(value, key, max == std::numeric_limits<int64_t>::max() ? fmt::format("must be >= {}, got {}", min, v)
-                                                                       : fmt::format("must be in [{}, {}], got {}", min, max, v));
+        Problem(value, key,
+                max == std::numeric_limits<int64_t>::max() ? fmt::format("must be >= {}, got {}", min, v)
+                                                           : fmt::format("must be in [{}, {}], got {}", min, max, v));
         return;
       }
       *out = v;
@@ -148,7 +159,8 @@ class MapReader {
     const bool below = min_open ? !(v > min) : !(v >= min);
     const bool above = max_open ? !(v < max) : !(v <= max);
     if (below || above) {
-      const std::string upper = max == std::numeric_limits<double>::infinity() ? "inf)" : fmt::format("{}{}", max, max_open ? ")" : "]");
+      const std::string upper =
+          max == std::numeric_limits<double>::infinity() ? "inf)" : fmt::format("{}{}", max, max_open ? ")" : "]");
       Problem(value, key, fmt::format("must be in {}{}, {}, got {}", min_open ? "(" : "[", min, upper, v));
       return;
     }
@@ -214,7 +226,8 @@ class MapReader {
     }
     for (const auto& entry : value) {
       if (!entry.second.IsScalar()) {
-        Problem(entry.second, fmt::format("{}.{}", key, entry.first.Scalar()), "expected a string, got " + NodeKind(entry.second));
+        Problem(entry.second, fmt::format("{}.{}", key, entry.first.Scalar()),
+                "expected a string, got " + NodeKind(entry.second));
         continue;
       }
       (*out)[entry.first.Scalar()] = entry.second.Scalar();
@@ -288,8 +301,9 @@ class MapReader {
     }
     const std::string suggestion = ClosestMatch(text, names);
     Problem(value, key,
-            suggestion.empty() ? fmt::format("'{}' is not one of: {}", text, JoinNames(names))
-                               : fmt::format("'{}' is not one of: {} (did you mean '{}'?)", text, JoinNames(names), suggestion));
+            suggestion.empty()
+                ? fmt::format("'{}' is not one of: {}", text, JoinNames(names))
+                : fmt::format("'{}' is not one of: {} (did you mean '{}'?)", text, JoinNames(names), suggestion));
     return std::nullopt;
   }
 
@@ -383,16 +397,17 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
 
   static const std::regex kNamePattern("[a-z0-9]([a-z0-9-]*[a-z0-9])?");
   if (!spec.name.empty() && (spec.name.size() > 64 || !std::regex_match(spec.name, kNamePattern))) {
-    reader.Problem(mark_of({"name"}), "name",
-                   fmt::format("'{}' must be 1 to 64 characters of a-z, 0-9 and '-', not starting or ending with '-'", spec.name));
+    reader.Problem(
+        mark_of({"name"}), "name",
+        fmt::format("'{}' must be 1 to 64 characters of a-z, 0-9 and '-', not starting or ending with '-'", spec.name));
   }
 
   const TrainingSpec& t = spec.training;
   const int64_t ranks = spec.resources.world_size();
   if (t.global_batch_size > 0 && t.global_batch_size % (t.micro_batch_size * ranks) != 0) {
     reader.Problem(mark_of({"training", "global_batch_size"}), "training.global_batch_size",
-                   fmt::format("{} is not divisible by micro_batch_size {} x data-parallel ranks {}", t.global_batch_size,
-                               t.micro_batch_size, ranks));
+                   fmt::format("{} is not divisible by micro_batch_size {} x data-parallel ranks {}",
+                               t.global_batch_size, t.micro_batch_size, ranks));
   }
   if (t.max_steps > 0 && t.scheduler.warmup_steps > t.max_steps) {
     reader.Problem(mark_of({"training", "scheduler", "warmup_steps"}), "training.scheduler.warmup_steps",
@@ -403,9 +418,10 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
                    "give either data.validation or data.validation_split, not both");
   }
   if (spec.sharding.shard_group_size > 0 && ranks % spec.sharding.shard_group_size != 0) {
-    reader.Problem(mark_of({"sharding", "shard_group_size"}), "sharding.shard_group_size",
-                   fmt::format("{} does not divide the {} ranks of resources (nodes {} x ranks_per_node {})",
-                               spec.sharding.shard_group_size, ranks, spec.resources.nodes, spec.resources.ranks_per_node));
+    reader.Problem(
+        mark_of({"sharding", "shard_group_size"}), "sharding.shard_group_size",
+        fmt::format("{} does not divide the {} ranks of resources (nodes {} x ranks_per_node {})",
+                    spec.sharding.shard_group_size, ranks, spec.resources.nodes, spec.resources.ranks_per_node));
   }
   for (ExportFormat format : spec.output.export_formats) {
     if (format == ExportFormat::kPeft && spec.method.type == MethodType::kFull) {
@@ -425,7 +441,8 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
     }
   }
   if (!spec.model.tokenizer.empty() && !fs::exists(spec.model.tokenizer, ec)) {
-    reader.Problem(mark_of({"model", "tokenizer"}), "model.tokenizer", fmt::format("'{}' does not exist", spec.model.tokenizer));
+    reader.Problem(mark_of({"model", "tokenizer"}), "model.tokenizer",
+                   fmt::format("'{}' does not exist", spec.model.tokenizer));
   }
   for (const auto& [key, path] : {std::pair{"train", spec.data.train}, std::pair{"validation", spec.data.validation}}) {
     if (path.empty()) continue;
@@ -443,9 +460,12 @@ JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, co
   try {
     root = YAML::Load(yaml_text);
   } catch (const YAML::ParserException& e) {
-    throw SpecError(source, {fmt::format("(line {}, column {}): not valid YAML: {}", e.mark.line + 1, e.mark.column + 1, e.msg)});
+    throw SpecError(
+        source, {fmt::format("(line {}, column {}): not valid YAML: {}", e.mark.line + 1, e.mark.column + 1, e.msg)});
   }
-  if (!root.IsMap()) throw SpecError(source, {"(top level): expected a mapping of sections (name, model, data, ...), got " + NodeKind(root)});
+  if (!root.IsMap())
+    throw SpecError(source,
+                    {"(top level): expected a mapping of sections (name, model, data, ...), got " + NodeKind(root)});
 
   SpecReader reader(source, base_dir);
   JobSpec spec;

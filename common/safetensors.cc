@@ -27,9 +27,9 @@ struct DTypeEntry {
 };
 
 constexpr DTypeEntry kDTypes[] = {
-    {DType::kBool, "BOOL", 1}, {DType::kU8, "U8", 1},   {DType::kI8, "I8", 1},         {DType::kI16, "I16", 2},
-    {DType::kU16, "U16", 2},   {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},     {DType::kI32, "I32", 4},
-    {DType::kU32, "U32", 4},   {DType::kF32, "F32", 4}, {DType::kF64, "F64", 8},       {DType::kI64, "I64", 8},
+    {DType::kBool, "BOOL", 1}, {DType::kU8, "U8", 1},          {DType::kI8, "I8", 1},          {DType::kI16, "I16", 2},
+    {DType::kU16, "U16", 2},   {DType::kF16, "F16", 2},        {DType::kBF16, "BF16", 2},      {DType::kI32, "I32", 4},
+    {DType::kU32, "U32", 4},   {DType::kF32, "F32", 4},        {DType::kF64, "F64", 8},        {DType::kI64, "I64", 8},
     {DType::kU64, "U64", 8},   {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kF8E5M2, "F8_E5M2", 1},
 };
 
@@ -66,42 +66,53 @@ size_t FindInvalidUtf8(std::string_view s) {
 }
 
 TensorInfo ParseTensorEntry(const std::string& name, const json& entry, const std::string& where) {
-  if (!entry.is_object()) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': expected an object, got {}", where, name, entry.dump());
+  if (!entry.is_object())
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': expected an object, got {}", where, name, entry.dump());
   for (const auto& [key, _] : entry.items()) {
     if (key != "dtype" && key != "shape" && key != "data_offsets") {
-      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': unknown field '{}' (expected dtype, shape, data_offsets)", where, name, key);
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': unknown field '{}' (expected dtype, shape, data_offsets)", where,
+           name, key);
     }
   }
   TensorInfo info;
   info.name = name;
   const auto dtype = entry.find("dtype");
-  if (dtype == entry.end() || !dtype->is_string()) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': missing string 'dtype'", where, name);
+  if (dtype == entry.end() || !dtype->is_string())
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': missing string 'dtype'", where, name);
   const auto parsed = ParseDType(dtype->get<std::string>());
-  if (!parsed) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': unknown dtype '{}'", where, name, dtype->get<std::string>());
+  if (!parsed)
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': unknown dtype '{}'", where, name, dtype->get<std::string>());
   info.dtype = *parsed;
 
   const auto shape = entry.find("shape");
-  if (shape == entry.end() || !shape->is_array()) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': missing array 'shape'", where, name);
+  if (shape == entry.end() || !shape->is_array())
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': missing array 'shape'", where, name);
   for (const auto& dim : *shape) {
-    if (!dim.is_number_unsigned()) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} has a dimension that is not a non-negative integer", where, name, shape->dump());
+    if (!dim.is_number_unsigned())
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} has a dimension that is not a non-negative integer", where,
+           name, shape->dump());
     info.shape.push_back(dim.get<int64_t>());
   }
 
   const auto offsets = entry.find("data_offsets");
   if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
       !(*offsets)[1].is_number_unsigned()) {
-    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': 'data_offsets' must be [begin, end] with non-negative integers", where, name);
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': 'data_offsets' must be [begin, end] with non-negative integers", where,
+         name);
   }
   info.begin = (*offsets)[0].get<uint64_t>();
   info.end = (*offsets)[1].get<uint64_t>();
-  if (info.end < info.begin) Fail(ErrorCode::kDataLoss, "{}: tensor '{}': data_offsets [{}, {}] end before they begin", where, name, info.begin, info.end);
+  if (info.end < info.begin)
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': data_offsets [{}, {}] end before they begin", where, name, info.begin,
+         info.end);
 
   // numel x itemsize, guarding against overflow from absurd shapes.
   unsigned __int128 bytes = DTypeSize(info.dtype);
   for (int64_t dim : info.shape) bytes *= static_cast<uint64_t>(dim);
   if (bytes != info.end - info.begin) {
-    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets [{}, {}] span {}", where, name,
-         shape->dump(), DTypeName(info.dtype), static_cast<uint64_t>(bytes), info.begin, info.end, info.end - info.begin);
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets [{}, {}] span {}",
+         where, name, shape->dump(), DTypeName(info.dtype), static_cast<uint64_t>(bytes), info.begin, info.end,
+         info.end - info.begin);
   }
   return info;
 }
@@ -109,17 +120,20 @@ TensorInfo ParseTensorEntry(const std::string& name, const json& entry, const st
 }  // namespace
 
 size_t DTypeSize(DType dtype) {
-  for (const auto& entry : kDTypes) if (entry.dtype == dtype) return entry.size;
+  for (const auto& entry : kDTypes)
+    if (entry.dtype == dtype) return entry.size;
   return 0;
 }
 
 std::string_view DTypeName(DType dtype) {
-  for (const auto& entry : kDTypes) if (entry.dtype == dtype) return entry.name;
+  for (const auto& entry : kDTypes)
+    if (entry.dtype == dtype) return entry.name;
   return "?";
 }
 
 std::optional<DType> ParseDType(std::string_view name) {
-  for (const auto& entry : kDTypes) if (entry.name == name) return entry.dtype;
+  for (const auto& entry : kDTypes)
+    if (entry.name == name) return entry.dtype;
   return std::nullopt;
 }
 
@@ -139,14 +153,16 @@ SafetensorsHeader ParseSafetensorsHeader(std::string_view text, uint64_t data_si
   } catch (const json::parse_error& e) {
     Fail(ErrorCode::kDataLoss, "{}: header is not valid JSON: {}", where, e.what());
   }
-  if (!root.is_object()) Fail(ErrorCode::kDataLoss, "{}: header must be a JSON object, got {}", where, root.type_name());
+  if (!root.is_object())
+    Fail(ErrorCode::kDataLoss, "{}: header must be a JSON object, got {}", where, root.type_name());
 
   SafetensorsHeader header;
   for (const auto& [name, entry] : root.items()) {
     if (name == "__metadata__") {
       if (!entry.is_object()) Fail(ErrorCode::kDataLoss, "{}: __metadata__ must be an object of strings", where);
       for (const auto& [key, value] : entry.items()) {
-        if (!value.is_string()) Fail(ErrorCode::kDataLoss, "{}: __metadata__ '{}' must be a string, got {}", where, key, value.dump());
+        if (!value.is_string())
+          Fail(ErrorCode::kDataLoss, "{}: __metadata__ '{}' must be a string, got {}", where, key, value.dump());
         header.metadata[key] = value.get<std::string>();
       }
       continue;
@@ -165,22 +181,23 @@ SafetensorsHeader ParseSafetensorsHeader(std::string_view text, uint64_t data_si
   const TensorInfo* previous = nullptr;
   for (const TensorInfo* info : by_offset) {
     if (info->end > data_size) {
-      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': data_offsets [{}, {}] run past the data section of {} bytes", where, info->name,
-           info->begin, info->end, data_size);
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': data_offsets [{}, {}] run past the data section of {} bytes", where,
+           info->name, info->begin, info->end, data_size);
     }
     if (info->begin < expected) {
-      Fail(ErrorCode::kDataLoss, "{}: tensor '{}' at [{}, {}] overlaps tensor '{}' ending at {}", where, info->name, info->begin,
-           info->end, previous->name, expected);
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}' at [{}, {}] overlaps tensor '{}' ending at {}", where, info->name,
+           info->begin, info->end, previous->name, expected);
     }
     if (info->begin > expected) {
-      Fail(ErrorCode::kDataLoss, "{}: gap of {} bytes before tensor '{}' at offset {}", where, info->begin - expected, info->name,
-           info->begin);
+      Fail(ErrorCode::kDataLoss, "{}: gap of {} bytes before tensor '{}' at offset {}", where, info->begin - expected,
+           info->name, info->begin);
     }
     expected = info->end;
     previous = info;
   }
   if (expected != data_size) {
-    Fail(ErrorCode::kDataLoss, "{}: {} trailing bytes after the last tensor (data section is {} bytes, tensors cover {})", where,
+    Fail(ErrorCode::kDataLoss,
+         "{}: {} trailing bytes after the last tensor (data section is {} bytes, tensors cover {})", where,
          data_size - expected, data_size, expected);
   }
   return header;
@@ -199,7 +216,8 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const fs::path& path) {
   const auto file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
     ::close(fd);
-    Fail(ErrorCode::kDataLoss, "{}: file is {} bytes; a safetensors file starts with an 8-byte header length", where, file_size);
+    Fail(ErrorCode::kDataLoss, "{}: file is {} bytes; a safetensors file starts with an 8-byte header length", where,
+         file_size);
   }
   void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
@@ -213,10 +231,12 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const fs::path& path) {
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | static_cast<uint8_t>(bytes[i]);
   if (header_size > kMaxSafetensorsHeaderBytes) {
-    Fail(ErrorCode::kDataLoss, "{}: header length {} exceeds the limit of {} bytes", where, header_size, kMaxSafetensorsHeaderBytes);
+    Fail(ErrorCode::kDataLoss, "{}: header length {} exceeds the limit of {} bytes", where, header_size,
+         kMaxSafetensorsHeaderBytes);
   }
   if (header_size > file_size - 8) {
-    Fail(ErrorCode::kDataLoss, "{}: header length {} runs past the end of the {}-byte file", where, header_size, file_size);
+    Fail(ErrorCode::kDataLoss, "{}: header length {} runs past the end of the {}-byte file", where, header_size,
+         file_size);
   }
   const std::string_view text(reinterpret_cast<const char*>(bytes + 8), header_size);
   file->header_ = ParseSafetensorsHeader(text, file_size - 8 - header_size, where);
@@ -250,11 +270,12 @@ SafetensorsCheckpoint SafetensorsCheckpoint::Open(const fs::path& dir) {
     }
     std::map<std::string, std::shared_ptr<SafetensorsFile>> by_file;
     for (const auto& [name, file_name] : map->items()) {
-      if (!file_name.is_string()) Fail(ErrorCode::kDataLoss, "{}: weight_map['{}'] must be a file name", index_path.string(), name);
+      if (!file_name.is_string())
+        Fail(ErrorCode::kDataLoss, "{}: weight_map['{}'] must be a file name", index_path.string(), name);
       const auto shard_name = file_name.get<std::string>();
       if (shard_name.find('/') != std::string::npos || shard_name == "..") {
-        Fail(ErrorCode::kDataLoss, "{}: weight_map['{}'] = '{}' must be a file name in the same directory", index_path.string(), name,
-             shard_name);
+        Fail(ErrorCode::kDataLoss, "{}: weight_map['{}'] = '{}' must be a file name in the same directory",
+             index_path.string(), name, shard_name);
       }
       auto& shard = by_file[shard_name];
       if (!shard) {
@@ -263,7 +284,8 @@ SafetensorsCheckpoint SafetensorsCheckpoint::Open(const fs::path& dir) {
       }
       const TensorInfo* info = shard->Find(name);
       if (info == nullptr) {
-        Fail(ErrorCode::kDataLoss, "{}: weight_map puts '{}' in {}, which does not contain it", index_path.string(), name, shard_name);
+        Fail(ErrorCode::kDataLoss, "{}: weight_map puts '{}' in {}, which does not contain it", index_path.string(),
+             name, shard_name);
       }
       checkpoint.entries_[name] = Entry{shard.get(), info};
     }
@@ -297,14 +319,17 @@ void WriteSafetensors(const fs::path& path, const std::vector<TensorBytes>& tens
   uint64_t offset = 0;
   std::set<std::string> names;
   for (const auto& tensor : tensors) {
-    if (!names.insert(tensor.name).second) Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' given twice", path.string(), tensor.name);
+    if (!names.insert(tensor.name).second)
+      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' given twice", path.string(), tensor.name);
     uint64_t expected = DTypeSize(tensor.dtype);
     for (int64_t dim : tensor.shape) expected *= static_cast<uint64_t>(dim);
     if (expected != tensor.nbytes) {
-      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has {} bytes but its shape needs {}", path.string(), tensor.name, tensor.nbytes,
-           expected);
+      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has {} bytes but its shape needs {}", path.string(),
+           tensor.name, tensor.nbytes, expected);
     }
-    header[tensor.name] = {{"dtype", DTypeName(tensor.dtype)}, {"shape", tensor.shape}, {"data_offsets", {offset, offset + tensor.nbytes}}};
+    header[tensor.name] = {{"dtype", DTypeName(tensor.dtype)},
+                           {"shape", tensor.shape},
+                           {"data_offsets", {offset, offset + tensor.nbytes}}};
     offset += tensor.nbytes;
   }
   std::string text = header.dump();

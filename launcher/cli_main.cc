@@ -46,10 +46,12 @@ struct GenerateArgs {
 };
 
 int Generate(const GenerateArgs& args) {
-  if (!args.adapter.empty()) Fail(ErrorCode::kUnimplemented, "--adapter: PEFT adapters are not supported by this build yet");
+  if (!args.adapter.empty())
+    Fail(ErrorCode::kUnimplemented, "--adapter: PEFT adapters are not supported by this build yet");
   if (!args.prompt.empty() || args.format == "text") {
-    Fail(ErrorCode::kUnimplemented, "--prompt and --format text need a tokenizer, which this build does not have yet; "
-                                    "use --input-ids and --format ids");
+    Fail(ErrorCode::kUnimplemented,
+         "--prompt and --format text need a tokenizer, which this build does not have yet; "
+         "use --input-ids and --format ids");
   }
   if (args.input_ids.empty()) Fail(ErrorCode::kInvalidArgument, "give the prompt with --input-ids \"1 2 3\"");
   const LoadedModel loaded = LoadModelForInference(args.model);
@@ -68,7 +70,8 @@ int InitModel(const std::string& config_path, const std::string& out_dir, uint64
   FlatParameters flat(LlamaParameterSpecs(config));
   InitializeWeights(flat, seed);
   WriteHfModel(out_dir, fs::path(config_path).parent_path(), flat, ComputeDType::kFp32);
-  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", config.model_type, flat.numel(), seed, out_dir);
+  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", config.model_type, flat.numel(),
+               seed, out_dir);
   return kExitOk;
 }
 
@@ -98,7 +101,8 @@ int main(int argc, char** argv) {
   generate->add_option("--adapter", gen.adapter, "PEFT adapter directory");
   generate->add_option("--prompt", gen.prompt, "prompt text (needs a tokenizer)");
   generate->add_option("--input-ids", gen.input_ids, "prompt token ids, space-separated");
-  generate->add_option("--max-new-tokens", gen.options.max_new_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
+  generate->add_option("--max-new-tokens", gen.options.max_new_tokens, "tokens to generate")
+      ->check(CLI::NonNegativeNumber);
   generate->add_option("--temperature", gen.options.temperature, "0 for greedy")->check(CLI::NonNegativeNumber);
   generate->add_option("--top-p", gen.options.top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
   generate->add_option("--seed", gen.options.seed, "sampling seed");

@@ -13,8 +13,8 @@ AdamW::AdamW(const OptimizerSpec& spec, int64_t numel, std::vector<DecayRange> d
 }
 
 void AdamW::Step(at::Tensor& params, const at::Tensor& grads, double lr) {
-  ST_CHECK(params.numel() == exp_avg_.numel() && grads.numel() == exp_avg_.numel(), "AdamW range {} vs params {} grads {}",
-           exp_avg_.numel(), params.numel(), grads.numel());
+  ST_CHECK(params.numel() == exp_avg_.numel() && grads.numel() == exp_avg_.numel(),
+           "AdamW range {} vs params {} grads {}", exp_avg_.numel(), params.numel(), grads.numel());
   at::NoGradGuard no_grad;
   ++step_;
   if (spec_.weight_decay != 0.0) {

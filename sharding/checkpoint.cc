@@ -40,8 +40,8 @@ void CopyInto(const SafetensorsFile& file, const char* name, at::Tensor& destina
   const TensorInfo* info = file.Find(name);
   if (info == nullptr) Fail(ErrorCode::kDataLoss, "{}: tensor '{}' is missing", file.path().string(), name);
   if (info->dtype != DType::kF32 || info->numel() != destination.numel()) {
-    Fail(ErrorCode::kDataLoss, "{}: tensor '{}' is {} x {}, expected F32 x {}", file.path().string(), name, DTypeName(info->dtype),
-         info->numel(), destination.numel());
+    Fail(ErrorCode::kDataLoss, "{}: tensor '{}' is {} x {}, expected F32 x {}", file.path().string(), name,
+         DTypeName(info->dtype), info->numel(), destination.numel());
   }
   std::memcpy(destination.data_ptr(), file.Data(*info), info->end - info->begin);
 }
@@ -61,18 +61,21 @@ void SaveCheckpoint(const fs::path& dir, FlatParameters& flat, AdamW& optimizer,
   fs::remove_all(staging);
   fs::create_directories(staging);
 
-  const json index = {{"format", kFormatName},
-                      {"version", kCheckpointFormatVersion},
-                      {"world_size", 1},
-                      {"numel", flat.numel()},
-                      {"padded_numel", flat.padded_numel()},
-                      {"alignment", kFlatAlignment},
-                      {"parameters", LayoutJson(flat)},
-                      {"shards", json::array({{{"rank", 0}, {"file", RankFileName(0)}, {"offset", 0}, {"size", flat.padded_numel()}}})}};
+  const json index = {
+      {"format", kFormatName},
+      {"version", kCheckpointFormatVersion},
+      {"world_size", 1},
+      {"numel", flat.numel()},
+      {"padded_numel", flat.padded_numel()},
+      {"alignment", kFlatAlignment},
+      {"parameters", LayoutJson(flat)},
+      {"shards",
+       json::array({{{"rank", 0}, {"file", RankFileName(0)}, {"offset", 0}, {"size", flat.padded_numel()}}})}};
   WriteFileAtomic(staging / "index.json", index.dump(2) + "\n");
 
-  WriteSafetensors(staging / RankFileName(0), {Bytes("values", flat.values()), Bytes("exp_avg", optimizer.exp_avg()),
-                                               Bytes("exp_avg_sq", optimizer.exp_avg_sq())},
+  WriteSafetensors(staging / RankFileName(0),
+                   {Bytes("values", flat.values()), Bytes("exp_avg", optimizer.exp_avg()),
+                    Bytes("exp_avg_sq", optimizer.exp_avg_sq())},
                    {{"format", kFormatName}, {"optimizer_step", std::to_string(optimizer.step())}});
 
   const json trainer_state = {{"step", state.step},
@@ -91,10 +94,12 @@ TrainerState LoadCheckpoint(const fs::path& dir, FlatParameters& flat, AdamW& op
   const fs::path index_path = dir / "index.json";
   const json index = ParseJsonFile(index_path);
   if (index.value("format", "") != kFormatName || index.value("version", 0) != kCheckpointFormatVersion) {
-    Fail(ErrorCode::kDataLoss, "{}: not a shardtune checkpoint of format version {}", index_path.string(), kCheckpointFormatVersion);
+    Fail(ErrorCode::kDataLoss, "{}: not a shardtune checkpoint of format version {}", index_path.string(),
+         kCheckpointFormatVersion);
   }
   if (index.value("world_size", 0) != 1) {
-    Fail(ErrorCode::kFailedPrecondition, "{}: written by {} ranks; this run has 1", index_path.string(), index.value("world_size", 0));
+    Fail(ErrorCode::kFailedPrecondition, "{}: written by {} ranks; this run has 1", index_path.string(),
+         index.value("world_size", 0));
   }
   const json expected = LayoutJson(flat);
   const json& actual = index.at("parameters");
@@ -103,8 +108,8 @@ TrainerState LoadCheckpoint(const fs::path& dir, FlatParameters& flat, AdamW& op
       const std::string have = i < actual.size() ? actual[i].dump() : "nothing";
       const std::string want = i < expected.size() ? expected[i].dump() : "nothing";
       if (have != want) {
-        Fail(ErrorCode::kFailedPrecondition, "{}: parameter {} of the checkpoint is {} but the model's is {}", index_path.string(), i,
-             have, want);
+        Fail(ErrorCode::kFailedPrecondition, "{}: parameter {} of the checkpoint is {} but the model's is {}",
+             index_path.string(), i, have, want);
       }
     }
   }
@@ -153,7 +158,8 @@ void PruneCheckpoints(const fs::path& checkpoints_dir, int64_t keep) {
   for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
     std::smatch match;
     const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && std::regex_match(name, match, kStepDir)) found.emplace_back(std::stoll(match[1]), entry.path());
+    if (entry.is_directory() && std::regex_match(name, match, kStepDir))
+      found.emplace_back(std::stoll(match[1]), entry.path());
   }
   std::sort(found.begin(), found.end());
   for (size_t i = 0; i + static_cast<size_t>(keep) < found.size(); ++i) fs::remove_all(found[i].second);

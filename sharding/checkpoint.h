@@ -19,14 +19,15 @@ namespace shardtune {
 inline constexpr int kCheckpointFormatVersion = 1;
 
 struct TrainerState {
-  int64_t step = 0;             // optimizer steps completed; the data position follows from it
-  int64_t tokens = 0;           // non-padding input tokens trained on so far
-  uint64_t seed = 0;            // training.seed; step k's randomness is seeded from (seed, k)
-  double loss_scale = 1.0;      // fp16 dynamic loss scale (1 for fp32 and bf16)
-  int64_t total_steps = 0;      // of the run that wrote it, to refuse resuming a different plan
+  int64_t step = 0;         // optimizer steps completed; the data position follows from it
+  int64_t tokens = 0;       // non-padding input tokens trained on so far
+  uint64_t seed = 0;        // training.seed; step k's randomness is seeded from (seed, k)
+  double loss_scale = 1.0;  // fp16 dynamic loss scale (1 for fp32 and bf16)
+  int64_t total_steps = 0;  // of the run that wrote it, to refuse resuming a different plan
 };
 
-void SaveCheckpoint(const std::filesystem::path& dir, FlatParameters& flat, AdamW& optimizer, const TrainerState& state);
+void SaveCheckpoint(const std::filesystem::path& dir, FlatParameters& flat, AdamW& optimizer,
+                    const TrainerState& state);
 
 // Loads `dir` into `flat` and `optimizer`, after checking that its layout is this model's.
 TrainerState LoadCheckpoint(const std::filesystem::path& dir, FlatParameters& flat, AdamW& optimizer);

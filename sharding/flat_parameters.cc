@@ -22,11 +22,13 @@ FlatParameters::FlatParameters(const std::vector<ParameterSpec>& specs) {
   padded_numel_ = offset;
   values_ = at::zeros({padded_numel_}, at::kFloat);
   grads_ = at::zeros({padded_numel_}, at::kFloat);
-  for (const auto& slot : slots_) value_views_.push_back(values_.narrow(0, slot.offset, slot.numel).view(slot.spec.shape));
+  for (const auto& slot : slots_)
+    value_views_.push_back(values_.narrow(0, slot.offset, slot.numel).view(slot.spec.shape));
 }
 
 const ParameterSlot* FlatParameters::Find(const std::string& name) const {
-  for (const auto& slot : slots_) if (slot.spec.name == name) return &slot;
+  for (const auto& slot : slots_)
+    if (slot.spec.name == name) return &slot;
   return nullptr;
 }
 

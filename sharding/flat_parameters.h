@@ -18,9 +18,9 @@ namespace shardtune {
 inline constexpr int64_t kFlatAlignment = 16;
 
 struct ParameterSpec {
-  std::string name;             // Hugging Face key, e.g. "model.layers.0.self_attn.q_proj.weight"
+  std::string name;  // Hugging Face key, e.g. "model.layers.0.self_attn.q_proj.weight"
   std::vector<int64_t> shape;
-  bool weight_decay = true;     // false for norms and biases
+  bool weight_decay = true;  // false for norms and biases
 };
 
 struct ParameterSlot {
@@ -34,7 +34,7 @@ class FlatParameters {
   explicit FlatParameters(const std::vector<ParameterSpec>& specs);
 
   const std::vector<ParameterSlot>& slots() const { return slots_; }
-  int64_t numel() const { return numel_; }              // sum of parameter sizes
+  int64_t numel() const { return numel_; }                // sum of parameter sizes
   int64_t padded_numel() const { return padded_numel_; }  // buffer length, padding included
   const ParameterSlot* Find(const std::string& name) const;
 

@@ -9,6 +9,7 @@
 
 namespace shardtune {
 
-double LearningRateAt(const OptimizerSpec& optimizer, const SchedulerSpec& scheduler, int64_t step, int64_t total_steps);
+double LearningRateAt(const OptimizerSpec& optimizer, const SchedulerSpec& scheduler, int64_t step,
+                      int64_t total_steps);
 
 }  // namespace shardtune

@@ -34,7 +34,8 @@ int64_t SampleToken(const at::Tensor& logits, const GenerateOptions& options, st
 
 }  // namespace
 
-std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt, const GenerateOptions& options) {
+std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
+                              const GenerateOptions& options) {
   const LlamaConfig& config = model.config();
   if (prompt.empty()) Fail(ErrorCode::kInvalidArgument, "generation needs at least one prompt token");
   for (int64_t id : prompt) {
@@ -51,7 +52,8 @@ std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t
     const at::Tensor logits = model.Forward(input, at::Tensor(), &cache);
     const int64_t next = SampleToken(logits[0][logits.size(1) - 1], options, rng);
     generated.push_back(next);
-    if (options.stop_at_eos && std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), next) != config.eos_token_ids.end()) {
+    if (options.stop_at_eos &&
+        std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), next) != config.eos_token_ids.end()) {
       break;
     }
     input = at::full({1, 1}, next, at::kLong);

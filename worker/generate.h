@@ -17,11 +17,12 @@ struct GenerateOptions {
   double temperature = 0.0;  // 0: greedy
   double top_p = 1.0;        // keep the smallest set of tokens whose probability reaches top_p
   uint64_t seed = 0;
-  bool stop_at_eos = true;   // stop after generating one of config.eos_token_ids
+  bool stop_at_eos = true;  // stop after generating one of config.eos_token_ids
 };
 
 // Returns only the new tokens (the prompt is not repeated).
-std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt, const GenerateOptions& options);
+std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
+                              const GenerateOptions& options);
 
 // A model loaded from a Hugging Face directory for inference, owning its weights.
 struct LoadedModel {

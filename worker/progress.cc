@@ -17,7 +17,9 @@ std::string Duration(double seconds) {
 }  // namespace
 
 ProgressBar::ProgressBar(int64_t first_step, int64_t total_steps)
-    : active_(::isatty(STDERR_FILENO) == 1), first_step_(first_step), total_steps_(total_steps),
+    : active_(::isatty(STDERR_FILENO) == 1),
+      first_step_(first_step),
+      total_steps_(total_steps),
       start_(std::chrono::steady_clock::now()) {}
 
 ProgressBar::~ProgressBar() { Finish(); }
@@ -29,7 +31,8 @@ void ProgressBar::Update(int64_t step, const std::string& status) {
   const int filled = static_cast<int>(fraction * kWidth);
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const int64_t done_here = step - first_step_;
-  const double eta = done_here > 0 ? elapsed / static_cast<double>(done_here) * static_cast<double>(total_steps_ - step) : 0.0;
+  const double eta =
+      done_here > 0 ? elapsed / static_cast<double>(done_here) * static_cast<double>(total_steps_ - step) : 0.0;
   const std::string bar = std::string(filled, '#') + std::string(kWidth - filled, '.');
   std::fprintf(stderr, "\r\033[K[%s] %lld/%lld %s  elapsed %s  ETA %s", bar.c_str(), static_cast<long long>(step),
                static_cast<long long>(total_steps_), status.c_str(), Duration(elapsed).c_str(), Duration(eta).c_str());

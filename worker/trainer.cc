@@ -31,17 +31,22 @@ void CheckSupported(const JobSpec& spec) {
   auto unsupported = [](const std::string& what) {
     Fail(ErrorCode::kUnimplemented, "{} is not supported by this build yet", what);
   };
-  if (spec.method.type != MethodType::kFull) unsupported(fmt::format("method.type '{}' (supported: full)", ToString(spec.method.type)));
-  if (spec.data.format != DataFormat::kTokens) unsupported(fmt::format("data.format '{}' (supported: tokens)", ToString(spec.data.format)));
-  if (spec.model.task != ModelTask::kCausalLm) unsupported(fmt::format("model.task '{}' (supported: causal_lm)", ToString(spec.model.task)));
-  if (spec.model.dtype != ComputeDType::kFp32) unsupported(fmt::format("model.dtype '{}' for training (supported: fp32)", ToString(spec.model.dtype)));
+  if (spec.method.type != MethodType::kFull)
+    unsupported(fmt::format("method.type '{}' (supported: full)", ToString(spec.method.type)));
+  if (spec.data.format != DataFormat::kTokens)
+    unsupported(fmt::format("data.format '{}' (supported: tokens)", ToString(spec.data.format)));
+  if (spec.model.task != ModelTask::kCausalLm)
+    unsupported(fmt::format("model.task '{}' (supported: causal_lm)", ToString(spec.model.task)));
+  if (spec.model.dtype != ComputeDType::kFp32)
+    unsupported(fmt::format("model.dtype '{}' for training (supported: fp32)", ToString(spec.model.dtype)));
   if (spec.data.packing) unsupported("data.packing: true");
   if (spec.sharding.offload_optimizer != OffloadTarget::kNone) unsupported("sharding.offload_optimizer: cpu");
 }
 
 std::vector<DecayRange> DecayRanges(const FlatParameters& flat) {
   std::vector<DecayRange> ranges;
-  for (const auto& slot : flat.slots()) if (slot.spec.weight_decay) ranges.push_back({slot.offset, slot.numel});
+  for (const auto& slot : flat.slots())
+    if (slot.spec.weight_decay) ranges.push_back({slot.offset, slot.numel});
   return ranges;
 }
 
@@ -115,8 +120,8 @@ void Trainer::LoadData() {
   TokenDataset train = ReadTokenDataset(spec_.data.train, data_options);
   train_ = std::move(train.examples);
   if (train.truncated > 0) {
-    spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", spec_.data.train, train.truncated,
-                 spec_.data.max_seq_len);
+    spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", spec_.data.train,
+                 train.truncated, spec_.data.max_seq_len);
   }
   if (!spec_.data.validation.empty()) {
     TokenDataset validation = ReadTokenDataset(spec_.data.validation, data_options);
@@ -158,7 +163,8 @@ void Trainer::TrainStep(int64_t step) {
   int64_t step_tokens = 0;
   const auto micro = static_cast<size_t>(spec_.training.micro_batch_size);
   for (size_t first = 0; first < batch.size(); first += micro) {
-    const std::vector<const Example*> examples(batch.begin() + first, batch.begin() + std::min(first + micro, batch.size()));
+    const std::vector<const Example*> examples(batch.begin() + first,
+                                               batch.begin() + std::min(first + micro, batch.size()));
     const Batch micro_batch = Collate(examples, config_.pad_token_id);
     const at::Tensor logits = model_->Forward(micro_batch.input_ids, micro_batch.attention_mask);
     LossSum loss = CausalLmLossSum(logits, micro_batch.labels);
@@ -233,7 +239,8 @@ TrainingSummary Trainer::Run() {
   CheckSupported(spec_);
   if (fs::exists(output_dir_ / "final")) {
     Fail(ErrorCode::kFailedPrecondition,
-         "{}: holds a finished run (final/); choose another output.dir, or move it away to train again", output_dir_.string());
+         "{}: holds a finished run (final/); choose another output.dir, or move it away to train again",
+         output_dir_.string());
   }
   fs::create_directories(output_dir_ / "logs");
   AddLogFile(output_dir_ / "logs" / "rank-00000.log");
@@ -245,16 +252,17 @@ TrainingSummary Trainer::Run() {
   global_batch_ = spec_.GlobalBatchSize(/*data_parallel_ranks=*/1);
   steps_per_epoch_ = (static_cast<int64_t>(train_.size()) + global_batch_ - 1) / global_batch_;
   total_steps_ = spec_.training.max_steps > 0 ? spec_.training.max_steps : spec_.training.epochs * steps_per_epoch_;
-  spdlog::info("plan: {} steps ({} per epoch), global batch {} = micro-batch {} x accumulation {}", total_steps_, steps_per_epoch_,
-               global_batch_, spec_.training.micro_batch_size, spec_.GradientAccumulation(1));
+  spdlog::info("plan: {} steps ({} per epoch), global batch {} = micro-batch {} x accumulation {}", total_steps_,
+               steps_per_epoch_, global_batch_, spec_.training.micro_batch_size, spec_.GradientAccumulation(1));
 
   const fs::path checkpoints = output_dir_ / "checkpoints";
   int64_t start_step = 0;
   if (const auto latest = LatestCheckpoint(checkpoints)) {
     const TrainerState state = LoadCheckpoint(*latest, flat_, optimizer_);
     if (state.total_steps != total_steps_) {
-      Fail(ErrorCode::kFailedPrecondition, "{}: written by a run of {} steps, but this spec plans {}; resume with the same plan",
-           latest->string(), state.total_steps, total_steps_);
+      Fail(ErrorCode::kFailedPrecondition,
+           "{}: written by a run of {} steps, but this spec plans {}; resume with the same plan", latest->string(),
+           state.total_steps, total_steps_);
     }
     start_step = state.step;
     tokens_ = state.tokens;
@@ -264,9 +272,8 @@ TrainingSummary Trainer::Run() {
     LoadHfWeights(spec_.model.path, flat_);
   }
   flat_.AttachGradients();
-  model_ = std::make_unique<LlamaModel>(config_, BindLlamaWeights(config_, [this](const std::string& name) {
-                                          return flat_.Value(*flat_.Find(name));
-                                        }));
+  model_ = std::make_unique<LlamaModel>(
+      config_, BindLlamaWeights(config_, [this](const std::string& name) { return flat_.Value(*flat_.Find(name)); }));
   metrics_ = std::make_unique<MetricsLog>(output_dir_ / "metrics.jsonl", start_step);
   progress_ = std::make_unique<ProgressBar>(start_step, total_steps_);
 

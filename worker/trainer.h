@@ -18,11 +18,11 @@ struct TrainerOptions {
 };
 
 struct TrainingSummary {
-  int64_t steps = 0;                      // optimizer steps done, in total
-  int64_t resumed_from_step = 0;          // 0 when the run started fresh
+  int64_t steps = 0;              // optimizer steps done, in total
+  int64_t resumed_from_step = 0;  // 0 when the run started fresh
   double last_loss = 0.0;
   std::optional<double> last_val_loss;
-  bool finished = false;                  // false when stopped by stop_after_step
+  bool finished = false;  // false when stopped by stop_after_step
 };
 
 // Throws Error for anything the spec, the model or the data get wrong.

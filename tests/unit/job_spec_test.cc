@@ -111,33 +111,42 @@ TEST_F(JobSpecTest, UnknownKeyNamesPathLineColumnAndSuggestion) {
 }
 
 TEST_F(JobSpecTest, UnknownTopLevelSectionWithoutCloseMatchListsTheKeys) {
-  ExpectProblem(std::string(kMinimal) + "hyperparameters: {}\n", {"hyperparameters (line 5, column 1)", "expected one of"});
+  ExpectProblem(std::string(kMinimal) + "hyperparameters: {}\n",
+                {"hyperparameters (line 5, column 1)", "expected one of"});
 }
 
 TEST_F(JobSpecTest, WrongTypes) {
   ExpectProblem(std::string(kMinimal) + "training: {epochs: three}\n",
                 {"training.epochs (line 5, column 20)", "expected an integer, got 'three'"});
-  ExpectProblem(std::string(kMinimal) + "training: {optimizer: {lr: fast}}\n", {"training.optimizer.lr", "expected a number"});
+  ExpectProblem(std::string(kMinimal) + "training: {optimizer: {lr: fast}}\n",
+                {"training.optimizer.lr", "expected a number"});
   ExpectProblem(std::string(kMinimal) + "data2: 1\n", {"data2", "did you mean 'data'"});
-  ExpectProblem(std::string(kMinimal) + "training: [1, 2]\n", {"training (line 5, column 11)", "expected a mapping, got a list"});
-  ExpectProblem(std::string(kMinimal) + "sharding: {zero_stage: [3]}\n", {"sharding.zero_stage", "expected an integer, got a list"});
+  ExpectProblem(std::string(kMinimal) + "training: [1, 2]\n",
+                {"training (line 5, column 11)", "expected a mapping, got a list"});
+  ExpectProblem(std::string(kMinimal) + "sharding: {zero_stage: [3]}\n",
+                {"sharding.zero_stage", "expected an integer, got a list"});
 }
 
 TEST_F(JobSpecTest, OutOfRangeValues) {
-  ExpectProblem(std::string(kMinimal) + "sharding: {zero_stage: 4}\n", {"sharding.zero_stage", "must be in [0, 3], got 4"});
-  ExpectProblem(std::string(kMinimal) + "training: {micro_batch_size: 0}\n", {"training.micro_batch_size", "must be >= 1, got 0"});
+  ExpectProblem(std::string(kMinimal) + "sharding: {zero_stage: 4}\n",
+                {"sharding.zero_stage", "must be in [0, 3], got 4"});
+  ExpectProblem(std::string(kMinimal) + "training: {micro_batch_size: 0}\n",
+                {"training.micro_batch_size", "must be >= 1, got 0"});
   ExpectProblem(std::string(kMinimal) + "training: {optimizer: {lr: 0}}\n", {"training.optimizer.lr", "must be in (0"});
-  ExpectProblem(std::string(kMinimal) + "training: {optimizer: {beta2: 1.0}}\n", {"training.optimizer.beta2", "must be in [0, 1)"});
+  ExpectProblem(std::string(kMinimal) + "training: {optimizer: {beta2: 1.0}}\n",
+                {"training.optimizer.beta2", "must be in [0, 1)"});
   ExpectProblem(std::string(kMinimal) + "training: {seed: -1}\n", {"training.seed", "non-negative integer"});
 }
 
 TEST_F(JobSpecTest, EnumTypoGetsSuggestion) {
-  ExpectProblem(std::string(kMinimal) + "training: {scheduler: {type: cosin}}\n",
-                {"training.scheduler.type", "'cosin' is not one of: constant, linear, cosine", "did you mean 'cosine'"});
+  ExpectProblem(
+      std::string(kMinimal) + "training: {scheduler: {type: cosin}}\n",
+      {"training.scheduler.type", "'cosin' is not one of: constant, linear, cosine", "did you mean 'cosine'"});
 }
 
 TEST_F(JobSpecTest, InconsistentBatchSizesPrintTheNumbers) {
-  ExpectProblem(std::string(kMinimal) + "training: {micro_batch_size: 3, global_batch_size: 64}\nresources: {ranks_per_node: 4}\n",
+  ExpectProblem(std::string(kMinimal) +
+                    "training: {micro_batch_size: 3, global_batch_size: 64}\nresources: {ranks_per_node: 4}\n",
                 {"training.global_batch_size", "64 is not divisible by micro_batch_size 3 x data-parallel ranks 4"});
 }
 
@@ -201,10 +210,12 @@ output: {dir: out, export: [peft]}
 
 TEST_F(JobSpecTest, HostileNamesAreRejected) {
   for (const std::string name : {"\"x; rm -rf /\"", "UPPER", "-leading", "a_b", "\"$(id)\""}) {
-    ExpectProblem("name: " + name + "\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens}\noutput: {dir: out}\n",
+    ExpectProblem("name: " + name +
+                      "\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens}\noutput: {dir: out}\n",
                   {"name (line 1, column 7)", "a-z, 0-9 and '-'"});
   }
-  ExpectProblem("name: " + std::string(65, 'a') + "\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens}\noutput: {dir: o}\n",
+  ExpectProblem("name: " + std::string(65, 'a') +
+                    "\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens}\noutput: {dir: o}\n",
                 {"name", "1 to 64 characters"});
 }
 

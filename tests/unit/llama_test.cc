@@ -52,7 +52,8 @@ TEST(Stories260K, CachedDecodingAgreesWithFullRecomputation) {
   sequence.insert(sequence.end(), generated.begin(), generated.end());
   // One forward over the whole sequence: position t's argmax must be token t+1.
   const at::Tensor argmax = Logits(*loaded.model, sequence).argmax(-1)[0];
-  for (size_t t = 0; t + 1 < sequence.size(); ++t) EXPECT_EQ(argmax[t].item<int64_t>(), sequence[t + 1]) << "position " << t;
+  for (size_t t = 0; t + 1 < sequence.size(); ++t)
+    EXPECT_EQ(argmax[t].item<int64_t>(), sequence[t + 1]) << "position " << t;
 }
 
 TEST(LlamaConfig, ReadsEveryVariant) {
@@ -92,7 +93,8 @@ TEST(LlamaConfig, ReadsEveryVariant) {
 }
 
 TEST(LlamaConfig, ParameterCountMatchesTheTensors) {
-  for (const std::string& extra : {std::string(R"("tie_word_embeddings": true)"), std::string(R"("attention_bias": true, "mlp_bias": true)")}) {
+  for (const std::string& extra :
+       {std::string(R"("tie_word_embeddings": true)"), std::string(R"("attention_bias": true, "mlp_bias": true)")}) {
     const LlamaConfig config = ParseConfig(TinyConfig("llama", extra));
     int64_t total = 0;
     for (const auto& spec : LlamaParameterSpecs(config)) {
@@ -132,7 +134,8 @@ TEST(Rope, LinearScalingDividesEveryFrequency) {
 
 TEST(Rope, Llama3ScalingKeepsHighFrequenciesAndSlowsLowOnes) {
   // head_dim 16: wavelengths 2*pi*10000^(2i/16) for i in 0..7, from 6.3 to ~19000.
-  const std::string base = R"("head_dim": 16, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+  const std::string base =
+      R"("head_dim": 16, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
       "high_freq_factor": 4.0, "original_max_position_embeddings": 64})";
   const at::Tensor plain = RopeInverseFrequencies(ParseConfig(TinyConfig("llama", R"("head_dim": 16)")));
   const at::Tensor scaled = RopeInverseFrequencies(ParseConfig(TinyConfig("llama", base)));
@@ -251,7 +254,8 @@ TEST(LlamaModel, MissingOrMisshapedTensorsNameTheTensor) {
     LoadModelForInference(dir / "m");
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("has shape [64, 32] but config.json implies [65, 32]"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("has shape [64, 32] but config.json implies [65, 32]"), std::string::npos)
+        << e.what();
   }
 }
 

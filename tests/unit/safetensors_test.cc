@@ -77,7 +77,8 @@ TEST(Safetensors, ShardedModelRoundTripsThroughTheIndex) {
 
 TEST(Safetensors, IndexNamingAMissingShardIsAnError) {
   ScratchDir dir;
-  testing::WriteText(dir / "model.safetensors.index.json", R"({"weight_map": {"w": "model-00001-of-00002.safetensors"}})");
+  testing::WriteText(dir / "model.safetensors.index.json",
+                     R"({"weight_map": {"w": "model-00001-of-00002.safetensors"}})");
   try {
     SafetensorsCheckpoint::Open(dir.path());
     FAIL();
@@ -106,7 +107,8 @@ TEST(SafetensorsMalformed, HeaderLargerThan100MB) {
 
 TEST(SafetensorsMalformed, HeaderNotUtf8) {
   ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", "{\"w\xff\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}", "abcd");
+  WriteRaw(dir / "x.safetensors", "{\"w\xff\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
+           "abcd");
   ExpectRejected(dir / "x.safetensors", "not valid UTF-8");
 }
 
@@ -130,7 +132,8 @@ TEST(SafetensorsMalformed, UnknownDtype) {
 
 TEST(SafetensorsMalformed, ShapeTimesDtypeDisagreesWithOffsets) {
   ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}})", std::string(20, 'x'));
+  WriteRaw(dir / "x.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}})",
+           std::string(20, 'x'));
   ExpectRejected(dir / "x.safetensors", "needs 24 bytes but data_offsets [0, 20] span 20");
 }
 
@@ -166,7 +169,8 @@ TEST(SafetensorsMalformed, GapBetweenTensors) {
 
 TEST(SafetensorsMalformed, TrailingBytes) {
   ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", std::string(10, 'x'));
+  WriteRaw(dir / "x.safetensors", R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})",
+           std::string(10, 'x'));
   ExpectRejected(dir / "x.safetensors", "6 trailing bytes");
 }
 
@@ -178,7 +182,8 @@ TEST(SafetensorsMalformed, MetadataValuesMustBeStrings) {
 
 TEST(SafetensorsMalformed, UnknownTensorField) {
   ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "strides": [1]}})", "abcd");
+  WriteRaw(dir / "x.safetensors", R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "strides": [1]}})",
+           "abcd");
   ExpectRejected(dir / "x.safetensors", "unknown field 'strides'");
 }
 

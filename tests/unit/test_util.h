@@ -15,7 +15,8 @@ class ScratchDir {
  public:
   ScratchDir() {
     std::random_device device;
-    path_ = std::filesystem::temp_directory_path() / ("shardtune-test-" + std::to_string(device()) + std::to_string(device()));
+    path_ = std::filesystem::temp_directory_path() /
+            ("shardtune-test-" + std::to_string(device()) + std::to_string(device()));
     std::filesystem::create_directories(path_);
   }
   ~ScratchDir() { std::filesystem::remove_all(path_); }
@@ -40,7 +41,7 @@ inline std::filesystem::path FixturesDir() {
 }  // namespace shardtune::testing
 
 // Skips the test, visibly, when a fixture is not there (CI always has ../shared).
-#define SKIP_WITHOUT_FIXTURE(path)                                                            \
-  do {                                                                                        \
+#define SKIP_WITHOUT_FIXTURE(path)                                                                \
+  do {                                                                                            \
     if (!std::filesystem::exists(path)) GTEST_SKIP() << "fixture not found: " << (path).string(); \
   } while (0)

@@ -44,10 +44,14 @@ class TrainerTest : public ::testing::Test {
   }
 
   JobSpec Spec(const std::string& output, const std::string& training) {
-    const std::string yaml = "name: t\nmodel: {path: base}\n"
-                             "data: {train: train.jsonl, validation: val.jsonl, format: tokens}\n"
-                             "output: {dir: " + output + ", checkpoint_every: 4}\n"
-                             "training: " + training + "\n";
+    const std::string yaml =
+        "name: t\nmodel: {path: base}\n"
+        "data: {train: train.jsonl, validation: val.jsonl, format: tokens}\n"
+        "output: {dir: " +
+        output +
+        ", checkpoint_every: 4}\n"
+        "training: " +
+        training + "\n";
     return ParseJobSpec(yaml, "job.yaml", dir_.path());
   }
 
@@ -62,8 +66,9 @@ class TrainerTest : public ::testing::Test {
 };
 
 TEST_F(TrainerTest, LearnsTheTaughtSequence) {
-  const JobSpec spec = Spec("run", "{max_steps: 60, micro_batch_size: 8, global_batch_size: 16, eval_every: 20, "
-                                   "optimizer: {lr: 3.0e-3}, scheduler: {type: cosine, warmup_steps: 5}}");
+  const JobSpec spec = Spec("run",
+                            "{max_steps: 60, micro_batch_size: 8, global_batch_size: 16, eval_every: 20, "
+                            "optimizer: {lr: 3.0e-3}, scheduler: {type: cosine, warmup_steps: 5}}");
   const TrainingSummary summary = RunTraining(spec);
   EXPECT_TRUE(summary.finished);
   EXPECT_EQ(summary.steps, 60);
@@ -75,16 +80,17 @@ TEST_F(TrainerTest, LearnsTheTaughtSequence) {
   for (const json& m : metrics) {
     if (m.contains("loss")) {
       last = m.at("loss").get<double>();
-      for (const char* key : {"step", "epoch", "lr", "grad_norm", "tokens", "tokens_per_s"}) EXPECT_TRUE(m.contains(key)) << key;
+      for (const char* key : {"step", "epoch", "lr", "grad_norm", "tokens", "tokens_per_s"})
+        EXPECT_TRUE(m.contains(key)) << key;
     }
     if (m.contains("val_loss")) {
       ++evals;
       EXPECT_NEAR(m.at("perplexity").get<double>(), std::exp(m.at("val_loss").get<double>()), 1e-9);
     }
   }
-  EXPECT_GT(first, 3.0);        // about ln(48) at random initialization
-  EXPECT_LT(last, first / 4);   // the loss fell
-  EXPECT_EQ(evals, 3);          // steps 20, 40, 60
+  EXPECT_GT(first, 3.0);       // about ln(48) at random initialization
+  EXPECT_LT(last, first / 4);  // the loss fell
+  EXPECT_EQ(evals, 3);         // steps 20, 40, 60
   EXPECT_TRUE(fs::exists(dir_ / "run" / "job.yaml"));
   EXPECT_TRUE(fs::exists(dir_ / "run" / "logs" / "rank-00000.log"));
 
@@ -98,8 +104,9 @@ TEST_F(TrainerTest, LearnsTheTaughtSequence) {
 }
 
 TEST_F(TrainerTest, ResumedRunEqualsUninterruptedRunBitForBit) {
-  const std::string training = "{max_steps: 10, micro_batch_size: 4, global_batch_size: 8, "
-                               "optimizer: {lr: 1.0e-3, weight_decay: 0.1}, scheduler: {type: cosine, warmup_steps: 2}}";
+  const std::string training =
+      "{max_steps: 10, micro_batch_size: 4, global_batch_size: 8, "
+      "optimizer: {lr: 1.0e-3, weight_decay: 0.1}, scheduler: {type: cosine, warmup_steps: 2}}";
   RunTraining(Spec("straight", training));
 
   TrainerOptions interrupt;
@@ -120,12 +127,14 @@ TEST_F(TrainerTest, ResumedRunEqualsUninterruptedRunBitForBit) {
     b[i].erase("tokens_per_s");
     EXPECT_EQ(a[i], b[i]) << "line " << i;
   }
-  EXPECT_EQ(ReadFile(dir_ / "straight" / "final" / "model.safetensors"), ReadFile(dir_ / "resumed" / "final" / "model.safetensors"));
+  EXPECT_EQ(ReadFile(dir_ / "straight" / "final" / "model.safetensors"),
+            ReadFile(dir_ / "resumed" / "final" / "model.safetensors"));
 }
 
 TEST_F(TrainerTest, GradientAccumulationEqualsOneLargeBatch) {
   RunTraining(Spec("large", "{max_steps: 3, micro_batch_size: 8, global_batch_size: 8, optimizer: {lr: 1.0e-3}}"));
-  RunTraining(Spec("accumulated", "{max_steps: 3, micro_batch_size: 2, global_batch_size: 8, optimizer: {lr: 1.0e-3}}"));
+  RunTraining(
+      Spec("accumulated", "{max_steps: 3, micro_batch_size: 2, global_batch_size: 8, optimizer: {lr: 1.0e-3}}"));
   const std::vector<json> a = Metrics("large"), b = Metrics("accumulated");
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) {
@@ -156,8 +165,9 @@ TEST_F(TrainerTest, RefusesToOverwriteAFinishedRun) {
 }
 
 TEST_F(TrainerTest, MethodsOfLaterIssuesAreRefusedClearly) {
-  const std::string yaml = "name: t\nmodel: {path: base}\nmethod: {type: lora}\n"
-                           "data: {train: train.jsonl, format: tokens}\noutput: {dir: lora}\n";
+  const std::string yaml =
+      "name: t\nmodel: {path: base}\nmethod: {type: lora}\n"
+      "data: {train: train.jsonl, format: tokens}\noutput: {dir: lora}\n";
   try {
     RunTraining(ParseJobSpec(yaml, "job.yaml", dir_.path()));
     FAIL();
@@ -192,13 +202,16 @@ TEST(TokenDataset, ErrorsNameFileLineAndField) {
   ExpectDataError("{\"input_ids\": [1, 48]}\n", "input_ids[1] = 48 is outside the vocabulary [0, 48)");
   ExpectDataError("{\"input_ids\": [1, -100]}\n", "input_ids[1] = -100 is outside the vocabulary");
   ExpectDataError("{\"input_ids\": [1, 2], \"labels\": [-100]}\n", "'labels' has 1 entries but 'input_ids' has 2");
-  ExpectDataError("{\"input_ids\": [1, 2], \"labels\": [-100, -5]}\n", "labels[1] = -5 is outside the vocabulary [0, 48) (or -100");
+  ExpectDataError("{\"input_ids\": [1, 2], \"labels\": [-100, -5]}\n",
+                  "labels[1] = -5 is outside the vocabulary [0, 48) (or -100");
   ExpectDataError("\n\n", "holds no examples");
 }
 
 TEST(TokenDataset, LabelsDefaultToInputsAndLongExamplesAreTruncated) {
   ScratchDir dir;
-  testing::WriteText(dir / "d.jsonl", "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, 3, 4, 5], \"labels\": [-100, -100, 3, 4, 5]}\n");
+  testing::WriteText(
+      dir / "d.jsonl",
+      "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, 3, 4, 5], \"labels\": [-100, -100, 3, 4, 5]}\n");
   const TokenDataset data = ReadTokenDataset(dir / "d.jsonl", TokenDatasetOptions{48, 4});
   ASSERT_EQ(data.examples.size(), 2u);
   EXPECT_EQ(data.examples[0].labels, (std::vector<int64_t>{1, 2, 3}));
@@ -251,7 +264,8 @@ TEST(AdamW, FollowsTheReferenceArithmeticAndSkipsDecayWhereTold) {
   // Four elements; the last two (a "bias") get no decay.
   AdamW optimizer(spec, 4, {{0, 2}});
   at::Tensor params = at::tensor(std::vector<float>{1.0f, -2.0f, 0.5f, 3.0f});
-  const std::vector<std::vector<float>> grads = {{0.1f, -0.2f, 0.3f, 0.0f}, {0.2f, 0.1f, -0.1f, 1.0f}, {-0.3f, 0.0f, 0.2f, 0.5f}};
+  const std::vector<std::vector<float>> grads = {
+      {0.1f, -0.2f, 0.3f, 0.0f}, {0.2f, 0.1f, -0.1f, 1.0f}, {-0.3f, 0.0f, 0.2f, 0.5f}};
   // The reference in double, written from the AdamW paper's algorithm with decoupled decay.
   std::vector<double> p = {1.0, -2.0, 0.5, 3.0}, m(4, 0.0), v(4, 0.0);
   for (size_t step = 1; step <= grads.size(); ++step) {

@@ -17,7 +17,8 @@ namespace {
 
 std::vector<int64_t> ReadIds(const json& value, const char* field, const std::string& where, int64_t vocab_size,
                              bool allow_ignore) {
-  if (!value.is_array()) Fail(ErrorCode::kInvalidArgument, "{}: '{}' must be a list of integers, got {}", where, field, value.type_name());
+  if (!value.is_array())
+    Fail(ErrorCode::kInvalidArgument, "{}: '{}' must be a list of integers, got {}", where, field, value.type_name());
   std::vector<int64_t> ids;
   ids.reserve(value.size());
   for (size_t i = 0; i < value.size(); ++i) {
@@ -27,8 +28,8 @@ std::vector<int64_t> ReadIds(const json& value, const char* field, const std::st
     }
     const int64_t v = id.get<int64_t>();
     if (!(allow_ignore && v == -100) && (v < 0 || v >= vocab_size)) {
-      Fail(ErrorCode::kInvalidArgument, "{}: {}[{}] = {} is outside the vocabulary [0, {}){}", where, field, i, v, vocab_size,
-           allow_ignore ? " (or -100 for no loss)" : "");
+      Fail(ErrorCode::kInvalidArgument, "{}: {}[{}] = {} is outside the vocabulary [0, {}){}", where, field, i, v,
+           vocab_size, allow_ignore ? " (or -100 for no loss)" : "");
     }
     ids.push_back(v);
   }
@@ -57,10 +58,12 @@ TokenDataset ReadTokenDataset(const fs::path& path, const TokenDatasetOptions& o
     } catch (const json::parse_error& e) {
       Fail(ErrorCode::kInvalidArgument, "{}: not valid JSON: {}", where, e.what());
     }
-    if (!record.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: expected a JSON object, got {}", where, record.type_name());
+    if (!record.is_object())
+      Fail(ErrorCode::kInvalidArgument, "{}: expected a JSON object, got {}", where, record.type_name());
     for (const auto& [key, _] : record.items()) {
       if (key != "input_ids" && key != "labels") {
-        Fail(ErrorCode::kInvalidArgument, "{}: unknown field '{}' (the tokens format has input_ids and optional labels)", where, key);
+        Fail(ErrorCode::kInvalidArgument,
+             "{}: unknown field '{}' (the tokens format has input_ids and optional labels)", where, key);
       }
     }
     if (!record.contains("input_ids")) Fail(ErrorCode::kInvalidArgument, "{}: missing 'input_ids'", where);
@@ -70,8 +73,8 @@ TokenDataset ReadTokenDataset(const fs::path& path, const TokenDatasetOptions& o
     if (record.contains("labels")) {
       example.labels = ReadIds(record["labels"], "labels", where, options.vocab_size, true);
       if (example.labels.size() != example.input_ids.size()) {
-        Fail(ErrorCode::kInvalidArgument, "{}: 'labels' has {} entries but 'input_ids' has {}", where, example.labels.size(),
-             example.input_ids.size());
+        Fail(ErrorCode::kInvalidArgument, "{}: 'labels' has {} entries but 'input_ids' has {}", where,
+             example.labels.size(), example.input_ids.size());
       }
     } else {
       example.labels = example.input_ids;
@@ -127,7 +130,8 @@ std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool sh
 void SplitValidation(std::vector<Example>& train, std::vector<Example>& validation, double fraction, uint64_t seed) {
   if (fraction <= 0 || train.size() < 2) return;
   const auto n = static_cast<int64_t>(train.size());
-  const int64_t held = std::clamp<int64_t>(static_cast<int64_t>(std::llround(fraction * static_cast<double>(n))), 1, n - 1);
+  const int64_t held =
+      std::clamp<int64_t>(static_cast<int64_t>(std::llround(fraction * static_cast<double>(n))), 1, n - 1);
   const std::vector<int64_t> order = EpochOrder(n, seed, /*epoch=*/-1, /*shuffle=*/true);
   std::vector<bool> is_validation(static_cast<size_t>(n), false);
   for (int64_t i = n - held; i < n; ++i) is_validation[order[i]] = true;

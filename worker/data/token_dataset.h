@@ -22,13 +22,13 @@ struct Example {
 };
 
 struct TokenDatasetOptions {
-  int64_t vocab_size = 0;    // ids must lie in [0, vocab_size)
-  int64_t max_seq_len = 0;   // longer examples are truncated to this many tokens
+  int64_t vocab_size = 0;   // ids must lie in [0, vocab_size)
+  int64_t max_seq_len = 0;  // longer examples are truncated to this many tokens
 };
 
 struct TokenDataset {
   std::vector<Example> examples;
-  int64_t truncated = 0;     // examples cut to max_seq_len
+  int64_t truncated = 0;  // examples cut to max_seq_len
 };
 
 // Reads and validates the whole file; errors name "path:line" and the field. Blank lines are

@@ -19,26 +19,36 @@ namespace {
 
 std::optional<at::ScalarType> ScalarTypeOf(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return at::kFloat;
-    case DType::kF16: return at::kHalf;
-    case DType::kBF16: return at::kBFloat16;
-    default: return std::nullopt;
+    case DType::kF32:
+      return at::kFloat;
+    case DType::kF16:
+      return at::kHalf;
+    case DType::kBF16:
+      return at::kBFloat16;
+    default:
+      return std::nullopt;
   }
 }
 
 DType DTypeOf(at::ScalarType type) {
   switch (type) {
-    case at::kHalf: return DType::kF16;
-    case at::kBFloat16: return DType::kBF16;
-    default: return DType::kF32;
+    case at::kHalf:
+      return DType::kF16;
+    case at::kBFloat16:
+      return DType::kBF16;
+    default:
+      return DType::kF32;
   }
 }
 
 const char* TorchDTypeName(ComputeDType dtype) {
   switch (dtype) {
-    case ComputeDType::kBf16: return "bfloat16";
-    case ComputeDType::kFp16: return "float16";
-    default: return "float32";
+    case ComputeDType::kBf16:
+      return "bfloat16";
+    case ComputeDType::kFp16:
+      return "float16";
+    default:
+      return "float32";
   }
 }
 
@@ -50,17 +60,20 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 
 // Files a Hugging Face model directory carries besides weights and config, copied on export so
 // the result is usable on its own.
-constexpr const char* kCompanionFiles[] = {"tokenizer.json",          "tokenizer_config.json", "special_tokens_map.json",
-                                           "tokenizer.model",         "vocab.json",            "merges.txt",
-                                           "generation_config.json", "added_tokens.json"};
+constexpr const char* kCompanionFiles[] = {
+    "tokenizer.json", "tokenizer_config.json",  "special_tokens_map.json", "tokenizer.model", "vocab.json",
+    "merges.txt",     "generation_config.json", "added_tokens.json"};
 
 }  // namespace
 
 at::ScalarType ToScalarType(ComputeDType dtype) {
   switch (dtype) {
-    case ComputeDType::kBf16: return at::kBFloat16;
-    case ComputeDType::kFp16: return at::kHalf;
-    default: return at::kFloat;
+    case ComputeDType::kBf16:
+      return at::kBFloat16;
+    case ComputeDType::kFp16:
+      return at::kHalf;
+    default:
+      return at::kFloat;
   }
 }
 
@@ -71,13 +84,13 @@ void LoadHfWeights(const fs::path& model_dir, FlatParameters& flat) {
   for (const auto& slot : flat.slots()) {
     const auto entry = checkpoint.Find(slot.spec.name);
     if (!entry) {
-      Fail(ErrorCode::kNotFound, "{}: tensor '{}' (shape {}) is missing from the checkpoint", model_dir.string(), slot.spec.name,
-           ShapeString(slot.spec.shape));
+      Fail(ErrorCode::kNotFound, "{}: tensor '{}' (shape {}) is missing from the checkpoint", model_dir.string(),
+           slot.spec.name, ShapeString(slot.spec.shape));
     }
     const TensorInfo& info = *entry->info;
     if (info.shape != slot.spec.shape) {
-      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has shape {} but config.json implies {}", entry->file->path().string(),
-           slot.spec.name, ShapeString(info.shape), ShapeString(slot.spec.shape));
+      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has shape {} but config.json implies {}",
+           entry->file->path().string(), slot.spec.name, ShapeString(info.shape), ShapeString(slot.spec.shape));
     }
     const auto type = ScalarTypeOf(info.dtype);
     if (!type) {
@@ -92,11 +105,12 @@ void LoadHfWeights(const fs::path& model_dir, FlatParameters& flat) {
   std::vector<std::string> unused;
   for (const auto& name : checkpoint.Names()) {
     // Tied checkpoints may still carry lm_head; old ones carry RoPE buffers. Neither is a weight.
-    if (!used.count(name) && name != "lm_head.weight" && name.find("rotary_emb.inv_freq") == std::string::npos) unused.push_back(name);
+    if (!used.count(name) && name != "lm_head.weight" && name.find("rotary_emb.inv_freq") == std::string::npos)
+      unused.push_back(name);
   }
   if (!unused.empty()) {
-    spdlog::warn("{}: {} tensors in the checkpoint are not used by the model, e.g. '{}'", model_dir.string(), unused.size(),
-                 unused.front());
+    spdlog::warn("{}: {} tensors in the checkpoint are not used by the model, e.g. '{}'", model_dir.string(),
+                 unused.size(), unused.front());
   }
 }
 
@@ -117,7 +131,8 @@ void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const Fla
   std::vector<TensorBytes> tensors;
   for (const auto& slot : flat.slots()) {
     at::Tensor value = flat.Value(slot).detach().to(type).contiguous();
-    tensors.push_back(TensorBytes{slot.spec.name, DTypeOf(type), slot.spec.shape, value.data_ptr(), static_cast<size_t>(value.nbytes())});
+    tensors.push_back(TensorBytes{slot.spec.name, DTypeOf(type), slot.spec.shape, value.data_ptr(),
+                                  static_cast<size_t>(value.nbytes())});
     converted.push_back(std::move(value));
   }
   WriteSafetensorsModel(staging, tensors);

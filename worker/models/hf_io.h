@@ -20,8 +20,8 @@ void LoadHfWeights(const std::filesystem::path& model_dir, FlatParameters& flat)
 // Writes `model_dir`-style output: config.json (the source config with torch_dtype set) and the
 // weights in `dtype`, plus the tokenizer files found in `source_dir`. The directory is built
 // under a temporary name and renamed into place, so `out_dir` is either absent or complete.
-void WriteHfModel(const std::filesystem::path& out_dir, const std::filesystem::path& source_dir, const FlatParameters& flat,
-                  ComputeDType dtype);
+void WriteHfModel(const std::filesystem::path& out_dir, const std::filesystem::path& source_dir,
+                  const FlatParameters& flat, ComputeDType dtype);
 
 // Initializes weights as transformers does for a new model: normal(0, 0.02) matrices and
 // embeddings, ones for norms, zeros for biases; deterministic for a seed.

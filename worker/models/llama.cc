@@ -141,8 +141,9 @@ at::Tensor AttentionMask(const at::Tensor& attention_mask, int64_t batch, int64_
   if (window) allowed = allowed.logical_and((query_pos - key_pos) < *window);
   allowed = allowed.view({1, 1, s, t});
   if (attention_mask.defined()) allowed = allowed.logical_and(attention_mask.to(at::kBool).view({batch, 1, 1, t}));
-  const double lowest = dtype == at::kFloat ? std::numeric_limits<float>::lowest()
-                        : dtype == at::kBFloat16 ? -3.3895313892515355e38 : -65504.0;
+  const double lowest = dtype == at::kFloat      ? std::numeric_limits<float>::lowest()
+                        : dtype == at::kBFloat16 ? -3.3895313892515355e38
+                                                 : -65504.0;
   return at::zeros(allowed.sizes(), at::TensorOptions().dtype(dtype)).masked_fill_(allowed.logical_not(), lowest);
 }
 
@@ -152,7 +153,8 @@ LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)), inv_freq_(RopeInverseFrequencies(config_)) {}
 
 at::Tensor LlamaModel::Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const at::Tensor& cos,
-                                 const at::Tensor& sin, const at::Tensor& mask, KvCache* cache, size_t layer_index) const {
+                                 const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
+                                 size_t layer_index) const {
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
   at::Tensor q = Linear(x, layer.q_proj, layer.q_bias).view({b, s, heads, d}).transpose(1, 2);
@@ -173,7 +175,8 @@ at::Tensor LlamaModel::Attention(const LlamaLayerWeights& layer, const at::Tenso
     cache->values[layer_index] = v;
   }
   const int64_t groups = heads / kv_heads;
-  const at::Tensor scores = at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) + mask;
+  const at::Tensor scores =
+      at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) + mask;
   const at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   const at::Tensor context = at::matmul(probs, RepeatKv(v, groups)).transpose(1, 2).reshape({b, s, heads * d});
   return Linear(context, layer.o_proj, layer.o_bias);
@@ -197,7 +200,8 @@ at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& at
     const LlamaLayerWeights& layer = weights_.layers[i];
     h = h + Attention(layer, RmsNorm(h, layer.input_layernorm, config_.rms_norm_eps), cos, sin, mask, cache, i);
     const at::Tensor x = RmsNorm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
-    const at::Tensor gated = at::silu(Linear(x, layer.gate_proj, layer.gate_bias)) * Linear(x, layer.up_proj, layer.up_bias);
+    const at::Tensor gated =
+        at::silu(Linear(x, layer.gate_proj, layer.gate_bias)) * Linear(x, layer.up_proj, layer.up_bias);
     h = h + Linear(gated, layer.down_proj, layer.down_bias);
   }
   if (cache != nullptr) cache->length += s;

@@ -22,21 +22,21 @@ namespace shardtune {
 std::vector<ParameterSpec> LlamaParameterSpecs(const LlamaConfig& config);
 
 struct LlamaLayerWeights {
-  at::Tensor input_layernorm;           // (hidden)
-  at::Tensor q_proj, k_proj, v_proj;    // (heads*head_dim, hidden), (kv_heads*head_dim, hidden) x 2
-  at::Tensor q_bias, k_bias, v_bias;    // undefined unless config.qkv_bias
-  at::Tensor o_proj, o_bias;            // (hidden, heads*head_dim); o_bias unless config.o_bias
-  at::Tensor post_attention_layernorm;  // (hidden)
-  at::Tensor gate_proj, up_proj;        // (intermediate, hidden)
-  at::Tensor down_proj;                 // (hidden, intermediate)
+  at::Tensor input_layernorm;                // (hidden)
+  at::Tensor q_proj, k_proj, v_proj;         // (heads*head_dim, hidden), (kv_heads*head_dim, hidden) x 2
+  at::Tensor q_bias, k_bias, v_bias;         // undefined unless config.qkv_bias
+  at::Tensor o_proj, o_bias;                 // (hidden, heads*head_dim); o_bias unless config.o_bias
+  at::Tensor post_attention_layernorm;       // (hidden)
+  at::Tensor gate_proj, up_proj;             // (intermediate, hidden)
+  at::Tensor down_proj;                      // (hidden, intermediate)
   at::Tensor gate_bias, up_bias, down_bias;  // undefined unless config.mlp_bias
 };
 
 struct LlamaWeights {
   at::Tensor embed_tokens;  // (vocab, hidden)
   std::vector<LlamaLayerWeights> layers;
-  at::Tensor norm;          // (hidden)
-  at::Tensor lm_head;       // (vocab, hidden); the same tensor as embed_tokens when tied
+  at::Tensor norm;     // (hidden)
+  at::Tensor lm_head;  // (vocab, hidden); the same tensor as embed_tokens when tied
 };
 
 using TensorLookup = std::function<at::Tensor(const std::string& name)>;
@@ -64,8 +64,8 @@ class LlamaModel {
   const LlamaConfig& config() const { return config_; }
 
  private:
-  at::Tensor Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                       const at::Tensor& mask, KvCache* cache, size_t layer_index) const;
+  at::Tensor Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const at::Tensor& cos,
+                       const at::Tensor& sin, const at::Tensor& mask, KvCache* cache, size_t layer_index) const;
 
   LlamaConfig config_;
   LlamaWeights weights_;

@@ -39,11 +39,14 @@ RopeScaling ParseRopeScaling(const json& node, const std::string& where) {
   if (node.is_null()) return scaling;
   if (!node.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: 'rope_scaling' must be an object or null", where);
   std::string type;
-  if (node.contains("rope_type")) Read(node, "rope_type", &type, where + ": rope_scaling");
-  else Read(node, "type", &type, where + ": rope_scaling");
+  if (node.contains("rope_type"))
+    Read(node, "rope_type", &type, where + ": rope_scaling");
+  else
+    Read(node, "type", &type, where + ": rope_scaling");
   if (type == "default" || type.empty()) return scaling;
   Read(node, "factor", &scaling.factor, where + ": rope_scaling");
-  if (scaling.factor <= 0) Fail(ErrorCode::kInvalidArgument, "{}: rope_scaling.factor must be positive, got {}", where, scaling.factor);
+  if (scaling.factor <= 0)
+    Fail(ErrorCode::kInvalidArgument, "{}: rope_scaling.factor must be positive, got {}", where, scaling.factor);
   if (type == "linear") {
     scaling.type = RopeScalingType::kLinear;
   } else if (type == "llama3") {
@@ -56,7 +59,8 @@ RopeScaling ParseRopeScaling(const json& node, const std::string& where) {
            scaling.high_freq_factor, scaling.low_freq_factor);
     }
   } else {
-    Fail(ErrorCode::kUnimplemented, "{}: rope_scaling type '{}' is not supported (supported: linear, llama3)", where, type);
+    Fail(ErrorCode::kUnimplemented, "{}: rope_scaling type '{}' is not supported (supported: linear, llama3)", where,
+         type);
   }
   return scaling;
 }
@@ -75,7 +79,8 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   LlamaConfig c;
   Read(root, "model_type", &c.model_type, where);
   if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2") {
-    Fail(ErrorCode::kUnimplemented, "{}: model_type '{}' is not supported (supported: llama, mistral, qwen2)", where, c.model_type);
+    Fail(ErrorCode::kUnimplemented, "{}: model_type '{}' is not supported (supported: llama, mistral, qwen2)", where,
+         c.model_type);
   }
   const bool qwen2 = c.model_type == "qwen2";
   Read(root, "vocab_size", &c.vocab_size, where);
@@ -104,10 +109,12 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   if (const auto eos = root.find("eos_token_id"); eos != root.end() && !eos->is_null()) {
     if (eos->is_number_integer()) {
       c.eos_token_ids = {eos->get<int64_t>()};
-    } else if (eos->is_array() && std::all_of(eos->begin(), eos->end(), [](const json& v) { return v.is_number_integer(); })) {
+    } else if (eos->is_array() &&
+               std::all_of(eos->begin(), eos->end(), [](const json& v) { return v.is_number_integer(); })) {
       c.eos_token_ids = eos->get<std::vector<int64_t>>();
     } else {
-      Fail(ErrorCode::kInvalidArgument, "{}: 'eos_token_id' must be an integer or a list of integers, got {}", where, eos->dump());
+      Fail(ErrorCode::kInvalidArgument, "{}: 'eos_token_id' must be an integer or a list of integers, got {}", where,
+           eos->dump());
     }
   }
   if (const auto rope = root.find("rope_scaling"); rope != root.end()) c.rope_scaling = ParseRopeScaling(*rope, where);
@@ -139,12 +146,14 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
     RequirePositive(c.head_dim, "head_dim", where);
   } else {
     if (c.hidden_size % c.num_attention_heads != 0) {
-      Fail(ErrorCode::kInvalidArgument, "{}: hidden_size {} is not a multiple of num_attention_heads {} (and no head_dim is given)",
-           where, c.hidden_size, c.num_attention_heads);
+      Fail(ErrorCode::kInvalidArgument,
+           "{}: hidden_size {} is not a multiple of num_attention_heads {} (and no head_dim is given)", where,
+           c.hidden_size, c.num_attention_heads);
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  if (c.head_dim % 2 != 0) Fail(ErrorCode::kInvalidArgument, "{}: head_dim {} must be even for rotary embeddings", where, c.head_dim);
+  if (c.head_dim % 2 != 0)
+    Fail(ErrorCode::kInvalidArgument, "{}: head_dim {} must be even for rotary embeddings", where, c.head_dim);
   if (c.hidden_act != "silu") {
     Fail(ErrorCode::kUnimplemented, "{}: hidden_act '{}' is not supported (supported: silu)", where, c.hidden_act);
   }

@@ -35,8 +35,8 @@ struct LlamaConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;             // qwen2: always; llama/mistral: config.attention_bias
-  bool o_bias = false;               // llama/mistral: config.attention_bias; qwen2: never
+  bool qkv_bias = false;  // qwen2: always; llama/mistral: config.attention_bias
+  bool o_bias = false;    // llama/mistral: config.attention_bias; qwen2: never
   bool mlp_bias = false;
   std::optional<int64_t> sliding_window;  // mistral (and qwen2 with use_sliding_window)
   int64_t pad_token_id = 0;
