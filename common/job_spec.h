@@ -71,6 +71,7 @@ struct TrainingSpec {
   uint64_t seed = 42;
   int64_t eval_every = 0;  // steps between validations; 0: only after the last step
   int64_t log_every = 1;   // steps between metrics.jsonl lines
+  bool activation_checkpointing = false;  // recompute each layer in backward (always at ZeRO-3)
 };
 
 struct ShardingSpec {
@@ -79,6 +80,8 @@ struct ShardingSpec {
   int64_t shard_group_size = 0;  // 0: shard over all ranks
   OffloadTarget offload_optimizer = OffloadTarget::kNone;
   double collective_timeout_s = 600;
+  int64_t prefetch_layers = 1;        // stage 3: units gathered ahead of their use
+  int64_t persistence_threshold = 0;  // stage 3: units with fewer elements stay gathered
 };
 
 struct OutputSpec {

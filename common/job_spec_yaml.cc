@@ -356,6 +356,7 @@ void ReadTraining(MapReader m, TrainingSpec* training) {
   m.Uint("seed", &training->seed);
   m.Int("eval_every", &training->eval_every, 0);
   m.Int("log_every", &training->log_every, 1);
+  m.Bool("activation_checkpointing", &training->activation_checkpointing);
   m.Finish();
 }
 
@@ -365,6 +366,8 @@ void ReadSharding(MapReader m, ShardingSpec* sharding) {
   m.Int("shard_group_size", &sharding->shard_group_size, 0);
   m.Enum("offload_optimizer", &sharding->offload_optimizer, kOffloads);
   m.Double("collective_timeout_s", &sharding->collective_timeout_s, 0.0, 1e7, /*min_open=*/true);
+  m.Int("prefetch_layers", &sharding->prefetch_layers, 0, 64);
+  m.Int("persistence_threshold", &sharding->persistence_threshold, 0);
   m.Finish();
 }
 
@@ -547,6 +550,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "seed" << YAML::Value << t.seed;
   out << YAML::Key << "eval_every" << YAML::Value << t.eval_every;
   out << YAML::Key << "log_every" << YAML::Value << t.log_every;
+  out << YAML::Key << "activation_checkpointing" << YAML::Value << t.activation_checkpointing;
   out << YAML::EndMap;
 
   const ShardingSpec& s = spec.sharding;
@@ -556,6 +560,8 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "shard_group_size" << YAML::Value << s.shard_group_size;
   out << YAML::Key << "offload_optimizer" << YAML::Value << NameOf(kOffloads, s.offload_optimizer);
   out << YAML::Key << "collective_timeout_s" << YAML::Value << s.collective_timeout_s;
+  out << YAML::Key << "prefetch_layers" << YAML::Value << s.prefetch_layers;
+  out << YAML::Key << "persistence_threshold" << YAML::Value << s.persistence_threshold;
   out << YAML::EndMap;
 
   out << YAML::Key << "output" << YAML::Value << YAML::BeginMap;

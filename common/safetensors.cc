@@ -312,63 +312,124 @@ std::vector<std::string> SafetensorsCheckpoint::Names() const {
   return names;
 }
 
-void WriteSafetensors(const fs::path& path, const std::vector<TensorBytes>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+uint64_t TensorMeta::nbytes() const {
+  uint64_t n = DTypeSize(dtype);
+  for (int64_t dim : shape) n *= static_cast<uint64_t>(dim);
+  return n;
+}
+
+namespace {
+
+// The 8-byte length and the JSON header, padded with spaces so the data starts 8-byte aligned.
+std::string EncodeHeader(const std::vector<TensorMeta>& tensors, const std::map<std::string, std::string>& metadata,
+                         const std::string& where) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   std::set<std::string> names;
   for (const auto& tensor : tensors) {
-    if (!names.insert(tensor.name).second)
-      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' given twice", path.string(), tensor.name);
-    uint64_t expected = DTypeSize(tensor.dtype);
-    for (int64_t dim : tensor.shape) expected *= static_cast<uint64_t>(dim);
-    if (expected != tensor.nbytes) {
-      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has {} bytes but its shape needs {}", path.string(),
-           tensor.name, tensor.nbytes, expected);
-    }
-    header[tensor.name] = {{"dtype", DTypeName(tensor.dtype)},
-                           {"shape", tensor.shape},
-                           {"data_offsets", {offset, offset + tensor.nbytes}}};
-    offset += tensor.nbytes;
+    if (!names.insert(tensor.name).second) Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' given twice", where, tensor.name);
+    header[tensor.name] = {{"dtype", DTypeName(tensor.dtype)}, {"shape", tensor.shape}, {"data_offsets", {offset, offset + tensor.nbytes()}}};
+    offset += tensor.nbytes();
   }
   std::string text = header.dump();
-  text.append((8 - (8 + text.size()) % 8) % 8, ' ');  // the data section starts 8-byte aligned
-  uint8_t length[8];
-  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string encoded(8, '\0');
+  for (int i = 0; i < 8; ++i) encoded[i] = static_cast<char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  return encoded + text;
+}
 
+}  // namespace
+
+void WriteSafetensors(const fs::path& path, const std::vector<TensorBytes>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorMeta> metas;
+  for (const auto& tensor : tensors) {
+    metas.push_back(TensorMeta{tensor.name, tensor.dtype, tensor.shape});
+    if (metas.back().nbytes() != tensor.nbytes) {
+      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has {} bytes but its shape needs {}", path.string(), tensor.name,
+           tensor.nbytes, metas.back().nbytes());
+    }
+  }
+  const std::string header = EncodeHeader(metas, metadata, path.string());
   AtomicFileWriter writer(path);
-  writer.Write(length, sizeof(length));
-  writer.Write(text);
+  writer.Write(header);
   for (const auto& tensor : tensors) writer.Write(tensor.data, tensor.nbytes);
   writer.Commit();
 }
 
 void WriteSafetensorsModel(const fs::path& dir, const std::vector<TensorBytes>& tensors, uint64_t max_shard_bytes) {
-  std::vector<std::vector<TensorBytes>> shards(1);
+  std::vector<TensorMeta> metas;
+  for (const auto& tensor : tensors) metas.push_back(TensorMeta{tensor.name, tensor.dtype, tensor.shape});
+  SafetensorsModelWriter writer(dir, metas, max_shard_bytes);
+  for (const auto& tensor : tensors) writer.Append(tensor.name, tensor.data, tensor.nbytes);
+  writer.Finish();
+}
+
+struct SafetensorsModelWriter::Shard {
+  std::string file_name;
+  size_t first = 0;  // tensor indices [first, end)
+  size_t end = 0;
+  std::unique_ptr<AtomicFileWriter> writer;
+};
+
+SafetensorsModelWriter::SafetensorsModelWriter(fs::path dir, std::vector<TensorMeta> tensors, uint64_t max_shard_bytes)
+    : dir_(std::move(dir)), tensors_(std::move(tensors)) {
   uint64_t shard_bytes = 0;
-  uint64_t total_bytes = 0;
-  for (const auto& tensor : tensors) {
-    if (shard_bytes > 0 && shard_bytes + tensor.nbytes > max_shard_bytes) {
-      shards.emplace_back();
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (tensors_[i].nbytes() == 0) {
+      Fail(ErrorCode::kInvalidArgument, "{}: refusing to export tensor '{}' with no elements", dir_.string(), tensors_[i].name);
+    }
+    if (shards_.empty() || (shard_bytes > 0 && shard_bytes + tensors_[i].nbytes() > max_shard_bytes)) {
+      shards_.emplace_back();
+      shards_.back().first = i;
       shard_bytes = 0;
     }
-    shards.back().push_back(tensor);
-    shard_bytes += tensor.nbytes;
-    total_bytes += tensor.nbytes;
+    shards_.back().end = i + 1;
+    shard_bytes += tensors_[i].nbytes();
   }
-  if (shards.size() == 1) {
-    WriteSafetensors(dir / "model.safetensors", tensors);
-    return;
+  for (size_t k = 0; k < shards_.size(); ++k) {
+    shards_[k].file_name = shards_.size() == 1 ? "model.safetensors"
+                                               : fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, shards_.size());
   }
+}
+
+SafetensorsModelWriter::~SafetensorsModelWriter() = default;
+
+void SafetensorsModelWriter::OpenShard(size_t k) {
+  Shard& shard = shards_[k];
+  const std::vector<TensorMeta> metas(tensors_.begin() + static_cast<std::ptrdiff_t>(shard.first),
+                                      tensors_.begin() + static_cast<std::ptrdiff_t>(shard.end));
+  shard.writer = std::make_unique<AtomicFileWriter>(dir_ / shard.file_name);
+  shard.writer->Write(EncodeHeader(metas, {{"format", "pt"}}, (dir_ / shard.file_name).string()));
+}
+
+void SafetensorsModelWriter::Append(const std::string& name, const void* data, size_t nbytes) {
+  ST_CHECK(next_ < tensors_.size() && tensors_[next_].name == name, "tensor '{}' appended out of the declared order", name);
+  ST_CHECK(nbytes == tensors_[next_].nbytes(), "tensor '{}' has {} bytes, declared {}", name, nbytes, tensors_[next_].nbytes());
+  size_t k = 0;
+  while (shards_[k].end <= next_) ++k;
+  if (!shards_[k].writer) OpenShard(k);
+  shards_[k].writer->Write(data, nbytes);
+  if (++next_ == shards_[k].end) {
+    shards_[k].writer->Commit();
+    shards_[k].writer.reset();
+  }
+}
+
+void SafetensorsModelWriter::Finish() {
+  ST_CHECK(next_ == tensors_.size(), "{} of {} tensors were appended", next_, tensors_.size());
+  if (shards_.size() <= 1) return;
   json weight_map = json::object();
-  for (size_t k = 0; k < shards.size(); ++k) {
-    const std::string name = fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, shards.size());
-    WriteSafetensors(dir / name, shards[k]);
-    for (const auto& tensor : shards[k]) weight_map[tensor.name] = name;
+  uint64_t total = 0;
+  for (const auto& shard : shards_) {
+    for (size_t i = shard.first; i < shard.end; ++i) {
+      weight_map[tensors_[i].name] = shard.file_name;
+      total += tensors_[i].nbytes();
+    }
   }
-  const json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
-  WriteFileAtomic(dir / "model.safetensors.index.json", index.dump(2) + "\n");
+  const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  WriteFileAtomic(dir_ / "model.safetensors.index.json", index.dump(2) + "\n");
 }
 
 }  // namespace shardtune

@@ -110,4 +110,33 @@ void WriteSafetensors(const std::filesystem::path& path, const std::vector<Tenso
 void WriteSafetensorsModel(const std::filesystem::path& dir, const std::vector<TensorBytes>& tensors,
                            uint64_t max_shard_bytes = 5'000'000'000ULL);
 
+struct TensorMeta {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t nbytes() const;
+};
+
+// The same layout as WriteSafetensorsModel, written one tensor at a time so that no more than
+// one tensor needs to be in memory: the tensors, their shapes and their order are declared up
+// front (the headers come first in each file), then appended in that order. Each file is
+// committed atomically when its last tensor arrives; nothing is visible before. Empty tensors
+// are refused: an export with one is broken.
+class SafetensorsModelWriter {
+ public:
+  SafetensorsModelWriter(std::filesystem::path dir, std::vector<TensorMeta> tensors,
+                         uint64_t max_shard_bytes = 5'000'000'000ULL);
+  ~SafetensorsModelWriter();
+  void Append(const std::string& name, const void* data, size_t nbytes);
+  void Finish();
+
+ private:
+  struct Shard;
+  void OpenShard(size_t k);
+  std::filesystem::path dir_;
+  std::vector<TensorMeta> tensors_;
+  std::vector<Shard> shards_;
+  size_t next_ = 0;  // index of the next tensor to append
+};
+
 }  // namespace shardtune

@@ -11,6 +11,7 @@
 #include "worker/blas_env.h"
 #include "worker/entry.h"
 #include "worker/generate.h"
+#include "worker/launch.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
 
@@ -86,7 +87,7 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
-  CLI::App* train = app.add_subcommand("train", "run a job locally (one rank: in this process)");
+  CLI::App* train = app.add_subcommand("train", "run a job locally: one rank in this process, more through mpirun");
   std::string job_path;
   int np = 1;
   std::string hostfile;
@@ -124,12 +125,9 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? kExitOk : kExitInvalidInput;
   }
   if (train->parsed()) {
-    if (np != 1 || !hostfile.empty()) {
-      InitLogging(log_level, 0);
-      spdlog::error("--np {} : this build trains on one rank only", np);
-      return kExitInvalidInput;
-    }
-    return RunWorker(job_path, log_level);
+    if (np == 1 && hostfile.empty()) return RunWorker(job_path, log_level);
+    InitLogging(log_level, 0);
+    return LaunchMpirun(job_path, LaunchOptions{np, hostfile, log_level});
   }
   try {
     InitLogging(log_level, 0);

@@ -1,22 +1,17 @@
 #pragma once
 // Training checkpoints: output.dir/checkpoints/step-N/ holds
-//   index.json          format name and version, world size, the flat layout (every parameter's
-//                       name, shape, offset, size) and which range of the buffer each rank owns
-//   rank-KKKKK.safetensors   that rank's range of the fp32 values and both AdamW moments
-//   trainer_state.json  step, data position, token count, RNG scheme, loss scale
-// A checkpoint is written into step-N.tmp/ and renamed into place when complete, so a directory
-// named step-N is always whole; leftovers named *.tmp are ignored.
+//   index.json               format and version, world size, stage, the unit layout, and which
+//                            range of which unit each rank file holds (ZeroEngine::SaveShards)
+//   rank-KKKKK.safetensors   a rank's shards: fp32 weights ("values") and AdamW's moments
+//   trainer_state.json       step, token count, RNG scheme, loss scale, planned steps
+// A checkpoint is assembled in step-N.tmp/ and renamed into place when complete, so a directory
+// named step-N is always whole and a crash mid-save leaves the previous one intact.
 
 #include <cstdint>
 #include <filesystem>
 #include <optional>
 
-#include "sharding/adamw.h"
-#include "sharding/flat_parameters.h"
-
 namespace shardtune {
-
-inline constexpr int kCheckpointFormatVersion = 1;
 
 struct TrainerState {
   int64_t step = 0;         // optimizer steps completed; the data position follows from it
@@ -26,11 +21,8 @@ struct TrainerState {
   int64_t total_steps = 0;  // of the run that wrote it, to refuse resuming a different plan
 };
 
-void SaveCheckpoint(const std::filesystem::path& dir, FlatParameters& flat, AdamW& optimizer,
-                    const TrainerState& state);
-
-// Loads `dir` into `flat` and `optimizer`, after checking that its layout is this model's.
-TrainerState LoadCheckpoint(const std::filesystem::path& dir, FlatParameters& flat, AdamW& optimizer);
+void WriteTrainerState(const std::filesystem::path& dir, const TrainerState& state);
+TrainerState ReadTrainerState(const std::filesystem::path& dir);
 
 // The complete checkpoint with the highest step under `checkpoints_dir`, if any.
 std::optional<std::filesystem::path> LatestCheckpoint(const std::filesystem::path& checkpoints_dir);

@@ -2,12 +2,31 @@
 
 #include <spdlog/spdlog.h>
 
+#include <ATen/Parallel.h>
+
+#include <thread>
+
 #include "common/error.h"
 #include "common/job_spec.h"
 #include "common/logging.h"
+#include "sharding/comm/mpi_communicator.h"
 #include "worker/trainer.h"
 
 namespace shardtune {
+
+namespace {
+
+// Ranks sharing a machine share its cores: give each its share of intra-op threads instead of
+// letting every rank start one thread per core.
+void SetThreadsPerRank() {
+  const char* local_size = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (local_size == nullptr || std::getenv("OMP_NUM_THREADS") != nullptr) return;
+  const int ranks = std::max(1, std::atoi(local_size));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(std::max(1, cores / ranks));
+}
+
+}  // namespace
 
 int ReportFailure(const std::exception& error) {
   spdlog::error("{}", error.what());
@@ -27,18 +46,34 @@ int ReportFailure(const std::exception& error) {
 }
 
 int RunWorker(const std::string& job_path, const std::string& log_level) {
+  std::unique_ptr<MpiRuntime> mpi;
+  int world_size = 1;
   try {
     InitLogging(log_level, RankFromEnvironment());
-    if (const char* size = std::getenv("OMPI_COMM_WORLD_SIZE"); size != nullptr && std::atoi(size) > 1) {
-      Fail(ErrorCode::kUnimplemented, "this build trains on one rank; started with {} ranks", size);
-    }
     const JobSpec spec = LoadJobSpec(job_path);
-    const TrainingSummary summary = RunTraining(spec);
-    spdlog::info("job '{}' finished: {} steps, last loss {:.4f}{}", spec.name, summary.steps, summary.last_loss,
-                 summary.last_val_loss ? fmt::format(", val_loss {:.4f}", *summary.last_val_loss) : "");
+    std::unique_ptr<Communicator> world;
+    if (MpiRuntime::LaunchedByMpi()) {
+      mpi = std::make_unique<MpiRuntime>(nullptr, nullptr);
+      world = mpi->World(spec.sharding.collective_timeout_s);
+      world_size = world->size();
+      SetThreadsPerRank();
+    } else {
+      world = std::make_unique<SingleProcessCommunicator>();
+    }
+    const TrainingSummary summary = RunTraining(spec, *world);
+    if (world->rank() == 0) {
+      spdlog::info("job '{}' finished: {} steps, last loss {:.4f}{}", spec.name, summary.steps, summary.last_loss,
+                   summary.last_val_loss ? fmt::format(", val_loss {:.4f}", *summary.last_val_loss) : "");
+    }
+    world.reset();
+    mpi.reset();
     return kExitOk;
   } catch (const std::exception& e) {
-    return ReportFailure(e);
+    const int code = ReportFailure(e);
+    // One rank failing fails the job: take every other rank down now rather than let them wait
+    // in a collective until their timeout.
+    if (mpi && world_size > 1) MpiRuntime::Abort(code);
+    return code;
   }
 }
 

@@ -10,10 +10,11 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/logging.h"
-#include "sharding/adamw.h"
+#include "common/safetensors.h"
 #include "sharding/checkpoint.h"
-#include "sharding/flat_parameters.h"
 #include "sharding/lr_schedule.h"
+#include "sharding/unit_function.h"
+#include "sharding/zero_engine.h"
 #include "worker/data/token_dataset.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
@@ -26,35 +27,32 @@ using nlohmann::json;
 
 namespace {
 
+constexpr double kInitialFp16LossScale = 65536.0;
+constexpr int64_t kLossScaleGrowthInterval = 2000;  // steps without overflow before doubling
+
 // What this build trains; everything else in the spec is valid but lands in later work.
 void CheckSupported(const JobSpec& spec) {
   auto unsupported = [](const std::string& what) {
     Fail(ErrorCode::kUnimplemented, "{} is not supported by this build yet", what);
   };
-  if (spec.method.type != MethodType::kFull)
+  if (spec.method.type != MethodType::kFull) {
     unsupported(fmt::format("method.type '{}' (supported: full)", ToString(spec.method.type)));
-  if (spec.data.format != DataFormat::kTokens)
+  }
+  if (spec.data.format != DataFormat::kTokens) {
     unsupported(fmt::format("data.format '{}' (supported: tokens)", ToString(spec.data.format)));
-  if (spec.model.task != ModelTask::kCausalLm)
+  }
+  if (spec.model.task != ModelTask::kCausalLm) {
     unsupported(fmt::format("model.task '{}' (supported: causal_lm)", ToString(spec.model.task)));
-  if (spec.model.dtype != ComputeDType::kFp32)
-    unsupported(fmt::format("model.dtype '{}' for training (supported: fp32)", ToString(spec.model.dtype)));
+  }
   if (spec.data.packing) unsupported("data.packing: true");
-  if (spec.sharding.offload_optimizer != OffloadTarget::kNone) unsupported("sharding.offload_optimizer: cpu");
-}
-
-std::vector<DecayRange> DecayRanges(const FlatParameters& flat) {
-  std::vector<DecayRange> ranges;
-  for (const auto& slot : flat.slots())
-    if (slot.spec.weight_decay) ranges.push_back({slot.offset, slot.numel});
-  return ranges;
+  if (spec.sharding.backend == CommBackend::kNccl) unsupported("sharding.backend: nccl on CPU tensors");
 }
 
 // Appends one JSON object a line to metrics.jsonl, flushed at once so that tails see it.
 class MetricsLog {
  public:
   // Drops lines after `resume_step` (written by the interrupted run past its last checkpoint).
-  MetricsLog(const fs::path& path, int64_t resume_step) : path_(path) {
+  MetricsLog(const fs::path& path, int64_t resume_step) {
     if (fs::exists(path)) {
       std::ifstream in(path);
       std::string kept, line;
@@ -73,41 +71,56 @@ class MetricsLog {
   }
 
  private:
-  fs::path path_;
   std::ofstream out_;
 };
 
 class Trainer {
  public:
-  Trainer(const JobSpec& spec, const TrainerOptions& options)
+  Trainer(const JobSpec& spec, Communicator& world, const TrainerOptions& options)
       : spec_(spec),
+        world_(world),
         options_(options),
+        rank0_(world.rank() == 0),
         output_dir_(spec.output.dir),
         config_(LlamaConfig::Load(spec.model.path)),
-        flat_(LlamaParameterSpecs(config_)),
-        optimizer_(spec.training.optimizer, flat_.padded_numel(), DecayRanges(flat_)) {}
+        blocks_(config_),
+        compute_dtype_(ToScalarType(spec.model.dtype)) {}
 
   TrainingSummary Run();
 
  private:
+  void Prepare();
   void LoadData();
-  void Evaluate(int64_t step);
+  at::Tensor Forward(const Batch& batch);
   void TrainStep(int64_t step);
+  void Evaluate(int64_t step);
+  void Checkpoint(int64_t step);
+  void Export();
   std::vector<const Example*> GlobalBatch(int64_t step);
+  void Barrier(const std::string& what) { world_.Barrier(CollectiveTag{what, step_}); }
 
   const JobSpec& spec_;
+  Communicator& world_;
   TrainerOptions options_;
+  bool rank0_;
   fs::path output_dir_;
   LlamaConfig config_;
-  FlatParameters flat_;
-  AdamW optimizer_;
-  std::unique_ptr<LlamaModel> model_;
+  LlamaBlocks blocks_;
+  at::ScalarType compute_dtype_;
+  OwnedProcessGroups groups_;
+  std::unique_ptr<ZeroEngine> engine_;
   std::vector<Example> train_;
   std::vector<Example> validation_;
+  int64_t ranks_ = 1;
+  int64_t micro_ = 1;
+  int64_t accumulation_ = 1;
   int64_t global_batch_ = 0;
   int64_t steps_per_epoch_ = 0;
   int64_t total_steps_ = 0;
+  int64_t step_ = 0;
   int64_t tokens_ = 0;
+  double loss_scale_ = 1.0;
+  int64_t steps_since_overflow_ = 0;
   int64_t cached_epoch_ = -1;
   std::vector<int64_t> epoch_order_;
   std::unique_ptr<MetricsLog> metrics_;
@@ -119,21 +132,103 @@ void Trainer::LoadData() {
   const TokenDatasetOptions data_options{config_.vocab_size, spec_.data.max_seq_len};
   TokenDataset train = ReadTokenDataset(spec_.data.train, data_options);
   train_ = std::move(train.examples);
-  if (train.truncated > 0) {
-    spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", spec_.data.train,
-                 train.truncated, spec_.data.max_seq_len);
+  if (train.truncated > 0 && rank0_) {
+    spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", spec_.data.train, train.truncated,
+                 spec_.data.max_seq_len);
   }
   if (!spec_.data.validation.empty()) {
-    TokenDataset validation = ReadTokenDataset(spec_.data.validation, data_options);
-    validation_ = std::move(validation.examples);
+    validation_ = ReadTokenDataset(spec_.data.validation, data_options).examples;
   } else {
     SplitValidation(train_, validation_, spec_.data.validation_split, spec_.training.seed);
   }
-  if (spec_.data.max_seq_len > config_.max_position_embeddings) {
+  if (spec_.data.max_seq_len > config_.max_position_embeddings && rank0_) {
     spdlog::warn("data.max_seq_len {} exceeds the model's max_position_embeddings {}", spec_.data.max_seq_len,
                  config_.max_position_embeddings);
   }
-  spdlog::info("data: {} training examples, {} validation examples", train_.size(), validation_.size());
+  if (static_cast<int64_t>(train_.size()) < global_batch_) {
+    Fail(ErrorCode::kInvalidArgument, "{}: {} training examples are fewer than one global batch of {}", spec_.data.train,
+         train_.size(), global_batch_);
+  }
+  if (rank0_) spdlog::info("data: {} training examples, {} validation examples", train_.size(), validation_.size());
+}
+
+void Trainer::Prepare() {
+  CheckSupported(spec_);
+  ranks_ = world_.size();
+  if (spec_.training.global_batch_size > 0 && spec_.training.global_batch_size % (spec_.training.micro_batch_size * ranks_) != 0) {
+    Fail(ErrorCode::kInvalidArgument,
+         "training.global_batch_size {} is not divisible by micro_batch_size {} x data-parallel ranks {}",
+         spec_.training.global_batch_size, spec_.training.micro_batch_size, ranks_);
+  }
+  if (spec_.sharding.shard_group_size > 0 && ranks_ % spec_.sharding.shard_group_size != 0) {
+    Fail(ErrorCode::kInvalidArgument, "sharding.shard_group_size {} does not divide the {} ranks", spec_.sharding.shard_group_size,
+         ranks_);
+  }
+  if (fs::exists(output_dir_ / "final")) {
+    Fail(ErrorCode::kFailedPrecondition,
+         "{}: holds a finished run (final/); choose another output.dir, or move it away to train again", output_dir_.string());
+  }
+  micro_ = spec_.training.micro_batch_size;
+  global_batch_ = spec_.GlobalBatchSize(ranks_);
+  accumulation_ = spec_.GradientAccumulation(ranks_);
+
+  fs::create_directories(output_dir_ / "logs");
+  AddLogFile(output_dir_ / "logs" / fmt::format("rank-{:05d}.log", world_.rank()));
+  if (rank0_) WriteFileAtomic(output_dir_ / "job.yaml", JobSpecToYaml(spec_));
+
+  LoadData();
+  steps_per_epoch_ = static_cast<int64_t>(train_.size()) / global_batch_;  // the last partial batch is dropped
+  total_steps_ = spec_.training.max_steps > 0 ? spec_.training.max_steps : spec_.training.epochs * steps_per_epoch_;
+
+  groups_ = MakeProcessGroups(world_, spec_.sharding.shard_group_size);
+  ZeroConfig zero;
+  zero.stage = spec_.sharding.zero_stage;
+  zero.compute_dtype = compute_dtype_;
+  zero.optimizer = spec_.training.optimizer;
+  zero.persistence_threshold = spec_.sharding.persistence_threshold;
+  zero.prefetch_units = static_cast<int>(spec_.sharding.prefetch_layers);
+  // Stage 3 frees a unit's gathered parameters after its forward, so backward must recompute it.
+  zero.recompute = spec_.training.activation_checkpointing || zero.stage == 3;
+  engine_ = std::make_unique<ZeroEngine>(LlamaUnits(config_), zero, groups_.groups);
+
+  if (rank0_) {
+    const MemoryAccount memory = engine_->memory();
+    spdlog::info("model {}: {} {} layers, hidden {}, {} parameters", spec_.model.path, config_.model_type,
+                 config_.num_hidden_layers, config_.hidden_size, engine_->layout().parameter_count());
+    spdlog::info("plan: {} ranks, ZeRO stage {}{}, {} steps ({} per epoch), global batch {} = micro-batch {} x {} ranks x "
+                 "accumulation {}",
+                 ranks_, zero.stage,
+                 groups_.groups.replica->size() > 1 ? fmt::format(" (hybrid: shard groups of {})", groups_.groups.shard->size()) : "",
+                 total_steps_, steps_per_epoch_, global_batch_, micro_, ranks_, accumulation_);
+    spdlog::info("memory per rank: parameters {:.2f} MiB, gradients {:.2f} MiB, optimizer state {:.2f} MiB",
+                 memory.parameters / 1048576.0, memory.gradients / 1048576.0, memory.optimizer / 1048576.0);
+    if (spec_.sharding.offload_optimizer == OffloadTarget::kCpu) {
+      spdlog::info("sharding.offload_optimizer: cpu: the optimizer state is in host memory already (CPU training)");
+    }
+  }
+
+  const fs::path checkpoints = output_dir_ / "checkpoints";
+  if (const auto latest = LatestCheckpoint(checkpoints)) {
+    const TrainerState state = ReadTrainerState(*latest);
+    if (state.total_steps != total_steps_) {
+      Fail(ErrorCode::kFailedPrecondition, "{}: written by a run of {} steps, but this spec plans {}; resume with the same plan",
+           latest->string(), state.total_steps, total_steps_);
+    }
+    engine_->LoadShards(latest->string());
+    step_ = state.step;
+    tokens_ = state.tokens;
+    loss_scale_ = state.loss_scale;
+    summary_.resumed_from_step = step_;
+    if (rank0_) spdlog::info("resuming from {} (step {})", latest->string(), step_);
+  } else {
+    const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(spec_.model.path);
+    engine_->LoadWeights([&](const ParameterSpec& parameter) { return ReadHfTensor(weights, spec_.model.path, parameter); });
+    loss_scale_ = spec_.model.dtype == ComputeDType::kFp16 ? kInitialFp16LossScale : 1.0;
+  }
+  if (rank0_) {
+    metrics_ = std::make_unique<MetricsLog>(output_dir_ / "metrics.jsonl", step_);
+    progress_ = std::make_unique<ProgressBar>(step_, total_steps_);
+  }
 }
 
 std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
@@ -143,65 +238,101 @@ std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
     cached_epoch_ = epoch;
   }
   const int64_t begin = (step % steps_per_epoch_) * global_batch_;
-  const int64_t end = std::min<int64_t>(begin + global_batch_, static_cast<int64_t>(train_.size()));
   std::vector<const Example*> batch;
-  for (int64_t i = begin; i < end; ++i) batch.push_back(&train_[epoch_order_[i]]);
+  for (int64_t i = begin; i < begin + global_batch_; ++i) batch.push_back(&train_[epoch_order_[i]]);
   return batch;
+}
+
+at::Tensor Trainer::Forward(const Batch& batch) {
+  const int64_t layers = config_.num_hidden_layers;
+  at::Tensor h = ApplyUnits(*engine_, {0}, batch.input_ids, [this](const at::Tensor& ids, const UnitParameters& p) {
+    return blocks_.Embed(ids, p("model.embed_tokens.weight"));
+  });
+  // Captured by value: with recompute, a unit's computation runs again inside backward.
+  const Positions positions =
+      blocks_.PositionsFor(batch.input_ids.size(0), batch.input_ids.size(1), 0, batch.attention_mask, compute_dtype_);
+  for (int64_t i = 0; i < layers; ++i) {
+    h = ApplyUnits(*engine_, {static_cast<int>(1 + i)}, h, [this, i, positions](const at::Tensor& x, const UnitParameters& p) {
+      return blocks_.Layer(BindLlamaLayer(config_, i, [&p](const std::string& name) { return p(name); }), x, positions);
+    });
+  }
+  std::vector<int> head_units = {static_cast<int>(layers + 1)};
+  if (config_.tie_word_embeddings) head_units.push_back(0);
+  return ApplyUnits(*engine_, head_units, h, [this](const at::Tensor& x, const UnitParameters& p) {
+    return blocks_.Head(x, p("model.norm.weight"), p(LmHeadName(config_)));
+  });
 }
 
 void Trainer::TrainStep(int64_t step) {
   const auto start = std::chrono::steady_clock::now();
+  const int64_t bytes_before = engine_->bytes_sent();
   const std::vector<const Example*> batch = GlobalBatch(step);
   int64_t targets = 0;
   for (const Example* e : batch) targets += e->target_tokens();
 
-  // Per-step seeding makes any randomness (dropout, later) a function of (seed, step), which is
-  // what lets a resumed run continue exactly.
+  // Per-step seeding makes any randomness a function of (seed, step), which is what lets a
+  // resumed run continue exactly.
   at::manual_seed(static_cast<uint64_t>(spec_.training.seed) * 1000003ULL + static_cast<uint64_t>(step));
-  flat_.ZeroGradients();
-  double loss_sum = 0.0;
-  int64_t step_tokens = 0;
-  const auto micro = static_cast<size_t>(spec_.training.micro_batch_size);
-  for (size_t first = 0; first < batch.size(); first += micro) {
-    const std::vector<const Example*> examples(batch.begin() + first,
-                                               batch.begin() + std::min(first + micro, batch.size()));
+  DropPendingUnitCalls();
+  engine_->BeginStep(step);
+  // This rank's part of the global batch: `accumulation_` micro-batches of `micro_` examples.
+  const int64_t first = world_.rank() * accumulation_ * micro_;
+  at::Tensor local = at::zeros({2}, at::kDouble);  // loss sum, input tokens
+  for (int64_t a = 0; a < accumulation_; ++a) {
+    engine_->BeginMicroBatch(a + 1 == accumulation_);
+    const std::vector<const Example*> examples(batch.begin() + first + a * micro_, batch.begin() + first + (a + 1) * micro_);
     const Batch micro_batch = Collate(examples, config_.pad_token_id);
-    const at::Tensor logits = model_->Forward(micro_batch.input_ids, micro_batch.attention_mask);
-    LossSum loss = CausalLmLossSum(logits, micro_batch.labels);
-    // The loss is the mean over every target token of the global batch: each micro-batch
-    // contributes its sum divided by the global count.
-    if (targets > 0) (loss.sum / static_cast<double>(targets)).backward();
-    loss_sum += loss.sum.item<double>();
-    step_tokens += micro_batch.input_tokens;
+    const LossSum loss = CausalLmLossSum(Forward(micro_batch), micro_batch.labels);
+    // The loss is the mean over every target token of the global batch: each micro-batch on
+    // each rank contributes its sum divided by the global count, and ranks sum gradients.
+    if (targets > 0) (loss.sum * (loss_scale_ / static_cast<double>(targets))).backward();
+    local[0] += loss.sum.item<double>();
+    local[1] += static_cast<double>(micro_batch.input_tokens);
   }
+  double grad_norm = engine_->FinishGradients() / loss_scale_;
+  AllReduceSumNow(world_, local, CollectiveTag{"loss", step});
 
-  const double grad_norm = flat_.grads().norm().item<double>();
+  bool update = targets > 0;
+  if (!std::isfinite(grad_norm)) {
+    // fp16 overflow (the norm is global, so every rank sees it): skip, lower the scale.
+    update = false;
+    if (rank0_) spdlog::warn("step {}: gradient overflow at loss scale {}; step skipped", step + 1, loss_scale_);
+    loss_scale_ = std::max(1.0, loss_scale_ / 2);
+    steps_since_overflow_ = 0;
+  } else if (spec_.model.dtype == ComputeDType::kFp16 && ++steps_since_overflow_ % kLossScaleGrowthInterval == 0) {
+    loss_scale_ *= 2;
+  }
+  double grad_scale = 1.0 / loss_scale_;
   if (spec_.training.grad_clip > 0 && grad_norm > spec_.training.grad_clip) {
-    flat_.grads().mul_(spec_.training.grad_clip / (grad_norm + 1e-6));
+    grad_scale *= spec_.training.grad_clip / (grad_norm + 1e-6);
   }
   const double lr = LearningRateAt(spec_.training.optimizer, spec_.training.scheduler, step, total_steps_);
-  if (targets > 0) {
-    optimizer_.Step(flat_.values(), flat_.grads(), lr);
-  } else {
-    spdlog::warn("step {}: the batch has no target tokens (all labels -100); no update", step + 1);
-  }
+  if (update) engine_->OptimizerStep(lr, grad_scale);
+  const auto step_tokens = static_cast<int64_t>(local[1].item<double>());
   tokens_ += step_tokens;
 
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double loss = targets > 0 ? loss_sum / static_cast<double>(targets) : 0.0;
+  const double loss = targets > 0 ? local[0].item<double>() / static_cast<double>(targets) : 0.0;
   summary_.last_loss = loss;
+  if (!rank0_) return;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double tokens_per_s = seconds > 0 ? static_cast<double>(step_tokens) / seconds : 0.0;
   const double epoch = static_cast<double>(step + 1) / static_cast<double>(steps_per_epoch_);
   if ((step + 1) % spec_.training.log_every == 0 || step + 1 == total_steps_) {
+    const MemoryAccount memory = engine_->memory();
     metrics_->Write({{"step", step + 1},
                      {"epoch", epoch},
                      {"loss", loss},
                      {"lr", lr},
                      {"grad_norm", grad_norm},
                      {"tokens", tokens_},
-                     {"tokens_per_s", seconds > 0 ? static_cast<double>(step_tokens) / seconds : 0.0}});
+                     {"tokens_per_s", tokens_per_s},
+                     {"param_bytes", memory.parameters},
+                     {"grad_bytes", memory.gradients},
+                     {"optimizer_bytes", memory.optimizer},
+                     {"comm_bytes", engine_->bytes_sent() - bytes_before}});
   }
-  const std::string status = fmt::format("loss {:.4f}  lr {:.3g}  grad_norm {:.3f}  {:.0f} tok/s", loss, lr, grad_norm,
-                                         seconds > 0 ? static_cast<double>(step_tokens) / seconds : 0.0);
+  const std::string status =
+      fmt::format("loss {:.4f}  lr {:.3g}  grad_norm {:.3f}  {:.0f} tok/s", loss, lr, grad_norm, tokens_per_s);
   if (progress_->active()) {
     progress_->Update(step + 1, status);
   } else {
@@ -212,93 +343,103 @@ void Trainer::TrainStep(int64_t step) {
 void Trainer::Evaluate(int64_t step) {
   if (validation_.empty()) return;
   at::NoGradGuard no_grad;
-  double loss_sum = 0.0;
-  int64_t targets = 0;
-  const auto micro = static_cast<size_t>(spec_.training.micro_batch_size);
-  for (size_t first = 0; first < validation_.size(); first += micro) {
+  // Ranks take micro-batches round-robin; all run the same number of forwards (the collectives
+  // of stage 3 must match), so a rank without examples left runs a one-token batch with no targets.
+  const auto v = static_cast<int64_t>(validation_.size());
+  const int64_t rounds = (v + micro_ * ranks_ - 1) / (micro_ * ranks_);
+  const Example idle{{config_.pad_token_id, config_.pad_token_id}, {-100, -100}};
+  at::Tensor sums = at::zeros({2}, at::kDouble);  // loss sum, targets
+  for (int64_t round = 0; round < rounds; ++round) {
+    const int64_t begin = (round * ranks_ + world_.rank()) * micro_;
     std::vector<const Example*> examples;
-    for (size_t i = first; i < std::min(first + micro, validation_.size()); ++i) examples.push_back(&validation_[i]);
+    for (int64_t i = begin; i < std::min(begin + micro_, v); ++i) examples.push_back(&validation_[i]);
+    if (examples.empty()) examples.push_back(&idle);
     const Batch batch = Collate(examples, config_.pad_token_id);
-    const LossSum loss = CausalLmLossSum(model_->Forward(batch.input_ids, batch.attention_mask), batch.labels);
-    loss_sum += loss.sum.item<double>();
-    targets += loss.tokens;
+    const LossSum loss = CausalLmLossSum(Forward(batch), batch.labels);
+    sums[0] += loss.sum.item<double>();
+    sums[1] += static_cast<double>(loss.tokens);
   }
+  AllReduceSumNow(world_, sums, CollectiveTag{"validation loss", step});
+  const double targets = sums[1].item<double>();
   if (targets == 0) return;
-  const double val_loss = loss_sum / static_cast<double>(targets);
+  const double val_loss = sums[0].item<double>() / targets;
   summary_.last_val_loss = val_loss;
+  if (!rank0_) return;
   metrics_->Write({{"step", step},
                    {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch_)},
                    {"val_loss", val_loss},
                    {"perplexity", std::exp(val_loss)},
-                   {"val_tokens", targets}});
+                   {"val_tokens", static_cast<int64_t>(targets)}});
   if (progress_->active()) std::fputs("\r\033[K", stderr);
   spdlog::info("step {}: val_loss {:.4f} perplexity {:.3f}", step, val_loss, std::exp(val_loss));
 }
 
-TrainingSummary Trainer::Run() {
-  CheckSupported(spec_);
-  if (fs::exists(output_dir_ / "final")) {
-    Fail(ErrorCode::kFailedPrecondition,
-         "{}: holds a finished run (final/); choose another output.dir, or move it away to train again",
-         output_dir_.string());
-  }
-  fs::create_directories(output_dir_ / "logs");
-  AddLogFile(output_dir_ / "logs" / "rank-00000.log");
-  WriteFileAtomic(output_dir_ / "job.yaml", JobSpecToYaml(spec_));
-  spdlog::info("model {}: {} {} layers, hidden {}, {} parameters", spec_.model.path, config_.model_type,
-               config_.num_hidden_layers, config_.hidden_size, flat_.numel());
-
-  LoadData();
-  global_batch_ = spec_.GlobalBatchSize(/*data_parallel_ranks=*/1);
-  steps_per_epoch_ = (static_cast<int64_t>(train_.size()) + global_batch_ - 1) / global_batch_;
-  total_steps_ = spec_.training.max_steps > 0 ? spec_.training.max_steps : spec_.training.epochs * steps_per_epoch_;
-  spdlog::info("plan: {} steps ({} per epoch), global batch {} = micro-batch {} x accumulation {}", total_steps_,
-               steps_per_epoch_, global_batch_, spec_.training.micro_batch_size, spec_.GradientAccumulation(1));
-
+void Trainer::Checkpoint(int64_t step) {
   const fs::path checkpoints = output_dir_ / "checkpoints";
-  int64_t start_step = 0;
-  if (const auto latest = LatestCheckpoint(checkpoints)) {
-    const TrainerState state = LoadCheckpoint(*latest, flat_, optimizer_);
-    if (state.total_steps != total_steps_) {
-      Fail(ErrorCode::kFailedPrecondition,
-           "{}: written by a run of {} steps, but this spec plans {}; resume with the same plan", latest->string(),
-           state.total_steps, total_steps_);
-    }
-    start_step = state.step;
-    tokens_ = state.tokens;
-    summary_.resumed_from_step = start_step;
-    spdlog::info("resuming from {} (step {})", latest->string(), start_step);
-  } else {
-    LoadHfWeights(spec_.model.path, flat_);
+  const fs::path dir = checkpoints / fmt::format("step-{}", step);
+  const fs::path staging = checkpoints / fmt::format("step-{}.tmp", step);
+  if (rank0_) {
+    fs::remove_all(staging);
+    fs::create_directories(staging);
   }
-  flat_.AttachGradients();
-  model_ = std::make_unique<LlamaModel>(
-      config_, BindLlamaWeights(config_, [this](const std::string& name) { return flat_.Value(*flat_.Find(name)); }));
-  metrics_ = std::make_unique<MetricsLog>(output_dir_ / "metrics.jsonl", start_step);
-  progress_ = std::make_unique<ProgressBar>(start_step, total_steps_);
+  Barrier("checkpoint directory");
+  engine_->SaveShards(staging.string());
+  Barrier("checkpoint shards");
+  if (rank0_) {
+    WriteTrainerState(staging, TrainerState{step, tokens_, spec_.training.seed, loss_scale_, total_steps_});
+    fs::remove_all(dir);
+    RenameDirectoryAtomic(staging, dir);
+    PruneCheckpoints(checkpoints, spec_.output.keep_checkpoints);
+  }
+  Barrier("checkpoint commit");
+}
 
-  const int64_t stop = options_.stop_after_step > 0 ? std::min(options_.stop_after_step, total_steps_) : total_steps_;
-  int64_t step = start_step;
-  for (; step < stop; ++step) {
-    TrainStep(step);
-    const int64_t done = step + 1;
-    if (spec_.training.eval_every > 0 && done % spec_.training.eval_every == 0) Evaluate(done);
-    if (spec_.output.checkpoint_every > 0 && done % spec_.output.checkpoint_every == 0 && done < total_steps_) {
-      const TrainerState state{done, tokens_, spec_.training.seed, 1.0, total_steps_};
-      SaveCheckpoint(checkpoints / fmt::format("step-{}", done), flat_, optimizer_, state);
-      PruneCheckpoints(checkpoints, spec_.output.keep_checkpoints);
-    }
+void Trainer::Export() {
+  const fs::path final_dir = output_dir_ / "final";
+  const fs::path staging = output_dir_ / "final.tmp";
+  const at::ScalarType dtype = compute_dtype_;
+  std::unique_ptr<SafetensorsModelWriter> writer;
+  if (rank0_) {
+    fs::remove_all(staging);
+    fs::create_directories(staging);
+    WriteHfCompanions(staging, spec_.model.path, spec_.model.dtype);
+    std::vector<TensorMeta> metas;
+    for (const auto& unit : engine_->layout().units)
+      for (const auto& p : unit.parameters) metas.push_back(TensorMeta{p.spec.name, SafetensorsDTypeOf(dtype), p.spec.shape});
+    writer = std::make_unique<SafetensorsModelWriter>(staging, metas);
   }
-  progress_->Finish();
-  summary_.steps = step;
-  if (step < total_steps_) return summary_;
+  // Unit by unit: no rank ever holds more than one whole unit.
+  engine_->ForEachUnitGathered([&](const UnitLayout& unit, const at::Tensor& full) {
+    if (!writer) return;
+    for (const auto& p : unit.parameters) {
+      const at::Tensor tensor = full.narrow(0, p.offset, p.numel).to(dtype).contiguous();
+      writer->Append(p.spec.name, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()));
+    }
+  });
+  if (rank0_) {
+    writer->Finish();
+    RenameDirectoryAtomic(staging, final_dir);
+    spdlog::info("exported the fine-tuned model to {}", final_dir.string());
+  }
+  Barrier("export");
+}
+
+TrainingSummary Trainer::Run() {
+  Prepare();
+  const int64_t stop = options_.stop_after_step > 0 ? std::min(options_.stop_after_step, total_steps_) : total_steps_;
+  for (; step_ < stop;) {
+    TrainStep(step_);
+    const int64_t done = ++step_;
+    if (spec_.training.eval_every > 0 && done % spec_.training.eval_every == 0) Evaluate(done);
+    if (spec_.output.checkpoint_every > 0 && done % spec_.output.checkpoint_every == 0 && done < total_steps_) Checkpoint(done);
+  }
+  if (progress_) progress_->Finish();
+  summary_.steps = step_;
+  if (step_ < total_steps_) return summary_;
 
   if (spec_.training.eval_every == 0 || total_steps_ % spec_.training.eval_every != 0) Evaluate(total_steps_);
   for (ExportFormat format : spec_.output.export_formats) {
-    if (format == ExportFormat::kHf) {
-      WriteHfModel(output_dir_ / "final", spec_.model.path, flat_, ComputeDType::kFp32);
-      spdlog::info("exported the fine-tuned model to {}", (output_dir_ / "final").string());
-    }
+    if (format == ExportFormat::kHf) Export();
   }
   summary_.finished = true;
   return summary_;
@@ -306,9 +447,14 @@ TrainingSummary Trainer::Run() {
 
 }  // namespace
 
-TrainingSummary RunTraining(const JobSpec& spec, const TrainerOptions& options) {
-  Trainer trainer(spec, options);
+TrainingSummary RunTraining(const JobSpec& spec, Communicator& world, const TrainerOptions& options) {
+  Trainer trainer(spec, world, options);
   return trainer.Run();
+}
+
+TrainingSummary RunTraining(const JobSpec& spec, const TrainerOptions& options) {
+  SingleProcessCommunicator world;
+  return RunTraining(spec, world, options);
 }
 
 }  // namespace shardtune

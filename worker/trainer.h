@@ -1,18 +1,21 @@
 #pragma once
-// Runs one fine-tuning job on this process: reads the model and data the spec names, trains,
-// validates, checkpoints, and exports to output.dir/final. Restarting a job whose output.dir
-// holds a checkpoint resumes from the newest one (weights, optimizer moments, schedule, data
-// position) and reproduces the uninterrupted run bit for bit.
+// Runs one fine-tuning job on the ranks of `world`: reads the model and data the spec names,
+// trains with the ZeRO stage it asks for, validates, checkpoints, and exports to
+// output.dir/final. Every rank calls RunTraining with the same spec. With the same seed and
+// global batch size, any number of ranks and any stage compute the same training run (up to the
+// order of floating-point sums). Restarting a job whose output.dir holds a checkpoint resumes
+// from the newest one, on any number of ranks; on the same number it continues bit for bit.
 
 #include <cstdint>
 #include <optional>
 
 #include "common/job_spec.h"
+#include "sharding/comm/communicator.h"
 
 namespace shardtune {
 
 struct TrainerOptions {
-  // > 0: stop after this many steps as if interrupted (the final checkpoint, if any, stays);
+  // > 0: stop after this many steps as if interrupted (the checkpoints written so far stay);
   // used by tests of resume. 0: run to the end.
   int64_t stop_after_step = 0;
 };
@@ -25,7 +28,11 @@ struct TrainingSummary {
   bool finished = false;  // false when stopped by stop_after_step
 };
 
-// Throws Error for anything the spec, the model or the data get wrong.
+// Throws Error for anything the spec, the model or the data get wrong; CollectiveError when
+// the ranks lose each other.
+TrainingSummary RunTraining(const JobSpec& spec, Communicator& world, const TrainerOptions& options = {});
+
+// On one process (no MPI).
 TrainingSummary RunTraining(const JobSpec& spec, const TrainerOptions& options = {});
 
 }  // namespace shardtune

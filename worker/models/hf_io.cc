@@ -30,7 +30,9 @@ std::optional<at::ScalarType> ScalarTypeOf(DType dtype) {
   }
 }
 
-DType DTypeOf(at::ScalarType type) {
+}  // namespace
+
+DType SafetensorsDTypeOf(at::ScalarType type) {
   switch (type) {
     case at::kHalf:
       return DType::kF16;
@@ -40,6 +42,8 @@ DType DTypeOf(at::ScalarType type) {
       return DType::kF32;
   }
 }
+
+namespace {
 
 const char* TorchDTypeName(ComputeDType dtype) {
   switch (dtype) {
@@ -77,29 +81,32 @@ at::ScalarType ToScalarType(ComputeDType dtype) {
   }
 }
 
+at::Tensor ReadHfTensor(const SafetensorsCheckpoint& checkpoint, const fs::path& model_dir, const ParameterSpec& spec) {
+  const auto entry = checkpoint.Find(spec.name);
+  if (!entry) {
+    Fail(ErrorCode::kNotFound, "{}: tensor '{}' (shape {}) is missing from the checkpoint", model_dir.string(), spec.name,
+         ShapeString(spec.shape));
+  }
+  const TensorInfo& info = *entry->info;
+  if (info.shape != spec.shape) {
+    Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has shape {} but config.json implies {}", entry->file->path().string(),
+         spec.name, ShapeString(info.shape), ShapeString(spec.shape));
+  }
+  const auto type = ScalarTypeOf(info.dtype);
+  if (!type) {
+    Fail(ErrorCode::kUnimplemented, "{}: tensor '{}' is {}; supported weight dtypes are F32, F16, BF16", entry->file->path().string(),
+         spec.name, DTypeName(info.dtype));
+  }
+  void* bytes = const_cast<std::byte*>(entry->file->Data(info));
+  return at::from_blob(bytes, info.shape, at::TensorOptions().dtype(*type)).to(at::kFloat);
+}
+
 void LoadHfWeights(const fs::path& model_dir, FlatParameters& flat) {
   const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::Open(model_dir);
   at::NoGradGuard no_grad;
   std::set<std::string> used;
   for (const auto& slot : flat.slots()) {
-    const auto entry = checkpoint.Find(slot.spec.name);
-    if (!entry) {
-      Fail(ErrorCode::kNotFound, "{}: tensor '{}' (shape {}) is missing from the checkpoint", model_dir.string(),
-           slot.spec.name, ShapeString(slot.spec.shape));
-    }
-    const TensorInfo& info = *entry->info;
-    if (info.shape != slot.spec.shape) {
-      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has shape {} but config.json implies {}",
-           entry->file->path().string(), slot.spec.name, ShapeString(info.shape), ShapeString(slot.spec.shape));
-    }
-    const auto type = ScalarTypeOf(info.dtype);
-    if (!type) {
-      Fail(ErrorCode::kUnimplemented, "{}: tensor '{}' is {}; supported weight dtypes are F32, F16, BF16",
-           entry->file->path().string(), slot.spec.name, DTypeName(info.dtype));
-    }
-    void* bytes = const_cast<std::byte*>(entry->file->Data(info));
-    const at::Tensor source = at::from_blob(bytes, info.shape, at::TensorOptions().dtype(*type));
-    flat.Value(slot).copy_(source);
+    flat.Value(slot).copy_(ReadHfTensor(checkpoint, model_dir, slot.spec));
     used.insert(slot.spec.name);
   }
   std::vector<std::string> unused;
@@ -118,28 +125,31 @@ void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const Fla
   if (fs::exists(out_dir)) {
     Fail(ErrorCode::kFailedPrecondition, "{}: already exists; refusing to overwrite it", out_dir.string());
   }
-  nlohmann::json config = nlohmann::json::parse(ReadFile(source_dir / "config.json"));
-  config["torch_dtype"] = TorchDTypeName(dtype);
-
   const fs::path staging = fs::path(out_dir.string() + ".tmp");
   fs::remove_all(staging);
   fs::create_directories(staging);
-  WriteFileAtomic(staging / "config.json", config.dump(2) + "\n");
+  WriteHfCompanions(staging, source_dir, dtype);
 
   const at::ScalarType type = ToScalarType(dtype);
   std::vector<at::Tensor> converted;  // keeps converted copies alive during the write
   std::vector<TensorBytes> tensors;
   for (const auto& slot : flat.slots()) {
     at::Tensor value = flat.Value(slot).detach().to(type).contiguous();
-    tensors.push_back(TensorBytes{slot.spec.name, DTypeOf(type), slot.spec.shape, value.data_ptr(),
+    tensors.push_back(TensorBytes{slot.spec.name, SafetensorsDTypeOf(type), slot.spec.shape, value.data_ptr(),
                                   static_cast<size_t>(value.nbytes())});
     converted.push_back(std::move(value));
   }
   WriteSafetensorsModel(staging, tensors);
-  for (const char* name : kCompanionFiles) {
-    if (fs::exists(source_dir / name)) WriteFileAtomic(staging / name, ReadFile(source_dir / name));
-  }
   RenameDirectoryAtomic(staging, out_dir);
+}
+
+void WriteHfCompanions(const fs::path& dir, const fs::path& source_dir, ComputeDType dtype) {
+  nlohmann::json config = nlohmann::json::parse(ReadFile(source_dir / "config.json"));
+  config["torch_dtype"] = TorchDTypeName(dtype);
+  WriteFileAtomic(dir / "config.json", config.dump(2) + "\n");
+  for (const char* name : kCompanionFiles) {
+    if (fs::exists(source_dir / name)) WriteFileAtomic(dir / name, ReadFile(source_dir / name));
+  }
 }
 
 void InitializeWeights(FlatParameters& flat, uint64_t seed, double std) {

@@ -7,10 +7,17 @@
 #include <string>
 
 #include "common/job_spec.h"
+#include "common/safetensors.h"
 #include "sharding/flat_parameters.h"
 #include "worker/models/llama_config.h"
 
 namespace shardtune {
+
+// One parameter from a checkpoint in `model_dir`, as fp32 shaped like `spec`. Throws Error
+// naming the file and tensor when it is missing, has another shape than config.json implies,
+// or has an unsupported dtype.
+at::Tensor ReadHfTensor(const SafetensorsCheckpoint& checkpoint, const std::filesystem::path& model_dir,
+                        const ParameterSpec& spec);
 
 // Copies every parameter of `flat` from the checkpoint in `model_dir` (model.safetensors or a
 // sharded index), converting F16/BF16 to fp32. Throws Error naming the file and tensor when one
@@ -23,10 +30,16 @@ void LoadHfWeights(const std::filesystem::path& model_dir, FlatParameters& flat)
 void WriteHfModel(const std::filesystem::path& out_dir, const std::filesystem::path& source_dir,
                   const FlatParameters& flat, ComputeDType dtype);
 
+// Writes config.json (the source's, with torch_dtype set to `dtype`) and the tokenizer and
+// generation files found in `source_dir` into `dir`: everything of a model directory but the
+// weights.
+void WriteHfCompanions(const std::filesystem::path& dir, const std::filesystem::path& source_dir, ComputeDType dtype);
+
 // Initializes weights as transformers does for a new model: normal(0, 0.02) matrices and
 // embeddings, ones for norms, zeros for biases; deterministic for a seed.
 void InitializeWeights(FlatParameters& flat, uint64_t seed, double std = 0.02);
 
 at::ScalarType ToScalarType(ComputeDType dtype);
+DType SafetensorsDTypeOf(at::ScalarType type);
 
 }  // namespace shardtune

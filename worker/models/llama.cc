@@ -44,37 +44,59 @@ std::vector<ParameterSpec> LlamaParameterSpecs(const LlamaConfig& c) {
   return specs;
 }
 
+LlamaLayerWeights BindLlamaLayer(const LlamaConfig& c, int64_t i, const TensorLookup& lookup) {
+  const std::string p = fmt::format("model.layers.{}.", i);
+  LlamaLayerWeights layer;
+  layer.input_layernorm = lookup(p + "input_layernorm.weight");
+  layer.q_proj = lookup(p + "self_attn.q_proj.weight");
+  layer.k_proj = lookup(p + "self_attn.k_proj.weight");
+  layer.v_proj = lookup(p + "self_attn.v_proj.weight");
+  layer.o_proj = lookup(p + "self_attn.o_proj.weight");
+  if (c.qkv_bias) {
+    layer.q_bias = lookup(p + "self_attn.q_proj.bias");
+    layer.k_bias = lookup(p + "self_attn.k_proj.bias");
+    layer.v_bias = lookup(p + "self_attn.v_proj.bias");
+  }
+  if (c.o_bias) layer.o_bias = lookup(p + "self_attn.o_proj.bias");
+  layer.post_attention_layernorm = lookup(p + "post_attention_layernorm.weight");
+  layer.gate_proj = lookup(p + "mlp.gate_proj.weight");
+  layer.up_proj = lookup(p + "mlp.up_proj.weight");
+  layer.down_proj = lookup(p + "mlp.down_proj.weight");
+  if (c.mlp_bias) {
+    layer.gate_bias = lookup(p + "mlp.gate_proj.bias");
+    layer.up_bias = lookup(p + "mlp.up_proj.bias");
+    layer.down_bias = lookup(p + "mlp.down_proj.bias");
+  }
+  return layer;
+}
+
+std::string LmHeadName(const LlamaConfig& c) { return c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"; }
+
 LlamaWeights BindLlamaWeights(const LlamaConfig& c, const TensorLookup& lookup) {
   LlamaWeights w;
   w.embed_tokens = lookup("model.embed_tokens.weight");
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = fmt::format("model.layers.{}.", i);
-    LlamaLayerWeights layer;
-    layer.input_layernorm = lookup(p + "input_layernorm.weight");
-    layer.q_proj = lookup(p + "self_attn.q_proj.weight");
-    layer.k_proj = lookup(p + "self_attn.k_proj.weight");
-    layer.v_proj = lookup(p + "self_attn.v_proj.weight");
-    layer.o_proj = lookup(p + "self_attn.o_proj.weight");
-    if (c.qkv_bias) {
-      layer.q_bias = lookup(p + "self_attn.q_proj.bias");
-      layer.k_bias = lookup(p + "self_attn.k_proj.bias");
-      layer.v_bias = lookup(p + "self_attn.v_proj.bias");
-    }
-    if (c.o_bias) layer.o_bias = lookup(p + "self_attn.o_proj.bias");
-    layer.post_attention_layernorm = lookup(p + "post_attention_layernorm.weight");
-    layer.gate_proj = lookup(p + "mlp.gate_proj.weight");
-    layer.up_proj = lookup(p + "mlp.up_proj.weight");
-    layer.down_proj = lookup(p + "mlp.down_proj.weight");
-    if (c.mlp_bias) {
-      layer.gate_bias = lookup(p + "mlp.gate_proj.bias");
-      layer.up_bias = lookup(p + "mlp.up_proj.bias");
-      layer.down_bias = lookup(p + "mlp.down_proj.bias");
-    }
-    w.layers.push_back(std::move(layer));
-  }
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) w.layers.push_back(BindLlamaLayer(c, i, lookup));
   w.norm = lookup("model.norm.weight");
-  w.lm_head = c.tie_word_embeddings ? w.embed_tokens : lookup("lm_head.weight");
+  w.lm_head = lookup(LmHeadName(c));
   return w;
+}
+
+std::vector<UnitSpec> LlamaUnits(const LlamaConfig& c) {
+  const std::vector<ParameterSpec> all = LlamaParameterSpecs(c);
+  std::vector<UnitSpec> units;
+  units.push_back(UnitSpec{"embed", {}});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) units.push_back(UnitSpec{fmt::format("layer {}", i), {}});
+  units.push_back(UnitSpec{"head", {}});
+  for (const auto& spec : all) {
+    size_t unit = units.size() - 1;  // model.norm, lm_head
+    if (spec.name == "model.embed_tokens.weight") {
+      unit = 0;
+    } else if (spec.name.rfind("model.layers.", 0) == 0) {
+      unit = 1 + std::stoul(spec.name.substr(13));
+    }
+    units[unit].parameters.push_back(spec);
+  }
+  return units;
 }
 
 at::Tensor RopeInverseFrequencies(const LlamaConfig& c) {
@@ -149,19 +171,31 @@ at::Tensor AttentionMask(const at::Tensor& attention_mask, int64_t batch, int64_
 
 }  // namespace
 
-LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
-    : config_(std::move(config)), weights_(std::move(weights)), inv_freq_(RopeInverseFrequencies(config_)) {}
+LlamaBlocks::LlamaBlocks(LlamaConfig config) : config_(std::move(config)), inv_freq_(RopeInverseFrequencies(config_)) {}
 
-at::Tensor LlamaModel::Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const at::Tensor& cos,
-                                 const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
-                                 size_t layer_index) const {
+Positions LlamaBlocks::PositionsFor(int64_t batch, int64_t seq, int64_t past, const at::Tensor& attention_mask,
+                                    at::ScalarType dtype) const {
+  // The angle of position p in frequency band i is p * inv_freq[i]; bands repeat across halves.
+  const at::Tensor positions = at::arange(past, past + seq, at::kLong).to(at::kFloat);
+  const at::Tensor freqs = positions.unsqueeze(1) * inv_freq_.unsqueeze(0);
+  const at::Tensor angles = at::cat({freqs, freqs}, -1).view({1, 1, seq, config_.head_dim});
+  return Positions{angles.cos().to(dtype), angles.sin().to(dtype),
+                   AttentionMask(attention_mask, batch, seq, past, config_.sliding_window, dtype)};
+}
+
+at::Tensor LlamaBlocks::Embed(const at::Tensor& input_ids, const at::Tensor& embed_tokens) const {
+  return at::embedding(embed_tokens, input_ids);
+}
+
+at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const Positions& positions,
+                                  KvCache* cache, size_t layer_index) const {
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
   at::Tensor q = Linear(x, layer.q_proj, layer.q_bias).view({b, s, heads, d}).transpose(1, 2);
   at::Tensor k = Linear(x, layer.k_proj, layer.k_bias).view({b, s, kv_heads, d}).transpose(1, 2);
   at::Tensor v = Linear(x, layer.v_proj, layer.v_bias).view({b, s, kv_heads, d}).transpose(1, 2);
-  q = q * cos + RotateHalf(q) * sin;
-  k = k * cos + RotateHalf(k) * sin;
+  q = q * positions.cos + RotateHalf(q) * positions.sin;
+  k = k * positions.cos + RotateHalf(k) * positions.sin;
   if (cache != nullptr) {
     if (cache->keys.size() <= layer_index) {
       cache->keys.resize(layer_index + 1);
@@ -176,37 +210,35 @@ at::Tensor LlamaModel::Attention(const LlamaLayerWeights& layer, const at::Tenso
   }
   const int64_t groups = heads / kv_heads;
   const at::Tensor scores =
-      at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) + mask;
+      at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) + positions.mask;
   const at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   const at::Tensor context = at::matmul(probs, RepeatKv(v, groups)).transpose(1, 2).reshape({b, s, heads * d});
   return Linear(context, layer.o_proj, layer.o_bias);
 }
 
+at::Tensor LlamaBlocks::Layer(const LlamaLayerWeights& layer, const at::Tensor& hidden, const Positions& positions,
+                              KvCache* cache, size_t layer_index) const {
+  at::Tensor h = hidden + Attention(layer, RmsNorm(hidden, layer.input_layernorm, config_.rms_norm_eps), positions, cache,
+                                    layer_index);
+  const at::Tensor x = RmsNorm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
+  const at::Tensor gated = at::silu(Linear(x, layer.gate_proj, layer.gate_bias)) * Linear(x, layer.up_proj, layer.up_bias);
+  return h + Linear(gated, layer.down_proj, layer.down_bias);
+}
+
+at::Tensor LlamaBlocks::Head(const at::Tensor& hidden, const at::Tensor& norm, const at::Tensor& lm_head) const {
+  return at::linear(RmsNorm(hidden, norm, config_.rms_norm_eps), lm_head).to(at::kFloat);
+}
+
+LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights) : blocks_(std::move(config)), weights_(std::move(weights)) {}
+
 at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache) const {
   ST_CHECK(input_ids.dim() == 2, "input_ids must be (batch, seq), got {} dims", input_ids.dim());
-  const int64_t b = input_ids.size(0), s = input_ids.size(1);
   const int64_t past = cache != nullptr ? cache->length : 0;
-  at::Tensor h = at::embedding(weights_.embed_tokens, input_ids);
-
-  // cos/sin (1, 1, S, head_dim): the angle of position p in frequency band i is p * inv_freq[i].
-  const at::Tensor positions = at::arange(past, past + s, at::kLong).to(at::kFloat);
-  const at::Tensor freqs = positions.unsqueeze(1) * inv_freq_.unsqueeze(0);
-  const at::Tensor angles = at::cat({freqs, freqs}, -1).view({1, 1, s, config_.head_dim});
-  const at::Tensor cos = angles.cos().to(h.scalar_type());
-  const at::Tensor sin = angles.sin().to(h.scalar_type());
-  const at::Tensor mask = AttentionMask(attention_mask, b, s, past, config_.sliding_window, h.scalar_type());
-
-  for (size_t i = 0; i < weights_.layers.size(); ++i) {
-    const LlamaLayerWeights& layer = weights_.layers[i];
-    h = h + Attention(layer, RmsNorm(h, layer.input_layernorm, config_.rms_norm_eps), cos, sin, mask, cache, i);
-    const at::Tensor x = RmsNorm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
-    const at::Tensor gated =
-        at::silu(Linear(x, layer.gate_proj, layer.gate_bias)) * Linear(x, layer.up_proj, layer.up_bias);
-    h = h + Linear(gated, layer.down_proj, layer.down_bias);
-  }
-  if (cache != nullptr) cache->length += s;
-  h = RmsNorm(h, weights_.norm, config_.rms_norm_eps);
-  return at::linear(h, weights_.lm_head).to(at::kFloat);
+  at::Tensor h = blocks_.Embed(input_ids, weights_.embed_tokens);
+  const Positions positions = blocks_.PositionsFor(input_ids.size(0), input_ids.size(1), past, attention_mask, h.scalar_type());
+  for (size_t i = 0; i < weights_.layers.size(); ++i) h = blocks_.Layer(weights_.layers[i], h, positions, cache, i);
+  if (cache != nullptr) cache->length += input_ids.size(1);
+  return blocks_.Head(h, weights_.norm, weights_.lm_head);
 }
 
 LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels) {

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "sharding/flat_parameters.h"
+#include "sharding/parameter_layout.h"
 #include "worker/models/llama_config.h"
 
 namespace shardtune {
@@ -41,6 +41,13 @@ struct LlamaWeights {
 
 using TensorLookup = std::function<at::Tensor(const std::string& name)>;
 LlamaWeights BindLlamaWeights(const LlamaConfig& config, const TensorLookup& lookup);
+LlamaLayerWeights BindLlamaLayer(const LlamaConfig& config, int64_t layer, const TensorLookup& lookup);
+// The lm_head's key: "lm_head.weight", or the embedding's when tied.
+std::string LmHeadName(const LlamaConfig& config);
+
+// The units ZeRO gathers and reduces as one piece: "embed" (the embedding, and the tied head),
+// "layer i" for each decoder layer, and "head" (the final norm and an untied lm_head).
+std::vector<UnitSpec> LlamaUnits(const LlamaConfig& config);
 
 // Keys and values of the positions seen so far, per layer, after RoPE: (batch, kv_heads, T, head_dim).
 struct KvCache {
@@ -52,6 +59,38 @@ struct KvCache {
 // RoPE inverse frequencies (head_dim / 2,) fp32, with linear or llama3 scaling applied.
 at::Tensor RopeInverseFrequencies(const LlamaConfig& config);
 
+// Rotary angles and the attention mask of one forward: shared by every layer.
+struct Positions {
+  at::Tensor cos, sin;  // (1, 1, S, head_dim)
+  at::Tensor mask;      // additive, (B or 1, 1, S, past + S)
+};
+
+// The decoder's math, piece by piece, on weights given at each call: the trainer runs the
+// pieces as ZeRO units, inference runs them all through LlamaModel::Forward.
+class LlamaBlocks {
+ public:
+  explicit LlamaBlocks(LlamaConfig config);
+  const LlamaConfig& config() const { return config_; }
+
+  // attention_mask (B, past + S): 1 for real tokens, 0 for padding; undefined: all real.
+  Positions PositionsFor(int64_t batch, int64_t seq, int64_t past, const at::Tensor& attention_mask,
+                         at::ScalarType dtype) const;
+  at::Tensor Embed(const at::Tensor& input_ids, const at::Tensor& embed_tokens) const;
+  // One decoder layer; with a cache, appends this call's keys and values to it.
+  at::Tensor Layer(const LlamaLayerWeights& weights, const at::Tensor& hidden, const Positions& positions,
+                   KvCache* cache = nullptr, size_t layer_index = 0) const;
+  // Final norm and lm_head: logits (B, S, vocab) fp32.
+  at::Tensor Head(const at::Tensor& hidden, const at::Tensor& norm, const at::Tensor& lm_head) const;
+
+ private:
+  at::Tensor Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const Positions& positions, KvCache* cache,
+                       size_t layer_index) const;
+
+  LlamaConfig config_;
+  at::Tensor inv_freq_;
+};
+
+// A model with its weights, for inference.
 class LlamaModel {
  public:
   LlamaModel(LlamaConfig config, LlamaWeights weights);
@@ -61,15 +100,11 @@ class LlamaModel {
   // and the new keys and values are appended. Returns logits (B, S, vocab) fp32.
   at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache = nullptr) const;
 
-  const LlamaConfig& config() const { return config_; }
+  const LlamaConfig& config() const { return blocks_.config(); }
 
  private:
-  at::Tensor Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const at::Tensor& cos,
-                       const at::Tensor& sin, const at::Tensor& mask, KvCache* cache, size_t layer_index) const;
-
-  LlamaConfig config_;
+  LlamaBlocks blocks_;
   LlamaWeights weights_;
-  at::Tensor inv_freq_;
 };
 
 // Sum of token cross-entropies of next-token prediction (labels shifted left by one, -100

@@ -1,0 +1,361 @@
+#include "sharding/comm/mpi_communicator.h"
+
+#include <mpi.h>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+
+namespace shardtune {
+
+namespace {
+
+std::string MpiErrorString(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  return std::string(text, static_cast<size_t>(length));
+}
+
+// MPI has no 16-bit float types: sums of bf16 and fp16 go through these user-defined ops.
+template <typename T>
+void SumOp(void* in, void* inout, int* length, MPI_Datatype*) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  for (int i = 0; i < *length; ++i) b[i] = static_cast<T>(static_cast<float>(a[i]) + static_cast<float>(b[i]));
+}
+
+MPI_Op g_bf16_sum = MPI_OP_NULL;
+MPI_Op g_fp16_sum = MPI_OP_NULL;
+
+struct TypeAndOp {
+  MPI_Datatype type;
+  MPI_Op sum;
+};
+
+TypeAndOp MpiTypeOf(const at::Tensor& tensor) {
+  switch (tensor.scalar_type()) {
+    case at::kFloat: return {MPI_FLOAT, MPI_SUM};
+    case at::kDouble: return {MPI_DOUBLE, MPI_SUM};
+    case at::kLong: return {MPI_INT64_T, MPI_SUM};
+    case at::kBFloat16: return {MPI_UINT16_T, g_bf16_sum};
+    case at::kHalf: return {MPI_UINT16_T, g_fp16_sum};
+    default: Fail(ErrorCode::kInternal, "no MPI type for {}", c10::toString(tensor.scalar_type()));
+  }
+}
+
+}  // namespace
+
+// Runs MPI operations one after another on its own thread. Each operation issues a
+// non-blocking call and is tested until done or until its deadline.
+class MpiProgressThread {
+ public:
+  using Issue = std::function<MPI_Request()>;  // starts the operation (on this thread)
+
+  explicit MpiProgressThread(int world_rank) : world_rank_(world_rank), thread_([this] { Loop(); }) {}
+  ~MpiProgressThread() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    ready_.notify_all();
+    thread_.join();
+  }
+
+  // Queues `issue`; the future completes when the request does, or holds a CollectiveError.
+  std::future<void> Submit(Issue issue, std::string what, double timeout_s) {
+    Task task{std::move(issue), std::move(what), timeout_s, {}};
+    std::future<void> done = task.done.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queue_.push_back(std::move(task));
+    }
+    ready_.notify_one();
+    return done;
+  }
+
+  // Runs `call` (a blocking MPI call) on this thread and waits for it.
+  void RunBlocking(std::function<void()> call) {
+    Submit(
+        [&call]() {
+          call();
+          return MPI_REQUEST_NULL;
+        },
+        "setup", 0)
+        .get();
+  }
+
+  int world_rank() const { return world_rank_; }
+
+ private:
+  struct Task {
+    Issue issue;
+    std::string what;
+    double timeout_s;
+    std::promise<void> done;
+  };
+
+  void Loop() {
+    for (;;) {
+      Task task;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      if (!failure_.empty()) {
+        task.done.set_exception(std::make_exception_ptr(CollectiveError(failure_)));
+        continue;
+      }
+      try {
+        Run(task);
+        task.done.set_value();
+      } catch (const CollectiveError& e) {
+        failure_ = fmt::format("an earlier collective failed: {}", e.what());
+        task.done.set_exception(std::current_exception());
+      }
+    }
+  }
+
+  void Run(Task& task) {
+    MPI_Request request = task.issue();
+    if (request == MPI_REQUEST_NULL) return;
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + std::chrono::duration<double>(task.timeout_s);
+    // Poll: spin briefly (short collectives finish in microseconds), then back off to sleeps
+    // that leave the cores to the ranks that compute.
+    auto pause = std::chrono::microseconds(0);
+    for (int flag = 0;;) {
+      const int rc = MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) {
+        throw CollectiveError(fmt::format("rank {}: {} failed: {}", world_rank_, task.what, MpiErrorString(rc)));
+      }
+      if (flag) return;
+      const auto now = std::chrono::steady_clock::now();
+      if (now > deadline) {
+        throw CollectiveError(fmt::format("rank {}: {} did not complete within the collective timeout of {} s "
+                                          "(another rank is stuck, dead, or issued different collectives)",
+                                          world_rank_, task.what, task.timeout_s));
+      }
+      if (now - start > std::chrono::microseconds(200)) {
+        pause = std::min(std::chrono::microseconds(500), pause + std::chrono::microseconds(20));
+        std::this_thread::sleep_for(pause);
+      }
+    }
+  }
+
+  int world_rank_;
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<Task> queue_;
+  bool stopping_ = false;
+  std::string failure_;  // set after the first failure: later operations fail at once
+  std::thread thread_;
+};
+
+namespace {
+
+class MpiWork : public Work {
+ public:
+  MpiWork(std::future<void> done, double timeout_s, std::string what, int rank)
+      : done_(std::move(done)), timeout_s_(timeout_s), what_(std::move(what)), rank_(rank) {}
+  void Wait() override {
+    if (!done_.valid()) return;
+    // The progress thread enforces the deadline; this one only guards against it being stuck
+    // inside an MPI call that never returns.
+    if (done_.wait_for(std::chrono::duration<double>(timeout_s_ + 30)) != std::future_status::ready) {
+      throw CollectiveError(fmt::format("rank {}: {} did not complete within the collective timeout of {} s", rank_, what_,
+                                        timeout_s_));
+    }
+    done_.get();
+  }
+
+ private:
+  std::future<void> done_;
+  double timeout_s_;
+  std::string what_;
+  int rank_;
+};
+
+class MpiCommunicator : public Communicator {
+ public:
+  MpiCommunicator(MPI_Comm comm, std::string name, double timeout_s, std::shared_ptr<MpiProgressThread> progress)
+      : comm_(comm), name_(std::move(name)), timeout_s_(timeout_s), progress_(std::move(progress)) {
+    progress_->RunBlocking([this] {
+      MPI_Comm_rank(comm_, &rank_);
+      MPI_Comm_size(comm_, &size_);
+    });
+  }
+  ~MpiCommunicator() override {
+    if (comm_ == MPI_COMM_WORLD) return;
+    MPI_Comm comm = comm_;
+    try {
+      progress_->RunBlocking([&comm] { MPI_Comm_free(&comm); });
+    } catch (const std::exception&) {
+      // After a failed collective the job is being torn down; the group dies with it.
+    }
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int world_rank() const override { return progress_->world_rank(); }
+  std::string name() const override { return name_; }
+
+  std::unique_ptr<Work> AllReduceSum(at::Tensor& tensor, const CollectiveTag& tag) override {
+    CheckContiguous(tensor, "all_reduce");
+    const TypeAndOp t = MpiTypeOf(tensor);
+    void* data = tensor.data_ptr();
+    const int count = Count(tensor);
+    CountSent(2 * (size_ - 1) * static_cast<int64_t>(tensor.nbytes()) / size_);
+    return Submit(
+        [=, comm = comm_] {
+          MPI_Request request;
+          MPI_Iallreduce(MPI_IN_PLACE, data, count, t.type, t.sum, comm, &request);
+          return request;
+        },
+        "all_reduce", tensor, tag);
+  }
+
+  std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
+    CheckContiguous(input, "reduce_scatter");
+    CheckContiguous(output, "reduce_scatter");
+    ST_CHECK(input.numel() == output.numel() * size_, "reduce_scatter input {} != {} x output {}", input.numel(), size_,
+             output.numel());
+    const TypeAndOp t = MpiTypeOf(input);
+    const void* in = input.data_ptr();
+    void* out = output.data_ptr();
+    const int count = Count(output);
+    CountSent((size_ - 1) * static_cast<int64_t>(output.nbytes()));
+    return Submit(
+        [=, comm = comm_] {
+          MPI_Request request;
+          MPI_Ireduce_scatter_block(in, out, count, t.type, t.sum, comm, &request);
+          return request;
+        },
+        "reduce_scatter", input, tag);
+  }
+
+  std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
+    CheckContiguous(input, "all_gather");
+    CheckContiguous(output, "all_gather");
+    ST_CHECK(output.numel() == input.numel() * size_, "all_gather output {} != {} x input {}", output.numel(), size_,
+             input.numel());
+    const TypeAndOp t = MpiTypeOf(input);
+    const void* in = input.data_ptr();
+    void* out = output.data_ptr();
+    const int count = Count(input);
+    CountSent((size_ - 1) * static_cast<int64_t>(input.nbytes()));
+    return Submit(
+        [=, comm = comm_] {
+          MPI_Request request;
+          MPI_Iallgather(in, count, t.type, out, count, t.type, comm, &request);
+          return request;
+        },
+        "all_gather", output, tag);
+  }
+
+  std::unique_ptr<Work> Broadcast(at::Tensor& tensor, int root, const CollectiveTag& tag) override {
+    CheckContiguous(tensor, "broadcast");
+    const TypeAndOp t = MpiTypeOf(tensor);
+    void* data = tensor.data_ptr();
+    const int count = Count(tensor);
+    if (rank_ == root) CountSent(static_cast<int64_t>(tensor.nbytes()));
+    return Submit(
+        [=, comm = comm_] {
+          MPI_Request request;
+          MPI_Ibcast(data, count, t.type, root, comm, &request);
+          return request;
+        },
+        "broadcast", tensor, tag);
+  }
+
+  void Barrier(const CollectiveTag& tag) override {
+    at::Tensor none;
+    Submit(
+        [comm = comm_] {
+          MPI_Request request;
+          MPI_Ibarrier(comm, &request);
+          return request;
+        },
+        "barrier", none, tag)
+        ->Wait();
+  }
+
+  std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) override {
+    MPI_Comm split = MPI_COMM_NULL;
+    progress_->RunBlocking([&] { MPI_Comm_split(comm_, color, key, &split); });
+    return std::make_unique<MpiCommunicator>(split, name, timeout_s_, progress_);
+  }
+
+ private:
+  void CheckContiguous(const at::Tensor& tensor, const char* what) const {
+    ST_CHECK(tensor.is_contiguous() && tensor.device().is_cpu(), "{} needs a contiguous CPU tensor", what);
+  }
+  static int Count(const at::Tensor& tensor) {
+    ST_CHECK(tensor.numel() <= INT32_MAX, "MPI count {} exceeds int", tensor.numel());
+    return static_cast<int>(tensor.numel());
+  }
+  std::unique_ptr<Work> Submit(MpiProgressThread::Issue issue, const char* op, const at::Tensor& tensor,
+                               const CollectiveTag& tag) {
+    std::string what = fmt::format("{} of {} in {} at step {}", op, tag.bucket, name_, tag.step);
+    if (tensor.defined()) what += fmt::format(" ({} elements)", tensor.numel());
+    auto done = progress_->Submit(std::move(issue), what, timeout_s_);
+    return std::make_unique<MpiWork>(std::move(done), timeout_s_, what, progress_->world_rank());
+  }
+
+  MPI_Comm comm_;
+  std::string name_;
+  double timeout_s_;
+  std::shared_ptr<MpiProgressThread> progress_;
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+}  // namespace
+
+MpiRuntime::MpiRuntime(int* argc, char*** argv) {
+  int provided = 0;
+  const int rc = MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
+  if (rc != MPI_SUCCESS) Fail(ErrorCode::kInternal, "MPI_Init_thread failed: {}", MpiErrorString(rc));
+  if (provided < MPI_THREAD_SERIALIZED) {
+    Fail(ErrorCode::kInternal, "this MPI provides thread level {}, shardtune needs MPI_THREAD_SERIALIZED", provided);
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_Op_create(&SumOp<c10::BFloat16>, /*commute=*/1, &g_bf16_sum);
+  MPI_Op_create(&SumOp<c10::Half>, /*commute=*/1, &g_fp16_sum);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  progress_ = std::make_shared<MpiProgressThread>(rank);
+}
+
+MpiRuntime::~MpiRuntime() {
+  progress_.reset();
+  MPI_Finalize();
+}
+
+std::unique_ptr<Communicator> MpiRuntime::World(double timeout_s) {
+  return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world", timeout_s, progress_);
+}
+
+void MpiRuntime::Abort(int exit_code) {
+  MPI_Abort(MPI_COMM_WORLD, exit_code);
+  std::_Exit(exit_code);
+}
+
+bool MpiRuntime::LaunchedByMpi() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
+    if (std::getenv(name) != nullptr) return true;
+  }
+  return false;
+}
+
+}  // namespace shardtune

@@ -1,0 +1,60 @@
+#pragma once
+// How a model's parameters are laid out for sharding: plain arithmetic, no LibTorch, so that
+// the planner and the checkpoint index can use it.
+//
+// The model names its parameters in "units" (the embedding, each decoder layer, the head): a
+// unit is gathered, computed and reduced as one piece, one flat buffer. Inside a unit every
+// parameter starts at an offset aligned to kFlatAlignment elements; the unit is padded to a
+// multiple of kFlatAlignment x shard_count, and shard k of the unit is the range
+// [k * shard_size, (k + 1) * shard_size). Offsets inside a unit do not depend on the shard
+// count, which is what lets a checkpoint written on N ranks load on M.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace shardtune {
+
+// Elements per alignment unit: 64 bytes of fp32, a cache line and an AVX-512 register.
+inline constexpr int64_t kFlatAlignment = 16;
+
+struct ParameterSpec {
+  std::string name;  // Hugging Face key, e.g. "model.layers.0.self_attn.q_proj.weight"
+  std::vector<int64_t> shape;
+  bool weight_decay = true;  // false for norms and biases
+};
+
+struct UnitSpec {
+  std::string name;  // "embed", "layer 3", "head"
+  std::vector<ParameterSpec> parameters;
+};
+
+struct ParameterSlot {
+  ParameterSpec spec;
+  int64_t offset = 0;  // inside its unit, a multiple of kFlatAlignment
+  int64_t numel = 0;
+};
+
+struct UnitLayout {
+  std::string name;
+  std::vector<ParameterSlot> parameters;
+  int64_t numel = 0;       // end of the last parameter (alignment gaps included)
+  int64_t padded = 0;      // numel rounded up to kFlatAlignment x shard_count
+  int64_t shard_size = 0;  // padded / shard_count
+};
+
+struct ShardedLayout {
+  std::vector<UnitLayout> units;
+  int shard_count = 1;
+
+  int64_t parameter_count() const;  // sum of parameter sizes, no padding
+  int64_t padded_total() const;     // sum of unit buffers
+  int64_t shard_total() const;      // sum of one rank's shards
+};
+
+int64_t AlignUp(int64_t n, int64_t multiple);
+int64_t NumelOf(const std::vector<int64_t>& shape);
+
+ShardedLayout PlanLayout(const std::vector<UnitSpec>& units, int shard_count);
+
+}  // namespace shardtune

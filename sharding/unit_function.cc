@@ -1,0 +1,113 @@
+#include "sharding/unit_function.h"
+
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <memory>
+#include <unordered_map>
+
+#include "common/error.h"
+
+namespace shardtune {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct UnitCall {
+  ZeroEngine* engine = nullptr;
+  std::vector<int> units;
+  UnitCompute compute;
+  bool recompute = false;
+  // Without recompute: the inner graph from forward.
+  at::Tensor inner_input;
+  at::Tensor inner_output;
+  UnitParameters inner_params;
+};
+
+// Calls between their forward and their backward, by id. An autograd context can carry only
+// IValues, so it carries the id. Only the training thread runs forward and backward.
+std::unordered_map<int64_t, std::shared_ptr<UnitCall>>& Calls() {
+  static std::unordered_map<int64_t, std::shared_ptr<UnitCall>> calls;
+  return calls;
+}
+int64_t g_next_call = 0;
+
+at::Tensor AsLeaf(const at::Tensor& input) {
+  return input.is_floating_point() ? input.detach().requires_grad_(true) : input.detach();
+}
+
+class UnitFunction : public torch::autograd::Function<UnitFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, at::Tensor input, at::Tensor anchor, int64_t id) {
+    UnitCall& call = *Calls().at(id);
+    ctx->saved_data["call"] = id;
+    ZeroEngine& engine = *call.engine;
+    engine.NoteForwardUse(call.units);
+    if (call.recompute) {
+      ctx->save_for_backward({input});
+      const UnitParameters params = engine.Acquire(call.units, /*requires_grad=*/false);
+      at::Tensor output = call.compute(input, params);
+      engine.Release(call.units);
+      return {output};
+    }
+    at::AutoGradMode grad_mode(true);
+    call.inner_params = engine.Acquire(call.units, /*requires_grad=*/true);
+    call.inner_input = AsLeaf(input);
+    call.inner_output = call.compute(call.inner_input, call.inner_params);
+    engine.Release(call.units);
+    return {call.inner_output.detach()};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const int64_t id = ctx->saved_data["call"].toInt();
+    const std::shared_ptr<UnitCall> call = Calls().at(id);
+    Calls().erase(id);
+    ZeroEngine& engine = *call->engine;
+    at::Tensor leaf = call->inner_input, output = call->inner_output;
+    UnitParameters params = call->inner_params;
+    if (call->recompute) {
+      params = engine.Acquire(call->units, /*requires_grad=*/true);
+      leaf = AsLeaf(ctx->get_saved_variables()[0]);
+      at::AutoGradMode grad_mode(true);
+      output = call->compute(leaf, params);
+    }
+    variable_list inputs;
+    const bool input_grad = leaf.requires_grad();
+    if (input_grad) inputs.push_back(leaf);
+    for (const auto& [name, tensor] : params.all()) inputs.push_back(tensor);
+    variable_list grads = torch::autograd::grad({output}, inputs, {grad_outputs[0]}, /*retain_graph=*/false,
+                                                /*create_graph=*/false, /*allow_unused=*/true);
+    std::vector<at::Tensor> parameter_grads(grads.begin() + (input_grad ? 1 : 0), grads.end());
+    engine.AddGradients(call->units, params, parameter_grads);
+    if (call->recompute) engine.Release(call->units);
+    return {input_grad ? grads[0] : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor ApplyUnits(ZeroEngine& engine, const std::vector<int>& units, const at::Tensor& input, UnitCompute compute) {
+  if (!at::GradMode::is_enabled()) {
+    const UnitParameters params = engine.Acquire(units, /*requires_grad=*/false);
+    at::Tensor output = compute(input, params);
+    engine.Release(units);
+    return output;
+  }
+  // Every unit call must be a graph node even when its input needs no gradient (the embedding's
+  // token ids): this constant that "requires grad" makes it one.
+  static const at::Tensor anchor = at::zeros({}, at::kFloat).requires_grad_(true);
+  auto call = std::make_shared<UnitCall>();
+  call->engine = &engine;
+  call->units = units;
+  call->compute = std::move(compute);
+  call->recompute = engine.config().recompute;
+  const int64_t id = g_next_call++;
+  Calls()[id] = call;
+  return UnitFunction::apply(input, anchor, id)[0];
+}
+
+void DropPendingUnitCalls() { Calls().clear(); }
+
+}  // namespace shardtune

@@ -1,0 +1,157 @@
+// ZeroEngine's checkpoints: every rank that holds the first copy of a shard writes it, and the
+// index records which range of which unit each file holds. Loading intersects the ranges this
+// rank needs with the ranges each file holds, so any world size, stage or shard group size
+// loads any other.
+
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "common/safetensors.h"
+#include "sharding/zero_engine.h"
+#include "sharding/zero_engine_internal.h"
+
+namespace shardtune {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kFormatName = "shardtune-checkpoint";
+constexpr int kFormatVersion = 1;
+
+std::string RankFile(int rank) { return fmt::format("rank-{:05d}.safetensors", rank); }
+
+TensorBytes Bytes(const char* name, const at::Tensor& tensor) {
+  return TensorBytes{name, DType::kF32, {tensor.numel()}, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes())};
+}
+
+json LayoutJson(const ShardedLayout& layout) {
+  json units = json::array();
+  for (const auto& unit : layout.units) {
+    json parameters = json::array();
+    for (const auto& p : unit.parameters) {
+      parameters.push_back({{"name", p.spec.name}, {"shape", p.spec.shape}, {"offset", p.offset}, {"numel", p.numel}});
+    }
+    units.push_back({{"name", unit.name}, {"numel", unit.numel}, {"parameters", parameters}});
+  }
+  return units;
+}
+
+const float* TensorData(const SafetensorsFile& file, const char* name, int64_t expected) {
+  const TensorInfo* info = file.Find(name);
+  if (info == nullptr || info->dtype != DType::kF32 || info->numel() != expected) {
+    Fail(ErrorCode::kDataLoss, "{}: expected an F32 tensor '{}' of {} elements", file.path().string(), name, expected);
+  }
+  return reinterpret_cast<const float*>(file.Data(*info));
+}
+
+}  // namespace
+
+void ZeroEngine::SaveShards(const std::string& dir) {
+  const bool stage0 = config_.stage == 0;
+  const bool writer = stage0 ? groups_.world->rank() == 0 : groups_.replica->rank() == 0;
+  if (writer) {
+    WriteSafetensors(fs::path(dir) / RankFile(groups_.world->rank()),
+                     {Bytes("values", master_), Bytes("exp_avg", optimizer_->exp_avg()),
+                      Bytes("exp_avg_sq", optimizer_->exp_avg_sq())},
+                     {{"format", kFormatName}});
+  }
+  if (groups_.world->rank() != 0) return;
+
+  // Writers are the ranks of the first shard group: world ranks 0 .. shard_count - 1.
+  json files = json::array();
+  for (int shard = 0; shard < layout_.shard_count; ++shard) {
+    json ranges = json::array();
+    int64_t local = 0;
+    for (size_t u = 0; u < layout_.units.size(); ++u) {
+      const UnitLayout& unit = layout_.units[u];
+      ranges.push_back({{"unit", u}, {"begin", shard * unit.shard_size}, {"size", unit.shard_size}, {"local_offset", local}});
+      local += unit.shard_size;
+    }
+    files.push_back({{"file", RankFile(shard)}, {"rank", shard}, {"elements", local}, {"ranges", ranges}});
+  }
+  const json index = {{"format", kFormatName},
+                      {"version", kFormatVersion},
+                      {"world_size", groups_.world->size()},
+                      {"zero_stage", config_.stage},
+                      {"shard_count", layout_.shard_count},
+                      {"parameter_count", layout_.parameter_count()},
+                      {"alignment", kFlatAlignment},
+                      {"optimizer_step", optimizer_->step()},
+                      {"units", LayoutJson(layout_)},
+                      {"files", files}};
+  WriteFileAtomic(fs::path(dir) / "index.json", index.dump(1) + "\n");
+}
+
+void ZeroEngine::LoadShards(const std::string& dir) {
+  const fs::path index_path = fs::path(dir) / "index.json";
+  json index;
+  try {
+    index = json::parse(ReadFile(index_path));
+  } catch (const json::parse_error& e) {
+    Fail(ErrorCode::kDataLoss, "{}: not valid JSON: {}", index_path.string(), e.what());
+  }
+  if (index.value("format", "") != kFormatName || index.value("version", 0) != kFormatVersion) {
+    Fail(ErrorCode::kDataLoss, "{}: not a shardtune checkpoint of format version {}", index_path.string(), kFormatVersion);
+  }
+  const json expected = LayoutJson(layout_);
+  const json& actual = index.at("units");
+  if (actual != expected) {
+    for (size_t u = 0; u < std::max(actual.size(), expected.size()); ++u) {
+      const std::string have = u < actual.size() ? actual[u].dump() : "nothing";
+      const std::string want = u < expected.size() ? expected[u].dump() : "nothing";
+      if (have != want) {
+        Fail(ErrorCode::kFailedPrecondition, "{}: unit {} of the checkpoint is {} but this model's is {}", index_path.string(), u,
+             have.substr(0, 300), want.substr(0, 300));
+      }
+    }
+  }
+
+  at::NoGradGuard no_grad;
+  master_.zero_();
+  optimizer_->exp_avg().zero_();
+  optimizer_->exp_avg_sq().zero_();
+  std::vector<int64_t> covered(units_.size(), 0);
+  for (const json& entry : index.at("files")) {
+    const auto file = SafetensorsFile::Open(fs::path(dir) / entry.at("file").get<std::string>());
+    const int64_t elements = entry.at("elements").get<int64_t>();
+    const float* sources[3] = {TensorData(*file, "values", elements), TensorData(*file, "exp_avg", elements),
+                               TensorData(*file, "exp_avg_sq", elements)};
+    float* destinations[3] = {master_.data_ptr<float>(), optimizer_->exp_avg().data_ptr<float>(),
+                              optimizer_->exp_avg_sq().data_ptr<float>()};
+    for (const json& range : entry.at("ranges")) {
+      const auto u = range.at("unit").get<size_t>();
+      ST_CHECK(u < units_.size(), "checkpoint range names unit {}", u);
+      const Unit& unit = *units_[u];
+      const int64_t file_begin = range.at("begin").get<int64_t>();
+      const int64_t file_local = range.at("local_offset").get<int64_t>();
+      // The overlap of what the file holds with what this rank needs, inside the real elements.
+      const int64_t begin = std::max(file_begin, unit.shard_begin);
+      const int64_t end = std::min({file_begin + range.at("size").get<int64_t>(), unit.shard_begin + unit.shard_size,
+                                    unit.layout->numel});
+      if (begin >= end) continue;
+      for (int k = 0; k < 3; ++k) {
+        std::memcpy(destinations[k] + unit.local_offset + (begin - unit.shard_begin), sources[k] + file_local + (begin - file_begin),
+                    static_cast<size_t>(end - begin) * sizeof(float));
+      }
+      covered[u] += end - begin;
+    }
+  }
+  for (size_t u = 0; u < units_.size(); ++u) {
+    const Unit& unit = *units_[u];
+    const int64_t needed = std::max<int64_t>(0, std::min(unit.shard_begin + unit.shard_size, unit.layout->numel) - unit.shard_begin);
+    if (covered[u] != needed) {
+      Fail(ErrorCode::kDataLoss, "{}: the files cover {} of the {} elements of unit '{}' this rank needs", index_path.string(),
+           covered[u], needed, unit.layout->name);
+    }
+  }
+  optimizer_->set_step(index.at("optimizer_step").get<int64_t>());
+  DropGathered();
+  PublishParameters();
+}
+
+}  // namespace shardtune

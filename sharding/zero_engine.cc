@@ -1,0 +1,320 @@
+#include "sharding/zero_engine.h"
+#include "sharding/zero_engine_internal.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+
+#include "common/error.h"
+
+namespace shardtune {
+
+OwnedProcessGroups MakeProcessGroups(Communicator& world, int64_t shard_group_size) {
+  const int n = world.size();
+  const int g = shard_group_size > 0 ? static_cast<int>(shard_group_size) : n;
+  ST_CHECK(n % g == 0, "shard group size {} does not divide world size {}", g, n);
+  const int rank = world.rank();
+  OwnedProcessGroups owned;
+  owned.shard = world.Split(rank / g, rank, fmt::format("shard group {}", rank / g));
+  owned.replica = world.Split(rank % g, rank, fmt::format("replica group {}", rank % g));
+  owned.groups = ProcessGroups{&world, owned.shard.get(), owned.replica.get()};
+  return owned;
+}
+
+const at::Tensor& UnitParameters::operator()(const std::string& name) const {
+  const auto it = tensors_.find(name);
+  ST_CHECK(it != tensors_.end(), "parameter '{}' is not among the acquired units", name);
+  return it->second;
+}
+
+ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& config, ProcessGroups groups)
+    : config_(config), groups_(groups) {
+  const int shard_count = config.stage == 0 ? 1 : groups.shard->size();
+  const int shard_rank = config.stage == 0 ? 0 : groups.shard->rank();
+  layout_ = PlanLayout(units, shard_count);
+  master_ = at::zeros({layout_.shard_total()}, at::kFloat);
+  grad_local_ = at::zeros({layout_.shard_total()}, at::kFloat);
+
+  std::vector<DecayRange> decay;
+  int64_t local = 0;
+  for (size_t u = 0; u < layout_.units.size(); ++u) {
+    const UnitLayout& l = layout_.units[u];
+    auto unit = std::make_unique<Unit>();
+    unit->layout = &l;
+    unit->local_offset = local;
+    unit->shard_begin = shard_rank * l.shard_size;
+    unit->shard_size = l.shard_size;
+    for (const auto& p : l.parameters) {
+      unit_of_[p.spec.name] = static_cast<int>(u);
+      if (!p.spec.weight_decay) continue;
+      // The part of this parameter inside this rank's shard, in master_ coordinates.
+      const int64_t begin = std::max(p.offset, unit->shard_begin);
+      const int64_t end = std::min(p.offset + p.numel, unit->shard_begin + unit->shard_size);
+      if (begin < end) decay.push_back({local + begin - unit->shard_begin, end - begin});
+    }
+    const bool fp32 = config.compute_dtype == at::kFloat;
+    switch (config.stage) {
+      case 0:
+        unit->full = fp32 ? unit->MasterSlice(master_) : at::zeros({l.padded}, config.compute_dtype);
+        unit->full_grad = grad_local_.narrow(0, local, l.padded);
+        break;
+      case 1:
+        unit->full = at::zeros({l.padded}, config.compute_dtype);
+        unit->full_grad = at::zeros({l.padded}, at::kFloat);
+        break;
+      case 2:
+        unit->full = at::zeros({l.padded}, config.compute_dtype);
+        break;
+      default:
+        unit->param_shard = fp32 ? unit->MasterSlice(master_) : at::zeros({l.shard_size}, config.compute_dtype);
+        unit->persistent = l.numel < config.persistence_threshold;
+        if (unit->persistent) unit->full = at::zeros({l.padded}, config.compute_dtype);
+        break;
+    }
+    local += l.shard_size;
+    units_.push_back(std::move(unit));
+  }
+  optimizer_ = std::make_unique<AdamW>(config.optimizer, layout_.shard_total(), std::move(decay));
+}
+
+ZeroEngine::~ZeroEngine() = default;
+
+int ZeroEngine::UnitOf(const std::string& parameter) const {
+  const auto it = unit_of_.find(parameter);
+  ST_CHECK(it != unit_of_.end(), "no unit holds parameter '{}'", parameter);
+  return it->second;
+}
+
+CollectiveTag ZeroEngine::Tag(int u) const { return CollectiveTag{layout_.units[u].name, step_}; }
+
+void ZeroEngine::LoadWeights(const std::function<at::Tensor(const ParameterSpec&)>& source) {
+  at::NoGradGuard no_grad;
+  for (auto& unit : units_) {
+    at::Tensor whole = at::zeros({unit->layout->padded}, at::kFloat);
+    for (const auto& p : unit->layout->parameters) whole.narrow(0, p.offset, p.numel).copy_(source(p.spec).reshape({-1}));
+    unit->MasterSlice(master_).copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
+    if (unit->full.defined() && !unit->full.is_same(unit->MasterSlice(master_))) unit->full.copy_(whole);
+    if (unit->param_shard.defined() && !unit->param_shard.is_same(unit->MasterSlice(master_))) {
+      unit->param_shard.copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
+    }
+  }
+}
+
+void ZeroEngine::BeginStep(int64_t step) {
+  step_ = step;
+  grad_local_.zero_();
+  for (auto& unit : units_) {
+    if (config_.stage == 1) unit->full_grad.zero_();
+    unit->uses = 0;
+  }
+}
+
+void ZeroEngine::BeginMicroBatch(bool last) {
+  last_micro_batch_ = last;
+  for (auto& unit : units_) unit->uses = 0;
+}
+
+void ZeroEngine::Gather(int u) {
+  Unit& unit = *units_[u];
+  if (unit.full.defined() || unit.gather) return;
+  unit.full = at::empty({unit.layout->padded}, config_.compute_dtype);
+  unit.gather = groups_.shard->AllGather(unit.param_shard, unit.full, Tag(u));
+}
+
+void ZeroEngine::WaitGathered(int u) {
+  Unit& unit = *units_[u];
+  if (!unit.full.defined()) Gather(u);
+  if (unit.gather) {
+    unit.gather->Wait();
+    unit.gather.reset();
+  }
+}
+
+UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_grad) {
+  UnitParameters params;
+  for (int u : units) {
+    Unit& unit = *units_[u];
+    if (config_.stage == 3 && !unit.persistent) {
+      WaitGathered(u);
+      // Prefetch: the neighbours in the current direction are the next units to be needed.
+      const int direction = requires_grad && config_.recompute ? -1 : 1;
+      for (int k = 1; k <= config_.prefetch_units; ++k) {
+        const int next = u + direction * k;
+        if (next >= 0 && next < static_cast<int>(units_.size()) && !units_[next]->persistent) Gather(next);
+      }
+    }
+    ++unit.acquired;
+    for (const auto& p : unit.layout->parameters) {
+      at::Tensor view = unit.full.narrow(0, p.offset, p.numel).view(p.spec.shape);
+      if (requires_grad) view = view.detach().requires_grad_(true);
+      params.Add(p.spec.name, view);
+    }
+  }
+  return params;
+}
+
+void ZeroEngine::Release(const std::vector<int>& units) {
+  for (int u : units) {
+    Unit& unit = *units_[u];
+    if (--unit.acquired > 0 || config_.stage != 3 || unit.persistent) continue;
+    unit.full = at::Tensor();  // freed; gathered again at the next use
+  }
+}
+
+void ZeroEngine::NoteForwardUse(const std::vector<int>& units) {
+  for (int u : units) ++units_[u]->uses;
+}
+
+void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameters& params,
+                              const std::vector<at::Tensor>& grads) {
+  at::NoGradGuard no_grad;
+  size_t i = 0;
+  for (const auto& [name, tensor] : params.all()) {
+    const at::Tensor& grad = grads[i++];
+    if (!grad.defined()) continue;
+    Unit& unit = *units_[UnitOf(name)];
+    if (!unit.full_grad.defined()) unit.full_grad = at::zeros({unit.layout->padded}, at::kFloat);
+    for (const auto& p : unit.layout->parameters) {
+      if (p.spec.name == name) {
+        unit.full_grad.narrow(0, p.offset, p.numel).add_(grad.reshape({-1}).to(at::kFloat));
+        break;
+      }
+    }
+  }
+  for (int u : units) {
+    Unit& unit = *units_[u];
+    ST_CHECK(unit.uses > 0, "unit {} got gradients for more uses than its forward had", unit.layout->name);
+    if (--unit.uses == 0 && (config_.stage >= 2 || last_micro_batch_)) IssueReduction(u);
+  }
+}
+
+void ZeroEngine::IssueReduction(int u) {
+  Unit& unit = *units_[u];
+  auto pending = std::make_unique<Pending>();
+  if (config_.stage == 0) {
+    pending->work = groups_.world->AllReduceSum(unit.full_grad, Tag(u));
+  } else if (config_.stage == 1) {
+    at::Tensor out = unit.MasterSlice(grad_local_);
+    pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
+  } else {
+    // Reduce this micro-batch's gradient now and free the whole-unit buffer; the shard adds up.
+    at::Tensor out = at::empty({unit.shard_size}, at::kFloat);
+    pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
+    pending->keep_alive = {unit.full_grad, out};
+    at::Tensor destination = unit.MasterSlice(grad_local_);
+    pending->then = [destination, out]() mutable { destination.add_(out); };
+    unit.full_grad = at::Tensor();
+  }
+  pending_.push_back(std::move(pending));
+}
+
+double ZeroEngine::FinishGradients() {
+  for (auto& pending : pending_) {
+    pending->work->Wait();
+    if (pending->then) pending->then();
+  }
+  pending_.clear();
+  for (auto& unit : units_) ST_CHECK(unit->uses == 0, "unit {} still waits for {} gradients", unit->layout->name, unit->uses);
+  if (config_.stage >= 1 && groups_.replica->size() > 1) {
+    groups_.replica->AllReduceSum(grad_local_, CollectiveTag{"gradient shards", step_})->Wait();
+  }
+  double squares = std::pow(grad_local_.norm().item<double>(), 2);
+  if (config_.stage >= 1 && groups_.shard->size() > 1) {
+    at::Tensor sum = at::full({1}, squares, at::kDouble);
+    groups_.shard->AllReduceSum(sum, CollectiveTag{"gradient norm", step_})->Wait();
+    squares = sum.item<double>();
+  }
+  return std::sqrt(squares);
+}
+
+void ZeroEngine::OptimizerStep(double lr, double grad_scale) {
+  at::NoGradGuard no_grad;
+  DropGathered();
+  if (grad_scale != 1.0) grad_local_.mul_(grad_scale);
+  optimizer_->Step(master_, grad_local_, lr);
+  PublishParameters();
+}
+
+void ZeroEngine::PublishParameters() {
+  std::vector<std::unique_ptr<Pending>> gathers;
+  for (size_t u = 0; u < units_.size(); ++u) {
+    Unit& unit = *units_[u];
+    at::Tensor master = unit.MasterSlice(master_);
+    if (config_.stage == 0) {
+      if (!unit.full.is_same(master)) unit.full.copy_(master);
+      continue;
+    }
+    at::Tensor source = master;
+    if (config_.stage == 3) {
+      if (!unit.param_shard.is_same(master)) unit.param_shard.copy_(master);
+      if (!unit.persistent) continue;
+      source = unit.param_shard;
+    } else if (config_.compute_dtype != at::kFloat) {
+      source = master.to(config_.compute_dtype);
+    }
+    auto pending = std::make_unique<Pending>();
+    pending->work = groups_.shard->AllGather(source, unit.full, Tag(static_cast<int>(u)));
+    pending->keep_alive = {source};
+    gathers.push_back(std::move(pending));
+  }
+  for (auto& pending : gathers) pending->work->Wait();
+}
+
+void ZeroEngine::DropGathered() {
+  // Gathered copies (prefetched, or left by evaluation) hold the old weights: drop them, after
+  // any gather still reading the shards that are about to change.
+  for (auto& unit : units_) {
+    if (unit->gather) {
+      unit->gather->Wait();
+      unit->gather.reset();
+    }
+    if (config_.stage == 3 && !unit->persistent && unit->acquired == 0) unit->full = at::Tensor();
+  }
+}
+
+void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&, const at::Tensor&)>& sink) {
+  for (size_t u = 0; u < units_.size(); ++u) {
+    Unit& unit = *units_[u];
+    at::Tensor master = unit.MasterSlice(master_);
+    if (config_.stage == 0 || groups_.shard->size() == 1) {
+      sink(*unit.layout, master);
+      continue;
+    }
+    at::Tensor whole = at::empty({unit.layout->padded}, at::kFloat);
+    groups_.shard->AllGather(master, whole, CollectiveTag{unit.layout->name + " (export)", step_})->Wait();
+    sink(*unit.layout, whole);
+  }
+}
+
+MemoryAccount ZeroEngine::memory() const {
+  MemoryAccount account;
+  const int64_t element = static_cast<int64_t>(c10::elementSize(config_.compute_dtype));
+  const int64_t local = layout_.shard_total();
+  account.optimizer = 2 * 4 * local;  // AdamW moments
+  bool master_is_parameters = config_.stage == 0 && config_.compute_dtype == at::kFloat;
+  if (!master_is_parameters) account.optimizer += 4 * local;  // fp32 master weights
+  account.gradients = 4 * local;
+  for (const auto& unit : units_) {
+    if (config_.stage == 1) account.gradients += 4 * unit->layout->padded;
+    if (config_.stage <= 2) account.parameters += element * unit->layout->padded;
+    if (config_.stage == 3) {
+      if (config_.compute_dtype != at::kFloat) account.parameters += element * unit->shard_size;
+      if (unit->persistent) account.parameters += element * unit->layout->padded;
+    }
+  }
+  if (config_.stage == 3 && config_.compute_dtype == at::kFloat) {
+    // The fp32 master shard doubles as the parameter shard.
+    account.parameters += 4 * local;
+    account.optimizer -= 4 * local;
+  }
+  return account;
+}
+
+int64_t ZeroEngine::bytes_sent() const {
+  int64_t bytes = groups_.world->bytes_sent();
+  if (groups_.shard != groups_.world) bytes += groups_.shard->bytes_sent();
+  if (groups_.replica != groups_.world && groups_.replica != groups_.shard) bytes += groups_.replica->bytes_sent();
+  return bytes;
+}
+
+}  // namespace shardtune

@@ -1,0 +1,154 @@
+#pragma once
+// ZeRO data parallelism (Rajbhandari et al., 2020) over one Communicator per process group.
+//
+// Every rank holds the model as units (parameter_layout.h). Per stage:
+//   0  parameters, gradients and optimizer state whole on every rank; gradients all-reduced
+//      unit by unit as backward finishes each unit.
+//   1  fp32 master weights and AdamW moments sharded; gradients accumulate whole and are
+//      reduce-scattered at the accumulation boundary; each rank updates its shard; updated
+//      parameters all-gathered.
+//   2  as 1, and gradients are reduce-scattered unit by unit during every backward; only the
+//      gradient shard persists.
+//   3  as 2, and parameters are sharded too: a unit is all-gathered just before its forward and
+//      again before its backward, and freed after each (units smaller than the persistence
+//      threshold stay gathered). The next unit's gather is issued ahead (prefetch).
+// With hybrid sharding (shard group smaller than the world), shards live within the shard
+// group and gradient shards are also all-reduced across the replica group.
+//
+// Contract: all ranks drive the engine through the same sequence of calls (the same units in
+// the same order, the same number of micro-batches); the engine issues collectives in that
+// order. One thread. The engine owns every parameter, gradient and optimizer buffer; tensors it
+// hands out are valid until the matching Release or the next step.
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "sharding/adamw.h"
+#include "sharding/comm/communicator.h"
+#include "sharding/parameter_layout.h"
+
+namespace shardtune {
+
+struct ProcessGroups {
+  Communicator* world = nullptr;
+  Communicator* shard = nullptr;    // ranks that together hold one copy of the sharded state
+  Communicator* replica = nullptr;  // ranks holding the same shard (size 1 without hybrid)
+};
+
+// Builds the shard and replica groups: consecutive blocks of `shard_group_size` ranks (0: all).
+struct OwnedProcessGroups {
+  std::unique_ptr<Communicator> shard;
+  std::unique_ptr<Communicator> replica;
+  ProcessGroups groups;
+};
+OwnedProcessGroups MakeProcessGroups(Communicator& world, int64_t shard_group_size);
+
+struct ZeroConfig {
+  int stage = 0;
+  at::ScalarType compute_dtype = at::kFloat;
+  OptimizerSpec optimizer;
+  int64_t persistence_threshold = 0;  // stage 3: units with fewer elements stay gathered
+  int prefetch_units = 1;             // stage 3: units gathered ahead of use
+  bool recompute = false;             // recompute each unit's forward in backward (activation checkpointing)
+};
+
+// Bytes this rank holds, by kind (what metrics.jsonl reports and the planner predicts).
+struct MemoryAccount {
+  int64_t parameters = 0;  // compute-dtype parameters resident between steps
+  int64_t gradients = 0;   // persistent gradient buffers
+  int64_t optimizer = 0;   // fp32 master weights and AdamW moments
+};
+
+// Parameters of the units a computation uses, by name.
+class UnitParameters {
+ public:
+  const at::Tensor& operator()(const std::string& name) const;
+  void Add(const std::string& name, at::Tensor tensor) { tensors_[name] = std::move(tensor); }
+  const std::map<std::string, at::Tensor>& all() const { return tensors_; }
+
+ private:
+  std::map<std::string, at::Tensor> tensors_;
+};
+
+class ZeroEngine {
+ public:
+  ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& config, ProcessGroups groups);
+  ~ZeroEngine();
+
+  const ShardedLayout& layout() const { return layout_; }
+  const ZeroConfig& config() const { return config_; }
+  const ProcessGroups& groups() const { return groups_; }
+  int UnitOf(const std::string& parameter) const;
+
+  // Fills the weights from full fp32 tensors, one parameter at a time (each rank keeps what it
+  // holds). `source(spec)` returns the parameter shaped as its spec.
+  void LoadWeights(const std::function<at::Tensor(const ParameterSpec&)>& source);
+
+  // --- one optimizer step ---
+  void BeginStep(int64_t step);
+  // Marks the start of a micro-batch; `last` is the accumulation boundary.
+  void BeginMicroBatch(bool last);
+
+  // Parameters of `units`, gathered as needed, as views of compute dtype; with `requires_grad`
+  // they are fresh leaves for an inner autograd graph. Balanced by Release(units).
+  UnitParameters Acquire(const std::vector<int>& units, bool requires_grad);
+  void Release(const std::vector<int>& units);
+  // Counts one forward use of each unit; each must be matched by one AddGradients.
+  void NoteForwardUse(const std::vector<int>& units);
+  // Adds gradients for the named parameters (undefined: no contribution). When a unit has had
+  // every use of this micro-batch back, its reduction is issued.
+  void AddGradients(const std::vector<int>& units, const UnitParameters& params, const std::vector<at::Tensor>& grads);
+
+  // After the last backward of the step: waits for every reduction. Returns the global L2 norm
+  // of the gradient.
+  double FinishGradients();
+  // Scales the gradient, updates the weights with AdamW at `lr`, and makes the new parameters
+  // available for the next forward.
+  void OptimizerStep(double lr, double grad_scale);
+
+  // Streams the fp32 weights in unit order; `sink` runs on every rank, with the unit's full
+  // parameters (all ranks take part in the gathers).
+  void ForEachUnitGathered(const std::function<void(const UnitLayout&, const at::Tensor& full_fp32)>& sink);
+
+  MemoryAccount memory() const;
+  int64_t bytes_sent() const;
+
+  // --- checkpoints (sharding/zero_checkpoint.cc) ---
+  // Writes this rank's shards into `dir` if it holds the first copy of them; world rank 0 also
+  // writes index.json. The caller creates `dir` and synchronizes the ranks around the call.
+  void SaveShards(const std::string& dir);
+  // Loads from a checkpoint written with any world size, stage or shard group size.
+  void LoadShards(const std::string& dir);
+  AdamW& optimizer() { return *optimizer_; }
+  at::Tensor& master() { return master_; }
+
+ private:
+  struct Unit;
+  struct Pending;
+  void IssueReduction(int u);
+  void DropGathered();
+  void PublishParameters();  // master weights -> the parameters forward uses
+  void Gather(int u);
+  void WaitGathered(int u);
+  CollectiveTag Tag(int u) const;
+
+  ShardedLayout layout_;
+  ZeroConfig config_;
+  ProcessGroups groups_;
+  std::vector<std::unique_ptr<Unit>> units_;
+  std::map<std::string, int> unit_of_;
+  at::Tensor master_;      // fp32: this rank's shards of every unit, concatenated (whole units at stage 0)
+  at::Tensor grad_local_;  // fp32, the gradient for master_
+  std::unique_ptr<AdamW> optimizer_;
+  std::vector<std::unique_ptr<Pending>> pending_;
+  int64_t step_ = 0;
+  bool last_micro_batch_ = true;
+};
+
+}  // namespace shardtune

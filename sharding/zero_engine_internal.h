@@ -1,0 +1,34 @@
+#pragma once
+// ZeroEngine's per-unit state, shared by zero_engine.cc and zero_checkpoint.cc only.
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "sharding/zero_engine.h"
+
+namespace shardtune {
+
+struct ZeroEngine::Unit {
+  const UnitLayout* layout = nullptr;
+  int64_t local_offset = 0;  // into master_ and grad_local_
+  int64_t shard_begin = 0;   // inside the unit
+  int64_t shard_size = 0;
+  bool persistent = true;    // parameters stay gathered between uses
+  at::Tensor full;           // (padded,) compute dtype; undefined while released (stage 3)
+  at::Tensor param_shard;    // stage 3: (shard_size,) compute dtype, the all-gather's input
+  at::Tensor full_grad;      // (padded,) fp32: accumulated gradient before reduction
+  std::unique_ptr<Work> gather;
+  int uses = 0;
+  int acquired = 0;
+
+  at::Tensor MasterSlice(at::Tensor& master) const { return master.narrow(0, local_offset, shard_size); }
+};
+
+struct ZeroEngine::Pending {
+  std::unique_ptr<Work> work;
+  std::vector<at::Tensor> keep_alive;  // buffers the collective reads or writes
+  std::function<void()> then;          // runs after the collective completed
+};
+
+}  // namespace shardtune
