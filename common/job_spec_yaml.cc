@@ -388,11 +388,12 @@ void ReadResources(MapReader m, ResourcesSpec* resources) {
 // Checks that need more than one key, or the file system.
 void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAML::Node& root, SpecReader& reader) {
   auto mark_of = [&](std::initializer_list<const char*> path) {
-    YAML::Node node = root;
+    YAML::Node node;
+    node.reset(root);  // reset, not =: assigning a YAML::Node overwrites what it refers to
     YAML::Mark mark = root.Mark();
     for (const char* key : path) {
       if (!node.IsMap() || !node[key]) break;
-      node = node[key];
+      node.reset(node[key]);
       mark = node.Mark();
     }
     return mark;
@@ -407,10 +408,13 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
 
   const TrainingSpec& t = spec.training;
   const int64_t ranks = spec.resources.world_size();
-  if (t.global_batch_size > 0 && t.global_batch_size % (t.micro_batch_size * ranks) != 0) {
+  // Checks against the rank count apply when the spec states its resources; otherwise the
+  // worker checks them against the ranks it is started with.
+  const bool ranks_known = root["resources"].IsDefined();
+  if (t.global_batch_size > 0 && t.global_batch_size % (t.micro_batch_size * (ranks_known ? ranks : 1)) != 0) {
     reader.Problem(mark_of({"training", "global_batch_size"}), "training.global_batch_size",
                    fmt::format("{} is not divisible by micro_batch_size {} x data-parallel ranks {}",
-                               t.global_batch_size, t.micro_batch_size, ranks));
+                               t.global_batch_size, t.micro_batch_size, ranks_known ? ranks : 1));
   }
   if (t.max_steps > 0 && t.scheduler.warmup_steps > t.max_steps) {
     reader.Problem(mark_of({"training", "scheduler", "warmup_steps"}), "training.scheduler.warmup_steps",
@@ -420,7 +424,7 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
     reader.Problem(mark_of({"data", "validation_split"}), "data.validation_split",
                    "give either data.validation or data.validation_split, not both");
   }
-  if (spec.sharding.shard_group_size > 0 && ranks % spec.sharding.shard_group_size != 0) {
+  if (ranks_known && spec.sharding.shard_group_size > 0 && ranks % spec.sharding.shard_group_size != 0) {
     reader.Problem(
         mark_of({"sharding", "shard_group_size"}), "sharding.shard_group_size",
         fmt::format("{} does not divide the {} ranks of resources (nodes {} x ranks_per_node {})",

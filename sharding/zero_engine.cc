@@ -272,10 +272,11 @@ void ZeroEngine::DropGathered() {
   }
 }
 
-void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&, const at::Tensor&)>& sink) {
+void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&, const at::Tensor&)>& sink,
+                                     Buffer buffer) {
   for (size_t u = 0; u < units_.size(); ++u) {
     Unit& unit = *units_[u];
-    at::Tensor master = unit.MasterSlice(master_);
+    at::Tensor master = unit.MasterSlice(buffer == Buffer::kWeights ? master_ : grad_local_);
     if (config_.stage == 0 || groups_.shard->size() == 1) {
       sink(*unit.layout, master);
       continue;

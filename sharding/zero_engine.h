@@ -112,9 +112,11 @@ class ZeroEngine {
   // available for the next forward.
   void OptimizerStep(double lr, double grad_scale);
 
-  // Streams the fp32 weights in unit order; `sink` runs on every rank, with the unit's full
-  // parameters (all ranks take part in the gathers).
-  void ForEachUnitGathered(const std::function<void(const UnitLayout&, const at::Tensor& full_fp32)>& sink);
+  // Streams the fp32 weights (or, after FinishGradients, the reduced gradient) in unit order;
+  // `sink` runs on every rank with one whole unit at a time (all ranks take part in the gathers).
+  enum class Buffer { kWeights, kGradients };
+  void ForEachUnitGathered(const std::function<void(const UnitLayout&, const at::Tensor& full_fp32)>& sink,
+                           Buffer buffer = Buffer::kWeights);
 
   MemoryAccount memory() const;
   int64_t bytes_sent() const;

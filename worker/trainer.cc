@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "common/atomic_file.h"
@@ -263,7 +264,17 @@ at::Tensor Trainer::Forward(const Batch& batch) {
   });
 }
 
+// Fault injection for the tests of collective timeouts: SHARDTUNE_TEST_STALL=RANK:STEP makes that
+// rank stop responding when it reaches that step (1-based), as a hung GPU or process would.
+void StallIfAsked(int rank, int64_t step) {
+  const char* stall = std::getenv("SHARDTUNE_TEST_STALL");
+  if (stall == nullptr || fmt::format("{}:{}", rank, step) != stall) return;
+  spdlog::warn("SHARDTUNE_TEST_STALL: rank {} stalls at step {}", rank, step);
+  std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
 void Trainer::TrainStep(int64_t step) {
+  StallIfAsked(world_.rank(), step + 1);
   const auto start = std::chrono::steady_clock::now();
   const int64_t bytes_before = engine_->bytes_sent();
   const std::vector<const Example*> batch = GlobalBatch(step);
@@ -274,7 +285,7 @@ void Trainer::TrainStep(int64_t step) {
   // resumed run continue exactly.
   at::manual_seed(static_cast<uint64_t>(spec_.training.seed) * 1000003ULL + static_cast<uint64_t>(step));
   DropPendingUnitCalls();
-  engine_->BeginStep(step);
+  engine_->BeginStep(step + 1);  // collectives are tagged with the 1-based step, as in metrics
   // This rank's part of the global batch: `accumulation_` micro-batches of `micro_` examples.
   const int64_t first = world_.rank() * accumulation_ * micro_;
   at::Tensor local = at::zeros({2}, at::kDouble);  // loss sum, input tokens
@@ -290,7 +301,7 @@ void Trainer::TrainStep(int64_t step) {
     local[1] += static_cast<double>(micro_batch.input_tokens);
   }
   double grad_norm = engine_->FinishGradients() / loss_scale_;
-  AllReduceSumNow(world_, local, CollectiveTag{"loss", step});
+  AllReduceSumNow(world_, local, CollectiveTag{"loss", step + 1});
 
   bool update = targets > 0;
   if (!std::isfinite(grad_norm)) {

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Multi-rank jobs as a user runs them: `shardtune train --np N` through mpirun, a rank that hangs
+# (the others fail within the collective timeout, naming rank, collective, bucket and step), and
+# a rank killed with -9 (the whole job ends, non-zero, promptly).
+# Usage: mpi_test.sh BUILD_BIN_DIR SOURCE_DIR
+set -uo pipefail
+bin=$1
+src=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+failures=0
+checks=0
+pass() { checks=$((checks + 1)); echo "ok: $1"; }
+fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAILED: $1"; }
+expect_contains() { if grep -qF -- "$3" <<<"$2"; then pass "$1"; else fail "$1: '$3' not in: $2"; fi; }
+
+"$bin/shardtune" init-model --config "$src/examples/tiny-llama/config.json" --out "$work/base" --seed 2 --log-level warn
+awk 'BEGIN { srand(5); for (n = 0; n < 64; n++) { s = 3 + int(rand() * 61); l = "{\"input_ids\": [1";
+             for (i = 0; i < 16; i++) l = l ", " (3 + (s - 3 + i) % 61); print l "]}" } }' > "$work/train.jsonl"
+write_job() {  # name stage steps timeout
+  cat > "$work/$1.yaml" <<YAML
+name: $1
+model: {path: base}
+data: {train: train.jsonl, format: tokens, max_seq_len: 64}
+training: {max_steps: $3, micro_batch_size: 2, global_batch_size: 4}
+sharding: {zero_stage: $2, collective_timeout_s: $4}
+output: {dir: runs/$1}
+YAML
+}
+
+# 1. Two ranks at stage 3 through `shardtune train --np 2`.
+write_job two 3 4 60
+out=$("$bin/shardtune" train "$work/two.yaml" --np 2 2>&1)
+if [ $? -eq 0 ]; then pass "train --np 2 exits 0"; else fail "train --np 2 failed: $out"; fi
+expect_contains "the plan names the ranks and the stage" "$out" "plan: 2 ranks, ZeRO stage 3"
+expect_contains "the memory breakdown is printed" "$out" "memory per rank: parameters"
+if [ -f "$work/runs/two/final/model.safetensors" ] && [ -f "$work/runs/two/logs/rank-00001.log" ]; then
+  pass "export and per-rank logs"; else fail "missing final/ or rank 1's log"; fi
+
+# 2. Rank 1 hangs before step 2: rank 0's collective times out and takes the job down.
+write_job stall 2 6 3
+start=$(date +%s)
+out=$(SHARDTUNE_TEST_STALL=1:2 "$bin/shardtune" train "$work/stall.yaml" --np 2 2>&1)
+code=$?
+elapsed=$(( $(date +%s) - start ))
+if [ $code -ne 0 ]; then pass "a hung rank fails the job (exit $code)"; else fail "a hung rank did not fail the job"; fi
+if [ $elapsed -lt 60 ]; then pass "ended in ${elapsed}s"; else fail "took ${elapsed}s for a 3 s timeout"; fi
+expect_contains "the timeout names rank, collective, bucket and step" "$out" "rank 0: reduce_scatter of head in shard group 0 at step 2"
+expect_contains "the timeout names the step and the limit" "$out" "at step 2"
+expect_contains "the timeout says what happened" "$out" "did not complete within the collective timeout of 3 s"
+
+# 3. kill -9 of one rank mid-training ends the whole job, non-zero.
+write_job killed 0 100000 30
+"$bin/shardtune" train "$work/killed.yaml" --np 2 > "$work/killed.log" 2>&1 &
+launcher=$!
+for _ in $(seq 1 300); do [ -f "$work/runs/killed/metrics.jsonl" ] && [ "$(wc -l < "$work/runs/killed/metrics.jsonl")" -ge 3 ] && break; sleep 0.1; done
+victim=$(pgrep -f "shardtune-worker $work/killed.yaml" | tail -n 1)
+start=$(date +%s)
+kill -9 "$victim"
+wait "$launcher"
+code=$?
+elapsed=$(( $(date +%s) - start ))
+if [ $code -ne 0 ]; then pass "job with a killed rank exits non-zero ($code)"; else fail "job with a killed rank exited 0"; fi
+if [ $elapsed -lt 30 ]; then pass "the other rank ended within ${elapsed}s"; else fail "took ${elapsed}s"; fi
+if pgrep -f "shardtune-worker $work/killed.yaml" > /dev/null; then fail "a rank outlived the job"; pkill -9 -f "$work/killed.yaml"; else pass "no rank left behind"; fi
+
+echo "$((checks - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
