@@ -1,0 +1,170 @@
+#include "sharding/comm/nccl_communicator.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+namespace shardtune {
+
+namespace {
+
+// The statement, file:line and the library's own message.
+#define ST_CUDA_CHECK(stmt)                                                                                  \
+  do {                                                                                                       \
+    const cudaError_t st_err = (stmt);                                                                       \
+    if (st_err != cudaSuccess)                                                                               \
+      Fail(ErrorCode::kInternal, "{} failed at {}:{}: {}", #stmt, __FILE__, __LINE__, cudaGetErrorString(st_err)); \
+  } while (0)
+
+#define ST_NCCL_CHECK(stmt)                                                                                  \
+  do {                                                                                                       \
+    const ncclResult_t st_res = (stmt);                                                                      \
+    if (st_res != ncclSuccess)                                                                               \
+      throw CollectiveError(fmt::format("{} failed at {}:{}: {}", #stmt, __FILE__, __LINE__, ncclGetErrorString(st_res))); \
+  } while (0)
+
+ncclDataType_t NcclType(const at::Tensor& tensor) {
+  switch (tensor.scalar_type()) {
+    case at::kFloat: return ncclFloat32;
+    case at::kDouble: return ncclFloat64;
+    case at::kHalf: return ncclFloat16;
+    case at::kBFloat16: return ncclBfloat16;
+    case at::kLong: return ncclInt64;
+    default: Fail(ErrorCode::kInternal, "no NCCL type for {}", c10::toString(tensor.scalar_type()));
+  }
+}
+
+class NcclWork : public Work {
+ public:
+  NcclWork(ncclComm_t comm, cudaEvent_t done, double timeout_s, std::string what)
+      : comm_(comm), done_(done), timeout_s_(timeout_s), what_(std::move(what)) {}
+  ~NcclWork() override { cudaEventDestroy(done_); }
+
+  void Wait() override {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
+    for (;;) {
+      const cudaError_t state = cudaEventQuery(done_);
+      if (state == cudaSuccess) break;
+      if (state != cudaErrorNotReady) throw CollectiveError(fmt::format("{} failed: {}", what_, cudaGetErrorString(state)));
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &async);
+      if (async != ncclSuccess && async != ncclInProgress) {
+        throw CollectiveError(fmt::format("{} failed: {}", what_, ncclGetErrorString(async)));
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        ncclCommAbort(comm_);
+        throw CollectiveError(fmt::format("{} did not complete within the collective timeout of {} s", what_, timeout_s_));
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    ST_CUDA_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, done_, 0));
+  }
+
+ private:
+  ncclComm_t comm_;
+  cudaEvent_t done_;
+  double timeout_s_;
+  std::string what_;
+};
+
+class NcclCommunicator : public Communicator {
+ public:
+  NcclCommunicator(Communicator& bootstrap, double timeout_s, std::unique_ptr<Communicator> owned_bootstrap = nullptr)
+      : owned_bootstrap_(std::move(owned_bootstrap)), bootstrap_(bootstrap), timeout_s_(timeout_s) {
+    ncclUniqueId id;
+    if (bootstrap_.rank() == 0) ST_NCCL_CHECK(ncclGetUniqueId(&id));
+    // Broadcast as int64 words (the MPI backend has no byte type for collectives).
+    at::Tensor words = at::zeros({static_cast<int64_t>((sizeof(id) + 7) / 8)}, at::kLong);
+    std::memcpy(words.data_ptr(), &id, sizeof(id));
+    bootstrap_.Broadcast(words, 0, CollectiveTag{"nccl unique id"})->Wait();
+    std::memcpy(&id, words.data_ptr(), sizeof(id));
+    ST_NCCL_CHECK(ncclCommInitRank(&comm_, bootstrap_.size(), id, bootstrap_.rank()));
+    ST_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+  ~NcclCommunicator() override {
+    ncclCommDestroy(comm_);
+    cudaStreamDestroy(stream_);
+  }
+
+  int rank() const override { return bootstrap_.rank(); }
+  int size() const override { return bootstrap_.size(); }
+  int world_rank() const override { return bootstrap_.world_rank(); }
+  std::string name() const override { return bootstrap_.name(); }
+
+  std::unique_ptr<Work> AllReduceSum(at::Tensor& tensor, const CollectiveTag& tag) override {
+    CountSent(2 * (size() - 1) * static_cast<int64_t>(tensor.nbytes()) / size());
+    return Launch("all_reduce", tag, tensor, [&] {
+      return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), ncclSum, comm_, stream_);
+    });
+  }
+  std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
+    CountSent((size() - 1) * static_cast<int64_t>(output.nbytes()));
+    return Launch("reduce_scatter", tag, input, [&] {
+      return ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), NcclType(input), ncclSum, comm_, stream_);
+    });
+  }
+  std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
+    CountSent((size() - 1) * static_cast<int64_t>(input.nbytes()));
+    return Launch("all_gather", tag, output, [&] {
+      return ncclAllGather(input.data_ptr(), output.data_ptr(), input.numel(), NcclType(input), comm_, stream_);
+    });
+  }
+  std::unique_ptr<Work> Broadcast(at::Tensor& tensor, int root, const CollectiveTag& tag) override {
+    if (rank() == root) CountSent(static_cast<int64_t>(tensor.nbytes()));
+    return Launch("broadcast", tag, tensor, [&] {
+      return ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), root, comm_, stream_);
+    });
+  }
+  void Barrier(const CollectiveTag& tag) override {
+    at::Tensor one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+    AllReduceSum(one, tag)->Wait();
+    ST_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
+  }
+  std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) override {
+    auto bootstrap = bootstrap_.Split(color, key, name);
+    Communicator& ref = *bootstrap;
+    return std::make_unique<NcclCommunicator>(ref, timeout_s_, std::move(bootstrap));
+  }
+
+ private:
+  template <typename Call>
+  std::unique_ptr<Work> Launch(const char* op, const CollectiveTag& tag, const at::Tensor& tensor, Call call) {
+    ST_CHECK(tensor.is_cuda() && tensor.is_contiguous(), "{} needs a contiguous CUDA tensor", op);
+    const std::string what =
+        fmt::format("rank {}: {} of {} in {} at step {} ({} elements)", world_rank(), op, tag.bucket, name(), tag.step, tensor.numel());
+    // The collective reads what the compute stream has produced so far.
+    cudaEvent_t ready, done;
+    ST_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    ST_CUDA_CHECK(cudaEventRecord(ready, cudaStreamLegacy));
+    ST_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
+    cudaEventDestroy(ready);
+    const ncclResult_t result = call();
+    if (result != ncclSuccess) throw CollectiveError(fmt::format("{} failed: {}", what, ncclGetErrorString(result)));
+    ST_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    ST_CUDA_CHECK(cudaEventRecord(done, stream_));
+    return std::make_unique<NcclWork>(comm_, done, timeout_s_, what);
+  }
+
+  std::unique_ptr<Communicator> owned_bootstrap_;
+  Communicator& bootstrap_;
+  double timeout_s_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+};
+
+}  // namespace
+
+bool NcclAvailable() {
+  int devices = 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+}
+
+std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap, double timeout_s) {
+  if (!NcclAvailable()) Fail(ErrorCode::kFailedPrecondition, "NCCL needs a CUDA device, and this process sees none");
+  return std::make_unique<NcclCommunicator>(bootstrap, timeout_s);
+}
+
+}  // namespace shardtune
