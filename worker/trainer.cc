@@ -13,6 +13,7 @@
 #include "common/logging.h"
 #include "common/safetensors.h"
 #include "sharding/checkpoint.h"
+#include "sharding/loss_scale.h"
 #include "sharding/lr_schedule.h"
 #include "sharding/unit_function.h"
 #include "sharding/zero_engine.h"
@@ -27,9 +28,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-constexpr double kInitialFp16LossScale = 65536.0;
-constexpr int64_t kLossScaleGrowthInterval = 2000;  // steps without overflow before doubling
 
 // What this build trains; everything else in the spec is valid but lands in later work.
 void CheckSupported(const JobSpec& spec) {
@@ -46,6 +44,9 @@ void CheckSupported(const JobSpec& spec) {
     unsupported(fmt::format("model.task '{}' (supported: causal_lm)", ToString(spec.model.task)));
   }
   if (spec.data.packing) unsupported("data.packing: true");
+  if (spec.model.dtype == ComputeDType::kFp16) {
+    unsupported("model.dtype fp16 on CPU (LibTorch's CPU kernels have no fp16 matrix products; use bf16)");
+  }
   if (spec.sharding.backend == CommBackend::kNccl) unsupported("sharding.backend: nccl on CPU tensors");
 }
 
@@ -85,7 +86,8 @@ class Trainer {
         output_dir_(spec.output.dir),
         config_(LlamaConfig::Load(spec.model.path)),
         blocks_(config_),
-        compute_dtype_(ToScalarType(spec.model.dtype)) {}
+        compute_dtype_(ToScalarType(spec.model.dtype)),
+        loss_scale_(spec.model.dtype == ComputeDType::kFp16) {}
 
   TrainingSummary Run();
 
@@ -120,8 +122,7 @@ class Trainer {
   int64_t total_steps_ = 0;
   int64_t step_ = 0;
   int64_t tokens_ = 0;
-  double loss_scale_ = 1.0;
-  int64_t steps_since_overflow_ = 0;
+  DynamicLossScale loss_scale_{false};
   int64_t cached_epoch_ = -1;
   std::vector<int64_t> epoch_order_;
   std::unique_ptr<MetricsLog> metrics_;
@@ -218,13 +219,12 @@ void Trainer::Prepare() {
     engine_->LoadShards(latest->string());
     step_ = state.step;
     tokens_ = state.tokens;
-    loss_scale_ = state.loss_scale;
+    loss_scale_.set_scale(state.loss_scale);
     summary_.resumed_from_step = step_;
     if (rank0_) spdlog::info("resuming from {} (step {})", latest->string(), step_);
   } else {
     const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(spec_.model.path);
     engine_->LoadWeights([&](const ParameterSpec& parameter) { return ReadHfTensor(weights, spec_.model.path, parameter); });
-    loss_scale_ = spec_.model.dtype == ComputeDType::kFp16 ? kInitialFp16LossScale : 1.0;
   }
   if (rank0_) {
     metrics_ = std::make_unique<MetricsLog>(output_dir_ / "metrics.jsonl", step_);
@@ -296,24 +296,20 @@ void Trainer::TrainStep(int64_t step) {
     const LossSum loss = CausalLmLossSum(Forward(micro_batch), micro_batch.labels);
     // The loss is the mean over every target token of the global batch: each micro-batch on
     // each rank contributes its sum divided by the global count, and ranks sum gradients.
-    if (targets > 0) (loss.sum * (loss_scale_ / static_cast<double>(targets))).backward();
+    if (targets > 0) (loss.sum * (loss_scale_.scale() / static_cast<double>(targets))).backward();
     local[0] += loss.sum.item<double>();
     local[1] += static_cast<double>(micro_batch.input_tokens);
   }
-  double grad_norm = engine_->FinishGradients() / loss_scale_;
+  const double scale = loss_scale_.scale();
+  const double grad_norm = engine_->FinishGradients() / scale;
   AllReduceSumNow(world_, local, CollectiveTag{"loss", step + 1});
 
   bool update = targets > 0;
-  if (!std::isfinite(grad_norm)) {
-    // fp16 overflow (the norm is global, so every rank sees it): skip, lower the scale.
+  if (!loss_scale_.Update(grad_norm * scale)) {
     update = false;
-    if (rank0_) spdlog::warn("step {}: gradient overflow at loss scale {}; step skipped", step + 1, loss_scale_);
-    loss_scale_ = std::max(1.0, loss_scale_ / 2);
-    steps_since_overflow_ = 0;
-  } else if (spec_.model.dtype == ComputeDType::kFp16 && ++steps_since_overflow_ % kLossScaleGrowthInterval == 0) {
-    loss_scale_ *= 2;
+    if (rank0_) spdlog::warn("step {}: gradient overflow at loss scale {}; step skipped", step + 1, scale);
   }
-  double grad_scale = 1.0 / loss_scale_;
+  double grad_scale = 1.0 / scale;
   if (spec_.training.grad_clip > 0 && grad_norm > spec_.training.grad_clip) {
     grad_scale *= spec_.training.grad_clip / (grad_norm + 1e-6);
   }
@@ -397,7 +393,7 @@ void Trainer::Checkpoint(int64_t step) {
   engine_->SaveShards(staging.string());
   Barrier("checkpoint shards");
   if (rank0_) {
-    WriteTrainerState(staging, TrainerState{step, tokens_, spec_.training.seed, loss_scale_, total_steps_});
+    WriteTrainerState(staging, TrainerState{step, tokens_, spec_.training.seed, loss_scale_.scale(), total_steps_});
     fs::remove_all(dir);
     RenameDirectoryAtomic(staging, dir);
     PruneCheckpoints(checkpoints, spec_.output.keep_checkpoints);

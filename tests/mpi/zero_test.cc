@@ -140,6 +140,57 @@ TEST_F(ZeroTest, HybridShardingEqualsTheSingleProcessRun) {
   }
 }
 
+TEST_F(ZeroTest, CheckpointingPrefetchAndPersistenceChangeNothing) {
+  const int n = World().size();
+  const std::string model = (*dir_ / "tiny").string(), data = (*dir_ / "tiny.jsonl").string();
+  const fs::path reference = Reference(model, data, 2, 2 * n);
+  struct Variant {
+    std::string name;
+    int stage;
+    bool checkpointing;
+    int64_t prefetch, persistence;
+  };
+  // The tiny model's layer units hold ~9.3k elements, its embedding and head ~1.6k.
+  for (const Variant& v : {Variant{"ckpt-s0", 0, true, 1, 0}, Variant{"ckpt-s2", 2, true, 1, 0},
+                           Variant{"s3-noprefetch", 3, false, 0, 0}, Variant{"s3-prefetch2", 3, false, 2, 0},
+                           Variant{"s3-persistent", 3, false, 1, 5000}}) {
+    SCOPED_TRACE(v.name);
+    JobSpec spec = Spec(model, data, (*dir_ / v.name).string(), v.stage, 2, 2 * n);
+    spec.training.activation_checkpointing = v.checkpointing;
+    spec.sharding.prefetch_layers = v.prefetch;
+    spec.sharding.persistence_threshold = v.persistence;
+    RunTraining(spec, World());
+    World().Barrier(CollectiveTag{"compare"});
+    ExpectSameRun(*dir_ / v.name, reference);
+  }
+}
+
+TEST_F(ZeroTest, Bf16TrainingTracksTheSingleProcessBf16Run) {
+  const int n = World().size();
+  const std::string model = (*dir_ / "tiny").string(), data = (*dir_ / "tiny.jsonl").string();
+  const std::string reference = "ref-bf16";
+  if (World().rank() == 0) {
+    JobSpec spec = Spec(model, data, reference, 0, 2, 2 * n);
+    spec.model.dtype = ComputeDType::kBf16;
+    RunTraining(spec);
+  }
+  World().Barrier(CollectiveTag{"reference"});
+  JobSpec spec = Spec(model, data, (*dir_ / "bf16-s3").string(), 3, 2, 2 * n);
+  spec.model.dtype = ComputeDType::kBf16;
+  RunTraining(spec, World());
+  World().Barrier(CollectiveTag{"compare"});
+  const auto a = Metrics(*dir_ / "bf16-s3"), b = Metrics(*dir_ / reference);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].contains("loss")) EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 1.6e-2 * 4) << i;
+  }
+  // The export is bf16, as trained.
+  if (World().rank() == 0) {
+    const auto file = SafetensorsFile::Open(*dir_ / "bf16-s3" / "final" / "model.safetensors");
+    EXPECT_EQ(file->Find("model.norm.weight")->dtype, DType::kBF16);
+  }
+}
+
 TEST_F(ZeroTest, MemoryAndTrafficPerRankFollowTheStage) {
   const int n = World().size();
   const std::string model = (*dir_ / "tiny").string(), data = (*dir_ / "tiny.jsonl").string();

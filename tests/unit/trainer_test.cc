@@ -9,6 +9,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "sharding/adamw.h"
+#include "sharding/loss_scale.h"
 #include "sharding/lr_schedule.h"
 #include "tiny_models.h"
 #include "worker/data/token_dataset.h"
@@ -282,6 +283,29 @@ TEST(AdamW, FollowsTheReferenceArithmeticAndSkipsDecayWhereTold) {
   }
   for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(params[i].item<double>(), p[i], 1e-6) << i;
   EXPECT_EQ(optimizer.step(), 3);
+}
+
+}  // namespace
+}  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+TEST(DynamicLossScale, SkipsOverflowsHalvesAndGrows) {
+  DynamicLossScale scale(/*enabled=*/true, /*initial=*/1024, /*growth_interval=*/3);
+  EXPECT_FALSE(scale.Update(std::numeric_limits<double>::infinity()));
+  EXPECT_EQ(scale.scale(), 512);
+  EXPECT_FALSE(scale.Update(std::nan("")));
+  EXPECT_EQ(scale.scale(), 256);
+  EXPECT_TRUE(scale.Update(10.0));
+  EXPECT_TRUE(scale.Update(10.0));
+  EXPECT_EQ(scale.scale(), 256);
+  EXPECT_TRUE(scale.Update(10.0));  // the third clean step in a row
+  EXPECT_EQ(scale.scale(), 512);
+  DynamicLossScale off(/*enabled=*/false);
+  EXPECT_EQ(off.scale(), 1);
+  EXPECT_FALSE(off.Update(std::numeric_limits<double>::infinity()));  // a NaN gradient never steps
+  EXPECT_EQ(off.scale(), 1);
 }
 
 }  // namespace
