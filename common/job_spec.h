@@ -69,8 +69,8 @@ struct TrainingSpec {
   SchedulerSpec scheduler;
   double grad_clip = 1.0;  // global L2 norm; 0 disables clipping
   uint64_t seed = 42;
-  int64_t eval_every = 0;  // steps between validations; 0: only after the last step
-  int64_t log_every = 1;   // steps between metrics.jsonl lines
+  int64_t eval_every = 0;                 // steps between validations; 0: only after the last step
+  int64_t log_every = 1;                  // steps between metrics.jsonl lines
   bool activation_checkpointing = false;  // recompute each layer in backward (always at ZeRO-3)
 };
 

@@ -328,8 +328,11 @@ std::string EncodeHeader(const std::vector<TensorMeta>& tensors, const std::map<
   uint64_t offset = 0;
   std::set<std::string> names;
   for (const auto& tensor : tensors) {
-    if (!names.insert(tensor.name).second) Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' given twice", where, tensor.name);
-    header[tensor.name] = {{"dtype", DTypeName(tensor.dtype)}, {"shape", tensor.shape}, {"data_offsets", {offset, offset + tensor.nbytes()}}};
+    if (!names.insert(tensor.name).second)
+      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' given twice", where, tensor.name);
+    header[tensor.name] = {{"dtype", DTypeName(tensor.dtype)},
+                           {"shape", tensor.shape},
+                           {"data_offsets", {offset, offset + tensor.nbytes()}}};
     offset += tensor.nbytes();
   }
   std::string text = header.dump();
@@ -347,8 +350,8 @@ void WriteSafetensors(const fs::path& path, const std::vector<TensorBytes>& tens
   for (const auto& tensor : tensors) {
     metas.push_back(TensorMeta{tensor.name, tensor.dtype, tensor.shape});
     if (metas.back().nbytes() != tensor.nbytes) {
-      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has {} bytes but its shape needs {}", path.string(), tensor.name,
-           tensor.nbytes, metas.back().nbytes());
+      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has {} bytes but its shape needs {}", path.string(),
+           tensor.name, tensor.nbytes, metas.back().nbytes());
     }
   }
   const std::string header = EncodeHeader(metas, metadata, path.string());
@@ -378,7 +381,8 @@ SafetensorsModelWriter::SafetensorsModelWriter(fs::path dir, std::vector<TensorM
   uint64_t shard_bytes = 0;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     if (tensors_[i].nbytes() == 0) {
-      Fail(ErrorCode::kInvalidArgument, "{}: refusing to export tensor '{}' with no elements", dir_.string(), tensors_[i].name);
+      Fail(ErrorCode::kInvalidArgument, "{}: refusing to export tensor '{}' with no elements", dir_.string(),
+           tensors_[i].name);
     }
     if (shards_.empty() || (shard_bytes > 0 && shard_bytes + tensors_[i].nbytes() > max_shard_bytes)) {
       shards_.emplace_back();
@@ -389,8 +393,9 @@ SafetensorsModelWriter::SafetensorsModelWriter(fs::path dir, std::vector<TensorM
     shard_bytes += tensors_[i].nbytes();
   }
   for (size_t k = 0; k < shards_.size(); ++k) {
-    shards_[k].file_name = shards_.size() == 1 ? "model.safetensors"
-                                               : fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, shards_.size());
+    shards_[k].file_name = shards_.size() == 1
+                               ? "model.safetensors"
+                               : fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, shards_.size());
   }
 }
 
@@ -405,8 +410,10 @@ void SafetensorsModelWriter::OpenShard(size_t k) {
 }
 
 void SafetensorsModelWriter::Append(const std::string& name, const void* data, size_t nbytes) {
-  ST_CHECK(next_ < tensors_.size() && tensors_[next_].name == name, "tensor '{}' appended out of the declared order", name);
-  ST_CHECK(nbytes == tensors_[next_].nbytes(), "tensor '{}' has {} bytes, declared {}", name, nbytes, tensors_[next_].nbytes());
+  ST_CHECK(next_ < tensors_.size() && tensors_[next_].name == name, "tensor '{}' appended out of the declared order",
+           name);
+  ST_CHECK(nbytes == tensors_[next_].nbytes(), "tensor '{}' has {} bytes, declared {}", name, nbytes,
+           tensors_[next_].nbytes());
   size_t k = 0;
   while (shards_[k].end <= next_) ++k;
   if (!shards_[k].writer) OpenShard(k);

@@ -6,10 +6,10 @@
 
 namespace shardtune {
 
-AdamW::AdamW(const OptimizerSpec& spec, int64_t numel, std::vector<DecayRange> decay)
+AdamW::AdamW(const OptimizerSpec& spec, int64_t numel, std::vector<DecayRange> decay, at::Device device)
     : spec_(spec), decay_(std::move(decay)) {
-  exp_avg_ = at::zeros({numel}, at::kFloat);
-  exp_avg_sq_ = at::zeros({numel}, at::kFloat);
+  exp_avg_ = at::zeros({numel}, at::TensorOptions().dtype(at::kFloat).device(device));
+  exp_avg_sq_ = at::zeros({numel}, at::TensorOptions().dtype(at::kFloat).device(device));
 }
 
 void AdamW::Step(at::Tensor& params, const at::Tensor& grads, double lr) {

@@ -24,7 +24,7 @@ struct DecayRange {
 class AdamW {
  public:
   // `numel`: elements in the optimized range; `decay`: the sub-ranges that get weight decay.
-  AdamW(const OptimizerSpec& spec, int64_t numel, std::vector<DecayRange> decay);
+  AdamW(const OptimizerSpec& spec, int64_t numel, std::vector<DecayRange> decay, at::Device device = at::kCPU);
 
   // One update of `params` (numel,) from `grads` (numel,) at learning rate `lr`.
   void Step(at::Tensor& params, const at::Tensor& grads, double lr);

@@ -55,9 +55,11 @@ void ZeroEngine::SaveShards(const std::string& dir) {
   const bool stage0 = config_.stage == 0;
   const bool writer = stage0 ? groups_.world->rank() == 0 : groups_.replica->rank() == 0;
   if (writer) {
+    // Host copies (no-ops on CPU) of what this rank holds.
+    const at::Tensor values = master_.cpu(), exp_avg = optimizer_->exp_avg().cpu(),
+                     exp_avg_sq = optimizer_->exp_avg_sq().cpu();
     WriteSafetensors(fs::path(dir) / RankFile(groups_.world->rank()),
-                     {Bytes("values", master_), Bytes("exp_avg", optimizer_->exp_avg()),
-                      Bytes("exp_avg_sq", optimizer_->exp_avg_sq())},
+                     {Bytes("values", values), Bytes("exp_avg", exp_avg), Bytes("exp_avg_sq", exp_avg_sq)},
                      {{"format", kFormatName}});
   }
   if (groups_.world->rank() != 0) return;
@@ -69,7 +71,8 @@ void ZeroEngine::SaveShards(const std::string& dir) {
     int64_t local = 0;
     for (size_t u = 0; u < layout_.units.size(); ++u) {
       const UnitLayout& unit = layout_.units[u];
-      ranges.push_back({{"unit", u}, {"begin", shard * unit.shard_size}, {"size", unit.shard_size}, {"local_offset", local}});
+      ranges.push_back(
+          {{"unit", u}, {"begin", shard * unit.shard_size}, {"size", unit.shard_size}, {"local_offset", local}});
       local += unit.shard_size;
     }
     files.push_back({{"file", RankFile(shard)}, {"rank", shard}, {"elements", local}, {"ranges", ranges}});
@@ -96,7 +99,8 @@ void ZeroEngine::LoadShards(const std::string& dir) {
     Fail(ErrorCode::kDataLoss, "{}: not valid JSON: {}", index_path.string(), e.what());
   }
   if (index.value("format", "") != kFormatName || index.value("version", 0) != kFormatVersion) {
-    Fail(ErrorCode::kDataLoss, "{}: not a shardtune checkpoint of format version {}", index_path.string(), kFormatVersion);
+    Fail(ErrorCode::kDataLoss, "{}: not a shardtune checkpoint of format version {}", index_path.string(),
+         kFormatVersion);
   }
   const json expected = LayoutJson(layout_);
   const json& actual = index.at("units");
@@ -105,24 +109,23 @@ void ZeroEngine::LoadShards(const std::string& dir) {
       const std::string have = u < actual.size() ? actual[u].dump() : "nothing";
       const std::string want = u < expected.size() ? expected[u].dump() : "nothing";
       if (have != want) {
-        Fail(ErrorCode::kFailedPrecondition, "{}: unit {} of the checkpoint is {} but this model's is {}", index_path.string(), u,
-             have.substr(0, 300), want.substr(0, 300));
+        Fail(ErrorCode::kFailedPrecondition, "{}: unit {} of the checkpoint is {} but this model's is {}",
+             index_path.string(), u, have.substr(0, 300), want.substr(0, 300));
       }
     }
   }
 
   at::NoGradGuard no_grad;
-  master_.zero_();
-  optimizer_->exp_avg().zero_();
-  optimizer_->exp_avg_sq().zero_();
+  // Assembled on the host, then moved to where the engine keeps them.
+  at::Tensor host[3] = {at::zeros({master_.numel()}, at::kFloat), at::zeros({master_.numel()}, at::kFloat),
+                        at::zeros({master_.numel()}, at::kFloat)};
   std::vector<int64_t> covered(units_.size(), 0);
   for (const json& entry : index.at("files")) {
     const auto file = SafetensorsFile::Open(fs::path(dir) / entry.at("file").get<std::string>());
     const int64_t elements = entry.at("elements").get<int64_t>();
     const float* sources[3] = {TensorData(*file, "values", elements), TensorData(*file, "exp_avg", elements),
                                TensorData(*file, "exp_avg_sq", elements)};
-    float* destinations[3] = {master_.data_ptr<float>(), optimizer_->exp_avg().data_ptr<float>(),
-                              optimizer_->exp_avg_sq().data_ptr<float>()};
+    float* destinations[3] = {host[0].data_ptr<float>(), host[1].data_ptr<float>(), host[2].data_ptr<float>()};
     for (const json& range : entry.at("ranges")) {
       const auto u = range.at("unit").get<size_t>();
       ST_CHECK(u < units_.size(), "checkpoint range names unit {}", u);
@@ -131,24 +134,28 @@ void ZeroEngine::LoadShards(const std::string& dir) {
       const int64_t file_local = range.at("local_offset").get<int64_t>();
       // The overlap of what the file holds with what this rank needs, inside the real elements.
       const int64_t begin = std::max(file_begin, unit.shard_begin);
-      const int64_t end = std::min({file_begin + range.at("size").get<int64_t>(), unit.shard_begin + unit.shard_size,
-                                    unit.layout->numel});
+      const int64_t end = std::min(
+          {file_begin + range.at("size").get<int64_t>(), unit.shard_begin + unit.shard_size, unit.layout->numel});
       if (begin >= end) continue;
       for (int k = 0; k < 3; ++k) {
-        std::memcpy(destinations[k] + unit.local_offset + (begin - unit.shard_begin), sources[k] + file_local + (begin - file_begin),
-                    static_cast<size_t>(end - begin) * sizeof(float));
+        std::memcpy(destinations[k] + unit.local_offset + (begin - unit.shard_begin),
+                    sources[k] + file_local + (begin - file_begin), static_cast<size_t>(end - begin) * sizeof(float));
       }
       covered[u] += end - begin;
     }
   }
   for (size_t u = 0; u < units_.size(); ++u) {
     const Unit& unit = *units_[u];
-    const int64_t needed = std::max<int64_t>(0, std::min(unit.shard_begin + unit.shard_size, unit.layout->numel) - unit.shard_begin);
+    const int64_t needed =
+        std::max<int64_t>(0, std::min(unit.shard_begin + unit.shard_size, unit.layout->numel) - unit.shard_begin);
     if (covered[u] != needed) {
-      Fail(ErrorCode::kDataLoss, "{}: the files cover {} of the {} elements of unit '{}' this rank needs", index_path.string(),
-           covered[u], needed, unit.layout->name);
+      Fail(ErrorCode::kDataLoss, "{}: the files cover {} of the {} elements of unit '{}' this rank needs",
+           index_path.string(), covered[u], needed, unit.layout->name);
     }
   }
+  master_.copy_(host[0]);
+  optimizer_->exp_avg().copy_(host[1]);
+  optimizer_->exp_avg_sq().copy_(host[2]);
   optimizer_->set_step(index.at("optimizer_step").get<int64_t>());
   DropGathered();
   PublishParameters();

@@ -1,11 +1,11 @@
 #include "sharding/zero_engine.h"
-#include "sharding/zero_engine_internal.h"
 
 #include <spdlog/spdlog.h>
 
 #include <cmath>
 
 #include "common/error.h"
+#include "sharding/zero_engine_internal.h"
 
 namespace shardtune {
 
@@ -32,8 +32,8 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   const int shard_count = config.stage == 0 ? 1 : groups.shard->size();
   const int shard_rank = config.stage == 0 ? 0 : groups.shard->rank();
   layout_ = PlanLayout(units, shard_count);
-  master_ = at::zeros({layout_.shard_total()}, at::kFloat);
-  grad_local_ = at::zeros({layout_.shard_total()}, at::kFloat);
+  master_ = at::zeros({layout_.shard_total()}, Options(at::kFloat));
+  grad_local_ = at::zeros({layout_.shard_total()}, Options(at::kFloat));
 
   std::vector<DecayRange> decay;
   int64_t local = 0;
@@ -55,26 +55,27 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
     const bool fp32 = config.compute_dtype == at::kFloat;
     switch (config.stage) {
       case 0:
-        unit->full = fp32 ? unit->MasterSlice(master_) : at::zeros({l.padded}, config.compute_dtype);
+        unit->full = fp32 ? unit->MasterSlice(master_) : at::zeros({l.padded}, Options(config.compute_dtype));
         unit->full_grad = grad_local_.narrow(0, local, l.padded);
         break;
       case 1:
-        unit->full = at::zeros({l.padded}, config.compute_dtype);
-        unit->full_grad = at::zeros({l.padded}, at::kFloat);
+        unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
+        unit->full_grad = at::zeros({l.padded}, Options(at::kFloat));
         break;
       case 2:
-        unit->full = at::zeros({l.padded}, config.compute_dtype);
+        unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
         break;
       default:
-        unit->param_shard = fp32 ? unit->MasterSlice(master_) : at::zeros({l.shard_size}, config.compute_dtype);
+        unit->param_shard =
+            fp32 ? unit->MasterSlice(master_) : at::zeros({l.shard_size}, Options(config.compute_dtype));
         unit->persistent = l.numel < config.persistence_threshold;
-        if (unit->persistent) unit->full = at::zeros({l.padded}, config.compute_dtype);
+        if (unit->persistent) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
         break;
     }
     local += l.shard_size;
     units_.push_back(std::move(unit));
   }
-  optimizer_ = std::make_unique<AdamW>(config.optimizer, layout_.shard_total(), std::move(decay));
+  optimizer_ = std::make_unique<AdamW>(config.optimizer, layout_.shard_total(), std::move(decay), config.device);
 }
 
 ZeroEngine::~ZeroEngine() = default;
@@ -90,8 +91,10 @@ CollectiveTag ZeroEngine::Tag(int u) const { return CollectiveTag{layout_.units[
 void ZeroEngine::LoadWeights(const std::function<at::Tensor(const ParameterSpec&)>& source) {
   at::NoGradGuard no_grad;
   for (auto& unit : units_) {
-    at::Tensor whole = at::zeros({unit->layout->padded}, at::kFloat);
-    for (const auto& p : unit->layout->parameters) whole.narrow(0, p.offset, p.numel).copy_(source(p.spec).reshape({-1}));
+    at::Tensor whole = at::zeros({unit->layout->padded}, Options(at::kFloat));
+    for (const auto& p : unit->layout->parameters) {
+      whole.narrow(0, p.offset, p.numel).copy_(source(p.spec).reshape({-1}));
+    }
     unit->MasterSlice(master_).copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
     if (unit->full.defined() && !unit->full.is_same(unit->MasterSlice(master_))) unit->full.copy_(whole);
     if (unit->param_shard.defined() && !unit->param_shard.is_same(unit->MasterSlice(master_))) {
@@ -117,7 +120,7 @@ void ZeroEngine::BeginMicroBatch(bool last) {
 void ZeroEngine::Gather(int u) {
   Unit& unit = *units_[u];
   if (unit.full.defined() || unit.gather) return;
-  unit.full = at::empty({unit.layout->padded}, config_.compute_dtype);
+  unit.full = at::empty({unit.layout->padded}, Options(config_.compute_dtype));
   unit.gather = groups_.shard->AllGather(unit.param_shard, unit.full, Tag(u));
 }
 
@@ -173,7 +176,7 @@ void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameter
     const at::Tensor& grad = grads[i++];
     if (!grad.defined()) continue;
     Unit& unit = *units_[UnitOf(name)];
-    if (!unit.full_grad.defined()) unit.full_grad = at::zeros({unit.layout->padded}, at::kFloat);
+    if (!unit.full_grad.defined()) unit.full_grad = at::zeros({unit.layout->padded}, Options(at::kFloat));
     for (const auto& p : unit.layout->parameters) {
       if (p.spec.name == name) {
         unit.full_grad.narrow(0, p.offset, p.numel).add_(grad.reshape({-1}).to(at::kFloat));
@@ -198,7 +201,7 @@ void ZeroEngine::IssueReduction(int u) {
     pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
   } else {
     // Reduce this micro-batch's gradient now and free the whole-unit buffer; the shard adds up.
-    at::Tensor out = at::empty({unit.shard_size}, at::kFloat);
+    at::Tensor out = at::empty({unit.shard_size}, Options(at::kFloat));
     pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
     pending->keep_alive = {unit.full_grad, out};
     at::Tensor destination = unit.MasterSlice(grad_local_);
@@ -214,13 +217,14 @@ double ZeroEngine::FinishGradients() {
     if (pending->then) pending->then();
   }
   pending_.clear();
-  for (auto& unit : units_) ST_CHECK(unit->uses == 0, "unit {} still waits for {} gradients", unit->layout->name, unit->uses);
+  for (auto& unit : units_)
+    ST_CHECK(unit->uses == 0, "unit {} still waits for {} gradients", unit->layout->name, unit->uses);
   if (config_.stage >= 1 && groups_.replica->size() > 1) {
     groups_.replica->AllReduceSum(grad_local_, CollectiveTag{"gradient shards", step_})->Wait();
   }
   double squares = std::pow(grad_local_.norm().item<double>(), 2);
   if (config_.stage >= 1 && groups_.shard->size() > 1) {
-    at::Tensor sum = at::full({1}, squares, at::kDouble);
+    at::Tensor sum = at::full({1}, squares, Options(at::kDouble));
     groups_.shard->AllReduceSum(sum, CollectiveTag{"gradient norm", step_})->Wait();
     squares = sum.item<double>();
   }
@@ -281,7 +285,7 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
       sink(*unit.layout, master);
       continue;
     }
-    at::Tensor whole = at::empty({unit.layout->padded}, at::kFloat);
+    at::Tensor whole = at::empty({unit.layout->padded}, Options(at::kFloat));
     groups_.shard->AllGather(master, whole, CollectiveTag{unit.layout->name + " (export)", step_})->Wait();
     sink(*unit.layout, whole);
   }

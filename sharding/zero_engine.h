@@ -56,6 +56,7 @@ struct ZeroConfig {
   int64_t persistence_threshold = 0;  // stage 3: units with fewer elements stay gathered
   int prefetch_units = 1;             // stage 3: units gathered ahead of use
   bool recompute = false;             // recompute each unit's forward in backward (activation checkpointing)
+  at::Device device = at::kCPU;       // where every buffer lives (the communicators' device)
 };
 
 // Bytes this rank holds, by kind (what metrics.jsonl reports and the planner predicts).
@@ -139,6 +140,9 @@ class ZeroEngine {
   void Gather(int u);
   void WaitGathered(int u);
   CollectiveTag Tag(int u) const;
+  at::TensorOptions Options(at::ScalarType dtype) const {
+    return at::TensorOptions().dtype(dtype).device(config_.device);
+  }
 
   ShardedLayout layout_;
   ZeroConfig config_;

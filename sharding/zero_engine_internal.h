@@ -14,10 +14,10 @@ struct ZeroEngine::Unit {
   int64_t local_offset = 0;  // into master_ and grad_local_
   int64_t shard_begin = 0;   // inside the unit
   int64_t shard_size = 0;
-  bool persistent = true;    // parameters stay gathered between uses
-  at::Tensor full;           // (padded,) compute dtype; undefined while released (stage 3)
-  at::Tensor param_shard;    // stage 3: (shard_size,) compute dtype, the all-gather's input
-  at::Tensor full_grad;      // (padded,) fp32: accumulated gradient before reduction
+  bool persistent = true;  // parameters stay gathered between uses
+  at::Tensor full;         // (padded,) compute dtype; undefined while released (stage 3)
+  at::Tensor param_shard;  // stage 3: (shard_size,) compute dtype, the all-gather's input
+  at::Tensor full_grad;    // (padded,) fp32: accumulated gradient before reduction
   std::unique_ptr<Work> gather;
   int uses = 0;
   int acquired = 0;

@@ -1,8 +1,7 @@
 #include "worker/entry.h"
 
-#include <spdlog/spdlog.h>
-
 #include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
 
 #include <thread>
 
@@ -10,6 +9,7 @@
 #include "common/job_spec.h"
 #include "common/logging.h"
 #include "sharding/comm/mpi_communicator.h"
+#include "sharding/comm/nccl_communicator.h"
 #include "worker/trainer.h"
 
 namespace shardtune {
@@ -24,6 +24,25 @@ void SetThreadsPerRank() {
   const int ranks = std::max(1, std::atoi(local_size));
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(std::max(1, cores / ranks));
+}
+
+// sharding.backend: an NCCL group on this rank's GPU when asked for, or when `auto` finds one;
+// nullptr to train on the CPU over `base` (MPI, or the single process).
+std::unique_ptr<Communicator> MaybeNccl(const JobSpec& spec, Communicator& base) {
+  const CommBackend backend = spec.sharding.backend;
+#ifdef SHARDTUNE_WITH_NCCL
+  const bool gpu = at::hasCUDA() && NcclAvailable();
+  if (backend == CommBackend::kNccl || (backend == CommBackend::kAuto && gpu)) {
+    if (!gpu) Fail(ErrorCode::kFailedPrecondition, "sharding.backend: nccl, but this process sees no CUDA device");
+    return MakeNcclCommunicator(base, spec.sharding.collective_timeout_s);
+  }
+#else
+  if (backend == CommBackend::kNccl) {
+    Fail(ErrorCode::kUnimplemented,
+         "sharding.backend: nccl, but this build has no NCCL (CUDA and NCCL were not found)");
+  }
+#endif
+  return nullptr;
 }
 
 }  // namespace
@@ -51,21 +70,24 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
   try {
     InitLogging(log_level, RankFromEnvironment());
     const JobSpec spec = LoadJobSpec(job_path);
-    std::unique_ptr<Communicator> world;
+    std::unique_ptr<Communicator> mpi_world;   // NCCL bootstraps over it, so it outlives `nccl_world`
+    std::unique_ptr<Communicator> nccl_world;  // set when training on GPUs
     if (MpiRuntime::LaunchedByMpi()) {
       mpi = std::make_unique<MpiRuntime>(nullptr, nullptr);
-      world = mpi->World(spec.sharding.collective_timeout_s);
-      world_size = world->size();
+      mpi_world = mpi->World(spec.sharding.collective_timeout_s);
+      world_size = mpi_world->size();
       SetThreadsPerRank();
     } else {
-      world = std::make_unique<SingleProcessCommunicator>();
+      mpi_world = std::make_unique<SingleProcessCommunicator>();
     }
-    const TrainingSummary summary = RunTraining(spec, *world);
-    if (world->rank() == 0) {
+    nccl_world = MaybeNccl(spec, *mpi_world);
+    const TrainingSummary summary = RunTraining(spec, nccl_world ? *nccl_world : *mpi_world);
+    if (mpi_world->rank() == 0) {
       spdlog::info("job '{}' finished: {} steps, last loss {:.4f}{}", spec.name, summary.steps, summary.last_loss,
                    summary.last_val_loss ? fmt::format(", val_loss {:.4f}", *summary.last_val_loss) : "");
     }
-    world.reset();
+    nccl_world.reset();
+    mpi_world.reset();
     mpi.reset();
     return kExitOk;
   } catch (const std::exception& e) {

@@ -5,8 +5,8 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -30,7 +30,7 @@ using nlohmann::json;
 namespace {
 
 // What this build trains; everything else in the spec is valid but lands in later work.
-void CheckSupported(const JobSpec& spec) {
+void CheckSupported(const JobSpec& spec, at::Device device) {
   auto unsupported = [](const std::string& what) {
     Fail(ErrorCode::kUnimplemented, "{} is not supported by this build yet", what);
   };
@@ -44,10 +44,12 @@ void CheckSupported(const JobSpec& spec) {
     unsupported(fmt::format("model.task '{}' (supported: causal_lm)", ToString(spec.model.task)));
   }
   if (spec.data.packing) unsupported("data.packing: true");
-  if (spec.model.dtype == ComputeDType::kFp16) {
+  if (spec.model.dtype == ComputeDType::kFp16 && device.is_cpu()) {
     unsupported("model.dtype fp16 on CPU (LibTorch's CPU kernels have no fp16 matrix products; use bf16)");
   }
-  if (spec.sharding.backend == CommBackend::kNccl) unsupported("sharding.backend: nccl on CPU tensors");
+  if (spec.sharding.offload_optimizer == OffloadTarget::kCpu && device.is_cuda()) {
+    unsupported("sharding.offload_optimizer: cpu with CUDA training");
+  }
 }
 
 // Appends one JSON object a line to metrics.jsonl, flushed at once so that tails see it.
@@ -87,6 +89,7 @@ class Trainer {
         config_(LlamaConfig::Load(spec.model.path)),
         blocks_(config_),
         compute_dtype_(ToScalarType(spec.model.dtype)),
+        device_(world.device()),
         loss_scale_(spec.model.dtype == ComputeDType::kFp16) {}
 
   TrainingSummary Run();
@@ -110,6 +113,7 @@ class Trainer {
   LlamaConfig config_;
   LlamaBlocks blocks_;
   at::ScalarType compute_dtype_;
+  at::Device device_;  // the world communicator's: the CPU under MPI, this rank's GPU under NCCL
   OwnedProcessGroups groups_;
   std::unique_ptr<ZeroEngine> engine_;
   std::vector<Example> train_;
@@ -135,8 +139,8 @@ void Trainer::LoadData() {
   TokenDataset train = ReadTokenDataset(spec_.data.train, data_options);
   train_ = std::move(train.examples);
   if (train.truncated > 0 && rank0_) {
-    spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", spec_.data.train, train.truncated,
-                 spec_.data.max_seq_len);
+    spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", spec_.data.train,
+                 train.truncated, spec_.data.max_seq_len);
   }
   if (!spec_.data.validation.empty()) {
     validation_ = ReadTokenDataset(spec_.data.validation, data_options).examples;
@@ -148,27 +152,29 @@ void Trainer::LoadData() {
                  config_.max_position_embeddings);
   }
   if (static_cast<int64_t>(train_.size()) < global_batch_) {
-    Fail(ErrorCode::kInvalidArgument, "{}: {} training examples are fewer than one global batch of {}", spec_.data.train,
-         train_.size(), global_batch_);
+    Fail(ErrorCode::kInvalidArgument, "{}: {} training examples are fewer than one global batch of {}",
+         spec_.data.train, train_.size(), global_batch_);
   }
   if (rank0_) spdlog::info("data: {} training examples, {} validation examples", train_.size(), validation_.size());
 }
 
 void Trainer::Prepare() {
-  CheckSupported(spec_);
+  CheckSupported(spec_, device_);
   ranks_ = world_.size();
-  if (spec_.training.global_batch_size > 0 && spec_.training.global_batch_size % (spec_.training.micro_batch_size * ranks_) != 0) {
+  if (spec_.training.global_batch_size > 0 &&
+      spec_.training.global_batch_size % (spec_.training.micro_batch_size * ranks_) != 0) {
     Fail(ErrorCode::kInvalidArgument,
          "training.global_batch_size {} is not divisible by micro_batch_size {} x data-parallel ranks {}",
          spec_.training.global_batch_size, spec_.training.micro_batch_size, ranks_);
   }
   if (spec_.sharding.shard_group_size > 0 && ranks_ % spec_.sharding.shard_group_size != 0) {
-    Fail(ErrorCode::kInvalidArgument, "sharding.shard_group_size {} does not divide the {} ranks", spec_.sharding.shard_group_size,
-         ranks_);
+    Fail(ErrorCode::kInvalidArgument, "sharding.shard_group_size {} does not divide the {} ranks",
+         spec_.sharding.shard_group_size, ranks_);
   }
   if (fs::exists(output_dir_ / "final")) {
     Fail(ErrorCode::kFailedPrecondition,
-         "{}: holds a finished run (final/); choose another output.dir, or move it away to train again", output_dir_.string());
+         "{}: holds a finished run (final/); choose another output.dir, or move it away to train again",
+         output_dir_.string());
   }
   micro_ = spec_.training.micro_batch_size;
   global_batch_ = spec_.GlobalBatchSize(ranks_);
@@ -191,17 +197,24 @@ void Trainer::Prepare() {
   zero.prefetch_units = static_cast<int>(spec_.sharding.prefetch_layers);
   // Stage 3 frees a unit's gathered parameters after its forward, so backward must recompute it.
   zero.recompute = spec_.training.activation_checkpointing || zero.stage == 3;
+  zero.device = device_;
   engine_ = std::make_unique<ZeroEngine>(LlamaUnits(config_), zero, groups_.groups);
 
   if (rank0_) {
     const MemoryAccount memory = engine_->memory();
     spdlog::info("model {}: {} {} layers, hidden {}, {} parameters", spec_.model.path, config_.model_type,
                  config_.num_hidden_layers, config_.hidden_size, engine_->layout().parameter_count());
-    spdlog::info("plan: {} ranks, ZeRO stage {}{}, {} steps ({} per epoch), global batch {} = micro-batch {} x {} ranks x "
-                 "accumulation {}",
-                 ranks_, zero.stage,
-                 groups_.groups.replica->size() > 1 ? fmt::format(" (hybrid: shard groups of {})", groups_.groups.shard->size()) : "",
-                 total_steps_, steps_per_epoch_, global_batch_, micro_, ranks_, accumulation_);
+    spdlog::info(
+        "plan: {} ranks, ZeRO stage {}{}, {} steps ({} per epoch), global batch {} = micro-batch {} x {} ranks x "
+        "accumulation {}",
+        ranks_, zero.stage,
+        groups_.groups.replica->size() > 1 ? fmt::format(" (hybrid: shard groups of {})", groups_.groups.shard->size())
+                                           : "",
+        total_steps_, steps_per_epoch_, global_batch_, micro_, ranks_, accumulation_);
+    spdlog::info("device: {}, backend: {}", device_.str(),
+                 device_.is_cuda()   ? "nccl"
+                 : world_.size() > 1 ? "mpi"
+                                     : "none");
     spdlog::info("memory per rank: parameters {:.2f} MiB, gradients {:.2f} MiB, optimizer state {:.2f} MiB",
                  memory.parameters / 1048576.0, memory.gradients / 1048576.0, memory.optimizer / 1048576.0);
     if (spec_.sharding.offload_optimizer == OffloadTarget::kCpu) {
@@ -213,8 +226,9 @@ void Trainer::Prepare() {
   if (const auto latest = LatestCheckpoint(checkpoints)) {
     const TrainerState state = ReadTrainerState(*latest);
     if (state.total_steps != total_steps_) {
-      Fail(ErrorCode::kFailedPrecondition, "{}: written by a run of {} steps, but this spec plans {}; resume with the same plan",
-           latest->string(), state.total_steps, total_steps_);
+      Fail(ErrorCode::kFailedPrecondition,
+           "{}: written by a run of {} steps, but this spec plans {}; resume with the same plan", latest->string(),
+           state.total_steps, total_steps_);
     }
     engine_->LoadShards(latest->string());
     step_ = state.step;
@@ -224,7 +238,8 @@ void Trainer::Prepare() {
     if (rank0_) spdlog::info("resuming from {} (step {})", latest->string(), step_);
   } else {
     const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(spec_.model.path);
-    engine_->LoadWeights([&](const ParameterSpec& parameter) { return ReadHfTensor(weights, spec_.model.path, parameter); });
+    engine_->LoadWeights(
+        [&](const ParameterSpec& parameter) { return ReadHfTensor(weights, spec_.model.path, parameter); });
   }
   if (rank0_) {
     metrics_ = std::make_unique<MetricsLog>(output_dir_ / "metrics.jsonl", step_);
@@ -246,16 +261,20 @@ std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
 
 at::Tensor Trainer::Forward(const Batch& batch) {
   const int64_t layers = config_.num_hidden_layers;
-  at::Tensor h = ApplyUnits(*engine_, {0}, batch.input_ids, [this](const at::Tensor& ids, const UnitParameters& p) {
-    return blocks_.Embed(ids, p("model.embed_tokens.weight"));
-  });
+  at::Tensor h =
+      ApplyUnits(*engine_, {0}, batch.input_ids.to(device_), [this](const at::Tensor& ids, const UnitParameters& p) {
+        return blocks_.Embed(ids, p("model.embed_tokens.weight"));
+      });
   // Captured by value: with recompute, a unit's computation runs again inside backward.
-  const Positions positions =
+  const Positions host =
       blocks_.PositionsFor(batch.input_ids.size(0), batch.input_ids.size(1), 0, batch.attention_mask, compute_dtype_);
+  const Positions positions{host.cos.to(device_), host.sin.to(device_), host.mask.to(device_)};
   for (int64_t i = 0; i < layers; ++i) {
-    h = ApplyUnits(*engine_, {static_cast<int>(1 + i)}, h, [this, i, positions](const at::Tensor& x, const UnitParameters& p) {
-      return blocks_.Layer(BindLlamaLayer(config_, i, [&p](const std::string& name) { return p(name); }), x, positions);
-    });
+    h = ApplyUnits(*engine_, {static_cast<int>(1 + i)}, h,
+                   [this, i, positions](const at::Tensor& x, const UnitParameters& p) {
+                     return blocks_.Layer(BindLlamaLayer(config_, i, [&p](const std::string& name) { return p(name); }),
+                                          x, positions);
+                   });
   }
   std::vector<int> head_units = {static_cast<int>(layers + 1)};
   if (config_.tie_word_embeddings) head_units.push_back(0);
@@ -288,16 +307,17 @@ void Trainer::TrainStep(int64_t step) {
   engine_->BeginStep(step + 1);  // collectives are tagged with the 1-based step, as in metrics
   // This rank's part of the global batch: `accumulation_` micro-batches of `micro_` examples.
   const int64_t first = world_.rank() * accumulation_ * micro_;
-  at::Tensor local = at::zeros({2}, at::kDouble);  // loss sum, input tokens
+  at::Tensor local = at::zeros({2}, at::TensorOptions().dtype(at::kDouble).device(device_));  // loss sum, input tokens
   for (int64_t a = 0; a < accumulation_; ++a) {
     engine_->BeginMicroBatch(a + 1 == accumulation_);
-    const std::vector<const Example*> examples(batch.begin() + first + a * micro_, batch.begin() + first + (a + 1) * micro_);
+    const std::vector<const Example*> examples(batch.begin() + first + a * micro_,
+                                               batch.begin() + first + (a + 1) * micro_);
     const Batch micro_batch = Collate(examples, config_.pad_token_id);
-    const LossSum loss = CausalLmLossSum(Forward(micro_batch), micro_batch.labels);
+    const LossSum loss = CausalLmLossSum(Forward(micro_batch), micro_batch.labels.to(device_));
     // The loss is the mean over every target token of the global batch: each micro-batch on
     // each rank contributes its sum divided by the global count, and ranks sum gradients.
     if (targets > 0) (loss.sum * (loss_scale_.scale() / static_cast<double>(targets))).backward();
-    local[0] += loss.sum.item<double>();
+    local[0] += loss.sum.detach().to(at::kDouble);
     local[1] += static_cast<double>(micro_batch.input_tokens);
   }
   const double scale = loss_scale_.scale();
@@ -355,15 +375,15 @@ void Trainer::Evaluate(int64_t step) {
   const auto v = static_cast<int64_t>(validation_.size());
   const int64_t rounds = (v + micro_ * ranks_ - 1) / (micro_ * ranks_);
   const Example idle{{config_.pad_token_id, config_.pad_token_id}, {-100, -100}};
-  at::Tensor sums = at::zeros({2}, at::kDouble);  // loss sum, targets
+  at::Tensor sums = at::zeros({2}, at::TensorOptions().dtype(at::kDouble).device(device_));  // loss sum, targets
   for (int64_t round = 0; round < rounds; ++round) {
     const int64_t begin = (round * ranks_ + world_.rank()) * micro_;
     std::vector<const Example*> examples;
     for (int64_t i = begin; i < std::min(begin + micro_, v); ++i) examples.push_back(&validation_[i]);
     if (examples.empty()) examples.push_back(&idle);
     const Batch batch = Collate(examples, config_.pad_token_id);
-    const LossSum loss = CausalLmLossSum(Forward(batch), batch.labels);
-    sums[0] += loss.sum.item<double>();
+    const LossSum loss = CausalLmLossSum(Forward(batch), batch.labels.to(device_));
+    sums[0] += loss.sum.to(at::kDouble);
     sums[1] += static_cast<double>(loss.tokens);
   }
   AllReduceSumNow(world_, sums, CollectiveTag{"validation loss", step});
@@ -412,14 +432,15 @@ void Trainer::Export() {
     WriteHfCompanions(staging, spec_.model.path, spec_.model.dtype);
     std::vector<TensorMeta> metas;
     for (const auto& unit : engine_->layout().units)
-      for (const auto& p : unit.parameters) metas.push_back(TensorMeta{p.spec.name, SafetensorsDTypeOf(dtype), p.spec.shape});
+      for (const auto& p : unit.parameters)
+        metas.push_back(TensorMeta{p.spec.name, SafetensorsDTypeOf(dtype), p.spec.shape});
     writer = std::make_unique<SafetensorsModelWriter>(staging, metas);
   }
   // Unit by unit: no rank ever holds more than one whole unit.
   engine_->ForEachUnitGathered([&](const UnitLayout& unit, const at::Tensor& full) {
     if (!writer) return;
     for (const auto& p : unit.parameters) {
-      const at::Tensor tensor = full.narrow(0, p.offset, p.numel).to(dtype).contiguous();
+      const at::Tensor tensor = full.narrow(0, p.offset, p.numel).to(dtype).cpu().contiguous();
       writer->Append(p.spec.name, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()));
     }
   });
@@ -438,7 +459,8 @@ TrainingSummary Trainer::Run() {
     TrainStep(step_);
     const int64_t done = ++step_;
     if (spec_.training.eval_every > 0 && done % spec_.training.eval_every == 0) Evaluate(done);
-    if (spec_.output.checkpoint_every > 0 && done % spec_.output.checkpoint_every == 0 && done < total_steps_) Checkpoint(done);
+    if (spec_.output.checkpoint_every > 0 && done % spec_.output.checkpoint_every == 0 && done < total_steps_)
+      Checkpoint(done);
   }
   if (progress_) progress_->Finish();
   summary_.steps = step_;

@@ -50,13 +50,16 @@ class Communicator {
 
   virtual int rank() const = 0;  // within this group
   virtual int size() const = 0;
-  virtual int world_rank() const = 0;  // for messages
+  virtual int world_rank() const = 0;    // for messages
   virtual std::string name() const = 0;  // "world", "shard group 0", ...
+  // Where this group's tensors live: the CPU for MPI, this rank's GPU for NCCL.
+  virtual at::Device device() const { return at::kCPU; }
 
   // In place: every rank ends with the sum over ranks.
   virtual std::unique_ptr<Work> AllReduceSum(at::Tensor& tensor, const CollectiveTag& tag) = 0;
   // Rank r ends with the sum over ranks of input[r * n, (r + 1) * n), n = output.numel().
-  virtual std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) = 0;
+  virtual std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output,
+                                                 const CollectiveTag& tag) = 0;
   // output[r * n, (r + 1) * n) = rank r's input, n = input.numel().
   virtual std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) = 0;
   virtual std::unique_ptr<Work> Broadcast(at::Tensor& tensor, int root, const CollectiveTag& tag) = 0;
@@ -95,7 +98,9 @@ class SingleProcessCommunicator : public Communicator {
   int size() const override { return 1; }
   int world_rank() const override { return 0; }
   std::string name() const override { return name_; }
-  std::unique_ptr<Work> AllReduceSum(at::Tensor&, const CollectiveTag&) override { return std::make_unique<DoneWork>(); }
+  std::unique_ptr<Work> AllReduceSum(at::Tensor&, const CollectiveTag&) override {
+    return std::make_unique<DoneWork>();
+  }
   std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output, const CollectiveTag&) override {
     if (!input.is_same(output)) output.copy_(input.view_as(output));
     return std::make_unique<DoneWork>();
@@ -104,7 +109,9 @@ class SingleProcessCommunicator : public Communicator {
     if (!input.is_same(output)) output.copy_(input.view_as(output));
     return std::make_unique<DoneWork>();
   }
-  std::unique_ptr<Work> Broadcast(at::Tensor&, int, const CollectiveTag&) override { return std::make_unique<DoneWork>(); }
+  std::unique_ptr<Work> Broadcast(at::Tensor&, int, const CollectiveTag&) override {
+    return std::make_unique<DoneWork>();
+  }
   void Barrier(const CollectiveTag&) override {}
   std::unique_ptr<Communicator> Split(int, int, const std::string& name) override {
     return std::make_unique<SingleProcessCommunicator>(name);

@@ -1,9 +1,8 @@
 #include "sharding/comm/mpi_communicator.h"
 
-#include <mpi.h>
-
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <mpi.h>
 
 #include <condition_variable>
 #include <cstdlib>
@@ -42,12 +41,18 @@ struct TypeAndOp {
 
 TypeAndOp MpiTypeOf(const at::Tensor& tensor) {
   switch (tensor.scalar_type()) {
-    case at::kFloat: return {MPI_FLOAT, MPI_SUM};
-    case at::kDouble: return {MPI_DOUBLE, MPI_SUM};
-    case at::kLong: return {MPI_INT64_T, MPI_SUM};
-    case at::kBFloat16: return {MPI_UINT16_T, g_bf16_sum};
-    case at::kHalf: return {MPI_UINT16_T, g_fp16_sum};
-    default: Fail(ErrorCode::kInternal, "no MPI type for {}", c10::toString(tensor.scalar_type()));
+    case at::kFloat:
+      return {MPI_FLOAT, MPI_SUM};
+    case at::kDouble:
+      return {MPI_DOUBLE, MPI_SUM};
+    case at::kLong:
+      return {MPI_INT64_T, MPI_SUM};
+    case at::kBFloat16:
+      return {MPI_UINT16_T, g_bf16_sum};
+    case at::kHalf:
+      return {MPI_UINT16_T, g_fp16_sum};
+    default:
+      Fail(ErrorCode::kInternal, "no MPI type for {}", c10::toString(tensor.scalar_type()));
   }
 }
 
@@ -142,9 +147,10 @@ class MpiProgressThread {
       if (flag) return;
       const auto now = std::chrono::steady_clock::now();
       if (now > deadline) {
-        throw CollectiveError(fmt::format("rank {}: {} did not complete within the collective timeout of {} s "
-                                          "(another rank is stuck, dead, or issued different collectives)",
-                                          world_rank_, task.what, task.timeout_s));
+        throw CollectiveError(
+            fmt::format("rank {}: {} did not complete within the collective timeout of {} s "
+                        "(another rank is stuck, dead, or issued different collectives)",
+                        world_rank_, task.what, task.timeout_s));
       }
       if (now - start > std::chrono::microseconds(200)) {
         pause = std::min(std::chrono::microseconds(500), pause + std::chrono::microseconds(20));
@@ -173,8 +179,8 @@ class MpiWork : public Work {
     // The progress thread enforces the deadline; this one only guards against it being stuck
     // inside an MPI call that never returns.
     if (done_.wait_for(std::chrono::duration<double>(timeout_s_ + 30)) != std::future_status::ready) {
-      throw CollectiveError(fmt::format("rank {}: {} did not complete within the collective timeout of {} s", rank_, what_,
-                                        timeout_s_));
+      throw CollectiveError(
+          fmt::format("rank {}: {} did not complete within the collective timeout of {} s", rank_, what_, timeout_s_));
     }
     done_.get();
   }
@@ -225,7 +231,8 @@ class MpiCommunicator : public Communicator {
         "all_reduce", tensor, tag);
   }
 
-  std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
+  std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output,
+                                         const CollectiveTag& tag) override {
     CheckContiguous(input, "reduce_scatter");
     CheckContiguous(output, "reduce_scatter");
     ST_CHECK(input.numel() == output.numel() * size_, "reduce_scatter input {} != {} x output {}", input.numel(), size_,

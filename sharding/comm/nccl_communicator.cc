@@ -4,6 +4,7 @@
 #include <nccl.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -12,28 +13,35 @@ namespace shardtune {
 namespace {
 
 // The statement, file:line and the library's own message.
-#define ST_CUDA_CHECK(stmt)                                                                                  \
-  do {                                                                                                       \
-    const cudaError_t st_err = (stmt);                                                                       \
-    if (st_err != cudaSuccess)                                                                               \
+#define ST_CUDA_CHECK(stmt)                                                                                        \
+  do {                                                                                                             \
+    const cudaError_t st_err = (stmt);                                                                             \
+    if (st_err != cudaSuccess)                                                                                     \
       Fail(ErrorCode::kInternal, "{} failed at {}:{}: {}", #stmt, __FILE__, __LINE__, cudaGetErrorString(st_err)); \
   } while (0)
 
-#define ST_NCCL_CHECK(stmt)                                                                                  \
-  do {                                                                                                       \
-    const ncclResult_t st_res = (stmt);                                                                      \
-    if (st_res != ncclSuccess)                                                                               \
-      throw CollectiveError(fmt::format("{} failed at {}:{}: {}", #stmt, __FILE__, __LINE__, ncclGetErrorString(st_res))); \
+#define ST_NCCL_CHECK(stmt)                                                                              \
+  do {                                                                                                   \
+    const ncclResult_t st_res = (stmt);                                                                  \
+    if (st_res != ncclSuccess)                                                                           \
+      throw CollectiveError(                                                                             \
+          fmt::format("{} failed at {}:{}: {}", #stmt, __FILE__, __LINE__, ncclGetErrorString(st_res))); \
   } while (0)
 
 ncclDataType_t NcclType(const at::Tensor& tensor) {
   switch (tensor.scalar_type()) {
-    case at::kFloat: return ncclFloat32;
-    case at::kDouble: return ncclFloat64;
-    case at::kHalf: return ncclFloat16;
-    case at::kBFloat16: return ncclBfloat16;
-    case at::kLong: return ncclInt64;
-    default: Fail(ErrorCode::kInternal, "no NCCL type for {}", c10::toString(tensor.scalar_type()));
+    case at::kFloat:
+      return ncclFloat32;
+    case at::kDouble:
+      return ncclFloat64;
+    case at::kHalf:
+      return ncclFloat16;
+    case at::kBFloat16:
+      return ncclBfloat16;
+    case at::kLong:
+      return ncclInt64;
+    default:
+      Fail(ErrorCode::kInternal, "no NCCL type for {}", c10::toString(tensor.scalar_type()));
   }
 }
 
@@ -48,7 +56,8 @@ class NcclWork : public Work {
     for (;;) {
       const cudaError_t state = cudaEventQuery(done_);
       if (state == cudaSuccess) break;
-      if (state != cudaErrorNotReady) throw CollectiveError(fmt::format("{} failed: {}", what_, cudaGetErrorString(state)));
+      if (state != cudaErrorNotReady)
+        throw CollectiveError(fmt::format("{} failed: {}", what_, cudaGetErrorString(state)));
       ncclResult_t async = ncclSuccess;
       ncclCommGetAsyncError(comm_, &async);
       if (async != ncclSuccess && async != ncclInProgress) {
@@ -56,7 +65,8 @@ class NcclWork : public Work {
       }
       if (std::chrono::steady_clock::now() > deadline) {
         ncclCommAbort(comm_);
-        throw CollectiveError(fmt::format("{} did not complete within the collective timeout of {} s", what_, timeout_s_));
+        throw CollectiveError(
+            fmt::format("{} did not complete within the collective timeout of {} s", what_, timeout_s_));
       }
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
@@ -81,6 +91,7 @@ class NcclCommunicator : public Communicator {
     std::memcpy(words.data_ptr(), &id, sizeof(id));
     bootstrap_.Broadcast(words, 0, CollectiveTag{"nccl unique id"})->Wait();
     std::memcpy(&id, words.data_ptr(), sizeof(id));
+    ST_CUDA_CHECK(cudaGetDevice(&device_));
     ST_NCCL_CHECK(ncclCommInitRank(&comm_, bootstrap_.size(), id, bootstrap_.rank()));
     ST_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
@@ -93,17 +104,21 @@ class NcclCommunicator : public Communicator {
   int size() const override { return bootstrap_.size(); }
   int world_rank() const override { return bootstrap_.world_rank(); }
   std::string name() const override { return bootstrap_.name(); }
+  at::Device device() const override { return at::Device(at::kCUDA, device_); }
 
   std::unique_ptr<Work> AllReduceSum(at::Tensor& tensor, const CollectiveTag& tag) override {
     CountSent(2 * (size() - 1) * static_cast<int64_t>(tensor.nbytes()) / size());
     return Launch("all_reduce", tag, tensor, [&] {
-      return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), ncclSum, comm_, stream_);
+      return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), ncclSum, comm_,
+                           stream_);
     });
   }
-  std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
+  std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output,
+                                         const CollectiveTag& tag) override {
     CountSent((size() - 1) * static_cast<int64_t>(output.nbytes()));
     return Launch("reduce_scatter", tag, input, [&] {
-      return ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), NcclType(input), ncclSum, comm_, stream_);
+      return ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), NcclType(input), ncclSum, comm_,
+                               stream_);
     });
   }
   std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
@@ -115,11 +130,12 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<Work> Broadcast(at::Tensor& tensor, int root, const CollectiveTag& tag) override {
     if (rank() == root) CountSent(static_cast<int64_t>(tensor.nbytes()));
     return Launch("broadcast", tag, tensor, [&] {
-      return ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), root, comm_, stream_);
+      return ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), root, comm_,
+                           stream_);
     });
   }
   void Barrier(const CollectiveTag& tag) override {
-    at::Tensor one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+    at::Tensor one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(device()));
     AllReduceSum(one, tag)->Wait();
     ST_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
   }
@@ -133,8 +149,8 @@ class NcclCommunicator : public Communicator {
   template <typename Call>
   std::unique_ptr<Work> Launch(const char* op, const CollectiveTag& tag, const at::Tensor& tensor, Call call) {
     ST_CHECK(tensor.is_cuda() && tensor.is_contiguous(), "{} needs a contiguous CUDA tensor", op);
-    const std::string what =
-        fmt::format("rank {}: {} of {} in {} at step {} ({} elements)", world_rank(), op, tag.bucket, name(), tag.step, tensor.numel());
+    const std::string what = fmt::format("rank {}: {} of {} in {} at step {} ({} elements)", world_rank(), op,
+                                         tag.bucket, name(), tag.step, tensor.numel());
     // The collective reads what the compute stream has produced so far.
     cudaEvent_t ready, done;
     ST_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
@@ -153,6 +169,7 @@ class NcclCommunicator : public Communicator {
   double timeout_s_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  int device_ = 0;
 };
 
 }  // namespace
@@ -164,6 +181,17 @@ bool NcclAvailable() {
 
 std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap, double timeout_s) {
   if (!NcclAvailable()) Fail(ErrorCode::kFailedPrecondition, "NCCL needs a CUDA device, and this process sees none");
+  // One GPU per rank: the rank's index among the ranks of its machine picks it.
+  int devices = 0;
+  ST_CUDA_CHECK(cudaGetDeviceCount(&devices));
+  int local_rank = 0;
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"}) {
+    if (const char* value = std::getenv(name)) {
+      local_rank = std::atoi(value);
+      break;
+    }
+  }
+  ST_CUDA_CHECK(cudaSetDevice(local_rank % devices));
   return std::make_unique<NcclCommunicator>(bootstrap, timeout_s);
 }
 

@@ -1,8 +1,9 @@
 // The conformance suite every Communicator passes: run on one process, and under mpirun with
 // 2 and 4 ranks on MPI. Values are chosen so every rank can compute the expected result.
+#include "sharding/comm/communicator.h"
+
 #include <gtest/gtest.h>
 
-#include "sharding/comm/communicator.h"
 #include "world.h"
 
 namespace shardtune {
@@ -57,7 +58,8 @@ TEST(Communicator, ManyOperationsInFlightCompleteInAnyWaitOrder) {
   Communicator& world = World();
   std::vector<at::Tensor> tensors;
   std::vector<std::unique_ptr<Work>> works;
-  for (int i = 0; i < 8; ++i) tensors.push_back(at::full({4096}, static_cast<double>(i * (world.rank() + 1)), at::kFloat));
+  for (int i = 0; i < 8; ++i)
+    tensors.push_back(at::full({4096}, static_cast<double>(i * (world.rank() + 1)), at::kFloat));
   for (auto& t : tensors) works.push_back(world.AllReduceSum(t, CollectiveTag{"overlap", 5}));
   for (int i = 7; i >= 0; --i) works[i]->Wait();
   for (int i = 0; i < 8; ++i) EXPECT_EQ(tensors[i][0].item<double>(), i * TriangleSum(world.size())) << i;

@@ -4,8 +4,8 @@
 
 #include <filesystem>
 
-#include "sharding/comm/mpi_communicator.h"
 #include "common/logging.h"
+#include "sharding/comm/mpi_communicator.h"
 #include "world.h"
 
 namespace shardtune::testing {

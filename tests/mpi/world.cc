@@ -18,7 +18,8 @@ std::filesystem::path SharedScratchDir(const std::string& name) {
   }
   World().Broadcast(text, 0, CollectiveTag{"scratch dir"})->Wait();
   std::string path;
-  for (int64_t i = 0; i < 512 && text[i].item<int64_t>() != 0; ++i) path.push_back(static_cast<char>(text[i].item<int64_t>()));
+  for (int64_t i = 0; i < 512 && text[i].item<int64_t>() != 0; ++i)
+    path.push_back(static_cast<char>(text[i].item<int64_t>()));
   return path;
 }
 

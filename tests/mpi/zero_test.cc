@@ -28,7 +28,8 @@ std::string CountingData(int examples, int length, int vocab_low, int vocab_size
   for (int n = 0; n < examples; ++n) {
     const int start = (n * 7919) % (vocab_size - vocab_low);
     text += "{\"input_ids\": [1";
-    for (int i = 0; i < length - (n % 3); ++i) text += ", " + std::to_string(vocab_low + (start + i) % (vocab_size - vocab_low));
+    for (int i = 0; i < length - (n % 3); ++i)
+      text += ", " + std::to_string(vocab_low + (start + i) % (vocab_size - vocab_low));
     text += "]}\n";
   }
   return text;
@@ -58,7 +59,8 @@ class ZeroTest : public ::testing::Test {
                int64_t global, const std::string& extra = "") {
     const std::string yaml = fmt::format(
         "name: t\nmodel: {{path: {}}}\ndata: {{train: {}, format: tokens}}\noutput: {{dir: {}}}\n"
-        "training: {{max_steps: 6, micro_batch_size: {}, global_batch_size: {}, optimizer: {{lr: 2.0e-4, weight_decay: 0.1}}, "
+        "training: {{max_steps: 6, micro_batch_size: {}, global_batch_size: {}, optimizer: {{lr: 2.0e-4, weight_decay: "
+        "0.1}}, "
         "scheduler: {{type: cosine, warmup_steps: 2}}}}\n"
         "sharding: {{zero_stage: {}{}}}\n",
         model, data, out, micro, global, stage, extra);
@@ -68,7 +70,8 @@ class ZeroTest : public ::testing::Test {
   // The single-process run of a configuration, computed once by rank 0.
   fs::path Reference(const std::string& model, const std::string& data, int64_t micro, int64_t global) {
     const std::string name = fmt::format("ref-{}-{}-{}", fs::path(model).filename().string(), micro, global);
-    if (World().rank() == 0 && !fs::exists(*dir_ / name / "final")) RunTraining(Spec(model, data, name, 0, micro, global));
+    if (World().rank() == 0 && !fs::exists(*dir_ / name / "final"))
+      RunTraining(Spec(model, data, name, 0, micro, global));
     World().Barrier(CollectiveTag{"reference"});
     return *dir_ / name;
   }
@@ -118,7 +121,8 @@ TEST_F(ZeroTest, EveryStageAndAccumulationEqualsTheSingleProcessRun) {
       const fs::path reference = Reference(model.path, model.data, micro, global);
       for (int stage = 0; stage <= 3; ++stage) {
         SCOPED_TRACE(fmt::format("{} stage {} np {} accumulation {}", model.path, stage, n, accumulation));
-        const std::string out = fmt::format("run-{}-s{}-a{}", fs::path(model.path).filename().string(), stage, accumulation);
+        const std::string out =
+            fmt::format("run-{}-s{}-a{}", fs::path(model.path).filename().string(), stage, accumulation);
         RunTraining(Spec(model.path, model.data, (*dir_ / out).string(), stage, micro, global), World());
         World().Barrier(CollectiveTag{"compare"});
         ExpectSameRun(*dir_ / out, reference);
@@ -151,9 +155,9 @@ TEST_F(ZeroTest, CheckpointingPrefetchAndPersistenceChangeNothing) {
     int64_t prefetch, persistence;
   };
   // The tiny model's layer units hold ~9.3k elements, its embedding and head ~1.6k.
-  for (const Variant& v : {Variant{"ckpt-s0", 0, true, 1, 0}, Variant{"ckpt-s2", 2, true, 1, 0},
-                           Variant{"s3-noprefetch", 3, false, 0, 0}, Variant{"s3-prefetch2", 3, false, 2, 0},
-                           Variant{"s3-persistent", 3, false, 1, 5000}}) {
+  for (const Variant& v :
+       {Variant{"ckpt-s0", 0, true, 1, 0}, Variant{"ckpt-s2", 2, true, 1, 0}, Variant{"s3-noprefetch", 3, false, 0, 0},
+        Variant{"s3-prefetch2", 3, false, 2, 0}, Variant{"s3-persistent", 3, false, 1, 5000}}) {
     SCOPED_TRACE(v.name);
     JobSpec spec = Spec(model, data, (*dir_ / v.name).string(), v.stage, 2, 2 * n);
     spec.training.activation_checkpointing = v.checkpointing;
@@ -212,7 +216,7 @@ TEST_F(ZeroTest, MemoryAndTrafficPerRankFollowTheStage) {
     const double sent = first["comm_bytes"].get<double>();
     if (stage == 3) EXPECT_LE(params, psi / n * 1.05 + largest_unit);
     if (stage == 1 || stage == 2) EXPECT_NEAR(optimizer, 3 * psi / n, 0.05 * 3 * psi / n);  // master + 2 moments
-    if (stage == 0) EXPECT_NEAR(optimizer, 2 * psi, 0.05 * 2 * psi);                         // moments (master = params)
+    if (stage == 0) EXPECT_NEAR(optimizer, 2 * psi, 0.05 * 2 * psi);                        // moments (master = params)
     const double expected = (stage == 3 ? 3 : 2) * psi * (n - 1) / n;
     if (n > 1) EXPECT_NEAR(sent, expected, 0.02 * expected);
   }
@@ -237,18 +241,22 @@ TEST_F(ZeroTest, Bf16FirstStepGradientsMatchTheSingleProcessRun) {
     engine.BeginMicroBatch(true);
     const int64_t per_rank = 8 / comm.size();
     std::vector<const Example*> examples;
-    for (int64_t i = comm.rank() * per_rank; i < (comm.rank() + 1) * per_rank; ++i) examples.push_back(&data.examples[i]);
+    for (int64_t i = comm.rank() * per_rank; i < (comm.rank() + 1) * per_rank; ++i)
+      examples.push_back(&data.examples[i]);
     int64_t targets = 0;
     for (int i = 0; i < 8; ++i) targets += data.examples[i].target_tokens();
     const Batch batch = Collate(examples, 0);
     at::Tensor h = ApplyUnits(engine, {0}, batch.input_ids, [&](const at::Tensor& x, const UnitParameters& p) {
       return blocks.Embed(x, p("model.embed_tokens.weight"));
     });
-    const Positions positions = blocks.PositionsFor(batch.input_ids.size(0), batch.input_ids.size(1), 0, batch.attention_mask, dtype);
+    const Positions positions =
+        blocks.PositionsFor(batch.input_ids.size(0), batch.input_ids.size(1), 0, batch.attention_mask, dtype);
     for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-      h = ApplyUnits(engine, {static_cast<int>(i + 1)}, h, [&, i, positions](const at::Tensor& x, const UnitParameters& p) {
-        return blocks.Layer(BindLlamaLayer(config, i, [&p](const std::string& name) { return p(name); }), x, positions);
-      });
+      h = ApplyUnits(engine, {static_cast<int>(i + 1)}, h,
+                     [&, i, positions](const at::Tensor& x, const UnitParameters& p) {
+                       return blocks.Layer(BindLlamaLayer(config, i, [&p](const std::string& name) { return p(name); }),
+                                           x, positions);
+                     });
     }
     const at::Tensor logits = ApplyUnits(engine, {static_cast<int>(config.num_hidden_layers + 1)}, h,
                                          [&](const at::Tensor& x, const UnitParameters& p) {
@@ -257,7 +265,8 @@ TEST_F(ZeroTest, Bf16FirstStepGradientsMatchTheSingleProcessRun) {
     (CausalLmLossSum(logits, batch.labels).sum / static_cast<double>(targets)).backward();
     engine.FinishGradients();
     std::vector<at::Tensor> pieces;
-    engine.ForEachUnitGathered([&](const UnitLayout& unit, const at::Tensor& full) { pieces.push_back(full.narrow(0, 0, unit.numel).clone()); },
+    engine.ForEachUnitGathered([&](const UnitLayout& unit,
+                                   const at::Tensor& full) { pieces.push_back(full.narrow(0, 0, unit.numel).clone()); },
                                ZeroEngine::Buffer::kGradients);
     return at::cat(pieces);
   };
@@ -299,7 +308,8 @@ TEST_F(ZeroTest, ResumesOnTheSameWorldSizeExactly) {
   EXPECT_EQ(resumed.resumed_from_step, 4);
   World().Barrier(CollectiveTag{"compare"});
   if (World().rank() == 0) {
-    EXPECT_EQ(ReadFile(*dir_ / "straight" / "final" / "model.safetensors"), ReadFile(*dir_ / "resumed" / "final" / "model.safetensors"));
+    EXPECT_EQ(ReadFile(*dir_ / "straight" / "final" / "model.safetensors"),
+              ReadFile(*dir_ / "resumed" / "final" / "model.safetensors"));
   }
 }
 

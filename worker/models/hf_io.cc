@@ -84,18 +84,18 @@ at::ScalarType ToScalarType(ComputeDType dtype) {
 at::Tensor ReadHfTensor(const SafetensorsCheckpoint& checkpoint, const fs::path& model_dir, const ParameterSpec& spec) {
   const auto entry = checkpoint.Find(spec.name);
   if (!entry) {
-    Fail(ErrorCode::kNotFound, "{}: tensor '{}' (shape {}) is missing from the checkpoint", model_dir.string(), spec.name,
-         ShapeString(spec.shape));
+    Fail(ErrorCode::kNotFound, "{}: tensor '{}' (shape {}) is missing from the checkpoint", model_dir.string(),
+         spec.name, ShapeString(spec.shape));
   }
   const TensorInfo& info = *entry->info;
   if (info.shape != spec.shape) {
-    Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has shape {} but config.json implies {}", entry->file->path().string(),
-         spec.name, ShapeString(info.shape), ShapeString(spec.shape));
+    Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has shape {} but config.json implies {}",
+         entry->file->path().string(), spec.name, ShapeString(info.shape), ShapeString(spec.shape));
   }
   const auto type = ScalarTypeOf(info.dtype);
   if (!type) {
-    Fail(ErrorCode::kUnimplemented, "{}: tensor '{}' is {}; supported weight dtypes are F32, F16, BF16", entry->file->path().string(),
-         spec.name, DTypeName(info.dtype));
+    Fail(ErrorCode::kUnimplemented, "{}: tensor '{}' is {}; supported weight dtypes are F32, F16, BF16",
+         entry->file->path().string(), spec.name, DTypeName(info.dtype));
   }
   void* bytes = const_cast<std::byte*>(entry->file->Data(info));
   return at::from_blob(bytes, info.shape, at::TensorOptions().dtype(*type)).to(at::kFloat);

@@ -70,7 +70,9 @@ LlamaLayerWeights BindLlamaLayer(const LlamaConfig& c, int64_t i, const TensorLo
   return layer;
 }
 
-std::string LmHeadName(const LlamaConfig& c) { return c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"; }
+std::string LmHeadName(const LlamaConfig& c) {
+  return c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+}
 
 LlamaWeights BindLlamaWeights(const LlamaConfig& c, const TensorLookup& lookup) {
   LlamaWeights w;
@@ -218,10 +220,11 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
 
 at::Tensor LlamaBlocks::Layer(const LlamaLayerWeights& layer, const at::Tensor& hidden, const Positions& positions,
                               KvCache* cache, size_t layer_index) const {
-  at::Tensor h = hidden + Attention(layer, RmsNorm(hidden, layer.input_layernorm, config_.rms_norm_eps), positions, cache,
-                                    layer_index);
+  at::Tensor h = hidden + Attention(layer, RmsNorm(hidden, layer.input_layernorm, config_.rms_norm_eps), positions,
+                                    cache, layer_index);
   const at::Tensor x = RmsNorm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
-  const at::Tensor gated = at::silu(Linear(x, layer.gate_proj, layer.gate_bias)) * Linear(x, layer.up_proj, layer.up_bias);
+  const at::Tensor gated =
+      at::silu(Linear(x, layer.gate_proj, layer.gate_bias)) * Linear(x, layer.up_proj, layer.up_bias);
   return h + Linear(gated, layer.down_proj, layer.down_bias);
 }
 
@@ -229,13 +232,15 @@ at::Tensor LlamaBlocks::Head(const at::Tensor& hidden, const at::Tensor& norm, c
   return at::linear(RmsNorm(hidden, norm, config_.rms_norm_eps), lm_head).to(at::kFloat);
 }
 
-LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights) : blocks_(std::move(config)), weights_(std::move(weights)) {}
+LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
+    : blocks_(std::move(config)), weights_(std::move(weights)) {}
 
 at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache) const {
   ST_CHECK(input_ids.dim() == 2, "input_ids must be (batch, seq), got {} dims", input_ids.dim());
   const int64_t past = cache != nullptr ? cache->length : 0;
   at::Tensor h = blocks_.Embed(input_ids, weights_.embed_tokens);
-  const Positions positions = blocks_.PositionsFor(input_ids.size(0), input_ids.size(1), past, attention_mask, h.scalar_type());
+  const Positions positions =
+      blocks_.PositionsFor(input_ids.size(0), input_ids.size(1), past, attention_mask, h.scalar_type());
   for (size_t i = 0; i < weights_.layers.size(); ++i) h = blocks_.Layer(weights_.layers[i], h, positions, cache, i);
   if (cache != nullptr) cache->length += input_ids.size(1);
   return blocks_.Head(h, weights_.norm, weights_.lm_head);

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Training on GPUs through NCCL (label "gpu"): the same job on the CPU (MPI) and on CUDA (NCCL)
+# with 1 and 2 ranks gives the same losses to within the difference of the two BLAS libraries.
+# Skipped (exit 77) where this build's LibTorch has no CUDA or no GPU is visible.
+# Usage: gpu_test.sh BUILD_BIN_DIR SOURCE_DIR
+set -uo pipefail
+bin=$1
+src=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+"$bin/shardtune" init-model --config "$src/examples/tiny-llama/config.json" --out "$work/base" --seed 4 --log-level warn
+awk 'BEGIN { srand(9); for (n = 0; n < 64; n++) { s = 3 + int(rand() * 61); l = "{\"input_ids\": [1";
+             for (i = 0; i < 16; i++) l = l ", " (3 + (s - 3 + i) % 61); print l "]}" } }' > "$work/train.jsonl"
+write_job() {  # name backend stage
+  cat > "$work/$1.yaml" <<YAML
+name: $1
+model: {path: base}
+data: {train: train.jsonl, format: tokens, max_seq_len: 64}
+training: {max_steps: 5, micro_batch_size: 2, global_batch_size: 4, optimizer: {lr: 2.0e-4}}
+sharding: {zero_stage: $3, backend: $2}
+output: {dir: runs/$1}
+YAML
+}
+write_job probe nccl 0
+if ! "$bin/shardtune" train "$work/probe.yaml" > "$work/probe.log" 2>&1; then
+  echo "SKIPPED: no CUDA training here: $(grep -o 'error.*' "$work/probe.log" | head -n 1)"
+  exit 77
+fi
+losses() { grep -o '"loss":[0-9.e+-]*' "$work/runs/$1/metrics.jsonl" | cut -d: -f2 | tr '\n' ' '; }
+write_job cpu mpi 0
+"$bin/shardtune" train "$work/cpu.yaml" --log-level warn || exit 1
+failures=0
+for stage in 0 3; do
+  write_job gpu$stage nccl $stage
+  "$bin/shardtune" train "$work/gpu$stage.yaml" --np 2 --log-level warn || { echo "FAILED: stage $stage on 2 GPUs"; exit 1; }
+  paste <(losses cpu | tr ' ' '\n') <(losses gpu$stage | tr ' ' '\n') | awk -v s=$stage 'NF == 2 {
+      d = $1 - $2; if (d < 0) d = -d; if (d > 1e-3) { print "FAILED: stage " s " loss " $2 " vs CPU " $1; bad = 1 } }
+      END { exit bad }' || failures=$((failures + 1))
+done
+echo "$((2 - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
