@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <iterator>
 #include <sstream>
 
 #include "common/error.h"
@@ -10,6 +11,7 @@
 #include "sharding/flat_parameters.h"
 #include "worker/blas_env.h"
 #include "worker/entry.h"
+#include "worker/data/tokenizer/tokenizer.h"
 #include "worker/generate.h"
 #include "worker/launch.h"
 #include "worker/models/hf_io.h"
@@ -65,6 +67,19 @@ int Generate(const GenerateArgs& args) {
   return kExitOk;
 }
 
+int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
+  const auto tokenizer = Tokenizer::Load(path);
+  const std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  if (decode) {
+    std::cout << tokenizer->Decode(ParseIds(input), /*skip_special_tokens=*/!add_special_tokens);
+    return kExitOk;
+  }
+  std::string line;
+  for (int64_t id : tokenizer->Encode(input, add_special_tokens)) line += (line.empty() ? "" : " ") + std::to_string(id);
+  std::cout << line << "\n";
+  return kExitOk;
+}
+
 int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
   namespace fs = std::filesystem;
   const LlamaConfig config = LlamaConfig::Load(fs::path(config_path).parent_path());
@@ -111,6 +126,14 @@ int main(int argc, char** argv) {
   generate->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an end-of-sequence token");
   generate->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
+  CLI::App* tokenize = app.add_subcommand("tokenize", "stdin text -> token ids (space-separated), or ids -> text with --decode");
+  std::string tokenizer_path;
+  bool no_special = false, decode = false;
+  tokenize->add_option("--tokenizer", tokenizer_path, "tokenizer.json, SentencePiece .model, or a directory holding one")->required();
+  tokenize->add_flag("--no-special", no_special, "do not add the post-processor's special tokens (BOS, EOS, CLS/SEP)");
+  tokenize->add_flag("--decode", decode, "read ids from stdin and print the text");
+  tokenize->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
   CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
   std::string config_path, out_dir;
   uint64_t seed = 0;
@@ -133,6 +156,7 @@ int main(int argc, char** argv) {
     InitLogging(log_level, 0);
     if (generate->parsed()) return Generate(gen);
     if (init->parsed()) return InitModel(config_path, out_dir, seed);
+    if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
   } catch (const std::exception& e) {
     return ReportFailure(e);
   }

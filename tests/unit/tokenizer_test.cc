@@ -69,3 +69,85 @@ TEST(TokenizerVectors, Llama2TokenizerJson) {
 
 }  // namespace
 }  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+struct RoundTrip {
+  const char* file;
+  const char* text;
+};
+
+TEST(Tokenizers, EveryFixtureLoadsAndRoundTrips) {
+  SKIP_WITHOUT_FIXTURE(Tokenizers());
+  const std::vector<RoundTrip> cases = {
+      {"llama2-tokenizer.json", "Hello world, this is a llama 🦙 in 2024!\n  Indented."},
+      {"phi3-mini-tokenizer.json", "Hello world, this is a test of 12345 and émojis 🦙."},
+      {"qwen2-style-tiny-bpe-tokenizer.json", "Hello world!\nSecond line, 3.14159"},
+      {"tiktoken-small-tokenizer.json", "Hello world!\n\tTabs and   spaces 12345"},
+      {"roberta-base-tokenizer.json", "Hello world! Byte-level: café ☕"},
+      {"gpt2-vocab.json", "Hello world! It's 2024, isn't it?"},
+      {"bert-base-cased-vocab.txt", "Hello, world! This is BERT."},
+      {"t5-small-tokenizer.json", "Hello world, this is T5."},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.file);
+    const auto tokenizer = Tokenizer::Load(Tokenizers() / c.file);
+    const std::vector<int64_t> ids = tokenizer->Encode(c.text, /*add_special_tokens=*/false);
+    EXPECT_GT(ids.size(), 3u);
+    for (int64_t id : ids) EXPECT_LT(id, tokenizer->vocab_size());
+    EXPECT_EQ(tokenizer->Decode(ids, /*skip_special_tokens=*/true), c.text);
+  }
+}
+
+TEST(Tokenizers, SpecialTokensAreAddedOnRequestAndRecognizedInText) {
+  SKIP_WITHOUT_FIXTURE(Tokenizers());
+  const auto llama = Tokenizer::Load(Tokenizers() / "llama2-tokenizer.json");
+  EXPECT_EQ(llama->Encode("Hello", true), (std::vector<int64_t>{1, 15043}));   // <s> added
+  EXPECT_EQ(llama->Encode("Hello", false), (std::vector<int64_t>{15043}));
+  EXPECT_EQ(llama->Encode("Hello</s>", false), (std::vector<int64_t>{15043, 2}));  // written in the text
+  EXPECT_TRUE(llama->IsSpecial(2));
+  EXPECT_EQ(llama->Decode({1, 15043, 2}, /*skip_special_tokens=*/true), "Hello");
+
+  const auto qwen = Tokenizer::Load(Tokenizers() / "qwen2-style-tiny-bpe-tokenizer.json");
+  const auto im_start = qwen->TokenToId("<|im_start|>");
+  ASSERT_TRUE(im_start.has_value());
+  const std::vector<int64_t> ids = qwen->Encode("<|im_start|>user\nhi", false);
+  EXPECT_EQ(ids.front(), *im_start);
+  EXPECT_EQ(qwen->Decode(ids, false), "<|im_start|>user\nhi");
+
+  const auto bert = Tokenizer::Load(Tokenizers() / "bert-base-cased-vocab.txt");
+  const std::vector<int64_t> with = bert->Encode("Hello", true);
+  EXPECT_EQ(with.front(), 101);  // [CLS]
+  EXPECT_EQ(with.back(), 102);   // [SEP]
+}
+
+TEST(Tokenizers, MalformedFilesGiveClearErrors) {
+  testing::ScratchDir dir;
+  auto expect_error = [&](const std::string& text, const std::string& fragment) {
+    testing::WriteText(dir / "tokenizer.json", text);
+    try {
+      Tokenizer::Load(dir / "tokenizer.json");
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos) << e.what();
+    }
+  };
+  expect_error("{not json", "not valid JSON");
+  expect_error("{}", "missing 'model'");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "merge 0 'a b' is not two vocabulary tokens");
+  expect_error(R"({"model": {"type": "Magic"}})", "model type 'Magic' is not supported");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Split",
+               "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated"}})", "does not compile");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []}})", "vocab id of 'a' must be a non-negative integer");
+  try {
+    Tokenizer::Load(dir / "absent.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kNotFound);
+  }
+}
+
+}  // namespace
+}  // namespace shardtune

@@ -54,7 +54,11 @@ struct Pattern {
     if (node.contains("String")) {
       p.literal = StringField(node, "String", where);
     } else if (node.contains("Regex")) {
-      p.regex = std::make_shared<Regex>(StringField(node, "Regex", where));
+      try {
+        p.regex = std::make_shared<Regex>(StringField(node, "Regex", where));
+      } catch (const Error& e) {
+        Malformed(where, e.what());
+      }
     } else {
       Malformed(where, "pattern must be {\"String\": ...} or {\"Regex\": ...}");
     }
@@ -403,7 +407,8 @@ class Bpe : public Model {
           continue;
         }
       }
-      if (!unk) Fail(ErrorCode::kInvalidArgument, "character '{}' is not in the vocabulary and the tokenizer has no unk token", characters[i]);
+      // With neither byte fallback nor an unk token, tokenizers drops the character; so do we.
+      if (!unk) continue;
       if (!(fuse_unk && last_unk)) ids.push_back(*unk);
       last_unk = true;
     }
@@ -966,6 +971,32 @@ std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::filesystem::path& voca
     tokenizer["added_tokens"].push_back({{"id", vocab["<|endoftext|>"]}, {"content", "<|endoftext|>"}, {"special", true}, {"normalized", false}});
   }
   return LoadHfTokenizerJson(tokenizer.dump(), vocab_json.string() + " + " + merges_txt.filename().string());
+}
+
+std::unique_ptr<Tokenizer> LoadWordPieceVocab(const std::filesystem::path& vocab_txt) {
+  json vocab = json::object();
+  std::istringstream lines(ReadFile(vocab_txt));
+  std::string line;
+  for (int64_t id = 0; std::getline(lines, line); ++id) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    vocab[line] = id;
+  }
+  json added = json::array();
+  for (const char* special : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) {
+    if (vocab.contains(special)) added.push_back({{"id", vocab[special]}, {"content", special}, {"special", true}, {"normalized", false}});
+  }
+  const bool lowercase = vocab_txt.filename().string().find("uncased") != std::string::npos;
+  const json cls = {"[CLS]", vocab.value("[CLS]", 101)}, sep = {"[SEP]", vocab.value("[SEP]", 102)};
+  const json tokenizer = {
+      {"model", {{"type", "WordPiece"}, {"vocab", vocab}, {"unk_token", "[UNK]"}, {"continuing_subword_prefix", "##"},
+                 {"max_input_chars_per_word", 100}}},
+      {"normalizer", {{"type", "BertNormalizer"}, {"clean_text", true}, {"handle_chinese_chars", true}, {"lowercase", lowercase},
+                      {"strip_accents", nullptr}}},
+      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+      {"post_processor", {{"type", "BertProcessing"}, {"cls", cls}, {"sep", sep}}},
+      {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
+      {"added_tokens", added}};
+  return LoadHfTokenizerJson(tokenizer.dump(), vocab_txt.string());
 }
 
 }  // namespace shardtune

@@ -17,4 +17,8 @@ std::unique_ptr<Tokenizer> LoadHfTokenizerJson(const std::string& json_text, con
 // GPT-2's vocab.json + merges.txt: byte-level BPE with GPT-2's pre-tokenizer regex.
 std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt);
 
+// BERT's vocab.txt (one WordPiece token a line): BERT's normalizer (cased: no lowercasing),
+// pre-tokenizer, [CLS]/[SEP] post-processor and WordPiece decoder.
+std::unique_ptr<Tokenizer> LoadWordPieceVocab(const std::filesystem::path& vocab_txt);
+
 }  // namespace shardtune

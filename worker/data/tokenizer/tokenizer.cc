@@ -25,6 +25,7 @@ std::unique_ptr<Tokenizer> Tokenizer::Load(const fs::path& path) {
   }
   if (!fs::exists(path, ec)) Fail(ErrorCode::kNotFound, "{}: no such tokenizer file", path.string());
   if (path.extension() == ".model") return LoadSentencePieceModel(path);
+  if (path.extension() == ".txt" && path.filename().string().find("vocab") != std::string::npos) return LoadWordPieceVocab(path);
   if (path.extension() == ".json") {
     // A vocab.json beside a merges.txt is GPT-2's pair, not a tokenizer.json.
     const std::string name = path.filename().string();
