@@ -49,8 +49,12 @@ void AtomicFileWriter::Write(const void* data, size_t size) {
 
 void AtomicFileWriter::Commit() {
   ST_SYSCALL_CHECK(::fsync(fd_), temp_path_.string());
-  ST_SYSCALL_CHECK(::close(fd_), temp_path_.string());
-  fd_ = -1;
+  const int fd = fd_;
+  fd_ = -1;  // closed below whatever close() says: never twice
+  if (::close(fd) != 0) {
+    ::unlink(temp_path_.c_str());
+    FailErrno("close", temp_path_.string());
+  }
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     const int err = errno;
     ::unlink(temp_path_.c_str());

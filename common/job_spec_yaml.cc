@@ -215,6 +215,14 @@ class MapReader {
       Problem(value, key, "expected a list, got " + NodeKind(value));
       return;
     }
+    for (size_t i = 0; i < result.size(); ++i) {
+      for (size_t j = 0; j < i; ++j) {
+        if (result[i] == result[j]) {
+          Problem(value, key, fmt::format("'{}' is listed twice", NameOf(table, result[i])));
+          return;
+        }
+      }
+    }
     *out = result;
   }
   void StringMap(const char* key, std::map<std::string, std::string>* out) {

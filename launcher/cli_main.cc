@@ -10,8 +10,8 @@
 #include "common/logging.h"
 #include "sharding/flat_parameters.h"
 #include "worker/blas_env.h"
-#include "worker/entry.h"
 #include "worker/data/tokenizer/tokenizer.h"
+#include "worker/entry.h"
 #include "worker/generate.h"
 #include "worker/launch.h"
 #include "worker/models/hf_io.h"
@@ -75,7 +75,8 @@ int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
     return kExitOk;
   }
   std::string line;
-  for (int64_t id : tokenizer->Encode(input, add_special_tokens)) line += (line.empty() ? "" : " ") + std::to_string(id);
+  for (int64_t id : tokenizer->Encode(input, add_special_tokens))
+    line += (line.empty() ? "" : " ") + std::to_string(id);
   std::cout << line << "\n";
   return kExitOk;
 }
@@ -126,10 +127,13 @@ int main(int argc, char** argv) {
   generate->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an end-of-sequence token");
   generate->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
-  CLI::App* tokenize = app.add_subcommand("tokenize", "stdin text -> token ids (space-separated), or ids -> text with --decode");
+  CLI::App* tokenize =
+      app.add_subcommand("tokenize", "stdin text -> token ids (space-separated), or ids -> text with --decode");
   std::string tokenizer_path;
   bool no_special = false, decode = false;
-  tokenize->add_option("--tokenizer", tokenizer_path, "tokenizer.json, SentencePiece .model, or a directory holding one")->required();
+  tokenize
+      ->add_option("--tokenizer", tokenizer_path, "tokenizer.json, SentencePiece .model, or a directory holding one")
+      ->required();
   tokenize->add_flag("--no-special", no_special, "do not add the post-processor's special tokens (BOS, EOS, CLS/SEP)");
   tokenize->add_flag("--decode", decode, "read ids from stdin and print the text");
   tokenize->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");

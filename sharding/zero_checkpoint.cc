@@ -132,10 +132,14 @@ void ZeroEngine::LoadShards(const std::string& dir) {
       const Unit& unit = *units_[u];
       const int64_t file_begin = range.at("begin").get<int64_t>();
       const int64_t file_local = range.at("local_offset").get<int64_t>();
+      const int64_t file_size = range.at("size").get<int64_t>();
+      if (file_begin < 0 || file_local < 0 || file_size < 0 || file_local + file_size > elements) {
+        Fail(ErrorCode::kDataLoss, "{}: range {} of {} lies outside its {} elements", index_path.string(), range.dump(),
+             entry.at("file").get<std::string>(), elements);
+      }
       // The overlap of what the file holds with what this rank needs, inside the real elements.
       const int64_t begin = std::max(file_begin, unit.shard_begin);
-      const int64_t end = std::min(
-          {file_begin + range.at("size").get<int64_t>(), unit.shard_begin + unit.shard_size, unit.layout->numel});
+      const int64_t end = std::min({file_begin + file_size, unit.shard_begin + unit.shard_size, unit.layout->numel});
       if (begin >= end) continue;
       for (int k = 0; k < 3; ++k) {
         std::memcpy(destinations[k] + unit.local_offset + (begin - unit.shard_begin),

@@ -9,6 +9,13 @@
 
 namespace shardtune {
 
+namespace {
+
+// Stages 2 and 3: whole-unit gradient buffers whose reduction may still be running.
+constexpr size_t kReductionsInFlight = 2;
+
+}  // namespace
+
 OwnedProcessGroups MakeProcessGroups(Communicator& world, int64_t shard_group_size) {
   const int n = world.size();
   const int g = shard_group_size > 0 ? static_cast<int>(shard_group_size) : n;
@@ -78,7 +85,30 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   optimizer_ = std::make_unique<AdamW>(config.optimizer, layout_.shard_total(), std::move(decay), config.device);
 }
 
-ZeroEngine::~ZeroEngine() = default;
+ZeroEngine::~ZeroEngine() {
+  // Only an error leaves collectives in flight here, and a failed MPI or NCCL operation may still
+  // write into its buffers: keep them alive (leaked) rather than free memory a collective uses.
+  auto* graveyard = new std::vector<at::Tensor>();
+  for (auto& pending : pending_) {
+    for (auto& t : pending->keep_alive) graveyard->push_back(t);
+  }
+  bool in_flight = !pending_.empty();
+  for (auto& unit : units_) {
+    if (unit->gather) {
+      in_flight = true;
+      graveyard->push_back(unit->full);
+      graveyard->push_back(unit->param_shard);
+    }
+    if (in_flight) graveyard->insert(graveyard->end(), {unit->full, unit->full_grad});
+  }
+  if (in_flight) {
+    graveyard->insert(graveyard->end(), {master_, grad_local_});
+    for (auto& pending : pending_) (void)pending.release();  // their Work objects reference the buffers too
+    for (auto& unit : units_) (void)unit->gather.release();
+  } else {
+    delete graveyard;
+  }
+}
 
 int ZeroEngine::UnitOf(const std::string& parameter) const {
   const auto it = unit_of_.find(parameter);
@@ -139,9 +169,10 @@ UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_
     Unit& unit = *units_[u];
     if (config_.stage == 3 && !unit.persistent) {
       WaitGathered(u);
-      // Prefetch: the neighbours in the current direction are the next units to be needed.
+      // Prefetch: the neighbours in the current direction are the next units to be needed. Only
+      // from the unit that runs (the first listed); the others are borrowed (a tied lm_head).
       const int direction = requires_grad && config_.recompute ? -1 : 1;
-      for (int k = 1; k <= config_.prefetch_units; ++k) {
+      for (int k = 1; u == units.front() && k <= config_.prefetch_units; ++k) {
         const int next = u + direction * k;
         if (next >= 0 && next < static_cast<int>(units_.size()) && !units_[next]->persistent) Gather(next);
       }
@@ -209,14 +240,21 @@ void ZeroEngine::IssueReduction(int u) {
     unit.full_grad = at::Tensor();
   }
   pending_.push_back(std::move(pending));
+  // Stages 2 and 3 must not hold every unit's whole gradient until the step ends: a few
+  // reductions in flight overlap backward as well as all of them would.
+  if (config_.stage >= 2) RetirePending(kReductionsInFlight);
+}
+
+void ZeroEngine::RetirePending(size_t keep) {
+  while (pending_.size() > keep) {
+    pending_.front()->work->Wait();
+    if (pending_.front()->then) pending_.front()->then();
+    pending_.pop_front();
+  }
 }
 
 double ZeroEngine::FinishGradients() {
-  for (auto& pending : pending_) {
-    pending->work->Wait();
-    if (pending->then) pending->then();
-  }
-  pending_.clear();
+  RetirePending(0);
   for (auto& unit : units_)
     ST_CHECK(unit->uses == 0, "unit {} still waits for {} gradients", unit->layout->name, unit->uses);
   if (config_.stage >= 1 && groups_.replica->size() > 1) {

@@ -22,6 +22,7 @@
 
 #include <ATen/ATen.h>
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -135,6 +136,7 @@ class ZeroEngine {
   struct Unit;
   struct Pending;
   void IssueReduction(int u);
+  void RetirePending(size_t keep);  // completes all but the newest `keep` reductions
   void DropGathered();
   void PublishParameters();  // master weights -> the parameters forward uses
   void Gather(int u);
@@ -152,7 +154,7 @@ class ZeroEngine {
   at::Tensor master_;      // fp32: this rank's shards of every unit, concatenated (whole units at stage 0)
   at::Tensor grad_local_;  // fp32, the gradient for master_
   std::unique_ptr<AdamW> optimizer_;
-  std::vector<std::unique_ptr<Pending>> pending_;
+  std::deque<std::unique_ptr<Pending>> pending_;  // reductions in flight, oldest first
   int64_t step_ = 0;
   bool last_micro_batch_ = true;
 };

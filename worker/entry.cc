@@ -65,13 +65,15 @@ int ReportFailure(const std::exception& error) {
 }
 
 int RunWorker(const std::string& job_path, const std::string& log_level) {
+  // Declared outside the try: on failure the error is logged and the job aborted while the
+  // communicators still exist (tearing them down first could hang on a dead peer).
   std::unique_ptr<MpiRuntime> mpi;
+  std::unique_ptr<Communicator> mpi_world;   // NCCL bootstraps over it, so it outlives `nccl_world`
+  std::unique_ptr<Communicator> nccl_world;  // set when training on GPUs
   int world_size = 1;
   try {
     InitLogging(log_level, RankFromEnvironment());
     const JobSpec spec = LoadJobSpec(job_path);
-    std::unique_ptr<Communicator> mpi_world;   // NCCL bootstraps over it, so it outlives `nccl_world`
-    std::unique_ptr<Communicator> nccl_world;  // set when training on GPUs
     if (MpiRuntime::LaunchedByMpi()) {
       mpi = std::make_unique<MpiRuntime>(nullptr, nullptr);
       mpi_world = mpi->World(spec.sharding.collective_timeout_s);

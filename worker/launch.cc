@@ -21,8 +21,9 @@ int LaunchMpirun(const std::string& job_path, const LaunchOptions& options) {
   std::vector<std::string> args = {mpirun, "-np", std::to_string(options.ranks)};
   if (!options.hostfile.empty()) {
     args.insert(args.end(), {"--hostfile", options.hostfile});
-  } else if (options.ranks > static_cast<int>(std::thread::hardware_concurrency())) {
-    args.push_back("--oversubscribe");  // more ranks than cores on this one machine
+  } else {
+    // One machine: allow more ranks than Open MPI counts slots (it counts physical cores).
+    args.push_back("--oversubscribe");
   }
   args.insert(args.end(), {worker.string(), fs::absolute(job_path).string(), "--log-level", options.log_level});
   if (::geteuid() == 0) {

@@ -103,6 +103,7 @@ class Trainer {
   void Checkpoint(int64_t step);
   void Export();
   std::vector<const Example*> GlobalBatch(int64_t step);
+  std::optional<fs::path> AgreedLatestCheckpoint(const fs::path& checkpoints);
   void Barrier(const std::string& what) { world_.Barrier(CollectiveTag{what, step_}); }
 
   const JobSpec& spec_;
@@ -180,11 +181,11 @@ void Trainer::Prepare() {
   global_batch_ = spec_.GlobalBatchSize(ranks_);
   accumulation_ = spec_.GradientAccumulation(ranks_);
 
+  LoadData();  // before anything is written: bad data leaves no output behind
   fs::create_directories(output_dir_ / "logs");
   AddLogFile(output_dir_ / "logs" / fmt::format("rank-{:05d}.log", world_.rank()));
   if (rank0_) WriteFileAtomic(output_dir_ / "job.yaml", JobSpecToYaml(spec_));
 
-  LoadData();
   steps_per_epoch_ = static_cast<int64_t>(train_.size()) / global_batch_;  // the last partial batch is dropped
   total_steps_ = spec_.training.max_steps > 0 ? spec_.training.max_steps : spec_.training.epochs * steps_per_epoch_;
 
@@ -223,7 +224,7 @@ void Trainer::Prepare() {
   }
 
   const fs::path checkpoints = output_dir_ / "checkpoints";
-  if (const auto latest = LatestCheckpoint(checkpoints)) {
+  if (const auto latest = AgreedLatestCheckpoint(checkpoints)) {
     const TrainerState state = ReadTrainerState(*latest);
     if (state.total_steps != total_steps_) {
       Fail(ErrorCode::kFailedPrecondition,
@@ -247,6 +248,26 @@ void Trainer::Prepare() {
   }
 }
 
+std::optional<fs::path> Trainer::AgreedLatestCheckpoint(const fs::path& checkpoints) {
+  // Rank 0 decides and tells the others: ranks must not take different resume paths (their
+  // collectives would not match) even if their views of the directory differ.
+  at::Tensor step = at::full({1}, int64_t{-1}, at::TensorOptions().dtype(at::kLong).device(device_));
+  if (rank0_) {
+    if (const auto latest = LatestCheckpoint(checkpoints))
+      step.fill_(static_cast<int64_t>(std::stoll(latest->filename().string().substr(5))));
+  }
+  world_.Broadcast(step, 0, CollectiveTag{"resume step"})->Wait();
+  const int64_t chosen = step.item<int64_t>();
+  if (chosen < 0) return std::nullopt;
+  const fs::path dir = checkpoints / fmt::format("step-{}", chosen);
+  if (!fs::exists(dir / "index.json")) {
+    Fail(ErrorCode::kFailedPrecondition,
+         "rank {}: rank 0 resumes from {}, which this rank cannot see (is output.dir shared?)", world_.rank(),
+         dir.string());
+  }
+  return dir;
+}
+
 std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
   const int64_t epoch = step / steps_per_epoch_;
   if (epoch != cached_epoch_) {
@@ -268,12 +289,13 @@ at::Tensor Trainer::Forward(const Batch& batch) {
   // Captured by value: with recompute, a unit's computation runs again inside backward.
   const Positions host =
       blocks_.PositionsFor(batch.input_ids.size(0), batch.input_ids.size(1), 0, batch.attention_mask, compute_dtype_);
-  const Positions positions{host.cos.to(device_), host.sin.to(device_), host.mask.to(device_)};
+  const Positions positions{host.cos.to(device_), host.sin.to(device_), host.mask.to(device_),
+                            host.window_mask.defined() ? host.window_mask.to(device_) : at::Tensor()};
   for (int64_t i = 0; i < layers; ++i) {
     h = ApplyUnits(*engine_, {static_cast<int>(1 + i)}, h,
                    [this, i, positions](const at::Tensor& x, const UnitParameters& p) {
                      return blocks_.Layer(BindLlamaLayer(config_, i, [&p](const std::string& name) { return p(name); }),
-                                          x, positions);
+                                          x, positions, /*cache=*/nullptr, static_cast<size_t>(i));
                    });
   }
   std::vector<int> head_units = {static_cast<int>(layers + 1)};
@@ -316,7 +338,9 @@ void Trainer::TrainStep(int64_t step) {
     const LossSum loss = CausalLmLossSum(Forward(micro_batch), micro_batch.labels.to(device_));
     // The loss is the mean over every target token of the global batch: each micro-batch on
     // each rank contributes its sum divided by the global count, and ranks sum gradients.
-    if (targets > 0) (loss.sum * (loss_scale_.scale() / static_cast<double>(targets))).backward();
+    // Backward runs even for a batch without targets (as a zero) so every rank's reductions run.
+    const double factor = targets > 0 ? loss_scale_.scale() / static_cast<double>(targets) : 0.0;
+    (loss.sum * factor).backward();
     local[0] += loss.sum.detach().to(at::kDouble);
     local[1] += static_cast<double>(micro_batch.input_tokens);
   }
@@ -325,6 +349,8 @@ void Trainer::TrainStep(int64_t step) {
   AllReduceSumNow(world_, local, CollectiveTag{"loss", step + 1});
 
   bool update = targets > 0;
+  if (!update && rank0_)
+    spdlog::warn("step {}: the global batch has no target tokens (all labels -100); no update", step + 1);
   if (!loss_scale_.Update(grad_norm * scale)) {
     update = false;
     if (rank0_) spdlog::warn("step {}: gradient overflow at loss scale {}; step skipped", step + 1, scale);

@@ -3,9 +3,11 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <thread>
 
 namespace shardtune {
@@ -45,10 +47,19 @@ ncclDataType_t NcclType(const at::Tensor& tensor) {
   }
 }
 
+// A communicator and whether it was aborted (after which it must not be destroyed again).
+struct NcclState {
+  ncclComm_t comm = nullptr;
+  std::atomic<bool> aborted{false};
+  void Abort() {
+    if (!aborted.exchange(true)) ncclCommAbort(comm);
+  }
+};
+
 class NcclWork : public Work {
  public:
-  NcclWork(ncclComm_t comm, cudaEvent_t done, double timeout_s, std::string what)
-      : comm_(comm), done_(done), timeout_s_(timeout_s), what_(std::move(what)) {}
+  NcclWork(std::shared_ptr<NcclState> state, cudaEvent_t done, double timeout_s, std::string what)
+      : state_(std::move(state)), done_(done), timeout_s_(timeout_s), what_(std::move(what)) {}
   ~NcclWork() override { cudaEventDestroy(done_); }
 
   void Wait() override {
@@ -59,12 +70,13 @@ class NcclWork : public Work {
       if (state != cudaErrorNotReady)
         throw CollectiveError(fmt::format("{} failed: {}", what_, cudaGetErrorString(state)));
       ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(comm_, &async);
+      ncclCommGetAsyncError(state_->comm, &async);
       if (async != ncclSuccess && async != ncclInProgress) {
+        state_->Abort();
         throw CollectiveError(fmt::format("{} failed: {}", what_, ncclGetErrorString(async)));
       }
       if (std::chrono::steady_clock::now() > deadline) {
-        ncclCommAbort(comm_);
+        state_->Abort();
         throw CollectiveError(
             fmt::format("{} did not complete within the collective timeout of {} s", what_, timeout_s_));
       }
@@ -74,7 +86,7 @@ class NcclWork : public Work {
   }
 
  private:
-  ncclComm_t comm_;
+  std::shared_ptr<NcclState> state_;
   cudaEvent_t done_;
   double timeout_s_;
   std::string what_;
@@ -92,11 +104,15 @@ class NcclCommunicator : public Communicator {
     bootstrap_.Broadcast(words, 0, CollectiveTag{"nccl unique id"})->Wait();
     std::memcpy(&id, words.data_ptr(), sizeof(id));
     ST_CUDA_CHECK(cudaGetDevice(&device_));
-    ST_NCCL_CHECK(ncclCommInitRank(&comm_, bootstrap_.size(), id, bootstrap_.rank()));
+    ST_NCCL_CHECK(ncclCommInitRank(&state_->comm, bootstrap_.size(), id, bootstrap_.rank()));
+    comm_ = state_->comm;
     ST_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   ~NcclCommunicator() override {
-    ncclCommDestroy(comm_);
+    // ncclCommDestroy waits for pending work, which never ends when a peer is gone: during an
+    // error (an exception unwinding, or an earlier abort) abort instead.
+    if (std::uncaught_exceptions() > 0) state_->Abort();
+    if (!state_->aborted) ncclCommDestroy(state_->comm);
     cudaStreamDestroy(stream_);
   }
 
@@ -161,13 +177,14 @@ class NcclCommunicator : public Communicator {
     if (result != ncclSuccess) throw CollectiveError(fmt::format("{} failed: {}", what, ncclGetErrorString(result)));
     ST_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
     ST_CUDA_CHECK(cudaEventRecord(done, stream_));
-    return std::make_unique<NcclWork>(comm_, done, timeout_s_, what);
+    return std::make_unique<NcclWork>(state_, done, timeout_s_, what);
   }
 
   std::unique_ptr<Communicator> owned_bootstrap_;
   Communicator& bootstrap_;
   double timeout_s_;
-  ncclComm_t comm_ = nullptr;
+  std::shared_ptr<NcclState> state_ = std::make_shared<NcclState>();
+  ncclComm_t comm_ = nullptr;  // state_->comm
   cudaStream_t stream_ = nullptr;
   int device_ = 0;
 };

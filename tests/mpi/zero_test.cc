@@ -255,7 +255,7 @@ TEST_F(ZeroTest, Bf16FirstStepGradientsMatchTheSingleProcessRun) {
       h = ApplyUnits(engine, {static_cast<int>(i + 1)}, h,
                      [&, i, positions](const at::Tensor& x, const UnitParameters& p) {
                        return blocks.Layer(BindLlamaLayer(config, i, [&p](const std::string& name) { return p(name); }),
-                                           x, positions);
+                                           x, positions, nullptr, static_cast<size_t>(i));
                      });
     }
     const at::Tensor logits = ApplyUnits(engine, {static_cast<int>(config.num_hidden_layers + 1)}, h,

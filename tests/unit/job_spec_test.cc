@@ -208,6 +208,13 @@ output: {dir: out, export: [peft]}
                 {"warmup_steps", "10 exceeds training.max_steps 5"});
 }
 
+TEST_F(JobSpecTest, ListsRefuseDuplicates) {
+  ExpectProblem(
+      "name: x\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens}\n"
+      "output: {dir: out, export: [hf, hf]}\n",
+      {"output.export", "'hf' is listed twice"});
+}
+
 TEST_F(JobSpecTest, HostileNamesAreRejected) {
   for (const std::string name : {"\"x; rm -rf /\"", "UPPER", "-leading", "a_b", "\"$(id)\""}) {
     ExpectProblem("name: " + name +

@@ -282,3 +282,21 @@ TEST(Generate, SamplingIsSeededAndTopPOfZeroIsGreedy) {
 
 }  // namespace
 }  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+TEST(LlamaConfig, Qwen2SlidingWindowStartsAtMaxWindowLayers) {
+  const LlamaConfig c = LlamaConfig::Parse(
+      testing::TinyConfig("qwen2", R"("use_sliding_window": true, "sliding_window": 4, "max_window_layers": 1)"),
+      "config.json");
+  EXPECT_FALSE(c.UsesSlidingWindow(0));
+  EXPECT_TRUE(c.UsesSlidingWindow(1));
+  const LlamaConfig mistral =
+      LlamaConfig::Parse(testing::TinyConfig("mistral", R"("sliding_window": 4)"), "config.json");
+  EXPECT_TRUE(mistral.UsesSlidingWindow(0));
+  EXPECT_EQ(mistral.padding_idx.value_or(-1), 0);  // TinyConfig states pad_token_id 0
+}
+
+}  // namespace
+}  // namespace shardtune

@@ -51,7 +51,8 @@ void ExpectVectors(const Tokenizer& tokenizer, const std::string& name) {
   const std::vector<Case> cases = ReadVectors(name);
   ASSERT_GT(cases.size(), 40u);
   for (size_t i = 0; i < cases.size(); ++i) {
-    EXPECT_EQ(tokenizer.Encode(cases[i].text, /*add_special_tokens=*/false), cases[i].ids) << name << " case " << i << ": '" << cases[i].text << "'";
+    EXPECT_EQ(tokenizer.Encode(cases[i].text, /*add_special_tokens=*/false), cases[i].ids)
+        << name << " case " << i << ": '" << cases[i].text << "'";
   }
 }
 
@@ -103,7 +104,7 @@ TEST(Tokenizers, EveryFixtureLoadsAndRoundTrips) {
 TEST(Tokenizers, SpecialTokensAreAddedOnRequestAndRecognizedInText) {
   SKIP_WITHOUT_FIXTURE(Tokenizers());
   const auto llama = Tokenizer::Load(Tokenizers() / "llama2-tokenizer.json");
-  EXPECT_EQ(llama->Encode("Hello", true), (std::vector<int64_t>{1, 15043}));   // <s> added
+  EXPECT_EQ(llama->Encode("Hello", true), (std::vector<int64_t>{1, 15043}));  // <s> added
   EXPECT_EQ(llama->Encode("Hello", false), (std::vector<int64_t>{15043}));
   EXPECT_EQ(llama->Encode("Hello</s>", false), (std::vector<int64_t>{15043, 2}));  // written in the text
   EXPECT_TRUE(llama->IsSpecial(2));
@@ -136,11 +137,14 @@ TEST(Tokenizers, MalformedFilesGiveClearErrors) {
   };
   expect_error("{not json", "not valid JSON");
   expect_error("{}", "missing 'model'");
-  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "merge 0 'a b' is not two vocabulary tokens");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})",
+               "merge 0 'a b' is not two vocabulary tokens");
   expect_error(R"({"model": {"type": "Magic"}})", "model type 'Magic' is not supported");
   expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Split",
-               "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated"}})", "does not compile");
-  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []}})", "vocab id of 'a' must be a non-negative integer");
+               "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated"}})",
+               "does not compile");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []}})",
+               "vocab id of 'a' must be a non-negative integer");
   try {
     Tokenizer::Load(dir / "absent.json");
     FAIL();

@@ -165,6 +165,20 @@ TEST_F(TrainerTest, RefusesToOverwriteAFinishedRun) {
   EXPECT_EQ(ReadFile(dir_ / "done" / "final" / "model.safetensors"), before);
 }
 
+TEST_F(TrainerTest, BatchesWithoutTargetsTrainNothingAndDoNotFail) {
+  std::string text;
+  for (int i = 0; i < 8; ++i) text += "{\"input_ids\": [1, 5, 6, 7], \"labels\": [-100, -100, -100, -100]}\n";
+  testing::WriteText(dir_ / "prompts.jsonl", text);
+  const std::string yaml =
+      "name: t\nmodel: {path: base}\ndata: {train: prompts.jsonl, format: tokens}\n"
+      "output: {dir: empty}\ntraining: {max_steps: 2, micro_batch_size: 2, global_batch_size: 4}\n";
+  const TrainingSummary summary = RunTraining(ParseJobSpec(yaml, "job.yaml", dir_.path()));
+  EXPECT_TRUE(summary.finished);
+  const LoadedModel base = LoadModelForInference(dir_ / "base");
+  const LoadedModel after = LoadModelForInference(dir_ / "empty" / "final");
+  EXPECT_TRUE(at::equal(base.weights->values(), after.weights->values()));
+}
+
 TEST_F(TrainerTest, MethodsOfLaterIssuesAreRefusedClearly) {
   const std::string yaml =
       "name: t\nmodel: {path: base}\nmethod: {type: lora}\n"

@@ -181,12 +181,16 @@ Positions LlamaBlocks::PositionsFor(int64_t batch, int64_t seq, int64_t past, co
   const at::Tensor positions = at::arange(past, past + seq, at::kLong).to(at::kFloat);
   const at::Tensor freqs = positions.unsqueeze(1) * inv_freq_.unsqueeze(0);
   const at::Tensor angles = at::cat({freqs, freqs}, -1).view({1, 1, seq, config_.head_dim});
-  return Positions{angles.cos().to(dtype), angles.sin().to(dtype),
-                   AttentionMask(attention_mask, batch, seq, past, config_.sliding_window, dtype)};
+  Positions result{angles.cos().to(dtype), angles.sin().to(dtype),
+                   AttentionMask(attention_mask, batch, seq, past, std::nullopt, dtype)};
+  if (config_.sliding_window) {
+    result.window_mask = AttentionMask(attention_mask, batch, seq, past, config_.sliding_window, dtype);
+  }
+  return result;
 }
 
 at::Tensor LlamaBlocks::Embed(const at::Tensor& input_ids, const at::Tensor& embed_tokens) const {
-  return at::embedding(embed_tokens, input_ids);
+  return at::embedding(embed_tokens, input_ids, config_.padding_idx.value_or(-1));
 }
 
 at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const Positions& positions,
@@ -212,7 +216,8 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
   }
   const int64_t groups = heads / kv_heads;
   const at::Tensor scores =
-      at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) + positions.mask;
+      at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) +
+      (config_.UsesSlidingWindow(static_cast<int64_t>(layer_index)) ? positions.window_mask : positions.mask);
   const at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   const at::Tensor context = at::matmul(probs, RepeatKv(v, groups)).transpose(1, 2).reshape({b, s, heads * d});
   return Linear(context, layer.o_proj, layer.o_bias);

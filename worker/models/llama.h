@@ -61,8 +61,9 @@ at::Tensor RopeInverseFrequencies(const LlamaConfig& config);
 
 // Rotary angles and the attention mask of one forward: shared by every layer.
 struct Positions {
-  at::Tensor cos, sin;  // (1, 1, S, head_dim)
-  at::Tensor mask;      // additive, (B or 1, 1, S, past + S)
+  at::Tensor cos, sin;     // (1, 1, S, head_dim)
+  at::Tensor mask;         // additive, (B or 1, 1, S, past + S)
+  at::Tensor window_mask;  // the same within the sliding window, for the layers that use it
 };
 
 // The decoder's math, piece by piece, on weights given at each call: the trainer runs the

@@ -105,6 +105,7 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   Read(root, "hidden_act", &c.hidden_act, where);
   Read(root, "torch_dtype", &c.torch_dtype, where);
   Read(root, "pad_token_id", &c.pad_token_id, where);
+  if (root.contains("pad_token_id") && !root["pad_token_id"].is_null()) c.padding_idx = c.pad_token_id;
   Read(root, "bos_token_id", &c.bos_token_id, where);
   if (const auto eos = root.find("eos_token_id"); eos != root.end() && !eos->is_null()) {
     if (eos->is_number_integer()) {
@@ -120,7 +121,11 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   if (const auto rope = root.find("rope_scaling"); rope != root.end()) c.rope_scaling = ParseRopeScaling(*rope, where);
 
   bool use_sliding_window = c.model_type == "mistral";
-  if (qwen2) Read(root, "use_sliding_window", &use_sliding_window, where);
+  if (qwen2) {
+    Read(root, "use_sliding_window", &use_sliding_window, where);
+    c.max_window_layers = 28;  // transformers' Qwen2Config default
+    Read(root, "max_window_layers", &c.max_window_layers, where);
+  }
   if (use_sliding_window) {
     if (const auto window = root.find("sliding_window"); window != root.end() && !window->is_null()) {
       int64_t w = 0;

@@ -39,6 +39,8 @@ struct LlamaConfig {
   bool o_bias = false;    // llama/mistral: config.attention_bias; qwen2: never
   bool mlp_bias = false;
   std::optional<int64_t> sliding_window;  // mistral (and qwen2 with use_sliding_window)
+  int64_t max_window_layers = 0;          // qwen2: layers below this attend fully
+  std::optional<int64_t> padding_idx;     // config.pad_token_id when given: its embedding gets no gradient
   int64_t pad_token_id = 0;
   int64_t bos_token_id = 1;
   std::vector<int64_t> eos_token_ids;
@@ -50,6 +52,8 @@ struct LlamaConfig {
   static LlamaConfig Load(const std::filesystem::path& model_dir);
 
   int64_t num_parameters() const;
+  // Whether layer `i` attends within the sliding window (as transformers' layer_types say).
+  bool UsesSlidingWindow(int64_t i) const { return sliding_window.has_value() && i >= max_window_layers; }
 };
 
 }  // namespace shardtune

@@ -41,7 +41,8 @@ std::string StringField(const json& node, const char* key, const std::string& wh
 
 void ReplaceAll(std::string& text, const std::string& from, const std::string& to) {
   if (from.empty()) return;
-  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) text.replace(at, from.size(), to);
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
 }
 
 // A string or regex pattern, as Replace and Split take them.
@@ -141,7 +142,8 @@ Normalizer ParseNormalizer(const json& node, const std::string& where) {
           continue;
         }
         // CJK ideographs get spaces around them so they become words of their own.
-        const bool cjk = chinese && c.size() >= 3 && ((c >= "\xE4\xB8\x80" && c <= "\xE9\xBF\xBF") || (c >= "\xE3\x90\x80" && c <= "\xE4\xB6\xBF"));
+        const bool cjk = chinese && c.size() >= 3 &&
+                         ((c >= "\xE4\xB8\x80" && c <= "\xE9\xBF\xBF") || (c >= "\xE3\x90\x80" && c <= "\xE4\xB6\xBF"));
         out += cjk ? " " + c + " " : c;
       }
       if (strip_accents) out = StripCombiningMarks(NormalizeUnicode(out, NormalizationForm::kNfd));
@@ -167,12 +169,15 @@ SplitBehavior ParseBehavior(const std::string& name, const std::string& where) {
   if (name == "MergedWithPrevious") return SplitBehavior::kMergedWithPrevious;
   if (name == "MergedWithNext") return SplitBehavior::kMergedWithNext;
   if (name == "Contiguous") return SplitBehavior::kContiguous;
-  Malformed(where, fmt::format("split behavior '{}' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous", name));
+  Malformed(
+      where,
+      fmt::format("split behavior '{}' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous",
+                  name));
 }
 
 // Splits `text` around `matches` (sorted, disjoint) as `behavior` says; empty pieces vanish.
-Pieces SplitAround(const std::string& text, const std::vector<std::pair<size_t, size_t>>& matches, SplitBehavior behavior,
-                   bool invert) {
+Pieces SplitAround(const std::string& text, const std::vector<std::pair<size_t, size_t>>& matches,
+                   SplitBehavior behavior, bool invert) {
   struct Span {
     size_t begin, end;
     bool is_match;
@@ -199,8 +204,10 @@ Pieces SplitAround(const std::string& text, const std::vector<std::pair<size_t, 
         pieces.push_back(part);
         break;
       case SplitBehavior::kMergedWithPrevious:
-        if (s.is_match && !pieces.empty() && !previous_match) pieces.back() += part;
-        else pieces.push_back(part);
+        if (s.is_match && !pieces.empty() && !previous_match)
+          pieces.back() += part;
+        else
+          pieces.push_back(part);
         break;
       case SplitBehavior::kMergedWithNext:
         if (pending_prefix) {
@@ -212,8 +219,10 @@ Pieces SplitAround(const std::string& text, const std::vector<std::pair<size_t, 
         }
         break;
       case SplitBehavior::kContiguous:
-        if (s.is_match && previous_match && !pieces.empty()) pieces.back() += part;
-        else pieces.push_back(part);
+        if (s.is_match && previous_match && !pieces.empty())
+          pieces.back() += part;
+        else
+          pieces.push_back(part);
         break;
     }
     previous_match = s.is_match;
@@ -261,7 +270,8 @@ PreTokenizer ParsePreTokenizer(const json& node, const std::string& where) {
       Pieces out;
       for (std::string piece : in) {
         if (prefix && (piece.empty() || piece[0] != ' ')) piece = " " + piece;
-        Pieces parts = use_regex ? SplitAround(piece, regex->FindAll(piece), SplitBehavior::kIsolated, false) : Pieces{piece};
+        Pieces parts =
+            use_regex ? SplitAround(piece, regex->FindAll(piece), SplitBehavior::kIsolated, false) : Pieces{piece};
         for (const std::string& part : parts) out.push_back(ToByteLevel(part));
       }
       return out;
@@ -297,7 +307,8 @@ PreTokenizer ParsePreTokenizer(const json& node, const std::string& where) {
         }
         Pattern p;
         p.literal = replacement;
-        for (std::string& s : SplitAround(piece, p.FindAll(piece), SplitBehavior::kMergedWithNext, false)) out.push_back(std::move(s));
+        for (std::string& s : SplitAround(piece, p.FindAll(piece), SplitBehavior::kMergedWithNext, false))
+          out.push_back(std::move(s));
       }
       return out;
     };
@@ -346,7 +357,8 @@ std::unordered_map<std::string, int64_t> ParseVocabObject(const json& vocab, con
   if (!vocab.is_object()) Malformed(where, "model.vocab must be an object of token -> id");
   std::unordered_map<std::string, int64_t> out;
   for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0) Malformed(where, fmt::format("vocab id of '{}' must be a non-negative integer", token));
+    if (!id.is_number_integer() || id.get<int64_t>() < 0)
+      Malformed(where, fmt::format("vocab id of '{}' must be a non-negative integer", token));
     out[token] = id.get<int64_t>();
   }
   return out;
@@ -372,7 +384,8 @@ class Bpe : public Model {
     const auto ia = Find(a), ib = Find(b);
     const std::string joined = a + (prefix.empty() || b.rfind(prefix, 0) != 0 ? b : b.substr(prefix.size()));
     const auto ij = Find(joined);
-    if (!ia || !ib || !ij) Malformed(where, fmt::format("merge {} ('{}' '{}') uses a token that is not in the vocabulary", rank, a, b));
+    if (!ia || !ib || !ij)
+      Malformed(where, fmt::format("merge {} ('{}' '{}') uses a token that is not in the vocabulary", rank, a, b));
     merges.emplace(Key(*ia, *ib), Merge{rank, *ij});  // the first (lowest-rank) entry wins
   }
 
@@ -520,7 +533,9 @@ class Unigram : public Model {
         }
       }
       if (best_id[end] < 0 && best[end - 1] > -std::numeric_limits<double>::infinity()) {
-        if (!unk) Fail(ErrorCode::kInvalidArgument, "character '{}' is not in the vocabulary and there is no unk_id", characters[end - 1]);
+        if (!unk)
+          Fail(ErrorCode::kInvalidArgument, "character '{}' is not in the vocabulary and there is no unk_id",
+               characters[end - 1]);
         best[end] = best[end - 1] + unk_score, best_id[end] = *unk, best_start[end] = end - 1;
       }
     }
@@ -539,14 +554,18 @@ std::unique_ptr<Model> ParseModel(const json& node, const std::string& where) {
   std::string type = node.value("type", std::string());
   if (type.empty()) {
     // Older files leave the type out; the fields tell.
-    type = node.contains("merges") ? "BPE" : node.contains("max_input_chars_per_word") ? "WordPiece" : node.contains("unk_id") ? "Unigram" : "";
+    type = node.contains("merges")                     ? "BPE"
+           : node.contains("max_input_chars_per_word") ? "WordPiece"
+           : node.contains("unk_id")                   ? "Unigram"
+                                                       : "";
   }
   if (type == "BPE") {
     auto bpe = std::make_unique<Bpe>();
     bpe->SetVocab(ParseVocabObject(Field(node, "vocab", where), where));
     if (node.contains("unk_token") && node["unk_token"].is_string()) {
       bpe->unk = bpe->Find(node["unk_token"].get<std::string>());
-      if (!bpe->unk) Malformed(where, fmt::format("unk_token '{}' is not in the vocabulary", node["unk_token"].get<std::string>()));
+      if (!bpe->unk)
+        Malformed(where, fmt::format("unk_token '{}' is not in the vocabulary", node["unk_token"].get<std::string>()));
     }
     bpe->byte_fallback = node.value("byte_fallback", false);
     bpe->fuse_unk = node.value("fuse_unk", false);
@@ -567,7 +586,8 @@ std::unique_ptr<Model> ParseModel(const json& node, const std::string& where) {
         const std::string text = merge.get<std::string>();
         size_t space = text.find(' ');
         while (space != std::string::npos &&
-               (space == 0 || space + 1 == text.size() || !bpe->Find(text.substr(0, space)) || !bpe->Find(text.substr(space + 1)))) {
+               (space == 0 || space + 1 == text.size() || !bpe->Find(text.substr(0, space)) ||
+                !bpe->Find(text.substr(space + 1)))) {
           space = text.find(' ', space + 1);
         }
         if (space == std::string::npos) {
@@ -630,13 +650,15 @@ PostProcessor ParsePostProcessor(const json& node, const std::string& where) {
   if (type == "TemplateProcessing") {
     std::map<std::string, std::vector<int64_t>> specials;
     if (node.contains("special_tokens")) {
-      for (const auto& [name, special] : node["special_tokens"].items()) specials[name] = special.at("ids").get<std::vector<int64_t>>();
+      for (const auto& [name, special] : node["special_tokens"].items())
+        specials[name] = special.at("ids").get<std::vector<int64_t>>();
     }
     std::vector<std::vector<int64_t>> template_ids;  // empty vector = the sequence itself
     for (const json& item : Field(node, "single", where)) {
       if (item.contains("SpecialToken")) {
         const std::string id = StringField(item["SpecialToken"], "id", where);
-        if (!specials.count(id)) Malformed(where, fmt::format("TemplateProcessing uses special token '{}' without listing it", id));
+        if (!specials.count(id))
+          Malformed(where, fmt::format("TemplateProcessing uses special token '{}' without listing it", id));
         template_ids.push_back(specials[id]);
       } else {
         template_ids.push_back({});
@@ -645,8 +667,10 @@ PostProcessor ParsePostProcessor(const json& node, const std::string& where) {
     return [template_ids](std::vector<int64_t> ids) {
       std::vector<int64_t> out;
       for (const auto& item : template_ids) {
-        if (item.empty()) out.insert(out.end(), ids.begin(), ids.end());
-        else out.insert(out.end(), item.begin(), item.end());
+        if (item.empty())
+          out.insert(out.end(), ids.begin(), ids.end());
+        else
+          out.insert(out.end(), item.begin(), item.end());
       }
       return out;
     };
@@ -696,8 +720,10 @@ Decoder ParseDecoder(const json& node, const std::string& where) {
       for (const std::string& token : tokens) {
         for (const std::string& c : Utf8Characters(token)) {
           const int b = UnicodeToByte(c);
-          if (b >= 0) bytes.push_back(static_cast<char>(b));
-          else bytes += c;
+          if (b >= 0)
+            bytes.push_back(static_cast<char>(b));
+          else
+            bytes += c;
         }
       }
       return std::vector<std::string>{Utf8Lossy(bytes)};
@@ -751,7 +777,9 @@ Decoder ParseDecoder(const json& node, const std::string& where) {
     return [content, start, stop](std::vector<std::string> tokens) {
       for (std::string& t : tokens) {
         for (size_t k = 0; k < start && t.rfind(content, 0) == 0; ++k) t.erase(0, content.size());
-        for (size_t k = 0; k < stop && t.size() >= content.size() && t.compare(t.size() - content.size(), content.size(), content) == 0; ++k) {
+        for (size_t k = 0; k < stop && t.size() >= content.size() &&
+                           t.compare(t.size() - content.size(), content.size(), content) == 0;
+             ++k) {
           t.erase(t.size() - content.size());
         }
       }
@@ -776,13 +804,23 @@ Decoder ParseDecoder(const json& node, const std::string& where) {
     return [prefix, cleanup](std::vector<std::string> tokens) {
       std::string text;
       for (size_t i = 0; i < tokens.size(); ++i) {
-        if (i > 0 && tokens[i].rfind(prefix, 0) == 0) text += tokens[i].substr(prefix.size());
-        else text += (i > 0 ? " " : "") + tokens[i];
+        if (i > 0 && tokens[i].rfind(prefix, 0) == 0)
+          text += tokens[i].substr(prefix.size());
+        else
+          text += (i > 0 ? " " : "") + tokens[i];
       }
       if (cleanup) {
-        for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
-                 {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"}, {" 'm", "'m"},
-                 {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}}) {
+        for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{{" .", "."},
+                                                                                       {" ?", "?"},
+                                                                                       {" !", "!"},
+                                                                                       {" ,", ","},
+                                                                                       {" ' ", "'"},
+                                                                                       {" n't", "n't"},
+                                                                                       {" 'm", "'m"},
+                                                                                       {" do not", " don't"},
+                                                                                       {" 's", "'s"},
+                                                                                       {" 've", "'ve"},
+                                                                                       {" 're", "'re"}}) {
           ReplaceAll(text, from, to);
         }
       }
@@ -818,7 +856,8 @@ class HfTokenizer : public Tokenizer {
   std::unordered_map<int64_t, const AddedToken*> added_by_id;
 
   void Finish() {
-    std::stable_sort(added.begin(), added.end(), [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+    std::stable_sort(added.begin(), added.end(),
+                     [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
     for (const auto& token : added) added_by_id[token.id] = &token;
   }
 
@@ -867,7 +906,8 @@ class HfTokenizer : public Tokenizer {
     return n;
   }
   std::optional<int64_t> TokenToId(const std::string& token) const override {
-    for (const auto& a : added) if (a.content == token) return a.id;
+    for (const auto& a : added)
+      if (a.content == token) return a.id;
     return model->Find(token);
   }
   std::string IdToToken(int64_t id) const override {
@@ -899,7 +939,8 @@ class HfTokenizer : public Tokenizer {
         if (token.normalized != normalized || token.content.empty()) continue;
         if (text.compare(i, token.content.size(), token.content) != 0) continue;
         const size_t end = i + token.content.size();
-        if (token.single_word && ((i > 0 && IsWordChar(text[i - 1])) || (end < text.size() && IsWordChar(text[end])))) continue;
+        if (token.single_word && ((i > 0 && IsWordChar(text[i - 1])) || (end < text.size() && IsWordChar(text[end]))))
+          continue;
         hit = &token;
         break;
       }
@@ -908,8 +949,10 @@ class HfTokenizer : public Tokenizer {
         continue;
       }
       size_t begin = i, end = i + hit->content.size();
-      if (hit->lstrip) while (begin > last && std::isspace(static_cast<unsigned char>(text[begin - 1]))) --begin;
-      if (hit->rstrip) while (end < text.size() && std::isspace(static_cast<unsigned char>(text[end]))) ++end;
+      if (hit->lstrip)
+        while (begin > last && std::isspace(static_cast<unsigned char>(text[begin - 1]))) --begin;
+      if (hit->rstrip)
+        while (end < text.size() && std::isspace(static_cast<unsigned char>(text[end]))) ++end;
       if (begin > last) segments.push_back({text.substr(last, begin - last), nullptr});
       segments.push_back({"", hit});
       last = i = end;
@@ -937,8 +980,10 @@ std::unique_ptr<Tokenizer> LoadHfTokenizerJson(const std::string& json_text, con
   tokenizer->decoder = ParseDecoder(root.value("decoder", json()), where + ": decoder");
   if (root.contains("added_tokens")) {
     for (const json& a : root["added_tokens"]) {
-      if (!a.is_object() || !a.contains("id") || !a.contains("content")) Malformed(where, "added_tokens entries need 'id' and 'content'");
-      tokenizer->added.push_back(AddedToken{a["id"].get<int64_t>(), a["content"].get<std::string>(), a.value("special", false),
+      if (!a.is_object() || !a.contains("id") || !a.contains("content"))
+        Malformed(where, "added_tokens entries need 'id' and 'content'");
+      tokenizer->added.push_back(AddedToken{a["id"].get<int64_t>(), a["content"].get<std::string>(),
+                                            a.value("special", false),
                                             a.value("normalized", !a.value("special", false)), a.value("lstrip", false),
                                             a.value("rstrip", false), a.value("single_word", false)});
     }
@@ -947,7 +992,8 @@ std::unique_ptr<Tokenizer> LoadHfTokenizerJson(const std::string& json_text, con
   return tokenizer;
 }
 
-std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt) {
+std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::filesystem::path& vocab_json,
+                                               const std::filesystem::path& merges_txt) {
   json vocab;
   try {
     vocab = json::parse(ReadFile(vocab_json));
@@ -968,7 +1014,8 @@ std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::filesystem::path& voca
                     {"added_tokens", json::array()}};
   // GPT-2's one special token, as GPT2Tokenizer declares it.
   if (vocab.is_object() && vocab.contains("<|endoftext|>")) {
-    tokenizer["added_tokens"].push_back({{"id", vocab["<|endoftext|>"]}, {"content", "<|endoftext|>"}, {"special", true}, {"normalized", false}});
+    tokenizer["added_tokens"].push_back(
+        {{"id", vocab["<|endoftext|>"]}, {"content", "<|endoftext|>"}, {"special", true}, {"normalized", false}});
   }
   return LoadHfTokenizerJson(tokenizer.dump(), vocab_json.string() + " + " + merges_txt.filename().string());
 }
@@ -983,19 +1030,27 @@ std::unique_ptr<Tokenizer> LoadWordPieceVocab(const std::filesystem::path& vocab
   }
   json added = json::array();
   for (const char* special : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) {
-    if (vocab.contains(special)) added.push_back({{"id", vocab[special]}, {"content", special}, {"special", true}, {"normalized", false}});
+    if (vocab.contains(special))
+      added.push_back({{"id", vocab[special]}, {"content", special}, {"special", true}, {"normalized", false}});
   }
   const bool lowercase = vocab_txt.filename().string().find("uncased") != std::string::npos;
   const json cls = {"[CLS]", vocab.value("[CLS]", 101)}, sep = {"[SEP]", vocab.value("[SEP]", 102)};
-  const json tokenizer = {
-      {"model", {{"type", "WordPiece"}, {"vocab", vocab}, {"unk_token", "[UNK]"}, {"continuing_subword_prefix", "##"},
-                 {"max_input_chars_per_word", 100}}},
-      {"normalizer", {{"type", "BertNormalizer"}, {"clean_text", true}, {"handle_chinese_chars", true}, {"lowercase", lowercase},
-                      {"strip_accents", nullptr}}},
-      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
-      {"post_processor", {{"type", "BertProcessing"}, {"cls", cls}, {"sep", sep}}},
-      {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
-      {"added_tokens", added}};
+  const json tokenizer = {{"model",
+                           {{"type", "WordPiece"},
+                            {"vocab", vocab},
+                            {"unk_token", "[UNK]"},
+                            {"continuing_subword_prefix", "##"},
+                            {"max_input_chars_per_word", 100}}},
+                          {"normalizer",
+                           {{"type", "BertNormalizer"},
+                            {"clean_text", true},
+                            {"handle_chinese_chars", true},
+                            {"lowercase", lowercase},
+                            {"strip_accents", nullptr}}},
+                          {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+                          {"post_processor", {{"type", "BertProcessing"}, {"cls", cls}, {"sep", sep}}},
+                          {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
+                          {"added_tokens", added}};
   return LoadHfTokenizerJson(tokenizer.dump(), vocab_txt.string());
 }
 

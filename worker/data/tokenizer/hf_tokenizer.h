@@ -15,7 +15,8 @@ namespace shardtune {
 // `where` names the source in errors.
 std::unique_ptr<Tokenizer> LoadHfTokenizerJson(const std::string& json_text, const std::string& where);
 // GPT-2's vocab.json + merges.txt: byte-level BPE with GPT-2's pre-tokenizer regex.
-std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt);
+std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::filesystem::path& vocab_json,
+                                               const std::filesystem::path& merges_txt);
 
 // BERT's vocab.txt (one WordPiece token a line): BERT's normalizer (cased: no lowercasing),
 // pre-tokenizer, [CLS]/[SEP] post-processor and WordPiece decoder.

@@ -5,7 +5,8 @@
 namespace shardtune {
 
 std::unique_ptr<Tokenizer> LoadSentencePieceModel(const std::filesystem::path& path) {
-  Fail(ErrorCode::kUnimplemented, "{}: SentencePiece .model files are not supported yet; use the model's tokenizer.json", path.string());
+  Fail(ErrorCode::kUnimplemented,
+       "{}: SentencePiece .model files are not supported yet; use the model's tokenizer.json", path.string());
 }
 
 }  // namespace shardtune

@@ -9,9 +9,7 @@ namespace shardtune {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::Load(const fs::path& path) {
   std::error_code ec;
@@ -21,21 +19,25 @@ std::unique_ptr<Tokenizer> Tokenizer::Load(const fs::path& path) {
     if (fs::exists(path / "vocab.json") && fs::exists(path / "merges.txt")) {
       return LoadGpt2VocabMerges(path / "vocab.json", path / "merges.txt");
     }
-    Fail(ErrorCode::kNotFound, "{}: no tokenizer.json, tokenizer.model, or vocab.json + merges.txt there", path.string());
+    Fail(ErrorCode::kNotFound, "{}: no tokenizer.json, tokenizer.model, or vocab.json + merges.txt there",
+         path.string());
   }
   if (!fs::exists(path, ec)) Fail(ErrorCode::kNotFound, "{}: no such tokenizer file", path.string());
   if (path.extension() == ".model") return LoadSentencePieceModel(path);
-  if (path.extension() == ".txt" && path.filename().string().find("vocab") != std::string::npos) return LoadWordPieceVocab(path);
+  if (path.extension() == ".txt" && path.filename().string().find("vocab") != std::string::npos)
+    return LoadWordPieceVocab(path);
   if (path.extension() == ".json") {
     // A vocab.json beside a merges.txt is GPT-2's pair, not a tokenizer.json.
     const std::string name = path.filename().string();
-    const fs::path merges = path.parent_path() / (name.size() > 10 && name.compare(name.size() - 10, 10, "vocab.json") == 0
-                                                      ? name.substr(0, name.size() - 10) + "merges.txt"
-                                                      : std::string("merges.txt"));
+    const fs::path merges =
+        path.parent_path() / (name.size() > 10 && name.compare(name.size() - 10, 10, "vocab.json") == 0
+                                  ? name.substr(0, name.size() - 10) + "merges.txt"
+                                  : std::string("merges.txt"));
     if (name.find("vocab") != std::string::npos && fs::exists(merges)) return LoadGpt2VocabMerges(path, merges);
     return LoadHfTokenizerJson(ReadFile(path), path.string());
   }
-  Fail(ErrorCode::kInvalidArgument, "{}: expected a tokenizer.json, a SentencePiece .model, or a directory holding one", path.string());
+  Fail(ErrorCode::kInvalidArgument, "{}: expected a tokenizer.json, a SentencePiece .model, or a directory holding one",
+       path.string());
 }
 
 }  // namespace shardtune

@@ -1,7 +1,7 @@
 #include "worker/data/tokenizer/unicode.h"
 
-#include <unicode/normalizer2.h>
 #include <unicode/locid.h>
+#include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
 
@@ -20,10 +20,14 @@ size_t ValidSequenceLength(std::string_view text, size_t i) {
   size_t length = 0;
   uint32_t code = 0, min = 0;
   if (c < 0x80) return 1;
-  if ((c & 0xE0) == 0xC0) length = 2, code = c & 0x1F, min = 0x80;
-  else if ((c & 0xF0) == 0xE0) length = 3, code = c & 0x0F, min = 0x800;
-  else if ((c & 0xF8) == 0xF0) length = 4, code = c & 0x07, min = 0x10000;
-  else return 0;
+  if ((c & 0xE0) == 0xC0)
+    length = 2, code = c & 0x1F, min = 0x80;
+  else if ((c & 0xF0) == 0xE0)
+    length = 3, code = c & 0x0F, min = 0x800;
+  else if ((c & 0xF8) == 0xF0)
+    length = 4, code = c & 0x07, min = 0x10000;
+  else
+    return 0;
   if (i + length > text.size()) return 0;
   for (size_t k = 1; k < length; ++k) {
     const auto next = static_cast<unsigned char>(text[i + k]);
@@ -130,10 +134,18 @@ std::string NormalizeUnicode(std::string_view text, NormalizationForm form) {
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* normalizer = nullptr;
   switch (form) {
-    case NormalizationForm::kNfc: normalizer = icu::Normalizer2::getNFCInstance(status); break;
-    case NormalizationForm::kNfd: normalizer = icu::Normalizer2::getNFDInstance(status); break;
-    case NormalizationForm::kNfkc: normalizer = icu::Normalizer2::getNFKCInstance(status); break;
-    case NormalizationForm::kNfkd: normalizer = icu::Normalizer2::getNFKDInstance(status); break;
+    case NormalizationForm::kNfc:
+      normalizer = icu::Normalizer2::getNFCInstance(status);
+      break;
+    case NormalizationForm::kNfd:
+      normalizer = icu::Normalizer2::getNFDInstance(status);
+      break;
+    case NormalizationForm::kNfkc:
+      normalizer = icu::Normalizer2::getNFKCInstance(status);
+      break;
+    case NormalizationForm::kNfkd:
+      normalizer = icu::Normalizer2::getNFKDInstance(status);
+      break;
   }
   if (U_FAILURE(status)) Fail(ErrorCode::kInternal, "ICU normalizer unavailable: {}", u_errorName(status));
   const icu::UnicodeString normalized = normalizer->normalize(ToIcu(text), status);
