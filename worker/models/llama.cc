@@ -182,7 +182,7 @@ Positions LlamaBlocks::PositionsFor(int64_t batch, int64_t seq, int64_t past, co
   const at::Tensor freqs = positions.unsqueeze(1) * inv_freq_.unsqueeze(0);
   const at::Tensor angles = at::cat({freqs, freqs}, -1).view({1, 1, seq, config_.head_dim});
   Positions result{angles.cos().to(dtype), angles.sin().to(dtype),
-                   AttentionMask(attention_mask, batch, seq, past, std::nullopt, dtype)};
+                   AttentionMask(attention_mask, batch, seq, past, std::nullopt, dtype), at::Tensor()};
   if (config_.sliding_window) {
     result.window_mask = AttentionMask(attention_mask, batch, seq, past, config_.sliding_window, dtype);
   }

@@ -1,12 +1,422 @@
 #include "worker/data/tokenizer/sentencepiece_model.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <unordered_map>
+
+#include "common/atomic_file.h"
 #include "common/error.h"
+#include "worker/data/tokenizer/unicode.h"
 
 namespace shardtune {
 
+namespace {
+
+constexpr const char* kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's visible space
+
+enum class PieceType { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+enum class ModelType { kUnigram = 1, kBpe = 2, kWord = 3, kChar = 4 };
+
+// A protobuf wire-format reader: just enough for ModelProto.
+class WireReader {
+ public:
+  WireReader(std::string_view data, std::string where) : data_(data), where_(std::move(where)) {}
+  bool Done() const { return pos_ >= data_.size(); }
+  uint64_t Varint() {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (pos_ >= data_.size()) Truncated();
+      const auto byte = static_cast<uint8_t>(data_[pos_++]);
+      value |= static_cast<uint64_t>(byte & 0x7F) << shift;
+      if ((byte & 0x80) == 0) return value;
+    }
+    Fail(ErrorCode::kDataLoss, "{}: malformed varint at byte {}", where_, pos_);
+  }
+  std::string_view Bytes() {
+    const uint64_t length = Varint();
+    if (length > data_.size() - pos_) Truncated();
+    const std::string_view out = data_.substr(pos_, length);
+    pos_ += length;
+    return out;
+  }
+  float Fixed32() {
+    if (data_.size() - pos_ < 4) Truncated();
+    float value;
+    std::memcpy(&value, data_.data() + pos_, 4);
+    pos_ += 4;
+    return value;
+  }
+  void Skip(int wire_type) {
+    switch (wire_type) {
+      case 0:
+        Varint();
+        break;
+      case 1:
+        Advance(8);
+        break;
+      case 2:
+        Bytes();
+        break;
+      case 5:
+        Advance(4);
+        break;
+      default:
+        Fail(ErrorCode::kDataLoss, "{}: unknown protobuf wire type {} at byte {}", where_, wire_type, pos_);
+    }
+  }
+
+ private:
+  void Advance(size_t n) {
+    if (data_.size() - pos_ < n) Truncated();
+    pos_ += n;
+  }
+  [[noreturn]] void Truncated() const {
+    Fail(ErrorCode::kDataLoss, "{}: truncated (not a SentencePiece model?)", where_);
+  }
+  std::string_view data_;
+  size_t pos_ = 0;
+  std::string where_;
+};
+
+struct Piece {
+  std::string text;
+  float score = 0;
+  PieceType type = PieceType::kNormal;
+};
+
+class SentencePieceModel : public Tokenizer {
+ public:
+  std::vector<Piece> pieces;
+  ModelType model_type = ModelType::kUnigram;
+  bool byte_fallback = false;
+  int64_t unk_id = 0, bos_id = 1, eos_id = 2, pad_id = -1;
+  std::string normalizer_name;
+  bool add_dummy_prefix = true, remove_extra_whitespaces = true, escape_whitespaces = true;
+  std::unordered_map<std::string, int64_t> ids;  // pieces usable in segmentation
+  std::vector<std::string> user_defined;         // matched whole, longest first
+  size_t max_piece_chars = 1;
+  float min_score = 0;
+
+  void Finish() {
+    min_score = std::numeric_limits<float>::max();
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const Piece& p = pieces[i];
+      if (p.type == PieceType::kNormal || p.type == PieceType::kUserDefined || p.type == PieceType::kByte) {
+        ids.emplace(p.text, static_cast<int64_t>(i));
+      }
+      if (p.type == PieceType::kUserDefined) user_defined.push_back(p.text);
+      if (p.type == PieceType::kNormal) {
+        min_score = std::min(min_score, p.score);
+        max_piece_chars = std::max(max_piece_chars, Utf8Characters(p.text).size());
+      }
+    }
+    std::sort(user_defined.begin(), user_defined.end(),
+              [](const auto& a, const auto& b) { return a.size() > b.size(); });
+  }
+
+  std::string Normalize(std::string_view raw) const {
+    std::string text = IsValidUtf8(raw) ? std::string(raw) : Utf8Lossy(raw);
+    if (normalizer_name.find("nfkc") != std::string::npos) text = NormalizeUnicode(text, NormalizationForm::kNfkc);
+    if (normalizer_name.rfind("nmt", 0) == 0) {
+      // The "nmt" rules: whitespace controls become spaces, other control characters go.
+      std::string cleaned;
+      for (char c : text) {
+        if (c == '\t' || c == '\n' || c == '\r')
+          cleaned.push_back(' ');
+        else if (static_cast<unsigned char>(c) >= 0x20 && c != 0x7F)
+          cleaned.push_back(c);
+      }
+      text = cleaned;
+    }
+    if (remove_extra_whitespaces) {
+      std::string collapsed;
+      for (char c : text) {
+        if (c == ' ' && (collapsed.empty() || collapsed.back() == ' ')) continue;
+        collapsed.push_back(c);
+      }
+      while (!collapsed.empty() && collapsed.back() == ' ') collapsed.pop_back();
+      text = collapsed;
+    }
+    if (text.empty()) return text;
+    if (add_dummy_prefix) text = " " + text;
+    if (!escape_whitespaces) return text;
+    std::string escaped;
+    for (char c : text) escaped += c == ' ' ? std::string(kSpace) : std::string(1, c);
+    return escaped;
+  }
+
+  // The normalized text as symbols: characters, with user-defined pieces kept whole.
+  std::vector<std::string> Symbols(const std::string& text) const {
+    std::vector<std::string> symbols;
+    for (size_t i = 0; i < text.size();) {
+      bool matched = false;
+      for (const std::string& u : user_defined) {
+        if (text.compare(i, u.size(), u) == 0) {
+          symbols.push_back(u);
+          i += u.size();
+          matched = true;
+          break;
+        }
+      }
+      if (matched) continue;
+      const std::vector<std::string> one = Utf8Characters(std::string_view(text).substr(i, 4));
+      symbols.push_back(one.front());
+      i += one.front().size();
+    }
+    return symbols;
+  }
+
+  // A symbol that is no piece: its bytes with byte fallback, else the unknown piece.
+  void Unknown(const std::string& symbol, std::vector<int64_t>& out) const {
+    if (byte_fallback) {
+      for (unsigned char b : symbol) {
+        const auto it = ids.find(fmt::format("<0x{:02X}>", static_cast<unsigned>(b)));
+        if (it != ids.end()) out.push_back(it->second);
+      }
+      return;
+    }
+    if (!out.empty() && out.back() == unk_id) return;  // consecutive unknowns are one
+    out.push_back(unk_id);
+  }
+
+  std::vector<int64_t> EncodeBpe(const std::string& text) const {
+    // SentencePiece's BPE: repeatedly merge the adjacent pair whose concatenation is the
+    // highest-scoring piece (leftmost on ties), until no pair is a piece.
+    std::vector<std::string> symbols = Symbols(text);
+    for (;;) {
+      float best_score = -std::numeric_limits<float>::infinity();
+      size_t best = symbols.size();
+      for (size_t i = 0; i + 1 < symbols.size(); ++i) {
+        const auto it = ids.find(symbols[i] + symbols[i + 1]);
+        if (it == ids.end() || pieces[static_cast<size_t>(it->second)].type == PieceType::kByte) continue;
+        const float score = pieces[static_cast<size_t>(it->second)].score;
+        if (score > best_score) best_score = score, best = i;
+      }
+      if (best == symbols.size()) break;
+      symbols[best] += symbols[best + 1];
+      symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best) + 1);
+    }
+    std::vector<int64_t> out;
+    for (const std::string& s : symbols) {
+      const auto it = ids.find(s);
+      if (it != ids.end())
+        out.push_back(it->second);
+      else
+        Unknown(s, out);
+    }
+    return out;
+  }
+
+  std::vector<int64_t> EncodeUnigram(const std::string& text) const {
+    // Viterbi: the segmentation with the highest total score; an unknown character costs
+    // min_score - 10, as SentencePiece charges it.
+    const std::vector<std::string> chars = Symbols(text);
+    const size_t n = chars.size();
+    const double unk_score = static_cast<double>(min_score) - 10.0;
+    std::vector<double> best(n + 1, -std::numeric_limits<double>::infinity());
+    std::vector<int64_t> best_id(n + 1, -1);
+    std::vector<size_t> best_start(n + 1, 0);
+    best[0] = 0;
+    for (size_t end = 1; end <= n; ++end) {
+      std::string candidate;
+      for (size_t start = end; start-- > 0 && end - start <= max_piece_chars;) {
+        candidate = chars[start] + candidate;
+        const auto it = ids.find(candidate);
+        if (it == ids.end() || pieces[static_cast<size_t>(it->second)].type == PieceType::kByte) continue;
+        const Piece& p = pieces[static_cast<size_t>(it->second)];
+        const double score = best[start] + (p.type == PieceType::kUserDefined ? 0.0 : p.score);
+        if (score > best[end]) best[end] = score, best_id[end] = it->second, best_start[end] = start;
+      }
+      if (best_id[end] < 0)
+        best[end] = best[end - 1] + unk_score, best_id[end] = -1 - static_cast<int64_t>(end - 1),
+        best_start[end] = end - 1;
+    }
+    std::vector<std::pair<int64_t, size_t>> path;  // id (negative: unknown character index)
+    for (size_t end = n; end > 0; end = best_start[end]) path.emplace_back(best_id[end], end);
+    std::reverse(path.begin(), path.end());
+    std::vector<int64_t> out;
+    for (const auto& [id, end] : path) {
+      if (id >= 0)
+        out.push_back(id);
+      else
+        Unknown(chars[static_cast<size_t>(-1 - id)], out);
+    }
+    return out;
+  }
+
+  std::vector<int64_t> Encode(std::string_view raw, bool add_special_tokens) const override {
+    const std::string text = Normalize(raw);
+    std::vector<int64_t> out;
+    if (add_special_tokens && bos_id >= 0) out.push_back(bos_id);
+    if (!text.empty()) {
+      const std::vector<int64_t> body = model_type == ModelType::kBpe ? EncodeBpe(text) : EncodeUnigram(text);
+      out.insert(out.end(), body.begin(), body.end());
+    }
+    return out;
+  }
+
+  std::string Decode(const std::vector<int64_t>& token_ids, bool skip_special_tokens) const override {
+    std::string text, bytes;
+    auto flush = [&] {
+      text += Utf8Lossy(bytes);
+      bytes.clear();
+    };
+    for (int64_t id : token_ids) {
+      const Piece& p = pieces.at(static_cast<size_t>(CheckId(id)));
+      if (p.type == PieceType::kByte) {
+        unsigned value = 0;
+        std::sscanf(p.text.c_str() + 3, "%2x", &value);
+        bytes.push_back(static_cast<char>(value));
+        continue;
+      }
+      flush();
+      if (p.type == PieceType::kControl) {
+        if (!skip_special_tokens) text += p.text;
+        continue;
+      }
+      if (p.type == PieceType::kUnknown) {
+        text += " \xE2\x81\x87 ";  // SentencePiece renders an unknown piece as " ⁇ "
+        continue;
+      }
+      text += p.text;
+    }
+    flush();
+    std::string out;
+    for (size_t i = 0; i < text.size();) {
+      if (text.compare(i, 3, kSpace) == 0) {
+        out.push_back(' ');
+        i += 3;
+      } else {
+        out.push_back(text[i++]);
+      }
+    }
+    if (add_dummy_prefix && !out.empty() && out[0] == ' ') out.erase(0, 1);
+    return out;
+  }
+
+  int64_t vocab_size() const override { return static_cast<int64_t>(pieces.size()); }
+  std::optional<int64_t> TokenToId(const std::string& token) const override {
+    for (size_t i = 0; i < pieces.size(); ++i)
+      if (pieces[i].text == token) return static_cast<int64_t>(i);
+    return std::nullopt;
+  }
+  std::string IdToToken(int64_t id) const override { return pieces[static_cast<size_t>(CheckId(id))].text; }
+  bool IsSpecial(int64_t id) const override {
+    return pieces[static_cast<size_t>(CheckId(id))].type == PieceType::kControl;
+  }
+
+ private:
+  int64_t CheckId(int64_t id) const {
+    if (id < 0 || id >= vocab_size())
+      Fail(ErrorCode::kInvalidArgument, "token id {} is outside the vocabulary [0, {})", id, vocab_size());
+    return id;
+  }
+};
+
+void ReadPiece(std::string_view data, const std::string& where, Piece& piece) {
+  WireReader r(data, where);
+  while (!r.Done()) {
+    const uint64_t key = r.Varint();
+    const auto field = key >> 3;
+    const int wire = static_cast<int>(key & 7);
+    if (field == 1 && wire == 2)
+      piece.text = std::string(r.Bytes());
+    else if (field == 2 && wire == 5)
+      piece.score = r.Fixed32();
+    else if (field == 3 && wire == 0)
+      piece.type = static_cast<PieceType>(r.Varint());
+    else
+      r.Skip(wire);
+  }
+}
+
+void ReadTrainerSpec(std::string_view data, const std::string& where, SentencePieceModel& m) {
+  WireReader r(data, where);
+  while (!r.Done()) {
+    const uint64_t key = r.Varint();
+    const auto field = key >> 3;
+    const int wire = static_cast<int>(key & 7);
+    if (wire != 0) {
+      r.Skip(wire);
+      continue;
+    }
+    const auto value = static_cast<int64_t>(r.Varint());
+    switch (field) {
+      case 3:
+        m.model_type = static_cast<ModelType>(value);
+        break;
+      case 35:
+        m.byte_fallback = value != 0;
+        break;
+      case 40:
+        m.unk_id = static_cast<int32_t>(value);
+        break;
+      case 41:
+        m.bos_id = static_cast<int32_t>(value);
+        break;
+      case 42:
+        m.eos_id = static_cast<int32_t>(value);
+        break;
+      case 43:
+        m.pad_id = static_cast<int32_t>(value);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+void ReadNormalizerSpec(std::string_view data, const std::string& where, SentencePieceModel& m) {
+  WireReader r(data, where);
+  while (!r.Done()) {
+    const uint64_t key = r.Varint();
+    const auto field = key >> 3;
+    const int wire = static_cast<int>(key & 7);
+    if (field == 1 && wire == 2)
+      m.normalizer_name = std::string(r.Bytes());
+    else if (field == 3 && wire == 0)
+      m.add_dummy_prefix = r.Varint() != 0;
+    else if (field == 4 && wire == 0)
+      m.remove_extra_whitespaces = r.Varint() != 0;
+    else if (field == 5 && wire == 0)
+      m.escape_whitespaces = r.Varint() != 0;
+    else
+      r.Skip(wire);
+  }
+}
+
+}  // namespace
+
 std::unique_ptr<Tokenizer> LoadSentencePieceModel(const std::filesystem::path& path) {
-  Fail(ErrorCode::kUnimplemented,
-       "{}: SentencePiece .model files are not supported yet; use the model's tokenizer.json", path.string());
+  const std::string data = ReadFile(path);
+  const std::string where = path.string();
+  auto model = std::make_unique<SentencePieceModel>();
+  WireReader r(data, where);
+  while (!r.Done()) {
+    const uint64_t key = r.Varint();
+    const auto field = key >> 3;
+    const int wire = static_cast<int>(key & 7);
+    if (wire == 2 && field == 1) {
+      ReadPiece(r.Bytes(), where, model->pieces.emplace_back());
+    } else if (wire == 2 && field == 2) {
+      ReadTrainerSpec(r.Bytes(), where, *model);
+    } else if (wire == 2 && field == 3) {
+      ReadNormalizerSpec(r.Bytes(), where, *model);
+    } else {
+      r.Skip(wire);
+    }
+  }
+  if (model->pieces.empty()) Fail(ErrorCode::kDataLoss, "{}: holds no pieces (not a SentencePiece model?)", where);
+  if (model->model_type != ModelType::kBpe && model->model_type != ModelType::kUnigram) {
+    Fail(ErrorCode::kUnimplemented, "{}: SentencePiece model type {} is not supported (supported: unigram, bpe)", where,
+         static_cast<int>(model->model_type));
+  }
+  if (model->unk_id < 0 || model->unk_id >= model->vocab_size()) {
+    Fail(ErrorCode::kDataLoss, "{}: unk_id {} is outside the {} pieces", where, model->unk_id, model->vocab_size());
+  }
+  model->Finish();
+  return model;
 }
 
 }  // namespace shardtune
