@@ -23,6 +23,7 @@ enum class SchedulerType { kConstant, kLinear, kCosine };
 enum class CommBackend { kAuto, kNccl, kMpi };
 enum class OffloadTarget { kNone, kCpu };
 enum class ExportFormat { kHf, kPeft };
+enum class ChatTemplateChoice { kAuto, kLlama3, kChatml, kLlama2, kMistral, kPlain };
 
 struct ModelSpec {
   std::string path;       // Hugging Face directory: config.json + *.safetensors (required)
@@ -42,7 +43,8 @@ struct DataSpec {
   DataFormat format = DataFormat::kTokens;
   int64_t max_seq_len = 2048;  // longer examples are truncated
   bool packing = false;
-  bool shuffle = true;  // reshuffled every epoch from training.seed
+  bool shuffle = true;                                           // reshuffled every epoch from training.seed
+  ChatTemplateChoice chat_template = ChatTemplateChoice::kAuto;  // chat and sharegpt formats
 };
 
 struct OptimizerSpec {
@@ -146,5 +148,6 @@ const char* ToString(CommBackend v);
 const char* ToString(OffloadTarget v);
 const char* ToString(ExportFormat v);
 const char* ToString(OptimizerType v);
+const char* ToString(ChatTemplateChoice v);
 
 }  // namespace shardtune

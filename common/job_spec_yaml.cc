@@ -44,6 +44,10 @@ const EnumTable<SchedulerType> kSchedulers = {
 const EnumTable<CommBackend> kBackends = {
     {"auto", CommBackend::kAuto}, {"nccl", CommBackend::kNccl}, {"mpi", CommBackend::kMpi}};
 const EnumTable<OffloadTarget> kOffloads = {{"none", OffloadTarget::kNone}, {"cpu", OffloadTarget::kCpu}};
+const EnumTable<ChatTemplateChoice> kChatTemplates = {
+    {"auto", ChatTemplateChoice::kAuto},       {"llama3", ChatTemplateChoice::kLlama3},
+    {"chatml", ChatTemplateChoice::kChatml},   {"llama2", ChatTemplateChoice::kLlama2},
+    {"mistral", ChatTemplateChoice::kMistral}, {"plain", ChatTemplateChoice::kPlain}};
 const EnumTable<ExportFormat> kExports = {{"hf", ExportFormat::kHf}, {"peft", ExportFormat::kPeft}};
 
 template <typename E>
@@ -339,6 +343,7 @@ void ReadData(MapReader m, DataSpec* data) {
   m.Int("max_seq_len", &data->max_seq_len, 2, 1 << 24);
   m.Bool("packing", &data->packing);
   m.Bool("shuffle", &data->shuffle);
+  m.Enum("chat_template", &data->chat_template, kChatTemplates);
   m.Finish();
 }
 
@@ -537,6 +542,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "max_seq_len" << YAML::Value << d.max_seq_len;
   out << YAML::Key << "packing" << YAML::Value << d.packing;
   out << YAML::Key << "shuffle" << YAML::Value << d.shuffle;
+  out << YAML::Key << "chat_template" << YAML::Value << NameOf(kChatTemplates, d.chat_template);
   out << YAML::EndMap;
 
   const TrainingSpec& t = spec.training;
@@ -601,5 +607,6 @@ const char* ToString(CommBackend v) { return NameOf(kBackends, v); }
 const char* ToString(OffloadTarget v) { return NameOf(kOffloads, v); }
 const char* ToString(ExportFormat v) { return NameOf(kExports, v); }
 const char* ToString(OptimizerType v) { return NameOf(kOptimizers, v); }
+const char* ToString(ChatTemplateChoice v) { return NameOf(kChatTemplates, v); }
 
 }  // namespace shardtune

@@ -17,7 +17,9 @@
 #include "sharding/lr_schedule.h"
 #include "sharding/unit_function.h"
 #include "sharding/zero_engine.h"
+#include "worker/data/formats.h"
 #include "worker/data/token_dataset.h"
+#include "worker/data/tokenizer/tokenizer.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
 #include "worker/progress.h"
@@ -37,8 +39,9 @@ void CheckSupported(const JobSpec& spec, at::Device device) {
   if (spec.method.type != MethodType::kFull) {
     unsupported(fmt::format("method.type '{}' (supported: full)", ToString(spec.method.type)));
   }
-  if (spec.data.format != DataFormat::kTokens) {
-    unsupported(fmt::format("data.format '{}' (supported: tokens)", ToString(spec.data.format)));
+  if (spec.data.format == DataFormat::kClassification || spec.data.format == DataFormat::kNer) {
+    unsupported(fmt::format("data.format '{}' (supported: chat, completion, alpaca, sharegpt, text, tokens)",
+                            ToString(spec.data.format)));
   }
   if (spec.model.task != ModelTask::kCausalLm) {
     unsupported(fmt::format("model.task '{}' (supported: causal_lm)", ToString(spec.model.task)));
@@ -97,6 +100,7 @@ class Trainer {
  private:
   void Prepare();
   void LoadData();
+  FormatOptions DataOptions();
   at::Tensor Forward(const Batch& batch);
   void TrainStep(int64_t step);
   void Evaluate(int64_t step);
@@ -117,6 +121,7 @@ class Trainer {
   at::Device device_;  // the world communicator's: the CPU under MPI, this rank's GPU under NCCL
   OwnedProcessGroups groups_;
   std::unique_ptr<ZeroEngine> engine_;
+  std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<Example> train_;
   std::vector<Example> validation_;
   int64_t ranks_ = 1;
@@ -135,16 +140,41 @@ class Trainer {
   TrainingSummary summary_;
 };
 
+FormatOptions Trainer::DataOptions() {
+  FormatOptions options;
+  options.format = spec_.data.format;
+  options.vocab_size = config_.vocab_size;
+  options.max_seq_len = spec_.data.max_seq_len;
+  options.eos_id = config_.eos_token_ids.empty() ? 2 : config_.eos_token_ids.front();
+  if (spec_.data.format == DataFormat::kTokens) return options;
+  const fs::path source = spec_.model.tokenizer.empty() ? fs::path(spec_.model.path) : fs::path(spec_.model.tokenizer);
+  tokenizer_ = Tokenizer::Load(source);
+  options.tokenizer = tokenizer_.get();
+  // Whether examples start with BOS is the tokenizer's convention: its post-processor says.
+  const std::vector<int64_t> empty = tokenizer_->Encode("", /*add_special_tokens=*/true);
+  if (!empty.empty()) options.bos_id = empty.front();
+  if (spec_.data.chat_template == ChatTemplateChoice::kAuto) {
+    std::string reason;
+    options.chat_template = DetectChatTemplate(fs::is_directory(source) ? source : source.parent_path(), &reason);
+    if (rank0_ && (spec_.data.format == DataFormat::kChat || spec_.data.format == DataFormat::kShareGpt)) {
+      spdlog::info("chat template: {} ({})", ToString(options.chat_template), reason);
+    }
+  } else {
+    options.chat_template = *ParseChatTemplate(ToString(spec_.data.chat_template));
+  }
+  return options;
+}
+
 void Trainer::LoadData() {
-  const TokenDatasetOptions data_options{config_.vocab_size, spec_.data.max_seq_len};
-  TokenDataset train = ReadTokenDataset(spec_.data.train, data_options);
+  const FormatOptions data_options = DataOptions();
+  TokenDataset train = ReadDataset(spec_.data.train, data_options);
   train_ = std::move(train.examples);
   if (train.truncated > 0 && rank0_) {
     spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", spec_.data.train,
                  train.truncated, spec_.data.max_seq_len);
   }
   if (!spec_.data.validation.empty()) {
-    validation_ = ReadTokenDataset(spec_.data.validation, data_options).examples;
+    validation_ = ReadDataset(spec_.data.validation, data_options).examples;
   } else {
     SplitValidation(train_, validation_, spec_.data.validation_split, spec_.training.seed);
   }

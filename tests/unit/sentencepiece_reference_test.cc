@@ -16,10 +16,18 @@ namespace fs = std::filesystem;
 // every vocabulary; plus the llama.cpp vector strings.
 std::vector<std::string> Texts() {
   std::vector<std::string> texts = {
-      "Hello world",           " Hello world",         "Hello  world,   spaced   out ",
-      "It's 2024; isn't it?",  "naïve café résumé",    "日本語のテキストと中文",
-      "emoji 🦙🚀 and ∑ math", "tabs\tand\nnewlines", "",
-      "a",                     "    leading spaces",    "UPPER lower MiXeD 1234567890",
+      "Hello world",
+      " Hello world",
+      "Hello  world,   spaced   out ",
+      "It's 2024; isn't it?",
+      "naïve café résumé",
+      "日本語のテキストと中文",
+      "emoji 🦙🚀 and ∑ math",
+      "tabs\tand\nnewlines",
+      "",
+      "a",
+      "    leading spaces",
+      "UPPER lower MiXeD 1234567890",
   };
   const fs::path inputs = testing::FixturesDir() / "tokenizer-vectors" / "llama-spm.inp";
   if (fs::exists(inputs)) {
@@ -47,7 +55,8 @@ TEST_P(SentencePieceReference, EncodesAndDecodesAsTheLibraryDoes) {
     ASSERT_TRUE(reference.Encode(text, &expected_ids).ok());
     const std::vector<int64_t> ids = ours->Encode(text, /*add_special_tokens=*/false);
     const std::vector<int64_t> expected(expected_ids.begin(), expected_ids.end());
-    if (ids != expected && ++mismatches <= 5) std::printf("differs from the library: %s: '%s'\n", GetParam().c_str(), text.c_str());
+    if (ids != expected && ++mismatches <= 5)
+      std::printf("differs from the library: %s: '%s'\n", GetParam().c_str(), text.c_str());
     std::string decoded;
     ASSERT_TRUE(reference.Decode(expected_ids, &decoded).ok());
     EXPECT_EQ(ours->Decode(expected, /*skip_special_tokens=*/true), decoded) << GetParam() << ": '" << text << "'";
@@ -59,7 +68,8 @@ TEST_P(SentencePieceReference, EncodesAndDecodesAsTheLibraryDoes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, SentencePieceReference,
-                         ::testing::Values("llama2-sentencepiece.model", "small-sentencepiece.model", "t5-sentencepiece.model"));
+                         ::testing::Values("llama2-sentencepiece.model", "small-sentencepiece.model",
+                                           "t5-sentencepiece.model"));
 
 }  // namespace
 }  // namespace shardtune

@@ -13,8 +13,10 @@
 namespace shardtune::testing {
 
 // vocab 48, hidden 32, 2 layers, 4 heads, 2 kv heads; `extra` is spliced into the JSON object.
-inline std::string TinyConfig(const std::string& model_type = "llama", const std::string& extra = "") {
-  return R"({"model_type": ")" + model_type + R"(", "vocab_size": 48, "hidden_size": 32, "intermediate_size": 64,
+inline std::string TinyConfig(const std::string& model_type = "llama", const std::string& extra = "",
+                              int vocab_size = 48) {
+  return R"({"model_type": ")" + model_type + R"(", "vocab_size": )" + std::to_string(vocab_size) +
+         R"(, "hidden_size": 32, "intermediate_size": 64,
     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0)" +
          (extra.empty() ? "" : ", " + extra) + "}";

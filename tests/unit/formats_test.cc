@@ -1,0 +1,240 @@
+#include "worker/data/formats.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
+#include "tiny_models.h"
+#include "worker/data/tokenizer/hf_tokenizer.h"
+#include "worker/data/tokenizer/unicode.h"
+#include "worker/generate.h"
+#include "worker/trainer.h"
+
+namespace shardtune {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// A byte-level tokenizer with no merges: every byte is its own id (0-255), so expected ids can be
+// written by hand; the special tokens of every template follow from 256.
+const std::vector<std::string> kSpecials = {"<s>", "</s>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                                            "<|eot_id|>", "<|im_start|>", "<|im_end|>"};
+std::unique_ptr<Tokenizer> ByteTokenizer() {
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) vocab[ByteToUnicode(static_cast<uint8_t>(b))] = b;
+  json added = json::array();
+  for (size_t i = 0; i < kSpecials.size(); ++i) {
+    added.push_back({{"id", 256 + i}, {"content", kSpecials[i]}, {"special", true}, {"normalized", false}});
+    vocab[kSpecials[i]] = 256 + i;
+  }
+  const json tokenizer = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}}},
+                          {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
+                          {"decoder", {{"type", "ByteLevel"}}},
+                          {"added_tokens", added}};
+  return LoadHfTokenizerJson(tokenizer.dump(), "byte tokenizer");
+}
+
+int64_t Special(const std::string& name) {
+  return 256 + (std::find(kSpecials.begin(), kSpecials.end(), name) - kSpecials.begin());
+}
+
+// Expected sequence from pieces: text (as bytes) or a special token, trained or not.
+struct Part {
+  std::string text;
+  bool trained = false;
+  bool special = false;
+};
+Part T(std::string text, bool trained = false) { return {std::move(text), trained, false}; }
+Part S(std::string name, bool trained = false) { return {std::move(name), trained, true}; }
+
+Example Expected(const std::vector<Part>& parts) {
+  Example e;
+  for (const Part& p : parts) {
+    std::vector<int64_t> ids;
+    if (p.special) ids.push_back(p.text == "<s>" ? 1 : p.text == "</s>" ? 2 : Special(p.text));
+    else for (unsigned char c : p.text) ids.push_back(c);
+    for (int64_t id : ids) {
+      e.input_ids.push_back(id);
+      e.labels.push_back(p.trained ? id : -100);
+    }
+  }
+  return e;
+}
+
+class FormatsTest : public ::testing::Test {
+ protected:
+  FormatOptions Options(ChatTemplate t) {
+    FormatOptions o;
+    o.tokenizer = tokenizer_.get();
+    o.chat_template = t;
+    o.vocab_size = 1000;
+    o.bos_id = 1;
+    o.eos_id = 2;
+    return o;
+  }
+  const std::vector<ChatMessage> conversation_ = {{"system", "Be brief.", true}, {"user", "Hi", true}, {"assistant", "Yo", true},
+                                                   {"user", "Bye", true},         {"assistant", "Ciao", false}};
+  std::unique_ptr<Tokenizer> tokenizer_ = ByteTokenizer();
+  testing::ScratchDir dir_;
+};
+
+void ExpectSame(const Example& actual, const Example& expected) {
+  EXPECT_EQ(actual.input_ids, expected.input_ids);
+  ASSERT_EQ(actual.labels.size(), expected.labels.size());
+  for (size_t i = 0; i < actual.labels.size(); ++i) EXPECT_EQ(actual.labels[i], expected.labels[i]) << "token " << i;
+}
+
+TEST_F(FormatsTest, Llama3MasksAssistantContentAndEotOnly) {
+  ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kLlama3)),
+             Expected({S("<|begin_of_text|>"), S("<|start_header_id|>"), T("system"), S("<|end_header_id|>"), T("\n\n"),
+                       T("Be brief."), S("<|eot_id|>"), S("<|start_header_id|>"), T("user"), S("<|end_header_id|>"), T("\n\n"),
+                       T("Hi"), S("<|eot_id|>"), S("<|start_header_id|>"), T("assistant"), S("<|end_header_id|>"), T("\n\n"),
+                       T("Yo", true), S("<|eot_id|>", true), S("<|start_header_id|>"), T("user"), S("<|end_header_id|>"),
+                       T("\n\n"), T("Bye"), S("<|eot_id|>"), S("<|start_header_id|>"), T("assistant"), S("<|end_header_id|>"),
+                       T("\n\n"), T("Ciao"), S("<|eot_id|>")}));
+}
+
+TEST_F(FormatsTest, ChatmlMasksAssistantContentAndImEndOnly) {
+  ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kChatml)),
+             Expected({S("<|im_start|>"), T("system\n"), T("Be brief."), S("<|im_end|>"), T("\n"), S("<|im_start|>"), T("user\n"),
+                       T("Hi"), S("<|im_end|>"), T("\n"), S("<|im_start|>"), T("assistant\n"), T("Yo", true),
+                       S("<|im_end|>", true), T("\n"), S("<|im_start|>"), T("user\n"), T("Bye"), S("<|im_end|>"), T("\n"),
+                       S("<|im_start|>"), T("assistant\n"), T("Ciao"), S("<|im_end|>"), T("\n")}));
+}
+
+TEST_F(FormatsTest, Llama2PutsTheSystemPromptInTheFirstTurn) {
+  ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kLlama2)),
+             Expected({S("<s>"), T("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"), T("Yo", true), S("</s>", true),
+                       S("<s>"), T("[INST] Bye [/INST]"), T("Ciao"), S("</s>")}));
+}
+
+TEST_F(FormatsTest, MistralStartsWithOneBos) {
+  ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kMistral)),
+             Expected({S("<s>"), T("[INST] Be brief.\n\nHi [/INST]"), T("Yo", true), S("</s>", true), T("[INST] Bye [/INST]"),
+                       T("Ciao"), S("</s>")}));
+}
+
+TEST_F(FormatsTest, PlainNamesTheRoles) {
+  ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kPlain)),
+             Expected({S("<s>"), T("System: "), T("Be brief."), T("\n"), T("User: "), T("Hi"), T("\n"), T("Assistant: "),
+                       T("Yo", true), S("</s>", true), T("\n"), T("User: "), T("Bye"), T("\n"), T("Assistant: "), T("Ciao"),
+                       S("</s>"), T("\n")}));
+}
+
+TEST_F(FormatsTest, EveryFormatReadsItsRecords) {
+  FormatOptions o = Options(ChatTemplate::kChatml);
+  struct Case {
+    DataFormat format;
+    std::string text;
+    Example expected;
+  };
+  const std::string alpaca_prompt =
+      "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+      "### Instruction:\nAdd 2+2\n\n### Response:\n";
+  const std::vector<Case> cases = {
+      {DataFormat::kCompletion, R"({"prompt": "Q: ", "completion": "A"})", Expected({S("<s>"), T("Q: "), T("A", true), S("</s>", true)})},
+      {DataFormat::kText, R"({"text": "abc"})", Expected({S("<s>", true), T("abc", true), S("</s>", true)})},
+      {DataFormat::kAlpaca, R"([{"instruction": "Add 2+2", "input": "", "output": "4"}])",
+       Expected({S("<s>"), T(alpaca_prompt), T("4", true), S("</s>", true)})},
+      {DataFormat::kShareGpt, R"({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]})",
+       Expected({S("<|im_start|>"), T("user\n"), T("Hi"), S("<|im_end|>"), T("\n"), S("<|im_start|>"), T("assistant\n"),
+                 T("Yo", true), S("<|im_end|>", true), T("\n")})},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(ToString(c.format));
+    testing::WriteText(dir_ / "data.jsonl", c.text + "\n");
+    o.format = c.format;
+    const TokenDataset data = ReadDataset(dir_ / "data.jsonl", o);
+    ASSERT_EQ(data.examples.size(), 1u);
+    ExpectSame(data.examples[0], c.expected);
+  }
+}
+
+// One file per error code: the code and the line must be reported.
+TEST_F(FormatsTest, ValidationNamesTheCodeAndTheLine) {
+  const std::string good = R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"[1, 2]", "data_type"},
+      {R"({"conversation": []})", "missing_messages_list"},
+      {R"({"messages": [{"role": "user"}, {"role": "assistant", "content": "Yo"}]})", "message_missing_key"},
+      {R"({"messages": [{"role": "user", "content": "Hi", "mood": "happy"}, {"role": "assistant", "content": "Yo"}]})",
+       "message_unrecognized_key"},
+      {R"({"messages": [{"role": "bot", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})", "unrecognized_role"},
+      {R"({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "Yo"}]})", "missing_content"},
+      {R"({"messages": [{"role": "user", "content": "Hi"}]})", "example_missing_assistant_message"},
+      {R"({"messages": [)", "invalid_json"},
+      {"{\"messages\": \"\xff\"}", "invalid_utf8"},
+  };
+  FormatOptions o = Options(ChatTemplate::kChatml);
+  o.format = DataFormat::kChat;
+  for (const auto& [line, code] : cases) {
+    SCOPED_TRACE(code);
+    testing::WriteText(dir_ / "train.jsonl", good + "\n" + good + "\n" + line + "\n");
+    try {
+      ReadDataset(dir_ / "train.jsonl", o);
+      ADD_FAILURE() << "accepted";
+    } catch (const DataError& e) {
+      ASSERT_EQ(e.issues().size(), 1u) << e.what();
+      EXPECT_EQ(e.issues()[0].code, code) << e.what();
+      EXPECT_EQ(e.issues()[0].line, 3) << e.what();
+      EXPECT_NE(std::string(e.what()).find("train.jsonl:3: [" + code + "]"), std::string::npos) << e.what();
+    }
+  }
+  testing::WriteText(dir_ / "empty.jsonl", "\n\n");
+  try {
+    ReadDataset(dir_ / "empty.jsonl", o);
+    ADD_FAILURE();
+  } catch (const DataError& e) {
+    EXPECT_EQ(e.issues()[0].code, "empty_dataset");
+  }
+  o.vocab_size = 100;  // 'Y' is 89, 'o' is 111
+  testing::WriteText(dir_ / "train.jsonl", good + "\n");
+  try {
+    ReadDataset(dir_ / "train.jsonl", o);
+    ADD_FAILURE();
+  } catch (const DataError& e) {
+    EXPECT_EQ(e.issues()[0].code, "token_out_of_vocabulary") << e.what();
+  }
+}
+
+TEST_F(FormatsTest, AutoDetectsTheTemplateFromTokenizerConfig) {
+  std::string reason;
+  EXPECT_EQ(DetectChatTemplate(dir_.path(), &reason), ChatTemplate::kPlain);
+  testing::WriteText(dir_ / "tokenizer_config.json", R"({"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}"})");
+  EXPECT_EQ(DetectChatTemplate(dir_.path(), &reason), ChatTemplate::kChatml);
+  EXPECT_NE(reason.find("<|im_start|>"), std::string::npos);
+  testing::WriteText(dir_ / "tokenizer_config.json", R"({"chat_template": "<|start_header_id|>"})");
+  EXPECT_EQ(DetectChatTemplate(dir_.path(), &reason), ChatTemplate::kLlama3);
+}
+
+TEST(ChatFineTune, TinyModelWithTokenizerJsonLearnsItsAnswers) {
+  const fs::path tokenizer = testing::FixturesDir() / "tokenizers" / "qwen2-style-tiny-bpe-tokenizer.json";
+  SKIP_WITHOUT_FIXTURE(tokenizer);
+  testing::ScratchDir dir;
+  const auto tok = Tokenizer::Load(tokenizer);
+  testing::WriteTinyModel(dir / "base", testing::TinyConfig("qwen2", "", static_cast<int>(tok->vocab_size())), 1);
+  WriteFileAtomic(dir / "base" / "tokenizer.json", ReadFile(tokenizer));
+  std::string data;
+  for (int i = 0; i < 32; ++i) {
+    const std::string city = std::vector<std::string>{"Paris", "Rome", "Berlin", "Madrid"}[i % 4];
+    data += R"({"messages": [{"role": "user", "content": "Capital?"}, {"role": "assistant", "content": ")" + city + R"("}]})" "\n";
+  }
+  testing::WriteText(dir / "chat.jsonl", data);
+  const std::string yaml = "name: chat\nmodel: {path: base}\ndata: {train: chat.jsonl, format: chat, chat_template: chatml}\n"
+                           "output: {dir: run}\ntraining: {max_steps: 30, micro_batch_size: 8, optimizer: {lr: 3.0e-3}}\n";
+  RunTraining(ParseJobSpec(yaml, "job.yaml", dir.path()));
+  std::ifstream in(dir / "run" / "metrics.jsonl");
+  std::vector<double> losses;
+  for (std::string line; std::getline(in, line);) {
+    const json m = json::parse(line);
+    if (m.contains("loss")) losses.push_back(m["loss"].get<double>());
+  }
+  ASSERT_EQ(losses.size(), 30u);
+  EXPECT_LT(losses.back(), losses.front() / 2) << "first " << losses.front() << ", last " << losses.back();
+}
+
+}  // namespace
+}  // namespace shardtune

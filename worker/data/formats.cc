@@ -1,0 +1,399 @@
+#include "worker/data/formats.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/atomic_file.h"
+#include "worker/data/tokenizer/unicode.h"
+
+namespace shardtune {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr size_t kMaxReportedIssues = 50;
+
+std::string Trim(const std::string& s) {
+  const size_t begin = s.find_first_not_of(" \t\n\r");
+  if (begin == std::string::npos) return "";
+  return s.substr(begin, s.find_last_not_of(" \t\n\r") - begin + 1);
+}
+
+// Builds one example segment by segment; `trained` segments get their ids as labels.
+class SequenceBuilder {
+ public:
+  explicit SequenceBuilder(const FormatOptions& options) : options_(options) {}
+  void Text(const std::string& text, bool trained = false) {
+    if (text.empty()) return;
+    Append(options_.tokenizer->Encode(text, /*add_special_tokens=*/false), trained);
+  }
+  void Special(const std::string& token, bool trained = false) {
+    const auto id = options_.tokenizer->TokenToId(token);
+    if (!id) {
+      Fail(ErrorCode::kInvalidArgument, "the {} chat template needs the token '{}', which the tokenizer does not have",
+           ToString(options_.chat_template), token);
+    }
+    Append({*id}, trained);
+  }
+  void Id(int64_t id, bool trained = false) { Append({id}, trained); }
+  Example Finish() { return std::move(example_); }
+
+ private:
+  void Append(const std::vector<int64_t>& ids, bool trained) {
+    for (int64_t id : ids) {
+      example_.input_ids.push_back(id);
+      example_.labels.push_back(trained ? id : -100);
+    }
+  }
+  const FormatOptions& options_;
+  Example example_;
+};
+
+// Collects issues; stops reading details of a record after its first.
+class Issues {
+ public:
+  void Add(const std::string& file, int64_t line, const std::string& code, const std::string& message) {
+    ++total_;
+    if (issues_.size() < kMaxReportedIssues) issues_.push_back({file, line, code, message});
+  }
+  bool empty() const { return total_ == 0; }
+  void ThrowIfAny() {
+    if (total_ > 0) throw DataError(issues_, total_);
+  }
+
+ private:
+  std::vector<DataIssue> issues_;
+  size_t total_ = 0;
+};
+
+// A record's problem: thrown inside the parsing of one record, caught per record.
+struct RecordProblem {
+  std::string code, message;
+};
+[[noreturn]] void Problem(const std::string& code, const std::string& message) { throw RecordProblem{code, message}; }
+
+std::string RequireString(const json& record, const char* key, const std::string& context, bool allow_empty = false) {
+  const auto it = record.find(key);
+  if (it == record.end()) Problem("missing_key", fmt::format("{}'{}' is missing", context, key));
+  if (!it->is_string()) Problem("data_type", fmt::format("{}'{}' must be a string, got {}", context, key, it->type_name()));
+  std::string value = it->get<std::string>();
+  if (!allow_empty && Trim(value).empty()) Problem("missing_content", fmt::format("{}'{}' is empty", context, key));
+  return value;
+}
+
+void RejectUnknownKeys(const json& record, std::initializer_list<const char*> allowed, const char* code, const std::string& context) {
+  for (const auto& [key, _] : record.items()) {
+    if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; })) {
+      std::string list;
+      for (const char* a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+      Problem(code, fmt::format("{}unknown key '{}' (expected {})", context, key, list));
+    }
+  }
+}
+
+std::vector<ChatMessage> ReadMessages(const json& record) {
+  const auto it = record.find("messages");
+  if (it == record.end() || !it->is_array()) Problem("missing_messages_list", "expected a 'messages' list");
+  RejectUnknownKeys(record, {"messages"}, "unrecognized_key", "");
+  std::vector<ChatMessage> messages;
+  bool has_assistant = false;
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string at = fmt::format("messages[{}]: ", i);
+    if (!m.is_object()) Problem("data_type", at + "expected an object");
+    if (!m.contains("role")) Problem("message_missing_key", at + "'role' is missing");
+    if (!m.contains("content")) Problem("message_missing_key", at + "'content' is missing");
+    RejectUnknownKeys(m, {"role", "content", "weight", "name"}, "message_unrecognized_key", at);
+    ChatMessage message;
+    message.role = m["role"].is_string() ? m["role"].get<std::string>() : "";
+    if (message.role != "system" && message.role != "user" && message.role != "assistant") {
+      Problem("unrecognized_role", fmt::format("{}role {} is not one of system, user, assistant", at, m["role"].dump()));
+    }
+    message.content = RequireString(m, "content", at);
+    if (m.contains("weight")) {
+      if (message.role != "assistant") Problem("data_type", at + "'weight' applies to assistant messages only");
+      if (!m["weight"].is_number_integer() || (m["weight"] != 0 && m["weight"] != 1)) {
+        Problem("data_type", at + "'weight' must be 0 or 1, got " + m["weight"].dump());
+      }
+      message.trained = m["weight"] == 1;
+    }
+    has_assistant |= message.role == "assistant";
+    messages.push_back(std::move(message));
+  }
+  if (!has_assistant) Problem("example_missing_assistant_message", "the conversation has no assistant message to learn from");
+  return messages;
+}
+
+std::vector<ChatMessage> ReadShareGpt(const json& record) {
+  const auto it = record.find("conversations");
+  if (it == record.end() || !it->is_array()) Problem("missing_messages_list", "expected a 'conversations' list");
+  std::vector<ChatMessage> messages;
+  bool has_assistant = false;
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& turn = (*it)[i];
+    const std::string at = fmt::format("conversations[{}]: ", i);
+    if (!turn.is_object()) Problem("data_type", at + "expected an object");
+    const std::string from = turn.contains("from") && turn["from"].is_string() ? turn["from"].get<std::string>() : "";
+    ChatMessage message;
+    if (from == "system") message.role = "system";
+    else if (from == "human" || from == "user") message.role = "user";
+    else if (from == "gpt" || from == "assistant") message.role = "assistant";
+    else Problem("unrecognized_role", fmt::format("{}'from' {} is not one of system, human, gpt", at, turn.value("from", json()).dump()));
+    message.content = RequireString(turn, "value", at);
+    has_assistant |= message.role == "assistant";
+    messages.push_back(std::move(message));
+  }
+  if (!has_assistant) Problem("example_missing_assistant_message", "the conversation has no gpt turn to learn from");
+  return messages;
+}
+
+Example Render(const json& record, const FormatOptions& options) {
+  if (!record.is_object()) Problem("data_type", fmt::format("expected a JSON object, got {}", record.type_name()));
+  SequenceBuilder b(options);
+  switch (options.format) {
+    case DataFormat::kChat:
+      return RenderChat(ReadMessages(record), options);
+    case DataFormat::kShareGpt:
+      return RenderChat(ReadShareGpt(record), options);
+    case DataFormat::kCompletion: {
+      RejectUnknownKeys(record, {"prompt", "completion"}, "unrecognized_key", "");
+      const std::string prompt = RequireString(record, "prompt", "", /*allow_empty=*/true);
+      const std::string completion = RequireString(record, "completion", "");
+      if (options.bos_id) b.Id(*options.bos_id);
+      b.Text(prompt);
+      b.Text(completion, true);
+      b.Id(options.eos_id, true);
+      return b.Finish();
+    }
+    case DataFormat::kAlpaca: {
+      RejectUnknownKeys(record, {"instruction", "input", "output"}, "unrecognized_key", "");
+      const std::string instruction = RequireString(record, "instruction", "");
+      const std::string input = record.contains("input") ? RequireString(record, "input", "", /*allow_empty=*/true) : "";
+      const std::string output = RequireString(record, "output", "");
+      // The Stanford Alpaca prompt.
+      const std::string prompt =
+          Trim(input).empty()
+              ? "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+                "### Instruction:\n" + instruction + "\n\n### Response:\n"
+              : "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+                "response that appropriately completes the request.\n\n### Instruction:\n" + instruction +
+                    "\n\n### Input:\n" + input + "\n\n### Response:\n";
+      if (options.bos_id) b.Id(*options.bos_id);
+      b.Text(prompt);
+      b.Text(output, true);
+      b.Id(options.eos_id, true);
+      return b.Finish();
+    }
+    case DataFormat::kText: {
+      RejectUnknownKeys(record, {"text"}, "unrecognized_key", "");
+      const std::string text = RequireString(record, "text", "");
+      if (options.bos_id) b.Id(*options.bos_id, true);
+      b.Text(text, true);
+      b.Id(options.eos_id, true);
+      return b.Finish();
+    }
+    default:
+      Fail(ErrorCode::kUnimplemented, "data.format '{}' is not supported by this build yet", ToString(options.format));
+  }
+}
+
+// Records of a file: JSONL lines, or the elements of one JSON array (alpaca's usual form).
+template <typename Visit>
+void ForEachRecord(const fs::path& path, Issues& issues, Visit visit) {
+  const std::string file = path.string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", file);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && text[first] == '[') {
+    json array;
+    try {
+      array = json::parse(text);
+    } catch (const json::parse_error& e) {
+      issues.Add(file, 1, "invalid_json", fmt::format("the JSON array does not parse: {}", e.what()));
+      return;
+    }
+    for (size_t i = 0; i < array.size(); ++i) visit(array[i], static_cast<int64_t>(i + 1));
+    return;
+  }
+  std::istringstream lines(text);
+  std::string line;
+  for (int64_t number = 1; std::getline(lines, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    if (!IsValidUtf8(line)) {
+      issues.Add(file, number, "invalid_utf8", "the line is not valid UTF-8");
+      continue;
+    }
+    json record;
+    try {
+      record = json::parse(line);
+    } catch (const json::parse_error& e) {
+      issues.Add(file, number, "invalid_json", e.what());
+      continue;
+    }
+    visit(record, number);
+  }
+}
+
+}  // namespace
+
+const char* ToString(ChatTemplate t) {
+  switch (t) {
+    case ChatTemplate::kLlama3: return "llama3";
+    case ChatTemplate::kChatml: return "chatml";
+    case ChatTemplate::kLlama2: return "llama2";
+    case ChatTemplate::kMistral: return "mistral";
+    case ChatTemplate::kPlain: return "plain";
+  }
+  return "?";
+}
+
+std::optional<ChatTemplate> ParseChatTemplate(const std::string& name) {
+  for (ChatTemplate t : {ChatTemplate::kLlama3, ChatTemplate::kChatml, ChatTemplate::kLlama2, ChatTemplate::kMistral, ChatTemplate::kPlain}) {
+    if (name == ToString(t)) return t;
+  }
+  return std::nullopt;
+}
+
+ChatTemplate DetectChatTemplate(const fs::path& dir, std::string* reason) {
+  const fs::path config = dir / "tokenizer_config.json";
+  std::error_code ec;
+  if (!fs::exists(config, ec)) {
+    *reason = "no tokenizer_config.json";
+    return ChatTemplate::kPlain;
+  }
+  const json root = json::parse(ReadFile(config), nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.contains("chat_template") || !root["chat_template"].is_string()) {
+    *reason = "tokenizer_config.json has no chat_template";
+    return ChatTemplate::kPlain;
+  }
+  const std::string t = root["chat_template"].get<std::string>();
+  const std::pair<const char*, ChatTemplate> markers[] = {{"<|start_header_id|>", ChatTemplate::kLlama3},
+                                                          {"<|im_start|>", ChatTemplate::kChatml},
+                                                          {"<<SYS>>", ChatTemplate::kLlama2},
+                                                          {"[INST]", ChatTemplate::kMistral}};
+  for (const auto& [marker, result] : markers) {
+    if (t.find(marker) != std::string::npos) {
+      *reason = fmt::format("its chat_template uses {}", marker);
+      return result;
+    }
+  }
+  *reason = "its chat_template matches no known template";
+  return ChatTemplate::kPlain;
+}
+
+std::string DataIssue::ToString() const { return fmt::format("{}:{}: [{}] {}", file, line, code, message); }
+
+DataError::DataError(std::vector<DataIssue> issues, size_t total)
+    : Error(ErrorCode::kInvalidArgument,
+            [&] {
+              std::string message = fmt::format("{} problem{} in the data:", total, total == 1 ? "" : "s");
+              for (const auto& issue : issues) message += "\n  " + issue.ToString();
+              if (total > issues.size()) message += fmt::format("\n  ... and {} more", total - issues.size());
+              return message;
+            }()),
+      issues_(std::move(issues)) {}
+
+Example RenderChat(const std::vector<ChatMessage>& messages, const FormatOptions& options) {
+  SequenceBuilder b(options);
+  const bool has_system = !messages.empty() && messages[0].role == "system";
+  switch (options.chat_template) {
+    case ChatTemplate::kLlama3:
+      b.Special("<|begin_of_text|>");
+      for (const ChatMessage& m : messages) {
+        const bool trained = m.role == "assistant" && m.trained;
+        b.Special("<|start_header_id|>");
+        b.Text(m.role);
+        b.Special("<|end_header_id|>");
+        b.Text("\n\n");
+        b.Text(Trim(m.content), trained);
+        b.Special("<|eot_id|>", trained);
+      }
+      break;
+    case ChatTemplate::kChatml:
+      for (const ChatMessage& m : messages) {
+        const bool trained = m.role == "assistant" && m.trained;
+        b.Special("<|im_start|>");
+        b.Text(m.role + "\n");
+        b.Text(m.content, trained);
+        b.Special("<|im_end|>", trained);
+        b.Text("\n");
+      }
+      break;
+    case ChatTemplate::kLlama2:
+    case ChatTemplate::kMistral: {
+      // [INST] user [/INST] assistant</s>; the system prompt joins the first user turn.
+      const bool llama2 = options.chat_template == ChatTemplate::kLlama2;
+      std::string system = has_system ? messages[0].content : "";
+      if (!llama2 && options.bos_id) b.Id(*options.bos_id);
+      for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i) {
+        const ChatMessage& m = messages[i];
+        if (m.role == "user") {
+          std::string content = Trim(m.content);
+          if (!system.empty()) {
+            content = llama2 ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content : system + "\n\n" + content;
+            system.clear();
+          }
+          if (llama2 && options.bos_id) b.Id(*options.bos_id);
+          b.Text("[INST] " + content + " [/INST]");
+        } else if (m.role == "assistant") {
+          b.Text(Trim(m.content), m.trained);
+          b.Id(options.eos_id, m.trained);
+        }
+      }
+      break;
+    }
+    case ChatTemplate::kPlain:
+      if (options.bos_id) b.Id(*options.bos_id);
+      for (const ChatMessage& m : messages) {
+        const bool trained = m.role == "assistant" && m.trained;
+        const std::string role = m.role == "system" ? "System" : m.role == "user" ? "User" : "Assistant";
+        b.Text(role + ": ");
+        b.Text(m.content, trained);
+        if (m.role == "assistant") b.Id(options.eos_id, trained);
+        b.Text("\n");
+      }
+      break;
+  }
+  return b.Finish();
+}
+
+TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
+  if (options.format == DataFormat::kTokens) {
+    return ReadTokenDataset(path, TokenDatasetOptions{options.vocab_size, options.max_seq_len});
+  }
+  ST_CHECK(options.tokenizer != nullptr, "data.format {} needs a tokenizer", ToString(options.format));
+  TokenDataset dataset;
+  Issues issues;
+  const std::string file = path.string();
+  ForEachRecord(path, issues, [&](const json& record, int64_t line) {
+    try {
+      Example example = Render(record, options);
+      for (int64_t id : example.input_ids) {
+        if (id < 0 || id >= options.vocab_size) {
+          Problem("token_out_of_vocabulary",
+                  fmt::format("the tokenizer produced id {}, outside the model's vocabulary of {}", id, options.vocab_size));
+        }
+      }
+      if (options.max_seq_len > 0 && static_cast<int64_t>(example.input_ids.size()) > options.max_seq_len) {
+        example.input_ids.resize(static_cast<size_t>(options.max_seq_len));
+        example.labels.resize(static_cast<size_t>(options.max_seq_len));
+        ++dataset.truncated;
+      }
+      dataset.examples.push_back(std::move(example));
+    } catch (const RecordProblem& p) {
+      issues.Add(file, line, p.code, p.message);
+    }
+  });
+  if (issues.empty() && dataset.examples.empty()) issues.Add(file, 0, "empty_dataset", "the file holds no examples");
+  issues.ThrowIfAny();
+  return dataset;
+}
+
+}  // namespace shardtune
