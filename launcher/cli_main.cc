@@ -6,6 +6,7 @@
 #include <iterator>
 #include <sstream>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/logging.h"
 #include "sharding/flat_parameters.h"
@@ -16,6 +17,7 @@
 #include "worker/launch.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
+#include "worker/validate_data.h"
 
 namespace shardtune {
 namespace {
@@ -43,24 +45,41 @@ struct GenerateArgs {
   std::string adapter;
   std::string prompt;
   std::string input_ids;
+  std::string tokenizer;
   std::string format = "text";
   bool ignore_eos = false;
   GenerateOptions options;
 };
 
 int Generate(const GenerateArgs& args) {
-  if (!args.adapter.empty())
+  if (!args.adapter.empty()) {
     Fail(ErrorCode::kUnimplemented, "--adapter: PEFT adapters are not supported by this build yet");
-  if (!args.prompt.empty() || args.format == "text") {
-    Fail(ErrorCode::kUnimplemented,
-         "--prompt and --format text need a tokenizer, which this build does not have yet; "
-         "use --input-ids and --format ids");
   }
-  if (args.input_ids.empty()) Fail(ErrorCode::kInvalidArgument, "give the prompt with --input-ids \"1 2 3\"");
+  if (args.prompt.empty() == args.input_ids.empty()) {
+    Fail(ErrorCode::kInvalidArgument, "give the prompt as --prompt TEXT or as --input-ids \"1 2 3\" (one of them)");
+  }
+  // Text in or out needs a tokenizer: --tokenizer, else the model directory's.
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (!args.prompt.empty() || args.format == "text") {
+    try {
+      tokenizer = Tokenizer::Load(args.tokenizer.empty() ? args.model : args.tokenizer);
+    } catch (const Error& e) {
+      Fail(ErrorCode::kInvalidArgument,
+           "--prompt and --format text need a tokenizer ({}); give --tokenizer, or use "
+           "--input-ids and --format ids",
+           e.what());
+    }
+  }
   const LoadedModel loaded = LoadModelForInference(args.model);
   GenerateOptions options = args.options;
   options.stop_at_eos = !args.ignore_eos;
-  const std::vector<int64_t> ids = shardtune::Generate(*loaded.model, ParseIds(args.input_ids), options);
+  const std::vector<int64_t> prompt =
+      args.prompt.empty() ? ParseIds(args.input_ids) : tokenizer->Encode(args.prompt, /*add_special_tokens=*/true);
+  const std::vector<int64_t> ids = shardtune::Generate(*loaded.model, prompt, options);
+  if (args.format == "text") {
+    std::cout << tokenizer->Decode(ids, /*skip_special_tokens=*/true) << std::endl;
+    return kExitOk;
+  }
   std::string line;
   for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
   std::cout << line << std::endl;
@@ -83,10 +102,10 @@ int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
 
 int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
   namespace fs = std::filesystem;
-  const LlamaConfig config = LlamaConfig::Load(fs::path(config_path).parent_path());
+  const LlamaConfig config = LlamaConfig::Parse(ReadFile(config_path), config_path);
   FlatParameters flat(LlamaParameterSpecs(config));
   InitializeWeights(flat, seed);
-  WriteHfModel(out_dir, fs::path(config_path).parent_path(), flat, ComputeDType::kFp32);
+  WriteHfModel(out_dir, config_path, flat, ComputeDType::kFp32);
   spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", config.model_type, flat.numel(),
                seed, out_dir);
   return kExitOk;
@@ -118,6 +137,7 @@ int main(int argc, char** argv) {
   generate->add_option("--adapter", gen.adapter, "PEFT adapter directory");
   generate->add_option("--prompt", gen.prompt, "prompt text (needs a tokenizer)");
   generate->add_option("--input-ids", gen.input_ids, "prompt token ids, space-separated");
+  generate->add_option("--tokenizer", gen.tokenizer, "tokenizer for --prompt and --format text (default: the model's)");
   generate->add_option("--max-new-tokens", gen.options.max_new_tokens, "tokens to generate")
       ->check(CLI::NonNegativeNumber);
   generate->add_option("--temperature", gen.options.temperature, "0 for greedy")->check(CLI::NonNegativeNumber);
@@ -137,6 +157,12 @@ int main(int argc, char** argv) {
   tokenize->add_flag("--no-special", no_special, "do not add the post-processor's special tokens (BOS, EOS, CLS/SEP)");
   tokenize->add_flag("--decode", decode, "read ids from stdin and print the text");
   tokenize->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
+  CLI::App* validate =
+      app.add_subcommand("validate-data", "check every data file of a job: errors with file:line and a code");
+  std::string validate_job;
+  validate->add_option("job", validate_job, "job spec (YAML)")->required();
+  validate->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
   CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
   std::string config_path, out_dir;
@@ -161,6 +187,10 @@ int main(int argc, char** argv) {
     if (generate->parsed()) return Generate(gen);
     if (init->parsed()) return InitModel(config_path, out_dir, seed);
     if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
+    if (validate->parsed()) {
+      ValidateData(validate_job, std::cout);
+      return kExitOk;
+    }
   } catch (const std::exception& e) {
     return ReportFailure(e);
   }

@@ -100,7 +100,6 @@ class Trainer {
  private:
   void Prepare();
   void LoadData();
-  FormatOptions DataOptions();
   at::Tensor Forward(const Batch& batch);
   void TrainStep(int64_t step);
   void Evaluate(int64_t step);
@@ -140,33 +139,13 @@ class Trainer {
   TrainingSummary summary_;
 };
 
-FormatOptions Trainer::DataOptions() {
-  FormatOptions options;
-  options.format = spec_.data.format;
-  options.vocab_size = config_.vocab_size;
-  options.max_seq_len = spec_.data.max_seq_len;
-  options.eos_id = config_.eos_token_ids.empty() ? 2 : config_.eos_token_ids.front();
-  if (spec_.data.format == DataFormat::kTokens) return options;
-  const fs::path source = spec_.model.tokenizer.empty() ? fs::path(spec_.model.path) : fs::path(spec_.model.tokenizer);
-  tokenizer_ = Tokenizer::Load(source);
-  options.tokenizer = tokenizer_.get();
-  // Whether examples start with BOS is the tokenizer's convention: its post-processor says.
-  const std::vector<int64_t> empty = tokenizer_->Encode("", /*add_special_tokens=*/true);
-  if (!empty.empty()) options.bos_id = empty.front();
-  if (spec_.data.chat_template == ChatTemplateChoice::kAuto) {
-    std::string reason;
-    options.chat_template = DetectChatTemplate(fs::is_directory(source) ? source : source.parent_path(), &reason);
-    if (rank0_ && (spec_.data.format == DataFormat::kChat || spec_.data.format == DataFormat::kShareGpt)) {
-      spdlog::info("chat template: {} ({})", ToString(options.chat_template), reason);
-    }
-  } else {
-    options.chat_template = *ParseChatTemplate(ToString(spec_.data.chat_template));
-  }
-  return options;
-}
-
 void Trainer::LoadData() {
-  const FormatOptions data_options = DataOptions();
+  JobDataOptions job_data = DataOptionsFor(spec_, config_.vocab_size, config_.eos_token_ids);
+  tokenizer_ = std::move(job_data.tokenizer);
+  const FormatOptions& data_options = job_data.options;
+  if (rank0_ && (spec_.data.format == DataFormat::kChat || spec_.data.format == DataFormat::kShareGpt)) {
+    spdlog::info("{}", job_data.template_note);
+  }
   TokenDataset train = ReadDataset(spec_.data.train, data_options);
   train_ = std::move(train.examples);
   if (train.truncated > 0 && rank0_) {

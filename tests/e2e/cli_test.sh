@@ -75,7 +75,40 @@ expect_contains "resumed from a checkpoint" "$out" "resuming from"
 steps=$(grep -c '"loss"' "$work/runs/long/metrics.jsonl")
 expect_eq "metrics hold each step once after resume" "$steps" "400"
 
-# 4. The real stories260K checkpoint through the CLI.
+# 4. Text data and a tokenizer: validate-data, a chat job, generation from a prompt.
+tiktoken="$src/../shared/fixtures/tokenizers/tiktoken-small-tokenizer.json"
+if [ -f "$tiktoken" ]; then
+  sed 's/"vocab_size": 64/"vocab_size": 2000/' "$src/examples/tiny-llama/config.json" > "$work/chat-config.json"
+  "$bin/shardtune" init-model --config "$work/chat-config.json" --out "$work/chat-base" --seed 3 --log-level warn
+  cp "$tiktoken" "$work/chat-base/tokenizer.json"
+  for i in $(seq 1 16); do
+    echo '{"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi there!"}]}'
+  done > "$work/chat.jsonl"
+  cat > "$work/chat.yaml" <<YAML
+name: chat
+model: {path: chat-base}
+data: {train: chat.jsonl, format: chat, chat_template: plain}
+training: {max_steps: 4, micro_batch_size: 4}
+output: {dir: runs/chat}
+YAML
+  out=$("$bin/shardtune" validate-data "$work/chat.yaml" 2>&1)
+  expect_eq "validate-data accepts good data" "$?" "0"
+  expect_contains "validate-data summarizes" "$out" "train $work/chat.jsonl: 16 examples"
+  { head -n 1 "$work/chat.jsonl"; echo '{"messages": [{"role": "bot", "content": "Hi"}]}'; } > "$work/bad-chat.jsonl"
+  sed 's/chat.jsonl/bad-chat.jsonl/' "$work/chat.yaml" > "$work/bad-chat.yaml"
+  out=$("$bin/shardtune" validate-data "$work/bad-chat.yaml" 2>&1)
+  expect_eq "validate-data rejects bad data" "$?" "2"
+  expect_contains "validate-data names file, line and code" "$out" "bad-chat.jsonl:2: [unrecognized_role]"
+  out=$("$bin/shardtune" train "$work/chat.yaml" 2>&1)
+  expect_eq "a chat job trains" "$?" "0"
+  text=$("$bin/shardtune" generate --model "$work/runs/chat/final" --prompt "Say hi" --max-new-tokens 5 --log-level warn)
+  expect_eq "generate --prompt answers in text" "$?" "0"
+  [ -n "$text" ] && pass "generated text is not empty" || fail "generated text is empty"
+else
+  echo "SKIPPED: fixture not found: $tiktoken"
+fi
+
+# 5. The real stories260K checkpoint through the CLI.
 stories="$src/../shared/fixtures/models/stories260K-hf"
 if [ -d "$stories" ]; then
   ids=$("$bin/shardtune" generate --model "$stories" --input-ids 1 --max-new-tokens 40 --format ids --log-level warn)

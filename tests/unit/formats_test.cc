@@ -20,8 +20,9 @@ using nlohmann::json;
 
 // A byte-level tokenizer with no merges: every byte is its own id (0-255), so expected ids can be
 // written by hand; the special tokens of every template follow from 256.
-const std::vector<std::string> kSpecials = {"<s>", "</s>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                                            "<|eot_id|>", "<|im_start|>", "<|im_end|>"};
+const std::vector<std::string> kSpecials = {
+    "<s>",        "</s>",         "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|eot_id|>", "<|im_start|>", "<|im_end|>"};
 std::unique_ptr<Tokenizer> ByteTokenizer() {
   json vocab = json::object();
   for (int b = 0; b < 256; ++b) vocab[ByteToUnicode(static_cast<uint8_t>(b))] = b;
@@ -54,8 +55,10 @@ Example Expected(const std::vector<Part>& parts) {
   Example e;
   for (const Part& p : parts) {
     std::vector<int64_t> ids;
-    if (p.special) ids.push_back(p.text == "<s>" ? 1 : p.text == "</s>" ? 2 : Special(p.text));
-    else for (unsigned char c : p.text) ids.push_back(c);
+    if (p.special)
+      ids.push_back(p.text == "<s>" ? 1 : p.text == "</s>" ? 2 : Special(p.text));
+    else
+      for (unsigned char c : p.text) ids.push_back(c);
     for (int64_t id : ids) {
       e.input_ids.push_back(id);
       e.labels.push_back(p.trained ? id : -100);
@@ -75,8 +78,11 @@ class FormatsTest : public ::testing::Test {
     o.eos_id = 2;
     return o;
   }
-  const std::vector<ChatMessage> conversation_ = {{"system", "Be brief.", true}, {"user", "Hi", true}, {"assistant", "Yo", true},
-                                                   {"user", "Bye", true},         {"assistant", "Ciao", false}};
+  const std::vector<ChatMessage> conversation_ = {{"system", "Be brief.", true},
+                                                  {"user", "Hi", true},
+                                                  {"assistant", "Yo", true},
+                                                  {"user", "Bye", true},
+                                                  {"assistant", "Ciao", false}};
   std::unique_ptr<Tokenizer> tokenizer_ = ByteTokenizer();
   testing::ScratchDir dir_;
 };
@@ -88,21 +94,46 @@ void ExpectSame(const Example& actual, const Example& expected) {
 }
 
 TEST_F(FormatsTest, Llama3MasksAssistantContentAndEotOnly) {
-  ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kLlama3)),
-             Expected({S("<|begin_of_text|>"), S("<|start_header_id|>"), T("system"), S("<|end_header_id|>"), T("\n\n"),
-                       T("Be brief."), S("<|eot_id|>"), S("<|start_header_id|>"), T("user"), S("<|end_header_id|>"), T("\n\n"),
-                       T("Hi"), S("<|eot_id|>"), S("<|start_header_id|>"), T("assistant"), S("<|end_header_id|>"), T("\n\n"),
-                       T("Yo", true), S("<|eot_id|>", true), S("<|start_header_id|>"), T("user"), S("<|end_header_id|>"),
-                       T("\n\n"), T("Bye"), S("<|eot_id|>"), S("<|start_header_id|>"), T("assistant"), S("<|end_header_id|>"),
-                       T("\n\n"), T("Ciao"), S("<|eot_id|>")}));
+  ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kLlama3)), Expected({S("<|begin_of_text|>"),
+                                                                                  S("<|start_header_id|>"),
+                                                                                  T("system"),
+                                                                                  S("<|end_header_id|>"),
+                                                                                  T("\n\n"),
+                                                                                  T("Be brief."),
+                                                                                  S("<|eot_id|>"),
+                                                                                  S("<|start_header_id|>"),
+                                                                                  T("user"),
+                                                                                  S("<|end_header_id|>"),
+                                                                                  T("\n\n"),
+                                                                                  T("Hi"),
+                                                                                  S("<|eot_id|>"),
+                                                                                  S("<|start_header_id|>"),
+                                                                                  T("assistant"),
+                                                                                  S("<|end_header_id|>"),
+                                                                                  T("\n\n"),
+                                                                                  T("Yo", true),
+                                                                                  S("<|eot_id|>", true),
+                                                                                  S("<|start_header_id|>"),
+                                                                                  T("user"),
+                                                                                  S("<|end_header_id|>"),
+                                                                                  T("\n\n"),
+                                                                                  T("Bye"),
+                                                                                  S("<|eot_id|>"),
+                                                                                  S("<|start_header_id|>"),
+                                                                                  T("assistant"),
+                                                                                  S("<|end_header_id|>"),
+                                                                                  T("\n\n"),
+                                                                                  T("Ciao"),
+                                                                                  S("<|eot_id|>")}));
 }
 
 TEST_F(FormatsTest, ChatmlMasksAssistantContentAndImEndOnly) {
   ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kChatml)),
-             Expected({S("<|im_start|>"), T("system\n"), T("Be brief."), S("<|im_end|>"), T("\n"), S("<|im_start|>"), T("user\n"),
-                       T("Hi"), S("<|im_end|>"), T("\n"), S("<|im_start|>"), T("assistant\n"), T("Yo", true),
-                       S("<|im_end|>", true), T("\n"), S("<|im_start|>"), T("user\n"), T("Bye"), S("<|im_end|>"), T("\n"),
-                       S("<|im_start|>"), T("assistant\n"), T("Ciao"), S("<|im_end|>"), T("\n")}));
+             Expected({S("<|im_start|>"), T("system\n"),    T("Be brief."), S("<|im_end|>"),       T("\n"),
+                       S("<|im_start|>"), T("user\n"),      T("Hi"),        S("<|im_end|>"),       T("\n"),
+                       S("<|im_start|>"), T("assistant\n"), T("Yo", true),  S("<|im_end|>", true), T("\n"),
+                       S("<|im_start|>"), T("user\n"),      T("Bye"),       S("<|im_end|>"),       T("\n"),
+                       S("<|im_start|>"), T("assistant\n"), T("Ciao"),      S("<|im_end|>"),       T("\n")}));
 }
 
 TEST_F(FormatsTest, Llama2PutsTheSystemPromptInTheFirstTurn) {
@@ -113,15 +144,15 @@ TEST_F(FormatsTest, Llama2PutsTheSystemPromptInTheFirstTurn) {
 
 TEST_F(FormatsTest, MistralStartsWithOneBos) {
   ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kMistral)),
-             Expected({S("<s>"), T("[INST] Be brief.\n\nHi [/INST]"), T("Yo", true), S("</s>", true), T("[INST] Bye [/INST]"),
-                       T("Ciao"), S("</s>")}));
+             Expected({S("<s>"), T("[INST] Be brief.\n\nHi [/INST]"), T("Yo", true), S("</s>", true),
+                       T("[INST] Bye [/INST]"), T("Ciao"), S("</s>")}));
 }
 
 TEST_F(FormatsTest, PlainNamesTheRoles) {
   ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kPlain)),
-             Expected({S("<s>"), T("System: "), T("Be brief."), T("\n"), T("User: "), T("Hi"), T("\n"), T("Assistant: "),
-                       T("Yo", true), S("</s>", true), T("\n"), T("User: "), T("Bye"), T("\n"), T("Assistant: "), T("Ciao"),
-                       S("</s>"), T("\n")}));
+             Expected({S("<s>"), T("System: "), T("Be brief."), T("\n"), T("User: "), T("Hi"), T("\n"),
+                       T("Assistant: "), T("Yo", true), S("</s>", true), T("\n"), T("User: "), T("Bye"), T("\n"),
+                       T("Assistant: "), T("Ciao"), S("</s>"), T("\n")}));
 }
 
 TEST_F(FormatsTest, EveryFormatReadsItsRecords) {
@@ -135,11 +166,13 @@ TEST_F(FormatsTest, EveryFormatReadsItsRecords) {
       "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
       "### Instruction:\nAdd 2+2\n\n### Response:\n";
   const std::vector<Case> cases = {
-      {DataFormat::kCompletion, R"({"prompt": "Q: ", "completion": "A"})", Expected({S("<s>"), T("Q: "), T("A", true), S("</s>", true)})},
+      {DataFormat::kCompletion, R"({"prompt": "Q: ", "completion": "A"})",
+       Expected({S("<s>"), T("Q: "), T("A", true), S("</s>", true)})},
       {DataFormat::kText, R"({"text": "abc"})", Expected({S("<s>", true), T("abc", true), S("</s>", true)})},
       {DataFormat::kAlpaca, R"([{"instruction": "Add 2+2", "input": "", "output": "4"}])",
        Expected({S("<s>"), T(alpaca_prompt), T("4", true), S("</s>", true)})},
-      {DataFormat::kShareGpt, R"({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]})",
+      {DataFormat::kShareGpt,
+       R"({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]})",
        Expected({S("<|im_start|>"), T("user\n"), T("Hi"), S("<|im_end|>"), T("\n"), S("<|im_start|>"), T("assistant\n"),
                  T("Yo", true), S("<|im_end|>", true), T("\n")})},
   };
@@ -155,15 +188,18 @@ TEST_F(FormatsTest, EveryFormatReadsItsRecords) {
 
 // One file per error code: the code and the line must be reported.
 TEST_F(FormatsTest, ValidationNamesTheCodeAndTheLine) {
-  const std::string good = R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})";
+  const std::string good =
+      R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})";
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"[1, 2]", "data_type"},
       {R"({"conversation": []})", "missing_messages_list"},
       {R"({"messages": [{"role": "user"}, {"role": "assistant", "content": "Yo"}]})", "message_missing_key"},
       {R"({"messages": [{"role": "user", "content": "Hi", "mood": "happy"}, {"role": "assistant", "content": "Yo"}]})",
        "message_unrecognized_key"},
-      {R"({"messages": [{"role": "bot", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})", "unrecognized_role"},
-      {R"({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "Yo"}]})", "missing_content"},
+      {R"({"messages": [{"role": "bot", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})",
+       "unrecognized_role"},
+      {R"({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "Yo"}]})",
+       "missing_content"},
       {R"({"messages": [{"role": "user", "content": "Hi"}]})", "example_missing_assistant_message"},
       {R"({"messages": [)", "invalid_json"},
       {"{\"messages\": \"\xff\"}", "invalid_utf8"},
@@ -203,7 +239,8 @@ TEST_F(FormatsTest, ValidationNamesTheCodeAndTheLine) {
 TEST_F(FormatsTest, AutoDetectsTheTemplateFromTokenizerConfig) {
   std::string reason;
   EXPECT_EQ(DetectChatTemplate(dir_.path(), &reason), ChatTemplate::kPlain);
-  testing::WriteText(dir_ / "tokenizer_config.json", R"({"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}"})");
+  testing::WriteText(dir_ / "tokenizer_config.json",
+                     R"({"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}"})");
   EXPECT_EQ(DetectChatTemplate(dir_.path(), &reason), ChatTemplate::kChatml);
   EXPECT_NE(reason.find("<|im_start|>"), std::string::npos);
   testing::WriteText(dir_ / "tokenizer_config.json", R"({"chat_template": "<|start_header_id|>"})");
@@ -220,11 +257,14 @@ TEST(ChatFineTune, TinyModelWithTokenizerJsonLearnsItsAnswers) {
   std::string data;
   for (int i = 0; i < 32; ++i) {
     const std::string city = std::vector<std::string>{"Paris", "Rome", "Berlin", "Madrid"}[i % 4];
-    data += R"({"messages": [{"role": "user", "content": "Capital?"}, {"role": "assistant", "content": ")" + city + R"("}]})" "\n";
+    data += R"({"messages": [{"role": "user", "content": "Capital?"}, {"role": "assistant", "content": ")" + city +
+            R"("}]})"
+            "\n";
   }
   testing::WriteText(dir / "chat.jsonl", data);
-  const std::string yaml = "name: chat\nmodel: {path: base}\ndata: {train: chat.jsonl, format: chat, chat_template: chatml}\n"
-                           "output: {dir: run}\ntraining: {max_steps: 30, micro_batch_size: 8, optimizer: {lr: 3.0e-3}}\n";
+  const std::string yaml =
+      "name: chat\nmodel: {path: base}\ndata: {train: chat.jsonl, format: chat, chat_template: chatml}\n"
+      "output: {dir: run}\ntraining: {max_steps: 30, micro_batch_size: 8, optimizer: {lr: 3.0e-3}}\n";
   RunTraining(ParseJobSpec(yaml, "job.yaml", dir.path()));
   std::ifstream in(dir / "run" / "metrics.jsonl");
   std::vector<double> losses;

@@ -81,13 +81,15 @@ struct RecordProblem {
 std::string RequireString(const json& record, const char* key, const std::string& context, bool allow_empty = false) {
   const auto it = record.find(key);
   if (it == record.end()) Problem("missing_key", fmt::format("{}'{}' is missing", context, key));
-  if (!it->is_string()) Problem("data_type", fmt::format("{}'{}' must be a string, got {}", context, key, it->type_name()));
+  if (!it->is_string())
+    Problem("data_type", fmt::format("{}'{}' must be a string, got {}", context, key, it->type_name()));
   std::string value = it->get<std::string>();
   if (!allow_empty && Trim(value).empty()) Problem("missing_content", fmt::format("{}'{}' is empty", context, key));
   return value;
 }
 
-void RejectUnknownKeys(const json& record, std::initializer_list<const char*> allowed, const char* code, const std::string& context) {
+void RejectUnknownKeys(const json& record, std::initializer_list<const char*> allowed, const char* code,
+                       const std::string& context) {
   for (const auto& [key, _] : record.items()) {
     if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; })) {
       std::string list;
@@ -113,7 +115,8 @@ std::vector<ChatMessage> ReadMessages(const json& record) {
     ChatMessage message;
     message.role = m["role"].is_string() ? m["role"].get<std::string>() : "";
     if (message.role != "system" && message.role != "user" && message.role != "assistant") {
-      Problem("unrecognized_role", fmt::format("{}role {} is not one of system, user, assistant", at, m["role"].dump()));
+      Problem("unrecognized_role",
+              fmt::format("{}role {} is not one of system, user, assistant", at, m["role"].dump()));
     }
     message.content = RequireString(m, "content", at);
     if (m.contains("weight")) {
@@ -126,7 +129,8 @@ std::vector<ChatMessage> ReadMessages(const json& record) {
     has_assistant |= message.role == "assistant";
     messages.push_back(std::move(message));
   }
-  if (!has_assistant) Problem("example_missing_assistant_message", "the conversation has no assistant message to learn from");
+  if (!has_assistant)
+    Problem("example_missing_assistant_message", "the conversation has no assistant message to learn from");
   return messages;
 }
 
@@ -141,10 +145,15 @@ std::vector<ChatMessage> ReadShareGpt(const json& record) {
     if (!turn.is_object()) Problem("data_type", at + "expected an object");
     const std::string from = turn.contains("from") && turn["from"].is_string() ? turn["from"].get<std::string>() : "";
     ChatMessage message;
-    if (from == "system") message.role = "system";
-    else if (from == "human" || from == "user") message.role = "user";
-    else if (from == "gpt" || from == "assistant") message.role = "assistant";
-    else Problem("unrecognized_role", fmt::format("{}'from' {} is not one of system, human, gpt", at, turn.value("from", json()).dump()));
+    if (from == "system")
+      message.role = "system";
+    else if (from == "human" || from == "user")
+      message.role = "user";
+    else if (from == "gpt" || from == "assistant")
+      message.role = "assistant";
+    else
+      Problem("unrecognized_role",
+              fmt::format("{}'from' {} is not one of system, human, gpt", at, turn.value("from", json()).dump()));
     message.content = RequireString(turn, "value", at);
     has_assistant |= message.role == "assistant";
     messages.push_back(std::move(message));
@@ -174,16 +183,19 @@ Example Render(const json& record, const FormatOptions& options) {
     case DataFormat::kAlpaca: {
       RejectUnknownKeys(record, {"instruction", "input", "output"}, "unrecognized_key", "");
       const std::string instruction = RequireString(record, "instruction", "");
-      const std::string input = record.contains("input") ? RequireString(record, "input", "", /*allow_empty=*/true) : "";
+      const std::string input =
+          record.contains("input") ? RequireString(record, "input", "", /*allow_empty=*/true) : "";
       const std::string output = RequireString(record, "output", "");
       // The Stanford Alpaca prompt.
-      const std::string prompt =
-          Trim(input).empty()
-              ? "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-                "### Instruction:\n" + instruction + "\n\n### Response:\n"
-              : "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
-                "response that appropriately completes the request.\n\n### Instruction:\n" + instruction +
-                    "\n\n### Input:\n" + input + "\n\n### Response:\n";
+      const std::string prompt = Trim(input).empty()
+                                     ? "Below is an instruction that describes a task. Write a response that "
+                                       "appropriately completes the request.\n\n"
+                                       "### Instruction:\n" +
+                                           instruction + "\n\n### Response:\n"
+                                     : "Below is an instruction that describes a task, paired with an input that "
+                                       "provides further context. Write a "
+                                       "response that appropriately completes the request.\n\n### Instruction:\n" +
+                                           instruction + "\n\n### Input:\n" + input + "\n\n### Response:\n";
       if (options.bos_id) b.Id(*options.bos_id);
       b.Text(prompt);
       b.Text(output, true);
@@ -245,17 +257,23 @@ void ForEachRecord(const fs::path& path, Issues& issues, Visit visit) {
 
 const char* ToString(ChatTemplate t) {
   switch (t) {
-    case ChatTemplate::kLlama3: return "llama3";
-    case ChatTemplate::kChatml: return "chatml";
-    case ChatTemplate::kLlama2: return "llama2";
-    case ChatTemplate::kMistral: return "mistral";
-    case ChatTemplate::kPlain: return "plain";
+    case ChatTemplate::kLlama3:
+      return "llama3";
+    case ChatTemplate::kChatml:
+      return "chatml";
+    case ChatTemplate::kLlama2:
+      return "llama2";
+    case ChatTemplate::kMistral:
+      return "mistral";
+    case ChatTemplate::kPlain:
+      return "plain";
   }
   return "?";
 }
 
 std::optional<ChatTemplate> ParseChatTemplate(const std::string& name) {
-  for (ChatTemplate t : {ChatTemplate::kLlama3, ChatTemplate::kChatml, ChatTemplate::kLlama2, ChatTemplate::kMistral, ChatTemplate::kPlain}) {
+  for (ChatTemplate t : {ChatTemplate::kLlama3, ChatTemplate::kChatml, ChatTemplate::kLlama2, ChatTemplate::kMistral,
+                         ChatTemplate::kPlain}) {
     if (name == ToString(t)) return t;
   }
   return std::nullopt;
@@ -364,6 +382,45 @@ Example RenderChat(const std::vector<ChatMessage>& messages, const FormatOptions
   return b.Finish();
 }
 
+JobDataOptions DataOptionsFor(const JobSpec& spec, int64_t vocab_size, const std::vector<int64_t>& eos_token_ids) {
+  JobDataOptions result;
+  FormatOptions& options = result.options;
+  options.format = spec.data.format;
+  options.vocab_size = vocab_size;
+  options.max_seq_len = spec.data.max_seq_len;
+  options.eos_id = eos_token_ids.empty() ? 2 : eos_token_ids.front();
+  if (spec.data.format == DataFormat::kTokens) return result;
+  const fs::path source = spec.model.tokenizer.empty() ? fs::path(spec.model.path) : fs::path(spec.model.tokenizer);
+  result.tokenizer = Tokenizer::Load(source);
+  options.tokenizer = result.tokenizer.get();
+  const std::vector<int64_t> empty = result.tokenizer->Encode("", /*add_special_tokens=*/true);
+  if (!empty.empty()) options.bos_id = empty.front();
+  if (spec.data.chat_template == ChatTemplateChoice::kAuto) {
+    std::string reason;
+    options.chat_template = DetectChatTemplate(fs::is_directory(source) ? source : source.parent_path(), &reason);
+    result.template_note = fmt::format("chat template: {} (auto: {})", ToString(options.chat_template), reason);
+  } else {
+    options.chat_template = *ParseChatTemplate(ToString(spec.data.chat_template));
+    result.template_note = fmt::format("chat template: {} (data.chat_template)", ToString(options.chat_template));
+  }
+  return result;
+}
+
+DataSummary Summarize(const TokenDataset& dataset) {
+  DataSummary s;
+  s.examples = static_cast<int64_t>(dataset.examples.size());
+  s.truncated = dataset.truncated;
+  for (const Example& e : dataset.examples) {
+    const auto n = static_cast<int64_t>(e.input_ids.size());
+    s.tokens += n;
+    s.longest = std::max(s.longest, n);
+    const int64_t targets = e.target_tokens();
+    s.target_tokens += targets;
+    s.without_targets += targets == 0;
+  }
+  return s;
+}
+
 TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
   if (options.format == DataFormat::kTokens) {
     return ReadTokenDataset(path, TokenDatasetOptions{options.vocab_size, options.max_seq_len});
@@ -378,7 +435,8 @@ TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
       for (int64_t id : example.input_ids) {
         if (id < 0 || id >= options.vocab_size) {
           Problem("token_out_of_vocabulary",
-                  fmt::format("the tokenizer produced id {}, outside the model's vocabulary of {}", id, options.vocab_size));
+                  fmt::format("the tokenizer produced id {}, outside the model's vocabulary of {}", id,
+                              options.vocab_size));
         }
       }
       if (options.max_seq_len > 0 && static_cast<int64_t>(example.input_ids.size()) > options.max_seq_len) {

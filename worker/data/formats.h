@@ -11,6 +11,7 @@
 // problem is reported with file:line and a code from a fixed taxonomy (OpenAI's, extended).
 
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -60,6 +61,23 @@ struct FormatOptions {
 
 // Reads and validates the whole file. Throws DataError listing every problem found.
 TokenDataset ReadDataset(const std::filesystem::path& path, const FormatOptions& options);
+
+// The options a job's spec implies: its format, the tokenizer (model.tokenizer, else the model
+// directory's), whether examples start with BOS (the tokenizer's post-processor says), the end
+// token (config.json's eos), and the chat template (data.chat_template, or detected).
+struct JobDataOptions {
+  FormatOptions options;
+  std::unique_ptr<Tokenizer> tokenizer;  // owns options.tokenizer
+  std::string template_note;             // which template and why, for the log
+};
+JobDataOptions DataOptionsFor(const JobSpec& spec, int64_t vocab_size, const std::vector<int64_t>& eos_token_ids);
+
+// `shardtune validate-data`: reads every data file of the job, prints a summary, and throws
+// DataError (all problems, with file:line and code) when anything is wrong.
+struct DataSummary {
+  int64_t examples = 0, tokens = 0, target_tokens = 0, truncated = 0, without_targets = 0, longest = 0;
+};
+DataSummary Summarize(const TokenDataset& dataset);
 
 // One conversation turn; exposed for tests.
 struct ChatMessage {

@@ -143,8 +143,11 @@ void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const Fla
   RenameDirectoryAtomic(staging, out_dir);
 }
 
-void WriteHfCompanions(const fs::path& dir, const fs::path& source_dir, ComputeDType dtype) {
-  nlohmann::json config = nlohmann::json::parse(ReadFile(source_dir / "config.json"));
+void WriteHfCompanions(const fs::path& dir, const fs::path& source, ComputeDType dtype) {
+  // `source`: a model directory, or a config file whose directory holds the other files.
+  const bool is_dir = fs::is_directory(source);
+  const fs::path source_dir = is_dir ? source : source.parent_path();
+  nlohmann::json config = nlohmann::json::parse(ReadFile(is_dir ? source / "config.json" : source));
   config["torch_dtype"] = TorchDTypeName(dtype);
   WriteFileAtomic(dir / "config.json", config.dump(2) + "\n");
   for (const char* name : kCompanionFiles) {

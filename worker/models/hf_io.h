@@ -31,8 +31,8 @@ void WriteHfModel(const std::filesystem::path& out_dir, const std::filesystem::p
                   const FlatParameters& flat, ComputeDType dtype);
 
 // Writes config.json (the source's, with torch_dtype set to `dtype`) and the tokenizer and
-// generation files found in `source_dir` into `dir`: everything of a model directory but the
-// weights.
+// generation files found beside it into `dir`: everything of a model directory but the weights.
+// `source_dir` is a model directory, or the path of a config file.
 void WriteHfCompanions(const std::filesystem::path& dir, const std::filesystem::path& source_dir, ComputeDType dtype);
 
 // Initializes weights as transformers does for a new model: normal(0, 0.02) matrices and
