@@ -46,7 +46,6 @@ void CheckSupported(const JobSpec& spec, at::Device device) {
   if (spec.model.task != ModelTask::kCausalLm) {
     unsupported(fmt::format("model.task '{}' (supported: causal_lm)", ToString(spec.model.task)));
   }
-  if (spec.data.packing) unsupported("data.packing: true");
   if (spec.model.dtype == ComputeDType::kFp16 && device.is_cpu()) {
     unsupported("model.dtype fp16 on CPU (LibTorch's CPU kernels have no fp16 matrix products; use bf16)");
   }
@@ -161,8 +160,16 @@ void Trainer::LoadData() {
     spdlog::warn("data.max_seq_len {} exceeds the model's max_position_embeddings {}", spec_.data.max_seq_len,
                  config_.max_position_embeddings);
   }
+  if (spec_.data.packing) {
+    const size_t documents = train_.size();
+    train_ = PackExamples(train_, spec_.data.max_seq_len);
+    if (rank0_) {
+      spdlog::info("packing: {} training examples in {} sequences of at most {} tokens", documents, train_.size(),
+                   spec_.data.max_seq_len);
+    }
+  }
   if (static_cast<int64_t>(train_.size()) < global_batch_) {
-    Fail(ErrorCode::kInvalidArgument, "{}: {} training examples are fewer than one global batch of {}",
+    Fail(ErrorCode::kInvalidArgument, "{}: {} training sequences are fewer than one global batch of {}",
          spec_.data.train, train_.size(), global_batch_);
   }
   if (rank0_) spdlog::info("data: {} training examples, {} validation examples", train_.size(), validation_.size());
@@ -296,8 +303,8 @@ at::Tensor Trainer::Forward(const Batch& batch) {
         return blocks_.Embed(ids, p("model.embed_tokens.weight"));
       });
   // Captured by value: with recompute, a unit's computation runs again inside backward.
-  const Positions host =
-      blocks_.PositionsFor(batch.input_ids.size(0), batch.input_ids.size(1), 0, batch.attention_mask, compute_dtype_);
+  const Positions host = blocks_.PositionsFor(batch.input_ids.size(0), batch.input_ids.size(1), 0, batch.attention_mask,
+                                              compute_dtype_, batch.position_ids, batch.document_ids);
   const Positions positions{host.cos.to(device_), host.sin.to(device_), host.mask.to(device_),
                             host.window_mask.defined() ? host.window_mask.to(device_) : at::Tensor()};
   for (int64_t i = 0; i < layers; ++i) {

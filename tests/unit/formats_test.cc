@@ -278,3 +278,60 @@ TEST(ChatFineTune, TinyModelWithTokenizerJsonLearnsItsAnswers) {
 
 }  // namespace
 }  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+TEST(Packing, DocumentsRestartPositionsAndNeverAttendAcrossEachOther) {
+  const std::vector<Example> docs = {
+      {{1, 5, 6}, {1, 5, 6}, {}, {}}, {{1, 7}, {1, 7}, {}, {}}, {{1, 8, 9, 10}, {1, 8, 9, 10}, {}, {}}};
+  const std::vector<Example> packed = PackExamples(docs, 6);
+  ASSERT_EQ(packed.size(), 2u);  // [3 + 2] and [4]: the third document does not fit in the first
+  EXPECT_EQ(packed[0].input_ids, (std::vector<int64_t>{1, 5, 6, 1, 7}));
+  EXPECT_EQ(packed[0].labels, (std::vector<int64_t>{-100, 5, 6, -100, 7}));
+  EXPECT_EQ(packed[0].position_ids, (std::vector<int64_t>{0, 1, 2, 0, 1}));
+  EXPECT_EQ(packed[0].document_ids, (std::vector<int64_t>{0, 0, 0, 1, 1}));
+
+  const LlamaBlocks blocks(LlamaConfig::Parse(testing::TinyConfig(), "config.json"));
+  const Batch batch = Collate({&packed[0], &packed[1]}, 0);
+  const Positions positions =
+      blocks.PositionsFor(2, 5, 0, batch.attention_mask, at::kFloat, batch.position_ids, batch.document_ids);
+  const at::Tensor allowed = positions.mask[0][0] == 0;  // (S, S) for the first sequence
+  for (int64_t q = 0; q < 5; ++q) {
+    for (int64_t k = 0; k < 5; ++k) {
+      const bool same_document = (q < 3) == (k < 3);
+      EXPECT_EQ(allowed[q][k].item<bool>(), k <= q && same_document) << q << ", " << k;
+    }
+  }
+}
+
+TEST(Packing, APackedBatchHasTheLossOfTheUnpackedOne) {
+  testing::ScratchDir dir;
+  testing::WriteTinyModel(dir / "m", testing::TinyConfig("llama"), 3);
+  const LoadedModel m = LoadModelForInference(dir / "m");
+  const LlamaBlocks blocks(m.model->config());
+  const std::vector<Example> docs = {{{1, 5, 6, 7, 8}, {1, 5, 6, 7, 8}, {}, {}},
+                                     {{1, 9, 10, 11}, {1, 9, 10, 11}, {}, {}},
+                                     {{1, 12, 13}, {-100, -100, 13}, {}, {}}};
+  at::NoGradGuard no_grad;
+  const Batch unpacked = Collate({&docs[0], &docs[1], &docs[2]}, 0);
+  const LossSum separate =
+      CausalLmLossSum(m.model->Forward(unpacked.input_ids, unpacked.attention_mask), unpacked.labels);
+
+  const std::vector<Example> packed = PackExamples(docs, 64);
+  ASSERT_EQ(packed.size(), 1u);
+  const Batch batch = Collate({&packed[0]}, 0);
+  // The model's pieces, with the packed positions.
+  const LlamaWeights w = BindLlamaWeights(
+      m.model->config(), [&](const std::string& name) { return m.weights->Value(*m.weights->Find(name)); });
+  at::Tensor h = blocks.Embed(batch.input_ids, w.embed_tokens);
+  const Positions positions = blocks.PositionsFor(1, batch.input_ids.size(1), 0, batch.attention_mask, at::kFloat,
+                                                  batch.position_ids, batch.document_ids);
+  for (size_t i = 0; i < w.layers.size(); ++i) h = blocks.Layer(w.layers[i], h, positions, nullptr, i);
+  const LossSum together = CausalLmLossSum(blocks.Head(h, w.norm, w.lm_head), batch.labels);
+  EXPECT_EQ(together.tokens, separate.tokens);
+  EXPECT_NEAR(together.sum.item<double>(), separate.sum.item<double>(), 1e-4);
+}
+
+}  // namespace
+}  // namespace shardtune

@@ -102,16 +102,49 @@ Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id) {
   auto ids = batch.input_ids.accessor<int64_t, 2>();
   auto labels = batch.labels.accessor<int64_t, 2>();
   auto mask = batch.attention_mask.accessor<int64_t, 2>();
+  const bool packed =
+      std::any_of(examples.begin(), examples.end(), [](const Example* e) { return !e->document_ids.empty(); });
+  if (packed) {
+    batch.position_ids = at::zeros({b, s}, at::kLong);
+    batch.document_ids = at::full({b, s}, -1, at::kLong);
+  }
   for (int64_t i = 0; i < b; ++i) {
     const Example& e = *examples[i];
     for (size_t t = 0; t < e.input_ids.size(); ++t) {
       ids[i][t] = e.input_ids[t];
       labels[i][t] = e.labels[t];
       mask[i][t] = 1;
+      if (packed) {
+        batch.position_ids[i][static_cast<int64_t>(t)] =
+            e.position_ids.empty() ? static_cast<int64_t>(t) : e.position_ids[t];
+        batch.document_ids[i][static_cast<int64_t>(t)] = e.document_ids.empty() ? 0 : e.document_ids[t];
+      }
     }
     batch.input_tokens += static_cast<int64_t>(e.input_ids.size());
   }
   return batch;
+}
+
+std::vector<Example> PackExamples(const std::vector<Example>& examples, int64_t max_len) {
+  std::vector<Example> packed;
+  Example current;
+  int64_t documents = 0;
+  for (const Example& e : examples) {
+    if (!current.input_ids.empty() && static_cast<int64_t>(current.input_ids.size() + e.input_ids.size()) > max_len) {
+      packed.push_back(std::move(current));
+      current = Example();
+      documents = 0;
+    }
+    for (size_t t = 0; t < e.input_ids.size(); ++t) {
+      current.input_ids.push_back(e.input_ids[t]);
+      current.labels.push_back(t == 0 ? -100 : e.labels[t]);
+      current.position_ids.push_back(static_cast<int64_t>(t));
+      current.document_ids.push_back(documents);
+    }
+    ++documents;
+  }
+  if (!current.input_ids.empty()) packed.push_back(std::move(current));
+  return packed;
 }
 
 std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool shuffle) {

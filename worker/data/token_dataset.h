@@ -16,6 +16,10 @@ namespace shardtune {
 struct Example {
   std::vector<int64_t> input_ids;
   std::vector<int64_t> labels;  // same length; -100 = ignored
+  // Packed sequences only (empty otherwise): each token's position within its own document and
+  // the document's index in the sequence. Attention never crosses documents.
+  std::vector<int64_t> position_ids;
+  std::vector<int64_t> document_ids;
 
   // Next-token targets this example contributes: labels[1:] that are not -100.
   int64_t target_tokens() const;
@@ -40,9 +44,16 @@ struct Batch {
   at::Tensor input_ids;       // (B, S) int64
   at::Tensor labels;          // (B, S) int64
   at::Tensor attention_mask;  // (B, S) int64
+  at::Tensor position_ids;    // (B, S) int64, packed batches only (else undefined)
+  at::Tensor document_ids;    // (B, S) int64, packed batches only; -1 on padding
   int64_t input_tokens = 0;   // non-padding tokens
 };
 Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id);
+
+// Packs examples, in order, into sequences of at most `max_len` tokens (greedy: a document that
+// does not fit starts the next sequence). The first token of every document gets label -100, so
+// no document is trained to follow the one before it.
+std::vector<Example> PackExamples(const std::vector<Example>& examples, int64_t max_len);
 
 // Splits off the last `fraction` of a seeded permutation as validation (at least one example
 // when fraction > 0 and there are two or more). Deterministic for a seed.

@@ -156,8 +156,8 @@ at::Tensor RepeatKv(const at::Tensor& x, int64_t groups) {
 
 // Additive mask (B or 1, 1, S, T): 0 where query i (at position past + i) may attend to key j,
 // the dtype's lowest value elsewhere (causal, sliding window, padding).
-at::Tensor AttentionMask(const at::Tensor& attention_mask, int64_t batch, int64_t s, int64_t past,
-                         const std::optional<int64_t>& window, at::ScalarType dtype) {
+at::Tensor AttentionMask(const at::Tensor& attention_mask, const at::Tensor& document_ids, int64_t batch, int64_t s,
+                         int64_t past, const std::optional<int64_t>& window, at::ScalarType dtype) {
   const int64_t t = past + s;
   const at::Tensor query_pos = at::arange(past, t, at::kLong).unsqueeze(1);  // (S, 1)
   const at::Tensor key_pos = at::arange(0, t, at::kLong).unsqueeze(0);       // (1, T)
@@ -165,6 +165,9 @@ at::Tensor AttentionMask(const at::Tensor& attention_mask, int64_t batch, int64_
   if (window) allowed = allowed.logical_and((query_pos - key_pos) < *window);
   allowed = allowed.view({1, 1, s, t});
   if (attention_mask.defined()) allowed = allowed.logical_and(attention_mask.to(at::kBool).view({batch, 1, 1, t}));
+  if (document_ids.defined()) {  // packed: only within the same document (no past with packing)
+    allowed = allowed.logical_and(document_ids.view({batch, 1, s, 1}) == document_ids.view({batch, 1, 1, t}));
+  }
   const double lowest = dtype == at::kFloat      ? std::numeric_limits<float>::lowest()
                         : dtype == at::kBFloat16 ? -3.3895313892515355e38
                                                  : -65504.0;
@@ -176,15 +179,22 @@ at::Tensor AttentionMask(const at::Tensor& attention_mask, int64_t batch, int64_
 LlamaBlocks::LlamaBlocks(LlamaConfig config) : config_(std::move(config)), inv_freq_(RopeInverseFrequencies(config_)) {}
 
 Positions LlamaBlocks::PositionsFor(int64_t batch, int64_t seq, int64_t past, const at::Tensor& attention_mask,
-                                    at::ScalarType dtype) const {
+                                    at::ScalarType dtype, const at::Tensor& position_ids,
+                                    const at::Tensor& document_ids) const {
   // The angle of position p in frequency band i is p * inv_freq[i]; bands repeat across halves.
-  const at::Tensor positions = at::arange(past, past + seq, at::kLong).to(at::kFloat);
-  const at::Tensor freqs = positions.unsqueeze(1) * inv_freq_.unsqueeze(0);
-  const at::Tensor angles = at::cat({freqs, freqs}, -1).view({1, 1, seq, config_.head_dim});
+  at::Tensor angles;
+  if (position_ids.defined()) {
+    const at::Tensor freqs = position_ids.to(at::kFloat).unsqueeze(-1) * inv_freq_;  // (B, S, D/2)
+    angles = at::cat({freqs, freqs}, -1).unsqueeze(1);                               // (B, 1, S, D)
+  } else {
+    const at::Tensor positions = at::arange(past, past + seq, at::kLong).to(at::kFloat);
+    const at::Tensor freqs = positions.unsqueeze(1) * inv_freq_.unsqueeze(0);
+    angles = at::cat({freqs, freqs}, -1).view({1, 1, seq, config_.head_dim});
+  }
   Positions result{angles.cos().to(dtype), angles.sin().to(dtype),
-                   AttentionMask(attention_mask, batch, seq, past, std::nullopt, dtype), at::Tensor()};
+                   AttentionMask(attention_mask, document_ids, batch, seq, past, std::nullopt, dtype), at::Tensor()};
   if (config_.sliding_window) {
-    result.window_mask = AttentionMask(attention_mask, batch, seq, past, config_.sliding_window, dtype);
+    result.window_mask = AttentionMask(attention_mask, document_ids, batch, seq, past, config_.sliding_window, dtype);
   }
   return result;
 }

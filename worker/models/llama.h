@@ -74,8 +74,11 @@ class LlamaBlocks {
   const LlamaConfig& config() const { return config_; }
 
   // attention_mask (B, past + S): 1 for real tokens, 0 for padding; undefined: all real.
+  // With `position_ids` (B, S) each token's rotary position comes from it (packed documents
+  // restart at 0); with `document_ids` (B, S) attention stays within a document.
   Positions PositionsFor(int64_t batch, int64_t seq, int64_t past, const at::Tensor& attention_mask,
-                         at::ScalarType dtype) const;
+                         at::ScalarType dtype, const at::Tensor& position_ids = at::Tensor(),
+                         const at::Tensor& document_ids = at::Tensor()) const;
   at::Tensor Embed(const at::Tensor& input_ids, const at::Tensor& embed_tokens) const;
   // One decoder layer; with a cache, appends this call's keys and values to it.
   at::Tensor Layer(const LlamaLayerWeights& weights, const at::Tensor& hidden, const Positions& positions,
