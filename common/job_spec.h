@@ -36,8 +36,17 @@ struct MethodSpec {
   MethodType type = MethodType::kFull;
 };
 
+// One dataset of a multi-task mixture (data.tasks).
+struct TaskSpec {
+  std::string name;                         // [a-z0-9_-], unique
+  std::string train;                        // (required)
+  std::string validation;                   // (optional); else data.validation_split of `train`
+  DataFormat format = DataFormat::kTokens;  // defaults to data.format
+  double weight = 1.0;                      // share of the mixture (with mixing_temperature 0)
+};
+
 struct DataSpec {
-  std::string train;              // JSONL file (required)
+  std::string train;              // JSONL file (required unless `tasks` is given)
   std::string validation;         // (optional) JSONL file
   double validation_split = 0.0;  // fraction of train held out when `validation` is not given
   DataFormat format = DataFormat::kTokens;
@@ -45,6 +54,8 @@ struct DataSpec {
   bool packing = false;
   bool shuffle = true;                                           // reshuffled every epoch from training.seed
   ChatTemplateChoice chat_template = ChatTemplateChoice::kAuto;  // chat and sharegpt formats
+  std::vector<TaskSpec> tasks;                                   // multi-task: mixed by weight, or by temperature
+  double mixing_temperature = 0;  // > 0: task i drawn with probability proportional to size_i^(1/T)
 };
 
 struct OptimizerSpec {

@@ -245,6 +245,14 @@ class MapReader {
       (*out)[entry.first.Scalar()] = entry.second.Scalar();
     }
   }
+  // The key's raw node (registered as known); undefined when absent.
+  YAML::Node Raw(const char* key) { return Get(key); }
+  bool Has(const char* key) const { return Present(key); }
+  // A mapping inside a list under this section.
+  MapReader Element(const YAML::Node& node, const std::string& name) {
+    return MapReader(reader_, node, Join(name), node.Mark());
+  }
+
   MapReader Section(const char* key) {
     const YAML::Node value = Get(key);
     return MapReader(reader_, value ? value : YAML::Node(), Join(key), value ? value.Mark() : mark_);
@@ -336,10 +344,40 @@ void ReadModel(MapReader m, ModelSpec* model) {
 }
 
 void ReadData(MapReader m, DataSpec* data) {
-  m.Path("train", &data->train, /*required=*/true);
+  const YAML::Node tasks = m.Raw("tasks");
+  const bool multi_task = tasks && !tasks.IsNull();
+  m.Path("train", &data->train, /*required=*/!multi_task);
   m.Path("validation", &data->validation);
   m.Double("validation_split", &data->validation_split, 0.0, 1.0, false, /*max_open=*/true);
-  m.Enum("format", &data->format, kFormats, /*required=*/true);
+  m.Enum("format", &data->format, kFormats, /*required=*/!multi_task);
+  m.Double("mixing_temperature", &data->mixing_temperature, 0.0, 1e6);
+  if (multi_task) {
+    if (!tasks.IsSequence() || tasks.size() == 0) {
+      m.Problem(tasks, "tasks", "expected a non-empty list of {name, train, validation?, format?, weight?}");
+    } else {
+      if (!data->train.empty()) m.Problem(tasks, "tasks", "give either data.train or data.tasks, not both");
+      std::set<std::string> names;
+      static const std::regex kTaskName("[a-z0-9_-]{1,64}");
+      for (size_t i = 0; i < tasks.size(); ++i) {
+        MapReader t = m.Element(tasks[i], fmt::format("tasks[{}]", i));
+        TaskSpec task;
+        task.format = data->format;
+        t.String("name", &task.name, /*required=*/true);
+        t.Path("train", &task.train, /*required=*/true);
+        t.Path("validation", &task.validation);
+        t.Enum("format", &task.format, kFormats, /*required=*/!m.Has("format"));
+        t.Double("weight", &task.weight, 0.0, 1e9, /*min_open=*/true);
+        t.Finish();
+        if (!task.name.empty() && !std::regex_match(task.name, kTaskName)) {
+          t.Problem(tasks[i]["name"], "name",
+                    fmt::format("'{}' must be 1 to 64 characters of a-z, 0-9, '_' and '-'", task.name));
+        } else if (!task.name.empty() && !names.insert(task.name).second) {
+          t.Problem(tasks[i]["name"], "name", fmt::format("task '{}' is listed twice", task.name));
+        }
+        data->tasks.push_back(std::move(task));
+      }
+    }
+  }
   m.Int("max_seq_len", &data->max_seq_len, 2, 1 << 24);
   m.Bool("packing", &data->packing);
   m.Bool("shuffle", &data->shuffle);
@@ -470,6 +508,15 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
       reader.Problem(mark_of({"data", key}), std::string("data.") + key, fmt::format("'{}' is not a file", path));
     }
   }
+  for (size_t i = 0; i < spec.data.tasks.size(); ++i) {
+    const TaskSpec& task = spec.data.tasks[i];
+    for (const auto& [key, path] : {std::pair{"train", task.train}, std::pair{"validation", task.validation}}) {
+      if (!path.empty() && !fs::is_regular_file(path, ec)) {
+        reader.Problem(mark_of({"data", "tasks"}), fmt::format("data.tasks[{}].{}", i, key),
+                       fmt::format("'{}' is not a file", path));
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -535,7 +582,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
 
   const DataSpec& d = spec.data;
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "train" << YAML::Value << d.train;
+  if (!d.train.empty()) out << YAML::Key << "train" << YAML::Value << d.train;
   if (!d.validation.empty()) out << YAML::Key << "validation" << YAML::Value << d.validation;
   out << YAML::Key << "validation_split" << YAML::Value << d.validation_split;
   out << YAML::Key << "format" << YAML::Value << NameOf(kFormats, d.format);
@@ -543,6 +590,18 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "packing" << YAML::Value << d.packing;
   out << YAML::Key << "shuffle" << YAML::Value << d.shuffle;
   out << YAML::Key << "chat_template" << YAML::Value << NameOf(kChatTemplates, d.chat_template);
+  if (!d.tasks.empty()) {
+    out << YAML::Key << "mixing_temperature" << YAML::Value << d.mixing_temperature;
+    out << YAML::Key << "tasks" << YAML::Value << YAML::BeginSeq;
+    for (const TaskSpec& task : d.tasks) {
+      out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << task.name << YAML::Key << "train" << YAML::Value
+          << task.train;
+      if (!task.validation.empty()) out << YAML::Key << "validation" << YAML::Value << task.validation;
+      out << YAML::Key << "format" << YAML::Value << NameOf(kFormats, task.format) << YAML::Key << "weight"
+          << YAML::Value << task.weight << YAML::EndMap;
+    }
+    out << YAML::EndSeq;
+  }
   out << YAML::EndMap;
 
   const TrainingSpec& t = spec.training;

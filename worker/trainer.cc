@@ -18,6 +18,7 @@
 #include "sharding/unit_function.h"
 #include "sharding/zero_engine.h"
 #include "worker/data/formats.h"
+#include "worker/data/mixture.h"
 #include "worker/data/token_dataset.h"
 #include "worker/data/tokenizer/tokenizer.h"
 #include "worker/models/hf_io.h"
@@ -122,6 +123,9 @@ class Trainer {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<Example> train_;
   std::vector<Example> validation_;
+  std::vector<int64_t> validation_tasks_;  // the task of each validation example
+  std::vector<TaskRange> tasks_;           // where each task's examples are in train_
+  std::vector<std::string> task_names_;
   int64_t ranks_ = 1;
   int64_t micro_ = 1;
   int64_t accumulation_ = 1;
@@ -139,38 +143,68 @@ class Trainer {
 };
 
 void Trainer::LoadData() {
-  JobDataOptions job_data = DataOptionsFor(spec_, config_.vocab_size, config_.eos_token_ids);
+  // One source per task; a single-task job is one unnamed task.
+  std::vector<TaskSpec> sources = spec_.data.tasks;
+  if (sources.empty()) sources.push_back(TaskSpec{"", spec_.data.train, spec_.data.validation, spec_.data.format, 1.0});
+  JobSpec probe = spec_;  // the tokenizer is needed when any source is text
+  for (const TaskSpec& task : sources) {
+    if (task.format != DataFormat::kTokens) probe.data.format = task.format;
+  }
+  JobDataOptions job_data = DataOptionsFor(probe, config_.vocab_size, config_.eos_token_ids);
   tokenizer_ = std::move(job_data.tokenizer);
-  const FormatOptions& data_options = job_data.options;
-  if (rank0_ && (spec_.data.format == DataFormat::kChat || spec_.data.format == DataFormat::kShareGpt)) {
-    spdlog::info("{}", job_data.template_note);
+  if (rank0_ && !job_data.template_note.empty()) spdlog::info("{}", job_data.template_note);
+
+  std::vector<int64_t> sizes;
+  std::vector<double> weights;
+  for (size_t t = 0; t < sources.size(); ++t) {
+    const TaskSpec& task = sources[t];
+    FormatOptions options = job_data.options;
+    options.format = task.format;
+    TokenDataset train = ReadDataset(task.train, options);
+    std::vector<Example> examples = std::move(train.examples);
+    if (train.truncated > 0 && rank0_) {
+      spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", task.train,
+                   train.truncated, spec_.data.max_seq_len);
+    }
+    std::vector<Example> validation;
+    if (!task.validation.empty()) {
+      validation = ReadDataset(task.validation, options).examples;
+    } else {
+      SplitValidation(examples, validation, spec_.data.validation_split, spec_.training.seed + t);
+    }
+    if (spec_.data.packing) {
+      const size_t documents = examples.size();
+      examples = PackExamples(examples, spec_.data.max_seq_len);  // within the task: task ranges stay whole
+      if (rank0_) {
+        spdlog::info("packing{}: {} examples in {} sequences of at most {} tokens",
+                     task.name.empty() ? "" : " " + task.name, documents, examples.size(), spec_.data.max_seq_len);
+      }
+    }
+    tasks_.push_back(TaskRange{static_cast<int64_t>(train_.size()), static_cast<int64_t>(examples.size()), 0});
+    task_names_.push_back(task.name);
+    sizes.push_back(static_cast<int64_t>(examples.size()));
+    weights.push_back(task.weight);
+    for (auto& e : examples) train_.push_back(std::move(e));
+    for (auto& e : validation) {
+      validation_.push_back(std::move(e));
+      validation_tasks_.push_back(static_cast<int64_t>(t));
+    }
   }
-  TokenDataset train = ReadDataset(spec_.data.train, data_options);
-  train_ = std::move(train.examples);
-  if (train.truncated > 0 && rank0_) {
-    spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", spec_.data.train,
-                 train.truncated, spec_.data.max_seq_len);
-  }
-  if (!spec_.data.validation.empty()) {
-    validation_ = ReadDataset(spec_.data.validation, data_options).examples;
-  } else {
-    SplitValidation(train_, validation_, spec_.data.validation_split, spec_.training.seed);
+  const std::vector<double> probabilities = MixtureProbabilities(sizes, weights, spec_.data.mixing_temperature);
+  for (size_t t = 0; t < tasks_.size(); ++t) {
+    tasks_[t].probability = probabilities[t];
+    if (rank0_ && tasks_.size() > 1) {
+      spdlog::info("task {}: {} training examples, drawn with probability {:.3f}", task_names_[t], sizes[t],
+                   probabilities[t]);
+    }
   }
   if (spec_.data.max_seq_len > config_.max_position_embeddings && rank0_) {
     spdlog::warn("data.max_seq_len {} exceeds the model's max_position_embeddings {}", spec_.data.max_seq_len,
                  config_.max_position_embeddings);
   }
-  if (spec_.data.packing) {
-    const size_t documents = train_.size();
-    train_ = PackExamples(train_, spec_.data.max_seq_len);
-    if (rank0_) {
-      spdlog::info("packing: {} training examples in {} sequences of at most {} tokens", documents, train_.size(),
-                   spec_.data.max_seq_len);
-    }
-  }
   if (static_cast<int64_t>(train_.size()) < global_batch_) {
     Fail(ErrorCode::kInvalidArgument, "{}: {} training sequences are fewer than one global batch of {}",
-         spec_.data.train, train_.size(), global_batch_);
+         sources.size() == 1 ? sources[0].train : "data.tasks", train_.size(), global_batch_);
   }
   if (rank0_) spdlog::info("data: {} training examples, {} validation examples", train_.size(), validation_.size());
 }
@@ -287,7 +321,10 @@ std::optional<fs::path> Trainer::AgreedLatestCheckpoint(const fs::path& checkpoi
 std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
   const int64_t epoch = step / steps_per_epoch_;
   if (epoch != cached_epoch_) {
-    epoch_order_ = EpochOrder(static_cast<int64_t>(train_.size()), spec_.training.seed, epoch, spec_.data.shuffle);
+    epoch_order_ =
+        tasks_.size() > 1
+            ? MixtureOrder(tasks_, static_cast<int64_t>(train_.size()), spec_.training.seed, epoch)
+            : EpochOrder(static_cast<int64_t>(train_.size()), spec_.training.seed, epoch, spec_.data.shuffle);
     cached_epoch_ = epoch;
   }
   const int64_t begin = (step % steps_per_epoch_) * global_batch_;
@@ -416,29 +453,52 @@ void Trainer::Evaluate(int64_t step) {
   // of stage 3 must match), so a rank without examples left runs a one-token batch with no targets.
   const auto v = static_cast<int64_t>(validation_.size());
   const int64_t rounds = (v + micro_ * ranks_ - 1) / (micro_ * ranks_);
-  const Example idle{{config_.pad_token_id, config_.pad_token_id}, {-100, -100}};
-  at::Tensor sums = at::zeros({2}, at::TensorOptions().dtype(at::kDouble).device(device_));  // loss sum, targets
+  const Example idle{{config_.pad_token_id, config_.pad_token_id}, {-100, -100}, {}, {}};
+  const auto tasks = static_cast<int64_t>(tasks_.size());
+  // Loss sums and targets: entry 0 over everything, entry 1 + t for task t.
+  at::Tensor sums = at::zeros({2, 1 + tasks}, at::TensorOptions().dtype(at::kDouble).device(device_));
   for (int64_t round = 0; round < rounds; ++round) {
     const int64_t begin = (round * ranks_ + world_.rank()) * micro_;
     std::vector<const Example*> examples;
-    for (int64_t i = begin; i < std::min(begin + micro_, v); ++i) examples.push_back(&validation_[i]);
-    if (examples.empty()) examples.push_back(&idle);
+    std::vector<int64_t> example_tasks;
+    for (int64_t i = begin; i < std::min(begin + micro_, v); ++i) {
+      examples.push_back(&validation_[i]);
+      example_tasks.push_back(validation_tasks_[i]);
+    }
+    if (examples.empty()) {
+      examples.push_back(&idle);
+      example_tasks.push_back(0);
+    }
     const Batch batch = Collate(examples, config_.pad_token_id);
-    const LossSum loss = CausalLmLossSum(Forward(batch), batch.labels.to(device_));
-    sums[0] += loss.sum.to(at::kDouble);
-    sums[1] += static_cast<double>(loss.tokens);
+    const auto [loss, targets] = CausalLmLossPerExample(Forward(batch), batch.labels.to(device_));
+    const at::Tensor columns = at::tensor(example_tasks, at::kLong).to(device_) + 1;
+    sums[0].index_add_(0, columns, loss.to(at::kDouble));
+    sums[1].index_add_(0, columns, targets.to(at::kDouble));
   }
+  sums.select(1, 0).copy_(sums.narrow(1, 1, tasks).sum(1));
   AllReduceSumNow(world_, sums, CollectiveTag{"validation loss", step});
-  const double targets = sums[1].item<double>();
+  const at::Tensor host = sums.cpu();
+  const double targets = host[1][0].item<double>();
   if (targets == 0) return;
-  const double val_loss = sums[0].item<double>() / targets;
+  const double val_loss = host[0][0].item<double>() / targets;
   summary_.last_val_loss = val_loss;
   if (!rank0_) return;
-  metrics_->Write({{"step", step},
-                   {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch_)},
-                   {"val_loss", val_loss},
-                   {"perplexity", std::exp(val_loss)},
-                   {"val_tokens", static_cast<int64_t>(targets)}});
+  json record = {{"step", step},
+                 {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch_)},
+                 {"val_loss", val_loss},
+                 {"perplexity", std::exp(val_loss)},
+                 {"val_tokens", static_cast<int64_t>(targets)}};
+  if (tasks > 1) {
+    record["tasks"] = json::object();
+    for (int64_t t = 0; t < tasks; ++t) {
+      const double task_targets = host[1][1 + t].item<double>();
+      if (task_targets > 0) {
+        record["tasks"][task_names_[t]] = {{"val_loss", host[0][1 + t].item<double>() / task_targets},
+                                           {"val_tokens", static_cast<int64_t>(task_targets)}};
+      }
+    }
+  }
+  metrics_->Write(record);
   if (progress_->active()) std::fputs("\r\033[K", stderr);
   spdlog::info("step {}: val_loss {:.4f} perplexity {:.3f}", step, val_loss, std::exp(val_loss));
 }

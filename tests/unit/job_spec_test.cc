@@ -215,6 +215,34 @@ TEST_F(JobSpecTest, ListsRefuseDuplicates) {
       {"output.export", "'hf' is listed twice"});
 }
 
+TEST_F(JobSpecTest, MultiTaskData) {
+  const JobSpec spec = Parse(R"(name: x
+model: {path: model}
+data:
+  format: chat
+  mixing_temperature: 2
+  tasks:
+    - {name: qa, train: data/train.jsonl, weight: 2}
+    - {name: code, train: data/train.jsonl, format: tokens}
+output: {dir: out}
+)");
+  ASSERT_EQ(spec.data.tasks.size(), 2u);
+  EXPECT_EQ(spec.data.tasks[0].format, DataFormat::kChat);
+  EXPECT_EQ(spec.data.tasks[1].format, DataFormat::kTokens);
+  EXPECT_DOUBLE_EQ(spec.data.tasks[0].weight, 2.0);
+  EXPECT_EQ(ParseJobSpec(JobSpecToYaml(spec), "job.yaml", "/").data.tasks.size(), 2u);
+  ExpectProblem(
+      "name: x\nmodel: {path: model}\noutput: {dir: o}\ndata:\n  format: chat\n  train: data/train.jsonl\n"
+      "  tasks: [{name: a, train: data/train.jsonl}]\n",
+      {"data.tasks", "either data.train or data.tasks"});
+  ExpectProblem(
+      "name: x\nmodel: {path: model}\noutput: {dir: o}\ndata:\n  format: chat\n"
+      "  tasks: [{name: a, train: data/train.jsonl}, {name: a, train: data/train.jsonl}]\n",
+      {"data.tasks[1].name", "task 'a' is listed twice"});
+  ExpectProblem("name: x\nmodel: {path: model}\noutput: {dir: o}\ndata:\n  format: chat\n  tasks: [{name: a}]\n",
+                {"data.tasks[0].train", "is required"});
+}
+
 TEST_F(JobSpecTest, HostileNamesAreRejected) {
   for (const std::string name : {"\"x; rm -rf /\"", "UPPER", "-leading", "a_b", "\"$(id)\""}) {
     ExpectProblem("name: " + name +

@@ -12,6 +12,7 @@
 #include "sharding/loss_scale.h"
 #include "sharding/lr_schedule.h"
 #include "tiny_models.h"
+#include "worker/data/mixture.h"
 #include "worker/data/token_dataset.h"
 #include "worker/generate.h"
 
@@ -320,6 +321,73 @@ TEST(DynamicLossScale, SkipsOverflowsHalvesAndGrows) {
   EXPECT_EQ(off.scale(), 1);
   EXPECT_FALSE(off.Update(std::numeric_limits<double>::infinity()));  // a NaN gradient never steps
   EXPECT_EQ(off.scale(), 1);
+}
+
+}  // namespace
+}  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+TEST(Mixture, ProbabilitiesFollowWeightsOrTemperature) {
+  const auto by_weight = MixtureProbabilities({10, 30}, {1.0, 3.0}, 0);
+  EXPECT_DOUBLE_EQ(by_weight[0], 0.25);
+  const auto by_size = MixtureProbabilities({10, 30}, {1.0, 1.0}, 1.0);
+  EXPECT_DOUBLE_EQ(by_size[1], 0.75);
+  const auto flat = MixtureProbabilities({10, 1000}, {1.0, 1.0}, 1000.0);
+  EXPECT_NEAR(flat[0], 0.5, 0.01);
+}
+
+TEST(Mixture, OrderIsSeededProportionalAndWalksEachTask) {
+  const std::vector<TaskRange> tasks = {{0, 10, 0.25}, {10, 30, 0.75}};
+  const auto order = MixtureOrder(tasks, 4000, 42, 0);
+  EXPECT_EQ(order, MixtureOrder(tasks, 4000, 42, 0));
+  EXPECT_NE(order, MixtureOrder(tasks, 4000, 42, 1));
+  int64_t first = 0;
+  for (int64_t i : order) first += i < 10;
+  EXPECT_NEAR(static_cast<double>(first) / 4000, 0.25, 0.03);
+  // The first ten draws of task 0 are its ten examples, each once.
+  std::vector<int64_t> seen;
+  for (int64_t i : order) {
+    if (i < 10 && seen.size() < 10) seen.push_back(i);
+  }
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+}
+
+TEST_F(TrainerTest, MultiTaskJobsReportEachTaskAndResumeExactly) {
+  testing::WriteText(dir_ / "other.jsonl", CountingData(40, 8, 7));
+  auto spec = [&](const std::string& out) {
+    return ParseJobSpec(
+        "name: mix\nmodel: {path: base}\n"
+        "data: {validation_split: 0.1, format: tokens, tasks: [{name: count, train: train.jsonl, weight: 3},"
+        " {name: short, train: other.jsonl}]}\n"
+        "output: {dir: " +
+            out +
+            ", checkpoint_every: 3}\n"
+            "training: {max_steps: 8, micro_batch_size: 4, eval_every: 4, optimizer: {lr: 1.0e-3}}\n",
+        "job.yaml", dir_.path());
+  };
+  RunTraining(spec("straight"));
+  TrainerOptions interrupt;
+  interrupt.stop_after_step = 5;
+  RunTraining(spec("resumed"), interrupt);
+  EXPECT_EQ(RunTraining(spec("resumed")).resumed_from_step, 3);
+  std::vector<json> a = Metrics("straight"), b = Metrics("resumed");
+  ASSERT_EQ(a.size(), b.size());
+  int evaluations = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i].erase("tokens_per_s");
+    b[i].erase("tokens_per_s");
+    EXPECT_EQ(a[i], b[i]) << i;
+    if (a[i].contains("val_loss")) {
+      ++evaluations;
+      ASSERT_TRUE(a[i].contains("tasks")) << a[i].dump();
+      EXPECT_TRUE(a[i]["tasks"].contains("count"));
+      EXPECT_TRUE(a[i]["tasks"].contains("short"));
+    }
+  }
+  EXPECT_EQ(evaluations, 2);
 }
 
 }  // namespace

@@ -271,4 +271,12 @@ LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels) {
   return loss;
 }
 
+std::pair<at::Tensor, at::Tensor> CausalLmLossPerExample(const at::Tensor& logits, const at::Tensor& labels) {
+  const int64_t b = logits.size(0), s = logits.size(1);
+  const at::Tensor shifted_labels = labels.narrow(1, 1, s - 1);
+  const at::Tensor per_token = at::cross_entropy_loss(logits.narrow(1, 0, s - 1).reshape({-1, logits.size(2)}),
+                                                      shifted_labels.reshape({-1}), {}, at::Reduction::None, -100);
+  return {per_token.view({b, s - 1}).sum(1), shifted_labels.ne(-100).sum(1)};
+}
+
 }  // namespace shardtune

@@ -118,5 +118,7 @@ struct LossSum {
   int64_t tokens = 0;
 };
 LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels);
+// The same per example: (B,) loss sums and (B,) target counts.
+std::pair<at::Tensor, at::Tensor> CausalLmLossPerExample(const at::Tensor& logits, const at::Tensor& labels);
 
 }  // namespace shardtune
