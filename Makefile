@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build demo test format clean
+.PHONY: all deps configure build demo test bench format clean
 
 all: build
 
@@ -24,6 +24,9 @@ demo: build
 
 test: build
 	@bash scripts/test.sh $(BUILD_DIR)
+
+bench: build
+	@bash bench/run.sh $(BUILD_DIR)
 
 format:
 	@git ls-files '*.cc' '*.h' | xargs clang-format -i

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <queue>
 #include <unordered_map>
 
 #include "common/atomic_file.h"
@@ -182,28 +183,43 @@ class SentencePieceModel : public Tokenizer {
 
   std::vector<int64_t> EncodeBpe(const std::string& text) const {
     // SentencePiece's BPE: repeatedly merge the adjacent pair whose concatenation is the
-    // highest-scoring piece (leftmost on ties), until no pair is a piece.
+    // highest-scoring piece (leftmost on ties), until no pair is a piece. A heap of candidate
+    // pairs with per-symbol versions (to drop stale candidates) makes it O(n log n).
     std::vector<std::string> symbols = Symbols(text);
-    for (;;) {
-      float best_score = -std::numeric_limits<float>::infinity();
-      size_t best = symbols.size();
-      for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-        const auto it = ids.find(symbols[i] + symbols[i + 1]);
-        if (it == ids.end() || pieces[static_cast<size_t>(it->second)].type == PieceType::kByte) continue;
-        const float score = pieces[static_cast<size_t>(it->second)].score;
-        if (score > best_score) best_score = score, best = i;
-      }
-      if (best == symbols.size()) break;
-      symbols[best] += symbols[best + 1];
-      symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best) + 1);
+    const auto n = static_cast<int64_t>(symbols.size());
+    std::vector<int64_t> prev(n), next(n), version(n, 0);
+    for (int64_t i = 0; i < n; ++i) prev[i] = i - 1, next[i] = i + 1 < n ? i + 1 : -1;
+    struct Candidate {
+      float score;
+      int64_t left, right, left_version, right_version;
+      bool operator<(const Candidate& o) const { return score != o.score ? score < o.score : left > o.left; }
+    };
+    std::priority_queue<Candidate> queue;
+    auto push = [&](int64_t left) {
+      if (left < 0 || next[left] < 0) return;
+      const int64_t right = next[left];
+      const auto it = ids.find(symbols[left] + symbols[right]);
+      if (it == ids.end() || pieces[static_cast<size_t>(it->second)].type == PieceType::kByte) return;
+      queue.push({pieces[static_cast<size_t>(it->second)].score, left, right, version[left], version[right]});
+    };
+    for (int64_t i = 0; i + 1 < n; ++i) push(i);
+    while (!queue.empty()) {
+      const Candidate c = queue.top();
+      queue.pop();
+      if (next[c.left] != c.right || version[c.left] != c.left_version || version[c.right] != c.right_version) continue;
+      symbols[c.left] += symbols[c.right];
+      ++version[c.left];
+      version[c.right] = -1;  // gone
+      next[c.left] = next[c.right];
+      if (next[c.right] >= 0) prev[next[c.right]] = c.left;
+      push(prev[c.left]);
+      push(c.left);
     }
     std::vector<int64_t> out;
-    for (const std::string& s : symbols) {
-      const auto it = ids.find(s);
-      if (it != ids.end())
-        out.push_back(it->second);
-      else
-        Unknown(s, out);
+    for (int64_t i = n > 0 ? 0 : -1; i >= 0; i = next[i]) {
+      const auto it = ids.find(symbols[i]);
+      if (it != ids.end()) out.push_back(it->second);
+      else Unknown(symbols[i], out);
     }
     return out;
   }
