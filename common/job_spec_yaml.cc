@@ -382,6 +382,7 @@ void ReadData(MapReader m, DataSpec* data) {
   m.Bool("packing", &data->packing);
   m.Bool("shuffle", &data->shuffle);
   m.Enum("chat_template", &data->chat_template, kChatTemplates);
+  m.Bool("group_by_length", &data->group_by_length);
   m.Finish();
 }
 
@@ -590,6 +591,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "packing" << YAML::Value << d.packing;
   out << YAML::Key << "shuffle" << YAML::Value << d.shuffle;
   out << YAML::Key << "chat_template" << YAML::Value << NameOf(kChatTemplates, d.chat_template);
+  out << YAML::Key << "group_by_length" << YAML::Value << d.group_by_length;
   if (!d.tasks.empty()) {
     out << YAML::Key << "mixing_temperature" << YAML::Value << d.mixing_temperature;
     out << YAML::Key << "tasks" << YAML::Value << YAML::BeginSeq;

@@ -147,6 +147,15 @@ std::vector<Example> PackExamples(const std::vector<Example>& examples, int64_t 
   return packed;
 }
 
+void GroupByLength(std::vector<int64_t>& order, const std::vector<Example>& examples, int64_t group) {
+  for (size_t begin = 0; begin < order.size(); begin += static_cast<size_t>(group)) {
+    const auto end = order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), begin + static_cast<size_t>(group)));
+    std::stable_sort(order.begin() + static_cast<std::ptrdiff_t>(begin), end, [&](int64_t a, int64_t b) {
+      return examples[a].input_ids.size() > examples[b].input_ids.size();
+    });
+  }
+}
+
 std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool shuffle) {
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), int64_t{0});

@@ -59,6 +59,10 @@ std::vector<Example> PackExamples(const std::vector<Example>& examples, int64_t 
 // when fraction > 0 and there are two or more). Deterministic for a seed.
 void SplitValidation(std::vector<Example>& train, std::vector<Example>& validation, double fraction, uint64_t seed);
 
+// Reorders `order` so that each run of `group` consecutive entries is sorted by length, longest
+// first (the order of the runs stays): batches cut from it hold examples of similar length.
+void GroupByLength(std::vector<int64_t>& order, const std::vector<Example>& examples, int64_t group);
+
 // The order of examples in `epoch`: a permutation seeded by (seed, epoch), or 0..n-1.
 std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
 
