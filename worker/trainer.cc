@@ -325,6 +325,8 @@ std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
         tasks_.size() > 1
             ? MixtureOrder(tasks_, static_cast<int64_t>(train_.size()), spec_.training.seed, epoch)
             : EpochOrder(static_cast<int64_t>(train_.size()), spec_.training.seed, epoch, spec_.data.shuffle);
+    // As Hugging Face's length-grouped sampler: sorted within mega-batches of 50 global batches.
+    if (spec_.data.group_by_length) GroupByLength(epoch_order_, train_, 50 * global_batch_);
     cached_epoch_ = epoch;
   }
   const int64_t begin = (step % steps_per_epoch_) * global_batch_;
