@@ -43,12 +43,13 @@ int main(int argc, char** argv) {
   const double seconds = argc > 2 ? std::stod(argv[2]) : 2.0;
   std::vector<std::string> documents;
   for (const auto& record : nlohmann::json::parse(shardtune::ReadFile(fixtures + "/datasets/alpaca_en_demo.json"))) {
-    documents.push_back(record.value("instruction", "") + "\n" + record.value("input", "") + "\n" + record.value("output", ""));
+    documents.push_back(record.value("instruction", "") + "\n" + record.value("input", "") + "\n" +
+                        record.value("output", ""));
   }
   size_t total = 0;
   for (const auto& d : documents) total += d.size();
-  std::printf("text: %zu documents, %.2f MB (Alpaca fixture); one core; %.0f s per case\n\n", documents.size(), total / 1e6,
-              seconds);
+  std::printf("text: %zu documents, %.2f MB (Alpaca fixture); one core; %.0f s per case\n\n", documents.size(),
+              total / 1e6, seconds);
   std::printf("| tokenizer | implementation | MB/s | ratio to baseline |\n|---|---|---|---|\n");
 
   const std::string tokenizers = fixtures + "/tokenizers/";
@@ -70,7 +71,8 @@ int main(int argc, char** argv) {
   };
   for (const auto& [name, file] : cases) {
     const auto tokenizer = shardtune::Tokenizer::Load(tokenizers + file);
-    const auto [rate, tokens] = Measure(documents, seconds, [&](const std::string& d) { return tokenizer->Encode(d, false).size(); });
+    const auto [rate, tokens] =
+        Measure(documents, seconds, [&](const std::string& d) { return tokenizer->Encode(d, false).size(); });
     std::printf("| %s | shardtune | %.2f | %.2f |\n", name, rate, rate / baseline);
   }
   return 0;

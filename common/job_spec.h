@@ -54,8 +54,8 @@ struct DataSpec {
   bool packing = false;
   bool shuffle = true;                                           // reshuffled every epoch from training.seed
   ChatTemplateChoice chat_template = ChatTemplateChoice::kAuto;  // chat and sharegpt formats
-  bool group_by_length = false;    // batches of similar lengths (less padding), still shuffled
-  std::vector<TaskSpec> tasks;                                   // multi-task: mixed by weight, or by temperature
+  bool group_by_length = false;   // batches of similar lengths (less padding), still shuffled
+  std::vector<TaskSpec> tasks;    // multi-task: mixed by weight, or by temperature
   double mixing_temperature = 0;  // > 0: task i drawn with probability proportional to size_i^(1/T)
 };
 

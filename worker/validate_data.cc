@@ -1,5 +1,8 @@
 #include "worker/validate_data.h"
 
+#include <algorithm>
+#include <climits>
+
 #include "common/job_spec.h"
 #include "worker/data/formats.h"
 #include "worker/models/llama_config.h"
@@ -14,14 +17,32 @@ void ValidateData(const std::string& job_path, std::ostream& out) {
     out << data.template_note << "\n";
 
   auto report = [&](const std::string& role, const std::string& path) {
-    const DataSummary s = Summarize(ReadDataset(path, data.options));
+    const TokenDataset dataset = ReadDataset(path, data.options);
+    const DataSummary s = Summarize(dataset);
     out << fmt::format("{} {}: {} examples, {} tokens ({} trained), longest {} tokens\n", role, path, s.examples,
                        s.tokens, s.target_tokens, s.longest);
     if (s.truncated > 0) {
       out << fmt::format("  warning: {} examples exceed data.max_seq_len {} and will be truncated\n", s.truncated,
                          spec.data.max_seq_len);
     }
-    if (s.without_targets > 0) out << fmt::format("  warning: {} examples have no trained tokens\n", s.without_targets);
+    if (s.without_targets > 0 && spec.data.format != DataFormat::kClassification) {
+      out << fmt::format("  warning: {} examples have no trained tokens\n", s.without_targets);
+    }
+    if (!dataset.label_names.empty()) {
+      std::string counts;
+      int64_t most = 0, least = INT64_MAX;
+      for (size_t i = 0; i < dataset.label_names.size(); ++i) {
+        counts += fmt::format("{}{} {}", i ? ", " : "", dataset.label_names[i], dataset.label_counts[i]);
+        most = std::max(most, dataset.label_counts[i]);
+        least = std::min(least, dataset.label_counts[i]);
+      }
+      out << "  labels: " << counts << "\n";
+      // Keep classes balanced: flag a label seen more than 3x as often as another.
+      if (spec.data.format == DataFormat::kClassification && most > 3 * least) {
+        out << fmt::format("  warning: unbalanced classes: the most frequent label occurs {} times, the least {}\n",
+                           most, least);
+      }
+    }
     return s;
   };
   const DataSummary train = report("train", spec.data.train);

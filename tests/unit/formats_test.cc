@@ -335,3 +335,53 @@ TEST(Packing, APackedBatchHasTheLossOfTheUnpackedOne) {
 
 }  // namespace
 }  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+TEST_F(FormatsTest, ClassificationAndNerCarryTheirLabels) {
+  FormatOptions o = Options(ChatTemplate::kPlain);
+  o.bos_id.reset();
+  o.format = DataFormat::kClassification;
+  testing::WriteText(dir_ / "cls.jsonl", R"({"text": "good", "label": "pos"})"
+                                         "\n"
+                                         R"({"text": "bad", "label": "neg"})"
+                                         "\n"
+                                         R"({"text": "fine", "text_pair": "ok", "label": 1})"
+                                         "\n");
+  const TokenDataset cls = ReadDataset(dir_ / "cls.jsonl", o);
+  EXPECT_EQ(cls.label_names, (std::vector<std::string>{"neg", "pos"}));  // sorted names found
+  ASSERT_EQ(cls.examples.size(), 3u);
+  EXPECT_EQ(cls.examples[0].class_label, 1);
+  EXPECT_EQ(cls.examples[1].class_label, 0);
+  EXPECT_EQ(cls.examples[2].class_label, 1);
+  EXPECT_EQ(cls.examples[2].input_ids, (std::vector<int64_t>{'f', 'i', 'n', 'e', 'o', 'k', 2}));  // pair, then EOS
+  EXPECT_EQ(cls.label_counts, (std::vector<int64_t>{1, 2}));
+
+  o.format = DataFormat::kNer;
+  testing::WriteText(dir_ / "ner.jsonl", R"({"tokens": ["Ada", "met", "Bo"], "tags": ["B-PER", "O", "B-PER"]})"
+                                         "\n");
+  const TokenDataset ner = ReadDataset(dir_ / "ner.jsonl", o);
+  EXPECT_EQ(ner.label_names, (std::vector<std::string>{"B-PER", "O"}));
+  // Byte-level: "Ada" " met" " Bo"; each tag on its word's first byte.
+  EXPECT_EQ(ner.examples[0].input_ids, (std::vector<int64_t>{'A', 'd', 'a', ' ', 'm', 'e', 't', ' ', 'B', 'o'}));
+  EXPECT_EQ(ner.examples[0].labels, (std::vector<int64_t>{0, -100, -100, 1, -100, -100, -100, 0, -100, -100}));
+
+  auto expect_code = [&](DataFormat format, const std::string& line, const std::string& code) {
+    o.format = format;
+    o.label_names = {"neg", "pos"};
+    testing::WriteText(dir_ / "bad.jsonl", line + "\n");
+    try {
+      ReadDataset(dir_ / "bad.jsonl", o);
+      ADD_FAILURE() << line;
+    } catch (const DataError& e) {
+      EXPECT_EQ(e.issues()[0].code, code) << e.what();
+    }
+  };
+  expect_code(DataFormat::kClassification, R"({"text": "meh", "label": "neutral"})", "unknown_label");
+  expect_code(DataFormat::kClassification, R"({"text": "meh", "label": 5})", "unknown_label");
+  expect_code(DataFormat::kNer, R"({"tokens": ["a", "b"], "tags": ["pos"]})", "tags_tokens_length_mismatch");
+}
+
+}  // namespace
+}  // namespace shardtune

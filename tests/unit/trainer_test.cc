@@ -398,7 +398,8 @@ namespace {
 
 TEST(GroupByLength, SortsWithinGroupsAndKeepsEveryExample) {
   std::vector<Example> examples;
-  for (int64_t n : {3, 9, 1, 7, 5, 2}) examples.push_back(Example{std::vector<int64_t>(static_cast<size_t>(n), 1), {}, {}, {}});
+  for (int64_t n : {3, 9, 1, 7, 5, 2})
+    examples.push_back(Example{std::vector<int64_t>(static_cast<size_t>(n), 1), {}, {}, {}});
   std::vector<int64_t> order = {0, 1, 2, 3, 4, 5};
   GroupByLength(order, examples, 3);
   EXPECT_EQ(order, (std::vector<int64_t>{1, 0, 2, 3, 4, 5}));  // lengths 9 3 1 | 7 5 2

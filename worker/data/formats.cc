@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "common/atomic_file.h"
@@ -162,7 +163,28 @@ std::vector<ChatMessage> ReadShareGpt(const json& record) {
   return messages;
 }
 
-Example Render(const json& record, const FormatOptions& options) {
+// Label names and ids for classification and ner, fixed before any record is rendered.
+struct LabelSet {
+  std::vector<std::string> names;
+  std::map<std::string, int64_t> ids;
+  int64_t Id(const json& label, const char* field) const {
+    if (label.is_number_integer()) {
+      const auto id = label.get<int64_t>();
+      if (id < 0 || id >= static_cast<int64_t>(names.size())) {
+        Problem("unknown_label", fmt::format("'{}' {} is outside the {} labels", field, id, names.size()));
+      }
+      return id;
+    }
+    if (!label.is_string())
+      Problem("data_type", fmt::format("'{}' must be a label name or index, got {}", field, label.dump()));
+    const auto it = ids.find(label.get<std::string>());
+    if (it == ids.end())
+      Problem("unknown_label", fmt::format("'{}' {} is not one of the {} labels", field, label.dump(), names.size()));
+    return it->second;
+  }
+};
+
+Example Render(const json& record, const FormatOptions& options, const LabelSet& labels) {
   if (!record.is_object()) Problem("data_type", fmt::format("expected a JSON object, got {}", record.type_name()));
   SequenceBuilder b(options);
   switch (options.format) {
@@ -209,6 +231,46 @@ Example Render(const json& record, const FormatOptions& options) {
       b.Text(text, true);
       b.Id(options.eos_id, true);
       return b.Finish();
+    }
+    case DataFormat::kClassification: {
+      RejectUnknownKeys(record, {"text", "text_pair", "label"}, "unrecognized_key", "");
+      const std::string text = RequireString(record, "text", "");
+      if (!record.contains("label")) Problem("missing_key", "'label' is missing");
+      Example e;
+      e.input_ids = options.tokenizer->Encode(text, /*add_special_tokens=*/true);
+      if (record.contains("text_pair")) {
+        const std::vector<int64_t> pair =
+            options.tokenizer->Encode(RequireString(record, "text_pair", ""), /*add_special_tokens=*/false);
+        e.input_ids.insert(e.input_ids.end(), pair.begin(), pair.end());
+        e.input_ids.push_back(options.eos_id);
+      }
+      e.labels.assign(e.input_ids.size(), -100);
+      e.class_label = labels.Id(record["label"], "label");
+      return e;
+    }
+    case DataFormat::kNer: {
+      RejectUnknownKeys(record, {"tokens", "tags"}, "unrecognized_key", "");
+      const auto words = record.find("tokens"), tags = record.find("tags");
+      if (words == record.end() || !words->is_array()) Problem("missing_key", "expected a 'tokens' list of words");
+      if (tags == record.end() || !tags->is_array()) Problem("missing_key", "expected a 'tags' list");
+      if (words->size() != tags->size()) {
+        Problem("tags_tokens_length_mismatch", fmt::format("{} tokens but {} tags", words->size(), tags->size()));
+      }
+      if (words->empty()) Problem("missing_content", "'tokens' is empty");
+      Example e;
+      if (options.bos_id) e.input_ids.push_back(*options.bos_id), e.labels.push_back(-100);
+      for (size_t i = 0; i < words->size(); ++i) {
+        if (!(*words)[i].is_string()) Problem("data_type", fmt::format("tokens[{}] must be a string", i));
+        // Words after the first carry their separating space, as in running text.
+        const std::string word = (i > 0 ? " " : "") + (*words)[i].get<std::string>();
+        const int64_t tag = labels.Id((*tags)[i], "tags");
+        const std::vector<int64_t> pieces = options.tokenizer->Encode(word, /*add_special_tokens=*/false);
+        for (size_t k = 0; k < pieces.size(); ++k) {
+          e.input_ids.push_back(pieces[k]);
+          e.labels.push_back(k == 0 ? tag : -100);  // the tag sits on the word's first sub-token
+        }
+      }
+      return e;
     }
     default:
       Fail(ErrorCode::kUnimplemented, "data.format '{}' is not supported by this build yet", ToString(options.format));
@@ -390,6 +452,20 @@ JobDataOptions DataOptionsFor(const JobSpec& spec, int64_t vocab_size, const std
   options.max_seq_len = spec.data.max_seq_len;
   options.eos_id = eos_token_ids.empty() ? 2 : eos_token_ids.front();
   if (spec.data.format == DataFormat::kTokens) return result;
+  // Label names from config.json's id2label, unless they are transformers' placeholders.
+  const json config = json::parse(ReadFile(fs::path(spec.model.path) / "config.json"), nullptr, false);
+  if (!config.is_discarded() && config.contains("id2label") && config["id2label"].is_object()) {
+    std::vector<std::string> names(config["id2label"].size());
+    bool usable = true;
+    for (const auto& [key, value] : config["id2label"].items()) {
+      const size_t id = std::strtoul(key.c_str(), nullptr, 10);
+      if (id >= names.size() || !value.is_string() || value.get<std::string>().rfind("LABEL_", 0) == 0)
+        usable = false;
+      else
+        names[id] = value.get<std::string>();
+    }
+    if (usable) options.label_names = names;
+  }
   const fs::path source = spec.model.tokenizer.empty() ? fs::path(spec.model.path) : fs::path(spec.model.tokenizer);
   result.tokenizer = Tokenizer::Load(source);
   options.tokenizer = result.tokenizer.get();
@@ -429,10 +505,36 @@ TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
   TokenDataset dataset;
   Issues issues;
   const std::string file = path.string();
+  const bool labelled = options.format == DataFormat::kClassification || options.format == DataFormat::kNer;
+  LabelSet labels;
+  labels.names = options.label_names;
+  if (labelled && labels.names.empty()) {
+    // No id2label given: the label names found in the file, sorted.
+    std::set<std::string> found;
+    Issues ignored;  // problems are reported by the pass below
+    ForEachRecord(path, ignored, [&](const json& record, int64_t) {
+      if (!record.is_object()) return;
+      for (const char* key : {"label", "tags"}) {
+        if (!record.contains(key)) continue;
+        const json& value = record[key];
+        for (const json& v : value.is_array() ? value : json::array({value})) {
+          if (v.is_string()) found.insert(v.get<std::string>());
+        }
+      }
+    });
+    labels.names.assign(found.begin(), found.end());
+  }
+  for (size_t i = 0; i < labels.names.size(); ++i) labels.ids[labels.names[i]] = static_cast<int64_t>(i);
+  dataset.label_names = labels.names;
+  dataset.label_counts.assign(labels.names.size(), 0);
   ForEachRecord(path, issues, [&](const json& record, int64_t line) {
     try {
-      Example example = Render(record, options);
-      for (int64_t id : example.input_ids) {
+      Example example = Render(record, options, labels);
+      if (example.class_label >= 0) ++dataset.label_counts[static_cast<size_t>(example.class_label)];
+      for (int64_t l : example.labels) {
+        if (options.format == DataFormat::kNer && l >= 0) ++dataset.label_counts[static_cast<size_t>(l)];
+      }
+      for (int64_t id : example.input_ids) {  // (labels of ner are tag ids, not token ids)
         if (id < 0 || id >= options.vocab_size) {
           Problem("token_out_of_vocabulary",
                   fmt::format("the tokenizer produced id {}, outside the model's vocabulary of {}", id,

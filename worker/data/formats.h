@@ -57,6 +57,9 @@ struct FormatOptions {
   int64_t max_seq_len = 0;
   std::optional<int64_t> bos_id;  // prepended to every example when set
   int64_t eos_id = 2;             // ends completions, text, and plain/llama2/mistral assistant turns
+  // classification and ner: the label names in id order (config.json's id2label). Empty: the
+  // sorted names found in the data.
+  std::vector<std::string> label_names;
 };
 
 // Reads and validates the whole file. Throws DataError listing every problem found.

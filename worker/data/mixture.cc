@@ -31,7 +31,8 @@ std::vector<int64_t> MixtureOrder(const std::vector<TaskRange>& tasks, int64_t t
     // Inverse-CDF draw on our own uniform: the same sequence on every standard library.
     const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;
     size_t t = 0;
-    for (double cumulative = tasks[0].probability; t + 1 < tasks.size() && u >= cumulative; cumulative += tasks[++t].probability) {
+    for (double cumulative = tasks[0].probability; t + 1 < tasks.size() && u >= cumulative;
+         cumulative += tasks[++t].probability) {
     }
     if (cursor[t] == orders[t].size()) {
       orders[t] = EpochOrder(tasks[t].size, seed + 7919 * (t + 1), epoch * 1000003 + cycles[t]++, /*shuffle=*/true);

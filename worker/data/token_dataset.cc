@@ -149,10 +149,10 @@ std::vector<Example> PackExamples(const std::vector<Example>& examples, int64_t 
 
 void GroupByLength(std::vector<int64_t>& order, const std::vector<Example>& examples, int64_t group) {
   for (size_t begin = 0; begin < order.size(); begin += static_cast<size_t>(group)) {
-    const auto end = order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), begin + static_cast<size_t>(group)));
-    std::stable_sort(order.begin() + static_cast<std::ptrdiff_t>(begin), end, [&](int64_t a, int64_t b) {
-      return examples[a].input_ids.size() > examples[b].input_ids.size();
-    });
+    const auto end =
+        order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), begin + static_cast<size_t>(group)));
+    std::stable_sort(order.begin() + static_cast<std::ptrdiff_t>(begin), end,
+                     [&](int64_t a, int64_t b) { return examples[a].input_ids.size() > examples[b].input_ids.size(); });
   }
 }
 

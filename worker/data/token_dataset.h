@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 namespace shardtune {
@@ -20,6 +21,8 @@ struct Example {
   // the document's index in the sequence. Attention never crosses documents.
   std::vector<int64_t> position_ids;
   std::vector<int64_t> document_ids;
+  // Sequence classification only: the class index (labels is then all -100).
+  int64_t class_label = -1;
 
   // Next-token targets this example contributes: labels[1:] that are not -100.
   int64_t target_tokens() const;
@@ -33,6 +36,9 @@ struct TokenDatasetOptions {
 struct TokenDataset {
   std::vector<Example> examples;
   int64_t truncated = 0;  // examples cut to max_seq_len
+  // classification and ner: the label (or tag) names, index = id, and how often each occurs.
+  std::vector<std::string> label_names;
+  std::vector<int64_t> label_counts;
 };
 
 // Reads and validates the whole file; errors name "path:line" and the field. Blank lines are

@@ -218,8 +218,10 @@ class SentencePieceModel : public Tokenizer {
     std::vector<int64_t> out;
     for (int64_t i = n > 0 ? 0 : -1; i >= 0; i = next[i]) {
       const auto it = ids.find(symbols[i]);
-      if (it != ids.end()) out.push_back(it->second);
-      else Unknown(symbols[i], out);
+      if (it != ids.end())
+        out.push_back(it->second);
+      else
+        Unknown(symbols[i], out);
     }
     return out;
   }
