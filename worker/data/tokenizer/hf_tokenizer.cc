@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "worker/data/tokenizer/regex.h"
 #include "worker/data/tokenizer/unicode.h"
+#include "worker/data/tokenizer/viterbi.h"
 
 namespace shardtune {
 
@@ -512,40 +513,26 @@ class Unigram : public Model {
   size_t max_piece_chars = 1;
 
   void Encode(const std::string& piece, std::vector<int64_t>& out) const override {
-    // Viterbi over characters: the segmentation with the highest total score.
-    const std::vector<std::string> characters = Utf8Characters(piece);
-    const size_t n = characters.size();
     double min_score = std::numeric_limits<double>::max();
     for (double s : scores) min_score = std::min(min_score, s);
-    const double unk_score = min_score - 10.0;
-    std::vector<double> best(n + 1, -std::numeric_limits<double>::infinity());
-    std::vector<int64_t> best_id(n + 1, -1);
-    std::vector<size_t> best_start(n + 1, 0);
-    best[0] = 0;
-    for (size_t end = 1; end <= n; ++end) {
-      std::string candidate;
-      for (size_t start = end; start-- > 0 && end - start <= max_piece_chars;) {
-        candidate = characters[start] + candidate;
-        if (best[start] == -std::numeric_limits<double>::infinity()) continue;
-        if (const auto id = Find(candidate)) {
-          const double score = best[start] + scores[static_cast<size_t>(*id)];
-          if (score > best[end]) best[end] = score, best_id[end] = *id, best_start[end] = start;
-        }
+    const std::vector<std::string> characters = Utf8Characters(piece);
+    const std::vector<int64_t> path =
+        ViterbiSegment(characters, max_piece_chars, min_score - 10.0, [this](const std::string& text) {
+          const auto id = Find(text);
+          return id ? std::optional<ScoredPiece>(ScoredPiece{*id, scores[static_cast<size_t>(*id)]}) : std::nullopt;
+        });
+    bool last_unknown = false;
+    for (int64_t id : path) {
+      if (id >= 0) {
+        out.push_back(id);
+        last_unknown = false;
+        continue;
       }
-      if (best_id[end] < 0 && best[end - 1] > -std::numeric_limits<double>::infinity()) {
-        if (!unk)
-          Fail(ErrorCode::kInvalidArgument, "character '{}' is not in the vocabulary and there is no unk_id",
-               characters[end - 1]);
-        best[end] = best[end - 1] + unk_score, best_id[end] = *unk, best_start[end] = end - 1;
-      }
-    }
-    std::vector<int64_t> ids;
-    for (size_t end = n; end > 0; end = best_start[end]) ids.push_back(best_id[end]);
-    std::reverse(ids.begin(), ids.end());
-    // Consecutive unknowns are one token.
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (unk && ids[i] == *unk && !out.empty() && i > 0 && ids[i - 1] == *unk) continue;
-      out.push_back(ids[i]);
+      if (!unk)
+        Fail(ErrorCode::kInvalidArgument, "character '{}' is not in the vocabulary and there is no unk_id",
+             characters[-1 - id]);
+      if (!last_unknown) out.push_back(*unk);  // consecutive unknowns are one token
+      last_unknown = true;
     }
   }
 };

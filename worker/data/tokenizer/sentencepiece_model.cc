@@ -9,6 +9,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "worker/data/tokenizer/unicode.h"
+#include "worker/data/tokenizer/viterbi.h"
 
 namespace shardtune {
 
@@ -24,6 +25,18 @@ class WireReader {
  public:
   WireReader(std::string_view data, std::string where) : data_(data), where_(std::move(where)) {}
   bool Done() const { return pos_ >= data_.size(); }
+
+  // Calls visit(field, wire_type, reader) for every field of a message; fields it does not
+  // consume (it returns false) are skipped.
+  template <typename Visit>
+  static void ForEachField(std::string_view data, const std::string& where, Visit visit) {
+    WireReader r(data, where);
+    while (!r.Done()) {
+      const uint64_t key = r.Varint();
+      const int wire = static_cast<int>(key & 7);
+      if (!visit(key >> 3, wire, r)) r.Skip(wire);
+    }
+  }
   uint64_t Varint() {
     uint64_t value = 0;
     for (int shift = 0; shift < 64; shift += 7) {
@@ -227,34 +240,18 @@ class SentencePieceModel : public Tokenizer {
   }
 
   std::vector<int64_t> EncodeUnigram(const std::string& text) const {
-    // Viterbi: the segmentation with the highest total score; an unknown character costs
-    // min_score - 10, as SentencePiece charges it.
+    // An unknown character costs min_score - 10, as SentencePiece charges it.
     const std::vector<std::string> chars = Symbols(text);
-    const size_t n = chars.size();
-    const double unk_score = static_cast<double>(min_score) - 10.0;
-    std::vector<double> best(n + 1, -std::numeric_limits<double>::infinity());
-    std::vector<int64_t> best_id(n + 1, -1);
-    std::vector<size_t> best_start(n + 1, 0);
-    best[0] = 0;
-    for (size_t end = 1; end <= n; ++end) {
-      std::string candidate;
-      for (size_t start = end; start-- > 0 && end - start <= max_piece_chars;) {
-        candidate = chars[start] + candidate;
-        const auto it = ids.find(candidate);
-        if (it == ids.end() || pieces[static_cast<size_t>(it->second)].type == PieceType::kByte) continue;
-        const Piece& p = pieces[static_cast<size_t>(it->second)];
-        const double score = best[start] + (p.type == PieceType::kUserDefined ? 0.0 : p.score);
-        if (score > best[end]) best[end] = score, best_id[end] = it->second, best_start[end] = start;
-      }
-      if (best_id[end] < 0)
-        best[end] = best[end - 1] + unk_score, best_id[end] = -1 - static_cast<int64_t>(end - 1),
-        best_start[end] = end - 1;
-    }
-    std::vector<std::pair<int64_t, size_t>> path;  // id (negative: unknown character index)
-    for (size_t end = n; end > 0; end = best_start[end]) path.emplace_back(best_id[end], end);
-    std::reverse(path.begin(), path.end());
+    const std::vector<int64_t> path = ViterbiSegment(
+        chars, max_piece_chars, static_cast<double>(min_score) - 10.0, [this](const std::string& candidate) {
+          const auto it = ids.find(candidate);
+          if (it == ids.end()) return std::optional<ScoredPiece>();
+          const Piece& p = pieces[static_cast<size_t>(it->second)];
+          if (p.type == PieceType::kByte) return std::optional<ScoredPiece>();
+          return std::optional<ScoredPiece>(ScoredPiece{it->second, p.type == PieceType::kUserDefined ? 0.0 : p.score});
+        });
     std::vector<int64_t> out;
-    for (const auto& [id, end] : path) {
+    for (int64_t id : path) {
       if (id >= 0)
         out.push_back(id);
       else
@@ -333,11 +330,7 @@ class SentencePieceModel : public Tokenizer {
 };
 
 void ReadPiece(std::string_view data, const std::string& where, Piece& piece) {
-  WireReader r(data, where);
-  while (!r.Done()) {
-    const uint64_t key = r.Varint();
-    const auto field = key >> 3;
-    const int wire = static_cast<int>(key & 7);
+  WireReader::ForEachField(data, where, [&](uint64_t field, int wire, WireReader& r) {
     if (field == 1 && wire == 2)
       piece.text = std::string(r.Bytes());
     else if (field == 2 && wire == 5)
@@ -345,20 +338,14 @@ void ReadPiece(std::string_view data, const std::string& where, Piece& piece) {
     else if (field == 3 && wire == 0)
       piece.type = static_cast<PieceType>(r.Varint());
     else
-      r.Skip(wire);
-  }
+      return false;
+    return true;
+  });
 }
 
 void ReadTrainerSpec(std::string_view data, const std::string& where, SentencePieceModel& m) {
-  WireReader r(data, where);
-  while (!r.Done()) {
-    const uint64_t key = r.Varint();
-    const auto field = key >> 3;
-    const int wire = static_cast<int>(key & 7);
-    if (wire != 0) {
-      r.Skip(wire);
-      continue;
-    }
+  WireReader::ForEachField(data, where, [&](uint64_t field, int wire, WireReader& r) {
+    if (wire != 0) return false;
     const auto value = static_cast<int64_t>(r.Varint());
     switch (field) {
       case 3:
@@ -382,15 +369,12 @@ void ReadTrainerSpec(std::string_view data, const std::string& where, SentencePi
       default:
         break;
     }
-  }
+    return true;
+  });
 }
 
 void ReadNormalizerSpec(std::string_view data, const std::string& where, SentencePieceModel& m) {
-  WireReader r(data, where);
-  while (!r.Done()) {
-    const uint64_t key = r.Varint();
-    const auto field = key >> 3;
-    const int wire = static_cast<int>(key & 7);
+  WireReader::ForEachField(data, where, [&](uint64_t field, int wire, WireReader& r) {
     if (field == 1 && wire == 2)
       m.normalizer_name = std::string(r.Bytes());
     else if (field == 3 && wire == 0)
@@ -400,8 +384,9 @@ void ReadNormalizerSpec(std::string_view data, const std::string& where, Sentenc
     else if (field == 5 && wire == 0)
       m.escape_whitespaces = r.Varint() != 0;
     else
-      r.Skip(wire);
-  }
+      return false;
+    return true;
+  });
 }
 
 }  // namespace
@@ -410,21 +395,14 @@ std::unique_ptr<Tokenizer> LoadSentencePieceModel(const std::filesystem::path& p
   const std::string data = ReadFile(path);
   const std::string where = path.string();
   auto model = std::make_unique<SentencePieceModel>();
-  WireReader r(data, where);
-  while (!r.Done()) {
-    const uint64_t key = r.Varint();
-    const auto field = key >> 3;
-    const int wire = static_cast<int>(key & 7);
-    if (wire == 2 && field == 1) {
-      ReadPiece(r.Bytes(), where, model->pieces.emplace_back());
-    } else if (wire == 2 && field == 2) {
-      ReadTrainerSpec(r.Bytes(), where, *model);
-    } else if (wire == 2 && field == 3) {
-      ReadNormalizerSpec(r.Bytes(), where, *model);
-    } else {
-      r.Skip(wire);
-    }
-  }
+  WireReader::ForEachField(data, where, [&](uint64_t field, int wire, WireReader& r) {
+    if (wire != 2 || field < 1 || field > 3) return false;
+    const std::string_view message = r.Bytes();
+    if (field == 1) ReadPiece(message, where, model->pieces.emplace_back());
+    if (field == 2) ReadTrainerSpec(message, where, *model);
+    if (field == 3) ReadNormalizerSpec(message, where, *model);
+    return true;
+  });
   if (model->pieces.empty()) Fail(ErrorCode::kDataLoss, "{}: holds no pieces (not a SentencePiece model?)", where);
   if (model->model_type != ModelType::kBpe && model->model_type != ModelType::kUnigram) {
     Fail(ErrorCode::kUnimplemented, "{}: SentencePiece model type {} is not supported (supported: unigram, bpe)", where,
