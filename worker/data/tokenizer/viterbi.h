@@ -20,8 +20,8 @@ struct ScoredPiece {
 // `lookup(text)` gives the piece `text` is, if any. A character no piece covers costs
 // `unknown_score`. Returns the path, each entry a piece id, or -1 - i for unknown character i.
 template <typename Lookup>
-std::vector<int64_t> ViterbiSegment(const std::vector<std::string>& characters, size_t max_piece_chars, double unknown_score,
-                                    Lookup lookup) {
+std::vector<int64_t> ViterbiSegment(const std::vector<std::string>& characters, size_t max_piece_chars,
+                                    double unknown_score, Lookup lookup) {
   const size_t n = characters.size();
   constexpr double kNone = -std::numeric_limits<double>::infinity();
   std::vector<double> best(n + 1, kNone);
@@ -39,7 +39,8 @@ std::vector<int64_t> ViterbiSegment(const std::vector<std::string>& characters, 
       }
     }
     if (best[end] == kNone) {
-      best[end] = best[end - 1] + unknown_score, best_id[end] = -1 - static_cast<int64_t>(end - 1), best_start[end] = end - 1;
+      best[end] = best[end - 1] + unknown_score, best_id[end] = -1 - static_cast<int64_t>(end - 1),
+      best_start[end] = end - 1;
     }
   }
   std::vector<int64_t> path;
