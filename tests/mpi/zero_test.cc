@@ -11,6 +11,7 @@
 #include "sharding/unit_function.h"
 #include "sharding/zero_engine.h"
 #include "tiny_models.h"
+#include "worker/data/formats.h"
 #include "worker/data/token_dataset.h"
 #include "worker/generate.h"
 #include "worker/trainer.h"
@@ -232,7 +233,11 @@ TEST_F(ZeroTest, MemoryAndTrafficPerRankFollowTheStage) {
 
 TEST_F(ZeroTest, Bf16FirstStepGradientsMatchTheSingleProcessRun) {
   const LlamaConfig config = LlamaConfig::Load(*dir_ / "tiny");
-  const TokenDataset data = ReadTokenDataset(*dir_ / "tiny.jsonl", TokenDatasetOptions{config.vocab_size, 64});
+  FormatOptions tokens;
+  tokens.format = DataFormat::kTokens;
+  tokens.vocab_size = config.vocab_size;
+  tokens.max_seq_len = 64;
+  const TokenDataset data = ReadDataset(*dir_ / "tiny.jsonl", tokens);
   // Forward and backward of the same global batch through the engine; the reduced gradient, whole.
   auto gradient = [&](Communicator& comm, int stage, at::ScalarType dtype) {
     auto groups = MakeProcessGroups(comm, 0);

@@ -12,6 +12,7 @@
 #include "sharding/loss_scale.h"
 #include "sharding/lr_schedule.h"
 #include "tiny_models.h"
+#include "worker/data/formats.h"
 #include "worker/data/mixture.h"
 #include "worker/data/token_dataset.h"
 #include "worker/generate.h"
@@ -194,12 +195,20 @@ TEST_F(TrainerTest, MethodsOfLaterIssuesAreRefusedClearly) {
   EXPECT_FALSE(fs::exists(dir_ / "lora"));
 }
 
+TokenDataset ReadTokens(const fs::path& path, int64_t vocab_size, int64_t max_seq_len) {
+  FormatOptions options;
+  options.format = DataFormat::kTokens;
+  options.vocab_size = vocab_size;
+  options.max_seq_len = max_seq_len;
+  return ReadDataset(path, options);
+}
+
 // Reads `text` as a tokens file expecting an error containing `fragment` (and "file:line").
 void ExpectDataError(const std::string& text, const std::string& fragment) {
   ScratchDir dir;
   testing::WriteText(dir / "d.jsonl", text);
   try {
-    ReadTokenDataset(dir / "d.jsonl", TokenDatasetOptions{48, 16});
+    ReadTokens(dir / "d.jsonl", 48, 16);
     ADD_FAILURE() << "accepted: " << text;
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
@@ -209,18 +218,19 @@ void ExpectDataError(const std::string& text, const std::string& fragment) {
 
 TEST(TokenDataset, ErrorsNameFileLineAndField) {
   const std::string good = "{\"input_ids\": [1, 2, 3]}\n";
-  ExpectDataError(good + "{\"input_ids\": [1, 2\n", "d.jsonl:2: not valid JSON");
-  ExpectDataError(good + "\n" + "[1, 2]\n", "d.jsonl:3: expected a JSON object");
-  ExpectDataError("{\"ids\": [1]}\n", "d.jsonl:1: unknown field 'ids'");
-  ExpectDataError("{\"labels\": [1]}\n", "d.jsonl:1: missing 'input_ids'");
-  ExpectDataError("{\"input_ids\": []}\n", "'input_ids' is empty");
+  ExpectDataError(good + "{\"input_ids\": [1, 2\n", "d.jsonl:2: [invalid_json]");
+  ExpectDataError(good + "\n" + "[1, 2]\n", "d.jsonl:3: [data_type] expected a JSON object");
+  ExpectDataError("{\"ids\": [1]}\n", "d.jsonl:1: [unrecognized_key] unknown key 'ids'");
+  ExpectDataError("{\"labels\": [1]}\n", "d.jsonl:1: [missing_key] 'input_ids' is missing");
+  ExpectDataError("{\"input_ids\": []}\n", "[missing_content] 'input_ids' is empty");
   ExpectDataError("{\"input_ids\": [1, \"two\"]}\n", "input_ids[1] must be an integer, got \"two\"");
-  ExpectDataError("{\"input_ids\": [1, 48]}\n", "input_ids[1] = 48 is outside the vocabulary [0, 48)");
+  ExpectDataError("{\"input_ids\": [1, 48]}\n",
+                  "[token_out_of_vocabulary] input_ids[1] = 48 is outside the vocabulary [0, 48)");
   ExpectDataError("{\"input_ids\": [1, -100]}\n", "input_ids[1] = -100 is outside the vocabulary");
   ExpectDataError("{\"input_ids\": [1, 2], \"labels\": [-100]}\n", "'labels' has 1 entries but 'input_ids' has 2");
   ExpectDataError("{\"input_ids\": [1, 2], \"labels\": [-100, -5]}\n",
                   "labels[1] = -5 is outside the vocabulary [0, 48) (or -100");
-  ExpectDataError("\n\n", "holds no examples");
+  ExpectDataError("\n\n", "[empty_dataset]");
 }
 
 TEST(TokenDataset, LabelsDefaultToInputsAndLongExamplesAreTruncated) {
@@ -228,7 +238,7 @@ TEST(TokenDataset, LabelsDefaultToInputsAndLongExamplesAreTruncated) {
   testing::WriteText(
       dir / "d.jsonl",
       "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, 3, 4, 5], \"labels\": [-100, -100, 3, 4, 5]}\n");
-  const TokenDataset data = ReadTokenDataset(dir / "d.jsonl", TokenDatasetOptions{48, 4});
+  const TokenDataset data = ReadTokens(dir / "d.jsonl", 48, 4);
   ASSERT_EQ(data.examples.size(), 2u);
   EXPECT_EQ(data.examples[0].labels, (std::vector<int64_t>{1, 2, 3}));
   EXPECT_EQ(data.examples[0].target_tokens(), 2);

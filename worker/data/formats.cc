@@ -184,15 +184,34 @@ struct LabelSet {
   }
 };
 
+// A list of token ids; with `allow_ignore`, -100 (no loss) too.
+std::vector<int64_t> ReadIdList(const json& value, const char* field, int64_t vocab_size, bool allow_ignore) {
+  if (!value.is_array())
+    Problem("data_type", fmt::format("'{}' must be a list of integers, got {}", field, value.type_name()));
+  std::vector<int64_t> ids;
+  ids.reserve(value.size());
+  for (size_t i = 0; i < value.size(); ++i) {
+    if (!value[i].is_number_integer())
+      Problem("data_type", fmt::format("{}[{}] must be an integer, got {}", field, i, value[i].dump()));
+    const auto v = value[i].get<int64_t>();
+    if (!(allow_ignore && v == -100) && (v < 0 || v >= vocab_size)) {
+      Problem("token_out_of_vocabulary", fmt::format("{}[{}] = {} is outside the vocabulary [0, {}){}", field, i, v,
+                                                     vocab_size, allow_ignore ? " (or -100 for no loss)" : ""));
+    }
+    ids.push_back(v);
+  }
+  return ids;
+}
+
 Example Render(const json& record, const FormatOptions& options, const LabelSet& labels) {
   if (!record.is_object()) Problem("data_type", fmt::format("expected a JSON object, got {}", record.type_name()));
-  SequenceBuilder b(options);
   switch (options.format) {
     case DataFormat::kChat:
       return RenderChat(ReadMessages(record), options);
     case DataFormat::kShareGpt:
       return RenderChat(ReadShareGpt(record), options);
     case DataFormat::kCompletion: {
+      SequenceBuilder b(options);
       RejectUnknownKeys(record, {"prompt", "completion"}, "unrecognized_key", "");
       const std::string prompt = RequireString(record, "prompt", "", /*allow_empty=*/true);
       const std::string completion = RequireString(record, "completion", "");
@@ -203,6 +222,7 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
       return b.Finish();
     }
     case DataFormat::kAlpaca: {
+      SequenceBuilder b(options);
       RejectUnknownKeys(record, {"instruction", "input", "output"}, "unrecognized_key", "");
       const std::string instruction = RequireString(record, "instruction", "");
       const std::string input =
@@ -225,12 +245,30 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
       return b.Finish();
     }
     case DataFormat::kText: {
+      SequenceBuilder b(options);
       RejectUnknownKeys(record, {"text"}, "unrecognized_key", "");
       const std::string text = RequireString(record, "text", "");
       if (options.bos_id) b.Id(*options.bos_id, true);
       b.Text(text, true);
       b.Id(options.eos_id, true);
       return b.Finish();
+    }
+    case DataFormat::kTokens: {
+      RejectUnknownKeys(record, {"input_ids", "labels"}, "unrecognized_key", "");
+      if (!record.contains("input_ids")) Problem("missing_key", "'input_ids' is missing");
+      Example e;
+      e.input_ids = ReadIdList(record["input_ids"], "input_ids", options.vocab_size, /*allow_ignore=*/false);
+      if (e.input_ids.empty()) Problem("missing_content", "'input_ids' is empty");
+      if (record.contains("labels")) {
+        e.labels = ReadIdList(record["labels"], "labels", options.vocab_size, /*allow_ignore=*/true);
+        if (e.labels.size() != e.input_ids.size()) {
+          Problem("data_type",
+                  fmt::format("'labels' has {} entries but 'input_ids' has {}", e.labels.size(), e.input_ids.size()));
+        }
+      } else {
+        e.labels = e.input_ids;
+      }
+      return e;
     }
     case DataFormat::kClassification: {
       RejectUnknownKeys(record, {"text", "text_pair", "label"}, "unrecognized_key", "");
@@ -498,10 +536,8 @@ DataSummary Summarize(const TokenDataset& dataset) {
 }
 
 TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
-  if (options.format == DataFormat::kTokens) {
-    return ReadTokenDataset(path, TokenDatasetOptions{options.vocab_size, options.max_seq_len});
-  }
-  ST_CHECK(options.tokenizer != nullptr, "data.format {} needs a tokenizer", ToString(options.format));
+  ST_CHECK(options.tokenizer != nullptr || options.format == DataFormat::kTokens, "data.format {} needs a tokenizer",
+           ToString(options.format));
   TokenDataset dataset;
   Issues issues;
   const std::string file = path.string();

@@ -13,82 +13,12 @@ namespace shardtune {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
-
-std::vector<int64_t> ReadIds(const json& value, const char* field, const std::string& where, int64_t vocab_size,
-                             bool allow_ignore) {
-  if (!value.is_array())
-    Fail(ErrorCode::kInvalidArgument, "{}: '{}' must be a list of integers, got {}", where, field, value.type_name());
-  std::vector<int64_t> ids;
-  ids.reserve(value.size());
-  for (size_t i = 0; i < value.size(); ++i) {
-    const json& id = value[i];
-    if (!id.is_number_integer()) {
-      Fail(ErrorCode::kInvalidArgument, "{}: {}[{}] must be an integer, got {}", where, field, i, id.dump());
-    }
-    const int64_t v = id.get<int64_t>();
-    if (!(allow_ignore && v == -100) && (v < 0 || v >= vocab_size)) {
-      Fail(ErrorCode::kInvalidArgument, "{}: {}[{}] = {} is outside the vocabulary [0, {}){}", where, field, i, v,
-           vocab_size, allow_ignore ? " (or -100 for no loss)" : "");
-    }
-    ids.push_back(v);
-  }
-  return ids;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 int64_t Example::target_tokens() const {
   int64_t n = 0;
   for (size_t t = 1; t < labels.size(); ++t) n += labels[t] != -100;
   return n;
-}
-
-TokenDataset ReadTokenDataset(const fs::path& path, const TokenDatasetOptions& options) {
-  std::ifstream in(path);
-  if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", path.string());
-  TokenDataset dataset;
-  std::string line;
-  for (int64_t line_number = 1; std::getline(in, line); ++line_number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = fmt::format("{}:{}", path.string(), line_number);
-    json record;
-    try {
-      record = json::parse(line);
-    } catch (const json::parse_error& e) {
-      Fail(ErrorCode::kInvalidArgument, "{}: not valid JSON: {}", where, e.what());
-    }
-    if (!record.is_object())
-      Fail(ErrorCode::kInvalidArgument, "{}: expected a JSON object, got {}", where, record.type_name());
-    for (const auto& [key, _] : record.items()) {
-      if (key != "input_ids" && key != "labels") {
-        Fail(ErrorCode::kInvalidArgument,
-             "{}: unknown field '{}' (the tokens format has input_ids and optional labels)", where, key);
-      }
-    }
-    if (!record.contains("input_ids")) Fail(ErrorCode::kInvalidArgument, "{}: missing 'input_ids'", where);
-    Example example;
-    example.input_ids = ReadIds(record["input_ids"], "input_ids", where, options.vocab_size, false);
-    if (example.input_ids.empty()) Fail(ErrorCode::kInvalidArgument, "{}: 'input_ids' is empty", where);
-    if (record.contains("labels")) {
-      example.labels = ReadIds(record["labels"], "labels", where, options.vocab_size, true);
-      if (example.labels.size() != example.input_ids.size()) {
-        Fail(ErrorCode::kInvalidArgument, "{}: 'labels' has {} entries but 'input_ids' has {}", where,
-             example.labels.size(), example.input_ids.size());
-      }
-    } else {
-      example.labels = example.input_ids;
-    }
-    if (options.max_seq_len > 0 && static_cast<int64_t>(example.input_ids.size()) > options.max_seq_len) {
-      example.input_ids.resize(options.max_seq_len);
-      example.labels.resize(options.max_seq_len);
-      ++dataset.truncated;
-    }
-    dataset.examples.push_back(std::move(example));
-  }
-  if (in.bad()) Fail(ErrorCode::kIo, "{}: read failed", path.string());
-  if (dataset.examples.empty()) Fail(ErrorCode::kInvalidArgument, "{}: holds no examples", path.string());
-  return dataset;
 }
 
 Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id) {

@@ -28,11 +28,6 @@ struct Example {
   int64_t target_tokens() const;
 };
 
-struct TokenDatasetOptions {
-  int64_t vocab_size = 0;   // ids must lie in [0, vocab_size)
-  int64_t max_seq_len = 0;  // longer examples are truncated to this many tokens
-};
-
 struct TokenDataset {
   std::vector<Example> examples;
   int64_t truncated = 0;  // examples cut to max_seq_len
@@ -40,10 +35,6 @@ struct TokenDataset {
   std::vector<std::string> label_names;
   std::vector<int64_t> label_counts;
 };
-
-// Reads and validates the whole file; errors name "path:line" and the field. Blank lines are
-// skipped. Throws Error(kInvalidArgument) for malformed lines, kNotFound for a missing file.
-TokenDataset ReadTokenDataset(const std::filesystem::path& path, const TokenDatasetOptions& options);
 
 // A padded micro-batch: right padding with `pad_id`, labels -100 and attention_mask 0 there.
 struct Batch {
