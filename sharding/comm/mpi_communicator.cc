@@ -86,15 +86,21 @@ class MpiProgressThread {
     return done;
   }
 
-  // Runs `call` (a blocking MPI call) on this thread and waits for it.
-  void RunBlocking(std::function<void()> call) {
-    Submit(
-        [&call]() {
+  // Runs `call` (a blocking MPI call) on this thread and waits for it; with `timeout_s` > 0,
+  // at most that long (then throws, naming `what`: the call itself cannot be interrupted, so it
+  // must own everything it touches).
+  void RunBlocking(std::function<void()> call, const std::string& what = "setup", double timeout_s = 0) {
+    std::future<void> done = Submit(
+        [call]() {
           call();
           return MPI_REQUEST_NULL;
         },
-        "setup", 0)
-        .get();
+        what, 0);
+    if (timeout_s > 0 && done.wait_for(std::chrono::duration<double>(timeout_s)) != std::future_status::ready) {
+      throw CollectiveError(fmt::format("rank {}: {} did not complete within the collective timeout of {} s",
+                                        world_rank_, what, timeout_s));
+    }
+    done.get();
   }
 
   int world_rank() const { return world_rank_; }
@@ -298,9 +304,10 @@ class MpiCommunicator : public Communicator {
   }
 
   std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) override {
-    MPI_Comm split = MPI_COMM_NULL;
-    progress_->RunBlocking([&] { MPI_Comm_split(comm_, color, key, &split); });
-    return std::make_unique<MpiCommunicator>(split, name, timeout_s_, progress_);
+    auto split = std::make_shared<MPI_Comm>(MPI_COMM_NULL);  // outlives a timed-out wait
+    progress_->RunBlocking([comm = comm_, color, key, split] { MPI_Comm_split(comm, color, key, split.get()); },
+                           fmt::format("creating {} from {}", name, name_), timeout_s_);
+    return std::make_unique<MpiCommunicator>(*split, name, timeout_s_, progress_);
   }
 
  private:
