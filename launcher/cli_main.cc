@@ -13,6 +13,7 @@
 #include "worker/blas_env.h"
 #include "worker/data/tokenizer/tokenizer.h"
 #include "worker/entry.h"
+#include "worker/export.h"
 #include "worker/generate.h"
 #include "worker/launch.h"
 #include "worker/models/hf_io.h"
@@ -164,6 +165,14 @@ int main(int argc, char** argv) {
   validate->add_option("job", validate_job, "job spec (YAML)")->required();
   validate->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
+  CLI::App* exporter = app.add_subcommand("export", "export a training checkpoint as a Hugging Face model directory");
+  std::string checkpoint_dir, export_to = "hf", export_out, export_dtype = "fp32";
+  exporter->add_option("checkpoint", checkpoint_dir, "OUTPUT_DIR/checkpoints/step-N")->required();
+  exporter->add_option("--to", export_to, "hf (or peft, with PEFT methods)")->check(CLI::IsMember({"hf", "peft"}));
+  exporter->add_option("--out", export_out, "output directory (must not exist)")->required();
+  exporter->add_option("--dtype", export_dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  exporter->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
   CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
   std::string config_path, out_dir;
   uint64_t seed = 0;
@@ -187,6 +196,13 @@ int main(int argc, char** argv) {
     if (generate->parsed()) return Generate(gen);
     if (init->parsed()) return InitModel(config_path, out_dir, seed);
     if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
+    if (exporter->parsed()) {
+      const ComputeDType dtype = export_dtype == "bf16"   ? ComputeDType::kBf16
+                                 : export_dtype == "fp16" ? ComputeDType::kFp16
+                                                          : ComputeDType::kFp32;
+      ExportCheckpoint(checkpoint_dir, export_to, export_out, dtype);
+      return kExitOk;
+    }
     if (validate->parsed()) {
       ValidateData(validate_job, std::cout);
       return kExitOk;

@@ -21,6 +21,7 @@
 #include "worker/data/mixture.h"
 #include "worker/data/token_dataset.h"
 #include "worker/data/tokenizer/tokenizer.h"
+#include "worker/export.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
 #include "worker/progress.h"
@@ -526,34 +527,8 @@ void Trainer::Checkpoint(int64_t step) {
 }
 
 void Trainer::Export() {
-  const fs::path final_dir = output_dir_ / "final";
-  const fs::path staging = output_dir_ / "final.tmp";
-  const at::ScalarType dtype = compute_dtype_;
-  std::unique_ptr<SafetensorsModelWriter> writer;
-  if (rank0_) {
-    fs::remove_all(staging);
-    fs::create_directories(staging);
-    WriteHfCompanions(staging, spec_.model.path, spec_.model.dtype);
-    std::vector<TensorMeta> metas;
-    for (const auto& unit : engine_->layout().units)
-      for (const auto& p : unit.parameters)
-        metas.push_back(TensorMeta{p.spec.name, SafetensorsDTypeOf(dtype), p.spec.shape});
-    writer = std::make_unique<SafetensorsModelWriter>(staging, metas);
-  }
-  // Unit by unit: no rank ever holds more than one whole unit.
-  engine_->ForEachUnitGathered([&](const UnitLayout& unit, const at::Tensor& full) {
-    if (!writer) return;
-    for (const auto& p : unit.parameters) {
-      const at::Tensor tensor = full.narrow(0, p.offset, p.numel).to(dtype).cpu().contiguous();
-      writer->Append(p.spec.name, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()));
-    }
-  });
-  if (rank0_) {
-    writer->Finish();
-    RenameDirectoryAtomic(staging, final_dir);
-    spdlog::info("exported the fine-tuned model to {}", final_dir.string());
-  }
-  Barrier("export");
+  ExportHfModel(*engine_, world_, output_dir_ / "final", spec_.model.path, spec_.model.dtype);
+  if (rank0_) spdlog::info("exported the fine-tuned model to {}", (output_dir_ / "final").string());
 }
 
 TrainingSummary Trainer::Run() {

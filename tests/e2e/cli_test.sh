@@ -42,6 +42,14 @@ expect_contains "log lines carry the rank" "$(head -n 1 "$work/runs/small/logs/r
 ids=$("$bin/shardtune" generate --model "$work/runs/small/final" --input-ids "1 5 6" --max-new-tokens 5 --format ids --log-level warn)
 expect_eq "generate prints 5 ids" "$(wc -w <<<"$ids")" "5"
 
+# A checkpoint exported on its own, loadable like any model directory.
+out=$("$bin/shardtune" export "$work/runs/small/checkpoints/step-3" --to hf --out "$work/exported" 2>&1)
+expect_eq "export of a checkpoint exits 0" "$?" "0"
+ids=$("$bin/shardtune" generate --model "$work/exported" --input-ids "1 5 6" --max-new-tokens 3 --format ids --log-level warn)
+expect_eq "the exported checkpoint generates" "$(wc -w <<<"$ids")" "3"
+out=$("$bin/shardtune" export "$work/runs/small/checkpoints/step-3" --to peft --out "$work/exported-peft" 2>&1)
+expect_eq "export --to peft of a full fine-tune exits 2" "$?" "2"
+
 # 2. Errors: exit code 2 and messages that point at the problem.
 printf 'name: bad\nmodel: {path: base}\ndata: {train: train.jsonl, format: tokens}\noutput: {dir: runs/bad}\ntraining:\n  epoch: 2\n' > "$work/bad.yaml"
 out=$("$bin/shardtune" train "$work/bad.yaml" 2>&1)
