@@ -136,10 +136,10 @@ TEST_F(FormatsTest, ChatmlMasksAssistantContentAndImEndOnly) {
                        S("<|im_start|>"), T("assistant\n"), T("Ciao"),      S("<|im_end|>"),       T("\n")}));
 }
 
-TEST_F(FormatsTest, Llama2PutsTheSystemPromptInTheFirstTurn) {
+TEST_F(FormatsTest, Llama2PutsTheSystemPromptInTheFirstTurnAndSpacesAroundAnswers) {
   ExpectSame(RenderChat(conversation_, Options(ChatTemplate::kLlama2)),
-             Expected({S("<s>"), T("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"), T("Yo", true), S("</s>", true),
-                       S("<s>"), T("[INST] Bye [/INST]"), T("Ciao"), S("</s>")}));
+             Expected({S("<s>"), T("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"), T(" "), T("Yo", true), T(" "),
+                       S("</s>", true), S("<s>"), T("[INST] Bye [/INST]"), T(" "), T("Ciao"), T(" "), S("</s>")}));
 }
 
 TEST_F(FormatsTest, MistralStartsWithOneBos) {
@@ -381,6 +381,46 @@ TEST_F(FormatsTest, ClassificationAndNerCarryTheirLabels) {
   expect_code(DataFormat::kClassification, R"({"text": "meh", "label": "neutral"})", "unknown_label");
   expect_code(DataFormat::kClassification, R"({"text": "meh", "label": 5})", "unknown_label");
   expect_code(DataFormat::kNer, R"({"tokens": ["a", "b"], "tags": ["pos"]})", "tags_tokens_length_mismatch");
+}
+
+}  // namespace
+}  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+// With a SentencePiece-style tokenizer, segments must be tokenized as the running text is: no
+// dummy prefix before a completion, tags on the words' own tokens.
+TEST(FormatsWithLlama2, SegmentsTokenizeAsTheRenderedText) {
+  const fs::path path = testing::FixturesDir() / "tokenizers" / "llama2-tokenizer.json";
+  SKIP_WITHOUT_FIXTURE(path);
+  const auto tokenizer = Tokenizer::Load(path);
+  FormatOptions o;
+  o.tokenizer = tokenizer.get();
+  o.vocab_size = tokenizer->vocab_size();
+  o.bos_id = 1;
+  o.eos_id = 2;
+  testing::ScratchDir dir;
+  o.format = DataFormat::kCompletion;
+  testing::WriteText(dir / "c.jsonl", R"({"prompt": "### Response:\n", "completion": "Sure"})"
+                                      "\n");
+  const Example c = ReadDataset(dir / "c.jsonl", o).examples.at(0);
+  std::vector<int64_t> expected = {1};
+  for (int64_t id : tokenizer->Encode("### Response:\nSure", false)) expected.push_back(id);
+  expected.push_back(2);
+  EXPECT_EQ(c.input_ids, expected);
+  EXPECT_EQ(c.labels.back(), 2);
+  EXPECT_EQ(c.labels[c.labels.size() - 2], c.input_ids[c.input_ids.size() - 2]);  // "Sure" is trained
+  EXPECT_EQ(c.labels[1], -100);
+
+  o.format = DataFormat::kNer;
+  testing::WriteText(dir / "n.jsonl", R"({"tokens": ["Ada", "met", "Bo"], "tags": ["B-PER", "O", "B-PER"]})"
+                                      "\n");
+  const Example n = ReadDataset(dir / "n.jsonl", o).examples.at(0);
+  for (size_t t = 0; t < n.labels.size(); ++t) {
+    if (n.labels[t] >= 0) EXPECT_NE(tokenizer->IdToToken(n.input_ids[t]), "\xE2\x96\x81") << t;  // never a bare "▁"
+  }
+  EXPECT_EQ(std::count_if(n.labels.begin(), n.labels.end(), [](int64_t l) { return l >= 0; }), 3);
 }
 
 }  // namespace

@@ -155,3 +155,31 @@ TEST(Tokenizers, MalformedFilesGiveClearErrors) {
 
 }  // namespace
 }  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+std::unique_ptr<Tokenizer> FromJson(const std::string& text) {
+  testing::ScratchDir dir;
+  testing::WriteText(dir / "tokenizer.json", text);
+  return Tokenizer::Load(dir / "tokenizer.json");
+}
+
+TEST(PreTokenizers, MergedWithNextKeepsAdjacentDelimitersApart) {
+  // "a--b" splits into a | - | -b (as tokenizers does), so the merge "- -" never applies.
+  const auto t = FromJson(R"({"model": {"type": "BPE", "vocab": {"a": 0, "-": 1, "b": 2, "--": 3, "-b": 4},
+      "merges": ["- -", "- b"]},
+      "pre_tokenizer": {"type": "Split", "pattern": {"String": "-"}, "behavior": "MergedWithNext", "invert": false}})");
+  EXPECT_EQ(t->Encode("a--b", false), (std::vector<int64_t>{0, 1, 4}));
+}
+
+TEST(PreTokenizers, MetaspaceFirstPrependsOnlyAtTheStartOfTheText) {
+  const auto t = FromJson(R"({"model": {"type": "BPE", "vocab": {"▁": 0, "H": 1, "i": 2, "t": 3, "▁H": 4, "▁t": 5},
+      "merges": ["▁ H", "▁ t"]},
+      "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true},
+      "added_tokens": [{"id": 6, "content": "</s>", "special": true, "normalized": false}]})");
+  EXPECT_EQ(t->Encode("Hi</s>ti", false), (std::vector<int64_t>{4, 2, 6, 3, 2}));  // ▁H i </s> t i
+}
+
+}  // namespace
+}  // namespace shardtune

@@ -27,12 +27,20 @@ std::string Trim(const std::string& s) {
 }
 
 // Builds one example segment by segment; `trained` segments get their ids as labels.
+// Builds one example segment by segment. Consecutive text segments are tokenized together, as
+// the rendered string would be (tokenizing them apart would add SentencePiece's dummy prefix or
+// split a byte-level space from its word); each token then belongs to the segment its text
+// ends in, found by tokenizing the prefixes: the tokens a prefix shares with the whole run are
+// the prefix's. Special tokens are inserted by id and end a run.
 class SequenceBuilder {
  public:
   explicit SequenceBuilder(const FormatOptions& options) : options_(options) {}
-  void Text(const std::string& text, bool trained = false) {
-    if (text.empty()) return;
-    Append(options_.tokenizer->Encode(text, /*add_special_tokens=*/false), trained);
+  ~SequenceBuilder() = default;
+
+  // Returns the segment's index (for SegmentStart).
+  size_t Text(const std::string& text, bool trained = false) {
+    run_.push_back({text, trained, segments_++});
+    return segments_ - 1;
   }
   void Special(const std::string& token, bool trained = false) {
     const auto id = options_.tokenizer->TokenToId(token);
@@ -40,20 +48,59 @@ class SequenceBuilder {
       Fail(ErrorCode::kInvalidArgument, "the {} chat template needs the token '{}', which the tokenizer does not have",
            ToString(options_.chat_template), token);
     }
-    Append({*id}, trained);
+    Id(*id, trained);
   }
-  void Id(int64_t id, bool trained = false) { Append({id}, trained); }
-  Example Finish() { return std::move(example_); }
+  void Id(int64_t id, bool trained = false) {
+    Flush();
+    Append(id, trained);
+    ++segments_;
+  }
+  Example Finish() {
+    Flush();
+    return std::move(example_);
+  }
+  // The index of the first token of segment `k`, or -1 when it got none (after Finish).
+  int64_t SegmentStart(size_t k) const { return k < starts_.size() ? starts_[k] : -1; }
 
  private:
-  void Append(const std::vector<int64_t>& ids, bool trained) {
-    for (int64_t id : ids) {
-      example_.input_ids.push_back(id);
-      example_.labels.push_back(trained ? id : -100);
-    }
+  struct Pending {
+    std::string text;
+    bool trained;
+    size_t index;
+  };
+  void Append(int64_t id, bool trained) {
+    example_.input_ids.push_back(id);
+    example_.labels.push_back(trained ? id : -100);
   }
+  void Flush() {
+    if (run_.empty()) return;
+    std::string text;
+    for (const auto& p : run_) text += p.text;
+    const std::vector<int64_t> ids = options_.tokenizer->Encode(text, /*add_special_tokens=*/false);
+    std::string prefix;
+    size_t begin = 0;
+    for (size_t k = 0; k < run_.size(); ++k) {
+      prefix += run_[k].text;
+      size_t end = ids.size();
+      if (k + 1 < run_.size()) {
+        const std::vector<int64_t> prefix_ids = options_.tokenizer->Encode(prefix, /*add_special_tokens=*/false);
+        end = 0;
+        while (end < prefix_ids.size() && end < ids.size() && prefix_ids[end] == ids[end]) ++end;
+        end = std::max(end, begin);
+      }
+      if (starts_.size() <= run_[k].index) starts_.resize(run_[k].index + 1, -1);
+      starts_[run_[k].index] = end > begin ? static_cast<int64_t>(example_.input_ids.size()) : -1;
+      for (size_t t = begin; t < end; ++t) Append(ids[t], run_[k].trained);
+      begin = end;
+    }
+    run_.clear();
+  }
+
   const FormatOptions& options_;
   Example example_;
+  std::vector<Pending> run_;
+  std::vector<int64_t> starts_;
+  size_t segments_ = 0;
 };
 
 // Collects issues; stops reading details of a record after its first.
@@ -280,7 +327,7 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
         const std::vector<int64_t> pair =
             options.tokenizer->Encode(RequireString(record, "text_pair", ""), /*add_special_tokens=*/false);
         e.input_ids.insert(e.input_ids.end(), pair.begin(), pair.end());
-        e.input_ids.push_back(options.eos_id);
+        e.input_ids.push_back(options.separator_id.value_or(options.eos_id));
       }
       e.labels.assign(e.input_ids.size(), -100);
       e.class_label = labels.Id(record["label"], "label");
@@ -295,18 +342,20 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
         Problem("tags_tokens_length_mismatch", fmt::format("{} tokens but {} tags", words->size(), tags->size()));
       }
       if (words->empty()) Problem("missing_content", "'tokens' is empty");
-      Example e;
-      if (options.bos_id) e.input_ids.push_back(*options.bos_id), e.labels.push_back(-100);
+      // The sentence is tokenized as running text; each tag sits on its word's first token.
+      SequenceBuilder b(options);
+      if (options.bos_id) b.Id(*options.bos_id);
+      std::vector<std::pair<size_t, int64_t>> word_tags;
       for (size_t i = 0; i < words->size(); ++i) {
         if (!(*words)[i].is_string()) Problem("data_type", fmt::format("tokens[{}] must be a string", i));
-        // Words after the first carry their separating space, as in running text.
-        const std::string word = (i > 0 ? " " : "") + (*words)[i].get<std::string>();
         const int64_t tag = labels.Id((*tags)[i], "tags");
-        const std::vector<int64_t> pieces = options.tokenizer->Encode(word, /*add_special_tokens=*/false);
-        for (size_t k = 0; k < pieces.size(); ++k) {
-          e.input_ids.push_back(pieces[k]);
-          e.labels.push_back(k == 0 ? tag : -100);  // the tag sits on the word's first sub-token
-        }
+        word_tags.emplace_back(b.Text((i > 0 ? " " : "") + (*words)[i].get<std::string>()), tag);
+      }
+      Example e = b.Finish();
+      std::fill(e.labels.begin(), e.labels.end(), -100);
+      for (const auto& [segment, tag] : word_tags) {
+        const int64_t first = b.SegmentStart(segment);
+        if (first >= 0) e.labels[static_cast<size_t>(first)] = tag;
       }
       return e;
     }
@@ -461,7 +510,10 @@ Example RenderChat(const std::vector<ChatMessage>& messages, const FormatOptions
           if (llama2 && options.bos_id) b.Id(*options.bos_id);
           b.Text("[INST] " + content + " [/INST]");
         } else if (m.role == "assistant") {
+          // llama2: ' ' + content + ' ' + eos; mistral: content + eos.
+          if (llama2) b.Text(" ");
           b.Text(Trim(m.content), m.trained);
+          if (llama2) b.Text(" ");
           b.Id(options.eos_id, m.trained);
         }
       }
@@ -507,8 +559,15 @@ JobDataOptions DataOptionsFor(const JobSpec& spec, int64_t vocab_size, const std
   const fs::path source = spec.model.tokenizer.empty() ? fs::path(spec.model.path) : fs::path(spec.model.tokenizer);
   result.tokenizer = Tokenizer::Load(source);
   options.tokenizer = result.tokenizer.get();
-  const std::vector<int64_t> empty = result.tokenizer->Encode("", /*add_special_tokens=*/true);
-  if (!empty.empty()) options.bos_id = empty.front();
+  // The tokenizer's own convention: the special tokens its post-processor puts before a text
+  // (BOS, [CLS]) and after it (EOS, [SEP]), found around a one-character text.
+  const std::vector<int64_t> bare = result.tokenizer->Encode("a", /*add_special_tokens=*/false);
+  const std::vector<int64_t> full = result.tokenizer->Encode("a", /*add_special_tokens=*/true);
+  const auto at = std::search(full.begin(), full.end(), bare.begin(), bare.end());
+  if (at != full.end()) {
+    if (at != full.begin()) options.bos_id = full.front();
+    if (at + static_cast<std::ptrdiff_t>(bare.size()) != full.end()) options.separator_id = full.back();
+  }
   if (spec.data.chat_template == ChatTemplateChoice::kAuto) {
     std::string reason;
     options.chat_template = DetectChatTemplate(fs::is_directory(source) ? source : source.parent_path(), &reason);
@@ -559,6 +618,16 @@ TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
       }
     });
     labels.names.assign(found.begin(), found.end());
+    if (labels.names.empty()) {
+      // Index labels only: classes 0 .. the largest index seen.
+      int64_t largest = -1;
+      ForEachRecord(path, ignored, [&](const json& record, int64_t) {
+        if (record.is_object() && record.contains("label") && record["label"].is_number_integer()) {
+          largest = std::max(largest, record["label"].get<int64_t>());
+        }
+      });
+      for (int64_t i = 0; i <= largest; ++i) labels.names.push_back(std::to_string(i));
+    }
   }
   for (size_t i = 0; i < labels.names.size(); ++i) labels.ids[labels.names[i]] = static_cast<int64_t>(i);
   dataset.label_names = labels.names;

@@ -55,8 +55,9 @@ struct FormatOptions {
   ChatTemplate chat_template = ChatTemplate::kPlain;
   int64_t vocab_size = 0;
   int64_t max_seq_len = 0;
-  std::optional<int64_t> bos_id;  // prepended to every example when set
-  int64_t eos_id = 2;             // ends completions, text, and plain/llama2/mistral assistant turns
+  std::optional<int64_t> bos_id;        // prepended to every example when set
+  int64_t eos_id = 2;                   // ends completions, text, and plain/llama2/mistral assistant turns
+  std::optional<int64_t> separator_id;  // closes a classification text_pair ([SEP], </s>); else eos_id
   // classification and ner: the label names in id order (config.json's id2label). Empty: the
   // sorted names found in the data.
   std::vector<std::string> label_names;

@@ -38,6 +38,12 @@ Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id) {
     batch.position_ids = at::zeros({b, s}, at::kLong);
     batch.document_ids = at::full({b, s}, -1, at::kLong);
   }
+  // Accessors of the packed tensors (of a dummy when unpacked: never written then).
+  const at::Tensor none = at::zeros({1, 1}, at::kLong);
+  at::Tensor position_target = packed ? batch.position_ids : none;
+  at::Tensor document_target = packed ? batch.document_ids : none;
+  auto positions = position_target.accessor<int64_t, 2>();
+  auto documents = document_target.accessor<int64_t, 2>();
   for (int64_t i = 0; i < b; ++i) {
     const Example& e = *examples[i];
     for (size_t t = 0; t < e.input_ids.size(); ++t) {
@@ -45,9 +51,8 @@ Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id) {
       labels[i][t] = e.labels[t];
       mask[i][t] = 1;
       if (packed) {
-        batch.position_ids[i][static_cast<int64_t>(t)] =
-            e.position_ids.empty() ? static_cast<int64_t>(t) : e.position_ids[t];
-        batch.document_ids[i][static_cast<int64_t>(t)] = e.document_ids.empty() ? 0 : e.document_ids[t];
+        positions[i][static_cast<int64_t>(t)] = e.position_ids.empty() ? static_cast<int64_t>(t) : e.position_ids[t];
+        documents[i][static_cast<int64_t>(t)] = e.document_ids.empty() ? 0 : e.document_ids[t];
       }
     }
     batch.input_tokens += static_cast<int64_t>(e.input_ids.size());

@@ -211,9 +211,10 @@ Pieces SplitAround(const std::string& text, const std::vector<std::pair<size_t, 
           pieces.push_back(part);
         break;
       case SplitBehavior::kMergedWithNext:
-        if (pending_prefix) {
+        // A delimiter joins the piece after it, unless that is a delimiter too: "a--b" -> a, -, -b.
+        if (pending_prefix && !s.is_match) {
           pieces.back() += part;
-          pending_prefix = s.is_match;
+          pending_prefix = false;
         } else {
           pieces.push_back(part);
           pending_prefix = s.is_match;
@@ -232,10 +233,12 @@ Pieces SplitAround(const std::string& text, const std::vector<std::pair<size_t, 
   return pieces;
 }
 
-using PreTokenizer = std::function<Pieces(Pieces)>;
+// `at_start`: the pieces begin at the start of the whole text (not after an added token), which
+// Metaspace's prepend_scheme "first" needs to know.
+using PreTokenizer = std::function<Pieces(Pieces, bool at_start)>;
 
 PreTokenizer SplitEach(std::shared_ptr<Regex> regex, SplitBehavior behavior, bool invert) {
-  return [regex, behavior, invert](Pieces in) {
+  return [regex, behavior, invert](Pieces in, bool at_start) {
     Pieces out;
     for (const std::string& piece : in) {
       for (std::string& p : SplitAround(piece, regex->FindAll(piece), behavior, invert)) out.push_back(std::move(p));
@@ -258,8 +261,8 @@ PreTokenizer ParsePreTokenizer(const json& node, const std::string& where) {
     for (const json& part : Field(node, "pretokenizers", where)) {
       if (auto p = ParsePreTokenizer(part, where)) parts.push_back(p);
     }
-    return [parts](Pieces pieces) {
-      for (const auto& p : parts) pieces = p(std::move(pieces));
+    return [parts](Pieces pieces, bool at_start) {
+      for (const auto& p : parts) pieces = p(std::move(pieces), at_start);
       return pieces;
     };
   }
@@ -267,7 +270,7 @@ PreTokenizer ParsePreTokenizer(const json& node, const std::string& where) {
     const bool prefix = node.value("add_prefix_space", true);
     const bool use_regex = node.value("use_regex", true);
     auto regex = std::make_shared<Regex>(kGpt2Pattern);
-    return [prefix, use_regex, regex](Pieces in) {
+    return [prefix, use_regex, regex](Pieces in, bool at_start) {
       Pieces out;
       for (std::string piece : in) {
         if (prefix && (piece.empty() || piece[0] != ' ')) piece = " " + piece;
@@ -282,7 +285,7 @@ PreTokenizer ParsePreTokenizer(const json& node, const std::string& where) {
     const Pattern pattern = Pattern::Parse(Field(node, "pattern", where), where + ": Split");
     const SplitBehavior behavior = ParseBehavior(StringField(node, "behavior", where), where);
     const bool invert = node.value("invert", false);
-    return [pattern, behavior, invert](Pieces in) {
+    return [pattern, behavior, invert](Pieces in, bool at_start) {
       Pieces out;
       for (const std::string& piece : in) {
         for (std::string& s : SplitAround(piece, pattern.FindAll(piece), behavior, invert)) out.push_back(std::move(s));
@@ -295,12 +298,12 @@ PreTokenizer ParsePreTokenizer(const json& node, const std::string& where) {
     std::string scheme = node.value("prepend_scheme", std::string());
     if (scheme.empty()) scheme = node.value("add_prefix_space", true) ? "always" : "never";
     const bool split = node.value("split", true);
-    return [replacement, scheme, split](Pieces in) {
+    return [replacement, scheme, split](Pieces in, bool at_start) {
       Pieces out;
       for (size_t i = 0; i < in.size(); ++i) {
         std::string piece = in[i];
         ReplaceAll(piece, " ", replacement);
-        const bool prepend = scheme == "always" || (scheme == "first" && i == 0);
+        const bool prepend = scheme == "always" || (scheme == "first" && i == 0 && at_start);
         if (prepend && piece.rfind(replacement, 0) != 0) piece = replacement + piece;
         if (!split) {
           out.push_back(piece);
@@ -327,7 +330,9 @@ PreTokenizer ParsePreTokenizer(const json& node, const std::string& where) {
   if (type == "BertPreTokenizer") {
     auto words = SplitEach(std::make_shared<Regex>(R"(\S+)"), SplitBehavior::kRemoved, true);
     auto punctuation = SplitEach(std::make_shared<Regex>(R"([\p{P}!-/:-@\[-`{-~])"), SplitBehavior::kIsolated, false);
-    return [words, punctuation](Pieces in) { return punctuation(words(std::move(in))); };
+    return [words, punctuation](Pieces in, bool at_start) {
+      return punctuation(words(std::move(in), at_start), at_start);
+    };
   }
   Malformed(where, fmt::format("pre-tokenizer type '{}' is not supported", type));
 }
@@ -510,11 +515,11 @@ class Unigram : public Model {
  public:
   std::vector<double> scores;
   std::optional<int64_t> unk;
+  bool byte_fallback = false;
   size_t max_piece_chars = 1;
+  double min_score = 0;  // of the vocabulary: an unknown character costs min_score - 10
 
   void Encode(const std::string& piece, std::vector<int64_t>& out) const override {
-    double min_score = std::numeric_limits<double>::max();
-    for (double s : scores) min_score = std::min(min_score, s);
     const std::vector<std::string> characters = Utf8Characters(piece);
     const std::vector<int64_t> path =
         ViterbiSegment(characters, max_piece_chars, min_score - 10.0, [this](const std::string& text) {
@@ -528,9 +533,20 @@ class Unigram : public Model {
         last_unknown = false;
         continue;
       }
+      const std::string& character = characters[static_cast<size_t>(-1 - id)];
+      if (byte_fallback) {
+        std::vector<int64_t> bytes;
+        for (unsigned char b : character) {
+          if (const auto byte = Find(fmt::format("<0x{:02X}>", static_cast<unsigned>(b)))) bytes.push_back(*byte);
+        }
+        if (bytes.size() == character.size()) {
+          out.insert(out.end(), bytes.begin(), bytes.end());
+          last_unknown = false;
+          continue;
+        }
+      }
       if (!unk)
-        Fail(ErrorCode::kInvalidArgument, "character '{}' is not in the vocabulary and there is no unk_id",
-             characters[-1 - id]);
+        Fail(ErrorCode::kInvalidArgument, "character '{}' is not in the vocabulary and there is no unk_id", character);
       if (!last_unknown) out.push_back(*unk);  // consecutive unknowns are one token
       last_unknown = true;
     }
@@ -616,6 +632,8 @@ std::unique_ptr<Model> ParseModel(const json& node, const std::string& where) {
       uni->max_piece_chars = std::max(uni->max_piece_chars, Utf8Characters(e[0].get<std::string>()).size());
     }
     uni->SetVocab(std::move(vocab));
+    uni->min_score = uni->scores.empty() ? 0.0 : *std::min_element(uni->scores.begin(), uni->scores.end());
+    uni->byte_fallback = node.value("byte_fallback", false);
     if (node.contains("unk_id") && node["unk_id"].is_number_integer()) uni->unk = node["unk_id"].get<int64_t>();
     return uni;
   }
@@ -851,19 +869,23 @@ class HfTokenizer : public Tokenizer {
   std::vector<int64_t> Encode(std::string_view raw, bool add_special_tokens) const override {
     const std::string text = IsValidUtf8(raw) ? std::string(raw) : Utf8Lossy(raw);
     std::vector<int64_t> ids;
+    bool at_start = true;  // nothing (no added token) precedes the current piece
     // Added tokens matched in the raw text first, then the normalized ones in each normalized gap.
     for (const Segment& s : SplitAdded(text, /*normalized=*/false)) {
       if (s.token) {
         ids.push_back(s.token->id);
+        at_start = false;
         continue;
       }
       const std::string normalized = normalizer ? normalizer(s.text) : s.text;
       for (const Segment& t : SplitAdded(normalized, /*normalized=*/true)) {
         if (t.token) {
           ids.push_back(t.token->id);
+          at_start = false;
           continue;
         }
-        Pieces pieces = pre_tokenizer ? pre_tokenizer(Pieces{t.text}) : Pieces{t.text};
+        Pieces pieces = pre_tokenizer ? pre_tokenizer(Pieces{t.text}, at_start) : Pieces{t.text};
+        at_start = false;
         for (const std::string& piece : pieces) model->Encode(piece, ids);
       }
     }

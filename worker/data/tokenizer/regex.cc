@@ -36,7 +36,15 @@ std::vector<std::pair<size_t, size_t>> Regex::FindAll(std::string_view text) con
     // NO_UTF_CHECK: the tokenizer hands in valid UTF-8 only (it replaces invalid bytes first).
     const int rc = pcre2_match(compiled_->code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
                                PCRE2_NO_UTF_CHECK, data, nullptr);
-    if (rc < 0) break;
+    if (rc == PCRE2_ERROR_NOMATCH) break;
+    if (rc < 0) {
+      // A resource limit, not "no match": say so rather than leave the rest unsplit.
+      PCRE2_UCHAR message[256];
+      pcre2_get_error_message(rc, message, sizeof(message));
+      pcre2_match_data_free(data);
+      Fail(ErrorCode::kInternal, "regex matching failed at byte {} of a {}-byte text: {}", start, text.size(),
+           reinterpret_cast<const char*>(message));
+    }
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
     const size_t begin = ovector[0], end = ovector[1];
     if (end == begin) {
