@@ -1,6 +1,7 @@
 #include "worker/data/tokenizer/hf_tokenizer.h"
 
 #include <algorithm>
+#include <array>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -859,11 +860,15 @@ class HfTokenizer : public Tokenizer {
   Decoder decoder;
   std::vector<AddedToken> added;  // longest first, for leftmost-longest matching
   std::unordered_map<int64_t, const AddedToken*> added_by_id;
+  std::array<std::vector<const AddedToken*>, 256> by_first_byte;  // longest first, as `added`
 
   void Finish() {
     std::stable_sort(added.begin(), added.end(),
                      [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
-    for (const auto& token : added) added_by_id[token.id] = &token;
+    for (const auto& token : added) {
+      added_by_id[token.id] = &token;
+      if (!token.content.empty()) by_first_byte[static_cast<unsigned char>(token.content[0])].push_back(&token);
+    }
   }
 
   std::vector<int64_t> Encode(std::string_view raw, bool add_special_tokens) const override {
@@ -944,13 +949,14 @@ class HfTokenizer : public Tokenizer {
     size_t last = 0, i = 0;
     while (i < text.size()) {
       const AddedToken* hit = nullptr;
-      for (const AddedToken& token : added) {
-        if (token.normalized != normalized || token.content.empty()) continue;
-        if (text.compare(i, token.content.size(), token.content) != 0) continue;
-        const size_t end = i + token.content.size();
-        if (token.single_word && ((i > 0 && IsWordChar(text[i - 1])) || (end < text.size() && IsWordChar(text[end]))))
+      // Only tokens that start with this byte, longest first.
+      for (const AddedToken* token : by_first_byte[static_cast<unsigned char>(text[i])]) {
+        if (token->normalized != normalized) continue;
+        if (text.compare(i, token->content.size(), token->content) != 0) continue;
+        const size_t end = i + token->content.size();
+        if (token->single_word && ((i > 0 && IsWordChar(text[i - 1])) || (end < text.size() && IsWordChar(text[end]))))
           continue;
-        hit = &token;
+        hit = token;
         break;
       }
       if (hit == nullptr) {

@@ -107,8 +107,9 @@ class SentencePieceModel : public Tokenizer {
   int64_t unk_id = 0, bos_id = 1, eos_id = 2, pad_id = -1;
   std::string normalizer_name;
   bool add_dummy_prefix = true, remove_extra_whitespaces = true, escape_whitespaces = true;
-  std::unordered_map<std::string, int64_t> ids;  // pieces usable in segmentation
-  std::vector<std::string> user_defined;         // matched whole, longest first
+  std::unordered_map<std::string, int64_t> ids;      // pieces usable in segmentation
+  std::unordered_map<std::string, int64_t> by_text;  // every piece
+  std::vector<std::string> user_defined;             // matched whole, longest first
   size_t max_piece_chars = 1;
   float min_score = 0;
 
@@ -116,6 +117,7 @@ class SentencePieceModel : public Tokenizer {
     min_score = std::numeric_limits<float>::max();
     for (size_t i = 0; i < pieces.size(); ++i) {
       const Piece& p = pieces[i];
+      by_text.emplace(p.text, static_cast<int64_t>(i));
       if (p.type == PieceType::kNormal || p.type == PieceType::kUserDefined || p.type == PieceType::kByte) {
         ids.emplace(p.text, static_cast<int64_t>(i));
       }
@@ -312,9 +314,8 @@ class SentencePieceModel : public Tokenizer {
 
   int64_t vocab_size() const override { return static_cast<int64_t>(pieces.size()); }
   std::optional<int64_t> TokenToId(const std::string& token) const override {
-    for (size_t i = 0; i < pieces.size(); ++i)
-      if (pieces[i].text == token) return static_cast<int64_t>(i);
-    return std::nullopt;
+    const auto it = by_text.find(token);
+    return it == by_text.end() ? std::nullopt : std::optional<int64_t>(it->second);
   }
   std::string IdToToken(int64_t id) const override { return pieces[static_cast<size_t>(CheckId(id))].text; }
   bool IsSpecial(int64_t id) const override {
