@@ -50,26 +50,14 @@ TrainerState ReadTrainerState(const fs::path& dir) {
   return state;
 }
 
-std::optional<fs::path> LatestCheckpoint(const fs::path& checkpoints_dir) {
-  static const std::regex kStepDir("step-([0-9]+)");
-  std::optional<fs::path> best;
-  int64_t best_step = -1;
-  std::error_code ec;
-  if (!fs::is_directory(checkpoints_dir, ec)) return std::nullopt;
-  for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
-    std::smatch match;
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || !std::regex_match(name, match, kStepDir)) continue;
-    const int64_t step = std::stoll(match[1]);
-    if (step > best_step) best_step = step, best = entry.path();
-  }
-  return best;
-}
+namespace {
 
-void PruneCheckpoints(const fs::path& checkpoints_dir, int64_t keep) {
-  if (keep <= 0) return;
+// The complete checkpoints under `checkpoints_dir` (directories named step-N), by step.
+std::vector<std::pair<int64_t, fs::path>> CompleteCheckpoints(const fs::path& checkpoints_dir) {
   static const std::regex kStepDir("step-([0-9]+)");
   std::vector<std::pair<int64_t, fs::path>> found;
+  std::error_code ec;
+  if (!fs::is_directory(checkpoints_dir, ec)) return found;
   for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
     std::smatch match;
     const std::string name = entry.path().filename().string();
@@ -77,6 +65,20 @@ void PruneCheckpoints(const fs::path& checkpoints_dir, int64_t keep) {
       found.emplace_back(std::stoll(match[1]), entry.path());
   }
   std::sort(found.begin(), found.end());
+  return found;
+}
+
+}  // namespace
+
+std::optional<fs::path> LatestCheckpoint(const fs::path& checkpoints_dir) {
+  const auto found = CompleteCheckpoints(checkpoints_dir);
+  if (found.empty()) return std::nullopt;
+  return found.back().second;
+}
+
+void PruneCheckpoints(const fs::path& checkpoints_dir, int64_t keep) {
+  if (keep <= 0) return;
+  const auto found = CompleteCheckpoints(checkpoints_dir);
   for (size_t i = 0; i + static_cast<size_t>(keep) < found.size(); ++i) fs::remove_all(found[i].second);
 }
 

@@ -604,8 +604,10 @@ TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
   LabelSet labels;
   labels.names = options.label_names;
   if (labelled && labels.names.empty()) {
-    // No id2label given: the label names found in the file, sorted.
+    // No id2label given: the label names found in the file, sorted; with index labels only,
+    // classes 0 .. the largest index seen. One pass collects both.
     std::set<std::string> found;
+    int64_t largest = -1;
     Issues ignored;  // problems are reported by the pass below
     ForEachRecord(path, ignored, [&](const json& record, int64_t) {
       if (!record.is_object()) return;
@@ -614,18 +616,12 @@ TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
         const json& value = record[key];
         for (const json& v : value.is_array() ? value : json::array({value})) {
           if (v.is_string()) found.insert(v.get<std::string>());
+          if (v.is_number_integer() && key == std::string("label")) largest = std::max(largest, v.get<int64_t>());
         }
       }
     });
     labels.names.assign(found.begin(), found.end());
     if (labels.names.empty()) {
-      // Index labels only: classes 0 .. the largest index seen.
-      int64_t largest = -1;
-      ForEachRecord(path, ignored, [&](const json& record, int64_t) {
-        if (record.is_object() && record.contains("label") && record["label"].is_number_integer()) {
-          largest = std::max(largest, record["label"].get<int64_t>());
-        }
-      });
       for (int64_t i = 0; i <= largest; ++i) labels.names.push_back(std::to_string(i));
     }
   }
