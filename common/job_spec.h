@@ -32,8 +32,58 @@ struct ModelSpec {
   ModelTask task = ModelTask::kCausalLm;
 };
 
+enum class AdapterPlacement { kHoulsby, kPfeiffer };
+enum class AdapterActivation { kRelu, kGelu, kSilu };
+
+// LoRA (Hu et al., 2021) and DoRA (Liu et al., 2024): W x + scale * B A dropout(x), scale =
+// alpha / r (alpha / sqrt(r) with use_rslora); DoRA also learns each output row's magnitude.
+struct LoraSpec {
+  int64_t r = 8;
+  double alpha = 8;
+  double dropout = 0.0;
+  // Module names (q_proj, v_proj, ...) matched against the end of each linear layer's path; or,
+  // when written as one string, "all-linear" or a regex the whole path must match.
+  std::vector<std::string> target_modules = {"q_proj", "v_proj"};
+  bool target_is_pattern = false;
+  bool use_rslora = false;
+};
+
+// IA3 (Liu et al., 2022): learned vectors scaling the outputs of the target modules, and the
+// inputs of the feed-forward ones.
+struct Ia3Spec {
+  std::vector<std::string> target_modules = {"k_proj", "v_proj", "down_proj"};
+  std::vector<std::string> feedforward_modules = {"down_proj"};
+};
+
+// Bottleneck adapters (Houlsby et al., 2019): x + up(act(down(x))) on a sublayer's output;
+// Houlsby places one after attention and one after the MLP, Pfeiffer only after the MLP.
+struct AdapterSpec {
+  int64_t bottleneck = 64;
+  AdapterPlacement placement = AdapterPlacement::kPfeiffer;
+  AdapterActivation activation = AdapterActivation::kRelu;
+};
+
+// Prefix tuning (Li & Liang, 2021): trainable keys and values before every layer's own.
+struct PrefixSpec {
+  int64_t num_virtual_tokens = 20;
+  bool projection = false;          // reparameterize through an MLP during training
+  int64_t encoder_hidden_size = 0;  // the MLP's width; 0: the key/value width
+};
+
+// Prompt tuning (Lester et al., 2021): trainable embeddings before the input's.
+struct PromptSpec {
+  int64_t num_virtual_tokens = 20;
+};
+
 struct MethodSpec {
   MethodType type = MethodType::kFull;
+  LoraSpec lora;  // lora and dora
+  Ia3Spec ia3;
+  AdapterSpec adapter;
+  PrefixSpec prefix;
+  PromptSpec prompt;
+  std::vector<std::string> modules_to_save;  // trained in full besides the adapter (e.g. lm_head)
+  std::string init_from;                     // a PEFT adapter directory to start from
 };
 
 // One dataset of a multi-task mixture (data.tasks).
@@ -102,6 +152,7 @@ struct OutputSpec {
   std::string dir;               // (required)
   int64_t checkpoint_every = 0;  // steps between checkpoints; 0: none besides the final export
   int64_t keep_checkpoints = 0;  // newest checkpoints kept; 0 keeps all
+  // Default: [hf] for full fine-tuning, [peft] for the parameter-efficient methods.
   std::vector<ExportFormat> export_formats = {ExportFormat::kHf};
 };
 
@@ -161,5 +212,7 @@ const char* ToString(OffloadTarget v);
 const char* ToString(ExportFormat v);
 const char* ToString(OptimizerType v);
 const char* ToString(ChatTemplateChoice v);
+const char* ToString(AdapterPlacement v);
+const char* ToString(AdapterActivation v);
 
 }  // namespace shardtune

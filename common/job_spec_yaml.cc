@@ -49,6 +49,10 @@ const EnumTable<ChatTemplateChoice> kChatTemplates = {
     {"chatml", ChatTemplateChoice::kChatml},   {"llama2", ChatTemplateChoice::kLlama2},
     {"mistral", ChatTemplateChoice::kMistral}, {"plain", ChatTemplateChoice::kPlain}};
 const EnumTable<ExportFormat> kExports = {{"hf", ExportFormat::kHf}, {"peft", ExportFormat::kPeft}};
+const EnumTable<AdapterPlacement> kPlacements = {{"houlsby", AdapterPlacement::kHoulsby},
+                                                 {"pfeiffer", AdapterPlacement::kPfeiffer}};
+const EnumTable<AdapterActivation> kActivations = {
+    {"relu", AdapterActivation::kRelu}, {"gelu", AdapterActivation::kGelu}, {"silu", AdapterActivation::kSilu}};
 
 template <typename E>
 const char* NameOf(const EnumTable<E>& table, E value) {
@@ -229,6 +233,31 @@ class MapReader {
     }
     *out = result;
   }
+  // A list of non-empty strings; with `single`, one string is accepted too (and *single set).
+  void StringList(const char* key, std::vector<std::string>* out, bool* single = nullptr) {
+    const YAML::Node value = Get(key);
+    if (!value || value.IsNull()) return;
+    std::vector<std::string> result;
+    if (value.IsScalar() && single != nullptr) {
+      result.push_back(value.Scalar());
+      *single = true;
+    } else if (value.IsSequence()) {
+      for (size_t i = 0; i < value.size(); ++i) {
+        if (!value[i].IsScalar() || value[i].Scalar().empty()) {
+          Problem(value[i], fmt::format("{}[{}]", key, i), "expected a non-empty string, got " + NodeKind(value[i]));
+          return;
+        }
+        result.push_back(value[i].Scalar());
+      }
+      if (single != nullptr) *single = false;
+    } else {
+      Problem(
+          value, key,
+          std::string("expected a list of strings") + (single ? " or one string" : "") + ", got " + NodeKind(value));
+      return;
+    }
+    *out = result;
+  }
   void StringMap(const char* key, std::map<std::string, std::string>* out) {
     const YAML::Node value = Get(key);
     if (!value || value.IsNull()) return;
@@ -340,6 +369,59 @@ void ReadModel(MapReader m, ModelSpec* model) {
   m.Path("tokenizer", &model->tokenizer);
   m.Enum("dtype", &model->dtype, kDTypes);
   m.Enum("task", &model->task, kTasks);
+  m.Finish();
+}
+
+void ReadMethod(MapReader m, MethodSpec* method) {
+  m.Enum("type", &method->type, kMethods);
+  const MethodType type = method->type;
+  // The section of each method; a section for another method than `type` is a mistake.
+  auto section = [&](const char* key, bool applies) {
+    MapReader section = m.Section(key);
+    if (!applies && m.Has(key)) {
+      m.Problem(m.Raw(key), key, fmt::format("is for another method than method.type '{}'", NameOf(kMethods, type)));
+    }
+    return section;
+  };
+  MapReader lora = section("lora", type == MethodType::kLora || type == MethodType::kDora);
+  lora.Int("r", &method->lora.r, 1, 1 << 16);
+  lora.Double("alpha", &method->lora.alpha, 0.0, 1e6, /*min_open=*/true);
+  lora.Double("dropout", &method->lora.dropout, 0.0, 1.0, false, /*max_open=*/true);
+  lora.StringList("target_modules", &method->lora.target_modules, &method->lora.target_is_pattern);
+  lora.Bool("use_rslora", &method->lora.use_rslora);
+  lora.Finish();
+  MapReader ia3 = section("ia3", type == MethodType::kIa3);
+  ia3.StringList("target_modules", &method->ia3.target_modules);
+  ia3.StringList("feedforward_modules", &method->ia3.feedforward_modules);
+  ia3.Finish();
+  MapReader adapter = section("adapter", type == MethodType::kAdapter);
+  adapter.Int("bottleneck", &method->adapter.bottleneck, 1, 1 << 20);
+  adapter.Enum("placement", &method->adapter.placement, kPlacements);
+  adapter.Enum("activation", &method->adapter.activation, kActivations);
+  adapter.Finish();
+  MapReader prefix = section("prefix", type == MethodType::kPrefix);
+  prefix.Int("num_virtual_tokens", &method->prefix.num_virtual_tokens, 1, 1 << 16);
+  prefix.Bool("projection", &method->prefix.projection);
+  prefix.Int("encoder_hidden_size", &method->prefix.encoder_hidden_size, 0, 1 << 20);
+  prefix.Finish();
+  MapReader prompt = section("prompt", type == MethodType::kPrompt);
+  prompt.Int("num_virtual_tokens", &method->prompt.num_virtual_tokens, 1, 1 << 16);
+  prompt.Finish();
+  m.StringList("modules_to_save", &method->modules_to_save);
+  m.Path("init_from", &method->init_from);
+  if (type == MethodType::kFull) {
+    for (const char* key : {"modules_to_save", "init_from"}) {
+      if (m.Has(key)) m.Problem(m.Raw(key), key, "applies to the parameter-efficient methods, not 'full'");
+    }
+  }
+  if (method->lora.target_is_pattern && method->lora.target_modules[0] != "all-linear") {
+    try {
+      std::regex check(method->lora.target_modules[0]);
+    } catch (const std::regex_error& e) {
+      m.Problem(m.Section("lora").Raw("target_modules"), "lora.target_modules",
+                fmt::format("'{}' is not a valid regular expression: {}", method->lora.target_modules[0], e.what()));
+    }
+  }
   m.Finish();
 }
 
@@ -487,6 +569,33 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
       reader.Problem(mark_of({"output", "export"}), "output.export",
                      "'peft' exports an adapter, but method.type is 'full' (there is no adapter); use [hf]");
     }
+    const MethodType m = spec.method.type;
+    if (format == ExportFormat::kHf &&
+        (m == MethodType::kAdapter || m == MethodType::kPrefix || m == MethodType::kPrompt)) {
+      reader.Problem(mark_of({"output", "export"}), "output.export",
+                     fmt::format("'hf' merges the adapter into the base weights, which method '{}' cannot be (it "
+                                 "adds computation, not weights); use [peft]",
+                                 NameOf(kMethods, m)));
+    }
+  }
+  if (spec.data.packing && (spec.method.type == MethodType::kPrompt || spec.method.type == MethodType::kPrefix)) {
+    reader.Problem(mark_of({"data", "packing"}), "data.packing",
+                   fmt::format("method '{}' puts its virtual tokens before each sequence, which packing would share "
+                               "between documents; set packing: false",
+                               NameOf(kMethods, spec.method.type)));
+  }
+  if (spec.method.type == MethodType::kPrefix && spec.method.prefix.projection && !spec.method.init_from.empty()) {
+    reader.Problem(mark_of({"method", "init_from"}), "method.init_from",
+                   "a saved prefix holds the projected keys and values, not the MLP that made them; set "
+                   "method.prefix.projection: false to continue from it");
+  }
+  if (!spec.method.init_from.empty() && options.check_files) {
+    std::error_code ec;
+    if (!fs::exists(fs::path(spec.method.init_from) / "adapter_config.json", ec)) {
+      reader.Problem(
+          mark_of({"method", "init_from"}), "method.init_from",
+          fmt::format("'{}' has no adapter_config.json (expected a PEFT adapter directory)", spec.method.init_from));
+    }
   }
 
   if (!options.check_files) return;
@@ -520,6 +629,58 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
   }
 }
 
+void EmitStrings(YAML::Emitter& out, const char* key, const std::vector<std::string>& values) {
+  out << YAML::Key << key << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (const auto& v : values) out << v;
+  out << YAML::EndSeq;
+}
+
+void EmitMethod(YAML::Emitter& out, const MethodSpec& m) {
+  out << YAML::Key << "method" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "type" << YAML::Value << NameOf(kMethods, m.type);
+  switch (m.type) {
+    case MethodType::kFull:
+      break;
+    case MethodType::kLora:
+    case MethodType::kDora:
+      out << YAML::Key << "lora" << YAML::Value << YAML::BeginMap;
+      out << YAML::Key << "r" << YAML::Value << m.lora.r << YAML::Key << "alpha" << YAML::Value << m.lora.alpha;
+      out << YAML::Key << "dropout" << YAML::Value << m.lora.dropout;
+      if (m.lora.target_is_pattern) {
+        out << YAML::Key << "target_modules" << YAML::Value << YAML::DoubleQuoted << m.lora.target_modules[0];
+      } else {
+        EmitStrings(out, "target_modules", m.lora.target_modules);
+      }
+      out << YAML::Key << "use_rslora" << YAML::Value << m.lora.use_rslora << YAML::EndMap;
+      break;
+    case MethodType::kIa3:
+      out << YAML::Key << "ia3" << YAML::Value << YAML::BeginMap;
+      EmitStrings(out, "target_modules", m.ia3.target_modules);
+      EmitStrings(out, "feedforward_modules", m.ia3.feedforward_modules);
+      out << YAML::EndMap;
+      break;
+    case MethodType::kAdapter:
+      out << YAML::Key << "adapter" << YAML::Value << YAML::BeginMap;
+      out << YAML::Key << "bottleneck" << YAML::Value << m.adapter.bottleneck;
+      out << YAML::Key << "placement" << YAML::Value << NameOf(kPlacements, m.adapter.placement);
+      out << YAML::Key << "activation" << YAML::Value << NameOf(kActivations, m.adapter.activation) << YAML::EndMap;
+      break;
+    case MethodType::kPrefix:
+      out << YAML::Key << "prefix" << YAML::Value << YAML::BeginMap;
+      out << YAML::Key << "num_virtual_tokens" << YAML::Value << m.prefix.num_virtual_tokens;
+      out << YAML::Key << "projection" << YAML::Value << m.prefix.projection;
+      out << YAML::Key << "encoder_hidden_size" << YAML::Value << m.prefix.encoder_hidden_size << YAML::EndMap;
+      break;
+    case MethodType::kPrompt:
+      out << YAML::Key << "prompt" << YAML::Value << YAML::BeginMap;
+      out << YAML::Key << "num_virtual_tokens" << YAML::Value << m.prompt.num_virtual_tokens << YAML::EndMap;
+      break;
+  }
+  if (m.type != MethodType::kFull) EmitStrings(out, "modules_to_save", m.modules_to_save);
+  if (!m.init_from.empty()) out << YAML::Key << "init_from" << YAML::Value << m.init_from;
+  out << YAML::EndMap;
+}
+
 }  // namespace
 
 JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, const fs::path& base_dir,
@@ -541,14 +702,11 @@ JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, co
   top.String("name", &spec.name, /*required=*/true);
   top.StringMap("labels", &spec.labels);
   ReadModel(top.Section("model"), &spec.model);
-  {
-    MapReader method = top.Section("method");
-    method.Enum("type", &spec.method.type, kMethods);
-    method.Finish();
-  }
+  ReadMethod(top.Section("method"), &spec.method);
   ReadData(top.Section("data"), &spec.data);
   ReadTraining(top.Section("training"), &spec.training);
   ReadSharding(top.Section("sharding"), &spec.sharding);
+  if (spec.method.type != MethodType::kFull) spec.output.export_formats = {ExportFormat::kPeft};
   ReadOutput(top.Section("output"), &spec.output);
   ReadResources(top.Section("resources"), &spec.resources);
   top.Finish();
@@ -578,8 +736,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "dtype" << YAML::Value << NameOf(kDTypes, spec.model.dtype);
   out << YAML::Key << "task" << YAML::Value << NameOf(kTasks, spec.model.task);
   out << YAML::EndMap;
-  out << YAML::Key << "method" << YAML::Value << YAML::BeginMap << YAML::Key << "type" << YAML::Value
-      << NameOf(kMethods, spec.method.type) << YAML::EndMap;
+  EmitMethod(out, spec.method);
 
   const DataSpec& d = spec.data;
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
@@ -669,5 +826,7 @@ const char* ToString(OffloadTarget v) { return NameOf(kOffloads, v); }
 const char* ToString(ExportFormat v) { return NameOf(kExports, v); }
 const char* ToString(OptimizerType v) { return NameOf(kOptimizers, v); }
 const char* ToString(ChatTemplateChoice v) { return NameOf(kChatTemplates, v); }
+const char* ToString(AdapterPlacement v) { return NameOf(kPlacements, v); }
+const char* ToString(AdapterActivation v) { return NameOf(kActivations, v); }
 
 }  // namespace shardtune

@@ -53,9 +53,6 @@ struct GenerateArgs {
 };
 
 int Generate(const GenerateArgs& args) {
-  if (!args.adapter.empty()) {
-    Fail(ErrorCode::kUnimplemented, "--adapter: PEFT adapters are not supported by this build yet");
-  }
   if (args.prompt.empty() == args.input_ids.empty()) {
     Fail(ErrorCode::kInvalidArgument, "give the prompt as --prompt TEXT or as --input-ids \"1 2 3\" (one of them)");
   }
@@ -71,7 +68,7 @@ int Generate(const GenerateArgs& args) {
            e.what());
     }
   }
-  const LoadedModel loaded = LoadModelForInference(args.model);
+  const LoadedModel loaded = LoadModelForInference(args.model, args.adapter);
   GenerateOptions options = args.options;
   options.stop_at_eos = !args.ignore_eos;
   const std::vector<int64_t> prompt =

@@ -16,6 +16,7 @@ ShardedLayout PlanLayout(const std::vector<UnitSpec>& units, int shard_count) {
   for (const auto& unit : units) {
     UnitLayout u;
     u.name = unit.name;
+    u.trainable = unit.trainable;
     int64_t offset = 0;
     for (const auto& spec : unit.parameters) {
       offset = AlignUp(offset, kFlatAlignment);
@@ -38,15 +39,22 @@ int64_t ShardedLayout::parameter_count() const {
   return n;
 }
 
+int64_t ShardedLayout::trainable_parameter_count() const {
+  int64_t n = 0;
+  for (const auto& unit : units)
+    for (const auto& p : unit.parameters) n += unit.trainable ? p.numel : 0;
+  return n;
+}
+
 int64_t ShardedLayout::padded_total() const {
   int64_t n = 0;
   for (const auto& unit : units) n += unit.padded;
   return n;
 }
 
-int64_t ShardedLayout::shard_total() const {
+int64_t ShardedLayout::trainable_shard_total() const {
   int64_t n = 0;
-  for (const auto& unit : units) n += unit.shard_size;
+  for (const auto& unit : units) n += unit.trainable ? unit.shard_size : 0;
   return n;
 }
 

@@ -27,6 +27,9 @@ struct ParameterSpec {
 struct UnitSpec {
   std::string name;  // "embed", "layer 3", "head"
   std::vector<ParameterSpec> parameters;
+  // Frozen units (the base model under a parameter-efficient method) get no gradient and no
+  // optimizer state; they are held in the compute dtype only.
+  bool trainable = true;
 };
 
 struct ParameterSlot {
@@ -38,6 +41,7 @@ struct ParameterSlot {
 struct UnitLayout {
   std::string name;
   std::vector<ParameterSlot> parameters;
+  bool trainable = true;
   int64_t numel = 0;       // end of the last parameter (alignment gaps included)
   int64_t padded = 0;      // numel rounded up to kFlatAlignment x shard_count
   int64_t shard_size = 0;  // padded / shard_count
@@ -47,9 +51,10 @@ struct ShardedLayout {
   std::vector<UnitLayout> units;
   int shard_count = 1;
 
-  int64_t parameter_count() const;  // sum of parameter sizes, no padding
-  int64_t padded_total() const;     // sum of unit buffers
-  int64_t shard_total() const;      // sum of one rank's shards
+  int64_t parameter_count() const;            // sum of parameter sizes, no padding
+  int64_t trainable_parameter_count() const;  // the same over trainable units
+  int64_t padded_total() const;               // sum of unit buffers
+  int64_t trainable_shard_total() const;      // sum of one rank's shards of trainable units
 };
 
 int64_t AlignUp(int64_t n, int64_t multiple);

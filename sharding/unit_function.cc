@@ -1,9 +1,11 @@
 #include "sharding/unit_function.h"
 
+#include <ATen/Context.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 
 #include "common/error.h"
@@ -20,6 +22,9 @@ struct UnitCall {
   std::vector<int> units;
   UnitCompute compute;
   bool recompute = false;
+  // With recompute: the random generator's state at forward, so that the recomputation draws
+  // the same dropout masks.
+  at::Tensor rng_state;
   // Without recompute: the inner graph from forward.
   at::Tensor inner_input;
   at::Tensor inner_output;
@@ -47,6 +52,7 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     engine.NoteForwardUse(call.units);
     if (call.recompute) {
       ctx->save_for_backward({input});
+      call.rng_state = RngState(engine);
       const UnitParameters params = engine.Acquire(call.units, /*requires_grad=*/false);
       at::Tensor output = call.compute(input, params);
       engine.Release(call.units);
@@ -70,26 +76,55 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     if (call->recompute) {
       params = engine.Acquire(call->units, /*requires_grad=*/true);
       leaf = AsLeaf(ctx->get_saved_variables()[0]);
+      const at::Tensor now = RngState(engine);
+      SetRngState(engine, call->rng_state);
       at::AutoGradMode grad_mode(true);
       output = call->compute(leaf, params);
+      SetRngState(engine, now);
     }
+    // Only trainable parameters require grad; frozen ones (a PEFT base model) get none.
     variable_list inputs;
     const bool input_grad = leaf.requires_grad();
     if (input_grad) inputs.push_back(leaf);
-    for (const auto& [name, tensor] : params.all()) inputs.push_back(tensor);
-    variable_list grads = torch::autograd::grad({output}, inputs, {grad_outputs[0]}, /*retain_graph=*/false,
-                                                /*create_graph=*/false, /*allow_unused=*/true);
-    std::vector<at::Tensor> parameter_grads(grads.begin() + (input_grad ? 1 : 0), grads.end());
+    for (const auto& [name, tensor] : params.all()) {
+      if (tensor.requires_grad()) inputs.push_back(tensor);
+    }
+    variable_list grads;
+    if (!inputs.empty() && output.requires_grad()) {
+      grads = torch::autograd::grad({output}, inputs, {grad_outputs[0]}, /*retain_graph=*/false,
+                                    /*create_graph=*/false, /*allow_unused=*/true);
+    } else {
+      grads.resize(inputs.size());
+    }
+    std::vector<at::Tensor> parameter_grads;
+    size_t next = input_grad ? 1 : 0;
+    for (const auto& [name, tensor] : params.all())
+      parameter_grads.push_back(tensor.requires_grad() ? grads[next++] : at::Tensor());
     engine.AddGradients(call->units, params, parameter_grads);
     if (call->recompute) engine.Release(call->units);
     return {input_grad ? grads[0] : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+ private:
+  static at::Tensor RngState(ZeroEngine& engine) {
+    at::Generator generator = at::globalContext().defaultGenerator(engine.config().device);
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    return generator.get_state();
+  }
+  static void SetRngState(ZeroEngine& engine, const at::Tensor& state) {
+    at::Generator generator = at::globalContext().defaultGenerator(engine.config().device);
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(state);
   }
 };
 
 }  // namespace
 
 at::Tensor ApplyUnits(ZeroEngine& engine, const std::vector<int>& units, const at::Tensor& input, UnitCompute compute) {
-  if (!at::GradMode::is_enabled()) {
+  bool trainable = false;
+  for (int u : units) trainable = trainable || engine.layout().units[u].trainable;
+  // Nothing to differentiate (a frozen embedding under a PEFT method): no graph node either.
+  if (!at::GradMode::is_enabled() || (!trainable && !input.requires_grad())) {
     const UnitParameters params = engine.Acquire(units, /*requires_grad=*/false);
     at::Tensor output = compute(input, params);
     engine.Release(units);

@@ -29,9 +29,11 @@ TensorBytes Bytes(const char* name, const at::Tensor& tensor) {
   return TensorBytes{name, DType::kF32, {tensor.numel()}, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes())};
 }
 
+// The trainable units: what a checkpoint holds.
 json LayoutJson(const ShardedLayout& layout) {
   json units = json::array();
   for (const auto& unit : layout.units) {
+    if (!unit.trainable) continue;
     json parameters = json::array();
     for (const auto& p : unit.parameters) {
       parameters.push_back({{"name", p.spec.name}, {"shape", p.spec.shape}, {"offset", p.offset}, {"numel", p.numel}});
@@ -49,6 +51,15 @@ const float* TensorData(const SafetensorsFile& file, const char* name, int64_t e
   return reinterpret_cast<const float*>(file.Data(*info));
 }
 
+template <typename UnitPointers>
+std::vector<int> TrainableUnits(const UnitPointers& units) {
+  std::vector<int> trainable;
+  for (size_t u = 0; u < units.size(); ++u) {
+    if (units[u]->trainable) trainable.push_back(static_cast<int>(u));
+  }
+  return trainable;
+}
+
 }  // namespace
 
 void ZeroEngine::SaveShards(const std::string& dir) {
@@ -63,14 +74,15 @@ void ZeroEngine::SaveShards(const std::string& dir) {
                      {{"format", kFormatName}});
   }
   if (groups_.world->rank() != 0) return;
+  const std::vector<int> trainable = TrainableUnits(units_);
 
   // Writers are the ranks of the first shard group: world ranks 0 .. shard_count - 1.
   json files = json::array();
   for (int shard = 0; shard < layout_.shard_count; ++shard) {
     json ranges = json::array();
     int64_t local = 0;
-    for (size_t u = 0; u < layout_.units.size(); ++u) {
-      const UnitLayout& unit = layout_.units[u];
+    for (size_t u = 0; u < trainable.size(); ++u) {
+      const UnitLayout& unit = *units_[trainable[u]]->layout;
       ranges.push_back(
           {{"unit", u}, {"begin", shard * unit.shard_size}, {"size", unit.shard_size}, {"local_offset", local}});
       local += unit.shard_size;
@@ -82,7 +94,7 @@ void ZeroEngine::SaveShards(const std::string& dir) {
                       {"world_size", groups_.world->size()},
                       {"zero_stage", config_.stage},
                       {"shard_count", layout_.shard_count},
-                      {"parameter_count", layout_.parameter_count()},
+                      {"parameter_count", layout_.trainable_parameter_count()},
                       {"alignment", kFlatAlignment},
                       {"optimizer_step", optimizer_->step()},
                       {"units", LayoutJson(layout_)},
@@ -119,7 +131,8 @@ void ZeroEngine::LoadShards(const std::string& dir) {
   // Assembled on the host, then moved to where the engine keeps them.
   at::Tensor host[3] = {at::zeros({master_.numel()}, at::kFloat), at::zeros({master_.numel()}, at::kFloat),
                         at::zeros({master_.numel()}, at::kFloat)};
-  std::vector<int64_t> covered(units_.size(), 0);
+  const std::vector<int> trainable = TrainableUnits(units_);
+  std::vector<int64_t> covered(trainable.size(), 0);
   for (const json& entry : index.at("files")) {
     const auto file = SafetensorsFile::Open(fs::path(dir) / entry.at("file").get<std::string>());
     const int64_t elements = entry.at("elements").get<int64_t>();
@@ -128,8 +141,8 @@ void ZeroEngine::LoadShards(const std::string& dir) {
     float* destinations[3] = {host[0].data_ptr<float>(), host[1].data_ptr<float>(), host[2].data_ptr<float>()};
     for (const json& range : entry.at("ranges")) {
       const auto u = range.at("unit").get<size_t>();
-      ST_CHECK(u < units_.size(), "checkpoint range names unit {}", u);
-      const Unit& unit = *units_[u];
+      ST_CHECK(u < trainable.size(), "checkpoint range names unit {}", u);
+      const Unit& unit = *units_[trainable[u]];
       const int64_t file_begin = range.at("begin").get<int64_t>();
       const int64_t file_local = range.at("local_offset").get<int64_t>();
       const int64_t file_size = range.at("size").get<int64_t>();
@@ -148,8 +161,8 @@ void ZeroEngine::LoadShards(const std::string& dir) {
       covered[u] += end - begin;
     }
   }
-  for (size_t u = 0; u < units_.size(); ++u) {
-    const Unit& unit = *units_[u];
+  for (size_t u = 0; u < trainable.size(); ++u) {
+    const Unit& unit = *units_[trainable[u]];
     const int64_t needed =
         std::max<int64_t>(0, std::min(unit.shard_begin + unit.shard_size, unit.layout->numel) - unit.shard_begin);
     if (covered[u] != needed) {

@@ -39,8 +39,8 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   const int shard_count = config.stage == 0 ? 1 : groups.shard->size();
   const int shard_rank = config.stage == 0 ? 0 : groups.shard->rank();
   layout_ = PlanLayout(units, shard_count);
-  master_ = at::zeros({layout_.shard_total()}, Options(at::kFloat));
-  grad_local_ = at::zeros({layout_.shard_total()}, Options(at::kFloat));
+  master_ = at::zeros({layout_.trainable_shard_total()}, Options(at::kFloat));
+  grad_local_ = at::zeros({layout_.trainable_shard_total()}, Options(at::kFloat));
 
   std::vector<DecayRange> decay;
   int64_t local = 0;
@@ -51,8 +51,20 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
     unit->local_offset = local;
     unit->shard_begin = shard_rank * l.shard_size;
     unit->shard_size = l.shard_size;
+    unit->trainable = l.trainable;
+    unit_index_[l.name] = static_cast<int>(u);
+    for (const auto& p : l.parameters) unit_of_[p.spec.name] = static_cast<int>(u);
+    if (!l.trainable) {
+      // Frozen: only the compute-dtype parameters, whole (stages 0-2) or sharded (stage 3).
+      if (config.stage == 3) {
+        unit->param_shard = at::zeros({l.shard_size}, Options(config.compute_dtype));
+        unit->persistent = l.numel < config.persistence_threshold;
+      }
+      if (config.stage != 3 || unit->persistent) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
+      units_.push_back(std::move(unit));
+      continue;
+    }
     for (const auto& p : l.parameters) {
-      unit_of_[p.spec.name] = static_cast<int>(u);
       if (!p.spec.weight_decay) continue;
       // The part of this parameter inside this rank's shard, in master_ coordinates.
       const int64_t begin = std::max(p.offset, unit->shard_begin);
@@ -82,7 +94,8 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
     local += l.shard_size;
     units_.push_back(std::move(unit));
   }
-  optimizer_ = std::make_unique<AdamW>(config.optimizer, layout_.shard_total(), std::move(decay), config.device);
+  optimizer_ =
+      std::make_unique<AdamW>(config.optimizer, layout_.trainable_shard_total(), std::move(decay), config.device);
 }
 
 ZeroEngine::~ZeroEngine() {
@@ -116,14 +129,30 @@ int ZeroEngine::UnitOf(const std::string& parameter) const {
   return it->second;
 }
 
+std::optional<int> ZeroEngine::FindUnit(const std::string& unit_name) const {
+  const auto it = unit_index_.find(unit_name);
+  if (it == unit_index_.end()) return std::nullopt;
+  return it->second;
+}
+
+bool ZeroEngine::Selected(const Unit& unit, Units which) {
+  return which == Units::kAll || (which == Units::kTrainable) == unit.trainable;
+}
+
 CollectiveTag ZeroEngine::Tag(int u) const { return CollectiveTag{layout_.units[u].name, step_}; }
 
-void ZeroEngine::LoadWeights(const std::function<at::Tensor(const ParameterSpec&)>& source) {
+void ZeroEngine::LoadWeights(const std::function<at::Tensor(const ParameterSpec&)>& source, Units which) {
   at::NoGradGuard no_grad;
   for (auto& unit : units_) {
+    if (!Selected(*unit, which)) continue;
     at::Tensor whole = at::zeros({unit->layout->padded}, Options(at::kFloat));
     for (const auto& p : unit->layout->parameters) {
       whole.narrow(0, p.offset, p.numel).copy_(source(p.spec).reshape({-1}));
+    }
+    if (!unit->trainable) {
+      if (unit->full.defined()) unit->full.copy_(whole);
+      if (unit->param_shard.defined()) unit->param_shard.copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
+      continue;
     }
     unit->MasterSlice(master_).copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
     if (unit->full.defined() && !unit->full.is_same(unit->MasterSlice(master_))) unit->full.copy_(whole);
@@ -174,13 +203,17 @@ UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_
       const int direction = requires_grad && config_.recompute ? -1 : 1;
       for (int k = 1; u == units.front() && k <= config_.prefetch_units; ++k) {
         const int next = u + direction * k;
-        if (next >= 0 && next < static_cast<int>(units_.size()) && !units_[next]->persistent) Gather(next);
+        // Frozen base layers and their adapters alternate in use but not in order: prefetch the next of the same kind.
+        if (next >= 0 && next < static_cast<int>(units_.size()) && !units_[next]->persistent &&
+            units_[next]->trainable == unit.trainable) {
+          Gather(next);
+        }
       }
     }
     ++unit.acquired;
     for (const auto& p : unit.layout->parameters) {
       at::Tensor view = unit.full.narrow(0, p.offset, p.numel).view(p.spec.shape);
-      if (requires_grad) view = view.detach().requires_grad_(true);
+      if (requires_grad && unit.trainable) view = view.detach().requires_grad_(true);
       params.Add(p.spec.name, view);
     }
   }
@@ -196,7 +229,7 @@ void ZeroEngine::Release(const std::vector<int>& units) {
 }
 
 void ZeroEngine::NoteForwardUse(const std::vector<int>& units) {
-  for (int u : units) ++units_[u]->uses;
+  for (int u : units) units_[u]->uses += units_[u]->trainable ? 1 : 0;
 }
 
 void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameters& params,
@@ -217,6 +250,7 @@ void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameter
   }
   for (int u : units) {
     Unit& unit = *units_[u];
+    if (!unit.trainable) continue;
     ST_CHECK(unit.uses > 0, "unit {} got gradients for more uses than its forward had", unit.layout->name);
     if (--unit.uses == 0 && (config_.stage >= 2 || last_micro_batch_)) IssueReduction(u);
   }
@@ -281,6 +315,7 @@ void ZeroEngine::PublishParameters() {
   std::vector<std::unique_ptr<Pending>> gathers;
   for (size_t u = 0; u < units_.size(); ++u) {
     Unit& unit = *units_[u];
+    if (!unit.trainable) continue;  // frozen weights never change
     at::Tensor master = unit.MasterSlice(master_);
     if (config_.stage == 0) {
       if (!unit.full.is_same(master)) unit.full.copy_(master);
@@ -315,9 +350,20 @@ void ZeroEngine::DropGathered() {
 }
 
 void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&, const at::Tensor&)>& sink,
-                                     Buffer buffer) {
+                                     Buffer buffer, Units which) {
   for (size_t u = 0; u < units_.size(); ++u) {
     Unit& unit = *units_[u];
+    if (!Selected(unit, which) || (buffer == Buffer::kGradients && !unit.trainable)) continue;
+    if (!unit.trainable) {
+      at::Tensor whole = unit.full;
+      if (config_.stage == 3 && !unit.persistent) {
+        whole = at::empty({unit.layout->padded}, Options(config_.compute_dtype));
+        groups_.shard->AllGather(unit.param_shard, whole, CollectiveTag{unit.layout->name + " (export)", step_})
+            ->Wait();
+      }
+      sink(*unit.layout, whole.to(at::kFloat));
+      continue;
+    }
     at::Tensor master = unit.MasterSlice(buffer == Buffer::kWeights ? master_ : grad_local_);
     if (config_.stage == 0 || groups_.shard->size() == 1) {
       sink(*unit.layout, master);
@@ -332,12 +378,18 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
 MemoryAccount ZeroEngine::memory() const {
   MemoryAccount account;
   const int64_t element = static_cast<int64_t>(c10::elementSize(config_.compute_dtype));
-  const int64_t local = layout_.shard_total();
+  const int64_t local = layout_.trainable_shard_total();
   account.optimizer = 2 * 4 * local;  // AdamW moments
   bool master_is_parameters = config_.stage == 0 && config_.compute_dtype == at::kFloat;
   if (!master_is_parameters) account.optimizer += 4 * local;  // fp32 master weights
   account.gradients = 4 * local;
   for (const auto& unit : units_) {
+    if (!unit->trainable) {
+      const bool whole = config_.stage != 3 || unit->persistent;
+      account.parameters += element * (config_.stage == 3 ? unit->shard_size : 0);
+      account.parameters += whole ? element * unit->layout->padded : 0;
+      continue;
+    }
     if (config_.stage == 1) account.gradients += 4 * unit->layout->padded;
     if (config_.stage <= 2) account.parameters += element * unit->layout->padded;
     if (config_.stage == 3) {

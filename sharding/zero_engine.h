@@ -13,7 +13,10 @@
 //      again before its backward, and freed after each (units smaller than the persistence
 //      threshold stay gathered). The next unit's gather is issued ahead (prefetch).
 // With hybrid sharding (shard group smaller than the world), shards live within the shard
-// group and gradient shards are also all-reduced across the replica group.
+// group and gradient shards are also all-reduced across the replica group. Frozen units (the
+// base model under LoRA and its kin) are held in the compute dtype only, whole at stages 0-2 and
+// sharded at stage 3 (gathered for each use like any other unit); they have no gradient buffer,
+// no reduction and no optimizer state.
 //
 // Contract: all ranks drive the engine through the same sequence of calls (the same units in
 // the same order, the same number of micro-batches); the engine issues collectives in that
@@ -26,6 +29,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -87,10 +91,13 @@ class ZeroEngine {
   const ZeroConfig& config() const { return config_; }
   const ProcessGroups& groups() const { return groups_; }
   int UnitOf(const std::string& parameter) const;
+  std::optional<int> FindUnit(const std::string& unit_name) const;
 
-  // Fills the weights from full fp32 tensors, one parameter at a time (each rank keeps what it
-  // holds). `source(spec)` returns the parameter shaped as its spec.
-  void LoadWeights(const std::function<at::Tensor(const ParameterSpec&)>& source);
+  enum class Units { kAll, kTrainable, kFrozen };
+
+  // Fills the weights of `which` units from full fp32 tensors, one parameter at a time (each rank
+  // keeps what it holds). `source(spec)` returns the parameter shaped as its spec.
+  void LoadWeights(const std::function<at::Tensor(const ParameterSpec&)>& source, Units which = Units::kAll);
 
   // --- one optimizer step ---
   void BeginStep(int64_t step);
@@ -114,20 +121,22 @@ class ZeroEngine {
   // available for the next forward.
   void OptimizerStep(double lr, double grad_scale);
 
-  // Streams the fp32 weights (or, after FinishGradients, the reduced gradient) in unit order;
-  // `sink` runs on every rank with one whole unit at a time (all ranks take part in the gathers).
+  // Streams the fp32 weights (or, after FinishGradients, the reduced gradient) of `which` units
+  // in unit order; `sink` runs on every rank with one whole unit at a time (all ranks take part in
+  // the gathers). Frozen units have no gradient and are skipped for kGradients.
   enum class Buffer { kWeights, kGradients };
   void ForEachUnitGathered(const std::function<void(const UnitLayout&, const at::Tensor& full_fp32)>& sink,
-                           Buffer buffer = Buffer::kWeights);
+                           Buffer buffer = Buffer::kWeights, Units which = Units::kAll);
 
   MemoryAccount memory() const;
   int64_t bytes_sent() const;
 
   // --- checkpoints (sharding/zero_checkpoint.cc) ---
-  // Writes this rank's shards into `dir` if it holds the first copy of them; world rank 0 also
-  // writes index.json. The caller creates `dir` and synchronizes the ranks around the call.
+  // Writes this rank's shards of the trainable units into `dir` if it holds the first copy of
+  // them; world rank 0 also writes index.json. Frozen units are not saved: they are the base
+  // model, loaded again from where it came. The caller creates `dir` and synchronizes the ranks.
   void SaveShards(const std::string& dir);
-  // Loads from a checkpoint written with any world size, stage or shard group size.
+  // Loads the trainable units from a checkpoint written with any world size, stage or shard group size.
   void LoadShards(const std::string& dir);
   AdamW& optimizer() { return *optimizer_; }
   at::Tensor& master() { return master_; }
@@ -135,6 +144,7 @@ class ZeroEngine {
  private:
   struct Unit;
   struct Pending;
+  static bool Selected(const Unit& unit, Units which);
   void IssueReduction(int u);
   void RetirePending(size_t keep);  // completes all but the newest `keep` reductions
   void DropGathered();
@@ -150,8 +160,9 @@ class ZeroEngine {
   ZeroConfig config_;
   ProcessGroups groups_;
   std::vector<std::unique_ptr<Unit>> units_;
-  std::map<std::string, int> unit_of_;
-  at::Tensor master_;      // fp32: this rank's shards of every unit, concatenated (whole units at stage 0)
+  std::map<std::string, int> unit_of_;     // parameter name -> unit
+  std::map<std::string, int> unit_index_;  // unit name -> unit
+  at::Tensor master_;      // fp32: this rank's shards of every trainable unit, concatenated (whole at stage 0)
   at::Tensor grad_local_;  // fp32, the gradient for master_
   std::unique_ptr<AdamW> optimizer_;
   std::deque<std::unique_ptr<Pending>> pending_;  // reductions in flight, oldest first

@@ -11,9 +11,10 @@ namespace shardtune {
 
 struct ZeroEngine::Unit {
   const UnitLayout* layout = nullptr;
-  int64_t local_offset = 0;  // into master_ and grad_local_
+  int64_t local_offset = 0;  // into master_ and grad_local_ (trainable units only)
   int64_t shard_begin = 0;   // inside the unit
   int64_t shard_size = 0;
+  bool trainable = true;
   bool persistent = true;  // parameters stay gathered between uses
   at::Tensor full;         // (padded,) compute dtype; undefined while released (stage 3)
   at::Tensor param_shard;  // stage 3: (shard_size,) compute dtype, the all-gather's input

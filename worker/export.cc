@@ -2,68 +2,129 @@
 
 #include <spdlog/spdlog.h>
 
+#include <map>
+
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/safetensors.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
+#include "worker/peft/adapter_io.h"
 
 namespace shardtune {
 
 namespace fs = std::filesystem;
 
-void ExportHfModel(ZeroEngine& engine, Communicator& world, const fs::path& out_dir, const fs::path& model_dir,
-                   ComputeDType dtype) {
+namespace {
+
+// Rank 0's copy of every trainable parameter of a PEFT method (small by construction).
+std::map<std::string, at::Tensor> GatherTrainable(ZeroEngine& engine, bool keep) {
+  std::map<std::string, at::Tensor> tensors;
+  engine.ForEachUnitGathered(
+      [&](const UnitLayout& unit, const at::Tensor& full) {
+        if (!keep) return;
+        for (const auto& p : unit.parameters)
+          tensors[p.spec.name] = full.narrow(0, p.offset, p.numel).view(p.spec.shape).cpu().clone();
+      },
+      ZeroEngine::Buffer::kWeights, ZeroEngine::Units::kTrainable);
+  return tensors;
+}
+
+void WriteMergedModel(ZeroEngine& engine, const PeftMethod& peft, const std::map<std::string, at::Tensor>& trainable,
+                      const fs::path& staging, const fs::path& model_dir, ComputeDType dtype, bool rank0) {
+  if (!peft.mergeable()) {
+    Fail(ErrorCode::kInvalidArgument,
+         "method '{}' adds computation, not weights: it cannot be exported as a merged "
+         "Hugging Face model; export it as peft",
+         ToString(peft.spec().type));
+  }
+  const at::ScalarType type = ToScalarType(dtype);
+  // Base units stream through (merged); the trainable parameters that are model weights
+  // (everything under full fine-tuning, modules_to_save otherwise) follow.
+  const auto streamed = peft.full() ? ZeroEngine::Units::kAll : ZeroEngine::Units::kFrozen;
+  std::unique_ptr<SafetensorsModelWriter> writer;
+  if (rank0) {
+    WriteHfCompanions(staging, model_dir, dtype);
+    std::vector<TensorMeta> metas;
+    for (const auto& unit : engine.layout().units) {
+      if (!unit.trainable || peft.full()) {
+        for (const auto& p : unit.parameters)
+          metas.push_back(TensorMeta{p.spec.name, SafetensorsDTypeOf(type), p.spec.shape});
+      }
+    }
+    for (const auto& p : peft.saved_parameters())
+      metas.push_back(TensorMeta{p.name, SafetensorsDTypeOf(type), p.shape});
+    writer = std::make_unique<SafetensorsModelWriter>(staging, metas);
+  }
+  const TensorLookup adapter = [&](const std::string& name) { return trainable.at(name); };
+  auto append = [&](const std::string& name, const at::Tensor& value) {
+    const at::Tensor tensor = value.to(type).cpu().contiguous();
+    writer->Append(name, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()));
+  };
+  engine.ForEachUnitGathered(
+      [&](const UnitLayout& unit, const at::Tensor& full) {
+        if (!writer) return;
+        for (const auto& p : unit.parameters) {
+          const at::Tensor base = full.narrow(0, p.offset, p.numel).view(p.spec.shape);
+          append(p.spec.name, peft.full() ? base : peft.Merged(p.spec.name, base.cpu(), adapter));
+        }
+      },
+      ZeroEngine::Buffer::kWeights, streamed);
+  if (writer) {
+    for (const auto& p : peft.saved_parameters()) append(p.name, trainable.at(p.name));
+    writer->Finish();
+  }
+}
+
+}  // namespace
+
+void ExportModel(ZeroEngine& engine, Communicator& world, const PeftMethod& peft, const fs::path& out_dir,
+                 const fs::path& model_dir, ComputeDType dtype, const std::vector<ExportFormat>& formats) {
   const bool rank0 = world.rank() == 0;
   const fs::path staging = out_dir.string() + ".tmp";
-  const at::ScalarType type = ToScalarType(dtype);
-  std::unique_ptr<SafetensorsModelWriter> writer;
   if (rank0) {
     if (fs::exists(out_dir))
       Fail(ErrorCode::kFailedPrecondition, "{}: already exists; refusing to overwrite it", out_dir.string());
     fs::remove_all(staging);
     fs::create_directories(staging);
-    WriteHfCompanions(staging, model_dir, dtype);
-    std::vector<TensorMeta> metas;
-    for (const auto& unit : engine.layout().units) {
-      for (const auto& p : unit.parameters)
-        metas.push_back(TensorMeta{p.spec.name, SafetensorsDTypeOf(type), p.spec.shape});
-    }
-    writer = std::make_unique<SafetensorsModelWriter>(staging, metas);
   }
-  engine.ForEachUnitGathered([&](const UnitLayout& unit, const at::Tensor& full) {
-    if (!writer) return;
-    for (const auto& p : unit.parameters) {
-      const at::Tensor tensor = full.narrow(0, p.offset, p.numel).to(type).cpu().contiguous();
-      writer->Append(p.spec.name, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()));
-    }
-  });
-  if (rank0) {
-    writer->Finish();
-    RenameDirectoryAtomic(staging, out_dir);
+  std::map<std::string, at::Tensor> trainable;
+  if (!peft.full()) trainable = GatherTrainable(engine, rank0);
+  for (ExportFormat format : formats) {
+    if (format == ExportFormat::kHf) WriteMergedModel(engine, peft, trainable, staging, model_dir, dtype, rank0);
+    if (format == ExportFormat::kPeft && rank0) WritePeftAdapter(staging, peft, model_dir.string(), trainable, dtype);
   }
+  if (rank0) RenameDirectoryAtomic(staging, out_dir);
   world.Barrier(CollectiveTag{"export"});
 }
 
 void ExportCheckpoint(const fs::path& checkpoint_dir, const std::string& to, const fs::path& out_dir,
                       ComputeDType dtype) {
-  if (to != "hf")
-    Fail(ErrorCode::kUnimplemented,
-         "--to {}: only hf is supported by this build (PEFT adapters come with PEFT methods)", to);
   if (!fs::exists(checkpoint_dir / "index.json")) {
     Fail(ErrorCode::kNotFound, "{}: not a checkpoint (no index.json); expected OUTPUT_DIR/checkpoints/step-N",
          checkpoint_dir.string());
   }
   const fs::path job = checkpoint_dir.parent_path().parent_path() / "job.yaml";
   const JobSpec spec = LoadJobSpec(job);
+  const ExportFormat format = to == "peft" ? ExportFormat::kPeft : ExportFormat::kHf;
+  if (format == ExportFormat::kPeft && spec.method.type == MethodType::kFull) {
+    Fail(ErrorCode::kInvalidArgument, "--to peft: {} was trained with method 'full'; there is no adapter (use --to hf)",
+         checkpoint_dir.string());
+  }
   const LlamaConfig config = LlamaConfig::Load(spec.model.path);
+  const PeftMethod peft(config, spec.method);
   SingleProcessCommunicator world;
   OwnedProcessGroups groups = MakeProcessGroups(world, 0);
   ZeroConfig zero;
   zero.optimizer = spec.training.optimizer;
-  ZeroEngine engine(LlamaUnits(config), zero, groups.groups);
+  ZeroEngine engine(peft.Units(), zero, groups.groups);
+  if (!peft.full()) {  // the frozen base model is not in the checkpoint
+    const SafetensorsCheckpoint base = SafetensorsCheckpoint::Open(spec.model.path);
+    engine.LoadWeights([&](const ParameterSpec& p) { return ReadHfTensor(base, spec.model.path, p); },
+                       ZeroEngine::Units::kFrozen);
+  }
   engine.LoadShards(checkpoint_dir.string());
-  ExportHfModel(engine, world, out_dir, spec.model.path, dtype);
+  ExportModel(engine, world, peft, out_dir, spec.model.path, dtype, {format});
   spdlog::info("exported {} (model {}) to {}", checkpoint_dir.string(), spec.model.path, out_dir.string());
 }
 

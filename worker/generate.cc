@@ -7,6 +7,8 @@
 
 #include "common/error.h"
 #include "worker/models/hf_io.h"
+#include "worker/peft/adapter_io.h"
+#include "worker/peft/peft.h"
 
 namespace shardtune {
 
@@ -61,14 +63,28 @@ std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t
   return generated;
 }
 
-LoadedModel LoadModelForInference(const std::filesystem::path& model_dir) {
+LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir) {
   LoadedModel loaded;
   const LlamaConfig config = LlamaConfig::Load(model_dir);
   loaded.weights = std::make_unique<FlatParameters>(LlamaParameterSpecs(config));
   LoadHfWeights(model_dir, *loaded.weights);
   FlatParameters* flat = loaded.weights.get();
-  loaded.model = std::make_unique<LlamaModel>(
-      config, BindLlamaWeights(config, [flat](const std::string& name) { return flat->Value(*flat->Find(name)); }));
+  auto lookup_in = [](FlatParameters* parameters) {
+    return [parameters](const std::string& name) { return parameters->Value(*parameters->Find(name)); };
+  };
+  LlamaWeights weights = BindLlamaWeights(config, lookup_in(flat));
+  if (!adapter_dir.empty()) {
+    const LoadedAdapter adapter = ReadPeftAdapter(adapter_dir, config);
+    const PeftMethod peft(config, adapter.method);
+    loaded.adapter = std::make_unique<FlatParameters>(peft.parameters());
+    at::NoGradGuard no_grad;
+    for (const auto& slot : loaded.adapter->slots())
+      loaded.adapter->Value(slot).copy_(adapter.tensors.at(slot.spec.name));
+    for (const auto& p : peft.saved_parameters())  // modules_to_save replace the base modules
+      flat->Value(*flat->Find(p.name)).copy_(adapter.tensors.at(p.name));
+    peft.BindModel(lookup_in(loaded.adapter.get()), &weights);
+  }
+  loaded.model = std::make_unique<LlamaModel>(config, std::move(weights));
   return loaded;
 }
 

@@ -24,11 +24,14 @@ struct GenerateOptions {
 std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options);
 
-// A model loaded from a Hugging Face directory for inference, owning its weights.
+// A model loaded from a Hugging Face directory for inference, owning its weights; with a PEFT
+// adapter directory, the adapter is applied unmerged (as PEFT's PeftModel runs it).
 struct LoadedModel {
   std::unique_ptr<FlatParameters> weights;
+  std::unique_ptr<FlatParameters> adapter;
   std::unique_ptr<LlamaModel> model;
 };
-LoadedModel LoadModelForInference(const std::filesystem::path& model_dir);
+LoadedModel LoadModelForInference(const std::filesystem::path& model_dir,
+                                  const std::filesystem::path& adapter_dir = {});
 
 }  // namespace shardtune

@@ -1,11 +1,13 @@
 #include "worker/trainer.h"
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "common/atomic_file.h"
@@ -24,6 +26,8 @@
 #include "worker/export.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
+#include "worker/peft/adapter_io.h"
+#include "worker/peft/peft.h"
 #include "worker/progress.h"
 
 namespace shardtune {
@@ -38,9 +42,6 @@ void CheckSupported(const JobSpec& spec, at::Device device) {
   auto unsupported = [](const std::string& what) {
     Fail(ErrorCode::kUnimplemented, "{} is not supported by this build yet", what);
   };
-  if (spec.method.type != MethodType::kFull) {
-    unsupported(fmt::format("method.type '{}' (supported: full)", ToString(spec.method.type)));
-  }
   if (spec.data.format == DataFormat::kClassification || spec.data.format == DataFormat::kNer) {
     unsupported(fmt::format("data.format '{}' (supported: chat, completion, alpaca, sharegpt, text, tokens)",
                             ToString(spec.data.format)));
@@ -92,6 +93,7 @@ class Trainer {
         output_dir_(spec.output.dir),
         config_(LlamaConfig::Load(spec.model.path)),
         blocks_(config_),
+        peft_(config_, spec.method),
         compute_dtype_(ToScalarType(spec.model.dtype)),
         device_(world.device()),
         loss_scale_(spec.model.dtype == ComputeDType::kFp16) {}
@@ -101,7 +103,11 @@ class Trainer {
  private:
   void Prepare();
   void LoadData();
-  at::Tensor Forward(const Batch& batch);
+  // Logits of a batch; `training` turns dropout on.
+  at::Tensor Forward(const Batch& batch, bool training);
+  // The units whose parameters some computation uses (`primary`'s unit first: it leads prefetch).
+  std::vector<int> UnitsUsing(const std::string& primary, const std::function<bool(const std::string&)>& uses) const;
+  void LoadInitialWeights(bool resuming);
   void TrainStep(int64_t step);
   void Evaluate(int64_t step);
   void Checkpoint(int64_t step);
@@ -117,10 +123,13 @@ class Trainer {
   fs::path output_dir_;
   LlamaConfig config_;
   LlamaBlocks blocks_;
+  PeftMethod peft_;
   at::ScalarType compute_dtype_;
   at::Device device_;  // the world communicator's: the CPU under MPI, this rank's GPU under NCCL
   OwnedProcessGroups groups_;
   std::unique_ptr<ZeroEngine> engine_;
+  std::vector<int> embed_units_, head_units_;
+  std::vector<std::vector<int>> layer_units_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<Example> train_;
   std::vector<Example> validation_;
@@ -250,12 +259,33 @@ void Trainer::Prepare() {
   // Stage 3 frees a unit's gathered parameters after its forward, so backward must recompute it.
   zero.recompute = spec_.training.activation_checkpointing || zero.stage == 3;
   zero.device = device_;
-  engine_ = std::make_unique<ZeroEngine>(LlamaUnits(config_), zero, groups_.groups);
+  engine_ = std::make_unique<ZeroEngine>(peft_.Units(), zero, groups_.groups);
+  std::set<std::string> adapter;
+  for (const auto& p : peft_.parameters()) adapter.insert(p.name);
+  embed_units_ = UnitsUsing("model.embed_tokens.weight", [&](const std::string& name) {
+    return name == "model.embed_tokens.weight" || (peft_.prompt_tokens() > 0 && adapter.count(name));
+  });
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    const std::string prefix = fmt::format("model.layers.{}.", i);
+    layer_units_.push_back(UnitsUsing(prefix + "input_layernorm.weight", [&](const std::string& name) {
+      return name.rfind(prefix, 0) == 0 || (adapter.count(name) && peft_.UsedByLayer(name, i));
+    }));
+  }
+  head_units_ = UnitsUsing("model.norm.weight", [&](const std::string& name) {
+    return name == "model.norm.weight" || name == LmHeadName(config_);
+  });
 
   if (rank0_) {
     const MemoryAccount memory = engine_->memory();
     spdlog::info("model {}: {} {} layers, hidden {}, {} parameters", spec_.model.path, config_.model_type,
-                 config_.num_hidden_layers, config_.hidden_size, engine_->layout().parameter_count());
+                 config_.num_hidden_layers, config_.hidden_size, config_.num_parameters());
+    if (!peft_.full()) {
+      const int64_t trainable = engine_->layout().trainable_parameter_count();
+      spdlog::info("method {}: {} trainable parameters ({:.3f}% of the model's {}); the base model is frozen",
+                   ToString(spec_.method.type), trainable,
+                   100.0 * static_cast<double>(trainable) / static_cast<double>(config_.num_parameters()),
+                   config_.num_parameters());
+    }
     spdlog::info(
         "plan: {} ranks, ZeRO stage {}{}, {} steps ({} per epoch), global batch {} = micro-batch {} x {} ranks x "
         "accumulation {}",
@@ -282,6 +312,7 @@ void Trainer::Prepare() {
            "{}: written by a run of {} steps, but this spec plans {}; resume with the same plan", latest->string(),
            state.total_steps, total_steps_);
     }
+    LoadInitialWeights(/*resuming=*/true);
     engine_->LoadShards(latest->string());
     step_ = state.step;
     tokens_ = state.tokens;
@@ -289,14 +320,66 @@ void Trainer::Prepare() {
     summary_.resumed_from_step = step_;
     if (rank0_) spdlog::info("resuming from {} (step {})", latest->string(), step_);
   } else {
-    const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(spec_.model.path);
-    engine_->LoadWeights(
-        [&](const ParameterSpec& parameter) { return ReadHfTensor(weights, spec_.model.path, parameter); });
+    LoadInitialWeights(/*resuming=*/false);
   }
   if (rank0_) {
     metrics_ = std::make_unique<MetricsLog>(output_dir_ / "metrics.jsonl", step_);
     progress_ = std::make_unique<ProgressBar>(step_, total_steps_);
   }
+}
+
+std::vector<int> Trainer::UnitsUsing(const std::string& primary,
+                                     const std::function<bool(const std::string&)>& uses) const {
+  const int first = engine_->UnitOf(primary);
+  std::vector<int> units = {first};
+  const auto& layout = engine_->layout().units;
+  for (size_t u = 0; u < layout.size(); ++u) {
+    if (static_cast<int>(u) == first) continue;
+    for (const auto& p : layout[u].parameters) {
+      if (uses(p.spec.name)) {
+        units.push_back(static_cast<int>(u));
+        break;
+      }
+    }
+  }
+  return units;
+}
+
+void Trainer::LoadInitialWeights(bool resuming) {
+  // The base model from model.path; a new adapter from method.init_from or initialized. On
+  // resume only the frozen base: the checkpoint holds everything trained.
+  if (resuming && peft_.full()) return;
+  const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(spec_.model.path);
+  std::map<std::string, ParameterSpec> base_specs;
+  for (const auto& p : LlamaParameterSpecs(config_)) base_specs[p.name] = p;
+  auto base = [&](const std::string& name) { return ReadHfTensor(weights, spec_.model.path, base_specs.at(name)); };
+  std::map<std::string, at::Tensor> start;
+  if (!spec_.method.init_from.empty() && !resuming) {
+    LoadedAdapter loaded = ReadPeftAdapter(spec_.method.init_from, config_);
+    if (loaded.method.type != spec_.method.type) {
+      Fail(ErrorCode::kInvalidArgument, "method.init_from: {} holds a {} adapter, but method.type is '{}'",
+           spec_.method.init_from, ToString(loaded.method.type), ToString(spec_.method.type));
+    }
+    start = std::move(loaded.tensors);
+    for (const auto& p : peft_.parameters()) {
+      const auto it = start.find(p.name);
+      if (it == start.end() || it->second.sizes().vec() != p.shape) {
+        Fail(ErrorCode::kInvalidArgument,
+             "method.init_from: {} has no tensor '{}' of shape [{}]; its adapter_config.json must match method.{}",
+             spec_.method.init_from, p.name, fmt::join(p.shape, ", "), ToString(spec_.method.type));
+      }
+    }
+    if (rank0_) spdlog::info("method.init_from: starting from the adapter in {}", spec_.method.init_from);
+  }
+  std::set<std::string> adapter;
+  for (const auto& p : peft_.parameters()) adapter.insert(p.name);
+  engine_->LoadWeights(
+      [&](const ParameterSpec& parameter) {
+        if (const auto it = start.find(parameter.name); it != start.end()) return it->second;
+        if (adapter.count(parameter.name)) return peft_.Initial(parameter, spec_.training.seed, base);
+        return ReadHfTensor(weights, spec_.model.path, parameter);
+      },
+      resuming ? ZeroEngine::Units::kFrozen : ZeroEngine::Units::kAll);
 }
 
 std::optional<fs::path> Trainer::AgreedLatestCheckpoint(const fs::path& checkpoints) {
@@ -336,11 +419,12 @@ std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
   return batch;
 }
 
-at::Tensor Trainer::Forward(const Batch& batch) {
+at::Tensor Trainer::Forward(const Batch& batch, bool training) {
   const int64_t layers = config_.num_hidden_layers;
-  at::Tensor h =
-      ApplyUnits(*engine_, {0}, batch.input_ids.to(device_), [this](const at::Tensor& ids, const UnitParameters& p) {
-        return blocks_.Embed(ids, p("model.embed_tokens.weight"));
+  at::Tensor h = ApplyUnits(
+      *engine_, embed_units_, batch.input_ids.to(device_), [this](const at::Tensor& ids, const UnitParameters& p) {
+        if (peft_.prompt_tokens() == 0) return blocks_.Embed(ids, p("model.embed_tokens.weight"));
+        return blocks_.EmbedWithPrompt(ids, p("model.embed_tokens.weight"), p("prompt_embeddings"));
       });
   // Captured by value: with recompute, a unit's computation runs again inside backward.
   const Positions host = blocks_.PositionsFor(batch.input_ids.size(0), batch.input_ids.size(1), 0, batch.attention_mask,
@@ -348,15 +432,15 @@ at::Tensor Trainer::Forward(const Batch& batch) {
   const Positions positions{host.cos.to(device_), host.sin.to(device_), host.mask.to(device_),
                             host.window_mask.defined() ? host.window_mask.to(device_) : at::Tensor()};
   for (int64_t i = 0; i < layers; ++i) {
-    h = ApplyUnits(*engine_, {static_cast<int>(1 + i)}, h,
-                   [this, i, positions](const at::Tensor& x, const UnitParameters& p) {
-                     return blocks_.Layer(BindLlamaLayer(config_, i, [&p](const std::string& name) { return p(name); }),
-                                          x, positions, /*cache=*/nullptr, static_cast<size_t>(i));
+    h = ApplyUnits(*engine_, layer_units_[i], h,
+                   [this, i, positions, training](const at::Tensor& x, const UnitParameters& p) {
+                     const TensorLookup lookup = [&p](const std::string& name) { return p(name); };
+                     LlamaLayerWeights weights = BindLlamaLayer(config_, i, lookup);
+                     peft_.BindLayer(i, lookup, training, &weights);
+                     return blocks_.Layer(weights, x, positions, /*cache=*/nullptr, static_cast<size_t>(i));
                    });
   }
-  std::vector<int> head_units = {static_cast<int>(layers + 1)};
-  if (config_.tie_word_embeddings) head_units.push_back(0);
-  return ApplyUnits(*engine_, head_units, h, [this](const at::Tensor& x, const UnitParameters& p) {
+  return ApplyUnits(*engine_, head_units_, h, [this](const at::Tensor& x, const UnitParameters& p) {
     return blocks_.Head(x, p("model.norm.weight"), p(LmHeadName(config_)));
   });
 }
@@ -390,8 +474,8 @@ void Trainer::TrainStep(int64_t step) {
     engine_->BeginMicroBatch(a + 1 == accumulation_);
     const std::vector<const Example*> examples(batch.begin() + first + a * micro_,
                                                batch.begin() + first + (a + 1) * micro_);
-    const Batch micro_batch = Collate(examples, config_.pad_token_id);
-    const LossSum loss = CausalLmLossSum(Forward(micro_batch), micro_batch.labels.to(device_));
+    const Batch micro_batch = WithVirtualTokens(Collate(examples, config_.pad_token_id), peft_.prompt_tokens());
+    const LossSum loss = CausalLmLossSum(Forward(micro_batch, /*training=*/true), micro_batch.labels.to(device_));
     // The loss is the mean over every target token of the global batch: each micro-batch on
     // each rank contributes its sum divided by the global count, and ranks sum gradients.
     // Backward runs even for a batch without targets (as a zero) so every rank's reductions run.
@@ -472,8 +556,8 @@ void Trainer::Evaluate(int64_t step) {
       examples.push_back(&idle);
       example_tasks.push_back(0);
     }
-    const Batch batch = Collate(examples, config_.pad_token_id);
-    const auto [loss, targets] = CausalLmLossPerExample(Forward(batch), batch.labels.to(device_));
+    const Batch batch = WithVirtualTokens(Collate(examples, config_.pad_token_id), peft_.prompt_tokens());
+    const auto [loss, targets] = CausalLmLossPerExample(Forward(batch, /*training=*/false), batch.labels.to(device_));
     const at::Tensor columns = at::tensor(example_tasks, at::kLong).to(device_) + 1;
     sums[0].index_add_(0, columns, loss.to(at::kDouble));
     sums[1].index_add_(0, columns, targets.to(at::kDouble));
@@ -527,8 +611,14 @@ void Trainer::Checkpoint(int64_t step) {
 }
 
 void Trainer::Export() {
-  ExportHfModel(*engine_, world_, output_dir_ / "final", spec_.model.path, spec_.model.dtype);
-  if (rank0_) spdlog::info("exported the fine-tuned model to {}", (output_dir_ / "final").string());
+  ExportModel(*engine_, world_, peft_, output_dir_ / "final", spec_.model.path, spec_.model.dtype,
+              spec_.output.export_formats);
+  if (rank0_) {
+    std::string what;
+    for (ExportFormat f : spec_.output.export_formats)
+      what += std::string(what.empty() ? "" : " and ") + (f == ExportFormat::kHf ? "model" : "adapter");
+    spdlog::info("exported the fine-tuned {} to {}", what, (output_dir_ / "final").string());
+  }
 }
 
 TrainingSummary Trainer::Run() {
@@ -546,9 +636,7 @@ TrainingSummary Trainer::Run() {
   if (step_ < total_steps_) return summary_;
 
   if (spec_.training.eval_every == 0 || total_steps_ % spec_.training.eval_every != 0) Evaluate(total_steps_);
-  for (ExportFormat format : spec_.output.export_formats) {
-    if (format == ExportFormat::kHf) Export();
-  }
+  Export();
   summary_.finished = true;
   return summary_;
 }

@@ -92,12 +92,16 @@ at::Tensor ReadHfTensor(const SafetensorsCheckpoint& checkpoint, const fs::path&
     Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has shape {} but config.json implies {}",
          entry->file->path().string(), spec.name, ShapeString(info.shape), ShapeString(spec.shape));
   }
+  return ReadTensorFp32(*entry->file, info);
+}
+
+at::Tensor ReadTensorFp32(const SafetensorsFile& file, const TensorInfo& info) {
   const auto type = ScalarTypeOf(info.dtype);
   if (!type) {
     Fail(ErrorCode::kUnimplemented, "{}: tensor '{}' is {}; supported weight dtypes are F32, F16, BF16",
-         entry->file->path().string(), spec.name, DTypeName(info.dtype));
+         file.path().string(), info.name, DTypeName(info.dtype));
   }
-  void* bytes = const_cast<std::byte*>(entry->file->Data(info));
+  void* bytes = const_cast<std::byte*>(file.Data(info));
   return at::from_blob(bytes, info.shape, at::TensorOptions().dtype(*type)).to(at::kFloat);
 }
 

@@ -19,6 +19,10 @@ namespace shardtune {
 at::Tensor ReadHfTensor(const SafetensorsCheckpoint& checkpoint, const std::filesystem::path& model_dir,
                         const ParameterSpec& spec);
 
+// A tensor of a safetensors file (F32, F16 or BF16) as fp32: for F32 a view of the mapped bytes,
+// valid while `file` lives (clone it to keep it longer).
+at::Tensor ReadTensorFp32(const SafetensorsFile& file, const TensorInfo& info);
+
 // Copies every parameter of `flat` from the checkpoint in `model_dir` (model.safetensors or a
 // sharded index), converting F16/BF16 to fp32. Throws Error naming the file and tensor when one
 // is missing, has another shape than config.json implies, or has an unsupported dtype.

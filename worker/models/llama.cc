@@ -142,6 +142,45 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return at::linear(x, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
 }
 
+// A linear layer with what a parameter-efficient method adds to it (LinearAdapter).
+at::Tensor Linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, const LinearAdapter& a) {
+  const at::Tensor x = a.ia3.defined() && a.ia3_on_input ? input * a.ia3.reshape({-1}) : input;
+  at::Tensor y;
+  if (!a.lora_a.defined()) {
+    y = Linear(x, weight, bias);
+  } else {
+    const at::Tensor dropped = a.lora_dropout > 0 ? at::dropout(x, a.lora_dropout, /*train=*/true) : x;
+    const at::Tensor lora = at::linear(at::linear(dropped, a.lora_a), a.lora_b) * a.lora_scale;
+    if (!a.magnitude.defined()) {
+      y = Linear(x, weight, bias) + lora;
+    } else {
+      // DoRA, as PEFT computes it: the norm is detached (Liu et al., 2024, section 4.3).
+      const at::Tensor merged = weight.to(at::kFloat) + a.lora_scale * at::matmul(a.lora_b, a.lora_a).to(at::kFloat);
+      const at::Tensor norm = merged.norm(2, {1}).detach();
+      const at::Tensor scale = (a.magnitude.to(at::kFloat) / norm).to(x.scalar_type());
+      y = Linear(x, weight, bias) + (scale - 1) * at::linear(dropped, weight) + scale * lora;
+    }
+  }
+  if (a.ia3.defined() && !a.ia3_on_input) y = y * a.ia3.reshape({-1});
+  return y;
+}
+
+at::Tensor Bottleneck(const at::Tensor& x, const BottleneckAdapter& a) {
+  at::Tensor h = Linear(x, a.down, a.down_bias);
+  switch (a.activation) {
+    case AdapterActivation::kRelu:
+      h = at::relu(h);
+      break;
+    case AdapterActivation::kGelu:
+      h = at::gelu(h);
+      break;
+    case AdapterActivation::kSilu:
+      h = at::silu(h);
+      break;
+  }
+  return x + Linear(h, a.up, a.up_bias);
+}
+
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
@@ -203,15 +242,41 @@ at::Tensor LlamaBlocks::Embed(const at::Tensor& input_ids, const at::Tensor& emb
   return at::embedding(embed_tokens, input_ids, config_.padding_idx.value_or(-1));
 }
 
+at::Tensor LlamaBlocks::EmbedWithPrompt(const at::Tensor& input_ids, const at::Tensor& embed_tokens,
+                                        const at::Tensor& prompt_embeddings) const {
+  const int64_t b = input_ids.size(0), p = prompt_embeddings.size(0);
+  const at::Tensor tokens = Embed(input_ids.narrow(1, p, input_ids.size(1) - p), embed_tokens);
+  return at::cat({prompt_embeddings.to(tokens.scalar_type()).unsqueeze(0).expand({b, p, tokens.size(2)}), tokens}, 1);
+}
+
 at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const Positions& positions,
                                   KvCache* cache, size_t layer_index) const {
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
-  at::Tensor q = Linear(x, layer.q_proj, layer.q_bias).view({b, s, heads, d}).transpose(1, 2);
-  at::Tensor k = Linear(x, layer.k_proj, layer.k_bias).view({b, s, kv_heads, d}).transpose(1, 2);
-  at::Tensor v = Linear(x, layer.v_proj, layer.v_bias).view({b, s, kv_heads, d}).transpose(1, 2);
+  const auto& adapters = layer.adapters;
+  at::Tensor q = Linear(x, layer.q_proj, layer.q_bias, adapters[kQProj]).view({b, s, heads, d}).transpose(1, 2);
+  at::Tensor k = Linear(x, layer.k_proj, layer.k_bias, adapters[kKProj]).view({b, s, kv_heads, d}).transpose(1, 2);
+  at::Tensor v = Linear(x, layer.v_proj, layer.v_bias, adapters[kVProj]).view({b, s, kv_heads, d}).transpose(1, 2);
   q = q * positions.cos + RotateHalf(q) * positions.sin;
   k = k * positions.cos + RotateHalf(k) * positions.sin;
+  at::Tensor mask =
+      config_.UsesSlidingWindow(static_cast<int64_t>(layer_index)) ? positions.window_mask : positions.mask;
+  const bool prefix = layer.prefix_keys.defined();
+  if (prefix) {
+    // Prefix tuning: keys and values every query may attend to, already "rotated" (they enter as a
+    // cache would). Scores among real tokens depend only on relative positions, so the real
+    // tokens keep positions 0.. (Hugging Face starts them after the prefix: the same scores).
+    const int64_t p = layer.prefix_keys.size(0);
+    mask = at::cat({at::zeros({mask.size(0), 1, s, p}, mask.options()), mask}, 3);
+    const bool cached = cache != nullptr && cache->keys.size() > layer_index && cache->keys[layer_index].defined();
+    if (!cached) {
+      auto expand = [&](const at::Tensor& t) {
+        return t.to(k.scalar_type()).view({p, kv_heads, d}).transpose(0, 1).unsqueeze(0).expand({b, kv_heads, p, d});
+      };
+      k = at::cat({expand(layer.prefix_keys), k}, 2);
+      v = at::cat({expand(layer.prefix_values), v}, 2);
+    }
+  }
   if (cache != nullptr) {
     if (cache->keys.size() <= layer_index) {
       cache->keys.resize(layer_index + 1);
@@ -226,11 +291,11 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
   }
   const int64_t groups = heads / kv_heads;
   const at::Tensor scores =
-      at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) +
-      (config_.UsesSlidingWindow(static_cast<int64_t>(layer_index)) ? positions.window_mask : positions.mask);
+      at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) + mask;
   const at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   const at::Tensor context = at::matmul(probs, RepeatKv(v, groups)).transpose(1, 2).reshape({b, s, heads * d});
-  return Linear(context, layer.o_proj, layer.o_bias);
+  at::Tensor out = Linear(context, layer.o_proj, layer.o_bias, adapters[kOProj]);
+  return layer.attention_adapter.down.defined() ? Bottleneck(out, layer.attention_adapter) : out;
 }
 
 at::Tensor LlamaBlocks::Layer(const LlamaLayerWeights& layer, const at::Tensor& hidden, const Positions& positions,
@@ -238,9 +303,11 @@ at::Tensor LlamaBlocks::Layer(const LlamaLayerWeights& layer, const at::Tensor& 
   at::Tensor h = hidden + Attention(layer, RmsNorm(hidden, layer.input_layernorm, config_.rms_norm_eps), positions,
                                     cache, layer_index);
   const at::Tensor x = RmsNorm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
-  const at::Tensor gated =
-      at::silu(Linear(x, layer.gate_proj, layer.gate_bias)) * Linear(x, layer.up_proj, layer.up_bias);
-  return h + Linear(gated, layer.down_proj, layer.down_bias);
+  const auto& adapters = layer.adapters;
+  const at::Tensor gated = at::silu(Linear(x, layer.gate_proj, layer.gate_bias, adapters[kGateProj])) *
+                           Linear(x, layer.up_proj, layer.up_bias, adapters[kUpProj]);
+  const at::Tensor mlp = Linear(gated, layer.down_proj, layer.down_bias, adapters[kDownProj]);
+  return h + (layer.mlp_adapter.down.defined() ? Bottleneck(mlp, layer.mlp_adapter) : mlp);
 }
 
 at::Tensor LlamaBlocks::Head(const at::Tensor& hidden, const at::Tensor& norm, const at::Tensor& lm_head) const {
@@ -253,11 +320,21 @@ LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
 at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache) const {
   ST_CHECK(input_ids.dim() == 2, "input_ids must be (batch, seq), got {} dims", input_ids.dim());
   const int64_t past = cache != nullptr ? cache->length : 0;
-  at::Tensor h = blocks_.Embed(input_ids, weights_.embed_tokens);
-  const Positions positions =
-      blocks_.PositionsFor(input_ids.size(0), input_ids.size(1), past, attention_mask, h.scalar_type());
+  at::Tensor ids = input_ids, mask = attention_mask;
+  at::Tensor h;
+  if (weights_.prompt_embeddings.defined() && past == 0) {
+    // Prompt tuning: placeholders for the virtual tokens, which every real token sees.
+    const int64_t b = input_ids.size(0), p = weights_.prompt_embeddings.size(0);
+    ids = at::cat({at::zeros({b, p}, input_ids.options()), input_ids}, 1);
+    if (mask.defined()) mask = at::cat({at::ones({b, p}, mask.options()), mask}, 1);
+    h = blocks_.EmbedWithPrompt(ids, weights_.embed_tokens, weights_.prompt_embeddings);
+  } else {
+    h = blocks_.Embed(ids, weights_.embed_tokens);
+  }
+  const Positions positions = blocks_.PositionsFor(ids.size(0), ids.size(1), past, mask, h.scalar_type());
   for (size_t i = 0; i < weights_.layers.size(); ++i) h = blocks_.Layer(weights_.layers[i], h, positions, cache, i);
-  if (cache != nullptr) cache->length += input_ids.size(1);
+  if (cache != nullptr) cache->length += ids.size(1);
+  if (ids.size(1) != input_ids.size(1)) h = h.narrow(1, ids.size(1) - input_ids.size(1), input_ids.size(1));
   return blocks_.Head(h, weights_.norm, weights_.lm_head);
 }
 

@@ -8,10 +8,12 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "common/job_spec.h"
 #include "sharding/parameter_layout.h"
 #include "worker/models/llama_config.h"
 
@@ -20,6 +22,32 @@ namespace shardtune {
 // Every trainable tensor in Hugging Face's names and order. A tied lm_head is not listed: it is
 // model.embed_tokens.weight.
 std::vector<ParameterSpec> LlamaParameterSpecs(const LlamaConfig& config);
+
+// The linear layers of a decoder layer, as parameter-efficient methods name their targets.
+enum LlamaLinear { kQProj, kKProj, kVProj, kOProj, kGateProj, kUpProj, kDownProj, kLlamaLinearCount };
+inline constexpr std::array<const char*, kLlamaLinearCount> kLlamaLinearNames = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+
+// What a parameter-efficient method adds to one linear layer y = W x + b (worker/peft/ binds it):
+//   LoRA  y + scale * B A dropout(x)
+//   DoRA  (m / |W + scale B A|) * (W x + scale * B A x) + b, the row norm taken as a constant
+//   IA3   y * l (outputs), or W (x * l) + b (inputs, for feed-forward layers)
+struct LinearAdapter {
+  at::Tensor lora_a, lora_b;  // (r, in), (out, r)
+  double lora_scale = 0.0;
+  double lora_dropout = 0.0;  // applied when > 0 (the binder sets it only when training)
+  at::Tensor magnitude;       // DoRA: (out,)
+  at::Tensor ia3;             // IA3: (out, 1), or (1, in) with ia3_on_input
+  bool ia3_on_input = false;
+};
+
+// x + up(act(down(x))) on a sublayer's output, before the residual sum.
+struct BottleneckAdapter {
+  at::Tensor down, down_bias;  // (bottleneck, hidden), (bottleneck)
+  at::Tensor up, up_bias;      // (hidden, bottleneck), (hidden)
+  AdapterActivation activation = AdapterActivation::kRelu;
+};
 
 struct LlamaLayerWeights {
   at::Tensor input_layernorm;                // (hidden)
@@ -30,13 +58,18 @@ struct LlamaLayerWeights {
   at::Tensor gate_proj, up_proj;             // (intermediate, hidden)
   at::Tensor down_proj;                      // (hidden, intermediate)
   at::Tensor gate_bias, up_bias, down_bias;  // undefined unless config.mlp_bias
+  // Parameter-efficient additions; undefined tensors where the method adds nothing.
+  std::array<LinearAdapter, kLlamaLinearCount> adapters;
+  BottleneckAdapter attention_adapter, mlp_adapter;
+  at::Tensor prefix_keys, prefix_values;  // prefix tuning: (virtual tokens, kv_heads * head_dim)
 };
 
 struct LlamaWeights {
   at::Tensor embed_tokens;  // (vocab, hidden)
   std::vector<LlamaLayerWeights> layers;
-  at::Tensor norm;     // (hidden)
-  at::Tensor lm_head;  // (vocab, hidden); the same tensor as embed_tokens when tied
+  at::Tensor norm;               // (hidden)
+  at::Tensor lm_head;            // (vocab, hidden); the same tensor as embed_tokens when tied
+  at::Tensor prompt_embeddings;  // prompt tuning: (virtual tokens, hidden), before the input's
 };
 
 using TensorLookup = std::function<at::Tensor(const std::string& name)>;
@@ -80,6 +113,10 @@ class LlamaBlocks {
                          at::ScalarType dtype, const at::Tensor& position_ids = at::Tensor(),
                          const at::Tensor& document_ids = at::Tensor()) const;
   at::Tensor Embed(const at::Tensor& input_ids, const at::Tensor& embed_tokens) const;
+  // Prompt tuning: the embeddings of `input_ids` whose first P positions (placeholders) are
+  // replaced by the P virtual tokens' embeddings.
+  at::Tensor EmbedWithPrompt(const at::Tensor& input_ids, const at::Tensor& embed_tokens,
+                             const at::Tensor& prompt_embeddings) const;
   // One decoder layer; with a cache, appends this call's keys and values to it.
   at::Tensor Layer(const LlamaLayerWeights& weights, const at::Tensor& hidden, const Positions& positions,
                    KvCache* cache = nullptr, size_t layer_index = 0) const;

@@ -1,0 +1,265 @@
+#include "worker/peft/adapter_io.h"
+
+#include <fmt/ranges.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "common/safetensors.h"
+#include "worker/models/hf_io.h"
+
+namespace shardtune {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kModelPrefix = "base_model.model.";
+constexpr const char* kConfigFile = "adapter_config.json";
+constexpr const char* kWeightsFile = "adapter_model.safetensors";
+
+std::string PeftType(MethodType type) {
+  switch (type) {
+    case MethodType::kLora:
+    case MethodType::kDora:
+      return "LORA";
+    case MethodType::kIa3:
+      return "IA3";
+    case MethodType::kPrefix:
+      return "PREFIX_TUNING";
+    case MethodType::kPrompt:
+      return "PROMPT_TUNING";
+    case MethodType::kAdapter:
+      return "BOTTLENECK";
+    case MethodType::kFull:
+      break;
+  }
+  Fail(ErrorCode::kInvalidArgument, "method.type 'full' has no adapter to write");
+}
+
+// PEFT's key of one of our parameter names; prompt-learning methods keep one bare tensor.
+std::string PeftKey(const std::string& name) { return name == "prompt_embeddings" ? name : kModelPrefix + name; }
+
+json AdapterConfig(const PeftMethod& peft, const std::string& base_model) {
+  const MethodSpec& m = peft.spec();
+  const LlamaConfig& c = peft.config();
+  json config = {{"peft_type", PeftType(m.type)}, {"task_type", "CAUSAL_LM"}, {"base_model_name_or_path", base_model},
+                 {"inference_mode", true},        {"revision", nullptr},      {"auto_mapping", nullptr}};
+  config["modules_to_save"] = m.modules_to_save.empty() ? json(nullptr) : json(m.modules_to_save);
+  switch (m.type) {
+    case MethodType::kLora:
+    case MethodType::kDora: {
+      config.update({{"r", m.lora.r},
+                     {"lora_alpha", m.lora.alpha},
+                     {"lora_dropout", m.lora.dropout},
+                     {"use_rslora", m.lora.use_rslora},
+                     {"use_dora", m.type == MethodType::kDora},
+                     {"bias", "none"},
+                     {"fan_in_fan_out", false},
+                     {"init_lora_weights", true},
+                     {"layers_to_transform", nullptr},
+                     {"layers_pattern", nullptr},
+                     {"rank_pattern", json::object()},
+                     {"alpha_pattern", json::object()}});
+      config["target_modules"] =
+          m.lora.target_is_pattern ? json(m.lora.target_modules[0]) : json(m.lora.target_modules);
+      break;
+    }
+    case MethodType::kIa3:
+      config.update({{"target_modules", m.ia3.target_modules},
+                     {"feedforward_modules", m.ia3.feedforward_modules},
+                     {"fan_in_fan_out", false},
+                     {"init_ia3_weights", true}});
+      break;
+    case MethodType::kPrefix:
+    case MethodType::kPrompt: {
+      const bool prefix = m.type == MethodType::kPrefix;
+      const int64_t kv = c.num_key_value_heads * c.head_dim;
+      config.update({{"num_virtual_tokens", prefix ? m.prefix.num_virtual_tokens : m.prompt.num_virtual_tokens},
+                     {"token_dim", prefix ? kv : c.hidden_size},
+                     {"num_transformer_submodules", 1},
+                     {"num_attention_heads", prefix ? c.num_key_value_heads : c.num_attention_heads},
+                     {"num_layers", c.num_hidden_layers}});
+      if (prefix) {
+        config["prefix_projection"] = m.prefix.projection;
+        config["encoder_hidden_size"] = m.prefix.encoder_hidden_size > 0 ? m.prefix.encoder_hidden_size : kv;
+      } else {
+        config["prompt_tuning_init"] = "RANDOM";
+      }
+      break;
+    }
+    case MethodType::kAdapter:
+      config.update({{"bottleneck_size", m.adapter.bottleneck},
+                     {"placement", ToString(m.adapter.placement)},
+                     {"non_linearity", ToString(m.adapter.activation)}});
+      break;
+    case MethodType::kFull:
+      break;
+  }
+  return config;
+}
+
+[[noreturn]] void ConfigError(const fs::path& file, const std::string& message) {
+  Fail(ErrorCode::kInvalidArgument, "{}: {}", file.string(), message);
+}
+
+template <typename T>
+T Field(const json& config, const fs::path& file, const char* key, const T& fallback) {
+  if (!config.contains(key) || config[key].is_null()) return fallback;
+  try {
+    return config[key].get<T>();
+  } catch (const json::exception&) {
+    ConfigError(file, fmt::format("field '{}' has the wrong type: {}", key, config[key].dump()));
+  }
+}
+
+std::vector<std::string> Strings(const json& config, const fs::path& file, const char* key, bool* single) {
+  if (!config.contains(key) || config[key].is_null()) return {};
+  if (config[key].is_string() && single != nullptr) {
+    *single = true;
+    return {config[key].get<std::string>()};
+  }
+  return Field<std::vector<std::string>>(config, file, key, {});
+}
+
+MethodSpec MethodFromConfig(const json& config, const fs::path& file) {
+  MethodSpec m;
+  const std::string type = Field<std::string>(config, file, "peft_type", "");
+  if (type == "LORA") {
+    m.type = Field<bool>(config, file, "use_dora", false) ? MethodType::kDora : MethodType::kLora;
+    m.lora.r = Field<int64_t>(config, file, "r", m.lora.r);
+    m.lora.alpha = Field<double>(config, file, "lora_alpha", m.lora.alpha);
+    m.lora.dropout = Field<double>(config, file, "lora_dropout", 0.0);
+    m.lora.use_rslora = Field<bool>(config, file, "use_rslora", false);
+    m.lora.target_modules = Strings(config, file, "target_modules", &m.lora.target_is_pattern);
+    if (Field<std::string>(config, file, "bias", "none") != "none") {
+      ConfigError(file, "LoRA bias training ('bias' other than \"none\") is not supported");
+    }
+    if (config.contains("rank_pattern") && !config["rank_pattern"].empty()) {
+      ConfigError(file, "per-module ranks (rank_pattern) are not supported");
+    }
+    if (m.lora.r < 1) ConfigError(file, fmt::format("r must be >= 1, got {}", m.lora.r));
+  } else if (type == "IA3") {
+    m.type = MethodType::kIa3;
+    m.ia3.target_modules = Strings(config, file, "target_modules", nullptr);
+    m.ia3.feedforward_modules = Strings(config, file, "feedforward_modules", nullptr);
+  } else if (type == "PREFIX_TUNING") {
+    m.type = MethodType::kPrefix;
+    m.prefix.num_virtual_tokens = Field<int64_t>(config, file, "num_virtual_tokens", 0);
+    m.prefix.projection = false;  // the file holds the projected prefix
+  } else if (type == "PROMPT_TUNING") {
+    m.type = MethodType::kPrompt;
+    m.prompt.num_virtual_tokens = Field<int64_t>(config, file, "num_virtual_tokens", 0);
+  } else if (type == "BOTTLENECK") {
+    m.type = MethodType::kAdapter;
+    m.adapter.bottleneck = Field<int64_t>(config, file, "bottleneck_size", 0);
+    const std::string placement = Field<std::string>(config, file, "placement", "pfeiffer");
+    const std::string activation = Field<std::string>(config, file, "non_linearity", "relu");
+    m.adapter.placement = placement == "houlsby" ? AdapterPlacement::kHoulsby : AdapterPlacement::kPfeiffer;
+    m.adapter.activation = activation == "gelu"   ? AdapterActivation::kGelu
+                           : activation == "silu" ? AdapterActivation::kSilu
+                                                  : AdapterActivation::kRelu;
+    if (placement != "houlsby" && placement != "pfeiffer") ConfigError(file, "placement must be houlsby or pfeiffer");
+    if (activation != "relu" && activation != "gelu" && activation != "silu")
+      ConfigError(file, "non_linearity must be relu, gelu or silu");
+  } else {
+    ConfigError(file, fmt::format("peft_type '{}' is not one shardtune reads (LORA, IA3, PREFIX_TUNING, "
+                                  "PROMPT_TUNING, BOTTLENECK)",
+                                  type));
+  }
+  if ((m.type == MethodType::kPrefix && m.prefix.num_virtual_tokens < 1) ||
+      (m.type == MethodType::kPrompt && m.prompt.num_virtual_tokens < 1)) {
+    ConfigError(file, "num_virtual_tokens must be >= 1");
+  }
+  if (m.type == MethodType::kAdapter && m.adapter.bottleneck < 1) ConfigError(file, "bottleneck_size must be >= 1");
+  m.modules_to_save = Strings(config, file, "modules_to_save", nullptr);
+  return m;
+}
+
+}  // namespace
+
+void WritePeftAdapter(const fs::path& dir, const PeftMethod& peft, const std::string& base_model,
+                      const std::map<std::string, at::Tensor>& tensors, ComputeDType dtype) {
+  // Every tensor present and non-empty before anything is written.
+  std::vector<ParameterSpec> expected = peft.parameters();
+  for (const auto& p : peft.saved_parameters()) expected.push_back(p);
+  for (const auto& p : expected) {
+    const auto it = tensors.find(p.name);
+    if (it == tensors.end() || !it->second.defined() || it->second.numel() == 0 ||
+        it->second.numel() != NumelOf(p.shape)) {
+      Fail(ErrorCode::kInternal, "refusing to write an adapter without tensor '{}' (shape {}): it is {}", p.name,
+           fmt::join(p.shape, "x"), it == tensors.end() ? "missing" : "empty or of another size");
+    }
+  }
+  std::map<std::string, at::Tensor> out;  // PEFT keys, in the saved dtype
+  const at::ScalarType type = ToScalarType(dtype);
+  const MethodSpec& m = peft.spec();
+  for (const auto& p : expected) {
+    if (m.type == MethodType::kPrefix && m.prefix.projection) break;  // written below, projected
+    out[PeftKey(p.name)] = tensors.at(p.name).reshape(p.shape).to(type).contiguous();
+  }
+  if (m.type == MethodType::kPrefix && m.prefix.projection) {
+    // PEFT saves what the reparameterization produces, not the MLP (it is a training device).
+    auto t = [&](const std::string& name) { return tensors.at("prefix_encoder." + name); };
+    const at::Tensor hidden =
+        at::tanh(at::linear(t("embedding.weight"), t("transform.0.weight"), t("transform.0.bias")));
+    out["prompt_embeddings"] = at::linear(hidden, t("transform.2.weight"), t("transform.2.bias")).to(type).contiguous();
+    for (const auto& p : peft.saved_parameters()) out[PeftKey(p.name)] = tensors.at(p.name).to(type).contiguous();
+  }
+  std::vector<TensorBytes> bytes;
+  for (const auto& [key, tensor] : out) {
+    bytes.push_back(TensorBytes{key, SafetensorsDTypeOf(type), tensor.sizes().vec(), tensor.data_ptr(),
+                                static_cast<size_t>(tensor.nbytes())});
+  }
+  WriteSafetensors(dir / kWeightsFile, bytes);
+  WriteFileAtomic(dir / kConfigFile, AdapterConfig(peft, base_model).dump(2) + "\n");
+}
+
+LoadedAdapter ReadPeftAdapter(const fs::path& dir, const LlamaConfig& config) {
+  const fs::path config_path = dir / kConfigFile;
+  if (!fs::exists(config_path)) {
+    Fail(ErrorCode::kNotFound, "{}: no {} (expected a PEFT adapter directory)", dir.string(), kConfigFile);
+  }
+  json adapter_config;
+  try {
+    adapter_config = json::parse(ReadFile(config_path));
+  } catch (const json::parse_error& e) {
+    ConfigError(config_path, fmt::format("not valid JSON: {}", e.what()));
+  }
+  if (!adapter_config.is_object()) ConfigError(config_path, "expected a JSON object");
+  LoadedAdapter loaded;
+  loaded.method = MethodFromConfig(adapter_config, config_path);
+  const PeftMethod peft(config, loaded.method);
+
+  const fs::path weights = dir / kWeightsFile;
+  const auto file = SafetensorsFile::Open(weights);
+  std::vector<ParameterSpec> expected = peft.parameters();
+  for (const auto& p : peft.saved_parameters()) expected.push_back(p);
+  std::set<std::string> known;
+  for (const auto& p : expected) {
+    const std::string key = PeftKey(p.name);
+    known.insert(key);
+    const TensorInfo* info = file->Find(key);
+    if (info == nullptr) {
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}' (shape {}) is missing; {} implies it", weights.string(), key,
+           fmt::join(p.shape, "x"), kConfigFile);
+    }
+    if (info->shape != p.shape) {
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}' has shape {} but this model and {} imply {}", weights.string(), key,
+           fmt::join(info->shape, "x"), kConfigFile, fmt::join(p.shape, "x"));
+    }
+    loaded.tensors[p.name] = ReadTensorFp32(*file, *info).clone();  // the file is unmapped on return
+  }
+  for (const auto& [key, info] : file->tensors()) {
+    if (!known.count(key)) {
+      Fail(ErrorCode::kDataLoss, "{}: unexpected tensor '{}' for a {} adapter of this model", weights.string(), key,
+           PeftType(loaded.method.type));
+    }
+  }
+  return loaded;
+}
+
+}  // namespace shardtune

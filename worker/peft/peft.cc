@@ -1,0 +1,414 @@
+#include "worker/peft/peft.h"
+
+#include <cmath>
+#include <random>
+#include <regex>
+#include <set>
+
+#include "common/error.h"
+
+namespace shardtune {
+
+namespace {
+
+constexpr const char* kPromptEmbeddings = "prompt_embeddings";
+constexpr const char* kPrefixEncoder = "prefix_encoder.";
+
+std::string LayerPrefix(int64_t layer) { return fmt::format("model.layers.{}.", layer); }
+std::string ModulePath(int64_t layer, LlamaLinear linear) { return LayerPrefix(layer) + kLlamaLinearNames[linear]; }
+std::string AdapterUnit(int64_t layer) { return fmt::format("layer {} adapter", layer); }
+
+bool EndsWithModule(const std::string& path, const std::string& name) {
+  return path == name ||
+         (path.size() > name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0 &&
+          path[path.size() - name.size() - 1] == '.');
+}
+
+// Seeded draws of our own (not LibTorch's generator), so that initial adapters are the same
+// on every LibTorch version, rank and world size.
+uint64_t Fnv1a(const std::string& text) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ULL;
+  return h;
+}
+
+at::Tensor Random(const std::vector<int64_t>& shape, uint64_t seed, const std::string& name, bool normal, double a) {
+  std::mt19937_64 rng(seed ^ Fnv1a(name));
+  auto uniform = [&rng] { return (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53; };
+  at::Tensor t = at::empty(shape, at::kFloat);
+  float* data = t.data_ptr<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    data[i] = static_cast<float>(normal ? a * std::sqrt(-2.0 * std::log(uniform())) * std::cos(2.0 * M_PI * uniform())
+                                        : a * (2.0 * uniform() - 1.0));
+  }
+  return t;
+}
+
+[[noreturn]] void MethodError(const std::string& field, const std::string& message) {
+  Fail(ErrorCode::kInvalidArgument, "method.{}: {}", field, message);
+}
+
+}  // namespace
+
+PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::move(config)), method_(std::move(method)) {
+  const LlamaConfig& c = config_;
+  const int64_t layers = c.num_hidden_layers;
+  const int64_t kv = c.num_key_value_heads * c.head_dim;
+  auto all_targets = [] {
+    std::vector<LlamaLinear> all;
+    for (int k = 0; k < kLlamaLinearCount; ++k) all.push_back(static_cast<LlamaLinear>(k));
+    return all;
+  };
+  // Targets by name: every entry must match some linear layer (as PEFT insists).
+  auto targets_named = [&](const std::vector<std::string>& names, const std::string& field) {
+    std::set<int> hit;
+    for (const std::string& name : names) {
+      bool matched = false;
+      for (int k = 0; k < kLlamaLinearCount; ++k) {
+        for (int64_t i = 0; i < layers && !matched; ++i) matched = EndsWithModule(ModulePath(i, LlamaLinear(k)), name);
+        if (matched) hit.insert(k);
+        if (matched) break;
+      }
+      if (!matched) {
+        MethodError(field, fmt::format("'{}' matches no linear layer of this {} model (its linear layers: q_proj, "
+                                       "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)",
+                                       name, c.model_type));
+      }
+    }
+    std::vector<LlamaLinear> targets;
+    for (int k : hit) targets.push_back(LlamaLinear(k));
+    return targets;
+  };
+
+  switch (method_.type) {
+    case MethodType::kFull:
+      break;
+    case MethodType::kLora:
+    case MethodType::kDora: {
+      const LoraSpec& lora = method_.lora;
+      if (!lora.target_is_pattern) {
+        targets_ = targets_named(lora.target_modules, "lora.target_modules");
+      } else if (lora.target_modules[0] == "all-linear") {
+        targets_ = all_targets();
+      } else {
+        const std::regex pattern(lora.target_modules[0]);
+        for (int k = 0; k < kLlamaLinearCount; ++k) {
+          // A pattern that picks some layers' modules would need per-layer targets: all or none.
+          int matched = 0;
+          for (int64_t i = 0; i < layers; ++i) matched += std::regex_match(ModulePath(i, LlamaLinear(k)), pattern);
+          if (matched == layers) targets_.push_back(LlamaLinear(k));
+          if (matched > 0 && matched < layers) {
+            MethodError("lora.target_modules",
+                        fmt::format("'{}' matches {} of {} layers' {}; patterns must pick a module in every layer",
+                                    lora.target_modules[0], matched, layers, kLlamaLinearNames[k]));
+          }
+        }
+        if (targets_.empty()) {
+          MethodError("lora.target_modules",
+                      fmt::format("'{}' matches no module path (such as 'model.layers.0.self_attn.q_proj')",
+                                  lora.target_modules[0]));
+        }
+      }
+      for (int64_t i = 0; i < layers; ++i) {
+        for (LlamaLinear t : targets_) {
+          const auto [in, out] = InOut(t);
+          const std::string p = ModulePath(i, t);
+          AddParameter(p + ".lora_A.weight", {lora.r, in}, AdapterUnit(i));
+          AddParameter(p + ".lora_B.weight", {out, lora.r}, AdapterUnit(i));
+          if (method_.type == MethodType::kDora) AddParameter(p + ".lora_magnitude_vector", {out}, AdapterUnit(i));
+        }
+      }
+      break;
+    }
+    case MethodType::kIa3: {
+      targets_ = targets_named(method_.ia3.target_modules, "ia3.target_modules");
+      feedforward_ = targets_named(method_.ia3.feedforward_modules, "ia3.feedforward_modules");
+      for (LlamaLinear f : feedforward_) {
+        if (std::find(targets_.begin(), targets_.end(), f) == targets_.end()) {
+          MethodError("ia3.feedforward_modules",
+                      fmt::format("'{}' is not among ia3.target_modules (feed-forward modules must be targets too)",
+                                  kLlamaLinearNames[f]));
+        }
+      }
+      for (int64_t i = 0; i < layers; ++i) {
+        for (LlamaLinear t : targets_) {
+          const auto [in, out] = InOut(t);
+          AddParameter(ModulePath(i, t) + ".ia3_l",
+                       Feedforward(t) ? std::vector<int64_t>{1, in} : std::vector<int64_t>{out, 1}, AdapterUnit(i));
+        }
+      }
+      break;
+    }
+    case MethodType::kAdapter: {
+      const int64_t b = method_.adapter.bottleneck, h = c.hidden_size;
+      for (int64_t i = 0; i < layers; ++i) {
+        for (const char* where : {"attention_adapter", "mlp_adapter"}) {
+          if (std::string(where) == "attention_adapter" && method_.adapter.placement == AdapterPlacement::kPfeiffer)
+            continue;
+          const std::string p = LayerPrefix(i) + where;
+          AddParameter(p + ".down_proj.weight", {b, h}, AdapterUnit(i));
+          AddParameter(p + ".down_proj.bias", {b}, AdapterUnit(i));
+          AddParameter(p + ".up_proj.weight", {h, b}, AdapterUnit(i));
+          AddParameter(p + ".up_proj.bias", {h}, AdapterUnit(i));
+        }
+      }
+      break;
+    }
+    case MethodType::kPrefix: {
+      // As PEFT lays them out: for every virtual token, layer 0's key and value, layer 1's, ...
+      // each of the key/value width (kv heads x head dim: grouped-query attention's).
+      const int64_t p = method_.prefix.num_virtual_tokens, width = layers * 2 * kv;
+      if (!method_.prefix.projection) {
+        AddParameter(kPromptEmbeddings, {p, width}, "prefix");
+      } else {
+        const int64_t hidden = method_.prefix.encoder_hidden_size > 0 ? method_.prefix.encoder_hidden_size : kv;
+        AddParameter(std::string(kPrefixEncoder) + "embedding.weight", {p, kv}, "prefix");
+        AddParameter(std::string(kPrefixEncoder) + "transform.0.weight", {hidden, kv}, "prefix");
+        AddParameter(std::string(kPrefixEncoder) + "transform.0.bias", {hidden}, "prefix");
+        AddParameter(std::string(kPrefixEncoder) + "transform.2.weight", {width, hidden}, "prefix");
+        AddParameter(std::string(kPrefixEncoder) + "transform.2.bias", {width}, "prefix");
+      }
+      break;
+    }
+    case MethodType::kPrompt:
+      AddParameter(kPromptEmbeddings, {method_.prompt.num_virtual_tokens, c.hidden_size}, "prompt");
+      break;
+  }
+
+  // modules_to_save: base modules trained in full, matched by the end of their path.
+  const std::vector<ParameterSpec> base = LlamaParameterSpecs(c);
+  for (const std::string& module : method_.modules_to_save) {
+    bool matched = false;
+    for (const ParameterSpec& p : base) {
+      const std::string path = p.name.substr(0, p.name.rfind('.'));
+      if (!EndsWithModule(path, module)) continue;
+      matched = true;
+      if (std::none_of(saved_.begin(), saved_.end(), [&](const ParameterSpec& s) { return s.name == p.name; }))
+        saved_.push_back(p);
+    }
+    if (!matched) {
+      MethodError("modules_to_save",
+                  module == "lm_head" && c.tie_word_embeddings
+                      ? std::string("'lm_head' is tied to the input embeddings in this model; save 'embed_tokens'")
+                      : fmt::format("'{}' names no module of this model (e.g. embed_tokens, lm_head, norm)", module));
+    }
+  }
+}
+
+void PeftMethod::AddParameter(std::string name, std::vector<int64_t> shape, std::string unit) {
+  const bool decay = shape.size() >= 2 && name.find("bias") == std::string::npos;
+  parameters_.push_back(ParameterSpec{std::move(name), std::move(shape), decay});
+  parameter_units_.push_back(std::move(unit));
+}
+
+std::pair<int64_t, int64_t> PeftMethod::InOut(LlamaLinear linear) const {
+  const LlamaConfig& c = config_;
+  const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  switch (linear) {
+    case kQProj:
+      return {h, q};
+    case kKProj:
+    case kVProj:
+      return {h, kv};
+    case kOProj:
+      return {q, h};
+    case kGateProj:
+    case kUpProj:
+      return {h, c.intermediate_size};
+    default:
+      return {c.intermediate_size, h};
+  }
+}
+
+bool PeftMethod::Feedforward(LlamaLinear linear) const {
+  return std::find(feedforward_.begin(), feedforward_.end(), linear) != feedforward_.end();
+}
+
+double PeftMethod::LoraScale() const {
+  const LoraSpec& l = method_.lora;
+  return l.use_rslora ? l.alpha / std::sqrt(static_cast<double>(l.r)) : l.alpha / static_cast<double>(l.r);
+}
+
+int64_t PeftMethod::trainable_count() const {
+  if (full()) return config_.num_parameters();
+  int64_t n = 0;
+  for (const auto& p : parameters_) n += NumelOf(p.shape);
+  for (const auto& p : saved_) n += NumelOf(p.shape);
+  return n;
+}
+
+std::vector<UnitSpec> PeftMethod::Units() const {
+  std::vector<UnitSpec> units = LlamaUnits(config_);
+  if (full()) return units;
+  auto is_saved = [this](const ParameterSpec& p) {
+    return std::any_of(saved_.begin(), saved_.end(), [&](const ParameterSpec& s) { return s.name == p.name; });
+  };
+  std::vector<UnitSpec> result;
+  for (UnitSpec& unit : units) {
+    unit.trainable = false;
+    unit.parameters.erase(std::remove_if(unit.parameters.begin(), unit.parameters.end(), is_saved),
+                          unit.parameters.end());
+    if (!unit.parameters.empty()) result.push_back(std::move(unit));
+  }
+  // Trainable units after the frozen ones, in the order the parameters were added.
+  for (size_t k = 0; k < parameters_.size(); ++k) {
+    if (result.back().name != parameter_units_[k]) result.push_back(UnitSpec{parameter_units_[k], {}, true});
+    result.back().parameters.push_back(parameters_[k]);
+  }
+  if (!saved_.empty()) result.push_back(UnitSpec{"modules_to_save", saved_, true});
+  return result;
+}
+
+at::Tensor PeftMethod::Initial(const ParameterSpec& spec, uint64_t seed,
+                               const std::function<at::Tensor(const std::string&)>& base) const {
+  const std::string& name = spec.name;
+  auto ends_with = [&name](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  const int64_t fan_in = spec.shape.size() >= 2 ? spec.shape[1] : spec.shape[0];
+  // nn.Linear's default (Kaiming uniform with a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  const double linear_bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  if (ends_with(".lora_A.weight")) return Random(spec.shape, seed, name, false, linear_bound);
+  if (ends_with(".lora_B.weight") || ends_with("up_proj.weight") || ends_with("up_proj.bias")) {
+    return at::zeros(spec.shape, at::kFloat);  // the adapted model starts as the base model
+  }
+  if (ends_with(".lora_magnitude_vector")) {
+    // |W + scale B A| with B = 0: the base weight's row norms.
+    const std::string weight = name.substr(0, name.size() - std::string(".lora_magnitude_vector").size()) + ".weight";
+    return base(weight).norm(2, {1});
+  }
+  if (ends_with(".ia3_l")) return at::ones(spec.shape, at::kFloat);
+  if (ends_with("down_proj.weight") || ends_with("down_proj.bias")) {
+    return Random(spec.shape, seed, name, false, 1.0 / std::sqrt(static_cast<double>(config_.hidden_size)));
+  }
+  if (name.rfind(kPrefixEncoder, 0) == 0 && name.find("transform") != std::string::npos) {
+    const int64_t in = name.find("transform.0") != std::string::npos ? config_.num_key_value_heads * config_.head_dim
+                       : spec.shape.size() >= 2                      ? spec.shape[1]
+                                                                     : 1;
+    return Random(spec.shape, seed, name, false, 1.0 / std::sqrt(static_cast<double>(in)));
+  }
+  if (name == kPromptEmbeddings && method_.type == MethodType::kPrompt) {
+    // Embeddings of tokens sampled from the vocabulary: on the scale the model expects.
+    const at::Tensor embeddings = base("model.embed_tokens.weight");
+    std::mt19937_64 rng(seed ^ Fnv1a(name));
+    std::vector<int64_t> ids;
+    for (int64_t i = 0; i < spec.shape[0]; ++i) ids.push_back(static_cast<int64_t>(rng() % config_.vocab_size));
+    return embeddings.index_select(0, at::tensor(ids, at::kLong)).clone();
+  }
+  // Prefix embeddings (no projection) and the prefix encoder's embedding: nn.Embedding's N(0, 1).
+  return Random(spec.shape, seed, name, true, 1.0);
+}
+
+void PeftMethod::BindLayer(int64_t layer, const TensorLookup& lookup, bool training, LlamaLayerWeights* w) const {
+  const std::string prefix = LayerPrefix(layer);
+  switch (method_.type) {
+    case MethodType::kFull:
+    case MethodType::kPrompt:
+      return;
+    case MethodType::kLora:
+    case MethodType::kDora:
+      for (LlamaLinear t : targets_) {
+        LinearAdapter& a = w->adapters[t];
+        const std::string p = ModulePath(layer, t);
+        a.lora_a = lookup(p + ".lora_A.weight");
+        a.lora_b = lookup(p + ".lora_B.weight");
+        a.lora_scale = LoraScale();
+        a.lora_dropout = training ? method_.lora.dropout : 0.0;
+        if (method_.type == MethodType::kDora) a.magnitude = lookup(p + ".lora_magnitude_vector");
+      }
+      return;
+    case MethodType::kIa3:
+      for (LlamaLinear t : targets_) {
+        LinearAdapter& a = w->adapters[t];
+        a.ia3 = lookup(ModulePath(layer, t) + ".ia3_l");
+        a.ia3_on_input = Feedforward(t);
+      }
+      return;
+    case MethodType::kAdapter: {
+      auto bind = [&](const std::string& where, BottleneckAdapter* a) {
+        a->down = lookup(prefix + where + ".down_proj.weight");
+        a->down_bias = lookup(prefix + where + ".down_proj.bias");
+        a->up = lookup(prefix + where + ".up_proj.weight");
+        a->up_bias = lookup(prefix + where + ".up_proj.bias");
+        a->activation = method_.adapter.activation;
+      };
+      if (method_.adapter.placement == AdapterPlacement::kHoulsby) bind("attention_adapter", &w->attention_adapter);
+      bind("mlp_adapter", &w->mlp_adapter);
+      return;
+    }
+    case MethodType::kPrefix: {
+      const int64_t kv = config_.num_key_value_heads * config_.head_dim;
+      at::Tensor pair;  // (virtual tokens, 2 kv): this layer's keys then values
+      if (!method_.prefix.projection) {
+        pair = lookup(kPromptEmbeddings).narrow(1, 2 * layer * kv, 2 * kv);
+      } else {
+        // The reparameterization MLP, only the output rows of this layer computed.
+        const std::string e = kPrefixEncoder;
+        const at::Tensor hidden = at::tanh(at::linear(lookup(e + "embedding.weight"), lookup(e + "transform.0.weight"),
+                                                      lookup(e + "transform.0.bias")));
+        pair = at::linear(hidden, lookup(e + "transform.2.weight").narrow(0, 2 * layer * kv, 2 * kv),
+                          lookup(e + "transform.2.bias").narrow(0, 2 * layer * kv, 2 * kv));
+      }
+      w->prefix_keys = pair.narrow(1, 0, kv);
+      w->prefix_values = pair.narrow(1, kv, kv);
+      return;
+    }
+  }
+}
+
+void PeftMethod::BindModel(const TensorLookup& lookup, LlamaWeights* weights) const {
+  for (size_t i = 0; i < weights->layers.size(); ++i)
+    BindLayer(static_cast<int64_t>(i), lookup, /*training=*/false, &weights->layers[i]);
+  if (method_.type == MethodType::kPrompt) weights->prompt_embeddings = lookup(kPromptEmbeddings);
+}
+
+bool PeftMethod::UsedByLayer(const std::string& parameter, int64_t layer) const {
+  if (method_.type == MethodType::kPrefix) return true;  // every layer reads its slice of the prefix
+  return parameter.rfind(LayerPrefix(layer), 0) == 0;
+}
+
+bool PeftMethod::mergeable() const {
+  const MethodType t = method_.type;
+  return t == MethodType::kFull || t == MethodType::kLora || t == MethodType::kDora || t == MethodType::kIa3;
+}
+
+at::Tensor PeftMethod::Merged(const std::string& name, const at::Tensor& base, const TensorLookup& adapter) const {
+  ST_CHECK(mergeable(), "method {} cannot be merged", ToString(method_.type));
+  if (full()) return base;
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    if (name.rfind(LayerPrefix(i), 0) != 0) continue;
+    for (LlamaLinear t : targets_) {
+      const std::string module = ModulePath(i, t);
+      const bool weight = name == module + ".weight", bias = name == module + ".bias";
+      if (!weight && !bias) continue;
+      if (method_.type == MethodType::kIa3) {
+        const at::Tensor l = adapter(module + ".ia3_l").to(at::kFloat);
+        if (weight) return base * l;  // (out, 1) scales rows, (1, in) scales columns
+        return Feedforward(t) ? base : base * l.reshape({-1});
+      }
+      if (bias) return base;
+      const at::Tensor delta = LoraScale() * at::matmul(adapter(module + ".lora_B.weight").to(at::kFloat),
+                                                        adapter(module + ".lora_A.weight").to(at::kFloat));
+      const at::Tensor merged = base + delta;
+      if (method_.type == MethodType::kLora) return merged;
+      const at::Tensor magnitude = adapter(module + ".lora_magnitude_vector").to(at::kFloat);
+      return merged * (magnitude / merged.norm(2, {1})).unsqueeze(1);
+    }
+  }
+  return base;
+}
+
+Batch WithVirtualTokens(const Batch& batch, int64_t tokens) {
+  if (tokens == 0) return batch;
+  const int64_t b = batch.input_ids.size(0);
+  auto prepend = [&](const at::Tensor& t, int64_t value) {
+    return at::cat({at::full({b, tokens}, value, t.options()), t}, 1);
+  };
+  Batch result = batch;
+  result.input_ids = prepend(batch.input_ids, 0);
+  result.labels = prepend(batch.labels, -100);
+  result.attention_mask = prepend(batch.attention_mask, 1);
+  return result;
+}
+
+}  // namespace shardtune
