@@ -166,7 +166,7 @@ void ZeroEngine::BeginStep(int64_t step) {
   step_ = step;
   grad_local_.zero_();
   for (auto& unit : units_) {
-    if (config_.stage == 1) unit->full_grad.zero_();
+    if (config_.stage == 1 && unit->trainable) unit->full_grad.zero_();
     unit->uses = 0;
   }
 }

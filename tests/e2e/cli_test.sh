@@ -50,6 +50,34 @@ expect_eq "the exported checkpoint generates" "$(wc -w <<<"$ids")" "3"
 out=$("$bin/shardtune" export "$work/runs/small/checkpoints/step-3" --to peft --out "$work/exported-peft" 2>&1)
 expect_eq "export --to peft of a full fine-tune exits 2" "$?" "2"
 
+# 1b. LoRA on 2 ranks at ZeRO-3 through `shardtune train --np 2`: the adapter and the merged model
+# generate the same tokens; a checkpoint exports as an adapter; a base + adapter loads anywhere.
+cat > "$work/lora.yaml" <<YAML
+name: lora
+model: {path: base}
+method: {type: lora, lora: {r: 4, alpha: 8, target_modules: all-linear}}
+data: {train: train.jsonl, format: tokens}
+training: {max_steps: 6, micro_batch_size: 2, global_batch_size: 8, optimizer: {lr: 1.0e-2}}
+sharding: {zero_stage: 3}
+output: {dir: runs/lora, checkpoint_every: 3, export: [hf, peft]}
+YAML
+out=$("$bin/shardtune" train "$work/lora.yaml" --np 2 2>&1)
+expect_eq "LoRA on 2 ranks exits 0" "$?" "0"
+expect_contains "LoRA logs its trainable parameters" "$out" "trainable parameters"
+for f in final/adapter_config.json final/adapter_model.safetensors final/model.safetensors final/config.json; do
+  if [ -f "$work/runs/lora/$f" ]; then pass "LoRA output has $f"; else fail "LoRA output lacks $f"; fi
+done
+adapted=$("$bin/shardtune" generate --model "$work/base" --adapter "$work/runs/lora/final" --input-ids "1 5 6" --max-new-tokens 8 --ignore-eos --format ids --log-level warn)
+merged=$("$bin/shardtune" generate --model "$work/runs/lora/final" --input-ids "1 5 6" --max-new-tokens 8 --ignore-eos --format ids --log-level warn)
+expect_eq "base + adapter generates what the merged model generates" "$adapted" "$merged"
+out=$("$bin/shardtune" export "$work/runs/lora/checkpoints/step-3" --to peft --out "$work/lora-step-3" 2>&1)
+expect_eq "export --to peft of a LoRA checkpoint exits 0" "$?" "0"
+ids=$("$bin/shardtune" generate --model "$work/base" --adapter "$work/lora-step-3" --input-ids "1 5 6" --max-new-tokens 3 --format ids --log-level warn)
+expect_eq "the exported adapter generates" "$(wc -w <<<"$ids")" "3"
+out=$("$bin/shardtune" generate --model "$work/base" --adapter "$work/runs/small/final" --input-ids 1 --format ids 2>&1)
+expect_eq "--adapter on a non-adapter exits 2" "$?" "2"
+expect_contains "--adapter names what is missing" "$out" "no adapter_config.json"
+
 # 2. Errors: exit code 2 and messages that point at the problem.
 printf 'name: bad\nmodel: {path: base}\ndata: {train: train.jsonl, format: tokens}\noutput: {dir: runs/bad}\ntraining:\n  epoch: 2\n' > "$work/bad.yaml"
 out=$("$bin/shardtune" train "$work/bad.yaml" 2>&1)

@@ -243,6 +243,66 @@ output: {dir: out}
                 {"data.tasks[0].train", "is required"});
 }
 
+TEST_F(JobSpecTest, MethodSectionsParseAndRoundTrip) {
+  const std::string base =
+      "name: x\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens}\n"
+      "output: {dir: out}\n";
+  const JobSpec lora = Parse(base + R"(method:
+  type: dora
+  lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: [q_proj, v_proj], use_rslora: true}
+  modules_to_save: [lm_head]
+)");
+  EXPECT_EQ(lora.method.type, MethodType::kDora);
+  EXPECT_EQ(lora.method.lora.r, 16);
+  EXPECT_DOUBLE_EQ(lora.method.lora.alpha, 32);
+  EXPECT_EQ(lora.method.lora.target_modules, (std::vector<std::string>{"q_proj", "v_proj"}));
+  EXPECT_FALSE(lora.method.lora.target_is_pattern);
+  EXPECT_TRUE(lora.method.lora.use_rslora);
+  EXPECT_EQ(lora.method.modules_to_save, (std::vector<std::string>{"lm_head"}));
+  // A PEFT method exports its adapter unless output.export says otherwise.
+  EXPECT_EQ(lora.output.export_formats, (std::vector<ExportFormat>{ExportFormat::kPeft}));
+
+  const JobSpec pattern = Parse(base + "method: {type: lora, lora: {target_modules: 'model\\.layers\\..*_proj'}}\n");
+  EXPECT_TRUE(pattern.method.lora.target_is_pattern);
+  EXPECT_EQ(pattern.method.lora.target_modules[0], "model\\.layers\\..*_proj");
+  for (const std::string& method :
+       {"{type: ia3, ia3: {target_modules: [k_proj, down_proj], feedforward_modules: [down_proj]}}",
+        "{type: adapter, adapter: {bottleneck: 32, placement: houlsby, activation: gelu}}",
+        "{type: prefix, prefix: {num_virtual_tokens: 10, projection: true, encoder_hidden_size: 64}}",
+        "{type: prompt, prompt: {num_virtual_tokens: 12}}", "{type: dora, lora: {target_modules: all-linear}}",
+        "{type: dora, lora: {target_modules: 'model\\.layers\\..*_proj'}}"}) {
+    SCOPED_TRACE(method);
+    const JobSpec spec = Parse(base + "method: " + method + "\n");
+    const JobSpec again = ParseJobSpec(JobSpecToYaml(spec), "job.yaml", "/");
+    EXPECT_EQ(JobSpecToYaml(again), JobSpecToYaml(spec));
+  }
+  EXPECT_EQ(Parse(base + "method: {type: adapter, adapter: {placement: houlsby}}\n").method.adapter.placement,
+            AdapterPlacement::kHoulsby);
+}
+
+TEST_F(JobSpecTest, MethodProblemsNameTheirField) {
+  const std::string base = "name: x\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens}\n";
+  ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, ia3: {target_modules: [k_proj]}}\n",
+                {"method.ia3", "is for another method than method.type 'lora'"});
+  ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {r: 0}}\n", {"method.lora.r", "must be in [1"});
+  ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {rank: 8}}\n",
+                {"method.lora.rank", "unknown key 'rank'"});
+  ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: '(unclosed'}}\n",
+                {"method.lora.target_modules", "not a valid regular expression"});
+  ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: [q_proj, {x: 1}]}}\n",
+                {"method.lora.target_modules[1]", "expected a non-empty string"});
+  ExpectProblem(base + "output: {dir: out}\nmethod: {type: full, modules_to_save: [lm_head]}\n",
+                {"method.modules_to_save", "not 'full'"});
+  ExpectProblem(base + "output: {dir: out, export: [hf]}\nmethod: {type: prefix}\n",
+                {"output.export", "method 'prefix' cannot be"});
+  ExpectProblem(
+      "name: x\nmodel: {path: model}\ndata: {train: data/train.jsonl, format: tokens, packing: true}\n"
+      "output: {dir: out}\nmethod: {type: prompt}\n",
+      {"data.packing", "set packing: false"});
+  ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, init_from: data}\n",
+                {"method.init_from", "has no adapter_config.json"});
+}
+
 TEST_F(JobSpecTest, HostileNamesAreRejected) {
   for (const std::string name : {"\"x; rm -rf /\"", "UPPER", "-leading", "a_b", "\"$(id)\""}) {
     ExpectProblem("name: " + name +

@@ -1,0 +1,180 @@
+// Parameter-efficient methods on every ZeRO stage and world size compute the single-process
+// run: the loss at every step, the adapter and the merged model equal those of RunTraining on
+// one process at stage 0 (rtol 1e-5, fp32). Also: only trainable parameters hold optimizer
+// state and gradients, and a PEFT checkpoint resumes on another world size.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
+#include "common/safetensors.h"
+#include "tiny_models.h"
+#include "worker/generate.h"
+#include "worker/models/hf_io.h"
+#include "worker/trainer.h"
+#include "world.h"
+
+namespace shardtune {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using testing::World;
+
+class PeftZeroTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new fs::path(testing::SharedScratchDir("peft-zero"));
+    if (World().rank() == 0) {
+      // qwen2: q/k/v biases, which IA3 scales when it merges.
+      testing::WriteTinyModel(*dir_ / "tiny", testing::TinyConfig("qwen2", R"("tie_word_embeddings": false)"), 5);
+      std::string text;
+      for (int n = 0; n < 48; ++n) {
+        text += "{\"input_ids\": [1";
+        for (int i = 0; i < 14 - n % 3; ++i) text += ", " + std::to_string(3 + (n * 7919 + i) % 45);
+        text += "]}\n";
+      }
+      testing::WriteText(*dir_ / "data.jsonl", text);
+    }
+    World().Barrier(CollectiveTag{"setup"});
+  }
+  static void TearDownTestSuite() {
+    World().Barrier(CollectiveTag{"teardown"});
+    if (World().rank() == 0) fs::remove_all(*dir_);
+    delete dir_;
+  }
+
+  static JobSpec Spec(const std::string& method, const std::string& out, int stage, int64_t micro, int64_t global,
+                      const std::string& dtype = "fp32") {
+    const std::string yaml = fmt::format(
+        "name: t\nmodel: {{path: tiny, dtype: {}}}\nmethod: {}\ndata: {{train: data.jsonl, format: tokens}}\n"
+        "output: {{dir: {}, export: [{}]}}\n"
+        "training: {{max_steps: 6, micro_batch_size: {}, global_batch_size: {}, optimizer: {{lr: 2.0e-3, "
+        "weight_decay: 0.1}}, scheduler: {{type: cosine, warmup_steps: 2}}}}\n"
+        "sharding: {{zero_stage: {}}}\n",
+        dtype, method, out,
+        method.find("lora") != std::string::npos || method.find("ia3") != std::string::npos ? "hf, peft" : "peft",
+        micro, global, stage);
+    return ParseJobSpec(yaml, "job.yaml", *dir_);
+  }
+
+  static std::vector<json> Metrics(const fs::path& run) {
+    std::vector<json> lines;
+    std::ifstream in(run / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+    return lines;
+  }
+
+  static std::map<std::string, at::Tensor> Adapter(const fs::path& run) {
+    const auto file = SafetensorsFile::Open(run / "final" / "adapter_model.safetensors");
+    std::map<std::string, at::Tensor> tensors;
+    for (const auto& [name, info] : file->tensors()) tensors[name] = ReadTensorFp32(*file, info).clone();
+    return tensors;
+  }
+
+  static void ExpectSameRun(const fs::path& run, const fs::path& reference) {
+    const auto a = Metrics(run), b = Metrics(reference);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (!a[i].contains("loss")) continue;
+      const double x = a[i]["loss"].get<double>(), y = b[i]["loss"].get<double>();
+      EXPECT_NEAR(x, y, 1e-6 + 1e-5 * std::abs(y)) << "step " << i + 1;
+    }
+    const auto sharded = Adapter(run), single = Adapter(reference);
+    ASSERT_EQ(sharded.size(), single.size());
+    for (const auto& [name, tensor] : single) {
+      ASSERT_TRUE(sharded.count(name)) << name;
+      EXPECT_GT(tensor.numel(), 0) << name;
+      EXPECT_TRUE(at::allclose(sharded.at(name), tensor, 1e-5, 1e-6))
+          << name << ": max difference " << (sharded.at(name) - tensor).abs().max().item<double>();
+    }
+    if (fs::exists(reference / "final" / "model.safetensors")) {  // the merged model
+      const LoadedModel x = LoadModelForInference(run / "final"), y = LoadModelForInference(reference / "final");
+      EXPECT_TRUE(at::allclose(x.weights->values(), y.weights->values(), 1e-5, 1e-6));
+    }
+  }
+
+  static fs::path* dir_;
+};
+
+fs::path* PeftZeroTest::dir_ = nullptr;
+
+TEST_F(PeftZeroTest, EveryMethodOnEveryStageEqualsTheSingleProcessRun) {
+  const int n = World().size();
+  struct Case {
+    std::string name, method;
+    std::vector<int> stages;
+  };
+  const std::vector<Case> cases = {
+      {"lora", "{type: lora, lora: {r: 4, alpha: 8, target_modules: all-linear}}", {1, 2, 3}},
+      {"ia3", "{type: ia3}", {1, 2, 3}},
+      {"dora",
+       "{type: dora, lora: {r: 4, target_modules: [q_proj, v_proj, down_proj]}, modules_to_save: [lm_head]}",
+       {3}},
+      {"adapter", "{type: adapter, adapter: {bottleneck: 8, placement: houlsby}}", {3}},
+      {"prefix", "{type: prefix, prefix: {num_virtual_tokens: 4, projection: true}}", {3}},
+      {"prompt", "{type: prompt, prompt: {num_virtual_tokens: 4}}", {3}},
+  };
+  for (const Case& c : cases) {
+    for (int64_t accumulation : {int64_t{1}, int64_t{2}}) {
+      if (accumulation == 2 && c.name != "lora") continue;
+      const int64_t micro = 2, global = micro * n * accumulation;
+      const fs::path reference = *dir_ / fmt::format("ref-{}-{}", c.name, global);
+      if (World().rank() == 0 && !fs::exists(reference / "final"))
+        RunTraining(Spec(c.method, reference.string(), 0, micro, global));
+      World().Barrier(CollectiveTag{"reference"});
+      for (int stage : c.stages) {
+        SCOPED_TRACE(fmt::format("{} stage {} np {} accumulation {}", c.name, stage, n, accumulation));
+        const fs::path out = *dir_ / fmt::format("run-{}-s{}-a{}", c.name, stage, accumulation);
+        RunTraining(Spec(c.method, out.string(), stage, micro, global), World());
+        World().Barrier(CollectiveTag{"compare"});
+        ExpectSameRun(out, reference);
+      }
+    }
+  }
+}
+
+TEST_F(PeftZeroTest, OnlyTrainableParametersHoldGradientsAndOptimizerState) {
+  // bf16 at stage 3: per trainable parameter, a 4-byte gradient shard and 12 bytes of fp32 master
+  // weights and moments, divided over the ranks: 16 x trainable / N (plus alignment padding).
+  const int n = World().size();
+  const fs::path out = *dir_ / "memory";
+  RunTraining(Spec("{type: lora, lora: {r: 4, target_modules: [q_proj, v_proj]}}", out.string(), 3, 2, 2 * n, "bf16"),
+              World());
+  World().Barrier(CollectiveTag{"memory"});
+  const int64_t trainable = 2 * 4 * ((32 + 32) + (32 + 16));  // 2 layers, r 4, q (32 -> 32) and v (32 -> 16)
+  const json first = Metrics(out).front();
+  const double state = first["optimizer_bytes"].get<double>() + first["grad_bytes"].get<double>();
+  EXPECT_GE(state, 16.0 * trainable / n);
+  EXPECT_LE(state, 16.0 * (trainable + 2 * 16 * n) / n);  // each of 2 adapter units pads by < 16 x N elements
+  // The frozen base model is held once, in bf16, sharded: about 2 bytes per parameter / N.
+  const double base = LlamaConfig::Load(*dir_ / "tiny").num_parameters();
+  EXPECT_LT(first["param_bytes"].get<double>(), 2.0 * (base + trainable) / n + 2.0 * 16 * n * 8);
+}
+
+TEST_F(PeftZeroTest, AdapterCheckpointResumesOnAnotherWorldSize) {
+  const int n = World().size();
+  const std::string method = "{type: lora, lora: {r: 4, target_modules: [q_proj, k_proj, up_proj]}}";
+  const fs::path reference = *dir_ / "resume-ref";
+  if (World().rank() == 0) RunTraining(Spec(method, reference.string(), 0, 1, 4));
+  World().Barrier(CollectiveTag{"reference"});
+  // Saved by every rank at stage 3, resumed by half of them (or one) at stage 2.
+  JobSpec saved = Spec(method, (*dir_ / "resume").string(), 3, 4 / n, 4);
+  saved.output.checkpoint_every = 3;
+  TrainerOptions interrupt;
+  interrupt.stop_after_step = 3;
+  RunTraining(saved, World(), interrupt);
+  const int half = std::max(1, n / 2);
+  auto group = World().Split(World().rank() < half ? 0 : 1, World().rank(), "resume group");
+  if (World().rank() < half) {
+    JobSpec resumed = Spec(method, (*dir_ / "resume").string(), 2, 4 / half, 4);
+    resumed.output.checkpoint_every = 3;
+    EXPECT_EQ(RunTraining(resumed, *group).resumed_from_step, 3);
+  }
+  World().Barrier(CollectiveTag{"compare"});
+  ExpectSameRun(*dir_ / "resume", reference);
+}
+
+}  // namespace
+}  // namespace shardtune
