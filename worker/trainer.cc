@@ -107,6 +107,7 @@ class Trainer {
   at::Tensor Forward(const Batch& batch, bool training);
   // The units whose parameters some computation uses (`primary`'s unit first: it leads prefetch).
   std::vector<int> UnitsUsing(const std::string& primary, const std::function<bool(const std::string&)>& uses) const;
+  void ReadInitAdapter();  // method.init_from, checked against the method
   void LoadInitialWeights(bool resuming);
   void TrainStep(int64_t step);
   void Evaluate(int64_t step);
@@ -130,6 +131,7 @@ class Trainer {
   std::unique_ptr<ZeroEngine> engine_;
   std::vector<int> embed_units_, head_units_;
   std::vector<std::vector<int>> layer_units_;
+  std::map<std::string, at::Tensor> init_adapter_;  // method.init_from's tensors, until loaded
   std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<Example> train_;
   std::vector<Example> validation_;
@@ -242,6 +244,7 @@ void Trainer::Prepare() {
   accumulation_ = spec_.GradientAccumulation(ranks_);
 
   LoadData();  // before anything is written: bad data leaves no output behind
+  ReadInitAdapter();
   fs::create_directories(output_dir_ / "logs");
   AddLogFile(output_dir_ / "logs" / fmt::format("rank-{:05d}.log", world_.rank()));
   if (rank0_) WriteFileAtomic(output_dir_ / "job.yaml", JobSpecToYaml(spec_));
@@ -345,6 +348,25 @@ std::vector<int> Trainer::UnitsUsing(const std::string& primary,
   return units;
 }
 
+void Trainer::ReadInitAdapter() {
+  if (spec_.method.init_from.empty()) return;
+  LoadedAdapter loaded = ReadPeftAdapter(spec_.method.init_from, config_);
+  if (loaded.method.type != spec_.method.type) {
+    Fail(ErrorCode::kInvalidArgument, "method.init_from: {} holds a {} adapter, but method.type is '{}'",
+         spec_.method.init_from, ToString(loaded.method.type), ToString(spec_.method.type));
+  }
+  for (const auto& p : peft_.parameters()) {
+    const auto it = loaded.tensors.find(p.name);
+    if (it == loaded.tensors.end() || it->second.sizes().vec() != p.shape) {
+      Fail(ErrorCode::kInvalidArgument,
+           "method.init_from: {} has no tensor '{}' of shape [{}]; its adapter_config.json must match method.{}",
+           spec_.method.init_from, p.name, fmt::join(p.shape, ", "), ToString(spec_.method.type));
+    }
+  }
+  init_adapter_ = std::move(loaded.tensors);
+  if (rank0_) spdlog::info("method.init_from: starting from the adapter in {}", spec_.method.init_from);
+}
+
 void Trainer::LoadInitialWeights(bool resuming) {
   // The base model from model.path; a new adapter from method.init_from or initialized. On
   // resume only the frozen base: the checkpoint holds everything trained.
@@ -354,23 +376,7 @@ void Trainer::LoadInitialWeights(bool resuming) {
   for (const auto& p : LlamaParameterSpecs(config_)) base_specs[p.name] = p;
   auto base = [&](const std::string& name) { return ReadHfTensor(weights, spec_.model.path, base_specs.at(name)); };
   std::map<std::string, at::Tensor> start;
-  if (!spec_.method.init_from.empty() && !resuming) {
-    LoadedAdapter loaded = ReadPeftAdapter(spec_.method.init_from, config_);
-    if (loaded.method.type != spec_.method.type) {
-      Fail(ErrorCode::kInvalidArgument, "method.init_from: {} holds a {} adapter, but method.type is '{}'",
-           spec_.method.init_from, ToString(loaded.method.type), ToString(spec_.method.type));
-    }
-    start = std::move(loaded.tensors);
-    for (const auto& p : peft_.parameters()) {
-      const auto it = start.find(p.name);
-      if (it == start.end() || it->second.sizes().vec() != p.shape) {
-        Fail(ErrorCode::kInvalidArgument,
-             "method.init_from: {} has no tensor '{}' of shape [{}]; its adapter_config.json must match method.{}",
-             spec_.method.init_from, p.name, fmt::join(p.shape, ", "), ToString(spec_.method.type));
-      }
-    }
-    if (rank0_) spdlog::info("method.init_from: starting from the adapter in {}", spec_.method.init_from);
-  }
+  if (!resuming) start = std::move(init_adapter_);
   std::set<std::string> adapter;
   for (const auto& p : peft_.parameters()) adapter.insert(p.name);
   engine_->LoadWeights(

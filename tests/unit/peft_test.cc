@@ -360,6 +360,27 @@ TEST_F(PeftTrainingTest, ResumedLoraWithDropoutEqualsTheUninterruptedRun) {
   for (const auto& [name, tensor] : a) EXPECT_TRUE(at::equal(tensor, b.at(name))) << name;
 }
 
+TEST_F(PeftTrainingTest, TrainingStartsFromAnExistingAdapter) {
+  const std::string method = "{type: lora, lora: {r: 4, target_modules: [q_proj, v_proj]}";
+  const TrainingSummary first =
+      RunTraining(Spec("first", method + "}", "{max_steps: 8, micro_batch_size: 8, optimizer: {lr: 1.0e-2}}"));
+  // One step at a negligible rate from the first run's adapter: its validation loss is the first run's last.
+  const std::string from = ", init_from: " + (dir_ / "first" / "final").string() + "}";
+  const TrainingSummary second =
+      RunTraining(Spec("second", method + from, "{max_steps: 1, micro_batch_size: 8, optimizer: {lr: 1.0e-12}}"));
+  EXPECT_NEAR(*second.last_val_loss, *first.last_val_loss, 1e-5);
+  // An adapter of another shape is refused, naming the field.
+  try {
+    RunTraining(Spec("third", "{type: lora, lora: {r: 8, target_modules: [q_proj, v_proj]}" + from,
+                     "{max_steps: 1, micro_batch_size: 8}"));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("method.init_from"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("lora_A.weight' of shape [8, 32]"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "third"));  // refused before anything was written
+}
+
 TEST_F(PeftTrainingTest, RecomputationDrawsTheSameDropoutMasks) {
   // Stage 3 recomputes each layer in backward; it must see the masks its forward drew.
   const std::string method = "{type: lora, lora: {r: 4, dropout: 0.3, target_modules: all-linear}}";
