@@ -200,12 +200,14 @@ UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_
       WaitGathered(u);
       // Prefetch: the neighbours in the current direction are the next units to be needed. Only
       // from the unit that runs (the first listed); the others are borrowed (a tied lm_head).
-      const int direction = requires_grad && config_.recompute ? -1 : 1;
+      // Frozen base layers and their adapters alternate in use but not in order: the next of the
+      // same kind; in backward, only a unit whose backward is still to come.
+      const bool backward = requires_grad && config_.recompute;
       for (int k = 1; u == units.front() && k <= config_.prefetch_units; ++k) {
-        const int next = u + direction * k;
-        // Frozen base layers and their adapters alternate in use but not in order: prefetch the next of the same kind.
-        if (next >= 0 && next < static_cast<int>(units_.size()) && !units_[next]->persistent &&
-            units_[next]->trainable == unit.trainable) {
+        const int next = u + (backward ? -k : k);
+        if (next < 0 || next >= static_cast<int>(units_.size())) break;
+        const Unit& candidate = *units_[next];
+        if (!candidate.persistent && candidate.trainable == unit.trainable && (!backward || candidate.uses > 0)) {
           Gather(next);
         }
       }
@@ -229,7 +231,7 @@ void ZeroEngine::Release(const std::vector<int>& units) {
 }
 
 void ZeroEngine::NoteForwardUse(const std::vector<int>& units) {
-  for (int u : units) units_[u]->uses += units_[u]->trainable ? 1 : 0;
+  for (int u : units) ++units_[u]->uses;
 }
 
 void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameters& params,
@@ -250,9 +252,8 @@ void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameter
   }
   for (int u : units) {
     Unit& unit = *units_[u];
-    if (!unit.trainable) continue;
     ST_CHECK(unit.uses > 0, "unit {} got gradients for more uses than its forward had", unit.layout->name);
-    if (--unit.uses == 0 && (config_.stage >= 2 || last_micro_batch_)) IssueReduction(u);
+    if (--unit.uses == 0 && unit.trainable && (config_.stage >= 2 || last_micro_batch_)) IssueReduction(u);
   }
 }
 

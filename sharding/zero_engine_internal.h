@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/error.h"
 #include "sharding/zero_engine.h"
 
 namespace shardtune {
@@ -20,10 +21,13 @@ struct ZeroEngine::Unit {
   at::Tensor param_shard;  // stage 3: (shard_size,) compute dtype, the all-gather's input
   at::Tensor full_grad;    // (padded,) fp32: accumulated gradient before reduction
   std::unique_ptr<Work> gather;
-  int uses = 0;
+  int uses = 0;  // graph nodes of this micro-batch whose backward has not run yet
   int acquired = 0;
 
-  at::Tensor MasterSlice(at::Tensor& master) const { return master.narrow(0, local_offset, shard_size); }
+  at::Tensor MasterSlice(at::Tensor& master) const {
+    ST_CHECK(trainable, "unit {} is frozen: it has no master weights or gradient", layout->name);
+    return master.narrow(0, local_offset, shard_size);
+  }
 };
 
 struct ZeroEngine::Pending {

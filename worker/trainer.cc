@@ -129,7 +129,7 @@ class Trainer {
   at::Device device_;  // the world communicator's: the CPU under MPI, this rank's GPU under NCCL
   OwnedProcessGroups groups_;
   std::unique_ptr<ZeroEngine> engine_;
-  std::vector<int> embed_units_, head_units_;
+  std::vector<int> embed_units_, prompt_units_, head_units_;
   std::vector<std::vector<int>> layer_units_;
   std::map<std::string, at::Tensor> init_adapter_;  // method.init_from's tensors, until loaded
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -265,9 +265,12 @@ void Trainer::Prepare() {
   engine_ = std::make_unique<ZeroEngine>(peft_.Units(), zero, groups_.groups);
   std::set<std::string> adapter;
   for (const auto& p : peft_.parameters()) adapter.insert(p.name);
-  embed_units_ = UnitsUsing("model.embed_tokens.weight", [&](const std::string& name) {
-    return name == "model.embed_tokens.weight" || (peft_.prompt_tokens() > 0 && adapter.count(name));
-  });
+  embed_units_ = UnitsUsing("model.embed_tokens.weight",
+                            [&](const std::string& name) { return name == "model.embed_tokens.weight"; });
+  if (peft_.prompt_tokens() > 0) {
+    prompt_units_ =
+        UnitsUsing("prompt_embeddings", [&](const std::string& name) { return name == "prompt_embeddings"; });
+  }
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     const std::string prefix = fmt::format("model.layers.{}.", i);
     layer_units_.push_back(UnitsUsing(prefix + "input_layernorm.weight", [&](const std::string& name) {
@@ -282,6 +285,15 @@ void Trainer::Prepare() {
     const MemoryAccount memory = engine_->memory();
     spdlog::info("model {}: {} {} layers, hidden {}, {} parameters", spec_.model.path, config_.model_type,
                  config_.num_hidden_layers, config_.hidden_size, config_.num_parameters());
+    const auto& saved = spec_.method.modules_to_save;
+    if (config_.tie_word_embeddings && !peft_.saved_parameters().empty() &&
+        std::any_of(peft_.saved_parameters().begin(), peft_.saved_parameters().end(),
+                    [](const ParameterSpec& p) { return p.name == "model.embed_tokens.weight"; })) {
+      spdlog::warn(
+          "modules_to_save {}: this model ties lm_head to embed_tokens, so both train as one tensor; "
+          "Hugging Face PEFT would train a copy of embed_tokens and keep lm_head as it was",
+          fmt::join(saved, ", "));
+    }
     if (!peft_.full()) {
       const int64_t trainable = engine_->layout().trainable_parameter_count();
       spdlog::info("method {}: {} trainable parameters ({:.3f}% of the model's {}); the base model is frozen",
@@ -359,9 +371,17 @@ void Trainer::ReadInitAdapter() {
     const auto it = loaded.tensors.find(p.name);
     if (it == loaded.tensors.end() || it->second.sizes().vec() != p.shape) {
       Fail(ErrorCode::kInvalidArgument,
-           "method.init_from: {} has no tensor '{}' of shape [{}]; its adapter_config.json must match method.{}",
-           spec_.method.init_from, p.name, fmt::join(p.shape, ", "), ToString(spec_.method.type));
+           "method.init_from: {} has no tensor '{}' of shape [{}]; its adapter_config.json must match the job's "
+           "method",
+           spec_.method.init_from, p.name, fmt::join(p.shape, ", "));
     }
+  }
+  const LoraSpec &have = loaded.method.lora, &want = spec_.method.lora;
+  if (rank0_ && (have.alpha != want.alpha || have.use_rslora != want.use_rslora)) {
+    spdlog::warn(
+        "method.init_from: the adapter was made with lora alpha {} (rslora {}); this job scales by its own "
+        "alpha {} (rslora {})",
+        have.alpha, have.use_rslora, want.alpha, want.use_rslora);
   }
   init_adapter_ = std::move(loaded.tensors);
   if (rank0_) spdlog::info("method.init_from: starting from the adapter in {}", spec_.method.init_from);
@@ -427,14 +447,26 @@ std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
 
 at::Tensor Trainer::Forward(const Batch& batch, bool training) {
   const int64_t layers = config_.num_hidden_layers;
-  at::Tensor h = ApplyUnits(
-      *engine_, embed_units_, batch.input_ids.to(device_), [this](const at::Tensor& ids, const UnitParameters& p) {
-        if (peft_.prompt_tokens() == 0) return blocks_.Embed(ids, p("model.embed_tokens.weight"));
-        return blocks_.EmbedWithPrompt(ids, p("model.embed_tokens.weight"), p("prompt_embeddings"));
-      });
+  // Prompt tuning: the batch starts with placeholders (WithVirtualTokens) that become the virtual
+  // tokens, in a call of their own so that the frozen embedding needs no backward.
+  const int64_t prompt = peft_.prompt_tokens(), seq = batch.input_ids.size(1);
+  at::Tensor h = ApplyUnits(*engine_, embed_units_, batch.input_ids.narrow(1, prompt, seq - prompt).to(device_),
+                            [this](const at::Tensor& ids, const UnitParameters& p) {
+                              return blocks_.Embed(ids, p("model.embed_tokens.weight"));
+                            });
+  if (prompt > 0) {
+    h = ApplyUnits(*engine_, prompt_units_, h, [this](const at::Tensor& x, const UnitParameters& p) {
+      return blocks_.PrependPrompt(x, p("prompt_embeddings"));
+    });
+  }
+  // Prefix tuning's keys are a past of P tokens to every layer.
+  const int64_t prefix = peft_.prefix_tokens(), b = batch.input_ids.size(0);
+  const at::Tensor mask =
+      prefix > 0 ? at::cat({at::ones({b, prefix}, batch.attention_mask.options()), batch.attention_mask}, 1)
+                 : batch.attention_mask;
   // Captured by value: with recompute, a unit's computation runs again inside backward.
-  const Positions host = blocks_.PositionsFor(batch.input_ids.size(0), batch.input_ids.size(1), 0, batch.attention_mask,
-                                              compute_dtype_, batch.position_ids, batch.document_ids);
+  const Positions host =
+      blocks_.PositionsFor(b, seq, prefix, mask, compute_dtype_, batch.position_ids, batch.document_ids);
   const Positions positions{host.cos.to(device_), host.sin.to(device_), host.mask.to(device_),
                             host.window_mask.defined() ? host.window_mask.to(device_) : at::Tensor()};
   for (int64_t i = 0; i < layers; ++i) {

@@ -121,6 +121,11 @@ TEST(PeftMethod, BadTargetsAreRefusedNamingTheField) {
     }
   };
   expect_error(Lora(4, {"qq_proj"}), "method.lora.target_modules: 'qq_proj' matches no linear layer");
+  expect_error(Lora(4, {"layers.0.self_attn.q_proj"}), "names self_attn.q_proj in 1 of 2 layers");
+  expect_error(Lora(4, {}), "method.lora.target_modules: is empty");
+  MethodSpec both = Lora(4, {"q_proj", "o_proj"});
+  both.modules_to_save = {"o_proj"};
+  expect_error(both, "method.modules_to_save: 'o_proj' is also a target");
   MethodSpec partial = Lora(4, {R"(model\.layers\.0\.self_attn\.q_proj)"});
   partial.lora.target_is_pattern = true;
   expect_error(partial, "matches 1 of 2 layers' self_attn.q_proj");
@@ -186,6 +191,43 @@ TEST(PeftMerge, MergedWeightsComputeWhatBasePlusAdapterComputes) {
   }
 }
 
+// A prefix is what Hugging Face passes as past_key_values: with the keys and values a base model
+// cached for P real tokens, the adapted model computes what the base model computes after them
+// (positions included), with and without a KV cache of its own.
+TEST(PeftPrefix, APrefixActsAsTheKeysAndValuesOfAPast) {
+  ScratchDir dir;
+  testing::WriteTinyModel(dir / "base", testing::TinyConfig("llama", R"("tie_word_embeddings": false)"), 4);
+  const LlamaConfig config = LlamaConfig::Load(dir / "base");
+  const LoadedModel base = LoadModelForInference(dir / "base");
+  const int64_t p = 5;
+  const at::Tensor past = at::tensor(std::vector<int64_t>{1, 30, 7, 12, 44}, at::kLong).view({1, -1});
+  const at::Tensor input = at::tensor(std::vector<int64_t>{9, 10, 11, 3, 26, 27}, at::kLong).view({1, -1});
+  at::NoGradGuard no_grad;
+  KvCache cache;
+  base.model->Forward(past, at::Tensor(), &cache);
+  const KvCache prefix_cache = cache;  // the tensors are replaced, not written into, as the cache grows
+  const at::Tensor expected = base.model->Forward(input, at::Tensor(), &cache);
+
+  MethodSpec method = Method(MethodType::kPrefix);
+  method.prefix.num_virtual_tokens = p;
+  const PeftMethod peft(config, method);
+  std::vector<at::Tensor> columns;  // per layer: keys (P, kv), then values
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    for (const at::Tensor& t : {prefix_cache.keys[i], prefix_cache.values[i]})
+      columns.push_back(t[0].transpose(0, 1).reshape({p, -1}));
+  }
+  const fs::path adapter = dir / "prefix";
+  fs::create_directories(adapter);
+  WritePeftAdapter(adapter, peft, "base", {{"prompt_embeddings", at::cat(columns, 1)}}, ComputeDType::kFp32);
+  const LoadedModel adapted = LoadModelForInference(dir / "base", adapter);
+  EXPECT_LT((adapted.model->Forward(input, at::Tensor()) - expected).abs().max().item<double>(), 1e-5);
+
+  KvCache own;  // step by step through the adapted model's cache
+  adapted.model->Forward(input.narrow(1, 0, 4), at::Tensor(), &own);
+  const at::Tensor last = adapted.model->Forward(input.narrow(1, 4, 2), at::Tensor(), &own);
+  EXPECT_LT((last - expected.narrow(1, 4, 2)).abs().max().item<double>(), 1e-5);
+}
+
 TEST(PeftAdapterFiles, MalformedAdaptersAreRefusedNamingTheProblem) {
   ScratchDir dir;
   testing::WriteTinyModel(dir / "base", testing::TinyConfig(), 3);
@@ -220,6 +262,12 @@ TEST(PeftAdapterFiles, MalformedAdaptersAreRefusedNamingTheProblem) {
                "has shape 4x32 but this model and adapter_config.json imply 8x32");
   expect_error(R"({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "v_proj"]})",
                "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight' (shape 4x32) is missing");
+  expect_error(R"({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"], "alpha_pattern": {"q_proj": 2}})",
+               "per-module settings ('alpha_pattern') are not supported");
+  expect_error(R"({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"], "layers_to_transform": [0]})",
+               "'layers_to_transform' is not supported");
+  expect_error(R"({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"], "init_lora_weights": "pissa"})",
+               "init_lora_weights 'pissa' changes the base model's weights");
   expect_error(R"({"peft_type": "IA3", "target_modules": ["q_proj"], "feedforward_modules": []})",
                "'base_model.model.model.layers.0.self_attn.q_proj.ia3_l' (shape 32x1) is missing");
 }

@@ -158,7 +158,12 @@ at::Tensor Linear(const at::Tensor& input, const at::Tensor& weight, const at::T
       const at::Tensor merged = weight.to(at::kFloat) + a.lora_scale * at::matmul(a.lora_b, a.lora_a).to(at::kFloat);
       const at::Tensor norm = merged.norm(2, {1}).detach();
       const at::Tensor scale = (a.magnitude.to(at::kFloat) / norm).to(x.scalar_type());
-      y = Linear(x, weight, bias) + (scale - 1) * at::linear(dropped, weight) + scale * lora;
+      if (a.lora_dropout > 0) {  // W x + b + (scale - 1) W dropout(x) + scale * lora, as PEFT
+        y = Linear(x, weight, bias) + (scale - 1) * at::linear(dropped, weight) + scale * lora;
+      } else {  // the same with dropout(x) = x, in one product
+        y = scale * (at::linear(x, weight) + lora);
+        if (bias.defined()) y = y + bias;
+      }
     }
   }
   if (a.ia3.defined() && !a.ia3_on_input) y = y * a.ia3.reshape({-1});
@@ -242,11 +247,9 @@ at::Tensor LlamaBlocks::Embed(const at::Tensor& input_ids, const at::Tensor& emb
   return at::embedding(embed_tokens, input_ids, config_.padding_idx.value_or(-1));
 }
 
-at::Tensor LlamaBlocks::EmbedWithPrompt(const at::Tensor& input_ids, const at::Tensor& embed_tokens,
-                                        const at::Tensor& prompt_embeddings) const {
-  const int64_t b = input_ids.size(0), p = prompt_embeddings.size(0);
-  const at::Tensor tokens = Embed(input_ids.narrow(1, p, input_ids.size(1) - p), embed_tokens);
-  return at::cat({prompt_embeddings.to(tokens.scalar_type()).unsqueeze(0).expand({b, p, tokens.size(2)}), tokens}, 1);
+at::Tensor LlamaBlocks::PrependPrompt(const at::Tensor& hidden, const at::Tensor& prompt_embeddings) const {
+  const int64_t b = hidden.size(0), p = prompt_embeddings.size(0);
+  return at::cat({prompt_embeddings.to(hidden.scalar_type()).unsqueeze(0).expand({b, p, hidden.size(2)}), hidden}, 1);
 }
 
 at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const Positions& positions,
@@ -259,15 +262,12 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
   at::Tensor v = Linear(x, layer.v_proj, layer.v_bias, adapters[kVProj]).view({b, s, kv_heads, d}).transpose(1, 2);
   q = q * positions.cos + RotateHalf(q) * positions.sin;
   k = k * positions.cos + RotateHalf(k) * positions.sin;
-  at::Tensor mask =
+  const at::Tensor& mask =
       config_.UsesSlidingWindow(static_cast<int64_t>(layer_index)) ? positions.window_mask : positions.mask;
-  const bool prefix = layer.prefix_keys.defined();
-  if (prefix) {
-    // Prefix tuning: keys and values every query may attend to, already "rotated" (they enter as a
-    // cache would). Scores among real tokens depend only on relative positions, so the real
-    // tokens keep positions 0.. (Hugging Face starts them after the prefix: the same scores).
+  if (layer.prefix_keys.defined()) {
+    // Prefix tuning: keys and values in front of the sequence's, entering as cached keys do (not
+    // rotated); the positions and the mask count them as a past of P tokens (PositionsFor).
     const int64_t p = layer.prefix_keys.size(0);
-    mask = at::cat({at::zeros({mask.size(0), 1, s, p}, mask.options()), mask}, 3);
     const bool cached = cache != nullptr && cache->keys.size() > layer_index && cache->keys[layer_index].defined();
     if (!cached) {
       auto expand = [&](const at::Tensor& t) {
@@ -319,22 +319,25 @@ LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
 
 at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache) const {
   ST_CHECK(input_ids.dim() == 2, "input_ids must be (batch, seq), got {} dims", input_ids.dim());
+  const int64_t b = input_ids.size(0), s = input_ids.size(1);
   const int64_t past = cache != nullptr ? cache->length : 0;
-  at::Tensor ids = input_ids, mask = attention_mask;
-  at::Tensor h;
+  at::Tensor h = blocks_.Embed(input_ids, weights_.embed_tokens);
+  at::Tensor mask = attention_mask;
+  // Virtual tokens both methods put in front, which every real token sees: prompt tuning's are
+  // real positions of the sequence (and of the cache); prefix tuning's a past of P tokens that
+  // every layer holds (counted in the positions, not in the cache's length).
+  int64_t prompt = 0, prefix = 0;
   if (weights_.prompt_embeddings.defined() && past == 0) {
-    // Prompt tuning: placeholders for the virtual tokens, which every real token sees.
-    const int64_t b = input_ids.size(0), p = weights_.prompt_embeddings.size(0);
-    ids = at::cat({at::zeros({b, p}, input_ids.options()), input_ids}, 1);
-    if (mask.defined()) mask = at::cat({at::ones({b, p}, mask.options()), mask}, 1);
-    h = blocks_.EmbedWithPrompt(ids, weights_.embed_tokens, weights_.prompt_embeddings);
-  } else {
-    h = blocks_.Embed(ids, weights_.embed_tokens);
+    prompt = weights_.prompt_embeddings.size(0);
+    h = blocks_.PrependPrompt(h, weights_.prompt_embeddings);
   }
-  const Positions positions = blocks_.PositionsFor(ids.size(0), ids.size(1), past, mask, h.scalar_type());
+  if (!weights_.layers.empty() && weights_.layers[0].prefix_keys.defined())
+    prefix = weights_.layers[0].prefix_keys.size(0);
+  if (mask.defined() && prompt + prefix > 0) mask = at::cat({at::ones({b, prompt + prefix}, mask.options()), mask}, 1);
+  const Positions positions = blocks_.PositionsFor(b, prompt + s, prefix + past, mask, h.scalar_type());
   for (size_t i = 0; i < weights_.layers.size(); ++i) h = blocks_.Layer(weights_.layers[i], h, positions, cache, i);
-  if (cache != nullptr) cache->length += ids.size(1);
-  if (ids.size(1) != input_ids.size(1)) h = h.narrow(1, ids.size(1) - input_ids.size(1), input_ids.size(1));
+  if (cache != nullptr) cache->length += prompt + s;
+  if (prompt > 0) h = h.narrow(1, prompt, s);
   return blocks_.Head(h, weights_.norm, weights_.lm_head);
 }
 

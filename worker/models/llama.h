@@ -86,7 +86,7 @@ std::vector<UnitSpec> LlamaUnits(const LlamaConfig& config);
 struct KvCache {
   std::vector<at::Tensor> keys;
   std::vector<at::Tensor> values;
-  int64_t length = 0;
+  int64_t length = 0;  // positions cached (prompt tuning's virtual tokens included, a prefix's not)
 };
 
 // RoPE inverse frequencies (head_dim / 2,) fp32, with linear or llama3 scaling applied.
@@ -106,17 +106,17 @@ class LlamaBlocks {
   explicit LlamaBlocks(LlamaConfig config);
   const LlamaConfig& config() const { return config_; }
 
-  // attention_mask (B, past + S): 1 for real tokens, 0 for padding; undefined: all real.
+  // attention_mask (B, past + S): 1 for real tokens, 0 for padding; undefined: all real. Prefix
+  // tuning's P keys count as a past of P tokens: the real tokens' positions start at P, as in
+  // Hugging Face, where the prefix enters as past_key_values.
   // With `position_ids` (B, S) each token's rotary position comes from it (packed documents
   // restart at 0); with `document_ids` (B, S) attention stays within a document.
   Positions PositionsFor(int64_t batch, int64_t seq, int64_t past, const at::Tensor& attention_mask,
                          at::ScalarType dtype, const at::Tensor& position_ids = at::Tensor(),
                          const at::Tensor& document_ids = at::Tensor()) const;
   at::Tensor Embed(const at::Tensor& input_ids, const at::Tensor& embed_tokens) const;
-  // Prompt tuning: the embeddings of `input_ids` whose first P positions (placeholders) are
-  // replaced by the P virtual tokens' embeddings.
-  at::Tensor EmbedWithPrompt(const at::Tensor& input_ids, const at::Tensor& embed_tokens,
-                             const at::Tensor& prompt_embeddings) const;
+  // Prompt tuning: the P virtual tokens' embeddings (P, hidden) before `hidden` (B, S, hidden).
+  at::Tensor PrependPrompt(const at::Tensor& hidden, const at::Tensor& prompt_embeddings) const;
   // One decoder layer; with a cache, appends this call's keys and values to it.
   at::Tensor Layer(const LlamaLayerWeights& weights, const at::Tensor& hidden, const Positions& positions,
                    KvCache* cache = nullptr, size_t layer_index = 0) const;

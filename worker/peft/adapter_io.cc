@@ -84,7 +84,8 @@ json AdapterConfig(const PeftMethod& peft, const std::string& base_model) {
                      {"num_attention_heads", prefix ? c.num_key_value_heads : c.num_attention_heads},
                      {"num_layers", c.num_hidden_layers}});
       if (prefix) {
-        config["prefix_projection"] = m.prefix.projection;
+        // The file holds the projected prefix: loadable as an embedding, whether or not an MLP made it.
+        config["prefix_projection"] = false;
         config["encoder_hidden_size"] = m.prefix.encoder_hidden_size > 0 ? m.prefix.encoder_hidden_size : kv;
       } else {
         config["prompt_tuning_init"] = "RANDOM";
@@ -138,8 +139,23 @@ MethodSpec MethodFromConfig(const json& config, const fs::path& file) {
     if (Field<std::string>(config, file, "bias", "none") != "none") {
       ConfigError(file, "LoRA bias training ('bias' other than \"none\") is not supported");
     }
-    if (config.contains("rank_pattern") && !config["rank_pattern"].empty()) {
-      ConfigError(file, "per-module ranks (rank_pattern) are not supported");
+    // Fields that change the model in ways shardtune does not implement: refused by name rather
+    // than loaded into something else.
+    for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+      if (config.contains(key) && !config[key].is_null() && !config[key].empty())
+        ConfigError(file, fmt::format("per-module settings ('{}') are not supported", key));
+    }
+    for (const char* key : {"layers_to_transform", "exclude_modules"}) {
+      if (config.contains(key) && !config[key].is_null() && !(config[key].is_array() && config[key].empty()))
+        ConfigError(file, fmt::format("'{}' is not supported: shardtune adapts a module in every layer", key));
+    }
+    if (config.contains("init_lora_weights") && config["init_lora_weights"].is_string()) {
+      const std::string init = config["init_lora_weights"].get<std::string>();
+      if (init != "gaussian" && init != "eva") {  // the others (pissa, olora, corda, loftq) rewrite the base weights
+        ConfigError(file, fmt::format("init_lora_weights '{}' changes the base model's weights, which this "
+                                      "adapter does not carry",
+                                      init));
+      }
     }
     if (m.lora.r < 1) ConfigError(file, fmt::format("r must be >= 1, got {}", m.lora.r));
   } else if (type == "IA3") {

@@ -59,15 +59,24 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
     for (int k = 0; k < kLlamaLinearCount; ++k) all.push_back(static_cast<LlamaLinear>(k));
     return all;
   };
-  // Targets by name: every entry must match some linear layer (as PEFT insists).
+  // Targets by name: every entry must match some linear layer (as PEFT insists), and in every
+  // layer (the adapters are laid out per layer alike).
   auto targets_named = [&](const std::vector<std::string>& names, const std::string& field) {
     std::set<int> hit;
     for (const std::string& name : names) {
       bool matched = false;
       for (int k = 0; k < kLlamaLinearCount; ++k) {
-        for (int64_t i = 0; i < layers && !matched; ++i) matched = EndsWithModule(ModulePath(i, LlamaLinear(k)), name);
-        if (matched) hit.insert(k);
-        if (matched) break;
+        int64_t in_layers = 0;
+        for (int64_t i = 0; i < layers; ++i) in_layers += EndsWithModule(ModulePath(i, LlamaLinear(k)), name);
+        if (in_layers > 0 && in_layers < layers) {
+          MethodError(field, fmt::format("'{}' names {} in {} of {} layers; targets apply to every layer alike "
+                                         "(name the module, e.g. '{}')",
+                                         name, kLlamaLinearNames[k], in_layers, layers, kLlamaLinearNames[k]));
+        }
+        if (in_layers > 0) {
+          matched = true;
+          hit.insert(k);
+        }
       }
       if (!matched) {
         MethodError(field, fmt::format("'{}' matches no linear layer of this {} model (its linear layers: q_proj, "
@@ -79,6 +88,9 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
     for (int k : hit) targets.push_back(LlamaLinear(k));
     return targets;
   };
+  auto require_targets = [&](const std::string& field) {
+    if (targets_.empty()) MethodError(field, "is empty; name at least one linear layer (e.g. q_proj)");
+  };
 
   switch (method_.type) {
     case MethodType::kFull:
@@ -88,6 +100,7 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
       const LoraSpec& lora = method_.lora;
       if (!lora.target_is_pattern) {
         targets_ = targets_named(lora.target_modules, "lora.target_modules");
+        require_targets("lora.target_modules");
       } else if (lora.target_modules[0] == "all-linear") {
         targets_ = all_targets();
       } else {
@@ -122,6 +135,7 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
     }
     case MethodType::kIa3: {
       targets_ = targets_named(method_.ia3.target_modules, "ia3.target_modules");
+      require_targets("ia3.target_modules");
       feedforward_ = targets_named(method_.ia3.feedforward_modules, "ia3.feedforward_modules");
       for (LlamaLinear f : feedforward_) {
         if (std::find(targets_.begin(), targets_.end(), f) == targets_.end()) {
@@ -185,6 +199,17 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
       matched = true;
       if (std::none_of(saved_.begin(), saved_.end(), [&](const ParameterSpec& s) { return s.name == p.name; }))
         saved_.push_back(p);
+      for (int64_t i = 0; i < layers; ++i) {
+        for (LlamaLinear t : targets_) {
+          // Adapted and trained in full at once: a merged export could not hold both.
+          if (path == ModulePath(i, t)) {
+            MethodError("modules_to_save",
+                        fmt::format("'{}' is also a target of the method; a module is adapted or trained in full, "
+                                    "not both",
+                                    module));
+          }
+        }
+      }
     }
     if (!matched) {
       MethodError("modules_to_save",
@@ -196,7 +221,9 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
 }
 
 void PeftMethod::AddParameter(std::string name, std::vector<int64_t> shape, std::string unit) {
-  const bool decay = shape.size() >= 2 && name.find("bias") == std::string::npos;
+  // No decay on biases, nor on IA3's scales (decay pulls towards 0, not to their identity 1).
+  const bool decay =
+      shape.size() >= 2 && name.find("bias") == std::string::npos && name.find("ia3_l") == std::string::npos;
   parameters_.push_back(ParameterSpec{std::move(name), std::move(shape), decay});
   parameter_units_.push_back(std::move(unit));
 }
@@ -282,9 +309,10 @@ at::Tensor PeftMethod::Initial(const ParameterSpec& spec, uint64_t seed,
     return Random(spec.shape, seed, name, false, 1.0 / std::sqrt(static_cast<double>(config_.hidden_size)));
   }
   if (name.rfind(kPrefixEncoder, 0) == 0 && name.find("transform") != std::string::npos) {
-    const int64_t in = name.find("transform.0") != std::string::npos ? config_.num_key_value_heads * config_.head_dim
-                       : spec.shape.size() >= 2                      ? spec.shape[1]
-                                                                     : 1;
+    // nn.Linear's default for weight and bias alike: by the layer's fan-in.
+    const int64_t kv = config_.num_key_value_heads * config_.head_dim;
+    const int64_t encoder = method_.prefix.encoder_hidden_size > 0 ? method_.prefix.encoder_hidden_size : kv;
+    const int64_t in = name.find("transform.0") != std::string::npos ? kv : encoder;
     return Random(spec.shape, seed, name, false, 1.0 / std::sqrt(static_cast<double>(in)));
   }
   if (name == kPromptEmbeddings && method_.type == MethodType::kPrompt) {

@@ -56,8 +56,9 @@ class PeftMethod {
   // Names of the parameters a layer's computation uses besides the base layer's own.
   bool UsedByLayer(const std::string& parameter, int64_t layer) const;
 
-  // Prompt tuning's virtual tokens (0 for the other methods).
+  // Prompt tuning's virtual tokens, prefix tuning's keys per layer (0 for the other methods).
   int64_t prompt_tokens() const { return method_.type == MethodType::kPrompt ? method_.prompt.num_virtual_tokens : 0; }
+  int64_t prefix_tokens() const { return method_.type == MethodType::kPrefix ? method_.prefix.num_virtual_tokens : 0; }
 
   // LoRA, DoRA and IA3 fold into the base weights; the others add computation.
   bool mergeable() const;
