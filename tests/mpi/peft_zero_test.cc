@@ -135,6 +135,21 @@ TEST_F(PeftZeroTest, EveryMethodOnEveryStageEqualsTheSingleProcessRun) {
   }
 }
 
+TEST_F(PeftZeroTest, HybridShardingEqualsTheSingleProcessRun) {
+  const int n = World().size();
+  if (n < 4) GTEST_SKIP() << "hybrid sharding needs 4 ranks (2 groups of 2)";
+  const std::string method = "{type: lora, lora: {r: 4, alpha: 8, target_modules: all-linear}}";
+  const fs::path reference = *dir_ / fmt::format("ref-lora-{}", 2 * n);  // written by the test above
+  if (World().rank() == 0 && !fs::exists(reference / "final"))
+    RunTraining(Spec(method, reference.string(), 0, 2, 2 * n));
+  World().Barrier(CollectiveTag{"reference"});
+  JobSpec spec = Spec(method, (*dir_ / "hybrid").string(), 3, 2, 2 * n);
+  spec.sharding.shard_group_size = 2;
+  RunTraining(spec, World());
+  World().Barrier(CollectiveTag{"compare"});
+  ExpectSameRun(*dir_ / "hybrid", reference);
+}
+
 TEST_F(PeftZeroTest, OnlyTrainableParametersHoldGradientsAndOptimizerState) {
   // bf16 at stage 3: per trainable parameter, a 4-byte gradient shard and 12 bytes of fp32 master
   // weights and moments, divided over the ranks: 16 x trainable / N (plus alignment padding).
