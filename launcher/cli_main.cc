@@ -9,6 +9,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/logging.h"
+#include "launcher/client/client.h"
 #include "sharding/flat_parameters.h"
 #include "worker/blas_env.h"
 #include "worker/data/tokenizer/tokenizer.h"
@@ -178,10 +179,16 @@ int main(int argc, char** argv) {
   init->add_option("--seed", seed, "initialization seed");
   init->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
+  ClientCommands client(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitInvalidInput;
+  }
+  if (client.parsed()) {
+    InitLogging(log_level, 0);
+    return client.Run();
   }
   if (train->parsed()) {
     if (np == 1 && hostfile.empty()) return RunWorker(job_path, log_level);

@@ -10,7 +10,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
-  libsqlite3-dev nlohmann-json3-dev libcli11-dev
+  libsqlite3-dev libssl-dev nlohmann-json3-dev libcli11-dev
   libpcre2-dev libicu-dev libsentencepiece-dev
 )
 

@@ -10,6 +10,7 @@
 #include "common/logging.h"
 #include "sharding/comm/mpi_communicator.h"
 #include "sharding/comm/nccl_communicator.h"
+#include "worker/server_reporter.h"
 #include "worker/trainer.h"
 
 namespace shardtune {
@@ -70,6 +71,7 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
   std::unique_ptr<MpiRuntime> mpi;
   std::unique_ptr<Communicator> mpi_world;   // NCCL bootstraps over it, so it outlives `nccl_world`
   std::unique_ptr<Communicator> nccl_world;  // set when training on GPUs
+  std::unique_ptr<ServerReporter> reporter;  // rank 0 of a job started by shardtune-server
   int world_size = 1;
   try {
     InitLogging(log_level, RankFromEnvironment());
@@ -83,7 +85,20 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
       mpi_world = std::make_unique<SingleProcessCommunicator>();
     }
     nccl_world = MaybeNccl(spec, *mpi_world);
-    const TrainingSummary summary = RunTraining(spec, nccl_world ? *nccl_world : *mpi_world);
+    TrainerOptions options;
+    if (ServerReporter::ManagedByServer()) {
+      options.stop_check = true;
+      if (mpi_world->rank() == 0) {
+        reporter = ServerReporter::FromEnvironment();
+        options.on_step = [&](int64_t step, int64_t total, double epoch, int64_t tokens,
+                              const std::map<std::string, double>& metrics) {
+          return reporter->Progress(step, total, epoch, tokens, metrics, "");
+        };
+        options.on_checkpoint = [&](int64_t step, const std::string& path) { reporter->Checkpoint(step, path); };
+      }
+    }
+    const TrainingSummary summary = RunTraining(spec, nccl_world ? *nccl_world : *mpi_world, options);
+    if (reporter) reporter->Result(summary.finished, summary.paused, "", "");
     if (mpi_world->rank() == 0) {
       spdlog::info("job '{}' finished: {} steps, last loss {:.4f}{}", spec.name, summary.steps, summary.last_loss,
                    summary.last_val_loss ? fmt::format(", val_loss {:.4f}", *summary.last_val_loss) : "");
@@ -94,6 +109,10 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
     return kExitOk;
   } catch (const std::exception& e) {
     const int code = ReportFailure(e);
+    if (reporter) {
+      reporter->Result(false, false, code == kExitInvalidInput ? "INVALID_INPUT" : "RANK_FAILED",
+                       fmt::format("rank 0: {}", e.what()));
+    }
     // One rank failing fails the job: take every other rank down now rather than let them wait
     // in a collective until their timeout.
     if (mpi && world_size > 1) MpiRuntime::Abort(code);

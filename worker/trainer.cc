@@ -107,7 +107,8 @@ class Trainer {
   at::Tensor Forward(const Batch& batch, bool training);
   // The units whose parameters some computation uses (`primary`'s unit first: it leads prefetch).
   std::vector<int> UnitsUsing(const std::string& primary, const std::function<bool(const std::string&)>& uses) const;
-  void ReadInitAdapter();  // method.init_from, checked against the method
+  void ReadInitAdapter();            // method.init_from, checked against the method
+  bool StopRequested(int64_t step);  // reports the step to the server (rank 0); true: pause
   void LoadInitialWeights(bool resuming);
   void TrainStep(int64_t step);
   void Evaluate(int64_t step);
@@ -132,6 +133,7 @@ class Trainer {
   std::vector<int> embed_units_, prompt_units_, head_units_;
   std::vector<std::vector<int>> layer_units_;
   std::map<std::string, at::Tensor> init_adapter_;  // method.init_from's tensors, until loaded
+  std::map<std::string, double> last_metrics_;      // rank 0: the latest step's (and evaluation's) figures
   std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<Example> train_;
   std::vector<Example> validation_;
@@ -343,6 +345,17 @@ void Trainer::Prepare() {
   }
 }
 
+bool Trainer::StopRequested(int64_t step) {
+  // Rank 0 reports and hears the server's answer; every rank must act on the same answer.
+  at::Tensor stop = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(device_));
+  if (rank0_ && options_.on_step) {
+    const double epoch = static_cast<double>(step) / static_cast<double>(steps_per_epoch_);
+    if (options_.on_step(step, total_steps_, epoch, tokens_, last_metrics_)) stop.fill_(1);
+  }
+  world_.Broadcast(stop, 0, CollectiveTag{"stop request", step})->Wait();
+  return stop.item<int64_t>() != 0;
+}
+
 std::vector<int> Trainer::UnitsUsing(const std::string& primary,
                                      const std::function<bool(const std::string&)>& uses) const {
   const int first = engine_->UnitOf(primary);
@@ -545,8 +558,10 @@ void Trainer::TrainStep(int64_t step) {
   const double loss = targets > 0 ? local[0].item<double>() / static_cast<double>(targets) : 0.0;
   summary_.last_loss = loss;
   if (!rank0_) return;
+  last_metrics_ = {{"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}};
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double tokens_per_s = seconds > 0 ? static_cast<double>(step_tokens) / seconds : 0.0;
+  last_metrics_["tokens_per_s"] = tokens_per_s;
   const double epoch = static_cast<double>(step + 1) / static_cast<double>(steps_per_epoch_);
   if ((step + 1) % spec_.training.log_every == 0 || step + 1 == total_steps_) {
     const MemoryAccount memory = engine_->memory();
@@ -607,6 +622,8 @@ void Trainer::Evaluate(int64_t step) {
   if (targets == 0) return;
   const double val_loss = host[0][0].item<double>() / targets;
   summary_.last_val_loss = val_loss;
+  last_metrics_["val_loss"] = val_loss;
+  last_metrics_["perplexity"] = std::exp(val_loss);
   if (!rank0_) return;
   json record = {{"step", step},
                  {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch_)},
@@ -644,6 +661,7 @@ void Trainer::Checkpoint(int64_t step) {
     fs::remove_all(dir);
     RenameDirectoryAtomic(staging, dir);
     PruneCheckpoints(checkpoints, spec_.output.keep_checkpoints);
+    if (options_.on_checkpoint) options_.on_checkpoint(step, dir.string());
   }
   Barrier("checkpoint commit");
 }
@@ -666,8 +684,18 @@ TrainingSummary Trainer::Run() {
     TrainStep(step_);
     const int64_t done = ++step_;
     if (spec_.training.eval_every > 0 && done % spec_.training.eval_every == 0) Evaluate(done);
-    if (spec_.output.checkpoint_every > 0 && done % spec_.output.checkpoint_every == 0 && done < total_steps_)
-      Checkpoint(done);
+    const bool checkpointed =
+        spec_.output.checkpoint_every > 0 && done % spec_.output.checkpoint_every == 0 && done < total_steps_;
+    if (checkpointed) Checkpoint(done);
+    if (options_.stop_check && done < total_steps_ && StopRequested(done)) {
+      // Paused by the server: keep everything up to this step, then stop.
+      if (!checkpointed) Checkpoint(done);
+      if (progress_) progress_->Finish();
+      if (rank0_) spdlog::info("stopping at step {} as the server asked (checkpointed)", done);
+      summary_.steps = step_;
+      summary_.paused = true;
+      return summary_;
+    }
   }
   if (progress_) progress_->Finish();
   summary_.steps = step_;
@@ -675,6 +703,10 @@ TrainingSummary Trainer::Run() {
 
   if (spec_.training.eval_every == 0 || total_steps_ % spec_.training.eval_every != 0) Evaluate(total_steps_);
   Export();
+  if (rank0_ && options_.on_step) {  // the final figures, validation included
+    options_.on_step(total_steps_, total_steps_, static_cast<double>(total_steps_) / steps_per_epoch_, tokens_,
+                     last_metrics_);
+  }
   summary_.finished = true;
   return summary_;
 }

@@ -7,7 +7,10 @@
 // from the newest one, on any number of ranks; on the same number it continues bit for bit.
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
+#include <string>
 
 #include "common/job_spec.h"
 #include "sharding/comm/communicator.h"
@@ -18,6 +21,14 @@ struct TrainerOptions {
   // > 0: stop after this many steps as if interrupted (the checkpoints written so far stay);
   // used by tests of resume. 0: run to the end.
   int64_t stop_after_step = 0;
+  // A job run by shardtune-server (every rank sets stop_check; only rank 0 gets the callbacks):
+  // after each step `on_step` reports progress and returns whether to stop, in which case the
+  // ranks checkpoint at that step and return with `paused`.
+  bool stop_check = false;
+  std::function<bool(int64_t step, int64_t total_steps, double epoch, int64_t tokens,
+                     const std::map<std::string, double>& metrics)>
+      on_step;
+  std::function<void(int64_t step, const std::string& path)> on_checkpoint;
 };
 
 struct TrainingSummary {
@@ -25,7 +36,8 @@ struct TrainingSummary {
   int64_t resumed_from_step = 0;  // 0 when the run started fresh
   double last_loss = 0.0;
   std::optional<double> last_val_loss;
-  bool finished = false;  // false when stopped by stop_after_step
+  bool finished = false;  // false when stopped by stop_after_step or a pause
+  bool paused = false;    // stopped at a checkpoint because on_step asked
 };
 
 // Throws Error for anything the spec, the model or the data get wrong; CollectiveError when

@@ -1,0 +1,430 @@
+#include "launcher/server/job_manager.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "common/job_spec.h"
+#include "launcher/server/processes.h"
+
+extern char** environ;
+
+namespace shardtune::server {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kExitInvalidInput = 2;  // the worker's exit code for a user error (bad spec, bad data)
+
+std::string NewJobId() { return "job-" + RandomToken().substr(0, 16); }
+
+JobSpec ParseSpec(const std::string& yaml) {
+  try {
+    return ParseJobSpec(yaml, "spec_yaml", "/");
+  } catch (const SpecError& e) {
+    std::string message = "the job spec has problems:";
+    for (const auto& p : e.problems()) message += "\n" + p;
+    throw RequestError(RequestError::Kind::kInvalidArgument, message);
+  } catch (const Error& e) {
+    throw RequestError(RequestError::Kind::kInvalidArgument, e.what());
+  }
+}
+
+}  // namespace
+
+JobManager::JobManager(ServerConfig config, std::string server_address)
+    : config_(std::move(config)),
+      server_address_(std::move(server_address)),
+      store_(std::make_unique<JobStore>(config_.database)) {
+  for (const ApiKey& key : config_.api_keys) store_->PutApiKey(key.sha256, key.tenant, key.role);
+  fs::create_directories(config_.data_dir);
+}
+
+JobManager::~JobManager() { Stop(); }
+
+void JobManager::Start() {
+  // Re-attach: attempts whose supervisor still runs stay RUNNING (and are watched again); the
+  // others are settled from their exit files by the first Tick.
+  for (JobRecord& r : store_->Unfinished()) {
+    if (r.job.status() == v1::RUNNING) {
+      const bool alive = SupervisorAlive(r.supervisor_pid, r.job.id());
+      spdlog::info("job {}: attempt {} {} ", r.job.id(), r.job.attempt(),
+                   alive ? "still runs; watching it again" : "ended while the server was down");
+      Event(r, "log",
+            alive ? "the server restarted and re-attached to the running attempt"
+                  : "the server restarted; the attempt ended while it was down");
+    }
+  }
+  thread_ = std::thread([this] {
+    while (true) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_) return;
+        try {
+          Tick();
+        } catch (const std::exception& e) {
+          spdlog::error("scheduler: {}", e.what());
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+}
+
+void JobManager::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void JobManager::Event(const JobRecord& r, const std::string& kind, const std::string& message) {
+  store_->AddEvent(r.job, kind, message);
+  std::lock_guard<std::mutex> lock(events_mutex_);
+  events_.notify_all();
+}
+
+void JobManager::WaitForEvent(const std::string& job_id, int64_t after_seq, int timeout_ms) {
+  std::unique_lock<std::mutex> lock(events_mutex_);
+  events_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                   [&] { return !store_->Events(job_id, after_seq, 1).empty(); });
+}
+
+void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string& message) {
+  r.job.set_status(status);
+  if (status == v1::RUNNING && r.job.started_ms() == 0) r.job.set_started_ms(NowMs());
+  if (IsTerminal(status)) r.job.set_finished_ms(NowMs());
+  store_->Update(r);
+  Event(r, "status", fmt::format("{}: {}", v1::JobStatus_Name(status), message));
+  spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), v1::JobStatus_Name(status), message);
+}
+
+JobRecord JobManager::Owned(const Caller& caller, const std::string& id) {
+  auto record = store_->Get(id);
+  // Another tenant's job does not exist for this caller.
+  if (!record || (!caller.admin && record->job.tenant() != caller.tenant))
+    throw RequestError(RequestError::Kind::kNotFound, fmt::format("no job '{}'", id));
+  return *record;
+}
+
+int JobManager::UsedSlots(const std::string& tenant, int* running_jobs) {
+  int slots = 0;
+  *running_jobs = 0;
+  for (const JobRecord& r : store_->Unfinished()) {
+    if (r.job.status() != v1::RUNNING) continue;
+    if (!tenant.empty() && r.job.tenant() != tenant) continue;
+    slots += r.job.ranks();
+    ++*running_jobs;
+  }
+  return slots;
+}
+
+v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& request) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!request.idempotency_key().empty()) {
+    if (auto existing = store_->FindByIdempotencyKey(caller.tenant, request.idempotency_key())) return existing->job;
+  }
+  const JobSpec spec = ParseSpec(request.spec_yaml());
+  const int ranks = static_cast<int>(spec.resources.world_size());
+  if (ranks > config_.total_slots()) {
+    throw RequestError(RequestError::Kind::kResourceExhausted,
+                       fmt::format("resources ask for {} ranks, but this server's pool has {} slots in all; the job "
+                                   "could never start",
+                                   ranks, config_.total_slots()));
+  }
+  if (const auto quota = config_.quotas.find(caller.tenant);
+      quota != config_.quotas.end() && quota->second.max_ranks > 0 && ranks > quota->second.max_ranks) {
+    throw RequestError(RequestError::Kind::kResourceExhausted,
+                       fmt::format("resources ask for {} ranks; tenant '{}' may use at most {}", ranks, caller.tenant,
+                                   quota->second.max_ranks));
+  }
+  if (fs::exists(fs::path(spec.output.dir) / "final")) {
+    throw RequestError(RequestError::Kind::kFailedPrecondition,
+                       fmt::format("output.dir {} holds a finished run (final/); choose another", spec.output.dir));
+  }
+  for (const JobRecord& other : store_->Unfinished()) {
+    if (other.job.output_dir() == spec.output.dir) {
+      throw RequestError(RequestError::Kind::kFailedPrecondition,
+                         fmt::format("output.dir {} is in use by job {}", spec.output.dir, other.job.id()));
+    }
+  }
+  JobRecord r;
+  r.job.set_id(NewJobId());
+  r.job.set_name(spec.name);
+  for (const auto& [k, v] : spec.labels) (*r.job.mutable_labels())[k] = v;
+  r.job.set_tenant(caller.tenant);
+  r.job.set_spec_yaml(JobSpecToYaml(spec));
+  r.job.set_status(v1::QUEUED);
+  r.job.set_created_ms(NowMs());
+  r.job.set_output_dir(spec.output.dir);
+  r.job.set_priority(request.priority());
+  r.job.set_ranks(ranks);
+  r.job.mutable_error()->set_rank(-1);
+  r.idempotency_key = request.idempotency_key();
+  r.requested_ranks = ranks;
+  store_->Insert(r);
+  Event(r, "status", "QUEUED: accepted");
+  spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);
+  return r.job;
+}
+
+v1::Job JobManager::Get(const Caller& caller, const std::string& id) { return Owned(caller, id).job; }
+
+v1::Job JobManager::Cancel(const Caller& caller, const std::string& id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  JobRecord r = Owned(caller, id);
+  if (IsTerminal(r.job.status())) {
+    throw RequestError(RequestError::Kind::kFailedPrecondition,
+                       fmt::format("job {} has ended ({})", id, v1::JobStatus_Name(r.job.status())));
+  }
+  if (r.job.status() != v1::RUNNING) {
+    SetStatus(r, v1::CANCELLED, "cancelled before it ran");
+    return r.job;
+  }
+  r.cancel_requested = true;
+  r.signal_sent_ms = NowMs();
+  store_->Update(r);
+  Signal(r, SIGTERM);
+  Event(r, "log", "cancel requested: SIGTERM sent to the job's processes");
+  return r.job;
+}
+
+v1::Job JobManager::Pause(const Caller& caller, const std::string& id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  JobRecord r = Owned(caller, id);
+  if (r.job.status() == v1::QUEUED) {
+    SetStatus(r, v1::PAUSED, "paused before it ran");
+  } else if (r.job.status() == v1::RUNNING) {
+    r.pause_requested = true;
+    store_->Update(r);
+    Event(r, "log", "pause requested: the job checkpoints and stops at its next step");
+  } else {
+    throw RequestError(
+        RequestError::Kind::kFailedPrecondition,
+        fmt::format("job {} is {}; only queued or running jobs pause", id, v1::JobStatus_Name(r.job.status())));
+  }
+  return r.job;
+}
+
+v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int ranks) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  JobRecord r = Owned(caller, id);
+  if (r.job.status() != v1::PAUSED) {
+    throw RequestError(RequestError::Kind::kFailedPrecondition,
+                       fmt::format("job {} is {}; only paused jobs resume", id, v1::JobStatus_Name(r.job.status())));
+  }
+  if (ranks > 0) {
+    if (ranks > config_.total_slots()) {
+      throw RequestError(RequestError::Kind::kResourceExhausted,
+                         fmt::format("{} ranks exceed the pool's {} slots", ranks, config_.total_slots()));
+    }
+    const JobSpec spec = ParseSpec(r.job.spec_yaml());
+    const int64_t global = spec.training.global_batch_size, micro = spec.training.micro_batch_size;
+    if (global > 0 && global % (micro * ranks) != 0) {
+      throw RequestError(
+          RequestError::Kind::kInvalidArgument,
+          fmt::format("{} ranks do not divide the global batch {} into micro-batches of {}", ranks, global, micro));
+    }
+    r.requested_ranks = ranks;
+  }
+  r.pause_requested = false;
+  SetStatus(r, v1::QUEUED,
+            fmt::format("resumed; will continue from its latest checkpoint on {} ranks", r.requested_ranks));
+  return r.job;
+}
+
+bool JobManager::WorkerTokenValid(const std::string& job_id, const std::string& token) {
+  const auto r = store_->Get(job_id);
+  return r && !r->worker_token_hash.empty() && Sha256Hex(token) == r->worker_token_hash;
+}
+
+bool JobManager::Progress(const v1::ProgressReport& report) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto r = store_->Get(report.job_id());
+  if (!r || r->job.attempt() != report.attempt()) return true;  // a stale attempt: stop it
+  v1::Job& job = r->job;
+  job.set_step(report.step());
+  job.set_total_steps(report.total_steps());
+  job.set_epoch(report.epoch());
+  job.set_trained_tokens(report.trained_tokens());
+  job.set_progress(report.total_steps() > 0 ? static_cast<double>(report.step()) / report.total_steps() : 0.0);
+  for (const auto& [k, v] : report.metrics()) (*job.mutable_metrics())[k] = v;
+  if (job.started_ms() > 0 && report.step() > 0 && report.total_steps() > 0) {
+    // From this attempt's pace; a rough figure by design.
+    const double per_step = static_cast<double>(NowMs() - job.started_ms()) / static_cast<double>(report.step());
+    job.set_estimated_finish_ms(NowMs() + static_cast<int64_t>(per_step * (report.total_steps() - report.step())));
+  }
+  store_->Update(*r);
+  Event(*r, report.metrics().count("val_loss") ? "metrics" : "progress",
+        report.log_line().empty() ? fmt::format("step {}/{}", report.step(), report.total_steps()) : report.log_line());
+  return r->pause_requested || r->cancel_requested;
+}
+
+void JobManager::CheckpointSaved(const v1::CheckpointReport& report) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto r = store_->Get(report.job_id());
+  if (!r) return;
+  store_->AddCheckpoint(report.job_id(), report.step(), report.path());
+  Event(*r, "checkpoint", fmt::format("checkpoint at step {}: {}", report.step(), report.path()));
+}
+
+void JobManager::Result(const v1::ResultReport& report) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto r = store_->Get(report.job_id());
+  if (!r || r->job.attempt() != report.attempt()) return;
+  r->result_reported = true;
+  r->result_succeeded = report.succeeded();
+  r->result_paused = report.paused();
+  if (report.has_error() && !report.error().message().empty()) *r->job.mutable_error() = report.error();
+  store_->Update(*r);
+  if (report.has_error() && !report.error().message().empty()) Event(*r, "error", report.error().message());
+}
+
+void JobManager::Signal(const JobRecord& r, int signal) {
+  if (r.supervisor_pid > 0 && SupervisorAlive(r.supervisor_pid, r.job.id())) {
+    ::kill(-static_cast<pid_t>(r.supervisor_pid), signal);  // its process group: mpirun and local ranks
+  }
+  if (signal == SIGKILL) KillJobProcesses(r.job.id());
+}
+
+void JobManager::Tick() {
+  // Running attempts: ended? overdue for SIGKILL?
+  for (JobRecord& r : store_->Unfinished()) {
+    if (r.job.status() != v1::RUNNING) continue;
+    int exit_code = -1;
+    bool ended = false;
+    int status = 0;
+    const pid_t pid = static_cast<pid_t>(r.supervisor_pid);
+    const pid_t waited = pid > 0 ? ::waitpid(pid, &status, WNOHANG) : -1;
+    if (waited == pid && pid > 0) {
+      ended = true;
+      exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    } else if (waited < 0 && !SupervisorAlive(r.supervisor_pid, r.job.id())) {
+      ended = true;  // not our child (the server restarted): the exit file tells
+      exit_code = ReadExitFile(r.exit_file).value_or(-1);
+    }
+    if (ended) {
+      Settle(r, exit_code);
+    } else if (r.signal_sent_ms > 0 &&
+               NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000)) {
+      Signal(r, SIGKILL);
+    }
+  }
+  // Queued jobs, by priority then age, while slots last.
+  std::vector<JobRecord> queued;
+  for (JobRecord& r : store_->Unfinished())
+    if (r.job.status() == v1::QUEUED) queued.push_back(r);
+  std::stable_sort(queued.begin(), queued.end(),
+                   [](const JobRecord& a, const JobRecord& b) { return a.job.priority() > b.job.priority(); });
+  for (JobRecord& r : queued) {
+    int running = 0;
+    const int free = config_.total_slots() - UsedSlots("", &running);
+    if (r.requested_ranks > free) break;  // FIFO: nothing overtakes the head of the queue
+    int tenant_running = 0;
+    const int tenant_slots = UsedSlots(r.job.tenant(), &tenant_running);
+    if (const auto quota = config_.quotas.find(r.job.tenant()); quota != config_.quotas.end()) {
+      const TenantQuota& q = quota->second;
+      if ((q.max_running_jobs > 0 && tenant_running >= q.max_running_jobs) ||
+          (q.max_ranks > 0 && tenant_slots + r.requested_ranks > q.max_ranks))
+        continue;  // this tenant waits; others may go
+    }
+    Launch(r);
+  }
+}
+
+void JobManager::Launch(JobRecord& r) {
+  const fs::path dir = fs::path(config_.data_dir) / r.job.id();
+  fs::create_directories(dir);
+  const int attempt = r.job.attempt() + 1;
+  const fs::path spec = dir / "job.yaml";
+  WriteFileAtomic(spec, r.job.spec_yaml());
+  std::string hostfile_text;
+  int left = r.requested_ranks;
+  for (const HostSlots& h : config_.hosts) {
+    if (left <= 0) break;
+    hostfile_text += fmt::format("{} slots={}\n", h.host, h.slots);
+    left -= h.slots;
+  }
+  WriteFileAtomic(dir / "hostfile", hostfile_text);
+  const std::string token = RandomToken();
+  r.worker_token_hash = Sha256Hex(token);
+  r.exit_file = (dir / fmt::format("exit-{}", attempt)).string();
+  fs::remove(r.exit_file);
+  r.job.set_attempt(attempt);
+  r.job.set_ranks(r.requested_ranks);
+  r.cancel_requested = false;
+  r.pause_requested = false;
+  r.signal_sent_ms = 0;
+  r.result_reported = r.result_succeeded = r.result_paused = false;
+  r.job.clear_error();
+  r.job.mutable_error()->set_rank(-1);
+
+  const std::string worker = config_.worker.empty() ? (SelfDirectory() / "shardtune-worker").string() : config_.worker;
+  std::vector<std::string> argv = {(SelfDirectory() / "shardtune-server").string(),
+                                   "supervise",
+                                   "--job",
+                                   r.job.id(),
+                                   "--exit-file",
+                                   r.exit_file,
+                                   "--log",
+                                   (dir / fmt::format("attempt-{}.log", attempt)).string(),
+                                   "--",
+                                   config_.mpirun};
+  for (const auto& a : config_.mpirun_extra_args) argv.push_back(a);
+  for (const char* name : {"SHARDTUNE_SERVER", "SHARDTUNE_JOB_ID", "SHARDTUNE_JOB_TOKEN", "SHARDTUNE_JOB_ATTEMPT"}) {
+    argv.push_back("-x");
+    argv.push_back(name);
+  }
+  const fs::path rank_logs = fs::path(r.job.output_dir()) / "logs" / fmt::format("attempt-{}", attempt);
+  argv.insert(argv.end(), {"-np", std::to_string(r.requested_ranks), "--hostfile", (dir / "hostfile").string(),
+                           "--output-filename", rank_logs.string(), worker, spec.string()});
+  const std::map<std::string, std::string> env = {
+      {"SHARDTUNE_SERVER", server_address_}, {"SHARDTUNE_JOB_ID", r.job.id()},
+      {"SHARDTUNE_JOB_TOKEN", token},        {"SHARDTUNE_JOB_ATTEMPT", std::to_string(attempt)},
+      {"OMPI_ALLOW_RUN_AS_ROOT", "1"},       {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}};
+  r.supervisor_pid = SpawnInNewSession(argv, env);
+  SetStatus(r, v1::RUNNING,
+            fmt::format("attempt {} on {} ranks (supervisor pid {})", attempt, r.requested_ranks, r.supervisor_pid));
+}
+
+void JobManager::Settle(JobRecord& r, int exit_code) {
+  KillJobProcesses(r.job.id());  // nothing of an ended attempt outlives it
+  r.supervisor_pid = 0;
+  const bool finished = fs::exists(fs::path(r.job.output_dir()) / "final");
+  if (r.cancel_requested) {
+    SetStatus(r, v1::CANCELLED, "cancelled");
+  } else if (exit_code == 0 && finished) {
+    SetStatus(r, v1::SUCCEEDED, fmt::format("attempt {} finished", r.job.attempt()));
+  } else if (exit_code == 0 && (r.result_paused || r.pause_requested)) {
+    SetStatus(r, v1::PAUSED, fmt::format("stopped at its checkpoint after step {}", r.job.step()));
+  } else if (exit_code == kExitInvalidInput) {
+    r.job.mutable_error()->set_code("INVALID_INPUT");
+    if (r.job.error().message().empty()) r.job.mutable_error()->set_message("the worker rejected the job's input");
+    SetStatus(r, v1::FAILED, r.job.error().message() + " (not retried: a user error)");
+  } else {
+    const std::string why = exit_code < 0 ? "its processes vanished (node lost or killed)"
+                                          : fmt::format("mpirun exited with status {}", exit_code);
+    if (r.job.error().code().empty()) r.job.mutable_error()->set_code("RANK_FAILED");
+    if (r.job.error().message().empty()) r.job.mutable_error()->set_message(why);
+    if (r.job.attempt() < config_.max_attempts) {
+      SetStatus(r, v1::QUEUED,
+                fmt::format("attempt {} failed ({}); retrying from the latest checkpoint", r.job.attempt(),
+                            r.job.error().message()));
+    } else {
+      SetStatus(
+          r, v1::FAILED,
+          fmt::format("attempt {} of {} failed: {}", r.job.attempt(), config_.max_attempts, r.job.error().message()));
+    }
+  }
+}
+
+}  // namespace shardtune::server

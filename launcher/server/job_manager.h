@@ -1,0 +1,86 @@
+#pragma once
+// The server's job lifecycle: admission (the spec parsed and checked, the job stored QUEUED),
+// scheduling (FIFO within priority onto a pool of slots, per-tenant quotas), running each
+// attempt through a supervisor process (launcher/server/supervisor.h) that starts mpirun in its
+// own process group, and what happens when an attempt ends: success, a user error (fails at
+// once), any other failure (retried from the latest checkpoint up to retry.max_attempts),
+// cancel (SIGTERM, then SIGKILL after a grace period), pause (the job checkpoints and stops;
+// resume requeues it, on any number of ranks). Every state change is committed to the store
+// before it is acknowledged; after a restart the manager re-attaches to the supervisors still
+// running and settles the attempts that ended while it was down.
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "launcher/server/job_store.h"
+#include "launcher/server/server_config.h"
+
+namespace shardtune::server {
+
+struct Caller {
+  std::string tenant;
+  bool admin = false;
+};
+
+// Errors a request can get, mapped to gRPC status codes by the services.
+class RequestError : public std::runtime_error {
+ public:
+  enum class Kind { kInvalidArgument, kNotFound, kFailedPrecondition, kResourceExhausted };
+  RequestError(Kind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+  Kind kind() const { return kind_; }
+
+ private:
+  Kind kind_;
+};
+
+class JobManager {
+ public:
+  JobManager(ServerConfig config, std::string server_address);
+  ~JobManager();
+
+  JobStore& store() { return *store_; }
+  const ServerConfig& config() const { return config_; }
+
+  // Starts the scheduling thread (after re-attaching to what is running).
+  void Start();
+  void Stop();
+
+  v1::Job Create(const Caller& caller, const v1::CreateJobRequest& request);
+  v1::Job Get(const Caller& caller, const std::string& id);  // NOT_FOUND for another tenant's job
+  v1::Job Cancel(const Caller& caller, const std::string& id);
+  v1::Job Pause(const Caller& caller, const std::string& id);
+  v1::Job Resume(const Caller& caller, const std::string& id, int ranks);
+
+  // Worker reports (already authenticated by token); returns whether the worker should stop.
+  bool Progress(const v1::ProgressReport& report);
+  void CheckpointSaved(const v1::CheckpointReport& report);
+  void Result(const v1::ResultReport& report);
+  bool WorkerTokenValid(const std::string& job_id, const std::string& token);
+
+  // Blocks until an event after `after_seq` exists for the job or `timeout_ms` passes.
+  void WaitForEvent(const std::string& job_id, int64_t after_seq, int timeout_ms);
+
+ private:
+  JobRecord Owned(const Caller& caller, const std::string& id);
+  void Tick();
+  void Launch(JobRecord& record);
+  void Settle(JobRecord& record, int exit_code);
+  void SetStatus(JobRecord& record, v1::JobStatus status, const std::string& message);
+  void Event(const JobRecord& record, const std::string& kind, const std::string& message);
+  void Signal(const JobRecord& record, int signal);
+  int UsedSlots(const std::string& tenant, int* running_jobs);
+
+  ServerConfig config_;
+  std::string server_address_;
+  std::unique_ptr<JobStore> store_;
+  std::mutex mutex_;  // serializes state changes of jobs
+  std::mutex events_mutex_;
+  std::condition_variable events_;
+  std::thread thread_;
+  bool stopping_ = false;
+};
+
+}  // namespace shardtune::server

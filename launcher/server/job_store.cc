@@ -1,0 +1,300 @@
+#include "launcher/server/job_store.h"
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace shardtune::server {
+
+namespace {
+
+using nlohmann::json;
+
+// A prepared statement, finalized on scope exit.
+class Statement {
+ public:
+  Statement(sqlite3* db, const std::string& sql) : db_(db) {
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt_, nullptr) != SQLITE_OK) {
+      Fail(ErrorCode::kInternal, "SQLite: {} in: {}", sqlite3_errmsg(db), sql);
+    }
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Statement& BindBlob(int i, const std::string& v) {
+    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  bool Step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    Fail(ErrorCode::kInternal, "SQLite: {}", sqlite3_errmsg(db_));
+  }
+  int64_t Int(int i) { return sqlite3_column_int64(stmt_, i); }
+  std::string Text(int i) {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, i));
+    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, i))) : std::string();
+  }
+  std::string Blob(int i) {
+    const auto* p = static_cast<const char*>(sqlite3_column_blob(stmt_, i));
+    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, i))) : std::string();
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+json ServerFields(const JobRecord& r) {
+  return {{"idempotency_key", r.idempotency_key},
+          {"worker_token_hash", r.worker_token_hash},
+          {"requested_ranks", r.requested_ranks},
+          {"supervisor_pid", r.supervisor_pid},
+          {"exit_file", r.exit_file},
+          {"backend_id", r.backend_id},
+          {"cancel_requested", r.cancel_requested},
+          {"pause_requested", r.pause_requested},
+          {"signal_sent_ms", r.signal_sent_ms},
+          {"result_reported", r.result_reported},
+          {"result_succeeded", r.result_succeeded},
+          {"result_paused", r.result_paused}};
+}
+
+JobRecord FromRow(const std::string& job_blob, const std::string& server_json) {
+  JobRecord r;
+  if (!r.job.ParseFromString(job_blob)) Fail(ErrorCode::kDataLoss, "job store: a job row does not parse");
+  const json s = json::parse(server_json);
+  r.idempotency_key = s.value("idempotency_key", "");
+  r.worker_token_hash = s.value("worker_token_hash", "");
+  r.requested_ranks = s.value("requested_ranks", 1);
+  r.supervisor_pid = s.value("supervisor_pid", int64_t{0});
+  r.exit_file = s.value("exit_file", "");
+  r.backend_id = s.value("backend_id", "");
+  r.cancel_requested = s.value("cancel_requested", false);
+  r.pause_requested = s.value("pause_requested", false);
+  r.signal_sent_ms = s.value("signal_sent_ms", int64_t{0});
+  r.result_reported = s.value("result_reported", false);
+  r.result_succeeded = s.value("result_succeeded", false);
+  r.result_paused = s.value("result_paused", false);
+  return r;
+}
+
+constexpr const char* kJobColumns = "job, server";
+
+}  // namespace
+
+bool IsTerminal(JobStatus status) { return status == v1::SUCCEEDED || status == v1::FAILED || status == v1::CANCELLED; }
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+JobStore::JobStore(const std::filesystem::path& path) : path_(path) {
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    const std::string message = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    db_ = nullptr;
+    Fail(ErrorCode::kFailedPrecondition, "{}: cannot open the job database: {}", path.string(), message);
+  }
+  sqlite3_busy_timeout(db_, 5000);
+  Exec("PRAGMA journal_mode=WAL");
+  Exec("PRAGMA synchronous=FULL");
+  Exec("PRAGMA foreign_keys=ON");
+  Migrate();
+}
+
+JobStore::~JobStore() { sqlite3_close(db_); }
+
+void JobStore::Exec(const std::string& sql) {
+  char* error = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
+    const std::string message = error ? error : "unknown error";
+    sqlite3_free(error);
+    Fail(ErrorCode::kFailedPrecondition, "{}: {} (in: {})", path_.string(), message, sql.substr(0, 80));
+  }
+}
+
+void JobStore::Migrate() {
+  Exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
+  int64_t version = 0;
+  {
+    Statement q(db_, "SELECT version FROM schema_version");
+    if (q.Step()) version = q.Int(0);
+  }
+  if (version > kSchemaVersion) {
+    Fail(ErrorCode::kFailedPrecondition,
+         "{}: written by a newer shardtune-server (schema version {}, this one knows up to {})", path_.string(),
+         version, kSchemaVersion);
+  }
+  // Each step moves the schema from version k to k + 1, in one transaction.
+  const std::vector<std::string> migrations = {
+      R"(CREATE TABLE jobs (
+           id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, status INTEGER NOT NULL,
+           priority INTEGER NOT NULL, created_ms INTEGER NOT NULL, idempotency_key TEXT,
+           labels TEXT NOT NULL, job BLOB NOT NULL, server TEXT NOT NULL);
+         CREATE INDEX jobs_by_tenant ON jobs (tenant, created_ms);
+         CREATE UNIQUE INDEX jobs_by_key ON jobs (tenant, idempotency_key) WHERE idempotency_key <> '';
+         CREATE TABLE events (job_id TEXT NOT NULL REFERENCES jobs(id), seq INTEGER NOT NULL,
+           time_ms INTEGER NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL, job BLOB NOT NULL,
+           PRIMARY KEY (job_id, seq));
+         CREATE TABLE checkpoints (job_id TEXT NOT NULL REFERENCES jobs(id), step INTEGER NOT NULL,
+           path TEXT NOT NULL, time_ms INTEGER NOT NULL, PRIMARY KEY (job_id, step));
+         CREATE TABLE api_keys (sha256 TEXT PRIMARY KEY, tenant TEXT NOT NULL, role TEXT NOT NULL);)",
+  };
+  for (int64_t v = version; v < kSchemaVersion; ++v) {
+    Exec("BEGIN IMMEDIATE");
+    try {
+      Exec(migrations[static_cast<size_t>(v)]);
+      Exec("DELETE FROM schema_version");
+      Exec(fmt::format("INSERT INTO schema_version VALUES ({})", v + 1));
+      Exec("COMMIT");
+    } catch (...) {
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+      throw;
+    }
+  }
+}
+
+void JobStore::Insert(const JobRecord& r) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  json labels = json::object();
+  for (const auto& [k, v] : r.job.labels()) labels[k] = v;
+  Statement q(db_,
+              "INSERT INTO jobs (id, tenant, name, status, priority, created_ms, idempotency_key, labels, job, server) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  q.Bind(1, r.job.id()).Bind(2, r.job.tenant()).Bind(3, r.job.name()).Bind(4, int64_t{r.job.status()});
+  q.Bind(5, int64_t{r.job.priority()}).Bind(6, r.job.created_ms()).Bind(7, r.idempotency_key).Bind(8, labels.dump());
+  q.BindBlob(9, r.job.SerializeAsString()).Bind(10, ServerFields(r).dump());
+  q.Step();
+}
+
+void JobStore::Update(const JobRecord& r) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Statement q(db_, "UPDATE jobs SET status = ?, job = ?, server = ? WHERE id = ?");
+  q.Bind(1, int64_t{r.job.status()}).BindBlob(2, r.job.SerializeAsString()).Bind(3, ServerFields(r).dump());
+  q.Bind(4, r.job.id());
+  q.Step();
+}
+
+std::optional<JobRecord> JobStore::Get(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Statement q(db_, fmt::format("SELECT {} FROM jobs WHERE id = ?", kJobColumns));
+  q.Bind(1, id);
+  if (!q.Step()) return std::nullopt;
+  return FromRow(q.Blob(0), q.Text(1));
+}
+
+std::optional<JobRecord> JobStore::FindByIdempotencyKey(const std::string& tenant, const std::string& key) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Statement q(db_, fmt::format("SELECT {} FROM jobs WHERE tenant = ? AND idempotency_key = ?", kJobColumns));
+  q.Bind(1, tenant).Bind(2, key);
+  if (!q.Step()) return std::nullopt;
+  return FromRow(q.Blob(0), q.Text(1));
+}
+
+std::vector<JobRecord> JobStore::List(const JobFilter& f) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::string sql = fmt::format("SELECT {}, labels FROM jobs WHERE 1 = 1", kJobColumns);
+  if (!f.tenant.empty()) sql += " AND tenant = ?1";
+  if (f.status != v1::JOB_STATUS_UNSPECIFIED) sql += " AND status = ?2";
+  if (!f.name.empty()) sql += " AND name = ?3";
+  sql += " ORDER BY created_ms DESC, id DESC";
+  Statement q(db_, sql);
+  q.Bind(1, f.tenant).Bind(2, int64_t{f.status}).Bind(3, f.name);
+  std::vector<JobRecord> result;
+  int64_t skipped = 0;
+  while (q.Step() && static_cast<int64_t>(result.size()) < f.limit) {
+    const json labels = json::parse(q.Text(2));
+    bool match = true;
+    for (const auto& [k, v] : f.labels) match = match && labels.contains(k) && labels[k] == v;
+    if (!match) continue;
+    if (skipped++ < f.offset) continue;
+    result.push_back(FromRow(q.Blob(0), q.Text(1)));
+  }
+  return result;
+}
+
+std::vector<JobRecord> JobStore::Unfinished() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Statement q(db_,
+              fmt::format("SELECT {} FROM jobs WHERE status NOT IN (?, ?, ?) ORDER BY created_ms, id", kJobColumns));
+  q.Bind(1, int64_t{v1::SUCCEEDED}).Bind(2, int64_t{v1::FAILED}).Bind(3, int64_t{v1::CANCELLED});
+  std::vector<JobRecord> result;
+  while (q.Step()) result.push_back(FromRow(q.Blob(0), q.Text(1)));
+  return result;
+}
+
+int64_t JobStore::AddEvent(const v1::Job& job, const std::string& kind, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  int64_t seq = 1;
+  {
+    Statement q(db_, "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?");
+    q.Bind(1, job.id());
+    if (q.Step()) seq = q.Int(0);
+  }
+  Statement q(db_, "INSERT INTO events (job_id, seq, time_ms, kind, message, job) VALUES (?, ?, ?, ?, ?, ?)");
+  q.Bind(1, job.id()).Bind(2, seq).Bind(3, NowMs()).Bind(4, kind).Bind(5, message).BindBlob(6, job.SerializeAsString());
+  q.Step();
+  return seq;
+}
+
+std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t after_seq, int64_t limit) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Statement q(db_,
+              "SELECT seq, time_ms, kind, message, job FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?");
+  q.Bind(1, job_id).Bind(2, after_seq).Bind(3, limit);
+  std::vector<v1::JobEvent> events;
+  while (q.Step()) {
+    v1::JobEvent e;
+    e.set_job_id(job_id);
+    e.set_seq(q.Int(0));
+    e.set_time_ms(q.Int(1));
+    e.set_kind(q.Text(2));
+    e.set_message(q.Text(3));
+    e.mutable_job()->ParseFromString(q.Blob(4));
+    events.push_back(std::move(e));
+  }
+  return events;
+}
+
+void JobStore::AddCheckpoint(const std::string& job_id, int64_t step, const std::string& path) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Statement q(db_, "INSERT OR REPLACE INTO checkpoints (job_id, step, path, time_ms) VALUES (?, ?, ?, ?)");
+  q.Bind(1, job_id).Bind(2, step).Bind(3, path).Bind(4, NowMs());
+  q.Step();
+}
+
+std::vector<v1::Checkpoint> JobStore::Checkpoints(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Statement q(db_, "SELECT step, path, time_ms FROM checkpoints WHERE job_id = ? ORDER BY step");
+  q.Bind(1, job_id);
+  std::vector<v1::Checkpoint> result;
+  while (q.Step()) {
+    v1::Checkpoint c;
+    c.set_step(q.Int(0));
+    c.set_path(q.Text(1));
+    c.set_time_ms(q.Int(2));
+    result.push_back(std::move(c));
+  }
+  return result;
+}
+
+void JobStore::PutApiKey(const std::string& sha256, const std::string& tenant, const std::string& role) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Statement q(db_, "INSERT OR REPLACE INTO api_keys (sha256, tenant, role) VALUES (?, ?, ?)");
+  q.Bind(1, sha256).Bind(2, tenant).Bind(3, role);
+  q.Step();
+}
+
+}  // namespace shardtune::server

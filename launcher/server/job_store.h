@@ -1,0 +1,88 @@
+#pragma once
+// The server's memory: jobs, their events and checkpoints, and API key hashes, in one SQLite
+// file (WAL mode, synchronous=FULL: a change is on disk before the call that made it returns,
+// which is what lets the server acknowledge a request only after committing it). The schema
+// carries a version; opening an older file migrates it forward, a newer one is refused.
+//
+// Thread-safe: one connection, one mutex.
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shardtune/v1/jobs.pb.h"
+
+namespace shardtune::server {
+
+using v1::JobStatus;
+
+// What the server keeps about a job; `job` is what clients see.
+struct JobRecord {
+  v1::Job job;
+  std::string idempotency_key;
+  std::string worker_token_hash;  // sha256 of the current attempt's worker token
+  int requested_ranks = 1;        // for the next attempt
+  int64_t supervisor_pid = 0;     // the current attempt's supervisor process (0: none)
+  std::string exit_file;          // where the supervisor writes mpirun's exit status
+  std::string backend_id;         // Slurm job id, for the slurm backend
+  bool cancel_requested = false;
+  bool pause_requested = false;
+  int64_t signal_sent_ms = 0;  // when the attempt was asked to stop (SIGTERM), for the SIGKILL deadline
+  bool result_reported = false;
+  bool result_succeeded = false;
+  bool result_paused = false;
+};
+
+struct JobFilter {
+  std::string tenant;  // empty: every tenant (admins)
+  JobStatus status = v1::JOB_STATUS_UNSPECIFIED;
+  std::string name;
+  std::map<std::string, std::string> labels;
+  int64_t offset = 0;
+  int64_t limit = 50;
+};
+
+class JobStore {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  explicit JobStore(const std::filesystem::path& path);  // throws Error naming the file
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  void Insert(const JobRecord& record);
+  void Update(const JobRecord& record);
+  std::optional<JobRecord> Get(const std::string& id);
+  std::optional<JobRecord> FindByIdempotencyKey(const std::string& tenant, const std::string& key);
+  std::vector<JobRecord> List(const JobFilter& filter);  // newest first
+  std::vector<JobRecord> Unfinished();                   // oldest first
+
+  // Appends an event (its seq is returned) with the job as it is now.
+  int64_t AddEvent(const v1::Job& job, const std::string& kind, const std::string& message);
+  std::vector<v1::JobEvent> Events(const std::string& job_id, int64_t after_seq, int64_t limit);
+
+  void AddCheckpoint(const std::string& job_id, int64_t step, const std::string& path);
+  std::vector<v1::Checkpoint> Checkpoints(const std::string& job_id);
+
+  void PutApiKey(const std::string& sha256, const std::string& tenant, const std::string& role);
+
+ private:
+  void Exec(const std::string& sql);
+  void Migrate();
+
+  std::filesystem::path path_;
+  sqlite3* db_ = nullptr;
+  std::mutex mutex_;
+};
+
+bool IsTerminal(JobStatus status);
+int64_t NowMs();
+
+}  // namespace shardtune::server

@@ -1,0 +1,180 @@
+#include "launcher/server/server_config.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <yaml-cpp/yaml.h>
+
+#include <set>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+
+namespace shardtune::server {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string Hex(const unsigned char* bytes, size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    out += digits[bytes[i] >> 4];
+    out += digits[bytes[i] & 15];
+  }
+  return out;
+}
+
+// Reads a YAML mapping's keys, collecting problems with their line numbers.
+class Reader {
+ public:
+  Reader(std::vector<std::string>& problems, std::string path) : problems_(problems), path_(std::move(path)) {}
+  void Problem(const YAML::Node& at, const std::string& key, const std::string& message) {
+    problems_.push_back(fmt::format("{} (line {}): {}", key, at.Mark().line + 1, message));
+  }
+  template <typename T>
+  void Get(const YAML::Node& map, const char* key, const std::string& path, T* out) {
+    const YAML::Node value = map[key];
+    if (!value || value.IsNull()) return;
+    try {
+      *out = value.as<T>();
+    } catch (const YAML::Exception&) {
+      Problem(value, path, "has the wrong type");
+    }
+  }
+  void Known(const YAML::Node& map, const std::string& path, const std::set<std::string>& keys) {
+    if (!map.IsMap()) {
+      if (map.IsDefined() && !map.IsNull()) Problem(map, path.empty() ? "(top level)" : path, "expected a mapping");
+      return;
+    }
+    for (const auto& entry : map) {
+      const std::string key = entry.first.Scalar();
+      if (!keys.count(key)) Problem(entry.first, (path.empty() ? "" : path + ".") + key, "unknown key");
+    }
+  }
+
+ private:
+  std::vector<std::string>& problems_;
+  std::string path_;
+};
+
+}  // namespace
+
+int ServerConfig::total_slots() const {
+  int n = 0;
+  for (const auto& h : hosts) n += h.slots;
+  return n;
+}
+
+std::string Sha256Hex(const std::string& data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
+  return Hex(digest, length);
+}
+
+std::string RandomToken() {
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof bytes) != 1) Fail(ErrorCode::kInternal, "no random bytes for a token");
+  return Hex(bytes, sizeof bytes);
+}
+
+ServerConfig LoadServerConfig(const fs::path& path) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(ReadFile(path));
+  } catch (const YAML::ParserException& e) {
+    Fail(ErrorCode::kInvalidArgument, "{} (line {}): not valid YAML: {}", path.string(), e.mark.line + 1, e.msg);
+  }
+  ServerConfig c;
+  std::vector<std::string> problems;
+  Reader r(problems, path.string());
+  r.Known(root, "",
+          {"listen", "tls", "database", "data_dir", "api_keys", "backend", "local", "slurm", "retry", "quotas",
+           "worker", "cancel_grace_s"});
+  const fs::path base = fs::absolute(path).parent_path();
+  auto resolve = [&](std::string p) { return p.empty() || fs::path(p).is_absolute() ? p : (base / p).string(); };
+  r.Get(root, "listen", "listen", &c.listen);
+  if (root["tls"]) {
+    r.Known(root["tls"], "tls", {"cert", "key"});
+    r.Get(root["tls"], "cert", "tls.cert", &c.tls_cert);
+    r.Get(root["tls"], "key", "tls.key", &c.tls_key);
+    if (c.tls_cert.empty() != c.tls_key.empty()) r.Problem(root["tls"], "tls", "give both cert and key");
+    c.tls_cert = resolve(c.tls_cert);
+    c.tls_key = resolve(c.tls_key);
+  }
+  r.Get(root, "database", "database", &c.database);
+  c.database = resolve(c.database);
+  r.Get(root, "data_dir", "data_dir", &c.data_dir);
+  c.data_dir = c.data_dir.empty() ? (fs::path(c.database).parent_path() / "jobs").string() : resolve(c.data_dir);
+  r.Get(root, "worker", "worker", &c.worker);
+  c.worker = resolve(c.worker);
+  r.Get(root, "cancel_grace_s", "cancel_grace_s", &c.cancel_grace_s);
+  const YAML::Node keys = root["api_keys"];
+  if (keys && !keys.IsSequence()) r.Problem(keys, "api_keys", "expected a list of {key or sha256, tenant, role}");
+  for (size_t i = 0; keys && keys.IsSequence() && i < keys.size(); ++i) {
+    const std::string at = fmt::format("api_keys[{}]", i);
+    r.Known(keys[i], at, {"key", "sha256", "tenant", "role"});
+    ApiKey key;
+    std::string plain;
+    r.Get(keys[i], "key", at + ".key", &plain);
+    r.Get(keys[i], "sha256", at + ".sha256", &key.sha256);
+    r.Get(keys[i], "tenant", at + ".tenant", &key.tenant);
+    r.Get(keys[i], "role", at + ".role", &key.role);
+    if (plain.empty() == key.sha256.empty()) r.Problem(keys[i], at, "give the key or its sha256 (one of them)");
+    if (!plain.empty()) key.sha256 = Sha256Hex(plain);
+    if (key.tenant.empty()) r.Problem(keys[i], at + ".tenant", "is required");
+    if (key.role != "user" && key.role != "admin") r.Problem(keys[i], at + ".role", "must be user or admin");
+    c.api_keys.push_back(key);
+  }
+  r.Get(root, "backend", "backend", &c.backend);
+  if (c.backend != "local" && c.backend != "slurm") r.Problem(root["backend"], "backend", "must be local or slurm");
+  if (const YAML::Node local = root["local"]) {
+    r.Known(local, "local", {"hosts", "mpirun", "extra_args"});
+    r.Get(local, "mpirun", "local.mpirun", &c.mpirun);
+    r.Get(local, "extra_args", "local.extra_args", &c.mpirun_extra_args);
+    if (const YAML::Node hosts = local["hosts"]) {
+      c.hosts.clear();
+      for (size_t i = 0; hosts.IsSequence() && i < hosts.size(); ++i) {
+        const std::string at = fmt::format("local.hosts[{}]", i);
+        r.Known(hosts[i], at, {"host", "slots"});
+        HostSlots h;
+        r.Get(hosts[i], "host", at + ".host", &h.host);
+        r.Get(hosts[i], "slots", at + ".slots", &h.slots);
+        if (h.host.empty() || h.host.find_first_of(" \t\n:;$`'\"\\") != std::string::npos)
+          r.Problem(hosts[i], at + ".host", "must be a plain host name");
+        if (h.slots < 1) r.Problem(hosts[i], at + ".slots", "must be >= 1");
+        c.hosts.push_back(h);
+      }
+    }
+  }
+  if (const YAML::Node slurm = root["slurm"]) {
+    r.Known(slurm, "slurm", {"partition", "template"});
+    r.Get(slurm, "partition", "slurm.partition", &c.slurm_partition);
+    r.Get(slurm, "template", "slurm.template", &c.slurm_template);
+    c.slurm_template = resolve(c.slurm_template);
+  }
+  if (const YAML::Node retry = root["retry"]) {
+    r.Known(retry, "retry", {"max_attempts"});
+    r.Get(retry, "max_attempts", "retry.max_attempts", &c.max_attempts);
+    if (c.max_attempts < 1) r.Problem(retry, "retry.max_attempts", "must be >= 1");
+  }
+  if (const YAML::Node quotas = root["quotas"]) {
+    for (const auto& entry : quotas) {
+      const std::string at = "quotas." + entry.first.Scalar();
+      r.Known(entry.second, at, {"max_running_jobs", "max_ranks"});
+      TenantQuota q;
+      r.Get(entry.second, "max_running_jobs", at + ".max_running_jobs", &q.max_running_jobs);
+      r.Get(entry.second, "max_ranks", at + ".max_ranks", &q.max_ranks);
+      c.quotas[entry.first.Scalar()] = q;
+    }
+  }
+  if (!problems.empty()) {
+    std::string all;
+    for (const auto& p : problems) all += "\n  " + p;
+    Fail(ErrorCode::kInvalidArgument, "{}: {} problem(s):{}", path.string(), problems.size(), all);
+  }
+  return c;
+}
+
+}  // namespace shardtune::server

@@ -1,0 +1,109 @@
+// shardtune-server: the control plane (docs/server.md). Also `shardtune-server supervise ...`,
+// the per-attempt supervisor the server starts (launcher/server/processes.h).
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <thread>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "common/logging.h"
+#include "launcher/server/job_manager.h"
+#include "launcher/server/processes.h"
+#include "launcher/server/services.h"
+
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+void OnSignal(int) { g_stop = 1; }
+
+int Supervise(int argc, char** argv) {
+  std::string job, exit_file, log;
+  std::vector<std::string> command;
+  int i = 2;
+  for (; i < argc && std::string(argv[i]) != "--"; i += 2) {
+    const std::string flag = argv[i];
+    const std::string value = i + 1 < argc ? argv[i + 1] : "";
+    if (flag == "--job") job = value;
+    if (flag == "--exit-file") exit_file = value;
+    if (flag == "--log") log = value;
+  }
+  for (++i; i < argc; ++i) command.push_back(argv[i]);
+  if (exit_file.empty() || log.empty() || command.empty()) {
+    std::fprintf(stderr, "usage: shardtune-server supervise --job ID --exit-file F --log L -- COMMAND...\n");
+    return 2;
+  }
+  return shardtune::server::RunSupervisor(command, log, exit_file);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace shardtune;
+  using namespace shardtune::server;
+  if (argc > 1 && std::string(argv[1]) == "supervise") return Supervise(argc, argv);
+
+  CLI::App app{"shardtune-server: accepts, schedules, runs and retries fine-tuning jobs"};
+  std::string config_path, listen, database, log_level = "info";
+  app.add_option("--config", config_path, "server.yaml")->required()->check(CLI::ExistingFile);
+  app.add_option("--listen", listen, "address:port (overrides the config)");
+  app.add_option("--database", database, "SQLite file (overrides the config)");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  try {
+    InitLogging(log_level, 0);
+    ServerConfig config = LoadServerConfig(config_path);
+    if (!listen.empty()) config.listen = listen;
+    if (!database.empty()) {
+      config.database = database;
+      config.data_dir = (std::filesystem::path(database).parent_path() / "jobs").string();
+    }
+    if (config.backend != "local") {
+      Fail(ErrorCode::kUnimplemented, "{}: backend '{}' is not supported by this build yet (local is)", config_path,
+           config.backend);
+    }
+    JobManager manager(config, config.listen);
+    auto jobs = MakeJobService(manager);
+    auto workers = MakeWorkerService(manager);
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+    if (!config.tls_cert.empty()) {
+      grpc::SslServerCredentialsOptions options;
+      options.pem_key_cert_pairs.push_back({ReadFile(config.tls_key), ReadFile(config.tls_cert)});
+      credentials = grpc::SslServerCredentials(options);
+    }
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort(config.listen, credentials, &port);
+    builder.RegisterService(jobs.get());
+    builder.RegisterService(workers.get());
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    if (!server || port == 0) Fail(ErrorCode::kFailedPrecondition, "cannot listen on {}", config.listen);
+    manager.Start();
+    spdlog::info("shardtune-server listening on {} (database {}, {} slots)", config.listen, config.database,
+                 config.total_slots());
+    std::signal(SIGTERM, OnSignal);
+    std::signal(SIGINT, OnSignal);
+    while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    spdlog::info("shutting down; running jobs keep running and are picked up at the next start");
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    manager.Stop();
+    return 0;
+  } catch (const Error& e) {
+    spdlog::error("{}", e.what());
+    return e.code() == ErrorCode::kInternal ? 1 : 2;
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+}

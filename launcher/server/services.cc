@@ -1,0 +1,278 @@
+#include "launcher/server/services.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "common/atomic_file.h"
+#include "common/job_spec.h"
+#include "launcher/server/processes.h"
+
+extern char** environ;
+
+namespace shardtune::server {
+
+namespace fs = std::filesystem;
+using grpc::ServerContext;
+using grpc::Status;
+using grpc::StatusCode;
+
+namespace {
+
+std::string Bearer(const ServerContext* context) {
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) return "";
+  const std::string value(it->second.data(), it->second.size());
+  const std::string prefix = "Bearer ";
+  return value.rfind(prefix, 0) == 0 ? value.substr(prefix.size()) : "";
+}
+
+Status ToStatus(const RequestError& e) {
+  switch (e.kind()) {
+    case RequestError::Kind::kInvalidArgument:
+      return Status(StatusCode::INVALID_ARGUMENT, e.what());
+    case RequestError::Kind::kNotFound:
+      return Status(StatusCode::NOT_FOUND, e.what());
+    case RequestError::Kind::kFailedPrecondition:
+      return Status(StatusCode::FAILED_PRECONDITION, e.what());
+    case RequestError::Kind::kResourceExhausted:
+      return Status(StatusCode::RESOURCE_EXHAUSTED, e.what());
+  }
+  return Status(StatusCode::INTERNAL, e.what());
+}
+
+// Runs `body` and turns what it throws into a status.
+template <typename F>
+Status Guard(F&& body) {
+  try {
+    return body();
+  } catch (const RequestError& e) {
+    return ToStatus(e);
+  } catch (const std::exception& e) {
+    spdlog::error("request failed: {}", e.what());
+    return Status(StatusCode::INTERNAL, e.what());
+  }
+}
+
+// `shardtune validate-data` on a spec, in its own process (the server links no LibTorch).
+std::pair<bool, std::string> ValidateData(const std::string& spec_yaml, const fs::path& scratch) {
+  fs::create_directories(scratch);
+  const fs::path spec = scratch / "job.yaml", output = scratch / "validate.txt";
+  WriteFileAtomic(spec, spec_yaml);
+  std::vector<std::string> args = {(SelfDirectory() / "shardtune").string(), "validate-data", spec.string(),
+                                   "--log-level", "error"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, output.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  pid_t pid = 0;
+  if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) != 0) {
+    return {false, "cannot run " + args[0]};
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  std::ifstream in(output);
+  std::stringstream text;
+  text << in.rdbuf();
+  fs::remove_all(scratch);
+  return {WIFEXITED(status) && WEXITSTATUS(status) == 0, text.str()};
+}
+
+class JobServiceImpl final : public v1::JobService::Service {
+ public:
+  explicit JobServiceImpl(JobManager& manager) : manager_(manager) {
+    for (const ApiKey& key : manager.config().api_keys) keys_[key.sha256] = key;
+  }
+
+  Status CreateJob(ServerContext* context, const v1::CreateJobRequest* request, v1::Job* job) override {
+    return Authenticated(context, [&](const Caller& caller) {
+      *job = manager_.Create(caller, *request);
+      return Status::OK;
+    });
+  }
+
+  Status ValidateJob(ServerContext* context, const v1::ValidateJobRequest* request,
+                     v1::ValidateJobResponse* response) override {
+    return Authenticated(context, [&](const Caller&) {
+      try {
+        ParseJobSpec(request->spec_yaml(), "spec_yaml", "/");
+      } catch (const SpecError& e) {
+        response->set_valid(false);
+        for (const auto& p : e.problems()) response->add_problems(p);
+        return Status::OK;
+      }
+      const auto [ok, text] =
+          ValidateData(request->spec_yaml(), fs::path(manager_.config().data_dir) / ("validate-" + RandomToken()));
+      response->set_valid(ok);
+      if (ok) {
+        response->set_summary(text);
+      } else {
+        std::istringstream lines(text);
+        for (std::string line; std::getline(lines, line);)
+          if (!line.empty()) response->add_problems(line);
+      }
+      return Status::OK;
+    });
+  }
+
+  Status GetJob(ServerContext* context, const v1::JobRef* request, v1::Job* job) override {
+    return Authenticated(context, [&](const Caller& caller) {
+      *job = manager_.Get(caller, request->id());
+      return Status::OK;
+    });
+  }
+
+  Status ListJobs(ServerContext* context, const v1::ListJobsRequest* request, v1::ListJobsResponse* response) override {
+    return Authenticated(context, [&](const Caller& caller) {
+      JobFilter filter;
+      filter.tenant = caller.admin ? "" : caller.tenant;
+      filter.status = request->status();
+      filter.name = request->name();
+      filter.labels = {request->labels().begin(), request->labels().end()};
+      filter.limit = request->page_size() > 0 ? std::min(request->page_size(), 500) : 50;
+      try {
+        filter.offset = request->page_token().empty() ? 0 : std::stoll(request->page_token());
+      } catch (const std::exception&) {
+        throw RequestError(RequestError::Kind::kInvalidArgument, "page_token is not one this server gave");
+      }
+      filter.limit += 1;  // one more tells whether there is a next page
+      auto records = manager_.store().List(filter);
+      if (static_cast<int64_t>(records.size()) == filter.limit) {
+        records.pop_back();
+        response->set_next_page_token(std::to_string(filter.offset + filter.limit - 1));
+      }
+      for (const auto& r : records) *response->add_jobs() = r.job;
+      return Status::OK;
+    });
+  }
+
+  Status CancelJob(ServerContext* context, const v1::JobRef* request, v1::Job* job) override {
+    return Authenticated(context, [&](const Caller& caller) {
+      *job = manager_.Cancel(caller, request->id());
+      return Status::OK;
+    });
+  }
+
+  Status PauseJob(ServerContext* context, const v1::JobRef* request, v1::Job* job) override {
+    return Authenticated(context, [&](const Caller& caller) {
+      *job = manager_.Pause(caller, request->id());
+      return Status::OK;
+    });
+  }
+
+  Status ResumeJob(ServerContext* context, const v1::ResumeJobRequest* request, v1::Job* job) override {
+    return Authenticated(context, [&](const Caller& caller) {
+      *job = manager_.Resume(caller, request->id(), request->ranks());
+      return Status::OK;
+    });
+  }
+
+  Status WatchJob(ServerContext* context, const v1::WatchJobRequest* request,
+                  grpc::ServerWriter<v1::JobEvent>* writer) override {
+    return Authenticated(context, [&](const Caller& caller) {
+      manager_.Get(caller, request->id());  // NOT_FOUND before anything is streamed
+      int64_t seq = request->after_seq();
+      while (!context->IsCancelled()) {
+        const auto events = manager_.store().Events(request->id(), seq, 100);
+        for (const auto& e : events) {
+          if (!writer->Write(e)) return Status::OK;
+          seq = e.seq();
+        }
+        if (events.empty()) {
+          if (IsTerminal(manager_.Get(caller, request->id()).status())) return Status::OK;
+          manager_.WaitForEvent(request->id(), seq, 500);
+        }
+      }
+      return Status::OK;
+    });
+  }
+
+  Status ListJobEvents(ServerContext* context, const v1::ListJobEventsRequest* request,
+                       v1::ListJobEventsResponse* response) override {
+    return Authenticated(context, [&](const Caller& caller) {
+      manager_.Get(caller, request->id());
+      const int64_t limit = request->limit() > 0 ? std::min(request->limit(), 1000) : 100;
+      for (auto& e : manager_.store().Events(request->id(), request->after_seq(), limit))
+        *response->add_events() = std::move(e);
+      return Status::OK;
+    });
+  }
+
+  Status ListCheckpoints(ServerContext* context, const v1::JobRef* request,
+                         v1::ListCheckpointsResponse* response) override {
+    return Authenticated(context, [&](const Caller& caller) {
+      manager_.Get(caller, request->id());
+      for (auto& c : manager_.store().Checkpoints(request->id())) *response->add_checkpoints() = std::move(c);
+      return Status::OK;
+    });
+  }
+
+ private:
+  template <typename F>
+  Status Authenticated(ServerContext* context, F&& body) {
+    const std::string key = Bearer(context);
+    if (key.empty()) return Status(StatusCode::UNAUTHENTICATED, "no API key: send 'authorization: Bearer KEY'");
+    const auto it = keys_.find(Sha256Hex(key));
+    if (it == keys_.end()) return Status(StatusCode::UNAUTHENTICATED, "unknown API key");
+    const Caller caller{it->second.tenant, it->second.role == "admin"};
+    return Guard([&] { return body(caller); });
+  }
+
+  JobManager& manager_;
+  std::map<std::string, ApiKey> keys_;  // by sha256
+};
+
+class WorkerServiceImpl final : public v1::WorkerService::Service {
+ public:
+  explicit WorkerServiceImpl(JobManager& manager) : manager_(manager) {}
+
+  Status ReportProgress(ServerContext* context, const v1::ProgressReport* report, v1::WorkerReply* reply) override {
+    return Checked(context, report->job_id(), [&] {
+      reply->set_stop(manager_.Progress(*report));
+      return Status::OK;
+    });
+  }
+  Status ReportCheckpoint(ServerContext* context, const v1::CheckpointReport* report, v1::WorkerReply*) override {
+    return Checked(context, report->job_id(), [&] {
+      manager_.CheckpointSaved(*report);
+      return Status::OK;
+    });
+  }
+  Status ReportResult(ServerContext* context, const v1::ResultReport* report, v1::WorkerReply*) override {
+    return Checked(context, report->job_id(), [&] {
+      manager_.Result(*report);
+      return Status::OK;
+    });
+  }
+
+ private:
+  template <typename F>
+  Status Checked(ServerContext* context, const std::string& job_id, F&& body) {
+    if (!manager_.WorkerTokenValid(job_id, Bearer(context)))
+      return Status(StatusCode::UNAUTHENTICATED, "not this job's worker token");
+    return Guard(body);
+  }
+
+  JobManager& manager_;
+};
+
+}  // namespace
+
+std::unique_ptr<v1::JobService::Service> MakeJobService(JobManager& manager) {
+  return std::make_unique<JobServiceImpl>(manager);
+}
+
+std::unique_ptr<v1::WorkerService::Service> MakeWorkerService(JobManager& manager) {
+  return std::make_unique<WorkerServiceImpl>(manager);
+}
+
+}  // namespace shardtune::server
