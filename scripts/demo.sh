@@ -77,3 +77,29 @@ echo "== greedy continuation of '$prompt' by the base model with the adapter ($o
 lora=$("$bin/shardtune" generate --model "$out/base-model" --adapter "$out/run-lora/final" --input-ids "$prompt" \
        --max-new-tokens 12 --format ids --log-level warn)
 echo "   $lora"
+
+# The same job as a service: a shardtune-server (its SQLite file in demo-out/), the job submitted
+# through the CLI as a 2-rank ZeRO-3 job, watched to the end.
+port=$((20000 + RANDOM % 20000))
+cat > "$out/server.yaml" <<YAML
+listen: 127.0.0.1:$port
+database: $out/server/jobs.db
+api_keys: [{key: demo-key, tenant: demo, role: user}]
+local: {hosts: [{host: localhost, slots: 2}], extra_args: [--oversubscribe]}
+YAML
+sed -e "s|dir: $out/run,|dir: $out/run-server,|" -e 's|^name: demo-counting|name: demo-counting-server|' "$out/job.yaml" > "$out/server-job.yaml"
+cat >> "$out/server-job.yaml" <<YAML
+sharding: {zero_stage: 3}
+resources: {ranks_per_node: 2}
+YAML
+echo
+echo "== shardtune-server on 127.0.0.1:$port (config: $out/server.yaml)"
+"$bin/shardtune-server" --config "$out/server.yaml" --log-level warn > "$out/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null' EXIT
+export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=demo-key
+for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && break; sleep 0.1; done
+id=$("$bin/shardtune" submit "$out/server-job.yaml")
+echo "== submitted $id; shardtune watch $id:"
+"$bin/shardtune" watch "$id" | grep -v "checkpoint at" || true
+"$bin/shardtune" get "$id"

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# The control plane end to end on loopback, with real processes: shardtune-server (SQLite file,
+# local mpirun backend), the shardtune CLI, and 2-rank worker jobs. Covers success, cancel,
+# a rank killed (retried from its checkpoint), the server killed (re-attached after restart),
+# pause and resume on another rank count, auth and tenants, and hostile paths.
+# Usage: server_test.sh BUILD_BIN_DIR SOURCE_DIR
+set -uo pipefail
+bin=$1
+src=$2
+work=$(mktemp -d)
+server_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null
+  # Nothing a test job started may outlive the test.
+  for p in /proc/[0-9]*; do
+    grep -qz "^SHARDTUNE_JOB_ID=job-" "$p/environ" 2>/dev/null && grep -qz "^SHARDTUNE_SERVER=127.0.0.1:$port" "$p/environ" 2>/dev/null && kill -9 "${p#/proc/}" 2>/dev/null
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+failures=0
+checks=0
+pass() { checks=$((checks + 1)); echo "ok: $1"; }
+fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAILED: $1"; }
+expect_eq() { if [ "$2" == "$3" ]; then pass "$1"; else fail "$1: expected '$3', got '$2'"; fi; }
+expect_contains() { if grep -qF -- "$3" <<<"$2"; then pass "$1"; else fail "$1: '$3' not in: $2"; fi; }
+
+port=$((20000 + RANDOM % 20000))
+export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+cd "$work"
+cat > server.yaml <<YAML
+listen: 127.0.0.1:$port
+database: $work/state/jobs.db
+api_keys:
+  - {key: key-a, tenant: team-a, role: user}
+  - {sha256: $(printf key-b | sha256sum | cut -d' ' -f1), tenant: team-b, role: user}
+  - {key: key-admin, tenant: ops, role: admin}
+local: {hosts: [{host: localhost, slots: 4}], extra_args: [--oversubscribe]}
+retry: {max_attempts: 3}
+cancel_grace_s: 2
+YAML
+start_server() {
+  "$bin/shardtune-server" --config server.yaml >> server.log 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "the server did not start:"; cat server.log; exit 1
+}
+field() {  # field JOB_ID NAME: one field of `get --output json`
+  "$bin/shardtune" get "$1" --output json | python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))"
+}
+wait_status() {  # wait_status JOB_ID STATUS SECONDS
+  for _ in $(seq 1 $(($3 * 10))); do [ "$(field "$1" status)" == "$2" ] && return 0; sleep 0.1; done
+  return 1
+}
+job_processes() {  # pids whose environment names the job
+  for p in /proc/[0-9]*; do grep -qz "^SHARDTUNE_JOB_ID=$1\$" "$p/environ" 2>/dev/null && echo "${p#/proc/}"; done
+}
+final_loss() { grep '"loss"' "$1/metrics.jsonl" | tail -n 1 | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/'; }
+
+"$bin/shardtune" init-model --config "$src/examples/tiny-llama/config.json" --out "$work/base" --seed 1 --log-level warn
+awk 'BEGIN { srand(3); for (n = 0; n < 64; n++) { s = 3 + int(rand() * 61); l = "{\"input_ids\": [1";
+             for (i = 0; i < 16; i++) l = l ", " (3 + (s - 3 + i) % 61); print l "]}" } }' > "$work/train.jsonl"
+write_job() {  # write_job FILE NAME OUTPUT_DIR STEPS CHECKPOINT_EVERY
+  cat > "$1" <<YAML
+name: $2
+labels: {suite: e2e}
+model: {path: base}
+data: {train: train.jsonl, validation_split: 0.1, format: tokens}
+training: {max_steps: $4, micro_batch_size: 2, global_batch_size: 8, optimizer: {lr: 1.0e-3}}
+sharding: {zero_stage: 3}
+output: {dir: "$3", checkpoint_every: $5}
+resources: {ranks_per_node: 2}
+YAML
+}
+start_server
+
+# 1. A 2-rank ZeRO-3 job through the CLI: SUCCEEDED, with metrics and checkpoints.
+write_job ok.yaml ok runs/ok 20 5
+id=$("$bin/shardtune" submit ok.yaml)
+expect_eq "submit exits 0" "$?" "0"
+out=$(timeout 120 "$bin/shardtune" watch "$id")
+expect_eq "watch exits 0 for a job that succeeds" "$?" "0"
+expect_contains "watch ends with the status" "$out" "job $id SUCCEEDED"
+expect_eq "the job reached its last step" "$(field "$id" step)" "20"
+expect_contains "metrics reached the server" "$("$bin/shardtune" get "$id")" "val_loss"
+expect_eq "four checkpoints listed" "$("$bin/shardtune" checkpoints "$id" | wc -l)" "3"
+expect_eq "events recorded" "$("$bin/shardtune" events "$id" | grep -c 'status')" "3"
+expect_contains "list shows the job" "$("$bin/shardtune" list --label suite=e2e)" "$id"
+out=$("$bin/shardtune" submit ok.yaml 2>&1)
+expect_eq "a job whose output.dir holds a finished run is refused: exit 2" "$?" "2"
+expect_contains "it says why" "$out" "holds a finished run"
+write_job twice.yaml twice runs/twice 4 0
+first=$("$bin/shardtune" submit twice.yaml --idempotency-key k1); again=$("$bin/shardtune" submit twice.yaml --idempotency-key k1)
+expect_eq "a retried submit with the same idempotency key gets the same job" "$again" "$first"
+
+# 2. Cancel mid-run: CANCELLED, and no process of the job left.
+write_job long.yaml long runs/long 2000 50
+id=$("$bin/shardtune" submit long.yaml)
+wait_status "$id" RUNNING 30
+for _ in $(seq 1 100); do [ "$(field "$id" step)" -gt 5 ] 2>/dev/null && break; sleep 0.1; done
+"$bin/shardtune" cancel "$id" > /dev/null
+wait_status "$id" CANCELLED 30 && pass "cancel -> CANCELLED" || fail "cancel -> $(field "$id" status)"
+sleep 0.5
+expect_eq "no process of the cancelled job is left" "$(job_processes "$id" | wc -l)" "0"
+
+# 3. kill -9 of a rank: retried from the latest checkpoint, same final loss as the unbroken run.
+write_job unbroken.yaml unbroken runs/unbroken 300 25
+write_job broken.yaml broken runs/broken 300 25
+ref=$("$bin/shardtune" submit unbroken.yaml)
+id=$("$bin/shardtune" submit broken.yaml)
+for _ in $(seq 1 600); do [ -d runs/broken/checkpoints/step-50 ] && break; sleep 0.05; done
+victim=$(for p in $(job_processes "$id"); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && echo $p; done | head -n 1)
+if [ -n "$victim" ]; then kill -9 "$victim"; pass "killed rank 1 (pid $victim)"; else fail "found no rank 1 to kill"; fi
+wait_status "$id" SUCCEEDED 180 && pass "a killed rank's job is retried and succeeds" || fail "after kill -9: $(field "$id" status)"
+expect_eq "the job ran a second attempt" "$(field "$id" attempt)" "2"
+wait_status "$ref" SUCCEEDED 120
+expect_eq "the retried job's final loss equals the unbroken run's" "$(final_loss runs/broken)" "$(final_loss runs/unbroken)"
+
+# 4. kill -9 of the server mid-job: after a restart the job is still tracked and ends correctly.
+write_job survivor.yaml survivor runs/survivor 8000 2000
+id=$("$bin/shardtune" submit survivor.yaml)
+wait_status "$id" RUNNING 30
+kill -9 "$server_pid"; wait "$server_pid" 2>/dev/null; server_pid=""
+sleep 1
+start_server
+expect_eq "after the restart the job is still running" "$(field "$id" status)" "RUNNING"
+wait_status "$id" SUCCEEDED 300 && pass "the job ends SUCCEEDED under the restarted server" || fail "after server restart: $(field "$id" status)"
+expect_contains "the restart is in the job's events" "$("$bin/shardtune" events "$id")" "re-attached"
+
+# 5. Pause, then resume on another number of ranks (the checkpoint reshards).
+write_job pausing.yaml pausing runs/pausing 20000 100000
+id=$("$bin/shardtune" submit pausing.yaml)
+for _ in $(seq 1 300); do [ "$(field "$id" step)" -gt 10 ] 2>/dev/null && break; sleep 0.1; done
+"$bin/shardtune" pause "$id" > /dev/null
+wait_status "$id" PAUSED 60 && pass "pause -> PAUSED" || fail "pause -> $(field "$id" status)"
+paused_at=$(field "$id" step)
+[ -d "runs/pausing/checkpoints/step-$paused_at" ] && pass "paused at a checkpoint (step $paused_at)" || fail "no checkpoint at step $paused_at"
+"$bin/shardtune" resume "$id" --ranks 4 > /dev/null
+wait_status "$id" RUNNING 60
+for _ in $(seq 1 300); do [ "$(field "$id" ranks)" == "4" ] && [ "$(field "$id" step)" -gt "$paused_at" ] 2>/dev/null && break; sleep 0.2; done
+expect_eq "the resumed attempt runs on 4 ranks" "$(field "$id" ranks)" "4"
+"$bin/shardtune" cancel "$id" > /dev/null
+wait_status "$id" CANCELLED 60
+expect_contains "the resumed run continued from the pause" "$(cat runs/pausing/logs/rank-00000.log)" "resuming from $work/runs/pausing/checkpoints/step-$paused_at"
+
+# 6. Auth: missing and wrong keys, tenants.
+out=$(SHARDTUNE_TOKEN= "$bin/shardtune" list 2>&1)
+expect_eq "no key exits 2" "$?" "2"
+expect_contains "no key is UNAUTHENTICATED" "$out" "no API key"
+out=$("$bin/shardtune" list --token wrong 2>&1)
+expect_contains "a wrong key is refused" "$out" "unknown API key"
+out=$("$bin/shardtune" get "$id" --token key-b 2>&1)
+expect_eq "another tenant's job: exit 2" "$?" "2"
+expect_contains "another tenant's job is NOT_FOUND" "$out" "no job '$id'"
+"$bin/shardtune" cancel "$ref" --token key-b > /dev/null 2>&1
+expect_eq "another tenant cannot cancel" "$(field "$ref" status)" "SUCCEEDED"
+expect_eq "team-b sees none of team-a's jobs" "$("$bin/shardtune" list --token key-b | wc -l)" "0"
+expect_contains "an admin sees every tenant's jobs" "$("$bin/shardtune" list --token key-admin)" "$id"
+
+# 7. Requests the server refuses, and hostile names and paths.
+sed -e 's/ranks_per_node: 2/ranks_per_node: 8/' -e 's/global_batch_size: 8/global_batch_size: 16/' ok.yaml > huge.yaml
+out=$("$bin/shardtune" submit huge.yaml 2>&1)
+expect_eq "a job that can never fit exits 2" "$?" "2"
+expect_contains "it says why" "$out" "could never start"
+printf 'name: x\nmodel: {path: base}\ndata: {train: train.jsonl, format: tokens}\noutput: {dir: o}\ntraining: {epoch: 1}\n' > bad.yaml
+out=$("$bin/shardtune" submit bad.yaml 2>&1)
+expect_contains "a bad spec is refused with its problems" "$out" "unknown key 'epoch'"
+hostile='runs/a b;$(touch pwned);`touch pwned2`'"'"'x'
+write_job hostile.yaml hostile "$hostile" 4 0
+id=$("$bin/shardtune" submit hostile.yaml)
+wait_status "$id" SUCCEEDED 120 && pass "a job with a hostile output path runs" || fail "hostile: $(field "$id" status)"
+[ -d "$work/$hostile/final" ] && pass "its output is where the spec says" || fail "hostile output missing"
+if [ -e pwned ] || [ -e pwned2 ] || [ -e "$work/runs/pwned" ]; then fail "a path was run as a command"; else pass "quotes, ; and \$() in paths are inert"; fi
+
+echo "$((checks - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
