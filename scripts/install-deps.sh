@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev
   libsqlite3-dev libssl-dev nlohmann-json3-dev libcli11-dev
   libpcre2-dev libicu-dev libsentencepiece-dev
+  python3-grpcio python3-protobuf
 )
 
 missing=()

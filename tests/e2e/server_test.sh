@@ -47,7 +47,8 @@ start_server() {
   echo "the server did not start:"; cat server.log; exit 1
 }
 field() {  # field JOB_ID NAME: one field of `get --output json`
-  "$bin/shardtune" get "$1" --output json | python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))"
+  "$bin/shardtune" get "$1" --output json 2>/dev/null |
+    python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))" 2>/dev/null
 }
 wait_status() {  # wait_status JOB_ID STATUS SECONDS
   for _ in $(seq 1 $(($3 * 10))); do [ "$(field "$1" status)" == "$2" ] && return 0; sleep 0.1; done
@@ -172,6 +173,17 @@ id=$("$bin/shardtune" submit hostile.yaml)
 wait_status "$id" SUCCEEDED 120 && pass "a job with a hostile output path runs" || fail "hostile: $(field "$id" status)"
 [ -d "$work/$hostile/final" ] && pass "its output is where the spec says" || fail "hostile output missing"
 if [ -e pwned ] || [ -e pwned2 ] || [ -e "$work/runs/pwned" ]; then fail "a path was run as a command"; else pass "quotes, ; and \$() in paths are inert"; fi
+
+# 8. A client in another language: Python (Debian's python3-grpcio) with stubs from the proto.
+if /usr/bin/python3 -c "import grpc, google.protobuf" 2>/dev/null; then
+  write_job python.yaml python "$work/runs/python" 20000 100000
+  sed -i "s|model: {path: base}|model: {path: $work/base}|; s|train: train.jsonl|train: $work/train.jsonl|" python.yaml
+  out=$(/usr/bin/python3 "$src/tests/e2e/python_client.py" "$src/proto" "127.0.0.1:$port" key-a python.yaml 2>&1)
+  expect_eq "the Python client creates, watches and cancels a job" "$?" "0"
+  echo "$out"
+else
+  echo "SKIPPED: python3-grpcio is not installed (scripts/install-deps.sh installs it)"
+fi
 
 echo "$((checks - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]
