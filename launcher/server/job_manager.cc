@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <set>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -290,6 +291,11 @@ void JobManager::Result(const v1::ResultReport& report) {
 }
 
 void JobManager::Signal(const JobRecord& r, int signal) {
+  if (!r.backend_id.empty()) {  // Slurm signals every step, and kills after its KillWait
+    RunCommand({"scancel", signal == SIGKILL ? "--signal=KILL" : "--signal=TERM", "--full", r.backend_id});
+    if (signal == SIGTERM) RunCommand({"scancel", r.backend_id});
+    return;
+  }
   if (r.supervisor_pid > 0 && SupervisorAlive(r.supervisor_pid, r.job.id())) {
     ::kill(-static_cast<pid_t>(r.supervisor_pid), signal);  // its process group: mpirun and local ranks
   }
@@ -302,6 +308,21 @@ void JobManager::Tick() {
     if (r.job.status() != v1::RUNNING) continue;
     int exit_code = -1;
     bool ended = false;
+    if (!r.backend_id.empty()) {
+      if (++slurm_polls_ % 10 != 0) continue;  // about once a second
+      static const std::set<std::string> kRunning = {"PENDING",   "CONFIGURING",  "RUNNING",     "COMPLETING",
+                                                     "REQUEUED",  "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+                                                     "SUSPENDED", "SIGNALING",    "STAGE_OUT",   "UNKNOWN"};
+      const auto state = SlurmState(r);
+      if (state && kRunning.count(*state)) {
+        // Preempted and requeued jobs run the batch script again and resume from their checkpoint.
+        if (r.signal_sent_ms > 0 && NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000))
+          RunCommand({"scancel", "--signal=KILL", "--full", r.backend_id});
+        continue;
+      }
+      Settle(r, ReadExitFile(r.exit_file).value_or(-1));  // ended: the batch script's exit file tells how
+      continue;
+    }
     int status = 0;
     const pid_t pid = static_cast<pid_t>(r.supervisor_pid);
     const pid_t waited = pid > 0 ? ::waitpid(pid, &status, WNOHANG) : -1;
@@ -391,14 +412,66 @@ void JobManager::Launch(JobRecord& r) {
       {"SHARDTUNE_SERVER", server_address_}, {"SHARDTUNE_JOB_ID", r.job.id()},
       {"SHARDTUNE_JOB_TOKEN", token},        {"SHARDTUNE_JOB_ATTEMPT", std::to_string(attempt)},
       {"OMPI_ALLOW_RUN_AS_ROOT", "1"},       {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}};
+  if (config_.backend == "slurm") {
+    LaunchSlurm(r, dir, spec, worker, env);
+    return;
+  }
   r.supervisor_pid = SpawnInNewSession(argv, env);
   SetStatus(r, v1::RUNNING,
             fmt::format("attempt {} on {} ranks (supervisor pid {})", attempt, r.requested_ranks, r.supervisor_pid));
 }
 
+void JobManager::LaunchSlurm(JobRecord& r, const fs::path& dir, const fs::path& spec, const std::string& worker,
+                             const std::map<std::string, std::string>& env) {
+  // The template's {{NAME}}s become single-quoted words; the job's environment reaches the
+  // batch script through sbatch's default --export=ALL.
+  std::string script = ReadFile(config_.slurm_template);
+  const std::map<std::string, std::string> values = {{"RANKS", std::to_string(r.requested_ranks)},
+                                                     {"MPIRUN", config_.mpirun},
+                                                     {"WORKER", worker},
+                                                     {"SPEC", spec.string()},
+                                                     {"EXIT_FILE", r.exit_file},
+                                                     {"JOB_ID", r.job.id()}};
+  for (const auto& [name, value] : values) {
+    const std::string placeholder = "{{" + name + "}}";
+    const std::string word = name == "RANKS" ? value : ShellQuote(value);
+    for (size_t at = script.find(placeholder); at != std::string::npos; at = script.find(placeholder, at + word.size()))
+      script.replace(at, placeholder.size(), word);
+  }
+  const fs::path script_path = dir / fmt::format("attempt-{}.sbatch", r.job.attempt());
+  WriteFileAtomic(script_path, script);
+  std::vector<std::string> argv = {"sbatch", "--parsable", "--job-name=shardtune-" + r.job.id(),
+                                   fmt::format("--ntasks={}", r.requested_ranks),
+                                   "--output=" + (dir / fmt::format("attempt-{}.log", r.job.attempt())).string()};
+  if (!config_.slurm_partition.empty()) argv.push_back("--partition=" + config_.slurm_partition);
+  argv.push_back(script_path.string());
+  const CommandResult submitted = RunCommand(argv, env);
+  const std::string id = submitted.output.substr(0, submitted.output.find_first_of(";\n"));
+  if (submitted.status != 0 || id.empty() || id.find_first_not_of("0123456789") != std::string::npos) {
+    r.job.mutable_error()->set_code("BACKEND");
+    r.job.mutable_error()->set_message("sbatch failed: " + submitted.output);
+    SetStatus(r, v1::FAILED, r.job.error().message());
+    return;
+  }
+  r.backend_id = id;
+  r.supervisor_pid = 0;
+  SetStatus(r, v1::RUNNING,
+            fmt::format("attempt {} on {} ranks: Slurm job {}", r.job.attempt(), r.requested_ranks, id));
+}
+
+std::optional<std::string> JobManager::SlurmState(const JobRecord& r) {
+  // squeue lists a job while it is pending, running or requeued, and for a while after it ends.
+  const CommandResult q = RunCommand({"squeue", "--noheader", "--jobs=" + r.backend_id, "--format=%T"});
+  const std::string state = q.output.substr(0, q.output.find('\n'));
+  if (q.status != 0 && q.output.find("Invalid job id") == std::string::npos) return std::string("UNKNOWN");
+  if (state.empty() || q.status != 0) return std::nullopt;
+  return state;
+}
+
 void JobManager::Settle(JobRecord& r, int exit_code) {
   KillJobProcesses(r.job.id());  // nothing of an ended attempt outlives it
   r.supervisor_pid = 0;
+  r.backend_id.clear();
   const bool finished = fs::exists(fs::path(r.job.output_dir()) / "final");
   if (r.cancel_requested) {
     SetStatus(r, v1::CANCELLED, "cancelled");

@@ -10,8 +10,11 @@
 // running and settles the attempts that ended while it was down.
 
 #include <condition_variable>
+#include <filesystem>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -67,6 +70,9 @@ class JobManager {
   JobRecord Owned(const Caller& caller, const std::string& id);
   void Tick();
   void Launch(JobRecord& record);
+  void LaunchSlurm(JobRecord& record, const std::filesystem::path& dir, const std::filesystem::path& spec,
+                   const std::string& worker, const std::map<std::string, std::string>& env);
+  std::optional<std::string> SlurmState(const JobRecord& record);  // nullopt: Slurm no longer lists it
   void Settle(JobRecord& record, int exit_code);
   void SetStatus(JobRecord& record, v1::JobStatus status, const std::string& message);
   void Event(const JobRecord& record, const std::string& kind, const std::string& message);
@@ -81,6 +87,7 @@ class JobManager {
   std::condition_variable events_;
   std::thread thread_;
   bool stopping_ = false;
+  int64_t slurm_polls_ = 0;
 };
 
 }  // namespace shardtune::server

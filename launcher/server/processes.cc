@@ -41,14 +41,11 @@ void Forward(int signal) {
 
 }  // namespace
 
+std::vector<std::string> Environment(const std::map<std::string, std::string>& env);
+
 pid_t SpawnInNewSession(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env) {
   std::vector<std::string> args = argv;
-  std::vector<std::string> environment;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const std::string entry = *e;
-    if (!env.count(entry.substr(0, entry.find('=')))) environment.push_back(entry);
-  }
-  for (const auto& [k, v] : env) environment.push_back(k + "=" + v);
+  std::vector<std::string> environment = Environment(env);
   std::vector<char*> arg_pointers = Pointers(args), env_pointers = Pointers(environment);
   posix_spawnattr_t attributes;
   posix_spawnattr_init(&attributes);
@@ -105,6 +102,54 @@ int KillJobProcesses(const std::string& job_id) {
 }
 
 fs::path SelfDirectory() { return fs::read_symlink("/proc/self/exe").parent_path(); }
+
+std::vector<std::string> Environment(const std::map<std::string, std::string>& env) {
+  std::vector<std::string> environment;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry = *e;
+    if (!env.count(entry.substr(0, entry.find('=')))) environment.push_back(entry);
+  }
+  for (const auto& [k, v] : env) environment.push_back(k + "=" + v);
+  return environment;
+}
+
+CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env) {
+  CommandResult result;
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return result;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDERR_FILENO);
+  std::vector<std::string> args = argv, environment = Environment(env);
+  std::vector<char*> arg_pointers = Pointers(args), env_pointers = Pointers(environment);
+  pid_t pid = 0;
+  const int rc = posix_spawnp(&pid, args[0].c_str(), &actions, nullptr, arg_pointers.data(), env_pointers.data());
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(pipe_fds[1]);
+  if (rc != 0) {
+    ::close(pipe_fds[0]);
+    result.output = fmt::format("cannot run {}: {}", args[0], std::strerror(rc));
+    return result;
+  }
+  char buffer[4096];
+  ssize_t n = 0;
+  while ((n = ::read(pipe_fds[0], buffer, sizeof buffer)) > 0 || (n < 0 && errno == EINTR)) {
+    if (n > 0) result.output.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(pipe_fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+std::string ShellQuote(const std::string& word) {
+  std::string quoted = "'";
+  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
 
 int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, const std::string& exit_file) {
   if (argv.empty()) return 2;

@@ -30,6 +30,17 @@ std::vector<pid_t> JobProcesses(const std::string& job_id);
 
 std::filesystem::path SelfDirectory();
 
+// Runs a command to completion (argument vector, no shell) with `env` added; its exit status
+// (-1 if it could not start) and what it printed on stdout and stderr.
+struct CommandResult {
+  int status = -1;
+  std::string output;
+};
+CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {});
+
+// A word for a POSIX shell script: single-quoted, with embedded quotes escaped.
+std::string ShellQuote(const std::string& word);
+
 // `shardtune-server supervise ...`: runs argv with stdout and stderr to `log`, forwards SIGTERM
 // and SIGINT to it, writes its exit status to `exit_file` and exits with it.
 int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, const std::string& exit_file);

@@ -154,6 +154,11 @@ ServerConfig LoadServerConfig(const fs::path& path) {
     r.Get(slurm, "template", "slurm.template", &c.slurm_template);
     c.slurm_template = resolve(c.slurm_template);
   }
+  if (c.backend == "slurm" && (c.slurm_template.empty() || !fs::exists(c.slurm_template))) {
+    r.Problem(root["slurm"] ? root["slurm"] : root, "slurm.template",
+              fmt::format("backend slurm needs an sbatch template ({}); deploy/slurm/job.sbatch.in is one",
+                          c.slurm_template.empty() ? "none given" : "'" + c.slurm_template + "' does not exist"));
+  }
   if (const YAML::Node retry = root["retry"]) {
     r.Known(retry, "retry", {"max_attempts"});
     r.Get(retry, "max_attempts", "retry.max_attempts", &c.max_attempts);

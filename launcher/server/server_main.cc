@@ -67,10 +67,6 @@ int main(int argc, char** argv) {
       config.database = database;
       config.data_dir = (std::filesystem::path(database).parent_path() / "jobs").string();
     }
-    if (config.backend != "local") {
-      Fail(ErrorCode::kUnimplemented, "{}: backend '{}' is not supported by this build yet (local is)", config_path,
-           config.backend);
-    }
     JobManager manager(config, config.listen);
     auto jobs = MakeJobService(manager);
     auto workers = MakeWorkerService(manager);

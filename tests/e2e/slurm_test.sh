@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The Slurm backend on a real single-node Slurm cluster started here (deploy/slurm/local-cluster.sh):
+# a 2-rank job submitted through shardtune-server and the CLI runs as a Slurm job to SUCCEEDED,
+# and a cancelled one ends CANCELLED with its Slurm job gone. Exits 77 (skipped) where Slurm
+# cannot be installed.
+# Usage: slurm_test.sh BUILD_BIN_DIR SOURCE_DIR
+set -uo pipefail
+bin=$1
+src=$2
+bash "$src/deploy/slurm/local-cluster.sh" start
+rc=$?
+if [ "$rc" -eq 77 ]; then echo "SKIPPED: Slurm cannot be installed or started here"; exit 77; fi
+[ "$rc" -eq 0 ] || { echo "FAILED: the Slurm cluster did not start"; exit 1; }
+work=$(mktemp -d)
+server_pid=""
+trap '[ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null; bash "$src/deploy/slurm/local-cluster.sh" stop; rm -rf "$work"' EXIT
+failures=0
+checks=0
+pass() { checks=$((checks + 1)); echo "ok: $1"; }
+fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAILED: $1"; }
+expect_eq() { if [ "$2" == "$3" ]; then pass "$1"; else fail "$1: expected '$3', got '$2'"; fi; }
+field() {
+  "$bin/shardtune" get "$1" --output json 2>/dev/null |
+    python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))" 2>/dev/null
+}
+wait_status() { for _ in $(seq 1 $(($3 * 10))); do [ "$(field "$1" status)" == "$2" ] && return 0; sleep 0.1; done; return 1; }
+
+port=$((20000 + RANDOM % 20000))
+export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a OMP_NUM_THREADS=1
+cd "$work"
+cat > server.yaml <<YAML
+listen: 127.0.0.1:$port
+database: $work/state/jobs.db
+api_keys: [{key: key-a, tenant: team-a, role: user}]
+backend: slurm
+slurm: {partition: debug, template: $src/deploy/slurm/job.sbatch.in}
+local: {hosts: [{host: localhost, slots: 4}]}
+cancel_grace_s: 5
+YAML
+"$bin/shardtune-server" --config server.yaml > server.log 2>&1 &
+server_pid=$!
+for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && break; sleep 0.1; done
+"$bin/shardtune" init-model --config "$src/examples/tiny-llama/config.json" --out "$work/base" --seed 1 --log-level warn
+awk 'BEGIN { srand(3); for (n = 0; n < 64; n++) { s = 3 + int(rand() * 61); l = "{\"input_ids\": [1";
+             for (i = 0; i < 16; i++) l = l ", " (3 + (s - 3 + i) % 61); print l "]}" } }' > train.jsonl
+write_job() {  # FILE NAME STEPS
+  cat > "$1" <<YAML
+name: $2
+model: {path: base}
+data: {train: train.jsonl, format: tokens}
+training: {max_steps: $3, micro_batch_size: 2, global_batch_size: 8}
+sharding: {zero_stage: 3}
+output: {dir: runs/$2, checkpoint_every: 10}
+resources: {ranks_per_node: 2}
+YAML
+}
+
+write_job ok.yaml ok 20
+id=$("$bin/shardtune" submit ok.yaml)
+wait_status "$id" SUCCEEDED 180 && pass "a job through the slurm backend SUCCEEDED" || fail "slurm job: $(field "$id" status); $(tail -n 5 server.log)"
+expect_eq "it ran as a Slurm job" "$("$bin/shardtune" events "$id" | grep -c 'Slurm job')" "1"
+[ -f "$work/runs/ok/final/model.safetensors" ] && pass "its model was exported" || fail "no final model"
+
+write_job long.yaml long 100000
+id=$("$bin/shardtune" submit long.yaml)
+for _ in $(seq 1 600); do [ "$(field "$id" step)" -gt 3 ] 2>/dev/null && break; sleep 0.2; done
+slurm_id=$("$bin/shardtune" events "$id" | sed -n 's/.*Slurm job \([0-9]*\).*/\1/p' | head -n 1)
+"$bin/shardtune" cancel "$id" > /dev/null
+wait_status "$id" CANCELLED 60 && pass "scancel through the server -> CANCELLED" || fail "cancel: $(field "$id" status)"
+state=$(squeue --noheader --jobs="$slurm_id" --format=%T 2>/dev/null)
+if [ -z "$state" ] || [ "$state" == "CANCELLED" ]; then pass "the Slurm job is gone"; else fail "Slurm job $slurm_id is $state"; fi
+
+echo "$((checks - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
