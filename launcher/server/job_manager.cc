@@ -1,5 +1,6 @@
 #include "launcher/server/job_manager.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <signal.h>
 #include <spawn.h>
 #include <spdlog/spdlog.h>
@@ -40,6 +41,19 @@ JobSpec ParseSpec(const std::string& yaml) {
 }
 
 }  // namespace
+
+std::string SpecText(const v1::CreateJobRequest& request) {
+  if (request.spec_case() != v1::CreateJobRequest::kSpecFields) return request.spec_yaml();
+  return StructToJson(request.spec_fields());
+}
+
+std::string StructToJson(const google::protobuf::Struct& fields) {
+  // JSON is YAML: the structured spec goes through the same parser and checks as the text.
+  std::string json;
+  if (!google::protobuf::util::MessageToJsonString(fields, &json).ok())
+    throw RequestError(RequestError::Kind::kInvalidArgument, "spec_fields does not convert to JSON");
+  return json;
+}
 
 JobManager::JobManager(ServerConfig config, std::string server_address)
     : config_(std::move(config)),
@@ -134,7 +148,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   if (!request.idempotency_key().empty()) {
     if (auto existing = store_->FindByIdempotencyKey(caller.tenant, request.idempotency_key())) return existing->job;
   }
-  const JobSpec spec = ParseSpec(request.spec_yaml());
+  const JobSpec spec = ParseSpec(SpecText(request));
   const int ranks = static_cast<int>(spec.resources.world_size());
   if (ranks > config_.total_slots()) {
     throw RequestError(RequestError::Kind::kResourceExhausted,

@@ -39,6 +39,10 @@ class RequestError : public std::runtime_error {
   Kind kind_;
 };
 
+// The spec of a request as text: its YAML, or its structured fields as JSON (which is YAML).
+std::string SpecText(const v1::CreateJobRequest& request);
+std::string StructToJson(const google::protobuf::Struct& fields);
+
 class JobManager {
  public:
   JobManager(ServerConfig config, std::string server_address);

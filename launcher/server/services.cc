@@ -103,20 +103,23 @@ class JobServiceImpl final : public v1::JobService::Service {
   Status ValidateJob(ServerContext* context, const v1::ValidateJobRequest* request,
                      v1::ValidateJobResponse* response) override {
     return Authenticated(context, [&](const Caller&) {
+      const std::string text = request->spec_case() == v1::ValidateJobRequest::kSpecFields
+                                   ? StructToJson(request->spec_fields())
+                                   : request->spec_yaml();
       try {
-        ParseJobSpec(request->spec_yaml(), "spec_yaml", "/");
+        ParseJobSpec(text, "spec_yaml", "/");
       } catch (const SpecError& e) {
         response->set_valid(false);
         for (const auto& p : e.problems()) response->add_problems(p);
         return Status::OK;
       }
-      const auto [ok, text] =
-          ValidateData(request->spec_yaml(), fs::path(manager_.config().data_dir) / ("validate-" + RandomToken()));
+      const auto [ok, report] =
+          ValidateData(text, fs::path(manager_.config().data_dir) / ("validate-" + RandomToken()));
       response->set_valid(ok);
       if (ok) {
-        response->set_summary(text);
+        response->set_summary(report);
       } else {
-        std::istringstream lines(text);
+        std::istringstream lines(report);
         for (std::string line; std::getline(lines, line);)
           if (!line.empty()) response->add_problems(line);
       }

@@ -3,19 +3,22 @@
 grpc_python_plugin, driving a shardtune-server with Debian's python3-grpcio: health and
 reflection, create, watch and cancel a job.
 
-Usage: python_client.py PROTO_DIR SERVER TOKEN JOB_YAML
+The job spec goes as structured fields (a google.protobuf.Struct), not as YAML text.
+
+Usage: python_client.py PROTO_DIR SERVER TOKEN MODEL_DIR TRAIN_JSONL OUTPUT_DIR
 """
 import subprocess
 import sys
 import tempfile
 
-proto_dir, server, token, job_yaml = sys.argv[1:5]
+proto_dir, server, token, model, train, output = sys.argv[1:7]
 out = tempfile.mkdtemp()
 subprocess.run(["protoc", f"--proto_path={proto_dir}", f"--python_out={out}", f"--grpc_out={out}",
                 "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin", "shardtune/v1/jobs.proto"], check=True)
 sys.path.insert(0, out)
 
 import grpc  # noqa: E402
+from google.protobuf import struct_pb2  # noqa: E402
 from shardtune.v1 import jobs_pb2, jobs_pb2_grpc  # noqa: E402
 
 channel = grpc.insecure_channel(server)
@@ -39,7 +42,26 @@ except grpc.RpcError as e:
     assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.code()
 print("ok: no key -> UNAUTHENTICATED")
 
-job = jobs.CreateJob(jobs_pb2.CreateJobRequest(spec_yaml=open(job_yaml).read()), metadata=auth, timeout=30)
+spec = struct_pb2.Struct()
+spec.update({
+    "name": "python",
+    "model": {"path": model},
+    "data": {"train": train, "format": "tokens"},
+    "training": {"max_steps": 20000, "micro_batch_size": 2, "global_batch_size": 8},
+    "sharding": {"zero_stage": 3},
+    "output": {"dir": output},
+    "resources": {"ranks_per_node": 2},
+})
+bad = struct_pb2.Struct()
+bad.update({"name": "python", "model": {"path": model}, "data": {"train": train, "format": "tokens"},
+            "output": {"dir": output}, "training": {"max_step": 3}})
+try:
+    jobs.CreateJob(jobs_pb2.CreateJobRequest(spec_fields=bad), metadata=auth, timeout=30)
+    raise AssertionError("a bad structured spec was accepted")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "did you mean 'max_steps'" in e.details(), e.details()
+print("ok: a bad structured spec -> INVALID_ARGUMENT naming the key")
+job = jobs.CreateJob(jobs_pb2.CreateJobRequest(spec_fields=spec), metadata=auth, timeout=30)
 assert job.status == jobs_pb2.QUEUED, job
 print(f"ok: created {job.id}")
 running = False

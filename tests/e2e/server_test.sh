@@ -39,6 +39,7 @@ api_keys:
 local: {hosts: [{host: localhost, slots: 4}], extra_args: [--oversubscribe]}
 retry: {max_attempts: 3}
 cancel_grace_s: 2
+quotas: {team-b: {max_running_jobs: 1}}
 YAML
 start_server() {
   "$bin/shardtune-server" --config server.yaml >> server.log 2>&1 &
@@ -159,6 +160,18 @@ expect_eq "another tenant cannot cancel" "$(field "$ref" status)" "SUCCEEDED"
 expect_eq "team-b sees none of team-a's jobs" "$("$bin/shardtune" list --token key-b | wc -l)" "0"
 expect_contains "an admin sees every tenant's jobs" "$("$bin/shardtune" list --token key-admin)" "$id"
 
+# Pages of a list, and a tenant's quota of running jobs.
+expect_contains "list pages" "$("$bin/shardtune" list --page-size 1)" "(more: --page-token 1)"
+write_job quota1.yaml quota-one runs/quota1 100000 100000
+write_job quota2.yaml quota-two runs/quota2 100000 100000
+q1=$("$bin/shardtune" submit quota1.yaml --token key-b)
+q2=$("$bin/shardtune" submit quota2.yaml --token key-b)
+SHARDTUNE_TOKEN=key-b wait_status "$q1" RUNNING 30
+sleep 1
+expect_eq "within its quota a tenant's first job runs" "$(SHARDTUNE_TOKEN=key-b field "$q1" status)" "RUNNING"
+expect_eq "beyond its quota the second waits" "$(SHARDTUNE_TOKEN=key-b field "$q2" status)" "QUEUED"
+"$bin/shardtune" cancel "$q1" --token key-b > /dev/null; "$bin/shardtune" cancel "$q2" --token key-b > /dev/null
+
 # 7. Requests the server refuses, and hostile names and paths.
 sed -e 's/ranks_per_node: 2/ranks_per_node: 8/' -e 's/global_batch_size: 8/global_batch_size: 16/' ok.yaml > huge.yaml
 out=$("$bin/shardtune" submit huge.yaml 2>&1)
@@ -176,9 +189,8 @@ if [ -e pwned ] || [ -e pwned2 ] || [ -e "$work/runs/pwned" ]; then fail "a path
 
 # 8. A client in another language: Python (Debian's python3-grpcio) with stubs from the proto.
 if /usr/bin/python3 -c "import grpc, google.protobuf" 2>/dev/null; then
-  write_job python.yaml python "$work/runs/python" 20000 100000
-  sed -i "s|model: {path: base}|model: {path: $work/base}|; s|train: train.jsonl|train: $work/train.jsonl|" python.yaml
-  out=$(/usr/bin/python3 "$src/tests/e2e/python_client.py" "$src/proto" "127.0.0.1:$port" key-a python.yaml 2>&1)
+  out=$(/usr/bin/python3 "$src/tests/e2e/python_client.py" "$src/proto" "127.0.0.1:$port" key-a "$work/base" \
+        "$work/train.jsonl" "$work/runs/python" 2>&1)
   expect_eq "the Python client creates, watches and cancels a job" "$?" "0"
   echo "$out"
 else

@@ -1,0 +1,154 @@
+// The server's parts that need no running server: the SQLite job store (schema, migrations,
+// round trips, filters), the configuration file, digests and shell quoting.
+#include <gtest/gtest.h>
+
+#include "common/error.h"
+#include "launcher/server/job_store.h"
+#include "launcher/server/processes.h"
+#include "launcher/server/server_config.h"
+#include "test_util.h"
+
+namespace shardtune::server {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ScratchDir;
+
+JobRecord Job(const std::string& id, const std::string& tenant, int64_t created) {
+  JobRecord r;
+  r.job.set_id(id);
+  r.job.set_name("n-" + id);
+  r.job.set_tenant(tenant);
+  r.job.set_status(v1::QUEUED);
+  r.job.set_created_ms(created);
+  (*r.job.mutable_labels())["team"] = tenant;
+  r.requested_ranks = 2;
+  return r;
+}
+
+TEST(JobStore, KeepsJobsEventsAndCheckpointsAcrossReopening) {
+  ScratchDir dir;
+  const fs::path db = dir / "state" / "jobs.db";
+  {
+    JobStore store(db);
+    store.Insert(Job("a", "t1", 1));
+    store.Insert(Job("b", "t2", 2));
+    JobRecord c = Job("c", "t1", 3);
+    c.idempotency_key = "k";
+    store.Insert(c);
+    JobRecord a = *store.Get("a");
+    a.job.set_status(v1::RUNNING);
+    a.job.set_step(7);
+    a.supervisor_pid = 1234;
+    a.pause_requested = true;
+    store.Update(a);
+    EXPECT_EQ(store.AddEvent(a.job, "status", "RUNNING"), 1);
+    EXPECT_EQ(store.AddEvent(a.job, "progress", "step 7"), 2);
+    store.AddCheckpoint("a", 5, "/out/checkpoints/step-5");
+  }
+  JobStore store(db);  // a new process would see the same
+  const JobRecord a = *store.Get("a");
+  EXPECT_EQ(a.job.status(), v1::RUNNING);
+  EXPECT_EQ(a.job.step(), 7);
+  EXPECT_EQ(a.supervisor_pid, 1234);
+  EXPECT_TRUE(a.pause_requested);
+  EXPECT_EQ(a.requested_ranks, 2);
+  EXPECT_FALSE(store.Get("zzz").has_value());
+  EXPECT_EQ(store.FindByIdempotencyKey("t1", "k")->job.id(), "c");
+  EXPECT_FALSE(store.FindByIdempotencyKey("t2", "k").has_value());  // keys are per tenant
+  const auto events = store.Events("a", 1, 10);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].seq(), 2);
+  EXPECT_EQ(events[0].message(), "step 7");
+  EXPECT_EQ(events[0].job().step(), 7);
+  ASSERT_EQ(store.Checkpoints("a").size(), 1u);
+  EXPECT_EQ(store.Checkpoints("a")[0].path(), "/out/checkpoints/step-5");
+
+  JobFilter t1;
+  t1.tenant = "t1";
+  const auto listed = store.List(t1);
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[0].job.id(), "c");  // newest first
+  JobFilter page = t1;
+  page.offset = 1;
+  page.limit = 1;
+  EXPECT_EQ(store.List(page)[0].job.id(), "a");
+  JobFilter labelled;
+  labelled.labels = {{"team", "t2"}};
+  ASSERT_EQ(store.List(labelled).size(), 1u);
+  EXPECT_EQ(store.List(labelled)[0].job.id(), "b");
+  JobFilter running;
+  running.status = v1::RUNNING;
+  EXPECT_EQ(store.List(running).size(), 1u);
+  EXPECT_EQ(store.Unfinished().size(), 3u);
+}
+
+TEST(JobStore, RefusesADatabaseFromANewerServer) {
+  ScratchDir dir;
+  { JobStore store(dir / "jobs.db"); }
+  {
+    sqlite3* db = nullptr;
+    sqlite3_open((dir / "jobs.db").c_str(), &db);
+    sqlite3_exec(db, "UPDATE schema_version SET version = 99", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+  }
+  try {
+    JobStore store(dir / "jobs.db");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("schema version 99"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ServerConfig, ParsesHashesAndReportsEveryProblem) {
+  ScratchDir dir;
+  testing::WriteText(dir / "ok.yaml", R"(listen: 127.0.0.1:1234
+database: state/jobs.db
+api_keys: [{key: abc, tenant: a}, {sha256: 0123, tenant: ops, role: admin}]
+local: {hosts: [{host: n1, slots: 4}, {host: n2, slots: 2}], extra_args: [--oversubscribe]}
+retry: {max_attempts: 5}
+quotas: {a: {max_running_jobs: 2, max_ranks: 8}}
+)");
+  const ServerConfig c = LoadServerConfig(dir / "ok.yaml");
+  EXPECT_EQ(c.listen, "127.0.0.1:1234");
+  EXPECT_EQ(c.database, (dir / "state" / "jobs.db").string());  // relative to the file
+  ASSERT_EQ(c.api_keys.size(), 2u);
+  // SHA-256("abc"), the FIPS 180-2 test vector: the key itself is not kept.
+  EXPECT_EQ(c.api_keys[0].sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(c.api_keys[1].role, "admin");
+  EXPECT_EQ(c.total_slots(), 6);
+  EXPECT_EQ(c.max_attempts, 5);
+  EXPECT_EQ(c.quotas.at("a").max_ranks, 8);
+
+  testing::WriteText(dir / "bad.yaml", R"(listen: 127.0.0.1:1234
+lisen: x
+api_keys: [{tenant: a}, {key: k, tenant: b, role: root}]
+local: {hosts: [{host: "n1; rm -rf /", slots: 0}]}
+backend: slurm
+)");
+  try {
+    LoadServerConfig(dir / "bad.yaml");
+    FAIL();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    for (const char* fragment :
+         {"lisen (line 2): unknown key", "api_keys[0] (line 3): give the key or its sha256",
+          "api_keys[1].role (line 3): must be user or admin", "local.hosts[0].host (line 4): must be a plain host name",
+          "local.hosts[0].slots (line 4): must be >= 1", "slurm.template", "6 problem(s)"}) {
+      EXPECT_NE(what.find(fragment), std::string::npos) << fragment << " in " << what;
+    }
+  }
+}
+
+TEST(Processes, ShellQuotingKeepsHostileWordsInert) {
+  for (const std::string word : {"plain", "a b", "it's", "$(touch x)", "`id`; rm -rf /", "\"q\"", "back\\slash"}) {
+    const CommandResult r = RunCommand({"/bin/sh", "-c", "printf %s " + ShellQuote(word)});
+    EXPECT_EQ(r.status, 0);
+    EXPECT_EQ(r.output, word);
+  }
+  EXPECT_EQ(RunCommand({"/nonexistent/program"}).status, -1);
+  EXPECT_EQ(RunCommand({"/bin/sh", "-c", "exit 3"}).status, 3);
+}
+
+}  // namespace
+}  // namespace shardtune::server
