@@ -11,6 +11,7 @@
 #include "common/logging.h"
 #include "launcher/client/client.h"
 #include "sharding/flat_parameters.h"
+#include "sharding/planner.h"
 #include "worker/blas_env.h"
 #include "worker/data/tokenizer/tokenizer.h"
 #include "worker/entry.h"
@@ -99,6 +100,51 @@ int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
   return kExitOk;
 }
 
+struct PlanArgs {
+  std::string job, model, method = "full", dtype = "bf16", output = "text";
+  int64_t gpus = 1, gpus_per_node = 8, zero_stage = 0, shard_group_size = 0, lora_r = 8, micro_batch = 1,
+          seq_len = 2048;
+  std::vector<std::string> lora_targets = {"q_proj", "v_proj"};
+  double gpu_memory_gib = 0;
+  bool cpu = false, offload = false, checkpointing = false;
+};
+
+int PlanJob(const PlanArgs& args) {
+  if (args.job.empty() == args.model.empty())
+    Fail(ErrorCode::kInvalidArgument, "give a job spec or --model CONFIG.json (one of them)");
+  PlanInput in;
+  if (!args.job.empty()) {
+    const JobSpec spec = LoadJobSpec(args.job);
+    in = PlanInputForJob(spec, spec.resources.world_size(), args.gpu_memory_gib * (1 << 30), !args.cpu);
+  } else {
+    in.model = LlamaConfig::Parse(ReadFile(args.model), args.model);
+    in.ranks = args.gpus;
+    in.ranks_per_node = args.gpus_per_node;
+    in.device_memory_bytes = args.gpu_memory_gib * (1 << 30);
+    in.on_gpu = !args.cpu;
+    in.zero_stage = static_cast<int>(args.zero_stage);
+    in.offload_optimizer = args.offload;
+    in.shard_group_size = args.shard_group_size;
+    const std::map<std::string, MethodType> methods = {
+        {"full", MethodType::kFull},    {"lora", MethodType::kLora},       {"dora", MethodType::kDora},
+        {"ia3", MethodType::kIa3},      {"adapter", MethodType::kAdapter}, {"prefix", MethodType::kPrefix},
+        {"prompt", MethodType::kPrompt}};
+    if (!methods.count(args.method)) Fail(ErrorCode::kInvalidArgument, "--method {}: not a method", args.method);
+    in.method.type = methods.at(args.method);
+    in.method.lora.r = args.lora_r;
+    in.method.lora.target_modules = args.lora_targets;
+    in.dtype = args.dtype == "fp32"   ? ComputeDType::kFp32
+               : args.dtype == "fp16" ? ComputeDType::kFp16
+                                      : ComputeDType::kBf16;
+    in.micro_batch = args.micro_batch;
+    in.seq_len = args.seq_len;
+    in.activation_checkpointing = args.checkpointing;
+  }
+  const Plan plan = MakePlan(in);
+  std::cout << (args.output == "json" ? PlanToJson(plan) + "\n" : PlanToText(plan));
+  return plan.verdict_known && !plan.fits ? 1 : kExitOk;
+}
+
 int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
   namespace fs = std::filesystem;
   const LlamaConfig config = LlamaConfig::Parse(ReadFile(config_path), config_path);
@@ -179,6 +225,27 @@ int main(int argc, char** argv) {
   init->add_option("--seed", seed, "initialization seed");
   init->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
+  CLI::App* planner = app.add_subcommand("plan", "per-rank memory of a job, before any device is spent");
+  PlanArgs plan;
+  planner->add_option("job", plan.job, "job spec (YAML); or give --model");
+  planner->add_option("--model", plan.model, "config.json of the model (instead of a job spec)");
+  planner->add_option("--gpus", plan.gpus, "ranks (one device each)")->check(CLI::PositiveNumber);
+  planner->add_option("--gpus-per-node", plan.gpus_per_node, "ranks per node")->check(CLI::PositiveNumber);
+  planner->add_option("--gpu-memory", plan.gpu_memory_gib, "memory per device in GiB (for a verdict)");
+  planner->add_flag("--cpu", plan.cpu, "CPU training: everything in host memory");
+  planner->add_option("--zero-stage", plan.zero_stage, "0 to 3")->check(CLI::Range(0, 3));
+  planner->add_flag("--offload", plan.offload, "optimizer state in host memory");
+  planner->add_option("--shard-group-size", plan.shard_group_size, "hybrid sharding group size");
+  planner->add_option("--method", plan.method, "full, lora, dora, ia3, adapter, prefix, prompt");
+  planner->add_option("--lora-r", plan.lora_r, "LoRA rank");
+  planner->add_option("--lora-targets", plan.lora_targets, "LoRA target modules (default q_proj v_proj)");
+  planner->add_option("--dtype", plan.dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  planner->add_option("--micro-batch", plan.micro_batch, "examples per rank per step")->check(CLI::PositiveNumber);
+  planner->add_option("--seq-len", plan.seq_len, "tokens per example")->check(CLI::PositiveNumber);
+  planner->add_flag("--activation-checkpointing", plan.checkpointing, "recompute layers in backward");
+  planner->add_option("--output", plan.output, "text or json")->check(CLI::IsMember({"text", "json"}));
+  planner->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
   ClientCommands client(app);
 
   try {
@@ -198,6 +265,7 @@ int main(int argc, char** argv) {
   try {
     InitLogging(log_level, 0);
     if (generate->parsed()) return Generate(gen);
+    if (planner->parsed()) return PlanJob(plan);
     if (init->parsed()) return InitModel(config_path, out_dir, seed);
     if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
     if (exporter->parsed()) {

@@ -4,8 +4,8 @@
 #include <climits>
 
 #include "common/job_spec.h"
+#include "common/llama_config.h"
 #include "worker/data/formats.h"
-#include "worker/models/llama_config.h"
 
 namespace shardtune {
 

@@ -186,6 +186,7 @@ int ClientCommands::Run() {
         std::printf("%s\n", Json(response).c_str());
       } else {
         std::printf("%s", response.valid() ? response.summary().c_str() : "");
+        std::printf("%s", response.plan().c_str());
         for (const auto& p : response.problems()) std::printf("%s\n", p.c_str());
       }
       return response.valid() ? 0 : 2;

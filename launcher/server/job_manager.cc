@@ -15,6 +15,7 @@
 #include "common/error.h"
 #include "common/job_spec.h"
 #include "launcher/server/processes.h"
+#include "sharding/planner.h"
 
 extern char** environ;
 
@@ -162,6 +163,11 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
                        fmt::format("resources ask for {} ranks; tenant '{}' may use at most {}", ranks, caller.tenant,
                                    quota->second.max_ranks));
   }
+  if (const auto plan = PlanFor(spec, ranks); plan && !plan->fits) {
+    throw RequestError(RequestError::Kind::kResourceExhausted,
+                       fmt::format("the job does not fit its {} ranks of {:.1f} GiB each:\n{}", ranks,
+                                   config_.memory_per_slot_gib, PlanToText(*plan)));
+  }
   if (fs::exists(fs::path(spec.output.dir) / "final")) {
     throw RequestError(RequestError::Kind::kFailedPrecondition,
                        fmt::format("output.dir {} holds a finished run (final/); choose another", spec.output.dir));
@@ -190,6 +196,15 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   Event(r, "status", "QUEUED: accepted");
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);
   return r.job;
+}
+
+std::optional<Plan> JobManager::PlanFor(const JobSpec& spec, int64_t ranks) const {
+  if (config_.memory_per_slot_gib <= 0) return std::nullopt;
+  try {
+    return MakePlan(PlanInputForJob(spec, ranks, config_.memory_per_slot_gib * (1 << 30), config_.gpus));
+  } catch (const Error& e) {
+    throw RequestError(RequestError::Kind::kInvalidArgument, e.what());
+  }
 }
 
 v1::Job JobManager::Get(const Caller& caller, const std::string& id) { return Owned(caller, id).job; }

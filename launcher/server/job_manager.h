@@ -20,6 +20,7 @@
 
 #include "launcher/server/job_store.h"
 #include "launcher/server/server_config.h"
+#include "sharding/planner.h"
 
 namespace shardtune::server {
 
@@ -49,6 +50,8 @@ class JobManager {
   ~JobManager();
 
   JobStore& store() { return *store_; }
+  // The job's memory plan on `ranks` slots, when the configuration gives their memory.
+  std::optional<Plan> PlanFor(const JobSpec& spec, int64_t ranks) const;
   const ServerConfig& config() const { return config_; }
 
   // Starts the scheduling thread (after re-attaching to what is running).

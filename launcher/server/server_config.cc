@@ -130,7 +130,9 @@ ServerConfig LoadServerConfig(const fs::path& path) {
   r.Get(root, "backend", "backend", &c.backend);
   if (c.backend != "local" && c.backend != "slurm") r.Problem(root["backend"], "backend", "must be local or slurm");
   if (const YAML::Node local = root["local"]) {
-    r.Known(local, "local", {"hosts", "mpirun", "extra_args"});
+    r.Known(local, "local", {"hosts", "mpirun", "extra_args", "memory_per_slot_gib", "gpus"});
+    r.Get(local, "memory_per_slot_gib", "local.memory_per_slot_gib", &c.memory_per_slot_gib);
+    r.Get(local, "gpus", "local.gpus", &c.gpus);
     r.Get(local, "mpirun", "local.mpirun", &c.mpirun);
     r.Get(local, "extra_args", "local.extra_args", &c.mpirun_extra_args);
     if (const YAML::Node hosts = local["hosts"]) {

@@ -35,6 +35,8 @@ struct ServerConfig {
   std::vector<ApiKey> api_keys;
   std::string backend = "local";  // local | slurm
   std::vector<HostSlots> hosts = {{"localhost", 2}};
+  double memory_per_slot_gib = 0;  // a slot's device memory (or host memory per rank, CPU training); 0: no check
+  bool gpus = false;               // slots are GPUs (else ranks train on CPUs)
   std::string mpirun = "mpirun";
   std::vector<std::string> mpirun_extra_args;
   std::string worker;  // shardtune-worker; default: beside shardtune-server

@@ -107,7 +107,11 @@ class JobServiceImpl final : public v1::JobService::Service {
                                    ? StructToJson(request->spec_fields())
                                    : request->spec_yaml();
       try {
-        ParseJobSpec(text, "spec_yaml", "/");
+        const JobSpec spec = ParseJobSpec(text, "spec_yaml", "/");
+        if (const auto plan = manager_.PlanFor(spec, spec.resources.world_size())) {
+          response->set_plan(PlanToText(*plan));
+          if (!plan->fits) response->add_problems("the job does not fit its ranks' memory (see plan)");
+        }
       } catch (const SpecError& e) {
         response->set_valid(false);
         for (const auto& p : e.problems()) response->add_problems(p);
@@ -115,7 +119,7 @@ class JobServiceImpl final : public v1::JobService::Service {
       }
       const auto [ok, report] =
           ValidateData(text, fs::path(manager_.config().data_dir) / ("validate-" + RandomToken()));
-      response->set_valid(ok);
+      response->set_valid(ok && response->problems().empty());
       if (ok) {
         response->set_summary(report);
       } else {

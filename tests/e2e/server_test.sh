@@ -36,7 +36,7 @@ api_keys:
   - {key: key-a, tenant: team-a, role: user}
   - {sha256: $(printf key-b | sha256sum | cut -d' ' -f1), tenant: team-b, role: user}
   - {key: key-admin, tenant: ops, role: admin}
-local: {hosts: [{host: localhost, slots: 4}], extra_args: [--oversubscribe]}
+local: {hosts: [{host: localhost, slots: 4}], extra_args: [--oversubscribe], memory_per_slot_gib: 1}
 retry: {max_attempts: 3}
 cancel_grace_s: 2
 quotas: {team-b: {max_running_jobs: 1}}
@@ -177,6 +177,13 @@ sed -e 's/ranks_per_node: 2/ranks_per_node: 8/' -e 's/global_batch_size: 8/globa
 out=$("$bin/shardtune" submit huge.yaml 2>&1)
 expect_eq "a job that can never fit exits 2" "$?" "2"
 expect_contains "it says why" "$out" "could never start"
+sed -e 's/micro_batch_size: 2, global_batch_size: 8/micro_batch_size: 64, global_batch_size: 128/' \
+    -e 's/format: tokens}/format: tokens, max_seq_len: 65536}/' ok.yaml > big.yaml
+out=$("$bin/shardtune" submit big.yaml 2>&1)
+expect_eq "a job whose plan does not fit its slots' memory exits 2" "$?" "2"
+expect_contains "the refusal carries the plan" "$out" "does not fit:"
+out=$("$bin/shardtune" validate big.yaml 2>&1)
+expect_contains "validate shows the plan" "$out" "per rank (host)"
 printf 'name: x\nmodel: {path: base}\ndata: {train: train.jsonl, format: tokens}\noutput: {dir: o}\ntraining: {epoch: 1}\n' > bad.yaml
 out=$("$bin/shardtune" submit bad.yaml 2>&1)
 expect_contains "a bad spec is refused with its problems" "$out" "unknown key 'epoch'"

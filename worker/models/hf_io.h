@@ -7,9 +7,9 @@
 #include <string>
 
 #include "common/job_spec.h"
+#include "common/llama_config.h"
 #include "common/safetensors.h"
 #include "sharding/flat_parameters.h"
-#include "worker/models/llama_config.h"
 
 namespace shardtune {
 

@@ -14,14 +14,11 @@
 #include <vector>
 
 #include "common/job_spec.h"
+#include "common/llama_config.h"
+#include "sharding/llama_layout.h"
 #include "sharding/parameter_layout.h"
-#include "worker/models/llama_config.h"
 
 namespace shardtune {
-
-// Every trainable tensor in Hugging Face's names and order. A tied lm_head is not listed: it is
-// model.embed_tokens.weight.
-std::vector<ParameterSpec> LlamaParameterSpecs(const LlamaConfig& config);
 
 // The linear layers of a decoder layer, as parameter-efficient methods name their targets.
 enum LlamaLinear { kQProj, kKProj, kVProj, kOProj, kGateProj, kUpProj, kDownProj, kLlamaLinearCount };
@@ -75,12 +72,6 @@ struct LlamaWeights {
 using TensorLookup = std::function<at::Tensor(const std::string& name)>;
 LlamaWeights BindLlamaWeights(const LlamaConfig& config, const TensorLookup& lookup);
 LlamaLayerWeights BindLlamaLayer(const LlamaConfig& config, int64_t layer, const TensorLookup& lookup);
-// The lm_head's key: "lm_head.weight", or the embedding's when tied.
-std::string LmHeadName(const LlamaConfig& config);
-
-// The units ZeRO gathers and reduces as one piece: "embed" (the embedding, and the tied head),
-// "layer i" for each decoder layer, and "head" (the final norm and an untied lm_head).
-std::vector<UnitSpec> LlamaUnits(const LlamaConfig& config);
 
 // Keys and values of the positions seen so far, per layer, after RoPE: (batch, kv_heads, T, head_dim).
 struct KvCache {

@@ -1,4 +1,4 @@
-#include "worker/models/llama_config.h"
+#include "common/llama_config.h"
 
 #include <algorithm>
 #include <nlohmann/json.hpp>

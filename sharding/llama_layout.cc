@@ -1,0 +1,64 @@
+#include "sharding/llama_layout.h"
+
+#include <fmt/format.h>
+
+namespace shardtune {
+
+std::vector<ParameterSpec> LlamaParameterSpecs(const LlamaConfig& c) {
+  const int64_t h = c.hidden_size;
+  const int64_t q = c.num_attention_heads * c.head_dim;
+  const int64_t kv = c.num_key_value_heads * c.head_dim;
+  const int64_t ff = c.intermediate_size;
+  std::vector<ParameterSpec> specs;
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    const bool decay = shape.size() >= 2;  // no weight decay on norms and biases
+    specs.push_back(ParameterSpec{std::move(name), std::move(shape), decay});
+  };
+  add("model.embed_tokens.weight", {c.vocab_size, h});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    add(p + "input_layernorm.weight", {h});
+    add(p + "self_attn.q_proj.weight", {q, h});
+    if (c.qkv_bias) add(p + "self_attn.q_proj.bias", {q});
+    add(p + "self_attn.k_proj.weight", {kv, h});
+    if (c.qkv_bias) add(p + "self_attn.k_proj.bias", {kv});
+    add(p + "self_attn.v_proj.weight", {kv, h});
+    if (c.qkv_bias) add(p + "self_attn.v_proj.bias", {kv});
+    add(p + "self_attn.o_proj.weight", {h, q});
+    if (c.o_bias) add(p + "self_attn.o_proj.bias", {h});
+    add(p + "post_attention_layernorm.weight", {h});
+    add(p + "mlp.gate_proj.weight", {ff, h});
+    if (c.mlp_bias) add(p + "mlp.gate_proj.bias", {ff});
+    add(p + "mlp.up_proj.weight", {ff, h});
+    if (c.mlp_bias) add(p + "mlp.up_proj.bias", {ff});
+    add(p + "mlp.down_proj.weight", {h, ff});
+    if (c.mlp_bias) add(p + "mlp.down_proj.bias", {h});
+  }
+  add("model.norm.weight", {h});
+  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, h});
+  return specs;
+}
+
+std::string LmHeadName(const LlamaConfig& c) {
+  return c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+}
+
+std::vector<UnitSpec> LlamaUnits(const LlamaConfig& c) {
+  const std::vector<ParameterSpec> all = LlamaParameterSpecs(c);
+  std::vector<UnitSpec> units;
+  units.push_back(UnitSpec{"embed", {}});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) units.push_back(UnitSpec{fmt::format("layer {}", i), {}});
+  units.push_back(UnitSpec{"head", {}});
+  for (const auto& spec : all) {
+    size_t unit = units.size() - 1;  // model.norm, lm_head
+    if (spec.name == "model.embed_tokens.weight") {
+      unit = 0;
+    } else if (spec.name.rfind("model.layers.", 0) == 0) {
+      unit = 1 + std::stoul(spec.name.substr(13));
+    }
+    units[unit].parameters.push_back(spec);
+  }
+  return units;
+}
+
+}  // namespace shardtune

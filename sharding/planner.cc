@@ -1,0 +1,311 @@
+#include "sharding/planner.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "sharding/llama_layout.h"
+#include "sharding/parameter_layout.h"
+
+namespace shardtune {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kLinears[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+constexpr const char* kLinearPaths[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                        "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+// Gradient buffers of whole units a stage 2/3 rank may hold at once: the unit whose backward
+// runs and the reductions in flight (ZeroEngine's kReductionsInFlight).
+constexpr int64_t kUnitGradientsInFlight = 3;
+
+int64_t Bytes(ComputeDType dtype) { return dtype == ComputeDType::kFp32 ? 4 : 2; }
+
+// (in, out) features of linear layer k.
+std::pair<int64_t, int64_t> InOut(const LlamaConfig& c, int k) {
+  const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  const int64_t f = c.intermediate_size;
+  const std::pair<int64_t, int64_t> shapes[] = {{h, q}, {h, kv}, {h, kv}, {q, h}, {h, f}, {h, f}, {f, h}};
+  return shapes[k];
+}
+
+bool Targets(const std::vector<std::string>& names, bool pattern, int k) {
+  const std::string path = std::string("model.layers.0.") + kLinearPaths[k];
+  if (pattern) return names[0] == "all-linear" || std::regex_match(path, std::regex(names[0]));
+  for (const auto& n : names) {
+    if (n == kLinears[k] || n == kLinearPaths[k] ||
+        path.size() > n.size() + 1 && path.compare(path.size() - n.size(), n.size(), n) == 0 &&
+            path[path.size() - n.size() - 1] == '.')
+      return true;
+  }
+  return false;
+}
+
+struct ModelStates {
+  MemoryByKind device, host;
+};
+
+// Per-rank bytes of one configuration, following ZeroEngine::memory() and its schedule.
+ModelStates Estimate(const PlanInput& in, const Plan& plan) {
+  const LlamaConfig& c = in.model;
+  const int64_t b = Bytes(in.dtype);
+  const bool fp32 = in.dtype == ComputeDType::kFp32;
+  const bool full = in.method.type == MethodType::kFull;
+  const int64_t shards = in.zero_stage == 0 ? 1 : (in.shard_group_size > 0 ? in.shard_group_size : in.ranks);
+  const ShardedLayout layout = PlanLayout(LlamaUnits(c), static_cast<int>(shards));
+  MemoryByKind m;
+  int64_t largest_padded = 0;
+  for (const auto& unit : layout.units) largest_padded = std::max(largest_padded, unit.padded);
+  // Trainable: the whole model (padded as the engine pads it), or a PEFT method's parameters
+  // (their own small units; padding not counted).
+  int64_t trainable_local = 0, trainable_whole = 0;
+  if (full) {
+    trainable_whole = layout.padded_total();
+    trainable_local = in.zero_stage == 0 ? trainable_whole : trainable_whole / shards;
+  } else {
+    trainable_whole = plan.trainable_parameters;
+    trainable_local = in.zero_stage == 0 ? trainable_whole : (trainable_whole + shards - 1) / shards;
+  }
+  m.optimizer = 8 * trainable_local;
+  const bool master_is_parameters = in.zero_stage == 0 && fp32;
+  if (!master_is_parameters) m.optimizer += 4 * trainable_local;
+  m.gradients = 4 * trainable_local;
+  if (in.zero_stage == 1) m.gradients += 4 * trainable_whole;
+  if (in.zero_stage <= 2) {
+    m.parameters += b * trainable_whole;
+  } else {
+    if (!fp32) m.parameters += b * trainable_local;
+    if (fp32) {  // the fp32 master shard doubles as the parameter shard
+      m.parameters += 4 * trainable_local;
+      m.optimizer -= 4 * trainable_local;
+    }
+  }
+  if (!full) {  // the frozen base: compute dtype only
+    m.parameters += in.zero_stage == 3 ? b * layout.padded_total() / shards : b * layout.padded_total();
+  }
+  // Buffers: stage 3 gathers the unit in use and `prefetch_layers` ahead; stages 2 and 3 hold
+  // whole-unit gradients while they are reduced.
+  if (in.zero_stage == 3) m.buffers += (1 + in.prefetch_layers) * largest_padded * b;
+  if (in.zero_stage >= 2 && full) m.buffers += kUnitGradientsInFlight * largest_padded * 4;
+  // Activations, per micro-batch of B x S tokens. Per token and layer the forward saves about
+  // 10 h (norms, residuals, projections' outputs) + 4 q (q, rotated q, repeated k and v) + 3 kv
+  // + 4 f (gate, up, their product) values, and the attention's scores and probabilities
+  // (heads x S, the softmax in fp32). Checkpointing keeps each layer's input and one layer's
+  // whole activations while it is recomputed. The logits and their gradient are fp32.
+  const double tokens = static_cast<double>(in.micro_batch) * static_cast<double>(in.seq_len);
+  const double q = static_cast<double>(c.num_attention_heads * c.head_dim);
+  const double kv = static_cast<double>(c.num_key_value_heads * c.head_dim);
+  const double h = static_cast<double>(c.hidden_size), f = static_cast<double>(c.intermediate_size);
+  const double per_layer =
+      tokens * ((10 * h + 4 * q + 3 * kv + 4 * f) * b +
+                static_cast<double>(c.num_attention_heads) * static_cast<double>(in.seq_len) * (b + 4));
+  const double layers = static_cast<double>(c.num_hidden_layers);
+  const bool checkpointing = in.activation_checkpointing || in.zero_stage == 3;
+  const double saved = checkpointing ? layers * tokens * h * b + per_layer : layers * per_layer;
+  m.activations = static_cast<int64_t>(saved + 2 * tokens * static_cast<double>(c.vocab_size) * 4);
+
+  ModelStates states;
+  if (!in.on_gpu) {
+    states.host = m;
+    return states;
+  }
+  states.device = m;
+  if (in.offload_optimizer) {  // master weights and moments on the host, as ZeRO-Offload keeps them
+    states.host.optimizer = m.optimizer;
+    states.device.optimizer = 0;
+  }
+  return states;
+}
+
+// Fills the memory figures and the verdict (against device memory, or host memory per rank when
+// training on CPUs).
+void Evaluate(Plan& plan) {
+  const ModelStates states = Estimate(plan.input, plan);
+  plan.device = states.device;
+  plan.host = states.host;
+  if (plan.input.device_memory_bytes <= 0) return;
+  plan.verdict_known = true;
+  const double usable = plan.input.device_memory_bytes * kUsableDeviceMemory;
+  plan.margin_bytes = static_cast<int64_t>(usable) - (plan.input.on_gpu ? plan.device.total() : plan.host.total());
+  plan.fits = plan.margin_bytes >= 0;
+}
+
+Plan Variant(const Plan& base, const PlanInput& input) {
+  Plan p;
+  p.input = input;
+  p.trainable_parameters = base.trainable_parameters;
+  Evaluate(p);
+  return p;
+}
+
+}  // namespace
+
+int64_t PeftTrainableParameters(const LlamaConfig& c, const MethodSpec& m) {
+  const int64_t L = c.num_hidden_layers, h = c.hidden_size, kv = c.num_key_value_heads * c.head_dim;
+  int64_t n = 0;
+  switch (m.type) {
+    case MethodType::kFull:
+      return c.num_parameters();
+    case MethodType::kLora:
+    case MethodType::kDora:
+      for (int k = 0; k < 7; ++k) {
+        if (!Targets(m.lora.target_modules, m.lora.target_is_pattern, k)) continue;
+        const auto [in, out] = InOut(c, k);
+        n += L * (m.lora.r * (in + out) + (m.type == MethodType::kDora ? out : 0));
+      }
+      break;
+    case MethodType::kIa3:
+      for (int k = 0; k < 7; ++k) {
+        if (!Targets(m.ia3.target_modules, false, k)) continue;
+        const auto [in, out] = InOut(c, k);
+        n += L * (Targets(m.ia3.feedforward_modules, false, k) ? in : out);
+      }
+      break;
+    case MethodType::kAdapter: {
+      const int64_t b = m.adapter.bottleneck;
+      n = (m.adapter.placement == AdapterPlacement::kHoulsby ? 2 : 1) * L * (2 * h * b + b + h);
+      break;
+    }
+    case MethodType::kPrefix: {
+      const int64_t p = m.prefix.num_virtual_tokens, width = 2 * L * kv;
+      const int64_t e = m.prefix.encoder_hidden_size > 0 ? m.prefix.encoder_hidden_size : kv;
+      n = m.prefix.projection ? p * kv + (kv * e + e) + (e * width + width) : p * width;
+      break;
+    }
+    case MethodType::kPrompt:
+      n = m.prompt.num_virtual_tokens * h;
+      break;
+  }
+  for (const std::string& module : m.modules_to_save) {
+    if (module == "lm_head" || module == "embed_tokens") n += c.vocab_size * h;
+    if (module == "norm") n += h;
+  }
+  return n;
+}
+
+Plan MakePlan(const PlanInput& input) {
+  Plan plan;
+  plan.input = input;
+  plan.parameters = input.model.num_parameters();
+  plan.trainable_parameters = PeftTrainableParameters(input.model, input.method);
+  for (const auto& unit : LlamaUnits(input.model)) {
+    int64_t n = 0;
+    for (const auto& p : unit.parameters) n += NumelOf(p.shape);
+    plan.largest_unit = std::max(plan.largest_unit, n);
+  }
+  Evaluate(plan);
+  if (!plan.verdict_known) return plan;
+  // Suggestions: the least sharding that fits (stage first, then offload), and the largest
+  // micro-batch that fits as planned.
+  if (!plan.fits) {
+    for (int stage = input.zero_stage; stage <= 3; ++stage) {
+      bool found = false;
+      for (bool offload : {input.offload_optimizer, true}) {
+        PlanInput other = input;
+        other.zero_stage = stage;
+        other.offload_optimizer = offload && input.on_gpu;
+        const Plan p = Variant(plan, other);
+        if (p.fits) {
+          plan.suggestions.push_back(
+              fmt::format("sharding.zero_stage: {}{} fits ({:.1f} GiB per rank)", stage,
+                          other.offload_optimizer ? " with offload_optimizer: cpu" : "",
+                          static_cast<double>(input.on_gpu ? p.device.total() : p.host.total()) / (1 << 30)));
+          found = true;
+          break;
+        }
+      }
+      if (found) break;
+    }
+    if (plan.suggestions.empty()) {
+      plan.suggestions.push_back(
+          "nothing fits on this many devices: add ranks, shorten sequences, or use a "
+          "parameter-efficient method");
+    }
+  }
+  int64_t best = 0;
+  for (int64_t micro = 1; micro <= 4096; micro *= 2) {
+    PlanInput other = input;
+    other.micro_batch = micro;
+    if (!Variant(plan, other).fits) break;
+    best = micro;
+  }
+  if (best > 0) plan.suggestions.push_back(fmt::format("largest micro_batch_size that fits: {}", best));
+  return plan;
+}
+
+PlanInput PlanInputForJob(const JobSpec& spec, int64_t ranks, double device_memory_bytes, bool on_gpu) {
+  PlanInput in;
+  in.model = LlamaConfig::Load(spec.model.path);
+  in.ranks = ranks;
+  in.ranks_per_node = spec.resources.ranks_per_node;
+  in.device_memory_bytes = device_memory_bytes;
+  in.on_gpu = on_gpu;
+  in.zero_stage = spec.sharding.zero_stage;
+  in.offload_optimizer = spec.sharding.offload_optimizer == OffloadTarget::kCpu;
+  in.shard_group_size = spec.sharding.shard_group_size;
+  in.method = spec.method;
+  in.dtype = spec.model.dtype;
+  in.micro_batch = spec.training.micro_batch_size;
+  in.seq_len = spec.data.max_seq_len;
+  in.activation_checkpointing = spec.training.activation_checkpointing;
+  in.prefetch_layers = spec.sharding.prefetch_layers;
+  return in;
+}
+
+std::string PlanToJson(const Plan& plan) {
+  auto kinds = [](const MemoryByKind& m) {
+    return json{{"parameters", m.parameters}, {"gradients", m.gradients},     {"optimizer", m.optimizer},
+                {"buffers", m.buffers},       {"activations", m.activations}, {"total", m.total()}};
+  };
+  const PlanInput& in = plan.input;
+  json out = {{"parameters", plan.parameters},
+              {"trainable_parameters", plan.trainable_parameters},
+              {"largest_unit_parameters", plan.largest_unit},
+              {"ranks", in.ranks},
+              {"zero_stage", in.zero_stage},
+              {"offload_optimizer", in.offload_optimizer},
+              {"method", ToString(in.method.type)},
+              {"dtype", ToString(in.dtype)},
+              {"micro_batch_size", in.micro_batch},
+              {"seq_len", in.seq_len},
+              {"per_rank",
+               {{in.on_gpu ? "gpu" : "cpu", kinds(in.on_gpu ? plan.device : plan.host)}, {"host", kinds(plan.host)}}},
+              {"suggestions", plan.suggestions}};
+  if (plan.verdict_known) {
+    out["fits"] = plan.fits;
+    out["device_memory_bytes"] = in.device_memory_bytes;
+    out["margin_bytes"] = plan.margin_bytes;
+  }
+  return out.dump(2);
+}
+
+std::string PlanToText(const Plan& plan) {
+  const PlanInput& in = plan.input;
+  auto gib = [](int64_t bytes) { return static_cast<double>(bytes) / (1 << 30); };
+  std::string text = fmt::format(
+      "model: {} parameters ({} trainable, method {}), {} layers, hidden {}; {} ranks, ZeRO stage {}{}, {}, "
+      "micro-batch {} x {} tokens{}\n",
+      plan.parameters, plan.trainable_parameters, ToString(in.method.type), in.model.num_hidden_layers,
+      in.model.hidden_size, in.ranks, in.zero_stage, in.offload_optimizer ? " + optimizer offload" : "",
+      ToString(in.dtype), in.micro_batch, in.seq_len,
+      in.activation_checkpointing || in.zero_stage == 3 ? ", activation checkpointing" : "");
+  const MemoryByKind& d = in.on_gpu ? plan.device : plan.host;
+  text += fmt::format(
+      "per rank ({}): parameters {:.2f} GiB, gradients {:.2f} GiB, optimizer state {:.2f} GiB, buffers {:.2f} GiB, "
+      "activations {:.2f} GiB (estimate): {:.2f} GiB\n",
+      in.on_gpu ? "device" : "host", gib(d.parameters), gib(d.gradients), gib(d.optimizer), gib(d.buffers),
+      gib(d.activations), gib(d.total()));
+  if (in.on_gpu && plan.host.total() > 0) text += fmt::format("per rank (host): {:.2f} GiB\n", gib(plan.host.total()));
+  if (plan.verdict_known) {
+    text += plan.fits
+                ? fmt::format("fits: {:.2f} GiB to spare of {:.0f}% of {:.1f} GiB\n", gib(plan.margin_bytes),
+                              100 * kUsableDeviceMemory, in.device_memory_bytes / (1 << 30))
+                : fmt::format("does not fit: {:.2f} GiB short of {:.0f}% of {:.1f} GiB\n", gib(-plan.margin_bytes),
+                              100 * kUsableDeviceMemory, in.device_memory_bytes / (1 << 30));
+  }
+  for (const auto& s : plan.suggestions) text += "suggestion: " + s + "\n";
+  return text;
+}
+
+}  // namespace shardtune
