@@ -124,6 +124,14 @@ void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string
   spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), v1::JobStatus_Name(status), message);
 }
 
+static void RequireWrite(const Caller& caller) {
+  if (caller.read_only) {
+    throw RequestError(RequestError::Kind::kPermissionDenied,
+                       fmt::format("this key of tenant '{}' is a viewer's: it may list and watch jobs, not change them",
+                                   caller.tenant));
+  }
+}
+
 JobRecord JobManager::Owned(const Caller& caller, const std::string& id) {
   auto record = store_->Get(id);
   // Another tenant's job does not exist for this caller.
@@ -145,6 +153,7 @@ int JobManager::UsedSlots(const std::string& tenant, int* running_jobs) {
 }
 
 v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& request) {
+  RequireWrite(caller);
   std::lock_guard<std::mutex> lock(mutex_);
   if (!request.idempotency_key().empty()) {
     if (auto existing = store_->FindByIdempotencyKey(caller.tenant, request.idempotency_key())) return existing->job;
@@ -210,6 +219,7 @@ std::optional<Plan> JobManager::PlanFor(const JobSpec& spec, int64_t ranks) cons
 v1::Job JobManager::Get(const Caller& caller, const std::string& id) { return Owned(caller, id).job; }
 
 v1::Job JobManager::Cancel(const Caller& caller, const std::string& id) {
+  RequireWrite(caller);
   std::lock_guard<std::mutex> lock(mutex_);
   JobRecord r = Owned(caller, id);
   if (IsTerminal(r.job.status())) {
@@ -229,6 +239,7 @@ v1::Job JobManager::Cancel(const Caller& caller, const std::string& id) {
 }
 
 v1::Job JobManager::Pause(const Caller& caller, const std::string& id) {
+  RequireWrite(caller);
   std::lock_guard<std::mutex> lock(mutex_);
   JobRecord r = Owned(caller, id);
   if (r.job.status() == v1::QUEUED) {
@@ -246,6 +257,7 @@ v1::Job JobManager::Pause(const Caller& caller, const std::string& id) {
 }
 
 v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int ranks) {
+  RequireWrite(caller);
   std::lock_guard<std::mutex> lock(mutex_);
   JobRecord r = Owned(caller, id);
   if (r.job.status() != v1::PAUSED) {

@@ -26,13 +26,14 @@ namespace shardtune::server {
 
 struct Caller {
   std::string tenant;
-  bool admin = false;
+  bool admin = false;      // sees and controls every tenant's jobs
+  bool read_only = false;  // a viewer: lists and watches, changes nothing
 };
 
 // Errors a request can get, mapped to gRPC status codes by the services.
 class RequestError : public std::runtime_error {
  public:
-  enum class Kind { kInvalidArgument, kNotFound, kFailedPrecondition, kResourceExhausted };
+  enum class Kind { kInvalidArgument, kNotFound, kFailedPrecondition, kResourceExhausted, kPermissionDenied };
   RequestError(Kind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
   Kind kind() const { return kind_; }
 

@@ -124,7 +124,8 @@ ServerConfig LoadServerConfig(const fs::path& path) {
     if (plain.empty() == key.sha256.empty()) r.Problem(keys[i], at, "give the key or its sha256 (one of them)");
     if (!plain.empty()) key.sha256 = Sha256Hex(plain);
     if (key.tenant.empty()) r.Problem(keys[i], at + ".tenant", "is required");
-    if (key.role != "user" && key.role != "admin") r.Problem(keys[i], at + ".role", "must be user or admin");
+    if (key.role != "user" && key.role != "admin" && key.role != "viewer")
+      r.Problem(keys[i], at + ".role", "must be user, admin or viewer");
     c.api_keys.push_back(key);
   }
   r.Get(root, "backend", "backend", &c.backend);

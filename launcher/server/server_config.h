@@ -14,7 +14,7 @@ namespace shardtune::server {
 struct ApiKey {
   std::string sha256;  // hex digest of the key; the key itself is never kept
   std::string tenant;
-  std::string role = "user";  // user | admin
+  std::string role = "user";  // user | admin (every tenant's jobs) | viewer (read only)
 };
 
 struct HostSlots {

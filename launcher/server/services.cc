@@ -42,6 +42,8 @@ Status ToStatus(const RequestError& e) {
       return Status(StatusCode::FAILED_PRECONDITION, e.what());
     case RequestError::Kind::kResourceExhausted:
       return Status(StatusCode::RESOURCE_EXHAUSTED, e.what());
+    case RequestError::Kind::kPermissionDenied:
+      return Status(StatusCode::PERMISSION_DENIED, e.what());
   }
   return Status(StatusCode::INTERNAL, e.what());
 }
@@ -230,7 +232,7 @@ class JobServiceImpl final : public v1::JobService::Service {
     if (key.empty()) return Status(StatusCode::UNAUTHENTICATED, "no API key: send 'authorization: Bearer KEY'");
     const auto it = keys_.find(Sha256Hex(key));
     if (it == keys_.end()) return Status(StatusCode::UNAUTHENTICATED, "unknown API key");
-    const Caller caller{it->second.tenant, it->second.role == "admin"};
+    const Caller caller{it->second.tenant, it->second.role == "admin", it->second.role == "viewer"};
     return Guard([&] { return body(caller); });
   }
 

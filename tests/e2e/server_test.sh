@@ -36,6 +36,7 @@ api_keys:
   - {key: key-a, tenant: team-a, role: user}
   - {sha256: $(printf key-b | sha256sum | cut -d' ' -f1), tenant: team-b, role: user}
   - {key: key-admin, tenant: ops, role: admin}
+  - {key: key-viewer, tenant: team-a, role: viewer}
 local: {hosts: [{host: localhost, slots: 4}], extra_args: [--oversubscribe], memory_per_slot_gib: 1}
 retry: {max_attempts: 3}
 cancel_grace_s: 2
@@ -159,6 +160,25 @@ expect_contains "another tenant's job is NOT_FOUND" "$out" "no job '$id'"
 expect_eq "another tenant cannot cancel" "$(field "$ref" status)" "SUCCEEDED"
 expect_eq "team-b sees none of team-a's jobs" "$("$bin/shardtune" list --token key-b | wc -l)" "0"
 expect_contains "an admin sees every tenant's jobs" "$("$bin/shardtune" list --token key-admin)" "$id"
+expect_contains "a viewer sees its tenant's jobs" "$("$bin/shardtune" list --token key-viewer)" "$id"
+out=$("$bin/shardtune" submit ok.yaml --token key-viewer 2>&1)
+expect_eq "a viewer cannot submit: exit 2" "$?" "2"
+expect_contains "a viewer is PERMISSION_DENIED" "$out" "viewer's: it may list and watch jobs, not change them"
+
+# TLS: a second server with a self-signed certificate; clients need its CA.
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
+  -keyout tls.key -out tls.crt > /dev/null 2>&1
+tls_port=$((port + 1))
+sed -e "s|listen: 127.0.0.1:$port|listen: 127.0.0.1:$tls_port\ntls: {cert: tls.crt, key: tls.key}|" \
+    -e "s|$work/state/jobs.db|$work/tls-state/jobs.db|" server.yaml > tls-server.yaml
+"$bin/shardtune-server" --config tls-server.yaml > tls-server.log 2>&1 &
+tls_pid=$!
+for _ in $(seq 1 100); do "$bin/shardtune" list --server 127.0.0.1:$tls_port --tls-ca tls.crt > /dev/null 2>&1 && break; sleep 0.1; done
+"$bin/shardtune" list --server 127.0.0.1:$tls_port --tls-ca tls.crt > /dev/null 2>&1
+expect_eq "a TLS server answers a client that trusts its certificate" "$?" "0"
+timeout 20 "$bin/shardtune" list --server 127.0.0.1:$tls_port > /dev/null 2>&1
+[ "$?" -ne 0 ] && pass "a plaintext client gets nothing from a TLS server" || fail "plaintext reached a TLS server"
+kill -9 "$tls_pid" 2>/dev/null
 
 # Pages of a list, and a tenant's quota of running jobs.
 expect_contains "list pages" "$("$bin/shardtune" list --page-size 1)" "(more: --page-token 1)"
