@@ -323,6 +323,7 @@ void JobManager::Result(const v1::ResultReport& report) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto r = store_->Get(report.job_id());
   if (!r || r->job.attempt() != report.attempt()) return;
+  if (r->result_succeeded) return;  // a later run of the same attempt (a Slurm requeue) changes nothing
   r->result_reported = true;
   r->result_succeeded = report.succeeded();
   r->result_paused = report.paused();
@@ -516,7 +517,8 @@ void JobManager::Settle(JobRecord& r, int exit_code) {
   const bool finished = fs::exists(fs::path(r.job.output_dir()) / "final");
   if (r.cancel_requested) {
     SetStatus(r, v1::CANCELLED, "cancelled");
-  } else if (exit_code == 0 && finished) {
+  } else if (finished && (exit_code == 0 || r.result_succeeded)) {
+    // (A run Slurm requeued after the job had finished refuses to train again: still a success.)
     SetStatus(r, v1::SUCCEEDED, fmt::format("attempt {} finished", r.job.attempt()));
   } else if (exit_code == 0 && (r.result_paused || r.pause_requested)) {
     SetStatus(r, v1::PAUSED, fmt::format("stopped at its checkpoint after step {}", r.job.step()));

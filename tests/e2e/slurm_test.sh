@@ -61,6 +61,19 @@ wait_status "$id" SUCCEEDED 180 && pass "a job through the slurm backend SUCCEED
 expect_eq "it ran as a Slurm job" "$("$bin/shardtune" events "$id" | grep -c 'Slurm job')" "1"
 [ -f "$work/runs/ok/final/model.safetensors" ] && pass "its model was exported" || fail "no final model"
 
+# Preemption: Slurm requeues the running job; it runs the batch script again, resumes from its
+# latest checkpoint, and the server keeps following the same attempt to SUCCEEDED.
+write_job requeued.yaml requeued 3000
+id=$("$bin/shardtune" submit requeued.yaml)
+for _ in $(seq 1 600); do [ -d runs/requeued/checkpoints/step-20 ] && break; sleep 0.1; done
+slurm_id=$("$bin/shardtune" events "$id" | sed -n 's/.*Slurm job \([0-9]*\).*/\1/p' | head -n 1)
+scontrol requeue "$slurm_id"
+sleep 1
+scontrol update JobId="$slurm_id" StartTime=now  # no wait before it is eligible again (the default is minutes)
+wait_status "$id" SUCCEEDED 180 && pass "a requeued (preempted) job ends SUCCEEDED" || fail "requeued: $(field "$id" status)"
+grep -q "resuming from" runs/requeued/logs/rank-00000.log && pass "the requeued run resumed from its checkpoint" || fail "the requeued run did not resume"
+expect_eq "a requeue is Slurm's, not a retry: still attempt 1" "$(field "$id" attempt)" "1"
+
 write_job long.yaml long 100000
 id=$("$bin/shardtune" submit long.yaml)
 for _ in $(seq 1 600); do [ "$(field "$id" step)" -gt 3 ] 2>/dev/null && break; sleep 0.2; done

@@ -131,10 +131,10 @@ backend: slurm
     FAIL();
   } catch (const Error& e) {
     const std::string what = e.what();
-    for (const char* fragment :
-         {"lisen (line 2): unknown key", "api_keys[0] (line 3): give the key or its sha256",
-          "api_keys[1].role (line 3): must be user, admin or viewer", "local.hosts[0].host (line 4): must be a plain host name",
-          "local.hosts[0].slots (line 4): must be >= 1", "slurm.template", "6 problem(s)"}) {
+    for (const char* fragment : {"lisen (line 2): unknown key", "api_keys[0] (line 3): give the key or its sha256",
+                                 "api_keys[1].role (line 3): must be user, admin or viewer",
+                                 "local.hosts[0].host (line 4): must be a plain host name",
+                                 "local.hosts[0].slots (line 4): must be >= 1", "slurm.template", "6 problem(s)"}) {
       EXPECT_NE(what.find(fragment), std::string::npos) << fragment << " in " << what;
     }
   }
