@@ -7,13 +7,8 @@ bin=$1
 src=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-failures=0
-checks=0
+source "$(dirname "$0")/checks.sh"
 
-pass() { checks=$((checks + 1)); echo "ok: $1"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAILED: $1"; }
-expect_eq() { if [ "$2" == "$3" ]; then pass "$1"; else fail "$1: expected '$3', got '$2'"; fi; }
-expect_contains() { if grep -qF -- "$3" <<<"$2"; then pass "$1"; else fail "$1: '$3' not in: $2"; fi; }
 
 # A tiny model and a counting dataset.
 "$bin/shardtune" init-model --config "$src/examples/tiny-llama/config.json" --out "$work/base" --seed 1 --log-level warn
@@ -153,5 +148,4 @@ else
   echo "SKIPPED: fixture not found: $stories"
 fi
 
-echo "$((checks - failures)) passed, $failures failed"
-[ "$failures" -eq 0 ]
+summary

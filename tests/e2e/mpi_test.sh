@@ -9,11 +9,7 @@ src=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-failures=0
-checks=0
-pass() { checks=$((checks + 1)); echo "ok: $1"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAILED: $1"; }
-expect_contains() { if grep -qF -- "$3" <<<"$2"; then pass "$1"; else fail "$1: '$3' not in: $2"; fi; }
+source "$(dirname "$0")/checks.sh"
 
 "$bin/shardtune" init-model --config "$src/examples/tiny-llama/config.json" --out "$work/base" --seed 2 --log-level warn
 awk 'BEGIN { srand(5); for (n = 0; n < 64; n++) { s = 3 + int(rand() * 61); l = "{\"input_ids\": [1";
@@ -65,5 +61,4 @@ if [ $code -ne 0 ]; then pass "job with a killed rank exits non-zero ($code)"; e
 if [ $elapsed -lt 30 ]; then pass "the other rank ended within ${elapsed}s"; else fail "took ${elapsed}s"; fi
 if pgrep -f "shardtune-worker $work/killed.yaml" > /dev/null; then fail "a rank outlived the job"; pkill -9 -f "$work/killed.yaml"; else pass "no rank left behind"; fi
 
-echo "$((checks - failures)) passed, $failures failed"
-[ "$failures" -eq 0 ]
+summary

@@ -18,12 +18,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-failures=0
-checks=0
-pass() { checks=$((checks + 1)); echo "ok: $1"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAILED: $1"; }
-expect_eq() { if [ "$2" == "$3" ]; then pass "$1"; else fail "$1: expected '$3', got '$2'"; fi; }
-expect_contains() { if grep -qF -- "$3" <<<"$2"; then pass "$1"; else fail "$1: '$3' not in: $2"; fi; }
+source "$(dirname "$0")/checks.sh"
 
 port=$((20000 + RANDOM % 20000))
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a
@@ -47,14 +42,6 @@ start_server() {
   server_pid=$!
   for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && return 0; sleep 0.1; done
   echo "the server did not start:"; cat server.log; exit 1
-}
-field() {  # field JOB_ID NAME: one field of `get --output json`
-  "$bin/shardtune" get "$1" --output json 2>/dev/null |
-    python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))" 2>/dev/null
-}
-wait_status() {  # wait_status JOB_ID STATUS SECONDS
-  for _ in $(seq 1 $(($3 * 10))); do [ "$(field "$1" status)" == "$2" ] && return 0; sleep 0.1; done
-  return 1
 }
 job_processes() {  # pids whose environment names the job
   for p in /proc/[0-9]*; do grep -qz "^SHARDTUNE_JOB_ID=$1\$" "$p/environ" 2>/dev/null && echo "${p#/proc/}"; done
@@ -224,5 +211,4 @@ else
   echo "SKIPPED: python3-grpcio is not installed (scripts/install-deps.sh installs it)"
 fi
 
-echo "$((checks - failures)) passed, $failures failed"
-[ "$failures" -eq 0 ]
+summary

@@ -14,16 +14,7 @@ if [ "$rc" -eq 77 ]; then echo "SKIPPED: Slurm cannot be installed or started he
 work=$(mktemp -d)
 server_pid=""
 trap '[ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null; bash "$src/deploy/slurm/local-cluster.sh" stop; rm -rf "$work"' EXIT
-failures=0
-checks=0
-pass() { checks=$((checks + 1)); echo "ok: $1"; }
-fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAILED: $1"; }
-expect_eq() { if [ "$2" == "$3" ]; then pass "$1"; else fail "$1: expected '$3', got '$2'"; fi; }
-field() {
-  "$bin/shardtune" get "$1" --output json 2>/dev/null |
-    python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))" 2>/dev/null
-}
-wait_status() { for _ in $(seq 1 $(($3 * 10))); do [ "$(field "$1" status)" == "$2" ] && return 0; sleep 0.1; done; return 1; }
+source "$(dirname "$0")/checks.sh"
 
 port=$((20000 + RANDOM % 20000))
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a OMP_NUM_THREADS=1
@@ -83,5 +74,4 @@ wait_status "$id" CANCELLED 60 && pass "scancel through the server -> CANCELLED"
 state=$(squeue --noheader --jobs="$slurm_id" --format=%T 2>/dev/null)
 if [ -z "$state" ] || [ "$state" == "CANCELLED" ]; then pass "the Slurm job is gone"; else fail "Slurm job $slurm_id is $state"; fi
 
-echo "$((checks - failures)) passed, $failures failed"
-[ "$failures" -eq 0 ]
+summary

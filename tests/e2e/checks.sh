@@ -1,0 +1,23 @@
+# Sourced by the end-to-end scripts: counted checks, and (for the server tests) a job's fields.
+# `summary` prints the count and fails when any check failed.
+failures=0
+checks=0
+pass() { checks=$((checks + 1)); echo "ok: $1"; }
+fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAILED: $1"; }
+expect_eq() { if [ "$2" == "$3" ]; then pass "$1"; else fail "$1: expected '$3', got '$2'"; fi; }
+expect_contains() { if grep -qF -- "$3" <<<"$2"; then pass "$1"; else fail "$1: '$3' not in: $2"; fi; }
+summary() {
+  echo "$((checks - failures)) passed, $failures failed"
+  [ "$failures" -eq 0 ]
+}
+
+# field JOB_ID NAME: one field of `shardtune get --output json` ($bin: the build's bin directory).
+field() {
+  "$bin/shardtune" get "$1" --output json 2>/dev/null |
+    python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))" 2>/dev/null
+}
+# wait_status JOB_ID STATUS SECONDS
+wait_status() {
+  for _ in $(seq 1 $(($3 * 10))); do [ "$(field "$1" status)" == "$2" ] && return 0; sleep 0.1; done
+  return 1
+}
