@@ -9,6 +9,7 @@
 
 #include "common/atomic_file.h"
 #include "common/safetensors.h"
+#include "run_comparison.h"
 #include "tiny_models.h"
 #include "worker/generate.h"
 #include "worker/models/hf_io.h"
@@ -59,12 +60,7 @@ class PeftZeroTest : public ::testing::Test {
     return ParseJobSpec(yaml, "job.yaml", *dir_);
   }
 
-  static std::vector<json> Metrics(const fs::path& run) {
-    std::vector<json> lines;
-    std::ifstream in(run / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
-    return lines;
-  }
+  static std::vector<json> Metrics(const fs::path& run) { return testing::ReadMetrics(run); }
 
   static std::map<std::string, at::Tensor> Adapter(const fs::path& run) {
     const auto file = SafetensorsFile::Open(run / "final" / "adapter_model.safetensors");
@@ -74,13 +70,7 @@ class PeftZeroTest : public ::testing::Test {
   }
 
   static void ExpectSameRun(const fs::path& run, const fs::path& reference) {
-    const auto a = Metrics(run), b = Metrics(reference);
-    ASSERT_EQ(a.size(), b.size());
-    for (size_t i = 0; i < a.size(); ++i) {
-      if (!a[i].contains("loss")) continue;
-      const double x = a[i]["loss"].get<double>(), y = b[i]["loss"].get<double>();
-      EXPECT_NEAR(x, y, 1e-6 + 1e-5 * std::abs(y)) << "step " << i + 1;
-    }
+    testing::ExpectSameLosses(run, reference);
     const auto sharded = Adapter(run), single = Adapter(reference);
     ASSERT_EQ(sharded.size(), single.size());
     for (const auto& [name, tensor] : single) {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/atomic_file.h"
+#include "run_comparison.h"
 #include "sharding/planner.h"
 #include "sharding/unit_function.h"
 #include "sharding/zero_engine.h"
@@ -78,22 +79,11 @@ class ZeroTest : public ::testing::Test {
     return *dir_ / name;
   }
 
-  static std::vector<json> Metrics(const fs::path& run) {
-    std::vector<json> lines;
-    std::ifstream in(run / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
-    return lines;
-  }
+  static std::vector<json> Metrics(const fs::path& run) { return testing::ReadMetrics(run); }
 
   // Loss at every step and every weight after training, against the reference.
   static void ExpectSameRun(const fs::path& run, const fs::path& reference) {
-    const auto a = Metrics(run), b = Metrics(reference);
-    ASSERT_EQ(a.size(), b.size());
-    for (size_t i = 0; i < a.size(); ++i) {
-      if (!a[i].contains("loss")) continue;
-      const double x = a[i]["loss"].get<double>(), y = b[i]["loss"].get<double>();
-      EXPECT_NEAR(x, y, 1e-6 + 1e-5 * std::abs(y)) << "step " << i + 1;
-    }
+    testing::ExpectSameLosses(run, reference);
     const LoadedModel sharded = LoadModelForInference(run / "final");
     const LoadedModel single = LoadModelForInference(reference / "final");
     const at::Tensor diff = (sharded.weights->values() - single.weights->values()).abs();
