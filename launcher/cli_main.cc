@@ -1,103 +1,42 @@
-// shardtune: the command line. See docs/cli.md.
+// shardtune: the command line (docs/cli.md). It talks to a server (submit, watch, ...), plans
+// memory, and starts training; it links no LibTorch, so it starts at once. The commands that run
+// a model or read its data are shardtune-worker's, and run there in place of this process.
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <cstring>
 #include <iostream>
-#include <iterator>
-#include <sstream>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/exit_codes.h"
 #include "common/logging.h"
 #include "launcher/client/client.h"
-#include "sharding/flat_parameters.h"
+#include "launcher/launch.h"
 #include "sharding/planner.h"
-#include "worker/blas_env.h"
-#include "worker/data/tokenizer/tokenizer.h"
-#include "worker/entry.h"
-#include "worker/export.h"
-#include "worker/generate.h"
-#include "worker/launch.h"
-#include "worker/models/hf_io.h"
-#include "worker/models/llama.h"
-#include "worker/validate_data.h"
 
 namespace shardtune {
 namespace {
 
-std::vector<int64_t> ParseIds(const std::string& text) {
-  std::vector<int64_t> ids;
-  std::istringstream in(text);
-  std::string word;
-  while (in >> word) {
-    size_t used = 0;
-    int64_t id = 0;
-    try {
-      id = std::stoll(word, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != word.size()) Fail(ErrorCode::kInvalidArgument, "--input-ids: '{}' is not an integer token id", word);
-    ids.push_back(id);
-  }
-  return ids;
-}
-
-struct GenerateArgs {
-  std::string model;
-  std::string adapter;
-  std::string prompt;
-  std::string input_ids;
-  std::string tokenizer;
-  std::string format = "text";
-  bool ignore_eos = false;
-  GenerateOptions options;
+// The worker's commands, with the descriptions `shardtune --help` shows for them.
+const std::vector<std::pair<std::string, std::string>> kWorkerCommands = {
+    {"generate", "generate tokens from a model directory (and a PEFT adapter)"},
+    {"tokenize", "stdin text -> token ids, or ids -> text with --decode"},
+    {"validate-data", "check every data file of a job: errors with file:line and a code"},
+    {"export", "export a training checkpoint as a Hugging Face model or PEFT adapter"},
+    {"init-model", "write a randomly initialized model for a config.json"},
 };
 
-int Generate(const GenerateArgs& args) {
-  if (args.prompt.empty() == args.input_ids.empty()) {
-    Fail(ErrorCode::kInvalidArgument, "give the prompt as --prompt TEXT or as --input-ids \"1 2 3\" (one of them)");
-  }
-  // Text in or out needs a tokenizer: --tokenizer, else the model directory's.
-  std::unique_ptr<Tokenizer> tokenizer;
-  if (!args.prompt.empty() || args.format == "text") {
-    try {
-      tokenizer = Tokenizer::Load(args.tokenizer.empty() ? args.model : args.tokenizer);
-    } catch (const Error& e) {
-      Fail(ErrorCode::kInvalidArgument,
-           "--prompt and --format text need a tokenizer ({}); give --tokenizer, or use "
-           "--input-ids and --format ids",
-           e.what());
+// The command word of argv: the first argument that is neither an option nor an option's value.
+std::string CommandOf(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--log-level") == 0) {
+      ++i;
+    } else if (argv[i][0] != '-') {
+      return argv[i];
     }
   }
-  const LoadedModel loaded = LoadModelForInference(args.model, args.adapter);
-  GenerateOptions options = args.options;
-  options.stop_at_eos = !args.ignore_eos;
-  const std::vector<int64_t> prompt =
-      args.prompt.empty() ? ParseIds(args.input_ids) : tokenizer->Encode(args.prompt, /*add_special_tokens=*/true);
-  const std::vector<int64_t> ids = shardtune::Generate(*loaded.model, prompt, options);
-  if (args.format == "text") {
-    std::cout << tokenizer->Decode(ids, /*skip_special_tokens=*/true) << std::endl;
-    return kExitOk;
-  }
-  std::string line;
-  for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
-  std::cout << line << std::endl;
-  return kExitOk;
-}
-
-int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
-  const auto tokenizer = Tokenizer::Load(path);
-  const std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
-  if (decode) {
-    std::cout << tokenizer->Decode(ParseIds(input), /*skip_special_tokens=*/!add_special_tokens);
-    return kExitOk;
-  }
-  std::string line;
-  for (int64_t id : tokenizer->Encode(input, add_special_tokens))
-    line += (line.empty() ? "" : " ") + std::to_string(id);
-  std::cout << line << "\n";
-  return kExitOk;
+  return "";
 }
 
 struct PlanArgs {
@@ -145,85 +84,30 @@ int PlanJob(const PlanArgs& args) {
   return plan.verdict_known && !plan.fits ? 1 : kExitOk;
 }
 
-int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
-  namespace fs = std::filesystem;
-  const LlamaConfig config = LlamaConfig::Parse(ReadFile(config_path), config_path);
-  FlatParameters flat(LlamaParameterSpecs(config));
-  InitializeWeights(flat, seed);
-  WriteHfModel(out_dir, config_path, flat, ComputeDType::kFp32);
-  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", config.model_type, flat.numel(),
-               seed, out_dir);
-  return kExitOk;
-}
-
 }  // namespace
 }  // namespace shardtune
 
 int main(int argc, char** argv) {
-  shardtune::EnsureBlasCoreType(argv);
   using namespace shardtune;
+  const std::string command = CommandOf(argc, argv);
+  for (const auto& [name, description] : kWorkerCommands) {
+    if (command == name) return ExecWorker(std::vector<std::string>(argv + 1, argv + argc));
+  }
+
   CLI::App app{"shardtune: fine-tune Hugging Face language models on one or many ranks"};
   app.require_subcommand(1);
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+  // Listed for --help; run by shardtune-worker (above).
+  for (const auto& [name, description] : kWorkerCommands) app.add_subcommand(name, description);
 
-  CLI::App* train = app.add_subcommand("train", "run a job locally: one rank in this process, more through mpirun");
+  CLI::App* train = app.add_subcommand("train", "run a job locally: one rank, or N through mpirun");
   std::string job_path;
-  int np = 1;
-  std::string hostfile;
+  LaunchOptions launch;
   train->add_option("job", job_path, "job spec (YAML)")->required();
-  train->add_option("--np", np, "number of ranks")->check(CLI::PositiveNumber);
-  train->add_option("--hostfile", hostfile, "MPI hostfile");
+  train->add_option("--np", launch.ranks, "number of ranks")->check(CLI::PositiveNumber);
+  train->add_option("--hostfile", launch.hostfile, "MPI hostfile");
   train->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
-
-  CLI::App* generate = app.add_subcommand("generate", "generate tokens from a model directory");
-  GenerateArgs gen;
-  generate->add_option("--model", gen.model, "Hugging Face model directory")->required();
-  generate->add_option("--adapter", gen.adapter, "PEFT adapter directory");
-  generate->add_option("--prompt", gen.prompt, "prompt text (needs a tokenizer)");
-  generate->add_option("--input-ids", gen.input_ids, "prompt token ids, space-separated");
-  generate->add_option("--tokenizer", gen.tokenizer, "tokenizer for --prompt and --format text (default: the model's)");
-  generate->add_option("--max-new-tokens", gen.options.max_new_tokens, "tokens to generate")
-      ->check(CLI::NonNegativeNumber);
-  generate->add_option("--temperature", gen.options.temperature, "0 for greedy")->check(CLI::NonNegativeNumber);
-  generate->add_option("--top-p", gen.options.top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
-  generate->add_option("--seed", gen.options.seed, "sampling seed");
-  generate->add_option("--format", gen.format, "text or ids")->check(CLI::IsMember({"text", "ids"}));
-  generate->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an end-of-sequence token");
-  generate->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
-
-  CLI::App* tokenize =
-      app.add_subcommand("tokenize", "stdin text -> token ids (space-separated), or ids -> text with --decode");
-  std::string tokenizer_path;
-  bool no_special = false, decode = false;
-  tokenize
-      ->add_option("--tokenizer", tokenizer_path, "tokenizer.json, SentencePiece .model, or a directory holding one")
-      ->required();
-  tokenize->add_flag("--no-special", no_special, "do not add the post-processor's special tokens (BOS, EOS, CLS/SEP)");
-  tokenize->add_flag("--decode", decode, "read ids from stdin and print the text");
-  tokenize->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
-
-  CLI::App* validate =
-      app.add_subcommand("validate-data", "check every data file of a job: errors with file:line and a code");
-  std::string validate_job;
-  validate->add_option("job", validate_job, "job spec (YAML)")->required();
-  validate->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
-
-  CLI::App* exporter = app.add_subcommand("export", "export a training checkpoint as a Hugging Face model directory");
-  std::string checkpoint_dir, export_to = "hf", export_out, export_dtype = "fp32";
-  exporter->add_option("checkpoint", checkpoint_dir, "OUTPUT_DIR/checkpoints/step-N")->required();
-  exporter->add_option("--to", export_to, "hf (or peft, with PEFT methods)")->check(CLI::IsMember({"hf", "peft"}));
-  exporter->add_option("--out", export_out, "output directory (must not exist)")->required();
-  exporter->add_option("--dtype", export_dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
-  exporter->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
-
-  CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
-  std::string config_path, out_dir;
-  uint64_t seed = 0;
-  init->add_option("--config", config_path, "config.json of the model to create")->required()->check(CLI::ExistingFile);
-  init->add_option("--out", out_dir, "output directory (must not exist)")->required();
-  init->add_option("--seed", seed, "initialization seed");
-  init->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
   CLI::App* planner = app.add_subcommand("plan", "per-rank memory of a job, before any device is spent");
   PlanArgs plan;
@@ -253,34 +137,17 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitInvalidInput;
   }
-  if (client.parsed()) {
-    InitLogging(log_level, 0);
-    return client.Run();
-  }
+  InitLogging(log_level, 0);
+  if (client.parsed()) return client.Run();
   if (train->parsed()) {
-    if (np == 1 && hostfile.empty()) return RunWorker(job_path, log_level);
-    InitLogging(log_level, 0);
-    return LaunchMpirun(job_path, LaunchOptions{np, hostfile, log_level});
+    launch.log_level = log_level;
+    return LaunchTraining(job_path, launch);
   }
   try {
-    InitLogging(log_level, 0);
-    if (generate->parsed()) return Generate(gen);
     if (planner->parsed()) return PlanJob(plan);
-    if (init->parsed()) return InitModel(config_path, out_dir, seed);
-    if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
-    if (exporter->parsed()) {
-      const ComputeDType dtype = export_dtype == "bf16"   ? ComputeDType::kBf16
-                                 : export_dtype == "fp16" ? ComputeDType::kFp16
-                                                          : ComputeDType::kFp32;
-      ExportCheckpoint(checkpoint_dir, export_to, export_out, dtype);
-      return kExitOk;
-    }
-    if (validate->parsed()) {
-      ValidateData(validate_job, std::cout);
-      return kExitOk;
-    }
-  } catch (const std::exception& e) {
-    return ReportFailure(e);
+  } catch (const Error& e) {
+    spdlog::error("{}", e.what());
+    return e.code() == ErrorCode::kInternal || e.code() == ErrorCode::kIo ? kExitFailed : kExitInvalidInput;
   }
   return kExitOk;
 }

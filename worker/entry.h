@@ -4,12 +4,9 @@
 
 #include <string>
 
-namespace shardtune {
+#include "common/exit_codes.h"
 
-// Exit codes of every shardtune executable.
-inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailed = 1;        // the job failed while running
-inline constexpr int kExitInvalidInput = 2;  // the spec, data, model files or flags are wrong
+namespace shardtune {
 
 int RunWorker(const std::string& job_path, const std::string& log_level);
 

@@ -1,20 +1,208 @@
-// shardtune-worker JOB.yaml: one training process (one rank under mpirun or srun).
-#include <CLI/CLI.hpp>
+// shardtune-worker: everything that runs a model or reads its data, in the one executable that
+// links LibTorch. `shardtune-worker JOB.yaml` is one rank of a job (mpirun and srun start it);
+// the subcommands are the model and data commands of the `shardtune` CLI, which hands them here
+// (docs/cli.md).
+#include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "common/logging.h"
+#include "sharding/flat_parameters.h"
 #include "worker/blas_env.h"
+#include "worker/data/tokenizer/tokenizer.h"
 #include "worker/entry.h"
+#include "worker/export.h"
+#include "worker/generate.h"
+#include "worker/models/hf_io.h"
+#include "worker/models/llama.h"
+#include "worker/validate_data.h"
+
+namespace shardtune {
+namespace {
+
+std::vector<int64_t> ParseIds(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::istringstream in(text);
+  std::string word;
+  while (in >> word) {
+    size_t used = 0;
+    int64_t id = 0;
+    try {
+      id = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != word.size()) Fail(ErrorCode::kInvalidArgument, "--input-ids: '{}' is not an integer token id", word);
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+struct GenerateArgs {
+  std::string model;
+  std::string adapter;
+  std::string prompt;
+  std::string input_ids;
+  std::string tokenizer;
+  std::string format = "text";
+  bool ignore_eos = false;
+  GenerateOptions options;
+};
+
+int Generate(const GenerateArgs& args) {
+  if (args.prompt.empty() == args.input_ids.empty()) {
+    Fail(ErrorCode::kInvalidArgument, "give the prompt as --prompt TEXT or as --input-ids \"1 2 3\" (one of them)");
+  }
+  // Text in or out needs a tokenizer: --tokenizer, else the model directory's.
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (!args.prompt.empty() || args.format == "text") {
+    try {
+      tokenizer = Tokenizer::Load(args.tokenizer.empty() ? args.model : args.tokenizer);
+    } catch (const Error& e) {
+      Fail(ErrorCode::kInvalidArgument,
+           "--prompt and --format text need a tokenizer ({}); give --tokenizer, or use "
+           "--input-ids and --format ids",
+           e.what());
+    }
+  }
+  const LoadedModel loaded = LoadModelForInference(args.model, args.adapter);
+  GenerateOptions options = args.options;
+  options.stop_at_eos = !args.ignore_eos;
+  const std::vector<int64_t> prompt =
+      args.prompt.empty() ? ParseIds(args.input_ids) : tokenizer->Encode(args.prompt, /*add_special_tokens=*/true);
+  const std::vector<int64_t> ids = shardtune::Generate(*loaded.model, prompt, options);
+  if (args.format == "text") {
+    std::cout << tokenizer->Decode(ids, /*skip_special_tokens=*/true) << std::endl;
+    return kExitOk;
+  }
+  std::string line;
+  for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
+  std::cout << line << std::endl;
+  return kExitOk;
+}
+
+int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
+  const auto tokenizer = Tokenizer::Load(path);
+  const std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  if (decode) {
+    std::cout << tokenizer->Decode(ParseIds(input), /*skip_special_tokens=*/!add_special_tokens);
+    return kExitOk;
+  }
+  std::string line;
+  for (int64_t id : tokenizer->Encode(input, add_special_tokens))
+    line += (line.empty() ? "" : " ") + std::to_string(id);
+  std::cout << line << "\n";
+  return kExitOk;
+}
+
+int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
+  namespace fs = std::filesystem;
+  const LlamaConfig config = LlamaConfig::Parse(ReadFile(config_path), config_path);
+  FlatParameters flat(LlamaParameterSpecs(config));
+  InitializeWeights(flat, seed);
+  WriteHfModel(out_dir, config_path, flat, ComputeDType::kFp32);
+  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", config.model_type, flat.numel(),
+               seed, out_dir);
+  return kExitOk;
+}
+
+}  // namespace
+}  // namespace shardtune
 
 int main(int argc, char** argv) {
   shardtune::EnsureBlasCoreType(argv);
-  CLI::App app{"shardtune-worker: trains one rank of a shardtune job"};
-  std::string job_path;
+  using namespace shardtune;
+  CLI::App app{
+      "shardtune-worker: one rank of a shardtune job (shardtune-worker JOB.yaml), and the model and data "
+      "commands of the shardtune CLI"};
   std::string log_level = "info";
-  app.add_option("job", job_path, "job spec (YAML)")->required();
+  std::string job_path;
+  app.add_option("job", job_path, "job spec (YAML): train one rank of it");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+  app.require_subcommand(0, 1);
+
+  CLI::App* generate = app.add_subcommand("generate", "generate tokens from a model directory");
+  GenerateArgs gen;
+  generate->add_option("--model", gen.model, "Hugging Face model directory")->required();
+  generate->add_option("--adapter", gen.adapter, "PEFT adapter directory");
+  generate->add_option("--prompt", gen.prompt, "prompt text (needs a tokenizer)");
+  generate->add_option("--input-ids", gen.input_ids, "prompt token ids, space-separated");
+  generate->add_option("--tokenizer", gen.tokenizer, "tokenizer for --prompt and --format text (default: the model's)");
+  generate->add_option("--max-new-tokens", gen.options.max_new_tokens, "tokens to generate")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_option("--temperature", gen.options.temperature, "0 for greedy")->check(CLI::NonNegativeNumber);
+  generate->add_option("--top-p", gen.options.top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
+  generate->add_option("--seed", gen.options.seed, "sampling seed");
+  generate->add_option("--format", gen.format, "text or ids")->check(CLI::IsMember({"text", "ids"}));
+  generate->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an end-of-sequence token");
+
+  CLI::App* tokenize =
+      app.add_subcommand("tokenize", "stdin text -> token ids (space-separated), or ids -> text with --decode");
+  std::string tokenizer_path;
+  bool no_special = false, decode = false;
+  tokenize
+      ->add_option("--tokenizer", tokenizer_path, "tokenizer.json, SentencePiece .model, or a directory holding one")
+      ->required();
+  tokenize->add_flag("--no-special", no_special, "do not add the post-processor's special tokens (BOS, EOS, CLS/SEP)");
+  tokenize->add_flag("--decode", decode, "read ids from stdin and print the text");
+
+  CLI::App* validate =
+      app.add_subcommand("validate-data", "check every data file of a job: errors with file:line and a code");
+  std::string validate_job;
+  validate->add_option("job", validate_job, "job spec (YAML)")->required();
+
+  CLI::App* exporter = app.add_subcommand("export", "export a training checkpoint as a Hugging Face model directory");
+  std::string checkpoint_dir, export_to = "hf", export_out, export_dtype = "fp32";
+  exporter->add_option("checkpoint", checkpoint_dir, "OUTPUT_DIR/checkpoints/step-N")->required();
+  exporter->add_option("--to", export_to, "hf (or peft, with PEFT methods)")->check(CLI::IsMember({"hf", "peft"}));
+  exporter->add_option("--out", export_out, "output directory (must not exist)")->required();
+  exporter->add_option("--dtype", export_dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+
+  CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
+  std::string config_path, out_dir;
+  uint64_t seed = 0;
+  init->add_option("--config", config_path, "config.json of the model to create")->required()->check(CLI::ExistingFile);
+  init->add_option("--out", out_dir, "output directory (must not exist)")->required();
+  init->add_option("--seed", seed, "initialization seed");
+
+  for (CLI::App* command : {generate, tokenize, validate, exporter, init})
+    command->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : shardtune::kExitInvalidInput;
+    return app.exit(e) == 0 ? kExitOk : kExitInvalidInput;
   }
-  return shardtune::RunWorker(job_path, log_level);
+  if (app.get_subcommands().empty()) {
+    if (job_path.empty()) {
+      std::cerr << "give a job spec (shardtune-worker JOB.yaml) or a command; see --help\n";
+      return kExitInvalidInput;
+    }
+    return RunWorker(job_path, log_level);
+  }
+  try {
+    InitLogging(log_level, 0);
+    if (generate->parsed()) return Generate(gen);
+    if (init->parsed()) return InitModel(config_path, out_dir, seed);
+    if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
+    if (exporter->parsed()) {
+      const ComputeDType dtype = export_dtype == "bf16"   ? ComputeDType::kBf16
+                                 : export_dtype == "fp16" ? ComputeDType::kFp16
+                                                          : ComputeDType::kFp32;
+      ExportCheckpoint(checkpoint_dir, export_to, export_out, dtype);
+      return kExitOk;
+    }
+    if (validate->parsed()) {
+      ValidateData(validate_job, std::cout);
+      return kExitOk;
+    }
+  } catch (const std::exception& e) {
+    return ReportFailure(e);
+  }
+  return kExitOk;
 }

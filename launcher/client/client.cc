@@ -106,11 +106,19 @@ ClientCommands::ClientCommands(CLI::App& app) : state_(std::make_unique<State>()
   list->add_option("--label", s.labels, "KEY=VALUE (repeatable)");
   list->add_option("--page-size", s.page_size, "jobs per page");
   list->add_option("--page-token", s.page_token, "from the previous page");
-  for (const char* name : {"get", "watch", "cancel", "pause", "resume", "events", "checkpoints"}) {
-    CLI::App* c = add(name, std::string(name) + " a job");
+  const std::vector<std::pair<std::string, std::string>> by_id = {
+      {"get", "show a job"},
+      {"watch", "follow a job live (progress, logs, checkpoints); exits with its outcome"},
+      {"cancel", "cancel a job"},
+      {"pause", "checkpoint a job and stop it"},
+      {"resume", "requeue a paused job from its checkpoint"},
+      {"events", "a job's events"},
+      {"checkpoints", "a job's checkpoints"}};
+  for (const auto& [name, description] : by_id) {
+    CLI::App* c = add(name, description);
     c->add_option("id", s.id, "job id")->required();
-    if (std::string(name) == "resume") c->add_option("--ranks", s.ranks, "resume on this many ranks");
-    if (std::string(name) == "events") c->add_option("--after", s.after, "events after this sequence number");
+    if (name == "resume") c->add_option("--ranks", s.ranks, "resume on this many ranks");
+    if (name == "events") c->add_option("--after", s.after, "events after this sequence number");
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/exit_codes.h"
 #include "common/job_spec.h"
 #include "launcher/server/processes.h"
 #include "sharding/planner.h"
@@ -24,8 +25,6 @@ namespace shardtune::server {
 namespace fs = std::filesystem;
 
 namespace {
-
-constexpr int kExitInvalidInput = 2;  // the worker's exit code for a user error (bad spec, bad data)
 
 std::string NewJobId() { return "job-" + RandomToken().substr(0, 16); }
 
@@ -79,6 +78,7 @@ void JobManager::Start() {
                   : "the server restarted; the attempt ended while it was down");
     }
   }
+  validator_ = std::thread([this] { ValidateLoop(); });
   thread_ = std::thread([this] {
     while (true) {
       {
@@ -100,7 +100,55 @@ void JobManager::Stop() {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
+  validation_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (validator_.joinable()) validator_.join();
+}
+
+std::string JobManager::WorkerPath() const {
+  return config_.worker.empty() ? (SelfDirectory() / "shardtune-worker").string() : config_.worker;
+}
+
+JobManager::DataCheck JobManager::CheckData(const std::string& spec_yaml) const {
+  const fs::path scratch = fs::path(config_.data_dir) / ("validate-" + RandomToken().substr(0, 16));
+  fs::create_directories(scratch);
+  WriteFileAtomic(scratch / "job.yaml", spec_yaml);
+  const CommandResult run =
+      RunCommand({WorkerPath(), "validate-data", (scratch / "job.yaml").string(), "--log-level", "error"});
+  fs::remove_all(scratch);
+  return {run.status == 0, run.output};
+}
+
+void JobManager::ValidateLoop() {
+  // One job at a time, oldest first: a data check reads every file of the job, and several at
+  // once would only compete for the same disks.
+  while (true) {
+    std::optional<JobRecord> next;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      validation_.wait_for(lock, std::chrono::seconds(1), [&] {
+        if (stopping_) return true;
+        for (const JobRecord& r : store_->Unfinished()) {
+          if (r.job.status() == v1::VALIDATING && (!next || r.job.created_ms() < next->job.created_ms())) next = r;
+        }
+        return next.has_value();
+      });
+      if (stopping_) return;
+      if (!next) continue;
+    }
+    const DataCheck check = CheckData(next->job.spec_yaml());
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto r = store_->Get(next->job.id());
+    if (!r || r->job.status() != v1::VALIDATING) continue;  // cancelled meanwhile
+    if (check.ok) {
+      std::string summary = check.report.substr(0, check.report.find('\n'));
+      SetStatus(*r, v1::QUEUED, summary.empty() ? "its data checked" : "data checked: " + summary);
+    } else {
+      r->job.mutable_error()->set_code("INVALID_DATA");
+      r->job.mutable_error()->set_message(check.report.substr(0, 8000));
+      SetStatus(*r, v1::FAILED, "its data has problems (not retried: a user error):\n" + r->job.error().message());
+    }
+  }
 }
 
 void JobManager::Event(const JobRecord& r, const std::string& kind, const std::string& message) {
@@ -193,7 +241,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   for (const auto& [k, v] : spec.labels) (*r.job.mutable_labels())[k] = v;
   r.job.set_tenant(caller.tenant);
   r.job.set_spec_yaml(JobSpecToYaml(spec));
-  r.job.set_status(v1::QUEUED);
+  r.job.set_status(v1::VALIDATING);
   r.job.set_created_ms(NowMs());
   r.job.set_output_dir(spec.output.dir);
   r.job.set_priority(request.priority());
@@ -202,7 +250,8 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   r.idempotency_key = request.idempotency_key();
   r.requested_ranks = ranks;
   store_->Insert(r);
-  Event(r, "status", "QUEUED: accepted");
+  Event(r, "status", "VALIDATING: accepted; checking its data");
+  validation_.notify_one();
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);
   return r.job;
 }
@@ -344,10 +393,35 @@ void JobManager::Signal(const JobRecord& r, int signal) {
   if (signal == SIGKILL) KillJobProcesses(r.job.id());
 }
 
+void JobManager::ForwardLog(JobRecord& r) {
+  // The attempt's log (mpirun's output: every rank's lines) becomes "log" events, a whole line
+  // at a time, so that WatchJob shows what the ranks print.
+  constexpr size_t kMaxLine = 4000, kMaxBytesPerCall = 1 << 20;
+  std::ifstream in(fs::path(config_.data_dir) / r.job.id() / fmt::format("attempt-{}.log", r.job.attempt()),
+                   std::ios::binary);
+  if (!in) return;
+  in.seekg(r.log_offset);
+  std::string chunk(kMaxBytesPerCall, '\0');
+  in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+  chunk.resize(static_cast<size_t>(in.gcount()));
+  size_t used = 0;
+  for (size_t end = chunk.find('\n'); end != std::string::npos; end = chunk.find('\n', used)) {
+    std::string line = chunk.substr(used, end - used);
+    used = end + 1;
+    if (line.empty()) continue;
+    if (line.size() > kMaxLine) line = line.substr(0, kMaxLine) + " [...]";
+    Event(r, "log", line);
+  }
+  if (used == 0) return;
+  r.log_offset += static_cast<int64_t>(used);
+  store_->Update(r);
+}
+
 void JobManager::Tick() {
-  // Running attempts: ended? overdue for SIGKILL?
+  // Running attempts: what they printed; ended? overdue for SIGKILL?
   for (JobRecord& r : store_->Unfinished()) {
     if (r.job.status() != v1::RUNNING) continue;
+    ForwardLog(r);
     int exit_code = -1;
     bool ended = false;
     if (!r.backend_id.empty()) {
@@ -424,6 +498,7 @@ void JobManager::Launch(JobRecord& r) {
   fs::remove(r.exit_file);
   r.job.set_attempt(attempt);
   r.job.set_ranks(r.requested_ranks);
+  r.log_offset = 0;
   r.cancel_requested = false;
   r.pause_requested = false;
   r.signal_sent_ms = 0;
@@ -431,7 +506,7 @@ void JobManager::Launch(JobRecord& r) {
   r.job.clear_error();
   r.job.mutable_error()->set_rank(-1);
 
-  const std::string worker = config_.worker.empty() ? (SelfDirectory() / "shardtune-worker").string() : config_.worker;
+  const std::string worker = WorkerPath();
   std::vector<std::string> argv = {(SelfDirectory() / "shardtune-server").string(),
                                    "supervise",
                                    "--job",
@@ -512,6 +587,7 @@ std::optional<std::string> JobManager::SlurmState(const JobRecord& r) {
 
 void JobManager::Settle(JobRecord& r, int exit_code) {
   KillJobProcesses(r.job.id());  // nothing of an ended attempt outlives it
+  ForwardLog(r);
   r.supervisor_pid = 0;
   r.backend_id.clear();
   const bool finished = fs::exists(fs::path(r.job.output_dir()) / "final");

@@ -1,5 +1,7 @@
 #pragma once
-// The server's job lifecycle: admission (the spec parsed and checked, the job stored QUEUED),
+// The server's job lifecycle: admission (the spec parsed and checked against the pool, the
+// quotas and the memory plan; the job stored VALIDATING while a worker process checks its data,
+// then QUEUED, or FAILED with the data's problems),
 // scheduling (FIFO within priority onto a pool of slots, per-tenant quotas), running each
 // attempt through a supervisor process (launcher/server/supervisor.h) that starts mpirun in its
 // own process group, and what happens when an attempt ends: success, a user error (fails at
@@ -55,6 +57,15 @@ class JobManager {
   std::optional<Plan> PlanFor(const JobSpec& spec, int64_t ranks) const;
   const ServerConfig& config() const { return config_; }
 
+  // `shardtune-worker validate-data` on a spec, in a process of its own (the server links no
+  // LibTorch): whether the data is good, and the worker's report (a summary, or the problems
+  // with file:line).
+  struct DataCheck {
+    bool ok = false;
+    std::string report;
+  };
+  DataCheck CheckData(const std::string& spec_yaml) const;
+
   // Starts the scheduling thread (after re-attaching to what is running).
   void Start();
   void Stop();
@@ -76,6 +87,9 @@ class JobManager {
 
  private:
   JobRecord Owned(const Caller& caller, const std::string& id);
+  std::string WorkerPath() const;
+  void ValidateLoop();
+  void ForwardLog(JobRecord& record);
   void Tick();
   void Launch(JobRecord& record);
   void LaunchSlurm(JobRecord& record, const std::filesystem::path& dir, const std::filesystem::path& spec,
@@ -94,6 +108,8 @@ class JobManager {
   std::mutex events_mutex_;
   std::condition_variable events_;
   std::thread thread_;
+  std::thread validator_;               // runs the data checks of VALIDATING jobs
+  std::condition_variable validation_;  // wakes it (waits with mutex_)
   bool stopping_ = false;
   int64_t slurm_polls_ = 0;
 };

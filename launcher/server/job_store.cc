@@ -65,7 +65,8 @@ json ServerFields(const JobRecord& r) {
           {"signal_sent_ms", r.signal_sent_ms},
           {"result_reported", r.result_reported},
           {"result_succeeded", r.result_succeeded},
-          {"result_paused", r.result_paused}};
+          {"result_paused", r.result_paused},
+          {"log_offset", r.log_offset}};
 }
 
 JobRecord FromRow(const std::string& job_blob, const std::string& server_json) {
@@ -84,6 +85,7 @@ JobRecord FromRow(const std::string& job_blob, const std::string& server_json) {
   r.result_reported = s.value("result_reported", false);
   r.result_succeeded = s.value("result_succeeded", false);
   r.result_paused = s.value("result_paused", false);
+  r.log_offset = s.value("log_offset", int64_t{0});
   return r;
 }
 

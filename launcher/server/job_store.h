@@ -37,6 +37,7 @@ struct JobRecord {
   bool result_reported = false;
   bool result_succeeded = false;
   bool result_paused = false;
+  int64_t log_offset = 0;  // bytes of the current attempt's log already sent as "log" events
 };
 
 struct JobFilter {

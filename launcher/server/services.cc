@@ -1,22 +1,13 @@
 #include "launcher/server/services.h"
 
-#include <fcntl.h>
-#include <spawn.h>
 #include <spdlog/spdlog.h>
-#include <sys/wait.h>
 
-#include <fstream>
 #include <sstream>
 
-#include "common/atomic_file.h"
 #include "common/job_spec.h"
-#include "launcher/server/processes.h"
-
-extern char** environ;
 
 namespace shardtune::server {
 
-namespace fs = std::filesystem;
 using grpc::ServerContext;
 using grpc::Status;
 using grpc::StatusCode;
@@ -61,34 +52,6 @@ Status Guard(F&& body) {
   }
 }
 
-// `shardtune validate-data` on a spec, in its own process (the server links no LibTorch).
-std::pair<bool, std::string> ValidateData(const std::string& spec_yaml, const fs::path& scratch) {
-  fs::create_directories(scratch);
-  const fs::path spec = scratch / "job.yaml", output = scratch / "validate.txt";
-  WriteFileAtomic(spec, spec_yaml);
-  std::vector<std::string> args = {(SelfDirectory() / "shardtune").string(), "validate-data", spec.string(),
-                                   "--log-level", "error"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, output.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  pid_t pid = 0;
-  if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) != 0) {
-    return {false, "cannot run " + args[0]};
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  std::ifstream in(output);
-  std::stringstream text;
-  text << in.rdbuf();
-  fs::remove_all(scratch);
-  return {WIFEXITED(status) && WEXITSTATUS(status) == 0, text.str()};
-}
-
 class JobServiceImpl final : public v1::JobService::Service {
  public:
   explicit JobServiceImpl(JobManager& manager) : manager_(manager) {
@@ -119,8 +82,7 @@ class JobServiceImpl final : public v1::JobService::Service {
         for (const auto& p : e.problems()) response->add_problems(p);
         return Status::OK;
       }
-      const auto [ok, report] =
-          ValidateData(text, fs::path(manager_.config().data_dir) / ("validate-" + RandomToken()));
+      const auto [ok, report] = manager_.CheckData(text);
       response->set_valid(ok && response->problems().empty());
       if (ok) {
         response->set_summary(report);

@@ -9,6 +9,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 source "$(dirname "$0")/checks.sh"
 
+# 0. The CLI and the server link no LibTorch; the CLI hands model commands to shardtune-worker.
+for exe in shardtune shardtune-server; do
+  expect_eq "$exe links no LibTorch" "$(readelf -d "$bin/$exe" | grep -c 'libtorch\|libc10')" "0"
+done
+expect_contains "shardtune --help lists the worker's commands" "$("$bin/shardtune" --help)" "init-model"
+expect_contains "shardtune generate --help is the worker's" "$("$bin/shardtune" generate --help)" "--max-new-tokens"
 
 # A tiny model and a counting dataset.
 "$bin/shardtune" init-model --config "$src/examples/tiny-llama/config.json" --out "$work/base" --seed 1 --log-level warn

@@ -62,10 +62,12 @@ except grpc.RpcError as e:
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "did you mean 'max_steps'" in e.details(), e.details()
 print("ok: a bad structured spec -> INVALID_ARGUMENT naming the key")
 job = jobs.CreateJob(jobs_pb2.CreateJobRequest(spec_fields=spec), metadata=auth, timeout=30)
-assert job.status == jobs_pb2.QUEUED, job
+assert job.status == jobs_pb2.VALIDATING, job
 print(f"ok: created {job.id}")
 running = False
+log_lines = 0
 for event in jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job.id), metadata=auth, timeout=120):
+    log_lines += event.kind == "log" and "[rank 0]" in event.message
     if event.kind == "progress" and event.job.step >= 3 and not running:
         running = True
         cancelled = jobs.CancelJob(jobs_pb2.JobRef(id=job.id), metadata=auth, timeout=30)
@@ -75,3 +77,5 @@ for event in jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job.id), metadata=auth, t
 final = jobs.GetJob(jobs_pb2.JobRef(id=job.id), metadata=auth, timeout=10)
 assert running and final.status == jobs_pb2.CANCELLED, jobs_pb2.JobStatus.Name(final.status)
 print("ok: the job ended CANCELLED")
+assert log_lines > 0, "WatchJob streamed none of rank 0's log lines"
+print(f"ok: WatchJob streamed {log_lines} of rank 0's log lines")

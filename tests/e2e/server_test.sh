@@ -75,7 +75,9 @@ expect_contains "watch ends with the status" "$out" "job $id SUCCEEDED"
 expect_eq "the job reached its last step" "$(field "$id" step)" "20"
 expect_contains "metrics reached the server" "$("$bin/shardtune" get "$id")" "val_loss"
 expect_eq "four checkpoints listed" "$("$bin/shardtune" checkpoints "$id" | wc -l)" "3"
-expect_eq "events recorded" "$("$bin/shardtune" events "$id" | grep -c 'status')" "3"
+expect_eq "its statuses in order" "$("$bin/shardtune" events "$id" | awk '$4 == "status" {print $5}' | tr '\n' ' ')" \
+  "VALIDATING: QUEUED: RUNNING: SUCCEEDED: "
+expect_contains "watch shows the ranks' log lines" "$out" "[rank 0] [info] step 20/20"
 expect_contains "list shows the job" "$("$bin/shardtune" list --label suite=e2e)" "$id"
 out=$("$bin/shardtune" submit ok.yaml 2>&1)
 expect_eq "a job whose output.dir holds a finished run is refused: exit 2" "$?" "2"
@@ -194,6 +196,16 @@ expect_contains "validate shows the plan" "$out" "per rank (host)"
 printf 'name: x\nmodel: {path: base}\ndata: {train: train.jsonl, format: tokens}\noutput: {dir: o}\ntraining: {epoch: 1}\n' > bad.yaml
 out=$("$bin/shardtune" submit bad.yaml 2>&1)
 expect_contains "a bad spec is refused with its problems" "$out" "unknown key 'epoch'"
+cp train.jsonl baddata.jsonl; echo '{"input_ids": [1, "two"]}' >> baddata.jsonl
+sed -e 's/train: train.jsonl/train: baddata.jsonl/' -e 's|runs/ok|runs/baddata|' ok.yaml > baddata.yaml
+id=$("$bin/shardtune" submit baddata.yaml)
+expect_eq "a job whose spec is good is accepted before its data is read" "$?" "0"
+wait_status "$id" FAILED 60 && pass "bad data: VALIDATING -> FAILED" || fail "bad data: $(field "$id" status)"
+out=$("$bin/shardtune" get "$id")
+expect_contains "the error names the data file's line" "$out" "baddata.jsonl:65"
+expect_contains "the error is a data error" "$out" "INVALID_DATA"
+expect_eq "a job with bad data never ran" "$("$bin/shardtune" events "$id" | awk '$4 == "status" {print $5}' | tr '\n' ' ')" \
+  "VALIDATING: FAILED: "
 hostile='runs/a b;$(touch pwned);`touch pwned2`'"'"'x'
 write_job hostile.yaml hostile "$hostile" 4 0
 id=$("$bin/shardtune" submit hostile.yaml)

@@ -1,0 +1,25 @@
+#pragma once
+// How the shardtune CLI runs what it does not do itself: it links no LibTorch, so model and data
+// commands, and training, run in shardtune-worker (found beside this executable), in place of
+// this process. Never through a shell: argv arrays only.
+
+#include <string>
+#include <vector>
+
+namespace shardtune {
+
+struct LaunchOptions {
+  int ranks = 1;
+  std::string hostfile;  // optional MPI hostfile
+  std::string log_level = "info";
+};
+
+// Replaces this process with `shardtune-worker ARGS...`; returns only if that fails, with an
+// exit code.
+int ExecWorker(const std::vector<std::string>& args);
+
+// `shardtune train`: one rank runs shardtune-worker directly; more (or a hostfile) run it under
+// mpirun. Replaces this process; returns only if that fails, with an exit code.
+int LaunchTraining(const std::string& job_path, const LaunchOptions& options);
+
+}  // namespace shardtune
