@@ -406,11 +406,11 @@ MemoryAccount ZeroEngine::memory() const {
   return account;
 }
 
-int64_t ZeroEngine::bytes_sent() const {
-  int64_t bytes = groups_.world->bytes_sent();
-  if (groups_.shard != groups_.world) bytes += groups_.shard->bytes_sent();
-  if (groups_.replica != groups_.world && groups_.replica != groups_.shard) bytes += groups_.replica->bytes_sent();
-  return bytes;
+CommStats ZeroEngine::comm_stats() const {
+  CommStats stats = groups_.world->stats();
+  if (groups_.shard != groups_.world) stats += groups_.shard->stats();
+  if (groups_.replica != groups_.world && groups_.replica != groups_.shard) stats += groups_.replica->stats();
+  return stats;
 }
 
 }  // namespace shardtune

@@ -129,7 +129,8 @@ class ZeroEngine {
                            Buffer buffer = Buffer::kWeights, Units which = Units::kAll);
 
   MemoryAccount memory() const;
-  int64_t bytes_sent() const;
+  // What this rank's collectives have cost so far, over all its groups.
+  CommStats comm_stats() const;
 
   // --- checkpoints (sharding/zero_checkpoint.cc) ---
   // Writes this rank's shards of the trainable units into `dir` if it holds the first copy of

@@ -2,6 +2,7 @@
 
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
@@ -36,6 +37,17 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The most memory this process has held resident (the kernel's high-water mark).
+int64_t PeakRssBytes() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
+}
 
 // What this build trains; everything else in the spec is valid but lands in later work.
 void CheckSupported(const JobSpec& spec, at::Device device) {
@@ -508,8 +520,11 @@ void StallIfAsked(int rank, int64_t step) {
 void Trainer::TrainStep(int64_t step) {
   StallIfAsked(world_.rank(), step + 1);
   const auto start = std::chrono::steady_clock::now();
-  const int64_t bytes_before = engine_->bytes_sent();
+  const CommStats comm_before = engine_->comm_stats();
+  double data_s = 0;  // time spent getting and collating examples: the step waiting for data
+  auto data_start = std::chrono::steady_clock::now();
   const std::vector<const Example*> batch = GlobalBatch(step);
+  data_s += SecondsSince(data_start);
   int64_t targets = 0;
   for (const Example* e : batch) targets += e->target_tokens();
 
@@ -525,7 +540,9 @@ void Trainer::TrainStep(int64_t step) {
     engine_->BeginMicroBatch(a + 1 == accumulation_);
     const std::vector<const Example*> examples(batch.begin() + first + a * micro_,
                                                batch.begin() + first + (a + 1) * micro_);
+    data_start = std::chrono::steady_clock::now();
     const Batch micro_batch = WithVirtualTokens(Collate(examples, config_.pad_token_id), peft_.prompt_tokens());
+    data_s += SecondsSince(data_start);
     const LossSum loss = CausalLmLossSum(Forward(micro_batch, /*training=*/true), micro_batch.labels.to(device_));
     // The loss is the mean over every target token of the global batch: each micro-batch on
     // each rank contributes its sum divided by the global count, and ranks sum gradients.
@@ -559,12 +576,16 @@ void Trainer::TrainStep(int64_t step) {
   summary_.last_loss = loss;
   if (!rank0_) return;
   last_metrics_ = {{"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}};
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = SecondsSince(start);
   const double tokens_per_s = seconds > 0 ? static_cast<double>(step_tokens) / seconds : 0.0;
   last_metrics_["tokens_per_s"] = tokens_per_s;
   const double epoch = static_cast<double>(step + 1) / static_cast<double>(steps_per_epoch_);
   if ((step + 1) % spec_.training.log_every == 0 || step + 1 == total_steps_) {
     const MemoryAccount memory = engine_->memory();
+    CommStats comm = engine_->comm_stats();
+    comm.bytes_sent -= comm_before.bytes_sent;
+    comm.busy_s -= comm_before.busy_s;
+    comm.waited_s -= comm_before.waited_s;
     metrics_->Write({{"step", step + 1},
                      {"epoch", epoch},
                      {"loss", loss},
@@ -575,7 +596,12 @@ void Trainer::TrainStep(int64_t step) {
                      {"param_bytes", memory.parameters},
                      {"grad_bytes", memory.gradients},
                      {"optimizer_bytes", memory.optimizer},
-                     {"comm_bytes", engine_->bytes_sent() - bytes_before}});
+                     {"step_s", seconds},
+                     {"data_s", data_s},
+                     {"comm_bytes", comm.bytes_sent},
+                     {"comm_s", comm.busy_s},
+                     {"comm_exposed_s", comm.waited_s},
+                     {"peak_rss_bytes", PeakRssBytes()}});
   }
   const std::string status =
       fmt::format("loss {:.4f}  lr {:.3g}  grad_norm {:.3f}  {:.0f} tok/s", loss, lr, grad_norm, tokens_per_s);

@@ -16,6 +16,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -25,6 +26,18 @@
 #include "common/error.h"
 
 namespace shardtune {
+
+struct CommStats {
+  int64_t bytes_sent = 0;
+  double busy_s = 0;
+  double waited_s = 0;
+  CommStats& operator+=(const CommStats& o) {
+    bytes_sent += o.bytes_sent;
+    busy_s += o.busy_s;
+    waited_s += o.waited_s;
+    return *this;
+  }
+};
 
 // What a collective is for, carried into error messages: "all_gather of bucket 3 at step 12".
 struct CollectiveTag {
@@ -68,14 +81,27 @@ class Communicator {
   // A new group of the ranks that pass the same `color`, ordered by `key`. Collective over this group.
   virtual std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) = 0;
 
-  // Bytes this rank has sent in collectives so far (as the ring algorithms send them).
+  // What this group's collectives cost this rank so far: bytes sent (as the ring algorithms
+  // send them), seconds they were in flight (issued to completed; MPI only), and seconds the
+  // caller was blocked in Wait() on them: the communication that computation did not hide.
+  CommStats stats() const {
+    return {bytes_sent_, static_cast<double>(times_->busy_ns) * 1e-9, static_cast<double>(times_->waited_ns) * 1e-9};
+  }
   int64_t bytes_sent() const { return bytes_sent_; }
 
  protected:
+  // Added to by the backends' operations and Work handles (from any thread; shared, so that a
+  // handle may outlive its group).
+  struct Times {
+    std::atomic<int64_t> busy_ns{0};
+    std::atomic<int64_t> waited_ns{0};
+  };
   void CountSent(int64_t bytes) { bytes_sent_ += bytes; }
+  const std::shared_ptr<Times>& times() const { return times_; }
 
  private:
   int64_t bytes_sent_ = 0;
+  std::shared_ptr<Times> times_ = std::make_shared<Times>();
 };
 
 // Blocking helpers.

@@ -56,6 +56,10 @@ TypeAndOp MpiTypeOf(const at::Tensor& tensor) {
   }
 }
 
+int64_t NanosecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+}
+
 }  // namespace
 
 // Runs MPI operations one after another on its own thread. Each operation issues a
@@ -75,8 +79,10 @@ class MpiProgressThread {
   }
 
   // Queues `issue`; the future completes when the request does, or holds a CollectiveError.
-  std::future<void> Submit(Issue issue, std::string what, double timeout_s) {
-    Task task{std::move(issue), std::move(what), timeout_s, {}};
+  // `busy_ns` (if given) gets the time from issue to completion.
+  std::future<void> Submit(Issue issue, std::string what, double timeout_s,
+                           std::shared_ptr<std::atomic<int64_t>> busy_ns = nullptr) {
+    Task task{std::move(issue), std::move(what), timeout_s, {}, std::move(busy_ns)};
     std::future<void> done = task.done.get_future();
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -111,6 +117,7 @@ class MpiProgressThread {
     std::string what;
     double timeout_s;
     std::promise<void> done;
+    std::shared_ptr<std::atomic<int64_t>> busy_ns;
   };
 
   void Loop() {
@@ -128,7 +135,9 @@ class MpiProgressThread {
         continue;
       }
       try {
+        const auto start = std::chrono::steady_clock::now();
         Run(task);
+        if (task.busy_ns) *task.busy_ns += NanosecondsSince(start);
         task.done.set_value();
       } catch (const CollectiveError& e) {
         failure_ = fmt::format("an earlier collective failed: {}", e.what());
@@ -178,16 +187,23 @@ namespace {
 
 class MpiWork : public Work {
  public:
-  MpiWork(std::future<void> done, double timeout_s, std::string what, int rank)
-      : done_(std::move(done)), timeout_s_(timeout_s), what_(std::move(what)), rank_(rank) {}
+  MpiWork(std::future<void> done, double timeout_s, std::string what, int rank,
+          std::shared_ptr<std::atomic<int64_t>> waited_ns)
+      : done_(std::move(done)),
+        timeout_s_(timeout_s),
+        what_(std::move(what)),
+        rank_(rank),
+        waited_ns_(std::move(waited_ns)) {}
   void Wait() override {
     if (!done_.valid()) return;
+    const auto start = std::chrono::steady_clock::now();
     // The progress thread enforces the deadline; this one only guards against it being stuck
     // inside an MPI call that never returns.
     if (done_.wait_for(std::chrono::duration<double>(timeout_s_ + 30)) != std::future_status::ready) {
       throw CollectiveError(
           fmt::format("rank {}: {} did not complete within the collective timeout of {} s", rank_, what_, timeout_s_));
     }
+    *waited_ns_ += NanosecondsSince(start);
     done_.get();
   }
 
@@ -196,6 +212,7 @@ class MpiWork : public Work {
   double timeout_s_;
   std::string what_;
   int rank_;
+  std::shared_ptr<std::atomic<int64_t>> waited_ns_;
 };
 
 class MpiCommunicator : public Communicator {
@@ -322,8 +339,10 @@ class MpiCommunicator : public Communicator {
                                const CollectiveTag& tag) {
     std::string what = fmt::format("{} of {} in {} at step {}", op, tag.bucket, name_, tag.step);
     if (tensor.defined()) what += fmt::format(" ({} elements)", tensor.numel());
-    auto done = progress_->Submit(std::move(issue), what, timeout_s_);
-    return std::make_unique<MpiWork>(std::move(done), timeout_s_, what, progress_->world_rank());
+    auto done = progress_->Submit(std::move(issue), what, timeout_s_,
+                                  std::shared_ptr<std::atomic<int64_t>>(times(), &times()->busy_ns));
+    return std::make_unique<MpiWork>(std::move(done), timeout_s_, what, progress_->world_rank(),
+                                     std::shared_ptr<std::atomic<int64_t>>(times(), &times()->waited_ns));
   }
 
   MPI_Comm comm_;

@@ -58,12 +58,18 @@ struct NcclState {
 
 class NcclWork : public Work {
  public:
-  NcclWork(std::shared_ptr<NcclState> state, cudaEvent_t done, double timeout_s, std::string what)
-      : state_(std::move(state)), done_(done), timeout_s_(timeout_s), what_(std::move(what)) {}
+  NcclWork(std::shared_ptr<NcclState> state, cudaEvent_t done, double timeout_s, std::string what,
+           std::shared_ptr<std::atomic<int64_t>> waited_ns)
+      : state_(std::move(state)),
+        done_(done),
+        timeout_s_(timeout_s),
+        what_(std::move(what)),
+        waited_ns_(std::move(waited_ns)) {}
   ~NcclWork() override { cudaEventDestroy(done_); }
 
   void Wait() override {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + std::chrono::duration<double>(timeout_s_);
     for (;;) {
       const cudaError_t state = cudaEventQuery(done_);
       if (state == cudaSuccess) break;
@@ -83,6 +89,8 @@ class NcclWork : public Work {
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     ST_CUDA_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, done_, 0));
+    *waited_ns_ +=
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   }
 
  private:
@@ -90,6 +98,7 @@ class NcclWork : public Work {
   cudaEvent_t done_;
   double timeout_s_;
   std::string what_;
+  std::shared_ptr<std::atomic<int64_t>> waited_ns_;
 };
 
 class NcclCommunicator : public Communicator {
@@ -177,7 +186,8 @@ class NcclCommunicator : public Communicator {
     if (result != ncclSuccess) throw CollectiveError(fmt::format("{} failed: {}", what, ncclGetErrorString(result)));
     ST_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
     ST_CUDA_CHECK(cudaEventRecord(done, stream_));
-    return std::make_unique<NcclWork>(state_, done, timeout_s_, what);
+    return std::make_unique<NcclWork>(state_, done, timeout_s_, what,
+                                      std::shared_ptr<std::atomic<int64_t>>(times(), &times()->waited_ns));
   }
 
   std::unique_ptr<Communicator> owned_bootstrap_;

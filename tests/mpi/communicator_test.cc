@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include "world.h"
 
 namespace shardtune {
@@ -87,6 +90,24 @@ TEST(Communicator, CountsBytesAsRingAlgorithmsSendThem) {
   at::Tensor t = at::zeros({1000 * n}, at::kFloat);
   world.AllReduceSum(t, CollectiveTag{"bytes", 7})->Wait();
   EXPECT_EQ(world.bytes_sent() - before, 2 * (n - 1) * 4000);
+}
+
+TEST(Communicator, TimesCollectivesInFlightAndWaitedFor) {
+  Communicator& world = World();
+  if (world.size() == 1) GTEST_SKIP() << "one rank: collectives are local copies, with nothing to time";
+  const CommStats before = world.stats();
+  at::Tensor t = at::ones({1 << 16}, at::kFloat);
+  // Rank 0 arrives late: every other rank's Wait() is exposed for about that long.
+  if (world.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  world.AllReduceSum(t, CollectiveTag{"timed", 1})->Wait();
+  const CommStats after = world.stats();
+  const double busy = after.busy_s - before.busy_s, waited = after.waited_s - before.waited_s;
+  EXPECT_GT(busy, 0);
+  EXPECT_GE(waited, 0);
+  if (world.rank() != 0) {
+    EXPECT_GT(waited, 0.1);
+    EXPECT_GT(busy, 0.1);
+  }
 }
 
 }  // namespace

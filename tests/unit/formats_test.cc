@@ -418,7 +418,9 @@ TEST(FormatsWithLlama2, SegmentsTokenizeAsTheRenderedText) {
                                       "\n");
   const Example n = ReadDataset(dir / "n.jsonl", o).examples.at(0);
   for (size_t t = 0; t < n.labels.size(); ++t) {
-    if (n.labels[t] >= 0) EXPECT_NE(tokenizer->IdToToken(n.input_ids[t]), "\xE2\x96\x81") << t;  // never a bare "▁"
+    if (n.labels[t] >= 0) {
+      EXPECT_NE(tokenizer->IdToToken(n.input_ids[t]), "\xE2\x96\x81") << t;  // never a bare "▁"
+    }
   }
   EXPECT_EQ(std::count_if(n.labels.begin(), n.labels.end(), [](int64_t l) { return l >= 0; }), 3);
 }
