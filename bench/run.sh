@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# `make bench`: every benchmark, with the machine and versions stated. Results belong in
-# docs/PERFORMANCE.md.
+# `make bench`: every benchmark, with the machine and versions stated, each against a baseline
+# measured in the same run. Results belong in docs/PERFORMANCE.md; plots go to docs/bench/.
+#   bench/run.sh [BUILD_DIR] [--quick]
 set -euo pipefail
 build_dir=${1:-build}
+quick=${2:-}
 cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh bench  # the baseline (python3-torch) and gnuplot
 fixtures=../shared/fixtures
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
-echo "date: $(date -u +%Y-%m-%d)"
-if [ ! -d "$fixtures" ]; then
-  echo "SKIPPED: $fixtures is absent"
-  exit 0
-fi
+version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "not installed"; }
+echo "# shardtune benchmarks, $(date -u +%Y-%m-%d)"
+echo
+echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME")"
+echo "- shardtune $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(g++ --version | head -n 1), LibTorch $(version libtorch-dev)"
+echo "- baseline: PyTorch $(version python3-torch) (python3-torch), $(/usr/bin/python3 --version)"
+echo "- Open MPI $(version openmpi-bin), OpenBLAS $(version libopenblas0-openmp)"
+echo
+/usr/bin/python3 bench/train_bench.py "$build_dir" docs/bench $quick
 echo
 echo "## Tokenizer throughput"
-"$build_dir/bin/tokenizer_bench" "$fixtures" "${BENCH_SECONDS:-2}"
+if [ -d "$fixtures" ]; then
+  "$build_dir/bin/tokenizer_bench" "$fixtures" "${BENCH_SECONDS:-2}"
+else
+  echo "SKIPPED: $fixtures is absent"
+fi

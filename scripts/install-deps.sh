@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages shardtune builds and tests with, only those that are missing.
+# Installs the Debian 12 packages shardtune builds and tests with (and, with `bench`, benchmarks
+# with), only those that are missing.
 # Idempotent: a second run installs nothing and takes a second.
 set -euo pipefail
 
@@ -14,6 +15,10 @@ packages=(
   libpcre2-dev libicu-dev libsentencepiece-dev
   python3-grpcio python3-protobuf
 )
+# `install-deps.sh bench` adds what `make bench` needs: the PyTorch baseline and gnuplot.
+if [ "${1:-}" = bench ]; then
+  packages+=(python3-torch gnuplot-nox)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -20,6 +20,7 @@
 #include "sharding/lr_schedule.h"
 #include "sharding/unit_function.h"
 #include "sharding/zero_engine.h"
+#include "worker/blas_env.h"
 #include "worker/data/formats.h"
 #include "worker/data/mixture.h"
 #include "worker/data/token_dataset.h"
@@ -326,6 +327,7 @@ void Trainer::Prepare() {
                  device_.is_cuda()   ? "nccl"
                  : world_.size() > 1 ? "mpi"
                                      : "none");
+    if (device_.is_cpu()) spdlog::info("BLAS: {}", BlasKernelDescription());
     spdlog::info("memory per rank: parameters {:.2f} MiB, gradients {:.2f} MiB, optimizer state {:.2f} MiB",
                  memory.parameters / 1048576.0, memory.gradients / 1048576.0, memory.optimizer / 1048576.0);
     if (spec_.sharding.offload_optimizer == OffloadTarget::kCpu) {

@@ -1,0 +1,248 @@
+#!/usr/bin/python3
+"""Training benchmarks of `make bench`: shardtune's ZeRO stages against PyTorch DDP (gloo) run
+side by side on the same Llama shape, batch and threads per rank; MFU against this machine's
+measured GEMM peak; memory per rank against the planner; communication and data-loading shares
+of the step. Prints markdown tables (ratios against the baseline) and writes gnuplot PNGs.
+
+Usage: train_bench.py BUILD_DIR OUTPUT_DIR [--quick]
+Every run uses one thread per rank (OMP_NUM_THREADS=1), fp32, sequences of 256 tokens and a
+micro batch of 4 per rank; the first step of each run is a warm-up and is not counted.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+SEQ, MICRO = 256, 4
+PYTHON = "/usr/bin/python3"  # Debian's, which has python3-torch
+
+
+def run(argv, env=None, **kw):
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    full_env.update(env or {})
+    return subprocess.run(argv, env=full_env, check=True, capture_output=True, text=True, **kw)
+
+
+def config_of(name):
+    return BENCH / "models" / f"llama-{name}.json"
+
+
+def training_flops_per_token(c):
+    """6 x the parameters of every matrix product (layers and head), plus attention scores and
+    their weighted sum (forward 4 x seq x hidden per layer, x3 with backward): the count of
+    Kaplan et al. and of the PaLM paper's MFU, with the full (not causal-halved) score matrix."""
+    h, i, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
+    matmul = layers * (2 * h * h + 2 * h * kv + 3 * h * i) + h * v
+    return 6 * matmul + 12 * layers * SEQ * h
+
+
+class Bench:
+    def __init__(self, build, work, quick):
+        self.bin = Path(build).resolve() / "bin"
+        self.work = Path(work)
+        self.quick = quick
+        self.models = {}
+
+    def model(self, name):
+        if name not in self.models:
+            d = self.work / f"model-{name}"
+            if not d.exists():
+                run([self.bin / "shardtune", "init-model", "--config", config_of(name), "--out", d, "--log-level", "warn"])
+            self.models[name] = d
+        return self.models[name]
+
+    def data(self):
+        path = self.work / "train.jsonl"
+        if not path.exists():
+            r = random.Random(0)
+            with open(path, "w") as f:
+                for _ in range(256):
+                    f.write(json.dumps({"input_ids": [r.randrange(3, 32000) for _ in range(SEQ)]}) + "\n")
+        return path
+
+    def shardtune(self, name, ranks, stage, steps, micro=MICRO, tag=""):
+        """One shardtune run; the medians of its counted steps, from rank 0's metrics."""
+        out = self.work / f"run-{name}-np{ranks}-z{stage}{tag}"
+        shutil.rmtree(out, ignore_errors=True)
+        job = self.work / f"job-{name}-np{ranks}-z{stage}{tag}.yaml"
+        job.write_text(
+            f"name: bench\nmodel: {{path: {self.model(name)}}}\n"
+            f"data: {{train: {self.data()}, format: tokens, max_seq_len: {SEQ}}}\n"
+            f"training: {{max_steps: {steps}, micro_batch_size: {micro}, global_batch_size: {micro * ranks},"
+            f" optimizer: {{lr: 1.0e-4}}}}\n"
+            f"sharding: {{zero_stage: {stage}}}\noutput: {{dir: {out}}}\n"
+            f"resources: {{ranks_per_node: {ranks}}}\n")
+        log = run([self.bin / "shardtune", "train", job, "--np", str(ranks)]).stderr
+        blas = next((l.split("BLAS: ", 1)[1] for l in log.splitlines() if "BLAS: " in l), "unknown")
+        lines = [json.loads(l) for l in open(out / "metrics.jsonl") if '"step_s"' in l][1:]
+        med = lambda key: statistics.median(m[key] for m in lines)
+        plan = json.loads(run([self.bin / "shardtune", "plan", job, "--cpu", "--output", "json"]).stdout)
+        predicted = plan["per_rank"]["host"]
+        return {
+            "step_s": med("step_s"), "tokens_per_s": med("tokens_per_s"), "data_s": med("data_s"),
+            "comm_bytes": med("comm_bytes"), "comm_s": med("comm_s"), "comm_exposed_s": med("comm_exposed_s"),
+            "model_state": lines[-1]["param_bytes"] + lines[-1]["grad_bytes"] + lines[-1]["optimizer_bytes"],
+            "planned_state": predicted["parameters"] + predicted["gradients"] + predicted["optimizer"],
+            "peak_rss": max(m["peak_rss_bytes"] for m in lines), "blas": blas.split(", ")[-1],
+        }
+
+    def ddp(self, name, ranks, steps, coretype=None):
+        """The baseline on `ranks` processes; `coretype` None runs OpenBLAS's own kernel choice."""
+        out = self.work / f"ddp-{name}-np{ranks}-{coretype or 'default'}.json"
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+        env["OMP_NUM_THREADS"] = "1"
+        if coretype:
+            env["OPENBLAS_CORETYPE"] = coretype
+        port = str(29500 + random.randrange(1000))
+        procs = [subprocess.Popen(
+            [PYTHON, BENCH / "ddp_baseline.py", config_of(name), "--rank", str(rank), "--world", str(ranks),
+             "--port", port, "--seq-len", str(SEQ), "--micro-batch", str(MICRO), "--steps", str(steps),
+             "--warmup", "1", "--out", out], env=env) for rank in range(ranks)]
+        for p in procs:
+            if p.wait() != 0:
+                sys.exit(f"the DDP baseline failed (exit {p.returncode})")
+        return json.load(open(out))
+
+    def gemm_peak(self, coretype=None):
+        env = {"OPENBLAS_CORETYPE": coretype} if coretype else {}
+        out = run([self.bin / "gemm_peak", "2048", "1" if self.quick else "3"], env=env).stdout
+        return float(out.split("gemm_gflops=")[1].split()[0]), out.split('blas="')[1].rstrip().rstrip('"')
+
+
+def fmt_bytes(b):
+    return f"{b / 2**20:.1f} MiB"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("build")
+    p.add_argument("out")
+    p.add_argument("--quick", action="store_true", help="fewer steps (a smoke test of the benchmark itself)")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="shardtune-bench-") as work:
+        b = Bench(a.build, work, a.quick)
+        steps_small, steps_large = (3, 2) if a.quick else (6, 3)
+        print("## GEMM peak (one thread, fp32 2048 x 2048 products through LibTorch)\n")
+        peak, our_blas = b.gemm_peak()
+        ours = our_blas.split(", ")[-1]
+        core = ours.split()[0]
+        print(f"- shardtune's choice: **{peak:.1f} GFLOP/s**, {our_blas}")
+        for kernel in ("Prescott", "Haswell"):
+            if kernel != core:
+                g, _ = b.gemm_peak(kernel)
+                print(f"- {kernel} kernels: {g:.1f} GFLOP/s ({g / peak:.2f}x)")
+        ddp_default = b.ddp("30m", 1, 3)
+        print(f"- PyTorch (python3-torch) as users get it runs: {ddp_default['blas']}\n")
+
+        print("## Throughput against PyTorch DDP (gloo), Llama 30M, seq 256, micro batch 4 per rank\n")
+        rows, series = [], {}
+        for ranks in (1, 2):
+            base_user = b.ddp("30m", ranks, steps_small)
+            base_same = b.ddp("30m", ranks, steps_small, core)
+            rows.append((f"DDP np{ranks}, as users get it ({base_user['blas']})", base_user, base_same))
+            rows.append((f"DDP np{ranks}, same kernels ({base_same['blas']})", base_same, base_same))
+            series[("DDP", ranks)] = base_same["tokens_per_s"]
+            for stage in ((0,) if ranks == 1 else (0, 1, 2, 3)):
+                r = b.shardtune("30m", ranks, stage, steps_small)
+                rows.append((f"shardtune np{ranks} ZeRO-{stage} ({r['blas']})", r, base_same))
+                series[(f"ZeRO-{stage}", ranks)] = r["tokens_per_s"]
+                series[("run", ranks, stage)] = r
+        print("| run | step s | tokens/s | ratio to DDP, same kernels |")
+        print("|---|---|---|---|")
+        for label, r, base in rows:
+            print(f"| {label} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} |")
+
+        print("\n## Communication and data at np 2 (per step, rank 0)\n")
+        print("| stage | bytes sent | in flight s | exposed s | overlap | waiting for data |")
+        print("|---|---|---|---|---|---|")
+        for stage in (0, 1, 2, 3):
+            r = series[("run", 2, stage)]
+            overlap = 1 - r["comm_exposed_s"] / r["comm_s"] if r["comm_s"] > 0 else 0
+            print(f"| ZeRO-{stage} | {fmt_bytes(r['comm_bytes'])} | {r['comm_s']:.3f} | {r['comm_exposed_s']:.3f} "
+                  f"| {overlap:.0%} | {r['data_s'] / r['step_s']:.2%} |")
+
+        print("\n## MFU: training FLOP/s per core against the measured GEMM peak\n")
+        print("| model | ranks | tokens/s | GFLOP/s per core | of GEMM peak |")
+        print("|---|---|---|---|---|")
+        mfu = {}
+        for name, steps in (("30m", None), ("125m", steps_large)):
+            flops = training_flops_per_token(json.load(open(config_of(name))))
+            for ranks in (1, 2):
+                r = series[("run", ranks, 0)] if name == "30m" else b.shardtune(name, ranks, 0, steps)
+                per_core = r["tokens_per_s"] * flops / ranks / 1e9
+                mfu[(name, ranks)] = per_core / peak
+                print(f"| {name} | {ranks} | {r['tokens_per_s']:.0f} | {per_core:.1f} | {per_core / peak:.0%} |")
+
+        print("\n## Memory per rank: measured model state against the planner, and peak RSS (Llama 30M)\n")
+        print("| ranks | stage | model state | planned | planned / measured | peak RSS |")
+        print("|---|---|---|---|---|---|")
+        memory = {}
+        for ranks in (1, 2, 4):
+            for stage in ((0,) if ranks == 1 else (0, 1, 2, 3)):
+                r = series.get(("run", ranks, stage)) or b.shardtune("30m", ranks, stage, 2, micro=1, tag="-mem")
+                memory[(ranks, stage)] = r
+                print(f"| {ranks} | {stage} | {fmt_bytes(r['model_state'])} | {fmt_bytes(r['planned_state'])} "
+                      f"| {r['planned_state'] / r['model_state']:.3f} | {fmt_bytes(r['peak_rss'])} |")
+
+        print("\n## Targets\n")
+        z = lambda s: series[("run", 2, s)]
+        checks = [
+            ("ZeRO-2 at np 2 >= 1.1x DDP throughput (same kernels)",
+             series[("ZeRO-2", 2)] / series[("DDP", 2)], 1.1, True),
+            ("ZeRO-3 step time <= 1.25x ZeRO-0 (np 2)", z(3)["step_s"] / z(0)["step_s"], 1.25, False),
+            ("125M at np 1 >= 75% of the GEMM peak", mfu[("125m", 1)], 0.75, True),
+        ]
+        print("| target | measured | met |")
+        print("|---|---|---|")
+        for label, value, bound, higher in checks:
+            met = value >= bound if higher else value <= bound
+            print(f"| {label} | {value:.2f} | {'yes' if met else 'no'} |")
+
+        plot(out, series, memory)
+
+
+def plot(out, series, memory):
+    if shutil.which("gnuplot") is None:
+        print("\n(no gnuplot: plots skipped)")
+        return
+    columns = ("DDP", "ZeRO-0", "ZeRO-1", "ZeRO-2", "ZeRO-3")
+    with open(out / "throughput.dat", "w") as f:
+        f.write("ranks " + " ".join(columns) + "\n")
+        for ranks in (1, 2):
+            # At one rank every stage is the same computation: ZeRO-0's figure stands for all.
+            f.write(f"{ranks} " + " ".join(f"{series.get((c, ranks), series[('ZeRO-0', 1)]):.1f}" for c in columns)
+                    + "\n")
+    with open(out / "memory.dat", "w") as f:
+        f.write("ranks ZeRO-0 ZeRO-1 ZeRO-2 ZeRO-3\n")
+        for ranks in (1, 2, 4):
+            f.write(f"{ranks} " + " ".join(f"{memory.get((ranks, s), memory[(1, 0)])['model_state'] / 2**20:.1f}"
+                                            for s in range(4)) + "\n")
+    script = f"""
+set terminal pngcairo size 800,500
+set key left top autotitle columnhead
+set grid
+set output '{out}/throughput.png'
+set title 'Llama 30M, fp32, one thread per rank: throughput'
+set xlabel 'ranks'; set ylabel 'tokens/s'; set xtics (1, 2)
+plot for [c=2:6] '{out}/throughput.dat' using 1:c with linespoints lw 2
+set output '{out}/memory.png'
+set title 'Llama 30M: model state per rank (parameters, gradients, optimizer state)'
+set ylabel 'MiB per rank'; set xtics (1, 2, 4); set logscale x 2
+plot for [c=2:5] '{out}/memory.dat' using 1:c with linespoints lw 2
+"""
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+    print(f"\nplots: {out}/throughput.png, {out}/memory.png")
+
+
+if __name__ == "__main__":
+    main()
