@@ -35,6 +35,8 @@ class AdamW {
   void set_step(int64_t step) { step_ = step; }
 
  private:
+  void StepCpu(at::Tensor& params, const at::Tensor& grads, double lr, double step_size, double sqrt_bias_correction2);
+
   OptimizerSpec spec_;
   std::vector<DecayRange> decay_;
   int64_t step_ = 0;

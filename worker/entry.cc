@@ -10,6 +10,7 @@
 #include "common/logging.h"
 #include "sharding/comm/mpi_communicator.h"
 #include "sharding/comm/nccl_communicator.h"
+#include "worker/cpu_allocator.h"
 #include "worker/server_reporter.h"
 #include "worker/trainer.h"
 
@@ -85,6 +86,7 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
       mpi_world = std::make_unique<SingleProcessCommunicator>();
     }
     nccl_world = MaybeNccl(spec, *mpi_world);
+    if (!nccl_world) InstallCachingCpuAllocator();
     TrainerOptions options;
     if (ServerReporter::ManagedByServer()) {
       options.stop_check = true;

@@ -1,0 +1,38 @@
+#include "worker/cpu_allocator.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+namespace shardtune {
+namespace {
+
+TEST(CachingCpuAllocator, ReusesFreedBlocksOfTheSameSizeClass) {
+  InstallCachingCpuAllocator();
+  const CpuAllocatorStats before = CachingCpuAllocatorStats();
+  void* first = nullptr;
+  {
+    at::Tensor t = at::empty({3 << 20}, at::kByte);
+    first = t.data_ptr();
+    t.fill_(7);
+  }
+  at::Tensor again = at::empty({(3 << 20) - 100}, at::kByte);  // the same size class
+  EXPECT_EQ(again.data_ptr(), first);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(again.data_ptr()) % 64, 0u);
+  const CpuAllocatorStats after = CachingCpuAllocatorStats();
+  EXPECT_EQ(after.reused - before.reused, 1);
+  at::Tensor small = at::zeros({100}, at::kFloat);  // below 1 MiB: the default allocator's
+  EXPECT_EQ(CachingCpuAllocatorStats().fresh, after.fresh);
+  EXPECT_EQ(small.sum().item<float>(), 0.0f);
+}
+
+TEST(CachingCpuAllocator, KeepsNoMoreThanItsBoundAboveThePeak) {
+  InstallCachingCpuAllocator();
+  // Sizes that never repeat (as batches of varying length give): what is kept stays bounded.
+  for (int64_t i = 0; i < 200; ++i) at::Tensor t = at::empty({(int64_t{4} << 20) + i * (int64_t{1} << 20)}, at::kByte);
+  const CpuAllocatorStats s = CachingCpuAllocatorStats();
+  EXPECT_LE(s.in_use_bytes + s.kept_bytes, static_cast<int64_t>(1.25 * s.peak_in_use_bytes) + (int64_t{64} << 20));
+  EXPECT_GT(s.kept_bytes, 0);
+}
+
+}  // namespace
+}  // namespace shardtune
