@@ -34,14 +34,14 @@ def config_of(name):
     return BENCH / "models" / f"llama-{name}.json"
 
 
-def training_flops_per_token(c):
+def training_flops_per_token(c, seq=SEQ):
     """6 x the parameters of every matrix product (layers and head), plus attention scores and
     their weighted sum (forward 4 x seq x hidden per layer, x3 with backward): the count of
     Kaplan et al. and of the PaLM paper's MFU, with the full (not causal-halved) score matrix."""
     h, i, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
     kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
     matmul = layers * (2 * h * h + 2 * h * kv + 3 * h * i) + h * v
-    return 6 * matmul + 12 * layers * SEQ * h
+    return 6 * matmul + 12 * layers * seq * h
 
 
 class Bench:

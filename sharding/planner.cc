@@ -35,8 +35,8 @@ bool Targets(const std::vector<std::string>& names, bool pattern, int k) {
   if (pattern) return names[0] == "all-linear" || std::regex_match(path, std::regex(names[0]));
   for (const auto& n : names) {
     if (n == kLinears[k] || n == kLinearPaths[k] ||
-        path.size() > n.size() + 1 && path.compare(path.size() - n.size(), n.size(), n) == 0 &&
-            path[path.size() - n.size() - 1] == '.')
+        (path.size() > n.size() + 1 && path.compare(path.size() - n.size(), n.size(), n) == 0 &&
+         path[path.size() - n.size() - 1] == '.'))
       return true;
   }
   return false;
@@ -101,8 +101,7 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
       tokens * ((10 * h + 4 * q + 3 * kv + 4 * f) * b +
                 static_cast<double>(c.num_attention_heads) * static_cast<double>(in.seq_len) * (b + 4));
   const double layers = static_cast<double>(c.num_hidden_layers);
-  const bool checkpointing = in.activation_checkpointing || in.zero_stage == 3;
-  const double saved = checkpointing ? layers * tokens * h * b + per_layer : layers * per_layer;
+  const double saved = in.activation_checkpointing ? layers * tokens * h * b + per_layer : layers * per_layer;
   m.activations = static_cast<int64_t>(saved + 2 * tokens * static_cast<double>(c.vocab_size) * 4);
 
   ModelStates states;
@@ -196,26 +195,31 @@ Plan MakePlan(const PlanInput& input) {
   }
   Evaluate(plan);
   if (!plan.verdict_known) return plan;
-  // Suggestions: the least sharding that fits (stage first, then offload), and the largest
-  // micro-batch that fits as planned.
+  // Suggestions: the least change that fits (the stage first; then activation checkpointing,
+  // which costs a third more compute; then optimizer offload, which costs host bandwidth), and
+  // the largest micro-batch that fits as planned.
   if (!plan.fits) {
-    for (int stage = input.zero_stage; stage <= 3; ++stage) {
-      bool found = false;
-      for (bool offload : {input.offload_optimizer, true}) {
+    for (int stage = input.zero_stage; stage <= 3 && plan.suggestions.empty(); ++stage) {
+      for (const auto& [offload, checkpointing] : std::vector<std::pair<bool, bool>>{
+               {input.offload_optimizer, input.activation_checkpointing},
+               {input.offload_optimizer, true},
+               {true, input.activation_checkpointing},
+               {true, true}}) {
         PlanInput other = input;
         other.zero_stage = stage;
         other.offload_optimizer = offload && input.on_gpu;
+        other.activation_checkpointing = checkpointing;
         const Plan p = Variant(plan, other);
-        if (p.fits) {
-          plan.suggestions.push_back(
-              fmt::format("sharding.zero_stage: {}{} fits ({:.1f} GiB per rank)", stage,
-                          other.offload_optimizer ? " with offload_optimizer: cpu" : "",
-                          static_cast<double>(input.on_gpu ? p.device.total() : p.host.total()) / (1 << 30)));
-          found = true;
-          break;
-        }
+        if (!p.fits) continue;
+        plan.suggestions.push_back(fmt::format(
+            "sharding.zero_stage: {}{}{} fits ({:.1f} GiB per rank)", stage,
+            other.activation_checkpointing && !input.activation_checkpointing
+                ? " with training.activation_checkpointing: true"
+                : "",
+            other.offload_optimizer && !input.offload_optimizer ? " with offload_optimizer: cpu" : "",
+            static_cast<double>(input.on_gpu ? p.device.total() : p.host.total()) / (1 << 30)));
+        break;
       }
-      if (found) break;
     }
     if (plan.suggestions.empty()) {
       plan.suggestions.push_back(
@@ -288,8 +292,7 @@ std::string PlanToText(const Plan& plan) {
       "micro-batch {} x {} tokens{}\n",
       plan.parameters, plan.trainable_parameters, ToString(in.method.type), in.model.num_hidden_layers,
       in.model.hidden_size, in.ranks, in.zero_stage, in.offload_optimizer ? " + optimizer offload" : "",
-      ToString(in.dtype), in.micro_batch, in.seq_len,
-      in.activation_checkpointing || in.zero_stage == 3 ? ", activation checkpointing" : "");
+      ToString(in.dtype), in.micro_batch, in.seq_len, in.activation_checkpointing ? ", activation checkpointing" : "");
   const MemoryByKind& d = in.on_gpu ? plan.device : plan.host;
   text += fmt::format(
       "per rank ({}): parameters {:.2f} GiB, gradients {:.2f} GiB, optimizer state {:.2f} GiB, buffers {:.2f} GiB, "

@@ -73,7 +73,9 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     ZeroEngine& engine = *call->engine;
     at::Tensor leaf = call->inner_input, output = call->inner_output;
     UnitParameters params = call->inner_params;
-    if (call->recompute) {
+    if (!call->recompute) {
+      engine.Regather(call->units);
+    } else {
       params = engine.Acquire(call->units, /*requires_grad=*/true);
       leaf = AsLeaf(ctx->get_saved_variables()[0]);
       const at::Tensor now = RngState(engine);
@@ -101,7 +103,7 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     for (const auto& [name, tensor] : params.all())
       parameter_grads.push_back(tensor.requires_grad() ? grads[next++] : at::Tensor());
     engine.AddGradients(call->units, params, parameter_grads);
-    if (call->recompute) engine.Release(call->units);
+    engine.Release(call->units);
     return {input_grad ? grads[0] : at::Tensor(), at::Tensor(), at::Tensor()};
   }
 

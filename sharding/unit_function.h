@@ -5,9 +5,9 @@
 // unit's gradient reduction the moment its backward is done, overlapping the backward of the
 // units before it.
 //
-// With recompute (activation checkpointing, and always at stage 3) the forward keeps only the
-// unit's input and recomputes the unit inside backward; otherwise the forward keeps its inner
-// graph for backward.
+// With recompute (activation checkpointing) the forward keeps only the unit's input and
+// recomputes the unit inside backward; otherwise the forward keeps its inner graph for backward
+// (at stage 3 the engine gathers the unit's parameters again into the storage that graph holds).
 
 #include <ATen/ATen.h>
 

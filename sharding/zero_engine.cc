@@ -176,11 +176,42 @@ void ZeroEngine::BeginMicroBatch(bool last) {
   for (auto& unit : units_) unit->uses = 0;
 }
 
+namespace {
+
+void FreeStorage(const at::Tensor& tensor) {
+  c10::StorageImpl* storage = tensor.storage().unsafeGetStorageImpl();
+  storage->set_data_ptr(at::DataPtr(nullptr, tensor.device()));
+  storage->set_nbytes(0);
+}
+
+void AllocateStorage(const at::Tensor& tensor) {
+  c10::StorageImpl* storage = tensor.storage().unsafeGetStorageImpl();
+  const size_t bytes = static_cast<size_t>(tensor.numel()) * tensor.element_size();
+  storage->set_data_ptr(storage->allocator()->allocate(bytes));
+  storage->set_nbytes(bytes);
+}
+
+}  // namespace
+
 void ZeroEngine::Gather(int u) {
   Unit& unit = *units_[u];
   if (unit.full.defined() || unit.gather) return;
-  unit.full = at::empty({unit.layout->padded}, Options(config_.compute_dtype));
-  unit.gather = groups_.shard->AllGather(unit.param_shard, unit.full, Tag(u));
+  if (!unit.gathered.defined()) {
+    unit.gathered = at::empty({unit.layout->padded}, Options(config_.compute_dtype));
+  } else {
+    AllocateStorage(unit.gathered);
+  }
+  unit.full = unit.gathered;
+  // Written through an alias with its own version counter: the gather must not count as an
+  // in-place change of the parameters that a saved graph holds (they are the same values).
+  unit.gather_target = unit.gathered.variable_data();
+  unit.gather = groups_.shard->AllGather(unit.param_shard, unit.gather_target, Tag(u));
+}
+
+void ZeroEngine::Ungather(Unit& unit) {
+  unit.full = at::Tensor();
+  unit.gather_target = at::Tensor();
+  if (unit.gathered.defined()) FreeStorage(unit.gathered);
 }
 
 void ZeroEngine::WaitGathered(int u) {
@@ -192,27 +223,35 @@ void ZeroEngine::WaitGathered(int u) {
   }
 }
 
+void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
+  for (int u : units) {
+    Unit& unit = *units_[u];
+    ++unit.acquired;
+    if (config_.stage != 3 || unit.persistent) continue;
+    WaitGathered(u);
+    // Prefetch: the neighbours in the current direction are the next units to be needed. Only
+    // from the unit that runs (the first listed); the others are borrowed (a tied lm_head).
+    // Frozen base layers and their adapters alternate in use but not in order: the next of the
+    // same kind; in backward, only a unit whose backward is still to come.
+    for (int k = 1; u == units.front() && k <= config_.prefetch_units; ++k) {
+      const int next = u + (backward ? -k : k);
+      if (next < 0 || next >= static_cast<int>(units_.size())) break;
+      const Unit& candidate = *units_[next];
+      if (!candidate.persistent && candidate.trainable == unit.trainable && (!backward || candidate.uses > 0)) {
+        Gather(next);
+      }
+    }
+  }
+}
+
+void ZeroEngine::Regather(const std::vector<int>& units) { GatherForUse(units, /*backward=*/true); }
+
 UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_grad) {
+  // With recompute, parameters that require grad are asked for only in backward.
+  GatherForUse(units, /*backward=*/requires_grad && config_.recompute);
   UnitParameters params;
   for (int u : units) {
     Unit& unit = *units_[u];
-    if (config_.stage == 3 && !unit.persistent) {
-      WaitGathered(u);
-      // Prefetch: the neighbours in the current direction are the next units to be needed. Only
-      // from the unit that runs (the first listed); the others are borrowed (a tied lm_head).
-      // Frozen base layers and their adapters alternate in use but not in order: the next of the
-      // same kind; in backward, only a unit whose backward is still to come.
-      const bool backward = requires_grad && config_.recompute;
-      for (int k = 1; u == units.front() && k <= config_.prefetch_units; ++k) {
-        const int next = u + (backward ? -k : k);
-        if (next < 0 || next >= static_cast<int>(units_.size())) break;
-        const Unit& candidate = *units_[next];
-        if (!candidate.persistent && candidate.trainable == unit.trainable && (!backward || candidate.uses > 0)) {
-          Gather(next);
-        }
-      }
-    }
-    ++unit.acquired;
     for (const auto& p : unit.layout->parameters) {
       at::Tensor view = unit.full.narrow(0, p.offset, p.numel).view(p.spec.shape);
       if (requires_grad && unit.trainable) view = view.detach().requires_grad_(true);
@@ -226,7 +265,7 @@ void ZeroEngine::Release(const std::vector<int>& units) {
   for (int u : units) {
     Unit& unit = *units_[u];
     if (--unit.acquired > 0 || config_.stage != 3 || unit.persistent) continue;
-    unit.full = at::Tensor();  // freed; gathered again at the next use
+    Ungather(unit);  // gathered again at the next use
   }
 }
 
@@ -346,7 +385,7 @@ void ZeroEngine::DropGathered() {
       unit->gather->Wait();
       unit->gather.reset();
     }
-    if (config_.stage == 3 && !unit->persistent && unit->acquired == 0) unit->full = at::Tensor();
+    if (config_.stage == 3 && !unit->persistent && unit->acquired == 0) Ungather(*unit);
   }
 }
 

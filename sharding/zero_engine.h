@@ -11,7 +11,9 @@
 //      gradient shard persists.
 //   3  as 2, and parameters are sharded too: a unit is all-gathered just before its forward and
 //      again before its backward, and freed after each (units smaller than the persistence
-//      threshold stay gathered). The next unit's gather is issued ahead (prefetch).
+//      threshold stay gathered). The next unit's gather is issued ahead (prefetch). Backward
+//      uses the graph kept from forward (no recomputation unless activation checkpointing is
+//      on): the gathered parameters' memory is freed, not their tensors, and refilled.
 // With hybrid sharding (shard group smaller than the world), shards live within the shard
 // group and gradient shards are also all-reduced across the replica group. Frozen units (the
 // base model under LoRA and its kin) are held in the compute dtype only, whole at stages 0-2 and
@@ -108,6 +110,9 @@ class ZeroEngine {
   // they are fresh leaves for an inner autograd graph. Balanced by Release(units).
   UnitParameters Acquire(const std::vector<int>& units, bool requires_grad);
   void Release(const std::vector<int>& units);
+  // Backward of units whose forward graph was kept (no recompute): gathers their parameters
+  // again into the storage that graph references. Balanced by Release(units).
+  void Regather(const std::vector<int>& units);
   // Counts one forward use of each unit; each must be matched by one AddGradients.
   void NoteForwardUse(const std::vector<int>& units);
   // Adds gradients for the named parameters (undefined: no contribution). When a unit has had
@@ -151,6 +156,8 @@ class ZeroEngine {
   void DropGathered();
   void PublishParameters();  // master weights -> the parameters forward uses
   void Gather(int u);
+  void Ungather(Unit& unit);
+  void GatherForUse(const std::vector<int>& units, bool backward);
   void WaitGathered(int u);
   CollectiveTag Tag(int u) const;
   at::TensorOptions Options(at::ScalarType dtype) const {

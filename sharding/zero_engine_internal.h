@@ -19,7 +19,13 @@ struct ZeroEngine::Unit {
   bool persistent = true;  // parameters stay gathered between uses
   at::Tensor full;         // (padded,) compute dtype; undefined while released (stage 3)
   at::Tensor param_shard;  // stage 3: (shard_size,) compute dtype, the all-gather's input
-  at::Tensor full_grad;    // (padded,) fp32: accumulated gradient before reduction
+  // Stage 3 (not persistent): the one tensor `full` is while gathered, kept for the whole run.
+  // Released, its storage holds no memory; gathered again, the same storage gets memory back.
+  // Autograd graphs saved from forward reference views of it, so a unit's backward sees its
+  // parameters again once they are re-gathered, as FSDP does.
+  at::Tensor gathered;
+  at::Tensor gather_target;  // an alias of `gathered` with its own version counter (see Gather)
+  at::Tensor full_grad;      // (padded,) fp32: accumulated gradient before reduction
   std::unique_ptr<Work> gather;
   int uses = 0;  // graph nodes of this micro-batch whose backward has not run yet
   int acquired = 0;

@@ -274,8 +274,7 @@ void Trainer::Prepare() {
   zero.optimizer = spec_.training.optimizer;
   zero.persistence_threshold = spec_.sharding.persistence_threshold;
   zero.prefetch_units = static_cast<int>(spec_.sharding.prefetch_layers);
-  // Stage 3 frees a unit's gathered parameters after its forward, so backward must recompute it.
-  zero.recompute = spec_.training.activation_checkpointing || zero.stage == 3;
+  zero.recompute = spec_.training.activation_checkpointing;
   zero.device = device_;
   engine_ = std::make_unique<ZeroEngine>(peft_.Units(), zero, groups_.groups);
   std::set<std::string> adapter;

@@ -11,19 +11,22 @@
 namespace shardtune {
 namespace {
 
-LlamaConfig Example(const std::string& name) {
+// A plan's input with the defaults and one of examples/models/.
+PlanInput Example(const std::string& name) {
   const std::string path = std::string(SHARDTUNE_SOURCE_DIR) + "/examples/models/" + name;
-  return LlamaConfig::Parse(ReadFile(path), path);
+  PlanInput in;
+  in.model = LlamaConfig::Parse(ReadFile(path), path);
+  return in;
 }
 
 TEST(Planner, CountsTheParametersOfRealShapesExactly) {
   // The figures Hugging Face reports for these models.
-  EXPECT_EQ(MakePlan({Example("llama-7b.json")}).parameters, 6738415616);
-  EXPECT_EQ(MakePlan({Example("llama-13b.json")}).parameters, 13015864320);
-  EXPECT_EQ(MakePlan({Example("llama-70b.json")}).parameters, 68976648192);
-  EXPECT_EQ(MakePlan({Example("llama-405b.json")}).parameters, 405853388800);
+  EXPECT_EQ(MakePlan(Example("llama-7b.json")).parameters, 6738415616);
+  EXPECT_EQ(MakePlan(Example("llama-13b.json")).parameters, 13015864320);
+  EXPECT_EQ(MakePlan(Example("llama-70b.json")).parameters, 68976648192);
+  EXPECT_EQ(MakePlan(Example("llama-405b.json")).parameters, 405853388800);
   // PEFT's figure for LoRA r=8 on q_proj and v_proj of Llama-2-7B: 4,194,304.
-  PlanInput lora{Example("llama-7b.json")};
+  PlanInput lora = Example("llama-7b.json");
   lora.method.type = MethodType::kLora;
   lora.method.lora.r = 8;
   EXPECT_EQ(MakePlan(lora).trainable_parameters, 4194304);
@@ -36,7 +39,7 @@ TEST(Planner, ModelStatesAgreeWithDeepSpeedsEstimator) {
   // padding aside; the gathered units are counted under buffers.
   for (const char* name : {"llama-7b.json", "llama-70b.json", "llama-100b-class.json"}) {
     SCOPED_TRACE(name);
-    PlanInput in{Example(name)};
+    PlanInput in = Example(name);
     in.ranks = 1024;
     in.zero_stage = 3;
     in.dtype = ComputeDType::kBf16;
@@ -58,7 +61,7 @@ TEST(Planner, ModelStatesAgreeWithDeepSpeedsEstimator) {
 }
 
 TEST(Planner, JudgesAndSuggests) {
-  PlanInput in{Example("llama-70b.json")};
+  PlanInput in = Example("llama-70b.json");
   in.ranks = 16;
   in.zero_stage = 0;
   in.device_memory_bytes = 80.0 * (1 << 30);
@@ -68,10 +71,15 @@ TEST(Planner, JudgesAndSuggests) {
   EXPECT_FALSE(plan.fits);  // 70B with AdamW unsharded on 80 GiB devices: no
   EXPECT_LT(plan.margin_bytes, 0);
   ASSERT_FALSE(plan.suggestions.empty());
-  EXPECT_NE(plan.suggestions[0].find("sharding.zero_stage: 3 with offload_optimizer: cpu"), std::string::npos)
+  EXPECT_NE(plan.suggestions[0].find("sharding.zero_stage: 3 with training.activation_checkpointing: true with "
+                                     "offload_optimizer: cpu"),
+            std::string::npos)
       << plan.suggestions[0];
   in.zero_stage = 3;
   in.ranks = 64;
+  // 4096-token sequences of a 70B model: the kept activations alone exceed a device.
+  EXPECT_FALSE(MakePlan(in).fits);
+  in.activation_checkpointing = true;
   const Plan sharded = MakePlan(in);
   EXPECT_TRUE(sharded.fits);
   EXPECT_NE(PlanToJson(sharded).find("\"parameters\": 68976648192"), std::string::npos);
@@ -82,9 +90,10 @@ TEST(Planner, JudgesAndSuggests) {
 }
 
 TEST(Planner, PlansA100BModelOn1024RanksWithoutTensors) {
-  PlanInput in{Example("llama-100b-class.json")};
+  PlanInput in = Example("llama-100b-class.json");
   in.ranks = 1024;
   in.zero_stage = 3;
+  in.activation_checkpointing = true;
   in.device_memory_bytes = 141.0 * (1 << 30);
   const Plan plan = MakePlan(in);
   EXPECT_GT(plan.parameters, 100000000000);

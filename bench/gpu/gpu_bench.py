@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""The GPU half of bench/ (run by bench/gpu/run.sh): a large bf16 matrix product, then a 1.1B
+Llama trained in bf16 on one GPU, with MFU against the dense bf16 peak and the measured product.
+
+Usage: gpu_bench.py BUILD_DIR
+"""
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from train_bench import config_of, training_flops_per_token  # noqa: E402
+
+PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16, NVIDIA's datasheet
+SEQ, MICRO, STEPS, WARMUP = 2048, 8, 12, 2
+
+
+def main():
+    bin_dir = Path(sys.argv[1]).resolve() / "bin"
+    gemm = subprocess.run([bin_dir / "gemm_peak", "8192", "5", "cuda", "bf16"], check=True, capture_output=True,
+                          text=True).stdout
+    measured = float(gemm.split("gemm_gflops=")[1].split()[0]) / 1000
+    print(f"- bf16 8192 x 8192 matrix product: {measured:.0f} TFLOP/s ({measured / PEAK_TFLOPS:.0%} of {PEAK_TFLOPS:.0f})")
+    with tempfile.TemporaryDirectory(prefix="shardtune-gpu-bench-") as work:
+        work = Path(work)
+        subprocess.run([bin_dir / "shardtune", "init-model", "--config", config_of("1b"), "--out", work / "model",
+                        "--log-level", "warn"], check=True)
+        r = random.Random(0)
+        with open(work / "train.jsonl", "w") as f:
+            for _ in range(MICRO * STEPS):
+                f.write(json.dumps({"input_ids": [r.randrange(3, 32000) for _ in range(SEQ)]}) + "\n")
+        (work / "job.yaml").write_text(
+            f"name: gpu-bench\nmodel: {{path: {work / 'model'}, dtype: bf16}}\n"
+            f"data: {{train: {work / 'train.jsonl'}, format: tokens, max_seq_len: {SEQ}}}\n"
+            f"training: {{max_steps: {STEPS}, micro_batch_size: {MICRO}, global_batch_size: {MICRO},"
+            f" optimizer: {{lr: 1.0e-4}}}}\noutput: {{dir: {work / 'run'}}}\n")
+        subprocess.run([bin_dir / "shardtune-worker", work / "job.yaml"], check=True)
+        lines = [json.loads(l) for l in open(work / "run" / "metrics.jsonl") if '"step_s"' in l][WARMUP:]
+    tokens_per_s = statistics.median(m["tokens_per_s"] for m in lines)
+    config = json.load(open(config_of("1b")))
+    flops = training_flops_per_token(config, SEQ)
+    achieved = tokens_per_s * flops / 1e12
+    print(f"- Llama 1.1B, bf16, seq {SEQ}, micro batch {MICRO}, one GPU: {tokens_per_s:.0f} tokens/s, "
+          f"{achieved:.0f} TFLOP/s: MFU {achieved / PEAK_TFLOPS:.1%} of the datasheet peak, "
+          f"{achieved / measured:.1%} of the measured product")
+    print(f"- peak memory of the process (host RSS): {max(m['peak_rss_bytes'] for m in lines) / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
