@@ -23,6 +23,7 @@ enum class SchedulerType { kConstant, kLinear, kCosine };
 enum class CommBackend { kAuto, kNccl, kMpi };
 enum class OffloadTarget { kNone, kCpu };
 enum class ExportFormat { kHf, kPeft };
+enum class MetricMode { kAuto, kMin, kMax };
 enum class ChatTemplateChoice { kAuto, kLlama3, kChatml, kLlama2, kMistral, kPlain };
 
 struct ModelSpec {
@@ -124,6 +125,15 @@ struct SchedulerSpec {
   double min_lr_ratio = 0.0;  // linear and cosine decay to lr x min_lr_ratio
 };
 
+// Stops training when the validation metric has not improved for `patience` evaluations.
+struct EarlyStoppingSpec {
+  int64_t patience = 0;                 // evaluations without improvement before stopping; 0: never stop early
+  std::string metric = "val_loss";      // a metric of the evaluation: val_loss or perplexity
+  MetricMode mode = MetricMode::kAuto;  // min or max; auto: min for losses, max for the others
+  double min_delta = 0.0;               // an improvement must beat the best by more than this
+  bool Minimizes() const;
+};
+
 struct TrainingSpec {
   int64_t epochs = 1;
   int64_t max_steps = 0;          // > 0 overrides epochs
@@ -135,7 +145,8 @@ struct TrainingSpec {
   uint64_t seed = 42;
   int64_t eval_every = 0;                 // steps between validations; 0: only after the last step
   int64_t log_every = 1;                  // steps between metrics.jsonl lines
-  bool activation_checkpointing = false;  // recompute each layer in backward (always at ZeRO-3)
+  bool activation_checkpointing = false;  // recompute each layer's forward in its backward
+  EarlyStoppingSpec early_stopping;
 };
 
 struct ShardingSpec {
@@ -152,6 +163,9 @@ struct OutputSpec {
   std::string dir;               // (required)
   int64_t checkpoint_every = 0;  // steps between checkpoints; 0: none besides the final export
   int64_t keep_checkpoints = 0;  // newest checkpoints kept; 0 keeps all
+  // Keep the weights of the best evaluation (training.early_stopping's metric) in
+  // checkpoints/best and export those as final/, not the last step's.
+  bool keep_best = false;
   // Default: [hf] for full fine-tuning, [peft] for the parameter-efficient methods.
   std::vector<ExportFormat> export_formats = {ExportFormat::kHf};
 };
@@ -210,6 +224,7 @@ const char* ToString(SchedulerType v);
 const char* ToString(CommBackend v);
 const char* ToString(OffloadTarget v);
 const char* ToString(ExportFormat v);
+const char* ToString(MetricMode v);
 const char* ToString(OptimizerType v);
 const char* ToString(ChatTemplateChoice v);
 const char* ToString(AdapterPlacement v);

@@ -38,6 +38,8 @@ const EnumTable<DataFormat> kFormats = {
     {"alpaca", DataFormat::kAlpaca}, {"sharegpt", DataFormat::kShareGpt},
     {"text", DataFormat::kText},     {"classification", DataFormat::kClassification},
     {"ner", DataFormat::kNer},       {"tokens", DataFormat::kTokens}};
+const EnumTable<MetricMode> kMetricModes = {
+    {"auto", MetricMode::kAuto}, {"min", MetricMode::kMin}, {"max", MetricMode::kMax}};
 const EnumTable<OptimizerType> kOptimizers = {{"adamw", OptimizerType::kAdamW}};
 const EnumTable<SchedulerType> kSchedulers = {
     {"constant", SchedulerType::kConstant}, {"linear", SchedulerType::kLinear}, {"cosine", SchedulerType::kCosine}};
@@ -491,6 +493,12 @@ void ReadTraining(MapReader m, TrainingSpec* training) {
   m.Int("eval_every", &training->eval_every, 0);
   m.Int("log_every", &training->log_every, 1);
   m.Bool("activation_checkpointing", &training->activation_checkpointing);
+  MapReader stopping = m.Section("early_stopping");
+  stopping.Int("patience", &training->early_stopping.patience, 0);
+  stopping.String("metric", &training->early_stopping.metric);
+  stopping.Enum("mode", &training->early_stopping.mode, kMetricModes);
+  stopping.Double("min_delta", &training->early_stopping.min_delta, 0.0, std::numeric_limits<double>::infinity());
+  stopping.Finish();
   m.Finish();
 }
 
@@ -509,6 +517,7 @@ void ReadOutput(MapReader m, OutputSpec* output) {
   m.Path("dir", &output->dir, /*required=*/true);
   m.Int("checkpoint_every", &output->checkpoint_every, 0);
   m.Int("keep_checkpoints", &output->keep_checkpoints, 0);
+  m.Bool("keep_best", &output->keep_best);
   m.EnumList("export", &output->export_formats, kExports);
   m.Finish();
 }
@@ -577,6 +586,19 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
                                  "adds computation, not weights); use [peft]",
                                  NameOf(kMethods, m)));
     }
+  }
+  bool has_validation = !spec.data.validation.empty() || spec.data.validation_split > 0;
+  for (const auto& task : spec.data.tasks) has_validation = has_validation || !task.validation.empty();
+  const EarlyStoppingSpec& stopping = spec.training.early_stopping;
+  if ((stopping.patience > 0 || spec.output.keep_best) && !has_validation) {
+    reader.Problem(mark_of({"training", "early_stopping"}),
+                   stopping.patience > 0 ? "training.early_stopping" : "output.keep_best",
+                   "needs validation data to judge by: give data.validation or data.validation_split");
+  }
+  if (stopping.metric != "val_loss" && stopping.metric != "perplexity") {
+    reader.Problem(
+        mark_of({"training", "early_stopping", "metric"}), "training.early_stopping.metric",
+        fmt::format("'{}' is not a metric of this evaluation; expected val_loss or perplexity", stopping.metric));
   }
   if (spec.data.packing && (spec.method.type == MethodType::kPrompt || spec.method.type == MethodType::kPrefix)) {
     reader.Problem(mark_of({"data", "packing"}), "data.packing",
@@ -787,6 +809,12 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "eval_every" << YAML::Value << t.eval_every;
   out << YAML::Key << "log_every" << YAML::Value << t.log_every;
   out << YAML::Key << "activation_checkpointing" << YAML::Value << t.activation_checkpointing;
+  out << YAML::Key << "early_stopping" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "patience" << YAML::Value << t.early_stopping.patience;
+  out << YAML::Key << "metric" << YAML::Value << t.early_stopping.metric;
+  out << YAML::Key << "mode" << YAML::Value << NameOf(kMetricModes, t.early_stopping.mode);
+  out << YAML::Key << "min_delta" << YAML::Value << t.early_stopping.min_delta;
+  out << YAML::EndMap;
   out << YAML::EndMap;
 
   const ShardingSpec& s = spec.sharding;
@@ -804,6 +832,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "dir" << YAML::Value << spec.output.dir;
   out << YAML::Key << "checkpoint_every" << YAML::Value << spec.output.checkpoint_every;
   out << YAML::Key << "keep_checkpoints" << YAML::Value << spec.output.keep_checkpoints;
+  out << YAML::Key << "keep_best" << YAML::Value << spec.output.keep_best;
   out << YAML::Key << "export" << YAML::Value << YAML::Flow << YAML::BeginSeq;
   for (ExportFormat f : spec.output.export_formats) out << NameOf(kExports, f);
   out << YAML::EndSeq << YAML::EndMap;
@@ -824,6 +853,12 @@ const char* ToString(SchedulerType v) { return NameOf(kSchedulers, v); }
 const char* ToString(CommBackend v) { return NameOf(kBackends, v); }
 const char* ToString(OffloadTarget v) { return NameOf(kOffloads, v); }
 const char* ToString(ExportFormat v) { return NameOf(kExports, v); }
+const char* ToString(MetricMode v) { return NameOf(kMetricModes, v); }
+
+bool EarlyStoppingSpec::Minimizes() const {
+  if (mode != MetricMode::kAuto) return mode == MetricMode::kMin;
+  return metric.find("loss") != std::string::npos || metric == "perplexity";
+}
 const char* ToString(OptimizerType v) { return NameOf(kOptimizers, v); }
 const char* ToString(ChatTemplateChoice v) { return NameOf(kChatTemplates, v); }
 const char* ToString(AdapterPlacement v) { return NameOf(kPlacements, v); }

@@ -13,6 +13,7 @@
 #include "common/logging.h"
 #include "launcher/client/client.h"
 #include "launcher/launch.h"
+#include "launcher/report.h"
 #include "sharding/planner.h"
 
 namespace shardtune {
@@ -130,6 +131,11 @@ int main(int argc, char** argv) {
   planner->add_option("--output", plan.output, "text or json")->check(CLI::IsMember({"text", "json"}));
   planner->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
+  CLI::App* report = app.add_subcommand("report", "a run's loss and validation curves (PNG) and a summary");
+  std::string run_dir;
+  report->add_option("run_dir", run_dir, "the run's output.dir")->required();
+  report->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
   ClientCommands client(app);
 
   try {
@@ -145,6 +151,10 @@ int main(int argc, char** argv) {
   }
   try {
     if (planner->parsed()) return PlanJob(plan);
+    if (report->parsed()) {
+      std::cout << WriteRunReport(run_dir);
+      return kExitOk;
+    }
   } catch (const Error& e) {
     spdlog::error("{}", e.what());
     return e.code() == ErrorCode::kInternal || e.code() == ErrorCode::kIo ? kExitFailed : kExitInvalidInput;

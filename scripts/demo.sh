@@ -54,6 +54,8 @@ echo "== greedy continuation of '$prompt' after fine-tuning ($out/run/final):"
 after=$("$bin/shardtune" generate --model "$out/run/final" --input-ids "$prompt" --max-new-tokens 12 --format ids --log-level warn)
 echo "   $after"
 echo "   (the counting continuation is: 23 24 25 26 27 28 29 30 31 32 33 34)"
+"$bin/shardtune" report "$out/run" --log-level warn > /dev/null
+echo "== curves: $out/run/report.png (shardtune report); TensorBoard: tensorboard --logdir $out/run/tb"
 
 cat > "$out/lora.yaml" <<YAML
 name: demo-counting-lora

@@ -19,6 +19,11 @@ struct TrainerState {
   uint64_t seed = 0;        // training.seed; step k's randomness is seeded from (seed, k)
   double loss_scale = 1.0;  // fp16 dynamic loss scale (1 for fp32 and bf16)
   int64_t total_steps = 0;  // of the run that wrote it, to refuse resuming a different plan
+  // The best evaluation so far (early stopping and output.keep_best): its step (0: none yet),
+  // its metric, and the evaluations since that did not improve on it.
+  int64_t best_step = 0;
+  double best_value = 0.0;
+  int64_t evaluations_since_best = 0;
 };
 
 void WriteTrainerState(const std::filesystem::path& dir, const TrainerState& state);

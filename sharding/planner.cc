@@ -200,24 +200,24 @@ Plan MakePlan(const PlanInput& input) {
   // the largest micro-batch that fits as planned.
   if (!plan.fits) {
     for (int stage = input.zero_stage; stage <= 3 && plan.suggestions.empty(); ++stage) {
-      for (const auto& [offload, checkpointing] : std::vector<std::pair<bool, bool>>{
-               {input.offload_optimizer, input.activation_checkpointing},
-               {input.offload_optimizer, true},
-               {true, input.activation_checkpointing},
-               {true, true}}) {
+      for (const auto& [offload, checkpointing] :
+           std::vector<std::pair<bool, bool>>{{input.offload_optimizer, input.activation_checkpointing},
+                                              {input.offload_optimizer, true},
+                                              {true, input.activation_checkpointing},
+                                              {true, true}}) {
         PlanInput other = input;
         other.zero_stage = stage;
         other.offload_optimizer = offload && input.on_gpu;
         other.activation_checkpointing = checkpointing;
         const Plan p = Variant(plan, other);
         if (!p.fits) continue;
-        plan.suggestions.push_back(fmt::format(
-            "sharding.zero_stage: {}{}{} fits ({:.1f} GiB per rank)", stage,
-            other.activation_checkpointing && !input.activation_checkpointing
-                ? " with training.activation_checkpointing: true"
-                : "",
-            other.offload_optimizer && !input.offload_optimizer ? " with offload_optimizer: cpu" : "",
-            static_cast<double>(input.on_gpu ? p.device.total() : p.host.total()) / (1 << 30)));
+        plan.suggestions.push_back(
+            fmt::format("sharding.zero_stage: {}{}{} fits ({:.1f} GiB per rank)", stage,
+                        other.activation_checkpointing && !input.activation_checkpointing
+                            ? " with training.activation_checkpointing: true"
+                            : "",
+                        other.offload_optimizer && !input.offload_optimizer ? " with offload_optimizer: cpu" : "",
+                        static_cast<double>(input.on_gpu ? p.device.total() : p.host.total()) / (1 << 30)));
         break;
       }
     }

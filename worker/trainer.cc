@@ -26,6 +26,7 @@
 #include "worker/data/token_dataset.h"
 #include "worker/data/tokenizer/tokenizer.h"
 #include "worker/export.h"
+#include "worker/metrics_log.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
 #include "worker/peft/adapter_io.h"
@@ -70,32 +71,6 @@ void CheckSupported(const JobSpec& spec, at::Device device) {
   }
 }
 
-// Appends one JSON object a line to metrics.jsonl, flushed at once so that tails see it.
-class MetricsLog {
- public:
-  // Drops lines after `resume_step` (written by the interrupted run past its last checkpoint).
-  MetricsLog(const fs::path& path, int64_t resume_step) {
-    if (fs::exists(path)) {
-      std::ifstream in(path);
-      std::string kept, line;
-      while (std::getline(in, line)) {
-        const json record = json::parse(line, nullptr, /*allow_exceptions=*/false);
-        if (!record.is_discarded() && record.value("step", int64_t{0}) <= resume_step) kept += line + "\n";
-      }
-      WriteFileAtomic(path, kept);
-    }
-    out_.open(path, std::ios::app);
-    if (!out_) FailErrno("open", path.string());
-  }
-  void Write(const json& record) {
-    out_ << record.dump() << "\n";
-    out_.flush();
-  }
-
- private:
-  std::ofstream out_;
-};
-
 class Trainer {
  public:
   Trainer(const JobSpec& spec, Communicator& world, const TrainerOptions& options)
@@ -124,8 +99,14 @@ class Trainer {
   bool StopRequested(int64_t step);  // reports the step to the server (rank 0); true: pause
   void LoadInitialWeights(bool resuming);
   void TrainStep(int64_t step);
-  void Evaluate(int64_t step);
-  void Checkpoint(int64_t step);
+  // The early-stopping metric of the evaluation, on every rank.
+  std::optional<double> Evaluate(int64_t step);
+  // Writes checkpoints/step-N (or checkpoints/`name`, not pruned: the best evaluation's).
+  void Checkpoint(int64_t step, const std::string& name = "");
+  // After an evaluation that gave `metric` (none without validation targets): tracks the best
+  // one, keeps its weights with output.keep_best, and says whether training stops early.
+  bool AfterEvaluation(int64_t step, std::optional<double> metric);
+  TrainerState State(int64_t step) const;
   void Export();
   std::vector<const Example*> GlobalBatch(int64_t step);
   std::optional<fs::path> AgreedLatestCheckpoint(const fs::path& checkpoints);
@@ -167,6 +148,9 @@ class Trainer {
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<ProgressBar> progress_;
   TrainingSummary summary_;
+  int64_t best_step_ = 0;  // the best evaluation (TrainerState)
+  double best_value_ = 0.0;
+  int64_t evaluations_since_best_ = 0;
 };
 
 void Trainer::LoadData() {
@@ -347,13 +331,16 @@ void Trainer::Prepare() {
     step_ = state.step;
     tokens_ = state.tokens;
     loss_scale_.set_scale(state.loss_scale);
+    best_step_ = state.best_step;
+    best_value_ = state.best_value;
+    evaluations_since_best_ = state.evaluations_since_best;
     summary_.resumed_from_step = step_;
     if (rank0_) spdlog::info("resuming from {} (step {})", latest->string(), step_);
   } else {
     LoadInitialWeights(/*resuming=*/false);
   }
   if (rank0_) {
-    metrics_ = std::make_unique<MetricsLog>(output_dir_ / "metrics.jsonl", step_);
+    metrics_ = std::make_unique<MetricsLog>(output_dir_, step_);
     progress_ = std::make_unique<ProgressBar>(step_, total_steps_);
   }
 }
@@ -613,8 +600,8 @@ void Trainer::TrainStep(int64_t step) {
   }
 }
 
-void Trainer::Evaluate(int64_t step) {
-  if (validation_.empty()) return;
+std::optional<double> Trainer::Evaluate(int64_t step) {
+  if (validation_.empty()) return std::nullopt;
   at::NoGradGuard no_grad;
   // Ranks take micro-batches round-robin; all run the same number of forwards (the collectives
   // of stage 3 must match), so a rank without examples left runs a one-token batch with no targets.
@@ -646,12 +633,13 @@ void Trainer::Evaluate(int64_t step) {
   AllReduceSumNow(world_, sums, CollectiveTag{"validation loss", step});
   const at::Tensor host = sums.cpu();
   const double targets = host[1][0].item<double>();
-  if (targets == 0) return;
+  if (targets == 0) return std::nullopt;
   const double val_loss = host[0][0].item<double>() / targets;
   summary_.last_val_loss = val_loss;
   last_metrics_["val_loss"] = val_loss;
   last_metrics_["perplexity"] = std::exp(val_loss);
-  if (!rank0_) return;
+  const double metric = spec_.training.early_stopping.metric == "perplexity" ? std::exp(val_loss) : val_loss;
+  if (!rank0_) return metric;
   json record = {{"step", step},
                  {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch_)},
                  {"val_loss", val_loss},
@@ -670,12 +658,44 @@ void Trainer::Evaluate(int64_t step) {
   metrics_->Write(record);
   if (progress_->active()) std::fputs("\r\033[K", stderr);
   spdlog::info("step {}: val_loss {:.4f} perplexity {:.3f}", step, val_loss, std::exp(val_loss));
+  return metric;
 }
 
-void Trainer::Checkpoint(int64_t step) {
+bool Trainer::AfterEvaluation(int64_t step, std::optional<double> metric) {
+  const EarlyStoppingSpec& stopping = spec_.training.early_stopping;
+  if (!metric || (stopping.patience == 0 && !spec_.output.keep_best)) return false;
+  const bool improved = best_step_ == 0 || (stopping.Minimizes() ? *metric < best_value_ - stopping.min_delta
+                                                                 : *metric > best_value_ + stopping.min_delta);
+  if (improved) {
+    best_step_ = step;
+    best_value_ = *metric;
+    evaluations_since_best_ = 0;
+    if (spec_.output.keep_best) Checkpoint(step, "best");
+  } else {
+    ++evaluations_since_best_;
+  }
+  summary_.best_step = best_step_;
+  if (stopping.patience == 0 || evaluations_since_best_ < stopping.patience) return false;
+  if (rank0_) {
+    spdlog::info("stopping early at step {}: {} has not improved on {:.6g} (step {}) for {} evaluations", step,
+                 stopping.metric, best_value_, best_step_, evaluations_since_best_);
+  }
+  return true;
+}
+
+TrainerState Trainer::State(int64_t step) const {
+  TrainerState state{step, tokens_, spec_.training.seed, loss_scale_.scale(), total_steps_};
+  state.best_step = best_step_;
+  state.best_value = best_value_;
+  state.evaluations_since_best = evaluations_since_best_;
+  return state;
+}
+
+void Trainer::Checkpoint(int64_t step, const std::string& name) {
   const fs::path checkpoints = output_dir_ / "checkpoints";
-  const fs::path dir = checkpoints / fmt::format("step-{}", step);
-  const fs::path staging = checkpoints / fmt::format("step-{}.tmp", step);
+  const std::string base = name.empty() ? fmt::format("step-{}", step) : name;
+  const fs::path dir = checkpoints / base;
+  const fs::path staging = checkpoints / (base + ".tmp");
   if (rank0_) {
     fs::remove_all(staging);
     fs::create_directories(staging);
@@ -684,11 +704,13 @@ void Trainer::Checkpoint(int64_t step) {
   engine_->SaveShards(staging.string());
   Barrier("checkpoint shards");
   if (rank0_) {
-    WriteTrainerState(staging, TrainerState{step, tokens_, spec_.training.seed, loss_scale_.scale(), total_steps_});
+    WriteTrainerState(staging, State(step));
     fs::remove_all(dir);
     RenameDirectoryAtomic(staging, dir);
-    PruneCheckpoints(checkpoints, spec_.output.keep_checkpoints);
-    if (options_.on_checkpoint) options_.on_checkpoint(step, dir.string());
+    if (name.empty()) {
+      PruneCheckpoints(checkpoints, spec_.output.keep_checkpoints);
+      if (options_.on_checkpoint) options_.on_checkpoint(step, dir.string());
+    }
   }
   Barrier("checkpoint commit");
 }
@@ -707,10 +729,12 @@ void Trainer::Export() {
 TrainingSummary Trainer::Run() {
   Prepare();
   const int64_t stop = options_.stop_after_step > 0 ? std::min(options_.stop_after_step, total_steps_) : total_steps_;
-  for (; step_ < stop;) {
+  bool stop_early = false;
+  for (; step_ < stop && !stop_early;) {
     TrainStep(step_);
     const int64_t done = ++step_;
-    if (spec_.training.eval_every > 0 && done % spec_.training.eval_every == 0) Evaluate(done);
+    if (spec_.training.eval_every > 0 && done % spec_.training.eval_every == 0)
+      stop_early = AfterEvaluation(done, Evaluate(done));
     const bool checkpointed =
         spec_.output.checkpoint_every > 0 && done % spec_.output.checkpoint_every == 0 && done < total_steps_;
     if (checkpointed) Checkpoint(done);
@@ -726,13 +750,19 @@ TrainingSummary Trainer::Run() {
   }
   if (progress_) progress_->Finish();
   summary_.steps = step_;
-  if (step_ < total_steps_) return summary_;
+  if (step_ < total_steps_ && !stop_early) return summary_;
 
-  if (spec_.training.eval_every == 0 || total_steps_ % spec_.training.eval_every != 0) Evaluate(total_steps_);
+  if (!stop_early && (spec_.training.eval_every == 0 || total_steps_ % spec_.training.eval_every != 0))
+    AfterEvaluation(total_steps_, Evaluate(total_steps_));
+  if (spec_.output.keep_best && best_step_ > 0 && best_step_ != step_) {
+    const fs::path best = output_dir_ / "checkpoints" / "best";
+    if (rank0_) spdlog::info("exporting the best evaluation's weights (step {}) from {}", best_step_, best.string());
+    engine_->LoadShards(best.string());
+  }
+  summary_.stopped_early = stop_early;
   Export();
   if (rank0_ && options_.on_step) {  // the final figures, validation included
-    options_.on_step(total_steps_, total_steps_, static_cast<double>(total_steps_) / steps_per_epoch_, tokens_,
-                     last_metrics_);
+    options_.on_step(step_, total_steps_, static_cast<double>(step_) / steps_per_epoch_, tokens_, last_metrics_);
   }
   summary_.finished = true;
   return summary_;

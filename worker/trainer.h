@@ -36,8 +36,10 @@ struct TrainingSummary {
   int64_t resumed_from_step = 0;  // 0 when the run started fresh
   double last_loss = 0.0;
   std::optional<double> last_val_loss;
-  bool finished = false;  // false when stopped by stop_after_step or a pause
-  bool paused = false;    // stopped at a checkpoint because on_step asked
+  bool finished = false;       // false when stopped by stop_after_step or a pause
+  bool paused = false;         // stopped at a checkpoint because on_step asked
+  bool stopped_early = false;  // training.early_stopping ended it (finished is true too)
+  int64_t best_step = 0;       // the best evaluation's step (with early stopping or keep_best)
 };
 
 // Throws Error for anything the spec, the model or the data get wrong; CollectiveError when

@@ -42,6 +42,19 @@ expect_eq "metrics: one line per step plus one eval" "$(wc -l < "$work/runs/smal
 expect_contains "log lines carry the rank" "$(head -n 1 "$work/runs/small/logs/rank-00000.log")" "[rank 0]"
 ids=$("$bin/shardtune" generate --model "$work/runs/small/final" --input-ids "1 5 6" --max-new-tokens 5 --format ids --log-level warn)
 expect_eq "generate prints 5 ids" "$(wc -w <<<"$ids")" "5"
+out=$("$bin/shardtune" report "$work/runs/small")
+expect_eq "report exits 0" "$?" "0"
+expect_contains "report names the best evaluation" "$out" "best evaluation: val_loss"
+expect_contains "report.txt holds the summary" "$(cat "$work/runs/small/report.txt")" "training loss:"
+png=$(/usr/bin/python3 "$src/tests/e2e/check_png.py" "$work/runs/small/report.png" 31,119,180 255,127,14 2>&1)
+expect_eq "report.png is a valid PNG" "$?" "0"
+expect_contains "it is 960x540" "$png" "960x540"
+loss_px=$(sed -E 's/.*31,119,180:([0-9]+).*/\1/' <<<"$png"); val_px=$(sed -E 's/.*255,127,14:([0-9]+).*/\1/' <<<"$png")
+[ "$loss_px" -gt 300 ] && pass "the loss curve is drawn ($loss_px pixels)" || fail "loss curve: $png"
+[ "$val_px" -gt 40 ] && pass "the validation point is drawn ($val_px pixels)" || fail "validation: $png"
+out=$("$bin/shardtune" report "$work/nothing-here" 2>&1)
+expect_eq "report of a directory without metrics exits 2" "$?" "2"
+expect_contains "it says what is missing" "$out" "no metrics.jsonl"
 
 # A checkpoint exported on its own, loadable like any model directory.
 out=$("$bin/shardtune" export "$work/runs/small/checkpoints/step-3" --to hf --out "$work/exported" 2>&1)

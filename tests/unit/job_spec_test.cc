@@ -265,7 +265,7 @@ TEST_F(JobSpecTest, MethodSectionsParseAndRoundTrip) {
   const JobSpec pattern = Parse(base + "method: {type: lora, lora: {target_modules: 'model\\.layers\\..*_proj'}}\n");
   EXPECT_TRUE(pattern.method.lora.target_is_pattern);
   EXPECT_EQ(pattern.method.lora.target_modules[0], "model\\.layers\\..*_proj");
-  for (const std::string& method :
+  for (const char* method :
        {"{type: ia3, ia3: {target_modules: [k_proj, down_proj], feedforward_modules: [down_proj]}}",
         "{type: adapter, adapter: {bottleneck: 32, placement: houlsby, activation: gelu}}",
         "{type: prefix, prefix: {num_virtual_tokens: 10, projection: true, encoder_hidden_size: 64}}",

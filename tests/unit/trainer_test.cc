@@ -8,13 +8,16 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/tensorboard.h"
 #include "sharding/adamw.h"
+#include "sharding/checkpoint.h"
 #include "sharding/loss_scale.h"
 #include "sharding/lr_schedule.h"
 #include "tiny_models.h"
 #include "worker/data/formats.h"
 #include "worker/data/mixture.h"
 #include "worker/data/token_dataset.h"
+#include "worker/export.h"
 #include "worker/generate.h"
 
 namespace shardtune {
@@ -290,6 +293,90 @@ TEST(LrSchedule, WarmupThenDecayAsHuggingFaceDefinesIt) {
   EXPECT_NEAR(LearningRateAt(optimizer, scheduler, 60, 110), 0.55, 1e-12);
   scheduler.type = SchedulerType::kConstant;
   EXPECT_DOUBLE_EQ(LearningRateAt(optimizer, scheduler, 100, 110), 1.0);
+}
+
+// Random sequences, so that what is learned from training never transfers to validation.
+std::string RandomTokens(int examples, int length, uint64_t seed) {
+  std::string text;
+  uint64_t state = seed;
+  for (int n = 0; n < examples; ++n) {
+    text += "{\"input_ids\": [1";
+    for (int i = 0; i < length; ++i) {
+      state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+      text += ", " + std::to_string(3 + (state >> 33) % 45);
+    }
+    text += "]}\n";
+  }
+  return text;
+}
+
+TEST_F(TrainerTest, EarlyStoppingStopsWhenOverfittingAndExportsTheBestWeights) {
+  // A task built to overfit: eight random sequences to memorize, eight others to validate on.
+  testing::WriteText(dir_ / "memorize.jsonl", RandomTokens(8, 12, 5));
+  testing::WriteText(dir_ / "unseen.jsonl", RandomTokens(8, 12, 6));
+  const JobSpec spec = ParseJobSpec(
+      "name: t\nmodel: {path: base}\n"
+      "data: {train: memorize.jsonl, validation: unseen.jsonl, format: tokens}\n"
+      "output: {dir: run, keep_best: true}\n"
+      "training: {max_steps: 400, micro_batch_size: 8, eval_every: 5, optimizer: {lr: 1.0e-2},"
+      " scheduler: {type: constant}, early_stopping: {patience: 3, min_delta: 0.001}}\n",
+      "job.yaml", dir_.path());
+  const TrainingSummary summary = RunTraining(spec);
+  EXPECT_TRUE(summary.finished);
+  EXPECT_TRUE(summary.stopped_early);
+  EXPECT_LT(summary.steps, 400);
+  // It stopped three evaluations after the best, which was the lowest validation loss seen.
+  std::vector<std::pair<int64_t, double>> evaluations;
+  for (const json& m : Metrics("run"))
+    if (m.contains("val_loss")) evaluations.emplace_back(m.at("step").get<int64_t>(), m.at("val_loss").get<double>());
+  ASSERT_GE(evaluations.size(), 4u);
+  const auto best = std::min_element(evaluations.begin(), evaluations.end(),
+                                     [](const auto& a, const auto& b) { return a.second < b.second; });
+  EXPECT_EQ(summary.best_step, best->first);
+  EXPECT_EQ(summary.steps, best->first + 3 * 5);
+  EXPECT_GT(evaluations.back().second, best->second + 0.1);  // it was overfitting
+  // final/ holds the best evaluation's weights, not the last step's.
+  ExportCheckpoint(dir_ / "run" / "checkpoints" / "best", "hf", dir_ / "best-export", ComputeDType::kFp32);
+  EXPECT_EQ(ReadFile(dir_ / "run" / "final" / "model.safetensors"),
+            ReadFile(dir_ / "best-export" / "model.safetensors"));
+  EXPECT_EQ(ReadTrainerState(dir_ / "run" / "checkpoints" / "best").step, best->first);
+}
+
+TEST_F(TrainerTest, TensorBoardScalarsEqualTheMetricsAndResumesRestartTheCurve) {
+  TrainerOptions interrupt;
+  interrupt.stop_after_step = 6;
+  RunTraining(Spec("run", "{max_steps: 8, micro_batch_size: 4, eval_every: 4}"), interrupt);
+  RunTraining(Spec("run", "{max_steps: 8, micro_batch_size: 4, eval_every: 4}"));
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(dir_ / "run" / "tb")) files.push_back(entry.path());
+  ASSERT_EQ(files.size(), 2u);      // one per run
+  std::map<int64_t, float> losses;  // by step, the later file's values replacing the earlier's
+  bool restarted = false;
+  std::vector<std::vector<TensorBoardEvent>> runs;
+  for (const auto& f : files) runs.push_back(ReadTensorBoardFile(f));
+  // The resumed run's file is the one that starts with a SessionLog START: read it last.
+  auto resumed = [](const std::vector<TensorBoardEvent>& events) {
+    return events.size() > 1 && events[1].session_start;
+  };
+  std::sort(runs.begin(), runs.end(), [&](const auto& a, const auto& b) { return !resumed(a) && resumed(b); });
+  for (const auto& events : runs) {
+    for (const TensorBoardEvent& e : events) {
+      if (e.session_start) {
+        restarted = true;
+        EXPECT_EQ(e.step, 4);  // the checkpoint the second run resumed from
+      }
+      for (const auto& [tag, value] : e.scalars)
+        if (tag == "loss") losses[e.step] = value;
+    }
+  }
+  EXPECT_TRUE(restarted);
+  size_t checked = 0;
+  for (const json& m : Metrics("run")) {
+    if (!m.contains("loss")) continue;
+    EXPECT_EQ(losses.at(m.at("step").get<int64_t>()), static_cast<float>(m.at("loss").get<double>()));
+    ++checked;
+  }
+  EXPECT_EQ(checked, 8u);
 }
 
 TEST(AdamW, FollowsTheReferenceArithmeticAndSkipsDecayWhereTold) {
