@@ -31,6 +31,9 @@ struct ModelSpec {
   std::string tokenizer;  // (optional) defaults to the tokenizer in `path`
   ComputeDType dtype = ComputeDType::kFp32;
   ModelTask task = ModelTask::kCausalLm;
+  // Classification and NER: the class (or BIO tag) names in id order. Default: config.json's
+  // id2label, else the sorted names of the training data; the job.yaml a run writes records them.
+  std::vector<std::string> labels;
 };
 
 enum class AdapterPlacement { kHoulsby, kPfeiffer };

@@ -2,8 +2,10 @@
 // allows, so anything else is reported as unknown with the closest allowed key. Problems are
 // collected, not thrown one at a time, so a user fixes a spec in one pass.
 
+#include <fmt/ranges.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <limits>
 #include <map>
 #include <optional>
@@ -371,6 +373,7 @@ void ReadModel(MapReader m, ModelSpec* model) {
   m.Path("tokenizer", &model->tokenizer);
   m.Enum("dtype", &model->dtype, kDTypes);
   m.Enum("task", &model->task, kTasks);
+  m.StringList("labels", &model->labels);
   m.Finish();
 }
 
@@ -595,10 +598,35 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
                    stopping.patience > 0 ? "training.early_stopping" : "output.keep_best",
                    "needs validation data to judge by: give data.validation or data.validation_split");
   }
-  if (stopping.metric != "val_loss" && stopping.metric != "perplexity") {
-    reader.Problem(
-        mark_of({"training", "early_stopping", "metric"}), "training.early_stopping.metric",
-        fmt::format("'{}' is not a metric of this evaluation; expected val_loss or perplexity", stopping.metric));
+  const std::vector<std::string> metrics =
+      spec.model.task == ModelTask::kCausalLm ? std::vector<std::string>{"val_loss", "perplexity"}
+      : spec.model.task == ModelTask::kSequenceClassification
+          ? std::vector<std::string>{"val_loss", "accuracy", "macro_f1", "micro_f1"}
+          : std::vector<std::string>{"val_loss", "entity_f1", "token_accuracy"};
+  if (std::find(metrics.begin(), metrics.end(), stopping.metric) == metrics.end()) {
+    reader.Problem(mark_of({"training", "early_stopping", "metric"}), "training.early_stopping.metric",
+                   fmt::format("'{}' is not a metric of a {} evaluation; expected one of: {}", stopping.metric,
+                               NameOf(kTasks, spec.model.task), fmt::join(metrics, ", ")));
+  }
+  const bool classification = spec.model.task == ModelTask::kSequenceClassification;
+  const bool ner = spec.model.task == ModelTask::kTokenClassification;
+  std::vector<DataFormat> formats = {spec.data.format};
+  for (const auto& task : spec.data.tasks) formats.push_back(task.format);
+  for (DataFormat f : formats) {
+    const bool ok = classification ? f == DataFormat::kClassification
+                    : ner          ? f == DataFormat::kNer
+                                   : f != DataFormat::kClassification && f != DataFormat::kNer;
+    if (!ok) {
+      reader.Problem(mark_of({"data", "format"}), "data.format",
+                     fmt::format("'{}' does not fit model.task '{}' (sequence_classification reads classification, "
+                                 "token_classification reads ner, causal_lm the others)",
+                                 NameOf(kFormats, f), NameOf(kTasks, spec.model.task)));
+      break;
+    }
+  }
+  if ((classification || ner) && !spec.data.tasks.empty()) {
+    reader.Problem(mark_of({"data", "tasks"}), "data.tasks",
+                   "classification and NER train one dataset (one label set); give data.train");
   }
   if (spec.data.packing && (spec.method.type == MethodType::kPrompt || spec.method.type == MethodType::kPrefix)) {
     reader.Problem(mark_of({"data", "packing"}), "data.packing",
@@ -757,6 +785,11 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   if (!spec.model.tokenizer.empty()) out << YAML::Key << "tokenizer" << YAML::Value << spec.model.tokenizer;
   out << YAML::Key << "dtype" << YAML::Value << NameOf(kDTypes, spec.model.dtype);
   out << YAML::Key << "task" << YAML::Value << NameOf(kTasks, spec.model.task);
+  if (!spec.model.labels.empty()) {
+    out << YAML::Key << "labels" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+    for (const auto& label : spec.model.labels) out << label;
+    out << YAML::EndSeq;
+  }
   out << YAML::EndMap;
   EmitMethod(out, spec.method);
 

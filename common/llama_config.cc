@@ -164,6 +164,31 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   }
   if (!(c.rms_norm_eps > 0)) Fail(ErrorCode::kInvalidArgument, "{}: rms_norm_eps must be positive", where);
   if (!(c.rope_theta > 0)) Fail(ErrorCode::kInvalidArgument, "{}: rope_theta must be positive", where);
+  if (root.contains("architectures") && root["architectures"].is_array() && !root["architectures"].empty() &&
+      root["architectures"][0].is_string()) {
+    const std::string architecture = root["architectures"][0].get<std::string>();
+    if (architecture.find("ForSequenceClassification") != std::string::npos)
+      c.task = ModelTask::kSequenceClassification;
+    if (architecture.find("ForTokenClassification") != std::string::npos) c.task = ModelTask::kTokenClassification;
+  }
+  if (root.contains("id2label") && root["id2label"].is_object()) {
+    c.label_names.resize(root["id2label"].size());
+    for (const auto& [key, value] : root["id2label"].items()) {
+      size_t id = 0;
+      try {
+        id = std::stoul(key);
+      } catch (const std::exception&) {
+        id = c.label_names.size();
+      }
+      if (id >= c.label_names.size() || !value.is_string())
+        Fail(ErrorCode::kInvalidArgument, "{}: id2label must map 0..{} to names", where, c.label_names.size() - 1);
+      c.label_names[id] = value.get<std::string>();
+    }
+  }
+  if (root.contains("classifier_dropout") && root["classifier_dropout"].is_number())
+    c.classifier_dropout = root["classifier_dropout"].get<double>();
+  if (c.task != ModelTask::kCausalLm && c.label_names.empty())
+    Fail(ErrorCode::kInvalidArgument, "{}: a classification model needs id2label (its classes)", where);
   return c;
 }
 
@@ -180,7 +205,11 @@ int64_t LlamaConfig::num_parameters() const {
   if (qkv_bias) per_layer += q + 2 * kv;
   if (o_bias) per_layer += h;
   if (mlp_bias) per_layer += 2 * intermediate_size + h;
-  return vocab_size * h * (tie_word_embeddings ? 1 : 2) + h + num_hidden_layers * per_layer;
+  const int64_t labels = num_labels();
+  const int64_t head = task == ModelTask::kCausalLm                 ? (tie_word_embeddings ? 0 : vocab_size * h)
+                       : task == ModelTask::kSequenceClassification ? labels * h
+                                                                    : labels * h + labels;
+  return vocab_size * h + head + h + num_hidden_layers * per_layer;
 }
 
 }  // namespace shardtune

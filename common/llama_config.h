@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "common/job_spec.h"
+
 namespace shardtune {
 
 enum class RopeScalingType { kNone, kLinear, kLlama3 };
@@ -46,6 +48,14 @@ struct LlamaConfig {
   std::vector<int64_t> eos_token_ids;
   std::string hidden_act = "silu";
   std::string torch_dtype = "float32";
+  // The head: the language-model head, or a classifier `score` over num_labels classes, as
+  // transformers' LlamaForSequenceClassification (no bias; read at each sequence's last token)
+  // and LlamaForTokenClassification (with bias, after dropout) have. From config.json's
+  // architectures and id2label; a training job sets it from model.task and its data's labels.
+  ModelTask task = ModelTask::kCausalLm;
+  std::vector<std::string> label_names;  // id2label, in id order
+  double classifier_dropout = 0.1;       // token classification
+  int64_t num_labels() const { return static_cast<int64_t>(label_names.size()); }
 
   // Parses config.json text; `where` names the file in errors. Throws Error naming the field.
   static LlamaConfig Parse(const std::string& json_text, const std::string& where);

@@ -35,7 +35,18 @@ std::vector<ParameterSpec> LlamaParameterSpecs(const LlamaConfig& c) {
     if (c.mlp_bias) add(p + "mlp.down_proj.bias", {h});
   }
   add("model.norm.weight", {h});
-  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, h});
+  switch (c.task) {
+    case ModelTask::kCausalLm:
+      if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, h});
+      break;
+    case ModelTask::kSequenceClassification:
+      add("score.weight", {c.num_labels(), h});
+      break;
+    case ModelTask::kTokenClassification:
+      add("score.weight", {c.num_labels(), h});
+      add("score.bias", {c.num_labels()});
+      break;
+  }
   return specs;
 }
 
@@ -50,7 +61,7 @@ std::vector<UnitSpec> LlamaUnits(const LlamaConfig& c) {
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) units.push_back(UnitSpec{fmt::format("layer {}", i), {}});
   units.push_back(UnitSpec{"head", {}});
   for (const auto& spec : all) {
-    size_t unit = units.size() - 1;  // model.norm, lm_head
+    size_t unit = units.size() - 1;  // model.norm, and lm_head or score
     if (spec.name == "model.embed_tokens.weight") {
       unit = 0;
     } else if (spec.name.rfind("model.layers.", 0) == 0) {

@@ -44,7 +44,7 @@ void WriteMergedModel(ZeroEngine& engine, const PeftMethod& peft, const std::map
   const auto streamed = peft.full() ? ZeroEngine::Units::kAll : ZeroEngine::Units::kFrozen;
   std::unique_ptr<SafetensorsModelWriter> writer;
   if (rank0) {
-    WriteHfCompanions(staging, model_dir, dtype);
+    WriteHfCompanions(staging, model_dir, dtype, peft.config());
     std::vector<TensorMeta> metas;
     for (const auto& unit : engine.layout().units) {
       if (!unit.trainable || peft.full()) {
@@ -111,7 +111,11 @@ void ExportCheckpoint(const fs::path& checkpoint_dir, const std::string& to, con
     Fail(ErrorCode::kInvalidArgument, "--to peft: {} was trained with method 'full'; there is no adapter (use --to hf)",
          checkpoint_dir.string());
   }
-  const LlamaConfig config = LlamaConfig::Load(spec.model.path);
+  LlamaConfig config = LlamaConfig::Load(spec.model.path);
+  if (spec.model.task != ModelTask::kCausalLm) {  // the run's job.yaml records its classes
+    config.task = spec.model.task;
+    config.label_names = spec.model.labels;
+  }
   const PeftMethod peft(config, spec.method);
   SingleProcessCommunicator world;
   OwnedProcessGroups groups = MakeProcessGroups(world, 0);

@@ -1,5 +1,6 @@
 #include "worker/trainer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
@@ -32,6 +33,7 @@
 #include "worker/peft/adapter_io.h"
 #include "worker/peft/peft.h"
 #include "worker/progress.h"
+#include "worker/task_metrics.h"
 
 namespace shardtune {
 
@@ -51,18 +53,20 @@ int64_t PeakRssBytes() {
   return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
+// A classifier the base checkpoint does not have, created as transformers initializes one
+// (normal, std 0.02; biases 0), from a generator of its own seeded by training.seed: the same
+// head on every rank and every run.
+at::Tensor NewHeadTensor(const ParameterSpec& spec, uint64_t seed) {
+  if (spec.shape.size() == 1) return at::zeros(spec.shape, at::kFloat);
+  at::Generator generator = at::detail::createCPUGenerator(seed * 1000003ULL + 0x5c0e);
+  return at::normal(0.0, 0.02, spec.shape, generator);
+}
+
 // What this build trains; everything else in the spec is valid but lands in later work.
 void CheckSupported(const JobSpec& spec, at::Device device) {
   auto unsupported = [](const std::string& what) {
     Fail(ErrorCode::kUnimplemented, "{} is not supported by this build yet", what);
   };
-  if (spec.data.format == DataFormat::kClassification || spec.data.format == DataFormat::kNer) {
-    unsupported(fmt::format("data.format '{}' (supported: chat, completion, alpaca, sharegpt, text, tokens)",
-                            ToString(spec.data.format)));
-  }
-  if (spec.model.task != ModelTask::kCausalLm) {
-    unsupported(fmt::format("model.task '{}' (supported: causal_lm)", ToString(spec.model.task)));
-  }
   if (spec.model.dtype == ComputeDType::kFp16 && device.is_cpu()) {
     unsupported("model.dtype fp16 on CPU (LibTorch's CPU kernels have no fp16 matrix products; use bf16)");
   }
@@ -93,9 +97,16 @@ class Trainer {
   void LoadData();
   // Logits of a batch; `training` turns dropout on.
   at::Tensor Forward(const Batch& batch, bool training);
+  // The loss of the task (causal LM, sequence or token classification) and what it counts.
+  LossSum TaskLossSum(const at::Tensor& logits, const Batch& batch) const;
+  int64_t TargetsOf(const Example& e) const;
+  std::optional<double> EvaluateClassifier(int64_t step);
   // The units whose parameters some computation uses (`primary`'s unit first: it leads prefetch).
   std::vector<int> UnitsUsing(const std::string& primary, const std::function<bool(const std::string&)>& uses) const;
-  void ReadInitAdapter();            // method.init_from, checked against the method
+  void ReadInitAdapter();  // method.init_from, checked against the method
+  // Classification and NER: the model gets the classifier `score` over the data's classes (which
+  // `resolved` records), PEFT methods train it in full (modules_to_save).
+  void UseClassifierHead(JobSpec& resolved);
   bool StopRequested(int64_t step);  // reports the step to the server (rank 0); true: pause
   void LoadInitialWeights(bool resuming);
   void TrainStep(int64_t step);
@@ -134,6 +145,7 @@ class Trainer {
   std::vector<int64_t> validation_tasks_;  // the task of each validation example
   std::vector<TaskRange> tasks_;           // where each task's examples are in train_
   std::vector<std::string> task_names_;
+  std::vector<std::string> label_names_;  // classification and NER: the classes (or tags), by id
   int64_t ranks_ = 1;
   int64_t micro_ = 1;
   int64_t accumulation_ = 1;
@@ -171,7 +183,10 @@ void Trainer::LoadData() {
     const TaskSpec& task = sources[t];
     FormatOptions options = job_data.options;
     options.format = task.format;
+    if (!spec_.model.labels.empty()) options.label_names = spec_.model.labels;
     TokenDataset train = ReadDataset(task.train, options);
+    // Validation uses the training data's classes, whatever subset of them it holds.
+    options.label_names = label_names_ = train.label_names;
     std::vector<Example> examples = std::move(train.examples);
     if (train.truncated > 0 && rank0_) {
       spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", task.train,
@@ -243,10 +258,12 @@ void Trainer::Prepare() {
   accumulation_ = spec_.GradientAccumulation(ranks_);
 
   LoadData();  // before anything is written: bad data leaves no output behind
+  JobSpec resolved = spec_;
+  if (spec_.model.task != ModelTask::kCausalLm) UseClassifierHead(resolved);
   ReadInitAdapter();
   fs::create_directories(output_dir_ / "logs");
   AddLogFile(output_dir_ / "logs" / fmt::format("rank-{:05d}.log", world_.rank()));
-  if (rank0_) WriteFileAtomic(output_dir_ / "job.yaml", JobSpecToYaml(spec_));
+  if (rank0_) WriteFileAtomic(output_dir_ / "job.yaml", JobSpecToYaml(resolved));
 
   steps_per_epoch_ = static_cast<int64_t>(train_.size()) / global_batch_;  // the last partial batch is dropped
   total_steps_ = spec_.training.max_steps > 0 ? spec_.training.max_steps : spec_.training.epochs * steps_per_epoch_;
@@ -276,7 +293,8 @@ void Trainer::Prepare() {
     }));
   }
   head_units_ = UnitsUsing("model.norm.weight", [&](const std::string& name) {
-    return name == "model.norm.weight" || name == LmHeadName(config_);
+    return name == "model.norm.weight" ||
+           (config_.task == ModelTask::kCausalLm ? name == LmHeadName(config_) : name.rfind("score.", 0) == 0);
   });
 
   if (rank0_) {
@@ -343,6 +361,155 @@ void Trainer::Prepare() {
     metrics_ = std::make_unique<MetricsLog>(output_dir_, step_);
     progress_ = std::make_unique<ProgressBar>(step_, total_steps_);
   }
+}
+
+void Trainer::UseClassifierHead(JobSpec& resolved) {
+  const auto classes = static_cast<int64_t>(label_names_.size());
+  if (classes < 2) {
+    Fail(ErrorCode::kInvalidArgument, "{}: a classifier needs at least 2 classes; the data has {}", spec_.data.train,
+         classes);
+  }
+  config_.task = spec_.model.task;
+  config_.label_names = label_names_;
+  resolved.model.labels = label_names_;
+  blocks_ = LlamaBlocks(config_);
+  // The head is new: a parameter-efficient method trains it in full, as PEFT's task types do.
+  if (resolved.method.type != MethodType::kFull &&
+      std::find(resolved.method.modules_to_save.begin(), resolved.method.modules_to_save.end(), "score") ==
+          resolved.method.modules_to_save.end()) {
+    resolved.method.modules_to_save.push_back("score");
+  }
+  peft_ = PeftMethod(config_, resolved.method);
+  if (rank0_) {
+    spdlog::info("{} head `score` over {} classes: {}", ToString(config_.task), classes, fmt::join(label_names_, ", "));
+  }
+}
+
+int64_t Trainer::TargetsOf(const Example& e) const {
+  switch (config_.task) {
+    case ModelTask::kSequenceClassification:
+      return e.class_label >= 0 ? 1 : 0;
+    case ModelTask::kTokenClassification:
+      return std::count_if(e.labels.begin(), e.labels.end(), [](int64_t l) { return l != -100; });
+    case ModelTask::kCausalLm:
+      break;
+  }
+  return e.target_tokens();
+}
+
+LossSum Trainer::TaskLossSum(const at::Tensor& logits, const Batch& batch) const {
+  switch (config_.task) {
+    case ModelTask::kSequenceClassification:
+      return SequenceClassificationLossSum(logits, batch.attention_mask, batch.class_labels);
+    case ModelTask::kTokenClassification:
+      return TokenClassificationLossSum(logits, batch.labels);
+    case ModelTask::kCausalLm:
+      break;
+  }
+  return CausalLmLossSum(logits, batch.labels.to(device_));
+}
+
+std::optional<double> Trainer::EvaluateClassifier(int64_t step) {
+  at::NoGradGuard no_grad;
+  const bool ner = config_.task == ModelTask::kTokenClassification;
+  const int64_t n = config_.num_labels();
+  const std::vector<std::string> types = ner ? EntityTypes(label_names_) : std::vector<std::string>{};
+  const auto t = static_cast<int64_t>(types.size());
+  // Summed over ranks: the loss and its targets, then the confusion matrix (true x predicted),
+  // or per entity type (true positives, predicted, gold) and the tagged tokens predicted right.
+  const int64_t counted = ner ? 3 * t + 1 : n * n;
+  std::vector<double> sums(2 + counted, 0.0);
+  std::vector<int64_t> counts(counted, 0);
+  const auto v = static_cast<int64_t>(validation_.size());
+  const int64_t rounds = (v + micro_ * ranks_ - 1) / (micro_ * ranks_);
+  const Example idle{{config_.pad_token_id, config_.pad_token_id}, {-100, -100}, {}, {}};
+  for (int64_t round = 0; round < rounds; ++round) {
+    const int64_t begin = (round * ranks_ + world_.rank()) * micro_;
+    std::vector<const Example*> examples;
+    for (int64_t i = begin; i < std::min(begin + micro_, v); ++i) examples.push_back(&validation_[i]);
+    if (examples.empty()) examples.push_back(&idle);  // every rank runs as many forwards
+    const Batch batch = WithVirtualTokens(Collate(examples, config_.pad_token_id), peft_.prompt_tokens());
+    const at::Tensor logits = Forward(batch, /*training=*/false);
+    const LossSum loss = TaskLossSum(logits, batch);
+    sums[0] += loss.sum.item<double>();
+    sums[1] += static_cast<double>(loss.tokens);
+    if (!ner) {
+      const at::Tensor predicted = PooledLogits(logits, batch.attention_mask).argmax(-1).cpu();
+      for (size_t i = 0; i < examples.size(); ++i) {
+        const int64_t gold = examples[i]->class_label;
+        if (gold >= 0) ++counts[gold * n + predicted[static_cast<int64_t>(i)].item<int64_t>()];
+      }
+      continue;
+    }
+    const at::Tensor predicted = logits.argmax(-1).cpu();
+    const at::Tensor labels = batch.labels.cpu();
+    for (size_t i = 0; i < examples.size(); ++i) {
+      std::vector<std::string> gold_tags, predicted_tags;
+      for (int64_t k = 0; k < labels.size(1); ++k) {
+        const int64_t gold = labels[static_cast<int64_t>(i)][k].item<int64_t>();
+        if (gold == -100) continue;
+        const int64_t guess = predicted[static_cast<int64_t>(i)][k].item<int64_t>();
+        gold_tags.push_back(label_names_[gold]);
+        predicted_tags.push_back(label_names_[guess]);
+        counts[3 * t] += gold == guess;
+      }
+      CountEntities(gold_tags, predicted_tags, types, counts);
+    }
+  }
+  for (int64_t i = 0; i < counted; ++i) sums[2 + i] = static_cast<double>(counts[i]);
+  at::Tensor reduced = at::tensor(sums, at::kDouble).to(device_);
+  AllReduceSumNow(world_, reduced, CollectiveTag{"validation metrics", step});
+  const at::Tensor host = reduced.cpu();
+  const double targets = host[1].item<double>();
+  if (targets == 0) return std::nullopt;
+  for (int64_t i = 0; i < counted; ++i) counts[i] = static_cast<int64_t>(host[2 + i].item<double>());
+  const double val_loss = host[0].item<double>() / targets;
+  summary_.last_val_loss = val_loss;
+  json record = {{"step", step},
+                 {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch_)},
+                 {"val_loss", val_loss},
+                 {"val_examples", ner ? v : static_cast<int64_t>(targets)}};
+  std::string line;
+  if (!ner) {
+    const ClassificationMetrics m = FromConfusion(counts, n);
+    record["accuracy"] = m.accuracy;
+    record["macro_f1"] = m.macro_f1;
+    record["micro_f1"] = m.micro_f1;
+    record["per_class"] = json::object();
+    for (int64_t c = 0; c < n; ++c) {
+      record["per_class"][label_names_[c]] = {{"precision", m.classes[c].precision},
+                                              {"recall", m.classes[c].recall},
+                                              {"f1", m.classes[c].f1},
+                                              {"support", m.classes[c].support}};
+    }
+    json confusion = json::array();
+    for (int64_t r = 0; r < n; ++r)
+      confusion.push_back(std::vector<int64_t>(counts.begin() + r * n, counts.begin() + (r + 1) * n));
+    record["confusion"] = confusion;  // rows: true class, columns: predicted
+    line = fmt::format("accuracy {:.4f} macro_f1 {:.4f}", m.accuracy, m.macro_f1);
+  } else {
+    const EntityMetrics m = FromEntityCounts(counts, t);
+    record["token_accuracy"] = static_cast<double>(counts[3 * t]) / targets;
+    record["entity_precision"] = m.precision;
+    record["entity_recall"] = m.recall;
+    record["entity_f1"] = m.f1;
+    record["per_type"] = json::object();
+    for (int64_t k = 0; k < t; ++k) {
+      record["per_type"][types[k]] = {{"precision", m.types[k].precision},
+                                      {"recall", m.types[k].recall},
+                                      {"f1", m.types[k].f1},
+                                      {"support", m.types[k].support}};
+    }
+    line = fmt::format("entity_f1 {:.4f} token_accuracy {:.4f}", m.f1, record["token_accuracy"].get<double>());
+  }
+  for (const char* key : {"val_loss", "accuracy", "macro_f1", "micro_f1", "token_accuracy", "entity_f1"})
+    if (record.contains(key)) last_metrics_[key] = record[key].get<double>();
+  const double metric = record.at(spec_.training.early_stopping.metric).get<double>();
+  if (!rank0_) return metric;
+  metrics_->Write(record);
+  if (progress_->active()) std::fputs("\r\033[K", stderr);
+  spdlog::info("step {}: val_loss {:.4f} {}", step, val_loss, line);
+  return metric;
 }
 
 bool Trainer::StopRequested(int64_t step) {
@@ -416,6 +583,8 @@ void Trainer::LoadInitialWeights(bool resuming) {
       [&](const ParameterSpec& parameter) {
         if (const auto it = start.find(parameter.name); it != start.end()) return it->second;
         if (adapter.count(parameter.name)) return peft_.Initial(parameter, spec_.training.seed, base);
+        if (parameter.name.rfind("score.", 0) == 0 && !weights.Find(parameter.name))
+          return NewHeadTensor(parameter, spec_.training.seed);
         return ReadHfTensor(weights, spec_.model.path, parameter);
       },
       resuming ? ZeroEngine::Units::kFrozen : ZeroEngine::Units::kAll);
@@ -491,6 +660,13 @@ at::Tensor Trainer::Forward(const Batch& batch, bool training) {
                      return blocks_.Layer(weights, x, positions, /*cache=*/nullptr, static_cast<size_t>(i));
                    });
   }
+  if (config_.task != ModelTask::kCausalLm) {
+    return ApplyUnits(*engine_, head_units_, h, [this, training](const at::Tensor& x, const UnitParameters& p) {
+      const bool bias = config_.task == ModelTask::kTokenClassification;
+      return blocks_.Classify(x, p("model.norm.weight"), p("score.weight"), bias ? p("score.bias") : at::Tensor(),
+                              training);
+    });
+  }
   return ApplyUnits(*engine_, head_units_, h, [this](const at::Tensor& x, const UnitParameters& p) {
     return blocks_.Head(x, p("model.norm.weight"), p(LmHeadName(config_)));
   });
@@ -514,7 +690,7 @@ void Trainer::TrainStep(int64_t step) {
   const std::vector<const Example*> batch = GlobalBatch(step);
   data_s += SecondsSince(data_start);
   int64_t targets = 0;
-  for (const Example* e : batch) targets += e->target_tokens();
+  for (const Example* e : batch) targets += TargetsOf(*e);
 
   // Per-step seeding makes any randomness a function of (seed, step), which is what lets a
   // resumed run continue exactly.
@@ -531,7 +707,7 @@ void Trainer::TrainStep(int64_t step) {
     data_start = std::chrono::steady_clock::now();
     const Batch micro_batch = WithVirtualTokens(Collate(examples, config_.pad_token_id), peft_.prompt_tokens());
     data_s += SecondsSince(data_start);
-    const LossSum loss = CausalLmLossSum(Forward(micro_batch, /*training=*/true), micro_batch.labels.to(device_));
+    const LossSum loss = TaskLossSum(Forward(micro_batch, /*training=*/true), micro_batch);
     // The loss is the mean over every target token of the global batch: each micro-batch on
     // each rank contributes its sum divided by the global count, and ranks sum gradients.
     // Backward runs even for a batch without targets (as a zero) so every rank's reductions run.
@@ -602,6 +778,7 @@ void Trainer::TrainStep(int64_t step) {
 
 std::optional<double> Trainer::Evaluate(int64_t step) {
   if (validation_.empty()) return std::nullopt;
+  if (config_.task != ModelTask::kCausalLm) return EvaluateClassifier(step);
   at::NoGradGuard no_grad;
   // Ranks take micro-batches round-robin; all run the same number of forwards (the collectives
   // of stage 3 must match), so a rank without examples left runs a one-token batch with no targets.

@@ -196,20 +196,6 @@ TEST_F(TrainerTest, BatchesWithoutTargetsTrainNothingAndDoNotFail) {
   EXPECT_TRUE(at::equal(base.weights->values(), after.weights->values()));
 }
 
-TEST_F(TrainerTest, TasksOfLaterIssuesAreRefusedClearly) {
-  const std::string yaml =
-      "name: t\nmodel: {path: base, task: sequence_classification}\n"
-      "data: {train: train.jsonl, format: tokens}\noutput: {dir: cls}\n";
-  try {
-    RunTraining(ParseJobSpec(yaml, "job.yaml", dir_.path()));
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kUnimplemented);
-    EXPECT_NE(std::string(e.what()).find("model.task 'sequence_classification'"), std::string::npos) << e.what();
-  }
-  EXPECT_FALSE(fs::exists(dir_ / "cls"));
-}
-
 TokenDataset ReadTokens(const fs::path& path, int64_t vocab_size, int64_t max_seq_len) {
   FormatOptions options;
   options.format = DataFormat::kTokens;

@@ -29,6 +29,7 @@ Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id) {
   batch.input_ids = at::full({b, s}, pad_id, at::kLong);
   batch.labels = at::full({b, s}, -100, at::kLong);
   batch.attention_mask = at::zeros({b, s}, at::kLong);
+  batch.class_labels = at::full({b}, -100, at::kLong);
   auto ids = batch.input_ids.accessor<int64_t, 2>();
   auto labels = batch.labels.accessor<int64_t, 2>();
   auto mask = batch.attention_mask.accessor<int64_t, 2>();
@@ -56,6 +57,7 @@ Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id) {
       }
     }
     batch.input_tokens += static_cast<int64_t>(e.input_ids.size());
+    if (e.class_label >= 0) batch.class_labels[i] = e.class_label;
   }
   return batch;
 }

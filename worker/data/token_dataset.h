@@ -43,6 +43,7 @@ struct Batch {
   at::Tensor attention_mask;  // (B, S) int64
   at::Tensor position_ids;    // (B, S) int64, packed batches only (else undefined)
   at::Tensor document_ids;    // (B, S) int64, packed batches only; -1 on padding
+  at::Tensor class_labels;    // (B,) int64: sequence classification's classes, -100 where none
   int64_t input_tokens = 0;   // non-padding tokens
 };
 Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id);

@@ -38,6 +38,10 @@ void WriteHfModel(const std::filesystem::path& out_dir, const std::filesystem::p
 // generation files found beside it into `dir`: everything of a model directory but the weights.
 // `source_dir` is a model directory, or the path of a config file.
 void WriteHfCompanions(const std::filesystem::path& dir, const std::filesystem::path& source_dir, ComputeDType dtype);
+// The same, for a model whose head `model` says (a classifier: config.json gets its architecture,
+// id2label and label2id).
+void WriteHfCompanions(const std::filesystem::path& dir, const std::filesystem::path& source_dir, ComputeDType dtype,
+                       const LlamaConfig& model);
 
 // Initializes weights as transformers does for a new model: normal(0, 0.02) matrices and
 // embeddings, ones for norms, zeros for biases; deterministic for a seed.

@@ -253,6 +253,14 @@ at::Tensor LlamaBlocks::Layer(const LlamaLayerWeights& layer, const at::Tensor& 
   return h + (layer.mlp_adapter.down.defined() ? Bottleneck(mlp, layer.mlp_adapter) : mlp);
 }
 
+at::Tensor LlamaBlocks::Classify(const at::Tensor& hidden, const at::Tensor& norm, const at::Tensor& score,
+                                 const at::Tensor& score_bias, bool training) const {
+  at::Tensor x = RmsNorm(hidden, norm, config_.rms_norm_eps);
+  if (config_.task == ModelTask::kTokenClassification && training && config_.classifier_dropout > 0)
+    x = at::dropout(x, config_.classifier_dropout, /*train=*/true);
+  return Linear(x, score, score_bias).to(at::kFloat);
+}
+
 at::Tensor LlamaBlocks::Head(const at::Tensor& hidden, const at::Tensor& norm, const at::Tensor& lm_head) const {
   return at::linear(RmsNorm(hidden, norm, config_.rms_norm_eps), lm_head).to(at::kFloat);
 }
@@ -300,6 +308,29 @@ std::pair<at::Tensor, at::Tensor> CausalLmLossPerExample(const at::Tensor& logit
   const at::Tensor per_token = at::cross_entropy_loss(logits.narrow(1, 0, s - 1).reshape({-1, logits.size(2)}),
                                                       shifted_labels.reshape({-1}), {}, at::Reduction::None, -100);
   return {per_token.view({b, s - 1}).sum(1), shifted_labels.ne(-100).sum(1)};
+}
+
+at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_mask) {
+  const int64_t b = logits.size(0), labels = logits.size(2);
+  const at::Tensor last = (attention_mask.sum(1) - 1).clamp_min(0).to(logits.device());
+  return logits.gather(1, last.view({b, 1, 1}).expand({b, 1, labels})).squeeze(1);
+}
+
+LossSum SequenceClassificationLossSum(const at::Tensor& logits, const at::Tensor& attention_mask,
+                                      const at::Tensor& class_labels) {
+  const at::Tensor labels = class_labels.to(logits.device());
+  LossSum loss;
+  loss.sum = at::cross_entropy_loss(PooledLogits(logits, attention_mask), labels, {}, at::Reduction::Sum, -100);
+  loss.tokens = labels.ne(-100).sum().item<int64_t>();
+  return loss;
+}
+
+LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels) {
+  const at::Tensor flat = labels.to(logits.device()).reshape({-1});
+  LossSum loss;
+  loss.sum = at::cross_entropy_loss(logits.reshape({-1, logits.size(2)}), flat, {}, at::Reduction::Sum, -100);
+  loss.tokens = flat.ne(-100).sum().item<int64_t>();
+  return loss;
 }
 
 }  // namespace shardtune

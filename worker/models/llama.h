@@ -113,6 +113,10 @@ class LlamaBlocks {
                    KvCache* cache = nullptr, size_t layer_index = 0) const;
   // Final norm and lm_head: logits (B, S, vocab) fp32.
   at::Tensor Head(const at::Tensor& hidden, const at::Tensor& norm, const at::Tensor& lm_head) const;
+  // Final norm and the classifier `score` (bias: token classification only, else undefined):
+  // logits (B, S, labels) fp32 at every position; dropout before score when `training`.
+  at::Tensor Classify(const at::Tensor& hidden, const at::Tensor& norm, const at::Tensor& score,
+                      const at::Tensor& score_bias, bool training) const;
 
  private:
   at::Tensor Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const Positions& positions, KvCache* cache,
@@ -148,5 +152,14 @@ struct LossSum {
 LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels);
 // The same per example: (B,) loss sums and (B,) target counts.
 std::pair<at::Tensor, at::Tensor> CausalLmLossPerExample(const at::Tensor& logits, const at::Tensor& labels);
+
+// Sequence classification reads each sequence's class at its last token (right padding: the
+// mask's length minus one), as LlamaForSequenceClassification does: (B, S, L) -> (B, L).
+at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_mask);
+// Cross-entropy sums of the heads: over the examples with a class (-100: none), and over the
+// tokens with a tag (labels aligned with the tokens, not shifted; -100 ignored).
+LossSum SequenceClassificationLossSum(const at::Tensor& logits, const at::Tensor& attention_mask,
+                                      const at::Tensor& class_labels);
+LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels);
 
 }  // namespace shardtune

@@ -1,0 +1,158 @@
+// The classification heads: their metrics against hand-computed values, and tiny Llamas that
+// learn a generated sentiment task and a generated NER task through shardtune's trainer.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "classification_tasks.h"
+#include "common/atomic_file.h"
+#include "common/job_spec.h"
+#include "common/llama_config.h"
+#include "common/safetensors.h"
+#include "worker/task_metrics.h"
+#include "worker/trainer.h"
+
+namespace shardtune {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+TEST(TaskMetrics, ClassificationMetricsFromAConfusionMatrix) {
+  // Rows: true class, columns: predicted.
+  const ClassificationMetrics m = FromConfusion({5, 1, 0, 2, 3, 1, 0, 0, 4}, 3);
+  EXPECT_DOUBLE_EQ(m.accuracy, 12.0 / 16);
+  EXPECT_DOUBLE_EQ(m.micro_f1, 12.0 / 16);
+  EXPECT_DOUBLE_EQ(m.classes[0].precision, 5.0 / 7);
+  EXPECT_DOUBLE_EQ(m.classes[0].recall, 5.0 / 6);
+  EXPECT_NEAR(m.classes[0].f1, 10.0 / 13, 1e-12);
+  EXPECT_NEAR(m.classes[1].f1, 0.6, 1e-12);
+  EXPECT_NEAR(m.classes[2].f1, 8.0 / 9, 1e-12);
+  EXPECT_EQ(m.classes[1].support, 6);
+  EXPECT_NEAR(m.macro_f1, (10.0 / 13 + 0.6 + 8.0 / 9) / 3, 1e-12);
+  // A class never seen nor predicted counts 0 in the macro average (as scikit-learn's default).
+  EXPECT_NEAR(FromConfusion({3, 0, 0, 0}, 2).macro_f1, 0.5, 1e-12);
+}
+
+TEST(TaskMetrics, EntitiesAreReadAsSeqevalReadsBioTags) {
+  const std::vector<Entity> entities = BioEntities({"B-PER", "I-PER", "O", "I-LOC", "B-LOC", "B-LOC", "I-PER"});
+  const std::vector<Entity> expected = {{"PER", 0, 2}, {"LOC", 3, 4}, {"LOC", 4, 5}, {"LOC", 5, 6}, {"PER", 6, 7}};
+  EXPECT_EQ(entities, expected);
+  EXPECT_EQ(EntityTypes({"O", "B-PER", "I-PER", "B-LOC"}), (std::vector<std::string>{"LOC", "PER"}));
+  // Exact span and type: a person cut short is a miss, and a false alarm.
+  std::vector<int64_t> counts(6, 0);
+  CountEntities({"B-PER", "I-PER", "O", "B-LOC"}, {"B-PER", "O", "O", "B-LOC"}, {"LOC", "PER"}, counts);
+  EXPECT_EQ(counts, (std::vector<int64_t>{1, 1, 1, 0, 1, 1}));
+  const EntityMetrics m = FromEntityCounts(counts, 2);
+  EXPECT_DOUBLE_EQ(m.precision, 0.5);
+  EXPECT_DOUBLE_EQ(m.recall, 0.5);
+  EXPECT_DOUBLE_EQ(m.f1, 0.5);
+  EXPECT_DOUBLE_EQ(m.types[0].f1, 1.0);
+  EXPECT_DOUBLE_EQ(m.types[1].f1, 0.0);
+}
+
+class ClassifierTest : public ::testing::Test {
+ protected:
+  void SetUp() override { testing::WriteByteLevelModel(dir_ / "base"); }
+
+  JobSpec Spec(const std::string& body) {
+    return ParseJobSpec("name: t\nmodel: {path: base, " + body, "job.yaml", dir_.path());
+  }
+
+  json LastEvaluation(const std::string& run) {
+    json last;
+    std::ifstream in(dir_ / run / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const json record = json::parse(line);
+      if (record.contains("val_loss")) last = record;
+    }
+    return last;
+  }
+
+  testing::ScratchDir dir_;
+};
+
+TEST_F(ClassifierTest, ALlamaLearnsSentimentAndExportsAHuggingFaceClassifier) {
+  testing::WriteText(dir_ / "train.jsonl", testing::SentimentData(240, 1));
+  testing::WriteText(dir_ / "val.jsonl", testing::SentimentData(60, 2));
+  const TrainingSummary summary =
+      RunTraining(Spec("task: sequence_classification}\n"
+                       "data: {train: train.jsonl, validation: val.jsonl, format: classification}\n"
+                       "training: {max_steps: 150, micro_batch_size: 16, eval_every: 50, optimizer: {lr: 3.0e-3}}\n"
+                       "output: {dir: run}\n"));
+  EXPECT_TRUE(summary.finished);
+  const json eval = LastEvaluation("run");
+  EXPECT_GE(eval.at("accuracy").get<double>(), 0.95) << eval.dump();
+  EXPECT_GE(eval.at("macro_f1").get<double>(), 0.95) << eval.dump();
+  EXPECT_EQ(eval.at("val_examples").get<int64_t>(), 60);
+  int64_t counted = 0;
+  for (const auto& row : eval.at("confusion"))
+    for (const auto& c : row) counted += c.get<int64_t>();
+  EXPECT_EQ(counted, 60);  // every validation example once
+  EXPECT_EQ(eval.at("per_class").at("positive").at("support").get<int64_t>(), 30);
+
+  // transformers' layout: the architecture, the classes, and score.weight (no lm_head).
+  const json config = json::parse(ReadFile(dir_ / "run" / "final" / "config.json"));
+  EXPECT_EQ(config.at("architectures")[0], "LlamaForSequenceClassification");
+  EXPECT_EQ(config.at("id2label").at("0"), "negative");
+  EXPECT_EQ(config.at("label2id").at("positive"), 1);
+  const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(dir_ / "run" / "final");
+  ASSERT_TRUE(weights.Find("score.weight").has_value());
+  EXPECT_EQ(weights.Find("score.weight")->info->shape, (std::vector<int64_t>{2, 32}));
+  EXPECT_FALSE(weights.Find("lm_head.weight").has_value());
+  const LlamaConfig exported = LlamaConfig::Load(dir_ / "run" / "final");
+  EXPECT_EQ(exported.task, ModelTask::kSequenceClassification);
+  EXPECT_EQ(exported.label_names, (std::vector<std::string>{"negative", "positive"}));
+}
+
+TEST_F(ClassifierTest, ALlamaLearnsNamedEntities) {
+  testing::WriteText(dir_ / "train.jsonl", testing::NerData(240, 3));
+  testing::WriteText(dir_ / "val.jsonl", testing::NerData(60, 4));
+  const TrainingSummary summary =
+      RunTraining(Spec("task: token_classification}\n"
+                       "data: {train: train.jsonl, validation: val.jsonl, format: ner}\n"
+                       "training: {max_steps: 150, micro_batch_size: 16, eval_every: 50, optimizer: {lr: 3.0e-3}}\n"
+                       "output: {dir: run}\n"));
+  EXPECT_TRUE(summary.finished);
+  const json eval = LastEvaluation("run");
+  EXPECT_GE(eval.at("entity_f1").get<double>(), 0.9) << eval.dump();
+  EXPECT_TRUE(eval.at("per_type").contains("PER"));
+  EXPECT_TRUE(eval.at("per_type").contains("LOC"));
+  const json config = json::parse(ReadFile(dir_ / "run" / "final" / "config.json"));
+  EXPECT_EQ(config.at("architectures")[0], "LlamaForTokenClassification");
+  const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(dir_ / "run" / "final");
+  EXPECT_TRUE(weights.Find("score.bias").has_value());
+}
+
+TEST_F(ClassifierTest, LoraTrainsTheHeadInFullAndExportsAnAdapterOfTheTaskType) {
+  testing::WriteText(dir_ / "train.jsonl", testing::SentimentData(240, 1));
+  const TrainingSummary summary = RunTraining(
+      Spec("task: sequence_classification}\nmethod: {type: lora, lora: {r: 4, target_modules: [q_proj, v_proj]}}\n"
+           "data: {train: train.jsonl, validation_split: 0.2, format: classification}\n"
+           "training: {max_steps: 150, micro_batch_size: 16, eval_every: 50, optimizer: {lr: 3.0e-3}}\n"
+           "output: {dir: run}\n"));
+  EXPECT_TRUE(summary.finished);
+  EXPECT_GE(LastEvaluation("run").at("accuracy").get<double>(), 0.9) << LastEvaluation("run").dump();
+  const json adapter = json::parse(ReadFile(dir_ / "run" / "final" / "adapter_config.json"));
+  EXPECT_EQ(adapter.at("task_type"), "SEQ_CLS");
+  EXPECT_EQ(adapter.at("modules_to_save"), json::array({"score"}));
+  const std::string job = ReadFile(dir_ / "run" / "job.yaml");
+  EXPECT_NE(job.find("labels: [negative, positive]"), std::string::npos) << job;
+}
+
+TEST_F(ClassifierTest, TaskAndDataFormatMustAgree) {
+  testing::WriteText(dir_ / "train.jsonl", testing::SentimentData(8, 1));
+  try {
+    Spec("task: token_classification}\ndata: {train: train.jsonl, format: classification}\noutput: {dir: run}\n");
+    FAIL() << "accepted";
+  } catch (const SpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("data.format"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("does not fit model.task 'token_classification'"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "run"));
+}
+
+}  // namespace
+}  // namespace shardtune
