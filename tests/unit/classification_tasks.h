@@ -16,9 +16,10 @@ namespace shardtune::testing {
 
 // A tiny Llama with a byte-level tokenizer.json: every byte its own id, plus one merge of a space
 // with each letter (so that " Bo" starts with the token " B", which a causal model can tag), then
-// <s>, </s>, <pad>: vocab 311.
+// <s>, </s>, <pad>: vocab 311. No classifier dropout: the sharded runs must draw no randomness
+// that depends on how the batch is split.
 inline void WriteByteLevelModel(const std::filesystem::path& dir, uint64_t seed = 0) {
-  WriteTinyModel(dir, TinyConfig("llama", R"("tie_word_embeddings": false)", 311), seed);
+  WriteTinyModel(dir, TinyConfig("llama", R"("tie_word_embeddings": false, "classifier_dropout": 0.0)", 311), seed);
   nlohmann::json vocab = nlohmann::json::object(), merges = nlohmann::json::array();
   for (int b = 0; b < 256; ++b) vocab[ByteToUnicode(static_cast<uint8_t>(b))] = b;
   int next = 256;

@@ -1,0 +1,87 @@
+// The classification heads on many ranks: training and evaluation at ZeRO stages 2 and 3 equal
+// the single-process run: the losses at every step, and the evaluation's metrics (accuracy and
+// confusion matrix; entity precision, recall and F1), every rank's share of the validation set
+// counted once (the validation sets are sized so that ranks hold different numbers).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "classification_tasks.h"
+#include "run_comparison.h"
+#include "worker/trainer.h"
+#include "world.h"
+
+namespace shardtune {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using testing::World;
+
+class ClassifierZeroTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new fs::path(testing::SharedScratchDir("classifier-zero"));
+    if (World().rank() == 0) {
+      testing::WriteByteLevelModel(*dir_ / "base", 3);
+      testing::WriteText(*dir_ / "sentiment.jsonl", testing::SentimentData(64, 1));
+      testing::WriteText(*dir_ / "sentiment-val.jsonl", testing::SentimentData(23, 2));
+      testing::WriteText(*dir_ / "ner.jsonl", testing::NerData(64, 3));
+      testing::WriteText(*dir_ / "ner-val.jsonl", testing::NerData(23, 4));
+    }
+    World().Barrier(CollectiveTag{"setup"});
+  }
+  static void TearDownTestSuite() {
+    World().Barrier(CollectiveTag{"teardown"});
+    if (World().rank() == 0) fs::remove_all(*dir_);
+    delete dir_;
+  }
+
+  static JobSpec Spec(const std::string& task, const std::string& out, int stage, int64_t global) {
+    const bool ner = task == "token_classification";
+    const std::string yaml = fmt::format(
+        "name: t\nmodel: {{path: base, task: {}}}\n"
+        "data: {{train: {}.jsonl, validation: {}-val.jsonl, format: {}}}\n"
+        "output: {{dir: {}}}\n"
+        "training: {{max_steps: 8, micro_batch_size: 2, global_batch_size: {}, eval_every: 4, "
+        "optimizer: {{lr: 3.0e-3}}}}\nsharding: {{zero_stage: {}}}\n",
+        task, ner ? "ner" : "sentiment", ner ? "ner" : "sentiment", ner ? "ner" : "classification", out, global, stage);
+    return ParseJobSpec(yaml, "job.yaml", *dir_);
+  }
+
+  static fs::path* dir_;
+};
+
+fs::path* ClassifierZeroTest::dir_ = nullptr;
+
+TEST_F(ClassifierZeroTest, ShardedTrainingAndEvaluationEqualTheSingleProcessRun) {
+  const int n = World().size();
+  const int64_t global = 4 * n;  // micro-batch 2, accumulation 2 on every world size
+  for (const std::string task : {"sequence_classification", "token_classification"}) {
+    const fs::path reference = *dir_ / fmt::format("ref-{}-{}", task, global);
+    if (World().rank() == 0 && !fs::exists(reference / "final")) RunTraining(Spec(task, reference.string(), 0, global));
+    World().Barrier(CollectiveTag{"reference"});
+    for (int stage : {2, 3}) {
+      SCOPED_TRACE(fmt::format("{} stage {} np {}", task, stage, n));
+      const fs::path out = *dir_ / fmt::format("run-{}-s{}", task, stage);
+      RunTraining(Spec(task, out.string(), stage, global), World());
+      World().Barrier(CollectiveTag{"compare"});
+      testing::ExpectSameLosses(out, reference);
+      const auto sharded = testing::ReadMetrics(out), single = testing::ReadMetrics(reference);
+      int evaluations = 0;
+      for (size_t i = 0; i < single.size(); ++i) {
+        if (!single[i].contains("val_loss")) continue;
+        ++evaluations;
+        EXPECT_NEAR(sharded[i]["val_loss"].get<double>(), single[i]["val_loss"].get<double>(), 1e-5);
+        for (const char* exact : {"confusion", "val_examples", "per_type"})
+          if (single[i].contains(exact)) EXPECT_EQ(sharded[i][exact], single[i][exact]) << exact;
+        for (const char* metric : {"accuracy", "macro_f1", "entity_f1", "token_accuracy"})
+          if (single[i].contains(metric)) EXPECT_DOUBLE_EQ(sharded[i][metric], single[i][metric]) << metric;
+      }
+      EXPECT_EQ(evaluations, 2);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shardtune
