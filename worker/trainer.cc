@@ -26,6 +26,7 @@
 #include "worker/data/mixture.h"
 #include "worker/data/token_dataset.h"
 #include "worker/data/tokenizer/tokenizer.h"
+#include "worker/evaluation.h"
 #include "worker/export.h"
 #include "worker/metrics_log.h"
 #include "worker/models/hf_io.h"
@@ -33,7 +34,6 @@
 #include "worker/peft/adapter_io.h"
 #include "worker/peft/peft.h"
 #include "worker/progress.h"
-#include "worker/task_metrics.h"
 
 namespace shardtune {
 
@@ -100,7 +100,6 @@ class Trainer {
   // The loss of the task (causal LM, sequence or token classification) and what it counts.
   LossSum TaskLossSum(const at::Tensor& logits, const Batch& batch) const;
   int64_t TargetsOf(const Example& e) const;
-  std::optional<double> EvaluateClassifier(int64_t step);
   // The units whose parameters some computation uses (`primary`'s unit first: it leads prefetch).
   std::vector<int> UnitsUsing(const std::string& primary, const std::function<bool(const std::string&)>& uses) const;
   void ReadInitAdapter();  // method.init_from, checked against the method
@@ -409,109 +408,6 @@ LossSum Trainer::TaskLossSum(const at::Tensor& logits, const Batch& batch) const
   return CausalLmLossSum(logits, batch.labels.to(device_));
 }
 
-std::optional<double> Trainer::EvaluateClassifier(int64_t step) {
-  at::NoGradGuard no_grad;
-  const bool ner = config_.task == ModelTask::kTokenClassification;
-  const int64_t n = config_.num_labels();
-  const std::vector<std::string> types = ner ? EntityTypes(label_names_) : std::vector<std::string>{};
-  const auto t = static_cast<int64_t>(types.size());
-  // Summed over ranks: the loss and its targets, then the confusion matrix (true x predicted),
-  // or per entity type (true positives, predicted, gold) and the tagged tokens predicted right.
-  const int64_t counted = ner ? 3 * t + 1 : n * n;
-  std::vector<double> sums(2 + counted, 0.0);
-  std::vector<int64_t> counts(counted, 0);
-  const auto v = static_cast<int64_t>(validation_.size());
-  const int64_t rounds = (v + micro_ * ranks_ - 1) / (micro_ * ranks_);
-  const Example idle{{config_.pad_token_id, config_.pad_token_id}, {-100, -100}, {}, {}};
-  for (int64_t round = 0; round < rounds; ++round) {
-    const int64_t begin = (round * ranks_ + world_.rank()) * micro_;
-    std::vector<const Example*> examples;
-    for (int64_t i = begin; i < std::min(begin + micro_, v); ++i) examples.push_back(&validation_[i]);
-    if (examples.empty()) examples.push_back(&idle);  // every rank runs as many forwards
-    const Batch batch = WithVirtualTokens(Collate(examples, config_.pad_token_id), peft_.prompt_tokens());
-    const at::Tensor logits = Forward(batch, /*training=*/false);
-    const LossSum loss = TaskLossSum(logits, batch);
-    sums[0] += loss.sum.item<double>();
-    sums[1] += static_cast<double>(loss.tokens);
-    if (!ner) {
-      const at::Tensor predicted = PooledLogits(logits, batch.attention_mask).argmax(-1).cpu();
-      for (size_t i = 0; i < examples.size(); ++i) {
-        const int64_t gold = examples[i]->class_label;
-        if (gold >= 0) ++counts[gold * n + predicted[static_cast<int64_t>(i)].item<int64_t>()];
-      }
-      continue;
-    }
-    const at::Tensor predicted = logits.argmax(-1).cpu();
-    const at::Tensor labels = batch.labels.cpu();
-    for (size_t i = 0; i < examples.size(); ++i) {
-      std::vector<std::string> gold_tags, predicted_tags;
-      for (int64_t k = 0; k < labels.size(1); ++k) {
-        const int64_t gold = labels[static_cast<int64_t>(i)][k].item<int64_t>();
-        if (gold == -100) continue;
-        const int64_t guess = predicted[static_cast<int64_t>(i)][k].item<int64_t>();
-        gold_tags.push_back(label_names_[gold]);
-        predicted_tags.push_back(label_names_[guess]);
-        counts[3 * t] += gold == guess;
-      }
-      CountEntities(gold_tags, predicted_tags, types, counts);
-    }
-  }
-  for (int64_t i = 0; i < counted; ++i) sums[2 + i] = static_cast<double>(counts[i]);
-  at::Tensor reduced = at::tensor(sums, at::kDouble).to(device_);
-  AllReduceSumNow(world_, reduced, CollectiveTag{"validation metrics", step});
-  const at::Tensor host = reduced.cpu();
-  const double targets = host[1].item<double>();
-  if (targets == 0) return std::nullopt;
-  for (int64_t i = 0; i < counted; ++i) counts[i] = static_cast<int64_t>(host[2 + i].item<double>());
-  const double val_loss = host[0].item<double>() / targets;
-  summary_.last_val_loss = val_loss;
-  json record = {{"step", step},
-                 {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch_)},
-                 {"val_loss", val_loss},
-                 {"val_examples", ner ? v : static_cast<int64_t>(targets)}};
-  std::string line;
-  if (!ner) {
-    const ClassificationMetrics m = FromConfusion(counts, n);
-    record["accuracy"] = m.accuracy;
-    record["macro_f1"] = m.macro_f1;
-    record["micro_f1"] = m.micro_f1;
-    record["per_class"] = json::object();
-    for (int64_t c = 0; c < n; ++c) {
-      record["per_class"][label_names_[c]] = {{"precision", m.classes[c].precision},
-                                              {"recall", m.classes[c].recall},
-                                              {"f1", m.classes[c].f1},
-                                              {"support", m.classes[c].support}};
-    }
-    json confusion = json::array();
-    for (int64_t r = 0; r < n; ++r)
-      confusion.push_back(std::vector<int64_t>(counts.begin() + r * n, counts.begin() + (r + 1) * n));
-    record["confusion"] = confusion;  // rows: true class, columns: predicted
-    line = fmt::format("accuracy {:.4f} macro_f1 {:.4f}", m.accuracy, m.macro_f1);
-  } else {
-    const EntityMetrics m = FromEntityCounts(counts, t);
-    record["token_accuracy"] = static_cast<double>(counts[3 * t]) / targets;
-    record["entity_precision"] = m.precision;
-    record["entity_recall"] = m.recall;
-    record["entity_f1"] = m.f1;
-    record["per_type"] = json::object();
-    for (int64_t k = 0; k < t; ++k) {
-      record["per_type"][types[k]] = {{"precision", m.types[k].precision},
-                                      {"recall", m.types[k].recall},
-                                      {"f1", m.types[k].f1},
-                                      {"support", m.types[k].support}};
-    }
-    line = fmt::format("entity_f1 {:.4f} token_accuracy {:.4f}", m.f1, record["token_accuracy"].get<double>());
-  }
-  for (const char* key : {"val_loss", "accuracy", "macro_f1", "micro_f1", "token_accuracy", "entity_f1"})
-    if (record.contains(key)) last_metrics_[key] = record[key].get<double>();
-  const double metric = record.at(spec_.training.early_stopping.metric).get<double>();
-  if (!rank0_) return metric;
-  metrics_->Write(record);
-  if (progress_->active()) std::fputs("\r\033[K", stderr);
-  spdlog::info("step {}: val_loss {:.4f} {}", step, val_loss, line);
-  return metric;
-}
-
 bool Trainer::StopRequested(int64_t step) {
   // Rank 0 reports and hears the server's answer; every rank must act on the same answer.
   at::Tensor stop = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(device_));
@@ -778,16 +674,13 @@ void Trainer::TrainStep(int64_t step) {
 
 std::optional<double> Trainer::Evaluate(int64_t step) {
   if (validation_.empty()) return std::nullopt;
-  if (config_.task != ModelTask::kCausalLm) return EvaluateClassifier(step);
   at::NoGradGuard no_grad;
   // Ranks take micro-batches round-robin; all run the same number of forwards (the collectives
   // of stage 3 must match), so a rank without examples left runs a one-token batch with no targets.
   const auto v = static_cast<int64_t>(validation_.size());
   const int64_t rounds = (v + micro_ * ranks_ - 1) / (micro_ * ranks_);
   const Example idle{{config_.pad_token_id, config_.pad_token_id}, {-100, -100}, {}, {}};
-  const auto tasks = static_cast<int64_t>(tasks_.size());
-  // Loss sums and targets: entry 0 over everything, entry 1 + t for task t.
-  at::Tensor sums = at::zeros({2, 1 + tasks}, at::TensorOptions().dtype(at::kDouble).device(device_));
+  Evaluation evaluation(config_, static_cast<int64_t>(tasks_.size()));
   for (int64_t round = 0; round < rounds; ++round) {
     const int64_t begin = (round * ranks_ + world_.rank()) * micro_;
     std::vector<const Example*> examples;
@@ -801,40 +694,25 @@ std::optional<double> Trainer::Evaluate(int64_t step) {
       example_tasks.push_back(0);
     }
     const Batch batch = WithVirtualTokens(Collate(examples, config_.pad_token_id), peft_.prompt_tokens());
-    const auto [loss, targets] = CausalLmLossPerExample(Forward(batch, /*training=*/false), batch.labels.to(device_));
-    const at::Tensor columns = at::tensor(example_tasks, at::kLong).to(device_) + 1;
-    sums[0].index_add_(0, columns, loss.to(at::kDouble));
-    sums[1].index_add_(0, columns, targets.to(at::kDouble));
+    evaluation.Add(Forward(batch, /*training=*/false), batch, examples, example_tasks);
   }
-  sums.select(1, 0).copy_(sums.narrow(1, 1, tasks).sum(1));
-  AllReduceSumNow(world_, sums, CollectiveTag{"validation loss", step});
+  at::Tensor sums = at::tensor(evaluation.sums(), at::kDouble).to(device_);
+  AllReduceSumNow(world_, sums, CollectiveTag{"validation metrics", step});
   const at::Tensor host = sums.cpu();
-  const double targets = host[1][0].item<double>();
-  if (targets == 0) return std::nullopt;
-  const double val_loss = host[0][0].item<double>() / targets;
-  summary_.last_val_loss = val_loss;
-  last_metrics_["val_loss"] = val_loss;
-  last_metrics_["perplexity"] = std::exp(val_loss);
-  const double metric = spec_.training.early_stopping.metric == "perplexity" ? std::exp(val_loss) : val_loss;
+  for (size_t i = 0; i < evaluation.sums().size(); ++i)
+    evaluation.sums()[i] = host[static_cast<int64_t>(i)].item<double>();
+  if (evaluation.targets() == 0) return std::nullopt;
+  const json figures = evaluation.Metrics(task_names_);
+  summary_.last_val_loss = figures.at("val_loss").get<double>();
+  for (const auto& [key, value] : figures.items())
+    if (value.is_number_float()) last_metrics_[key] = value.get<double>();
+  const double metric = figures.at(spec_.training.early_stopping.metric).get<double>();
   if (!rank0_) return metric;
-  json record = {{"step", step},
-                 {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch_)},
-                 {"val_loss", val_loss},
-                 {"perplexity", std::exp(val_loss)},
-                 {"val_tokens", static_cast<int64_t>(targets)}};
-  if (tasks > 1) {
-    record["tasks"] = json::object();
-    for (int64_t t = 0; t < tasks; ++t) {
-      const double task_targets = host[1][1 + t].item<double>();
-      if (task_targets > 0) {
-        record["tasks"][task_names_[t]] = {{"val_loss", host[0][1 + t].item<double>() / task_targets},
-                                           {"val_tokens", static_cast<int64_t>(task_targets)}};
-      }
-    }
-  }
+  json record = {{"step", step}, {"epoch", static_cast<double>(step) / static_cast<double>(steps_per_epoch_)}};
+  record.update(figures);
   metrics_->Write(record);
   if (progress_->active()) std::fputs("\r\033[K", stderr);
-  spdlog::info("step {}: val_loss {:.4f} perplexity {:.3f}", step, val_loss, std::exp(val_loss));
+  spdlog::info("step {}: {}", step, Evaluation::Summary(figures));
   return metric;
 }
 

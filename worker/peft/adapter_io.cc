@@ -49,8 +49,8 @@ json AdapterConfig(const PeftMethod& peft, const std::string& base_model) {
   const char* task = c.task == ModelTask::kSequenceClassification ? "SEQ_CLS"
                      : c.task == ModelTask::kTokenClassification  ? "TOKEN_CLS"
                                                                   : "CAUSAL_LM";
-  json config = {{"peft_type", PeftType(m.type)}, {"task_type", task}, {"base_model_name_or_path", base_model},
-                 {"inference_mode", true},        {"revision", nullptr},      {"auto_mapping", nullptr}};
+  json config = {{"peft_type", PeftType(m.type)}, {"task_type", task},   {"base_model_name_or_path", base_model},
+                 {"inference_mode", true},        {"revision", nullptr}, {"auto_mapping", nullptr}};
   config["modules_to_save"] = m.modules_to_save.empty() ? json(nullptr) : json(m.modules_to_save);
   switch (m.type) {
     case MethodType::kLora:
