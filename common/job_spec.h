@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -228,6 +229,8 @@ const char* ToString(CommBackend v);
 const char* ToString(OffloadTarget v);
 const char* ToString(ExportFormat v);
 const char* ToString(MetricMode v);
+// The format a name in the spec's spelling stands for ("chat", "ner", ...); nullopt if none.
+std::optional<DataFormat> DataFormatNamed(const std::string& name);
 const char* ToString(OptimizerType v);
 const char* ToString(ChatTemplateChoice v);
 const char* ToString(AdapterPlacement v);

@@ -888,6 +888,12 @@ const char* ToString(OffloadTarget v) { return NameOf(kOffloads, v); }
 const char* ToString(ExportFormat v) { return NameOf(kExports, v); }
 const char* ToString(MetricMode v) { return NameOf(kMetricModes, v); }
 
+std::optional<DataFormat> DataFormatNamed(const std::string& name) {
+  for (const auto& [spelling, format] : kFormats)
+    if (spelling == name) return format;
+  return std::nullopt;
+}
+
 bool EarlyStoppingSpec::Minimizes() const {
   if (mode != MetricMode::kAuto) return mode == MetricMode::kMin;
   return metric.find("loss") != std::string::npos || metric == "perplexity";

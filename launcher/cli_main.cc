@@ -26,6 +26,7 @@ const std::vector<std::pair<std::string, std::string>> kWorkerCommands = {
     {"validate-data", "check every data file of a job: errors with file:line and a code"},
     {"export", "export a training checkpoint as a Hugging Face model or PEFT adapter"},
     {"init-model", "write a randomly initialized model for a config.json"},
+    {"evaluate", "a finished model's metrics on a dataset (loss, accuracy, F1, ...)"},
 };
 
 // The command word of argv: the first argument that is neither an option nor an option's value.

@@ -16,6 +16,7 @@
 #include "worker/blas_env.h"
 #include "worker/data/tokenizer/tokenizer.h"
 #include "worker/entry.h"
+#include "worker/evaluate.h"
 #include "worker/export.h"
 #include "worker/generate.h"
 #include "worker/models/hf_io.h"
@@ -170,7 +171,19 @@ int main(int argc, char** argv) {
   init->add_option("--out", out_dir, "output directory (must not exist)")->required();
   init->add_option("--seed", seed, "initialization seed");
 
-  for (CLI::App* command : {generate, tokenize, validate, exporter, init})
+  CLI::App* evaluate = app.add_subcommand("evaluate", "a finished model's metrics on a dataset (its task's)");
+  EvaluateOptions eval;
+  std::string eval_model, eval_adapter, eval_data, eval_tokenizer, eval_output;
+  evaluate->add_option("--model", eval_model, "Hugging Face model directory")->required();
+  evaluate->add_option("--adapter", eval_adapter, "PEFT adapter directory");
+  evaluate->add_option("--data", eval_data, "JSONL dataset")->required();
+  evaluate->add_option("--format", eval.format, "the data's format (default for classifiers: classification or ner)");
+  evaluate->add_option("--tokenizer", eval_tokenizer, "default: the model's");
+  evaluate->add_option("--max-seq-len", eval.max_seq_len, "longer examples are truncated")->check(CLI::PositiveNumber);
+  evaluate->add_option("--batch-size", eval.batch_size, "examples per forward")->check(CLI::PositiveNumber);
+  evaluate->add_option("--output", eval_output, "also write the metrics (JSON) to this file");
+
+  for (CLI::App* command : {generate, tokenize, validate, exporter, init, evaluate})
     command->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
   try {
@@ -195,6 +208,16 @@ int main(int argc, char** argv) {
                                  : export_dtype == "fp16" ? ComputeDType::kFp16
                                                           : ComputeDType::kFp32;
       ExportCheckpoint(checkpoint_dir, export_to, export_out, dtype);
+      return kExitOk;
+    }
+    if (evaluate->parsed()) {
+      eval.model = eval_model;
+      eval.adapter = eval_adapter;
+      eval.data = eval_data;
+      eval.tokenizer = eval_tokenizer;
+      const std::string text = EvaluateModel(eval).dump(2) + "\n";
+      if (!eval_output.empty()) WriteFileAtomic(eval_output, text);
+      std::cout << text;
       return kExitOk;
     }
     if (validate->parsed()) {

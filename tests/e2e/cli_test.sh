@@ -42,6 +42,13 @@ expect_eq "metrics: one line per step plus one eval" "$(wc -l < "$work/runs/smal
 expect_contains "log lines carry the rank" "$(head -n 1 "$work/runs/small/logs/rank-00000.log")" "[rank 0]"
 ids=$("$bin/shardtune" generate --model "$work/runs/small/final" --input-ids "1 5 6" --max-new-tokens 5 --format ids --log-level warn)
 expect_eq "generate prints 5 ids" "$(wc -w <<<"$ids")" "5"
+out=$("$bin/shardtune" evaluate --model "$work/runs/small/final" --data "$work/train.jsonl" --format tokens --log-level warn)
+expect_eq "evaluate exits 0" "$?" "0"
+expect_eq "evaluate counts every example" "$(python3 -c 'import json,sys; print(json.load(sys.stdin)["examples"])' <<<"$out")" "64"
+expect_contains "evaluate reports token accuracy" "$out" "token_accuracy"
+out=$("$bin/shardtune" evaluate --model "$work/runs/small/final" --data "$work/train.jsonl" 2>&1)
+expect_eq "evaluate of a language model without --format exits 2" "$?" "2"
+expect_contains "it asks for the format" "$out" "--format: give the data's format"
 out=$("$bin/shardtune" report "$work/runs/small")
 expect_eq "report exits 0" "$?" "0"
 expect_contains "report names the best evaluation" "$out" "best evaluation: val_loss"

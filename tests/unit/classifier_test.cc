@@ -10,6 +10,7 @@
 #include "common/job_spec.h"
 #include "common/llama_config.h"
 #include "common/safetensors.h"
+#include "worker/evaluate.h"
 #include "worker/task_metrics.h"
 #include "worker/trainer.h"
 
@@ -104,6 +105,17 @@ TEST_F(ClassifierTest, ALlamaLearnsSentimentAndExportsAHuggingFaceClassifier) {
   const LlamaConfig exported = LlamaConfig::Load(dir_ / "run" / "final");
   EXPECT_EQ(exported.task, ModelTask::kSequenceClassification);
   EXPECT_EQ(exported.label_names, (std::vector<std::string>{"negative", "positive"}));
+
+  // `shardtune evaluate` on the exported model sees what the last evaluation saw.
+  EvaluateOptions options;
+  options.model = dir_ / "run" / "final";
+  options.data = dir_ / "val.jsonl";
+  options.batch_size = 7;
+  const json evaluated = EvaluateModel(options);
+  EXPECT_EQ(evaluated.at("examples"), 60);
+  EXPECT_EQ(evaluated.at("confusion"), eval.at("confusion"));
+  EXPECT_DOUBLE_EQ(evaluated.at("accuracy").get<double>(), eval.at("accuracy").get<double>());
+  EXPECT_NEAR(evaluated.at("val_loss").get<double>(), eval.at("val_loss").get<double>(), 1e-5);
 }
 
 TEST_F(ClassifierTest, ALlamaLearnsNamedEntities) {
@@ -123,6 +135,21 @@ TEST_F(ClassifierTest, ALlamaLearnsNamedEntities) {
   EXPECT_EQ(config.at("architectures")[0], "LlamaForTokenClassification");
   const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(dir_ / "run" / "final");
   EXPECT_TRUE(weights.Find("score.bias").has_value());
+
+  EvaluateOptions options;
+  options.model = dir_ / "run" / "final";
+  options.data = dir_ / "val.jsonl";
+  const json evaluated = EvaluateModel(options);
+  EXPECT_EQ(evaluated.at("per_type"), eval.at("per_type"));
+  EXPECT_DOUBLE_EQ(evaluated.at("entity_f1").get<double>(), eval.at("entity_f1").get<double>());
+  EXPECT_NEAR(evaluated.at("val_loss").get<double>(), eval.at("val_loss").get<double>(), 1e-5);
+  options.format = "classification";
+  try {
+    EvaluateModel(options);
+    FAIL() << "a token classifier evaluated classification data";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not fit this model's task"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(ClassifierTest, LoraTrainsTheHeadInFullAndExportsAnAdapterOfTheTaskType) {

@@ -112,9 +112,9 @@ TEST_F(TrainerTest, LearnsTheTaughtSequence) {
     }
   }
   EXPECT_GT(last_accuracy, 0.8);  // next tokens of the count, predicted right (0.91 measured)
-  EXPECT_GT(first, 3.0);       // about ln(48) at random initialization
-  EXPECT_LT(last, first / 4);  // the loss fell
-  EXPECT_EQ(evals, 3);         // steps 20, 40, 60
+  EXPECT_GT(first, 3.0);          // about ln(48) at random initialization
+  EXPECT_LT(last, first / 4);     // the loss fell
+  EXPECT_EQ(evals, 3);            // steps 20, 40, 60
   EXPECT_TRUE(fs::exists(dir_ / "run" / "job.yaml"));
   EXPECT_TRUE(fs::exists(dir_ / "run" / "logs" / "rank-00000.log"));
 

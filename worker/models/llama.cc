@@ -40,7 +40,12 @@ LlamaWeights BindLlamaWeights(const LlamaConfig& c, const TensorLookup& lookup) 
   w.embed_tokens = lookup("model.embed_tokens.weight");
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) w.layers.push_back(BindLlamaLayer(c, i, lookup));
   w.norm = lookup("model.norm.weight");
-  w.lm_head = lookup(LmHeadName(c));
+  if (c.task == ModelTask::kCausalLm) {
+    w.lm_head = lookup(LmHeadName(c));
+  } else {
+    w.score = lookup("score.weight");
+    if (c.task == ModelTask::kTokenClassification) w.score_bias = lookup("score.bias");
+  }
   return w;
 }
 
@@ -289,6 +294,8 @@ at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& at
   for (size_t i = 0; i < weights_.layers.size(); ++i) h = blocks_.Layer(weights_.layers[i], h, positions, cache, i);
   if (cache != nullptr) cache->length += prompt + s;
   if (prompt > 0) h = h.narrow(1, prompt, s);
+  if (weights_.score.defined())
+    return blocks_.Classify(h, weights_.norm, weights_.score, weights_.score_bias, /*training=*/false);
   return blocks_.Head(h, weights_.norm, weights_.lm_head);
 }
 

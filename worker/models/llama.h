@@ -66,6 +66,7 @@ struct LlamaWeights {
   std::vector<LlamaLayerWeights> layers;
   at::Tensor norm;               // (hidden)
   at::Tensor lm_head;            // (vocab, hidden); the same tensor as embed_tokens when tied
+  at::Tensor score, score_bias;  // classifiers instead of lm_head: (labels, hidden), (labels) or undefined
   at::Tensor prompt_embeddings;  // prompt tuning: (virtual tokens, hidden), before the input's
 };
 

@@ -1,0 +1,26 @@
+#pragma once
+// `shardtune evaluate --model DIR [--adapter DIR] --data FILE`: a finished model (a Hugging Face
+// directory shardtune or transformers wrote, with a PEFT adapter or not) on a dataset, with the
+// figures the trainer's evaluations report for the model's task (worker/evaluation.h). One
+// process; the model's own head decides the task (config.json's architectures).
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace shardtune {
+
+struct EvaluateOptions {
+  std::filesystem::path model;
+  std::filesystem::path adapter;    // optional
+  std::filesystem::path data;       // JSONL
+  std::string format;               // default: classification or ner for classifiers (required else)
+  std::filesystem::path tokenizer;  // default: the model's
+  int64_t max_seq_len = 2048;
+  int64_t batch_size = 8;
+};
+
+// {"model", "data", "examples", "val_loss", ...the task's figures}. Throws Error for bad input.
+nlohmann::json EvaluateModel(const EvaluateOptions& options);
+
+}  // namespace shardtune
