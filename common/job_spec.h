@@ -151,6 +151,12 @@ struct TrainingSpec {
   int64_t log_every = 1;                  // steps between metrics.jsonl lines
   bool activation_checkpointing = false;  // recompute each layer's forward in its backward
   EarlyStoppingSpec early_stopping;
+  // Regularization (LoRA's dropout is method.lora.dropout): label smoothing of the training
+  // loss; dropout of the attention probabilities and before a classifier head (unset: the
+  // model's config.json attention_dropout and classifier_dropout).
+  double label_smoothing = 0.0;
+  std::optional<double> attention_dropout;
+  std::optional<double> classifier_dropout;
 };
 
 struct ShardingSpec {

@@ -496,6 +496,14 @@ void ReadTraining(MapReader m, TrainingSpec* training) {
   m.Int("eval_every", &training->eval_every, 0);
   m.Int("log_every", &training->log_every, 1);
   m.Bool("activation_checkpointing", &training->activation_checkpointing);
+  m.Double("label_smoothing", &training->label_smoothing, 0.0, 1.0, false, /*max_open=*/true);
+  for (const auto& [key, field] : {std::pair{"attention_dropout", &training->attention_dropout},
+                                   std::pair{"classifier_dropout", &training->classifier_dropout}}) {
+    if (!m.Has(key)) continue;
+    double p = 0.0;
+    m.Double(key, &p, 0.0, 1.0, false, /*max_open=*/true);
+    *field = p;
+  }
   MapReader stopping = m.Section("early_stopping");
   stopping.Int("patience", &training->early_stopping.patience, 0);
   stopping.String("metric", &training->early_stopping.metric);
@@ -842,6 +850,9 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "eval_every" << YAML::Value << t.eval_every;
   out << YAML::Key << "log_every" << YAML::Value << t.log_every;
   out << YAML::Key << "activation_checkpointing" << YAML::Value << t.activation_checkpointing;
+  out << YAML::Key << "label_smoothing" << YAML::Value << t.label_smoothing;
+  if (t.attention_dropout) out << YAML::Key << "attention_dropout" << YAML::Value << *t.attention_dropout;
+  if (t.classifier_dropout) out << YAML::Key << "classifier_dropout" << YAML::Value << *t.classifier_dropout;
   out << YAML::Key << "early_stopping" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "patience" << YAML::Value << t.early_stopping.patience;
   out << YAML::Key << "metric" << YAML::Value << t.early_stopping.metric;

@@ -187,6 +187,8 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   }
   if (root.contains("classifier_dropout") && root["classifier_dropout"].is_number())
     c.classifier_dropout = root["classifier_dropout"].get<double>();
+  if (root.contains("attention_dropout") && root["attention_dropout"].is_number())
+    c.attention_dropout = root["attention_dropout"].get<double>();
   if (c.task != ModelTask::kCausalLm && c.label_names.empty())
     Fail(ErrorCode::kInvalidArgument, "{}: a classification model needs id2label (its classes)", where);
   return c;

@@ -55,6 +55,7 @@ struct LlamaConfig {
   ModelTask task = ModelTask::kCausalLm;
   std::vector<std::string> label_names;  // id2label, in id order
   double classifier_dropout = 0.1;       // token classification
+  double attention_dropout = 0.0;        // on the attention probabilities, in training
   int64_t num_labels() const { return static_cast<int64_t>(label_names.size()); }
 
   // Parses config.json text; `where` names the file in errors. Throws Error naming the field.

@@ -97,7 +97,8 @@ class Trainer {
   void LoadData();
   // Logits of a batch; `training` turns dropout on.
   at::Tensor Forward(const Batch& batch, bool training);
-  // The loss of the task (causal LM, sequence or token classification) and what it counts.
+  // The training loss of the task (causal LM, sequence or token classification; with
+  // training.label_smoothing) and what it counts.
   LossSum TaskLossSum(const at::Tensor& logits, const Batch& batch) const;
   int64_t TargetsOf(const Example& e) const;
   // The units whose parameters some computation uses (`primary`'s unit first: it leads prefetch).
@@ -236,6 +237,7 @@ void Trainer::LoadData() {
 
 void Trainer::Prepare() {
   CheckSupported(spec_, device_);
+  if (spec_.training.attention_dropout) config_.attention_dropout = *spec_.training.attention_dropout;
   ranks_ = world_.size();
   if (spec_.training.global_batch_size > 0 &&
       spec_.training.global_batch_size % (spec_.training.micro_batch_size * ranks_) != 0) {
@@ -370,6 +372,7 @@ void Trainer::UseClassifierHead(JobSpec& resolved) {
   }
   config_.task = spec_.model.task;
   config_.label_names = label_names_;
+  if (spec_.training.classifier_dropout) config_.classifier_dropout = *spec_.training.classifier_dropout;
   resolved.model.labels = label_names_;
   blocks_ = LlamaBlocks(config_);
   // The head is new: a parameter-efficient method trains it in full, as PEFT's task types do.
@@ -397,15 +400,16 @@ int64_t Trainer::TargetsOf(const Example& e) const {
 }
 
 LossSum Trainer::TaskLossSum(const at::Tensor& logits, const Batch& batch) const {
+  const double smoothing = spec_.training.label_smoothing;
   switch (config_.task) {
     case ModelTask::kSequenceClassification:
-      return SequenceClassificationLossSum(logits, batch.attention_mask, batch.class_labels);
+      return SequenceClassificationLossSum(logits, batch.attention_mask, batch.class_labels, smoothing);
     case ModelTask::kTokenClassification:
-      return TokenClassificationLossSum(logits, batch.labels);
+      return TokenClassificationLossSum(logits, batch.labels, smoothing);
     case ModelTask::kCausalLm:
       break;
   }
-  return CausalLmLossSum(logits, batch.labels.to(device_));
+  return CausalLmLossSum(logits, batch.labels.to(device_), smoothing);
 }
 
 bool Trainer::StopRequested(int64_t step) {
@@ -553,6 +557,7 @@ at::Tensor Trainer::Forward(const Batch& batch, bool training) {
                      const TensorLookup lookup = [&p](const std::string& name) { return p(name); };
                      LlamaLayerWeights weights = BindLlamaLayer(config_, i, lookup);
                      peft_.BindLayer(i, lookup, training, &weights);
+                     if (training) weights.attention_dropout = config_.attention_dropout;
                      return blocks_.Layer(weights, x, positions, /*cache=*/nullptr, static_cast<size_t>(i));
                    });
   }

@@ -11,6 +11,7 @@
 #include "common/llama_config.h"
 #include "common/safetensors.h"
 #include "worker/evaluate.h"
+#include "worker/models/llama.h"
 #include "worker/task_metrics.h"
 #include "worker/trainer.h"
 
@@ -51,6 +52,53 @@ TEST(TaskMetrics, EntitiesAreReadAsSeqevalReadsBioTags) {
   EXPECT_DOUBLE_EQ(m.f1, 0.5);
   EXPECT_DOUBLE_EQ(m.types[0].f1, 1.0);
   EXPECT_DOUBLE_EQ(m.types[1].f1, 0.0);
+}
+
+TEST(TaskLosses, LabelSmoothingMixesTheTargetWithTheUniformDistribution) {
+  at::manual_seed(3);
+  const at::Tensor logits = at::randn({2, 4, 5});
+  const at::Tensor tags = at::tensor(std::vector<int64_t>{1, -100, 4, 0, 2, 3, -100, 1}).view({2, 4});
+  const double e = 0.2;
+  const at::Tensor log_p = at::log_softmax(logits, -1);
+  double expected = 0;
+  for (int64_t b = 0; b < 2; ++b) {
+    for (int64_t t = 0; t < 4; ++t) {
+      const int64_t y = tags[b][t].item<int64_t>();
+      if (y == -100) continue;
+      expected += -(1 - e) * log_p[b][t][y].item<double>() - e * log_p[b][t].mean().item<double>();
+    }
+  }
+  const LossSum loss = TokenClassificationLossSum(logits, tags, e);
+  EXPECT_NEAR(loss.sum.item<double>(), expected, 1e-5);
+  EXPECT_EQ(loss.tokens, 6);
+  // The pooled position is each sequence's last: here 2 and 3 of 4.
+  const at::Tensor mask = at::tensor(std::vector<int64_t>{1, 1, 1, 0, 1, 1, 1, 1}).view({2, 4});
+  const at::Tensor pooled = PooledLogits(logits, mask);
+  EXPECT_TRUE(at::equal(pooled[0], logits[0][2]));
+  EXPECT_TRUE(at::equal(pooled[1], logits[1][3]));
+}
+
+TEST(TaskLosses, AttentionDropoutActsInTrainingOnly) {
+  testing::ScratchDir dir;
+  testing::WriteTinyModel(dir / "base", testing::TinyConfig(), 1);
+  std::string text;
+  for (int n = 0; n < 16; ++n) text += "{\"input_ids\": [1, 5, 6, 7, 8, 9, 10, 11]}\n";
+  testing::WriteText(dir / "data.jsonl", text);
+  auto first_loss = [&](const std::string& name, const std::string& extra) {
+    RunTraining(
+        ParseJobSpec("name: t\nmodel: {path: base}\ndata: {train: data.jsonl, format: tokens}\n"
+                     "output: {dir: " +
+                         name + "}\ntraining: {max_steps: 1, micro_batch_size: 4" + extra + "}\n",
+                     "job.yaml", dir.path()));
+    std::ifstream in(dir / name / "metrics.jsonl");
+    std::string line;
+    std::getline(in, line);
+    return json::parse(line).at("loss").get<double>();
+  };
+  const double plain = first_loss("plain", ""), zero = first_loss("zero", ", attention_dropout: 0.0");
+  const double dropped = first_loss("dropped", ", attention_dropout: 0.5");
+  EXPECT_EQ(plain, zero);
+  EXPECT_NE(plain, dropped);
 }
 
 class ClassifierTest : public ::testing::Test {

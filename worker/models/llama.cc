@@ -240,7 +240,8 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
   const int64_t groups = heads / kv_heads;
   const at::Tensor scores =
       at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) + mask;
-  const at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  if (layer.attention_dropout > 0) probs = at::dropout(probs, layer.attention_dropout, /*train=*/true);
   const at::Tensor context = at::matmul(probs, RepeatKv(v, groups)).transpose(1, 2).reshape({b, s, heads * d});
   at::Tensor out = Linear(context, layer.o_proj, layer.o_bias, adapters[kOProj]);
   return layer.attention_adapter.down.defined() ? Bottleneck(out, layer.attention_adapter) : out;
@@ -299,12 +300,12 @@ at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& at
   return blocks_.Head(h, weights_.norm, weights_.lm_head);
 }
 
-LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels) {
+LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing) {
   const int64_t s = logits.size(1);
   const at::Tensor shifted_logits = logits.narrow(1, 0, s - 1).reshape({-1, logits.size(2)});
   const at::Tensor shifted_labels = labels.narrow(1, 1, s - 1).reshape({-1});
   LossSum loss;
-  loss.sum = at::cross_entropy_loss(shifted_logits, shifted_labels, {}, at::Reduction::Sum, -100);
+  loss.sum = at::cross_entropy_loss(shifted_logits, shifted_labels, {}, at::Reduction::Sum, -100, label_smoothing);
   loss.tokens = shifted_labels.ne(-100).sum().item<int64_t>();
   return loss;
 }
@@ -324,18 +325,20 @@ at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_ma
 }
 
 LossSum SequenceClassificationLossSum(const at::Tensor& logits, const at::Tensor& attention_mask,
-                                      const at::Tensor& class_labels) {
+                                      const at::Tensor& class_labels, double label_smoothing) {
   const at::Tensor labels = class_labels.to(logits.device());
   LossSum loss;
-  loss.sum = at::cross_entropy_loss(PooledLogits(logits, attention_mask), labels, {}, at::Reduction::Sum, -100);
+  loss.sum = at::cross_entropy_loss(PooledLogits(logits, attention_mask), labels, {}, at::Reduction::Sum, -100,
+                                    label_smoothing);
   loss.tokens = labels.ne(-100).sum().item<int64_t>();
   return loss;
 }
 
-LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels) {
+LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing) {
   const at::Tensor flat = labels.to(logits.device()).reshape({-1});
   LossSum loss;
-  loss.sum = at::cross_entropy_loss(logits.reshape({-1, logits.size(2)}), flat, {}, at::Reduction::Sum, -100);
+  loss.sum =
+      at::cross_entropy_loss(logits.reshape({-1, logits.size(2)}), flat, {}, at::Reduction::Sum, -100, label_smoothing);
   loss.tokens = flat.ne(-100).sum().item<int64_t>();
   return loss;
 }

@@ -59,6 +59,7 @@ struct LlamaLayerWeights {
   std::array<LinearAdapter, kLlamaLinearCount> adapters;
   BottleneckAdapter attention_adapter, mlp_adapter;
   at::Tensor prefix_keys, prefix_values;  // prefix tuning: (virtual tokens, kv_heads * head_dim)
+  double attention_dropout = 0.0;         // set in training only
 };
 
 struct LlamaWeights {
@@ -150,7 +151,8 @@ struct LossSum {
   at::Tensor sum;  // scalar fp32, differentiable
   int64_t tokens = 0;
 };
-LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels);
+// `label_smoothing` (training only): the target distribution is (1 - e) one-hot + e uniform.
+LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing = 0.0);
 // The same per example: (B,) loss sums and (B,) target counts.
 std::pair<at::Tensor, at::Tensor> CausalLmLossPerExample(const at::Tensor& logits, const at::Tensor& labels);
 
@@ -160,7 +162,7 @@ at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_ma
 // Cross-entropy sums of the heads: over the examples with a class (-100: none), and over the
 // tokens with a tag (labels aligned with the tokens, not shifted; -100 ignored).
 LossSum SequenceClassificationLossSum(const at::Tensor& logits, const at::Tensor& attention_mask,
-                                      const at::Tensor& class_labels);
-LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels);
+                                      const at::Tensor& class_labels, double label_smoothing = 0.0);
+LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing = 0.0);
 
 }  // namespace shardtune
