@@ -176,6 +176,9 @@ struct OutputSpec {
   // Keep the weights of the best evaluation (training.early_stopping's metric) in
   // checkpoints/best and export those as final/, not the last step's.
   bool keep_best = false;
+  // After the final export: the model's greedy answers to the first N validation prompts, beside
+  // the references, in generations.jsonl (causal LM on text data; 0: none).
+  int64_t generations = 0;
   // Default: [hf] for full fine-tuning, [peft] for the parameter-efficient methods.
   std::vector<ExportFormat> export_formats = {ExportFormat::kHf};
 };

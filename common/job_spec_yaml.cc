@@ -529,6 +529,7 @@ void ReadOutput(MapReader m, OutputSpec* output) {
   m.Int("checkpoint_every", &output->checkpoint_every, 0);
   m.Int("keep_checkpoints", &output->keep_checkpoints, 0);
   m.Bool("keep_best", &output->keep_best);
+  m.Int("generations", &output->generations, 0, 100000);
   m.EnumList("export", &output->export_formats, kExports);
   m.Finish();
 }
@@ -599,6 +600,12 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
     }
   }
   bool has_validation = !spec.data.validation.empty() || spec.data.validation_split > 0;
+  if (spec.output.generations > 0 &&
+      (spec.model.task != ModelTask::kCausalLm || spec.data.format == DataFormat::kTokens)) {
+    reader.Problem(mark_of({"output", "generations"}), "output.generations",
+                   "generated answers need a language model (model.task causal_lm) trained on text data, not token "
+                   "ids");
+  }
   for (const auto& task : spec.data.tasks) has_validation = has_validation || !task.validation.empty();
   const EarlyStoppingSpec& stopping = spec.training.early_stopping;
   if ((stopping.patience > 0 || spec.output.keep_best) && !has_validation) {
@@ -877,6 +884,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "checkpoint_every" << YAML::Value << spec.output.checkpoint_every;
   out << YAML::Key << "keep_checkpoints" << YAML::Value << spec.output.keep_checkpoints;
   out << YAML::Key << "keep_best" << YAML::Value << spec.output.keep_best;
+  out << YAML::Key << "generations" << YAML::Value << spec.output.generations;
   out << YAML::Key << "export" << YAML::Value << YAML::Flow << YAML::BeginSeq;
   for (ExportFormat f : spec.output.export_formats) out << NameOf(kExports, f);
   out << YAML::EndSeq << YAML::EndMap;

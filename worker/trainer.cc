@@ -28,6 +28,7 @@
 #include "worker/data/tokenizer/tokenizer.h"
 #include "worker/evaluation.h"
 #include "worker/export.h"
+#include "worker/generate.h"
 #include "worker/metrics_log.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
@@ -119,6 +120,8 @@ class Trainer {
   bool AfterEvaluation(int64_t step, std::optional<double> metric);
   TrainerState State(int64_t step) const;
   void Export();
+  // output.generations: greedy answers of the exported model to validation prompts (rank 0).
+  void WriteGenerations();
   std::vector<const Example*> GlobalBatch(int64_t step);
   std::optional<fs::path> AgreedLatestCheckpoint(const fs::path& checkpoints);
   void Barrier(const std::string& what) { world_.Barrier(CollectiveTag{what, step_}); }
@@ -786,6 +789,39 @@ void Trainer::Export() {
   }
 }
 
+void Trainer::WriteGenerations() {
+  const int64_t wanted = std::min<int64_t>(spec_.output.generations, static_cast<int64_t>(validation_.size()));
+  if (wanted == 0 || !rank0_ || !tokenizer_) return;
+  const fs::path final_dir = output_dir_ / "final";
+  const bool merged =
+      std::count(spec_.output.export_formats.begin(), spec_.output.export_formats.end(), ExportFormat::kHf) > 0;
+  // One process reads the exported model back: what a user of final/ would get.
+  const LoadedModel loaded =
+      merged ? LoadModelForInference(final_dir) : LoadModelForInference(spec_.model.path, final_dir);
+  std::string lines;
+  for (int64_t i = 0; i < wanted; ++i) {
+    const Example& e = validation_[i];
+    // The prompt is everything before the first trained token; the reference what is trained.
+    const auto first = std::find_if(e.labels.begin(), e.labels.end(), [](int64_t l) { return l != -100; });
+    const auto split = static_cast<size_t>(first - e.labels.begin());
+    const std::vector<int64_t> prompt(e.input_ids.begin(), e.input_ids.begin() + static_cast<int64_t>(split));
+    std::vector<int64_t> reference;
+    for (size_t t = split; t < e.labels.size(); ++t)
+      if (e.labels[t] != -100) reference.push_back(e.labels[t]);
+    GenerateOptions options;
+    options.max_new_tokens = std::min<int64_t>(256, 2 * static_cast<int64_t>(reference.size()) + 8);
+    const std::vector<int64_t> answer = Generate(*loaded.model, prompt, options);
+    lines += json({{"prompt", tokenizer_->Decode(prompt, /*skip_special_tokens=*/false)},
+                   {"reference", tokenizer_->Decode(reference, /*skip_special_tokens=*/true)},
+                   {"generated", tokenizer_->Decode(answer, /*skip_special_tokens=*/true)}})
+                 .dump() +
+             "\n";
+  }
+  WriteFileAtomic(output_dir_ / "generations.jsonl", lines);
+  spdlog::info("wrote the exported model's greedy answers to {} validation prompts to {}", wanted,
+               (output_dir_ / "generations.jsonl").string());
+}
+
 TrainingSummary Trainer::Run() {
   Prepare();
   const int64_t stop = options_.stop_after_step > 0 ? std::min(options_.stop_after_step, total_steps_) : total_steps_;
@@ -821,6 +857,7 @@ TrainingSummary Trainer::Run() {
   }
   summary_.stopped_early = stop_early;
   Export();
+  WriteGenerations();
   if (rank0_ && options_.on_step) {  // the final figures, validation included
     options_.on_step(step_, total_steps_, static_cast<double>(step_) / steps_per_epoch_, tokens_, last_metrics_);
   }

@@ -19,7 +19,13 @@ namespace shardtune::testing {
 // <s>, </s>, <pad>: vocab 311. No classifier dropout: the sharded runs must draw no randomness
 // that depends on how the batch is split.
 inline void WriteByteLevelModel(const std::filesystem::path& dir, uint64_t seed = 0) {
-  WriteTinyModel(dir, TinyConfig("llama", R"("tie_word_embeddings": false, "classifier_dropout": 0.0)", 311), seed);
+  // (The special ids follow the tokenizer's; in JSON the later keys win over TinyConfig's.)
+  WriteTinyModel(dir,
+                 TinyConfig("llama",
+                            R"("tie_word_embeddings": false, "classifier_dropout": 0.0, "bos_token_id": 308,
+                               "eos_token_id": 309, "pad_token_id": 310)",
+                            311),
+                 seed);
   nlohmann::json vocab = nlohmann::json::object(), merges = nlohmann::json::array();
   for (int b = 0; b < 256; ++b) vocab[ByteToUnicode(static_cast<uint8_t>(b))] = b;
   int next = 256;

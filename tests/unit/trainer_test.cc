@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "classification_tasks.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/tensorboard.h"
@@ -365,6 +366,37 @@ TEST_F(TrainerTest, TensorBoardScalarsEqualTheMetricsAndResumesRestartTheCurve) 
     ++checked;
   }
   EXPECT_EQ(checked, 8u);
+}
+
+TEST_F(TrainerTest, WritesTheExportedModelsAnswersToValidationPrompts) {
+  testing::WriteByteLevelModel(dir_ / "bytes");
+  std::string text;
+  for (int n = 0; n < 24; ++n)
+    text += json({{"prompt", "count from " + std::to_string(n % 5) + ":"}, {"completion", " 1 2 3"}}).dump() + "\n";
+  testing::WriteText(dir_ / "completions.jsonl", text);
+  const JobSpec spec = ParseJobSpec(
+      "name: t\nmodel: {path: bytes}\ndata: {train: completions.jsonl, validation_split: 0.25, format: completion}\n"
+      "training: {max_steps: 4, micro_batch_size: 4}\noutput: {dir: run, generations: 3}\n",
+      "job.yaml", dir_.path());
+  EXPECT_TRUE(RunTraining(spec).finished);
+  std::ifstream in(dir_ / "run" / "generations.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(in, line); ++lines) {
+    const json g = json::parse(line);
+    EXPECT_EQ(g.at("prompt").get<std::string>().rfind("count from ", 0), 0u) << line;
+    EXPECT_EQ(g.at("reference"), " 1 2 3") << line;
+    EXPECT_TRUE(g.at("generated").is_string()) << line;
+  }
+  EXPECT_EQ(lines, 3);
+  try {  // token ids have no text to answer in
+    ParseJobSpec(
+        "name: t\nmodel: {path: base}\ndata: {train: train.jsonl, format: tokens}\n"
+        "output: {dir: x, generations: 2}\n",
+        "job.yaml", dir_.path());
+    FAIL() << "accepted";
+  } catch (const SpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("output.generations"), std::string::npos) << e.what();
+  }
 }
 
 TEST(AdamW, FollowsTheReferenceArithmeticAndSkipsDecayWhereTold) {
