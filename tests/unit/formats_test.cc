@@ -339,6 +339,31 @@ TEST(Packing, APackedBatchHasTheLossOfTheUnpackedOne) {
 namespace shardtune {
 namespace {
 
+TEST_F(FormatsTest, BertWordPieceReadsSentencePairsAsBertDoes) {
+  const fs::path vocab = testing::FixturesDir() / "tokenizers" / "bert-base-cased-vocab.txt";
+  if (!fs::exists(vocab)) GTEST_SKIP() << "fixture absent: " << vocab;
+  const auto tokenizer = Tokenizer::Load(vocab);
+  FormatOptions o;
+  o.format = DataFormat::kClassification;
+  o.tokenizer = tokenizer.get();
+  o.max_seq_len = 64;
+  o.vocab_size = 28996;
+  o.separator_id = 102;  // [SEP], what the post-processor ends a sequence with
+  o.label_names = {"no", "yes"};
+  testing::WriteText(dir_ / "pairs.jsonl", R"({"text": "How are you?", "text_pair": "I am fine.", "label": "yes"})"
+                                           "\n");
+  const TokenDataset pairs = ReadDataset(dir_ / "pairs.jsonl", o);
+  ASSERT_EQ(pairs.examples.size(), 1u);
+  // [CLS] How are you ? [SEP] I am fine . [SEP], ids from the cased vocabulary (line number - 1).
+  EXPECT_EQ(pairs.examples[0].input_ids,
+            (std::vector<int64_t>{101, 1731, 1132, 1128, 136, 102, 146, 1821, 2503, 119, 102}));
+  EXPECT_EQ(pairs.examples[0].token_type_ids, (std::vector<int64_t>{0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1}));
+  EXPECT_EQ(pairs.examples[0].class_label, 1);
+  const Batch batch = Collate({&pairs.examples[0]}, 0);
+  EXPECT_EQ(batch.token_type_ids[0][6].item<int64_t>(), 1);
+  EXPECT_EQ(batch.token_type_ids[0][5].item<int64_t>(), 0);
+}
+
 TEST_F(FormatsTest, ClassificationAndNerCarryTheirLabels) {
   FormatOptions o = Options(ChatTemplate::kPlain);
   o.bos_id.reset();
@@ -356,6 +381,8 @@ TEST_F(FormatsTest, ClassificationAndNerCarryTheirLabels) {
   EXPECT_EQ(cls.examples[1].class_label, 0);
   EXPECT_EQ(cls.examples[2].class_label, 1);
   EXPECT_EQ(cls.examples[2].input_ids, (std::vector<int64_t>{'f', 'i', 'n', 'e', 'o', 'k', 2}));  // pair, then EOS
+  EXPECT_EQ(cls.examples[2].token_type_ids, (std::vector<int64_t>{0, 0, 0, 0, 1, 1, 1}));
+  EXPECT_TRUE(cls.examples[0].token_type_ids.empty());
   EXPECT_EQ(cls.label_counts, (std::vector<int64_t>{1, 2}));
 
   o.format = DataFormat::kNer;

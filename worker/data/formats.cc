@@ -326,8 +326,10 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
       if (record.contains("text_pair")) {
         const std::vector<int64_t> pair =
             options.tokenizer->Encode(RequireString(record, "text_pair", ""), /*add_special_tokens=*/false);
+        e.token_type_ids.assign(e.input_ids.size(), 0);
         e.input_ids.insert(e.input_ids.end(), pair.begin(), pair.end());
         e.input_ids.push_back(options.separator_id.value_or(options.eos_id));
+        e.token_type_ids.resize(e.input_ids.size(), 1);
       }
       e.labels.assign(e.input_ids.size(), -100);
       e.class_label = labels.Id(record["label"], "label");
@@ -645,6 +647,7 @@ TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
       if (options.max_seq_len > 0 && static_cast<int64_t>(example.input_ids.size()) > options.max_seq_len) {
         example.input_ids.resize(static_cast<size_t>(options.max_seq_len));
         example.labels.resize(static_cast<size_t>(options.max_seq_len));
+        if (!example.token_type_ids.empty()) example.token_type_ids.resize(static_cast<size_t>(options.max_seq_len));
         ++dataset.truncated;
       }
       dataset.examples.push_back(std::move(example));

@@ -30,6 +30,8 @@ Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id) {
   batch.labels = at::full({b, s}, -100, at::kLong);
   batch.attention_mask = at::zeros({b, s}, at::kLong);
   batch.class_labels = at::full({b}, -100, at::kLong);
+  batch.token_type_ids = at::zeros({b, s}, at::kLong);
+  auto segments = batch.token_type_ids.accessor<int64_t, 2>();
   auto ids = batch.input_ids.accessor<int64_t, 2>();
   auto labels = batch.labels.accessor<int64_t, 2>();
   auto mask = batch.attention_mask.accessor<int64_t, 2>();
@@ -58,6 +60,7 @@ Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id) {
     }
     batch.input_tokens += static_cast<int64_t>(e.input_ids.size());
     if (e.class_label >= 0) batch.class_labels[i] = e.class_label;
+    for (size_t t = 0; t < e.token_type_ids.size(); ++t) segments[i][static_cast<int64_t>(t)] = e.token_type_ids[t];
   }
   return batch;
 }

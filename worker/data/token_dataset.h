@@ -23,6 +23,9 @@ struct Example {
   std::vector<int64_t> document_ids;
   // Sequence classification only: the class index (labels is then all -100).
   int64_t class_label = -1;
+  // Sentence pairs only (else empty): BERT's segment of each token, 0 for "[CLS] a [SEP]" and 1
+  // for "b [SEP]" (the token_type_ids of transformers' tokenizers).
+  std::vector<int64_t> token_type_ids;
 
   // Next-token targets this example contributes: labels[1:] that are not -100.
   int64_t target_tokens() const;
@@ -44,6 +47,7 @@ struct Batch {
   at::Tensor position_ids;    // (B, S) int64, packed batches only (else undefined)
   at::Tensor document_ids;    // (B, S) int64, packed batches only; -1 on padding
   at::Tensor class_labels;    // (B,) int64: sequence classification's classes, -100 where none
+  at::Tensor token_type_ids;  // (B, S) int64: the examples' segments (0 where they give none)
   int64_t input_tokens = 0;   // non-padding tokens
 };
 Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id);
