@@ -22,6 +22,7 @@ struct ClientCommands::State {
   std::vector<std::string> labels;
   int priority = 0, page_size = 0, ranks = 0;
   int64_t after = 0;
+  bool logs = false;  // watch: print the ranks' log lines too
   std::map<std::string, CLI::App*> commands;
   CLI::App* parsed = nullptr;
 };
@@ -108,7 +109,7 @@ ClientCommands::ClientCommands(CLI::App& app) : state_(std::make_unique<State>()
   list->add_option("--page-token", s.page_token, "from the previous page");
   const std::vector<std::pair<std::string, std::string>> by_id = {
       {"get", "show a job"},
-      {"watch", "follow a job live (progress, logs, checkpoints); exits with its outcome"},
+      {"watch", "follow a job live (status, progress, checkpoints; --logs: the ranks' lines); exits with its outcome"},
       {"cancel", "cancel a job"},
       {"pause", "checkpoint a job and stop it"},
       {"resume", "requeue a paused job from its checkpoint"},
@@ -119,6 +120,7 @@ ClientCommands::ClientCommands(CLI::App& app) : state_(std::make_unique<State>()
     c->add_option("id", s.id, "job id")->required();
     if (name == "resume") c->add_option("--ranks", s.ranks, "resume on this many ranks");
     if (name == "events") c->add_option("--after", s.after, "events after this sequence number");
+    if (name == "watch") c->add_flag("--logs", s.logs, "also print the ranks' log lines as they are written");
   }
 }
 
@@ -313,7 +315,7 @@ int ClientCommands::Run() {
                    static_cast<long long>(job.step()), static_cast<long long>(job.total_steps()),
                    m.count("loss") ? m.at("loss") : 0.0, m.count("tokens_per_s") ? m.at("tokens_per_s") : 0.0,
                    std::max(0.0, eta_s));
-    } else if (event.kind() != "progress") {
+    } else if (event.kind() != "progress" && (event.kind() != "log" || s.logs)) {
       if (live) std::fprintf(stderr, "\r\033[K");
       std::printf("%s %-10s %s\n", Time(event.time_ms()).c_str(), event.kind().c_str(), event.message().c_str());
       std::fflush(stdout);

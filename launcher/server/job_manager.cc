@@ -73,7 +73,7 @@ void JobManager::Start() {
       const bool alive = SupervisorAlive(r.supervisor_pid, r.job.id());
       spdlog::info("job {}: attempt {} {} ", r.job.id(), r.job.attempt(),
                    alive ? "still runs; watching it again" : "ended while the server was down");
-      Event(r, "log",
+      Event(r, "note",
             alive ? "the server restarted and re-attached to the running attempt"
                   : "the server restarted; the attempt ended while it was down");
     }
@@ -283,7 +283,7 @@ v1::Job JobManager::Cancel(const Caller& caller, const std::string& id) {
   r.signal_sent_ms = NowMs();
   store_->Update(r);
   Signal(r, SIGTERM);
-  Event(r, "log", "cancel requested: SIGTERM sent to the job's processes");
+  Event(r, "note", "cancel requested: SIGTERM sent to the job's processes");
   return r.job;
 }
 
@@ -296,7 +296,7 @@ v1::Job JobManager::Pause(const Caller& caller, const std::string& id) {
   } else if (r.job.status() == v1::RUNNING) {
     r.pause_requested = true;
     store_->Update(r);
-    Event(r, "log", "pause requested: the job checkpoints and stops at its next step");
+    Event(r, "note", "pause requested: the job checkpoints and stops at its next step");
   } else {
     throw RequestError(
         RequestError::Kind::kFailedPrecondition,

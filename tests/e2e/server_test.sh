@@ -69,7 +69,7 @@ start_server
 write_job ok.yaml ok runs/ok 20 5
 id=$("$bin/shardtune" submit ok.yaml)
 expect_eq "submit exits 0" "$?" "0"
-out=$(timeout 120 "$bin/shardtune" watch "$id")
+out=$(timeout 120 "$bin/shardtune" watch "$id" --logs)
 expect_eq "watch exits 0 for a job that succeeds" "$?" "0"
 expect_contains "watch ends with the status" "$out" "job $id SUCCEEDED"
 expect_eq "the job reached its last step" "$(field "$id" step)" "20"
