@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/protobuf_wire.h"
 
 namespace shardtune {
 
@@ -51,70 +52,6 @@ template <typename T>
 void PutLittleEndian(std::string& out, T value) {
   for (size_t i = 0; i < sizeof(T); ++i) out.push_back(static_cast<char>(value >> (8 * i)));
 }
-
-// A reader over one message's bytes.
-class Fields {
- public:
-  Fields(const std::string& bytes, const std::string& where) : bytes_(bytes), where_(where) {}
-  bool Next(int* field, int* wire_type) {
-    if (at_ >= bytes_.size()) return false;
-    const uint64_t key = ReadVarint();
-    *field = static_cast<int>(key >> 3);
-    *wire_type = static_cast<int>(key & 7);
-    return true;
-  }
-  uint64_t ReadVarint() {
-    uint64_t v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      Need(1);
-      const auto byte = static_cast<uint8_t>(bytes_[at_++]);
-      v |= static_cast<uint64_t>(byte & 0x7f) << shift;
-      if (!(byte & 0x80)) return v;
-    }
-    Fail(ErrorCode::kDataLoss, "{}: a varint runs past 10 bytes", where_);
-  }
-  template <typename T>
-  T ReadFixed() {
-    Need(sizeof(T));
-    T v;
-    std::memcpy(&v, bytes_.data() + at_, sizeof(T));
-    at_ += sizeof(T);
-    return v;
-  }
-  std::string ReadBytes() {
-    const uint64_t n = ReadVarint();
-    Need(n);
-    std::string v = bytes_.substr(at_, n);
-    at_ += n;
-    return v;
-  }
-  void Skip(int wire_type) {
-    switch (wire_type) {
-      case 0:
-        ReadVarint();
-        break;
-      case 1:
-        ReadFixed<uint64_t>();
-        break;
-      case 2:
-        ReadBytes();
-        break;
-      case 5:
-        ReadFixed<uint32_t>();
-        break;
-      default:
-        Fail(ErrorCode::kDataLoss, "{}: wire type {} is not one an Event uses", where_, wire_type);
-    }
-  }
-
- private:
-  void Need(uint64_t n) const {
-    if (at_ + n > bytes_.size()) Fail(ErrorCode::kDataLoss, "{}: a field runs past the end of its message", where_);
-  }
-  const std::string& bytes_;
-  std::string where_;
-  size_t at_ = 0;
-};
 
 }  // namespace
 
@@ -206,50 +143,41 @@ std::vector<TensorBoardEvent> ReadTensorBoardFile(const std::filesystem::path& p
     at += 12 + length + 4;
 
     TensorBoardEvent event;
-    Fields fields(body, where);
-    for (int f = 0, w = 0; fields.Next(&f, &w);) {
-      if (f == 1 && w == 1) {
-        event.wall_time = fields.ReadFixed<double>();
-      } else if (f == 2 && w == 0) {
-        event.step = static_cast<int64_t>(fields.ReadVarint());
-      } else if (f == 3 && w == 2) {
-        event.file_version = fields.ReadBytes();
-      } else if (f == 7 && w == 2) {
-        const std::string log = fields.ReadBytes();
-        Fields l(log, where);
-        for (int lf = 0, lw = 0; l.Next(&lf, &lw);) {
-          if (lf == 1 && lw == 0) {
-            event.session_start = l.ReadVarint() == 1;
-          } else {
-            l.Skip(lw);
-          }
-        }
-      } else if (f == 5 && w == 2) {
-        const std::string summary = fields.ReadBytes();
-        Fields s(summary, where);
-        for (int sf = 0, sw = 0; s.Next(&sf, &sw);) {
-          if (sf != 1 || sw != 2) {
-            s.Skip(sw);
-            continue;
-          }
-          const std::string value = s.ReadBytes();
-          Fields v(value, where);
+    WireReader::ForEachField(body, where, [&](uint64_t field, int wire, WireReader& r) {
+      if (field == 1 && wire == 1) {
+        event.wall_time = r.Fixed64();
+      } else if (field == 2 && wire == 0) {
+        event.step = static_cast<int64_t>(r.Varint());
+      } else if (field == 3 && wire == 2) {
+        event.file_version = std::string(r.Bytes());
+      } else if (field == 7 && wire == 2) {  // SessionLog{status = 1}
+        WireReader::ForEachField(r.Bytes(), where, [&](uint64_t f, int w, WireReader& log) {
+          if (f != 1 || w != 0) return false;
+          event.session_start = log.Varint() == 1;
+          return true;
+        });
+      } else if (field == 5 && wire == 2) {  // Summary{repeated Value value = 1}
+        WireReader::ForEachField(r.Bytes(), where, [&](uint64_t f, int w, WireReader& summary) {
+          if (f != 1 || w != 2) return false;
           std::pair<std::string, float> scalar;
-          for (int vf = 0, vw = 0; v.Next(&vf, &vw);) {
+          WireReader::ForEachField(summary.Bytes(), where, [&](uint64_t vf, int vw, WireReader& value) {
             if (vf == 1 && vw == 2) {
-              scalar.first = v.ReadBytes();
+              scalar.first = std::string(value.Bytes());
             } else if (vf == 2 && vw == 5) {
-              scalar.second = v.ReadFixed<float>();
+              scalar.second = value.Fixed32();
             } else {
-              v.Skip(vw);
+              return false;
             }
-          }
+            return true;
+          });
           event.scalars.push_back(scalar);
-        }
+          return true;
+        });
       } else {
-        fields.Skip(w);
+        return false;
       }
-    }
+      return true;
+    });
     events.push_back(std::move(event));
   }
   return events;
