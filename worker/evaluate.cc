@@ -11,6 +11,8 @@
 
 namespace shardtune {
 
+namespace fs = std::filesystem;
+
 namespace {
 
 DataFormat FormatFor(const std::string& name, ModelTask task) {
@@ -38,17 +40,25 @@ DataFormat FormatFor(const std::string& name, ModelTask task) {
 }  // namespace
 
 nlohmann::json EvaluateModel(const EvaluateOptions& o) {
+  ClassifierHead head;
   if (!o.adapter.empty()) {
     const nlohmann::json adapter =
         nlohmann::json::parse(ReadFile(o.adapter / "adapter_config.json"), nullptr, /*allow_exceptions=*/false);
     if (!adapter.is_discarded() && adapter.value("task_type", "CAUSAL_LM") != "CAUSAL_LM") {
-      Fail(ErrorCode::kUnimplemented,
-           "{}: a {} adapter's classes are not in the adapter; evaluate the model it was exported with "
-           "(shardtune export CHECKPOINT --to hf), or a merged one",
-           o.adapter.string(), adapter.value("task_type", ""));
+      // A classifier's adapter holds the head's weights but not its classes: the run that wrote
+      // it (OUTPUT_DIR/final) recorded them in OUTPUT_DIR/job.yaml.
+      const fs::path job = fs::absolute(o.adapter).parent_path() / "job.yaml";
+      if (!fs::exists(job)) {
+        Fail(ErrorCode::kInvalidArgument,
+             "{}: a {} adapter holds no class names, and there is no job.yaml of the run that wrote it beside it "
+             "({}); evaluate the model exported with `shardtune export CHECKPOINT --to hf` instead",
+             o.adapter.string(), adapter.value("task_type", ""), job.string());
+      }
+      const JobSpec run = ParseJobSpec(ReadFile(job), job.string(), job.parent_path(), SpecOptions{false});
+      head = {run.model.task, run.model.labels};
     }
   }
-  const LoadedModel loaded = LoadModelForInference(o.model, o.adapter);
+  const LoadedModel loaded = LoadModelForInference(o.model, o.adapter, head);
   const LlamaConfig& config = loaded.model->config();
   JobSpec spec;
   spec.model.path = o.model.string();

@@ -63,11 +63,21 @@ std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t
   return generated;
 }
 
-LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir) {
+LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir,
+                                  const ClassifierHead& head) {
   LoadedModel loaded;
-  const LlamaConfig config = LlamaConfig::Load(model_dir);
+  LlamaConfig config = LlamaConfig::Load(model_dir);
+  if (head.task != ModelTask::kCausalLm) {
+    config.task = head.task;
+    config.label_names = head.labels;
+  }
   loaded.weights = std::make_unique<FlatParameters>(LlamaParameterSpecs(config));
-  LoadHfWeights(model_dir, *loaded.weights);
+  std::set<std::string> from_adapter;  // a new head comes with the adapter (modules_to_save)
+  if (head.task != ModelTask::kCausalLm) {
+    for (const auto& p : LlamaParameterSpecs(config))
+      if (p.name.rfind("score.", 0) == 0) from_adapter.insert(p.name);
+  }
+  LoadHfWeights(model_dir, *loaded.weights, from_adapter);
   FlatParameters* flat = loaded.weights.get();
   auto lookup_in = [](FlatParameters* parameters) {
     return [parameters](const std::string& name) { return parameters->Value(*parameters->Find(name)); };

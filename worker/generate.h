@@ -31,7 +31,13 @@ struct LoadedModel {
   std::unique_ptr<FlatParameters> adapter;
   std::unique_ptr<LlamaModel> model;
 };
-LoadedModel LoadModelForInference(const std::filesystem::path& model_dir,
-                                  const std::filesystem::path& adapter_dir = {});
+// `head`: the task and classes of a classifier adapter on a language model (its run's job.yaml
+// says them: a PEFT adapter holds its head's weights, not its classes).
+struct ClassifierHead {
+  ModelTask task = ModelTask::kCausalLm;
+  std::vector<std::string> labels;
+};
+LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir = {},
+                                  const ClassifierHead& head = {});
 
 }  // namespace shardtune

@@ -214,6 +214,23 @@ TEST_F(ClassifierTest, LoraTrainsTheHeadInFullAndExportsAnAdapterOfTheTaskType) 
   EXPECT_EQ(adapter.at("modules_to_save"), json::array({"score"}));
   const std::string job = ReadFile(dir_ / "run" / "job.yaml");
   EXPECT_NE(job.find("labels: [negative, positive]"), std::string::npos) << job;
+
+  // evaluate: the base model with the adapter, its classes from the run's job.yaml.
+  EvaluateOptions options;
+  options.model = dir_ / "base";
+  options.adapter = dir_ / "run" / "final";
+  options.data = dir_ / "train.jsonl";
+  const json evaluated = EvaluateModel(options);
+  EXPECT_EQ(evaluated.at("examples"), 240);
+  EXPECT_GE(evaluated.at("accuracy").get<double>(), 0.9) << evaluated.dump();
+  fs::copy(dir_ / "run" / "final", dir_ / "moved");
+  options.adapter = dir_ / "moved";
+  try {
+    EvaluateModel(options);
+    FAIL() << "a classifier adapter without its run was evaluated";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds no class names"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(ClassifierTest, TaskAndDataFormatMustAgree) {

@@ -105,11 +105,12 @@ at::Tensor ReadTensorFp32(const SafetensorsFile& file, const TensorInfo& info) {
   return at::from_blob(bytes, info.shape, at::TensorOptions().dtype(*type)).to(at::kFloat);
 }
 
-void LoadHfWeights(const fs::path& model_dir, FlatParameters& flat) {
+void LoadHfWeights(const fs::path& model_dir, FlatParameters& flat, const std::set<std::string>& elsewhere) {
   const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::Open(model_dir);
   at::NoGradGuard no_grad;
   std::set<std::string> used;
   for (const auto& slot : flat.slots()) {
+    if (elsewhere.count(slot.spec.name)) continue;
     flat.Value(slot).copy_(ReadHfTensor(checkpoint, model_dir, slot.spec));
     used.insert(slot.spec.name);
   }

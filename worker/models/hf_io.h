@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <set>
 #include <string>
 
 #include "common/job_spec.h"
@@ -26,7 +27,9 @@ at::Tensor ReadTensorFp32(const SafetensorsFile& file, const TensorInfo& info);
 // Copies every parameter of `flat` from the checkpoint in `model_dir` (model.safetensors or a
 // sharded index), converting F16/BF16 to fp32. Throws Error naming the file and tensor when one
 // is missing, has another shape than config.json implies, or has an unsupported dtype.
-void LoadHfWeights(const std::filesystem::path& model_dir, FlatParameters& flat);
+// `elsewhere`: parameters another source fills (an adapter's modules_to_save), not read here.
+void LoadHfWeights(const std::filesystem::path& model_dir, FlatParameters& flat,
+                   const std::set<std::string>& elsewhere = {});
 
 // Writes `model_dir`-style output: config.json (the source config with torch_dtype set) and the
 // weights in `dtype`, plus the tokenizer files found in `source_dir`. The directory is built
