@@ -5,6 +5,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/hf_config.h"
 
 namespace shardtune {
 
@@ -12,48 +13,27 @@ using nlohmann::json;
 
 namespace {
 
-// Reads an optional field, checking its JSON type; absent or null keeps the default.
-template <typename T>
-void Read(const json& root, const char* key, T* out, const std::string& where) {
-  const auto it = root.find(key);
-  if (it == root.end() || it->is_null()) return;
-  const char* expected = "a string";
-  bool ok = it->is_string();
-  if constexpr (std::is_same_v<T, bool>) {
-    expected = "true or false", ok = it->is_boolean();
-  } else if constexpr (std::is_integral_v<T>) {
-    expected = "an integer", ok = it->is_number_integer();
-  } else if constexpr (std::is_floating_point_v<T>) {
-    expected = "a number", ok = it->is_number();
-  }
-  if (!ok) Fail(ErrorCode::kInvalidArgument, "{}: '{}' must be {}, got {}", where, key, expected, it->dump());
-  *out = it->get<T>();
-}
-
-void RequirePositive(int64_t value, const char* key, const std::string& where) {
-  if (value <= 0) Fail(ErrorCode::kInvalidArgument, "{}: '{}' must be positive, got {}", where, key, value);
-}
-
 RopeScaling ParseRopeScaling(const json& node, const std::string& where) {
   RopeScaling scaling;
   if (node.is_null()) return scaling;
   if (!node.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: 'rope_scaling' must be an object or null", where);
   std::string type;
   if (node.contains("rope_type"))
-    Read(node, "rope_type", &type, where + ": rope_scaling");
+    ReadConfigField(node, "rope_type", &type, where + ": rope_scaling");
   else
-    Read(node, "type", &type, where + ": rope_scaling");
+    ReadConfigField(node, "type", &type, where + ": rope_scaling");
   if (type == "default" || type.empty()) return scaling;
-  Read(node, "factor", &scaling.factor, where + ": rope_scaling");
+  ReadConfigField(node, "factor", &scaling.factor, where + ": rope_scaling");
   if (scaling.factor <= 0)
     Fail(ErrorCode::kInvalidArgument, "{}: rope_scaling.factor must be positive, got {}", where, scaling.factor);
   if (type == "linear") {
     scaling.type = RopeScalingType::kLinear;
   } else if (type == "llama3") {
     scaling.type = RopeScalingType::kLlama3;
-    Read(node, "low_freq_factor", &scaling.low_freq_factor, where + ": rope_scaling");
-    Read(node, "high_freq_factor", &scaling.high_freq_factor, where + ": rope_scaling");
-    Read(node, "original_max_position_embeddings", &scaling.original_max_position_embeddings, where + ": rope_scaling");
+    ReadConfigField(node, "low_freq_factor", &scaling.low_freq_factor, where + ": rope_scaling");
+    ReadConfigField(node, "high_freq_factor", &scaling.high_freq_factor, where + ": rope_scaling");
+    ReadConfigField(node, "original_max_position_embeddings", &scaling.original_max_position_embeddings,
+                    where + ": rope_scaling");
     if (!(scaling.high_freq_factor > scaling.low_freq_factor)) {
       Fail(ErrorCode::kInvalidArgument, "{}: rope_scaling.high_freq_factor {} must exceed low_freq_factor {}", where,
            scaling.high_freq_factor, scaling.low_freq_factor);
@@ -77,36 +57,36 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   if (!root.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: expected a JSON object", where);
 
   LlamaConfig c;
-  Read(root, "model_type", &c.model_type, where);
+  ReadConfigField(root, "model_type", &c.model_type, where);
   if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2") {
     Fail(ErrorCode::kUnimplemented, "{}: model_type '{}' is not supported (supported: llama, mistral, qwen2)", where,
          c.model_type);
   }
   const bool qwen2 = c.model_type == "qwen2";
-  Read(root, "vocab_size", &c.vocab_size, where);
-  Read(root, "hidden_size", &c.hidden_size, where);
-  Read(root, "intermediate_size", &c.intermediate_size, where);
-  Read(root, "num_hidden_layers", &c.num_hidden_layers, where);
-  Read(root, "num_attention_heads", &c.num_attention_heads, where);
+  ReadConfigField(root, "vocab_size", &c.vocab_size, where);
+  ReadConfigField(root, "hidden_size", &c.hidden_size, where);
+  ReadConfigField(root, "intermediate_size", &c.intermediate_size, where);
+  ReadConfigField(root, "num_hidden_layers", &c.num_hidden_layers, where);
+  ReadConfigField(root, "num_attention_heads", &c.num_attention_heads, where);
   c.num_key_value_heads = c.num_attention_heads;
-  Read(root, "num_key_value_heads", &c.num_key_value_heads, where);
-  Read(root, "max_position_embeddings", &c.max_position_embeddings, where);
-  Read(root, "rms_norm_eps", &c.rms_norm_eps, where);
-  Read(root, "rope_theta", &c.rope_theta, where);
-  Read(root, "tie_word_embeddings", &c.tie_word_embeddings, where);
+  ReadConfigField(root, "num_key_value_heads", &c.num_key_value_heads, where);
+  ReadConfigField(root, "max_position_embeddings", &c.max_position_embeddings, where);
+  ReadConfigField(root, "rms_norm_eps", &c.rms_norm_eps, where);
+  ReadConfigField(root, "rope_theta", &c.rope_theta, where);
+  ReadConfigField(root, "tie_word_embeddings", &c.tie_word_embeddings, where);
   // Qwen2 always has q/k/v biases and none on o_proj; Llama's attention_bias covers all four.
   if (qwen2) {
     c.qkv_bias = true;
   } else {
-    Read(root, "attention_bias", &c.qkv_bias, where);
+    ReadConfigField(root, "attention_bias", &c.qkv_bias, where);
     c.o_bias = c.qkv_bias;
   }
-  Read(root, "mlp_bias", &c.mlp_bias, where);
-  Read(root, "hidden_act", &c.hidden_act, where);
-  Read(root, "torch_dtype", &c.torch_dtype, where);
-  Read(root, "pad_token_id", &c.pad_token_id, where);
+  ReadConfigField(root, "mlp_bias", &c.mlp_bias, where);
+  ReadConfigField(root, "hidden_act", &c.hidden_act, where);
+  ReadConfigField(root, "torch_dtype", &c.torch_dtype, where);
+  ReadConfigField(root, "pad_token_id", &c.pad_token_id, where);
   if (root.contains("pad_token_id") && !root["pad_token_id"].is_null()) c.padding_idx = c.pad_token_id;
-  Read(root, "bos_token_id", &c.bos_token_id, where);
+  ReadConfigField(root, "bos_token_id", &c.bos_token_id, where);
   if (const auto eos = root.find("eos_token_id"); eos != root.end() && !eos->is_null()) {
     if (eos->is_number_integer()) {
       c.eos_token_ids = {eos->get<int64_t>()};
@@ -122,33 +102,33 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
 
   bool use_sliding_window = c.model_type == "mistral";
   if (qwen2) {
-    Read(root, "use_sliding_window", &use_sliding_window, where);
+    ReadConfigField(root, "use_sliding_window", &use_sliding_window, where);
     c.max_window_layers = 28;  // transformers' Qwen2Config default
-    Read(root, "max_window_layers", &c.max_window_layers, where);
+    ReadConfigField(root, "max_window_layers", &c.max_window_layers, where);
   }
   if (use_sliding_window) {
     if (const auto window = root.find("sliding_window"); window != root.end() && !window->is_null()) {
       int64_t w = 0;
-      Read(root, "sliding_window", &w, where);
-      RequirePositive(w, "sliding_window", where);
+      ReadConfigField(root, "sliding_window", &w, where);
+      RequirePositiveField(w, "sliding_window", where);
       c.sliding_window = w;
     }
   }
 
-  RequirePositive(c.vocab_size, "vocab_size", where);
-  RequirePositive(c.hidden_size, "hidden_size", where);
-  RequirePositive(c.intermediate_size, "intermediate_size", where);
-  RequirePositive(c.num_hidden_layers, "num_hidden_layers", where);
-  RequirePositive(c.num_attention_heads, "num_attention_heads", where);
-  RequirePositive(c.num_key_value_heads, "num_key_value_heads", where);
-  RequirePositive(c.max_position_embeddings, "max_position_embeddings", where);
+  RequirePositiveField(c.vocab_size, "vocab_size", where);
+  RequirePositiveField(c.hidden_size, "hidden_size", where);
+  RequirePositiveField(c.intermediate_size, "intermediate_size", where);
+  RequirePositiveField(c.num_hidden_layers, "num_hidden_layers", where);
+  RequirePositiveField(c.num_attention_heads, "num_attention_heads", where);
+  RequirePositiveField(c.num_key_value_heads, "num_key_value_heads", where);
+  RequirePositiveField(c.max_position_embeddings, "max_position_embeddings", where);
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     Fail(ErrorCode::kInvalidArgument, "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", where,
          c.num_attention_heads, c.num_key_value_heads);
   }
   if (root.contains("head_dim") && !root["head_dim"].is_null()) {
-    Read(root, "head_dim", &c.head_dim, where);
-    RequirePositive(c.head_dim, "head_dim", where);
+    ReadConfigField(root, "head_dim", &c.head_dim, where);
+    RequirePositiveField(c.head_dim, "head_dim", where);
   } else {
     if (c.hidden_size % c.num_attention_heads != 0) {
       Fail(ErrorCode::kInvalidArgument,
@@ -164,33 +144,11 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   }
   if (!(c.rms_norm_eps > 0)) Fail(ErrorCode::kInvalidArgument, "{}: rms_norm_eps must be positive", where);
   if (!(c.rope_theta > 0)) Fail(ErrorCode::kInvalidArgument, "{}: rope_theta must be positive", where);
-  if (root.contains("architectures") && root["architectures"].is_array() && !root["architectures"].empty() &&
-      root["architectures"][0].is_string()) {
-    const std::string architecture = root["architectures"][0].get<std::string>();
-    if (architecture.find("ForSequenceClassification") != std::string::npos)
-      c.task = ModelTask::kSequenceClassification;
-    if (architecture.find("ForTokenClassification") != std::string::npos) c.task = ModelTask::kTokenClassification;
-  }
-  if (root.contains("id2label") && root["id2label"].is_object()) {
-    c.label_names.resize(root["id2label"].size());
-    for (const auto& [key, value] : root["id2label"].items()) {
-      size_t id = 0;
-      try {
-        id = std::stoul(key);
-      } catch (const std::exception&) {
-        id = c.label_names.size();
-      }
-      if (id >= c.label_names.size() || !value.is_string())
-        Fail(ErrorCode::kInvalidArgument, "{}: id2label must map 0..{} to names", where, c.label_names.size() - 1);
-      c.label_names[id] = value.get<std::string>();
-    }
-  }
+  ReadHead(root, where, &c.task, &c.label_names);
   if (root.contains("classifier_dropout") && root["classifier_dropout"].is_number())
     c.classifier_dropout = root["classifier_dropout"].get<double>();
   if (root.contains("attention_dropout") && root["attention_dropout"].is_number())
     c.attention_dropout = root["attention_dropout"].get<double>();
-  if (c.task != ModelTask::kCausalLm && c.label_names.empty())
-    Fail(ErrorCode::kInvalidArgument, "{}: a classification model needs id2label (its classes)", where);
   return c;
 }
 

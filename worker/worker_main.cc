@@ -10,8 +10,10 @@
 #include <sstream>
 
 #include "common/atomic_file.h"
+#include "common/bert_config.h"
 #include "common/error.h"
 #include "common/logging.h"
+#include "sharding/bert_layout.h"
 #include "sharding/flat_parameters.h"
 #include "worker/blas_env.h"
 #include "worker/data/tokenizer/tokenizer.h"
@@ -103,12 +105,14 @@ int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
 
 int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
   namespace fs = std::filesystem;
-  const LlamaConfig config = LlamaConfig::Parse(ReadFile(config_path), config_path);
-  FlatParameters flat(LlamaParameterSpecs(config));
+  const std::string text = ReadFile(config_path);
+  const bool bert = IsBertConfig(text);
+  FlatParameters flat(bert ? BertParameterSpecs(BertConfig::Parse(text, config_path))
+                           : LlamaParameterSpecs(LlamaConfig::Parse(text, config_path)));
   InitializeWeights(flat, seed);
   WriteHfModel(out_dir, config_path, flat, ComputeDType::kFp32);
-  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", config.model_type, flat.numel(),
-               seed, out_dir);
+  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}",
+               bert ? "bert" : LlamaConfig::Parse(text, config_path).model_type, flat.numel(), seed, out_dir);
   return kExitOk;
 }
 

@@ -183,7 +183,9 @@ void InitializeWeights(FlatParameters& flat, uint64_t seed, double std) {
   for (const auto& slot : flat.slots()) {
     at::Tensor value = flat.Value(slot);
     const std::string& name = slot.spec.name;
-    if (name.find("norm") != std::string::npos) {
+    const bool norm = name.find("norm") != std::string::npos || name.find("LayerNorm") != std::string::npos;
+    const bool bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (norm && !bias) {
       value.fill_(1.0);
     } else if (slot.spec.shape.size() == 1) {
       value.zero_();

@@ -1,0 +1,50 @@
+#include "common/bert_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/hf_config.h"
+
+namespace shardtune {
+
+bool IsBertConfig(const std::string& text) {
+  const auto root = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  return root.is_object() && root.value("model_type", "") == "bert";
+}
+
+BertConfig BertConfig::Parse(const std::string& text, const std::string& where) {
+  const auto root = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: not a JSON object", where);
+  if (root.value("model_type", "") != "bert") Fail(ErrorCode::kInvalidArgument, "{}: model_type must be 'bert'", where);
+  BertConfig c;
+  ReadConfigField(root, "vocab_size", &c.vocab_size, where);
+  ReadConfigField(root, "hidden_size", &c.hidden_size, where);
+  ReadConfigField(root, "num_hidden_layers", &c.num_hidden_layers, where);
+  ReadConfigField(root, "num_attention_heads", &c.num_attention_heads, where);
+  ReadConfigField(root, "intermediate_size", &c.intermediate_size, where);
+  ReadConfigField(root, "max_position_embeddings", &c.max_position_embeddings, where);
+  ReadConfigField(root, "type_vocab_size", &c.type_vocab_size, where);
+  ReadConfigField(root, "layer_norm_eps", &c.layer_norm_eps, where);
+  ReadConfigField(root, "hidden_dropout_prob", &c.hidden_dropout_prob, where);
+  ReadConfigField(root, "attention_probs_dropout_prob", &c.attention_probs_dropout_prob, where);
+  ReadConfigField(root, "pad_token_id", &c.pad_token_id, where);
+  ReadConfigField(root, "hidden_act", &c.hidden_act, where);
+  for (const auto& [value, key] : {std::pair{c.vocab_size, "vocab_size"},
+                                   {c.hidden_size, "hidden_size"},
+                                   {c.num_hidden_layers, "num_hidden_layers"},
+                                   {c.num_attention_heads, "num_attention_heads"},
+                                   {c.intermediate_size, "intermediate_size"},
+                                   {c.max_position_embeddings, "max_position_embeddings"},
+                                   {c.type_vocab_size, "type_vocab_size"}})
+    RequirePositiveField(value, key, where);
+  if (c.hidden_size % c.num_attention_heads != 0) {
+    Fail(ErrorCode::kInvalidArgument, "{}: hidden_size {} is not a multiple of num_attention_heads {}", where,
+         c.hidden_size, c.num_attention_heads);
+  }
+  if (c.hidden_act != "gelu")
+    Fail(ErrorCode::kUnimplemented, "{}: hidden_act '{}' is not supported (supported: gelu)", where, c.hidden_act);
+  ReadHead(root, where, &c.task, &c.label_names);
+  return c;
+}
+
+}  // namespace shardtune
