@@ -121,6 +121,10 @@ TEST(Tokenizers, SpecialTokensAreAddedOnRequestAndRecognizedInText) {
   const std::vector<int64_t> with = bert->Encode("Hello", true);
   EXPECT_EQ(with.front(), 101);  // [CLS]
   EXPECT_EQ(with.back(), 102);   // [SEP]
+  // A BERT model directory holds its vocabulary as vocab.txt.
+  testing::ScratchDir model;
+  testing::WriteText(model / "vocab.txt", ReadFile(Tokenizers() / "bert-base-cased-vocab.txt"));
+  EXPECT_EQ(Tokenizer::Load(model.path())->Encode("Hello", true), (std::vector<int64_t>{101, 8667, 102}));
 }
 
 TEST(Tokenizers, MalformedFilesGiveClearErrors) {

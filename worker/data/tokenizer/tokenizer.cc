@@ -19,7 +19,8 @@ std::unique_ptr<Tokenizer> Tokenizer::Load(const fs::path& path) {
     if (fs::exists(path / "vocab.json") && fs::exists(path / "merges.txt")) {
       return LoadGpt2VocabMerges(path / "vocab.json", path / "merges.txt");
     }
-    Fail(ErrorCode::kNotFound, "{}: no tokenizer.json, tokenizer.model, or vocab.json + merges.txt there",
+    if (fs::exists(path / "vocab.txt")) return LoadWordPieceVocab(path / "vocab.txt");  // BERT's
+    Fail(ErrorCode::kNotFound, "{}: no tokenizer.json, tokenizer.model, vocab.json + merges.txt, or vocab.txt there",
          path.string());
   }
   if (!fs::exists(path, ec)) Fail(ErrorCode::kNotFound, "{}: no such tokenizer file", path.string());
