@@ -106,13 +106,20 @@ int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
 int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
   namespace fs = std::filesystem;
   const std::string text = ReadFile(config_path);
-  const bool bert = IsBertConfig(text);
-  FlatParameters flat(bert ? BertParameterSpecs(BertConfig::Parse(text, config_path))
-                           : LlamaParameterSpecs(LlamaConfig::Parse(text, config_path)));
+  std::string model_type = "bert";
+  std::vector<ParameterSpec> specs;
+  if (IsBertConfig(text)) {
+    specs = BertParameterSpecs(BertConfig::Parse(text, config_path));
+  } else {
+    const LlamaConfig config = LlamaConfig::Parse(text, config_path);
+    model_type = config.model_type;
+    specs = LlamaParameterSpecs(config);
+  }
+  FlatParameters flat(specs);
   InitializeWeights(flat, seed);
   WriteHfModel(out_dir, config_path, flat, ComputeDType::kFp32);
-  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}",
-               bert ? "bert" : LlamaConfig::Parse(text, config_path).model_type, flat.numel(), seed, out_dir);
+  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", model_type, flat.numel(), seed,
+               out_dir);
   return kExitOk;
 }
 

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/atomic_file.h"
+#include "common/hf_config.h"
 #include "worker/data/tokenizer/unicode.h"
 
 namespace shardtune {
@@ -544,19 +545,15 @@ JobDataOptions DataOptionsFor(const JobSpec& spec, int64_t vocab_size, const std
   options.max_seq_len = spec.data.max_seq_len;
   options.eos_id = eos_token_ids.empty() ? 2 : eos_token_ids.front();
   if (spec.data.format == DataFormat::kTokens) return result;
-  // Label names from config.json's id2label, unless they are transformers' placeholders.
-  const json config = json::parse(ReadFile(fs::path(spec.model.path) / "config.json"), nullptr, false);
-  if (!config.is_discarded() && config.contains("id2label") && config["id2label"].is_object()) {
-    std::vector<std::string> names(config["id2label"].size());
-    bool usable = true;
-    for (const auto& [key, value] : config["id2label"].items()) {
-      const size_t id = std::strtoul(key.c_str(), nullptr, 10);
-      if (id >= names.size() || !value.is_string() || value.get<std::string>().rfind("LABEL_", 0) == 0)
-        usable = false;
-      else
-        names[id] = value.get<std::string>();
-    }
-    if (usable) options.label_names = names;
+  // Label names from config.json's id2label, unless they are transformers' placeholders (LABEL_k).
+  const fs::path config_path = fs::path(spec.model.path) / "config.json";
+  const json config = json::parse(ReadFile(config_path), nullptr, false);
+  if (config.is_object()) {
+    ModelTask task = ModelTask::kCausalLm;
+    std::vector<std::string> names;
+    ReadHead(config, config_path.string(), &task, &names);
+    if (std::none_of(names.begin(), names.end(), [](const std::string& n) { return n.rfind("LABEL_", 0) == 0; }))
+      options.label_names = names;
   }
   const fs::path source = spec.model.tokenizer.empty() ? fs::path(spec.model.path) : fs::path(spec.model.tokenizer);
   result.tokenizer = Tokenizer::Load(source);
