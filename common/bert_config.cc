@@ -29,6 +29,11 @@ BertConfig BertConfig::Parse(const std::string& text, const std::string& where) 
   ReadConfigField(root, "attention_probs_dropout_prob", &c.attention_probs_dropout_prob, where);
   ReadConfigField(root, "pad_token_id", &c.pad_token_id, where);
   ReadConfigField(root, "hidden_act", &c.hidden_act, where);
+  if (root.contains("classifier_dropout") && !root["classifier_dropout"].is_null()) {
+    double p = 0;
+    ReadConfigField(root, "classifier_dropout", &p, where);
+    c.classifier_dropout = p;
+  }
   for (const auto& [value, key] : {std::pair{c.vocab_size, "vocab_size"},
                                    {c.hidden_size, "hidden_size"},
                                    {c.num_hidden_layers, "num_hidden_layers"},
@@ -45,6 +50,16 @@ BertConfig BertConfig::Parse(const std::string& text, const std::string& where) 
     Fail(ErrorCode::kUnimplemented, "{}: hidden_act '{}' is not supported (supported: gelu)", where, c.hidden_act);
   ReadHead(root, where, &c.task, &c.label_names);
   return c;
+}
+
+int64_t BertConfig::num_parameters() const {
+  const int64_t h = hidden_size, ff = intermediate_size;
+  const int64_t embeddings = (vocab_size + max_position_embeddings + type_vocab_size) * h + 2 * h;
+  const int64_t layer = 4 * (h * h + h) + 2 * h + (ff * h + ff) + (h * ff + h) + 2 * h;
+  int64_t n = embeddings + num_hidden_layers * layer;
+  if (task != ModelTask::kTokenClassification) n += h * h + h;  // the pooler
+  if (task != ModelTask::kCausalLm) n += num_labels() * h + num_labels();
+  return n;
 }
 
 }  // namespace shardtune

@@ -1,11 +1,11 @@
 #pragma once
 // A BERT encoder's shape, read from Hugging Face's config.json (model_type "bert"). Fields follow
-// transformers' names and defaults. The encoder itself (post-LN layers, GELU, the pooler) and its
-// training are the next step of the task-heads issue; this build lays BERT models out in
-// transformers' names (sharding/bert_layout.h) and creates them (`shardtune init-model`).
+// transformers' names and defaults. The model is worker/models/bert.h; its parameters in
+// transformers' names are sharding/bert_layout.h.
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +26,7 @@ struct BertConfig {
   double attention_probs_dropout_prob = 0.1;
   int64_t pad_token_id = 0;
   std::string hidden_act = "gelu";
+  std::optional<double> classifier_dropout;  // before the classifier; unset: hidden_dropout_prob
   // BertForSequenceClassification (a pooler, then `classifier`) or BertForTokenClassification
   // (`classifier` at every token, no pooler), from architectures and id2label; else BertModel.
   ModelTask task = ModelTask::kCausalLm;
@@ -33,6 +34,9 @@ struct BertConfig {
 
   static BertConfig Parse(const std::string& json_text, const std::string& where);
   int64_t num_labels() const { return static_cast<int64_t>(label_names.size()); }
+  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  double ClassifierDropout() const { return classifier_dropout.value_or(hidden_dropout_prob); }
+  int64_t num_parameters() const;  // with the pooler and classifier its task has
 };
 
 // Whether config.json text is a BERT model's (model_type "bert").

@@ -47,17 +47,19 @@ struct LoraSpec {
   double alpha = 8;
   double dropout = 0.0;
   // Module names (q_proj, v_proj, ...) matched against the end of each linear layer's path; or,
-  // when written as one string, "all-linear" or a regex the whole path must match.
-  std::vector<std::string> target_modules = {"q_proj", "v_proj"};
+  // when written as one string, "all-linear" or a regex the whole path must match. Empty: the
+  // model family's default (PEFT's: q_proj and v_proj for Llama, query and value for BERT).
+  std::vector<std::string> target_modules;
   bool target_is_pattern = false;
   bool use_rslora = false;
 };
 
 // IA3 (Liu et al., 2022): learned vectors scaling the outputs of the target modules, and the
-// inputs of the feed-forward ones.
+// inputs of the feed-forward ones. Empty lists: the model family's defaults (PEFT's: k_proj,
+// v_proj, down_proj and down_proj for Llama; key, value, output.dense and output.dense for BERT).
 struct Ia3Spec {
-  std::vector<std::string> target_modules = {"k_proj", "v_proj", "down_proj"};
-  std::vector<std::string> feedforward_modules = {"down_proj"};
+  std::vector<std::string> target_modules;
+  std::vector<std::string> feedforward_modules;
 };
 
 // Bottleneck adapters (Houlsby et al., 2019): x + up(act(down(x))) on a sublayer's output;
@@ -152,10 +154,11 @@ struct TrainingSpec {
   bool activation_checkpointing = false;  // recompute each layer's forward in its backward
   EarlyStoppingSpec early_stopping;
   // Regularization (LoRA's dropout is method.lora.dropout): label smoothing of the training
-  // loss; dropout of the attention probabilities and before a classifier head (unset: the
-  // model's config.json attention_dropout and classifier_dropout).
+  // loss; dropout of the attention probabilities, of the hidden states (BERT's; Llama-family
+  // models have none) and before a classifier head (unset: the model's config.json values).
   double label_smoothing = 0.0;
   std::optional<double> attention_dropout;
+  std::optional<double> hidden_dropout;
   std::optional<double> classifier_dropout;
 };
 

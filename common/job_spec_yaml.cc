@@ -262,6 +262,12 @@ class MapReader {
     }
     *out = result;
   }
+  // An empty list given for a key whose absence means "the model's default".
+  void NonEmptyIfGiven(const char* key, const std::vector<std::string>& list) {
+    const YAML::Node value = Present(key) ? Get(key) : YAML::Node();
+    if (value.IsSequence() && value.size() == 0 && list.empty())
+      Problem(value, key, "is empty; name at least one module, or leave the key out for the model's defaults");
+  }
   void StringMap(const char* key, std::map<std::string, std::string>* out) {
     const YAML::Node value = Get(key);
     if (!value || value.IsNull()) return;
@@ -393,11 +399,13 @@ void ReadMethod(MapReader m, MethodSpec* method) {
   lora.Double("alpha", &method->lora.alpha, 0.0, 1e6, /*min_open=*/true);
   lora.Double("dropout", &method->lora.dropout, 0.0, 1.0, false, /*max_open=*/true);
   lora.StringList("target_modules", &method->lora.target_modules, &method->lora.target_is_pattern);
+  lora.NonEmptyIfGiven("target_modules", method->lora.target_modules);
   lora.Bool("use_rslora", &method->lora.use_rslora);
   lora.Finish();
   MapReader ia3 = section("ia3", type == MethodType::kIa3);
   ia3.StringList("target_modules", &method->ia3.target_modules);
   ia3.StringList("feedforward_modules", &method->ia3.feedforward_modules);
+  ia3.NonEmptyIfGiven("target_modules", method->ia3.target_modules);
   ia3.Finish();
   MapReader adapter = section("adapter", type == MethodType::kAdapter);
   adapter.Int("bottleneck", &method->adapter.bottleneck, 1, 1 << 20);
@@ -498,6 +506,7 @@ void ReadTraining(MapReader m, TrainingSpec* training) {
   m.Bool("activation_checkpointing", &training->activation_checkpointing);
   m.Double("label_smoothing", &training->label_smoothing, 0.0, 1.0, false, /*max_open=*/true);
   for (const auto& [key, field] : {std::pair{"attention_dropout", &training->attention_dropout},
+                                   std::pair{"hidden_dropout", &training->hidden_dropout},
                                    std::pair{"classifier_dropout", &training->classifier_dropout}}) {
     if (!m.Has(key)) continue;
     double p = 0.0;
@@ -694,7 +703,9 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
   }
 }
 
+// An empty list is left out: for the keys that may be empty, absence means the default.
 void EmitStrings(YAML::Emitter& out, const char* key, const std::vector<std::string>& values) {
+  if (values.empty()) return;
   out << YAML::Key << key << YAML::Value << YAML::Flow << YAML::BeginSeq;
   for (const auto& v : values) out << v;
   out << YAML::EndSeq;
@@ -859,6 +870,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "activation_checkpointing" << YAML::Value << t.activation_checkpointing;
   out << YAML::Key << "label_smoothing" << YAML::Value << t.label_smoothing;
   if (t.attention_dropout) out << YAML::Key << "attention_dropout" << YAML::Value << *t.attention_dropout;
+  if (t.hidden_dropout) out << YAML::Key << "hidden_dropout" << YAML::Value << *t.hidden_dropout;
   if (t.classifier_dropout) out << YAML::Key << "classifier_dropout" << YAML::Value << *t.classifier_dropout;
   out << YAML::Key << "early_stopping" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "patience" << YAML::Value << t.early_stopping.patience;

@@ -58,7 +58,7 @@ int PlanJob(const PlanArgs& args) {
     const JobSpec spec = LoadJobSpec(args.job);
     in = PlanInputForJob(spec, spec.resources.world_size(), args.gpu_memory_gib * (1 << 30), !args.cpu);
   } else {
-    in.model = LlamaConfig::Parse(ReadFile(args.model), args.model);
+    in.model = ModelConfig::Parse(ReadFile(args.model), args.model);
     in.ranks = args.gpus;
     in.ranks_per_node = args.gpus_per_node;
     in.device_memory_bytes = args.gpu_memory_gib * (1 << 30);

@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 
-#include "sharding/llama_layout.h"
+#include "sharding/model_layout.h"
 #include "sharding/parameter_layout.h"
 
 namespace shardtune {
@@ -13,30 +13,20 @@ namespace {
 
 using nlohmann::json;
 
-constexpr const char* kLinears[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-constexpr const char* kLinearPaths[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                        "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
 // Gradient buffers of whole units a stage 2/3 rank may hold at once: the unit whose backward
 // runs and the reductions in flight (ZeroEngine's kReductionsInFlight).
 constexpr int64_t kUnitGradientsInFlight = 3;
 
 int64_t Bytes(ComputeDType dtype) { return dtype == ComputeDType::kFp32 ? 4 : 2; }
 
-// (in, out) features of linear layer k.
-std::pair<int64_t, int64_t> InOut(const LlamaConfig& c, int k) {
-  const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
-  const int64_t f = c.intermediate_size;
-  const std::pair<int64_t, int64_t> shapes[] = {{h, q}, {h, kv}, {h, kv}, {q, h}, {h, f}, {h, f}, {f, h}};
-  return shapes[k];
-}
-
-bool Targets(const std::vector<std::string>& names, bool pattern, int k) {
-  const std::string path = std::string("model.layers.0.") + kLinearPaths[k];
+// Whether a PEFT target list picks linear module `module` (matched as PEFT matches: the end of
+// its path, or a pattern the whole path of layer 0's module matches).
+bool Targets(const ModelConfig& c, const std::vector<std::string>& names, bool pattern, const LinearModule& module) {
+  const std::string path = c.LayerPrefix(0) + module.path;
   if (pattern) return names[0] == "all-linear" || std::regex_match(path, std::regex(names[0]));
   for (const auto& n : names) {
-    if (n == kLinears[k] || n == kLinearPaths[k] ||
-        (path.size() > n.size() + 1 && path.compare(path.size() - n.size(), n.size(), n) == 0 &&
-         path[path.size() - n.size() - 1] == '.'))
+    if (path.size() > n.size() && path.compare(path.size() - n.size(), n.size(), n) == 0 &&
+        path[path.size() - n.size() - 1] == '.')
       return true;
   }
   return false;
@@ -48,12 +38,12 @@ struct ModelStates {
 
 // Per-rank bytes of one configuration, following ZeroEngine::memory() and its schedule.
 ModelStates Estimate(const PlanInput& in, const Plan& plan) {
-  const LlamaConfig& c = in.model;
+  const ModelConfig& c = in.model;
   const int64_t b = Bytes(in.dtype);
   const bool fp32 = in.dtype == ComputeDType::kFp32;
   const bool full = in.method.type == MethodType::kFull;
   const int64_t shards = in.zero_stage == 0 ? 1 : (in.shard_group_size > 0 ? in.shard_group_size : in.ranks);
-  const ShardedLayout layout = PlanLayout(LlamaUnits(c), static_cast<int>(shards));
+  const ShardedLayout layout = PlanLayout(ModelUnits(c), static_cast<int>(shards));
   MemoryByKind m;
   int64_t largest_padded = 0;
   for (const auto& unit : layout.units) largest_padded = std::max(largest_padded, unit.padded);
@@ -94,15 +84,19 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
   // (heads x S, the softmax in fp32). Checkpointing keeps each layer's input and one layer's
   // whole activations while it is recomputed. The logits and their gradient are fp32.
   const double tokens = static_cast<double>(in.micro_batch) * static_cast<double>(in.seq_len);
-  const double q = static_cast<double>(c.num_attention_heads * c.head_dim);
-  const double kv = static_cast<double>(c.num_key_value_heads * c.head_dim);
-  const double h = static_cast<double>(c.hidden_size), f = static_cast<double>(c.intermediate_size);
+  // (BERT's layer saves about as much: its GELU input and output stand in for gate and up.)
+  const double q = static_cast<double>(c.num_attention_heads() * c.head_dim());
+  const double kv = static_cast<double>(c.num_key_value_heads() * c.head_dim());
+  const double h = static_cast<double>(c.hidden_size());
+  const double f =
+      static_cast<double>(c.family == ModelFamily::kBert ? c.bert.intermediate_size : c.llama.intermediate_size);
   const double per_layer =
       tokens * ((10 * h + 4 * q + 3 * kv + 4 * f) * b +
-                static_cast<double>(c.num_attention_heads) * static_cast<double>(in.seq_len) * (b + 4));
-  const double layers = static_cast<double>(c.num_hidden_layers);
+                static_cast<double>(c.num_attention_heads()) * static_cast<double>(in.seq_len) * (b + 4));
+  const double layers = static_cast<double>(c.num_layers());
   const double saved = in.activation_checkpointing ? layers * tokens * h * b + per_layer : layers * per_layer;
-  m.activations = static_cast<int64_t>(saved + 2 * tokens * static_cast<double>(c.vocab_size) * 4);
+  const int64_t logits = c.task() == ModelTask::kCausalLm ? c.vocab_size() : c.num_labels();
+  m.activations = static_cast<int64_t>(saved + 2 * tokens * static_cast<double>(logits) * 4);
 
   ModelStates states;
   if (!in.on_gpu) {
@@ -140,25 +134,28 @@ Plan Variant(const Plan& base, const PlanInput& input) {
 
 }  // namespace
 
-int64_t PeftTrainableParameters(const LlamaConfig& c, const MethodSpec& m) {
-  const int64_t L = c.num_hidden_layers, h = c.hidden_size, kv = c.num_key_value_heads * c.head_dim;
+int64_t PeftTrainableParameters(const ModelConfig& c, const MethodSpec& m) {
+  const int64_t L = c.num_layers(), h = c.hidden_size(), kv = c.num_key_value_heads() * c.head_dim();
+  // Unset target lists are the family's defaults, as PeftMethod fills them in.
+  const auto& lora_targets = m.lora.target_modules.empty() ? c.DefaultLoraTargets() : m.lora.target_modules;
+  const auto& ia3_targets = m.ia3.target_modules.empty() ? c.DefaultIa3Targets() : m.ia3.target_modules;
+  const auto& ia3_feedforward =
+      m.ia3.feedforward_modules.empty() ? c.DefaultIa3Feedforward() : m.ia3.feedforward_modules;
   int64_t n = 0;
   switch (m.type) {
     case MethodType::kFull:
       return c.num_parameters();
     case MethodType::kLora:
     case MethodType::kDora:
-      for (int k = 0; k < 7; ++k) {
-        if (!Targets(m.lora.target_modules, m.lora.target_is_pattern, k)) continue;
-        const auto [in, out] = InOut(c, k);
-        n += L * (m.lora.r * (in + out) + (m.type == MethodType::kDora ? out : 0));
+      for (const LinearModule& linear : c.LayerLinears()) {
+        if (!Targets(c, lora_targets, m.lora.target_is_pattern, linear)) continue;
+        n += L * (m.lora.r * (linear.in + linear.out) + (m.type == MethodType::kDora ? linear.out : 0));
       }
       break;
     case MethodType::kIa3:
-      for (int k = 0; k < 7; ++k) {
-        if (!Targets(m.ia3.target_modules, false, k)) continue;
-        const auto [in, out] = InOut(c, k);
-        n += L * (Targets(m.ia3.feedforward_modules, false, k) ? in : out);
+      for (const LinearModule& linear : c.LayerLinears()) {
+        if (!Targets(c, ia3_targets, false, linear)) continue;
+        n += L * (Targets(c, ia3_feedforward, false, linear) ? linear.in : linear.out);
       }
       break;
     case MethodType::kAdapter: {
@@ -176,9 +173,17 @@ int64_t PeftTrainableParameters(const LlamaConfig& c, const MethodSpec& m) {
       n = m.prompt.num_virtual_tokens * h;
       break;
   }
-  for (const std::string& module : m.modules_to_save) {
-    if (module == "lm_head" || module == "embed_tokens") n += c.vocab_size * h;
-    if (module == "norm") n += h;
+  // modules_to_save: the base parameters whose module path ends with a named module.
+  for (const ParameterSpec& p : ModelParameterSpecs(c)) {
+    const std::string path = p.name.substr(0, p.name.rfind('.'));
+    for (const std::string& module : m.modules_to_save) {
+      if (path == module ||
+          (path.size() > module.size() && path.compare(path.size() - module.size(), module.size(), module) == 0 &&
+           path[path.size() - module.size() - 1] == '.')) {
+        n += NumelOf(p.shape);
+        break;
+      }
+    }
   }
   return n;
 }
@@ -188,7 +193,7 @@ Plan MakePlan(const PlanInput& input) {
   plan.input = input;
   plan.parameters = input.model.num_parameters();
   plan.trainable_parameters = PeftTrainableParameters(input.model, input.method);
-  for (const auto& unit : LlamaUnits(input.model)) {
+  for (const auto& unit : ModelUnits(input.model)) {
     int64_t n = 0;
     for (const auto& p : unit.parameters) n += NumelOf(p.shape);
     plan.largest_unit = std::max(plan.largest_unit, n);
@@ -240,7 +245,14 @@ Plan MakePlan(const PlanInput& input) {
 
 PlanInput PlanInputForJob(const JobSpec& spec, int64_t ranks, double device_memory_bytes, bool on_gpu) {
   PlanInput in;
-  in.model = LlamaConfig::Load(spec.model.path);
+  in.model = ModelConfig::Load(spec.model.path);
+  if (spec.model.task != ModelTask::kCausalLm) {
+    // The classes come from the data at training time; the head's size hardly matters to memory.
+    std::vector<std::string> labels = spec.model.labels;
+    if (labels.empty()) labels = in.model.label_names();
+    if (labels.size() < 2) labels = {"0", "1"};
+    in.model.SetHead(spec.model.task, labels);
+  }
   in.ranks = ranks;
   in.ranks_per_node = spec.resources.ranks_per_node;
   in.device_memory_bytes = device_memory_bytes;
@@ -290,8 +302,8 @@ std::string PlanToText(const Plan& plan) {
   std::string text = fmt::format(
       "model: {} parameters ({} trainable, method {}), {} layers, hidden {}; {} ranks, ZeRO stage {}{}, {}, "
       "micro-batch {} x {} tokens{}\n",
-      plan.parameters, plan.trainable_parameters, ToString(in.method.type), in.model.num_hidden_layers,
-      in.model.hidden_size, in.ranks, in.zero_stage, in.offload_optimizer ? " + optimizer offload" : "",
+      plan.parameters, plan.trainable_parameters, ToString(in.method.type), in.model.num_layers(),
+      in.model.hidden_size(), in.ranks, in.zero_stage, in.offload_optimizer ? " + optimizer offload" : "",
       ToString(in.dtype), in.micro_batch, in.seq_len, in.activation_checkpointing ? ", activation checkpointing" : "");
   const MemoryByKind& d = in.on_gpu ? plan.device : plan.host;
   text += fmt::format(

@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "common/job_spec.h"
-#include "common/llama_config.h"
+#include "common/model_config.h"
 
 namespace shardtune {
 
 struct PlanInput {
-  LlamaConfig model;
+  ModelConfig model;
   int64_t ranks = 1;  // data-parallel ranks, one device each
   int64_t ranks_per_node = 8;
   double device_memory_bytes = 0;  // per rank; 0: unknown (no verdict)
@@ -63,7 +63,7 @@ inline constexpr double kUsableDeviceMemory = 0.92;
 Plan MakePlan(const PlanInput& input);
 
 // Trainable parameters of a parameter-efficient method on this model (docs/peft.md's formulas).
-int64_t PeftTrainableParameters(const LlamaConfig& model, const MethodSpec& method);
+int64_t PeftTrainableParameters(const ModelConfig& model, const MethodSpec& method);
 
 // A job spec's plan on `ranks` ranks (the model's config read from model.path).
 PlanInput PlanInputForJob(const JobSpec& spec, int64_t ranks, double device_memory_bytes, bool on_gpu);

@@ -7,7 +7,7 @@
 #include "common/job_spec.h"
 #include "worker/data/formats.h"
 #include "worker/evaluation.h"
-#include "worker/generate.h"
+#include "worker/inference_model.h"
 
 namespace shardtune {
 
@@ -59,26 +59,26 @@ nlohmann::json EvaluateModel(const EvaluateOptions& o) {
     }
   }
   const LoadedModel loaded = LoadModelForInference(o.model, o.adapter, head);
-  const LlamaConfig& config = loaded.model->config();
+  const ModelConfig& config = loaded.config;
   JobSpec spec;
   spec.model.path = o.model.string();
   spec.model.tokenizer = o.tokenizer.string();
-  spec.data.format = FormatFor(o.format, config.task);
+  spec.data.format = FormatFor(o.format, config.task());
   spec.data.max_seq_len = o.max_seq_len;
-  JobDataOptions data = DataOptionsFor(spec, config.vocab_size, config.eos_token_ids);
+  JobDataOptions data = DataOptionsFor(spec, config.vocab_size(), config.eos_token_ids());
   data.options.format = spec.data.format;
-  data.options.label_names = config.label_names;
+  data.options.label_names = config.label_names();
   const TokenDataset dataset = ReadDataset(o.data, data.options);
   if (dataset.examples.empty()) Fail(ErrorCode::kInvalidArgument, "{}: no examples", o.data.string());
 
   at::NoGradGuard no_grad;
-  Evaluation evaluation(config);
+  Evaluation evaluation(config.task(), config.label_names());
   for (size_t begin = 0; begin < dataset.examples.size(); begin += static_cast<size_t>(o.batch_size)) {
     std::vector<const Example*> examples;
     for (size_t i = begin; i < std::min(dataset.examples.size(), begin + static_cast<size_t>(o.batch_size)); ++i)
       examples.push_back(&dataset.examples[i]);
-    const Batch batch = Collate(examples, config.pad_token_id);
-    evaluation.Add(loaded.model->Forward(batch.input_ids, batch.attention_mask), batch, examples);
+    const Batch batch = Collate(examples, config.pad_token_id());
+    evaluation.Add(loaded.TaskLogits(batch), batch, examples);
   }
   nlohmann::json result = {{"model", o.model.string()},
                            {"data", o.data.string()},

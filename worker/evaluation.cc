@@ -11,9 +11,10 @@ namespace shardtune {
 
 using nlohmann::json;
 
-Evaluation::Evaluation(const LlamaConfig& config, int64_t groups) : config_(config), groups_(groups) {
-  const int64_t n = config.num_labels();
-  switch (config.task) {
+Evaluation::Evaluation(ModelTask task, std::vector<std::string> labels, int64_t groups)
+    : task_(task), labels_(std::move(labels)), groups_(groups) {
+  const auto n = static_cast<int64_t>(labels_.size());
+  switch (task_) {
     case ModelTask::kCausalLm:
       sums_.assign(3 * (1 + groups_), 0.0);
       break;
@@ -21,7 +22,7 @@ Evaluation::Evaluation(const LlamaConfig& config, int64_t groups) : config_(conf
       sums_.assign(2 + n * n, 0.0);
       break;
     case ModelTask::kTokenClassification:
-      entity_types_ = EntityTypes(config.label_names);
+      entity_types_ = EntityTypes(labels_);
       sums_.assign(2 + 3 * entity_types_.size() + 1, 0.0);
       break;
   }
@@ -30,7 +31,7 @@ Evaluation::Evaluation(const LlamaConfig& config, int64_t groups) : config_(conf
 void Evaluation::Add(const at::Tensor& logits, const Batch& batch, const std::vector<const Example*>& examples,
                      const std::vector<int64_t>& groups) {
   at::NoGradGuard no_grad;
-  if (config_.task == ModelTask::kCausalLm) {
+  if (task_ == ModelTask::kCausalLm) {
     const int64_t s = logits.size(1);
     const at::Tensor labels = batch.labels.to(logits.device());
     const auto [loss, targets] = CausalLmLossPerExample(logits, labels);
@@ -50,14 +51,14 @@ void Evaluation::Add(const at::Tensor& logits, const Batch& batch, const std::ve
     }
     return;
   }
-  const LossSum loss = config_.task == ModelTask::kSequenceClassification
-                           ? SequenceClassificationLossSum(logits, batch.attention_mask, batch.class_labels)
+  const LossSum loss = task_ == ModelTask::kSequenceClassification
+                           ? SequenceClassificationLossSum(logits, batch.class_labels)
                            : TokenClassificationLossSum(logits, batch.labels);
   sums_[0] += loss.sum.item<double>();
   sums_[1] += static_cast<double>(loss.tokens);
-  const int64_t n = config_.num_labels();
-  if (config_.task == ModelTask::kSequenceClassification) {
-    const at::Tensor predicted = PooledLogits(logits, batch.attention_mask).argmax(-1).cpu();
+  const auto n = static_cast<int64_t>(labels_.size());
+  if (task_ == ModelTask::kSequenceClassification) {
+    const at::Tensor predicted = logits.argmax(-1).cpu();
     for (size_t i = 0; i < examples.size(); ++i) {
       const int64_t gold = examples[i]->class_label;
       if (gold >= 0) sums_[2 + gold * n + predicted[static_cast<int64_t>(i)].item<int64_t>()] += 1;
@@ -73,8 +74,8 @@ void Evaluation::Add(const at::Tensor& logits, const Batch& batch, const std::ve
       const int64_t gold = labels[static_cast<int64_t>(i)][k].item<int64_t>();
       if (gold == -100) continue;
       const int64_t guess = predicted[static_cast<int64_t>(i)][k].item<int64_t>();
-      gold_tags.push_back(config_.label_names[gold]);
-      predicted_tags.push_back(config_.label_names[guess]);
+      gold_tags.push_back(labels_[gold]);
+      predicted_tags.push_back(labels_[guess]);
       sums_[2 + 3 * t] += gold == guess;
     }
     CountEntities(gold_tags, predicted_tags, entity_types_, counts);
@@ -84,7 +85,7 @@ void Evaluation::Add(const at::Tensor& logits, const Batch& batch, const std::ve
 
 json Evaluation::Metrics(const std::vector<std::string>& group_names) const {
   json m;
-  if (config_.task == ModelTask::kCausalLm) {
+  if (task_ == ModelTask::kCausalLm) {
     const int64_t columns = 1 + groups_;
     auto figures = [&](int64_t column) {
       const double targets = sums_[columns + column];
@@ -105,8 +106,8 @@ json Evaluation::Metrics(const std::vector<std::string>& group_names) const {
   }
   const double targets = sums_[1];
   m["val_loss"] = targets > 0 ? sums_[0] / targets : 0.0;
-  const int64_t n = config_.num_labels();
-  if (config_.task == ModelTask::kSequenceClassification) {
+  const auto n = static_cast<int64_t>(labels_.size());
+  if (task_ == ModelTask::kSequenceClassification) {
     std::vector<int64_t> confusion(n * n);
     for (int64_t i = 0; i < n * n; ++i) confusion[i] = static_cast<int64_t>(sums_[2 + i]);
     const ClassificationMetrics c = FromConfusion(confusion, n);
@@ -116,10 +117,10 @@ json Evaluation::Metrics(const std::vector<std::string>& group_names) const {
     m["micro_f1"] = c.micro_f1;
     m["per_class"] = json::object();
     for (int64_t k = 0; k < n; ++k) {
-      m["per_class"][config_.label_names[k]] = {{"precision", c.classes[k].precision},
-                                                {"recall", c.classes[k].recall},
-                                                {"f1", c.classes[k].f1},
-                                                {"support", c.classes[k].support}};
+      m["per_class"][labels_[k]] = {{"precision", c.classes[k].precision},
+                                    {"recall", c.classes[k].recall},
+                                    {"f1", c.classes[k].f1},
+                                    {"support", c.classes[k].support}};
     }
     json rows = json::array();  // rows: true class, columns: predicted
     for (int64_t r = 0; r < n; ++r)

@@ -12,24 +12,26 @@
 #include <string>
 #include <vector>
 
-#include "common/llama_config.h"
+#include "common/job_spec.h"
 #include "worker/data/token_dataset.h"
 
 namespace shardtune {
 
 class Evaluation {
  public:
-  // `groups`: the tasks of a multi-task causal LM job (figures per group too); 1 otherwise.
-  explicit Evaluation(const LlamaConfig& config, int64_t groups = 1);
+  // `labels`: a classifier's classes (NER: its tags). `groups`: the tasks of a multi-task causal
+  // LM job (figures per group too); 1 otherwise.
+  Evaluation(ModelTask task, std::vector<std::string> labels, int64_t groups = 1);
 
-  // A batch's logits (B, S, V or classes). `groups[i]`: example i's group (default 0). Examples
+  // A batch's task logits: (B, S, V) for a language model, (B, classes) for sequence
+  // classification, (B, S, tags) for NER. `groups[i]`: example i's group (default 0). Examples
   // without targets (a rank's idle filler) add nothing.
   void Add(const at::Tensor& logits, const Batch& batch, const std::vector<const Example*>& examples,
            const std::vector<int64_t>& groups = {});
 
   std::vector<double>& sums() { return sums_; }
   // Tokens (causal LM, NER) or examples (classification) scored.
-  double targets() const { return sums_[config_.task == ModelTask::kCausalLm ? 1 + groups_ : 1]; }
+  double targets() const { return sums_[task_ == ModelTask::kCausalLm ? 1 + groups_ : 1]; }
 
   // {"val_loss", ...the task's figures}; with several groups, "tasks": {name: {...}} as well.
   nlohmann::json Metrics(const std::vector<std::string>& group_names = {}) const;
@@ -37,7 +39,8 @@ class Evaluation {
   static std::string Summary(const nlohmann::json& metrics);
 
  private:
-  const LlamaConfig& config_;
+  ModelTask task_;
+  std::vector<std::string> labels_;
   int64_t groups_;
   std::vector<std::string> entity_types_;
   // Causal LM: loss, targets, correct, each for all then per group. Classifiers: loss, targets,

@@ -111,11 +111,9 @@ void ExportCheckpoint(const fs::path& checkpoint_dir, const std::string& to, con
     Fail(ErrorCode::kInvalidArgument, "--to peft: {} was trained with method 'full'; there is no adapter (use --to hf)",
          checkpoint_dir.string());
   }
-  LlamaConfig config = LlamaConfig::Load(spec.model.path);
-  if (spec.model.task != ModelTask::kCausalLm) {  // the run's job.yaml records its classes
-    config.task = spec.model.task;
-    config.label_names = spec.model.labels;
-  }
+  ModelConfig config = ModelConfig::Load(spec.model.path);
+  // The run's job.yaml records its classes.
+  if (spec.model.task != ModelTask::kCausalLm) config.SetHead(spec.model.task, spec.model.labels);
   const PeftMethod peft(config, spec.method);
   SingleProcessCommunicator world;
   OwnedProcessGroups groups = MakeProcessGroups(world, 0);

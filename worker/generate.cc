@@ -6,9 +6,6 @@
 #include <random>
 
 #include "common/error.h"
-#include "worker/models/hf_io.h"
-#include "worker/peft/adapter_io.h"
-#include "worker/peft/peft.h"
 
 namespace shardtune {
 
@@ -61,41 +58,6 @@ std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t
     input = at::full({1, 1}, next, at::kLong);
   }
   return generated;
-}
-
-LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir,
-                                  const ClassifierHead& head) {
-  LoadedModel loaded;
-  LlamaConfig config = LlamaConfig::Load(model_dir);
-  if (head.task != ModelTask::kCausalLm) {
-    config.task = head.task;
-    config.label_names = head.labels;
-  }
-  loaded.weights = std::make_unique<FlatParameters>(LlamaParameterSpecs(config));
-  std::set<std::string> from_adapter;  // a new head comes with the adapter (modules_to_save)
-  if (head.task != ModelTask::kCausalLm) {
-    for (const auto& p : LlamaParameterSpecs(config))
-      if (p.name.rfind("score.", 0) == 0) from_adapter.insert(p.name);
-  }
-  LoadHfWeights(model_dir, *loaded.weights, from_adapter);
-  FlatParameters* flat = loaded.weights.get();
-  auto lookup_in = [](FlatParameters* parameters) {
-    return [parameters](const std::string& name) { return parameters->Value(*parameters->Find(name)); };
-  };
-  LlamaWeights weights = BindLlamaWeights(config, lookup_in(flat));
-  if (!adapter_dir.empty()) {
-    const LoadedAdapter adapter = ReadPeftAdapter(adapter_dir, config);
-    const PeftMethod peft(config, adapter.method);
-    loaded.adapter = std::make_unique<FlatParameters>(peft.parameters());
-    at::NoGradGuard no_grad;
-    for (const auto& slot : loaded.adapter->slots())
-      loaded.adapter->Value(slot).copy_(adapter.tensors.at(slot.spec.name));
-    for (const auto& p : peft.saved_parameters())  // modules_to_save replace the base modules
-      flat->Value(*flat->Find(p.name)).copy_(adapter.tensors.at(p.name));
-    peft.BindModel(lookup_in(loaded.adapter.get()), &weights);
-  }
-  loaded.model = std::make_unique<LlamaModel>(config, std::move(weights));
-  return loaded;
 }
 
 }  // namespace shardtune

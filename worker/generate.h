@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include "sharding/flat_parameters.h"
+#include "worker/inference_model.h"
 #include "worker/models/llama.h"
 
 namespace shardtune {
@@ -23,21 +23,5 @@ struct GenerateOptions {
 // Returns only the new tokens (the prompt is not repeated).
 std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options);
-
-// A model loaded from a Hugging Face directory for inference, owning its weights; with a PEFT
-// adapter directory, the adapter is applied unmerged (as PEFT's PeftModel runs it).
-struct LoadedModel {
-  std::unique_ptr<FlatParameters> weights;
-  std::unique_ptr<FlatParameters> adapter;
-  std::unique_ptr<LlamaModel> model;
-};
-// `head`: the task and classes of a classifier adapter on a language model (its run's job.yaml
-// says them: a PEFT adapter holds its head's weights, not its classes).
-struct ClassifierHead {
-  ModelTask task = ModelTask::kCausalLm;
-  std::vector<std::string> labels;
-};
-LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir = {},
-                                  const ClassifierHead& head = {});
 
 }  // namespace shardtune

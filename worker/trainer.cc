@@ -19,6 +19,7 @@
 #include "sharding/checkpoint.h"
 #include "sharding/loss_scale.h"
 #include "sharding/lr_schedule.h"
+#include "sharding/model_layout.h"
 #include "sharding/unit_function.h"
 #include "sharding/zero_engine.h"
 #include "worker/blas_env.h"
@@ -35,6 +36,7 @@
 #include "worker/peft/adapter_io.h"
 #include "worker/peft/peft.h"
 #include "worker/progress.h"
+#include "worker/unit_model.h"
 
 namespace shardtune {
 
@@ -63,6 +65,13 @@ at::Tensor NewHeadTensor(const ParameterSpec& spec, uint64_t seed) {
   return at::normal(0.0, 0.02, spec.shape, generator);
 }
 
+// A classifier's parameters: the head (and BERT's pooler), new when the checkpoint lacks them.
+bool IsHeadParameter(const std::string& name) {
+  for (const char* head : {"score.", "classifier.", "bert.pooler."})
+    if (name.rfind(head, 0) == 0) return true;
+  return false;
+}
+
 // What this build trains; everything else in the spec is valid but lands in later work.
 void CheckSupported(const JobSpec& spec, at::Device device) {
   auto unsupported = [](const std::string& what) {
@@ -84,8 +93,7 @@ class Trainer {
         options_(options),
         rank0_(world.rank() == 0),
         output_dir_(spec.output.dir),
-        config_(LlamaConfig::Load(spec.model.path)),
-        blocks_(config_),
+        config_(ModelConfig::Load(spec.model.path)),
         peft_(config_, spec.method),
         compute_dtype_(ToScalarType(spec.model.dtype)),
         device_(world.device()),
@@ -96,17 +104,15 @@ class Trainer {
  private:
   void Prepare();
   void LoadData();
-  // Logits of a batch; `training` turns dropout on.
-  at::Tensor Forward(const Batch& batch, bool training);
+  // The model's regularization as training.* overrides it; what a family lacks is refused.
+  void ApplyDropouts();
   // The training loss of the task (causal LM, sequence or token classification; with
   // training.label_smoothing) and what it counts.
   LossSum TaskLossSum(const at::Tensor& logits, const Batch& batch) const;
   int64_t TargetsOf(const Example& e) const;
-  // The units whose parameters some computation uses (`primary`'s unit first: it leads prefetch).
-  std::vector<int> UnitsUsing(const std::string& primary, const std::function<bool(const std::string&)>& uses) const;
   void ReadInitAdapter();  // method.init_from, checked against the method
-  // Classification and NER: the model gets the classifier `score` over the data's classes (which
-  // `resolved` records), PEFT methods train it in full (modules_to_save).
+  // Classification and NER: the model gets its family's classifier (`score`, `classifier`) over
+  // the data's classes (which `resolved` records); PEFT methods train it in full (modules_to_save).
   void UseClassifierHead(JobSpec& resolved);
   bool StopRequested(int64_t step);  // reports the step to the server (rank 0); true: pause
   void LoadInitialWeights(bool resuming);
@@ -131,15 +137,13 @@ class Trainer {
   TrainerOptions options_;
   bool rank0_;
   fs::path output_dir_;
-  LlamaConfig config_;
-  LlamaBlocks blocks_;
+  ModelConfig config_;
   PeftMethod peft_;
   at::ScalarType compute_dtype_;
   at::Device device_;  // the world communicator's: the CPU under MPI, this rank's GPU under NCCL
   OwnedProcessGroups groups_;
   std::unique_ptr<ZeroEngine> engine_;
-  std::vector<int> embed_units_, prompt_units_, head_units_;
-  std::vector<std::vector<int>> layer_units_;
+  std::unique_ptr<UnitModel> model_;
   std::map<std::string, at::Tensor> init_adapter_;  // method.init_from's tensors, until loaded
   std::map<std::string, double> last_metrics_;      // rank 0: the latest step's (and evaluation's) figures
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -176,7 +180,7 @@ void Trainer::LoadData() {
   for (const TaskSpec& task : sources) {
     if (task.format != DataFormat::kTokens) probe.data.format = task.format;
   }
-  JobDataOptions job_data = DataOptionsFor(probe, config_.vocab_size, config_.eos_token_ids);
+  JobDataOptions job_data = DataOptionsFor(probe, config_.vocab_size(), config_.eos_token_ids());
   tokenizer_ = std::move(job_data.tokenizer);
   if (rank0_ && !job_data.template_note.empty()) spdlog::info("{}", job_data.template_note);
 
@@ -227,9 +231,16 @@ void Trainer::LoadData() {
                    probabilities[t]);
     }
   }
-  if (spec_.data.max_seq_len > config_.max_position_embeddings && rank0_) {
-    spdlog::warn("data.max_seq_len {} exceeds the model's max_position_embeddings {}", spec_.data.max_seq_len,
-                 config_.max_position_embeddings);
+  if (spec_.data.max_seq_len > config_.max_positions()) {
+    // A Llama extrapolates its rotary positions (with a warning); BERT has no embedding there.
+    if (config_.family == ModelFamily::kBert) {
+      Fail(ErrorCode::kInvalidArgument, "data.max_seq_len {} exceeds the model's max_position_embeddings {}",
+           spec_.data.max_seq_len, config_.max_positions());
+    }
+    if (rank0_) {
+      spdlog::warn("data.max_seq_len {} exceeds the model's max_position_embeddings {}", spec_.data.max_seq_len,
+                   config_.max_positions());
+    }
   }
   if (static_cast<int64_t>(train_.size()) < global_batch_) {
     Fail(ErrorCode::kInvalidArgument, "{}: {} training sequences are fewer than one global batch of {}",
@@ -238,9 +249,29 @@ void Trainer::LoadData() {
   if (rank0_) spdlog::info("data: {} training examples, {} validation examples", train_.size(), validation_.size());
 }
 
+void Trainer::ApplyDropouts() {
+  const TrainingSpec& t = spec_.training;
+  if (t.attention_dropout) config_.SetAttentionDropout(*t.attention_dropout);
+  if (t.hidden_dropout) {
+    if (config_.family != ModelFamily::kBert) {
+      Fail(ErrorCode::kInvalidArgument,
+           "training.hidden_dropout: a {} model has no hidden-state dropout (transformers' Llama family has none); "
+           "use attention_dropout, classifier_dropout or method.lora.dropout",
+           config_.model_type());
+    }
+    config_.bert.hidden_dropout_prob = *t.hidden_dropout;
+  }
+}
+
 void Trainer::Prepare() {
   CheckSupported(spec_, device_);
-  if (spec_.training.attention_dropout) config_.attention_dropout = *spec_.training.attention_dropout;
+  if (config_.family == ModelFamily::kBert && spec_.model.task == ModelTask::kCausalLm) {
+    Fail(ErrorCode::kInvalidArgument,
+         "{}: a BERT encoder is not a causal language model; set model.task to sequence_classification or "
+         "token_classification",
+         spec_.model.path);
+  }
+  ApplyDropouts();
   ranks_ = world_.size();
   if (spec_.training.global_batch_size > 0 &&
       spec_.training.global_batch_size % (spec_.training.micro_batch_size * ranks_) != 0) {
@@ -264,6 +295,8 @@ void Trainer::Prepare() {
   LoadData();  // before anything is written: bad data leaves no output behind
   JobSpec resolved = spec_;
   if (spec_.model.task != ModelTask::kCausalLm) UseClassifierHead(resolved);
+  peft_ = PeftMethod(config_, resolved.method);  // the model as this job shapes it
+  resolved.method = peft_.spec();                // the target modules it applied (the family's defaults, if unset)
   ReadInitAdapter();
   fs::create_directories(output_dir_ / "logs");
   AddLogFile(output_dir_ / "logs" / fmt::format("rank-{:05d}.log", world_.rank()));
@@ -282,31 +315,15 @@ void Trainer::Prepare() {
   zero.recompute = spec_.training.activation_checkpointing;
   zero.device = device_;
   engine_ = std::make_unique<ZeroEngine>(peft_.Units(), zero, groups_.groups);
-  std::set<std::string> adapter;
-  for (const auto& p : peft_.parameters()) adapter.insert(p.name);
-  embed_units_ = UnitsUsing("model.embed_tokens.weight",
-                            [&](const std::string& name) { return name == "model.embed_tokens.weight"; });
-  if (peft_.prompt_tokens() > 0) {
-    prompt_units_ =
-        UnitsUsing("prompt_embeddings", [&](const std::string& name) { return name == "prompt_embeddings"; });
-  }
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    const std::string prefix = fmt::format("model.layers.{}.", i);
-    layer_units_.push_back(UnitsUsing(prefix + "input_layernorm.weight", [&](const std::string& name) {
-      return name.rfind(prefix, 0) == 0 || (adapter.count(name) && peft_.UsedByLayer(name, i));
-    }));
-  }
-  head_units_ = UnitsUsing("model.norm.weight", [&](const std::string& name) {
-    return name == "model.norm.weight" ||
-           (config_.task == ModelTask::kCausalLm ? name == LmHeadName(config_) : name.rfind("score.", 0) == 0);
-  });
+  model_ = MakeUnitModel(peft_, *engine_, compute_dtype_, device_);
 
   if (rank0_) {
     const MemoryAccount memory = engine_->memory();
-    spdlog::info("model {}: {} {} layers, hidden {}, {} parameters", spec_.model.path, config_.model_type,
-                 config_.num_hidden_layers, config_.hidden_size, config_.num_parameters());
+    spdlog::info("model {}: {} {} layers, hidden {}, {} parameters", spec_.model.path, config_.model_type(),
+                 config_.num_layers(), config_.hidden_size(), config_.num_parameters());
     const auto& saved = spec_.method.modules_to_save;
-    if (config_.tie_word_embeddings && !peft_.saved_parameters().empty() &&
+    const bool tied = config_.family == ModelFamily::kLlama && config_.llama.tie_word_embeddings;
+    if (tied && !peft_.saved_parameters().empty() &&
         std::any_of(peft_.saved_parameters().begin(), peft_.saved_parameters().end(),
                     [](const ParameterSpec& p) { return p.name == "model.embed_tokens.weight"; })) {
       spdlog::warn(
@@ -373,25 +390,30 @@ void Trainer::UseClassifierHead(JobSpec& resolved) {
     Fail(ErrorCode::kInvalidArgument, "{}: a classifier needs at least 2 classes; the data has {}", spec_.data.train,
          classes);
   }
-  config_.task = spec_.model.task;
-  config_.label_names = label_names_;
-  if (spec_.training.classifier_dropout) config_.classifier_dropout = *spec_.training.classifier_dropout;
+  config_.SetHead(spec_.model.task, label_names_, spec_.training.classifier_dropout);
   resolved.model.labels = label_names_;
-  blocks_ = LlamaBlocks(config_);
   // The head is new: a parameter-efficient method trains it in full, as PEFT's task types do.
-  if (resolved.method.type != MethodType::kFull &&
-      std::find(resolved.method.modules_to_save.begin(), resolved.method.modules_to_save.end(), "score") ==
-          resolved.method.modules_to_save.end()) {
-    resolved.method.modules_to_save.push_back("score");
+  // So does a BERT pooler the checkpoint lacks (a BertModel saved without one): transformers
+  // would leave it random and, under PEFT, frozen.
+  std::vector<std::string> trained = {config_.ClassifierModule()};
+  const bool pooler = config_.family == ModelFamily::kBert && config_.task() == ModelTask::kSequenceClassification;
+  if (pooler && !SafetensorsCheckpoint::Open(spec_.model.path).Find("bert.pooler.dense.weight")) {
+    trained.push_back("pooler");
+    if (rank0_) spdlog::warn("{} has no pooler (bert.pooler.dense): it is created new and trained", spec_.model.path);
   }
-  peft_ = PeftMethod(config_, resolved.method);
+  auto& saved = resolved.method.modules_to_save;
+  for (const std::string& module : trained) {
+    if (resolved.method.type != MethodType::kFull && std::find(saved.begin(), saved.end(), module) == saved.end())
+      saved.push_back(module);
+  }
   if (rank0_) {
-    spdlog::info("{} head `score` over {} classes: {}", ToString(config_.task), classes, fmt::join(label_names_, ", "));
+    spdlog::info("{} head `{}` over {} classes: {}", ToString(config_.task()), config_.ClassifierModule(), classes,
+                 fmt::join(label_names_, ", "));
   }
 }
 
 int64_t Trainer::TargetsOf(const Example& e) const {
-  switch (config_.task) {
+  switch (config_.task()) {
     case ModelTask::kSequenceClassification:
       return e.class_label >= 0 ? 1 : 0;
     case ModelTask::kTokenClassification:
@@ -404,9 +426,9 @@ int64_t Trainer::TargetsOf(const Example& e) const {
 
 LossSum Trainer::TaskLossSum(const at::Tensor& logits, const Batch& batch) const {
   const double smoothing = spec_.training.label_smoothing;
-  switch (config_.task) {
+  switch (config_.task()) {
     case ModelTask::kSequenceClassification:
-      return SequenceClassificationLossSum(logits, batch.attention_mask, batch.class_labels, smoothing);
+      return SequenceClassificationLossSum(logits, batch.class_labels, smoothing);
     case ModelTask::kTokenClassification:
       return TokenClassificationLossSum(logits, batch.labels, smoothing);
     case ModelTask::kCausalLm:
@@ -424,23 +446,6 @@ bool Trainer::StopRequested(int64_t step) {
   }
   world_.Broadcast(stop, 0, CollectiveTag{"stop request", step})->Wait();
   return stop.item<int64_t>() != 0;
-}
-
-std::vector<int> Trainer::UnitsUsing(const std::string& primary,
-                                     const std::function<bool(const std::string&)>& uses) const {
-  const int first = engine_->UnitOf(primary);
-  std::vector<int> units = {first};
-  const auto& layout = engine_->layout().units;
-  for (size_t u = 0; u < layout.size(); ++u) {
-    if (static_cast<int>(u) == first) continue;
-    for (const auto& p : layout[u].parameters) {
-      if (uses(p.spec.name)) {
-        units.push_back(static_cast<int>(u));
-        break;
-      }
-    }
-  }
-  return units;
 }
 
 void Trainer::ReadInitAdapter() {
@@ -476,7 +481,7 @@ void Trainer::LoadInitialWeights(bool resuming) {
   if (resuming && peft_.full()) return;
   const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(spec_.model.path);
   std::map<std::string, ParameterSpec> base_specs;
-  for (const auto& p : LlamaParameterSpecs(config_)) base_specs[p.name] = p;
+  for (const auto& p : ModelParameterSpecs(config_)) base_specs[p.name] = p;
   auto base = [&](const std::string& name) { return ReadHfTensor(weights, spec_.model.path, base_specs.at(name)); };
   std::map<std::string, at::Tensor> start;
   if (!resuming) start = std::move(init_adapter_);
@@ -486,7 +491,7 @@ void Trainer::LoadInitialWeights(bool resuming) {
       [&](const ParameterSpec& parameter) {
         if (const auto it = start.find(parameter.name); it != start.end()) return it->second;
         if (adapter.count(parameter.name)) return peft_.Initial(parameter, spec_.training.seed, base);
-        if (parameter.name.rfind("score.", 0) == 0 && !weights.Find(parameter.name))
+        if (IsHeadParameter(parameter.name) && !weights.Find(parameter.name))
           return NewHeadTensor(parameter, spec_.training.seed);
         return ReadHfTensor(weights, spec_.model.path, parameter);
       },
@@ -530,52 +535,6 @@ std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
   return batch;
 }
 
-at::Tensor Trainer::Forward(const Batch& batch, bool training) {
-  const int64_t layers = config_.num_hidden_layers;
-  // Prompt tuning: the batch starts with placeholders (WithVirtualTokens) that become the virtual
-  // tokens, in a call of their own so that the frozen embedding needs no backward.
-  const int64_t prompt = peft_.prompt_tokens(), seq = batch.input_ids.size(1);
-  at::Tensor h = ApplyUnits(*engine_, embed_units_, batch.input_ids.narrow(1, prompt, seq - prompt).to(device_),
-                            [this](const at::Tensor& ids, const UnitParameters& p) {
-                              return blocks_.Embed(ids, p("model.embed_tokens.weight"));
-                            });
-  if (prompt > 0) {
-    h = ApplyUnits(*engine_, prompt_units_, h, [this](const at::Tensor& x, const UnitParameters& p) {
-      return blocks_.PrependPrompt(x, p("prompt_embeddings"));
-    });
-  }
-  // Prefix tuning's keys are a past of P tokens to every layer.
-  const int64_t prefix = peft_.prefix_tokens(), b = batch.input_ids.size(0);
-  const at::Tensor mask =
-      prefix > 0 ? at::cat({at::ones({b, prefix}, batch.attention_mask.options()), batch.attention_mask}, 1)
-                 : batch.attention_mask;
-  // Captured by value: with recompute, a unit's computation runs again inside backward.
-  const Positions host =
-      blocks_.PositionsFor(b, seq, prefix, mask, compute_dtype_, batch.position_ids, batch.document_ids);
-  const Positions positions{host.cos.to(device_), host.sin.to(device_), host.mask.to(device_),
-                            host.window_mask.defined() ? host.window_mask.to(device_) : at::Tensor()};
-  for (int64_t i = 0; i < layers; ++i) {
-    h = ApplyUnits(*engine_, layer_units_[i], h,
-                   [this, i, positions, training](const at::Tensor& x, const UnitParameters& p) {
-                     const TensorLookup lookup = [&p](const std::string& name) { return p(name); };
-                     LlamaLayerWeights weights = BindLlamaLayer(config_, i, lookup);
-                     peft_.BindLayer(i, lookup, training, &weights);
-                     if (training) weights.attention_dropout = config_.attention_dropout;
-                     return blocks_.Layer(weights, x, positions, /*cache=*/nullptr, static_cast<size_t>(i));
-                   });
-  }
-  if (config_.task != ModelTask::kCausalLm) {
-    return ApplyUnits(*engine_, head_units_, h, [this, training](const at::Tensor& x, const UnitParameters& p) {
-      const bool bias = config_.task == ModelTask::kTokenClassification;
-      return blocks_.Classify(x, p("model.norm.weight"), p("score.weight"), bias ? p("score.bias") : at::Tensor(),
-                              training);
-    });
-  }
-  return ApplyUnits(*engine_, head_units_, h, [this](const at::Tensor& x, const UnitParameters& p) {
-    return blocks_.Head(x, p("model.norm.weight"), p(LmHeadName(config_)));
-  });
-}
-
 // Fault injection for the tests of collective timeouts: SHARDTUNE_TEST_STALL=RANK:STEP makes that
 // rank stop responding when it reaches that step (1-based), as a hung GPU or process would.
 void StallIfAsked(int rank, int64_t step) {
@@ -609,9 +568,9 @@ void Trainer::TrainStep(int64_t step) {
     const std::vector<const Example*> examples(batch.begin() + first + a * micro_,
                                                batch.begin() + first + (a + 1) * micro_);
     data_start = std::chrono::steady_clock::now();
-    const Batch micro_batch = WithVirtualTokens(Collate(examples, config_.pad_token_id), peft_.prompt_tokens());
+    const Batch micro_batch = WithVirtualTokens(Collate(examples, config_.pad_token_id()), peft_.prompt_tokens());
     data_s += SecondsSince(data_start);
-    const LossSum loss = TaskLossSum(Forward(micro_batch, /*training=*/true), micro_batch);
+    const LossSum loss = TaskLossSum(model_->Forward(micro_batch, /*training=*/true), micro_batch);
     // The loss is the mean over every target token of the global batch: each micro-batch on
     // each rank contributes its sum divided by the global count, and ranks sum gradients.
     // Backward runs even for a batch without targets (as a zero) so every rank's reductions run.
@@ -687,8 +646,8 @@ std::optional<double> Trainer::Evaluate(int64_t step) {
   // of stage 3 must match), so a rank without examples left runs a one-token batch with no targets.
   const auto v = static_cast<int64_t>(validation_.size());
   const int64_t rounds = (v + micro_ * ranks_ - 1) / (micro_ * ranks_);
-  const Example idle{{config_.pad_token_id, config_.pad_token_id}, {-100, -100}, {}, {}};
-  Evaluation evaluation(config_, static_cast<int64_t>(tasks_.size()));
+  const Example idle{{config_.pad_token_id(), config_.pad_token_id()}, {-100, -100}, {}, {}};
+  Evaluation evaluation(config_.task(), config_.label_names(), static_cast<int64_t>(tasks_.size()));
   for (int64_t round = 0; round < rounds; ++round) {
     const int64_t begin = (round * ranks_ + world_.rank()) * micro_;
     std::vector<const Example*> examples;
@@ -701,8 +660,8 @@ std::optional<double> Trainer::Evaluate(int64_t step) {
       examples.push_back(&idle);
       example_tasks.push_back(0);
     }
-    const Batch batch = WithVirtualTokens(Collate(examples, config_.pad_token_id), peft_.prompt_tokens());
-    evaluation.Add(Forward(batch, /*training=*/false), batch, examples, example_tasks);
+    const Batch batch = WithVirtualTokens(Collate(examples, config_.pad_token_id()), peft_.prompt_tokens());
+    evaluation.Add(model_->Forward(batch, /*training=*/false), batch, examples, example_tasks);
   }
   at::Tensor sums = at::tensor(evaluation.sums(), at::kDouble).to(device_);
   AllReduceSumNow(world_, sums, CollectiveTag{"validation metrics", step});
@@ -791,7 +750,7 @@ void Trainer::Export() {
 
 void Trainer::WriteGenerations() {
   const int64_t wanted = std::min<int64_t>(spec_.output.generations, static_cast<int64_t>(validation_.size()));
-  if (wanted == 0 || !rank0_ || !tokenizer_) return;
+  if (wanted == 0 || !rank0_ || !tokenizer_ || config_.task() != ModelTask::kCausalLm) return;
   const fs::path final_dir = output_dir_ / "final";
   const bool merged =
       std::count(spec_.output.export_formats.begin(), spec_.output.export_formats.end(), ExportFormat::kHf) > 0;

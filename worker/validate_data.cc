@@ -4,15 +4,15 @@
 #include <climits>
 
 #include "common/job_spec.h"
-#include "common/llama_config.h"
+#include "common/model_config.h"
 #include "worker/data/formats.h"
 
 namespace shardtune {
 
 void ValidateData(const std::string& job_path, std::ostream& out) {
   const JobSpec spec = LoadJobSpec(job_path);
-  const LlamaConfig config = LlamaConfig::Load(spec.model.path);
-  const JobDataOptions data = DataOptionsFor(spec, config.vocab_size, config.eos_token_ids);
+  const ModelConfig config = ModelConfig::Load(spec.model.path);
+  const JobDataOptions data = DataOptionsFor(spec, config.vocab_size(), config.eos_token_ids());
   if (spec.data.format == DataFormat::kChat || spec.data.format == DataFormat::kShareGpt)
     out << data.template_note << "\n";
 

@@ -10,11 +10,11 @@
 #include <sstream>
 
 #include "common/atomic_file.h"
-#include "common/bert_config.h"
 #include "common/error.h"
 #include "common/logging.h"
-#include "sharding/bert_layout.h"
+#include "common/model_config.h"
 #include "sharding/flat_parameters.h"
+#include "sharding/model_layout.h"
 #include "worker/blas_env.h"
 #include "worker/data/tokenizer/tokenizer.h"
 #include "worker/entry.h"
@@ -74,6 +74,10 @@ int Generate(const GenerateArgs& args) {
     }
   }
   const LoadedModel loaded = LoadModelForInference(args.model, args.adapter);
+  if (!loaded.model || loaded.config.task() != ModelTask::kCausalLm) {
+    Fail(ErrorCode::kInvalidArgument, "{}: a {} does not generate text; generate needs a causal language model",
+         args.model, loaded.config.Architecture());
+  }
   GenerateOptions options = args.options;
   options.stop_at_eos = !args.ignore_eos;
   const std::vector<int64_t> prompt =
@@ -105,21 +109,12 @@ int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
 
 int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
   namespace fs = std::filesystem;
-  const std::string text = ReadFile(config_path);
-  std::string model_type = "bert";
-  std::vector<ParameterSpec> specs;
-  if (IsBertConfig(text)) {
-    specs = BertParameterSpecs(BertConfig::Parse(text, config_path));
-  } else {
-    const LlamaConfig config = LlamaConfig::Parse(text, config_path);
-    model_type = config.model_type;
-    specs = LlamaParameterSpecs(config);
-  }
-  FlatParameters flat(specs);
+  const ModelConfig config = ModelConfig::Parse(ReadFile(config_path), config_path);
+  FlatParameters flat(ModelParameterSpecs(config));
   InitializeWeights(flat, seed);
   WriteHfModel(out_dir, config_path, flat, ComputeDType::kFp32);
-  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", model_type, flat.numel(), seed,
-               out_dir);
+  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", config.model_type(),
+               flat.numel(), seed, out_dir);
   return kExitOk;
 }
 

@@ -287,6 +287,8 @@ TEST_F(JobSpecTest, MethodProblemsNameTheirField) {
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {r: 0}}\n", {"method.lora.r", "must be in [1"});
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {rank: 8}}\n",
                 {"method.lora.rank", "unknown key 'rank'"});
+  ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: []}}\n",
+                {"method.lora.target_modules", "is empty", "leave the key out for the model's defaults"});
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: '(unclosed'}}\n",
                 {"method.lora.target_modules", "not a valid regular expression"});
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: [q_proj, {x: 1}]}}\n",

@@ -122,7 +122,8 @@ TEST(PeftMethod, BadTargetsAreRefusedNamingTheField) {
   };
   expect_error(Lora(4, {"qq_proj"}), "method.lora.target_modules: 'qq_proj' matches no linear layer");
   expect_error(Lora(4, {"layers.0.self_attn.q_proj"}), "names self_attn.q_proj in 1 of 2 layers");
-  expect_error(Lora(4, {}), "method.lora.target_modules: is empty");
+  // Unset targets are the family's defaults, PEFT's: q_proj and v_proj.
+  EXPECT_EQ(PeftMethod(c, Lora(4, {})).spec().lora.target_modules, (std::vector<std::string>{"q_proj", "v_proj"}));
   MethodSpec both = Lora(4, {"q_proj", "o_proj"});
   both.modules_to_save = {"o_proj"};
   expect_error(both, "method.modules_to_save: 'o_proj' is also a target");
@@ -131,7 +132,14 @@ TEST(PeftMethod, BadTargetsAreRefusedNamingTheField) {
   expect_error(partial, "matches 1 of 2 layers' self_attn.q_proj");
   MethodSpec ia3 = Method(MethodType::kIa3);
   ia3.ia3.target_modules = {"k_proj"};
+  ia3.ia3.feedforward_modules = {"down_proj"};
   expect_error(ia3, "method.ia3.feedforward_modules: 'mlp.down_proj' is not among ia3.target_modules");
+  // Unset, the feed-forward modules are the family's (down_proj) among the targets, as in PEFT.
+  ia3.ia3.feedforward_modules.clear();
+  EXPECT_TRUE(PeftMethod(c, ia3).spec().ia3.feedforward_modules.empty());
+  ia3.ia3.target_modules.clear();
+  EXPECT_EQ(PeftMethod(c, ia3).spec().ia3.target_modules, (std::vector<std::string>{"k_proj", "v_proj", "down_proj"}));
+  EXPECT_EQ(PeftMethod(c, ia3).spec().ia3.feedforward_modules, (std::vector<std::string>{"down_proj"}));
   MethodSpec saved = Lora(4, {"q_proj"});
   saved.modules_to_save = {"lm_head"};  // TinyConfig ties the head to the embedding
   expect_error(saved, "'lm_head' is tied to the input embeddings");

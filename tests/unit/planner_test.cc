@@ -15,7 +15,7 @@ namespace {
 PlanInput Example(const std::string& name) {
   const std::string path = std::string(SHARDTUNE_SOURCE_DIR) + "/examples/models/" + name;
   PlanInput in;
-  in.model = LlamaConfig::Parse(ReadFile(path), path);
+  in.model = ModelConfig::Parse(ReadFile(path), path);
   return in;
 }
 

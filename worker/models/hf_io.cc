@@ -149,24 +149,23 @@ void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const Fla
 }
 
 void WriteHfCompanions(const fs::path& dir, const fs::path& source, ComputeDType dtype) {
-  WriteHfCompanions(dir, source, dtype, LlamaConfig{});
+  WriteHfCompanions(dir, source, dtype, ModelConfig{});
 }
 
-void WriteHfCompanions(const fs::path& dir, const fs::path& source, ComputeDType dtype, const LlamaConfig& model) {
+void WriteHfCompanions(const fs::path& dir, const fs::path& source, ComputeDType dtype, const ModelConfig& model) {
   // `source`: a model directory, or a config file whose directory holds the other files.
   const bool is_dir = fs::is_directory(source);
   const fs::path source_dir = is_dir ? source : source.parent_path();
   nlohmann::json config = nlohmann::json::parse(ReadFile(is_dir ? source / "config.json" : source));
   config["torch_dtype"] = TorchDTypeName(dtype);
-  if (model.task != ModelTask::kCausalLm) {
-    std::string family = model.model_type == "qwen2" ? "Qwen2" : model.model_type == "mistral" ? "Mistral" : "Llama";
-    config["architectures"] = {family + (model.task == ModelTask::kSequenceClassification ? "ForSequenceClassification"
-                                                                                          : "ForTokenClassification")};
+  if (model.task() != ModelTask::kCausalLm) {
+    config["architectures"] = {model.Architecture()};
     config["id2label"] = nlohmann::json::object();
     config["label2id"] = nlohmann::json::object();
-    for (size_t i = 0; i < model.label_names.size(); ++i) {
-      config["id2label"][std::to_string(i)] = model.label_names[i];
-      config["label2id"][model.label_names[i]] = i;
+    const std::vector<std::string>& labels = model.label_names();
+    for (size_t i = 0; i < labels.size(); ++i) {
+      config["id2label"][std::to_string(i)] = labels[i];
+      config["label2id"][labels[i]] = i;
     }
   }
   WriteFileAtomic(dir / "config.json", config.dump(2) + "\n");

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "common/job_spec.h"
-#include "common/llama_config.h"
+#include "common/model_config.h"
 #include "common/safetensors.h"
 #include "sharding/flat_parameters.h"
 
@@ -44,7 +44,7 @@ void WriteHfCompanions(const std::filesystem::path& dir, const std::filesystem::
 // The same, for a model whose head `model` says (a classifier: config.json gets its architecture,
 // id2label and label2id).
 void WriteHfCompanions(const std::filesystem::path& dir, const std::filesystem::path& source_dir, ComputeDType dtype,
-                       const LlamaConfig& model);
+                       const ModelConfig& model);
 
 // Initializes weights as transformers does for a new model: normal(0, 0.02) matrices and
 // embeddings, ones for norms, zeros for biases; deterministic for a seed.

@@ -86,54 +86,6 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return weight * xf.to(x.scalar_type());
 }
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return at::linear(x, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
-}
-
-// A linear layer with what a parameter-efficient method adds to it (LinearAdapter).
-at::Tensor Linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, const LinearAdapter& a) {
-  const at::Tensor x = a.ia3.defined() && a.ia3_on_input ? input * a.ia3.reshape({-1}) : input;
-  at::Tensor y;
-  if (!a.lora_a.defined()) {
-    y = Linear(x, weight, bias);
-  } else {
-    const at::Tensor dropped = a.lora_dropout > 0 ? at::dropout(x, a.lora_dropout, /*train=*/true) : x;
-    const at::Tensor lora = at::linear(at::linear(dropped, a.lora_a), a.lora_b) * a.lora_scale;
-    if (!a.magnitude.defined()) {
-      y = Linear(x, weight, bias) + lora;
-    } else {
-      // DoRA, as PEFT computes it: the norm is detached (Liu et al., 2024, section 4.3).
-      const at::Tensor merged = weight.to(at::kFloat) + a.lora_scale * at::matmul(a.lora_b, a.lora_a).to(at::kFloat);
-      const at::Tensor norm = merged.norm(2, {1}).detach();
-      const at::Tensor scale = (a.magnitude.to(at::kFloat) / norm).to(x.scalar_type());
-      if (a.lora_dropout > 0) {  // W x + b + (scale - 1) W dropout(x) + scale * lora, as PEFT
-        y = Linear(x, weight, bias) + (scale - 1) * at::linear(dropped, weight) + scale * lora;
-      } else {  // the same with dropout(x) = x, in one product
-        y = scale * (at::linear(x, weight) + lora);
-        if (bias.defined()) y = y + bias;
-      }
-    }
-  }
-  if (a.ia3.defined() && !a.ia3_on_input) y = y * a.ia3.reshape({-1});
-  return y;
-}
-
-at::Tensor Bottleneck(const at::Tensor& x, const BottleneckAdapter& a) {
-  at::Tensor h = Linear(x, a.down, a.down_bias);
-  switch (a.activation) {
-    case AdapterActivation::kRelu:
-      h = at::relu(h);
-      break;
-    case AdapterActivation::kGelu:
-      h = at::gelu(h);
-      break;
-    case AdapterActivation::kSilu:
-      h = at::silu(h);
-      break;
-  }
-  return x + Linear(h, a.up, a.up_bias);
-}
-
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
@@ -195,34 +147,31 @@ at::Tensor LlamaBlocks::Embed(const at::Tensor& input_ids, const at::Tensor& emb
   return at::embedding(embed_tokens, input_ids, config_.padding_idx.value_or(-1));
 }
 
-at::Tensor LlamaBlocks::PrependPrompt(const at::Tensor& hidden, const at::Tensor& prompt_embeddings) const {
-  const int64_t b = hidden.size(0), p = prompt_embeddings.size(0);
-  return at::cat({prompt_embeddings.to(hidden.scalar_type()).unsqueeze(0).expand({b, p, hidden.size(2)}), hidden}, 1);
-}
-
 at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const Positions& positions,
                                   KvCache* cache, size_t layer_index) const {
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
   const auto& adapters = layer.adapters;
-  at::Tensor q = Linear(x, layer.q_proj, layer.q_bias, adapters[kQProj]).view({b, s, heads, d}).transpose(1, 2);
-  at::Tensor k = Linear(x, layer.k_proj, layer.k_bias, adapters[kKProj]).view({b, s, kv_heads, d}).transpose(1, 2);
-  at::Tensor v = Linear(x, layer.v_proj, layer.v_bias, adapters[kVProj]).view({b, s, kv_heads, d}).transpose(1, 2);
+  at::Tensor q = AdaptedLinear(x, layer.q_proj, layer.q_bias, adapters[kQProj]).view({b, s, heads, d}).transpose(1, 2);
+  at::Tensor k =
+      AdaptedLinear(x, layer.k_proj, layer.k_bias, adapters[kKProj]).view({b, s, kv_heads, d}).transpose(1, 2);
+  at::Tensor v =
+      AdaptedLinear(x, layer.v_proj, layer.v_bias, adapters[kVProj]).view({b, s, kv_heads, d}).transpose(1, 2);
   q = q * positions.cos + RotateHalf(q) * positions.sin;
   k = k * positions.cos + RotateHalf(k) * positions.sin;
   const at::Tensor& mask =
       config_.UsesSlidingWindow(static_cast<int64_t>(layer_index)) ? positions.window_mask : positions.mask;
-  if (layer.prefix_keys.defined()) {
+  if (adapters.prefix_keys.defined()) {
     // Prefix tuning: keys and values in front of the sequence's, entering as cached keys do (not
     // rotated); the positions and the mask count them as a past of P tokens (PositionsFor).
-    const int64_t p = layer.prefix_keys.size(0);
+    const int64_t p = adapters.prefix_keys.size(0);
     const bool cached = cache != nullptr && cache->keys.size() > layer_index && cache->keys[layer_index].defined();
     if (!cached) {
       auto expand = [&](const at::Tensor& t) {
         return t.to(k.scalar_type()).view({p, kv_heads, d}).transpose(0, 1).unsqueeze(0).expand({b, kv_heads, p, d});
       };
-      k = at::cat({expand(layer.prefix_keys), k}, 2);
-      v = at::cat({expand(layer.prefix_values), v}, 2);
+      k = at::cat({expand(adapters.prefix_keys), k}, 2);
+      v = at::cat({expand(adapters.prefix_values), v}, 2);
     }
   }
   if (cache != nullptr) {
@@ -243,8 +192,8 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   if (layer.attention_dropout > 0) probs = at::dropout(probs, layer.attention_dropout, /*train=*/true);
   const at::Tensor context = at::matmul(probs, RepeatKv(v, groups)).transpose(1, 2).reshape({b, s, heads * d});
-  at::Tensor out = Linear(context, layer.o_proj, layer.o_bias, adapters[kOProj]);
-  return layer.attention_adapter.down.defined() ? Bottleneck(out, layer.attention_adapter) : out;
+  at::Tensor out = AdaptedLinear(context, layer.o_proj, layer.o_bias, adapters[kOProj]);
+  return Bottleneck(out, adapters.attention);
 }
 
 at::Tensor LlamaBlocks::Layer(const LlamaLayerWeights& layer, const at::Tensor& hidden, const Positions& positions,
@@ -253,10 +202,10 @@ at::Tensor LlamaBlocks::Layer(const LlamaLayerWeights& layer, const at::Tensor& 
                                     cache, layer_index);
   const at::Tensor x = RmsNorm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
   const auto& adapters = layer.adapters;
-  const at::Tensor gated = at::silu(Linear(x, layer.gate_proj, layer.gate_bias, adapters[kGateProj])) *
-                           Linear(x, layer.up_proj, layer.up_bias, adapters[kUpProj]);
-  const at::Tensor mlp = Linear(gated, layer.down_proj, layer.down_bias, adapters[kDownProj]);
-  return h + (layer.mlp_adapter.down.defined() ? Bottleneck(mlp, layer.mlp_adapter) : mlp);
+  const at::Tensor gated = at::silu(AdaptedLinear(x, layer.gate_proj, layer.gate_bias, adapters[kGateProj])) *
+                           AdaptedLinear(x, layer.up_proj, layer.up_bias, adapters[kUpProj]);
+  const at::Tensor mlp = AdaptedLinear(gated, layer.down_proj, layer.down_bias, adapters[kDownProj]);
+  return h + Bottleneck(mlp, adapters.mlp);
 }
 
 at::Tensor LlamaBlocks::Classify(const at::Tensor& hidden, const at::Tensor& norm, const at::Tensor& score,
@@ -286,10 +235,10 @@ at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& at
   int64_t prompt = 0, prefix = 0;
   if (weights_.prompt_embeddings.defined() && past == 0) {
     prompt = weights_.prompt_embeddings.size(0);
-    h = blocks_.PrependPrompt(h, weights_.prompt_embeddings);
+    h = PrependPrompt(h, weights_.prompt_embeddings);
   }
-  if (!weights_.layers.empty() && weights_.layers[0].prefix_keys.defined())
-    prefix = weights_.layers[0].prefix_keys.size(0);
+  if (!weights_.layers.empty() && weights_.layers[0].adapters.prefix_keys.defined())
+    prefix = weights_.layers[0].adapters.prefix_keys.size(0);
   if (mask.defined() && prompt + prefix > 0) mask = at::cat({at::ones({b, prompt + prefix}, mask.options()), mask}, 1);
   const Positions positions = blocks_.PositionsFor(b, prompt + s, prefix + past, mask, h.scalar_type());
   for (size_t i = 0; i < weights_.layers.size(); ++i) h = blocks_.Layer(weights_.layers[i], h, positions, cache, i);
@@ -324,12 +273,11 @@ at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_ma
   return logits.gather(1, last.view({b, 1, 1}).expand({b, 1, labels})).squeeze(1);
 }
 
-LossSum SequenceClassificationLossSum(const at::Tensor& logits, const at::Tensor& attention_mask,
-                                      const at::Tensor& class_labels, double label_smoothing) {
-  const at::Tensor labels = class_labels.to(logits.device());
+LossSum SequenceClassificationLossSum(const at::Tensor& pooled_logits, const at::Tensor& class_labels,
+                                      double label_smoothing) {
+  const at::Tensor labels = class_labels.to(pooled_logits.device());
   LossSum loss;
-  loss.sum = at::cross_entropy_loss(PooledLogits(logits, attention_mask), labels, {}, at::Reduction::Sum, -100,
-                                    label_smoothing);
+  loss.sum = at::cross_entropy_loss(pooled_logits, labels, {}, at::Reduction::Sum, -100, label_smoothing);
   loss.tokens = labels.ne(-100).sum().item<int64_t>();
   return loss;
 }

@@ -8,7 +8,6 @@
 
 #include <ATen/ATen.h>
 
-#include <array>
 #include <functional>
 #include <string>
 #include <vector>
@@ -17,34 +16,13 @@
 #include "common/llama_config.h"
 #include "sharding/llama_layout.h"
 #include "sharding/parameter_layout.h"
+#include "worker/models/adapters.h"
 
 namespace shardtune {
 
-// The linear layers of a decoder layer, as parameter-efficient methods name their targets.
-enum LlamaLinear { kQProj, kKProj, kVProj, kOProj, kGateProj, kUpProj, kDownProj, kLlamaLinearCount };
-inline constexpr std::array<const char*, kLlamaLinearCount> kLlamaLinearNames = {
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-
-// What a parameter-efficient method adds to one linear layer y = W x + b (worker/peft/ binds it):
-//   LoRA  y + scale * B A dropout(x)
-//   DoRA  (m / |W + scale B A|) * (W x + scale * B A x) + b, the row norm taken as a constant
-//   IA3   y * l (outputs), or W (x * l) + b (inputs, for feed-forward layers)
-struct LinearAdapter {
-  at::Tensor lora_a, lora_b;  // (r, in), (out, r)
-  double lora_scale = 0.0;
-  double lora_dropout = 0.0;  // applied when > 0 (the binder sets it only when training)
-  at::Tensor magnitude;       // DoRA: (out,)
-  at::Tensor ia3;             // IA3: (out, 1), or (1, in) with ia3_on_input
-  bool ia3_on_input = false;
-};
-
-// x + up(act(down(x))) on a sublayer's output, before the residual sum.
-struct BottleneckAdapter {
-  at::Tensor down, down_bias;  // (bottleneck, hidden), (bottleneck)
-  at::Tensor up, up_bias;      // (hidden, bottleneck), (hidden)
-  AdapterActivation activation = AdapterActivation::kRelu;
-};
+// The linear layers of a decoder layer in ModelConfig::LayerLinears()'s order: the index of
+// their adapters in LayerAdapters.
+enum LlamaLinear { kQProj, kKProj, kVProj, kOProj, kGateProj, kUpProj, kDownProj };
 
 struct LlamaLayerWeights {
   at::Tensor input_layernorm;                // (hidden)
@@ -55,11 +33,8 @@ struct LlamaLayerWeights {
   at::Tensor gate_proj, up_proj;             // (intermediate, hidden)
   at::Tensor down_proj;                      // (hidden, intermediate)
   at::Tensor gate_bias, up_bias, down_bias;  // undefined unless config.mlp_bias
-  // Parameter-efficient additions; undefined tensors where the method adds nothing.
-  std::array<LinearAdapter, kLlamaLinearCount> adapters;
-  BottleneckAdapter attention_adapter, mlp_adapter;
-  at::Tensor prefix_keys, prefix_values;  // prefix tuning: (virtual tokens, kv_heads * head_dim)
-  double attention_dropout = 0.0;         // set in training only
+  LayerAdapters adapters;                    // what a parameter-efficient method adds
+  double attention_dropout = 0.0;            // set in training only
 };
 
 struct LlamaWeights {
@@ -71,7 +46,6 @@ struct LlamaWeights {
   at::Tensor prompt_embeddings;  // prompt tuning: (virtual tokens, hidden), before the input's
 };
 
-using TensorLookup = std::function<at::Tensor(const std::string& name)>;
 LlamaWeights BindLlamaWeights(const LlamaConfig& config, const TensorLookup& lookup);
 LlamaLayerWeights BindLlamaLayer(const LlamaConfig& config, int64_t layer, const TensorLookup& lookup);
 
@@ -108,8 +82,6 @@ class LlamaBlocks {
                          at::ScalarType dtype, const at::Tensor& position_ids = at::Tensor(),
                          const at::Tensor& document_ids = at::Tensor()) const;
   at::Tensor Embed(const at::Tensor& input_ids, const at::Tensor& embed_tokens) const;
-  // Prompt tuning: the P virtual tokens' embeddings (P, hidden) before `hidden` (B, S, hidden).
-  at::Tensor PrependPrompt(const at::Tensor& hidden, const at::Tensor& prompt_embeddings) const;
   // One decoder layer; with a cache, appends this call's keys and values to it.
   at::Tensor Layer(const LlamaLayerWeights& weights, const at::Tensor& hidden, const Positions& positions,
                    KvCache* cache = nullptr, size_t layer_index = 0) const;
@@ -159,10 +131,11 @@ std::pair<at::Tensor, at::Tensor> CausalLmLossPerExample(const at::Tensor& logit
 // Sequence classification reads each sequence's class at its last token (right padding: the
 // mask's length minus one), as LlamaForSequenceClassification does: (B, S, L) -> (B, L).
 at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_mask);
-// Cross-entropy sums of the heads: over the examples with a class (-100: none), and over the
-// tokens with a tag (labels aligned with the tokens, not shifted; -100 ignored).
-LossSum SequenceClassificationLossSum(const at::Tensor& logits, const at::Tensor& attention_mask,
-                                      const at::Tensor& class_labels, double label_smoothing = 0.0);
+// Cross-entropy sums of the heads: over the examples with a class (-100: none), of pooled logits
+// (B, L); and over the tokens with a tag (labels aligned with the tokens, not shifted; -100
+// ignored), of logits (B, S, L).
+LossSum SequenceClassificationLossSum(const at::Tensor& pooled_logits, const at::Tensor& class_labels,
+                                      double label_smoothing = 0.0);
 LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing = 0.0);
 
 }  // namespace shardtune

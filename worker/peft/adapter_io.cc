@@ -45,10 +45,10 @@ std::string PeftKey(const std::string& name) { return name == "prompt_embeddings
 
 json AdapterConfig(const PeftMethod& peft, const std::string& base_model) {
   const MethodSpec& m = peft.spec();
-  const LlamaConfig& c = peft.config();
-  const char* task = c.task == ModelTask::kSequenceClassification ? "SEQ_CLS"
-                     : c.task == ModelTask::kTokenClassification  ? "TOKEN_CLS"
-                                                                  : "CAUSAL_LM";
+  const ModelConfig& c = peft.config();
+  const char* task = c.task() == ModelTask::kSequenceClassification ? "SEQ_CLS"
+                     : c.task() == ModelTask::kTokenClassification  ? "TOKEN_CLS"
+                                                                    : "CAUSAL_LM";
   json config = {{"peft_type", PeftType(m.type)}, {"task_type", task},   {"base_model_name_or_path", base_model},
                  {"inference_mode", true},        {"revision", nullptr}, {"auto_mapping", nullptr}};
   config["modules_to_save"] = m.modules_to_save.empty() ? json(nullptr) : json(m.modules_to_save);
@@ -80,12 +80,12 @@ json AdapterConfig(const PeftMethod& peft, const std::string& base_model) {
     case MethodType::kPrefix:
     case MethodType::kPrompt: {
       const bool prefix = m.type == MethodType::kPrefix;
-      const int64_t kv = c.num_key_value_heads * c.head_dim;
+      const int64_t kv = c.num_key_value_heads() * c.head_dim();
       config.update({{"num_virtual_tokens", prefix ? m.prefix.num_virtual_tokens : m.prompt.num_virtual_tokens},
-                     {"token_dim", prefix ? kv : c.hidden_size},
+                     {"token_dim", prefix ? kv : c.hidden_size()},
                      {"num_transformer_submodules", 1},
-                     {"num_attention_heads", prefix ? c.num_key_value_heads : c.num_attention_heads},
-                     {"num_layers", c.num_hidden_layers}});
+                     {"num_attention_heads", prefix ? c.num_key_value_heads() : c.num_attention_heads()},
+                     {"num_layers", c.num_layers()}});
       if (prefix) {
         // The file holds the projected prefix: loadable as an embedding, whether or not an MLP made it.
         config["prefix_projection"] = false;
@@ -237,7 +237,7 @@ void WritePeftAdapter(const fs::path& dir, const PeftMethod& peft, const std::st
   WriteFileAtomic(dir / kConfigFile, AdapterConfig(peft, base_model).dump(2) + "\n");
 }
 
-LoadedAdapter ReadPeftAdapter(const fs::path& dir, const LlamaConfig& config) {
+LoadedAdapter ReadPeftAdapter(const fs::path& dir, const ModelConfig& config) {
   const fs::path config_path = dir / kConfigFile;
   if (!fs::exists(config_path)) {
     Fail(ErrorCode::kNotFound, "{}: no {} (expected a PEFT adapter directory)", dir.string(), kConfigFile);

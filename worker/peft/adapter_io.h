@@ -29,6 +29,6 @@ struct LoadedAdapter {
 };
 // Reads and checks an adapter for a model of `config`: every tensor the config implies is
 // present with its shape, and no other. Throws Error naming the file and key.
-LoadedAdapter ReadPeftAdapter(const std::filesystem::path& dir, const LlamaConfig& config);
+LoadedAdapter ReadPeftAdapter(const std::filesystem::path& dir, const ModelConfig& config);
 
 }  // namespace shardtune

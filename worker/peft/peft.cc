@@ -6,6 +6,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "sharding/model_layout.h"
 
 namespace shardtune {
 
@@ -14,8 +15,6 @@ namespace {
 constexpr const char* kPromptEmbeddings = "prompt_embeddings";
 constexpr const char* kPrefixEncoder = "prefix_encoder.";
 
-std::string LayerPrefix(int64_t layer) { return fmt::format("model.layers.{}.", layer); }
-std::string ModulePath(int64_t layer, LlamaLinear linear) { return LayerPrefix(layer) + kLlamaLinearNames[linear]; }
 std::string AdapterUnit(int64_t layer) { return fmt::format("layer {} adapter", layer); }
 
 bool EndsWithModule(const std::string& path, const std::string& name) {
@@ -50,46 +49,22 @@ at::Tensor Random(const std::vector<int64_t>& shape, uint64_t seed, const std::s
 
 }  // namespace
 
-PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::move(config)), method_(std::move(method)) {
-  const LlamaConfig& c = config_;
-  const int64_t layers = c.num_hidden_layers;
-  const int64_t kv = c.num_key_value_heads * c.head_dim;
-  auto all_targets = [] {
-    std::vector<LlamaLinear> all;
-    for (int k = 0; k < kLlamaLinearCount; ++k) all.push_back(static_cast<LlamaLinear>(k));
+PeftMethod::PeftMethod(ModelConfig config, MethodSpec method)
+    : config_(std::move(config)), linears_(config_.LayerLinears()), method_(std::move(method)) {
+  const ModelConfig& c = config_;
+  const int64_t layers = c.num_layers();
+  const int64_t kv = c.num_key_value_heads() * c.head_dim();
+  if (method_.lora.target_modules.empty()) method_.lora.target_modules = c.DefaultLoraTargets();
+  const bool feedforward_default = method_.ia3.feedforward_modules.empty();
+  if (method_.ia3.target_modules.empty()) method_.ia3.target_modules = c.DefaultIa3Targets();
+  auto all_targets = [this] {
+    std::vector<size_t> all;
+    for (size_t k = 0; k < linears_.size(); ++k) all.push_back(k);
     return all;
   };
-  // Targets by name: every entry must match some linear layer (as PEFT insists), and in every
-  // layer (the adapters are laid out per layer alike).
-  auto targets_named = [&](const std::vector<std::string>& names, const std::string& field) {
-    std::set<int> hit;
-    for (const std::string& name : names) {
-      bool matched = false;
-      for (int k = 0; k < kLlamaLinearCount; ++k) {
-        int64_t in_layers = 0;
-        for (int64_t i = 0; i < layers; ++i) in_layers += EndsWithModule(ModulePath(i, LlamaLinear(k)), name);
-        if (in_layers > 0 && in_layers < layers) {
-          MethodError(field, fmt::format("'{}' names {} in {} of {} layers; targets apply to every layer alike "
-                                         "(name the module, e.g. '{}')",
-                                         name, kLlamaLinearNames[k], in_layers, layers, kLlamaLinearNames[k]));
-        }
-        if (in_layers > 0) {
-          matched = true;
-          hit.insert(k);
-        }
-      }
-      if (!matched) {
-        MethodError(field, fmt::format("'{}' matches no linear layer of this {} model (its linear layers: q_proj, "
-                                       "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)",
-                                       name, c.model_type));
-      }
-    }
-    std::vector<LlamaLinear> targets;
-    for (int k : hit) targets.push_back(LlamaLinear(k));
-    return targets;
-  };
   auto require_targets = [&](const std::string& field) {
-    if (targets_.empty()) MethodError(field, "is empty; name at least one linear layer (e.g. q_proj)");
+    if (targets_.empty())
+      MethodError(field, fmt::format("is empty; name at least one linear layer (e.g. {})", linears_[0].path));
   };
 
   switch (method_.type) {
@@ -99,32 +74,31 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
     case MethodType::kDora: {
       const LoraSpec& lora = method_.lora;
       if (!lora.target_is_pattern) {
-        targets_ = targets_named(lora.target_modules, "lora.target_modules");
+        targets_ = TargetsNamed(lora.target_modules, "lora.target_modules");
         require_targets("lora.target_modules");
       } else if (lora.target_modules[0] == "all-linear") {
         targets_ = all_targets();
       } else {
         const std::regex pattern(lora.target_modules[0]);
-        for (int k = 0; k < kLlamaLinearCount; ++k) {
+        for (size_t k = 0; k < linears_.size(); ++k) {
           // A pattern that picks some layers' modules would need per-layer targets: all or none.
           int matched = 0;
-          for (int64_t i = 0; i < layers; ++i) matched += std::regex_match(ModulePath(i, LlamaLinear(k)), pattern);
-          if (matched == layers) targets_.push_back(LlamaLinear(k));
+          for (int64_t i = 0; i < layers; ++i) matched += std::regex_match(ModulePath(i, k), pattern);
+          if (matched == layers) targets_.push_back(k);
           if (matched > 0 && matched < layers) {
             MethodError("lora.target_modules",
                         fmt::format("'{}' matches {} of {} layers' {}; patterns must pick a module in every layer",
-                                    lora.target_modules[0], matched, layers, kLlamaLinearNames[k]));
+                                    lora.target_modules[0], matched, layers, linears_[k].path));
           }
         }
         if (targets_.empty()) {
-          MethodError("lora.target_modules",
-                      fmt::format("'{}' matches no module path (such as 'model.layers.0.self_attn.q_proj')",
-                                  lora.target_modules[0]));
+          MethodError("lora.target_modules", fmt::format("'{}' matches no module path (such as '{}')",
+                                                         lora.target_modules[0], ModulePath(0, 0)));
         }
       }
       for (int64_t i = 0; i < layers; ++i) {
-        for (LlamaLinear t : targets_) {
-          const auto [in, out] = InOut(t);
+        for (size_t t : targets_) {
+          const auto [path, in, out] = linears_[t];
           const std::string p = ModulePath(i, t);
           AddParameter(p + ".lora_A.weight", {lora.r, in}, AdapterUnit(i));
           AddParameter(p + ".lora_B.weight", {out, lora.r}, AdapterUnit(i));
@@ -134,19 +108,28 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
       break;
     }
     case MethodType::kIa3: {
-      targets_ = targets_named(method_.ia3.target_modules, "ia3.target_modules");
+      targets_ = TargetsNamed(method_.ia3.target_modules, "ia3.target_modules");
       require_targets("ia3.target_modules");
-      feedforward_ = targets_named(method_.ia3.feedforward_modules, "ia3.feedforward_modules");
-      for (LlamaLinear f : feedforward_) {
+      if (feedforward_default) {
+        // As PEFT ends up: the family's feed-forward modules, those among the targets.
+        for (const std::string& name : c.DefaultIa3Feedforward()) {
+          const std::vector<size_t> named = TargetsNamed({name}, "ia3.feedforward_modules");
+          if (std::all_of(named.begin(), named.end(),
+                          [&](size_t k) { return std::find(targets_.begin(), targets_.end(), k) != targets_.end(); }))
+            method_.ia3.feedforward_modules.push_back(name);
+        }
+      }
+      feedforward_ = TargetsNamed(method_.ia3.feedforward_modules, "ia3.feedforward_modules");
+      for (size_t f : feedforward_) {
         if (std::find(targets_.begin(), targets_.end(), f) == targets_.end()) {
           MethodError("ia3.feedforward_modules",
                       fmt::format("'{}' is not among ia3.target_modules (feed-forward modules must be targets too)",
-                                  kLlamaLinearNames[f]));
+                                  linears_[f].path));
         }
       }
       for (int64_t i = 0; i < layers; ++i) {
-        for (LlamaLinear t : targets_) {
-          const auto [in, out] = InOut(t);
+        for (size_t t : targets_) {
+          const auto [path, in, out] = linears_[t];
           AddParameter(ModulePath(i, t) + ".ia3_l",
                        Feedforward(t) ? std::vector<int64_t>{1, in} : std::vector<int64_t>{out, 1}, AdapterUnit(i));
         }
@@ -154,12 +137,12 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
       break;
     }
     case MethodType::kAdapter: {
-      const int64_t b = method_.adapter.bottleneck, h = c.hidden_size;
+      const int64_t b = method_.adapter.bottleneck, h = c.hidden_size();
       for (int64_t i = 0; i < layers; ++i) {
         for (const char* where : {"attention_adapter", "mlp_adapter"}) {
           if (std::string(where) == "attention_adapter" && method_.adapter.placement == AdapterPlacement::kPfeiffer)
             continue;
-          const std::string p = LayerPrefix(i) + where;
+          const std::string p = c.LayerPrefix(i) + where;
           AddParameter(p + ".down_proj.weight", {b, h}, AdapterUnit(i));
           AddParameter(p + ".down_proj.bias", {b}, AdapterUnit(i));
           AddParameter(p + ".up_proj.weight", {h, b}, AdapterUnit(i));
@@ -185,12 +168,12 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
       break;
     }
     case MethodType::kPrompt:
-      AddParameter(kPromptEmbeddings, {method_.prompt.num_virtual_tokens, c.hidden_size}, "prompt");
+      AddParameter(kPromptEmbeddings, {method_.prompt.num_virtual_tokens, c.hidden_size()}, "prompt");
       break;
   }
 
   // modules_to_save: base modules trained in full, matched by the end of their path.
-  const std::vector<ParameterSpec> base = LlamaParameterSpecs(c);
+  const std::vector<ParameterSpec> base = ModelParameterSpecs(c);
   for (const std::string& module : method_.modules_to_save) {
     bool matched = false;
     for (const ParameterSpec& p : base) {
@@ -200,7 +183,7 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
       if (std::none_of(saved_.begin(), saved_.end(), [&](const ParameterSpec& s) { return s.name == p.name; }))
         saved_.push_back(p);
       for (int64_t i = 0; i < layers; ++i) {
-        for (LlamaLinear t : targets_) {
+        for (size_t t : targets_) {
           // Adapted and trained in full at once: a merged export could not hold both.
           if (path == ModulePath(i, t)) {
             MethodError("modules_to_save",
@@ -212,10 +195,13 @@ PeftMethod::PeftMethod(LlamaConfig config, MethodSpec method) : config_(std::mov
       }
     }
     if (!matched) {
+      const bool tied = c.family == ModelFamily::kLlama && c.llama.tie_word_embeddings;
       MethodError("modules_to_save",
-                  module == "lm_head" && c.tie_word_embeddings
+                  module == "lm_head" && tied
                       ? std::string("'lm_head' is tied to the input embeddings in this model; save 'embed_tokens'")
-                      : fmt::format("'{}' names no module of this model (e.g. embed_tokens, lm_head, norm)", module));
+                      : fmt::format("'{}' names no module of this model (e.g. {})", module,
+                                    c.family == ModelFamily::kBert ? "word_embeddings, pooler, classifier"
+                                                                   : "embed_tokens, lm_head, norm"));
     }
   }
 }
@@ -228,26 +214,41 @@ void PeftMethod::AddParameter(std::string name, std::vector<int64_t> shape, std:
   parameter_units_.push_back(std::move(unit));
 }
 
-std::pair<int64_t, int64_t> PeftMethod::InOut(LlamaLinear linear) const {
-  const LlamaConfig& c = config_;
-  const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
-  switch (linear) {
-    case kQProj:
-      return {h, q};
-    case kKProj:
-    case kVProj:
-      return {h, kv};
-    case kOProj:
-      return {q, h};
-    case kGateProj:
-    case kUpProj:
-      return {h, c.intermediate_size};
-    default:
-      return {c.intermediate_size, h};
-  }
+std::string PeftMethod::ModulePath(int64_t layer, size_t linear) const {
+  return config_.LayerPrefix(layer) + linears_[linear].path;
 }
 
-bool PeftMethod::Feedforward(LlamaLinear linear) const {
+std::vector<size_t> PeftMethod::TargetsNamed(const std::vector<std::string>& names, const std::string& field) const {
+  // Every entry must match some linear layer (as PEFT insists), and in every layer (the adapters
+  // are laid out per layer alike).
+  const int64_t layers = config_.num_layers();
+  std::set<size_t> hit;
+  for (const std::string& name : names) {
+    bool matched = false;
+    for (size_t k = 0; k < linears_.size(); ++k) {
+      int64_t in_layers = 0;
+      for (int64_t i = 0; i < layers; ++i) in_layers += EndsWithModule(ModulePath(i, k), name);
+      if (in_layers > 0 && in_layers < layers) {
+        MethodError(field, fmt::format("'{}' names {} in {} of {} layers; targets apply to every layer alike "
+                                       "(name the module, e.g. '{}')",
+                                       name, linears_[k].path, in_layers, layers, linears_[k].path));
+      }
+      if (in_layers > 0) {
+        matched = true;
+        hit.insert(k);
+      }
+    }
+    if (!matched) {
+      std::vector<std::string> paths;
+      for (const LinearModule& m : linears_) paths.push_back(m.path);
+      MethodError(field, fmt::format("'{}' matches no linear layer of this {} model (its linear layers: {})", name,
+                                     config_.model_type(), fmt::join(paths, ", ")));
+    }
+  }
+  return {hit.begin(), hit.end()};
+}
+
+bool PeftMethod::Feedforward(size_t linear) const {
   return std::find(feedforward_.begin(), feedforward_.end(), linear) != feedforward_.end();
 }
 
@@ -265,7 +266,7 @@ int64_t PeftMethod::trainable_count() const {
 }
 
 std::vector<UnitSpec> PeftMethod::Units() const {
-  std::vector<UnitSpec> units = LlamaUnits(config_);
+  std::vector<UnitSpec> units = ModelUnits(config_);
   if (full()) return units;
   auto is_saved = [this](const ParameterSpec& p) {
     return std::any_of(saved_.begin(), saved_.end(), [&](const ParameterSpec& s) { return s.name == p.name; });
@@ -306,37 +307,38 @@ at::Tensor PeftMethod::Initial(const ParameterSpec& spec, uint64_t seed,
   }
   if (ends_with(".ia3_l")) return at::ones(spec.shape, at::kFloat);
   if (ends_with("down_proj.weight") || ends_with("down_proj.bias")) {
-    return Random(spec.shape, seed, name, false, 1.0 / std::sqrt(static_cast<double>(config_.hidden_size)));
+    return Random(spec.shape, seed, name, false, 1.0 / std::sqrt(static_cast<double>(config_.hidden_size())));
   }
   if (name.rfind(kPrefixEncoder, 0) == 0 && name.find("transform") != std::string::npos) {
     // nn.Linear's default for weight and bias alike: by the layer's fan-in.
-    const int64_t kv = config_.num_key_value_heads * config_.head_dim;
+    const int64_t kv = config_.num_key_value_heads() * config_.head_dim();
     const int64_t encoder = method_.prefix.encoder_hidden_size > 0 ? method_.prefix.encoder_hidden_size : kv;
     const int64_t in = name.find("transform.0") != std::string::npos ? kv : encoder;
     return Random(spec.shape, seed, name, false, 1.0 / std::sqrt(static_cast<double>(in)));
   }
   if (name == kPromptEmbeddings && method_.type == MethodType::kPrompt) {
     // Embeddings of tokens sampled from the vocabulary: on the scale the model expects.
-    const at::Tensor embeddings = base("model.embed_tokens.weight");
+    const at::Tensor embeddings = base(config_.WordEmbeddings());
     std::mt19937_64 rng(seed ^ Fnv1a(name));
     std::vector<int64_t> ids;
-    for (int64_t i = 0; i < spec.shape[0]; ++i) ids.push_back(static_cast<int64_t>(rng() % config_.vocab_size));
+    for (int64_t i = 0; i < spec.shape[0]; ++i) ids.push_back(static_cast<int64_t>(rng() % config_.vocab_size()));
     return embeddings.index_select(0, at::tensor(ids, at::kLong)).clone();
   }
   // Prefix embeddings (no projection) and the prefix encoder's embedding: nn.Embedding's N(0, 1).
   return Random(spec.shape, seed, name, true, 1.0);
 }
 
-void PeftMethod::BindLayer(int64_t layer, const TensorLookup& lookup, bool training, LlamaLayerWeights* w) const {
-  const std::string prefix = LayerPrefix(layer);
+void PeftMethod::BindLayer(int64_t layer, const TensorLookup& lookup, bool training, LayerAdapters* w) const {
+  const std::string prefix = config_.LayerPrefix(layer);
   switch (method_.type) {
     case MethodType::kFull:
     case MethodType::kPrompt:
       return;
     case MethodType::kLora:
     case MethodType::kDora:
-      for (LlamaLinear t : targets_) {
-        LinearAdapter& a = w->adapters[t];
+      w->linear.resize(linears_.size());
+      for (size_t t : targets_) {
+        LinearAdapter& a = w->linear[t];
         const std::string p = ModulePath(layer, t);
         a.lora_a = lookup(p + ".lora_A.weight");
         a.lora_b = lookup(p + ".lora_B.weight");
@@ -346,8 +348,9 @@ void PeftMethod::BindLayer(int64_t layer, const TensorLookup& lookup, bool train
       }
       return;
     case MethodType::kIa3:
-      for (LlamaLinear t : targets_) {
-        LinearAdapter& a = w->adapters[t];
+      w->linear.resize(linears_.size());
+      for (size_t t : targets_) {
+        LinearAdapter& a = w->linear[t];
         a.ia3 = lookup(ModulePath(layer, t) + ".ia3_l");
         a.ia3_on_input = Feedforward(t);
       }
@@ -360,12 +363,12 @@ void PeftMethod::BindLayer(int64_t layer, const TensorLookup& lookup, bool train
         a->up_bias = lookup(prefix + where + ".up_proj.bias");
         a->activation = method_.adapter.activation;
       };
-      if (method_.adapter.placement == AdapterPlacement::kHoulsby) bind("attention_adapter", &w->attention_adapter);
-      bind("mlp_adapter", &w->mlp_adapter);
+      if (method_.adapter.placement == AdapterPlacement::kHoulsby) bind("attention_adapter", &w->attention);
+      bind("mlp_adapter", &w->mlp);
       return;
     }
     case MethodType::kPrefix: {
-      const int64_t kv = config_.num_key_value_heads * config_.head_dim;
+      const int64_t kv = config_.num_key_value_heads() * config_.head_dim();
       at::Tensor pair;  // (virtual tokens, 2 kv): this layer's keys then values
       if (!method_.prefix.projection) {
         pair = lookup(kPromptEmbeddings).narrow(1, 2 * layer * kv, 2 * kv);
@@ -384,15 +387,9 @@ void PeftMethod::BindLayer(int64_t layer, const TensorLookup& lookup, bool train
   }
 }
 
-void PeftMethod::BindModel(const TensorLookup& lookup, LlamaWeights* weights) const {
-  for (size_t i = 0; i < weights->layers.size(); ++i)
-    BindLayer(static_cast<int64_t>(i), lookup, /*training=*/false, &weights->layers[i]);
-  if (method_.type == MethodType::kPrompt) weights->prompt_embeddings = lookup(kPromptEmbeddings);
-}
-
 bool PeftMethod::UsedByLayer(const std::string& parameter, int64_t layer) const {
   if (method_.type == MethodType::kPrefix) return true;  // every layer reads its slice of the prefix
-  return parameter.rfind(LayerPrefix(layer), 0) == 0;
+  return parameter.rfind(config_.LayerPrefix(layer), 0) == 0;
 }
 
 bool PeftMethod::mergeable() const {
@@ -403,9 +400,9 @@ bool PeftMethod::mergeable() const {
 at::Tensor PeftMethod::Merged(const std::string& name, const at::Tensor& base, const TensorLookup& adapter) const {
   ST_CHECK(mergeable(), "method {} cannot be merged", ToString(method_.type));
   if (full()) return base;
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    if (name.rfind(LayerPrefix(i), 0) != 0) continue;
-    for (LlamaLinear t : targets_) {
+  for (int64_t i = 0; i < config_.num_layers(); ++i) {
+    if (name.rfind(config_.LayerPrefix(i), 0) != 0) continue;
+    for (size_t t : targets_) {
       const std::string module = ModulePath(i, t);
       const bool weight = name == module + ".weight", bias = name == module + ".bias";
       if (!weight && !bias) continue;
@@ -436,6 +433,7 @@ Batch WithVirtualTokens(const Batch& batch, int64_t tokens) {
   result.input_ids = prepend(batch.input_ids, 0);
   result.labels = prepend(batch.labels, -100);
   result.attention_mask = prepend(batch.attention_mask, 1);
+  if (batch.token_type_ids.defined()) result.token_type_ids = prepend(batch.token_type_ids, 0);
   return result;
 }
 

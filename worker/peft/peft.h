@@ -1,6 +1,6 @@
 #pragma once
-// Parameter-efficient fine-tuning of a Llama-family model: LoRA, DoRA, IA3, bottleneck
-// adapters, prefix tuning and prompt tuning (method.type in the job spec).
+// Parameter-efficient fine-tuning of any supported model (Llama-family or BERT): LoRA, DoRA,
+// IA3, bottleneck adapters, prefix tuning and prompt tuning (method.type in the job spec).
 //
 // A PeftMethod knows what the method adds to the model: its parameters (named as Hugging Face
 // PEFT names them, without PEFT's "base_model.model." prefix), how ZeRO holds them (units),
@@ -17,9 +17,10 @@
 #include <vector>
 
 #include "common/job_spec.h"
+#include "common/model_config.h"
 #include "sharding/parameter_layout.h"
 #include "worker/data/token_dataset.h"
-#include "worker/models/llama.h"
+#include "worker/models/adapters.h"
 
 namespace shardtune {
 
@@ -27,11 +28,13 @@ class PeftMethod {
  public:
   // Validates the method against the model (target modules that match nothing, modules_to_save
   // that do not exist, ...); throws Error naming the method.* field. method.type full is valid:
-  // nothing is added and everything is trained.
-  PeftMethod(LlamaConfig config, MethodSpec method);
+  // nothing is added and everything is trained. Target modules left empty are the family's
+  // defaults (PEFT's: q_proj and v_proj for Llama's LoRA, query and value for BERT's).
+  PeftMethod(ModelConfig config, MethodSpec method);
 
+  // The method as applied: default target modules filled in.
   const MethodSpec& spec() const { return method_; }
-  const LlamaConfig& config() const { return config_; }
+  const ModelConfig& config() const { return config_; }
   bool full() const { return method_.type == MethodType::kFull; }
 
   // The method's own parameters, in unit order.
@@ -49,10 +52,8 @@ class PeftMethod {
   at::Tensor Initial(const ParameterSpec& spec, uint64_t seed,
                      const std::function<at::Tensor(const std::string&)>& base) const;
 
-  // Binds what the method adds to layer `layer` (and, for inference, to the whole model).
-  // `training` turns LoRA dropout on.
-  void BindLayer(int64_t layer, const TensorLookup& lookup, bool training, LlamaLayerWeights* weights) const;
-  void BindModel(const TensorLookup& lookup, LlamaWeights* weights) const;
+  // Binds what the method adds to layer `layer`. `training` turns LoRA dropout on.
+  void BindLayer(int64_t layer, const TensorLookup& lookup, bool training, LayerAdapters* adapters) const;
   // Names of the parameters a layer's computation uses besides the base layer's own.
   bool UsedByLayer(const std::string& parameter, int64_t layer) const;
 
@@ -65,19 +66,22 @@ class PeftMethod {
   // Base parameter `name` (fp32) with the adapter folded in; `adapter` looks up parameters().
   at::Tensor Merged(const std::string& name, const at::Tensor& base, const TensorLookup& adapter) const;
 
-  // The linear layers of each decoder layer the method targets (LoRA/DoRA/IA3), by LlamaLinear.
-  const std::vector<LlamaLinear>& targets() const { return targets_; }
+  // The linear layers of each layer the method targets (LoRA/DoRA/IA3), as indices of
+  // ModelConfig::LayerLinears().
+  const std::vector<size_t>& targets() const { return targets_; }
 
  private:
   void AddParameter(std::string name, std::vector<int64_t> shape, std::string unit);
-  std::pair<int64_t, int64_t> InOut(LlamaLinear linear) const;  // (in, out) features
-  bool Feedforward(LlamaLinear linear) const;                   // IA3 scales its input
+  std::string ModulePath(int64_t layer, size_t linear) const;
+  std::vector<size_t> TargetsNamed(const std::vector<std::string>& names, const std::string& field) const;
+  bool Feedforward(size_t linear) const;  // IA3 scales its input
   double LoraScale() const;
 
-  LlamaConfig config_;
+  ModelConfig config_;
+  std::vector<LinearModule> linears_;
   MethodSpec method_;
-  std::vector<LlamaLinear> targets_;
-  std::vector<LlamaLinear> feedforward_;  // IA3
+  std::vector<size_t> targets_;
+  std::vector<size_t> feedforward_;  // IA3
   std::vector<ParameterSpec> parameters_;
   std::vector<std::string> parameter_units_;  // the unit of each of parameters_
   std::vector<ParameterSpec> saved_;
