@@ -153,4 +153,13 @@ std::string ModelConfig::Architecture() const {
   return name + (family == ModelFamily::kBert ? "Model" : "ForCausalLM");
 }
 
+bool NamesModuleOf(const std::string& module, const std::string& parameter) {
+  // Each ancestor module path: the parameter's name cut at each dot.
+  for (size_t end = parameter.find('.'); end != std::string::npos; end = parameter.find('.', end + 1)) {
+    if (end < module.size() || parameter.compare(end - module.size(), module.size(), module) != 0) continue;
+    if (end == module.size() || parameter[end - module.size() - 1] == '.') return true;
+  }
+  return false;
+}
+
 }  // namespace shardtune

@@ -78,4 +78,9 @@ struct ModelConfig {
   std::string Architecture() const;
 };
 
+// Whether a module name as PEFT's modules_to_save and target_modules give it ("pooler",
+// "output.dense") names the module holding `parameter` or one of its ancestors: the end of that
+// module's path, at a dot ("pooler" names bert.pooler, and so bert.pooler.dense.weight).
+bool NamesModuleOf(const std::string& module, const std::string& parameter);
+
 }  // namespace shardtune

@@ -173,17 +173,11 @@ int64_t PeftTrainableParameters(const ModelConfig& c, const MethodSpec& m) {
       n = m.prompt.num_virtual_tokens * h;
       break;
   }
-  // modules_to_save: the base parameters whose module path ends with a named module.
+  // modules_to_save: the base parameters in a named module.
   for (const ParameterSpec& p : ModelParameterSpecs(c)) {
-    const std::string path = p.name.substr(0, p.name.rfind('.'));
-    for (const std::string& module : m.modules_to_save) {
-      if (path == module ||
-          (path.size() > module.size() && path.compare(path.size() - module.size(), module.size(), module) == 0 &&
-           path[path.size() - module.size() - 1] == '.')) {
-        n += NumelOf(p.shape);
-        break;
-      }
-    }
+    if (std::any_of(m.modules_to_save.begin(), m.modules_to_save.end(),
+                    [&](const std::string& module) { return NamesModuleOf(module, p.name); }))
+      n += NumelOf(p.shape);
   }
   return n;
 }

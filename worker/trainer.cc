@@ -153,6 +153,7 @@ class Trainer {
   std::vector<TaskRange> tasks_;           // where each task's examples are in train_
   std::vector<std::string> task_names_;
   std::vector<std::string> label_names_;  // classification and NER: the classes (or tags), by id
+  int64_t max_seq_len_ = 0;               // data.max_seq_len, or fewer where the model has fewer positions
   int64_t ranks_ = 1;
   int64_t micro_ = 1;
   int64_t accumulation_ = 1;
@@ -177,6 +178,7 @@ void Trainer::LoadData() {
   std::vector<TaskSpec> sources = spec_.data.tasks;
   if (sources.empty()) sources.push_back(TaskSpec{"", spec_.data.train, spec_.data.validation, spec_.data.format, 1.0});
   JobSpec probe = spec_;  // the tokenizer is needed when any source is text
+  probe.data.max_seq_len = max_seq_len_;
   for (const TaskSpec& task : sources) {
     if (task.format != DataFormat::kTokens) probe.data.format = task.format;
   }
@@ -196,8 +198,8 @@ void Trainer::LoadData() {
     options.label_names = label_names_ = train.label_names;
     std::vector<Example> examples = std::move(train.examples);
     if (train.truncated > 0 && rank0_) {
-      spdlog::warn("{}: {} examples are longer than data.max_seq_len {} and were truncated", task.train,
-                   train.truncated, spec_.data.max_seq_len);
+      spdlog::warn("{}: {} examples are longer than {} tokens and were truncated", task.train, train.truncated,
+                   max_seq_len_);
     }
     std::vector<Example> validation;
     if (!task.validation.empty()) {
@@ -207,10 +209,10 @@ void Trainer::LoadData() {
     }
     if (spec_.data.packing) {
       const size_t documents = examples.size();
-      examples = PackExamples(examples, spec_.data.max_seq_len);  // within the task: task ranges stay whole
+      examples = PackExamples(examples, max_seq_len_);  // within the task: task ranges stay whole
       if (rank0_) {
         spdlog::info("packing{}: {} examples in {} sequences of at most {} tokens",
-                     task.name.empty() ? "" : " " + task.name, documents, examples.size(), spec_.data.max_seq_len);
+                     task.name.empty() ? "" : " " + task.name, documents, examples.size(), max_seq_len_);
       }
     }
     tasks_.push_back(TaskRange{static_cast<int64_t>(train_.size()), static_cast<int64_t>(examples.size()), 0});
@@ -231,16 +233,10 @@ void Trainer::LoadData() {
                    probabilities[t]);
     }
   }
-  if (spec_.data.max_seq_len > config_.max_positions()) {
-    // A Llama extrapolates its rotary positions (with a warning); BERT has no embedding there.
-    if (config_.family == ModelFamily::kBert) {
-      Fail(ErrorCode::kInvalidArgument, "data.max_seq_len {} exceeds the model's max_position_embeddings {}",
-           spec_.data.max_seq_len, config_.max_positions());
-    }
-    if (rank0_) {
-      spdlog::warn("data.max_seq_len {} exceeds the model's max_position_embeddings {}", spec_.data.max_seq_len,
-                   config_.max_positions());
-    }
+  // A Llama extrapolates its rotary positions past max_position_embeddings (with a warning).
+  if (spec_.data.max_seq_len > config_.max_positions() && config_.family != ModelFamily::kBert && rank0_) {
+    spdlog::warn("data.max_seq_len {} exceeds the model's max_position_embeddings {}", spec_.data.max_seq_len,
+                 config_.max_positions());
   }
   if (static_cast<int64_t>(train_.size()) < global_batch_) {
     Fail(ErrorCode::kInvalidArgument, "{}: {} training sequences are fewer than one global batch of {}",
@@ -272,6 +268,15 @@ void Trainer::Prepare() {
          spec_.model.path);
   }
   ApplyDropouts();
+  max_seq_len_ = spec_.data.max_seq_len;
+  if (config_.family == ModelFamily::kBert && max_seq_len_ > config_.max_positions()) {
+    // BERT has no position past its table: truncate there, as its tokenizer's model_max_length does.
+    max_seq_len_ = config_.max_positions();
+    if (rank0_) {
+      spdlog::info("data.max_seq_len {}: this BERT has {} positions; sequences are truncated to {} tokens",
+                   spec_.data.max_seq_len, max_seq_len_, max_seq_len_);
+    }
+  }
   ranks_ = world_.size();
   if (spec_.training.global_batch_size > 0 &&
       spec_.training.global_batch_size % (spec_.training.micro_batch_size * ranks_) != 0) {
@@ -491,8 +496,18 @@ void Trainer::LoadInitialWeights(bool resuming) {
       [&](const ParameterSpec& parameter) {
         if (const auto it = start.find(parameter.name); it != start.end()) return it->second;
         if (adapter.count(parameter.name)) return peft_.Initial(parameter, spec_.training.seed, base);
-        if (IsHeadParameter(parameter.name) && !weights.Find(parameter.name))
-          return NewHeadTensor(parameter, spec_.training.seed);
+        if (IsHeadParameter(parameter.name)) {
+          // A head the checkpoint lacks, or one over other classes (another task's): new.
+          const auto found = weights.Find(parameter.name);
+          if (!found || found->info->shape != parameter.shape) {
+            if (found && rank0_) {
+              spdlog::info("{}: {} is [{}] in the checkpoint, [{}] for this job's classes: created new",
+                           spec_.model.path, parameter.name, fmt::join(found->info->shape, ", "),
+                           fmt::join(parameter.shape, ", "));
+            }
+            return NewHeadTensor(parameter, spec_.training.seed);
+          }
+        }
         return ReadHfTensor(weights, spec_.model.path, parameter);
       },
       resuming ? ZeroEngine::Units::kFrozen : ZeroEngine::Units::kAll);

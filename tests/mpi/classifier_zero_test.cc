@@ -1,5 +1,6 @@
-// The classification heads on many ranks: training and evaluation at ZeRO stages 2 and 3 equal
-// the single-process run: the losses at every step, and the evaluation's metrics (accuracy and
+// The classification heads on many ranks, for a Llama and a BERT: training and evaluation at
+// ZeRO stages 2 and 3 (and BERT with LoRA and with prefix tuning at stage 3) equal the
+// single-process run: the losses at every step, and the evaluation's metrics (accuracy and
 // confusion matrix; entity precision, recall and F1), every rank's share of the validation set
 // counted once (the validation sets are sized so that ranks hold different numbers).
 #include <gtest/gtest.h>
@@ -24,6 +25,7 @@ class ClassifierZeroTest : public ::testing::Test {
     dir_ = new fs::path(testing::SharedScratchDir("classifier-zero"));
     if (World().rank() == 0) {
       testing::WriteByteLevelModel(*dir_ / "base", 3);
+      testing::WriteTinyBert(*dir_ / "bert", 3);
       testing::WriteText(*dir_ / "sentiment.jsonl", testing::SentimentData(64, 1));
       testing::WriteText(*dir_ / "sentiment-val.jsonl", testing::SentimentData(23, 2));
       testing::WriteText(*dir_ / "ner.jsonl", testing::NerData(64, 3));
@@ -37,15 +39,17 @@ class ClassifierZeroTest : public ::testing::Test {
     delete dir_;
   }
 
-  static JobSpec Spec(const std::string& task, const std::string& out, int stage, int64_t global) {
+  static JobSpec Spec(const std::string& model, const std::string& task, const std::string& out, int stage,
+                      int64_t global, const std::string& method = "{type: full}") {
     const bool ner = task == "token_classification";
     const std::string yaml = fmt::format(
-        "name: t\nmodel: {{path: base, task: {}}}\n"
+        "name: t\nmodel: {{path: {}, task: {}}}\nmethod: {}\n"
         "data: {{train: {}.jsonl, validation: {}-val.jsonl, format: {}}}\n"
         "output: {{dir: {}}}\n"
         "training: {{max_steps: 8, micro_batch_size: 2, global_batch_size: {}, eval_every: 4, "
         "optimizer: {{lr: 3.0e-3}}}}\nsharding: {{zero_stage: {}}}\n",
-        task, ner ? "ner" : "sentiment", ner ? "ner" : "sentiment", ner ? "ner" : "classification", out, global, stage);
+        model, task, method, ner ? "ner" : "sentiment", ner ? "ner" : "sentiment", ner ? "ner" : "classification", out,
+        global, stage);
     return ParseJobSpec(yaml, "job.yaml", *dir_);
   }
 
@@ -57,14 +61,28 @@ fs::path* ClassifierZeroTest::dir_ = nullptr;
 TEST_F(ClassifierZeroTest, ShardedTrainingAndEvaluationEqualTheSingleProcessRun) {
   const int n = World().size();
   const int64_t global = 4 * n;  // micro-batch 2, accumulation 2 on every world size
-  for (const std::string task : {"sequence_classification", "token_classification"}) {
-    const fs::path reference = *dir_ / fmt::format("ref-{}-{}", task, global);
-    if (World().rank() == 0 && !fs::exists(reference / "final")) RunTraining(Spec(task, reference.string(), 0, global));
+  struct Case {
+    std::string model, task, method;
+    std::vector<int> stages;
+  };
+  const std::vector<Case> cases = {
+      {"base", "sequence_classification", "{type: full}", {2, 3}},
+      {"base", "token_classification", "{type: full}", {2, 3}},
+      {"bert", "sequence_classification", "{type: full}", {2, 3}},
+      {"bert", "token_classification", "{type: full}", {3}},
+      {"bert", "sequence_classification", "{type: lora, lora: {r: 4, target_modules: all-linear}}", {3}},
+      {"bert", "token_classification", "{type: prefix, prefix: {num_virtual_tokens: 3}}", {3}},
+  };
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const Case& k = cases[c];
+    const fs::path reference = *dir_ / fmt::format("ref-{}-{}", c, global);
+    if (World().rank() == 0 && !fs::exists(reference / "final"))
+      RunTraining(Spec(k.model, k.task, reference.string(), 0, global, k.method));
     World().Barrier(CollectiveTag{"reference"});
-    for (int stage : {2, 3}) {
-      SCOPED_TRACE(fmt::format("{} stage {} np {}", task, stage, n));
-      const fs::path out = *dir_ / fmt::format("run-{}-s{}", task, stage);
-      RunTraining(Spec(task, out.string(), stage, global), World());
+    for (int stage : k.stages) {
+      SCOPED_TRACE(fmt::format("{} {} {} stage {} np {}", k.model, k.task, k.method, stage, n));
+      const fs::path out = *dir_ / fmt::format("run-{}-s{}", c, stage);
+      RunTraining(Spec(k.model, k.task, out.string(), stage, global, k.method), World());
       World().Barrier(CollectiveTag{"compare"});
       testing::ExpectSameLosses(out, reference);
       const auto sharded = testing::ReadMetrics(out), single = testing::ReadMetrics(reference);

@@ -1,13 +1,16 @@
 #pragma once
-// Generated classification and NER tasks for the heads' tests, and a model that reads them: a
-// tiny Llama whose tokenizer is byte-level (every byte its own id), so that text needs no
-// fixture. Shared by the unit tests and the MPI tests (sharded evaluation).
+// Generated classification and NER tasks for the heads' tests, and models that read them: a
+// tiny Llama whose tokenizer is byte-level (every byte its own id), and a tiny BERT with a
+// WordPiece vocab.txt of the tasks' words, so that text needs no fixture. Shared by the unit
+// tests and the MPI tests (sharded evaluation).
 
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "common/bert_config.h"
+#include "sharding/bert_layout.h"
 #include "test_util.h"
 #include "tiny_models.h"
 #include "worker/data/tokenizer/unicode.h"
@@ -44,6 +47,36 @@ inline void WriteByteLevelModel(const std::filesystem::path& dir, uint64_t seed 
                                     {"decoder", {{"type", "ByteLevel"}}},
                                     {"added_tokens", added}};
   WriteText(dir / "tokenizer.json", tokenizer.dump());
+}
+
+// A tiny BERT (hidden 32, 2 layers, 4 heads, intermediate 64, 64 positions, no dropout unless
+// `extra` sets some) with a cased WordPiece vocab.txt: BERT's special tokens, every word of the
+// generated tasks, and the letters as word pieces (so that any word tokenizes). `extra` is
+// spliced into config.json (an architecture and id2label make it a classifier checkpoint).
+inline void WriteTinyBert(const std::filesystem::path& dir, uint64_t seed = 0, const std::string& extra = "") {
+  std::vector<std::string> vocab = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"};
+  for (const char* word : {"good", "great", "nice", "fun",  "bad", "dull", "poor", "sad", "the", "film",
+                           "was",  "plot",  "so",   "it",   "Ada", "Bo",   "Cy",   "Di",  "Ez",  "Rome",
+                           "Oslo", "Lima",  "New",  "York", "met", "in",   "saw",  "and", "then"})
+    vocab.push_back(word);
+  for (char c : std::string("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")) {
+    vocab.push_back(std::string(1, c));
+    vocab.push_back("##" + std::string(1, c));
+  }
+  std::string vocab_txt;
+  for (const auto& piece : vocab) vocab_txt += piece + "\n";
+  const std::string config = R"({"model_type": "bert", "vocab_size": )" + std::to_string(vocab.size()) +
+                             R"(, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+    "hidden_act": "gelu", "pad_token_id": 0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0)" +
+                             extra + "}";
+  const std::filesystem::path source = dir.string() + ".config";
+  WriteText(source / "config.json", config);
+  WriteText(source / "vocab.txt", vocab_txt);
+  FlatParameters flat(BertParameterSpecs(BertConfig::Parse(config, "config.json")));
+  InitializeWeights(flat, seed, /*std=*/0.1);  // as the tiny Llamas: random features that differ by input
+  WriteHfModel(dir, source, flat, ComputeDType::kFp32);
+  std::filesystem::remove_all(source);
 }
 
 // Sentiment-style: a few filler words around one word of a positive or a negative kind; the label

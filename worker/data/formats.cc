@@ -552,7 +552,10 @@ JobDataOptions DataOptionsFor(const JobSpec& spec, int64_t vocab_size, const std
     ModelTask task = ModelTask::kCausalLm;
     std::vector<std::string> names;
     ReadHead(config, config_path.string(), &task, &names);
-    if (std::none_of(names.begin(), names.end(), [](const std::string& n) { return n.rfind("LABEL_", 0) == 0; }))
+    // Only a checkpoint with the job's head says the classes (a tagger's tags are not a
+    // sentiment classifier's), and not transformers' placeholders.
+    if (task == spec.model.task &&
+        std::none_of(names.begin(), names.end(), [](const std::string& n) { return n.rfind("LABEL_", 0) == 0; }))
       options.label_names = names;
   }
   const fs::path source = spec.model.tokenizer.empty() ? fs::path(spec.model.path) : fs::path(spec.model.tokenizer);

@@ -66,7 +66,7 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 // the result is usable on its own.
 constexpr const char* kCompanionFiles[] = {
     "tokenizer.json", "tokenizer_config.json",  "special_tokens_map.json", "tokenizer.model", "vocab.json",
-    "merges.txt",     "generation_config.json", "added_tokens.json"};
+    "merges.txt",     "generation_config.json", "added_tokens.json",       "vocab.txt"};
 
 }  // namespace
 

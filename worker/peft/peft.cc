@@ -172,13 +172,14 @@ PeftMethod::PeftMethod(ModelConfig config, MethodSpec method)
       break;
   }
 
-  // modules_to_save: base modules trained in full, matched by the end of their path.
+  // modules_to_save: base modules (and everything in them) trained in full, matched by the end
+  // of their path.
   const std::vector<ParameterSpec> base = ModelParameterSpecs(c);
   for (const std::string& module : method_.modules_to_save) {
     bool matched = false;
     for (const ParameterSpec& p : base) {
       const std::string path = p.name.substr(0, p.name.rfind('.'));
-      if (!EndsWithModule(path, module)) continue;
+      if (!NamesModuleOf(module, p.name)) continue;
       matched = true;
       if (std::none_of(saved_.begin(), saved_.end(), [&](const ParameterSpec& s) { return s.name == p.name; }))
         saved_.push_back(p);
