@@ -72,6 +72,7 @@ TEST_F(ClassifierZeroTest, ShardedTrainingAndEvaluationEqualTheSingleProcessRun)
       {"bert", "token_classification", "{type: full}", {3}},
       {"bert", "sequence_classification", "{type: lora, lora: {r: 4, target_modules: all-linear}}", {3}},
       {"bert", "token_classification", "{type: prefix, prefix: {num_virtual_tokens: 3}}", {3}},
+      {"bert", "sequence_classification", "{type: prompt, prompt: {num_virtual_tokens: 2}}", {3}},
   };
   for (size_t c = 0; c < cases.size(); ++c) {
     const Case& k = cases[c];

@@ -32,6 +32,7 @@ TEST(BertLayout, NamesShapesAndCountsFollowTransformers) {
   // Embeddings 100*16 + 64*16 + 2*16 + LayerNorm 2*16; per layer 4 linears of 16x16 (+ bias),
   // 2 LayerNorms, 16->32 and 32->16 (+ biases); pooler 16x16 + 16; classifier 3x16 + 3.
   EXPECT_EQ(total, 2688 + 2 * 2224 + 272 + 51);
+  EXPECT_EQ(classifier.num_parameters(), total);
   EXPECT_EQ(specs.front().name, "bert.embeddings.word_embeddings.weight");
   EXPECT_EQ(specs.back().name, "classifier.bias");
   const auto find = [&](const std::string& name) {
@@ -48,6 +49,9 @@ TEST(BertLayout, NamesShapesAndCountsFollowTransformers) {
   const BertConfig tagger = BertConfig::Parse(
       TinyBert(R"(, "architectures": ["BertForTokenClassification"], "id2label": {"0": "O", "1": "B-PER"})"), "c");
   const std::vector<UnitSpec> units = BertUnits(tagger);
+  int64_t tagger_total = 0;
+  for (const auto& p : BertParameterSpecs(tagger)) tagger_total += NumelOf(p.shape);
+  EXPECT_EQ(tagger.num_parameters(), tagger_total);
   ASSERT_EQ(units.size(), 4u);  // embed, 2 layers, head
   EXPECT_EQ(units[0].parameters.size(), 5u);
   EXPECT_EQ(units.back().parameters.size(), 2u);  // the classifier alone: no pooler for tagging

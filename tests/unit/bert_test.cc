@@ -232,6 +232,33 @@ TEST_F(BertTrainingTest, LoraOnBertTargetsQueryAndValueAndTrainsTheHead) {
   EXPECT_EQ(evaluated.at("confusion"), LastEvaluation("run").at("confusion"));
 }
 
+TEST_F(BertTrainingTest, PromptTuningAdaptersEvaluateAsTrained) {
+  // The virtual tokens join the word embeddings before the positions'; a tagger drops their
+  // outputs, a sequence classifier pools the first of them (as PEFT's BERT does).
+  testing::WriteText(dir_ / "ner.jsonl", testing::NerData(64, 3));
+  testing::WriteText(dir_ / "ner-val.jsonl", testing::NerData(20, 4));
+  for (const std::string task : {"token_classification", "sequence_classification"}) {
+    SCOPED_TRACE(task);
+    const bool ner = task == "token_classification";
+    const std::string run = "prompt-" + task;
+    RunTraining(Spec(fmt::format("task: {}}}\nmethod: {{type: prompt, prompt: {{num_virtual_tokens: 3}}}}\n"
+                                 "data: {{train: {}, validation: {}, format: {}}}\n"
+                                 "training: {{max_steps: 6, micro_batch_size: 8, optimizer: {{lr: 1.0e-2}}}}\n"
+                                 "output: {{dir: {}}}\n",
+                                 task, ner ? "ner.jsonl" : "train.jsonl", ner ? "ner-val.jsonl" : "val.jsonl",
+                                 ner ? "ner" : "classification", run)));
+    const json eval = LastEvaluation(run);
+    EvaluateOptions options;
+    options.model = dir_ / "base";
+    options.adapter = dir_ / run / "final";
+    options.data = dir_ / (ner ? "ner-val.jsonl" : "val.jsonl");
+    options.batch_size = 5;
+    const json evaluated = EvaluateModel(options);
+    EXPECT_NEAR(evaluated.at("val_loss").get<double>(), eval.at("val_loss").get<double>(), 1e-5);
+    EXPECT_EQ(evaluated.at(ner ? "per_type" : "confusion"), eval.at(ner ? "per_type" : "confusion"));
+  }
+}
+
 TEST_F(BertTrainingTest, APoolerTheCheckpointLacksIsCreatedAndTrained) {
   // A tagger's checkpoint has no pooler; a sequence classifier from it needs one.
   testing::WriteTinyBert(
