@@ -26,8 +26,9 @@ class AdamW {
   // `numel`: elements in the optimized range; `decay`: the sub-ranges that get weight decay.
   AdamW(const OptimizerSpec& spec, int64_t numel, std::vector<DecayRange> decay, at::Device device = at::kCPU);
 
-  // One update of `params` (numel,) from `grads` (numel,) at learning rate `lr`.
-  void Step(at::Tensor& params, const at::Tensor& grads, double lr);
+  // One update of `params` (numel,) from `grads` (numel,) times `grad_scale` (clipping, loss
+  // scaling) at learning rate `lr`.
+  void Step(at::Tensor& params, const at::Tensor& grads, double lr, double grad_scale = 1.0);
 
   int64_t step() const { return step_; }
   at::Tensor& exp_avg() { return exp_avg_; }
@@ -35,7 +36,8 @@ class AdamW {
   void set_step(int64_t step) { step_ = step; }
 
  private:
-  void StepCpu(at::Tensor& params, const at::Tensor& grads, double lr, double step_size, double sqrt_bias_correction2);
+  void StepCpu(at::Tensor& params, const at::Tensor& grads, double lr, double grad_scale, double step_size,
+               double sqrt_bias_correction2);
 
   OptimizerSpec spec_;
   std::vector<DecayRange> decay_;

@@ -164,9 +164,11 @@ void ZeroEngine::LoadWeights(const std::function<at::Tensor(const ParameterSpec&
 
 void ZeroEngine::BeginStep(int64_t step) {
   step_ = step;
-  grad_local_.zero_();
+  // Stage 0's whole-unit buffers are grad_local_ itself: they start stale, written by the first
+  // contribution (see Unit::grad_written). The shards of the other stages add up reductions.
+  if (config_.stage != 0) grad_local_.zero_();
   for (auto& unit : units_) {
-    if (config_.stage == 1 && unit->trainable) unit->full_grad.zero_();
+    unit->grad_written.assign(unit->layout->parameters.size(), false);
     unit->uses = 0;
   }
 }
@@ -281,12 +283,22 @@ void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameter
     const at::Tensor& grad = grads[i++];
     if (!grad.defined()) continue;
     Unit& unit = *units_[UnitOf(name)];
-    if (!unit.full_grad.defined()) unit.full_grad = at::zeros({unit.layout->padded}, Options(at::kFloat));
-    for (const auto& p : unit.layout->parameters) {
-      if (p.spec.name == name) {
-        unit.full_grad.narrow(0, p.offset, p.numel).add_(grad.reshape({-1}).to(at::kFloat));
-        break;
+    if (!unit.full_grad.defined()) {  // stages 2 and 3: a buffer per micro-batch
+      unit.full_grad = at::empty({unit.layout->padded}, Options(at::kFloat));
+      unit.grad_written.assign(unit.layout->parameters.size(), false);
+    }
+    const auto& parameters = unit.layout->parameters;
+    for (size_t k = 0; k < parameters.size(); ++k) {
+      if (parameters[k].spec.name != name) continue;
+      at::Tensor slot = unit.full_grad.narrow(0, parameters[k].offset, parameters[k].numel);
+      const at::Tensor value = grad.reshape({-1}).to(at::kFloat);
+      if (unit.grad_written[k]) {
+        slot.add_(value);
+      } else {
+        slot.copy_(value);
+        unit.grad_written[k] = true;
       }
+      break;
     }
   }
   for (int u : units) {
@@ -296,8 +308,23 @@ void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameter
   }
 }
 
+void ZeroEngine::ZeroUnwritten(Unit& unit) {
+  // Parameters without a gradient, and the alignment padding between and after them.
+  int64_t done = 0;
+  const auto& parameters = unit.layout->parameters;
+  for (size_t k = 0; k < parameters.size(); ++k) {
+    const int64_t begin = parameters[k].offset, end = begin + parameters[k].numel;
+    const bool written = k < unit.grad_written.size() && unit.grad_written[k];
+    if (written && begin > done) unit.full_grad.narrow(0, done, begin - done).zero_();
+    if (written) done = end;
+  }
+  if (done < unit.layout->padded) unit.full_grad.narrow(0, done, unit.layout->padded - done).zero_();
+  unit.grad_written.assign(parameters.size(), true);
+}
+
 void ZeroEngine::IssueReduction(int u) {
   Unit& unit = *units_[u];
+  ZeroUnwritten(unit);
   auto pending = std::make_unique<Pending>();
   if (config_.stage == 0) {
     pending->work = groups_.world->AllReduceSum(unit.full_grad, Tag(u));
@@ -329,8 +356,11 @@ void ZeroEngine::RetirePending(size_t keep) {
 
 double ZeroEngine::FinishGradients() {
   RetirePending(0);
-  for (auto& unit : units_)
+  for (auto& unit : units_) {
     ST_CHECK(unit->uses == 0, "unit {} still waits for {} gradients", unit->layout->name, unit->uses);
+    // Stage 0: a unit no computation used this step has no reduction; its gradient is zero.
+    if (config_.stage == 0 && unit->trainable) ZeroUnwritten(*unit);
+  }
   if (config_.stage >= 1 && groups_.replica->size() > 1) {
     groups_.replica->AllReduceSum(grad_local_, CollectiveTag{"gradient shards", step_})->Wait();
   }
@@ -346,8 +376,7 @@ double ZeroEngine::FinishGradients() {
 void ZeroEngine::OptimizerStep(double lr, double grad_scale) {
   at::NoGradGuard no_grad;
   DropGathered();
-  if (grad_scale != 1.0) grad_local_.mul_(grad_scale);
-  optimizer_->Step(master_, grad_local_, lr);
+  optimizer_->Step(master_, grad_local_, lr, grad_scale);
   PublishParameters();
 }
 

@@ -151,6 +151,8 @@ class ZeroEngine {
   struct Unit;
   struct Pending;
   static bool Selected(const Unit& unit, Units which);
+  // Zeroes what of a unit's whole gradient buffer no contribution wrote (before its reduction).
+  void ZeroUnwritten(Unit& unit);
   void IssueReduction(int u);
   void RetirePending(size_t keep);  // completes all but the newest `keep` reductions
   void DropGathered();

@@ -26,6 +26,10 @@ struct ZeroEngine::Unit {
   at::Tensor gathered;
   at::Tensor gather_target;  // an alias of `gathered` with its own version counter (see Gather)
   at::Tensor full_grad;      // (padded,) fp32: accumulated gradient before reduction
+  // Which parameters full_grad holds a gradient for since it was last reduced: the first
+  // contribution is copied in rather than added to a zero-filled buffer (a pass over the whole
+  // model's gradients saved each step); the rest is zeroed just before the reduction.
+  std::vector<bool> grad_written;
   std::unique_ptr<Work> gather;
   int uses = 0;  // graph nodes of this micro-batch whose backward has not run yet
   int acquired = 0;

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <chrono>
 #include <cmath>
@@ -561,6 +562,14 @@ void StallIfAsked(int rank, int64_t step) {
 
 void Trainer::TrainStep(int64_t step) {
   StallIfAsked(world_.rank(), step + 1);
+  // SHARDTUNE_PROFILE_STEP=N: LibTorch's profiler records step N (1-based) as a Chrome trace, for
+  // finding where a step's time goes (docs/PERFORMANCE.md).
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+  if (const char* wanted = std::getenv("SHARDTUNE_PROFILE_STEP"); wanted && std::atoll(wanted) == step + 1) {
+    const fs::path trace =
+        output_dir_ / "logs" / fmt::format("profile-step-{}-rank-{:05d}.json", step + 1, world_.rank());
+    profile = std::make_unique<torch::autograd::profiler::RecordProfile>(trace.string());
+  }
   const auto start = std::chrono::steady_clock::now();
   const CommStats comm_before = engine_->comm_stats();
   double data_s = 0;  // time spent getting and collating examples: the step waiting for data

@@ -241,12 +241,13 @@ TEST_F(BertTrainingTest, PromptTuningAdaptersEvaluateAsTrained) {
     SCOPED_TRACE(task);
     const bool ner = task == "token_classification";
     const std::string run = "prompt-" + task;
-    RunTraining(Spec(fmt::format("task: {}}}\nmethod: {{type: prompt, prompt: {{num_virtual_tokens: 3}}}}\n"
-                                 "data: {{train: {}, validation: {}, format: {}}}\n"
-                                 "training: {{max_steps: 6, micro_batch_size: 8, optimizer: {{lr: 1.0e-2}}}}\n"
-                                 "output: {{dir: {}}}\n",
-                                 task, ner ? "ner.jsonl" : "train.jsonl", ner ? "ner-val.jsonl" : "val.jsonl",
-                                 ner ? "ner" : "classification", run)));
+    RunTraining(
+        Spec(fmt::format("task: {}}}\nmethod: {{type: prompt, prompt: {{num_virtual_tokens: 3}}}}\n"
+                         "data: {{train: {}, validation: {}, format: {}}}\n"
+                         "training: {{max_steps: 6, micro_batch_size: 8, optimizer: {{lr: 1.0e-2}}}}\n"
+                         "output: {{dir: {}}}\n",
+                         task, ner ? "ner.jsonl" : "train.jsonl", ner ? "ner-val.jsonl" : "val.jsonl",
+                         ner ? "ner" : "classification", run)));
     const json eval = LastEvaluation(run);
     EvaluateOptions options;
     options.model = dir_ / "base";

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "worker/models/fused_ops.h"
 
 namespace shardtune {
 
@@ -79,18 +80,6 @@ at::Tensor RopeInverseFrequencies(const LlamaConfig& c) {
 
 namespace {
 
-at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  // Normalized in fp32, as transformers does, whatever the compute dtype.
-  at::Tensor xf = x.to(at::kFloat);
-  xf = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return weight * xf.to(x.scalar_type());
-}
-
-at::Tensor RotateHalf(const at::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-}
-
 // (B, kv_heads, T, D) -> (B, kv_heads * groups, T, D), each kv head repeated for its query group.
 at::Tensor RepeatKv(const at::Tensor& x, int64_t groups) {
   if (groups == 1) return x;
@@ -152,13 +141,15 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
   const auto& adapters = layer.adapters;
-  at::Tensor q = AdaptedLinear(x, layer.q_proj, layer.q_bias, adapters[kQProj]).view({b, s, heads, d}).transpose(1, 2);
-  at::Tensor k =
-      AdaptedLinear(x, layer.k_proj, layer.k_bias, adapters[kKProj]).view({b, s, kv_heads, d}).transpose(1, 2);
+  // Rotated in the projections' own layout (B, S, heads, D), then viewed as (B, heads, S, D).
+  const at::Tensor q = Rotary(AdaptedLinear(x, layer.q_proj, layer.q_bias, adapters[kQProj]).view({b, s, heads, d}),
+                              positions.cos, positions.sin)
+                           .transpose(1, 2);
+  at::Tensor k = Rotary(AdaptedLinear(x, layer.k_proj, layer.k_bias, adapters[kKProj]).view({b, s, kv_heads, d}),
+                        positions.cos, positions.sin)
+                     .transpose(1, 2);
   at::Tensor v =
       AdaptedLinear(x, layer.v_proj, layer.v_bias, adapters[kVProj]).view({b, s, kv_heads, d}).transpose(1, 2);
-  q = q * positions.cos + RotateHalf(q) * positions.sin;
-  k = k * positions.cos + RotateHalf(k) * positions.sin;
   const at::Tensor& mask =
       config_.UsesSlidingWindow(static_cast<int64_t>(layer_index)) ? positions.window_mask : positions.mask;
   if (adapters.prefix_keys.defined()) {
@@ -186,9 +177,14 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
     cache->keys[layer_index] = k;
     cache->values[layer_index] = v;
   }
-  const int64_t groups = heads / kv_heads;
-  const at::Tensor scores =
-      at::matmul(q, RepeatKv(k, groups).transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d))) + mask;
+  const int64_t groups = heads / kv_heads, t = k.size(2);
+  // scale q k^T + mask in one batched product (the mask is its accumulator), not three passes.
+  const at::Tensor accumulator = mask.size(0) == 1 ? mask.view({1, s, t}).expand({b * heads, s, t})
+                                                   : mask.expand({b, heads, s, t}).reshape({b * heads, s, t});
+  const at::Tensor scores = at::baddbmm(accumulator, q.reshape({b * heads, s, d}),
+                                        RepeatKv(k, groups).transpose(2, 3).reshape({b * heads, d, t}), /*beta=*/1,
+                                        /*alpha=*/1.0 / std::sqrt(static_cast<double>(d)))
+                                .view({b, heads, s, t});
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   if (layer.attention_dropout > 0) probs = at::dropout(probs, layer.attention_dropout, /*train=*/true);
   const at::Tensor context = at::matmul(probs, RepeatKv(v, groups)).transpose(1, 2).reshape({b, s, heads * d});
@@ -202,8 +198,8 @@ at::Tensor LlamaBlocks::Layer(const LlamaLayerWeights& layer, const at::Tensor& 
                                     cache, layer_index);
   const at::Tensor x = RmsNorm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
   const auto& adapters = layer.adapters;
-  const at::Tensor gated = at::silu(AdaptedLinear(x, layer.gate_proj, layer.gate_bias, adapters[kGateProj])) *
-                           AdaptedLinear(x, layer.up_proj, layer.up_bias, adapters[kUpProj]);
+  const at::Tensor gated = SwiGlu(AdaptedLinear(x, layer.gate_proj, layer.gate_bias, adapters[kGateProj]),
+                                  AdaptedLinear(x, layer.up_proj, layer.up_bias, adapters[kUpProj]));
   const at::Tensor mlp = AdaptedLinear(gated, layer.down_proj, layer.down_bias, adapters[kDownProj]);
   return h + Bottleneck(mlp, adapters.mlp);
 }
@@ -250,7 +246,17 @@ at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& at
 }
 
 LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing) {
-  const int64_t s = logits.size(1);
+  const int64_t b = logits.size(0), s = logits.size(1);
+  if (label_smoothing == 0.0) {
+    // Position t predicts token t + 1: the targets shift left (the last position has none), so the
+    // logits are read in place rather than copied out of a narrowed view.
+    const at::Tensor targets =
+        at::cat({labels.narrow(1, 1, s - 1), at::full({b, 1}, int64_t{-100}, labels.options())}, 1).reshape({-1});
+    LossSum loss;
+    loss.sum = CrossEntropySum(logits.reshape({b * s, logits.size(2)}), targets);
+    loss.tokens = targets.ne(-100).sum().item<int64_t>();
+    return loss;
+  }
   const at::Tensor shifted_logits = logits.narrow(1, 0, s - 1).reshape({-1, logits.size(2)});
   const at::Tensor shifted_labels = labels.narrow(1, 1, s - 1).reshape({-1});
   LossSum loss;

@@ -1,0 +1,342 @@
+#include "worker/models/fused_ops.h"
+
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <vector>
+
+#include "common/error.h"
+
+namespace shardtune {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Each kernel is compiled for AVX-512, AVX2 and the baseline, and the loader picks the best the
+// CPU has (GCC's function multiversioning); `omp simd` asks for the vectorized loops, and this
+// file is built with -ffast-math so that exp and log vectorize (glibc's libmvec). Inputs to exp
+// are clamped where they could overflow, since fast math assumes finite values.
+#define SHARDTUNE_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+
+constexpr int64_t kIgnoreIndex = -100;
+constexpr float kExpLimit = 80.0f;  // exp(80) is finite in fp32
+
+bool Fusable(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors)
+    if (!t->is_cpu() || t->scalar_type() != at::kFloat) return false;
+  return true;
+}
+
+// Rows in chunks over LibTorch's intra-op threads.
+template <typename F>
+void ForRows(int64_t rows, int64_t row_size, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_size));
+  at::parallel_for(0, rows, grain, f);
+}
+
+// --- RMSNorm ---
+
+SHARDTUNE_KERNEL void RmsNormForwardRows(const float* x, const float* w, float* y, float* r, int64_t rows, int64_t d,
+                                         float eps) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* xi = x + i * d;
+    float* yi = y + i * d;
+    float squares = 0;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t j = 0; j < d; ++j) squares += xi[j] * xi[j];
+    const float ri = 1.0f / std::sqrt(squares / static_cast<float>(d) + eps);
+    r[i] = ri;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) yi[j] = w[j] * (xi[j] * ri);
+  }
+}
+
+// dx = r (g w) - x r^3 mean(g w x); dw += g x r (when dw is given).
+SHARDTUNE_KERNEL void RmsNormBackwardRows(const float* g, const float* x, const float* w, const float* r, float* dx,
+                                          float* dw, int64_t rows, int64_t d) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* gi = g + i * d;
+    const float* xi = x + i * d;
+    const float ri = r[i];
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < d; ++j) dot += gi[j] * w[j] * xi[j];
+    const float c = ri * ri * ri * dot / static_cast<float>(d);
+    if (dx != nullptr) {
+      float* dxi = dx + i * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) dxi[j] = ri * gi[j] * w[j] - xi[j] * c;
+    }
+    if (dw != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) dw[j] += gi[j] * xi[j] * ri;
+    }
+  }
+}
+
+class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, double eps) {
+    const at::Tensor x = input.contiguous(), w = weight.contiguous();
+    const int64_t d = x.size(-1), rows = x.numel() / d;
+    at::Tensor y = at::empty_like(x), r = at::empty({rows}, x.options());
+    const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+    float *yp = y.data_ptr<float>(), *rp = r.data_ptr<float>();
+    ForRows(rows, d, [&](int64_t begin, int64_t end) {
+      RmsNormForwardRows(xp + begin * d, wp, yp + begin * d, rp + begin, end - begin, d, static_cast<float>(eps));
+    });
+    ctx->save_for_backward({x, w, r});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &r = saved[2];
+    const at::Tensor g = grads[0].contiguous();
+    const int64_t d = x.size(-1), rows = x.numel() / d;
+    const bool want_dx = ctx->needs_input_grad(0), want_dw = ctx->needs_input_grad(1);
+    at::Tensor dx = want_dx ? at::empty_like(x) : at::Tensor();
+    at::Tensor dw = want_dw ? at::zeros_like(w) : at::Tensor();
+    std::mutex merge;
+    ForRows(rows, d, [&](int64_t begin, int64_t end) {
+      // Each chunk sums its rows' dw apart, then adds it in.
+      std::vector<float> local(want_dw ? static_cast<size_t>(d) : 0, 0.0f);
+      RmsNormBackwardRows(g.data_ptr<float>() + begin * d, x.data_ptr<float>() + begin * d, w.data_ptr<float>(),
+                          r.data_ptr<float>() + begin, want_dx ? dx.data_ptr<float>() + begin * d : nullptr,
+                          want_dw ? local.data() : nullptr, end - begin, d);
+      if (want_dw) {
+        std::lock_guard<std::mutex> lock(merge);
+        float* total = dw.data_ptr<float>();
+        for (int64_t j = 0; j < d; ++j) total[j] += local[static_cast<size_t>(j)];
+      }
+    });
+    return {dx, dw, at::Tensor()};
+  }
+};
+
+// --- Rotary embeddings ---
+
+// One position's `heads` vectors of size d (x's a `head_stride` apart). Forward: y = x cos +
+// rotate_half(x) sin. Backward (the transpose, on the gradient): y1 = g1 c1 + g2 s2, y2 = g2 c2 -
+// g1 s1.
+SHARDTUNE_KERNEL void RotaryPosition(const float* x, int64_t head_stride, const float* c, const float* s, float* y,
+                                     int64_t heads, int64_t d, bool backward) {
+  const int64_t half = d / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    const float* xi = x + h * head_stride;
+    float* yi = y + h * d;
+    if (!backward) {
+#pragma omp simd
+      for (int64_t j = 0; j < half; ++j) {
+        yi[j] = xi[j] * c[j] - xi[j + half] * s[j];
+        yi[j + half] = xi[j + half] * c[j + half] + xi[j] * s[j + half];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < half; ++j) {
+        yi[j] = xi[j] * c[j] + xi[j + half] * s[j + half];
+        yi[j + half] = xi[j + half] * c[j + half] - xi[j] * s[j];
+      }
+    }
+  }
+}
+
+// x (B, S, H, D) with any strides but the last (the gradient arrives as the transpose of a
+// (B, H, S, D) tensor: read in place); cos and sin (Bc, S, D) contiguous with Bc 1 or B. The
+// result is contiguous.
+at::Tensor RotaryApply(const at::Tensor& input, const at::Tensor& cos, const at::Tensor& sin, bool backward) {
+  const at::Tensor x = input.stride(3) == 1 ? input : input.contiguous();
+  const int64_t b = x.size(0), s = x.size(1), heads = x.size(2), d = x.size(3);
+  const bool per_batch = cos.size(0) > 1;
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  const float *xp = x.data_ptr<float>(), *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  ForRows(b * s, heads * d, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t angle = (per_batch ? p : p % s) * d;
+      const float* row = xp + (p / s) * x.stride(0) + (p % s) * x.stride(1);
+      RotaryPosition(row, x.stride(2), cp + angle, sp + angle, yp + p * heads * d, heads, d, backward);
+    }
+  });
+  return y;
+}
+
+class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+    ctx->save_for_backward({cos, sin});
+    return RotaryApply(x, cos, sin, /*backward=*/false);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {RotaryApply(grads[0], saved[0], saved[1], /*backward=*/true), at::Tensor(), at::Tensor()};
+  }
+};
+
+// --- SwiGLU ---
+
+SHARDTUNE_KERNEL void SwiGluForwardKernel(const float* gate, const float* up, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    const float sigmoid = 1.0f / (1.0f + std::exp(std::min(-g, kExpLimit)));
+    y[i] = g * sigmoid * up[i];
+  }
+}
+
+// d_up = dy silu(g); d_gate = dy up silu'(g), silu'(g) = s (1 + g (1 - s)).
+SHARDTUNE_KERNEL void SwiGluBackwardKernel(const float* dy, const float* gate, const float* up, float* d_gate,
+                                           float* d_up, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    const float sigmoid = 1.0f / (1.0f + std::exp(std::min(-g, kExpLimit)));
+    d_up[i] = dy[i] * g * sigmoid;
+    d_gate[i] = dy[i] * up[i] * sigmoid * (1.0f + g * (1.0f - sigmoid));
+  }
+}
+
+class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_in, const at::Tensor& up_in) {
+    const at::Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
+    at::Tensor y = at::empty_like(gate);
+    const float *gp = gate.data_ptr<float>(), *up_p = up.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, gate.numel(), 32768, [&](int64_t begin, int64_t end) {
+      SwiGluForwardKernel(gp + begin, up_p + begin, yp + begin, end - begin);
+    });
+    ctx->save_for_backward({gate, up});
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &gate = saved[0], &up = saved[1];
+    const at::Tensor dy = grads[0].contiguous();
+    at::Tensor d_gate = at::empty_like(gate), d_up = at::empty_like(up);
+    const float *dyp = dy.data_ptr<float>(), *gp = gate.data_ptr<float>(), *up_p = up.data_ptr<float>();
+    float *dgp = d_gate.data_ptr<float>(), *dup = d_up.data_ptr<float>();
+    at::parallel_for(0, gate.numel(), 32768, [&](int64_t begin, int64_t end) {
+      SwiGluBackwardKernel(dyp + begin, gp + begin, up_p + begin, dgp + begin, dup + begin, end - begin);
+    });
+    return {d_gate, d_up};
+  }
+};
+
+// --- Cross-entropy ---
+
+// Per row with a target: lse = log sum exp(x); the loss is lse - x[target]. Returns the sum.
+SHARDTUNE_KERNEL double CrossEntropyForwardRows(const float* logits, const int64_t* targets, float* lse, int64_t rows,
+                                                int64_t v) {
+  double loss = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    if (targets[i] == kIgnoreIndex) continue;
+    const float* xi = logits + i * v;
+    float top = -std::numeric_limits<float>::max();
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < v; ++j) top = std::max(top, xi[j]);
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < v; ++j) sum += std::exp(xi[j] - top);
+    lse[i] = top + std::log(sum);
+    loss += static_cast<double>(lse[i]) - static_cast<double>(xi[targets[i]]);
+  }
+  return loss;
+}
+
+// d logits = g (softmax - one_hot(target)) on rows with a target, 0 on the others.
+SHARDTUNE_KERNEL void CrossEntropyBackwardRows(const float* logits, const int64_t* targets, const float* lse, float g,
+                                               float* dx, int64_t rows, int64_t v) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* dxi = dx + i * v;
+    if (targets[i] == kIgnoreIndex) {
+      std::fill(dxi, dxi + v, 0.0f);
+      continue;
+    }
+    const float* xi = logits + i * v;
+    const float li = lse[i];
+#pragma omp simd
+    for (int64_t j = 0; j < v; ++j) dxi[j] = g * std::exp(xi[j] - li);
+    dxi[targets[i]] -= g;
+  }
+}
+
+class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits_in, const at::Tensor& targets_in) {
+    const at::Tensor logits = logits_in.contiguous(), targets = targets_in.to(at::kLong).contiguous();
+    const int64_t rows = logits.size(0), v = logits.size(1);
+    const int64_t* tp = targets.data_ptr<int64_t>();
+    for (int64_t i = 0; i < rows; ++i) {
+      if (tp[i] != kIgnoreIndex && (tp[i] < 0 || tp[i] >= v))
+        Fail(ErrorCode::kInvalidArgument, "target {} is out of bounds for {} classes", tp[i], v);
+    }
+    at::Tensor lse = at::zeros({rows}, logits.options());
+    std::mutex merge;
+    double total = 0;
+    ForRows(rows, v, [&](int64_t begin, int64_t end) {
+      const double part = CrossEntropyForwardRows(logits.data_ptr<float>() + begin * v, tp + begin,
+                                                  lse.data_ptr<float>() + begin, end - begin, v);
+      std::lock_guard<std::mutex> lock(merge);
+      total += part;
+    });
+    ctx->save_for_backward({logits, targets, lse});
+    return at::scalar_tensor(total, logits.options());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &logits = saved[0], &targets = saved[1], &lse = saved[2];
+    const int64_t rows = logits.size(0), v = logits.size(1);
+    const auto g = grads[0].item<float>();
+    at::Tensor dx = at::empty_like(logits);
+    ForRows(rows, v, [&](int64_t begin, int64_t end) {
+      CrossEntropyBackwardRows(logits.data_ptr<float>() + begin * v, targets.data_ptr<int64_t>() + begin,
+                               lse.data_ptr<float>() + begin, g, dx.data_ptr<float>() + begin * v, end - begin, v);
+    });
+    return {dx, at::Tensor()};
+  }
+};
+
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+}  // namespace
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (Fusable({&x, &weight})) return RmsNormFunction::apply(x, weight, eps);
+  // Normalized in fp32, as transformers does, whatever the compute dtype.
+  at::Tensor xf = x.to(at::kFloat);
+  xf = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+at::Tensor Rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  // cos and sin broadcast over heads: (Bc, 1, S, D) is (Bc, S, 1, D) for x's layout.
+  if (Fusable({&x, &cos, &sin}) && x.size(-1) % 2 == 0) {
+    const at::Tensor c = cos.reshape({cos.size(0), cos.size(2), cos.size(3)}).contiguous();
+    const at::Tensor s = sin.reshape({sin.size(0), sin.size(2), sin.size(3)}).contiguous();
+    return RotaryFunction::apply(x, c, s);
+  }
+  const at::Tensor c = cos.transpose(1, 2), s = sin.transpose(1, 2);
+  return x * c + RotateHalf(x) * s;
+}
+
+at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up) {
+  if (Fusable({&gate, &up}) && gate.sizes() == up.sizes()) return SwiGluFunction::apply(gate, up);
+  return at::silu(gate) * up;
+}
+
+at::Tensor CrossEntropySum(const at::Tensor& logits, const at::Tensor& targets) {
+  if (Fusable({&logits}) && logits.dim() == 2) return CrossEntropyFunction::apply(logits, targets);
+  return at::cross_entropy_loss(logits, targets.to(logits.device()), {}, at::Reduction::Sum, kIgnoreIndex);
+}
+
+}  // namespace shardtune
