@@ -11,6 +11,15 @@ namespace shardtune {
 
 namespace {
 
+// Whether two tensors are the same memory (views made apart are different tensors).
+bool SameMemory(const at::Tensor& a, const at::Tensor& b) {
+  return a.defined() && b.defined() && a.data_ptr() == b.data_ptr() && a.numel() == b.numel();
+}
+
+}  // namespace
+
+namespace {
+
 // Stages 2 and 3: whole-unit gradient buffers whose reduction may still be running.
 constexpr size_t kReductionsInFlight = 2;
 
@@ -155,8 +164,8 @@ void ZeroEngine::LoadWeights(const std::function<at::Tensor(const ParameterSpec&
       continue;
     }
     unit->MasterSlice(master_).copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
-    if (unit->full.defined() && !unit->full.is_same(unit->MasterSlice(master_))) unit->full.copy_(whole);
-    if (unit->param_shard.defined() && !unit->param_shard.is_same(unit->MasterSlice(master_))) {
+    if (unit->full.defined() && !SameMemory(unit->full, unit->MasterSlice(master_))) unit->full.copy_(whole);
+    if (unit->param_shard.defined() && !SameMemory(unit->param_shard, unit->MasterSlice(master_))) {
       unit->param_shard.copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
     }
   }
@@ -387,12 +396,12 @@ void ZeroEngine::PublishParameters() {
     if (!unit.trainable) continue;  // frozen weights never change
     at::Tensor master = unit.MasterSlice(master_);
     if (config_.stage == 0) {
-      if (!unit.full.is_same(master)) unit.full.copy_(master);
+      if (!SameMemory(unit.full, master)) unit.full.copy_(master);
       continue;
     }
     at::Tensor source = master;
     if (config_.stage == 3) {
-      if (!unit.param_shard.is_same(master)) unit.param_shard.copy_(master);
+      if (!SameMemory(unit.param_shard, master)) unit.param_shard.copy_(master);
       if (!unit.persistent) continue;
       source = unit.param_shard;
     } else if (config_.compute_dtype != at::kFloat) {
