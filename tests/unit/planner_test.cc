@@ -32,6 +32,16 @@ TEST(Planner, CountsTheParametersOfRealShapesExactly) {
   EXPECT_EQ(MakePlan(lora).trainable_parameters, 4194304);
 }
 
+TEST(Planner, PlansBertModels) {
+  PlanInput bert = Example("bert-base-cased.json");
+  EXPECT_EQ(MakePlan(bert).parameters, 108310272);  // transformers' count for bert-base-cased, pooler included
+  bert.method.type = MethodType::kLora;
+  bert.method.lora.r = 8;
+  EXPECT_EQ(MakePlan(bert).trainable_parameters, 294912);  // PEFT's: r=8 on its BERT defaults, query and value
+  bert.method.modules_to_save = {"pooler"};
+  EXPECT_EQ(MakePlan(bert).trainable_parameters, 294912 + 768 * 768 + 768);
+}
+
 TEST(Planner, ModelStatesAgreeWithDeepSpeedsEstimator) {
   // DeepSpeed's estimate_zero3_model_states_mem_needs (no offload): 18 bytes per parameter over
   // the ranks (fp16/bf16 parameters 2, gradients 4 as ours are fp32 shards, fp32 master
