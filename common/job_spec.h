@@ -55,11 +55,12 @@ struct LoraSpec {
 };
 
 // IA3 (Liu et al., 2022): learned vectors scaling the outputs of the target modules, and the
-// inputs of the feed-forward ones. Empty lists: the model family's defaults (PEFT's: k_proj,
+// inputs of the feed-forward ones. Unset lists: the model family's defaults (PEFT's: k_proj,
 // v_proj, down_proj and down_proj for Llama; key, value, output.dense and output.dense for BERT).
 struct Ia3Spec {
-  std::vector<std::string> target_modules;
+  std::vector<std::string> target_modules;  // empty: the family's
   std::vector<std::string> feedforward_modules;
+  bool feedforward_given = false;  // false: the family's feed-forward modules among the targets
 };
 
 // Bottleneck adapters (Houlsby et al., 2019): x + up(act(down(x))) on a sublayer's output;

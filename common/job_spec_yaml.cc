@@ -405,6 +405,7 @@ void ReadMethod(MapReader m, MethodSpec* method) {
   MapReader ia3 = section("ia3", type == MethodType::kIa3);
   ia3.StringList("target_modules", &method->ia3.target_modules);
   ia3.StringList("feedforward_modules", &method->ia3.feedforward_modules);
+  method->ia3.feedforward_given = ia3.Has("feedforward_modules");  // [] given: none
   ia3.NonEmptyIfGiven("target_modules", method->ia3.target_modules);
   ia3.Finish();
   MapReader adapter = section("adapter", type == MethodType::kAdapter);
@@ -652,6 +653,11 @@ void CheckConsistency(const JobSpec& spec, const SpecOptions& options, const YAM
     reader.Problem(mark_of({"data", "tasks"}), "data.tasks",
                    "classification and NER train one dataset (one label set); give data.train");
   }
+  if ((classification || ner) && spec.data.packing) {
+    reader.Problem(mark_of({"data", "packing"}), "data.packing",
+                   "applies to causal_lm: a classifier reads each example (its class, its tags) on its own; set "
+                   "packing: false");
+  }
   if (spec.data.packing && (spec.method.type == MethodType::kPrompt || spec.method.type == MethodType::kPrefix)) {
     reader.Problem(mark_of({"data", "packing"}), "data.packing",
                    fmt::format("method '{}' puts its virtual tokens before each sequence, which packing would share "
@@ -732,7 +738,11 @@ void EmitMethod(YAML::Emitter& out, const MethodSpec& m) {
     case MethodType::kIa3:
       out << YAML::Key << "ia3" << YAML::Value << YAML::BeginMap;
       EmitStrings(out, "target_modules", m.ia3.target_modules);
-      EmitStrings(out, "feedforward_modules", m.ia3.feedforward_modules);
+      if (m.ia3.feedforward_given) {  // even empty: given empty means none, absent the default
+        out << YAML::Key << "feedforward_modules" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+        for (const auto& name : m.ia3.feedforward_modules) out << name;
+        out << YAML::EndSeq;
+      }
       out << YAML::EndMap;
       break;
     case MethodType::kAdapter:

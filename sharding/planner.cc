@@ -139,8 +139,7 @@ int64_t PeftTrainableParameters(const ModelConfig& c, const MethodSpec& m) {
   // Unset target lists are the family's defaults, as PeftMethod fills them in.
   const auto& lora_targets = m.lora.target_modules.empty() ? c.DefaultLoraTargets() : m.lora.target_modules;
   const auto& ia3_targets = m.ia3.target_modules.empty() ? c.DefaultIa3Targets() : m.ia3.target_modules;
-  const auto& ia3_feedforward =
-      m.ia3.feedforward_modules.empty() ? c.DefaultIa3Feedforward() : m.ia3.feedforward_modules;
+  const auto& ia3_feedforward = m.ia3.feedforward_given ? m.ia3.feedforward_modules : c.DefaultIa3Feedforward();
   int64_t n = 0;
   switch (m.type) {
     case MethodType::kFull:

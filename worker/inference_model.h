@@ -24,6 +24,7 @@ struct LoadedModel {
   std::unique_ptr<FlatParameters> adapter;
   std::unique_ptr<LlamaModel> model;  // the Llama family
   std::unique_ptr<BertModel> bert;    // BERT
+  int64_t virtual_tokens = 0;         // an adapter's prompt or prefix tokens (they take positions)
 
   // The task's logits of a collated batch: causal LM (B, S, vocab), sequence classification
   // (B, labels) (pooled as the family pools), token classification (B, S, labels).

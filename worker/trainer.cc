@@ -62,7 +62,9 @@ int64_t PeakRssBytes() {
 // head on every rank and every run.
 at::Tensor NewHeadTensor(const ParameterSpec& spec, uint64_t seed) {
   if (spec.shape.size() == 1) return at::zeros(spec.shape, at::kFloat);
-  at::Generator generator = at::detail::createCPUGenerator(seed * 1000003ULL + 0x5c0e);
+  uint64_t name_hash = 1469598103934665603ULL;  // FNV-1a: each new matrix draws its own numbers
+  for (unsigned char c : spec.name) name_hash = (name_hash ^ c) * 1099511628211ULL;
+  at::Generator generator = at::detail::createCPUGenerator(seed * 1000003ULL + 0x5c0e + name_hash);
   return at::normal(0.0, 0.02, spec.shape, generator);
 }
 
@@ -95,7 +97,7 @@ class Trainer {
         rank0_(world.rank() == 0),
         output_dir_(spec.output.dir),
         config_(ModelConfig::Load(spec.model.path)),
-        peft_(config_, spec.method),
+        peft_(config_, MethodSpec{}),  // the job's method once the data says the head (Prepare)
         compute_dtype_(ToScalarType(spec.model.dtype)),
         device_(world.device()),
         loss_scale_(spec.model.dtype == ComputeDType::kFp16) {}
@@ -270,12 +272,22 @@ void Trainer::Prepare() {
   }
   ApplyDropouts();
   max_seq_len_ = spec_.data.max_seq_len;
-  if (config_.family == ModelFamily::kBert && max_seq_len_ > config_.max_positions()) {
-    // BERT has no position past its table: truncate there, as its tokenizer's model_max_length does.
-    max_seq_len_ = config_.max_positions();
+  // BERT has no position past its table: truncate there, as its tokenizer's model_max_length
+  // does, leaving room for prompt or prefix tuning's virtual tokens, which take positions too.
+  const MethodSpec& m = spec_.method;
+  const int64_t virtual_tokens = m.type == MethodType::kPrompt   ? m.prompt.num_virtual_tokens
+                                 : m.type == MethodType::kPrefix ? m.prefix.num_virtual_tokens
+                                                                 : 0;
+  if (config_.family == ModelFamily::kBert && max_seq_len_ + virtual_tokens > config_.max_positions()) {
+    max_seq_len_ = config_.max_positions() - virtual_tokens;
+    if (max_seq_len_ < 2) {
+      Fail(ErrorCode::kInvalidArgument, "method: {} virtual tokens leave no room in this BERT's {} positions",
+           virtual_tokens, config_.max_positions());
+    }
     if (rank0_) {
-      spdlog::info("data.max_seq_len {}: this BERT has {} positions; sequences are truncated to {} tokens",
-                   spec_.data.max_seq_len, max_seq_len_, max_seq_len_);
+      spdlog::info("data.max_seq_len {}: this BERT has {} positions{}; sequences are truncated to {} tokens",
+                   spec_.data.max_seq_len, config_.max_positions(),
+                   virtual_tokens > 0 ? fmt::format(", {} of them virtual tokens", virtual_tokens) : "", max_seq_len_);
     }
   }
   ranks_ = world_.size();

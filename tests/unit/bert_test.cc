@@ -212,7 +212,7 @@ TEST_F(BertTrainingTest, LoraOnBertTargetsQueryAndValueAndTrainsTheHead) {
   const TrainingSummary summary =
       RunTraining(Spec("task: sequence_classification}\nmethod: {type: lora, lora: {r: 4, alpha: 8}}\n"
                        "data: {train: train.jsonl, validation: val.jsonl, format: classification}\n"
-                       "training: {max_steps: 120, micro_batch_size: 16, eval_every: 40, optimizer: {lr: 3.0e-3}}\n"
+                       "training: {max_steps: 120, micro_batch_size: 16, eval_every: 40, optimizer: {lr: 1.0e-2}}\n"
                        "output: {dir: run}\n"));
   EXPECT_TRUE(summary.finished);
   EXPECT_GE(LastEvaluation("run").at("accuracy").get<double>(), 0.9) << LastEvaluation("run").dump();
@@ -258,6 +258,30 @@ TEST_F(BertTrainingTest, PromptTuningAdaptersEvaluateAsTrained) {
     EXPECT_NEAR(evaluated.at("val_loss").get<double>(), eval.at("val_loss").get<double>(), 1e-5);
     EXPECT_EQ(evaluated.at(ner ? "per_type" : "confusion"), eval.at(ner ? "per_type" : "confusion"));
   }
+}
+
+TEST_F(BertTrainingTest, VirtualTokensLeaveRoomInThePositionTable) {
+  // Sequences longer than the 64 positions are cut to leave room for the 4 virtual tokens; the
+  // head named in modules_to_save by the user (as PEFT examples do) is the one the task adds.
+  std::string text;
+  for (int n = 0; n < 16; ++n) {
+    std::string words;
+    for (int w = 0; w < 80; ++w) words += (w ? " " : "") + std::string(w == 40 ? (n % 2 ? "bad" : "good") : "film");
+    text += json({{"text", words}, {"label", n % 2 ? "negative" : "positive"}}).dump() + "\n";
+  }
+  testing::WriteText(dir_ / "long.jsonl", text);
+  RunTraining(
+      Spec("task: sequence_classification}\n"
+           "method: {type: prompt, prompt: {num_virtual_tokens: 4}, modules_to_save: [classifier]}\n"
+           "data: {train: long.jsonl, validation: long.jsonl, format: classification}\n"
+           "training: {max_steps: 2, micro_batch_size: 8}\noutput: {dir: run}\n"));
+  EvaluateOptions options;
+  options.model = dir_ / "base";
+  options.adapter = dir_ / "run" / "final";
+  options.data = dir_ / "long.jsonl";
+  EXPECT_EQ(EvaluateModel(options).at("examples"), 16);
+  const json adapter = json::parse(ReadFile(dir_ / "run" / "final" / "adapter_config.json"));
+  EXPECT_EQ(adapter.at("modules_to_save"), json::array({"classifier"}));
 }
 
 TEST_F(BertTrainingTest, APoolerTheCheckpointLacksIsCreatedAndTrained) {

@@ -287,6 +287,11 @@ TEST_F(JobSpecTest, MethodProblemsNameTheirField) {
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {r: 0}}\n", {"method.lora.r", "must be in [1"});
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {rank: 8}}\n",
                 {"method.lora.rank", "unknown key 'rank'"});
+  ExpectProblem(
+      "name: x\nmodel: {path: model, task: sequence_classification}\ndata: {train: data/train.jsonl, "
+      "format: classification, "
+      "packing: true}\noutput: {dir: out}\n",
+      {"data.packing", "applies to causal_lm"});
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: []}}\n",
                 {"method.lora.target_modules", "is empty", "leave the key out for the model's defaults"});
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: '(unclosed'}}\n",

@@ -133,13 +133,18 @@ TEST(PeftMethod, BadTargetsAreRefusedNamingTheField) {
   MethodSpec ia3 = Method(MethodType::kIa3);
   ia3.ia3.target_modules = {"k_proj"};
   ia3.ia3.feedforward_modules = {"down_proj"};
+  ia3.ia3.feedforward_given = true;
   expect_error(ia3, "method.ia3.feedforward_modules: 'mlp.down_proj' is not among ia3.target_modules");
   // Unset, the feed-forward modules are the family's (down_proj) among the targets, as in PEFT.
   ia3.ia3.feedforward_modules.clear();
+  ia3.ia3.feedforward_given = false;
   EXPECT_TRUE(PeftMethod(c, ia3).spec().ia3.feedforward_modules.empty());
   ia3.ia3.target_modules.clear();
   EXPECT_EQ(PeftMethod(c, ia3).spec().ia3.target_modules, (std::vector<std::string>{"k_proj", "v_proj", "down_proj"}));
   EXPECT_EQ(PeftMethod(c, ia3).spec().ia3.feedforward_modules, (std::vector<std::string>{"down_proj"}));
+  // Given empty, none: every target's output is scaled.
+  ia3.ia3.feedforward_given = true;
+  EXPECT_TRUE(PeftMethod(c, ia3).spec().ia3.feedforward_modules.empty());
   MethodSpec saved = Lora(4, {"q_proj"});
   saved.modules_to_save = {"lm_head"};  // TinyConfig ties the head to the embedding
   expect_error(saved, "'lm_head' is tied to the input embeddings");

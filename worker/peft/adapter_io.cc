@@ -165,6 +165,7 @@ MethodSpec MethodFromConfig(const json& config, const fs::path& file) {
     m.type = MethodType::kIa3;
     m.ia3.target_modules = Strings(config, file, "target_modules", nullptr);
     m.ia3.feedforward_modules = Strings(config, file, "feedforward_modules", nullptr);
+    m.ia3.feedforward_given = config.contains("feedforward_modules") && !config["feedforward_modules"].is_null();
   } else if (type == "PREFIX_TUNING") {
     m.type = MethodType::kPrefix;
     m.prefix.num_virtual_tokens = Field<int64_t>(config, file, "num_virtual_tokens", 0);

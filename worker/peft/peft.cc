@@ -55,7 +55,7 @@ PeftMethod::PeftMethod(ModelConfig config, MethodSpec method)
   const int64_t layers = c.num_layers();
   const int64_t kv = c.num_key_value_heads() * c.head_dim();
   if (method_.lora.target_modules.empty()) method_.lora.target_modules = c.DefaultLoraTargets();
-  const bool feedforward_default = method_.ia3.feedforward_modules.empty();
+  const bool feedforward_default = !method_.ia3.feedforward_given;
   if (method_.ia3.target_modules.empty()) method_.ia3.target_modules = c.DefaultIa3Targets();
   auto all_targets = [this] {
     std::vector<size_t> all;
@@ -118,6 +118,7 @@ PeftMethod::PeftMethod(ModelConfig config, MethodSpec method)
                           [&](size_t k) { return std::find(targets_.begin(), targets_.end(), k) != targets_.end(); }))
             method_.ia3.feedforward_modules.push_back(name);
         }
+        method_.ia3.feedforward_given = true;  // the spec records what applied
       }
       feedforward_ = TargetsNamed(method_.ia3.feedforward_modules, "ia3.feedforward_modules");
       for (size_t f : feedforward_) {
