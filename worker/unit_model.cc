@@ -55,10 +55,24 @@ TensorLookup LookupIn(const UnitParameters& p) {
   return [&p](const std::string& name) { return p(name); };
 }
 
-class LlamaUnitModel final : public UnitModel {
+// What every family's unit model holds: the method, the engine, and the units of each piece.
+class FamilyUnitModel : public UnitModel {
+ protected:
+  FamilyUnitModel(const PeftMethod& peft, ZeroEngine& engine, at::ScalarType dtype, at::Device device)
+      : peft_(peft), engine_(engine), dtype_(dtype), device_(device) {}
+
+  const PeftMethod& peft_;
+  ZeroEngine& engine_;
+  at::ScalarType dtype_;
+  at::Device device_;
+  std::vector<int> embed_units_, prompt_units_, head_units_;
+  std::vector<std::vector<int>> layer_units_;
+};
+
+class LlamaUnitModel final : public FamilyUnitModel {
  public:
   LlamaUnitModel(const PeftMethod& peft, ZeroEngine& engine, at::ScalarType dtype, at::Device device)
-      : peft_(peft), engine_(engine), config_(peft.config().llama), blocks_(config_), dtype_(dtype), device_(device) {
+      : FamilyUnitModel(peft, engine, dtype, device), config_(peft.config().llama), blocks_(config_) {
     const std::string embed = "model.embed_tokens.weight";
     embed_units_ = UnitsUsing(engine, embed, [&](const std::string& name) { return name == embed; });
     if (peft.prompt_tokens() > 0) {
@@ -118,20 +132,14 @@ class LlamaUnitModel final : public UnitModel {
   }
 
  private:
-  const PeftMethod& peft_;
-  ZeroEngine& engine_;
   const LlamaConfig& config_;
   LlamaBlocks blocks_;
-  at::ScalarType dtype_;
-  at::Device device_;
-  std::vector<int> embed_units_, prompt_units_, head_units_;
-  std::vector<std::vector<int>> layer_units_;
 };
 
-class BertUnitModel final : public UnitModel {
+class BertUnitModel final : public FamilyUnitModel {
  public:
   BertUnitModel(const PeftMethod& peft, ZeroEngine& engine, at::ScalarType dtype, at::Device device)
-      : peft_(peft), engine_(engine), config_(peft.config().bert), blocks_(config_), dtype_(dtype), device_(device) {
+      : FamilyUnitModel(peft, engine, dtype, device), config_(peft.config().bert), blocks_(config_) {
     embed_units_ = UnitsUsing(engine, "bert.embeddings.word_embeddings.weight",
                               [](const std::string& name) { return StartsWith(name, "bert.embeddings."); });
     if (peft.prompt_tokens() > 0) {
@@ -182,14 +190,8 @@ class BertUnitModel final : public UnitModel {
   }
 
  private:
-  const PeftMethod& peft_;
-  ZeroEngine& engine_;
   const BertConfig& config_;
   BertBlocks blocks_;
-  at::ScalarType dtype_;
-  at::Device device_;
-  std::vector<int> embed_units_, prompt_units_, head_units_;
-  std::vector<std::vector<int>> layer_units_;
 };
 
 }  // namespace

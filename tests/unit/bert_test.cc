@@ -129,29 +129,13 @@ TEST(BertModel, MatchesTransformersFormulasWithPaddingAndTokenTypes) {
   }
 }
 
-class BertTrainingTest : public ::testing::Test {
+class BertTrainingTest : public testing::TaskRunTest {
  protected:
   void SetUp() override {
     testing::WriteTinyBert(dir_ / "base", 1);
     testing::WriteText(dir_ / "train.jsonl", testing::SentimentData(240, 1));
     testing::WriteText(dir_ / "val.jsonl", testing::SentimentData(60, 2));
   }
-
-  JobSpec Spec(const std::string& body) {
-    return ParseJobSpec("name: t\nmodel: {path: base, " + body, "job.yaml", dir_.path());
-  }
-
-  json LastEvaluation(const std::string& run) {
-    json last;
-    std::ifstream in(dir_ / run / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      const json record = json::parse(line);
-      if (record.contains("val_loss")) last = record;
-    }
-    return last;
-  }
-
-  testing::ScratchDir dir_;
 };
 
 TEST_F(BertTrainingTest, ABertLearnsSentimentAndExportsAHuggingFaceClassifier) {

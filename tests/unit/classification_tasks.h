@@ -4,12 +4,16 @@
 // WordPiece vocab.txt of the tasks' words, so that text needs no fixture. Shared by the unit
 // tests and the MPI tests (sharded evaluation).
 
+#include <gtest/gtest.h>
+
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "common/bert_config.h"
+#include "common/job_spec.h"
 #include "sharding/bert_layout.h"
 #include "test_util.h"
 #include "tiny_models.h"
@@ -126,5 +130,27 @@ inline std::string NerData(int examples, uint64_t seed) {
   }
   return text;
 }
+
+// Training runs on these tasks in a scratch directory: jobs on the model in `base` there, and
+// the last evaluation a run logged.
+class TaskRunTest : public ::testing::Test {
+ protected:
+  // `body` continues the model mapping: "task: ...}\ndata: ...".
+  JobSpec Spec(const std::string& body) {
+    return ParseJobSpec("name: t\nmodel: {path: base, " + body, "job.yaml", dir_.path());
+  }
+
+  nlohmann::json LastEvaluation(const std::string& run) {
+    nlohmann::json last;
+    std::ifstream in(dir_ / run / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json record = nlohmann::json::parse(line);
+      if (record.contains("val_loss")) last = record;
+    }
+    return last;
+  }
+
+  ScratchDir dir_;
+};
 
 }  // namespace shardtune::testing

@@ -101,25 +101,9 @@ TEST(TaskLosses, AttentionDropoutActsInTrainingOnly) {
   EXPECT_NE(plain, dropped);
 }
 
-class ClassifierTest : public ::testing::Test {
+class ClassifierTest : public testing::TaskRunTest {
  protected:
   void SetUp() override { testing::WriteByteLevelModel(dir_ / "base"); }
-
-  JobSpec Spec(const std::string& body) {
-    return ParseJobSpec("name: t\nmodel: {path: base, " + body, "job.yaml", dir_.path());
-  }
-
-  json LastEvaluation(const std::string& run) {
-    json last;
-    std::ifstream in(dir_ / run / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      const json record = json::parse(line);
-      if (record.contains("val_loss")) last = record;
-    }
-    return last;
-  }
-
-  testing::ScratchDir dir_;
 };
 
 TEST_F(ClassifierTest, ALlamaLearnsSentimentAndExportsAHuggingFaceClassifier) {
