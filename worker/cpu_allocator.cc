@@ -54,8 +54,12 @@ class CachingCpuAllocator final : public c10::Allocator {
   static CachingCpuAllocator* instance;
 
  private:
-  // The data pointer is its own context: Release finds the block's size in `in_use_`.
-  static void Release(void* data) { instance->Keep(data); }
+  // The data pointer is its own context: Release finds the block's size in `in_use_`. It is also
+  // raw_deleter(), which frees what raw_allocate() gave out: small blocks come from the fallback
+  // allocator (data pointer and context the same), so a pointer not kept here goes back there.
+  static void Release(void* data) {
+    if (!instance->Keep(data)) instance->fallback_->raw_deleter()(data);
+  }
 
   void* Take(size_t size) const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -80,9 +84,11 @@ class CachingCpuAllocator final : public c10::Allocator {
     return data;
   }
 
-  void Keep(void* data) const {
+  // Keeps a block this allocator gave out; false for any other pointer.
+  bool Keep(void* data) const {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = in_use_.find(data);
+    if (it == in_use_.end()) return false;
     const size_t size = it->second;
     in_use_.erase(it);
     kept_.emplace(size, data);
@@ -90,6 +96,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     stats_.kept_bytes += static_cast<int64_t>(size);
     const auto bound = static_cast<int64_t>(static_cast<double>(stats_.peak_in_use_bytes) * 1.25 + kSlack);
     if (stats_.in_use_bytes + stats_.kept_bytes > bound) TrimLocked(bound - stats_.in_use_bytes);
+    return true;
   }
 
   // Frees kept blocks, largest first, until at most `keep` bytes are kept.

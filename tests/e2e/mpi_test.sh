@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Multi-rank jobs as a user runs them: `shardtune train --np N` through mpirun, a rank that hangs
-# (the others fail within the collective timeout, naming rank, collective, bucket and step), and
-# a rank killed with -9 (the whole job ends, non-zero, promptly).
+# (the others fail within the collective timeout, naming rank, collective, bucket and step), a
+# rank killed with -9 (the whole job ends, non-zero, promptly), and a BERT sentiment classifier
+# trained on two ranks and evaluated.
 # Usage: mpi_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -60,5 +61,39 @@ elapsed=$(( $(date +%s) - start ))
 if [ $code -ne 0 ]; then pass "job with a killed rank exits non-zero ($code)"; else fail "job with a killed rank exited 0"; fi
 if [ $elapsed -lt 30 ]; then pass "the other rank ended within ${elapsed}s"; else fail "took ${elapsed}s"; fi
 if pgrep -f "shardtune-worker $work/killed.yaml" > /dev/null; then fail "a rank outlived the job"; pkill -9 -f "$work/killed.yaml"; else pass "no rank left behind"; fi
+
+# 4. examples/tiny-bert as a sentiment classifier on two ranks (ZeRO-2), then `shardtune evaluate`.
+"$bin/shardtune" init-model --config "$src/examples/tiny-bert/config.json" --out "$work/bert" --seed 4 --log-level warn
+python3 - "$work" <<'PY'
+import json, random, sys
+good, bad = ["good", "great", "nice", "fun", "lovely"], ["bad", "dull", "poor", "sad", "awful"]
+filler = ["the", "film", "plot", "was", "really", "acting", "so"]
+for name, count, seed in (("sentiment", 256, 1), ("sentiment-val", 40, 2)):
+    r = random.Random(seed)
+    with open(f"{sys.argv[1]}/{name}.jsonl", "w") as f:
+        for n in range(count):
+            words = [r.choice(filler) for _ in range(r.randrange(2, 6))]
+            words.insert(r.randrange(len(words) + 1), r.choice(good if n % 2 == 0 else bad))
+            f.write(json.dumps({"text": " ".join(words), "label": "positive" if n % 2 == 0 else "negative"}) + "\n")
+PY
+cat > "$work/bert.yaml" <<YAML
+name: bert
+model: {path: bert, task: sequence_classification}
+data: {train: sentiment.jsonl, validation: sentiment-val.jsonl, format: classification}
+training: {max_steps: 60, micro_batch_size: 8, global_batch_size: 16, optimizer: {lr: 1.0e-3}}
+sharding: {zero_stage: 2}
+output: {dir: runs/bert}
+YAML
+out=$("$bin/shardtune" train "$work/bert.yaml" --np 2 2>&1)
+if [ $? -eq 0 ]; then pass "BERT trains on 2 ranks"; else fail "BERT training failed: $out"; fi
+expect_contains "the head is BERT's classifier" "$out" "head \`classifier\` over 2 classes"
+expect_eq "the export is a BertForSequenceClassification" \
+  "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["architectures"][0])' "$work/runs/bert/final/config.json")" \
+  "BertForSequenceClassification"
+out=$("$bin/shardtune" evaluate --model "$work/runs/bert/final" --data "$work/sentiment-val.jsonl" --log-level warn)
+expect_eq "evaluate reads the exported BERT" "$?" "0"
+accuracy=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["accuracy"])' <<<"$out")
+if python3 -c "import sys; sys.exit(0 if float('$accuracy') >= 0.9 else 1)"; then
+  pass "the classifier learned (accuracy $accuracy)"; else fail "accuracy $accuracy < 0.9: $out"; fi
 
 summary

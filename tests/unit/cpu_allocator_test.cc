@@ -1,6 +1,7 @@
 #include "worker/cpu_allocator.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 #include <gtest/gtest.h>
 
 namespace shardtune {
@@ -23,6 +24,19 @@ TEST(CachingCpuAllocator, ReusesFreedBlocksOfTheSameSizeClass) {
   at::Tensor small = at::zeros({100}, at::kFloat);  // below 1 MiB: the default allocator's
   EXPECT_EQ(CachingCpuAllocatorStats().fresh, after.fresh);
   EXPECT_EQ(small.sum().item<float>(), 0.0f);
+}
+
+TEST(CachingCpuAllocator, RawAllocationsOfEverySizeGoBackThroughTheRawDeleter) {
+  // raw_allocate / raw_deleter, as LibTorch's kernels use them for scratch buffers (GELU's among
+  // them): small blocks come from the fallback allocator and must be freed there.
+  InstallCachingCpuAllocator();
+  c10::Allocator* allocator = c10::GetCPUAllocator();
+  for (const size_t bytes : {size_t{256}, size_t{3} << 20}) {
+    void* block = allocator->raw_allocate(bytes);
+    ASSERT_NE(block, nullptr);
+    static_cast<char*>(block)[bytes - 1] = 1;
+    allocator->raw_deleter()(block);
+  }
 }
 
 TEST(CachingCpuAllocator, KeepsNoMoreThanItsBoundAboveThePeak) {
