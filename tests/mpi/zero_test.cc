@@ -373,3 +373,87 @@ TEST_F(ZeroTest, ResumesOnAnotherWorldSizeAndStage) {
 
 }  // namespace
 }  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+// Gradient buffers are written by a step's first contribution, not zero-filled: what a step
+// reduces must be that step's gradients alone (a unit no computation used gets zero, a
+// parameter used twice gets both contributions, accumulation sums its micro-batches), at every
+// stage and world size. Every rank computes the same thing, so the reduced gradient is N times
+// the autograd one.
+TEST(ZeroGradients, AStepReducesOnlyItsOwnContributions) {
+  std::vector<UnitSpec> units = {
+      UnitSpec{"a", {ParameterSpec{"a.weight", {4, 3}, true}}, true},
+      UnitSpec{"b", {ParameterSpec{"b.weight", {3}, true}, ParameterSpec{"b.bias", {3}, false}}, true}};
+  at::manual_seed(9);
+  const at::Tensor a = at::randn({4, 3}), b = at::randn({3}), bias = at::randn({3}), x = at::randn({2, 3});
+  const double n = World().size();
+  for (int stage : {0, 1, 2, 3}) {
+    SCOPED_TRACE(fmt::format("stage {} np {}", stage, World().size()));
+    OwnedProcessGroups groups = MakeProcessGroups(World(), 0);
+    ZeroConfig zero;
+    zero.stage = stage;
+    ZeroEngine engine(units, zero, groups.groups);
+    engine.LoadWeights([&](const ParameterSpec& p) {
+      return p.name == "a.weight" ? a : p.name == "b.weight" ? b : bias;
+    });
+    auto use_a = [&](const at::Tensor& in) {
+      return ApplyUnits(engine, {0}, in, [](const at::Tensor& v, const UnitParameters& p) {
+        return at::matmul(at::matmul(v, p("a.weight").t()), p("a.weight"));  // a used twice
+      });
+    };
+    auto use_b = [&](const at::Tensor& in) {
+      return ApplyUnits(engine, {1}, in,
+                        [](const at::Tensor& v, const UnitParameters& p) { return v * p("b.weight") + p("b.bias"); });
+    };
+    auto gradients = [&] {
+      engine.FinishGradients();
+      std::map<std::string, at::Tensor> result;
+      engine.ForEachUnitGathered(
+          [&](const UnitLayout& unit, const at::Tensor& full) {
+            for (const auto& p : unit.parameters)
+              result[p.spec.name] = full.narrow(0, p.offset, p.numel).view(p.spec.shape).clone();
+          },
+          ZeroEngine::Buffer::kGradients);
+      return result;
+    };
+    // The same sums by autograd on plain tensors.
+    auto expected = [&](bool with_a, int micro_batches) {
+      const at::Tensor la = a.clone().requires_grad_(true), lb = b.clone().requires_grad_(true),
+                       lc = bias.clone().requires_grad_(true);
+      for (int k = 0; k < micro_batches; ++k) {
+        at::Tensor h = x * (k + 1);
+        if (with_a) h = at::matmul(at::matmul(h, la.t()), la);
+        (h * lb + lc).pow(2).sum().backward();
+      }
+      return std::map<std::string, at::Tensor>{{"a.weight", with_a ? la.grad() * n : at::zeros({4, 3})},
+                                               {"b.weight", lb.grad() * n},
+                                               {"b.bias", lc.grad() * n}};
+    };
+    auto expect_equal = [](const std::map<std::string, at::Tensor>& got,
+                           const std::map<std::string, at::Tensor>& want) {
+      for (const auto& [name, value] : want)
+        EXPECT_TRUE(at::allclose(got.at(name), value, 1e-5, 1e-6)) << name << ": " << got.at(name) << value;
+    };
+    // Step 1: both units. Step 2: b alone (a's buffer still holds step 1's gradient). Step 3:
+    // b alone over two micro-batches.
+    engine.BeginStep(1);
+    engine.BeginMicroBatch(true);
+    use_b(use_a(x)).pow(2).sum().backward();
+    expect_equal(gradients(), expected(true, 1));
+    engine.BeginStep(2);
+    engine.BeginMicroBatch(true);
+    use_b(x).pow(2).sum().backward();
+    expect_equal(gradients(), expected(false, 1));
+    engine.BeginStep(3);
+    for (int k = 0; k < 2; ++k) {
+      engine.BeginMicroBatch(k == 1);
+      use_b(x * (k + 1)).pow(2).sum().backward();
+    }
+    expect_equal(gradients(), expected(false, 2));
+  }
+}
+
+}  // namespace
+}  // namespace shardtune

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -102,20 +103,27 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
     const int64_t d = x.size(-1), rows = x.numel() / d;
     const bool want_dx = ctx->needs_input_grad(0), want_dw = ctx->needs_input_grad(1);
     at::Tensor dx = want_dx ? at::empty_like(x) : at::Tensor();
-    at::Tensor dw = want_dw ? at::zeros_like(w) : at::Tensor();
+    // Each chunk of rows sums its dw apart; the sums are added in the chunks' order, so that the
+    // result does not depend on which thread finished first.
     std::mutex merge;
+    std::map<int64_t, std::vector<float>> partial_dw;
     ForRows(rows, d, [&](int64_t begin, int64_t end) {
-      // Each chunk sums its rows' dw apart, then adds it in.
       std::vector<float> local(want_dw ? static_cast<size_t>(d) : 0, 0.0f);
       RmsNormBackwardRows(g.data_ptr<float>() + begin * d, x.data_ptr<float>() + begin * d, w.data_ptr<float>(),
                           r.data_ptr<float>() + begin, want_dx ? dx.data_ptr<float>() + begin * d : nullptr,
                           want_dw ? local.data() : nullptr, end - begin, d);
       if (want_dw) {
         std::lock_guard<std::mutex> lock(merge);
-        float* total = dw.data_ptr<float>();
-        for (int64_t j = 0; j < d; ++j) total[j] += local[static_cast<size_t>(j)];
+        partial_dw.emplace(begin, std::move(local));
       }
     });
+    at::Tensor dw;
+    if (want_dw) {
+      dw = at::zeros_like(w);
+      float* total = dw.data_ptr<float>();
+      for (const auto& [begin, local] : partial_dw)
+        for (int64_t j = 0; j < d; ++j) total[j] += local[static_cast<size_t>(j)];
+    }
     return {dx, dw, at::Tensor()};
   }
 };
@@ -279,13 +287,15 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     }
     at::Tensor lse = at::zeros({rows}, logits.options());
     std::mutex merge;
-    double total = 0;
+    std::map<int64_t, double> partial;  // by chunk, summed in order: the same total on any schedule
     ForRows(rows, v, [&](int64_t begin, int64_t end) {
       const double part = CrossEntropyForwardRows(logits.data_ptr<float>() + begin * v, tp + begin,
                                                   lse.data_ptr<float>() + begin, end - begin, v);
       std::lock_guard<std::mutex> lock(merge);
-      total += part;
+      partial.emplace(begin, part);
     });
+    double total = 0;
+    for (const auto& [begin, part] : partial) total += part;
     ctx->save_for_backward({logits, targets, lse});
     return at::scalar_tensor(total, logits.options());
   }
