@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "worker/models/fused_kernels.h"
 
 namespace shardtune {
 
@@ -19,14 +20,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Each kernel is compiled for AVX-512, AVX2 and the baseline, and the loader picks the best the
-// CPU has (GCC's function multiversioning); `omp simd` asks for the vectorized loops, and this
-// file is built with -ffast-math so that exp and log vectorize (glibc's libmvec). Inputs to exp
-// are clamped where they could overflow, since fast math assumes finite values.
-#define SHARDTUNE_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
-
-constexpr int64_t kIgnoreIndex = -100;
-constexpr float kExpLimit = 80.0f;  // exp(80) is finite in fp32
+using kernels::kIgnoreIndex;
 
 bool Fusable(std::initializer_list<const at::Tensor*> tensors) {
   for (const at::Tensor* t : tensors)
@@ -43,44 +37,6 @@ void ForRows(int64_t rows, int64_t row_size, const F& f) {
 
 // --- RMSNorm ---
 
-SHARDTUNE_KERNEL void RmsNormForwardRows(const float* x, const float* w, float* y, float* r, int64_t rows, int64_t d,
-                                         float eps) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* xi = x + i * d;
-    float* yi = y + i * d;
-    float squares = 0;
-#pragma omp simd reduction(+ : squares)
-    for (int64_t j = 0; j < d; ++j) squares += xi[j] * xi[j];
-    const float ri = 1.0f / std::sqrt(squares / static_cast<float>(d) + eps);
-    r[i] = ri;
-#pragma omp simd
-    for (int64_t j = 0; j < d; ++j) yi[j] = w[j] * (xi[j] * ri);
-  }
-}
-
-// dx = r (g w) - x r^3 mean(g w x); dw += g x r (when dw is given).
-SHARDTUNE_KERNEL void RmsNormBackwardRows(const float* g, const float* x, const float* w, const float* r, float* dx,
-                                          float* dw, int64_t rows, int64_t d) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* gi = g + i * d;
-    const float* xi = x + i * d;
-    const float ri = r[i];
-    float dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < d; ++j) dot += gi[j] * w[j] * xi[j];
-    const float c = ri * ri * ri * dot / static_cast<float>(d);
-    if (dx != nullptr) {
-      float* dxi = dx + i * d;
-#pragma omp simd
-      for (int64_t j = 0; j < d; ++j) dxi[j] = ri * gi[j] * w[j] - xi[j] * c;
-    }
-    if (dw != nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < d; ++j) dw[j] += gi[j] * xi[j] * ri;
-    }
-  }
-}
-
 class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, double eps) {
@@ -90,7 +46,8 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
     const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
     float *yp = y.data_ptr<float>(), *rp = r.data_ptr<float>();
     ForRows(rows, d, [&](int64_t begin, int64_t end) {
-      RmsNormForwardRows(xp + begin * d, wp, yp + begin * d, rp + begin, end - begin, d, static_cast<float>(eps));
+      kernels::RmsNormForwardRows(xp + begin * d, wp, yp + begin * d, rp + begin, end - begin, d,
+                                  static_cast<float>(eps));
     });
     ctx->save_for_backward({x, w, r});
     return y;
@@ -109,9 +66,10 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
     std::map<int64_t, std::vector<float>> partial_dw;
     ForRows(rows, d, [&](int64_t begin, int64_t end) {
       std::vector<float> local(want_dw ? static_cast<size_t>(d) : 0, 0.0f);
-      RmsNormBackwardRows(g.data_ptr<float>() + begin * d, x.data_ptr<float>() + begin * d, w.data_ptr<float>(),
-                          r.data_ptr<float>() + begin, want_dx ? dx.data_ptr<float>() + begin * d : nullptr,
-                          want_dw ? local.data() : nullptr, end - begin, d);
+      kernels::RmsNormBackwardRows(g.data_ptr<float>() + begin * d, x.data_ptr<float>() + begin * d,
+                                   w.data_ptr<float>(), r.data_ptr<float>() + begin,
+                                   want_dx ? dx.data_ptr<float>() + begin * d : nullptr,
+                                   want_dw ? local.data() : nullptr, end - begin, d);
       if (want_dw) {
         std::lock_guard<std::mutex> lock(merge);
         partial_dw.emplace(begin, std::move(local));
@@ -130,31 +88,6 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
 
 // --- Rotary embeddings ---
 
-// One position's `heads` vectors of size d (x's a `head_stride` apart). Forward: y = x cos +
-// rotate_half(x) sin. Backward (the transpose, on the gradient): y1 = g1 c1 + g2 s2, y2 = g2 c2 -
-// g1 s1.
-SHARDTUNE_KERNEL void RotaryPosition(const float* x, int64_t head_stride, const float* c, const float* s, float* y,
-                                     int64_t heads, int64_t d, bool backward) {
-  const int64_t half = d / 2;
-  for (int64_t h = 0; h < heads; ++h) {
-    const float* xi = x + h * head_stride;
-    float* yi = y + h * d;
-    if (!backward) {
-#pragma omp simd
-      for (int64_t j = 0; j < half; ++j) {
-        yi[j] = xi[j] * c[j] - xi[j + half] * s[j];
-        yi[j + half] = xi[j + half] * c[j + half] + xi[j] * s[j + half];
-      }
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < half; ++j) {
-        yi[j] = xi[j] * c[j] + xi[j + half] * s[j + half];
-        yi[j + half] = xi[j + half] * c[j + half] - xi[j] * s[j];
-      }
-    }
-  }
-}
-
 // x (B, S, H, D) with any strides but the last (the gradient arrives as the transpose of a
 // (B, H, S, D) tensor: read in place); cos and sin (Bc, S, D) contiguous with Bc 1 or B. The
 // result is contiguous.
@@ -169,7 +102,7 @@ at::Tensor RotaryApply(const at::Tensor& input, const at::Tensor& cos, const at:
     for (int64_t p = begin; p < end; ++p) {
       const int64_t angle = (per_batch ? p : p % s) * d;
       const float* row = xp + (p / s) * x.stride(0) + (p % s) * x.stride(1);
-      RotaryPosition(row, x.stride(2), cp + angle, sp + angle, yp + p * heads * d, heads, d, backward);
+      kernels::RotaryPosition(row, x.stride(2), cp + angle, sp + angle, yp + p * heads * d, heads, d, backward);
     }
   });
   return y;
@@ -189,27 +122,6 @@ class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
 
 // --- SwiGLU ---
 
-SHARDTUNE_KERNEL void SwiGluForwardKernel(const float* gate, const float* up, float* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    const float sigmoid = 1.0f / (1.0f + std::exp(std::min(-g, kExpLimit)));
-    y[i] = g * sigmoid * up[i];
-  }
-}
-
-// d_up = dy silu(g); d_gate = dy up silu'(g), silu'(g) = s (1 + g (1 - s)).
-SHARDTUNE_KERNEL void SwiGluBackwardKernel(const float* dy, const float* gate, const float* up, float* d_gate,
-                                           float* d_up, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    const float sigmoid = 1.0f / (1.0f + std::exp(std::min(-g, kExpLimit)));
-    d_up[i] = dy[i] * g * sigmoid;
-    d_gate[i] = dy[i] * up[i] * sigmoid * (1.0f + g * (1.0f - sigmoid));
-  }
-}
-
 class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_in, const at::Tensor& up_in) {
@@ -218,7 +130,7 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
     const float *gp = gate.data_ptr<float>(), *up_p = up.data_ptr<float>();
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, gate.numel(), 32768, [&](int64_t begin, int64_t end) {
-      SwiGluForwardKernel(gp + begin, up_p + begin, yp + begin, end - begin);
+      kernels::SwiGluForwardKernel(gp + begin, up_p + begin, yp + begin, end - begin);
     });
     ctx->save_for_backward({gate, up});
     return y;
@@ -231,49 +143,13 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
     const float *dyp = dy.data_ptr<float>(), *gp = gate.data_ptr<float>(), *up_p = up.data_ptr<float>();
     float *dgp = d_gate.data_ptr<float>(), *dup = d_up.data_ptr<float>();
     at::parallel_for(0, gate.numel(), 32768, [&](int64_t begin, int64_t end) {
-      SwiGluBackwardKernel(dyp + begin, gp + begin, up_p + begin, dgp + begin, dup + begin, end - begin);
+      kernels::SwiGluBackwardKernel(dyp + begin, gp + begin, up_p + begin, dgp + begin, dup + begin, end - begin);
     });
     return {d_gate, d_up};
   }
 };
 
 // --- Cross-entropy ---
-
-// Per row with a target: lse = log sum exp(x); the loss is lse - x[target]. Returns the sum.
-SHARDTUNE_KERNEL double CrossEntropyForwardRows(const float* logits, const int64_t* targets, float* lse, int64_t rows,
-                                                int64_t v) {
-  double loss = 0;
-  for (int64_t i = 0; i < rows; ++i) {
-    if (targets[i] == kIgnoreIndex) continue;
-    const float* xi = logits + i * v;
-    float top = -std::numeric_limits<float>::max();
-#pragma omp simd reduction(max : top)
-    for (int64_t j = 0; j < v; ++j) top = std::max(top, xi[j]);
-    float sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < v; ++j) sum += std::exp(xi[j] - top);
-    lse[i] = top + std::log(sum);
-    loss += static_cast<double>(lse[i]) - static_cast<double>(xi[targets[i]]);
-  }
-  return loss;
-}
-
-// d logits = g (softmax - one_hot(target)) on rows with a target, 0 on the others.
-SHARDTUNE_KERNEL void CrossEntropyBackwardRows(const float* logits, const int64_t* targets, const float* lse, float g,
-                                               float* dx, int64_t rows, int64_t v) {
-  for (int64_t i = 0; i < rows; ++i) {
-    float* dxi = dx + i * v;
-    if (targets[i] == kIgnoreIndex) {
-      std::fill(dxi, dxi + v, 0.0f);
-      continue;
-    }
-    const float* xi = logits + i * v;
-    const float li = lse[i];
-#pragma omp simd
-    for (int64_t j = 0; j < v; ++j) dxi[j] = g * std::exp(xi[j] - li);
-    dxi[targets[i]] -= g;
-  }
-}
 
 class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
  public:
@@ -289,8 +165,8 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     std::mutex merge;
     std::map<int64_t, double> partial;  // by chunk, summed in order: the same total on any schedule
     ForRows(rows, v, [&](int64_t begin, int64_t end) {
-      const double part = CrossEntropyForwardRows(logits.data_ptr<float>() + begin * v, tp + begin,
-                                                  lse.data_ptr<float>() + begin, end - begin, v);
+      const double part = kernels::CrossEntropyForwardRows(logits.data_ptr<float>() + begin * v, tp + begin,
+                                                           lse.data_ptr<float>() + begin, end - begin, v);
       std::lock_guard<std::mutex> lock(merge);
       partial.emplace(begin, part);
     });
@@ -306,8 +182,9 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     const auto g = grads[0].item<float>();
     at::Tensor dx = at::empty_like(logits);
     ForRows(rows, v, [&](int64_t begin, int64_t end) {
-      CrossEntropyBackwardRows(logits.data_ptr<float>() + begin * v, targets.data_ptr<int64_t>() + begin,
-                               lse.data_ptr<float>() + begin, g, dx.data_ptr<float>() + begin * v, end - begin, v);
+      kernels::CrossEntropyBackwardRows(logits.data_ptr<float>() + begin * v, targets.data_ptr<int64_t>() + begin,
+                                        lse.data_ptr<float>() + begin, g, dx.data_ptr<float>() + begin * v, end - begin,
+                                        v);
     });
     return {dx, at::Tensor()};
   }
