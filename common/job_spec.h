@@ -92,6 +92,13 @@ struct MethodSpec {
   PromptSpec prompt;
   std::vector<std::string> modules_to_save;  // trained in full besides the adapter (e.g. lm_head)
   std::string init_from;                     // a PEFT adapter directory to start from
+
+  // Prompt or prefix tuning's virtual tokens, which take positions of the model (0 otherwise).
+  int64_t VirtualTokens() const {
+    return type == MethodType::kPrompt   ? prompt.num_virtual_tokens
+           : type == MethodType::kPrefix ? prefix.num_virtual_tokens
+                                         : 0;
+  }
 };
 
 // One dataset of a multi-task mixture (data.tasks).

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "common/atomic_file.h"
@@ -84,6 +85,10 @@ int64_t ModelConfig::num_key_value_heads() const {
 int64_t ModelConfig::head_dim() const { return family == ModelFamily::kBert ? bert.head_dim() : llama.head_dim; }
 int64_t ModelConfig::max_positions() const {
   return family == ModelFamily::kBert ? bert.max_position_embeddings : llama.max_position_embeddings;
+}
+int64_t ModelConfig::SequenceLimit(int64_t requested, int64_t virtual_tokens) const {
+  if (family != ModelFamily::kBert) return requested;
+  return std::min(requested, bert.max_position_embeddings - virtual_tokens);
 }
 int64_t ModelConfig::pad_token_id() const {
   return family == ModelFamily::kBert ? bert.pad_token_id : llama.pad_token_id;

@@ -56,6 +56,10 @@ struct ModelConfig {
   int64_t num_key_value_heads() const;
   int64_t head_dim() const;
   int64_t max_positions() const;
+  // The longest sequence of real tokens to read when `requested` are asked for: a BERT has no
+  // position past its table, which `virtual_tokens` (prompt or prefix tuning) share; a Llama
+  // extrapolates its rotary positions, so it reads what is asked.
+  int64_t SequenceLimit(int64_t requested, int64_t virtual_tokens) const;
   int64_t pad_token_id() const;
   std::vector<int64_t> eos_token_ids() const;  // none for BERT
   int64_t num_parameters() const;

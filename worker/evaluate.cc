@@ -64,10 +64,7 @@ nlohmann::json EvaluateModel(const EvaluateOptions& o) {
   spec.model.path = o.model.string();
   spec.model.tokenizer = o.tokenizer.string();
   spec.data.format = FormatFor(o.format, config.task());
-  // A BERT has no positions past its table (an adapter's virtual tokens take some).
-  spec.data.max_seq_len = config.family == ModelFamily::kBert
-                              ? std::min(o.max_seq_len, config.max_positions() - loaded.virtual_tokens)
-                              : o.max_seq_len;
+  spec.data.max_seq_len = config.SequenceLimit(o.max_seq_len, loaded.virtual_tokens);
   JobDataOptions data = DataOptionsFor(spec, config.vocab_size(), config.eos_token_ids());
   data.options.format = spec.data.format;
   data.options.label_names = config.label_names();

@@ -44,7 +44,7 @@ LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const 
     for (const auto& p : peft->saved_parameters())  // modules_to_save replace the base modules
       flat->Value(*flat->Find(p.name)).copy_(adapter->tensors.at(p.name));
     adapter_lookup = lookup_in(loaded.adapter.get());
-    loaded.virtual_tokens = peft->prompt_tokens() + peft->prefix_tokens();
+    loaded.virtual_tokens = adapter->method.VirtualTokens();
   }
   const at::Tensor prompt = peft && peft->prompt_tokens() > 0 ? adapter_lookup("prompt_embeddings") : at::Tensor();
   const TensorLookup base = lookup_in(flat);

@@ -271,15 +271,10 @@ void Trainer::Prepare() {
          spec_.model.path);
   }
   ApplyDropouts();
-  max_seq_len_ = spec_.data.max_seq_len;
-  // BERT has no position past its table: truncate there, as its tokenizer's model_max_length
-  // does, leaving room for prompt or prefix tuning's virtual tokens, which take positions too.
-  const MethodSpec& m = spec_.method;
-  const int64_t virtual_tokens = m.type == MethodType::kPrompt   ? m.prompt.num_virtual_tokens
-                                 : m.type == MethodType::kPrefix ? m.prefix.num_virtual_tokens
-                                                                 : 0;
-  if (config_.family == ModelFamily::kBert && max_seq_len_ + virtual_tokens > config_.max_positions()) {
-    max_seq_len_ = config_.max_positions() - virtual_tokens;
+  // A BERT truncates at its position table, as its tokenizer's model_max_length does.
+  const int64_t virtual_tokens = spec_.method.VirtualTokens();
+  max_seq_len_ = config_.SequenceLimit(spec_.data.max_seq_len, virtual_tokens);
+  if (max_seq_len_ < spec_.data.max_seq_len) {
     if (max_seq_len_ < 2) {
       Fail(ErrorCode::kInvalidArgument, "method: {} virtual tokens leave no room in this BERT's {} positions",
            virtual_tokens, config_.max_positions());
