@@ -57,8 +57,7 @@ int main(int argc, char** argv) {
   if (!library.Load(tokenizers + "llama2-sentencepiece.model").ok()) return 1;
   const auto [baseline, library_tokens] = Measure(documents, seconds, [&](const std::string& d) {
     std::vector<int> ids;
-    library.Encode(d, &ids);
-    return ids.size();
+    return library.Encode(d, &ids).ok() ? ids.size() : 0;
   });
   std::printf("| Llama-2 SentencePiece | sentencepiece library (baseline) | %.2f | 1.00 |\n", baseline);
 

@@ -101,7 +101,8 @@ int64_t ModelConfig::num_parameters() const {
 }
 
 std::string ModelConfig::LayerPrefix(int64_t layer) const {
-  return fmt::format(family == ModelFamily::kBert ? "bert.encoder.layer.{}." : "model.layers.{}.", layer);
+  return family == ModelFamily::kBert ? fmt::format("bert.encoder.layer.{}.", layer)
+                                      : fmt::format("model.layers.{}.", layer);
 }
 
 std::vector<LinearModule> ModelConfig::LayerLinears() const {

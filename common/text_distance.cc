@@ -1,6 +1,7 @@
 #include "common/text_distance.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <numeric>
 
 namespace shardtune {

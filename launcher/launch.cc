@@ -38,7 +38,10 @@ int LaunchTraining(const std::string& job_path, const LaunchOptions& options) {
   if (options.ranks == 1 && options.hostfile.empty()) return ExecWorker({job_path, "--log-level", options.log_level});
   const char* mpirun_env = std::getenv("SHARDTUNE_MPIRUN");
   const std::string mpirun = mpirun_env != nullptr ? mpirun_env : "mpirun";
-  std::vector<std::string> args = {mpirun, "-np", std::to_string(options.ranks)};
+  // Unbound: a rank runs its own intra-op threads (cores / local ranks of them), which Open MPI's
+  // default binding of small jobs would pin to one core; and Open MPI 5 and later refuse to bind
+  // more ranks than cores at all.
+  std::vector<std::string> args = {mpirun, "-np", std::to_string(options.ranks), "--bind-to", "none"};
   if (!options.hostfile.empty()) {
     args.insert(args.end(), {"--hostfile", options.hostfile});
   } else {

@@ -3,6 +3,8 @@
 // rank needs with the ranges each file holds, so any world size, stage or shard group size
 // loads any other.
 
+#include <ATen/core/grad_mode.h>
+
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>

@@ -1,5 +1,6 @@
 #include "sharding/zero_engine.h"
 
+#include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 
 #include <cmath>

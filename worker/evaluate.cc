@@ -1,5 +1,6 @@
 #include "worker/evaluate.h"
 
+#include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 
 #include "common/atomic_file.h"

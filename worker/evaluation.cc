@@ -1,5 +1,6 @@
 #include "worker/evaluation.h"
 
+#include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 
 #include <cmath>

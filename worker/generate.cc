@@ -1,5 +1,7 @@
 #include "worker/generate.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>

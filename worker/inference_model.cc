@@ -1,5 +1,7 @@
 #include "worker/inference_model.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <set>
 
 #include "sharding/model_layout.h"

@@ -1,6 +1,7 @@
 #include "worker/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>

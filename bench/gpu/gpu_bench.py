@@ -16,11 +16,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from train_bench import config_of, training_flops_per_token  # noqa: E402
 
 PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16, NVIDIA's datasheet
-SEQ, MICRO, STEPS, WARMUP = 2048, 8, 12, 2
+SEQ, STEPS, WARMUP = 2048, 12, 2
+
+
+def largest_micro_batch(bin_dir, config):
+    """The largest micro batch (of 8, 4, 2, 1) that the planner says fits this GPU, so that the run
+    does not spend device time on running out of memory."""
+    mib = int(subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             check=True, capture_output=True, text=True).stdout.split()[0])
+    for micro in (8, 4, 2, 1):
+        plan = json.loads(subprocess.run(
+            [bin_dir / "shardtune", "plan", "--model", config, "--gpus", "1", "--gpu-memory", str(mib / 1024),
+             "--dtype", "bf16", "--micro-batch", str(micro), "--seq-len", str(SEQ), "--output", "json"],
+            check=True, capture_output=True, text=True).stdout)
+        if plan["fits"]:
+            return micro
+    sys.exit(f"the planner says no micro batch of {config} fits {mib} MiB")
 
 
 def main():
     bin_dir = Path(sys.argv[1]).resolve() / "bin"
+    micro = largest_micro_batch(bin_dir, config_of("1b"))
     gemm = subprocess.run([bin_dir / "gemm_peak", "8192", "5", "cuda", "bf16"], check=True, capture_output=True,
                           text=True).stdout
     measured = float(gemm.split("gemm_gflops=")[1].split()[0]) / 1000
@@ -31,12 +47,12 @@ def main():
                         "--log-level", "warn"], check=True)
         r = random.Random(0)
         with open(work / "train.jsonl", "w") as f:
-            for _ in range(MICRO * STEPS):
+            for _ in range(micro * STEPS):
                 f.write(json.dumps({"input_ids": [r.randrange(3, 32000) for _ in range(SEQ)]}) + "\n")
         (work / "job.yaml").write_text(
             f"name: gpu-bench\nmodel: {{path: {work / 'model'}, dtype: bf16}}\n"
             f"data: {{train: {work / 'train.jsonl'}, format: tokens, max_seq_len: {SEQ}}}\n"
-            f"training: {{max_steps: {STEPS}, micro_batch_size: {MICRO}, global_batch_size: {MICRO},"
+            f"training: {{max_steps: {STEPS}, micro_batch_size: {micro}, global_batch_size: {micro},"
             f" optimizer: {{lr: 1.0e-4}}}}\noutput: {{dir: {work / 'run'}}}\n")
         subprocess.run([bin_dir / "shardtune-worker", work / "job.yaml"], check=True)
         lines = [json.loads(l) for l in open(work / "run" / "metrics.jsonl") if '"step_s"' in l][WARMUP:]
@@ -44,7 +60,7 @@ def main():
     config = json.load(open(config_of("1b")))
     flops = training_flops_per_token(config, SEQ)
     achieved = tokens_per_s * flops / 1e12
-    print(f"- Llama 1.1B, bf16, seq {SEQ}, micro batch {MICRO}, one GPU: {tokens_per_s:.0f} tokens/s, "
+    print(f"- Llama 1.1B, bf16, seq {SEQ}, micro batch {micro}, one GPU: {tokens_per_s:.0f} tokens/s, "
           f"{achieved:.0f} TFLOP/s: MFU {achieved / PEAK_TFLOPS:.1%} of the datasheet peak, "
           f"{achieved / measured:.1%} of the measured product")
     print(f"- peak memory of the process (host RSS): {max(m['peak_rss_bytes'] for m in lines) / 2**30:.1f} GiB")

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <set>
@@ -517,14 +518,21 @@ void JobManager::Launch(JobRecord& r) {
                                    (dir / fmt::format("attempt-{}.log", attempt)).string(),
                                    "--",
                                    config_.mpirun};
+  // Unbound unless the operator's arguments say otherwise (see LaunchTraining).
+  if (std::find(config_.mpirun_extra_args.begin(), config_.mpirun_extra_args.end(), "--bind-to") ==
+      config_.mpirun_extra_args.end()) {
+    argv.insert(argv.end(), {"--bind-to", "none"});
+  }
   for (const auto& a : config_.mpirun_extra_args) argv.push_back(a);
   for (const char* name : {"SHARDTUNE_SERVER", "SHARDTUNE_JOB_ID", "SHARDTUNE_JOB_TOKEN", "SHARDTUNE_JOB_ATTEMPT"}) {
     argv.push_back("-x");
     argv.push_back(name);
   }
-  const fs::path rank_logs = fs::path(r.job.output_dir()) / "logs" / fmt::format("attempt-{}", attempt);
-  argv.insert(argv.end(), {"-np", std::to_string(r.requested_ranks), "--hostfile", (dir / "hostfile").string(),
-                           "--output-filename", rank_logs.string(), worker, spec.string()});
+  // Ranks' output stays on mpirun's, whose lines become the job's log events (each rank also
+  // writes OUTPUT_DIR/logs/rank-NNNNN.log). Open MPI 5 and later would divert it to files alone
+  // under --output-filename.
+  argv.insert(argv.end(), {"-np", std::to_string(r.requested_ranks), "--hostfile", (dir / "hostfile").string(), worker,
+                           spec.string()});
   const std::map<std::string, std::string> env = {
       {"SHARDTUNE_SERVER", server_address_}, {"SHARDTUNE_JOB_ID", r.job.id()},
       {"SHARDTUNE_JOB_TOKEN", token},        {"SHARDTUNE_JOB_ATTEMPT", std::to_string(attempt)},

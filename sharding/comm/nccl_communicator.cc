@@ -201,16 +201,17 @@ class NcclCommunicator : public Communicator {
 
 }  // namespace
 
-bool NcclAvailable() {
+int CudaDeviceCount() {
   int devices = 0;
-  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess ? devices : 0;
 }
+
+bool NcclAvailable() { return CudaDeviceCount() > 0; }
 
 std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap, double timeout_s) {
   if (!NcclAvailable()) Fail(ErrorCode::kFailedPrecondition, "NCCL needs a CUDA device, and this process sees none");
   // One GPU per rank: the rank's index among the ranks of its machine picks it.
-  int devices = 0;
-  ST_CUDA_CHECK(cudaGetDeviceCount(&devices));
+  const int devices = CudaDeviceCount();
   int local_rank = 0;
   for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"}) {
     if (const char* value = std::getenv(name)) {
@@ -218,7 +219,14 @@ std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap, doub
       break;
     }
   }
-  ST_CUDA_CHECK(cudaSetDevice(local_rank % devices));
+  // NCCL refuses two ranks of one communicator on one device: say so before it does, by name.
+  if (local_rank >= devices) {
+    Fail(ErrorCode::kFailedPrecondition,
+         "NCCL needs a CUDA device per rank, and this machine has {}: its local rank {} has none (start at most {} "
+         "ranks per machine, or train on the CPU with sharding.backend: mpi)",
+         devices, local_rank, devices);
+  }
+  ST_CUDA_CHECK(cudaSetDevice(local_rank));
   return std::make_unique<NcclCommunicator>(bootstrap, timeout_s);
 }
 

@@ -19,6 +19,8 @@ namespace shardtune {
 
 // Whether this build has NCCL, and this process sees a CUDA device.
 bool NcclAvailable();
+// The CUDA devices this process sees (0 where there is no driver).
+int CudaDeviceCount();
 
 // A group over the same ranks as `bootstrap` (which must outlive it).
 std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap, double timeout_s);

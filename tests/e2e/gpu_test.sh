@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Training on GPUs through NCCL (label "gpu"): the same job on the CPU (MPI) and on CUDA (NCCL)
-# with 1 and 2 ranks gives the same losses to within the difference of the two BLAS libraries.
+# Training on GPUs through NCCL (label "gpu"): the same job on the CPU (MPI) and on CUDA (NCCL),
+# at ZeRO stages 0 and 3 on 1 rank and, where the machine has two GPUs, on 2 (NCCL needs a GPU
+# per rank), gives the same losses to within the difference of the two BLAS libraries.
 # Skipped (exit 77) where this build's LibTorch has no CUDA or no GPU is visible.
 # Usage: gpu_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
@@ -31,13 +32,21 @@ fi
 losses() { grep -o '"loss":[0-9.e+-]*' "$work/runs/$1/metrics.jsonl" | cut -d: -f2 | tr '\n' ' '; }
 write_job cpu mpi 0
 "$bin/shardtune" train "$work/cpu.yaml" --log-level warn || exit 1
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+rank_counts="1"
+[ "$gpus" -ge 2 ] && rank_counts="1 2"
 failures=0
-for stage in 0 3; do
-  write_job gpu$stage nccl $stage
-  "$bin/shardtune" train "$work/gpu$stage.yaml" --np 2 --log-level warn || { echo "FAILED: stage $stage on 2 GPUs"; exit 1; }
-  paste <(losses cpu | tr ' ' '\n') <(losses gpu$stage | tr ' ' '\n') | awk -v s=$stage 'NF == 2 {
-      d = $1 - $2; if (d < 0) d = -d; if (d > 1e-3) { print "FAILED: stage " s " loss " $2 " vs CPU " $1; bad = 1 } }
-      END { exit bad }' || failures=$((failures + 1))
+runs=0
+for ranks in $rank_counts; do
+  for stage in 0 3; do
+    name=gpu$stage-np$ranks
+    write_job $name nccl $stage
+    "$bin/shardtune" train "$work/$name.yaml" --np $ranks --log-level warn || { echo "FAILED: $name"; exit 1; }
+    runs=$((runs + 1))
+    paste <(losses cpu | tr ' ' '\n') <(losses $name | tr ' ' '\n') | awk -v s=$name 'NF == 2 {
+        d = $1 - $2; if (d < 0) d = -d; if (d > 1e-3) { print "FAILED: " s " loss " $2 " vs CPU " $1; bad = 1 } }
+        END { exit bad }' || failures=$((failures + 1))
+  done
 done
-echo "$((2 - failures)) passed, $failures failed"
+echo "$((runs - failures)) passed, $failures failed (GPUs: $gpus)"
 [ "$failures" -eq 0 ]

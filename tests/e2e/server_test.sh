@@ -176,6 +176,8 @@ write_job quota2.yaml quota-two runs/quota2 100000 100000
 q1=$("$bin/shardtune" submit quota1.yaml --token key-b)
 q2=$("$bin/shardtune" submit quota2.yaml --token key-b)
 SHARDTUNE_TOKEN=key-b wait_status "$q1" RUNNING 30
+# Its data check done, the second job must wait in the queue (a RUNNING one would not match).
+SHARDTUNE_TOKEN=key-b wait_status "$q2" QUEUED 30
 sleep 1
 expect_eq "within its quota a tenant's first job runs" "$(SHARDTUNE_TOKEN=key-b field "$q1" status)" "RUNNING"
 expect_eq "beyond its quota the second waits" "$(SHARDTUNE_TOKEN=key-b field "$q2" status)" "QUEUED"

@@ -92,10 +92,16 @@ TEST_F(ClassifierZeroTest, ShardedTrainingAndEvaluationEqualTheSingleProcessRun)
         if (!single[i].contains("val_loss")) continue;
         ++evaluations;
         EXPECT_NEAR(sharded[i]["val_loss"].get<double>(), single[i]["val_loss"].get<double>(), 1e-5);
-        for (const char* exact : {"confusion", "val_examples", "per_type"})
-          if (single[i].contains(exact)) EXPECT_EQ(sharded[i][exact], single[i][exact]) << exact;
-        for (const char* metric : {"accuracy", "macro_f1", "entity_f1", "token_accuracy"})
-          if (single[i].contains(metric)) EXPECT_DOUBLE_EQ(sharded[i][metric], single[i][metric]) << metric;
+        for (const char* exact : {"confusion", "val_examples", "per_type"}) {
+          if (single[i].contains(exact)) {
+            EXPECT_EQ(sharded[i][exact], single[i][exact]) << exact;
+          }
+        }
+        for (const char* metric : {"accuracy", "macro_f1", "entity_f1", "token_accuracy"}) {
+          if (single[i].contains(metric)) {
+            EXPECT_DOUBLE_EQ(sharded[i][metric], single[i][metric]) << metric;
+          }
+        }
       }
       EXPECT_EQ(evaluations, 2);
     }

@@ -14,6 +14,9 @@ class NcclTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!at::hasCUDA() || !NcclAvailable()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch): NCCL not tested";
+    if (CudaDeviceCount() < World().size()) {
+      GTEST_SKIP() << World().size() << " ranks need as many GPUs, and this machine has " << CudaDeviceCount();
+    }
     if (!nccl_) nccl_ = MakeNcclCommunicator(World(), 60);
   }
   static std::unique_ptr<Communicator> nccl_;

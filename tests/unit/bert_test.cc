@@ -2,6 +2,7 @@
 // modeling_bert.py formulas (no shardtune model code), and tiny BERTs that learn the generated
 // sentiment and NER tasks through shardtune's trainer, in full and with LoRA, and export Hugging
 // Face classifiers.
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -250,7 +251,10 @@ TEST_F(BertTrainingTest, VirtualTokensLeaveRoomInThePositionTable) {
   std::string text;
   for (int n = 0; n < 16; ++n) {
     std::string words;
-    for (int w = 0; w < 80; ++w) words += (w ? " " : "") + std::string(w == 40 ? (n % 2 ? "bad" : "good") : "film");
+    for (int w = 0; w < 80; ++w) {
+      if (w > 0) words += ' ';
+      words += w == 40 ? (n % 2 ? "bad" : "good") : "film";
+    }
     text += json({{"text", words}, {"label", n % 2 ? "negative" : "positive"}}).dump() + "\n";
   }
   testing::WriteText(dir_ / "long.jsonl", text);

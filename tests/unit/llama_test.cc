@@ -1,5 +1,6 @@
 #include "worker/models/llama.h"
 
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
 #include <fstream>

@@ -3,6 +3,7 @@
 // resume, and recomputation's dropout masks.
 #include "worker/peft/peft.h"
 
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
 #include <fstream>

@@ -352,7 +352,9 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
       for (size_t i = 0; i < words->size(); ++i) {
         if (!(*words)[i].is_string()) Problem("data_type", fmt::format("tokens[{}] must be a string", i));
         const int64_t tag = labels.Id((*tags)[i], "tags");
-        word_tags.emplace_back(b.Text((i > 0 ? " " : "") + (*words)[i].get<std::string>()), tag);
+        std::string word = i > 0 ? " " : "";
+        word += (*words)[i].get<std::string>();
+        word_tags.emplace_back(b.Text(word), tag);
       }
       Example e = b.Finish();
       std::fill(e.labels.begin(), e.labels.end(), -100);

@@ -25,7 +25,7 @@ struct Example {
   int64_t class_label = -1;
   // Sentence pairs only (else empty): BERT's segment of each token, 0 for "[CLS] a [SEP]" and 1
   // for "b [SEP]" (the token_type_ids of transformers' tokenizers).
-  std::vector<int64_t> token_type_ids;
+  std::vector<int64_t> token_type_ids = {};
 
   // Next-token targets this example contributes: labels[1:] that are not -100.
   int64_t target_tokens() const;

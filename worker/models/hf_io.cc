@@ -1,5 +1,6 @@
 #include "worker/models/hf_io.h"
 
+#include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 
 #include <cmath>

@@ -1,5 +1,7 @@
 #include "worker/peft/peft.h"
 
+#include <fmt/ranges.h>
+
 #include <cmath>
 #include <random>
 #include <regex>

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, as one command for a GPU machine without network (the device
+# tool's H200): unpacks the dependencies that bench/gpu/pack-deps.sh packed into .device/, builds
+# against the machine's PyTorch LibTorch and NCCL, runs the tests labeled "gpu" (NCCL
+# collectives, CPU-vs-GPU training at ZeRO stages 0 and 3), then the GPU benchmark.
+#   bench/gpu/device-check.sh [LOG_DIR]     (default $OUT, else device-logs/)
+# TORCH_CMAKE_PREFIX names another LibTorch than the one of python3's torch.
+# Each stage's log lands in LOG_DIR; a failed stage does not stop the ones after it that can run.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+logs=$(realpath -m "${1:-${OUT:-device-logs}}")
+build=build-gpu
+deps=/tmp/shardtune-deps
+mkdir -p "$logs" "$deps"
+started=$SECONDS
+stage() {  # name command...: runs it with its output in LOG_DIR/name.log and notes how it ended
+  local name=$1
+  shift
+  local begin=$SECONDS
+  "$@" > "$logs/$name.log" 2>&1
+  local status=$?
+  echo "$name: exit $status after $((SECONDS - begin)) s" | tee -a "$logs/summary.txt"
+  [ $status -eq 0 ] || tail -n 25 "$logs/$name.log"
+  return $status
+}
+
+tar -C "$deps" -xJf .device/shardtune-deps.tar.xz || { echo "no .device/shardtune-deps.tar.xz: run bench/gpu/pack-deps.sh first"; exit 1; }
+# Debian's Open MPI, relocated from /usr; pkg-config files that say /usr mean $deps/usr.
+export OPAL_PREFIX=$deps/usr
+export PATH=$deps/usr/bin:$PATH
+export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu:$deps/usr/lib/x86_64-linux-gnu/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PKG_CONFIG_LIBDIR=$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig
+export PKG_CONFIG_SYSROOT_DIR=$deps
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  c++ --version | head -n 1
+  cmake --version | head -n 1
+} 2>&1 | tee "$logs/machine.txt"
+
+torch_prefix=${TORCH_CMAKE_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}
+# The NCCL that PyTorch loads, so that one process holds one NCCL.
+nccl_dir=$(python3 -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])' 2> /dev/null)
+nccl_args=()
+if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/include/nccl.h" ]; then
+  nccl_args=(-DNCCL_INCLUDE_DIR="$nccl_dir/include" -DNCCL_LIBRARY="$(ls "$nccl_dir"/lib/libnccl.so* | head -n 1)")
+  export LD_LIBRARY_PATH=$nccl_dir/lib:$LD_LIBRARY_PATH
+fi
+stage configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" -DMPI_C_COMPILER="$deps/usr/bin/mpicc.openmpi" \
+  -DMPIEXEC_EXECUTABLE="$deps/usr/bin/mpirun.openmpi" "${nccl_args[@]}" || exit 1
+grep -E "NCCL backend|Found Torch" "$logs/configure.log"
+# Only what the checks run: the rest of the project builds in CI.
+stage build cmake --build "$build" -j "$(nproc)" --target shardtune shardtune-worker gemm_peak nccl_mpi_test || exit 1
+stage ctest-gpu ctest --test-dir "$build" -L gpu --output-on-failure --timeout 300
+stage bench bash bench/gpu/run.sh "$build"
+cat "$logs/bench.log"
+echo "total: $((SECONDS - started)) s" | tee -a "$logs/summary.txt"
