@@ -25,13 +25,28 @@ stage() {  # name command...: runs it with its output in LOG_DIR/name.log and no
 }
 
 tar -C "$deps" -xJf .device/shardtune-deps.tar.xz || { echo "no .device/shardtune-deps.tar.xz: run bench/gpu/pack-deps.sh first"; exit 1; }
+# The archive's libraries must not reach the machine's own programs (its older OpenSSL, SQLite
+# or PCRE2 would break cmake or python3): only the archive's programs see them, through
+# wrappers, and ours through the RPATH of the build (DT_RPATH, which also serves the libraries
+# they load; -rpath-link lets the linker find what those libraries need).
+libs=$deps/usr/lib/x86_64-linux-gnu:$deps/usr/lib/x86_64-linux-gnu/openmpi/lib
+mkdir -p "$deps/wrap"
+for tool in protoc grpc_cpp_plugin mpirun.openmpi mpicc.openmpi pkgconf; do
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec %s "$@"\n' "$libs" \
+    "$deps/usr/bin/$tool" > "$deps/wrap/$tool"
+  chmod +x "$deps/wrap/$tool"
+done
+ln -sf pkgconf "$deps/wrap/pkg-config"
+ln -sf mpirun.openmpi "$deps/wrap/mpirun"
+export PATH=$deps/wrap:$PATH
+export SHARDTUNE_MPIRUN=$deps/wrap/mpirun
 # Debian's Open MPI, relocated from /usr; pkg-config files that say /usr mean $deps/usr.
 export OPAL_PREFIX=$deps/usr
-export PATH=$deps/usr/bin:$PATH
-export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu:$deps/usr/lib/x86_64-linux-gnu/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PKG_CONFIG_LIBDIR=$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig
 export PKG_CONFIG_SYSROOT_DIR=$deps
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# LibTorch's CMake files look for CUDA's compiler.
+[ -d /usr/local/cuda/bin ] && export PATH=$PATH:/usr/local/cuda/bin
 
 {
   date -u
@@ -47,15 +62,17 @@ nccl_dir=$(python3 -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])'
 nccl_args=()
 if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/include/nccl.h" ]; then
   nccl_args=(-DNCCL_INCLUDE_DIR="$nccl_dir/include" -DNCCL_LIBRARY="$(ls "$nccl_dir"/lib/libnccl.so* | head -n 1)")
-  export LD_LIBRARY_PATH=$nccl_dir/lib:$LD_LIBRARY_PATH
 fi
 stage configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" -DMPI_C_COMPILER="$deps/usr/bin/mpicc.openmpi" \
-  -DMPIEXEC_EXECUTABLE="$deps/usr/bin/mpirun.openmpi" "${nccl_args[@]}" || exit 1
+  -DCMAKE_PREFIX_PATH="$deps/usr;$torch_prefix" -DCMAKE_EXE_LINKER_FLAGS="-Wl,--disable-new-dtags -Wl,-rpath-link,$libs" \
+  -DMPI_C_COMPILER="$deps/wrap/mpicc.openmpi" -DMPIEXEC_EXECUTABLE="$deps/wrap/mpirun" \
+  -DPKG_CONFIG_EXECUTABLE="$deps/wrap/pkg-config" -DPROTOC_EXECUTABLE="$deps/wrap/protoc" \
+  -DProtobuf_PROTOC_EXECUTABLE="$deps/wrap/protoc" -DGRPC_CPP_PLUGIN="$deps/wrap/grpc_cpp_plugin" "${nccl_args[@]}" ||
+  exit 1
 grep -E "NCCL backend|Found Torch" "$logs/configure.log"
+grep -q "NCCL backend enabled" "$logs/configure.log" || { echo "no NCCL found: nothing here can run"; exit 1; }
 # Only what the checks run: the rest of the project builds in CI.
 stage build cmake --build "$build" -j "$(nproc)" --target shardtune shardtune-worker gemm_peak nccl_mpi_test || exit 1
 stage ctest-gpu ctest --test-dir "$build" -L gpu --output-on-failure --timeout 300
-stage bench bash bench/gpu/run.sh "$build"
-cat "$logs/bench.log"
+stage bench bash bench/gpu/run.sh "$build" && cat "$logs/bench.log"
 echo "total: $((SECONDS - started)) s" | tee -a "$logs/summary.txt"

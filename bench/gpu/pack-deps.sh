@@ -4,19 +4,19 @@
 #   bench/gpu/pack-deps.sh [OUT_DIR]        (default .device/, ignored by git)
 # Run it on a Debian 12 machine that reaches Debian's archive. On the GPU machine,
 # bench/gpu/device-check.sh unpacks OUT_DIR/shardtune-deps.tar.xz and builds against it.
-# Documentation, manuals and static libraries are dropped: the archive is about 20 MB.
+# Documentation, manuals and static libraries are dropped: the archive is about 28 MB.
 set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../../.device}")
 packages=(
   # headers, CMake and pkg-config files
   libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
   libopenmpi-dev libgrpc++-dev libgrpc-dev libprotobuf-dev libabsl-dev libre2-dev libc-ares-dev
-  libsqlite3-dev libssl-dev zlib1g-dev libgtest-dev libgmock-dev
+  libsqlite3-dev libssl-dev zlib1g-dev libgtest-dev libgmock-dev libsentencepiece-dev
   # programs the build runs
   protobuf-compiler libprotoc32 protobuf-compiler-grpc pkgconf pkgconf-bin libpkgconf3
   # shared libraries the programs load
   libyaml-cpp0.7 libspdlog1.10 libfmt9 libpcre2-8-0 libicu72 libgrpc++1.51 libgrpc29 libprotobuf32
-  libabsl20220623 libre2-9 libc-ares2 libsqlite3-0 libssl3
+  libabsl20220623 libre2-9 libc-ares2 libsqlite3-0 libssl3 libsentencepiece0
   # Open MPI and what it loads
   openmpi-bin openmpi-common libopenmpi3 libpmix2 libhwloc15 libevent-core-2.1-7 libevent-pthreads-2.1-7
   libfabric1 libucx0 libibverbs1 librdmacm1 libpsm2-2 libpsm-infinipath1 libnl-3-200 libnl-route-3-200
@@ -28,7 +28,8 @@ mkdir -p "$work/debs" "$work/root" "$out"
 (cd "$work/debs" && apt-get download "${packages[@]}" > /dev/null)
 for deb in "$work"/debs/*.deb; do dpkg -x "$deb" "$work/root"; done
 rm -rf "$work"/root/usr/share/{doc,man,lintian,bug} "$work"/root/etc/alternatives
-find "$work/root" -name '*.a' -delete
+# (GoogleTest comes only as static libraries.)
+find "$work/root" -name '*.a' ! -name 'libgtest*' ! -name 'libgmock*' -delete
 # Debian's alternatives are made by maintainer scripts, which dpkg -x does not run.
 ln -sf mpirun.openmpi "$work/root/usr/bin/mpirun"
 ln -sf mpicc.openmpi "$work/root/usr/bin/mpicc"
