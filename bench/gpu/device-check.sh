@@ -13,11 +13,11 @@ build=build-gpu
 deps=/tmp/shardtune-deps
 mkdir -p "$logs" "$deps"
 started=$SECONDS
-stage() {  # name command...: runs it with its output in LOG_DIR/name.log and notes how it ended
-  local name=$1
-  shift
+stage() {  # name seconds command...: runs it, at most that long, with its output in LOG_DIR/name.log
+  local name=$1 limit=$2
+  shift 2
   local begin=$SECONDS
-  "$@" > "$logs/$name.log" 2>&1
+  timeout "$limit" "$@" > "$logs/$name.log" 2>&1
   local status=$?
   echo "$name: exit $status after $((SECONDS - begin)) s" | tee -a "$logs/summary.txt"
   [ $status -eq 0 ] || tail -n 25 "$logs/$name.log"
@@ -29,7 +29,7 @@ tar -C "$deps" -xJf .device/shardtune-deps.tar.xz || { echo "no .device/shardtun
 # or PCRE2 would break cmake or python3): only the archive's programs see them, through
 # wrappers, and ours through the RPATH of the build (DT_RPATH, which also serves the libraries
 # they load; -rpath-link lets the linker find what those libraries need).
-libs=$deps/usr/lib/x86_64-linux-gnu:$deps/usr/lib/x86_64-linux-gnu/openmpi/lib
+libs=$deps/usr/lib/x86_64-linux-gnu:$deps/usr/lib/x86_64-linux-gnu/openmpi/lib:$deps/usr/lib/libpsm1
 mkdir -p "$deps/wrap"
 for tool in protoc grpc_cpp_plugin mpirun.openmpi mpicc.openmpi pkgconf; do
   printf '#!/bin/sh\nLD_LIBRARY_PATH=%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec %s "$@"\n' "$libs" \
@@ -40,8 +40,11 @@ ln -sf pkgconf "$deps/wrap/pkg-config"
 ln -sf mpirun.openmpi "$deps/wrap/mpirun"
 export PATH=$deps/wrap:$PATH
 export SHARDTUNE_MPIRUN=$deps/wrap/mpirun
-# Debian's Open MPI, relocated from /usr; pkg-config files that say /usr mean $deps/usr.
+# Debian's Open MPI, relocated from /usr (its PMIx and its settings file do not follow
+# OPAL_PREFIX: they are named); pkg-config files that say /usr mean $deps/usr.
 export OPAL_PREFIX=$deps/usr
+export PMIX_MCA_mca_base_component_path=$deps/usr/lib/x86_64-linux-gnu/pmix2/lib/pmix
+export OMPI_MCA_mca_base_param_files=$deps/etc/openmpi/openmpi-mca-params.conf
 export PKG_CONFIG_LIBDIR=$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig
 export PKG_CONFIG_SYSROOT_DIR=$deps
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -63,7 +66,9 @@ nccl_args=()
 if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/include/nccl.h" ]; then
   nccl_args=(-DNCCL_INCLUDE_DIR="$nccl_dir/include" -DNCCL_LIBRARY="$(ls "$nccl_dir"/lib/libnccl.so* | head -n 1)")
 fi
-stage configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+# The cheapest things that could fail first: the packed mpirun starting a rank.
+stage preflight 60 mpirun -np 1 true || exit 1
+stage configure 120 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_PREFIX_PATH="$deps/usr;$torch_prefix" -DCMAKE_EXE_LINKER_FLAGS="-Wl,--disable-new-dtags -Wl,-rpath-link,$libs" \
   -DMPI_C_COMPILER="$deps/wrap/mpicc.openmpi" -DMPIEXEC_EXECUTABLE="$deps/wrap/mpirun" \
   -DPKG_CONFIG_EXECUTABLE="$deps/wrap/pkg-config" -DPROTOC_EXECUTABLE="$deps/wrap/protoc" \
@@ -71,8 +76,12 @@ stage configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMA
   exit 1
 grep -E "NCCL backend|Found Torch" "$logs/configure.log"
 grep -q "NCCL backend enabled" "$logs/configure.log" || { echo "no NCCL found: nothing here can run"; exit 1; }
+# A LibTorch that exports its own protobuf would clash with the packed one in shardtune-worker.
+torch_lib=$(grep -m 1 '^TORCH_LIBRARY:' "$build/CMakeCache.txt" | cut -d= -f2)
+echo "protobuf symbols exported by LibTorch: $(nm -D --defined-only "$(dirname "$torch_lib")"/libtorch_cpu.so* 2> /dev/null |
+  grep -c _ZN6google8protobuf)" | tee -a "$logs/summary.txt"
 # Only what the checks run: the rest of the project builds in CI.
-stage build cmake --build "$build" -j "$(nproc)" --target shardtune shardtune-worker gemm_peak nccl_mpi_test || exit 1
-stage ctest-gpu ctest --test-dir "$build" -L gpu --output-on-failure --timeout 300
-stage bench bash bench/gpu/run.sh "$build" && cat "$logs/bench.log"
+stage build 360 cmake --build "$build" -j "$(nproc)" --target shardtune shardtune-worker gemm_peak nccl_mpi_test || exit 1
+SHARDTUNE_REQUIRE_GPU=1 stage ctest-gpu 240 ctest --test-dir "$build" -L gpu --output-on-failure --timeout 200
+stage bench 300 bash bench/gpu/run.sh "$build" && cat "$logs/bench.log"
 echo "total: $((SECONDS - started)) s" | tee -a "$logs/summary.txt"

@@ -25,11 +25,14 @@ def largest_micro_batch(bin_dir, config):
     mib = int(subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
                              check=True, capture_output=True, text=True).stdout.split()[0])
     for micro in (8, 4, 2, 1):
-        plan = json.loads(subprocess.run(
+        # `shardtune plan` exits 1 when the plan does not fit, 0 when it does.
+        answer = subprocess.run(
             [bin_dir / "shardtune", "plan", "--model", config, "--gpus", "1", "--gpu-memory", str(mib / 1024),
              "--dtype", "bf16", "--micro-batch", str(micro), "--seq-len", str(SEQ), "--output", "json"],
-            check=True, capture_output=True, text=True).stdout)
-        if plan["fits"]:
+            capture_output=True, text=True)
+        if answer.returncode not in (0, 1):
+            sys.exit(f"shardtune plan failed: {answer.stderr}")
+        if json.loads(answer.stdout)["fits"]:
             return micro
     sys.exit(f"the planner says no micro batch of {config} fits {mib} MiB")
 

@@ -16,7 +16,7 @@ packages=(
   protobuf-compiler libprotoc32 protobuf-compiler-grpc pkgconf pkgconf-bin libpkgconf3
   # shared libraries the programs load
   libyaml-cpp0.7 libspdlog1.10 libfmt9 libpcre2-8-0 libicu72 libgrpc++1.51 libgrpc29 libprotobuf32
-  libabsl20220623 libre2-9 libc-ares2 libsqlite3-0 libssl3 libsentencepiece0
+  libabsl20220623 libre2-9 libc-ares2 libsqlite3-0 libssl3 libsentencepiece0 zlib1g
   # Open MPI and what it loads
   openmpi-bin openmpi-common libopenmpi3 libpmix2 libhwloc15 libevent-core-2.1-7 libevent-pthreads-2.1-7
   libfabric1 libucx0 libibverbs1 librdmacm1 libpsm2-2 libpsm-infinipath1 libnl-3-200 libnl-route-3-200
@@ -27,6 +27,19 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/debs" "$work/root" "$out"
 (cd "$work/debs" && apt-get download "${packages[@]}" > /dev/null)
 for deb in "$work"/debs/*.deb; do dpkg -x "$deb" "$work/root"; done
+# Debian 12 merges /lib into /usr/lib; the packages still ship some files under /lib.
+if [ -d "$work/root/lib" ]; then
+  cp -a "$work/root/lib/." "$work/root/usr/lib/"
+  rm -rf "$work/root/lib"
+fi
+# Links to absolute paths (libz.so -> /lib/x86_64-linux-gnu/libz.so.1.2.13) would point into
+# the other machine's system: point them at the same file in the archive.
+find "$work/root" -type l -lname '/*' | while read -r link; do
+  target=$(readlink "$link")
+  case $target in /lib/*) target=/usr$target ;; esac
+  [ -e "$work/root$target" ] || { echo "pack-deps: $link -> $(readlink "$link") leaves the archive" >&2; exit 1; }
+  ln -sfn "$(realpath -s --relative-to="$(dirname "$link")" "$work/root$target")" "$link"
+done
 rm -rf "$work"/root/usr/share/{doc,man,lintian,bug} "$work"/root/etc/alternatives
 # (GoogleTest comes only as static libraries.)
 find "$work/root" -name '*.a' ! -name 'libgtest*' ! -name 'libgmock*' -delete

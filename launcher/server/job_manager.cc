@@ -518,11 +518,11 @@ void JobManager::Launch(JobRecord& r) {
                                    (dir / fmt::format("attempt-{}.log", attempt)).string(),
                                    "--",
                                    config_.mpirun};
-  // Unbound unless the operator's arguments say otherwise (see LaunchTraining).
-  if (std::find(config_.mpirun_extra_args.begin(), config_.mpirun_extra_args.end(), "--bind-to") ==
-      config_.mpirun_extra_args.end()) {
-    argv.insert(argv.end(), {"--bind-to", "none"});
-  }
+  // Unbound unless the operator's arguments bind (see LaunchTraining).
+  const bool binds =
+      std::any_of(config_.mpirun_extra_args.begin(), config_.mpirun_extra_args.end(),
+                  [](const std::string& a) { return a.rfind("--bind-to", 0) == 0 || a.rfind("-bind-to", 0) == 0; });
+  if (!binds) argv.insert(argv.end(), {"--bind-to", "none"});
   for (const auto& a : config_.mpirun_extra_args) argv.push_back(a);
   for (const char* name : {"SHARDTUNE_SERVER", "SHARDTUNE_JOB_ID", "SHARDTUNE_JOB_TOKEN", "SHARDTUNE_JOB_ATTEMPT"}) {
     argv.push_back("-x");

@@ -210,7 +210,8 @@ bool NcclAvailable() { return CudaDeviceCount() > 0; }
 
 std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap, double timeout_s) {
   if (!NcclAvailable()) Fail(ErrorCode::kFailedPrecondition, "NCCL needs a CUDA device, and this process sees none");
-  // One GPU per rank: the rank's index among the ranks of its machine picks it.
+  // One GPU per rank: the rank's index among the ranks of its machine picks one of the GPUs it
+  // sees (a launcher may have narrowed those to one per rank already).
   const int devices = CudaDeviceCount();
   int local_rank = 0;
   for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"}) {
@@ -219,14 +220,28 @@ std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap, doub
       break;
     }
   }
-  // NCCL refuses two ranks of one communicator on one device: say so before it does, by name.
-  if (local_rank >= devices) {
-    Fail(ErrorCode::kFailedPrecondition,
-         "NCCL needs a CUDA device per rank, and this machine has {}: its local rank {} has none (start at most {} "
-         "ranks per machine, or train on the CPU with sharding.backend: mpi)",
-         devices, local_rank, devices);
+  const int device = local_rank % devices;
+  ST_CUDA_CHECK(cudaSetDevice(device));
+  // NCCL refuses two ranks of one communicator on one GPU. Every rank learns every rank's GPU
+  // (by its UUID) and, where two share one, all fail alike, naming them, before NCCL would.
+  cudaDeviceProp properties;
+  ST_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+  static_assert(sizeof(properties.uuid.bytes) == 16);
+  at::Tensor mine = at::zeros({2}, at::kLong);
+  std::memcpy(mine.data_ptr(), properties.uuid.bytes, sizeof(properties.uuid.bytes));
+  at::Tensor all = at::empty({2 * bootstrap.size()}, at::kLong);
+  bootstrap.AllGather(mine, all, CollectiveTag{"gpu uuids"})->Wait();
+  const int64_t* uuids = all.data_ptr<int64_t>();
+  for (int r = 0; r < bootstrap.size(); ++r) {
+    for (int q = 0; q < r; ++q) {
+      if (uuids[2 * q] == uuids[2 * r] && uuids[2 * q + 1] == uuids[2 * r + 1]) {
+        Fail(ErrorCode::kFailedPrecondition,
+             "ranks {} and {} of group {} would share one GPU (each sees {}), and NCCL needs a GPU per rank: start "
+             "at most as many ranks per machine as it has GPUs, or train on the CPU with sharding.backend: mpi",
+             q, r, bootstrap.name(), devices);
+      }
+    }
   }
-  ST_CUDA_CHECK(cudaSetDevice(local_rank));
   return std::make_unique<NcclCommunicator>(bootstrap, timeout_s);
 }
 

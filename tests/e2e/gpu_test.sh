@@ -2,7 +2,8 @@
 # Training on GPUs through NCCL (label "gpu"): the same job on the CPU (MPI) and on CUDA (NCCL),
 # at ZeRO stages 0 and 3 on 1 rank and, where the machine has two GPUs, on 2 (NCCL needs a GPU
 # per rank), gives the same losses to within the difference of the two BLAS libraries.
-# Skipped (exit 77) where this build's LibTorch has no CUDA or no GPU is visible.
+# Skipped (exit 77) where this build's LibTorch has no CUDA or no GPU is visible, unless
+# SHARDTUNE_REQUIRE_GPU=1 says there must be one.
 # Usage: gpu_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -27,12 +28,19 @@ YAML
 write_job probe nccl 0
 if ! "$bin/shardtune" train "$work/probe.yaml" > "$work/probe.log" 2>&1; then
   echo "SKIPPED: no CUDA training here: $(grep -o 'error.*' "$work/probe.log" | head -n 1)"
+  # On a machine that has a GPU (SHARDTUNE_REQUIRE_GPU=1), a failed probe is a failure.
+  [ "${SHARDTUNE_REQUIRE_GPU:-0}" = 1 ] && { cat "$work/probe.log"; exit 1; }
   exit 77
 fi
 losses() { grep -o '"loss":[0-9.e+-]*' "$work/runs/$1/metrics.jsonl" | cut -d: -f2 | tr '\n' ' '; }
 write_job cpu mpi 0
 "$bin/shardtune" train "$work/cpu.yaml" --log-level warn || exit 1
-gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+# The GPUs this process may use: CUDA_VISIBLE_DEVICES narrows what nvidia-smi lists.
+if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+  gpus=$(tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c .)
+else
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+fi
 rank_counts="1"
 [ "$gpus" -ge 2 ] && rank_counts="1 2"
 failures=0

@@ -66,7 +66,8 @@ TEST_P(SentencePieceReference, EncodesAndDecodesAsTheLibraryDoes) {
   // the strings here). And "!!!!!!" splits into the same two pieces, "!" and "!!!!!", with equal
   // scores in either order: shardtune breaks the tie as the library's 0.1 releases do, its 0.2
   // releases the other way. The other models normalize nothing and must match exactly.
-  EXPECT_LE(mismatches, GetParam() == "t5-sentencepiece.model" ? 3 : 0);
+  const int t5_differences = SHARDTUNE_SENTENCEPIECE_0_2 ? 3 : 2;
+  EXPECT_LE(mismatches, GetParam() == "t5-sentencepiece.model" ? t5_differences : 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, SentencePieceReference,
