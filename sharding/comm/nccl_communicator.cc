@@ -236,8 +236,8 @@ std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& bootstrap, doub
     for (int q = 0; q < r; ++q) {
       if (uuids[2 * q] == uuids[2 * r] && uuids[2 * q + 1] == uuids[2 * r + 1]) {
         Fail(ErrorCode::kFailedPrecondition,
-             "ranks {} and {} of group {} would share one GPU (each sees {}), and NCCL needs a GPU per rank: start "
-             "at most as many ranks per machine as it has GPUs, or train on the CPU with sharding.backend: mpi",
+             "ranks {} and {} of group {} would share one GPU, and NCCL needs a GPU per rank (this rank sees {}): "
+             "start at most as many ranks per machine as it has GPUs, or train on the CPU with sharding.backend: mpi",
              q, r, bootstrap.name(), devices);
       }
     }
