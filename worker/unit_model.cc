@@ -107,7 +107,7 @@ class LlamaUnitModel final : public FamilyUnitModel {
     // Captured by value: with recompute, a unit's computation runs again inside backward.
     const Positions host = blocks_.PositionsFor(b, seq, prefix, mask, dtype_, batch.position_ids, batch.document_ids);
     const Positions positions{host.cos.to(device_), host.sin.to(device_), host.mask.to(device_),
-                              host.window_mask.defined() ? host.window_mask.to(device_) : at::Tensor()};
+                              host.window_mask.defined() ? host.window_mask.to(device_) : at::Tensor(), host.causal};
     for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
       h = ApplyUnits(engine_, layer_units_[i], h,
                      [this, i, positions, training](const at::Tensor& x, const UnitParameters& p) {

@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <vector>
 
 namespace shardtune {
@@ -94,6 +96,70 @@ TEST(FusedOps, CrossEntropySumMatchesLibTorchsWithIgnoredTargets) {
       },
       1e-5, 1e-6);
   EXPECT_THROW(CrossEntropySum(logits, at::tensor(std::vector<int64_t>{0, 1, 2, 3, 4, 101})), std::exception);
+}
+
+// softmax(q kᵀ / √D + mask) v spelled out on (B, H, L, D) tensors, each key-value head repeated
+// for its query group.
+at::Tensor ReferenceAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask) {
+  const int64_t b = q.size(0), s = q.size(1), heads = q.size(2), d = q.size(3), groups = heads / k.size(2);
+  const at::Tensor qh = q.transpose(1, 2);
+  const at::Tensor kh = k.transpose(1, 2).repeat_interleave(groups, 1),
+                   vh = v.transpose(1, 2).repeat_interleave(groups, 1);
+  const at::Tensor scores = at::matmul(qh, kh.transpose(2, 3)) / std::sqrt(static_cast<double>(d)) + mask;
+  return at::matmul(at::softmax(scores, -1), vh).transpose(1, 2).reshape({b, s, heads * d});
+}
+
+// Additive (B, 1, S, T) mask for S queries after a past of T - S: causal, and each batch's
+// leading `padding[b]` keys hidden (a query that then sees no key at all gets a uniform row).
+at::Tensor CausalMask(int64_t s, int64_t t, const std::vector<int64_t>& padding, at::ScalarType dtype) {
+  const at::Tensor query = at::arange(t - s, t).view({s, 1}), key = at::arange(t).view({1, t});
+  std::vector<at::Tensor> masks;
+  for (const int64_t pad : padding) masks.push_back((key <= query).logical_and(key >= pad).view({1, 1, s, t}));
+  const at::Tensor allowed = at::cat(masks, 0);
+  return at::zeros(allowed.sizes(), at::TensorOptions().dtype(dtype))
+      .masked_fill_(allowed.logical_not(), std::numeric_limits<float>::lowest());
+}
+
+TEST(FusedOps, AttentionMatchesTheExplicitSoftmax) {
+  at::manual_seed(5);
+  const int64_t b = 2, s = 9, heads = 6, d = 10;
+  for (const int64_t kv_heads : {int64_t{6}, int64_t{2}}) {  // multi-head and grouped-query
+    for (const int64_t past : {int64_t{0}, int64_t{4}}) {    // as in training, and after a prefix or cache
+      const int64_t t = past + s;
+      const at::Tensor q = at::randn({b, s, heads, d}).set_requires_grad(true);
+      // Keys and values as a cache holds them: a slice of a longer tensor, rows strided.
+      const at::Tensor k = at::randn({b, t + 2, kv_heads, d}).narrow(1, 1, t).set_requires_grad(true);
+      const at::Tensor v = at::randn({b, t, kv_heads, d}).set_requires_grad(true);
+      // Batch 1's query 0 sees no key when past is 0 (it is padding, hidden from itself too).
+      for (const auto& mask :
+           {CausalMask(s, t, {0, 0}, at::kFloat).narrow(0, 0, 1), CausalMask(s, t, {0, 1}, at::kFloat)}) {
+        SCOPED_TRACE("kv_heads " + std::to_string(kv_heads) + " past " + std::to_string(past) + " mask batches " +
+                     std::to_string(mask.size(0)));
+        ExpectSameGradients(
+            {q, k, v}, [&](const std::vector<at::Tensor>& x) { return Attention(x[0], x[1], x[2], mask, false, 0.0); },
+            [&](const std::vector<at::Tensor>& x) { return ReferenceAttention(x[0], x[1], x[2], mask); }, 1e-5, 1e-6);
+      }
+    }
+  }
+}
+
+// LibTorch's own attention (taken for CUDA and for other dtypes: here fp64), with the mask and,
+// where the mask is exactly causal, with causality alone. Before LibTorch 2 its softmax runs in
+// fp32 (as for bf16), hence fp32's tolerances.
+TEST(FusedOps, CompositeAttentionMatchesTheExplicitSoftmax) {
+  at::manual_seed(6);
+  const int64_t b = 2, s = 7, heads = 4, kv_heads = 2, d = 8;
+  const auto options = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor q = at::randn({b, s, heads, d}, options).set_requires_grad(true);
+  const at::Tensor k = at::randn({b, s, kv_heads, d}, options).set_requires_grad(true);
+  const at::Tensor v = at::randn({b, s, kv_heads, d}, options).set_requires_grad(true);
+  const at::Tensor padded = CausalMask(s, s, {0, 2}, at::kDouble), causal = CausalMask(s, s, {0}, at::kDouble);
+  for (const bool is_causal : {false, true}) {
+    const at::Tensor& mask = is_causal ? causal : padded;
+    ExpectSameGradients(
+        {q, k, v}, [&](const std::vector<at::Tensor>& x) { return Attention(x[0], x[1], x[2], mask, is_causal, 0.0); },
+        [&](const std::vector<at::Tensor>& x) { return ReferenceAttention(x[0], x[1], x[2], mask); }, 1e-5, 1e-6);
+  }
 }
 
 }  // namespace

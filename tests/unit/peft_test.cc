@@ -228,7 +228,7 @@ TEST(PeftPrefix, APrefixActsAsTheKeysAndValuesOfAPast) {
   std::vector<at::Tensor> columns;  // per layer: keys (P, kv), then values
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     for (const at::Tensor& t : {prefix_cache.keys[i], prefix_cache.values[i]})
-      columns.push_back(t[0].transpose(0, 1).reshape({p, -1}));
+      columns.push_back(t[0].reshape({p, -1}));  // (T, kv_heads, D) per batch
   }
   const fs::path adapter = dir / "prefix";
   fs::create_directories(adapter);

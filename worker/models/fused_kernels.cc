@@ -17,6 +17,8 @@ namespace shardtune::kernels {
 namespace {
 
 constexpr float kExpLimit = 80.0f;  // exp(80) is finite in fp32
+// Below this exp underflows to a subnormal; the exact softmax gives the masked scores 0.
+constexpr float kExpFloor = -87.0f;
 
 }  // namespace
 
@@ -137,6 +139,43 @@ SHARDTUNE_KERNEL void CrossEntropyBackwardRows(const float* logits, const int64_
 #pragma omp simd
     for (int64_t j = 0; j < v; ++j) dxi[j] = g * std::exp(xi[j] - li);
     dxi[targets[i]] -= g;
+  }
+}
+
+SHARDTUNE_KERNEL void AttentionSoftmaxRows(float* x, const float* mask, float scale, int64_t rows, int64_t t) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* xi = x + i * t;
+    const float* mi = mask + i * t;
+    float top = -std::numeric_limits<float>::max();
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < t; ++j) {
+      xi[j] = xi[j] * scale + mi[j];
+      top = std::max(top, xi[j]);
+    }
+    // A row that sees no key (all masked, e.g. padding) becomes uniform, as in the exact softmax.
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < t; ++j) {
+      const float shifted = xi[j] - top;
+      const float e = std::exp(std::max(shifted, kExpFloor));  // unconditional: it vectorizes
+      xi[j] = shifted < kExpFloor ? 0.0f : e;
+      sum += xi[j];
+    }
+    const float inverse = 1.0f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < t; ++j) xi[j] *= inverse;
+  }
+}
+
+SHARDTUNE_KERNEL void AttentionSoftmaxBackwardRows(const float* p, float* dx, float scale, int64_t rows, int64_t t) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* pi = p + i * t;
+    float* dxi = dx + i * t;
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < t; ++j) dot += dxi[j] * pi[j];
+#pragma omp simd
+    for (int64_t j = 0; j < t; ++j) dxi[j] = scale * pi[j] * (dxi[j] - dot);
   }
 }
 

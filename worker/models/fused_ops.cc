@@ -1,7 +1,9 @@
 #include "worker/models/fused_ops.h"
 
 #include <ATen/Parallel.h>
+#include <fmt/ranges.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -190,6 +192,121 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
   }
 };
 
+// --- Attention ---
+
+// Head h of batch b of x (B, L, heads, D): an (L, D) matrix whose rows are x.stride(1) apart,
+// which BLAS reads and writes in place.
+at::Tensor HeadOf(const at::Tensor& x, int64_t b, int64_t h) { return x.select(0, b).select(1, h); }
+
+// One (batch, key-value head) pair per task: the query heads of a group share its keys and
+// values and add into their gradients, so a group stays on one thread.
+template <typename F>
+void ForKvHeads(int64_t batch, int64_t kv_heads, const F& f) {
+  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) f(i / kv_heads, i % kv_heads);
+  });
+}
+
+// Per head: scores by one product written straight into the saved probabilities, the scaled,
+// masked softmax in one pass over them, and the output by a second product written in place
+// into the (B, S, H, D) result, which is already the layout of the output projection's input.
+// LibTorch's composition transposes q, k and v into (B·H, L, D) copies, adds the mask in a
+// batched product, and copies the output back from (B, H, S, D).
+class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& mask_in, double scale) {
+    const int64_t b = q.size(0), s = q.size(1), heads = q.size(2), d = q.size(3);
+    const int64_t t = k.size(1), kv_heads = k.size(2), group = heads / kv_heads;
+    const at::Tensor mask = mask_in.contiguous();
+    const int64_t mask_batch_stride = mask.size(0) == 1 ? 0 : s * t;
+    at::Tensor probs = at::empty({b, heads, s, t}, q.options());
+    at::Tensor out = at::empty({b, s, heads, d}, q.options());
+    ForKvHeads(b, kv_heads, [&](int64_t bi, int64_t kv) {
+      const at::Tensor key = HeadOf(k, bi, kv), value = HeadOf(v, bi, kv);
+      for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
+        at::Tensor p = probs.select(0, bi).select(0, h), o = HeadOf(out, bi, h);
+        at::mm_out(p, HeadOf(q, bi, h), key.t());
+        kernels::AttentionSoftmaxRows(p.data_ptr<float>(), mask.data_ptr<float>() + bi * mask_batch_stride,
+                                      static_cast<float>(scale), s, t);
+        at::mm_out(o, p, value);
+      }
+    });
+    ctx->save_for_backward({q, k, v, probs});
+    ctx->saved_data["scale"] = scale;
+    return out.view({b, s, heads * d});
+  }
+
+  // With P the probabilities and dO the output's gradient, per head: dV += Pᵀ dO, dP = dO Vᵀ,
+  // dS = softmax backward of dP, dQ = dS K, dK += dSᵀ Q.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &probs = saved[3];
+    const auto scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    const int64_t b = q.size(0), s = q.size(1), heads = q.size(2), d = q.size(3);
+    const int64_t t = k.size(1), kv_heads = k.size(2), group = heads / kv_heads;
+    at::Tensor d_out = grads[0].view({b, s, heads, d});
+    if (d_out.stride(3) != 1) d_out = d_out.contiguous();
+    at::Tensor dq = at::empty({b, s, heads, d}, q.options());
+    at::Tensor dk = at::empty({b, t, kv_heads, d}, k.options()), dv = at::empty({b, t, kv_heads, d}, v.options());
+    ForKvHeads(b, kv_heads, [&](int64_t bi, int64_t kv) {
+      const at::Tensor key = HeadOf(k, bi, kv), value = HeadOf(v, bi, kv);
+      at::Tensor d_key = HeadOf(dk, bi, kv), d_value = HeadOf(dv, bi, kv);
+      at::Tensor d_scores = at::empty({s, t}, q.options());
+      for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
+        const at::Tensor p = probs.select(0, bi).select(0, h), g = HeadOf(d_out, bi, h), query = HeadOf(q, bi, h);
+        at::Tensor d_query = HeadOf(dq, bi, h);
+        const bool first = h == kv * group;
+        if (first) {
+          at::mm_out(d_value, p.t(), g);
+        } else {
+          d_value.addmm_(p.t(), g);
+        }
+        at::mm_out(d_scores, g, value.t());
+        kernels::AttentionSoftmaxBackwardRows(p.data_ptr<float>(), d_scores.data_ptr<float>(), scale, s, t);
+        at::mm_out(d_query, d_scores, key);
+        if (first) {
+          at::mm_out(d_key, d_scores.t(), query);
+        } else {
+          d_key.addmm_(d_scores.t(), query);
+        }
+      }
+    });
+    return {dq, dk, dv, at::Tensor(), at::Tensor()};
+  }
+};
+
+// LibTorch's attention on (B, H, L, D) views: its fused kernels (flash or memory-efficient
+// attention on CUDA) where this LibTorch has them, else the explicit softmax.
+at::Tensor CompositeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                              bool causal, double dropout) {
+  const int64_t b = q.size(0), s = q.size(1), heads = q.size(2), d = q.size(3), groups = heads / k.size(2);
+  auto repeat_kv = [&](const at::Tensor& x) {  // (B, T, Hkv, D) -> (B, H, T, D)
+    const at::Tensor y = x.transpose(1, 2);
+    if (groups == 1) return y;
+    return y.unsqueeze(2).expand({b, y.size(1), groups, y.size(2), d}).reshape({b, heads, y.size(2), d});
+  };
+  const at::Tensor qh = q.transpose(1, 2), kh = repeat_kv(k), vh = repeat_kv(v);
+#if TORCH_VERSION_MAJOR >= 2
+  const at::Tensor context = causal ? at::scaled_dot_product_attention(qh, kh, vh, std::nullopt, dropout, true)
+                                    : at::scaled_dot_product_attention(qh, kh, vh, mask, dropout, false);
+#else
+  (void)causal;
+  const int64_t t = kh.size(2);
+  // scale q k^T + mask in one batched product (the mask is its accumulator), not three passes.
+  const at::Tensor accumulator = mask.size(0) == 1 ? mask.view({1, s, t}).expand({b * heads, s, t})
+                                                   : mask.expand({b, heads, s, t}).reshape({b * heads, s, t});
+  const at::Tensor scores =
+      at::baddbmm(accumulator, qh.reshape({b * heads, s, d}), kh.transpose(2, 3).reshape({b * heads, d, t}), /*beta=*/1,
+                  /*alpha=*/1.0 / std::sqrt(static_cast<double>(d)))
+          .view({b, heads, s, t});
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  if (dropout > 0) probs = at::dropout(probs, dropout, /*train=*/true);
+  const at::Tensor context = at::matmul(probs, vh);
+#endif
+  return context.transpose(1, 2).reshape({b, s, heads * d});
+}
+
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
@@ -224,6 +341,21 @@ at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up) {
 at::Tensor CrossEntropySum(const at::Tensor& logits, const at::Tensor& targets) {
   if (Fusable({&logits}) && logits.dim() == 2) return CrossEntropyFunction::apply(logits, targets);
   return at::cross_entropy_loss(logits, targets.to(logits.device()), {}, at::Reduction::Sum, kIgnoreIndex);
+}
+
+at::Tensor Attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, bool causal,
+                     double dropout) {
+  ST_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.sizes() == v.sizes() && q.size(0) == k.size(0) &&
+               q.size(3) == k.size(3) && q.size(2) % k.size(2) == 0,
+           "attention: q ({}) and k, v ({}), ({}) are not (B, S, H, D) and (B, T, Hkv, D) with H a multiple of Hkv",
+           fmt::join(q.sizes(), ", "), fmt::join(k.sizes(), ", "), fmt::join(v.sizes(), ", "));
+  const bool strided_rows = q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1;
+  const bool plain_mask = mask.dim() == 4 && (mask.size(0) == 1 || mask.size(0) == q.size(0)) && mask.size(1) == 1 &&
+                          mask.size(2) == q.size(1) && mask.size(3) == k.size(1);
+  if (Fusable({&q, &k, &v, &mask}) && strided_rows && plain_mask && dropout == 0) {
+    return AttentionFunction::apply(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  }
+  return CompositeAttention(q, k, v, mask, causal, dropout);
 }
 
 }  // namespace shardtune

@@ -80,13 +80,6 @@ at::Tensor RopeInverseFrequencies(const LlamaConfig& c) {
 
 namespace {
 
-// (B, kv_heads, T, D) -> (B, kv_heads * groups, T, D), each kv head repeated for its query group.
-at::Tensor RepeatKv(const at::Tensor& x, int64_t groups) {
-  if (groups == 1) return x;
-  const auto b = x.size(0), kv = x.size(1), t = x.size(2), d = x.size(3);
-  return x.unsqueeze(2).expand({b, kv, groups, t, d}).reshape({b, kv * groups, t, d});
-}
-
 // Additive mask (B or 1, 1, S, T): 0 where query i (at position past + i) may attend to key j,
 // the dtype's lowest value elsewhere (causal, sliding window, padding).
 at::Tensor AttentionMask(const at::Tensor& attention_mask, const at::Tensor& document_ids, int64_t batch, int64_t s,
@@ -125,7 +118,9 @@ Positions LlamaBlocks::PositionsFor(int64_t batch, int64_t seq, int64_t past, co
     angles = at::cat({freqs, freqs}, -1).view({1, 1, seq, config_.head_dim});
   }
   Positions result{angles.cos().to(dtype), angles.sin().to(dtype),
-                   AttentionMask(attention_mask, document_ids, batch, seq, past, std::nullopt, dtype), at::Tensor()};
+                   AttentionMask(attention_mask, document_ids, batch, seq, past, std::nullopt, dtype), at::Tensor(),
+                   /*causal=*/past == 0 && !document_ids.defined() &&
+                       (!attention_mask.defined() || attention_mask.all().item<bool>())};
   if (config_.sliding_window) {
     result.window_mask = AttentionMask(attention_mask, document_ids, batch, seq, past, config_.sliding_window, dtype);
   }
@@ -141,17 +136,13 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
   const auto& adapters = layer.adapters;
-  // Rotated in the projections' own layout (B, S, heads, D), then viewed as (B, heads, S, D).
+  // (B, S, heads, D), the projections' own layout, which the attention reads in place.
   const at::Tensor q = Rotary(AdaptedLinear(x, layer.q_proj, layer.q_bias, adapters[kQProj]).view({b, s, heads, d}),
-                              positions.cos, positions.sin)
-                           .transpose(1, 2);
+                              positions.cos, positions.sin);
   at::Tensor k = Rotary(AdaptedLinear(x, layer.k_proj, layer.k_bias, adapters[kKProj]).view({b, s, kv_heads, d}),
-                        positions.cos, positions.sin)
-                     .transpose(1, 2);
-  at::Tensor v =
-      AdaptedLinear(x, layer.v_proj, layer.v_bias, adapters[kVProj]).view({b, s, kv_heads, d}).transpose(1, 2);
-  const at::Tensor& mask =
-      config_.UsesSlidingWindow(static_cast<int64_t>(layer_index)) ? positions.window_mask : positions.mask;
+                        positions.cos, positions.sin);
+  at::Tensor v = AdaptedLinear(x, layer.v_proj, layer.v_bias, adapters[kVProj]).view({b, s, kv_heads, d});
+  const bool windowed = config_.UsesSlidingWindow(static_cast<int64_t>(layer_index));
   if (adapters.prefix_keys.defined()) {
     // Prefix tuning: keys and values in front of the sequence's, entering as cached keys do (not
     // rotated); the positions and the mask count them as a past of P tokens (PositionsFor).
@@ -159,10 +150,10 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
     const bool cached = cache != nullptr && cache->keys.size() > layer_index && cache->keys[layer_index].defined();
     if (!cached) {
       auto expand = [&](const at::Tensor& t) {
-        return t.to(k.scalar_type()).view({p, kv_heads, d}).transpose(0, 1).unsqueeze(0).expand({b, kv_heads, p, d});
+        return t.to(k.scalar_type()).view({1, p, kv_heads, d}).expand({b, p, kv_heads, d});
       };
-      k = at::cat({expand(adapters.prefix_keys), k}, 2);
-      v = at::cat({expand(adapters.prefix_values), v}, 2);
+      k = at::cat({expand(adapters.prefix_keys), k}, 1);
+      v = at::cat({expand(adapters.prefix_values), v}, 1);
     }
   }
   if (cache != nullptr) {
@@ -171,23 +162,14 @@ at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tens
       cache->values.resize(layer_index + 1);
     }
     if (cache->keys[layer_index].defined()) {
-      k = at::cat({cache->keys[layer_index], k}, 2);
-      v = at::cat({cache->values[layer_index], v}, 2);
+      k = at::cat({cache->keys[layer_index], k}, 1);
+      v = at::cat({cache->values[layer_index], v}, 1);
     }
     cache->keys[layer_index] = k;
     cache->values[layer_index] = v;
   }
-  const int64_t groups = heads / kv_heads, t = k.size(2);
-  // scale q k^T + mask in one batched product (the mask is its accumulator), not three passes.
-  const at::Tensor accumulator = mask.size(0) == 1 ? mask.view({1, s, t}).expand({b * heads, s, t})
-                                                   : mask.expand({b, heads, s, t}).reshape({b * heads, s, t});
-  const at::Tensor scores = at::baddbmm(accumulator, q.reshape({b * heads, s, d}),
-                                        RepeatKv(k, groups).transpose(2, 3).reshape({b * heads, d, t}), /*beta=*/1,
-                                        /*alpha=*/1.0 / std::sqrt(static_cast<double>(d)))
-                                .view({b, heads, s, t});
-  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  if (layer.attention_dropout > 0) probs = at::dropout(probs, layer.attention_dropout, /*train=*/true);
-  const at::Tensor context = at::matmul(probs, RepeatKv(v, groups)).transpose(1, 2).reshape({b, s, heads * d});
+  const at::Tensor context = shardtune::Attention(q, k, v, windowed ? positions.window_mask : positions.mask,
+                                                  positions.causal && !windowed, layer.attention_dropout);
   at::Tensor out = AdaptedLinear(context, layer.o_proj, layer.o_bias, adapters[kOProj]);
   return Bottleneck(out, adapters.attention);
 }

@@ -51,7 +51,7 @@ LlamaLayerWeights BindLlamaLayer(const LlamaConfig& config, int64_t layer, const
 
 // Keys and values of the positions seen so far, per layer, after RoPE: (batch, kv_heads, T, head_dim).
 struct KvCache {
-  std::vector<at::Tensor> keys;
+  std::vector<at::Tensor> keys;  // per layer, (B, T, kv_heads, D)
   std::vector<at::Tensor> values;
   int64_t length = 0;  // positions cached (prompt tuning's virtual tokens included, a prefix's not)
 };
@@ -64,6 +64,7 @@ struct Positions {
   at::Tensor cos, sin;     // (1, 1, S, head_dim)
   at::Tensor mask;         // additive, (B or 1, 1, S, past + S)
   at::Tensor window_mask;  // the same within the sliding window, for the layers that use it
+  bool causal = false;     // `mask` hides exactly the later keys (no padding, packing or past)
 };
 
 // The decoder's math, piece by piece, on weights given at each call: the trainer runs the
