@@ -91,8 +91,12 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     for (const auto& [name, tensor] : params.all()) {
       if (tensor.requires_grad()) inputs.push_back(tensor);
     }
+    std::vector<at::Tensor> parameters;
+    for (const auto& [name, tensor] : params.all()) parameters.push_back(tensor);
+    std::vector<GradientSlot> slots = engine.GradientSlotsFor(call->units, params);
     variable_list grads;
     if (!inputs.empty() && output.requires_grad()) {
+      const ScopedGradientSlots installed(parameters, slots);
       grads = torch::autograd::grad({output}, inputs, {grad_outputs[0]}, /*retain_graph=*/false,
                                     /*create_graph=*/false, /*allow_unused=*/true);
     } else {
@@ -102,7 +106,7 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     size_t next = input_grad ? 1 : 0;
     for (const auto& [name, tensor] : params.all())
       parameter_grads.push_back(tensor.requires_grad() ? grads[next++] : at::Tensor());
-    engine.AddGradients(call->units, params, parameter_grads);
+    engine.AddGradients(call->units, params, parameter_grads, slots);
     engine.Release(call->units);
     return {input_grad ? grads[0] : at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -285,30 +285,49 @@ void ZeroEngine::NoteForwardUse(const std::vector<int>& units) {
   for (int u : units) ++units_[u]->uses;
 }
 
+void ZeroEngine::EnsureGradientBuffer(Unit& unit) {
+  if (unit.full_grad.defined()) return;  // stages 0 and 1: one buffer for the whole step
+  unit.full_grad = at::empty({unit.layout->padded}, Options(at::kFloat));  // stages 2 and 3: per micro-batch
+  unit.grad_written.assign(unit.layout->parameters.size(), false);
+}
+
+std::vector<GradientSlot> ZeroEngine::GradientSlotsFor(const std::vector<int>& units, const UnitParameters& params) {
+  (void)units;  // each parameter names its unit
+  std::vector<GradientSlot> slots;
+  for (const auto& [name, tensor] : params.all()) {
+    GradientSlot& slot = slots.emplace_back();
+    if (!tensor.requires_grad() || tensor.scalar_type() != at::kFloat) continue;
+    Unit& unit = *units_[UnitOf(name)];
+    EnsureGradientBuffer(unit);
+    const size_t k = unit.IndexOf(name);
+    const ParameterSlot& place = unit.layout->parameters[k];
+    slot.tensor = unit.full_grad.narrow(0, place.offset, place.numel).view(tensor.sizes());
+    slot.written = unit.grad_written[k];
+  }
+  return slots;
+}
+
 void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameters& params,
-                              const std::vector<at::Tensor>& grads) {
+                              const std::vector<at::Tensor>& grads, const std::vector<GradientSlot>& slots) {
   at::NoGradGuard no_grad;
   size_t i = 0;
   for (const auto& [name, tensor] : params.all()) {
-    const at::Tensor& grad = grads[i++];
-    if (!grad.defined()) continue;
+    const at::Tensor& grad = grads[i];
+    const bool written_in_place = slots[i++].written;
+    if (!grad.defined() && !written_in_place) continue;
     Unit& unit = *units_[UnitOf(name)];
-    if (!unit.full_grad.defined()) {  // stages 2 and 3: a buffer per micro-batch
-      unit.full_grad = at::empty({unit.layout->padded}, Options(at::kFloat));
-      unit.grad_written.assign(unit.layout->parameters.size(), false);
-    }
-    const auto& parameters = unit.layout->parameters;
-    for (size_t k = 0; k < parameters.size(); ++k) {
-      if (parameters[k].spec.name != name) continue;
-      at::Tensor slot = unit.full_grad.narrow(0, parameters[k].offset, parameters[k].numel);
-      const at::Tensor value = grad.reshape({-1}).to(at::kFloat);
-      if (unit.grad_written[k]) {
-        slot.add_(value);
-      } else {
-        slot.copy_(value);
-        unit.grad_written[k] = true;
-      }
-      break;
+    EnsureGradientBuffer(unit);
+    const size_t k = unit.IndexOf(name);
+    if (written_in_place) unit.grad_written[k] = true;
+    if (!grad.defined()) continue;
+    const ParameterSlot& place = unit.layout->parameters[k];
+    at::Tensor slot = unit.full_grad.narrow(0, place.offset, place.numel);
+    const at::Tensor value = grad.reshape({-1}).to(at::kFloat);
+    if (unit.grad_written[k]) {
+      slot.add_(value);
+    } else {
+      slot.copy_(value);
+      unit.grad_written[k] = true;
     }
   }
   for (int u : units) {

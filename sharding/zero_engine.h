@@ -38,6 +38,7 @@
 #include "common/job_spec.h"
 #include "sharding/adamw.h"
 #include "sharding/comm/communicator.h"
+#include "sharding/gradient_slots.h"
 #include "sharding/parameter_layout.h"
 
 namespace shardtune {
@@ -115,9 +116,14 @@ class ZeroEngine {
   void Regather(const std::vector<int>& units);
   // Counts one forward use of each unit; each must be matched by one AddGradients.
   void NoteForwardUse(const std::vector<int>& units);
-  // Adds gradients for the named parameters (undefined: no contribution). When a unit has had
-  // every use of this micro-batch back, its reduction is issued.
-  void AddGradients(const std::vector<int>& units, const UnitParameters& params, const std::vector<at::Tensor>& grads);
+  // Where the ops of a unit call's backward may write the gradients of `params` (one slot per
+  // parameter of params.all(): the trainable fp32 ones; see gradient_slots.h).
+  std::vector<GradientSlot> GradientSlotsFor(const std::vector<int>& units, const UnitParameters& params);
+  // Adds a unit call's gradients for the named parameters: those in `grads` (undefined: no
+  // contribution) to those its ops wrote into `slots`. When a unit has had every use of this
+  // micro-batch back, its reduction is issued.
+  void AddGradients(const std::vector<int>& units, const UnitParameters& params, const std::vector<at::Tensor>& grads,
+                    const std::vector<GradientSlot>& slots);
 
   // After the last backward of the step: waits for every reduction. Returns the global L2 norm
   // of the gradient.
@@ -152,6 +158,7 @@ class ZeroEngine {
   struct Pending;
   static bool Selected(const Unit& unit, Units which);
   // Zeroes what of a unit's whole gradient buffer no contribution wrote (before its reduction).
+  void EnsureGradientBuffer(Unit& unit);
   void ZeroUnwritten(Unit& unit);
   void IssueReduction(int u);
   void RetirePending(size_t keep);  // completes all but the newest `keep` reductions

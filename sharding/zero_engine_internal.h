@@ -3,6 +3,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/error.h"
@@ -33,6 +34,13 @@ struct ZeroEngine::Unit {
   std::unique_ptr<Work> gather;
   int uses = 0;  // graph nodes of this micro-batch whose backward has not run yet
   int acquired = 0;
+
+  // The index of `name` in layout->parameters.
+  size_t IndexOf(const std::string& name) const {
+    for (size_t k = 0; k < layout->parameters.size(); ++k)
+      if (layout->parameters[k].spec.name == name) return k;
+    Fail(ErrorCode::kInternal, "unit {} has no parameter '{}'", layout->name, name);
+  }
 
   at::Tensor MasterSlice(at::Tensor& master) const {
     ST_CHECK(trainable, "unit {} is frozen: it has no master weights or gradient", layout->name);

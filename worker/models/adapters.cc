@@ -7,10 +7,6 @@ const LinearAdapter& LayerAdapters::operator[](size_t k) const {
   return k < linear.size() ? linear[k] : kNone;
 }
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return at::linear(x, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
-}
-
 at::Tensor AdaptedLinear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                          const LinearAdapter& a) {
   const at::Tensor x = a.ia3.defined() && a.ia3_on_input ? input * a.ia3.reshape({-1}) : input;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/job_spec.h"
+#include "worker/models/linear.h"
 
 namespace shardtune {
 
@@ -47,9 +48,7 @@ struct LayerAdapters {
   const LinearAdapter& operator[](size_t k) const;
 };
 
-// x W^T + b with `bias` optional (undefined: none).
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
-// The same with what a method adds to the layer.
+// Linear (linear.h) with what a method adds to the layer.
 at::Tensor AdaptedLinear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          const LinearAdapter& adapter);
 // Prompt tuning: the P virtual tokens' embeddings (P, hidden) before `hidden` (B, S, hidden).

@@ -195,7 +195,7 @@ at::Tensor LlamaBlocks::Classify(const at::Tensor& hidden, const at::Tensor& nor
 }
 
 at::Tensor LlamaBlocks::Head(const at::Tensor& hidden, const at::Tensor& norm, const at::Tensor& lm_head) const {
-  return at::linear(RmsNorm(hidden, norm, config_.rms_norm_eps), lm_head).to(at::kFloat);
+  return Linear(RmsNorm(hidden, norm, config_.rms_norm_eps), lm_head, at::Tensor()).to(at::kFloat);
 }
 
 LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)

@@ -1,0 +1,40 @@
+#pragma once
+// Weight gradients written straight into the engine's gradient buffers.
+//
+// A unit's backward used to return a fresh tensor for every weight gradient, which the engine
+// then copied into the unit's flat fp32 buffer: one more pass over every gradient of the model
+// per micro-batch (1.5–4% of a CPU step, more where memory bandwidth is shared). Now, for the
+// span of one unit call's backward, the engine installs each trainable parameter's slot (its
+// place in the buffer, in the parameter's shape); an op that computes a weight gradient as a
+// matrix product (worker/models/linear.h) finds its weight's slot and writes the product there —
+// the micro-batch's first contribution as a plain product, later ones added — and returns no
+// gradient. Everything else returns gradients as before, and the engine adds them in.
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+namespace shardtune {
+
+struct GradientSlot {
+  at::Tensor tensor;     // the parameter's gradient in the buffer, in its shape; undefined: none
+  bool written = false;  // the buffer holds a contribution of this micro-batch already: add to it
+};
+
+// Installs, for its lifetime, slots[i] as the slot of parameters[i] (undefined slots skipped).
+// Process-wide rather than thread-local: autograd runs a graph's CUDA ops on its own threads.
+class ScopedGradientSlots {
+ public:
+  ScopedGradientSlots(const std::vector<at::Tensor>& parameters, std::vector<GradientSlot>& slots);
+  ~ScopedGradientSlots();
+  ScopedGradientSlots(const ScopedGradientSlots&) = delete;
+  ScopedGradientSlots& operator=(const ScopedGradientSlots&) = delete;
+
+ private:
+  std::vector<const void*> keys_;
+};
+
+// The installed slot of `parameter` (the very tensor the unit computed with), or null.
+GradientSlot* FindGradientSlot(const at::Tensor& parameter);
+
+}  // namespace shardtune
