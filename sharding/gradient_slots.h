@@ -6,7 +6,7 @@
 // per micro-batch (1.5–4% of a CPU step, more where memory bandwidth is shared). Now, for the
 // span of one unit call's backward, the engine installs each trainable parameter's slot (its
 // place in the buffer, in the parameter's shape); an op that computes a weight gradient as a
-// matrix product (worker/models/linear.h) finds its weight's slot and writes the product there —
+// matrix product or a scatter (worker/models/weight_ops.h) finds its weight's slot and writes the product there —
 // the micro-batch's first contribution as a plain product, later ones added — and returns no
 // gradient. Everything else returns gradients as before, and the engine adds them in.
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/job_spec.h"
-#include "worker/models/linear.h"
+#include "worker/models/weight_ops.h"
 
 namespace shardtune {
 
@@ -48,7 +48,7 @@ struct LayerAdapters {
   const LinearAdapter& operator[](size_t k) const;
 };
 
-// Linear (linear.h) with what a method adds to the layer.
+// Linear (weight_ops.h) with what a method adds to the layer.
 at::Tensor AdaptedLinear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          const LinearAdapter& adapter);
 // Prompt tuning: the P virtual tokens' embeddings (P, hidden) before `hidden` (B, S, hidden).

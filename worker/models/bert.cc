@@ -56,7 +56,7 @@ at::Tensor Dropout(const at::Tensor& x, double p, bool training) {
 }  // namespace
 
 at::Tensor BertBlocks::WordEmbeddings(const at::Tensor& input_ids, const at::Tensor& word) const {
-  return at::embedding(word, input_ids, config_.pad_token_id);
+  return Embedding(word, input_ids, config_.pad_token_id);
 }
 
 at::Tensor BertBlocks::Embed(const at::Tensor& words, const at::Tensor& token_type_ids, int64_t past,

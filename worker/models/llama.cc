@@ -128,7 +128,7 @@ Positions LlamaBlocks::PositionsFor(int64_t batch, int64_t seq, int64_t past, co
 }
 
 at::Tensor LlamaBlocks::Embed(const at::Tensor& input_ids, const at::Tensor& embed_tokens) const {
-  return at::embedding(embed_tokens, input_ids, config_.padding_idx.value_or(-1));
+  return Embedding(embed_tokens, input_ids, config_.padding_idx.value_or(-1));
 }
 
 at::Tensor LlamaBlocks::Attention(const LlamaLayerWeights& layer, const at::Tensor& x, const Positions& positions,

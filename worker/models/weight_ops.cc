@@ -1,4 +1,4 @@
-#include "worker/models/linear.h"
+#include "worker/models/weight_ops.h"
 
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -48,6 +48,36 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
   }
 };
 
+// The gradient of each looked-up row is added into the row of its id: scattered into the
+// weight's slot where it has one (zeroed first unless this micro-batch already wrote there),
+// otherwise into a full gradient, zero but for the rows named.
+class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& ids,
+                            int64_t padding_idx) {
+    ctx->save_for_backward({weight, ids});
+    ctx->saved_data["padding_idx"] = padding_idx;
+    return at::embedding(weight, ids, padding_idx);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &weight = saved[0], &ids = saved[1];
+    const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
+    const at::Tensor index = ids.reshape({-1});
+    at::Tensor rows = grads[0].reshape({-1, weight.size(1)});
+    if (padding_idx >= 0) rows = rows * (index != padding_idx).unsqueeze(1).to(rows.scalar_type());
+    GradientSlot* slot = FindGradientSlot(weight);
+    if (slot != nullptr && slot->tensor.scalar_type() == rows.scalar_type()) {
+      if (!slot->written) slot->tensor.zero_();
+      slot->tensor.index_add_(0, index, rows);
+      slot->written = true;
+      return {at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    return {at::zeros_like(weight).index_add_(0, index, rows), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
@@ -57,6 +87,11 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
     return bias.defined() ? y + bias : y;
   }
   return PlainLinear(x, weight, bias);
+}
+
+at::Tensor Embedding(const at::Tensor& weight, const at::Tensor& ids, int64_t padding_idx) {
+  if (at::GradMode::is_enabled() && weight.requires_grad()) return EmbeddingFunction::apply(weight, ids, padding_idx);
+  return at::embedding(weight, ids, padding_idx);
 }
 
 }  // namespace shardtune

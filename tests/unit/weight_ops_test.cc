@@ -1,6 +1,7 @@
-// Linear's weight gradient written into an installed gradient slot (as a unit's backward does)
-// equals LibTorch's, first as a plain product and then added to what the slot holds.
-#include "worker/models/linear.h"
+// Linear's and Embedding's weight gradients written into an installed gradient slot (as a unit's
+// backward does) equal LibTorch's, first written over what the buffer held and then added to it;
+// without a slot they come back through autograd.
+#include "worker/models/weight_ops.h"
 
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -47,6 +48,33 @@ TEST(Linear, WritesTheWeightGradientIntoItsSlotOrReturnsIt) {
   EXPECT_EQ(FindGradientSlot(slotted), nullptr);  // uninstalled with the scope
   EXPECT_EQ(buffer[0].item<float>(), 123.0f);     // only the slot's elements were written
   EXPECT_EQ(buffer[29].item<float>(), 123.0f);
+}
+
+TEST(Embedding, ScattersTheWeightGradientIntoItsSlotOrReturnsIt) {
+  at::manual_seed(8);
+  const at::Tensor ids = at::tensor(std::vector<int64_t>{3, 0, 3, 5, 1, 0}).view({2, 3});
+  const at::Tensor upstream = at::randn({2, 3, 4});
+  const int64_t padding = 0;  // its rows get no gradient
+  const at::Tensor reference = at::randn({7, 4}).set_requires_grad(true);
+  (at::embedding(reference, ids, padding) * upstream).sum().backward();
+  const at::Tensor expected = reference.grad();
+
+  const at::Tensor weight = reference.detach().clone().set_requires_grad(true);
+  const at::Tensor out = Embedding(weight, ids, padding);
+  EXPECT_TRUE(at::equal(out, at::embedding(reference.detach(), ids, padding)));
+  (out * upstream).sum().backward();
+  EXPECT_TRUE(at::allclose(weight.grad(), expected, 1e-6, 1e-7));
+
+  std::vector<GradientSlot> slots(1);
+  slots[0].tensor = at::full({7, 4}, 55.0f);  // a buffer's stale contents, to be overwritten
+  const at::Tensor slotted = reference.detach().clone().set_requires_grad(true);
+  const ScopedGradientSlots installed({slotted}, slots);
+  (Embedding(slotted, ids, padding) * upstream).sum().backward();
+  EXPECT_FALSE(slotted.grad().defined());
+  EXPECT_TRUE(slots[0].written);
+  EXPECT_TRUE(at::allclose(slots[0].tensor, expected, 1e-6, 1e-7));
+  (Embedding(slotted, ids, padding) * upstream).sum().backward();
+  EXPECT_TRUE(at::allclose(slots[0].tensor, 2 * expected, 1e-6, 1e-7));
 }
 
 }  // namespace
