@@ -111,9 +111,10 @@ class Bench:
                 sys.exit(f"the DDP baseline failed (exit {p.returncode})")
         return json.load(open(out))
 
-    def gemm_peak(self, coretype=None):
+    def gemm_peak(self, coretype=None, seconds=None):
         env = {"OPENBLAS_CORETYPE": coretype} if coretype else {}
-        out = run([self.bin / "gemm_peak", "2048", "1" if self.quick else "3"], env=env).stdout
+        seconds = seconds or (1 if self.quick else 3)
+        out = run([self.bin / "gemm_peak", "2048", str(seconds)], env=env).stdout
         return float(out.split("gemm_gflops=")[1].split()[0]), out.split('blas="')[1].rstrip().rstrip('"')
 
 
@@ -173,19 +174,22 @@ def main():
                   f"| {overlap:.0%} | {r['data_s'] / r['step_s']:.2%} |")
 
         print("\n## MFU: training FLOP/s per core against the measured GEMM peak\n")
-        # The peak again, beside these runs: a shared host's speed drifts over minutes.
-        peak, _ = b.gemm_peak()
-        print(f"GEMM peak measured again beside these runs: {peak:.1f} GFLOP/s\n")
-        print("| model | ranks | tokens/s | GFLOP/s per core | of GEMM peak |")
-        print("|---|---|---|---|---|")
+        # A shared host's speed drifts by tens of percent within minutes, so each run gets its own
+        # peak: measured just before and just after it (1 s each), their mean.
+        print("Each run between two GEMM peak measurements; MFU against their mean.\n")
+        print("| model | ranks | tokens/s | GFLOP/s per core | GEMM peak before / after | of GEMM peak |")
+        print("|---|---|---|---|---|---|")
         mfu = {}
-        for name, steps in (("30m", None), ("125m", steps_mfu)):
+        for name, steps in (("30m", steps_small), ("125m", steps_mfu)):
             flops = training_flops_per_token(json.load(open(config_of(name))))
             for ranks in (1, 2):
-                r = series[("run", ranks, 0)] if name == "30m" else b.shardtune(name, ranks, 0, steps)
+                before, _ = b.gemm_peak(seconds=1)
+                r = b.shardtune(name, ranks, 0, steps, tag="-mfu")
+                after, _ = b.gemm_peak(seconds=1)
                 per_core = r["tokens_per_s"] * flops / ranks / 1e9
-                mfu[(name, ranks)] = per_core / peak
-                print(f"| {name} | {ranks} | {r['tokens_per_s']:.0f} | {per_core:.1f} | {per_core / peak:.0%} |")
+                mfu[(name, ranks)] = per_core / ((before + after) / 2)
+                print(f"| {name} | {ranks} | {r['tokens_per_s']:.0f} | {per_core:.1f} | {before:.1f} / {after:.1f} "
+                      f"| {mfu[(name, ranks)]:.0%} |")
 
         print("\n## Memory per rank: measured model state against the planner, and peak RSS (Llama 30M)\n")
         print("| ranks | stage | model state | planned | planned / measured | peak RSS |")
