@@ -93,7 +93,7 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     }
     std::vector<at::Tensor> parameters;
     for (const auto& [name, tensor] : params.all()) parameters.push_back(tensor);
-    std::vector<GradientSlot> slots = engine.GradientSlotsFor(call->units, params);
+    std::vector<GradientSlot> slots = engine.GradientSlotsFor(params);
     variable_list grads;
     if (!inputs.empty() && output.requires_grad()) {
       const ScopedGradientSlots installed(parameters, slots);

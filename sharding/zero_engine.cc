@@ -291,8 +291,7 @@ void ZeroEngine::EnsureGradientBuffer(Unit& unit) {
   unit.grad_written.assign(unit.layout->parameters.size(), false);
 }
 
-std::vector<GradientSlot> ZeroEngine::GradientSlotsFor(const std::vector<int>& units, const UnitParameters& params) {
-  (void)units;  // each parameter names its unit
+std::vector<GradientSlot> ZeroEngine::GradientSlotsFor(const UnitParameters& params) {
   std::vector<GradientSlot> slots;
   for (const auto& [name, tensor] : params.all()) {
     GradientSlot& slot = slots.emplace_back();

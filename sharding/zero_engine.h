@@ -118,7 +118,7 @@ class ZeroEngine {
   void NoteForwardUse(const std::vector<int>& units);
   // Where the ops of a unit call's backward may write the gradients of `params` (one slot per
   // parameter of params.all(): the trainable fp32 ones; see gradient_slots.h).
-  std::vector<GradientSlot> GradientSlotsFor(const std::vector<int>& units, const UnitParameters& params);
+  std::vector<GradientSlot> GradientSlotsFor(const UnitParameters& params);
   // Adds a unit call's gradients for the named parameters: those in `grads` (undefined: no
   // contribution) to those its ops wrote into `slots`. When a unit has had every use of this
   // micro-batch back, its reduction is issued.

@@ -1,9 +1,10 @@
 #pragma once
 // The elementwise parts of a transformer step as single passes over memory on CPUs: RMSNorm,
-// rotary embeddings, SwiGLU, attention's softmax and the cross-entropy of a language-model head,
-// each one autograd node with a hand-written forward and backward. LibTorch composes each of these from 5 to 10
-// kernels (and as many passes over the activations); on a CPU, where a training step is bound by
-// its matrix products, those passes were a fifth of the step (docs/PERFORMANCE.md).
+// rotary embeddings, SwiGLU, attention's softmax and the cross-entropy of a language-model
+// head, each one autograd node with a hand-written forward and backward. LibTorch composes each
+// of these from 5 to 10 kernels (and as many passes over the activations); on a CPU, where a
+// training step is bound by its matrix products, those passes were a fifth of the step
+// (docs/PERFORMANCE.md).
 //
 // The fused kernels run for fp32 CPU tensors; anything else (CUDA, bf16) takes LibTorch's
 // composite ops, the same math (for attention, LibTorch's fused attention where it has one).
