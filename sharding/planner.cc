@@ -37,6 +37,22 @@ struct ModelStates {
 };
 
 // Per-rank bytes of one configuration, following ZeroEngine::memory() and its schedule.
+// Bytes per token and layer that the attention keeps for backward, by the kernel that runs it
+// (worker/models/fused_ops.h): an explicit softmax keeps the heads x S scores in the compute
+// dtype and their fp32 probabilities; shardtune's fp32 CPU attention the probabilities alone; on
+// GPUs, LibTorch 2's fused attention (flash or memory-efficient) no scores at all, only an fp32
+// log-sum-exp per head. BERT always takes the explicit softmax.
+double AttentionBytesPerToken(const PlanInput& in) {
+  const ModelConfig& c = in.model;
+  const double heads = static_cast<double>(c.num_attention_heads()), seq = static_cast<double>(in.seq_len);
+  const bool llama = c.family != ModelFamily::kBert;
+#ifdef SHARDTUNE_FUSED_GPU_ATTENTION
+  if (llama && in.on_gpu) return heads * 4;
+#endif
+  if (llama && !in.on_gpu && in.dtype == ComputeDType::kFp32) return heads * seq * 4;
+  return heads * seq * static_cast<double>(Bytes(in.dtype) + 4);
+}
+
 ModelStates Estimate(const PlanInput& in, const Plan& plan) {
   const ModelConfig& c = in.model;
   const int64_t b = Bytes(in.dtype);
@@ -80,8 +96,8 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
   if (in.zero_stage >= 2 && full) m.buffers += kUnitGradientsInFlight * largest_padded * 4;
   // Activations, per micro-batch of B x S tokens. Per token and layer the forward saves about
   // 10 h (norms, residuals, projections' outputs) + 4 q (q, rotated q, repeated k and v) + 3 kv
-  // + 4 f (gate, up, their product) values, and the attention's scores and probabilities
-  // (heads x S, the softmax in fp32). Checkpointing keeps each layer's input and one layer's
+  // + 4 f (gate, up, their product) values, and what the attention keeps of its heads x S
+  // scores (AttentionBytesPerToken). Checkpointing keeps each layer's input and one layer's
   // whole activations while it is recomputed. The logits and their gradient are fp32.
   const double tokens = static_cast<double>(in.micro_batch) * static_cast<double>(in.seq_len);
   // (BERT's layer saves about as much: its GELU input and output stand in for gate and up.)
@@ -90,9 +106,7 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
   const double h = static_cast<double>(c.hidden_size());
   const double f =
       static_cast<double>(c.family == ModelFamily::kBert ? c.bert.intermediate_size : c.llama.intermediate_size);
-  const double per_layer =
-      tokens * ((10 * h + 4 * q + 3 * kv + 4 * f) * b +
-                static_cast<double>(c.num_attention_heads()) * static_cast<double>(in.seq_len) * (b + 4));
+  const double per_layer = tokens * ((10 * h + 4 * q + 3 * kv + 4 * f) * b + AttentionBytesPerToken(in));
   const double layers = static_cast<double>(c.num_layers());
   const double saved = in.activation_checkpointing ? layers * tokens * h * b + per_layer : layers * per_layer;
   const int64_t logits = c.task() == ModelTask::kCausalLm ? c.vocab_size() : c.num_labels();
