@@ -36,12 +36,12 @@ struct ModelStates {
   MemoryByKind device, host;
 };
 
-// Per-rank bytes of one configuration, following ZeroEngine::memory() and its schedule.
 // Bytes per token and layer that the attention keeps for backward, by the kernel that runs it
 // (worker/models/fused_ops.h): an explicit softmax keeps the heads x S scores in the compute
-// dtype and their fp32 probabilities; shardtune's fp32 CPU attention the probabilities alone; on
-// GPUs, LibTorch 2's fused attention (flash or memory-efficient) no scores at all, only an fp32
-// log-sum-exp per head. BERT always takes the explicit softmax.
+// dtype and their fp32 probabilities; shardtune's fp32 CPU attention the probabilities alone
+// (without attention dropout); on GPUs, the fused attention of LibTorch 2.2 and later (flash, or
+// memory-efficient with a mask) no scores at all, only an fp32 log-sum-exp per head. BERT
+// always takes the explicit softmax.
 double AttentionBytesPerToken(const PlanInput& in) {
   const ModelConfig& c = in.model;
   const double heads = static_cast<double>(c.num_attention_heads()), seq = static_cast<double>(in.seq_len);
@@ -49,10 +49,12 @@ double AttentionBytesPerToken(const PlanInput& in) {
 #ifdef SHARDTUNE_FUSED_GPU_ATTENTION
   if (llama && in.on_gpu) return heads * 4;
 #endif
-  if (llama && !in.on_gpu && in.dtype == ComputeDType::kFp32) return heads * seq * 4;
+  const bool cpu_fused = llama && !in.on_gpu && in.dtype == ComputeDType::kFp32 && c.llama.attention_dropout == 0;
+  if (cpu_fused) return heads * seq * 4;
   return heads * seq * static_cast<double>(Bytes(in.dtype) + 4);
 }
 
+// Per-rank bytes of one configuration, following ZeroEngine::memory() and its schedule.
 ModelStates Estimate(const PlanInput& in, const Plan& plan) {
   const ModelConfig& c = in.model;
   const int64_t b = Bytes(in.dtype);

@@ -1,6 +1,7 @@
 #include "worker/models/fused_ops.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <fmt/ranges.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/version.h>
@@ -199,10 +200,13 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
 at::Tensor HeadOf(const at::Tensor& x, int64_t b, int64_t h) { return x.select(0, b).select(1, h); }
 
 // One (batch, key-value head) pair per task: the query heads of a group share its keys and
-// values and add into their gradients, so a group stays on one thread.
+// values and add into their gradients, so a group stays on one thread. The tasks run tensor ops
+// on views of inputs that require grad, and intra-op threads do not inherit the caller's grad
+// mode: each task turns it off itself.
 template <typename F>
 void ForKvHeads(int64_t batch, int64_t kv_heads, const F& f) {
   at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    at::NoGradGuard no_grad;
     for (int64_t i = begin; i < end; ++i) f(i / kv_heads, i % kv_heads);
   });
 }
@@ -288,8 +292,9 @@ at::Tensor CompositeAttention(const at::Tensor& q, const at::Tensor& k, const at
   };
   const at::Tensor qh = q.transpose(1, 2), kh = repeat_kv(k), vh = repeat_kv(v);
 #if TORCH_VERSION_MAJOR >= 2
-  const at::Tensor context = causal ? at::scaled_dot_product_attention(qh, kh, vh, std::nullopt, dropout, true)
-                                    : at::scaled_dot_product_attention(qh, kh, vh, mask, dropout, false);
+  const at::Tensor context =
+      causal ? at::scaled_dot_product_attention(qh, kh, vh, c10::optional<at::Tensor>(), dropout, true)
+             : at::scaled_dot_product_attention(qh, kh, vh, mask, dropout, false);
 #else
   (void)causal;
   const int64_t t = kh.size(2);

@@ -49,9 +49,9 @@ struct LlamaWeights {
 LlamaWeights BindLlamaWeights(const LlamaConfig& config, const TensorLookup& lookup);
 LlamaLayerWeights BindLlamaLayer(const LlamaConfig& config, int64_t layer, const TensorLookup& lookup);
 
-// Keys and values of the positions seen so far, per layer, after RoPE: (batch, kv_heads, T, head_dim).
+// Keys and values of the positions seen so far, per layer, after RoPE: (batch, T, kv_heads, head_dim).
 struct KvCache {
-  std::vector<at::Tensor> keys;  // per layer, (B, T, kv_heads, D)
+  std::vector<at::Tensor> keys;
   std::vector<at::Tensor> values;
   int64_t length = 0;  // positions cached (prompt tuning's virtual tokens included, a prefix's not)
 };

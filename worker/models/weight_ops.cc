@@ -48,9 +48,10 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
   }
 };
 
-// The gradient of each looked-up row is added into the row of its id: scattered into the
-// weight's slot where it has one (zeroed first unless this micro-batch already wrote there),
-// otherwise into a full gradient, zero but for the rows named.
+// On CPUs the gradient of each looked-up row is added into the row of its id, scattered into
+// the weight's slot where it has one (zeroed first unless this micro-batch already wrote there).
+// Elsewhere, and without a slot, LibTorch's own backward: on CUDA it sums each row in fp32 and
+// in a fixed order, where a scatter would add bf16 rows by atomics in any order.
 class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& ids,
@@ -64,17 +65,18 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &weight = saved[0], &ids = saved[1];
     const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
+    GradientSlot* slot = FindGradientSlot(weight);
+    if (slot == nullptr || !weight.is_cpu() || slot->tensor.scalar_type() != grads[0].scalar_type()) {
+      return {at::embedding_dense_backward(grads[0], ids, weight.size(0), padding_idx, /*scale_grad_by_freq=*/false),
+              at::Tensor(), at::Tensor()};
+    }
     const at::Tensor index = ids.reshape({-1});
     at::Tensor rows = grads[0].reshape({-1, weight.size(1)});
     if (padding_idx >= 0) rows = rows * (index != padding_idx).unsqueeze(1).to(rows.scalar_type());
-    GradientSlot* slot = FindGradientSlot(weight);
-    if (slot != nullptr && slot->tensor.scalar_type() == rows.scalar_type()) {
-      if (!slot->written) slot->tensor.zero_();
-      slot->tensor.index_add_(0, index, rows);
-      slot->written = true;
-      return {at::Tensor(), at::Tensor(), at::Tensor()};
-    }
-    return {at::zeros_like(weight).index_add_(0, index, rows), at::Tensor(), at::Tensor()};
+    if (!slot->written) slot->tensor.zero_();
+    slot->tensor.index_add_(0, index, rows);
+    slot->written = true;
+    return {at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
