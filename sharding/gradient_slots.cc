@@ -21,14 +21,13 @@ Registry& Slots() {
 
 }  // namespace
 
-ScopedGradientSlots::ScopedGradientSlots(const std::vector<at::Tensor>& parameters, std::vector<GradientSlot>& slots) {
-  ST_CHECK(parameters.size() == slots.size(), "{} parameters but {} gradient slots", parameters.size(), slots.size());
+ScopedGradientSlots::ScopedGradientSlots(std::vector<GradientSlot>& slots) {
   Registry& registry = Slots();
   std::lock_guard<std::mutex> lock(registry.mutex);
-  for (size_t i = 0; i < parameters.size(); ++i) {
-    if (!slots[i].tensor.defined()) continue;
-    const void* key = parameters[i].unsafeGetTensorImpl();
-    ST_CHECK(registry.slots.emplace(key, &slots[i]).second, "a parameter's gradient slot is installed twice");
+  for (GradientSlot& slot : slots) {
+    if (!slot.gradient.defined()) continue;
+    const void* key = slot.parameter.unsafeGetTensorImpl();
+    ST_CHECK(registry.slots.emplace(key, &slot).second, "a parameter's gradient slot is installed twice");
     keys_.push_back(key);
   }
 }

@@ -17,15 +17,16 @@
 namespace shardtune {
 
 struct GradientSlot {
-  at::Tensor tensor;     // the parameter's gradient in the buffer, in its shape; undefined: none
+  at::Tensor parameter;  // the very tensor the unit computes with: what ops look the slot up by
+  at::Tensor gradient;   // its gradient's place in the buffer, in its shape; undefined: none
   bool written = false;  // the buffer holds a contribution of this micro-batch already: add to it
 };
 
-// Installs, for its lifetime, slots[i] as the slot of parameters[i] (undefined slots skipped).
+// Installs, for its lifetime, each slot that has a gradient place, under its parameter.
 // Process-wide rather than thread-local: autograd runs a graph's CUDA ops on its own threads.
 class ScopedGradientSlots {
  public:
-  ScopedGradientSlots(const std::vector<at::Tensor>& parameters, std::vector<GradientSlot>& slots);
+  explicit ScopedGradientSlots(std::vector<GradientSlot>& slots);
   ~ScopedGradientSlots();
   ScopedGradientSlots(const ScopedGradientSlots&) = delete;
   ScopedGradientSlots& operator=(const ScopedGradientSlots&) = delete;

@@ -91,12 +91,10 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     for (const auto& [name, tensor] : params.all()) {
       if (tensor.requires_grad()) inputs.push_back(tensor);
     }
-    std::vector<at::Tensor> parameters;
-    for (const auto& [name, tensor] : params.all()) parameters.push_back(tensor);
     std::vector<GradientSlot> slots = engine.GradientSlotsFor(params);
     variable_list grads;
     if (!inputs.empty() && output.requires_grad()) {
-      const ScopedGradientSlots installed(parameters, slots);
+      const ScopedGradientSlots installed(slots);
       grads = torch::autograd::grad({output}, inputs, {grad_outputs[0]}, /*retain_graph=*/false,
                                     /*create_graph=*/false, /*allow_unused=*/true);
     } else {

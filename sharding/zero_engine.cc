@@ -295,12 +295,13 @@ std::vector<GradientSlot> ZeroEngine::GradientSlotsFor(const UnitParameters& par
   std::vector<GradientSlot> slots;
   for (const auto& [name, tensor] : params.all()) {
     GradientSlot& slot = slots.emplace_back();
+    slot.parameter = tensor;
     if (!tensor.requires_grad() || tensor.scalar_type() != at::kFloat) continue;
     Unit& unit = *units_[UnitOf(name)];
     EnsureGradientBuffer(unit);
     const size_t k = unit.IndexOf(name);
     const ParameterSlot& place = unit.layout->parameters[k];
-    slot.tensor = unit.full_grad.narrow(0, place.offset, place.numel).view(tensor.sizes());
+    slot.gradient = unit.full_grad.narrow(0, place.offset, place.numel).view(tensor.sizes());
     slot.written = unit.grad_written[k];
   }
   return slots;

@@ -31,19 +31,20 @@ TEST(Linear, WritesTheWeightGradientIntoItsSlotOrReturnsIt) {
   // With a slot: written there (over whatever the buffer held), then added on the second use.
   std::vector<GradientSlot> slots(1);
   const at::Tensor buffer = at::full({30}, 123.0f);
-  slots[0].tensor = buffer.narrow(0, 3, 24).view({4, 6});
+  slots[0].gradient = buffer.narrow(0, 3, 24).view({4, 6});
   const at::Tensor slotted = weight.detach().clone().set_requires_grad(true);
+  slots[0].parameter = slotted;
   {
-    const ScopedGradientSlots installed({slotted}, slots);
+    const ScopedGradientSlots installed(slots);
     EXPECT_EQ(FindGradientSlot(slotted), &slots[0]);
     EXPECT_EQ(FindGradientSlot(weight), nullptr);
     const auto grads = torch::autograd::grad({(Linear(x, slotted, at::Tensor()) * upstream).sum()}, {slotted}, {},
                                              /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
     EXPECT_FALSE(grads[0].defined());  // nothing to copy: it is in the slot
     EXPECT_TRUE(slots[0].written);
-    EXPECT_TRUE(at::allclose(slots[0].tensor, expected, 1e-5, 1e-6));
+    EXPECT_TRUE(at::allclose(slots[0].gradient, expected, 1e-5, 1e-6));
     (Linear(x, slotted, at::Tensor()) * upstream).sum().backward();
-    EXPECT_TRUE(at::allclose(slots[0].tensor, 2 * expected, 1e-5, 1e-6));
+    EXPECT_TRUE(at::allclose(slots[0].gradient, 2 * expected, 1e-5, 1e-6));
   }
   EXPECT_EQ(FindGradientSlot(slotted), nullptr);  // uninstalled with the scope
   EXPECT_EQ(buffer[0].item<float>(), 123.0f);     // only the slot's elements were written
@@ -66,15 +67,16 @@ TEST(Embedding, ScattersTheWeightGradientIntoItsSlotOrReturnsIt) {
   EXPECT_TRUE(at::allclose(weight.grad(), expected, 1e-6, 1e-7));
 
   std::vector<GradientSlot> slots(1);
-  slots[0].tensor = at::full({7, 4}, 55.0f);  // a buffer's stale contents, to be overwritten
+  slots[0].gradient = at::full({7, 4}, 55.0f);  // a buffer's stale contents, to be overwritten
   const at::Tensor slotted = reference.detach().clone().set_requires_grad(true);
-  const ScopedGradientSlots installed({slotted}, slots);
+  slots[0].parameter = slotted;
+  const ScopedGradientSlots installed(slots);
   (Embedding(slotted, ids, padding) * upstream).sum().backward();
   EXPECT_FALSE(slotted.grad().defined());
   EXPECT_TRUE(slots[0].written);
-  EXPECT_TRUE(at::allclose(slots[0].tensor, expected, 1e-6, 1e-7));
+  EXPECT_TRUE(at::allclose(slots[0].gradient, expected, 1e-6, 1e-7));
   (Embedding(slotted, ids, padding) * upstream).sum().backward();
-  EXPECT_TRUE(at::allclose(slots[0].tensor, 2 * expected, 1e-6, 1e-7));
+  EXPECT_TRUE(at::allclose(slots[0].gradient, 2 * expected, 1e-6, 1e-7));
 }
 
 }  // namespace

@@ -33,11 +33,11 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     if (ctx->needs_input_grad(1)) {
       const at::Tensor rows = x.reshape({-1, weight.size(1)});
       GradientSlot* slot = FindGradientSlot(weight);
-      if (slot != nullptr && slot->tensor.scalar_type() == g.scalar_type()) {
+      if (slot != nullptr && slot->gradient.scalar_type() == g.scalar_type()) {
         if (slot->written) {
-          slot->tensor.addmm_(g.t(), rows);
+          slot->gradient.addmm_(g.t(), rows);
         } else {
-          at::mm_out(slot->tensor, g.t(), rows);
+          at::mm_out(slot->gradient, g.t(), rows);
           slot->written = true;
         }
       } else {
@@ -66,15 +66,15 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
     const at::Tensor &weight = saved[0], &ids = saved[1];
     const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
     GradientSlot* slot = FindGradientSlot(weight);
-    if (slot == nullptr || !weight.is_cpu() || slot->tensor.scalar_type() != grads[0].scalar_type()) {
+    if (slot == nullptr || !weight.is_cpu() || slot->gradient.scalar_type() != grads[0].scalar_type()) {
       return {at::embedding_dense_backward(grads[0], ids, weight.size(0), padding_idx, /*scale_grad_by_freq=*/false),
               at::Tensor(), at::Tensor()};
     }
     const at::Tensor index = ids.reshape({-1});
     at::Tensor rows = grads[0].reshape({-1, weight.size(1)});
     if (padding_idx >= 0) rows = rows * (index != padding_idx).unsqueeze(1).to(rows.scalar_type());
-    if (!slot->written) slot->tensor.zero_();
-    slot->tensor.index_add_(0, index, rows);
+    if (!slot->written) slot->gradient.zero_();
+    slot->gradient.index_add_(0, index, rows);
     slot->written = true;
     return {at::Tensor(), at::Tensor(), at::Tensor()};
   }
