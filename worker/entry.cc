@@ -1,6 +1,7 @@
 #include "worker/entry.h"
 
 #include <ATen/Parallel.h>
+#include <omp.h>
 #include <spdlog/spdlog.h>
 
 #include <thread>
@@ -25,7 +26,12 @@ void SetThreadsPerRank() {
   if (local_size == nullptr || std::getenv("OMP_NUM_THREADS") != nullptr) return;
   const int ranks = std::max(1, std::atoi(local_size));
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(std::max(1, cores / ranks));
+  const int threads = std::max(1, cores / ranks);
+  at::set_num_threads(threads);
+  // shardtune's own parallel loops run on the OpenMP runtime this binary links. It is LibTorch's
+  // own with Debian's LibTorch, but a pip wheel's LibTorch bundles a private copy, whose thread
+  // count at::set_num_threads alone would set.
+  omp_set_num_threads(threads);
 }
 
 // sharding.backend: an NCCL group on this rank's GPU when asked for, or when `auto` finds one;

@@ -2,9 +2,12 @@
 // on shapes with odd sizes (vector tails), per-batch rotary angles and ignored targets.
 #include "worker/models/fused_ops.h"
 
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <mutex>
+#include <set>
 #include <functional>
 #include <limits>
 #include <vector>
@@ -162,6 +165,41 @@ TEST(FusedOps, CompositeAttentionMatchesTheExplicitSoftmax) {
         {q, k, v}, [&](const std::vector<at::Tensor>& x) { return Attention(x[0], x[1], x[2], mask, is_causal, 0.0); },
         [&](const std::vector<at::Tensor>& x) { return ReferenceAttention(x[0], x[1], x[2], mask); }, 1e-5, 1e-6);
   }
+}
+
+// shardtune's loops (at::parallel_for in the attention, the kernels and the optimizer) run on
+// LibTorch's intra-op threads only where OpenMP is compiled in; they split work by rows and heads,
+// so the thread count must not change a single bit.
+TEST(FusedOps, KernelsRunOnEveryIntraOpThreadWithTheSameResult) {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  std::mutex mutex;
+  std::set<int> seen;
+  at::parallel_for(0, 2, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mutex);
+    seen.insert(at::get_thread_num());
+  });
+  EXPECT_EQ(seen.size(), 2u) << "at::parallel_for ran on one thread: built without OpenMP?";
+
+  at::manual_seed(7);
+  const int64_t b = 2, s = 33, heads = 4, d = 16;
+  const at::Tensor q = at::randn({b, s, heads, d}), k = at::randn({b, s, heads, d}), v = at::randn({b, s, heads, d});
+  const at::Tensor mask = CausalMask(s, s, {0, 3}, at::kFloat);
+  const at::Tensor x = at::randn({b, s, 1024}), weight = at::randn({1024});  // above SwiGlu's grain
+  auto run = [&](int n) {
+    at::set_num_threads(n);
+    std::vector<at::Tensor> leaves = {q.clone().set_requires_grad(true), k.clone().set_requires_grad(true),
+                                      v.clone().set_requires_grad(true), x.clone().set_requires_grad(true)};
+    const at::Tensor attention = Attention(leaves[0], leaves[1], leaves[2], mask, false, 0.0);
+    const at::Tensor mlp = SwiGlu(RmsNorm(leaves[3], weight, 1e-5), leaves[3]);
+    (attention.pow(2).sum() + mlp.pow(2).sum()).backward();
+    std::vector<at::Tensor> results = {attention.detach(), mlp.detach()};
+    for (const at::Tensor& leaf : leaves) results.push_back(leaf.grad());
+    return results;
+  };
+  const auto one = run(1), two = run(2);
+  at::set_num_threads(threads);
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(at::equal(one[i], two[i])) << "result " << i;
 }
 
 }  // namespace
