@@ -32,7 +32,9 @@ struct UnitCall {
 };
 
 // Calls between their forward and their backward, by id. An autograd context can carry only
-// IValues, so it carries the id. Only the training thread runs forward and backward.
+// IValues, so it carries the id. One thread at a time runs forward or backward: the training
+// thread, or (for a backward on a GPU) autograd's thread for that device while the training
+// thread waits in backward().
 std::unordered_map<int64_t, std::shared_ptr<UnitCall>>& Calls() {
   static std::unordered_map<int64_t, std::shared_ptr<UnitCall>> calls;
   return calls;

@@ -5,11 +5,13 @@
 # collectives, CPU-vs-GPU training at ZeRO stages 0 and 3), then the GPU benchmark.
 #   bench/gpu/device-check.sh [LOG_DIR]     (default $OUT, else device-logs/)
 # TORCH_CMAKE_PREFIX names another LibTorch than the one of python3's torch.
-# Each stage's log lands in LOG_DIR; a failed stage does not stop the ones after it that can run.
+# Each stage's log lands in LOG_DIR (7 files: the device tool returns at most 8); a failed stage
+# does not stop the ones after it that can run. The stages' limits add up to 560 s, inside the
+# device tool's 600 s a command: run it with timeout_s 600 and carry [".device"].
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 logs=$(realpath -m "${1:-${OUT:-device-logs}}")
-build=build-gpu
+build=build-device  # not build-gpu, which may be configured against another LibTorch
 deps=/tmp/shardtune-deps
 mkdir -p "$logs" "$deps"
 started=$SECONDS
@@ -67,8 +69,8 @@ if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/include/nccl.h" ]; then
   nccl_args=(-DNCCL_INCLUDE_DIR="$nccl_dir/include" -DNCCL_LIBRARY="$(ls "$nccl_dir"/lib/libnccl.so* | head -n 1)")
 fi
 # The cheapest things that could fail first: the packed mpirun starting a rank.
-stage preflight 60 mpirun -np 1 true || exit 1
-stage configure 120 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+stage preflight 30 mpirun -np 1 true || exit 1
+stage configure 80 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_PREFIX_PATH="$deps/usr;$torch_prefix" -DCMAKE_EXE_LINKER_FLAGS="-Wl,--disable-new-dtags -Wl,-rpath-link,$libs" \
   -DMPI_C_COMPILER="$deps/wrap/mpicc.openmpi" -DMPIEXEC_EXECUTABLE="$deps/wrap/mpirun" \
   -DPKG_CONFIG_EXECUTABLE="$deps/wrap/pkg-config" -DPROTOC_EXECUTABLE="$deps/wrap/protoc" \
@@ -81,7 +83,7 @@ torch_lib=$(grep -m 1 '^TORCH_LIBRARY:' "$build/CMakeCache.txt" | cut -d= -f2)
 echo "protobuf symbols exported by LibTorch: $(nm -D --defined-only "$(dirname "$torch_lib")"/libtorch_cpu.so* 2> /dev/null |
   grep -c _ZN6google8protobuf)" | tee -a "$logs/summary.txt"
 # Only what the checks run: the rest of the project builds in CI.
-stage build 360 cmake --build "$build" -j "$(nproc)" --target shardtune shardtune-worker gemm_peak nccl_mpi_test || exit 1
-SHARDTUNE_REQUIRE_GPU=1 stage ctest-gpu 240 ctest --test-dir "$build" -L gpu --output-on-failure --timeout 200
-stage bench 300 bash bench/gpu/run.sh "$build" && cat "$logs/bench.log"
+stage build 200 cmake --build "$build" -j "$(nproc)" --target shardtune shardtune-worker gemm_peak nccl_mpi_test || exit 1
+SHARDTUNE_REQUIRE_GPU=1 stage ctest-gpu 100 ctest --test-dir "$build" -L gpu --output-on-failure --timeout 90
+stage bench 150 bash bench/gpu/run.sh "$build" && cat "$logs/bench.log"
 echo "total: $((SECONDS - started)) s" | tee -a "$logs/summary.txt"

@@ -6,8 +6,9 @@
 //   same dtype and element count (ReduceScatter: input = size() x output; AllGather: output =
 //   size() x input). A rank that issues a different sequence makes the group hang until the
 //   collective timeout fires on every rank.
-// - Calls are made from one thread (the training thread). They return at once with a Work
-//   handle; the operation runs in issue order, overlapping whatever the caller computes next.
+// - Calls are made by one thread at a time: the training thread, or, while a unit's backward
+//   runs on a GPU, autograd's thread for that device. They return at once with a Work handle;
+//   the operation runs in issue order, overlapping whatever the caller computes next.
 // - The caller owns the tensors and must keep them alive, contiguous and untouched (inputs and
 //   outputs alike) until Wait() returns. Sums are in the tensors' dtype (fp32, bf16 or fp16).
 // - Wait() throws CollectiveError when the operation has not finished within the group's
@@ -97,6 +98,21 @@ class Communicator {
     std::atomic<int64_t> waited_ns{0};
   };
   void CountSent(int64_t bytes) { bytes_sent_ += bytes; }
+  // The contract's operands, checked before anything is issued (a wrong size would read or
+  // write past a buffer): contiguous and on this group's device; for reduce-scatter and
+  // all-gather, a whole of size() parts of one dtype.
+  void CheckOperand(const char* op, const at::Tensor& tensor) const {
+    ST_CHECK(tensor.is_contiguous() && tensor.device() == device(),
+             "{} in {} needs a contiguous tensor on {}, got {}{}", op, name(), device().str(),
+             tensor.is_contiguous() ? "" : "a strided one on ", tensor.device().str());
+  }
+  void CheckParts(const char* op, const at::Tensor& whole, const at::Tensor& part) const {
+    CheckOperand(op, whole);
+    CheckOperand(op, part);
+    ST_CHECK(whole.scalar_type() == part.scalar_type() && whole.numel() == part.numel() * size(),
+             "{} in {}: {} {} elements are not {} x {} {}", op, name(), whole.numel(),
+             c10::toString(whole.scalar_type()), size(), part.numel(), c10::toString(part.scalar_type()));
+  }
   const std::shared_ptr<Times>& times() const { return times_; }
 
  private:
@@ -124,18 +140,22 @@ class SingleProcessCommunicator : public Communicator {
   int size() const override { return 1; }
   int world_rank() const override { return 0; }
   std::string name() const override { return name_; }
-  std::unique_ptr<Work> AllReduceSum(at::Tensor&, const CollectiveTag&) override {
+  std::unique_ptr<Work> AllReduceSum(at::Tensor& tensor, const CollectiveTag&) override {
+    CheckOperand("all_reduce", tensor);
     return std::make_unique<DoneWork>();
   }
   std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output, const CollectiveTag&) override {
+    CheckParts("reduce_scatter", input, output);
     if (!input.is_same(output)) output.copy_(input.view_as(output));
     return std::make_unique<DoneWork>();
   }
   std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag&) override {
+    CheckParts("all_gather", output, input);
     if (!input.is_same(output)) output.copy_(input.view_as(output));
     return std::make_unique<DoneWork>();
   }
-  std::unique_ptr<Work> Broadcast(at::Tensor&, int, const CollectiveTag&) override {
+  std::unique_ptr<Work> Broadcast(at::Tensor& tensor, int, const CollectiveTag&) override {
+    CheckOperand("broadcast", tensor);
     return std::make_unique<DoneWork>();
   }
   void Barrier(const CollectiveTag&) override {}

@@ -240,7 +240,7 @@ class MpiCommunicator : public Communicator {
   std::string name() const override { return name_; }
 
   std::unique_ptr<Work> AllReduceSum(at::Tensor& tensor, const CollectiveTag& tag) override {
-    CheckContiguous(tensor, "all_reduce");
+    CheckOperand("all_reduce", tensor);
     const TypeAndOp t = MpiTypeOf(tensor);
     void* data = tensor.data_ptr();
     const int count = Count(tensor);
@@ -256,10 +256,7 @@ class MpiCommunicator : public Communicator {
 
   std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output,
                                          const CollectiveTag& tag) override {
-    CheckContiguous(input, "reduce_scatter");
-    CheckContiguous(output, "reduce_scatter");
-    ST_CHECK(input.numel() == output.numel() * size_, "reduce_scatter input {} != {} x output {}", input.numel(), size_,
-             output.numel());
+    CheckParts("reduce_scatter", input, output);
     const TypeAndOp t = MpiTypeOf(input);
     const void* in = input.data_ptr();
     void* out = output.data_ptr();
@@ -275,10 +272,7 @@ class MpiCommunicator : public Communicator {
   }
 
   std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
-    CheckContiguous(input, "all_gather");
-    CheckContiguous(output, "all_gather");
-    ST_CHECK(output.numel() == input.numel() * size_, "all_gather output {} != {} x input {}", output.numel(), size_,
-             input.numel());
+    CheckParts("all_gather", output, input);
     const TypeAndOp t = MpiTypeOf(input);
     const void* in = input.data_ptr();
     void* out = output.data_ptr();
@@ -294,7 +288,7 @@ class MpiCommunicator : public Communicator {
   }
 
   std::unique_ptr<Work> Broadcast(at::Tensor& tensor, int root, const CollectiveTag& tag) override {
-    CheckContiguous(tensor, "broadcast");
+    CheckOperand("broadcast", tensor);
     const TypeAndOp t = MpiTypeOf(tensor);
     void* data = tensor.data_ptr();
     const int count = Count(tensor);
@@ -328,9 +322,6 @@ class MpiCommunicator : public Communicator {
   }
 
  private:
-  void CheckContiguous(const at::Tensor& tensor, const char* what) const {
-    ST_CHECK(tensor.is_contiguous() && tensor.device().is_cpu(), "{} needs a contiguous CPU tensor", what);
-  }
   static int Count(const at::Tensor& tensor) {
     ST_CHECK(tensor.numel() <= INT32_MAX, "MPI count {} exceeds int", tensor.numel());
     return static_cast<int>(tensor.numel());

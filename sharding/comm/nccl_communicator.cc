@@ -2,13 +2,22 @@
 
 #include <cuda_runtime.h>
 #include <nccl.h>
+#include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <thread>
+
+#include "common/exit_codes.h"
+
+#if NCCL_VERSION_CODE < NCCL_VERSION(2, 18, 0)
+#error "the NCCL backend needs NCCL 2.18 or later (ncclCommSplit); sharding/CMakeLists.txt leaves older ones out"
+#endif
 
 namespace shardtune {
 
@@ -47,14 +56,65 @@ ncclDataType_t NcclType(const at::Tensor& tensor) {
   }
 }
 
-// A communicator and whether it was aborted (after which it must not be destroyed again).
+// Set once a collective of this process has failed or timed out. The process is then going
+// down (its caller fails the job, and MPI takes the other ranks down), and NCCL's teardown would
+// wait for work that never finishes: ncclCommDestroy flushes pending collectives, and
+// ncclCommAbort itself may wait for the peers (NVIDIA/nccl#863).
+std::atomic<bool> g_failed{false};
+
+[[noreturn]] void FailCollective(const std::string& message) {
+  g_failed = true;
+  throw CollectiveError(message);
+}
+
+// An NCCL communicator and the stream its collectives run on, shared by every group of the
+// same ranks in the same order (and by the Work handles still in flight on it).
 struct NcclState {
   ncclComm_t comm = nullptr;
-  std::atomic<bool> aborted{false};
-  void Abort() {
-    if (!aborted.exchange(true)) ncclCommAbort(comm);
+  cudaStream_t stream = nullptr;
+  NcclState() { ST_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking)); }
+  NcclState(const NcclState&) = delete;
+  NcclState& operator=(const NcclState&) = delete;
+  ~NcclState() {
+    // After a failure, or while an error unwinds towards the job's end, leave both to the
+    // process's exit rather than risk waiting on a peer that is gone.
+    if (g_failed || std::uncaught_exceptions() > 0) return;
+    if (comm != nullptr) ncclCommDestroy(comm);
+    cudaStreamDestroy(stream);
   }
 };
+
+// Runs `create` (NCCL's communicator creation, which blocks and has no timeout of its own)
+// while a watchdog waits. If it has not returned within the timeout (a peer stalled, or never
+// came), the watchdog logs what hung and ends the process: mpirun or srun then end the job.
+template <typename Create>
+void CreateWithinTimeout(const std::string& what, double timeout_s, Create create) {
+  std::mutex mutex;
+  std::condition_variable returned;
+  bool done = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mutex);
+    if (returned.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return done; })) return;
+    spdlog::error("{} did not complete within the collective timeout of {} s", what, timeout_s);
+    spdlog::default_logger()->flush();
+    std::_Exit(kExitFailed);
+  });
+  auto finish = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      done = true;
+    }
+    returned.notify_one();
+    watchdog.join();
+  };
+  try {
+    create();
+  } catch (...) {
+    finish();
+    throw;
+  }
+  finish();
+}
 
 class NcclWork : public Work {
  public:
@@ -73,19 +133,13 @@ class NcclWork : public Work {
     for (;;) {
       const cudaError_t state = cudaEventQuery(done_);
       if (state == cudaSuccess) break;
-      if (state != cudaErrorNotReady)
-        throw CollectiveError(fmt::format("{} failed: {}", what_, cudaGetErrorString(state)));
+      if (state != cudaErrorNotReady) FailCollective(fmt::format("{} failed: {}", what_, cudaGetErrorString(state)));
       ncclResult_t async = ncclSuccess;
       ncclCommGetAsyncError(state_->comm, &async);
-      if (async != ncclSuccess && async != ncclInProgress) {
-        state_->Abort();
-        throw CollectiveError(fmt::format("{} failed: {}", what_, ncclGetErrorString(async)));
-      }
-      if (std::chrono::steady_clock::now() > deadline) {
-        state_->Abort();
-        throw CollectiveError(
-            fmt::format("{} did not complete within the collective timeout of {} s", what_, timeout_s_));
-      }
+      if (async != ncclSuccess && async != ncclInProgress)
+        FailCollective(fmt::format("{} failed: {}", what_, ncclGetErrorString(async)));
+      if (std::chrono::steady_clock::now() > deadline)
+        FailCollective(fmt::format("{} did not complete within the collective timeout of {} s", what_, timeout_s_));
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     ST_CUDA_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, done_, 0));
@@ -103,8 +157,8 @@ class NcclWork : public Work {
 
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(Communicator& bootstrap, double timeout_s, std::unique_ptr<Communicator> owned_bootstrap = nullptr)
-      : owned_bootstrap_(std::move(owned_bootstrap)), bootstrap_(bootstrap), timeout_s_(timeout_s) {
+  // A new NCCL communicator over the ranks of `bootstrap`, from a unique id rank 0 creates.
+  NcclCommunicator(Communicator& bootstrap, double timeout_s) : bootstrap_(bootstrap), timeout_s_(timeout_s) {
     ncclUniqueId id;
     if (bootstrap_.rank() == 0) ST_NCCL_CHECK(ncclGetUniqueId(&id));
     // Broadcast as int64 words (the MPI backend has no byte type for collectives).
@@ -112,18 +166,22 @@ class NcclCommunicator : public Communicator {
     std::memcpy(words.data_ptr(), &id, sizeof(id));
     bootstrap_.Broadcast(words, 0, CollectiveTag{"nccl unique id"})->Wait();
     std::memcpy(&id, words.data_ptr(), sizeof(id));
+    // Every rank holds the id before any enters NCCL's blocking creation, during which it makes
+    // no MPI progress that a peer's broadcast might still need.
+    bootstrap_.Barrier(CollectiveTag{"nccl unique id"});
     ST_CUDA_CHECK(cudaGetDevice(&device_));
-    ST_NCCL_CHECK(ncclCommInitRank(&state_->comm, bootstrap_.size(), id, bootstrap_.rank()));
-    comm_ = state_->comm;
-    ST_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    state_ = std::make_shared<NcclState>();
+    CreateWithinTimeout(fmt::format("rank {}: creating the NCCL communicator of {}", world_rank(), name()), timeout_s_,
+                        [&] { ST_NCCL_CHECK(ncclCommInitRank(&state_->comm, size(), id, rank())); });
   }
-  ~NcclCommunicator() override {
-    // ncclCommDestroy waits for pending work, which never ends when a peer is gone: during an
-    // error (an exception unwinding, or an earlier abort) abort instead.
-    if (std::uncaught_exceptions() > 0) state_->Abort();
-    if (!state_->aborted) ncclCommDestroy(state_->comm);
-    cudaStreamDestroy(stream_);
-  }
+  // A group over `bootstrap`'s ranks on an existing NCCL communicator of the same ranks.
+  NcclCommunicator(std::unique_ptr<Communicator> bootstrap, double timeout_s, std::shared_ptr<NcclState> state,
+                   int device)
+      : owned_bootstrap_(std::move(bootstrap)),
+        bootstrap_(*owned_bootstrap_),
+        timeout_s_(timeout_s),
+        state_(std::move(state)),
+        device_(device) {}
 
   int rank() const override { return bootstrap_.rank(); }
   int size() const override { return bootstrap_.size(); }
@@ -132,31 +190,34 @@ class NcclCommunicator : public Communicator {
   at::Device device() const override { return at::Device(at::kCUDA, device_); }
 
   std::unique_ptr<Work> AllReduceSum(at::Tensor& tensor, const CollectiveTag& tag) override {
+    CheckOperand("all_reduce", tensor);
     CountSent(2 * (size() - 1) * static_cast<int64_t>(tensor.nbytes()) / size());
-    return Launch("all_reduce", tag, tensor, [&] {
-      return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), ncclSum, comm_,
-                           stream_);
+    return Launch("all_reduce", tag, tensor, [&](ncclComm_t comm, cudaStream_t stream) {
+      return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), ncclSum, comm,
+                           stream);
     });
   }
   std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output,
                                          const CollectiveTag& tag) override {
+    CheckParts("reduce_scatter", input, output);
     CountSent((size() - 1) * static_cast<int64_t>(output.nbytes()));
-    return Launch("reduce_scatter", tag, input, [&] {
-      return ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), NcclType(input), ncclSum, comm_,
-                               stream_);
+    return Launch("reduce_scatter", tag, input, [&](ncclComm_t comm, cudaStream_t stream) {
+      return ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), NcclType(input), ncclSum, comm,
+                               stream);
     });
   }
   std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
+    CheckParts("all_gather", output, input);
     CountSent((size() - 1) * static_cast<int64_t>(input.nbytes()));
-    return Launch("all_gather", tag, output, [&] {
-      return ncclAllGather(input.data_ptr(), output.data_ptr(), input.numel(), NcclType(input), comm_, stream_);
+    return Launch("all_gather", tag, output, [&](ncclComm_t comm, cudaStream_t stream) {
+      return ncclAllGather(input.data_ptr(), output.data_ptr(), input.numel(), NcclType(input), comm, stream);
     });
   }
   std::unique_ptr<Work> Broadcast(at::Tensor& tensor, int root, const CollectiveTag& tag) override {
+    CheckOperand("broadcast", tensor);
     if (rank() == root) CountSent(static_cast<int64_t>(tensor.nbytes()));
-    return Launch("broadcast", tag, tensor, [&] {
-      return ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), root, comm_,
-                           stream_);
+    return Launch("broadcast", tag, tensor, [&](ncclComm_t comm, cudaStream_t stream) {
+      return ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), NcclType(tensor), root, comm, stream);
     });
   }
   void Barrier(const CollectiveTag& tag) override {
@@ -166,36 +227,43 @@ class NcclCommunicator : public Communicator {
   }
   std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) override {
     auto bootstrap = bootstrap_.Split(color, key, name);
-    Communicator& ref = *bootstrap;
-    return std::make_unique<NcclCommunicator>(ref, timeout_s_, std::move(bootstrap));
+    // A group of the same ranks in the same order (the shard group without hybrid sharding)
+    // shares this group's communicator: a second one would hold buffers of its own for every
+    // channel (hundreds of MiB per GPU at scale). Every rank must take the same branch.
+    at::Tensor differs = at::full({1}, bootstrap->size() != size() || bootstrap->rank() != rank() ? 1 : 0, at::kLong);
+    bootstrap_.AllReduceSum(differs, CollectiveTag{"splitting " + name})->Wait();
+    if (differs.item<int64_t>() == 0) {
+      return std::make_unique<NcclCommunicator>(std::move(bootstrap), timeout_s_, state_, device_);
+    }
+    auto state = std::make_shared<NcclState>();
+    CreateWithinTimeout(fmt::format("rank {}: creating the NCCL communicator of {}", world_rank(), name), timeout_s_,
+                        [&] { ST_NCCL_CHECK(ncclCommSplit(state_->comm, color, key, &state->comm, nullptr)); });
+    return std::make_unique<NcclCommunicator>(std::move(bootstrap), timeout_s_, std::move(state), device_);
   }
 
  private:
   template <typename Call>
   std::unique_ptr<Work> Launch(const char* op, const CollectiveTag& tag, const at::Tensor& tensor, Call call) {
-    ST_CHECK(tensor.is_cuda() && tensor.is_contiguous(), "{} needs a contiguous CUDA tensor", op);
     const std::string what = fmt::format("rank {}: {} of {} in {} at step {} ({} elements)", world_rank(), op,
                                          tag.bucket, name(), tag.step, tensor.numel());
     // The collective reads what the compute stream has produced so far.
     cudaEvent_t ready, done;
     ST_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
     ST_CUDA_CHECK(cudaEventRecord(ready, cudaStreamLegacy));
-    ST_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
+    ST_CUDA_CHECK(cudaStreamWaitEvent(state_->stream, ready, 0));
     cudaEventDestroy(ready);
-    const ncclResult_t result = call();
-    if (result != ncclSuccess) throw CollectiveError(fmt::format("{} failed: {}", what, ncclGetErrorString(result)));
+    const ncclResult_t result = call(state_->comm, state_->stream);
+    if (result != ncclSuccess) FailCollective(fmt::format("{} failed: {}", what, ncclGetErrorString(result)));
     ST_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-    ST_CUDA_CHECK(cudaEventRecord(done, stream_));
+    ST_CUDA_CHECK(cudaEventRecord(done, state_->stream));
     return std::make_unique<NcclWork>(state_, done, timeout_s_, what,
                                       std::shared_ptr<std::atomic<int64_t>>(times(), &times()->waited_ns));
   }
 
-  std::unique_ptr<Communicator> owned_bootstrap_;
-  Communicator& bootstrap_;
+  std::unique_ptr<Communicator> owned_bootstrap_;  // a split's MPI group
+  Communicator& bootstrap_;                        // the MPI group of the same ranks
   double timeout_s_;
-  std::shared_ptr<NcclState> state_ = std::make_shared<NcclState>();
-  ncclComm_t comm_ = nullptr;  // state_->comm
-  cudaStream_t stream_ = nullptr;
+  std::shared_ptr<NcclState> state_;
   int device_ = 0;
 };
 

@@ -57,6 +57,20 @@ TEST(Communicator, BroadcastFromTheLastRank) {
   world.Barrier(CollectiveTag{"conformance", 4});
 }
 
+// Operands the contract rules out fail before anything is issued, naming the collective (a
+// backend would otherwise read or write past a buffer).
+TEST(Communicator, RefusesOperandsOfTheWrongSizeDtypeOrLayout) {
+  Communicator& world = World();
+  const int n = world.size();
+  at::Tensor output = at::empty({4}, at::kFloat);
+  EXPECT_THROW(world.ReduceScatterSum(at::ones({4 * n + 1}, at::kFloat), output, CollectiveTag{"bad"}), Error);
+  at::Tensor gathered = at::empty({4 * n}, at::kBFloat16);
+  EXPECT_THROW(world.AllGather(at::ones({4}, at::kFloat), gathered, CollectiveTag{"bad"}), Error);
+  at::Tensor strided = at::ones({4, 2}, at::kFloat).t();
+  EXPECT_THROW(world.AllReduceSum(strided, CollectiveTag{"bad"}), Error);
+  world.Barrier(CollectiveTag{"after refusals"});  // nothing was issued: the group is still in step
+}
+
 TEST(Communicator, ManyOperationsInFlightCompleteInAnyWaitOrder) {
   Communicator& world = World();
   std::vector<at::Tensor> tensors;

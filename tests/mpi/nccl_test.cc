@@ -2,6 +2,8 @@
 // visibly, where this LibTorch has no CUDA or the machine no GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "sharding/comm/nccl_communicator.h"
 #include "world.h"
 
@@ -19,6 +21,8 @@ class NcclTest : public ::testing::Test {
     }
     if (!nccl_) nccl_ = MakeNcclCommunicator(World(), 60);
   }
+  // Before MPI finalizes (the world outlives every NCCL group it bootstrapped).
+  static void TearDownTestSuite() { nccl_.reset(); }
   static std::unique_ptr<Communicator> nccl_;
   static at::TensorOptions Cuda(at::ScalarType type) { return at::TensorOptions().dtype(type).device(at::kCUDA); }
 };
@@ -44,6 +48,42 @@ TEST_F(NcclTest, AllReduceReduceScatterAllGatherBroadcast) {
   c.Broadcast(b, 0, CollectiveTag{"nccl", 4})->Wait();
   EXPECT_EQ(b.sum().item<float>(), 28.0f);
   c.Barrier(CollectiveTag{"nccl", 5});
+}
+
+// Subgroups as the engine builds them: the whole world again (which shares the world's
+// communicator) and pairs of ranks (a communicator of their own, from ncclCommSplit); each sums
+// over its own ranks only, and the world still works after.
+TEST_F(NcclTest, SplitGroupsSumOverTheirOwnRanks) {
+  Communicator& c = *nccl_;
+  const int n = c.size(), r = c.rank();
+  auto whole = c.Split(0, r, "whole");
+  auto pair = c.Split(r / 2, r, "pair");
+  ASSERT_EQ(whole->size(), n);
+  ASSERT_EQ(pair->size(), std::min(2, n - r / 2 * 2));
+  at::Tensor a = at::full({5}, r + 1, Cuda(at::kFloat));
+  whole->AllReduceSum(a, CollectiveTag{"whole", 1})->Wait();
+  EXPECT_EQ(a[0].item<float>(), n * (n + 1) / 2.0f);
+  at::Tensor b = at::full({5}, r + 1, Cuda(at::kFloat));
+  pair->AllReduceSum(b, CollectiveTag{"pair", 1})->Wait();
+  float pair_sum = 0;
+  for (int q = r / 2 * 2; q < std::min(n, r / 2 * 2 + 2); ++q) pair_sum += q + 1;
+  EXPECT_EQ(b[4].item<float>(), pair_sum);
+  at::Tensor d = at::ones({3}, Cuda(at::kFloat));
+  c.AllReduceSum(d, CollectiveTag{"world", 2})->Wait();
+  EXPECT_EQ(d.sum().item<float>(), 3.0f * n);
+}
+
+// Operands the contract rules out fail before NCCL sees them (NCCL would read or write past a
+// buffer), naming the collective and the group.
+TEST_F(NcclTest, WrongOperandsAreRefusedBeforeTheCollective) {
+  Communicator& c = *nccl_;
+  at::Tensor output = at::empty({4}, Cuda(at::kFloat));
+  const at::Tensor short_input = at::ones({4 * c.size() - 1}, Cuda(at::kFloat));
+  EXPECT_THROW(c.ReduceScatterSum(short_input, output, CollectiveTag{"bad"}), Error);
+  at::Tensor on_cpu = at::ones({4});
+  EXPECT_THROW(c.AllReduceSum(on_cpu, CollectiveTag{"bad"}), Error);
+  at::Tensor gathered = at::empty({4 * c.size()}, Cuda(at::kBFloat16));
+  EXPECT_THROW(c.AllGather(at::ones({4}, Cuda(at::kFloat)), gathered, CollectiveTag{"bad"}), Error);
 }
 
 }  // namespace

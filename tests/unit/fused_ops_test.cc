@@ -6,10 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <mutex>
-#include <set>
 #include <functional>
 #include <limits>
+#include <mutex>
+#include <set>
 #include <vector>
 
 namespace shardtune {

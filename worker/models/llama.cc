@@ -117,12 +117,16 @@ Positions LlamaBlocks::PositionsFor(int64_t batch, int64_t seq, int64_t past, co
     const at::Tensor freqs = positions.unsqueeze(1) * inv_freq_.unsqueeze(0);
     angles = at::cat({freqs, freqs}, -1).view({1, 1, seq, config_.head_dim});
   }
+  // An attention mask of all ones hides nothing: leaving it out keeps the mask one (1, 1, S, T)
+  // for the whole batch instead of one per sequence (on a GPU, 64 MiB of bf16 a micro-batch at
+  // 8 x 2048 tokens, built and copied for nothing).
+  const at::Tensor padding =
+      attention_mask.defined() && !attention_mask.all().item<bool>() ? attention_mask : at::Tensor();
   Positions result{angles.cos().to(dtype), angles.sin().to(dtype),
-                   AttentionMask(attention_mask, document_ids, batch, seq, past, std::nullopt, dtype), at::Tensor(),
-                   /*causal=*/past == 0 && !document_ids.defined() &&
-                       (!attention_mask.defined() || attention_mask.all().item<bool>())};
+                   AttentionMask(padding, document_ids, batch, seq, past, std::nullopt, dtype), at::Tensor(),
+                   /*causal=*/past == 0 && !document_ids.defined() && !padding.defined()};
   if (config_.sliding_window) {
-    result.window_mask = AttentionMask(attention_mask, document_ids, batch, seq, past, config_.sliding_window, dtype);
+    result.window_mask = AttentionMask(padding, document_ids, batch, seq, past, config_.sliding_window, dtype);
   }
   return result;
 }
