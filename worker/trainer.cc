@@ -448,7 +448,7 @@ LossSum Trainer::TaskLossSum(const at::Tensor& logits, const Batch& batch) const
     case ModelTask::kCausalLm:
       break;
   }
-  return CausalLmLossSum(logits, batch.labels.to(device_), smoothing);
+  return CausalLmLossSum(logits, batch.labels, smoothing);
 }
 
 bool Trainer::StopRequested(int64_t step) {

@@ -231,23 +231,31 @@ at::Tensor LlamaModel::Forward(const at::Tensor& input_ids, const at::Tensor& at
   return blocks_.Head(h, weights_.norm, weights_.lm_head);
 }
 
+namespace {
+
+// Labels that are not -100, counted where the labels are: the host, as the trainer and the
+// evaluation pass them, so that counting waits for no device (the losses' targets move there).
+int64_t CountTargets(const at::Tensor& labels) { return labels.ne(-100).sum().item<int64_t>(); }
+
+}  // namespace
+
 LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing) {
   const int64_t b = logits.size(0), s = logits.size(1);
+  LossSum loss;
   if (label_smoothing == 0.0) {
     // Position t predicts token t + 1: the targets shift left (the last position has none), so the
     // logits are read in place rather than copied out of a narrowed view.
     const at::Tensor targets =
         at::cat({labels.narrow(1, 1, s - 1), at::full({b, 1}, int64_t{-100}, labels.options())}, 1).reshape({-1});
-    LossSum loss;
-    loss.sum = CrossEntropySum(logits.reshape({b * s, logits.size(2)}), targets);
-    loss.tokens = targets.ne(-100).sum().item<int64_t>();
+    loss.tokens = CountTargets(targets);
+    loss.sum = CrossEntropySum(logits.reshape({b * s, logits.size(2)}), targets.to(logits.device()));
     return loss;
   }
   const at::Tensor shifted_logits = logits.narrow(1, 0, s - 1).reshape({-1, logits.size(2)});
   const at::Tensor shifted_labels = labels.narrow(1, 1, s - 1).reshape({-1});
-  LossSum loss;
-  loss.sum = at::cross_entropy_loss(shifted_logits, shifted_labels, {}, at::Reduction::Sum, -100, label_smoothing);
-  loss.tokens = shifted_labels.ne(-100).sum().item<int64_t>();
+  loss.tokens = CountTargets(shifted_labels);
+  loss.sum = at::cross_entropy_loss(shifted_logits, shifted_labels.to(logits.device()), {}, at::Reduction::Sum, -100,
+                                    label_smoothing);
   return loss;
 }
 
@@ -267,19 +275,19 @@ at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_ma
 
 LossSum SequenceClassificationLossSum(const at::Tensor& pooled_logits, const at::Tensor& class_labels,
                                       double label_smoothing) {
-  const at::Tensor labels = class_labels.to(pooled_logits.device());
   LossSum loss;
-  loss.sum = at::cross_entropy_loss(pooled_logits, labels, {}, at::Reduction::Sum, -100, label_smoothing);
-  loss.tokens = labels.ne(-100).sum().item<int64_t>();
+  loss.tokens = CountTargets(class_labels);
+  loss.sum = at::cross_entropy_loss(pooled_logits, class_labels.to(pooled_logits.device()), {}, at::Reduction::Sum,
+                                    -100, label_smoothing);
   return loss;
 }
 
 LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing) {
-  const at::Tensor flat = labels.to(logits.device()).reshape({-1});
+  const at::Tensor flat = labels.reshape({-1});
   LossSum loss;
-  loss.sum =
-      at::cross_entropy_loss(logits.reshape({-1, logits.size(2)}), flat, {}, at::Reduction::Sum, -100, label_smoothing);
-  loss.tokens = flat.ne(-100).sum().item<int64_t>();
+  loss.tokens = CountTargets(flat);
+  loss.sum = at::cross_entropy_loss(logits.reshape({-1, logits.size(2)}), flat.to(logits.device()), {},
+                                    at::Reduction::Sum, -100, label_smoothing);
   return loss;
 }
 
