@@ -90,7 +90,7 @@ class LlamaUnitModel final : public FamilyUnitModel {
     // Prompt tuning: the batch starts with placeholders (WithVirtualTokens) that become the
     // virtual tokens, in a call of their own so that the frozen embedding needs no backward.
     const int64_t prompt = peft_.prompt_tokens(), seq = batch.input_ids.size(1);
-    at::Tensor h = ApplyUnits(engine_, embed_units_, batch.input_ids.narrow(1, prompt, seq - prompt).to(device_),
+    at::Tensor h = ApplyUnits(engine_, embed_units_, ToDevice(batch.input_ids.narrow(1, prompt, seq - prompt), device_),
                               [this](const at::Tensor& ids, const UnitParameters& p) {
                                 return blocks_.Embed(ids, p("model.embed_tokens.weight"));
                               });
@@ -106,8 +106,8 @@ class LlamaUnitModel final : public FamilyUnitModel {
                    : batch.attention_mask;
     // Captured by value: with recompute, a unit's computation runs again inside backward.
     const Positions host = blocks_.PositionsFor(b, seq, prefix, mask, dtype_, batch.position_ids, batch.document_ids);
-    const Positions positions{host.cos.to(device_), host.sin.to(device_), host.mask.to(device_),
-                              host.window_mask.defined() ? host.window_mask.to(device_) : at::Tensor(), host.causal};
+    const Positions positions{ToDevice(host.cos, device_), ToDevice(host.sin, device_), ToDevice(host.mask, device_),
+                              ToDevice(host.window_mask, device_), host.causal};
     for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
       h = ApplyUnits(engine_, layer_units_[i], h,
                      [this, i, positions, training](const at::Tensor& x, const UnitParameters& p) {
@@ -154,8 +154,8 @@ class BertUnitModel final : public FamilyUnitModel {
 
   at::Tensor Forward(const Batch& batch, bool training) override {
     const int64_t prompt = peft_.prompt_tokens(), prefix = peft_.prefix_tokens(), seq = batch.input_ids.size(1);
-    const at::Tensor types = batch.token_type_ids.defined() ? batch.token_type_ids.to(device_) : at::Tensor();
-    const at::Tensor ids = batch.input_ids.narrow(1, prompt, seq - prompt).to(device_);
+    const at::Tensor types = ToDevice(batch.token_type_ids, device_);
+    const at::Tensor ids = ToDevice(batch.input_ids.narrow(1, prompt, seq - prompt), device_);
     auto embed = [this, types, prefix, training](const at::Tensor& words, const UnitParameters& p) {
       return blocks_.Embed(words, types, prefix, BindBertEmbeddings(LookupIn(p)), training);
     };
@@ -175,7 +175,7 @@ class BertUnitModel final : public FamilyUnitModel {
       });
       h = ApplyUnits(engine_, embed_units_, words, embed);
     }
-    const at::Tensor mask = blocks_.AttentionMask(batch.attention_mask, prefix, dtype_).to(device_);
+    const at::Tensor mask = ToDevice(blocks_.AttentionMask(batch.attention_mask, prefix, dtype_), device_);
     for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
       h = ApplyUnits(engine_, layer_units_[i], h,
                      [this, i, mask, training](const at::Tensor& x, const UnitParameters& p) {

@@ -166,9 +166,6 @@ class NcclCommunicator : public Communicator {
     std::memcpy(words.data_ptr(), &id, sizeof(id));
     bootstrap_.Broadcast(words, 0, CollectiveTag{"nccl unique id"})->Wait();
     std::memcpy(&id, words.data_ptr(), sizeof(id));
-    // Every rank holds the id before any enters NCCL's blocking creation, during which it makes
-    // no MPI progress that a peer's broadcast might still need.
-    bootstrap_.Barrier(CollectiveTag{"nccl unique id"});
     ST_CUDA_CHECK(cudaGetDevice(&device_));
     state_ = std::make_shared<NcclState>();
     CreateWithinTimeout(fmt::format("rank {}: creating the NCCL communicator of {}", world_rank(), name()), timeout_s_,
@@ -230,7 +227,9 @@ class NcclCommunicator : public Communicator {
     // A group of the same ranks in the same order (the shard group without hybrid sharding)
     // shares this group's communicator: a second one would hold buffers of its own for every
     // channel (hundreds of MiB per GPU at scale). Every rank must take the same branch.
-    at::Tensor differs = at::full({1}, bootstrap->size() != size() || bootstrap->rank() != rank() ? 1 : 0, at::kLong);
+    // SHARDTUNE_TEST_NCCL_SPLIT makes every split a real one, so that a single GPU tests it.
+    const bool same = bootstrap->size() == size() && bootstrap->rank() == rank();
+    at::Tensor differs = at::full({1}, !same || std::getenv("SHARDTUNE_TEST_NCCL_SPLIT") != nullptr ? 1 : 0, at::kLong);
     bootstrap_.AllReduceSum(differs, CollectiveTag{"splitting " + name})->Wait();
     if (differs.item<int64_t>() == 0) {
       return std::make_unique<NcclCommunicator>(std::move(bootstrap), timeout_s_, state_, device_);

@@ -2,7 +2,7 @@
 // visibly, where this LibTorch has no CUDA or the machine no GPU.
 #include <gtest/gtest.h>
 
-#include <algorithm>
+#include <cstdlib>
 
 #include "sharding/comm/nccl_communicator.h"
 #include "world.h"
@@ -51,26 +51,34 @@ TEST_F(NcclTest, AllReduceReduceScatterAllGatherBroadcast) {
 }
 
 // Subgroups as the engine builds them: the whole world again (which shares the world's
-// communicator) and pairs of ranks (a communicator of their own, from ncclCommSplit); each sums
-// over its own ranks only, and the world still works after.
-TEST_F(NcclTest, SplitGroupsSumOverTheirOwnRanks) {
-  Communicator& c = *nccl_;
+// communicator unless SHARDTUNE_TEST_NCCL_SPLIT asks for a real split) and the even and odd
+// ranks (a communicator of their own from ncclCommSplit, at np 2 and more); each sums over its
+// own ranks only, and the world still works after.
+void ExpectSplitGroupsSumOverTheirOwnRanks(Communicator& c) {
   const int n = c.size(), r = c.rank();
   auto whole = c.Split(0, r, "whole");
-  auto pair = c.Split(r / 2, r, "pair");
+  auto parity = c.Split(r % 2, r, "parity");
   ASSERT_EQ(whole->size(), n);
-  ASSERT_EQ(pair->size(), std::min(2, n - r / 2 * 2));
-  at::Tensor a = at::full({5}, r + 1, Cuda(at::kFloat));
+  ASSERT_EQ(parity->size(), (n - r % 2 + 1) / 2);
+  at::Tensor a = at::full({5}, r + 1, at::TensorOptions().dtype(at::kFloat).device(c.device()));
   whole->AllReduceSum(a, CollectiveTag{"whole", 1})->Wait();
   EXPECT_EQ(a[0].item<float>(), n * (n + 1) / 2.0f);
-  at::Tensor b = at::full({5}, r + 1, Cuda(at::kFloat));
-  pair->AllReduceSum(b, CollectiveTag{"pair", 1})->Wait();
-  float pair_sum = 0;
-  for (int q = r / 2 * 2; q < std::min(n, r / 2 * 2 + 2); ++q) pair_sum += q + 1;
-  EXPECT_EQ(b[4].item<float>(), pair_sum);
-  at::Tensor d = at::ones({3}, Cuda(at::kFloat));
+  at::Tensor b = at::full({5}, r + 1, at::TensorOptions().dtype(at::kFloat).device(c.device()));
+  parity->AllReduceSum(b, CollectiveTag{"parity", 1})->Wait();
+  float parity_sum = 0;
+  for (int q = r % 2; q < n; q += 2) parity_sum += q + 1;
+  EXPECT_EQ(b[4].item<float>(), parity_sum);
+  at::Tensor d = at::ones({3}, at::TensorOptions().dtype(at::kFloat).device(c.device()));
   c.AllReduceSum(d, CollectiveTag{"world", 2})->Wait();
   EXPECT_EQ(d.sum().item<float>(), 3.0f * n);
+}
+
+TEST_F(NcclTest, SplitGroupsSumOverTheirOwnRanks) { ExpectSplitGroupsSumOverTheirOwnRanks(*nccl_); }
+
+TEST_F(NcclTest, SplitsOfTheSameRanksWorkAsCommunicatorsOfTheirOwn) {
+  setenv("SHARDTUNE_TEST_NCCL_SPLIT", "1", 1);
+  ExpectSplitGroupsSumOverTheirOwnRanks(*nccl_);
+  unsetenv("SHARDTUNE_TEST_NCCL_SPLIT");
 }
 
 // Operands the contract rules out fail before NCCL sees them (NCCL would read or write past a

@@ -248,14 +248,14 @@ LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels, doub
     const at::Tensor targets =
         at::cat({labels.narrow(1, 1, s - 1), at::full({b, 1}, int64_t{-100}, labels.options())}, 1).reshape({-1});
     loss.tokens = CountTargets(targets);
-    loss.sum = CrossEntropySum(logits.reshape({b * s, logits.size(2)}), targets.to(logits.device()));
+    loss.sum = CrossEntropySum(logits.reshape({b * s, logits.size(2)}), ToDevice(targets, logits.device()));
     return loss;
   }
   const at::Tensor shifted_logits = logits.narrow(1, 0, s - 1).reshape({-1, logits.size(2)});
   const at::Tensor shifted_labels = labels.narrow(1, 1, s - 1).reshape({-1});
   loss.tokens = CountTargets(shifted_labels);
-  loss.sum = at::cross_entropy_loss(shifted_logits, shifted_labels.to(logits.device()), {}, at::Reduction::Sum, -100,
-                                    label_smoothing);
+  loss.sum = at::cross_entropy_loss(shifted_logits, ToDevice(shifted_labels, logits.device()), {}, at::Reduction::Sum,
+                                    -100, label_smoothing);
   return loss;
 }
 
@@ -269,7 +269,7 @@ std::pair<at::Tensor, at::Tensor> CausalLmLossPerExample(const at::Tensor& logit
 
 at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_mask) {
   const int64_t b = logits.size(0), labels = logits.size(2);
-  const at::Tensor last = (attention_mask.sum(1) - 1).clamp_min(0).to(logits.device());
+  const at::Tensor last = ToDevice((attention_mask.sum(1) - 1).clamp_min(0), logits.device());
   return logits.gather(1, last.view({b, 1, 1}).expand({b, 1, labels})).squeeze(1);
 }
 
@@ -277,8 +277,8 @@ LossSum SequenceClassificationLossSum(const at::Tensor& pooled_logits, const at:
                                       double label_smoothing) {
   LossSum loss;
   loss.tokens = CountTargets(class_labels);
-  loss.sum = at::cross_entropy_loss(pooled_logits, class_labels.to(pooled_logits.device()), {}, at::Reduction::Sum,
-                                    -100, label_smoothing);
+  loss.sum = at::cross_entropy_loss(pooled_logits, ToDevice(class_labels, pooled_logits.device()), {},
+                                    at::Reduction::Sum, -100, label_smoothing);
   return loss;
 }
 
@@ -286,7 +286,7 @@ LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& l
   const at::Tensor flat = labels.reshape({-1});
   LossSum loss;
   loss.tokens = CountTargets(flat);
-  loss.sum = at::cross_entropy_loss(logits.reshape({-1, logits.size(2)}), flat.to(logits.device()), {},
+  loss.sum = at::cross_entropy_loss(logits.reshape({-1, logits.size(2)}), ToDevice(flat, logits.device()), {},
                                     at::Reduction::Sum, -100, label_smoothing);
   return loss;
 }

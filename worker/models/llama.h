@@ -118,8 +118,14 @@ class LlamaModel {
   LlamaWeights weights_;
 };
 
+// `host` on `device` without waiting for the device: a copy to a GPU from pageable memory is
+// staged at once, whereas a blocking one first waits for all the work queued before it.
+inline at::Tensor ToDevice(const at::Tensor& host, at::Device device) {
+  return host.defined() ? host.to(device, host.scalar_type(), /*non_blocking=*/true) : host;
+}
+
 // Sum of token cross-entropies of next-token prediction (labels shifted left by one, -100
-// ignored), and the number of tokens it covers. logits (B, S, V), labels (B, S).
+// ignored), and the number of tokens it covers. logits (B, S, V), labels (B, S) on the host.
 struct LossSum {
   at::Tensor sum;  // scalar fp32, differentiable
   int64_t tokens = 0;
