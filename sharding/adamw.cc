@@ -47,60 +47,82 @@ AdamW::AdamW(const OptimizerSpec& spec, int64_t numel, std::vector<DecayRange> d
   exp_avg_sq_ = at::zeros({numel}, at::TensorOptions().dtype(at::kFloat).device(device));
 }
 
-void AdamW::Step(at::Tensor& params, const at::Tensor& grads_in, double lr, double grad_scale) {
-  ST_CHECK(params.numel() == exp_avg_.numel() && grads_in.numel() == exp_avg_.numel(),
-           "AdamW range {} vs params {} grads {}", exp_avg_.numel(), params.numel(), grads_in.numel());
+template <typename F>
+void AdamW::ForEachDecaySpan(int64_t begin, int64_t end, F f) const {
+  int64_t at = begin;
+  for (const auto& range : decay_) {  // sorted, disjoint
+    if (range.offset >= end) break;
+    const int64_t decay_begin = std::max(range.offset, at), decay_end = std::min(range.offset + range.size, end);
+    if (decay_begin >= decay_end) continue;
+    if (decay_begin > at) f(at, decay_begin, false);
+    f(decay_begin, decay_end, true);
+    at = decay_end;
+  }
+  if (at < end) f(at, end, false);
+}
+
+void AdamW::Step(const std::vector<at::Tensor>& pieces, const at::Tensor& grads, double lr, double grad_scale) {
+  int64_t numel = 0;
+  for (const at::Tensor& piece : pieces) numel += piece.numel();
+  ST_CHECK(numel == exp_avg_.numel() && grads.numel() == exp_avg_.numel(), "AdamW range {} vs params {} grads {}",
+           exp_avg_.numel(), numel, grads.numel());
   at::NoGradGuard no_grad;
   ++step_;
   const double bias_correction1 = 1.0 - std::pow(spec_.beta1, static_cast<double>(step_));
   const double bias_correction2 = 1.0 - std::pow(spec_.beta2, static_cast<double>(step_));
-  const double step_size = lr / bias_correction1;
-  if (params.is_cpu() && grads_in.is_cpu() && params.scalar_type() == at::kFloat &&
-      grads_in.scalar_type() == at::kFloat && params.is_contiguous() && grads_in.is_contiguous()) {
-    StepCpu(params, grads_in, lr, grad_scale, step_size, std::sqrt(bias_correction2));
-    return;
+  const Coefficients c{lr, grad_scale, lr / bias_correction1, std::sqrt(bias_correction2)};
+  int64_t offset = 0;
+  for (const at::Tensor& piece : pieces) {
+    StepPiece(piece, offset, grads, c);
+    offset += piece.numel();
   }
-  const at::Tensor grads = grad_scale != 1.0 ? grads_in * grad_scale : grads_in;
-  if (spec_.weight_decay != 0.0) {
-    for (const auto& range : decay_) params.narrow(0, range.offset, range.size).mul_(1.0 - lr * spec_.weight_decay);
-  }
-  exp_avg_.lerp_(grads, 1.0 - spec_.beta1);
-  exp_avg_sq_.mul_(spec_.beta2).addcmul_(grads, grads, 1.0 - spec_.beta2);
-  const at::Tensor denom = (exp_avg_sq_.sqrt() / std::sqrt(bias_correction2)).add_(spec_.eps);
-  params.addcdiv_(exp_avg_, denom, -step_size);
 }
 
-void AdamW::StepCpu(at::Tensor& params, const at::Tensor& grads, double lr, double grad_scale, double step_size,
-                    double sqrt_bias_correction2) {
+void AdamW::StepPiece(const at::Tensor& piece, int64_t offset, const at::Tensor& grads_in, const Coefficients& c) {
+  ST_CHECK(piece.is_contiguous() && piece.scalar_type() == at::kFloat, "AdamW pieces are contiguous fp32");
+  if (piece.is_cpu() && grads_in.is_cpu() && grads_in.scalar_type() == at::kFloat && grads_in.is_contiguous()) {
+    StepPieceCpu(piece, offset, grads_in, c);
+    return;
+  }
+  const int64_t n = piece.numel();
+  at::Tensor params = piece.view({n});
+  const at::Tensor slice = grads_in.narrow(0, offset, n);
+  const at::Tensor grads = c.grad_scale != 1.0 ? slice * c.grad_scale : slice;
+  if (spec_.weight_decay != 0.0) {
+    ForEachDecaySpan(offset, offset + n, [&](int64_t begin, int64_t end, bool decayed) {
+      if (decayed) params.narrow(0, begin - offset, end - begin).mul_(1.0 - c.lr * spec_.weight_decay);
+    });
+  }
+  at::Tensor exp_avg = exp_avg_.narrow(0, offset, n), exp_avg_sq = exp_avg_sq_.narrow(0, offset, n);
+  exp_avg.lerp_(grads, 1.0 - spec_.beta1);
+  exp_avg_sq.mul_(spec_.beta2).addcmul_(grads, grads, 1.0 - spec_.beta2);
+  const at::Tensor denom = (exp_avg_sq.sqrt() / c.sqrt_bias_correction2).add_(spec_.eps);
+  params.addcdiv_(exp_avg, denom, -c.step_size);
+}
+
+void AdamW::StepPieceCpu(const at::Tensor& piece, int64_t offset, const at::Tensor& grads, const Coefficients& c) {
   // The same arithmetic as the tensor operations above, in one pass over memory instead of
   // about fourteen (and no temporaries): on CPUs the update is bound by memory bandwidth.
-  float* p = params.data_ptr<float>();
-  const float* g = grads.data_ptr<float>();
-  float* m = exp_avg_.data_ptr<float>();
-  float* v = exp_avg_sq_.data_ptr<float>();
-  AdamWCoefficients c{static_cast<float>(grad_scale),
+  // Pointers indexed by the range's element: the piece starts at `offset`.
+  float* p = piece.data_ptr<float>();
+  const float* g = grads.data_ptr<float>() + offset;
+  float* m = exp_avg_.data_ptr<float>() + offset;
+  float* v = exp_avg_sq_.data_ptr<float>() + offset;
+  AdamWCoefficients k{static_cast<float>(c.grad_scale),
                       1.0f,
                       static_cast<float>(1.0 - spec_.beta1),
                       static_cast<float>(spec_.beta2),
                       static_cast<float>(1.0 - spec_.beta2),
                       static_cast<float>(spec_.eps),
-                      static_cast<float>(sqrt_bias_correction2),
-                      static_cast<float>(-step_size)};
-  auto update = [&](int64_t begin, int64_t end, float decay) {
-    AdamWCoefficients range = c;
-    range.decay = decay;
-    at::parallel_for(begin, end, 1 << 14,
-                     [&](int64_t b, int64_t e) { AdamWKernel(p + b, g + b, m + b, v + b, e - b, range); });
-  };
-  // Ranges with decay and the gaps between them, in order.
-  const auto decay = static_cast<float>(1.0 - lr * spec_.weight_decay);
-  int64_t done = 0;
-  for (const auto& range : decay_) {
-    if (range.offset > done) update(done, range.offset, 1.0f);
-    update(range.offset, range.offset + range.size, spec_.weight_decay != 0.0 ? decay : 1.0f);
-    done = range.offset + range.size;
-  }
-  if (done < params.numel()) update(done, params.numel(), 1.0f);
+                      static_cast<float>(c.sqrt_bias_correction2),
+                      static_cast<float>(-c.step_size)};
+  const auto decay = static_cast<float>(1.0 - c.lr * spec_.weight_decay);
+  ForEachDecaySpan(offset, offset + piece.numel(), [&](int64_t begin, int64_t end, bool decayed) {
+    AdamWCoefficients span = k;
+    span.decay = decayed && spec_.weight_decay != 0.0 ? decay : 1.0f;
+    at::parallel_for(begin - offset, end - offset, 1 << 14,
+                     [&](int64_t b, int64_t e) { AdamWKernel(p + b, g + b, m + b, v + b, e - b, span); });
+  });
 }
 
 }  // namespace shardtune

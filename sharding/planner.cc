@@ -76,7 +76,9 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
     trainable_local = in.zero_stage == 0 ? trainable_whole : (trainable_whole + shards - 1) / shards;
   }
   m.optimizer = 8 * trainable_local;
-  const bool master_is_parameters = in.zero_stage == 0 && fp32;
+  // fp32 master weights, except where they are the fp32 parameters themselves: the whole model
+  // at stage 0, each unit's shard of its whole parameters at stages 1 and 2 (stage 3 below).
+  const bool master_is_parameters = in.zero_stage <= 2 && fp32;
   if (!master_is_parameters) m.optimizer += 4 * trainable_local;
   m.gradients = 4 * trainable_local;
   if (in.zero_stage == 1) m.gradients += 4 * trainable_whole;

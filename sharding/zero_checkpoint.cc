@@ -69,7 +69,7 @@ void ZeroEngine::SaveShards(const std::string& dir) {
   const bool writer = stage0 ? groups_.world->rank() == 0 : groups_.replica->rank() == 0;
   if (writer) {
     // Host copies (no-ops on CPU) of what this rank holds.
-    const at::Tensor values = master_.cpu(), exp_avg = optimizer_->exp_avg().cpu(),
+    const at::Tensor values = at::cat(master_pieces_).cpu(), exp_avg = optimizer_->exp_avg().cpu(),
                      exp_avg_sq = optimizer_->exp_avg_sq().cpu();
     WriteSafetensors(fs::path(dir) / RankFile(groups_.world->rank()),
                      {Bytes("values", values), Bytes("exp_avg", exp_avg), Bytes("exp_avg_sq", exp_avg_sq)},
@@ -131,8 +131,8 @@ void ZeroEngine::LoadShards(const std::string& dir) {
 
   at::NoGradGuard no_grad;
   // Assembled on the host, then moved to where the engine keeps them.
-  at::Tensor host[3] = {at::zeros({master_.numel()}, at::kFloat), at::zeros({master_.numel()}, at::kFloat),
-                        at::zeros({master_.numel()}, at::kFloat)};
+  const int64_t local = layout_.trainable_shard_total();
+  at::Tensor host[3] = {at::zeros({local}, at::kFloat), at::zeros({local}, at::kFloat), at::zeros({local}, at::kFloat)};
   const std::vector<int> trainable = TrainableUnits(units_);
   std::vector<int64_t> covered(trainable.size(), 0);
   for (const json& entry : index.at("files")) {
@@ -172,7 +172,7 @@ void ZeroEngine::LoadShards(const std::string& dir) {
            index_path.string(), covered[u], needed, unit.layout->name);
     }
   }
-  master_.copy_(host[0]);
+  for (const int u : trainable) units_[u]->master.copy_(units_[u]->LocalSlice(host[0]));
   optimizer_->exp_avg().copy_(host[1]);
   optimizer_->exp_avg_sq().copy_(host[2]);
   optimizer_->set_step(index.at("optimizer_step").get<int64_t>());

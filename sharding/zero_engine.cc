@@ -49,7 +49,10 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   const int shard_count = config.stage == 0 ? 1 : groups.shard->size();
   const int shard_rank = config.stage == 0 ? 0 : groups.shard->rank();
   layout_ = PlanLayout(units, shard_count);
-  master_ = at::zeros({layout_.trainable_shard_total()}, Options(at::kFloat));
+  const bool fp32 = config.compute_dtype == at::kFloat;
+  const bool master_in_parameters = fp32 && (config.stage == 1 || config.stage == 2);
+  master_ = at::zeros({master_in_parameters ? 0 : layout_.trainable_shard_total()}, Options(at::kFloat));
+  if (!master_in_parameters) master_pieces_ = {master_};
   grad_local_ = at::zeros({layout_.trainable_shard_total()}, Options(at::kFloat));
 
   std::vector<DecayRange> decay;
@@ -81,22 +84,27 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
       const int64_t end = std::min(p.offset + p.numel, unit->shard_begin + unit->shard_size);
       if (begin < end) decay.push_back({local + begin - unit->shard_begin, end - begin});
     }
-    const bool fp32 = config.compute_dtype == at::kFloat;
+    if (master_in_parameters) {
+      unit->full = at::zeros({l.padded}, Options(at::kFloat));
+      unit->master = unit->full.narrow(0, unit->shard_begin, unit->shard_size);
+      master_pieces_.push_back(unit->master);
+    } else {
+      unit->master = unit->LocalSlice(master_);
+    }
     switch (config.stage) {
       case 0:
-        unit->full = fp32 ? unit->MasterSlice(master_) : at::zeros({l.padded}, Options(config.compute_dtype));
+        unit->full = fp32 ? unit->master : at::zeros({l.padded}, Options(config.compute_dtype));
         unit->full_grad = grad_local_.narrow(0, local, l.padded);
         break;
       case 1:
-        unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
+        if (!unit->full.defined()) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
         unit->full_grad = at::zeros({l.padded}, Options(at::kFloat));
         break;
       case 2:
-        unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
+        if (!unit->full.defined()) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
         break;
       default:
-        unit->param_shard =
-            fp32 ? unit->MasterSlice(master_) : at::zeros({l.shard_size}, Options(config.compute_dtype));
+        unit->param_shard = fp32 ? unit->master : at::zeros({l.shard_size}, Options(config.compute_dtype));
         unit->persistent = l.numel < config.persistence_threshold;
         if (unit->persistent) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
         break;
@@ -164,9 +172,9 @@ void ZeroEngine::LoadWeights(const std::function<at::Tensor(const ParameterSpec&
       if (unit->param_shard.defined()) unit->param_shard.copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
       continue;
     }
-    unit->MasterSlice(master_).copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
-    if (unit->full.defined() && !SameMemory(unit->full, unit->MasterSlice(master_))) unit->full.copy_(whole);
-    if (unit->param_shard.defined() && !SameMemory(unit->param_shard, unit->MasterSlice(master_))) {
+    unit->master.copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
+    if (unit->full.defined() && !SameMemory(unit->full, unit->master)) unit->full.copy_(whole);
+    if (unit->param_shard.defined() && !SameMemory(unit->param_shard, unit->master)) {
       unit->param_shard.copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
     }
   }
@@ -358,14 +366,14 @@ void ZeroEngine::IssueReduction(int u) {
   if (config_.stage == 0) {
     pending->work = groups_.world->AllReduceSum(unit.full_grad, Tag(u));
   } else if (config_.stage == 1) {
-    at::Tensor out = unit.MasterSlice(grad_local_);
+    at::Tensor out = unit.LocalSlice(grad_local_);
     pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
   } else {
     // Reduce this micro-batch's gradient now and free the whole-unit buffer; the shard adds up.
     at::Tensor out = at::empty({unit.shard_size}, Options(at::kFloat));
     pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
     pending->keep_alive = {unit.full_grad, out};
-    at::Tensor destination = unit.MasterSlice(grad_local_);
+    at::Tensor destination = unit.LocalSlice(grad_local_);
     pending->then = [destination, out]() mutable { destination.add_(out); };
     unit.full_grad = at::Tensor();
   }
@@ -405,7 +413,7 @@ double ZeroEngine::FinishGradients() {
 void ZeroEngine::OptimizerStep(double lr, double grad_scale) {
   at::NoGradGuard no_grad;
   DropGathered();
-  optimizer_->Step(master_, grad_local_, lr, grad_scale);
+  optimizer_->Step(master_pieces_, grad_local_, lr, grad_scale);
   PublishParameters();
 }
 
@@ -414,7 +422,7 @@ void ZeroEngine::PublishParameters() {
   for (size_t u = 0; u < units_.size(); ++u) {
     Unit& unit = *units_[u];
     if (!unit.trainable) continue;  // frozen weights never change
-    at::Tensor master = unit.MasterSlice(master_);
+    const at::Tensor& master = unit.master;
     if (config_.stage == 0) {
       if (!SameMemory(unit.full, master)) unit.full.copy_(master);
       continue;
@@ -462,7 +470,7 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
       sink(*unit.layout, whole.to(at::kFloat));
       continue;
     }
-    at::Tensor master = unit.MasterSlice(buffer == Buffer::kWeights ? master_ : grad_local_);
+    at::Tensor master = buffer == Buffer::kWeights ? unit.master : unit.LocalSlice(grad_local_);
     if (config_.stage == 0 || groups_.shard->size() == 1) {
       sink(*unit.layout, master);
       continue;
@@ -478,8 +486,9 @@ MemoryAccount ZeroEngine::memory() const {
   const int64_t element = static_cast<int64_t>(c10::elementSize(config_.compute_dtype));
   const int64_t local = layout_.trainable_shard_total();
   account.optimizer = 2 * 4 * local;  // AdamW moments
-  bool master_is_parameters = config_.stage == 0 && config_.compute_dtype == at::kFloat;
-  if (!master_is_parameters) account.optimizer += 4 * local;  // fp32 master weights
+  // fp32 master weights, unless they are the parameters forward uses (fp32 stages 0-2; stage 3
+  // below).
+  if (config_.compute_dtype != at::kFloat || config_.stage == 3) account.optimizer += 4 * local;
   account.gradients = 4 * local;
   for (const auto& unit : units_) {
     if (!unit->trainable) {

@@ -151,7 +151,6 @@ class ZeroEngine {
   // Loads the trainable units from a checkpoint written with any world size, stage or shard group size.
   void LoadShards(const std::string& dir);
   AdamW& optimizer() { return *optimizer_; }
-  at::Tensor& master() { return master_; }
 
  private:
   struct Unit;
@@ -179,8 +178,12 @@ class ZeroEngine {
   std::vector<std::unique_ptr<Unit>> units_;
   std::map<std::string, int> unit_of_;     // parameter name -> unit
   std::map<std::string, int> unit_index_;  // unit name -> unit
-  at::Tensor master_;      // fp32: this rank's shards of every trainable unit, concatenated (whole at stage 0)
-  at::Tensor grad_local_;  // fp32, the gradient for master_
+  // fp32 master weights: this rank's shards of every trainable unit, in order (whole at stage
+  // 0). One flat buffer, master_; or, where the parameters forward uses are fp32 and whole
+  // (stages 1 and 2), each unit's shard inside its parameters: a copy would hold the same values.
+  at::Tensor master_;                      // empty where the shards lie in the parameters
+  std::vector<at::Tensor> master_pieces_;  // what the optimizer updates: {master_}, or one per unit
+  at::Tensor grad_local_;                  // fp32, the gradient of the master weights, flat
   std::unique_ptr<AdamW> optimizer_;
   std::deque<std::unique_ptr<Pending>> pending_;  // reductions in flight, oldest first
   int64_t step_ = 0;

@@ -13,12 +13,13 @@ namespace shardtune {
 
 struct ZeroEngine::Unit {
   const UnitLayout* layout = nullptr;
-  int64_t local_offset = 0;  // into master_ and grad_local_ (trainable units only)
+  int64_t local_offset = 0;  // into the master weights and grad_local_ (trainable units only)
   int64_t shard_begin = 0;   // inside the unit
   int64_t shard_size = 0;
   bool trainable = true;
   bool persistent = true;  // parameters stay gathered between uses
   at::Tensor full;         // (padded,) compute dtype; undefined while released (stage 3)
+  at::Tensor master;       // trainable: (shard_size,) fp32 master weights, in master_ or in `full`
   at::Tensor param_shard;  // stage 3: (shard_size,) compute dtype, the all-gather's input
   // Stage 3 (not persistent): the one tensor `full` is while gathered, kept for the whole run.
   // Released, its storage holds no memory; gathered again, the same storage gets memory back.
@@ -42,9 +43,10 @@ struct ZeroEngine::Unit {
     Fail(ErrorCode::kInternal, "unit {} has no parameter '{}'", layout->name, name);
   }
 
-  at::Tensor MasterSlice(at::Tensor& master) const {
+  // This unit's part of a flat buffer of this rank's shards (master_, grad_local_).
+  at::Tensor LocalSlice(const at::Tensor& flat) const {
     ST_CHECK(trainable, "unit {} is frozen: it has no master weights or gradient", layout->name);
-    return master.narrow(0, local_offset, shard_size);
+    return flat.narrow(0, local_offset, shard_size);
   }
 };
 

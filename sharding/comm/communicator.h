@@ -74,7 +74,8 @@ class Communicator {
   // Rank r ends with the sum over ranks of input[r * n, (r + 1) * n), n = output.numel().
   virtual std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output,
                                                  const CollectiveTag& tag) = 0;
-  // output[r * n, (r + 1) * n) = rank r's input, n = input.numel().
+  // output[r * n, (r + 1) * n) = rank r's input, n = input.numel(). In place when input is this
+  // rank's own part of output.
   virtual std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) = 0;
   virtual std::unique_ptr<Work> Broadcast(at::Tensor& tensor, int root, const CollectiveTag& tag) = 0;
   virtual void Barrier(const CollectiveTag& tag) = 0;
@@ -146,12 +147,12 @@ class SingleProcessCommunicator : public Communicator {
   }
   std::unique_ptr<Work> ReduceScatterSum(const at::Tensor& input, at::Tensor& output, const CollectiveTag&) override {
     CheckParts("reduce_scatter", input, output);
-    if (!input.is_same(output)) output.copy_(input.view_as(output));
+    if (input.data_ptr() != output.data_ptr()) output.copy_(input.view_as(output));
     return std::make_unique<DoneWork>();
   }
   std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag&) override {
     CheckParts("all_gather", output, input);
-    if (!input.is_same(output)) output.copy_(input.view_as(output));
+    if (input.data_ptr() != output.data_ptr()) output.copy_(input.view_as(output));
     return std::make_unique<DoneWork>();
   }
   std::unique_ptr<Work> Broadcast(at::Tensor& tensor, int, const CollectiveTag&) override {

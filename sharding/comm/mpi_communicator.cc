@@ -274,8 +274,10 @@ class MpiCommunicator : public Communicator {
   std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output, const CollectiveTag& tag) override {
     CheckParts("all_gather", output, input);
     const TypeAndOp t = MpiTypeOf(input);
-    const void* in = input.data_ptr();
     void* out = output.data_ptr();
+    // MPI forbids a send buffer inside the receive buffer: this rank's own part says so instead.
+    const bool in_place = input.data_ptr() == static_cast<char*>(out) + rank() * input.nbytes();
+    const void* in = in_place ? MPI_IN_PLACE : input.data_ptr();
     const int count = Count(input);
     CountSent((size_ - 1) * static_cast<int64_t>(input.nbytes()));
     return Submit(
