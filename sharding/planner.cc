@@ -122,7 +122,7 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
     return states;
   }
   states.device = m;
-  if (in.offload_optimizer) {  // master weights and moments on the host, as ZeRO-Offload keeps them
+  if (in.offload_optimizer) {  // moments and (where a copy) master weights on the host, as ZeRO-Offload keeps them
     states.host.optimizer = m.optimizer;
     states.device.optimizer = 0;
   }

@@ -68,9 +68,17 @@ void ZeroEngine::SaveShards(const std::string& dir) {
   const bool stage0 = config_.stage == 0;
   const bool writer = stage0 ? groups_.world->rank() == 0 : groups_.replica->rank() == 0;
   if (writer) {
-    // Host copies (no-ops on CPU) of what this rank holds.
-    const at::Tensor values = at::cat(master_pieces_).cpu(), exp_avg = optimizer_->exp_avg().cpu(),
-                     exp_avg_sq = optimizer_->exp_avg_sq().cpu();
+    // Host copies (no-ops on CPU) of what this rank holds. Master weights kept in pieces are
+    // assembled on the host, unit by unit: a device-side concatenation would hold them twice.
+    at::Tensor values = master_;
+    if (master_pieces_.size() != 1 || !master_pieces_[0].is_same(master_)) {
+      values = at::empty({layout_.trainable_shard_total()}, at::kFloat);
+      for (const auto& unit : units_) {
+        if (unit->trainable) unit->LocalSlice(values).copy_(unit->master);
+      }
+    }
+    values = values.cpu();
+    const at::Tensor exp_avg = optimizer_->exp_avg().cpu(), exp_avg_sq = optimizer_->exp_avg_sq().cpu();
     WriteSafetensors(fs::path(dir) / RankFile(groups_.world->rank()),
                      {Bytes("values", values), Bytes("exp_avg", exp_avg), Bytes("exp_avg_sq", exp_avg_sq)},
                      {{"format", kFormatName}});

@@ -471,7 +471,12 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
       continue;
     }
     at::Tensor master = buffer == Buffer::kWeights ? unit.master : unit.LocalSlice(grad_local_);
-    if (config_.stage == 0 || groups_.shard->size() == 1) {
+    // Stage 0, a single shard, or fp32 stages 1 and 2 (master in the published parameters):
+    // this rank already holds the whole unit.
+    if (buffer == Buffer::kWeights && config_.stage <= 2 && unit.full.scalar_type() == at::kFloat) {
+      master = unit.full;
+    }
+    if (master.numel() == unit.layout->padded) {
       sink(*unit.layout, master);
       continue;
     }

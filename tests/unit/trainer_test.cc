@@ -429,6 +429,33 @@ TEST(AdamW, FollowsTheReferenceArithmeticAndSkipsDecayWhereTold) {
   EXPECT_EQ(optimizer.step(), 3);
 }
 
+// The range given in pieces (as ZeRO passes each unit's shard where it lies inside the unit's
+// parameters) updates as the same range in one tensor, decay spans crossing pieces, to the bit
+// (the kernel's vector body and scalar tail round alike).
+TEST(AdamW, ARangeInPiecesUpdatesAsTheWholeRange) {
+  OptimizerSpec spec;
+  spec.lr = 0.05;
+  spec.weight_decay = 0.3;
+  const int64_t n = 50000;  // beyond the kernel's parallel grain
+  const std::vector<DecayRange> decay = {{10, 20000}, {30000, 15000}};
+  at::manual_seed(3);
+  const at::Tensor start = at::randn({n});
+  const std::vector<at::Tensor> grads = {at::randn({n}), at::randn({n})};
+  AdamW whole(spec, n, decay), pieces(spec, n, decay);
+  at::Tensor reference = start.clone();
+  // Pieces in separate buffers, boundaries inside decayed and undecayed spans.
+  std::vector<at::Tensor> parts = {start.narrow(0, 0, 15000).clone(), start.narrow(0, 15000, 25000).clone(),
+                                   start.narrow(0, 40000, n - 40000).clone()};
+  for (const at::Tensor& g : grads) {
+    whole.Step(reference, g, spec.lr, 0.5);
+    pieces.Step(parts, g, spec.lr, 0.5);
+  }
+  EXPECT_TRUE(at::equal(at::cat(parts), reference))
+      << (at::cat(parts) != reference).sum().item<int64_t>() << " elements differ, by up to "
+      << (at::cat(parts) - reference).abs().max().item<float>();
+  EXPECT_TRUE(at::equal(pieces.exp_avg_sq(), whole.exp_avg_sq()));
+}
+
 }  // namespace
 }  // namespace shardtune
 
