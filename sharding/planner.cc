@@ -75,21 +75,20 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
     trainable_whole = plan.trainable_parameters;
     trainable_local = in.zero_stage == 0 ? trainable_whole : (trainable_whole + shards - 1) / shards;
   }
+  // fp32 master weights, except where they are the fp32 parameters themselves (unless offloaded):
+  // the whole model at stage 0, each unit's shard of its whole parameters at stages 1 and 2, the
+  // parameter shard at stage 3. Offloaded, the step also reads a host copy of the gradient shard.
+  const bool offloaded = in.offload_optimizer && in.on_gpu;
+  const bool master_is_parameters = fp32 && !offloaded;
   m.optimizer = 8 * trainable_local;
-  // fp32 master weights, except where they are the fp32 parameters themselves: the whole model
-  // at stage 0, each unit's shard of its whole parameters at stages 1 and 2 (stage 3 below).
-  const bool master_is_parameters = in.zero_stage <= 2 && fp32;
   if (!master_is_parameters) m.optimizer += 4 * trainable_local;
+  if (offloaded) m.optimizer += 4 * trainable_local;
   m.gradients = 4 * trainable_local;
   if (in.zero_stage == 1) m.gradients += 4 * trainable_whole;
   if (in.zero_stage <= 2) {
     m.parameters += b * trainable_whole;
   } else {
-    if (!fp32) m.parameters += b * trainable_local;
-    if (fp32) {  // the fp32 master shard doubles as the parameter shard
-      m.parameters += 4 * trainable_local;
-      m.optimizer -= 4 * trainable_local;
-    }
+    m.parameters += b * trainable_local;  // the parameter shard (in fp32, the master shard itself)
   }
   if (!full) {  // the frozen base: compute dtype only
     m.parameters += in.zero_stage == 3 ? b * layout.padded_total() / shards : b * layout.padded_total();
@@ -122,7 +121,7 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
     return states;
   }
   states.device = m;
-  if (in.offload_optimizer) {  // moments and (where a copy) master weights on the host, as ZeRO-Offload keeps them
+  if (offloaded) {  // master weights, moments and the gradient's copy on the host, as ZeRO-Offload keeps them
     states.host.optimizer = m.optimizer;
     states.device.optimizer = 0;
   }

@@ -49,10 +49,20 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   const int shard_count = config.stage == 0 ? 1 : groups.shard->size();
   const int shard_rank = config.stage == 0 ? 0 : groups.shard->rank();
   layout_ = PlanLayout(units, shard_count);
-  const bool fp32 = config.compute_dtype == at::kFloat;
-  const bool master_in_parameters = fp32 && (config.stage == 1 || config.stage == 2);
-  master_ = at::zeros({master_in_parameters ? 0 : layout_.trainable_shard_total()}, Options(at::kFloat));
+  // The master weights are the fp32 parameters themselves where those are fp32 and beside the
+  // optimizer; a copy otherwise (16-bit compute, or offloaded to host memory).
+  const bool master_is_parameters = config.compute_dtype == at::kFloat && !config.offload_optimizer;
+  const bool master_in_parameters = master_is_parameters && (config.stage == 1 || config.stage == 2);
+  // Offloaded state lives in host memory, page-locked when the parameters are on a GPU (so that
+  // copies between them run at the bus's speed).
+  const at::TensorOptions state =
+      config.offload_optimizer
+          ? at::TensorOptions().dtype(at::kFloat).device(at::kCPU).pinned_memory(!config.device.is_cpu())
+          : Options(at::kFloat);
+  const int64_t local_total = layout_.trainable_shard_total();
+  master_ = at::zeros({master_in_parameters ? 0 : local_total}, state);
   if (!master_in_parameters) master_pieces_ = {master_};
+  if (config.offload_optimizer) grad_host_ = at::zeros({local_total}, state);
   grad_local_ = at::zeros({layout_.trainable_shard_total()}, Options(at::kFloat));
 
   std::vector<DecayRange> decay;
@@ -93,7 +103,7 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
     }
     switch (config.stage) {
       case 0:
-        unit->full = fp32 ? unit->master : at::zeros({l.padded}, Options(config.compute_dtype));
+        unit->full = master_is_parameters ? unit->master : at::zeros({l.padded}, Options(config.compute_dtype));
         unit->full_grad = grad_local_.narrow(0, local, l.padded);
         break;
       case 1:
@@ -104,7 +114,8 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
         if (!unit->full.defined()) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
         break;
       default:
-        unit->param_shard = fp32 ? unit->master : at::zeros({l.shard_size}, Options(config.compute_dtype));
+        unit->param_shard =
+            master_is_parameters ? unit->master : at::zeros({l.shard_size}, Options(config.compute_dtype));
         unit->persistent = l.numel < config.persistence_threshold;
         if (unit->persistent) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
         break;
@@ -112,8 +123,7 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
     local += l.shard_size;
     units_.push_back(std::move(unit));
   }
-  optimizer_ =
-      std::make_unique<AdamW>(config.optimizer, layout_.trainable_shard_total(), std::move(decay), config.device);
+  optimizer_ = std::make_unique<AdamW>(config.optimizer, local_total, std::move(decay), master_.device());
 }
 
 ZeroEngine::~ZeroEngine() {
@@ -413,7 +423,8 @@ double ZeroEngine::FinishGradients() {
 void ZeroEngine::OptimizerStep(double lr, double grad_scale) {
   at::NoGradGuard no_grad;
   DropGathered();
-  optimizer_->Step(master_pieces_, grad_local_, lr, grad_scale);
+  if (grad_host_.defined()) grad_host_.copy_(grad_local_);
+  optimizer_->Step(master_pieces_, grad_host_.defined() ? grad_host_ : grad_local_, lr, grad_scale);
   PublishParameters();
 }
 
@@ -432,8 +443,8 @@ void ZeroEngine::PublishParameters() {
       if (!SameMemory(unit.param_shard, master)) unit.param_shard.copy_(master);
       if (!unit.persistent) continue;
       source = unit.param_shard;
-    } else if (config_.compute_dtype != at::kFloat) {
-      source = master.to(config_.compute_dtype);
+    } else {
+      source = master.to(config_.device, config_.compute_dtype);  // itself where it is already that
     }
     auto pending = std::make_unique<Pending>();
     pending->work = groups_.shard->AllGather(source, unit.full, Tag(static_cast<int>(u)));
@@ -481,7 +492,8 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
       continue;
     }
     at::Tensor whole = at::empty({unit.layout->padded}, Options(at::kFloat));
-    groups_.shard->AllGather(master, whole, CollectiveTag{unit.layout->name + " (export)", step_})->Wait();
+    groups_.shard->AllGather(master.to(config_.device), whole, CollectiveTag{unit.layout->name + " (export)", step_})
+        ->Wait();
     sink(*unit.layout, whole);
   }
 }
@@ -490,10 +502,10 @@ MemoryAccount ZeroEngine::memory() const {
   MemoryAccount account;
   const int64_t element = static_cast<int64_t>(c10::elementSize(config_.compute_dtype));
   const int64_t local = layout_.trainable_shard_total();
-  account.optimizer = 2 * 4 * local;  // AdamW moments
-  // fp32 master weights, unless they are the parameters forward uses (fp32 stages 0-2; stage 3
-  // below).
-  if (config_.compute_dtype != at::kFloat || config_.stage == 3) account.optimizer += 4 * local;
+  const bool master_is_parameters = config_.compute_dtype == at::kFloat && !config_.offload_optimizer;
+  account.optimizer = 2 * 4 * local;                              // AdamW moments
+  if (!master_is_parameters) account.optimizer += 4 * local;      // fp32 master weights, a copy
+  if (config_.offload_optimizer) account.optimizer += 4 * local;  // the gradient's host copy
   account.gradients = 4 * local;
   for (const auto& unit : units_) {
     if (!unit->trainable) {
@@ -505,14 +517,10 @@ MemoryAccount ZeroEngine::memory() const {
     if (config_.stage == 1) account.gradients += 4 * unit->layout->padded;
     if (config_.stage <= 2) account.parameters += element * unit->layout->padded;
     if (config_.stage == 3) {
-      if (config_.compute_dtype != at::kFloat) account.parameters += element * unit->shard_size;
+      // The parameter shard: the master shard itself where that is the parameters.
+      account.parameters += master_is_parameters ? 4 * unit->shard_size : element * unit->shard_size;
       if (unit->persistent) account.parameters += element * unit->layout->padded;
     }
-  }
-  if (config_.stage == 3 && config_.compute_dtype == at::kFloat) {
-    // The fp32 master shard doubles as the parameter shard.
-    account.parameters += 4 * local;
-    account.optimizer -= 4 * local;
   }
   return account;
 }

@@ -65,6 +65,9 @@ struct ZeroConfig {
   int prefetch_units = 1;             // stage 3: units gathered ahead of use
   bool recompute = false;             // recompute each unit's forward in backward (activation checkpointing)
   at::Device device = at::kCPU;       // where every buffer lives (the communicators' device)
+  // ZeRO-Offload: the fp32 master weights and the optimizer state in host memory, stepped there
+  // from a host copy of the gradient shard; the parameters forward uses stay on `device`.
+  bool offload_optimizer = false;
 };
 
 // Bytes this rank holds, by kind (what metrics.jsonl reports and the planner predicts).
@@ -179,11 +182,13 @@ class ZeroEngine {
   std::map<std::string, int> unit_of_;     // parameter name -> unit
   std::map<std::string, int> unit_index_;  // unit name -> unit
   // fp32 master weights: this rank's shards of every trainable unit, in order (whole at stage
-  // 0). One flat buffer, master_; or, where the parameters forward uses are fp32 and whole
-  // (stages 1 and 2), each unit's shard inside its parameters: a copy would hold the same values.
+  // 0). One flat buffer, master_ (in host memory with offload); or, where the parameters forward
+  // uses are fp32 and whole (stages 1 and 2), each unit's shard inside its parameters: a copy
+  // would hold the same values.
   at::Tensor master_;                      // empty where the shards lie in the parameters
   std::vector<at::Tensor> master_pieces_;  // what the optimizer updates: {master_}, or one per unit
   at::Tensor grad_local_;                  // fp32, the gradient of the master weights, flat
+  at::Tensor grad_host_;                   // offload: grad_local_'s host copy the step reads
   std::unique_ptr<AdamW> optimizer_;
   std::deque<std::unique_ptr<Pending>> pending_;  // reductions in flight, oldest first
   int64_t step_ = 0;

@@ -84,9 +84,6 @@ void CheckSupported(const JobSpec& spec, at::Device device) {
   if (spec.model.dtype == ComputeDType::kFp16 && device.is_cpu()) {
     unsupported("model.dtype fp16 on CPU (LibTorch's CPU kernels have no fp16 matrix products; use bf16)");
   }
-  if (spec.sharding.offload_optimizer == OffloadTarget::kCpu && device.is_cuda()) {
-    unsupported("sharding.offload_optimizer: cpu with CUDA training");
-  }
 }
 
 class Trainer {
@@ -328,6 +325,8 @@ void Trainer::Prepare() {
   zero.prefetch_units = static_cast<int>(spec_.sharding.prefetch_layers);
   zero.recompute = spec_.training.activation_checkpointing;
   zero.device = device_;
+  // Training on the CPU, the optimizer state is in host memory already.
+  zero.offload_optimizer = spec_.sharding.offload_optimizer == OffloadTarget::kCpu && !device_.is_cpu();
   engine_ = std::make_unique<ZeroEngine>(peft_.Units(), zero, groups_.groups);
   model_ = MakeUnitModel(peft_, *engine_, compute_dtype_, device_);
 
@@ -366,7 +365,11 @@ void Trainer::Prepare() {
     if (device_.is_cpu()) spdlog::info("BLAS: {}", BlasKernelDescription());
     spdlog::info("memory per rank: parameters {:.2f} MiB, gradients {:.2f} MiB, optimizer state {:.2f} MiB",
                  memory.parameters / 1048576.0, memory.gradients / 1048576.0, memory.optimizer / 1048576.0);
-    if (spec_.sharding.offload_optimizer == OffloadTarget::kCpu) {
+    if (zero.offload_optimizer) {
+      spdlog::info(
+          "sharding.offload_optimizer: cpu: master weights and optimizer state in host memory, "
+          "stepped by the CPU");
+    } else if (spec_.sharding.offload_optimizer == OffloadTarget::kCpu) {
       spdlog::info("sharding.offload_optimizer: cpu: the optimizer state is in host memory already (CPU training)");
     }
   }
