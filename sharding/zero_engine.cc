@@ -53,12 +53,11 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   // optimizer; a copy otherwise (16-bit compute, or offloaded to host memory).
   const bool master_is_parameters = config.compute_dtype == at::kFloat && !config.offload_optimizer;
   const bool master_in_parameters = master_is_parameters && (config.stage == 1 || config.stage == 2);
-  // Offloaded state lives in host memory, page-locked when the parameters are on a GPU (so that
-  // copies between them run at the bus's speed).
+  // Offloaded state lives in ordinary host memory. (LibTorch's page-locked allocator rounds
+  // each block up to a power of two, up to twice the bytes planned; and a 16-bit upload converts
+  // on the CPU into an unpinned temporary anyway.)
   const at::TensorOptions state =
-      config.offload_optimizer
-          ? at::TensorOptions().dtype(at::kFloat).device(at::kCPU).pinned_memory(!config.device.is_cpu())
-          : Options(at::kFloat);
+      config.offload_optimizer ? at::TensorOptions().dtype(at::kFloat).device(at::kCPU) : Options(at::kFloat);
   const int64_t local_total = layout_.trainable_shard_total();
   master_ = at::zeros({master_in_parameters ? 0 : local_total}, state);
   if (!master_in_parameters) master_pieces_ = {master_};
