@@ -49,9 +49,7 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   const int shard_count = config.stage == 0 ? 1 : groups.shard->size();
   const int shard_rank = config.stage == 0 ? 0 : groups.shard->rank();
   layout_ = PlanLayout(units, shard_count);
-  // The master weights are the fp32 parameters themselves where those are fp32 and beside the
-  // optimizer; a copy otherwise (16-bit compute, or offloaded to host memory).
-  const bool master_is_parameters = config.compute_dtype == at::kFloat && !config.offload_optimizer;
+  const bool master_is_parameters = MasterIsParameters();
   const bool master_in_parameters = master_is_parameters && (config.stage == 1 || config.stage == 2);
   // Offloaded state lives in ordinary host memory. (LibTorch's page-locked allocator rounds
   // each block up to a power of two, up to twice the bytes planned; and a 16-bit upload converts
@@ -62,7 +60,7 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   master_ = at::zeros({master_in_parameters ? 0 : local_total}, state);
   if (!master_in_parameters) master_pieces_ = {master_};
   if (config.offload_optimizer) grad_host_ = at::zeros({local_total}, state);
-  grad_local_ = at::zeros({layout_.trainable_shard_total()}, Options(at::kFloat));
+  grad_local_ = at::zeros({local_total}, Options(at::kFloat));
 
   std::vector<DecayRange> decay;
   int64_t local = 0;
@@ -501,9 +499,8 @@ MemoryAccount ZeroEngine::memory() const {
   MemoryAccount account;
   const int64_t element = static_cast<int64_t>(c10::elementSize(config_.compute_dtype));
   const int64_t local = layout_.trainable_shard_total();
-  const bool master_is_parameters = config_.compute_dtype == at::kFloat && !config_.offload_optimizer;
   account.optimizer = 2 * 4 * local;                              // AdamW moments
-  if (!master_is_parameters) account.optimizer += 4 * local;      // fp32 master weights, a copy
+  if (!MasterIsParameters()) account.optimizer += 4 * local;      // fp32 master weights, a copy
   if (config_.offload_optimizer) account.optimizer += 4 * local;  // the gradient's host copy
   account.gradients = 4 * local;
   for (const auto& unit : units_) {
@@ -516,8 +513,7 @@ MemoryAccount ZeroEngine::memory() const {
     if (config_.stage == 1) account.gradients += 4 * unit->layout->padded;
     if (config_.stage <= 2) account.parameters += element * unit->layout->padded;
     if (config_.stage == 3) {
-      // The parameter shard: the master shard itself where that is the parameters.
-      account.parameters += master_is_parameters ? 4 * unit->shard_size : element * unit->shard_size;
+      account.parameters += element * unit->shard_size;  // in fp32 (not offloaded), the master shard itself
       if (unit->persistent) account.parameters += element * unit->layout->padded;
     }
   }

@@ -159,6 +159,9 @@ class ZeroEngine {
   struct Unit;
   struct Pending;
   static bool Selected(const Unit& unit, Units which);
+  // The master weights are the fp32 parameters themselves where those are fp32 and beside the
+  // optimizer; a copy otherwise (16-bit compute, or offloaded to host memory).
+  bool MasterIsParameters() const { return config_.compute_dtype == at::kFloat && !config_.offload_optimizer; }
   // Zeroes what of a unit's whole gradient buffer no contribution wrote (before its reduction).
   void EnsureGradientBuffer(Unit& unit);
   void ZeroUnwritten(Unit& unit);

@@ -88,7 +88,8 @@ struct NcclState {
 // while a watchdog waits. If it has not returned within the timeout (a peer stalled, or never
 // came), the watchdog logs what hung and ends the process: mpirun or srun then end the job.
 template <typename Create>
-void CreateWithinTimeout(const std::string& what, double timeout_s, Create create) {
+void CreateWithinTimeout(int world_rank, const std::string& group, double timeout_s, Create create) {
+  const std::string what = fmt::format("rank {}: creating the NCCL communicator of {}", world_rank, group);
   std::mutex mutex;
   std::condition_variable returned;
   bool done = false;
@@ -168,7 +169,7 @@ class NcclCommunicator : public Communicator {
     std::memcpy(&id, words.data_ptr(), sizeof(id));
     ST_CUDA_CHECK(cudaGetDevice(&device_));
     state_ = std::make_shared<NcclState>();
-    CreateWithinTimeout(fmt::format("rank {}: creating the NCCL communicator of {}", world_rank(), name()), timeout_s_,
+    CreateWithinTimeout(world_rank(), name(), timeout_s_,
                         [&] { ST_NCCL_CHECK(ncclCommInitRank(&state_->comm, size(), id, rank())); });
   }
   // A group over `bootstrap`'s ranks on an existing NCCL communicator of the same ranks.
@@ -235,7 +236,7 @@ class NcclCommunicator : public Communicator {
       return std::make_unique<NcclCommunicator>(std::move(bootstrap), timeout_s_, state_, device_);
     }
     auto state = std::make_shared<NcclState>();
-    CreateWithinTimeout(fmt::format("rank {}: creating the NCCL communicator of {}", world_rank(), name), timeout_s_,
+    CreateWithinTimeout(world_rank(), name, timeout_s_,
                         [&] { ST_NCCL_CHECK(ncclCommSplit(state_->comm, color, key, &state->comm, nullptr)); });
     return std::make_unique<NcclCommunicator>(std::move(bootstrap), timeout_s_, std::move(state), device_);
   }
