@@ -106,7 +106,11 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
       }
     }
     const TrainingSummary summary = RunTraining(spec, nccl_world ? *nccl_world : *mpi_world, options);
-    if (reporter) reporter->Result(summary.finished, summary.paused, "", "");
+    if (reporter) {
+      reporter->Result(summary.finished ? AttemptOutcome::kFinished
+                       : summary.paused ? AttemptOutcome::kPaused
+                                        : AttemptOutcome::kStopped);
+    }
     if (mpi_world->rank() == 0) {
       spdlog::info("job '{}' finished: {} steps, last loss {:.4f}{}", spec.name, summary.steps, summary.last_loss,
                    summary.last_val_loss ? fmt::format(", val_loss {:.4f}", *summary.last_val_loss) : "");
@@ -117,10 +121,7 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
     return kExitOk;
   } catch (const std::exception& e) {
     const int code = ReportFailure(e);
-    if (reporter) {
-      reporter->Result(false, false, code == kExitInvalidInput ? "INVALID_INPUT" : "RANK_FAILED",
-                       fmt::format("rank 0: {}", e.what()));
-    }
+    if (reporter) reporter->Failure(e);
     // One rank failing fails the job: take every other rank down now rather than let them wait
     // in a collective until their timeout.
     if (mpi && world_size > 1) MpiRuntime::Abort(code);

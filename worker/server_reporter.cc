@@ -4,10 +4,48 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <string_view>
+#include <thread>
 
+#include "common/error.h"
+#include "common/job_spec.h"
+#include "common/worker_contract.h"
+#include "sharding/comm/collective_timeout.h"
 #include "shardtune/v1/jobs.grpc.pb.h"
 
 namespace shardtune {
+
+namespace {
+
+std::string Environment(std::string_view name) {
+  const char* value = std::getenv(std::string(name).c_str());
+  return value != nullptr ? value : "";
+}
+
+// The JobErrorCode an exception thrown while training means. The user errors here are exactly
+// those ReportFailure (worker/entry.h) exits kExitInvalidInput for.
+v1::JobErrorCode JobErrorCodeFor(const std::exception& error) {
+  if (dynamic_cast<const SpecError*>(&error) != nullptr) return v1::INVALID_SPEC;
+  // A collective past sharding.collective_timeout_s (on this rank: the stuck one is another).
+  if (dynamic_cast<const CollectiveTimeout*>(&error) != nullptr) return v1::TIMEOUT;
+  const auto* typed = dynamic_cast<const Error*>(&error);
+  if (typed == nullptr) return v1::RANK_FAILED;
+  switch (typed->code()) {
+    case ErrorCode::kInvalidArgument:     // a setting the model or data cannot honour
+    case ErrorCode::kFailedPrecondition:  // e.g. output.dir holds a finished run, resume mismatch
+    case ErrorCode::kUnimplemented:       // a setting this build does not support
+      return v1::INVALID_SPEC;
+    case ErrorCode::kNotFound:  // a file the spec names
+    case ErrorCode::kDataLoss:
+      return v1::INVALID_INPUT;
+    case ErrorCode::kIo:
+    case ErrorCode::kInternal:
+      break;
+  }
+  return v1::RANK_FAILED;
+}
+
+}  // namespace
 
 struct ServerReporter::Impl {
   std::unique_ptr<v1::WorkerService::Stub> stub;
@@ -26,22 +64,38 @@ struct ServerReporter::Impl {
     warned = true;  // once: the server may be restarting
     spdlog::warn("cannot report {} to the server: {} (training goes on)", what, status.error_message());
   }
+
+  void SendResult(v1::ResultReport report) {
+    report.set_job_id(job_id);
+    report.set_attempt(attempt);
+    report.set_succeeded(report.outcome() == v1::ATTEMPT_FINISHED);
+    report.set_paused(report.outcome() == v1::ATTEMPT_PAUSED);
+    // A few tries: a server restarting right now would otherwise fall back on the exit status alone.
+    constexpr int kTries = 3;
+    grpc::Status status;
+    for (int tried = 1; tried <= kTries; ++tried) {
+      v1::WorkerReply reply;
+      status = stub->ReportResult(Context().get(), report, &reply);
+      if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+      if (tried < kTries) std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+    Check(status, "the result");
+  }
 };
 
 bool ServerReporter::ManagedByServer() {
-  return std::getenv("SHARDTUNE_JOB_TOKEN") != nullptr && std::getenv("SHARDTUNE_SERVER") != nullptr &&
-         std::getenv("SHARDTUNE_JOB_ID") != nullptr;
+  return !Environment(contract::kEnvJobToken).empty() && !Environment(contract::kEnvServer).empty() &&
+         !Environment(contract::kEnvJobId).empty();
 }
 
 std::unique_ptr<ServerReporter> ServerReporter::FromEnvironment() {
   if (!ManagedByServer()) return nullptr;
   auto impl = std::make_unique<Impl>();
   impl->stub = v1::WorkerService::NewStub(
-      grpc::CreateChannel(std::getenv("SHARDTUNE_SERVER"), grpc::InsecureChannelCredentials()));
-  impl->job_id = std::getenv("SHARDTUNE_JOB_ID");
-  impl->token = std::getenv("SHARDTUNE_JOB_TOKEN");
-  const char* attempt = std::getenv("SHARDTUNE_JOB_ATTEMPT");
-  impl->attempt = attempt ? std::atoi(attempt) : 0;
+      grpc::CreateChannel(Environment(contract::kEnvServer), grpc::InsecureChannelCredentials()));
+  impl->job_id = Environment(contract::kEnvJobId);
+  impl->token = Environment(contract::kEnvJobToken);
+  impl->attempt = std::atoi(Environment(contract::kEnvJobAttempt).c_str());
   return std::unique_ptr<ServerReporter>(new ServerReporter(std::move(impl)));
 }
 
@@ -75,17 +129,34 @@ void ServerReporter::Checkpoint(int64_t step, const std::string& path) {
   impl_->Check(impl_->stub->ReportCheckpoint(impl_->Context().get(), report, &reply), "a checkpoint");
 }
 
-void ServerReporter::Result(bool succeeded, bool paused, const std::string& error_code, const std::string& message) {
+void ServerReporter::Result(AttemptOutcome outcome) {
   v1::ResultReport report;
-  report.set_job_id(impl_->job_id);
-  report.set_attempt(impl_->attempt);
-  report.set_succeeded(succeeded);
-  report.set_paused(paused);
-  report.mutable_error()->set_code(error_code);
-  report.mutable_error()->set_message(message);
-  report.mutable_error()->set_rank(message.empty() ? -1 : 0);
-  v1::WorkerReply reply;
-  impl_->Check(impl_->stub->ReportResult(impl_->Context().get(), report, &reply), "the result");
+  switch (outcome) {
+    case AttemptOutcome::kFinished:
+      report.set_outcome(v1::ATTEMPT_FINISHED);
+      break;
+    case AttemptOutcome::kPaused:
+      report.set_outcome(v1::ATTEMPT_PAUSED);
+      break;
+    case AttemptOutcome::kStopped:
+      report.set_outcome(v1::ATTEMPT_OUTCOME_UNSPECIFIED);
+      break;
+  }
+  report.mutable_error()->set_rank(-1);
+  impl_->SendResult(std::move(report));
+}
+
+void ServerReporter::Failure(const std::exception& error) {
+  v1::ResultReport report;
+  report.set_outcome(v1::ATTEMPT_FAILED);
+  const v1::JobErrorCode code = JobErrorCodeFor(error);
+  const std::string what = error.what();
+  report.mutable_error()->set_kind(code);
+  report.mutable_error()->set_code(v1::JobErrorCode_Name(code));
+  // Collective errors already name their rank ("rank 0: all_gather of ... at step 12 ...").
+  report.mutable_error()->set_message(what.rfind("rank ", 0) == 0 ? what : "rank 0: " + what);
+  report.mutable_error()->set_rank(0);
+  impl_->SendResult(std::move(report));
 }
 
 }  // namespace shardtune

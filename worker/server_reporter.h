@@ -4,16 +4,24 @@
 // progress report can ask the job to stop at a checkpoint (pause). Best effort: a server that
 // cannot be reached (restarting, say) costs a warning, never the job.
 
+#include <exception>
 #include <map>
 #include <memory>
 #include <string>
 
 namespace shardtune {
 
+// How an attempt that did not fail ended on rank 0 (proto AttemptOutcome).
+enum class AttemptOutcome {
+  kFinished,  // trained to the end (or stopped early by its metric) and wrote final/
+  kPaused,    // stopped at a checkpoint because the server asked
+  kStopped,   // stopped before the end without being asked (TrainerOptions::stop_after_step)
+};
+
 class ServerReporter {
  public:
-  // From SHARDTUNE_SERVER, SHARDTUNE_JOB_ID, SHARDTUNE_JOB_TOKEN and SHARDTUNE_JOB_ATTEMPT;
-  // nullptr when the job was not started by a server.
+  // From the job's environment (common/worker_contract.h); nullptr when the job was not
+  // started by a server.
   static std::unique_ptr<ServerReporter> FromEnvironment();
   static bool ManagedByServer();  // those variables are set (on every rank)
   ~ServerReporter();
@@ -22,7 +30,13 @@ class ServerReporter {
   bool Progress(int64_t step, int64_t total_steps, double epoch, int64_t tokens,
                 const std::map<std::string, double>& metrics, const std::string& log_line);
   void Checkpoint(int64_t step, const std::string& path);
-  void Result(bool succeeded, bool paused, const std::string& error_code, const std::string& message);
+  // How the attempt ended. The server decides the job's status from this report (and the
+  // attempt's exit status), so it is retried for a few seconds when the server cannot be reached.
+  void Result(AttemptOutcome outcome);
+  // The attempt failed on this rank with `error`: reported with the JobErrorCode its type means
+  // (a collective timeout: TIMEOUT; a spec the model or data cannot honour: INVALID_SPEC; a file
+  // the spec names missing or malformed: INVALID_INPUT; anything else: RANK_FAILED).
+  void Failure(const std::exception& error);
 
  private:
   struct Impl;

@@ -16,6 +16,8 @@
 #include "common/error.h"
 #include "common/exit_codes.h"
 #include "common/job_spec.h"
+#include "common/worker_contract.h"
+#include "launcher/rank_command.h"
 #include "launcher/server/processes.h"
 #include "sharding/planner.h"
 
@@ -35,10 +37,41 @@ JobSpec ParseSpec(const std::string& yaml) {
   } catch (const SpecError& e) {
     std::string message = "the job spec has problems:";
     for (const auto& p : e.problems()) message += "\n" + p;
-    throw RequestError(RequestError::Kind::kInvalidArgument, message);
+    throw RequestError(RequestError::Kind::kInvalidArgument, message, v1::INVALID_SPEC);
   } catch (const Error& e) {
-    throw RequestError(RequestError::Kind::kInvalidArgument, e.what());
+    throw RequestError(RequestError::Kind::kInvalidArgument, e.what(), v1::INVALID_SPEC);
   }
+}
+
+// Sets the job's error: the code, its name in the `code` string older clients read, the message.
+void SetError(v1::Job& job, v1::JobErrorCode code, const std::string& message) {
+  job.mutable_error()->set_kind(code);
+  job.mutable_error()->set_code(v1::JobErrorCode_Name(code));
+  job.mutable_error()->set_message(message);
+}
+
+// Errors of the user's making, which a retry would only repeat.
+bool IsUserError(v1::JobErrorCode code) {
+  return code == v1::INVALID_SPEC || code == v1::INVALID_DATA || code == v1::INVALID_INPUT;
+}
+
+// A worker's error as reported: the code from `kind`, or from the `code` string of a worker
+// that predates `kind`.
+v1::JobError Normalized(v1::JobError error) {
+  v1::JobErrorCode kind = error.kind();
+  if (kind == v1::JOB_ERROR_CODE_UNSPECIFIED && !error.code().empty() && !v1::JobErrorCode_Parse(error.code(), &kind))
+    kind = v1::RANK_FAILED;
+  if (kind == v1::JOB_ERROR_CODE_UNSPECIFIED) return error;
+  error.set_kind(kind);
+  error.set_code(v1::JobErrorCode_Name(kind));
+  return error;
+}
+
+// Lines in which mpirun says that it lost a host: its daemon there died or became unreachable
+// (Open MPI 4's ORTE and Open MPI 5's PRRTE word them alike).
+bool MpirunLostAHost(const std::string& line) {
+  return line.find("has lost communication with a remote daemon") != std::string::npos ||
+         line.find("daemon has unexpectedly failed after launch") != std::string::npos;
 }
 
 }  // namespace
@@ -52,7 +85,7 @@ std::string StructToJson(const google::protobuf::Struct& fields) {
   // JSON is YAML: the structured spec goes through the same parser and checks as the text.
   std::string json;
   if (!google::protobuf::util::MessageToJsonString(fields, &json).ok())
-    throw RequestError(RequestError::Kind::kInvalidArgument, "spec_fields does not convert to JSON");
+    throw RequestError(RequestError::Kind::kInvalidArgument, "spec_fields does not convert to JSON", v1::INVALID_SPEC);
   return json;
 }
 
@@ -71,7 +104,7 @@ void JobManager::Start() {
   // others are settled from their exit files by the first Tick.
   for (JobRecord& r : store_->Unfinished()) {
     if (r.job.status() == v1::RUNNING) {
-      const bool alive = SupervisorAlive(r.supervisor_pid, r.job.id());
+      const bool alive = SupervisorRuns(r);
       spdlog::info("job {}: attempt {} {} ", r.job.id(), r.job.attempt(),
                    alive ? "still runs; watching it again" : "ended while the server was down");
       Event(r, "note",
@@ -80,20 +113,35 @@ void JobManager::Start() {
     }
   }
   validator_ = std::thread([this] { ValidateLoop(); });
-  thread_ = std::thread([this] {
-    while (true) {
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (stopping_) return;
-        try {
-          Tick();
-        } catch (const std::exception& e) {
-          spdlog::error("scheduler: {}", e.what());
-        }
+  thread_ = std::thread([this] { ScheduleLoop(); });
+}
+
+void JobManager::ScheduleLoop() {
+  // Slurm's commands can take seconds: they run between two holds of the lock, so that no RPC
+  // waits on them (SlurmCalls).
+  while (true) {
+    SlurmCalls slurm;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stopping_) return;
+      try {
+        Tick(slurm);
+      } catch (const std::exception& e) {
+        spdlog::error("scheduler: {}", e.what());
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      slurm.commands.swap(slurm_commands_);
     }
-  });
+    if (!slurm.empty()) {
+      MakeSlurmCalls(slurm);
+      std::lock_guard<std::mutex> lock(mutex_);
+      try {
+        ApplySlurmResults(slurm);
+      } catch (const std::exception& e) {
+        spdlog::error("scheduler: {}", e.what());
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 void JobManager::Stop() {
@@ -145,8 +193,7 @@ void JobManager::ValidateLoop() {
       std::string summary = check.report.substr(0, check.report.find('\n'));
       SetStatus(*r, v1::QUEUED, summary.empty() ? "its data checked" : "data checked: " + summary);
     } else {
-      r->job.mutable_error()->set_code("INVALID_DATA");
-      r->job.mutable_error()->set_message(check.report.substr(0, 8000));
+      SetError(r->job, v1::INVALID_DATA, check.report.substr(0, 8000));
       SetStatus(*r, v1::FAILED, "its data has problems (not retried: a user error):\n" + r->job.error().message());
     }
   }
@@ -193,7 +240,7 @@ int JobManager::UsedSlots(const std::string& tenant, int* running_jobs) {
   int slots = 0;
   *running_jobs = 0;
   for (const JobRecord& r : store_->Unfinished()) {
-    if (r.job.status() != v1::RUNNING) continue;
+    if (r.job.status() != v1::RUNNING && !submitting_.count(r.job.id())) continue;
     if (!tenant.empty() && r.job.tenant() != tenant) continue;
     slots += r.job.ranks();
     ++*running_jobs;
@@ -262,7 +309,7 @@ std::optional<Plan> JobManager::PlanFor(const JobSpec& spec, int64_t ranks) cons
   try {
     return MakePlan(PlanInputForJob(spec, ranks, config_.memory_per_slot_gib * (1 << 30), config_.gpus));
   } catch (const Error& e) {
-    throw RequestError(RequestError::Kind::kInvalidArgument, e.what());
+    throw RequestError(RequestError::Kind::kInvalidArgument, e.what(), v1::INVALID_SPEC);
   }
 }
 
@@ -324,7 +371,8 @@ v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int rank
     if (global > 0 && global % (micro * ranks) != 0) {
       throw RequestError(
           RequestError::Kind::kInvalidArgument,
-          fmt::format("{} ranks do not divide the global batch {} into micro-batches of {}", ranks, global, micro));
+          fmt::format("{} ranks do not divide the global batch {} into micro-batches of {}", ranks, global, micro),
+          v1::INVALID_SPEC);
     }
     r.requested_ranks = ranks;
   }
@@ -374,32 +422,66 @@ void JobManager::Result(const v1::ResultReport& report) {
   auto r = store_->Get(report.job_id());
   if (!r || r->job.attempt() != report.attempt()) return;
   if (r->result_succeeded) return;  // a later run of the same attempt (a Slurm requeue) changes nothing
+  // The outcome, or from the two flags of a worker that predates it.
+  v1::AttemptOutcome outcome = report.outcome();
+  if (outcome == v1::ATTEMPT_OUTCOME_UNSPECIFIED && report.succeeded()) outcome = v1::ATTEMPT_FINISHED;
+  if (outcome == v1::ATTEMPT_OUTCOME_UNSPECIFIED && report.paused()) outcome = v1::ATTEMPT_PAUSED;
   r->result_reported = true;
-  r->result_succeeded = report.succeeded();
-  r->result_paused = report.paused();
-  if (report.has_error() && !report.error().message().empty()) *r->job.mutable_error() = report.error();
+  r->result_succeeded = outcome == v1::ATTEMPT_FINISHED;
+  r->result_paused = outcome == v1::ATTEMPT_PAUSED;
+  const bool has_error = report.has_error() && !report.error().message().empty();
+  // A host mpirun lost explains what the ranks left on the others then saw (a failed or timed-out
+  // collective): that stays the job's error.
+  const v1::JobError error = Normalized(report.error());
+  if (has_error && (r->job.error().kind() != v1::NODE_LOST || IsUserError(error.kind())))
+    *r->job.mutable_error() = error;
   store_->Update(*r);
-  if (report.has_error() && !report.error().message().empty()) Event(*r, "error", report.error().message());
+  if (has_error) Event(*r, "error", report.error().message());
+}
+
+bool JobManager::SupervisorRuns(const JobRecord& r) const {
+  if (r.supervisor_pid <= 0) return false;
+  if (const auto id = ReadPidFile(AttemptFile(r, ".pid").string()))
+    return id->pid == r.supervisor_pid && StillRuns(*id);
+  return LegacySupervisorAlive(r.supervisor_pid, r.job.id());  // started by a server without pid files
+}
+
+fs::path JobManager::AttemptFile(const JobRecord& r, const std::string& suffix) const {
+  return fs::path(config_.data_dir) / r.job.id() / fmt::format("attempt-{}{}", r.job.attempt(), suffix);
 }
 
 void JobManager::Signal(const JobRecord& r, int signal) {
   if (!r.backend_id.empty()) {  // Slurm signals every step, and kills after its KillWait
-    RunCommand({"scancel", signal == SIGKILL ? "--signal=KILL" : "--signal=TERM", "--full", r.backend_id});
-    if (signal == SIGTERM) RunCommand({"scancel", r.backend_id});
+    slurm_commands_.push_back(
+        {"scancel", signal == SIGKILL ? "--signal=KILL" : "--signal=TERM", "--full", r.backend_id});
+    if (signal == SIGTERM) slurm_commands_.push_back({"scancel", r.backend_id});
     return;
   }
-  if (r.supervisor_pid > 0 && SupervisorAlive(r.supervisor_pid, r.job.id())) {
-    ::kill(-static_cast<pid_t>(r.supervisor_pid), signal);  // its process group: mpirun and local ranks
+  // Only the supervisor: it passes a stop on to mpirun, and kills every process of the attempt
+  // when told to (launcher/server/processes.h).
+  if (SupervisorRuns(r))
+    ::kill(static_cast<pid_t>(r.supervisor_pid), signal == SIGKILL ? kSignalKillAttempt : kSignalStopAttempt);
+}
+
+void JobManager::NoteHostLost(JobRecord& r, const std::string& line) {
+  if (r.job.error().kind() == v1::NODE_LOST) {
+    // mpirun names the host a few lines after the first ("Remote daemon: [[1,0],1] on node n2").
+    if (line.find(" on node ") != std::string::npos && r.job.error().message().find(" on node ") == std::string::npos)
+      r.job.mutable_error()->set_message(r.job.error().message() + " (" + line.substr(line.find_first_not_of(' ')) +
+                                         ")");
+    return;
   }
-  if (signal == SIGKILL) KillJobProcesses(r.job.id());
+  if (IsUserError(r.job.error().kind())) return;
+  SetError(r.job, v1::NODE_LOST, "mpirun lost a host: " + line);
+  r.job.mutable_error()->set_rank(-1);
 }
 
 void JobManager::ForwardLog(JobRecord& r) {
   // The attempt's log (mpirun's output: every rank's lines) becomes "log" events, a whole line
-  // at a time, so that WatchJob shows what the ranks print.
+  // at a time, so that WatchJob shows what the ranks print. mpirun's own lines saying that it lost
+  // a host make the attempt's error NODE_LOST.
   constexpr size_t kMaxLine = 4000, kMaxBytesPerCall = 1 << 20;
-  std::ifstream in(fs::path(config_.data_dir) / r.job.id() / fmt::format("attempt-{}.log", r.job.attempt()),
-                   std::ios::binary);
+  std::ifstream in(AttemptFile(r, ".log"), std::ios::binary);
   if (!in) return;
   in.seekg(r.log_offset);
   std::string chunk(kMaxBytesPerCall, '\0');
@@ -411,6 +493,9 @@ void JobManager::ForwardLog(JobRecord& r) {
     used = end + 1;
     if (line.empty()) continue;
     if (line.size() > kMaxLine) line = line.substr(0, kMaxLine) + " [...]";
+    if (MpirunLostAHost(line) ||
+        (r.job.error().kind() == v1::NODE_LOST && line.find("Remote daemon:") != std::string::npos))
+      NoteHostLost(r, line);
     Event(r, "log", line);
   }
   if (used == 0) return;
@@ -418,40 +503,24 @@ void JobManager::ForwardLog(JobRecord& r) {
   store_->Update(r);
 }
 
-void JobManager::Tick() {
+void JobManager::Tick(SlurmCalls& slurm) {
   // Running attempts: what they printed; ended? overdue for SIGKILL?
   for (JobRecord& r : store_->Unfinished()) {
     if (r.job.status() != v1::RUNNING) continue;
     ForwardLog(r);
-    int exit_code = -1;
-    bool ended = false;
     if (!r.backend_id.empty()) {
-      if (++slurm_polls_ % 10 != 0) continue;  // about once a second
-      static const std::set<std::string> kRunning = {"PENDING",   "CONFIGURING",  "RUNNING",     "COMPLETING",
-                                                     "REQUEUED",  "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-                                                     "SUSPENDED", "SIGNALING",    "STAGE_OUT",   "UNKNOWN"};
-      const auto state = SlurmState(r);
-      if (state && kRunning.count(*state)) {
-        // Preempted and requeued jobs run the batch script again and resume from their checkpoint.
-        if (r.signal_sent_ms > 0 && NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000))
-          RunCommand({"scancel", "--signal=KILL", "--full", r.backend_id});
-        continue;
-      }
-      Settle(r, ReadExitFile(r.exit_file).value_or(-1));  // ended: the batch script's exit file tells how
+      // Polled about once a second, without the lock (ApplySlurmResults settles it).
+      if (++slurm_polls_ % 10 == 0)
+        slurm.polls.push_back({r.job.id(), r.job.attempt(), r.backend_id, std::nullopt, ""});
       continue;
     }
     int status = 0;
     const pid_t pid = static_cast<pid_t>(r.supervisor_pid);
     const pid_t waited = pid > 0 ? ::waitpid(pid, &status, WNOHANG) : -1;
     if (waited == pid && pid > 0) {
-      ended = true;
-      exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    } else if (waited < 0 && !SupervisorAlive(r.supervisor_pid, r.job.id())) {
-      ended = true;  // not our child (the server restarted): the exit file tells
-      exit_code = ReadExitFile(r.exit_file).value_or(-1);
-    }
-    if (ended) {
-      Settle(r, exit_code);
+      Settle(r, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    } else if (waited < 0 && !SupervisorRuns(r)) {
+      Settle(r, ReadExitFile(r.exit_file).value_or(-1));  // not our child (the server restarted): the exit file tells
     } else if (r.signal_sent_ms > 0 &&
                NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000)) {
       Signal(r, SIGKILL);
@@ -460,7 +529,7 @@ void JobManager::Tick() {
   // Queued jobs, by priority then age, while slots last.
   std::vector<JobRecord> queued;
   for (JobRecord& r : store_->Unfinished())
-    if (r.job.status() == v1::QUEUED) queued.push_back(r);
+    if (r.job.status() == v1::QUEUED && !submitting_.count(r.job.id())) queued.push_back(r);
   std::stable_sort(queued.begin(), queued.end(),
                    [](const JobRecord& a, const JobRecord& b) { return a.job.priority() > b.job.priority(); });
   for (JobRecord& r : queued) {
@@ -475,24 +544,16 @@ void JobManager::Tick() {
           (q.max_ranks > 0 && tenant_slots + r.requested_ranks > q.max_ranks))
         continue;  // this tenant waits; others may go
     }
-    Launch(r);
+    Launch(r, slurm);
   }
 }
 
-void JobManager::Launch(JobRecord& r) {
+void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
   const fs::path dir = fs::path(config_.data_dir) / r.job.id();
   fs::create_directories(dir);
   const int attempt = r.job.attempt() + 1;
   const fs::path spec = dir / "job.yaml";
   WriteFileAtomic(spec, r.job.spec_yaml());
-  std::string hostfile_text;
-  int left = r.requested_ranks;
-  for (const HostSlots& h : config_.hosts) {
-    if (left <= 0) break;
-    hostfile_text += fmt::format("{} slots={}\n", h.host, h.slots);
-    left -= h.slots;
-  }
-  WriteFileAtomic(dir / "hostfile", hostfile_text);
   const std::string token = RandomToken();
   r.worker_token_hash = Sha256Hex(token);
   r.exit_file = (dir / fmt::format("exit-{}", attempt)).string();
@@ -507,7 +568,30 @@ void JobManager::Launch(JobRecord& r) {
   r.job.clear_error();
   r.job.mutable_error()->set_rank(-1);
 
-  const std::string worker = WorkerPath();
+  RankCommand ranks;
+  ranks.program = config_.mpirun;
+  ranks.ranks = r.requested_ranks;
+  ranks.environment.assign(contract::kJobEnvironment.begin(), contract::kJobEnvironment.end());
+  ranks.worker = {WorkerPath(), spec.string()};
+  std::map<std::string, std::string> env = {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}};
+  env[std::string(contract::kEnvServer)] = server_address_;
+  env[std::string(contract::kEnvJobId)] = r.job.id();
+  env[std::string(contract::kEnvJobToken)] = token;
+  env[std::string(contract::kEnvJobAttempt)] = std::to_string(attempt);
+  if (config_.backend == "slurm") {
+    PrepareSlurm(r, ranks, env, slurm);
+    return;
+  }
+  std::string hostfile_text;
+  int left = r.requested_ranks;
+  for (const HostSlots& h : config_.hosts) {
+    if (left <= 0) break;
+    hostfile_text += fmt::format("{} slots={}\n", h.host, h.slots);
+    left -= h.slots;
+  }
+  WriteFileAtomic(dir / "hostfile", hostfile_text);
+  ranks.hostfile = (dir / "hostfile").string();
+  ranks.extra_args = config_.mpirun_extra_args;
   std::vector<std::string> argv = {(SelfDirectory() / "shardtune-server").string(),
                                    "supervise",
                                    "--job",
@@ -515,106 +599,160 @@ void JobManager::Launch(JobRecord& r) {
                                    "--exit-file",
                                    r.exit_file,
                                    "--log",
-                                   (dir / fmt::format("attempt-{}.log", attempt)).string(),
-                                   "--",
-                                   config_.mpirun};
-  // Unbound unless the operator's arguments bind (see LaunchTraining).
-  const bool binds =
-      std::any_of(config_.mpirun_extra_args.begin(), config_.mpirun_extra_args.end(),
-                  [](const std::string& a) { return a.rfind("--bind-to", 0) == 0 || a.rfind("-bind-to", 0) == 0; });
-  if (!binds) argv.insert(argv.end(), {"--bind-to", "none"});
-  for (const auto& a : config_.mpirun_extra_args) argv.push_back(a);
-  for (const char* name : {"SHARDTUNE_SERVER", "SHARDTUNE_JOB_ID", "SHARDTUNE_JOB_TOKEN", "SHARDTUNE_JOB_ATTEMPT"}) {
-    argv.push_back("-x");
-    argv.push_back(name);
-  }
-  // Ranks' output stays on mpirun's, whose lines become the job's log events (each rank also
-  // writes OUTPUT_DIR/logs/rank-NNNNN.log). Open MPI 5 and later would divert it to files alone
-  // under --output-filename.
-  argv.insert(argv.end(), {"-np", std::to_string(r.requested_ranks), "--hostfile", (dir / "hostfile").string(), worker,
-                           spec.string()});
-  const std::map<std::string, std::string> env = {
-      {"SHARDTUNE_SERVER", server_address_}, {"SHARDTUNE_JOB_ID", r.job.id()},
-      {"SHARDTUNE_JOB_TOKEN", token},        {"SHARDTUNE_JOB_ATTEMPT", std::to_string(attempt)},
-      {"OMPI_ALLOW_RUN_AS_ROOT", "1"},       {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}};
-  if (config_.backend == "slurm") {
-    LaunchSlurm(r, dir, spec, worker, env);
-    return;
-  }
+                                   AttemptFile(r, ".log").string(),
+                                   "--"};
+  for (std::string& word : RankCommandArgv(ranks)) argv.push_back(std::move(word));
   r.supervisor_pid = SpawnInNewSession(argv, env);
+  // Its identity, for finding it again after a restart: not yet reaped, it cannot have exited unseen.
+  WritePidFile(AttemptFile(r, ".pid").string(),
+               LiveProcess(r.supervisor_pid).value_or(ProcessIdentity{r.supervisor_pid, 0}));
   SetStatus(r, v1::RUNNING,
             fmt::format("attempt {} on {} ranks (supervisor pid {})", attempt, r.requested_ranks, r.supervisor_pid));
 }
 
-void JobManager::LaunchSlurm(JobRecord& r, const fs::path& dir, const fs::path& spec, const std::string& worker,
-                             const std::map<std::string, std::string>& env) {
-  // The template's {{NAME}}s become single-quoted words; the job's environment reaches the
-  // batch script through sbatch's default --export=ALL.
+void JobManager::PrepareSlurm(JobRecord& r, const RankCommand& ranks, const std::map<std::string, std::string>& env,
+                              SlurmCalls& slurm) {
+  // The template's {{NAME}}s become single-quoted words ({{COMMAND}}: the command line that
+  // starts the ranks, as words); the job's environment reaches the batch script through sbatch's
+  // default --export=ALL. {{MPIRUN}}, {{WORKER}} and {{SPEC}} are for templates that predate
+  // {{COMMAND}}.
   std::string script = ReadFile(config_.slurm_template);
   const std::map<std::string, std::string> values = {{"RANKS", std::to_string(r.requested_ranks)},
-                                                     {"MPIRUN", config_.mpirun},
-                                                     {"WORKER", worker},
-                                                     {"SPEC", spec.string()},
-                                                     {"EXIT_FILE", r.exit_file},
-                                                     {"JOB_ID", r.job.id()}};
-  for (const auto& [name, value] : values) {
+                                                     {"COMMAND", ShellCommandLine(RankCommandArgv(ranks))},
+                                                     {"MPIRUN", ShellQuote(ranks.program)},
+                                                     {"WORKER", ShellQuote(ranks.worker.at(0))},
+                                                     {"SPEC", ShellQuote(ranks.worker.at(1))},
+                                                     {"EXIT_FILE", ShellQuote(r.exit_file)},
+                                                     {"JOB_ID", ShellQuote(r.job.id())}};
+  for (const auto& [name, word] : values) {
     const std::string placeholder = "{{" + name + "}}";
-    const std::string word = name == "RANKS" ? value : ShellQuote(value);
     for (size_t at = script.find(placeholder); at != std::string::npos; at = script.find(placeholder, at + word.size()))
       script.replace(at, placeholder.size(), word);
   }
-  const fs::path script_path = dir / fmt::format("attempt-{}.sbatch", r.job.attempt());
+  const fs::path script_path = AttemptFile(r, ".sbatch");
   WriteFileAtomic(script_path, script);
-  std::vector<std::string> argv = {"sbatch", "--parsable", "--job-name=shardtune-" + r.job.id(),
-                                   fmt::format("--ntasks={}", r.requested_ranks),
-                                   "--output=" + (dir / fmt::format("attempt-{}.log", r.job.attempt())).string()};
-  if (!config_.slurm_partition.empty()) argv.push_back("--partition=" + config_.slurm_partition);
-  argv.push_back(script_path.string());
-  const CommandResult submitted = RunCommand(argv, env);
-  const std::string id = submitted.output.substr(0, submitted.output.find_first_of(";\n"));
-  if (submitted.status != 0 || id.empty() || id.find_first_not_of("0123456789") != std::string::npos) {
-    r.job.mutable_error()->set_code("BACKEND");
-    r.job.mutable_error()->set_message("sbatch failed: " + submitted.output);
-    SetStatus(r, v1::FAILED, r.job.error().message());
-    return;
-  }
-  r.backend_id = id;
-  r.supervisor_pid = 0;
-  SetStatus(r, v1::RUNNING,
-            fmt::format("attempt {} on {} ranks: Slurm job {}", r.job.attempt(), r.requested_ranks, id));
+  SlurmSubmission submission;
+  submission.job_id = r.job.id();
+  submission.attempt = r.job.attempt();
+  submission.env = env;
+  submission.argv = {"sbatch", "--parsable", "--job-name=shardtune-" + r.job.id(),
+                     fmt::format("--ntasks={}", r.requested_ranks), "--output=" + AttemptFile(r, ".log").string()};
+  if (!config_.slurm_partition.empty()) submission.argv.push_back("--partition=" + config_.slurm_partition);
+  submission.argv.push_back(script_path.string());
+  // Stored before sbatch runs (the job stays QUEUED, its slots taken): a rank that starts at once
+  // must find its attempt and token.
+  store_->Update(r);
+  submitting_.insert(r.job.id());
+  slurm.submissions.push_back(std::move(submission));
 }
 
-std::optional<std::string> JobManager::SlurmState(const JobRecord& r) {
+void JobManager::MakeSlurmCalls(SlurmCalls& slurm) {
+  for (const std::vector<std::string>& command : slurm.commands) RunCommand(command);
+  for (SlurmSubmission& s : slurm.submissions) s.result = RunCommand(s.argv, s.env);
+  for (SlurmPoll& poll : slurm.polls) {
+    poll.state = SlurmState(poll.backend_id);
+    if (!poll.state) poll.end_state = SlurmEndState(poll.backend_id);
+  }
+}
+
+void JobManager::ApplySlurmResults(SlurmCalls& slurm) {
+  // Each result applies to the job only if it is still the attempt it was made for.
+  for (const SlurmSubmission& s : slurm.submissions) {
+    submitting_.erase(s.job_id);
+    const std::string id = s.result.output.substr(0, s.result.output.find_first_of(";\n"));
+    const bool submitted =
+        s.result.status == 0 && !id.empty() && id.find_first_not_of("0123456789") == std::string::npos;
+    auto r = store_->Get(s.job_id);
+    if (!r || r->job.status() != v1::QUEUED || r->job.attempt() != s.attempt) {
+      if (submitted) slurm_commands_.push_back({"scancel", id});  // cancelled or paused meanwhile
+      continue;
+    }
+    if (!submitted) {
+      SetError(r->job, v1::BACKEND, "sbatch failed: " + s.result.output);
+      SetStatus(*r, v1::FAILED, r->job.error().message());
+      continue;
+    }
+    r->backend_id = id;
+    r->supervisor_pid = 0;
+    SetStatus(*r, v1::RUNNING,
+              fmt::format("attempt {} on {} ranks: Slurm job {}", r->job.attempt(), r->requested_ranks, id));
+  }
+  for (const SlurmPoll& poll : slurm.polls) {
+    auto r = store_->Get(poll.job_id);
+    if (!r || r->job.status() != v1::RUNNING || r->job.attempt() != poll.attempt || r->backend_id != poll.backend_id)
+      continue;
+    SettleIfSlurmEnded(*r, poll);
+  }
+}
+
+void JobManager::SettleIfSlurmEnded(JobRecord& r, const SlurmPoll& poll) {
+  static const std::set<std::string> kRunning = {"PENDING",   "CONFIGURING",  "RUNNING",     "COMPLETING",
+                                                 "REQUEUED",  "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+                                                 "SUSPENDED", "SIGNALING",    "STAGE_OUT",   "UNKNOWN"};
+  if (poll.state && kRunning.count(*poll.state)) {
+    // Preempted and requeued jobs run the batch script again and resume from their checkpoint.
+    if (r.signal_sent_ms > 0 && NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000))
+      slurm_commands_.push_back({"scancel", "--signal=KILL", "--full", r.backend_id});
+    return;
+  }
+  // Ended: the batch script's exit file tells how; Slurm's state why, when it ended the job.
+  const std::string& state = poll.state.value_or(poll.end_state);
+  if (state == "NODE_FAIL" || state == "BOOT_FAIL") {
+    if (!IsUserError(r.job.error().kind()))
+      SetError(r.job, v1::NODE_LOST, fmt::format("Slurm job {} ended {}: a node of it failed", r.backend_id, state));
+  } else if (state == "TIMEOUT" || state == "DEADLINE") {
+    if (r.job.error().message().empty())
+      SetError(r.job, v1::TIMEOUT,
+               fmt::format("Slurm job {} ended {}: it reached its time limit", r.backend_id, state));
+  }
+  Settle(r, ReadExitFile(r.exit_file).value_or(-1));
+}
+
+std::optional<std::string> JobManager::SlurmState(const std::string& backend_id) {
   // squeue lists a job while it is pending, running or requeued, and for a while after it ends.
-  const CommandResult q = RunCommand({"squeue", "--noheader", "--jobs=" + r.backend_id, "--format=%T"});
+  const CommandResult q = RunCommand({"squeue", "--noheader", "--jobs=" + backend_id, "--format=%T"});
   const std::string state = q.output.substr(0, q.output.find('\n'));
   if (q.status != 0 && q.output.find("Invalid job id") == std::string::npos) return std::string("UNKNOWN");
   if (state.empty() || q.status != 0) return std::nullopt;
   return state;
 }
 
+std::string JobManager::SlurmEndState(const std::string& backend_id) {
+  // squeue leaves out a job that ended (COMPLETED, FAILED, NODE_FAIL, ...); scontrol still shows
+  // it for MinJobAge (300 s by default). Empty when neither knows it.
+  const CommandResult q = RunCommand({"scontrol", "show", "job", "--oneliner", backend_id});
+  const size_t at = q.output.find("JobState=");
+  if (q.status != 0 || at == std::string::npos) return "";
+  const size_t begin = at + std::string("JobState=").size();
+  return q.output.substr(begin, q.output.find_first_of(" \n", begin) - begin);
+}
+
 void JobManager::Settle(JobRecord& r, int exit_code) {
-  KillJobProcesses(r.job.id());  // nothing of an ended attempt outlives it
+  // How the attempt ended comes from the worker's result report and the attempt's exit status
+  // (the supervisor's, or the batch script's exit file); never from what the output directory
+  // holds. (The supervisor has already killed whatever of the attempt was left.)
   ForwardLog(r);
   r.supervisor_pid = 0;
   r.backend_id.clear();
-  const bool finished = fs::exists(fs::path(r.job.output_dir()) / "final");
+  const v1::JobErrorCode reported = r.job.error().kind();
   if (r.cancel_requested) {
     SetStatus(r, v1::CANCELLED, "cancelled");
-  } else if (finished && (exit_code == 0 || r.result_succeeded)) {
+  } else if (r.result_succeeded) {
     // (A run Slurm requeued after the job had finished refuses to train again: still a success.)
     SetStatus(r, v1::SUCCEEDED, fmt::format("attempt {} finished", r.job.attempt()));
   } else if (exit_code == 0 && (r.result_paused || r.pause_requested)) {
     SetStatus(r, v1::PAUSED, fmt::format("stopped at its checkpoint after step {}", r.job.step()));
-  } else if (exit_code == kExitInvalidInput) {
-    r.job.mutable_error()->set_code("INVALID_INPUT");
-    if (r.job.error().message().empty()) r.job.mutable_error()->set_message("the worker rejected the job's input");
+  } else if (exit_code == 0 && !r.result_reported) {
+    // Ranks exit 0 only at the end of training or at a pause; the report did not reach us.
+    SetStatus(r, v1::SUCCEEDED, fmt::format("attempt {} finished (exit status 0; no result report)", r.job.attempt()));
+  } else if (IsUserError(reported) || exit_code == kExitInvalidInput) {
+    if (!IsUserError(reported)) SetError(r.job, v1::INVALID_INPUT, "the worker rejected the job's input");
     SetStatus(r, v1::FAILED, r.job.error().message() + " (not retried: a user error)");
   } else {
     const std::string why = exit_code < 0 ? "its processes vanished (node lost or killed)"
                                           : fmt::format("mpirun exited with status {}", exit_code);
-    if (r.job.error().code().empty()) r.job.mutable_error()->set_code("RANK_FAILED");
-    if (r.job.error().message().empty()) r.job.mutable_error()->set_message(why);
+    if (reported == v1::JOB_ERROR_CODE_UNSPECIFIED)
+      SetError(r.job, v1::RANK_FAILED, r.job.error().message().empty() ? why : r.job.error().message());
     if (r.job.attempt() < config_.max_attempts) {
       SetStatus(r, v1::QUEUED,
                 fmt::format("attempt {} failed ({}); retrying from the latest checkpoint", r.job.attempt(),

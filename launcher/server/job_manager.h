@@ -3,9 +3,11 @@
 // quotas and the memory plan; the job stored VALIDATING while a worker process checks its data,
 // then QUEUED, or FAILED with the data's problems),
 // scheduling (FIFO within priority onto a pool of slots, per-tenant quotas), running each
-// attempt through a supervisor process (launcher/server/supervisor.h) that starts mpirun in its
-// own process group, and what happens when an attempt ends: success, a user error (fails at
-// once), any other failure (retried from the latest checkpoint up to retry.max_attempts),
+// attempt through a supervisor process (launcher/server/processes.h) that starts mpirun in its
+// own session and outlives every process of the attempt, or as a Slurm batch job, and what
+// happens when an attempt ends, as rank 0's result report and the exit status tell: success, a
+// user error (fails at once), any other failure (retried from the latest checkpoint up to
+// retry.max_attempts), each failure with the JobErrorCode where it happened (proto),
 // cancel (SIGTERM, then SIGKILL after a grace period), pause (the job checkpoints and stops;
 // resume requeues it, on any number of ranks). Every state change is committed to the store
 // before it is acknowledged; after a restart the manager re-attaches to the supervisors still
@@ -17,10 +19,14 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "launcher/rank_command.h"
 #include "launcher/server/job_store.h"
+#include "launcher/server/processes.h"
 #include "launcher/server/server_config.h"
 #include "sharding/planner.h"
 
@@ -32,15 +38,19 @@ struct Caller {
   bool read_only = false;  // a viewer: lists and watches, changes nothing
 };
 
-// Errors a request can get, mapped to gRPC status codes by the services.
+// Errors a request can get, mapped to gRPC status codes by the services; those with a
+// JobErrorCode (a spec refused at admission: INVALID_SPEC) also carry its name.
 class RequestError : public std::runtime_error {
  public:
   enum class Kind { kInvalidArgument, kNotFound, kFailedPrecondition, kResourceExhausted, kPermissionDenied };
-  RequestError(Kind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+  RequestError(Kind kind, const std::string& message, v1::JobErrorCode job_error = v1::JOB_ERROR_CODE_UNSPECIFIED)
+      : std::runtime_error(message), kind_(kind), job_error_(job_error) {}
   Kind kind() const { return kind_; }
+  v1::JobErrorCode job_error() const { return job_error_; }
 
  private:
   Kind kind_;
+  v1::JobErrorCode job_error_;
 };
 
 // The spec of a request as text: its YAML, or its structured fields as JSON (which is YAML).
@@ -90,11 +100,45 @@ class JobManager {
   std::string WorkerPath() const;
   void ValidateLoop();
   void ForwardLog(JobRecord& record);
-  void Tick();
-  void Launch(JobRecord& record);
-  void LaunchSlurm(JobRecord& record, const std::filesystem::path& dir, const std::filesystem::path& spec,
-                   const std::string& worker, const std::map<std::string, std::string>& env);
-  std::optional<std::string> SlurmState(const JobRecord& record);  // nullopt: Slurm no longer lists it
+  void NoteHostLost(JobRecord& record, const std::string& mpirun_line);
+  bool SupervisorRuns(const JobRecord& record) const;  // the current attempt's supervisor
+  // DATA_DIR/JOB/attempt-N<suffix>: .log (mpirun's output), .pid (the supervisor), .sbatch.
+  std::filesystem::path AttemptFile(const JobRecord& record, const std::string& suffix) const;
+
+  // Slurm's commands (sbatch, squeue, scancel) can take seconds, and every RPC would wait on them
+  // under mutex_: the scheduler collects them under the lock (Tick), makes them without it
+  // (MakeSlurmCalls), and takes the lock again to apply each result to its job, if that is still
+  // the attempt the call was made for (ApplySlurmResults).
+  struct SlurmSubmission {
+    std::string job_id;
+    int attempt = 0;
+    std::vector<std::string> argv;
+    std::map<std::string, std::string> env;
+    CommandResult result;
+  };
+  struct SlurmPoll {
+    std::string job_id;
+    int attempt = 0;
+    std::string backend_id;
+    std::optional<std::string> state;  // squeue's; nullopt: squeue no longer lists the job
+    std::string end_state;             // then scontrol's (NODE_FAIL, TIMEOUT, ...), when it still knows it
+  };
+  struct SlurmCalls {
+    std::vector<std::vector<std::string>> commands;  // scancel, whose output nothing reads
+    std::vector<SlurmSubmission> submissions;
+    std::vector<SlurmPoll> polls;
+    bool empty() const { return commands.empty() && submissions.empty() && polls.empty(); }
+  };
+  void ScheduleLoop();
+  void Tick(SlurmCalls& slurm);
+  void Launch(JobRecord& record, SlurmCalls& slurm);
+  void PrepareSlurm(JobRecord& record, const RankCommand& ranks, const std::map<std::string, std::string>& env,
+                    SlurmCalls& slurm);
+  static void MakeSlurmCalls(SlurmCalls& slurm);
+  void ApplySlurmResults(SlurmCalls& slurm);
+  void SettleIfSlurmEnded(JobRecord& record, const SlurmPoll& poll);
+  static std::optional<std::string> SlurmState(const std::string& backend_id);  // nullopt: no longer listed
+  static std::string SlurmEndState(const std::string& backend_id);
   void Settle(JobRecord& record, int exit_code);
   void SetStatus(JobRecord& record, v1::JobStatus status, const std::string& message);
   void Event(const JobRecord& record, const std::string& kind, const std::string& message);
@@ -112,6 +156,8 @@ class JobManager {
   std::condition_variable validation_;  // wakes it (waits with mutex_)
   bool stopping_ = false;
   int64_t slurm_polls_ = 0;
+  std::vector<std::vector<std::string>> slurm_commands_;  // scancels to send (guarded by mutex_)
+  std::set<std::string> submitting_;                      // QUEUED jobs whose sbatch is running; their slots are taken
 };
 
 }  // namespace shardtune::server

@@ -3,11 +3,15 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <thread>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -36,7 +40,59 @@ std::string ReadWhole(const fs::path& path) {
 
 volatile sig_atomic_t g_child = 0;
 void Forward(int signal) {
-  if (g_child > 0) ::kill(g_child, signal);
+  if (g_child > 0) ::kill(g_child, signal == kSignalKillAttempt ? SIGKILL : signal);
+}
+
+// The state (R, S, Z, ...) and start time of `pid` from /proc/PID/stat; nullopt when it is gone.
+// The command name (field 2) may hold spaces and parentheses: the fields after it follow the last ')'.
+struct ProcStat {
+  char state = '?';
+  uint64_t start_time = 0;
+};
+std::optional<ProcStat> ReadProcStat(int64_t pid) {
+  const std::string stat = ReadWhole(fs::path("/proc") / std::to_string(pid) / "stat");
+  const size_t name_end = stat.rfind(')');
+  if (name_end == std::string::npos) return std::nullopt;
+  std::istringstream fields(stat.substr(name_end + 1));
+  ProcStat result;
+  fields >> result.state;
+  std::string skipped;
+  for (int field = 4; field < 22; ++field) fields >> skipped;  // ppid ... itrealvalue
+  if (!(fields >> result.start_time)) return std::nullopt;
+  return result;
+}
+
+// This process's descendants, from the kernel's per-thread child lists (every thread's: a child
+// belongs to the thread that forked it).
+std::vector<pid_t> Descendants() {
+  std::vector<pid_t> found, frontier = {::getpid()};
+  while (!frontier.empty()) {
+    const pid_t parent = frontier.back();
+    frontier.pop_back();
+    std::error_code error;
+    for (const auto& task : fs::directory_iterator(fs::path("/proc") / std::to_string(parent) / "task", error)) {
+      std::istringstream children(ReadWhole(task.path() / "children"));
+      for (pid_t child = 0; children >> child;) {
+        found.push_back(child);
+        frontier.push_back(child);
+      }
+    }
+  }
+  return found;
+}
+
+// SIGKILL to every descendant, until none is left (one forked meanwhile is found in the next
+// round); reaps them. Orphans are reparented to this process, a child subreaper, so nothing the
+// attempt started escapes. Bounded: a process stuck in the kernel (D state) cannot be waited for.
+void KillDescendants() {
+  for (int round = 0; round < 100; ++round) {
+    const std::vector<pid_t> left = Descendants();
+    if (left.empty()) return;
+    for (pid_t pid : left) ::kill(pid, SIGKILL);
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 }  // namespace
@@ -57,7 +113,30 @@ pid_t SpawnInNewSession(const std::vector<std::string>& argv, const std::map<std
   return pid;
 }
 
-bool SupervisorAlive(int64_t pid, const std::string& job_id) {
+std::optional<ProcessIdentity> LiveProcess(int64_t pid) {
+  if (pid <= 0) return std::nullopt;
+  const auto stat = ReadProcStat(pid);
+  if (!stat || stat->state == 'Z' || stat->state == 'X') return std::nullopt;
+  return ProcessIdentity{pid, stat->start_time};
+}
+
+bool StillRuns(const ProcessIdentity& id) {
+  const auto now = LiveProcess(id.pid);
+  return now && now->start_time == id.start_time;
+}
+
+void WritePidFile(const std::string& path, const ProcessIdentity& id) {
+  WriteFileAtomic(path, fmt::format("{} {}\n", id.pid, id.start_time));
+}
+
+std::optional<ProcessIdentity> ReadPidFile(const std::string& path) {
+  std::istringstream in(ReadWhole(path));
+  ProcessIdentity id;
+  if (!(in >> id.pid >> id.start_time) || id.pid <= 0) return std::nullopt;
+  return id;
+}
+
+bool LegacySupervisorAlive(int64_t pid, const std::string& job_id) {
   if (pid <= 0 || ::kill(static_cast<pid_t>(pid), 0) != 0) return false;
   std::string cmdline = ReadWhole(fs::path("/proc") / std::to_string(pid) / "cmdline");
   for (char& c : cmdline)
@@ -73,32 +152,6 @@ std::optional<int> ReadExitFile(const std::string& path) {
   } catch (const std::exception&) {
     return std::nullopt;
   }
-}
-
-std::vector<pid_t> JobProcesses(const std::string& job_id) {
-  const std::string needle = "SHARDTUNE_JOB_ID=" + job_id;
-  std::vector<pid_t> pids;
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const std::string environment = ReadWhole(entry.path() / "environ");
-    size_t at = 0;
-    while ((at = environment.find(needle, at)) != std::string::npos) {
-      const size_t end = at + needle.size();
-      if ((at == 0 || environment[at - 1] == '\0') && (end == environment.size() || environment[end] == '\0')) {
-        pids.push_back(static_cast<pid_t>(std::stol(name)));
-        break;
-      }
-      at = end;
-    }
-  }
-  return pids;
-}
-
-int KillJobProcesses(const std::string& job_id) {
-  int killed = 0;
-  for (pid_t pid : JobProcesses(job_id)) killed += ::kill(pid, SIGKILL) == 0;
-  return killed;
 }
 
 fs::path SelfDirectory() { return fs::read_symlink("/proc/self/exe").parent_path(); }
@@ -145,12 +198,6 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<st
   return result;
 }
 
-std::string ShellQuote(const std::string& word) {
-  std::string quoted = "'";
-  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return quoted + "'";
-}
-
 int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, const std::string& exit_file) {
   if (argv.empty()) return 2;
   const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -162,18 +209,24 @@ int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, 
   }
   std::vector<std::string> args = argv;
   std::vector<char*> pointers = Pointers(args);
+  // Before the first fork: every process of the attempt is to stay this one's descendant.
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+  // Handlers first: the default action of kSignalKillAttempt would end this process alone.
+  ::signal(SIGTERM, Forward);
+  ::signal(SIGINT, Forward);
+  ::signal(kSignalKillAttempt, Forward);
   pid_t child = 0;
   if (posix_spawnp(&child, args[0].c_str(), &actions, nullptr, pointers.data(), environ) != 0) {
     WriteFileAtomic(exit_file, "127\n");
     return 127;
   }
   g_child = child;
-  ::signal(SIGTERM, Forward);
-  ::signal(SIGINT, Forward);
   int status = 0;
   while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
   }
+  g_child = 0;
   const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  KillDescendants();  // nothing of an ended attempt outlives it
   WriteFileAtomic(exit_file, std::to_string(code) + "\n");
   return code;
 }

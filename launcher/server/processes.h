@@ -1,32 +1,62 @@
 #pragma once
 // The processes behind a job. Each attempt runs as
 //   shardtune-server supervise --job ID --exit-file F --log L -- mpirun ... shardtune-worker job.yaml
-// started in a session (and process group) of its own, with argument vectors, never a shell.
-// The supervisor waits for mpirun and writes its exit status to F, so that a server restarted
-// in the meantime still learns how the attempt ended.
+// started in a session of its own, with argument vectors, never a shell. The supervisor waits for
+// mpirun and writes its exit status to F, so that a server restarted in the meantime still learns
+// how the attempt ended.
+//
+// How the server finds an attempt's processes without looking at anyone else's: the supervisor
+// is a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so every process the attempt starts stays
+// its descendant even when its parent exits (mpirun's ranks and daemons each take a process group
+// of their own, so neither a group nor an environment variable encloses them reliably). The
+// server signals only the supervisor, by an identity a recycled pid cannot fake (pid and start
+// time, kept in a pid file beside the attempt's log); the supervisor passes SIGTERM on to mpirun,
+// and on kSignalKillAttempt, or once mpirun has exited, SIGKILLs every descendant left before it
+// writes the exit file. An attempt has thus ended, with nothing of it left, when its supervisor has.
 
+#include <signal.h>
 #include <sys/types.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "launcher/rank_command.h"  // ShellQuote
+
 namespace shardtune::server {
 
 // posix_spawn in a new session; `env` is added to this process's environment. Returns the pid.
 pid_t SpawnInNewSession(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env);
 
-// Whether `pid` is the supervisor of `job_id` (a recycled pid is not).
-bool SupervisorAlive(int64_t pid, const std::string& job_id);
+// Signals the supervisor understands: stop the attempt (passed on to mpirun, which passes it to
+// the ranks), and end it now (SIGKILL to every process of the attempt).
+inline constexpr int kSignalStopAttempt = SIGTERM;
+inline constexpr int kSignalKillAttempt = SIGUSR1;
+
+// A process named so that a recycled pid does not match: its pid and its start time (clock ticks
+// after boot, field 22 of /proc/PID/stat).
+struct ProcessIdentity {
+  int64_t pid = 0;
+  uint64_t start_time = 0;
+};
+
+// The identity of the live process `pid`; nullopt when there is none (or only its zombie).
+std::optional<ProcessIdentity> LiveProcess(int64_t pid);
+// Whether the process `id` names still runs (the same pid and start time, not a zombie).
+bool StillRuns(const ProcessIdentity& id);
+
+// "PID START_TIME\n", written atomically; nullopt when missing or malformed.
+void WritePidFile(const std::string& path, const ProcessIdentity& id);
+std::optional<ProcessIdentity> ReadPidFile(const std::string& path);
+
+// A supervisor started before pid files existed: whether `pid`'s command line is
+// `shardtune-server supervise --job JOB_ID ...` (a recycled pid's is not).
+bool LegacySupervisorAlive(int64_t pid, const std::string& job_id);
 
 std::optional<int> ReadExitFile(const std::string& path);
-
-// SIGKILL to every process whose environment says SHARDTUNE_JOB_ID=job_id; returns how many.
-int KillJobProcesses(const std::string& job_id);
-// The pids of those processes (for tests and diagnostics).
-std::vector<pid_t> JobProcesses(const std::string& job_id);
 
 std::filesystem::path SelfDirectory();
 
@@ -38,11 +68,9 @@ struct CommandResult {
 };
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {});
 
-// A word for a POSIX shell script: single-quoted, with embedded quotes escaped.
-std::string ShellQuote(const std::string& word);
-
-// `shardtune-server supervise ...`: runs argv with stdout and stderr to `log`, forwards SIGTERM
-// and SIGINT to it, writes its exit status to `exit_file` and exits with it.
+// `shardtune-server supervise ...`: runs argv with stdout and stderr to `log` as a child
+// subreaper, forwards SIGTERM and SIGINT to it, kills every descendant on kSignalKillAttempt or
+// once argv's process has exited, writes that exit status to `exit_file` and returns it.
 int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, const std::string& exit_file);
 
 }  // namespace shardtune::server

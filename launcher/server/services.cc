@@ -23,28 +23,37 @@ std::string Bearer(const ServerContext* context) {
   return value.rfind(prefix, 0) == 0 ? value.substr(prefix.size()) : "";
 }
 
+// Trailing metadata of a refusal that has a JobErrorCode (e.g. INVALID_SPEC), whose name also
+// opens the status message.
+constexpr char kErrorCodeMetadata[] = "shardtune-error-code";
+
 Status ToStatus(const RequestError& e) {
+  const std::string message = e.job_error() == v1::JOB_ERROR_CODE_UNSPECIFIED
+                                  ? e.what()
+                                  : v1::JobErrorCode_Name(e.job_error()) + ": " + e.what();
   switch (e.kind()) {
     case RequestError::Kind::kInvalidArgument:
-      return Status(StatusCode::INVALID_ARGUMENT, e.what());
+      return Status(StatusCode::INVALID_ARGUMENT, message);
     case RequestError::Kind::kNotFound:
-      return Status(StatusCode::NOT_FOUND, e.what());
+      return Status(StatusCode::NOT_FOUND, message);
     case RequestError::Kind::kFailedPrecondition:
-      return Status(StatusCode::FAILED_PRECONDITION, e.what());
+      return Status(StatusCode::FAILED_PRECONDITION, message);
     case RequestError::Kind::kResourceExhausted:
-      return Status(StatusCode::RESOURCE_EXHAUSTED, e.what());
+      return Status(StatusCode::RESOURCE_EXHAUSTED, message);
     case RequestError::Kind::kPermissionDenied:
-      return Status(StatusCode::PERMISSION_DENIED, e.what());
+      return Status(StatusCode::PERMISSION_DENIED, message);
   }
-  return Status(StatusCode::INTERNAL, e.what());
+  return Status(StatusCode::INTERNAL, message);
 }
 
 // Runs `body` and turns what it throws into a status.
 template <typename F>
-Status Guard(F&& body) {
+Status Guard(ServerContext* context, F&& body) {
   try {
     return body();
   } catch (const RequestError& e) {
+    if (e.job_error() != v1::JOB_ERROR_CODE_UNSPECIFIED)
+      context->AddTrailingMetadata(kErrorCodeMetadata, v1::JobErrorCode_Name(e.job_error()));
     return ToStatus(e);
   } catch (const std::exception& e) {
     spdlog::error("request failed: {}", e.what());
@@ -195,7 +204,7 @@ class JobServiceImpl final : public v1::JobService::Service {
     const auto it = keys_.find(Sha256Hex(key));
     if (it == keys_.end()) return Status(StatusCode::UNAUTHENTICATED, "unknown API key");
     const Caller caller{it->second.tenant, it->second.role == "admin", it->second.role == "viewer"};
-    return Guard([&] { return body(caller); });
+    return Guard(context, [&] { return body(caller); });
   }
 
   JobManager& manager_;
@@ -230,7 +239,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   Status Checked(ServerContext* context, const std::string& job_id, F&& body) {
     if (!manager_.WorkerTokenValid(job_id, Bearer(context)))
       return Status(StatusCode::UNAUTHENTICATED, "not this job's worker token");
-    return Guard(body);
+    return Guard(context, body);
   }
 
   JobManager& manager_;

@@ -12,6 +12,8 @@
 #include <mutex>
 #include <thread>
 
+#include "sharding/comm/collective_timeout.h"
+
 namespace shardtune {
 
 namespace {
@@ -103,8 +105,8 @@ class MpiProgressThread {
         },
         what, 0);
     if (timeout_s > 0 && done.wait_for(std::chrono::duration<double>(timeout_s)) != std::future_status::ready) {
-      throw CollectiveError(fmt::format("rank {}: {} did not complete within the collective timeout of {} s",
-                                        world_rank_, what, timeout_s));
+      throw CollectiveTimeout(fmt::format("rank {}: {} did not complete within the collective timeout of {} s",
+                                          world_rank_, what, timeout_s));
     }
     done.get();
   }
@@ -162,7 +164,7 @@ class MpiProgressThread {
       if (flag) return;
       const auto now = std::chrono::steady_clock::now();
       if (now > deadline) {
-        throw CollectiveError(
+        throw CollectiveTimeout(
             fmt::format("rank {}: {} did not complete within the collective timeout of {} s "
                         "(another rank is stuck, dead, or issued different collectives)",
                         world_rank_, task.what, task.timeout_s));
@@ -200,7 +202,7 @@ class MpiWork : public Work {
     // The progress thread enforces the deadline; this one only guards against it being stuck
     // inside an MPI call that never returns.
     if (done_.wait_for(std::chrono::duration<double>(timeout_s_ + 30)) != std::future_status::ready) {
-      throw CollectiveError(
+      throw CollectiveTimeout(
           fmt::format("rank {}: {} did not complete within the collective timeout of {} s", rank_, what_, timeout_s_));
     }
     *waited_ns_ += NanosecondsSince(start);

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/exit_codes.h"
+#include "sharding/comm/collective_timeout.h"
 
 #if NCCL_VERSION_CODE < NCCL_VERSION(2, 18, 0)
 #error "the NCCL backend needs NCCL 2.18 or later (ncclCommSplit); sharding/CMakeLists.txt leaves older ones out"
@@ -62,9 +63,11 @@ ncclDataType_t NcclType(const at::Tensor& tensor) {
 // ncclCommAbort itself may wait for the peers (NVIDIA/nccl#863).
 std::atomic<bool> g_failed{false};
 
+// Throws `Thrown` (CollectiveError, or CollectiveTimeout for a collective past its timeout).
+template <typename Thrown = CollectiveError>
 [[noreturn]] void FailCollective(const std::string& message) {
   g_failed = true;
-  throw CollectiveError(message);
+  throw Thrown(message);
 }
 
 // An NCCL communicator and the stream its collectives run on, shared by every group of the
@@ -140,7 +143,8 @@ class NcclWork : public Work {
       if (async != ncclSuccess && async != ncclInProgress)
         FailCollective(fmt::format("{} failed: {}", what_, ncclGetErrorString(async)));
       if (std::chrono::steady_clock::now() > deadline)
-        FailCollective(fmt::format("{} did not complete within the collective timeout of {} s", what_, timeout_s_));
+        FailCollective<CollectiveTimeout>(
+            fmt::format("{} did not complete within the collective timeout of {} s", what_, timeout_s_));
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     ST_CUDA_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, done_, 0));

@@ -2,18 +2,21 @@
 # The control plane end to end on loopback, with real processes: shardtune-server (SQLite file,
 # local mpirun backend), the shardtune CLI, and 2-rank worker jobs. Covers success, cancel,
 # a rank killed (retried from its checkpoint), the server killed (re-attached after restart),
-# pause and resume on another rank count, auth and tenants, and hostile paths.
+# pause and resume on another rank count, auth and tenants, hostile paths, and each job error
+# code set where it happens (INVALID_SPEC, INVALID_DATA, TIMEOUT, NODE_LOST).
 # Usage: server_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
 src=$2
 work=$(mktemp -d)
 server_pid=""
+fault_pid=""
 cleanup() {
   [ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null
+  [ -n "$fault_pid" ] && kill -9 "$fault_pid" 2>/dev/null
   # Nothing a test job started may outlive the test.
   for p in /proc/[0-9]*; do
-    grep -qz "^SHARDTUNE_JOB_ID=job-" "$p/environ" 2>/dev/null && grep -qz "^SHARDTUNE_SERVER=127.0.0.1:$port" "$p/environ" 2>/dev/null && kill -9 "${p#/proc/}" 2>/dev/null
+    grep -qz "^SHARDTUNE_JOB_ID=job-" "$p/environ" 2>/dev/null && grep -qz "^SHARDTUNE_SERVER=127.0.0.1:\($port\|$fault_port\)$" "$p/environ" 2>/dev/null && kill -9 "${p#/proc/}" 2>/dev/null
   done
   rm -rf "$work"
 }
@@ -21,6 +24,7 @@ trap cleanup EXIT
 source "$(dirname "$0")/checks.sh"
 
 port=$((20000 + RANDOM % 20000))
+fault_port=$((port + 2))
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 cd "$work"
@@ -128,6 +132,9 @@ for _ in $(seq 1 300); do [ "$(field "$id" step)" -gt 10 ] 2>/dev/null && break;
 wait_status "$id" PAUSED 60 && pass "pause -> PAUSED" || fail "pause -> $(field "$id" status)"
 paused_at=$(field "$id" step)
 [ -d "runs/pausing/checkpoints/step-$paused_at" ] && pass "paused at a checkpoint (step $paused_at)" || fail "no checkpoint at step $paused_at"
+out=$("$bin/shardtune" resume "$id" --ranks 3 2>&1)
+expect_eq "a resume whose ranks do not divide the global batch is refused: exit 2" "$?" "2"
+expect_contains "the server's refusal names the job error code" "$out" "INVALID_SPEC: "
 "$bin/shardtune" resume "$id" --ranks 4 > /dev/null
 wait_status "$id" RUNNING 60
 for _ in $(seq 1 300); do [ "$(field "$id" ranks)" == "4" ] && [ "$(field "$id" step)" -gt "$paused_at" ] 2>/dev/null && break; sleep 0.2; done
@@ -208,6 +215,14 @@ expect_contains "the error names the data file's line" "$out" "baddata.jsonl:65"
 expect_contains "the error is a data error" "$out" "INVALID_DATA"
 expect_eq "a job with bad data never ran" "$("$bin/shardtune" events "$id" | awk '$4 == "status" {print $5}' | tr '\n' ' ')" \
   "VALIDATING: FAILED: "
+# A spec the server accepts but the worker refuses (more ranks x micro-batches than sequences).
+sed -e 's/global_batch_size: 8/global_batch_size: 64/' -e 's|runs/ok|runs/toobig|' ok.yaml > toobig.yaml
+id=$("$bin/shardtune" submit toobig.yaml)
+wait_status "$id" FAILED 120 && pass "a spec the worker refuses: FAILED" || fail "worker-refused spec: $(field "$id" status)"
+out=$("$bin/shardtune" get "$id")
+expect_contains "the worker's refusal is INVALID_SPEC, from rank 0" "$out" "error:     INVALID_SPEC: rank 0: "
+expect_contains "it says why" "$out" "fewer than one global batch of 64"
+expect_eq "a refused spec is not retried" "$(field "$id" attempt)" "1"
 hostile='runs/a b;$(touch pwned);`touch pwned2`'"'"'x'
 write_job hostile.yaml hostile "$hostile" 4 0
 id=$("$bin/shardtune" submit hostile.yaml)
@@ -224,5 +239,54 @@ if /usr/bin/python3 -c "import grpc, google.protobuf" 2>/dev/null; then
 else
   echo "SKIPPED: python3-grpcio is not installed (scripts/install-deps.sh installs it)"
 fi
+
+# 9. Failures where they happen, on a second server whose rank 1 stalls at step 3
+#    (SHARDTUNE_TEST_STALL) and whose second host, nodeb, is this machine reached through a fake
+#    ssh: Open MPI starts a daemon (orted) for it, whose death loses that host for real.
+cat > fakessh <<'SH'
+#!/bin/bash
+# ssh [OPTIONS] HOST COMMAND...: runs COMMAND here.
+while [[ "$1" == -* ]]; do shift; done
+shift
+exec /bin/bash -c "$*"
+SH
+chmod +x fakessh
+cat > fault-server.yaml <<YAML
+listen: 127.0.0.1:$fault_port
+database: $work/fault-state/jobs.db
+api_keys: [{key: key-a, tenant: team-a, role: user}]
+local: {hosts: [{host: localhost, slots: 1}, {host: nodeb, slots: 1}],
+        extra_args: [--oversubscribe, --mca, plm_rsh_agent, $work/fakessh]}
+retry: {max_attempts: 1}
+cancel_grace_s: 2
+YAML
+SHARDTUNE_TEST_STALL=1:3 "$bin/shardtune-server" --config fault-server.yaml > fault-server.log 2>&1 &
+fault_pid=$!
+export SHARDTUNE_SERVER=127.0.0.1:$fault_port
+for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && break; sleep 0.1; done
+# A collective timeout: rank 0 waits for the stalled rank 1 for 5 s.
+sed -e 's/sharding: {zero_stage: 3}/sharding: {zero_stage: 3, collective_timeout_s: 5}/' -e 's|runs/ok|runs/stalled|' \
+  ok.yaml > stalled.yaml
+id=$("$bin/shardtune" submit stalled.yaml)
+wait_status "$id" FAILED 120 && pass "a stalled rank fails the job" || fail "stalled: $(field "$id" status); $(tail -n 5 fault-server.log)"
+out=$("$bin/shardtune" get "$id")
+expect_contains "a collective timeout is TIMEOUT, from rank 0" "$out" "error:     TIMEOUT: rank 0: "
+expect_contains "it names the collective and its step" "$out" "in shard group 0 at step 3"
+expect_contains "and the limit" "$out" "did not complete within the collective timeout of 5 s"
+# A lost host: rank 1 (on nodeb) stalls, with the default timeout nothing else ends the job, and
+# its daemon is killed.
+sed -e 's|runs/ok|runs/lost|' -e 's/max_steps: 20/max_steps: 100000/' ok.yaml > lost.yaml
+id=$("$bin/shardtune" submit lost.yaml)
+for _ in $(seq 1 600); do [ "$(field "$id" step)" -ge 2 ] 2>/dev/null && break; sleep 0.1; done
+daemon=$(for p in $(job_processes "$id"); do [ "$(head -c 5 /proc/$p/cmdline 2>/dev/null | tr -d '\0')" == "orted" ] && echo "$p"; done | head -n 1)
+if [ -n "$daemon" ]; then kill -9 "$daemon"; pass "killed nodeb's daemon (pid $daemon)"; else fail "found no orted of job $id"; fi
+wait_status "$id" FAILED 60 && pass "a lost host fails the job" || fail "lost host: $(field "$id" status)"
+out=$("$bin/shardtune" get "$id")
+expect_contains "a lost host is NODE_LOST, from mpirun" "$out" "error:     NODE_LOST: mpirun lost a host"
+expect_contains "it names the host" "$out" "on node nodeb"
+sleep 0.5
+expect_eq "no process of the job outlives it (not even the orphaned rank of the lost daemon)" \
+  "$(job_processes "$id" | wc -l)" "0"
+kill -9 "$fault_pid" 2>/dev/null; fault_pid=""
 
 summary

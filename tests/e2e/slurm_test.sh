@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Slurm backend on a real single-node Slurm cluster started here (deploy/slurm/local-cluster.sh):
 # a 2-rank job submitted through shardtune-server and the CLI runs as a Slurm job to SUCCEEDED,
-# and a cancelled one ends CANCELLED with its Slurm job gone. Exits 77 (skipped) where Slurm
-# cannot be installed.
+# a requeued one resumes, a cancelled one ends CANCELLED with its Slurm job gone, and one whose
+# node fails ends FAILED with NODE_LOST. Exits 77 (skipped) where Slurm cannot be installed.
 # Usage: slurm_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -13,19 +13,23 @@ if [ "$rc" -eq 77 ]; then echo "SKIPPED: Slurm cannot be installed or started he
 [ "$rc" -eq 0 ] || { echo "FAILED: the Slurm cluster did not start"; exit 1; }
 work=$(mktemp -d)
 server_pid=""
-trap '[ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null; bash "$src/deploy/slurm/local-cluster.sh" stop; rm -rf "$work"' EXIT
+node=$(sinfo -h -N -o %N | head -n 1)
+trap '[ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null; scontrol update NodeName="$node" State=RESUME > /dev/null 2>&1
+      bash "$src/deploy/slurm/local-cluster.sh" stop; rm -rf "$work"' EXIT
 source "$(dirname "$0")/checks.sh"
 
 port=$((20000 + RANDOM % 20000))
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a OMP_NUM_THREADS=1
 cd "$work"
+cp "$src/deploy/slurm/job.sbatch.in" job.sbatch.in  # read at each launch: the last test changes it
 cat > server.yaml <<YAML
 listen: 127.0.0.1:$port
 database: $work/state/jobs.db
 api_keys: [{key: key-a, tenant: team-a, role: user}]
 backend: slurm
-slurm: {partition: debug, template: $src/deploy/slurm/job.sbatch.in}
+slurm: {partition: debug, template: $work/job.sbatch.in}
 local: {hosts: [{host: localhost, slots: 4}]}
+retry: {max_attempts: 1}
 cancel_grace_s: 5
 YAML
 "$bin/shardtune-server" --config server.yaml > server.log 2>&1 &
@@ -73,5 +77,18 @@ slurm_id=$("$bin/shardtune" events "$id" | sed -n 's/.*Slurm job \([0-9]*\).*/\1
 wait_status "$id" CANCELLED 60 && pass "scancel through the server -> CANCELLED" || fail "cancel: $(field "$id" status)"
 state=$(squeue --noheader --jobs="$slurm_id" --format=%T 2>/dev/null)
 if [ -z "$state" ] || [ "$state" == "CANCELLED" ]; then pass "the Slurm job is gone"; else fail "Slurm job $slurm_id is $state"; fi
+
+# A node failure: the node goes DOWN under a running job, which Slurm ends NODE_FAIL (the
+# template now says --no-requeue, or Slurm would requeue it to wait for the node).
+sed -i 's/^#SBATCH --ntasks={{RANKS}}$/&\n#SBATCH --no-requeue/' job.sbatch.in
+write_job nodefail.yaml nodefail 100000
+id=$("$bin/shardtune" submit nodefail.yaml)
+for _ in $(seq 1 600); do [ "$(field "$id" step)" -gt 3 ] 2>/dev/null && break; sleep 0.2; done
+scontrol update NodeName="$node" State=DOWN Reason=shardtune-e2e
+wait_status "$id" FAILED 60 && pass "a job whose node fails: FAILED" || fail "node failure: $(field "$id" status)"
+scontrol update NodeName="$node" State=RESUME > /dev/null 2>&1
+out=$("$bin/shardtune" get "$id")
+expect_contains "a failed node is NODE_LOST" "$out" "error:     NODE_LOST: Slurm job"
+expect_contains "it names Slurm's state" "$out" "ended NODE_FAIL"
 
 summary

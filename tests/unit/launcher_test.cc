@@ -1,8 +1,17 @@
 // The server's parts that need no running server: the SQLite job store (schema, migrations,
-// round trips, filters), the configuration file, digests and shell quoting.
+// round trips, filters), the configuration file, digests and shell quoting, the command line that
+// starts ranks, and the attempt supervisor (real processes).
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <thread>
+
+#include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/worker_contract.h"
+#include "launcher/rank_command.h"
 #include "launcher/server/job_store.h"
 #include "launcher/server/processes.h"
 #include "launcher/server/server_config.h"
@@ -148,6 +157,108 @@ TEST(Processes, ShellQuotingKeepsHostileWordsInert) {
   }
   EXPECT_EQ(RunCommand({"/nonexistent/program"}).status, -1);
   EXPECT_EQ(RunCommand({"/bin/sh", "-c", "exit 3"}).status, 3);
+}
+
+TEST(RankCommand, BuildsTheClisTheLocalBackendsAndSlurmsCommandLines) {
+  RankCommand cli;  // shardtune train --np 4
+  cli.ranks = 4;
+  cli.worker = {"/bin/shardtune-worker", "/jobs/a.yaml", "--log-level", "info"};
+  EXPECT_EQ(RankCommandArgv(cli),
+            (std::vector<std::string>{"mpirun", "--bind-to", "none", "--oversubscribe", "-np", "4",
+                                      "/bin/shardtune-worker", "/jobs/a.yaml", "--log-level", "info"}));
+  cli.hostfile = "hosts";  // --hostfile replaces --oversubscribe
+  EXPECT_EQ(JoinedCommandLine(RankCommandArgv(cli)),
+            "mpirun --bind-to none --hostfile hosts -np 4 /bin/shardtune-worker /jobs/a.yaml --log-level info");
+
+  RankCommand server;  // the local backend: the operator's arguments, the worker contract's variables
+  server.ranks = 2;
+  server.hostfile = "/data/job-1/hostfile";
+  server.extra_args = {"--oversubscribe", "--mca", "btl", "self,tcp"};
+  server.environment = {std::string(contract::kEnvServer), std::string(contract::kEnvJobId)};
+  server.worker = {"/bin/shardtune-worker", "/data/job-1/job.yaml"};
+  EXPECT_EQ(JoinedCommandLine(RankCommandArgv(server)),
+            "mpirun --bind-to none --oversubscribe --mca btl self,tcp --hostfile /data/job-1/hostfile "
+            "-x SHARDTUNE_SERVER -x SHARDTUNE_JOB_ID -np 2 /bin/shardtune-worker /data/job-1/job.yaml");
+  server.extra_args = {"--bind-to", "core"};  // the operator binds: no --bind-to none
+  EXPECT_EQ(RankCommandArgv(server)[1], "--bind-to");
+  EXPECT_EQ(RankCommandArgv(server)[2], "core");
+
+  RankCommand slurm;  // inside an allocation: no hostfile, a line for the batch script
+  slurm.ranks = 2;
+  slurm.worker = {"/opt/my dir/shardtune-worker", "/data/it's.yaml"};
+  EXPECT_EQ(ShellCommandLine(RankCommandArgv(slurm)),
+            "'mpirun' '--bind-to' 'none' '--oversubscribe' '-np' '2' '/opt/my dir/shardtune-worker' "
+            "'/data/it'\\''s.yaml'");
+  slurm.program = "/usr/bin/srun";
+  EXPECT_EQ(JoinedCommandLine(RankCommandArgv(slurm)),
+            "/usr/bin/srun --mpi=pmix --ntasks=2 /opt/my dir/shardtune-worker /data/it's.yaml");
+}
+
+TEST(Processes, APidFileNamesOneProcessNotItsPid) {
+  ScratchDir dir;
+  const auto self = LiveProcess(::getpid());
+  ASSERT_TRUE(self.has_value());
+  EXPECT_GT(self->start_time, 0u);
+  WritePidFile((dir / "a.pid").string(), *self);
+  const auto read = ReadPidFile((dir / "a.pid").string());
+  ASSERT_TRUE(read.has_value());
+  EXPECT_EQ(read->pid, ::getpid());
+  EXPECT_EQ(read->start_time, self->start_time);
+  EXPECT_TRUE(StillRuns(*read));
+  EXPECT_FALSE(StillRuns({::getpid(), self->start_time + 1}));  // a recycled pid starts later
+  EXPECT_FALSE(ReadPidFile((dir / "missing.pid").string()).has_value());
+}
+
+// Runs RunSupervisor in a child process (it makes its caller a subreaper and sets signal
+// handlers); returns the child's pid.
+pid_t StartSupervisor(const std::string& script, const fs::path& dir) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::_exit(RunSupervisor({"/bin/sh", "-c", script}, (dir / "log").string(), (dir / "exit").string()));
+  }
+  return pid;
+}
+
+// A shell command that starts `sleep 300` in a session (and process group) of its own, as
+// mpirun's ranks and daemons leave its group, and writes its pid to `pid_file` once it is there.
+std::string EscapeToNewSession(const fs::path& pid_file) {
+  return "setsid /bin/sh -c 'echo $$ > " + pid_file.string() + "; exec sleep 300' &";
+}
+
+// The pid a script wrote to `path`, once it has.
+int64_t PidWritten(const fs::path& path) {
+  for (int i = 0; i < 500 && (!fs::exists(path) || ReadFile(path).find('\n') == std::string::npos); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return std::stoll(ReadFile(path));
+}
+
+TEST(Processes, TheSupervisorLeavesNothingOfTheAttemptBehind) {
+  // A process that left mpirun's process group and session (setsid), whose parent then exits: it
+  // is still the supervisor's descendant, and dies with the attempt.
+  ScratchDir dir;
+  const pid_t supervisor = StartSupervisor(EscapeToNewSession(dir / "orphan") + " sleep 1; exit 3", dir.path());
+  const int64_t orphan = PidWritten(dir / "orphan");
+  ASSERT_TRUE(LiveProcess(orphan).has_value());
+  EXPECT_EQ(::getsid(static_cast<pid_t>(orphan)), orphan);  // a session of its own
+  int status = 0;
+  ASSERT_EQ(::waitpid(supervisor, &status, 0), supervisor);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 3);
+  EXPECT_EQ(ReadExitFile((dir / "exit").string()), 3);
+  EXPECT_FALSE(LiveProcess(orphan).has_value());
+}
+
+TEST(Processes, TheSupervisorKillsTheWholeAttemptWhenTold) {
+  ScratchDir dir;
+  const pid_t supervisor = StartSupervisor(EscapeToNewSession(dir / "escaped") + " sleep 300", dir.path());
+  const int64_t escaped = PidWritten(dir / "escaped");
+  ASSERT_TRUE(LiveProcess(escaped).has_value());
+  EXPECT_EQ(::getsid(static_cast<pid_t>(escaped)), escaped);
+  ::kill(supervisor, kSignalKillAttempt);
+  int status = 0;
+  ASSERT_EQ(::waitpid(supervisor, &status, 0), supervisor);
+  EXPECT_EQ(ReadExitFile((dir / "exit").string()), 128 + SIGKILL);  // the script, killed
+  EXPECT_FALSE(LiveProcess(escaped).has_value());
 }
 
 }  // namespace

@@ -1,0 +1,69 @@
+#include "launcher/rank_command.h"
+
+#include <algorithm>
+#include <filesystem>
+
+namespace shardtune {
+
+namespace {
+
+bool StartsWithAny(const std::vector<std::string>& args, std::initializer_list<const char*> prefixes) {
+  return std::any_of(args.begin(), args.end(), [&](const std::string& arg) {
+    return std::any_of(prefixes.begin(), prefixes.end(), [&](const char* p) { return arg.rfind(p, 0) == 0; });
+  });
+}
+
+std::vector<std::string> SrunArgv(const RankCommand& command) {
+  // srun passes the whole environment on (--export=ALL is its default) and binds nothing under
+  // task/none; Debian's Open MPI has no PMI1/PMI2 support, only PMIx.
+  std::vector<std::string> argv = {command.program, "--mpi=pmix"};
+  argv.insert(argv.end(), command.extra_args.begin(), command.extra_args.end());
+  argv.push_back("--ntasks=" + std::to_string(command.ranks));
+  return argv;
+}
+
+std::vector<std::string> MpirunArgv(const RankCommand& command) {
+  std::vector<std::string> argv = {command.program};
+  if (!StartsWithAny(command.extra_args, {"--bind-to", "-bind-to"})) argv.insert(argv.end(), {"--bind-to", "none"});
+  argv.insert(argv.end(), command.extra_args.begin(), command.extra_args.end());
+  if (!command.hostfile.empty()) {
+    argv.insert(argv.end(), {"--hostfile", command.hostfile});
+  } else if (!StartsWithAny(command.extra_args, {"--oversubscribe", "-oversubscribe"})) {
+    argv.push_back("--oversubscribe");  // one machine (or allocation): Open MPI counts physical cores as slots
+  }
+  for (const std::string& name : command.environment) argv.insert(argv.end(), {"-x", name});
+  // Ranks' output stays on mpirun's (the server's job log; each rank also writes
+  // OUTPUT_DIR/logs/rank-NNNNN.log): Open MPI 5 and later would divert it to files alone under
+  // --output-filename.
+  argv.insert(argv.end(), {"-np", std::to_string(command.ranks)});
+  return argv;
+}
+
+}  // namespace
+
+std::vector<std::string> RankCommandArgv(const RankCommand& command) {
+  const bool srun = std::filesystem::path(command.program).filename() == "srun";
+  std::vector<std::string> argv = srun ? SrunArgv(command) : MpirunArgv(command);
+  argv.insert(argv.end(), command.worker.begin(), command.worker.end());
+  return argv;
+}
+
+std::string JoinedCommandLine(const std::vector<std::string>& argv) {
+  std::string line;
+  for (const std::string& word : argv) line += (line.empty() ? "" : " ") + word;
+  return line;
+}
+
+std::string ShellQuote(const std::string& word) {
+  std::string quoted = "'";
+  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+std::string ShellCommandLine(const std::vector<std::string>& argv) {
+  std::string line;
+  for (const std::string& word : argv) line += (line.empty() ? "" : " ") + ShellQuote(word);
+  return line;
+}
+
+}  // namespace shardtune

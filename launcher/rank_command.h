@@ -1,0 +1,48 @@
+#pragma once
+// The one builder of the command line that starts a job's ranks. `shardtune train --np`
+// (launcher/launch.cc), the server's local backend and its Slurm batch script (the template's
+// {{COMMAND}}, launcher/server/job_manager.cc) all start ranks through it, so that the three
+// cannot drift apart. Argument vectors only: a shell sees the line only as single-quoted words
+// (ShellCommandLine).
+
+#include <string>
+#include <vector>
+
+namespace shardtune {
+
+struct RankCommand {
+  // mpirun (Open MPI; the default), or srun (Slurm, with PMIx), chosen by the program's file name.
+  std::string program = "mpirun";
+  int ranks = 1;
+  // mpirun only: the hosts and their slots. Empty: this machine, or the Slurm allocation mpirun
+  // runs in, with more ranks than Open MPI counts slots allowed (--oversubscribe).
+  std::string hostfile;
+  // The operator's own arguments for the program (server.yaml local.extra_args), placed before
+  // the ones built here.
+  std::vector<std::string> extra_args;
+  // Names of variables each rank takes from the launcher's environment (mpirun -x NAME; srun
+  // exports the whole environment).
+  std::vector<std::string> environment;
+  // shardtune-worker and its arguments.
+  std::vector<std::string> worker;
+};
+
+// The argument vector, program first:
+//   mpirun [--bind-to none] EXTRA... [--hostfile H | --oversubscribe] [-x NAME]... -np N WORKER...
+//   srun --mpi=pmix EXTRA... --ntasks=N WORKER...
+// mpirun leaves ranks unbound unless EXTRA binds them: a rank runs its own intra-op threads
+// (cores / local ranks of them), which Open MPI's default binding of small jobs would pin to one
+// core; and Open MPI 5 and later refuse to bind more ranks than cores at all.
+std::vector<std::string> RankCommandArgv(const RankCommand& command);
+
+// The words joined by spaces, for logs.
+std::string JoinedCommandLine(const std::vector<std::string>& argv);
+
+// The words single-quoted (embedded quotes escaped) and joined by spaces: a line of a POSIX shell
+// script that runs exactly argv, whatever the words hold.
+std::string ShellCommandLine(const std::vector<std::string>& argv);
+
+// A word for a POSIX shell script: single-quoted, with embedded quotes escaped.
+std::string ShellQuote(const std::string& word);
+
+}  // namespace shardtune
