@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "worker/data/tokenizer/hf_stages.h"
+#include "worker/data/tokenizer/precompiled_charsmap.h"
 #include "worker/data/tokenizer/unicode.h"
 
 namespace shardtune::hf {
@@ -88,10 +89,14 @@ Normalizer BuildBert(const json& node, const std::string&) {
   };
 }
 
-Normalizer BuildPrecompiled(const json&, const std::string&) {
-  // SentencePiece's compiled normalization rules; NFKC is what they encode for the common
-  // models (T5 and friends). The exact charsmap is not interpreted.
-  return [](std::string t) { return NormalizeUnicode(t, NormalizationForm::kNfkc); };
+// SentencePiece's compiled rules (T5, ALBERT, XLNet...), applied grapheme by grapheme as tokenizers
+// does. A null or empty charsmap (a model trained without normalization) changes nothing.
+Normalizer BuildPrecompiled(const json& node, const std::string& where) {
+  const json& blob = Field(node, "precompiled_charsmap", where);
+  if (blob.is_null() || (blob.is_string() && blob.get<std::string>().empty())) return nullptr;
+  auto charsmap = std::make_shared<const PrecompiledCharsmap>(
+      PrecompiledCharsmap::ParseBase64(StringField(node, "precompiled_charsmap", where), where + ": Precompiled"));
+  return [charsmap](std::string text) { return charsmap->NormalizeByGrapheme(text); };
 }
 
 const Registry<Normalizer>& Normalizers() {
