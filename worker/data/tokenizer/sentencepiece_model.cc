@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <queue>
 #include <unordered_map>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/protobuf_wire.h"
+#include "worker/data/tokenizer/precompiled_charsmap.h"
 #include "worker/data/tokenizer/unicode.h"
 #include "worker/data/tokenizer/viterbi.h"
 
@@ -33,7 +35,7 @@ class SentencePieceModel : public Tokenizer {
   ModelType model_type = ModelType::kUnigram;
   bool byte_fallback = false;
   int64_t unk_id = 0, bos_id = 1, eos_id = 2, pad_id = -1;
-  std::string normalizer_name;
+  std::optional<PrecompiledCharsmap> charsmap;  // absent: no normalization (the "identity" rule)
   bool add_dummy_prefix = true, remove_extra_whitespaces = true, escape_whitespaces = true;
   std::unordered_map<std::string, int64_t> ids;      // pieces usable in segmentation
   std::unordered_map<std::string, int64_t> by_text;  // every piece
@@ -59,35 +61,54 @@ class SentencePieceModel : public Tokenizer {
               [](const auto& a, const auto& b) { return a.size() > b.size(); });
   }
 
-  std::string Normalize(std::string_view raw) const {
-    std::string text = IsValidUtf8(raw) ? std::string(raw) : Utf8Lossy(raw);
-    if (normalizer_name.find("nfkc") != std::string::npos) text = NormalizeUnicode(text, NormalizationForm::kNfkc);
-    if (normalizer_name.rfind("nmt", 0) == 0) {
-      // The "nmt" rules: whitespace controls become spaces, other control characters go.
-      std::string cleaned;
-      for (char c : text) {
-        if (c == '\t' || c == '\n' || c == '\r')
-          cleaned.push_back(' ');
-        else if (static_cast<unsigned char>(c) >= 0x20 && c != 0x7F)
-          cleaned.push_back(c);
+  // SentencePiece's Normalizer::Normalize: the charsmap applied prefix by prefix (user-defined
+  // pieces pass through untouched), spaces at the start, the end and in runs dropped when
+  // remove_extra_whitespaces says so, the dummy prefix added, and spaces escaped as U+2581.
+  std::string Normalize(std::string_view input) const {
+    const std::string_view space = escape_whitespaces ? kSpace : " ";
+    if (remove_extra_whitespaces) {
+      while (!input.empty()) {
+        const auto [piece, length] = NormalizePrefix(input);
+        if (piece != " ") break;
+        input.remove_prefix(length);
       }
-      text = cleaned;
+    }
+    std::string out;
+    if (input.empty()) return out;
+    if (add_dummy_prefix) out += space;
+    bool previous_space = remove_extra_whitespaces;
+    while (!input.empty()) {
+      auto [piece, length] = NormalizePrefix(input);
+      input.remove_prefix(length);
+      while (previous_space && !piece.empty() && piece.front() == ' ') piece.remove_prefix(1);
+      if (!piece.empty()) {
+        for (char c : piece) {
+          if (c == ' ')
+            out += space;
+          else
+            out.push_back(c);
+        }
+        previous_space = piece.back() == ' ';
+      }
+      if (!remove_extra_whitespaces) previous_space = false;
     }
     if (remove_extra_whitespaces) {
-      std::string collapsed;
-      for (char c : text) {
-        if (c == ' ' && (collapsed.empty() || collapsed.back() == ' ')) continue;
-        collapsed.push_back(c);
-      }
-      while (!collapsed.empty() && collapsed.back() == ' ') collapsed.pop_back();
-      text = collapsed;
+      while (out.size() >= space.size() && out.compare(out.size() - space.size(), space.size(), space) == 0)
+        out.resize(out.size() - space.size());
     }
-    if (text.empty()) return text;
-    if (add_dummy_prefix) text = " " + text;
-    if (!escape_whitespaces) return text;
-    std::string escaped;
-    for (char c : text) escaped += c == ' ' ? std::string(kSpace) : std::string(1, c);
-    return escaped;
+    return out;
+  }
+
+  // SentencePiece's NormalizePrefix: a user-defined piece as it is (the longest), else the charsmap's
+  // longest rule, else one character (an invalid byte: U+FFFD).
+  std::pair<std::string_view, size_t> NormalizePrefix(std::string_view input) const {
+    for (const std::string& u : user_defined) {
+      if (input.substr(0, u.size()) == u) return {input.substr(0, u.size()), u.size()};
+    }
+    if (charsmap) return charsmap->NormalizePrefix(input);
+    const size_t length = ValidUtf8Length(input, 0);
+    if (length == 0) return {"\xEF\xBF\xBD", 1};
+    return {input.substr(0, length), length};
   }
 
   // The normalized text as symbols: characters, with user-defined pieces kept whole.
@@ -304,16 +325,19 @@ void ReadTrainerSpec(std::string_view data, const std::string& where, SentencePi
 
 void ReadNormalizerSpec(std::string_view data, const std::string& where, SentencePieceModel& m) {
   WireReader::ForEachField(data, where, [&](uint64_t field, int wire, WireReader& r) {
-    if (field == 1 && wire == 2)
-      m.normalizer_name = std::string(r.Bytes());
-    else if (field == 3 && wire == 0)
+    if (field == 2 && wire == 2) {
+      const std::string_view blob = r.Bytes();
+      if (!blob.empty())
+        m.charsmap = PrecompiledCharsmap::Parse(blob, where + ": normalizer_spec.precompiled_charsmap");
+    } else if (field == 3 && wire == 0) {
       m.add_dummy_prefix = r.Varint() != 0;
-    else if (field == 4 && wire == 0)
+    } else if (field == 4 && wire == 0) {
       m.remove_extra_whitespaces = r.Varint() != 0;
-    else if (field == 5 && wire == 0)
+    } else if (field == 5 && wire == 0) {
       m.escape_whitespaces = r.Varint() != 0;
-    else
+    } else {
       return false;
+    }
     return true;
   });
 }

@@ -1,11 +1,14 @@
 #include "worker/data/tokenizer/unicode.h"
 
+#include <unicode/brkiter.h>
 #include <unicode/locid.h>
 #include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
+#include <unicode/utext.h>
 
 #include <array>
+#include <memory>
 #include <unordered_map>
 
 #include "common/error.h"
@@ -94,6 +97,10 @@ std::vector<std::string> Utf8Characters(std::string_view text) {
   return characters;
 }
 
+size_t ValidUtf8Length(std::string_view text, size_t at) {
+  return at < text.size() ? ValidSequenceLength(text, at) : 0;
+}
+
 bool IsValidUtf8(std::string_view text) {
   for (size_t i = 0; i < text.size();) {
     const size_t length = ValidSequenceLength(text, i);
@@ -116,6 +123,33 @@ std::string Utf8Lossy(std::string_view bytes) {
     }
   }
   return out;
+}
+
+std::vector<std::string_view> Utf8Graphemes(std::string_view text) {
+  std::vector<std::string_view> graphemes;
+  if (text.empty()) return graphemes;
+  // One iterator per thread: creating one loads ICU's rules, which costs more than a short text's breaks.
+  thread_local std::unique_ptr<icu::BreakIterator> iterator;
+  UErrorCode status = U_ZERO_ERROR;
+  if (!iterator) {
+    iterator.reset(icu::BreakIterator::createCharacterInstance(icu::Locale::getRoot(), status));
+    if (U_FAILURE(status))
+      Fail(ErrorCode::kInternal, "ICU character break iterator unavailable: {}", u_errorName(status));
+  }
+  // A UText over the UTF-8 bytes makes the boundaries byte offsets.
+  UText* utext = utext_openUTF8(nullptr, text.data(), static_cast<int64_t>(text.size()), &status);
+  if (U_FAILURE(status)) Fail(ErrorCode::kInternal, "ICU could not open the text: {}", u_errorName(status));
+  iterator->setText(utext, status);
+  if (U_FAILURE(status)) {
+    utext_close(utext);
+    Fail(ErrorCode::kInternal, "ICU could not segment the text: {}", u_errorName(status));
+  }
+  int32_t begin = iterator->first();
+  for (int32_t end = iterator->next(); end != icu::BreakIterator::DONE; begin = end, end = iterator->next()) {
+    graphemes.push_back(text.substr(static_cast<size_t>(begin), static_cast<size_t>(end - begin)));
+  }
+  utext_close(utext);
+  return graphemes;
 }
 
 const std::string& ByteToUnicode(uint8_t byte) { return ByteTable()[byte]; }

@@ -1,0 +1,61 @@
+#include "worker/data/tokenizer/hf_json.h"
+
+#include "common/error.h"
+
+namespace shardtune::hf {
+
+void Malformed(const std::string& where, const std::string& what) {
+  Fail(ErrorCode::kInvalidArgument, "{}: {}", where, what);
+}
+
+const json& Field(const json& node, const char* key, const std::string& where) {
+  const auto it = node.find(key);
+  if (it == node.end()) Malformed(where, fmt::format("missing '{}'", key));
+  return *it;
+}
+
+std::string StringField(const json& node, const char* key, const std::string& where) {
+  const json& value = Field(node, key, where);
+  if (!value.is_string()) Malformed(where, fmt::format("'{}' must be a string, got {}", key, value.dump()));
+  return value.get<std::string>();
+}
+
+std::string MetaspacePrependScheme(const json& node) {
+  std::string scheme = node.value("prepend_scheme", std::string());
+  if (scheme.empty()) scheme = node.value("add_prefix_space", true) ? "always" : "never";
+  return scheme;
+}
+
+void ReplaceAll(std::string& text, const std::string& from, const std::string& to) {
+  if (from.empty()) return;
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+}
+
+Pattern Pattern::Parse(const json& node, const std::string& where) {
+  Pattern p;
+  if (node.contains("String")) {
+    p.literal = StringField(node, "String", where);
+  } else if (node.contains("Regex")) {
+    try {
+      p.regex = std::make_shared<Regex>(StringField(node, "Regex", where));
+    } catch (const Error& e) {
+      Malformed(where, e.what());
+    }
+  } else {
+    Malformed(where, "pattern must be {\"String\": ...} or {\"Regex\": ...}");
+  }
+  return p;
+}
+
+std::vector<std::pair<size_t, size_t>> Pattern::FindAll(std::string_view text) const {
+  if (regex) return regex->FindAll(text);
+  std::vector<std::pair<size_t, size_t>> matches;
+  if (literal.empty()) return matches;
+  for (size_t at = text.find(literal); at != std::string_view::npos; at = text.find(literal, at + literal.size())) {
+    matches.emplace_back(at, at + literal.size());
+  }
+  return matches;
+}
+
+}  // namespace shardtune::hf

@@ -1,0 +1,80 @@
+// tokenizer.json post-processors, for single sequences: one builder per "type", dispatched
+// through PostProcessors().
+#include <map>
+
+#include "worker/data/tokenizer/hf_stages.h"
+
+namespace shardtune::hf {
+
+namespace {
+
+int64_t IdOfPair(const json& pair, const std::string& where) {
+  if (!pair.is_array() || pair.size() != 2 || !pair[1].is_number_integer()) Malformed(where, "expected [token, id]");
+  return pair[1].get<int64_t>();
+}
+
+PostProcessor BuildTemplate(const json& node, const std::string& where) {
+  std::map<std::string, std::vector<int64_t>> specials;
+  if (node.contains("special_tokens")) {
+    for (const auto& [name, special] : node["special_tokens"].items())
+      specials[name] = special.at("ids").get<std::vector<int64_t>>();
+  }
+  std::vector<std::vector<int64_t>> template_ids;  // empty vector = the sequence itself
+  for (const json& item : Field(node, "single", where)) {
+    if (item.contains("SpecialToken")) {
+      const std::string id = StringField(item["SpecialToken"], "id", where);
+      if (!specials.count(id))
+        Malformed(where, fmt::format("TemplateProcessing uses special token '{}' without listing it", id));
+      template_ids.push_back(specials[id]);
+    } else {
+      template_ids.push_back({});
+    }
+  }
+  return [template_ids](std::vector<int64_t> ids) {
+    std::vector<int64_t> out;
+    for (const auto& item : template_ids) {
+      if (item.empty())
+        out.insert(out.end(), ids.begin(), ids.end());
+      else
+        out.insert(out.end(), item.begin(), item.end());
+    }
+    return out;
+  };
+}
+
+// RobertaProcessing and BertProcessing alike: [CLS] ids [SEP].
+PostProcessor BuildClsSep(const json& node, const std::string& where) {
+  const int64_t cls = IdOfPair(Field(node, "cls", where), where), sep = IdOfPair(Field(node, "sep", where), where);
+  return [cls, sep](std::vector<int64_t> ids) {
+    ids.insert(ids.begin(), cls);
+    ids.push_back(sep);
+    return ids;
+  };
+}
+
+PostProcessor BuildByteLevel(const json&, const std::string&) { return nullptr; }  // only adjusts offsets
+
+PostProcessor BuildSequence(const json& node, const std::string& where) {
+  std::vector<PostProcessor> parts = ParseParts(node, "processors", where, &ParsePostProcessor);
+  return [parts = std::move(parts)](std::vector<int64_t> ids) {
+    for (const auto& p : parts) ids = p(std::move(ids));
+    return ids;
+  };
+}
+
+const Registry<PostProcessor>& PostProcessors() {
+  static const Registry<PostProcessor> registry = {
+      {"BertProcessing", &BuildClsSep}, {"ByteLevel", &BuildByteLevel},         {"RobertaProcessing", &BuildClsSep},
+      {"Sequence", &BuildSequence},     {"TemplateProcessing", &BuildTemplate},
+  };
+  return registry;
+}
+
+}  // namespace
+
+PostProcessor ParsePostProcessor(const json& node, const std::string& where) {
+  if (node.is_null()) return nullptr;
+  return BuildStage(PostProcessors(), "post-processor", StringField(node, "type", where), node, where);
+}
+
+}  // namespace shardtune::hf
