@@ -11,6 +11,7 @@
 #include <chrono>
 #include <fstream>
 #include <set>
+#include <sstream>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -458,9 +459,17 @@ void JobManager::Signal(const JobRecord& r, int signal) {
     return;
   }
   // Only the supervisor: it passes a stop on to mpirun, and kills every process of the attempt
-  // when told to (launcher/server/processes.h).
-  if (SupervisorRuns(r))
+  // when told to (launcher/server/processes.h). One started before pid files existed knows no
+  // kSignalKillAttempt: its process group (mpirun and the local ranks) gets the signal itself.
+  if (!SupervisorRuns(r)) return;
+  if (!fs::exists(AttemptFile(r, ".pid")))
+    ::kill(-static_cast<pid_t>(r.supervisor_pid), signal);
+  else
     ::kill(static_cast<pid_t>(r.supervisor_pid), signal == SIGKILL ? kSignalKillAttempt : kSignalStopAttempt);
+}
+
+bool JobManager::GracePeriodOver(const JobRecord& r) const {
+  return r.signal_sent_ms > 0 && NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000);
 }
 
 void JobManager::NoteHostLost(JobRecord& r, const std::string& line) {
@@ -504,25 +513,30 @@ void JobManager::ForwardLog(JobRecord& r) {
 }
 
 void JobManager::Tick(SlurmCalls& slurm) {
+  // Slurm jobs are polled every tenth tick (about once a second), all of them in one squeue call
+  // made without the lock (ApplySlurmResults settles them).
+  const bool poll_slurm = ++slurm_ticks_ % 10 == 0;
   // Running attempts: what they printed; ended? overdue for SIGKILL?
   for (JobRecord& r : store_->Unfinished()) {
     if (r.job.status() != v1::RUNNING) continue;
     ForwardLog(r);
     if (!r.backend_id.empty()) {
-      // Polled about once a second, without the lock (ApplySlurmResults settles it).
-      if (++slurm_polls_ % 10 == 0)
-        slurm.polls.push_back({r.job.id(), r.job.attempt(), r.backend_id, std::nullopt, ""});
+      if (poll_slurm) slurm.polls.push_back({r.job.id(), r.job.attempt(), r.backend_id, std::nullopt, ""});
       continue;
     }
-    int status = 0;
+    // Only a supervisor this process spawned is waited for (a pid from before a restart may now
+    // be another child's: the validator's, say); any other is found by its identity.
     const pid_t pid = static_cast<pid_t>(r.supervisor_pid);
-    const pid_t waited = pid > 0 ? ::waitpid(pid, &status, WNOHANG) : -1;
-    if (waited == pid && pid > 0) {
+    const bool ours = spawned_.count(pid) > 0;
+    int status = 0;
+    const pid_t waited = ours ? ::waitpid(pid, &status, WNOHANG) : -1;
+    if (waited == pid) {
+      spawned_.erase(pid);
       Settle(r, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-    } else if (waited < 0 && !SupervisorRuns(r)) {
+    } else if (waited < 0 && (ours || !SupervisorRuns(r))) {
+      spawned_.erase(pid);
       Settle(r, ReadExitFile(r.exit_file).value_or(-1));  // not our child (the server restarted): the exit file tells
-    } else if (r.signal_sent_ms > 0 &&
-               NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000)) {
+    } else if (GracePeriodOver(r)) {
       Signal(r, SIGKILL);
     }
   }
@@ -603,7 +617,10 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
                                    "--"};
   for (std::string& word : RankCommandArgv(ranks)) argv.push_back(std::move(word));
   r.supervisor_pid = SpawnInNewSession(argv, env);
-  // Its identity, for finding it again after a restart: not yet reaped, it cannot have exited unseen.
+  spawned_.insert(static_cast<pid_t>(r.supervisor_pid));
+  // Its identity, for finding it again after a restart. One that has already exited (a zombie:
+  // LiveProcess names none) gets start time 0, which matches no process: after a restart its exit
+  // file tells how it ended.
   WritePidFile(AttemptFile(r, ".pid").string(),
                LiveProcess(r.supervisor_pid).value_or(ProcessIdentity{r.supervisor_pid, 0}));
   SetStatus(r, v1::RUNNING,
@@ -649,8 +666,12 @@ void JobManager::PrepareSlurm(JobRecord& r, const RankCommand& ranks, const std:
 void JobManager::MakeSlurmCalls(SlurmCalls& slurm) {
   for (const std::vector<std::string>& command : slurm.commands) RunCommand(command);
   for (SlurmSubmission& s : slurm.submissions) s.result = RunCommand(s.argv, s.env);
+  if (slurm.polls.empty()) return;
+  std::vector<std::string> backend_ids;
+  for (const SlurmPoll& poll : slurm.polls) backend_ids.push_back(poll.backend_id);
+  const std::map<std::string, std::string> states = SlurmStates(backend_ids);
   for (SlurmPoll& poll : slurm.polls) {
-    poll.state = SlurmState(poll.backend_id);
+    if (const auto state = states.find(poll.backend_id); state != states.end()) poll.state = state->second;
     if (!poll.state) poll.end_state = SlurmEndState(poll.backend_id);
   }
 }
@@ -691,8 +712,7 @@ void JobManager::SettleIfSlurmEnded(JobRecord& r, const SlurmPoll& poll) {
                                                  "SUSPENDED", "SIGNALING",    "STAGE_OUT",   "UNKNOWN"};
   if (poll.state && kRunning.count(*poll.state)) {
     // Preempted and requeued jobs run the batch script again and resume from their checkpoint.
-    if (r.signal_sent_ms > 0 && NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000))
-      slurm_commands_.push_back({"scancel", "--signal=KILL", "--full", r.backend_id});
+    if (GracePeriodOver(r)) slurm_commands_.push_back({"scancel", "--signal=KILL", "--full", r.backend_id});
     return;
   }
   // Ended: the batch script's exit file tells how; Slurm's state why, when it ended the job.
@@ -708,13 +728,22 @@ void JobManager::SettleIfSlurmEnded(JobRecord& r, const SlurmPoll& poll) {
   Settle(r, ReadExitFile(r.exit_file).value_or(-1));
 }
 
-std::optional<std::string> JobManager::SlurmState(const std::string& backend_id) {
-  // squeue lists a job while it is pending, running or requeued, and for a while after it ends.
-  const CommandResult q = RunCommand({"squeue", "--noheader", "--jobs=" + backend_id, "--format=%T"});
-  const std::string state = q.output.substr(0, q.output.find('\n'));
-  if (q.status != 0 && q.output.find("Invalid job id") == std::string::npos) return std::string("UNKNOWN");
-  if (state.empty() || q.status != 0) return std::nullopt;
-  return state;
+std::map<std::string, std::string> JobManager::SlurmStates(const std::vector<std::string>& backend_ids) {
+  // squeue lists a job while it is pending, running or requeued, and for a while after it ends;
+  // one call for every job. When squeue fails (other than for a job id it no longer knows), every
+  // job is UNKNOWN, which counts as still running: the next poll tries again.
+  std::string list;
+  for (const std::string& id : backend_ids) list += (list.empty() ? "" : ",") + id;
+  const CommandResult q = RunCommand({"squeue", "--noheader", "--jobs=" + list, "--format=%i %T"});
+  std::map<std::string, std::string> states;
+  if (q.status != 0 && q.output.find("Invalid job id") == std::string::npos) {
+    for (const std::string& id : backend_ids) states[id] = "UNKNOWN";
+    return states;
+  }
+  if (q.status != 0) return states;  // the one job asked for is no longer known
+  std::istringstream lines(q.output);
+  for (std::string id, state; lines >> id >> state;) states[id] = state;
+  return states;
 }
 
 std::string JobManager::SlurmEndState(const std::string& backend_id) {
@@ -730,7 +759,12 @@ std::string JobManager::SlurmEndState(const std::string& backend_id) {
 void JobManager::Settle(JobRecord& r, int exit_code) {
   // How the attempt ended comes from the worker's result report and the attempt's exit status
   // (the supervisor's, or the batch script's exit file); never from what the output directory
-  // holds. (The supervisor has already killed whatever of the attempt was left.)
+  // holds. A supervisor that wrote its exit file has already killed whatever of the attempt was
+  // left; one that was killed itself left the attempt's processes running (launcher/server/processes.h).
+  if (r.backend_id.empty() && config_.backend != "slurm" && !ReadExitFile(r.exit_file)) {
+    if (const int killed = KillAttemptProcesses(r.job.id(), r.job.attempt()); killed > 0)
+      Event(r, "note", fmt::format("the attempt's supervisor was gone: killed {} processes left of it", killed));
+  }
   ForwardLog(r);
   r.supervisor_pid = 0;
   r.backend_id.clear();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Slurm backend on a real single-node Slurm cluster started here (deploy/slurm/local-cluster.sh):
-# a 2-rank job submitted through shardtune-server and the CLI runs as a Slurm job to SUCCEEDED,
+# two 2-rank jobs submitted at once through shardtune-server and the CLI run as Slurm jobs to SUCCEEDED,
 # a requeued one resumes, a cancelled one ends CANCELLED with its Slurm job gone, and one whose
 # node fails ends FAILED with NODE_LOST. Exits 77 (skipped) where Slurm cannot be installed.
 # Usage: slurm_test.sh BUILD_BIN_DIR SOURCE_DIR
@@ -50,9 +50,13 @@ resources: {ranks_per_node: 2}
 YAML
 }
 
+# Two jobs at once (each Slurm job polled, in one squeue call: an older one once never was).
 write_job ok.yaml ok 20
+write_job ok2.yaml ok2 20
 id=$("$bin/shardtune" submit ok.yaml)
+id2=$("$bin/shardtune" submit ok2.yaml)
 wait_status "$id" SUCCEEDED 180 && pass "a job through the slurm backend SUCCEEDED" || fail "slurm job: $(field "$id" status); $(tail -n 5 server.log)"
+wait_status "$id2" SUCCEEDED 180 && pass "a second Slurm job submitted with it SUCCEEDED" || fail "second slurm job: $(field "$id2" status)"
 expect_eq "it ran as a Slurm job" "$("$bin/shardtune" events "$id" | grep -c 'Slurm job')" "1"
 [ -f "$work/runs/ok/final/model.safetensors" ] && pass "its model was exported" || fail "no final model"
 
