@@ -19,6 +19,7 @@
 #include "common/job_spec.h"
 #include "common/worker_contract.h"
 #include "launcher/rank_command.h"
+#include "launcher/server/attempt_end.h"
 #include "launcher/server/processes.h"
 #include "sharding/planner.h"
 
@@ -40,7 +41,10 @@ JobSpec ParseSpec(const std::string& yaml) {
     for (const auto& p : e.problems()) message += "\n" + p;
     throw RequestError(RequestError::Kind::kInvalidArgument, message, v1::INVALID_SPEC);
   } catch (const Error& e) {
-    throw RequestError(RequestError::Kind::kInvalidArgument, e.what(), v1::INVALID_SPEC);
+    // The worker's mapping (a file the spec names missing: INVALID_INPUT); never a retryable code here.
+    const auto kind = contract::JobErrorKindFor(e.code());
+    throw RequestError(RequestError::Kind::kInvalidArgument, e.what(),
+                       contract::IsUserError(kind) ? static_cast<v1::JobErrorCode>(kind) : v1::INVALID_SPEC);
   }
 }
 
@@ -51,10 +55,7 @@ void SetError(v1::Job& job, v1::JobErrorCode code, const std::string& message) {
   job.mutable_error()->set_message(message);
 }
 
-// Errors of the user's making, which a retry would only repeat.
-bool IsUserError(v1::JobErrorCode code) {
-  return code == v1::INVALID_SPEC || code == v1::INVALID_DATA || code == v1::INVALID_INPUT;
-}
+bool IsUserError(v1::JobErrorCode code) { return contract::IsUserError(static_cast<contract::JobErrorKind>(code)); }
 
 // A worker's error as reported: the code from `kind`, or from the `code` string of a worker
 // that predates `kind`.
@@ -325,6 +326,7 @@ v1::Job JobManager::Cancel(const Caller& caller, const std::string& id) {
                        fmt::format("job {} has ended ({})", id, v1::JobStatus_Name(r.job.status())));
   }
   if (r.job.status() != v1::RUNNING) {
+    submitting_.erase(id);  // an sbatch running now is cancelled when it returns
     SetStatus(r, v1::CANCELLED, "cancelled before it ran");
     return r.job;
   }
@@ -341,6 +343,7 @@ v1::Job JobManager::Pause(const Caller& caller, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
   JobRecord r = Owned(caller, id);
   if (r.job.status() == v1::QUEUED) {
+    submitting_.erase(id);  // likewise
     SetStatus(r, v1::PAUSED, "paused before it ran");
   } else if (r.job.status() == v1::RUNNING) {
     r.pause_requested = true;
@@ -651,6 +654,7 @@ void JobManager::PrepareSlurm(JobRecord& r, const RankCommand& ranks, const std:
   SlurmSubmission submission;
   submission.job_id = r.job.id();
   submission.attempt = r.job.attempt();
+  submission.generation = ++submissions_;
   submission.env = env;
   submission.argv = {"sbatch", "--parsable", "--job-name=shardtune-" + r.job.id(),
                      fmt::format("--ntasks={}", r.requested_ranks), "--output=" + AttemptFile(r, ".log").string()};
@@ -659,7 +663,7 @@ void JobManager::PrepareSlurm(JobRecord& r, const RankCommand& ranks, const std:
   // Stored before sbatch runs (the job stays QUEUED, its slots taken): a rank that starts at once
   // must find its attempt and token.
   store_->Update(r);
-  submitting_.insert(r.job.id());
+  submitting_[r.job.id()] = submission.generation;
   slurm.submissions.push_back(std::move(submission));
 }
 
@@ -677,20 +681,23 @@ void JobManager::MakeSlurmCalls(SlurmCalls& slurm) {
 }
 
 void JobManager::ApplySlurmResults(SlurmCalls& slurm) {
-  // Each result applies to the job only if it is still the attempt it was made for.
+  // Each result applies to the job only if it is still the attempt it was made for, and the same
+  // launch of it (a Pause or Cancel while sbatch ran forgets the launch; a Resume makes another).
   for (const SlurmSubmission& s : slurm.submissions) {
-    submitting_.erase(s.job_id);
+    const auto launch = submitting_.find(s.job_id);
+    const bool current = launch != submitting_.end() && launch->second == s.generation;
+    if (current) submitting_.erase(launch);
     const std::string id = s.result.output.substr(0, s.result.output.find_first_of(";\n"));
     const bool submitted =
         s.result.status == 0 && !id.empty() && id.find_first_not_of("0123456789") == std::string::npos;
     auto r = store_->Get(s.job_id);
-    if (!r || r->job.status() != v1::QUEUED || r->job.attempt() != s.attempt) {
+    if (!current || !r || r->job.status() != v1::QUEUED || r->job.attempt() != s.attempt) {
       if (submitted) slurm_commands_.push_back({"scancel", id});  // cancelled or paused meanwhile
       continue;
     }
     if (!submitted) {
       SetError(r->job, v1::BACKEND, "sbatch failed: " + s.result.output);
-      SetStatus(*r, v1::FAILED, r->job.error().message());
+      SetStatus(*r, v1::FAILED, r->job.error().message() + " (not retried: sbatch would refuse it again)");
       continue;
     }
     r->backend_id = id;
@@ -768,34 +775,43 @@ void JobManager::Settle(JobRecord& r, int exit_code) {
   ForwardLog(r);
   r.supervisor_pid = 0;
   r.backend_id.clear();
-  const v1::JobErrorCode reported = r.job.error().kind();
-  if (r.cancel_requested) {
-    SetStatus(r, v1::CANCELLED, "cancelled");
-  } else if (r.result_succeeded) {
-    // (A run Slurm requeued after the job had finished refuses to train again: still a success.)
-    SetStatus(r, v1::SUCCEEDED, fmt::format("attempt {} finished", r.job.attempt()));
-  } else if (exit_code == 0 && (r.result_paused || r.pause_requested)) {
-    SetStatus(r, v1::PAUSED, fmt::format("stopped at its checkpoint after step {}", r.job.step()));
-  } else if (exit_code == 0 && !r.result_reported) {
-    // Ranks exit 0 only at the end of training or at a pause; the report did not reach us.
-    SetStatus(r, v1::SUCCEEDED, fmt::format("attempt {} finished (exit status 0; no result report)", r.job.attempt()));
-  } else if (IsUserError(reported) || exit_code == kExitInvalidInput) {
-    if (!IsUserError(reported)) SetError(r.job, v1::INVALID_INPUT, "the worker rejected the job's input");
-    SetStatus(r, v1::FAILED, r.job.error().message() + " (not retried: a user error)");
-  } else {
-    const std::string why = exit_code < 0 ? "its processes vanished (node lost or killed)"
-                                          : fmt::format("mpirun exited with status {}", exit_code);
-    if (reported == v1::JOB_ERROR_CODE_UNSPECIFIED)
-      SetError(r.job, v1::RANK_FAILED, r.job.error().message().empty() ? why : r.job.error().message());
-    if (r.job.attempt() < config_.max_attempts) {
-      SetStatus(r, v1::QUEUED,
-                fmt::format("attempt {} failed ({}); retrying from the latest checkpoint", r.job.attempt(),
-                            r.job.error().message()));
-    } else {
-      SetStatus(
-          r, v1::FAILED,
-          fmt::format("attempt {} of {} failed: {}", r.job.attempt(), config_.max_attempts, r.job.error().message()));
-    }
+  AttemptEnd end;
+  end.cancel_requested = r.cancel_requested;
+  end.pause_requested = r.pause_requested;
+  if (r.result_reported) {
+    end.outcome = r.result_succeeded                                       ? v1::ATTEMPT_FINISHED
+                  : r.result_paused                                        ? v1::ATTEMPT_PAUSED
+                  : r.job.error().kind() != v1::JOB_ERROR_CODE_UNSPECIFIED ? v1::ATTEMPT_FAILED
+                                                                           : v1::ATTEMPT_STOPPED;
+  }
+  end.error = r.job.error().kind();
+  end.exit_code = exit_code;
+  end.reached_last_step = r.job.total_steps() > 0 && r.job.step() >= r.job.total_steps();
+  end.attempts_left = r.job.attempt() < config_.max_attempts;
+  const AttemptVerdict verdict = DecideAttempt(end);
+  if (end.error == v1::JOB_ERROR_CODE_UNSPECIFIED && verdict.error != v1::JOB_ERROR_CODE_UNSPECIFIED)
+    SetError(r.job, verdict.error, r.job.error().message().empty() ? verdict.why : r.job.error().message());
+  const std::string& error = r.job.error().message();
+  switch (verdict.status) {
+    case v1::CANCELLED:
+      return SetStatus(r, v1::CANCELLED, "cancelled");
+    case v1::SUCCEEDED:
+      // (A run Slurm requeued after the job had finished refuses to train again: still a success.)
+      return SetStatus(
+          r, v1::SUCCEEDED,
+          fmt::format("attempt {} finished{}", r.job.attempt(), verdict.why.empty() ? "" : " (" + verdict.why + ")"));
+    case v1::PAUSED:
+      return SetStatus(r, v1::PAUSED,
+                       fmt::format("stopped at its checkpoint after step {}{}", r.job.step(),
+                                   error.empty() ? "" : " (it failed while pausing: " + error + ")"));
+    case v1::QUEUED:
+      return SetStatus(
+          r, v1::QUEUED,
+          fmt::format("attempt {} failed ({}); retrying from the latest checkpoint", r.job.attempt(), error));
+    default:
+      if (IsUserError(r.job.error().kind())) return SetStatus(r, v1::FAILED, error + " (not retried: a user error)");
+      return SetStatus(r, v1::FAILED,
+                       fmt::format("attempt {} of {} failed: {}", r.job.attempt(), config_.max_attempts, error));
   }
 }
 

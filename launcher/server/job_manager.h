@@ -112,6 +112,7 @@ class JobManager {
   struct SlurmSubmission {
     std::string job_id;
     int attempt = 0;
+    int64_t generation = 0;  // which launch of the attempt (submitting_)
     std::vector<std::string> argv;
     std::map<std::string, std::string> env;
     CommandResult result;
@@ -160,7 +161,9 @@ class JobManager {
   int64_t slurm_ticks_ = 0;
   std::set<pid_t> spawned_;                               // supervisors this process started and has not yet reaped
   std::vector<std::vector<std::string>> slurm_commands_;  // scancels to send (guarded by mutex_)
-  std::set<std::string> submitting_;                      // QUEUED jobs whose sbatch is running; their slots are taken
+  // QUEUED jobs whose sbatch is running (their slots are taken), by the generation of that launch.
+  std::map<std::string, int64_t> submitting_;
+  int64_t submissions_ = 0;
 };
 
 }  // namespace shardtune::server
