@@ -7,6 +7,8 @@
 // are in common/exit_codes.h.
 
 #include <array>
+#include <map>
+#include <string>
 #include <string_view>
 
 #include "common/error.h"
@@ -26,6 +28,15 @@ inline constexpr std::string_view kEnvJobAttempt = "SHARDTUNE_JOB_ATTEMPT";
 // Every variable above: what a launcher must pass on to each rank.
 inline constexpr std::array<std::string_view, 4> kJobEnvironment = {kEnvServer, kEnvJobId, kEnvJobToken,
                                                                     kEnvJobAttempt};
+
+// One attempt's values of those variables, by name (the launcher sets them from this table).
+inline std::map<std::string, std::string> JobEnvironmentValues(const std::string& server, const std::string& job_id,
+                                                               const std::string& token, int attempt) {
+  const std::array<std::string, 4> values = {server, job_id, token, std::to_string(attempt)};
+  std::map<std::string, std::string> environment;
+  for (size_t i = 0; i < kJobEnvironment.size(); ++i) environment[std::string(kJobEnvironment[i])] = values[i];
+  return environment;
+}
 
 // How an attempt failed: proto JobErrorCode's values under C++ names (the server and the worker
 // static_assert that they agree), so that this LibTorch-free, proto-free header can hold the one

@@ -34,6 +34,14 @@ AttemptVerdict ErrorFromExit(const AttemptEnd& end) {
 
 }  // namespace
 
+bool IsUserError(v1::JobErrorCode code) { return contract::IsUserError(static_cast<contract::JobErrorKind>(code)); }
+
+void SetError(v1::Job& job, v1::JobErrorCode code, const std::string& message) {
+  job.mutable_error()->set_kind(code);
+  job.mutable_error()->set_code(v1::JobErrorCode_Name(code));
+  job.mutable_error()->set_message(message);
+}
+
 AttemptVerdict DecideAttempt(const AttemptEnd& end) {
   if (end.cancel_requested) return {v1::CANCELLED, v1::JOB_ERROR_CODE_UNSPECIFIED, "cancelled"};
   if (end.outcome == v1::ATTEMPT_FINISHED) return {v1::SUCCEEDED, v1::JOB_ERROR_CODE_UNSPECIFIED, ""};
@@ -46,7 +54,7 @@ AttemptVerdict DecideAttempt(const AttemptEnd& end) {
   }
   AttemptVerdict verdict = ErrorFromExit(end);
   const v1::JobErrorCode kind = end.error != v1::JOB_ERROR_CODE_UNSPECIFIED ? end.error : verdict.error;
-  if (contract::IsUserError(static_cast<contract::JobErrorKind>(kind))) {
+  if (IsUserError(kind)) {
     verdict.status = v1::FAILED;
   } else if (end.pause_requested) {
     verdict.status = v1::PAUSED;

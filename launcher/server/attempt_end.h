@@ -38,4 +38,9 @@ struct AttemptVerdict {
 // INVALID_INPUT; anything else, or a stop nobody asked for: RANK_FAILED).
 AttemptVerdict DecideAttempt(const AttemptEnd& end);
 
+// Errors of the user's making, which a retry would only repeat (common/worker_contract.h's rule).
+bool IsUserError(v1::JobErrorCode code);
+// Sets the job's error: the code, its name in the `code` string older clients read, the message.
+void SetError(v1::Job& job, v1::JobErrorCode code, const std::string& message);
+
 }  // namespace shardtune::server

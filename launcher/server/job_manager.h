@@ -130,6 +130,7 @@ class JobManager {
     std::vector<SlurmPoll> polls;
     bool empty() const { return commands.empty() && submissions.empty() && polls.empty(); }
   };
+  void CancelUnrecordedSlurmJobs();  // at Start (job_manager_slurm.cc)
   void ScheduleLoop();
   void Tick(SlurmCalls& slurm);
   void Launch(JobRecord& record, SlurmCalls& slurm);

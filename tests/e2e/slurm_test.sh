@@ -2,7 +2,8 @@
 # The Slurm backend on a real single-node Slurm cluster started here (deploy/slurm/local-cluster.sh):
 # two 2-rank jobs submitted at once through shardtune-server and the CLI run as Slurm jobs to SUCCEEDED,
 # a requeued one resumes, a cancelled one ends CANCELLED with its Slurm job gone, and one whose
-# node fails ends FAILED with NODE_LOST. Exits 77 (skipped) where Slurm cannot be installed.
+# node fails ends FAILED with NODE_LOST, and one sbatch refuses ends FAILED with BACKEND. Exits 77
+# (skipped) where Slurm cannot be installed.
 # Usage: slurm_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -94,5 +95,12 @@ scontrol update NodeName="$node" State=RESUME > /dev/null 2>&1
 out=$("$bin/shardtune" get "$id")
 expect_contains "a failed node is NODE_LOST" "$out" "error:     NODE_LOST: Slurm job"
 expect_contains "it names Slurm's state" "$out" "ended NODE_FAIL"
+
+# sbatch refusing the job (more nodes than the cluster has): BACKEND, and not retried.
+sed -i 's/^#SBATCH --ntasks={{RANKS}}$/&\n#SBATCH --nodes=99/' job.sbatch.in
+write_job refused.yaml refused 20
+id=$("$bin/shardtune" submit refused.yaml)
+wait_status "$id" FAILED 60 && pass "a job sbatch refuses: FAILED" || fail "refused: $(field "$id" status)"
+expect_contains "sbatch refusing it is BACKEND" "$("$bin/shardtune" get "$id")" "error:     BACKEND: sbatch failed"
 
 summary
