@@ -7,7 +7,12 @@
 // are in common/exit_codes.h.
 
 #include <array>
+#include <map>
+#include <string>
 #include <string_view>
+
+#include "common/error.h"
+#include "common/exit_codes.h"
 
 namespace shardtune::contract {
 
@@ -23,5 +28,63 @@ inline constexpr std::string_view kEnvJobAttempt = "SHARDTUNE_JOB_ATTEMPT";
 // Every variable above: what a launcher must pass on to each rank.
 inline constexpr std::array<std::string_view, 4> kJobEnvironment = {kEnvServer, kEnvJobId, kEnvJobToken,
                                                                     kEnvJobAttempt};
+
+// One attempt's values of those variables, by name (the launcher sets them from this table).
+inline std::map<std::string, std::string> JobEnvironmentValues(const std::string& server, const std::string& job_id,
+                                                               const std::string& token, int attempt) {
+  const std::array<std::string, 4> values = {server, job_id, token, std::to_string(attempt)};
+  std::map<std::string, std::string> environment;
+  for (size_t i = 0; i < kJobEnvironment.size(); ++i) environment[std::string(kJobEnvironment[i])] = values[i];
+  return environment;
+}
+
+// How an attempt failed: proto JobErrorCode's values under C++ names (the server and the worker
+// static_assert that they agree), so that this LibTorch-free, proto-free header can hold the one
+// mapping from an error to its code that both sides use.
+enum class JobErrorKind {
+  kUnspecified = 0,
+  kInvalidSpec = 1,   // the spec asks for what the model, data or build cannot do
+  kInvalidData = 2,   // the data check found problems
+  kInvalidInput = 3,  // a file the spec names is missing or malformed
+  kRankFailed = 4,
+  kTimeout = 5,  // a collective did not complete within sharding.collective_timeout_s
+  kNodeLost = 6,
+  kBackend = 7,
+};
+
+// Errors of the user's making, which a retry would only repeat: failed at once.
+constexpr bool IsUserError(JobErrorKind kind) {
+  return kind == JobErrorKind::kInvalidSpec || kind == JobErrorKind::kInvalidData ||
+         kind == JobErrorKind::kInvalidInput;
+}
+
+// What a shardtune Error of `code` means for the job.
+constexpr JobErrorKind JobErrorKindFor(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument:     // a setting the model or data cannot honour
+    case ErrorCode::kFailedPrecondition:  // e.g. output.dir holds a finished run, a resume mismatch
+    case ErrorCode::kUnimplemented:       // a setting this build does not support
+      return JobErrorKind::kInvalidSpec;
+    case ErrorCode::kNotFound:  // a file the spec names
+    case ErrorCode::kDataLoss:
+      return JobErrorKind::kInvalidInput;
+    case ErrorCode::kIo:
+    case ErrorCode::kInternal:
+      break;
+  }
+  return JobErrorKind::kRankFailed;
+}
+
+// The exit status a rank ends with after an error of `kind` (common/exit_codes.h), and what the
+// server reads from an attempt's exit status when no rank reported (rank 0 is the only reporter,
+// and another rank's MPI_Abort can end it first).
+constexpr int ExitCodeFor(JobErrorKind kind) {
+  if (IsUserError(kind)) return kExitInvalidInput;
+  return kind == JobErrorKind::kTimeout ? kExitTimeout : kExitFailed;
+}
+constexpr JobErrorKind JobErrorKindForExit(int exit_code) {
+  if (exit_code == kExitInvalidInput) return JobErrorKind::kInvalidInput;
+  return exit_code == kExitTimeout ? JobErrorKind::kTimeout : JobErrorKind::kRankFailed;
+}
 
 }  // namespace shardtune::contract

@@ -9,6 +9,8 @@
 #include "common/error.h"
 #include "common/job_spec.h"
 #include "common/logging.h"
+#include "common/worker_contract.h"
+#include "sharding/comm/collective_timeout.h"
 #include "sharding/comm/mpi_communicator.h"
 #include "sharding/comm/nccl_communicator.h"
 #include "worker/cpu_allocator.h"
@@ -55,21 +57,23 @@ std::unique_ptr<Communicator> MaybeNccl(const JobSpec& spec, Communicator& base)
 
 }  // namespace
 
+namespace {
+
+// What an exception thrown while preparing or training means for the job (the one place that
+// classifies them by type; common/worker_contract.h maps the rest by ErrorCode). A collective past
+// its timeout is TIMEOUT on whichever rank saw it; the stuck rank may be another.
+contract::JobErrorKind JobErrorKindOf(const std::exception& error) {
+  if (dynamic_cast<const SpecError*>(&error) != nullptr) return contract::JobErrorKind::kInvalidSpec;
+  if (dynamic_cast<const CollectiveTimeout*>(&error) != nullptr) return contract::JobErrorKind::kTimeout;
+  if (const auto* typed = dynamic_cast<const Error*>(&error)) return contract::JobErrorKindFor(typed->code());
+  return contract::JobErrorKind::kRankFailed;
+}
+
+}  // namespace
+
 int ReportFailure(const std::exception& error) {
   spdlog::error("{}", error.what());
-  if (const auto* typed = dynamic_cast<const Error*>(&error)) {
-    switch (typed->code()) {
-      case ErrorCode::kInvalidArgument:
-      case ErrorCode::kNotFound:
-      case ErrorCode::kDataLoss:
-      case ErrorCode::kUnimplemented:
-      case ErrorCode::kFailedPrecondition:
-        return kExitInvalidInput;
-      default:
-        break;
-    }
-  }
-  return kExitFailed;
+  return contract::ExitCodeFor(JobErrorKindOf(error));
 }
 
 int RunWorker(const std::string& job_path, const std::string& log_level) {
@@ -82,6 +86,8 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
   int world_size = 1;
   try {
     InitLogging(log_level, RankFromEnvironment());
+    // Before anything that can fail (the spec, MPI, NCCL): rank 0 reports such failures too.
+    if (ServerReporter::ManagedByServer() && RankFromEnvironment() == 0) reporter = ServerReporter::FromEnvironment();
     const JobSpec spec = LoadJobSpec(job_path);
     if (MpiRuntime::LaunchedByMpi()) {
       mpi = std::make_unique<MpiRuntime>(nullptr, nullptr);
@@ -96,8 +102,7 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
     TrainerOptions options;
     if (ServerReporter::ManagedByServer()) {
       options.stop_check = true;
-      if (mpi_world->rank() == 0) {
-        reporter = ServerReporter::FromEnvironment();
+      if (reporter) {
         options.on_step = [&](int64_t step, int64_t total, double epoch, int64_t tokens,
                               const std::map<std::string, double>& metrics) {
           return reporter->Progress(step, total, epoch, tokens, metrics, "");
@@ -121,7 +126,7 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
     return kExitOk;
   } catch (const std::exception& e) {
     const int code = ReportFailure(e);
-    if (reporter) reporter->Failure(e);
+    if (reporter) reporter->Failure(JobErrorKindOf(e), e.what());
     // One rank failing fails the job: take every other rank down now rather than let them wait
     // in a collective until their timeout.
     if (mpi && world_size > 1) MpiRuntime::Abort(code);

@@ -10,7 +10,6 @@
 #include "common/error.h"
 #include "common/job_spec.h"
 #include "common/worker_contract.h"
-#include "sharding/comm/collective_timeout.h"
 #include "shardtune/v1/jobs.grpc.pb.h"
 
 namespace shardtune {
@@ -22,28 +21,10 @@ std::string Environment(std::string_view name) {
   return value != nullptr ? value : "";
 }
 
-// The JobErrorCode an exception thrown while training means. The user errors here are exactly
-// those ReportFailure (worker/entry.h) exits kExitInvalidInput for.
-v1::JobErrorCode JobErrorCodeFor(const std::exception& error) {
-  if (dynamic_cast<const SpecError*>(&error) != nullptr) return v1::INVALID_SPEC;
-  // A collective past sharding.collective_timeout_s (on this rank: the stuck one is another).
-  if (dynamic_cast<const CollectiveTimeout*>(&error) != nullptr) return v1::TIMEOUT;
-  const auto* typed = dynamic_cast<const Error*>(&error);
-  if (typed == nullptr) return v1::RANK_FAILED;
-  switch (typed->code()) {
-    case ErrorCode::kInvalidArgument:     // a setting the model or data cannot honour
-    case ErrorCode::kFailedPrecondition:  // e.g. output.dir holds a finished run, resume mismatch
-    case ErrorCode::kUnimplemented:       // a setting this build does not support
-      return v1::INVALID_SPEC;
-    case ErrorCode::kNotFound:  // a file the spec names
-    case ErrorCode::kDataLoss:
-      return v1::INVALID_INPUT;
-    case ErrorCode::kIo:
-    case ErrorCode::kInternal:
-      break;
-  }
-  return v1::RANK_FAILED;
-}
+static_assert(static_cast<int>(contract::JobErrorKind::kBackend) == v1::BACKEND &&
+                  static_cast<int>(contract::JobErrorKind::kTimeout) == v1::TIMEOUT &&
+                  static_cast<int>(contract::JobErrorKind::kInvalidSpec) == v1::INVALID_SPEC,
+              "contract::JobErrorKind mirrors proto JobErrorCode");
 
 }  // namespace
 
@@ -139,18 +120,17 @@ void ServerReporter::Result(AttemptOutcome outcome) {
       report.set_outcome(v1::ATTEMPT_PAUSED);
       break;
     case AttemptOutcome::kStopped:
-      report.set_outcome(v1::ATTEMPT_OUTCOME_UNSPECIFIED);
+      report.set_outcome(v1::ATTEMPT_STOPPED);
       break;
   }
   report.mutable_error()->set_rank(-1);
   impl_->SendResult(std::move(report));
 }
 
-void ServerReporter::Failure(const std::exception& error) {
+void ServerReporter::Failure(contract::JobErrorKind kind, const std::string& what) {
   v1::ResultReport report;
   report.set_outcome(v1::ATTEMPT_FAILED);
-  const v1::JobErrorCode code = JobErrorCodeFor(error);
-  const std::string what = error.what();
+  const auto code = static_cast<v1::JobErrorCode>(kind);
   report.mutable_error()->set_kind(code);
   report.mutable_error()->set_code(v1::JobErrorCode_Name(code));
   // Collective errors already name their rank ("rank 0: all_gather of ... at step 12 ...").

@@ -9,6 +9,8 @@
 #include <memory>
 #include <string>
 
+#include "common/worker_contract.h"
+
 namespace shardtune {
 
 // How an attempt that did not fail ended on rank 0 (proto AttemptOutcome).
@@ -33,10 +35,8 @@ class ServerReporter {
   // How the attempt ended. The server decides the job's status from this report (and the
   // attempt's exit status), so it is retried for a few seconds when the server cannot be reached.
   void Result(AttemptOutcome outcome);
-  // The attempt failed on this rank with `error`: reported with the JobErrorCode its type means
-  // (a collective timeout: TIMEOUT; a spec the model or data cannot honour: INVALID_SPEC; a file
-  // the spec names missing or malformed: INVALID_INPUT; anything else: RANK_FAILED).
-  void Failure(const std::exception& error);
+  // The attempt failed on this rank with an error of `kind` (the worker's JobErrorKindOf) saying `what`.
+  void Failure(contract::JobErrorKind kind, const std::string& what);
 
  private:
   struct Impl;

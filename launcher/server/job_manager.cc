@@ -11,6 +11,7 @@
 #include <chrono>
 #include <fstream>
 #include <set>
+#include <sstream>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -18,6 +19,7 @@
 #include "common/job_spec.h"
 #include "common/worker_contract.h"
 #include "launcher/rank_command.h"
+#include "launcher/server/attempt_end.h"
 #include "launcher/server/processes.h"
 #include "sharding/planner.h"
 
@@ -39,20 +41,11 @@ JobSpec ParseSpec(const std::string& yaml) {
     for (const auto& p : e.problems()) message += "\n" + p;
     throw RequestError(RequestError::Kind::kInvalidArgument, message, v1::INVALID_SPEC);
   } catch (const Error& e) {
-    throw RequestError(RequestError::Kind::kInvalidArgument, e.what(), v1::INVALID_SPEC);
+    // The worker's mapping (a file the spec names missing: INVALID_INPUT); never a retryable code here.
+    const auto kind = contract::JobErrorKindFor(e.code());
+    throw RequestError(RequestError::Kind::kInvalidArgument, e.what(),
+                       contract::IsUserError(kind) ? static_cast<v1::JobErrorCode>(kind) : v1::INVALID_SPEC);
   }
-}
-
-// Sets the job's error: the code, its name in the `code` string older clients read, the message.
-void SetError(v1::Job& job, v1::JobErrorCode code, const std::string& message) {
-  job.mutable_error()->set_kind(code);
-  job.mutable_error()->set_code(v1::JobErrorCode_Name(code));
-  job.mutable_error()->set_message(message);
-}
-
-// Errors of the user's making, which a retry would only repeat.
-bool IsUserError(v1::JobErrorCode code) {
-  return code == v1::INVALID_SPEC || code == v1::INVALID_DATA || code == v1::INVALID_INPUT;
 }
 
 // A worker's error as reported: the code from `kind`, or from the `code` string of a worker
@@ -112,6 +105,7 @@ void JobManager::Start() {
                   : "the server restarted; the attempt ended while it was down");
     }
   }
+  if (config_.backend == "slurm") CancelUnrecordedSlurmJobs();
   validator_ = std::thread([this] { ValidateLoop(); });
   thread_ = std::thread([this] { ScheduleLoop(); });
 }
@@ -324,6 +318,7 @@ v1::Job JobManager::Cancel(const Caller& caller, const std::string& id) {
                        fmt::format("job {} has ended ({})", id, v1::JobStatus_Name(r.job.status())));
   }
   if (r.job.status() != v1::RUNNING) {
+    submitting_.erase(id);  // an sbatch running now is cancelled when it returns
     SetStatus(r, v1::CANCELLED, "cancelled before it ran");
     return r.job;
   }
@@ -340,6 +335,7 @@ v1::Job JobManager::Pause(const Caller& caller, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
   JobRecord r = Owned(caller, id);
   if (r.job.status() == v1::QUEUED) {
+    submitting_.erase(id);  // likewise
     SetStatus(r, v1::PAUSED, "paused before it ran");
   } else if (r.job.status() == v1::RUNNING) {
     r.pause_requested = true;
@@ -458,9 +454,17 @@ void JobManager::Signal(const JobRecord& r, int signal) {
     return;
   }
   // Only the supervisor: it passes a stop on to mpirun, and kills every process of the attempt
-  // when told to (launcher/server/processes.h).
-  if (SupervisorRuns(r))
+  // when told to (launcher/server/processes.h). One started before pid files existed knows no
+  // kSignalKillAttempt: its process group (mpirun and the local ranks) gets the signal itself.
+  if (!SupervisorRuns(r)) return;
+  if (!fs::exists(AttemptFile(r, ".pid")))
+    ::kill(-static_cast<pid_t>(r.supervisor_pid), signal);
+  else
     ::kill(static_cast<pid_t>(r.supervisor_pid), signal == SIGKILL ? kSignalKillAttempt : kSignalStopAttempt);
+}
+
+bool JobManager::GracePeriodOver(const JobRecord& r) const {
+  return r.signal_sent_ms > 0 && NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000);
 }
 
 void JobManager::NoteHostLost(JobRecord& r, const std::string& line) {
@@ -504,25 +508,30 @@ void JobManager::ForwardLog(JobRecord& r) {
 }
 
 void JobManager::Tick(SlurmCalls& slurm) {
+  // Slurm jobs are polled every tenth tick (about once a second), all of them in one squeue call
+  // made without the lock (ApplySlurmResults settles them).
+  const bool poll_slurm = ++slurm_ticks_ % 10 == 0;
   // Running attempts: what they printed; ended? overdue for SIGKILL?
   for (JobRecord& r : store_->Unfinished()) {
     if (r.job.status() != v1::RUNNING) continue;
     ForwardLog(r);
     if (!r.backend_id.empty()) {
-      // Polled about once a second, without the lock (ApplySlurmResults settles it).
-      if (++slurm_polls_ % 10 == 0)
-        slurm.polls.push_back({r.job.id(), r.job.attempt(), r.backend_id, std::nullopt, ""});
+      if (poll_slurm) slurm.polls.push_back({r.job.id(), r.job.attempt(), r.backend_id, std::nullopt, ""});
       continue;
     }
-    int status = 0;
+    // Only a supervisor this process spawned is waited for (a pid from before a restart may now
+    // be another child's: the validator's, say); any other is found by its identity.
     const pid_t pid = static_cast<pid_t>(r.supervisor_pid);
-    const pid_t waited = pid > 0 ? ::waitpid(pid, &status, WNOHANG) : -1;
-    if (waited == pid && pid > 0) {
+    const bool ours = spawned_.count(pid) > 0;
+    int status = 0;
+    const pid_t waited = ours ? ::waitpid(pid, &status, WNOHANG) : -1;
+    if (waited == pid) {
+      spawned_.erase(pid);
       Settle(r, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-    } else if (waited < 0 && !SupervisorRuns(r)) {
+    } else if (waited < 0 && (ours || !SupervisorRuns(r))) {
+      spawned_.erase(pid);
       Settle(r, ReadExitFile(r.exit_file).value_or(-1));  // not our child (the server restarted): the exit file tells
-    } else if (r.signal_sent_ms > 0 &&
-               NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000)) {
+    } else if (GracePeriodOver(r)) {
       Signal(r, SIGKILL);
     }
   }
@@ -573,11 +582,8 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
   ranks.ranks = r.requested_ranks;
   ranks.environment.assign(contract::kJobEnvironment.begin(), contract::kJobEnvironment.end());
   ranks.worker = {WorkerPath(), spec.string()};
-  std::map<std::string, std::string> env = {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}};
-  env[std::string(contract::kEnvServer)] = server_address_;
-  env[std::string(contract::kEnvJobId)] = r.job.id();
-  env[std::string(contract::kEnvJobToken)] = token;
-  env[std::string(contract::kEnvJobAttempt)] = std::to_string(attempt);
+  std::map<std::string, std::string> env = contract::JobEnvironmentValues(server_address_, r.job.id(), token, attempt);
+  env.insert({{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}});
   if (config_.backend == "slurm") {
     PrepareSlurm(r, ranks, env, slurm);
     return;
@@ -603,165 +609,65 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
                                    "--"};
   for (std::string& word : RankCommandArgv(ranks)) argv.push_back(std::move(word));
   r.supervisor_pid = SpawnInNewSession(argv, env);
-  // Its identity, for finding it again after a restart: not yet reaped, it cannot have exited unseen.
+  spawned_.insert(static_cast<pid_t>(r.supervisor_pid));
+  // Its identity, for finding it again after a restart. One that has already exited (a zombie:
+  // LiveProcess names none) gets start time 0, which matches no process: after a restart its exit
+  // file tells how it ended.
   WritePidFile(AttemptFile(r, ".pid").string(),
                LiveProcess(r.supervisor_pid).value_or(ProcessIdentity{r.supervisor_pid, 0}));
   SetStatus(r, v1::RUNNING,
             fmt::format("attempt {} on {} ranks (supervisor pid {})", attempt, r.requested_ranks, r.supervisor_pid));
 }
 
-void JobManager::PrepareSlurm(JobRecord& r, const RankCommand& ranks, const std::map<std::string, std::string>& env,
-                              SlurmCalls& slurm) {
-  // The template's {{NAME}}s become single-quoted words ({{COMMAND}}: the command line that
-  // starts the ranks, as words); the job's environment reaches the batch script through sbatch's
-  // default --export=ALL. {{MPIRUN}}, {{WORKER}} and {{SPEC}} are for templates that predate
-  // {{COMMAND}}.
-  std::string script = ReadFile(config_.slurm_template);
-  const std::map<std::string, std::string> values = {{"RANKS", std::to_string(r.requested_ranks)},
-                                                     {"COMMAND", ShellCommandLine(RankCommandArgv(ranks))},
-                                                     {"MPIRUN", ShellQuote(ranks.program)},
-                                                     {"WORKER", ShellQuote(ranks.worker.at(0))},
-                                                     {"SPEC", ShellQuote(ranks.worker.at(1))},
-                                                     {"EXIT_FILE", ShellQuote(r.exit_file)},
-                                                     {"JOB_ID", ShellQuote(r.job.id())}};
-  for (const auto& [name, word] : values) {
-    const std::string placeholder = "{{" + name + "}}";
-    for (size_t at = script.find(placeholder); at != std::string::npos; at = script.find(placeholder, at + word.size()))
-      script.replace(at, placeholder.size(), word);
-  }
-  const fs::path script_path = AttemptFile(r, ".sbatch");
-  WriteFileAtomic(script_path, script);
-  SlurmSubmission submission;
-  submission.job_id = r.job.id();
-  submission.attempt = r.job.attempt();
-  submission.env = env;
-  submission.argv = {"sbatch", "--parsable", "--job-name=shardtune-" + r.job.id(),
-                     fmt::format("--ntasks={}", r.requested_ranks), "--output=" + AttemptFile(r, ".log").string()};
-  if (!config_.slurm_partition.empty()) submission.argv.push_back("--partition=" + config_.slurm_partition);
-  submission.argv.push_back(script_path.string());
-  // Stored before sbatch runs (the job stays QUEUED, its slots taken): a rank that starts at once
-  // must find its attempt and token.
-  store_->Update(r);
-  submitting_.insert(r.job.id());
-  slurm.submissions.push_back(std::move(submission));
-}
-
-void JobManager::MakeSlurmCalls(SlurmCalls& slurm) {
-  for (const std::vector<std::string>& command : slurm.commands) RunCommand(command);
-  for (SlurmSubmission& s : slurm.submissions) s.result = RunCommand(s.argv, s.env);
-  for (SlurmPoll& poll : slurm.polls) {
-    poll.state = SlurmState(poll.backend_id);
-    if (!poll.state) poll.end_state = SlurmEndState(poll.backend_id);
-  }
-}
-
-void JobManager::ApplySlurmResults(SlurmCalls& slurm) {
-  // Each result applies to the job only if it is still the attempt it was made for.
-  for (const SlurmSubmission& s : slurm.submissions) {
-    submitting_.erase(s.job_id);
-    const std::string id = s.result.output.substr(0, s.result.output.find_first_of(";\n"));
-    const bool submitted =
-        s.result.status == 0 && !id.empty() && id.find_first_not_of("0123456789") == std::string::npos;
-    auto r = store_->Get(s.job_id);
-    if (!r || r->job.status() != v1::QUEUED || r->job.attempt() != s.attempt) {
-      if (submitted) slurm_commands_.push_back({"scancel", id});  // cancelled or paused meanwhile
-      continue;
-    }
-    if (!submitted) {
-      SetError(r->job, v1::BACKEND, "sbatch failed: " + s.result.output);
-      SetStatus(*r, v1::FAILED, r->job.error().message());
-      continue;
-    }
-    r->backend_id = id;
-    r->supervisor_pid = 0;
-    SetStatus(*r, v1::RUNNING,
-              fmt::format("attempt {} on {} ranks: Slurm job {}", r->job.attempt(), r->requested_ranks, id));
-  }
-  for (const SlurmPoll& poll : slurm.polls) {
-    auto r = store_->Get(poll.job_id);
-    if (!r || r->job.status() != v1::RUNNING || r->job.attempt() != poll.attempt || r->backend_id != poll.backend_id)
-      continue;
-    SettleIfSlurmEnded(*r, poll);
-  }
-}
-
-void JobManager::SettleIfSlurmEnded(JobRecord& r, const SlurmPoll& poll) {
-  static const std::set<std::string> kRunning = {"PENDING",   "CONFIGURING",  "RUNNING",     "COMPLETING",
-                                                 "REQUEUED",  "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-                                                 "SUSPENDED", "SIGNALING",    "STAGE_OUT",   "UNKNOWN"};
-  if (poll.state && kRunning.count(*poll.state)) {
-    // Preempted and requeued jobs run the batch script again and resume from their checkpoint.
-    if (r.signal_sent_ms > 0 && NowMs() - r.signal_sent_ms > static_cast<int64_t>(config_.cancel_grace_s * 1000))
-      slurm_commands_.push_back({"scancel", "--signal=KILL", "--full", r.backend_id});
-    return;
-  }
-  // Ended: the batch script's exit file tells how; Slurm's state why, when it ended the job.
-  const std::string& state = poll.state.value_or(poll.end_state);
-  if (state == "NODE_FAIL" || state == "BOOT_FAIL") {
-    if (!IsUserError(r.job.error().kind()))
-      SetError(r.job, v1::NODE_LOST, fmt::format("Slurm job {} ended {}: a node of it failed", r.backend_id, state));
-  } else if (state == "TIMEOUT" || state == "DEADLINE") {
-    if (r.job.error().message().empty())
-      SetError(r.job, v1::TIMEOUT,
-               fmt::format("Slurm job {} ended {}: it reached its time limit", r.backend_id, state));
-  }
-  Settle(r, ReadExitFile(r.exit_file).value_or(-1));
-}
-
-std::optional<std::string> JobManager::SlurmState(const std::string& backend_id) {
-  // squeue lists a job while it is pending, running or requeued, and for a while after it ends.
-  const CommandResult q = RunCommand({"squeue", "--noheader", "--jobs=" + backend_id, "--format=%T"});
-  const std::string state = q.output.substr(0, q.output.find('\n'));
-  if (q.status != 0 && q.output.find("Invalid job id") == std::string::npos) return std::string("UNKNOWN");
-  if (state.empty() || q.status != 0) return std::nullopt;
-  return state;
-}
-
-std::string JobManager::SlurmEndState(const std::string& backend_id) {
-  // squeue leaves out a job that ended (COMPLETED, FAILED, NODE_FAIL, ...); scontrol still shows
-  // it for MinJobAge (300 s by default). Empty when neither knows it.
-  const CommandResult q = RunCommand({"scontrol", "show", "job", "--oneliner", backend_id});
-  const size_t at = q.output.find("JobState=");
-  if (q.status != 0 || at == std::string::npos) return "";
-  const size_t begin = at + std::string("JobState=").size();
-  return q.output.substr(begin, q.output.find_first_of(" \n", begin) - begin);
-}
-
 void JobManager::Settle(JobRecord& r, int exit_code) {
   // How the attempt ended comes from the worker's result report and the attempt's exit status
   // (the supervisor's, or the batch script's exit file); never from what the output directory
-  // holds. (The supervisor has already killed whatever of the attempt was left.)
+  // holds. A supervisor that wrote its exit file has already killed whatever of the attempt was
+  // left; one that was killed itself left the attempt's processes running (launcher/server/processes.h).
+  if (r.backend_id.empty() && config_.backend != "slurm" && !ReadExitFile(r.exit_file)) {
+    if (const int killed = KillAttemptProcesses(r.job.id(), r.job.attempt()); killed > 0)
+      Event(r, "note", fmt::format("the attempt's supervisor was gone: killed {} processes left of it", killed));
+  }
   ForwardLog(r);
   r.supervisor_pid = 0;
   r.backend_id.clear();
-  const v1::JobErrorCode reported = r.job.error().kind();
-  if (r.cancel_requested) {
-    SetStatus(r, v1::CANCELLED, "cancelled");
-  } else if (r.result_succeeded) {
-    // (A run Slurm requeued after the job had finished refuses to train again: still a success.)
-    SetStatus(r, v1::SUCCEEDED, fmt::format("attempt {} finished", r.job.attempt()));
-  } else if (exit_code == 0 && (r.result_paused || r.pause_requested)) {
-    SetStatus(r, v1::PAUSED, fmt::format("stopped at its checkpoint after step {}", r.job.step()));
-  } else if (exit_code == 0 && !r.result_reported) {
-    // Ranks exit 0 only at the end of training or at a pause; the report did not reach us.
-    SetStatus(r, v1::SUCCEEDED, fmt::format("attempt {} finished (exit status 0; no result report)", r.job.attempt()));
-  } else if (IsUserError(reported) || exit_code == kExitInvalidInput) {
-    if (!IsUserError(reported)) SetError(r.job, v1::INVALID_INPUT, "the worker rejected the job's input");
-    SetStatus(r, v1::FAILED, r.job.error().message() + " (not retried: a user error)");
-  } else {
-    const std::string why = exit_code < 0 ? "its processes vanished (node lost or killed)"
-                                          : fmt::format("mpirun exited with status {}", exit_code);
-    if (reported == v1::JOB_ERROR_CODE_UNSPECIFIED)
-      SetError(r.job, v1::RANK_FAILED, r.job.error().message().empty() ? why : r.job.error().message());
-    if (r.job.attempt() < config_.max_attempts) {
-      SetStatus(r, v1::QUEUED,
-                fmt::format("attempt {} failed ({}); retrying from the latest checkpoint", r.job.attempt(),
-                            r.job.error().message()));
-    } else {
-      SetStatus(
-          r, v1::FAILED,
-          fmt::format("attempt {} of {} failed: {}", r.job.attempt(), config_.max_attempts, r.job.error().message()));
-    }
+  AttemptEnd end;
+  end.cancel_requested = r.cancel_requested;
+  end.pause_requested = r.pause_requested;
+  if (r.result_reported) {
+    end.outcome = r.result_succeeded                                       ? v1::ATTEMPT_FINISHED
+                  : r.result_paused                                        ? v1::ATTEMPT_PAUSED
+                  : r.job.error().kind() != v1::JOB_ERROR_CODE_UNSPECIFIED ? v1::ATTEMPT_FAILED
+                                                                           : v1::ATTEMPT_STOPPED;
+  }
+  end.error = r.job.error().kind();
+  end.exit_code = exit_code;
+  end.reached_last_step = r.job.total_steps() > 0 && r.job.step() >= r.job.total_steps();
+  end.attempts_left = r.job.attempt() < config_.max_attempts;
+  const AttemptVerdict verdict = DecideAttempt(end);
+  if (end.error == v1::JOB_ERROR_CODE_UNSPECIFIED && verdict.error != v1::JOB_ERROR_CODE_UNSPECIFIED)
+    SetError(r.job, verdict.error, r.job.error().message().empty() ? verdict.why : r.job.error().message());
+  const std::string& error = r.job.error().message();
+  switch (verdict.status) {
+    case v1::CANCELLED:
+      return SetStatus(r, v1::CANCELLED, "cancelled");
+    case v1::SUCCEEDED:
+      // (A run Slurm requeued after the job had finished refuses to train again: still a success.)
+      return SetStatus(
+          r, v1::SUCCEEDED,
+          fmt::format("attempt {} finished{}", r.job.attempt(), verdict.why.empty() ? "" : " (" + verdict.why + ")"));
+    case v1::PAUSED:
+      return SetStatus(r, v1::PAUSED,
+                       fmt::format("stopped at its checkpoint after step {}{}", r.job.step(),
+                                   error.empty() ? "" : " (it failed while pausing: " + error + ")"));
+    case v1::QUEUED:
+      return SetStatus(
+          r, v1::QUEUED,
+          fmt::format("attempt {} failed ({}); retrying from the latest checkpoint", r.job.attempt(), error));
+    default:
+      if (IsUserError(r.job.error().kind())) return SetStatus(r, v1::FAILED, error + " (not retried: a user error)");
+      return SetStatus(r, v1::FAILED,
+                       fmt::format("attempt {} of {} failed: {}", r.job.attempt(), config_.max_attempts, error));
   }
 }
 

@@ -112,6 +112,7 @@ class JobManager {
   struct SlurmSubmission {
     std::string job_id;
     int attempt = 0;
+    int64_t generation = 0;  // which launch of the attempt (submitting_)
     std::vector<std::string> argv;
     std::map<std::string, std::string> env;
     CommandResult result;
@@ -129,6 +130,7 @@ class JobManager {
     std::vector<SlurmPoll> polls;
     bool empty() const { return commands.empty() && submissions.empty() && polls.empty(); }
   };
+  void CancelUnrecordedSlurmJobs();  // at Start (job_manager_slurm.cc)
   void ScheduleLoop();
   void Tick(SlurmCalls& slurm);
   void Launch(JobRecord& record, SlurmCalls& slurm);
@@ -137,12 +139,14 @@ class JobManager {
   static void MakeSlurmCalls(SlurmCalls& slurm);
   void ApplySlurmResults(SlurmCalls& slurm);
   void SettleIfSlurmEnded(JobRecord& record, const SlurmPoll& poll);
-  static std::optional<std::string> SlurmState(const std::string& backend_id);  // nullopt: no longer listed
+  // Each listed job's state (PENDING, RUNNING, ...) by Slurm job id; a job squeue no longer lists is absent.
+  static std::map<std::string, std::string> SlurmStates(const std::vector<std::string>& backend_ids);
   static std::string SlurmEndState(const std::string& backend_id);
   void Settle(JobRecord& record, int exit_code);
   void SetStatus(JobRecord& record, v1::JobStatus status, const std::string& message);
   void Event(const JobRecord& record, const std::string& kind, const std::string& message);
   void Signal(const JobRecord& record, int signal);
+  bool GracePeriodOver(const JobRecord& record) const;  // SIGTERM sent longer than cancel_grace_s ago
   int UsedSlots(const std::string& tenant, int* running_jobs);
 
   ServerConfig config_;
@@ -155,9 +159,12 @@ class JobManager {
   std::thread validator_;               // runs the data checks of VALIDATING jobs
   std::condition_variable validation_;  // wakes it (waits with mutex_)
   bool stopping_ = false;
-  int64_t slurm_polls_ = 0;
+  int64_t slurm_ticks_ = 0;
+  std::set<pid_t> spawned_;                               // supervisors this process started and has not yet reaped
   std::vector<std::vector<std::string>> slurm_commands_;  // scancels to send (guarded by mutex_)
-  std::set<std::string> submitting_;                      // QUEUED jobs whose sbatch is running; their slots are taken
+  // QUEUED jobs whose sbatch is running (their slots are taken), by the generation of that launch.
+  std::map<std::string, int64_t> submitting_;
+  int64_t submissions_ = 0;
 };
 
 }  // namespace shardtune::server

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -15,6 +17,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/worker_contract.h"
 
 extern char** environ;
 
@@ -83,16 +86,28 @@ std::vector<pid_t> Descendants() {
 
 // SIGKILL to every descendant, until none is left (one forked meanwhile is found in the next
 // round); reaps them. Orphans are reparented to this process, a child subreaper, so nothing the
-// attempt started escapes. Bounded: a process stuck in the kernel (D state) cannot be waited for.
+// attempt started escapes. The kernel's child lists can miss a child while it is being reparented,
+// so only two empty rounds in a row end it. Bounded: a process stuck in the kernel (D state)
+// cannot be waited for.
 void KillDescendants() {
-  for (int round = 0; round < 100; ++round) {
+  for (int round = 0, empty_rounds = 0; round < 100 && empty_rounds < 2; ++round) {
     const std::vector<pid_t> left = Descendants();
-    if (left.empty()) return;
+    empty_rounds = left.empty() ? empty_rounds + 1 : 0;
     for (pid_t pid : left) ::kill(pid, SIGKILL);
     while (::waitpid(-1, nullptr, WNOHANG) > 0) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+}
+
+// Whether the NUL-separated `environment` holds the entry `entry` exactly.
+bool HasEntry(const std::string& environment, const std::string& entry) {
+  for (size_t at = environment.find(entry); at != std::string::npos; at = environment.find(entry, at + 1)) {
+    const size_t end = at + entry.size();
+    if ((at == 0 || environment[at - 1] == '\0') && (end == environment.size() || environment[end] == '\0'))
+      return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -154,6 +169,21 @@ std::optional<int> ReadExitFile(const std::string& path) {
   }
 }
 
+int KillAttemptProcesses(const std::string& job_id, int attempt) {
+  const std::string id_entry = fmt::format("{}={}", contract::kEnvJobId, job_id);
+  const std::string attempt_entry = fmt::format("{}={}", contract::kEnvJobAttempt, attempt);
+  int killed = 0;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator("/proc", error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string environment = ReadWhole(entry.path() / "environ");
+    if (HasEntry(environment, id_entry) && HasEntry(environment, attempt_entry))
+      killed += ::kill(static_cast<pid_t>(std::stol(name)), SIGKILL) == 0;
+  }
+  return killed;
+}
+
 fs::path SelfDirectory() { return fs::read_symlink("/proc/self/exe").parent_path(); }
 
 std::vector<std::string> Environment(const std::map<std::string, std::string>& env) {
@@ -192,7 +222,12 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<st
   }
   ::close(pipe_fds[0]);
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  pid_t waited = 0;
+  while ((waited = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+  }
+  if (waited != pid) {  // reaped by someone else: its status is unknown, never a success
+    result.output += fmt::format("\n(the exit status of {} was lost: {})", args[0], std::strerror(errno));
+    return result;
   }
   result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return result;
@@ -210,17 +245,35 @@ int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, 
   std::vector<std::string> args = argv;
   std::vector<char*> pointers = Pointers(args);
   // Before the first fork: every process of the attempt is to stay this one's descendant.
-  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
-  // Handlers first: the default action of kSignalKillAttempt would end this process alone.
+  if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
+    std::fprintf(stderr,
+                 "shardtune-server supervise: prctl(PR_SET_CHILD_SUBREAPER): %s; processes of the attempt "
+                 "whose parent exits escape it\n",
+                 std::strerror(errno));
+  // Handlers first: the default action of kSignalKillAttempt would end this process alone. The
+  // signals stay blocked until g_child is set (one arriving in between is forwarded then, not
+  // lost); the child starts with none blocked.
   ::signal(SIGTERM, Forward);
   ::signal(SIGINT, Forward);
   ::signal(kSignalKillAttempt, Forward);
+  sigset_t forwarded, previous, none;
+  sigemptyset(&forwarded);
+  sigemptyset(&none);
+  for (int signal : {SIGTERM, SIGINT, kSignalKillAttempt}) sigaddset(&forwarded, signal);
+  ::sigprocmask(SIG_BLOCK, &forwarded, &previous);
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  posix_spawnattr_setsigmask(&attributes, &none);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
   pid_t child = 0;
-  if (posix_spawnp(&child, args[0].c_str(), &actions, nullptr, pointers.data(), environ) != 0) {
+  const int spawned = posix_spawnp(&child, args[0].c_str(), &actions, &attributes, pointers.data(), environ);
+  posix_spawnattr_destroy(&attributes);
+  if (spawned != 0) {
     WriteFileAtomic(exit_file, "127\n");
     return 127;
   }
   g_child = child;
+  ::sigprocmask(SIG_SETMASK, &previous, nullptr);
   int status = 0;
   while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
   }

@@ -12,7 +12,12 @@
 // server signals only the supervisor, by an identity a recycled pid cannot fake (pid and start
 // time, kept in a pid file beside the attempt's log); the supervisor passes SIGTERM on to mpirun,
 // and on kSignalKillAttempt, or once mpirun has exited, SIGKILLs every descendant left before it
-// writes the exit file. An attempt has thus ended, with nothing of it left, when its supervisor has.
+// writes the exit file. An attempt whose supervisor wrote its exit file has ended with nothing of
+// it left. A supervisor that was itself killed (OOM killer, kill -9) writes none and kills
+// nothing: its orphans go to init and run on, so the server, finding no exit file, kills what is
+// left of the attempt by the job id and attempt number every rank carries in its environment
+// (KillAttemptProcesses), the only place that scans /proc/*/environ. Supervisors of servers
+// before pid files existed know no kSignalKillAttempt: they are signalled as a process group.
 
 #include <signal.h>
 #include <sys/types.h>
@@ -57,6 +62,11 @@ std::optional<ProcessIdentity> ReadPidFile(const std::string& path);
 bool LegacySupervisorAlive(int64_t pid, const std::string& job_id);
 
 std::optional<int> ReadExitFile(const std::string& path);
+
+// The last resort when an attempt's supervisor is gone without its exit file: SIGKILL to every
+// process on this machine whose environment holds both SHARDTUNE_JOB_ID=job_id and
+// SHARDTUNE_JOB_ATTEMPT=attempt (common/worker_contract.h); returns how many.
+int KillAttemptProcesses(const std::string& job_id, int attempt);
 
 std::filesystem::path SelfDirectory();
 

@@ -132,8 +132,8 @@ class MpiProgressThread {
         task = std::move(queue_.front());
         queue_.pop_front();
       }
-      if (!failure_.empty()) {
-        task.done.set_exception(std::make_exception_ptr(CollectiveError(failure_)));
+      if (first_failure_) {  // the first failure itself, so that a timeout stays a CollectiveTimeout
+        task.done.set_exception(first_failure_);
         continue;
       }
       try {
@@ -141,9 +141,9 @@ class MpiProgressThread {
         Run(task);
         if (task.busy_ns) *task.busy_ns += NanosecondsSince(start);
         task.done.set_value();
-      } catch (const CollectiveError& e) {
-        failure_ = fmt::format("an earlier collective failed: {}", e.what());
-        task.done.set_exception(std::current_exception());
+      } catch (const CollectiveError&) {
+        first_failure_ = std::current_exception();
+        task.done.set_exception(first_failure_);
       }
     }
   }
@@ -181,7 +181,7 @@ class MpiProgressThread {
   std::condition_variable ready_;
   std::deque<Task> queue_;
   bool stopping_ = false;
-  std::string failure_;  // set after the first failure: later operations fail at once
+  std::exception_ptr first_failure_;  // set after the first failure: later operations fail at once with it
   std::thread thread_;
 };
 

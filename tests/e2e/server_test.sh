@@ -3,7 +3,8 @@
 # local mpirun backend), the shardtune CLI, and 2-rank worker jobs. Covers success, cancel,
 # a rank killed (retried from its checkpoint), the server killed (re-attached after restart),
 # pause and resume on another rank count, auth and tenants, hostile paths, and each job error
-# code set where it happens (INVALID_SPEC, INVALID_DATA, TIMEOUT, NODE_LOST).
+# code set where it happens (INVALID_SPEC, INVALID_DATA, TIMEOUT on rank 0 and on rank 1 alone, NODE_LOST),
+# and a killed supervisor's ranks killed by the server.
 # Usage: server_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -112,6 +113,23 @@ wait_status "$id" SUCCEEDED 180 && pass "a killed rank's job is retried and succ
 expect_eq "the job ran a second attempt" "$(field "$id" attempt)" "2"
 wait_status "$ref" SUCCEEDED 120
 expect_eq "the retried job's final loss equals the unbroken run's" "$(final_loss runs/broken)" "$(final_loss runs/unbroken)"
+
+# 3b. kill -9 of an attempt's supervisor: its ranks are orphaned, not stopped; the server finds
+#     no exit file, kills what is left of that attempt, and retries (nothing of attempt 1 trains on).
+attempt_processes() {  # JOB ATTEMPT: pids of that attempt
+  for p in $(job_processes "$1"); do grep -qz "^SHARDTUNE_JOB_ATTEMPT=$2\$" /proc/$p/environ 2>/dev/null && echo "$p"; done
+}
+write_job orphaned.yaml orphaned runs/orphaned 100000 50
+id=$("$bin/shardtune" submit orphaned.yaml)
+for _ in $(seq 1 300); do [ "$(field "$id" step)" -gt 2 ] 2>/dev/null && break; sleep 0.1; done
+supervisor=$(for p in /proc/[0-9]*; do tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q "supervise --job $id " && echo "${p#/proc/}"; done | head -n 1)
+if [ -n "$supervisor" ]; then kill -9 "$supervisor"; pass "killed the supervisor (pid $supervisor)"; else fail "found no supervisor of $id"; fi
+for _ in $(seq 1 300); do [ "$(field "$id" attempt)" == "2" ] && break; sleep 0.1; done
+expect_eq "the job runs a second attempt" "$(field "$id" attempt)" "2"
+sleep 0.5
+expect_eq "no process of the attempt whose supervisor was killed is left" "$(attempt_processes "$id" 1 | wc -l)" "0"
+"$bin/shardtune" cancel "$id" > /dev/null
+wait_status "$id" CANCELLED 30 || fail "orphaned: $(field "$id" status)"
 
 # 4. kill -9 of the server mid-job: after a restart the job is still tracked and ends correctly.
 write_job survivor.yaml survivor runs/survivor 8000 2000
@@ -287,6 +305,17 @@ expect_contains "it names the host" "$out" "on node nodeb"
 sleep 0.5
 expect_eq "no process of the job outlives it (not even the orphaned rank of the lost daemon)" \
   "$(job_processes "$id" | wc -l)" "0"
+kill -9 "$fault_pid" 2>/dev/null; fault_pid=""
+# A timeout seen only by a rank other than 0: rank 0 itself stalls, rank 1 times out and aborts the
+# job (rank 0, the only reporter, dies unheard): the exit status carries TIMEOUT.
+wait "$fault_pid" 2>/dev/null
+SHARDTUNE_TEST_STALL=0:3 "$bin/shardtune-server" --config fault-server.yaml >> fault-server.log 2>&1 &
+fault_pid=$!
+for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && break; sleep 0.1; done
+sed -e 's|runs/stalled|runs/stalled0|' stalled.yaml > stalled0.yaml
+id=$("$bin/shardtune" submit stalled0.yaml)
+wait_status "$id" FAILED 120 && pass "a stalled rank 0 fails the job" || fail "stalled rank 0: $(field "$id" status); $(tail -n 5 fault-server.log)"
+expect_contains "a timeout on rank 1 alone is TIMEOUT" "$("$bin/shardtune" get "$id")" "error:     TIMEOUT: "
 kill -9 "$fault_pid" 2>/dev/null; fault_pid=""
 
 summary

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Slurm backend on a real single-node Slurm cluster started here (deploy/slurm/local-cluster.sh):
-# a 2-rank job submitted through shardtune-server and the CLI runs as a Slurm job to SUCCEEDED,
+# two 2-rank jobs submitted at once through shardtune-server and the CLI run as Slurm jobs to SUCCEEDED,
 # a requeued one resumes, a cancelled one ends CANCELLED with its Slurm job gone, and one whose
-# node fails ends FAILED with NODE_LOST. Exits 77 (skipped) where Slurm cannot be installed.
+# node fails ends FAILED with NODE_LOST, and one sbatch refuses ends FAILED with BACKEND. Exits 77
+# (skipped) where Slurm cannot be installed.
 # Usage: slurm_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -50,9 +51,13 @@ resources: {ranks_per_node: 2}
 YAML
 }
 
+# Two jobs at once (each Slurm job polled, in one squeue call: an older one once never was).
 write_job ok.yaml ok 20
+write_job ok2.yaml ok2 20
 id=$("$bin/shardtune" submit ok.yaml)
+id2=$("$bin/shardtune" submit ok2.yaml)
 wait_status "$id" SUCCEEDED 180 && pass "a job through the slurm backend SUCCEEDED" || fail "slurm job: $(field "$id" status); $(tail -n 5 server.log)"
+wait_status "$id2" SUCCEEDED 180 && pass "a second Slurm job submitted with it SUCCEEDED" || fail "second slurm job: $(field "$id2" status)"
 expect_eq "it ran as a Slurm job" "$("$bin/shardtune" events "$id" | grep -c 'Slurm job')" "1"
 [ -f "$work/runs/ok/final/model.safetensors" ] && pass "its model was exported" || fail "no final model"
 
@@ -90,5 +95,12 @@ scontrol update NodeName="$node" State=RESUME > /dev/null 2>&1
 out=$("$bin/shardtune" get "$id")
 expect_contains "a failed node is NODE_LOST" "$out" "error:     NODE_LOST: Slurm job"
 expect_contains "it names Slurm's state" "$out" "ended NODE_FAIL"
+
+# sbatch refusing the job (more nodes than the cluster has): BACKEND, and not retried.
+sed -i 's/^#SBATCH --ntasks={{RANKS}}$/&\n#SBATCH --nodes=99/' job.sbatch.in
+write_job refused.yaml refused 20
+id=$("$bin/shardtune" submit refused.yaml)
+wait_status "$id" FAILED 60 && pass "a job sbatch refuses: FAILED" || fail "refused: $(field "$id" status)"
+expect_contains "sbatch refusing it is BACKEND" "$("$bin/shardtune" get "$id")" "error:     BACKEND: sbatch failed"
 
 summary

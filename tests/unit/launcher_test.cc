@@ -1,6 +1,7 @@
 // The server's parts that need no running server: the SQLite job store (schema, migrations,
 // round trips, filters), the configuration file, digests and shell quoting, the command line that
-// starts ranks, and the attempt supervisor (real processes).
+// starts ranks, the attempt supervisor (real processes), the error-code mapping both sides share
+// and how an ended attempt is settled.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include "common/error.h"
 #include "common/worker_contract.h"
 #include "launcher/rank_command.h"
+#include "launcher/server/attempt_end.h"
 #include "launcher/server/job_store.h"
 #include "launcher/server/processes.h"
 #include "launcher/server/server_config.h"
@@ -259,6 +261,99 @@ TEST(Processes, TheSupervisorKillsTheWholeAttemptWhenTold) {
   ASSERT_EQ(::waitpid(supervisor, &status, 0), supervisor);
   EXPECT_EQ(ReadExitFile((dir / "exit").string()), 128 + SIGKILL);  // the script, killed
   EXPECT_FALSE(LiveProcess(escaped).has_value());
+}
+
+TEST(Processes, TheLastResortKillsOnlyTheAttemptNamed) {
+  // A supervisor killed itself leaves its attempt's processes to init: the server finds them by
+  // the job id and attempt in their environment, and spares another attempt's.
+  const pid_t doomed = SpawnInNewSession({"/bin/sleep", "300"}, {{std::string(contract::kEnvJobId), "job-lastresort"},
+                                                                 {std::string(contract::kEnvJobAttempt), "1"}});
+  const pid_t spared = SpawnInNewSession({"/bin/sleep", "300"}, {{std::string(contract::kEnvJobId), "job-lastresort"},
+                                                                 {std::string(contract::kEnvJobAttempt), "11"}});
+  EXPECT_EQ(KillAttemptProcesses("job-lastresort", 1), 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(doomed, &status, 0), doomed);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  EXPECT_TRUE(LiveProcess(spared).has_value());
+  EXPECT_EQ(KillAttemptProcesses("job-lastresort", 11), 1);
+  ASSERT_EQ(::waitpid(spared, &status, 0), spared);
+  EXPECT_EQ(KillAttemptProcesses("job-lastresort", 1), 0);
+}
+
+TEST(WorkerContract, OneMappingFromAnErrorToItsCodeAndExitStatus) {
+  using contract::JobErrorKind;
+  EXPECT_EQ(contract::JobErrorKindFor(ErrorCode::kInvalidArgument), JobErrorKind::kInvalidSpec);
+  EXPECT_EQ(contract::JobErrorKindFor(ErrorCode::kFailedPrecondition), JobErrorKind::kInvalidSpec);
+  EXPECT_EQ(contract::JobErrorKindFor(ErrorCode::kUnimplemented), JobErrorKind::kInvalidSpec);
+  EXPECT_EQ(contract::JobErrorKindFor(ErrorCode::kNotFound), JobErrorKind::kInvalidInput);
+  EXPECT_EQ(contract::JobErrorKindFor(ErrorCode::kDataLoss), JobErrorKind::kInvalidInput);
+  EXPECT_EQ(contract::JobErrorKindFor(ErrorCode::kIo), JobErrorKind::kRankFailed);
+  EXPECT_EQ(contract::JobErrorKindFor(ErrorCode::kInternal), JobErrorKind::kRankFailed);
+  EXPECT_EQ(contract::ExitCodeFor(JobErrorKind::kInvalidSpec), kExitInvalidInput);
+  EXPECT_EQ(contract::ExitCodeFor(JobErrorKind::kInvalidInput), kExitInvalidInput);
+  EXPECT_EQ(contract::ExitCodeFor(JobErrorKind::kTimeout), kExitTimeout);
+  EXPECT_EQ(contract::ExitCodeFor(JobErrorKind::kRankFailed), kExitFailed);
+  EXPECT_EQ(contract::JobErrorKindForExit(kExitInvalidInput), JobErrorKind::kInvalidInput);
+  EXPECT_EQ(contract::JobErrorKindForExit(kExitTimeout), JobErrorKind::kTimeout);
+  EXPECT_EQ(contract::JobErrorKindForExit(137), JobErrorKind::kRankFailed);
+  EXPECT_EQ(static_cast<int>(JobErrorKind::kNodeLost), v1::NODE_LOST);
+}
+
+TEST(AttemptEnd, EveryWayAnAttemptEndsSettlesAsTheTableSays) {
+  struct Row {
+    const char* what;
+    bool cancel, pause;
+    v1::AttemptOutcome outcome;
+    v1::JobErrorCode error;
+    int exit_code;
+    bool last_step, attempts_left;
+    v1::JobStatus status;
+    v1::JobErrorCode recorded;
+  };
+  constexpr auto kNone = v1::JOB_ERROR_CODE_UNSPECIFIED;
+  constexpr auto kNoReport = v1::ATTEMPT_OUTCOME_UNSPECIFIED;
+  const Row rows[] = {
+      {"cancelled", true, false, kNoReport, kNone, 143, false, true, v1::CANCELLED, kNone},
+      {"finished", false, false, v1::ATTEMPT_FINISHED, kNone, 0, true, true, v1::SUCCEEDED, kNone},
+      {"finished, a requeued run refused", false, false, v1::ATTEMPT_FINISHED, kNone, 2, true, true, v1::SUCCEEDED,
+       kNone},
+      {"paused", false, true, v1::ATTEMPT_PAUSED, kNone, 0, false, true, v1::PAUSED, kNone},
+      {"exit 0, report lost", false, false, kNoReport, kNone, 0, true, true, v1::SUCCEEDED, kNone},
+      {"exit 0, report lost while pausing", false, true, kNoReport, kNone, 0, false, true, v1::PAUSED, kNone},
+      {"exit 0, report lost, the pause came too late", false, true, kNoReport, kNone, 0, true, true, v1::SUCCEEDED,
+       kNone},
+      {"failed while pausing", false, true, v1::ATTEMPT_FAILED, v1::RANK_FAILED, 1, false, true, v1::PAUSED, kNone},
+      {"a user error while pausing", false, true, v1::ATTEMPT_FAILED, v1::INVALID_SPEC, 2, false, true, v1::FAILED,
+       kNone},
+      {"stopped unasked", false, false, v1::ATTEMPT_STOPPED, kNone, 0, false, true, v1::QUEUED, v1::RANK_FAILED},
+      {"a rank killed", false, false, kNoReport, kNone, 137, false, true, v1::QUEUED, v1::RANK_FAILED},
+      {"a rank killed, no attempts left", false, false, kNoReport, kNone, 137, false, false, v1::FAILED,
+       v1::RANK_FAILED},
+      {"processes vanished", false, false, kNoReport, kNone, -1, false, true, v1::QUEUED, v1::RANK_FAILED},
+      {"exit 2 unreported", false, false, kNoReport, kNone, kExitInvalidInput, false, true, v1::FAILED,
+       v1::INVALID_INPUT},
+      {"exit 3 unreported: another rank timed out", false, false, kNoReport, kNone, kExitTimeout, false, true,
+       v1::QUEUED, v1::TIMEOUT},
+      {"timeout reported", false, false, v1::ATTEMPT_FAILED, v1::TIMEOUT, kExitTimeout, false, false, v1::FAILED,
+       kNone},
+      {"a lost host", false, false, kNoReport, v1::NODE_LOST, 1, false, true, v1::QUEUED, kNone},
+      {"invalid data", false, false, v1::ATTEMPT_FAILED, v1::INVALID_INPUT, 2, false, true, v1::FAILED, kNone},
+  };
+  for (const Row& row : rows) {
+    AttemptEnd end;
+    end.cancel_requested = row.cancel;
+    end.pause_requested = row.pause;
+    end.outcome = row.outcome;
+    end.error = row.error;
+    end.exit_code = row.exit_code;
+    end.reached_last_step = row.last_step;
+    end.attempts_left = row.attempts_left;
+    const AttemptVerdict verdict = DecideAttempt(end);
+    EXPECT_EQ(v1::JobStatus_Name(verdict.status), v1::JobStatus_Name(row.status)) << row.what;
+    if (row.recorded != kNone) {
+      EXPECT_EQ(v1::JobErrorCode_Name(verdict.error), v1::JobErrorCode_Name(row.recorded)) << row.what;
+    }
+  }
 }
 
 }  // namespace
