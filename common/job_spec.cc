@@ -1,5 +1,7 @@
 #include "common/job_spec.h"
 
+#include "common/evaluation_metrics.h"
+
 namespace shardtune {
 
 namespace {
@@ -22,6 +24,12 @@ int64_t JobSpec::GlobalBatchSize(int64_t data_parallel_ranks) const {
 
 int64_t JobSpec::GradientAccumulation(int64_t data_parallel_ranks) const {
   return GlobalBatchSize(data_parallel_ranks) / (training.micro_batch_size * data_parallel_ranks);
+}
+
+bool EarlyStoppingSpec::Minimizes() const {
+  if (mode != MetricMode::kAuto) return mode == MetricMode::kMin;
+  const EvaluationMetric* known = FindEvaluationMetric(metric);
+  return known != nullptr && known->goal == MetricGoal::kLower;
 }
 
 }  // namespace shardtune

@@ -142,8 +142,8 @@ struct SchedulerSpec {
 // Stops training when the validation metric has not improved for `patience` evaluations.
 struct EarlyStoppingSpec {
   int64_t patience = 0;                 // evaluations without improvement before stopping; 0: never stop early
-  std::string metric = "val_loss";      // a metric of the evaluation: val_loss or perplexity
-  MetricMode mode = MetricMode::kAuto;  // min or max; auto: min for losses, max for the others
+  std::string metric = "val_loss";      // a figure the evaluation reports (common/evaluation_metrics.h)
+  MetricMode mode = MetricMode::kAuto;  // min or max; auto: the metric's own (min for val_loss, perplexity)
   double min_delta = 0.0;               // an improvement must beat the best by more than this
   bool Minimizes() const;
 };

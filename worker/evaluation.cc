@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "common/evaluation_metrics.h"
 #include "worker/models/llama.h"
 #include "worker/task_metrics.h"
 
@@ -91,10 +92,10 @@ json Evaluation::Metrics(const std::vector<std::string>& group_names) const {
     auto figures = [&](int64_t column) {
       const double targets = sums_[columns + column];
       const double val_loss = targets > 0 ? sums_[column] / targets : 0.0;
-      return json{{"val_loss", val_loss},
-                  {"perplexity", std::exp(val_loss)},
-                  {"token_accuracy", targets > 0 ? sums_[2 * columns + column] / targets : 0.0},
-                  {"val_tokens", static_cast<int64_t>(targets)}};
+      return json{{metric::kValLoss, val_loss},
+                  {metric::kPerplexity, std::exp(val_loss)},
+                  {metric::kTokenAccuracy, targets > 0 ? sums_[2 * columns + column] / targets : 0.0},
+                  {metric::kValTokens, static_cast<int64_t>(targets)}};
     };
     m = figures(0);
     if (groups_ > 1) {
@@ -106,16 +107,16 @@ json Evaluation::Metrics(const std::vector<std::string>& group_names) const {
     return m;
   }
   const double targets = sums_[1];
-  m["val_loss"] = targets > 0 ? sums_[0] / targets : 0.0;
+  m[metric::kValLoss] = targets > 0 ? sums_[0] / targets : 0.0;
   const auto n = static_cast<int64_t>(labels_.size());
   if (task_ == ModelTask::kSequenceClassification) {
     std::vector<int64_t> confusion(n * n);
     for (int64_t i = 0; i < n * n; ++i) confusion[i] = static_cast<int64_t>(sums_[2 + i]);
     const ClassificationMetrics c = FromConfusion(confusion, n);
-    m["val_examples"] = static_cast<int64_t>(targets);
-    m["accuracy"] = c.accuracy;
-    m["macro_f1"] = c.macro_f1;
-    m["micro_f1"] = c.micro_f1;
+    m[metric::kValExamples] = static_cast<int64_t>(targets);
+    m[metric::kAccuracy] = c.accuracy;
+    m[metric::kMacroF1] = c.macro_f1;
+    m[metric::kMicroF1] = c.micro_f1;
     m["per_class"] = json::object();
     for (int64_t k = 0; k < n; ++k) {
       m["per_class"][labels_[k]] = {{"precision", c.classes[k].precision},
@@ -133,11 +134,11 @@ json Evaluation::Metrics(const std::vector<std::string>& group_names) const {
   std::vector<int64_t> counts(3 * t);
   for (int64_t k = 0; k < 3 * t; ++k) counts[k] = static_cast<int64_t>(sums_[2 + k]);
   const EntityMetrics e = FromEntityCounts(counts, t);
-  m["val_tokens"] = static_cast<int64_t>(targets);
-  m["token_accuracy"] = targets > 0 ? sums_[2 + 3 * t] / targets : 0.0;
-  m["entity_precision"] = e.precision;
-  m["entity_recall"] = e.recall;
-  m["entity_f1"] = e.f1;
+  m[metric::kValTokens] = static_cast<int64_t>(targets);
+  m[metric::kTokenAccuracy] = targets > 0 ? sums_[2 + 3 * t] / targets : 0.0;
+  m[metric::kEntityPrecision] = e.precision;
+  m[metric::kEntityRecall] = e.recall;
+  m[metric::kEntityF1] = e.f1;
   m["per_type"] = json::object();
   for (int64_t k = 0; k < t; ++k) {
     m["per_type"][entity_types_[k]] = {{"precision", e.types[k].precision},
@@ -149,8 +150,9 @@ json Evaluation::Metrics(const std::vector<std::string>& group_names) const {
 }
 
 std::string Evaluation::Summary(const json& m) {
-  std::string line = fmt::format("val_loss {:.4f}", m.at("val_loss").get<double>());
-  for (const char* key : {"perplexity", "accuracy", "macro_f1", "entity_f1", "token_accuracy"})
+  std::string line = fmt::format("val_loss {:.4f}", m.at(metric::kValLoss).get<double>());
+  for (const char* key :
+       {metric::kPerplexity, metric::kAccuracy, metric::kMacroF1, metric::kEntityF1, metric::kTokenAccuracy})
     if (m.contains(key)) line += fmt::format(" {} {:.4f}", key, m.at(key).get<double>());
   return line;
 }

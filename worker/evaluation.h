@@ -33,7 +33,8 @@ class Evaluation {
   // Tokens (causal LM, NER) or examples (classification) scored.
   double targets() const { return sums_[task_ == ModelTask::kCausalLm ? 1 + groups_ : 1]; }
 
-  // {"val_loss", ...the task's figures}; with several groups, "tasks": {name: {...}} as well.
+  // {"val_loss", ...the task's figures}, named as common/evaluation_metrics.h lists them for the
+  // task (besides per-class or per-type tables); with several groups, "tasks": {name: {...}} too.
   nlohmann::json Metrics(const std::vector<std::string>& group_names = {}) const;
   // One line for the log: "val_loss 0.1234 accuracy 0.9500 macro_f1 0.9499".
   static std::string Summary(const nlohmann::json& metrics);

@@ -16,6 +16,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/job_checks.h"
 #include "common/logging.h"
 #include "common/safetensors.h"
 #include "sharding/checkpoint.h"
@@ -284,21 +285,8 @@ void Trainer::Prepare() {
     }
   }
   ranks_ = world_.size();
-  if (spec_.training.global_batch_size > 0 &&
-      spec_.training.global_batch_size % (spec_.training.micro_batch_size * ranks_) != 0) {
-    Fail(ErrorCode::kInvalidArgument,
-         "training.global_batch_size {} is not divisible by micro_batch_size {} x data-parallel ranks {}",
-         spec_.training.global_batch_size, spec_.training.micro_batch_size, ranks_);
-  }
-  if (spec_.sharding.shard_group_size > 0 && ranks_ % spec_.sharding.shard_group_size != 0) {
-    Fail(ErrorCode::kInvalidArgument, "sharding.shard_group_size {} does not divide the {} ranks",
-         spec_.sharding.shard_group_size, ranks_);
-  }
-  if (fs::exists(output_dir_ / "final")) {
-    Fail(ErrorCode::kFailedPrecondition,
-         "{}: holds a finished run (final/); choose another output.dir, or move it away to train again",
-         output_dir_.string());
-  }
+  RequireFitsWorld(spec_, ranks_);  // the ranks it runs on, which the spec may not name
+  if (const auto problem = FinishedRunProblem(output_dir_)) Fail(ErrorCode::kFailedPrecondition, "{}", *problem);
   micro_ = spec_.training.micro_batch_size;
   global_batch_ = spec_.GlobalBatchSize(ranks_);
   accumulation_ = spec_.GradientAccumulation(ranks_);

@@ -16,6 +16,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/exit_codes.h"
+#include "common/job_checks.h"
 #include "common/job_spec.h"
 #include "common/worker_contract.h"
 #include "launcher/rank_command.h"
@@ -33,9 +34,13 @@ namespace {
 
 std::string NewJobId() { return "job-" + RandomToken().substr(0, 16); }
 
-JobSpec ParseSpec(const std::string& yaml) {
+// `yaml` as a spec that fits `ranks` data-parallel ranks (0: the ranks its resources name); else
+// the request's error, listing every problem.
+JobSpec ParseSpec(const std::string& yaml, int64_t ranks = 0) {
   try {
-    return ParseJobSpec(yaml, "spec_yaml", "/");
+    JobSpec spec = ParseJobSpec(yaml, "spec_yaml", "/");
+    RequireFitsWorld(spec, ranks > 0 ? ranks : spec.resources.world_size());
+    return spec;
   } catch (const SpecError& e) {
     std::string message = "the job spec has problems:";
     for (const auto& p : e.problems()) message += "\n" + p;
@@ -267,9 +272,8 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
                        fmt::format("the job does not fit its {} ranks of {:.1f} GiB each:\n{}", ranks,
                                    config_.memory_per_slot_gib, PlanToText(*plan)));
   }
-  if (fs::exists(fs::path(spec.output.dir) / "final")) {
-    throw RequestError(RequestError::Kind::kFailedPrecondition,
-                       fmt::format("output.dir {} holds a finished run (final/); choose another", spec.output.dir));
+  if (const auto problem = FinishedRunProblem(spec.output.dir)) {
+    throw RequestError(RequestError::Kind::kFailedPrecondition, *problem);
   }
   for (const JobRecord& other : store_->Unfinished()) {
     if (other.job.output_dir() == spec.output.dir) {
@@ -362,14 +366,7 @@ v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int rank
       throw RequestError(RequestError::Kind::kResourceExhausted,
                          fmt::format("{} ranks exceed the pool's {} slots", ranks, config_.total_slots()));
     }
-    const JobSpec spec = ParseSpec(r.job.spec_yaml());
-    const int64_t global = spec.training.global_batch_size, micro = spec.training.micro_batch_size;
-    if (global > 0 && global % (micro * ranks) != 0) {
-      throw RequestError(
-          RequestError::Kind::kInvalidArgument,
-          fmt::format("{} ranks do not divide the global batch {} into micro-batches of {}", ranks, global, micro),
-          v1::INVALID_SPEC);
-    }
+    ParseSpec(r.job.spec_yaml(), ranks);  // its batch and shard group must fit the new rank count
     r.requested_ranks = ranks;
   }
   r.pause_requested = false;

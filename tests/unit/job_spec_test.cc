@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/job_checks.h"
 #include "test_util.h"
 
 namespace shardtune {
@@ -148,6 +149,51 @@ TEST_F(JobSpecTest, InconsistentBatchSizesPrintTheNumbers) {
   ExpectProblem(std::string(kMinimal) +
                     "training: {micro_batch_size: 3, global_batch_size: 64}\nresources: {ranks_per_node: 4}\n",
                 {"training.global_batch_size", "64 is not divisible by micro_batch_size 3 x data-parallel ranks 4"});
+}
+
+TEST_F(JobSpecTest, WorldProblemsPrintTheNumbersForAnyRankCount) {
+  const JobSpec spec =
+      Parse(std::string(kMinimal) +
+            "training: {micro_batch_size: 2, global_batch_size: 16}\nsharding: {shard_group_size: 4}\n");
+  EXPECT_TRUE(ProblemsForWorld(spec, 8).empty());
+  const std::vector<SpecProblem> problems = ProblemsForWorld(spec, 3);
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_EQ(problems[0].ToString(),
+            "training.global_batch_size: 16 is not divisible by micro_batch_size 2 x data-parallel ranks 3");
+  EXPECT_EQ(problems[1].ToString(), "sharding.shard_group_size: 4 does not divide the 3 ranks");
+  try {
+    RequireFitsWorld(spec, 3);
+    ADD_FAILURE() << "expected a SpecError";
+  } catch (const SpecError& e) {
+    EXPECT_EQ(e.problems(), (std::vector<std::string>{problems[0].ToString(), problems[1].ToString()}));
+  }
+  // A spec that names no resources is held only to what every world needs (8 is a micro-batch multiple).
+  EXPECT_TRUE(ProblemsForAnyWorld(spec).empty());
+}
+
+TEST_F(JobSpecTest, AFinishedRunIsNamedWithItsDirectory) {
+  EXPECT_FALSE(FinishedRunProblem(dir_ / "run").has_value());
+  fs::create_directories(dir_ / "run" / "final");
+  const auto problem = FinishedRunProblem(dir_ / "run");
+  ASSERT_TRUE(problem.has_value());
+  EXPECT_NE(problem->find((dir_ / "run").string() + " holds a finished run (final/)"), std::string::npos) << *problem;
+}
+
+TEST_F(JobSpecTest, EarlyStoppingAcceptsTheFiguresTheTasksEvaluationReports) {
+  const std::string validated =
+      "name: x\nmodel: {path: model}\noutput: {dir: out}\n"
+      "data: {train: data/train.jsonl, format: tokens, validation_split: 0.5}\n";
+  const JobSpec spec = Parse(validated + "training: {early_stopping: {patience: 2, metric: token_accuracy}}\n");
+  EXPECT_EQ(spec.training.early_stopping.metric, "token_accuracy");
+  EXPECT_FALSE(spec.training.early_stopping.Minimizes());
+  EXPECT_TRUE(Parse(validated + "training: {early_stopping: {patience: 2, metric: perplexity}}\n")
+                  .training.early_stopping.Minimizes());
+  ExpectProblem(validated + "training: {early_stopping: {patience: 2, metric: accuracy}}\n",
+                {"training.early_stopping.metric (line 5, column 50)",
+                 "'accuracy' is not a metric of a causal_lm evaluation; expected one of: val_loss, perplexity, "
+                 "token_accuracy"});
+  ExpectProblem(validated + "training: {early_stopping: {patience: 2, metric: val_tokens}}\n",
+                {"training.early_stopping.metric", "'val_tokens' is not a metric"});
 }
 
 TEST_F(JobSpecTest, MissingRequiredKeys) {
