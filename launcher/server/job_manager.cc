@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "common/exit_codes.h"
 #include "common/job_spec.h"
+#include "common/run_dir.h"
 #include "launcher/server/processes.h"
 #include "sharding/planner.h"
 
@@ -226,7 +227,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
                        fmt::format("the job does not fit its {} ranks of {:.1f} GiB each:\n{}", ranks,
                                    config_.memory_per_slot_gib, PlanToText(*plan)));
   }
-  if (fs::exists(fs::path(spec.output.dir) / "final")) {
+  if (RunDir(spec.output.dir).HasFinal()) {
     throw RequestError(RequestError::Kind::kFailedPrecondition,
                        fmt::format("output.dir {} holds a finished run (final/); choose another", spec.output.dir));
   }
@@ -598,7 +599,7 @@ void JobManager::Settle(JobRecord& r, int exit_code) {
   ForwardLog(r);
   r.supervisor_pid = 0;
   r.backend_id.clear();
-  const bool finished = fs::exists(fs::path(r.job.output_dir()) / "final");
+  const bool finished = RunDir(r.job.output_dir()).HasFinal();
   if (r.cancel_requested) {
     SetStatus(r, v1::CANCELLED, "cancelled");
   } else if (finished && (exit_code == 0 || r.result_succeeded)) {
