@@ -48,15 +48,6 @@ void CheckSupported(const JobSpec& spec, at::Device device) {
   }
 }
 
-// Fault injection for the tests of collective timeouts: SHARDTUNE_TEST_STALL=RANK:STEP makes that
-// rank stop responding when it reaches that step (1-based), as a hung GPU or process would.
-void StallIfAsked(int rank, int64_t step) {
-  const char* stall = std::getenv("SHARDTUNE_TEST_STALL");
-  if (stall == nullptr || fmt::format("{}:{}", rank, step) != stall) return;
-  spdlog::warn("SHARDTUNE_TEST_STALL: rank {} stalls at step {}", rank, step);
-  std::this_thread::sleep_for(std::chrono::hours(1));
-}
-
 }  // namespace
 
 Trainer::Trainer(const JobSpec& spec, Communicator& world, const TrainerOptions& options)
@@ -73,6 +64,7 @@ Trainer::Trainer(const JobSpec& spec, Communicator& world, const TrainerOptions&
 
 void Trainer::Prepare() {
   CheckSpec();
+  knobs_ = TestKnobs::FromEnvironment();
   // SHARDTUNE_PROFILE_STEP=N: LibTorch's profiler records step N (1-based) as a Chrome trace, for
   // finding where a step's time goes (docs/PERFORMANCE.md).
   if (const char* wanted = std::getenv("SHARDTUNE_PROFILE_STEP")) profile_step_ = std::atoll(wanted);
@@ -279,7 +271,10 @@ LossSum Trainer::TaskLossSum(const at::Tensor& logits, const Batch& batch) const
 }
 
 void Trainer::TrainStep(int64_t step) {
-  StallIfAsked(world_.rank(), step + 1);
+  if (knobs_.stall && knobs_.stall->rank == world_.rank() && knobs_.stall->step == step + 1) {
+    spdlog::warn("SHARDTUNE_TEST_STALL: rank {} stalls at step {}", world_.rank(), step + 1);
+    std::this_thread::sleep_for(std::chrono::hours(1));  // as a hung GPU or process would
+  }
   std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
   if (profile_step_ == step + 1) {
     profile = std::make_unique<torch::autograd::profiler::RecordProfile>(

@@ -22,6 +22,7 @@
 #include "common/job_spec.h"
 #include "common/model_config.h"
 #include "common/run_dir.h"
+#include "common/test_knobs.h"
 #include "sharding/checkpoint.h"
 #include "sharding/comm/communicator.h"
 #include "sharding/loss_scale.h"
@@ -112,6 +113,7 @@ class Trainer {
   TrainerOptions options_;
   bool rank0_;
   RunDir run_dir_;
+  TestKnobs knobs_;           // read once, in Prepare
   int64_t profile_step_ = 0;  // SHARDTUNE_PROFILE_STEP (0: none), read once, in Prepare
   ModelConfig config_;
   PeftMethod peft_;
