@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "common/run_dir.h"
+
 namespace shardtune {
 
 namespace fs = std::filesystem;
@@ -46,7 +48,7 @@ void RequireFitsWorld(const JobSpec& spec, int64_t ranks) {
 }
 
 std::optional<std::string> FinishedRunProblem(const fs::path& output_dir) {
-  if (!fs::exists(output_dir / "final")) return std::nullopt;
+  if (!RunDir(output_dir).HasFinal()) return std::nullopt;
   return fmt::format(
       "output.dir {} holds a finished run (final/); choose another output.dir, or move it away to train again",
       output_dir.string());

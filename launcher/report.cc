@@ -13,6 +13,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/png.h"
+#include "common/run_dir.h"
 
 namespace shardtune {
 
@@ -105,7 +106,8 @@ void Plot(const fs::path& path, const std::string& title, const std::vector<Seri
 }  // namespace
 
 std::string WriteRunReport(const fs::path& run_dir) {
-  const fs::path metrics_path = run_dir / "metrics.jsonl";
+  const RunDir run(run_dir);
+  const fs::path metrics_path = run.Metrics();
   std::ifstream in(metrics_path);
   if (!in) Fail(ErrorCode::kNotFound, "{}: no metrics.jsonl there (is it a run's output.dir?)", run_dir.string());
   Series loss{"loss", {31, 119, 180}, {}}, val{"val_loss", {255, 127, 14}, {}};
@@ -131,8 +133,8 @@ std::string WriteRunReport(const fs::path& run_dir) {
   if (loss.points.empty()) Fail(ErrorCode::kDataLoss, "{}: no training steps logged yet", metrics_path.string());
 
   std::string name = run_dir.filename().string();
-  if (fs::exists(run_dir / "job.yaml")) {
-    const std::string job = ReadFile(run_dir / "job.yaml");
+  if (fs::exists(run.JobYaml())) {
+    const std::string job = ReadFile(run.JobYaml());
     const size_t at = job.find("name: ");
     if (at != std::string::npos) name = job.substr(at + 6, job.find('\n', at) - at - 6);
   }
@@ -140,7 +142,7 @@ std::string WriteRunReport(const fs::path& run_dir) {
   std::transform(title.begin(), title.end(), title.begin(), [](unsigned char ch) { return std::tolower(ch); });
   std::vector<Series> series = {loss};
   if (!val.points.empty()) series.push_back(val);
-  Plot(run_dir / "report.png", title, series);
+  Plot(run.ReportPng(), title, series);
 
   const auto min_loss = std::min_element(loss.points.begin(), loss.points.end(),
                                          [](const auto& a, const auto& b) { return a.second < b.second; });
@@ -161,8 +163,8 @@ std::string WriteRunReport(const fs::path& run_dir) {
   } else {
     text += "no evaluations (the job has no validation data)\n";
   }
-  text += fmt::format("curves: {}\n", (run_dir / "report.png").string());
-  WriteFileAtomic(run_dir / "report.txt", text);
+  text += fmt::format("curves: {}\n", run.ReportPng().string());
+  WriteFileAtomic(run.ReportText(), text);
   return text;
 }
 

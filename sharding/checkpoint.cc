@@ -1,12 +1,10 @@
 #include "sharding/checkpoint.h"
 
-#include <algorithm>
-#include <cstring>
 #include <nlohmann/json.hpp>
-#include <regex>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/run_dir.h"
 
 namespace shardtune {
 
@@ -34,11 +32,11 @@ void WriteTrainerState(const fs::path& dir, const TrainerState& state) {
       {"loss_scale", state.loss_scale},
       {"best",
        {{"step", state.best_step}, {"value", state.best_value}, {"evaluations_since", state.evaluations_since_best}}}};
-  WriteFileAtomic(dir / "trainer_state.json", trainer_state.dump(2) + "\n");
+  WriteFileAtomic(CheckpointDir(dir).TrainerStateFile(), trainer_state.dump(2) + "\n");
 }
 
 TrainerState ReadTrainerState(const fs::path& dir) {
-  const fs::path path = dir / "trainer_state.json";
+  const fs::path path = CheckpointDir(dir).TrainerStateFile();
   const json state_json = ParseJsonFile(path);
   TrainerState state;
   try {
@@ -57,38 +55,6 @@ TrainerState ReadTrainerState(const fs::path& dir) {
     Fail(ErrorCode::kDataLoss, "{}: {}", path.string(), e.what());
   }
   return state;
-}
-
-namespace {
-
-// The complete checkpoints under `checkpoints_dir` (directories named step-N), by step.
-std::vector<std::pair<int64_t, fs::path>> CompleteCheckpoints(const fs::path& checkpoints_dir) {
-  static const std::regex kStepDir("step-([0-9]+)");
-  std::vector<std::pair<int64_t, fs::path>> found;
-  std::error_code ec;
-  if (!fs::is_directory(checkpoints_dir, ec)) return found;
-  for (const auto& entry : fs::directory_iterator(checkpoints_dir)) {
-    std::smatch match;
-    const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && std::regex_match(name, match, kStepDir))
-      found.emplace_back(std::stoll(match[1]), entry.path());
-  }
-  std::sort(found.begin(), found.end());
-  return found;
-}
-
-}  // namespace
-
-std::optional<fs::path> LatestCheckpoint(const fs::path& checkpoints_dir) {
-  const auto found = CompleteCheckpoints(checkpoints_dir);
-  if (found.empty()) return std::nullopt;
-  return found.back().second;
-}
-
-void PruneCheckpoints(const fs::path& checkpoints_dir, int64_t keep) {
-  if (keep <= 0) return;
-  const auto found = CompleteCheckpoints(checkpoints_dir);
-  for (size_t i = 0; i + static_cast<size_t>(keep) < found.size(); ++i) fs::remove_all(found[i].second);
 }
 
 }  // namespace shardtune

@@ -1,15 +1,15 @@
 #pragma once
-// Training checkpoints: output.dir/checkpoints/step-N/ holds
+// Training checkpoints: output.dir/checkpoints/step-N/ (common/run_dir.h names the files) holds
 //   index.json               format and version, world size, stage, the unit layout, and which
 //                            range of which unit each rank file holds (ZeroEngine::SaveShards)
 //   rank-KKKKK.safetensors   a rank's shards: fp32 weights ("values") and AdamW's moments
 //   trainer_state.json       step, token count, RNG scheme, loss scale, planned steps
-// A checkpoint is assembled in step-N.tmp/ and renamed into place when complete, so a directory
-// named step-N is always whole and a crash mid-save leaves the previous one intact.
+// A checkpoint is assembled in step-N.tmp/ and renamed into place when complete (StagedDirectory),
+// so a directory named step-N is always whole and a crash mid-save leaves the previous one intact.
+// RunDir lists, finds and prunes them.
 
 #include <cstdint>
 #include <filesystem>
-#include <optional>
 
 namespace shardtune {
 
@@ -26,13 +26,8 @@ struct TrainerState {
   int64_t evaluations_since_best = 0;
 };
 
+// trainer_state.json of the checkpoint directory `dir`.
 void WriteTrainerState(const std::filesystem::path& dir, const TrainerState& state);
 TrainerState ReadTrainerState(const std::filesystem::path& dir);
-
-// The complete checkpoint with the highest step under `checkpoints_dir`, if any.
-std::optional<std::filesystem::path> LatestCheckpoint(const std::filesystem::path& checkpoints_dir);
-
-// Removes all but the newest `keep` complete checkpoints (keep = 0 keeps all).
-void PruneCheckpoints(const std::filesystem::path& checkpoints_dir, int64_t keep);
 
 }  // namespace shardtune

@@ -11,6 +11,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/run_dir.h"
 #include "common/safetensors.h"
 #include "sharding/zero_engine.h"
 #include "sharding/zero_engine_internal.h"
@@ -24,8 +25,6 @@ namespace {
 
 constexpr const char* kFormatName = "shardtune-checkpoint";
 constexpr int kFormatVersion = 1;
-
-std::string RankFile(int rank) { return fmt::format("rank-{:05d}.safetensors", rank); }
 
 TensorBytes Bytes(const char* name, const at::Tensor& tensor) {
   return TensorBytes{name, DType::kF32, {tensor.numel()}, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes())};
@@ -79,7 +78,7 @@ void ZeroEngine::SaveShards(const std::string& dir) {
     }
     values = values.cpu();
     const at::Tensor exp_avg = optimizer_->exp_avg().cpu(), exp_avg_sq = optimizer_->exp_avg_sq().cpu();
-    WriteSafetensors(fs::path(dir) / RankFile(groups_.world->rank()),
+    WriteSafetensors(CheckpointDir(dir).RankFile(groups_.world->rank()),
                      {Bytes("values", values), Bytes("exp_avg", exp_avg), Bytes("exp_avg_sq", exp_avg_sq)},
                      {{"format", kFormatName}});
   }
@@ -97,7 +96,8 @@ void ZeroEngine::SaveShards(const std::string& dir) {
           {{"unit", u}, {"begin", shard * unit.shard_size}, {"size", unit.shard_size}, {"local_offset", local}});
       local += unit.shard_size;
     }
-    files.push_back({{"file", RankFile(shard)}, {"rank", shard}, {"elements", local}, {"ranges", ranges}});
+    files.push_back(
+        {{"file", CheckpointDir::RankFileName(shard)}, {"rank", shard}, {"elements", local}, {"ranges", ranges}});
   }
   const json index = {{"format", kFormatName},
                       {"version", kFormatVersion},
@@ -109,11 +109,11 @@ void ZeroEngine::SaveShards(const std::string& dir) {
                       {"optimizer_step", optimizer_->step()},
                       {"units", LayoutJson(layout_)},
                       {"files", files}};
-  WriteFileAtomic(fs::path(dir) / "index.json", index.dump(1) + "\n");
+  WriteFileAtomic(CheckpointDir(dir).Index(), index.dump(1) + "\n");
 }
 
 void ZeroEngine::LoadShards(const std::string& dir) {
-  const fs::path index_path = fs::path(dir) / "index.json";
+  const fs::path index_path = CheckpointDir(dir).Index();
   json index;
   try {
     index = json::parse(ReadFile(index_path));

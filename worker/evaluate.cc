@@ -6,6 +6,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/job_spec.h"
+#include "common/run_dir.h"
 #include "worker/data/formats.h"
 #include "worker/evaluation.h"
 #include "worker/inference_model.h"
@@ -48,7 +49,7 @@ nlohmann::json EvaluateModel(const EvaluateOptions& o) {
     if (!adapter.is_discarded() && adapter.value("task_type", "CAUSAL_LM") != "CAUSAL_LM") {
       // A classifier's adapter holds the head's weights but not its classes: the run that wrote
       // it (OUTPUT_DIR/final) recorded them in OUTPUT_DIR/job.yaml.
-      const fs::path job = fs::absolute(o.adapter).parent_path() / "job.yaml";
+      const fs::path job = RunDir(fs::absolute(o.adapter).parent_path()).JobYaml();
       if (!fs::exists(job)) {
         Fail(ErrorCode::kInvalidArgument,
              "{}: a {} adapter holds no class names, and there is no job.yaml of the run that wrote it beside it "

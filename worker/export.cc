@@ -4,8 +4,8 @@
 
 #include <map>
 
-#include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/run_dir.h"
 #include "common/safetensors.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
@@ -81,30 +81,27 @@ void WriteMergedModel(ZeroEngine& engine, const PeftMethod& peft, const std::map
 void ExportModel(ZeroEngine& engine, Communicator& world, const PeftMethod& peft, const fs::path& out_dir,
                  const fs::path& model_dir, ComputeDType dtype, const std::vector<ExportFormat>& formats) {
   const bool rank0 = world.rank() == 0;
-  const fs::path staging = out_dir.string() + ".tmp";
-  if (rank0) {
-    if (fs::exists(out_dir))
-      Fail(ErrorCode::kFailedPrecondition, "{}: already exists; refusing to overwrite it", out_dir.string());
-    fs::remove_all(staging);
-    fs::create_directories(staging);
-  }
+  const StagedDirectory staged(out_dir, StagedDirectory::Existing::kRefuse);
+  const fs::path& staging = staged.staging();
+  if (rank0) staged.Begin();
   std::map<std::string, at::Tensor> trainable;
   if (!peft.full()) trainable = GatherTrainable(engine, rank0);
   for (ExportFormat format : formats) {
     if (format == ExportFormat::kHf) WriteMergedModel(engine, peft, trainable, staging, model_dir, dtype, rank0);
     if (format == ExportFormat::kPeft && rank0) WritePeftAdapter(staging, peft, model_dir.string(), trainable, dtype);
   }
-  if (rank0) RenameDirectoryAtomic(staging, out_dir);
+  if (rank0) staged.Commit();
   world.Barrier(CollectiveTag{"export"});
 }
 
 void ExportCheckpoint(const fs::path& checkpoint_dir, const std::string& to, const fs::path& out_dir,
                       ComputeDType dtype) {
-  if (!fs::exists(checkpoint_dir / "index.json")) {
+  const CheckpointDir checkpoint(checkpoint_dir);
+  if (!checkpoint.HasIndex()) {
     Fail(ErrorCode::kNotFound, "{}: not a checkpoint (no index.json); expected OUTPUT_DIR/checkpoints/step-N",
          checkpoint_dir.string());
   }
-  const fs::path job = checkpoint_dir.parent_path().parent_path() / "job.yaml";
+  const fs::path job = checkpoint.Run().JobYaml();
   const JobSpec spec = LoadJobSpec(job);
   const ExportFormat format = to == "peft" ? ExportFormat::kPeft : ExportFormat::kHf;
   if (format == ExportFormat::kPeft && spec.method.type == MethodType::kFull) {

@@ -4,6 +4,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/run_dir.h"
 
 namespace shardtune {
 
@@ -20,7 +21,7 @@ void Scalars(TensorBoardWriter& tb, int64_t step, const std::string& prefix, con
 }  // namespace
 
 MetricsLog::MetricsLog(const std::filesystem::path& output_dir, int64_t resume_step)
-    : path_(output_dir / "metrics.jsonl") {
+    : path_(RunDir(output_dir).Metrics()) {
   if (std::filesystem::exists(path_)) {
     std::ifstream in(path_);
     std::string kept, line;
@@ -32,7 +33,8 @@ MetricsLog::MetricsLog(const std::filesystem::path& output_dir, int64_t resume_s
   }
   out_.open(path_, std::ios::app);
   if (!out_) FailErrno("open", path_.string());
-  tensorboard_ = std::make_unique<TensorBoardWriter>(output_dir / "tb", resume_step > 0 ? resume_step : -1);
+  tensorboard_ =
+      std::make_unique<TensorBoardWriter>(RunDir(output_dir).TensorBoard(), resume_step > 0 ? resume_step : -1);
 }
 
 void MetricsLog::Write(const nlohmann::json& record) {

@@ -15,6 +15,7 @@
 
 #include "common/exit_codes.h"
 #include "sharding/comm/collective_timeout.h"
+#include "common/test_knobs.h"
 
 #if NCCL_VERSION_CODE < NCCL_VERSION(2, 18, 0)
 #error "the NCCL backend needs NCCL 2.18 or later (ncclCommSplit); sharding/CMakeLists.txt leaves older ones out"
@@ -232,9 +233,10 @@ class NcclCommunicator : public Communicator {
     // A group of the same ranks in the same order (the shard group without hybrid sharding)
     // shares this group's communicator: a second one would hold buffers of its own for every
     // channel (hundreds of MiB per GPU at scale). Every rank must take the same branch.
-    // SHARDTUNE_TEST_NCCL_SPLIT makes every split a real one, so that a single GPU tests it.
+    // SHARDTUNE_TEST_NCCL_SPLIT (TestKnobs::nccl_split) makes every split a real one, so that a
+    // single GPU tests it.
     const bool same = bootstrap->size() == size() && bootstrap->rank() == rank();
-    at::Tensor differs = at::full({1}, !same || std::getenv("SHARDTUNE_TEST_NCCL_SPLIT") != nullptr ? 1 : 0, at::kLong);
+    at::Tensor differs = at::full({1}, !same || TestKnobs::FromEnvironment().nccl_split ? 1 : 0, at::kLong);
     bootstrap_.AllReduceSum(differs, CollectiveTag{"splitting " + name})->Wait();
     if (differs.item<int64_t>() == 0) {
       return std::make_unique<NcclCommunicator>(std::move(bootstrap), timeout_s_, state_, device_);

@@ -10,6 +10,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/run_dir.h"
 #include "common/safetensors.h"
 
 namespace shardtune {
@@ -128,13 +129,9 @@ void LoadHfWeights(const fs::path& model_dir, FlatParameters& flat, const std::s
 }
 
 void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const FlatParameters& flat, ComputeDType dtype) {
-  if (fs::exists(out_dir)) {
-    Fail(ErrorCode::kFailedPrecondition, "{}: already exists; refusing to overwrite it", out_dir.string());
-  }
-  const fs::path staging = fs::path(out_dir.string() + ".tmp");
-  fs::remove_all(staging);
-  fs::create_directories(staging);
-  WriteHfCompanions(staging, source_dir, dtype);
+  const StagedDirectory staged(out_dir, StagedDirectory::Existing::kRefuse);
+  staged.Begin();
+  WriteHfCompanions(staged.staging(), source_dir, dtype);
 
   const at::ScalarType type = ToScalarType(dtype);
   std::vector<at::Tensor> converted;  // keeps converted copies alive during the write
@@ -145,8 +142,8 @@ void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const Fla
                                   static_cast<size_t>(value.nbytes())});
     converted.push_back(std::move(value));
   }
-  WriteSafetensorsModel(staging, tensors);
-  RenameDirectoryAtomic(staging, out_dir);
+  WriteSafetensorsModel(staged.staging(), tensors);
+  staged.Commit();
 }
 
 void WriteHfCompanions(const fs::path& dir, const fs::path& source, ComputeDType dtype) {

@@ -1,0 +1,41 @@
+#include "common/test_knobs.h"
+
+#include <charconv>
+#include <cstdlib>
+#include <string_view>
+
+#include "common/error.h"
+
+namespace shardtune {
+
+namespace {
+
+constexpr const char* kStall = "SHARDTUNE_TEST_STALL";
+constexpr const char* kNcclSplit = "SHARDTUNE_TEST_NCCL_SPLIT";
+
+template <typename Int>
+bool ParseWhole(std::string_view text, Int& value) {
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  return !text.empty() && error == std::errc() && end == text.data() + text.size();
+}
+
+TestKnobs::Stall ParseStall(std::string_view value) {
+  const size_t colon = value.find(':');
+  TestKnobs::Stall stall;
+  if (colon == std::string_view::npos || !ParseWhole(value.substr(0, colon), stall.rank) ||
+      !ParseWhole(value.substr(colon + 1), stall.step)) {
+    Fail(ErrorCode::kInvalidArgument, "{}={}: expected RANK:STEP (e.g. 1:2)", kStall, value);
+  }
+  return stall;
+}
+
+}  // namespace
+
+TestKnobs TestKnobs::FromEnvironment() {
+  TestKnobs knobs;
+  if (const char* stall = std::getenv(kStall)) knobs.stall = ParseStall(stall);
+  knobs.nccl_split = std::getenv(kNcclSplit) != nullptr;
+  return knobs;
+}
+
+}  // namespace shardtune

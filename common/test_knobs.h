@@ -1,0 +1,31 @@
+#pragma once
+// Test knobs: environment variables (SHARDTUNE_TEST_*) that make the worker misbehave on purpose,
+// so that tests can reach paths a healthy run never takes. They are read here only, by
+// TestKnobs::FromEnvironment(), which callers use once while setting up (never per step), and
+// they are listed for users in tests/README.md. Nothing in production sets them.
+
+#include <cstdint>
+#include <optional>
+
+namespace shardtune {
+
+struct TestKnobs {
+  // SHARDTUNE_TEST_STALL=RANK:STEP: that world rank stops responding (sleeps for an hour) when it
+  // reaches that optimizer step (1-based), as a hung GPU or process would, so that the other
+  // ranks' collectives time out. Used by tests/e2e/mpi_test.sh (the collective timeout).
+  struct Stall {
+    int rank = 0;
+    int64_t step = 0;
+  };
+  std::optional<Stall> stall;
+
+  // SHARDTUNE_TEST_NCCL_SPLIT (any value): NcclCommunicator::Split creates a communicator of its
+  // own even for a group of the same ranks (which otherwise shares its parent's), so that one GPU
+  // exercises ncclCommSplit. Used by tests/mpi/nccl_test.cc, which sets it around one test.
+  bool nccl_split = false;
+
+  // Reads the variables now; throws Error naming the variable when a value is malformed.
+  static TestKnobs FromEnvironment();
+};
+
+}  // namespace shardtune

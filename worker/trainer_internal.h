@@ -1,0 +1,154 @@
+#pragma once
+// The Trainer behind RunTraining (worker/trainer.h), shared by the files that implement it, one
+// concern each:
+//   trainer.cc             setup (spec checks, engine, the plan's log lines, resume), the step
+//                          loop, checkpoints and export
+//   trainer_model.cc       the model this job trains: dropouts, classifier head, init adapter,
+//                          initial weights
+//   trainer_data.cc        the training and validation data, and each step's global batch
+//   trainer_evaluation.cc  validation, early stopping and keep_best, generations
+// Every rank runs one Trainer over the same spec; the comments say what only rank 0 does.
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "common/model_config.h"
+#include "common/run_dir.h"
+#include "common/test_knobs.h"
+#include "sharding/checkpoint.h"
+#include "sharding/comm/communicator.h"
+#include "sharding/loss_scale.h"
+#include "sharding/zero_engine.h"
+#include "worker/data/mixture.h"
+#include "worker/data/token_dataset.h"
+#include "worker/data/tokenizer/tokenizer.h"
+#include "worker/metrics_log.h"
+#include "worker/models/llama.h"
+#include "worker/peft/peft.h"
+#include "worker/progress.h"
+#include "worker/trainer.h"
+#include "worker/unit_model.h"
+
+namespace shardtune {
+
+class Trainer {
+ public:
+  Trainer(const JobSpec& spec, Communicator& world, const TrainerOptions& options);
+
+  TrainingSummary Run();
+
+ private:
+  // What one step did, for metrics.jsonl, the progress bar and the server.
+  struct StepFigures {
+    double loss = 0;
+    double lr = 0;
+    double grad_norm = 0;
+    int64_t tokens = 0;  // input tokens of this step's global batch
+    double seconds = 0;
+    double data_s = 0;  // of `seconds`, getting and collating examples
+    CommStats comm;     // this step's collectives
+  };
+
+  // Setup (trainer.cc), in this order: nothing is written before the spec and the data are known
+  // to be good.
+  void Prepare();
+  void CheckSpec();                           // what the parser cannot know: the model, this build, the world
+  void SetSequenceLimit();                    // max_seq_len_: data.max_seq_len within the model's positions
+  JobSpec ShapeModel();                       // head, PEFT method, init adapter; returns the spec as resolved
+  void StartOutput(const JobSpec& resolved);  // logs/ and job.yaml
+  ZeroConfig EngineConfig() const;
+  void LogModel() const;  // rank 0
+  void LogPlan() const;   // rank 0
+  void ResumeOrStart();   // from the newest checkpoint all ranks agree on, or the initial weights
+  std::optional<StepCheckpoint> AgreedLatestCheckpoint();
+
+  // The model (trainer_model.cc).
+  // The model's regularization as training.* overrides it; what a family lacks is refused.
+  void ApplyDropouts();
+  void ReadInitAdapter();  // method.init_from, checked against the method
+  // Classification and NER: the model gets its family's classifier (`score`, `classifier`) over
+  // the data's classes (which `resolved` records); PEFT methods train it in full (modules_to_save).
+  void UseClassifierHead(JobSpec& resolved);
+  void LoadInitialWeights(bool resuming);
+
+  // The data (trainer_data.cc).
+  void LoadData();
+  std::vector<const Example*> GlobalBatch(int64_t step);
+  int64_t TargetsOf(const Example& e) const;
+
+  // Training (trainer.cc).
+  // The training loss of the task (causal LM, sequence or token classification; with
+  // training.label_smoothing) and what it counts.
+  LossSum TaskLossSum(const at::Tensor& logits, const Batch& batch) const;
+  void TrainStep(int64_t step);
+  void ReportStep(int64_t step, const StepFigures& figures);  // rank 0
+  bool StopRequested(int64_t step);                           // reports the step to the server (rank 0); true: pause
+  // Writes checkpoints/step-N, prunes the old ones and tells the server.
+  void Checkpoint(int64_t step);
+  // Writes the checkpoint of `step` to `dir` (replacing it) on every rank, staged.
+  void WriteCheckpoint(int64_t step, const CheckpointDir& dir);
+  TrainerState State(int64_t step) const;
+  void Export();
+  void Barrier(const std::string& what) { world_.Barrier(CollectiveTag{what, step_}); }
+
+  // Evaluation (trainer_evaluation.cc).
+  // The early-stopping metric of the evaluation, on every rank.
+  std::optional<double> Evaluate(int64_t step);
+  // After an evaluation that gave `metric` (none without validation targets): tracks the best
+  // one, keeps its weights with output.keep_best, and says whether training stops early.
+  bool AfterEvaluation(int64_t step, std::optional<double> metric);
+  // output.generations: greedy answers of the exported model to validation prompts (rank 0).
+  void WriteGenerations();
+
+  const JobSpec& spec_;
+  Communicator& world_;
+  TrainerOptions options_;
+  bool rank0_;
+  RunDir run_dir_;
+  TestKnobs knobs_;           // read once, in Prepare
+  int64_t profile_step_ = 0;  // SHARDTUNE_PROFILE_STEP (0: none), read once, in Prepare
+  ModelConfig config_;
+  PeftMethod peft_;
+  at::ScalarType compute_dtype_;
+  at::Device device_;  // the world communicator's: the CPU under MPI, this rank's GPU under NCCL
+  OwnedProcessGroups groups_;
+  std::unique_ptr<ZeroEngine> engine_;
+  std::unique_ptr<UnitModel> model_;
+  std::map<std::string, at::Tensor> init_adapter_;  // method.init_from's tensors, until loaded
+  std::map<std::string, double> last_metrics_;      // rank 0: the latest step's (and evaluation's) figures
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::vector<Example> train_;
+  std::vector<Example> validation_;
+  std::vector<int64_t> validation_tasks_;  // the task of each validation example
+  std::vector<TaskRange> tasks_;           // where each task's examples are in train_
+  std::vector<std::string> task_names_;
+  std::vector<std::string> label_names_;  // classification and NER: the classes (or tags), by id
+  int64_t max_seq_len_ = 0;               // data.max_seq_len, or fewer where the model has fewer positions
+  int64_t ranks_ = 1;
+  int64_t micro_ = 1;
+  int64_t accumulation_ = 1;
+  int64_t global_batch_ = 0;
+  int64_t steps_per_epoch_ = 0;
+  int64_t total_steps_ = 0;
+  int64_t step_ = 0;
+  int64_t tokens_ = 0;
+  DynamicLossScale loss_scale_{false};
+  int64_t cached_epoch_ = -1;
+  std::vector<int64_t> epoch_order_;
+  std::unique_ptr<MetricsLog> metrics_;
+  std::unique_ptr<ProgressBar> progress_;
+  TrainingSummary summary_;
+  int64_t best_step_ = 0;  // the best evaluation (TrainerState)
+  double best_value_ = 0.0;
+  int64_t evaluations_since_best_ = 0;
+};
+
+}  // namespace shardtune

@@ -1,0 +1,143 @@
+// The model a job trains: the family's regularization as the spec overrides it, a classifier
+// head over the data's classes, the adapter method.init_from names, and the initial weights.
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include <set>
+
+#include "common/error.h"
+#include "common/safetensors.h"
+#include "sharding/model_layout.h"
+#include "worker/models/hf_io.h"
+#include "worker/peft/adapter_io.h"
+#include "worker/trainer_internal.h"
+
+namespace shardtune {
+
+namespace {
+
+// A classifier the base checkpoint does not have, created as transformers initializes one
+// (normal, std 0.02; biases 0), from a generator of its own seeded by training.seed: the same
+// head on every rank and every run.
+at::Tensor NewHeadTensor(const ParameterSpec& spec, uint64_t seed) {
+  if (spec.shape.size() == 1) return at::zeros(spec.shape, at::kFloat);
+  uint64_t name_hash = 1469598103934665603ULL;  // FNV-1a: each new matrix draws its own numbers
+  for (unsigned char c : spec.name) name_hash = (name_hash ^ c) * 1099511628211ULL;
+  at::Generator generator = at::detail::createCPUGenerator(seed * 1000003ULL + 0x5c0e + name_hash);
+  return at::normal(0.0, 0.02, spec.shape, generator);
+}
+
+// A classifier's parameters: the head (and BERT's pooler), new when the checkpoint lacks them.
+bool IsHeadParameter(const std::string& name) {
+  for (const char* head : {"score.", "classifier.", "bert.pooler."})
+    if (name.rfind(head, 0) == 0) return true;
+  return false;
+}
+
+}  // namespace
+
+void Trainer::ApplyDropouts() {
+  const TrainingSpec& t = spec_.training;
+  if (t.attention_dropout) config_.SetAttentionDropout(*t.attention_dropout);
+  if (t.hidden_dropout) {
+    if (config_.family != ModelFamily::kBert) {
+      Fail(ErrorCode::kInvalidArgument,
+           "training.hidden_dropout: a {} model has no hidden-state dropout (transformers' Llama family has none); "
+           "use attention_dropout, classifier_dropout or method.lora.dropout",
+           config_.model_type());
+    }
+    config_.bert.hidden_dropout_prob = *t.hidden_dropout;
+  }
+}
+
+void Trainer::UseClassifierHead(JobSpec& resolved) {
+  const auto classes = static_cast<int64_t>(label_names_.size());
+  if (classes < 2) {
+    Fail(ErrorCode::kInvalidArgument, "{}: a classifier needs at least 2 classes; the data has {}", spec_.data.train,
+         classes);
+  }
+  config_.SetHead(spec_.model.task, label_names_, spec_.training.classifier_dropout);
+  resolved.model.labels = label_names_;
+  // The head is new: a parameter-efficient method trains it in full, as PEFT's task types do.
+  // So does a BERT pooler the checkpoint lacks (a BertModel saved without one): transformers
+  // would leave it random and, under PEFT, frozen.
+  std::vector<std::string> trained = {config_.ClassifierModule()};
+  const bool pooler = config_.family == ModelFamily::kBert && config_.task() == ModelTask::kSequenceClassification;
+  if (pooler && !SafetensorsCheckpoint::Open(spec_.model.path).Find("bert.pooler.dense.weight")) {
+    trained.push_back("pooler");
+    if (rank0_) spdlog::warn("{} has no pooler (bert.pooler.dense): it is created new and trained", spec_.model.path);
+  }
+  auto& saved = resolved.method.modules_to_save;
+  for (const std::string& module : trained) {
+    if (resolved.method.type != MethodType::kFull && std::find(saved.begin(), saved.end(), module) == saved.end())
+      saved.push_back(module);
+  }
+  if (rank0_) {
+    spdlog::info("{} head `{}` over {} classes: {}", ToString(config_.task()), config_.ClassifierModule(), classes,
+                 fmt::join(label_names_, ", "));
+  }
+}
+
+void Trainer::ReadInitAdapter() {
+  if (spec_.method.init_from.empty()) return;
+  LoadedAdapter loaded = ReadPeftAdapter(spec_.method.init_from, config_);
+  if (loaded.method.type != spec_.method.type) {
+    Fail(ErrorCode::kInvalidArgument, "method.init_from: {} holds a {} adapter, but method.type is '{}'",
+         spec_.method.init_from, ToString(loaded.method.type), ToString(spec_.method.type));
+  }
+  for (const auto& p : peft_.parameters()) {
+    const auto it = loaded.tensors.find(p.name);
+    if (it == loaded.tensors.end() || it->second.sizes().vec() != p.shape) {
+      Fail(ErrorCode::kInvalidArgument,
+           "method.init_from: {} has no tensor '{}' of shape [{}]; its adapter_config.json must match the job's "
+           "method",
+           spec_.method.init_from, p.name, fmt::join(p.shape, ", "));
+    }
+  }
+  const LoraSpec &have = loaded.method.lora, &want = spec_.method.lora;
+  if (rank0_ && (have.alpha != want.alpha || have.use_rslora != want.use_rslora)) {
+    spdlog::warn(
+        "method.init_from: the adapter was made with lora alpha {} (rslora {}); this job scales by its own "
+        "alpha {} (rslora {})",
+        have.alpha, have.use_rslora, want.alpha, want.use_rslora);
+  }
+  init_adapter_ = std::move(loaded.tensors);
+  if (rank0_) spdlog::info("method.init_from: starting from the adapter in {}", spec_.method.init_from);
+}
+
+void Trainer::LoadInitialWeights(bool resuming) {
+  // The base model from model.path; a new adapter from method.init_from or initialized. On
+  // resume only the frozen base: the checkpoint holds everything trained.
+  if (resuming && peft_.full()) return;
+  const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(spec_.model.path);
+  std::map<std::string, ParameterSpec> base_specs;
+  for (const auto& p : ModelParameterSpecs(config_)) base_specs[p.name] = p;
+  auto base = [&](const std::string& name) { return ReadHfTensor(weights, spec_.model.path, base_specs.at(name)); };
+  std::map<std::string, at::Tensor> start;
+  if (!resuming) start = std::move(init_adapter_);
+  std::set<std::string> adapter;
+  for (const auto& p : peft_.parameters()) adapter.insert(p.name);
+  engine_->LoadWeights(
+      [&](const ParameterSpec& parameter) {
+        if (const auto it = start.find(parameter.name); it != start.end()) return it->second;
+        if (adapter.count(parameter.name)) return peft_.Initial(parameter, spec_.training.seed, base);
+        if (IsHeadParameter(parameter.name)) {
+          // A head the checkpoint lacks, or one over other classes (another task's): new.
+          const auto found = weights.Find(parameter.name);
+          if (!found || found->info->shape != parameter.shape) {
+            if (found && rank0_) {
+              spdlog::info("{}: {} is [{}] in the checkpoint, [{}] for this job's classes: created new",
+                           spec_.model.path, parameter.name, fmt::join(found->info->shape, ", "),
+                           fmt::join(parameter.shape, ", "));
+            }
+            return NewHeadTensor(parameter, spec_.training.seed);
+          }
+        }
+        return ReadHfTensor(weights, spec_.model.path, parameter);
+      },
+      resuming ? ZeroEngine::Units::kFrozen : ZeroEngine::Units::kAll);
+}
+
+}  // namespace shardtune
