@@ -80,12 +80,12 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
   }
   // Offloaded, the master weights, the moments and the gradient's copy live in host memory.
   const bool offloaded = in.offload_optimizer && in.on_gpu;
-  const MemoryAccount states = ModelStateBytes(PlannedLayout(in, plan.trainable_parameters, shards),
-                                               ModelStateConfig{in.zero_stage, b, offloaded, in.persistence_threshold});
+  const MemoryAccount held = ModelStateBytes(PlannedLayout(in, plan.trainable_parameters, shards),
+                                             ModelStateConfig{in.zero_stage, b, offloaded, in.persistence_threshold});
   MemoryByKind m;
-  m.parameters = states.parameters;
-  m.gradients = states.gradients;
-  m.optimizer = states.optimizer;
+  m.parameters = held.parameters;
+  m.gradients = held.gradients;
+  m.optimizer = held.optimizer;
   // Buffers: sharded parameters are gathered for the unit in use and `prefetch_layers` ahead;
   // sharded gradients hold whole-unit gradients while they are reduced (the unit whose backward
   // runs, and the reductions in flight).

@@ -553,8 +553,11 @@ int64_t AllocatedBytes(const ZeroEngine& engine) {
 TEST_F(ZeroTest, ModelStateBytesIsWhatTheEngineAllocates) {
   const LlamaConfig config = LlamaConfig::Load(*dir_ / "tiny");
   const std::vector<UnitSpec> model = LlamaUnits(config);
-  std::vector<UnitSpec> half_frozen = model;  // as under PEFT: frozen units among trainable ones
-  for (size_t u = 0; u < half_frozen.size(); u += 2) half_frozen[u].trainable = false;
+  const std::vector<UnitSpec> half_frozen = [&] {  // as under PEFT: frozen units among trainable ones
+    std::vector<UnitSpec> units = model;
+    for (size_t u = 0; u < units.size(); u += 2) units[u].trainable = false;
+    return units;
+  }();
   const std::vector<UnitSpec> small = {
       UnitSpec{"a", {ParameterSpec{"a.weight", {40, 30}, true}}, true},
       UnitSpec{"frozen", {ParameterSpec{"f.weight", {30, 30}, true}}, false},
