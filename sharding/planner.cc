@@ -6,16 +6,13 @@
 
 #include "sharding/model_layout.h"
 #include "sharding/parameter_layout.h"
+#include "sharding/zero_stage.h"
 
 namespace shardtune {
 
 namespace {
 
 using nlohmann::json;
-
-// Gradient buffers of whole units a stage 2/3 rank may hold at once: the unit whose backward
-// runs and the reductions in flight (ZeroEngine's kReductionsInFlight).
-constexpr int64_t kUnitGradientsInFlight = 3;
 
 int64_t Bytes(ComputeDType dtype) { return dtype == ComputeDType::kFp32 ? 4 : 2; }
 
@@ -54,49 +51,48 @@ double AttentionBytesPerToken(const PlanInput& in) {
   return heads * seq * static_cast<double>(Bytes(in.dtype) + 4);
 }
 
-// Per-rank bytes of one configuration, following ZeroEngine::memory() and its schedule.
+// The units a ZeroEngine would hold for this plan on `shards` shards: the model's, all trainable
+// for full fine-tuning; under a PEFT method the model's frozen, and the method's parameters as one
+// trainable unit of exactly their count (the adapters' own small units: their padding is not
+// counted), whose shard is the count over the shards, rounded up.
+ShardedLayout PlannedLayout(const PlanInput& in, int64_t trainable_parameters, int64_t shards) {
+  ShardedLayout layout = PlanLayout(ModelUnits(in.model), static_cast<int>(shards));
+  if (in.method.type == MethodType::kFull) return layout;
+  for (UnitLayout& unit : layout.units) unit.trainable = false;
+  UnitLayout method;
+  method.name = ToString(in.method.type);
+  method.numel = method.padded = trainable_parameters;
+  method.shard_size = (trainable_parameters + shards - 1) / shards;
+  layout.units.push_back(std::move(method));
+  return layout;
+}
+
+// Per-rank bytes of one configuration: the model states as ZeroEngine holds them
+// (ModelStateBytes), the buffers of its schedule, and the activations.
 ModelStates Estimate(const PlanInput& in, const Plan& plan) {
   const ModelConfig& c = in.model;
   const int64_t b = Bytes(in.dtype);
-  const bool fp32 = in.dtype == ComputeDType::kFp32;
-  const bool full = in.method.type == MethodType::kFull;
-  const int64_t shards = in.zero_stage == 0 ? 1 : (in.shard_group_size > 0 ? in.shard_group_size : in.ranks);
-  const ShardedLayout layout = PlanLayout(ModelUnits(c), static_cast<int>(shards));
-  MemoryByKind m;
-  int64_t largest_padded = 0;
-  for (const auto& unit : layout.units) largest_padded = std::max(largest_padded, unit.padded);
-  // Trainable: the whole model (padded as the engine pads it), or a PEFT method's parameters
-  // (their own small units; padding not counted).
-  int64_t trainable_local = 0, trainable_whole = 0;
-  if (full) {
-    trainable_whole = layout.padded_total();
-    trainable_local = in.zero_stage == 0 ? trainable_whole : trainable_whole / shards;
-  } else {
-    trainable_whole = plan.trainable_parameters;
-    trainable_local = in.zero_stage == 0 ? trainable_whole : (trainable_whole + shards - 1) / shards;
+  const StagePolicy& policy = PolicyOfStage(in.zero_stage);
+  const int64_t shards = policy.shards_optimizer_state ? (in.shard_group_size > 0 ? in.shard_group_size : in.ranks) : 1;
+  int64_t largest_padded = 0;  // of the model's units (a PEFT method's are small)
+  for (const auto& unit : PlanLayout(ModelUnits(c), static_cast<int>(shards)).units) {
+    largest_padded = std::max(largest_padded, unit.padded);
   }
-  // fp32 master weights, except where they are the fp32 parameters themselves (unless offloaded):
-  // the whole model at stage 0, each unit's shard of its whole parameters at stages 1 and 2, the
-  // parameter shard at stage 3. Offloaded, the step also reads a host copy of the gradient shard.
+  // Offloaded, the master weights, the moments and the gradient's copy live in host memory.
   const bool offloaded = in.offload_optimizer && in.on_gpu;
-  const bool master_is_parameters = fp32 && !offloaded;
-  m.optimizer = 8 * trainable_local;
-  if (!master_is_parameters) m.optimizer += 4 * trainable_local;
-  if (offloaded) m.optimizer += 4 * trainable_local;
-  m.gradients = 4 * trainable_local;
-  if (in.zero_stage == 1) m.gradients += 4 * trainable_whole;
-  if (in.zero_stage <= 2) {
-    m.parameters += b * trainable_whole;
-  } else {
-    m.parameters += b * trainable_local;  // the parameter shard (in fp32, the master shard itself)
+  const MemoryAccount held = ModelStateBytes(PlannedLayout(in, plan.trainable_parameters, shards),
+                                             ModelStateConfig{in.zero_stage, b, offloaded, in.persistence_threshold});
+  MemoryByKind m;
+  m.parameters = held.parameters;
+  m.gradients = held.gradients;
+  m.optimizer = held.optimizer;
+  // Buffers: sharded parameters are gathered for the unit in use and `prefetch_layers` ahead;
+  // sharded gradients hold whole-unit gradients while they are reduced (the unit whose backward
+  // runs, and the reductions in flight).
+  if (policy.shards_parameters) m.buffers += (1 + in.prefetch_layers) * largest_padded * b;
+  if (policy.shards_gradients && in.method.type == MethodType::kFull) {
+    m.buffers += (1 + kReductionsInFlight) * largest_padded * 4;
   }
-  if (!full) {  // the frozen base: compute dtype only
-    m.parameters += in.zero_stage == 3 ? b * layout.padded_total() / shards : b * layout.padded_total();
-  }
-  // Buffers: stage 3 gathers the unit in use and `prefetch_layers` ahead; stages 2 and 3 hold
-  // whole-unit gradients while they are reduced.
-  if (in.zero_stage == 3) m.buffers += (1 + in.prefetch_layers) * largest_padded * b;
-  if (in.zero_stage >= 2 && full) m.buffers += kUnitGradientsInFlight * largest_padded * 4;
   // Activations, per micro-batch of B x S tokens. Per token and layer the forward saves about
   // 10 h (norms, residuals, projections' outputs) + 4 q (q, rotated q, repeated k and v) + 3 kv
   // + 4 f (gate, up, their product) values, and what the attention keeps of its heads x S
@@ -276,6 +272,7 @@ PlanInput PlanInputForJob(const JobSpec& spec, int64_t ranks, double device_memo
   in.seq_len = spec.data.max_seq_len;
   in.activation_checkpointing = spec.training.activation_checkpointing;
   in.prefetch_layers = spec.sharding.prefetch_layers;
+  in.persistence_threshold = spec.sharding.persistence_threshold;
   return in;
 }
 

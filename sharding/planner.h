@@ -3,8 +3,8 @@
 // arithmetic on the model's config (no LibTorch, no allocation), so that `shardtune plan` answers
 // for a 100B-parameter model on 1,024 ranks at once and the server can plan at admission.
 //
-// Model states (parameters, gradients, optimizer state) follow ZeroEngine's own accounting unit
-// by unit, alignment padding included, so they agree with what a run reports in metrics.jsonl.
+// Model states (parameters, gradients, optimizer state) are ModelStateBytes (zero_stage.h), the
+// function ZeroEngine reports its own memory with, unit by unit, alignment padding included.
 // Buffers (gathered units, gradients in flight) follow the engine's schedule; activations are an
 // estimate (docs/planner.md says what is counted).
 
@@ -32,6 +32,7 @@ struct PlanInput {
   int64_t seq_len = 2048;
   bool activation_checkpointing = false;
   int64_t prefetch_layers = 1;
+  int64_t persistence_threshold = 0;  // stage 3: units with fewer elements stay gathered
 };
 
 struct MemoryByKind {

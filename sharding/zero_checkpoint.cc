@@ -64,13 +64,15 @@ std::vector<int> TrainableUnits(const UnitPointers& units) {
 }  // namespace
 
 void ZeroEngine::SaveShards(const std::string& dir) {
-  const bool stage0 = config_.stage == 0;
-  const bool writer = stage0 ? groups_.world->rank() == 0 : groups_.replica->rank() == 0;
+  // Unsharded, every rank holds the same whole state: rank 0 writes it. Sharded, the first rank of
+  // each replica group writes its shard.
+  const bool writer = policy_.shards_optimizer_state ? groups_.replica->rank() == 0 : groups_.world->rank() == 0;
   if (writer) {
-    // Host copies (no-ops on CPU) of what this rank holds. Master weights kept in pieces are
-    // assembled on the host, unit by unit: a device-side concatenation would hold them twice.
+    // Host copies (no-ops on CPU) of what this rank holds. Master weights that are the
+    // parameters' memory are assembled on the host, unit by unit: a device-side concatenation
+    // would hold them twice.
     at::Tensor values = master_;
-    if (master_pieces_.size() != 1 || !master_pieces_[0].is_same(master_)) {
+    if (MasterIsParameters(config_.model_state())) {
       values = at::empty({layout_.trainable_shard_total()}, at::kFloat);
       for (const auto& unit : units_) {
         if (unit->trainable) unit->LocalSlice(values).copy_(unit->master);

@@ -10,22 +10,6 @@
 
 namespace shardtune {
 
-namespace {
-
-// Whether two tensors are the same memory (views made apart are different tensors).
-bool SameMemory(const at::Tensor& a, const at::Tensor& b) {
-  return a.defined() && b.defined() && a.data_ptr() == b.data_ptr() && a.numel() == b.numel();
-}
-
-}  // namespace
-
-namespace {
-
-// Stages 2 and 3: whole-unit gradient buffers whose reduction may still be running.
-constexpr size_t kReductionsInFlight = 2;
-
-}  // namespace
-
 OwnedProcessGroups MakeProcessGroups(Communicator& world, int64_t shard_group_size) {
   const int n = world.size();
   const int g = shard_group_size > 0 ? static_cast<int>(shard_group_size) : n;
@@ -45,20 +29,19 @@ const at::Tensor& UnitParameters::operator()(const std::string& name) const {
 }
 
 ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& config, ProcessGroups groups)
-    : config_(config), groups_(groups) {
-  const int shard_count = config.stage == 0 ? 1 : groups.shard->size();
-  const int shard_rank = config.stage == 0 ? 0 : groups.shard->rank();
+    : config_(config), policy_(PolicyOfStage(config.stage)), groups_(groups) {
+  const int shard_count = policy_.shards_optimizer_state ? groups.shard->size() : 1;
+  const int shard_rank = policy_.shards_optimizer_state ? groups.shard->rank() : 0;
   layout_ = PlanLayout(units, shard_count);
-  const bool master_is_parameters = MasterIsParameters();
-  const bool master_in_parameters = master_is_parameters && (config.stage == 1 || config.stage == 2);
+  const bool master_is_parameters = MasterIsParameters(config.model_state());
   // Offloaded state lives in ordinary host memory. (LibTorch's page-locked allocator rounds
   // each block up to a power of two, up to twice the bytes planned; and a 16-bit upload converts
   // on the CPU into an unpinned temporary anyway.)
   const at::TensorOptions state =
       config.offload_optimizer ? at::TensorOptions().dtype(at::kFloat).device(at::kCPU) : Options(at::kFloat);
   const int64_t local_total = layout_.trainable_shard_total();
-  master_ = at::zeros({master_in_parameters ? 0 : local_total}, state);
-  if (!master_in_parameters) master_pieces_ = {master_};
+  master_ = at::zeros({master_is_parameters ? 0 : local_total}, state);
+  if (!master_is_parameters) master_pieces_ = {master_};
   if (config.offload_optimizer) grad_host_ = at::zeros({local_total}, state);
   grad_local_ = at::zeros({local_total}, Options(at::kFloat));
 
@@ -66,61 +49,67 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   int64_t local = 0;
   for (size_t u = 0; u < layout_.units.size(); ++u) {
     const UnitLayout& l = layout_.units[u];
-    auto unit = std::make_unique<Unit>();
-    unit->layout = &l;
-    unit->local_offset = local;
-    unit->shard_begin = shard_rank * l.shard_size;
-    unit->shard_size = l.shard_size;
-    unit->trainable = l.trainable;
     unit_index_[l.name] = static_cast<int>(u);
     for (const auto& p : l.parameters) unit_of_[p.spec.name] = static_cast<int>(u);
-    if (!l.trainable) {
-      // Frozen: only the compute-dtype parameters, whole (stages 0-2) or sharded (stage 3).
-      if (config.stage == 3) {
-        unit->param_shard = at::zeros({l.shard_size}, Options(config.compute_dtype));
-        unit->persistent = l.numel < config.persistence_threshold;
+    std::unique_ptr<Unit> unit = MakeUnit(l, shard_rank, local);
+    if (l.trainable) {
+      if (master_is_parameters) master_pieces_.push_back(unit->master);
+      for (const auto& p : l.parameters) {
+        if (!p.spec.weight_decay) continue;
+        // The part of this parameter inside this rank's shard, in master_ coordinates.
+        const int64_t begin = std::max(p.offset, unit->shard_begin);
+        const int64_t end = std::min(p.offset + p.numel, unit->shard_begin + unit->shard_size);
+        if (begin < end) decay.push_back({local + begin - unit->shard_begin, end - begin});
       }
-      if (config.stage != 3 || unit->persistent) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
-      units_.push_back(std::move(unit));
-      continue;
+      local += l.shard_size;
     }
-    for (const auto& p : l.parameters) {
-      if (!p.spec.weight_decay) continue;
-      // The part of this parameter inside this rank's shard, in master_ coordinates.
-      const int64_t begin = std::max(p.offset, unit->shard_begin);
-      const int64_t end = std::min(p.offset + p.numel, unit->shard_begin + unit->shard_size);
-      if (begin < end) decay.push_back({local + begin - unit->shard_begin, end - begin});
-    }
-    if (master_in_parameters) {
-      unit->full = at::zeros({l.padded}, Options(at::kFloat));
-      unit->master = unit->full.narrow(0, unit->shard_begin, unit->shard_size);
-      master_pieces_.push_back(unit->master);
-    } else {
-      unit->master = unit->LocalSlice(master_);
-    }
-    switch (config.stage) {
-      case 0:
-        unit->full = master_is_parameters ? unit->master : at::zeros({l.padded}, Options(config.compute_dtype));
-        unit->full_grad = grad_local_.narrow(0, local, l.padded);
-        break;
-      case 1:
-        if (!unit->full.defined()) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
-        unit->full_grad = at::zeros({l.padded}, Options(at::kFloat));
-        break;
-      case 2:
-        if (!unit->full.defined()) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
-        break;
-      default:
-        unit->param_shard =
-            master_is_parameters ? unit->master : at::zeros({l.shard_size}, Options(config.compute_dtype));
-        unit->persistent = l.numel < config.persistence_threshold;
-        if (unit->persistent) unit->full = at::zeros({l.padded}, Options(config.compute_dtype));
-        break;
-    }
-    local += l.shard_size;
     units_.push_back(std::move(unit));
   }
   optimizer_ = std::make_unique<AdamW>(config.optimizer, local_total, std::move(decay), master_.device());
+}
+
+std::unique_ptr<ZeroEngine::Unit> ZeroEngine::MakeUnit(const UnitLayout& l, int shard_rank, int64_t local) {
+  auto unit = std::make_unique<Unit>();
+  unit->layout = &l;
+  unit->local_offset = local;
+  unit->shard_begin = shard_rank * l.shard_size;
+  unit->shard_size = l.shard_size;
+  unit->trainable = l.trainable;
+  // The compute-dtype parameters, frozen and trainable alike (in fp32 beside the optimizer, the
+  // master weights' memory too).
+  if (!policy_.shards_parameters) {
+    unit->parameter_storage = ParameterStorage::kWhole;
+  } else {
+    unit->parameter_storage =
+        StaysGathered(l, config_.model_state()) ? ParameterStorage::kShardAndWhole : ParameterStorage::kShardGathered;
+    unit->param_shard = at::zeros({l.shard_size}, Options(config_.compute_dtype));
+  }
+  if (unit->parameter_storage != ParameterStorage::kShardGathered) {
+    unit->full = at::zeros({l.padded}, Options(config_.compute_dtype));
+  }
+  if (!l.trainable) return unit;  // no master weights, gradient or optimizer state
+
+  if (!MasterIsParameters(config_.model_state())) {
+    unit->master_storage = MasterStorage::kOwnBuffer;
+    unit->master = unit->LocalSlice(master_);
+  } else if (unit->parameter_storage == ParameterStorage::kWhole) {
+    unit->master_storage = MasterStorage::kInParameters;
+    unit->master = unit->full.narrow(0, unit->shard_begin, unit->shard_size);
+  } else {
+    unit->master_storage = MasterStorage::kIsParameterShard;
+    unit->master = unit->param_shard;
+  }
+
+  if (!policy_.shards_optimizer_state) {
+    unit->gradient_storage = GradientStorage::kLocalGradient;
+    unit->full_grad = grad_local_.narrow(0, local, l.padded);
+  } else if (!policy_.shards_gradients) {
+    unit->gradient_storage = GradientStorage::kForStep;
+    unit->full_grad = at::zeros({l.padded}, Options(at::kFloat));
+  } else {
+    unit->gradient_storage = GradientStorage::kPerMicroBatch;  // made by EnsureGradientBuffer
+  }
+  return unit;
 }
 
 ZeroEngine::~ZeroEngine() {
@@ -174,24 +163,20 @@ void ZeroEngine::LoadWeights(const std::function<at::Tensor(const ParameterSpec&
     for (const auto& p : unit->layout->parameters) {
       whole.narrow(0, p.offset, p.numel).copy_(source(p.spec).reshape({-1}));
     }
-    if (!unit->trainable) {
-      if (unit->full.defined()) unit->full.copy_(whole);
-      if (unit->param_shard.defined()) unit->param_shard.copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
-      continue;
-    }
-    unit->master.copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
-    if (unit->full.defined() && !SameMemory(unit->full, unit->master)) unit->full.copy_(whole);
-    if (unit->param_shard.defined() && !SameMemory(unit->param_shard, unit->master)) {
-      unit->param_shard.copy_(whole.narrow(0, unit->shard_begin, unit->shard_size));
-    }
+    // The parameters (whole, while they are gathered, and the shard), then a master copy.
+    const at::Tensor shard = whole.narrow(0, unit->shard_begin, unit->shard_size);
+    if (unit->full.defined()) unit->full.copy_(whole);
+    if (unit->param_shard.defined()) unit->param_shard.copy_(shard);
+    if (unit->master_storage == MasterStorage::kOwnBuffer) unit->master.copy_(shard);
   }
 }
 
 void ZeroEngine::BeginStep(int64_t step) {
   step_ = step;
-  // Stage 0's whole-unit buffers are grad_local_ itself: they start stale, written by the first
-  // contribution (see Unit::grad_written). The shards of the other stages add up reductions.
-  if (config_.stage != 0) grad_local_.zero_();
+  // Unsharded, the whole-unit buffers are grad_local_ itself (GradientStorage::kLocalGradient):
+  // they start stale, written by the first contribution (see Unit::grad_written). Shards add up
+  // reductions.
+  if (policy_.shards_optimizer_state) grad_local_.zero_();
   for (auto& unit : units_) {
     unit->grad_written.assign(unit->layout->parameters.size(), false);
     unit->uses = 0;
@@ -254,7 +239,7 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
   for (int u : units) {
     Unit& unit = *units_[u];
     ++unit.acquired;
-    if (config_.stage != 3 || unit.persistent) continue;
+    if (unit.parameter_storage != ParameterStorage::kShardGathered) continue;
     WaitGathered(u);
     // Prefetch: the neighbours in the current direction are the next units to be needed. Only
     // from the unit that runs (the first listed); the others are borrowed (a tied lm_head).
@@ -264,7 +249,8 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
       const int next = u + (backward ? -k : k);
       if (next < 0 || next >= static_cast<int>(units_.size())) break;
       const Unit& candidate = *units_[next];
-      if (!candidate.persistent && candidate.trainable == unit.trainable && (!backward || candidate.uses > 0)) {
+      if (candidate.parameter_storage == ParameterStorage::kShardGathered && candidate.trainable == unit.trainable &&
+          (!backward || candidate.uses > 0)) {
         Gather(next);
       }
     }
@@ -291,7 +277,7 @@ UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_
 void ZeroEngine::Release(const std::vector<int>& units) {
   for (int u : units) {
     Unit& unit = *units_[u];
-    if (--unit.acquired > 0 || config_.stage != 3 || unit.persistent) continue;
+    if (--unit.acquired > 0 || unit.parameter_storage != ParameterStorage::kShardGathered) continue;
     Ungather(unit);  // gathered again at the next use
   }
 }
@@ -301,8 +287,8 @@ void ZeroEngine::NoteForwardUse(const std::vector<int>& units) {
 }
 
 void ZeroEngine::EnsureGradientBuffer(Unit& unit) {
-  if (unit.full_grad.defined()) return;  // stages 0 and 1: one buffer for the whole step
-  unit.full_grad = at::empty({unit.layout->padded}, Options(at::kFloat));  // stages 2 and 3: per micro-batch
+  if (unit.gradient_storage != GradientStorage::kPerMicroBatch || unit.full_grad.defined()) return;
+  unit.full_grad = at::empty({unit.layout->padded}, Options(at::kFloat));
   unit.grad_written.assign(unit.layout->parameters.size(), false);
 }
 
@@ -348,7 +334,7 @@ void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameter
   for (int u : units) {
     Unit& unit = *units_[u];
     ST_CHECK(unit.uses > 0, "unit {} got gradients for more uses than its forward had", unit.layout->name);
-    if (--unit.uses == 0 && unit.trainable && (config_.stage >= 2 || last_micro_batch_)) IssueReduction(u);
+    if (--unit.uses == 0 && unit.trainable && (policy_.shards_gradients || last_micro_batch_)) IssueReduction(u);
   }
 }
 
@@ -370,24 +356,32 @@ void ZeroEngine::IssueReduction(int u) {
   Unit& unit = *units_[u];
   ZeroUnwritten(unit);
   auto pending = std::make_unique<Pending>();
-  if (config_.stage == 0) {
-    pending->work = groups_.world->AllReduceSum(unit.full_grad, Tag(u));
-  } else if (config_.stage == 1) {
-    at::Tensor out = unit.LocalSlice(grad_local_);
-    pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
-  } else {
-    // Reduce this micro-batch's gradient now and free the whole-unit buffer; the shard adds up.
-    at::Tensor out = at::empty({unit.shard_size}, Options(at::kFloat));
-    pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
-    pending->keep_alive = {unit.full_grad, out};
-    at::Tensor destination = unit.LocalSlice(grad_local_);
-    pending->then = [destination, out]() mutable { destination.add_(out); };
-    unit.full_grad = at::Tensor();
+  switch (unit.gradient_storage) {
+    case GradientStorage::kLocalGradient:  // every rank holds the whole: sum it over the world
+      pending->work = groups_.world->AllReduceSum(unit.full_grad, Tag(u));
+      break;
+    case GradientStorage::kForStep: {  // the step's sum, straight into this rank's shard
+      at::Tensor out = unit.LocalSlice(grad_local_);
+      pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
+      break;
+    }
+    case GradientStorage::kPerMicroBatch: {
+      // Reduce this micro-batch's gradient now and free the whole-unit buffer; the shard adds up.
+      at::Tensor out = at::empty({unit.shard_size}, Options(at::kFloat));
+      pending->work = groups_.shard->ReduceScatterSum(unit.full_grad, out, Tag(u));
+      pending->keep_alive = {unit.full_grad, out};
+      at::Tensor destination = unit.LocalSlice(grad_local_);
+      pending->then = [destination, out]() mutable { destination.add_(out); };
+      unit.full_grad = at::Tensor();
+      break;
+    }
+    case GradientStorage::kNone:
+      Fail(ErrorCode::kInternal, "unit {} is frozen: it has no gradient to reduce", unit.layout->name);
   }
   pending_.push_back(std::move(pending));
-  // Stages 2 and 3 must not hold every unit's whole gradient until the step ends: a few
+  // Sharded gradients must not hold every unit's whole gradient until the step ends: a few
   // reductions in flight overlap backward as well as all of them would.
-  if (config_.stage >= 2) RetirePending(kReductionsInFlight);
+  if (policy_.shards_gradients) RetirePending(static_cast<size_t>(kReductionsInFlight));
 }
 
 void ZeroEngine::RetirePending(size_t keep) {
@@ -402,14 +396,14 @@ double ZeroEngine::FinishGradients() {
   RetirePending(0);
   for (auto& unit : units_) {
     ST_CHECK(unit->uses == 0, "unit {} still waits for {} gradients", unit->layout->name, unit->uses);
-    // Stage 0: a unit no computation used this step has no reduction; its gradient is zero.
-    if (config_.stage == 0 && unit->trainable) ZeroUnwritten(*unit);
+    // In grad_local_ itself, a unit no computation used this step had no reduction: its gradient is zero.
+    if (unit->gradient_storage == GradientStorage::kLocalGradient) ZeroUnwritten(*unit);
   }
-  if (config_.stage >= 1 && groups_.replica->size() > 1) {
+  if (policy_.shards_optimizer_state && groups_.replica->size() > 1) {
     groups_.replica->AllReduceSum(grad_local_, CollectiveTag{"gradient shards", step_})->Wait();
   }
   double squares = std::pow(grad_local_.norm().item<double>(), 2);
-  if (config_.stage >= 1 && groups_.shard->size() > 1) {
+  if (policy_.shards_optimizer_state && groups_.shard->size() > 1) {
     at::Tensor sum = at::full({1}, squares, Options(at::kDouble));
     groups_.shard->AllReduceSum(sum, CollectiveTag{"gradient norm", step_})->Wait();
     squares = sum.item<double>();
@@ -430,18 +424,18 @@ void ZeroEngine::PublishParameters() {
   for (size_t u = 0; u < units_.size(); ++u) {
     Unit& unit = *units_[u];
     if (!unit.trainable) continue;  // frozen weights never change
-    const at::Tensor& master = unit.master;
-    if (config_.stage == 0) {
-      if (!SameMemory(unit.full, master)) unit.full.copy_(master);
-      continue;
-    }
-    at::Tensor source = master;
-    if (config_.stage == 3) {
-      if (!SameMemory(unit.param_shard, master)) unit.param_shard.copy_(master);
-      if (!unit.persistent) continue;
-      source = unit.param_shard;
+    const bool own_master = unit.master_storage == MasterStorage::kOwnBuffer;
+    at::Tensor source;  // this rank's part of the whole parameters, to gather
+    if (unit.parameter_storage == ParameterStorage::kWhole) {
+      if (!policy_.shards_optimizer_state) {  // the master is the whole unit
+        if (own_master) unit.full.copy_(unit.master);
+        continue;
+      }
+      source = unit.master.to(config_.device, config_.compute_dtype);  // itself where it is already that
     } else {
-      source = master.to(config_.device, config_.compute_dtype);  // itself where it is already that
+      if (own_master) unit.param_shard.copy_(unit.master);
+      if (unit.parameter_storage == ParameterStorage::kShardGathered) continue;  // gathered at its next use
+      source = unit.param_shard;
     }
     auto pending = std::make_unique<Pending>();
     pending->work = groups_.shard->AllGather(source, unit.full, Tag(static_cast<int>(u)));
@@ -459,7 +453,7 @@ void ZeroEngine::DropGathered() {
       unit->gather->Wait();
       unit->gather.reset();
     }
-    if (config_.stage == 3 && !unit->persistent && unit->acquired == 0) Ungather(*unit);
+    if (unit->parameter_storage == ParameterStorage::kShardGathered && unit->acquired == 0) Ungather(*unit);
   }
 }
 
@@ -470,7 +464,7 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
     if (!Selected(unit, which) || (buffer == Buffer::kGradients && !unit.trainable)) continue;
     if (!unit.trainable) {
       at::Tensor whole = unit.full;
-      if (config_.stage == 3 && !unit.persistent) {
+      if (unit.parameter_storage == ParameterStorage::kShardGathered) {
         whole = at::empty({unit.layout->padded}, Options(config_.compute_dtype));
         groups_.shard->AllGather(unit.param_shard, whole, CollectiveTag{unit.layout->name + " (export)", step_})
             ->Wait();
@@ -479,9 +473,10 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
       continue;
     }
     at::Tensor master = buffer == Buffer::kWeights ? unit.master : unit.LocalSlice(grad_local_);
-    // Stage 0, a single shard, or fp32 stages 1 and 2 (master in the published parameters):
-    // this rank already holds the whole unit.
-    if (buffer == Buffer::kWeights && config_.stage <= 2 && unit.full.scalar_type() == at::kFloat) {
+    // Unsharded state, a single shard, or whole fp32 parameters (the published master): this
+    // rank already holds the whole unit.
+    if (buffer == Buffer::kWeights && unit.parameter_storage == ParameterStorage::kWhole &&
+        unit.full.scalar_type() == at::kFloat) {
       master = unit.full;
     }
     if (master.numel() == unit.layout->padded) {
@@ -495,29 +490,15 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
   }
 }
 
-MemoryAccount ZeroEngine::memory() const {
-  MemoryAccount account;
-  const int64_t element = static_cast<int64_t>(c10::elementSize(config_.compute_dtype));
-  const int64_t local = layout_.trainable_shard_total();
-  account.optimizer = 2 * 4 * local;                              // AdamW moments
-  if (!MasterIsParameters()) account.optimizer += 4 * local;      // fp32 master weights, a copy
-  if (config_.offload_optimizer) account.optimizer += 4 * local;  // the gradient's host copy
-  account.gradients = 4 * local;
+MemoryAccount ZeroEngine::memory() const { return ModelStateBytes(layout_, config_.model_state()); }
+
+std::vector<at::Tensor> ZeroEngine::HeldTensors() const {
+  std::vector<at::Tensor> held = {master_, grad_local_, grad_host_, optimizer_->exp_avg(), optimizer_->exp_avg_sq()};
   for (const auto& unit : units_) {
-    if (!unit->trainable) {
-      const bool whole = config_.stage != 3 || unit->persistent;
-      account.parameters += element * (config_.stage == 3 ? unit->shard_size : 0);
-      account.parameters += whole ? element * unit->layout->padded : 0;
-      continue;
-    }
-    if (config_.stage == 1) account.gradients += 4 * unit->layout->padded;
-    if (config_.stage <= 2) account.parameters += element * unit->layout->padded;
-    if (config_.stage == 3) {
-      account.parameters += element * unit->shard_size;  // in fp32 (not offloaded), the master shard itself
-      if (unit->persistent) account.parameters += element * unit->layout->padded;
-    }
+    held.insert(held.end(), {unit->full, unit->master, unit->param_shard, unit->gathered, unit->full_grad});
   }
-  return account;
+  for (const auto& pending : pending_) held.insert(held.end(), pending->keep_alive.begin(), pending->keep_alive.end());
+  return held;
 }
 
 CommStats ZeroEngine::comm_stats() const {

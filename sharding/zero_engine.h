@@ -1,7 +1,8 @@
 #pragma once
 // ZeRO data parallelism (Rajbhandari et al., 2020) over one Communicator per process group.
 //
-// Every rank holds the model as units (parameter_layout.h). Per stage:
+// Every rank holds the model as units (parameter_layout.h). Per stage (zero_stage.h's table of
+// what each stage shards; the engine acts on its fields):
 //   0  parameters, gradients and optimizer state whole on every rank; gradients all-reduced
 //      unit by unit as backward finishes each unit.
 //   1  fp32 master weights and AdamW moments sharded; gradients accumulate whole and are
@@ -40,6 +41,7 @@
 #include "sharding/comm/communicator.h"
 #include "sharding/gradient_slots.h"
 #include "sharding/parameter_layout.h"
+#include "sharding/zero_stage.h"
 
 namespace shardtune {
 
@@ -68,13 +70,12 @@ struct ZeroConfig {
   // ZeRO-Offload: the fp32 master weights and the optimizer state in host memory, stepped there
   // from a host copy of the gradient shard; the parameters forward uses stay on `device`.
   bool offload_optimizer = false;
-};
 
-// Bytes this rank holds, by kind (what metrics.jsonl reports and the planner predicts).
-struct MemoryAccount {
-  int64_t parameters = 0;  // compute-dtype parameters resident between steps
-  int64_t gradients = 0;   // persistent gradient buffers
-  int64_t optimizer = 0;   // fp32 master weights and AdamW moments
+  // What of this configuration decides the model-state bytes (zero_stage.h).
+  ModelStateConfig model_state() const {
+    return ModelStateConfig{stage, static_cast<int64_t>(c10::elementSize(compute_dtype)), offload_optimizer,
+                            persistence_threshold};
+  }
 };
 
 // Parameters of the units a computation uses, by name.
@@ -142,7 +143,11 @@ class ZeroEngine {
   void ForEachUnitGathered(const std::function<void(const UnitLayout&, const at::Tensor& full_fp32)>& sink,
                            Buffer buffer = Buffer::kWeights, Units which = Units::kAll);
 
+  // ModelStateBytes of this engine's layout and configuration: what it holds between steps.
   MemoryAccount memory() const;
+  // Every tensor the engine holds memory in now (views and aliases included, each storage possibly
+  // several times): what a test measures memory() against.
+  std::vector<at::Tensor> HeldTensors() const;
   // What this rank's collectives have cost so far, over all its groups.
   CommStats comm_stats() const;
 
@@ -159,9 +164,9 @@ class ZeroEngine {
   struct Unit;
   struct Pending;
   static bool Selected(const Unit& unit, Units which);
-  // The master weights are the fp32 parameters themselves where those are fp32 and beside the
-  // optimizer; a copy otherwise (16-bit compute, or offloaded to host memory).
-  bool MasterIsParameters() const { return config_.compute_dtype == at::kFloat && !config_.offload_optimizer; }
+  // A unit's buffers, as the stage's policy and the dtype place them; `local` is its offset
+  // into this rank's flat shards.
+  std::unique_ptr<Unit> MakeUnit(const UnitLayout& layout, int shard_rank, int64_t local);
   // Zeroes what of a unit's whole gradient buffer no contribution wrote (before its reduction).
   void EnsureGradientBuffer(Unit& unit);
   void ZeroUnwritten(Unit& unit);
@@ -180,15 +185,16 @@ class ZeroEngine {
 
   ShardedLayout layout_;
   ZeroConfig config_;
+  const StagePolicy& policy_;
   ProcessGroups groups_;
   std::vector<std::unique_ptr<Unit>> units_;
   std::map<std::string, int> unit_of_;     // parameter name -> unit
   std::map<std::string, int> unit_index_;  // unit name -> unit
-  // fp32 master weights: this rank's shards of every trainable unit, in order (whole at stage
-  // 0). One flat buffer, master_ (in host memory with offload); or, where the parameters forward
-  // uses are fp32 and whole (stages 1 and 2), each unit's shard inside its parameters: a copy
-  // would hold the same values.
-  at::Tensor master_;                      // empty where the shards lie in the parameters
+  // fp32 master weights: this rank's shards of every trainable unit, in order (whole where the
+  // state is not sharded). One flat buffer, master_ (in host memory with offload); or, where the
+  // parameters forward uses are fp32 and beside the optimizer (MasterIsParameters), the
+  // parameters' own memory: each unit's shard of its whole parameters, or its parameter shard.
+  at::Tensor master_;                      // empty where the master weights are the parameters
   std::vector<at::Tensor> master_pieces_;  // what the optimizer updates: {master_}, or one per unit
   at::Tensor grad_local_;                  // fp32, the gradient of the master weights, flat
   at::Tensor grad_host_;                   // offload: grad_local_'s host copy the step reads

@@ -11,23 +11,49 @@
 
 namespace shardtune {
 
+// How a unit's parameters are held (fixed at construction by the stage's policy).
+enum class ParameterStorage {
+  kWhole,          // `full` always; no shard
+  kShardAndWhole,  // `param_shard`, and `full` always: a sharded unit that stays gathered
+  kShardGathered,  // `param_shard`; `full` only while gathered for a use (`gathered` holds its storage)
+};
+
+// Where a trainable unit's fp32 master weights live (fixed at construction). Where the
+// parameters forward uses are fp32 and beside the optimizer, a copy would hold the same values.
+enum class MasterStorage {
+  kNone,              // frozen: no master weights
+  kOwnBuffer,         // in master_, a copy: 16-bit parameters, or the master offloaded to the host
+  kInParameters,      // this rank's shard of the whole fp32 parameters `full`
+  kIsParameterShard,  // the fp32 parameter shard `param_shard` itself
+};
+
+// Where a trainable unit's whole gradient accumulates before its reduction (fixed at construction).
+enum class GradientStorage {
+  kNone,           // frozen: no gradient
+  kLocalGradient,  // its range of grad_local_ (state not sharded: the whole is this rank's), all-reduced
+  kForStep,        // its own buffer for the step, reduce-scattered at the accumulation boundary
+  kPerMicroBatch,  // a buffer made for each micro-batch, reduce-scattered and freed when its backward is done
+};
+
 struct ZeroEngine::Unit {
   const UnitLayout* layout = nullptr;
   int64_t local_offset = 0;  // into the master weights and grad_local_ (trainable units only)
   int64_t shard_begin = 0;   // inside the unit
   int64_t shard_size = 0;
   bool trainable = true;
-  bool persistent = true;  // parameters stay gathered between uses
-  at::Tensor full;         // (padded,) compute dtype; undefined while released (stage 3)
-  at::Tensor master;       // trainable: (shard_size,) fp32 master weights, in master_ or in `full`
-  at::Tensor param_shard;  // stage 3: (shard_size,) compute dtype, the all-gather's input
-  // Stage 3 (not persistent): the one tensor `full` is while gathered, kept for the whole run.
-  // Released, its storage holds no memory; gathered again, the same storage gets memory back.
-  // Autograd graphs saved from forward reference views of it, so a unit's backward sees its
-  // parameters again once they are re-gathered, as FSDP does.
+  ParameterStorage parameter_storage = ParameterStorage::kWhole;
+  MasterStorage master_storage = MasterStorage::kNone;
+  GradientStorage gradient_storage = GradientStorage::kNone;
+  at::Tensor full;         // (padded,) compute dtype; undefined while released (kShardGathered)
+  at::Tensor master;       // trainable: (shard_size,) fp32 master weights, where master_storage says
+  at::Tensor param_shard;  // sharded parameters: (shard_size,) compute dtype, the all-gather's input
+  // kShardGathered: the one tensor `full` is while gathered, kept for the whole run. Released,
+  // its storage holds no memory; gathered again, the same storage gets memory back. Autograd
+  // graphs saved from forward reference views of it, so a unit's backward sees its parameters
+  // again once they are re-gathered, as FSDP does.
   at::Tensor gathered;
   at::Tensor gather_target;  // an alias of `gathered` with its own version counter (see Gather)
-  at::Tensor full_grad;      // (padded,) fp32: accumulated gradient before reduction
+  at::Tensor full_grad;      // (padded,) fp32: accumulated gradient before reduction (see gradient_storage)
   // Which parameters full_grad holds a gradient for since it was last reduced: the first
   // contribution is copied in rather than added to a zero-filled buffer (a pass over the whole
   // model's gradients saved each step); the rest is zeroed just before the reduction.

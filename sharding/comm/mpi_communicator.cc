@@ -3,6 +3,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <mpi.h>
+#include <spdlog/spdlog.h>
 
 #include <condition_variable>
 #include <cstdlib>
@@ -24,6 +25,17 @@ std::string MpiErrorString(int code) {
   MPI_Error_string(code, text, &length);
   return std::string(text, static_cast<size_t>(length));
 }
+
+// Every MPI call but MPI_Error_string goes through this: MPI_ERRORS_RETURN is set on the world
+// (and so on every communicator split from it), so a failure comes back as a code, and a request
+// it should have set is left uninitialized. Reports the statement, file:line and MPI's own
+// message, as a CollectiveError (how a failed collective is reported, as by the NCCL backend).
+#define ST_MPI_CHECK(stmt)                                                                                            \
+  do {                                                                                                                \
+    const int st_rc = (stmt);                                                                                         \
+    if (st_rc != MPI_SUCCESS)                                                                                         \
+      throw CollectiveError(fmt::format("{} failed at {}:{}: {}", #stmt, __FILE__, __LINE__, MpiErrorString(st_rc))); \
+  } while (0)
 
 // MPI has no 16-bit float types: sums of bf16 and fp16 go through these user-defined ops.
 template <typename T>
@@ -149,7 +161,8 @@ class MpiProgressThread {
   }
 
   void Run(Task& task) {
-    MPI_Request request = task.issue();
+    MPI_Request request = MPI_REQUEST_NULL;
+    NamingTask(task, [&] { request = task.issue(); });
     if (request == MPI_REQUEST_NULL) return;
     const auto start = std::chrono::steady_clock::now();
     const auto deadline = start + std::chrono::duration<double>(task.timeout_s);
@@ -157,10 +170,7 @@ class MpiProgressThread {
     // that leave the cores to the ranks that compute.
     auto pause = std::chrono::microseconds(0);
     for (int flag = 0;;) {
-      const int rc = MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
-      if (rc != MPI_SUCCESS) {
-        throw CollectiveError(fmt::format("rank {}: {} failed: {}", world_rank_, task.what, MpiErrorString(rc)));
-      }
+      NamingTask(task, [&] { ST_MPI_CHECK(MPI_Test(&request, &flag, MPI_STATUS_IGNORE)); });
       if (flag) return;
       const auto now = std::chrono::steady_clock::now();
       if (now > deadline) {
@@ -173,6 +183,16 @@ class MpiProgressThread {
         pause = std::min(std::chrono::microseconds(500), pause + std::chrono::microseconds(20));
         std::this_thread::sleep_for(pause);
       }
+    }
+  }
+
+  // Runs `call`; a failed MPI call in it is reported with this rank and the operation it served.
+  template <typename F>
+  void NamingTask(const Task& task, F call) const {
+    try {
+      call();
+    } catch (const CollectiveError& e) {
+      throw CollectiveError(fmt::format("rank {}: {} failed: {}", world_rank_, task.what, e.what()));
     }
   }
 
@@ -222,15 +242,15 @@ class MpiCommunicator : public Communicator {
   MpiCommunicator(MPI_Comm comm, std::string name, double timeout_s, std::shared_ptr<MpiProgressThread> progress)
       : comm_(comm), name_(std::move(name)), timeout_s_(timeout_s), progress_(std::move(progress)) {
     progress_->RunBlocking([this] {
-      MPI_Comm_rank(comm_, &rank_);
-      MPI_Comm_size(comm_, &size_);
+      ST_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+      ST_MPI_CHECK(MPI_Comm_size(comm_, &size_));
     });
   }
   ~MpiCommunicator() override {
     if (comm_ == MPI_COMM_WORLD) return;
     MPI_Comm comm = comm_;
     try {
-      progress_->RunBlocking([&comm] { MPI_Comm_free(&comm); });
+      progress_->RunBlocking([&comm] { ST_MPI_CHECK(MPI_Comm_free(&comm)); });
     } catch (const std::exception&) {
       // After a failed collective the job is being torn down; the group dies with it.
     }
@@ -250,7 +270,7 @@ class MpiCommunicator : public Communicator {
     return Submit(
         [=, comm = comm_] {
           MPI_Request request;
-          MPI_Iallreduce(MPI_IN_PLACE, data, count, t.type, t.sum, comm, &request);
+          ST_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, count, t.type, t.sum, comm, &request));
           return request;
         },
         "all_reduce", tensor, tag);
@@ -267,7 +287,7 @@ class MpiCommunicator : public Communicator {
     return Submit(
         [=, comm = comm_] {
           MPI_Request request;
-          MPI_Ireduce_scatter_block(in, out, count, t.type, t.sum, comm, &request);
+          ST_MPI_CHECK(MPI_Ireduce_scatter_block(in, out, count, t.type, t.sum, comm, &request));
           return request;
         },
         "reduce_scatter", input, tag);
@@ -285,7 +305,7 @@ class MpiCommunicator : public Communicator {
     return Submit(
         [=, comm = comm_] {
           MPI_Request request;
-          MPI_Iallgather(in, count, t.type, out, count, t.type, comm, &request);
+          ST_MPI_CHECK(MPI_Iallgather(in, count, t.type, out, count, t.type, comm, &request));
           return request;
         },
         "all_gather", output, tag);
@@ -300,7 +320,7 @@ class MpiCommunicator : public Communicator {
     return Submit(
         [=, comm = comm_] {
           MPI_Request request;
-          MPI_Ibcast(data, count, t.type, root, comm, &request);
+          ST_MPI_CHECK(MPI_Ibcast(data, count, t.type, root, comm, &request));
           return request;
         },
         "broadcast", tensor, tag);
@@ -311,7 +331,7 @@ class MpiCommunicator : public Communicator {
     Submit(
         [comm = comm_] {
           MPI_Request request;
-          MPI_Ibarrier(comm, &request);
+          ST_MPI_CHECK(MPI_Ibarrier(comm, &request));
           return request;
         },
         "barrier", none, tag)
@@ -320,8 +340,9 @@ class MpiCommunicator : public Communicator {
 
   std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) override {
     auto split = std::make_shared<MPI_Comm>(MPI_COMM_NULL);  // outlives a timed-out wait
-    progress_->RunBlocking([comm = comm_, color, key, split] { MPI_Comm_split(comm, color, key, split.get()); },
-                           fmt::format("creating {} from {}", name, name_), timeout_s_);
+    progress_->RunBlocking(
+        [comm = comm_, color, key, split] { ST_MPI_CHECK(MPI_Comm_split(comm, color, key, split.get())); },
+        fmt::format("creating {} from {}", name, name_), timeout_s_);
     return std::make_unique<MpiCommunicator>(*split, name, timeout_s_, progress_);
   }
 
@@ -352,22 +373,23 @@ class MpiCommunicator : public Communicator {
 
 MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   int provided = 0;
-  const int rc = MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
-  if (rc != MPI_SUCCESS) Fail(ErrorCode::kInternal, "MPI_Init_thread failed: {}", MpiErrorString(rc));
+  ST_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided));
   if (provided < MPI_THREAD_SERIALIZED) {
     Fail(ErrorCode::kInternal, "this MPI provides thread level {}, shardtune needs MPI_THREAD_SERIALIZED", provided);
   }
-  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  MPI_Op_create(&SumOp<c10::BFloat16>, /*commute=*/1, &g_bf16_sum);
-  MPI_Op_create(&SumOp<c10::Half>, /*commute=*/1, &g_fp16_sum);
+  ST_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  ST_MPI_CHECK(MPI_Op_create(&SumOp<c10::BFloat16>, /*commute=*/1, &g_bf16_sum));
+  ST_MPI_CHECK(MPI_Op_create(&SumOp<c10::Half>, /*commute=*/1, &g_fp16_sum));
   int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  ST_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   progress_ = std::make_shared<MpiProgressThread>(rank);
 }
 
 MpiRuntime::~MpiRuntime() {
   progress_.reset();
-  MPI_Finalize();
+  // A destructor must not throw: a failed finalize is logged, and the process ends anyway.
+  const int rc = MPI_Finalize();
+  if (rc != MPI_SUCCESS) spdlog::warn("MPI_Finalize failed: {}", MpiErrorString(rc));
 }
 
 std::unique_ptr<Communicator> MpiRuntime::World(double timeout_s) {
@@ -375,7 +397,8 @@ std::unique_ptr<Communicator> MpiRuntime::World(double timeout_s) {
 }
 
 void MpiRuntime::Abort(int exit_code) {
-  MPI_Abort(MPI_COMM_WORLD, exit_code);
+  // MPI_Abort returns only if it failed; the process ends here either way.
+  (void)MPI_Abort(MPI_COMM_WORLD, exit_code);
   std::_Exit(exit_code);
 }
 

@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/atomic_file.h"
 #include "run_comparison.h"
@@ -529,6 +530,86 @@ TEST_F(ZeroTest, OffloadedOptimizerStepsAsTheInPlaceOne) {
       const Result resumed = run(false, 0, {}, checkpoint);
       for (const auto& [name, value] : offloaded.weights)
         EXPECT_TRUE(at::equal(resumed.weights.at(name), value)) << name;
+    }
+  }
+}
+
+// The bytes of the distinct storages the engine's tensors hold now: what it has allocated.
+int64_t AllocatedBytes(const ZeroEngine& engine) {
+  std::set<const c10::StorageImpl*> seen;
+  int64_t bytes = 0;
+  for (const at::Tensor& tensor : engine.HeldTensors()) {
+    if (!tensor.defined()) continue;
+    const c10::StorageImpl* storage = tensor.storage().unsafeGetStorageImpl();
+    if (seen.insert(storage).second) bytes += static_cast<int64_t>(storage->nbytes());
+  }
+  return bytes;
+}
+
+// ModelStateBytes (what memory() reports and the planner predicts) against what the engine has
+// actually allocated, to the byte: at every stage, dtype and offload, with frozen units and units
+// that stay gathered, after construction and after a step (whose gathered units and whole-unit
+// gradients are gone by then).
+TEST_F(ZeroTest, ModelStateBytesIsWhatTheEngineAllocates) {
+  const LlamaConfig config = LlamaConfig::Load(*dir_ / "tiny");
+  const std::vector<UnitSpec> model = LlamaUnits(config);
+  const std::vector<UnitSpec> half_frozen = [&] {  // as under PEFT: frozen units among trainable ones
+    std::vector<UnitSpec> units = model;
+    for (size_t u = 0; u < units.size(); u += 2) units[u].trainable = false;
+    return units;
+  }();
+  const std::vector<UnitSpec> small = {
+      UnitSpec{"a", {ParameterSpec{"a.weight", {40, 30}, true}}, true},
+      UnitSpec{"frozen", {ParameterSpec{"f.weight", {30, 30}, true}}, false},
+      UnitSpec{"b", {ParameterSpec{"b.weight", {30}, true}, ParameterSpec{"b.bias", {30}, false}}, true}};
+  at::manual_seed(13);
+  const at::Tensor x = at::randn({5, 30});
+  for (const int stage : {0, 1, 2, 3}) {
+    for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      for (const bool offload : {false, true}) {
+        ZeroConfig zero;
+        zero.stage = stage;
+        zero.compute_dtype = dtype;
+        zero.offload_optimizer = offload;
+        for (const int64_t threshold : {int64_t{0}, int64_t{2000}}) {  // 2000: some units stay gathered
+          zero.persistence_threshold = threshold;
+          for (const auto* units : {&model, &half_frozen}) {
+            SCOPED_TRACE(fmt::format("stage {} {} offload {} threshold {} {} np {}", stage, c10::toString(dtype),
+                                     offload, threshold, units == &model ? "full" : "half frozen", World().size()));
+            OwnedProcessGroups groups = MakeProcessGroups(World(), 0);
+            const ZeroEngine engine(*units, zero, groups.groups);
+            EXPECT_EQ(AllocatedBytes(engine), ModelStateBytes(engine.layout(), zero.model_state()).total());
+          }
+        }
+        SCOPED_TRACE(fmt::format("one step: stage {} {} offload {} np {}", stage, c10::toString(dtype), offload,
+                                 World().size()));
+        zero.persistence_threshold = 0;
+        OwnedProcessGroups groups = MakeProcessGroups(World(), 0);
+        ZeroEngine engine(small, zero, groups.groups);
+        engine.LoadWeights([](const ParameterSpec& p) { return at::randn(p.shape); });
+        engine.BeginStep(0);
+        engine.BeginMicroBatch(true);
+        at::Tensor h = ApplyUnits(engine, {0}, x.to(dtype), [](const at::Tensor& v, const UnitParameters& p) {
+          return at::matmul(at::matmul(v, p("a.weight").t()), p("a.weight"));
+        });
+        h = ApplyUnits(engine, {1}, h,
+                       [](const at::Tensor& v, const UnitParameters& p) { return at::matmul(v, p("f.weight")); });
+        ApplyUnits(engine, {2}, h,
+                   [](const at::Tensor& v, const UnitParameters& p) { return v * p("b.weight") + p("b.bias"); })
+            .to(at::kFloat)
+            .pow(2)
+            .mean()
+            .backward();
+        engine.FinishGradients();
+        engine.OptimizerStep(0.01, 1.0);
+        const int64_t allocated = AllocatedBytes(engine);
+        const int64_t computed = ModelStateBytes(engine.layout(), zero.model_state()).total();
+        EXPECT_EQ(allocated, computed);
+        if (World().rank() == 0) {
+          fmt::print("model-state bytes, np {} stage {} {}{}: allocated {}, ModelStateBytes {}\n", World().size(),
+                     stage, c10::toString(dtype), offload ? " offloaded" : "", allocated, computed);
+        }
+      }
     }
   }
 }

@@ -1,11 +1,13 @@
 // The memory planner: exact parameter counts for real model shapes, ZeRO model-state figures
-// against DeepSpeed's published estimator, PEFT counts, verdicts and suggestions. (Against
-// measured runs: tests/mpi/zero_test.cc.)
+// against DeepSpeed's published estimator, PEFT counts, verdicts and suggestions. (Against what
+// the engine allocates, ModelStateBytesIsWhatTheEngineAllocates, and what runs report:
+// tests/mpi/zero_test.cc, which link LibTorch.)
 #include "sharding/planner.h"
 
 #include <gtest/gtest.h>
 
 #include "common/atomic_file.h"
+#include "sharding/zero_stage.h"
 #include "test_util.h"
 
 namespace shardtune {
@@ -110,6 +112,30 @@ TEST(Planner, PlansA100BModelOn1024RanksWithoutTensors) {
   const Plan plan = MakePlan(in);
   EXPECT_GT(plan.parameters, 100000000000);
   EXPECT_TRUE(plan.fits);
+}
+
+TEST(Planner, ModelStateBytesFollowsTheStageTable) {
+  // Two units of 100 and 50 elements: padded to 112 + 64 on one shard, to 128 + 64 on four
+  // (shards of 32 + 16 = 48 elements).
+  const std::vector<UnitSpec> units = {UnitSpec{"a", {ParameterSpec{"a.w", {100}}}},
+                                       UnitSpec{"b", {ParameterSpec{"b.w", {50}}}}};
+  const ShardedLayout whole = PlanLayout(units, 1), sharded = PlanLayout(units, 4);
+  auto bytes = [](const ShardedLayout& layout, int stage, int64_t compute_bytes, int64_t threshold = 0) {
+    const MemoryAccount m = ModelStateBytes(layout, ModelStateConfig{stage, compute_bytes, false, threshold});
+    return std::vector<int64_t>{m.parameters, m.gradients, m.optimizer};
+  };
+  // bf16: parameters 2 bytes, gradients 4 (stage 1: the whole buffer too), master and moments 12.
+  EXPECT_EQ(bytes(whole, 0, 2), (std::vector<int64_t>{2 * 176, 4 * 176, 12 * 176}));
+  EXPECT_EQ(bytes(sharded, 1, 2), (std::vector<int64_t>{2 * 192, 4 * 48 + 4 * 192, 12 * 48}));
+  EXPECT_EQ(bytes(sharded, 2, 2), (std::vector<int64_t>{2 * 192, 4 * 48, 12 * 48}));
+  EXPECT_EQ(bytes(sharded, 3, 2), (std::vector<int64_t>{2 * 48, 4 * 48, 12 * 48}));
+  // fp32: the master weights are the parameters (no copy); units under the threshold stay gathered.
+  EXPECT_EQ(bytes(sharded, 3, 4), (std::vector<int64_t>{4 * 48, 4 * 48, 8 * 48}));
+  EXPECT_EQ(bytes(sharded, 3, 2, 101), (std::vector<int64_t>{2 * 48 + 2 * 192, 4 * 48, 12 * 48}));
+  // A frozen unit holds its parameters only.
+  ShardedLayout frozen_b = sharded;
+  frozen_b.units[1].trainable = false;
+  EXPECT_EQ(bytes(frozen_b, 2, 2), (std::vector<int64_t>{2 * 192, 4 * 32, 12 * 32}));
 }
 
 }  // namespace
