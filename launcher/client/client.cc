@@ -6,7 +6,11 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <optional>
+#include <vector>
 
 #include "common/error.h"
 #include "common/job_spec.h"
@@ -16,18 +20,17 @@ namespace shardtune {
 
 namespace v1 = shardtune::v1;
 
-struct ClientCommands::State {
+namespace {
+
+// The flags of every client command; each command reads those it declared.
+struct Flags {
   std::string server, token, tls_ca, output = "table";
   std::string id, spec_path, idempotency_key, name, status, page_token;
   std::vector<std::string> labels;
   int priority = 0, page_size = 0, ranks = 0;
   int64_t after = 0;
   bool logs = false;  // watch: print the ranks' log lines too
-  std::map<std::string, CLI::App*> commands;
-  CLI::App* parsed = nullptr;
 };
-
-namespace {
 
 std::string Json(const google::protobuf::Message& message) {
   std::string out;
@@ -82,62 +85,9 @@ int Refused(const grpc::Status& status) {
   }
 }
 
-}  // namespace
-
-ClientCommands::ClientCommands(CLI::App& app) : state_(std::make_unique<State>()) {
-  State& s = *state_;
-  auto add = [&](const std::string& name, const std::string& help) {
-    CLI::App* c = app.add_subcommand(name, help);
-    c->add_option("--server", s.server, "shardtune-server address (default: $SHARDTUNE_SERVER)");
-    c->add_option("--token", s.token, "API key (default: $SHARDTUNE_TOKEN)");
-    c->add_option("--tls-ca", s.tls_ca, "CA certificate: connect with TLS");
-    c->add_option("--output", s.output, "table or json")->check(CLI::IsMember({"table", "json"}));
-    s.commands[name] = c;
-    return c;
-  };
-  CLI::App* submit = add("submit", "submit a job to a shardtune-server");
-  submit->add_option("job", s.spec_path, "job spec (YAML)")->required();
-  submit->add_option("--idempotency-key", s.idempotency_key,
-                     "a retried submit with the same key returns the first job");
-  submit->add_option("--priority", s.priority, "higher runs first");
-  add("validate", "check a job spec and its data on the server")->add_option("job", s.spec_path)->required();
-  CLI::App* list = add("list", "list jobs (newest first)");
-  list->add_option("--status", s.status, "QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED");
-  list->add_option("--name", s.name, "job name");
-  list->add_option("--label", s.labels, "KEY=VALUE (repeatable)");
-  list->add_option("--page-size", s.page_size, "jobs per page");
-  list->add_option("--page-token", s.page_token, "from the previous page");
-  const std::vector<std::pair<std::string, std::string>> by_id = {
-      {"get", "show a job"},
-      {"watch", "follow a job live (status, progress, checkpoints; --logs: the ranks' lines); exits with its outcome"},
-      {"cancel", "cancel a job"},
-      {"pause", "checkpoint a job and stop it"},
-      {"resume", "requeue a paused job from its checkpoint"},
-      {"events", "a job's events"},
-      {"checkpoints", "a job's checkpoints"}};
-  for (const auto& [name, description] : by_id) {
-    CLI::App* c = add(name, description);
-    c->add_option("id", s.id, "job id")->required();
-    if (name == "resume") c->add_option("--ranks", s.ranks, "resume on this many ranks");
-    if (name == "events") c->add_option("--after", s.after, "events after this sequence number");
-    if (name == "watch") c->add_flag("--logs", s.logs, "also print the ranks' log lines as they are written");
-  }
-}
-
-ClientCommands::~ClientCommands() = default;
-
-bool ClientCommands::parsed() const {
-  for (const auto& [name, c] : state_->commands)
-    if (c->parsed()) return true;
-  return false;
-}
-
-int ClientCommands::Run() {
-  State& s = *state_;
-  std::string command;
-  for (const auto& [name, c] : s.commands)
-    if (c->parsed()) command = name;
-  // Defaults: flags, then the environment, then ~/.config/shardtune/client.yaml.
+// Defaults of --server and --token: the flag, then the environment, then
+// ~/.config/shardtune/client.yaml, then the built-in one.
+void ResolveServerAndToken(Flags& f) {
   YAML::Node file;
   if (const char* home = std::getenv("HOME")) {
     const std::string path = std::string(home) + "/.config/shardtune/client.yaml";
@@ -148,164 +98,198 @@ int ClientCommands::Run() {
     if (value.empty() && file && file[key]) value = file[key].as<std::string>();
     if (value.empty()) value = fallback;
   };
-  pick(s.server, "SHARDTUNE_SERVER", "server", "127.0.0.1:50551");
-  pick(s.token, "SHARDTUNE_TOKEN", "token", "");
-  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-  if (!s.tls_ca.empty()) {
-    grpc::SslCredentialsOptions options;
-    std::ifstream in(s.tls_ca);
-    options.pem_root_certs.assign(std::istreambuf_iterator<char>(in), {});
-    credentials = grpc::SslCredentials(options);
+  pick(f.server, "SHARDTUNE_SERVER", "server", "127.0.0.1:50551");
+  pick(f.token, "SHARDTUNE_TOKEN", "token", "");
+}
+
+// One command's call to the server: its flags, the stub, and a context per RPC carrying the key.
+class Call {
+ public:
+  explicit Call(const Flags& flags) : flags(flags), json(flags.output == "json") {
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (!flags.tls_ca.empty()) {
+      grpc::SslCredentialsOptions options;
+      std::ifstream in(flags.tls_ca);
+      options.pem_root_certs.assign(std::istreambuf_iterator<char>(in), {});
+      credentials = grpc::SslCredentials(options);
+    }
+    stub_ = v1::JobService::NewStub(grpc::CreateChannel(flags.server, credentials));
   }
-  auto stub = v1::JobService::NewStub(grpc::CreateChannel(s.server, credentials));
-  auto context = [&]() {
+
+  v1::JobService::Stub& stub() { return *stub_; }
+  std::unique_ptr<grpc::ClientContext> Context() const {
     auto c = std::make_unique<grpc::ClientContext>();
-    if (!s.token.empty()) c->AddMetadata("authorization", "Bearer " + s.token);
+    if (!flags.token.empty()) c->AddMetadata("authorization", "Bearer " + flags.token);
     return c;
-  };
-  const bool json = s.output == "json";
-  auto show = [&](const v1::Job& job) {
+  }
+  v1::JobRef Ref() const {
+    v1::JobRef ref;
+    ref.set_id(flags.id);
+    return ref;
+  }
+  // The job an RPC answered with, as a table or JSON; or why the server refused.
+  int Show(const grpc::Status& status, const v1::Job& job) const {
+    if (!status.ok()) return Refused(status);
     if (json) {
       std::printf("%s\n", Json(job).c_str());
     } else {
       PrintJob(job);
     }
     return 0;
-  };
+  }
 
-  grpc::Status status;
-  if (command == "submit" || command == "validate") {
-    std::string yaml;
-    try {
-      // Resolved here: relative paths are the submitter's, and a bad spec never leaves this machine.
-      yaml = JobSpecToYaml(LoadJobSpec(s.spec_path, SpecOptions{/*check_files=*/false}));
-    } catch (const SpecError& e) {
-      std::fprintf(stderr, "%s\n", e.what());
-      return 2;
-    } catch (const Error& e) {
-      std::fprintf(stderr, "%s\n", e.what());
-      return 2;
-    }
-    if (command == "validate") {
-      v1::ValidateJobRequest request;
-      request.set_spec_yaml(yaml);
-      v1::ValidateJobResponse response;
-      status = stub->ValidateJob(context().get(), request, &response);
-      if (!status.ok()) return Refused(status);
-      if (json) {
-        std::printf("%s\n", Json(response).c_str());
-      } else {
-        std::printf("%s", response.valid() ? response.summary().c_str() : "");
-        std::printf("%s", response.plan().c_str());
-        for (const auto& p : response.problems()) std::printf("%s\n", p.c_str());
-      }
-      return response.valid() ? 0 : 2;
-    }
-    v1::CreateJobRequest request;
-    request.set_spec_yaml(yaml);
-    request.set_idempotency_key(s.idempotency_key);
-    request.set_priority(s.priority);
-    v1::Job job;
-    status = stub->CreateJob(context().get(), request, &job);
-    if (!status.ok()) return Refused(status);
-    if (json) return show(job);
-    std::printf("%s\n", job.id().c_str());
-    return 0;
+  const Flags& flags;
+  const bool json;
+
+ private:
+  std::unique_ptr<v1::JobService::Stub> stub_;
+};
+
+// The spec, resolved here (relative paths are the submitter's) and checked, as the YAML the
+// server receives; nullopt (after printing why) when it is bad: a bad spec never leaves this machine.
+std::optional<std::string> ResolvedSpec(const std::string& path) {
+  try {
+    return JobSpecToYaml(LoadJobSpec(path, SpecOptions{/*check_files=*/false}));
+  } catch (const SpecError& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
   }
-  if (command == "list") {
-    v1::ListJobsRequest request;
-    if (!s.status.empty()) {
-      v1::JobStatus value;
-      if (!v1::JobStatus_Parse(s.status, &value)) {
-        std::fprintf(stderr, "--status %s: not a job status\n", s.status.c_str());
-        return 2;
-      }
-      request.set_status(value);
-    }
-    request.set_name(s.name);
-    for (const auto& label : s.labels) {
-      const auto eq = label.find('=');
-      if (eq == std::string::npos) {
-        std::fprintf(stderr, "--label %s: expected KEY=VALUE\n", label.c_str());
-        return 2;
-      }
-      (*request.mutable_labels())[label.substr(0, eq)] = label.substr(eq + 1);
-    }
-    request.set_page_size(s.page_size);
-    request.set_page_token(s.page_token);
-    v1::ListJobsResponse response;
-    status = stub->ListJobs(context().get(), request, &response);
-    if (!status.ok()) return Refused(status);
-    if (json) {
-      std::printf("%s\n", Json(response).c_str());
-    } else {
-      for (const auto& j : response.jobs()) PrintJobRow(j);
-      if (!response.next_page_token().empty())
-        std::printf("(more: --page-token %s)\n", response.next_page_token().c_str());
-    }
-    return 0;
-  }
-  v1::JobRef ref;
-  ref.set_id(s.id);
+  return std::nullopt;
+}
+
+int Submit(Call& call) {
+  const std::optional<std::string> yaml = ResolvedSpec(call.flags.spec_path);
+  if (!yaml) return 2;
+  v1::CreateJobRequest request;
+  request.set_spec_yaml(*yaml);
+  request.set_idempotency_key(call.flags.idempotency_key);
+  request.set_priority(call.flags.priority);
   v1::Job job;
-  if (command == "get" || command == "cancel" || command == "pause") {
-    if (command == "get") status = stub->GetJob(context().get(), ref, &job);
-    if (command == "cancel") status = stub->CancelJob(context().get(), ref, &job);
-    if (command == "pause") status = stub->PauseJob(context().get(), ref, &job);
-    return status.ok() ? show(job) : Refused(status);
+  const grpc::Status status = call.stub().CreateJob(call.Context().get(), request, &job);
+  if (!status.ok()) return Refused(status);
+  if (call.json) return call.Show(status, job);
+  std::printf("%s\n", job.id().c_str());
+  return 0;
+}
+
+int Validate(Call& call) {
+  const std::optional<std::string> yaml = ResolvedSpec(call.flags.spec_path);
+  if (!yaml) return 2;
+  v1::ValidateJobRequest request;
+  request.set_spec_yaml(*yaml);
+  v1::ValidateJobResponse response;
+  const grpc::Status status = call.stub().ValidateJob(call.Context().get(), request, &response);
+  if (!status.ok()) return Refused(status);
+  if (call.json) {
+    std::printf("%s\n", Json(response).c_str());
+  } else {
+    std::printf("%s", response.valid() ? response.summary().c_str() : "");
+    std::printf("%s", response.plan().c_str());
+    for (const auto& p : response.problems()) std::printf("%s\n", p.c_str());
   }
-  if (command == "resume") {
-    v1::ResumeJobRequest request;
-    request.set_id(s.id);
-    request.set_ranks(s.ranks);
-    status = stub->ResumeJob(context().get(), request, &job);
-    return status.ok() ? show(job) : Refused(status);
+  return response.valid() ? 0 : 2;
+}
+
+int List(Call& call) {
+  const Flags& f = call.flags;
+  v1::ListJobsRequest request;
+  if (!f.status.empty()) {
+    v1::JobStatus value;
+    if (!v1::JobStatus_Parse(f.status, &value)) {
+      std::fprintf(stderr, "--status %s: not a job status\n", f.status.c_str());
+      return 2;
+    }
+    request.set_status(value);
   }
-  if (command == "checkpoints") {
-    v1::ListCheckpointsResponse response;
-    status = stub->ListCheckpoints(context().get(), ref, &response);
-    if (!status.ok()) return Refused(status);
-    if (json) {
-      std::printf("%s\n", Json(response).c_str());
+  request.set_name(f.name);
+  for (const auto& label : f.labels) {
+    const auto eq = label.find('=');
+    if (eq == std::string::npos) {
+      std::fprintf(stderr, "--label %s: expected KEY=VALUE\n", label.c_str());
+      return 2;
+    }
+    (*request.mutable_labels())[label.substr(0, eq)] = label.substr(eq + 1);
+  }
+  request.set_page_size(f.page_size);
+  request.set_page_token(f.page_token);
+  v1::ListJobsResponse response;
+  const grpc::Status status = call.stub().ListJobs(call.Context().get(), request, &response);
+  if (!status.ok()) return Refused(status);
+  if (call.json) {
+    std::printf("%s\n", Json(response).c_str());
+  } else {
+    for (const auto& j : response.jobs()) PrintJobRow(j);
+    if (!response.next_page_token().empty())
+      std::printf("(more: --page-token %s)\n", response.next_page_token().c_str());
+  }
+  return 0;
+}
+
+// get, cancel and pause: an RPC on the job named by its id, answered with the job.
+using JobRpcMethod = grpc::Status (v1::JobService::Stub::*)(grpc::ClientContext*, const v1::JobRef&, v1::Job*);
+template <JobRpcMethod rpc>
+int JobRpc(Call& call) {
+  v1::Job job;
+  return call.Show((call.stub().*rpc)(call.Context().get(), call.Ref(), &job), job);
+}
+
+int Resume(Call& call) {
+  v1::ResumeJobRequest request;
+  request.set_id(call.flags.id);
+  request.set_ranks(call.flags.ranks);
+  v1::Job job;
+  return call.Show(call.stub().ResumeJob(call.Context().get(), request, &job), job);
+}
+
+int Checkpoints(Call& call) {
+  v1::ListCheckpointsResponse response;
+  const grpc::Status status = call.stub().ListCheckpoints(call.Context().get(), call.Ref(), &response);
+  if (!status.ok()) return Refused(status);
+  if (call.json) {
+    std::printf("%s\n", Json(response).c_str());
+  } else {
+    for (const auto& c : response.checkpoints())
+      std::printf("step %-8lld %s  %s\n", static_cast<long long>(c.step()), Time(c.time_ms()).c_str(),
+                  c.path().c_str());
+  }
+  return 0;
+}
+
+int Events(Call& call) {
+  v1::ListJobEventsRequest request;
+  request.set_id(call.flags.id);
+  request.set_after_seq(call.flags.after);
+  request.set_limit(1000);
+  v1::ListJobEventsResponse response;
+  const grpc::Status status = call.stub().ListJobEvents(call.Context().get(), request, &response);
+  if (!status.ok()) return Refused(status);
+  for (const auto& e : response.events()) {
+    if (call.json) {
+      v1::JobEvent brief = e;
+      brief.clear_job();
+      std::printf("%s\n", Json(brief).c_str());
     } else {
-      for (const auto& c : response.checkpoints())
-        std::printf("step %-8lld %s  %s\n", static_cast<long long>(c.step()), Time(c.time_ms()).c_str(),
-                    c.path().c_str());
+      std::printf("%5lld %s %-10s %s\n", static_cast<long long>(e.seq()), Time(e.time_ms()).c_str(), e.kind().c_str(),
+                  e.message().c_str());
     }
-    return 0;
   }
-  if (command == "events") {
-    v1::ListJobEventsRequest request;
-    request.set_id(s.id);
-    request.set_after_seq(s.after);
-    request.set_limit(1000);
-    v1::ListJobEventsResponse response;
-    status = stub->ListJobEvents(context().get(), request, &response);
-    if (!status.ok()) return Refused(status);
-    for (const auto& e : response.events()) {
-      if (json) {
-        v1::JobEvent brief = e;
-        brief.clear_job();
-        std::printf("%s\n", Json(brief).c_str());
-      } else {
-        std::printf("%5lld %s %-10s %s\n", static_cast<long long>(e.seq()), Time(e.time_ms()).c_str(), e.kind().c_str(),
-                    e.message().c_str());
-      }
-    }
-    return 0;
-  }
-  // watch: every event as it happens; a live line on a terminal; the job's outcome as exit code.
+  return 0;
+}
+
+// Every event as it happens; a live line on a terminal; the job's outcome as exit code.
+int Watch(Call& call) {
   v1::WatchJobRequest request;
-  request.set_id(s.id);
-  auto ctx = context();
-  auto reader = stub->WatchJob(ctx.get(), request);
+  request.set_id(call.flags.id);
+  auto context = call.Context();
+  auto reader = call.stub().WatchJob(context.get(), request);
+  v1::Job job;
   v1::JobEvent event;
-  const bool live = ::isatty(STDERR_FILENO) && !json;
+  const bool live = ::isatty(STDERR_FILENO) && !call.json;
   while (reader->Read(&event)) {
     job = event.job();
-    if (json) {
-      v1::JobEvent brief = event;
-      std::printf("%s\n", Json(brief).c_str());
+    if (call.json) {
+      std::printf("%s\n", Json(event).c_str());
       std::fflush(stdout);
     } else if (event.kind() == "progress" && live) {
       const auto& m = job.metrics();
@@ -315,17 +299,109 @@ int ClientCommands::Run() {
                    static_cast<long long>(job.step()), static_cast<long long>(job.total_steps()),
                    m.count("loss") ? m.at("loss") : 0.0, m.count("tokens_per_s") ? m.at("tokens_per_s") : 0.0,
                    std::max(0.0, eta_s));
-    } else if (event.kind() != "progress" && (event.kind() != "log" || s.logs)) {
+    } else if (event.kind() != "progress" && (event.kind() != "log" || call.flags.logs)) {
       if (live) std::fprintf(stderr, "\r\033[K");
       std::printf("%s %-10s %s\n", Time(event.time_ms()).c_str(), event.kind().c_str(), event.message().c_str());
       std::fflush(stdout);
     }
   }
   if (live) std::fprintf(stderr, "\n");
-  status = reader->Finish();
+  const grpc::Status status = reader->Finish();
   if (!status.ok()) return Refused(status);
-  if (!json) std::printf("job %s %s\n", job.id().c_str(), v1::JobStatus_Name(job.status()).c_str());
+  if (!call.json) std::printf("job %s %s\n", job.id().c_str(), v1::JobStatus_Name(job.status()).c_str());
   return job.status() == v1::SUCCEEDED ? 0 : 1;
+}
+
+// The options each command takes besides --server, --token, --tls-ca and --output.
+void JobFileOptions(CLI::App* c, Flags& f) {
+  c->add_option("job", f.spec_path, "job spec (YAML)")->required();
+  c->add_option("--idempotency-key", f.idempotency_key, "a retried submit with the same key returns the first job");
+  c->add_option("--priority", f.priority, "higher runs first");
+}
+void ListOptions(CLI::App* c, Flags& f) {
+  c->add_option("--status", f.status, "QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED");
+  c->add_option("--name", f.name, "job name");
+  c->add_option("--label", f.labels, "KEY=VALUE (repeatable)");
+  c->add_option("--page-size", f.page_size, "jobs per page");
+  c->add_option("--page-token", f.page_token, "from the previous page");
+}
+void IdOption(CLI::App* c, Flags& f) { c->add_option("id", f.id, "job id")->required(); }
+
+// The client commands, in the order --help lists them: name, help, options, handler.
+struct Command {
+  const char* name;
+  const char* help;
+  void (*options)(CLI::App*, Flags&);
+  int (*run)(Call&);
+};
+const std::vector<Command>& Commands() {
+  static const std::vector<Command> commands = {
+      {"submit", "submit a job to a shardtune-server", JobFileOptions, Submit},
+      {"validate", "check a job spec and its data on the server",
+       [](CLI::App* c, Flags& f) { c->add_option("job", f.spec_path)->required(); }, Validate},
+      {"list", "list jobs (newest first)", ListOptions, List},
+      {"get", "show a job", IdOption, JobRpc<&v1::JobService::Stub::GetJob>},
+      {"watch", "follow a job live (status, progress, checkpoints; --logs: the ranks' lines); exits with its outcome",
+       [](CLI::App* c, Flags& f) {
+         IdOption(c, f);
+         c->add_flag("--logs", f.logs, "also print the ranks' log lines as they are written");
+       },
+       Watch},
+      {"cancel", "cancel a job", IdOption, JobRpc<&v1::JobService::Stub::CancelJob>},
+      {"pause", "checkpoint a job and stop it", IdOption, JobRpc<&v1::JobService::Stub::PauseJob>},
+      {"resume", "requeue a paused job from its checkpoint",
+       [](CLI::App* c, Flags& f) {
+         IdOption(c, f);
+         c->add_option("--ranks", f.ranks, "resume on this many ranks");
+       },
+       Resume},
+      {"events", "a job's events",
+       [](CLI::App* c, Flags& f) {
+         IdOption(c, f);
+         c->add_option("--after", f.after, "events after this sequence number");
+       },
+       Events},
+      {"checkpoints", "a job's checkpoints", IdOption, Checkpoints},
+  };
+  return commands;
+}
+
+}  // namespace
+
+struct ClientCommands::State {
+  Flags flags;
+  std::vector<std::pair<const Command*, CLI::App*>> commands;  // in the order of Commands()
+};
+
+ClientCommands::ClientCommands(CLI::App& app) : state_(std::make_unique<State>()) {
+  Flags& f = state_->flags;
+  for (const Command& command : Commands()) {
+    CLI::App* c = app.add_subcommand(command.name, command.help);
+    c->add_option("--server", f.server, "shardtune-server address (default: $SHARDTUNE_SERVER)");
+    c->add_option("--token", f.token, "API key (default: $SHARDTUNE_TOKEN)");
+    c->add_option("--tls-ca", f.tls_ca, "CA certificate: connect with TLS");
+    c->add_option("--output", f.output, "table or json")->check(CLI::IsMember({"table", "json"}));
+    command.options(c, f);
+    state_->commands.emplace_back(&command, c);
+  }
+}
+
+ClientCommands::~ClientCommands() = default;
+
+bool ClientCommands::parsed() const {
+  for (const auto& [command, app] : state_->commands)
+    if (app->parsed()) return true;
+  return false;
+}
+
+int ClientCommands::Run() {
+  for (const auto& [command, app] : state_->commands) {
+    if (!app->parsed()) continue;
+    ResolveServerAndToken(state_->flags);
+    Call call(state_->flags);
+    return command->run(call);
+  }
+  return 2;  // no client command was given: main() runs Run() only when parsed()
 }
 
 }  // namespace shardtune

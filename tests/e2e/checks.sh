@@ -1,14 +1,19 @@
 # Sourced by the end-to-end scripts: counted checks, and (for the server tests) a job's fields.
-# `summary` prints the count and fails when any check failed.
+# `summary` prints the counts and fails when any check failed; otherwise, when a part was
+# skipped (`skip`: a fixture or a package this machine lacks), it exits 77, which the test's
+# SKIP_RETURN_CODE makes ctest count as skipped rather than passed.
 failures=0
 checks=0
+skipped=0
 pass() { checks=$((checks + 1)); echo "ok: $1"; }
 fail() { checks=$((checks + 1)); failures=$((failures + 1)); echo "FAILED: $1"; }
+skip() { skipped=$((skipped + 1)); echo "SKIPPED: $1"; }
 expect_eq() { if [ "$2" == "$3" ]; then pass "$1"; else fail "$1: expected '$3', got '$2'"; fi; }
 expect_contains() { if grep -qF -- "$3" <<<"$2"; then pass "$1"; else fail "$1: '$3' not in: $2"; fi; }
 summary() {
-  echo "$((checks - failures)) passed, $failures failed"
-  [ "$failures" -eq 0 ]
+  echo "$((checks - failures)) passed, $failures failed, $skipped part(s) skipped"
+  [ "$failures" -eq 0 ] || exit 1
+  [ "$skipped" -eq 0 ] || exit 77
 }
 
 # field JOB_ID NAME: one field of `shardtune get --output json` ($bin: the build's bin directory).

@@ -123,9 +123,9 @@ write_job long 400 20
 pid=$!
 for _ in $(seq 1 600); do [ -d "$work/runs/long/checkpoints/step-40" ] && break; sleep 0.05; done
 kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-if [ -d "$work/runs/long/final" ]; then
-  echo "note: the run finished before it could be killed; the resume check below is vacuous"
-fi
+# A run that finished before the kill would leave nothing to resume: that is a failure of this
+# check's set-up, not a pass.
+if [ -d "$work/runs/long/final" ]; then fail "the run finished before it could be killed: resume not tested"; fi
 out=$("$bin/shardtune-worker" "$work/long.yaml" 2>&1)
 expect_eq "resumed run exits 0" "$?" "0"
 expect_contains "resumed from a checkpoint" "$out" "resuming from"
@@ -160,9 +160,15 @@ YAML
   expect_eq "a chat job trains" "$?" "0"
   text=$("$bin/shardtune" generate --model "$work/runs/chat/final" --prompt "Say hi" --max-new-tokens 5 --log-level warn)
   expect_eq "generate --prompt answers in text" "$?" "0"
-  [ -n "$text" ] && pass "generated text is not empty" || fail "generated text is empty"
+  # The same answer through ids: the prompt tokenized, its greedy continuation, decoded.
+  prompt_ids=$(printf '%s' "Say hi" | "$bin/shardtune" tokenize --tokenizer "$work/chat-base/tokenizer.json")
+  greedy=$("$bin/shardtune" generate --model "$work/runs/chat/final" --input-ids "$prompt_ids" --max-new-tokens 5 \
+           --format ids --log-level warn)
+  [ -n "$greedy" ] && pass "the greedy continuation is not empty" || fail "the greedy continuation is empty"
+  expect_eq "generate --prompt prints the prompt's greedy continuation, decoded" "$text" \
+    "$(printf '%s' "$greedy" | "$bin/shardtune" tokenize --tokenizer "$work/chat-base/tokenizer.json" --decode --no-special)"
 else
-  echo "SKIPPED: fixture not found: $tiktoken"
+  skip "fixture not found: $tiktoken"
 fi
 
 # 5. The real stories260K checkpoint through the CLI.
@@ -171,7 +177,7 @@ if [ -d "$stories" ]; then
   ids=$("$bin/shardtune" generate --model "$stories" --input-ids 1 --max-new-tokens 40 --format ids --log-level warn)
   expect_eq "stories260K greedy ids" "$ids" "$(tr '\n' ' ' < "$stories/greedy_ids_from_bos.txt" | sed 's/ $//')"
 else
-  echo "SKIPPED: fixture not found: $stories"
+  skip "fixture not found: $stories"
 fi
 
 summary

@@ -4,8 +4,10 @@
 # in fp32 and bf16, on 1 rank and, where the machine has two GPUs, on 2 (NCCL needs a GPU per
 # rank), gives the same losses: to within the difference of the two BLAS libraries in fp32; in
 # bf16, offloaded against not.
-# Skipped (exit 77) where this build's LibTorch has no CUDA or no GPU is visible, unless
-# SHARDTUNE_REQUIRE_GPU=1 says there must be one.
+# Skipped (exit 77) only where this process sees no GPU (nvidia-smi lists none, or
+# CUDA_VISIBLE_DEVICES hides them all) and SHARDTUNE_REQUIRE_GPU=1 does not say there must be
+# one. Where it sees one, every failure fails, the NCCL probe's included (a CPU-only LibTorch
+# or a build without NCCL on a GPU machine: run `ctest -LE gpu` there).
 # Usage: gpu_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -27,22 +29,24 @@ sharding: {zero_stage: $3, backend: $2, offload_optimizer: ${4:-none}}
 output: {dir: runs/$1}
 YAML
 }
+# The GPUs this process may use: CUDA_VISIBLE_DEVICES narrows what nvidia-smi lists.
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if [ -n "${CUDA_VISIBLE_DEVICES+set}" ] && [ "$gpus" -gt 0 ]; then
+  gpus=$(tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c .)
+fi
+if [ "$gpus" -eq 0 ] && [ "${SHARDTUNE_REQUIRE_GPU:-0}" != 1 ]; then
+  echo "SKIPPED: no GPU here (nvidia-smi -L lists none, or CUDA_VISIBLE_DEVICES hides them)"
+  exit 77
+fi
 write_job probe nccl 0
 if ! "$bin/shardtune" train "$work/probe.yaml" > "$work/probe.log" 2>&1; then
-  echo "SKIPPED: no CUDA training here: $(grep -o 'error.*' "$work/probe.log" | head -n 1)"
-  # On a machine that has a GPU (SHARDTUNE_REQUIRE_GPU=1), a failed probe is a failure.
-  [ "${SHARDTUNE_REQUIRE_GPU:-0}" = 1 ] && { cat "$work/probe.log"; exit 1; }
-  exit 77
+  cat "$work/probe.log"
+  echo "FAILED: this machine has $gpus GPU(s), and training on one through NCCL failed (above)"
+  exit 1
 fi
 losses() { grep -o '"loss":[0-9.e+-]*' "$work/runs/$1/metrics.jsonl" | cut -d: -f2 | tr '\n' ' '; }
 write_job cpu mpi 0
 "$bin/shardtune" train "$work/cpu.yaml" --log-level warn || exit 1
-# The GPUs this process may use: CUDA_VISIBLE_DEVICES narrows what nvidia-smi lists.
-if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
-  gpus=$(tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c .)
-else
-  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-fi
 rank_counts="1"
 [ "$gpus" -ge 2 ] && rank_counts="1 2"
 failures=0

@@ -1,5 +1,6 @@
 // main() of the tests that run under mpirun: every rank runs every test in the same order (so
-// their collectives match); only rank 0 prints; the run fails if any rank's test failed.
+// their collectives match); only rank 0 prints; the run fails if any rank's test failed, and
+// exits 77 (skipped) if every test skipped (world.h's ExitCode).
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -27,12 +28,7 @@ int main(int argc, char** argv) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
   }
-  const int failed = RUN_ALL_TESTS();
-  at::Tensor failures = at::full({1}, static_cast<int64_t>(failed != 0), at::kLong);
-  world.AllReduceSum(failures, shardtune::CollectiveTag{"test results"})->Wait();
-  if (world.rank() == 0 && failures.item<int64_t>() > 0) {
-    std::fprintf(stderr, "%lld rank(s) had failing tests\n", static_cast<long long>(failures.item<int64_t>()));
-  }
+  const int code = shardtune::testing::ExitCode(RUN_ALL_TESTS());
   shardtune::testing::g_world.reset();
-  return failures.item<int64_t>() == 0 ? 0 : 1;
+  return code;
 }

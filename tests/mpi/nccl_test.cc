@@ -1,8 +1,14 @@
-// The NCCL backend's conformance checks on CUDA tensors, under mpirun. Labeled "gpu": it skips,
-// visibly, where this LibTorch has no CUDA or the machine no GPU.
+// The NCCL backend's conformance checks on CUDA tensors, under mpirun. Labeled "gpu": it skips
+// (exit 77, counted by ctest) where this process sees no GPU, or fewer GPUs than ranks; where
+// nvidia-smi lists GPUs enough, a LibTorch or NCCL that cannot use them fails it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
 
 #include "sharding/comm/nccl_communicator.h"
 #include "world.h"
@@ -12,12 +18,38 @@ namespace {
 
 using testing::World;
 
+// The GPUs this process may use, independently of LibTorch: those nvidia-smi lists, narrowed by
+// CUDA_VISIBLE_DEVICES; SHARDTUNE_REQUIRE_GPU=1 says there is at least one.
+int VisibleGpus() {
+  static const int gpus = [] {
+    int listed = 0;
+    if (FILE* smi = ::popen("nvidia-smi -L 2>/dev/null", "r")) {
+      char line[512];
+      while (std::fgets(line, sizeof line, smi)) listed += std::strncmp(line, "GPU", 3) == 0;
+      ::pclose(smi);
+    }
+    if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES"); visible && listed > 0) {
+      std::stringstream devices(visible);
+      listed = 0;
+      for (std::string device; std::getline(devices, device, ',');) listed += !device.empty();
+    }
+    const char* required = std::getenv("SHARDTUNE_REQUIRE_GPU");
+    return required && std::string(required) == "1" ? std::max(listed, 1) : listed;
+  }();
+  return gpus;
+}
+
 class NcclTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!at::hasCUDA() || !NcclAvailable()) GTEST_SKIP() << "no CUDA device (or a CPU-only LibTorch): NCCL not tested";
-    if (CudaDeviceCount() < World().size()) {
-      GTEST_SKIP() << World().size() << " ranks need as many GPUs, and this machine has " << CudaDeviceCount();
+    const int ranks = World().size(), gpus = VisibleGpus();
+    if (!at::hasCUDA() || !NcclAvailable()) {
+      if (gpus >= ranks) FAIL() << gpus << " GPU(s) visible (nvidia-smi -L), but this LibTorch has no CUDA or NCCL";
+      GTEST_SKIP() << gpus << " GPU(s) visible for " << ranks << " rank(s): NCCL not tested";
+    }
+    if (CudaDeviceCount() < ranks) {
+      if (gpus >= ranks) FAIL() << "nvidia-smi lists " << gpus << " GPU(s), but CUDA sees " << CudaDeviceCount();
+      GTEST_SKIP() << ranks << " ranks need as many GPUs, and this machine has " << CudaDeviceCount();
     }
     if (!nccl_) nccl_ = MakeNcclCommunicator(World(), 60);
   }

@@ -16,5 +16,5 @@ Communicator& World() {
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   shardtune::InitLogging("warn", 0);
-  return RUN_ALL_TESTS();
+  return shardtune::testing::ExitCode(RUN_ALL_TESTS());
 }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -40,6 +41,16 @@ std::string CountingData(int examples, int length, uint64_t seed) {
     text += "]}\n";
   }
   return text;
+}
+
+// The process's peak resident memory in bytes, as /proc/self/status reports it (VmHWM, in kB).
+int64_t PeakRssFromProc() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  ADD_FAILURE() << "no VmHWM in /proc/self/status";
+  return 0;
 }
 
 class TrainerTest : public ::testing::Test {
@@ -85,26 +96,39 @@ TEST_F(TrainerTest, LearnsTheTaughtSequence) {
   const JobSpec spec = Spec("run",
                             "{max_steps: 60, micro_batch_size: 8, global_batch_size: 16, eval_every: 20, "
                             "optimizer: {lr: 3.0e-3}, scheduler: {type: cosine, warmup_steps: 5}}");
+  const int64_t peak_rss_before = PeakRssFromProc();
+  const auto started = std::chrono::steady_clock::now();
   const TrainingSummary summary = RunTraining(spec);
+  const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const int64_t peak_rss_after = PeakRssFromProc();
   EXPECT_TRUE(summary.finished);
   EXPECT_EQ(summary.steps, 60);
 
   const std::vector<json> metrics = Metrics("run");
   const double first = metrics.front().at("loss").get<double>();
-  double last = 0, last_accuracy = 0;
+  double last = 0, last_accuracy = 0, steps_s = 0;
+  int64_t tokens = 0, peak_rss = peak_rss_before;
   int evals = 0;
   for (const json& m : metrics) {
     if (m.contains("loss")) {
       last = m.at("loss").get<double>();
       for (const char* key : {"step", "epoch", "lr", "grad_norm", "tokens", "tokens_per_s"})
         EXPECT_TRUE(m.contains(key)) << key;
-      // Where the step's time went (bench/ reads these): parts of it, never more than all of it.
+      // Where the step's time went (bench/ reads these): each step's own time, in seconds (the
+      // steps' sum fits in the run's), the rate of the step's own tokens over it.
       const double step_s = m.at("step_s").get<double>();
       EXPECT_GT(step_s, 0);
+      steps_s += step_s;
       EXPECT_GT(m.at("data_s").get<double>(), 0);
-      EXPECT_LT(m.at("data_s").get<double>(), step_s);
+      const int64_t step_tokens = m.at("tokens").get<int64_t>() - tokens;
+      tokens = m.at("tokens").get<int64_t>();
+      EXPECT_NEAR(m.at("tokens_per_s").get<double>() * step_s, static_cast<double>(step_tokens), 1e-6 * step_tokens);
       EXPECT_EQ(m.at("comm_exposed_s").get<double>(), 0);  // one process: no collective waits
-      EXPECT_GT(m.at("peak_rss_bytes").get<int64_t>(), m.at("param_bytes").get<int64_t>());
+      // The process's high-water mark, in bytes: between the kernel's before the run and after,
+      // never falling from one step to the next.
+      EXPECT_GE(m.at("peak_rss_bytes").get<int64_t>(), peak_rss);
+      peak_rss = m.at("peak_rss_bytes").get<int64_t>();
+      EXPECT_LE(peak_rss, peak_rss_after);
     }
     if (m.contains("val_loss")) {
       ++evals;
@@ -112,6 +136,7 @@ TEST_F(TrainerTest, LearnsTheTaughtSequence) {
       last_accuracy = m.at("token_accuracy").get<double>();
     }
   }
+  EXPECT_LT(steps_s, run_s);
   EXPECT_GT(last_accuracy, 0.8);  // next tokens of the count, predicted right (0.91 measured)
   EXPECT_GT(first, 3.0);          // about ln(48) at random initialization
   EXPECT_LT(last, first / 4);     // the loss fell

@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include <cmath>
+#include <map>
 #include <random>
 #include <regex>
 #include <set>
@@ -53,130 +54,147 @@ at::Tensor Random(const std::vector<int64_t>& shape, uint64_t seed, const std::s
 
 PeftMethod::PeftMethod(ModelConfig config, MethodSpec method)
     : config_(std::move(config)), linears_(config_.LayerLinears()), method_(std::move(method)) {
-  const ModelConfig& c = config_;
-  const int64_t layers = c.num_layers();
-  const int64_t kv = c.num_key_value_heads() * c.head_dim();
-  if (method_.lora.target_modules.empty()) method_.lora.target_modules = c.DefaultLoraTargets();
-  const bool feedforward_default = !method_.ia3.feedforward_given;
-  if (method_.ia3.target_modules.empty()) method_.ia3.target_modules = c.DefaultIa3Targets();
-  auto all_targets = [this] {
-    std::vector<size_t> all;
-    for (size_t k = 0; k < linears_.size(); ++k) all.push_back(k);
-    return all;
-  };
-  auto require_targets = [&](const std::string& field) {
-    if (targets_.empty())
-      MethodError(field, fmt::format("is empty; name at least one linear layer (e.g. {})", linears_[0].path));
-  };
+  if (method_.lora.target_modules.empty()) method_.lora.target_modules = config_.DefaultLoraTargets();
+  if (method_.ia3.target_modules.empty()) method_.ia3.target_modules = config_.DefaultIa3Targets();
+  if (const Builder build = BuilderOf(method_.type)) (this->*build)();
+  AddModulesToSave();
+}
 
-  switch (method_.type) {
-    case MethodType::kFull:
-      break;
-    case MethodType::kLora:
-    case MethodType::kDora: {
-      const LoraSpec& lora = method_.lora;
-      if (!lora.target_is_pattern) {
-        targets_ = TargetsNamed(lora.target_modules, "lora.target_modules");
-        require_targets("lora.target_modules");
-      } else if (lora.target_modules[0] == "all-linear") {
-        targets_ = all_targets();
-      } else {
-        const std::regex pattern(lora.target_modules[0]);
-        for (size_t k = 0; k < linears_.size(); ++k) {
-          // A pattern that picks some layers' modules would need per-layer targets: all or none.
-          int matched = 0;
-          for (int64_t i = 0; i < layers; ++i) matched += std::regex_match(ModulePath(i, k), pattern);
-          if (matched == layers) targets_.push_back(k);
-          if (matched > 0 && matched < layers) {
-            MethodError("lora.target_modules",
-                        fmt::format("'{}' matches {} of {} layers' {}; patterns must pick a module in every layer",
-                                    lora.target_modules[0], matched, layers, linears_[k].path));
-          }
-        }
-        if (targets_.empty()) {
-          MethodError("lora.target_modules", fmt::format("'{}' matches no module path (such as '{}')",
-                                                         lora.target_modules[0], ModulePath(0, 0)));
-        }
-      }
-      for (int64_t i = 0; i < layers; ++i) {
-        for (size_t t : targets_) {
-          const auto [path, in, out] = linears_[t];
-          const std::string p = ModulePath(i, t);
-          AddParameter(p + ".lora_A.weight", {lora.r, in}, AdapterUnit(i));
-          AddParameter(p + ".lora_B.weight", {out, lora.r}, AdapterUnit(i));
-          if (method_.type == MethodType::kDora) AddParameter(p + ".lora_magnitude_vector", {out}, AdapterUnit(i));
-        }
-      }
-      break;
-    }
-    case MethodType::kIa3: {
-      targets_ = TargetsNamed(method_.ia3.target_modules, "ia3.target_modules");
-      require_targets("ia3.target_modules");
-      if (feedforward_default) {
-        // As PEFT ends up: the family's feed-forward modules, those among the targets.
-        for (const std::string& name : c.DefaultIa3Feedforward()) {
-          const std::vector<size_t> named = TargetsNamed({name}, "ia3.feedforward_modules");
-          if (std::all_of(named.begin(), named.end(),
-                          [&](size_t k) { return std::find(targets_.begin(), targets_.end(), k) != targets_.end(); }))
-            method_.ia3.feedforward_modules.push_back(name);
-        }
-        method_.ia3.feedforward_given = true;  // the spec records what applied
-      }
-      feedforward_ = TargetsNamed(method_.ia3.feedforward_modules, "ia3.feedforward_modules");
-      for (size_t f : feedforward_) {
-        if (std::find(targets_.begin(), targets_.end(), f) == targets_.end()) {
-          MethodError("ia3.feedforward_modules",
-                      fmt::format("'{}' is not among ia3.target_modules (feed-forward modules must be targets too)",
-                                  linears_[f].path));
-        }
-      }
-      for (int64_t i = 0; i < layers; ++i) {
-        for (size_t t : targets_) {
-          const auto [path, in, out] = linears_[t];
-          AddParameter(ModulePath(i, t) + ".ia3_l",
-                       Feedforward(t) ? std::vector<int64_t>{1, in} : std::vector<int64_t>{out, 1}, AdapterUnit(i));
-        }
-      }
-      break;
-    }
-    case MethodType::kAdapter: {
-      const int64_t b = method_.adapter.bottleneck, h = c.hidden_size();
-      for (int64_t i = 0; i < layers; ++i) {
-        for (const char* where : {"attention_adapter", "mlp_adapter"}) {
-          if (std::string(where) == "attention_adapter" && method_.adapter.placement == AdapterPlacement::kPfeiffer)
-            continue;
-          const std::string p = c.LayerPrefix(i) + where;
-          AddParameter(p + ".down_proj.weight", {b, h}, AdapterUnit(i));
-          AddParameter(p + ".down_proj.bias", {b}, AdapterUnit(i));
-          AddParameter(p + ".up_proj.weight", {h, b}, AdapterUnit(i));
-          AddParameter(p + ".up_proj.bias", {h}, AdapterUnit(i));
-        }
-      }
-      break;
-    }
-    case MethodType::kPrefix: {
-      // As PEFT lays them out: for every virtual token, layer 0's key and value, layer 1's, ...
-      // each of the key/value width (kv heads x head dim: grouped-query attention's).
-      const int64_t p = method_.prefix.num_virtual_tokens, width = layers * 2 * kv;
-      if (!method_.prefix.projection) {
-        AddParameter(kPromptEmbeddings, {p, width}, "prefix");
-      } else {
-        const int64_t hidden = method_.prefix.encoder_hidden_size > 0 ? method_.prefix.encoder_hidden_size : kv;
-        AddParameter(std::string(kPrefixEncoder) + "embedding.weight", {p, kv}, "prefix");
-        AddParameter(std::string(kPrefixEncoder) + "transform.0.weight", {hidden, kv}, "prefix");
-        AddParameter(std::string(kPrefixEncoder) + "transform.0.bias", {hidden}, "prefix");
-        AddParameter(std::string(kPrefixEncoder) + "transform.2.weight", {width, hidden}, "prefix");
-        AddParameter(std::string(kPrefixEncoder) + "transform.2.bias", {width}, "prefix");
-      }
-      break;
-    }
-    case MethodType::kPrompt:
-      AddParameter(kPromptEmbeddings, {method_.prompt.num_virtual_tokens, c.hidden_size()}, "prompt");
-      break;
+// One row per method.type: a new method is a builder and a row here (kFull adds nothing).
+PeftMethod::Builder PeftMethod::BuilderOf(MethodType type) {
+  static const std::map<MethodType, Builder> kBuilders = {
+      {MethodType::kFull, nullptr},
+      {MethodType::kLora, &PeftMethod::BuildLora},
+      {MethodType::kDora, &PeftMethod::BuildLora},
+      {MethodType::kIa3, &PeftMethod::BuildIa3},
+      {MethodType::kAdapter, &PeftMethod::BuildAdapter},
+      {MethodType::kPrefix, &PeftMethod::BuildPrefix},
+      {MethodType::kPrompt, &PeftMethod::BuildPrompt},
+  };
+  const auto it = kBuilders.find(type);
+  ST_CHECK(it != kBuilders.end(), "method {} has no builder", ToString(type));
+  return it->second;
+}
+
+void PeftMethod::RequireTargets(const std::string& field) const {
+  if (targets_.empty())
+    MethodError(field, fmt::format("is empty; name at least one linear layer (e.g. {})", linears_[0].path));
+}
+
+// LoRA and DoRA: A and B (and DoRA's magnitudes) for every target of every layer.
+void PeftMethod::BuildLora() {
+  const LoraSpec& lora = method_.lora;
+  if (!lora.target_is_pattern) {
+    targets_ = TargetsNamed(lora.target_modules, "lora.target_modules");
+    RequireTargets("lora.target_modules");
+  } else if (lora.target_modules[0] == "all-linear") {
+    for (size_t k = 0; k < linears_.size(); ++k) targets_.push_back(k);
+  } else {
+    targets_ = TargetsMatching(lora.target_modules[0], "lora.target_modules");
   }
+  for (int64_t i = 0; i < config_.num_layers(); ++i) {
+    for (size_t t : targets_) {
+      const auto [path, in, out] = linears_[t];
+      const std::string p = ModulePath(i, t);
+      AddParameter(p + ".lora_A.weight", {lora.r, in}, AdapterUnit(i));
+      AddParameter(p + ".lora_B.weight", {out, lora.r}, AdapterUnit(i));
+      if (method_.type == MethodType::kDora) AddParameter(p + ".lora_magnitude_vector", {out}, AdapterUnit(i));
+    }
+  }
+}
 
-  // modules_to_save: base modules (and everything in them) trained in full, matched by the end
-  // of their path.
+std::vector<size_t> PeftMethod::TargetsMatching(const std::string& regex, const std::string& field) const {
+  const int64_t layers = config_.num_layers();
+  const std::regex pattern(regex);
+  std::vector<size_t> targets;
+  for (size_t k = 0; k < linears_.size(); ++k) {
+    // A pattern that picks some layers' modules would need per-layer targets: all or none.
+    int matched = 0;
+    for (int64_t i = 0; i < layers; ++i) matched += std::regex_match(ModulePath(i, k), pattern);
+    if (matched == layers) targets.push_back(k);
+    if (matched > 0 && matched < layers) {
+      MethodError(field, fmt::format("'{}' matches {} of {} layers' {}; patterns must pick a module in every layer",
+                                     regex, matched, layers, linears_[k].path));
+    }
+  }
+  if (targets.empty()) {
+    MethodError(field, fmt::format("'{}' matches no module path (such as '{}')", regex, ModulePath(0, 0)));
+  }
+  return targets;
+}
+
+// IA3: a scale per target (on the input of feed-forward modules, on the output of the others).
+void PeftMethod::BuildIa3() {
+  targets_ = TargetsNamed(method_.ia3.target_modules, "ia3.target_modules");
+  RequireTargets("ia3.target_modules");
+  if (!method_.ia3.feedforward_given) {
+    // As PEFT ends up: the family's feed-forward modules, those among the targets.
+    for (const std::string& name : config_.DefaultIa3Feedforward()) {
+      const std::vector<size_t> named = TargetsNamed({name}, "ia3.feedforward_modules");
+      if (std::all_of(named.begin(), named.end(),
+                      [&](size_t k) { return std::find(targets_.begin(), targets_.end(), k) != targets_.end(); }))
+        method_.ia3.feedforward_modules.push_back(name);
+    }
+    method_.ia3.feedforward_given = true;  // the spec records what applied
+  }
+  feedforward_ = TargetsNamed(method_.ia3.feedforward_modules, "ia3.feedforward_modules");
+  for (size_t f : feedforward_) {
+    if (std::find(targets_.begin(), targets_.end(), f) == targets_.end()) {
+      MethodError("ia3.feedforward_modules",
+                  fmt::format("'{}' is not among ia3.target_modules (feed-forward modules must be targets too)",
+                              linears_[f].path));
+    }
+  }
+  for (int64_t i = 0; i < config_.num_layers(); ++i) {
+    for (size_t t : targets_) {
+      const auto [path, in, out] = linears_[t];
+      AddParameter(ModulePath(i, t) + ".ia3_l",
+                   Feedforward(t) ? std::vector<int64_t>{1, in} : std::vector<int64_t>{out, 1}, AdapterUnit(i));
+    }
+  }
+}
+
+// Bottleneck adapters: after the MLP in every layer (Pfeiffer), and after attention too (Houlsby).
+void PeftMethod::BuildAdapter() {
+  const int64_t b = method_.adapter.bottleneck, h = config_.hidden_size();
+  for (int64_t i = 0; i < config_.num_layers(); ++i) {
+    for (const char* where : {"attention_adapter", "mlp_adapter"}) {
+      if (std::string(where) == "attention_adapter" && method_.adapter.placement == AdapterPlacement::kPfeiffer)
+        continue;
+      const std::string p = config_.LayerPrefix(i) + where;
+      AddParameter(p + ".down_proj.weight", {b, h}, AdapterUnit(i));
+      AddParameter(p + ".down_proj.bias", {b}, AdapterUnit(i));
+      AddParameter(p + ".up_proj.weight", {h, b}, AdapterUnit(i));
+      AddParameter(p + ".up_proj.bias", {h}, AdapterUnit(i));
+    }
+  }
+}
+
+// Prefix tuning, as PEFT lays it out: for every virtual token, layer 0's key and value, layer
+// 1's, ... each of the key/value width (kv heads x head dim: grouped-query attention's).
+void PeftMethod::BuildPrefix() {
+  const int64_t kv = config_.num_key_value_heads() * config_.head_dim();
+  const int64_t p = method_.prefix.num_virtual_tokens, width = config_.num_layers() * 2 * kv;
+  if (!method_.prefix.projection) {
+    AddParameter(kPromptEmbeddings, {p, width}, "prefix");
+    return;
+  }
+  const int64_t hidden = method_.prefix.encoder_hidden_size > 0 ? method_.prefix.encoder_hidden_size : kv;
+  AddParameter(std::string(kPrefixEncoder) + "embedding.weight", {p, kv}, "prefix");
+  AddParameter(std::string(kPrefixEncoder) + "transform.0.weight", {hidden, kv}, "prefix");
+  AddParameter(std::string(kPrefixEncoder) + "transform.0.bias", {hidden}, "prefix");
+  AddParameter(std::string(kPrefixEncoder) + "transform.2.weight", {width, hidden}, "prefix");
+  AddParameter(std::string(kPrefixEncoder) + "transform.2.bias", {width}, "prefix");
+}
+
+void PeftMethod::BuildPrompt() {
+  AddParameter(kPromptEmbeddings, {method_.prompt.num_virtual_tokens, config_.hidden_size()}, "prompt");
+}
+
+// modules_to_save: base modules (and everything in them) trained in full, matched by the end
+// of their path.
+void PeftMethod::AddModulesToSave() {
+  const ModelConfig& c = config_;
   const std::vector<ParameterSpec> base = ModelParameterSpecs(c);
   for (const std::string& module : method_.modules_to_save) {
     bool matched = false;
@@ -186,7 +204,7 @@ PeftMethod::PeftMethod(ModelConfig config, MethodSpec method)
       matched = true;
       if (std::none_of(saved_.begin(), saved_.end(), [&](const ParameterSpec& s) { return s.name == p.name; }))
         saved_.push_back(p);
-      for (int64_t i = 0; i < layers; ++i) {
+      for (int64_t i = 0; i < c.num_layers(); ++i) {
         for (size_t t : targets_) {
           // Adapted and trained in full at once: a merged export could not hold both.
           if (path == ModulePath(i, t)) {

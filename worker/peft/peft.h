@@ -71,6 +71,18 @@ class PeftMethod {
   const std::vector<size_t>& targets() const { return targets_; }
 
  private:
+  // One builder per method.type (the table in peft.cc): sets targets_ and adds parameters_.
+  using Builder = void (PeftMethod::*)();
+  static Builder BuilderOf(MethodType type);
+  void BuildLora();  // and DoRA
+  void BuildIa3();
+  void BuildAdapter();
+  void BuildPrefix();
+  void BuildPrompt();
+  void AddModulesToSave();
+  void RequireTargets(const std::string& field) const;
+  // The linear layers whose path matches `regex` in every layer (LoRA's target_is_pattern).
+  std::vector<size_t> TargetsMatching(const std::string& regex, const std::string& field) const;
   void AddParameter(std::string name, std::vector<int64_t> shape, std::string unit);
   std::string ModulePath(int64_t layer, size_t linear) const;
   std::vector<size_t> TargetsNamed(const std::vector<std::string>& names, const std::string& field) const;
