@@ -1,6 +1,7 @@
 #include "common/bert_config.h"
 
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "common/error.h"
 #include "common/hf_config.h"
@@ -17,13 +18,15 @@ BertConfig BertConfig::Parse(const std::string& text, const std::string& where) 
   if (root.is_discarded() || !root.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: not a JSON object", where);
   if (root.value("model_type", "") != "bert") Fail(ErrorCode::kInvalidArgument, "{}: model_type must be 'bert'", where);
   BertConfig c;
-  ReadConfigField(root, "vocab_size", &c.vocab_size, where);
-  ReadConfigField(root, "hidden_size", &c.hidden_size, where);
-  ReadConfigField(root, "num_hidden_layers", &c.num_hidden_layers, where);
-  ReadConfigField(root, "num_attention_heads", &c.num_attention_heads, where);
-  ReadConfigField(root, "intermediate_size", &c.intermediate_size, where);
-  ReadConfigField(root, "max_position_embeddings", &c.max_position_embeddings, where);
-  ReadConfigField(root, "type_vocab_size", &c.type_vocab_size, where);
+  // The sizes: each read, then (once every field has been read) required positive.
+  const std::pair<const char*, int64_t*> sizes[] = {{"vocab_size", &c.vocab_size},
+                                                    {"hidden_size", &c.hidden_size},
+                                                    {"num_hidden_layers", &c.num_hidden_layers},
+                                                    {"num_attention_heads", &c.num_attention_heads},
+                                                    {"intermediate_size", &c.intermediate_size},
+                                                    {"max_position_embeddings", &c.max_position_embeddings},
+                                                    {"type_vocab_size", &c.type_vocab_size}};
+  for (const auto& [key, size] : sizes) ReadConfigField(root, key, size, where);
   ReadConfigField(root, "layer_norm_eps", &c.layer_norm_eps, where);
   ReadConfigField(root, "hidden_dropout_prob", &c.hidden_dropout_prob, where);
   ReadConfigField(root, "attention_probs_dropout_prob", &c.attention_probs_dropout_prob, where);
@@ -34,14 +37,7 @@ BertConfig BertConfig::Parse(const std::string& text, const std::string& where) 
     ReadConfigField(root, "classifier_dropout", &p, where);
     c.classifier_dropout = p;
   }
-  for (const auto& [value, key] : {std::pair{c.vocab_size, "vocab_size"},
-                                   {c.hidden_size, "hidden_size"},
-                                   {c.num_hidden_layers, "num_hidden_layers"},
-                                   {c.num_attention_heads, "num_attention_heads"},
-                                   {c.intermediate_size, "intermediate_size"},
-                                   {c.max_position_embeddings, "max_position_embeddings"},
-                                   {c.type_vocab_size, "type_vocab_size"}})
-    RequirePositiveField(value, key, where);
+  for (const auto& [key, size] : sizes) RequirePositiveField(*size, key, where);
   if (c.hidden_size % c.num_attention_heads != 0) {
     Fail(ErrorCode::kInvalidArgument, "{}: hidden_size {} is not a multiple of num_attention_heads {}", where,
          c.hidden_size, c.num_attention_heads);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -63,14 +64,18 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
          c.model_type);
   }
   const bool qwen2 = c.model_type == "qwen2";
-  ReadConfigField(root, "vocab_size", &c.vocab_size, where);
-  ReadConfigField(root, "hidden_size", &c.hidden_size, where);
-  ReadConfigField(root, "intermediate_size", &c.intermediate_size, where);
-  ReadConfigField(root, "num_hidden_layers", &c.num_hidden_layers, where);
-  ReadConfigField(root, "num_attention_heads", &c.num_attention_heads, where);
-  c.num_key_value_heads = c.num_attention_heads;
-  ReadConfigField(root, "num_key_value_heads", &c.num_key_value_heads, where);
-  ReadConfigField(root, "max_position_embeddings", &c.max_position_embeddings, where);
+  // The sizes: each read, then (once every field has been read) required positive.
+  const std::pair<const char*, int64_t*> sizes[] = {{"vocab_size", &c.vocab_size},
+                                                    {"hidden_size", &c.hidden_size},
+                                                    {"intermediate_size", &c.intermediate_size},
+                                                    {"num_hidden_layers", &c.num_hidden_layers},
+                                                    {"num_attention_heads", &c.num_attention_heads},
+                                                    {"num_key_value_heads", &c.num_key_value_heads},
+                                                    {"max_position_embeddings", &c.max_position_embeddings}};
+  for (const auto& [key, size] : sizes) ReadConfigField(root, key, size, where);
+  // Without num_key_value_heads, every attention head has its own key/value head (no GQA).
+  if (!root.contains("num_key_value_heads") || root["num_key_value_heads"].is_null())
+    c.num_key_value_heads = c.num_attention_heads;
   ReadConfigField(root, "rms_norm_eps", &c.rms_norm_eps, where);
   ReadConfigField(root, "rope_theta", &c.rope_theta, where);
   ReadConfigField(root, "tie_word_embeddings", &c.tie_word_embeddings, where);
@@ -115,13 +120,7 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
     }
   }
 
-  RequirePositiveField(c.vocab_size, "vocab_size", where);
-  RequirePositiveField(c.hidden_size, "hidden_size", where);
-  RequirePositiveField(c.intermediate_size, "intermediate_size", where);
-  RequirePositiveField(c.num_hidden_layers, "num_hidden_layers", where);
-  RequirePositiveField(c.num_attention_heads, "num_attention_heads", where);
-  RequirePositiveField(c.num_key_value_heads, "num_key_value_heads", where);
-  RequirePositiveField(c.max_position_embeddings, "max_position_embeddings", where);
+  for (const auto& [key, size] : sizes) RequirePositiveField(*size, key, where);
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     Fail(ErrorCode::kInvalidArgument, "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", where,
          c.num_attention_heads, c.num_key_value_heads);

@@ -17,22 +17,20 @@ std::vector<ParameterSpec> LlamaParameterSpecs(const LlamaConfig& c) {
   add("model.embed_tokens.weight", {c.vocab_size, h});
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = fmt::format("model.layers.{}.", i);
+    // A projection is its weight [out, in] and, where the config says so, its bias [out].
+    auto add_linear = [&](const char* module, int64_t out, int64_t in, bool has_bias) {
+      add(p + module + ".weight", {out, in});
+      if (has_bias) add(p + module + ".bias", {out});
+    };
     add(p + "input_layernorm.weight", {h});
-    add(p + "self_attn.q_proj.weight", {q, h});
-    if (c.qkv_bias) add(p + "self_attn.q_proj.bias", {q});
-    add(p + "self_attn.k_proj.weight", {kv, h});
-    if (c.qkv_bias) add(p + "self_attn.k_proj.bias", {kv});
-    add(p + "self_attn.v_proj.weight", {kv, h});
-    if (c.qkv_bias) add(p + "self_attn.v_proj.bias", {kv});
-    add(p + "self_attn.o_proj.weight", {h, q});
-    if (c.o_bias) add(p + "self_attn.o_proj.bias", {h});
+    add_linear("self_attn.q_proj", q, h, c.qkv_bias);
+    add_linear("self_attn.k_proj", kv, h, c.qkv_bias);
+    add_linear("self_attn.v_proj", kv, h, c.qkv_bias);
+    add_linear("self_attn.o_proj", h, q, c.o_bias);
     add(p + "post_attention_layernorm.weight", {h});
-    add(p + "mlp.gate_proj.weight", {ff, h});
-    if (c.mlp_bias) add(p + "mlp.gate_proj.bias", {ff});
-    add(p + "mlp.up_proj.weight", {ff, h});
-    if (c.mlp_bias) add(p + "mlp.up_proj.bias", {ff});
-    add(p + "mlp.down_proj.weight", {h, ff});
-    if (c.mlp_bias) add(p + "mlp.down_proj.bias", {h});
+    add_linear("mlp.gate_proj", ff, h, c.mlp_bias);
+    add_linear("mlp.up_proj", ff, h, c.mlp_bias);
+    add_linear("mlp.down_proj", h, ff, c.mlp_bias);
   }
   add("model.norm.weight", {h});
   switch (c.task) {

@@ -13,6 +13,22 @@ namespace shardtune {
 
 using nlohmann::json;
 
+namespace {
+
+// Each class's (or entity type's) precision, recall, f1 and support, under its name.
+json ScoresByName(const std::vector<std::string>& names, const std::vector<ClassMetrics>& scores) {
+  json by_name = json::object();
+  for (size_t k = 0; k < names.size(); ++k) {
+    by_name[names[k]] = {{"precision", scores[k].precision},
+                         {"recall", scores[k].recall},
+                         {"f1", scores[k].f1},
+                         {"support", scores[k].support}};
+  }
+  return by_name;
+}
+
+}  // namespace
+
 Evaluation::Evaluation(ModelTask task, std::vector<std::string> labels, int64_t groups)
     : task_(task), labels_(std::move(labels)), groups_(groups) {
   const auto n = static_cast<int64_t>(labels_.size());
@@ -117,13 +133,7 @@ json Evaluation::Metrics(const std::vector<std::string>& group_names) const {
     m[metric::kAccuracy] = c.accuracy;
     m[metric::kMacroF1] = c.macro_f1;
     m[metric::kMicroF1] = c.micro_f1;
-    m["per_class"] = json::object();
-    for (int64_t k = 0; k < n; ++k) {
-      m["per_class"][labels_[k]] = {{"precision", c.classes[k].precision},
-                                    {"recall", c.classes[k].recall},
-                                    {"f1", c.classes[k].f1},
-                                    {"support", c.classes[k].support}};
-    }
+    m["per_class"] = ScoresByName(labels_, c.classes);
     json rows = json::array();  // rows: true class, columns: predicted
     for (int64_t r = 0; r < n; ++r)
       rows.push_back(std::vector<int64_t>(confusion.begin() + r * n, confusion.begin() + (r + 1) * n));
@@ -139,13 +149,7 @@ json Evaluation::Metrics(const std::vector<std::string>& group_names) const {
   m[metric::kEntityPrecision] = e.precision;
   m[metric::kEntityRecall] = e.recall;
   m[metric::kEntityF1] = e.f1;
-  m["per_type"] = json::object();
-  for (int64_t k = 0; k < t; ++k) {
-    m["per_type"][entity_types_[k]] = {{"precision", e.types[k].precision},
-                                       {"recall", e.types[k].recall},
-                                       {"f1", e.types[k].f1},
-                                       {"support", e.types[k].support}};
-  }
+  m["per_type"] = ScoresByName(entity_types_, e.types);
   return m;
 }
 

@@ -134,20 +134,15 @@ class BertTrainingTest : public testing::TaskRunTest {
  protected:
   void SetUp() override {
     testing::WriteTinyBert(dir_ / "base", 1);
-    testing::WriteText(dir_ / "train.jsonl", testing::SentimentData(240, 1));
-    testing::WriteText(dir_ / "val.jsonl", testing::SentimentData(60, 2));
+    WriteSentimentData();
   }
 };
 
 TEST_F(BertTrainingTest, ABertLearnsSentimentAndExportsAHuggingFaceClassifier) {
-  const TrainingSummary summary =
-      RunTraining(Spec("task: sequence_classification}\n"
-                       "data: {train: train.jsonl, validation: val.jsonl, format: classification}\n"
-                       "training: {max_steps: 120, micro_batch_size: 16, eval_every: 40, hidden_dropout: 0.1,\n"
-                       "  optimizer: {lr: 1.0e-3}}\n"
-                       "output: {dir: run}\n"));
-  EXPECT_TRUE(summary.finished);
-  const json eval = LastEvaluation("run");
+  const json eval =
+      TrainClassifier("sequence_classification",
+                      "training: {max_steps: 120, micro_batch_size: 16, eval_every: 40, hidden_dropout: 0.1,\n"
+                      "  optimizer: {lr: 1.0e-3}}\n");
   EXPECT_GE(eval.at("accuracy").get<double>(), 0.95) << eval.dump();
   EXPECT_EQ(eval.at("val_examples").get<int64_t>(), 60);
 
@@ -160,9 +155,7 @@ TEST_F(BertTrainingTest, ABertLearnsSentimentAndExportsAHuggingFaceClassifier) {
   EXPECT_EQ(weights.Find("classifier.weight")->info->shape, (std::vector<int64_t>{2, 32}));
   EXPECT_TRUE(weights.Find("bert.pooler.dense.weight").has_value());
 
-  EvaluateOptions options;
-  options.model = dir_ / "run" / "final";
-  options.data = dir_ / "val.jsonl";
+  EvaluateOptions options = ExportedModel("val.jsonl");
   options.batch_size = 7;
   const json evaluated = EvaluateModel(options);
   EXPECT_EQ(evaluated.at("confusion"), eval.at("confusion"));
@@ -170,15 +163,10 @@ TEST_F(BertTrainingTest, ABertLearnsSentimentAndExportsAHuggingFaceClassifier) {
 }
 
 TEST_F(BertTrainingTest, ABertLearnsNamedEntities) {
-  testing::WriteText(dir_ / "ner.jsonl", testing::NerData(240, 3));
-  testing::WriteText(dir_ / "ner-val.jsonl", testing::NerData(60, 4));
-  const TrainingSummary summary =
-      RunTraining(Spec("task: token_classification}\n"
-                       "data: {train: ner.jsonl, validation: ner-val.jsonl, format: ner}\n"
-                       "training: {max_steps: 120, micro_batch_size: 16, eval_every: 40, optimizer: {lr: 1.0e-3}}\n"
-                       "output: {dir: run}\n"));
-  EXPECT_TRUE(summary.finished);
-  const json eval = LastEvaluation("run");
+  WriteNerData();
+  const json eval =
+      TrainClassifier("token_classification",
+                      "training: {max_steps: 120, micro_batch_size: 16, eval_every: 40, optimizer: {lr: 1.0e-3}}\n");
   EXPECT_GE(eval.at("entity_f1").get<double>(), 0.9) << eval.dump();
   const json config = json::parse(ReadFile(dir_ / "run" / "final" / "config.json"));
   EXPECT_EQ(config.at("architectures")[0], "BertForTokenClassification");
@@ -186,21 +174,17 @@ TEST_F(BertTrainingTest, ABertLearnsNamedEntities) {
   EXPECT_TRUE(weights.Find("classifier.bias").has_value());
   EXPECT_FALSE(weights.Find("bert.pooler.dense.weight").has_value());  // a tagger has no pooler
 
-  EvaluateOptions options;
-  options.model = dir_ / "run" / "final";
-  options.data = dir_ / "ner-val.jsonl";
+  EvaluateOptions options = ExportedModel("ner-val.jsonl");
   const json evaluated = EvaluateModel(options);
   EXPECT_EQ(evaluated.at("per_type"), eval.at("per_type"));
 }
 
 TEST_F(BertTrainingTest, LoraOnBertTargetsQueryAndValueAndTrainsTheHead) {
-  const TrainingSummary summary =
-      RunTraining(Spec("task: sequence_classification}\nmethod: {type: lora, lora: {r: 4, alpha: 8}}\n"
-                       "data: {train: train.jsonl, validation: val.jsonl, format: classification}\n"
-                       "training: {max_steps: 120, micro_batch_size: 16, eval_every: 40, optimizer: {lr: 1.0e-2}}\n"
-                       "output: {dir: run}\n"));
-  EXPECT_TRUE(summary.finished);
-  EXPECT_GE(LastEvaluation("run").at("accuracy").get<double>(), 0.9) << LastEvaluation("run").dump();
+  const json eval =
+      TrainClassifier("sequence_classification",
+                      "training: {max_steps: 120, micro_batch_size: 16, eval_every: 40, optimizer: {lr: 1.0e-2}}\n",
+                      "{type: lora, lora: {r: 4, alpha: 8}}");
+  EXPECT_GE(eval.at("accuracy").get<double>(), 0.9) << eval.dump();
   const json adapter = json::parse(ReadFile(dir_ / "run" / "final" / "adapter_config.json"));
   EXPECT_EQ(adapter.at("task_type"), "SEQ_CLS");
   EXPECT_EQ(adapter.at("target_modules"), json::array({"query", "value"}));  // PEFT's BERT default
@@ -209,10 +193,7 @@ TEST_F(BertTrainingTest, LoraOnBertTargetsQueryAndValueAndTrainsTheHead) {
   EXPECT_NE(file->Find("base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight"), nullptr);
   EXPECT_EQ(file->Find("base_model.model.bert.encoder.layer.1.attention.self.key.lora_B.weight"), nullptr);
 
-  EvaluateOptions options;
-  options.model = dir_ / "base";
-  options.adapter = dir_ / "run" / "final";
-  options.data = dir_ / "val.jsonl";
+  EvaluateOptions options = ExportedAdapter("val.jsonl");
   const json evaluated = EvaluateModel(options);
   EXPECT_EQ(evaluated.at("confusion"), LastEvaluation("run").at("confusion"));
 }
@@ -234,10 +215,7 @@ TEST_F(BertTrainingTest, PromptTuningAdaptersEvaluateAsTrained) {
                          task, ner ? "ner.jsonl" : "train.jsonl", ner ? "ner-val.jsonl" : "val.jsonl",
                          ner ? "ner" : "classification", run)));
     const json eval = LastEvaluation(run);
-    EvaluateOptions options;
-    options.model = dir_ / "base";
-    options.adapter = dir_ / run / "final";
-    options.data = dir_ / (ner ? "ner-val.jsonl" : "val.jsonl");
+    EvaluateOptions options = ExportedAdapter(ner ? "ner-val.jsonl" : "val.jsonl", run);
     options.batch_size = 5;
     const json evaluated = EvaluateModel(options);
     EXPECT_NEAR(evaluated.at("val_loss").get<double>(), eval.at("val_loss").get<double>(), 1e-5);
@@ -263,10 +241,7 @@ TEST_F(BertTrainingTest, VirtualTokensLeaveRoomInThePositionTable) {
            "method: {type: prompt, prompt: {num_virtual_tokens: 4}, modules_to_save: [classifier]}\n"
            "data: {train: long.jsonl, validation: long.jsonl, format: classification}\n"
            "training: {max_steps: 2, micro_batch_size: 8}\noutput: {dir: run}\n"));
-  EvaluateOptions options;
-  options.model = dir_ / "base";
-  options.adapter = dir_ / "run" / "final";
-  options.data = dir_ / "long.jsonl";
+  EvaluateOptions options = ExportedAdapter("long.jsonl");
   EXPECT_EQ(EvaluateModel(options).at("examples"), 16);
   const json adapter = json::parse(ReadFile(dir_ / "run" / "final" / "adapter_config.json"));
   EXPECT_EQ(adapter.at("modules_to_save"), json::array({"classifier"}));

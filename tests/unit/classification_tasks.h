@@ -18,6 +18,8 @@
 #include "test_util.h"
 #include "tiny_models.h"
 #include "worker/data/tokenizer/unicode.h"
+#include "worker/evaluate.h"
+#include "worker/trainer.h"
 
 namespace shardtune::testing {
 
@@ -148,6 +150,49 @@ class TaskRunTest : public ::testing::Test {
       if (record.contains("val_loss")) last = record;
     }
     return last;
+  }
+
+  // The generated tasks every classifier test trains on, with the same seeds: sentiment at
+  // train.jsonl / val.jsonl, BIO-tagged entities at ner.jsonl / ner-val.jsonl (240 and 60 examples).
+  void WriteSentimentData() {
+    WriteText(dir_ / "train.jsonl", SentimentData(240, 1));
+    WriteText(dir_ / "val.jsonl", SentimentData(60, 2));
+  }
+  void WriteNerData() {
+    WriteText(dir_ / "ner.jsonl", NerData(240, 3));
+    WriteText(dir_ / "ner-val.jsonl", NerData(60, 4));
+  }
+
+  // Trains base/ for `task` ("sequence_classification" on WriteSentimentData's files,
+  // "token_classification" on WriteNerData's) with the spec's `training` line and the PEFT `method`
+  // (none: full fine-tuning) into run/; expects the run to finish and returns its last evaluation.
+  nlohmann::json TrainClassifier(const std::string& task, const std::string& training, const std::string& method = "") {
+    const bool ner = task == "token_classification";
+    const std::string data = ner ? "{train: ner.jsonl, validation: ner-val.jsonl, format: ner}"
+                                 : "{train: train.jsonl, validation: val.jsonl, format: classification}";
+    const TrainingSummary summary =
+        RunTraining(Spec("task: " + task + "}\n" + (method.empty() ? "" : "method: " + method + "\n") +
+                         "data: " + data + "\n" + training + "output: {dir: run}\n"));
+    EXPECT_TRUE(summary.finished);
+    return LastEvaluation("run");
+  }
+
+  // `shardtune evaluate`'s options for the model run/final that a run exported, on `data` (both
+  // under the scratch dir).
+  EvaluateOptions ExportedModel(const std::string& data) {
+    EvaluateOptions options;
+    options.model = dir_ / "run" / "final";
+    options.data = dir_ / data;
+    return options;
+  }
+
+  // The same for base/ with the adapter `run`/final that a PEFT run exported.
+  EvaluateOptions ExportedAdapter(const std::string& data, const std::string& run = "run") {
+    EvaluateOptions options;
+    options.model = dir_ / "base";
+    options.adapter = dir_ / run / "final";
+    options.data = dir_ / data;
+    return options;
   }
 
   ScratchDir dir_;

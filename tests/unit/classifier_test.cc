@@ -101,21 +101,29 @@ TEST(TaskLosses, AttentionDropoutActsInTrainingOnly) {
   EXPECT_NE(plain, dropped);
 }
 
+// Expects `shardtune evaluate` to refuse `options` with an Error whose message holds `fragment`.
+void ExpectEvaluationRefused(const EvaluateOptions& options, const std::string& fragment) {
+  try {
+    EvaluateModel(options);
+    FAIL() << "evaluated " << options.model << " (adapter " << options.adapter << ") on " << options.data
+           << "; expected an error saying '" << fragment << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
 class ClassifierTest : public testing::TaskRunTest {
  protected:
   void SetUp() override { testing::WriteByteLevelModel(dir_ / "base"); }
+
+  // Enough steps for a tiny Llama to learn either generated task.
+  static constexpr const char* kTraining =
+      "training: {max_steps: 150, micro_batch_size: 16, eval_every: 50, optimizer: {lr: 3.0e-3}}\n";
 };
 
 TEST_F(ClassifierTest, ALlamaLearnsSentimentAndExportsAHuggingFaceClassifier) {
-  testing::WriteText(dir_ / "train.jsonl", testing::SentimentData(240, 1));
-  testing::WriteText(dir_ / "val.jsonl", testing::SentimentData(60, 2));
-  const TrainingSummary summary =
-      RunTraining(Spec("task: sequence_classification}\n"
-                       "data: {train: train.jsonl, validation: val.jsonl, format: classification}\n"
-                       "training: {max_steps: 150, micro_batch_size: 16, eval_every: 50, optimizer: {lr: 3.0e-3}}\n"
-                       "output: {dir: run}\n"));
-  EXPECT_TRUE(summary.finished);
-  const json eval = LastEvaluation("run");
+  WriteSentimentData();
+  const json eval = TrainClassifier("sequence_classification", kTraining);
   EXPECT_GE(eval.at("accuracy").get<double>(), 0.95) << eval.dump();
   EXPECT_GE(eval.at("macro_f1").get<double>(), 0.95) << eval.dump();
   EXPECT_EQ(eval.at("val_examples").get<int64_t>(), 60);
@@ -139,9 +147,7 @@ TEST_F(ClassifierTest, ALlamaLearnsSentimentAndExportsAHuggingFaceClassifier) {
   EXPECT_EQ(exported.label_names, (std::vector<std::string>{"negative", "positive"}));
 
   // `shardtune evaluate` on the exported model sees what the last evaluation saw.
-  EvaluateOptions options;
-  options.model = dir_ / "run" / "final";
-  options.data = dir_ / "val.jsonl";
+  EvaluateOptions options = ExportedModel("val.jsonl");
   options.batch_size = 7;
   const json evaluated = EvaluateModel(options);
   EXPECT_EQ(evaluated.at("examples"), 60);
@@ -151,15 +157,8 @@ TEST_F(ClassifierTest, ALlamaLearnsSentimentAndExportsAHuggingFaceClassifier) {
 }
 
 TEST_F(ClassifierTest, ALlamaLearnsNamedEntities) {
-  testing::WriteText(dir_ / "train.jsonl", testing::NerData(240, 3));
-  testing::WriteText(dir_ / "val.jsonl", testing::NerData(60, 4));
-  const TrainingSummary summary =
-      RunTraining(Spec("task: token_classification}\n"
-                       "data: {train: train.jsonl, validation: val.jsonl, format: ner}\n"
-                       "training: {max_steps: 150, micro_batch_size: 16, eval_every: 50, optimizer: {lr: 3.0e-3}}\n"
-                       "output: {dir: run}\n"));
-  EXPECT_TRUE(summary.finished);
-  const json eval = LastEvaluation("run");
+  WriteNerData();
+  const json eval = TrainClassifier("token_classification", kTraining);
   EXPECT_GE(eval.at("entity_f1").get<double>(), 0.9) << eval.dump();
   EXPECT_TRUE(eval.at("per_type").contains("PER"));
   EXPECT_TRUE(eval.at("per_type").contains("LOC"));
@@ -168,20 +167,13 @@ TEST_F(ClassifierTest, ALlamaLearnsNamedEntities) {
   const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(dir_ / "run" / "final");
   EXPECT_TRUE(weights.Find("score.bias").has_value());
 
-  EvaluateOptions options;
-  options.model = dir_ / "run" / "final";
-  options.data = dir_ / "val.jsonl";
+  EvaluateOptions options = ExportedModel("ner-val.jsonl");
   const json evaluated = EvaluateModel(options);
   EXPECT_EQ(evaluated.at("per_type"), eval.at("per_type"));
   EXPECT_DOUBLE_EQ(evaluated.at("entity_f1").get<double>(), eval.at("entity_f1").get<double>());
   EXPECT_NEAR(evaluated.at("val_loss").get<double>(), eval.at("val_loss").get<double>(), 1e-5);
-  options.format = "classification";
-  try {
-    EvaluateModel(options);
-    FAIL() << "a token classifier evaluated classification data";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("does not fit this model's task"), std::string::npos) << e.what();
-  }
+  options.format = "classification";  // a token classifier on classification data
+  ExpectEvaluationRefused(options, "does not fit this model's task");
 }
 
 TEST_F(ClassifierTest, LoraTrainsTheHeadInFullAndExportsAnAdapterOfTheTaskType) {
@@ -200,21 +192,13 @@ TEST_F(ClassifierTest, LoraTrainsTheHeadInFullAndExportsAnAdapterOfTheTaskType) 
   EXPECT_NE(job.find("labels: [negative, positive]"), std::string::npos) << job;
 
   // evaluate: the base model with the adapter, its classes from the run's job.yaml.
-  EvaluateOptions options;
-  options.model = dir_ / "base";
-  options.adapter = dir_ / "run" / "final";
-  options.data = dir_ / "train.jsonl";
+  EvaluateOptions options = ExportedAdapter("train.jsonl");
   const json evaluated = EvaluateModel(options);
   EXPECT_EQ(evaluated.at("examples"), 240);
   EXPECT_GE(evaluated.at("accuracy").get<double>(), 0.9) << evaluated.dump();
   fs::copy(dir_ / "run" / "final", dir_ / "moved");
-  options.adapter = dir_ / "moved";
-  try {
-    EvaluateModel(options);
-    FAIL() << "a classifier adapter without its run was evaluated";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("holds no class names"), std::string::npos) << e.what();
-  }
+  options.adapter = dir_ / "moved";  // a classifier adapter without its run
+  ExpectEvaluationRefused(options, "holds no class names");
 }
 
 TEST_F(ClassifierTest, TaskAndDataFormatMustAgree) {

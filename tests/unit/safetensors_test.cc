@@ -37,6 +37,13 @@ void ExpectRejected(const fs::path& path, const std::string& fragment) {
   }
 }
 
+// Writes a file of `header` and `data` (WriteRaw) and expects ExpectRejected's error.
+void ExpectFileRejected(const std::string& header, const std::string& data, const std::string& fragment) {
+  ScratchDir dir;
+  WriteRaw(dir / "x.safetensors", header, data);
+  ExpectRejected(dir / "x.safetensors", fragment);
+}
+
 TEST(Safetensors, WritesWhatItReadsWithAlignedHeader) {
   ScratchDir dir;
   const std::vector<float> a = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, 8.0f};
@@ -106,85 +113,57 @@ TEST(SafetensorsMalformed, HeaderLargerThan100MB) {
 }
 
 TEST(SafetensorsMalformed, HeaderNotUtf8) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", "{\"w\xff\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
-           "abcd");
-  ExpectRejected(dir / "x.safetensors", "not valid UTF-8");
+  ExpectFileRejected("{\"w\xff\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}", "abcd",
+                     "not valid UTF-8");
 }
 
-TEST(SafetensorsMalformed, HeaderNotJson) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", "{\"w\": [1, 2", "");
-  ExpectRejected(dir / "x.safetensors", "not valid JSON");
-}
+TEST(SafetensorsMalformed, HeaderNotJson) { ExpectFileRejected("{\"w\": [1, 2", "", "not valid JSON"); }
 
-TEST(SafetensorsMalformed, HeaderNotAnObject) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", "[1, 2]", "");
-  ExpectRejected(dir / "x.safetensors", "must be a JSON object");
-}
+TEST(SafetensorsMalformed, HeaderNotAnObject) { ExpectFileRejected("[1, 2]", "", "must be a JSON object"); }
 
 TEST(SafetensorsMalformed, UnknownDtype) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"w": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}})", "abcd");
-  ExpectRejected(dir / "x.safetensors", "unknown dtype 'F33'");
+  ExpectFileRejected(R"({"w": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}})", "abcd", "unknown dtype 'F33'");
 }
 
 TEST(SafetensorsMalformed, ShapeTimesDtypeDisagreesWithOffsets) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}})",
-           std::string(20, 'x'));
-  ExpectRejected(dir / "x.safetensors", "needs 24 bytes but data_offsets [0, 20] span 20");
+  ExpectFileRejected(R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}})", std::string(20, 'x'),
+                     "needs 24 bytes but data_offsets [0, 20] span 20");
 }
 
 TEST(SafetensorsMalformed, NegativeDimension) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", "abcd");
-  ExpectRejected(dir / "x.safetensors", "not a non-negative integer");
+  ExpectFileRejected(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", "abcd",
+                     "not a non-negative integer");
 }
 
 TEST(SafetensorsMalformed, OffsetsOutOfRange) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})", "abcd");
-  ExpectRejected(dir / "x.safetensors", "run past the data section of 4 bytes");
+  ExpectFileRejected(R"({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})", "abcd",
+                     "run past the data section of 4 bytes");
 }
 
 TEST(SafetensorsMalformed, OverlappingTensors) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors",
-           R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+  ExpectFileRejected(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
-           std::string(12, 'x'));
-  ExpectRejected(dir / "x.safetensors", "overlaps tensor 'a'");
+                     std::string(12, 'x'), "overlaps tensor 'a'");
 }
 
 TEST(SafetensorsMalformed, GapBetweenTensors) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors",
-           R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+  ExpectFileRejected(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
                "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})",
-           std::string(12, 'x'));
-  ExpectRejected(dir / "x.safetensors", "gap of 4 bytes before tensor 'b'");
+                     std::string(12, 'x'), "gap of 4 bytes before tensor 'b'");
 }
 
 TEST(SafetensorsMalformed, TrailingBytes) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})",
-           std::string(10, 'x'));
-  ExpectRejected(dir / "x.safetensors", "6 trailing bytes");
+  ExpectFileRejected(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", std::string(10, 'x'),
+                     "6 trailing bytes");
 }
 
 TEST(SafetensorsMalformed, MetadataValuesMustBeStrings) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"__metadata__": {"format": 3}})", "");
-  ExpectRejected(dir / "x.safetensors", "__metadata__ 'format' must be a string");
+  ExpectFileRejected(R"({"__metadata__": {"format": 3}})", "", "__metadata__ 'format' must be a string");
 }
 
 TEST(SafetensorsMalformed, UnknownTensorField) {
-  ScratchDir dir;
-  WriteRaw(dir / "x.safetensors", R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "strides": [1]}})",
-           "abcd");
-  ExpectRejected(dir / "x.safetensors", "unknown field 'strides'");
+  ExpectFileRejected(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "strides": [1]}})", "abcd",
+                     "unknown field 'strides'");
 }
 
 TEST(SafetensorsWrite, RefusesSizesThatDisagreeWithTheShape) {

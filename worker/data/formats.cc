@@ -251,6 +251,16 @@ std::vector<int64_t> ReadIdList(const json& value, const char* field, int64_t vo
   return ids;
 }
 
+// [BOS] prompt response EOS, training on the response and EOS only (completion and Alpaca records).
+Example PromptAndResponse(const std::string& prompt, const std::string& response, const FormatOptions& options) {
+  SequenceBuilder b(options);
+  if (options.bos_id) b.Id(*options.bos_id);
+  b.Text(prompt);
+  b.Text(response, true);
+  b.Id(options.eos_id, true);
+  return b.Finish();
+}
+
 Example Render(const json& record, const FormatOptions& options, const LabelSet& labels) {
   if (!record.is_object()) Problem("data_type", fmt::format("expected a JSON object, got {}", record.type_name()));
   switch (options.format) {
@@ -259,18 +269,11 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
     case DataFormat::kShareGpt:
       return RenderChat(ReadShareGpt(record), options);
     case DataFormat::kCompletion: {
-      SequenceBuilder b(options);
       RejectUnknownKeys(record, {"prompt", "completion"}, "unrecognized_key", "");
       const std::string prompt = RequireString(record, "prompt", "", /*allow_empty=*/true);
-      const std::string completion = RequireString(record, "completion", "");
-      if (options.bos_id) b.Id(*options.bos_id);
-      b.Text(prompt);
-      b.Text(completion, true);
-      b.Id(options.eos_id, true);
-      return b.Finish();
+      return PromptAndResponse(prompt, RequireString(record, "completion", ""), options);
     }
     case DataFormat::kAlpaca: {
-      SequenceBuilder b(options);
       RejectUnknownKeys(record, {"instruction", "input", "output"}, "unrecognized_key", "");
       const std::string instruction = RequireString(record, "instruction", "");
       const std::string input =
@@ -286,11 +289,7 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
                                        "provides further context. Write a "
                                        "response that appropriately completes the request.\n\n### Instruction:\n" +
                                            instruction + "\n\n### Input:\n" + input + "\n\n### Response:\n";
-      if (options.bos_id) b.Id(*options.bos_id);
-      b.Text(prompt);
-      b.Text(output, true);
-      b.Id(options.eos_id, true);
-      return b.Finish();
+      return PromptAndResponse(prompt, output, options);
     }
     case DataFormat::kText: {
       SequenceBuilder b(options);

@@ -13,26 +13,20 @@ namespace shardtune {
 LlamaLayerWeights BindLlamaLayer(const LlamaConfig& c, int64_t i, const TensorLookup& lookup) {
   const std::string p = fmt::format("model.layers.{}.", i);
   LlamaLayerWeights layer;
+  // A projection is its weight and, where the config says so, its bias.
+  auto bind_linear = [&](const char* module, at::Tensor* weight, at::Tensor* bias, bool has_bias) {
+    *weight = lookup(p + module + ".weight");
+    if (has_bias) *bias = lookup(p + module + ".bias");
+  };
   layer.input_layernorm = lookup(p + "input_layernorm.weight");
-  layer.q_proj = lookup(p + "self_attn.q_proj.weight");
-  layer.k_proj = lookup(p + "self_attn.k_proj.weight");
-  layer.v_proj = lookup(p + "self_attn.v_proj.weight");
-  layer.o_proj = lookup(p + "self_attn.o_proj.weight");
-  if (c.qkv_bias) {
-    layer.q_bias = lookup(p + "self_attn.q_proj.bias");
-    layer.k_bias = lookup(p + "self_attn.k_proj.bias");
-    layer.v_bias = lookup(p + "self_attn.v_proj.bias");
-  }
-  if (c.o_bias) layer.o_bias = lookup(p + "self_attn.o_proj.bias");
+  bind_linear("self_attn.q_proj", &layer.q_proj, &layer.q_bias, c.qkv_bias);
+  bind_linear("self_attn.k_proj", &layer.k_proj, &layer.k_bias, c.qkv_bias);
+  bind_linear("self_attn.v_proj", &layer.v_proj, &layer.v_bias, c.qkv_bias);
+  bind_linear("self_attn.o_proj", &layer.o_proj, &layer.o_bias, c.o_bias);
   layer.post_attention_layernorm = lookup(p + "post_attention_layernorm.weight");
-  layer.gate_proj = lookup(p + "mlp.gate_proj.weight");
-  layer.up_proj = lookup(p + "mlp.up_proj.weight");
-  layer.down_proj = lookup(p + "mlp.down_proj.weight");
-  if (c.mlp_bias) {
-    layer.gate_bias = lookup(p + "mlp.gate_proj.bias");
-    layer.up_bias = lookup(p + "mlp.up_proj.bias");
-    layer.down_bias = lookup(p + "mlp.down_proj.bias");
-  }
+  bind_linear("mlp.gate_proj", &layer.gate_proj, &layer.gate_bias, c.mlp_bias);
+  bind_linear("mlp.up_proj", &layer.up_proj, &layer.up_bias, c.mlp_bias);
+  bind_linear("mlp.down_proj", &layer.down_proj, &layer.down_bias, c.mlp_bias);
   return layer;
 }
 

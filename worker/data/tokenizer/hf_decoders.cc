@@ -154,7 +154,9 @@ Decoder BuildBpe(const json& node, const std::string&) {
   };
 }
 
-const Registry<Decoder>& Decoders() {
+}  // namespace
+
+Decoder ParseDecoder(const json& node, const std::string& where) {
   static const Registry<Decoder> registry = {
       {"BPEDecoder", &BuildBpe},      {"ByteFallback", &BuildByteFallback},
       {"ByteLevel", &BuildByteLevel}, {"Fuse", &BuildFuse},
@@ -162,14 +164,7 @@ const Registry<Decoder>& Decoders() {
       {"Sequence", &BuildSequence},   {"Strip", &BuildStrip},
       {"WordPiece", &BuildWordPiece},
   };
-  return registry;
-}
-
-}  // namespace
-
-Decoder ParseDecoder(const json& node, const std::string& where) {
-  if (node.is_null()) return nullptr;
-  return BuildStage(Decoders(), "decoder", StringField(node, "type", where), node, where);
+  return ParseOptionalStage(registry, "decoder", node, where);
 }
 
 }  // namespace shardtune::hf

@@ -73,6 +73,15 @@ Stage BuildStage(const Registry<Stage>& registry, const char* stage, const std::
   return it->second(node, where);
 }
 
+// An optional stage of the pipeline: a null `node` is no stage (nullptr); otherwise the stage its
+// "type" names, built as BuildStage does.
+template <typename Stage>
+Stage ParseOptionalStage(const Registry<Stage>& registry, const char* stage, const json& node,
+                         const std::string& where) {
+  if (node.is_null()) return nullptr;
+  return BuildStage(registry, stage, StringField(node, "type", where), node, where);
+}
+
 // The stages a Sequence lists under `key`, each built by `parse`; empty ones are left out.
 template <typename Stage>
 std::vector<Stage> ParseParts(const json& node, const char* key, const std::string& where,

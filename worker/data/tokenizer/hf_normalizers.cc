@@ -99,7 +99,9 @@ Normalizer BuildPrecompiled(const json& node, const std::string& where) {
   return [charsmap](std::string text) { return charsmap->NormalizeByGrapheme(text); };
 }
 
-const Registry<Normalizer>& Normalizers() {
+}  // namespace
+
+Normalizer ParseNormalizer(const json& node, const std::string& where) {
   static const Registry<Normalizer> registry = {
       {"BertNormalizer", &BuildBert},
       {"Lowercase", &BuildLowercase},
@@ -114,14 +116,7 @@ const Registry<Normalizer>& Normalizers() {
       {"Strip", &BuildStrip},
       {"StripAccents", &BuildStripAccents},
   };
-  return registry;
-}
-
-}  // namespace
-
-Normalizer ParseNormalizer(const json& node, const std::string& where) {
-  if (node.is_null()) return nullptr;
-  return BuildStage(Normalizers(), "normalizer", StringField(node, "type", where), node, where);
+  return ParseOptionalStage(registry, "normalizer", node, where);
 }
 
 }  // namespace shardtune::hf

@@ -62,19 +62,14 @@ PostProcessor BuildSequence(const json& node, const std::string& where) {
   };
 }
 
-const Registry<PostProcessor>& PostProcessors() {
+}  // namespace
+
+PostProcessor ParsePostProcessor(const json& node, const std::string& where) {
   static const Registry<PostProcessor> registry = {
       {"BertProcessing", &BuildClsSep}, {"ByteLevel", &BuildByteLevel},         {"RobertaProcessing", &BuildClsSep},
       {"Sequence", &BuildSequence},     {"TemplateProcessing", &BuildTemplate},
   };
-  return registry;
-}
-
-}  // namespace
-
-PostProcessor ParsePostProcessor(const json& node, const std::string& where) {
-  if (node.is_null()) return nullptr;
-  return BuildStage(PostProcessors(), "post-processor", StringField(node, "type", where), node, where);
+  return ParseOptionalStage(registry, "post-processor", node, where);
 }
 
 }  // namespace shardtune::hf

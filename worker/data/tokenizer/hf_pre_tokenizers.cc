@@ -197,20 +197,15 @@ PreTokenizer BuildBert(const json&, const std::string&) {
       [words, punctuation](Pieces in, bool at_start) { return punctuation(words(std::move(in), at_start), at_start); };
 }
 
-const Registry<PreTokenizer>& PreTokenizers() {
+}  // namespace
+
+PreTokenizer ParsePreTokenizer(const json& node, const std::string& where) {
   static const Registry<PreTokenizer> registry = {
       {"BertPreTokenizer", &BuildBert}, {"ByteLevel", &BuildByteLevel},     {"Digits", &BuildDigits},
       {"Metaspace", &BuildMetaspace},   {"Punctuation", &BuildPunctuation}, {"Sequence", &BuildSequence},
       {"Split", &BuildSplit},           {"Whitespace", &BuildWhitespace},   {"WhitespaceSplit", &BuildWhitespaceSplit},
   };
-  return registry;
-}
-
-}  // namespace
-
-PreTokenizer ParsePreTokenizer(const json& node, const std::string& where) {
-  if (node.is_null()) return nullptr;
-  return BuildStage(PreTokenizers(), "pre-tokenizer", StringField(node, "type", where), node, where);
+  return ParseOptionalStage(registry, "pre-tokenizer", node, where);
 }
 
 }  // namespace shardtune::hf
