@@ -9,6 +9,7 @@
 // engine reads only the fields, never the stage number.
 
 #include <cstdint>
+#include <iterator>
 
 #include "sharding/parameter_layout.h"
 
@@ -35,6 +36,12 @@ inline constexpr StagePolicy kStagePolicies[] = {
     {.stage = 2, .shards_optimizer_state = true, .shards_gradients = true, .shards_parameters = false},
     {.stage = 3, .shards_optimizer_state = true, .shards_gradients = true, .shards_parameters = true},
 };
+
+static_assert([] {
+  for (int s = 0; s < static_cast<int>(std::size(kStagePolicies)); ++s)
+    if (kStagePolicies[s].stage != s) return false;
+  return true;
+}(), "kStagePolicies[s] must be stage s");
 
 // The policy of ZeRO stage `stage`; an internal error for a stage the table lacks (the job spec
 // admits only those it has).

@@ -250,7 +250,12 @@ class MpiCommunicator : public Communicator {
     if (comm_ == MPI_COMM_WORLD) return;
     MPI_Comm comm = comm_;
     try {
-      progress_->RunBlocking([&comm] { ST_MPI_CHECK(MPI_Comm_free(&comm)); });
+      // Logged, not thrown: a throw on the progress thread would count as a failed collective
+      // and fail every later one on the runtime, for a group nobody uses any more.
+      progress_->RunBlocking([&comm] {
+        if (const int rc = MPI_Comm_free(&comm); rc != MPI_SUCCESS)
+          spdlog::warn("MPI_Comm_free failed: {}", MpiErrorString(rc));
+      });
     } catch (const std::exception&) {
       // After a failed collective the job is being torn down; the group dies with it.
     }
@@ -378,6 +383,8 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
     Fail(ErrorCode::kInternal, "this MPI provides thread level {}, shardtune needs MPI_THREAD_SERIALIZED", provided);
   }
   ST_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  // Errors tied to no communicator (MPI_Op_create among them) go to MPI_COMM_SELF's handler (MPI-4).
+  ST_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN));
   ST_MPI_CHECK(MPI_Op_create(&SumOp<c10::BFloat16>, /*commute=*/1, &g_bf16_sum));
   ST_MPI_CHECK(MPI_Op_create(&SumOp<c10::Half>, /*commute=*/1, &g_fp16_sum));
   int rank = 0;
