@@ -37,11 +37,12 @@ inline constexpr StagePolicy kStagePolicies[] = {
     {.stage = 3, .shards_optimizer_state = true, .shards_gradients = true, .shards_parameters = true},
 };
 
-static_assert([] {
+constexpr bool StagePoliciesInOrder() {
   for (int s = 0; s < static_cast<int>(std::size(kStagePolicies)); ++s)
     if (kStagePolicies[s].stage != s) return false;
   return true;
-}(), "kStagePolicies[s] must be stage s");
+}
+static_assert(StagePoliciesInOrder(), "kStagePolicies[s] must be stage s");
 
 // The policy of ZeRO stage `stage`; an internal error for a stage the table lacks (the job spec
 // admits only those it has).

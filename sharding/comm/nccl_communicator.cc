@@ -14,8 +14,8 @@
 #include <thread>
 
 #include "common/exit_codes.h"
-#include "sharding/comm/collective_timeout.h"
 #include "common/test_knobs.h"
+#include "sharding/comm/collective_timeout.h"
 
 #if NCCL_VERSION_CODE < NCCL_VERSION(2, 18, 0)
 #error "the NCCL backend needs NCCL 2.18 or later (ncclCommSplit); sharding/CMakeLists.txt leaves older ones out"
