@@ -378,6 +378,25 @@ TEST_F(ZeroTest, ResumesOnAnotherWorldSizeAndStage) {
 namespace shardtune {
 namespace {
 
+// The two small units the engine tests below train: unit `u` holding "a.weight" computes
+// x Aᵀ A (a used twice), and unit `u` holding "b.weight" and "b.bias" computes x * w + bias.
+at::Tensor ThroughA(ZeroEngine& engine, int u, const at::Tensor& x) {
+  return ApplyUnits(engine, {u}, x, [](const at::Tensor& v, const UnitParameters& p) {
+    return at::matmul(at::matmul(v, p("a.weight").t()), p("a.weight"));
+  });
+}
+at::Tensor ThroughB(ZeroEngine& engine, int u, const at::Tensor& x) {
+  return ApplyUnits(engine, {u}, x,
+                    [](const at::Tensor& v, const UnitParameters& p) { return v * p("b.weight") + p("b.bias"); });
+}
+
+// One optimizer step on the mean square of `out` (lr 0.01, unscaled).
+void StepOnMeanSquare(ZeroEngine& engine, const at::Tensor& out) {
+  out.to(at::kFloat).pow(2).mean().backward();
+  engine.FinishGradients();
+  engine.OptimizerStep(0.01, 1.0);
+}
+
 // Gradient buffers are written by a step's first contribution, not zero-filled: what a step
 // reduces must be that step's gradients alone (a unit no computation used gets zero, a
 // parameter used twice gets both contributions, accumulation sums its micro-batches), at every
@@ -399,15 +418,8 @@ TEST(ZeroGradients, AStepReducesOnlyItsOwnContributions) {
     engine.LoadWeights([&](const ParameterSpec& p) {
       return p.name == "a.weight" ? a : p.name == "b.weight" ? b : bias;
     });
-    auto use_a = [&](const at::Tensor& in) {
-      return ApplyUnits(engine, {0}, in, [](const at::Tensor& v, const UnitParameters& p) {
-        return at::matmul(at::matmul(v, p("a.weight").t()), p("a.weight"));  // a used twice
-      });
-    };
-    auto use_b = [&](const at::Tensor& in) {
-      return ApplyUnits(engine, {1}, in,
-                        [](const at::Tensor& v, const UnitParameters& p) { return v * p("b.weight") + p("b.bias"); });
-    };
+    auto use_a = [&](const at::Tensor& in) { return ThroughA(engine, 0, in); };
+    auto use_b = [&](const at::Tensor& in) { return ThroughB(engine, 1, in); };
     auto gradients = [&] {
       engine.FinishGradients();
       std::map<std::string, at::Tensor> result;
@@ -490,17 +502,7 @@ TEST_F(ZeroTest, OffloadedOptimizerStepsAsTheInPlaceOne) {
         for (int step = 0; step < steps; ++step) {
           engine.BeginStep(step);
           engine.BeginMicroBatch(true);
-          const at::Tensor h = ApplyUnits(engine, {0}, x.to(dtype), [](const at::Tensor& v, const UnitParameters& p) {
-            return at::matmul(at::matmul(v, p("a.weight").t()), p("a.weight"));
-          });
-          ApplyUnits(engine, {1}, h,
-                     [](const at::Tensor& v, const UnitParameters& p) { return v * p("b.weight") + p("b.bias"); })
-              .to(at::kFloat)
-              .pow(2)
-              .mean()
-              .backward();
-          engine.FinishGradients();
-          engine.OptimizerStep(0.01, 1.0);
+          StepOnMeanSquare(engine, ThroughB(engine, 1, ThroughA(engine, 0, x.to(dtype))));
         }
         if (!save.empty()) {
           if (World().rank() == 0) fs::create_directories(save);
@@ -588,19 +590,11 @@ TEST_F(ZeroTest, ModelStateBytesIsWhatTheEngineAllocates) {
         engine.LoadWeights([](const ParameterSpec& p) { return at::randn(p.shape); });
         engine.BeginStep(0);
         engine.BeginMicroBatch(true);
-        at::Tensor h = ApplyUnits(engine, {0}, x.to(dtype), [](const at::Tensor& v, const UnitParameters& p) {
-          return at::matmul(at::matmul(v, p("a.weight").t()), p("a.weight"));
-        });
-        h = ApplyUnits(engine, {1}, h,
-                       [](const at::Tensor& v, const UnitParameters& p) { return at::matmul(v, p("f.weight")); });
-        ApplyUnits(engine, {2}, h,
-                   [](const at::Tensor& v, const UnitParameters& p) { return v * p("b.weight") + p("b.bias"); })
-            .to(at::kFloat)
-            .pow(2)
-            .mean()
-            .backward();
-        engine.FinishGradients();
-        engine.OptimizerStep(0.01, 1.0);
+        const at::Tensor h =
+            ApplyUnits(engine, {1}, ThroughA(engine, 0, x.to(dtype)), [](const at::Tensor& v, const UnitParameters& p) {
+              return at::matmul(v, p("f.weight"));  // the frozen unit
+            });
+        StepOnMeanSquare(engine, ThroughB(engine, 2, h));
         const int64_t allocated = AllocatedBytes(engine);
         const int64_t computed = ModelStateBytes(engine.layout(), zero.model_state()).total();
         EXPECT_EQ(allocated, computed);
