@@ -122,6 +122,9 @@ struct DataSpec {
   bool group_by_length = false;   // batches of similar lengths (less padding), still shuffled
   std::vector<TaskSpec> tasks;    // multi-task: mixed by weight, or by temperature
   double mixing_temperature = 0;  // > 0: task i drawn with probability proportional to size_i^(1/T)
+  // Where the token cache (the data tokenized once per job, shared by its ranks and attempts)
+  // is kept; empty: OUTPUT_DIR/cache.
+  std::string cache_dir;
 };
 
 struct OptimizerSpec {
@@ -178,12 +181,16 @@ struct ShardingSpec {
   double collective_timeout_s = 600;
   int64_t prefetch_layers = 1;        // stage 3: units gathered ahead of their use
   int64_t persistence_threshold = 0;  // stage 3: units with fewer elements stay gathered
+  int64_t load_buffer_mb = 256;       // staging buffer for reading the model's weights
 };
 
 struct OutputSpec {
   std::string dir;               // (required)
   int64_t checkpoint_every = 0;  // steps between checkpoints; 0: none besides the final export
   int64_t keep_checkpoints = 0;  // newest checkpoints kept; 0 keeps all
+  // Checkpoints written by a background thread from a host copy (one in flight), so that
+  // training goes on while they are written.
+  bool async_checkpoint = true;
   // Keep the weights of the best evaluation (training.early_stopping's metric) in
   // checkpoints/best and export those as final/, not the last step's.
   bool keep_best = false;

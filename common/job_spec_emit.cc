@@ -86,6 +86,7 @@ void EmitData(YAML::Emitter& out, const DataSpec& d) {
   out << YAML::Key << "shuffle" << YAML::Value << d.shuffle;
   out << YAML::Key << "chat_template" << YAML::Value << NameOf(kChatTemplates, d.chat_template);
   out << YAML::Key << "group_by_length" << YAML::Value << d.group_by_length;
+  if (!d.cache_dir.empty()) out << YAML::Key << "cache_dir" << YAML::Value << d.cache_dir;
   if (!d.tasks.empty()) {
     out << YAML::Key << "mixing_temperature" << YAML::Value << d.mixing_temperature;
     out << YAML::Key << "tasks" << YAML::Value << YAML::BeginSeq;
@@ -147,6 +148,7 @@ void EmitSharding(YAML::Emitter& out, const ShardingSpec& s) {
   out << YAML::Key << "collective_timeout_s" << YAML::Value << s.collective_timeout_s;
   out << YAML::Key << "prefetch_layers" << YAML::Value << s.prefetch_layers;
   out << YAML::Key << "persistence_threshold" << YAML::Value << s.persistence_threshold;
+  out << YAML::Key << "load_buffer_mb" << YAML::Value << s.load_buffer_mb;
   out << YAML::EndMap;
 }
 
@@ -155,6 +157,7 @@ void EmitOutput(YAML::Emitter& out, const OutputSpec& o) {
   out << YAML::Key << "dir" << YAML::Value << o.dir;
   out << YAML::Key << "checkpoint_every" << YAML::Value << o.checkpoint_every;
   out << YAML::Key << "keep_checkpoints" << YAML::Value << o.keep_checkpoints;
+  out << YAML::Key << "async_checkpoint" << YAML::Value << o.async_checkpoint;
   out << YAML::Key << "keep_best" << YAML::Value << o.keep_best;
   out << YAML::Key << "generations" << YAML::Value << o.generations;
   out << YAML::Key << "export" << YAML::Value << YAML::Flow << YAML::BeginSeq;

@@ -118,6 +118,7 @@ void ReadData(MapReader m, DataSpec* data) {
   m.Bool("shuffle", &data->shuffle);
   m.Enum("chat_template", &data->chat_template, kChatTemplates);
   m.Bool("group_by_length", &data->group_by_length);
+  m.Path("cache_dir", &data->cache_dir);
   m.Finish();
 }
 
@@ -170,6 +171,7 @@ void ReadSharding(MapReader m, ShardingSpec* sharding) {
   m.Double("collective_timeout_s", &sharding->collective_timeout_s, 0.0, 1e7, /*min_open=*/true);
   m.Int("prefetch_layers", &sharding->prefetch_layers, 0, 64);
   m.Int("persistence_threshold", &sharding->persistence_threshold, 0);
+  m.Int("load_buffer_mb", &sharding->load_buffer_mb, 1, 1 << 20);
   m.Finish();
 }
 
@@ -177,6 +179,7 @@ void ReadOutput(MapReader m, OutputSpec* output) {
   m.Path("dir", &output->dir, /*required=*/true);
   m.Int("checkpoint_every", &output->checkpoint_every, 0);
   m.Int("keep_checkpoints", &output->keep_checkpoints, 0);
+  m.Bool("async_checkpoint", &output->async_checkpoint);
   m.Bool("keep_best", &output->keep_best);
   m.Int("generations", &output->generations, 0, 100000);
   m.EnumList("export", &output->export_formats, kExports);
