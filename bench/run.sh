@@ -24,3 +24,7 @@ if [ -d "$fixtures" ]; then
 else
   echo "SKIPPED: $fixtures is absent"
 fi
+echo
+scale_work=$(mktemp -d /tmp/shardtune-scale.XXXXXX)
+/usr/bin/python3 bench/scale_bench.py "$build_dir" "$scale_work" $quick
+rm -rf "$scale_work"
