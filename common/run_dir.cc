@@ -15,11 +15,12 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::string_view kStepPrefix = "step-";
+constexpr std::string_view kStagingSuffix = ".tmp";  // StagedDirectory's TARGET.tmp
 
 }  // namespace
 
 StagedDirectory::StagedDirectory(fs::path target, Existing existing)
-    : target_(std::move(target)), staging_(target_.string() + ".tmp"), existing_(existing) {}
+    : target_(std::move(target)), staging_(target_.string() + std::string(kStagingSuffix)), existing_(existing) {}
 
 void StagedDirectory::Begin() const {
   if (existing_ == Existing::kRefuse && fs::exists(target_))
@@ -85,6 +86,18 @@ std::optional<StepCheckpoint> RunDir::LatestCheckpoint() const {
   auto found = CheckpointsNewestFirst();
   if (found.empty()) return std::nullopt;
   return std::move(found.front());
+}
+
+void RunDir::RemoveUnfinishedCheckpoints() const {
+  std::error_code ec;
+  if (!fs::is_directory(Checkpoints(), ec)) return;
+  std::vector<fs::path> unfinished;
+  for (const auto& entry : fs::directory_iterator(Checkpoints())) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && name.size() > kStagingSuffix.size() && name.ends_with(kStagingSuffix))
+      unfinished.push_back(entry.path());
+  }
+  for (const fs::path& path : unfinished) fs::remove_all(path);
 }
 
 void RunDir::PruneCheckpoints(int64_t keep) const {

@@ -119,6 +119,10 @@ class RunDir {
   // place whole), newest first; none when checkpoints/ does not exist. best/ is not among them.
   std::vector<StepCheckpoint> CheckpointsNewestFirst() const;
   std::optional<StepCheckpoint> LatestCheckpoint() const;
+  // Removes what a run killed while writing a checkpoint left: checkpoints/NAME.tmp directories
+  // (never a checkpoint: none has an index until it is renamed into place). Only while no rank of
+  // this run writes one: at the start of a run, before it resumes.
+  void RemoveUnfinishedCheckpoints() const;
   // Removes all but the newest `keep` periodic checkpoints (keep <= 0 keeps all); best/ stays.
   void PruneCheckpoints(int64_t keep) const;
 

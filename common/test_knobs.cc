@@ -12,6 +12,7 @@ namespace {
 
 constexpr const char* kStall = "SHARDTUNE_TEST_STALL";
 constexpr const char* kNcclSplit = "SHARDTUNE_TEST_NCCL_SPLIT";
+constexpr const char* kPauseCheckpointWrite = "SHARDTUNE_TEST_PAUSE_CHECKPOINT_WRITE";
 
 template <typename Int>
 bool ParseWhole(std::string_view text, Int& value) {
@@ -35,6 +36,12 @@ TestKnobs TestKnobs::FromEnvironment() {
   TestKnobs knobs;
   if (const char* stall = std::getenv(kStall)) knobs.stall = ParseStall(stall);
   knobs.nccl_split = std::getenv(kNcclSplit) != nullptr;
+  if (const char* pause = std::getenv(kPauseCheckpointWrite)) {
+    int64_t step = 0;
+    if (!ParseWhole(std::string_view(pause), step) || step < 1)
+      Fail(ErrorCode::kInvalidArgument, "{}={}: expected a step >= 1 (e.g. 4)", kPauseCheckpointWrite, pause);
+    knobs.pause_checkpoint_write = step;
+  }
   return knobs;
 }
 

@@ -24,6 +24,12 @@ struct TestKnobs {
   // exercises ncclCommSplit. Used by tests/mpi/nccl_test.cc, which sets it around one test.
   bool nccl_split = false;
 
+  // SHARDTUNE_TEST_PAUSE_CHECKPOINT_WRITE=STEP: on every rank, the writer of the checkpoint of that
+  // optimizer step (1-based) sleeps for an hour once its rank file is written, before it reports
+  // done, so that the checkpoint stays uncommitted (checkpoints/step-STEP.tmp) while a test kills
+  // a rank. Used by tests/e2e/mpi_test.sh (kill -9 during an asynchronous checkpoint's write).
+  std::optional<int64_t> pause_checkpoint_write;
+
   // Reads the variables now; throws Error naming the variable when a value is malformed.
   static TestKnobs FromEnvironment();
 };

@@ -64,29 +64,60 @@ std::vector<int> TrainableUnits(const UnitPointers& units) {
 }  // namespace
 
 void ZeroEngine::SaveShards(const std::string& dir) {
+  ShardSnapshot snapshot;
+  SnapshotShards(snapshot, SnapshotMemory::kShared);
+  WriteShardFile(snapshot, dir);
+  if (!snapshot.index.empty()) WriteShardIndex(snapshot, dir);
+}
+
+void ZeroEngine::SnapshotShards(ShardSnapshot& into, SnapshotMemory memory) const {
+  at::NoGradGuard no_grad;
   // Unsharded, every rank holds the same whole state: rank 0 writes it. Sharded, the first rank of
   // each replica group writes its shard.
   const bool writer = policy_.shards_optimizer_state ? groups_.replica->rank() == 0 : groups_.world->rank() == 0;
-  if (writer) {
-    // Host copies (no-ops on CPU) of what this rank holds. Master weights that are the
-    // parameters' memory are assembled on the host, unit by unit: a device-side concatenation
-    // would hold them twice.
-    at::Tensor values = master_;
-    if (MasterIsParameters(config_.model_state())) {
-      values = at::empty({layout_.trainable_shard_total()}, at::kFloat);
-      for (const auto& unit : units_) {
-        if (unit->trainable) unit->LocalSlice(values).copy_(unit->master);
-      }
-    }
-    values = values.cpu();
-    const at::Tensor exp_avg = optimizer_->exp_avg().cpu(), exp_avg_sq = optimizer_->exp_avg_sq().cpu();
-    WriteSafetensors(CheckpointDir(dir).RankFile(groups_.world->rank()),
-                     {Bytes("values", values), Bytes("exp_avg", exp_avg), Bytes("exp_avg_sq", exp_avg_sq)},
-                     {{"format", kFormatName}});
+  into.file_rank = writer ? groups_.world->rank() : -1;
+  into.index = groups_.world->rank() == 0 ? IndexJson() : std::string();
+  if (!writer) {
+    into.values = into.exp_avg = into.exp_avg_sq = at::Tensor();
+    return;
   }
-  if (groups_.world->rank() != 0) return;
-  const std::vector<int> trainable = TrainableUnits(units_);
+  const int64_t local = layout_.trainable_shard_total();
+  // Host memory of the snapshot's own: pinned when the state is on a GPU (a faster copy), reused
+  // when the last snapshot's has the size (never when it aliases the engine's, as kShared may).
+  auto own = [&](at::Tensor& target, const at::Tensor& source) -> at::Tensor& {
+    const bool reusable =
+        target.defined() && target.numel() == local && (!source.defined() || target.data_ptr() != source.data_ptr());
+    if (!reusable) {
+      target = at::empty({local}, at::TensorOptions().dtype(at::kFloat).pinned_memory(config_.device.is_cuda()));
+    }
+    return target;
+  };
+  // Master weights that are the parameters' memory are assembled on the host, unit by unit: a
+  // device-side concatenation would hold them twice.
+  if (MasterIsParameters(config_.model_state())) {
+    at::Tensor& values = memory == SnapshotMemory::kOwned ? own(into.values, at::Tensor())
+                                                          : (into.values = at::empty({local}, at::kFloat));
+    for (const auto& unit : units_) {
+      if (unit->trainable) unit->LocalSlice(values).copy_(unit->master);
+    }
+  } else if (memory == SnapshotMemory::kOwned) {
+    own(into.values, master_).copy_(master_);
+  } else {
+    into.values = master_.cpu();  // the same memory where it is on the host already
+  }
+  const at::Tensor& exp_avg = optimizer_->exp_avg();
+  const at::Tensor& exp_avg_sq = optimizer_->exp_avg_sq();
+  if (memory == SnapshotMemory::kOwned) {
+    own(into.exp_avg, exp_avg).copy_(exp_avg);
+    own(into.exp_avg_sq, exp_avg_sq).copy_(exp_avg_sq);
+  } else {
+    into.exp_avg = exp_avg.cpu();
+    into.exp_avg_sq = exp_avg_sq.cpu();
+  }
+}
 
+std::string ZeroEngine::IndexJson() const {
+  const std::vector<int> trainable = TrainableUnits(units_);
   // Writers are the ranks of the first shard group: world ranks 0 .. shard_count - 1.
   json files = json::array();
   for (int shard = 0; shard < layout_.shard_count; ++shard) {
@@ -111,7 +142,20 @@ void ZeroEngine::SaveShards(const std::string& dir) {
                       {"optimizer_step", optimizer_->step()},
                       {"units", LayoutJson(layout_)},
                       {"files", files}};
-  WriteFileAtomic(CheckpointDir(dir).Index(), index.dump(1) + "\n");
+  return index.dump(1) + "\n";
+}
+
+void WriteShardFile(const ShardSnapshot& snapshot, const fs::path& dir) {
+  if (snapshot.file_rank < 0) return;
+  WriteSafetensors(
+      CheckpointDir(dir).RankFile(snapshot.file_rank),
+      {Bytes("values", snapshot.values), Bytes("exp_avg", snapshot.exp_avg), Bytes("exp_avg_sq", snapshot.exp_avg_sq)},
+      {{"format", kFormatName}});
+}
+
+void WriteShardIndex(const ShardSnapshot& snapshot, const fs::path& dir) {
+  ST_CHECK(!snapshot.index.empty(), "WriteShardIndex needs world rank 0's snapshot");
+  WriteFileAtomic(CheckpointDir(dir).Index(), snapshot.index);
 }
 
 void ZeroEngine::LoadShards(const std::string& dir) {

@@ -29,6 +29,7 @@
 #include <ATen/ATen.h>
 
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -88,6 +89,27 @@ class UnitParameters {
  private:
   std::map<std::string, at::Tensor> tensors_;
 };
+
+// A host copy of what one rank saves of a checkpoint (ZeroEngine::SnapshotShards). Writing it
+// (WriteShardFile, WriteShardIndex) needs no engine and no collective, so any thread may do it.
+struct ShardSnapshot {
+  int file_rank = -1;  // the world rank whose rank file this rank writes; -1: none (a replica)
+  at::Tensor values;   // (shard elements,) fp32 master weights of this rank's trainable shards, host
+  at::Tensor exp_avg;  // (shard elements,) AdamW's moments, host
+  at::Tensor exp_avg_sq;
+  std::string index;  // index.json; world rank 0 only
+};
+
+enum class SnapshotMemory {
+  kOwned,   // the snapshot's own memory: the engine may train on while it is written
+  kShared,  // may alias the engine's host buffers: to be written before the next step
+};
+
+// Writes the snapshot's rank file into `dir`, fsynced (nothing when it has none).
+void WriteShardFile(const ShardSnapshot& snapshot, const std::filesystem::path& dir);
+// Writes index.json into `dir` from world rank 0's snapshot, once every rank's file is written:
+// the index is what makes a directory a checkpoint (CheckpointDir::HasIndex).
+void WriteShardIndex(const ShardSnapshot& snapshot, const std::filesystem::path& dir);
 
 class ZeroEngine {
  public:
@@ -155,7 +177,13 @@ class ZeroEngine {
   // Writes this rank's shards of the trainable units into `dir` if it holds the first copy of
   // them; world rank 0 also writes index.json. Frozen units are not saved: they are the base
   // model, loaded again from where it came. The caller creates `dir` and synchronizes the ranks.
+  // The same as SnapshotShards (kShared), then WriteShardFile and WriteShardIndex.
   void SaveShards(const std::string& dir);
+  // What SaveShards would write, taken now into `into` on every rank (no collectives; between
+  // steps, on the engine's thread): the host copy an asynchronous checkpoint writes while
+  // training goes on. With kOwned, `into`'s tensors are reused when they have the sizes needed,
+  // so a run that checkpoints repeatedly holds one snapshot's host memory, not one per checkpoint.
+  void SnapshotShards(ShardSnapshot& into, SnapshotMemory memory) const;
   // Loads the trainable units from a checkpoint written with any world size, stage or shard group size.
   void LoadShards(const std::string& dir);
   AdamW& optimizer() { return *optimizer_; }
@@ -172,6 +200,7 @@ class ZeroEngine {
   void ZeroUnwritten(Unit& unit);
   void IssueReduction(int u);
   void RetirePending(size_t keep);  // completes all but the newest `keep` reductions
+  std::string IndexJson() const;    // the checkpoint's index.json
   void DropGathered();
   void PublishParameters();  // master weights -> the parameters forward uses
   void Gather(int u);

@@ -231,6 +231,7 @@ std::optional<StepCheckpoint> Trainer::AgreedLatestCheckpoint() {
   // collectives would not match) even if their views of the directory differ.
   at::Tensor step = at::full({1}, int64_t{-1}, at::TensorOptions().dtype(at::kLong).device(device_));
   if (rank0_) {
+    run_dir_.RemoveUnfinishedCheckpoints();  // a killed run's step-N.tmp: never resumed from
     if (const auto latest = run_dir_.LatestCheckpoint()) step.fill_(latest->step);
   }
   world_.Broadcast(step, 0, CollectiveTag{"resume step"})->Wait();
@@ -353,7 +354,10 @@ void Trainer::ReportStep(int64_t step, const StepFigures& f) {
                      {"comm_bytes", f.comm.bytes_sent},
                      {"comm_s", f.comm.busy_s},
                      {"comm_exposed_s", f.comm.waited_s},
+                     {"checkpoint_stall_s", checkpoint_stall_s_},
+                     {"checkpoint_write_s", checkpoint_write_s_},
                      {"peak_rss_bytes", PeakRssBytes()}});
+    checkpoint_stall_s_ = checkpoint_write_s_ = 0;  // each line counts what came after the last one
   }
   const std::string status =
       fmt::format("loss {:.4f}  lr {:.3g}  grad_norm {:.3f}  {:.0f} tok/s", f.loss, f.lr, f.grad_norm, tokens_per_s);
@@ -375,36 +379,6 @@ bool Trainer::StopRequested(int64_t step) {
   return stop.item<int64_t>() != 0;
 }
 
-TrainerState Trainer::State(int64_t step) const {
-  TrainerState state{step, tokens_, spec_.training.seed, loss_scale_.scale(), total_steps_};
-  state.best_step = best_step_;
-  state.best_value = best_value_;
-  state.evaluations_since_best = evaluations_since_best_;
-  return state;
-}
-
-void Trainer::Checkpoint(int64_t step) {
-  const CheckpointDir dir = run_dir_.Checkpoint(step);
-  WriteCheckpoint(step, dir);
-  if (rank0_) {
-    run_dir_.PruneCheckpoints(spec_.output.keep_checkpoints);
-    if (options_.on_checkpoint) options_.on_checkpoint(step, dir.path().string());
-  }
-}
-
-void Trainer::WriteCheckpoint(int64_t step, const CheckpointDir& dir) {
-  const StagedDirectory staged(dir.path(), StagedDirectory::Existing::kReplace);
-  if (rank0_) staged.Begin();
-  Barrier("checkpoint directory");
-  engine_->SaveShards(staged.staging().string());
-  Barrier("checkpoint shards");
-  if (rank0_) {
-    WriteTrainerState(staged.staging(), State(step));
-    staged.Commit();
-  }
-  Barrier("checkpoint commit");
-}
-
 void Trainer::Export() {
   ExportModel(*engine_, world_, peft_, run_dir_.Final(), spec_.model.path, spec_.model.dtype,
               spec_.output.export_formats);
@@ -423,14 +397,16 @@ TrainingSummary Trainer::Run() {
   for (; step_ < stop && !stop_early;) {
     TrainStep(step_);
     const int64_t done = ++step_;
+    PollCheckpoint();
     if (spec_.training.eval_every > 0 && done % spec_.training.eval_every == 0)
       stop_early = AfterEvaluation(done, Evaluate(done));
     const bool checkpointed =
         spec_.output.checkpoint_every > 0 && done % spec_.output.checkpoint_every == 0 && done < total_steps_;
-    if (checkpointed) Checkpoint(done);
+    Checkpoint(done, DueCheckpoints(done, checkpointed));
     if (options_.stop_check && done < total_steps_ && StopRequested(done)) {
       // Paused by the server: keep everything up to this step, then stop.
-      if (!checkpointed) Checkpoint(done);
+      if (!checkpointed) Checkpoint(done, DueCheckpoints(done, /*periodic=*/true));
+      FinishCheckpoint("the pause");
       if (progress_) progress_->Finish();
       if (rank0_) spdlog::info("stopping at step {} as the server asked (checkpointed)", done);
       summary_.steps = step_;
@@ -440,10 +416,16 @@ TrainingSummary Trainer::Run() {
   }
   if (progress_) progress_->Finish();
   summary_.steps = step_;
-  if (step_ < total_steps_ && !stop_early) return summary_;
+  if (step_ < total_steps_ && !stop_early) {
+    FinishCheckpoint("the end of the run");
+    return summary_;
+  }
 
   if (!stop_early && (spec_.training.eval_every == 0 || total_steps_ % spec_.training.eval_every != 0))
     AfterEvaluation(total_steps_, Evaluate(total_steps_));
+  // The last write went on during the final evaluation; best/ if that evaluation is the best.
+  Checkpoint(step_, DueCheckpoints(step_, /*periodic=*/false));
+  FinishCheckpoint("the export");
   if (spec_.output.keep_best && best_step_ > 0 && best_step_ != step_) {
     const fs::path best = run_dir_.BestCheckpoint().path();
     if (rank0_) spdlog::info("exporting the best evaluation's weights (step {}) from {}", best_step_, best.string());

@@ -70,7 +70,7 @@ bool Trainer::AfterEvaluation(int64_t step, std::optional<double> metric) {
     best_step_ = step;
     best_value_ = *metric;
     evaluations_since_best_ = 0;
-    if (spec_.output.keep_best) WriteCheckpoint(step, run_dir_.BestCheckpoint());
+    best_unsaved_ = spec_.output.keep_best;  // the loop checkpoints it (DueCheckpoints)
   } else {
     ++evaluations_since_best_;
   }

@@ -2,7 +2,8 @@
 // The Trainer behind RunTraining (worker/trainer.h), shared by the files that implement it, one
 // concern each:
 //   trainer.cc             setup (spec checks, engine, the plan's log lines, resume), the step
-//                          loop, checkpoints and export
+//                          loop and export
+//   trainer_checkpoint.cc  checkpoints: written in the background, committed when every rank wrote
 //   trainer_model.cc       the model this job trains: dropouts, classifier head, init adapter,
 //                          initial weights
 //   trainer_data.cc        the training and validation data, and each step's global batch
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "common/background_task.h"
 #include "common/job_spec.h"
 #include "common/model_config.h"
 #include "common/run_dir.h"
@@ -91,13 +93,32 @@ class Trainer {
   void TrainStep(int64_t step);
   void ReportStep(int64_t step, const StepFigures& figures);  // rank 0
   bool StopRequested(int64_t step);                           // reports the step to the server (rank 0); true: pause
-  // Writes checkpoints/step-N, prunes the old ones and tells the server.
-  void Checkpoint(int64_t step);
-  // Writes the checkpoint of `step` to `dir` (replacing it) on every rank, staged.
-  void WriteCheckpoint(int64_t step, const CheckpointDir& dir);
-  TrainerState State(int64_t step) const;
   void Export();
   void Barrier(const std::string& what) { world_.Barrier(CollectiveTag{what, step_}); }
+
+  // Checkpoints (trainer_checkpoint.cc). One is in flight at a time: a host snapshot of every
+  // rank's shard, taken between steps (what the step waits for), is written and fsynced into
+  // DIR.tmp by a background task (output.async_checkpoint; in the step otherwise); once every rank's
+  // write has finished, which the ranks agree on at step boundaries, rank 0 writes
+  // trainer_state.json and index.json last and renames DIR.tmp to DIR. Only then is a periodic one
+  // (checkpoints/step-N) pruned among the others and reported to the server. Every rank calls
+  // these at the same points of the loop (their collectives must match).
+  // The checkpoints due after `step`: checkpoints/step-N when `periodic`, checkpoints/best when the
+  // last evaluation was the best so far (output.keep_best).
+  std::vector<CheckpointDir> DueCheckpoints(int64_t step, bool periodic);
+  // Starts writing the checkpoint of `step` into `dirs` (none: nothing to do), after finishing the
+  // one in flight.
+  void Checkpoint(int64_t step, const std::vector<CheckpointDir>& dirs);
+  // At every step boundary: commits the checkpoint in flight if every rank has written it.
+  void PollCheckpoint();
+  // Waits for the checkpoint in flight to be written on every rank and commits it; a wait is logged
+  // with what it came before ("the pause", "the end of training").
+  void FinishCheckpoint(const char* before);
+  // Whether every rank's write of the checkpoint in flight has finished (a collective); with
+  // `wait`, waits for this rank's first. Throws if any rank's write failed.
+  bool EveryRankWroteCheckpoint(bool wait);
+  void CommitCheckpoint();
+  TrainerState State(int64_t step) const;
 
   // Evaluation (trainer_evaluation.cc).
   // The early-stopping metric of the evaluation, on every rank.
@@ -149,6 +170,20 @@ class Trainer {
   int64_t best_step_ = 0;  // the best evaluation (TrainerState)
   double best_value_ = 0.0;
   int64_t evaluations_since_best_ = 0;
+  bool best_unsaved_ = false;  // output.keep_best: the latest evaluation is the best, not in checkpoints/best yet
+
+  // The checkpoint being written, from its snapshot to its commit.
+  struct CheckpointInFlight {
+    int64_t step = 0;
+    std::vector<StagedDirectory> dirs;  // written alike: checkpoints/step-N and/or checkpoints/best
+    TrainerState state;
+    std::optional<TaskOutcome> written;  // this rank's write, once collected
+  };
+  std::optional<CheckpointInFlight> checkpoint_;
+  ShardSnapshot snapshot_;            // the host copy being written, reused by the next checkpoint
+  BackgroundTask checkpoint_writer_;  // after snapshot_: destroyed (joined) before it
+  double checkpoint_stall_s_ = 0;     // the training thread's time on checkpoints since the last metrics line
+  double checkpoint_write_s_ = 0;     // rank 0: writes committed since the last metrics line
 };
 
 }  // namespace shardtune

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Multi-rank jobs as a user runs them: `shardtune train --np N` through mpirun, a rank that hangs
 # (the others fail within the collective timeout, naming rank, collective, bucket and step), a
-# rank killed with -9 (the whole job ends, non-zero, promptly), and a BERT sentiment classifier
-# trained on two ranks and evaluated.
+# rank killed with -9 (the whole job ends, non-zero, promptly), a rank killed during an
+# asynchronous checkpoint's write (the previous checkpoint resumes, to the uninterrupted run's end),
+# and a BERT sentiment classifier trained on two ranks and evaluated.
 # Usage: mpi_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -60,6 +61,50 @@ elapsed=$(( $(date +%s) - start ))
 if [ $code -ne 0 ]; then pass "job with a killed rank exits non-zero ($code)"; else fail "job with a killed rank exited 0"; fi
 if [ $elapsed -lt 30 ]; then pass "the other rank ended within ${elapsed}s"; else fail "took ${elapsed}s"; fi
 if pgrep -f "shardtune-worker $work/killed.yaml" > /dev/null; then fail "a rank outlived the job"; pkill -9 -f "$work/killed.yaml"; else pass "no rank left behind"; fi
+
+# 3b. Asynchronous checkpoints: kill -9 of a rank while the write of step-6 is paused (a test knob,
+#     on every rank, after its rank file is written) leaves step-3 as the newest checkpoint; the
+#     same command resumes from it and ends where the uninterrupted run ends, weights byte for byte.
+for name in straight paused; do
+  cat > "$work/$name.yaml" <<YAML
+name: $name
+model: {path: base}
+data: {train: train.jsonl, format: tokens, max_seq_len: 64}
+training: {max_steps: 12, micro_batch_size: 2, global_batch_size: 4}
+sharding: {zero_stage: 3}
+output: {dir: runs/$name, checkpoint_every: 3}
+YAML
+done
+"$bin/shardtune" train "$work/straight.yaml" --np 2 > "$work/straight.log" 2>&1 || fail "the uninterrupted run failed: $(tail -n 5 "$work/straight.log")"
+SHARDTUNE_TEST_PAUSE_CHECKPOINT_WRITE=6 "$bin/shardtune" train "$work/paused.yaml" --np 2 > "$work/paused.log" 2>&1 &
+launcher=$!
+staging="$work/runs/paused/checkpoints/step-6.tmp"
+for _ in $(seq 1 600); do
+  [ -f "$staging/rank-00000.safetensors" ] && [ -f "$staging/rank-00001.safetensors" ] && break; sleep 0.1
+done
+victim=$(pgrep -f "shardtune-worker $work/paused.yaml" | tail -n 1)
+kill -9 "$victim"
+wait "$launcher"
+code=$?
+if [ $code -ne 0 ]; then pass "the paused job with a killed rank exits non-zero ($code)"; else fail "it exited 0"; fi
+if [ -f "$staging/rank-00001.safetensors" ] && [ ! -e "$staging/index.json" ] && [ ! -e "$work/runs/paused/checkpoints/step-6" ]; then
+  pass "killed mid-checkpoint: step-6 is staged, with no index, and not visible"
+else
+  fail "killed mid-checkpoint: $(ls -R "$work/runs/paused/checkpoints")"
+fi
+expect_eq "the previous checkpoint is whole" "$(ls "$work/runs/paused/checkpoints/step-3" | tr '\n' ' ')" \
+  "index.json rank-00000.safetensors rank-00001.safetensors trainer_state.json "
+out=$("$bin/shardtune" train "$work/paused.yaml" --np 2 2>&1)
+expect_eq "the same command resumes and finishes" "$?" "0"
+expect_contains "it resumed from step-3" "$out" "resuming from $work/runs/paused/checkpoints/step-3 (step 3)"
+if [ -e "$staging" ]; then fail "the killed write's step-6.tmp is left"; else pass "the killed write's step-6.tmp is gone"; fi
+if cmp -s "$work/runs/straight/final/model.safetensors" "$work/runs/paused/final/model.safetensors"; then
+  pass "the resumed run's weights equal the uninterrupted run's, byte for byte"
+else
+  fail "the resumed run's weights differ from the uninterrupted run's"
+fi
+losses() { python3 -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) for l in open(sys.argv[1]) if "\"loss\"" in l))' "$1"; }
+expect_eq "and its loss at every step" "$(losses "$work/runs/paused/metrics.jsonl")" "$(losses "$work/runs/straight/metrics.jsonl")"
 
 # 4. examples/tiny-bert as a sentiment classifier on two ranks (ZeRO-2), then `shardtune evaluate`.
 "$bin/shardtune" init-model --config "$src/examples/tiny-bert/config.json" --out "$work/bert" --seed 4 --log-level warn

@@ -66,6 +66,16 @@ TEST(RunDir, ListsCompleteCheckpointsNewestFirstAndPrunesTheOldest) {
   EXPECT_TRUE(fs::exists(run.Checkpoint(10).path()));
   EXPECT_TRUE(fs::exists(run.BestCheckpoint().path()));
   EXPECT_TRUE(fs::exists(run.Checkpoints() / "step-11.tmp"));
+
+  // What a run killed mid-write leaves goes at the next start; checkpoints and files stay.
+  fs::create_directories(run.Checkpoints() / "best.tmp");
+  run.RemoveUnfinishedCheckpoints();
+  EXPECT_FALSE(fs::exists(run.Checkpoints() / "step-11.tmp"));
+  EXPECT_FALSE(fs::exists(run.Checkpoints() / "best.tmp"));
+  EXPECT_EQ(run.CheckpointsNewestFirst().size(), 2u);
+  EXPECT_TRUE(fs::exists(run.BestCheckpoint().path()));
+  EXPECT_TRUE(fs::exists(run.Checkpoints() / "step-12"));
+  RunDir(dir / "nothing").RemoveUnfinishedCheckpoints();  // no checkpoints/: nothing to do
 }
 
 TEST(RunDir, FinishedMeansFinalExists) {
@@ -140,6 +150,15 @@ TEST(TestKnobs, ReadFromTheEnvironment) {
   }
   unsetenv("SHARDTUNE_TEST_STALL");
   unsetenv("SHARDTUNE_TEST_NCCL_SPLIT");
+
+  EXPECT_FALSE(TestKnobs::FromEnvironment().pause_checkpoint_write.has_value());
+  setenv("SHARDTUNE_TEST_PAUSE_CHECKPOINT_WRITE", "4", 1);
+  EXPECT_EQ(TestKnobs::FromEnvironment().pause_checkpoint_write, 4);
+  for (const char* malformed : {"", "0", "-1", "4x", "a"}) {
+    setenv("SHARDTUNE_TEST_PAUSE_CHECKPOINT_WRITE", malformed, 1);
+    EXPECT_THROW(TestKnobs::FromEnvironment(), Error) << malformed;
+  }
+  unsetenv("SHARDTUNE_TEST_PAUSE_CHECKPOINT_WRITE");
 }
 
 }  // namespace
