@@ -87,6 +87,11 @@ kill -9 "$victim"
 wait "$launcher"
 code=$?
 if [ $code -ne 0 ]; then pass "the paused job with a killed rank exits non-zero ($code)"; else fail "it exited 0"; fi
+if pgrep -f "shardtune-worker $work/paused.yaml" > /dev/null; then
+  fail "a rank outlived the job (its writer paused)"; pkill -9 -f "$work/paused.yaml"
+else
+  pass "no rank left behind, paused writer or not"
+fi
 if [ -f "$staging/rank-00001.safetensors" ] && [ ! -e "$staging/index.json" ] && [ ! -e "$work/runs/paused/checkpoints/step-6" ]; then
   pass "killed mid-checkpoint: step-6 is staged, with no index, and not visible"
 else
