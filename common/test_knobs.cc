@@ -12,6 +12,7 @@ namespace {
 
 constexpr const char* kStall = "SHARDTUNE_TEST_STALL";
 constexpr const char* kNcclSplit = "SHARDTUNE_TEST_NCCL_SPLIT";
+constexpr const char* kExportShardBytes = "SHARDTUNE_TEST_EXPORT_SHARD_BYTES";
 
 template <typename Int>
 bool ParseWhole(std::string_view text, Int& value) {
@@ -35,6 +36,12 @@ TestKnobs TestKnobs::FromEnvironment() {
   TestKnobs knobs;
   if (const char* stall = std::getenv(kStall)) knobs.stall = ParseStall(stall);
   knobs.nccl_split = std::getenv(kNcclSplit) != nullptr;
+  if (const char* bytes = std::getenv(kExportShardBytes)) {
+    uint64_t value = 0;
+    if (!ParseWhole(std::string_view(bytes), value) || value == 0)
+      Fail(ErrorCode::kInvalidArgument, "{}={}: expected a positive number of bytes", kExportShardBytes, bytes);
+    knobs.export_shard_bytes = value;
+  }
   return knobs;
 }
 

@@ -24,6 +24,12 @@ struct TestKnobs {
   // exercises ncclCommSplit. Used by tests/mpi/nccl_test.cc, which sets it around one test.
   bool nccl_split = false;
 
+  // SHARDTUNE_TEST_EXPORT_SHARD_BYTES=N: exported models are split into files of at most N bytes
+  // (instead of 5 GB), so that a tiny model is several model-0000K-of-0000N.safetensors files and
+  // the parallel export's file assignment is exercised. Used by tests/e2e/cli_test.sh and
+  // mpi_test.sh.
+  std::optional<uint64_t> export_shard_bytes;
+
   // Reads the variables now; throws Error naming the variable when a value is malformed.
   static TestKnobs FromEnvironment();
 };
