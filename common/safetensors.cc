@@ -203,7 +203,27 @@ SafetensorsHeader ParseSafetensorsHeader(std::string_view text, uint64_t data_si
   return header;
 }
 
-std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const fs::path& path) {
+namespace {
+
+// The header length a file of `file_size` bytes declares in its first 8 bytes (little-endian),
+// checked against the limit and the file's size.
+uint64_t CheckedHeaderLength(const std::byte* first8, uint64_t file_size, const std::string& where) {
+  uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | static_cast<uint8_t>(first8[i]);
+  if (header_size > kMaxSafetensorsHeaderBytes) {
+    Fail(ErrorCode::kDataLoss, "{}: header length {} exceeds the limit of {} bytes", where, header_size,
+         kMaxSafetensorsHeaderBytes);
+  }
+  if (header_size > file_size - 8) {
+    Fail(ErrorCode::kDataLoss, "{}: header length {} runs past the end of the {}-byte file", where, header_size,
+         file_size);
+  }
+  return header_size;
+}
+
+// Opens `path` for reading and returns its descriptor and size (at least the 8 bytes of a
+// header length).
+int OpenForReading(const fs::path& path, uint64_t& file_size) {
   const std::string where = path.string();
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0 && errno == ENOENT) Fail(ErrorCode::kNotFound, "{}: no such file", where);
@@ -213,12 +233,33 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const fs::path& path) {
     ::close(fd);
     FailErrno("fstat", where);
   }
-  const auto file_size = static_cast<uint64_t>(st.st_size);
+  file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
     ::close(fd);
     Fail(ErrorCode::kDataLoss, "{}: file is {} bytes; a safetensors file starts with an 8-byte header length", where,
          file_size);
   }
+  return fd;
+}
+
+// Reads exactly `size` bytes at `offset`, or throws naming the file.
+void PreadExactly(int fd, void* out, size_t size, uint64_t offset, const std::string& where) {
+  auto* bytes = static_cast<char*>(out);
+  while (size > 0) {
+    const ssize_t n = ::pread(fd, bytes, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) FailErrno("pread", where);
+    if (n == 0) Fail(ErrorCode::kDataLoss, "{}: ends before byte {}", where, offset);
+    bytes += n, size -= static_cast<size_t>(n), offset += static_cast<uint64_t>(n);
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const fs::path& path) {
+  const std::string where = path.string();
+  uint64_t file_size = 0;
+  const int fd = OpenForReading(path, file_size);
   void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (mapping == MAP_FAILED) FailErrno("mmap", where);
@@ -228,20 +269,51 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const fs::path& path) {
   file->mapping_ = mapping;
   file->mapping_size_ = file_size;
   const auto* bytes = static_cast<const std::byte*>(mapping);
-  uint64_t header_size = 0;
-  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | static_cast<uint8_t>(bytes[i]);
-  if (header_size > kMaxSafetensorsHeaderBytes) {
-    Fail(ErrorCode::kDataLoss, "{}: header length {} exceeds the limit of {} bytes", where, header_size,
-         kMaxSafetensorsHeaderBytes);
-  }
-  if (header_size > file_size - 8) {
-    Fail(ErrorCode::kDataLoss, "{}: header length {} runs past the end of the {}-byte file", where, header_size,
-         file_size);
-  }
+  const uint64_t header_size = CheckedHeaderLength(bytes, file_size, where);
   const std::string_view text(reinterpret_cast<const char*>(bytes + 8), header_size);
   file->header_ = ParseSafetensorsHeader(text, file_size - 8 - header_size, where);
   file->data_ = bytes + 8 + header_size;
   return file;
+}
+
+SafetensorsFileHeader ReadSafetensorsFileHeader(const fs::path& path) {
+  const std::string where = path.string();
+  uint64_t file_size = 0;
+  const int fd = OpenForReading(path, file_size);
+  std::string text;
+  try {
+    std::byte first8[8];
+    PreadExactly(fd, first8, 8, 0, where);
+    text.resize(CheckedHeaderLength(first8, file_size, where));
+    PreadExactly(fd, text.data(), text.size(), 8, where);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  const uint64_t data_offset = 8 + text.size();
+  return SafetensorsFileHeader{ParseSafetensorsHeader(text, file_size - data_offset, where), data_offset};
+}
+
+void ReadFileRange(const fs::path& path, uint64_t offset, void* out, size_t size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) Fail(ErrorCode::kNotFound, "{}: no such file", path.string());
+  ST_SYSCALL_CHECK(fd, path.string());
+  try {
+    PreadExactly(fd, out, size, offset, path.string());
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+}
+
+void SafetensorsFile::Evict(const TensorInfo& info) const {
+  // Whole pages inside the tensor only: a page it shares with a neighbour may still be in use.
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<uintptr_t>(data_ + info.begin) + page - 1) / page * page;
+  const auto end = reinterpret_cast<uintptr_t>(data_ + info.end) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 SafetensorsFile::~SafetensorsFile() {
@@ -376,8 +448,11 @@ struct SafetensorsModelWriter::Shard {
   std::unique_ptr<AtomicFileWriter> writer;
 };
 
-SafetensorsModelWriter::SafetensorsModelWriter(fs::path dir, std::vector<TensorMeta> tensors, uint64_t max_shard_bytes)
-    : dir_(std::move(dir)), tensors_(std::move(tensors)) {
+SafetensorsModelWriter::SafetensorsModelWriter(fs::path dir, std::vector<TensorMeta> tensors, uint64_t max_shard_bytes,
+                                               FileShare share)
+    : dir_(std::move(dir)), tensors_(std::move(tensors)), share_(share) {
+  ST_CHECK(share_.count > 0 && share_.index >= 0 && share_.index < share_.count, "file share {} of {}", share_.index,
+           share_.count);
   uint64_t shard_bytes = 0;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     if (tensors_[i].nbytes() == 0) {
@@ -391,6 +466,8 @@ SafetensorsModelWriter::SafetensorsModelWriter(fs::path dir, std::vector<TensorM
     }
     shards_.back().end = i + 1;
     shard_bytes += tensors_[i].nbytes();
+    file_of_.push_back(shards_.size() - 1);
+    index_of_.emplace(tensors_[i].name, i);
   }
   for (size_t k = 0; k < shards_.size(); ++k) {
     shards_[k].file_name = shards_.size() == 1
@@ -401,6 +478,15 @@ SafetensorsModelWriter::SafetensorsModelWriter(fs::path dir, std::vector<TensorM
 
 SafetensorsModelWriter::~SafetensorsModelWriter() = default;
 
+bool SafetensorsModelWriter::Writes(const std::string& name) const {
+  const auto it = index_of_.find(name);
+  return it != index_of_.end() && share_.Holds(file_of_[it->second]);
+}
+
+void SafetensorsModelWriter::SkipOthers() {
+  while (next_ < tensors_.size() && !share_.Holds(file_of_[next_])) ++next_;
+}
+
 void SafetensorsModelWriter::OpenShard(size_t k) {
   Shard& shard = shards_[k];
   const std::vector<TensorMeta> metas(tensors_.begin() + static_cast<std::ptrdiff_t>(shard.first),
@@ -410,23 +496,25 @@ void SafetensorsModelWriter::OpenShard(size_t k) {
 }
 
 void SafetensorsModelWriter::Append(const std::string& name, const void* data, size_t nbytes) {
-  ST_CHECK(next_ < tensors_.size() && tensors_[next_].name == name, "tensor '{}' appended out of the declared order",
-           name);
+  SkipOthers();
+  ST_CHECK(next_ < tensors_.size() && tensors_[next_].name == name,
+           "tensor '{}' appended out of the declared order (or not in this process's files)", name);
   ST_CHECK(nbytes == tensors_[next_].nbytes(), "tensor '{}' has {} bytes, declared {}", name, nbytes,
            tensors_[next_].nbytes());
-  size_t k = 0;
-  while (shards_[k].end <= next_) ++k;
-  if (!shards_[k].writer) OpenShard(k);
-  shards_[k].writer->Write(data, nbytes);
-  if (++next_ == shards_[k].end) {
-    shards_[k].writer->Commit();
-    shards_[k].writer.reset();
+  Shard& shard = shards_[file_of_[next_]];
+  if (!shard.writer) OpenShard(file_of_[next_]);
+  shard.writer->Write(data, nbytes);
+  if (++next_ == shard.end) {
+    shard.writer->Commit();
+    shard.writer.reset();
   }
 }
 
 void SafetensorsModelWriter::Finish() {
-  ST_CHECK(next_ == tensors_.size(), "{} of {} tensors were appended", next_, tensors_.size());
-  if (shards_.size() <= 1) return;
+  SkipOthers();
+  ST_CHECK(next_ == tensors_.size(), "tensor '{}' (of {}) was not appended",
+           next_ < tensors_.size() ? tensors_[next_].name : "", tensors_.size());
+  if (shards_.size() <= 1 || share_.index != 0) return;
   json weight_map = json::object();
   uint64_t total = 0;
   for (const auto& shard : shards_) {

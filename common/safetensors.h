@@ -60,6 +60,10 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
   const TensorInfo* Find(const std::string& name) const;
   const std::byte* Data(const TensorInfo& info) const { return data_ + info.begin; }
+  // Drops the pages of `info`'s bytes from this process's resident memory (they stay in the page
+  // cache; a later Data() reads them back): a reader that streams tensor after tensor through a
+  // mapping calls it once done with each, so that its RSS stays one tensor, not the file.
+  void Evict(const TensorInfo& info) const;
 
  private:
   SafetensorsFile() = default;
@@ -69,6 +73,19 @@ class SafetensorsFile {
   size_t mapping_size_ = 0;
   const std::byte* data_ = nullptr;
 };
+
+// The header of the safetensors file at `path`, read without mapping the file (for readers that
+// pread the data), validated as SafetensorsFile::Open validates it; `data_offset` is the file
+// offset of the data section (tensor bytes [begin, end) lie at data_offset + begin). Throws
+// Error naming the file: missing, truncated, or a header that does not describe the file.
+struct SafetensorsFileHeader {
+  SafetensorsHeader header;
+  uint64_t data_offset = 0;
+};
+SafetensorsFileHeader ReadSafetensorsFileHeader(const std::filesystem::path& path);
+// Reads `size` bytes at file offset `offset` of `path` into `out` (pread, no mapping: the bytes
+// cost the caller's buffer only). Throws Error naming the file when it ends before them.
+void ReadFileRange(const std::filesystem::path& path, uint64_t offset, void* out, size_t size);
 
 // A Hugging Face checkpoint: `model.safetensors`, or the shards listed by
 // `model.safetensors.index.json` (its weight_map names the file of each tensor).
@@ -104,11 +121,15 @@ struct TensorBytes {
 void WriteSafetensors(const std::filesystem::path& path, const std::vector<TensorBytes>& tensors,
                       const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
+// The most bytes of one file of a model written in Hugging Face layout (transformers' own
+// max_shard_size default is 5GB too).
+inline constexpr uint64_t kMaxModelFileBytes = 5'000'000'000ULL;
+
 // Writes a model in Hugging Face layout into `dir`: `model.safetensors` when it fits in
 // `max_shard_bytes`, else `model-0000K-of-0000N.safetensors` shards plus
 // `model.safetensors.index.json`.
 void WriteSafetensorsModel(const std::filesystem::path& dir, const std::vector<TensorBytes>& tensors,
-                           uint64_t max_shard_bytes = 5'000'000'000ULL);
+                           uint64_t max_shard_bytes = kMaxModelFileBytes);
 
 struct TensorMeta {
   std::string name;
@@ -117,25 +138,48 @@ struct TensorMeta {
   uint64_t nbytes() const;
 };
 
+// Which of a model's files a process writes when several write one model together: file k
+// (0-based, in order) is process k mod count's.
+struct FileShare {
+  int index = 0;  // this process, 0 .. count - 1
+  int count = 1;
+  bool Holds(size_t file) const { return static_cast<int>(file % static_cast<size_t>(count)) == index; }
+};
+
 // The same layout as WriteSafetensorsModel, written one tensor at a time so that no more than
 // one tensor needs to be in memory: the tensors, their shapes and their order are declared up
 // front (the headers come first in each file), then appended in that order. Each file is
 // committed atomically when its last tensor arrives; nothing is visible before. Empty tensors
 // are refused: an export with one is broken.
+//
+// Several processes may write one model into one directory: each constructs the writer with the
+// same tensors and max_shard_bytes (the split into files depends on those alone, so every
+// process computes the same one, and it is the one-process layout) and its own `share`, appends
+// only the tensors its files hold (Writes), and calls Finish; share index 0 writes
+// model.safetensors.index.json. The caller makes the directory visible only once every process
+// has finished (StagedDirectory, committed after a barrier).
 class SafetensorsModelWriter {
  public:
   SafetensorsModelWriter(std::filesystem::path dir, std::vector<TensorMeta> tensors,
-                         uint64_t max_shard_bytes = 5'000'000'000ULL);
+                         uint64_t max_shard_bytes = kMaxModelFileBytes, FileShare share = {});
   ~SafetensorsModelWriter();
+  // Whether tensor `name` lies in one of this process's files.
+  bool Writes(const std::string& name) const;
+  // The next of this process's tensors, in the declared order.
   void Append(const std::string& name, const void* data, size_t nbytes);
+  // Checks that every tensor of this process's files was appended; writes the index (share 0).
   void Finish();
 
  private:
   struct Shard;
   void OpenShard(size_t k);
+  void SkipOthers();  // moves next_ past tensors of other processes' files
   std::filesystem::path dir_;
   std::vector<TensorMeta> tensors_;
+  std::vector<size_t> file_of_;  // the file of each tensor
+  std::map<std::string, size_t> index_of_;
   std::vector<Shard> shards_;
+  FileShare share_;
   size_t next_ = 0;  // index of the next tensor to append
 };
 

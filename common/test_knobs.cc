@@ -13,6 +13,7 @@ namespace {
 constexpr const char* kStall = "SHARDTUNE_TEST_STALL";
 constexpr const char* kNcclSplit = "SHARDTUNE_TEST_NCCL_SPLIT";
 constexpr const char* kPauseCheckpointWrite = "SHARDTUNE_TEST_PAUSE_CHECKPOINT_WRITE";
+constexpr const char* kExportShardBytes = "SHARDTUNE_TEST_EXPORT_SHARD_BYTES";
 
 template <typename Int>
 bool ParseWhole(std::string_view text, Int& value) {
@@ -41,6 +42,12 @@ TestKnobs TestKnobs::FromEnvironment() {
     if (!ParseWhole(std::string_view(pause), step) || step < 1)
       Fail(ErrorCode::kInvalidArgument, "{}={}: expected a step >= 1 (e.g. 4)", kPauseCheckpointWrite, pause);
     knobs.pause_checkpoint_write = step;
+  }
+  if (const char* bytes = std::getenv(kExportShardBytes)) {
+    uint64_t value = 0;
+    if (!ParseWhole(std::string_view(bytes), value) || value == 0)
+      Fail(ErrorCode::kInvalidArgument, "{}={}: expected a positive number of bytes", kExportShardBytes, bytes);
+    knobs.export_shard_bytes = value;
   }
   return knobs;
 }

@@ -29,6 +29,11 @@ struct TestKnobs {
   // done, so that the checkpoint stays uncommitted (checkpoints/step-STEP.tmp) while a test kills
   // a rank. Used by tests/e2e/mpi_test.sh (kill -9 during an asynchronous checkpoint's write).
   std::optional<int64_t> pause_checkpoint_write;
+  // SHARDTUNE_TEST_EXPORT_SHARD_BYTES=N: exported models are split into files of at most N bytes
+  // (instead of 5 GB), so that a tiny model is several model-0000K-of-0000N.safetensors files and
+  // the parallel export's file assignment is exercised. Used by tests/e2e/cli_test.sh and
+  // mpi_test.sh.
+  std::optional<uint64_t> export_shard_bytes;
 
   // Reads the variables now; throws Error naming the variable when a value is malformed.
   static TestKnobs FromEnvironment();

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <cstring>
 #include <iostream>
 
@@ -39,6 +40,21 @@ std::string CommandOf(int argc, char** argv) {
     }
   }
   return "";
+}
+
+// `export --np N` (or --np=N): how many processes run the command; 1 when absent or not a positive
+// number (the worker's own parsing then names the mistake).
+int RanksOf(const std::vector<std::string>& args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string value;
+    if (args[i] == "--np" && i + 1 < args.size()) value = args[i + 1];
+    if (args[i].rfind("--np=", 0) == 0) value = args[i].substr(5);
+    if (value.empty()) continue;
+    int ranks = 0;
+    const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), ranks);
+    return error == std::errc() && end == value.data() + value.size() && ranks > 0 ? ranks : 1;
+  }
+  return 1;
 }
 
 struct PlanArgs {
@@ -93,7 +109,11 @@ int main(int argc, char** argv) {
   using namespace shardtune;
   const std::string command = CommandOf(argc, argv);
   for (const auto& [name, description] : kWorkerCommands) {
-    if (command == name) return ExecWorker(std::vector<std::string>(argv + 1, argv + argc));
+    if (command != name) continue;
+    const std::vector<std::string> args(argv + 1, argv + argc);
+    // export --np N: N processes through mpirun, each writing its share of the files.
+    if (command == "export") return LaunchWorkerRanks(args, LaunchOptions{RanksOf(args)});
+    return ExecWorker(args);
   }
 
   CLI::App app{"shardtune: fine-tune Hugging Face language models on one or many ranks"};

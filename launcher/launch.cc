@@ -35,21 +35,28 @@ int ExecWorker(const std::vector<std::string>& args) {
   return Exec(argv);
 }
 
-int LaunchTraining(const std::string& job_path, const LaunchOptions& options) {
-  if (options.ranks == 1 && options.hostfile.empty()) return ExecWorker({job_path, "--log-level", options.log_level});
+int LaunchWorkerRanks(const std::vector<std::string>& args, const LaunchOptions& options) {
+  if (options.ranks == 1 && options.hostfile.empty()) return ExecWorker(args);
   RankCommand command;
   if (const char* mpirun = std::getenv("SHARDTUNE_MPIRUN")) command.program = mpirun;
   command.ranks = options.ranks;
   command.hostfile = options.hostfile;
-  command.worker = {WorkerPath().string(), fs::absolute(job_path).string(), "--log-level", options.log_level};
-  const std::vector<std::string> args = RankCommandArgv(command);
+  command.worker = {WorkerPath().string()};
+  command.worker.insert(command.worker.end(), args.begin(), args.end());
+  const std::vector<std::string> argv = RankCommandArgv(command);
   if (::geteuid() == 0) {
     // Open MPI refuses root unless told twice; shardtune is often run as root in containers.
     ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
     ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
   }
-  spdlog::info("starting: {}", JoinedCommandLine(args));
-  return Exec(args);
+  spdlog::info("starting: {}", JoinedCommandLine(argv));
+  return Exec(argv);
+}
+
+int LaunchTraining(const std::string& job_path, const LaunchOptions& options) {
+  // Under mpirun the ranks may start elsewhere: the spec's path must not depend on this directory.
+  const std::string job = options.ranks == 1 && options.hostfile.empty() ? job_path : fs::absolute(job_path).string();
+  return LaunchWorkerRanks({job, "--log-level", options.log_level}, options);
 }
 
 }  // namespace shardtune

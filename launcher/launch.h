@@ -18,6 +18,11 @@ struct LaunchOptions {
 // exit code.
 int ExecWorker(const std::vector<std::string>& args);
 
+// A worker command run by `ranks` processes: one runs shardtune-worker directly (ExecWorker);
+// more (or a hostfile) run it under mpirun, each process given `args`. Replaces this process;
+// returns only if that fails, with an exit code. (`shardtune export --np N`.)
+int LaunchWorkerRanks(const std::vector<std::string>& args, const LaunchOptions& options);
+
 // `shardtune train`: one rank runs shardtune-worker directly; more (or a hostfile) run it under
 // mpirun. Replaces this process; returns only if that fails, with an exit code.
 int LaunchTraining(const std::string& job_path, const LaunchOptions& options);

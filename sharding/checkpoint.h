@@ -13,6 +13,10 @@
 
 namespace shardtune {
 
+// index.json's "format" and "version": what ZeroEngine::SaveShards writes and every reader checks.
+inline constexpr const char* kCheckpointFormatName = "shardtune-checkpoint";
+inline constexpr int kCheckpointFormatVersion = 1;
+
 struct TrainerState {
   int64_t step = 0;         // optimizer steps completed; the data position follows from it
   int64_t tokens = 0;       // non-padding input tokens trained on so far

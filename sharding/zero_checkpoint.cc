@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/run_dir.h"
 #include "common/safetensors.h"
+#include "sharding/checkpoint.h"
 #include "sharding/zero_engine.h"
 #include "sharding/zero_engine_internal.h"
 
@@ -23,8 +24,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kFormatName = "shardtune-checkpoint";
-constexpr int kFormatVersion = 1;
+constexpr const char* kFormatName = kCheckpointFormatName;
+constexpr int kFormatVersion = kCheckpointFormatVersion;
 
 TensorBytes Bytes(const char* name, const at::Tensor& tensor) {
   return TensorBytes{name, DType::kF32, {tensor.numel()}, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes())};

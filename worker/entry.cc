@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "common/job_spec.h"
 #include "common/logging.h"
+#include "common/run_dir.h"
 #include "common/worker_contract.h"
 #include "sharding/comm/collective_timeout.h"
 #include "sharding/comm/mpi_communicator.h"
@@ -130,6 +131,40 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
     // One rank failing fails the job: take every other rank down now rather than let them wait
     // in a collective until their timeout.
     if (mpi && world_size > 1) MpiRuntime::Abort(code);
+    return code;
+  }
+}
+
+int RunExport(const CheckpointExport& request, int processes) {
+  std::unique_ptr<MpiRuntime> mpi;
+  std::unique_ptr<Communicator> world;
+  try {
+    if (MpiRuntime::LaunchedByMpi()) {
+      // The ranks wait for each other only around the writes: the job's collective timeout bounds that.
+      const double timeout_s =
+          LoadJobSpec(CheckpointDir(request.checkpoint_dir).Run().JobYaml()).sharding.collective_timeout_s;
+      mpi = std::make_unique<MpiRuntime>(nullptr, nullptr);
+      world = mpi->World(timeout_s);
+      SetThreadsPerRank();
+    } else {
+      world = std::make_unique<SingleProcessCommunicator>();
+    }
+    if (processes > 0 && processes != world->size()) {
+      if (world->size() == 1) {
+        Fail(ErrorCode::kInvalidArgument,
+             "--np {}: the processes are started by mpirun: run `shardtune export ... --np {}` (or mpirun -np {} "
+             "shardtune-worker export ...)",
+             processes, processes, processes);
+      }
+      Fail(ErrorCode::kInvalidArgument, "--np {}, but mpirun started {} processes", processes, world->size());
+    }
+    ExportCheckpoint(request, *world);
+    world.reset();
+    mpi.reset();
+    return kExitOk;
+  } catch (const std::exception& e) {
+    const int code = ReportFailure(e);
+    if (mpi && world && world->size() > 1) MpiRuntime::Abort(code);
     return code;
   }
 }

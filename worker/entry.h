@@ -5,10 +5,16 @@
 #include <string>
 
 #include "common/exit_codes.h"
+#include "worker/export.h"
 
 namespace shardtune {
 
 int RunWorker(const std::string& job_path, const std::string& log_level);
+
+// `shardtune export CHECKPOINT`: on this process, or on each of the ranks mpirun started (which
+// split the output files among them). `processes` is --np (0: not given): it must be the number
+// of processes taking part. A failure on one rank ends them all; nothing is left visible.
+int RunExport(const CheckpointExport& request, int processes);
 
 // Maps an exception from the training side to an exit code, logging it.
 int ReportFailure(const std::exception& error);

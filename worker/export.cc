@@ -1,14 +1,18 @@
 #include "worker/export.h"
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <map>
+#include <optional>
 
 #include "common/error.h"
 #include "common/run_dir.h"
 #include "common/safetensors.h"
+#include "common/test_knobs.h"
+#include "sharding/checkpoint_reader.h"
 #include "worker/models/hf_io.h"
-#include "worker/models/llama.h"
 #include "worker/peft/adapter_io.h"
 
 namespace shardtune {
@@ -17,12 +21,87 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Rank 0's copy of every trainable parameter of a PEFT method (small by construction).
-std::map<std::string, at::Tensor> GatherTrainable(ZeroEngine& engine, bool keep) {
+void RequireMergeable(const PeftMethod& peft) {
+  if (!peft.mergeable()) {
+    Fail(ErrorCode::kInvalidArgument,
+         "method '{}' adds computation, not weights: it cannot be exported as a merged "
+         "Hugging Face model; export it as peft",
+         ToString(peft.spec().type));
+  }
+}
+
+// The units whose parameters are the merged model's: the base model's (every unit under full
+// fine-tuning). The trainable parameters that are model weights otherwise (modules_to_save)
+// follow them.
+bool Streamed(const PeftMethod& peft, const UnitSpec& unit) { return peft.full() || !unit.trainable; }
+
+// This process's share of a merged Hugging Face model's files: the declared tensors, in the
+// order the model's units lay them out and then the modules_to_save, converted to `dtype` one at
+// a time; on the share's process 0 also config.json and the tokenizer and generation files.
+class MergedModelFiles {
+ public:
+  MergedModelFiles(const PeftMethod& peft, const fs::path& staging, const fs::path& model_dir, ComputeDType dtype,
+                   FileShare share)
+      : peft_(peft), type_(ToScalarType(dtype)), writer_(staging, Tensors(peft, type_), MaxModelFileBytes(), share) {
+    if (share.index == 0) WriteHfCompanions(staging, model_dir, dtype, peft.config());
+  }
+
+  bool Writes(const std::string& name) const { return writer_.Writes(name); }
+
+  // A parameter of a streamed unit, fp32: as trained, or a base weight to merge the adapter into.
+  void AppendUnitParameter(const std::string& name, const at::Tensor& value, const TensorLookup& adapter) {
+    Append(name, peft_.full() ? value : peft_.Merged(name, value.cpu(), adapter));
+  }
+
+  // The modules_to_save of this process's files, then the files' completion (and the index).
+  void Finish(const TensorLookup& trainable) {
+    for (const auto& p : peft_.saved_parameters()) {
+      if (Writes(p.name)) Append(p.name, trainable(p.name));
+    }
+    writer_.Finish();
+  }
+
+ private:
+  static std::vector<TensorMeta> Tensors(const PeftMethod& peft, at::ScalarType type) {
+    std::vector<TensorMeta> metas;
+    for (const UnitSpec& unit : peft.Units()) {
+      if (!Streamed(peft, unit)) continue;
+      for (const auto& p : unit.parameters) metas.push_back(TensorMeta{p.name, SafetensorsDTypeOf(type), p.shape});
+    }
+    for (const auto& p : peft.saved_parameters())
+      metas.push_back(TensorMeta{p.name, SafetensorsDTypeOf(type), p.shape});
+    return metas;
+  }
+
+  void Append(const std::string& name, const at::Tensor& value) {
+    const at::Tensor tensor = value.to(type_).cpu().contiguous();
+    writer_.Append(name, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()));
+  }
+
+  const PeftMethod& peft_;
+  at::ScalarType type_;
+  SafetensorsModelWriter writer_;
+};
+
+// Runs `write(staging)` on every rank of `world` with `out_dir`'s staging directory: rank 0
+// creates it, every rank writes its share, and rank 0 renames it into place once all have.
+void WriteStaged(Communicator& world, const fs::path& out_dir, const std::function<void(const fs::path&)>& write) {
+  const StagedDirectory staged(out_dir, StagedDirectory::Existing::kRefuse);
+  if (world.rank() == 0) staged.Begin();
+  world.Barrier(CollectiveTag{"export: staging"});
+  write(staged.staging());
+  world.Barrier(CollectiveTag{"export: written"});
+  if (world.rank() == 0) staged.Commit();
+  world.Barrier(CollectiveTag{"export: committed"});
+}
+
+FileShare ShareOf(const Communicator& world) { return FileShare{world.rank(), world.size()}; }
+
+// Every rank's copy of every trainable parameter of a PEFT method (small by construction).
+std::map<std::string, at::Tensor> GatherTrainable(ZeroEngine& engine) {
   std::map<std::string, at::Tensor> tensors;
   engine.ForEachUnitGathered(
       [&](const UnitLayout& unit, const at::Tensor& full) {
-        if (!keep) return;
         for (const auto& p : unit.parameters)
           tensors[p.spec.name] = full.narrow(0, p.offset, p.numel).view(p.spec.shape).cpu().clone();
       },
@@ -30,101 +109,112 @@ std::map<std::string, at::Tensor> GatherTrainable(ZeroEngine& engine, bool keep)
   return tensors;
 }
 
-void WriteMergedModel(ZeroEngine& engine, const PeftMethod& peft, const std::map<std::string, at::Tensor>& trainable,
-                      const fs::path& staging, const fs::path& model_dir, ComputeDType dtype, bool rank0) {
-  if (!peft.mergeable()) {
-    Fail(ErrorCode::kInvalidArgument,
-         "method '{}' adds computation, not weights: it cannot be exported as a merged "
-         "Hugging Face model; export it as peft",
-         ToString(peft.spec().type));
-  }
-  const at::ScalarType type = ToScalarType(dtype);
-  // Base units stream through (merged); the trainable parameters that are model weights
-  // (everything under full fine-tuning, modules_to_save otherwise) follow.
-  const auto streamed = peft.full() ? ZeroEngine::Units::kAll : ZeroEngine::Units::kFrozen;
-  std::unique_ptr<SafetensorsModelWriter> writer;
-  if (rank0) {
-    WriteHfCompanions(staging, model_dir, dtype, peft.config());
-    std::vector<TensorMeta> metas;
-    for (const auto& unit : engine.layout().units) {
-      if (!unit.trainable || peft.full()) {
-        for (const auto& p : unit.parameters)
-          metas.push_back(TensorMeta{p.spec.name, SafetensorsDTypeOf(type), p.spec.shape});
-      }
-    }
-    for (const auto& p : peft.saved_parameters())
-      metas.push_back(TensorMeta{p.name, SafetensorsDTypeOf(type), p.shape});
-    writer = std::make_unique<SafetensorsModelWriter>(staging, metas);
-  }
-  const TensorLookup adapter = [&](const std::string& name) { return trainable.at(name); };
-  auto append = [&](const std::string& name, const at::Tensor& value) {
-    const at::Tensor tensor = value.to(type).cpu().contiguous();
-    writer->Append(name, tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()));
-  };
-  engine.ForEachUnitGathered(
-      [&](const UnitLayout& unit, const at::Tensor& full) {
-        if (!writer) return;
-        for (const auto& p : unit.parameters) {
-          const at::Tensor base = full.narrow(0, p.offset, p.numel).view(p.spec.shape);
-          append(p.spec.name, peft.full() ? base : peft.Merged(p.spec.name, base.cpu(), adapter));
-        }
-      },
-      ZeroEngine::Buffer::kWeights, streamed);
-  if (writer) {
-    for (const auto& p : peft.saved_parameters()) append(p.name, trainable.at(p.name));
-    writer->Finish();
-  }
+bool Has(const std::vector<ExportFormat>& formats, ExportFormat format) {
+  return std::find(formats.begin(), formats.end(), format) != formats.end();
 }
 
 }  // namespace
 
+uint64_t MaxModelFileBytes() { return TestKnobs::FromEnvironment().export_shard_bytes.value_or(kMaxModelFileBytes); }
+
 void ExportModel(ZeroEngine& engine, Communicator& world, const PeftMethod& peft, const fs::path& out_dir,
                  const fs::path& model_dir, ComputeDType dtype, const std::vector<ExportFormat>& formats) {
-  const bool rank0 = world.rank() == 0;
-  const StagedDirectory staged(out_dir, StagedDirectory::Existing::kRefuse);
-  const fs::path& staging = staged.staging();
-  if (rank0) staged.Begin();
+  const bool hf = Has(formats, ExportFormat::kHf), adapter = Has(formats, ExportFormat::kPeft);
+  if (hf) RequireMergeable(peft);
   std::map<std::string, at::Tensor> trainable;
-  if (!peft.full()) trainable = GatherTrainable(engine, rank0);
-  for (ExportFormat format : formats) {
-    if (format == ExportFormat::kHf) WriteMergedModel(engine, peft, trainable, staging, model_dir, dtype, rank0);
-    if (format == ExportFormat::kPeft && rank0) WritePeftAdapter(staging, peft, model_dir.string(), trainable, dtype);
-  }
-  if (rank0) staged.Commit();
-  world.Barrier(CollectiveTag{"export"});
+  if (!peft.full()) trainable = GatherTrainable(engine);
+  const TensorLookup lookup = [&](const std::string& name) { return trainable.at(name); };
+  WriteStaged(world, out_dir, [&](const fs::path& staging) {
+    if (hf) {
+      MergedModelFiles files(peft, staging, model_dir, dtype, ShareOf(world));
+      engine.ForEachUnitGathered(
+          [&](const UnitLayout& unit, const at::Tensor& full) {
+            for (const auto& p : unit.parameters) {
+              if (files.Writes(p.spec.name))
+                files.AppendUnitParameter(p.spec.name, full.narrow(0, p.offset, p.numel).view(p.spec.shape), lookup);
+            }
+          },
+          ZeroEngine::Buffer::kWeights, peft.full() ? ZeroEngine::Units::kAll : ZeroEngine::Units::kFrozen);
+      files.Finish(lookup);
+    }
+    if (adapter && world.rank() == 0) WritePeftAdapter(staging, peft, model_dir.string(), trainable, dtype);
+  });
 }
 
-void ExportCheckpoint(const fs::path& checkpoint_dir, const std::string& to, const fs::path& out_dir,
-                      ComputeDType dtype) {
-  const CheckpointDir checkpoint(checkpoint_dir);
-  if (!checkpoint.HasIndex()) {
-    Fail(ErrorCode::kNotFound, "{}: not a checkpoint (no index.json); expected OUTPUT_DIR/checkpoints/step-N",
-         checkpoint_dir.string());
+namespace {
+
+// Parameter `spec` of a checkpoint, fp32, checked against the shape the job's model implies.
+at::Tensor ReadCheckpointTensor(const CheckpointReader& reader, const ParameterSpec& spec) {
+  const CheckpointReader::Parameter* held = reader.Find(spec.name);
+  if (held == nullptr) {
+    Fail(ErrorCode::kDataLoss, "{}: the checkpoint holds no parameter '{}', which its job's model trains",
+         reader.dir().string(), spec.name);
   }
-  const fs::path job = checkpoint.Run().JobYaml();
-  const JobSpec spec = LoadJobSpec(job);
-  const ExportFormat format = to == "peft" ? ExportFormat::kPeft : ExportFormat::kHf;
-  if (format == ExportFormat::kPeft && spec.method.type == MethodType::kFull) {
+  if (held->shape != spec.shape) {
+    Fail(ErrorCode::kDataLoss, "{}: parameter '{}' has shape [{}] in the checkpoint but its job's model implies [{}]",
+         reader.dir().string(), spec.name, fmt::join(held->shape, ", "), fmt::join(spec.shape, ", "));
+  }
+  at::Tensor value = at::empty(spec.shape, at::kFloat);
+  reader.Read(spec.name, value.data_ptr<float>());
+  return value;
+}
+
+// This process's files of the merged model: checkpoint parameters as trained, base weights (read
+// from the model directory, each tensor's mapped pages released once appended) with the adapter
+// merged.
+void WriteMergedFromCheckpoint(const CheckpointReader& reader, const PeftMethod& peft, const JobSpec& spec,
+                               const TensorLookup& adapter, const fs::path& staging, ComputeDType dtype,
+                               FileShare share) {
+  MergedModelFiles files(peft, staging, spec.model.path, dtype, share);
+  std::optional<SafetensorsCheckpoint> base;
+  if (!peft.full()) base = SafetensorsCheckpoint::Open(spec.model.path);
+  for (const UnitSpec& unit : peft.Units()) {
+    if (!Streamed(peft, unit)) continue;
+    for (const auto& p : unit.parameters) {
+      if (!files.Writes(p.name)) continue;
+      if (unit.trainable) {
+        files.AppendUnitParameter(p.name, ReadCheckpointTensor(reader, p), adapter);
+        continue;
+      }
+      files.AppendUnitParameter(p.name, ReadHfTensor(*base, spec.model.path, p), adapter);
+      const auto entry = base->Find(p.name);
+      entry->file->Evict(*entry->info);
+    }
+  }
+  files.Finish(adapter);
+}
+
+}  // namespace
+
+void ExportCheckpoint(const CheckpointExport& request, Communicator& world) {
+  const CheckpointReader reader(request.checkpoint_dir);  // every rank file checked before anything is written
+  const JobSpec spec = LoadJobSpec(CheckpointDir(request.checkpoint_dir).Run().JobYaml());
+  if (request.format == ExportFormat::kPeft && spec.method.type == MethodType::kFull) {
     Fail(ErrorCode::kInvalidArgument, "--to peft: {} was trained with method 'full'; there is no adapter (use --to hf)",
-         checkpoint_dir.string());
+         request.checkpoint_dir.string());
   }
   ModelConfig config = ModelConfig::Load(spec.model.path);
   // The run's job.yaml records its classes.
   if (spec.model.task != ModelTask::kCausalLm) config.SetHead(spec.model.task, spec.model.labels);
   const PeftMethod peft(config, spec.method);
-  SingleProcessCommunicator world;
-  OwnedProcessGroups groups = MakeProcessGroups(world, 0);
-  ZeroConfig zero;
-  zero.optimizer = spec.training.optimizer;
-  ZeroEngine engine(peft.Units(), zero, groups.groups);
-  if (!peft.full()) {  // the frozen base model is not in the checkpoint
-    const SafetensorsCheckpoint base = SafetensorsCheckpoint::Open(spec.model.path);
-    engine.LoadWeights([&](const ParameterSpec& p) { return ReadHfTensor(base, spec.model.path, p); },
-                       ZeroEngine::Units::kFrozen);
+  if (request.format == ExportFormat::kHf) RequireMergeable(peft);
+  // A parameter-efficient method's trainable parameters (small): merged into every base weight.
+  std::map<std::string, at::Tensor> trainable;
+  for (const UnitSpec& unit : peft.Units()) {
+    if (!unit.trainable || peft.full()) continue;
+    for (const auto& p : unit.parameters) trainable[p.name] = ReadCheckpointTensor(reader, p);
   }
-  engine.LoadShards(checkpoint_dir.string());
-  ExportModel(engine, world, peft, out_dir, spec.model.path, dtype, {format});
-  spdlog::info("exported {} (model {}) to {}", checkpoint_dir.string(), spec.model.path, out_dir.string());
+  const TensorLookup lookup = [&](const std::string& name) { return trainable.at(name); };
+  WriteStaged(world, request.out_dir, [&](const fs::path& staging) {
+    if (request.format == ExportFormat::kHf) {
+      WriteMergedFromCheckpoint(reader, peft, spec, lookup, staging, request.dtype, ShareOf(world));
+    } else if (world.rank() == 0) {
+      WritePeftAdapter(staging, peft, spec.model.path, trainable, request.dtype);
+    }
+  });
+  spdlog::info("exported {} (model {}) to {}: {} MiB read from the checkpoint{}", request.checkpoint_dir.string(),
+               spec.model.path, request.out_dir.string(), reader.bytes_read() >> 20,
+               world.size() > 1 ? fmt::format(" by process {} of {}", world.rank(), world.size()) : "");
 }
 
 }  // namespace shardtune

@@ -165,10 +165,15 @@ int main(int argc, char** argv) {
 
   CLI::App* exporter = app.add_subcommand("export", "export a training checkpoint as a Hugging Face model directory");
   std::string checkpoint_dir, export_to = "hf", export_out, export_dtype = "fp32";
+  int export_processes = 0;
   exporter->add_option("checkpoint", checkpoint_dir, "OUTPUT_DIR/checkpoints/step-N")->required();
   exporter->add_option("--to", export_to, "hf (or peft, with PEFT methods)")->check(CLI::IsMember({"hf", "peft"}));
   exporter->add_option("--out", export_out, "output directory (must not exist)")->required();
   exporter->add_option("--dtype", export_dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  exporter
+      ->add_option("--np", export_processes,
+                   "processes that split the output files among them (through mpirun; default: 1, or mpirun's)")
+      ->check(CLI::PositiveNumber);
 
   CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
   std::string config_path, out_dir;
@@ -205,16 +210,19 @@ int main(int argc, char** argv) {
     return RunWorker(job_path, log_level);
   }
   try {
-    InitLogging(log_level, 0);
+    InitLogging(log_level, RankFromEnvironment());
     if (generate->parsed()) return Generate(gen);
     if (init->parsed()) return InitModel(config_path, out_dir, seed);
     if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
     if (exporter->parsed()) {
-      const ComputeDType dtype = export_dtype == "bf16"   ? ComputeDType::kBf16
-                                 : export_dtype == "fp16" ? ComputeDType::kFp16
-                                                          : ComputeDType::kFp32;
-      ExportCheckpoint(checkpoint_dir, export_to, export_out, dtype);
-      return kExitOk;
+      CheckpointExport request;
+      request.checkpoint_dir = checkpoint_dir;
+      request.format = export_to == "peft" ? ExportFormat::kPeft : ExportFormat::kHf;
+      request.out_dir = export_out;
+      request.dtype = export_dtype == "bf16"   ? ComputeDType::kBf16
+                      : export_dtype == "fp16" ? ComputeDType::kFp16
+                                               : ComputeDType::kFp32;
+      return RunExport(request, export_processes);
     }
     if (evaluate->parsed()) {
       eval.model = eval_model;

@@ -99,6 +99,73 @@ out=$("$bin/shardtune" generate --model "$work/base" --adapter "$work/runs/small
 expect_eq "--adapter on a non-adapter exits 2" "$?" "2"
 expect_contains "--adapter names what is missing" "$out" "no adapter_config.json"
 
+# 1c. `shardtune export` streams a checkpoint from its rank files, and with --np N its processes
+# split the model files among them: byte for byte what the engine's export writes. final/ of a run
+# with keep_best holds checkpoints/best's weights; a small file size makes each model 5+ files.
+export SHARDTUNE_TEST_EXPORT_SHARD_BYTES=40000
+same_as() {  # DIR REFERENCE: the files of DIR that differ from REFERENCE's of the same name, or "none"
+  local f differ=""
+  for f in "$1"/*; do cmp -s "$f" "$2/$(basename "$f")" || differ="$differ $(basename "$f")"; done
+  echo "${differ:-none}"
+}
+model_files() { ls "$1" | grep -c '^model-.*-of-.*\.safetensors$'; }
+cat > "$work/best.yaml" <<YAML
+name: best
+model: {path: base}
+data: {train: train.jsonl, validation_split: 0.25, format: tokens}
+training: {max_steps: 6, eval_every: 2, micro_batch_size: 4, global_batch_size: 8, optimizer: {lr: 1.0e-3}}
+output: {dir: runs/best, keep_best: true}
+YAML
+out=$("$bin/shardtune" train "$work/best.yaml" 2>&1)
+expect_eq "a full fine-tune with keep_best trains" "$?" "0"
+files=$(model_files "$work/runs/best/final")
+[ "$files" -ge 5 ] && pass "final/ is $files model files" || fail "final/ has $files model files: $(ls "$work/runs/best/final")"
+"$bin/shardtune" export "$work/runs/best/checkpoints/best" --out "$work/best-np1" --log-level warn
+expect_eq "export of a checkpoint (1 process) exits 0" "$?" "0"
+expect_eq "it writes the engine's export, byte for byte" "$(same_as "$work/best-np1" "$work/runs/best/final")" "none"
+expect_eq "with as many model files" "$(model_files "$work/best-np1")" "$files"
+"$bin/shardtune" export "$work/runs/best/checkpoints/best" --np 3 --out "$work/best-np3" --log-level warn
+expect_eq "export --np 3 exits 0" "$?" "0"
+expect_eq "3 processes write the same directory as 1" "$(diff -r "$work/best-np1" "$work/best-np3" && echo same)" "same"
+out=$("$bin/shardtune-worker" export "$work/runs/best/checkpoints/best" --np 3 --out "$work/best-direct" 2>&1)
+expect_eq "--np 3 outside mpirun exits 2" "$?" "2"
+expect_contains "it says how to start the processes" "$out" "run \`shardtune export ... --np 3\`"
+
+cat > "$work/lora-best.yaml" <<YAML
+name: lora-best
+model: {path: base}
+method: {type: lora, lora: {r: 4, alpha: 8, target_modules: all-linear}}
+data: {train: train.jsonl, validation_split: 0.25, format: tokens}
+training: {max_steps: 6, eval_every: 2, micro_batch_size: 2, global_batch_size: 8, optimizer: {lr: 1.0e-2}}
+sharding: {zero_stage: 3}
+output: {dir: runs/lora-best, keep_best: true, export: [hf, peft]}
+YAML
+out=$("$bin/shardtune" train "$work/lora-best.yaml" --np 2 2>&1)
+expect_eq "LoRA with keep_best on 2 ranks trains" "$?" "0"
+lora_best="$work/runs/lora-best/checkpoints/best"
+"$bin/shardtune" export "$lora_best" --to hf --out "$work/lora-best-hf" --log-level warn
+expect_eq "the merged LoRA checkpoint equals the engine's merge, byte for byte" \
+  "$(same_as "$work/lora-best-hf" "$work/runs/lora-best/final")" "none"
+"$bin/shardtune" export "$lora_best" --to hf --np 3 --out "$work/lora-best-hf3" --log-level warn
+expect_eq "and on 3 processes" "$(diff -r "$work/lora-best-hf" "$work/lora-best-hf3" && echo same)" "same"
+"$bin/shardtune" export "$lora_best" --to peft --out "$work/lora-best-peft" --log-level warn
+expect_eq "the adapter equals the engine's" "$(same_as "$work/lora-best-peft" "$work/runs/lora-best/final")" "none"
+
+# A checkpoint with a missing or truncated rank file: the error names the file; nothing is written.
+cp -r "$lora_best" "$work/broken-ckpt-missing" && rm "$work/broken-ckpt-missing/rank-00001.safetensors"
+cp -r "$lora_best" "$work/broken-ckpt-short"
+truncate -s -100 "$work/broken-ckpt-short/rank-00001.safetensors"
+for c in missing short; do
+  mkdir -p "$work/runs/broken-$c/checkpoints" && cp "$work/runs/lora-best/job.yaml" "$work/runs/broken-$c/"
+  mv "$work/broken-ckpt-$c" "$work/runs/broken-$c/checkpoints/step-1"
+  out=$("$bin/shardtune" export "$work/runs/broken-$c/checkpoints/step-1" --np 2 --out "$work/broken-$c-out" 2>&1)
+  code=$?
+  [ $code -ne 0 ] && pass "export of a checkpoint with a $c rank file fails ($code)" || fail "a $c rank file exported"
+  expect_contains "it names the file" "$out" "broken-$c/checkpoints/step-1/rank-00001.safetensors"
+  if ls -d "$work/broken-$c-out"* > /dev/null 2>&1; then fail "it left output behind"; else pass "nothing is written"; fi
+done
+unset SHARDTUNE_TEST_EXPORT_SHARD_BYTES
+
 # 2. Errors: exit code 2 and messages that point at the problem.
 printf 'name: bad\nmodel: {path: base}\ndata: {train: train.jsonl, format: tokens}\noutput: {dir: runs/bad}\ntraining:\n  epoch: 2\n' > "$work/bad.yaml"
 out=$("$bin/shardtune" train "$work/bad.yaml" 2>&1)

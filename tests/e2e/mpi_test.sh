@@ -36,6 +36,35 @@ expect_contains "the memory breakdown is printed" "$out" "memory per rank: param
 if [ -f "$work/runs/two/final/model.safetensors" ] && [ -f "$work/runs/two/logs/rank-00001.log" ]; then
   pass "export and per-rank logs"; else fail "missing final/ or rank 1's log"; fi
 
+# 1b. The export at the end of training is written by all ranks, each its share of the files: on
+# 2 and 4 ranks it equals, byte for byte, the one-process export of the same weights (final/ of a
+# keep_best run holds checkpoints/best's), for full fine-tuning and a merged LoRA.
+for np in 2 4; do
+  for method in full lora; do
+    name="parallel-$method-$np"
+    method_spec="{type: full}" formats="[hf]"
+    [ "$method" = lora ] && method_spec="{type: lora, lora: {r: 4, alpha: 8, target_modules: all-linear}}" formats="[hf, peft]"
+    cat > "$work/$name.yaml" <<YAML
+name: $name
+model: {path: base}
+method: $method_spec
+data: {train: train.jsonl, validation_split: 0.25, format: tokens, max_seq_len: 64}
+training: {max_steps: 4, eval_every: 2, micro_batch_size: 2, global_batch_size: 8, optimizer: {lr: 1.0e-2}}
+sharding: {zero_stage: 3}
+output: {dir: runs/$name, keep_best: true, export: $formats}
+YAML
+    out=$(SHARDTUNE_TEST_EXPORT_SHARD_BYTES=40000 "$bin/shardtune" train "$work/$name.yaml" --np $np 2>&1)
+    if [ $? -eq 0 ]; then pass "$method on $np ranks trains and exports"; else fail "$name failed: $out"; fi
+    SHARDTUNE_TEST_EXPORT_SHARD_BYTES=40000 "$bin/shardtune" export "$work/runs/$name/checkpoints/best" \
+      --out "$work/$name-np1" --log-level warn
+    files=$(ls "$work/$name-np1" | grep -c '^model-.*-of-.*\.safetensors$')
+    [ "$files" -ge 5 ] && pass "the model is $files files" || fail "the model is $files files"
+    differ=""
+    for f in "$work/$name-np1"/*; do cmp -s "$f" "$work/runs/$name/final/$(basename "$f")" || differ="$differ $(basename "$f")"; done
+    expect_eq "$np ranks' final/ equals the one-process export ($method)" "${differ:-none}" "none"
+  done
+done
+
 # 2. Rank 1 hangs before step 2: rank 0's collective times out and takes the job down.
 write_job stall 2 6 3
 start=$(date +%s)

@@ -82,6 +82,38 @@ TEST(Safetensors, ShardedModelRoundTripsThroughTheIndex) {
   }
 }
 
+TEST(Safetensors, ProcessesSharingTheFilesWriteWhatOneProcessWrites) {
+  std::vector<std::vector<float>> data;
+  std::vector<TensorMeta> metas;
+  for (int i = 0; i < 7; ++i) data.push_back(std::vector<float>(10 + i, static_cast<float>(i)));
+  for (int i = 0; i < 7; ++i) metas.push_back({"w" + std::to_string(i), DType::kF32, {10 + i}});
+  ScratchDir one, three;
+  auto write = [&](const fs::path& dir, FileShare share) {
+    SafetensorsModelWriter writer(dir, metas, /*max_shard_bytes=*/100, share);
+    for (int i = 0; i < 7; ++i) {
+      if (writer.Writes(metas[i].name)) writer.Append(metas[i].name, data[i].data(), data[i].size() * 4);
+    }
+    writer.Finish();
+  };
+  write(one.path(), {});
+  for (int p : {2, 0, 1}) write(three.path(), {p, 3});  // any order: each writes only its own files
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(one.path())) names.push_back(entry.path().filename().string());
+  EXPECT_EQ(names.size(), 6u);  // 5 files (2 tensors each at most) and the index
+  for (const auto& name : names) EXPECT_EQ(ReadFile(three / name), ReadFile(one / name)) << name;
+  EXPECT_EQ(std::distance(fs::directory_iterator(three.path()), fs::directory_iterator()), 6);
+
+  // A process's files only: file k (0-based) is process k mod 3's; only process 0 writes the index.
+  ScratchDir second;
+  write(second.path(), {1, 3});
+  EXPECT_TRUE(fs::exists(second / "model-00002-of-00005.safetensors"));
+  EXPECT_TRUE(fs::exists(second / "model-00005-of-00005.safetensors"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(second.path()), fs::directory_iterator()), 2);
+  SafetensorsModelWriter unfinished(second / "x", metas, 100, {1, 3});
+  EXPECT_FALSE(unfinished.Writes("w0"));
+  EXPECT_THROW(unfinished.Finish(), Error);  // its tensors were not appended
+}
+
 TEST(Safetensors, IndexNamingAMissingShardIsAnError) {
   ScratchDir dir;
   testing::WriteText(dir / "model.safetensors.index.json",

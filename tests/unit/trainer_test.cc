@@ -351,7 +351,9 @@ TEST_F(TrainerTest, EarlyStoppingStopsWhenOverfittingAndExportsTheBestWeights) {
   EXPECT_EQ(summary.steps, best->first + 3 * 5);
   EXPECT_GT(evaluations.back().second, best->second + 0.1);  // it was overfitting
   // final/ holds the best evaluation's weights, not the last step's.
-  ExportCheckpoint(dir_ / "run" / "checkpoints" / "best", "hf", dir_ / "best-export", ComputeDType::kFp32);
+  SingleProcessCommunicator world;
+  ExportCheckpoint(
+      {dir_ / "run" / "checkpoints" / "best", ExportFormat::kHf, dir_ / "best-export", ComputeDType::kFp32}, world);
   EXPECT_EQ(ReadFile(dir_ / "run" / "final" / "model.safetensors"),
             ReadFile(dir_ / "best-export" / "model.safetensors"));
   EXPECT_EQ(ReadTrainerState(dir_ / "run" / "checkpoints" / "best").step, best->first);
