@@ -2,7 +2,7 @@
 the streaming export (one process, under a memory limit below the model's fp32 size) against
 2 x its largest tensor + 512 MiB, the same export on 4 processes (--np 4), and the output of both
 compared tensor by tensor. Side by side, where a build of the engine-based export is at hand
-(SHARDTUNE_BASELINE_BIN, default /work/main/build/bin), that export's peak RSS without a limit."""
+(SHARDTUNE_BASELINE_BIN=DIR holding its `shardtune`), that export's peak RSS without a limit."""
 import hashlib
 import json
 import os
@@ -148,7 +148,8 @@ def measure(ctx):
         f"({'within' if np1_rss <= bound else 'OVER'}; largest tensor {mib(largest)} in fp32) |",
         f"| streaming, `--np 4` | {mib(np4_rss)} per process | {np4_s:.0f} s | |",
     ]
-    baseline = Path(os.environ.get("SHARDTUNE_BASELINE_BIN", "/work/main/build/bin")) / "shardtune"
+    # A build from before the streaming export (commit 25579aa or earlier) to compare with.
+    baseline = Path(os.environ.get("SHARDTUNE_BASELINE_BIN", "/nonexistent")) / "shardtune"
     if baseline.exists():
         try:
             base_rss, base_s = measured([baseline, *export, "--out", outs["baseline"]])
