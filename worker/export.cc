@@ -1,6 +1,8 @@
 #include "worker/export.h"
 
+#include <ATen/Parallel.h>
 #include <fmt/ranges.h>
+#include <omp.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -35,6 +37,26 @@ void RequireMergeable(const PeftMethod& peft) {
 // follow them.
 bool Streamed(const PeftMethod& peft, const UnitSpec& unit) { return peft.full() || !unit.trainable; }
 
+// One intra-op thread while it lives. A merge runs on one thread: LoRA's B x A is a BLAS product
+// whose rounding depends on how many threads compute it (1 and 2 threads were seen to give other
+// bits for the ~1.1B model), and an exported model's bytes must not depend on which process,
+// rank or thread count wrote it. The products are of rank r: cheap on one thread.
+class OneThread {
+ public:
+  OneThread() : previous_(at::get_num_threads()) { SetThreads(1); }
+  ~OneThread() { SetThreads(previous_); }
+  OneThread(const OneThread&) = delete;
+  OneThread& operator=(const OneThread&) = delete;
+
+ private:
+  // OpenBLAS (its OpenMP build) and shardtune's own loops follow OpenMP's count; LibTorch keeps its own.
+  static void SetThreads(int threads) {
+    at::set_num_threads(threads);
+    omp_set_num_threads(threads);
+  }
+  int previous_;
+};
+
 // This process's share of a merged Hugging Face model's files: the declared tensors, in the
 // order the model's units lay them out and then the modules_to_save, converted to `dtype` one at
 // a time; on the share's process 0 also config.json and the tokenizer and generation files.
@@ -50,7 +72,13 @@ class MergedModelFiles {
 
   // A parameter of a streamed unit, fp32: as trained, or a base weight to merge the adapter into.
   void AppendUnitParameter(const std::string& name, const at::Tensor& value, const TensorLookup& adapter) {
-    Append(name, peft_.full() ? value : peft_.Merged(name, value.cpu(), adapter));
+    if (peft_.full()) return Append(name, value);
+    at::Tensor merged;
+    {
+      const OneThread one_thread;
+      merged = peft_.Merged(name, value.cpu(), adapter);
+    }
+    Append(name, merged);
   }
 
   // The modules_to_save of this process's files, then the files' completion (and the index).

@@ -2,7 +2,7 @@
 the streaming export (one process, under a memory limit below the model's fp32 size) against
 2 x its largest tensor + 512 MiB, the same export on 4 processes (--np 4), and the output of both
 compared tensor by tensor. Side by side, where a build of the engine-based export is at hand
-(SHARDTUNE_BASELINE_BIN, default /work/main/build/bin), that export's peak RSS without a limit."""
+(SHARDTUNE_BASELINE_BIN=DIR holding its `shardtune`), that export's peak RSS without a limit."""
 import hashlib
 import json
 import os
@@ -83,9 +83,9 @@ def tensors(model_dir):
     return out
 
 
-def largest_tensor_bytes(model_dir):
-    """fp32 bytes of the model's largest tensor (the export works on fp32 values)."""
-    best = 0
+def fp32_sizes(model_dir):
+    """fp32 bytes of the model's largest tensor (the export works on fp32 values) and of all."""
+    largest = total = 0
     for path in Path(model_dir).glob("*.safetensors"):
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
@@ -94,8 +94,8 @@ def largest_tensor_bytes(model_dir):
                     count = 1
                     for d in info["shape"]:
                         count *= d
-                    best = max(best, 4 * count)
-    return best
+                    largest, total = max(largest, 4 * count), total + 4 * count
+    return largest, total
 
 
 def checkpoint(ctx):
@@ -124,8 +124,7 @@ output: {{dir: {run_dir}, checkpoint_every: 1, export: [peft]}}
 def measure(ctx):
     model = ctx.model()
     ckpt = checkpoint(ctx)
-    fp32_bytes = 2 * ctx.model_bytes()  # the bf16 files, in fp32
-    largest = largest_tensor_bytes(model)
+    largest, fp32_bytes = fp32_sizes(model)
     bound = 2 * largest + (512 << 20)
     outs = {name: ctx.work / f"export-{name}" for name in ("np1", "np4", "baseline")}
     for d in outs.values():
@@ -149,11 +148,14 @@ def measure(ctx):
         f"({'within' if np1_rss <= bound else 'OVER'}; largest tensor {mib(largest)} in fp32) |",
         f"| streaming, `--np 4` | {mib(np4_rss)} per process | {np4_s:.0f} s | |",
     ]
-    baseline = Path(os.environ.get("SHARDTUNE_BASELINE_BIN", "/work/main/build/bin")) / "shardtune"
+    # A build from before the streaming export (commit 25579aa or earlier) to compare with.
+    baseline = Path(os.environ.get("SHARDTUNE_BASELINE_BIN", "/nonexistent")) / "shardtune"
     if baseline.exists():
         try:
             base_rss, base_s = measured([baseline, *export, "--out", outs["baseline"]])
-            lines.append(f"| engine-based export (baseline build, no limit) | {mib(base_rss)} | {base_s:.0f} s | "
+            same = sum(1 for name, t in tensors(outs["baseline"]).items() if a.get(name) == t)
+            lines.append(f"| engine-based export (baseline build, no limit; {same} of {len(a)} tensors equal "
+                         f"to the streaming one's) | {mib(base_rss)} | {base_s:.0f} s | streaming: "
                          f"{np1_rss / base_rss:.2f}x of it |")
         except RuntimeError as e:
             lines.append(f"| engine-based export (baseline build) | failed: {str(e)[-200:]} | | |")
