@@ -60,6 +60,9 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
   const TensorInfo* Find(const std::string& name) const;
   const std::byte* Data(const TensorInfo& info) const { return data_ + info.begin; }
+  // Where the data section starts in the file (after the length and the header): a tensor's
+  // bytes are at data_offset() + [info.begin, info.end), for readers that do not map the file.
+  uint64_t data_offset() const { return data_offset_; }
 
  private:
   SafetensorsFile() = default;
@@ -68,6 +71,7 @@ class SafetensorsFile {
   void* mapping_ = nullptr;
   size_t mapping_size_ = 0;
   const std::byte* data_ = nullptr;
+  uint64_t data_offset_ = 0;
 };
 
 // A Hugging Face checkpoint: `model.safetensors`, or the shards listed by
