@@ -273,6 +273,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::Open(const fs::path& path) {
   const std::string_view text(reinterpret_cast<const char*>(bytes + 8), header_size);
   file->header_ = ParseSafetensorsHeader(text, file_size - 8 - header_size, where);
   file->data_ = bytes + 8 + header_size;
+  file->data_offset_ = 8 + header_size;
   return file;
 }
 

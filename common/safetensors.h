@@ -64,6 +64,9 @@ class SafetensorsFile {
   // cache; a later Data() reads them back): a reader that streams tensor after tensor through a
   // mapping calls it once done with each, so that its RSS stays one tensor, not the file.
   void Evict(const TensorInfo& info) const;
+  // Where the data section starts in the file (after the length and the header): a tensor's
+  // bytes are at data_offset() + [info.begin, info.end), for readers that do not map the file.
+  uint64_t data_offset() const { return data_offset_; }
 
  private:
   SafetensorsFile() = default;
@@ -72,6 +75,7 @@ class SafetensorsFile {
   void* mapping_ = nullptr;
   size_t mapping_size_ = 0;
   const std::byte* data_ = nullptr;
+  uint64_t data_offset_ = 0;
 };
 
 // The header of the safetensors file at `path`, read without mapping the file (for readers that

@@ -45,7 +45,7 @@ echo "   $before"
 echo "== fine-tuning (job spec: $out/job.yaml)"
 "$bin/shardtune" train "$out/job.yaml"
 
-first=$(head -n 1 "$out/run/metrics.jsonl" | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
+first=$(grep '"loss"' "$out/run/metrics.jsonl" | head -n 1 | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
 last=$(grep '"loss"' "$out/run/metrics.jsonl" | tail -n 1 | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
 val=$(grep '"val_loss"' "$out/run/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_loss":([0-9.e+-]+).*/\1/')
 echo "== training loss: first step $first -> last step $last; validation loss $val"

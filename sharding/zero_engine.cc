@@ -155,22 +155,6 @@ bool ZeroEngine::Selected(const Unit& unit, Units which) {
 
 CollectiveTag ZeroEngine::Tag(int u) const { return CollectiveTag{layout_.units[u].name, step_}; }
 
-void ZeroEngine::LoadWeights(const std::function<at::Tensor(const ParameterSpec&)>& source, Units which) {
-  at::NoGradGuard no_grad;
-  for (auto& unit : units_) {
-    if (!Selected(*unit, which)) continue;
-    at::Tensor whole = at::zeros({unit->layout->padded}, Options(at::kFloat));
-    for (const auto& p : unit->layout->parameters) {
-      whole.narrow(0, p.offset, p.numel).copy_(source(p.spec).reshape({-1}));
-    }
-    // The parameters (whole, while they are gathered, and the shard), then a master copy.
-    const at::Tensor shard = whole.narrow(0, unit->shard_begin, unit->shard_size);
-    if (unit->full.defined()) unit->full.copy_(whole);
-    if (unit->param_shard.defined()) unit->param_shard.copy_(shard);
-    if (unit->master_storage == MasterStorage::kOwnBuffer) unit->master.copy_(shard);
-  }
-}
-
 void ZeroEngine::BeginStep(int64_t step) {
   step_ = step;
   // Unsharded, the whole-unit buffers are grad_local_ itself (GradientStorage::kLocalGradient):

@@ -42,6 +42,7 @@
 #include "sharding/comm/communicator.h"
 #include "sharding/gradient_slots.h"
 #include "sharding/parameter_layout.h"
+#include "sharding/weight_source.h"
 #include "sharding/zero_stage.h"
 
 namespace shardtune {
@@ -59,6 +60,10 @@ struct OwnedProcessGroups {
   ProcessGroups groups;
 };
 OwnedProcessGroups MakeProcessGroups(Communicator& world, int64_t shard_group_size);
+
+// The ranks of `world` on this rank's host (by host name), ordered by world rank: the ranks that
+// share the reading of whole units at load (ZeroEngine::LoadWeights). Collective over `world`.
+std::unique_ptr<Communicator> MakeNodeGroup(Communicator& world);
 
 struct ZeroConfig {
   int stage = 0;
@@ -124,8 +129,17 @@ class ZeroEngine {
 
   enum class Units { kAll, kTrainable, kFrozen };
 
-  // Fills the weights of `which` units from full fp32 tensors, one parameter at a time (each rank
-  // keeps what it holds). `source(spec)` returns the parameter shaped as its spec.
+  // Fills the weights of `which` units from `source` (sharding/zero_load.cc). Values are those of
+  // converting each parameter to fp32, then to the compute dtype (the fp32 master weights keep
+  // the fp32 values), bit for bit whatever the stage or world size; alignment padding is zero.
+  // Each rank reads only the elements it keeps: where parameters are sharded (stage 3) the
+  // intersection of each parameter with its shard, with no whole unit built (a unit that stays
+  // gathered is all-gathered from the shards). Where every rank keeps whole units (stages 0-2),
+  // the ranks of `node` (MakeNodeGroup; null: this rank alone) each read 1/node->size() of every
+  // unit and all-gather the pieces, so a host reads the weights once. Collective over the shard
+  // group (stage 3) or `node`: every rank of them calls it with the same units.
+  void LoadWeights(WeightSource& source, Units which = Units::kAll, Communicator* node = nullptr);
+  // The same from whole fp32 tensors: `source(spec)` returns the parameter shaped as its spec.
   void LoadWeights(const std::function<at::Tensor(const ParameterSpec&)>& source, Units which = Units::kAll);
 
   // --- one optimizer step ---
@@ -198,6 +212,8 @@ class ZeroEngine {
   // Zeroes what of a unit's whole gradient buffer no contribution wrote (before its reduction).
   void EnsureGradientBuffer(Unit& unit);
   void ZeroUnwritten(Unit& unit);
+  void LoadShard(int u, WeightSource& source);                           // stage 3: this rank's shard of unit u
+  void LoadWhole(Unit& unit, WeightSource& source, Communicator* node);  // stages 0-2: the whole unit
   void IssueReduction(int u);
   void RetirePending(size_t keep);  // completes all but the newest `keep` reductions
   std::string IndexJson() const;    // the checkpoint's index.json

@@ -32,13 +32,6 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// The most memory this process has held resident (the kernel's high-water mark).
-int64_t PeakRssBytes() {
-  struct rusage usage {};
-  ::getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
-}
-
 // What this build trains; everything else in the spec is valid but lands in later work.
 void CheckSupported(const JobSpec& spec, at::Device device) {
   auto unsupported = [](const std::string& what) {
@@ -50,6 +43,12 @@ void CheckSupported(const JobSpec& spec, at::Device device) {
 }
 
 }  // namespace
+
+int64_t PeakRssBytes() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
+}
 
 Trainer::Trainer(const JobSpec& spec, Communicator& world, const TrainerOptions& options)
     : spec_(spec),
@@ -89,6 +88,10 @@ void Trainer::Prepare() {
   ResumeOrStart();
   if (rank0_) {
     metrics_ = std::make_unique<MetricsLog>(run_dir_.root(), step_);
+    if (!load_record_.is_null()) {  // the first line of this attempt: how its weights were read
+      load_record_["step"] = step_;
+      metrics_->Write(load_record_);
+    }
     progress_ = std::make_unique<ProgressBar>(step_, total_steps_);
   }
 }

@@ -41,6 +41,9 @@
 
 namespace shardtune {
 
+// The most memory this process has held resident so far (the kernel's high-water mark).
+int64_t PeakRssBytes();
+
 class Trainer {
  public:
   Trainer(const JobSpec& spec, Communicator& world, const TrainerOptions& options);
@@ -79,7 +82,12 @@ class Trainer {
   // Classification and NER: the model gets its family's classifier (`score`, `classifier`) over
   // the data's classes (which `resolved` records); PEFT methods train it in full (modules_to_save).
   void UseClassifierHead(JobSpec& resolved);
+  // The initial weights, each rank reading only its share (ZeroEngine::LoadWeights); the figures
+  // go to load_record_.
   void LoadInitialWeights(bool resuming);
+  bool IsNewHead(const ParameterSpec& parameter, const SafetensorsCheckpoint& checkpoint) const;
+  // Gathers every rank's load figures; rank 0 keeps them as metrics.jsonl's load record.
+  void RecordLoad(int64_t bytes_read, double seconds);
 
   // The data (trainer_data.cc).
   void LoadData();
@@ -165,6 +173,7 @@ class Trainer {
   int64_t cached_epoch_ = -1;
   std::vector<int64_t> epoch_order_;
   std::unique_ptr<MetricsLog> metrics_;
+  nlohmann::json load_record_;  // rank 0: how the initial weights were read, until written
   std::unique_ptr<ProgressBar> progress_;
   TrainingSummary summary_;
   int64_t best_step_ = 0;  // the best evaluation (TrainerState)

@@ -5,11 +5,15 @@
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <chrono>
+#include <numeric>
 #include <set>
 
 #include "common/error.h"
 #include "common/safetensors.h"
 #include "sharding/model_layout.h"
+#include "sharding/weight_source.h"
 #include "worker/models/hf_io.h"
 #include "worker/peft/adapter_io.h"
 #include "worker/trainer_internal.h"
@@ -35,6 +39,25 @@ bool IsHeadParameter(const std::string& name) {
     if (name.rfind(head, 0) == 0) return true;
   return false;
 }
+
+// The job's initial weights: the parameters named in `computed` (an adapter from
+// method.init_from or initialized, a classifier head the checkpoint lacks) from whole tensors
+// `compute` returns, every other one by range from the model's files.
+class InitialWeights : public WeightSource {
+ public:
+  InitialWeights(SafetensorsWeightSource& files, std::set<std::string> computed,
+                 std::function<at::Tensor(const ParameterSpec&)> compute)
+      : files_(files), computed_(std::move(computed)), compute_(std::move(compute)) {}
+  void Read(const ParameterSpec& parameter, int64_t begin, int64_t count, at::Tensor out) override {
+    WeightSource& from = computed_.count(parameter.name) ? static_cast<WeightSource&>(compute_) : files_;
+    from.Read(parameter, begin, count, std::move(out));
+  }
+
+ private:
+  SafetensorsWeightSource& files_;
+  std::set<std::string> computed_;
+  WholeTensorSource compute_;
+};
 
 }  // namespace
 
@@ -111,33 +134,82 @@ void Trainer::LoadInitialWeights(bool resuming) {
   // The base model from model.path; a new adapter from method.init_from or initialized. On
   // resume only the frozen base: the checkpoint holds everything trained.
   if (resuming && peft_.full()) return;
-  const SafetensorsCheckpoint weights = SafetensorsCheckpoint::Open(spec_.model.path);
+  const auto began = std::chrono::steady_clock::now();
+  const ZeroEngine::Units which = resuming ? ZeroEngine::Units::kFrozen : ZeroEngine::Units::kAll;
+  SafetensorsWeightSource files(spec_.model.path, spec_.sharding.load_buffer_mb << 20);
   std::map<std::string, ParameterSpec> base_specs;
   for (const auto& p : ModelParameterSpecs(config_)) base_specs[p.name] = p;
-  auto base = [&](const std::string& name) { return ReadHfTensor(weights, spec_.model.path, base_specs.at(name)); };
+  auto base = [&](const std::string& name) { return files.ReadWhole(base_specs.at(name)); };
   std::map<std::string, at::Tensor> start;
   if (!resuming) start = std::move(init_adapter_);
   std::set<std::string> adapter;
   for (const auto& p : peft_.parameters()) adapter.insert(p.name);
-  engine_->LoadWeights(
-      [&](const ParameterSpec& parameter) {
-        if (const auto it = start.find(parameter.name); it != start.end()) return it->second;
-        if (adapter.count(parameter.name)) return peft_.Initial(parameter, spec_.training.seed, base);
-        if (IsHeadParameter(parameter.name)) {
-          // A head the checkpoint lacks, or one over other classes (another task's): new.
-          const auto found = weights.Find(parameter.name);
-          if (!found || found->info->shape != parameter.shape) {
-            if (found && rank0_) {
-              spdlog::info("{}: {} is [{}] in the checkpoint, [{}] for this job's classes: created new",
-                           spec_.model.path, parameter.name, fmt::join(found->info->shape, ", "),
-                           fmt::join(parameter.shape, ", "));
-            }
-            return NewHeadTensor(parameter, spec_.training.seed);
-          }
-        }
-        return ReadHfTensor(weights, spec_.model.path, parameter);
-      },
-      resuming ? ZeroEngine::Units::kFrozen : ZeroEngine::Units::kAll);
+
+  // What the job computes rather than reads, and what it reads, checked before anything is.
+  std::set<std::string> computed;
+  std::vector<ParameterSpec> read;
+  for (const UnitLayout& unit : engine_->layout().units) {
+    if (which == ZeroEngine::Units::kFrozen && unit.trainable) continue;
+    for (const ParameterSlot& slot : unit.parameters) {
+      const ParameterSpec& p = slot.spec;
+      if (start.count(p.name) || adapter.count(p.name) || IsNewHead(p, files.checkpoint())) {
+        computed.insert(p.name);
+      } else {
+        read.push_back(p);
+      }
+    }
+  }
+  files.Check(read);
+  InitialWeights source(files, computed, [&](const ParameterSpec& parameter) {
+    if (const auto it = start.find(parameter.name); it != start.end()) return it->second;
+    if (adapter.count(parameter.name)) return peft_.Initial(parameter, spec_.training.seed, base);
+    return NewHeadTensor(parameter, spec_.training.seed);
+  });
+  // Whole units on every rank: the ranks of a host share the reading (MakeNodeGroup).
+  std::unique_ptr<Communicator> node;
+  if (!PolicyOfStage(engine_->config().stage).shards_parameters) node = MakeNodeGroup(world_);
+  engine_->LoadWeights(source, which, node.get());
+  RecordLoad(files.bytes_read(), std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+}
+
+bool Trainer::IsNewHead(const ParameterSpec& parameter, const SafetensorsCheckpoint& checkpoint) const {
+  // A head the checkpoint lacks, or one over other classes (another task's): new.
+  if (!IsHeadParameter(parameter.name)) return false;
+  const auto found = checkpoint.Find(parameter.name);
+  if (found && found->info->shape == parameter.shape) return false;
+  if (found && rank0_) {
+    spdlog::info("{}: {} is [{}] in the checkpoint, [{}] for this job's classes: created new", spec_.model.path,
+                 parameter.name, fmt::join(found->info->shape, ", "), fmt::join(parameter.shape, ", "));
+  }
+  return true;
+}
+
+void Trainer::RecordLoad(int64_t bytes_read, double seconds) {
+  // Every rank's figures to rank 0, for metrics.jsonl's load record.
+  const at::TensorOptions options = at::TensorOptions().dtype(at::kLong).device(device_);
+  const at::Tensor mine =
+      at::tensor(std::vector<int64_t>{bytes_read, static_cast<int64_t>(seconds * 1e9), PeakRssBytes()}, at::kLong)
+          .to(device_);
+  at::Tensor all = at::empty({3 * world_.size()}, options);
+  world_.AllGather(mine, all, CollectiveTag{"load figures"})->Wait();
+  if (!rank0_) return;
+  const at::Tensor figures = all.cpu().view({world_.size(), 3});
+  std::vector<int64_t> bytes, rss;
+  std::vector<double> rank_seconds;
+  for (int r = 0; r < world_.size(); ++r) {
+    bytes.push_back(figures[r][0].item<int64_t>());
+    rank_seconds.push_back(static_cast<double>(figures[r][1].item<int64_t>()) * 1e-9);
+    rss.push_back(figures[r][2].item<int64_t>());
+  }
+  const int64_t total = std::accumulate(bytes.begin(), bytes.end(), int64_t{0});
+  const double slowest = *std::max_element(rank_seconds.begin(), rank_seconds.end());
+  load_record_ = {{"load",
+                   {{"model", spec_.model.path},
+                    {"seconds", slowest},
+                    {"bytes_read", total},
+                    {"per_rank", {{"bytes_read", bytes}, {"seconds", rank_seconds}, {"peak_rss_bytes", rss}}}}}};
+  spdlog::info("loaded the weights of {} in {:.1f} s: {:.1f} MiB read, {:.1f} MiB by rank 0", spec_.model.path, slowest,
+               static_cast<double>(total) / (1 << 20), static_cast<double>(bytes[0]) / (1 << 20));
 }
 
 }  // namespace shardtune

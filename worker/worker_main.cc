@@ -107,14 +107,23 @@ int Tokenize(const std::string& path, bool add_special_tokens, bool decode) {
   return kExitOk;
 }
 
-int InitModel(const std::string& config_path, const std::string& out_dir, uint64_t seed) {
-  namespace fs = std::filesystem;
-  const ModelConfig config = ModelConfig::Parse(ReadFile(config_path), config_path);
+ComputeDType ParseComputeDType(const std::string& name) {
+  return name == "bf16" ? ComputeDType::kBf16 : name == "fp16" ? ComputeDType::kFp16 : ComputeDType::kFp32;
+}
+
+struct InitModelArgs {
+  std::string config_path, out_dir, dtype = "fp32";
+  uint64_t seed = 0;
+  uint64_t max_shard_mb = 5000;  // the files' size limit: one file below it, else model-0000K-of-0000N + index
+};
+
+int InitModel(const InitModelArgs& args) {
+  const ModelConfig config = ModelConfig::Parse(ReadFile(args.config_path), args.config_path);
   FlatParameters flat(ModelParameterSpecs(config));
-  InitializeWeights(flat, seed);
-  WriteHfModel(out_dir, config_path, flat, ComputeDType::kFp32);
-  spdlog::info("wrote a randomly initialized {} model ({} parameters, seed {}) to {}", config.model_type(),
-               flat.numel(), seed, out_dir);
+  InitializeWeights(flat, args.seed);
+  WriteHfModel(args.out_dir, args.config_path, flat, ParseComputeDType(args.dtype), args.max_shard_mb * 1'000'000);
+  spdlog::info("wrote a randomly initialized {} model ({} parameters, {}, seed {}) to {}", config.model_type(),
+               flat.numel(), args.dtype, args.seed, args.out_dir);
   return kExitOk;
 }
 
@@ -176,11 +185,17 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
 
   CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
-  std::string config_path, out_dir;
-  uint64_t seed = 0;
-  init->add_option("--config", config_path, "config.json of the model to create")->required()->check(CLI::ExistingFile);
-  init->add_option("--out", out_dir, "output directory (must not exist)")->required();
-  init->add_option("--seed", seed, "initialization seed");
+  InitModelArgs init_args;
+  init->add_option("--config", init_args.config_path, "config.json of the model to create")
+      ->required()
+      ->check(CLI::ExistingFile);
+  init->add_option("--out", init_args.out_dir, "output directory (must not exist)")->required();
+  init->add_option("--seed", init_args.seed, "initialization seed");
+  init->add_option("--dtype", init_args.dtype, "the weights' dtype: fp32, bf16 or fp16")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  init->add_option("--max-shard-mb", init_args.max_shard_mb,
+                   "split the weights into files of at most this many MB (10^6 bytes), with an index")
+      ->check(CLI::PositiveNumber);
 
   CLI::App* evaluate = app.add_subcommand("evaluate", "a finished model's metrics on a dataset (its task's)");
   EvaluateOptions eval;
@@ -212,16 +227,14 @@ int main(int argc, char** argv) {
   try {
     InitLogging(log_level, RankFromEnvironment());
     if (generate->parsed()) return Generate(gen);
-    if (init->parsed()) return InitModel(config_path, out_dir, seed);
+    if (init->parsed()) return InitModel(init_args);
     if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
     if (exporter->parsed()) {
       CheckpointExport request;
       request.checkpoint_dir = checkpoint_dir;
       request.format = export_to == "peft" ? ExportFormat::kPeft : ExportFormat::kHf;
       request.out_dir = export_out;
-      request.dtype = export_dtype == "bf16"   ? ComputeDType::kBf16
-                      : export_dtype == "fp16" ? ComputeDType::kFp16
-                                               : ComputeDType::kFp32;
+      request.dtype = ParseComputeDType(export_dtype);
       return RunExport(request, export_processes);
     }
     if (evaluate->parsed()) {

@@ -29,11 +29,13 @@ class Context:
         return run([self.bin / "shardtune", *args], env=env, check=check)
 
     def model(self):
-        """The bf16 ~1.1B Llama (bench/models/llama-1b.json), written once per scratch directory."""
+        """The bf16 ~1.1B Llama (bench/models/llama-1b.json), written once per scratch directory, in
+        files of at most 500 MB (with model.safetensors.index.json), as large checkpoints come."""
         if self._model is None:
             d = self.work / "model-1b"
             if not d.exists():
-                self.shardtune("init-model", "--config", CONFIG, "--out", d, "--log-level", "warn")
+                self.shardtune("init-model", "--config", CONFIG, "--out", d, "--dtype", "bf16", "--max-shard-mb", 500,
+                               "--log-level", "warn")
             self._model = d
         return self._model
 

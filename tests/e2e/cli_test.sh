@@ -38,7 +38,8 @@ for f in job.yaml metrics.jsonl logs/rank-00000.log final/config.json final/mode
          checkpoints/step-3/rank-00000.safetensors checkpoints/step-3/trainer_state.json; do
   if [ -f "$work/runs/small/$f" ]; then pass "output has $f"; else fail "output lacks $f"; fi
 done
-expect_eq "metrics: one line per step plus one eval" "$(wc -l < "$work/runs/small/metrics.jsonl")" "7"
+expect_eq "metrics: the load record, one line per step plus one eval" "$(wc -l < "$work/runs/small/metrics.jsonl")" "8"
+expect_contains "metrics begin with the load record" "$(head -n 1 "$work/runs/small/metrics.jsonl")" '"bytes_read"'
 expect_contains "log lines carry the rank" "$(head -n 1 "$work/runs/small/logs/rank-00000.log")" "[rank 0]"
 ids=$("$bin/shardtune" generate --model "$work/runs/small/final" --input-ids "1 5 6" --max-new-tokens 5 --format ids --log-level warn)
 expect_eq "generate prints 5 ids" "$(wc -w <<<"$ids")" "5"

@@ -12,11 +12,15 @@
 
 namespace shardtune::testing {
 
-// The lines of RUN/metrics.jsonl.
+// The step and evaluation records of RUN/metrics.jsonl (not the load record each attempt begins
+// with: timings and bytes read, which differ by world size and stage by design).
 inline std::vector<nlohmann::json> ReadMetrics(const std::filesystem::path& run) {
   std::vector<nlohmann::json> lines;
   std::ifstream in(run / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json record = nlohmann::json::parse(line);
+    if (!record.contains("load")) lines.push_back(std::move(record));
+  }
   return lines;
 }
 

@@ -12,27 +12,11 @@
 #include "common/error.h"
 #include "common/run_dir.h"
 #include "common/safetensors.h"
+#include "sharding/weight_source.h"
 
 namespace shardtune {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-std::optional<at::ScalarType> ScalarTypeOf(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return at::kFloat;
-    case DType::kF16:
-      return at::kHalf;
-    case DType::kBF16:
-      return at::kBFloat16;
-    default:
-      return std::nullopt;
-  }
-}
-
-}  // namespace
 
 DType SafetensorsDTypeOf(at::ScalarType type) {
   switch (type) {
@@ -58,12 +42,6 @@ const char* TorchDTypeName(ComputeDType dtype) {
   }
 }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 // Files a Hugging Face model directory carries besides weights and config, copied on export so
 // the result is usable on its own.
 constexpr const char* kCompanionFiles[] = {
@@ -84,21 +62,12 @@ at::ScalarType ToScalarType(ComputeDType dtype) {
 }
 
 at::Tensor ReadHfTensor(const SafetensorsCheckpoint& checkpoint, const fs::path& model_dir, const ParameterSpec& spec) {
-  const auto entry = checkpoint.Find(spec.name);
-  if (!entry) {
-    Fail(ErrorCode::kNotFound, "{}: tensor '{}' (shape {}) is missing from the checkpoint", model_dir.string(),
-         spec.name, ShapeString(spec.shape));
-  }
-  const TensorInfo& info = *entry->info;
-  if (info.shape != spec.shape) {
-    Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' has shape {} but config.json implies {}",
-         entry->file->path().string(), spec.name, ShapeString(info.shape), ShapeString(spec.shape));
-  }
-  return ReadTensorFp32(*entry->file, info);
+  const SafetensorsCheckpoint::Entry entry = CheckedWeightEntry(checkpoint, model_dir, spec);
+  return ReadTensorFp32(*entry.file, *entry.info);
 }
 
 at::Tensor ReadTensorFp32(const SafetensorsFile& file, const TensorInfo& info) {
-  const auto type = ScalarTypeOf(info.dtype);
+  const auto type = WeightScalarType(info.dtype);
   if (!type) {
     Fail(ErrorCode::kUnimplemented, "{}: tensor '{}' is {}; supported weight dtypes are F32, F16, BF16",
          file.path().string(), info.name, DTypeName(info.dtype));
@@ -128,7 +97,8 @@ void LoadHfWeights(const fs::path& model_dir, FlatParameters& flat, const std::s
   }
 }
 
-void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const FlatParameters& flat, ComputeDType dtype) {
+void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const FlatParameters& flat, ComputeDType dtype,
+                  uint64_t max_shard_bytes) {
   const StagedDirectory staged(out_dir, StagedDirectory::Existing::kRefuse);
   staged.Begin();
   WriteHfCompanions(staged.staging(), source_dir, dtype);
@@ -142,7 +112,7 @@ void WriteHfModel(const fs::path& out_dir, const fs::path& source_dir, const Fla
                                   static_cast<size_t>(value.nbytes())});
     converted.push_back(std::move(value));
   }
-  WriteSafetensorsModel(staged.staging(), tensors);
+  WriteSafetensorsModel(staged.staging(), tensors, max_shard_bytes);
   staged.Commit();
 }
 

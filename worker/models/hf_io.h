@@ -34,8 +34,9 @@ void LoadHfWeights(const std::filesystem::path& model_dir, FlatParameters& flat,
 // Writes `model_dir`-style output: config.json (the source config with torch_dtype set) and the
 // weights in `dtype`, plus the tokenizer files found in `source_dir`. The directory is built
 // under a temporary name and renamed into place, so `out_dir` is either absent or complete.
+// Weights over `max_shard_bytes` are split into model-0000K-of-0000N.safetensors files and an index.
 void WriteHfModel(const std::filesystem::path& out_dir, const std::filesystem::path& source_dir,
-                  const FlatParameters& flat, ComputeDType dtype);
+                  const FlatParameters& flat, ComputeDType dtype, uint64_t max_shard_bytes = 5'000'000'000ULL);
 
 // Writes config.json (the source's, with torch_dtype set to `dtype`) and the tokenizer and
 // generation files found beside it into `dir`: everything of a model directory but the weights.
