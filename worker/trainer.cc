@@ -87,6 +87,7 @@ void Trainer::Prepare() {
   }
 
   ResumeOrStart();
+  ReserveCheckpointMemory();
   if (rank0_) {
     metrics_ = std::make_unique<MetricsLog>(run_dir_.root(), step_);
     progress_ = std::make_unique<ProgressBar>(step_, total_steps_);
