@@ -86,6 +86,7 @@ void Trainer::Prepare() {
   }
 
   ResumeOrStart();
+  ReserveCheckpointMemory();
   if (rank0_) {
     metrics_ = std::make_unique<MetricsLog>(run_dir_.root(), step_);
     if (!load_record_.is_null()) {  // the first line of this attempt: how its weights were read

@@ -54,6 +54,15 @@ TrainerState Trainer::State(int64_t step) const {
   return state;
 }
 
+void Trainer::ReserveCheckpointMemory() {
+  const OutputSpec& output = spec_.output;
+  if (!output.async_checkpoint || (output.checkpoint_every == 0 && !output.keep_best && !options_.stop_check)) return;
+  const auto start = std::chrono::steady_clock::now();
+  engine_->SnapshotShards(snapshot_, SnapshotMemory::kOwned);
+  spdlog::debug("asynchronous checkpoints: host memory for a snapshot of this rank's shard reserved in {:.3f} s",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
 std::vector<CheckpointDir> Trainer::DueCheckpoints(int64_t step, bool periodic) {
   std::vector<CheckpointDir> dirs;
   if (periodic) dirs.push_back(run_dir_.Checkpoint(step));
@@ -75,7 +84,10 @@ void Trainer::Checkpoint(int64_t step, const std::vector<CheckpointDir>& dirs) {
   }
   Barrier("checkpoint directory");
   const bool async = spec_.output.async_checkpoint;
+  const double before_snapshot = stall.Seconds();
   engine_->SnapshotShards(snapshot_, async ? SnapshotMemory::kOwned : SnapshotMemory::kShared);
+  spdlog::debug("checkpoint step {}: directories ready in {:.3f} s, shard copied to host memory in {:.3f} s", step,
+                before_snapshot, stall.Seconds() - before_snapshot);
   checkpoint_ = std::move(checkpoint);
   const bool pause = knobs_.pause_checkpoint_write == step;
   checkpoint_writer_.Start([snapshot = &snapshot_, staging, pause, step] {

@@ -111,6 +111,10 @@ class Trainer {
   // trainer_state.json and index.json last and renames DIR.tmp to DIR. Only then is a periodic one
   // (checkpoints/step-N) pruned among the others and reported to the server. Every rank calls
   // these at the same points of the loop (their collectives must match).
+  // Asynchronous checkpoints: takes a first snapshot before training, so that the host memory the
+  // snapshots reuse is allocated and touched now (a rank that cannot hold it fails at once, and no
+  // step pays the first touch's page faults).
+  void ReserveCheckpointMemory();
   // The checkpoints due after `step`: checkpoints/step-N when `periodic`, checkpoints/best when the
   // last evaluation was the best so far (output.keep_best).
   std::vector<CheckpointDir> DueCheckpoints(int64_t step, bool periodic);

@@ -3,7 +3,8 @@ true, the default) against the synchronous write (false), side by side: the same
 fine-tuning of bench/models/llama-125m.json on one rank, whose checkpoint (fp32 weights and AdamW's
 two moments, ~1.5 GB) takes seconds to write and fsync here.
 
-The figures come from metrics.jsonl: every step line carries checkpoint_stall_s (the training
+The host memory the snapshots reuse is allocated and touched before the first step (on this
+VM a first touch of 1.5 GB takes seconds). The figures come from metrics.jsonl: every step line carries checkpoint_stall_s (the training
 thread's time on checkpoints since the line before: snapshot to host memory, waiting for a
 previous write, the commit) and checkpoint_write_s (the background write and fsync of the
 checkpoints committed since). Synchronous, the stall is the whole write. A write still running
@@ -64,7 +65,7 @@ def run(ctx, base, tokens, every, asynchronous):
 
 def measure(ctx):
     base, tokens = model(ctx), data(ctx)
-    every = 3 if ctx.quick else 6
+    every = 10 if ctx.quick else 20
     sync = run(ctx, base, tokens, every, False)
     asynchronous = run(ctx, base, tokens, every, True)
     sync_write = sync["stall"] / sync["checkpoints"]
@@ -83,7 +84,8 @@ def measure(ctx):
         per = r["stall"] / r["checkpoints"]
         lines.append(f"| {label} | {r['step']:.2f} | {write:.2f} | {per:.3f} | {per / sync_write:.1%} | {r['wall']:.1f} |")
     ratio = stall / sync_write
+    fsync_only = stall / (sync["write"] / max(1, sync["writes"]))
     lines.append(
-        f"\nAsynchronous stall / synchronous write: {ratio:.1%} (target <= 10%: "
-        f"{'met' if ratio <= 0.10 else 'NOT met'}).\n")
+        f"\nAsynchronous stall / synchronous write: {ratio:.1%} of the step's whole synchronous checkpoint, "
+        f"{fsync_only:.1%} of its write and fsync alone (target <= 10%: {'met' if max(ratio, fsync_only) <= 0.10 else 'NOT met'}).\n")
     return "\n".join(lines)
