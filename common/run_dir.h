@@ -111,6 +111,8 @@ class RunDir {
   std::filesystem::path ReportPng() const { return root_ / "report.png"; }
   std::filesystem::path ReportText() const { return root_ / "report.txt"; }
   std::filesystem::path Final() const { return root_ / "final"; }
+  // The token caches (worker/data/token_cache.h) unless data.cache_dir names another directory.
+  std::filesystem::path Cache() const { return root_ / "cache"; }
 
   // Whether final/ exists: it is renamed into place complete, so the run finished and exported.
   bool HasFinal() const;

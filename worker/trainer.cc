@@ -72,10 +72,21 @@ void Trainer::Prepare() {
   global_batch_ = spec_.GlobalBatchSize(ranks_);
   accumulation_ = spec_.GradientAccumulation(ranks_);
 
-  LoadData();  // before anything is written: bad data leaves no output behind
-  StartOutput(ShapeModel());
+  // Before anything else is written: a refused job leaves no output behind, not even the token
+  // caches LoadData writes (under the output directory unless data.cache_dir is elsewhere).
+  const bool fresh_output = !std::filesystem::exists(run_dir_.root());
+  JobSpec resolved;
+  try {
+    LoadData();
+    resolved = ShapeModel();
+  } catch (...) {
+    std::error_code ec;
+    if (fresh_output && rank0_) std::filesystem::remove_all(run_dir_.root(), ec);
+    throw;
+  }
+  StartOutput(resolved);
 
-  steps_per_epoch_ = static_cast<int64_t>(train_.size()) / global_batch_;  // the last partial batch is dropped
+  steps_per_epoch_ = train_.size() / global_batch_;  // the last partial batch is dropped
   total_steps_ = spec_.training.max_steps > 0 ? spec_.training.max_steps : spec_.training.epochs * steps_per_epoch_;
   groups_ = MakeProcessGroups(world_, spec_.sharding.shard_group_size);
   engine_ = std::make_unique<ZeroEngine>(peft_.Units(), EngineConfig(), groups_.groups);
@@ -277,10 +288,9 @@ void Trainer::TrainStep(int64_t step) {
   const CommStats comm_before = engine_->comm_stats();
   StepFigures figures;  // data_s: time spent getting and collating examples, the step waiting for data
   auto data_start = std::chrono::steady_clock::now();
-  const std::vector<const Example*> batch = GlobalBatch(step);
+  const std::vector<int64_t> batch = GlobalBatch(step);
+  const int64_t targets = TargetsOf(batch);
   figures.data_s += SecondsSince(data_start);
-  int64_t targets = 0;
-  for (const Example* e : batch) targets += TargetsOf(*e);
 
   // Per-step seeding makes any randomness a function of (seed, step), which is what lets a
   // resumed run continue exactly.
@@ -292,10 +302,10 @@ void Trainer::TrainStep(int64_t step) {
   at::Tensor local = at::zeros({2}, at::TensorOptions().dtype(at::kDouble).device(device_));  // loss sum, input tokens
   for (int64_t a = 0; a < accumulation_; ++a) {
     engine_->BeginMicroBatch(a + 1 == accumulation_);
-    const std::vector<const Example*> examples(batch.begin() + first + a * micro_,
-                                               batch.begin() + first + (a + 1) * micro_);
     data_start = std::chrono::steady_clock::now();
-    const Batch micro_batch = WithVirtualTokens(Collate(examples, config_.pad_token_id()), peft_.prompt_tokens());
+    const std::vector<Example> examples = BatchExamples(batch, first + a * micro_, micro_);
+    const Batch micro_batch =
+        WithVirtualTokens(Collate(Pointers(examples), config_.pad_token_id()), peft_.prompt_tokens());
     figures.data_s += SecondsSince(data_start);
     const LossSum loss = TaskLossSum(model_->Forward(micro_batch, /*training=*/true), micro_batch);
     // The loss is the mean over every target token of the global batch: each micro-batch on

@@ -3,11 +3,44 @@
 
 #include <spdlog/spdlog.h>
 
+#include <numeric>
+
 #include "common/error.h"
+#include "worker/data/communicator_cache_group.h"
 #include "worker/data/formats.h"
 #include "worker/trainer_internal.h"
 
 namespace shardtune {
+
+namespace {
+
+std::vector<int64_t> Iota(int64_t n) {
+  std::vector<int64_t> indices(static_cast<size_t>(n));
+  std::iota(indices.begin(), indices.end(), int64_t{0});
+  return indices;
+}
+
+}  // namespace
+
+std::shared_ptr<const TokenCache> Trainer::CachedData(const std::string& file, const JobDataOptions& job_data,
+                                                      const FormatOptions& options) {
+  CommunicatorCacheGroup group(world_);
+  TokenCacheRequest request{
+      file, options, job_data.tokenizer_source,
+      spec_.data.cache_dir.empty() ? run_dir_.Cache() : std::filesystem::path(spec_.data.cache_dir)};
+  const TokenCacheResult result = OpenOrBuildTokenCache(request, group);
+  if (rank0_) {
+    if (result.built) {
+      spdlog::info("token cache: built {} ({} examples, {} tokens) in {:.1f} s on {} ranks (before: {})",
+                   result.cache->path().string(), result.cache->size(), result.cache->tokens(), result.seconds,
+                   world_.size(), result.reason);
+    } else {
+      spdlog::info("token cache: reusing {} ({} examples, {} tokens; checked in {:.1f} s)",
+                   result.cache->path().string(), result.cache->size(), result.cache->tokens(), result.seconds);
+    }
+  }
+  return result.cache;
+}
 
 void Trainer::LoadData() {
   // One source per task; a single-task job is one unnamed task.
@@ -29,38 +62,38 @@ void Trainer::LoadData() {
     FormatOptions options = job_data.options;
     options.format = task.format;
     if (!spec_.model.labels.empty()) options.label_names = spec_.model.labels;
-    TokenDataset train = ReadDataset(task.train, options);
+    const std::shared_ptr<const TokenCache> train = CachedData(task.train, job_data, options);
     // Validation uses the training data's classes, whatever subset of them it holds.
-    options.label_names = label_names_ = train.label_names;
-    std::vector<Example> examples = std::move(train.examples);
-    if (train.truncated > 0 && rank0_) {
-      spdlog::warn("{}: {} examples are longer than {} tokens and were truncated", task.train, train.truncated,
-                   max_seq_len_);
+    options.label_names = label_names_ = train->label_names();
+    const int64_t truncated = train->LongerThan(max_seq_len_);
+    if (truncated > 0 && rank0_) {
+      spdlog::warn("{}: {} examples are longer than {} tokens and were truncated", task.train, truncated, max_seq_len_);
     }
-    std::vector<Example> validation;
+    std::vector<int64_t> kept;
     if (!task.validation.empty()) {
-      validation = ReadDataset(task.validation, options).examples;
+      const std::shared_ptr<const TokenCache> held = CachedData(task.validation, job_data, options);
+      validation_.Add(held, Iota(held->size()), max_seq_len_, /*pack=*/false);
+      kept = Iota(train->size());
     } else {
-      SplitValidation(examples, validation, spec_.data.validation_split, spec_.training.seed + t);
+      const std::vector<bool> is_validation =
+          ValidationMask(train->size(), spec_.data.validation_split, spec_.training.seed + t);
+      std::vector<int64_t> held;
+      for (int64_t i = 0; i < train->size(); ++i) (is_validation[i] ? held : kept).push_back(i);
+      validation_.Add(train, std::move(held), max_seq_len_, /*pack=*/false);
     }
-    if (spec_.data.packing) {
-      const size_t documents = examples.size();
-      examples = PackExamples(examples, max_seq_len_);  // within the task: task ranges stay whole
-      if (rank0_) {
-        spdlog::info("packing{}: {} examples in {} sequences of at most {} tokens",
-                     task.name.empty() ? "" : " " + task.name, documents, examples.size(), max_seq_len_);
-      }
+    const size_t documents = kept.size();
+    // Packed within the task: task ranges stay whole.
+    const int64_t examples = train_.Add(train, std::move(kept), max_seq_len_, spec_.data.packing);
+    if (spec_.data.packing && rank0_) {
+      spdlog::info("packing{}: {} examples in {} sequences of at most {} tokens",
+                   task.name.empty() ? "" : " " + task.name, documents, examples, max_seq_len_);
     }
-    tasks_.push_back(TaskRange{static_cast<int64_t>(train_.size()), static_cast<int64_t>(examples.size()), 0});
+    tasks_.push_back(TaskRange{train_.size() - examples, examples, 0});
     task_names_.push_back(task.name);
-    sizes.push_back(static_cast<int64_t>(examples.size()));
+    sizes.push_back(examples);
     weights.push_back(task.weight);
-    for (auto& e : examples) train_.push_back(std::move(e));
-    for (auto& e : validation) {
-      validation_.push_back(std::move(e));
-      validation_tasks_.push_back(static_cast<int64_t>(t));
-    }
   }
+  if (spec_.data.group_by_length) train_lengths_ = train_.Lengths();
   const std::vector<double> probabilities = MixtureProbabilities(sizes, weights, spec_.data.mixing_temperature);
   for (size_t t = 0; t < tasks_.size(); ++t) {
     tasks_[t].probability = probabilities[t];
@@ -74,28 +107,37 @@ void Trainer::LoadData() {
     spdlog::warn("data.max_seq_len {} exceeds the model's max_position_embeddings {}", spec_.data.max_seq_len,
                  config_.max_positions());
   }
-  if (static_cast<int64_t>(train_.size()) < global_batch_) {
+  if (train_.size() < global_batch_) {
     Fail(ErrorCode::kInvalidArgument, "{}: {} training sequences are fewer than one global batch of {}",
          sources.size() == 1 ? sources[0].train : "data.tasks", train_.size(), global_batch_);
   }
   if (rank0_) spdlog::info("data: {} training examples, {} validation examples", train_.size(), validation_.size());
 }
 
-std::vector<const Example*> Trainer::GlobalBatch(int64_t step) {
+std::vector<int64_t> Trainer::GlobalBatch(int64_t step) {
   const int64_t epoch = step / steps_per_epoch_;
   if (epoch != cached_epoch_) {
-    epoch_order_ =
-        tasks_.size() > 1
-            ? MixtureOrder(tasks_, static_cast<int64_t>(train_.size()), spec_.training.seed, epoch)
-            : EpochOrder(static_cast<int64_t>(train_.size()), spec_.training.seed, epoch, spec_.data.shuffle);
+    epoch_order_ = tasks_.size() > 1 ? MixtureOrder(tasks_, train_.size(), spec_.training.seed, epoch)
+                                     : EpochOrder(train_.size(), spec_.training.seed, epoch, spec_.data.shuffle);
     // As Hugging Face's length-grouped sampler: sorted within mega-batches of 50 global batches.
-    if (spec_.data.group_by_length) GroupByLength(epoch_order_, train_, 50 * global_batch_);
+    if (spec_.data.group_by_length) GroupByLength(epoch_order_, train_lengths_, 50 * global_batch_);
     cached_epoch_ = epoch;
   }
   const int64_t begin = (step % steps_per_epoch_) * global_batch_;
-  std::vector<const Example*> batch;
-  for (int64_t i = begin; i < begin + global_batch_; ++i) batch.push_back(&train_[epoch_order_[i]]);
-  return batch;
+  return std::vector<int64_t>(epoch_order_.begin() + begin, epoch_order_.begin() + begin + global_batch_);
+}
+
+int64_t Trainer::TargetsOf(const std::vector<int64_t>& batch) const {
+  int64_t targets = 0;
+  for (int64_t i : batch) targets += TargetsOf(train_.Get(i));
+  return targets;
+}
+
+std::vector<Example> Trainer::BatchExamples(const std::vector<int64_t>& batch, int64_t begin, int64_t count) const {
+  std::vector<Example> examples;
+  examples.reserve(static_cast<size_t>(count));
+  for (int64_t i = begin; i < begin + count; ++i) examples.push_back(train_.Get(batch[static_cast<size_t>(i)]));
+  return examples;
 }
 
 int64_t Trainer::TargetsOf(const Example& e) const {

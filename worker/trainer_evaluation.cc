@@ -22,18 +22,19 @@ std::optional<double> Trainer::Evaluate(int64_t step) {
   at::NoGradGuard no_grad;
   // Ranks take micro-batches round-robin; all run the same number of forwards (the collectives
   // of stage 3 must match), so a rank without examples left runs a one-token batch with no targets.
-  const auto v = static_cast<int64_t>(validation_.size());
+  const int64_t v = validation_.size();
   const int64_t rounds = (v + micro_ * ranks_ - 1) / (micro_ * ranks_);
   const Example idle{{config_.pad_token_id(), config_.pad_token_id()}, {-100, -100}, {}, {}};
   Evaluation evaluation(config_.task(), config_.label_names(), static_cast<int64_t>(tasks_.size()));
   for (int64_t round = 0; round < rounds; ++round) {
     const int64_t begin = (round * ranks_ + world_.rank()) * micro_;
-    std::vector<const Example*> examples;
+    std::vector<Example> owned;
     std::vector<int64_t> example_tasks;
     for (int64_t i = begin; i < std::min(begin + micro_, v); ++i) {
-      examples.push_back(&validation_[i]);
-      example_tasks.push_back(validation_tasks_[i]);
+      owned.push_back(validation_.Get(i));
+      example_tasks.push_back(validation_.PartOf(i));
     }
+    std::vector<const Example*> examples = Pointers(owned);
     if (examples.empty()) {
       examples.push_back(&idle);
       example_tasks.push_back(0);
@@ -84,7 +85,7 @@ bool Trainer::AfterEvaluation(int64_t step, std::optional<double> metric) {
 }
 
 void Trainer::WriteGenerations() {
-  const int64_t wanted = std::min<int64_t>(spec_.output.generations, static_cast<int64_t>(validation_.size()));
+  const int64_t wanted = std::min<int64_t>(spec_.output.generations, validation_.size());
   if (wanted == 0 || !rank0_ || !tokenizer_ || config_.task() != ModelTask::kCausalLm) return;
   const std::filesystem::path final_dir = run_dir_.Final();
   const bool merged =
@@ -94,7 +95,7 @@ void Trainer::WriteGenerations() {
       merged ? LoadModelForInference(final_dir) : LoadModelForInference(spec_.model.path, final_dir);
   std::string lines;
   for (int64_t i = 0; i < wanted; ++i) {
-    const Example& e = validation_[i];
+    const Example e = validation_.Get(i);
     // The prompt is everything before the first trained token; the reference what is trained.
     const auto first = std::find_if(e.labels.begin(), e.labels.end(), [](int64_t l) { return l != -100; });
     const auto split = static_cast<size_t>(first - e.labels.begin());

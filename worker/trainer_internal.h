@@ -29,6 +29,8 @@
 #include "sharding/comm/communicator.h"
 #include "sharding/loss_scale.h"
 #include "sharding/zero_engine.h"
+#include "worker/data/example_set.h"
+#include "worker/data/formats.h"
 #include "worker/data/mixture.h"
 #include "worker/data/token_dataset.h"
 #include "worker/data/tokenizer/tokenizer.h"
@@ -91,8 +93,16 @@ class Trainer {
 
   // The data (trainer_data.cc).
   void LoadData();
-  std::vector<const Example*> GlobalBatch(int64_t step);
+  // The token cache of one data file: found or built by all ranks together (collective).
+  std::shared_ptr<const TokenCache> CachedData(const std::string& file, const JobDataOptions& job_data,
+                                               const FormatOptions& options);
+  // This step's global batch: its examples' indices in train_, rank by rank.
+  std::vector<int64_t> GlobalBatch(int64_t step);
+  // The target count of the whole global batch (each example materialized in turn).
+  int64_t TargetsOf(const std::vector<int64_t>& batch) const;
   int64_t TargetsOf(const Example& e) const;
+  // Examples [begin, begin + count) of the global batch, materialized.
+  std::vector<Example> BatchExamples(const std::vector<int64_t>& batch, int64_t begin, int64_t count) const;
 
   // Training (trainer.cc).
   // The training loss of the task (causal LM, sequence or token classification; with
@@ -158,10 +168,12 @@ class Trainer {
   std::map<std::string, at::Tensor> init_adapter_;  // method.init_from's tensors, until loaded
   std::map<std::string, double> last_metrics_;      // rank 0: the latest step's (and evaluation's) figures
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::vector<Example> train_;
-  std::vector<Example> validation_;
-  std::vector<int64_t> validation_tasks_;  // the task of each validation example
-  std::vector<TaskRange> tasks_;           // where each task's examples are in train_
+  // The examples, read from the token caches on demand: a part per task in each, so a
+  // validation example's part is its task.
+  ExampleSet train_;
+  ExampleSet validation_;
+  std::vector<int64_t> train_lengths_;  // with data.group_by_length: each training example's tokens
+  std::vector<TaskRange> tasks_;        // where each task's examples are in train_
   std::vector<std::string> task_names_;
   std::vector<std::string> label_names_;  // classification and NER: the classes (or tags), by id
   int64_t max_seq_len_ = 0;               // data.max_seq_len, or fewer where the model has fewer positions

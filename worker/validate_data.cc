@@ -5,7 +5,9 @@
 
 #include "common/job_spec.h"
 #include "common/model_config.h"
+#include "common/run_dir.h"
 #include "worker/data/formats.h"
+#include "worker/data/token_cache.h"
 
 namespace shardtune {
 
@@ -16,11 +18,19 @@ void ValidateData(const std::string& job_path, std::ostream& out) {
   if (spec.data.format == DataFormat::kChat || spec.data.format == DataFormat::kShareGpt)
     out << data.template_note << "\n";
 
+  const std::filesystem::path cache_dir =
+      spec.data.cache_dir.empty() ? RunDir(spec.output.dir).Cache() : std::filesystem::path(spec.data.cache_dir);
+  SoloGroup alone;
   auto report = [&](const std::string& role, const std::string& path) {
-    const TokenDataset dataset = ReadDataset(path, data.options);
-    const DataSummary s = Summarize(dataset);
+    const TokenCacheResult cached =
+        OpenOrBuildTokenCache({path, data.options, data.tokenizer_source, cache_dir}, alone);
+    const TokenCache& cache = *cached.cache;
+    DataSummary s;
+    for (int64_t i = 0; i < cache.size(); ++i) AddToSummary(s, cache.Read(i, spec.data.max_seq_len));
+    s.truncated = cache.LongerThan(spec.data.max_seq_len);
     out << fmt::format("{} {}: {} examples, {} tokens ({} trained), longest {} tokens\n", role, path, s.examples,
                        s.tokens, s.target_tokens, s.longest);
+    out << fmt::format("  token cache: {} {}\n", cached.built ? "built" : "reusing", cache.path().string());
     if (s.truncated > 0) {
       out << fmt::format("  warning: {} examples exceed data.max_seq_len {} and will be truncated\n", s.truncated,
                          spec.data.max_seq_len);
@@ -28,13 +38,15 @@ void ValidateData(const std::string& job_path, std::ostream& out) {
     if (s.without_targets > 0 && spec.data.format != DataFormat::kClassification) {
       out << fmt::format("  warning: {} examples have no trained tokens\n", s.without_targets);
     }
-    if (!dataset.label_names.empty()) {
+    const std::vector<std::string>& names = cache.label_names();
+    if (!names.empty()) {
       std::string counts;
       int64_t most = 0, least = INT64_MAX;
-      for (size_t i = 0; i < dataset.label_names.size(); ++i) {
-        counts += fmt::format("{}{} {}", i ? ", " : "", dataset.label_names[i], dataset.label_counts[i]);
-        most = std::max(most, dataset.label_counts[i]);
-        least = std::min(least, dataset.label_counts[i]);
+      for (size_t i = 0; i < names.size(); ++i) {
+        const int64_t count = cache.label_counts()[i];
+        counts += fmt::format("{}{} {}", i ? ", " : "", names[i], count);
+        most = std::max(most, count);
+        least = std::min(least, count);
       }
       out << "  labels: " << counts << "\n";
       // Keep classes balanced: flag a label seen more than 3x as often as another.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Multi-rank jobs as a user runs them: `shardtune train --np N` through mpirun, a rank that hangs
-# (the others fail within the collective timeout, naming rank, collective, bucket and step), a
-# rank killed with -9 (the whole job ends, non-zero, promptly), a rank killed during an
-# asynchronous checkpoint's write (the previous checkpoint resumes, to the uninterrupted run's end),
-# and a BERT sentiment classifier trained on two ranks and evaluated.
+# (the others fail within the collective timeout, naming rank, collective, bucket and step), the
+# token cache built once by a job's ranks and reused by its resumed attempt, a rank killed with -9
+# (the whole job ends, non-zero, promptly), a rank killed during an asynchronous checkpoint's
+# write (the previous checkpoint resumes, to the uninterrupted run's end), and a BERT sentiment
+# classifier trained on two ranks and evaluated.
 # Usage: mpi_test.sh BUILD_BIN_DIR SOURCE_DIR
 set -uo pipefail
 bin=$1
@@ -75,6 +76,23 @@ if [ $code -ne 0 ]; then pass "a hung rank fails the job (exit $code)"; else fai
 if [ $elapsed -lt 60 ]; then pass "ended in ${elapsed}s"; else fail "took ${elapsed}s for a 3 s timeout"; fi
 expect_contains "the timeout names rank, collective, bucket and step" "$out" "rank 0: reduce_scatter of head in shard group 0 at step 2"
 expect_contains "the timeout says what happened" "$out" "did not complete within the collective timeout of 3 s"
+
+# 2b. The token cache: the two ranks of a job build one cache (rank 0 writes it), and a resumed
+# attempt reuses it unchanged. The first attempt stalls at step 3 after checkpointing steps 1-2.
+write_job cached 2 4 3
+echo "output: {dir: runs/cached, checkpoint_every: 1}" >> "$work/cached.yaml"
+sed -i '/^output: {dir: runs\/cached}$/d' "$work/cached.yaml"
+out=$(SHARDTUNE_TEST_STALL=1:3 "$bin/shardtune" train "$work/cached.yaml" --np 2 2>&1)
+expect_eq "the token cache is built once, by the job" "$(grep -c 'token cache: built' <<< "$out")" "1"
+caches=$(ls "$work/runs/cached/cache")
+expect_eq "one cache file for both ranks" "$(wc -l <<< "$caches")" "1"
+identity=$(stat -c '%i %y' "$work/runs/cached/cache/$caches")
+out=$("$bin/shardtune" train "$work/cached.yaml" --np 2 2>&1)
+expect_eq "the resumed attempt exits 0" "$?" "0"
+expect_contains "the attempt resumed" "$out" "resuming from"
+expect_contains "the resumed attempt reuses the cache" "$out" "token cache: reusing $work/runs/cached/cache/$caches"
+expect_eq "the cache file is the same file, unchanged" "$(stat -c '%i %y' "$work/runs/cached/cache/$caches")" "$identity"
+expect_eq "and still the only one" "$(ls "$work/runs/cached/cache")" "$caches"
 
 # 3. kill -9 of one rank mid-training ends the whole job, non-zero.
 write_job killed 0 100000 30

@@ -112,6 +112,8 @@ class Issues {
     if (issues_.size() < kMaxReportedIssues) issues_.push_back({file, line, code, message});
   }
   bool empty() const { return total_ == 0; }
+  const std::vector<DataIssue>& issues() const { return issues_; }
+  size_t total() const { return total_; }
   void ThrowIfAny() {
     if (total_ > 0) throw DataError(issues_, total_);
   }
@@ -368,18 +370,29 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
   }
 }
 
-// Records of a file: JSONL lines, or the elements of one JSON array (alpaca's usual form).
-template <typename Visit>
-void ForEachRecord(const fs::path& path, Issues& issues, Visit visit) {
-  const std::string file = path.string();
+// Whether the file's first non-blank character opens a JSON array (alpaca's usual form).
+bool IsJsonArrayFile(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", file);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const size_t first = text.find_first_not_of(" \t\r\n");
-  if (first != std::string::npos && text[first] == '[') {
+  if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", path.string());
+  char c = 0;
+  while (in.get(c)) {
+    if (c != ' ' && c != '\t' && c != '\r' && c != '\n') return c == '[';
+  }
+  return false;
+}
+
+// Records of a slice of a file: its JSONL lines, or the elements of one JSON array (the first
+// slice only: an array is not cut). `lines` gets the newlines the slice holds; `progress` (when
+// set) the bytes of the slice read so far, after each line.
+template <typename Visit>
+void ForEachRecord(const fs::path& path, const RecordSlice& slice, Issues& issues, int64_t* lines, Visit visit,
+                   const std::function<void(uint64_t)>& progress = {}) {
+  const std::string file = path.string();
+  if (IsJsonArrayFile(path)) {
+    if (slice.begin > 0) return;
     json array;
     try {
-      array = json::parse(text);
+      array = json::parse(ReadFile(path));
     } catch (const json::parse_error& e) {
       issues.Add(file, 1, "invalid_json", fmt::format("the JSON array does not parse: {}", e.what()));
       return;
@@ -387,9 +400,16 @@ void ForEachRecord(const fs::path& path, Issues& issues, Visit visit) {
     for (size_t i = 0; i < array.size(); ++i) visit(array[i], static_cast<int64_t>(i + 1));
     return;
   }
-  std::istringstream lines(text);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", file);
+  in.seekg(static_cast<std::streamoff>(slice.begin));
+  uint64_t at = slice.begin;
   std::string line;
-  for (int64_t number = 1; std::getline(lines, line); ++number) {
+  // Lines as std::getline splits the whole text: a last line without a newline counts.
+  for (int64_t number = 1; at < slice.end && std::getline(in, line); ++number) {
+    at += line.size() + 1;
+    if (!in.eof()) ++*lines;
+    if (progress) progress(at - slice.begin);
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     if (!IsValidUtf8(line)) {
       issues.Add(file, number, "invalid_utf8", "the line is not valid UTF-8");
@@ -561,6 +581,7 @@ JobDataOptions DataOptionsFor(const JobSpec& spec, int64_t vocab_size, const std
   }
   const fs::path source = spec.model.tokenizer.empty() ? fs::path(spec.model.path) : fs::path(spec.model.tokenizer);
   result.tokenizer = Tokenizer::Load(source);
+  result.tokenizer_source = source;
   options.tokenizer = result.tokenizer.get();
   // The tokenizer's own convention: the special tokens its post-processor puts before a text
   // (BOS, [CLS]) and after it (EOS, [SEP]), found around a one-character text.
@@ -582,82 +603,145 @@ JobDataOptions DataOptionsFor(const JobSpec& spec, int64_t vocab_size, const std
   return result;
 }
 
+void AddToSummary(DataSummary& s, const Example& e) {
+  const auto n = static_cast<int64_t>(e.input_ids.size());
+  ++s.examples;
+  s.tokens += n;
+  s.longest = std::max(s.longest, n);
+  const int64_t targets = e.target_tokens();
+  s.target_tokens += targets;
+  s.without_targets += targets == 0;
+}
+
 DataSummary Summarize(const TokenDataset& dataset) {
   DataSummary s;
-  s.examples = static_cast<int64_t>(dataset.examples.size());
   s.truncated = dataset.truncated;
-  for (const Example& e : dataset.examples) {
-    const auto n = static_cast<int64_t>(e.input_ids.size());
-    s.tokens += n;
-    s.longest = std::max(s.longest, n);
-    const int64_t targets = e.target_tokens();
-    s.target_tokens += targets;
-    s.without_targets += targets == 0;
-  }
+  for (const Example& e : dataset.examples) AddToSummary(s, e);
   return s;
 }
 
-TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
-  ST_CHECK(options.tokenizer != nullptr || options.format == DataFormat::kTokens, "data.format {} needs a tokenizer",
-           ToString(options.format));
-  TokenDataset dataset;
-  Issues issues;
-  const std::string file = path.string();
+std::vector<std::string> ResolveLabelNames(const fs::path& path, const FormatOptions& options) {
   const bool labelled = options.format == DataFormat::kClassification || options.format == DataFormat::kNer;
-  LabelSet labels;
-  labels.names = options.label_names;
-  if (labelled && labels.names.empty()) {
-    // No id2label given: the label names found in the file, sorted; with index labels only,
-    // classes 0 .. the largest index seen. One pass collects both.
-    std::set<std::string> found;
-    int64_t largest = -1;
-    Issues ignored;  // problems are reported by the pass below
-    ForEachRecord(path, ignored, [&](const json& record, int64_t) {
-      if (!record.is_object()) return;
-      for (const char* key : {"label", "tags"}) {
-        if (!record.contains(key)) continue;
-        const json& value = record[key];
-        for (const json& v : value.is_array() ? value : json::array({value})) {
-          if (v.is_string()) found.insert(v.get<std::string>());
-          if (v.is_number_integer() && key == std::string("label")) largest = std::max(largest, v.get<int64_t>());
-        }
+  if (!labelled || !options.label_names.empty()) return options.label_names;
+  // No id2label given: the label names found in the file, sorted; with index labels only,
+  // classes 0 .. the largest index seen. One pass collects both.
+  std::set<std::string> found;
+  int64_t largest = -1;
+  Issues ignored;  // problems are reported by the pass that renders the records
+  int64_t lines = 0;
+  ForEachRecord(path, RecordSlice{}, ignored, &lines, [&](const json& record, int64_t) {
+    if (!record.is_object()) return;
+    for (const char* key : {"label", "tags"}) {
+      if (!record.contains(key)) continue;
+      const json& value = record[key];
+      for (const json& v : value.is_array() ? value : json::array({value})) {
+        if (v.is_string()) found.insert(v.get<std::string>());
+        if (v.is_number_integer() && key == std::string("label")) largest = std::max(largest, v.get<int64_t>());
       }
-    });
-    labels.names.assign(found.begin(), found.end());
-    if (labels.names.empty()) {
-      for (int64_t i = 0; i <= largest; ++i) labels.names.push_back(std::to_string(i));
-    }
-  }
-  for (size_t i = 0; i < labels.names.size(); ++i) labels.ids[labels.names[i]] = static_cast<int64_t>(i);
-  dataset.label_names = labels.names;
-  dataset.label_counts.assign(labels.names.size(), 0);
-  ForEachRecord(path, issues, [&](const json& record, int64_t line) {
-    try {
-      Example example = Render(record, options, labels);
-      if (example.class_label >= 0) ++dataset.label_counts[static_cast<size_t>(example.class_label)];
-      for (int64_t l : example.labels) {
-        if (options.format == DataFormat::kNer && l >= 0) ++dataset.label_counts[static_cast<size_t>(l)];
-      }
-      for (int64_t id : example.input_ids) {  // (labels of ner are tag ids, not token ids)
-        if (id < 0 || id >= options.vocab_size) {
-          Problem("token_out_of_vocabulary",
-                  fmt::format("the tokenizer produced id {}, outside the model's vocabulary of {}", id,
-                              options.vocab_size));
-        }
-      }
-      if (options.max_seq_len > 0 && static_cast<int64_t>(example.input_ids.size()) > options.max_seq_len) {
-        example.input_ids.resize(static_cast<size_t>(options.max_seq_len));
-        example.labels.resize(static_cast<size_t>(options.max_seq_len));
-        if (!example.token_type_ids.empty()) example.token_type_ids.resize(static_cast<size_t>(options.max_seq_len));
-        ++dataset.truncated;
-      }
-      dataset.examples.push_back(std::move(example));
-    } catch (const RecordProblem& p) {
-      issues.Add(file, line, p.code, p.message);
     }
   });
-  if (issues.empty() && dataset.examples.empty()) issues.Add(file, 0, "empty_dataset", "the file holds no examples");
-  issues.ThrowIfAny();
+  std::vector<std::string> names(found.begin(), found.end());
+  if (names.empty()) {
+    for (int64_t i = 0; i <= largest; ++i) names.push_back(std::to_string(i));
+  }
+  return names;
+}
+
+std::vector<RecordSlice> SliceRecords(const fs::path& path, int parts) {
+  std::error_code ec;
+  const uint64_t size = fs::file_size(path, ec);
+  if (ec) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", path.string());
+  std::vector<uint64_t> cuts = {0};
+  if (IsJsonArrayFile(path)) {
+    cuts.resize(static_cast<size_t>(parts), size);
+  } else {
+    // Each cut moves forward to the start of a line: just after the next newline.
+    std::ifstream in(path, std::ios::binary);
+    for (int k = 1; k < parts; ++k) {
+      uint64_t at = std::max(cuts.back(), size / static_cast<uint64_t>(parts) * static_cast<uint64_t>(k));
+      if (at > 0 && at < size) {
+        in.seekg(static_cast<std::streamoff>(at - 1));
+        char c = 0;
+        while (in.get(c) && c != '\n') ++at;
+        at = std::min(at, size);
+      }
+      cuts.push_back(at);
+    }
+  }
+  cuts.push_back(size);
+  std::vector<RecordSlice> slices;
+  for (int k = 0; k < parts; ++k) slices.push_back(RecordSlice{cuts[k], cuts[k + 1]});
+  return slices;
+}
+
+SliceReport RenderRecords(const fs::path& path, const FormatOptions& options, const RecordSlice& slice,
+                          const std::function<void(Example&&)>& sink, const std::function<void(uint64_t)>& progress) {
+  ST_CHECK(options.tokenizer != nullptr || options.format == DataFormat::kTokens, "data.format {} needs a tokenizer",
+           ToString(options.format));
+  SliceReport report;
+  Issues issues;
+  const std::string file = path.string();
+  LabelSet labels;
+  labels.names = options.label_names;
+  for (size_t i = 0; i < labels.names.size(); ++i) labels.ids[labels.names[i]] = static_cast<int64_t>(i);
+  report.label_counts.assign(labels.names.size(), 0);
+  ForEachRecord(
+      path, slice, issues, &report.lines,
+      [&](const json& record, int64_t line) {
+        try {
+          Example example = Render(record, options, labels);
+          if (example.class_label >= 0) ++report.label_counts[static_cast<size_t>(example.class_label)];
+          for (int64_t l : example.labels) {
+            if (options.format == DataFormat::kNer && l >= 0) ++report.label_counts[static_cast<size_t>(l)];
+          }
+          for (int64_t id : example.input_ids) {  // (labels of ner are tag ids, not token ids)
+            if (id < 0 || id >= options.vocab_size) {
+              Problem("token_out_of_vocabulary",
+                      fmt::format("the tokenizer produced id {}, outside the model's vocabulary of {}", id,
+                                  options.vocab_size));
+            }
+          }
+          ++report.examples;
+          sink(std::move(example));
+        } catch (const RecordProblem& p) {
+          issues.Add(file, line, p.code, p.message);
+        }
+      },
+      progress);
+  report.issues = issues.issues();
+  report.total_issues = issues.total();
+  return report;
+}
+
+void ThrowIfProblems(const fs::path& path, std::vector<DataIssue> issues, size_t total, int64_t examples) {
+  if (total == 0 && examples == 0) {
+    issues.push_back({path.string(), 0, "empty_dataset", "the file holds no examples"});
+    total = 1;
+  }
+  if (issues.size() > kMaxReportedIssues) issues.resize(kMaxReportedIssues);
+  if (total > 0) throw DataError(std::move(issues), total);
+}
+
+void TruncateExample(Example& example, int64_t max_len) {
+  const auto n = static_cast<size_t>(max_len);
+  example.input_ids.resize(n);
+  example.labels.resize(n);
+  if (!example.token_type_ids.empty()) example.token_type_ids.resize(n);
+}
+
+TokenDataset ReadDataset(const fs::path& path, const FormatOptions& options) {
+  TokenDataset dataset;
+  FormatOptions resolved = options;
+  resolved.label_names = dataset.label_names = ResolveLabelNames(path, options);
+  SliceReport report = RenderRecords(path, resolved, RecordSlice{}, [&](Example&& example) {
+    if (options.max_seq_len > 0 && static_cast<int64_t>(example.input_ids.size()) > options.max_seq_len) {
+      TruncateExample(example, options.max_seq_len);
+      ++dataset.truncated;
+    }
+    dataset.examples.push_back(std::move(example));
+  });
+  ThrowIfProblems(path, std::move(report.issues), report.total_issues, report.examples);
+  dataset.label_counts = std::move(report.label_counts);
   return dataset;
 }
 

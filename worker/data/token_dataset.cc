@@ -10,11 +10,6 @@
 
 namespace shardtune {
 
-namespace fs = std::filesystem;
-using nlohmann::json;
-
-namespace {}  // namespace
-
 int64_t Example::target_tokens() const {
   int64_t n = 0;
   for (size_t t = 1; t < labels.size(); ++t) n += labels[t] != -100;
@@ -65,34 +60,59 @@ Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id) {
   return batch;
 }
 
-std::vector<Example> PackExamples(const std::vector<Example>& examples, int64_t max_len) {
-  std::vector<Example> packed;
-  Example current;
-  int64_t documents = 0;
-  for (const Example& e : examples) {
-    if (!current.input_ids.empty() && static_cast<int64_t>(current.input_ids.size() + e.input_ids.size()) > max_len) {
-      packed.push_back(std::move(current));
-      current = Example();
-      documents = 0;
+std::vector<const Example*> Pointers(const std::vector<Example>& examples) {
+  std::vector<const Example*> pointers;
+  pointers.reserve(examples.size());
+  for (const Example& e : examples) pointers.push_back(&e);
+  return pointers;
+}
+
+std::vector<int64_t> PackBoundaries(const std::vector<int64_t>& lengths, int64_t max_len) {
+  std::vector<int64_t> starts = {0};
+  int64_t tokens = 0;  // of the sequence being filled
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    if (tokens > 0 && tokens + lengths[i] > max_len) {
+      starts.push_back(static_cast<int64_t>(i));
+      tokens = 0;
     }
-    for (size_t t = 0; t < e.input_ids.size(); ++t) {
-      current.input_ids.push_back(e.input_ids[t]);
-      current.labels.push_back(t == 0 ? -100 : e.labels[t]);
-      current.position_ids.push_back(static_cast<int64_t>(t));
-      current.document_ids.push_back(documents);
-    }
-    ++documents;
+    tokens += lengths[i];
   }
-  if (!current.input_ids.empty()) packed.push_back(std::move(current));
+  if (!lengths.empty()) starts.push_back(static_cast<int64_t>(lengths.size()));
+  return starts;
+}
+
+void AppendToPacked(Example& sequence, const Example& document, int64_t index) {
+  for (size_t t = 0; t < document.input_ids.size(); ++t) {
+    sequence.input_ids.push_back(document.input_ids[t]);
+    sequence.labels.push_back(t == 0 ? -100 : document.labels[t]);
+    sequence.position_ids.push_back(static_cast<int64_t>(t));
+    sequence.document_ids.push_back(index);
+  }
+}
+
+std::vector<Example> PackExamples(const std::vector<Example>& examples, int64_t max_len) {
+  std::vector<int64_t> lengths;
+  for (const Example& e : examples) lengths.push_back(static_cast<int64_t>(e.input_ids.size()));
+  const std::vector<int64_t> starts = PackBoundaries(lengths, max_len);
+  std::vector<Example> packed(starts.size() - 1);
+  for (size_t k = 0; k + 1 < starts.size(); ++k) {
+    for (int64_t d = starts[k]; d < starts[k + 1]; ++d) AppendToPacked(packed[k], examples[d], d - starts[k]);
+  }
   return packed;
 }
 
 void GroupByLength(std::vector<int64_t>& order, const std::vector<Example>& examples, int64_t group) {
+  std::vector<int64_t> lengths;
+  for (const Example& e : examples) lengths.push_back(static_cast<int64_t>(e.input_ids.size()));
+  GroupByLength(order, lengths, group);
+}
+
+void GroupByLength(std::vector<int64_t>& order, const std::vector<int64_t>& lengths, int64_t group) {
   for (size_t begin = 0; begin < order.size(); begin += static_cast<size_t>(group)) {
     const auto end =
         order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), begin + static_cast<size_t>(group)));
     std::stable_sort(order.begin() + static_cast<std::ptrdiff_t>(begin), end,
-                     [&](int64_t a, int64_t b) { return examples[a].input_ids.size() > examples[b].input_ids.size(); });
+                     [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
   }
 }
 
@@ -109,14 +129,19 @@ std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool sh
   return order;
 }
 
-void SplitValidation(std::vector<Example>& train, std::vector<Example>& validation, double fraction, uint64_t seed) {
-  if (fraction <= 0 || train.size() < 2) return;
-  const auto n = static_cast<int64_t>(train.size());
+std::vector<bool> ValidationMask(int64_t n, double fraction, uint64_t seed) {
+  std::vector<bool> is_validation(static_cast<size_t>(n), false);
+  if (fraction <= 0 || n < 2) return is_validation;
   const int64_t held =
       std::clamp<int64_t>(static_cast<int64_t>(std::llround(fraction * static_cast<double>(n))), 1, n - 1);
   const std::vector<int64_t> order = EpochOrder(n, seed, /*epoch=*/-1, /*shuffle=*/true);
-  std::vector<bool> is_validation(static_cast<size_t>(n), false);
   for (int64_t i = n - held; i < n; ++i) is_validation[order[i]] = true;
+  return is_validation;
+}
+
+void SplitValidation(std::vector<Example>& train, std::vector<Example>& validation, double fraction, uint64_t seed) {
+  const auto n = static_cast<int64_t>(train.size());
+  const std::vector<bool> is_validation = ValidationMask(n, fraction, seed);
   std::vector<Example> kept;
   for (int64_t i = 0; i < n; ++i) (is_validation[i] ? validation : kept).push_back(std::move(train[i]));
   train = std::move(kept);

@@ -52,18 +52,30 @@ struct Batch {
 };
 Batch Collate(const std::vector<const Example*>& examples, int64_t pad_id);
 
+// The addresses of `examples`, in order (what Collate takes).
+std::vector<const Example*> Pointers(const std::vector<Example>& examples);
+
 // Packs examples, in order, into sequences of at most `max_len` tokens (greedy: a document that
 // does not fit starts the next sequence). The first token of every document gets label -100, so
 // no document is trained to follow the one before it.
 std::vector<Example> PackExamples(const std::vector<Example>& examples, int64_t max_len);
+// The packing of documents of these lengths, as PackExamples does it: sequence k holds documents
+// [starts[k], starts[k + 1]); the last entry is lengths.size() ({0} when there are none).
+std::vector<int64_t> PackBoundaries(const std::vector<int64_t>& lengths, int64_t max_len);
+// Appends `document` to a packed `sequence` as its document number `index`.
+void AppendToPacked(Example& sequence, const Example& document, int64_t index);
 
 // Splits off the last `fraction` of a seeded permutation as validation (at least one example
 // when fraction > 0 and there are two or more). Deterministic for a seed.
 void SplitValidation(std::vector<Example>& train, std::vector<Example>& validation, double fraction, uint64_t seed);
+// SplitValidation's choice for n examples: true for each one held out for validation.
+std::vector<bool> ValidationMask(int64_t n, double fraction, uint64_t seed);
 
 // Reorders `order` so that each run of `group` consecutive entries is sorted by length, longest
 // first (the order of the runs stays): batches cut from it hold examples of similar length.
 void GroupByLength(std::vector<int64_t>& order, const std::vector<Example>& examples, int64_t group);
+// The same by the examples' lengths (lengths[i]: example i's tokens).
+void GroupByLength(std::vector<int64_t>& order, const std::vector<int64_t>& lengths, int64_t group);
 
 // The order of examples in `epoch`: a permutation seeded by (seed, epoch), or 0..n-1.
 std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
