@@ -45,8 +45,8 @@ def measure(ctx):
         "### load",
         "",
         f"A LoRA job (frozen base, one step) on the ~1.1B Llama, bf16 in "
-        f"{len(list(ctx.model().glob('*.safetensors')))} files of {mib(checkpoint)}: what each rank read from "
-        "them and its peak RSS by the end of the load (metrics.jsonl's load record), against its share.",
+        f"{len(list(ctx.model().glob('*.safetensors')))} files, {mib(checkpoint)} in all: what each rank read "
+        "from them and its peak RSS by the end of the load (metrics.jsonl's load record), against its share.",
         "",
         "| stage | ranks | rank | bytes read | / (checkpoint / N) | peak RSS | shard + 512 MiB | RSS within | load s |",
         "|---|---|---|---|---|---|---|---|---|",
