@@ -37,6 +37,16 @@ void SetThreadsPerRank() {
   omp_set_num_threads(threads);
 }
 
+// The world of this process: MPI's when an MPI launcher started it (`mpi` then holds the runtime,
+// and the rank takes its share of the cores), else a single process.
+std::unique_ptr<Communicator> MpiOrSingleProcessWorld(std::unique_ptr<MpiRuntime>& mpi, double timeout_s) {
+  if (!MpiRuntime::LaunchedByMpi()) return std::make_unique<SingleProcessCommunicator>();
+  mpi = std::make_unique<MpiRuntime>(nullptr, nullptr);
+  std::unique_ptr<Communicator> world = mpi->World(timeout_s);
+  SetThreadsPerRank();
+  return world;
+}
+
 // sharding.backend: an NCCL group on this rank's GPU when asked for, or when `auto` finds one;
 // nullptr to train on the CPU over `base` (MPI, or the single process).
 std::unique_ptr<Communicator> MaybeNccl(const JobSpec& spec, Communicator& base) {
@@ -90,14 +100,8 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
     // Before anything that can fail (the spec, MPI, NCCL): rank 0 reports such failures too.
     if (ServerReporter::ManagedByServer() && RankFromEnvironment() == 0) reporter = ServerReporter::FromEnvironment();
     const JobSpec spec = LoadJobSpec(job_path);
-    if (MpiRuntime::LaunchedByMpi()) {
-      mpi = std::make_unique<MpiRuntime>(nullptr, nullptr);
-      mpi_world = mpi->World(spec.sharding.collective_timeout_s);
-      world_size = mpi_world->size();
-      SetThreadsPerRank();
-    } else {
-      mpi_world = std::make_unique<SingleProcessCommunicator>();
-    }
+    mpi_world = MpiOrSingleProcessWorld(mpi, spec.sharding.collective_timeout_s);
+    world_size = mpi_world->size();
     nccl_world = MaybeNccl(spec, *mpi_world);
     if (!nccl_world) InstallCachingCpuAllocator();
     TrainerOptions options;
@@ -139,16 +143,12 @@ int RunExport(const CheckpointExport& request, int processes) {
   std::unique_ptr<MpiRuntime> mpi;
   std::unique_ptr<Communicator> world;
   try {
-    if (MpiRuntime::LaunchedByMpi()) {
-      // The ranks wait for each other only around the writes: the job's collective timeout bounds that.
-      const double timeout_s =
-          LoadJobSpec(CheckpointDir(request.checkpoint_dir).Run().JobYaml()).sharding.collective_timeout_s;
-      mpi = std::make_unique<MpiRuntime>(nullptr, nullptr);
-      world = mpi->World(timeout_s);
-      SetThreadsPerRank();
-    } else {
-      world = std::make_unique<SingleProcessCommunicator>();
-    }
+    // The ranks wait for each other only around the writes: the job's collective timeout bounds that.
+    const double timeout_s =
+        MpiRuntime::LaunchedByMpi()
+            ? LoadJobSpec(CheckpointDir(request.checkpoint_dir).Run().JobYaml()).sharding.collective_timeout_s
+            : 0;
+    world = MpiOrSingleProcessWorld(mpi, timeout_s);
     if (processes > 0 && processes != world->size()) {
       if (world->size() == 1) {
         Fail(ErrorCode::kInvalidArgument,
