@@ -22,7 +22,7 @@ from scale.common import BENCH, mib, run
 TOKENIZER = BENCH.parent.parent / "shared" / "fixtures" / "tokenizers" / "llama2-tokenizer.json"
 BEFORE = Path("/work/main/build/bin/shardtune")
 TARGET_TOKENS = 20_000_000
-CHARS_PER_TOKEN = 3.6  # the Llama-2 tokenizer on the generated text, measured by the cache's count
+CHARS_PER_TOKEN = 3.2  # of the JSONL per Llama-2 token of the generated text (the cache counts them)
 
 
 def write_chat(path, tokens, seed):
@@ -104,6 +104,10 @@ def job(ctx, name, data, cache, model, np, binary=None):
     return result.stdout + result.stderr, sampler, time.monotonic() - start
 
 
+def signed_mib(n):
+    return f"{'+' if n >= 0 else '-'}{abs(n) / 2**20:.1f} MiB"
+
+
 def cache_seconds(log, verb):
     m = re.search(rf"token cache: {verb} \S+ \((\d+) examples, (\d+) tokens\D+([\d.]+) s", log)
     if not m:
@@ -171,12 +175,12 @@ def measure(ctx):
         f"- Tokenizing once per job: np 4 builds the cache in {build4:.1f} s against {build1:.1f} s on one rank "
         f"({build1 / build4:.2f}x faster); a resumed attempt reuses it after checking its digest in {check4:.1f} s.",
         f"- Memory the 20M-token dataset adds per rank at np 4, beyond the cache's mapped pages (RssAnon against "
-        f"the ~20k-token job): {added / 2**20:+.0f} MiB (target: < 64 MiB); while building it: "
-        f"{(rss4.worst('anon') - tiny4.worst('anon')) / 2**20:+.0f} MiB.",
+        f"the ~20k-token job): {signed_mib(added)} (target: < 64 MiB); while building it: "
+        f"{signed_mib(rss4.worst('anon') - tiny4.worst('anon'))}.",
     ]
     if before is not None:
         lines.append(f"- Before the cache (every rank tokenizing and holding the dataset): "
-                     f"{(before.worst('anon') - tiny4.worst('anon')) / 2**20:+.0f} MiB per rank.")
+                     f"{signed_mib(before.worst('anon') - tiny4.worst('anon'))} per rank.")
     lines.append("")
     lines.append(f"Command: `python3 bench/scale_bench.py build WORK --only data` ({'--quick, ' if ctx.quick else ''}"
                  "the dataset is kept in WORK between runs).")

@@ -120,28 +120,6 @@ Sha256Digest TreeDigest(const fs::path& path, uint64_t size, CacheGroup& group, 
   return CombineChunkDigests(size, digests);
 }
 
-void TreeHasher::Update(const void* data, size_t size) {
-  const auto* bytes = static_cast<const uint8_t*>(data);
-  total_ += size;
-  while (size > 0) {
-    const size_t take = std::min<uint64_t>(size, kDigestChunkBytes - in_chunk_);
-    chunk_->Update(bytes, take);
-    bytes += take;
-    size -= take;
-    in_chunk_ += take;
-    if (in_chunk_ == kDigestChunkBytes) {
-      chunks_.push_back(chunk_->Finish());
-      chunk_ = std::make_unique<Sha256>();
-      in_chunk_ = 0;
-    }
-  }
-}
-
-Sha256Digest TreeHasher::Finish() {
-  if (in_chunk_ > 0) chunks_.push_back(chunk_->Finish());
-  return CombineChunkDigests(total_, chunks_);
-}
-
 std::string Hex(const Sha256Digest& digest) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string hex;

@@ -116,8 +116,9 @@ struct TokenCacheResult {
 };
 
 // The cache of request.data_file: the one in cache_dir when it is there and sound, else built
-// now, each process of `group` tokenizing a slice of the file's records and process 0 writing
-// the cache (atomically: a temporary file renamed into place). Collective over `group`, whose
+// now, each process of `group` tokenizing a slice of the file's records and writing it into the
+// cache file, which process 0 renames into place when it is complete (a reader never sees part
+// of one). Collective over `group`, whose
 // processes must share cache_dir's filesystem. Throws DataError for bad data, after removing
 // whatever it wrote (and the directories it made).
 TokenCacheResult OpenOrBuildTokenCache(const TokenCacheRequest& request, CacheGroup& group);

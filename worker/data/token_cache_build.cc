@@ -1,11 +1,16 @@
 // Finding or building a token cache (token_cache.h): its key, and the build shared by a group of
 // processes. Each process renders a slice of the data file's records into part files (one per
 // section); after a barrier every process reads the parts' reports (so bad data fails every
-// process alike), and process 0 concatenates the parts into the cache file, renamed into place.
+// process alike), places its own part in the cache file at the offsets the reports give, and
+// hashes its share of it; process 0 writes the header and the digest and renames the file into
+// place. Every phase is about 1/N of the work on each of N processes, so no process keeps the
+// others waiting at a barrier for long (the collective timeout applies to them).
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -158,12 +163,14 @@ void WritePart(const TokenCacheRequest& request, const FormatOptions& options, c
                                     .dump());
 }
 
-// The parts' reports combined: problems with line numbers of the whole file, in file order.
+// The parts' reports combined: problems with line numbers of the whole file, in file order, and
+// where each part's examples and tokens start in the whole.
 struct BuildReport {
   int64_t examples = 0, tokens = 0;
   std::vector<DataIssue> issues;
   size_t total_issues = 0;
   std::vector<int64_t> label_counts;
+  std::vector<int64_t> first_example, first_token;  // of each part
 };
 
 BuildReport ReadReports(const fs::path& data_file, const fs::path& stage, int parts) {
@@ -171,6 +178,8 @@ BuildReport ReadReports(const fs::path& data_file, const fs::path& stage, int pa
   int64_t lines_before = 0;
   for (int k = 0; k < parts; ++k) {
     const json r = json::parse(ReadFile(PartFiles(stage, k).report));
+    all.first_example.push_back(all.examples);
+    all.first_token.push_back(all.tokens);
     all.examples += r["examples"].get<int64_t>();
     all.tokens += r["tokens"].get<int64_t>();
     all.total_issues += r["total_issues"].get<size_t>();
@@ -186,108 +195,132 @@ BuildReport ReadReports(const fs::path& data_file, const fs::path& stage, int pa
   return all;
 }
 
-// Writes through a TreeHasher into an AtomicFileWriter, with a buffer.
-class HashedOutput {
- public:
-  explicit HashedOutput(const fs::path& path) : out_(path) {}
-  void Write(const void* data, size_t size) {
-    hasher_.Update(data, size);
-    const auto* bytes = static_cast<const uint8_t*>(data);
-    buffer_.insert(buffer_.end(), bytes, bytes + size);
-    written_ += size;
-    if (buffer_.size() >= (size_t{8} << 20)) Flush();
-  }
-  // Zeros up to `offset`, where the next section starts.
-  void PadTo(uint64_t offset) {
-    ST_CHECK(offset >= written_ && offset - written_ < 8, "token cache layout: at {} for a section at {}", written_,
-             offset);
-    static constexpr uint8_t kZeros[8] = {};
-    Write(kZeros, offset - written_);
-  }
-  void CopyFile(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) Fail(ErrorCode::kIo, "{}: cannot read a token cache part", path.string());
-    std::vector<char> chunk(size_t{4} << 20);
-    while (in.read(chunk.data(), static_cast<std::streamsize>(chunk.size())) || in.gcount() > 0) {
-      Write(chunk.data(), static_cast<size_t>(in.gcount()));
-    }
-  }
-  // Appends the digest of everything written and renames the file into place.
-  void Commit() {
-    const Sha256Digest digest = hasher_.Finish();
-    buffer_.insert(buffer_.end(), digest.begin(), digest.end());
-    Flush();
-    out_.Commit();
-  }
-
- private:
-  void Flush() {
-    out_.Write(buffer_.data(), buffer_.size());
-    buffer_.clear();
-  }
-  AtomicFileWriter out_;
-  TreeHasher hasher_;
-  std::vector<uint8_t> buffer_;
-  uint64_t written_ = 0;
-};
-
-// Process 0: the cache file from the parts, renamed into place at `path`.
-void AssembleCache(const fs::path& path, const Sha256Digest& key, const TokenCacheRequest& request,
-                   const FormatOptions& options, const fs::path& stage, int parts, const BuildReport& report) {
-  std::vector<PartExample> records;
-  records.reserve(static_cast<size_t>(report.examples));
-  for (int k = 0; k < parts; ++k) {
-    const std::string bytes = ReadFile(PartFiles(stage, k).examples);
-    const size_t n = bytes.size() / sizeof(PartExample);
-    records.resize(records.size() + n);
-    std::memcpy(&records[records.size() - n], bytes.data(), n * sizeof(PartExample));
-  }
-  ST_CHECK(static_cast<int64_t>(records.size()) == report.examples, "token cache parts: {} examples, reports say {}",
-           records.size(), report.examples);
-  const std::string meta = json{
-      {"data_file", request.data_file.string()},
-      {"format", ToString(options.format)},
-      {"label_names", options.label_names},
-      {"label_counts",
-       report.label_counts}}.dump();
+// The header of the cache a build writes.
+CacheHeader HeaderOf(const Sha256Digest& key, const FormatOptions& options, const BuildReport& report,
+                     const std::string& meta) {
   CacheHeader h{};
   std::memcpy(h.magic, kTokenCacheMagic, sizeof(h.magic));
   h.version = kTokenCacheVersion;
   h.token_bytes = TokenBytes(options.vocab_size);
   h.full_labels = FullLabels(options.format);
   h.has_segments = HasSegments(options.format);
-  h.examples = records.size();
+  h.examples = static_cast<uint64_t>(report.examples);
   h.tokens = static_cast<uint64_t>(report.tokens);
   h.meta_bytes = meta.size();
   std::memcpy(h.key, key.data(), key.size());
-  const CacheLayout l = LayoutOf(h);
-  HashedOutput out(path);
-  out.Write(&h, sizeof(h));
-  out.PadTo(l.offsets);
-  uint64_t offset = 0;
-  out.Write(&offset, 8);
+  return h;
+}
+
+// A file written at offsets (by several processes at once, each its own ranges).
+class PlacedFile {
+ public:
+  PlacedFile(const fs::path& path, int flags) : path_(path), fd_(::open(path.c_str(), flags | O_CLOEXEC, 0644)) {
+    if (fd_ < 0)
+      Fail(ErrorCode::kIo, "{}: cannot open the token cache being written: {}", path.string(), std::strerror(errno));
+  }
+  ~PlacedFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  void Resize(uint64_t size) {
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+      Fail(ErrorCode::kIo, "{}: cannot size it to {} bytes", path_.string(), size);
+  }
+  void WriteAt(uint64_t offset, const void* data, size_t size) {
+    const auto* bytes = static_cast<const uint8_t*>(data);
+    while (size > 0) {
+      const ssize_t n = ::pwrite(fd_, bytes, size, static_cast<off_t>(offset));
+      if (n <= 0)
+        Fail(ErrorCode::kIo, "{}: cannot write {} bytes at {}: {}", path_.string(), size, offset, std::strerror(errno));
+      bytes += n;
+      offset += static_cast<uint64_t>(n);
+      size -= static_cast<size_t>(n);
+    }
+  }
+  // Copies a whole file to `offset`.
+  void CopyAt(uint64_t offset, const fs::path& from) {
+    std::ifstream in(from, std::ios::binary);
+    if (!in) Fail(ErrorCode::kIo, "{}: cannot read a token cache part", from.string());
+    std::vector<char> chunk(size_t{4} << 20);
+    while (in.read(chunk.data(), static_cast<std::streamsize>(chunk.size())) || in.gcount() > 0) {
+      WriteAt(offset, chunk.data(), static_cast<size_t>(in.gcount()));
+      offset += static_cast<uint64_t>(in.gcount());
+    }
+  }
+  void Sync() {
+    if (::fsync(fd_) != 0) Fail(ErrorCode::kIo, "{}: fsync failed: {}", path_.string(), std::strerror(errno));
+  }
+
+ private:
+  fs::path path_;
+  int fd_;
+};
+
+// Places process `part`'s examples in the cache file being written: its offsets, tokens,
+// labels, segments, flags and classes, each at its place in its section.
+void PlacePart(PlacedFile& file, const CacheHeader& h, const CacheLayout& l, const fs::path& stage, int part,
+               const BuildReport& report) {
+  const PartFiles files(stage, part);
+  const std::string bytes = ReadFile(files.examples);
+  std::vector<PartExample> records(bytes.size() / sizeof(PartExample));
+  std::memcpy(records.data(), bytes.data(), records.size() * sizeof(PartExample));
+  const auto first_example = static_cast<uint64_t>(report.first_example[static_cast<size_t>(part)]);
+  const auto first_token = static_cast<uint64_t>(report.first_token[static_cast<size_t>(part)]);
+  std::vector<uint64_t> offsets;
+  std::vector<uint8_t> flags;
+  std::vector<int32_t> classes;
+  uint64_t offset = first_token;
   for (const PartExample& r : records) {
+    offsets.push_back(offset);
     offset += r.length;
-    out.Write(&offset, 8);
+    flags.push_back(static_cast<uint8_t>(r.flags));
+    classes.push_back(r.class_label);
   }
-  const auto each_part = [&](uint64_t section, fs::path PartFiles::*file) {
-    out.PadTo(section);
-    for (int k = 0; k < parts; ++k) out.CopyFile(PartFiles(stage, k).*file);
-  };
-  each_part(l.tokens, &PartFiles::tokens);
-  each_part(l.labels, &PartFiles::labels);
-  if (h.has_segments) each_part(l.segments, &PartFiles::segments);
-  out.PadTo(l.flags);
-  for (const PartExample& r : records) {
-    const auto flags = static_cast<uint8_t>(r.flags);
-    out.Write(&flags, 1);
+  file.WriteAt(l.offsets + 8 * first_example, offsets.data(), 8 * offsets.size());
+  file.CopyAt(l.tokens + h.token_bytes * first_token, files.tokens);
+  file.CopyAt(l.labels + (h.full_labels ? 4 : 1) * first_token, files.labels);
+  if (h.has_segments) file.CopyAt(l.segments + first_token, files.segments);
+  file.WriteAt(l.flags + first_example, flags.data(), flags.size());
+  file.WriteAt(l.classes + 4 * first_example, classes.data(), 4 * classes.size());
+  file.Sync();
+}
+
+// The cache file from the parts (collective): process 0 makes the file at its full size (the
+// gaps between sections stay zero) and writes the header, the last offset and the metadata;
+// every process places its own part; the group hashes the file together; process 0 appends the
+// digest and renames the file into place. No process copies more than its part.
+void WriteCache(const fs::path& path, const Sha256Digest& key, const TokenCacheRequest& request,
+                const FormatOptions& options, const fs::path& stage, const BuildReport& report, CacheGroup& group) {
+  const std::string meta = json{
+      {"data_file", request.data_file.string()},
+      {"format", ToString(options.format)},
+      {"label_names", options.label_names},
+      {"label_counts",
+       report.label_counts}}.dump();
+  const CacheHeader h = HeaderOf(key, options, report, meta);
+  const CacheLayout l = LayoutOf(h);
+  const fs::path temp = stage.string() + ".cache";
+  if (group.rank() == 0) {
+    PlacedFile file(temp, O_WRONLY | O_CREAT | O_TRUNC);
+    file.Resize(l.total);
+    file.WriteAt(0, &h, sizeof(h));
+    file.WriteAt(l.offsets + 8 * h.examples, &h.tokens, 8);
+    file.WriteAt(l.meta, meta.data(), meta.size());
+    file.Sync();
   }
-  out.PadTo(l.classes);
-  for (const PartExample& r : records) out.Write(&r.class_label, 4);
-  out.PadTo(l.meta);
-  out.Write(meta.data(), meta.size());
-  out.PadTo(l.digest);
-  out.Commit();
+  group.Barrier("token cache: file made");
+  {
+    PlacedFile file(temp, O_WRONLY);
+    PlacePart(file, h, l, stage, group.rank(), report);
+  }
+  group.Barrier("token cache: parts placed");
+  const Sha256Digest digest = TreeDigest(temp, l.digest, group, "token cache: digest");
+  if (group.rank() == 0) {
+    PlacedFile file(temp, O_WRONLY);
+    file.WriteAt(l.digest, digest.data(), digest.size());
+    file.Sync();
+    fs::rename(temp, path);
+    FsyncDirectory(path.parent_path());
+  }
 }
 
 // The outermost directory of `dir` that does not exist yet (none when it does).
@@ -324,14 +357,14 @@ void BuildCache(const TokenCacheRequest& request, const fs::path& path, const Sh
   BuildReport report = ReadReports(request.data_file, stage, parts);
   group.Barrier("token cache: reports read");
   const bool bad = report.total_issues > 0 || report.examples == 0;
-  if (group.rank() == 0 && !bad) AssembleCache(path, key, request, options, stage, parts, report);
+  if (!bad) WriteCache(path, key, request, options, stage, report, group);
+  group.Barrier("token cache: written");
   if (group.rank() == 0) {
     for (int k = 0; k < parts; ++k) PartFiles(stage, k).Remove();
     std::error_code ec;
     if (bad && !made.empty()) fs::remove_all(made, ec);
   }
   if (bad) ThrowIfProblems(request.data_file, std::move(report.issues), report.total_issues, report.examples);
-  group.Barrier("token cache: written");
 }
 
 }  // namespace

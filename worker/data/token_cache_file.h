@@ -77,19 +77,6 @@ Sha256Digest CombineChunkDigests(uint64_t total, const std::vector<Sha256Digest>
 // chunks each (collective). Throws kNotFound when the file cannot be read.
 Sha256Digest TreeDigest(const std::filesystem::path& path, uint64_t size, CacheGroup& group, const std::string& what);
 
-// TreeDigest of bytes written in sequence.
-class TreeHasher {
- public:
-  void Update(const void* data, size_t size);
-  Sha256Digest Finish();
-
- private:
-  std::unique_ptr<Sha256> chunk_ = std::make_unique<Sha256>();
-  uint64_t in_chunk_ = 0;
-  uint64_t total_ = 0;
-  std::vector<Sha256Digest> chunks_;
-};
-
 std::string Hex(const Sha256Digest& digest);
 
 }  // namespace shardtune
