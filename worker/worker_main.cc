@@ -127,6 +127,23 @@ int InitModel(const InitModelArgs& args) {
   return kExitOk;
 }
 
+struct ExportArgs {
+  std::string checkpoint_dir;
+  std::string to = "hf";
+  std::string out_dir;
+  std::string dtype = "fp32";
+  int processes = 0;  // 0: one, or mpirun's
+};
+
+int Export(const ExportArgs& args) {
+  CheckpointExport request;
+  request.checkpoint_dir = args.checkpoint_dir;
+  request.format = args.to == "peft" ? ExportFormat::kPeft : ExportFormat::kHf;
+  request.out_dir = args.out_dir;
+  request.dtype = ParseComputeDType(args.dtype);
+  return RunExport(request, args.processes);
+}
+
 }  // namespace
 }  // namespace shardtune
 
@@ -173,14 +190,14 @@ int main(int argc, char** argv) {
   validate->add_option("job", validate_job, "job spec (YAML)")->required();
 
   CLI::App* exporter = app.add_subcommand("export", "export a training checkpoint as a Hugging Face model directory");
-  std::string checkpoint_dir, export_to = "hf", export_out, export_dtype = "fp32";
-  int export_processes = 0;
-  exporter->add_option("checkpoint", checkpoint_dir, "OUTPUT_DIR/checkpoints/step-N")->required();
-  exporter->add_option("--to", export_to, "hf (or peft, with PEFT methods)")->check(CLI::IsMember({"hf", "peft"}));
-  exporter->add_option("--out", export_out, "output directory (must not exist)")->required();
-  exporter->add_option("--dtype", export_dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  ExportArgs export_args;
+  exporter->add_option("checkpoint", export_args.checkpoint_dir, "OUTPUT_DIR/checkpoints/step-N")->required();
+  exporter->add_option("--to", export_args.to, "hf (or peft, with PEFT methods)")->check(CLI::IsMember({"hf", "peft"}));
+  exporter->add_option("--out", export_args.out_dir, "output directory (must not exist)")->required();
+  exporter->add_option("--dtype", export_args.dtype, "fp32, bf16 or fp16")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   exporter
-      ->add_option("--np", export_processes,
+      ->add_option("--np", export_args.processes,
                    "processes that split the output files among them (through mpirun; default: 1, or mpirun's)")
       ->check(CLI::PositiveNumber);
 
@@ -229,14 +246,7 @@ int main(int argc, char** argv) {
     if (generate->parsed()) return Generate(gen);
     if (init->parsed()) return InitModel(init_args);
     if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
-    if (exporter->parsed()) {
-      CheckpointExport request;
-      request.checkpoint_dir = checkpoint_dir;
-      request.format = export_to == "peft" ? ExportFormat::kPeft : ExportFormat::kHf;
-      request.out_dir = export_out;
-      request.dtype = ParseComputeDType(export_dtype);
-      return RunExport(request, export_processes);
-    }
+    if (exporter->parsed()) return Export(export_args);
     if (evaluate->parsed()) {
       eval.model = eval_model;
       eval.adapter = eval_adapter;
