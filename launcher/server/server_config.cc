@@ -58,7 +58,39 @@ class Reader {
   std::string path_;
 };
 
+// `storage: {tenants: {NAME: {root, read_only: [...]}}, read_only: [...], admin_read_only: [...]}`;
+// every directory absolute (relative ones are taken from the config file's directory).
+template <typename Resolve>
+void ReadStorage(Reader& r, const YAML::Node& node, Resolve resolve, StorageConfig& storage) {
+  if (!node || node.IsNull()) return;
+  storage.enabled = true;
+  r.Known(node, "storage", {"tenants", "read_only", "admin_read_only"});
+  r.Get(node, "read_only", "storage.read_only", &storage.read_only);
+  r.Get(node, "admin_read_only", "storage.admin_read_only", &storage.admin_read_only);
+  const YAML::Node tenants = node["tenants"];
+  if (tenants && !tenants.IsMap())
+    r.Problem(tenants, "storage.tenants", "expected a mapping of tenant: {root, read_only}");
+  for (const auto& entry : tenants&& tenants.IsMap() ? tenants : YAML::Node()) {
+    const std::string at = "storage.tenants." + entry.first.Scalar();
+    r.Known(entry.second, at, {"root", "read_only"});
+    TenantStorage t;
+    r.Get(entry.second, "root", at + ".root", &t.root);
+    r.Get(entry.second, "read_only", at + ".read_only", &t.read_only);
+    if (t.root.empty()) r.Problem(entry.second, at + ".root", "is required");
+    t.root = resolve(t.root);
+    for (auto& p : t.read_only) p = resolve(p);
+    storage.tenants[entry.first.Scalar()] = t;
+  }
+  for (auto& p : storage.read_only) p = resolve(p);
+  for (auto& p : storage.admin_read_only) p = resolve(p);
+}
+
 }  // namespace
+
+fs::path ServerConfig::TenantRoot(const std::string& tenant) const {
+  if (const auto it = storage.tenants.find(tenant); it != storage.tenants.end()) return it->second.root;
+  return fs::path(data_dir) / "tenants" / tenant;
+}
 
 int ServerConfig::total_slots() const {
   int n = 0;
@@ -91,7 +123,7 @@ ServerConfig LoadServerConfig(const fs::path& path) {
   Reader r(problems, path.string());
   r.Known(root, "",
           {"listen", "tls", "database", "data_dir", "api_keys", "backend", "local", "slurm", "retry", "quotas",
-           "worker", "cancel_grace_s"});
+           "worker", "cancel_grace_s", "storage", "run_as", "job_umask", "heartbeat_timeout_s"});
   const fs::path base = fs::absolute(path).parent_path();
   auto resolve = [&](std::string p) { return p.empty() || fs::path(p).is_absolute() ? p : (base / p).string(); };
   r.Get(root, "listen", "listen", &c.listen);
@@ -110,6 +142,12 @@ ServerConfig LoadServerConfig(const fs::path& path) {
   r.Get(root, "worker", "worker", &c.worker);
   c.worker = resolve(c.worker);
   r.Get(root, "cancel_grace_s", "cancel_grace_s", &c.cancel_grace_s);
+  r.Get(root, "run_as", "run_as", &c.run_as);
+  r.Get(root, "job_umask", "job_umask", &c.job_umask);
+  if (c.job_umask < 0 || c.job_umask > 0777) r.Problem(root["job_umask"], "job_umask", "must be an octal mode 0..0777");
+  r.Get(root, "heartbeat_timeout_s", "heartbeat_timeout_s", &c.heartbeat_timeout_s);
+  if (c.heartbeat_timeout_s < 0) r.Problem(root["heartbeat_timeout_s"], "heartbeat_timeout_s", "must be >= 0");
+  ReadStorage(r, root["storage"], resolve, c.storage);
   const YAML::Node keys = root["api_keys"];
   if (keys && !keys.IsSequence()) r.Problem(keys, "api_keys", "expected a list of {key or sha256, tenant, role}");
   for (size_t i = 0; keys && keys.IsSequence() && i < keys.size(); ++i) {
@@ -170,10 +208,12 @@ ServerConfig LoadServerConfig(const fs::path& path) {
   if (const YAML::Node quotas = root["quotas"]) {
     for (const auto& entry : quotas) {
       const std::string at = "quotas." + entry.first.Scalar();
-      r.Known(entry.second, at, {"max_running_jobs", "max_ranks"});
+      r.Known(entry.second, at, {"max_running_jobs", "max_ranks", "max_file_bytes", "max_files"});
       TenantQuota q;
       r.Get(entry.second, "max_running_jobs", at + ".max_running_jobs", &q.max_running_jobs);
       r.Get(entry.second, "max_ranks", at + ".max_ranks", &q.max_ranks);
+      r.Get(entry.second, "max_file_bytes", at + ".max_file_bytes", &q.max_file_bytes);
+      r.Get(entry.second, "max_files", at + ".max_files", &q.max_files);
       c.quotas[entry.first.Scalar()] = q;
     }
   }

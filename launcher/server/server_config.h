@@ -25,6 +25,22 @@ struct HostSlots {
 struct TenantQuota {
   int max_running_jobs = 0;  // 0: no limit
   int max_ranks = 0;
+  int64_t max_file_bytes = 0;  // uploaded files (Files API), all together; 0: no limit
+  int max_files = 0;
+};
+
+// Where one tenant's jobs may read and write (docs/server.md, "Storage").
+struct TenantStorage {
+  std::string root;                    // read and write: outputs, uploaded files
+  std::vector<std::string> read_only;  // granted besides the shared read-only roots
+};
+
+// `storage:`. Without it (`enabled` false) jobs may name any path; the server then only runs on loopback.
+struct StorageConfig {
+  bool enabled = false;
+  std::map<std::string, TenantStorage> tenants;
+  std::vector<std::string> read_only;        // every tenant may read these (base models)
+  std::vector<std::string> admin_read_only;  // admins may also read these
 };
 
 struct ServerConfig {
@@ -45,8 +61,14 @@ struct ServerConfig {
   int max_attempts = 3;
   double cancel_grace_s = 10;
   std::map<std::string, TenantQuota> quotas;
+  StorageConfig storage;
+  std::string run_as;                // when the server runs as root, jobs run as this user (never root)
+  int job_umask = 077;               // every process of a job starts with it
+  double heartbeat_timeout_s = 120;  // a running attempt silent this long is killed and retried (0: never)
 
   int total_slots() const;
+  // The directory a tenant's own files live under: its storage root, else DATA_DIR/tenants/TENANT.
+  std::filesystem::path TenantRoot(const std::string& tenant) const;
 };
 
 // Throws SpecError-like Error listing every problem with its key and line.
