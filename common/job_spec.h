@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -233,8 +234,16 @@ class SpecError : public Error {
   std::vector<std::string> problems_;
 };
 
+// How a data path names an uploaded file: file:ID (shardtune-server's Files API).
+inline constexpr char kUploadedFilePrefix[] = "file:";
+
 struct SpecOptions {
   bool check_files = true;  // model.path, data.train, ... must exist
+  // A data path (data.train, data.validation, data.tasks[].train, ...) may name an uploaded file
+  // as `file:ID` (shardtune-server's Files API): this maps the ID to the file's path, or to
+  // nullopt when the caller has no such file. Unset: `file:` paths are refused (only a server
+  // resolves them; the spec it stores and hands to the worker holds the resolved path).
+  std::function<std::optional<std::string>(const std::string& file_id)> resolve_file;
 };
 
 // Parses and validates YAML text. `source` names it in errors; relative paths in the spec are

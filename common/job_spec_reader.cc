@@ -1,5 +1,7 @@
 #include "common/job_spec_reader.h"
 
+#include <string_view>
+
 namespace shardtune::spec_yaml {
 
 namespace fs = std::filesystem;
@@ -127,6 +129,25 @@ void MapReader::String(const char* key, std::string* out, bool required) {
 void MapReader::Path(const char* key, std::string* out, bool required) {
   String(key, out, required);
   *out = reader_.Resolve(*out);
+}
+
+void MapReader::DataPath(const char* key, std::string* out, bool required) {
+  String(key, out, required);
+  static constexpr std::string_view kUploaded = kUploadedFilePrefix;
+  if (out->rfind(kUploaded, 0) != 0) {
+    *out = reader_.Resolve(*out);
+    return;
+  }
+  const std::string id = out->substr(kUploaded.size());
+  if (const auto path = reader_.ResolveUploaded(id)) {
+    *out = *path;
+    return;
+  }
+  Problem(node_[key], key,
+          reader_.resolves_uploads()
+              ? fmt::format("no uploaded file '{}' (see shardtune files list)", id)
+              : fmt::format("'{}' names an uploaded file, which only shardtune-server resolves: submit the job to it",
+                            *out));
 }
 
 void MapReader::StringList(const char* key, std::vector<std::string>* out, bool* single) {

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <map>
 #include <optional>
@@ -72,8 +73,8 @@ std::string NodeKind(const YAML::Node& node);
 // One spec's problems, and how its relative paths resolve.
 class SpecReader {
  public:
-  SpecReader(std::string source, std::filesystem::path base_dir)
-      : source_(std::move(source)), base_dir_(std::move(base_dir)) {}
+  SpecReader(std::string source, std::filesystem::path base_dir, const SpecOptions& options = {})
+      : source_(std::move(source)), base_dir_(std::move(base_dir)), resolve_file_(options.resolve_file) {}
 
   // Adds "path (line L, column C): message" (without the position when `mark` is null).
   void Problem(const YAML::Mark& mark, const std::string& path, const std::string& message);
@@ -81,10 +82,16 @@ class SpecReader {
   const std::string& source() const { return source_; }
   // A relative path of the spec made absolute against the job file's directory.
   std::string Resolve(const std::string& path) const;
+  // An uploaded file's path (SpecOptions::resolve_file); nullopt when unknown or not resolvable.
+  std::optional<std::string> ResolveUploaded(const std::string& file_id) const {
+    return resolve_file_ ? resolve_file_(file_id) : std::nullopt;
+  }
+  bool resolves_uploads() const { return static_cast<bool>(resolve_file_); }
 
  private:
   std::string source_;
   std::filesystem::path base_dir_;
+  std::function<std::optional<std::string>(const std::string&)> resolve_file_;
   std::vector<std::string> problems_;
 };
 
@@ -103,6 +110,8 @@ class MapReader {
   void Bool(const char* key, bool* out);
   void String(const char* key, std::string* out, bool required = false);
   void Path(const char* key, std::string* out, bool required = false);
+  // A data file's path, which may also be `file:ID`, an uploaded file (SpecOptions::resolve_file).
+  void DataPath(const char* key, std::string* out, bool required = false);
   template <typename E>
   void Enum(const char* key, E* out, const EnumTable<E>& table, bool required = false);
   template <typename E>

@@ -81,8 +81,8 @@ void ReadMethod(MapReader m, MethodSpec* method) {
 void ReadData(MapReader m, DataSpec* data) {
   const YAML::Node tasks = m.Raw("tasks");
   const bool multi_task = tasks && !tasks.IsNull();
-  m.Path("train", &data->train, /*required=*/!multi_task);
-  m.Path("validation", &data->validation);
+  m.DataPath("train", &data->train, /*required=*/!multi_task);
+  m.DataPath("validation", &data->validation);
   m.Double("validation_split", &data->validation_split, 0.0, 1.0, false, /*max_open=*/true);
   m.Enum("format", &data->format, kFormats, /*required=*/!multi_task);
   m.Double("mixing_temperature", &data->mixing_temperature, 0.0, 1e6);
@@ -98,8 +98,8 @@ void ReadData(MapReader m, DataSpec* data) {
         TaskSpec task;
         task.format = data->format;
         t.String("name", &task.name, /*required=*/true);
-        t.Path("train", &task.train, /*required=*/true);
-        t.Path("validation", &task.validation);
+        t.DataPath("train", &task.train, /*required=*/true);
+        t.DataPath("validation", &task.validation);
         t.Enum("format", &task.format, kFormats, /*required=*/!m.Has("format"));
         t.Double("weight", &task.weight, 0.0, 1e9, /*min_open=*/true);
         t.Finish();
@@ -229,7 +229,7 @@ JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, co
   if (!root.IsMap())
     throw SpecError(source, {"(top level): expected a mapping of sections (name, model, data, ...), got " +
                              spec_yaml::NodeKind(root)});
-  spec_yaml::SpecReader reader(source, base_dir);
+  spec_yaml::SpecReader reader(source, base_dir, options);
   JobSpec spec = spec_yaml::ReadSpec(root, options, reader);
   if (!reader.problems().empty()) throw SpecError(source, reader.problems());
   return spec;

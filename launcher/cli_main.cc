@@ -13,6 +13,7 @@
 #include "common/exit_codes.h"
 #include "common/logging.h"
 #include "launcher/client/client.h"
+#include "launcher/client/files_client.h"
 #include "launcher/launch.h"
 #include "launcher/report.h"
 #include "sharding/planner.h"
@@ -158,6 +159,7 @@ int main(int argc, char** argv) {
   report->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
   ClientCommands client(app);
+  FileCommands files(app);
 
   try {
     app.parse(argc, argv);
@@ -166,6 +168,7 @@ int main(int argc, char** argv) {
   }
   InitLogging(log_level, 0);
   if (client.parsed()) return client.Run();
+  if (files.parsed()) return files.Run();
   if (train->parsed()) {
     launch.log_level = log_level;
     return LaunchTraining(job_path, launch);

@@ -56,7 +56,7 @@ nlohmann::json EvaluateModel(const EvaluateOptions& o) {
              "({}); evaluate the model exported with `shardtune export CHECKPOINT --to hf` instead",
              o.adapter.string(), adapter.value("task_type", ""), job.string());
       }
-      const JobSpec run = ParseJobSpec(ReadFile(job), job.string(), job.parent_path(), SpecOptions{false});
+      const JobSpec run = ParseJobSpec(ReadFile(job), job.string(), job.parent_path(), SpecOptions{.check_files = false});
       head = {run.model.task, run.model.labels};
     }
   }

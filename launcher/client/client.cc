@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/job_spec.h"
+#include "launcher/client/client_common.h"
 #include "shardtune/v1/jobs.grpc.pb.h"
 
 namespace shardtune {
@@ -31,23 +32,6 @@ struct Flags {
   int64_t after = 0;
   bool logs = false;  // watch: print the ranks' log lines too
 };
-
-std::string Json(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = false;
-  options.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
-  return out;
-}
-
-std::string Time(int64_t ms) {
-  if (ms <= 0) return "-";
-  const std::time_t t = static_cast<std::time_t>(ms / 1000);
-  char buffer[32];
-  std::strftime(buffer, sizeof buffer, "%Y-%m-%d %H:%M:%S", std::localtime(&t));
-  return buffer;
-}
 
 void PrintJobRow(const v1::Job& j) {
   std::printf("%-22s %-24s %-10s %6lld/%-6lld %5.1f%%  %s\n", j.id().c_str(), j.name().c_str(),
@@ -68,52 +52,11 @@ void PrintJob(const v1::Job& j) {
     std::printf("error:     %s: %s\n", j.error().code().c_str(), j.error().message().c_str());
 }
 
-int Refused(const grpc::Status& status) {
-  std::fprintf(stderr, "error: %s: %s\n",
-               grpc::StatusCode(status.error_code()) == grpc::UNAVAILABLE ? "UNAVAILABLE" : "refused",
-               status.error_message().c_str());
-  switch (status.error_code()) {
-    case grpc::INVALID_ARGUMENT:
-    case grpc::NOT_FOUND:
-    case grpc::FAILED_PRECONDITION:
-    case grpc::UNAUTHENTICATED:
-    case grpc::PERMISSION_DENIED:
-    case grpc::RESOURCE_EXHAUSTED:
-      return 2;
-    default:
-      return 1;
-  }
-}
-
-// Defaults of --server and --token: the flag, then the environment, then
-// ~/.config/shardtune/client.yaml, then the built-in one.
-void ResolveServerAndToken(Flags& f) {
-  YAML::Node file;
-  if (const char* home = std::getenv("HOME")) {
-    const std::string path = std::string(home) + "/.config/shardtune/client.yaml";
-    if (std::filesystem::exists(path)) file = YAML::LoadFile(path);
-  }
-  auto pick = [&](std::string& value, const char* env, const char* key, const std::string& fallback) {
-    if (value.empty() && std::getenv(env)) value = std::getenv(env);
-    if (value.empty() && file && file[key]) value = file[key].as<std::string>();
-    if (value.empty()) value = fallback;
-  };
-  pick(f.server, "SHARDTUNE_SERVER", "server", "127.0.0.1:50551");
-  pick(f.token, "SHARDTUNE_TOKEN", "token", "");
-}
-
 // One command's call to the server: its flags, the stub, and a context per RPC carrying the key.
 class Call {
  public:
   explicit Call(const Flags& flags) : flags(flags), json(flags.output == "json") {
-    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-    if (!flags.tls_ca.empty()) {
-      grpc::SslCredentialsOptions options;
-      std::ifstream in(flags.tls_ca);
-      options.pem_root_certs.assign(std::istreambuf_iterator<char>(in), {});
-      credentials = grpc::SslCredentials(options);
-    }
-    stub_ = v1::JobService::NewStub(grpc::CreateChannel(flags.server, credentials));
+    stub_ = v1::JobService::NewStub(OpenChannel(flags.server, flags.tls_ca));
   }
 
   v1::JobService::Stub& stub() { return *stub_; }
@@ -149,7 +92,11 @@ class Call {
 // server receives; nullopt (after printing why) when it is bad: a bad spec never leaves this machine.
 std::optional<std::string> ResolvedSpec(const std::string& path) {
   try {
-    return JobSpecToYaml(LoadJobSpec(path, SpecOptions{/*check_files=*/false}));
+    SpecOptions options;
+    options.check_files = false;
+    // An uploaded file (file:ID) stays named so: the server resolves it for the caller's tenant.
+    options.resolve_file = [](const std::string& id) { return std::optional<std::string>(kUploadedFilePrefix + id); };
+    return JobSpecToYaml(LoadJobSpec(path, options));
   } catch (const SpecError& e) {
     std::fprintf(stderr, "%s\n", e.what());
   } catch (const Error& e) {
@@ -397,7 +344,7 @@ bool ClientCommands::parsed() const {
 int ClientCommands::Run() {
   for (const auto& [command, app] : state_->commands) {
     if (!app->parsed()) continue;
-    ResolveServerAndToken(state_->flags);
+    ResolveServerAndToken(state_->flags.server, state_->flags.token);
     Call call(state_->flags);
     return command->run(call);
   }

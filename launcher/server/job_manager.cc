@@ -36,9 +36,9 @@ std::string NewJobId() { return "job-" + RandomToken().substr(0, 16); }
 
 // `yaml` as a spec that fits `ranks` data-parallel ranks (0: the ranks its resources name); else
 // the request's error, listing every problem.
-JobSpec ParseSpec(const std::string& yaml, int64_t ranks = 0) {
+JobSpec ParseSpec(const std::string& yaml, int64_t ranks = 0, const SpecOptions& options = {}) {
   try {
-    JobSpec spec = ParseJobSpec(yaml, "spec_yaml", "/");
+    JobSpec spec = ParseJobSpec(yaml, "spec_yaml", "/", options);
     RequireFitsWorld(spec, ranks > 0 ? ranks : spec.resources.world_size());
     return spec;
   } catch (const SpecError& e) {
@@ -90,7 +90,8 @@ std::string StructToJson(const google::protobuf::Struct& fields) {
 JobManager::JobManager(ServerConfig config, std::string server_address)
     : config_(std::move(config)),
       server_address_(std::move(server_address)),
-      store_(std::make_unique<JobStore>(config_.database)) {
+      store_(std::make_unique<JobStore>(config_.database)),
+      files_(std::make_unique<FileStore>(*store_, config_)) {
   for (const ApiKey& key : config_.api_keys) store_->PutApiKey(key.sha256, key.tenant, key.role);
   fs::create_directories(config_.data_dir);
 }
@@ -253,7 +254,8 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   if (!request.idempotency_key().empty()) {
     if (auto existing = store_->FindByIdempotencyKey(caller.tenant, request.idempotency_key())) return existing->job;
   }
-  const JobSpec spec = ParseSpec(SpecText(request));
+  std::set<std::string> uploaded;  // the files it names as file:ID
+  const JobSpec spec = ParseSpec(SpecText(request), 0, UploadedFilesOf(caller, &uploaded));
   const int ranks = static_cast<int>(spec.resources.world_size());
   if (ranks > config_.total_slots()) {
     throw RequestError(RequestError::Kind::kResourceExhausted,
@@ -296,6 +298,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   r.idempotency_key = request.idempotency_key();
   r.requested_ranks = ranks;
   store_->Insert(r);
+  files_->RecordUses(r.job.id(), uploaded);
   Event(r, "status", "VALIDATING: accepted; checking its data");
   validation_.notify_one();
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);

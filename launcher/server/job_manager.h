@@ -25,8 +25,10 @@
 #include <vector>
 
 #include "launcher/rank_command.h"
+#include "launcher/server/file_store.h"
 #include "launcher/server/job_store.h"
 #include "launcher/server/processes.h"
+#include "launcher/server/request_error.h"
 #include "launcher/server/server_config.h"
 #include "sharding/planner.h"
 
@@ -36,21 +38,6 @@ struct Caller {
   std::string tenant;
   bool admin = false;      // sees and controls every tenant's jobs
   bool read_only = false;  // a viewer: lists and watches, changes nothing
-};
-
-// Errors a request can get, mapped to gRPC status codes by the services; those with a
-// JobErrorCode (a spec refused at admission: INVALID_SPEC) also carry its name.
-class RequestError : public std::runtime_error {
- public:
-  enum class Kind { kInvalidArgument, kNotFound, kFailedPrecondition, kResourceExhausted, kPermissionDenied };
-  RequestError(Kind kind, const std::string& message, v1::JobErrorCode job_error = v1::JOB_ERROR_CODE_UNSPECIFIED)
-      : std::runtime_error(message), kind_(kind), job_error_(job_error) {}
-  Kind kind() const { return kind_; }
-  v1::JobErrorCode job_error() const { return job_error_; }
-
- private:
-  Kind kind_;
-  v1::JobErrorCode job_error_;
 };
 
 // The spec of a request as text: its YAML, or its structured fields as JSON (which is YAML).
@@ -63,6 +50,7 @@ class JobManager {
   ~JobManager();
 
   JobStore& store() { return *store_; }
+  FileStore& files() { return *files_; }
   // The job's memory plan on `ranks` slots, when the configuration gives their memory.
   std::optional<Plan> PlanFor(const JobSpec& spec, int64_t ranks) const;
   const ServerConfig& config() const { return config_; }
@@ -75,6 +63,19 @@ class JobManager {
     std::string report;
   };
   DataCheck CheckData(const std::string& spec_yaml) const;
+
+  // The Files API's part that touches jobs (job_manager_files.cc).
+  // `shardtune-worker check-file` on an uploaded file, in a process of its own; its report names
+  // the file `filename` (not its temporary path).
+  FileCheck CheckUploadedFile(const std::filesystem::path& path, const std::string& filename) const;
+  // Starts an upload for the caller's tenant: PERMISSION_DENIED for a viewer; else FileStore's.
+  std::unique_ptr<FileStore::Upload> BeginUpload(const Caller& caller, const v1::UploadFileRequest::Metadata& metadata);
+  // Deletes the caller's file: NOT_FOUND (also another tenant's), PERMISSION_DENIED (a viewer),
+  // FAILED_PRECONDITION while an unfinished job names it. Serialized with admission (mutex_), so
+  // that a job admitted naming the file and the file's deletion cannot cross.
+  void DeleteFile(const Caller& caller, const std::string& id);
+  // Spec options that resolve `file:ID` to the caller's tenant's file, adding each ID to `used`.
+  SpecOptions UploadedFilesOf(const Caller& caller, std::set<std::string>* used);
 
   // Starts the scheduling thread (after re-attaching to what is running).
   void Start();
@@ -152,6 +153,7 @@ class JobManager {
   ServerConfig config_;
   std::string server_address_;
   std::unique_ptr<JobStore> store_;
+  std::unique_ptr<FileStore> files_;
   std::mutex mutex_;  // serializes state changes of jobs
   std::mutex events_mutex_;
   std::condition_variable events_;

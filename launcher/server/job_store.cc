@@ -4,54 +4,13 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "launcher/server/sqlite_statement.h"
 
 namespace shardtune::server {
 
 namespace {
 
 using nlohmann::json;
-
-// A prepared statement, finalized on scope exit.
-class Statement {
- public:
-  Statement(sqlite3* db, const std::string& sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt_, nullptr) != SQLITE_OK) {
-      Fail(ErrorCode::kInternal, "SQLite: {} in: {}", sqlite3_errmsg(db), sql);
-    }
-  }
-  ~Statement() { sqlite3_finalize(stmt_); }
-  Statement& Bind(int i, const std::string& v) {
-    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Statement& Bind(int i, int64_t v) {
-    sqlite3_bind_int64(stmt_, i, v);
-    return *this;
-  }
-  Statement& BindBlob(int i, const std::string& v) {
-    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  bool Step() {
-    const int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    Fail(ErrorCode::kInternal, "SQLite: {}", sqlite3_errmsg(db_));
-  }
-  int64_t Int(int i) { return sqlite3_column_int64(stmt_, i); }
-  std::string Text(int i) {
-    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, i));
-    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, i))) : std::string();
-  }
-  std::string Blob(int i) {
-    const auto* p = static_cast<const char*>(sqlite3_column_blob(stmt_, i));
-    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, i))) : std::string();
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* stmt_ = nullptr;
-};
 
 json ServerFields(const JobRecord& r) {
   return {{"idempotency_key", r.idempotency_key},
@@ -153,6 +112,15 @@ void JobStore::Migrate() {
          CREATE TABLE checkpoints (job_id TEXT NOT NULL REFERENCES jobs(id), step INTEGER NOT NULL,
            path TEXT NOT NULL, time_ms INTEGER NOT NULL, PRIMARY KEY (job_id, step));
          CREATE TABLE api_keys (sha256 TEXT PRIMARY KEY, tenant TEXT NOT NULL, role TEXT NOT NULL);)",
+      // The Files API (file_store.h): uploaded files, and which jobs name them (file:ID).
+      R"(CREATE TABLE files (
+           id TEXT PRIMARY KEY, tenant TEXT NOT NULL, filename TEXT NOT NULL, purpose TEXT NOT NULL,
+           bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, created_ms INTEGER NOT NULL, status TEXT NOT NULL,
+           status_details TEXT NOT NULL);
+         CREATE INDEX files_by_tenant ON files (tenant, created_ms, id);
+         CREATE TABLE job_files (job_id TEXT NOT NULL REFERENCES jobs(id), file_id TEXT NOT NULL,
+           PRIMARY KEY (job_id, file_id));
+         CREATE INDEX job_files_by_file ON job_files (file_id);)",
   };
   for (int64_t v = version; v < kSchemaVersion; ++v) {
     Exec("BEGIN IMMEDIATE");

@@ -51,7 +51,7 @@ struct JobFilter {
 
 class JobStore {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;  // 2: files and job_files (file_store.h)
 
   explicit JobStore(const std::filesystem::path& path);  // throws Error naming the file
   ~JobStore();
@@ -73,6 +73,13 @@ class JobStore {
   std::vector<v1::Checkpoint> Checkpoints(const std::string& job_id);
 
   void PutApiKey(const std::string& sha256, const std::string& tenant, const std::string& role);
+
+  // The connection, held under its lock, for the other tables of this database (file_store.h).
+  struct Locked {
+    sqlite3* db;
+    std::unique_lock<std::mutex> lock;
+  };
+  Locked Lock() { return {db_, std::unique_lock<std::mutex>(mutex_)}; }
 
  private:
   void Exec(const std::string& sql);

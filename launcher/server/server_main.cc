@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
     JobManager manager(config, config.listen);
     auto jobs = MakeJobService(manager);
     auto workers = MakeWorkerService(manager);
+    auto files = MakeFileService(manager);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -83,6 +84,9 @@ int main(int argc, char** argv) {
     builder.AddListeningPort(config.listen, credentials, &port);
     builder.RegisterService(jobs.get());
     builder.RegisterService(workers.get());
+    builder.RegisterService(files.get());
+    // An upload's chunk is at most 4 MiB of bytes, plus the message's framing.
+    builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxFileChunkBytes + (64 << 10)));
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
     if (!server || port == 0) Fail(ErrorCode::kFailedPrecondition, "cannot listen on {}", config.listen);
     manager.Start();

@@ -2,9 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <set>
 #include <sstream>
 
 #include "common/job_spec.h"
+#include "launcher/server/service_util.h"
 
 namespace shardtune::server {
 
@@ -14,58 +16,9 @@ using grpc::StatusCode;
 
 namespace {
 
-std::string Bearer(const ServerContext* context) {
-  const auto& metadata = context->client_metadata();
-  const auto it = metadata.find("authorization");
-  if (it == metadata.end()) return "";
-  const std::string value(it->second.data(), it->second.size());
-  const std::string prefix = "Bearer ";
-  return value.rfind(prefix, 0) == 0 ? value.substr(prefix.size()) : "";
-}
-
-// Trailing metadata of a refusal that has a JobErrorCode (e.g. INVALID_SPEC), whose name also
-// opens the status message.
-constexpr char kErrorCodeMetadata[] = "shardtune-error-code";
-
-Status ToStatus(const RequestError& e) {
-  const std::string message = e.job_error() == v1::JOB_ERROR_CODE_UNSPECIFIED
-                                  ? e.what()
-                                  : v1::JobErrorCode_Name(e.job_error()) + ": " + e.what();
-  switch (e.kind()) {
-    case RequestError::Kind::kInvalidArgument:
-      return Status(StatusCode::INVALID_ARGUMENT, message);
-    case RequestError::Kind::kNotFound:
-      return Status(StatusCode::NOT_FOUND, message);
-    case RequestError::Kind::kFailedPrecondition:
-      return Status(StatusCode::FAILED_PRECONDITION, message);
-    case RequestError::Kind::kResourceExhausted:
-      return Status(StatusCode::RESOURCE_EXHAUSTED, message);
-    case RequestError::Kind::kPermissionDenied:
-      return Status(StatusCode::PERMISSION_DENIED, message);
-  }
-  return Status(StatusCode::INTERNAL, message);
-}
-
-// Runs `body` and turns what it throws into a status.
-template <typename F>
-Status Guard(ServerContext* context, F&& body) {
-  try {
-    return body();
-  } catch (const RequestError& e) {
-    if (e.job_error() != v1::JOB_ERROR_CODE_UNSPECIFIED)
-      context->AddTrailingMetadata(kErrorCodeMetadata, v1::JobErrorCode_Name(e.job_error()));
-    return ToStatus(e);
-  } catch (const std::exception& e) {
-    spdlog::error("request failed: {}", e.what());
-    return Status(StatusCode::INTERNAL, e.what());
-  }
-}
-
 class JobServiceImpl final : public v1::JobService::Service {
  public:
-  explicit JobServiceImpl(JobManager& manager) : manager_(manager) {
-    for (const ApiKey& key : manager.config().api_keys) keys_[key.sha256] = key;
-  }
+  explicit JobServiceImpl(JobManager& manager) : manager_(manager), keys_(manager.config()) {}
 
   Status CreateJob(ServerContext* context, const v1::CreateJobRequest* request, v1::Job* job) override {
     return Authenticated(context, [&](const Caller& caller) {
@@ -76,12 +29,14 @@ class JobServiceImpl final : public v1::JobService::Service {
 
   Status ValidateJob(ServerContext* context, const v1::ValidateJobRequest* request,
                      v1::ValidateJobResponse* response) override {
-    return Authenticated(context, [&](const Caller&) {
-      const std::string text = request->spec_case() == v1::ValidateJobRequest::kSpecFields
-                                   ? StructToJson(request->spec_fields())
-                                   : request->spec_yaml();
+    return Authenticated(context, [&](const Caller& caller) {
+      std::string text = request->spec_case() == v1::ValidateJobRequest::kSpecFields
+                             ? StructToJson(request->spec_fields())
+                             : request->spec_yaml();
       try {
-        const JobSpec spec = ParseJobSpec(text, "spec_yaml", "/");
+        std::set<std::string> uploaded;  // file:ID paths: the worker checks the files they name
+        const JobSpec spec = ParseJobSpec(text, "spec_yaml", "/", manager_.UploadedFilesOf(caller, &uploaded));
+        if (!uploaded.empty()) text = JobSpecToYaml(spec);
         if (const auto plan = manager_.PlanFor(spec, spec.resources.world_size())) {
           response->set_plan(PlanToText(*plan));
           if (!plan->fits) response->add_problems("the job does not fit its ranks' memory (see plan)");
@@ -199,16 +154,11 @@ class JobServiceImpl final : public v1::JobService::Service {
  private:
   template <typename F>
   Status Authenticated(ServerContext* context, F&& body) {
-    const std::string key = Bearer(context);
-    if (key.empty()) return Status(StatusCode::UNAUTHENTICATED, "no API key: send 'authorization: Bearer KEY'");
-    const auto it = keys_.find(Sha256Hex(key));
-    if (it == keys_.end()) return Status(StatusCode::UNAUTHENTICATED, "unknown API key");
-    const Caller caller{it->second.tenant, it->second.role == "admin", it->second.role == "viewer"};
-    return Guard(context, [&] { return body(caller); });
+    return keys_.Authenticated(context, std::forward<F>(body));
   }
 
   JobManager& manager_;
-  std::map<std::string, ApiKey> keys_;  // by sha256
+  ApiKeys keys_;
 };
 
 class WorkerServiceImpl final : public v1::WorkerService::Service {

@@ -7,11 +7,14 @@
 #include <memory>
 
 #include "launcher/server/job_manager.h"
+#include "shardtune/v1/files.grpc.pb.h"
 #include "shardtune/v1/jobs.grpc.pb.h"
 
 namespace shardtune::server {
 
 std::unique_ptr<v1::JobService::Service> MakeJobService(JobManager& manager);
 std::unique_ptr<v1::WorkerService::Service> MakeWorkerService(JobManager& manager);
+// The Files API (services_files.cc).
+std::unique_ptr<v1::FileService::Service> MakeFileService(JobManager& manager);
 
 }  // namespace shardtune::server

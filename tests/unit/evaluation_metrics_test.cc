@@ -43,10 +43,10 @@ TEST(EvaluationMetrics, EveryReportedFigureIsListedForItsTaskAndAcceptedForEarly
       ASSERT_NE(listed, nullptr) << "'" << name << "' is reported but not listed";
       EXPECT_TRUE(listed->ReportedFor(task)) << "'" << name << "' is reported but not listed for this task";
       if (!listed->Judges()) {
-        EXPECT_THROW(ParseJobSpec(SpecStoppingOn(task, name), "job.yaml", "/", SpecOptions{false}), SpecError);
+        EXPECT_THROW(ParseJobSpec(SpecStoppingOn(task, name), "job.yaml", "/", SpecOptions{.check_files = false}), SpecError);
         continue;
       }
-      const JobSpec spec = ParseJobSpec(SpecStoppingOn(task, name), "job.yaml", "/", SpecOptions{false});
+      const JobSpec spec = ParseJobSpec(SpecStoppingOn(task, name), "job.yaml", "/", SpecOptions{.check_files = false});
       EXPECT_EQ(spec.training.early_stopping.metric, name);
       EXPECT_EQ(spec.training.early_stopping.Minimizes(), listed->goal == MetricGoal::kLower) << name;
     }

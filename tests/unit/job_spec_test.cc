@@ -374,3 +374,38 @@ TEST_F(JobSpecTest, SyntaxErrorsAndNonMappingsNameTheLine) {
 
 }  // namespace
 }  // namespace shardtune
+
+namespace shardtune {
+namespace {
+
+// file:ID data paths: resolved by SpecOptions::resolve_file (the server's, per tenant) before the
+// file checks; refused with the key and line where nothing resolves them.
+TEST_F(JobSpecTest, UploadedFilesResolveThroughTheOptionsHook) {
+  const std::string yaml = R"(name: up
+model: {path: model}
+data: {train: "file:file-0123", validation: data/train.jsonl, format: tokens}
+output: {dir: runs/up}
+)";
+  SpecOptions options;
+  options.resolve_file = [&](const std::string& id) -> std::optional<std::string> {
+    if (id == "file-0123") return (dir_.path() / "data" / "train.jsonl").string();
+    return std::nullopt;
+  };
+  const JobSpec spec = ParseJobSpec(yaml, "job.yaml", dir_.path(), options);
+  EXPECT_EQ(spec.data.train, (dir_.path() / "data" / "train.jsonl").string());
+  EXPECT_EQ(JobSpecToYaml(spec).find("file:"), std::string::npos) << "the stored spec names the path";
+
+  ExpectProblem(yaml, {"data.train (line 3", "only shardtune-server resolves"});
+  std::string other = yaml;
+  other.replace(other.find("file-0123"), 9, "file-9999");
+  try {
+    ParseJobSpec(other, "job.yaml", dir_.path(), options);
+    ADD_FAILURE() << "an unknown file id was accepted";
+  } catch (const SpecError& e) {
+    ASSERT_EQ(e.problems().size(), 1u);
+    EXPECT_NE(e.problems()[0].find("no uploaded file 'file-9999'"), std::string::npos) << e.problems()[0];
+  }
+}
+
+}  // namespace
+}  // namespace shardtune

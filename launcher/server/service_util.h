@@ -1,0 +1,89 @@
+#pragma once
+// What the gRPC services share (internal to launcher/server/services*.cc): the caller's API key
+// ("authorization: Bearer KEY") and what it may do, and the mapping of errors to status codes.
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <map>
+#include <string>
+
+#include "launcher/server/job_manager.h"
+#include "launcher/server/request_error.h"
+#include "launcher/server/server_config.h"
+
+namespace shardtune::server {
+
+using grpc::Status;
+using grpc::StatusCode;
+
+inline std::string Bearer(const grpc::ServerContext* context) {
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) return "";
+  const std::string value(it->second.data(), it->second.size());
+  const std::string prefix = "Bearer ";
+  return value.rfind(prefix, 0) == 0 ? value.substr(prefix.size()) : "";
+}
+
+// Trailing metadata of a refusal that has a JobErrorCode (e.g. INVALID_SPEC), whose name also
+// opens the status message.
+inline constexpr char kErrorCodeMetadata[] = "shardtune-error-code";
+
+inline grpc::Status ToStatus(const RequestError& e) {
+  const std::string message = e.job_error() == v1::JOB_ERROR_CODE_UNSPECIFIED
+                                  ? e.what()
+                                  : v1::JobErrorCode_Name(e.job_error()) + ": " + e.what();
+  switch (e.kind()) {
+    case RequestError::Kind::kInvalidArgument:
+      return Status(StatusCode::INVALID_ARGUMENT, message);
+    case RequestError::Kind::kNotFound:
+      return Status(StatusCode::NOT_FOUND, message);
+    case RequestError::Kind::kFailedPrecondition:
+      return Status(StatusCode::FAILED_PRECONDITION, message);
+    case RequestError::Kind::kResourceExhausted:
+      return Status(StatusCode::RESOURCE_EXHAUSTED, message);
+    case RequestError::Kind::kPermissionDenied:
+      return Status(StatusCode::PERMISSION_DENIED, message);
+  }
+  return Status(StatusCode::INTERNAL, message);
+}
+
+// Runs `body` and turns what it throws into a status.
+template <typename F>
+grpc::Status Guard(grpc::ServerContext* context, F&& body) {
+  try {
+    return body();
+  } catch (const RequestError& e) {
+    if (e.job_error() != v1::JOB_ERROR_CODE_UNSPECIFIED)
+      context->AddTrailingMetadata(kErrorCodeMetadata, v1::JobErrorCode_Name(e.job_error()));
+    return ToStatus(e);
+  } catch (const std::exception& e) {
+    spdlog::error("request failed: {}", e.what());
+    return Status(StatusCode::INTERNAL, e.what());
+  }
+}
+
+// The configured API keys, by the SHA-256 of the key.
+class ApiKeys {
+ public:
+  explicit ApiKeys(const ServerConfig& config) {
+    for (const ApiKey& key : config.api_keys) keys_[key.sha256] = key;
+  }
+
+  // Runs `body(caller)` for a known key (UNAUTHENTICATED otherwise), its errors as statuses.
+  template <typename F>
+  grpc::Status Authenticated(grpc::ServerContext* context, F&& body) const {
+    const std::string key = Bearer(context);
+    if (key.empty()) return Status(StatusCode::UNAUTHENTICATED, "no API key: send 'authorization: Bearer KEY'");
+    const auto it = keys_.find(Sha256Hex(key));
+    if (it == keys_.end()) return Status(StatusCode::UNAUTHENTICATED, "unknown API key");
+    const Caller caller{it->second.tenant, it->second.role == "admin", it->second.role == "viewer"};
+    return Guard(context, [&] { return body(caller); });
+  }
+
+ private:
+  std::map<std::string, ApiKey> keys_;
+};
+
+}  // namespace shardtune::server
