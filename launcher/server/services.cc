@@ -76,12 +76,13 @@ class JobServiceImpl final : public v1::JobService::Service {
 
   Status ValidateJob(ServerContext* context, const v1::ValidateJobRequest* request,
                      v1::ValidateJobResponse* response) override {
-    return Authenticated(context, [&](const Caller&) {
+    return Authenticated(context, [&](const Caller& caller) {
       const std::string text = request->spec_case() == v1::ValidateJobRequest::kSpecFields
                                    ? StructToJson(request->spec_fields())
                                    : request->spec_yaml();
       try {
         const JobSpec spec = ParseJobSpec(text, "spec_yaml", "/");
+        manager_.storage().Require(caller.tenant, caller.admin, spec);  // PERMISSION_DENIED, before any file is read
         if (const auto plan = manager_.PlanFor(spec, spec.resources.world_size())) {
           response->set_plan(PlanToText(*plan));
           if (!plan->fits) response->add_problems("the job does not fit its ranks' memory (see plan)");
@@ -91,7 +92,7 @@ class JobServiceImpl final : public v1::JobService::Service {
         for (const auto& p : e.problems()) response->add_problems(p);
         return Status::OK;
       }
-      const auto [ok, report] = manager_.CheckData(text);
+      const auto [ok, report] = manager_.CheckData(text, caller.tenant);
       response->set_valid(ok && response->problems().empty());
       if (ok) {
         response->set_summary(report);
