@@ -12,6 +12,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/storage_roots.h"
 
 namespace shardtune {
 
@@ -229,6 +230,12 @@ int OpenForReading(const fs::path& path, uint64_t& file_size) {
   if (fd < 0 && errno == ENOENT) Fail(ErrorCode::kNotFound, "{}: no such file", where);
   ST_SYSCALL_CHECK(fd, where);
   struct stat st {};
+  try {
+    RequireOpenedWithinGrantedRoots(fd, where);  // the storage sandbox, on the file really opened
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
   if (::fstat(fd, &st) != 0) {
     ::close(fd);
     FailErrno("fstat", where);
@@ -301,6 +308,7 @@ void ReadFileRange(const fs::path& path, uint64_t offset, void* out, size_t size
   if (fd < 0 && errno == ENOENT) Fail(ErrorCode::kNotFound, "{}: no such file", path.string());
   ST_SYSCALL_CHECK(fd, path.string());
   try {
+    RequireOpenedWithinGrantedRoots(fd, path.string());
     PreadExactly(fd, out, size, offset, path.string());
   } catch (...) {
     ::close(fd);

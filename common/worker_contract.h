@@ -29,6 +29,15 @@ inline constexpr std::string_view kEnvJobAttempt = "SHARDTUNE_JOB_ATTEMPT";
 inline constexpr std::array<std::string_view, 4> kJobEnvironment = {kEnvServer, kEnvJobId, kEnvJobToken,
                                                                     kEnvJobAttempt};
 
+// The storage sandbox (common/storage_roots.h): the directories the job's tenant was granted,
+// realpaths joined by ':', which every path of the spec must still lie in when the worker opens
+// it. Set only when the server has `storage:`; the worker re-checks its spec when
+// kEnvWriteRoots is set. Read and write roots; read-only ones; tenant-writable ones (hard links refused).
+inline constexpr std::string_view kEnvWriteRoots = "SHARDTUNE_WRITE_ROOTS";
+inline constexpr std::string_view kEnvReadRoots = "SHARDTUNE_READ_ROOTS";
+inline constexpr std::string_view kEnvTenantRoots = "SHARDTUNE_TENANT_ROOTS";
+inline constexpr std::array<std::string_view, 3> kStorageEnvironment = {kEnvWriteRoots, kEnvReadRoots, kEnvTenantRoots};
+
 // One attempt's values of those variables, by name (the launcher sets them from this table).
 inline std::map<std::string, std::string> JobEnvironmentValues(const std::string& server, const std::string& job_id,
                                                                const std::string& token, int attempt) {

@@ -10,6 +10,7 @@
 #include "common/job_spec.h"
 #include "common/logging.h"
 #include "common/run_dir.h"
+#include "common/storage_roots.h"
 #include "common/worker_contract.h"
 #include "sharding/comm/collective_timeout.h"
 #include "sharding/comm/mpi_communicator.h"
@@ -99,7 +100,8 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
     InitLogging(log_level, RankFromEnvironment());
     // Before anything that can fail (the spec, MPI, NCCL): rank 0 reports such failures too.
     if (ServerReporter::ManagedByServer() && RankFromEnvironment() == 0) reporter = ServerReporter::FromEnvironment();
-    const JobSpec spec = LoadJobSpec(job_path);
+    // Its paths against the storage roots before anything opens them: they may have changed since admission.
+    const JobSpec spec = LoadJobSpecWithinGrantedRoots(job_path);
     mpi_world = MpiOrSingleProcessWorld(mpi, spec.sharding.collective_timeout_s);
     world_size = mpi_world->size();
     nccl_world = MaybeNccl(spec, *mpi_world);

@@ -6,13 +6,14 @@
 #include "common/job_spec.h"
 #include "common/model_config.h"
 #include "common/run_dir.h"
+#include "common/storage_roots.h"
 #include "worker/data/formats.h"
 #include "worker/data/token_cache.h"
 
 namespace shardtune {
 
 void ValidateData(const std::string& job_path, std::ostream& out) {
-  const JobSpec spec = LoadJobSpec(job_path);
+  const JobSpec spec = LoadJobSpecWithinGrantedRoots(job_path);  // the storage roots before anything opens a file
   const ModelConfig config = ModelConfig::Load(spec.model.path);
   const JobDataOptions data = DataOptionsFor(spec, config.vocab_size(), config.eos_token_ids());
   if (spec.data.format == DataFormat::kChat || spec.data.format == DataFormat::kShareGpt)

@@ -27,21 +27,36 @@ std::string Time(int64_t ms) {
   return buffer;
 }
 
-int Refused(const grpc::Status& status) {
-  std::fprintf(stderr, "error: %s: %s\n",
-               grpc::StatusCode(status.error_code()) == grpc::UNAVAILABLE ? "UNAVAILABLE" : "refused",
-               status.error_message().c_str());
-  switch (status.error_code()) {
+namespace {
+
+// The status code's name, as gRPC spells it, for the codes a request of the user's making gets.
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
     case grpc::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
     case grpc::NOT_FOUND:
+      return "NOT_FOUND";
     case grpc::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
     case grpc::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
     case grpc::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
     case grpc::RESOURCE_EXHAUSTED:
-      return 2;
+      return "RESOURCE_EXHAUSTED";
     default:
-      return 1;
+      return nullptr;
   }
+}
+
+}  // namespace
+
+int Refused(const grpc::Status& status) {
+  const char* code = CodeName(status.error_code());
+  std::fprintf(stderr, "error: %s%s%s: %s\n",
+               grpc::StatusCode(status.error_code()) == grpc::UNAVAILABLE ? "UNAVAILABLE" : "refused", code ? " " : "",
+               code ? code : "", status.error_message().c_str());
+  return code ? 2 : 1;  // the user's to fix: 2
 }
 
 void ResolveServerAndToken(std::string& server, std::string& token) {

@@ -89,11 +89,30 @@ std::string StructToJson(const google::protobuf::Struct& fields) {
 
 JobManager::JobManager(ServerConfig config, std::string server_address)
     : config_(std::move(config)),
+      storage_(config_.storage, config_.api_keys),
+      job_user_(ResolveJobUser(::geteuid() == 0 ? config_.run_as : "", config_.job_umask)),
       server_address_(std::move(server_address)),
       store_(std::make_unique<JobStore>(config_.database)),
       files_(std::make_unique<FileStore>(*store_, config_)) {
   for (const ApiKey& key : config_.api_keys) store_->PutApiKey(key.sha256, key.tenant, key.role);
   fs::create_directories(config_.data_dir);
+  if (job_user_.name.empty()) return;
+  // The job's user writes its outputs under its tenant's root: the root itself is made its own
+  // (what is inside is left as it is); DATA_DIR is traversable, so that it reads each job's spec.
+  fs::permissions(config_.data_dir, fs::perms(0711));
+  for (const auto& [tenant, storage] : config_.storage.tenants) {
+    if (::chown(storage.root.c_str(), job_user_.uid, job_user_.gid) != 0)
+      FailErrno(fmt::format("chown to run_as '{}' (storage.tenants.{}.root)", job_user_.name, tenant), storage.root);
+  }
+}
+
+void JobManager::ShareWithJobUser(const fs::path& dir, const std::vector<fs::path>& files) const {
+  if (job_user_.name.empty()) return;
+  fs::permissions(dir, fs::perms(0711));
+  for (const fs::path& file : files) {
+    if (::chown(file.c_str(), job_user_.uid, job_user_.gid) != 0)
+      FailErrno(fmt::format("chown to run_as '{}'", job_user_.name), file.string());
+  }
 }
 
 JobManager::~JobManager() { Stop(); }
@@ -158,12 +177,19 @@ std::string JobManager::WorkerPath() const {
   return config_.worker.empty() ? (SelfDirectory() / "shardtune-worker").string() : config_.worker;
 }
 
-JobManager::DataCheck JobManager::CheckData(const std::string& spec_yaml) const {
+JobManager::DataCheck JobManager::CheckData(const std::string& spec_yaml, const std::string& tenant) const {
   const fs::path scratch = fs::path(config_.data_dir) / ("validate-" + RandomToken().substr(0, 16));
   fs::create_directories(scratch);
   WriteFileAtomic(scratch / "job.yaml", spec_yaml);
-  const CommandResult run =
-      RunCommand({WorkerPath(), "validate-data", (scratch / "job.yaml").string(), "--log-level", "error"});
+  ShareWithJobUser(scratch, {scratch / "job.yaml"});
+  CommandResult run;
+  try {
+    run =
+        RunJobCommand({WorkerPath(), "validate-data", (scratch / "job.yaml").string(), "--log-level", "error"},
+                      tenant.empty() ? std::map<std::string, std::string>() : storage_.Environment(tenant), job_user_);
+  } catch (const RequestError& e) {  // its tenant lost its storage since it was admitted
+    run.output = e.what();
+  }
   fs::remove_all(scratch);
   return {run.status == 0, run.output};
 }
@@ -185,7 +211,7 @@ void JobManager::ValidateLoop() {
       if (stopping_) return;
       if (!next) continue;
     }
-    const DataCheck check = CheckData(next->job.spec_yaml());
+    const DataCheck check = CheckData(next->job.spec_yaml(), next->job.tenant());
     std::lock_guard<std::mutex> lock(mutex_);
     auto r = store_->Get(next->job.id());
     if (!r || r->job.status() != v1::VALIDATING) continue;  // cancelled meanwhile
@@ -256,6 +282,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   }
   std::set<std::string> uploaded;  // the files it names as file:ID
   const JobSpec spec = ParseSpec(SpecText(request), 0, UploadedFilesOf(caller, &uploaded));
+  storage_.Require(caller.tenant, caller.admin, spec);
   const int ranks = static_cast<int>(spec.resources.world_size());
   if (ranks > config_.total_slots()) {
     throw RequestError(RequestError::Kind::kResourceExhausted,
@@ -369,9 +396,10 @@ v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int rank
       throw RequestError(RequestError::Kind::kResourceExhausted,
                          fmt::format("{} ranks exceed the pool's {} slots", ranks, config_.total_slots()));
     }
-    ParseSpec(r.job.spec_yaml(), ranks);  // its batch and shard group must fit the new rank count
     r.requested_ranks = ranks;
   }
+  // Its batch and shard group must fit the rank count; its paths, still its tenant's.
+  storage_.Require(r.job.tenant(), caller.admin, ParseSpec(r.job.spec_yaml(), r.requested_ranks));
   r.pause_requested = false;
   SetStatus(r, v1::QUEUED,
             fmt::format("resumed; will continue from its latest checkpoint on {} ranks", r.requested_ranks));
@@ -558,6 +586,13 @@ void JobManager::Tick(SlurmCalls& slurm) {
 }
 
 void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
+  std::map<std::string, std::string> storage_env;
+  try {
+    storage_env = storage_.Environment(r.job.tenant());
+  } catch (const RequestError& e) {  // its tenant lost its storage since it was admitted
+    SetError(r.job, v1::INVALID_INPUT, e.what());
+    return SetStatus(r, v1::FAILED, e.what());
+  }
   const fs::path dir = fs::path(config_.data_dir) / r.job.id();
   fs::create_directories(dir);
   const int attempt = r.job.attempt() + 1;
@@ -583,6 +618,10 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
   ranks.environment.assign(contract::kJobEnvironment.begin(), contract::kJobEnvironment.end());
   ranks.worker = {WorkerPath(), spec.string()};
   std::map<std::string, std::string> env = contract::JobEnvironmentValues(server_address_, r.job.id(), token, attempt);
+  for (const auto& [name, roots] : storage_env) {
+    env[name] = roots;
+    ranks.environment.push_back(name);
+  }
   env.insert({{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}});
   if (config_.backend == "slurm") {
     PrepareSlurm(r, ranks, env, slurm);
@@ -596,6 +635,7 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
     left -= h.slots;
   }
   WriteFileAtomic(dir / "hostfile", hostfile_text);
+  ShareWithJobUser(dir, {spec, dir / "hostfile"});
   ranks.hostfile = (dir / "hostfile").string();
   ranks.extra_args = config_.mpirun_extra_args;
   std::vector<std::string> argv = {(SelfDirectory() / "shardtune-server").string(),
@@ -606,7 +646,10 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
                                    r.exit_file,
                                    "--log",
                                    AttemptFile(r, ".log").string(),
-                                   "--"};
+                                   "--umask",
+                                   fmt::format("{:o}", job_user_.umask)};
+  if (!job_user_.name.empty()) argv.insert(argv.end(), {"--run-as", job_user_.name});
+  argv.push_back("--");
   for (std::string& word : RankCommandArgv(ranks)) argv.push_back(std::move(word));
   r.supervisor_pid = SpawnInNewSession(argv, env);
   spawned_.insert(static_cast<pid_t>(r.supervisor_pid));

@@ -30,6 +30,7 @@
 #include "launcher/server/processes.h"
 #include "launcher/server/request_error.h"
 #include "launcher/server/server_config.h"
+#include "launcher/server/storage_policy.h"
 #include "sharding/planner.h"
 
 namespace shardtune::server {
@@ -54,15 +55,17 @@ class JobManager {
   // The job's memory plan on `ranks` slots, when the configuration gives their memory.
   std::optional<Plan> PlanFor(const JobSpec& spec, int64_t ranks) const;
   const ServerConfig& config() const { return config_; }
+  const StoragePolicy& storage() const { return storage_; }
 
   // `shardtune-worker validate-data` on a spec, in a process of its own (the server links no
   // LibTorch): whether the data is good, and the worker's report (a summary, or the problems
-  // with file:line).
+  // with file:line). It runs as the job's user, with `tenant`'s storage roots (none: no re-check
+  // of the paths by the worker).
   struct DataCheck {
     bool ok = false;
     std::string report;
   };
-  DataCheck CheckData(const std::string& spec_yaml) const;
+  DataCheck CheckData(const std::string& spec_yaml, const std::string& tenant = "") const;
 
   // The Files API's part that touches jobs (job_manager_files.cc).
   // `shardtune-worker check-file` on an uploaded file, in a process of its own; its report names
@@ -99,6 +102,9 @@ class JobManager {
  private:
   JobRecord Owned(const Caller& caller, const std::string& id);
   std::string WorkerPath() const;
+  // Makes `dir` (the server's, under DATA_DIR) traversable and `files` in it readable by the
+  // job's user, when jobs run as another user than the server's.
+  void ShareWithJobUser(const std::filesystem::path& dir, const std::vector<std::filesystem::path>& files) const;
   void ValidateLoop();
   void ForwardLog(JobRecord& record);
   void NoteHostLost(JobRecord& record, const std::string& mpirun_line);
@@ -151,6 +157,8 @@ class JobManager {
   int UsedSlots(const std::string& tenant, int* running_jobs);
 
   ServerConfig config_;
+  StoragePolicy storage_;
+  JobUser job_user_;  // who the job's processes are (run_as, job_umask)
   std::string server_address_;
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<FileStore> files_;

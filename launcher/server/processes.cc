@@ -1,9 +1,12 @@
 #include "launcher/server/processes.h"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -196,6 +199,60 @@ std::vector<std::string> Environment(const std::map<std::string, std::string>& e
   return environment;
 }
 
+namespace {
+
+// What the child `pid` writes to `read_fd` until it exits, and its exit status.
+CommandResult Collect(const std::string& program, pid_t pid, int read_fd) {
+  CommandResult result;
+  char buffer[4096];
+  ssize_t n = 0;
+  while ((n = ::read(read_fd, buffer, sizeof buffer)) > 0 || (n < 0 && errno == EINTR)) {
+    if (n > 0) result.output.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(read_fd);
+  int status = 0;
+  pid_t waited = 0;
+  while ((waited = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+  }
+  if (waited != pid) {  // reaped by someone else: its status is unknown, never a success
+    result.output += fmt::format("\n(the exit status of {} was lost: {})", program, std::strerror(errno));
+    return result;
+  }
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+// The exit status of a job's child that could not take its identity or start its program.
+constexpr int kCannotStart = 127;
+
+}  // namespace
+
+JobUser ResolveJobUser(const std::string& run_as, int umask) {
+  JobUser user;
+  user.umask = static_cast<mode_t>(umask);
+  if (run_as.empty()) return user;
+  const struct passwd* entry = ::getpwnam(run_as.c_str());
+  if (entry == nullptr) Fail(ErrorCode::kInvalidArgument, "run_as: no user '{}' on this machine", run_as);
+  if (entry->pw_uid == 0) Fail(ErrorCode::kInvalidArgument, "run_as: '{}' is root; jobs never run as root", run_as);
+  user.name = run_as;
+  user.uid = entry->pw_uid;
+  user.gid = entry->pw_gid;
+  int count = 64;
+  user.groups.resize(static_cast<size_t>(count));
+  while (::getgrouplist(run_as.c_str(), user.gid, user.groups.data(), &count) < 0)
+    user.groups.resize(static_cast<size_t>(count));
+  user.groups.resize(static_cast<size_t>(count));
+  return user;
+}
+
+bool BecomeJobUser(const JobUser& user) {
+  ::umask(user.umask);
+  if (user.name.empty()) return true;
+  // Groups before the user: once the uid is dropped they can no longer be set.
+  return ::setgroups(user.groups.size(), user.groups.data()) == 0 && ::setgid(user.gid) == 0 &&
+         ::setuid(user.uid) == 0 && ::setuid(0) != 0;  // and root cannot be regained
+}
+
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env) {
   CommandResult result;
   int pipe_fds[2];
@@ -215,33 +272,39 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<st
     result.output = fmt::format("cannot run {}: {}", args[0], std::strerror(rc));
     return result;
   }
-  char buffer[4096];
-  ssize_t n = 0;
-  while ((n = ::read(pipe_fds[0], buffer, sizeof buffer)) > 0 || (n < 0 && errno == EINTR)) {
-    if (n > 0) result.output.append(buffer, static_cast<size_t>(n));
-  }
-  ::close(pipe_fds[0]);
-  int status = 0;
-  pid_t waited = 0;
-  while ((waited = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
-  }
-  if (waited != pid) {  // reaped by someone else: its status is unknown, never a success
-    result.output += fmt::format("\n(the exit status of {} was lost: {})", args[0], std::strerror(errno));
-    return result;
-  }
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return result;
+  return Collect(args[0], pid, pipe_fds[0]);
 }
 
-int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, const std::string& exit_file) {
-  if (argv.empty()) return 2;
-  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  if (fd >= 0) {
-    posix_spawn_file_actions_adddup2(&actions, fd, STDOUT_FILENO);
-    posix_spawn_file_actions_adddup2(&actions, fd, STDERR_FILENO);
+CommandResult RunJobCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                            const JobUser& user) {
+  // fork, not posix_spawn, which can take neither a user nor a umask. Everything the child needs
+  // is built before the fork: between fork and exec it makes system calls only.
+  CommandResult result;
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return result;
+  std::vector<std::string> args = argv, environment = Environment(env);
+  std::vector<char*> arg_pointers = Pointers(args), env_pointers = Pointers(environment);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(pipe_fds[1], STDOUT_FILENO);
+    ::dup2(pipe_fds[1], STDERR_FILENO);
+    if (BecomeJobUser(user)) ::execve(arg_pointers[0], arg_pointers.data(), env_pointers.data());
+    ::_exit(kCannotStart);
   }
+  ::close(pipe_fds[1]);
+  if (pid < 0) {
+    ::close(pipe_fds[0]);
+    result.output = fmt::format("cannot run {}: fork: {}", args[0], std::strerror(errno));
+    return result;
+  }
+  return Collect(args[0], pid, pipe_fds[0]);
+}
+
+int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, const std::string& exit_file,
+                  const JobUser& user) {
+  if (argv.empty()) return 2;
+  // The log is the server's (read by it, never by other users); the job writes it through the fd.
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
   std::vector<std::string> args = argv;
   std::vector<char*> pointers = Pointers(args);
   // Before the first fork: every process of the attempt is to stay this one's descendant.
@@ -252,25 +315,36 @@ int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, 
                  std::strerror(errno));
   // Handlers first: the default action of kSignalKillAttempt would end this process alone. The
   // signals stay blocked until g_child is set (one arriving in between is forwarded then, not
-  // lost); the child starts with none blocked.
+  // lost); the child starts with none blocked (exec resets the handlers).
   ::signal(SIGTERM, Forward);
   ::signal(SIGINT, Forward);
   ::signal(kSignalKillAttempt, Forward);
-  sigset_t forwarded, previous, none;
+  sigset_t forwarded, previous;
   sigemptyset(&forwarded);
-  sigemptyset(&none);
   for (int signal : {SIGTERM, SIGINT, kSignalKillAttempt}) sigaddset(&forwarded, signal);
   ::sigprocmask(SIG_BLOCK, &forwarded, &previous);
-  posix_spawnattr_t attributes;
-  posix_spawnattr_init(&attributes);
-  posix_spawnattr_setsigmask(&attributes, &none);
-  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
-  pid_t child = 0;
-  const int spawned = posix_spawnp(&child, args[0].c_str(), &actions, &attributes, pointers.data(), environ);
-  posix_spawnattr_destroy(&attributes);
-  if (spawned != 0) {
-    WriteFileAtomic(exit_file, "127\n");
-    return 127;
+  // fork, not posix_spawn: the child takes the job's user and umask before it execs mpirun.
+  const pid_t child = ::fork();
+  if (child == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (fd >= 0) {
+      ::dup2(fd, STDOUT_FILENO);
+      ::dup2(fd, STDERR_FILENO);
+    }
+    if (!BecomeJobUser(user)) {
+      std::fprintf(stderr, "shardtune-server supervise: cannot run the job as user '%s': %s\n", user.name.c_str(),
+                   std::strerror(errno));
+      ::_exit(kCannotStart);
+    }
+    ::execvp(pointers[0], pointers.data());
+    std::fprintf(stderr, "shardtune-server supervise: cannot run %s: %s\n", pointers[0], std::strerror(errno));
+    ::_exit(kCannotStart);
+  }
+  if (child < 0) {
+    WriteFileAtomic(exit_file, fmt::format("{}\n", kCannotStart));
+    return kCannotStart;
   }
   g_child = child;
   ::sigprocmask(SIG_SETMASK, &previous, nullptr);

@@ -33,6 +33,26 @@
 
 namespace shardtune::server {
 
+// Who a job's processes are (docs/server.md, "Storage and tenants"): every one of them (the
+// supervisor's mpirun and the ranks, `shardtune-worker validate-data`) starts with `umask` and,
+// when the server runs as root and `run_as` names a user, as that user with its groups; never as
+// root when run_as is set.
+struct JobUser {
+  std::string name;  // empty: the server's own user
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;  // supplementary groups (initgroups' list, looked up beforehand)
+  mode_t umask = 077;
+};
+
+// `run_as` (empty: none) and `job_umask` as a JobUser; a user that does not exist, or is root,
+// throws Error naming run_as.
+JobUser ResolveJobUser(const std::string& run_as, int umask);
+
+// In a child between fork and exec (async-signal-safe: system calls only): the umask, then the
+// groups, group and user. Returns false, errno set, when the identity cannot be taken.
+bool BecomeJobUser(const JobUser& user);
+
 // posix_spawn in a new session; `env` is added to this process's environment. Returns the pid.
 pid_t SpawnInNewSession(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env);
 
@@ -77,10 +97,16 @@ struct CommandResult {
   std::string output;
 };
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {});
+// The same as one of a job's processes (`user`, argv[0] an absolute path), for validate-data.
+CommandResult RunJobCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                            const JobUser& user = {});
 
 // `shardtune-server supervise ...`: runs argv with stdout and stderr to `log` as a child
 // subreaper, forwards SIGTERM and SIGINT to it, kills every descendant on kSignalKillAttempt or
-// once argv's process has exited, writes that exit status to `exit_file` and returns it.
-int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, const std::string& exit_file);
+// once argv's process has exited, writes that exit status to `exit_file` and returns it. argv's
+// process runs as `user` (the supervisor itself stays the server's user: its exit file is the
+// server's to trust); the log is opened before, by the supervisor.
+int RunSupervisor(const std::vector<std::string>& argv, const std::string& log, const std::string& exit_file,
+                  const JobUser& user = {});
 
 }  // namespace shardtune::server

@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <csignal>
@@ -23,7 +24,7 @@ volatile std::sig_atomic_t g_stop = 0;
 void OnSignal(int) { g_stop = 1; }
 
 int Supervise(int argc, char** argv) {
-  std::string job, exit_file, log;
+  std::string job, exit_file, log, run_as, umask = "077";
   std::vector<std::string> command;
   int i = 2;
   for (; i < argc && std::string(argv[i]) != "--"; i += 2) {
@@ -32,13 +33,23 @@ int Supervise(int argc, char** argv) {
     if (flag == "--job") job = value;
     if (flag == "--exit-file") exit_file = value;
     if (flag == "--log") log = value;
+    if (flag == "--run-as") run_as = value;
+    if (flag == "--umask") umask = value;
   }
   for (++i; i < argc; ++i) command.push_back(argv[i]);
   if (exit_file.empty() || log.empty() || command.empty()) {
-    std::fprintf(stderr, "usage: shardtune-server supervise --job ID --exit-file F --log L -- COMMAND...\n");
+    std::fprintf(stderr,
+                 "usage: shardtune-server supervise --job ID --exit-file F --log L [--umask OCTAL] [--run-as USER] -- "
+                 "COMMAND...\n");
     return 2;
   }
-  return shardtune::server::RunSupervisor(command, log, exit_file);
+  try {
+    const auto user = shardtune::server::ResolveJobUser(run_as, std::stoi(umask, nullptr, 8));
+    return shardtune::server::RunSupervisor(command, log, exit_file, user);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shardtune-server supervise: %s\n", e.what());
+    return 2;
+  }
 }
 
 }  // namespace
@@ -67,6 +78,7 @@ int main(int argc, char** argv) {
       config.database = database;
       config.data_dir = (std::filesystem::path(database).parent_path() / "jobs").string();
     }
+    for (const std::string& warning : ExposureWarnings(config, ::geteuid() == 0)) spdlog::warn("{}", warning);
     JobManager manager(config, config.listen);
     auto jobs = MakeJobService(manager);
     auto workers = MakeWorkerService(manager);

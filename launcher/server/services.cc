@@ -36,6 +36,7 @@ class JobServiceImpl final : public v1::JobService::Service {
       try {
         std::set<std::string> uploaded;  // file:ID paths: the worker checks the files they name
         const JobSpec spec = ParseJobSpec(text, "spec_yaml", "/", manager_.UploadedFilesOf(caller, &uploaded));
+        manager_.storage().Require(caller.tenant, caller.admin, spec);  // PERMISSION_DENIED, before any file is read
         if (!uploaded.empty()) text = JobSpecToYaml(spec);
         if (const auto plan = manager_.PlanFor(spec, spec.resources.world_size())) {
           response->set_plan(PlanToText(*plan));
@@ -46,7 +47,7 @@ class JobServiceImpl final : public v1::JobService::Service {
         for (const auto& p : e.problems()) response->add_problems(p);
         return Status::OK;
       }
-      const auto [ok, report] = manager_.CheckData(text);
+      const auto [ok, report] = manager_.CheckData(text, caller.tenant);
       response->set_valid(ok && response->problems().empty());
       if (ok) {
         response->set_summary(report);

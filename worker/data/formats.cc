@@ -10,6 +10,7 @@
 
 #include "common/atomic_file.h"
 #include "common/hf_config.h"
+#include "common/storage_roots.h"
 #include "worker/data/tokenizer/unicode.h"
 
 namespace shardtune {
@@ -372,7 +373,8 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
 
 // Whether the file's first non-blank character opens a JSON array (alpaca's usual form).
 bool IsJsonArrayFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
+  const GrantedFile opened(path);  // the storage sandbox, on the file really opened
+  std::ifstream in(opened.Name(), std::ios::binary);
   if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", path.string());
   char c = 0;
   while (in.get(c)) {
@@ -388,11 +390,12 @@ template <typename Visit>
 void ForEachRecord(const fs::path& path, const RecordSlice& slice, Issues& issues, int64_t* lines, Visit visit,
                    const std::function<void(uint64_t)>& progress = {}) {
   const std::string file = path.string();
-  if (IsJsonArrayFile(path)) {
+  const GrantedFile opened(path);  // read by descriptor: whatever the path names now
+  if (IsJsonArrayFile(opened.Name())) {
     if (slice.begin > 0) return;
     json array;
     try {
-      array = json::parse(ReadFile(path));
+      array = json::parse(ReadFile(opened.Name()));
     } catch (const json::parse_error& e) {
       issues.Add(file, 1, "invalid_json", fmt::format("the JSON array does not parse: {}", e.what()));
       return;
@@ -400,7 +403,7 @@ void ForEachRecord(const fs::path& path, const RecordSlice& slice, Issues& issue
     for (size_t i = 0; i < array.size(); ++i) visit(array[i], static_cast<int64_t>(i + 1));
     return;
   }
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(opened.Name(), std::ios::binary);
   if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", file);
   in.seekg(static_cast<std::streamoff>(slice.begin));
   uint64_t at = slice.begin;
@@ -656,7 +659,8 @@ std::vector<RecordSlice> SliceRecords(const fs::path& path, int parts) {
     cuts.resize(static_cast<size_t>(parts), size);
   } else {
     // Each cut moves forward to the start of a line: just after the next newline.
-    std::ifstream in(path, std::ios::binary);
+    const GrantedFile opened(path);
+    std::ifstream in(opened.Name(), std::ios::binary);
     for (int k = 1; k < parts; ++k) {
       uint64_t at = std::max(cuts.back(), size / static_cast<uint64_t>(parts) * static_cast<uint64_t>(k));
       if (at > 0 && at < size) {
