@@ -3,6 +3,7 @@
 // read back by Python's tarfile.
 #include "launcher/server/file_store.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <openssl/sha.h>
 #include <sys/stat.h>
