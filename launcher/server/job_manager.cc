@@ -90,12 +90,13 @@ std::string StructToJson(const google::protobuf::Struct& fields) {
 JobManager::JobManager(ServerConfig config, std::string server_address)
     : config_(std::move(config)),
       storage_(config_.storage, config_.api_keys),
-      job_user_(ResolveJobUser(::geteuid() == 0 ? config_.run_as : "", config_.job_umask)),
+      job_user_(ResolveJobUser(config_.run_as, config_.job_umask)),  // refuses root or a missing user
       server_address_(std::move(server_address)),
       store_(std::make_unique<JobStore>(config_.database)),
       files_(std::make_unique<FileStore>(*store_, config_)) {
   for (const ApiKey& key : config_.api_keys) store_->PutApiKey(key.sha256, key.tenant, key.role);
   fs::create_directories(config_.data_dir);
+  if (::geteuid() != 0) job_user_ = ResolveJobUser("", config_.job_umask);  // cannot switch users: its own
   if (job_user_.name.empty()) return;
   // The job's user writes its outputs under its tenant's root: the root itself is made its own
   // (what is inside is left as it is); DATA_DIR is traversable, so that it reads each job's spec.
