@@ -56,7 +56,9 @@ nlohmann::json EvaluateModel(const EvaluateOptions& o) {
              "({}); evaluate the model exported with `shardtune export CHECKPOINT --to hf` instead",
              o.adapter.string(), adapter.value("task_type", ""), job.string());
       }
-      const JobSpec run = ParseJobSpec(ReadFile(job), job.string(), job.parent_path(), SpecOptions{.check_files = false});
+      SpecOptions names_only;  // the run's head is wanted, not its files
+      names_only.check_files = false;
+      const JobSpec run = ParseJobSpec(ReadFile(job), job.string(), job.parent_path(), names_only);
       head = {run.model.task, run.model.labels};
     }
   }

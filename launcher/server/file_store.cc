@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <cstring>
 #include <regex>
-#include <tuple>
 
 #include "common/atomic_file.h"
 #include "launcher/server/request_error.h"
@@ -42,26 +41,27 @@ v1::File FromRow(Statement& q) {
   return f;
 }
 
-// A page token: the last row's (created_ms, id), hex-encoded so that clients treat it as opaque.
-std::string EncodeToken(int64_t created_ms, const std::string& id) {
+// A page token: the last row's rowid (rows are numbered in insertion order), hex-encoded with a
+// prefix so that clients treat it as opaque and a token of another kind is recognized.
+std::string EncodeToken(int64_t rowid) {
   std::string hex;
-  for (unsigned char c : fmt::format("{}:{}", created_ms, id)) hex += fmt::format("{:02x}", c);
+  for (unsigned char c : fmt::format("files:{}", rowid)) hex += fmt::format("{:02x}", c);
   return hex;
 }
 
-std::optional<std::pair<int64_t, std::string>> DecodeToken(const std::string& token) {
-  if (token.size() % 2 != 0 || token.size() > 200) return std::nullopt;
+std::optional<int64_t> DecodeToken(const std::string& token) {
+  if (token.size() % 2 != 0 || token.size() > 80) return std::nullopt;
   std::string text;
   for (size_t i = 0; i < token.size(); i += 2) {
-    const int hi = std::isxdigit(token[i]) ? std::stoi(token.substr(i, 1), nullptr, 16) : -1;
-    const int lo = std::isxdigit(token[i + 1]) ? std::stoi(token.substr(i + 1, 1), nullptr, 16) : -1;
-    if (hi < 0 || lo < 0) return std::nullopt;
-    text.push_back(static_cast<char>(hi * 16 + lo));
+    if (!std::isxdigit(static_cast<unsigned char>(token[i])) ||
+        !std::isxdigit(static_cast<unsigned char>(token[i + 1])))
+      return std::nullopt;
+    text.push_back(static_cast<char>(std::stoi(token.substr(i, 2), nullptr, 16)));
   }
-  static const std::regex kToken("([0-9]{1,19}):(file-[0-9a-f]{24})");
+  static const std::regex kToken("files:([0-9]{1,18})");
   std::smatch m;
   if (!std::regex_match(text, m, kToken)) return std::nullopt;
-  return std::make_pair(std::stoll(m[1].str()), m[2].str());
+  return std::stoll(m[1].str());
 }
 
 void CheckMetadata(const v1::UploadFileRequest::Metadata& m) {
@@ -246,29 +246,27 @@ std::optional<v1::File> FileStore::Get(const std::string& tenant, const std::str
 
 FileStore::Page FileStore::List(const std::string& tenant, const std::string& purpose, int64_t page_size,
                                 const std::string& page_token) {
-  int64_t after_ms = INT64_MAX;
-  std::string after_id = "~";  // sorts after every id
+  int64_t after = INT64_MAX;
   if (!page_token.empty()) {
     const auto cursor = DecodeToken(page_token);
     if (!cursor) Refuse(RequestError::Kind::kInvalidArgument, "page_token is not one this server gave");
-    std::tie(after_ms, after_id) = *cursor;
+    after = *cursor;
   }
   auto db = db_.Lock();
-  // Keyset paging: rows strictly after the cursor in (created_ms, id) descending order, so that
-  // files uploaded or deleted between pages neither repeat nor skip a row.
-  Statement q(db.db, fmt::format("SELECT {} FROM files WHERE tenant = ?1 AND (?2 = '' OR purpose = ?2) AND "
-                                 "(created_ms < ?3 OR (created_ms = ?3 AND id < ?4)) "
-                                 "ORDER BY created_ms DESC, id DESC LIMIT ?5",
+  // Keyset paging on the rowid (insertion order), newest first: files uploaded or deleted between
+  // pages neither repeat nor skip a row.
+  Statement q(db.db, fmt::format("SELECT {}, rowid FROM files WHERE tenant = ?1 AND (?2 = '' OR purpose = ?2) AND "
+                                 "rowid < ?3 ORDER BY rowid DESC LIMIT ?4",
                                  kFileColumns));
-  q.Bind(1, tenant).Bind(2, purpose).Bind(3, after_ms).Bind(4, after_id).Bind(5, page_size + 1);
+  q.Bind(1, tenant).Bind(2, purpose).Bind(3, after).Bind(4, page_size + 1);
   Page page;
-  int64_t last_ms = 0;
+  int64_t last_rowid = 0;
   while (q.Step()) {
     if (static_cast<int64_t>(page.files.size()) == page_size) {
-      page.next_page_token = EncodeToken(last_ms, page.files.back().id());
+      page.next_page_token = EncodeToken(last_rowid);
       break;
     }
-    last_ms = q.Int(6);
+    last_rowid = q.Int(9);
     page.files.push_back(FromRow(q));
   }
   return page;

@@ -117,7 +117,7 @@ void JobStore::Migrate() {
            id TEXT PRIMARY KEY, tenant TEXT NOT NULL, filename TEXT NOT NULL, purpose TEXT NOT NULL,
            bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, created_ms INTEGER NOT NULL, status TEXT NOT NULL,
            status_details TEXT NOT NULL);
-         CREATE INDEX files_by_tenant ON files (tenant, created_ms, id);
+         CREATE INDEX files_by_tenant ON files (tenant);
          CREATE TABLE job_files (job_id TEXT NOT NULL REFERENCES jobs(id), file_id TEXT NOT NULL,
            PRIMARY KEY (job_id, file_id));
          CREATE INDEX job_files_by_file ON job_files (file_id);)",

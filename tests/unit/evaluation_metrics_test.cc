@@ -32,6 +32,8 @@ TEST(EvaluationMetrics, EveryReportedFigureIsListedForItsTaskAndAcceptedForEarly
       {ModelTask::kCausalLm, {}},
       {ModelTask::kSequenceClassification, {"negative", "positive"}},
       {ModelTask::kTokenClassification, {"O", "B-PER", "I-PER", "B-LOC", "I-LOC"}}};
+  SpecOptions no_file_checks;
+  no_file_checks.check_files = false;
   for (const auto& [task, labels] : tasks) {
     SCOPED_TRACE(ToString(task));
     const nlohmann::json figures = Evaluation(task, labels).Metrics();
@@ -43,10 +45,10 @@ TEST(EvaluationMetrics, EveryReportedFigureIsListedForItsTaskAndAcceptedForEarly
       ASSERT_NE(listed, nullptr) << "'" << name << "' is reported but not listed";
       EXPECT_TRUE(listed->ReportedFor(task)) << "'" << name << "' is reported but not listed for this task";
       if (!listed->Judges()) {
-        EXPECT_THROW(ParseJobSpec(SpecStoppingOn(task, name), "job.yaml", "/", SpecOptions{.check_files = false}), SpecError);
+        EXPECT_THROW(ParseJobSpec(SpecStoppingOn(task, name), "job.yaml", "/", no_file_checks), SpecError);
         continue;
       }
-      const JobSpec spec = ParseJobSpec(SpecStoppingOn(task, name), "job.yaml", "/", SpecOptions{.check_files = false});
+      const JobSpec spec = ParseJobSpec(SpecStoppingOn(task, name), "job.yaml", "/", no_file_checks);
       EXPECT_EQ(spec.training.early_stopping.metric, name);
       EXPECT_EQ(spec.training.early_stopping.Minimizes(), listed->goal == MetricGoal::kLower) << name;
     }

@@ -148,12 +148,12 @@ TEST_F(FileStoreTest, QuotasCountStoredFilesAndUploadsInProgress) {
   Upload("team-a", "d", "d");
   EXPECT_EQ(Refusal([&] { files_->BeginUpload("team-a", Metadata("e", "e")); }), RequestError::Kind::kResourceExhausted)
       << "max_files 3";
-  for (int i = 0; i < 5; ++i) Upload("team-b", "f" + std::to_string(i), std::string(100, 'f'));  // no quota
+  for (int i = 0; i < 5; ++i) Upload("team-b", fmt::format("f{}", i), std::string(100, 'f'));  // no quota
 }
 
 TEST_F(FileStoreTest, ListPagesNewestFirstWithoutRepeatsAndDeleteRemovesTheBytes) {
   std::vector<std::string> ids;
-  for (int i = 0; i < 5; ++i) ids.push_back(Upload("team-b", "f" + std::to_string(i), "x").id());
+  for (int i = 0; i < 5; ++i) ids.push_back(Upload("team-b", fmt::format("f{}", i), "x").id());
   std::vector<std::string> seen;
   std::string token;
   do {
