@@ -114,9 +114,39 @@ JobStore::JobStore(const std::filesystem::path& path) : path_(path) {
   Exec("PRAGMA synchronous=FULL");
   Exec("PRAGMA foreign_keys=ON");
   Migrate();
+  EnsureIndexes();
+  for (int i = 0; i < kReaders; ++i) {
+    sqlite3* reader = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &reader, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+      const std::string message = reader ? sqlite3_errmsg(reader) : "out of memory";
+      sqlite3_close(reader);
+      Fail(ErrorCode::kFailedPrecondition, "{}: cannot open the job database for reading: {}", path.string(), message);
+    }
+    sqlite3_busy_timeout(reader, 5000);
+    idle_readers_.push_back(reader);
+    readers_.push_back(reader);
+  }
 }
 
-JobStore::~JobStore() { sqlite3_close(db_); }
+JobStore::~JobStore() {
+  for (sqlite3* reader : readers_) sqlite3_close(reader);
+  sqlite3_close(db_);
+}
+
+JobStore::ReadLease::ReadLease(JobStore& store) : store_(store) {
+  std::unique_lock<std::mutex> lock(store_.readers_mutex_);
+  store_.reader_returned_.wait(lock, [&] { return !store_.idle_readers_.empty(); });
+  db_ = store_.idle_readers_.back();
+  store_.idle_readers_.pop_back();
+}
+
+JobStore::ReadLease::~ReadLease() {
+  {
+    std::lock_guard<std::mutex> lock(store_.readers_mutex_);
+    store_.idle_readers_.push_back(db_);
+  }
+  store_.reader_returned_.notify_one();
+}
 
 void JobStore::Exec(const std::string& sql) {
   char* error = nullptr;
@@ -168,6 +198,16 @@ void JobStore::Migrate() {
   }
 }
 
+void JobStore::EnsureIndexes() {
+  // Indexes change no row and every version reads a file that has them, so they are made at
+  // open (no schema version): List pages by (created_ms, id) for every tenant (admins), and the
+  // scheduler and the validator read the unfinished jobs by status, which stay few among many
+  // finished ones.
+  Exec("CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_ms, id)");
+  Exec("CREATE INDEX IF NOT EXISTS jobs_by_tenant_created ON jobs (tenant, created_ms, id)");
+  Exec("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_ms)");
+}
+
 void JobStore::Insert(const JobRecord& r) {
   std::lock_guard<std::mutex> lock(mutex_);
   json labels = json::object();
@@ -190,48 +230,67 @@ void JobStore::Update(const JobRecord& r) {
 }
 
 std::optional<JobRecord> JobStore::Get(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_, fmt::format("SELECT {} FROM jobs WHERE id = ?", kJobColumns));
+  ReadLease lease(*this);
+  Statement q(lease.db(), fmt::format("SELECT {} FROM jobs WHERE id = ?", kJobColumns));
   q.Bind(1, id);
   if (!q.Step()) return std::nullopt;
   return FromRow(q.Blob(0), q.Text(1));
 }
 
 std::optional<JobRecord> JobStore::FindByIdempotencyKey(const std::string& tenant, const std::string& key) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_, fmt::format("SELECT {} FROM jobs WHERE tenant = ? AND idempotency_key = ?", kJobColumns));
+  ReadLease lease(*this);
+  Statement q(lease.db(), fmt::format("SELECT {} FROM jobs WHERE tenant = ? AND idempotency_key = ?", kJobColumns));
   q.Bind(1, tenant).Bind(2, key);
   if (!q.Step()) return std::nullopt;
   return FromRow(q.Blob(0), q.Text(1));
 }
 
 std::vector<JobRecord> JobStore::List(const JobFilter& f) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  ReadLease lease(*this);
   std::string sql = fmt::format("SELECT {}, labels FROM jobs WHERE 1 = 1", kJobColumns);
   if (!f.tenant.empty()) sql += " AND tenant = ?1";
   if (f.status != v1::JOB_STATUS_UNSPECIFIED) sql += " AND status = ?2";
   if (!f.name.empty()) sql += " AND name = ?3";
+  if (f.after) sql += " AND (created_ms < ?4 OR (created_ms = ?4 AND id < ?5))";
   sql += " ORDER BY created_ms DESC, id DESC";
-  Statement q(db_, sql);
+  Statement q(lease.db(), sql);
   q.Bind(1, f.tenant).Bind(2, int64_t{f.status}).Bind(3, f.name);
+  if (f.after) q.Bind(4, f.after->created_ms).Bind(5, f.after->id);
   std::vector<JobRecord> result;
-  int64_t skipped = 0;
-  while (q.Step() && static_cast<int64_t>(result.size()) < f.limit) {
-    const json labels = json::parse(q.Text(2));
-    bool match = true;
-    for (const auto& [k, v] : f.labels) match = match && labels.contains(k) && labels[k] == v;
-    if (!match) continue;
-    if (skipped++ < f.offset) continue;
+  while (static_cast<int64_t>(result.size()) < f.limit && q.Step()) {
+    if (!f.labels.empty()) {
+      const json labels = json::parse(q.Text(2));
+      bool match = true;
+      for (const auto& [k, v] : f.labels) match = match && labels.contains(k) && labels[k] == v;
+      if (!match) continue;
+    }
     result.push_back(FromRow(q.Blob(0), q.Text(1)));
   }
   return result;
 }
 
+std::optional<JobRecord> JobStore::Oldest(JobStatus status) {
+  ReadLease lease(*this);
+  Statement q(lease.db(),
+              fmt::format("SELECT {} FROM jobs WHERE status = ? ORDER BY created_ms, id LIMIT 1", kJobColumns));
+  q.Bind(1, int64_t{status});
+  if (!q.Step()) return std::nullopt;
+  return FromRow(q.Blob(0), q.Text(1));
+}
+
+int64_t JobStore::MaxCreatedMs() {
+  ReadLease lease(*this);
+  Statement q(lease.db(), "SELECT COALESCE(MAX(created_ms), 0) FROM jobs");
+  return q.Step() ? q.Int(0) : 0;
+}
+
 std::vector<JobRecord> JobStore::Unfinished() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_,
-              fmt::format("SELECT {} FROM jobs WHERE status NOT IN (?, ?, ?) ORDER BY created_ms, id", kJobColumns));
-  q.Bind(1, int64_t{v1::SUCCEEDED}).Bind(2, int64_t{v1::FAILED}).Bind(3, int64_t{v1::CANCELLED});
+  ReadLease lease(*this);
+  Statement q(lease.db(),
+              fmt::format("SELECT {} FROM jobs WHERE status IN (?, ?, ?, ?) ORDER BY created_ms, id", kJobColumns));
+  // Named by what is unfinished (jobs_by_status finds those few among many finished jobs).
+  q.Bind(1, int64_t{v1::VALIDATING}).Bind(2, int64_t{v1::QUEUED}).Bind(3, int64_t{v1::RUNNING});
+  q.Bind(4, int64_t{v1::PAUSED});
   std::vector<JobRecord> result;
   while (q.Step()) result.push_back(FromRow(q.Blob(0), q.Text(1)));
   return result;
@@ -252,8 +311,8 @@ int64_t JobStore::AddEvent(const v1::Job& job, const std::string& kind, const st
 }
 
 std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t after_seq, int64_t limit) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_,
+  ReadLease lease(*this);
+  Statement q(lease.db(),
               "SELECT seq, time_ms, kind, message, job FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?");
   q.Bind(1, job_id).Bind(2, after_seq).Bind(3, limit);
   std::vector<v1::JobEvent> events;
@@ -278,8 +337,8 @@ void JobStore::AddCheckpoint(const std::string& job_id, int64_t step, const std:
 }
 
 std::vector<v1::Checkpoint> JobStore::Checkpoints(const std::string& job_id) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_, "SELECT step, path, time_ms FROM checkpoints WHERE job_id = ? ORDER BY step");
+  ReadLease lease(*this);
+  Statement q(lease.db(), "SELECT step, path, time_ms FROM checkpoints WHERE job_id = ? ORDER BY step");
   q.Bind(1, job_id);
   std::vector<v1::Checkpoint> result;
   while (q.Step()) {
