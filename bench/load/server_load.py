@@ -84,8 +84,10 @@ def client_process(stub_dir, server, work, indexes, n_clients, n_watchers, deadl
     stub = pb_grpc.JobServiceStub(channel)
     auth = [("authorization", f"Bearer {API_KEY}")]
     lock = threading.Lock()
-    out = {"create_ms": [], "get_ms": [], "acked": {}, "retries": 0, "errors": [], "events": 0, "streams": 0}
+    out = {"create_ms": [], "get_ms": [], "acked": {}, "retries": 0, "errors": [], "events": 0, "streams": 0,
+           "stream_errors": 0}
     known_ids = []
+    calls = {}  # each watcher's current stream
 
     def create(index):
         request = pb.CreateJobRequest(spec_yaml=spec_yaml(work, index), idempotency_key=f"load-{index}")
@@ -148,13 +150,18 @@ def client_process(stub_dir, server, work, indexes, n_clients, n_watchers, deadl
             call = stub.WatchJob(pb.WatchJobRequest(id=job_id), metadata=auth)
             with lock:
                 out["streams"] += 1
-            stopper = threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True)
-            stopper.start()
+                calls[seed] = call  # cancelled at the end
             try:
                 for _ in call:
                     with lock:
                         out["events"] += 1
-            except grpc.RpcError:
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE:
+                    with lock:
+                        out["errors"].append(f"WatchJob {job_id}: {e.code()}: {e.details()}")
+                    return
+                with lock:
+                    out["stream_errors"] += 1
                 time.sleep(0.2)  # the server restarting, or stopped by us: watch again
 
     shares = [indexes[i::n_clients] for i in range(n_clients)]
@@ -165,6 +172,10 @@ def client_process(stub_dir, server, work, indexes, n_clients, n_watchers, deadl
     for t in threads:
         t.join()
     stop.wait(max(0.0, deadline - time.time()))
+    stop.set()
+    with lock:
+        for call in calls.values():
+            call.cancel()
     for t in watchers:
         t.join(timeout=5)
     results.put(out)
@@ -342,7 +353,7 @@ def main():
     for p in procs:
         p.join(timeout=30)
     merged = {k: [] for k in ("create_ms", "get_ms", "errors")}
-    acked, retries, events, streams = {}, 0, 0, 0
+    acked, retries, events, streams, stream_errors = {}, 0, 0, 0, 0
     for o in outs:
         for k in merged:
             merged[k] += o[k]
@@ -350,6 +361,7 @@ def main():
         retries += o["retries"]
         events += o["events"]
         streams += o["streams"]
+        stream_errors += o["stream_errors"]
     problems += merged["errors"]
 
     # Every acknowledged job exists exactly once; its key returns it again.
@@ -400,6 +412,7 @@ def main():
         "get_ms": {"n": len(merged["get_ms"]), "p50": percentile(merged["get_ms"], 0.5),
                    "p99": percentile(merged["get_ms"], 0.99)},
         "list_passes": passes, "watch_streams": streams, "watch_events": events,
+        "watch_streams_broken": stream_errors,
         "rss_mib": {"start": rss[0] if rss else None, "peak": max(rss) if rss else None,
                     "end": rss[-1] if rss else None,
                     "every_10s": [round(m, 1) for t, m in server.rss_samples[::20]]},

@@ -65,6 +65,7 @@ expect_eq "the silent attempt was retried" "$(field "$id" attempt)" "2"
 detected=$(($(date +%s) - ${stopped_at:-0}))
 [ "$detected" -le 12 ] && pass "within heartbeat_timeout_s and a tick ($detected s)" || fail "retried only after $detected s"
 events=$("$bin/shardtune" events "$id")
+grep -F "no heartbeat" <<< "$events"
 expect_contains "the error names the code and why" "$events" "TIMEOUT: no heartbeat from rank 0 for"
 expect_contains "the retry says so" "$events" "attempt 1 failed (no heartbeat from rank 0"
 [ -d "/proc/$victim" ] && fail "the stopped rank 0 (pid $victim) still exists" || pass "the stopped rank 0 was killed"
@@ -92,6 +93,7 @@ expect_contains "the server answers while the job runs out of space" "$("$bin/sh
 wait_status "$id" FAILED 120 && pass "the job failed (its retry too: the disk is still full)" ||
   fail "the job is $(field "$id" status)"
 message=$("$bin/shardtune" get "$id" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["error"]["message"])')
+echo "the job's error: $message"
 expect_contains "its error says no space" "$message" "no space left on the device"
 expect_contains "and names the file" "$message" "$out_fs/run/checkpoints/step-400.tmp/rank-00000.safetensors"
 expect_eq "checkpoint step-200 is intact" "$(cat "$out_fs"/run/checkpoints/step-200/* | sha256sum)" "$sum_before"
