@@ -93,6 +93,7 @@ JobManager::JobManager(ServerConfig config, std::string server_address)
       store_(std::make_unique<JobStore>(config_.database)) {
   for (const ApiKey& key : config_.api_keys) store_->PutApiKey(key.sha256, key.tenant, key.role);
   last_created_ms_ = store_->MaxCreatedMs();
+  for (const JobRecord& r : store_->Unfinished()) output_dirs_in_use_[r.job.output_dir()] = r.job.id();
   fs::create_directories(config_.data_dir);
 }
 
@@ -213,7 +214,12 @@ void JobManager::WaitForEvent(const std::string& job_id, int64_t after_seq, int 
 void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string& message) {
   r.job.set_status(status);
   if (status == v1::RUNNING && r.job.started_ms() == 0) r.job.set_started_ms(NowMs());
-  if (IsTerminal(status)) r.job.set_finished_ms(NowMs());
+  if (IsTerminal(status)) {
+    r.job.set_finished_ms(NowMs());
+    if (const auto user = output_dirs_in_use_.find(r.job.output_dir());
+        user != output_dirs_in_use_.end() && user->second == r.job.id())
+      output_dirs_in_use_.erase(user);
+  }
   store_->Update(r);
   Event(r, "status", fmt::format("{}: {}", v1::JobStatus_Name(status), message));
   spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), v1::JobStatus_Name(status), message);
@@ -272,11 +278,9 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   if (const auto problem = FinishedRunProblem(spec.output.dir)) {
     throw RequestError(RequestError::Kind::kFailedPrecondition, *problem);
   }
-  for (const JobRecord& other : store_->Unfinished()) {
-    if (other.job.output_dir() == spec.output.dir) {
-      throw RequestError(RequestError::Kind::kFailedPrecondition,
-                         fmt::format("output.dir {} is in use by job {}", spec.output.dir, other.job.id()));
-    }
+  if (const auto user = output_dirs_in_use_.find(spec.output.dir); user != output_dirs_in_use_.end()) {
+    throw RequestError(RequestError::Kind::kFailedPrecondition,
+                       fmt::format("output.dir {} is in use by job {}", spec.output.dir, user->second));
   }
   JobRecord r;
   r.job.set_id(NewJobId());
@@ -297,6 +301,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   r.idempotency_key = request.idempotency_key();
   r.requested_ranks = ranks;
   store_->Insert(r);
+  output_dirs_in_use_[r.job.output_dir()] = r.job.id();
   Event(r, "status", "VALIDATING: accepted; checking its data");
   validation_.notify_one();
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);

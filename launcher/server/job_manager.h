@@ -184,6 +184,9 @@ class JobManager {
   std::map<std::string, int64_t> submitting_;
   int64_t submissions_ = 0;
   int64_t last_created_ms_ = 0;  // of the newest job (guarded by mutex_)
+  // The output.dir of every unfinished job, and its id (guarded by mutex_; kept by Create and
+  // SetStatus): admission asks this, not the store (a scan of every queued job per CreateJob).
+  std::map<std::string, std::string> output_dirs_in_use_;
   // The latest heartbeat of each running attempt, by job id: in memory only (after a restart the
   // clock starts again).
   struct HeartbeatClock {
