@@ -160,8 +160,9 @@ def client_process(stub_dir, server, work, indexes, n_clients, n_watchers, deadl
                     with lock:
                         out["errors"].append(f"WatchJob {job_id}: {e.code()}: {e.details()}")
                     return
-                with lock:
-                    out["stream_errors"] += 1
+                if not stop.is_set():  # not the cancel at the end
+                    with lock:
+                        out["stream_errors"] += 1
                 time.sleep(0.2)  # the server restarting, or stopped by us: watch again
 
     shares = [indexes[i::n_clients] for i in range(n_clients)]
@@ -186,6 +187,7 @@ def client_process(stub_dir, server, work, indexes, n_clients, n_watchers, deadl
 class Server:
     def __init__(self, bin_dir, work, port):
         self.bin_dir, self.work, self.port = bin_dir, work, port
+        self.address = f"127.0.0.1:{port}"
         self.config = f"{work}/server.yaml"
         self.database = f"{work}/state/jobs.db"
         with open(self.config, "w") as f:
@@ -282,7 +284,7 @@ def check_pass(ids, previous, problems):
     return seen
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bin", required=True)
     parser.add_argument("--src", required=True)
@@ -294,52 +296,39 @@ def main():
     parser.add_argument("--time-limit", type=float, default=600)
     parser.add_argument("--json-out")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = parser.parse_args()
-    started = time.time()
-    deadline = started + args.time_limit
-    work = tempfile.mkdtemp(prefix="shardtune-load-")
-    stub_dir = f"{work}/stubs"
-    os.makedirs(stub_dir)
-    generate_stubs(args.src, stub_dir)
-    grpc, pb, pb_grpc = import_stubs(stub_dir)
+    return parser.parse_args()
 
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
-    os.environ.update(env)
+
+def make_fixtures(args, work):
+    """The tiny model and its data (shared by every job)."""
+    os.environ.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
     subprocess.run([f"{args.bin}/shardtune", "init-model", "--config", f"{args.src}/examples/tiny-llama/config.json",
                     "--out", f"{work}/base", "--seed", "1", "--log-level", "warn"], check=True)
     with open(f"{work}/train.jsonl", "w") as f:
         for n in range(8):
             f.write(json.dumps({"input_ids": [1] + [3 + (n + i) % 61 for i in range(8)]}) + "\n")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = Server(args.bin, work, port)
-    server.start()
-    address = f"127.0.0.1:{port}"
-    problems = []
+
+def run_load(args, stub_dir, work, server, stub, pb, deadline, problems):
+    """The clients in their processes, and ListJobs paged here meanwhile (with the kill, if asked);
+    returns the clients' merged results, the pager's last pass and its pass count."""
     ctx = mp.get_context("spawn")  # no gRPC state crosses a fork
     acked_count, stop, results = ctx.Value("i", 0), ctx.Event(), ctx.Queue()
-    load_started = time.time()
     procs = []
     for p in range(args.processes):
         indexes = list(range(args.jobs))[p::args.processes]
         procs.append(ctx.Process(target=client_process, args=(
-            stub_dir, address, work, indexes, max(1, args.clients // args.processes),
+            stub_dir, server.address, work, indexes, max(1, args.clients // args.processes),
             max(1, args.watchers // args.processes), deadline, acked_count, stop, results)))
     for p in procs:
         p.start()
-
-    # Page through ListJobs while the clients create; kill and restart the server on the way.
-    channel = grpc.insecure_channel(address)
-    stub = pb_grpc.JobServiceStub(channel)
     auth = [("authorization", f"Bearer {API_KEY}")]
-    previous, passes, killed_at = set(), 0, None
+    previous, passes, killed = set(), 0, False
     while time.time() < deadline and acked_count.value < args.jobs and any(p.is_alive() for p in procs):
-        if args.kill_at and killed_at is None and acked_count.value >= args.kill_at * args.jobs:
-            killed_at = acked_count.value
+        if args.kill_at and not killed and acked_count.value >= args.kill_at * args.jobs:
+            killed = True
             server.kill9()
-            print(f"killed the server (SIGKILL) after {killed_at} jobs were acknowledged", flush=True)
+            print(f"killed the server (SIGKILL) after {acked_count.value} jobs were acknowledged", flush=True)
             time.sleep(0.5)
             server.start()
             print("restarted it on the same database", flush=True)
@@ -347,50 +336,48 @@ def main():
         if ids is not None:
             previous = check_pass(ids, previous, problems)
             passes += 1
-    load_seconds = time.time() - load_started
     stop.set()
     outs = [results.get(timeout=max(60, deadline - time.time() + 60)) for _ in procs]
     for p in procs:
         p.join(timeout=30)
-    merged = {k: [] for k in ("create_ms", "get_ms", "errors")}
-    acked, retries, events, streams, stream_errors = {}, 0, 0, 0, 0
+    merged = {"create_ms": [], "get_ms": [], "errors": [], "acked": {}}
+    counts = dict.fromkeys(("retries", "events", "streams", "stream_errors"), 0)
     for o in outs:
-        for k in merged:
+        for k in ("create_ms", "get_ms", "errors"):
             merged[k] += o[k]
-        acked.update(o["acked"])
-        retries += o["retries"]
-        events += o["events"]
-        streams += o["streams"]
-        stream_errors += o["stream_errors"]
+        merged["acked"].update(o["acked"])
+        for k in counts:
+            counts[k] += o[k]
+    merged.update(counts)
     problems += merged["errors"]
+    return merged, previous, passes
 
-    # Every acknowledged job exists exactly once; its key returns it again.
+
+def verify(work, server, stub, pb, grpc, acked, previous, problems):
+    """Every acknowledged job exists exactly once and its key returns it again; then what is left
+    is cancelled, the server stopped and its database checked. Returns how many keys returned the
+    same job, and what PRAGMA integrity_check said."""
+    auth = [("authorization", f"Bearer {API_KEY}")]
     ids = list_pass(stub, pb, auth, page_size=500)
     final = check_pass(ids or [], previous, problems)
-    listed = [job_id for _, job_id in ids or []]
-    if len(listed) != len(set(listed)):
-        problems.append("the final ListJobs pass repeats rows")
     if set(acked.values()) != final:
-        problems.append(f"acknowledged {len(acked)} jobs, ListJobs lists {len(final)}: "
-                        f"missing {sorted(set(acked.values()) - final)[:3]}, extra {sorted(final - set(acked.values()))[:3]}")
+        problems.append(f"acknowledged {len(acked)} jobs, ListJobs lists {len(final)}: missing "
+                        f"{sorted(set(acked.values()) - final)[:3]}, extra {sorted(final - set(acked.values()))[:3]}")
     same = 0
     for key, job_id in acked.items():
-        spec = spec_yaml(work, int(key.split("-")[1]))
+        request = pb.CreateJobRequest(spec_yaml=spec_yaml(work, int(key.split("-")[1])), idempotency_key=key)
         try:
-            again = stub.CreateJob(pb.CreateJobRequest(spec_yaml=spec, idempotency_key=key), metadata=auth, timeout=30)
+            again = stub.CreateJob(request, metadata=auth, timeout=30)
             same += again.id == job_id
             if again.id != job_id:
                 problems.append(f"CreateJob retried with key {key} returned {again.id}, first {job_id}")
         except grpc.RpcError as e:
             problems.append(f"CreateJob retried with key {key}: {e.code()}: {e.details()}")
-
-    # What is left is cancelled; then the database itself is checked.
     for job_id in final:
         try:
             stub.CancelJob(pb.JobRef(id=job_id), metadata=auth, timeout=30)
         except grpc.RpcError:
             pass  # it has ended
-    channel.close()
     server.stop()
     server.kill_job_processes()
     db = sqlite3.connect(server.database)
@@ -401,32 +388,58 @@ def main():
         problems.append(f"PRAGMA integrity_check: {integrity}")
     if rows != len(acked) or keys != len(acked):
         problems.append(f"the database holds {rows} jobs with {keys} keys; {len(acked)} were acknowledged")
+    return same, integrity
 
+
+def latency(values):
+    return {"n": len(values), "p50": round(percentile(values, 0.5) or 0, 2), "p99": round(percentile(values, 0.99) or 0, 2)}
+
+
+def main():
+    args = parse_args()
+    started = time.time()
+    deadline = started + args.time_limit
+    work = tempfile.mkdtemp(prefix="shardtune-load-")
+    stub_dir = f"{work}/stubs"
+    os.makedirs(stub_dir)
+    generate_stubs(args.src, stub_dir)
+    grpc, pb, pb_grpc = import_stubs(stub_dir)
+    make_fixtures(args, work)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Server(args.bin, work, port)
+    server.start()
+    channel = grpc.insecure_channel(server.address)
+    stub = pb_grpc.JobServiceStub(channel)
+    problems = []
+    load_started = time.time()
+    merged, previous, passes = run_load(args, stub_dir, work, server, stub, pb, deadline, problems)
+    load_seconds = time.time() - load_started
+    same, integrity = verify(work, server, stub, pb, grpc, merged["acked"], previous, problems)
+    channel.close()
     rss = [mib for _, mib in server.rss_samples]
     report = {
         "jobs": args.jobs, "clients": args.clients, "watchers": args.watchers, "kill_at": args.kill_at,
-        "acknowledged": len(acked), "retries": retries, "same_job_on_retry": same,
+        "acknowledged": len(merged["acked"]), "retries": merged["retries"], "same_job_on_retry": same,
         "load_seconds": round(load_seconds, 1), "creates_per_s": round(len(merged["create_ms"]) / load_seconds, 1),
-        "create_ms": {"n": len(merged["create_ms"]), "p50": percentile(merged["create_ms"], 0.5),
-                      "p99": percentile(merged["create_ms"], 0.99)},
-        "get_ms": {"n": len(merged["get_ms"]), "p50": percentile(merged["get_ms"], 0.5),
-                   "p99": percentile(merged["get_ms"], 0.99)},
-        "list_passes": passes, "watch_streams": streams, "watch_events": events,
-        "watch_streams_broken": stream_errors,
-        "rss_mib": {"start": rss[0] if rss else None, "peak": max(rss) if rss else None,
-                    "end": rss[-1] if rss else None,
-                    "every_10s": [round(m, 1) for t, m in server.rss_samples[::20]]},
+        "create_ms": latency(merged["create_ms"]), "get_ms": latency(merged["get_ms"]),
+        "list_passes": passes, "watch_streams": merged["streams"], "watch_events": merged["events"],
+        "watch_streams_broken": merged["stream_errors"],
+        "rss_mib": {"start": round(rss[0], 1) if rss else None, "peak": round(max(rss), 1) if rss else None,
+                    "end": round(rss[-1], 1) if rss else None,
+                    "every_10s": [round(m, 1) for _, m in server.rss_samples[::20]]},
         "integrity_check": integrity, "problems": problems[:20],
     }
-    text = json.dumps(report, indent=2, default=lambda x: round(x, 2))
+    text = json.dumps(report, indent=2)
     print(text)
     if args.json_out:
         with open(args.json_out, "w") as f:
             f.write(text + "\n")
-    if not args.keep:
-        subprocess.run(["rm", "-rf", work])
-    else:
+    if args.keep:
         print(f"work directory kept: {work}")
+    else:
+        subprocess.run(["rm", "-rf", work])
     print("FAILED" if problems else "ok", f"({time.time() - started:.0f} s)")
     return 1 if problems else 0
 
