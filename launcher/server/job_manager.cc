@@ -201,6 +201,10 @@ void JobManager::ValidateLoop() {
 
 void JobManager::Event(const JobRecord& r, const std::string& kind, const std::string& message) {
   store_->AddEvent(r.job, kind, message);
+  NotifyEvents();
+}
+
+void JobManager::NotifyEvents() {
   std::lock_guard<std::mutex> lock(events_mutex_);
   events_.notify_all();
 }
@@ -220,8 +224,8 @@ void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string
         user != output_dirs_in_use_.end() && user->second == r.job.id())
       output_dirs_in_use_.erase(user);
   }
-  store_->Update(r);
-  Event(r, "status", fmt::format("{}: {}", v1::JobStatus_Name(status), message));
+  store_->Update(r, "status", fmt::format("{}: {}", v1::JobStatus_Name(status), message));
+  NotifyEvents();
   spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), v1::JobStatus_Name(status), message);
 }
 
@@ -300,9 +304,9 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   r.job.mutable_error()->set_rank(-1);
   r.idempotency_key = request.idempotency_key();
   r.requested_ranks = ranks;
-  store_->Insert(r);
+  store_->Insert(r, "status", "VALIDATING: accepted; checking its data");
   output_dirs_in_use_[r.job.output_dir()] = r.job.id();
-  Event(r, "status", "VALIDATING: accepted; checking its data");
+  NotifyEvents();
   validation_.notify_one();
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);
   return r.job;

@@ -153,6 +153,7 @@ class JobManager {
   void Settle(JobRecord& record, int exit_code);
   void SetStatus(JobRecord& record, v1::JobStatus status, const std::string& message);
   void Event(const JobRecord& record, const std::string& kind, const std::string& message);
+  void NotifyEvents();  // wakes WatchJob streams after an event was stored
   void Signal(const JobRecord& record, int signal);
   bool GracePeriodOver(const JobRecord& record) const;  // SIGTERM sent longer than cancel_grace_s ago
   // The slots held by running attempts and sbatch calls in flight: in all, and per tenant (slots, jobs).

@@ -208,8 +208,7 @@ void JobStore::EnsureIndexes() {
   Exec("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_ms)");
 }
 
-void JobStore::Insert(const JobRecord& r) {
-  std::lock_guard<std::mutex> lock(mutex_);
+void JobStore::InsertRow(const JobRecord& r) {
   json labels = json::object();
   for (const auto& [k, v] : r.job.labels()) labels[k] = v;
   Statement q(db_,
@@ -221,12 +220,62 @@ void JobStore::Insert(const JobRecord& r) {
   q.Step();
 }
 
-void JobStore::Update(const JobRecord& r) {
-  std::lock_guard<std::mutex> lock(mutex_);
+void JobStore::UpdateRow(const JobRecord& r) {
   Statement q(db_, "UPDATE jobs SET status = ?, job = ?, server = ? WHERE id = ?");
   q.Bind(1, int64_t{r.job.status()}).BindBlob(2, r.job.SerializeAsString()).Bind(3, ServerFields(r).dump());
   q.Bind(4, r.job.id());
   q.Step();
+}
+
+int64_t JobStore::AppendEvent(const v1::Job& job, const std::string& kind, const std::string& message) {
+  int64_t seq = 1;
+  {
+    Statement q(db_, "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?");
+    q.Bind(1, job.id());
+    if (q.Step()) seq = q.Int(0);
+  }
+  Statement q(db_, "INSERT INTO events (job_id, seq, time_ms, kind, message, job) VALUES (?, ?, ?, ?, ?, ?)");
+  q.Bind(1, job.id()).Bind(2, seq).Bind(3, NowMs()).Bind(4, kind).Bind(5, message).BindBlob(6, job.SerializeAsString());
+  q.Step();
+  return seq;
+}
+
+template <typename F>
+void JobStore::InTransaction(F&& body) {
+  Exec("BEGIN IMMEDIATE");
+  try {
+    body();
+    Exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+void JobStore::Insert(const JobRecord& r) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  InsertRow(r);
+}
+
+void JobStore::Insert(const JobRecord& r, const std::string& kind, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  InTransaction([&] {
+    InsertRow(r);
+    AppendEvent(r.job, kind, message);
+  });
+}
+
+void JobStore::Update(const JobRecord& r) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  UpdateRow(r);
+}
+
+void JobStore::Update(const JobRecord& r, const std::string& kind, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  InTransaction([&] {
+    UpdateRow(r);
+    AppendEvent(r.job, kind, message);
+  });
 }
 
 std::optional<JobRecord> JobStore::Get(const std::string& id) {
@@ -298,16 +347,7 @@ std::vector<JobRecord> JobStore::Unfinished() {
 
 int64_t JobStore::AddEvent(const v1::Job& job, const std::string& kind, const std::string& message) {
   std::lock_guard<std::mutex> lock(mutex_);
-  int64_t seq = 1;
-  {
-    Statement q(db_, "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?");
-    q.Bind(1, job.id());
-    if (q.Step()) seq = q.Int(0);
-  }
-  Statement q(db_, "INSERT INTO events (job_id, seq, time_ms, kind, message, job) VALUES (?, ?, ?, ?, ?, ?)");
-  q.Bind(1, job.id()).Bind(2, seq).Bind(3, NowMs()).Bind(4, kind).Bind(5, message).BindBlob(6, job.SerializeAsString());
-  q.Step();
-  return seq;
+  return AppendEvent(job, kind, message);
 }
 
 std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t after_seq, int64_t limit) {

@@ -72,6 +72,9 @@ class JobStore {
 
   void Insert(const JobRecord& record);
   void Update(const JobRecord& record);
+  // The same, with the job's event (as AddEvent) in one transaction: one commit, one fsync.
+  void Insert(const JobRecord& record, const std::string& event_kind, const std::string& event_message);
+  void Update(const JobRecord& record, const std::string& event_kind, const std::string& event_message);
   std::optional<JobRecord> Get(const std::string& id);
   std::optional<JobRecord> FindByIdempotencyKey(const std::string& tenant, const std::string& key);
   std::vector<JobRecord> List(const JobFilter& filter);  // newest first (created_ms, then id, descending)
@@ -90,6 +93,12 @@ class JobStore {
 
  private:
   void Exec(const std::string& sql);
+  // Unlocked: the caller holds mutex_.
+  void InsertRow(const JobRecord& record);
+  void UpdateRow(const JobRecord& record);
+  int64_t AppendEvent(const v1::Job& job, const std::string& kind, const std::string& message);
+  template <typename F>
+  void InTransaction(F&& body);
   void Migrate();
   void EnsureIndexes();
 
