@@ -1,8 +1,10 @@
 #include "common/atomic_file.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -18,6 +20,19 @@ namespace {
 std::string UniqueSuffix() {
   std::random_device device;
   return fmt::format(".tmp-{}-{:08x}", ::getpid(), device());
+}
+
+// A failed write or fsync of `path` (through its temporary `temp`). A full file system (or an
+// exhausted quota) is said in words that name the file meant, not only its temporary name: the
+// writer removes the temporary, so `path` keeps what it held (a previous checkpoint stays whole).
+[[noreturn]] void FailWrite(const char* call, const fs::path& path, const fs::path& temp) {
+  const int err = errno;
+  if (err == ENOSPC || err == EDQUOT) {
+    Fail(ErrorCode::kIo, "{}: no space left on the device ({} of {} failed: {}); nothing was written there",
+         path.string(), call, temp.filename().string(), std::strerror(err));
+  }
+  errno = err;
+  FailErrno(call, temp.string());
 }
 
 }  // namespace
@@ -41,14 +56,14 @@ void AtomicFileWriter::Write(const void* data, size_t size) {
   while (size > 0) {
     const ssize_t written = ::write(fd_, bytes, size);
     if (written < 0 && errno == EINTR) continue;
-    ST_SYSCALL_CHECK(written, temp_path_.string());
+    if (written < 0) FailWrite("write", path_, temp_path_);
     bytes += written;
     size -= static_cast<size_t>(written);
   }
 }
 
 void AtomicFileWriter::Commit() {
-  ST_SYSCALL_CHECK(::fsync(fd_), temp_path_.string());
+  if (::fsync(fd_) != 0) FailWrite("fsync", path_, temp_path_);  // NFS and some others report ENOSPC only here
   const int fd = fd_;
   fd_ = -1;  // closed below whatever close() says: never twice
   if (::close(fd) != 0) {

@@ -25,9 +25,17 @@ inline constexpr std::string_view kEnvJobToken = "SHARDTUNE_JOB_TOKEN";
 // The attempt number (1, 2, ...): the server ignores reports of an attempt other than the current one.
 inline constexpr std::string_view kEnvJobAttempt = "SHARDTUNE_JOB_ATTEMPT";
 
+// Seconds between rank 0's heartbeats (WorkerService.Heartbeat), sent from a thread of their own
+// from before the spec is read until the attempt ends; "0" or unset: none. The server sets it to
+// a quarter of its heartbeat_timeout_s, so that a few lost heartbeats do not kill a live attempt.
+inline constexpr std::string_view kEnvHeartbeatInterval = "SHARDTUNE_HEARTBEAT_INTERVAL_S";
+
 // Every variable above: what a launcher must pass on to each rank.
-inline constexpr std::array<std::string_view, 4> kJobEnvironment = {kEnvServer, kEnvJobId, kEnvJobToken,
-                                                                    kEnvJobAttempt};
+inline constexpr std::array<std::string_view, 5> kJobEnvironment = {kEnvServer, kEnvJobId, kEnvJobToken, kEnvJobAttempt,
+                                                                    kEnvHeartbeatInterval};
+
+// The interval the server asks for, given its heartbeat_timeout_s (0: heartbeats off).
+inline double HeartbeatIntervalFor(double heartbeat_timeout_s) { return heartbeat_timeout_s / 4; }
 
 // The storage sandbox (common/storage_roots.h): the directories the job's tenant was granted,
 // realpaths joined by ':', which every path of the spec must still lie in when the worker opens
@@ -40,8 +48,10 @@ inline constexpr std::array<std::string_view, 3> kStorageEnvironment = {kEnvWrit
 
 // One attempt's values of those variables, by name (the launcher sets them from this table).
 inline std::map<std::string, std::string> JobEnvironmentValues(const std::string& server, const std::string& job_id,
-                                                               const std::string& token, int attempt) {
-  const std::array<std::string, 4> values = {server, job_id, token, std::to_string(attempt)};
+                                                               const std::string& token, int attempt,
+                                                               double heartbeat_interval_s = 0) {
+  const std::array<std::string, 5> values = {server, job_id, token, std::to_string(attempt),
+                                             std::to_string(heartbeat_interval_s)};
   std::map<std::string, std::string> environment;
   for (size_t i = 0; i < kJobEnvironment.size(); ++i) environment[std::string(kJobEnvironment[i])] = values[i];
   return environment;

@@ -3,7 +3,11 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
 #include <string_view>
 #include <thread>
 
@@ -33,6 +37,46 @@ struct ServerReporter::Impl {
   std::string job_id, token;
   int attempt = 0;
   bool warned = false;
+  // The heartbeat thread: sends one every `heartbeat_interval` until `stopping`.
+  std::thread heartbeat;
+  std::mutex heartbeat_mutex;
+  std::condition_variable heartbeat_wake;
+  bool stopping = false;
+
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(heartbeat_mutex);
+      stopping = true;
+    }
+    heartbeat_wake.notify_all();
+    if (heartbeat.joinable()) heartbeat.join();
+  }
+
+  void StartHeartbeats(std::chrono::milliseconds interval) {
+    heartbeat = std::thread([this, interval] {
+      // Its own warning flag (`warned` belongs to the training thread); a deadline of the
+      // interval, so that a server that does not answer delays no later heartbeat.
+      bool heartbeat_warned = false;
+      v1::HeartbeatReport report;
+      report.set_job_id(job_id);
+      report.set_attempt(attempt);
+      std::unique_lock<std::mutex> lock(heartbeat_mutex);
+      while (!stopping) {
+        lock.unlock();
+        grpc::ClientContext context;
+        context.AddMetadata("authorization", "Bearer " + token);
+        context.set_deadline(std::chrono::system_clock::now() + std::max(interval, std::chrono::milliseconds(1000)));
+        v1::WorkerReply reply;
+        const grpc::Status status = stub->Heartbeat(&context, report, &reply);
+        if (!status.ok() && !heartbeat_warned) {
+          heartbeat_warned = true;
+          spdlog::warn("cannot send a heartbeat to the server: {} (training goes on)", status.error_message());
+        }
+        lock.lock();
+        heartbeat_wake.wait_for(lock, interval, [&] { return stopping; });
+      }
+    });
+  }
 
   std::unique_ptr<grpc::ClientContext> Context() {
     auto context = std::make_unique<grpc::ClientContext>();
@@ -77,6 +121,8 @@ std::unique_ptr<ServerReporter> ServerReporter::FromEnvironment() {
   impl->job_id = Environment(contract::kEnvJobId);
   impl->token = Environment(contract::kEnvJobToken);
   impl->attempt = std::atoi(Environment(contract::kEnvJobAttempt).c_str());
+  if (const double interval_s = std::atof(Environment(contract::kEnvHeartbeatInterval).c_str()); interval_s > 0)
+    impl->StartHeartbeats(std::chrono::milliseconds(static_cast<int64_t>(interval_s * 1000)));
   return std::unique_ptr<ServerReporter>(new ServerReporter(std::move(impl)));
 }
 

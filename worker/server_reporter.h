@@ -2,7 +2,10 @@
 // A job started by shardtune-server reports to it from rank 0 (WorkerService): progress and
 // metrics after every step, each checkpoint, and how the attempt ended. The server's reply to a
 // progress report can ask the job to stop at a checkpoint (pause). Best effort: a server that
-// cannot be reached (restarting, say) costs a warning, never the job.
+// cannot be reached (restarting, say) costs a warning, never the job. When the server asks for
+// heartbeats (SHARDTUNE_HEARTBEAT_INTERVAL_S), a thread of the reporter sends them from its
+// creation (before the spec is read or the model loaded) to its destruction, whatever the
+// training thread does: only a process that stopped altogether falls silent.
 
 #include <exception>
 #include <map>

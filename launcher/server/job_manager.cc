@@ -95,6 +95,8 @@ JobManager::JobManager(ServerConfig config, std::string server_address)
       store_(std::make_unique<JobStore>(config_.database)),
       files_(std::make_unique<FileStore>(*store_, config_)) {
   for (const ApiKey& key : config_.api_keys) store_->PutApiKey(key.sha256, key.tenant, key.role);
+  last_created_ms_ = store_->MaxCreatedMs();
+  for (const JobRecord& r : store_->Unfinished()) output_dirs_in_use_[r.job.output_dir()] = r.job.id();
   fs::create_directories(config_.data_dir);
   if (::geteuid() != 0) job_user_ = ResolveJobUser("", config_.job_umask);  // cannot switch users: its own
   if (job_user_.name.empty()) return;
@@ -124,6 +126,7 @@ void JobManager::Start() {
   for (JobRecord& r : store_->Unfinished()) {
     if (r.job.status() == v1::RUNNING) {
       const bool alive = SupervisorRuns(r);
+      if (alive && r.backend_id.empty()) ExpectHeartbeats(r);  // the clock starts again
       spdlog::info("job {}: attempt {} {} ", r.job.id(), r.job.attempt(),
                    alive ? "still runs; watching it again" : "ended while the server was down");
       Event(r, "note",
@@ -204,9 +207,7 @@ void JobManager::ValidateLoop() {
       std::unique_lock<std::mutex> lock(mutex_);
       validation_.wait_for(lock, std::chrono::seconds(1), [&] {
         if (stopping_) return true;
-        for (const JobRecord& r : store_->Unfinished()) {
-          if (r.job.status() == v1::VALIDATING && (!next || r.job.created_ms() < next->job.created_ms())) next = r;
-        }
+        next = store_->Oldest(v1::VALIDATING);  // by index: each CreateJob wakes this
         return next.has_value();
       });
       if (stopping_) return;
@@ -228,6 +229,10 @@ void JobManager::ValidateLoop() {
 
 void JobManager::Event(const JobRecord& r, const std::string& kind, const std::string& message) {
   store_->AddEvent(r.job, kind, message);
+  NotifyEvents();
+}
+
+void JobManager::NotifyEvents() {
   std::lock_guard<std::mutex> lock(events_mutex_);
   events_.notify_all();
 }
@@ -241,9 +246,14 @@ void JobManager::WaitForEvent(const std::string& job_id, int64_t after_seq, int 
 void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string& message) {
   r.job.set_status(status);
   if (status == v1::RUNNING && r.job.started_ms() == 0) r.job.set_started_ms(NowMs());
-  if (IsTerminal(status)) r.job.set_finished_ms(NowMs());
-  store_->Update(r);
-  Event(r, "status", fmt::format("{}: {}", v1::JobStatus_Name(status), message));
+  if (IsTerminal(status)) {
+    r.job.set_finished_ms(NowMs());
+    if (const auto user = output_dirs_in_use_.find(r.job.output_dir());
+        user != output_dirs_in_use_.end() && user->second == r.job.id())
+      output_dirs_in_use_.erase(user);
+  }
+  store_->Update(r, "status", fmt::format("{}: {}", v1::JobStatus_Name(status), message));
+  NotifyEvents();
   spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), v1::JobStatus_Name(status), message);
 }
 
@@ -263,16 +273,13 @@ JobRecord JobManager::Owned(const Caller& caller, const std::string& id) {
   return *record;
 }
 
-int JobManager::UsedSlots(const std::string& tenant, int* running_jobs) {
-  int slots = 0;
-  *running_jobs = 0;
-  for (const JobRecord& r : store_->Unfinished()) {
+JobManager::SlotUse JobManager::UsedSlots(const std::vector<JobRecord>& unfinished) const {
+  SlotUse use;
+  for (const JobRecord& r : unfinished) {
     if (r.job.status() != v1::RUNNING && !submitting_.count(r.job.id())) continue;
-    if (!tenant.empty() && r.job.tenant() != tenant) continue;
-    slots += r.job.ranks();
-    ++*running_jobs;
+    use.Add(r.job.tenant(), r.job.ranks());
   }
-  return slots;
+  return use;
 }
 
 v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& request) {
@@ -305,11 +312,9 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   if (const auto problem = FinishedRunProblem(spec.output.dir)) {
     throw RequestError(RequestError::Kind::kFailedPrecondition, *problem);
   }
-  for (const JobRecord& other : store_->Unfinished()) {
-    if (other.job.output_dir() == spec.output.dir) {
-      throw RequestError(RequestError::Kind::kFailedPrecondition,
-                         fmt::format("output.dir {} is in use by job {}", spec.output.dir, other.job.id()));
-    }
+  if (const auto user = output_dirs_in_use_.find(spec.output.dir); user != output_dirs_in_use_.end()) {
+    throw RequestError(RequestError::Kind::kFailedPrecondition,
+                       fmt::format("output.dir {} is in use by job {}", spec.output.dir, user->second));
   }
   JobRecord r;
   r.job.set_id(NewJobId());
@@ -318,16 +323,21 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   r.job.set_tenant(caller.tenant);
   r.job.set_spec_yaml(JobSpecToYaml(spec));
   r.job.set_status(v1::VALIDATING);
-  r.job.set_created_ms(NowMs());
+  // Strictly increasing, even when the clock steps back or two jobs share a millisecond: a job
+  // created while a client pages through ListJobs is then newer than every row already listed
+  // and never lands behind its cursor (job_store.h, ListPosition).
+  last_created_ms_ = std::max(NowMs(), last_created_ms_ + 1);
+  r.job.set_created_ms(last_created_ms_);
   r.job.set_output_dir(spec.output.dir);
   r.job.set_priority(request.priority());
   r.job.set_ranks(ranks);
   r.job.mutable_error()->set_rank(-1);
   r.idempotency_key = request.idempotency_key();
   r.requested_ranks = ranks;
-  store_->Insert(r);
+  store_->Insert(r, "status", "VALIDATING: accepted; checking its data");
   files_->RecordUses(r.job.id(), uploaded);
-  Event(r, "status", "VALIDATING: accepted; checking its data");
+  output_dirs_in_use_[r.job.output_dir()] = r.job.id();
+  NotifyEvents();
   validation_.notify_one();
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);
   return r.job;
@@ -410,6 +420,48 @@ v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int rank
 bool JobManager::WorkerTokenValid(const std::string& job_id, const std::string& token) {
   const auto r = store_->Get(job_id);
   return r && !r->worker_token_hash.empty() && Sha256Hex(token) == r->worker_token_hash;
+}
+
+void JobManager::Heartbeat(const v1::HeartbeatReport& report) {
+  std::lock_guard<std::mutex> lock(heartbeat_mutex_);
+  HeartbeatClock& clock = heartbeats_[report.job_id()];
+  if (clock.attempt != report.attempt()) clock = HeartbeatClock{report.attempt()};  // a Slurm attempt's first
+  clock.since_ms = NowMs();
+  clock.heard = true;
+}
+
+void JobManager::ExpectHeartbeats(const JobRecord& r) {
+  std::lock_guard<std::mutex> lock(heartbeat_mutex_);
+  heartbeats_[r.job.id()] = HeartbeatClock{r.job.attempt(), NowMs()};
+}
+
+void JobManager::KillIfSilent(JobRecord& r) {
+  // A silent rank 0 is a process that stopped (SIGSTOP, a hung mount, a machine swapping
+  // itself to death) or a host cut off without mpirun noticing. Which of those the server cannot
+  // tell, so the error is TIMEOUT (a configured time passed), not NODE_LOST (a host known to be
+  // gone); both are retried from the latest checkpoint.
+  constexpr double kFirstHeartbeatGraceS = 60;
+  if (config_.heartbeat_timeout_s <= 0 || r.cancel_requested) return;
+  double silent_s = 0;
+  {
+    std::lock_guard<std::mutex> lock(heartbeat_mutex_);
+    const auto it = heartbeats_.find(r.job.id());
+    if (it == heartbeats_.end() || it->second.attempt != r.job.attempt() || it->second.fired) return;
+    const double allowed_s =
+        it->second.heard ? config_.heartbeat_timeout_s : std::max(config_.heartbeat_timeout_s, kFirstHeartbeatGraceS);
+    silent_s = static_cast<double>(NowMs() - it->second.since_ms) / 1000;
+    if (silent_s <= allowed_s) return;
+    it->second.fired = true;
+  }
+  SetError(r.job, v1::TIMEOUT,
+           fmt::format("no heartbeat from rank 0 for {:.0f} s (heartbeat_timeout_s: {:g}): the attempt's processes "
+                       "were killed",
+                       silent_s, config_.heartbeat_timeout_s));
+  r.job.mutable_error()->set_rank(0);
+  store_->Update(r);
+  Event(r, "error", "TIMEOUT: " + r.job.error().message());
+  spdlog::warn("job {}: attempt {}: {}", r.job.id(), r.job.attempt(), r.job.error().message());
+  Signal(r, SIGKILL);
 }
 
 bool JobManager::Progress(const v1::ProgressReport& report) {
@@ -544,6 +596,7 @@ void JobManager::Tick(SlurmCalls& slurm) {
   for (JobRecord& r : store_->Unfinished()) {
     if (r.job.status() != v1::RUNNING) continue;
     ForwardLog(r);
+    KillIfSilent(r);
     if (!r.backend_id.empty()) {
       if (poll_slurm) slurm.polls.push_back({r.job.id(), r.job.attempt(), r.backend_id, std::nullopt, ""});
       continue;
@@ -564,18 +617,18 @@ void JobManager::Tick(SlurmCalls& slurm) {
       Signal(r, SIGKILL);
     }
   }
-  // Queued jobs, by priority then age, while slots last.
+  // Queued jobs, by priority then age, while slots last. One read of the store for all of them
+  // (with a thousand jobs queued, a read per queued job held the lock for seconds).
+  const std::vector<JobRecord> unfinished = store_->Unfinished();
+  SlotUse used = UsedSlots(unfinished);
   std::vector<JobRecord> queued;
-  for (JobRecord& r : store_->Unfinished())
+  for (const JobRecord& r : unfinished)
     if (r.job.status() == v1::QUEUED && !submitting_.count(r.job.id())) queued.push_back(r);
   std::stable_sort(queued.begin(), queued.end(),
                    [](const JobRecord& a, const JobRecord& b) { return a.job.priority() > b.job.priority(); });
   for (JobRecord& r : queued) {
-    int running = 0;
-    const int free = config_.total_slots() - UsedSlots("", &running);
-    if (r.requested_ranks > free) break;  // FIFO: nothing overtakes the head of the queue
-    int tenant_running = 0;
-    const int tenant_slots = UsedSlots(r.job.tenant(), &tenant_running);
+    if (r.requested_ranks > config_.total_slots() - used.slots) break;  // FIFO: nothing overtakes the head of the queue
+    const auto& [tenant_slots, tenant_running] = used.by_tenant[r.job.tenant()];
     if (const auto quota = config_.quotas.find(r.job.tenant()); quota != config_.quotas.end()) {
       const TenantQuota& q = quota->second;
       if ((q.max_running_jobs > 0 && tenant_running >= q.max_running_jobs) ||
@@ -583,6 +636,7 @@ void JobManager::Tick(SlurmCalls& slurm) {
         continue;  // this tenant waits; others may go
     }
     Launch(r, slurm);
+    used.Add(r.job.tenant(), r.requested_ranks);
   }
 }
 
@@ -618,7 +672,10 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
   ranks.ranks = r.requested_ranks;
   ranks.environment.assign(contract::kJobEnvironment.begin(), contract::kJobEnvironment.end());
   ranks.worker = {WorkerPath(), spec.string()};
-  std::map<std::string, std::string> env = contract::JobEnvironmentValues(server_address_, r.job.id(), token, attempt);
+  const double heartbeat_interval_s =
+      config_.heartbeat_timeout_s > 0 ? contract::HeartbeatIntervalFor(config_.heartbeat_timeout_s) : 0;
+  std::map<std::string, std::string> env =
+      contract::JobEnvironmentValues(server_address_, r.job.id(), token, attempt, heartbeat_interval_s);
   for (const auto& [name, roots] : storage_env) {
     env[name] = roots;
     ranks.environment.push_back(name);
@@ -654,6 +711,7 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
   for (std::string& word : RankCommandArgv(ranks)) argv.push_back(std::move(word));
   r.supervisor_pid = SpawnInNewSession(argv, env);
   spawned_.insert(static_cast<pid_t>(r.supervisor_pid));
+  ExpectHeartbeats(r);
   // Its identity, for finding it again after a restart. One that has already exited (a zombie:
   // LiveProcess names none) gets start time 0, which matches no process: after a restart its exit
   // file tells how it ended.
@@ -673,6 +731,10 @@ void JobManager::Settle(JobRecord& r, int exit_code) {
       Event(r, "note", fmt::format("the attempt's supervisor was gone: killed {} processes left of it", killed));
   }
   ForwardLog(r);
+  {
+    std::lock_guard<std::mutex> lock(heartbeat_mutex_);
+    heartbeats_.erase(r.job.id());
+  }
   r.supervisor_pid = 0;
   r.backend_id.clear();
   AttemptEnd end;

@@ -95,6 +95,8 @@ class JobManager {
   void CheckpointSaved(const v1::CheckpointReport& report);
   void Result(const v1::ResultReport& report);
   bool WorkerTokenValid(const std::string& job_id, const std::string& token);
+  // Rank 0 is alive (never waits on the scheduler's lock).
+  void Heartbeat(const v1::HeartbeatReport& report);
 
   // Blocks until an event after `after_seq` exists for the job or `timeout_ms` passes.
   void WaitForEvent(const std::string& job_id, int64_t after_seq, int timeout_ms);
@@ -108,6 +110,12 @@ class JobManager {
   void ValidateLoop();
   void ForwardLog(JobRecord& record);
   void NoteHostLost(JobRecord& record, const std::string& mpirun_line);
+  // Heartbeats: the attempt's clock starts at its launch (or at the server's start, for one it
+  // re-attached to), and the first heartbeat may take kFirstHeartbeatGraceS at least (mpirun
+  // and the worker's runtime starting). A Slurm attempt may wait in Slurm's queue: its clock
+  // starts with its first heartbeat. Kills a silent attempt (TIMEOUT, retried); under mutex_.
+  void ExpectHeartbeats(const JobRecord& record);
+  void KillIfSilent(JobRecord& record);
   bool SupervisorRuns(const JobRecord& record) const;  // the current attempt's supervisor
   // DATA_DIR/JOB/attempt-N<suffix>: .log (mpirun's output), .pid (the supervisor), .sbatch.
   std::filesystem::path AttemptFile(const JobRecord& record, const std::string& suffix) const;
@@ -152,9 +160,20 @@ class JobManager {
   void Settle(JobRecord& record, int exit_code);
   void SetStatus(JobRecord& record, v1::JobStatus status, const std::string& message);
   void Event(const JobRecord& record, const std::string& kind, const std::string& message);
+  void NotifyEvents();  // wakes WatchJob streams after an event was stored
   void Signal(const JobRecord& record, int signal);
   bool GracePeriodOver(const JobRecord& record) const;  // SIGTERM sent longer than cancel_grace_s ago
-  int UsedSlots(const std::string& tenant, int* running_jobs);
+  // The slots held by running attempts and sbatch calls in flight: in all, and per tenant (slots, jobs).
+  struct SlotUse {
+    int slots = 0;
+    std::map<std::string, std::pair<int, int>> by_tenant;
+    void Add(const std::string& tenant, int ranks) {
+      slots += ranks;
+      by_tenant[tenant].first += ranks;
+      ++by_tenant[tenant].second;
+    }
+  };
+  SlotUse UsedSlots(const std::vector<JobRecord>& unfinished) const;
 
   ServerConfig config_;
   StoragePolicy storage_;
@@ -175,6 +194,20 @@ class JobManager {
   // QUEUED jobs whose sbatch is running (their slots are taken), by the generation of that launch.
   std::map<std::string, int64_t> submitting_;
   int64_t submissions_ = 0;
+  int64_t last_created_ms_ = 0;  // of the newest job (guarded by mutex_)
+  // The output.dir of every unfinished job, and its id (guarded by mutex_; kept by Create and
+  // SetStatus): admission asks this, not the store (a scan of every queued job per CreateJob).
+  std::map<std::string, std::string> output_dirs_in_use_;
+  // The latest heartbeat of each running attempt, by job id: in memory only (after a restart the
+  // clock starts again).
+  struct HeartbeatClock {
+    int attempt = 0;
+    int64_t since_ms = 0;  // the latest heartbeat, or when the clock started
+    bool heard = false;    // a heartbeat came (else the first one's grace applies)
+    bool fired = false;    // the attempt was killed for its silence
+  };
+  std::mutex heartbeat_mutex_;
+  std::map<std::string, HeartbeatClock> heartbeats_;
 };
 
 }  // namespace shardtune::server

@@ -73,9 +73,39 @@ JobStore::JobStore(const std::filesystem::path& path) : path_(path) {
   Exec("PRAGMA synchronous=FULL");
   Exec("PRAGMA foreign_keys=ON");
   Migrate();
+  EnsureIndexes();
+  for (int i = 0; i < kReaders; ++i) {
+    sqlite3* reader = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &reader, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+      const std::string message = reader ? sqlite3_errmsg(reader) : "out of memory";
+      sqlite3_close(reader);
+      Fail(ErrorCode::kFailedPrecondition, "{}: cannot open the job database for reading: {}", path.string(), message);
+    }
+    sqlite3_busy_timeout(reader, 5000);
+    idle_readers_.push_back(reader);
+    readers_.push_back(reader);
+  }
 }
 
-JobStore::~JobStore() { sqlite3_close(db_); }
+JobStore::~JobStore() {
+  for (sqlite3* reader : readers_) sqlite3_close(reader);
+  sqlite3_close(db_);
+}
+
+JobStore::ReadLease::ReadLease(JobStore& store) : store_(store) {
+  std::unique_lock<std::mutex> lock(store_.readers_mutex_);
+  store_.reader_returned_.wait(lock, [&] { return !store_.idle_readers_.empty(); });
+  db_ = store_.idle_readers_.back();
+  store_.idle_readers_.pop_back();
+}
+
+JobStore::ReadLease::~ReadLease() {
+  {
+    std::lock_guard<std::mutex> lock(store_.readers_mutex_);
+    store_.idle_readers_.push_back(db_);
+  }
+  store_.reader_returned_.notify_one();
+}
 
 void JobStore::Exec(const std::string& sql) {
   char* error = nullptr;
@@ -136,8 +166,17 @@ void JobStore::Migrate() {
   }
 }
 
-void JobStore::Insert(const JobRecord& r) {
-  std::lock_guard<std::mutex> lock(mutex_);
+void JobStore::EnsureIndexes() {
+  // Indexes change no row and every version reads a file that has them, so they are made at
+  // open (no schema version): List pages by (created_ms, id) for every tenant (admins), and the
+  // scheduler and the validator read the unfinished jobs by status, which stay few among many
+  // finished ones.
+  Exec("CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_ms, id)");
+  Exec("CREATE INDEX IF NOT EXISTS jobs_by_tenant_created ON jobs (tenant, created_ms, id)");
+  Exec("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_ms)");
+}
+
+void JobStore::InsertRow(const JobRecord& r) {
   json labels = json::object();
   for (const auto& [k, v] : r.job.labels()) labels[k] = v;
   Statement q(db_,
@@ -149,64 +188,14 @@ void JobStore::Insert(const JobRecord& r) {
   q.Step();
 }
 
-void JobStore::Update(const JobRecord& r) {
-  std::lock_guard<std::mutex> lock(mutex_);
+void JobStore::UpdateRow(const JobRecord& r) {
   Statement q(db_, "UPDATE jobs SET status = ?, job = ?, server = ? WHERE id = ?");
   q.Bind(1, int64_t{r.job.status()}).BindBlob(2, r.job.SerializeAsString()).Bind(3, ServerFields(r).dump());
   q.Bind(4, r.job.id());
   q.Step();
 }
 
-std::optional<JobRecord> JobStore::Get(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_, fmt::format("SELECT {} FROM jobs WHERE id = ?", kJobColumns));
-  q.Bind(1, id);
-  if (!q.Step()) return std::nullopt;
-  return FromRow(q.Blob(0), q.Text(1));
-}
-
-std::optional<JobRecord> JobStore::FindByIdempotencyKey(const std::string& tenant, const std::string& key) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_, fmt::format("SELECT {} FROM jobs WHERE tenant = ? AND idempotency_key = ?", kJobColumns));
-  q.Bind(1, tenant).Bind(2, key);
-  if (!q.Step()) return std::nullopt;
-  return FromRow(q.Blob(0), q.Text(1));
-}
-
-std::vector<JobRecord> JobStore::List(const JobFilter& f) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  std::string sql = fmt::format("SELECT {}, labels FROM jobs WHERE 1 = 1", kJobColumns);
-  if (!f.tenant.empty()) sql += " AND tenant = ?1";
-  if (f.status != v1::JOB_STATUS_UNSPECIFIED) sql += " AND status = ?2";
-  if (!f.name.empty()) sql += " AND name = ?3";
-  sql += " ORDER BY created_ms DESC, id DESC";
-  Statement q(db_, sql);
-  q.Bind(1, f.tenant).Bind(2, int64_t{f.status}).Bind(3, f.name);
-  std::vector<JobRecord> result;
-  int64_t skipped = 0;
-  while (q.Step() && static_cast<int64_t>(result.size()) < f.limit) {
-    const json labels = json::parse(q.Text(2));
-    bool match = true;
-    for (const auto& [k, v] : f.labels) match = match && labels.contains(k) && labels[k] == v;
-    if (!match) continue;
-    if (skipped++ < f.offset) continue;
-    result.push_back(FromRow(q.Blob(0), q.Text(1)));
-  }
-  return result;
-}
-
-std::vector<JobRecord> JobStore::Unfinished() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_,
-              fmt::format("SELECT {} FROM jobs WHERE status NOT IN (?, ?, ?) ORDER BY created_ms, id", kJobColumns));
-  q.Bind(1, int64_t{v1::SUCCEEDED}).Bind(2, int64_t{v1::FAILED}).Bind(3, int64_t{v1::CANCELLED});
-  std::vector<JobRecord> result;
-  while (q.Step()) result.push_back(FromRow(q.Blob(0), q.Text(1)));
-  return result;
-}
-
-int64_t JobStore::AddEvent(const v1::Job& job, const std::string& kind, const std::string& message) {
-  std::lock_guard<std::mutex> lock(mutex_);
+int64_t JobStore::AppendEvent(const v1::Job& job, const std::string& kind, const std::string& message) {
   int64_t seq = 1;
   {
     Statement q(db_, "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?");
@@ -219,9 +208,119 @@ int64_t JobStore::AddEvent(const v1::Job& job, const std::string& kind, const st
   return seq;
 }
 
-std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t after_seq, int64_t limit) {
+template <typename F>
+void JobStore::InTransaction(F&& body) {
+  Exec("BEGIN IMMEDIATE");
+  try {
+    body();
+    Exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+void JobStore::Insert(const JobRecord& r) {
   std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_,
+  InsertRow(r);
+}
+
+void JobStore::Insert(const JobRecord& r, const std::string& kind, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  InTransaction([&] {
+    InsertRow(r);
+    AppendEvent(r.job, kind, message);
+  });
+}
+
+void JobStore::Update(const JobRecord& r) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  UpdateRow(r);
+}
+
+void JobStore::Update(const JobRecord& r, const std::string& kind, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  InTransaction([&] {
+    UpdateRow(r);
+    AppendEvent(r.job, kind, message);
+  });
+}
+
+std::optional<JobRecord> JobStore::Get(const std::string& id) {
+  ReadLease lease(*this);
+  Statement q(lease.db(), fmt::format("SELECT {} FROM jobs WHERE id = ?", kJobColumns));
+  q.Bind(1, id);
+  if (!q.Step()) return std::nullopt;
+  return FromRow(q.Blob(0), q.Text(1));
+}
+
+std::optional<JobRecord> JobStore::FindByIdempotencyKey(const std::string& tenant, const std::string& key) {
+  ReadLease lease(*this);
+  Statement q(lease.db(), fmt::format("SELECT {} FROM jobs WHERE tenant = ? AND idempotency_key = ?", kJobColumns));
+  q.Bind(1, tenant).Bind(2, key);
+  if (!q.Step()) return std::nullopt;
+  return FromRow(q.Blob(0), q.Text(1));
+}
+
+std::vector<JobRecord> JobStore::List(const JobFilter& f) {
+  ReadLease lease(*this);
+  std::string sql = fmt::format("SELECT {}, labels FROM jobs WHERE 1 = 1", kJobColumns);
+  if (!f.tenant.empty()) sql += " AND tenant = ?1";
+  if (f.status != v1::JOB_STATUS_UNSPECIFIED) sql += " AND status = ?2";
+  if (!f.name.empty()) sql += " AND name = ?3";
+  if (f.after) sql += " AND (created_ms < ?4 OR (created_ms = ?4 AND id < ?5))";
+  sql += " ORDER BY created_ms DESC, id DESC";
+  Statement q(lease.db(), sql);
+  q.Bind(1, f.tenant).Bind(2, int64_t{f.status}).Bind(3, f.name);
+  if (f.after) q.Bind(4, f.after->created_ms).Bind(5, f.after->id);
+  std::vector<JobRecord> result;
+  while (static_cast<int64_t>(result.size()) < f.limit && q.Step()) {
+    if (!f.labels.empty()) {
+      const json labels = json::parse(q.Text(2));
+      bool match = true;
+      for (const auto& [k, v] : f.labels) match = match && labels.contains(k) && labels[k] == v;
+      if (!match) continue;
+    }
+    result.push_back(FromRow(q.Blob(0), q.Text(1)));
+  }
+  return result;
+}
+
+std::optional<JobRecord> JobStore::Oldest(JobStatus status) {
+  ReadLease lease(*this);
+  Statement q(lease.db(),
+              fmt::format("SELECT {} FROM jobs WHERE status = ? ORDER BY created_ms, id LIMIT 1", kJobColumns));
+  q.Bind(1, int64_t{status});
+  if (!q.Step()) return std::nullopt;
+  return FromRow(q.Blob(0), q.Text(1));
+}
+
+int64_t JobStore::MaxCreatedMs() {
+  ReadLease lease(*this);
+  Statement q(lease.db(), "SELECT COALESCE(MAX(created_ms), 0) FROM jobs");
+  return q.Step() ? q.Int(0) : 0;
+}
+
+std::vector<JobRecord> JobStore::Unfinished() {
+  ReadLease lease(*this);
+  Statement q(lease.db(),
+              fmt::format("SELECT {} FROM jobs WHERE status IN (?, ?, ?, ?) ORDER BY created_ms, id", kJobColumns));
+  // Named by what is unfinished (jobs_by_status finds those few among many finished jobs).
+  q.Bind(1, int64_t{v1::VALIDATING}).Bind(2, int64_t{v1::QUEUED}).Bind(3, int64_t{v1::RUNNING});
+  q.Bind(4, int64_t{v1::PAUSED});
+  std::vector<JobRecord> result;
+  while (q.Step()) result.push_back(FromRow(q.Blob(0), q.Text(1)));
+  return result;
+}
+
+int64_t JobStore::AddEvent(const v1::Job& job, const std::string& kind, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return AppendEvent(job, kind, message);
+}
+
+std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t after_seq, int64_t limit) {
+  ReadLease lease(*this);
+  Statement q(lease.db(),
               "SELECT seq, time_ms, kind, message, job FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?");
   q.Bind(1, job_id).Bind(2, after_seq).Bind(3, limit);
   std::vector<v1::JobEvent> events;
@@ -246,8 +345,8 @@ void JobStore::AddCheckpoint(const std::string& job_id, int64_t step, const std:
 }
 
 std::vector<v1::Checkpoint> JobStore::Checkpoints(const std::string& job_id) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_, "SELECT step, path, time_ms FROM checkpoints WHERE job_id = ? ORDER BY step");
+  ReadLease lease(*this);
+  Statement q(lease.db(), "SELECT step, path, time_ms FROM checkpoints WHERE job_id = ? ORDER BY step");
   q.Bind(1, job_id);
   std::vector<v1::Checkpoint> result;
   while (q.Step()) {

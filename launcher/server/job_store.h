@@ -4,10 +4,13 @@
 // which is what lets the server acknowledge a request only after committing it). The schema
 // carries a version; opening an older file migrates it forward, a newer one is refused.
 //
-// Thread-safe: one connection, one mutex.
+// Thread-safe: writes go through one connection under one mutex; reads through a small pool of
+// read-only connections, which in WAL mode see the latest commit and never wait for a write's
+// fsync (with a thousand jobs arriving, GetJob waited behind each CreateJob's commits).
 
 #include <sqlite3.h>
 
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -40,12 +43,21 @@ struct JobRecord {
   int64_t log_offset = 0;  // bytes of the current attempt's log already sent as "log" events
 };
 
+// Where a page of List starts: after the row (created_ms, id) in the order newest first. A
+// keyset, not an offset: rows inserted while a client pages (always newer than every row already
+// listed: JobManager keeps created_ms strictly increasing) neither shift a later page (a row
+// listed twice) nor push one out of it (a row never listed).
+struct ListPosition {
+  int64_t created_ms = 0;
+  std::string id;
+};
+
 struct JobFilter {
   std::string tenant;  // empty: every tenant (admins)
   JobStatus status = v1::JOB_STATUS_UNSPECIFIED;
   std::string name;
   std::map<std::string, std::string> labels;
-  int64_t offset = 0;
+  std::optional<ListPosition> after;  // nullopt: from the newest
   int64_t limit = 50;
 };
 
@@ -60,10 +72,15 @@ class JobStore {
 
   void Insert(const JobRecord& record);
   void Update(const JobRecord& record);
+  // The same, with the job's event (as AddEvent) in one transaction: one commit, one fsync.
+  void Insert(const JobRecord& record, const std::string& event_kind, const std::string& event_message);
+  void Update(const JobRecord& record, const std::string& event_kind, const std::string& event_message);
   std::optional<JobRecord> Get(const std::string& id);
   std::optional<JobRecord> FindByIdempotencyKey(const std::string& tenant, const std::string& key);
-  std::vector<JobRecord> List(const JobFilter& filter);  // newest first
+  std::vector<JobRecord> List(const JobFilter& filter);  // newest first (created_ms, then id, descending)
   std::vector<JobRecord> Unfinished();                   // oldest first
+  int64_t MaxCreatedMs();                                // 0 when there are no jobs
+  std::optional<JobRecord> Oldest(JobStatus status);
 
   // Appends an event (its seq is returned) with the job as it is now.
   int64_t AddEvent(const v1::Job& job, const std::string& kind, const std::string& message);
@@ -83,11 +100,37 @@ class JobStore {
 
  private:
   void Exec(const std::string& sql);
+  // Unlocked: the caller holds mutex_.
+  void InsertRow(const JobRecord& record);
+  void UpdateRow(const JobRecord& record);
+  int64_t AppendEvent(const v1::Job& job, const std::string& kind, const std::string& message);
+  template <typename F>
+  void InTransaction(F&& body);
   void Migrate();
+  void EnsureIndexes();
+
+  // A read-only connection of the pool, for one call; waits while all are lent.
+  class ReadLease {
+   public:
+    explicit ReadLease(JobStore& store);
+    ~ReadLease();
+    ReadLease(const ReadLease&) = delete;
+    ReadLease& operator=(const ReadLease&) = delete;
+    sqlite3* db() const { return db_; }
+
+   private:
+    JobStore& store_;
+    sqlite3* db_ = nullptr;
+  };
+  static constexpr int kReaders = 4;
 
   std::filesystem::path path_;
-  sqlite3* db_ = nullptr;
-  std::mutex mutex_;
+  sqlite3* db_ = nullptr;  // the writer
+  std::mutex mutex_;       // held by each write
+  std::vector<sqlite3*> readers_;
+  std::vector<sqlite3*> idle_readers_;
+  std::mutex readers_mutex_;
+  std::condition_variable reader_returned_;
 };
 
 bool IsTerminal(JobStatus status);

@@ -7,6 +7,7 @@
 
 #include "common/job_spec.h"
 #include "launcher/server/service_util.h"
+#include "launcher/server/page_token.h"
 
 namespace shardtune::server {
 
@@ -75,16 +76,20 @@ class JobServiceImpl final : public v1::JobService::Service {
       filter.name = request->name();
       filter.labels = {request->labels().begin(), request->labels().end()};
       filter.limit = request->page_size() > 0 ? std::min(request->page_size(), 500) : 50;
-      try {
-        filter.offset = request->page_token().empty() ? 0 : std::stoll(request->page_token());
-      } catch (const std::exception&) {
-        throw RequestError(RequestError::Kind::kInvalidArgument, "page_token is not one this server gave");
+      if (!request->page_token().empty()) {
+        filter.after = DecodePageToken(request->page_token(), filter);
+        if (!filter.after) {
+          throw RequestError(RequestError::Kind::kInvalidArgument,
+                             "page_token is not one this server gave for this listing (a token belongs to the "
+                             "status, name and labels it was given with)");
+        }
       }
       filter.limit += 1;  // one more tells whether there is a next page
       auto records = manager_.store().List(filter);
       if (static_cast<int64_t>(records.size()) == filter.limit) {
         records.pop_back();
-        response->set_next_page_token(std::to_string(filter.offset + filter.limit - 1));
+        const v1::Job& last = records.back().job;
+        response->set_next_page_token(EncodePageToken({last.created_ms(), last.id()}, filter));
       }
       for (const auto& r : records) *response->add_jobs() = r.job;
       return Status::OK;
@@ -181,6 +186,12 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   Status ReportResult(ServerContext* context, const v1::ResultReport* report, v1::WorkerReply*) override {
     return Checked(context, report->job_id(), [&] {
       manager_.Result(*report);
+      return Status::OK;
+    });
+  }
+  Status Heartbeat(ServerContext* context, const v1::HeartbeatReport* report, v1::WorkerReply*) override {
+    return Checked(context, report->job_id(), [&] {
+      manager_.Heartbeat(*report);
       return Status::OK;
     });
   }

@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <set>
 #include <thread>
 
 #include "common/atomic_file.h"
@@ -15,6 +17,7 @@
 #include "launcher/rank_command.h"
 #include "launcher/server/attempt_end.h"
 #include "launcher/server/job_store.h"
+#include "launcher/server/page_token.h"
 #include "launcher/server/processes.h"
 #include "launcher/server/server_config.h"
 #include "test_util.h"
@@ -81,7 +84,7 @@ TEST(JobStore, KeepsJobsEventsAndCheckpointsAcrossReopening) {
   ASSERT_EQ(listed.size(), 2u);
   EXPECT_EQ(listed[0].job.id(), "c");  // newest first
   JobFilter page = t1;
-  page.offset = 1;
+  page.after = ListPosition{3, "c"};
   page.limit = 1;
   EXPECT_EQ(store.List(page)[0].job.id(), "a");
   JobFilter labelled;
@@ -92,6 +95,96 @@ TEST(JobStore, KeepsJobsEventsAndCheckpointsAcrossReopening) {
   running.status = v1::RUNNING;
   EXPECT_EQ(store.List(running).size(), 1u);
   EXPECT_EQ(store.Unfinished().size(), 3u);
+}
+
+// Pages through every job of `filter` (page size 7), `between` called after each page; the ids in
+// the order listed.
+template <typename F>
+std::vector<std::string> PageThrough(JobStore& store, JobFilter filter, F&& between) {
+  std::vector<std::string> ids;
+  filter.limit = 7 + 1;  // as ListJobs asks: one more tells whether there is a next page
+  std::string token;
+  do {
+    filter.after = token.empty() ? std::nullopt : DecodePageToken(token, filter);
+    EXPECT_TRUE(token.empty() || filter.after.has_value());
+    auto page = store.List(filter);
+    token.clear();
+    if (page.size() == 8) {
+      page.pop_back();
+      token = EncodePageToken({page.back().job.created_ms(), page.back().job.id()}, filter);
+    }
+    for (const auto& r : page) ids.push_back(r.job.id());
+    between();
+  } while (!token.empty());
+  return ids;
+}
+
+TEST(JobStore, PagingWhileJobsAreCreatedNeitherRepeatsNorSkipsARow) {
+  ScratchDir dir;
+  JobStore store(dir / "jobs.db");
+  // 100 jobs, several sharing a millisecond (the id breaks the tie), of two tenants.
+  std::set<std::string> before;
+  for (int i = 0; i < 100; ++i) {
+    const std::string id = fmt::format("job-{:03}", (i * 37) % 100);
+    store.Insert(Job(id, i % 4 == 0 ? "other" : "t1", 1000 + i / 3));
+    if (i % 4 != 0) before.insert(id);
+  }
+  // Another thread creates jobs (newer, as the manager's created_ms is strictly increasing)
+  // while this one pages, and a page is read between every few inserts.
+  std::atomic<bool> done{false};
+  std::atomic<int> inserted{0};
+  std::thread creator([&] {
+    for (int i = 0; !done && i < 2000; ++i) {
+      store.Insert(Job(fmt::format("new-{:04}", i), i % 2 ? "t1" : "other", 5000 + i));
+      ++inserted;
+    }
+  });
+  JobFilter t1;
+  t1.tenant = "t1";
+  const std::vector<std::string> ids = PageThrough(store, t1, [&] {
+    const int seen = inserted;
+    while (inserted < seen + 3 && inserted < 2000) std::this_thread::yield();
+  });
+  done = true;
+  creator.join();
+  EXPECT_GT(inserted.load(), 3);
+  const std::set<std::string> unique(ids.begin(), ids.end());
+  EXPECT_EQ(unique.size(), ids.size()) << "a row listed twice";
+  for (const auto& id : before) EXPECT_TRUE(unique.count(id)) << id << " skipped";
+  for (const auto& id : ids) EXPECT_TRUE(before.count(id) || id.rfind("new-", 0) == 0) << id;
+  // Newest first throughout: each row older than the one before it.
+  for (size_t i = 1; i < ids.size(); ++i) {
+    const auto a = store.Get(ids[i - 1])->job, b = store.Get(ids[i])->job;
+    EXPECT_TRUE(a.created_ms() > b.created_ms() || (a.created_ms() == b.created_ms() && a.id() > b.id()));
+  }
+}
+
+TEST(PageToken, IsOpaqueAndBoundToItsFilter) {
+  JobFilter f;
+  f.tenant = "t1";
+  f.labels = {{"team", "x"}};
+  const std::string token = EncodePageToken({1234, "job-abc"}, f);
+  EXPECT_EQ(token.find("job-abc"), std::string::npos) << token;
+  const auto back = DecodePageToken(token, f);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->created_ms, 1234);
+  EXPECT_EQ(back->id, "job-abc");
+  JobFilter page_size_changed = f;
+  page_size_changed.limit = 500;
+  EXPECT_TRUE(DecodePageToken(token, page_size_changed).has_value());
+  // Another filter, tenant, or bytes this server never gave: refused.
+  JobFilter other = f;
+  other.status = v1::RUNNING;
+  EXPECT_FALSE(DecodePageToken(token, other).has_value());
+  other = f;
+  other.tenant = "t2";
+  EXPECT_FALSE(DecodePageToken(token, other).has_value());
+  other = f;
+  other.labels["team"] = "y";
+  EXPECT_FALSE(DecodePageToken(token, other).has_value());
+  for (const std::string& bad :
+       std::vector<std::string>{"", "50", "!!!!", "cDE6eHg6MTI6", std::string(5000, 'A'), token.substr(1)})
+    EXPECT_FALSE(DecodePageToken(bad, f).has_value()) << bad;
 }
 
 TEST(JobStore, RefusesADatabaseFromANewerServer) {

@@ -1,0 +1,83 @@
+#include "launcher/server/page_token.h"
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+
+#include "launcher/server/server_config.h"  // Sha256Hex
+
+namespace shardtune::server {
+
+namespace {
+
+constexpr char kVersion[] = "p1";
+constexpr size_t kMaxTokenSize = 1024;  // a position and a digest: far less
+
+// What the token is bound to: every part of the filter except the position and the page size
+// (a client may change its page size between pages).
+std::string FilterDigest(const JobFilter& f) {
+  std::string text = fmt::format("tenant={}\nstatus={}\nname={}\n", f.tenant, static_cast<int>(f.status), f.name);
+  for (const auto& [k, v] : f.labels) text += fmt::format("label={}={}\n", k, v);  // std::map: sorted
+  return Sha256Hex(text).substr(0, 16);
+}
+
+std::string Base64Url(const std::string& bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  std::replace(out.begin(), out.end(), '+', '-');
+  std::replace(out.begin(), out.end(), '/', '_');
+  out.erase(out.find_last_not_of('=') + 1);
+  return out;
+}
+
+std::optional<std::string> FromBase64Url(std::string text) {
+  if (text.empty() || text.size() > kMaxTokenSize) return std::nullopt;
+  for (char& c : text) {
+    if (c == '-')
+      c = '+';
+    else if (c == '_')
+      c = '/';
+    else if (!std::isalnum(static_cast<unsigned char>(c)))
+      return std::nullopt;
+  }
+  const size_t padding = (4 - text.size() % 4) % 4;
+  if (padding == 3) return std::nullopt;
+  text.append(padding, '=');
+  std::string out(text.size() / 4 * 3, '\0');
+  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(text.data()), static_cast<int>(text.size()));
+  if (n < 0 || static_cast<size_t>(n) < padding) return std::nullopt;
+  out.resize(static_cast<size_t>(n) - padding);  // EVP_DecodeBlock counts the padding as zero bytes
+  return out;
+}
+
+}  // namespace
+
+std::string EncodePageToken(const ListPosition& after, const JobFilter& filter) {
+  return Base64Url(fmt::format("{}:{}:{}:{}", kVersion, FilterDigest(filter), after.created_ms, after.id));
+}
+
+std::optional<ListPosition> DecodePageToken(const std::string& token, const JobFilter& filter) {
+  const auto text = FromBase64Url(token);
+  if (!text) return std::nullopt;
+  // p1:DIGEST:CREATED_MS:ID (the id is last: it is the only part that could hold a colon).
+  const std::string prefix = fmt::format("{}:{}:", kVersion, FilterDigest(filter));
+  if (text->rfind(prefix, 0) != 0) return std::nullopt;
+  const size_t colon = text->find(':', prefix.size());
+  if (colon == std::string::npos || colon == prefix.size()) return std::nullopt;
+  ListPosition position;
+  const char* first = text->data() + prefix.size();
+  const char* last = text->data() + colon;
+  const auto [end, error] = std::from_chars(first, last, position.created_ms);
+  if (error != std::errc() || end != last || position.created_ms < 0) return std::nullopt;
+  position.id = text->substr(colon + 1);
+  if (position.id.empty()) return std::nullopt;
+  return position;
+}
+
+}  // namespace shardtune::server
