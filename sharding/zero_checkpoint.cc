@@ -164,7 +164,7 @@ void ZeroEngine::LoadShards(const std::string& dir) {
   json index;
   try {
     index = json::parse(ReadFile(index_path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Fail(ErrorCode::kDataLoss, "{}: not valid JSON: {}", index_path.string(), e.what());
   }
   if (index.value("format", "") != kFormatName || index.value("version", 0) != kFormatVersion) {

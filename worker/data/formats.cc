@@ -393,7 +393,7 @@ void ForEachRecord(const fs::path& path, const RecordSlice& slice, Issues& issue
     json array;
     try {
       array = json::parse(ReadFile(path));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
       issues.Add(file, 1, "invalid_json", fmt::format("the JSON array does not parse: {}", e.what()));
       return;
     }
@@ -418,7 +418,7 @@ void ForEachRecord(const fs::path& path, const RecordSlice& slice, Issues& issue
     json record;
     try {
       record = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
       issues.Add(file, number, "invalid_json", e.what());
       continue;
     }

@@ -159,7 +159,7 @@ std::unique_ptr<Tokenizer> LoadHfTokenizerJson(const std::string& json_text, con
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Malformed(where, fmt::format("not valid JSON: {}", e.what()));
   }
   if (!root.is_object()) Malformed(where, "expected a JSON object");
@@ -188,7 +188,7 @@ std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::filesystem::path& voca
   json vocab;
   try {
     vocab = json::parse(ReadFile(vocab_json));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Malformed(vocab_json.string(), fmt::format("not valid JSON: {}", e.what()));
   }
   json merges = json::array();
