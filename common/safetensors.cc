@@ -90,8 +90,9 @@ TensorInfo ParseTensorEntry(const std::string& name, const json& entry, const st
   for (const auto& dim : *shape) {
     // int64 as LibTorch's sizes are (a larger one would read back negative).
     if (!dim.is_number_unsigned() || dim.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
-      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} has a dimension that is not an integer in [0, 2^63)", where,
-           name, shape->dump());
+      Fail(ErrorCode::kDataLoss,
+           "{}: tensor '{}': shape {} has a dimension that is not a non-negative integer below 2^63", where, name,
+           shape->dump());
     info.shape.push_back(dim.get<int64_t>());
   }
 

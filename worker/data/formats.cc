@@ -141,7 +141,8 @@ std::string RequireString(const json& record, const char* key, const std::string
 
 void RejectUnknownKeys(const json& record, std::initializer_list<const char*> allowed, const char* code,
                        const std::string& context) {
-  for (const auto& [key, _] : record.items()) {
+  for (const auto& item : record.items()) {
+    const std::string& key = item.key();  // a name, not a structured binding: lambdas capture it in C++17
     if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; })) {
       std::string list;
       for (const char* a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
