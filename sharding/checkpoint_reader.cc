@@ -27,8 +27,9 @@ json ParseIndex(const fs::path& path) {
   } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Fail(ErrorCode::kDataLoss, "{}: not valid JSON: {}", path.string(), e.what());
   }
-  if (!index.is_object() || index.value("format", "") != kCheckpointFormatName ||
-      index.value("version", 0) != kCheckpointFormatVersion) {
+  // Compared as JSON values: value() would throw on a "format" or "version" of another type.
+  if (!index.is_object() || index.find("format") == index.end() || index["format"] != kCheckpointFormatName ||
+      index.find("version") == index.end() || index["version"] != kCheckpointFormatVersion) {
     Fail(ErrorCode::kDataLoss, "{}: not a shardtune checkpoint of format version {}", path.string(),
          kCheckpointFormatVersion);
   }

@@ -25,7 +25,7 @@ expect_refusal() {
   fi
 }
 
-out=$("$bin/shardtune" generate --model "$work/huge" --input-ids "1 5 6" --max-new-tokens 2 2>&1)
+out=$("$bin/shardtune" generate --model "$work/huge" --input-ids "1 5 6" --max-new-tokens 2 --format ids 2>&1)
 expect_refusal "generate" "$out" $?
 
 out=$("$bin/shardtune" init-model --config "$work/huge/config.json" --out "$work/never" 2>&1)
