@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build demo test bench format clean
+.PHONY: all deps configure build demo test test-asan bench fuzz format clean
 
 all: build
 
@@ -27,6 +27,15 @@ test: build
 
 bench: build
 	@bash bench/run.sh $(BUILD_DIR)
+
+# The whole suite under AddressSanitizer + UBSan, in build-asan/ (docs/fuzzing.md).
+test-asan: deps
+	@bash scripts/test-asan.sh build-asan
+
+# The libFuzzer targets for FUZZ_SECONDS (60) each, in build-fuzz/ (docs/fuzzing.md).
+fuzz:
+	@bash scripts/install-deps.sh fuzz
+	@bash scripts/fuzz.sh
 
 format:
 	@git ls-files '*.cc' '*.h' | xargs clang-format -i

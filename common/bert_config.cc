@@ -18,15 +18,20 @@ BertConfig BertConfig::Parse(const std::string& text, const std::string& where) 
   if (root.is_discarded() || !root.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: not a JSON object", where);
   if (root.value("model_type", "") != "bert") Fail(ErrorCode::kInvalidArgument, "{}: model_type must be 'bert'", where);
   BertConfig c;
-  // The sizes: each read, then (once every field has been read) required positive.
-  const std::pair<const char*, int64_t*> sizes[] = {{"vocab_size", &c.vocab_size},
-                                                    {"hidden_size", &c.hidden_size},
-                                                    {"num_hidden_layers", &c.num_hidden_layers},
-                                                    {"num_attention_heads", &c.num_attention_heads},
-                                                    {"intermediate_size", &c.intermediate_size},
-                                                    {"max_position_embeddings", &c.max_position_embeddings},
-                                                    {"type_vocab_size", &c.type_vocab_size}};
-  for (const auto& [key, size] : sizes) ReadConfigField(root, key, size, where);
+  // The sizes: each read, then (once every field has been read) required within their limits.
+  struct Size {
+    const char* key;
+    int64_t* value;
+    int64_t max;
+  };
+  const Size sizes[] = {{"vocab_size", &c.vocab_size, config_limits::kVocabSize},
+                        {"hidden_size", &c.hidden_size, config_limits::kHiddenSize},
+                        {"num_hidden_layers", &c.num_hidden_layers, config_limits::kLayers},
+                        {"num_attention_heads", &c.num_attention_heads, config_limits::kHeads},
+                        {"intermediate_size", &c.intermediate_size, config_limits::kIntermediateSize},
+                        {"max_position_embeddings", &c.max_position_embeddings, config_limits::kPositions},
+                        {"type_vocab_size", &c.type_vocab_size, config_limits::kTypeVocabSize}};
+  for (const Size& size : sizes) ReadConfigField(root, size.key, size.value, where);
   ReadConfigField(root, "layer_norm_eps", &c.layer_norm_eps, where);
   ReadConfigField(root, "hidden_dropout_prob", &c.hidden_dropout_prob, where);
   ReadConfigField(root, "attention_probs_dropout_prob", &c.attention_probs_dropout_prob, where);
@@ -37,14 +42,16 @@ BertConfig BertConfig::Parse(const std::string& text, const std::string& where) 
     ReadConfigField(root, "classifier_dropout", &p, where);
     c.classifier_dropout = p;
   }
-  for (const auto& [key, size] : sizes) RequirePositiveField(*size, key, where);
+  for (const Size& size : sizes) RequireSizeField(*size.value, size.key, size.max, where);
   if (c.hidden_size % c.num_attention_heads != 0) {
     Fail(ErrorCode::kInvalidArgument, "{}: hidden_size {} is not a multiple of num_attention_heads {}", where,
          c.hidden_size, c.num_attention_heads);
   }
   if (c.hidden_act != "gelu")
     Fail(ErrorCode::kUnimplemented, "{}: hidden_act '{}' is not supported (supported: gelu)", where, c.hidden_act);
+  RequireTokenIdField(c.pad_token_id, "pad_token_id", c.vocab_size, /*allow_none=*/false, where);
   ReadHead(root, where, &c.task, &c.label_names);
+  RequireParameterCount(c.num_parameters(), where);
   return c;
 }
 

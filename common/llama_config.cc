@@ -35,6 +35,8 @@ RopeScaling ParseRopeScaling(const json& node, const std::string& where) {
     ReadConfigField(node, "high_freq_factor", &scaling.high_freq_factor, where + ": rope_scaling");
     ReadConfigField(node, "original_max_position_embeddings", &scaling.original_max_position_embeddings,
                     where + ": rope_scaling");
+    RequireSizeField(scaling.original_max_position_embeddings, "original_max_position_embeddings",
+                     config_limits::kPositions, where + ": rope_scaling");
     if (!(scaling.high_freq_factor > scaling.low_freq_factor)) {
       Fail(ErrorCode::kInvalidArgument, "{}: rope_scaling.high_freq_factor {} must exceed low_freq_factor {}", where,
            scaling.high_freq_factor, scaling.low_freq_factor);
@@ -46,13 +48,23 @@ RopeScaling ParseRopeScaling(const json& node, const std::string& where) {
   return scaling;
 }
 
+// The token ids config.json states name rows of the vocabulary (a padding_idx or an appended
+// end token past it would fail inside LibTorch's embedding).
+void CheckTokenIds(const json& root, const LlamaConfig& c, const std::string& where) {
+  if (c.padding_idx) RequireTokenIdField(*c.padding_idx, "pad_token_id", c.vocab_size, /*allow_none=*/true, where);
+  if (root.contains("bos_token_id") && !root["bos_token_id"].is_null())
+    RequireTokenIdField(c.bos_token_id, "bos_token_id", c.vocab_size, /*allow_none=*/false, where);
+  for (const int64_t eos : c.eos_token_ids)
+    RequireTokenIdField(eos, "eos_token_id", c.vocab_size, /*allow_none=*/false, where);
+}
+
 }  // namespace
 
 LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where) {
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Fail(ErrorCode::kInvalidArgument, "{}: not valid JSON: {}", where, e.what());
   }
   if (!root.is_object()) Fail(ErrorCode::kInvalidArgument, "{}: expected a JSON object", where);
@@ -64,15 +76,20 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
          c.model_type);
   }
   const bool qwen2 = c.model_type == "qwen2";
-  // The sizes: each read, then (once every field has been read) required positive.
-  const std::pair<const char*, int64_t*> sizes[] = {{"vocab_size", &c.vocab_size},
-                                                    {"hidden_size", &c.hidden_size},
-                                                    {"intermediate_size", &c.intermediate_size},
-                                                    {"num_hidden_layers", &c.num_hidden_layers},
-                                                    {"num_attention_heads", &c.num_attention_heads},
-                                                    {"num_key_value_heads", &c.num_key_value_heads},
-                                                    {"max_position_embeddings", &c.max_position_embeddings}};
-  for (const auto& [key, size] : sizes) ReadConfigField(root, key, size, where);
+  // The sizes: each read, then (once every field has been read) required within their limits.
+  struct Size {
+    const char* key;
+    int64_t* value;
+    int64_t max;
+  };
+  const Size sizes[] = {{"vocab_size", &c.vocab_size, config_limits::kVocabSize},
+                        {"hidden_size", &c.hidden_size, config_limits::kHiddenSize},
+                        {"intermediate_size", &c.intermediate_size, config_limits::kIntermediateSize},
+                        {"num_hidden_layers", &c.num_hidden_layers, config_limits::kLayers},
+                        {"num_attention_heads", &c.num_attention_heads, config_limits::kHeads},
+                        {"num_key_value_heads", &c.num_key_value_heads, config_limits::kHeads},
+                        {"max_position_embeddings", &c.max_position_embeddings, config_limits::kPositions}};
+  for (const Size& size : sizes) ReadConfigField(root, size.key, size.value, where);
   // Without num_key_value_heads, every attention head has its own key/value head (no GQA).
   if (!root.contains("num_key_value_heads") || root["num_key_value_heads"].is_null())
     c.num_key_value_heads = c.num_attention_heads;
@@ -120,14 +137,14 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
     }
   }
 
-  for (const auto& [key, size] : sizes) RequirePositiveField(*size, key, where);
+  for (const Size& size : sizes) RequireSizeField(*size.value, size.key, size.max, where);
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     Fail(ErrorCode::kInvalidArgument, "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", where,
          c.num_attention_heads, c.num_key_value_heads);
   }
   if (root.contains("head_dim") && !root["head_dim"].is_null()) {
     ReadConfigField(root, "head_dim", &c.head_dim, where);
-    RequirePositiveField(c.head_dim, "head_dim", where);
+    RequireSizeField(c.head_dim, "head_dim", config_limits::kHeadDim, where);
   } else {
     if (c.hidden_size % c.num_attention_heads != 0) {
       Fail(ErrorCode::kInvalidArgument,
@@ -143,7 +160,9 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   }
   if (!(c.rms_norm_eps > 0)) Fail(ErrorCode::kInvalidArgument, "{}: rms_norm_eps must be positive", where);
   if (!(c.rope_theta > 0)) Fail(ErrorCode::kInvalidArgument, "{}: rope_theta must be positive", where);
+  CheckTokenIds(root, c, where);
   ReadHead(root, where, &c.task, &c.label_names);
+  RequireParameterCount(c.num_parameters(), where);
   if (root.contains("classifier_dropout") && root["classifier_dropout"].is_number())
     c.classifier_dropout = root["classifier_dropout"].get<double>();
   if (root.contains("attention_dropout") && root["attention_dropout"].is_number())

@@ -89,9 +89,11 @@ TensorInfo ParseTensorEntry(const std::string& name, const json& entry, const st
   if (shape == entry.end() || !shape->is_array())
     Fail(ErrorCode::kDataLoss, "{}: tensor '{}': missing array 'shape'", where, name);
   for (const auto& dim : *shape) {
-    if (!dim.is_number_unsigned())
-      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} has a dimension that is not a non-negative integer", where,
-           name, shape->dump());
+    // int64 as LibTorch's sizes are (a larger one would read back negative).
+    if (!dim.is_number_unsigned() || dim.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      Fail(ErrorCode::kDataLoss,
+           "{}: tensor '{}': shape {} has a dimension that is not a non-negative integer below 2^63", where, name,
+           shape->dump());
     info.shape.push_back(dim.get<int64_t>());
   }
 
@@ -107,9 +109,16 @@ TensorInfo ParseTensorEntry(const std::string& name, const json& entry, const st
     Fail(ErrorCode::kDataLoss, "{}: tensor '{}': data_offsets [{}, {}] end before they begin", where, name, info.begin,
          info.end);
 
-  // numel x itemsize, guarding against overflow from absurd shapes.
+  // numel x itemsize, guarding against overflow from absurd shapes: a product past 2^64 bytes
+  // (no file is that large) is refused before the next factor could wrap 128 bits, so that
+  // numel() of an accepted tensor fits int64.
   unsigned __int128 bytes = DTypeSize(info.dtype);
-  for (int64_t dim : info.shape) bytes *= static_cast<uint64_t>(dim);
+  constexpr unsigned __int128 kMaxBytes = static_cast<unsigned __int128>(1) << 64;
+  for (int64_t dim : info.shape) {
+    bytes *= static_cast<uint64_t>(dim);
+    if (bytes > kMaxBytes)
+      Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} holds more than 2^64 bytes", where, name, shape->dump());
+  }
   if (bytes != info.end - info.begin) {
     Fail(ErrorCode::kDataLoss, "{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets [{}, {}] span {}",
          where, name, shape->dump(), DTypeName(info.dtype), static_cast<uint64_t>(bytes), info.begin, info.end,
@@ -151,7 +160,7 @@ SafetensorsHeader ParseSafetensorsHeader(std::string_view text, uint64_t data_si
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Fail(ErrorCode::kDataLoss, "{}: header is not valid JSON: {}", where, e.what());
   }
   if (!root.is_object())
@@ -342,7 +351,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::Open(const fs::path& dir) {
     json index;
     try {
       index = json::parse(ReadFile(index_path));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
       Fail(ErrorCode::kDataLoss, "{}: not valid JSON: {}", index_path.string(), e.what());
     }
     const auto map = index.find("weight_map");

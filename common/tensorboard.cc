@@ -136,7 +136,9 @@ std::vector<TensorBoardEvent> ReadTensorBoardFile(const std::filesystem::path& p
     std::memcpy(&length, data.data() + at, 8);
     if (u32(at + 8) != Masked(Crc32c(data.data() + at, 8)))
       Fail(ErrorCode::kDataLoss, "{}: the length's CRC does not match", where);
-    if (data.size() - at - 12 < length + 4) Fail(ErrorCode::kDataLoss, "{}: a truncated record", where);
+    // Compared without adding to `length` (any 64-bit value: length + 4 could wrap).
+    if (length > data.size() - at - 12 || data.size() - at - 12 - length < 4)
+      Fail(ErrorCode::kDataLoss, "{}: a truncated record", where);
     const std::string body = data.substr(at + 12, length);
     if (u32(at + 12 + length) != Masked(Crc32c(body.data(), body.size())))
       Fail(ErrorCode::kDataLoss, "{}: the data's CRC does not match", where);

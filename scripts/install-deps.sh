@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages shardtune builds and tests with (and, with `bench`, benchmarks
-# with), only those that are missing.
+# with; with `fuzz`, fuzzes with), only those that are missing.
 # Idempotent: a second run installs nothing and takes a second.
 set -euo pipefail
 
@@ -18,6 +18,10 @@ packages=(
 # `install-deps.sh bench` adds what `make bench` needs: the PyTorch baseline and gnuplot.
 if [ "${1:-}" = bench ]; then
   packages+=(python3-torch gnuplot-nox)
+fi
+# `install-deps.sh fuzz` adds what `make fuzz` needs: clang and its libFuzzer (compiler-rt).
+if [ "${1:-}" = fuzz ]; then
+  packages+=(clang libclang-rt-14-dev)
 fi
 
 missing=()

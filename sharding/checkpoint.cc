@@ -16,7 +16,7 @@ namespace {
 json ParseJsonFile(const fs::path& path) {
   try {
     return json::parse(ReadFile(path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Fail(ErrorCode::kDataLoss, "{}: not valid JSON: {}", path.string(), e.what());
   }
 }

@@ -24,11 +24,12 @@ json ParseIndex(const fs::path& path) {
   json index;
   try {
     index = json::parse(ReadFile(path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Fail(ErrorCode::kDataLoss, "{}: not valid JSON: {}", path.string(), e.what());
   }
-  if (!index.is_object() || index.value("format", "") != kCheckpointFormatName ||
-      index.value("version", 0) != kCheckpointFormatVersion) {
+  // Compared as JSON values: value() would throw on a "format" or "version" of another type.
+  if (!index.is_object() || index.find("format") == index.end() || index["format"] != kCheckpointFormatName ||
+      index.find("version") == index.end() || index["version"] != kCheckpointFormatVersion) {
     Fail(ErrorCode::kDataLoss, "{}: not a shardtune checkpoint of format version {}", path.string(),
          kCheckpointFormatVersion);
   }
@@ -46,6 +47,42 @@ uint64_t ValuesOffset(const fs::path& path, int64_t elements) {
   return file.data_offset + values->second.begin;
 }
 
+// Counts and offsets in index.json lie in [0, kMaxElements]: far beyond any model (2^50 floats
+// is 4 PiB), and small enough that sums of two of them (an offset plus a count) never overflow.
+constexpr int64_t kMaxElements = int64_t{1} << 50;
+
+// index.json's integer `key` of `node`, required in [0, kMaxElements].
+int64_t Count(const json& node, const char* key, const fs::path& index) {
+  const json& field = node.at(key);
+  // An integer, not a float (a float beyond int64 would not convert to one).
+  const int64_t value = field.is_number_integer() ? field.get<int64_t>() : -1;
+  if (value < 0 || value > kMaxElements) {
+    Fail(ErrorCode::kDataLoss, "{}: '{}' must be between 0 and {}, got {} in {}", index.string(), key, kMaxElements,
+         value, node.dump());
+  }
+  return value;
+}
+
+// A parameter's "shape", whose element count must be its "numel".
+std::vector<int64_t> Shape(const json& parameter, int64_t numel, const std::string& name, const fs::path& index) {
+  std::vector<int64_t> shape;
+  int64_t product = 1;
+  for (const json& size : parameter.at("shape")) {
+    const int64_t dim = size.is_number_integer() ? size.get<int64_t>() : -1;
+    shape.push_back(dim);
+    if (dim < 0 || (dim > 0 && product > kMaxElements / dim)) {
+      Fail(ErrorCode::kDataLoss, "{}: parameter '{}' has shape dimension {} (expected 0 to {} elements in all)",
+           index.string(), name, dim, kMaxElements);
+    }
+    product *= dim;
+  }
+  if (product != numel) {
+    Fail(ErrorCode::kDataLoss, "{}: parameter '{}' has numel {} but its shape holds {} elements", index.string(), name,
+         numel, product);
+  }
+  return shape;
+}
+
 }  // namespace
 
 CheckpointReader::CheckpointReader(fs::path dir) : dir_(std::move(dir)) {
@@ -55,9 +92,9 @@ CheckpointReader::CheckpointReader(fs::path dir) : dir_(std::move(dir)) {
     const json& units = index.at("units");
     for (size_t u = 0; u < units.size(); ++u) {
       for (const json& p : units[u].at("parameters")) {
-        Parameter parameter{p.at("name").get<std::string>(), p.at("shape").get<std::vector<int64_t>>(),
-                            p.at("numel").get<int64_t>()};
-        located_[parameter.name] = Located{static_cast<int64_t>(u), p.at("offset").get<int64_t>()};
+        Parameter parameter{p.at("name").get<std::string>(), {}, Count(p, "numel", index_path)};
+        parameter.shape = Shape(p, parameter.numel, parameter.name, index_path);
+        located_[parameter.name] = Located{static_cast<int64_t>(u), Count(p, "offset", index_path)};
         parameters_[parameter.name] = std::move(parameter);
       }
     }
@@ -75,12 +112,13 @@ void CheckpointReader::ReadFiles(const json& index) {
            CheckpointDir(dir_).Index().string(), name);
     }
     const fs::path path = dir_ / name;
-    const int64_t elements = entry.at("elements").get<int64_t>();
+    const fs::path index_path = CheckpointDir(dir_).Index();
+    const int64_t elements = Count(entry, "elements", index_path);
     const uint64_t values = ValuesOffset(path, elements);
     for (const json& range : entry.at("ranges")) {
-      const int64_t begin = range.at("begin").get<int64_t>(), size = range.at("size").get<int64_t>();
-      const int64_t local = range.at("local_offset").get<int64_t>();
-      if (begin < 0 || local < 0 || size < 0 || local + size > elements) {
+      const int64_t begin = Count(range, "begin", index_path), size = Count(range, "size", index_path);
+      const int64_t local = Count(range, "local_offset", index_path);
+      if (local + size > elements) {
         Fail(ErrorCode::kDataLoss, "{}: range {} of {} lies outside its {} elements",
              CheckpointDir(dir_).Index().string(), range.dump(), name, elements);
       }

@@ -164,10 +164,12 @@ void ZeroEngine::LoadShards(const std::string& dir) {
   json index;
   try {
     index = json::parse(ReadFile(index_path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Fail(ErrorCode::kDataLoss, "{}: not valid JSON: {}", index_path.string(), e.what());
   }
-  if (index.value("format", "") != kFormatName || index.value("version", 0) != kFormatVersion) {
+  // Compared as JSON values: value() would throw on a non-object or a field of another type.
+  if (!index.is_object() || index.find("format") == index.end() || index["format"] != kFormatName ||
+      index.find("version") == index.end() || index["version"] != kFormatVersion) {
     Fail(ErrorCode::kDataLoss, "{}: not a shardtune checkpoint of format version {}", index_path.string(),
          kFormatVersion);
   }

@@ -34,6 +34,7 @@ class Reader {
   }
   template <typename T>
   void Get(const YAML::Node& map, const char* key, const std::string& path, T* out) {
+    if (!map.IsMap()) return;  // a scalar or a list where a mapping goes: Known() reports it
     const YAML::Node value = map[key];
     if (!value || value.IsNull()) return;
     try {
@@ -124,6 +125,11 @@ ServerConfig LoadServerConfig(const fs::path& path) {
   r.Known(root, "",
           {"listen", "tls", "database", "data_dir", "api_keys", "backend", "local", "slurm", "retry", "quotas",
            "worker", "cancel_grace_s", "storage", "run_as", "job_umask", "heartbeat_timeout_s"});
+  // Everything below reads keys of the top-level mapping (yaml-cpp throws on a key of a scalar).
+  if (!root.IsMap() && !root.IsNull()) {
+    Fail(ErrorCode::kInvalidArgument, "{} (line {}): expected a mapping of keys at the top level", path.string(),
+         root.Mark().line + 1);
+  }
   const fs::path base = fs::absolute(path).parent_path();
   auto resolve = [&](std::string p) { return p.empty() || fs::path(p).is_absolute() ? p : (base / p).string(); };
   r.Get(root, "listen", "listen", &c.listen);

@@ -142,7 +142,8 @@ std::string RequireString(const json& record, const char* key, const std::string
 
 void RejectUnknownKeys(const json& record, std::initializer_list<const char*> allowed, const char* code,
                        const std::string& context) {
-  for (const auto& [key, _] : record.items()) {
+  for (const auto& item : record.items()) {
+    const std::string& key = item.key();  // a name, not a structured binding: lambdas capture it in C++17
     if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; })) {
       std::string list;
       for (const char* a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
@@ -396,7 +397,7 @@ void ForEachRecord(const fs::path& path, const RecordSlice& slice, Issues& issue
     json array;
     try {
       array = json::parse(ReadFile(opened.Name()));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
       issues.Add(file, 1, "invalid_json", fmt::format("the JSON array does not parse: {}", e.what()));
       return;
     }
@@ -421,7 +422,7 @@ void ForEachRecord(const fs::path& path, const RecordSlice& slice, Issues& issue
     json record;
     try {
       record = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
       issues.Add(file, number, "invalid_json", e.what());
       continue;
     }

@@ -246,7 +246,7 @@ LoadedAdapter ReadPeftAdapter(const fs::path& dir, const ModelConfig& config) {
   json adapter_config;
   try {
     adapter_config = json::parse(ReadFile(config_path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     ConfigError(config_path, fmt::format("not valid JSON: {}", e.what()));
   }
   if (!adapter_config.is_object()) ConfigError(config_path, "expected a JSON object");

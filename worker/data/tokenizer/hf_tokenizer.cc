@@ -159,25 +159,33 @@ std::unique_ptr<Tokenizer> LoadHfTokenizerJson(const std::string& json_text, con
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Malformed(where, fmt::format("not valid JSON: {}", e.what()));
   }
   if (!root.is_object()) Malformed(where, "expected a JSON object");
+  // The stages read their fields with nlohmann's checked accessors: a field of the wrong type or
+  // missing where no check of ours looked (a post-processor's special token without "ids") is
+  // the same malformed file.
   auto tokenizer = std::make_unique<HfTokenizer>();
-  tokenizer->model = hf::ParseModel(hf::Field(root, "model", where), where + ": model");
-  tokenizer->normalizer = hf::ParseNormalizer(root.value("normalizer", json()), where + ": normalizer");
-  tokenizer->pre_tokenizer = hf::ParsePreTokenizer(root.value("pre_tokenizer", json()), where + ": pre_tokenizer");
-  tokenizer->post_processor = hf::ParsePostProcessor(root.value("post_processor", json()), where + ": post_processor");
-  tokenizer->decoder = hf::ParseDecoder(root.value("decoder", json()), where + ": decoder");
-  if (root.contains("added_tokens")) {
-    for (const json& a : root["added_tokens"]) {
-      if (!a.is_object() || !a.contains("id") || !a.contains("content"))
-        Malformed(where, "added_tokens entries need 'id' and 'content'");
-      tokenizer->added.push_back(AddedToken{a["id"].get<int64_t>(), a["content"].get<std::string>(),
-                                            a.value("special", false),
-                                            a.value("normalized", !a.value("special", false)), a.value("lstrip", false),
-                                            a.value("rstrip", false), a.value("single_word", false)});
+  try {
+    tokenizer->model = hf::ParseModel(hf::Field(root, "model", where), where + ": model");
+    tokenizer->normalizer = hf::ParseNormalizer(root.value("normalizer", json()), where + ": normalizer");
+    tokenizer->pre_tokenizer = hf::ParsePreTokenizer(root.value("pre_tokenizer", json()), where + ": pre_tokenizer");
+    tokenizer->post_processor =
+        hf::ParsePostProcessor(root.value("post_processor", json()), where + ": post_processor");
+    tokenizer->decoder = hf::ParseDecoder(root.value("decoder", json()), where + ": decoder");
+    if (root.contains("added_tokens")) {
+      for (const json& a : root["added_tokens"]) {
+        if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content"))
+          Malformed(where, "added_tokens entries need an integer 'id' and 'content'");
+        tokenizer->added.push_back(
+            AddedToken{a["id"].get<int64_t>(), a["content"].get<std::string>(), a.value("special", false),
+                       a.value("normalized", !a.value("special", false)), a.value("lstrip", false),
+                       a.value("rstrip", false), a.value("single_word", false)});
+      }
     }
+  } catch (const json::exception& e) {
+    Malformed(where, e.what());
   }
   tokenizer->Finish();
   return tokenizer;
@@ -188,7 +196,7 @@ std::unique_ptr<Tokenizer> LoadGpt2VocabMerges(const std::filesystem::path& voca
   json vocab;
   try {
     vocab = json::parse(ReadFile(vocab_json));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
     Malformed(vocab_json.string(), fmt::format("not valid JSON: {}", e.what()));
   }
   json merges = json::array();

@@ -364,6 +364,14 @@ std::unique_ptr<Tokenizer> LoadSentencePieceModel(const std::filesystem::path& p
   if (model->unk_id < 0 || model->unk_id >= model->vocab_size()) {
     Fail(ErrorCode::kDataLoss, "{}: unk_id {} is outside the {} pieces", where, model->unk_id, model->vocab_size());
   }
+  // The special ids the encoder adds: -1 (none) or a piece, never an id past the vocabulary.
+  for (const auto& [name, id] :
+       {std::pair{"bos_id", model->bos_id}, {"eos_id", model->eos_id}, {"pad_id", model->pad_id}}) {
+    if (id < -1 || id >= model->vocab_size()) {
+      Fail(ErrorCode::kDataLoss, "{}: trainer_spec.{} {} is outside the {} pieces (expected -1 or a piece id)", where,
+           name, id, model->vocab_size());
+    }
+  }
   model->Finish();
   return model;
 }
