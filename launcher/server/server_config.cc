@@ -112,7 +112,23 @@ std::string RandomToken() {
   return Hex(bytes, sizeof bytes);
 }
 
+namespace {
+ServerConfig ReadServerConfig(const fs::path& path);
+}  // namespace
+
 ServerConfig LoadServerConfig(const fs::path& path) {
+  // The reading below indexes sections with yaml-cpp's operator[], which throws on a section of
+  // the wrong kind (a scalar where a mapping goes): that is a bad file, said with its line.
+  try {
+    return ReadServerConfig(path);
+  } catch (const YAML::Exception& e) {
+    Fail(ErrorCode::kInvalidArgument, "{} (line {}): {}", path.string(), e.mark.line + 1, e.msg);
+  }
+}
+
+namespace {
+
+ServerConfig ReadServerConfig(const fs::path& path) {
   YAML::Node root;
   try {
     root = YAML::Load(ReadFile(path));
@@ -230,5 +246,7 @@ ServerConfig LoadServerConfig(const fs::path& path) {
   }
   return c;
 }
+
+}  // namespace
 
 }  // namespace shardtune::server

@@ -357,6 +357,11 @@ std::unique_ptr<Tokenizer> LoadSentencePieceModel(const std::filesystem::path& p
     return true;
   });
   if (model->pieces.empty()) Fail(ErrorCode::kDataLoss, "{}: holds no pieces (not a SentencePiece model?)", where);
+  // As SentencePiece refuses them: an empty piece would match every prefix without consuming it
+  // (the normalizer and the segmenter would loop forever on a user-defined one).
+  for (size_t i = 0; i < model->pieces.size(); ++i) {
+    if (model->pieces[i].text.empty()) Fail(ErrorCode::kDataLoss, "{}: piece {} is empty", where, i);
+  }
   if (model->model_type != ModelType::kBpe && model->model_type != ModelType::kUnigram) {
     Fail(ErrorCode::kUnimplemented, "{}: SentencePiece model type {} is not supported (supported: unigram, bpe)", where,
          static_cast<int>(model->model_type));
