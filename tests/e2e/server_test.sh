@@ -197,7 +197,15 @@ timeout 20 "$bin/shardtune" list --server 127.0.0.1:$tls_port > /dev/null 2>&1
 kill -9 "$tls_pid" 2>/dev/null
 
 # Pages of a list, and a tenant's quota of running jobs.
-expect_contains "list pages" "$("$bin/shardtune" list --page-size 1)" "(more: --page-token 1)"
+page1=$("$bin/shardtune" list --page-size 1)
+token=$(sed -n 's/^(more: --page-token \(.*\))$/\1/p' <<< "$page1")
+[ -n "$token" ] && pass "list pages: a token for the next page" || fail "list pages: no token in: $page1"
+newest=$(grep -o 'job-[0-9a-f]*' <<< "$page1" | head -n 1)
+page2=$("$bin/shardtune" list --page-size 1 --page-token "$token")
+[ -n "$(grep -o 'job-[0-9a-f]*' <<< "$page2")" ] && ! grep -q "$newest" <<< "$page2" &&
+  pass "the next page lists the next job" || fail "page 2 after $newest: $page2"
+out=$("$bin/shardtune" list --page-size 1 --page-token "$token" --status RUNNING 2>&1)
+expect_contains "a token used with another filter is refused" "$out" "page_token is not one this server gave"
 write_job quota1.yaml quota-one runs/quota1 100000 100000
 write_job quota2.yaml quota-two runs/quota2 100000 100000
 q1=$("$bin/shardtune" submit quota1.yaml --token key-b)
