@@ -146,26 +146,25 @@ int Export(const ExportArgs& args) {
 }
 
 // check-file: the Files API's check of an uploaded training file (check_file.h).
-struct CheckFileArgs {
+struct CheckFileCommand {
+  explicit CheckFileCommand(CLI::App& parent)
+      : app(parent.add_subcommand("check-file",
+                                  "check one data file on its own: every line valid JSON of a known format")) {
+    app->add_option("file", path, "JSONL data file")->required();
+    app->add_option("--format", format, "the data's format (default: from the first record's keys)");
+  }
+  int Run() const {
+    std::optional<DataFormat> parsed;
+    if (!format.empty() && !(parsed = DataFormatNamed(format)))
+      Fail(ErrorCode::kInvalidArgument, "--format: '{}' is not a data format (see docs/data.md)", format);
+    CheckDataFile(path, parsed, std::cout);
+    return kExitOk;
+  }
+
+  CLI::App* app;
   std::string path;
   std::string format;  // empty: from the first record's keys
 };
-
-CLI::App* AddCheckFile(CLI::App& app, CheckFileArgs& args) {
-  CLI::App* command =
-      app.add_subcommand("check-file", "check one data file on its own: every line valid JSON of a known format");
-  command->add_option("file", args.path, "JSONL data file")->required();
-  command->add_option("--format", args.format, "the data's format (default: from the first record's keys)");
-  return command;
-}
-
-int CheckFile(const CheckFileArgs& args) {
-  std::optional<DataFormat> format;
-  if (!args.format.empty() && !(format = DataFormatNamed(args.format)))
-    Fail(ErrorCode::kInvalidArgument, "--format: '{}' is not a data format (see docs/data.md)", args.format);
-  CheckDataFile(args.path, format, std::cout);
-  return kExitOk;
-}
 
 }  // namespace
 }  // namespace shardtune
@@ -212,9 +211,7 @@ int main(int argc, char** argv) {
   std::string validate_job;
   validate->add_option("job", validate_job, "job spec (YAML)")->required();
 
-  CheckFileArgs check_args;
-  CLI::App* check_file = AddCheckFile(app, check_args);
-
+  const CheckFileCommand check_file(app);
   CLI::App* exporter = app.add_subcommand("export", "export a training checkpoint as a Hugging Face model directory");
   ExportArgs export_args;
   exporter->add_option("checkpoint", export_args.checkpoint_dir, "OUTPUT_DIR/checkpoints/step-N")->required();
@@ -252,7 +249,7 @@ int main(int argc, char** argv) {
   evaluate->add_option("--batch-size", eval.batch_size, "examples per forward")->check(CLI::PositiveNumber);
   evaluate->add_option("--output", eval_output, "also write the metrics (JSON) to this file");
 
-  for (CLI::App* command : {generate, tokenize, validate, check_file, exporter, init, evaluate})
+  for (CLI::App* command : {generate, tokenize, validate, check_file.app, exporter, init, evaluate})
     command->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
   try {
@@ -287,7 +284,7 @@ int main(int argc, char** argv) {
       ValidateData(validate_job, std::cout);
       return kExitOk;
     }
-    if (check_file->parsed()) return CheckFile(check_args);
+    if (check_file.app->parsed()) return check_file.Run();
   } catch (const std::exception& e) {
     return ReportFailure(e);
   }
