@@ -146,7 +146,9 @@ std::unique_ptr<FileStore::Upload> FileStore::BeginUpload(const std::string& ten
   const fs::path temp = FilesDir(tenant) / (kTempPrefix + RandomToken().substr(0, 16));
   std::error_code ec;
   fs::create_directories(temp.parent_path(), ec);
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  // Readable by the jobs that name it, which may run as `run_as` rather than as the server; the
+  // tenant's root is what keeps other users out.
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) {
     const int error = errno;
     Release(tenant, metadata.bytes());

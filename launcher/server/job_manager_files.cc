@@ -30,7 +30,9 @@ std::string ReplaceAll(std::string text, const std::string& from, const std::str
 }  // namespace
 
 FileCheck JobManager::CheckUploadedFile(const std::filesystem::path& path, const std::string& filename) const {
-  const CommandResult run = RunCommand({WorkerPath(), "check-file", path.string(), "--log-level", "error"});
+  // As the job's user, like validate-data: the server's own privileges never parse a tenant's bytes.
+  const CommandResult run =
+      RunJobCommand({WorkerPath(), "check-file", path.string(), "--log-level", "error"}, {}, job_user_);
   // The worker names the file by the path it read: the upload's temporary name, which the
   // tenant never sees.
   std::string report = ReplaceAll(run.output, path.string(), filename);
