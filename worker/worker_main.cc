@@ -58,6 +58,24 @@ struct GenerateArgs {
   GenerateOptions options;
 };
 
+// `shardtune-worker generate`'s options, read into `gen`.
+CLI::App* AddGenerateCommand(CLI::App& app, GenerateArgs& gen) {
+  CLI::App* generate = app.add_subcommand("generate", "generate tokens from a model directory");
+  generate->add_option("--model", gen.model, "Hugging Face model directory")->required();
+  generate->add_option("--adapter", gen.adapter, "PEFT adapter directory");
+  generate->add_option("--prompt", gen.prompt, "prompt text (needs a tokenizer)");
+  generate->add_option("--input-ids", gen.input_ids, "prompt token ids, space-separated");
+  generate->add_option("--tokenizer", gen.tokenizer, "tokenizer for --prompt and --format text (default: the model's)");
+  generate->add_option("--max-new-tokens", gen.options.max_new_tokens, "tokens to generate")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_option("--temperature", gen.options.temperature, "0 for greedy")->check(CLI::NonNegativeNumber);
+  generate->add_option("--top-p", gen.options.top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
+  generate->add_option("--seed", gen.options.seed, "sampling seed");
+  generate->add_option("--format", gen.format, "text or ids")->check(CLI::IsMember({"text", "ids"}));
+  generate->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an end-of-sequence token");
+  return generate;
+}
+
 int Generate(const GenerateArgs& args) {
   if (args.prompt.empty() == args.input_ids.empty()) {
     Fail(ErrorCode::kInvalidArgument, "give the prompt as --prompt TEXT or as --input-ids \"1 2 3\" (one of them)");
@@ -181,20 +199,8 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
   app.require_subcommand(0, 1);
 
-  CLI::App* generate = app.add_subcommand("generate", "generate tokens from a model directory");
   GenerateArgs gen;
-  generate->add_option("--model", gen.model, "Hugging Face model directory")->required();
-  generate->add_option("--adapter", gen.adapter, "PEFT adapter directory");
-  generate->add_option("--prompt", gen.prompt, "prompt text (needs a tokenizer)");
-  generate->add_option("--input-ids", gen.input_ids, "prompt token ids, space-separated");
-  generate->add_option("--tokenizer", gen.tokenizer, "tokenizer for --prompt and --format text (default: the model's)");
-  generate->add_option("--max-new-tokens", gen.options.max_new_tokens, "tokens to generate")
-      ->check(CLI::NonNegativeNumber);
-  generate->add_option("--temperature", gen.options.temperature, "0 for greedy")->check(CLI::NonNegativeNumber);
-  generate->add_option("--top-p", gen.options.top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
-  generate->add_option("--seed", gen.options.seed, "sampling seed");
-  generate->add_option("--format", gen.format, "text or ids")->check(CLI::IsMember({"text", "ids"}));
-  generate->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an end-of-sequence token");
+  CLI::App* generate = AddGenerateCommand(app, gen);
 
   CLI::App* tokenize =
       app.add_subcommand("tokenize", "stdin text -> token ids (space-separated), or ids -> text with --decode");

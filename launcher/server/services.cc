@@ -6,8 +6,8 @@
 #include <sstream>
 
 #include "common/job_spec.h"
-#include "launcher/server/service_util.h"
 #include "launcher/server/page_token.h"
+#include "launcher/server/service_util.h"
 
 namespace shardtune::server {
 
