@@ -60,6 +60,16 @@ int64_t NowMs() {
 }
 
 JobStore::JobStore(const std::filesystem::path& path) : path_(path) {
+  // A constructor that throws runs no destructor: what it opened is closed here.
+  try {
+    Open(path);
+  } catch (...) {
+    Close();
+    throw;
+  }
+}
+
+void JobStore::Open(const std::filesystem::path& path) {
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
   if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK) {
@@ -87,9 +97,14 @@ JobStore::JobStore(const std::filesystem::path& path) : path_(path) {
   }
 }
 
-JobStore::~JobStore() {
+JobStore::~JobStore() { Close(); }
+
+void JobStore::Close() {
   for (sqlite3* reader : readers_) sqlite3_close(reader);
+  readers_.clear();
+  idle_readers_.clear();
   sqlite3_close(db_);
+  db_ = nullptr;
 }
 
 JobStore::ReadLease::ReadLease(JobStore& store) : store_(store) {

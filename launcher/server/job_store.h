@@ -99,6 +99,8 @@ class JobStore {
   Locked Lock() { return {db_, std::unique_lock<std::mutex>(mutex_)}; }
 
  private:
+  void Open(const std::filesystem::path& path);
+  void Close();
   void Exec(const std::string& sql);
   // Unlocked: the caller holds mutex_.
   void InsertRow(const JobRecord& record);
