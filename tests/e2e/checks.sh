@@ -16,6 +16,14 @@ summary() {
   [ "$skipped" -eq 0 ] || exit 77
 }
 
+# kill_server_processes PORT: SIGKILL to every process started for the server on 127.0.0.1:PORT
+# (its jobs' supervisors, mpirun and ranks carry it in SHARDTUNE_SERVER), for a test's cleanup.
+kill_server_processes() {
+  for p in /proc/[0-9]*; do
+    grep -qz "^SHARDTUNE_SERVER=127.0.0.1:$1$" "$p/environ" 2>/dev/null && kill -9 "${p#/proc/}" 2>/dev/null
+  done
+}
+
 # field JOB_ID NAME: one field of `shardtune get --output json` ($bin: the build's bin directory).
 field() {
   "$bin/shardtune" get "$1" --output json 2>/dev/null |

@@ -13,9 +13,7 @@ work=$(mktemp -d)
 server_pid=""
 cleanup() {
   [ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  for p in /proc/[0-9]*; do
-    grep -qz "^SHARDTUNE_SERVER=127.0.0.1:$port$" "$p/environ" 2>/dev/null && kill -9 "${p#/proc/}" 2>/dev/null
-  done
+  kill_server_processes "$port"
   rm -rf "$work"
 }
 trap cleanup EXIT
