@@ -19,19 +19,14 @@ BertConfig BertConfig::Parse(const std::string& text, const std::string& where) 
   if (root.value("model_type", "") != "bert") Fail(ErrorCode::kInvalidArgument, "{}: model_type must be 'bert'", where);
   BertConfig c;
   // The sizes: each read, then (once every field has been read) required within their limits.
-  struct Size {
-    const char* key;
-    int64_t* value;
-    int64_t max;
-  };
-  const Size sizes[] = {{"vocab_size", &c.vocab_size, config_limits::kVocabSize},
-                        {"hidden_size", &c.hidden_size, config_limits::kHiddenSize},
-                        {"num_hidden_layers", &c.num_hidden_layers, config_limits::kLayers},
-                        {"num_attention_heads", &c.num_attention_heads, config_limits::kHeads},
-                        {"intermediate_size", &c.intermediate_size, config_limits::kIntermediateSize},
-                        {"max_position_embeddings", &c.max_position_embeddings, config_limits::kPositions},
-                        {"type_vocab_size", &c.type_vocab_size, config_limits::kTypeVocabSize}};
-  for (const Size& size : sizes) ReadConfigField(root, size.key, size.value, where);
+  const ConfigSize sizes[] = {{"vocab_size", &c.vocab_size, config_limits::kVocabSize},
+                              {"hidden_size", &c.hidden_size, config_limits::kHiddenSize},
+                              {"num_hidden_layers", &c.num_hidden_layers, config_limits::kLayers},
+                              {"num_attention_heads", &c.num_attention_heads, config_limits::kHeads},
+                              {"intermediate_size", &c.intermediate_size, config_limits::kIntermediateSize},
+                              {"max_position_embeddings", &c.max_position_embeddings, config_limits::kPositions},
+                              {"type_vocab_size", &c.type_vocab_size, config_limits::kTypeVocabSize}};
+  for (const ConfigSize& size : sizes) ReadConfigField(root, size.key, size.value, where);
   ReadConfigField(root, "layer_norm_eps", &c.layer_norm_eps, where);
   ReadConfigField(root, "hidden_dropout_prob", &c.hidden_dropout_prob, where);
   ReadConfigField(root, "attention_probs_dropout_prob", &c.attention_probs_dropout_prob, where);
@@ -42,7 +37,7 @@ BertConfig BertConfig::Parse(const std::string& text, const std::string& where) 
     ReadConfigField(root, "classifier_dropout", &p, where);
     c.classifier_dropout = p;
   }
-  for (const Size& size : sizes) RequireSizeField(*size.value, size.key, size.max, where);
+  for (const ConfigSize& size : sizes) RequireSizeField(*size.value, size.key, size.max, where);
   if (c.hidden_size % c.num_attention_heads != 0) {
     Fail(ErrorCode::kInvalidArgument, "{}: hidden_size {} is not a multiple of num_attention_heads {}", where,
          c.hidden_size, c.num_attention_heads);

@@ -52,6 +52,15 @@ inline constexpr int64_t kLabels = 1 << 16;              // id2label's classes
 inline constexpr int64_t kParameters = int64_t{1} << 41;
 }  // namespace config_limits
 
+// A size field of config.json: its key, the member it is read into, and its upper limit. A
+// config reader lists its sizes once, reads each (ReadConfigField), then, once every field has
+// been read (a default may depend on another), requires each within 1..max (RequireSizeField).
+struct ConfigSize {
+  const char* key;
+  int64_t* value;
+  int64_t max;
+};
+
 // Requires 1 <= value <= max: an error naming `where` (config.json), the key, the range and the value.
 void RequireSizeField(int64_t value, const char* key, int64_t max, const std::string& where);
 // Requires a token id (pad, bos, eos) to name a row of the vocabulary: 0 <= id < vocab_size (and

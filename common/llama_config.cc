@@ -77,19 +77,14 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
   }
   const bool qwen2 = c.model_type == "qwen2";
   // The sizes: each read, then (once every field has been read) required within their limits.
-  struct Size {
-    const char* key;
-    int64_t* value;
-    int64_t max;
-  };
-  const Size sizes[] = {{"vocab_size", &c.vocab_size, config_limits::kVocabSize},
-                        {"hidden_size", &c.hidden_size, config_limits::kHiddenSize},
-                        {"intermediate_size", &c.intermediate_size, config_limits::kIntermediateSize},
-                        {"num_hidden_layers", &c.num_hidden_layers, config_limits::kLayers},
-                        {"num_attention_heads", &c.num_attention_heads, config_limits::kHeads},
-                        {"num_key_value_heads", &c.num_key_value_heads, config_limits::kHeads},
-                        {"max_position_embeddings", &c.max_position_embeddings, config_limits::kPositions}};
-  for (const Size& size : sizes) ReadConfigField(root, size.key, size.value, where);
+  const ConfigSize sizes[] = {{"vocab_size", &c.vocab_size, config_limits::kVocabSize},
+                              {"hidden_size", &c.hidden_size, config_limits::kHiddenSize},
+                              {"intermediate_size", &c.intermediate_size, config_limits::kIntermediateSize},
+                              {"num_hidden_layers", &c.num_hidden_layers, config_limits::kLayers},
+                              {"num_attention_heads", &c.num_attention_heads, config_limits::kHeads},
+                              {"num_key_value_heads", &c.num_key_value_heads, config_limits::kHeads},
+                              {"max_position_embeddings", &c.max_position_embeddings, config_limits::kPositions}};
+  for (const ConfigSize& size : sizes) ReadConfigField(root, size.key, size.value, where);
   // Without num_key_value_heads, every attention head has its own key/value head (no GQA).
   if (!root.contains("num_key_value_heads") || root["num_key_value_heads"].is_null())
     c.num_key_value_heads = c.num_attention_heads;
@@ -137,7 +132,7 @@ LlamaConfig LlamaConfig::Parse(const std::string& text, const std::string& where
     }
   }
 
-  for (const Size& size : sizes) RequireSizeField(*size.value, size.key, size.max, where);
+  for (const ConfigSize& size : sizes) RequireSizeField(*size.value, size.key, size.max, where);
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     Fail(ErrorCode::kInvalidArgument, "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", where,
          c.num_attention_heads, c.num_key_value_heads);

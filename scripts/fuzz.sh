@@ -9,8 +9,8 @@
 #
 # Environment: FUZZ_SECONDS (60 per target), FUZZ_RUNS (stop a target after this many
 # executions instead), FUZZ_TARGETS (a subset, space-separated), FUZZ_BUILD_DIR (build-fuzz),
-# JOBS (build parallelism), FUZZ_NO_BUILD=1 (run what is built). The corpora grow across runs in
-# build-fuzz/fuzz-work/corpus/.
+# JOBS (build parallelism), FUZZ_JOBS (targets fuzzed at once, 1), FUZZ_NO_BUILD=1 (run what is
+# built). The corpora grow across runs in build-fuzz/fuzz-work/corpus/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${FUZZ_BUILD_DIR:-build-fuzz}
@@ -45,30 +45,45 @@ python3 scripts/fuzz_seeds.py . "$fixtures" "$work/seeds" || exit 1
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 table="$work/table.md"
-mkdir -p "$work/logs"
-{
-  echo "| target | executions | coverage (cov / ft) | crashes |"
-  echo "|---|---:|---:|---:|"
-} > "$table"
-status=0
-for t in $targets; do
+mkdir -p "$work/logs" "$work/rows"
+# One target's run; its table row goes to rows/TARGET, its exit status to rows/TARGET.status.
+run_target() {
+  local t=$1
   mkdir -p "$work/corpus/$t" "$work/artifacts/$t" "$work/seeds/$t"
   echo "fuzz: $t for ${seconds}s (max_len $(max_len "$t"))"
   "$build_dir/bin/fuzz_$t" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 -max_total_time="$seconds" \
     -runs="$runs" -print_final_stats=1 -artifact_prefix="$work/artifacts/$t/" \
     "$work/corpus/$t" "$work/seeds/$t" > "$work/logs/$t.log" 2>&1
-  rc=$?
+  local rc=$?
+  local execs cov crashes
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/logs/$t.log" | tail -1)
   if [ -z "$execs" ]; then  # stopped by a crash: the last status line's count
     execs=$(grep -oE '^#[0-9]+' "$work/logs/$t.log" | tail -1 | tr -d '#')
   fi
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$work/logs/$t.log" | tail -1 | sed 's/cov: \([0-9]*\) ft: \([0-9]*\)/\1 \/ \2/')
   crashes=$(find "$work/artifacts/$t" -type f | wc -l)
-  echo "| $t | ${execs:-0} | ${cov:-?} | $crashes |" >> "$table"
+  echo "| $t | ${execs:-0} | ${cov:-?} | $crashes |" > "$work/rows/$t"
   if [ "$rc" -ne 0 ] || [ "$crashes" -ne 0 ]; then
-    status=1
+    echo 1 > "$work/rows/$t.status"
     echo "fuzz: $t found a problem (exit $rc); its input is in $work/artifacts/$t/, the report in $work/logs/$t.log"
+  else
+    echo 0 > "$work/rows/$t.status"
   fi
+}
+
+# FUZZ_JOBS targets at a time (each fuzzer is one process on one core).
+for t in $targets; do
+  while [ "$(jobs -rp | wc -l)" -ge "${FUZZ_JOBS:-1}" ]; do wait -n; done
+  run_target "$t" &
 done
+wait
+
+{
+  echo "| target | executions | coverage (cov / ft) | crashes |"
+  echo "|---|---:|---:|---:|"
+  for t in $targets; do cat "$work/rows/$t"; done
+} > "$table"
 cat "$table"
+status=0
+for t in $targets; do [ "$(cat "$work/rows/$t.status")" == 0 ] || status=1; done
 exit $status

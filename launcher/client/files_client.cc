@@ -81,9 +81,11 @@ void PrintFileRow(const v1::File& f) {
 }
 
 void PrintFile(const v1::File& f) {
-  std::printf("id:       %s\nfilename: %s\npurpose:  %s\nbytes:    %lld\nsha256:   %s\ncreated:  %s\nstatus:   %s\n",
-              f.id().c_str(), f.filename().c_str(), f.purpose().c_str(), static_cast<long long>(f.bytes()),
-              f.sha256().c_str(), Time(f.created_at() * 1000).c_str(), f.status().c_str());
+  std::printf(
+      "id:       %s\ntenant:   %s\nfilename: %s\npurpose:  %s\nbytes:    %lld\nsha256:   %s\ncreated:  %s\nstatus:   "
+      "%s\n",
+      f.id().c_str(), f.tenant().c_str(), f.filename().c_str(), f.purpose().c_str(), static_cast<long long>(f.bytes()),
+      f.sha256().c_str(), Time(f.created_at() * 1000).c_str(), f.status().c_str());
   if (!f.status_details().empty()) std::printf("details:\n%s\n", f.status_details().c_str());
 }
 

@@ -13,6 +13,7 @@
 #include <regex>
 
 #include "common/atomic_file.h"
+#include "launcher/server/page_token.h"
 #include "launcher/server/request_error.h"
 #include "launcher/server/sqlite_statement.h"
 
@@ -39,29 +40,6 @@ v1::File FromRow(Statement& q) {
   f.set_status(q.Text(7));
   f.set_status_details(q.Text(8));
   return f;
-}
-
-// A page token: the last row's rowid (rows are numbered in insertion order), hex-encoded with a
-// prefix so that clients treat it as opaque and a token of another kind is recognized.
-std::string EncodeToken(int64_t rowid) {
-  std::string hex;
-  for (unsigned char c : fmt::format("files:{}", rowid)) hex += fmt::format("{:02x}", c);
-  return hex;
-}
-
-std::optional<int64_t> DecodeToken(const std::string& token) {
-  if (token.size() % 2 != 0 || token.size() > 80) return std::nullopt;
-  std::string text;
-  for (size_t i = 0; i < token.size(); i += 2) {
-    if (!std::isxdigit(static_cast<unsigned char>(token[i])) ||
-        !std::isxdigit(static_cast<unsigned char>(token[i + 1])))
-      return std::nullopt;
-    text.push_back(static_cast<char>(std::stoi(token.substr(i, 2), nullptr, 16)));
-  }
-  static const std::regex kToken("files:([0-9]{1,18})");
-  std::smatch m;
-  if (!std::regex_match(text, m, kToken)) return std::nullopt;
-  return std::stoll(m[1].str());
 }
 
 void CheckMetadata(const v1::UploadFileRequest::Metadata& m) {
@@ -240,7 +218,7 @@ void FileStore::Insert(const v1::File& file) {
 
 std::optional<v1::File> FileStore::Get(const std::string& tenant, const std::string& id) {
   auto db = db_.Lock();
-  Statement q(db.db, fmt::format("SELECT {} FROM files WHERE id = ? AND tenant = ?", kFileColumns));
+  Statement q(db.db, fmt::format("SELECT {} FROM files WHERE id = ?1 AND (?2 = '' OR tenant = ?2)", kFileColumns));
   q.Bind(1, id).Bind(2, tenant);
   if (!q.Step()) return std::nullopt;
   return FromRow(q);
@@ -250,22 +228,27 @@ FileStore::Page FileStore::List(const std::string& tenant, const std::string& pu
                                 const std::string& page_token) {
   int64_t after = INT64_MAX;
   if (!page_token.empty()) {
-    const auto cursor = DecodeToken(page_token);
-    if (!cursor) Refuse(RequestError::Kind::kInvalidArgument, "page_token is not one this server gave");
+    const auto cursor = DecodeFilePageToken(page_token, tenant, purpose);
+    if (!cursor) {
+      Refuse(RequestError::Kind::kInvalidArgument,
+             "page_token is not one this server gave for this listing (a token belongs to the purpose it was given "
+             "with)");
+    }
     after = *cursor;
   }
   auto db = db_.Lock();
   // Keyset paging on the rowid (insertion order), newest first: files uploaded or deleted between
   // pages neither repeat nor skip a row.
-  Statement q(db.db, fmt::format("SELECT {}, rowid FROM files WHERE tenant = ?1 AND (?2 = '' OR purpose = ?2) AND "
-                                 "rowid < ?3 ORDER BY rowid DESC LIMIT ?4",
-                                 kFileColumns));
+  Statement q(
+      db.db, fmt::format("SELECT {}, rowid FROM files WHERE (?1 = '' OR tenant = ?1) AND (?2 = '' OR purpose = ?2) AND "
+                         "rowid < ?3 ORDER BY rowid DESC LIMIT ?4",
+                         kFileColumns));
   q.Bind(1, tenant).Bind(2, purpose).Bind(3, after).Bind(4, page_size + 1);
   Page page;
   int64_t last_rowid = 0;
   while (q.Step()) {
     if (static_cast<int64_t>(page.files.size()) == page_size) {
-      page.next_page_token = EncodeToken(last_rowid);
+      page.next_page_token = EncodeFilePageToken(last_rowid, page.files.back().id(), tenant, purpose);
       break;
     }
     last_rowid = q.Int(9);

@@ -75,13 +75,14 @@ class FileStore {
   // (RESOURCE_EXHAUSTED) and reserves its share of them.
   std::unique_ptr<Upload> BeginUpload(const std::string& tenant, const v1::UploadFileRequest::Metadata& metadata);
 
-  // The tenant's file; nullopt for an unknown id or another tenant's.
+  // The tenant's file (any tenant's when `tenant` is empty); nullopt for an unknown id or another tenant's.
   std::optional<v1::File> Get(const std::string& tenant, const std::string& id);
   struct Page {
     std::vector<v1::File> files;  // newest first
     std::string next_page_token;  // empty: the last page
   };
-  // `page_token`: empty, or a next_page_token this store gave (INVALID_ARGUMENT otherwise).
+  // The tenant's files (every tenant's when `tenant` is empty), newest first. `page_token`: empty,
+  // or a next_page_token this store gave for the same tenant and purpose (INVALID_ARGUMENT otherwise).
   Page List(const std::string& tenant, const std::string& purpose, int64_t page_size, const std::string& page_token);
   // Removes the row, then the bytes. The caller has checked that no unfinished job uses it.
   void Delete(const v1::File& file);

@@ -284,30 +284,33 @@ JobManager::SlotUse JobManager::UsedSlots(const std::vector<JobRecord>& unfinish
 
 v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& request) {
   RequireWrite(caller);
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (!request.idempotency_key().empty()) {
+  if (!request.idempotency_key().empty()) {  // a retry: the job it made, without checking it again
     if (auto existing = store_->FindByIdempotencyKey(caller.tenant, request.idempotency_key())) return existing->job;
   }
+  // The checks that read files (the storage check walks named directories) or plan run without
+  // the manager's lock, so that a large spec does not hold up other calls; what they depend on
+  // that may change meanwhile (the uploaded files, the idempotency key, the output dir) is checked
+  // again under it.
   std::set<std::string> uploaded;  // the files it names as file:ID
   const JobSpec spec = ParseSpec(SpecText(request), 0, UploadedFilesOf(caller, &uploaded));
   storage_.Require(caller.tenant, caller.admin, spec);
   const int ranks = static_cast<int>(spec.resources.world_size());
-  if (ranks > config_.total_slots()) {
-    throw RequestError(RequestError::Kind::kResourceExhausted,
-                       fmt::format("resources ask for {} ranks, but this server's pool has {} slots in all; the job "
-                                   "could never start",
-                                   ranks, config_.total_slots()));
-  }
-  if (const auto quota = config_.quotas.find(caller.tenant);
-      quota != config_.quotas.end() && quota->second.max_ranks > 0 && ranks > quota->second.max_ranks) {
-    throw RequestError(RequestError::Kind::kResourceExhausted,
-                       fmt::format("resources ask for {} ranks; tenant '{}' may use at most {}", ranks, caller.tenant,
-                                   quota->second.max_ranks));
-  }
+  RequireRanksAvailable(caller.tenant, ranks);
   if (const auto plan = PlanFor(spec, ranks); plan && !plan->fits) {
     throw RequestError(RequestError::Kind::kResourceExhausted,
                        fmt::format("the job does not fit its {} ranks of {:.1f} GiB each:\n{}", ranks,
                                    config_.memory_per_slot_gib, PlanToText(*plan)));
+  }
+
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!request.idempotency_key().empty()) {  // the same request, admitted by another call meanwhile
+    if (auto existing = store_->FindByIdempotencyKey(caller.tenant, request.idempotency_key())) return existing->job;
+  }
+  for (const std::string& id : uploaded) {  // DeleteFile holds the lock: none goes while the job is admitted
+    if (!files_->Get(caller.tenant, id))
+      throw RequestError(RequestError::Kind::kInvalidArgument,
+                         fmt::format("no uploaded file '{}' (deleted while the job was admitted)", id),
+                         v1::INVALID_SPEC);
   }
   if (const auto problem = FinishedRunProblem(spec.output.dir)) {
     throw RequestError(RequestError::Kind::kFailedPrecondition, *problem);
@@ -341,6 +344,21 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   validation_.notify_one();
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);
   return r.job;
+}
+
+void JobManager::RequireRanksAvailable(const std::string& tenant, int ranks) const {
+  if (ranks > config_.total_slots()) {
+    throw RequestError(RequestError::Kind::kResourceExhausted,
+                       fmt::format("resources ask for {} ranks, but this server's pool has {} slots in all; the job "
+                                   "could never start",
+                                   ranks, config_.total_slots()));
+  }
+  if (const auto quota = config_.quotas.find(tenant);
+      quota != config_.quotas.end() && quota->second.max_ranks > 0 && ranks > quota->second.max_ranks) {
+    throw RequestError(RequestError::Kind::kResourceExhausted,
+                       fmt::format("resources ask for {} ranks; tenant '{}' may use at most {}", ranks, tenant,
+                                   quota->second.max_ranks));
+  }
 }
 
 std::optional<Plan> JobManager::PlanFor(const JobSpec& spec, int64_t ranks) const {

@@ -37,8 +37,11 @@ namespace shardtune::server {
 
 struct Caller {
   std::string tenant;
-  bool admin = false;      // sees and controls every tenant's jobs
+  bool admin = false;      // sees and controls every tenant's jobs and files
   bool read_only = false;  // a viewer: lists and watches, changes nothing
+
+  // The tenant whose jobs and files the caller sees; empty: every tenant's (an admin).
+  std::string visible_tenant() const { return admin ? "" : tenant; }
 };
 
 // The spec of a request as text: its YAML, or its structured fields as JSON (which is YAML).
@@ -53,6 +56,8 @@ class JobManager {
   JobStore& store() { return *store_; }
   FileStore& files() { return *files_; }
   // The job's memory plan on `ranks` slots, when the configuration gives their memory.
+  // RESOURCE_EXHAUSTED when `ranks` exceed the pool or the tenant's max_ranks.
+  void RequireRanksAvailable(const std::string& tenant, int ranks) const;
   std::optional<Plan> PlanFor(const JobSpec& spec, int64_t ranks) const;
   const ServerConfig& config() const { return config_; }
   const StoragePolicy& storage() const { return storage_; }

@@ -49,7 +49,7 @@ std::unique_ptr<FileStore::Upload> JobManager::BeginUpload(const Caller& caller,
 void JobManager::DeleteFile(const Caller& caller, const std::string& id) {
   RequireFileWrite(caller);
   std::lock_guard<std::mutex> lock(mutex_);  // no job is admitted naming it meanwhile
-  const auto file = files_->Get(caller.tenant, id);
+  const auto file = files_->Get(caller.visible_tenant(), id);
   if (!file) throw RequestError(RequestError::Kind::kNotFound, fmt::format("no file '{}'", id));
   if (const auto jobs = files_->JobsUsing(id); !jobs.empty()) {
     throw RequestError(RequestError::Kind::kFailedPrecondition,

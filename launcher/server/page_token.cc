@@ -16,12 +16,16 @@ namespace {
 constexpr char kVersion[] = "p1";
 constexpr size_t kMaxTokenSize = 1024;  // a position and a digest: far less
 
-// What the token is bound to: every part of the filter except the position and the page size
-// (a client may change its page size between pages).
-std::string FilterDigest(const JobFilter& f) {
-  std::string text = fmt::format("tenant={}\nstatus={}\nname={}\n", f.tenant, static_cast<int>(f.status), f.name);
+// What a token is bound to: the listing and every part of its filter except the position and
+// the page size (a client may change its page size between pages).
+std::string JobFilterText(const JobFilter& f) {
+  std::string text = fmt::format("jobs\ntenant={}\nstatus={}\nname={}\n", f.tenant, static_cast<int>(f.status), f.name);
   for (const auto& [k, v] : f.labels) text += fmt::format("label={}={}\n", k, v);  // std::map: sorted
-  return Sha256Hex(text).substr(0, 16);
+  return text;
+}
+
+std::string FileFilterText(const std::string& tenant, const std::string& purpose) {
+  return fmt::format("files\ntenant={}\npurpose={}\n", tenant, purpose);
 }
 
 std::string Base64Url(const std::string& bytes) {
@@ -56,17 +60,16 @@ std::optional<std::string> FromBase64Url(std::string text) {
   return out;
 }
 
-}  // namespace
-
-std::string EncodePageToken(const ListPosition& after, const JobFilter& filter) {
-  return Base64Url(fmt::format("{}:{}:{}:{}", kVersion, FilterDigest(filter), after.created_ms, after.id));
+// A token holds VERSION:DIGEST:KEY:ID (the id is last: it is the only part that could hold a
+// colon), KEY a non-negative integer and ID non-empty.
+std::string Encode(const std::string& filter_text, int64_t key, const std::string& id) {
+  return Base64Url(fmt::format("{}:{}:{}:{}", kVersion, Sha256Hex(filter_text).substr(0, 16), key, id));
 }
 
-std::optional<ListPosition> DecodePageToken(const std::string& token, const JobFilter& filter) {
+std::optional<ListPosition> Decode(const std::string& token, const std::string& filter_text) {
   const auto text = FromBase64Url(token);
   if (!text) return std::nullopt;
-  // p1:DIGEST:CREATED_MS:ID (the id is last: it is the only part that could hold a colon).
-  const std::string prefix = fmt::format("{}:{}:", kVersion, FilterDigest(filter));
+  const std::string prefix = fmt::format("{}:{}:", kVersion, Sha256Hex(filter_text).substr(0, 16));
   if (text->rfind(prefix, 0) != 0) return std::nullopt;
   const size_t colon = text->find(':', prefix.size());
   if (colon == std::string::npos || colon == prefix.size()) return std::nullopt;
@@ -78,6 +81,28 @@ std::optional<ListPosition> DecodePageToken(const std::string& token, const JobF
   position.id = text->substr(colon + 1);
   if (position.id.empty()) return std::nullopt;
   return position;
+}
+
+}  // namespace
+
+std::string EncodePageToken(const ListPosition& after, const JobFilter& filter) {
+  return Encode(JobFilterText(filter), after.created_ms, after.id);
+}
+
+std::optional<ListPosition> DecodePageToken(const std::string& token, const JobFilter& filter) {
+  return Decode(token, JobFilterText(filter));
+}
+
+std::string EncodeFilePageToken(int64_t rowid, const std::string& id, const std::string& tenant,
+                                const std::string& purpose) {
+  return Encode(FileFilterText(tenant, purpose), rowid, id);
+}
+
+std::optional<int64_t> DecodeFilePageToken(const std::string& token, const std::string& tenant,
+                                           const std::string& purpose) {
+  const auto position = Decode(token, FileFilterText(tenant, purpose));
+  if (!position) return std::nullopt;
+  return position->created_ms;
 }
 
 }  // namespace shardtune::server

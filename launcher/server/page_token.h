@@ -1,10 +1,10 @@
 #pragma once
-// ListJobs' page tokens: opaque to clients, a keyset position inside (the last row of the page:
-// created_ms and id, JobStore::List continues after it) bound to the filter that produced it.
-// A token given back with another filter (status, name, labels, or another tenant's key) is
-// refused rather than silently paging a different listing from a position that means nothing
-// there. Not a secret: the position is only base64url-encoded; what a caller may see is decided
-// by the filter, never by the token.
+// The page tokens of every List RPC: opaque to clients, a keyset position inside (the last row of
+// the page, which the next page continues after) bound to the listing and the filter that
+// produced it. A token given back with another filter (status, name, labels, purpose, or another
+// tenant's key) or to another listing is refused rather than silently paging a different listing
+// from a position that means nothing there. Not a secret: the position is only base64url-encoded;
+// what a caller may see is decided by the filter, never by the token.
 
 #include <optional>
 #include <string>
@@ -13,9 +13,19 @@
 
 namespace shardtune::server {
 
+// ListJobs: the position is the last job's (created_ms, id).
 std::string EncodePageToken(const ListPosition& after, const JobFilter& filter);
 
 // The position `token` holds; nullopt when it is not a token this server gave for `filter`.
 std::optional<ListPosition> DecodePageToken(const std::string& token, const JobFilter& filter);
+
+// ListFiles: the position is the last file's row number (insertion order) and id; the filter its
+// tenant (empty: every tenant, for admins) and purpose.
+std::string EncodeFilePageToken(int64_t rowid, const std::string& id, const std::string& tenant,
+                                const std::string& purpose);
+
+// The row number `token` holds; nullopt when it is not a token this server gave for that filter.
+std::optional<int64_t> DecodeFilePageToken(const std::string& token, const std::string& tenant,
+                                           const std::string& purpose);
 
 }  // namespace shardtune::server

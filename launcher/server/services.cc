@@ -71,7 +71,7 @@ class JobServiceImpl final : public v1::JobService::Service {
   Status ListJobs(ServerContext* context, const v1::ListJobsRequest* request, v1::ListJobsResponse* response) override {
     return Authenticated(context, [&](const Caller& caller) {
       JobFilter filter;
-      filter.tenant = caller.admin ? "" : caller.tenant;
+      filter.tenant = caller.visible_tenant();
       filter.status = request->status();
       filter.name = request->name();
       filter.labels = {request->labels().begin(), request->labels().end()};

@@ -147,7 +147,8 @@ class FileServiceImpl final : public v1::FileService::Service {
                    v1::ListFilesResponse* response) override {
     return keys_.Authenticated(context, [&](const Caller& caller) {
       const int64_t page_size = request->page_size() > 0 ? std::min(request->page_size(), 500) : 50;
-      FileStore::Page page = manager_.files().List(caller.tenant, request->purpose(), page_size, request->page_token());
+      FileStore::Page page =
+          manager_.files().List(caller.visible_tenant(), request->purpose(), page_size, request->page_token());
       for (auto& f : page.files) *response->add_files() = std::move(f);
       response->set_next_page_token(page.next_page_token);
       return Status::OK;
@@ -186,9 +187,9 @@ class FileServiceImpl final : public v1::FileService::Service {
   }
 
  private:
-  // The caller's tenant's file; another tenant's does not exist for it.
+  // The caller's tenant's file (any tenant's, for an admin); another tenant's does not exist for it.
   v1::File Owned(const Caller& caller, const std::string& id) {
-    auto file = manager_.files().Get(caller.tenant, id);
+    auto file = manager_.files().Get(caller.visible_tenant(), id);
     if (!file) Refuse(RequestError::Kind::kNotFound, fmt::format("no file '{}'", id));
     return *file;
   }

@@ -30,6 +30,7 @@ api_keys:
   - {key: key-a, tenant: team-a, role: user}
   - {key: key-b, tenant: team-b, role: user}
   - {key: key-viewer, tenant: team-a, role: viewer}
+  - {key: key-admin, tenant: ops, role: admin}
 local: {hosts: [{host: localhost, slots: 2}], extra_args: [--oversubscribe]}
 quotas: {team-a: {max_file_bytes: 200000, max_files: 6}}
 YAML
@@ -126,6 +127,8 @@ sed "s/$file_id/$bad_id/; s/runs\/uploaded/runs\/b/" job.yaml > job-b.yaml
 out=$(SHARDTUNE_TOKEN=key-b "$bin/shardtune" submit job-b.yaml 2>&1)
 expect_contains "team-b: a spec naming team-a's file -> no uploaded file" "$out" "no uploaded file '$bad_id'"
 expect_eq "the message never shows the path" "$(grep -c "$work/state" <<<"$out")" "0"
+expect_contains "an admin lists every tenant's files" "$(SHARDTUNE_TOKEN=key-admin "$bin/shardtune" files list)" "$bad_id"
+expect_contains "an admin gets another tenant's file" "$(SHARDTUNE_TOKEN=key-admin "$bin/shardtune" files get "$bad_id")" "team-a"
 
 # 6. A restart keeps the files and removes what an interrupted upload left.
 kill -9 "$server_pid"; wait "$server_pid" 2>/dev/null; server_pid=""

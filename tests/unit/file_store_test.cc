@@ -165,6 +165,17 @@ TEST_F(FileStoreTest, ListPagesNewestFirstWithoutRepeatsAndDeleteRemovesTheBytes
   EXPECT_EQ(seen, (std::vector<std::string>{"f4", "f3", "f2", "f1", "f0"}));
   EXPECT_EQ(Refusal([&] { files_->List("team-b", "", 2, "not-a-token"); }), RequestError::Kind::kInvalidArgument);
   EXPECT_TRUE(files_->List("team-a", "", 10, "").files.empty());
+  // A token is bound to the listing it came from: another tenant, purpose or listing refuses it.
+  const std::string next = files_->List("team-b", "", 2, "").next_page_token;
+  ASSERT_FALSE(next.empty());
+  EXPECT_EQ(files_->List("team-b", "", 3, next).files.size(), 3u);  // the page size may change
+  EXPECT_EQ(Refusal([&] { files_->List("team-a", "", 2, next); }), RequestError::Kind::kInvalidArgument);
+  EXPECT_EQ(Refusal([&] { files_->List("team-b", "data", 2, next); }), RequestError::Kind::kInvalidArgument);
+  // An admin's listing (no tenant) sees every tenant's files, and gets any of them by id.
+  Upload("team-a", "a0", "y");
+  EXPECT_EQ(files_->List("", "", 100, "").files.size(), 6u);
+  EXPECT_TRUE(files_->Get("", ids[1]).has_value());
+  EXPECT_FALSE(files_->Get("team-a", ids[1]).has_value());
   const auto file = files_->Get("team-b", ids[0]);
   files_->Delete(*file);
   EXPECT_FALSE(fs::exists(files_->PathOf(*file)));
