@@ -60,26 +60,14 @@ class Call {
   }
 
   v1::JobService::Stub& stub() { return *stub_; }
-  std::unique_ptr<grpc::ClientContext> Context() const {
-    auto c = std::make_unique<grpc::ClientContext>();
-    if (!flags.token.empty()) c->AddMetadata("authorization", "Bearer " + flags.token);
-    return c;
-  }
+  std::unique_ptr<grpc::ClientContext> Context() const { return ContextWithKey(flags.token); }
   v1::JobRef Ref() const {
     v1::JobRef ref;
     ref.set_id(flags.id);
     return ref;
   }
   // The job an RPC answered with, as a table or JSON; or why the server refused.
-  int Show(const grpc::Status& status, const v1::Job& job) const {
-    if (!status.ok()) return Refused(status);
-    if (json) {
-      std::printf("%s\n", Json(job).c_str());
-    } else {
-      PrintJob(job);
-    }
-    return 0;
-  }
+  int Show(const grpc::Status& status, const v1::Job& job) const { return ShowReply(status, job, json, PrintJob); }
 
   const Flags& flags;
   const bool json;

@@ -85,4 +85,10 @@ std::shared_ptr<grpc::Channel> OpenChannel(const std::string& server, const std:
   return grpc::CreateChannel(server, credentials);
 }
 
+std::unique_ptr<grpc::ClientContext> ContextWithKey(const std::string& token) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+  return context;
+}
+
 }  // namespace shardtune

@@ -6,6 +6,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
 
@@ -22,5 +23,19 @@ int Refused(const grpc::Status& status);
 void ResolveServerAndToken(std::string& server, std::string& token);
 // A channel to `server`: TLS when `tls_ca` (a CA certificate file) is given.
 std::shared_ptr<grpc::Channel> OpenChannel(const std::string& server, const std::string& tls_ca);
+// A context for one RPC, carrying the API key (`authorization: Bearer TOKEN`) when there is one.
+std::unique_ptr<grpc::ClientContext> ContextWithKey(const std::string& token);
+// What an RPC answered: `message` as one line of JSON when `json`, else as `print` shows it; or
+// why the server refused. Returns the exit code.
+template <class Message>
+int ShowReply(const grpc::Status& status, const Message& message, bool json, void (*print)(const Message&)) {
+  if (!status.ok()) return Refused(status);
+  if (json) {
+    std::printf("%s\n", Json(message).c_str());
+  } else {
+    print(message);
+  }
+  return 0;
+}
 
 }  // namespace shardtune

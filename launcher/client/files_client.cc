@@ -96,20 +96,9 @@ class FileCall {
       : flags(flags),
         json(flags.output == "json"),
         stub(v1::FileService::NewStub(OpenChannel(flags.server, flags.tls_ca))) {}
-  std::unique_ptr<grpc::ClientContext> Context() const {
-    auto c = std::make_unique<grpc::ClientContext>();
-    if (!flags.token.empty()) c->AddMetadata("authorization", "Bearer " + flags.token);
-    return c;
-  }
-  int Show(const grpc::Status& status, const v1::File& file) const {
-    if (!status.ok()) return Refused(status);
-    if (json) {
-      std::printf("%s\n", Json(file).c_str());
-    } else {
-      PrintFile(file);
-    }
-    return 0;
-  }
+  std::unique_ptr<grpc::ClientContext> Context() const { return ContextWithKey(flags.token); }
+  // The file an RPC answered with, as a table or JSON; or why the server refused.
+  int Show(const grpc::Status& status, const v1::File& file) const { return ShowReply(status, file, json, PrintFile); }
 
   const FileFlags& flags;
   const bool json;

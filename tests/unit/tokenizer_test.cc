@@ -148,7 +148,16 @@ TEST(Tokenizers, MalformedFilesGiveClearErrors) {
                "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated"}})",
                "does not compile");
   expect_error(R"({"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []}})",
-               "vocab id of 'a' must be a non-negative integer");
+               "the vocab id of 'a' must be a token id, an integer in [0, 4194304), got \"zero\"");
+  // Ids index tables as large as the largest id: one beyond any real vocabulary is refused before
+  // anything is allocated for it (found by fuzzing: 129999999905 asked for terabytes).
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 129999999905}, "merges": []}})",
+               "must be a token id, an integer in [0, 4194304), got 129999999905");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+               "added_tokens": [{"id": -1, "content": "<s>"}]})",
+               "added_tokens' id must be a token id");
+  expect_error(R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]], "unk_id": 3}})",
+               "unk_id 3 is outside the 1 vocab entries");
   try {
     Tokenizer::Load(dir / "absent.json");
     FAIL();

@@ -1,6 +1,7 @@
 #include "worker/data/tokenizer/hf_json.h"
 
 #include "common/error.h"
+#include "common/hf_config.h"
 
 namespace shardtune::hf {
 
@@ -18,6 +19,14 @@ std::string StringField(const json& node, const char* key, const std::string& wh
   const json& value = Field(node, key, where);
   if (!value.is_string()) Malformed(where, fmt::format("'{}' must be a string, got {}", key, value.dump()));
   return value.get<std::string>();
+}
+
+int64_t TokenId(const json& value, const std::string& what, const std::string& where) {
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() >= config_limits::kVocabSize) {
+    Malformed(where, fmt::format("{} must be a token id, an integer in [0, {}), got {}", what,
+                                 config_limits::kVocabSize, value.dump()));
+  }
+  return value.get<int64_t>();
 }
 
 std::string MetaspacePrependScheme(const json& node) {

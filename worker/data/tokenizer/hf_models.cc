@@ -31,11 +31,8 @@ namespace {
 std::unordered_map<std::string, int64_t> ParseVocabObject(const json& vocab, const std::string& where) {
   if (!vocab.is_object()) Malformed(where, "model.vocab must be an object of token -> id");
   std::unordered_map<std::string, int64_t> out;
-  for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0)
-      Malformed(where, fmt::format("vocab id of '{}' must be a non-negative integer", token));
-    out[token] = id.get<int64_t>();
-  }
+  for (const auto& [token, id] : vocab.items())
+    out[token] = TokenId(id, fmt::format("the vocab id of '{}'", token), where);
   return out;
 }
 
@@ -298,7 +295,11 @@ std::unique_ptr<Model> BuildUnigram(const json& node, const std::string& where) 
   uni->SetVocab(std::move(vocab));
   uni->min_score = uni->scores.empty() ? 0.0 : *std::min_element(uni->scores.begin(), uni->scores.end());
   uni->byte_fallback = node.value("byte_fallback", false);
-  if (node.contains("unk_id") && node["unk_id"].is_number_integer()) uni->unk = node["unk_id"].get<int64_t>();
+  if (node.contains("unk_id") && !node["unk_id"].is_null()) {
+    uni->unk = TokenId(node["unk_id"], "unk_id", where);
+    if (*uni->unk >= static_cast<int64_t>(entries.size()))  // as tokenizers refuses it: "unk_id is out of vocab"
+      Malformed(where, fmt::format("unk_id {} is outside the {} vocab entries", *uni->unk, entries.size()));
+  }
   return uni;
 }
 

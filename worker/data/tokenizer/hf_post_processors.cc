@@ -9,15 +9,17 @@ namespace shardtune::hf {
 namespace {
 
 int64_t IdOfPair(const json& pair, const std::string& where) {
-  if (!pair.is_array() || pair.size() != 2 || !pair[1].is_number_integer()) Malformed(where, "expected [token, id]");
-  return pair[1].get<int64_t>();
+  if (!pair.is_array() || pair.size() != 2) Malformed(where, "expected [token, id]");
+  return TokenId(pair[1], "the id of a [token, id] pair", where);
 }
 
 PostProcessor BuildTemplate(const json& node, const std::string& where) {
   std::map<std::string, std::vector<int64_t>> specials;
   if (node.contains("special_tokens")) {
-    for (const auto& [name, special] : node["special_tokens"].items())
-      specials[name] = special.at("ids").get<std::vector<int64_t>>();
+    for (const auto& [name, special] : node["special_tokens"].items()) {
+      for (const json& id : special.at("ids"))
+        specials[name].push_back(TokenId(id, "an id of special token " + name, where));
+    }
   }
   std::vector<std::vector<int64_t>> template_ids;  // empty vector = the sequence itself
   for (const json& item : Field(node, "single", where)) {

@@ -176,12 +176,12 @@ std::unique_ptr<Tokenizer> LoadHfTokenizerJson(const std::string& json_text, con
     tokenizer->decoder = hf::ParseDecoder(root.value("decoder", json()), where + ": decoder");
     if (root.contains("added_tokens")) {
       for (const json& a : root["added_tokens"]) {
-        if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content"))
+        if (!a.is_object() || !a.contains("id") || !a.contains("content"))
           Malformed(where, "added_tokens entries need an integer 'id' and 'content'");
         tokenizer->added.push_back(
-            AddedToken{a["id"].get<int64_t>(), a["content"].get<std::string>(), a.value("special", false),
-                       a.value("normalized", !a.value("special", false)), a.value("lstrip", false),
-                       a.value("rstrip", false), a.value("single_word", false)});
+            AddedToken{hf::TokenId(a["id"], "added_tokens' id", where), a["content"].get<std::string>(),
+                       a.value("special", false), a.value("normalized", !a.value("special", false)),
+                       a.value("lstrip", false), a.value("rstrip", false), a.value("single_word", false)});
       }
     }
   } catch (const json::exception& e) {
