@@ -95,7 +95,10 @@ Decoder BuildFuse(const json&, const std::string&) {
 // Removes `content` up to `start` times from each token's front and `stop` times from its back.
 Decoder BuildStrip(const json& node, const std::string& where) {
   const std::string content = StringField(node, "content", where);
-  const size_t start = node.value("start", 0), stop = node.value("stop", 0);
+  // Bounded by the longest token worth stripping from: more would only loop longer doing nothing.
+  constexpr int64_t kMaxStrips = 1 << 20;
+  const auto start = static_cast<size_t>(CountField(node, "start", 0, kMaxStrips, where));
+  const auto stop = static_cast<size_t>(CountField(node, "stop", 0, kMaxStrips, where));
   return [content, start, stop](Tokens tokens) {
     for (std::string& t : tokens) {
       for (size_t k = 0; k < start && t.rfind(content, 0) == 0; ++k) t.erase(0, content.size());

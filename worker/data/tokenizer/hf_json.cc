@@ -21,6 +21,14 @@ std::string StringField(const json& node, const char* key, const std::string& wh
   return value.get<std::string>();
 }
 
+int64_t CountField(const json& node, const char* key, int64_t fallback, int64_t max, const std::string& where) {
+  if (!node.contains(key) || node[key].is_null()) return fallback;
+  const json& value = node[key];
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > max)
+    Malformed(where, fmt::format("'{}' must be an integer in [0, {}], got {}", key, max, value.dump()));
+  return value.get<int64_t>();
+}
+
 int64_t TokenId(const json& value, const std::string& what, const std::string& where) {
   if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() >= config_limits::kVocabSize) {
     Malformed(where, fmt::format("{} must be a token id, an integer in [0, {}), got {}", what,

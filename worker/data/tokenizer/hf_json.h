@@ -32,6 +32,9 @@ inline constexpr const char* kMetaspace = "\xE2\x96\x81";  // U+2581, SentencePi
 const json& Field(const json& node, const char* key, const std::string& where);
 // node[key] as a string, or Malformed naming the key and what it holds instead.
 std::string StringField(const json& node, const char* key, const std::string& where);
+// node[key] as an integer in [0, max]; `fallback` when the key is absent or null; else Malformed
+// naming the key (a number is never converted to an int out of its range).
+int64_t CountField(const json& node, const char* key, int64_t fallback, int64_t max, const std::string& where);
 // `value` as a token id: an integer in [0, config_limits::kVocabSize), the largest vocabulary a
 // config.json may declare (ids index tables sized by the largest one); else Malformed naming `what`.
 int64_t TokenId(const json& value, const std::string& what, const std::string& where);

@@ -274,7 +274,7 @@ std::unique_ptr<Model> BuildWordPiece(const json& node, const std::string& where
   if (!id) Malformed(where, fmt::format("unk_token '{}' is not in the vocabulary", unk));
   wp->unk = *id;
   wp->prefix = node.value("continuing_subword_prefix", std::string("##"));
-  wp->max_chars = node.value("max_input_chars_per_word", 100);
+  wp->max_chars = static_cast<size_t>(CountField(node, "max_input_chars_per_word", 100, INT64_MAX, where));
   return wp;
 }
 
