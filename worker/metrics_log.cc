@@ -26,8 +26,13 @@ MetricsLog::MetricsLog(const std::filesystem::path& output_dir, int64_t resume_s
     std::ifstream in(path_);
     std::string kept, line;
     while (std::getline(in, line)) {
+      // Kept: the records of steps up to the resumed one, and those of no step. Dropped: later
+      // steps, and what is not a record (a line cut short by the crash, or edited by hand).
       const auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (!record.is_discarded() && record.value("step", int64_t{0}) <= resume_step) kept += line + "\n";
+      if (record.is_discarded() || !record.is_object()) continue;
+      const auto step = record.find("step");
+      if (step == record.end() || (step->is_number_integer() && step->get<int64_t>() <= resume_step))
+        kept += line + "\n";
     }
     WriteFileAtomic(path_, kept);
   }
