@@ -156,6 +156,9 @@ TEST(Tokenizers, MalformedFilesGiveClearErrors) {
   expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
                "added_tokens": [{"id": -1, "content": "<s>"}]})",
                "added_tokens' id must be a token id");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+               "pre_tokenizer": {"type": "Metaspace", "replacement": "__"}})",
+               "Metaspace's 'replacement' must be one character, got \"__\"");
   expect_error(R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]], "unk_id": 3}})",
                "unk_id 3 is outside the 1 vocab entries");
   try {

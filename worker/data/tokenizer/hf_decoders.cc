@@ -112,8 +112,8 @@ Decoder BuildStrip(const json& node, const std::string& where) {
   };
 }
 
-Decoder BuildMetaspace(const json& node, const std::string&) {
-  const std::string replacement = node.value("replacement", std::string(kMetaspace));
+Decoder BuildMetaspace(const json& node, const std::string& where) {
+  const std::string replacement = MetaspaceReplacement(node, where);
   const std::string scheme = MetaspacePrependScheme(node);
   return [replacement, scheme](Tokens tokens) {
     for (size_t i = 0; i < tokens.size(); ++i) {

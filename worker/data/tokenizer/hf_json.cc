@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 #include "common/hf_config.h"
+#include "worker/data/tokenizer/unicode.h"
 
 namespace shardtune::hf {
 
@@ -41,6 +42,14 @@ std::string MetaspacePrependScheme(const json& node) {
   std::string scheme = node.value("prepend_scheme", std::string());
   if (scheme.empty()) scheme = node.value("add_prefix_space", true) ? "always" : "never";
   return scheme;
+}
+
+std::string MetaspaceReplacement(const json& node, const std::string& where) {
+  if (!node.contains("replacement")) return kMetaspace;
+  const std::string replacement = StringField(node, "replacement", where);
+  if (Utf8Characters(replacement).size() != 1)
+    Malformed(where, fmt::format("Metaspace's 'replacement' must be one character, got \"{}\"", replacement));
+  return replacement;
 }
 
 void ReplaceAll(std::string& text, const std::string& from, const std::string& to) {

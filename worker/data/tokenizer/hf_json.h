@@ -42,6 +42,9 @@ int64_t TokenId(const json& value, const std::string& what, const std::string& w
 // Metaspace's prepend_scheme (pre-tokenizer and decoder alike): "always", "first" or "never";
 // older files say add_prefix_space instead.
 std::string MetaspacePrependScheme(const json& node);
+// A Metaspace stage's `replacement` (kMetaspace when absent): one character, as tokenizers
+// declares it (a char); a longer string is Malformed (every space would become it).
+std::string MetaspaceReplacement(const json& node, const std::string& where);
 
 // Every occurrence of `from` replaced, left to right, without rescanning what was inserted.
 void ReplaceAll(std::string& text, const std::string& from, const std::string& to);

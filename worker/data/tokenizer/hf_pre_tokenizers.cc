@@ -148,8 +148,8 @@ PreTokenizer BuildSplit(const json& node, const std::string& where) {
   return SplitEach(std::move(pattern), behavior, node.value("invert", false));
 }
 
-PreTokenizer BuildMetaspace(const json& node, const std::string&) {
-  const std::string replacement = node.value("replacement", std::string(kMetaspace));
+PreTokenizer BuildMetaspace(const json& node, const std::string& where) {
+  const std::string replacement = MetaspaceReplacement(node, where);
   const std::string scheme = MetaspacePrependScheme(node);
   const bool split = node.value("split", true);
   Pattern delimiter;
