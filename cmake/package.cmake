@@ -21,9 +21,9 @@ set(CPACK_PACKAGE_NAME shardtune)
 set(CPACK_PACKAGE_VERSION ${SHARDTUNE_VERSION_STRING})
 set(CPACK_PACKAGE_CONTACT "shardtune maintainers <shardtune@localhost>")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "fine-tuning service for Hugging Face language models (ZeRO sharding, LoRA)")
-set(CPACK_PACKAGE_DESCRIPTION
-    "shardtune fine-tunes Hugging Face language models on one or many ranks (ZeRO stages 0-3, PEFT methods), from the "
-    "shardtune command line or as a service: shardtune-server accepts jobs over gRPC and runs them locally or on Slurm.")
+set(CPACK_PACKAGE_DESCRIPTION "shardtune fine-tunes Hugging Face language models on one or many ranks (ZeRO \
+stages 0-3, PEFT methods), from the shardtune command line or as a service: shardtune-server accepts jobs over gRPC \
+and runs them locally or on Slurm.")
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)  # shardtune_<version>_amd64.deb
 set(CPACK_DEBIAN_PACKAGE_SECTION science)
@@ -39,7 +39,11 @@ if(SHARDTUNE_WITH_NCCL)
   get_filename_component(cudart_dir "${CUDA_CUDART}" DIRECTORY)
   set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS_PRIVATE_DIRS ${nccl_dir} ${cudart_dir})
 endif()
+# /etc/shardtune/server.yaml is a conffile: dpkg keeps the operator's edits on upgrade and asks.
+file(WRITE ${PROJECT_BINARY_DIR}/deb/conffiles "/etc/shardtune/server.yaml\n")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA ${PROJECT_SOURCE_DIR}/deploy/debian/postinst
-    ${PROJECT_SOURCE_DIR}/deploy/debian/prerm ${PROJECT_SOURCE_DIR}/deploy/debian/postrm)
+    ${PROJECT_SOURCE_DIR}/deploy/debian/prerm ${PROJECT_SOURCE_DIR}/deploy/debian/postrm
+    ${PROJECT_BINARY_DIR}/deb/conffiles)
+set(CPACK_STRIP_FILES ON)
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)
 include(CPack)

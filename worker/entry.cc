@@ -97,8 +97,8 @@ std::string FailureJson(const std::exception& error) {
       {contract::JobErrorKind::kInvalidData, "invalid_data"}, {contract::JobErrorKind::kInvalidInput, "invalid_input"},
       {contract::JobErrorKind::kRankFailed, "rank_failed"},   {contract::JobErrorKind::kTimeout, "timeout"},
       {contract::JobErrorKind::kNodeLost, "node_lost"},       {contract::JobErrorKind::kBackend, "backend"}};
-  const nlohmann::json out = {{"ok", false},
-                              {"error", {{"kind", kNames.at(JobErrorKindOf(error))}, {"message", error.what()}}}};
+  const nlohmann::ordered_json out = {
+      {"ok", false}, {"error", {{"kind", kNames.at(JobErrorKindOf(error))}, {"message", error.what()}}}};
   return out.dump() + "\n";
 }
 
@@ -106,16 +106,16 @@ namespace {
 
 // `train --output json`'s line for a run that ended without an error.
 std::string SummaryJson(const JobSpec& spec, const TrainingSummary& summary) {
-  nlohmann::json out = {{"ok", true},
-                        {"job", spec.name},
-                        {"steps", summary.steps},
-                        {"resumed_from_step", summary.resumed_from_step},
-                        {"last_loss", summary.last_loss},
-                        {"last_val_loss", nullptr},
-                        {"finished", summary.finished},
-                        {"paused", summary.paused},
-                        {"stopped_early", summary.stopped_early},
-                        {"output_dir", spec.output.dir}};
+  nlohmann::ordered_json out = {{"ok", true},
+                                {"job", spec.name},
+                                {"steps", summary.steps},
+                                {"resumed_from_step", summary.resumed_from_step},
+                                {"last_loss", summary.last_loss},
+                                {"last_val_loss", nullptr},
+                                {"finished", summary.finished},
+                                {"paused", summary.paused},
+                                {"stopped_early", summary.stopped_early},
+                                {"output_dir", spec.output.dir}};
   if (summary.last_val_loss) out["last_val_loss"] = *summary.last_val_loss;
   if (summary.best_step > 0) out["best_step"] = summary.best_step;
   if (summary.finished) out["final"] = RunDir(spec.output.dir).Final().string();
