@@ -18,6 +18,7 @@ quietly() {
   local log=$1
   shift
   local status=0
+  : > "$log"  # there before tail opens it
   "$@" > "$log" 2>&1 &
   local pid=$!
   tail -n +1 -f --pid=$pid "$log" 2>/dev/null |
@@ -67,7 +68,7 @@ echo "   $before"
 echo "== fine-tuning (job spec: $out/job.yaml; log: $out/train.log)"
 quietly "$out/train.log" "$bin/shardtune" train "$out/job.yaml"
 
-first=$(grep '"loss"' "$out/run/metrics.jsonl" | head -n 1 | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
+first=$(grep -m 1 '"loss"' "$out/run/metrics.jsonl" | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
 last=$(grep '"loss"' "$out/run/metrics.jsonl" | tail -n 1 | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
 val=$(grep '"val_loss"' "$out/run/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_loss":([0-9.e+-]+).*/\1/')
 echo "== training loss: first step $first -> last step $last; validation loss $val"

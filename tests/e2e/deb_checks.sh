@@ -60,15 +60,22 @@ YAML
 sed -e "s|path: base|path: $state/base|" -e "s|/usr/share/shardtune/examples/data|$state/data|" \
     -e "s|dir: runs/smoke|dir: $state/runs/server|" -e "s|name: deb-smoke|name: deb-server|" job.yaml > "$state/job.yaml"
 chown shardtune:shardtune "$state/server.yaml" "$state/job.yaml"
-setpriv --reuid=shardtune --regid=shardtune --clear-groups shardtune-server --config "$state/server.yaml" \
-  --log-level warn > "$state/server.log" 2>&1 &
+# In its state directory, as the unit starts it (WorkingDirectory=): the ranks start there too.
+(cd /var/lib/shardtune && exec setpriv --reuid=shardtune --regid=shardtune --clear-groups shardtune-server \
+  --config "$state/server.yaml" --log-level warn > "$state/server.log" 2>&1) &
 server=$!
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=deb-key
 for _ in $(seq 1 100); do shardtune list > /dev/null 2>&1 && break; sleep 0.1; done
 id=$(shardtune submit "$state/job.yaml" 2>&1)
 expect_eq "submit to the installed server exits 0" "$?" "0"
 timeout 300 shardtune watch "$id" > /dev/null 2>&1
-expect_eq "the job SUCCEEDED under the installed server" "$(shardtune get "$id" --output json | sed -n 's/.*"status": *"\([A-Z_]*\)".*/\1/p' | head -n 1)" "SUCCEEDED"
+status=$(shardtune get "$id" --output json | sed -n 's/.*"status": *"\([A-Z_]*\)".*/\1/p' | head -n 1)
+expect_eq "the job SUCCEEDED under the installed server" "$status" "SUCCEEDED"
+if [ "$status" != SUCCEEDED ]; then
+  shardtune get "$id"
+  tail -n 20 "$state/server.log"
+  find "$state" -name "*.log" -path "*jobs*" -exec tail -n 20 {} \;
+fi
 kill "$server" 2>/dev/null
 wait "$server" 2>/dev/null
 summary
