@@ -4,7 +4,10 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build demo test test-asan bench fuzz format clean
+# What `make demo` runs (scripts/demo.sh): the three executables, not the tests and benchmarks.
+DEMO_TARGETS = shardtune shardtune-worker shardtune-server
+
+.PHONY: all deps configure build build-demo demo test test-asan bench fuzz format package clean
 
 all: build
 
@@ -19,11 +22,18 @@ configure: deps
 build: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS)
 
-demo: build
+build-demo: configure
+	@cmake --build $(BUILD_DIR) -j $(JOBS) --target $(DEMO_TARGETS)
+
+demo: build-demo
 	@bash scripts/demo.sh $(BUILD_DIR)
 
 test: build
 	@bash scripts/test.sh $(BUILD_DIR)
+
+# shardtune_<version>_amd64.deb in $(BUILD_DIR) (docs/server.md, "Installing as a service").
+package: build-demo
+	@cd $(BUILD_DIR) && cpack -G DEB
 
 bench: build
 	@bash bench/run.sh $(BUILD_DIR)

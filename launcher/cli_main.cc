@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/exit_codes.h"
 #include "common/logging.h"
+#include "common/version.h"
 #include "launcher/client/client.h"
 #include "launcher/client/files_client.h"
 #include "launcher/launch.h"
@@ -59,7 +60,7 @@ int RanksOf(const std::vector<std::string>& args) {
 }
 
 struct PlanArgs {
-  std::string job, model, method = "full", dtype = "bf16", output = "text";
+  std::string job, model, method = "full", dtype = "bf16", output = "table";
   int64_t gpus = 1, gpus_per_node = 8, zero_stage = 0, shard_group_size = 0, lora_r = 8, micro_batch = 1,
           seq_len = 2048;
   std::vector<std::string> lora_targets = {"q_proj", "v_proj"};
@@ -67,7 +68,37 @@ struct PlanArgs {
   bool cpu = false, offload = false, checkpointing = false;
 };
 
-int PlanJob(const PlanArgs& args) {
+// Sets `in` from the options: every one of them with --model; with a job spec, only those given
+// on the command line, each overriding the spec's value (none is ignored).
+void ApplyPlanOptions(const PlanArgs& args, const CLI::App& command, bool only_given, PlanInput& in) {
+  auto given = [&](const char* name) { return !only_given || command.count(name) > 0; };
+  if (given("--gpus")) in.ranks = args.gpus;
+  // --gpus alone: that many ranks on nodes of --gpus-per-node's default, not on the spec's node shape.
+  if (given("--gpus-per-node") || given("--gpus")) in.ranks_per_node = std::min(args.gpus_per_node, in.ranks);
+  if (given("--zero-stage")) in.zero_stage = static_cast<int>(args.zero_stage);
+  if (given("--offload")) in.offload_optimizer = args.offload;
+  if (given("--shard-group-size")) in.shard_group_size = args.shard_group_size;
+  if (given("--method")) {
+    const std::map<std::string, MethodType> methods = {
+        {"full", MethodType::kFull},    {"lora", MethodType::kLora},       {"dora", MethodType::kDora},
+        {"ia3", MethodType::kIa3},      {"adapter", MethodType::kAdapter}, {"prefix", MethodType::kPrefix},
+        {"prompt", MethodType::kPrompt}};
+    if (!methods.count(args.method)) Fail(ErrorCode::kInvalidArgument, "--method {}: not a method", args.method);
+    in.method.type = methods.at(args.method);
+  }
+  if (given("--lora-r")) in.method.lora.r = args.lora_r;
+  if (given("--lora-targets")) in.method.lora.target_modules = args.lora_targets;
+  if (given("--dtype")) {
+    in.dtype = args.dtype == "fp32"   ? ComputeDType::kFp32
+               : args.dtype == "fp16" ? ComputeDType::kFp16
+                                      : ComputeDType::kBf16;
+  }
+  if (given("--micro-batch")) in.micro_batch = args.micro_batch;
+  if (given("--seq-len")) in.seq_len = args.seq_len;
+  if (given("--activation-checkpointing")) in.activation_checkpointing = args.checkpointing;
+}
+
+int PlanJob(const PlanArgs& args, const CLI::App& command) {
   if (args.job.empty() == args.model.empty())
     Fail(ErrorCode::kInvalidArgument, "give a job spec or --model CONFIG.json (one of them)");
   PlanInput in;
@@ -76,28 +107,10 @@ int PlanJob(const PlanArgs& args) {
     in = PlanInputForJob(spec, spec.resources.world_size(), args.gpu_memory_gib * (1 << 30), !args.cpu);
   } else {
     in.model = ModelConfig::Parse(ReadFile(args.model), args.model);
-    in.ranks = args.gpus;
-    in.ranks_per_node = args.gpus_per_node;
     in.device_memory_bytes = args.gpu_memory_gib * (1 << 30);
     in.on_gpu = !args.cpu;
-    in.zero_stage = static_cast<int>(args.zero_stage);
-    in.offload_optimizer = args.offload;
-    in.shard_group_size = args.shard_group_size;
-    const std::map<std::string, MethodType> methods = {
-        {"full", MethodType::kFull},    {"lora", MethodType::kLora},       {"dora", MethodType::kDora},
-        {"ia3", MethodType::kIa3},      {"adapter", MethodType::kAdapter}, {"prefix", MethodType::kPrefix},
-        {"prompt", MethodType::kPrompt}};
-    if (!methods.count(args.method)) Fail(ErrorCode::kInvalidArgument, "--method {}: not a method", args.method);
-    in.method.type = methods.at(args.method);
-    in.method.lora.r = args.lora_r;
-    in.method.lora.target_modules = args.lora_targets;
-    in.dtype = args.dtype == "fp32"   ? ComputeDType::kFp32
-               : args.dtype == "fp16" ? ComputeDType::kFp16
-                                      : ComputeDType::kBf16;
-    in.micro_batch = args.micro_batch;
-    in.seq_len = args.seq_len;
-    in.activation_checkpointing = args.checkpointing;
   }
+  ApplyPlanOptions(args, command, /*only_given=*/!args.job.empty(), in);
   const Plan plan = MakePlan(in);
   std::cout << (args.output == "json" ? PlanToJson(plan) + "\n" : PlanToText(plan));
   return plan.verdict_known && !plan.fits ? 1 : kExitOk;
@@ -119,6 +132,7 @@ int main(int argc, char** argv) {
 
   CLI::App app{"shardtune: fine-tune Hugging Face language models on one or many ranks"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", VersionText("shardtune"), "print the version and the libraries built with");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
   // Listed for --help; run by shardtune-worker (above).
@@ -130,13 +144,17 @@ int main(int argc, char** argv) {
   train->add_option("job", job_path, "job spec (YAML)")->required();
   train->add_option("--np", launch.ranks, "number of ranks")->check(CLI::PositiveNumber);
   train->add_option("--hostfile", launch.hostfile, "MPI hostfile");
+  train->add_option("--output", launch.output, "table (the log only) or json (also the outcome on stdout)")
+      ->check(CLI::IsMember({"table", "json"}));
   train->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
   CLI::App* planner = app.add_subcommand("plan", "per-rank memory of a job, before any device is spent");
   PlanArgs plan;
   planner->add_option("job", plan.job, "job spec (YAML); or give --model");
   planner->add_option("--model", plan.model, "config.json of the model (instead of a job spec)");
-  planner->add_option("--gpus", plan.gpus, "ranks (one device each)")->check(CLI::PositiveNumber);
+  // With a job spec, each option given overrides the spec's value (its resources, sharding, ...).
+  planner->add_option("--gpus", plan.gpus, "ranks (one device each, or CPU ranks with --cpu)")
+      ->check(CLI::PositiveNumber);
   planner->add_option("--gpus-per-node", plan.gpus_per_node, "ranks per node")->check(CLI::PositiveNumber);
   planner->add_option("--gpu-memory", plan.gpu_memory_gib, "memory per device in GiB (for a verdict)");
   planner->add_flag("--cpu", plan.cpu, "CPU training: everything in host memory");
@@ -150,7 +168,7 @@ int main(int argc, char** argv) {
   planner->add_option("--micro-batch", plan.micro_batch, "examples per rank per step")->check(CLI::PositiveNumber);
   planner->add_option("--seq-len", plan.seq_len, "tokens per example")->check(CLI::PositiveNumber);
   planner->add_flag("--activation-checkpointing", plan.checkpointing, "recompute layers in backward");
-  planner->add_option("--output", plan.output, "text or json")->check(CLI::IsMember({"text", "json"}));
+  planner->add_option("--output", plan.output, "table or json")->check(CLI::IsMember({"table", "json"}));
   planner->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
   CLI::App* report = app.add_subcommand("report", "a run's loss and validation curves (PNG) and a summary");
@@ -174,7 +192,7 @@ int main(int argc, char** argv) {
     return LaunchTraining(job_path, launch);
   }
   try {
-    if (planner->parsed()) return PlanJob(plan);
+    if (planner->parsed()) return PlanJob(plan, *planner);
     if (report->parsed()) {
       std::cout << WriteRunReport(run_dir);
       return kExitOk;

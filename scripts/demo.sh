@@ -3,11 +3,34 @@
 # a synthetic dataset that teaches it to count, fine-tunes it on one rank, and shows the loss
 # falling and the greedy continuation of the same prompt before and after. Then the same task
 # with LoRA on two ranks at ZeRO-3: only the adapter trains, and the base model runs with it.
+#
+# Each run's full log goes to demo-out/*.log; the screen shows one line per evaluation and the
+# run's summary (and the log's tail if a run fails).
 set -euo pipefail
 build_dir=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/$build_dir/bin"
 out="$root/demo-out"
+
+# quietly LOG COMMAND...: runs COMMAND with its output in LOG, showing the lines that say how the
+# run goes (evaluations, the final summary, the method's trainable share) without the log prefix.
+quietly() {
+  local log=$1
+  shift
+  local status=0
+  : > "$log"  # there before tail opens it
+  "$@" > "$log" 2>&1 &
+  local pid=$!
+  tail -n +1 -f --pid=$pid "$log" 2>/dev/null |
+    grep --line-buffered -E "\] step [0-9]+: |finished:|trainable parameters|memory per rank|exported the" |
+    sed -u -E 's/^\[[^]]*\] \[rank [0-9]+\] \[[a-z]+\] /   /' || true
+  wait $pid || status=$?
+  if [ $status -ne 0 ]; then
+    echo "== failed (exit $status); the end of $log:"
+    tail -n 20 "$log"
+    exit $status
+  fi
+}
 
 rm -rf "$out"
 mkdir -p "$out/data"
@@ -42,10 +65,10 @@ echo "== greedy continuation of '$prompt' before fine-tuning:"
 before=$("$bin/shardtune" generate --model "$out/base-model" --input-ids "$prompt" --max-new-tokens 12 --format ids --log-level warn)
 echo "   $before"
 
-echo "== fine-tuning (job spec: $out/job.yaml)"
-"$bin/shardtune" train "$out/job.yaml"
+echo "== fine-tuning (job spec: $out/job.yaml; log: $out/train.log)"
+quietly "$out/train.log" "$bin/shardtune" train "$out/job.yaml"
 
-first=$(grep '"loss"' "$out/run/metrics.jsonl" | head -n 1 | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
+first=$(grep -m 1 '"loss"' "$out/run/metrics.jsonl" | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
 last=$(grep '"loss"' "$out/run/metrics.jsonl" | tail -n 1 | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/')
 val=$(grep '"val_loss"' "$out/run/metrics.jsonl" | tail -n 1 | sed -E 's/.*"val_loss":([0-9.e+-]+).*/\1/')
 echo "== training loss: first step $first -> last step $last; validation loss $val"
@@ -73,8 +96,8 @@ sharding: {zero_stage: 3}
 output: {dir: $out/run-lora, export: [peft]}
 YAML
 echo
-echo "== LoRA on 2 ranks at ZeRO-3 (job spec: $out/lora.yaml): the base model stays frozen"
-"$bin/shardtune" train "$out/lora.yaml" --np 2 2>&1 | grep -E "trainable parameters|memory per rank|val_loss|exported" || true
+echo "== LoRA on 2 ranks at ZeRO-3 (job spec: $out/lora.yaml; log: $out/train-lora.log): the base model stays frozen"
+quietly "$out/train-lora.log" "$bin/shardtune" train "$out/lora.yaml" --np 2
 echo "== greedy continuation of '$prompt' by the base model with the adapter ($out/run-lora/final):"
 lora=$("$bin/shardtune" generate --model "$out/base-model" --adapter "$out/run-lora/final" --input-ids "$prompt" \
        --max-new-tokens 12 --format ids --log-level warn)

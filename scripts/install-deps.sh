@@ -14,6 +14,7 @@ packages=(
   libsqlite3-dev libssl-dev nlohmann-json3-dev libcli11-dev
   libpcre2-dev libicu-dev libsentencepiece-dev
   python3-grpcio python3-protobuf
+  systemd  # systemd-analyze verify on the service's unit (e2e.install); nothing is started
 )
 # `install-deps.sh bench` adds what `make bench` needs: the PyTorch baseline and gnuplot.
 if [ "${1:-}" = bench ]; then

@@ -4,6 +4,9 @@
 #include <omp.h>
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "common/error.h"
@@ -88,7 +91,40 @@ int ReportFailure(const std::exception& error) {
   return contract::ExitCodeFor(JobErrorKindOf(error));
 }
 
-int RunWorker(const std::string& job_path, const std::string& log_level) {
+std::string FailureJson(const std::exception& error) {
+  static const std::map<contract::JobErrorKind, std::string> kNames = {
+      {contract::JobErrorKind::kUnspecified, "unspecified"},  {contract::JobErrorKind::kInvalidSpec, "invalid_spec"},
+      {contract::JobErrorKind::kInvalidData, "invalid_data"}, {contract::JobErrorKind::kInvalidInput, "invalid_input"},
+      {contract::JobErrorKind::kRankFailed, "rank_failed"},   {contract::JobErrorKind::kTimeout, "timeout"},
+      {contract::JobErrorKind::kNodeLost, "node_lost"},       {contract::JobErrorKind::kBackend, "backend"}};
+  const nlohmann::ordered_json out = {
+      {"ok", false}, {"error", {{"kind", kNames.at(JobErrorKindOf(error))}, {"message", error.what()}}}};
+  return out.dump() + "\n";
+}
+
+namespace {
+
+// `train --output json`'s line for a run that ended without an error.
+std::string SummaryJson(const JobSpec& spec, const TrainingSummary& summary) {
+  nlohmann::ordered_json out = {{"ok", true},
+                                {"job", spec.name},
+                                {"steps", summary.steps},
+                                {"resumed_from_step", summary.resumed_from_step},
+                                {"last_loss", summary.last_loss},
+                                {"last_val_loss", nullptr},
+                                {"finished", summary.finished},
+                                {"paused", summary.paused},
+                                {"stopped_early", summary.stopped_early},
+                                {"output_dir", spec.output.dir}};
+  if (summary.last_val_loss) out["last_val_loss"] = *summary.last_val_loss;
+  if (summary.best_step > 0) out["best_step"] = summary.best_step;
+  if (summary.finished) out["final"] = RunDir(spec.output.dir).Final().string();
+  return out.dump() + "\n";
+}
+
+}  // namespace
+
+int RunWorker(const std::string& job_path, const std::string& log_level, bool json_summary) {
   // Declared outside the try: on failure the error is logged and the job aborted while the
   // communicators still exist (tearing them down first could hang on a dead peer).
   std::unique_ptr<MpiRuntime> mpi;
@@ -126,6 +162,7 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
     if (mpi_world->rank() == 0) {
       spdlog::info("job '{}' finished: {} steps, last loss {:.4f}{}", spec.name, summary.steps, summary.last_loss,
                    summary.last_val_loss ? fmt::format(", val_loss {:.4f}", *summary.last_val_loss) : "");
+      if (json_summary) std::fputs(SummaryJson(spec, summary).c_str(), stdout);
     }
     nccl_world.reset();
     mpi_world.reset();
@@ -133,6 +170,7 @@ int RunWorker(const std::string& job_path, const std::string& log_level) {
     return kExitOk;
   } catch (const std::exception& e) {
     const int code = ReportFailure(e);
+    if (json_summary && RankFromEnvironment() == 0) std::fputs(FailureJson(e).c_str(), stdout);
     if (reporter) reporter->Failure(JobErrorKindOf(e), e.what());
     // One rank failing fails the job: take every other rank down now rather than let them wait
     // in a collective until their timeout.

@@ -9,7 +9,10 @@
 
 namespace shardtune {
 
-int RunWorker(const std::string& job_path, const std::string& log_level);
+// One rank of the job. With `json_summary`, rank 0 also prints the outcome on stdout as one JSON
+// object (`shardtune train --output json`): {"ok": true, "job", "steps", "last_loss",
+// "last_val_loss", "finished", "paused", "output_dir", ...}, or FailureJson's.
+int RunWorker(const std::string& job_path, const std::string& log_level, bool json_summary = false);
 
 // `shardtune export CHECKPOINT`: on this process, or on each of the ranks mpirun started (which
 // split the output files among them). `processes` is --np (0: not given): it must be the number
@@ -18,5 +21,9 @@ int RunExport(const CheckpointExport& request, int processes);
 
 // Maps an exception from the training side to an exit code, logging it.
 int ReportFailure(const std::exception& error);
+
+// A failure as `--output json` prints it on stdout: {"ok": false, "error": {"kind", "message"}},
+// kind as the server's JobErrorCode names it (invalid_spec, invalid_data, invalid_input, ...).
+std::string FailureJson(const std::exception& error);
 
 }  // namespace shardtune

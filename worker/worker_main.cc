@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/logging.h"
 #include "common/model_config.h"
+#include "common/version.h"
 #include "sharding/flat_parameters.h"
 #include "sharding/model_layout.h"
 #include "worker/blas_env.h"
@@ -163,6 +164,15 @@ int Export(const ExportArgs& args) {
   return RunExport(request, args.processes);
 }
 
+// `evaluate --output table`: the figures that are numbers, "name: value" a line.
+std::string FiguresTable(const nlohmann::json& figures) {
+  std::string text;
+  for (const auto& [name, value] : figures.items()) {
+    if (value.is_number()) text += name + ": " + value.dump() + "\n";
+  }
+  return text;
+}
+
 // check-file: the Files API's check of an uploaded training file (check_file.h).
 struct CheckFileCommand {
   explicit CheckFileCommand(CLI::App& parent)
@@ -194,10 +204,16 @@ int main(int argc, char** argv) {
       "shardtune-worker: one rank of a shardtune job (shardtune-worker JOB.yaml), and the model and data "
       "commands of the shardtune CLI"};
   std::string log_level = "info";
-  std::string job_path;
+  std::string job_path, output = "table";
   app.add_option("job", job_path, "job spec (YAML): train one rank of it");
+  // Every command's --output: table (for people) or json (for programs), as the shardtune CLI's.
+  auto add_output = [&output](CLI::App* command, const std::string& what) {
+    command->add_option("--output", output, "table or json: " + what)->check(CLI::IsMember({"table", "json"}));
+  };
+  add_output(&app, "json adds the run's outcome on stdout as one JSON object");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
   app.require_subcommand(0, 1);
+  app.set_version_flag("--version", VersionText("shardtune-worker"), "print the version and the libraries built with");
 
   GenerateArgs gen;
   CLI::App* generate = AddGenerateCommand(app, gen);
@@ -216,6 +232,7 @@ int main(int argc, char** argv) {
       app.add_subcommand("validate-data", "check every data file of a job: errors with file:line and a code");
   std::string validate_job;
   validate->add_option("job", validate_job, "job spec (YAML)")->required();
+  add_output(validate, "the summary, or the problems, as JSON");
 
   const CheckFileCommand check_file(app);
   CLI::App* exporter = app.add_subcommand("export", "export a training checkpoint as a Hugging Face model directory");
@@ -245,7 +262,7 @@ int main(int argc, char** argv) {
 
   CLI::App* evaluate = app.add_subcommand("evaluate", "a finished model's metrics on a dataset (its task's)");
   EvaluateOptions eval;
-  std::string eval_model, eval_adapter, eval_data, eval_tokenizer, eval_output;
+  std::string eval_model, eval_adapter, eval_data, eval_tokenizer, eval_out;
   evaluate->add_option("--model", eval_model, "Hugging Face model directory")->required();
   evaluate->add_option("--adapter", eval_adapter, "PEFT adapter directory");
   evaluate->add_option("--data", eval_data, "JSONL dataset")->required();
@@ -253,7 +270,10 @@ int main(int argc, char** argv) {
   evaluate->add_option("--tokenizer", eval_tokenizer, "default: the model's");
   evaluate->add_option("--max-seq-len", eval.max_seq_len, "longer examples are truncated")->check(CLI::PositiveNumber);
   evaluate->add_option("--batch-size", eval.batch_size, "examples per forward")->check(CLI::PositiveNumber);
-  evaluate->add_option("--output", eval_output, "also write the metrics (JSON) to this file");
+  evaluate->add_option("--out", eval_out, "also write the metrics (JSON) to this file");
+  std::string eval_output = "json";  // the figures nest (per class, confusion matrix): JSON unless asked
+  evaluate->add_option("--output", eval_output, "json (default) or table: the top-level figures, one a line")
+      ->check(CLI::IsMember({"table", "json"}));
 
   for (CLI::App* command : {generate, tokenize, validate, check_file.app, exporter, init, evaluate})
     command->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
@@ -268,7 +288,7 @@ int main(int argc, char** argv) {
       std::cerr << "give a job spec (shardtune-worker JOB.yaml) or a command; see --help\n";
       return kExitInvalidInput;
     }
-    return RunWorker(job_path, log_level);
+    return RunWorker(job_path, log_level, output == "json");
   }
   try {
     InitLogging(log_level, RankFromEnvironment());
@@ -281,17 +301,20 @@ int main(int argc, char** argv) {
       eval.adapter = eval_adapter;
       eval.data = eval_data;
       eval.tokenizer = eval_tokenizer;
-      const std::string text = EvaluateModel(eval).dump(2) + "\n";
-      if (!eval_output.empty()) WriteFileAtomic(eval_output, text);
-      std::cout << text;
+      const nlohmann::json figures = EvaluateModel(eval);
+      const std::string text = figures.dump(2) + "\n";
+      if (!eval_out.empty()) WriteFileAtomic(eval_out, text);
+      std::cout << (eval_output == "json" ? text : FiguresTable(figures));
       return kExitOk;
     }
     if (validate->parsed()) {
-      ValidateData(validate_job, std::cout);
+      const nlohmann::json report = ValidateData(validate_job);
+      std::cout << (output == "json" ? report.dump() + "\n" : ValidationText(report));
       return kExitOk;
     }
     if (check_file.app->parsed()) return check_file.Run();
   } catch (const std::exception& e) {
+    if (output == "json") std::cout << FailureJson(e);
     return ReportFailure(e);
   }
   return kExitOk;

@@ -9,11 +9,14 @@
 
 #include <CLI/CLI.hpp>
 #include <csignal>
+#include <iostream>
+#include <set>
 #include <thread>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/logging.h"
+#include "common/version.h"
 #include "launcher/server/job_manager.h"
 #include "launcher/server/processes.h"
 #include "launcher/server/services.h"
@@ -52,6 +55,31 @@ int Supervise(int argc, char** argv) {
   }
 }
 
+// `--check`: what the server would run with, for an operator to read before starting it.
+std::string ConfigSummary(const shardtune::server::ServerConfig& config, const std::string& path) {
+  std::set<std::string> tenants;
+  for (const auto& key : config.api_keys) tenants.insert(key.tenant);
+  std::string hosts;
+  for (const auto& host : config.hosts)
+    hosts += fmt::format("{}{}:{}", hosts.empty() ? "" : " ", host.host, host.slots);
+  std::string text = fmt::format("{}: valid\n", path);
+  text += fmt::format("listen: {}{}\n", config.listen, config.tls_cert.empty() ? "" : " (TLS)");
+  text += fmt::format("database: {}\n", config.database);
+  if (config.backend == "slurm") {
+    text += fmt::format("backend: slurm (partition {})\n",
+                        config.slurm_partition.empty() ? "default" : config.slurm_partition);
+  } else {
+    text += fmt::format("backend: local, {} slots ({}) on {}\n", config.total_slots(),
+                        config.gpus ? "GPUs" : "CPU ranks", hosts);
+  }
+  text += fmt::format("api keys: {} for {} tenant(s)\n", config.api_keys.size(), tenants.size());
+  text += fmt::format("storage: {}\n", config.storage.enabled
+                                           ? fmt::format("{} tenant root(s)", config.storage.tenants.size())
+                                           : std::string("not sandboxed (any path)"));
+  if (!config.run_as.empty()) text += fmt::format("jobs run as: {}\n", config.run_as);
+  return text;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -61,7 +89,10 @@ int main(int argc, char** argv) {
 
   CLI::App app{"shardtune-server: accepts, schedules, runs and retries fine-tuning jobs"};
   std::string config_path, listen, database, log_level = "info";
+  bool check_only = false;
+  app.set_version_flag("--version", VersionText("shardtune-server"), "print the version and the libraries built with");
   app.add_option("--config", config_path, "server.yaml")->required()->check(CLI::ExistingFile);
+  app.add_flag("--check", check_only, "load and validate the config, print a summary, and exit (0 valid, 2 not)");
   app.add_option("--listen", listen, "address:port (overrides the config)");
   app.add_option("--database", database, "SQLite file (overrides the config)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
@@ -79,6 +110,10 @@ int main(int argc, char** argv) {
       config.data_dir = (std::filesystem::path(database).parent_path() / "jobs").string();
     }
     for (const std::string& warning : ExposureWarnings(config, ::geteuid() == 0)) spdlog::warn("{}", warning);
+    if (check_only) {
+      std::cout << ConfigSummary(config, config_path);
+      return 0;
+    }
     JobManager manager(config, config.listen);
     auto jobs = MakeJobService(manager);
     auto workers = MakeWorkerService(manager);
