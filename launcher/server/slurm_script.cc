@@ -32,9 +32,10 @@ std::vector<std::string> ResourceOptions(const SlurmConfig& config, const SlurmA
 }
 
 std::string Preamble(const SlurmConfig& config, const SlurmAttempt& attempt) {
-  std::string lines = fmt::format("umask {:04o}", attempt.umask);
-  if (config.allow_run_as_root) lines += "\nexport OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1";
-  return lines;
+  // Unset unless allowed: sbatch's --export=ALL would otherwise pass on the server's own.
+  std::string lines = fmt::format("umask {:04o}\n", attempt.umask);
+  return lines + (config.allow_run_as_root ? "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
+                                           : "unset OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM");
 }
 
 }  // namespace

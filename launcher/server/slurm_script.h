@@ -41,8 +41,9 @@ struct SlurmBatchJob {
 // but never more than the ranks; --ntasks-per-node when the ranks divide evenly among the nodes.
 // The script: the template with every {{NAME}} replaced by single-quoted shell words:
 // {{COMMAND}} the rank command line (mpirun, or srun --mpi=MPI; no --oversubscribe unless
-// configured), {{PREAMBLE}} the `umask` line (and the export of Open MPI's root-only variables
-// only when slurm.allow_run_as_root), {{EXIT_FILE}}, {{JOB_ID}}, {{RANKS}}; {{MPIRUN}},
+// configured), {{PREAMBLE}} the `umask` line and a line that exports Open MPI's root-only
+// variables when slurm.allow_run_as_root, else unsets them (sbatch's default --export=ALL would
+// pass on the server's own), {{EXIT_FILE}}, {{JOB_ID}}, {{RANKS}}; {{MPIRUN}},
 // {{WORKER}} and {{SPEC}} are for templates that predate {{COMMAND}}.
 SlurmBatchJob RenderSlurmBatchJob(const SlurmConfig& config, const std::string& template_text,
                                   const SlurmAttempt& attempt);

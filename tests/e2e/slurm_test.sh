@@ -154,7 +154,8 @@ expect_contains "Slurm ran it as nobody" "$(scontrol show job --oneliner "$slurm
 script=$(sbatch_script state2 "$id")
 expect_contains "its ranks started by srun" "$script" "'srun' '--mpi=pmix' '--ntasks=2'"
 expect_contains "the script sets the job's umask" "$script" "umask 0027"
-expect_eq "no root-only variables in the script" "$(grep -c OMPI_ALLOW_RUN_AS_ROOT <<<"$script")" "0"
+expect_contains "no root-only variables: the script unsets them" "$script" "unset OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"
+expect_eq "and sets none" "$(grep -c 'export OMPI_ALLOW_RUN_AS_ROOT' <<<"$script")" "0"
 expect_contains "srun started one world of 2 ranks" "$(cat "$a/runs/nobody/logs/rank-00000.log" 2>&1)" "plan: 2 ranks"
 expect_eq "rank 1 ran, as nobody" "$(stat -c %U "$a/runs/nobody/logs/rank-00001.log" 2>&1)" "nobody"
 dir=$work/state2/jobs/$id

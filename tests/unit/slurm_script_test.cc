@@ -52,12 +52,13 @@ TEST(SlurmScript, TwoNodesOfEightRanksAndEightGpus) {
                                       "--output=/data/job 1/attempt-1.log", "--nodes=2", "--ntasks=16",
                                       "--ntasks-per-node=8", "--gpus-per-node=8", "/data/job 1/attempt-1.sbatch"}));
   const std::string& s = job.script;
-  EXPECT_NE(s.find("\numask 0027\n'/usr/bin/mpirun' '--bind-to' 'none' '-x' 'SHARDTUNE_SERVER' '-x' 'SHARDTUNE_JOB_ID' "
+  EXPECT_NE(s.find("\numask 0027\nunset OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM\n'/usr/bin/mpirun' "
+                   "'--bind-to' 'none' '-x' 'SHARDTUNE_SERVER' '-x' 'SHARDTUNE_JOB_ID' "
                    "'-np' '16' '/opt/shardtune/bin/shardtune-worker' '/data/job 1/job.yaml'\n"),
             std::string::npos)
       << s;
   EXPECT_NE(s.find("echo \"$status\" > '/data/job 1/exit-1'\n"), std::string::npos) << s;
-  for (const char* absent : {"OMPI_ALLOW_RUN_AS_ROOT", "oversubscribe", "{{", "}}"})
+  for (const char* absent : {"export OMPI_ALLOW_RUN_AS_ROOT", "oversubscribe", "{{", "}}"})
     EXPECT_EQ(s.find(absent), std::string::npos) << absent << " in\n" << s;
   EXPECT_EQ(s.rfind("#!/bin/bash\n", 0), 0u);
 
