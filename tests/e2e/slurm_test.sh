@@ -82,7 +82,7 @@ expect_eq "no --oversubscribe unless configured" "$(grep -c oversubscribe <<<"$s
 
 # Preemption: Slurm requeues the running job; it runs the batch script again, resumes from its
 # latest checkpoint, and the server keeps following the same attempt to SUCCEEDED.
-write_job requeued.yaml requeued 3000
+write_job requeued.yaml requeued 600  # long enough to be running when requeued at step 20, short after
 id=$("$bin/shardtune" submit requeued.yaml)
 for _ in $(seq 1 600); do [ -d runs/requeued/checkpoints/step-20 ] && break; sleep 0.1; done
 slurm_id=$("$bin/shardtune" events "$id" | sed -n 's/.*Slurm job \([0-9]*\).*/\1/p' | head -n 1)
