@@ -1,5 +1,9 @@
 #include "common/job_spec.h"
 
+#include <fmt/format.h>
+
+#include <regex>
+
 #include "common/evaluation_metrics.h"
 
 namespace shardtune {
@@ -30,6 +34,19 @@ bool EarlyStoppingSpec::Minimizes() const {
   if (mode != MetricMode::kAuto) return mode == MetricMode::kMin;
   const EvaluationMetric* known = FindEvaluationMetric(metric);
   return known != nullptr && known->goal == MetricGoal::kLower;
+}
+
+std::string TimeLimitProblem(const std::string& value) {
+  // Slurm's forms: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS; "UNLIMITED"/"INFINITE" too.
+  static const std::regex kForms(R"(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}(:\d{1,2}){0,2})");
+  if (value == "UNLIMITED" || value == "INFINITE" || std::regex_match(value, kForms)) return "";
+  return fmt::format("'{}' is not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)", value);
+}
+
+std::string SchedulerNameProblem(const std::string& value) {
+  static const std::regex kName(R"([A-Za-z0-9_.-]{1,64})");
+  if (std::regex_match(value, kName)) return "";
+  return fmt::format("'{}' is not a plain name (letters, digits, '_', '-', '.'; at most 64 characters)", value);
 }
 
 }  // namespace shardtune

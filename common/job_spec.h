@@ -202,11 +202,28 @@ struct OutputSpec {
   std::vector<ExportFormat> export_formats = {ExportFormat::kHf};
 };
 
+// What the job asks of its machines. nodes and ranks_per_node make the rank count everywhere; the
+// others are for a batch scheduler (shardtune-server's slurm backend renders them to sbatch
+// options, launcher/server/slurm_script.h; the local backend refuses the scheduler-only ones).
 struct ResourcesSpec {
   int64_t nodes = 1;
   int64_t ranks_per_node = 1;
+  int64_t gpus_per_node = 0;  // 0: none asked for (or the server's slurm.gpus_per_node)
+  int64_t cpus_per_rank = 0;  // 0: the scheduler's default (or the server's slurm.cpus_per_rank)
+  std::string time_limit;     // Slurm's --time forms: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+  std::string partition, account, qos;
   int64_t world_size() const { return nodes * ranks_per_node; }
+  // Any of time_limit, partition, account, qos given: only a batch scheduler can honour them.
+  bool NamesSchedulerOptions() const {
+    return !time_limit.empty() || !partition.empty() || !account.empty() || !qos.empty();
+  }
 };
+
+// What is wrong with a value for Slurm's --time (the forms above; "" when it is one), or with a
+// partition, account or QOS name (letters, digits, '_', '-', '.'; at most 64 characters). The job
+// spec and the server's config (slurm:) check their values with these.
+std::string TimeLimitProblem(const std::string& value);
+std::string SchedulerNameProblem(const std::string& value);
 
 struct JobSpec {
   std::string name;  // [a-z0-9-], at most 64 characters (required)

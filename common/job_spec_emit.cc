@@ -186,6 +186,16 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "nodes" << YAML::Value << spec.resources.nodes;
   out << YAML::Key << "ranks_per_node" << YAML::Value << spec.resources.ranks_per_node;
+  if (spec.resources.gpus_per_node > 0)
+    out << YAML::Key << "gpus_per_node" << YAML::Value << spec.resources.gpus_per_node;
+  if (spec.resources.cpus_per_rank > 0)
+    out << YAML::Key << "cpus_per_rank" << YAML::Value << spec.resources.cpus_per_rank;
+  for (const auto& [key, value] : {std::pair<const char*, const std::string&>{"time_limit", spec.resources.time_limit},
+                                   {"partition", spec.resources.partition},
+                                   {"account", spec.resources.account},
+                                   {"qos", spec.resources.qos}}) {
+    if (!value.empty()) out << YAML::Key << key << YAML::Value << YAML::DoubleQuoted << value;
+  }
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

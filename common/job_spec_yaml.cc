@@ -189,6 +189,19 @@ void ReadOutput(MapReader m, OutputSpec* output) {
 void ReadResources(MapReader m, ResourcesSpec* resources) {
   m.Int("nodes", &resources->nodes, 1, 1 << 20);
   m.Int("ranks_per_node", &resources->ranks_per_node, 1, 1 << 16);
+  m.Int("gpus_per_node", &resources->gpus_per_node, 0, 1 << 10);
+  m.Int("cpus_per_rank", &resources->cpus_per_rank, 0, 1 << 16);
+  const std::pair<const char*, std::string*> names[] = {{"time_limit", &resources->time_limit},
+                                                        {"partition", &resources->partition},
+                                                        {"account", &resources->account},
+                                                        {"qos", &resources->qos}};
+  for (const auto& [key, out] : names) {
+    m.String(key, out);
+    const std::string problem = out->empty()                       ? ""
+                                : key == std::string("time_limit") ? TimeLimitProblem(*out)
+                                                                   : SchedulerNameProblem(*out);
+    if (!problem.empty()) m.Problem(m.Raw(key), key, problem);
+  }
   m.Finish();
 }
 

@@ -15,8 +15,8 @@ bool StartsWithAny(const std::vector<std::string>& args, std::initializer_list<c
 
 std::vector<std::string> SrunArgv(const RankCommand& command) {
   // srun passes the whole environment on (--export=ALL is its default) and binds nothing under
-  // task/none; Debian's Open MPI has no PMI1/PMI2 support, only PMIx.
-  std::vector<std::string> argv = {command.program, "--mpi=pmix"};
+  // task/none.
+  std::vector<std::string> argv = {command.program, "--mpi=" + command.mpi};
   argv.insert(argv.end(), command.extra_args.begin(), command.extra_args.end());
   argv.push_back("--ntasks=" + std::to_string(command.ranks));
   return argv;
@@ -28,8 +28,8 @@ std::vector<std::string> MpirunArgv(const RankCommand& command) {
   argv.insert(argv.end(), command.extra_args.begin(), command.extra_args.end());
   if (!command.hostfile.empty()) {
     argv.insert(argv.end(), {"--hostfile", command.hostfile});
-  } else if (!StartsWithAny(command.extra_args, {"--oversubscribe", "-oversubscribe"})) {
-    argv.push_back("--oversubscribe");  // one machine (or allocation): Open MPI counts physical cores as slots
+  } else if (command.oversubscribe && !StartsWithAny(command.extra_args, {"--oversubscribe", "-oversubscribe"})) {
+    argv.push_back("--oversubscribe");
   }
   for (const std::string& name : command.environment) argv.insert(argv.end(), {"-x", name});
   // Ranks' output stays on mpirun's (the server's job log; each rank also writes

@@ -11,12 +11,20 @@
 namespace shardtune {
 
 struct RankCommand {
-  // mpirun (Open MPI; the default), or srun (Slurm, with PMIx), chosen by the program's file name.
+  // mpirun (Open MPI; the default), or srun (Slurm), chosen by the program's file name.
   std::string program = "mpirun";
   int ranks = 1;
   // mpirun only: the hosts and their slots. Empty: this machine, or the Slurm allocation mpirun
-  // runs in, with more ranks than Open MPI counts slots allowed (--oversubscribe).
+  // runs in.
   std::string hostfile;
+  // mpirun without a hostfile only: more ranks than Open MPI counts slots allowed
+  // (--oversubscribe). Right on one machine, where Open MPI counts physical cores as slots; a
+  // Slurm allocation has a slot per task, and its batch script says it only when configured
+  // (server.yaml slurm.oversubscribe).
+  bool oversubscribe = true;
+  // srun only: its MPI plugin (--mpi=; one that `srun --mpi=list` names). Debian's Open MPI has
+  // no PMI1/PMI2 support, only PMIx.
+  std::string mpi = "pmix";
   // The operator's own arguments for the program (server.yaml local.extra_args), placed before
   // the ones built here.
   std::vector<std::string> extra_args;
@@ -29,7 +37,7 @@ struct RankCommand {
 
 // The argument vector, program first:
 //   mpirun [--bind-to none] EXTRA... [--hostfile H | --oversubscribe] [-x NAME]... -np N WORKER...
-//   srun --mpi=pmix EXTRA... --ntasks=N WORKER...
+//   srun --mpi=MPI EXTRA... --ntasks=N WORKER...
 // mpirun leaves ranks unbound unless EXTRA binds them: a rank runs its own intra-op threads
 // (cores / local ranks of them), which Open MPI's default binding of small jobs would pin to one
 // core; and Open MPI 5 and later refuse to bind more ranks than cores at all.

@@ -99,6 +99,12 @@ JobManager::JobManager(ServerConfig config, std::string server_address)
   for (const JobRecord& r : store_->Unfinished()) output_dirs_in_use_[r.job.output_dir()] = r.job.id();
   fs::create_directories(config_.data_dir);
   if (::geteuid() != 0) job_user_ = ResolveJobUser("", config_.job_umask);  // cannot switch users: its own
+  if (config_.backend == "slurm" && config_.slurm.launcher == "mpirun" && ::geteuid() == 0 && job_user_.name.empty() &&
+      !config_.slurm.allow_run_as_root) {
+    Fail(ErrorCode::kInvalidArgument,
+         "backend slurm: jobs would run as root (the server does, and run_as is not set), which mpirun refuses; set "
+         "run_as (recommended), slurm.launcher: srun, or slurm.allow_run_as_root: true");
+  }
   if (job_user_.name.empty()) return;
   // The job's user writes its outputs under its tenant's root: the root itself is made its own
   // (what is inside is left as it is); DATA_DIR is traversable, so that it reads each job's spec.
@@ -294,6 +300,12 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   std::set<std::string> uploaded;  // the files it names as file:ID
   const JobSpec spec = ParseSpec(SpecText(request), 0, UploadedFilesOf(caller, &uploaded));
   storage_.Require(caller.tenant, caller.admin, spec);
+  if (config_.backend != "slurm" && spec.resources.NamesSchedulerOptions()) {
+    throw RequestError(RequestError::Kind::kInvalidArgument,
+                       "resources: time_limit, partition, account and qos are for a batch scheduler; this server's "
+                       "backend is local",
+                       v1::INVALID_SPEC);
+  }
   const int ranks = static_cast<int>(spec.resources.world_size());
   RequireRanksAvailable(caller.tenant, ranks);
   if (const auto plan = PlanFor(spec, ranks); plan && !plan->fits) {
@@ -584,12 +596,9 @@ void JobManager::ForwardLog(JobRecord& r) {
   // at a time, so that WatchJob shows what the ranks print. mpirun's own lines saying that it lost
   // a host make the attempt's error NODE_LOST.
   constexpr size_t kMaxLine = 4000, kMaxBytesPerCall = 1 << 20;
-  std::ifstream in(AttemptFile(r, ".log"), std::ios::binary);
-  if (!in) return;
-  in.seekg(r.log_offset);
-  std::string chunk(kMaxBytesPerCall, '\0');
-  in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-  chunk.resize(static_cast<size_t>(in.gcount()));
+  const std::optional<std::string> read = ReadJobWrittenFile(AttemptFile(r, ".log"), r.log_offset, kMaxBytesPerCall);
+  if (!read) return;
+  const std::string& chunk = *read;
   size_t used = 0;
   for (size_t end = chunk.find('\n'); end != std::string::npos; end = chunk.find('\n', used)) {
     std::string line = chunk.substr(used, end - used);
@@ -698,11 +707,14 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
     env[name] = roots;
     ranks.environment.push_back(name);
   }
-  env.insert({{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}});
   if (config_.backend == "slurm") {
     PrepareSlurm(r, ranks, env, slurm);
     return;
   }
+  // mpirun refuses root without these: the local backend's jobs run as root only when the server
+  // does and has no run_as (the Slurm script says them only when configured, slurm_script.h).
+  if (::geteuid() == 0 && job_user_.name.empty())
+    env.insert({{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}});
   std::string hostfile_text;
   int left = r.requested_ranks;
   for (const HostSlots& h : config_.hosts) {

@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "launcher/server/attempt_end.h"
 #include "launcher/server/job_manager.h"
+#include "launcher/server/slurm_script.h"
 
 // The Slurm backend of JobManager (job_manager.h): each attempt a batch script submitted with
 // sbatch, followed with squeue, all of it called without the manager's lock (SlurmCalls).
@@ -32,34 +33,40 @@ void JobManager::CancelUnrecordedSlurmJobs() {
 
 void JobManager::PrepareSlurm(JobRecord& r, const RankCommand& ranks, const std::map<std::string, std::string>& env,
                               SlurmCalls& slurm) {
-  // The template's {{NAME}}s become single-quoted words ({{COMMAND}}: the command line that
-  // starts the ranks, as words); the job's environment reaches the batch script through sbatch's
-  // default --export=ALL. {{MPIRUN}}, {{WORKER}} and {{SPEC}} are for templates that predate
-  // {{COMMAND}}.
-  std::string script = ReadFile(config_.slurm_template);
-  const std::map<std::string, std::string> values = {{"RANKS", std::to_string(r.requested_ranks)},
-                                                     {"COMMAND", ShellCommandLine(RankCommandArgv(ranks))},
-                                                     {"MPIRUN", ShellQuote(ranks.program)},
-                                                     {"WORKER", ShellQuote(ranks.worker.at(0))},
-                                                     {"SPEC", ShellQuote(ranks.worker.at(1))},
-                                                     {"EXIT_FILE", ShellQuote(r.exit_file)},
-                                                     {"JOB_ID", ShellQuote(r.job.id())}};
-  for (const auto& [name, word] : values) {
-    const std::string placeholder = "{{" + name + "}}";
-    for (size_t at = script.find(placeholder); at != std::string::npos; at = script.find(placeholder, at + word.size()))
-      script.replace(at, placeholder.size(), word);
+  // The job's environment reaches the batch script through sbatch's default --export=ALL. The
+  // files the batch job writes (its log, its exit file) are made here, the job user's, in a
+  // directory only the server writes (CreateForJobUser): the server reads them back as root.
+  SlurmAttempt attempt;
+  attempt.job_id = r.job.id();
+  attempt.ranks = r.requested_ranks;
+  try {
+    SpecOptions options;
+    options.check_files = false;  // the worker checks them, as the job's user
+    attempt.resources = ParseJobSpec(r.job.spec_yaml(), "spec_yaml", "/", options).resources;
+  } catch (const Error& e) {  // admitted with it: not expected, but never submitted half-read
+    SetError(r.job, v1::INVALID_SPEC, e.what());
+    return SetStatus(r, v1::FAILED, e.what());
   }
-  const fs::path script_path = AttemptFile(r, ".sbatch");
-  WriteFileAtomic(script_path, script);
+  attempt.mpirun = config_.mpirun;
+  attempt.worker = ranks.worker;
+  attempt.environment = ranks.environment;
+  attempt.script_path = AttemptFile(r, ".sbatch").string();
+  attempt.log_path = AttemptFile(r, ".log").string();
+  attempt.exit_file = r.exit_file;
+  attempt.umask = job_user_.umask;
+  attempt.run_as = job_user_.name;
+  attempt.run_as_gid = job_user_.gid;
+  SlurmBatchJob batch = RenderSlurmBatchJob(config_.slurm, ReadFile(config_.slurm.template_path), attempt);
+  WriteFileAtomic(attempt.script_path, batch.script);
+  CreateForJobUser(attempt.log_path, job_user_);
+  CreateForJobUser(attempt.exit_file, job_user_);
+  ShareWithJobUser(fs::path(attempt.script_path).parent_path(), {ranks.worker.at(1)});
   SlurmSubmission submission;
   submission.job_id = r.job.id();
   submission.attempt = r.job.attempt();
   submission.generation = ++submissions_;
   submission.env = env;
-  submission.argv = {"sbatch", "--parsable", "--job-name=shardtune-" + r.job.id(),
-                     fmt::format("--ntasks={}", r.requested_ranks), "--output=" + AttemptFile(r, ".log").string()};
-  if (!config_.slurm_partition.empty()) submission.argv.push_back("--partition=" + config_.slurm_partition);
-  submission.argv.push_back(script_path.string());
+  submission.argv = std::move(batch.sbatch_argv);
   // Stored before sbatch runs (the job stays QUEUED, its slots taken): a rank that starts at once
   // must find its attempt and token.
   store_->Update(r);

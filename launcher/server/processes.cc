@@ -164,12 +164,41 @@ bool LegacySupervisorAlive(int64_t pid, const std::string& job_id) {
 }
 
 std::optional<int> ReadExitFile(const std::string& path) {
-  if (path.empty() || !fs::exists(path)) return std::nullopt;
+  // Empty or partly written (a Slurm job's script writes it in place): not written yet.
+  const std::optional<std::string> text = path.empty() ? std::nullopt : ReadJobWrittenFile(path, 0, 64);
+  if (!text || text->empty() || text->back() != '\n') return std::nullopt;
   try {
-    return std::stoi(ReadWhole(path));
+    return std::stoi(*text);
   } catch (const std::exception&) {
     return std::nullopt;
   }
+}
+
+std::optional<std::string> ReadJobWrittenFile(const std::string& path, int64_t offset, size_t max_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  struct stat st {};
+  std::optional<std::string> text;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    text.emplace(max_bytes, '\0');
+    const ssize_t n = ::pread(fd, text->data(), max_bytes, offset);
+    text->resize(n > 0 ? static_cast<size_t>(n) : 0);
+  }
+  ::close(fd);
+  return text;
+}
+
+void CreateForJobUser(const std::string& path, const JobUser& user) {
+  fs::remove(path);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) FailErrno("create", path);
+  const bool owned = user.name.empty() || ::fchown(fd, user.uid, user.gid) == 0;
+  const bool moded = owned && ::fchmod(fd, 0666 & ~user.umask) == 0;
+  const int error = errno;
+  ::close(fd);
+  errno = error;
+  if (!owned) FailErrno(fmt::format("chown to run_as '{}'", user.name), path);
+  if (!moded) FailErrno("chmod", path);
 }
 
 int KillAttemptProcesses(const std::string& job_id, int attempt) {

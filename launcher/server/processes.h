@@ -83,6 +83,17 @@ bool LegacySupervisorAlive(int64_t pid, const std::string& job_id);
 
 std::optional<int> ReadExitFile(const std::string& path);
 
+// Up to `max_bytes` of a file a job's user may write (an attempt's log, its exit file), from
+// `offset`; nullopt when it is missing, a symbolic link or not a regular file (opened with
+// O_NOFOLLOW, checked with fstat): the server reads these as root, and must never follow a job's
+// link to a file only root may read.
+std::optional<std::string> ReadJobWrittenFile(const std::string& path, int64_t offset, size_t max_bytes);
+
+// Creates `path` empty (replacing what was there) with mode 0666 & ~user.umask, owned by the
+// job's user when there is one: a file the job writes (a Slurm job's log and exit file) although
+// it may not write the directory holding it.
+void CreateForJobUser(const std::string& path, const JobUser& user);
+
 // The last resort when an attempt's supervisor is gone without its exit file: SIGKILL to every
 // process on this machine whose environment holds both SHARDTUNE_JOB_ID=job_id and
 // SHARDTUNE_JOB_ATTEMPT=attempt (common/worker_contract.h); returns how many.

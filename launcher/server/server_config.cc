@@ -8,6 +8,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/job_spec.h"  // TimeLimitProblem, SchedulerNameProblem
 
 namespace shardtune::server {
 
@@ -128,6 +129,45 @@ ServerConfig LoadServerConfig(const fs::path& path) {
 
 namespace {
 
+// `slurm: {template, partition, account, qos, time_limit, gpus_per_node, cpus_per_rank, gpu_request,
+// launcher, mpi, allow_run_as_root, oversubscribe}`.
+template <typename Resolve>
+void ReadSlurm(Reader& r, const YAML::Node& node, Resolve resolve, SlurmConfig& slurm) {
+  if (!node || node.IsNull()) return;
+  r.Known(node, "slurm",
+          {"template", "partition", "account", "qos", "time_limit", "gpus_per_node", "cpus_per_rank", "gpu_request",
+           "launcher", "mpi", "allow_run_as_root", "oversubscribe"});
+  r.Get(node, "template", "slurm.template", &slurm.template_path);
+  slurm.template_path = resolve(slurm.template_path);
+  for (const auto& [key, out] : {std::pair<const char*, std::string*>{"partition", &slurm.partition},
+                                 {"account", &slurm.account},
+                                 {"qos", &slurm.qos},
+                                 {"time_limit", &slurm.time_limit}}) {
+    r.Get(node, key, std::string("slurm.") + key, out);
+    const std::string problem = out->empty()                       ? ""
+                                : key == std::string("time_limit") ? TimeLimitProblem(*out)
+                                                                   : SchedulerNameProblem(*out);
+    if (!problem.empty()) r.Problem(node[key], std::string("slurm.") + key, problem);
+  }
+  r.Get(node, "gpus_per_node", "slurm.gpus_per_node", &slurm.gpus_per_node);
+  if (slurm.gpus_per_node < 0) r.Problem(node["gpus_per_node"], "slurm.gpus_per_node", "must be >= 0");
+  r.Get(node, "cpus_per_rank", "slurm.cpus_per_rank", &slurm.cpus_per_rank);
+  if (slurm.cpus_per_rank < 0) r.Problem(node["cpus_per_rank"], "slurm.cpus_per_rank", "must be >= 0");
+  std::string gpu_request = "gpus-per-node";
+  r.Get(node, "gpu_request", "slurm.gpu_request", &gpu_request);
+  if (gpu_request != "gpus-per-node" && gpu_request != "gres")
+    r.Problem(node["gpu_request"], "slurm.gpu_request", "must be gpus-per-node or gres");
+  slurm.gres = gpu_request == "gres";
+  r.Get(node, "launcher", "slurm.launcher", &slurm.launcher);
+  if (slurm.launcher != "mpirun" && slurm.launcher != "srun")
+    r.Problem(node["launcher"], "slurm.launcher", "must be mpirun or srun");
+  r.Get(node, "mpi", "slurm.mpi", &slurm.mpi);
+  if (const std::string problem = SchedulerNameProblem(slurm.mpi); !problem.empty())
+    r.Problem(node["mpi"], "slurm.mpi", problem + "; `srun --mpi=list` names the plugins");
+  r.Get(node, "allow_run_as_root", "slurm.allow_run_as_root", &slurm.allow_run_as_root);
+  r.Get(node, "oversubscribe", "slurm.oversubscribe", &slurm.oversubscribe);
+}
+
 ServerConfig ReadServerConfig(const fs::path& path) {
   YAML::Node root;
   try {
@@ -211,16 +251,12 @@ ServerConfig ReadServerConfig(const fs::path& path) {
       }
     }
   }
-  if (const YAML::Node slurm = root["slurm"]) {
-    r.Known(slurm, "slurm", {"partition", "template"});
-    r.Get(slurm, "partition", "slurm.partition", &c.slurm_partition);
-    r.Get(slurm, "template", "slurm.template", &c.slurm_template);
-    c.slurm_template = resolve(c.slurm_template);
-  }
-  if (c.backend == "slurm" && (c.slurm_template.empty() || !fs::exists(c.slurm_template))) {
-    r.Problem(root["slurm"] ? root["slurm"] : root, "slurm.template",
-              fmt::format("backend slurm needs an sbatch template ({}); deploy/slurm/job.sbatch.in is one",
-                          c.slurm_template.empty() ? "none given" : "'" + c.slurm_template + "' does not exist"));
+  ReadSlurm(r, root["slurm"], resolve, c.slurm);
+  if (c.backend == "slurm" && (c.slurm.template_path.empty() || !fs::exists(c.slurm.template_path))) {
+    r.Problem(
+        root["slurm"] ? root["slurm"] : root, "slurm.template",
+        fmt::format("backend slurm needs an sbatch template ({}); deploy/slurm/job.sbatch.in is one",
+                    c.slurm.template_path.empty() ? "none given" : "'" + c.slurm.template_path + "' does not exist"));
   }
   if (const YAML::Node retry = root["retry"]) {
     r.Known(retry, "retry", {"max_attempts"});

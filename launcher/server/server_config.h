@@ -43,6 +43,20 @@ struct StorageConfig {
   std::vector<std::string> admin_read_only;  // admins may also read these
 };
 
+// `slurm:` (docs/server.md, "Slurm"): how the slurm backend submits a job. The resource fields are
+// defaults for what a job spec's `resources:` leaves out (launcher/server/slurm_script.h).
+struct SlurmConfig {
+  std::string template_path;  // the batch script template (deploy/slurm/job.sbatch.in is one)
+  std::string partition, account, qos, time_limit;
+  int gpus_per_node = 0;
+  int cpus_per_rank = 0;
+  bool gres = false;                // GPUs asked for as --gres=gpu:N (else --gpus-per-node=N)
+  std::string launcher = "mpirun";  // mpirun (local.mpirun) | srun
+  std::string mpi = "pmix";         // srun --mpi=PLUGIN (one `srun --mpi=list` names)
+  bool allow_run_as_root = false;   // the script exports OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)
+  bool oversubscribe = false;       // mpirun --oversubscribe (more ranks than the allocation's slots)
+};
+
 struct ServerConfig {
   std::string listen = "127.0.0.1:50551";
   std::string tls_cert, tls_key;  // both or neither
@@ -56,8 +70,7 @@ struct ServerConfig {
   std::string mpirun = "mpirun";
   std::vector<std::string> mpirun_extra_args;
   std::string worker;  // shardtune-worker; default: beside shardtune-server
-  std::string slurm_partition;
-  std::string slurm_template;
+  SlurmConfig slurm;
   int max_attempts = 3;
   double cancel_grace_s = 10;
   std::map<std::string, TenantQuota> quotas;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Multi-rank jobs as a user runs them: `shardtune train --np N` through mpirun, a rank that hangs
+# Multi-rank jobs as a user runs them: `shardtune train --np N` through mpirun, the same job on two
+# hosts (`--hostfile`; two loopback addresses of this machine) to the one-host result, a rank that hangs
 # (the others fail within the collective timeout, naming rank, collective, bucket and step), the
 # token cache built once by a job's ranks and reused by its resumed attempt, a rank killed with -9
 # (the whole job ends, non-zero, promptly), a rank killed during an asynchronous checkpoint's
@@ -36,6 +37,49 @@ expect_contains "the plan names the ranks and the stage" "$out" "plan: 2 ranks, 
 expect_contains "the memory breakdown is printed" "$out" "memory per rank: parameters"
 if [ -f "$work/runs/two/final/model.safetensors" ] && [ -f "$work/runs/two/logs/rank-00001.log" ]; then
   pass "export and per-rank logs"; else fail "missing final/ or rank 1's log"; fi
+
+# 1a. The same job on two hosts: `train --np 2 --hostfile F` whose hosts are two loopback
+# addresses of this machine. mpirun starts its daemon on 127.0.0.2 through its launch agent (ssh
+# on a cluster; here a stand-in that runs the command on this machine and notes the host), the
+# ranks talk over TCP on loopback only (no shared memory), and the result is the one-host run's.
+printf '127.0.0.1 slots=1\n127.0.0.2 slots=1\n' > "$work/hosts"
+cat > "$work/agent.sh" <<AGENT
+#!/bin/sh
+# ssh's stand-in: HOST COMMAND...
+echo "\$*" >> "$work/agent.log"
+shift
+exec sh -c "\$*"
+AGENT
+chmod +x "$work/agent.sh"
+sed 's/^name: two$/name: two-hosts/; s|runs/two|runs/two-hosts|' "$work/two.yaml" > "$work/two-hosts.yaml"
+out=$(OMPI_MCA_plm_rsh_agent="$work/agent.sh" OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo \
+  OMPI_MCA_oob_tcp_if_include=lo "$bin/shardtune" train "$work/two-hosts.yaml" --np 2 --hostfile "$work/hosts" 2>&1)
+if [ $? -eq 0 ]; then pass "train --np 2 --hostfile (two loopback hosts) exits 0"; else fail "two hosts: $out"; fi
+expect_eq "mpirun started its daemon (orted) on the second host, once" "$(grep -c '^127\.0\.0\.2 .*orted' "$work/agent.log")" "1"
+losses() { python3 -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) for l in open(sys.argv[1]) if "\"loss\"" in l))' "$1"; }
+python3 - "$work/runs/two/final/model.safetensors" "$work/runs/two-hosts/final/model.safetensors" \
+  "$(losses "$work/runs/two/metrics.jsonl")" "$(losses "$work/runs/two-hosts/metrics.jsonl")" <<'PY' && pass "two hosts: the one-host run's losses and weights (to rounding)" || fail "two hosts differ from one host"
+import json, struct, sys, array
+def tensors(path):
+    data = open(path, "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__": continue
+        assert t["dtype"] == "F32", t["dtype"]
+        begin, end = t["data_offsets"]
+        out[name] = array.array("f", data[8 + n + begin:8 + n + end])
+    return out
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+assert a.keys() == b.keys() and a, "different tensors"
+worst = max(abs(x - y) for k in a for x, y in zip(a[k], b[k]))
+la, lb = [float(x) for x in sys.argv[3].split()], [float(x) for x in sys.argv[4].split()]
+assert len(la) == len(lb) == 4, (la, lb)
+loss_gap = max(abs(x - y) for x, y in zip(la, lb))
+print(f"two hosts vs one: max weight difference {worst:g}, max loss difference {loss_gap:g}")
+sys.exit(0 if worst <= 1e-6 and loss_gap <= 1e-6 else 1)
+PY
 
 # 1b. The export at the end of training is written by all ranks, each its share of the files: on
 # 2 and 4 ranks it equals, byte for byte, the one-process export of the same weights (final/ of a
@@ -155,7 +199,6 @@ if cmp -s "$work/runs/straight/final/model.safetensors" "$work/runs/paused/final
 else
   fail "the resumed run's weights differ from the uninterrupted run's"
 fi
-losses() { python3 -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) for l in open(sys.argv[1]) if "\"loss\"" in l))' "$1"; }
 expect_eq "and its loss at every step" "$(losses "$work/runs/paused/metrics.jsonl")" "$(losses "$work/runs/straight/metrics.jsonl")"
 
 # 4. examples/tiny-bert as a sentiment classifier on two ranks (ZeRO-2), then `shardtune evaluate`.

@@ -233,6 +233,9 @@ expect_contains "validate shows the plan" "$out" "per rank (host)"
 printf 'name: x\nmodel: {path: base}\ndata: {train: train.jsonl, format: tokens}\noutput: {dir: o}\ntraining: {epoch: 1}\n' > bad.yaml
 out=$("$bin/shardtune" submit bad.yaml 2>&1)
 expect_contains "a bad spec is refused with its problems" "$out" "unknown key 'epoch'"
+printf 'name: x\nmodel: {path: base}\ndata: {train: train.jsonl, format: tokens}\noutput: {dir: o}\nresources: {partition: gpu}\n' > bad.yaml
+out=$("$bin/shardtune" submit bad.yaml 2>&1)
+expect_contains "the local backend refuses a scheduler's resources" "$out" "resources: time_limit, partition, account and qos are for a batch scheduler"
 cp train.jsonl baddata.jsonl; echo '{"input_ids": [1, "two"]}' >> baddata.jsonl
 sed -e 's/train: train.jsonl/train: baddata.jsonl/' -e 's|runs/ok|runs/baddata|' ok.yaml > baddata.yaml
 id=$("$bin/shardtune" submit baddata.yaml)

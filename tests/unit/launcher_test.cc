@@ -278,15 +278,17 @@ TEST(RankCommand, BuildsTheClisTheLocalBackendsAndSlurmsCommandLines) {
   EXPECT_EQ(RankCommandArgv(server)[1], "--bind-to");
   EXPECT_EQ(RankCommandArgv(server)[2], "core");
 
-  RankCommand slurm;  // inside an allocation: no hostfile, a line for the batch script
+  RankCommand slurm;  // inside an allocation: no hostfile, no --oversubscribe, a line for the batch script
   slurm.ranks = 2;
+  slurm.oversubscribe = false;
   slurm.worker = {"/opt/my dir/shardtune-worker", "/data/it's.yaml"};
   EXPECT_EQ(ShellCommandLine(RankCommandArgv(slurm)),
-            "'mpirun' '--bind-to' 'none' '--oversubscribe' '-np' '2' '/opt/my dir/shardtune-worker' "
-            "'/data/it'\\''s.yaml'");
+            "'mpirun' '--bind-to' 'none' '-np' '2' '/opt/my dir/shardtune-worker' '/data/it'\\''s.yaml'");
   slurm.program = "/usr/bin/srun";
   EXPECT_EQ(JoinedCommandLine(RankCommandArgv(slurm)),
             "/usr/bin/srun --mpi=pmix --ntasks=2 /opt/my dir/shardtune-worker /data/it's.yaml");
+  slurm.mpi = "pmi2";
+  EXPECT_EQ(RankCommandArgv(slurm)[1], "--mpi=pmi2");
 }
 
 TEST(Processes, APidFileNamesOneProcessNotItsPid) {
