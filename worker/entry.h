@@ -5,11 +5,14 @@
 #include <string>
 
 #include "common/exit_codes.h"
+#include "common/logging.h"
 #include "worker/export.h"
 
 namespace shardtune {
 
-int RunWorker(const std::string& job_path, const std::string& log_level);
+// Logs in `log_format`, each line naming the job: the server's job id (SHARDTUNE_JOB_ID) when the
+// server started it, else the spec's name.
+int RunWorker(const std::string& job_path, const std::string& log_level, LogFormat log_format = LogFormat::kText);
 
 // `shardtune export CHECKPOINT`: on this process, or on each of the ranks mpirun started (which
 // split the output files among them). `processes` is --np (0: not given): it must be the number

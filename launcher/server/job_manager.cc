@@ -18,6 +18,7 @@
 #include "common/exit_codes.h"
 #include "common/job_checks.h"
 #include "common/job_spec.h"
+#include "common/logging.h"
 #include "common/worker_contract.h"
 #include "launcher/rank_command.h"
 #include "launcher/server/attempt_end.h"
@@ -244,6 +245,7 @@ void JobManager::WaitForEvent(const std::string& job_id, int64_t after_seq, int 
 }
 
 void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string& message) {
+  metrics_.StatusChanged(r.job, status);
   r.job.set_status(status);
   if (status == v1::RUNNING && r.job.started_ms() == 0) r.job.set_started_ms(NowMs());
   if (IsTerminal(status)) {
@@ -254,6 +256,7 @@ void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string
   }
   store_->Update(r, "status", fmt::format("{}: {}", v1::JobStatus_Name(status), message));
   NotifyEvents();
+  const LogJobScope log_job(r.job.id());
   spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), v1::JobStatus_Name(status), message);
 }
 
@@ -339,6 +342,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   output_dirs_in_use_[r.job.output_dir()] = r.job.id();
   NotifyEvents();
   validation_.notify_one();
+  const LogJobScope log_job(r.job.id());
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);
   return r.job;
 }
@@ -460,6 +464,7 @@ void JobManager::KillIfSilent(JobRecord& r) {
   r.job.mutable_error()->set_rank(0);
   store_->Update(r);
   Event(r, "error", "TIMEOUT: " + r.job.error().message());
+  const LogJobScope log_job(r.job.id());
   spdlog::warn("job {}: attempt {}: {}", r.job.id(), r.job.attempt(), r.job.error().message());
   Signal(r, SIGKILL);
 }
@@ -672,6 +677,7 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
   ranks.ranks = r.requested_ranks;
   ranks.environment.assign(contract::kJobEnvironment.begin(), contract::kJobEnvironment.end());
   ranks.worker = {WorkerPath(), spec.string()};
+  for (std::string& arg : LogFormatArgs()) ranks.worker.push_back(std::move(arg));  // the server's --log-format
   const double heartbeat_interval_s =
       config_.heartbeat_timeout_s > 0 ? contract::HeartbeatIntervalFor(config_.heartbeat_timeout_s) : 0;
   std::map<std::string, std::string> env =
