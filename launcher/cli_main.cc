@@ -35,7 +35,7 @@ const std::vector<std::pair<std::string, std::string>> kWorkerCommands = {
 // The command word of argv: the first argument that is neither an option nor an option's value.
 std::string CommandOf(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--log-level") == 0) {
+    if (std::strcmp(argv[i], "--log-level") == 0 || std::strcmp(argv[i], "--log-format") == 0) {
       ++i;
     } else if (argv[i][0] != '-') {
       return argv[i];
@@ -133,8 +133,16 @@ int main(int argc, char** argv) {
   CLI::App app{"shardtune: fine-tune Hugging Face language models on one or many ranks"};
   app.require_subcommand(1);
   app.set_version_flag("--version", VersionText("shardtune"), "print the version and the libraries built with");
-  std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+  std::string log_level = "info", log_format = "text";
+  // --log-level and --log-format, on the app and on each of `commands`.
+  auto add_log_options = [&](std::initializer_list<CLI::App*> commands) {
+    for (CLI::App* command : commands) {
+      command->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+      command->add_option("--log-format", log_format, "text, or json: one object a line")
+          ->check(CLI::IsMember({"text", "json"}));
+    }
+  };
+  add_log_options({&app});
   // Listed for --help; run by shardtune-worker (above).
   for (const auto& [name, description] : kWorkerCommands) app.add_subcommand(name, description);
 
@@ -146,7 +154,6 @@ int main(int argc, char** argv) {
   train->add_option("--hostfile", launch.hostfile, "MPI hostfile");
   train->add_option("--output", launch.output, "table (the log only) or json (also the outcome on stdout)")
       ->check(CLI::IsMember({"table", "json"}));
-  train->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
   CLI::App* planner = app.add_subcommand("plan", "per-rank memory of a job, before any device is spent");
   PlanArgs plan;
@@ -169,12 +176,12 @@ int main(int argc, char** argv) {
   planner->add_option("--seq-len", plan.seq_len, "tokens per example")->check(CLI::PositiveNumber);
   planner->add_flag("--activation-checkpointing", plan.checkpointing, "recompute layers in backward");
   planner->add_option("--output", plan.output, "table or json")->check(CLI::IsMember({"table", "json"}));
-  planner->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
 
   CLI::App* report = app.add_subcommand("report", "a run's loss and validation curves (PNG) and a summary");
   std::string run_dir;
   report->add_option("run_dir", run_dir, "the run's output.dir")->required();
-  report->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+
+  add_log_options({train, planner, report});
 
   ClientCommands client(app);
   FileCommands files(app);
@@ -184,11 +191,12 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitInvalidInput;
   }
-  InitLogging(log_level, 0);
+  InitLogging(log_level, /*rank=*/-1, ParseLogFormat(log_format));
   if (client.parsed()) return client.Run();
   if (files.parsed()) return files.Run();
   if (train->parsed()) {
     launch.log_level = log_level;
+    launch.log_format = log_format;
     return LaunchTraining(job_path, launch);
   }
   try {

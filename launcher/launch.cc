@@ -56,7 +56,8 @@ int LaunchWorkerRanks(const std::vector<std::string>& args, const LaunchOptions&
 int LaunchTraining(const std::string& job_path, const LaunchOptions& options) {
   // Under mpirun the ranks may start elsewhere: the spec's path must not depend on this directory.
   const std::string job = options.ranks == 1 && options.hostfile.empty() ? job_path : fs::absolute(job_path).string();
-  return LaunchWorkerRanks({job, "--log-level", options.log_level, "--output", options.output}, options);
+  return LaunchWorkerRanks(
+      {job, "--log-level", options.log_level, "--log-format", options.log_format, "--output", options.output}, options);
 }
 
 }  // namespace shardtune

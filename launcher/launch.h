@@ -12,7 +12,8 @@ struct LaunchOptions {
   int ranks = 1;
   std::string hostfile;  // optional MPI hostfile
   std::string log_level = "info";
-  std::string output = "table";  // json: rank 0 prints the run's outcome as JSON on stdout
+  std::string output = "table";     // json: rank 0 prints the run's outcome as JSON on stdout
+  std::string log_format = "text";  // text | json, passed on to the worker
 };
 
 // Replaces this process with `shardtune-worker ARGS...`; returns only if that fails, with an

@@ -11,10 +11,11 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
-  libsqlite3-dev libssl-dev nlohmann-json3-dev libcli11-dev
+  libsqlite3-dev libssl-dev nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
   libpcre2-dev libicu-dev libsentencepiece-dev
   python3-grpcio python3-protobuf
   systemd  # systemd-analyze verify on the service's unit (e2e.install); nothing is started
+  prometheus  # promtool, which e2e.metrics checks GET /metrics with (the daemon is not started)
 )
 # `install-deps.sh bench` adds what `make bench` needs: the PyTorch baseline and gnuplot.
 if [ "${1:-}" = bench ]; then
@@ -42,3 +43,8 @@ if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -qq
 "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The tests need promtool only: a prometheus daemon this script's install started (on a machine
+# with systemd) is stopped and disabled again.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+  "${sudo_cmd[@]}" systemctl disable --now prometheus.service > /dev/null 2>&1 || true
+fi

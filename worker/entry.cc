@@ -124,7 +124,7 @@ std::string SummaryJson(const JobSpec& spec, const TrainingSummary& summary) {
 
 }  // namespace
 
-int RunWorker(const std::string& job_path, const std::string& log_level, bool json_summary) {
+int RunWorker(const std::string& job_path, const std::string& log_level, LogFormat log_format, bool json_summary) {
   // Declared outside the try: on failure the error is logged and the job aborted while the
   // communicators still exist (tearing them down first could hang on a dead peer).
   std::unique_ptr<MpiRuntime> mpi;
@@ -133,11 +133,14 @@ int RunWorker(const std::string& job_path, const std::string& log_level, bool js
   std::unique_ptr<ServerReporter> reporter;  // rank 0 of a job started by shardtune-server
   int world_size = 1;
   try {
-    InitLogging(log_level, RankFromEnvironment());
+    InitLogging(log_level, RankFromEnvironment(), log_format);
+    const char* server_job_id = std::getenv(std::string(contract::kEnvJobId).c_str());
+    if (server_job_id != nullptr) SetLogJob(server_job_id);
     // Before anything that can fail (the spec, MPI, NCCL): rank 0 reports such failures too.
     if (ServerReporter::ManagedByServer() && RankFromEnvironment() == 0) reporter = ServerReporter::FromEnvironment();
     // Its paths against the storage roots before anything opens them: they may have changed since admission.
     const JobSpec spec = LoadJobSpecWithinGrantedRoots(job_path);
+    if (server_job_id == nullptr || *server_job_id == '\0') SetLogJob(spec.name);
     mpi_world = MpiOrSingleProcessWorld(mpi, spec.sharding.collective_timeout_s);
     world_size = mpi_world->size();
     nccl_world = MaybeNccl(spec, *mpi_world);

@@ -5,14 +5,18 @@
 #include <string>
 
 #include "common/exit_codes.h"
+#include "common/logging.h"
 #include "worker/export.h"
 
 namespace shardtune {
 
-// One rank of the job. With `json_summary`, rank 0 also prints the outcome on stdout as one JSON
-// object (`shardtune train --output json`): {"ok": true, "job", "steps", "last_loss",
-// "last_val_loss", "finished", "paused", "output_dir", ...}, or FailureJson's.
-int RunWorker(const std::string& job_path, const std::string& log_level, bool json_summary = false);
+// One rank of the job. Logs in `log_format`, each line naming the job: the server's job id
+// (SHARDTUNE_JOB_ID) when the server started it, else the spec's name. With `json_summary`, rank 0
+// also prints the outcome on stdout as one JSON object (`shardtune train --output json`):
+// {"ok": true, "job", "steps", "last_loss", "last_val_loss", "finished", "paused", "output_dir", ...},
+// or FailureJson's.
+int RunWorker(const std::string& job_path, const std::string& log_level, LogFormat log_format = LogFormat::kText,
+              bool json_summary = false);
 
 // `shardtune export CHECKPOINT`: on this process, or on each of the ranks mpirun started (which
 // split the output files among them). `processes` is --np (0: not given): it must be the number

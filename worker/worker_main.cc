@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
   CLI::App app{
       "shardtune-worker: one rank of a shardtune job (shardtune-worker JOB.yaml), and the model and data "
       "commands of the shardtune CLI"};
-  std::string log_level = "info";
+  std::string log_level = "info", log_format = "text";
   std::string job_path, output = "table";
   app.add_option("job", job_path, "job spec (YAML): train one rank of it");
   // Every command's --output: table (for people) or json (for programs), as the shardtune CLI's.
@@ -212,6 +212,8 @@ int main(int argc, char** argv) {
   };
   add_output(&app, "json adds the run's outcome on stdout as one JSON object");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+  app.add_option("--log-format", log_format, "text, or json: one object a line")
+      ->check(CLI::IsMember({"text", "json"}));
   app.require_subcommand(0, 1);
   app.set_version_flag("--version", VersionText("shardtune-worker"), "print the version and the libraries built with");
 
@@ -275,8 +277,11 @@ int main(int argc, char** argv) {
   evaluate->add_option("--output", eval_output, "json (default) or table: the top-level figures, one a line")
       ->check(CLI::IsMember({"table", "json"}));
 
-  for (CLI::App* command : {generate, tokenize, validate, check_file.app, exporter, init, evaluate})
+  for (CLI::App* command : {generate, tokenize, validate, check_file.app, exporter, init, evaluate}) {
     command->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+    command->add_option("--log-format", log_format, "text, or json: one object a line")
+        ->check(CLI::IsMember({"text", "json"}));
+  }
 
   try {
     app.parse(argc, argv);
@@ -288,10 +293,10 @@ int main(int argc, char** argv) {
       std::cerr << "give a job spec (shardtune-worker JOB.yaml) or a command; see --help\n";
       return kExitInvalidInput;
     }
-    return RunWorker(job_path, log_level, output == "json");
+    return RunWorker(job_path, log_level, ParseLogFormat(log_format), output == "json");
   }
   try {
-    InitLogging(log_level, RankFromEnvironment());
+    InitLogging(log_level, RankFromEnvironment(), ParseLogFormat(log_format));
     if (generate->parsed()) return Generate(gen);
     if (init->parsed()) return InitModel(init_args);
     if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);

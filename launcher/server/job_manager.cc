@@ -18,6 +18,7 @@
 #include "common/exit_codes.h"
 #include "common/job_checks.h"
 #include "common/job_spec.h"
+#include "common/logging.h"
 #include "common/worker_contract.h"
 #include "launcher/rank_command.h"
 #include "launcher/server/attempt_end.h"
@@ -250,6 +251,7 @@ void JobManager::WaitForEvent(const std::string& job_id, int64_t after_seq, int 
 }
 
 void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string& message) {
+  metrics_.StatusChanged(r.job, status);
   r.job.set_status(status);
   if (status == v1::RUNNING && r.job.started_ms() == 0) r.job.set_started_ms(NowMs());
   if (IsTerminal(status)) {
@@ -260,6 +262,7 @@ void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string
   }
   store_->Update(r, "status", fmt::format("{}: {}", v1::JobStatus_Name(status), message));
   NotifyEvents();
+  const LogJobScope log_job(r.job.id());
   spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), v1::JobStatus_Name(status), message);
 }
 
@@ -354,6 +357,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   output_dirs_in_use_[r.job.output_dir()] = r.job.id();
   NotifyEvents();
   validation_.notify_one();
+  const LogJobScope log_job(r.job.id());
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);
   return r.job;
 }
@@ -450,48 +454,6 @@ v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int rank
 bool JobManager::WorkerTokenValid(const std::string& job_id, const std::string& token) {
   const auto r = store_->Get(job_id);
   return r && !r->worker_token_hash.empty() && Sha256Hex(token) == r->worker_token_hash;
-}
-
-void JobManager::Heartbeat(const v1::HeartbeatReport& report) {
-  std::lock_guard<std::mutex> lock(heartbeat_mutex_);
-  HeartbeatClock& clock = heartbeats_[report.job_id()];
-  if (clock.attempt != report.attempt()) clock = HeartbeatClock{report.attempt()};  // a Slurm attempt's first
-  clock.since_ms = NowMs();
-  clock.heard = true;
-}
-
-void JobManager::ExpectHeartbeats(const JobRecord& r) {
-  std::lock_guard<std::mutex> lock(heartbeat_mutex_);
-  heartbeats_[r.job.id()] = HeartbeatClock{r.job.attempt(), NowMs()};
-}
-
-void JobManager::KillIfSilent(JobRecord& r) {
-  // A silent rank 0 is a process that stopped (SIGSTOP, a hung mount, a machine swapping
-  // itself to death) or a host cut off without mpirun noticing. Which of those the server cannot
-  // tell, so the error is TIMEOUT (a configured time passed), not NODE_LOST (a host known to be
-  // gone); both are retried from the latest checkpoint.
-  constexpr double kFirstHeartbeatGraceS = 60;
-  if (config_.heartbeat_timeout_s <= 0 || r.cancel_requested) return;
-  double silent_s = 0;
-  {
-    std::lock_guard<std::mutex> lock(heartbeat_mutex_);
-    const auto it = heartbeats_.find(r.job.id());
-    if (it == heartbeats_.end() || it->second.attempt != r.job.attempt() || it->second.fired) return;
-    const double allowed_s =
-        it->second.heard ? config_.heartbeat_timeout_s : std::max(config_.heartbeat_timeout_s, kFirstHeartbeatGraceS);
-    silent_s = static_cast<double>(NowMs() - it->second.since_ms) / 1000;
-    if (silent_s <= allowed_s) return;
-    it->second.fired = true;
-  }
-  SetError(r.job, v1::TIMEOUT,
-           fmt::format("no heartbeat from rank 0 for {:.0f} s (heartbeat_timeout_s: {:g}): the attempt's processes "
-                       "were killed",
-                       silent_s, config_.heartbeat_timeout_s));
-  r.job.mutable_error()->set_rank(0);
-  store_->Update(r);
-  Event(r, "error", "TIMEOUT: " + r.job.error().message());
-  spdlog::warn("job {}: attempt {}: {}", r.job.id(), r.job.attempt(), r.job.error().message());
-  Signal(r, SIGKILL);
 }
 
 bool JobManager::Progress(const v1::ProgressReport& report) {
@@ -699,6 +661,7 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
   ranks.ranks = r.requested_ranks;
   ranks.environment.assign(contract::kJobEnvironment.begin(), contract::kJobEnvironment.end());
   ranks.worker = {WorkerPath(), spec.string()};
+  for (std::string& arg : LogFormatArgs()) ranks.worker.push_back(std::move(arg));  // the server's --log-format
   const double heartbeat_interval_s =
       config_.heartbeat_timeout_s > 0 ? contract::HeartbeatIntervalFor(config_.heartbeat_timeout_s) : 0;
   std::map<std::string, std::string> env =

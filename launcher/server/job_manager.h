@@ -30,6 +30,7 @@
 #include "launcher/server/processes.h"
 #include "launcher/server/request_error.h"
 #include "launcher/server/server_config.h"
+#include "launcher/server/server_metrics.h"
 #include "launcher/server/storage_policy.h"
 #include "sharding/planner.h"
 
@@ -54,6 +55,7 @@ class JobManager {
   ~JobManager();
 
   JobStore& store() { return *store_; }
+  ServerMetrics& metrics() { return metrics_; }
   FileStore& files() { return *files_; }
   // The job's memory plan on `ranks` slots, when the configuration gives their memory.
   // RESOURCE_EXHAUSTED when `ranks` exceed the pool or the tenant's max_ranks.
@@ -84,6 +86,14 @@ class JobManager {
   void DeleteFile(const Caller& caller, const std::string& id);
   // Spec options that resolve `file:ID` to the caller's tenant's file, adding each ID to `used`.
   SpecOptions UploadedFilesOf(const Caller& caller, std::set<std::string>* used);
+
+  // The pool as the scheduler sees it now, and the running jobs (GET /metrics; job_manager_metrics.cc).
+  struct PoolState {
+    int slots = 0;         // in all
+    int slots_in_use = 0;  // held by running attempts and sbatch calls in flight
+    std::vector<v1::Job> running;
+  };
+  PoolState Pool();
 
   // Starts the scheduling thread (after re-attaching to what is running).
   void Start();
@@ -181,6 +191,7 @@ class JobManager {
   SlotUse UsedSlots(const std::vector<JobRecord>& unfinished) const;
 
   ServerConfig config_;
+  ServerMetrics metrics_;  // counted by SetStatus; read by GET /metrics
   StoragePolicy storage_;
   JobUser job_user_;  // who the job's processes are (run_as, job_umask)
   std::string server_address_;

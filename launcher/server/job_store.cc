@@ -316,6 +316,14 @@ int64_t JobStore::MaxCreatedMs() {
   return q.Step() ? q.Int(0) : 0;
 }
 
+std::map<std::pair<std::string, JobStatus>, int64_t> JobStore::CountByTenantAndStatus() {
+  ReadLease lease(*this);
+  Statement q(lease.db(), "SELECT tenant, status, COUNT(*) FROM jobs GROUP BY tenant, status");
+  std::map<std::pair<std::string, JobStatus>, int64_t> counts;
+  while (q.Step()) counts[{q.Text(0), static_cast<JobStatus>(q.Int(1))}] = q.Int(2);
+  return counts;
+}
+
 std::vector<JobRecord> JobStore::Unfinished() {
   ReadLease lease(*this);
   Statement q(lease.db(),

@@ -80,6 +80,8 @@ class JobStore {
   std::vector<JobRecord> List(const JobFilter& filter);  // newest first (created_ms, then id, descending)
   std::vector<JobRecord> Unfinished();                   // oldest first
   int64_t MaxCreatedMs();                                // 0 when there are no jobs
+  // How many jobs each tenant has in each status (GET /metrics), in one query.
+  std::map<std::pair<std::string, JobStatus>, int64_t> CountByTenantAndStatus();
   std::optional<JobRecord> Oldest(JobStatus status);
 
   // Appends an event (its seq is returned) with the job as it is now.

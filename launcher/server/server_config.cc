@@ -87,7 +87,55 @@ void ReadStorage(Reader& r, const YAML::Node& node, Resolve resolve, StorageConf
   for (auto& p : storage.admin_read_only) p = resolve(p);
 }
 
+// `tls: {cert, key}` at `at` (both or neither), relative paths from the config file's directory.
+template <typename Resolve>
+void ReadTls(Reader& r, const YAML::Node& node, const std::string& at, Resolve resolve, std::string* cert,
+             std::string* key) {
+  if (!node) return;
+  r.Known(node, at, {"cert", "key"});
+  r.Get(node, "cert", at + ".cert", cert);
+  r.Get(node, "key", at + ".key", key);
+  if (cert->empty() != key->empty()) r.Problem(node, at, "give both cert and key");
+  *cert = resolve(*cert);
+  *key = resolve(*key);
+}
+
+// `http: {listen, tls}` and `metrics_listen`, each a HOST:PORT.
+template <typename Resolve>
+void ReadHttp(Reader& r, const YAML::Node& root, Resolve resolve, ServerConfig& c) {
+  auto read_address = [&](const YAML::Node& map, const char* key, const std::string& at, std::string* out) {
+    r.Get(map, key, at, out);
+    if (!out->empty() && !SplitHostPort(*out))
+      r.Problem(map[key], at, fmt::format("'{}' is not HOST:PORT (PORT 0..65535; [HOST]:PORT for IPv6)", *out));
+  };
+  if (const YAML::Node http = root["http"]) {
+    r.Known(http, "http", {"listen", "tls"});
+    read_address(http, "listen", "http.listen", &c.http.listen);
+    if (http.IsMap() && c.http.listen.empty()) r.Problem(http, "http.listen", "is required");
+    if (http.IsMap()) ReadTls(r, http["tls"], "http.tls", resolve, &c.http.tls_cert, &c.http.tls_key);
+  }
+  read_address(root, "metrics_listen", "metrics_listen", &c.metrics_listen);
+}
+
 }  // namespace
+
+std::optional<HostPort> SplitHostPort(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size() || listen.size() - colon > 6)
+    return std::nullopt;
+  HostPort out;
+  out.host = listen.substr(0, colon);
+  if (out.host.front() == '[' && out.host.back() == ']' && out.host.size() > 2)
+    out.host = out.host.substr(1, out.host.size() - 2);
+  else if (out.host.find(':') != std::string::npos)
+    return std::nullopt;  // an IPv6 address without brackets: where its port starts is ambiguous
+  for (size_t i = colon + 1; i < listen.size(); ++i) {
+    if (listen[i] < '0' || listen[i] > '9') return std::nullopt;
+    out.port = out.port * 10 + (listen[i] - '0');
+  }
+  if (out.port > 65535) return std::nullopt;
+  return out;
+}
 
 fs::path ServerConfig::TenantRoot(const std::string& tenant) const {
   if (const auto it = storage.tenants.find(tenant); it != storage.tenants.end()) return it->second.root;
@@ -179,8 +227,8 @@ ServerConfig ReadServerConfig(const fs::path& path) {
   std::vector<std::string> problems;
   Reader r(problems, path.string());
   r.Known(root, "",
-          {"listen", "tls", "database", "data_dir", "api_keys", "backend", "local", "slurm", "retry", "quotas",
-           "worker", "cancel_grace_s", "storage", "run_as", "job_umask", "heartbeat_timeout_s"});
+          {"listen", "tls", "http", "metrics_listen", "database", "data_dir", "api_keys", "backend", "local", "slurm",
+           "retry", "quotas", "worker", "cancel_grace_s", "storage", "run_as", "job_umask", "heartbeat_timeout_s"});
   // Everything below reads keys of the top-level mapping (yaml-cpp throws on a key of a scalar).
   if (!root.IsMap() && !root.IsNull()) {
     Fail(ErrorCode::kInvalidArgument, "{} (line {}): expected a mapping of keys at the top level", path.string(),
@@ -189,14 +237,8 @@ ServerConfig ReadServerConfig(const fs::path& path) {
   const fs::path base = fs::absolute(path).parent_path();
   auto resolve = [&](std::string p) { return p.empty() || fs::path(p).is_absolute() ? p : (base / p).string(); };
   r.Get(root, "listen", "listen", &c.listen);
-  if (root["tls"]) {
-    r.Known(root["tls"], "tls", {"cert", "key"});
-    r.Get(root["tls"], "cert", "tls.cert", &c.tls_cert);
-    r.Get(root["tls"], "key", "tls.key", &c.tls_key);
-    if (c.tls_cert.empty() != c.tls_key.empty()) r.Problem(root["tls"], "tls", "give both cert and key");
-    c.tls_cert = resolve(c.tls_cert);
-    c.tls_key = resolve(c.tls_key);
-  }
+  ReadTls(r, root["tls"], "tls", resolve, &c.tls_cert, &c.tls_key);
+  ReadHttp(r, root, resolve, c);
   r.Get(root, "database", "database", &c.database);
   c.database = resolve(c.database);
   r.Get(root, "data_dir", "data_dir", &c.data_dir);

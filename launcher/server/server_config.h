@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,9 +58,17 @@ struct SlurmConfig {
   bool oversubscribe = false;       // mpirun --oversubscribe (more ranks than the allocation's slots)
 };
 
+// `http:`: the HTTP listener (launcher/server/http_server.h): GET /metrics today, the REST API's home.
+struct HttpConfig {
+  std::string listen;             // HOST:PORT; empty: no HTTP listener
+  std::string tls_cert, tls_key;  // both or neither, as for gRPC
+};
+
 struct ServerConfig {
   std::string listen = "127.0.0.1:50551";
   std::string tls_cert, tls_key;  // both or neither
+  HttpConfig http;
+  std::string metrics_listen;  // HOST:PORT of a plain-HTTP listener serving only GET /metrics, no key; empty: none
   std::string database = "/var/lib/shardtune/jobs.db";
   std::string data_dir;  // where the server keeps per-job files; default: beside the database
   std::vector<ApiKey> api_keys;
@@ -86,6 +95,14 @@ struct ServerConfig {
 
 // Throws SpecError-like Error listing every problem with its key and line.
 ServerConfig LoadServerConfig(const std::filesystem::path& path);
+
+// HOST:PORT or [HOST]:PORT (IPv6) split, the brackets dropped; nullopt unless PORT is 0..65535
+// and HOST is not empty.
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+std::optional<HostPort> SplitHostPort(const std::string& listen);
 
 std::string Sha256Hex(const std::string& data);
 std::string RandomToken();  // 32 random bytes, hex

@@ -17,6 +17,9 @@
 #include "common/error.h"
 #include "common/logging.h"
 #include "common/version.h"
+#include "launcher/server/api_keys.h"
+#include "launcher/server/grpc_metrics.h"
+#include "launcher/server/http_server.h"
 #include "launcher/server/job_manager.h"
 #include "launcher/server/processes.h"
 #include "launcher/server/services.h"
@@ -64,10 +67,13 @@ std::string ConfigSummary(const shardtune::server::ServerConfig& config, const s
     hosts += fmt::format("{}{}:{}", hosts.empty() ? "" : " ", host.host, host.slots);
   std::string text = fmt::format("{}: valid\n", path);
   text += fmt::format("listen: {}{}\n", config.listen, config.tls_cert.empty() ? "" : " (TLS)");
+  if (!config.http.listen.empty())
+    text += fmt::format("http: {}{}\n", config.http.listen, config.http.tls_cert.empty() ? "" : " (TLS)");
+  if (!config.metrics_listen.empty()) text += fmt::format("metrics_listen: {}\n", config.metrics_listen);
   text += fmt::format("database: {}\n", config.database);
   if (config.backend == "slurm") {
-    text += fmt::format("backend: slurm (partition {})\n",
-                        config.slurm_partition.empty() ? "default" : config.slurm_partition);
+    text += fmt::format("backend: slurm (partition {}, launcher {})\n",
+                        config.slurm.partition.empty() ? "default" : config.slurm.partition, config.slurm.launcher);
   } else {
     text += fmt::format("backend: local, {} slots ({}) on {}\n", config.total_slots(),
                         config.gpus ? "GPUs" : "CPU ranks", hosts);
@@ -80,6 +86,28 @@ std::string ConfigSummary(const shardtune::server::ServerConfig& config, const s
   return text;
 }
 
+// The HTTP listeners the configuration names, serving: `http:` GET /metrics for admins' keys (and,
+// later, the REST API); `metrics_listen:` GET /metrics for anyone.
+std::vector<std::unique_ptr<shardtune::server::HttpServer>> StartHttpListeners(
+    const shardtune::server::ServerConfig& config, shardtune::server::JobManager& manager,
+    const shardtune::server::ApiKeyTable& keys) {
+  using shardtune::server::HttpServer;
+  std::vector<std::unique_ptr<HttpServer>> listeners;
+  if (!config.http.listen.empty()) {
+    auto http = std::make_unique<HttpServer>("http", config.http.listen, config.http.tls_cert, config.http.tls_key,
+                                             manager.metrics());
+    MountMetrics(*http, manager, &keys);
+    listeners.push_back(std::move(http));
+  }
+  if (!config.metrics_listen.empty()) {
+    auto metrics = std::make_unique<HttpServer>("metrics_listen", config.metrics_listen, "", "", manager.metrics());
+    MountMetrics(*metrics, manager, nullptr);
+    listeners.push_back(std::move(metrics));
+  }
+  for (const auto& listener : listeners) listener->Start();
+  return listeners;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -88,7 +116,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "supervise") return Supervise(argc, argv);
 
   CLI::App app{"shardtune-server: accepts, schedules, runs and retries fine-tuning jobs"};
-  std::string config_path, listen, database, log_level = "info";
+  std::string config_path, listen, database, log_level = "info", log_format = "text";
   bool check_only = false;
   app.set_version_flag("--version", VersionText("shardtune-server"), "print the version and the libraries built with");
   app.add_option("--config", config_path, "server.yaml")->required()->check(CLI::ExistingFile);
@@ -96,13 +124,15 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "address:port (overrides the config)");
   app.add_option("--database", database, "SQLite file (overrides the config)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
+  app.add_option("--log-format", log_format, "text, or json: one object a line (also for the workers it starts)")
+      ->check(CLI::IsMember({"text", "json"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   try {
-    InitLogging(log_level, 0);
+    InitLogging(log_level, /*rank=*/-1, ParseLogFormat(log_format));
     ServerConfig config = LoadServerConfig(config_path);
     if (!listen.empty()) config.listen = listen;
     if (!database.empty()) {
@@ -129,6 +159,9 @@ int main(int argc, char** argv) {
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort(config.listen, credentials, &port);
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(MakeRpcMetricsInterceptorFactory(manager.metrics()));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
     builder.RegisterService(jobs.get());
     builder.RegisterService(workers.get());
     builder.RegisterService(files.get());
@@ -136,6 +169,8 @@ int main(int argc, char** argv) {
     builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxFileChunkBytes + (64 << 10)));
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
     if (!server || port == 0) Fail(ErrorCode::kFailedPrecondition, "cannot listen on {}", config.listen);
+    const ApiKeyTable keys(config);
+    const std::vector<std::unique_ptr<HttpServer>> http = StartHttpListeners(config, manager, keys);
     manager.Start();
     spdlog::info("shardtune-server listening on {} (database {}, {} slots)", config.listen, config.database,
                  config.total_slots());
@@ -143,6 +178,7 @@ int main(int argc, char** argv) {
     std::signal(SIGINT, OnSignal);
     while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     spdlog::info("shutting down; running jobs keep running and are picked up at the next start");
+    for (const auto& listener : http) listener->Stop();
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     manager.Stop();
     return 0;

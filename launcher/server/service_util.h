@@ -8,6 +8,7 @@
 #include <map>
 #include <string>
 
+#include "launcher/server/api_keys.h"
 #include "launcher/server/job_manager.h"
 #include "launcher/server/request_error.h"
 #include "launcher/server/server_config.h"
@@ -21,9 +22,7 @@ inline std::string Bearer(const grpc::ServerContext* context) {
   const auto& metadata = context->client_metadata();
   const auto it = metadata.find("authorization");
   if (it == metadata.end()) return "";
-  const std::string value(it->second.data(), it->second.size());
-  const std::string prefix = "Bearer ";
-  return value.rfind(prefix, 0) == 0 ? value.substr(prefix.size()) : "";
+  return BearerKey(std::string(it->second.data(), it->second.size()));
 }
 
 // Trailing metadata of a refusal that has a JobErrorCode (e.g. INVALID_SPEC), whose name also
@@ -64,26 +63,23 @@ grpc::Status Guard(grpc::ServerContext* context, F&& body) {
   }
 }
 
-// The configured API keys, by the SHA-256 of the key.
+// The configured API keys (api_keys.h), for the gRPC services.
 class ApiKeys {
  public:
-  explicit ApiKeys(const ServerConfig& config) {
-    for (const ApiKey& key : config.api_keys) keys_[key.sha256] = key;
-  }
+  explicit ApiKeys(const ServerConfig& config) : table_(config) {}
 
   // Runs `body(caller)` for a known key (UNAUTHENTICATED otherwise), its errors as statuses.
   template <typename F>
   grpc::Status Authenticated(grpc::ServerContext* context, F&& body) const {
     const std::string key = Bearer(context);
     if (key.empty()) return Status(StatusCode::UNAUTHENTICATED, "no API key: send 'authorization: Bearer KEY'");
-    const auto it = keys_.find(Sha256Hex(key));
-    if (it == keys_.end()) return Status(StatusCode::UNAUTHENTICATED, "unknown API key");
-    const Caller caller{it->second.tenant, it->second.role == "admin", it->second.role == "viewer"};
-    return Guard(context, [&] { return body(caller); });
+    const std::optional<Caller> caller = table_.Find(key);
+    if (!caller) return Status(StatusCode::UNAUTHENTICATED, "unknown API key");
+    return Guard(context, [&] { return body(*caller); });
   }
 
  private:
-  std::map<std::string, ApiKey> keys_;
+  ApiKeyTable table_;
 };
 
 }  // namespace shardtune::server

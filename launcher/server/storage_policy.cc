@@ -38,11 +38,21 @@ bool ListensOnLoopbackOnly(const std::string& listen) {
 
 std::vector<std::string> ExposureWarnings(const ServerConfig& config, bool running_as_root) {
   std::vector<std::string> warnings;
-  const bool loopback = ListensOnLoopbackOnly(config.listen);
+  // The gRPC and the HTTP listener take the same requests (jobs, files): the same rule for both.
+  std::string listens = config.listen;
+  if (!config.http.listen.empty()) listens += " and " + config.http.listen;
   auto require_loopback = [&](const std::string& why, const std::string& fix) {
-    if (!loopback) Fail(ErrorCode::kFailedPrecondition, "refusing to listen on {}: {}; {}", config.listen, why, fix);
-    warnings.push_back(fmt::format("{}: serving on loopback ({}) only; {}", why, config.listen, fix));
+    for (const std::string& listen : {config.listen, config.http.listen})
+      if (!listen.empty() && !ListensOnLoopbackOnly(listen))
+        Fail(ErrorCode::kFailedPrecondition, "refusing to listen on {}: {}; {}", listen, why, fix);
+    warnings.push_back(fmt::format("{}: serving on loopback ({}) only; {}", why, listens, fix));
   };
+  if (!config.metrics_listen.empty() && !ListensOnLoopbackOnly(config.metrics_listen)) {
+    warnings.push_back(
+        fmt::format("metrics_listen {} is not loopback: its GET /metrics asks for no key and names "
+                    "every tenant and running job; keep it on a network only Prometheus reaches",
+                    config.metrics_listen));
+  }
   if (!config.storage.enabled) {
     require_loopback("no `storage:` in the configuration, so jobs may read and write any path this server can",
                      "give each tenant a root under `storage:` before listening on another address (docs/server.md, "

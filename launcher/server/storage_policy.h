@@ -29,8 +29,9 @@ namespace shardtune::server {
 bool ListensOnLoopbackOnly(const std::string& listen);
 
 // The startup rule: a server without `storage:`, or one running as root without `run_as`,
-// serves only on loopback, with a warning (returned, for the log); on any other address it
-// throws Error(kFailedPrecondition) saying what to configure. `run_as` on a server that is not
+// serves only on loopback (its gRPC `listen` and its `http.listen`), with a warning (returned, for
+// the log); on any other address it throws Error(kFailedPrecondition) saying what to configure. A
+// `metrics_listen` off loopback gets a warning (it needs no key). `run_as` on a server that is not
 // root is ignored, with a warning (its jobs already run as its own, unprivileged, user).
 std::vector<std::string> ExposureWarnings(const ServerConfig& config, bool running_as_root);
 

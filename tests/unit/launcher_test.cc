@@ -244,6 +244,33 @@ backend: slurm
   }
 }
 
+TEST(ServerConfig, ReadsTheHttpListenersAndRefusesWhatIsNotHostPort) {
+  ScratchDir dir;
+  testing::WriteText(dir / "ok.yaml", R"(http: {listen: "[::1]:8080", tls: {cert: tls/c.pem, key: tls/k.pem}}
+metrics_listen: 127.0.0.1:9464
+)");
+  const ServerConfig c = LoadServerConfig(dir / "ok.yaml");
+  EXPECT_EQ(c.http.listen, "[::1]:8080");
+  EXPECT_EQ(c.http.tls_cert, (dir / "tls" / "c.pem").string());  // relative to the file, as tls's
+  EXPECT_EQ(c.http.tls_key, (dir / "tls" / "k.pem").string());
+  EXPECT_EQ(c.metrics_listen, "127.0.0.1:9464");
+
+  testing::WriteText(dir / "bad.yaml", R"(http: {listen: 8080, tls: {cert: c.pem}, port: 1}
+metrics_listen: "localhost:http"
+)");
+  try {
+    LoadServerConfig(dir / "bad.yaml");
+    FAIL();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    for (const char* fragment : {"http.port (line 1): unknown key", "http.listen (line 1): '8080' is not HOST:PORT",
+                                 "http.tls (line 1): give both cert and key",
+                                 "metrics_listen (line 2): 'localhost:http' is not HOST:PORT", "4 problem(s)"}) {
+      EXPECT_NE(what.find(fragment), std::string::npos) << fragment << " in " << what;
+    }
+  }
+}
+
 TEST(Processes, ShellQuotingKeepsHostileWordsInert) {
   for (const std::string word : {"plain", "a b", "it's", "$(touch x)", "`id`; rm -rf /", "\"q\"", "back\\slash"}) {
     const CommandResult r = RunCommand({"/bin/sh", "-c", "printf %s " + ShellQuote(word)});

@@ -237,6 +237,28 @@ TEST(StorageStartupRule, WithoutStorageOnlyLoopbackServes) {
   EXPECT_TRUE(ExposureWarnings(config, true).empty());
 }
 
+TEST(StorageStartupRule, TheHttpListenerFollowsTheSameRuleAndMetricsListenIsWarnedAbout) {
+  ServerConfig config;
+  config.listen = "127.0.0.1:50551";
+  config.http.listen = "0.0.0.0:8080";
+  try {
+    ExposureWarnings(config, false);
+    ADD_FAILURE() << "a server without storage serves HTTP on 0.0.0.0";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("refusing to listen on 0.0.0.0:8080"), std::string::npos) << e.what();
+  }
+  config.http.listen = "127.0.0.1:8080";
+  const auto warnings = ExposureWarnings(config, false);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("(127.0.0.1:50551 and 127.0.0.1:8080)"), std::string::npos) << warnings[0];
+  config.storage.enabled = true;
+  config.http.listen = "0.0.0.0:8080";
+  config.metrics_listen = "0.0.0.0:9464";  // no key there: served, with a warning
+  const auto exposed = ExposureWarnings(config, false);
+  ASSERT_EQ(exposed.size(), 1u);
+  EXPECT_NE(exposed[0].find("metrics_listen 0.0.0.0:9464 is not loopback"), std::string::npos) << exposed[0];
+}
+
 TEST(StorageStartupRule, RunAsRootOrAMissingUserIsRefused) {
   EXPECT_THROW(ResolveJobUser("root", 077), Error);
   EXPECT_THROW(ResolveJobUser("no-such-user-shardtune", 077), Error);
