@@ -194,6 +194,37 @@ struct CheckFileCommand {
   std::string format;  // empty: from the first record's keys
 };
 
+// `export CHECKPOINT --to hf|peft --out DIR`, its options read into `args`.
+CLI::App* AddExportCommand(CLI::App& app, ExportArgs& args) {
+  CLI::App* exporter = app.add_subcommand("export", "export a training checkpoint as a Hugging Face model directory");
+  exporter->add_option("checkpoint", args.checkpoint_dir, "OUTPUT_DIR/checkpoints/step-N")->required();
+  exporter->add_option("--to", args.to, "hf (or peft, with PEFT methods)")->check(CLI::IsMember({"hf", "peft"}));
+  exporter->add_option("--out", args.out_dir, "output directory (must not exist)")->required();
+  exporter->add_option("--dtype", args.dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  exporter
+      ->add_option("--np", args.processes,
+                   "processes that split the output files among them (through mpirun; default: 1, or mpirun's)")
+      ->check(CLI::PositiveNumber);
+
+  return exporter;
+}
+
+// `init-model --config config.json --out DIR`, its options read into `args`.
+CLI::App* AddInitModelCommand(CLI::App& app, InitModelArgs& args) {
+  CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
+  init->add_option("--config", args.config_path, "config.json of the model to create")
+      ->required()
+      ->check(CLI::ExistingFile);
+  init->add_option("--out", args.out_dir, "output directory (must not exist)")->required();
+  init->add_option("--seed", args.seed, "initialization seed");
+  init->add_option("--dtype", args.dtype, "the weights' dtype: fp32, bf16 or fp16")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  init->add_option("--max-shard-mb", args.max_shard_mb,
+                   "split the weights into files of at most this many MB (10^6 bytes), with an index")
+      ->check(CLI::PositiveNumber);
+  return init;
+}
+
 }  // namespace
 }  // namespace shardtune
 
@@ -237,30 +268,10 @@ int main(int argc, char** argv) {
   add_output(validate, "the summary, or the problems, as JSON");
 
   const CheckFileCommand check_file(app);
-  CLI::App* exporter = app.add_subcommand("export", "export a training checkpoint as a Hugging Face model directory");
   ExportArgs export_args;
-  exporter->add_option("checkpoint", export_args.checkpoint_dir, "OUTPUT_DIR/checkpoints/step-N")->required();
-  exporter->add_option("--to", export_args.to, "hf (or peft, with PEFT methods)")->check(CLI::IsMember({"hf", "peft"}));
-  exporter->add_option("--out", export_args.out_dir, "output directory (must not exist)")->required();
-  exporter->add_option("--dtype", export_args.dtype, "fp32, bf16 or fp16")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
-  exporter
-      ->add_option("--np", export_args.processes,
-                   "processes that split the output files among them (through mpirun; default: 1, or mpirun's)")
-      ->check(CLI::PositiveNumber);
-
-  CLI::App* init = app.add_subcommand("init-model", "write a randomly initialized model for a config.json");
+  CLI::App* exporter = AddExportCommand(app, export_args);
   InitModelArgs init_args;
-  init->add_option("--config", init_args.config_path, "config.json of the model to create")
-      ->required()
-      ->check(CLI::ExistingFile);
-  init->add_option("--out", init_args.out_dir, "output directory (must not exist)")->required();
-  init->add_option("--seed", init_args.seed, "initialization seed");
-  init->add_option("--dtype", init_args.dtype, "the weights' dtype: fp32, bf16 or fp16")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
-  init->add_option("--max-shard-mb", init_args.max_shard_mb,
-                   "split the weights into files of at most this many MB (10^6 bytes), with an index")
-      ->check(CLI::PositiveNumber);
+  CLI::App* init = AddInitModelCommand(app, init_args);
 
   CLI::App* evaluate = app.add_subcommand("evaluate", "a finished model's metrics on a dataset (its task's)");
   EvaluateOptions eval;

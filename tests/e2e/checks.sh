@@ -24,6 +24,17 @@ kill_server_processes() {
   done
 }
 
+# with_scratch_server: the set-up of a test that starts its own server: a scratch directory
+# $work, a port $port, and an EXIT trap that kills the server ($server_pid, once set) and every
+# process its jobs left, then removes $work.
+with_scratch_server() {
+  work=$(mktemp -d)
+  server_pid=""
+  port=$((20000 + RANDOM % 20000))
+  trap 'if [ -n "$server_pid" ]; then kill -9 "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null; fi
+        kill_server_processes "$port"; rm -rf "$work"' EXIT
+}
+
 # field JOB_ID NAME: one field of `shardtune get --output json` ($bin: the build's bin directory).
 field() {
   "$bin/shardtune" get "$1" --output json 2>/dev/null |

@@ -9,17 +9,8 @@
 set -uo pipefail
 bin=$1
 src=$2
-work=$(mktemp -d)
-server_pid=""
-cleanup() {
-  [ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  kill_server_processes "$port"
-  rm -rf "$work"
-}
-trap cleanup EXIT
 source "$(dirname "$0")/checks.sh"
-
-port=$((20000 + RANDOM % 20000))
+with_scratch_server
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 cd "$work"

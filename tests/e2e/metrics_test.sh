@@ -11,17 +11,8 @@
 set -uo pipefail
 bin=$1
 src=$2
-work=$(mktemp -d)
-server_pid=""
-cleanup() {
-  [ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  kill_server_processes "$port"
-  rm -rf "$work"
-}
-trap cleanup EXIT
 source "$(dirname "$0")/checks.sh"
-
-port=$((20000 + RANDOM % 20000))
+with_scratch_server
 http_port=$((port + 1))
 metrics_port=$((port + 2))
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a

@@ -230,18 +230,11 @@ api_keys: [{tenant: a}, {key: k, tenant: b, role: root}]
 local: {hosts: [{host: "n1; rm -rf /", slots: 0}]}
 backend: slurm
 )");
-  try {
-    LoadServerConfig(dir / "bad.yaml");
-    FAIL();
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    for (const char* fragment : {"lisen (line 2): unknown key", "api_keys[0] (line 3): give the key or its sha256",
-                                 "api_keys[1].role (line 3): must be user, admin or viewer",
-                                 "local.hosts[0].host (line 4): must be a plain host name",
-                                 "local.hosts[0].slots (line 4): must be >= 1", "slurm.template", "6 problem(s)"}) {
-      EXPECT_NE(what.find(fragment), std::string::npos) << fragment << " in " << what;
-    }
-  }
+  testing::ExpectRefusedWith([&] { LoadServerConfig(dir / "bad.yaml"); },
+                             {"lisen (line 2): unknown key", "api_keys[0] (line 3): give the key or its sha256",
+                              "api_keys[1].role (line 3): must be user, admin or viewer",
+                              "local.hosts[0].host (line 4): must be a plain host name",
+                              "local.hosts[0].slots (line 4): must be >= 1", "slurm.template", "6 problem(s)"});
 }
 
 TEST(ServerConfig, ReadsTheHttpListenersAndRefusesWhatIsNotHostPort) {
@@ -258,17 +251,10 @@ metrics_listen: 127.0.0.1:9464
   testing::WriteText(dir / "bad.yaml", R"(http: {listen: 8080, tls: {cert: c.pem}, port: 1}
 metrics_listen: "localhost:http"
 )");
-  try {
-    LoadServerConfig(dir / "bad.yaml");
-    FAIL();
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    for (const char* fragment : {"http.port (line 1): unknown key", "http.listen (line 1): '8080' is not HOST:PORT",
-                                 "http.tls (line 1): give both cert and key",
-                                 "metrics_listen (line 2): 'localhost:http' is not HOST:PORT", "4 problem(s)"}) {
-      EXPECT_NE(what.find(fragment), std::string::npos) << fragment << " in " << what;
-    }
-  }
+  testing::ExpectRefusedWith([&] { LoadServerConfig(dir / "bad.yaml"); },
+                             {"http.port (line 1): unknown key", "http.listen (line 1): '8080' is not HOST:PORT",
+                              "http.tls (line 1): give both cert and key",
+                              "metrics_listen (line 2): 'localhost:http' is not HOST:PORT", "4 problem(s)"});
 }
 
 TEST(Processes, ShellQuotingKeepsHostileWordsInert) {

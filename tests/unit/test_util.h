@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <random>
 #include <string>
 
@@ -31,6 +32,19 @@ inline void WriteText(const std::filesystem::path& path, const std::string& text
   std::filesystem::create_directories(path.parent_path());
   std::ofstream out(path, std::ios::binary);
   out << text;
+}
+
+// Runs `load`, which must throw; the exception's message must hold every one of `fragments`.
+template <class Load>
+void ExpectRefusedWith(Load&& load, std::initializer_list<const char*> fragments) {
+  try {
+    load();
+    ADD_FAILURE() << "accepted";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    for (const char* fragment : fragments)
+      EXPECT_NE(what.find(fragment), std::string::npos) << fragment << " in " << what;
+  }
 }
 
 // ../shared/fixtures, found from the source tree (SHARDTUNE_SOURCE_DIR is set by CMake).
