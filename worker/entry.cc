@@ -141,6 +141,12 @@ int RunWorker(const std::string& job_path, const std::string& log_level, LogForm
     // Its paths against the storage roots before anything opens them: they may have changed since admission.
     const JobSpec spec = LoadJobSpecWithinGrantedRoots(job_path);
     if (server_job_id == nullptr || *server_job_id == '\0') SetLogJob(spec.name);
+    if (!ServerReporter::ManagedByServer() && RankFromEnvironment() == 0 && spec.resources.NamesSchedulerOptions()) {
+      spdlog::warn(
+          "{}: resources.time_limit, partition, account and qos are for shardtune-server's Slurm backend; "
+          "this run does not use them",
+          job_path);
+    }
     mpi_world = MpiOrSingleProcessWorld(mpi, spec.sharding.collective_timeout_s);
     world_size = mpi_world->size();
     nccl_world = MaybeNccl(spec, *mpi_world);

@@ -65,6 +65,12 @@ expect_eq "train's JSON names the final model" "$(json_field "$out" '["final"]')
 out=$("$bin/shardtune" train "$work/bad.yaml" --output json 2> /dev/null)
 expect_eq "train --output json on bad data exits 2" "$?" "2"
 expect_eq "train's failure JSON says not ok" "$(json_field "$out" '["ok"]')" "False"
+# A spec's scheduler-only resources are said to go unused, not silently ignored.
+sed 's|^output: .*|output: {dir: runs/slurm-only}\nresources: {partition: debug, time_limit: "10"}|' "$work/job.yaml" > "$work/slurm-only.yaml"
+"$bin/shardtune" train "$work/slurm-only.yaml" > /dev/null 2> "$work/slurm-only.log"
+expect_eq "train with a partition exits 0" "$?" "0"
+expect_contains "train says the partition and time limit go unused" "$(cat "$work/slurm-only.log")" \
+  "resources.time_limit, partition, account and qos are for shardtune-server's Slurm backend; this run does not use them"
 
 # 4. evaluate: --output table|json (JSON by default: its figures nest), --out FILE.
 out=$("$bin/shardtune" evaluate --model "$work/runs/options/final" --data "$work/train.jsonl" --format tokens \
