@@ -44,6 +44,8 @@ class HttpServer {
   void Get(const std::string& route, Handler handler);
   void Post(const std::string& route, Handler handler);
   void Delete(const std::string& route, Handler handler);
+  // The largest request body read (a larger one is answered 413 before any handler runs).
+  void SetMaxBodyBytes(size_t bytes) { server_->set_payload_max_length(bytes); }
 
   // Binds (Error(kFailedPrecondition) naming the listener and address when it cannot) and serves
   // on a thread of its own; logs "NAME listening on HOST:PORT".

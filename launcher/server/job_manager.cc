@@ -291,7 +291,7 @@ JobManager::SlotUse JobManager::UsedSlots(const std::vector<JobRecord>& unfinish
   return use;
 }
 
-v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& request) {
+v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& request, const std::string& openai) {
   RequireWrite(caller);
   if (!request.idempotency_key().empty()) {  // a retry: the job it made, without checking it again
     if (auto existing = store_->FindByIdempotencyKey(caller.tenant, request.idempotency_key())) return existing->job;
@@ -352,6 +352,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   r.job.mutable_error()->set_rank(-1);
   r.idempotency_key = request.idempotency_key();
   r.requested_ranks = ranks;
+  r.openai = openai;
   store_->Insert(r, "status", "VALIDATING: accepted; checking its data");
   files_->RecordUses(r.job.id(), uploaded);
   output_dirs_in_use_[r.job.output_dir()] = r.job.id();
@@ -482,7 +483,8 @@ void JobManager::CheckpointSaved(const v1::CheckpointReport& report) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto r = store_->Get(report.job_id());
   if (!r) return;
-  store_->AddCheckpoint(report.job_id(), report.step(), report.path());
+  store_->AddCheckpoint(report.job_id(), report.step(), report.path(),
+                        {r->job.metrics().begin(), r->job.metrics().end()});
   Event(*r, "checkpoint", fmt::format("checkpoint at step {}: {}", report.step(), report.path()));
 }
 

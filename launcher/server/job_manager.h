@@ -99,7 +99,8 @@ class JobManager {
   void Start();
   void Stop();
 
-  v1::Job Create(const Caller& caller, const v1::CreateJobRequest& request);
+  // `openai`: what the OpenAI-compatible API keeps of a job it creates (JobRecord::openai).
+  v1::Job Create(const Caller& caller, const v1::CreateJobRequest& request, const std::string& openai = "");
   v1::Job Get(const Caller& caller, const std::string& id);  // NOT_FOUND for another tenant's job
   v1::Job Cancel(const Caller& caller, const std::string& id);
   v1::Job Pause(const Caller& caller, const std::string& id);

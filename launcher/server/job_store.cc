@@ -25,7 +25,8 @@ json ServerFields(const JobRecord& r) {
           {"result_reported", r.result_reported},
           {"result_succeeded", r.result_succeeded},
           {"result_paused", r.result_paused},
-          {"log_offset", r.log_offset}};
+          {"log_offset", r.log_offset},
+          {"openai", r.openai}};
 }
 
 JobRecord FromRow(const std::string& job_blob, const std::string& server_json) {
@@ -45,6 +46,7 @@ JobRecord FromRow(const std::string& job_blob, const std::string& server_json) {
   r.result_succeeded = s.value("result_succeeded", false);
   r.result_paused = s.value("result_paused", false);
   r.log_offset = s.value("log_offset", int64_t{0});
+  r.openai = s.value("openai", "");
   return r;
 }
 
@@ -166,6 +168,8 @@ void JobStore::Migrate() {
          CREATE TABLE job_files (job_id TEXT NOT NULL REFERENCES jobs(id), file_id TEXT NOT NULL,
            PRIMARY KEY (job_id, file_id));
          CREATE INDEX job_files_by_file ON job_files (file_id);)",
+      // The figures at each checkpoint (the OpenAI-compatible API's checkpoint metrics), as JSON.
+      R"(ALTER TABLE checkpoints ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}';)",
   };
   for (int64_t v = version; v < kSchemaVersion; ++v) {
     Exec("BEGIN IMMEDIATE");
@@ -341,11 +345,9 @@ int64_t JobStore::AddEvent(const v1::Job& job, const std::string& kind, const st
   return AppendEvent(job, kind, message);
 }
 
-std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t after_seq, int64_t limit) {
-  ReadLease lease(*this);
-  Statement q(lease.db(),
-              "SELECT seq, time_ms, kind, message, job FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?");
-  q.Bind(1, job_id).Bind(2, after_seq).Bind(3, limit);
+namespace {
+
+std::vector<v1::JobEvent> EventRows(Statement& q, const std::string& job_id) {
   std::vector<v1::JobEvent> events;
   while (q.Step()) {
     v1::JobEvent e;
@@ -360,11 +362,48 @@ std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t af
   return events;
 }
 
-void JobStore::AddCheckpoint(const std::string& job_id, int64_t step, const std::string& path) {
+}  // namespace
+
+std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t after_seq, int64_t limit) {
+  ReadLease lease(*this);
+  Statement q(lease.db(),
+              "SELECT seq, time_ms, kind, message, job FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?");
+  q.Bind(1, job_id).Bind(2, after_seq).Bind(3, limit);
+  return EventRows(q, job_id);
+}
+
+std::vector<v1::JobEvent> JobStore::EventsNewestFirst(const std::string& job_id, int64_t before_seq, int64_t limit) {
+  ReadLease lease(*this);
+  Statement q(lease.db(),
+              "SELECT seq, time_ms, kind, message, job FROM events WHERE job_id = ?1 AND (?2 = 0 OR seq < ?2) "
+              "ORDER BY seq DESC LIMIT ?3");
+  q.Bind(1, job_id).Bind(2, before_seq).Bind(3, limit);
+  return EventRows(q, job_id);
+}
+
+void JobStore::AddCheckpoint(const std::string& job_id, int64_t step, const std::string& path,
+                             const std::map<std::string, double>& metrics) {
+  json figures = json::object();
+  for (const auto& [k, v] : metrics) figures[k] = v;
   std::lock_guard<std::mutex> lock(mutex_);
-  Statement q(db_, "INSERT OR REPLACE INTO checkpoints (job_id, step, path, time_ms) VALUES (?, ?, ?, ?)");
-  q.Bind(1, job_id).Bind(2, step).Bind(3, path).Bind(4, NowMs());
+  Statement q(db_, "INSERT OR REPLACE INTO checkpoints (job_id, step, path, time_ms, metrics) VALUES (?, ?, ?, ?, ?)");
+  q.Bind(1, job_id).Bind(2, step).Bind(3, path).Bind(4, NowMs()).Bind(5, figures.dump());
   q.Step();
+}
+
+std::map<int64_t, std::map<std::string, double>> JobStore::CheckpointMetrics(const std::string& job_id) {
+  ReadLease lease(*this);
+  Statement q(lease.db(), "SELECT step, metrics FROM checkpoints WHERE job_id = ?");
+  q.Bind(1, job_id);
+  std::map<int64_t, std::map<std::string, double>> result;
+  while (q.Step()) {
+    auto& figures = result[q.Int(0)];
+    const json stored = json::parse(q.Text(1), nullptr, /*allow_exceptions=*/false);
+    if (!stored.is_object()) continue;
+    for (const auto& [k, v] : stored.items())
+      if (v.is_number()) figures[k] = v.get<double>();
+  }
+  return result;
 }
 
 std::vector<v1::Checkpoint> JobStore::Checkpoints(const std::string& job_id) {

@@ -41,6 +41,10 @@ struct JobRecord {
   bool result_succeeded = false;
   bool result_paused = false;
   int64_t log_offset = 0;  // bytes of the current attempt's log already sent as "log" events
+  // What the OpenAI-compatible API keeps of a job it created (launcher/server/openai_json.h,
+  // OpenAiFields as JSON: its model name, suffix, files, resolved hyperparameters); empty for a
+  // job created over gRPC.
+  std::string openai;
 };
 
 // Where a page of List starts: after the row (created_ms, id) in the order newest first. A
@@ -63,7 +67,7 @@ struct JobFilter {
 
 class JobStore {
  public:
-  static constexpr int kSchemaVersion = 2;  // 2: files and job_files (file_store.h)
+  static constexpr int kSchemaVersion = 3;  // 2: files and job_files (file_store.h); 3: checkpoints.metrics
 
   explicit JobStore(const std::filesystem::path& path);  // throws Error naming the file
   ~JobStore();
@@ -87,9 +91,15 @@ class JobStore {
   // Appends an event (its seq is returned) with the job as it is now.
   int64_t AddEvent(const v1::Job& job, const std::string& kind, const std::string& message);
   std::vector<v1::JobEvent> Events(const std::string& job_id, int64_t after_seq, int64_t limit);
+  // The newest events first: those before `before_seq` (0: from the newest), at most `limit`.
+  std::vector<v1::JobEvent> EventsNewestFirst(const std::string& job_id, int64_t before_seq, int64_t limit);
 
-  void AddCheckpoint(const std::string& job_id, int64_t step, const std::string& path);
+  // `metrics`: the job's latest figures when the checkpoint was saved (loss, val_loss, ...).
+  void AddCheckpoint(const std::string& job_id, int64_t step, const std::string& path,
+                     const std::map<std::string, double>& metrics = {});
   std::vector<v1::Checkpoint> Checkpoints(const std::string& job_id);
+  // Each checkpoint's metrics by step (empty for one saved before schema version 3).
+  std::map<int64_t, std::map<std::string, double>> CheckpointMetrics(const std::string& job_id);
 
   void PutApiKey(const std::string& sha256, const std::string& tenant, const std::string& role);
 

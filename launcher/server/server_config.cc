@@ -4,11 +4,13 @@
 #include <openssl/rand.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cctype>
 #include <set>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/job_spec.h"  // TimeLimitProblem, SchedulerNameProblem
+#include "common/storage_roots.h"  // WithinRoot
 
 namespace shardtune::server {
 
@@ -115,6 +117,53 @@ void ReadHttp(Reader& r, const YAML::Node& root, Resolve resolve, ServerConfig& 
     if (http.IsMap()) ReadTls(r, http["tls"], "http.tls", resolve, &c.http.tls_cert, &c.http.tls_key);
   }
   read_address(root, "metrics_listen", "metrics_listen", &c.metrics_listen);
+}
+
+// A catalog name: what `model` says in a fine-tuning request, and BASE in `ft:BASE:SUFFIX:ID`
+// (so no ':').
+bool ValidModelName(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (const char c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;
+  return true;
+}
+
+// `models: {NAME: DIR, ...}`: each DIR an existing directory; under `storage:`, inside a root every
+// tenant may read (storage.read_only), since every tenant's jobs read it.
+template <typename Resolve>
+void ReadModels(Reader& r, const YAML::Node& node, Resolve resolve, ServerConfig& c) {
+  if (!node || node.IsNull()) return;
+  if (!node.IsMap()) return r.Problem(node, "models", "expected a mapping of NAME: base model directory");
+  for (const auto& entry : node) {
+    const std::string name = entry.first.Scalar();
+    const std::string at = "models." + name;
+    if (!ValidModelName(name)) {
+      r.Problem(entry.first, at, "a model name is 1 to 64 letters, digits, '.', '_' or '-'");
+      continue;
+    }
+    std::string dir;
+    r.Get(node, name.c_str(), at, &dir);
+    if (dir.empty()) {
+      r.Problem(entry.second, at, "expected a base model directory");
+      continue;
+    }
+    dir = resolve(dir);
+    std::error_code error;
+    if (!fs::is_directory(dir, error)) {
+      r.Problem(entry.second, at, fmt::format("'{}' is not a directory", dir));
+      continue;
+    }
+    if (c.storage.enabled) {
+      bool granted = false;
+      const fs::path real = fs::weakly_canonical(dir, error);
+      for (const std::string& root : c.storage.read_only)
+        granted = granted || WithinRoot(real, fs::weakly_canonical(root, error));
+      if (!granted)
+        r.Problem(entry.second, at,
+                  fmt::format("'{}' is not inside storage.read_only (every tenant's jobs read a catalog model)", dir));
+    }
+    c.models[name] = dir;
+  }
 }
 
 }  // namespace
@@ -228,7 +277,7 @@ ServerConfig ReadServerConfig(const fs::path& path) {
   Reader r(problems, path.string());
   r.Known(root, "",
           {"listen", "tls", "http", "metrics_listen", "database", "data_dir", "api_keys", "backend", "local", "slurm",
-           "retry", "quotas", "worker", "cancel_grace_s", "storage", "run_as", "job_umask", "heartbeat_timeout_s"});
+           "retry", "quotas", "worker", "cancel_grace_s", "storage", "run_as", "job_umask", "heartbeat_timeout_s", "models"});
   // Everything below reads keys of the top-level mapping (yaml-cpp throws on a key of a scalar).
   if (!root.IsMap() && !root.IsNull()) {
     Fail(ErrorCode::kInvalidArgument, "{} (line {}): expected a mapping of keys at the top level", path.string(),
@@ -252,6 +301,7 @@ ServerConfig ReadServerConfig(const fs::path& path) {
   r.Get(root, "heartbeat_timeout_s", "heartbeat_timeout_s", &c.heartbeat_timeout_s);
   if (c.heartbeat_timeout_s < 0) r.Problem(root["heartbeat_timeout_s"], "heartbeat_timeout_s", "must be >= 0");
   ReadStorage(r, root["storage"], resolve, c.storage);
+  ReadModels(r, root["models"], resolve, c);
   const YAML::Node keys = root["api_keys"];
   if (keys && !keys.IsSequence()) r.Problem(keys, "api_keys", "expected a list of {key or sha256, tenant, role}");
   for (size_t i = 0; keys && keys.IsSequence() && i < keys.size(); ++i) {

@@ -87,6 +87,9 @@ struct ServerConfig {
   std::string run_as;                // when the server runs as root, jobs run as this user (never root)
   int job_umask = 077;               // every process of a job starts with it
   double heartbeat_timeout_s = 120;  // a running attempt silent this long is killed and retried (0: never)
+  // `models:`: the catalog the OpenAI-compatible API's `model` names (docs/openai-api.md): a name
+  // (letters, digits, '.', '_', '-') -> a base model directory (absolute; its tokenizer inside).
+  std::map<std::string, std::string> models;
 
   int total_slots() const;
   // The directory a tenant's own files live under: its storage root, else DATA_DIR/tenants/TENANT.

@@ -21,6 +21,7 @@
 #include "launcher/server/grpc_metrics.h"
 #include "launcher/server/http_server.h"
 #include "launcher/server/job_manager.h"
+#include "launcher/server/openai_routes.h"
 #include "launcher/server/processes.h"
 #include "launcher/server/services.h"
 
@@ -86,8 +87,8 @@ std::string ConfigSummary(const shardtune::server::ServerConfig& config, const s
   return text;
 }
 
-// The HTTP listeners the configuration names, serving: `http:` GET /metrics for admins' keys (and,
-// later, the REST API); `metrics_listen:` GET /metrics for anyone.
+// The HTTP listeners the configuration names, serving: `http:` GET /metrics for admins' keys and
+// the OpenAI-compatible API under /v1 (openai_routes.h); `metrics_listen:` GET /metrics for anyone.
 std::vector<std::unique_ptr<shardtune::server::HttpServer>> StartHttpListeners(
     const shardtune::server::ServerConfig& config, shardtune::server::JobManager& manager,
     const shardtune::server::ApiKeyTable& keys) {
@@ -97,6 +98,9 @@ std::vector<std::unique_ptr<shardtune::server::HttpServer>> StartHttpListeners(
     auto http = std::make_unique<HttpServer>("http", config.http.listen, config.http.tls_cert, config.http.tls_key,
                                              manager.metrics());
     MountMetrics(*http, manager, &keys);
+    // An upload's body is read whole before its handler runs (and before its key is checked).
+    http->SetMaxBodyBytes(shardtune::server::kMaxHttpBodyBytes);
+    MountOpenAi(*http, manager, keys);
     listeners.push_back(std::move(http));
   }
   if (!config.metrics_listen.empty()) {
