@@ -151,7 +151,25 @@ expectTrue('checkpoint metrics: train_loss and valid_loss', checkpoints.every((c
 const page = await a.fineTuning.jobs.checkpoints.list(job.id, { limit: 1 });
 expectEq('checkpoints limit 1: has_more', [page.data.length, page.has_more], [1, true]);
 
-// 7. Continued fine-tuning from the result; tenants and keys.
+// 7. Pause a running job (it checkpoints and stops), resume it (queued again), cancel it.
+const waitFor = async (id, statuses) => {
+  for (let i = 0; i < 300; i++) {
+    const now = await a.fineTuning.jobs.retrieve(id);
+    if (statuses.includes(now.status)) return now;
+    await sleep(100);
+  }
+  return a.fineTuning.jobs.retrieve(id);
+};
+const long = await a.fineTuning.jobs.create({ ...base, suffix: 'long', hyperparameters: { n_epochs: 50, batch_size: 1 } });
+expectEq('a long job runs', (await waitFor(long.id, ['running', 'failed', 'succeeded'])).status, 'running');
+await expectRefused('resume a running job -> 409', () => a.fineTuning.jobs.resume(long.id), OpenAI.ConflictError);
+const pausing = await a.fineTuning.jobs.pause(long.id);
+expectTrue('pause answers with the job', ['running', 'paused'].includes(pausing.status), pausing.status);
+expectEq('the job pauses', (await waitFor(long.id, ['paused', 'failed', 'succeeded'])).status, 'paused');
+expectEq('resume -> queued', (await a.fineTuning.jobs.resume(long.id)).status, 'queued');
+expectEq('cancel it', (await a.fineTuning.jobs.cancel(long.id)).id, long.id);
+
+// 8. Continued fine-tuning from the result; tenants and keys.
 const continued = await a.fineTuning.jobs.create({ ...base, model: done?.fine_tuned_model, suffix: 'more' });
 expectEq('a job may start from ft:...', continued.model, done?.fine_tuned_model);
 await a.fineTuning.jobs.cancel(continued.id);
