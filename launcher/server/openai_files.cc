@@ -64,7 +64,8 @@ void Upload(JobManager& manager, const Caller& caller, const httplib::Request& r
     throw ApiError(400, "missing required parameter: 'purpose'", "purpose", "missing_required_parameter");
   const std::string purpose = request.get_file_value("purpose").content;
   if (purpose != kPurposeFineTune)
-    throw ApiError(400, fmt::format("purpose '{}': this server stores files for fine-tuning only ('fine-tune')", purpose),
+    throw ApiError(400,
+                   fmt::format("purpose '{}': this server stores files for fine-tuning only ('fine-tune')", purpose),
                    "purpose", "invalid_value");
   const httplib::MultipartFormData file = request.get_file_value("file");
   const std::string filename = fs::path(file.filename).filename().string();
@@ -137,14 +138,16 @@ void Content(JobManager& manager, const Caller& caller, const httplib::Request& 
 }  // namespace
 
 void MountFiles(HttpServer& http, JobManager& manager, const ApiKeyTable& keys) {
-  http.Post("/v1/files", Route(keys, [&manager](const Caller& caller, const httplib::Request& request,
-                                                httplib::Response& response) {
+  http.Post("/v1/files",
+            Route(keys, [&manager](const Caller& caller, const httplib::Request& request, httplib::Response& response) {
               Upload(manager, caller, request, response);
             }));
-  http.Get("/v1/files", Route(keys, [&manager](const Caller& caller, const httplib::Request& request,
-                                               httplib::Response& response) { List(manager, caller, request, response); }));
-  http.Get("/v1/files/{id}", Route(keys, [&manager](const Caller& caller, const httplib::Request& request,
-                                                    httplib::Response& response) {
+  http.Get("/v1/files",
+           Route(keys, [&manager](const Caller& caller, const httplib::Request& request, httplib::Response& response) {
+             List(manager, caller, request, response);
+           }));
+  http.Get("/v1/files/{id}",
+           Route(keys, [&manager](const Caller& caller, const httplib::Request& request, httplib::Response& response) {
              WriteJson(response, FileObject(OwnedFile(manager, caller, request.matches[1])));
            }));
   http.Delete("/v1/files/{id}", Route(keys, [&manager](const Caller& caller, const httplib::Request& request,
@@ -154,8 +157,8 @@ void MountFiles(HttpServer& http, JobManager& manager, const ApiKeyTable& keys) 
                 manager.DeleteFile(caller, id);
                 WriteJson(response, Json{{"id", id}, {"object", "file"}, {"deleted", true}});
               }));
-  http.Get("/v1/files/{id}/content", Route(keys, [&manager](const Caller& caller, const httplib::Request& request,
-                                                            httplib::Response& response) {
+  http.Get("/v1/files/{id}/content",
+           Route(keys, [&manager](const Caller& caller, const httplib::Request& request, httplib::Response& response) {
              Content(manager, caller, request, response);
            }));
 }

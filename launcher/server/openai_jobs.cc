@@ -54,10 +54,10 @@ int64_t TrainingExamples(JobManager& manager, const Caller& caller, const std::s
     throw ApiError(400, fmt::format("{}: file '{}' has purpose '{}', not 'fine-tune'", param, id, file->purpose()),
                    param, "invalid_file_purpose");
   if (file->status() == "error") {
-    throw ApiError(400,
-                   fmt::format("{} '{}' ({}) failed its data check:\n{}", param, id, file->filename(),
-                               file->status_details()),
-                   param, "invalid_" + param);
+    throw ApiError(
+        400,
+        fmt::format("{} '{}' ({}) failed its data check:\n{}", param, id, file->filename(), file->status_details()),
+        param, "invalid_" + param);
   }
   if (file->status_details().rfind("chat:", 0) != 0) {
     throw ApiError(400,
@@ -152,8 +152,8 @@ void Events(JobManager& manager, const Caller& caller, const httplib::Request& r
     if (!seq) throw ApiError(400, "after: not an event id of this job", "after", "invalid_value");
     before = std::max<int64_t>(*seq, 1);  // seq 1 is the oldest: nothing is before it
   }
-  std::vector<v1::JobEvent> events = before == 1 ? std::vector<v1::JobEvent>()
-                                                 : manager.store().EventsNewestFirst(job.id(), before, limit + 1);
+  std::vector<v1::JobEvent> events =
+      before == 1 ? std::vector<v1::JobEvent>() : manager.store().EventsNewestFirst(job.id(), before, limit + 1);
   const bool has_more = static_cast<int64_t>(events.size()) > limit;
   if (has_more) events.resize(static_cast<size_t>(limit));
   Json data = Json::array();
@@ -173,7 +173,8 @@ void Checkpoints(JobManager& manager, const Caller& caller, const httplib::Reque
   }
   const auto record = manager.store().Get(job.id());
   const auto fields = record ? ParseStoredFields(record->openai) : std::nullopt;
-  const std::string model = FineTunedModelName(fields ? fields->base : "shardtune", fields ? fields->suffix : "", job.id());
+  const std::string model =
+      FineTunedModelName(fields ? fields->base : "shardtune", fields ? fields->suffix : "", job.id());
   std::vector<v1::Checkpoint> checkpoints = manager.store().Checkpoints(job.id());
   const auto metrics = manager.store().CheckpointMetrics(job.id());
   std::reverse(checkpoints.begin(), checkpoints.end());
@@ -197,13 +198,15 @@ void Checkpoints(JobManager& manager, const Caller& caller, const httplib::Reque
 void MountJobs(HttpServer& http, JobManager& manager, const ApiKeyTable& keys) {
   using Handler = void (*)(JobManager&, const Caller&, const httplib::Request&, httplib::Response&);
   const auto route = [&](Handler handler) {
-    return Route(keys, [&manager, handler](const Caller& caller, const httplib::Request& request,
-                                           httplib::Response& response) { handler(manager, caller, request, response); });
+    return Route(
+        keys, [&manager, handler](const Caller& caller, const httplib::Request& request, httplib::Response& response) {
+          handler(manager, caller, request, response);
+        });
   };
   http.Post("/v1/fine_tuning/jobs", route(Create));
   http.Get("/v1/fine_tuning/jobs", route(List));
-  http.Get("/v1/fine_tuning/jobs/{id}", route([](JobManager& m, const Caller& caller, const httplib::Request& request,
-                                                 httplib::Response& response) {
+  http.Get("/v1/fine_tuning/jobs/{id}",
+           route([](JobManager& m, const Caller& caller, const httplib::Request& request, httplib::Response& response) {
              WriteJson(response, JobOf(m, m.Get(caller, request.matches[1])));
            }));
   http.Post("/v1/fine_tuning/jobs/{id}/cancel", route([](JobManager& m, const Caller& caller,

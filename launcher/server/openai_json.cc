@@ -37,7 +37,8 @@ std::string StringField(const Json& body, const std::string& key, bool required)
 }
 
 bool PlainName(const std::string& text) {
-  return std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isalnum(c) || c == '.' || c == '_' || c == '-'; });
+  return std::all_of(text.begin(), text.end(),
+                     [](unsigned char c) { return std::isalnum(c) || c == '.' || c == '_' || c == '-'; });
 }
 
 // {"n_epochs", "batch_size", "learning_rate_multiplier"}, each "auto" or a number; `at` is the
@@ -109,7 +110,8 @@ std::map<std::string, std::string> ParseMetadata(const Json& value) {
     if (key.empty() || key.size() > kMaxMetadataKey)
       Invalid("metadata", fmt::format("metadata key '{}': 1 to {} characters", key, kMaxMetadataKey));
     if (!v.is_string() || v.get<std::string>().size() > kMaxMetadataValue)
-      Invalid("metadata." + key, fmt::format("metadata '{}': a string of at most {} characters", key, kMaxMetadataValue));
+      Invalid("metadata." + key,
+              fmt::format("metadata '{}': a string of at most {} characters", key, kMaxMetadataValue));
     out[key] = v.get<std::string>();
   }
   return out;
@@ -119,7 +121,8 @@ Json NullIfEmpty(const std::string& text) { return text.empty() ? Json() : Json(
 Json SecondsOrNull(int64_t ms) { return ms > 0 ? Json(ms / 1000) : Json(); }
 
 Json HyperparametersObject(const Hyperparameters& h) {
-  return {{"n_epochs", h.n_epochs}, {"batch_size", h.batch_size}, {"learning_rate_multiplier", h.learning_rate_multiplier}};
+  return {
+      {"n_epochs", h.n_epochs}, {"batch_size", h.batch_size}, {"learning_rate_multiplier", h.learning_rate_multiplier}};
 }
 
 // A gRPC job's fields in OpenAI's terms, from its spec: the model directory as `model`, the data
@@ -204,9 +207,9 @@ FineTuneRequest ParseFineTuneRequest(const std::string& body) {
   const Json json = Json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object())
     throw ApiError(400, "the request body must be a JSON object", "", "invalid_json");
-  static const std::set<std::string> kKnown = {"model",  "training_file", "validation_file", "hyperparameters",
-                                               "method", "suffix",        "seed",            "metadata",
-                                               "integrations"};
+  static const std::set<std::string> kKnown = {
+      "model",  "training_file", "validation_file", "hyperparameters", "method",
+      "suffix", "seed",          "metadata",        "integrations"};
   for (const auto& [key, v] : json.items()) {
     if (!kKnown.count(key))
       Invalid(key, fmt::format("unknown parameter '{}' (this server refuses keys it would ignore)", key),
@@ -372,7 +375,8 @@ Json EventObject(const v1::JobEvent& event) {
     data["tokens_per_second"] = figure("tokens_per_s");
     message = fmt::format("Step {}/{}: training loss={:.4f}", event.job().step(), event.job().total_steps(),
                           m.count("loss") ? m.at("loss") : 0.0);
-    if (event.kind() == "metrics" && m.count("val_loss")) message += fmt::format(", validation loss={:.4f}", m.at("val_loss"));
+    if (event.kind() == "metrics" && m.count("val_loss"))
+      message += fmt::format(", validation loss={:.4f}", m.at("val_loss"));
   }
   return {{"object", "fine_tuning.job.event"},
           {"id", EventId(event.job_id(), event.seq())},
@@ -422,9 +426,7 @@ Json ListObject(Json data, bool has_more) {
 
 std::string EventId(const std::string& job_id, int64_t seq) { return fmt::format("ftevent-{}-{}", job_id, seq); }
 
-std::string CheckpointId(const std::string& job_id, int64_t step) {
-  return fmt::format("ftckpt-{}-{}", job_id, step);
-}
+std::string CheckpointId(const std::string& job_id, int64_t step) { return fmt::format("ftckpt-{}-{}", job_id, step); }
 
 namespace {
 std::optional<int64_t> NumberAfter(const std::string& prefix, const std::string& id) {

@@ -9,7 +9,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-#include "common/job_spec.h"  // TimeLimitProblem, SchedulerNameProblem
+#include "common/job_spec.h"       // TimeLimitProblem, SchedulerNameProblem
 #include "common/storage_roots.h"  // WithinRoot
 
 namespace shardtune::server {
@@ -277,7 +277,8 @@ ServerConfig ReadServerConfig(const fs::path& path) {
   Reader r(problems, path.string());
   r.Known(root, "",
           {"listen", "tls", "http", "metrics_listen", "database", "data_dir", "api_keys", "backend", "local", "slurm",
-           "retry", "quotas", "worker", "cancel_grace_s", "storage", "run_as", "job_umask", "heartbeat_timeout_s", "models"});
+           "retry", "quotas", "worker", "cancel_grace_s", "storage", "run_as", "job_umask", "heartbeat_timeout_s",
+           "models"});
   // Everything below reads keys of the top-level mapping (yaml-cpp throws on a key of a scalar).
   if (!root.IsMap() && !root.IsNull()) {
     Fail(ErrorCode::kInvalidArgument, "{} (line {}): expected a mapping of keys at the top level", path.string(),

@@ -17,9 +17,8 @@ using testing::ScratchDir;
 
 TEST(OpenAiJson, MapsEveryStatus) {
   const std::vector<std::pair<v1::JobStatus, std::string>> cases = {
-      {v1::VALIDATING, "validating_files"}, {v1::QUEUED, "queued"},       {v1::RUNNING, "running"},
-      {v1::PAUSED, "paused"},               {v1::SUCCEEDED, "succeeded"}, {v1::FAILED, "failed"},
-      {v1::CANCELLED, "cancelled"}};
+      {v1::VALIDATING, "validating_files"}, {v1::QUEUED, "queued"}, {v1::RUNNING, "running"},    {v1::PAUSED, "paused"},
+      {v1::SUCCEEDED, "succeeded"},         {v1::FAILED, "failed"}, {v1::CANCELLED, "cancelled"}};
   for (const auto& [status, name] : cases) EXPECT_EQ(StatusName(status), name);
 }
 
@@ -90,8 +89,7 @@ TEST(OpenAiJson, RefusesEachBadFieldNamingItsParam) {
       {"{" + ok + R"(, "method": {}})", "method.type", "missing_required_parameter"},
       {"{" + ok + R"(, "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 99}}}})",
        "method.supervised.hyperparameters.n_epochs", "invalid_value"},
-      {"{" + ok + R"(, "hyperparameters": {}, "method": {"type": "supervised"}})", "hyperparameters",
-       "invalid_value"},
+      {"{" + ok + R"(, "hyperparameters": {}, "method": {"type": "supervised"}})", "hyperparameters", "invalid_value"},
   };
   for (const Case& c : cases) {
     try {
