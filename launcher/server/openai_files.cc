@@ -124,7 +124,10 @@ void Content(JobManager& manager, const Caller& caller, const httplib::Request& 
   auto in = std::make_shared<std::ifstream>(manager.files().PathOf(file), std::ios::binary);
   if (!*in) throw ApiError(404, fmt::format("file '{}': its bytes are gone", file.id()), "id", "file_not_found");
   const auto size = static_cast<size_t>(fs::file_size(manager.files().PathOf(file)));
-  response.set_header("Content-Disposition", fmt::format("attachment; filename=\"{}\"", file.filename()));
+  std::string name = file.filename();  // the client's own name: nothing in it may end the header's quoted string
+  for (char& c : name)
+    if (c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20) c = '_';
+  response.set_header("Content-Disposition", fmt::format("attachment; filename=\"{}\"", name));
   response.set_content_provider(size, "application/octet-stream",
                                 [in](size_t offset, size_t length, httplib::DataSink& sink) {
                                   std::string piece(std::min<size_t>(length, size_t{1} << 20), '\0');

@@ -84,6 +84,8 @@ std::string ConfigSummary(const shardtune::server::ServerConfig& config, const s
                                            ? fmt::format("{} tenant root(s)", config.storage.tenants.size())
                                            : std::string("not sandboxed (any path)"));
   if (!config.run_as.empty()) text += fmt::format("jobs run as: {}\n", config.run_as);
+  if (!config.models.empty())
+    text += fmt::format("models: {} in the catalog (the /v1 API's `model`)\n", config.models.size());
   return text;
 }
 
