@@ -44,6 +44,11 @@ api_keys:
   - {key: key-a, tenant: team-a, role: user}
   - {key: key-b, tenant: team-b, role: user}
 local: {hosts: [{host: localhost, slots: 2}], extra_args: [--oversubscribe]}
+# The sandbox as in production: the catalog model in a shared read-only root, outputs (and the
+# ft: model a later job starts from) under the tenant's root.
+storage:
+  tenants: {team-a: {root: tenants/team-a}, team-b: {root: tenants/team-b}}
+  read_only: [models]
 models: {tiny-chat: models/tiny-chat}
 YAML
 "$bin/shardtune-server" --config server.yaml > server.log 2>&1 &
@@ -58,6 +63,9 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$http_po
   -H 'Authorization: Bearer key-a' -d 'not json')
 expect_eq "a body that is not JSON -> 400" "$code" "400"
 
+out=$("$bin/shardtune-server" --config server.yaml --check 2>&1)
+expect_contains "--check counts the catalog" "$out" "models: 1 in the catalog"
+
 # 2. The SDK, unchanged.
 out=$(timeout 150 node "$src/tests/e2e/openai_client.mjs" "$sdk" "http://127.0.0.1:$http_port/v1" "$work" 2>&1)
 status=$?
@@ -70,6 +78,7 @@ while IFS= read -r line; do
 done <<<"$out"
 expect_eq "the SDK's script exits 0" "$status" "0"
 job=$(sed -n 's/^job //p' <<<"$out")
+expect_eq "the job wrote under its tenant's root" "$(ls -d "$work"/tenants/team-a/fine_tuning/ft-e2e-*/final 2>/dev/null | wc -l)" "1"
 
 # 3. A restart loses nothing: the OpenAI fields come back from the store.
 kill "$server_pid"; wait "$server_pid" 2>/dev/null
