@@ -24,6 +24,15 @@ thread_local std::optional<Clock::time_point> t_start;
 
 const char* ErrorType(int status) { return status >= 500 ? "server_error" : "invalid_request_error"; }
 
+// Whether the body `request` announces may be larger than `bytes`: its Content-Length, or chunked.
+bool BodyMayExceed(const httplib::Request& request, size_t bytes) {
+  if (request.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos) return true;
+  const std::string length = request.get_header_value("Content-Length");
+  if (length.empty()) return false;
+  if (length.size() > 18 || length.find_first_not_of("0123456789") != std::string::npos) return true;
+  return std::stoull(length) > bytes;
+}
+
 }  // namespace
 
 std::string RoutePattern(const std::string& route) {
@@ -107,9 +116,17 @@ HttpServer::HttpServer(std::string name, std::string listen, const std::string& 
       Fail(ErrorCode::kInvalidArgument, "{}.tls: cannot load the certificate {} with the key {}", name_, tls_cert,
            tls_key);
   }
-  server_->set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
+  // Runs before the body is read (RequireKeyForBodiesOver).
+  server_->set_pre_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
     t_start = Clock::now();
     t_route = "unmatched";
+    if (body_keys_ != nullptr && BodyMayExceed(request, free_body_bytes_) &&
+        !body_keys_->Find(BearerKey(request.get_header_value("Authorization")))) {
+      WriteHttpError(response, 401, "a request with a body needs a valid API key: send 'Authorization: Bearer KEY'",
+                     "invalid_request_error", "invalid_api_key");
+      response.set_header("Connection", "close");  // its unread body must not be taken for the next request
+      return httplib::Server::HandlerResponse::Handled;
+    }
     return httplib::Server::HandlerResponse::Unhandled;
   });
   // Fills the body of an error no handler wrote: no route (404), a malformed request (400).

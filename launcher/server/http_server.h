@@ -46,6 +46,14 @@ class HttpServer {
   void Delete(const std::string& route, Handler handler);
   // The largest request body read (a larger one is answered 413 before any handler runs).
   void SetMaxBodyBytes(size_t bytes) { server_->set_payload_max_length(bytes); }
+  // A request whose body may exceed `free_bytes` (its Content-Length says so, or it is chunked) is
+  // answered 401 before its body is read unless it carries a key of `keys` (which must outlive
+  // this): cpp-httplib reads a body whole before the route's handler (and its key check) runs, so
+  // that an upload route would otherwise hold SetMaxBodyBytes of memory for anyone who connects.
+  void RequireKeyForBodiesOver(const ApiKeyTable& keys, size_t free_bytes) {
+    body_keys_ = &keys;
+    free_body_bytes_ = free_bytes;
+  }
 
   // Binds (Error(kFailedPrecondition) naming the listener and address when it cannot) and serves
   // on a thread of its own; logs "NAME listening on HOST:PORT".
@@ -62,6 +70,8 @@ class HttpServer {
   std::string name_, listen_;
   ServerMetrics& metrics_;
   std::unique_ptr<httplib::Server> server_;
+  const ApiKeyTable* body_keys_ = nullptr;  // RequireKeyForBodiesOver
+  size_t free_body_bytes_ = 0;
   std::thread thread_;
   int port_ = 0;
 };

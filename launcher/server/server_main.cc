@@ -100,8 +100,9 @@ std::vector<std::unique_ptr<shardtune::server::HttpServer>> StartHttpListeners(
     auto http = std::make_unique<HttpServer>("http", config.http.listen, config.http.tls_cert, config.http.tls_key,
                                              manager.metrics());
     MountMetrics(*http, manager, &keys);
-    // An upload's body is read whole before its handler runs (and before its key is checked).
+    // An upload's body is read whole before its handler runs: only from a known key, when large.
     http->SetMaxBodyBytes(shardtune::server::kMaxHttpBodyBytes);
+    http->RequireKeyForBodiesOver(keys, size_t{64} << 10);
     MountOpenAi(*http, manager, keys);
     listeners.push_back(std::move(http));
   }

@@ -62,6 +62,17 @@ expect_eq "401 body in OpenAI's shape" "$body" \
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$http_port/v1/fine_tuning/jobs" \
   -H 'Authorization: Bearer key-a' -d 'not json')
 expect_eq "a body that is not JSON -> 400" "$code" "400"
+# A large body is refused before it is read unless its key is known (cpp-httplib would read it whole first).
+got=$(python3 - "$http_port" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+          b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 400000000\r\n\r\n")
+s.settimeout(5)
+print(s.recv(4096).decode(errors="replace").split("\r\n")[0])
+PY
+)
+expect_eq "a 400 MB upload with a bad key: 401 before its body" "$got" "HTTP/1.1 401 Unauthorized"
 
 out=$("$bin/shardtune-server" --config server.yaml --check 2>&1)
 expect_contains "--check counts the catalog" "$out" "models: 1 in the catalog"
