@@ -270,5 +270,11 @@ struct_message = b"".join(field_bytes(1, field_bytes(1, k) + field_bytes(2, stru
 put("job_request", "create-fields", b"\x00" + field_bytes(4, struct_message))
 put("job_request", "validate-fields", b"\x01" + field_bytes(2, struct_message))
 
+# --- OpenAI-compatible request bodies: the committed regressions, and the bodies the unit test refuses ------
+for path in sorted((source / "tests/fuzz/regressions/openai_request").glob("*")):
+    put("openai_request", path.name, path.read_bytes())
+for i, body in enumerate(re.findall(r'\{"\{" \+ ok \+ R"\((.*?)\)"', (source / "tests/unit/openai_test.cc").read_text())):
+    put("openai_request", f"unit-{i}", '{"model": "m", "training_file": "f"' + body)
+
 for target in sorted(p.name for p in corpus.iterdir()):
     print(f"fuzz_seeds: {target}: {len(list((corpus / target).iterdir()))} seeds")
