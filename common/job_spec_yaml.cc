@@ -2,6 +2,7 @@
 // (job_spec_reader.h), then the checks across keys (job_spec_consistency.cc). Every problem of the
 // whole file is collected and thrown at once, so a user fixes a spec in one pass.
 
+#include <cctype>
 #include <limits>
 #include <regex>
 #include <set>
@@ -12,6 +13,29 @@
 namespace shardtune {
 namespace spec_yaml {
 namespace {
+
+// std::regex compiles recursively and reads counts ("{n}", back-references "\1") into a long without an
+// overflow check, so a hostile pattern can exhaust the stack or overflow before regex_error is thrown.
+// Module-name patterns are short and their numbers small; bound both, then let the compiler judge the rest.
+std::string TargetPatternProblem(const std::string& pattern) {
+  constexpr size_t kMaxPattern = 512;
+  constexpr int kMaxDigits = 4;
+  if (pattern.size() > kMaxPattern)
+    return fmt::format("a pattern of {} characters; at most {} are accepted", pattern.size(), kMaxPattern);
+  int digits = 0;
+  for (const char c : pattern) {
+    digits = std::isdigit(static_cast<unsigned char>(c)) ? digits + 1 : 0;
+    if (digits > kMaxDigits)
+      return fmt::format("'{}' has a number of more than {} digits; counts and layer indices are smaller", pattern,
+                         kMaxDigits);
+  }
+  try {
+    std::regex check(pattern);
+  } catch (const std::regex_error& e) {
+    return fmt::format("'{}' is not a valid regular expression: {}", pattern, e.what());
+  }
+  return "";
+}
 
 void ReadModel(MapReader m, ModelSpec* model) {
   m.Path("path", &model->path, /*required=*/true);
@@ -68,12 +92,8 @@ void ReadMethod(MapReader m, MethodSpec* method) {
     }
   }
   if (method->lora.target_is_pattern && method->lora.target_modules[0] != "all-linear") {
-    try {
-      std::regex check(method->lora.target_modules[0]);
-    } catch (const std::regex_error& e) {
-      m.Problem(m.Section("lora").Raw("target_modules"), "lora.target_modules",
-                fmt::format("'{}' is not a valid regular expression: {}", method->lora.target_modules[0], e.what()));
-    }
+    const std::string problem = TargetPatternProblem(method->lora.target_modules[0]);
+    if (!problem.empty()) m.Problem(m.Section("lora").Raw("target_modules"), "lora.target_modules", problem);
   }
   m.Finish();
 }

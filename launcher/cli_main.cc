@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstring>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -98,6 +99,12 @@ void ApplyPlanOptions(const PlanArgs& args, const CLI::App& command, bool only_g
   if (given("--activation-checkpointing")) in.activation_checkpointing = args.checkpointing;
 }
 
+// `--output json`'s document for a local command that failed (docs/cli.md).
+std::string FailureJson(const std::string& kind, const std::string& message) {
+  const nlohmann::ordered_json out = {{"ok", false}, {"error", {{"kind", kind}, {"message", message}}}};
+  return out.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+}
+
 int PlanJob(const PlanArgs& args, const CLI::App& command) {
   if (args.job.empty() == args.model.empty())
     Fail(ErrorCode::kInvalidArgument, "give a job spec or --model CONFIG.json (one of them)");
@@ -178,8 +185,10 @@ int main(int argc, char** argv) {
   planner->add_option("--output", plan.output, "table or json")->check(CLI::IsMember({"table", "json"}));
 
   CLI::App* report = app.add_subcommand("report", "a run's loss and validation curves (PNG) and a summary");
-  std::string run_dir;
+  std::string run_dir, report_output = "table";
   report->add_option("run_dir", run_dir, "the run's output.dir")->required();
+  report->add_option("--output", report_output, "table (the summary) or json")
+      ->check(CLI::IsMember({"table", "json"}));
 
   add_log_options({train, planner, report});
 
@@ -199,15 +208,19 @@ int main(int argc, char** argv) {
     launch.log_format = log_format;
     return LaunchTraining(job_path, launch);
   }
+  const bool json = planner->parsed() ? plan.output == "json" : report_output == "json";
   try {
     if (planner->parsed()) return PlanJob(plan, *planner);
     if (report->parsed()) {
-      std::cout << WriteRunReport(run_dir);
+      const RunReport summary = WriteRunReport(run_dir);
+      std::cout << (json ? RunReportJson(summary) : summary.text);
       return kExitOk;
     }
   } catch (const Error& e) {
     spdlog::error("{}", e.what());
-    return e.code() == ErrorCode::kInternal || e.code() == ErrorCode::kIo ? kExitFailed : kExitInvalidInput;
+    const bool failed = e.code() == ErrorCode::kInternal || e.code() == ErrorCode::kIo;
+    if (json) std::cout << FailureJson(failed ? "failed" : "invalid_input", e.what());
+    return failed ? kExitFailed : kExitInvalidInput;
   }
   return kExitOk;
 }

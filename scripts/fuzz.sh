@@ -10,7 +10,9 @@
 # Environment: FUZZ_SECONDS (60 per target), FUZZ_RUNS (stop a target after this many
 # executions instead), FUZZ_TARGETS (a subset, space-separated), FUZZ_BUILD_DIR (build-fuzz),
 # JOBS (build parallelism), FUZZ_JOBS (targets fuzzed at once, 1), FUZZ_NO_BUILD=1 (run what is
-# built). The corpora grow across runs in build-fuzz/fuzz-work/corpus/.
+# built), FUZZ_TIMEOUT (seconds one input may take before it counts as a hang, 10; libFuzzer counts
+# wall time, so raise it on a machine busy with other work). The corpora grow across runs in
+# build-fuzz/fuzz-work/corpus/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${FUZZ_BUILD_DIR:-build-fuzz}
@@ -51,7 +53,7 @@ run_target() {
   local t=$1
   mkdir -p "$work/corpus/$t" "$work/artifacts/$t" "$work/seeds/$t"
   echo "fuzz: $t for ${seconds}s (max_len $(max_len "$t"))"
-  "$build_dir/bin/fuzz_$t" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 -max_total_time="$seconds" \
+  "$build_dir/bin/fuzz_$t" -max_len="$(max_len "$t")" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb=2048 -max_total_time="$seconds" \
     -runs="$runs" -print_final_stats=1 -artifact_prefix="$work/artifacts/$t/" \
     "$work/corpus/$t" "$work/seeds/$t" > "$work/logs/$t.log" 2>&1
   local rc=$?

@@ -437,15 +437,19 @@ v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int rank
     throw RequestError(RequestError::Kind::kFailedPrecondition,
                        fmt::format("job {} is {}; only paused jobs resume", id, v1::JobStatus_Name(r.job.status())));
   }
+  // On a new rank count, the same checks as admission: the pool, the tenant's max_ranks, the memory plan.
   if (ranks > 0) {
-    if (ranks > config_.total_slots()) {
-      throw RequestError(RequestError::Kind::kResourceExhausted,
-                         fmt::format("{} ranks exceed the pool's {} slots", ranks, config_.total_slots()));
-    }
+    RequireRanksAvailable(r.job.tenant(), ranks);
     r.requested_ranks = ranks;
   }
   // Its batch and shard group must fit the rank count; its paths, still its tenant's.
-  storage_.Require(r.job.tenant(), caller.admin, ParseSpec(r.job.spec_yaml(), r.requested_ranks));
+  const JobSpec spec = ParseSpec(r.job.spec_yaml(), r.requested_ranks);
+  if (const auto plan = PlanFor(spec, r.requested_ranks); ranks > 0 && plan && !plan->fits) {
+    throw RequestError(RequestError::Kind::kResourceExhausted,
+                       fmt::format("the job does not fit {} ranks of {:.1f} GiB each:\n{}", ranks,
+                                   config_.memory_per_slot_gib, PlanToText(*plan)));
+  }
+  storage_.Require(r.job.tenant(), caller.admin, spec);
   r.pause_requested = false;
   SetStatus(r, v1::QUEUED,
             fmt::format("resumed; will continue from its latest checkpoint on {} ranks", r.requested_ranks));

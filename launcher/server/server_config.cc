@@ -345,7 +345,8 @@ ServerConfig ReadServerConfig(const fs::path& path) {
     }
   }
   ReadSlurm(r, root["slurm"], resolve, c.slurm);
-  if (c.backend == "slurm" && (c.slurm.template_path.empty() || !fs::exists(c.slurm.template_path))) {
+  std::error_code missing;  // a name too long for the file system is "does not exist", not an exception
+  if (c.backend == "slurm" && (c.slurm.template_path.empty() || !fs::exists(c.slurm.template_path, missing))) {
     r.Problem(
         root["slurm"] ? root["slurm"] : root, "slurm.template",
         fmt::format("backend slurm needs an sbatch template ({}); deploy/slurm/job.sbatch.in is one",

@@ -60,9 +60,33 @@ expect_contains "it is 960x540" "$png" "960x540"
 loss_px=$(sed -E 's/.*31,119,180:([0-9]+).*/\1/' <<<"$png"); val_px=$(sed -E 's/.*255,127,14:([0-9]+).*/\1/' <<<"$png")
 [ "$loss_px" -gt 300 ] && pass "the loss curve is drawn ($loss_px pixels)" || fail "loss curve: $png"
 [ "$val_px" -gt 40 ] && pass "the validation point is drawn ($val_px pixels)" || fail "validation: $png"
+# --output json: the same figures, checked against metrics.jsonl read here.
+out=$("$bin/shardtune" report "$work/runs/small" --output json)
+expect_eq "report --output json exits 0" "$?" "0"
+check=$(/usr/bin/python3 - "$work/runs/small/metrics.jsonl" "$out" <<'PY'
+import json, sys
+records = [json.loads(line) for line in open(sys.argv[1])]
+report = json.loads(sys.argv[2])
+train = [r for r in records if "loss" in r]
+evals = [r for r in records if "val_loss" in r]
+lowest = min(train, key=lambda r: r["loss"])
+best = min(evals, key=lambda r: r["val_loss"])
+ok = (report["ok"] is True and report["steps"] == train[-1]["step"]
+      and abs(report["train_loss"]["first"]["loss"] - train[0]["loss"]) < 1e-9
+      and report["train_loss"]["lowest"]["step"] == lowest["step"]
+      and report["best_eval"]["step"] == best["step"]
+      and abs(report["best_eval"]["loss"] - best["val_loss"]) < 1e-9
+      and report["summary"].startswith("run: "))
+print("match" if ok else f"mismatch: {report}")
+PY
+)
+expect_eq "report's JSON figures are metrics.jsonl's" "$check" "match"
 out=$("$bin/shardtune" report "$work/nothing-here" 2>&1)
 expect_eq "report of a directory without metrics exits 2" "$?" "2"
 expect_contains "it says what is missing" "$out" "no metrics.jsonl"
+out=$("$bin/shardtune" report "$work/nothing-here" --output json 2>/dev/null)
+expect_eq "with --output json it still exits 2" "$?" "2"
+expect_eq "and prints the failure as JSON" "$(/usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["ok"], d["error"]["kind"])' <<<"$out")" "False invalid_input"
 
 # A checkpoint exported on its own, loadable like any model directory.
 out=$("$bin/shardtune" export "$work/runs/small/checkpoints/step-3" --to hf --out "$work/exported" 2>&1)

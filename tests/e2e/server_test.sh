@@ -40,7 +40,7 @@ api_keys:
 local: {hosts: [{host: localhost, slots: 4}], extra_args: [--oversubscribe], memory_per_slot_gib: 1}
 retry: {max_attempts: 3}
 cancel_grace_s: 2
-quotas: {team-b: {max_running_jobs: 1}}
+quotas: {team-b: {max_running_jobs: 1, max_ranks: 2}}
 YAML
 start_server() {
   "$bin/shardtune-server" --config server.yaml >> server.log 2>&1 &
@@ -217,6 +217,12 @@ SHARDTUNE_TOKEN=key-b wait_status "$q2" QUEUED 30
 sleep 1
 expect_eq "within its quota a tenant's first job runs" "$(SHARDTUNE_TOKEN=key-b field "$q1" status)" "RUNNING"
 expect_eq "beyond its quota the second waits" "$(SHARDTUNE_TOKEN=key-b field "$q2" status)" "QUEUED"
+# A resume is admission again: on more ranks than the tenant's max_ranks it is refused.
+"$bin/shardtune" pause "$q2" --token key-b > /dev/null
+out=$("$bin/shardtune" resume "$q2" --ranks 4 --token key-b 2>&1)
+expect_eq "a resume past the tenant's max_ranks exits 2" "$?" "2"
+expect_contains "it names the quota" "$out" "tenant 'team-b' may use at most 2"
+expect_eq "the job stays paused" "$(SHARDTUNE_TOKEN=key-b field "$q2" status)" "PAUSED"
 "$bin/shardtune" cancel "$q1" --token key-b > /dev/null; "$bin/shardtune" cancel "$q2" --token key-b > /dev/null
 
 # 7. Requests the server refuses, and hostile names and paths.

@@ -161,6 +161,19 @@ TEST(Tokenizers, MalformedFilesGiveClearErrors) {
                "Metaspace's 'replacement' must be one character, got \"__\"");
   expect_error(R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]], "unk_id": 3}})",
                "unk_id 3 is outside the 1 vocab entries");
+  // A post-processor's ids index the embedding too (found by fuzzing: "ids": 85 on a vocabulary of
+  // 69 made every encoded sequence start out of bounds, and a lone number passed as a list).
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "<s>": 1}, "merges": []},
+               "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}},
+               {"Sequence": {"id": "A"}}], "special_tokens": {"<s>": {"id": "<s>", "ids": [85]}}}})",
+               "post_processor: it adds token id 85, outside the vocabulary [0, 2)");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "<s>": 1}, "merges": []},
+               "post_processor": {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A"}}],
+               "special_tokens": {"<s>": {"id": "<s>", "ids": 1}}}})",
+               "the ids of special token <s> must be a list, got 1");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "<s>": 1}, "merges": []},
+               "post_processor": {"type": "BertProcessing", "cls": ["<s>", 1], "sep": ["</s>", 2]}})",
+               "it adds token id 2, outside the vocabulary [0, 2)");
   try {
     Tokenizer::Load(dir / "absent.json");
     FAIL();

@@ -17,7 +17,10 @@ PostProcessor BuildTemplate(const json& node, const std::string& where) {
   std::map<std::string, std::vector<int64_t>> specials;
   if (node.contains("special_tokens")) {
     for (const auto& [name, special] : node["special_tokens"].items()) {
-      for (const json& id : special.at("ids"))
+      const json& ids = special.at("ids");
+      if (!ids.is_array())  // nlohmann would iterate a lone number as a list of one
+        Malformed(where, fmt::format("the ids of special token {} must be a list, got {}", name, ids.dump()));
+      for (const json& id : ids)
         specials[name].push_back(TokenId(id, "an id of special token " + name, where));
     }
   }

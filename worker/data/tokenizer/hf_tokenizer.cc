@@ -188,6 +188,15 @@ std::unique_ptr<Tokenizer> LoadHfTokenizerJson(const std::string& json_text, con
     Malformed(where, e.what());
   }
   tokenizer->Finish();
+  // The ids the post-processor adds around every sequence (what it makes of an empty one) index
+  // the embedding like any other: one past the vocabulary would be read out of bounds.
+  if (tokenizer->post_processor) {
+    for (const int64_t id : tokenizer->post_processor({})) {
+      if (id >= tokenizer->vocab_size())
+        Malformed(where + ": post_processor", fmt::format("it adds token id {}, outside the vocabulary [0, {})",
+                                                          id, tokenizer->vocab_size()));
+    }
+  }
   return tokenizer;
 }
 
