@@ -342,6 +342,17 @@ TEST_F(JobSpecTest, MethodProblemsNameTheirField) {
                 {"method.lora.target_modules", "is empty", "leave the key out for the model's defaults"});
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: '(unclosed'}}\n",
                 {"method.lora.target_modules", "not a valid regular expression"});
+  // std::regex reads "\1111111111111111111" into a long that overflows (undefined behaviour, found by
+  // fuzz_job_spec), and compiles a long pattern with deep recursion: both are bounded before it runs.
+  ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: 'a(b)\\1111111111111'}}\n",
+                {"method.lora.target_modules", "a number of more than 4 digits"});
+  ExpectProblem(
+      base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: '" + std::string(600, 'a') + "'}}\n",
+      {"method.lora.target_modules", "a pattern of 600 characters; at most 512"});
+  EXPECT_EQ(Parse(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: "
+                         "'.*layers\\.(0|11)\\.self_attn\\.q_proj'}}\n")
+                .method.lora.target_modules.size(),
+            1u);
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: lora, lora: {target_modules: [q_proj, {x: 1}]}}\n",
                 {"method.lora.target_modules[1]", "expected a non-empty string"});
   ExpectProblem(base + "output: {dir: out}\nmethod: {type: full, modules_to_save: [lm_head]}\n",
