@@ -2,6 +2,7 @@
 // (job_spec_reader.h), then the checks across keys (job_spec_consistency.cc). Every problem of the
 // whole file is collected and thrown at once, so a user fixes a spec in one pass.
 
+#include <algorithm>
 #include <cctype>
 #include <limits>
 #include <regex>
@@ -9,6 +10,7 @@
 
 #include "common/atomic_file.h"
 #include "common/job_spec_reader.h"
+#include "common/utf8.h"
 
 namespace shardtune {
 namespace spec_yaml {
@@ -252,6 +254,14 @@ using spec_yaml::NameOf;
 
 JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, const fs::path& base_dir,
                      const SpecOptions& options) {
+  if (const size_t bad = FindInvalidUtf8(yaml_text); bad != std::string::npos) {
+    const size_t line_start = yaml_text.rfind('\n', bad == 0 ? 0 : bad - 1);
+    const size_t column = line_start == std::string::npos ? bad + 1 : bad - line_start;
+    const auto line = 1 + std::count(yaml_text.begin(), yaml_text.begin() + static_cast<std::ptrdiff_t>(bad), '\n');
+    throw SpecError(source, {fmt::format("(line {}, column {}): not UTF-8 text (byte 0x{:02x}); a job spec is YAML, "
+                                         "which is Unicode",
+                                         line, column, static_cast<unsigned char>(yaml_text[bad]))});
+  }
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);
