@@ -382,7 +382,7 @@ TEST_F(JobSpecTest, SyntaxErrorsAndNonMappingsNameTheLine) {
   ExpectProblem("name: x\nmodel: {path: model\n", {"line 3", "not valid YAML"});
   // yaml-cpp reads any bytes and emits an invalid one as U+FFFD: the spec the worker read would differ
   // from the one admitted (found by fuzz_job_spec's round trip).
-  ExpectProblem("name: x\nmodel: {path: \"m\xff\"}\n", {"(line 2, column 16)", "not UTF-8 text (byte 0xff)"});
+  ExpectProblem("name: x\nmodel: {path: \"m\xff\"}\n", {"(line 2, column 17)", "not UTF-8 text (byte 0xff)"});
   ExpectProblem("\xc3(", {"(line 1, column 1)", "not UTF-8 text (byte 0xc3)"});
   ExpectProblem("- just\n- a list\n", {"expected a mapping of sections"});
 }
