@@ -187,8 +187,7 @@ int main(int argc, char** argv) {
   CLI::App* report = app.add_subcommand("report", "a run's loss and validation curves (PNG) and a summary");
   std::string run_dir, report_output = "table";
   report->add_option("run_dir", run_dir, "the run's output.dir")->required();
-  report->add_option("--output", report_output, "table (the summary) or json")
-      ->check(CLI::IsMember({"table", "json"}));
+  report->add_option("--output", report_output, "table (the summary) or json")->check(CLI::IsMember({"table", "json"}));
 
   add_log_options({train, planner, report});
 

@@ -192,19 +192,18 @@ std::string RunReportJson(const RunReport& report) {
   auto eval = [](const std::optional<RunReport::Point>& p) {
     return p ? Json{{"step", p->step}, {"loss", p->loss}, {"perplexity", p->perplexity}} : Json();
   };
-  const Json out = {{"ok", true},
-                    {"run", report.name},
-                    {"run_dir", report.run_dir.string()},
-                    {"steps", report.steps},
-                    {"tokens", report.tokens},
-                    {"train_loss",
-                     {{"first", loss(report.first_loss)},
-                      {"last", loss(report.last_loss)},
-                      {"lowest", loss(report.lowest_loss)}}},
-                    {"best_eval", eval(report.best_eval)},
-                    {"last_eval", eval(report.last_eval)},
-                    {"curves", report.curves.string()},
-                    {"summary", report.text}};
+  const Json out = {
+      {"ok", true},
+      {"run", report.name},
+      {"run_dir", report.run_dir.string()},
+      {"steps", report.steps},
+      {"tokens", report.tokens},
+      {"train_loss",
+       {{"first", loss(report.first_loss)}, {"last", loss(report.last_loss)}, {"lowest", loss(report.lowest_loss)}}},
+      {"best_eval", eval(report.best_eval)},
+      {"last_eval", eval(report.last_eval)},
+      {"curves", report.curves.string()},
+      {"summary", report.text}};
   return out.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n";
 }
 

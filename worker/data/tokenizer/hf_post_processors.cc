@@ -20,8 +20,7 @@ PostProcessor BuildTemplate(const json& node, const std::string& where) {
       const json& ids = special.at("ids");
       if (!ids.is_array())  // nlohmann would iterate a lone number as a list of one
         Malformed(where, fmt::format("the ids of special token {} must be a list, got {}", name, ids.dump()));
-      for (const json& id : ids)
-        specials[name].push_back(TokenId(id, "an id of special token " + name, where));
+      for (const json& id : ids) specials[name].push_back(TokenId(id, "an id of special token " + name, where));
     }
   }
   std::vector<std::vector<int64_t>> template_ids;  // empty vector = the sequence itself

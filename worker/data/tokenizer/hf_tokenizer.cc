@@ -193,8 +193,8 @@ std::unique_ptr<Tokenizer> LoadHfTokenizerJson(const std::string& json_text, con
   if (tokenizer->post_processor) {
     for (const int64_t id : tokenizer->post_processor({})) {
       if (id >= tokenizer->vocab_size())
-        Malformed(where + ": post_processor", fmt::format("it adds token id {}, outside the vocabulary [0, {})",
-                                                          id, tokenizer->vocab_size()));
+        Malformed(where + ": post_processor",
+                  fmt::format("it adds token id {}, outside the vocabulary [0, {})", id, tokenizer->vocab_size()));
     }
   }
   return tokenizer;
