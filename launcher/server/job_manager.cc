@@ -311,11 +311,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   }
   const int ranks = static_cast<int>(spec.resources.world_size());
   RequireRanksAvailable(caller.tenant, ranks);
-  if (const auto plan = PlanFor(spec, ranks); plan && !plan->fits) {
-    throw RequestError(RequestError::Kind::kResourceExhausted,
-                       fmt::format("the job does not fit its {} ranks of {:.1f} GiB each:\n{}", ranks,
-                                   config_.memory_per_slot_gib, PlanToText(*plan)));
-  }
+  RequirePlanFits(spec, ranks);
 
   std::lock_guard<std::mutex> lock(mutex_);
   if (!request.idempotency_key().empty()) {  // the same request, admitted by another call meanwhile
@@ -375,6 +371,14 @@ void JobManager::RequireRanksAvailable(const std::string& tenant, int ranks) con
     throw RequestError(RequestError::Kind::kResourceExhausted,
                        fmt::format("resources ask for {} ranks; tenant '{}' may use at most {}", ranks, tenant,
                                    quota->second.max_ranks));
+  }
+}
+
+void JobManager::RequirePlanFits(const JobSpec& spec, int ranks) const {
+  if (const auto plan = PlanFor(spec, ranks); plan && !plan->fits) {
+    throw RequestError(RequestError::Kind::kResourceExhausted,
+                       fmt::format("the job does not fit its {} ranks of {:.1f} GiB each:\n{}", ranks,
+                                   config_.memory_per_slot_gib, PlanToText(*plan)));
   }
 }
 
@@ -444,11 +448,7 @@ v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int rank
   }
   // Its batch and shard group must fit the rank count; its paths, still its tenant's.
   const JobSpec spec = ParseSpec(r.job.spec_yaml(), r.requested_ranks);
-  if (const auto plan = PlanFor(spec, r.requested_ranks); ranks > 0 && plan && !plan->fits) {
-    throw RequestError(RequestError::Kind::kResourceExhausted,
-                       fmt::format("the job does not fit {} ranks of {:.1f} GiB each:\n{}", ranks,
-                                   config_.memory_per_slot_gib, PlanToText(*plan)));
-  }
+  if (ranks > 0) RequirePlanFits(spec, ranks);
   storage_.Require(r.job.tenant(), caller.admin, spec);
   r.pause_requested = false;
   SetStatus(r, v1::QUEUED,

@@ -60,6 +60,8 @@ class JobManager {
   // The job's memory plan on `ranks` slots, when the configuration gives their memory.
   // RESOURCE_EXHAUSTED when `ranks` exceed the pool or the tenant's max_ranks.
   void RequireRanksAvailable(const std::string& tenant, int ranks) const;
+  // kResourceExhausted with the plan when the memory planner says the job does not fit `ranks` slots.
+  void RequirePlanFits(const JobSpec& spec, int ranks) const;
   std::optional<Plan> PlanFor(const JobSpec& spec, int64_t ranks) const;
   const ServerConfig& config() const { return config_; }
   const StoragePolicy& storage() const { return storage_; }
