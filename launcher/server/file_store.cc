@@ -13,6 +13,7 @@
 #include <regex>
 
 #include "common/atomic_file.h"
+#include "launcher/api_values.h"
 #include "launcher/server/page_token.h"
 #include "launcher/server/request_error.h"
 #include "launcher/server/sqlite_statement.h"
@@ -36,7 +37,7 @@ v1::File FromRow(Statement& q) {
   f.set_purpose(q.Text(3));
   f.set_bytes(q.Int(4));
   f.set_sha256(q.Text(5));
-  f.set_created_at(q.Int(6) / 1000);
+  *f.mutable_create_time() = api::TimeOfMs(q.Int(6));
   f.set_status(q.Text(7));
   f.set_status_details(q.Text(8));
   return f;
@@ -283,8 +284,11 @@ std::vector<std::string> FileStore::JobsUsing(const std::string& file_id) {
   Statement q(db.db,
               "SELECT j.id FROM job_files f JOIN jobs j ON j.id = f.job_id WHERE f.file_id = ? AND j.status IN "
               "(?, ?, ?, ?) ORDER BY j.created_ms");
-  q.Bind(1, file_id).Bind(2, int64_t{v1::VALIDATING}).Bind(3, int64_t{v1::QUEUED}).Bind(4, int64_t{v1::RUNNING});
-  q.Bind(5, int64_t{v1::PAUSED});
+  q.Bind(1, file_id)
+      .Bind(2, int64_t{v1::JOB_STATUS_VALIDATING})
+      .Bind(3, int64_t{v1::JOB_STATUS_QUEUED})
+      .Bind(4, int64_t{v1::JOB_STATUS_RUNNING});
+  q.Bind(5, int64_t{v1::JOB_STATUS_PAUSED});
   std::vector<std::string> jobs;
   while (q.Step()) jobs.push_back(q.Text(0));
   return jobs;
