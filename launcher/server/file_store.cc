@@ -200,6 +200,7 @@ v1::File FileStore::Upload::Commit(const std::function<FileCheck(const fs::path&
   FsyncDirectory(target.parent_path());
   committed_ = true;
   try {
+    *file_.mutable_create_time() = api::TimeOfMs(NowMs());  // the upload's answer shows it too
     store_.Insert(file_);
   } catch (...) {
     std::error_code ec;
@@ -213,7 +214,7 @@ void FileStore::Insert(const v1::File& file) {
   auto db = db_.Lock();
   Statement q(db.db, fmt::format("INSERT INTO files ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", kFileColumns));
   q.Bind(1, file.id()).Bind(2, file.tenant()).Bind(3, file.filename()).Bind(4, file.purpose()).Bind(5, file.bytes());
-  q.Bind(6, file.sha256()).Bind(7, NowMs()).Bind(8, file.status()).Bind(9, file.status_details());
+  q.Bind(6, file.sha256()).Bind(7, api::Ms(file.create_time())).Bind(8, file.status()).Bind(9, file.status_details());
   q.Step();
 }
 
