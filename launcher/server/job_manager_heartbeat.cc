@@ -35,11 +35,23 @@ void JobManager::KillIfSilent(JobRecord& r) {
     std::lock_guard<std::mutex> lock(heartbeat_mutex_);
     const auto it = heartbeats_.find(r.job.id());
     if (it == heartbeats_.end() || it->second.attempt != r.job.attempt() || it->second.fired) return;
+    // Before the first heartbeat (loading a model) and after rank 0 has reported how the attempt
+    // ended (its heartbeat thread stops while the ranks shut down), silence is expected for longer.
+    const bool lenient = !it->second.heard || r.result_reported;
     const double allowed_s =
-        it->second.heard ? config_.heartbeat_timeout_s : std::max(config_.heartbeat_timeout_s, kFirstHeartbeatGraceS);
+        lenient ? std::max(config_.heartbeat_timeout_s, kFirstHeartbeatGraceS) : config_.heartbeat_timeout_s;
     silent_s = static_cast<double>(NowMs() - it->second.since_ms) / 1000;
     if (silent_s <= allowed_s) return;
     it->second.fired = true;
+  }
+  const LogJobScope log_job(r.job.id());
+  if (r.result_reported) {
+    // What rank 0 reported (a checkpoint that hit a full disk, say) is why the attempt ended and
+    // stays its error; a shutdown that hangs is only killed.
+    spdlog::warn("job {}: attempt {}: ranks still running {:.0f} s after rank 0 reported its result: killed",
+                 r.job.id(), r.job.attempt(), silent_s);
+    Signal(r, SIGKILL);
+    return;
   }
   SetError(r.job, v1::JOB_ERROR_CODE_TIMEOUT,
            fmt::format("no heartbeat from rank 0 for {:.0f} s (heartbeat_timeout_s: {:g}): the attempt's processes "
@@ -48,7 +60,6 @@ void JobManager::KillIfSilent(JobRecord& r) {
   r.job.mutable_error()->set_rank(0);
   store_->Update(r);
   Event(r, v1::JOB_EVENT_KIND_NOTE, "timeout: " + r.job.error().message(), v1::JOB_EVENT_LEVEL_ERROR);
-  const LogJobScope log_job(r.job.id());
   spdlog::warn("job {}: attempt {}: {}", r.job.id(), r.job.attempt(), r.job.error().message());
   Signal(r, SIGKILL);
 }
