@@ -175,6 +175,8 @@ ReadResult ReadSweep(const YAML::Node& root, SpecReader& reader) {
   MapReader top(reader, root, "", root.Mark());
   top.String("name", &spec.name, /*required=*/true);
   top.Path("base", &spec.base, /*required=*/true);
+  top.Path("dir", &spec.dir);
+  if (spec.dir.empty() && !spec.name.empty()) spec.dir = reader.Resolve("sweeps/" + spec.name);
   const YAML::Node parameters = top.Raw("parameters");
   if (!parameters || parameters.IsNull()) {
     reader.Problem(root.Mark(), "parameters", "is required: a mapping of job-spec key paths to their ranges or values");

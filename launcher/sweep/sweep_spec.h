@@ -57,9 +57,10 @@ struct EarlyTermination {
 };
 
 struct SweepSpec {
-  std::string name;                   // [a-z0-9-]; trial N's job is named NAME-NNN
-  std::string base;                   // the base job spec's absolute path
-  std::string base_yaml;              // its text (read when the spec is loaded; the trials are made from it)
+  std::string name;       // [a-z0-9-]; trial N's job is named NAME-NNN
+  std::string base;       // the base job spec's absolute path
+  std::string dir;        // SWEEP_DIR: trials.jsonl, trials/NNN/, best; default sweeps/NAME beside the sweep file
+  std::string base_yaml;  // its text (read when the spec is loaded; the trials are made from it)
   std::vector<Parameter> parameters;  // in the file's order: the order of grid loops and random draws
   StrategyType strategy = StrategyType::kRandom;
   Objective objective;

@@ -84,6 +84,7 @@ TEST_F(SweepSpecTest, TheIssuesExampleParses) {
   const SweepSpec spec = Parse(kSweep);
   EXPECT_EQ(spec.name, "lora-lr-rank");
   EXPECT_EQ(spec.base, (dir_.path() / "job.yaml").string());
+  EXPECT_EQ(spec.dir, (dir_.path() / "sweeps/lora-lr-rank").string());
   EXPECT_EQ(spec.base_yaml, kBase);
   ASSERT_EQ(spec.parameters.size(), 4u);
   EXPECT_EQ(spec.parameters[0].path, "training.optimizer.lr");
