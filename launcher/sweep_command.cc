@@ -212,10 +212,14 @@ class SweepRunner {
     return 130;
   }
 
+  // "path=value, ...": doubles to 4 significant digits (trials.jsonl has them exactly).
   std::string ValuesText(const TrialRecord& t) const {
     std::string text;
-    for (size_t i = 0; i < spec_.parameters.size(); ++i)
-      text += fmt::format("{}{}={}", i ? ", " : "", spec_.parameters[i].path, t.values[i].dump());
+    for (size_t i = 0; i < spec_.parameters.size(); ++i) {
+      const nlohmann::json& v = t.values[i];
+      text += fmt::format("{}{}={}", i ? ", " : "", spec_.parameters[i].path,
+                          v.is_number_float() ? fmt::format("{:.4g}", v.get<double>()) : v.dump());
+    }
     return text;
   }
 

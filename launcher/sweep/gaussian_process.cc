@@ -54,6 +54,14 @@ GpHyperparameters GpHyperparameters::FromLog(const Eigen::VectorXd& log_params) 
   return h;
 }
 
+GpHyperparameters DefaultHyperparameters(int dims) {
+  GpHyperparameters h;
+  h.length_scales = Eigen::VectorXd::Constant(dims, 0.3);
+  h.signal_variance = 1.0;
+  h.noise_variance = 1e-3;
+  return h;
+}
+
 double Matern52(const Eigen::VectorXd& a, const Eigen::VectorXd& b, const GpHyperparameters& h) {
   const double r = ((a - b).array() / h.length_scales.array()).matrix().norm();
   return h.signal_variance * (1 + kSqrt5 * r + 5.0 / 3.0 * r * r) * std::exp(-kSqrt5 * r);
@@ -109,10 +117,7 @@ GpHyperparameters FitHyperparameters(const Eigen::MatrixXd& x, const Eigen::Vect
                                      int restarts) {
   const int dims = static_cast<int>(x.cols());
   const Eigen::VectorXd lower = Lower(dims), upper = Upper(dims);
-  GpHyperparameters start;
-  start.length_scales = Eigen::VectorXd::Constant(dims, 0.3);
-  start.signal_variance = 1.0;
-  start.noise_variance = 1e-3;
+  const GpHyperparameters start = DefaultHyperparameters(dims);
   Eigen::VectorXd best_params = start.ToLog();
   double best_lml = -std::numeric_limits<double>::infinity();
   for (int restart = 0; restart <= restarts; ++restart) {

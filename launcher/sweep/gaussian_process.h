@@ -22,6 +22,10 @@ struct GpHyperparameters {
   static GpHyperparameters FromLog(const Eigen::VectorXd& log_params);
 };
 
+// Where the fit starts, and what is used when the observations cannot inform a fit (all equal):
+// length scales 0.3, signal variance 1, noise 1e-3.
+GpHyperparameters DefaultHyperparameters(int dims);
+
 double Matern52(const Eigen::VectorXd& a, const Eigen::VectorXd& b, const GpHyperparameters& h);
 
 class GaussianProcess {

@@ -83,7 +83,11 @@ std::optional<TrialValues> BayesianStrategy::Propose(const SweepState& state) co
   const double spread = std::sqrt((y.array() - mean).square().mean());
   y = (y.array() - mean) / (spread > 1e-12 ? spread : 1.0);
   std::mt19937_64 fit_rng = TrialRng(spec.seed, trial, 1);
-  const GpHyperparameters h = FitHyperparameters(x.topRows(n), y, fit_rng);
+  // Equal objectives say nothing about the hyperparameters (the likelihood then favours a flat,
+  // noiseless fit that leaves EI zero everywhere): the defaults make EI follow the posterior
+  // variance, i.e. explore away from the trials so far.
+  const GpHyperparameters h =
+      spread > 1e-12 ? FitHyperparameters(x.topRows(n), y, fit_rng) : DefaultHyperparameters(static_cast<int>(dims));
 
   // The constant liar: each running trial as if it had finished at the worst value seen.
   Eigen::VectorXd y_all(n + m);

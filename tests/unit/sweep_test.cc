@@ -426,6 +426,45 @@ TEST(SweepBayesianTest, BeatsRandomOnBraninIn30Evaluations) {
   EXPECT_LT(bayes_sum, random_sum);
 }
 
+TEST(SweepBayesianTest, ExpectedImprovementPicksTheMidpointBetweenTwoEqualObservations) {
+  // y = 5 at x = 0 and x = 1: the posterior mean is flat, so EI grows with the posterior
+  // variance, which a stationary kernel makes largest halfway between: x = 0.5.
+  SweepSpec spec;
+  spec.strategy = StrategyType::kBayesian;
+  spec.seed = 1;
+  spec.max_trials = 3;
+  spec.objective = {"val_loss", Goal::kMinimize};
+  spec.parameters = {Range("x", Distribution::kUniform, 0, 1)};
+  SweepState state(spec);
+  for (int t = 0; t < 2; ++t) {
+    state.Apply(ProposedEvent(spec, t, {double(t)}));
+    state.Apply(EvaluatedEvent(t, 1, 5.0));
+    state.Apply({{"event", "finished"}, {"trial", t}, {"status", "completed"}, {"objective", 5.0}, {"steps", 1}});
+  }
+  BayesianStrategy::Options options;
+  options.initial_points = 2;
+  const TrialValues next = *BayesianStrategy(options).Propose(state);
+  EXPECT_NEAR(next[0].get<double>(), 0.5, 0.01);
+}
+
+TEST(SweepBayesianTest, ExpectedImprovementFindsTheMinimumOfAParabola) {
+  // (x - 0.3)^2 seen at 0, 0.2, ..., 1: the next point is the parabola's minimum.
+  SweepSpec spec;
+  spec.strategy = StrategyType::kBayesian;
+  spec.seed = 1;
+  spec.max_trials = 10;
+  spec.objective = {"val_loss", Goal::kMinimize};
+  spec.parameters = {Range("x", Distribution::kUniform, 0, 1)};
+  SweepState state(spec);
+  for (int t = 0; t < 6; ++t) {
+    const double x = 0.2 * t, y = (x - 0.3) * (x - 0.3);
+    state.Apply(ProposedEvent(spec, t, {x}));
+    state.Apply({{"event", "finished"}, {"trial", t}, {"status", "completed"}, {"objective", y}, {"steps", 1}});
+  }
+  const TrialValues next = *BayesianStrategy().Propose(state);
+  EXPECT_NEAR(next[0].get<double>(), 0.3, 0.03);
+}
+
 TEST(SweepBayesianTest, ConstantLiarSpreadsABatch) {
   // Six finished trials, then a batch of three proposed while the earlier ones run: the running
   // trials count as the worst value, so no two proposals of the batch coincide.
