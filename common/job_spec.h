@@ -269,6 +269,10 @@ JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, co
                      const SpecOptions& options = {});
 JobSpec LoadJobSpec(const std::filesystem::path& path, const SpecOptions& options = {});
 
+// Every key path of the job spec that holds a value ("training.optimizer.lr", "method.lora.r"),
+// sorted; sections ("training.optimizer") are not listed. Taken from the parser's own readers.
+std::vector<std::string> JobSpecKeyPaths();
+
 // The resolved spec (every default filled in, absolute paths) as YAML; ParseJobSpec reads it back
 // to an equal spec.
 std::string JobSpecToYaml(const JobSpec& spec);

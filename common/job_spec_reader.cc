@@ -199,6 +199,7 @@ void MapReader::StringMap(const char* key, std::map<std::string, std::string>* o
 
 MapReader MapReader::Section(const char* key) {
   const YAML::Node value = Get(key);
+  reader_.NoteSection(Join(key));
   return MapReader(reader_, value ? value : YAML::Node(), Join(key), value ? value.Mark() : mark_);
 }
 
@@ -223,6 +224,7 @@ std::string MapReader::JoinNames(const std::vector<std::string>& names) {
 
 YAML::Node MapReader::Get(const char* key) {
   known_.insert(key);
+  reader_.NoteKey(Join(key));
   if (!valid_ || !node_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
   const YAML::Node value = node_[key];
   return value ? value : YAML::Node(YAML::NodeType::Undefined);

@@ -1,6 +1,7 @@
 #pragma once
-// The parts of the YAML -> JobSpec parser that its files share (internal to common/job_spec_*.cc):
-// the spellings of the spec's enums, and the readers. A MapReader reads one mapping of the spec;
+// The parts of the YAML -> JobSpec parser that its files share (common/job_spec_*.cc, and the
+// sweep spec's reader, launcher/sweep/sweep_spec.cc, which reads its own file with the same
+// MapReader): the spellings of the spec's enums, and the readers. A MapReader reads one mapping of the spec;
 // it knows the keys its section allows, so that anything else is reported as unknown with the
 // closest allowed key. Problems are collected in the SpecReader, not thrown one at a time, so
 // that a user fixes a spec in one pass.
@@ -67,6 +68,10 @@ const char* NameOf(const EnumTable<E>& table, E value) {
   return "?";
 }
 
+// The YAML of a spec file (`what`: "job spec", "sweep spec"), or SpecError naming the line and
+// column of invalid UTF-8 or of the YAML syntax error.
+YAML::Node LoadSpecYaml(const std::string& yaml_text, const std::string& source, const std::string& what);
+
 // How a node reads in a message: "a mapping", "a list", "nothing" or its quoted scalar.
 std::string NodeKind(const YAML::Node& node);
 
@@ -87,12 +92,20 @@ class SpecReader {
     return resolve_file_ ? resolve_file_(file_id) : std::nullopt;
   }
   bool resolves_uploads() const { return static_cast<bool>(resolve_file_); }
+  // Every key path a MapReader asked for ("training.optimizer.lr"), and those that were sections
+  // (mappings read by MapReader::Section): the schema as the readers themselves define it.
+  void NoteKey(const std::string& path) { key_paths_.insert(path); }
+  void NoteSection(const std::string& path) { section_paths_.insert(path); }
+  const std::set<std::string>& key_paths() const { return key_paths_; }
+  const std::set<std::string>& section_paths() const { return section_paths_; }
 
  private:
   std::string source_;
   std::filesystem::path base_dir_;
   std::function<std::optional<std::string>(const std::string&)> resolve_file_;
   std::vector<std::string> problems_;
+  std::set<std::string> key_paths_;
+  std::set<std::string> section_paths_;
 };
 
 // Reads one mapping of the spec (`path` names it in problems; "" is the top level). Every reader

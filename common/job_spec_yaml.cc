@@ -171,6 +171,7 @@ void ReadTraining(MapReader m, TrainingSpec* training) {
   for (const auto& [key, field] : {std::pair{"attention_dropout", &training->attention_dropout},
                                    std::pair{"hidden_dropout", &training->hidden_dropout},
                                    std::pair{"classifier_dropout", &training->classifier_dropout}}) {
+    m.Raw(key);  // registered even when absent: JobSpecKeyPaths() lists what the readers ask for
     if (!m.Has(key)) continue;
     double p = 0.0;
     m.Double(key, &p, 0.0, 1.0, false, /*max_open=*/true);
@@ -252,15 +253,16 @@ JobSpec ReadSpec(const YAML::Node& root, const SpecOptions& options, SpecReader&
 namespace fs = std::filesystem;
 using spec_yaml::NameOf;
 
-JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, const fs::path& base_dir,
-                     const SpecOptions& options) {
+namespace spec_yaml {
+
+YAML::Node LoadSpecYaml(const std::string& yaml_text, const std::string& source, const std::string& what) {
   if (const size_t bad = FindInvalidUtf8(yaml_text); bad != std::string::npos) {
     const size_t line_start = yaml_text.rfind('\n', bad == 0 ? 0 : bad - 1);
     const size_t column = line_start == std::string::npos ? bad + 1 : bad - line_start;
     const auto line = 1 + std::count(yaml_text.begin(), yaml_text.begin() + static_cast<std::ptrdiff_t>(bad), '\n');
-    throw SpecError(source, {fmt::format("(line {}, column {}): not UTF-8 text (byte 0x{:02x}); a job spec is YAML, "
+    throw SpecError(source, {fmt::format("(line {}, column {}): not UTF-8 text (byte 0x{:02x}); a {} is YAML, "
                                          "which is Unicode",
-                                         line, column, static_cast<unsigned char>(yaml_text[bad]))});
+                                         line, column, static_cast<unsigned char>(yaml_text[bad]), what)});
   }
   YAML::Node root;
   try {
@@ -269,6 +271,14 @@ JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, co
     throw SpecError(
         source, {fmt::format("(line {}, column {}): not valid YAML: {}", e.mark.line + 1, e.mark.column + 1, e.msg)});
   }
+  return root;
+}
+
+}  // namespace spec_yaml
+
+JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, const fs::path& base_dir,
+                     const SpecOptions& options) {
+  const YAML::Node root = spec_yaml::LoadSpecYaml(yaml_text, source, "job spec");
   if (!root.IsMap())
     throw SpecError(source, {"(top level): expected a mapping of sections (name, model, data, ...), got " +
                              spec_yaml::NodeKind(root)});
@@ -276,6 +286,22 @@ JobSpec ParseJobSpec(const std::string& yaml_text, const std::string& source, co
   JobSpec spec = spec_yaml::ReadSpec(root, options, reader);
   if (!reader.problems().empty()) throw SpecError(source, reader.problems());
   return spec;
+}
+
+std::vector<std::string> JobSpecKeyPaths() {
+  // The readers run over an empty spec: each registers its key as it asks for it (a missing
+  // required key is a problem, ignored here), so the list is the parser's own and cannot drift.
+  // Keys inside list elements (data.tasks[i].*) are not paths of the spec and are not listed.
+  static const std::vector<std::string> kPaths = [] {
+    spec_yaml::SpecReader reader("(schema)", "/");
+    const YAML::Node empty(YAML::NodeType::Map);
+    spec_yaml::ReadSpec(empty, SpecOptions{}, reader);
+    std::vector<std::string> paths;
+    for (const std::string& path : reader.key_paths())
+      if (!reader.section_paths().count(path) && path.find('[') == std::string::npos) paths.push_back(path);
+    return paths;
+  }();
+  return kPaths;
 }
 
 JobSpec LoadJobSpec(const fs::path& path, const SpecOptions& options) {

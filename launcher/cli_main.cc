@@ -18,6 +18,7 @@
 #include "launcher/client/files_client.h"
 #include "launcher/launch.h"
 #include "launcher/report.h"
+#include "launcher/sweep_command.h"
 #include "sharding/planner.h"
 
 namespace shardtune {
@@ -162,6 +163,13 @@ int main(int argc, char** argv) {
   train->add_option("--output", launch.output, "table (the log only) or json (also the outcome on stdout)")
       ->check(CLI::IsMember({"table", "json"}));
 
+  CLI::App* sweep =
+      app.add_subcommand("sweep", "run a hyperparameter sweep's trials here (docs/sweeps.md); again: resume");
+  SweepCommandOptions sweep_options;
+  sweep->add_option("sweep", sweep_options.sweep_path, "sweep spec (YAML)")->required();
+  sweep->add_option("--np", sweep_options.launch.ranks, "ranks per trial")->check(CLI::PositiveNumber);
+  sweep->add_option("--hostfile", sweep_options.launch.hostfile, "MPI hostfile for each trial");
+
   CLI::App* planner = app.add_subcommand("plan", "per-rank memory of a job, before any device is spent");
   PlanArgs plan;
   planner->add_option("job", plan.job, "job spec (YAML); or give --model");
@@ -189,7 +197,7 @@ int main(int argc, char** argv) {
   report->add_option("run_dir", run_dir, "the run's output.dir")->required();
   report->add_option("--output", report_output, "table (the summary) or json")->check(CLI::IsMember({"table", "json"}));
 
-  add_log_options({train, planner, report});
+  add_log_options({train, sweep, planner, report});
 
   ClientCommands client(app);
   FileCommands files(app);
@@ -202,6 +210,11 @@ int main(int argc, char** argv) {
   InitLogging(log_level, /*rank=*/-1, ParseLogFormat(log_format));
   if (client.parsed()) return client.Run();
   if (files.parsed()) return files.Run();
+  if (sweep->parsed()) {
+    sweep_options.launch.log_level = log_level;
+    sweep_options.launch.log_format = log_format;
+    return RunSweepCommand(sweep_options);
+  }
   if (train->parsed()) {
     launch.log_level = log_level;
     launch.log_format = log_format;

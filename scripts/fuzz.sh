@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 build_dir=${FUZZ_BUILD_DIR:-build-fuzz}
 seconds=${FUZZ_SECONDS:-60}
 runs=${FUZZ_RUNS:--1}
-targets=${FUZZ_TARGETS:-job_spec server_config model_config safetensors tokenizer_json sentencepiece data_format \
+targets=${FUZZ_TARGETS:-job_spec sweep_spec server_config model_config safetensors tokenizer_json sentencepiece data_format \
 tensorboard checkpoint_index job_request openai_request}
 work=$build_dir/fuzz-work
 fixtures=../shared/fixtures

@@ -90,6 +90,11 @@ for name, block in blocks:
         put("job_spec", name + ".yaml", block)
     if re.search(r"^(listen|api_keys|backend|local|storage|quotas):", block, re.M):
         put("server_config", name + ".yaml", block)
+    if re.search(r"^(parameters|strategy|early_termination):", block, re.M):
+        put("sweep_spec", name + ".yaml", block)
+# Sweep specs: the committed ones (a base job spec may follow "\n--base--\n").
+for path in sorted((source / "tests/fuzz/regressions/sweep_spec").glob("*")):
+    put("sweep_spec", path.name, path.read_bytes())
 put("job_spec", "minimal.yaml", "name: x\nmodel: {path: /m}\ndata: {train: /d.jsonl, format: tokens}\n"
     "training: {max_steps: 2, micro_batch_size: 1, global_batch_size: 2}\noutput: {dir: /o}\n")
 put("server_config", "minimal.yaml", "listen: 127.0.0.1:50051\ndata_dir: /tmp/st\napi_keys:\n"

@@ -9,7 +9,7 @@ set -euo pipefail
 out=$(realpath -m "${1:-$(dirname "$0")/../../.device}")
 packages=(
   # headers, CMake and pkg-config files
-  libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
+  libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev libeigen3-dev
   libopenmpi-dev libgrpc++-dev libgrpc-dev libprotobuf-dev libabsl-dev libre2-dev libc-ares-dev
   libsqlite3-dev libssl-dev zlib1g-dev libgtest-dev libgmock-dev libsentencepiece-dev
   # programs the build runs
