@@ -7,7 +7,7 @@
 include(GNUInstallDirs)
 
 install(TARGETS shardtune shardtune-worker shardtune-server RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-install(DIRECTORY proto/shardtune DESTINATION ${CMAKE_INSTALL_DATADIR}/shardtune/proto FILES_MATCHING PATTERN "*.proto")
+install(DIRECTORY proto/shardtune proto/google DESTINATION ${CMAKE_INSTALL_DATADIR}/shardtune/proto FILES_MATCHING PATTERN "*.proto")
 install(DIRECTORY examples/ DESTINATION ${CMAKE_INSTALL_DATADIR}/shardtune/examples)
 install(FILES deploy/slurm/job.sbatch.in DESTINATION ${CMAKE_INSTALL_DATADIR}/shardtune/deploy/slurm)
 install(FILES README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})

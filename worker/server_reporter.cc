@@ -25,9 +25,9 @@ std::string Environment(std::string_view name) {
   return value != nullptr ? value : "";
 }
 
-static_assert(static_cast<int>(contract::JobErrorKind::kBackend) == v1::BACKEND &&
-                  static_cast<int>(contract::JobErrorKind::kTimeout) == v1::TIMEOUT &&
-                  static_cast<int>(contract::JobErrorKind::kInvalidSpec) == v1::INVALID_SPEC,
+static_assert(static_cast<int>(contract::JobErrorKind::kBackend) == v1::JOB_ERROR_CODE_BACKEND &&
+                  static_cast<int>(contract::JobErrorKind::kTimeout) == v1::JOB_ERROR_CODE_TIMEOUT &&
+                  static_cast<int>(contract::JobErrorKind::kInvalidSpec) == v1::JOB_ERROR_CODE_INVALID_SPEC,
               "contract::JobErrorKind mirrors proto JobErrorCode");
 
 }  // namespace
@@ -93,8 +93,6 @@ struct ServerReporter::Impl {
   void SendResult(v1::ResultReport report) {
     report.set_job_id(job_id);
     report.set_attempt(attempt);
-    report.set_succeeded(report.outcome() == v1::ATTEMPT_FINISHED);
-    report.set_paused(report.outcome() == v1::ATTEMPT_PAUSED);
     // A few tries: a server restarting right now would otherwise fall back on the exit status alone.
     constexpr int kTries = 3;
     grpc::Status status;
@@ -160,13 +158,13 @@ void ServerReporter::Result(AttemptOutcome outcome) {
   v1::ResultReport report;
   switch (outcome) {
     case AttemptOutcome::kFinished:
-      report.set_outcome(v1::ATTEMPT_FINISHED);
+      report.set_outcome(v1::ATTEMPT_OUTCOME_FINISHED);
       break;
     case AttemptOutcome::kPaused:
-      report.set_outcome(v1::ATTEMPT_PAUSED);
+      report.set_outcome(v1::ATTEMPT_OUTCOME_PAUSED);
       break;
     case AttemptOutcome::kStopped:
-      report.set_outcome(v1::ATTEMPT_STOPPED);
+      report.set_outcome(v1::ATTEMPT_OUTCOME_STOPPED);
       break;
   }
   report.mutable_error()->set_rank(-1);
@@ -175,10 +173,9 @@ void ServerReporter::Result(AttemptOutcome outcome) {
 
 void ServerReporter::Failure(contract::JobErrorKind kind, const std::string& what) {
   v1::ResultReport report;
-  report.set_outcome(v1::ATTEMPT_FAILED);
+  report.set_outcome(v1::ATTEMPT_OUTCOME_FAILED);
   const auto code = static_cast<v1::JobErrorCode>(kind);
-  report.mutable_error()->set_kind(code);
-  report.mutable_error()->set_code(v1::JobErrorCode_Name(code));
+  report.mutable_error()->set_code(code);
   // Collective errors already name their rank ("rank 0: all_gather of ... at step 12 ...").
   report.mutable_error()->set_message(what.rfind("rank ", 0) == 0 ? what : "rank 0: " + what);
   report.mutable_error()->set_rank(0);

@@ -118,7 +118,7 @@ def client_process(stub_dir, server, work, indexes, n_clients, n_watchers, deadl
     def get(job_id):
         started = time.perf_counter()
         try:
-            job = stub.GetJob(pb.JobRef(id=job_id), metadata=auth, timeout=30)
+            job = stub.GetJob(pb.GetJobRequest(id=job_id), metadata=auth, timeout=30)
         except grpc.RpcError as e:
             if e.code() not in RETRYABLE:
                 with lock:
@@ -264,7 +264,7 @@ def list_pass(stub, pb, auth, page_size=50):
             page = stub.ListJobs(pb.ListJobsRequest(page_size=page_size, page_token=token), metadata=auth, timeout=30)
         except grpc.RpcError:
             return None
-        ids += [(j.created_ms, j.id) for j in page.jobs]
+        ids += [(j.create_time.ToMilliseconds(), j.id) for j in page.jobs]
         token = page.next_page_token
         if not token:
             return ids
@@ -375,7 +375,7 @@ def verify(work, server, stub, pb, grpc, acked, previous, problems):
             problems.append(f"CreateJob retried with key {key}: {e.code()}: {e.details()}")
     for job_id in final:
         try:
-            stub.CancelJob(pb.JobRef(id=job_id), metadata=auth, timeout=30)
+            stub.CancelJob(pb.CancelJobRequest(id=job_id), metadata=auth, timeout=30)
         except grpc.RpcError:
             pass  # it has ended
     server.stop()

@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/job_spec.h"
+#include "launcher/api_values.h"
 #include "launcher/client/client_common.h"
 #include "shardtune/v1/jobs.grpc.pb.h"
 
@@ -33,23 +34,24 @@ struct Flags {
   bool logs = false;  // watch: print the ranks' log lines too
 };
 
+// Tables show enum values by their short names ("running"); --output json by their full ones.
 void PrintJobRow(const v1::Job& j) {
   std::printf("%-22s %-24s %-10s %6lld/%-6lld %5.1f%%  %s\n", j.id().c_str(), j.name().c_str(),
-              v1::JobStatus_Name(j.status()).c_str(), static_cast<long long>(j.step()),
-              static_cast<long long>(j.total_steps()), 100.0 * j.progress(), Time(j.created_ms()).c_str());
+              api::ShortName(j.status()).c_str(), static_cast<long long>(j.step()),
+              static_cast<long long>(j.total_steps()), 100.0 * j.progress(), Time(j.create_time()).c_str());
 }
 
 void PrintJob(const v1::Job& j) {
   std::printf("id:        %s\nname:      %s\ntenant:    %s\nstatus:    %s\nattempt:   %d on %d ranks\n", j.id().c_str(),
-              j.name().c_str(), j.tenant().c_str(), v1::JobStatus_Name(j.status()).c_str(), j.attempt(), j.ranks());
+              j.name().c_str(), j.tenant().c_str(), api::ShortName(j.status()).c_str(), j.attempt(), j.ranks());
   std::printf("progress:  step %lld of %lld (%.1f%%), %lld tokens\n", static_cast<long long>(j.step()),
               static_cast<long long>(j.total_steps()), 100.0 * j.progress(),
               static_cast<long long>(j.trained_tokens()));
   for (const auto& [k, v] : j.metrics()) std::printf("  %-14s %g\n", k.c_str(), v);
-  std::printf("created:   %s\nstarted:   %s\nfinished:  %s\noutput:    %s\n", Time(j.created_ms()).c_str(),
-              Time(j.started_ms()).c_str(), Time(j.finished_ms()).c_str(), j.output_dir().c_str());
+  std::printf("created:   %s\nstarted:   %s\nfinished:  %s\noutput:    %s\n", Time(j.create_time()).c_str(),
+              Time(j.start_time()).c_str(), Time(j.finish_time()).c_str(), j.output_dir().c_str());
   if (!j.error().message().empty())
-    std::printf("error:     %s: %s\n", j.error().code().c_str(), j.error().message().c_str());
+    std::printf("error:     %s: %s\n", api::ShortName(j.error().code()).c_str(), j.error().message().c_str());
 }
 
 // One command's call to the server: its flags, the stub, and a context per RPC carrying the key.
@@ -61,10 +63,12 @@ class Call {
 
   v1::JobService::Stub& stub() { return *stub_; }
   std::unique_ptr<grpc::ClientContext> Context() const { return ContextWithKey(flags.token); }
-  v1::JobRef Ref() const {
-    v1::JobRef ref;
-    ref.set_id(flags.id);
-    return ref;
+  // The request of an RPC that names one job (GetJobRequest, CancelJobRequest, ...).
+  template <typename Request>
+  Request Ref() const {
+    Request request;
+    request.set_id(flags.id);
+    return request;
   }
   // The job an RPC answered with, as a table or JSON; or why the server refused.
   int Show(const grpc::Status& status, const v1::Job& job) const { return ShowReply(status, job, json, PrintJob); }
@@ -130,12 +134,13 @@ int List(Call& call) {
   const Flags& f = call.flags;
   v1::ListJobsRequest request;
   if (!f.status.empty()) {
-    v1::JobStatus value;
-    if (!v1::JobStatus_Parse(f.status, &value)) {
-      std::fprintf(stderr, "--status %s: not a job status\n", f.status.c_str());
+    const auto value = api::ParseName<v1::JobStatus>(f.status);
+    if (!value) {
+      std::fprintf(stderr, "--status %s: not a job status (%s)\n", f.status.c_str(),
+                   api::ShortNames(v1::JobStatus_descriptor()).c_str());
       return 2;
     }
-    request.set_status(value);
+    request.set_status(*value);
   }
   request.set_name(f.name);
   for (const auto& label : f.labels) {
@@ -162,11 +167,12 @@ int List(Call& call) {
 }
 
 // get, cancel and pause: an RPC on the job named by its id, answered with the job.
-using JobRpcMethod = grpc::Status (v1::JobService::Stub::*)(grpc::ClientContext*, const v1::JobRef&, v1::Job*);
-template <JobRpcMethod rpc>
+template <typename Request>
+using JobRpcMethod = grpc::Status (v1::JobService::Stub::*)(grpc::ClientContext*, const Request&, v1::Job*);
+template <typename Request, JobRpcMethod<Request> rpc>
 int JobRpc(Call& call) {
   v1::Job job;
-  return call.Show((call.stub().*rpc)(call.Context().get(), call.Ref(), &job), job);
+  return call.Show((call.stub().*rpc)(call.Context().get(), call.Ref<Request>(), &job), job);
 }
 
 int Resume(Call& call) {
@@ -177,39 +183,76 @@ int Resume(Call& call) {
   return call.Show(call.stub().ResumeJob(call.Context().get(), request, &job), job);
 }
 
+// Every page of a listing, for `events` and `checkpoints` (which print a job's whole history):
+// `list(token)` asks for the page after `token` ("" first) and answers with the next page's
+// token, "" after the last; false when the server refused (printed).
+template <typename ListPage>
+bool EveryPage(ListPage&& list) {
+  std::string token;
+  do {
+    const std::optional<std::string> next = list(token);
+    if (!next) return false;
+    token = *next;
+  } while (!token.empty());
+  return true;
+}
+
 int Checkpoints(Call& call) {
-  v1::ListCheckpointsResponse response;
-  const grpc::Status status = call.stub().ListCheckpoints(call.Context().get(), call.Ref(), &response);
-  if (!status.ok()) return Refused(status);
-  if (call.json) {
-    std::printf("%s\n", Json(response).c_str());
-  } else {
-    for (const auto& c : response.checkpoints())
-      std::printf("step %-8lld %s  %s\n", static_cast<long long>(c.step()), Time(c.time_ms()).c_str(),
+  int code = 0;
+  EveryPage([&](const std::string& token) -> std::optional<std::string> {
+    v1::ListCheckpointsRequest request;
+    request.set_job_id(call.flags.id);
+    request.set_page_size(1000);
+    request.set_page_token(token);
+    v1::ListCheckpointsResponse response;
+    const grpc::Status status = call.stub().ListCheckpoints(call.Context().get(), request, &response);
+    if (!status.ok()) {
+      code = Refused(status);
+      return std::nullopt;
+    }
+    for (const auto& c : response.checkpoints()) {
+      if (call.json) {
+        std::printf("%s\n", Json(c).c_str());
+        continue;
+      }
+      std::printf("step %-8lld %s  %s", static_cast<long long>(c.step()), Time(c.create_time()).c_str(),
                   c.path().c_str());
-  }
-  return 0;
+      for (const char* figure : {"train_loss", "valid_loss"})
+        if (c.metrics().count(figure)) std::printf("  %s %.4f", figure, c.metrics().at(figure));
+      std::printf("\n");
+    }
+    return response.next_page_token();
+  });
+  return code;
 }
 
 int Events(Call& call) {
-  v1::ListJobEventsRequest request;
-  request.set_id(call.flags.id);
-  request.set_after_seq(call.flags.after);
-  request.set_limit(1000);
-  v1::ListJobEventsResponse response;
-  const grpc::Status status = call.stub().ListJobEvents(call.Context().get(), request, &response);
-  if (!status.ok()) return Refused(status);
-  for (const auto& e : response.events()) {
-    if (call.json) {
-      v1::JobEvent brief = e;
-      brief.clear_job();
-      std::printf("%s\n", Json(brief).c_str());
-    } else {
-      std::printf("%5lld %s %-10s %s\n", static_cast<long long>(e.seq()), Time(e.time_ms()).c_str(), e.kind().c_str(),
-                  e.message().c_str());
+  int code = 0;
+  EveryPage([&](const std::string& token) -> std::optional<std::string> {
+    v1::ListJobEventsRequest request;
+    request.set_job_id(call.flags.id);
+    request.set_after_seq(call.flags.after);
+    request.set_page_size(1000);
+    request.set_page_token(token);
+    v1::ListJobEventsResponse response;
+    const grpc::Status status = call.stub().ListJobEvents(call.Context().get(), request, &response);
+    if (!status.ok()) {
+      code = Refused(status);
+      return std::nullopt;
     }
-  }
-  return 0;
+    for (const auto& e : response.events()) {
+      if (call.json) {
+        v1::JobEvent brief = e;
+        brief.clear_job();
+        std::printf("%s\n", Json(brief).c_str());
+      } else {
+        std::printf("%5lld %s %-10s %s\n", static_cast<long long>(e.seq()), Time(e.create_time()).c_str(),
+                    api::ShortName(e.kind()).c_str(), e.message().c_str());
+      }
+    }
+    return response.next_page_token();
+  });
+  return code;
 }
 
 // Every event as it happens; a live line on a terminal; the job's outcome as exit code.
@@ -226,25 +269,29 @@ int Watch(Call& call) {
     if (call.json) {
       std::printf("%s\n", Json(event).c_str());
       std::fflush(stdout);
-    } else if (event.kind() == "progress" && live) {
+    } else if (event.kind() == v1::JOB_EVENT_KIND_PROGRESS && live) {
       const auto& m = job.metrics();
-      const double eta_s = job.estimated_finish_ms() > 0 ? (job.estimated_finish_ms() - event.time_ms()) / 1000.0 : 0;
+      const double eta_s = job.has_estimated_finish_time()
+                               ? (api::Ms(job.estimated_finish_time()) - api::Ms(event.create_time())) / 1000.0
+                               : 0;
       std::fprintf(stderr, "\r\033[K[%-30s] step %lld/%lld  loss %.4f  %.0f tok/s  ETA %.0fs",
                    std::string(static_cast<size_t>(30 * job.progress()), '#').c_str(),
                    static_cast<long long>(job.step()), static_cast<long long>(job.total_steps()),
                    m.count("loss") ? m.at("loss") : 0.0, m.count("tokens_per_s") ? m.at("tokens_per_s") : 0.0,
                    std::max(0.0, eta_s));
-    } else if (event.kind() != "progress" && (event.kind() != "log" || call.flags.logs)) {
+    } else if (event.kind() != v1::JOB_EVENT_KIND_PROGRESS &&
+               (event.kind() != v1::JOB_EVENT_KIND_LOG || call.flags.logs)) {
       if (live) std::fprintf(stderr, "\r\033[K");
-      std::printf("%s %-10s %s\n", Time(event.time_ms()).c_str(), event.kind().c_str(), event.message().c_str());
+      std::printf("%s %-10s %s\n", Time(event.create_time()).c_str(), api::ShortName(event.kind()).c_str(),
+                  event.message().c_str());
       std::fflush(stdout);
     }
   }
   if (live) std::fprintf(stderr, "\n");
   const grpc::Status status = reader->Finish();
   if (!status.ok()) return Refused(status);
-  if (!call.json) std::printf("job %s %s\n", job.id().c_str(), v1::JobStatus_Name(job.status()).c_str());
-  return job.status() == v1::SUCCEEDED ? 0 : 1;
+  if (!call.json) std::printf("job %s %s\n", job.id().c_str(), api::ShortName(job.status()).c_str());
+  return job.status() == v1::JOB_STATUS_SUCCEEDED ? 0 : 1;
 }
 
 // The options each command takes besides --server, --token, --tls-ca and --output.
@@ -254,7 +301,7 @@ void JobFileOptions(CLI::App* c, Flags& f) {
   c->add_option("--priority", f.priority, "higher runs first");
 }
 void ListOptions(CLI::App* c, Flags& f) {
-  c->add_option("--status", f.status, "QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED");
+  c->add_option("--status", f.status, api::ShortNames(v1::JobStatus_descriptor()) + " (or JOB_STATUS_...)");
   c->add_option("--name", f.name, "job name");
   c->add_option("--label", f.labels, "KEY=VALUE (repeatable)");
   c->add_option("--page-size", f.page_size, "jobs per page");
@@ -275,15 +322,15 @@ const std::vector<Command>& Commands() {
       {"validate", "check a job spec and its data on the server",
        [](CLI::App* c, Flags& f) { c->add_option("job", f.spec_path)->required(); }, Validate},
       {"list", "list jobs (newest first)", ListOptions, List},
-      {"get", "show a job", IdOption, JobRpc<&v1::JobService::Stub::GetJob>},
+      {"get", "show a job", IdOption, JobRpc<v1::GetJobRequest, &v1::JobService::Stub::GetJob>},
       {"watch", "follow a job live (status, progress, checkpoints; --logs: the ranks' lines); exits with its outcome",
        [](CLI::App* c, Flags& f) {
          IdOption(c, f);
          c->add_flag("--logs", f.logs, "also print the ranks' log lines as they are written");
        },
        Watch},
-      {"cancel", "cancel a job", IdOption, JobRpc<&v1::JobService::Stub::CancelJob>},
-      {"pause", "checkpoint a job and stop it", IdOption, JobRpc<&v1::JobService::Stub::PauseJob>},
+      {"cancel", "cancel a job", IdOption, JobRpc<v1::CancelJobRequest, &v1::JobService::Stub::CancelJob>},
+      {"pause", "checkpoint a job and stop it", IdOption, JobRpc<v1::PauseJobRequest, &v1::JobService::Stub::PauseJob>},
       {"resume", "requeue a paused job from its checkpoint",
        [](CLI::App* c, Flags& f) {
          IdOption(c, f);

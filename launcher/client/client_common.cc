@@ -19,9 +19,9 @@ std::string Json(const google::protobuf::Message& message) {
   return out;
 }
 
-std::string Time(int64_t ms) {
-  if (ms <= 0) return "-";
-  const std::time_t t = static_cast<std::time_t>(ms / 1000);
+std::string Time(const google::protobuf::Timestamp& time) {
+  if (time.seconds() <= 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(time.seconds());
   char buffer[32];
   std::strftime(buffer, sizeof buffer, "%Y-%m-%d %H:%M:%S", std::localtime(&t));
   return buffer;

@@ -3,6 +3,7 @@
 // key they talk to, and how they print messages and refusals.
 
 #include <google/protobuf/message.h>
+#include <google/protobuf/timestamp.pb.h>
 #include <grpcpp/grpcpp.h>
 
 #include <cstdint>
@@ -14,8 +15,8 @@ namespace shardtune {
 
 // A message as one line of JSON (proto field names).
 std::string Json(const google::protobuf::Message& message);
-// Local time of a Unix time in milliseconds; "-" for 0.
-std::string Time(int64_t ms);
+// Local time of a Timestamp; "-" for an unset one.
+std::string Time(const google::protobuf::Timestamp& time);
 // Prints why the server refused and returns the exit code: 2 for a refused request, 1 otherwise.
 int Refused(const grpc::Status& status);
 // Defaults of --server and --token: the flag, then the environment ($SHARDTUNE_SERVER,

@@ -77,7 +77,7 @@ std::string Sha256OfFile(const fs::path& path) {
 
 void PrintFileRow(const v1::File& f) {
   std::printf("%-30s %-24s %-9s %-10s %12lld  %s\n", f.id().c_str(), f.filename().c_str(), f.purpose().c_str(),
-              f.status().c_str(), static_cast<long long>(f.bytes()), Time(f.created_at() * 1000).c_str());
+              f.status().c_str(), static_cast<long long>(f.bytes()), Time(f.create_time()).c_str());
 }
 
 void PrintFile(const v1::File& f) {
@@ -85,7 +85,7 @@ void PrintFile(const v1::File& f) {
       "id:       %s\ntenant:   %s\nfilename: %s\npurpose:  %s\nbytes:    %lld\nsha256:   %s\ncreated:  %s\nstatus:   "
       "%s\n",
       f.id().c_str(), f.tenant().c_str(), f.filename().c_str(), f.purpose().c_str(), static_cast<long long>(f.bytes()),
-      f.sha256().c_str(), Time(f.created_at() * 1000).c_str(), f.status().c_str());
+      f.sha256().c_str(), Time(f.create_time()).c_str(), f.status().c_str());
   if (!f.status_details().empty()) std::printf("details:\n%s\n", f.status_details().c_str());
 }
 
@@ -151,7 +151,7 @@ int List(FileCall& call) {
 }
 
 int Get(FileCall& call) {
-  v1::FileRef ref;
+  v1::GetFileRequest ref;
   ref.set_id(call.flags.id);
   v1::File file;
   auto context = call.Context();
@@ -159,7 +159,7 @@ int Get(FileCall& call) {
 }
 
 int Delete(FileCall& call) {
-  v1::FileRef ref;
+  v1::DeleteFileRequest ref;
   ref.set_id(call.flags.id);
   v1::DeleteFileResponse response;
   auto context = call.Context();

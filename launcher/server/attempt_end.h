@@ -23,7 +23,7 @@ struct AttemptEnd {
 };
 
 struct AttemptVerdict {
-  v1::JobStatus status = v1::FAILED;
+  v1::JobStatus status = v1::JOB_STATUS_FAILED;
   // The error to record when the job has none yet (JOB_ERROR_CODE_UNSPECIFIED: none), and why.
   v1::JobErrorCode error = v1::JOB_ERROR_CODE_UNSPECIFIED;
   std::string why;

@@ -13,6 +13,7 @@
 #include <regex>
 
 #include "common/atomic_file.h"
+#include "launcher/api_values.h"
 #include "launcher/server/page_token.h"
 #include "launcher/server/request_error.h"
 #include "launcher/server/sqlite_statement.h"
@@ -36,7 +37,7 @@ v1::File FromRow(Statement& q) {
   f.set_purpose(q.Text(3));
   f.set_bytes(q.Int(4));
   f.set_sha256(q.Text(5));
-  f.set_created_at(q.Int(6) / 1000);
+  *f.mutable_create_time() = api::TimeOfMs(q.Int(6));
   f.set_status(q.Text(7));
   f.set_status_details(q.Text(8));
   return f;
@@ -199,6 +200,7 @@ v1::File FileStore::Upload::Commit(const std::function<FileCheck(const fs::path&
   FsyncDirectory(target.parent_path());
   committed_ = true;
   try {
+    *file_.mutable_create_time() = api::TimeOfMs(NowMs());  // the upload's answer shows it too
     store_.Insert(file_);
   } catch (...) {
     std::error_code ec;
@@ -212,7 +214,7 @@ void FileStore::Insert(const v1::File& file) {
   auto db = db_.Lock();
   Statement q(db.db, fmt::format("INSERT INTO files ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", kFileColumns));
   q.Bind(1, file.id()).Bind(2, file.tenant()).Bind(3, file.filename()).Bind(4, file.purpose()).Bind(5, file.bytes());
-  q.Bind(6, file.sha256()).Bind(7, NowMs()).Bind(8, file.status()).Bind(9, file.status_details());
+  q.Bind(6, file.sha256()).Bind(7, api::Ms(file.create_time())).Bind(8, file.status()).Bind(9, file.status_details());
   q.Step();
 }
 
@@ -283,8 +285,11 @@ std::vector<std::string> FileStore::JobsUsing(const std::string& file_id) {
   Statement q(db.db,
               "SELECT j.id FROM job_files f JOIN jobs j ON j.id = f.job_id WHERE f.file_id = ? AND j.status IN "
               "(?, ?, ?, ?) ORDER BY j.created_ms");
-  q.Bind(1, file_id).Bind(2, int64_t{v1::VALIDATING}).Bind(3, int64_t{v1::QUEUED}).Bind(4, int64_t{v1::RUNNING});
-  q.Bind(5, int64_t{v1::PAUSED});
+  q.Bind(1, file_id)
+      .Bind(2, int64_t{v1::JOB_STATUS_VALIDATING})
+      .Bind(3, int64_t{v1::JOB_STATUS_QUEUED})
+      .Bind(4, int64_t{v1::JOB_STATUS_RUNNING});
+  q.Bind(5, int64_t{v1::JOB_STATUS_PAUSED});
   std::vector<std::string> jobs;
   while (q.Step()) jobs.push_back(q.Text(0));
   return jobs;

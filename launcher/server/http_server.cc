@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "common/error.h"
+#include "launcher/api_values.h"
 
 namespace shardtune::server {
 
@@ -66,30 +67,9 @@ void WriteHttpError(httplib::Response& response, int status, const std::string& 
 }
 
 void WriteRequestError(httplib::Response& response, const RequestError& error) {
-  int status = 400;
-  switch (error.kind()) {
-    case RequestError::Kind::kInvalidArgument:
-      status = 400;
-      break;
-    case RequestError::Kind::kNotFound:
-      status = 404;
-      break;
-    case RequestError::Kind::kFailedPrecondition:
-      status = 409;
-      break;
-    case RequestError::Kind::kResourceExhausted:
-      status = 429;
-      break;
-    case RequestError::Kind::kPermissionDenied:
-      status = 403;
-      break;
-  }
-  std::string code;
-  if (error.job_error() != v1::JOB_ERROR_CODE_UNSPECIFIED) {
-    code = v1::JobErrorCode_Name(error.job_error());
-    std::transform(code.begin(), code.end(), code.begin(), [](unsigned char c) { return std::tolower(c); });
-  }
-  WriteHttpError(response, status, error.what(), ErrorType(status), code);
+  const ErrorSurfaces& surfaces = SurfacesOf(error.kind());
+  const std::string code = api::ShortName(error.job_error());  // "invalid_spec"; "" for none
+  WriteHttpError(response, surfaces.http_status, error.what(), surfaces.openai_type, code);
 }
 
 HttpServer::Handler WithCaller(const ApiKeyTable& keys, HttpServer::CallerHandler handler) {

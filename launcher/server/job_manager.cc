@@ -20,6 +20,7 @@
 #include "common/job_spec.h"
 #include "common/logging.h"
 #include "common/worker_contract.h"
+#include "launcher/api_values.h"
 #include "launcher/rank_command.h"
 #include "launcher/server/attempt_end.h"
 #include "launcher/server/processes.h"
@@ -45,25 +46,14 @@ JobSpec ParseSpec(const std::string& yaml, int64_t ranks = 0, const SpecOptions&
   } catch (const SpecError& e) {
     std::string message = "the job spec has problems:";
     for (const auto& p : e.problems()) message += "\n" + p;
-    throw RequestError(RequestError::Kind::kInvalidArgument, message, v1::INVALID_SPEC);
+    throw RequestError(RequestError::Kind::kInvalidArgument, message, v1::JOB_ERROR_CODE_INVALID_SPEC, e.problems());
   } catch (const Error& e) {
     // The worker's mapping (a file the spec names missing: INVALID_INPUT); never a retryable code here.
     const auto kind = contract::JobErrorKindFor(e.code());
-    throw RequestError(RequestError::Kind::kInvalidArgument, e.what(),
-                       contract::IsUserError(kind) ? static_cast<v1::JobErrorCode>(kind) : v1::INVALID_SPEC);
+    throw RequestError(
+        RequestError::Kind::kInvalidArgument, e.what(),
+        contract::IsUserError(kind) ? static_cast<v1::JobErrorCode>(kind) : v1::JOB_ERROR_CODE_INVALID_SPEC);
   }
-}
-
-// A worker's error as reported: the code from `kind`, or from the `code` string of a worker
-// that predates `kind`.
-v1::JobError Normalized(v1::JobError error) {
-  v1::JobErrorCode kind = error.kind();
-  if (kind == v1::JOB_ERROR_CODE_UNSPECIFIED && !error.code().empty() && !v1::JobErrorCode_Parse(error.code(), &kind))
-    kind = v1::RANK_FAILED;
-  if (kind == v1::JOB_ERROR_CODE_UNSPECIFIED) return error;
-  error.set_kind(kind);
-  error.set_code(v1::JobErrorCode_Name(kind));
-  return error;
 }
 
 // Lines in which mpirun says that it lost a host: its daemon there died or became unreachable
@@ -84,7 +74,8 @@ std::string StructToJson(const google::protobuf::Struct& fields) {
   // JSON is YAML: the structured spec goes through the same parser and checks as the text.
   std::string json;
   if (!google::protobuf::util::MessageToJsonString(fields, &json).ok())
-    throw RequestError(RequestError::Kind::kInvalidArgument, "spec_fields does not convert to JSON", v1::INVALID_SPEC);
+    throw RequestError(RequestError::Kind::kInvalidArgument, "spec_fields does not convert to JSON",
+                       v1::JOB_ERROR_CODE_INVALID_SPEC);
   return json;
 }
 
@@ -131,12 +122,12 @@ void JobManager::Start() {
   // Re-attach: attempts whose supervisor still runs stay RUNNING (and are watched again); the
   // others are settled from their exit files by the first Tick.
   for (JobRecord& r : store_->Unfinished()) {
-    if (r.job.status() == v1::RUNNING) {
+    if (r.job.status() == v1::JOB_STATUS_RUNNING) {
       const bool alive = SupervisorRuns(r);
       if (alive && r.backend_id.empty()) ExpectHeartbeats(r);  // the clock starts again
       spdlog::info("job {}: attempt {} {} ", r.job.id(), r.job.attempt(),
                    alive ? "still runs; watching it again" : "ended while the server was down");
-      Event(r, "note",
+      Event(r, v1::JOB_EVENT_KIND_NOTE,
             alive ? "the server restarted and re-attached to the running attempt"
                   : "the server restarted; the attempt ended while it was down");
     }
@@ -214,7 +205,7 @@ void JobManager::ValidateLoop() {
       std::unique_lock<std::mutex> lock(mutex_);
       validation_.wait_for(lock, std::chrono::seconds(1), [&] {
         if (stopping_) return true;
-        next = store_->Oldest(v1::VALIDATING);  // by index: each CreateJob wakes this
+        next = store_->Oldest(v1::JOB_STATUS_VALIDATING);  // by index: each CreateJob wakes this
         return next.has_value();
       });
       if (stopping_) return;
@@ -223,19 +214,20 @@ void JobManager::ValidateLoop() {
     const DataCheck check = CheckData(next->job.spec_yaml(), next->job.tenant());
     std::lock_guard<std::mutex> lock(mutex_);
     auto r = store_->Get(next->job.id());
-    if (!r || r->job.status() != v1::VALIDATING) continue;  // cancelled meanwhile
+    if (!r || r->job.status() != v1::JOB_STATUS_VALIDATING) continue;  // cancelled meanwhile
     if (check.ok) {
       std::string summary = check.report.substr(0, check.report.find('\n'));
-      SetStatus(*r, v1::QUEUED, summary.empty() ? "its data checked" : "data checked: " + summary);
+      SetStatus(*r, v1::JOB_STATUS_QUEUED, summary.empty() ? "its data checked" : "data checked: " + summary);
     } else {
-      SetError(r->job, v1::INVALID_DATA, check.report.substr(0, 8000));
-      SetStatus(*r, v1::FAILED, "its data has problems (not retried: a user error):\n" + r->job.error().message());
+      SetError(r->job, v1::JOB_ERROR_CODE_INVALID_DATA, check.report.substr(0, 8000));
+      SetStatus(*r, v1::JOB_STATUS_FAILED,
+                "its data has problems (not retried: a user error):\n" + r->job.error().message());
     }
   }
 }
 
-void JobManager::Event(const JobRecord& r, const std::string& kind, const std::string& message) {
-  store_->AddEvent(r.job, kind, message);
+void JobManager::Event(const JobRecord& r, v1::JobEventKind kind, const std::string& message, v1::JobEventLevel level) {
+  store_->AddEvent(r.job, kind, message, level);
   NotifyEvents();
 }
 
@@ -253,17 +245,17 @@ void JobManager::WaitForEvent(const std::string& job_id, int64_t after_seq, int 
 void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string& message) {
   metrics_.StatusChanged(r.job, status);
   r.job.set_status(status);
-  if (status == v1::RUNNING && r.job.started_ms() == 0) r.job.set_started_ms(NowMs());
+  if (status == v1::JOB_STATUS_RUNNING && !r.job.has_start_time()) *r.job.mutable_start_time() = api::TimeOfMs(NowMs());
   if (IsTerminal(status)) {
-    r.job.set_finished_ms(NowMs());
+    *r.job.mutable_finish_time() = api::TimeOfMs(NowMs());
     if (const auto user = output_dirs_in_use_.find(r.job.output_dir());
         user != output_dirs_in_use_.end() && user->second == r.job.id())
       output_dirs_in_use_.erase(user);
   }
-  store_->Update(r, "status", fmt::format("{}: {}", v1::JobStatus_Name(status), message));
+  store_->Update(r, v1::JOB_EVENT_KIND_STATUS, fmt::format("{}: {}", api::ShortName(status), message));
   NotifyEvents();
   const LogJobScope log_job(r.job.id());
-  spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), v1::JobStatus_Name(status), message);
+  spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), api::ShortName(status), message);
 }
 
 static void RequireWrite(const Caller& caller) {
@@ -285,7 +277,7 @@ JobRecord JobManager::Owned(const Caller& caller, const std::string& id) {
 JobManager::SlotUse JobManager::UsedSlots(const std::vector<JobRecord>& unfinished) const {
   SlotUse use;
   for (const JobRecord& r : unfinished) {
-    if (r.job.status() != v1::RUNNING && !submitting_.count(r.job.id())) continue;
+    if (r.job.status() != v1::JOB_STATUS_RUNNING && !submitting_.count(r.job.id())) continue;
     use.Add(r.job.tenant(), r.job.ranks());
   }
   return use;
@@ -307,7 +299,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
     throw RequestError(RequestError::Kind::kInvalidArgument,
                        "resources: time_limit, partition, account and qos are for a batch scheduler; this server's "
                        "backend is local",
-                       v1::INVALID_SPEC);
+                       v1::JOB_ERROR_CODE_INVALID_SPEC);
   }
   const int ranks = static_cast<int>(spec.resources.world_size());
   RequireRanksAvailable(caller.tenant, ranks);
@@ -321,7 +313,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
     if (!files_->Get(caller.tenant, id))
       throw RequestError(RequestError::Kind::kInvalidArgument,
                          fmt::format("no uploaded file '{}' (deleted while the job was admitted)", id),
-                         v1::INVALID_SPEC);
+                         v1::JOB_ERROR_CODE_INVALID_SPEC);
   }
   if (const auto problem = FinishedRunProblem(spec.output.dir)) {
     throw RequestError(RequestError::Kind::kFailedPrecondition, *problem);
@@ -336,12 +328,12 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   for (const auto& [k, v] : spec.labels) (*r.job.mutable_labels())[k] = v;
   r.job.set_tenant(caller.tenant);
   r.job.set_spec_yaml(JobSpecToYaml(spec));
-  r.job.set_status(v1::VALIDATING);
+  r.job.set_status(v1::JOB_STATUS_VALIDATING);
   // Strictly increasing, even when the clock steps back or two jobs share a millisecond: a job
   // created while a client pages through ListJobs is then newer than every row already listed
   // and never lands behind its cursor (job_store.h, ListPosition).
   last_created_ms_ = std::max(NowMs(), last_created_ms_ + 1);
-  r.job.set_created_ms(last_created_ms_);
+  *r.job.mutable_create_time() = api::TimeOfMs(last_created_ms_);
   r.job.set_output_dir(spec.output.dir);
   r.job.set_priority(request.priority());
   r.job.set_ranks(ranks);
@@ -349,7 +341,7 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   r.idempotency_key = request.idempotency_key();
   r.requested_ranks = ranks;
   r.openai = openai;
-  store_->Insert(r, "status", "VALIDATING: accepted; checking its data");
+  store_->Insert(r, v1::JOB_EVENT_KIND_STATUS, "validating: accepted; checking its data");
   files_->RecordUses(r.job.id(), uploaded);
   output_dirs_in_use_[r.job.output_dir()] = r.job.id();
   NotifyEvents();
@@ -387,7 +379,7 @@ std::optional<Plan> JobManager::PlanFor(const JobSpec& spec, int64_t ranks) cons
   try {
     return MakePlan(PlanInputForJob(spec, ranks, config_.memory_per_slot_gib * (1 << 30), config_.gpus));
   } catch (const Error& e) {
-    throw RequestError(RequestError::Kind::kInvalidArgument, e.what(), v1::INVALID_SPEC);
+    throw RequestError(RequestError::Kind::kInvalidArgument, e.what(), v1::JOB_ERROR_CODE_INVALID_SPEC);
   }
 }
 
@@ -399,18 +391,18 @@ v1::Job JobManager::Cancel(const Caller& caller, const std::string& id) {
   JobRecord r = Owned(caller, id);
   if (IsTerminal(r.job.status())) {
     throw RequestError(RequestError::Kind::kFailedPrecondition,
-                       fmt::format("job {} has ended ({})", id, v1::JobStatus_Name(r.job.status())));
+                       fmt::format("job {} has ended ({})", id, api::ShortName(r.job.status())));
   }
-  if (r.job.status() != v1::RUNNING) {
+  if (r.job.status() != v1::JOB_STATUS_RUNNING) {
     submitting_.erase(id);  // an sbatch running now is cancelled when it returns
-    SetStatus(r, v1::CANCELLED, "cancelled before it ran");
+    SetStatus(r, v1::JOB_STATUS_CANCELLED, "cancelled before it ran");
     return r.job;
   }
   r.cancel_requested = true;
   r.signal_sent_ms = NowMs();
   store_->Update(r);
   Signal(r, SIGTERM);
-  Event(r, "note", "cancel requested: SIGTERM sent to the job's processes");
+  Event(r, v1::JOB_EVENT_KIND_NOTE, "cancel requested: SIGTERM sent to the job's processes");
   return r.job;
 }
 
@@ -418,17 +410,17 @@ v1::Job JobManager::Pause(const Caller& caller, const std::string& id) {
   RequireWrite(caller);
   std::lock_guard<std::mutex> lock(mutex_);
   JobRecord r = Owned(caller, id);
-  if (r.job.status() == v1::QUEUED) {
+  if (r.job.status() == v1::JOB_STATUS_QUEUED) {
     submitting_.erase(id);  // likewise
-    SetStatus(r, v1::PAUSED, "paused before it ran");
-  } else if (r.job.status() == v1::RUNNING) {
+    SetStatus(r, v1::JOB_STATUS_PAUSED, "paused before it ran");
+  } else if (r.job.status() == v1::JOB_STATUS_RUNNING) {
     r.pause_requested = true;
     store_->Update(r);
-    Event(r, "note", "pause requested: the job checkpoints and stops at its next step");
+    Event(r, v1::JOB_EVENT_KIND_NOTE, "pause requested: the job checkpoints and stops at its next step");
   } else {
     throw RequestError(
         RequestError::Kind::kFailedPrecondition,
-        fmt::format("job {} is {}; only queued or running jobs pause", id, v1::JobStatus_Name(r.job.status())));
+        fmt::format("job {} is {}; only queued or running jobs pause", id, api::ShortName(r.job.status())));
   }
   return r.job;
 }
@@ -437,9 +429,9 @@ v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int rank
   RequireWrite(caller);
   std::lock_guard<std::mutex> lock(mutex_);
   JobRecord r = Owned(caller, id);
-  if (r.job.status() != v1::PAUSED) {
+  if (r.job.status() != v1::JOB_STATUS_PAUSED) {
     throw RequestError(RequestError::Kind::kFailedPrecondition,
-                       fmt::format("job {} is {}; only paused jobs resume", id, v1::JobStatus_Name(r.job.status())));
+                       fmt::format("job {} is {}; only paused jobs resume", id, api::ShortName(r.job.status())));
   }
   // On a new rank count, the same checks as admission: the pool, the tenant's max_ranks, the memory plan.
   if (ranks > 0) {
@@ -451,7 +443,7 @@ v1::Job JobManager::Resume(const Caller& caller, const std::string& id, int rank
   if (ranks > 0) RequirePlanFits(spec, ranks);
   storage_.Require(r.job.tenant(), caller.admin, spec);
   r.pause_requested = false;
-  SetStatus(r, v1::QUEUED,
+  SetStatus(r, v1::JOB_STATUS_QUEUED,
             fmt::format("resumed; will continue from its latest checkpoint on {} ranks", r.requested_ranks));
   return r.job;
 }
@@ -472,13 +464,15 @@ bool JobManager::Progress(const v1::ProgressReport& report) {
   job.set_trained_tokens(report.trained_tokens());
   job.set_progress(report.total_steps() > 0 ? static_cast<double>(report.step()) / report.total_steps() : 0.0);
   for (const auto& [k, v] : report.metrics()) (*job.mutable_metrics())[k] = v;
-  if (job.started_ms() > 0 && report.step() > 0 && report.total_steps() > 0) {
+  if (job.has_start_time() && report.step() > 0 && report.total_steps() > 0) {
     // From this attempt's pace; a rough figure by design.
-    const double per_step = static_cast<double>(NowMs() - job.started_ms()) / static_cast<double>(report.step());
-    job.set_estimated_finish_ms(NowMs() + static_cast<int64_t>(per_step * (report.total_steps() - report.step())));
+    const double per_step =
+        static_cast<double>(NowMs() - api::Ms(job.start_time())) / static_cast<double>(report.step());
+    *job.mutable_estimated_finish_time() =
+        api::TimeOfMs(NowMs() + static_cast<int64_t>(per_step * (report.total_steps() - report.step())));
   }
   store_->Update(*r);
-  Event(*r, report.metrics().count("val_loss") ? "metrics" : "progress",
+  Event(*r, report.metrics().count("val_loss") ? v1::JOB_EVENT_KIND_METRICS : v1::JOB_EVENT_KIND_PROGRESS,
         report.log_line().empty() ? fmt::format("step {}/{}", report.step(), report.total_steps()) : report.log_line());
   return r->pause_requested || r->cancel_requested;
 }
@@ -489,7 +483,7 @@ void JobManager::CheckpointSaved(const v1::CheckpointReport& report) {
   if (!r) return;
   store_->AddCheckpoint(report.job_id(), report.step(), report.path(),
                         {r->job.metrics().begin(), r->job.metrics().end()});
-  Event(*r, "checkpoint", fmt::format("checkpoint at step {}: {}", report.step(), report.path()));
+  Event(*r, v1::JOB_EVENT_KIND_CHECKPOINT, fmt::format("checkpoint at step {}: {}", report.step(), report.path()));
 }
 
 void JobManager::Result(const v1::ResultReport& report) {
@@ -497,21 +491,19 @@ void JobManager::Result(const v1::ResultReport& report) {
   auto r = store_->Get(report.job_id());
   if (!r || r->job.attempt() != report.attempt()) return;
   if (r->result_succeeded) return;  // a later run of the same attempt (a Slurm requeue) changes nothing
-  // The outcome, or from the two flags of a worker that predates it.
-  v1::AttemptOutcome outcome = report.outcome();
-  if (outcome == v1::ATTEMPT_OUTCOME_UNSPECIFIED && report.succeeded()) outcome = v1::ATTEMPT_FINISHED;
-  if (outcome == v1::ATTEMPT_OUTCOME_UNSPECIFIED && report.paused()) outcome = v1::ATTEMPT_PAUSED;
+  const v1::AttemptOutcome outcome = report.outcome();
   r->result_reported = true;
-  r->result_succeeded = outcome == v1::ATTEMPT_FINISHED;
-  r->result_paused = outcome == v1::ATTEMPT_PAUSED;
+  r->result_succeeded = outcome == v1::ATTEMPT_OUTCOME_FINISHED;
+  r->result_paused = outcome == v1::ATTEMPT_OUTCOME_PAUSED;
   const bool has_error = report.has_error() && !report.error().message().empty();
   // A host mpirun lost explains what the ranks left on the others then saw (a failed or timed-out
   // collective): that stays the job's error.
-  const v1::JobError error = Normalized(report.error());
-  if (has_error && (r->job.error().kind() != v1::NODE_LOST || IsUserError(error.kind())))
+  v1::JobError error = report.error();
+  if (error.code() == v1::JOB_ERROR_CODE_UNSPECIFIED) error.set_code(v1::JOB_ERROR_CODE_RANK_FAILED);
+  if (has_error && (r->job.error().code() != v1::JOB_ERROR_CODE_NODE_LOST || IsUserError(error.code())))
     *r->job.mutable_error() = error;
   store_->Update(*r);
-  if (has_error) Event(*r, "error", report.error().message());
+  if (has_error) Event(*r, v1::JOB_EVENT_KIND_NOTE, report.error().message(), v1::JOB_EVENT_LEVEL_ERROR);
 }
 
 bool JobManager::SupervisorRuns(const JobRecord& r) const {
@@ -547,15 +539,15 @@ bool JobManager::GracePeriodOver(const JobRecord& r) const {
 }
 
 void JobManager::NoteHostLost(JobRecord& r, const std::string& line) {
-  if (r.job.error().kind() == v1::NODE_LOST) {
+  if (r.job.error().code() == v1::JOB_ERROR_CODE_NODE_LOST) {
     // mpirun names the host a few lines after the first ("Remote daemon: [[1,0],1] on node n2").
     if (line.find(" on node ") != std::string::npos && r.job.error().message().find(" on node ") == std::string::npos)
       r.job.mutable_error()->set_message(r.job.error().message() + " (" + line.substr(line.find_first_not_of(' ')) +
                                          ")");
     return;
   }
-  if (IsUserError(r.job.error().kind())) return;
-  SetError(r.job, v1::NODE_LOST, "mpirun lost a host: " + line);
+  if (IsUserError(r.job.error().code())) return;
+  SetError(r.job, v1::JOB_ERROR_CODE_NODE_LOST, "mpirun lost a host: " + line);
   r.job.mutable_error()->set_rank(-1);
 }
 
@@ -574,9 +566,9 @@ void JobManager::ForwardLog(JobRecord& r) {
     if (line.empty()) continue;
     if (line.size() > kMaxLine) line = line.substr(0, kMaxLine) + " [...]";
     if (MpirunLostAHost(line) ||
-        (r.job.error().kind() == v1::NODE_LOST && line.find("Remote daemon:") != std::string::npos))
+        (r.job.error().code() == v1::JOB_ERROR_CODE_NODE_LOST && line.find("Remote daemon:") != std::string::npos))
       NoteHostLost(r, line);
-    Event(r, "log", line);
+    Event(r, v1::JOB_EVENT_KIND_LOG, line);
   }
   if (used == 0) return;
   r.log_offset += static_cast<int64_t>(used);
@@ -589,7 +581,7 @@ void JobManager::Tick(SlurmCalls& slurm) {
   const bool poll_slurm = ++slurm_ticks_ % 10 == 0;
   // Running attempts: what they printed; ended? overdue for SIGKILL?
   for (JobRecord& r : store_->Unfinished()) {
-    if (r.job.status() != v1::RUNNING) continue;
+    if (r.job.status() != v1::JOB_STATUS_RUNNING) continue;
     ForwardLog(r);
     KillIfSilent(r);
     if (!r.backend_id.empty()) {
@@ -618,7 +610,7 @@ void JobManager::Tick(SlurmCalls& slurm) {
   SlotUse used = UsedSlots(unfinished);
   std::vector<JobRecord> queued;
   for (const JobRecord& r : unfinished)
-    if (r.job.status() == v1::QUEUED && !submitting_.count(r.job.id())) queued.push_back(r);
+    if (r.job.status() == v1::JOB_STATUS_QUEUED && !submitting_.count(r.job.id())) queued.push_back(r);
   std::stable_sort(queued.begin(), queued.end(),
                    [](const JobRecord& a, const JobRecord& b) { return a.job.priority() > b.job.priority(); });
   for (JobRecord& r : queued) {
@@ -640,8 +632,8 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
   try {
     storage_env = storage_.Environment(r.job.tenant());
   } catch (const RequestError& e) {  // its tenant lost its storage since it was admitted
-    SetError(r.job, v1::INVALID_INPUT, e.what());
-    return SetStatus(r, v1::FAILED, e.what());
+    SetError(r.job, v1::JOB_ERROR_CODE_INVALID_INPUT, e.what());
+    return SetStatus(r, v1::JOB_STATUS_FAILED, e.what());
   }
   const fs::path dir = fs::path(config_.data_dir) / r.job.id();
   fs::create_directories(dir);
@@ -716,7 +708,7 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
   // file tells how it ended.
   WritePidFile(AttemptFile(r, ".pid").string(),
                LiveProcess(r.supervisor_pid).value_or(ProcessIdentity{r.supervisor_pid, 0}));
-  SetStatus(r, v1::RUNNING,
+  SetStatus(r, v1::JOB_STATUS_RUNNING,
             fmt::format("attempt {} on {} ranks (supervisor pid {})", attempt, r.requested_ranks, r.supervisor_pid));
 }
 
@@ -727,7 +719,8 @@ void JobManager::Settle(JobRecord& r, int exit_code) {
   // left; one that was killed itself left the attempt's processes running (launcher/server/processes.h).
   if (r.backend_id.empty() && config_.backend != "slurm" && !ReadExitFile(r.exit_file)) {
     if (const int killed = KillAttemptProcesses(r.job.id(), r.job.attempt()); killed > 0)
-      Event(r, "note", fmt::format("the attempt's supervisor was gone: killed {} processes left of it", killed));
+      Event(r, v1::JOB_EVENT_KIND_NOTE,
+            fmt::format("the attempt's supervisor was gone: killed {} processes left of it", killed));
   }
   ForwardLog(r);
   {
@@ -740,12 +733,12 @@ void JobManager::Settle(JobRecord& r, int exit_code) {
   end.cancel_requested = r.cancel_requested;
   end.pause_requested = r.pause_requested;
   if (r.result_reported) {
-    end.outcome = r.result_succeeded                                       ? v1::ATTEMPT_FINISHED
-                  : r.result_paused                                        ? v1::ATTEMPT_PAUSED
-                  : r.job.error().kind() != v1::JOB_ERROR_CODE_UNSPECIFIED ? v1::ATTEMPT_FAILED
-                                                                           : v1::ATTEMPT_STOPPED;
+    end.outcome = r.result_succeeded                                       ? v1::ATTEMPT_OUTCOME_FINISHED
+                  : r.result_paused                                        ? v1::ATTEMPT_OUTCOME_PAUSED
+                  : r.job.error().code() != v1::JOB_ERROR_CODE_UNSPECIFIED ? v1::ATTEMPT_OUTCOME_FAILED
+                                                                           : v1::ATTEMPT_OUTCOME_STOPPED;
   }
-  end.error = r.job.error().kind();
+  end.error = r.job.error().code();
   end.exit_code = exit_code;
   end.reached_last_step = r.job.total_steps() > 0 && r.job.step() >= r.job.total_steps();
   end.attempts_left = r.job.attempt() < config_.max_attempts;
@@ -754,24 +747,25 @@ void JobManager::Settle(JobRecord& r, int exit_code) {
     SetError(r.job, verdict.error, r.job.error().message().empty() ? verdict.why : r.job.error().message());
   const std::string& error = r.job.error().message();
   switch (verdict.status) {
-    case v1::CANCELLED:
-      return SetStatus(r, v1::CANCELLED, "cancelled");
-    case v1::SUCCEEDED:
+    case v1::JOB_STATUS_CANCELLED:
+      return SetStatus(r, v1::JOB_STATUS_CANCELLED, "cancelled");
+    case v1::JOB_STATUS_SUCCEEDED:
       // (A run Slurm requeued after the job had finished refuses to train again: still a success.)
       return SetStatus(
-          r, v1::SUCCEEDED,
+          r, v1::JOB_STATUS_SUCCEEDED,
           fmt::format("attempt {} finished{}", r.job.attempt(), verdict.why.empty() ? "" : " (" + verdict.why + ")"));
-    case v1::PAUSED:
-      return SetStatus(r, v1::PAUSED,
+    case v1::JOB_STATUS_PAUSED:
+      return SetStatus(r, v1::JOB_STATUS_PAUSED,
                        fmt::format("stopped at its checkpoint after step {}{}", r.job.step(),
                                    error.empty() ? "" : " (it failed while pausing: " + error + ")"));
-    case v1::QUEUED:
+    case v1::JOB_STATUS_QUEUED:
       return SetStatus(
-          r, v1::QUEUED,
+          r, v1::JOB_STATUS_QUEUED,
           fmt::format("attempt {} failed ({}); retrying from the latest checkpoint", r.job.attempt(), error));
     default:
-      if (IsUserError(r.job.error().kind())) return SetStatus(r, v1::FAILED, error + " (not retried: a user error)");
-      return SetStatus(r, v1::FAILED,
+      if (IsUserError(r.job.error().code()))
+        return SetStatus(r, v1::JOB_STATUS_FAILED, error + " (not retried: a user error)");
+      return SetStatus(r, v1::JOB_STATUS_FAILED,
                        fmt::format("attempt {} of {} failed: {}", r.job.attempt(), config_.max_attempts, error));
   }
 }

@@ -177,7 +177,9 @@ class JobManager {
   static std::string SlurmEndState(const std::string& backend_id);
   void Settle(JobRecord& record, int exit_code);
   void SetStatus(JobRecord& record, v1::JobStatus status, const std::string& message);
-  void Event(const JobRecord& record, const std::string& kind, const std::string& message);
+  // Level UNSPECIFIED: the kind's default (event_fields.h).
+  void Event(const JobRecord& record, v1::JobEventKind kind, const std::string& message,
+             v1::JobEventLevel level = v1::JOB_EVENT_LEVEL_UNSPECIFIED);
   void NotifyEvents();  // wakes WatchJob streams after an event was stored
   void Signal(const JobRecord& record, int signal);
   bool GracePeriodOver(const JobRecord& record) const;  // SIGTERM sent longer than cancel_grace_s ago

@@ -53,13 +53,13 @@ void JobManager::KillIfSilent(JobRecord& r) {
     Signal(r, SIGKILL);
     return;
   }
-  SetError(r.job, v1::TIMEOUT,
+  SetError(r.job, v1::JOB_ERROR_CODE_TIMEOUT,
            fmt::format("no heartbeat from rank 0 for {:.0f} s (heartbeat_timeout_s: {:g}): the attempt's processes "
                        "were killed",
                        silent_s, config_.heartbeat_timeout_s));
   r.job.mutable_error()->set_rank(0);
   store_->Update(r);
-  Event(r, "error", "TIMEOUT: " + r.job.error().message());
+  Event(r, v1::JOB_EVENT_KIND_NOTE, "timeout: " + r.job.error().message(), v1::JOB_EVENT_LEVEL_ERROR);
   spdlog::warn("job {}: attempt {}: {}", r.job.id(), r.job.attempt(), r.job.error().message());
   Signal(r, SIGKILL);
 }

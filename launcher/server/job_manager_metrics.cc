@@ -10,7 +10,7 @@ JobManager::PoolState JobManager::Pool() {
   pool.slots = config_.total_slots();
   pool.slots_in_use = UsedSlots(unfinished).slots;
   for (const JobRecord& r : unfinished)
-    if (r.job.status() == v1::RUNNING) pool.running.push_back(r.job);
+    if (r.job.status() == v1::JOB_STATUS_RUNNING) pool.running.push_back(r.job);
   return pool;
 }
 

@@ -20,7 +20,7 @@ void JobManager::CancelUnrecordedSlurmJobs() {
   // A server that died while sbatch ran never recorded the Slurm job it made: find such jobs by
   // their name (shardtune-JOB_ID) among the jobs it would launch again, and cancel them.
   for (const JobRecord& r : store_->Unfinished()) {
-    if (r.job.status() != v1::QUEUED || r.job.attempt() == 0) continue;
+    if (r.job.status() != v1::JOB_STATUS_QUEUED || r.job.attempt() == 0) continue;
     const CommandResult q = RunCommand({"squeue", "--noheader", "--name=shardtune-" + r.job.id(), "--format=%i"});
     std::istringstream ids(q.status == 0 ? q.output : "");
     for (std::string id; ids >> id;) {
@@ -44,8 +44,8 @@ void JobManager::PrepareSlurm(JobRecord& r, const RankCommand& ranks, const std:
     options.check_files = false;  // the worker checks them, as the job's user
     attempt.resources = ParseJobSpec(r.job.spec_yaml(), "spec_yaml", "/", options).resources;
   } catch (const Error& e) {  // admitted with it: not expected, but never submitted half-read
-    SetError(r.job, v1::INVALID_SPEC, e.what());
-    return SetStatus(r, v1::FAILED, e.what());
+    SetError(r.job, v1::JOB_ERROR_CODE_INVALID_SPEC, e.what());
+    return SetStatus(r, v1::JOB_STATUS_FAILED, e.what());
   }
   attempt.mpirun = config_.mpirun;
   attempt.worker = ranks.worker;
@@ -98,23 +98,24 @@ void JobManager::ApplySlurmResults(SlurmCalls& slurm) {
     const bool submitted =
         s.result.status == 0 && !id.empty() && id.find_first_not_of("0123456789") == std::string::npos;
     auto r = store_->Get(s.job_id);
-    if (!current || !r || r->job.status() != v1::QUEUED || r->job.attempt() != s.attempt) {
+    if (!current || !r || r->job.status() != v1::JOB_STATUS_QUEUED || r->job.attempt() != s.attempt) {
       if (submitted) slurm_commands_.push_back({"scancel", id});  // cancelled or paused meanwhile
       continue;
     }
     if (!submitted) {
-      SetError(r->job, v1::BACKEND, "sbatch failed: " + s.result.output);
-      SetStatus(*r, v1::FAILED, r->job.error().message() + " (not retried: sbatch would refuse it again)");
+      SetError(r->job, v1::JOB_ERROR_CODE_BACKEND, "sbatch failed: " + s.result.output);
+      SetStatus(*r, v1::JOB_STATUS_FAILED, r->job.error().message() + " (not retried: sbatch would refuse it again)");
       continue;
     }
     r->backend_id = id;
     r->supervisor_pid = 0;
-    SetStatus(*r, v1::RUNNING,
+    SetStatus(*r, v1::JOB_STATUS_RUNNING,
               fmt::format("attempt {} on {} ranks: Slurm job {}", r->job.attempt(), r->requested_ranks, id));
   }
   for (const SlurmPoll& poll : slurm.polls) {
     auto r = store_->Get(poll.job_id);
-    if (!r || r->job.status() != v1::RUNNING || r->job.attempt() != poll.attempt || r->backend_id != poll.backend_id)
+    if (!r || r->job.status() != v1::JOB_STATUS_RUNNING || r->job.attempt() != poll.attempt ||
+        r->backend_id != poll.backend_id)
       continue;
     SettleIfSlurmEnded(*r, poll);
   }
@@ -132,11 +133,12 @@ void JobManager::SettleIfSlurmEnded(JobRecord& r, const SlurmPoll& poll) {
   // Ended: the batch script's exit file tells how; Slurm's state why, when it ended the job.
   const std::string& state = poll.state.value_or(poll.end_state);
   if (state == "NODE_FAIL" || state == "BOOT_FAIL") {
-    if (!IsUserError(r.job.error().kind()))
-      SetError(r.job, v1::NODE_LOST, fmt::format("Slurm job {} ended {}: a node of it failed", r.backend_id, state));
+    if (!IsUserError(r.job.error().code()))
+      SetError(r.job, v1::JOB_ERROR_CODE_NODE_LOST,
+               fmt::format("Slurm job {} ended {}: a node of it failed", r.backend_id, state));
   } else if (state == "TIMEOUT" || state == "DEADLINE") {
     if (r.job.error().message().empty())
-      SetError(r.job, v1::TIMEOUT,
+      SetError(r.job, v1::JOB_ERROR_CODE_TIMEOUT,
                fmt::format("Slurm job {} ended {}: it reached its time limit", r.backend_id, state));
   }
   Settle(r, ReadExitFile(r.exit_file).value_or(-1));

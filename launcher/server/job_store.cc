@@ -4,6 +4,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "launcher/api_values.h"
+#include "launcher/server/event_fields.h"
+#include "launcher/server/job_store_upgrade.h"
 #include "launcher/server/sqlite_statement.h"
 
 namespace shardtune::server {
@@ -54,7 +57,9 @@ constexpr const char* kJobColumns = "job, server";
 
 }  // namespace
 
-bool IsTerminal(JobStatus status) { return status == v1::SUCCEEDED || status == v1::FAILED || status == v1::CANCELLED; }
+bool IsTerminal(JobStatus status) {
+  return status == v1::JOB_STATUS_SUCCEEDED || status == v1::JOB_STATUS_FAILED || status == v1::JOB_STATUS_CANCELLED;
+}
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -170,11 +175,19 @@ void JobStore::Migrate() {
          CREATE INDEX job_files_by_file ON job_files (file_id);)",
       // The figures at each checkpoint (the OpenAI-compatible API's checkpoint metrics), as JSON.
       R"(ALTER TABLE checkpoints ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}';)",
+      // Events carry a level (the short name: info, warning, error); the heartbeat's "error"
+      // events become notes at level error. The job blobs are rewritten after (UpgradeJobBlobs).
+      R"(ALTER TABLE events ADD COLUMN level TEXT NOT NULL DEFAULT 'info';
+         UPDATE events SET level = 'error' WHERE kind = 'error'
+           OR (kind = 'status' AND message LIKE 'FAILED:%');
+         UPDATE events SET level = 'warning' WHERE kind = 'status' AND message LIKE 'CANCELLED:%';
+         UPDATE events SET kind = 'note' WHERE kind = 'error';)",
   };
   for (int64_t v = version; v < kSchemaVersion; ++v) {
     Exec("BEGIN IMMEDIATE");
     try {
       Exec(migrations[static_cast<size_t>(v)]);
+      if (v + 1 == 4) UpgradeJobBlobs(db_);
       Exec("DELETE FROM schema_version");
       Exec(fmt::format("INSERT INTO schema_version VALUES ({})", v + 1));
       Exec("COMMIT");
@@ -202,7 +215,10 @@ void JobStore::InsertRow(const JobRecord& r) {
               "INSERT INTO jobs (id, tenant, name, status, priority, created_ms, idempotency_key, labels, job, server) "
               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   q.Bind(1, r.job.id()).Bind(2, r.job.tenant()).Bind(3, r.job.name()).Bind(4, int64_t{r.job.status()});
-  q.Bind(5, int64_t{r.job.priority()}).Bind(6, r.job.created_ms()).Bind(7, r.idempotency_key).Bind(8, labels.dump());
+  q.Bind(5, int64_t{r.job.priority()})
+      .Bind(6, api::Ms(r.job.create_time()))
+      .Bind(7, r.idempotency_key)
+      .Bind(8, labels.dump());
   q.BindBlob(9, r.job.SerializeAsString()).Bind(10, ServerFields(r).dump());
   q.Step();
 }
@@ -214,15 +230,18 @@ void JobStore::UpdateRow(const JobRecord& r) {
   q.Step();
 }
 
-int64_t JobStore::AppendEvent(const v1::Job& job, const std::string& kind, const std::string& message) {
+int64_t JobStore::AppendEvent(const v1::Job& job, v1::JobEventKind kind, const std::string& message,
+                              v1::JobEventLevel level) {
+  if (level == v1::JOB_EVENT_LEVEL_UNSPECIFIED) level = DefaultEventLevel(kind, job);
   int64_t seq = 1;
   {
     Statement q(db_, "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?");
     q.Bind(1, job.id());
     if (q.Step()) seq = q.Int(0);
   }
-  Statement q(db_, "INSERT INTO events (job_id, seq, time_ms, kind, message, job) VALUES (?, ?, ?, ?, ?, ?)");
-  q.Bind(1, job.id()).Bind(2, seq).Bind(3, NowMs()).Bind(4, kind).Bind(5, message).BindBlob(6, job.SerializeAsString());
+  Statement q(db_, "INSERT INTO events (job_id, seq, time_ms, kind, message, job, level) VALUES (?, ?, ?, ?, ?, ?, ?)");
+  q.Bind(1, job.id()).Bind(2, seq).Bind(3, NowMs()).Bind(4, api::ShortName(kind)).Bind(5, message);
+  q.BindBlob(6, job.SerializeAsString()).Bind(7, api::ShortName(level));
   q.Step();
   return seq;
 }
@@ -244,7 +263,7 @@ void JobStore::Insert(const JobRecord& r) {
   InsertRow(r);
 }
 
-void JobStore::Insert(const JobRecord& r, const std::string& kind, const std::string& message) {
+void JobStore::Insert(const JobRecord& r, v1::JobEventKind kind, const std::string& message) {
   std::lock_guard<std::mutex> lock(mutex_);
   InTransaction([&] {
     InsertRow(r);
@@ -257,7 +276,7 @@ void JobStore::Update(const JobRecord& r) {
   UpdateRow(r);
 }
 
-void JobStore::Update(const JobRecord& r, const std::string& kind, const std::string& message) {
+void JobStore::Update(const JobRecord& r, v1::JobEventKind kind, const std::string& message) {
   std::lock_guard<std::mutex> lock(mutex_);
   InTransaction([&] {
     UpdateRow(r);
@@ -333,16 +352,19 @@ std::vector<JobRecord> JobStore::Unfinished() {
   Statement q(lease.db(),
               fmt::format("SELECT {} FROM jobs WHERE status IN (?, ?, ?, ?) ORDER BY created_ms, id", kJobColumns));
   // Named by what is unfinished (jobs_by_status finds those few among many finished jobs).
-  q.Bind(1, int64_t{v1::VALIDATING}).Bind(2, int64_t{v1::QUEUED}).Bind(3, int64_t{v1::RUNNING});
-  q.Bind(4, int64_t{v1::PAUSED});
+  q.Bind(1, int64_t{v1::JOB_STATUS_VALIDATING})
+      .Bind(2, int64_t{v1::JOB_STATUS_QUEUED})
+      .Bind(3, int64_t{v1::JOB_STATUS_RUNNING});
+  q.Bind(4, int64_t{v1::JOB_STATUS_PAUSED});
   std::vector<JobRecord> result;
   while (q.Step()) result.push_back(FromRow(q.Blob(0), q.Text(1)));
   return result;
 }
 
-int64_t JobStore::AddEvent(const v1::Job& job, const std::string& kind, const std::string& message) {
+int64_t JobStore::AddEvent(const v1::Job& job, v1::JobEventKind kind, const std::string& message,
+                           v1::JobEventLevel level) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return AppendEvent(job, kind, message);
+  return AppendEvent(job, kind, message, level);
 }
 
 namespace {
@@ -353,10 +375,12 @@ std::vector<v1::JobEvent> EventRows(Statement& q, const std::string& job_id) {
     v1::JobEvent e;
     e.set_job_id(job_id);
     e.set_seq(q.Int(0));
-    e.set_time_ms(q.Int(1));
-    e.set_kind(q.Text(2));
+    *e.mutable_create_time() = api::TimeOfMs(q.Int(1));
+    e.set_kind(api::ParseName<v1::JobEventKind>(q.Text(2)).value_or(v1::JOB_EVENT_KIND_NOTE));
     e.set_message(q.Text(3));
     e.mutable_job()->ParseFromString(q.Blob(4));
+    e.set_level(api::ParseName<v1::JobEventLevel>(q.Text(5)).value_or(v1::JOB_EVENT_LEVEL_INFO));
+    *e.mutable_data() = ToStruct(EventData(e));
     events.push_back(std::move(e));
   }
   return events;
@@ -367,7 +391,8 @@ std::vector<v1::JobEvent> EventRows(Statement& q, const std::string& job_id) {
 std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t after_seq, int64_t limit) {
   ReadLease lease(*this);
   Statement q(lease.db(),
-              "SELECT seq, time_ms, kind, message, job FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?");
+              "SELECT seq, time_ms, kind, message, job, level FROM events WHERE job_id = ? AND seq > ? ORDER BY seq "
+              "LIMIT ?");
   q.Bind(1, job_id).Bind(2, after_seq).Bind(3, limit);
   return EventRows(q, job_id);
 }
@@ -375,7 +400,7 @@ std::vector<v1::JobEvent> JobStore::Events(const std::string& job_id, int64_t af
 std::vector<v1::JobEvent> JobStore::EventsNewestFirst(const std::string& job_id, int64_t before_seq, int64_t limit) {
   ReadLease lease(*this);
   Statement q(lease.db(),
-              "SELECT seq, time_ms, kind, message, job FROM events WHERE job_id = ?1 AND (?2 = 0 OR seq < ?2) "
+              "SELECT seq, time_ms, kind, message, job, level FROM events WHERE job_id = ?1 AND (?2 = 0 OR seq < ?2) "
               "ORDER BY seq DESC LIMIT ?3");
   q.Bind(1, job_id).Bind(2, before_seq).Bind(3, limit);
   return EventRows(q, job_id);
@@ -391,31 +416,43 @@ void JobStore::AddCheckpoint(const std::string& job_id, int64_t step, const std:
   q.Step();
 }
 
+namespace {
+
+// A checkpoint row's metrics column: {} for one saved before schema version 3.
+std::map<std::string, double> StoredFigures(const std::string& text) {
+  std::map<std::string, double> figures;
+  const json stored = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!stored.is_object()) return figures;
+  for (const auto& [k, v] : stored.items())
+    if (v.is_number()) figures[k] = v.get<double>();
+  return figures;
+}
+
+}  // namespace
+
 std::map<int64_t, std::map<std::string, double>> JobStore::CheckpointMetrics(const std::string& job_id) {
   ReadLease lease(*this);
   Statement q(lease.db(), "SELECT step, metrics FROM checkpoints WHERE job_id = ?");
   q.Bind(1, job_id);
   std::map<int64_t, std::map<std::string, double>> result;
-  while (q.Step()) {
-    auto& figures = result[q.Int(0)];
-    const json stored = json::parse(q.Text(1), nullptr, /*allow_exceptions=*/false);
-    if (!stored.is_object()) continue;
-    for (const auto& [k, v] : stored.items())
-      if (v.is_number()) figures[k] = v.get<double>();
-  }
+  while (q.Step()) result[q.Int(0)] = StoredFigures(q.Text(1));
   return result;
 }
 
-std::vector<v1::Checkpoint> JobStore::Checkpoints(const std::string& job_id) {
+std::vector<v1::Checkpoint> JobStore::Checkpoints(const std::string& job_id, int64_t after_step, int64_t limit) {
   ReadLease lease(*this);
-  Statement q(lease.db(), "SELECT step, path, time_ms FROM checkpoints WHERE job_id = ? ORDER BY step");
-  q.Bind(1, job_id);
+  Statement q(lease.db(),
+              "SELECT step, path, time_ms, metrics FROM checkpoints WHERE job_id = ? AND step > ? ORDER BY step "
+              "LIMIT ?");
+  q.Bind(1, job_id).Bind(2, after_step).Bind(3, limit);
   std::vector<v1::Checkpoint> result;
   while (q.Step()) {
     v1::Checkpoint c;
     c.set_step(q.Int(0));
     c.set_path(q.Text(1));
-    c.set_time_ms(q.Int(2));
+    *c.mutable_create_time() = api::TimeOfMs(q.Int(2));
+    for (const auto& [name, value] : CheckpointFigures(c.step(), StoredFigures(q.Text(3))))
+      (*c.mutable_metrics())[name] = value;
     result.push_back(std::move(c));
   }
   return result;

@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -47,10 +48,10 @@ struct JobRecord {
   std::string openai;
 };
 
-// Where a page of List starts: after the row (created_ms, id) in the order newest first. A
-// keyset, not an offset: rows inserted while a client pages (always newer than every row already
-// listed: JobManager keeps created_ms strictly increasing) neither shift a later page (a row
-// listed twice) nor push one out of it (a row never listed).
+// Where a page of List starts: after the row (created_ms, id) in the order newest first, created_ms
+// the job's create_time in Unix milliseconds. A keyset, not an offset: rows inserted while a client
+// pages (always newer than every row already listed: JobManager keeps created_ms strictly increasing) neither shift a
+// later page (a row listed twice) nor push one out of it (a row never listed).
 struct ListPosition {
   int64_t created_ms = 0;
   std::string id;
@@ -67,7 +68,9 @@ struct JobFilter {
 
 class JobStore {
  public:
-  static constexpr int kSchemaVersion = 3;  // 2: files and job_files (file_store.h); 3: checkpoints.metrics
+  // 2: files and job_files (file_store.h); 3: checkpoints.metrics; 4: events.level, and the jobs'
+  // times as Timestamps in their blobs (job_store_upgrade.h).
+  static constexpr int kSchemaVersion = 4;
 
   explicit JobStore(const std::filesystem::path& path);  // throws Error naming the file
   ~JobStore();
@@ -77,8 +80,8 @@ class JobStore {
   void Insert(const JobRecord& record);
   void Update(const JobRecord& record);
   // The same, with the job's event (as AddEvent) in one transaction: one commit, one fsync.
-  void Insert(const JobRecord& record, const std::string& event_kind, const std::string& event_message);
-  void Update(const JobRecord& record, const std::string& event_kind, const std::string& event_message);
+  void Insert(const JobRecord& record, v1::JobEventKind event_kind, const std::string& event_message);
+  void Update(const JobRecord& record, v1::JobEventKind event_kind, const std::string& event_message);
   std::optional<JobRecord> Get(const std::string& id);
   std::optional<JobRecord> FindByIdempotencyKey(const std::string& tenant, const std::string& key);
   std::vector<JobRecord> List(const JobFilter& filter);  // newest first (created_ms, then id, descending)
@@ -88,8 +91,11 @@ class JobStore {
   std::map<std::pair<std::string, JobStatus>, int64_t> CountByTenantAndStatus();
   std::optional<JobRecord> Oldest(JobStatus status);
 
-  // Appends an event (its seq is returned) with the job as it is now.
-  int64_t AddEvent(const v1::Job& job, const std::string& kind, const std::string& message);
+  // Appends an event (its seq is returned) with the job as it is now; level UNSPECIFIED: the
+  // kind's default (event_fields.h).
+  int64_t AddEvent(const v1::Job& job, v1::JobEventKind kind, const std::string& message,
+                   v1::JobEventLevel level = v1::JOB_EVENT_LEVEL_UNSPECIFIED);
+  // Events after `after_seq`, oldest first, at most `limit`; each with its level and data.
   std::vector<v1::JobEvent> Events(const std::string& job_id, int64_t after_seq, int64_t limit);
   // The newest events first: those before `before_seq` (0: from the newest), at most `limit`.
   std::vector<v1::JobEvent> EventsNewestFirst(const std::string& job_id, int64_t before_seq, int64_t limit);
@@ -97,7 +103,9 @@ class JobStore {
   // `metrics`: the job's latest figures when the checkpoint was saved (loss, val_loss, ...).
   void AddCheckpoint(const std::string& job_id, int64_t step, const std::string& path,
                      const std::map<std::string, double>& metrics = {});
-  std::vector<v1::Checkpoint> Checkpoints(const std::string& job_id);
+  // By step: those after `after_step`, at most `limit`; each with its figures (event_fields.h).
+  std::vector<v1::Checkpoint> Checkpoints(const std::string& job_id, int64_t after_step = 0,
+                                          int64_t limit = std::numeric_limits<int64_t>::max());
   // Each checkpoint's metrics by step (empty for one saved before schema version 3).
   std::map<int64_t, std::map<std::string, double>> CheckpointMetrics(const std::string& job_id);
 
@@ -117,7 +125,8 @@ class JobStore {
   // Unlocked: the caller holds mutex_.
   void InsertRow(const JobRecord& record);
   void UpdateRow(const JobRecord& record);
-  int64_t AppendEvent(const v1::Job& job, const std::string& kind, const std::string& message);
+  int64_t AppendEvent(const v1::Job& job, v1::JobEventKind kind, const std::string& message,
+                      v1::JobEventLevel level = v1::JOB_EVENT_LEVEL_UNSPECIFIED);
   template <typename F>
   void InTransaction(F&& body);
   void Migrate();

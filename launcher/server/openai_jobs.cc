@@ -5,6 +5,7 @@
 #include <openssl/rand.h>
 
 #include "common/run_dir.h"
+#include "launcher/api_values.h"
 #include "launcher/server/openai_routes.h"
 
 namespace shardtune::server::openai {
@@ -33,7 +34,7 @@ ResolvedModel ResolveModel(JobManager& manager, const Caller& caller, const std:
     if (!record || record->job.tenant() != caller.tenant || !fields || fields->base != ref->base ||
         fields->suffix != ref->suffix)
       ModelNotFound(model, "does not exist");
-    if (record->job.status() != v1::SUCCEEDED)
+    if (record->job.status() != v1::JOB_STATUS_SUCCEEDED)
       ModelNotFound(model, fmt::format("is not ready: its job is {}", StatusName(record->job.status())));
     const fs::path final_dir = RunDir(record->job.output_dir()).Final();
     if (!fs::is_directory(final_dir)) ModelNotFound(model, "has no final model any more (its output was removed)");
@@ -132,7 +133,7 @@ void List(JobManager& manager, const Caller& caller, const httplib::Request& req
     const auto record = manager.store().Get(after);
     if (!record || (!caller.admin && record->job.tenant() != caller.tenant))
       throw ApiError(400, fmt::format("after: no job '{}'", after), "after", "invalid_value");
-    filter.after = ListPosition{record->job.created_ms(), record->job.id()};
+    filter.after = ListPosition{api::Ms(record->job.create_time()), record->job.id()};
   }
   std::vector<JobRecord> records = manager.store().List(filter);
   const bool has_more = static_cast<int64_t>(records.size()) > limit;
@@ -187,7 +188,7 @@ void Checkpoints(JobManager& manager, const Caller& caller, const httplib::Reque
       break;
     }
     const auto figures = metrics.find(c.step());
-    data.push_back(CheckpointObject(job, model, c.step(), c.time_ms(),
+    data.push_back(CheckpointObject(job, model, c.step(), api::Ms(c.create_time()),
                                     figures == metrics.end() ? std::map<std::string, double>() : figures->second));
   }
   WriteJson(response, ListObject(data, has_more));

@@ -9,6 +9,9 @@
 #include <regex>
 #include <set>
 
+#include "launcher/api_values.h"
+#include "launcher/server/event_fields.h"
+
 namespace shardtune::server::openai {
 
 namespace {
@@ -146,39 +149,41 @@ OpenAiFields FieldsFromSpec(const std::string& spec_yaml) {
 }
 
 Json ErrorObject(const v1::Job& job) {
-  if (job.status() != v1::FAILED) return Json();
-  std::string code = job.error().kind() != v1::JOB_ERROR_CODE_UNSPECIFIED ? v1::JobErrorCode_Name(job.error().kind())
-                                                                          : job.error().code();
-  std::transform(code.begin(), code.end(), code.begin(), [](unsigned char c) { return std::tolower(c); });
-  return {{"code", NullIfEmpty(code)},
+  if (job.status() != v1::JOB_STATUS_FAILED) return Json();
+  return {{"code", NullIfEmpty(api::ShortName(job.error().code()))},  // "invalid_data"
           {"message", job.error().message().empty() ? "the job failed" : job.error().message()},
-          {"param", job.error().kind() == v1::INVALID_DATA ? Json("training_file") : Json()}};
+          {"param", job.error().code() == v1::JOB_ERROR_CODE_INVALID_DATA ? Json("training_file") : Json()}};
 }
 
+// OpenAI's level names: info, warn, error.
 const char* EventLevel(const v1::JobEvent& event) {
-  if (event.kind() == "error") return "error";
-  if (event.kind() == "status" && event.job().status() == v1::FAILED) return "error";
-  if (event.kind() == "status" && event.job().status() == v1::CANCELLED) return "warn";
-  return "info";
+  switch (event.level()) {
+    case v1::JOB_EVENT_LEVEL_ERROR:
+      return "error";
+    case v1::JOB_EVENT_LEVEL_WARNING:
+      return "warn";
+    default:
+      return "info";
+  }
 }
 
 }  // namespace
 
 std::string StatusName(v1::JobStatus status) {
   switch (status) {
-    case v1::VALIDATING:
+    case v1::JOB_STATUS_VALIDATING:
       return "validating_files";
-    case v1::QUEUED:
+    case v1::JOB_STATUS_QUEUED:
       return "queued";
-    case v1::RUNNING:
+    case v1::JOB_STATUS_RUNNING:
       return "running";
-    case v1::PAUSED:
+    case v1::JOB_STATUS_PAUSED:
       return "paused";
-    case v1::SUCCEEDED:
+    case v1::JOB_STATUS_SUCCEEDED:
       return "succeeded";
-    case v1::FAILED:
+    case v1::JOB_STATUS_FAILED:
       return "failed";
-    case v1::CANCELLED:
+    case v1::JOB_STATUS_CANCELLED:
       return "cancelled";
     default:
       return "validating_files";
@@ -328,15 +333,15 @@ Json JobObject(const JobRecord& record) {
   const v1::Job& job = record.job;
   const std::optional<OpenAiFields> stored = ParseStoredFields(record.openai);
   const OpenAiFields f = stored ? *stored : FieldsFromSpec(job.spec_yaml());
-  const bool succeeded = job.status() == v1::SUCCEEDED;
+  const bool succeeded = job.status() == v1::JOB_STATUS_SUCCEEDED;
   Json metadata;
   for (const auto& [k, v] : job.labels()) metadata[k] = v;
   const Json hyperparameters = HyperparametersObject(f.hyperparameters);
   return {{"object", "fine_tuning.job"},
           {"id", job.id()},
           {"model", f.model},
-          {"created_at", job.created_ms() / 1000},
-          {"finished_at", SecondsOrNull(job.finished_ms())},
+          {"created_at", api::Ms(job.create_time()) / 1000},
+          {"finished_at", SecondsOrNull(api::Ms(job.finish_time()))},
           {"fine_tuned_model", succeeded && stored ? Json(FineTunedModelName(f.base, f.suffix, job.id())) : Json()},
           {"organization_id", job.tenant()},
           {"result_files", Json::array()},
@@ -347,7 +352,8 @@ Json JobObject(const JobRecord& record) {
           {"trained_tokens", succeeded ? Json(job.trained_tokens()) : Json()},
           {"error", ErrorObject(job)},
           {"seed", f.seed},
-          {"estimated_finish", job.status() == v1::RUNNING ? SecondsOrNull(job.estimated_finish_ms()) : Json()},
+          {"estimated_finish",
+           job.status() == v1::JOB_STATUS_RUNNING ? SecondsOrNull(api::Ms(job.estimated_finish_time())) : Json()},
           {"integrations", Json::array()},
           {"metadata", metadata},
           {"method", {{"type", "supervised"}, {"supervised", {{"hyperparameters", hyperparameters}}}}},
@@ -355,32 +361,19 @@ Json JobObject(const JobRecord& record) {
 }
 
 Json EventObject(const v1::JobEvent& event) {
-  const bool metrics = event.kind() == "progress" || event.kind() == "metrics";
-  Json data = Json::object();
+  const bool metrics = event.kind() == v1::JOB_EVENT_KIND_PROGRESS || event.kind() == v1::JOB_EVENT_KIND_METRICS;
+  const Json data = EventData(event);
   std::string message = event.message();
   if (metrics) {
     const auto& m = event.job().metrics();
-    const auto figure = [&](const char* key) { return m.count(key) ? Json(m.at(key)) : Json(); };
-    data["step"] = event.job().step();
-    data["total_steps"] = event.job().total_steps();
-    data["train_loss"] = figure("loss");
-    // The validation figures only at the step of their evaluation (the job's map keeps the latest).
-    if (event.kind() == "metrics") {
-      data["valid_loss"] = figure("val_loss");
-      data["valid_mean_token_accuracy"] = figure("token_accuracy");
-      data["full_valid_loss"] = figure("val_loss");
-      data["full_valid_mean_token_accuracy"] = figure("token_accuracy");
-    }
-    data["learning_rate"] = figure("lr");
-    data["tokens_per_second"] = figure("tokens_per_s");
     message = fmt::format("Step {}/{}: training loss={:.4f}", event.job().step(), event.job().total_steps(),
                           m.count("loss") ? m.at("loss") : 0.0);
-    if (event.kind() == "metrics" && m.count("val_loss"))
+    if (event.kind() == v1::JOB_EVENT_KIND_METRICS && m.count("val_loss"))
       message += fmt::format(", validation loss={:.4f}", m.at("val_loss"));
   }
   return {{"object", "fine_tuning.job.event"},
           {"id", EventId(event.job_id(), event.seq())},
-          {"created_at", event.time_ms() / 1000},
+          {"created_at", api::Ms(event.create_time()) / 1000},
           {"level", EventLevel(event)},
           {"message", message},
           {"type", metrics ? "metrics" : "message"},
@@ -389,16 +382,9 @@ Json EventObject(const v1::JobEvent& event) {
 
 Json CheckpointObject(const v1::Job& job, const std::string& fine_tuned_model, int64_t step, int64_t time_ms,
                       const std::map<std::string, double>& metrics) {
-  Json figures = {{"step", step}};
-  const auto put = [&](const char* name, const char* key) {
-    if (metrics.count(key)) figures[name] = metrics.at(key);
-  };
-  put("train_loss", "loss");
-  put("train_mean_token_accuracy", "train_token_accuracy");
-  put("valid_loss", "val_loss");
-  put("valid_mean_token_accuracy", "token_accuracy");
-  put("full_valid_loss", "val_loss");
-  put("full_valid_mean_token_accuracy", "token_accuracy");
+  Json figures = Json::object();
+  for (const auto& [name, value] : CheckpointFigures(step, metrics))
+    figures[name] = name == "step" ? Json(step) : Json(value);
   return {{"object", "fine_tuning.job.checkpoint"},
           {"id", CheckpointId(job.id(), step)},
           {"created_at", time_ms / 1000},
@@ -412,7 +398,7 @@ Json FileObject(const v1::File& file) {
   return {{"object", "file"},
           {"id", file.id()},
           {"bytes", file.bytes()},
-          {"created_at", file.created_at()},
+          {"created_at", api::Ms(file.create_time()) / 1000},
           {"filename", file.filename()},
           {"purpose", file.purpose()},
           {"status", file.status().empty() ? "processed" : file.status()},

@@ -28,6 +28,12 @@ std::string FileFilterText(const std::string& tenant, const std::string& purpose
   return fmt::format("files\ntenant={}\npurpose={}\n", tenant, purpose);
 }
 
+std::string EventFilterText(const std::string& job_id, int64_t after_seq) {
+  return fmt::format("events\njob={}\nafter_seq={}\n", job_id, after_seq);
+}
+
+std::string CheckpointFilterText(const std::string& job_id) { return fmt::format("checkpoints\njob={}\n", job_id); }
+
 std::string Base64Url(const std::string& bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
   const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
@@ -102,6 +108,26 @@ std::optional<int64_t> DecodeFilePageToken(const std::string& token, const std::
                                            const std::string& purpose) {
   const auto position = Decode(token, FileFilterText(tenant, purpose));
   if (!position) return std::nullopt;
+  return position->created_ms;
+}
+
+std::string EncodeEventPageToken(int64_t last_seq, const std::string& job_id, int64_t after_seq) {
+  return Encode(EventFilterText(job_id, after_seq), last_seq, job_id);
+}
+
+std::optional<int64_t> DecodeEventPageToken(const std::string& token, const std::string& job_id, int64_t after_seq) {
+  const auto position = Decode(token, EventFilterText(job_id, after_seq));
+  if (!position || position->id != job_id) return std::nullopt;
+  return position->created_ms;
+}
+
+std::string EncodeCheckpointPageToken(int64_t last_step, const std::string& job_id) {
+  return Encode(CheckpointFilterText(job_id), last_step, job_id);
+}
+
+std::optional<int64_t> DecodeCheckpointPageToken(const std::string& token, const std::string& job_id) {
+  const auto position = Decode(token, CheckpointFilterText(job_id));
+  if (!position || position->id != job_id) return std::nullopt;
   return position->created_ms;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "launcher/api_values.h"
 #include "launcher/server/http_server.h"
 #include "launcher/server/job_manager.h"
 
@@ -15,18 +16,16 @@ namespace {
 const std::vector<double> kLatencyBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                              0.5,   1,      2.5,   5,    10,    30,   60};
 
-std::string Lowercase(std::string name) {
-  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
-  return name;
-}
-
 // "succeeded", "running", ... (the names clients see, lowercase as in the OpenAI API).
-std::string StatusLabel(v1::JobStatus status) { return Lowercase(v1::JobStatus_Name(status)); }
+std::string StatusLabel(v1::JobStatus status) { return api::ShortName(status); }
 
-// The job's error code as the proto names it ("RANK_FAILED"); "UNSPECIFIED" when it has none.
+// The job's error code as dashboards have known it ("RANK_FAILED"); "UNSPECIFIED" when it has none.
 std::string CodeLabel(const v1::Job& job) {
-  const v1::JobErrorCode code = job.error().kind();
-  return code == v1::JOB_ERROR_CODE_UNSPECIFIED ? "UNSPECIFIED" : v1::JobErrorCode_Name(code);
+  const v1::JobErrorCode code = job.error().code();
+  if (code == v1::JOB_ERROR_CODE_UNSPECIFIED) return "UNSPECIFIED";
+  std::string label = api::ShortName(code);
+  std::transform(label.begin(), label.end(), label.begin(), [](unsigned char c) { return std::toupper(c); });
+  return label;
 }
 
 const std::vector<std::string> kJobLabels = {"job", "tenant", "name"};
@@ -81,12 +80,12 @@ ServerMetrics::ServerMetrics()
 void ServerMetrics::StatusChanged(const v1::Job& job, v1::JobStatus to) {
   const v1::JobStatus from = job.status();
   if (from == to) return;
-  if (to == v1::RUNNING) attempts_.Add({job.tenant()});
+  if (to == v1::JOB_STATUS_RUNNING) attempts_.Add({job.tenant()});
   // An attempt that ended in an error is requeued (a retry) or fails its job.
-  if (from == v1::RUNNING && (to == v1::QUEUED || to == v1::FAILED))
+  if (from == v1::JOB_STATUS_RUNNING && (to == v1::JOB_STATUS_QUEUED || to == v1::JOB_STATUS_FAILED))
     attempt_failures_.Add({job.tenant(), CodeLabel(job)});
-  if (from == v1::RUNNING && to == v1::QUEUED) retries_.Add({job.tenant(), CodeLabel(job)});
-  if (to == v1::FAILED) failures_.Add({job.tenant(), CodeLabel(job)});
+  if (from == v1::JOB_STATUS_RUNNING && to == v1::JOB_STATUS_QUEUED) retries_.Add({job.tenant(), CodeLabel(job)});
+  if (to == v1::JOB_STATUS_FAILED) failures_.Add({job.tenant(), CodeLabel(job)});
   if (IsTerminal(to)) jobs_ended_.Add({job.tenant(), StatusLabel(to)});
 }
 
@@ -105,7 +104,7 @@ void ServerMetrics::SetJobGauges(JobManager& manager) {
   int64_t queued = 0;
   for (const auto& [key, count] : manager.store().CountByTenantAndStatus()) {
     jobs_.Set({key.first, StatusLabel(key.second)}, static_cast<double>(count));
-    if (key.second == v1::QUEUED) queued += count;
+    if (key.second == v1::JOB_STATUS_QUEUED) queued += count;
   }
   queue_depth_.Set({}, static_cast<double>(queued));
   const JobManager::PoolState pool = manager.Pool();
@@ -124,8 +123,9 @@ void ServerMetrics::SetJobGauges(JobManager& manager) {
     if (const auto it = metrics.find("val_loss"); it != metrics.end()) job_validation_loss_.Set(labels, it->second);
     if (const auto it = metrics.find("tokens_per_s"); it != metrics.end())
       job_tokens_per_second_.Set(labels, it->second);
-    if (job.estimated_finish_ms() > 0)
-      job_eta_.Set(labels, static_cast<double>(std::max<int64_t>(0, job.estimated_finish_ms() - now_ms)) / 1000);
+    if (job.has_estimated_finish_time())
+      job_eta_.Set(labels,
+                   static_cast<double>(std::max<int64_t>(0, api::Ms(job.estimated_finish_time()) - now_ms)) / 1000);
   }
 }
 

@@ -8,7 +8,9 @@
 #include <map>
 #include <string>
 
+#include "launcher/api_values.h"
 #include "launcher/server/api_keys.h"
+#include "launcher/server/bad_request.h"
 #include "launcher/server/job_manager.h"
 #include "launcher/server/request_error.h"
 #include "launcher/server/server_config.h"
@@ -25,27 +27,18 @@ inline std::string Bearer(const grpc::ServerContext* context) {
   return BearerKey(std::string(it->second.data(), it->second.size()));
 }
 
-// Trailing metadata of a refusal that has a JobErrorCode (e.g. INVALID_SPEC), whose name also
-// opens the status message.
+// Trailing metadata of a refusal that has a JobErrorCode: its full name (JOB_ERROR_CODE_INVALID_SPEC),
+// whose short name also opens the status message ("invalid_spec: ...").
 inline constexpr char kErrorCodeMetadata[] = "shardtune-error-code";
 
+// The status of a refusal: the code kSurfaces names for its kind; a refused spec's problems as a
+// google.rpc.BadRequest in the details.
 inline grpc::Status ToStatus(const RequestError& e) {
-  const std::string message = e.job_error() == v1::JOB_ERROR_CODE_UNSPECIFIED
-                                  ? e.what()
-                                  : v1::JobErrorCode_Name(e.job_error()) + ": " + e.what();
-  switch (e.kind()) {
-    case RequestError::Kind::kInvalidArgument:
-      return Status(StatusCode::INVALID_ARGUMENT, message);
-    case RequestError::Kind::kNotFound:
-      return Status(StatusCode::NOT_FOUND, message);
-    case RequestError::Kind::kFailedPrecondition:
-      return Status(StatusCode::FAILED_PRECONDITION, message);
-    case RequestError::Kind::kResourceExhausted:
-      return Status(StatusCode::RESOURCE_EXHAUSTED, message);
-    case RequestError::Kind::kPermissionDenied:
-      return Status(StatusCode::PERMISSION_DENIED, message);
-  }
-  return Status(StatusCode::INTERNAL, message);
+  const std::string message =
+      e.job_error() == v1::JOB_ERROR_CODE_UNSPECIFIED ? e.what() : api::ShortName(e.job_error()) + ": " + e.what();
+  const grpc::StatusCode code = SurfacesOf(e.kind()).grpc_code;
+  if (!e.spec_problems().empty()) return StatusWithBadRequest(code, message, BadRequestOf(e.spec_problems()));
+  return Status(code, message);
 }
 
 // Runs `body` and turns what it throws into a status.

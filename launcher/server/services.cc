@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/job_spec.h"
+#include "launcher/api_values.h"
 #include "launcher/server/page_token.h"
 #include "launcher/server/service_util.h"
 
@@ -16,6 +17,15 @@ using grpc::Status;
 using grpc::StatusCode;
 
 namespace {
+
+// ListJobEvents' and ListCheckpoints' page size: default 100, at most 1000.
+int64_t PageSize(int32_t requested) { return requested > 0 ? std::min(requested, 1000) : 100; }
+
+RequestError BadPageToken(const std::string& bound_to) {
+  return RequestError(RequestError::Kind::kInvalidArgument,
+                      "page_token is not one this server gave for this listing (a token belongs to " + bound_to +
+                          " it was given with)");
+}
 
 class JobServiceImpl final : public v1::JobService::Service {
  public:
@@ -61,7 +71,7 @@ class JobServiceImpl final : public v1::JobService::Service {
     });
   }
 
-  Status GetJob(ServerContext* context, const v1::JobRef* request, v1::Job* job) override {
+  Status GetJob(ServerContext* context, const v1::GetJobRequest* request, v1::Job* job) override {
     return Authenticated(context, [&](const Caller& caller) {
       *job = manager_.Get(caller, request->id());
       return Status::OK;
@@ -89,21 +99,21 @@ class JobServiceImpl final : public v1::JobService::Service {
       if (static_cast<int64_t>(records.size()) == filter.limit) {
         records.pop_back();
         const v1::Job& last = records.back().job;
-        response->set_next_page_token(EncodePageToken({last.created_ms(), last.id()}, filter));
+        response->set_next_page_token(EncodePageToken({api::Ms(last.create_time()), last.id()}, filter));
       }
       for (const auto& r : records) *response->add_jobs() = r.job;
       return Status::OK;
     });
   }
 
-  Status CancelJob(ServerContext* context, const v1::JobRef* request, v1::Job* job) override {
+  Status CancelJob(ServerContext* context, const v1::CancelJobRequest* request, v1::Job* job) override {
     return Authenticated(context, [&](const Caller& caller) {
       *job = manager_.Cancel(caller, request->id());
       return Status::OK;
     });
   }
 
-  Status PauseJob(ServerContext* context, const v1::JobRef* request, v1::Job* job) override {
+  Status PauseJob(ServerContext* context, const v1::PauseJobRequest* request, v1::Job* job) override {
     return Authenticated(context, [&](const Caller& caller) {
       *job = manager_.Pause(caller, request->id());
       return Status::OK;
@@ -140,19 +150,40 @@ class JobServiceImpl final : public v1::JobService::Service {
   Status ListJobEvents(ServerContext* context, const v1::ListJobEventsRequest* request,
                        v1::ListJobEventsResponse* response) override {
     return Authenticated(context, [&](const Caller& caller) {
-      manager_.Get(caller, request->id());
-      const int64_t limit = request->limit() > 0 ? std::min(request->limit(), 1000) : 100;
-      for (auto& e : manager_.store().Events(request->id(), request->after_seq(), limit))
-        *response->add_events() = std::move(e);
+      manager_.Get(caller, request->job_id());
+      int64_t after = request->after_seq();
+      if (!request->page_token().empty()) {
+        const auto seq = DecodeEventPageToken(request->page_token(), request->job_id(), request->after_seq());
+        if (!seq) throw BadPageToken("the job_id and after_seq");
+        after = *seq;
+      }
+      auto events = manager_.store().Events(request->job_id(), after, PageSize(request->page_size()) + 1);
+      if (static_cast<int64_t>(events.size()) > PageSize(request->page_size())) {
+        events.pop_back();
+        response->set_next_page_token(
+            EncodeEventPageToken(events.back().seq(), request->job_id(), request->after_seq()));
+      }
+      for (auto& e : events) *response->add_events() = std::move(e);
       return Status::OK;
     });
   }
 
-  Status ListCheckpoints(ServerContext* context, const v1::JobRef* request,
+  Status ListCheckpoints(ServerContext* context, const v1::ListCheckpointsRequest* request,
                          v1::ListCheckpointsResponse* response) override {
     return Authenticated(context, [&](const Caller& caller) {
-      manager_.Get(caller, request->id());
-      for (auto& c : manager_.store().Checkpoints(request->id())) *response->add_checkpoints() = std::move(c);
+      manager_.Get(caller, request->job_id());
+      int64_t after = 0;
+      if (!request->page_token().empty()) {
+        const auto step = DecodeCheckpointPageToken(request->page_token(), request->job_id());
+        if (!step) throw BadPageToken("the job_id");
+        after = *step;
+      }
+      auto checkpoints = manager_.store().Checkpoints(request->job_id(), after, PageSize(request->page_size()) + 1);
+      if (static_cast<int64_t>(checkpoints.size()) > PageSize(request->page_size())) {
+        checkpoints.pop_back();
+        response->set_next_page_token(EncodeCheckpointPageToken(checkpoints.back().step(), request->job_id()));
+      }
+      for (auto& c : checkpoints) *response->add_checkpoints() = std::move(c);
       return Status::OK;
     });
   }

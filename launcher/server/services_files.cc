@@ -155,14 +155,15 @@ class FileServiceImpl final : public v1::FileService::Service {
     });
   }
 
-  Status GetFile(ServerContext* context, const v1::FileRef* request, v1::File* file) override {
+  Status GetFile(ServerContext* context, const v1::GetFileRequest* request, v1::File* file) override {
     return keys_.Authenticated(context, [&](const Caller& caller) {
       *file = Owned(caller, request->id());
       return Status::OK;
     });
   }
 
-  Status DeleteFile(ServerContext* context, const v1::FileRef* request, v1::DeleteFileResponse* response) override {
+  Status DeleteFile(ServerContext* context, const v1::DeleteFileRequest* request,
+                    v1::DeleteFileResponse* response) override {
     return keys_.Authenticated(context, [&](const Caller& caller) {
       manager_.DeleteFile(caller, request->id());
       response->set_id(request->id());

@@ -70,8 +70,8 @@ id=$(shardtune submit "$state/job.yaml" 2>&1)
 expect_eq "submit to the installed server exits 0" "$?" "0"
 timeout 300 shardtune watch "$id" > /dev/null 2>&1
 status=$(shardtune get "$id" --output json | sed -n 's/.*"status": *"\([A-Z_]*\)".*/\1/p' | head -n 1)
-expect_eq "the job SUCCEEDED under the installed server" "$status" "SUCCEEDED"
-if [ "$status" != SUCCEEDED ]; then
+expect_eq "the job succeeded under the installed server" "$status" "JOB_STATUS_SUCCEEDED"
+if [ "$status" != JOB_STATUS_SUCCEEDED ]; then
   shardtune get "$id"
   tail -n 20 "$state/server.log"
   find "$state" -name "*.log" -path "*jobs*" -exec tail -n 20 {} \;

@@ -66,10 +66,10 @@ detected=$(($(date +%s) - ${stopped_at:-0}))
 [ "$detected" -le 12 ] && pass "within heartbeat_timeout_s and a tick ($detected s)" || fail "retried only after $detected s"
 events=$("$bin/shardtune" events "$id")
 grep -F "no heartbeat" <<< "$events"
-expect_contains "the error names the code and why" "$events" "TIMEOUT: no heartbeat from rank 0 for"
+expect_contains "the error names the code and why" "$events" "timeout: no heartbeat from rank 0 for"
 expect_contains "the retry says so" "$events" "attempt 1 failed (no heartbeat from rank 0"
 [ -d "/proc/$victim" ] && fail "the stopped rank 0 (pid $victim) still exists" || pass "the stopped rank 0 was killed"
-wait_status "$id" SUCCEEDED 120 && pass "attempt 2 finished: SUCCEEDED" || fail "attempt 2: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_SUCCEEDED 120 && pass "attempt 2 finished: SUCCEEDED" || fail "attempt 2: $(field "$id" status)"
 
 # 2. A full disk during a checkpoint write: the tmpfs is shrunk, once the first checkpoint is
 #    written, to what is used plus half a checkpoint, so that the next one fills it (its write
@@ -90,7 +90,7 @@ mount -o remount,size=$(($(du -sk "$out_fs" | cut -f1) + checkpoint_kib / 2))k "
   fail "could not shrink the tmpfs"
 sum_before=$(cat "$out_fs"/run/checkpoints/step-200/* | sha256sum)
 expect_contains "the server answers while the job runs out of space" "$("$bin/shardtune" get "$id")" "$id"
-wait_status "$id" FAILED 120 && pass "the job failed (its retry too: the disk is still full)" ||
+wait_status "$id" JOB_STATUS_FAILED 120 && pass "the job failed (its retry too: the disk is still full)" ||
   fail "the job is $(field "$id" status)"
 message=$("$bin/shardtune" get "$id" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["error"]["message"])')
 echo "the job's error: $message"
@@ -101,7 +101,7 @@ expect_eq "checkpoint step-200 is intact" "$(cat "$out_fs"/run/checkpoints/step-
   fail "a checkpoint step-400 exists"
 mount -o remount,size=64m "$out_fs"
 id=$("$bin/shardtune" submit full.yaml)
-wait_status "$id" SUCCEEDED 120 && pass "space freed: submitted again, it finished" || fail "resubmitted: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_SUCCEEDED 120 && pass "space freed: submitted again, it finished" || fail "resubmitted: $(field "$id" status)"
 expect_contains "it resumed from checkpoint step-200" "$(cat "$out_fs"/run/logs/rank-00000.log)" \
   "resuming from $out_fs/run/checkpoints/step-200"
 summary

@@ -86,6 +86,7 @@ def job():
     train = open(os.path.join(work, "train.jsonl"), "rb").read()
     uploaded = files.UploadFile(upload_messages("py-train.jsonl", train), metadata=auth, timeout=60)
     assert uploaded.status == "processed", uploaded
+    assert uploaded.create_time.seconds > 0, uploaded
     assert uploaded.id in [f.id for f in files.ListFiles(files_pb2.ListFilesRequest(), metadata=auth).files]
     print(f"ok: uploaded and listed {uploaded.id}")
     spec = struct_pb2.Struct()
@@ -99,11 +100,11 @@ def job():
     })
     job = jobs.CreateJob(jobs_pb2.CreateJobRequest(spec_fields=spec), metadata=auth, timeout=30)
     for _ in range(1200):
-        job = jobs.GetJob(jobs_pb2.JobRef(id=job.id), metadata=auth, timeout=10)
-        if job.status in (jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED):
+        job = jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id), metadata=auth, timeout=10)
+        if job.status in (jobs_pb2.JOB_STATUS_SUCCEEDED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED):
             break
         time.sleep(0.1)
-    assert job.status == jobs_pb2.SUCCEEDED, job
+    assert job.status == jobs_pb2.JOB_STATUS_SUCCEEDED, job
     print(f"ok: job {job.id} with data.train file:{uploaded.id} succeeded")
     metrics = download(files_pb2.DownloadFileRequest(job_id=job.id, artifact="metrics"))
     assert metrics == open(os.path.join(work, "runs", "python", "metrics.jsonl"), "rb").read()

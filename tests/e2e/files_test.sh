@@ -70,7 +70,7 @@ out=$("$bin/shardtune" files delete "$file_id" 2>&1)
 expect_eq "delete while the job is unfinished: exit 2" "$?" "2"
 expect_contains "it names the job" "$out" "$job"
 timeout 120 "$bin/shardtune" watch "$job" > watch.log
-expect_eq "the job succeeds" "$(field "$job" status)" "SUCCEEDED"
+expect_eq "the job succeeds" "$(field "$job" status)" "JOB_STATUS_SUCCEEDED"
 "$bin/shardtune" files download --job "$job" --artifact final -o final.tar > /dev/null
 expect_eq "final/ downloads as a tar stream holding config.json" \
   "$(python3 -c "import tarfile; print('final/config.json' in tarfile.open('final.tar').getnames())")" "True"

@@ -119,9 +119,9 @@ write_job bad.yaml bad bad.jsonl 8
 write_job long.yaml long train.jsonl 100000
 ok=$("$bin/shardtune" submit ok.yaml)
 timeout 120 "$bin/shardtune" watch "$ok" > /dev/null
-expect_eq "the job succeeds" "$(field "$ok" status)" "SUCCEEDED"
+expect_eq "the job succeeds" "$(field "$ok" status)" "JOB_STATUS_SUCCEEDED"
 bad=$("$bin/shardtune" submit bad.yaml)
-wait_status "$bad" FAILED 60 && pass "bad data: FAILED" || fail "bad data: $(field "$bad" status)"
+wait_status "$bad" JOB_STATUS_FAILED 60 && pass "bad data: FAILED" || fail "bad data: $(field "$bad" status)"
 long=$("$bin/shardtune" submit long.yaml)
 for _ in $(seq 1 600); do [ "$(field "$long" step)" -gt 2 ] 2>/dev/null && break; sleep 0.1; done
 scrape running.txt
@@ -138,10 +138,10 @@ expect_eq "1 slot free" "$(value running.txt shardtune_slots_free)" "1"
 expect_eq "jobs{status=running}" "$(value running.txt shardtune_jobs status=running tenant=team-a)" "1"
 victim=$(for p in $(job_processes "$long"); do grep -qz '^OMPI_COMM_WORLD_RANK=0$' /proc/$p/environ 2>/dev/null && echo $p; done | head -n 1)
 if [ -n "$victim" ]; then kill -9 "$victim"; pass "killed the rank (pid $victim)"; else fail "found no rank to kill"; fi
-for _ in $(seq 1 300); do [ "$(field "$long" attempt)" == "2" ] && [ "$(field "$long" status)" == "RUNNING" ] && break; sleep 0.1; done
+for _ in $(seq 1 300); do [ "$(field "$long" attempt)" == "2" ] && [ "$(field "$long" status)" == "JOB_STATUS_RUNNING" ] && break; sleep 0.1; done
 expect_eq "the killed job runs a second attempt" "$(field "$long" attempt)" "2"
 "$bin/shardtune" cancel "$long" > /dev/null
-wait_status "$long" CANCELLED 30 && pass "cancel -> CANCELLED" || fail "cancel -> $(field "$long" status)"
+wait_status "$long" JOB_STATUS_CANCELLED 30 && pass "cancel -> CANCELLED" || fail "cancel -> $(field "$long" status)"
 "$bin/shardtune" get job-0000000000000000 > /dev/null 2>&1
 "$bin/shardtune" list --token wrong-key > /dev/null 2>&1
 

@@ -86,7 +86,7 @@ expect_contains "a tenant without storage is refused" "$out" "tenant 'team-c' ha
 # A job run as the tenant: it trains to completion (as nobody, when root, with the umask's modes).
 write_job ok.yaml ok "$a/train.jsonl" "$a/runs/ok" 6 2
 ok=$("$bin/shardtune" submit ok.yaml)
-wait_status "$ok" SUCCEEDED 90 && pass "a job inside its roots succeeds" || fail "ok: $(field "$ok" status) $(field "$ok" error)"
+wait_status "$ok" JOB_STATUS_SUCCEEDED 90 && pass "a job inside its roots succeeds" || fail "ok: $(field "$ok" status) $(field "$ok" error)"
 if [ "$as_root" == 1 ]; then
   expect_eq "run_as: its output dir is nobody's" "$(stat -c %U "$a/runs/ok")" "nobody"
   expect_eq "run_as: metrics.jsonl is nobody's" "$(stat -c %U "$a/runs/ok/metrics.jsonl")" "nobody"
@@ -102,16 +102,16 @@ fi
 # path, and never opens the FIFO (that would block the job).
 write_job blocker.yaml blocker "$a/train.jsonl" "$a/runs/blocker" 100000 2
 blocker=$("$bin/shardtune" submit blocker.yaml)
-wait_status "$blocker" RUNNING 30 || fail "blocker: $(field "$blocker" status)"
+wait_status "$blocker" JOB_STATUS_RUNNING 30 || fail "blocker: $(field "$blocker" status)"
 cp "$a/train.jsonl" "$a/swap.jsonl"
 write_job swap.yaml swap "$a/swap.jsonl" "$a/runs/swap" 4 1
 swap=$("$bin/shardtune" submit swap.yaml)
-wait_status "$swap" QUEUED 30 && pass "the job is admitted and queued" || fail "swap: $(field "$swap" status)"
+wait_status "$swap" JOB_STATUS_QUEUED 30 && pass "the job is admitted and queued" || fail "swap: $(field "$swap" status)"
 mkfifo "$work/outside/fifo"
 rm "$a/swap.jsonl" && ln -s "$work/outside/fifo" "$a/swap.jsonl"
 "$bin/shardtune" cancel "$blocker" > /dev/null
-wait_status "$swap" FAILED 60 && pass "the swapped job fails" || fail "swapped: $(field "$swap" status)"
-expect_eq "as a user error (INVALID_INPUT)" "$(field "$swap" error | python3 -c 'import ast,sys; print(ast.literal_eval(sys.stdin.read()).get("code"))')" "INVALID_INPUT"
+wait_status "$swap" JOB_STATUS_FAILED 60 && pass "the swapped job fails" || fail "swapped: $(field "$swap" status)"
+expect_eq "as a user error (INVALID_INPUT)" "$(field "$swap" error | python3 -c 'import ast,sys; print(ast.literal_eval(sys.stdin.read()).get("code"))')" "JOB_ERROR_CODE_INVALID_INPUT"
 expect_contains "the worker's error names the key and the path" "$(field "$swap" error)" "data.train: $a/swap.jsonl"
 expect_contains "and where it leads" "$(field "$swap" error)" "$work/outside/fifo"
 expect_eq "the job ran one attempt (not retried)" "$(field "$swap" attempt)" "1"

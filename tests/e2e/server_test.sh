@@ -76,14 +76,14 @@ id=$("$bin/shardtune" submit ok.yaml)
 expect_eq "submit exits 0" "$?" "0"
 out=$(timeout 120 "$bin/shardtune" watch "$id" --logs)
 expect_eq "watch exits 0 for a job that succeeds" "$?" "0"
-expect_contains "watch ends with the status" "$out" "job $id SUCCEEDED"
+expect_contains "watch ends with the status" "$out" "job $id succeeded"
 expect_eq "the job reached its last step" "$(field "$id" step)" "20"
 expect_contains "metrics reached the server" "$("$bin/shardtune" get "$id")" "val_loss"
 # Every 5 steps but the last (step 20 is final/, not a checkpoint).
 expect_eq "checkpoints at steps 5, 10 and 15 listed" "$("$bin/shardtune" checkpoints "$id" | awk '{print $2}' | tr '\n' ' ')" \
   "5 10 15 "
 expect_eq "its statuses in order" "$("$bin/shardtune" events "$id" | awk '$4 == "status" {print $5}' | tr '\n' ' ')" \
-  "VALIDATING: QUEUED: RUNNING: SUCCEEDED: "
+  "validating: queued: running: succeeded: "
 expect_contains "watch shows the ranks' log lines" "$out" "[rank 0] [info] step 20/20"
 expect_contains "list shows the job" "$("$bin/shardtune" list --label suite=e2e)" "$id"
 out=$("$bin/shardtune" submit ok.yaml 2>&1)
@@ -96,10 +96,10 @@ expect_eq "a retried submit with the same idempotency key gets the same job" "$a
 # 2. Cancel mid-run: CANCELLED, and no process of the job left.
 write_job long.yaml long runs/long 2000 50
 id=$("$bin/shardtune" submit long.yaml)
-wait_status "$id" RUNNING 30
+wait_status "$id" JOB_STATUS_RUNNING 30
 for _ in $(seq 1 100); do [ "$(field "$id" step)" -gt 5 ] 2>/dev/null && break; sleep 0.1; done
 "$bin/shardtune" cancel "$id" > /dev/null
-wait_status "$id" CANCELLED 30 && pass "cancel -> CANCELLED" || fail "cancel -> $(field "$id" status)"
+wait_status "$id" JOB_STATUS_CANCELLED 30 && pass "cancel -> CANCELLED" || fail "cancel -> $(field "$id" status)"
 sleep 0.5
 expect_eq "no process of the cancelled job is left" "$(job_processes "$id" | wc -l)" "0"
 
@@ -112,9 +112,9 @@ id=$("$bin/shardtune" submit broken.yaml)
 for _ in $(seq 1 2400); do compgen -G "runs/broken/checkpoints/step-*" > /dev/null && break; sleep 0.05; done
 victim=$(for p in $(job_processes "$id"); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && echo $p; done | head -n 1)
 if [ -n "$victim" ]; then kill -9 "$victim"; pass "killed rank 1 (pid $victim)"; else fail "found no rank 1 to kill"; fi
-wait_status "$id" SUCCEEDED 180 && pass "a killed rank's job is retried and succeeds" || fail "after kill -9: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_SUCCEEDED 180 && pass "a killed rank's job is retried and succeeds" || fail "after kill -9: $(field "$id" status)"
 expect_eq "the job ran a second attempt" "$(field "$id" attempt)" "2"
-wait_status "$ref" SUCCEEDED 120
+wait_status "$ref" JOB_STATUS_SUCCEEDED 120
 expect_eq "the retried job's final loss equals the unbroken run's" "$(final_loss runs/broken)" "$(final_loss runs/unbroken)"
 
 # 3b. kill -9 of an attempt's supervisor: its ranks are orphaned, not stopped; the server finds
@@ -132,17 +132,17 @@ expect_eq "the job runs a second attempt" "$(field "$id" attempt)" "2"
 sleep 0.5
 expect_eq "no process of the attempt whose supervisor was killed is left" "$(attempt_processes "$id" 1 | wc -l)" "0"
 "$bin/shardtune" cancel "$id" > /dev/null
-wait_status "$id" CANCELLED 30 || fail "orphaned: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_CANCELLED 30 || fail "orphaned: $(field "$id" status)"
 
 # 4. kill -9 of the server mid-job: after a restart the job is still tracked and ends correctly.
 write_job survivor.yaml survivor runs/survivor 8000 2000
 id=$("$bin/shardtune" submit survivor.yaml)
-wait_status "$id" RUNNING 30
+wait_status "$id" JOB_STATUS_RUNNING 30
 kill -9 "$server_pid"; wait "$server_pid" 2>/dev/null; server_pid=""
 sleep 1
 start_server
-expect_eq "after the restart the job is still running" "$(field "$id" status)" "RUNNING"
-wait_status "$id" SUCCEEDED 300 && pass "the job ends SUCCEEDED under the restarted server" || fail "after server restart: $(field "$id" status)"
+expect_eq "after the restart the job is still running" "$(field "$id" status)" "JOB_STATUS_RUNNING"
+wait_status "$id" JOB_STATUS_SUCCEEDED 300 && pass "the job ends SUCCEEDED under the restarted server" || fail "after server restart: $(field "$id" status)"
 expect_contains "the restart is in the job's events" "$("$bin/shardtune" events "$id")" "re-attached"
 
 # 5. Pause, then resume on another number of ranks (the checkpoint reshards).
@@ -150,18 +150,18 @@ write_job pausing.yaml pausing runs/pausing 20000 100000
 id=$("$bin/shardtune" submit pausing.yaml)
 for _ in $(seq 1 300); do [ "$(field "$id" step)" -gt 10 ] 2>/dev/null && break; sleep 0.1; done
 "$bin/shardtune" pause "$id" > /dev/null
-wait_status "$id" PAUSED 60 && pass "pause -> PAUSED" || fail "pause -> $(field "$id" status)"
+wait_status "$id" JOB_STATUS_PAUSED 60 && pass "pause -> PAUSED" || fail "pause -> $(field "$id" status)"
 paused_at=$(field "$id" step)
 [ -d "runs/pausing/checkpoints/step-$paused_at" ] && pass "paused at a checkpoint (step $paused_at)" || fail "no checkpoint at step $paused_at"
 out=$("$bin/shardtune" resume "$id" --ranks 3 2>&1)
 expect_eq "a resume whose ranks do not divide the global batch is refused: exit 2" "$?" "2"
-expect_contains "the server's refusal names the job error code" "$out" "INVALID_SPEC: "
+expect_contains "the server's refusal names the job error code" "$out" "invalid_spec: "
 "$bin/shardtune" resume "$id" --ranks 4 > /dev/null
-wait_status "$id" RUNNING 60
+wait_status "$id" JOB_STATUS_RUNNING 60
 for _ in $(seq 1 300); do [ "$(field "$id" ranks)" == "4" ] && [ "$(field "$id" step)" -gt "$paused_at" ] 2>/dev/null && break; sleep 0.2; done
 expect_eq "the resumed attempt runs on 4 ranks" "$(field "$id" ranks)" "4"
 "$bin/shardtune" cancel "$id" > /dev/null
-wait_status "$id" CANCELLED 60
+wait_status "$id" JOB_STATUS_CANCELLED 60
 expect_contains "the resumed run continued from the pause" "$(cat runs/pausing/logs/rank-00000.log)" "resuming from $work/runs/pausing/checkpoints/step-$paused_at"
 
 # 6. Auth: missing and wrong keys, tenants.
@@ -174,7 +174,7 @@ out=$("$bin/shardtune" get "$id" --token key-b 2>&1)
 expect_eq "another tenant's job: exit 2" "$?" "2"
 expect_contains "another tenant's job is NOT_FOUND" "$out" "no job '$id'"
 "$bin/shardtune" cancel "$ref" --token key-b > /dev/null 2>&1
-expect_eq "another tenant cannot cancel" "$(field "$ref" status)" "SUCCEEDED"
+expect_eq "another tenant cannot cancel" "$(field "$ref" status)" "JOB_STATUS_SUCCEEDED"
 expect_eq "team-b sees none of team-a's jobs" "$("$bin/shardtune" list --token key-b | wc -l)" "0"
 expect_contains "an admin sees every tenant's jobs" "$("$bin/shardtune" list --token key-admin)" "$id"
 expect_contains "a viewer sees its tenant's jobs" "$("$bin/shardtune" list --token key-viewer)" "$id"
@@ -211,18 +211,18 @@ write_job quota1.yaml quota-one runs/quota1 100000 100000
 write_job quota2.yaml quota-two runs/quota2 100000 100000
 q1=$("$bin/shardtune" submit quota1.yaml --token key-b)
 q2=$("$bin/shardtune" submit quota2.yaml --token key-b)
-SHARDTUNE_TOKEN=key-b wait_status "$q1" RUNNING 30
+SHARDTUNE_TOKEN=key-b wait_status "$q1" JOB_STATUS_RUNNING 30
 # Its data check done, the second job must wait in the queue (a RUNNING one would not match).
-SHARDTUNE_TOKEN=key-b wait_status "$q2" QUEUED 30
+SHARDTUNE_TOKEN=key-b wait_status "$q2" JOB_STATUS_QUEUED 30
 sleep 1
-expect_eq "within its quota a tenant's first job runs" "$(SHARDTUNE_TOKEN=key-b field "$q1" status)" "RUNNING"
-expect_eq "beyond its quota the second waits" "$(SHARDTUNE_TOKEN=key-b field "$q2" status)" "QUEUED"
+expect_eq "within its quota a tenant's first job runs" "$(SHARDTUNE_TOKEN=key-b field "$q1" status)" "JOB_STATUS_RUNNING"
+expect_eq "beyond its quota the second waits" "$(SHARDTUNE_TOKEN=key-b field "$q2" status)" "JOB_STATUS_QUEUED"
 # A resume is admission again: on more ranks than the tenant's max_ranks it is refused.
 "$bin/shardtune" pause "$q2" --token key-b > /dev/null
 out=$("$bin/shardtune" resume "$q2" --ranks 4 --token key-b 2>&1)
 expect_eq "a resume past the tenant's max_ranks exits 2" "$?" "2"
 expect_contains "it names the quota" "$out" "tenant 'team-b' may use at most 2"
-expect_eq "the job stays paused" "$(SHARDTUNE_TOKEN=key-b field "$q2" status)" "PAUSED"
+expect_eq "the job stays paused" "$(SHARDTUNE_TOKEN=key-b field "$q2" status)" "JOB_STATUS_PAUSED"
 "$bin/shardtune" cancel "$q1" --token key-b > /dev/null; "$bin/shardtune" cancel "$q2" --token key-b > /dev/null
 
 # 7. Requests the server refuses, and hostile names and paths.
@@ -247,24 +247,24 @@ cp train.jsonl baddata.jsonl; echo '{"input_ids": [1, "two"]}' >> baddata.jsonl
 sed -e 's/train: train.jsonl/train: baddata.jsonl/' -e 's|runs/ok|runs/baddata|' ok.yaml > baddata.yaml
 id=$("$bin/shardtune" submit baddata.yaml)
 expect_eq "a job whose spec is good is accepted before its data is read" "$?" "0"
-wait_status "$id" FAILED 60 && pass "bad data: VALIDATING -> FAILED" || fail "bad data: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_FAILED 60 && pass "bad data: VALIDATING -> FAILED" || fail "bad data: $(field "$id" status)"
 out=$("$bin/shardtune" get "$id")
 expect_contains "the error names the data file's line" "$out" "baddata.jsonl:65"
-expect_contains "the error is a data error" "$out" "INVALID_DATA"
+expect_contains "the error is a data error" "$out" "error:     invalid_data: "
 expect_eq "a job with bad data never ran" "$("$bin/shardtune" events "$id" | awk '$4 == "status" {print $5}' | tr '\n' ' ')" \
-  "VALIDATING: FAILED: "
+  "validating: failed: "
 # A spec the server accepts but the worker refuses (more ranks x micro-batches than sequences).
 sed -e 's/global_batch_size: 8/global_batch_size: 64/' -e 's|runs/ok|runs/toobig|' ok.yaml > toobig.yaml
 id=$("$bin/shardtune" submit toobig.yaml)
-wait_status "$id" FAILED 120 && pass "a spec the worker refuses: FAILED" || fail "worker-refused spec: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_FAILED 120 && pass "a spec the worker refuses: FAILED" || fail "worker-refused spec: $(field "$id" status)"
 out=$("$bin/shardtune" get "$id")
-expect_contains "the worker's refusal is INVALID_SPEC, from rank 0" "$out" "error:     INVALID_SPEC: rank 0: "
+expect_contains "the worker's refusal is INVALID_SPEC, from rank 0" "$out" "error:     invalid_spec: rank 0: "
 expect_contains "it says why" "$out" "fewer than one global batch of 64"
 expect_eq "a refused spec is not retried" "$(field "$id" attempt)" "1"
 hostile='runs/a b;$(touch pwned);`touch pwned2`'"'"'x'
 write_job hostile.yaml hostile "$hostile" 4 0
 id=$("$bin/shardtune" submit hostile.yaml)
-wait_status "$id" SUCCEEDED 120 && pass "a job with a hostile output path runs" || fail "hostile: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_SUCCEEDED 120 && pass "a job with a hostile output path runs" || fail "hostile: $(field "$id" status)"
 [ -d "$work/$hostile/final" ] && pass "its output is where the spec says" || fail "hostile output missing"
 if [ -e pwned ] || [ -e pwned2 ] || [ -e "$work/runs/pwned" ]; then fail "a path was run as a command"; else pass "quotes, ; and \$() in paths are inert"; fi
 
@@ -306,9 +306,9 @@ for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && break; sleep
 sed -e 's/sharding: {zero_stage: 3}/sharding: {zero_stage: 3, collective_timeout_s: 5}/' -e 's|runs/ok|runs/stalled|' \
   ok.yaml > stalled.yaml
 id=$("$bin/shardtune" submit stalled.yaml)
-wait_status "$id" FAILED 120 && pass "a stalled rank fails the job" || fail "stalled: $(field "$id" status); $(tail -n 5 fault-server.log)"
+wait_status "$id" JOB_STATUS_FAILED 120 && pass "a stalled rank fails the job" || fail "stalled: $(field "$id" status); $(tail -n 5 fault-server.log)"
 out=$("$bin/shardtune" get "$id")
-expect_contains "a collective timeout is TIMEOUT, from rank 0" "$out" "error:     TIMEOUT: rank 0: "
+expect_contains "a collective timeout is TIMEOUT, from rank 0" "$out" "error:     timeout: rank 0: "
 expect_contains "it names the collective and its step" "$out" "in shard group 0 at step 3"
 expect_contains "and the limit" "$out" "did not complete within the collective timeout of 5 s"
 # A lost host: rank 1 (on nodeb) stalls, with the default timeout nothing else ends the job, and
@@ -318,9 +318,9 @@ id=$("$bin/shardtune" submit lost.yaml)
 for _ in $(seq 1 600); do [ "$(field "$id" step)" -ge 2 ] 2>/dev/null && break; sleep 0.1; done
 daemon=$(for p in $(job_processes "$id"); do [ "$(head -c 5 /proc/$p/cmdline 2>/dev/null | tr -d '\0')" == "orted" ] && echo "$p"; done | head -n 1)
 if [ -n "$daemon" ]; then kill -9 "$daemon"; pass "killed nodeb's daemon (pid $daemon)"; else fail "found no orted of job $id"; fi
-wait_status "$id" FAILED 60 && pass "a lost host fails the job" || fail "lost host: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_FAILED 60 && pass "a lost host fails the job" || fail "lost host: $(field "$id" status)"
 out=$("$bin/shardtune" get "$id")
-expect_contains "a lost host is NODE_LOST, from mpirun" "$out" "error:     NODE_LOST: mpirun lost a host"
+expect_contains "a lost host is NODE_LOST, from mpirun" "$out" "error:     node_lost: mpirun lost a host"
 expect_contains "it names the host" "$out" "on node nodeb"
 sleep 0.5
 expect_eq "no process of the job outlives it (not even the orphaned rank of the lost daemon)" \
@@ -334,8 +334,8 @@ fault_pid=$!
 for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && break; sleep 0.1; done
 sed -e 's|runs/stalled|runs/stalled0|' stalled.yaml > stalled0.yaml
 id=$("$bin/shardtune" submit stalled0.yaml)
-wait_status "$id" FAILED 120 && pass "a stalled rank 0 fails the job" || fail "stalled rank 0: $(field "$id" status); $(tail -n 5 fault-server.log)"
-expect_contains "a timeout on rank 1 alone is TIMEOUT" "$("$bin/shardtune" get "$id")" "error:     TIMEOUT: "
+wait_status "$id" JOB_STATUS_FAILED 120 && pass "a stalled rank 0 fails the job" || fail "stalled rank 0: $(field "$id" status); $(tail -n 5 fault-server.log)"
+expect_contains "a timeout on rank 1 alone is TIMEOUT" "$("$bin/shardtune" get "$id")" "error:     timeout: "
 kill -9 "$fault_pid" 2>/dev/null; fault_pid=""
 
 summary

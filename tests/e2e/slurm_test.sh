@@ -67,8 +67,8 @@ write_job ok.yaml ok 20
 write_job ok2.yaml ok2 20 'cpus_per_rank: 1, time_limit: "10:00"'
 id=$("$bin/shardtune" submit ok.yaml)
 id2=$("$bin/shardtune" submit ok2.yaml)
-wait_status "$id" SUCCEEDED 180 && pass "a job through the slurm backend SUCCEEDED" || fail "slurm job: $(field "$id" status); $(tail -n 5 server.log)"
-wait_status "$id2" SUCCEEDED 180 && pass "a second Slurm job submitted with it SUCCEEDED" || fail "second slurm job: $(field "$id2" status)"
+wait_status "$id" JOB_STATUS_SUCCEEDED 180 && pass "a job through the slurm backend SUCCEEDED" || fail "slurm job: $(field "$id" status); $(tail -n 5 server.log)"
+wait_status "$id2" JOB_STATUS_SUCCEEDED 180 && pass "a second Slurm job submitted with it SUCCEEDED" || fail "second slurm job: $(field "$id2" status)"
 expect_eq "it ran as a Slurm job" "$("$bin/shardtune" events "$id" | grep -c 'Slurm job')" "1"
 [ -f "$work/runs/ok/final/model.safetensors" ] && pass "its model was exported" || fail "no final model"
 slurm_id=$("$bin/shardtune" events "$id2" | sed -n 's/.*Slurm job \([0-9]*\).*/\1/p' | head -n 1)
@@ -89,7 +89,7 @@ slurm_id=$("$bin/shardtune" events "$id" | sed -n 's/.*Slurm job \([0-9]*\).*/\1
 scontrol requeue "$slurm_id"
 sleep 1
 scontrol update JobId="$slurm_id" StartTime=now  # no wait before it is eligible again (the default is minutes)
-wait_status "$id" SUCCEEDED 180 && pass "a requeued (preempted) job ends SUCCEEDED" || fail "requeued: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_SUCCEEDED 180 && pass "a requeued (preempted) job ends SUCCEEDED" || fail "requeued: $(field "$id" status)"
 grep -q "resuming from" runs/requeued/logs/rank-00000.log && pass "the requeued run resumed from its checkpoint" || fail "the requeued run did not resume"
 expect_eq "a requeue is Slurm's, not a retry: still attempt 1" "$(field "$id" attempt)" "1"
 
@@ -98,7 +98,7 @@ id=$("$bin/shardtune" submit long.yaml)
 for _ in $(seq 1 600); do [ "$(field "$id" step)" -gt 3 ] 2>/dev/null && break; sleep 0.2; done
 slurm_id=$("$bin/shardtune" events "$id" | sed -n 's/.*Slurm job \([0-9]*\).*/\1/p' | head -n 1)
 "$bin/shardtune" cancel "$id" > /dev/null
-wait_status "$id" CANCELLED 60 && pass "scancel through the server -> CANCELLED" || fail "cancel: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_CANCELLED 60 && pass "scancel through the server -> CANCELLED" || fail "cancel: $(field "$id" status)"
 state=$(squeue --noheader --jobs="$slurm_id" --format=%T 2>/dev/null)
 if [ -z "$state" ] || [ "$state" == "CANCELLED" ]; then pass "the Slurm job is gone"; else fail "Slurm job $slurm_id is $state"; fi
 
@@ -109,18 +109,18 @@ write_job nodefail.yaml nodefail 100000
 id=$("$bin/shardtune" submit nodefail.yaml)
 for _ in $(seq 1 600); do [ "$(field "$id" step)" -gt 3 ] 2>/dev/null && break; sleep 0.2; done
 scontrol update NodeName="$node" State=DOWN Reason=shardtune-e2e
-wait_status "$id" FAILED 60 && pass "a job whose node fails: FAILED" || fail "node failure: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_FAILED 60 && pass "a job whose node fails: FAILED" || fail "node failure: $(field "$id" status)"
 scontrol update NodeName="$node" State=RESUME > /dev/null 2>&1
 out=$("$bin/shardtune" get "$id")
-expect_contains "a failed node is NODE_LOST" "$out" "error:     NODE_LOST: Slurm job"
+expect_contains "a failed node is NODE_LOST" "$out" "error:     node_lost: Slurm job"
 expect_contains "it names Slurm's state" "$out" "ended NODE_FAIL"
 
 # sbatch refusing the job (a partition the cluster lacks): BACKEND, and not retried.
 write_job refused.yaml refused 20 "partition: nosuch"
 id=$("$bin/shardtune" submit refused.yaml)
-wait_status "$id" FAILED 60 && pass "a job sbatch refuses: FAILED" || fail "refused: $(field "$id" status)"
+wait_status "$id" JOB_STATUS_FAILED 60 && pass "a job sbatch refuses: FAILED" || fail "refused: $(field "$id" status)"
 out=$("$bin/shardtune" get "$id")
-expect_contains "sbatch refusing it is BACKEND" "$out" "error:     BACKEND: sbatch failed"
+expect_contains "sbatch refusing it is BACKEND" "$out" "error:     backend: sbatch failed"
 expect_contains "sbatch says why" "$out" "invalid partition"
 
 # As root with run_as: the job is submitted as nobody (sbatch --uid), its ranks started by srun.
@@ -148,7 +148,7 @@ a=$work/roots/team-a
 write_job nobody.yaml nobody 10 "" "$a/runs"
 sed -i "s|$work/train.jsonl|$a/train.jsonl|" nobody.yaml
 id=$("$bin/shardtune" submit nobody.yaml)
-wait_status "$id" SUCCEEDED 180 && pass "run_as nobody, srun: SUCCEEDED" || fail "run_as/srun job: $(field "$id" status); $(tail -n 5 server2.log)"
+wait_status "$id" JOB_STATUS_SUCCEEDED 180 && pass "run_as nobody, srun: SUCCEEDED" || fail "run_as/srun job: $(field "$id" status); $(tail -n 5 server2.log)"
 slurm_id=$("$bin/shardtune" events "$id" | sed -n 's/.*Slurm job \([0-9]*\).*/\1/p' | head -n 1)
 expect_contains "Slurm ran it as nobody" "$(scontrol show job --oneliner "$slurm_id")" "UserId=nobody("
 script=$(sbatch_script state2 "$id")

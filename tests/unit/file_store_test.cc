@@ -195,6 +195,9 @@ TEST_F(FileStoreTest, TheCheckDecidesTheStatusOfAFineTuneFile) {
   EXPECT_EQ(checked.parent_path(), FilesDir("team-b")) << "checked before it is renamed into place";
   EXPECT_EQ(file.status(), "error");
   EXPECT_EQ(files_->Get("team-b", file.id())->status_details(), "bad.jsonl:1: [invalid_json] ...");
+  // The upload's answer carries its creation time, as the stored row does.
+  EXPECT_GT(file.create_time().seconds(), 0);
+  EXPECT_EQ(files_->Get("team-b", file.id())->create_time().seconds(), file.create_time().seconds());
 }
 
 // A tar stream of `dir` written by TarWriter in pieces of `piece` bytes, to `out`.

@@ -14,6 +14,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/worker_contract.h"
+#include "launcher/api_values.h"
 #include "launcher/rank_command.h"
 #include "launcher/server/attempt_end.h"
 #include "launcher/server/job_store.h"
@@ -33,8 +34,8 @@ JobRecord Job(const std::string& id, const std::string& tenant, int64_t created)
   r.job.set_id(id);
   r.job.set_name("n-" + id);
   r.job.set_tenant(tenant);
-  r.job.set_status(v1::QUEUED);
-  r.job.set_created_ms(created);
+  r.job.set_status(v1::JOB_STATUS_QUEUED);
+  *r.job.mutable_create_time() = api::TimeOfMs(created);
   (*r.job.mutable_labels())["team"] = tenant;
   r.requested_ranks = 2;
   return r;
@@ -51,18 +52,18 @@ TEST(JobStore, KeepsJobsEventsAndCheckpointsAcrossReopening) {
     c.idempotency_key = "k";
     store.Insert(c);
     JobRecord a = *store.Get("a");
-    a.job.set_status(v1::RUNNING);
+    a.job.set_status(v1::JOB_STATUS_RUNNING);
     a.job.set_step(7);
     a.supervisor_pid = 1234;
     a.pause_requested = true;
     store.Update(a);
-    EXPECT_EQ(store.AddEvent(a.job, "status", "RUNNING"), 1);
-    EXPECT_EQ(store.AddEvent(a.job, "progress", "step 7"), 2);
+    EXPECT_EQ(store.AddEvent(a.job, v1::JOB_EVENT_KIND_STATUS, "running"), 1);
+    EXPECT_EQ(store.AddEvent(a.job, v1::JOB_EVENT_KIND_PROGRESS, "step 7"), 2);
     store.AddCheckpoint("a", 5, "/out/checkpoints/step-5");
   }
   JobStore store(db);  // a new process would see the same
   const JobRecord a = *store.Get("a");
-  EXPECT_EQ(a.job.status(), v1::RUNNING);
+  EXPECT_EQ(a.job.status(), v1::JOB_STATUS_RUNNING);
   EXPECT_EQ(a.job.step(), 7);
   EXPECT_EQ(a.supervisor_pid, 1234);
   EXPECT_TRUE(a.pause_requested);
@@ -92,7 +93,7 @@ TEST(JobStore, KeepsJobsEventsAndCheckpointsAcrossReopening) {
   ASSERT_EQ(store.List(labelled).size(), 1u);
   EXPECT_EQ(store.List(labelled)[0].job.id(), "b");
   JobFilter running;
-  running.status = v1::RUNNING;
+  running.status = v1::JOB_STATUS_RUNNING;
   EXPECT_EQ(store.List(running).size(), 1u);
   EXPECT_EQ(store.Unfinished().size(), 3u);
 }
@@ -111,7 +112,7 @@ std::vector<std::string> PageThrough(JobStore& store, JobFilter filter, F&& betw
     token.clear();
     if (page.size() == 8) {
       page.pop_back();
-      token = EncodePageToken({page.back().job.created_ms(), page.back().job.id()}, filter);
+      token = EncodePageToken({api::Ms(page.back().job.create_time()), page.back().job.id()}, filter);
     }
     for (const auto& r : page) ids.push_back(r.job.id());
     between();
@@ -155,7 +156,8 @@ TEST(JobStore, PagingWhileJobsAreCreatedNeitherRepeatsNorSkipsARow) {
   // Newest first throughout: each row older than the one before it.
   for (size_t i = 1; i < ids.size(); ++i) {
     const auto a = store.Get(ids[i - 1])->job, b = store.Get(ids[i])->job;
-    EXPECT_TRUE(a.created_ms() > b.created_ms() || (a.created_ms() == b.created_ms() && a.id() > b.id()));
+    const int64_t ta = api::Ms(a.create_time()), tb = api::Ms(b.create_time());
+    EXPECT_TRUE(ta > tb || (ta == tb && a.id() > b.id()));
   }
 }
 
@@ -174,7 +176,7 @@ TEST(PageToken, IsOpaqueAndBoundToItsFilter) {
   EXPECT_TRUE(DecodePageToken(token, page_size_changed).has_value());
   // Another filter, tenant, or bytes this server never gave: refused.
   JobFilter other = f;
-  other.status = v1::RUNNING;
+  other.status = v1::JOB_STATUS_RUNNING;
   EXPECT_FALSE(DecodePageToken(token, other).has_value());
   other = f;
   other.tenant = "t2";
@@ -404,7 +406,7 @@ TEST(WorkerContract, OneMappingFromAnErrorToItsCodeAndExitStatus) {
   EXPECT_EQ(contract::JobErrorKindForExit(kExitInvalidInput), JobErrorKind::kInvalidInput);
   EXPECT_EQ(contract::JobErrorKindForExit(kExitTimeout), JobErrorKind::kTimeout);
   EXPECT_EQ(contract::JobErrorKindForExit(137), JobErrorKind::kRankFailed);
-  EXPECT_EQ(static_cast<int>(JobErrorKind::kNodeLost), v1::NODE_LOST);
+  EXPECT_EQ(static_cast<int>(JobErrorKind::kNodeLost), v1::JOB_ERROR_CODE_NODE_LOST);
 }
 
 TEST(AttemptEnd, EveryWayAnAttemptEndsSettlesAsTheTableSays) {
@@ -421,31 +423,38 @@ TEST(AttemptEnd, EveryWayAnAttemptEndsSettlesAsTheTableSays) {
   constexpr auto kNone = v1::JOB_ERROR_CODE_UNSPECIFIED;
   constexpr auto kNoReport = v1::ATTEMPT_OUTCOME_UNSPECIFIED;
   const Row rows[] = {
-      {"cancelled", true, false, kNoReport, kNone, 143, false, true, v1::CANCELLED, kNone},
-      {"finished", false, false, v1::ATTEMPT_FINISHED, kNone, 0, true, true, v1::SUCCEEDED, kNone},
-      {"finished, a requeued run refused", false, false, v1::ATTEMPT_FINISHED, kNone, 2, true, true, v1::SUCCEEDED,
+      {"cancelled", true, false, kNoReport, kNone, 143, false, true, v1::JOB_STATUS_CANCELLED, kNone},
+      {"finished", false, false, v1::ATTEMPT_OUTCOME_FINISHED, kNone, 0, true, true, v1::JOB_STATUS_SUCCEEDED, kNone},
+      {"finished, a requeued run refused", false, false, v1::ATTEMPT_OUTCOME_FINISHED, kNone, 2, true, true,
+       v1::JOB_STATUS_SUCCEEDED, kNone},
+      {"paused", false, true, v1::ATTEMPT_OUTCOME_PAUSED, kNone, 0, false, true, v1::JOB_STATUS_PAUSED, kNone},
+      {"exit 0, report lost", false, false, kNoReport, kNone, 0, true, true, v1::JOB_STATUS_SUCCEEDED, kNone},
+      {"exit 0, report lost while pausing", false, true, kNoReport, kNone, 0, false, true, v1::JOB_STATUS_PAUSED,
        kNone},
-      {"paused", false, true, v1::ATTEMPT_PAUSED, kNone, 0, false, true, v1::PAUSED, kNone},
-      {"exit 0, report lost", false, false, kNoReport, kNone, 0, true, true, v1::SUCCEEDED, kNone},
-      {"exit 0, report lost while pausing", false, true, kNoReport, kNone, 0, false, true, v1::PAUSED, kNone},
-      {"exit 0, report lost, the pause came too late", false, true, kNoReport, kNone, 0, true, true, v1::SUCCEEDED,
-       kNone},
-      {"failed while pausing", false, true, v1::ATTEMPT_FAILED, v1::RANK_FAILED, 1, false, true, v1::PAUSED, kNone},
-      {"a user error while pausing", false, true, v1::ATTEMPT_FAILED, v1::INVALID_SPEC, 2, false, true, v1::FAILED,
-       kNone},
-      {"stopped unasked", false, false, v1::ATTEMPT_STOPPED, kNone, 0, false, true, v1::QUEUED, v1::RANK_FAILED},
-      {"a rank killed", false, false, kNoReport, kNone, 137, false, true, v1::QUEUED, v1::RANK_FAILED},
-      {"a rank killed, no attempts left", false, false, kNoReport, kNone, 137, false, false, v1::FAILED,
-       v1::RANK_FAILED},
-      {"processes vanished", false, false, kNoReport, kNone, -1, false, true, v1::QUEUED, v1::RANK_FAILED},
-      {"exit 2 unreported", false, false, kNoReport, kNone, kExitInvalidInput, false, true, v1::FAILED,
-       v1::INVALID_INPUT},
+      {"exit 0, report lost, the pause came too late", false, true, kNoReport, kNone, 0, true, true,
+       v1::JOB_STATUS_SUCCEEDED, kNone},
+      {"failed while pausing", false, true, v1::ATTEMPT_OUTCOME_FAILED, v1::JOB_ERROR_CODE_RANK_FAILED, 1, false, true,
+       v1::JOB_STATUS_PAUSED, kNone},
+      {"a user error while pausing", false, true, v1::ATTEMPT_OUTCOME_FAILED, v1::JOB_ERROR_CODE_INVALID_SPEC, 2, false,
+       true, v1::JOB_STATUS_FAILED, kNone},
+      {"stopped unasked", false, false, v1::ATTEMPT_OUTCOME_STOPPED, kNone, 0, false, true, v1::JOB_STATUS_QUEUED,
+       v1::JOB_ERROR_CODE_RANK_FAILED},
+      {"a rank killed", false, false, kNoReport, kNone, 137, false, true, v1::JOB_STATUS_QUEUED,
+       v1::JOB_ERROR_CODE_RANK_FAILED},
+      {"a rank killed, no attempts left", false, false, kNoReport, kNone, 137, false, false, v1::JOB_STATUS_FAILED,
+       v1::JOB_ERROR_CODE_RANK_FAILED},
+      {"processes vanished", false, false, kNoReport, kNone, -1, false, true, v1::JOB_STATUS_QUEUED,
+       v1::JOB_ERROR_CODE_RANK_FAILED},
+      {"exit 2 unreported", false, false, kNoReport, kNone, kExitInvalidInput, false, true, v1::JOB_STATUS_FAILED,
+       v1::JOB_ERROR_CODE_INVALID_INPUT},
       {"exit 3 unreported: another rank timed out", false, false, kNoReport, kNone, kExitTimeout, false, true,
-       v1::QUEUED, v1::TIMEOUT},
-      {"timeout reported", false, false, v1::ATTEMPT_FAILED, v1::TIMEOUT, kExitTimeout, false, false, v1::FAILED,
+       v1::JOB_STATUS_QUEUED, v1::JOB_ERROR_CODE_TIMEOUT},
+      {"timeout reported", false, false, v1::ATTEMPT_OUTCOME_FAILED, v1::JOB_ERROR_CODE_TIMEOUT, kExitTimeout, false,
+       false, v1::JOB_STATUS_FAILED, kNone},
+      {"a lost host", false, false, kNoReport, v1::JOB_ERROR_CODE_NODE_LOST, 1, false, true, v1::JOB_STATUS_QUEUED,
        kNone},
-      {"a lost host", false, false, kNoReport, v1::NODE_LOST, 1, false, true, v1::QUEUED, kNone},
-      {"invalid data", false, false, v1::ATTEMPT_FAILED, v1::INVALID_INPUT, 2, false, true, v1::FAILED, kNone},
+      {"invalid data", false, false, v1::ATTEMPT_OUTCOME_FAILED, v1::JOB_ERROR_CODE_INVALID_INPUT, 2, false, true,
+       v1::JOB_STATUS_FAILED, kNone},
   };
   for (const Row& row : rows) {
     AttemptEnd end;

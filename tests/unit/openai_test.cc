@@ -4,6 +4,7 @@
 // routes themselves run in tests/e2e/openai_test.sh, under the official Node SDK.
 #include <gtest/gtest.h>
 
+#include "launcher/api_values.h"
 #include "launcher/server/job_store.h"
 #include "launcher/server/openai_json.h"
 #include "launcher/server/server_config.h"
@@ -16,9 +17,13 @@ namespace fs = std::filesystem;
 using testing::ScratchDir;
 
 TEST(OpenAiJson, MapsEveryStatus) {
-  const std::vector<std::pair<v1::JobStatus, std::string>> cases = {
-      {v1::VALIDATING, "validating_files"}, {v1::QUEUED, "queued"}, {v1::RUNNING, "running"},    {v1::PAUSED, "paused"},
-      {v1::SUCCEEDED, "succeeded"},         {v1::FAILED, "failed"}, {v1::CANCELLED, "cancelled"}};
+  const std::vector<std::pair<v1::JobStatus, std::string>> cases = {{v1::JOB_STATUS_VALIDATING, "validating_files"},
+                                                                    {v1::JOB_STATUS_QUEUED, "queued"},
+                                                                    {v1::JOB_STATUS_RUNNING, "running"},
+                                                                    {v1::JOB_STATUS_PAUSED, "paused"},
+                                                                    {v1::JOB_STATUS_SUCCEEDED, "succeeded"},
+                                                                    {v1::JOB_STATUS_FAILED, "failed"},
+                                                                    {v1::JOB_STATUS_CANCELLED, "cancelled"}};
   for (const auto& [status, name] : cases) EXPECT_EQ(StatusName(status), name);
 }
 
@@ -152,9 +157,9 @@ TEST(OpenAiJson, JobObjectsInOpenAiShape) {
   JobRecord r;
   r.job.set_id("job-00ff");
   r.job.set_tenant("team-a");
-  r.job.set_status(v1::SUCCEEDED);
-  r.job.set_created_ms(5000);
-  r.job.set_finished_ms(9000);
+  r.job.set_status(v1::JOB_STATUS_SUCCEEDED);
+  *r.job.mutable_create_time() = api::TimeOfMs(5000);
+  *r.job.mutable_finish_time() = api::TimeOfMs(9000);
   r.job.set_trained_tokens(123);
   (*r.job.mutable_labels())["run"] = "x";
   OpenAiFields f;
@@ -174,8 +179,8 @@ TEST(OpenAiJson, JobObjectsInOpenAiShape) {
   EXPECT_EQ(job["metadata"]["run"], "x");
   EXPECT_TRUE(job["error"].is_null());
   EXPECT_TRUE(job["validation_file"].is_null());
-  r.job.set_status(v1::FAILED);
-  r.job.mutable_error()->set_kind(v1::INVALID_DATA);
+  r.job.set_status(v1::JOB_STATUS_FAILED);
+  r.job.mutable_error()->set_code(v1::JOB_ERROR_CODE_INVALID_DATA);
   r.job.mutable_error()->set_message("train.jsonl:2: [unrecognized_role]");
   job = JobObject(r);
   EXPECT_TRUE(job["fine_tuned_model"].is_null());
@@ -184,7 +189,7 @@ TEST(OpenAiJson, JobObjectsInOpenAiShape) {
   // A job created over gRPC: shown from its spec.
   JobRecord grpc;
   grpc.job.set_id("job-01");
-  grpc.job.set_status(v1::RUNNING);
+  grpc.job.set_status(v1::JOB_STATUS_RUNNING);
   grpc.job.set_spec_yaml("model: {path: /m}\ndata: {train: /d.jsonl}\ntraining: {epochs: 2, global_batch_size: 8}\n");
   job = JobObject(grpc);
   EXPECT_EQ(job["model"], "/m");
@@ -197,8 +202,8 @@ TEST(OpenAiJson, EventsAndCheckpoints) {
   v1::JobEvent e;
   e.set_job_id("job-01");
   e.set_seq(12);
-  e.set_time_ms(7000);
-  e.set_kind("metrics");
+  *e.mutable_create_time() = api::TimeOfMs(7000);
+  e.set_kind(v1::JOB_EVENT_KIND_METRICS);
   e.mutable_job()->set_step(4);
   e.mutable_job()->set_total_steps(8);
   (*e.mutable_job()->mutable_metrics())["loss"] = 1.5;
@@ -210,14 +215,17 @@ TEST(OpenAiJson, EventsAndCheckpoints) {
   EXPECT_EQ(event["data"]["train_loss"], 1.5);
   EXPECT_EQ(event["data"]["valid_loss"], 2.0);
   EXPECT_EQ(event["message"], "Step 4/8: training loss=1.5000, validation loss=2.0000");
-  e.set_kind("progress");  // no evaluation at this step: the latest val_loss is not repeated
+  e.set_kind(v1::JOB_EVENT_KIND_PROGRESS);  // no evaluation at this step: the latest val_loss is not repeated
   EXPECT_FALSE(EventObject(e)["data"].contains("valid_loss"));
-  e.set_kind("status");
-  e.mutable_job()->set_status(v1::FAILED);
-  e.set_message("FAILED: ...");
+  e.set_kind(v1::JOB_EVENT_KIND_STATUS);
+  e.mutable_job()->set_status(v1::JOB_STATUS_FAILED);
+  e.set_level(v1::JOB_EVENT_LEVEL_ERROR);  // as the store sets it (DefaultEventLevel)
+  e.set_message("failed: ...");
   event = EventObject(e);
   EXPECT_EQ(event["type"], "message");
   EXPECT_EQ(event["level"], "error");
+  EXPECT_EQ(event["created_at"], 7);
+  EXPECT_EQ(event["data"], Json::object());
   EXPECT_EQ(EventSeq("job-01", event["id"]), 12);
   EXPECT_FALSE(EventSeq("job-02", event["id"]).has_value());
   EXPECT_FALSE(EventSeq("job-01", "ftevent-job-01-x").has_value());
@@ -246,7 +254,7 @@ TEST(OpenAiStore, KeepsCheckpointMetricsAndTheOpenAiFieldsAcrossReopening) {
     store.Insert(r);
     store.AddCheckpoint("job-1", 4, "/o/checkpoints/step-4", {{"loss", 0.5}, {"val_loss", 0.75}});
     store.AddCheckpoint("job-1", 8, "/o/checkpoints/step-8");
-    for (int i = 0; i < 5; ++i) store.AddEvent(r.job, "note", std::to_string(i));
+    for (int i = 0; i < 5; ++i) store.AddEvent(r.job, v1::JOB_EVENT_KIND_NOTE, std::to_string(i));
   }
   JobStore store(dir / "jobs.db");
   EXPECT_EQ(store.Get("job-1")->openai, R"({"model": "m"})");
