@@ -64,6 +64,15 @@ out=$("$bin/shardtune" sweep "$work/sweep.yaml" 2>&1)
 expect_eq "a finished sweep run again exits 0" "$?" "0"
 expect_eq "and runs nothing" "$(wc -l < "$dir/trials.jsonl")" "$lines"
 
+# 1b. --slots 1: the same grid's first two points, parallel_trials 2, one trial at a time (the
+# second proposed only after the first finished).
+sed 's/^name: counting-lr$/name: counting-slots/; s/^early_termination: .*$/max_trials: 2/' "$work/sweep.yaml" > "$work/slots.yaml"
+out=$("$bin/shardtune" sweep "$work/slots.yaml" --slots 1 2>&1)
+expect_eq "sweep --slots 1 exits 0" "$?" "0"
+expect_contains "it says what it chose" "$out" "1 trial(s) at once (1 slots (--slots), 1 rank(s) per trial, parallel_trials 2)"
+order=$(grep -o '"event":"\(proposed\|finished\)"' "$work/sweeps/counting-slots/trials.jsonl" | cut -d'"' -f4 | tr '\n' ' ')
+expect_eq "one trial at a time" "$order" "proposed finished proposed finished "
+
 # 2. shardtune report on the sweep: the table sorted by objective and the best so far, as
 # computed here from trials.jsonl; the charts valid PNGs, each with the trials' markers (blue)
 # and the best (orange).
