@@ -28,3 +28,7 @@ echo
 scale_work=$(mktemp -d /tmp/shardtune-scale.XXXXXX)
 /usr/bin/python3 bench/scale_bench.py "$build_dir" "$scale_work" $quick
 rm -rf "$scale_work"
+echo
+sweep_work=$(mktemp -d /tmp/shardtune-sweep.XXXXXX)
+/usr/bin/python3 bench/sweep_bench.py "$build_dir" "$sweep_work" $quick
+rm -rf "$sweep_work"

@@ -19,6 +19,7 @@
 #include "launcher/launch.h"
 #include "launcher/report.h"
 #include "launcher/sweep_command.h"
+#include "launcher/sweep_report.h"
 #include "sharding/planner.h"
 
 namespace shardtune {
@@ -169,6 +170,11 @@ int main(int argc, char** argv) {
   sweep->add_option("sweep", sweep_options.sweep_path, "sweep spec (YAML)")->required();
   sweep->add_option("--np", sweep_options.launch.ranks, "ranks per trial")->check(CLI::PositiveNumber);
   sweep->add_option("--hostfile", sweep_options.launch.hostfile, "MPI hostfile for each trial");
+  sweep
+      ->add_option("--slots", sweep_options.slots,
+                   "cores (MPI slots) the trials share; default: this machine's. Trials at once: "
+                   "min(parallel_trials, slots / ranks per trial)")
+      ->check(CLI::PositiveNumber);
 
   CLI::App* planner = app.add_subcommand("plan", "per-rank memory of a job, before any device is spent");
   PlanArgs plan;
@@ -192,9 +198,10 @@ int main(int argc, char** argv) {
   planner->add_flag("--activation-checkpointing", plan.checkpointing, "recompute layers in backward");
   planner->add_option("--output", plan.output, "table or json")->check(CLI::IsMember({"table", "json"}));
 
-  CLI::App* report = app.add_subcommand("report", "a run's loss and validation curves (PNG) and a summary");
+  CLI::App* report = app.add_subcommand(
+      "report", "a run's loss and validation curves (PNG) and a summary; a sweep's trials, sorted, and charts");
   std::string run_dir, report_output = "table";
-  report->add_option("run_dir", run_dir, "the run's output.dir")->required();
+  report->add_option("dir", run_dir, "a run's output.dir, or a sweep's directory (it holds trials.jsonl)")->required();
   report->add_option("--output", report_output, "table (the summary) or json")->check(CLI::IsMember({"table", "json"}));
 
   add_log_options({train, sweep, planner, report});
@@ -223,6 +230,11 @@ int main(int argc, char** argv) {
   const bool json = planner->parsed() ? plan.output == "json" : report_output == "json";
   try {
     if (planner->parsed()) return PlanJob(plan, *planner);
+    if (report->parsed() && IsSweepDir(run_dir)) {
+      const SweepReport summary = WriteSweepReport(run_dir);
+      std::cout << (json ? SweepReportJson(summary) : summary.text);
+      return kExitOk;
+    }
     if (report->parsed()) {
       const RunReport summary = WriteRunReport(run_dir);
       std::cout << (json ? RunReportJson(summary) : summary.text);

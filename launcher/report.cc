@@ -4,113 +4,26 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cmath>
 #include <fstream>
-#include <limits>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-#include "common/png.h"
 #include "common/run_dir.h"
+#include "launcher/plot.h"
 
 namespace shardtune {
 
-namespace {
-
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-struct Series {
-  std::string name;
-  Rgb color;
-  std::vector<std::pair<double, double>> points;  // step, value
-};
-
-// About five round tick values covering [lo, hi].
-std::vector<double> Ticks(double lo, double hi) {
-  const double raw = (hi - lo) / 5;
-  const double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
-  double step = magnitude;
-  for (double m : {1.0, 2.0, 5.0, 10.0}) {
-    if (magnitude * m >= raw) {
-      step = magnitude * m;
-      break;
-    }
-  }
-  std::vector<double> ticks;
-  for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push_back(t);
-  return ticks;
-}
-
-std::string Label(double v) {
-  std::string s = fmt::format("{:.4g}", v);
-  return s == "-0" ? "0" : s;
-}
-
-void Plot(const fs::path& path, const std::string& title, const std::vector<Series>& series) {
-  constexpr int kWidth = 960, kHeight = 540, kLeft = 90, kRight = 30, kTop = 50, kBottom = 60;
-  const Rgb white{255, 255, 255}, ink{40, 40, 40}, grid{225, 225, 225};
-  Canvas c(kWidth, kHeight, white);
-  double x_lo = std::numeric_limits<double>::max(), x_hi = -x_lo, y_lo = x_lo, y_hi = -x_lo;
-  for (const Series& s : series) {
-    for (const auto& [x, y] : s.points) {
-      x_lo = std::min(x_lo, x);
-      x_hi = std::max(x_hi, x);
-      y_lo = std::min(y_lo, y);
-      y_hi = std::max(y_hi, y);
-    }
-  }
-  if (x_hi <= x_lo) x_hi = x_lo + 1;
-  if (y_hi <= y_lo) y_hi = y_lo + 1;
-  const double pad = (y_hi - y_lo) * 0.05;
-  y_lo -= pad;
-  y_hi += pad;
-  const int w = kWidth - kLeft - kRight, h = kHeight - kTop - kBottom;
-  auto px = [&](double x) { return kLeft + static_cast<int>(std::lround((x - x_lo) / (x_hi - x_lo) * w)); };
-  auto py = [&](double y) { return kTop + h - static_cast<int>(std::lround((y - y_lo) / (y_hi - y_lo) * h)); };
-  for (double t : Ticks(y_lo, y_hi)) {
-    c.Line(kLeft, py(t), kLeft + w, py(t), grid);
-    const std::string label = Label(t);
-    c.Text(kLeft - 8 - Canvas::TextWidth(label), py(t) - 7, label, ink);
-  }
-  for (double t : Ticks(x_lo, x_hi)) {
-    if (std::fabs(t - std::round(t)) > 1e-9) continue;  // steps are whole
-    c.Line(px(t), kTop, px(t), kTop + h, grid);
-    const std::string label = Label(t);
-    c.Text(px(t) - Canvas::TextWidth(label) / 2, kTop + h + 10, label, ink);
-  }
-  c.Line(kLeft, kTop + h, kLeft + w, kTop + h, ink, 2);
-  c.Line(kLeft, kTop, kLeft, kTop + h, ink, 2);
-  c.Text(kLeft + w / 2 - Canvas::TextWidth("step") / 2, kHeight - 26, "step", ink);
-  c.Text(kLeft, 16, title, ink);
-  int legend_x = kLeft + w;
-  for (auto s = series.rbegin(); s != series.rend(); ++s) {
-    legend_x -= Canvas::TextWidth(s->name) + 40;
-    c.Line(legend_x, 23, legend_x + 24, 23, s->color, 3);
-    c.Text(legend_x + 30, 16, s->name, ink);
-  }
-  for (const Series& s : series) {
-    for (size_t i = 1; i < s.points.size(); ++i) {
-      c.Line(px(s.points[i - 1].first), py(s.points[i - 1].second), px(s.points[i].first), py(s.points[i].second),
-             s.color, 2);
-    }
-    if (s.points.size() == 1)
-      c.FillRect(px(s.points[0].first) - 3, py(s.points[0].second) - 3, px(s.points[0].first) + 3,
-                 py(s.points[0].second) + 3, s.color);
-  }
-  WritePng(path, c);
-}
-
-}  // namespace
 
 RunReport WriteRunReport(const fs::path& run_dir) {
   const RunDir run(run_dir);
   const fs::path metrics_path = run.Metrics();
   std::ifstream in(metrics_path);
   if (!in) Fail(ErrorCode::kNotFound, "{}: no metrics.jsonl there (is it a run's output.dir?)", run_dir.string());
-  Series loss{"loss", {31, 119, 180}, {}}, val{"val_loss", {255, 127, 14}, {}};
+  PlotSeries loss{"loss", {31, 119, 180}, {}}, val{"val_loss", {255, 127, 14}, {}};
   json last_train, last_val, best_val;
   int64_t line_number = 0;
   for (std::string line; std::getline(in, line);) {
@@ -140,9 +53,9 @@ RunReport WriteRunReport(const fs::path& run_dir) {
   }
   std::string title = name;
   std::transform(title.begin(), title.end(), title.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  std::vector<Series> series = {loss};
+  std::vector<PlotSeries> series = {loss};
   if (!val.points.empty()) series.push_back(val);
-  Plot(run.ReportPng(), title, series);
+  WritePlot(run.ReportPng(), title, series);
 
   const auto min_loss = std::min_element(loss.points.begin(), loss.points.end(),
                                          [](const auto& a, const auto& b) { return a.second < b.second; });

@@ -18,9 +18,11 @@
 #include "common/atomic_file.h"
 #include "common/exit_codes.h"
 #include "common/run_dir.h"
+#include "launcher/sweep/sweep_dir.h"
 #include "launcher/sweep/sweep_search.h"
 #include "launcher/sweep/sweep_spec.h"
 #include "launcher/sweep/trial_job.h"
+#include "launcher/sweep/trial_slots.h"
 
 namespace shardtune {
 
@@ -35,30 +37,36 @@ using sweep::TrialStatus;
 volatile std::sig_atomic_t g_interrupted = 0;
 void OnSignal(int) { g_interrupted = 1; }
 
-std::string TrialName(int64_t trial) { return fmt::format("{:03d}", trial); }
+std::string TrialName(int64_t trial) { return sweep::SweepDir::TrialName(trial); }
 
 // A trial's child process and how far its metrics.jsonl has been read.
 struct RunningTrial {
   pid_t pid = -1;
   fs::path run_dir;
   std::streamoff offset = 0;
+  int64_t last_step = 0;  // the highest training step metrics.jsonl has shown
   bool stopping = false;  // early termination asked it to stop
 };
 
 class SweepRunner {
  public:
   SweepRunner(const SweepSpec& spec, const SweepCommandOptions& options)
-      : spec_(spec), options_(options), dir_(spec.dir), search_(spec, fs::path(spec.dir) / "trials.jsonl") {
+      : spec_(spec), options_(options), dir_(spec.dir), search_(spec, dir_.Trials()) {
     tty_ = ::isatty(STDOUT_FILENO) == 1;
+    const int slots = options.slots > 0 ? options.slots : sweep::AvailableCores();
+    slots_ = sweep::PlanTrialSlots(spec.parallel_trials, slots, options.launch.ranks);
+    spdlog::info("{} trial(s) at once ({} slots{}, {} rank(s) per trial, parallel_trials {}), {} thread(s) per rank",
+                 slots_.at_once, slots, options.slots > 0 ? " (--slots)" : ": this machine's cores",
+                 options.launch.ranks, spec.parallel_trials, slots_.threads_per_rank);
   }
 
   int Run() {
     const std::vector<int64_t> interrupted = search_.Running();
     std::deque<int64_t> rerun(interrupted.begin(), interrupted.end());
-    if (!rerun.empty()) spdlog::info("resuming {}: {} trial(s) to run again", dir_.string(), rerun.size());
+    if (!rerun.empty()) spdlog::info("resuming {}: {} trial(s) to run again", dir_.path().string(), rerun.size());
     while (true) {
       if (g_interrupted) return Interrupt();
-      while (static_cast<int64_t>(running_.size()) < spec_.parallel_trials) {
+      while (static_cast<int>(running_.size()) < slots_.at_once) {
         if (!rerun.empty()) {
           Start(rerun.front());
           rerun.pop_front();
@@ -78,7 +86,7 @@ class SweepRunner {
     Show();
     const auto best = search_.state().Best();
     if (!best) {
-      spdlog::error("every trial of sweep {} failed (their logs: {})", spec_.name, (dir_ / "trials").string());
+      spdlog::error("every trial of sweep {} failed (their logs: {})", spec_.name, dir_.TrialsDir().string());
       return kExitFailed;
     }
     const TrialRecord& t = search_.state().trial(*best);
@@ -93,7 +101,7 @@ class SweepRunner {
   // (so that a stop reaches mpirun and every rank); a spec the job refuses fails the trial.
   void Start(int64_t trial) {
     const TrialRecord& record = search_.state().trial(trial);
-    const fs::path run_dir = dir_ / "trials" / TrialName(trial);
+    const fs::path run_dir = dir_.TrialRun(trial);
     sweep::TrialSettings settings;
     for (size_t i = 0; i < spec_.parameters.size(); ++i) settings.values[spec_.parameters[i].path] = record.values[i];
     settings.name = fmt::format("{}-{}", spec_.name, TrialName(trial));
@@ -108,8 +116,8 @@ class SweepRunner {
       changed_ = true;
       return;
     }
-    const fs::path spec_path = dir_ / "trials" / (TrialName(trial) + ".yaml");
-    const fs::path log_path = dir_ / "trials" / (TrialName(trial) + ".log");
+    const fs::path spec_path = dir_.TrialSpec(trial);
+    const fs::path log_path = dir_.TrialLog(trial);
     WriteFileAtomic(spec_path, job.yaml);
     const pid_t pid = ::fork();
     if (pid < 0) FailErrno("fork", spec_path.string());
@@ -122,10 +130,13 @@ class SweepRunner {
       }
       std::signal(SIGINT, SIG_DFL);
       std::signal(SIGTERM, SIG_DFL);
+      // Each rank's share of the slots (the worker's intra-op threads; mpirun passes it on to the
+      // ranks it starts here). A value the user set wins.
+      ::setenv("OMP_NUM_THREADS", std::to_string(slots_.threads_per_rank).c_str(), /*overwrite=*/0);
       ::_exit(LaunchTraining(spec_path.string(), options_.launch));
     }
     ::setpgid(pid, pid);  // also here: whichever runs first, the group exists before a kill
-    running_[trial] = RunningTrial{pid, run_dir, 0, false};
+    running_[trial] = RunningTrial{pid, run_dir};
     spdlog::info("trial {} started ({}; log {})", TrialName(trial), ValuesText(record), log_path.string());
     changed_ = true;
   }
@@ -147,7 +158,8 @@ class SweepRunner {
       if (in.eof()) break;  // no newline yet: a line still being written
       run.offset += static_cast<std::streamoff>(line.size()) + 1;
       nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (!record.is_object() || !record.contains("step")) continue;
+      if (!record.is_object() || !record.contains("step") || !record["step"].is_number_integer()) continue;
+      run.last_step = std::max(run.last_step, record["step"].get<int64_t>());
       const auto metric = record.find(spec_.objective.metric);
       if (metric == record.end() || !metric->is_number()) continue;
       const sweep::StopDecision decision =
@@ -169,7 +181,8 @@ class SweepRunner {
       if (it == running_.end()) continue;
       const int64_t trial = it->first;
       ReadMetrics(trial, it->second);
-      const int64_t steps = search_.state().trial(trial).steps;
+      // The steps it trained: a trial goes on between its last evaluation and the stop reaching it.
+      const int64_t steps = std::max(search_.state().trial(trial).steps, it->second.last_step);
       if (it->second.stopping) {
         search_.Finished(trial, TrialStatus::kStopped, steps);
       } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
@@ -177,8 +190,7 @@ class SweepRunner {
       } else {
         const std::string why = WIFEXITED(status) ? fmt::format("exit code {}", WEXITSTATUS(status))
                                                   : fmt::format("killed by signal {}", WTERMSIG(status));
-        spdlog::error("trial {} failed ({}); its log: {}", TrialName(trial), why,
-                      (dir_ / "trials" / (TrialName(trial) + ".log")).string());
+        spdlog::error("trial {} failed ({}); its log: {}", TrialName(trial), why, dir_.TrialLog(trial).string());
         search_.Finished(trial, TrialStatus::kFailed, steps, why);
       }
       running_.erase(it);
@@ -191,14 +203,14 @@ class SweepRunner {
   void UpdateBestLink() {
     std::optional<int64_t> best;
     for (const TrialRecord& t : search_.state().trials()) {
-      if (!t.Finished() || !t.objective || !RunDir(dir_ / "trials" / TrialName(t.number)).HasFinal()) continue;
+      if (!t.Finished() || !t.objective || !RunDir(dir_.TrialRun(t.number)).HasFinal()) continue;
       if (!best || spec_.objective.Better(*t.objective, *search_.state().trial(*best).objective)) best = t.number;
     }
     if (!best) return;
-    const fs::path link = dir_ / "best", temp = dir_ / "best.tmp";
+    const fs::path link = dir_.Best(), temp = link.string() + ".tmp";
     std::error_code ignored;
     fs::remove(temp, ignored);
-    fs::create_directory_symlink(fs::path("trials") / TrialName(*best) / "final", temp);
+    fs::create_directory_symlink(sweep::SweepDir::BestTarget(*best), temp);
     fs::rename(temp, link);
   }
 
@@ -212,16 +224,7 @@ class SweepRunner {
     return 130;
   }
 
-  // "path=value, ...": doubles to 4 significant digits (trials.jsonl has them exactly).
-  std::string ValuesText(const TrialRecord& t) const {
-    std::string text;
-    for (size_t i = 0; i < spec_.parameters.size(); ++i) {
-      const nlohmann::json& v = t.values[i];
-      text += fmt::format("{}{}={}", i ? ", " : "", spec_.parameters[i].path,
-                          v.is_number_float() ? fmt::format("{:.4g}", v.get<double>()) : v.dump());
-    }
-    return text;
-  }
+  std::string ValuesText(const TrialRecord& t) const { return sweep::ValuesText(spec_.parameters, t.values); }
 
   // On a terminal: the whole table, redrawn when something changed. Elsewhere the log lines say it.
   void Show() {
@@ -229,7 +232,7 @@ class SweepRunner {
     changed_ = false;
     std::string out = "\033[H\033[2J";
     out += fmt::format("sweep {} ({}, {} of {} trials, {})\n", spec_.name, ToString(spec_.strategy),
-                       search_.state().trials().size(), spec_.max_trials, dir_.string());
+                       search_.state().trials().size(), spec_.max_trials, dir_.path().string());
     out +=
         fmt::format("{:>5}  {:<10} {:>7}  {:>12}  {}\n", "trial", "status", "steps", spec_.objective.metric, "values");
     const auto best = search_.state().Best();
@@ -243,9 +246,10 @@ class SweepRunner {
 
   const SweepSpec& spec_;
   const SweepCommandOptions& options_;
-  fs::path dir_;
+  sweep::SweepDir dir_;
   SweepSearch search_;
   std::map<int64_t, RunningTrial> running_;
+  sweep::TrialSlots slots_;
   bool tty_ = false;
   bool changed_ = true;
 };
@@ -256,7 +260,7 @@ int RunSweepCommand(const SweepCommandOptions& options) {
   SweepSpec spec;
   try {
     spec = sweep::LoadSweepSpec(options.sweep_path);
-    fs::create_directories(fs::path(spec.dir) / "trials");
+    fs::create_directories(sweep::SweepDir(spec.dir).TrialsDir());
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
     SweepRunner runner(spec, options);

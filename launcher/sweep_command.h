@@ -13,6 +13,9 @@ namespace shardtune {
 struct SweepCommandOptions {
   std::string sweep_path;
   LaunchOptions launch;  // ranks per trial (--np), log level and format passed to each trial
+  // The cores (MPI slots) the trials share (--slots); 0: the cores this process may run on. At
+  // most slots / ranks-per-trial trials run at once (at least one), however large parallel_trials.
+  int slots = 0;
 };
 
 // Runs the sweep to its end; returns an exit code (common/exit_codes.h): 0 when at least one

@@ -117,6 +117,16 @@ nlohmann::json ValuesToJson(const std::vector<Parameter>& parameters, const Tria
   return object;
 }
 
+std::string ValuesText(const std::vector<Parameter>& parameters, const TrialValues& values) {
+  std::string text;
+  for (size_t i = 0; i < parameters.size() && i < values.size(); ++i) {
+    const nlohmann::json& v = values[i];
+    text += fmt::format("{}{}={}", i ? ", " : "", parameters[i].path,
+                        v.is_number_float() ? fmt::format("{:.4g}", v.get<double>()) : v.dump());
+  }
+  return text;
+}
+
 TrialValues ValuesFromJson(const std::vector<Parameter>& parameters, const nlohmann::json& object) {
   TrialValues values;
   for (const Parameter& p : parameters) {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "launcher/sweep/sweep_spec.h"
@@ -43,6 +44,10 @@ TrialValues Decode(const std::vector<Parameter>& parameters, const std::vector<d
 
 // The values as a JSON object keyed by key path (trials.jsonl), and back (throws Error naming
 // the path that is missing).
+// "path=value, ...", for people (tables, logs): doubles to 4 significant digits (trials.jsonl
+// has them exactly), other values as JSON.
+std::string ValuesText(const std::vector<Parameter>& parameters, const TrialValues& values);
+
 nlohmann::json ValuesToJson(const std::vector<Parameter>& parameters, const TrialValues& values);
 TrialValues ValuesFromJson(const std::vector<Parameter>& parameters, const nlohmann::json& object);
 

@@ -397,4 +397,48 @@ const char* ToString(StrategyType v) { return NameOf(kStrategies, v); }
 const char* ToString(Goal v) { return NameOf(kGoals, v); }
 const char* ToString(TerminationType v) { return NameOf(kTerminations, v); }
 
+namespace {
+template <typename E>
+std::optional<E> ValueNamed(const EnumTable<E>& table, const std::string& name) {
+  for (const auto& [spelling, value] : table)
+    if (spelling == name) return value;
+  return std::nullopt;
+}
+}  // namespace
+
+std::optional<Distribution> DistributionNamed(const std::string& name) { return ValueNamed(kDistributions, name); }
+std::optional<StrategyType> StrategyNamed(const std::string& name) { return ValueNamed(kStrategies, name); }
+std::optional<Goal> GoalNamed(const std::string& name) { return ValueNamed(kGoals, name); }
+
+nlohmann::json ParameterToJson(const Parameter& parameter) {
+  nlohmann::json out = {{"path", parameter.path}, {"distribution", ToString(parameter.distribution)}};
+  if (parameter.IsRange()) {
+    out["low"] = parameter.low;
+    out["high"] = parameter.high;
+  } else {
+    out["values"] = parameter.values;
+  }
+  return out;
+}
+
+Parameter ParameterFromJson(const nlohmann::json& object) {
+  try {
+    Parameter parameter;
+    parameter.path = object.at("path").get<std::string>();
+    const std::string distribution = object.at("distribution").get<std::string>();
+    const auto named = DistributionNamed(distribution);
+    if (!named) Fail(ErrorCode::kDataLoss, "parameter '{}': unknown distribution '{}'", parameter.path, distribution);
+    parameter.distribution = *named;
+    if (parameter.IsRange()) {
+      parameter.low = object.at("low").get<double>();
+      parameter.high = object.at("high").get<double>();
+    } else {
+      parameter.values = object.at("values").get<std::vector<nlohmann::json>>();
+    }
+    return parameter;
+  } catch (const nlohmann::json::exception& e) {
+    Fail(ErrorCode::kDataLoss, "a malformed parameter {}: {}", object.dump(), e.what());
+  }
+}
+
 }  // namespace shardtune::sweep

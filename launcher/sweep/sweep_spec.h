@@ -97,5 +97,15 @@ const char* ToString(Distribution v);
 const char* ToString(StrategyType v);
 const char* ToString(Goal v);
 const char* ToString(TerminationType v);
+// The value ToString spells `name`; nullopt for another word.
+std::optional<Distribution> DistributionNamed(const std::string& name);
+std::optional<StrategyType> StrategyNamed(const std::string& name);
+std::optional<Goal> GoalNamed(const std::string& name);
+
+// A parameter as trials.jsonl's header records it: {"path", "distribution", "low", "high"} for a
+// range, {"path", "distribution", "values"} for a list; and back (throws Error(kDataLoss) naming
+// what is missing or unknown).
+nlohmann::json ParameterToJson(const Parameter& parameter);
+Parameter ParameterFromJson(const nlohmann::json& object);
 
 }  // namespace shardtune::sweep

@@ -33,9 +33,40 @@ std::optional<double> TrialRecord::BestUpTo(int64_t step, const Objective& objec
 }
 
 nlohmann::json HeaderEvent(const SweepSpec& spec) {
-  return {{"event", "sweep"},  {"version", kTrialsFileVersion},
-          {"name", spec.name}, {"strategy", ToString(spec.strategy)},
-          {"seed", spec.seed}, {"parameters", spec.ParameterPaths()}};
+  nlohmann::json space = nlohmann::json::array();
+  for (const Parameter& p : spec.parameters) space.push_back(ParameterToJson(p));
+  return {
+      {"event", "sweep"},  {"version", kTrialsFileVersion},
+      {"name", spec.name}, {"strategy", ToString(spec.strategy)},
+      {"seed", spec.seed}, {"parameters", spec.ParameterPaths()},
+      {"space", space},    {"objective", {{"metric", spec.objective.metric}, {"goal", ToString(spec.objective.goal)}}}};
+}
+
+SweepSpec SpecFromHeader(const nlohmann::json& header) {
+  try {
+    if (header.value("event", "") != "sweep") Fail(ErrorCode::kDataLoss, "the first line is not the sweep's header");
+    if (header.at("version").get<int>() != kTrialsFileVersion)
+      Fail(ErrorCode::kDataLoss, "version {}, this shardtune reads version {}", header.at("version").dump(),
+           kTrialsFileVersion);
+    if (!header.contains("space") || !header.contains("objective"))
+      Fail(ErrorCode::kFailedPrecondition,
+           "the header records no parameter space or objective (written by an earlier shardtune sweep): a "
+           "sweep run by this version writes them");
+    SweepSpec spec;
+    spec.name = header.at("name").get<std::string>();
+    const auto strategy = StrategyNamed(header.at("strategy").get<std::string>());
+    if (!strategy) Fail(ErrorCode::kDataLoss, "unknown strategy {}", header.at("strategy").dump());
+    spec.strategy = *strategy;
+    spec.seed = header.at("seed").get<uint64_t>();
+    for (const nlohmann::json& p : header.at("space")) spec.parameters.push_back(ParameterFromJson(p));
+    spec.objective.metric = header.at("objective").at("metric").get<std::string>();
+    const auto goal = GoalNamed(header.at("objective").at("goal").get<std::string>());
+    if (!goal) Fail(ErrorCode::kDataLoss, "unknown objective goal {}", header.at("objective").at("goal").dump());
+    spec.objective.goal = *goal;
+    return spec;
+  } catch (const nlohmann::json::exception& e) {
+    Fail(ErrorCode::kDataLoss, "a malformed header {}: {}", header.dump(), e.what());
+  }
 }
 
 nlohmann::json ProposedEvent(const SweepSpec& spec, int64_t trial, const TrialValues& values) {

@@ -47,13 +47,20 @@ struct TrialRecord {
 };
 
 // The events, as trials.jsonl writes them (one object per line, the "event" key names it):
-//   {"event":"sweep","version":1,"name":N,"strategy":S,"seed":S,"parameters":[paths]}   (first line)
+//   {"event":"sweep","version":1,"name":N,"strategy":S,"seed":S,"parameters":[paths],
+//    "space":[parameters],"objective":{"metric":M,"goal":G}}                              (first line)
 //   {"event":"proposed","trial":T,"values":{path: value}}
 //   {"event":"evaluated","trial":T,"step":S,"value":V}
 //   {"event":"stopped","trial":T,"step":S,"reason":R}
 //   {"event":"finished","trial":T,"status":"completed"|"stopped"|"failed","objective":V|null,"steps":S,"note":N}
 //   (note: why it stopped or failed; absent when neither)
 nlohmann::json HeaderEvent(const SweepSpec& spec);
+// The part of the spec the header records since it carries "space" (each parameter's
+// distribution: ParameterToJson) and "objective" ({"metric", "goal"}): name, strategy, seed,
+// parameters, objective. For readers that have the directory and not the sweep file (`shardtune
+// report`). Throws Error: kFailedPrecondition for a header written before those keys, kDataLoss
+// for a malformed one.
+SweepSpec SpecFromHeader(const nlohmann::json& header);
 nlohmann::json ProposedEvent(const SweepSpec& spec, int64_t trial, const TrialValues& values);
 nlohmann::json EvaluatedEvent(int64_t trial, int64_t step, double value);
 nlohmann::json StoppedEvent(int64_t trial, int64_t step, const std::string& reason);

@@ -1,6 +1,7 @@
 // Hyperparameter sweeps (launcher/sweep/): the spec's problems with line:column, trial jobs, the
 // grid's order, the random draws, the GP against its closed form, Bayesian against random on
-// Branin, ASHA and median decisions on hand-made curves, and resume from trials.jsonl.
+// Branin, ASHA and median decisions on hand-made curves, resume from trials.jsonl, the header a
+// report reads the spec back from, and how many trials share the machine's slots.
 
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 #include "launcher/sweep/sweep_search.h"
 #include "launcher/sweep/sweep_spec.h"
 #include "launcher/sweep/trial_job.h"
+#include "launcher/sweep/trial_slots.h"
 #include "test_util.h"
 
 namespace shardtune::sweep {
@@ -607,6 +609,61 @@ TEST(SweepResumeTest, ReplayGivesTheSameStateAndTheSameNextProposals) {
               std::string::npos)
         << e.what();
   }
+}
+
+TEST(SweepHeaderTest, RecordsTheSpaceAndObjectiveAReportReadsBack) {
+  SweepSpec spec = CurveSpec(TerminationType::kNone);
+  spec.name = "header";
+  spec.strategy = StrategyType::kBayesian;
+  spec.seed = 5;
+  spec.objective = {"accuracy", Goal::kMaximize};
+  spec.parameters = {Range("training.optimizer.lr", Distribution::kLogUniform, 1e-5, 1e-2),
+                     Range("training.scheduler.warmup_steps", Distribution::kIntUniform, 0, 200),
+                     Values("method.lora.target_modules", Distribution::kChoice, {"all-linear", "q_proj"})};
+  const nlohmann::json header = nlohmann::json::parse(HeaderEvent(spec).dump());
+  const SweepSpec back = SpecFromHeader(header);
+  EXPECT_EQ(back.name, "header");
+  EXPECT_EQ(back.strategy, StrategyType::kBayesian);
+  EXPECT_EQ(back.seed, 5u);
+  EXPECT_EQ(back.objective.metric, "accuracy");
+  EXPECT_EQ(back.objective.goal, Goal::kMaximize);
+  ASSERT_EQ(back.parameters.size(), 3u);
+  EXPECT_EQ(back.parameters[0].distribution, Distribution::kLogUniform);
+  EXPECT_EQ(back.parameters[0].low, 1e-5);
+  EXPECT_EQ(back.parameters[0].high, 1e-2);
+  EXPECT_EQ(back.parameters[1].distribution, Distribution::kIntUniform);
+  EXPECT_EQ(back.parameters[1].high, 200);
+  EXPECT_EQ(back.parameters[2].distribution, Distribution::kChoice);
+  EXPECT_EQ(back.parameters[2].values, (std::vector<nlohmann::json>{"all-linear", "q_proj"}));
+  // The header still matches the spec on resume (the replay compares name, strategy, seed, paths).
+  SweepState state(spec);
+  EXPECT_NO_THROW(state.Apply(header));
+  // A header written before "space" and "objective" existed: a report cannot read it.
+  nlohmann::json old = header;
+  old.erase("space");
+  try {
+    SpecFromHeader(old);
+    ADD_FAILURE() << "a header without its space was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kFailedPrecondition);
+  }
+}
+
+TEST(TrialSlotsTest, TrialsShareTheSlotsLikeRanks) {
+  // parallel_trials 4 on 2 cores, one rank each: 2 at once, one thread each.
+  EXPECT_EQ(PlanTrialSlots(4, 2, 1).at_once, 2);
+  EXPECT_EQ(PlanTrialSlots(4, 2, 1).threads_per_rank, 1);
+  // Fewer trials than slots: each rank gets the rest as threads.
+  EXPECT_EQ(PlanTrialSlots(2, 16, 2).at_once, 2);
+  EXPECT_EQ(PlanTrialSlots(2, 16, 2).threads_per_rank, 4);
+  EXPECT_EQ(PlanTrialSlots(1, 8, 1).threads_per_rank, 8);
+  // Trials of 2 ranks on 5 slots: 2 at once, the odd slot left over.
+  EXPECT_EQ(PlanTrialSlots(8, 5, 2).at_once, 2);
+  EXPECT_EQ(PlanTrialSlots(8, 5, 2).threads_per_rank, 1);
+  // A trial wider than the machine still runs, alone.
+  EXPECT_EQ(PlanTrialSlots(4, 2, 4).at_once, 1);
+  EXPECT_EQ(PlanTrialSlots(4, 2, 4).threads_per_rank, 1);
+  EXPECT_GE(AvailableCores(), 1);
 }
 
 }  // namespace
