@@ -33,6 +33,12 @@ stop() {
 
 start() {
   [ "$(id -u)" = 0 ] || { echo "local-cluster.sh: needs root" >&2; exit 77; }
+  # The daemons outlive this script (munged stays up after stop): they must not keep the caller's
+  # open files, such as a lock a build holds with flock, or a pipe a test runner reads to its end.
+  local fd
+  for fd in $(ls /proc/$$/fd); do
+    [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2> /dev/null || true
+  done
   local missing=()
   for p in munge slurmctld slurmd slurm-client; do
     dpkg-query -W -f='${Status}' "$p" 2> /dev/null | grep -q "install ok installed" || missing+=("$p")
