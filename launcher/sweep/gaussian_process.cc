@@ -18,19 +18,12 @@ constexpr double kMinLength = 0.01, kMaxLength = 20;
 constexpr double kMinSignal = 0.05, kMaxSignal = 20;
 constexpr double kMinNoise = 1e-8, kMaxNoise = 1;
 
-Eigen::VectorXd Lower(int dims) {
+// The log-parameter vector [length scales..., signal, noise] at the given bounds.
+Eigen::VectorXd LogBounds(int dims, double length, double signal, double noise) {
   Eigen::VectorXd v(dims + 2);
-  v.head(dims).setConstant(std::log(kMinLength));
-  v[dims] = std::log(kMinSignal);
-  v[dims + 1] = std::log(kMinNoise);
-  return v;
-}
-
-Eigen::VectorXd Upper(int dims) {
-  Eigen::VectorXd v(dims + 2);
-  v.head(dims).setConstant(std::log(kMaxLength));
-  v[dims] = std::log(kMaxSignal);
-  v[dims + 1] = std::log(kMaxNoise);
+  v.head(dims).setConstant(std::log(length));
+  v[dims] = std::log(signal);
+  v[dims + 1] = std::log(noise);
   return v;
 }
 
@@ -116,7 +109,8 @@ double GaussianProcess::LogMarginalLikelihood(Eigen::VectorXd* gradient) const {
 GpHyperparameters FitHyperparameters(const Eigen::MatrixXd& x, const Eigen::VectorXd& y, std::mt19937_64& rng,
                                      int restarts) {
   const int dims = static_cast<int>(x.cols());
-  const Eigen::VectorXd lower = Lower(dims), upper = Upper(dims);
+  const Eigen::VectorXd lower = LogBounds(dims, kMinLength, kMinSignal, kMinNoise),
+                        upper = LogBounds(dims, kMaxLength, kMaxSignal, kMaxNoise);
   const GpHyperparameters start = DefaultHyperparameters(dims);
   Eigen::VectorXd best_params = start.ToLog();
   double best_lml = -std::numeric_limits<double>::infinity();
