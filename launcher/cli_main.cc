@@ -16,6 +16,7 @@
 #include "common/version.h"
 #include "launcher/client/client.h"
 #include "launcher/client/files_client.h"
+#include "launcher/client/sweeps_client.h"
 #include "launcher/launch.h"
 #include "launcher/report.h"
 #include "launcher/sweep_command.h"
@@ -164,10 +165,14 @@ int main(int argc, char** argv) {
   train->add_option("--output", launch.output, "table (the log only) or json (also the outcome on stdout)")
       ->check(CLI::IsMember({"table", "json"}));
 
-  CLI::App* sweep =
-      app.add_subcommand("sweep", "run a hyperparameter sweep's trials here (docs/sweeps.md); again: resume");
+  CLI::App* sweep = app.add_subcommand(
+      "sweep",
+      "run a hyperparameter sweep's trials here (docs/sweeps.md); again: resume. Or, on a shardtune-server: "
+      "sweep submit|get|list|watch|cancel");
   SweepCommandOptions sweep_options;
-  sweep->add_option("sweep", sweep_options.sweep_path, "sweep spec (YAML)")->required();
+  // Not required: `shardtune sweep submit ...` names one of the server's commands instead.
+  sweep->add_option("sweep", sweep_options.sweep_path, "sweep spec (YAML) to run here");
+  sweep->require_subcommand(0, 1);
   sweep->add_option("--np", sweep_options.launch.ranks, "ranks per trial")->check(CLI::PositiveNumber);
   sweep->add_option("--hostfile", sweep_options.launch.hostfile, "MPI hostfile for each trial");
   sweep
@@ -208,6 +213,7 @@ int main(int argc, char** argv) {
 
   ClientCommands client(app);
   FileCommands files(app);
+  SweepCommands sweeps(*sweep);
 
   try {
     app.parse(argc, argv);
@@ -217,6 +223,12 @@ int main(int argc, char** argv) {
   InitLogging(log_level, /*rank=*/-1, ParseLogFormat(log_format));
   if (client.parsed()) return client.Run();
   if (files.parsed()) return files.Run();
+  if (sweeps.parsed()) return sweeps.Run();
+  if (sweep->parsed() && sweep_options.sweep_path.empty()) {
+    std::cerr << "shardtune sweep: expected a sweep spec to run here, or one of submit, get, list, watch, cancel\n"
+              << sweep->help();
+    return kExitInvalidInput;
+  }
   if (sweep->parsed()) {
     sweep_options.launch.log_level = log_level;
     sweep_options.launch.log_format = log_format;

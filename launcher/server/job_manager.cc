@@ -258,11 +258,12 @@ void JobManager::SetStatus(JobRecord& r, v1::JobStatus status, const std::string
   spdlog::info("job {} ({}): {}: {}", r.job.id(), r.job.name(), api::ShortName(status), message);
 }
 
-static void RequireWrite(const Caller& caller) {
+void RequireWrite(const Caller& caller) {
   if (caller.read_only) {
-    throw RequestError(RequestError::Kind::kPermissionDenied,
-                       fmt::format("this key of tenant '{}' is a viewer's: it may list and watch jobs, not change them",
-                                   caller.tenant));
+    throw RequestError(
+        RequestError::Kind::kPermissionDenied,
+        fmt::format("this key of tenant '{}' is a viewer's: it may list and watch jobs and sweeps, not change them",
+                    caller.tenant));
   }
 }
 

@@ -45,6 +45,9 @@ struct Caller {
   std::string visible_tenant() const { return admin ? "" : tenant; }
 };
 
+// PERMISSION_DENIED for a viewer's key (a request that would change something).
+void RequireWrite(const Caller& caller);
+
 // The spec of a request as text: its YAML, or its structured fields as JSON (which is YAML).
 std::string SpecText(const v1::CreateJobRequest& request);
 std::string StructToJson(const google::protobuf::Struct& fields);

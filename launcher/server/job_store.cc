@@ -182,6 +182,13 @@ void JobStore::Migrate() {
            OR (kind = 'status' AND message LIKE 'FAILED:%');
          UPDATE events SET level = 'warning' WHERE kind = 'status' AND message LIKE 'CANCELLED:%';
          UPDATE events SET kind = 'note' WHERE kind = 'error';)",
+      // Sweeps run by the server (sweep_store.h): one row each; their trials are jobs.
+      R"(CREATE TABLE sweeps (
+           id TEXT PRIMARY KEY, tenant TEXT NOT NULL, status INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+           idempotency_key TEXT NOT NULL, admin INTEGER NOT NULL, sweep BLOB NOT NULL);
+         CREATE INDEX sweeps_by_tenant ON sweeps (tenant, created_ms, id);
+         CREATE INDEX sweeps_by_created ON sweeps (created_ms, id);
+         CREATE UNIQUE INDEX sweeps_by_key ON sweeps (tenant, idempotency_key) WHERE idempotency_key <> '';)",
   };
   for (int64_t v = version; v < kSchemaVersion; ++v) {
     Exec("BEGIN IMMEDIATE");

@@ -69,8 +69,8 @@ struct JobFilter {
 class JobStore {
  public:
   // 2: files and job_files (file_store.h); 3: checkpoints.metrics; 4: events.level, and the jobs'
-  // times as Timestamps in their blobs (job_store_upgrade.h).
-  static constexpr int kSchemaVersion = 4;
+  // times as Timestamps in their blobs (job_store_upgrade.h); 5: sweeps (sweep_store.h).
+  static constexpr int kSchemaVersion = 5;
 
   explicit JobStore(const std::filesystem::path& path);  // throws Error naming the file
   ~JobStore();

@@ -34,6 +34,10 @@ std::string EventFilterText(const std::string& job_id, int64_t after_seq) {
 
 std::string CheckpointFilterText(const std::string& job_id) { return fmt::format("checkpoints\njob={}\n", job_id); }
 
+std::string SweepFilterText(const std::string& tenant, int status) {
+  return fmt::format("sweeps\ntenant={}\nstatus={}\n", tenant, status);
+}
+
 std::string Base64Url(const std::string& bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
   const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
@@ -129,6 +133,14 @@ std::optional<int64_t> DecodeCheckpointPageToken(const std::string& token, const
   const auto position = Decode(token, CheckpointFilterText(job_id));
   if (!position || position->id != job_id) return std::nullopt;
   return position->created_ms;
+}
+
+std::string EncodeSweepPageToken(const ListPosition& after, const std::string& tenant, int status) {
+  return Encode(SweepFilterText(tenant, status), after.created_ms, after.id);
+}
+
+std::optional<ListPosition> DecodeSweepPageToken(const std::string& token, const std::string& tenant, int status) {
+  return Decode(token, SweepFilterText(tenant, status));
 }
 
 }  // namespace shardtune::server

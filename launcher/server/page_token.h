@@ -1,10 +1,10 @@
 #pragma once
-// The page tokens of every List RPC (ListJobs, ListFiles, ListJobEvents, ListCheckpoints): opaque to clients, a keyset
-// position inside (the last row of the page, which the next page continues after) bound to the listing and the filter
-// that produced it. A token given back with another filter (status, name, labels, purpose, job, after_seq, or another
-// tenant's key) or to another listing is refused rather than silently paging a different listing from a position that
-// means nothing there. Not a secret: the position is only base64url-encoded; what a caller may see is decided by the
-// filter, never by the token.
+// The page tokens of every List RPC (ListJobs, ListFiles, ListJobEvents, ListCheckpoints, ListSweeps): opaque to
+// clients, a keyset position inside (the last row of the page, which the next page continues after) bound to the
+// listing and the filter that produced it. A token given back with another filter (status, name, labels, purpose, job,
+// after_seq, or another tenant's key) or to another listing is refused rather than silently paging a different listing
+// from a position that means nothing there. Not a secret: the position is only base64url-encoded; what a caller may see
+// is decided by the filter, never by the token.
 
 #include <optional>
 #include <string>
@@ -35,5 +35,10 @@ std::optional<int64_t> DecodeEventPageToken(const std::string& token, const std:
 // ListCheckpoints: the position is the last checkpoint's step; the filter the job.
 std::string EncodeCheckpointPageToken(int64_t last_step, const std::string& job_id);
 std::optional<int64_t> DecodeCheckpointPageToken(const std::string& token, const std::string& job_id);
+
+// ListSweeps: the position is the last sweep's (create_time in Unix milliseconds, id); the filter its
+// tenant (empty: every tenant, for admins) and status (SweepStatus's number).
+std::string EncodeSweepPageToken(const ListPosition& after, const std::string& tenant, int status);
+std::optional<ListPosition> DecodeSweepPageToken(const std::string& token, const std::string& tenant, int status);
 
 }  // namespace shardtune::server

@@ -24,6 +24,7 @@
 #include "launcher/server/openai_routes.h"
 #include "launcher/server/processes.h"
 #include "launcher/server/services.h"
+#include "launcher/server/sweep_manager.h"
 
 namespace {
 
@@ -155,6 +156,8 @@ int main(int argc, char** argv) {
     auto jobs = MakeJobService(manager);
     auto workers = MakeWorkerService(manager);
     auto files = MakeFileService(manager);
+    SweepManager sweeps(manager);
+    auto sweep_service = MakeSweepService(sweeps, config);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -172,6 +175,7 @@ int main(int argc, char** argv) {
     builder.RegisterService(jobs.get());
     builder.RegisterService(workers.get());
     builder.RegisterService(files.get());
+    builder.RegisterService(sweep_service.get());
     // An upload's chunk is at most 4 MiB of bytes, plus the message's framing.
     builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxFileChunkBytes + (64 << 10)));
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -179,6 +183,7 @@ int main(int argc, char** argv) {
     const ApiKeyTable keys(config);
     const std::vector<std::unique_ptr<HttpServer>> http = StartHttpListeners(config, manager, keys);
     manager.Start();
+    sweeps.Start();  // after the jobs: a resumed sweep finds its trials' jobs as they are
     spdlog::info("shardtune-server listening on {} (database {}, {} slots)", config.listen, config.database,
                  config.total_slots());
     std::signal(SIGTERM, OnSignal);
@@ -187,6 +192,7 @@ int main(int argc, char** argv) {
     spdlog::info("shutting down; running jobs keep running and are picked up at the next start");
     for (const auto& listener : http) listener->Stop();
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    sweeps.Stop();
     manager.Stop();
     return 0;
   } catch (const Error& e) {

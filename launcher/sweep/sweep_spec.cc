@@ -97,6 +97,12 @@ bool ReadValues(MapReader& p, const YAML::Node& node, const char* key, Parameter
   }
   for (size_t i = 0; i < node.size(); ++i) {
     nlohmann::json value = YamlToJson(node[i]);
+    try {
+      (void)value.dump();  // trials.jsonl and every message write the value as JSON, which must be UTF-8
+    } catch (const nlohmann::json::type_error&) {
+      p.Problem(node[i], key, fmt::format("value {} is not UTF-8 text", i + 1));
+      return false;
+    }
     if (std::find(parameter->values.begin(), parameter->values.end(), value) != parameter->values.end()) {
       p.Problem(node[i], key, fmt::format("{} is listed twice", value.dump()));
       return false;

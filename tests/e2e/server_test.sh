@@ -180,7 +180,7 @@ expect_contains "an admin sees every tenant's jobs" "$("$bin/shardtune" list --t
 expect_contains "a viewer sees its tenant's jobs" "$("$bin/shardtune" list --token key-viewer)" "$id"
 out=$("$bin/shardtune" submit ok.yaml --token key-viewer 2>&1)
 expect_eq "a viewer cannot submit: exit 2" "$?" "2"
-expect_contains "a viewer is PERMISSION_DENIED" "$out" "viewer's: it may list and watch jobs, not change them"
+expect_contains "a viewer is PERMISSION_DENIED" "$out" "viewer's: it may list and watch jobs and sweeps, not change them"
 
 # TLS: a second server with a self-signed certificate; clients need its CA.
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \

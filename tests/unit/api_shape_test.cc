@@ -13,6 +13,7 @@
 #include "launcher/api_values.h"
 #include "shardtune/v1/files.pb.h"
 #include "shardtune/v1/jobs.pb.h"
+#include "shardtune/v1/sweeps.pb.h"
 
 namespace shardtune {
 namespace {
@@ -23,7 +24,7 @@ using google::protobuf::FieldDescriptor;
 using google::protobuf::FileDescriptor;
 
 std::vector<const FileDescriptor*> ApiFiles() {
-  return {v1::Job::descriptor()->file(), v1::File::descriptor()->file()};
+  return {v1::Job::descriptor()->file(), v1::File::descriptor()->file(), v1::Sweep::descriptor()->file()};
 }
 
 // "JobErrorCode" -> "JOB_ERROR_CODE_".
@@ -112,7 +113,7 @@ TEST(ApiShape, EveryRpcHasARequestOfItsOwn) {
       }
     }
   }
-  EXPECT_GE(rpcs, 19);
+  EXPECT_GE(rpcs, 23);
 }
 
 TEST(ApiShape, EveryListPagesWithAnOpaqueToken) {
@@ -134,7 +135,7 @@ TEST(ApiShape, EveryListPagesWithAnOpaqueToken) {
       }
     }
   }
-  EXPECT_EQ(lists, 4);  // ListJobs, ListJobEvents, ListCheckpoints, ListFiles
+  EXPECT_EQ(lists, 5);  // ListJobs, ListJobEvents, ListCheckpoints, ListFiles, ListSweeps
 }
 
 TEST(ApiShape, CheckpointsCarryMetricsAndEventsALevelAndData) {

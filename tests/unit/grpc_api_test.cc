@@ -217,9 +217,10 @@ TEST(JobStore, UpgradesAVersion3FileInPlace) {
     sqlite3_bind_blob(q, 1, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
     ASSERT_EQ(sqlite3_step(q), SQLITE_DONE);
     sqlite3_finalize(q);
-    // Events were written before the column existed; SQLite drops it as version 3 lacked it.
-    ASSERT_EQ(sqlite3_exec(db, "ALTER TABLE events DROP COLUMN level; UPDATE schema_version SET version = 3", nullptr,
-                           nullptr, nullptr),
+    // Events were written before the column existed; SQLite drops it, and the sweeps, as version 3 lacked them.
+    ASSERT_EQ(sqlite3_exec(
+                  db, "ALTER TABLE events DROP COLUMN level; DROP TABLE sweeps; UPDATE schema_version SET version = 3",
+                  nullptr, nullptr, nullptr),
               SQLITE_OK);
     sqlite3_close(db);
   }

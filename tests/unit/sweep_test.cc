@@ -202,6 +202,21 @@ max_trials: 3
   EXPECT_NE(problems[0].find("expected an integer"), std::string::npos) << problems[0];
 }
 
+// A listed value is written to trials.jsonl as JSON, which holds UTF-8 only. The fuzzer found a
+// file of valid UTF-8 whose list yaml-cpp reads into a value that is not (a NUL inside a flow
+// sequence): that is a problem of the spec, not an exception out of the parse.
+TEST_F(SweepSpecTest, ListedValuesMustBeUtf8Text) {
+  std::ifstream in(fs::path(SHARDTUNE_SOURCE_DIR) /
+                   "tests/fuzz/regressions/sweep_spec/invalid-utf8-in-a-choice-value.yaml");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(text.empty());
+  const auto problems = Problems(text);
+  const auto utf8 = std::find_if(problems.begin(), problems.end(),
+                                 [](const std::string& p) { return p.find("is not UTF-8 text") != std::string::npos; });
+  ASSERT_NE(utf8, problems.end()) << ::testing::PrintToString(problems);
+  EXPECT_EQ(*utf8, "parameters.method.lora.target_modules.choice (line 7, column 41): value 1 is not UTF-8 text");
+}
+
 // The fuzz target's valid seeds (tests/fuzz/regressions/sweep_spec/valid-*) parse: the fuzzer
 // starts from specs that reach the search.
 TEST_F(SweepSpecTest, TheFuzzTargetsValidSeedsParse) {
