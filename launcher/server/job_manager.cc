@@ -455,27 +455,47 @@ bool JobManager::WorkerTokenValid(const std::string& job_id, const std::string& 
 }
 
 bool JobManager::Progress(const v1::ProgressReport& report) {
+  v1::Job evaluated;  // the job after an evaluation, for the listener
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto r = store_->Get(report.job_id());
+    if (!r || r->job.attempt() != report.attempt()) return true;  // a stale attempt: stop it
+    v1::Job& job = r->job;
+    job.set_step(report.step());
+    job.set_total_steps(report.total_steps());
+    job.set_epoch(report.epoch());
+    job.set_trained_tokens(report.trained_tokens());
+    job.set_progress(report.total_steps() > 0 ? static_cast<double>(report.step()) / report.total_steps() : 0.0);
+    for (const auto& [k, v] : report.metrics()) (*job.mutable_metrics())[k] = v;
+    if (job.has_start_time() && report.step() > 0 && report.total_steps() > 0) {
+      // From this attempt's pace; a rough figure by design.
+      const double per_step =
+          static_cast<double>(NowMs() - api::Ms(job.start_time())) / static_cast<double>(report.step());
+      *job.mutable_estimated_finish_time() =
+          api::TimeOfMs(NowMs() + static_cast<int64_t>(per_step * (report.total_steps() - report.step())));
+    }
+    store_->Update(*r);
+    const bool evaluation = report.metrics().count("val_loss") > 0;
+    Event(
+        *r, evaluation ? v1::JOB_EVENT_KIND_METRICS : v1::JOB_EVENT_KIND_PROGRESS,
+        report.log_line().empty() ? fmt::format("step {}/{}", report.step(), report.total_steps()) : report.log_line());
+    if (r->pause_requested || r->cancel_requested) return true;
+    if (!evaluation || !evaluation_listener_) return false;
+    evaluated = job;
+  }
+  // Without the lock: the listener takes its own, and calls into this manager under it.
+  if (!evaluation_listener_(evaluated)) return false;
   std::lock_guard<std::mutex> lock(mutex_);
   auto r = store_->Get(report.job_id());
-  if (!r || r->job.attempt() != report.attempt()) return true;  // a stale attempt: stop it
-  v1::Job& job = r->job;
-  job.set_step(report.step());
-  job.set_total_steps(report.total_steps());
-  job.set_epoch(report.epoch());
-  job.set_trained_tokens(report.trained_tokens());
-  job.set_progress(report.total_steps() > 0 ? static_cast<double>(report.step()) / report.total_steps() : 0.0);
-  for (const auto& [k, v] : report.metrics()) (*job.mutable_metrics())[k] = v;
-  if (job.has_start_time() && report.step() > 0 && report.total_steps() > 0) {
-    // From this attempt's pace; a rough figure by design.
-    const double per_step =
-        static_cast<double>(NowMs() - api::Ms(job.start_time())) / static_cast<double>(report.step());
-    *job.mutable_estimated_finish_time() =
-        api::TimeOfMs(NowMs() + static_cast<int64_t>(per_step * (report.total_steps() - report.step())));
-  }
+  if (!r || r->job.attempt() != report.attempt() || IsTerminal(r->job.status())) return true;
+  // The reply stops the ranks at this step; the attempt's end is then CANCELLED (attempt_end.h),
+  // and a worker that does not stop is killed after cancel_grace_s like any cancelled job.
+  r->cancel_requested = true;
+  r->signal_sent_ms = NowMs();
   store_->Update(*r);
-  Event(*r, report.metrics().count("val_loss") ? v1::JOB_EVENT_KIND_METRICS : v1::JOB_EVENT_KIND_PROGRESS,
-        report.log_line().empty() ? fmt::format("step {}/{}", report.step(), report.total_steps()) : report.log_line());
-  return r->pause_requested || r->cancel_requested;
+  Event(*r, v1::JOB_EVENT_KIND_NOTE,
+        fmt::format("stopped at step {} by its sweep's early termination (cancel requested)", report.step()));
+  return true;
 }
 
 void JobManager::CheckpointSaved(const v1::CheckpointReport& report) {

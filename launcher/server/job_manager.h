@@ -15,6 +15,7 @@
 
 #include <condition_variable>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -111,6 +112,12 @@ class JobManager {
   v1::Job Pause(const Caller& caller, const std::string& id);
   v1::Job Resume(const Caller& caller, const std::string& id, int ranks);
 
+  // Called after an evaluation's figures (a METRICS event) are stored, without the manager's lock:
+  // whether the job should stop at this step (a sweep's early termination; the job then ends
+  // CANCELLED). Set before Start.
+  using EvaluationListener = std::function<bool(const v1::Job& job_after)>;
+  void SetEvaluationListener(EvaluationListener listener) { evaluation_listener_ = std::move(listener); }
+
   // Worker reports (already authenticated by token); returns whether the worker should stop.
   bool Progress(const v1::ProgressReport& report);
   void CheckpointSaved(const v1::CheckpointReport& report);
@@ -199,6 +206,7 @@ class JobManager {
   SlotUse UsedSlots(const std::vector<JobRecord>& unfinished) const;
 
   ServerConfig config_;
+  EvaluationListener evaluation_listener_;
   ServerMetrics metrics_;  // counted by SetStatus; read by GET /metrics
   StoragePolicy storage_;
   JobUser job_user_;  // who the job's processes are (run_as, job_umask)

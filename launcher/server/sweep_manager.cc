@@ -103,7 +103,9 @@ struct SweepManager::Run {
   }
 };
 
-SweepManager::SweepManager(JobManager& jobs) : jobs_(jobs), store_(jobs.store()) {}
+SweepManager::SweepManager(JobManager& jobs) : jobs_(jobs), store_(jobs.store()) {
+  jobs_.SetEvaluationListener([this](const v1::Job& job) { return StopAfterEvaluation(job); });
+}
 
 SweepManager::~SweepManager() { Stop(); }
 
@@ -279,6 +281,28 @@ v1::Sweep SweepManager::Cancel(const Caller& caller, const std::string& id) {
     }
   }
   return cancelled;
+}
+
+bool SweepManager::StopAfterEvaluation(const v1::Job& job) {
+  const auto sweep_id = job.labels().find("sweep");
+  const auto trial_label = job.labels().find("trial");
+  if (sweep_id == job.labels().end() || trial_label == job.labels().end()) return false;
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto run = runs_.find(sweep_id->second);
+  if (run == runs_.end()) return false;
+  Run& r = *run->second;
+  // Labels are the job's own to set: only the job the sweep made for the trial counts.
+  const auto trial = std::find_if(r.trials.begin(), r.trials.end(),
+                                  [&](const auto& entry) { return entry.second.job_id == job.id(); });
+  if (trial == r.trials.end() || trial_label->second != sweep::SweepDir::TrialName(trial->first)) return false;
+  const auto value = job.metrics().find(r.spec.objective.metric);
+  if (value == job.metrics().end() || trial->second.stopping) return false;
+  const sweep::StopDecision decision = r.search->Evaluated(trial->first, job.step(), value->second);
+  if (!decision.stop) return false;
+  trial->second.stopping = true;
+  spdlog::info("sweep {}: trial {} stopped at step {}: {}", r.record.sweep.id(), trial_label->second, job.step(),
+               decision.reason);
+  return true;
 }
 
 void SweepManager::Loop() {

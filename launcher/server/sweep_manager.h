@@ -4,10 +4,14 @@
 //
 // A thread advances every running sweep twice a second: it creates the job of each proposed
 // trial (JobManager::Create, as the sweep's creator: the tenant's storage roots, quotas and
-// priority apply as to any job), feeds the objective from the jobs' METRICS events to the search
-// (early termination cancels a trial's job), records each job's end as its trial's, and proposes
-// trials while fewer than parallel_trials run. A sweep ends when every trial has: SUCCEEDED if one
-// reported the objective, FAILED if none did.
+// priority apply as to any job), records each job's end as its trial's, and proposes trials while
+// fewer than parallel_trials run. A sweep ends when every trial has: SUCCEEDED if one reported the
+// objective, FAILED if none did.
+//
+// Evaluations reach the search as they are reported (JobManager's evaluation listener), so that a
+// trial early termination stops is stopped at that very step: the worker's reply to its report
+// says stop, and its job ends CANCELLED. The thread also reads the jobs' METRICS events, which
+// catches what the listener could not see (evaluations reported while the server was down).
 //
 // What survives a restart: the sweep's row (sweep_store.h), its search journal
 // (DATA_DIR/sweeps/ID/trials.jsonl, replayed: the same proposals and decisions follow), and its
@@ -48,6 +52,10 @@ class SweepManager {
   // Records the running trials as failed, the sweep as CANCELLED, then cancels their jobs.
   // FAILED_PRECONDITION for a sweep that has ended.
   v1::Sweep Cancel(const Caller& caller, const std::string& id);
+
+  // JobManager's evaluation listener: feeds a trial job's evaluation to its sweep's search;
+  // whether early termination stops the trial now. False for any other job.
+  bool StopAfterEvaluation(const v1::Job& job);
 
  private:
   struct Run;

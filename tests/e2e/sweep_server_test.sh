@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Sweeps through the server end to end on loopback (docs/sweeps.md, "Through the server"):
-#   1. a grid of 4 trials, 2 at a time, with ASHA, whose data.train is good for two trials and
+#   1. a grid of 4 trials, one at a time, with ASHA, whose data.train is good for two trials and
 #      malformed for the other two (their jobs fail their data check): the server is killed
 #      (SIGKILL) once a trial has finished and restarted; the sweep continues and succeeds, every
-#      trial's job exists exactly once, the failed trials say why, the best is a good trial whose
-#      final/ exists;
+#      trial's job exists exactly once, the failed trials say why, the worse good trial is stopped
+#      at ASHA's first rung (its job cancelled, its objective kept), the best trial's final/ exists;
 #   2. a sweep cancelled while its trials run: it is CANCELLED, so are its trials' jobs, and no
 #      trial is proposed after;
 #   3. refusals: a bad sweep spec (line:column, did-you-mean) and a viewer's key.
@@ -46,18 +46,18 @@ cat > job.yaml <<'YAML'
 name: counting
 model: {path: base-model}
 data: {train: train.jsonl, validation_split: 0.2, format: tokens}
-training: {max_steps: 12, micro_batch_size: 4, global_batch_size: 8, eval_every: 3, optimizer: {lr: 1.0e-3}}
+training: {max_steps: 60, micro_batch_size: 4, global_batch_size: 8, eval_every: 3, optimizer: {lr: 1.0e-3}}
 output: {dir: runs/counting}
 YAML
 cat > sweep.yaml <<YAML
 name: counting-lr
 base: job.yaml
 parameters:
-  training.optimizer.lr: {grid: [1.0e-4, 3.0e-3]}
+  training.optimizer.lr: {grid: [3.0e-3, 1.0e-4]}
   data.train: {grid: [$work/train.jsonl, $work/broken.jsonl]}
 strategy: grid
 objective: {metric: val_loss}
-parallel_trials: 2
+parallel_trials: 1
 early_termination: {type: asha, min_steps: 3, reduction_factor: 2}
 YAML
 start_server
@@ -78,11 +78,14 @@ echo "$out" | tail -n 12
 expect_eq "status" "$(sweep_field "$id" "s['status']")" "SWEEP_STATUS_SUCCEEDED"
 expect_eq "4 trials, in the grid's order" \
   "$(sweep_field "$id" "[(t['values']['training.optimizer.lr'], t['values']['data.train'].split('/')[-1]) for t in s['trials']]")" \
-  "[(0.0001, 'train.jsonl'), (0.0001, 'broken.jsonl'), (0.003, 'train.jsonl'), (0.003, 'broken.jsonl')]"
-expect_eq "the malformed data's trials failed, the others have an objective" \
+  "[(0.003, 'train.jsonl'), (0.003, 'broken.jsonl'), (0.0001, 'train.jsonl'), (0.0001, 'broken.jsonl')]"
+expect_eq "the malformed data's trials failed; the low rate's was stopped early; both good ones have an objective" \
   "$(sweep_field "$id" "[(t['status'], 'objective' in t) for t in s['trials']]")" \
-  "[('TRIAL_STATUS_COMPLETED', True), ('TRIAL_STATUS_FAILED', False), ('TRIAL_STATUS_COMPLETED', True), ('TRIAL_STATUS_FAILED', False)]"
+  "[('TRIAL_STATUS_COMPLETED', True), ('TRIAL_STATUS_FAILED', False), ('TRIAL_STATUS_STOPPED', True), ('TRIAL_STATUS_FAILED', False)]"
 expect_contains "a failed trial says why" "$(sweep_field "$id" "s['trials'][1]['note']")" "its job failed: invalid_data"
+expect_contains "the stopped trial says why" "$(sweep_field "$id" "s['trials'][2]['note']")" "ASHA rung 0 (step 3)"
+expect_eq "its job was cancelled at its first rung, long before its 60 steps" \
+  "$(sweep_field "$id" "s['trials'][2]['job_status'], int(s['trials'][2]['steps'])")" "JOB_STATUS_CANCELLED 3"
 jobs=$("$bin/shardtune" list --label "sweep=$id" --output json |
   python3 -c "import json,sys; j = json.load(sys.stdin).get('jobs', []); print(len(j), len(set(x['labels']['trial'] for x in j)))")
 expect_eq "each trial's job exists once (4 jobs, 4 trials), after the restart too" "$jobs" "4 4"
@@ -90,7 +93,7 @@ expect_eq "each trial's job is the one the sweep names" \
   "$(sweep_field "$id" "sorted(t['job_id'] for t in s['trials']) == sorted(t['job_id'] for t in s['trials'] if t['job_id'])")" "True"
 best=$(sweep_field "$id" "s['best_trial']")
 best_job=$(sweep_field "$id" "s['best_job_id']")
-expect_eq "the best trial is a good one, the better of the two" "$best" \
+expect_eq "the best trial is the better of the two good ones" "$best" \
   "$(sweep_field "$id" "min((t['objective'], int(t.get('number', 0))) for t in s['trials'] if 'objective' in t)[1]")"
 out_dir=$(field "$best_job" output_dir)
 expect_eq "its job writes to OUTPUT/SWEEP_ID/NNN" "$out_dir" "$work/runs/counting/$id/$(printf %03d "$best")"
@@ -101,7 +104,7 @@ expect_contains "sweep get shows the table with the best" "$("$bin/shardtune" sw
 expect_contains "the server logged the resume" "$(cat server.log)" "sweep $id (counting-lr) resumed"
 
 # 2. Cancel: long trials, cancelled once both run.
-sed 's/max_steps: 12/max_steps: 100000/; s/name: counting$/name: long/' job.yaml > long.yaml
+sed 's/max_steps: 60/max_steps: 100000/; s/name: counting$/name: long/' job.yaml > long.yaml
 printf '%s\n' "name: long-lr" "base: long.yaml" "parameters: {training.optimizer.lr: {log_uniform: [1.0e-4, 1.0e-2]}}" \
   "strategy: random" "objective: {metric: val_loss}" "max_trials: 6" "parallel_trials: 2" "seed: 3" > long-sweep.yaml
 cid=$("$bin/shardtune" sweep submit long-sweep.yaml --priority 5)
