@@ -15,6 +15,7 @@
 #include "launcher/server/job_store_upgrade.h"
 #include "launcher/server/page_token.h"
 #include "launcher/server/request_error.h"
+#include "launcher/server/sweep_store.h"
 #include "test_util.h"
 
 namespace shardtune::server {
@@ -189,6 +190,55 @@ std::string OldJobBlob(const std::string& id) {
   unknown->AddVarint(18, 1700000003000);
   job.mutable_error()->GetReflection()->MutableUnknownFields(job.mutable_error())->AddLengthDelimited(1, "NODE_LOST");
   return job.SerializeAsString();
+}
+
+// Sweeps page newest first by a keyset: a sweep created between pages neither repeats nor shifts
+// one; a token is bound to its tenant and status; a tenant sees only its own.
+TEST(SweepStore, PagesByKeysetBoundToTenantAndStatus) {
+  ScratchDir dir;
+  JobStore db(dir / "jobs.db");
+  SweepStore store(db);
+  auto add = [&](const std::string& id, const std::string& tenant, int64_t ms, v1::SweepStatus status) {
+    SweepRecord r;
+    r.sweep.set_id(id);
+    r.sweep.set_tenant(tenant);
+    r.sweep.set_status(status);
+    *r.sweep.mutable_create_time() = api::TimeOfMs(ms);
+    r.sweep.add_trials()->set_number(0);
+    r.idempotency_key = "key-" + id;
+    store.Insert(r);
+  };
+  add("sweep-a", "t", 1000, v1::SWEEP_STATUS_SUCCEEDED);
+  add("sweep-b", "t", 2000, v1::SWEEP_STATUS_RUNNING);
+  add("sweep-c", "t", 3000, v1::SWEEP_STATUS_SUCCEEDED);
+  add("sweep-x", "other", 2500, v1::SWEEP_STATUS_RUNNING);
+  auto ids = [](const SweepStore::Page& page) {
+    std::vector<std::string> out;
+    for (const auto& s : page.sweeps) {
+      out.push_back(s.id());
+      EXPECT_EQ(s.trials_size(), 0) << "a listing leaves the trials out";
+    }
+    return out;
+  };
+  const auto first = store.List("t", v1::SWEEP_STATUS_UNSPECIFIED, 2, "");
+  EXPECT_EQ(ids(first), (std::vector<std::string>{"sweep-c", "sweep-b"}));
+  ASSERT_FALSE(first.next_page_token.empty());
+  add("sweep-d", "t", 4000, v1::SWEEP_STATUS_RUNNING);  // newer than the cursor: not on a later page
+  const auto second = store.List("t", v1::SWEEP_STATUS_UNSPECIFIED, 2, first.next_page_token);
+  EXPECT_EQ(ids(second), (std::vector<std::string>{"sweep-a"}));
+  EXPECT_TRUE(second.next_page_token.empty());
+  EXPECT_EQ(ids(store.List("t", v1::SWEEP_STATUS_SUCCEEDED, 10, "")), (std::vector<std::string>{"sweep-c", "sweep-a"}));
+  EXPECT_EQ(ids(store.List("", v1::SWEEP_STATUS_RUNNING, 10, "")),
+            (std::vector<std::string>{"sweep-d", "sweep-x", "sweep-b"}));  // an admin: every tenant
+  EXPECT_THROW(store.List("t", v1::SWEEP_STATUS_SUCCEEDED, 2, first.next_page_token), RequestError);
+  EXPECT_THROW(store.List("other", v1::SWEEP_STATUS_UNSPECIFIED, 2, first.next_page_token), RequestError);
+  // What a restarted server resumes, oldest first; and a sweep found again by its key.
+  std::vector<std::string> running;
+  for (const auto& r : store.Running()) running.push_back(r.sweep.id());
+  EXPECT_EQ(running, (std::vector<std::string>{"sweep-b", "sweep-x", "sweep-d"}));
+  ASSERT_TRUE(store.FindByIdempotencyKey("t", "key-sweep-a").has_value());
+  EXPECT_EQ(store.FindByIdempotencyKey("t", "key-sweep-a")->sweep.trials_size(), 1);
+  EXPECT_FALSE(store.FindByIdempotencyKey("other", "key-sweep-a").has_value());
 }
 
 TEST(JobStore, UpgradesAVersion3FileInPlace) {
