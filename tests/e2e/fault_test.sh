@@ -83,7 +83,12 @@ fi
 mounted=$out_fs
 job_yaml full "$out_fs/run" 600 200
 id=$("$bin/shardtune" submit full.yaml)
-for _ in $(seq 1 600); do [ -f "$out_fs/run/checkpoints/step-200/index.json" ] && break; sleep 0.05; done
+# Up to 300 s: a build with sanitizers takes minutes to get there.
+for _ in $(seq 1 6000); do [ -f "$out_fs/run/checkpoints/step-200/index.json" ] && break; sleep 0.05; done
+if [ ! -f "$out_fs/run/checkpoints/step-200/index.json" ]; then
+  fail "job $id wrote no checkpoint step-200 in 300 s (it is $(field "$id" status) at step $(field "$id" step))"
+  summary
+fi
 checkpoint_kib=$(du -sk "$out_fs/run/checkpoints/step-200" | cut -f1)
 mount -o remount,size=$(($(du -sk "$out_fs" | cut -f1) + checkpoint_kib / 2))k "$out_fs" &&
   pass "the output file system shrunk to what it holds and half a checkpoint ($checkpoint_kib KiB)" ||
