@@ -177,16 +177,25 @@ int List(SweepCall& call) {
 
 // Looks at the sweep every --interval seconds until it ends: a line per trial whose status, job
 // status or objective changed (--output json: the sweep, each time it changed), then the whole
-// sweep. Exits 0 when it succeeded.
+// sweep. Exits 0 when it succeeded. A server that is unreachable for a while (restarting) is
+// waited for, up to two minutes.
 int Watch(SweepCall& call) {
   std::map<int64_t, std::string> shown;  // each trial's last printed line
   v1::Sweep sweep;
   std::string last_json;
+  int unavailable_since_s = 0;
   while (true) {
     v1::GetSweepRequest request;
     request.set_id(call.flags.id);
     const grpc::Status status = call.stub->GetSweep(call.Context().get(), request, &sweep);
+    // A server restarting (the sweep goes on after it): look again, for up to two minutes.
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE && unavailable_since_s < 120) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      ++unavailable_since_s;
+      continue;
+    }
     if (!status.ok()) return Refused(status);
+    unavailable_since_s = 0;
     if (call.json) {
       const std::string now = Json(sweep);
       if (now != last_json) std::printf("%s\n", now.c_str());

@@ -295,16 +295,8 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   // again under it.
   std::set<std::string> uploaded;  // the files it names as file:ID
   const JobSpec spec = ParseSpec(SpecText(request), 0, UploadedFilesOf(caller, &uploaded));
-  storage_.Require(caller.tenant, caller.admin, spec);
-  if (config_.backend != "slurm" && spec.resources.NamesSchedulerOptions()) {
-    throw RequestError(RequestError::Kind::kInvalidArgument,
-                       "resources: time_limit, partition, account and qos are for a batch scheduler; this server's "
-                       "backend is local",
-                       v1::JOB_ERROR_CODE_INVALID_SPEC);
-  }
+  RequireAdmissible(caller, spec);
   const int ranks = static_cast<int>(spec.resources.world_size());
-  RequireRanksAvailable(caller.tenant, ranks);
-  RequirePlanFits(spec, ranks);
 
   std::lock_guard<std::mutex> lock(mutex_);
   if (!request.idempotency_key().empty()) {  // the same request, admitted by another call meanwhile
@@ -350,6 +342,19 @@ v1::Job JobManager::Create(const Caller& caller, const v1::CreateJobRequest& req
   const LogJobScope log_job(r.job.id());
   spdlog::info("job {} ({}) accepted for tenant {}: {} ranks", r.job.id(), r.job.name(), r.job.tenant(), ranks);
   return r.job;
+}
+
+void JobManager::RequireAdmissible(const Caller& caller, const JobSpec& spec) const {
+  storage_.Require(caller.tenant, caller.admin, spec);
+  if (config_.backend != "slurm" && spec.resources.NamesSchedulerOptions()) {
+    throw RequestError(RequestError::Kind::kInvalidArgument,
+                       "resources: time_limit, partition, account and qos are for a batch scheduler; this server's "
+                       "backend is local",
+                       v1::JOB_ERROR_CODE_INVALID_SPEC);
+  }
+  const int ranks = static_cast<int>(spec.resources.world_size());
+  RequireRanksAvailable(caller.tenant, ranks);
+  RequirePlanFits(spec, ranks);
 }
 
 void JobManager::RequireRanksAvailable(const std::string& tenant, int ranks) const {

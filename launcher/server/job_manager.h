@@ -61,6 +61,10 @@ class JobManager {
   JobStore& store() { return *store_; }
   ServerMetrics& metrics() { return metrics_; }
   FileStore& files() { return *files_; }
+  // The checks of CreateJob's admission after the spec parsed: the tenant's storage roots
+  // (PERMISSION_DENIED), scheduler options on a local backend (INVALID_ARGUMENT), the ranks
+  // against the pool and the tenant's max_ranks and the memory plan (RESOURCE_EXHAUSTED).
+  void RequireAdmissible(const Caller& caller, const JobSpec& spec) const;
   // The job's memory plan on `ranks` slots, when the configuration gives their memory.
   // RESOURCE_EXHAUSTED when `ranks` exceed the pool or the tenant's max_ranks.
   void RequireRanksAvailable(const std::string& tenant, int ranks) const;

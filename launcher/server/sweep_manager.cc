@@ -24,6 +24,9 @@ using sweep::TrialStatus;
 namespace {
 
 constexpr auto kTick = std::chrono::milliseconds(500);
+// Trials refused as jobs one after another: past this, the refusal is the sweep's (a file it names
+// deleted, a storage root changed), and the sweep fails rather than spend its budget on it.
+constexpr int kMaxRefusedInARow = 3;
 
 // Trial N's job's idempotency key: how the sweep finds its job again after a restart.
 std::string TrialKey(const std::string& sweep_id, int64_t trial) {
@@ -83,9 +86,10 @@ struct SweepManager::Run {
   struct TrialJob {
     std::string job_id;
     v1::JobStatus status = v1::JOB_STATUS_UNSPECIFIED;
-    int64_t events_seen = 0;  // the job's events already read (seq)
-    bool stopping = false;    // early termination cancelled it
-    bool settled = false;     // its end is recorded as the trial's
+    int64_t events_seen = 0;   // the job's events already read (seq)
+    bool stopping = false;     // early termination stopped it
+    bool cancel_sent = false;  // this manager asked JobManager to cancel it
+    bool settled = false;      // its end is recorded as the trial's
   };
 
   SweepRecord record;
@@ -93,6 +97,8 @@ struct SweepManager::Run {
   sweep::SweepSpec spec;
   std::unique_ptr<sweep::SweepSearch> search;  // reads `spec`: declared after it
   std::map<int64_t, TrialJob> trials;          // by trial number, once its job exists
+  int refused_in_a_row = 0;                    // trials whose job CreateJob refused, since the last it took
+  std::string last_refusal;
 
   // Trials with a job still to follow, or without one yet: what counts against parallel_trials.
   int64_t Active() const {
@@ -116,6 +122,7 @@ fs::path SweepManager::Journal(const std::string& sweep_id) const {
 void SweepManager::Start() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    last_created_ms_ = store_.MaxCreatedMs();
     for (const SweepRecord& record : store_.Running()) {
       try {
         runs_[record.sweep.id()] = Open(record);
@@ -130,8 +137,31 @@ void SweepManager::Start() {
         spdlog::error("sweep {}: {}", record.sweep.id(), failed.sweep.message());
       }
     }
+    CancelOrphanedTrialJobs();
   }
   thread_ = std::thread([this] { Loop(); });
+}
+
+void SweepManager::CancelOrphanedTrialJobs() {
+  for (const JobRecord& r : jobs_.store().Unfinished()) {
+    const auto sweep_id = r.job.labels().find("sweep");
+    if (sweep_id == r.job.labels().end() || runs_.count(sweep_id->second)) continue;
+    // Only a job the sweep made (its key); a label alone is the job's own to set.
+    if (r.idempotency_key.rfind(fmt::format("sweep/{}/trial/", sweep_id->second), 0) != 0) continue;
+    const auto sweep = store_.Get(sweep_id->second);
+    if (!sweep || sweep->sweep.status() == v1::SWEEP_STATUS_RUNNING) continue;
+    spdlog::warn("job {}: a trial of sweep {}, which has ended ({}): cancelled", r.job.id(), sweep_id->second,
+                 api::ShortName(sweep->sweep.status()));
+    CancelJob(Caller{r.job.tenant(), /*admin=*/true, /*read_only=*/false}, r.job.id());
+  }
+}
+
+void SweepManager::CancelJob(const Caller& as, const std::string& job_id) {
+  try {
+    jobs_.Cancel(as, job_id);
+  } catch (const std::exception& e) {  // it ended meanwhile (FAILED_PRECONDITION), or the store failed
+    spdlog::debug("cancelling job {}: {}", job_id, e.what());
+  }
 }
 
 void SweepManager::Stop() {
@@ -158,14 +188,14 @@ std::unique_ptr<SweepManager::Run> SweepManager::Open(const SweepRecord& record)
     Run::TrialJob& tj = run->trials[t.number];
     tj.job_id = job->job.id();
     tj.status = job->job.status();
-    // A trial stopped just before a restart: its job may not have been cancelled yet.
     tj.stopping = t.status == TrialStatus::kStopped;
-    tj.settled = t.Finished() && (!tj.stopping || IsTerminal(tj.status));
-    if (tj.stopping && !IsTerminal(tj.status)) {
-      try {
-        jobs_.Cancel(run->caller, tj.job_id);
-      } catch (const RequestError&) {  // it ended meanwhile
-      }
+    tj.settled = t.Finished();
+    // A trial that ended while its job did not (stopped, or failed by a cancel, just before the
+    // restart): the job is cancelled, and a stopped trial followed until its job ends.
+    if (t.Finished() && !IsTerminal(tj.status)) {
+      CancelJob(run->caller, tj.job_id);
+      tj.cancel_sent = true;
+      tj.settled = !tj.stopping;
     }
   }
   return run;
@@ -182,8 +212,7 @@ v1::Sweep SweepManager::Create(const Caller& caller, const v1::CreateSweepReques
   const SpecOptions strict = jobs_.UploadedFilesOf(caller, &uploaded);
   const sweep::SweepSpec checked = ParseSweep(request.spec_yaml(), request.base_job_yaml(), strict);
   const JobSpec base = ParseJobSpec(request.base_job_yaml(), "base_job_yaml", "/", strict);  // CheckBase parsed it
-  jobs_.storage().Require(caller.tenant, caller.admin, base);
-  jobs_.RequireRanksAvailable(caller.tenant, static_cast<int>(base.resources.world_size()));
+  jobs_.RequireAdmissible(caller, base);  // as CreateJob would admit the trials' jobs
 
   SweepRecord r;
   v1::Sweep& s = r.sweep;
@@ -224,13 +253,19 @@ v1::Sweep SweepManager::Create(const Caller& caller, const v1::CreateSweepReques
 }
 
 v1::Sweep SweepManager::Get(const Caller& caller, const std::string& id) {
-  const auto record = store_.Get(id);
   // Another tenant's sweep does not exist for this caller.
-  if (!record || (!caller.admin && record->sweep.tenant() != caller.tenant))
+  auto visible = [&](const v1::Sweep& s) { return caller.admin || s.tenant() == caller.tenant; };
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (const auto run = runs_.find(id); run != runs_.end() && visible(run->second->record.sweep))
+      return ToProto(*run->second);
+  }
+  // Not running here: its row (an ended sweep's has its trials; a sweep that ended since the
+  // look above has its final row by now).
+  const auto record = store_.Get(id);
+  if (!record || !visible(record->sweep))
     throw RequestError(RequestError::Kind::kNotFound, fmt::format("no sweep '{}'", id));
-  std::lock_guard<std::mutex> lock(mutex_);
-  const auto run = runs_.find(id);
-  return run != runs_.end() ? ToProto(*run->second) : record->sweep;
+  return record->sweep;
 }
 
 v1::ListSweepsResponse SweepManager::List(const Caller& caller, const v1::ListSweepsRequest& request) {
@@ -241,8 +276,10 @@ v1::ListSweepsResponse SweepManager::List(const Caller& caller, const v1::ListSw
   for (v1::Sweep& s : page.sweeps) {
     if (const auto run = runs_.find(s.id()); run != runs_.end()) {
       s = ToProto(*run->second);
-      s.clear_trials();
+    } else if (s.status() == v1::SWEEP_STATUS_RUNNING) {  // it ended since its row was read
+      if (const auto row = store_.Get(s.id())) s = row->sweep;
     }
+    s.clear_trials();
     *response.add_sweeps() = std::move(s);
   }
   response.set_next_page_token(page.next_page_token);
@@ -252,35 +289,27 @@ v1::ListSweepsResponse SweepManager::List(const Caller& caller, const v1::ListSw
 v1::Sweep SweepManager::Cancel(const Caller& caller, const std::string& id) {
   RequireWrite(caller);
   Get(caller, id);  // NOT_FOUND for another tenant's
-  std::vector<std::string> to_cancel;
-  Caller as;
-  v1::Sweep cancelled;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto it = runs_.find(id);
-    if (it == runs_.end()) {
-      const auto record = store_.Get(id);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto it = runs_.find(id);
+  if (it == runs_.end()) {
+    const auto record = store_.Get(id);
+    if (record->sweep.status() == v1::SWEEP_STATUS_RUNNING) {
       throw RequestError(RequestError::Kind::kFailedPrecondition,
-                         fmt::format("sweep {} has ended ({})", id, api::ShortName(record->sweep.status())));
+                         fmt::format("sweep {} is not loaded yet (the server is starting); try again", id));
     }
-    Run& run = *it->second;
-    for (auto& [number, job] : run.trials)
-      if (!job.settled && !IsTerminal(job.status)) to_cancel.push_back(job.job_id);
-    for (const int64_t number : run.search->Running())
-      run.search->Finished(number, TrialStatus::kFailed, run.search->state().trial(number).steps,
-                           "the sweep was cancelled");
-    as = run.caller;
-    // The row first: a sweep recorded CANCELLED never proposes again, whatever happens next.
-    Finish(run, v1::SWEEP_STATUS_CANCELLED, fmt::format("cancelled by tenant {}", caller.tenant));
-    cancelled = store_.Get(id)->sweep;
+    throw RequestError(RequestError::Kind::kFailedPrecondition,
+                       fmt::format("sweep {} has ended ({})", id, api::ShortName(record->sweep.status())));
   }
-  for (const std::string& job_id : to_cancel) {
-    try {
-      jobs_.Cancel(as, job_id);
-    } catch (const RequestError&) {  // it ended meanwhile
-    }
-  }
-  return cancelled;
+  Run& run = *it->second;
+  for (const int64_t number : run.search->Running())
+    run.search->Finished(number, TrialStatus::kFailed, run.search->state().trial(number).steps,
+                         "the sweep was cancelled");
+  // The journal, then the row, then the jobs (Finish): a restart after the row finds the jobs of
+  // a sweep that has ended and cancels them (CancelOrphanedTrialJobs); one between the journal and
+  // the row cancels the jobs of the trials recorded as failed (Open) and the sweep goes on, the
+  // cancel not acknowledged.
+  Finish(run, v1::SWEEP_STATUS_CANCELLED, fmt::format("cancelled by tenant {}", caller.tenant));
+  return store_.Get(id)->sweep;
 }
 
 bool SweepManager::StopAfterEvaluation(const v1::Job& job) {
@@ -297,9 +326,16 @@ bool SweepManager::StopAfterEvaluation(const v1::Job& job) {
   if (trial == r.trials.end() || trial_label->second != sweep::SweepDir::TrialName(trial->first)) return false;
   const auto value = job.metrics().find(r.spec.objective.metric);
   if (value == job.metrics().end() || trial->second.stopping) return false;
-  const sweep::StopDecision decision = r.search->Evaluated(trial->first, job.step(), value->second);
+  sweep::StopDecision decision;
+  try {
+    decision = r.search->Evaluated(trial->first, job.step(), value->second);
+  } catch (const std::exception& e) {  // the journal cannot be written: the sweep's loop fails the sweep
+    spdlog::error("sweep {}: {}", r.record.sweep.id(), e.what());
+    return false;
+  }
   if (!decision.stop) return false;
   trial->second.stopping = true;
+  trial->second.cancel_sent = true;  // the reply to this report stops it, and JobManager cancels it
   spdlog::info("sweep {}: trial {} stopped at step {}: {}", r.record.sweep.id(), trial_label->second, job.step(),
                decision.reason);
   return true;
@@ -334,10 +370,15 @@ void SweepManager::Advance(Run& run) {
     if (!run.trials.count(number)) CreateTrialJob(run, number);
   for (auto& [number, job] : run.trials)
     if (!job.settled) FollowTrialJob(run, number);
-  while (run.Active() < run.spec.parallel_trials) {
+  while (run.Active() < run.spec.parallel_trials && run.refused_in_a_row < kMaxRefusedInARow) {
     const auto proposal = search.Propose();
     if (!proposal) break;
     CreateTrialJob(run, proposal->trial);
+  }
+  if (run.refused_in_a_row >= kMaxRefusedInARow) {
+    Finish(run, v1::SWEEP_STATUS_FAILED,
+           fmt::format("{} trials in a row were refused as jobs; the last: {}", kMaxRefusedInARow, run.last_refusal));
+    return;  // `run` is gone
   }
   if (search.Done() && run.Active() == 0) {
     const bool any = search.state().Best().has_value();
@@ -367,12 +408,19 @@ void SweepManager::CreateTrialJob(Run& run, int64_t trial) {
     Run::TrialJob& tj = run.trials[trial];
     tj.job_id = job.id();
     tj.status = job.status();
+    run.refused_in_a_row = 0;
     spdlog::info("sweep {}: trial {} is job {} ({})", id, name, job.id(),
                  sweep::ValuesText(run.spec.parameters, record.values));
   } catch (const SpecError& e) {
-    run.search->Finished(trial, TrialStatus::kFailed, 0, fmt::format("invalid job: {}", fmt::join(e.problems(), "; ")));
+    run.last_refusal = fmt::format("invalid job: {}", fmt::join(e.problems(), "; "));
+    ++run.refused_in_a_row;
+    run.search->Finished(trial, TrialStatus::kFailed, 0, run.last_refusal);
   } catch (const RequestError& e) {  // refused as a job: the sweep goes on without it
-    run.search->Finished(trial, TrialStatus::kFailed, 0, fmt::format("its job was refused: {}", e.what()));
+    run.last_refusal = fmt::format("its job was refused: {}", e.what());
+    ++run.refused_in_a_row;
+    run.search->Finished(trial, TrialStatus::kFailed, 0, run.last_refusal);
+  } catch (const Error& e) {  // the store failed: the trial has no job yet, and the next pass tries again
+    spdlog::warn("sweep {}: trial {}: its job could not be created now: {}", id, name, e.what());
   }
 }
 
@@ -395,28 +443,30 @@ void SweepManager::FollowTrialJob(Run& run, int64_t trial) {
     if (decision.stop && !tj.stopping) {
       tj.stopping = true;
       spdlog::info("sweep {}: trial {} stopped: {}", run.record.sweep.id(), trial, decision.reason);
-      try {
-        jobs_.Cancel(run.caller, tj.job_id);
-      } catch (const RequestError&) {  // it ended meanwhile: settled below
-      }
     }
   }
   tj.status = job->job.status();
+  // A stopped trial whose job goes on: the listener's stop did not reach it (an evaluation read
+  // here, or the reply went to an attempt that had been replaced).
+  if (tj.stopping && !IsTerminal(tj.status) && !job->cancel_requested && !tj.cancel_sent) {
+    CancelJob(run.caller, tj.job_id);
+    tj.cancel_sent = true;
+  }
   if (!IsTerminal(tj.status)) return;
   // Events past the batch read (a job with more than 1000 new ones): the next tick reads them first.
   if (!jobs_.store().Events(tj.job_id, tj.events_seen, 1).empty()) return;
   tj.settled = true;
   const int64_t steps = job->job.step();
+  if (tj.stopping) {  // however its job ended: its evaluations up to the stop count
+    run.search->Finished(trial, TrialStatus::kStopped, steps);
+    return;
+  }
   switch (tj.status) {
     case v1::JOB_STATUS_SUCCEEDED:
       run.search->Finished(trial, TrialStatus::kCompleted, steps);
       break;
     case v1::JOB_STATUS_CANCELLED:
-      if (tj.stopping) {
-        run.search->Finished(trial, TrialStatus::kStopped, steps);
-      } else {
-        run.search->Finished(trial, TrialStatus::kFailed, steps, "its job was cancelled");
-      }
+      run.search->Finished(trial, TrialStatus::kFailed, steps, "its job was cancelled");
       break;
     default:
       run.search->Finished(
@@ -427,6 +477,10 @@ void SweepManager::FollowTrialJob(Run& run, int64_t trial) {
 
 void SweepManager::Finish(Run& run, v1::SweepStatus status, const std::string& message) {
   const std::string id = run.record.sweep.id();
+  std::vector<std::string> unfinished;  // jobs of trials it no longer follows
+  for (const auto& [number, tj] : run.trials)
+    if (!tj.settled && !IsTerminal(tj.status)) unfinished.push_back(tj.job_id);
+  const Caller as = run.caller;
   run.record.sweep = ToProto(run);
   run.record.sweep.set_status(status);
   run.record.sweep.set_message(message);
@@ -435,6 +489,7 @@ void SweepManager::Finish(Run& run, v1::SweepStatus status, const std::string& m
   spdlog::info("sweep {} ({}): {}{}", id, run.record.sweep.name(), api::ShortName(status),
                message.empty() ? "" : ": " + message);
   runs_.erase(id);  // `run` is gone
+  for (const std::string& job_id : unfinished) CancelJob(as, job_id);
 }
 
 v1::Sweep SweepManager::ToProto(const Run& run) const {

@@ -65,7 +65,12 @@ class SweepManager {
   void Advance(Run& run);  // under mutex_
   void CreateTrialJob(Run& run, int64_t trial);
   void FollowTrialJob(Run& run, int64_t trial);
-  // Ends the sweep: its row gets the status and the trials; the run is dropped.
+  // At Start: cancels the unfinished jobs of trials whose sweep has ended (a restart between a
+  // sweep's end and its jobs' cancels).
+  void CancelOrphanedTrialJobs();
+  void CancelJob(const Caller& as, const std::string& job_id);  // an ended job is no error
+  // Ends the sweep: its row gets the status and the trials, the run is dropped, and the jobs of
+  // trials still running are cancelled.
   void Finish(Run& run, v1::SweepStatus status, const std::string& message);
   v1::Sweep ToProto(const Run& run) const;
   std::filesystem::path Journal(const std::string& sweep_id) const;

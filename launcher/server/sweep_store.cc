@@ -77,6 +77,12 @@ std::vector<SweepRecord> SweepStore::Running() {
   return out;
 }
 
+int64_t SweepStore::MaxCreatedMs() {
+  auto db = db_.Lock();
+  Statement q(db.db, "SELECT COALESCE(MAX(created_ms), 0) FROM sweeps");
+  return q.Step() ? q.Int(0) : 0;
+}
+
 SweepStore::Page SweepStore::List(const std::string& tenant, v1::SweepStatus status, int64_t page_size,
                                   const std::string& page_token) {
   ListPosition after{INT64_MAX, ""};

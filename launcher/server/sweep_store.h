@@ -31,6 +31,7 @@ class SweepStore {
   std::optional<SweepRecord> Get(const std::string& id);
   std::optional<SweepRecord> FindByIdempotencyKey(const std::string& tenant, const std::string& key);
   std::vector<SweepRecord> Running();  // oldest first
+  int64_t MaxCreatedMs();              // of the newest sweep; 0 when there is none
 
   struct Page {
     std::vector<v1::Sweep> sweeps;  // newest first (create_time, then id)

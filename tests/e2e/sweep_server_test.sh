@@ -68,13 +68,17 @@ expect_eq "sweep submit exits 0" "$?" "0"
 expect_contains "it prints the sweep's id" "$id" "sweep-"
 for _ in $(seq 1 600); do [ "$(sweep_field "$id" "s.get('trials_finished', 0)")" -ge 1 ] 2>/dev/null && break; sleep 0.2; done
 before=$(sweep_field "$id" "len(s['trials'])")
+"$bin/shardtune" sweep watch "$id" --interval 0.5 > watch.out 2>&1 &
+watch_pid=$!
+sleep 1
 kill -9 "$server_pid"
 wait "$server_pid" 2>/dev/null
 pass "server killed (SIGKILL) with $before trial(s) proposed, $(grep -c '"event":"finished"' state/jobs/sweeps/"$id"/trials.jsonl) finished"
+sleep 2  # the watch finds it unreachable
 start_server
-out=$("$bin/shardtune" sweep watch "$id" --interval 0.5 2>&1)
-expect_eq "sweep watch after the restart exits 0 (the sweep succeeded)" "$?" "0"
-echo "$out" | tail -n 12
+wait "$watch_pid"
+expect_eq "sweep watch, started before the kill, waits for the restart and exits 0 (the sweep succeeded)" "$?" "0"
+tail -n 12 watch.out
 expect_eq "status" "$(sweep_field "$id" "s['status']")" "SWEEP_STATUS_SUCCEEDED"
 expect_eq "4 trials, in the grid's order" \
   "$(sweep_field "$id" "[(t['values']['training.optimizer.lr'], t['values']['data.train'].split('/')[-1]) for t in s['trials']]")" \
@@ -146,6 +150,12 @@ out=$("$bin/shardtune" sweep submit bad.yaml 2>&1)
 expect_eq "a bad sweep spec is refused (2)" "$?" "2"
 expect_contains "naming the key, its line and column, with a suggestion" "$out" \
   "parameters.training.optimiser.lr (line 4, column 3): 'training.optimiser.lr' is not a key path of the job spec (did you mean 'training.optimizer.lr'?)"
+sed "s|$work/train.jsonl, $work/broken.jsonl|$work/gone-1.jsonl, $work/gone-2.jsonl, $work/gone-3.jsonl, $work/gone-4.jsonl|; s/name: counting-lr/name: gone/" sweep.yaml > gone.yaml
+gid=$("$bin/shardtune" sweep submit gone.yaml)
+for _ in $(seq 1 100); do [ "$(sweep_field "$gid" "s['status']")" == "SWEEP_STATUS_RUNNING" ] || break; sleep 0.1; done
+expect_eq "trials refused as jobs (their data.train is missing) three in a row fail the sweep" \
+  "$(sweep_field "$gid" "s['status'], len(s['trials'])")" "SWEEP_STATUS_FAILED 3"
+expect_contains "saying why" "$(sweep_field "$gid" "s['message']")" "3 trials in a row were refused as jobs; the last: its job was refused"
 out=$(SHARDTUNE_TOKEN=key-viewer "$bin/shardtune" sweep submit sweep.yaml 2>&1)
 expect_eq "a viewer cannot submit (2)" "$?" "2"
 expect_contains "PERMISSION_DENIED" "$out" "PERMISSION_DENIED"
