@@ -8,13 +8,15 @@ steps, objective val_loss.
   - budget 16: grid (4 x 4), random and bayesian (seeds 1-5), each strategy's best val_loss,
     against the best of a dense grid of 64 (8 x 8) over the same ranges;
   - ASHA: total training steps and the best val_loss of the dense grid and of the random sweeps
-    with ASHA against the same sweeps without early termination.
+    with ASHA against the same sweeps without early termination, on trials three times as long
+    (90 steps: rungs at 9, 27 and 81 with min_steps 9 and reduction_factor 3).
 Targets: bayesian's mean within 2% of the dense grid's best and below random's mean; ASHA at most
 50% of the steps with the same best or one within 1%.
 
-Usage: sweep_bench.py BUILD_DIR WORK_DIR [--quick] [--asha-min-steps N]
-  --quick: seeds 1-2, no ASHA on random; --asha-min-steps: ASHA's first rung (default 3). Sweeps
-  already finished in WORK_DIR are read back, not rerun (shardtune sweep resumes them).
+Usage: sweep_bench.py BUILD_DIR WORK_DIR [--quick] [--asha-only] [--asha-min-steps N]
+  --quick: seeds 1-2, no ASHA on random; --asha-only: only the ASHA comparison; --asha-min-steps:
+  ASHA's first rung (default 9). Sweeps already finished in WORK_DIR are read back, not rerun
+  (shardtune sweep resumes them).
 """
 import argparse
 import json
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LR_LOW, LR_HIGH = 1.0e-4, 3.0e-2
 WARMUP_HIGH = 14
 MAX_STEPS, EVAL_EVERY = 30, 3
+ASHA_MAX_STEPS = 90  # ASHA saves in proportion to a trial's length past its first rung
 BUDGET = 16
 
 
@@ -44,20 +47,24 @@ def int_grid(n):
 
 def write_task(work, bin_dir):
     """The demo's counting task, small: 128 runs of 17 ids, a fifth held out for validation."""
-    if (work / "base-model").exists():  # a sweep already run there is read back, not rerun
-        return
-    subprocess.run([f"{bin_dir}/shardtune", "init-model", "--config", str(ROOT / "examples/tiny-llama/config.json"),
-                    "--out", str(work / "base-model"), "--seed", "1", "--log-level", "warn"], check=True)
-    rng = random.Random(3)
-    with open(work / "train.jsonl", "w") as f:
-        for _ in range(128):
-            start = rng.randrange(61)
-            f.write(json.dumps({"input_ids": [1] + [3 + (start + i) % 61 for i in range(16)]}) + "\n")
-    (work / "job.yaml").write_text(f"""name: counting
+    if not (work / "base-model").exists():  # else a sweep already run there is read back, not rerun
+        subprocess.run([f"{bin_dir}/shardtune", "init-model", "--config", str(ROOT / "examples/tiny-llama/config.json"),
+                        "--out", str(work / "base-model"), "--seed", "1", "--log-level", "warn"], check=True)
+        rng = random.Random(3)
+        with open(work / "train.jsonl", "w") as f:
+            for _ in range(128):
+                start = rng.randrange(61)
+                f.write(json.dumps({"input_ids": [1] + [3 + (start + i) % 61 for i in range(16)]}) + "\n")
+    for name, steps in (("job.yaml", MAX_STEPS), ("job-long.yaml", ASHA_MAX_STEPS)):
+        write_job(work / name, steps)
+
+
+def write_job(path, max_steps):
+    path.write_text(f"""name: counting
 model: {{path: base-model}}
 data: {{train: train.jsonl, validation_split: 0.2, format: tokens}}
 training:
-  max_steps: {MAX_STEPS}
+  max_steps: {max_steps}
   micro_batch_size: 8
   global_batch_size: 32
   eval_every: {EVAL_EVERY}
@@ -67,8 +74,8 @@ output: {{dir: runs/counting}}
 """)
 
 
-def sweep_spec(name, strategy, lr, warmup, seed=0, max_trials=None, asha=None):
-    lines = [f"name: {name}", "base: job.yaml", "parameters:",
+def sweep_spec(name, strategy, lr, warmup, seed=0, max_trials=None, asha=None, base="job.yaml"):
+    lines = [f"name: {name}", f"base: {base}", "parameters:",
              f"  training.optimizer.lr: {lr}", f"  training.scheduler.warmup_steps: {warmup}",
              f"strategy: {strategy}", "objective: {metric: val_loss}", "parallel_trials: 2", f"seed: {seed}"]
     if max_trials:
@@ -101,7 +108,8 @@ def main():
     parser.add_argument("build")
     parser.add_argument("work")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--asha-min-steps", type=int, default=EVAL_EVERY, help="ASHA's first rung")
+    parser.add_argument("--asha-only", action="store_true", help="only the ASHA comparison")
+    parser.add_argument("--asha-min-steps", type=int, default=9, help="ASHA's first rung")
     args = parser.parse_args()
     bin_dir = Path(args.build).resolve() / "bin"
     work = Path(args.work).resolve()
@@ -111,34 +119,34 @@ def main():
     write_task(work, bin_dir)
 
     lr_range, warmup_range = f"{{log_uniform: [{LR_LOW}, {LR_HIGH}]}}", f"{{int_uniform: [0, {WARMUP_HIGH}]}}"
-    dense = run_sweep(work, bin_dir, "dense", sweep_spec("dense", "grid", f"{{grid: {log_grid(8)}}}",
-                                                         f"{{grid: {int_grid(8)}}}"))
-    grid16 = run_sweep(work, bin_dir, "grid16", sweep_spec("grid16", "grid", f"{{grid: {log_grid(4)}}}",
-                                                           f"{{grid: {int_grid(4)}}}"))
-    best = {"grid": [min(o for o, _ in grid16)] * len(seeds), "random": [], "bayesian": []}
-    random_runs = {}
-    for strategy in ("random", "bayesian"):
-        for seed in seeds:
-            name = f"{strategy}-{seed}"
-            trials = run_sweep(work, bin_dir, name,
-                               sweep_spec(name, strategy, lr_range, warmup_range, seed=seed, max_trials=BUDGET))
-            best[strategy].append(min(o for o, _ in trials))
-            if strategy == "random":
-                random_runs[seed] = trials
-    dense_best = min(o for o, _ in dense)
+    dense_lr, dense_warmup = f"{{grid: {log_grid(8)}}}", f"{{grid: {int_grid(8)}}}"
+    best = {"grid": [], "random": [], "bayesian": []}
+    dense_best = None
+    if not args.asha_only:
+        dense = run_sweep(work, bin_dir, "dense", sweep_spec("dense", "grid", dense_lr, dense_warmup))
+        grid16 = run_sweep(work, bin_dir, "grid16", sweep_spec("grid16", "grid", f"{{grid: {log_grid(4)}}}",
+                                                               f"{{grid: {int_grid(4)}}}"))
+        best["grid"] = [min(o for o, _ in grid16)] * len(seeds)
+        for strategy in ("random", "bayesian"):
+            for seed in seeds:
+                name = f"{strategy}-{seed}"
+                trials = run_sweep(work, bin_dir, name,
+                                   sweep_spec(name, strategy, lr_range, warmup_range, seed=seed, max_trials=BUDGET))
+                best[strategy].append(min(o for o, _ in trials))
+        dense_best = min(o for o, _ in dense)
 
+    # ASHA on the long trials: each sweep without early termination, then with it.
     asha_rows = []
-    dense_asha = run_sweep(work, bin_dir, f"dense-asha{args.asha_min_steps}", sweep_spec(f"dense-asha{args.asha_min_steps}", "grid", f"{{grid: {log_grid(8)}}}",
-                                                                   f"{{grid: {int_grid(8)}}}", asha=args.asha_min_steps))
-    asha_rows.append(("dense grid, 64 trials", dense, dense_asha))
-    if not args.quick:
-        plain, asha = [], []
-        for seed in seeds:
-            name = f"random-asha{args.asha_min_steps}-{seed}"
-            plain += random_runs[seed]
-            asha_trials = run_sweep(work, bin_dir, name, sweep_spec(name, "random", lr_range, warmup_range, seed=seed,
-                                                                    max_trials=BUDGET, asha=args.asha_min_steps))
-            asha_rows.append((f"random seed {seed}, 16 trials", random_runs[seed], asha_trials))
+    m = args.asha_min_steps
+    long_sweeps = [("dense grid, 64 trials", "dense-long", dict(strategy="grid", lr=dense_lr, warmup=dense_warmup))]
+    for seed in ([] if args.quick else seeds):
+        long_sweeps.append((f"random seed {seed}, 16 trials", f"random-long-{seed}",
+                            dict(strategy="random", lr=lr_range, warmup=warmup_range, seed=seed, max_trials=BUDGET)))
+    for label, name, spec in long_sweeps:
+        plain = run_sweep(work, bin_dir, name, sweep_spec(name, base="job-long.yaml", **spec))
+        asha = run_sweep(work, bin_dir, f"{name}-asha{m}",
+                         sweep_spec(f"{name}-asha{m}", base="job-long.yaml", asha=m, **spec))
+        asha_rows.append((label, plain, asha))
     elapsed = time.time() - started
 
     print("## Sweeps\n")
@@ -147,16 +155,18 @@ def main():
           f"(2 trials at once, one thread each) over training.optimizer.lr in [{LR_LOW}, {LR_HIGH}] (log) and "
           f"training.scheduler.warmup_steps in [0, {WARMUP_HIGH}]. Objective: the best val_loss (lower is better). "
           f"Whole section: {elapsed / 60:.1f} min.\n")
-    print(f"Dense grid (8 x 8 = 64 trials): best val_loss **{dense_best:.4f}**. ASHA: min_steps "
-          f"{args.asha_min_steps}, reduction_factor 3.\n")
-    print("| strategy (16 trials) | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | mean vs dense grid |")
-    print("|---|" + "---:|" * (len(seeds) + 2))
-    for strategy in ("grid", "random", "bayesian"):
-        mean = statistics.mean(best[strategy])
-        label = "grid (4 x 4; no seed)" if strategy == "grid" else strategy
-        print(f"| {label} | " + " | ".join(f"{v:.4f}" for v in best[strategy]) +
-              f" | {mean:.4f} | {pct(mean, dense_best)} |")
-    print()
+    if dense_best is not None:
+        print(f"Dense grid (8 x 8 = 64 trials): best val_loss **{dense_best:.4f}**.\n")
+        print("| strategy (16 trials) | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | mean vs dense grid |")
+        print("|---|" + "---:|" * (len(seeds) + 2))
+        for strategy in ("grid", "random", "bayesian"):
+            mean = statistics.mean(best[strategy])
+            label = "grid (4 x 4; no seed)" if strategy == "grid" else strategy
+            print(f"| {label} | " + " | ".join(f"{v:.4f}" for v in best[strategy]) +
+                  f" | {mean:.4f} | {pct(mean, dense_best)} |")
+        print()
+    print(f"ASHA (min_steps {m}, reduction_factor 3) on the same sweeps with trials of {ASHA_MAX_STEPS} steps, "
+          f"against them without early termination:\n")
     print("| sweep | steps without / with ASHA | ratio | best without | best with ASHA | difference |")
     print("|---|---:|---:|---:|---:|---:|")
     total_plain = total_asha = 0
@@ -170,12 +180,14 @@ def main():
         print(f"| {label} | {steps_plain} / {steps_asha} | {steps_asha / steps_plain:.2f} | {b_plain:.4f} | "
               f"{b_asha:.4f} | {pct(b_asha, b_plain)} |")
     print()
-    bayes, rand = statistics.mean(best["bayesian"]), statistics.mean(best["random"])
     print("| target | measured | met |")
     print("|---|---|---|")
-    print(f"| bayesian's mean within 2% of the dense grid's best | {pct(bayes, dense_best)} | "
-          f"{'yes' if bayes <= dense_best * 1.02 else 'no'} |")
-    print(f"| bayesian better than random on average | {bayes:.4f} vs {rand:.4f} | {'yes' if bayes < rand else 'no'} |")
+    if dense_best is not None:
+        bayes, rand = statistics.mean(best["bayesian"]), statistics.mean(best["random"])
+        print(f"| bayesian's mean within 2% of the dense grid's best | {pct(bayes, dense_best)} | "
+              f"{'yes' if bayes <= dense_best * 1.02 else 'no'} |")
+        print(f"| bayesian better than random on average | {bayes:.4f} vs {rand:.4f} | "
+              f"{'yes' if bayes < rand else 'no'} |")
     print(f"| ASHA at most 50% of the steps | {total_asha / total_plain:.2f} of all sweeps' steps | "
           f"{'yes' if total_asha <= 0.5 * total_plain else 'no'} |")
     print(f"| ASHA's best within 1% | worst {100 * worst_diff:+.2f}% | {'yes' if worst_diff <= 0.01 else 'no'} |")

@@ -34,6 +34,13 @@ inline constexpr std::string_view kEnvHeartbeatInterval = "SHARDTUNE_HEARTBEAT_I
 inline constexpr std::array<std::string_view, 5> kJobEnvironment = {kEnvServer, kEnvJobId, kEnvJobToken, kEnvJobAttempt,
                                                                     kEnvHeartbeatInterval};
 
+// Set by `shardtune sweep` for a trial: a directory in which, after each evaluation at step S
+// during training, rank 0 waits for the runner's verdict on it (early termination), the file
+// VerdictFileName(S) holding "stop" or "continue", written whole (renamed into place). A trial
+// stopped there checkpoints and stops at step S itself, as a paused job does. Unset: no wait.
+inline constexpr std::string_view kEnvEvaluationGate = "SHARDTUNE_EVALUATION_GATE";
+inline std::string VerdictFileName(int64_t step) { return "verdict-" + std::to_string(step); }
+
 // The interval the server asks for, given its heartbeat_timeout_s (0: heartbeats off).
 inline double HeartbeatIntervalFor(double heartbeat_timeout_s) { return heartbeat_timeout_s / 4; }
 

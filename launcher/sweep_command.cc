@@ -18,6 +18,7 @@
 #include "common/atomic_file.h"
 #include "common/exit_codes.h"
 #include "common/run_dir.h"
+#include "common/worker_contract.h"
 #include "launcher/sweep/sweep_dir.h"
 #include "launcher/sweep/sweep_search.h"
 #include "launcher/sweep/sweep_spec.h"
@@ -43,9 +44,12 @@ std::string TrialName(int64_t trial) { return sweep::SweepDir::TrialName(trial);
 struct RunningTrial {
   pid_t pid = -1;
   fs::path run_dir;
+  fs::path gate;  // where its rank 0 waits for the verdict on each evaluation
   std::streamoff offset = 0;
-  int64_t last_step = 0;  // the highest training step metrics.jsonl has shown
-  bool stopping = false;  // early termination asked it to stop
+  int64_t last_step = 0;   // the highest training step metrics.jsonl has shown
+  bool stopping = false;   // early termination asked it to stop
+  int64_t stop_step = 0;   // at this step's evaluation
+  bool signalled = false;  // SIGTERM sent: it trained past the stop (its rank 0 did not wait)
 };
 
 class SweepRunner {
@@ -80,7 +84,8 @@ class SweepRunner {
       for (auto& [trial, run] : running_) ReadMetrics(trial, run);
       Reap();
       Show();
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      // A trial's rank 0 waits for the verdict on each evaluation: this is how long, at most.
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     changed_ = true;
     Show();
@@ -118,7 +123,10 @@ class SweepRunner {
     }
     const fs::path spec_path = dir_.TrialSpec(trial);
     const fs::path log_path = dir_.TrialLog(trial);
+    const fs::path gate = dir_.TrialGate(trial);
     WriteFileAtomic(spec_path, job.yaml);
+    fs::remove_all(gate);  // verdicts of an interrupted run of it
+    fs::create_directories(gate);
     const pid_t pid = ::fork();
     if (pid < 0) FailErrno("fork", spec_path.string());
     if (pid == 0) {
@@ -133,16 +141,23 @@ class SweepRunner {
       // Each rank's share of the slots (the worker's intra-op threads; mpirun passes it on to the
       // ranks it starts here). A value the user set wins.
       ::setenv("OMP_NUM_THREADS", std::to_string(slots_.threads_per_rank).c_str(), /*overwrite=*/0);
+      ::setenv(std::string(contract::kEnvEvaluationGate).c_str(), gate.c_str(), /*overwrite=*/1);
       ::_exit(LaunchTraining(spec_path.string(), options_.launch));
     }
     ::setpgid(pid, pid);  // also here: whichever runs first, the group exists before a kill
-    running_[trial] = RunningTrial{pid, run_dir};
+    RunningTrial started;
+    started.pid = pid;
+    started.run_dir = run_dir;
+    started.gate = gate;
+    running_[trial] = started;
     spdlog::info("trial {} started ({}; log {})", TrialName(trial), ValuesText(record), log_path.string());
     changed_ = true;
   }
 
-  // Feeds the evaluations the trial wrote since the last read to the search; stops the trial
-  // when early termination says so.
+  // Feeds the evaluations the trial wrote since the last read to the search, and answers each
+  // (its rank 0 waits for the verdict: a trial early termination stops stops at that step). A
+  // trial that trains past a stop anyway (its rank 0 on another host, where the gate directory
+  // is not) gets SIGTERM.
   void ReadMetrics(int64_t trial, RunningTrial& run) {
     const fs::path path = RunDir(run.run_dir).Metrics();
     std::ifstream in(path, std::ios::binary);
@@ -159,17 +174,24 @@ class SweepRunner {
       run.offset += static_cast<std::streamoff>(line.size()) + 1;
       nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (!record.is_object() || !record.contains("step") || !record["step"].is_number_integer()) continue;
-      run.last_step = std::max(run.last_step, record["step"].get<int64_t>());
-      const auto metric = record.find(spec_.objective.metric);
-      if (metric == record.end() || !metric->is_number()) continue;
-      const sweep::StopDecision decision =
-          search_.Evaluated(trial, record["step"].get<int64_t>(), metric->get<double>());
-      changed_ = true;
-      if (decision.stop && !run.stopping) {
-        spdlog::info("trial {} stopped: {}", TrialName(trial), decision.reason);
+      const int64_t step = record["step"].get<int64_t>();
+      run.last_step = std::max(run.last_step, step);
+      if (run.stopping && step > run.stop_step && !run.signalled) {
         ::kill(-run.pid, SIGTERM);
-        run.stopping = true;
+        run.signalled = true;
       }
+      if (!record.contains("val_loss")) continue;  // not an evaluation
+      const auto metric = record.find(spec_.objective.metric);
+      if (metric != record.end() && metric->is_number()) {
+        const sweep::StopDecision decision = search_.Evaluated(trial, step, metric->get<double>());
+        changed_ = true;
+        if (decision.stop && !run.stopping) {
+          spdlog::info("trial {} stopped at step {}: {}", TrialName(trial), step, decision.reason);
+          run.stopping = true;
+          run.stop_step = step;
+        }
+      }
+      WriteFileAtomic(run.gate / contract::VerdictFileName(step), run.stopping ? "stop\n" : "continue\n");
     }
   }
 
@@ -193,6 +215,8 @@ class SweepRunner {
         spdlog::error("trial {} failed ({}); its log: {}", TrialName(trial), why, dir_.TrialLog(trial).string());
         search_.Finished(trial, TrialStatus::kFailed, steps, why);
       }
+      std::error_code ignored;
+      fs::remove_all(it->second.gate, ignored);
       running_.erase(it);
       UpdateBestLink();
       changed_ = true;

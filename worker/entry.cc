@@ -4,7 +4,11 @@
 #include <omp.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -104,6 +108,25 @@ std::string FailureJson(const std::exception& error) {
 
 namespace {
 
+// A trial of `shardtune sweep` (common/worker_contract.h, kEnvEvaluationGate): after an
+// evaluation (its figures, val_loss among them, are in this step's metrics) rank 0 waits for the
+// runner's verdict. A runner silent for 10 minutes is taken as "continue".
+TrainerOptions::StepCallback EvaluationGate(const std::string& dir) {
+  return [dir](int64_t step, int64_t, double, int64_t, const std::map<std::string, double>& metrics) {
+    if (metrics.count("val_loss") == 0) return false;
+    const std::filesystem::path verdict = std::filesystem::path(dir) / contract::VerdictFileName(step);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::ifstream in(verdict);
+      std::string word;
+      if (in >> word) return word == "stop";
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    spdlog::warn("no verdict on the evaluation at step {} in {} after 10 minutes: training goes on", step, dir);
+    return false;
+  };
+}
+
 // `train --output json`'s line for a run that ended without an error.
 std::string SummaryJson(const JobSpec& spec, const TrainingSummary& summary) {
   nlohmann::ordered_json out = {{"ok", true},
@@ -161,6 +184,10 @@ int RunWorker(const std::string& job_path, const std::string& log_level, LogForm
         };
         options.on_checkpoint = [&](int64_t step, const std::string& path) { reporter->Checkpoint(step, path); };
       }
+    } else if (const char* gate = std::getenv(std::string(contract::kEnvEvaluationGate).c_str());
+               gate != nullptr && *gate != '\0') {
+      options.stop_check = true;
+      if (mpi_world->rank() == 0) options.on_step = EvaluationGate(gate);
     }
     const TrainingSummary summary = RunTraining(spec, nccl_world ? *nccl_world : *mpi_world, options);
     if (reporter) {

@@ -418,11 +418,12 @@ TrainingSummary Trainer::Run() {
         spec_.output.checkpoint_every > 0 && done % spec_.output.checkpoint_every == 0 && done < total_steps_;
     Checkpoint(done, DueCheckpoints(done, checkpointed));
     if (options_.stop_check && done < total_steps_ && StopRequested(done)) {
-      // Paused by the server: keep everything up to this step, then stop.
+      // Paused by the server, or stopped by a sweep's early termination: keep everything up to
+      // this step, then stop.
       if (!checkpointed) Checkpoint(done, DueCheckpoints(done, /*periodic=*/true));
       FinishCheckpoint("the pause");
       if (progress_) progress_->Finish();
-      if (rank0_) spdlog::info("stopping at step {} as the server asked (checkpointed)", done);
+      if (rank0_) spdlog::info("stopping at step {} as asked (checkpointed)", done);
       summary_.steps = step_;
       summary_.paused = true;
       return summary_;

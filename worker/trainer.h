@@ -21,13 +21,13 @@ struct TrainerOptions {
   // > 0: stop after this many steps as if interrupted (the checkpoints written so far stay);
   // used by tests of resume. 0: run to the end.
   int64_t stop_after_step = 0;
-  // A job run by shardtune-server (every rank sets stop_check; only rank 0 gets the callbacks):
-  // after each step `on_step` reports progress and returns whether to stop, in which case the
-  // ranks checkpoint at that step and return with `paused`.
+  // A job run by shardtune-server, or a trial of `shardtune sweep` (every rank sets stop_check;
+  // only rank 0 gets the callbacks): after each step `on_step` reports progress and returns
+  // whether to stop, in which case the ranks checkpoint at that step and return with `paused`.
   bool stop_check = false;
-  std::function<bool(int64_t step, int64_t total_steps, double epoch, int64_t tokens,
-                     const std::map<std::string, double>& metrics)>
-      on_step;
+  using StepCallback = std::function<bool(int64_t step, int64_t total_steps, double epoch, int64_t tokens,
+                                          const std::map<std::string, double>& metrics)>;
+  StepCallback on_step;
   std::function<void(int64_t step, const std::string& path)> on_checkpoint;
 };
 

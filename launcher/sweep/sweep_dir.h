@@ -7,6 +7,7 @@
 //   trials/NNN.yaml              trial N's job spec                   SweepDir::TrialSpec
 //   trials/NNN.log               its `shardtune train` output         SweepDir::TrialLog
 //   trials/NNN/                  its run directory (common/run_dir.h) SweepDir::TrialRun
+//   trials/NNN.gate/             verdicts on its evaluations, while it runs (worker_contract.h)  SweepDir::TrialGate
 //   best -> trials/NNN/final     the best trial's model               SweepDir::Best
 //   report.txt                   written by `shardtune report`        SweepDir::ReportText
 //   report-objective.png         the objective against the trial      SweepDir::ObjectivePng
@@ -33,6 +34,7 @@ class SweepDir {
   std::filesystem::path TrialSpec(int64_t trial) const { return TrialsDir() / (TrialName(trial) + ".yaml"); }
   std::filesystem::path TrialLog(int64_t trial) const { return TrialsDir() / (TrialName(trial) + ".log"); }
   std::filesystem::path TrialRun(int64_t trial) const { return TrialsDir() / TrialName(trial); }
+  std::filesystem::path TrialGate(int64_t trial) const { return TrialsDir() / (TrialName(trial) + ".gate"); }
   std::filesystem::path Best() const { return dir_ / "best"; }
   // Where Best() points, relative to the sweep directory (a link that survives moving it).
   static std::filesystem::path BestTarget(int64_t trial) {

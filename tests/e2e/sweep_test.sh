@@ -52,10 +52,13 @@ grid = [{"training.optimizer.lr": lr, "training.scheduler.warmup_steps": w} for 
 ok = proposed == grid and all(ends[t]["status"] in ("completed", "stopped") and ends[t]["objective"] is not None
                               for t in range(4))
 stopped = sum(1 for e in ends.values() if e["status"] == "stopped")
-print(f"match, {stopped} stopped" if ok else f"mismatch: {proposed} {ends}")
+# A stopped trial's rank 0 waited for the verdict on its evaluation: it trained not one step past it.
+stops = {e["trial"]: e["step"] for e in events if e["event"] == "stopped"}
+ok = ok and all(ends[t]["steps"] == step for t, step in stops.items())
+print(f"match, {stopped} stopped" if ok else f"mismatch: {proposed} {ends} {stops}")
 PY
 )
-expect_contains "the grid's 4 points, in order, each with an objective" "$check" "match"
+expect_contains "the grid's 4 points, in order, each with an objective, a stopped one at its stop's step" "$check" "match"
 echo "   ($check by ASHA)"
 if [ -L "$dir/best" ] && [ -f "$dir/best/config.json" ]; then pass "best links to a final/ ($(readlink "$dir/best"))"; else fail "no best link: $(ls -l "$dir")"; fi
 expect_contains "the best trial is printed" "$out" "best: trial"
