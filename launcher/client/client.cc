@@ -310,14 +310,9 @@ void ListOptions(CLI::App* c, Flags& f) {
 void IdOption(CLI::App* c, Flags& f) { c->add_option("id", f.id, "job id")->required(); }
 
 // The client commands, in the order --help lists them: name, help, options, handler.
-struct Command {
-  const char* name;
-  const char* help;
-  void (*options)(CLI::App*, Flags&);
-  int (*run)(Call&);
-};
-const std::vector<Command>& Commands() {
-  static const std::vector<Command> commands = {
+using JobCommandSet = ClientCommandSet<Flags, Call>;
+const std::vector<JobCommandSet::Command>& Commands() {
+  static const std::vector<JobCommandSet::Command> commands = {
       {"submit", "submit a job to a shardtune-server", JobFileOptions, Submit},
       {"validate", "check a job spec and its data on the server",
        [](CLI::App* c, Flags& f) { c->add_option("job", f.spec_path)->required(); }, Validate},
@@ -351,39 +346,13 @@ const std::vector<Command>& Commands() {
 }  // namespace
 
 struct ClientCommands::State {
-  Flags flags;
-  std::vector<std::pair<const Command*, CLI::App*>> commands;  // in the order of Commands()
+  explicit State(CLI::App& app) : commands(app, Commands()) {}
+  JobCommandSet commands;
 };
 
-ClientCommands::ClientCommands(CLI::App& app) : state_(std::make_unique<State>()) {
-  Flags& f = state_->flags;
-  for (const Command& command : Commands()) {
-    CLI::App* c = app.add_subcommand(command.name, command.help);
-    c->add_option("--server", f.server, "shardtune-server address (default: $SHARDTUNE_SERVER)");
-    c->add_option("--token", f.token, "API key (default: $SHARDTUNE_TOKEN)");
-    c->add_option("--tls-ca", f.tls_ca, "CA certificate: connect with TLS");
-    c->add_option("--output", f.output, "table or json")->check(CLI::IsMember({"table", "json"}));
-    command.options(c, f);
-    state_->commands.emplace_back(&command, c);
-  }
-}
-
+ClientCommands::ClientCommands(CLI::App& app) : state_(std::make_unique<State>(app)) {}
 ClientCommands::~ClientCommands() = default;
-
-bool ClientCommands::parsed() const {
-  for (const auto& [command, app] : state_->commands)
-    if (app->parsed()) return true;
-  return false;
-}
-
-int ClientCommands::Run() {
-  for (const auto& [command, app] : state_->commands) {
-    if (!app->parsed()) continue;
-    ResolveServerAndToken(state_->flags.server, state_->flags.token);
-    Call call(state_->flags);
-    return command->run(call);
-  }
-  return 2;  // no client command was given: main() runs Run() only when parsed()
-}
+bool ClientCommands::parsed() const { return state_->commands.parsed(); }
+int ClientCommands::Run() { return state_->commands.Run(); }
 
 }  // namespace shardtune

@@ -6,10 +6,14 @@
 #include <google/protobuf/timestamp.pb.h>
 #include <grpcpp/grpcpp.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace shardtune {
 
@@ -38,5 +42,58 @@ int ShowReply(const grpc::Status& status, const Message& message, bool json, voi
   }
   return 0;
 }
+
+// One family of client commands (jobs, files, sweeps): each command a subcommand of `parent` with
+// --server, --token, --tls-ca and --output besides its own options, all written into one Flags
+// (which has those four members), and run with a Call made from the flags (its stub and key).
+template <typename Flags, typename Call>
+class ClientCommandSet {
+ public:
+  struct Command {
+    const char* name;
+    const char* help;
+    void (*options)(CLI::App*, Flags&);
+    int (*run)(Call&);
+  };
+
+  ClientCommandSet(CLI::App& parent, const std::vector<Command>& commands) {
+    for (const Command& command : commands) {
+      CLI::App* c = parent.add_subcommand(command.name, command.help);
+      c->add_option("--server", flags_.server, "shardtune-server address (default: $SHARDTUNE_SERVER)");
+      c->add_option("--token", flags_.token, "API key (default: $SHARDTUNE_TOKEN)");
+      c->add_option("--tls-ca", flags_.tls_ca, "CA certificate: connect with TLS");
+      c->add_option("--output", flags_.output, "table or json")->check(CLI::IsMember({"table", "json"}));
+      command.options(c, flags_);
+      commands_.emplace_back(&command, c);
+    }
+  }
+
+  bool parsed() const {
+    for (const auto& [command, app] : commands_)
+      if (app->parsed()) return true;
+    return false;
+  }
+
+  // Runs the parsed command; 2 when none was parsed, or when it threw (a local file it could not
+  // read, a message it could not write), after saying why.
+  int Run() {
+    for (const auto& [command, app] : commands_) {
+      if (!app->parsed()) continue;
+      ResolveServerAndToken(flags_.server, flags_.token);
+      Call call(flags_);
+      try {
+        return command->run(call);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 2;
+      }
+    }
+    return 2;
+  }
+
+ private:
+  Flags flags_;
+  std::vector<std::pair<const Command*, CLI::App*>> commands_;  // in the order given
+};
 
 }  // namespace shardtune

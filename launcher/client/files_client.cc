@@ -228,14 +228,10 @@ int Download(FileCall& call) {
 
 void IdOption(CLI::App* c, FileFlags& f) { c->add_option("id", f.id, "file id (file-...)")->required(); }
 
-struct Command {
-  const char* name;
-  const char* help;
-  void (*options)(CLI::App*, FileFlags&);
-  int (*run)(FileCall&);
-};
-const std::vector<Command>& Commands() {
-  static const std::vector<Command> commands = {
+using FileCommandSet = ClientCommandSet<FileFlags, FileCall>;
+
+const std::vector<FileCommandSet::Command>& Commands() {
+  static const std::vector<FileCommandSet::Command> commands = {
       {"upload", "upload a file (purpose fine-tune: checked as training data)",
        [](CLI::App* c, FileFlags& f) {
          c->add_option("file", f.path, "the file")->required()->check(CLI::ExistingFile);
@@ -267,43 +263,19 @@ const std::vector<Command>& Commands() {
 }  // namespace
 
 struct FileCommands::State {
-  FileFlags flags;
-  CLI::App* files = nullptr;
-  std::vector<std::pair<const Command*, CLI::App*>> commands;
+  explicit State(CLI::App* files) : files(files), commands(*files, Commands()) {}
+  CLI::App* files;
+  FileCommandSet commands;
 };
 
-FileCommands::FileCommands(CLI::App& app) : state_(std::make_unique<State>()) {
-  FileFlags& f = state_->flags;
-  state_->files = app.add_subcommand("files", "uploaded files and job artifacts on a shardtune-server");
-  state_->files->require_subcommand(1);
-  for (const Command& command : Commands()) {
-    CLI::App* c = state_->files->add_subcommand(command.name, command.help);
-    c->add_option("--server", f.server, "shardtune-server address (default: $SHARDTUNE_SERVER)");
-    c->add_option("--token", f.token, "API key (default: $SHARDTUNE_TOKEN)");
-    c->add_option("--tls-ca", f.tls_ca, "CA certificate: connect with TLS");
-    c->add_option("--output", f.output, "table or json")->check(CLI::IsMember({"table", "json"}));
-    command.options(c, f);
-    state_->commands.emplace_back(&command, c);
-  }
+FileCommands::FileCommands(CLI::App& app) {
+  CLI::App* files = app.add_subcommand("files", "uploaded files and job artifacts on a shardtune-server");
+  files->require_subcommand(1);
+  state_ = std::make_unique<State>(files);
 }
 
 FileCommands::~FileCommands() = default;
-
 bool FileCommands::parsed() const { return state_->files->parsed(); }
-
-int FileCommands::Run() {
-  for (const auto& [command, app] : state_->commands) {
-    if (!app->parsed()) continue;
-    ResolveServerAndToken(state_->flags.server, state_->flags.token);
-    FileCall call(state_->flags);
-    try {
-      return command->run(call);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "error: %s\n", e.what());
-      return 2;
-    }
-  }
-  return 2;
-}
+int FileCommands::Run() { return state_->commands.Run(); }
 
 }  // namespace shardtune

@@ -221,17 +221,12 @@ int Watch(SweepCall& call) {
   return sweep.status() == v1::SWEEP_STATUS_SUCCEEDED ? 0 : 1;
 }
 
-struct Command {
-  const char* name;
-  const char* help;
-  void (*options)(CLI::App*, SweepFlags&);
-  int (*run)(SweepCall&);
-};
+using SweepCommandSet = ClientCommandSet<SweepFlags, SweepCall>;
 
 void IdOption(CLI::App* c, SweepFlags& f) { c->add_option("id", f.id, "sweep id (sweep-...)")->required(); }
 
-const std::vector<Command>& Commands() {
-  static const std::vector<Command> commands = {
+const std::vector<SweepCommandSet::Command>& Commands() {
+  static const std::vector<SweepCommandSet::Command> commands = {
       {"submit", "run a sweep on a shardtune-server: its trials become jobs of your tenant",
        [](CLI::App* c, SweepFlags& f) {
          c->add_option("sweep", f.path, "sweep spec (YAML); its base job spec is sent along")->required();
@@ -263,39 +258,13 @@ const std::vector<Command>& Commands() {
 }  // namespace
 
 struct SweepCommands::State {
-  SweepFlags flags;
-  std::vector<std::pair<const Command*, CLI::App*>> commands;
+  explicit State(CLI::App& sweep) : commands(sweep, Commands()) {}
+  SweepCommandSet commands;
 };
 
-SweepCommands::SweepCommands(CLI::App& sweep) : state_(std::make_unique<State>()) {
-  SweepFlags& f = state_->flags;
-  for (const Command& command : Commands()) {
-    CLI::App* c = sweep.add_subcommand(command.name, command.help);
-    c->add_option("--server", f.server, "shardtune-server address (default: $SHARDTUNE_SERVER)");
-    c->add_option("--token", f.token, "API key (default: $SHARDTUNE_TOKEN)");
-    c->add_option("--tls-ca", f.tls_ca, "CA certificate: connect with TLS");
-    c->add_option("--output", f.output, "table or json")->check(CLI::IsMember({"table", "json"}));
-    command.options(c, f);
-    state_->commands.emplace_back(&command, c);
-  }
-}
-
+SweepCommands::SweepCommands(CLI::App& sweep) : state_(std::make_unique<State>(sweep)) {}
 SweepCommands::~SweepCommands() = default;
-
-bool SweepCommands::parsed() const {
-  for (const auto& [command, app] : state_->commands)
-    if (app->parsed()) return true;
-  return false;
-}
-
-int SweepCommands::Run() {
-  for (const auto& [command, app] : state_->commands) {
-    if (!app->parsed()) continue;
-    ResolveServerAndToken(state_->flags.server, state_->flags.token);
-    SweepCall call(state_->flags);
-    return command->run(call);
-  }
-  return 2;
-}
+bool SweepCommands::parsed() const { return state_->commands.parsed(); }
+int SweepCommands::Run() { return state_->commands.Run(); }
 
 }  // namespace shardtune

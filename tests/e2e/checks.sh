@@ -35,6 +35,16 @@ with_scratch_server() {
         kill_server_processes "$port"; rm -rf "$work"' EXIT
 }
 
+# start_server: shardtune-server on ./server.yaml in the background ($server_pid), its output
+# appended to ./server.log; returns once `shardtune list` gets an answer (as $SHARDTUNE_SERVER and
+# $SHARDTUNE_TOKEN say), or prints the log and exits after 10 s.
+start_server() {
+  "$bin/shardtune-server" --config server.yaml >> server.log 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "the server did not start:"; cat server.log; exit 1
+}
+
 # field JOB_ID NAME: one field of `shardtune get --output json` ($bin: the build's bin directory).
 field() {
   "$bin/shardtune" get "$1" --output json 2>/dev/null |

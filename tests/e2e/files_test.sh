@@ -25,12 +25,6 @@ api_keys:
 local: {hosts: [{host: localhost, slots: 2}], extra_args: [--oversubscribe]}
 quotas: {team-a: {max_file_bytes: 200000, max_files: 6}}
 YAML
-start_server() {
-  "$bin/shardtune-server" --config server.yaml >> server.log 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 100); do "$bin/shardtune" files list > /dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "the server did not start:"; cat server.log; exit 1
-}
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin).get('$1', ''))" 2>/dev/null; }
 # Names under the tenants' files/ directories: what uploads left visible.
 stored() { find "$work/state" -path '*/files/*' -type f -printf '%f\n' 2>/dev/null | sort | tr '\n' ' '; }

@@ -42,12 +42,6 @@ retry: {max_attempts: 3}
 cancel_grace_s: 2
 quotas: {team-b: {max_running_jobs: 1, max_ranks: 2}}
 YAML
-start_server() {
-  "$bin/shardtune-server" --config server.yaml >> server.log 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 100); do "$bin/shardtune" list > /dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "the server did not start:"; cat server.log; exit 1
-}
 job_processes() {  # pids whose environment names the job
   for p in /proc/[0-9]*; do grep -qz "^SHARDTUNE_JOB_ID=$1\$" "$p/environ" 2>/dev/null && echo "${p#/proc/}"; done
 }

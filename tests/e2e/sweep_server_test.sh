@@ -26,12 +26,6 @@ api_keys:
 local: {hosts: [{host: localhost, slots: 2}], extra_args: [--oversubscribe]}
 cancel_grace_s: 2
 YAML
-start_server() {
-  "$bin/shardtune-server" --config server.yaml >> server.log 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 100); do "$bin/shardtune" sweep list > /dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "the server did not start:"; cat server.log; exit 1
-}
 # sweep_field ID EXPRESSION: a Python expression on the sweep `s` (GetSweep as JSON).
 sweep_field() {
   "$bin/shardtune" sweep get "$1" --output json 2>/dev/null |
