@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <vector>
 
 #include "launcher/sweep/gaussian_process.h"
 
@@ -42,10 +44,23 @@ std::vector<double> Perturb(const std::vector<Parameter>& parameters, const std:
 
 }  // namespace
 
+int64_t GridStrategy::PointOf(const SweepSpec& spec, int64_t trial) {
+  const int64_t size = GridSize(spec.parameters);
+  if (spec.early_termination.type == TerminationType::kNone || size > kShuffledGridLimit) return trial;
+  std::vector<int64_t> order(static_cast<size_t>(size));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::mt19937_64 rng = TrialRng(spec.seed, 0, 3);
+  for (int64_t i = size - 1; i > 0; --i) {  // Fisher-Yates, with UnitDraw's exact draws
+    const auto j = static_cast<int64_t>(UnitDraw(rng) * static_cast<double>(i + 1));
+    std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(std::min(j, i))]);
+  }
+  return order[static_cast<size_t>(trial)];
+}
+
 std::optional<TrialValues> GridStrategy::Propose(const SweepState& state) const {
   const auto trial = static_cast<int64_t>(state.trials().size());
   if (trial >= GridSize(state.spec().parameters)) return std::nullopt;
-  return GridPoint(state.spec().parameters, trial);
+  return GridPoint(state.spec().parameters, PointOf(state.spec(), trial));
 }
 
 std::optional<TrialValues> RandomStrategy::Propose(const SweepState& state) const {

@@ -20,10 +20,18 @@ class SearchStrategy {
   virtual std::optional<TrialValues> Propose(const SweepState& state) const = 0;
 };
 
-// The product of the values, in GridPoint's order.
+// The product of the values, in GridPoint's order; with early termination, in a seeded random
+// order (a permutation of the points by Fisher-Yates with TrialRng(seed, 0, 3), for grids of at
+// most kShuffledGridLimit points). ASHA and the median rule judge a trial against those that came
+// before it: in GridPoint's order the first parameter's first values come first, and a sorted
+// arrival (the lowest learning rates first, say) would promote every early trial for want of
+// better ones.
 class GridStrategy : public SearchStrategy {
  public:
+  static constexpr int64_t kShuffledGridLimit = 1'000'000;
   std::optional<TrialValues> Propose(const SweepState& state) const override;
+  // The GridPoint index trial `trial` gets.
+  static int64_t PointOf(const SweepSpec& spec, int64_t trial);
 };
 
 // DrawValues with TrialRng(seed, trial, 0).

@@ -52,6 +52,7 @@ parameters:
 strategy: grid
 objective: {metric: val_loss}
 parallel_trials: 1
+seed: 1  # with early termination the grid's order is seeded: points 0, 3, 2, 1 (sweep_test.cc checks it)
 early_termination: {type: asha, min_steps: 3, reduction_factor: 2}
 YAML
 start_server
@@ -74,9 +75,9 @@ wait "$watch_pid"
 expect_eq "sweep watch, started before the kill, waits for the restart and exits 0 (the sweep succeeded)" "$?" "0"
 tail -n 12 watch.out
 expect_eq "status" "$(sweep_field "$id" "s['status']")" "SWEEP_STATUS_SUCCEEDED"
-expect_eq "4 trials, in the grid's order" \
+expect_eq "4 trials, in the grid's seeded order" \
   "$(sweep_field "$id" "[(t['values']['training.optimizer.lr'], t['values']['data.train'].split('/')[-1]) for t in s['trials']]")" \
-  "[(0.003, 'train.jsonl'), (0.003, 'broken.jsonl'), (0.0001, 'train.jsonl'), (0.0001, 'broken.jsonl')]"
+  "[(0.003, 'train.jsonl'), (0.0001, 'broken.jsonl'), (0.0001, 'train.jsonl'), (0.003, 'broken.jsonl')]"
 expect_eq "the malformed data's trials failed; the low rate's was stopped early; both good ones have an objective" \
   "$(sweep_field "$id" "[(t['status'], 'objective' in t) for t in s['trials']]")" \
   "[('TRIAL_STATUS_COMPLETED', True), ('TRIAL_STATUS_FAILED', False), ('TRIAL_STATUS_STOPPED', True), ('TRIAL_STATUS_FAILED', False)]"

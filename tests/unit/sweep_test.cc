@@ -8,6 +8,8 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <fstream>
+#include <iostream>
+#include <numeric>
 
 #include "launcher/sweep/early_termination.h"
 #include "launcher/sweep/gaussian_process.h"
@@ -317,6 +319,42 @@ std::vector<TrialValues> Draw(const SweepSpec& spec, int count) {
   std::vector<TrialValues> values;
   for (int i = 0; i < count; ++i) values.push_back(search.Propose()->values);
   return values;
+}
+
+// With early termination the grid is visited in a seeded order: every point once, the same for
+// the same seed (a resumed sweep), not sorted (ASHA judges a trial by those before it).
+TEST(SweepGridTest, WithEarlyTerminationAPermutationBySeed) {
+  SweepSpec spec;
+  spec.parameters = {Parameter{"a", Distribution::kGrid, 0, 0, {1, 2, 3, 4}},
+                     Parameter{"b", Distribution::kGrid, 0, 0, {"x", "y", "z", "w"}}};
+  spec.seed = 7;
+  std::vector<int64_t> plain, shuffled, again;
+  for (int64_t t = 0; t < 16; ++t) plain.push_back(GridStrategy::PointOf(spec, t));
+  spec.early_termination.type = TerminationType::kAsha;
+  for (int64_t t = 0; t < 16; ++t) shuffled.push_back(GridStrategy::PointOf(spec, t));
+  for (int64_t t = 0; t < 16; ++t) again.push_back(GridStrategy::PointOf(spec, t));
+  std::vector<int64_t> identity(16);
+  std::iota(identity.begin(), identity.end(), int64_t{0});
+  EXPECT_EQ(plain, identity);
+  EXPECT_EQ(shuffled, again);
+  EXPECT_NE(shuffled, identity);
+  std::vector<int64_t> sorted = shuffled;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, identity);
+  spec.seed = 8;
+  std::vector<int64_t> other;
+  for (int64_t t = 0; t < 16; ++t) other.push_back(GridStrategy::PointOf(spec, t));
+  EXPECT_NE(other, shuffled);
+  // The 2 x 2 grids of tests/e2e/sweep_test.sh (seed 0) and sweep_server_test.sh (seed 1) rely
+  // on these orders.
+  spec.parameters.resize(1);
+  spec.parameters[0].values = {1, 2, 3, 4};
+  for (const auto& [seed, expected] : {std::pair<uint64_t, std::string>{0, "1320"}, {1, "0321"}}) {
+    spec.seed = seed;
+    std::string order;
+    for (int64_t t = 0; t < 4; ++t) order += std::to_string(GridStrategy::PointOf(spec, t));
+    EXPECT_EQ(order, expected) << "seed " << seed;
+  }
 }
 
 TEST(SweepRandomTest, ReproducibleBySeedAndAsDocumented) {
