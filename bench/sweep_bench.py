@@ -9,14 +9,14 @@ steps, objective val_loss.
     against the best of a dense grid of 64 (8 x 8) over the same ranges;
   - ASHA: total training steps and the best val_loss of the dense grid and of the random sweeps
     with ASHA against the same sweeps without early termination, on trials three times as long
-    (90 steps: rungs at 9, 27 and 81 with min_steps 9 and reduction_factor 3).
+    (90 steps: rungs at 18 and 54 with min_steps 18 and reduction_factor 3).
 Targets: bayesian's mean within 2% of the dense grid's best and below random's mean; ASHA at most
 50% of the steps with the same best or one within 1%.
 
 Usage: sweep_bench.py BUILD_DIR WORK_DIR [--quick] [--asha-only] [--asha-min-steps N]
   --quick: seeds 1-2, no ASHA on random; --asha-only: only the ASHA comparison; --asha-min-steps:
-  ASHA's first rung (default 9). Sweeps already finished in WORK_DIR are read back, not rerun
-  (shardtune sweep resumes them).
+  ASHA's first rung (default 18, past the warmups). Sweeps already finished in WORK_DIR are read
+  back, not rerun (shardtune sweep resumes them).
 """
 import argparse
 import json
@@ -109,7 +109,7 @@ def main():
     parser.add_argument("work")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--asha-only", action="store_true", help="only the ASHA comparison")
-    parser.add_argument("--asha-min-steps", type=int, default=9, help="ASHA's first rung")
+    parser.add_argument("--asha-min-steps", type=int, default=18, help="ASHA's first rung")
     args = parser.parse_args()
     bin_dir = Path(args.build).resolve() / "bin"
     work = Path(args.work).resolve()
