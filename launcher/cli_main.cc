@@ -126,6 +126,29 @@ int PlanJob(const PlanArgs& args, const CLI::App& command) {
   return plan.verdict_known && !plan.fits ? 1 : kExitOk;
 }
 
+// `shardtune plan`'s options.
+void AddPlanOptions(CLI::App* planner, PlanArgs& plan) {
+  planner->add_option("job", plan.job, "job spec (YAML); or give --model");
+  planner->add_option("--model", plan.model, "config.json of the model (instead of a job spec)");
+  // With a job spec, each option given overrides the spec's value (its resources, sharding, ...).
+  planner->add_option("--gpus", plan.gpus, "ranks (one device each, or CPU ranks with --cpu)")
+      ->check(CLI::PositiveNumber);
+  planner->add_option("--gpus-per-node", plan.gpus_per_node, "ranks per node")->check(CLI::PositiveNumber);
+  planner->add_option("--gpu-memory", plan.gpu_memory_gib, "memory per device in GiB (for a verdict)");
+  planner->add_flag("--cpu", plan.cpu, "CPU training: everything in host memory");
+  planner->add_option("--zero-stage", plan.zero_stage, "0 to 3")->check(CLI::Range(0, 3));
+  planner->add_flag("--offload", plan.offload, "optimizer state in host memory");
+  planner->add_option("--shard-group-size", plan.shard_group_size, "hybrid sharding group size");
+  planner->add_option("--method", plan.method, "full, lora, dora, ia3, adapter, prefix, prompt");
+  planner->add_option("--lora-r", plan.lora_r, "LoRA rank");
+  planner->add_option("--lora-targets", plan.lora_targets, "LoRA target modules (default q_proj v_proj)");
+  planner->add_option("--dtype", plan.dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  planner->add_option("--micro-batch", plan.micro_batch, "examples per rank per step")->check(CLI::PositiveNumber);
+  planner->add_option("--seq-len", plan.seq_len, "tokens per example")->check(CLI::PositiveNumber);
+  planner->add_flag("--activation-checkpointing", plan.checkpointing, "recompute layers in backward");
+  planner->add_option("--output", plan.output, "table or json")->check(CLI::IsMember({"table", "json"}));
+}
+
 }  // namespace
 }  // namespace shardtune
 
@@ -183,25 +206,7 @@ int main(int argc, char** argv) {
 
   CLI::App* planner = app.add_subcommand("plan", "per-rank memory of a job, before any device is spent");
   PlanArgs plan;
-  planner->add_option("job", plan.job, "job spec (YAML); or give --model");
-  planner->add_option("--model", plan.model, "config.json of the model (instead of a job spec)");
-  // With a job spec, each option given overrides the spec's value (its resources, sharding, ...).
-  planner->add_option("--gpus", plan.gpus, "ranks (one device each, or CPU ranks with --cpu)")
-      ->check(CLI::PositiveNumber);
-  planner->add_option("--gpus-per-node", plan.gpus_per_node, "ranks per node")->check(CLI::PositiveNumber);
-  planner->add_option("--gpu-memory", plan.gpu_memory_gib, "memory per device in GiB (for a verdict)");
-  planner->add_flag("--cpu", plan.cpu, "CPU training: everything in host memory");
-  planner->add_option("--zero-stage", plan.zero_stage, "0 to 3")->check(CLI::Range(0, 3));
-  planner->add_flag("--offload", plan.offload, "optimizer state in host memory");
-  planner->add_option("--shard-group-size", plan.shard_group_size, "hybrid sharding group size");
-  planner->add_option("--method", plan.method, "full, lora, dora, ia3, adapter, prefix, prompt");
-  planner->add_option("--lora-r", plan.lora_r, "LoRA rank");
-  planner->add_option("--lora-targets", plan.lora_targets, "LoRA target modules (default q_proj v_proj)");
-  planner->add_option("--dtype", plan.dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
-  planner->add_option("--micro-batch", plan.micro_batch, "examples per rank per step")->check(CLI::PositiveNumber);
-  planner->add_option("--seq-len", plan.seq_len, "tokens per example")->check(CLI::PositiveNumber);
-  planner->add_flag("--activation-checkpointing", plan.checkpointing, "recompute layers in backward");
-  planner->add_option("--output", plan.output, "table or json")->check(CLI::IsMember({"table", "json"}));
+  AddPlanOptions(planner, plan);
 
   CLI::App* report = app.add_subcommand(
       "report", "a run's loss and validation curves (PNG) and a summary; a sweep's trials, sorted, and charts");

@@ -32,22 +32,29 @@ Json EventData(const v1::JobEvent& event) {
   return data;
 }
 
+namespace {
+
+void SetValue(const Json& value, google::protobuf::Value& v) {
+  if (value.is_number()) {
+    v.set_number_value(value.get<double>());
+  } else if (value.is_string()) {
+    v.set_string_value(value.get<std::string>());
+  } else if (value.is_boolean()) {
+    v.set_bool_value(value.get<bool>());
+  } else if (value.is_object()) {
+    *v.mutable_struct_value() = ToStruct(value);
+  } else if (value.is_array()) {
+    for (const Json& element : value) SetValue(element, *v.mutable_list_value()->add_values());
+  } else {
+    v.set_null_value(google::protobuf::NULL_VALUE);
+  }
+}
+
+}  // namespace
+
 google::protobuf::Struct ToStruct(const Json& object) {
   google::protobuf::Struct out;
-  for (const auto& [key, value] : object.items()) {
-    google::protobuf::Value& v = (*out.mutable_fields())[key];
-    if (value.is_number()) {
-      v.set_number_value(value.get<double>());
-    } else if (value.is_string()) {
-      v.set_string_value(value.get<std::string>());
-    } else if (value.is_boolean()) {
-      v.set_bool_value(value.get<bool>());
-    } else if (value.is_object()) {
-      *v.mutable_struct_value() = ToStruct(value);
-    } else {
-      v.set_null_value(google::protobuf::NULL_VALUE);  // EventData holds no lists
-    }
-  }
+  for (const auto& [key, value] : object.items()) SetValue(value, (*out.mutable_fields())[key]);
   return out;
 }
 

@@ -30,7 +30,8 @@ v1::JobEventLevel DefaultEventLevel(v1::JobEventKind kind, const v1::Job& job_af
 // for the other kinds.
 nlohmann::ordered_json EventData(const v1::JobEvent& event);
 
-// The same as a google.protobuf.Struct (JobEvent.data).
+// A JSON object as a google.protobuf.Struct (JobEvent.data, a sweep trial's values): numbers, strings,
+// booleans, objects and lists as such, null as null.
 google::protobuf::Struct ToStruct(const nlohmann::ordered_json& object);
 
 // A checkpoint's figures from the job's metrics when it was saved (loss, val_loss, ...), in

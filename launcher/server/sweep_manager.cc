@@ -1,7 +1,6 @@
 #include "launcher/server/sweep_manager.h"
 
 #include <fmt/format.h>
-#include <google/protobuf/util/json_util.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -9,6 +8,7 @@
 
 #include "common/job_spec.h"
 #include "launcher/api_values.h"
+#include "launcher/server/event_fields.h"
 #include "launcher/server/request_error.h"
 #include "launcher/sweep/sweep_dir.h"
 #include "launcher/sweep/sweep_search.h"
@@ -68,13 +68,6 @@ v1::TrialStatus TrialStatusOf(TrialStatus status) {
       return v1::TRIAL_STATUS_FAILED;
   }
   return v1::TRIAL_STATUS_UNSPECIFIED;
-}
-
-google::protobuf::Struct ToStruct(const nlohmann::json& object) {
-  google::protobuf::Struct out;
-  if (!google::protobuf::util::JsonStringToMessage(object.dump(), &out).ok())
-    Fail(ErrorCode::kInternal, "trial values {} are not a JSON object", object.dump());
-  return out;
 }
 
 bool IsTerminalSweep(v1::SweepStatus status) { return status != v1::SWEEP_STATUS_RUNNING; }
@@ -501,7 +494,7 @@ v1::Sweep SweepManager::ToProto(const Run& run) const {
     v1::Trial* trial = s.add_trials();
     trial->set_number(t.number);
     trial->set_status(TrialStatusOf(t.status));
-    *trial->mutable_values() = ToStruct(sweep::ValuesToJson(run.spec.parameters, t.values));
+    *trial->mutable_values() = ToStruct(nlohmann::ordered_json(sweep::ValuesToJson(run.spec.parameters, t.values)));
     if (t.objective) trial->set_objective(*t.objective);
     trial->set_steps(t.steps);
     trial->set_note(t.note);
