@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/near_duplicates.h"
 
 namespace shardtune {
 
@@ -27,6 +28,8 @@ enum class OffloadTarget { kNone, kCpu };
 enum class ExportFormat { kHf, kPeft };
 enum class MetricMode { kAuto, kMin, kMax };
 enum class ChatTemplateChoice { kAuto, kLlama3, kChatml, kLlama2, kMistral, kPlain };
+enum class DedupMode { kNone, kExact, kNear };
+enum class BalanceMode { kNone, kOversample, kClassWeights };
 
 struct ModelSpec {
   std::string path;       // Hugging Face directory: config.json + *.safetensors (required)
@@ -126,6 +129,16 @@ struct DataSpec {
   // Where the token cache (the data tokenized once per job, shared by its ranks and attempts)
   // is kept; empty: OUTPUT_DIR/cache.
   std::string cache_dir;
+  // Duplicates removed from the training examples before training (docs/data.md, "Duplicates
+  // and leakage"): none, exact copies, or exact and near copies (MinHash at `similarity`), and
+  // with them the training copies of validation examples. Validation is never changed.
+  struct Dedup {
+    DedupMode mode = DedupMode::kNone;
+    NearDuplicateOptions similarity;
+  } dedup;
+  // classification and ner: none, minority classes' training examples repeated (classification),
+  // or the loss weighted by class (docs/data.md, "Class balance").
+  BalanceMode balance = BalanceMode::kNone;
 };
 
 struct OptimizerSpec {
@@ -290,6 +303,9 @@ const char* ToString(MetricMode v);
 std::optional<DataFormat> DataFormatNamed(const std::string& name);
 const char* ToString(OptimizerType v);
 const char* ToString(ChatTemplateChoice v);
+const char* ToString(DedupMode v);
+const char* ToString(BalanceMode v);
+const char* ToString(ShingleUnit v);
 const char* ToString(AdapterPlacement v);
 const char* ToString(AdapterActivation v);
 

@@ -140,6 +140,14 @@ void CheckTaskAndData(Checks& c) {
               "applies to causal_lm: a classifier reads each example (its class, its tags) on its own; set "
               "packing: false");
   }
+  if (spec.data.balance != BalanceMode::kNone && !classification && !ner) {
+    c.Problem("data.balance", "balances the classes of classification and ner data; a language model has none");
+  }
+  if (spec.data.balance == BalanceMode::kOversample && ner) {
+    c.Problem("data.balance",
+              "oversample repeats examples of rare classes, and an NER sentence holds many tags; use "
+              "class_weights for ner");
+  }
   if (spec.output.generations > 0 && (classification || ner || spec.data.format == DataFormat::kTokens)) {
     c.Problem("output.generations",
               "generated answers need a language model (model.task causal_lm) trained on text data, not token ids");

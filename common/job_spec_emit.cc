@@ -87,6 +87,13 @@ void EmitData(YAML::Emitter& out, const DataSpec& d) {
   out << YAML::Key << "chat_template" << YAML::Value << NameOf(kChatTemplates, d.chat_template);
   out << YAML::Key << "group_by_length" << YAML::Value << d.group_by_length;
   if (!d.cache_dir.empty()) out << YAML::Key << "cache_dir" << YAML::Value << d.cache_dir;
+  out << YAML::Key << "dedup" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "mode" << YAML::Value << NameOf(kDedupModes, d.dedup.mode);
+  out << YAML::Key << "threshold" << YAML::Value << d.dedup.similarity.threshold;
+  out << YAML::Key << "shingle" << YAML::Value << NameOf(kShingleUnits, d.dedup.similarity.unit);
+  out << YAML::Key << "ngram" << YAML::Value << d.dedup.similarity.ngram;
+  out << YAML::EndMap;
+  out << YAML::Key << "balance" << YAML::Value << NameOf(kBalanceModes, d.balance);
   if (!d.tasks.empty()) {
     out << YAML::Key << "mixing_temperature" << YAML::Value << d.mixing_temperature;
     out << YAML::Key << "tasks" << YAML::Value << YAML::BeginSeq;

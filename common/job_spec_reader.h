@@ -55,6 +55,13 @@ inline const EnumTable<ChatTemplateChoice> kChatTemplates = {
     {"auto", ChatTemplateChoice::kAuto},       {"llama3", ChatTemplateChoice::kLlama3},
     {"chatml", ChatTemplateChoice::kChatml},   {"llama2", ChatTemplateChoice::kLlama2},
     {"mistral", ChatTemplateChoice::kMistral}, {"plain", ChatTemplateChoice::kPlain}};
+inline const EnumTable<DedupMode> kDedupModes = {
+    {"none", DedupMode::kNone}, {"exact", DedupMode::kExact}, {"near", DedupMode::kNear}};
+inline const EnumTable<ShingleUnit> kShingleUnits = {{"chars", ShingleUnit::kCharacters},
+                                                     {"words", ShingleUnit::kWords}};
+inline const EnumTable<BalanceMode> kBalanceModes = {{"none", BalanceMode::kNone},
+                                                     {"oversample", BalanceMode::kOversample},
+                                                     {"class_weights", BalanceMode::kClassWeights}};
 inline const EnumTable<ExportFormat> kExports = {{"hf", ExportFormat::kHf}, {"peft", ExportFormat::kPeft}};
 inline const EnumTable<AdapterPlacement> kPlacements = {{"houlsby", AdapterPlacement::kHoulsby},
                                                         {"pfeiffer", AdapterPlacement::kPfeiffer}};

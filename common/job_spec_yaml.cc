@@ -100,6 +100,23 @@ void ReadMethod(MapReader m, MethodSpec* method) {
   m.Finish();
 }
 
+// data.dedup: a mode alone (`dedup: near`), or a mapping {mode, threshold, shingle, ngram}
+// whose mode defaults to near (a threshold is only for near duplicates).
+void ReadDedup(MapReader& m, DataSpec::Dedup* dedup) {
+  const YAML::Node raw = m.Raw("dedup");
+  if (raw && raw.IsScalar()) {
+    m.Enum("dedup", &dedup->mode, kDedupModes);
+    return;
+  }
+  MapReader d = m.Section("dedup");
+  if (raw && raw.IsMap()) dedup->mode = DedupMode::kNear;
+  d.Enum("mode", &dedup->mode, kDedupModes);
+  d.Double("threshold", &dedup->similarity.threshold, 0.0, 1.0, /*min_open=*/true);
+  d.Enum("shingle", &dedup->similarity.unit, kShingleUnits);
+  d.Int("ngram", &dedup->similarity.ngram, 1, 64);
+  d.Finish();
+}
+
 void ReadData(MapReader m, DataSpec* data) {
   const YAML::Node tasks = m.Raw("tasks");
   const bool multi_task = tasks && !tasks.IsNull();
@@ -141,6 +158,8 @@ void ReadData(MapReader m, DataSpec* data) {
   m.Enum("chat_template", &data->chat_template, kChatTemplates);
   m.Bool("group_by_length", &data->group_by_length);
   m.Path("cache_dir", &data->cache_dir);
+  ReadDedup(m, &data->dedup);
+  m.Enum("balance", &data->balance, kBalanceModes);
   m.Finish();
 }
 
@@ -327,6 +346,9 @@ std::optional<DataFormat> DataFormatNamed(const std::string& name) {
 }
 const char* ToString(OptimizerType v) { return NameOf(spec_yaml::kOptimizers, v); }
 const char* ToString(ChatTemplateChoice v) { return NameOf(spec_yaml::kChatTemplates, v); }
+const char* ToString(DedupMode v) { return NameOf(spec_yaml::kDedupModes, v); }
+const char* ToString(BalanceMode v) { return NameOf(spec_yaml::kBalanceModes, v); }
+const char* ToString(ShingleUnit v) { return NameOf(spec_yaml::kShingleUnits, v); }
 const char* ToString(AdapterPlacement v) { return NameOf(spec_yaml::kPlacements, v); }
 const char* ToString(AdapterActivation v) { return NameOf(spec_yaml::kActivations, v); }
 

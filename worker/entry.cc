@@ -23,6 +23,7 @@
 #include "sharding/comm/mpi_communicator.h"
 #include "sharding/comm/nccl_communicator.h"
 #include "worker/cpu_allocator.h"
+#include "worker/data/formats.h"
 #include "worker/server_reporter.h"
 #include "worker/trainer.h"
 
@@ -101,8 +102,18 @@ std::string FailureJson(const std::exception& error) {
       {contract::JobErrorKind::kInvalidData, "invalid_data"}, {contract::JobErrorKind::kInvalidInput, "invalid_input"},
       {contract::JobErrorKind::kRankFailed, "rank_failed"},   {contract::JobErrorKind::kTimeout, "timeout"},
       {contract::JobErrorKind::kNodeLost, "node_lost"},       {contract::JobErrorKind::kBackend, "backend"}};
-  const nlohmann::ordered_json out = {
-      {"ok", false}, {"error", {{"kind", kNames.at(JobErrorKindOf(error))}, {"message", error.what()}}}};
+  nlohmann::ordered_json out = {{"ok", false},
+                                {"error", {{"kind", kNames.at(JobErrorKindOf(error))}, {"message", error.what()}}}};
+  // Bad data: each problem as a record too, for scripts (the first 50, and how many in all).
+  if (const auto* data = dynamic_cast<const DataError*>(&error)) {
+    nlohmann::ordered_json problems = nlohmann::ordered_json::array();
+    for (const DataIssue& issue : data->issues()) {
+      problems.push_back(
+          {{"file", issue.file}, {"line", issue.line}, {"code", issue.code}, {"message", issue.message}});
+    }
+    out["problems"] = problems;
+    out["total_problems"] = data->total();
+  }
   return out.dump() + "\n";
 }
 

@@ -1,14 +1,17 @@
 #include "worker/evaluate.h"
 
 #include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/generation_metrics.h"
 #include "common/job_spec.h"
 #include "common/run_dir.h"
 #include "worker/data/formats.h"
 #include "worker/evaluation.h"
+#include "worker/generate.h"
 #include "worker/inference_model.h"
 
 namespace shardtune {
@@ -37,6 +40,50 @@ DataFormat FormatFor(const std::string& name, ModelTask task) {
     Fail(ErrorCode::kInvalidArgument, "--format {} does not fit this model's task, {}", name, ToString(task));
   }
   return *format;
+}
+
+// Each example's answers to its prompt, scored against its reference.
+nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loaded, const TokenDataset& dataset,
+                                const Tokenizer& tokenizer, DataFormat format) {
+  if (loaded.config.task() != ModelTask::kCausalLm || !loaded.model) {
+    Fail(ErrorCode::kInvalidArgument, "--metrics: generation metrics need a language model (this one is {})",
+         ToString(loaded.config.task()));
+  }
+  if (o.num_samples > 1 && o.generate.temperature == 0.0) {
+    Fail(ErrorCode::kInvalidArgument, "--num-samples {}: greedy answers are all alike; give --temperature > 0",
+         o.num_samples);
+  }
+  GenerationScorer scorer(o.generation_metrics);
+  // The examples' lines in the file, for errors (the file rendered whole, so they align).
+  const RecordTexts records = ReadRecordTexts(o.data, format);
+  std::string lines;
+  for (size_t i = 0; i < dataset.examples.size(); ++i) {
+    const auto [prompt, reference_ids] = SplitAtTargets(dataset.examples[i]);
+    const int64_t line = i < records.lines.size() ? records.lines[i] : static_cast<int64_t>(i + 1);
+    const std::string where = fmt::format("{}:{}", o.data.string(), line);
+    if (prompt.empty() || reference_ids.empty()) {
+      Fail(ErrorCode::kInvalidArgument, "{}: no prompt or no reference to generate against (format {})", where,
+           ToString(format));
+    }
+    const std::string reference = tokenizer.Decode(reference_ids, /*skip_special_tokens=*/true);
+    for (int64_t k = 0; k < o.num_samples; ++k) {
+      GenerateOptions options = o.generate;
+      options.seed = o.generate.seed + static_cast<uint64_t>(i) * 1000003ULL + static_cast<uint64_t>(k);
+      const std::string generated =
+          tokenizer.Decode(Generate(*loaded.model, prompt, options), /*skip_special_tokens=*/true);
+      scorer.Add(generated, reference, where);
+      if (!o.generations_out.empty()) {
+        lines += nlohmann::json({{"line", line},
+                                 {"prompt", tokenizer.Decode(prompt, /*skip_special_tokens=*/false)},
+                                 {"reference", reference},
+                                 {"generated", generated}})
+                     .dump() +
+                 "\n";
+      }
+    }
+  }
+  if (!o.generations_out.empty()) WriteFileAtomic(o.generations_out, lines);
+  return scorer.Metrics();
 }
 
 }  // namespace
@@ -89,6 +136,11 @@ nlohmann::json EvaluateModel(const EvaluateOptions& o) {
                            {"examples", static_cast<int64_t>(dataset.examples.size())}};
   if (!o.adapter.empty()) result["adapter"] = o.adapter.string();
   result.update(evaluation.Metrics());
+  if (!o.generation_metrics.empty()) {
+    if (!data.tokenizer)
+      Fail(ErrorCode::kInvalidArgument, "--metrics: generation metrics need text data, not token ids");
+    result["generation"] = ScoreGenerations(o, loaded, dataset, *data.tokenizer, spec.data.format);
+  }
   spdlog::info("{} examples of {}: {}", dataset.examples.size(), o.data.string(), Evaluation::Summary(result));
   return result;
 }

@@ -7,6 +7,9 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
+
+#include "worker/generate.h"
 
 namespace shardtune {
 
@@ -18,9 +21,17 @@ struct EvaluateOptions {
   std::filesystem::path tokenizer;  // default: the model's
   int64_t max_seq_len = 2048;
   int64_t batch_size = 8;
+  // Language models: answers generated to each example's prompt (what precedes its trained
+  // tokens) and scored against its reference (the trained tokens) by these metrics
+  // (common/generation_metrics.h); none: no generation.
+  std::vector<std::string> generation_metrics;
+  GenerateOptions generate;
+  int64_t num_samples = 1;                // answers per example (sampling needs generate.temperature > 0)
+  std::filesystem::path generations_out;  // optional: each answer as JSONL {"line", "prompt", "reference", "generated"}
 };
 
-// {"model", "data", "examples", "val_loss", ...the task's figures}. Throws Error for bad input.
+// {"model", "data", "examples", "val_loss", ...the task's figures, and with generation metrics
+// "generation": {"generated", each metric}}. Throws Error for bad input.
 nlohmann::json EvaluateModel(const EvaluateOptions& options);
 
 }  // namespace shardtune

@@ -35,6 +35,17 @@ int64_t SampleToken(const at::Tensor& logits, const GenerateOptions& options, st
 
 }  // namespace
 
+PromptAndReference SplitAtTargets(const Example& e) {
+  const auto first = std::find_if(e.labels.begin(), e.labels.end(), [](int64_t l) { return l != -100; });
+  const auto split = first - e.labels.begin();
+  PromptAndReference out;
+  out.prompt.assign(e.input_ids.begin(), e.input_ids.begin() + split);
+  for (auto it = first; it != e.labels.end(); ++it) {
+    if (*it != -100) out.reference.push_back(*it);
+  }
+  return out;
+}
+
 std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options) {
   const LlamaConfig& config = model.config();

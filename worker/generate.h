@@ -20,6 +20,13 @@ struct GenerateOptions {
   bool stop_at_eos = true;  // stop after generating one of config.eos_token_ids
 };
 
+// A rendered example cut where its trained tokens start: the prompt is everything before the
+// first trained token, the reference the trained tokens (what the model should answer).
+struct PromptAndReference {
+  std::vector<int64_t> prompt, reference;
+};
+PromptAndReference SplitAtTargets(const Example& example);
+
 // Returns only the new tokens (the prompt is not repeated).
 std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options);

@@ -265,9 +265,9 @@ LossSum Trainer::TaskLossSum(const at::Tensor& logits, const Batch& batch) const
   const double smoothing = spec_.training.label_smoothing;
   switch (config_.task()) {
     case ModelTask::kSequenceClassification:
-      return SequenceClassificationLossSum(logits, batch.class_labels, smoothing);
+      return SequenceClassificationLossSum(logits, batch.class_labels, smoothing, class_weights_);
     case ModelTask::kTokenClassification:
-      return TokenClassificationLossSum(logits, batch.labels, smoothing);
+      return TokenClassificationLossSum(logits, batch.labels, smoothing, class_weights_);
     case ModelTask::kCausalLm:
       break;
   }

@@ -3,7 +3,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include <numeric>
+#include <algorithm>
 
 #include "common/error.h"
 #include "worker/data/communicator_cache_group.h"
@@ -11,16 +11,6 @@
 #include "worker/trainer_internal.h"
 
 namespace shardtune {
-
-namespace {
-
-std::vector<int64_t> Iota(int64_t n) {
-  std::vector<int64_t> indices(static_cast<size_t>(n));
-  std::iota(indices.begin(), indices.end(), int64_t{0});
-  return indices;
-}
-
-}  // namespace
 
 std::shared_ptr<const TokenCache> Trainer::CachedData(const std::string& file, const JobDataOptions& job_data,
                                                       const FormatOptions& options) {
@@ -40,6 +30,79 @@ std::shared_ptr<const TokenCache> Trainer::CachedData(const std::string& file, c
     }
   }
   return result.cache;
+}
+
+TaskSelection Trainer::SelectTaskExamples(const TaskSpec& task, const TokenCache& train, const TokenCache* held,
+                                          uint64_t seed) const {
+  const std::string name = task.name.empty() ? "" : " (task " + task.name + ")";
+  SelectionInputs in;
+  in.train_size = train.size();
+  in.validation_size = held ? held->size() : -1;
+  in.validation_split = spec_.data.validation_split;
+  in.seed = seed;
+  in.dedup = spec_.data.dedup;
+  RecordTexts train_texts, held_texts;
+  if (in.dedup.mode != DedupMode::kNone) {
+    // Every rank reads the texts and finds the same duplicates (the search is deterministic).
+    const auto texts_of = [&](const std::string& file, const TokenCache& cache) {
+      RecordTexts texts = ReadRecordTexts(file, task.format);
+      if (static_cast<int64_t>(texts.texts.size()) != cache.size()) {
+        Fail(ErrorCode::kFailedPrecondition,
+             "{}: {} records, but its token cache {} holds {} examples: the file "
+             "changed while the job read it",
+             file, texts.texts.size(), cache.path().string(), cache.size());
+      }
+      return texts;
+    };
+    train_texts = texts_of(task.train, train);
+    in.train_texts = &train_texts.texts;
+    if (held) {
+      held_texts = texts_of(task.validation, *held);
+      in.validation_texts = &held_texts.texts;
+    }
+  }
+  TaskSelection selection = SelectExamples(in);
+  const DedupFindings& d = selection.dedup;
+  if (in.dedup.mode != DedupMode::kNone && rank0_) {
+    spdlog::info(
+        "dedup{}: {}: removed {} of {} training examples: {} duplicates ({} exact, {} near, Jaccard >= {}) "
+        "and {} copies of validation examples ({} validation examples had copies)",
+        name, task.train, d.removed_duplicates + d.removed_copies, train.size(), d.removed_duplicates, d.exact, d.near,
+        in.dedup.similarity.threshold, d.removed_copies, d.leaked);
+  }
+  if (spec_.data.balance == BalanceMode::kOversample) {
+    std::vector<int64_t> classes(static_cast<size_t>(train.size()));
+    for (int64_t i = 0; i < train.size(); ++i) classes[static_cast<size_t>(i)] = train.ClassOf(i);
+    const size_t before = selection.train.size();
+    selection.train = Oversampled(selection.train, classes, seed);
+    if (rank0_) {
+      spdlog::info("balance{}: oversampled {} training examples to {}, as many of each class as of the largest", name,
+                   before, selection.train.size());
+    }
+  }
+  return selection;
+}
+
+void Trainer::UseClassWeights(const TokenCache& train, const std::vector<int64_t>& documents) {
+  // Classification: the classes of the training documents used; NER: the tags of the file.
+  std::vector<int64_t> counts = train.label_counts();
+  if (config_.task() == ModelTask::kSequenceClassification) {
+    std::fill(counts.begin(), counts.end(), 0);
+    for (const int64_t d : documents) {
+      const int64_t c = train.ClassOf(d);
+      if (c >= 0) ++counts[static_cast<size_t>(c)];
+    }
+  }
+  const std::vector<double> weights = BalancedClassWeights(counts);
+  class_weights_ = at::tensor(std::vector<float>(weights.begin(), weights.end()), at::kFloat);
+  if (rank0_) {
+    std::string list;
+    for (size_t c = 0; c < weights.size(); ++c) {
+      list += fmt::format("{}{} {:.4g}", list.empty() ? "" : ", ", c < label_names_.size() ? label_names_[c] : "?",
+                          weights[c]);
+    }
+    spdlog::info("balance: class weights in the loss: {}", list);
+  }
 }
 
 void Trainer::LoadData() {
@@ -69,18 +132,12 @@ void Trainer::LoadData() {
     if (truncated > 0 && rank0_) {
       spdlog::warn("{}: {} examples are longer than {} tokens and were truncated", task.train, truncated, max_seq_len_);
     }
-    std::vector<int64_t> kept;
-    if (!task.validation.empty()) {
-      const std::shared_ptr<const TokenCache> held = CachedData(task.validation, job_data, options);
-      validation_.Add(held, Iota(held->size()), max_seq_len_, /*pack=*/false);
-      kept = Iota(train->size());
-    } else {
-      const std::vector<bool> is_validation =
-          ValidationMask(train->size(), spec_.data.validation_split, spec_.training.seed + t);
-      std::vector<int64_t> held;
-      for (int64_t i = 0; i < train->size(); ++i) (is_validation[i] ? held : kept).push_back(i);
-      validation_.Add(train, std::move(held), max_seq_len_, /*pack=*/false);
-    }
+    std::shared_ptr<const TokenCache> held;
+    if (!task.validation.empty()) held = CachedData(task.validation, job_data, options);
+    TaskSelection selection = SelectTaskExamples(task, *train, held.get(), spec_.training.seed + t);
+    validation_.Add(held ? held : train, std::move(selection.validation), max_seq_len_, /*pack=*/false);
+    std::vector<int64_t> kept = std::move(selection.train);
+    if (spec_.data.balance == BalanceMode::kClassWeights) UseClassWeights(*train, kept);
     const size_t documents = kept.size();
     // Packed within the task: task ranges stay whole.
     const int64_t examples = train_.Add(train, std::move(kept), max_seq_len_, spec_.data.packing);

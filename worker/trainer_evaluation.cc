@@ -95,14 +95,7 @@ void Trainer::WriteGenerations() {
       merged ? LoadModelForInference(final_dir) : LoadModelForInference(spec_.model.path, final_dir);
   std::string lines;
   for (int64_t i = 0; i < wanted; ++i) {
-    const Example e = validation_.Get(i);
-    // The prompt is everything before the first trained token; the reference what is trained.
-    const auto first = std::find_if(e.labels.begin(), e.labels.end(), [](int64_t l) { return l != -100; });
-    const auto split = static_cast<size_t>(first - e.labels.begin());
-    const std::vector<int64_t> prompt(e.input_ids.begin(), e.input_ids.begin() + static_cast<int64_t>(split));
-    std::vector<int64_t> reference;
-    for (size_t t = split; t < e.labels.size(); ++t)
-      if (e.labels[t] != -100) reference.push_back(e.labels[t]);
+    const auto [prompt, reference] = SplitAtTargets(validation_.Get(i));
     GenerateOptions options;
     options.max_new_tokens = std::min<int64_t>(256, 2 * static_cast<int64_t>(reference.size()) + 8);
     const std::vector<int64_t> answer = Generate(*loaded.model, prompt, options);

@@ -29,6 +29,7 @@
 #include "sharding/comm/communicator.h"
 #include "sharding/loss_scale.h"
 #include "sharding/zero_engine.h"
+#include "worker/data/example_selection.h"
 #include "worker/data/example_set.h"
 #include "worker/data/formats.h"
 #include "worker/data/mixture.h"
@@ -96,6 +97,12 @@ class Trainer {
   // The token cache of one data file: found or built by all ranks together (collective).
   std::shared_ptr<const TokenCache> CachedData(const std::string& file, const JobDataOptions& job_data,
                                                const FormatOptions& options);
+  // A task's training and validation documents: split, deduplicated and oversampled as
+  // data.dedup and data.balance say (collective only through the token caches before it).
+  TaskSelection SelectTaskExamples(const TaskSpec& task, const TokenCache& train, const TokenCache* held,
+                                   uint64_t seed) const;
+  // data.balance: class_weights: class_weights_ from the classes of `documents` of `train`.
+  void UseClassWeights(const TokenCache& train, const std::vector<int64_t>& documents);
   // This step's global batch: its examples' indices in train_, rank by rank.
   std::vector<int64_t> GlobalBatch(int64_t step);
   // The target count of the whole global batch (each example materialized in turn).
@@ -176,6 +183,7 @@ class Trainer {
   std::vector<TaskRange> tasks_;        // where each task's examples are in train_
   std::vector<std::string> task_names_;
   std::vector<std::string> label_names_;  // classification and NER: the classes (or tags), by id
+  at::Tensor class_weights_;              // data.balance: class_weights: each class's loss weight (else undefined)
   int64_t max_seq_len_ = 0;               // data.max_seq_len, or fewer where the model has fewer positions
   int64_t ranks_ = 1;
   int64_t micro_ = 1;

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <climits>
+#include <map>
 
 #include "common/job_spec.h"
 #include "common/model_config.h"
 #include "common/run_dir.h"
 #include "common/storage_roots.h"
+#include "worker/data/example_selection.h"
 #include "worker/data/formats.h"
 #include "worker/data/token_cache.h"
 
@@ -62,6 +64,59 @@ json FileReport(const JobSpec& spec, const JobDataOptions& data, const FormatOpt
   return file;
 }
 
+constexpr size_t kListed = 20;  // duplicate and leak pairs listed per file (all are counted)
+
+// Duplicates within a task's training file and copies of its validation examples there, as the
+// job's data.dedup finds them, added to the task's training file report; the job's selection.
+void AddDuplicateFindings(const JobSpec& spec, const TaskSpec& task, uint64_t seed, json& train, json* validation) {
+  const RecordTexts train_texts = ReadRecordTexts(task.train, task.format);
+  RecordTexts held_texts;
+  SelectionInputs in;
+  in.train_size = static_cast<int64_t>(train_texts.texts.size());
+  in.train_texts = &train_texts.texts;
+  in.validation_split = spec.data.validation_split;
+  in.seed = seed;
+  in.dedup = spec.data.dedup;
+  in.find_duplicates = true;
+  if (validation != nullptr) {
+    held_texts = ReadRecordTexts(task.validation, task.format);
+    in.validation_size = static_cast<int64_t>(held_texts.texts.size());
+    in.validation_texts = &held_texts.texts;
+  }
+  const TaskSelection selection = SelectExamples(in);
+  const DedupFindings& d = selection.dedup;
+  const RecordTexts& held = validation != nullptr ? held_texts : train_texts;
+  const auto line = [](const RecordTexts& texts, int64_t i) { return texts.lines[static_cast<size_t>(i)]; };
+  json duplicates = {{"exact", d.exact}, {"near", d.near}, {"pairs", json::array()}};
+  for (size_t k = 0; k < d.duplicates.size() && k < kListed; ++k) {
+    const DuplicatePair& p = d.duplicates[k];
+    duplicates["pairs"].push_back({{"line", line(train_texts, p.index)},
+                                   {"duplicate_of_line", line(train_texts, p.of)},
+                                   {"kind", ToString(p.kind)},
+                                   {"similarity", p.similarity}});
+  }
+  json copies = json::array();
+  for (size_t k = 0; k < d.copies.size() && k < kListed; ++k) {
+    const DuplicatePair& p = d.copies[k];
+    copies.push_back({{"line", line(train_texts, p.index)},
+                      {"validation_file", validation != nullptr ? task.validation : task.train},
+                      {"validation_line", line(held, p.of)},
+                      {"kind", ToString(p.kind)},
+                      {"similarity", p.similarity}});
+  }
+  train["duplicates"] = duplicates;
+  train["leaked"] = d.leaked;
+  train["leaks"] = copies;
+  train["dedup_removes"] = d.removed_duplicates + d.removed_copies;
+  if (d.leaked > 0) {
+    train["warnings"].push_back(fmt::format(
+        "{} validation examples have exact or near copies among the training examples, so validation overstates the "
+        "model{}",
+        d.leaked, spec.data.dedup.mode == DedupMode::kNone ? " (data.dedup: near removes the training copies)" : ""));
+  }
+  if (validation != nullptr) (*validation)["leaked"] = d.leaked;
+}
+
 }  // namespace
 
 json ValidateData(const std::string& job_path) {
@@ -81,8 +136,11 @@ json ValidateData(const std::string& job_path) {
 
   const std::filesystem::path cache_dir =
       spec.data.cache_dir.empty() ? RunDir(spec.output.dir).Cache() : std::filesystem::path(spec.data.cache_dir);
-  int64_t train_tokens = 0, train_examples = 0;
-  for (const TaskSpec& task : sources) {
+  int64_t train_tokens = 0, train_examples = 0, exact = 0, near = 0, leaked = 0, removes = 0;
+  std::map<std::string, int64_t> label_counts;
+  json labels = json::array();
+  for (size_t t = 0; t < sources.size(); ++t) {
+    const TaskSpec& task = sources[t];
     FormatOptions options = data.options;
     options.format = task.format;
     if (!spec.model.labels.empty()) options.label_names = spec.model.labels;
@@ -91,16 +149,45 @@ json ValidateData(const std::string& job_path) {
     train_examples += train["examples"].get<int64_t>();
     train["role"] = "train";
     if (!task.name.empty()) train["task"] = task.name;
+    json validation;
+    if (!task.validation.empty()) {
+      validation = FileReport(spec, data, options, cache_dir, task.validation);
+      validation["role"] = "validation";
+      if (!task.name.empty()) validation["task"] = task.name;
+    }
+    // The seed of the task's validation split, as the trainer draws it.
+    AddDuplicateFindings(spec, task, spec.training.seed + t, train, task.validation.empty() ? nullptr : &validation);
+    exact += train["duplicates"]["exact"].get<int64_t>();
+    near += train["duplicates"]["near"].get<int64_t>();
+    leaked += train["leaked"].get<int64_t>();
+    removes += train["dedup_removes"].get<int64_t>();
+    for (const json& label : train.value("labels", json::array())) {
+      const std::string name = label["name"].get<std::string>();
+      if (!label_counts.count(name)) labels.push_back(name);
+      label_counts[name] += label["count"].get<int64_t>();
+    }
     report["files"].push_back(train);
-    if (task.validation.empty()) continue;
-    json validation = FileReport(spec, data, options, cache_dir, task.validation);
-    validation["role"] = "validation";
-    if (!task.name.empty()) validation["task"] = task.name;
-    report["files"].push_back(validation);
+    if (!validation.is_null()) report["files"].push_back(validation);
   }
+  // The training data's totals, for scripts (the files' entries have each file's).
+  report["examples"] = train_examples;
+  report["tokens"] = train_tokens;
+  json label_list = json::array();
+  for (const json& name : labels)
+    label_list.push_back({{"name", name}, {"count", label_counts[name.get<std::string>()]}});
+  report["labels"] = label_list;
+  report["problems"] = json::array();
+  report["duplicates"] = {{"exact", exact}, {"near", near}};
+  report["leaked"] = leaked;
+  const DataSpec::Dedup& dedup = spec.data.dedup;
+  report["dedup"] = {{"mode", ToString(dedup.mode)},
+                     {"threshold", dedup.similarity.threshold},
+                     {"shingle", ToString(dedup.similarity.unit)},
+                     {"ngram", dedup.similarity.ngram},
+                     {"removes", removes}};
   const int64_t global = spec.GlobalBatchSize(spec.resources.world_size());
   report["per_epoch"] = {{"tokens", train_tokens},
-                         {"steps", train_examples / global},
+                         {"steps", (train_examples - removes) / global},
                          {"global_batch", global},
                          {"before_validation_split", spec.data.validation_split > 0}};
   report["ok"] = true;
@@ -126,12 +213,32 @@ std::string ValidationText(const json& report) {
       }
       text += "  labels: " + counts + "\n";
     }
+    if (file.contains("duplicates")) {
+      const json& d = file["duplicates"];
+      text += fmt::format("  duplicates: {} exact, {} near", d["exact"].get<int64_t>(), d["near"].get<int64_t>());
+      if (!d["pairs"].empty()) {
+        text += fmt::format(" (e.g. line {} copies line {})", d["pairs"][0]["line"].get<int64_t>(),
+                            d["pairs"][0]["duplicate_of_line"].get<int64_t>());
+      }
+      text += "\n";
+      if (!file["leaks"].empty()) {
+        const json& l = file["leaks"][0];
+        text += fmt::format("  leakage: line {} copies {}:{} ({})\n", l["line"].get<int64_t>(),
+                            l["validation_file"].get<std::string>(), l["validation_line"].get<int64_t>(),
+                            l["kind"].get<std::string>());
+      }
+    }
     for (const json& warning : file["warnings"]) text += "  warning: " + warning.get<std::string>() + "\n";
   }
   const json& epoch = report["per_epoch"];
   text += fmt::format("per epoch: about {} tokens, {} steps of {} examples{}\n", epoch["tokens"].get<int64_t>(),
                       epoch["steps"].get<int64_t>(), epoch["global_batch"].get<int64_t>(),
                       epoch["before_validation_split"].get<bool>() ? " (before the validation split)" : "");
+  const json& dedup = report["dedup"];
+  if (dedup["mode"] != "none") {
+    text += fmt::format("data.dedup {} removes {} training examples\n", dedup["mode"].get<std::string>(),
+                        dedup["removes"].get<int64_t>());
+  }
   return text + "ok\n";
 }
 

@@ -11,8 +11,13 @@ namespace shardtune {
 
 // The report: {"job", "template_note"?, "files": [{"role", "task"?, "path", "examples", "tokens",
 // "target_tokens", "longest", "truncated", "without_targets", "token_cache": {"path", "built"},
-// "labels"?: [{"name", "count"}], "warnings": [...]}], "per_epoch": {"tokens", "steps", "global_batch"},
-// "ok": true}. Throws Error (DataError, SpecError, ...) when anything is wrong.
+// "labels"?: [{"name", "count"}], "warnings": [...]; training files also "duplicates": {"exact",
+// "near", "pairs": [{"line", "duplicate_of_line", "kind", "similarity"}]}, "leaked", "leaks":
+// [{"line", "validation_file", "validation_line", "kind", "similarity"}], "dedup_removes"}],
+// the training data's totals "examples", "tokens", "labels", "duplicates": {"exact", "near"},
+// "leaked", "problems": [] (DataError's come as FailureJson's), "dedup": {"mode", "threshold",
+// "shingle", "ngram", "removes"}, "per_epoch": {"tokens", "steps", "global_batch"}, "ok": true}.
+// Throws Error (DataError, SpecError, ...) when anything is wrong.
 nlohmann::json ValidateData(const std::string& job_path);
 
 // The report as `validate-data --output table` prints it: a line per file and its warnings, "ok".

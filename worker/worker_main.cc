@@ -170,6 +170,10 @@ std::string FiguresTable(const nlohmann::json& figures) {
   for (const auto& [name, value] : figures.items()) {
     if (value.is_number()) text += name + ": " + value.dump() + "\n";
   }
+  if (figures.contains("generation")) {  // the generation metrics, prefixed
+    for (const auto& [name, value] : figures["generation"].items())
+      text += "generation." + name + ": " + value.dump() + "\n";
+  }
   return text;
 }
 
@@ -284,6 +288,20 @@ int main(int argc, char** argv) {
   evaluate->add_option("--max-seq-len", eval.max_seq_len, "longer examples are truncated")->check(CLI::PositiveNumber);
   evaluate->add_option("--batch-size", eval.batch_size, "examples per forward")->check(CLI::PositiveNumber);
   evaluate->add_option("--out", eval_out, "also write the metrics (JSON) to this file");
+  evaluate
+      ->add_option("--metrics", eval.generation_metrics,
+                   "generate an answer to each example's prompt and score it against the example's reference: "
+                   "exact_match, rouge_l, bleu, json_parse_rate, json_field_f1 (language models)")
+      ->delimiter(',');
+  evaluate->add_option("--max-new-tokens", eval.generate.max_new_tokens, "generated tokens per answer at most")
+      ->check(CLI::PositiveNumber);
+  evaluate->add_option("--num-samples", eval.num_samples, "answers per example (with --temperature > 0)")
+      ->check(CLI::PositiveNumber);
+  evaluate->add_option("--temperature", eval.generate.temperature, "0: greedy")->check(CLI::NonNegativeNumber);
+  evaluate->add_option("--top-p", eval.generate.top_p, "nucleus sampling's mass")->check(CLI::Range(0.0, 1.0));
+  evaluate->add_option("--seed", eval.generate.seed, "of the sampling");
+  evaluate->add_option("--generations-out", eval.generations_out,
+                       "also write each answer as JSONL: {line, prompt, reference, generated}");
   std::string eval_output = "json";  // the figures nest (per class, confusion matrix): JSON unless asked
   evaluate->add_option("--output", eval_output, "json (default) or table: the top-level figures, one a line")
       ->check(CLI::IsMember({"table", "json"}));

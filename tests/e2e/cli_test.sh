@@ -252,6 +252,34 @@ YAML
   expect_contains "validate-data names file, line and code" "$out" "bad-chat.jsonl:2: [unrecognized_role]"
   out=$("$bin/shardtune" train "$work/chat.yaml" 2>&1)
   expect_eq "a chat job trains" "$?" "0"
+  # Generation metrics: the figures equal an independent ROUGE-L and exact match of the answers.
+  "$bin/shardtune" evaluate --model "$work/runs/chat/final" --data "$work/chat.jsonl" --format chat --log-level warn \
+    --metrics exact_match,rouge_l,bleu --max-new-tokens 6 --generations-out "$work/answers.jsonl" > "$work/gen.json"
+  expect_eq "evaluate --metrics exits 0" "$?" "0"
+  scores=$(python3 - "$work/gen.json" "$work/answers.jsonl" <<'PY'
+import json, re, sys
+figures = json.load(open(sys.argv[1]))["generation"]
+answers = [json.loads(l) for l in open(sys.argv[2])]
+def tokens(t): return re.sub(r"[^a-z0-9]+", " ", t.lower()).split()
+def rouge_l(ref, gen):
+    r, g = tokens(ref), tokens(gen)
+    if not r or not g: return 0.0
+    table = [[0] * (len(g) + 1) for _ in range(len(r) + 1)]
+    for i in range(len(r)):
+        for j in range(len(g)):
+            table[i + 1][j + 1] = table[i][j] + 1 if r[i] == g[j] else max(table[i][j + 1], table[i + 1][j])
+    p, rec = table[-1][-1] / len(g), table[-1][-1] / len(r)
+    return 2 * p * rec / (p + rec) if p + rec else 0.0
+rouge = sum(rouge_l(a["reference"], a["generated"]) for a in answers) / len(answers)
+exact = sum(a["reference"].strip() == a["generated"].strip() for a in answers) / len(answers)
+print(figures["generated"], len(answers), abs(figures["rouge_l"] - rouge) < 1e-9, abs(figures["exact_match"] - exact) < 1e-12,
+      answers[0]["reference"].strip(), 0 <= figures["bleu"] <= 100)
+PY
+)
+  expect_eq "generation metrics match a reference implementation over the written answers" "$scores" \
+    "16 16 True True Hi there! True"
+  out=$("$bin/shardtune" evaluate --model "$work/runs/chat/final" --data "$work/chat.jsonl" --format chat --metrics rouge 2>&1)
+  expect_contains "an unknown generation metric is named" "$out" "unknown generation metric 'rouge'"
   text=$("$bin/shardtune" generate --model "$work/runs/chat/final" --prompt "Say hi" --max-new-tokens 5 --log-level warn)
   expect_eq "generate --prompt answers in text" "$?" "0"
   # The same answer through ids: the prompt tokenized, its greedy continuation, decoded.

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "classification_tasks.h"
 #include "run_comparison.h"
@@ -30,6 +31,15 @@ class ClassifierZeroTest : public ::testing::Test {
       testing::WriteText(*dir_ / "sentiment-val.jsonl", testing::SentimentData(23, 2));
       testing::WriteText(*dir_ / "ner.jsonl", testing::NerData(64, 3));
       testing::WriteText(*dir_ / "ner-val.jsonl", testing::NerData(23, 4));
+      // Unbalanced sentiment (every positive example, a third of the negative ones), with the
+      // many repeats short sentences of few words make: for data.balance and data.dedup.
+      std::istringstream all(testing::SentimentData(96, 5));
+      std::string line, skewed;
+      for (int n = 0; std::getline(all, line); ++n) {
+        if (line.find("\"positive\"") != std::string::npos || n % 3 == 1) skewed += line + "\n";
+      }
+      testing::WriteText(*dir_ / "skew.jsonl", skewed);
+      testing::WriteText(*dir_ / "skew-val.jsonl", testing::SentimentData(23, 2));
     }
     World().Barrier(CollectiveTag{"setup"});
   }
@@ -39,17 +49,20 @@ class ClassifierZeroTest : public ::testing::Test {
     delete dir_;
   }
 
+  // `data` names the data files (DATA.jsonl, DATA-val.jsonl; default: the task's) and `extra`
+  // adds keys to the data section (", balance: class_weights").
   static JobSpec Spec(const std::string& model, const std::string& task, const std::string& out, int stage,
-                      int64_t global, const std::string& method = "{type: full}") {
+                      int64_t global, const std::string& method = "{type: full}", std::string data = "",
+                      const std::string& extra = "") {
     const bool ner = task == "token_classification";
+    if (data.empty()) data = ner ? "ner" : "sentiment";
     const std::string yaml = fmt::format(
         "name: t\nmodel: {{path: {}, task: {}}}\nmethod: {}\n"
-        "data: {{train: {}.jsonl, validation: {}-val.jsonl, format: {}}}\n"
+        "data: {{train: {}.jsonl, validation: {}-val.jsonl, format: {}{}}}\n"
         "output: {{dir: {}}}\n"
         "training: {{max_steps: 8, micro_batch_size: 2, global_batch_size: {}, eval_every: 4, "
         "optimizer: {{lr: 3.0e-3}}}}\nsharding: {{zero_stage: {}}}\n",
-        model, task, method, ner ? "ner" : "sentiment", ner ? "ner" : "sentiment", ner ? "ner" : "classification", out,
-        global, stage);
+        model, task, method, data, data, ner ? "ner" : "classification", extra, out, global, stage);
     return ParseJobSpec(yaml, "job.yaml", *dir_);
   }
 
@@ -64,6 +77,7 @@ TEST_F(ClassifierZeroTest, ShardedTrainingAndEvaluationEqualTheSingleProcessRun)
   struct Case {
     std::string model, task, method;
     std::vector<int> stages;
+    std::string data = "", extra = "";
   };
   const std::vector<Case> cases = {
       {"base", "sequence_classification", "{type: full}", {2, 3}},
@@ -73,17 +87,22 @@ TEST_F(ClassifierZeroTest, ShardedTrainingAndEvaluationEqualTheSingleProcessRun)
       {"bert", "sequence_classification", "{type: lora, lora: {r: 4, target_modules: all-linear}}", {3}},
       {"bert", "token_classification", "{type: prefix, prefix: {num_virtual_tokens: 3}}", {3}},
       {"bert", "sequence_classification", "{type: prompt, prompt: {num_virtual_tokens: 2}}", {3}},
+      // data.balance and data.dedup: the loss weights and the selected examples are the same on
+      // every rank count.
+      {"base", "sequence_classification", "{type: full}", {3}, "skew", ", balance: class_weights"},
+      {"bert", "token_classification", "{type: full}", {2}, "ner", ", balance: class_weights"},
+      {"bert", "sequence_classification", "{type: full}", {2}, "skew", ", balance: oversample, dedup: near"},
   };
   for (size_t c = 0; c < cases.size(); ++c) {
     const Case& k = cases[c];
     const fs::path reference = *dir_ / fmt::format("ref-{}-{}", c, global);
     if (World().rank() == 0 && !fs::exists(reference / "final"))
-      RunTraining(Spec(k.model, k.task, reference.string(), 0, global, k.method));
+      RunTraining(Spec(k.model, k.task, reference.string(), 0, global, k.method, k.data, k.extra));
     World().Barrier(CollectiveTag{"reference"});
     for (int stage : k.stages) {
       SCOPED_TRACE(fmt::format("{} {} {} stage {} np {}", k.model, k.task, k.method, stage, n));
       const fs::path out = *dir_ / fmt::format("run-{}-s{}", c, stage);
-      RunTraining(Spec(k.model, k.task, out.string(), stage, global, k.method), World());
+      RunTraining(Spec(k.model, k.task, out.string(), stage, global, k.method, k.data, k.extra), World());
       World().Barrier(CollectiveTag{"compare"});
       testing::ExpectSameLosses(out, reference);
       const auto sharded = testing::ReadMetrics(out), single = testing::ReadMetrics(reference);
@@ -106,6 +125,16 @@ TEST_F(ClassifierZeroTest, ShardedTrainingAndEvaluationEqualTheSingleProcessRun)
       EXPECT_EQ(evaluations, 2);
     }
   }
+  // The class weights act: the first step's loss (before any update) differs from the unweighted one.
+  const fs::path plain = *dir_ / fmt::format("ref-skew-plain-{}", global);
+  if (World().rank() == 0) {
+    if (!fs::exists(plain / "final"))
+      RunTraining(Spec("base", "sequence_classification", plain.string(), 0, global, "{type: full}", "skew"));
+    const auto weighted = testing::ReadMetrics(*dir_ / fmt::format("ref-{}-{}", cases.size() - 3, global));
+    const auto unweighted = testing::ReadMetrics(plain);
+    EXPECT_GT(std::abs(weighted[0]["loss"].get<double>() - unweighted[0]["loss"].get<double>()), 1e-4);
+  }
+  World().Barrier(CollectiveTag{"weights"});
 }
 
 }  // namespace

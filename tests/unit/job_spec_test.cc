@@ -261,6 +261,39 @@ TEST_F(JobSpecTest, ListsRefuseDuplicates) {
       {"output.export", "'hf' is listed twice"});
 }
 
+TEST_F(JobSpecTest, DedupAndBalance) {
+  const std::string head = "name: x\nmodel: {path: model}\noutput: {dir: out}\n";
+  EXPECT_EQ(Parse(head + "data: {train: data/train.jsonl, format: tokens}\n").data.dedup.mode, DedupMode::kNone);
+  EXPECT_EQ(Parse(head + "data: {train: data/train.jsonl, format: tokens, dedup: exact}\n").data.dedup.mode,
+            DedupMode::kExact);
+  // A mapping means near duplicates unless it says otherwise; it round-trips through job.yaml.
+  const JobSpec mapped = Parse(
+      head + "data: {train: data/train.jsonl, format: tokens, dedup: {threshold: 0.9, shingle: words, ngram: 3}}\n");
+  EXPECT_EQ(mapped.data.dedup.mode, DedupMode::kNear);
+  EXPECT_DOUBLE_EQ(mapped.data.dedup.similarity.threshold, 0.9);
+  EXPECT_EQ(mapped.data.dedup.similarity.unit, ShingleUnit::kWords);
+  EXPECT_EQ(mapped.data.dedup.similarity.ngram, 3);
+  const JobSpec again = ParseJobSpec(JobSpecToYaml(mapped), "job.yaml", "/");
+  EXPECT_EQ(again.data.dedup.mode, DedupMode::kNear);
+  EXPECT_EQ(again.data.dedup.similarity.ngram, 3);
+  EXPECT_EQ(Parse(head + "data: {train: data/train.jsonl, format: tokens, dedup: {mode: exact}}\n").data.dedup.mode,
+            DedupMode::kExact);
+  ExpectProblem(head + "data: {train: data/train.jsonl, format: tokens, dedup: nearly}\n",
+                {"data.dedup", "did you mean 'near'"});
+  ExpectProblem(head + "data: {train: data/train.jsonl, format: tokens, dedup: {threshold: 0}}\n",
+                {"data.dedup.threshold", "0"});
+  ExpectProblem(head + "data: {train: data/train.jsonl, format: tokens, dedup: [near]}\n",
+                {"data.dedup", "expected a mapping"});
+  ExpectProblem(head + "data: {train: data/train.jsonl, format: tokens, dedup: {mode: near, shingels: words}}\n",
+                {"data.dedup.shingels", "did you mean 'shingle'"});
+  ExpectProblem(head + "data: {train: data/train.jsonl, format: text, balance: oversample}\n",
+                {"data.balance", "a language model has none"});
+  ExpectProblem(
+      "name: x\nmodel: {path: model, task: token_classification}\noutput: {dir: out}\n"
+      "data: {train: data/train.jsonl, format: ner, balance: oversample}\n",
+      {"data.balance", "use class_weights for ner"});
+}
+
 TEST_F(JobSpecTest, MultiTaskData) {
   const JobSpec spec = Parse(R"(name: x
 model: {path: model}

@@ -493,7 +493,8 @@ DataError::DataError(std::vector<DataIssue> issues, size_t total)
               if (total > issues.size()) message += fmt::format("\n  ... and {} more", total - issues.size());
               return message;
             }()),
-      issues_(std::move(issues)) {}
+      issues_(std::move(issues)),
+      total_(total) {}
 
 Example RenderChat(const std::vector<ChatMessage>& messages, const FormatOptions& options) {
   SequenceBuilder b(options);
@@ -716,6 +717,74 @@ SliceReport RenderRecords(const fs::path& path, const FormatOptions& options, co
   report.issues = issues.issues();
   report.total_issues = issues.total();
   return report;
+}
+
+namespace {
+
+// The string at record[key], or "" (the records were validated when the token cache was built).
+std::string StringAt(const json& record, const char* key) {
+  const auto it = record.find(key);
+  return it != record.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+std::string RecordText(const json& record, DataFormat format) {
+  if (!record.is_object()) return record.dump();
+  std::string text;
+  const auto append = [&text](const std::string& part) { text += (text.empty() ? "" : "\n") + part; };
+  switch (format) {
+    case DataFormat::kChat:
+    case DataFormat::kShareGpt: {
+      const bool chat = format == DataFormat::kChat;
+      const auto turns = record.find(chat ? "messages" : "conversations");
+      if (turns == record.end() || !turns->is_array()) break;
+      for (const json& turn : *turns) {
+        if (turn.is_object())
+          append(StringAt(turn, chat ? "role" : "from") + ": " + StringAt(turn, chat ? "content" : "value"));
+      }
+      break;
+    }
+    case DataFormat::kCompletion:
+      append(StringAt(record, "prompt"));
+      append(StringAt(record, "completion"));
+      break;
+    case DataFormat::kAlpaca:
+      for (const char* key : {"instruction", "input", "output"}) append(StringAt(record, key));
+      break;
+    case DataFormat::kText:
+      append(StringAt(record, "text"));
+      break;
+    case DataFormat::kClassification:
+      append(StringAt(record, "text"));
+      if (record.contains("text_pair")) append(StringAt(record, "text_pair"));
+      break;
+    case DataFormat::kNer: {
+      const auto words = record.find("tokens");
+      if (words == record.end() || !words->is_array()) break;
+      for (const json& word : *words)
+        text += (text.empty() ? "" : " ") + (word.is_string() ? word.get<std::string>() : "");
+      break;
+    }
+    case DataFormat::kTokens: {
+      const auto ids = record.find("input_ids");
+      if (ids == record.end() || !ids->is_array()) break;
+      for (const json& id : *ids) text += (text.empty() ? "" : " ") + id.dump();
+      break;
+    }
+  }
+  return text;
+}
+
+}  // namespace
+
+RecordTexts ReadRecordTexts(const fs::path& path, DataFormat format) {
+  RecordTexts records;
+  Issues ignored;  // the records were validated when the token cache was built
+  int64_t lines = 0;
+  ForEachRecord(path, RecordSlice{}, ignored, &lines, [&](const json& record, int64_t line) {
+    records.texts.push_back(RecordText(record, format));
+    records.lines.push_back(line);
+  });
+  return records;
 }
 
 void ThrowIfProblems(const fs::path& path, std::vector<DataIssue> issues, size_t total, int64_t examples) {

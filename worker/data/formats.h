@@ -46,9 +46,11 @@ class DataError : public Error {
  public:
   explicit DataError(std::vector<DataIssue> issues, size_t total);
   const std::vector<DataIssue>& issues() const { return issues_; }
+  size_t total() const { return total_; }
 
  private:
   std::vector<DataIssue> issues_;
+  size_t total_ = 0;
 };
 
 struct FormatOptions {
@@ -101,6 +103,15 @@ SliceReport RenderRecords(const std::filesystem::path& path, const FormatOptions
 // Throws the DataError of a file's problems (the first 50 of `issues`, `total` in all), or of an
 // empty file when there are no problems and no examples.
 void ThrowIfProblems(const std::filesystem::path& path, std::vector<DataIssue> issues, size_t total, int64_t examples);
+// Every record's text as deduplication compares records (near_duplicates.h), in file order: the
+// values its format reads, joined by newlines (chat and sharegpt: "role: content" a message; ner:
+// the words joined by spaces; tokens: the ids), without labels or weights. For a file that
+// renders without problems, texts[i] is the record of the token cache's document i.
+struct RecordTexts {
+  std::vector<std::string> texts;
+  std::vector<int64_t> lines;  // each record's line (JSONL) or element (JSON array), from 1
+};
+RecordTexts ReadRecordTexts(const std::filesystem::path& path, DataFormat format);
 // Cuts an example to its first `max_len` tokens (labels and segments with them).
 void TruncateExample(Example& example, int64_t max_len);
 

@@ -74,6 +74,8 @@ class TokenCache {
   int64_t Length(int64_t i) const { return static_cast<int64_t>(offsets_[i + 1] - offsets_[i]); }
   // Example i as ReadDataset gives it, cut to `max_len` tokens when max_len > 0.
   Example Read(int64_t i, int64_t max_len) const;
+  // Example i's class (classification), -1 for none.
+  int64_t ClassOf(int64_t i) const { return classes_[i]; }
   // How many examples are longer than `max_len` (and are cut by Read).
   int64_t LongerThan(int64_t max_len) const;
   // classification and ner: the label (or tag) names, index = id, and how often each occurs.

@@ -231,6 +231,11 @@ namespace {
 // evaluation pass them, so that counting waits for no device (the losses' targets move there).
 int64_t CountTargets(const at::Tensor& labels) { return labels.ne(-100).sum().item<int64_t>(); }
 
+// The class weights where the logits are, in their type; undefined stays undefined.
+at::Tensor WeightsFor(const at::Tensor& class_weights, const at::Tensor& logits) {
+  return class_weights.defined() ? class_weights.to(logits.device(), logits.scalar_type()) : class_weights;
+}
+
 }  // namespace
 
 LossSum CausalLmLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing) {
@@ -268,20 +273,22 @@ at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_ma
 }
 
 LossSum SequenceClassificationLossSum(const at::Tensor& pooled_logits, const at::Tensor& class_labels,
-                                      double label_smoothing) {
+                                      double label_smoothing, const at::Tensor& class_weights) {
   LossSum loss;
   loss.tokens = CountTargets(class_labels);
-  loss.sum = at::cross_entropy_loss(pooled_logits, ToDevice(class_labels, pooled_logits.device()), {},
-                                    at::Reduction::Sum, -100, label_smoothing);
+  loss.sum =
+      at::cross_entropy_loss(pooled_logits, ToDevice(class_labels, pooled_logits.device()),
+                             WeightsFor(class_weights, pooled_logits), at::Reduction::Sum, -100, label_smoothing);
   return loss;
 }
 
-LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing) {
+LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing,
+                                   const at::Tensor& class_weights) {
   const at::Tensor flat = labels.reshape({-1});
   LossSum loss;
   loss.tokens = CountTargets(flat);
-  loss.sum = at::cross_entropy_loss(logits.reshape({-1, logits.size(2)}), ToDevice(flat, logits.device()), {},
-                                    at::Reduction::Sum, -100, label_smoothing);
+  loss.sum = at::cross_entropy_loss(logits.reshape({-1, logits.size(2)}), ToDevice(flat, logits.device()),
+                                    WeightsFor(class_weights, logits), at::Reduction::Sum, -100, label_smoothing);
   return loss;
 }
 

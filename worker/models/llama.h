@@ -140,9 +140,11 @@ std::pair<at::Tensor, at::Tensor> CausalLmLossPerExample(const at::Tensor& logit
 at::Tensor PooledLogits(const at::Tensor& logits, const at::Tensor& attention_mask);
 // Cross-entropy sums of the heads: over the examples with a class (-100: none), of pooled logits
 // (B, L); and over the tokens with a tag (labels aligned with the tokens, not shifted; -100
-// ignored), of logits (B, S, L).
+// ignored), of logits (B, S, L). `class_weights` (L,), when defined, weighs each target's
+// cross-entropy by its class (data.balance: class_weights); `tokens` still counts the targets.
 LossSum SequenceClassificationLossSum(const at::Tensor& pooled_logits, const at::Tensor& class_labels,
-                                      double label_smoothing = 0.0);
-LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing = 0.0);
+                                      double label_smoothing = 0.0, const at::Tensor& class_weights = {});
+LossSum TokenClassificationLossSum(const at::Tensor& logits, const at::Tensor& labels, double label_smoothing = 0.0,
+                                   const at::Tensor& class_weights = {});
 
 }  // namespace shardtune
