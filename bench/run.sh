@@ -25,6 +25,8 @@ else
   echo "SKIPPED: $fixtures is absent"
 fi
 echo
+"$build_dir/bin/dedup_bench" $([ -n "$quick" ] && echo "100000 2000")
+echo
 scale_work=$(mktemp -d /tmp/shardtune-scale.XXXXXX)
 /usr/bin/python3 bench/scale_bench.py "$build_dir" "$scale_work" $quick
 rm -rf "$scale_work"
