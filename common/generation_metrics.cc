@@ -55,21 +55,37 @@ std::string SubstitutePairs(const std::string& s, First first, Second second, st
   return out;
 }
 
+// The length of the whitespace character at text[i] as Python's str.split() sees it (ASCII
+// whitespace, \x1c-\x1f, and the Unicode spaces and separators, in UTF-8), or 0.
+size_t WhitespaceAt(std::string_view text, size_t i) {
+  const auto c = static_cast<unsigned char>(text[i]);
+  if (c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f)) return 1;
+  const auto byte = [&](size_t k) { return i + k < text.size() ? static_cast<unsigned char>(text[i + k]) : 0; };
+  if (c == 0xC2 && (byte(1) == 0x85 || byte(1) == 0xA0)) return 2;  // U+0085, U+00A0
+  if (c == 0xE1 && byte(1) == 0x9A && byte(2) == 0x80) return 3;    // U+1680
+  if (c == 0xE2 && byte(1) == 0x80 &&
+      ((byte(2) >= 0x80 && byte(2) <= 0x8A) || byte(2) == 0xA8 || byte(2) == 0xA9 || byte(2) == 0xAF)) {
+    return 3;  // U+2000-200A, U+2028, U+2029, U+202F
+  }
+  if (c == 0xE2 && byte(1) == 0x81 && byte(2) == 0x9F) return 3;  // U+205F
+  if (c == 0xE3 && byte(1) == 0x80 && byte(2) == 0x80) return 3;  // U+3000
+  return 0;
+}
+
+// Python's str.split(): runs of whitespace separate words.
 std::vector<std::string> Words(std::string_view text) {
   std::vector<std::string> words;
-  size_t i = 0;
-  while (i < text.size()) {
-    while (i < text.size() && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r' ||
-                               text[i] == '\f' || text[i] == '\v')) {
-      ++i;
+  std::string word;
+  for (size_t i = 0; i < text.size();) {
+    if (const size_t space = WhitespaceAt(text, i)) {
+      if (!word.empty()) words.push_back(std::move(word));
+      word.clear();
+      i += space;
+    } else {
+      word.push_back(text[i++]);
     }
-    const size_t begin = i;
-    while (i < text.size() && !(text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r' ||
-                                text[i] == '\f' || text[i] == '\v')) {
-      ++i;
-    }
-    if (i > begin) words.emplace_back(text.substr(begin, i - begin));
   }
+  if (!word.empty()) words.push_back(std::move(word));
   return words;
 }
 
@@ -171,6 +187,8 @@ RougeScore RougeL(std::string_view target, std::string_view prediction) {
 }
 
 std::string Tokenize13a(std::string_view text) {
+  // sacreBLEU strips trailing whitespace before tokenizing (BLEU._preprocess_segment).
+  while (!text.empty() && WhitespaceAt(text, text.size() - 1) == 1) text.remove_suffix(1);
   std::string line(text);
   line = ReplaceAll(line, "<skipped>", "");
   line = ReplaceAll(line, "-\n", "");
@@ -245,6 +263,10 @@ BleuScore CorpusBleu(const std::vector<std::string>& hypotheses,
       total[n - 1] += std::max<int64_t>(0, length - static_cast<int64_t>(n) + 1);
     }
   }
+  const double c = static_cast<double>(bleu.hypothesis_length), r = static_cast<double>(bleu.reference_length);
+  bleu.brevity_penalty = c >= r ? 1.0 : (c > 0 ? std::exp(1.0 - r / c) : 0.0);
+  // No n-gram of any order matches: 0, with every precision 0 (as sacreBLEU returns early).
+  if (correct[0] + correct[1] + correct[2] + correct[3] == 0) return bleu;
   // sacreBLEU's "exp" smoothing: the k-th order with no match counts 1 / 2^k matches.
   double smooth = 1.0, log_sum = 0.0;
   bool zero = false;
@@ -261,8 +283,6 @@ BleuScore CorpusBleu(const std::vector<std::string>& hypotheses,
     }
     log_sum += std::log(bleu.precisions[n]);
   }
-  const double c = static_cast<double>(bleu.hypothesis_length), r = static_cast<double>(bleu.reference_length);
-  bleu.brevity_penalty = c >= r ? 1.0 : (c > 0 ? std::exp(1.0 - r / c) : 0.0);
   bleu.score = zero ? 0.0 : bleu.brevity_penalty * std::exp(log_sum / 4.0);
   return bleu;
 }

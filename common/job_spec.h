@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/near_duplicates.h"
+#include "common/text_augmentation.h"
 
 namespace shardtune {
 
@@ -139,6 +140,10 @@ struct DataSpec {
   // classification and ner: none, minority classes' training examples repeated (classification),
   // or the loss weighted by class (docs/data.md, "Class balance").
   BalanceMode balance = BalanceMode::kNone;
+  // classification and ner: `copies` new sentences per training example, made by EDA's
+  // operations (docs/data.md, "Augmentation"), synonyms from the system's WordNet; the seed is
+  // training.seed.
+  AugmentOptions augment;
 };
 
 struct OptimizerSpec {

@@ -148,6 +148,11 @@ void CheckTaskAndData(Checks& c) {
               "oversample repeats examples of rare classes, and an NER sentence holds many tags; use "
               "class_weights for ner");
   }
+  if (spec.data.augment.copies > 0 && !classification && !ner) {
+    c.Problem("data.augment.copies",
+              "EDA's word operations keep a class or tags meaningful; they apply to "
+              "classification and ner data, not to what a language model generates");
+  }
   if (spec.output.generations > 0 && (classification || ner || spec.data.format == DataFormat::kTokens)) {
     c.Problem("output.generations",
               "generated answers need a language model (model.task causal_lm) trained on text data, not token ids");

@@ -94,6 +94,14 @@ void EmitData(YAML::Emitter& out, const DataSpec& d) {
   out << YAML::Key << "ngram" << YAML::Value << d.dedup.similarity.ngram;
   out << YAML::EndMap;
   out << YAML::Key << "balance" << YAML::Value << NameOf(kBalanceModes, d.balance);
+  const AugmentOptions& a = d.augment;
+  out << YAML::Key << "augment" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "copies" << YAML::Value << a.copies;
+  out << YAML::Key << "synonym_replacement" << YAML::Value << a.synonym_replacement;
+  out << YAML::Key << "random_insertion" << YAML::Value << a.random_insertion;
+  out << YAML::Key << "random_swap" << YAML::Value << a.random_swap;
+  out << YAML::Key << "random_deletion" << YAML::Value << a.random_deletion;
+  out << YAML::EndMap;
   if (!d.tasks.empty()) {
     out << YAML::Key << "mixing_temperature" << YAML::Value << d.mixing_temperature;
     out << YAML::Key << "tasks" << YAML::Value << YAML::BeginSeq;

@@ -160,6 +160,14 @@ void ReadData(MapReader m, DataSpec* data) {
   m.Path("cache_dir", &data->cache_dir);
   ReadDedup(m, &data->dedup);
   m.Enum("balance", &data->balance, kBalanceModes);
+  MapReader augment = m.Section("augment");
+  AugmentOptions& a = data->augment;
+  augment.Int("copies", &a.copies, 0, 100);
+  augment.Double("synonym_replacement", &a.synonym_replacement, 0.0, 1.0);
+  augment.Double("random_insertion", &a.random_insertion, 0.0, 1.0);
+  augment.Double("random_swap", &a.random_swap, 0.0, 1.0);
+  augment.Double("random_deletion", &a.random_deletion, 0.0, 1.0);
+  augment.Finish();
   m.Finish();
 }
 

@@ -191,13 +191,19 @@ double NearDuplicateIndex::Similarity(const Fingerprint& fingerprint, int64_t sl
 
 template <typename Visit>
 void NearDuplicateIndex::ForEachCandidate(const Fingerprint& fingerprint, Visit visit) const {
-  // A slot may share several bands with the text: each is visited once, in the order added.
+  // A slot may share several bands with the text: each is visited once, in the order added. A
+  // band's bucket is walked from its newest slot back, at most kBucketWalk of them: texts that
+  // share long boilerplate crowd into the same buckets, and an unbounded walk would make the
+  // search quadratic (a copy older than that many look-alikes in every band is missed).
+  constexpr int kBucketWalk = 64;
   std::vector<int32_t> slots;
   for (int band = 0; band < bands_; ++band) {
     const auto& bucket = buckets_[static_cast<size_t>(band)];
     const auto it = bucket.find(BandKey(fingerprint, band));
     if (it == bucket.end()) continue;
-    for (int32_t slot = it->second; slot >= 0; slot = next_[static_cast<size_t>(band)][static_cast<size_t>(slot)]) {
+    int walked = 0;
+    for (int32_t slot = it->second; slot >= 0 && walked < kBucketWalk;
+         slot = next_[static_cast<size_t>(band)][static_cast<size_t>(slot)], ++walked) {
       slots.push_back(slot);
     }
   }

@@ -16,6 +16,7 @@ packages=(
   python3-grpcio python3-protobuf
   systemd  # systemd-analyze verify on the service's unit (e2e.install); nothing is started
   prometheus  # promtool, which e2e.metrics checks GET /metrics with (the daemon is not started)
+  wordnet-base  # WordNet's synonyms, for data.augment's synonym replacement and insertion
 )
 # `install-deps.sh bench` adds what `make bench` needs: the PyTorch baseline and gnuplot.
 if [ "${1:-}" = bench ]; then

@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/generation_metrics.h"
@@ -42,16 +44,19 @@ DataFormat FormatFor(const std::string& name, ModelTask task) {
   return *format;
 }
 
+// `ids` without the end-of-sequence tokens it ends with: an answer's end is not part of its
+// text (a tokenizer that does not list the model's EOS as special would decode it as a byte).
+std::vector<int64_t> WithoutEnd(std::vector<int64_t> ids, const std::vector<int64_t>& eos) {
+  while (!ids.empty() && std::find(eos.begin(), eos.end(), ids.back()) != eos.end()) ids.pop_back();
+  return ids;
+}
+
 // Each example's answers to its prompt, scored against its reference.
 nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loaded, const TokenDataset& dataset,
                                 const Tokenizer& tokenizer, DataFormat format) {
   if (loaded.config.task() != ModelTask::kCausalLm || !loaded.model) {
     Fail(ErrorCode::kInvalidArgument, "--metrics: generation metrics need a language model (this one is {})",
          ToString(loaded.config.task()));
-  }
-  if (o.num_samples > 1 && o.generate.temperature == 0.0) {
-    Fail(ErrorCode::kInvalidArgument, "--num-samples {}: greedy answers are all alike; give --temperature > 0",
-         o.num_samples);
   }
   GenerationScorer scorer(o.generation_metrics);
   // The examples' lines in the file, for errors (the file rendered whole, so they align).
@@ -61,16 +66,21 @@ nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loa
     const auto [prompt, reference_ids] = SplitAtTargets(dataset.examples[i]);
     const int64_t line = i < records.lines.size() ? records.lines[i] : static_cast<int64_t>(i + 1);
     const std::string where = fmt::format("{}:{}", o.data.string(), line);
-    if (prompt.empty() || reference_ids.empty()) {
-      Fail(ErrorCode::kInvalidArgument, "{}: no prompt or no reference to generate against (format {})", where,
-           ToString(format));
+    if (reference_ids.empty())
+      Fail(ErrorCode::kInvalidArgument, "{}: the example has no trained tokens to score", where);
+    if (prompt.empty()) {
+      Fail(ErrorCode::kInvalidArgument,
+           "{}: nothing to answer: the example's trained tokens start at its first token (format {}); generation "
+           "metrics need prompts and answers (completion, alpaca, chat or sharegpt data)",
+           where, ToString(format));
     }
-    const std::string reference = tokenizer.Decode(reference_ids, /*skip_special_tokens=*/true);
+    const std::vector<int64_t>& eos = loaded.config.eos_token_ids();
+    const std::string reference = tokenizer.Decode(WithoutEnd(reference_ids, eos), /*skip_special_tokens=*/true);
     for (int64_t k = 0; k < o.num_samples; ++k) {
       GenerateOptions options = o.generate;
       options.seed = o.generate.seed + static_cast<uint64_t>(i) * 1000003ULL + static_cast<uint64_t>(k);
       const std::string generated =
-          tokenizer.Decode(Generate(*loaded.model, prompt, options), /*skip_special_tokens=*/true);
+          tokenizer.Decode(WithoutEnd(Generate(*loaded.model, prompt, options), eos), /*skip_special_tokens=*/true);
       scorer.Add(generated, reference, where);
       if (!o.generations_out.empty()) {
         lines += nlohmann::json({{"line", line},
@@ -89,6 +99,14 @@ nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loa
 }  // namespace
 
 nlohmann::json EvaluateModel(const EvaluateOptions& o) {
+  // The generation options are checked before anything is loaded.
+  if (!o.generation_metrics.empty()) {
+    GenerationScorer check(o.generation_metrics);
+    if (o.num_samples > 1 && o.generate.temperature == 0.0) {
+      Fail(ErrorCode::kInvalidArgument, "--num-samples {}: greedy answers are all alike; give --temperature > 0",
+           o.num_samples);
+    }
+  }
   ClassifierHead head;
   if (!o.adapter.empty()) {
     const nlohmann::json adapter =
@@ -139,7 +157,10 @@ nlohmann::json EvaluateModel(const EvaluateOptions& o) {
   if (!o.generation_metrics.empty()) {
     if (!data.tokenizer)
       Fail(ErrorCode::kInvalidArgument, "--metrics: generation metrics need text data, not token ids");
-    result["generation"] = ScoreGenerations(o, loaded, dataset, *data.tokenizer, spec.data.format);
+    // Whole examples: a reference cut at --max-seq-len would be scored as if it were the answer.
+    FormatOptions whole = data.options;
+    whole.max_seq_len = 0;
+    result["generation"] = ScoreGenerations(o, loaded, ReadDataset(o.data, whole), *data.tokenizer, spec.data.format);
   }
   spdlog::info("{} examples of {}: {}", dataset.examples.size(), o.data.string(), Evaluation::Summary(result));
   return result;

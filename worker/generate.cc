@@ -36,13 +36,15 @@ int64_t SampleToken(const at::Tensor& logits, const GenerateOptions& options, st
 }  // namespace
 
 PromptAndReference SplitAtTargets(const Example& e) {
-  const auto first = std::find_if(e.labels.begin(), e.labels.end(), [](int64_t l) { return l != -100; });
-  const auto split = first - e.labels.begin();
+  // The last run of trained tokens is the reference; everything before it, earlier answers of a
+  // conversation included, is the prompt.
+  auto end = e.labels.end();
+  while (end != e.labels.begin() && *(end - 1) == -100) --end;
+  auto begin = end;
+  while (begin != e.labels.begin() && *(begin - 1) != -100) --begin;
   PromptAndReference out;
-  out.prompt.assign(e.input_ids.begin(), e.input_ids.begin() + split);
-  for (auto it = first; it != e.labels.end(); ++it) {
-    if (*it != -100) out.reference.push_back(*it);
-  }
+  out.prompt.assign(e.input_ids.begin(), e.input_ids.begin() + (begin - e.labels.begin()));
+  out.reference.assign(begin, end);
   return out;
 }
 

@@ -20,8 +20,9 @@ struct GenerateOptions {
   bool stop_at_eos = true;  // stop after generating one of config.eos_token_ids
 };
 
-// A rendered example cut where its trained tokens start: the prompt is everything before the
-// first trained token, the reference the trained tokens (what the model should answer).
+// A rendered example cut where its last run of trained tokens starts: the reference is that run
+// (the last answer: a completion, or a conversation's last assistant turn and its end token), the
+// prompt everything before it (the conversation so far).
 struct PromptAndReference {
   std::vector<int64_t> prompt, reference;
 };

@@ -4,7 +4,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <functional>
+#include <numeric>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "worker/data/communicator_cache_group.h"
 #include "worker/data/formats.h"
@@ -83,6 +86,62 @@ TaskSelection Trainer::SelectTaskExamples(const TaskSpec& task, const TokenCache
   return selection;
 }
 
+std::shared_ptr<const TokenCache> Trainer::AugmentedData(const TaskSpec& task, const std::vector<int64_t>& documents,
+                                                         const JobDataOptions& job_data, const FormatOptions& options) {
+  AugmentOptions augment = spec_.data.augment;
+  augment.seed = spec_.training.seed;
+  // The copies must be the same on every rank: synonyms are used only when every rank has WordNet.
+  const std::filesystem::path wordnet = Synonyms::DefaultDir();
+  const bool here = std::filesystem::exists(wordnet / "data.noun");
+  at::Tensor have = at::tensor({here ? 1.0 : 0.0}, at::TensorOptions().dtype(at::kDouble)).to(device_);
+  AllReduceSumNow(world_, have, CollectiveTag{"augment: wordnet"});
+  Synonyms synonyms;
+  if (have.cpu().item<double>() == static_cast<double>(world_.size())) {
+    synonyms = Synonyms::Load(wordnet);
+  } else {
+    if (rank0_) {
+      spdlog::warn(
+          "augment: WordNet ({}; Debian: apt install wordnet-base) is missing on {} rank(s): synonym "
+          "replacement and insertion are skipped",
+          wordnet.string(), world_.size() - static_cast<int64_t>(have.cpu().item<double>()));
+    }
+    augment.synonym_replacement = augment.random_insertion = 0;
+  }
+  // Every rank makes the same records (a function of the data, the options and the seed), so the
+  // file's name, from their hash, is the same on every rank; rank 0 writes it, and every rank
+  // learns whether that worked before any reads it.
+  const std::string records = AugmentedRecords(task.train, task.format, documents, augment, synonyms);
+  const std::filesystem::path dir =
+      spec_.data.cache_dir.empty() ? run_dir_.Cache() : std::filesystem::path(spec_.data.cache_dir);
+  const std::filesystem::path file =
+      dir / fmt::format("{}-augmented-{:016x}.jsonl", std::filesystem::path(task.train).stem().string(),
+                        std::hash<std::string>{}(records));
+  std::string problem;
+  if (rank0_ && !records.empty() && !std::filesystem::exists(file)) {
+    try {
+      WriteFileAtomic(file, records);
+    } catch (const std::exception& e) {
+      problem = e.what();
+    }
+  }
+  at::Tensor failed = at::tensor({problem.empty() ? 0.0 : 1.0}, at::TensorOptions().dtype(at::kDouble)).to(device_);
+  AllReduceSumNow(world_, failed, CollectiveTag{"augment: written"});
+  if (failed.cpu().item<double>() > 0) {
+    Fail(ErrorCode::kInternal, "augment: rank 0 could not write {}{}", file.string(),
+         problem.empty() ? "" : ": " + problem);
+  }
+  if (records.empty()) {
+    if (rank0_) spdlog::warn("augment: no operation changed any training example: no new examples");
+    return nullptr;
+  }
+  const std::shared_ptr<const TokenCache> cache = CachedData(file.string(), job_data, options);
+  if (rank0_) {
+    spdlog::info("augment: {} new examples, up to {} for each of {} training examples ({})", cache->size(),
+                 augment.copies, documents.size(), file.string());
+  }
+  return cache;
+}
+
 void Trainer::UseClassWeights(const TokenCache& train, const std::vector<int64_t>& documents) {
   // Classification: the classes of the training documents used; NER: the tags of the file.
   std::vector<int64_t> counts = train.label_counts();
@@ -138,9 +197,16 @@ void Trainer::LoadData() {
     validation_.Add(held ? held : train, std::move(selection.validation), max_seq_len_, /*pack=*/false);
     std::vector<int64_t> kept = std::move(selection.train);
     if (spec_.data.balance == BalanceMode::kClassWeights) UseClassWeights(*train, kept);
+    const std::shared_ptr<const TokenCache> augmented =
+        spec_.data.augment.copies > 0 ? AugmentedData(task, kept, job_data, options) : nullptr;
     const size_t documents = kept.size();
-    // Packed within the task: task ranges stay whole.
-    const int64_t examples = train_.Add(train, std::move(kept), max_seq_len_, spec_.data.packing);
+    // Packed within the task: task ranges stay whole (the augmented examples are the task's too).
+    int64_t examples = train_.Add(train, std::move(kept), max_seq_len_, spec_.data.packing);
+    if (augmented) {
+      std::vector<int64_t> all(static_cast<size_t>(augmented->size()));
+      std::iota(all.begin(), all.end(), int64_t{0});
+      examples += train_.Add(augmented, std::move(all), max_seq_len_, spec_.data.packing);
+    }
     if (spec_.data.packing && rank0_) {
       spdlog::info("packing{}: {} examples in {} sequences of at most {} tokens",
                    task.name.empty() ? "" : " " + task.name, documents, examples, max_seq_len_);

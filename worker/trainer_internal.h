@@ -101,6 +101,10 @@ class Trainer {
   // data.dedup and data.balance say (collective only through the token caches before it).
   TaskSelection SelectTaskExamples(const TaskSpec& task, const TokenCache& train, const TokenCache* held,
                                    uint64_t seed) const;
+  // data.augment: the task's augmented training examples, made from `documents` of its training
+  // file, written into the cache directory and read back as a token cache (collective).
+  std::shared_ptr<const TokenCache> AugmentedData(const TaskSpec& task, const std::vector<int64_t>& documents,
+                                                  const JobDataOptions& job_data, const FormatOptions& options);
   // data.balance: class_weights: class_weights_ from the classes of `documents` of `train`.
   void UseClassWeights(const TokenCache& train, const std::vector<int64_t>& documents);
   // This step's global batch: its examples' indices in train_, rank by rank.

@@ -187,7 +187,7 @@ json ValidateData(const std::string& job_path) {
                      {"removes", removes}};
   const int64_t global = spec.GlobalBatchSize(spec.resources.world_size());
   report["per_epoch"] = {{"tokens", train_tokens},
-                         {"steps", (train_examples - removes) / global},
+                         {"steps", train_examples / global},
                          {"global_batch", global},
                          {"before_validation_split", spec.data.validation_split > 0}};
   report["ok"] = true;

@@ -120,7 +120,75 @@ sed 's/balance: none/balance: oversample/' plain.yaml | sed 's/sequence_classifi
 out=$("$bin/shardtune" validate-data lm.yaml 2>&1)
 expect_contains "balance needs classes" "$out" "data.balance"
 
-# 4. Bad data: the JSON report lists each problem with file, line and code.
+# 4. data.augment: EDA copies of each training example, deterministic, labels and tags kept.
+# (Made-up words have no synonyms: swap and deletion make the copies.)
+sed 's/balance: none/balance: none, augment: {copies: 2, synonym_replacement: 0, random_insertion: 0, random_deletion: 0.5}/' plain.yaml | sed 's/name: plain/name: augmented/;s|runs/plain|runs/augmented|' > augmented.yaml
+out=$("$bin/shardtune" train augmented.yaml 2>&1)
+expect_eq "an augmented job trains" "$?" "0"
+new=$(cat runs/augmented/cache/train-augmented-*.jsonl | wc -l)
+[ "$new" -gt 600 ] && pass "nearly every example got two changed copies ($new)" || fail "only $new augmented examples"
+expect_contains "the log counts the new examples" "$out" "augment: $new new examples, up to 2 for each of 340 training examples"
+expect_contains "augmented examples train; validation is unchanged" "$out" "data: $((340 + new)) training examples, 50 validation examples"
+labels=$(python3 - runs/augmented/cache/train-augmented-*.jsonl <<'PY'
+import json, sys
+train = [json.loads(l) for l in open("train.jsonl")]
+label_of = {" ".join(sorted(r["text"].split())): r["label"] for r in train}
+augmented = [json.loads(l) for l in open(sys.argv[1])]
+# A swapped copy has its original's words: its label must be the original's.
+swapped = [r for r in augmented if " ".join(sorted(r["text"].split())) in label_of]
+print(len(swapped) > 250, all(label_of[" ".join(sorted(r["text"].split()))] == r["label"] for r in swapped))
+PY
+)
+expect_eq "copies keep their example's label" "$labels" "True True"
+first=$(cat runs/augmented/cache/train-augmented-*.jsonl | md5sum)
+rm -rf runs/augmented
+"$bin/shardtune" train augmented.yaml > /dev/null 2>&1
+expect_eq "augmentation is deterministic: the same records again" \
+  "$(cat runs/augmented/cache/train-augmented-*.jsonl | md5sum)" "$first"
+# NER: sentences around two-word entities; every augmented record keeps its original's entities.
+python3 - <<'PY'
+import json, random
+rng = random.Random(3)
+words = "the report said that a meeting was held on monday with good results and a great film".split()
+people, places = [["Ada", "Lovelace"], ["Alan", "Turing"]], [["New", "York"], ["Buenos", "Aires"]]
+with open("ner.jsonl", "w") as f, open("ner-val.jsonl", "w") as v:
+    for n in range(60):
+        toks = [rng.choice(words) for _ in range(rng.randint(4, 9))]
+        tags = ["O"] * len(toks)
+        for entity, kind in ((rng.choice(people), "PER"), (rng.choice(places), "LOC")):
+            at = rng.choice([i for i in range(len(toks) + 1) if i == len(toks) or not tags[i].startswith("I-")])
+            toks[at:at] = entity
+            tags[at:at] = ["B-" + kind] + ["I-" + kind] * (len(entity) - 1)
+        (v if n >= 50 else f).write(json.dumps({"tokens": toks, "tags": tags}) + "\n")
+PY
+cat > ner-aug.yaml <<YAML
+name: ner-aug
+model: {path: bert, task: token_classification}
+data: {train: ner.jsonl, validation: ner-val.jsonl, format: ner, max_seq_len: 128, augment: {copies: 3, synonym_replacement: 0.3, random_insertion: 0.3, random_swap: 0.3, random_deletion: 0.3}, balance: class_weights}
+training: {max_steps: 2, micro_batch_size: 8}
+output: {dir: runs/ner-aug}
+YAML
+out=$("$bin/shardtune" train ner-aug.yaml 2>&1)
+expect_eq "an augmented NER job trains" "$?" "0"
+aligned=$(python3 - runs/ner-aug/cache/ner-augmented-*.jsonl <<'PY'
+import json, sys
+originals = [json.loads(l) for l in open("ner.jsonl")]
+augmented = [json.loads(l) for l in open(sys.argv[1])]
+def entities(r): return [(w, t) for w, t in zip(r["tokens"], r["tags"]) if t != "O"]
+# Copies come in their originals' order (unchanged copies are dropped): match them in order.
+ok, j, changed = len(augmented) >= 2 * len(originals), 0, 0
+for r in augmented:
+    while j < len(originals) and entities(originals[j]) != entities(r):
+        j += 1
+    ok &= j < len(originals) and len(r["tokens"]) == len(r["tags"])
+    ok &= all(t[2:] == r["tags"][i - 1][2:] for i, t in enumerate(r["tags"]) if t.startswith("I-"))
+    changed += j < len(originals) and r["tokens"] != originals[j]["tokens"]
+print(ok, changed == len(augmented))
+PY
+)
+expect_eq "augmented NER records keep every entity whole, in order, with aligned BIO tags" "$aligned" "True True"
+
+# 5. Bad data: the JSON report lists each problem with file, line and code.
 { head -n 2 train.jsonl; echo '{"text": "no label"}'; echo 'not json'; } > bad.jsonl
 sed 's/train: train.jsonl/train: bad.jsonl/' plain.yaml > bad.yaml
 "$bin/shardtune" validate-data bad.yaml --output json > bad.json 2> /dev/null

@@ -30,6 +30,9 @@ TEST(Bleu, Tokenizes13a) {
   EXPECT_EQ(Tokenize13a("It wasn't surprising."), "It wasn't surprising .");
   EXPECT_EQ(Tokenize13a("Pi is 3.14, e is 2.72."), "Pi is 3.14 , e is 2.72 .");
   EXPECT_EQ(Tokenize13a("(a) &amp; b-c 1-2 x/y"), "( a ) & b-c 1 - 2 x / y");
+  // Python's str.split() separates at Unicode spaces too; trailing whitespace goes first.
+  EXPECT_EQ(Tokenize13a("mot\u00a0: fin\u3000x"), "mot : fin x");
+  EXPECT_EQ(Tokenize13a("well-\n"), "well-");
 }
 
 // sacreBLEU's README: corpus_score of these gives
@@ -54,6 +57,10 @@ TEST(Bleu, EqualsSacreBleusDocumentedExample) {
 TEST(Bleu, PerfectAndEmptyAndSmoothed) {
   EXPECT_NEAR(CorpusBleu({"a b c d e"}, {{"a b c d e"}}).score, 100.0, 1e-9);
   EXPECT_EQ(CorpusBleu({""}, {{"a b c d"}}).score, 0.0);  // no n-grams at all
+  // Not one n-gram matches: 0 and no smoothing (sacreBLEU returns early, its issue #141).
+  const BleuScore none = CorpusBleu({"x y z w v"}, {{"a b c d e"}});
+  EXPECT_EQ(none.score, 0.0);
+  EXPECT_EQ(none.precisions[0], 0.0);
   // No 4-gram matches: exp smoothing counts it as 1/2 of a match out of 2 four-grams.
   const BleuScore b = CorpusBleu({"a b c x e"}, {{"a b c d e"}});
   EXPECT_NEAR(b.precisions[3], 100.0 / (2 * 2), 1e-9);

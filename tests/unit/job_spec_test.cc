@@ -286,6 +286,17 @@ TEST_F(JobSpecTest, DedupAndBalance) {
                 {"data.dedup", "expected a mapping"});
   ExpectProblem(head + "data: {train: data/train.jsonl, format: tokens, dedup: {mode: near, shingels: words}}\n",
                 {"data.dedup.shingels", "did you mean 'shingle'"});
+  const JobSpec augmented = Parse(
+      "name: x\nmodel: {path: model, task: sequence_classification}\noutput: {dir: out}\n"
+      "data: {train: data/train.jsonl, format: classification, augment: {copies: 4, random_swap: 0.3}}\n");
+  EXPECT_EQ(augmented.data.augment.copies, 4);
+  EXPECT_DOUBLE_EQ(augmented.data.augment.random_swap, 0.3);
+  EXPECT_DOUBLE_EQ(augmented.data.augment.random_deletion, 0.1);
+  EXPECT_EQ(ParseJobSpec(JobSpecToYaml(augmented), "job.yaml", "/").data.augment.copies, 4);
+  ExpectProblem(head + "data: {train: data/train.jsonl, format: text, augment: {copies: 2}}\n",
+                {"data.augment.copies", "classification and ner"});
+  ExpectProblem(head + "data: {train: data/train.jsonl, format: tokens, augment: {random_swap: 2}}\n",
+                {"data.augment.random_swap", "[0, 1]"});
   ExpectProblem(head + "data: {train: data/train.jsonl, format: text, balance: oversample}\n",
                 {"data.balance", "a language model has none"});
   ExpectProblem(

@@ -737,9 +737,12 @@ std::string RecordText(const json& record, DataFormat format) {
       const bool chat = format == DataFormat::kChat;
       const auto turns = record.find(chat ? "messages" : "conversations");
       if (turns == record.end() || !turns->is_array()) break;
+      // System messages are left out: a file's conversations often share one long system prompt,
+      // which would make every pair look alike.
       for (const json& turn : *turns) {
-        if (turn.is_object())
-          append(StringAt(turn, chat ? "role" : "from") + ": " + StringAt(turn, chat ? "content" : "value"));
+        if (!turn.is_object()) continue;
+        const std::string role = StringAt(turn, chat ? "role" : "from");
+        if (role != "system") append(role + ": " + StringAt(turn, chat ? "content" : "value"));
       }
       break;
     }
@@ -785,6 +788,49 @@ RecordTexts ReadRecordTexts(const fs::path& path, DataFormat format) {
     records.lines.push_back(line);
   });
   return records;
+}
+
+std::string AugmentedRecords(const fs::path& path, DataFormat format, const std::vector<int64_t>& documents,
+                             const AugmentOptions& options, const Synonyms& synonyms) {
+  if (format != DataFormat::kClassification && format != DataFormat::kNer) {
+    Fail(ErrorCode::kInvalidArgument, "data.augment applies to classification and ner data, not {}", ToString(format));
+  }
+  std::vector<json> records;
+  Issues ignored;  // the records were validated when the token cache was built
+  int64_t lines = 0;
+  ForEachRecord(path, RecordSlice{}, ignored, &lines, [&](const json& record, int64_t) { records.push_back(record); });
+  std::string out;
+  for (size_t k = 0; k < documents.size(); ++k) {
+    const auto d = static_cast<size_t>(documents[k]);
+    ST_CHECK(d < records.size(), "document {} of {} records", d, records.size());
+    const json& record = records[d];
+    TaggedWords sentence;
+    if (format == DataFormat::kClassification) {
+      sentence.words = SplitWords(StringAt(record, "text"));
+    } else {
+      for (const json& w : record.value("tokens", json::array())) sentence.words.push_back(w.get<std::string>());
+      for (const json& t : record.value("tags", json::array())) {
+        if (!t.is_string()) {
+          Fail(ErrorCode::kInvalidArgument,
+               "{}: record {}: data.augment keeps BIO tags aligned by name (O, B-X, I-X); "
+               "give the tags as names, not indices",
+               path.string(), d + 1);
+        }
+        sentence.tags.push_back(t.get<std::string>());
+      }
+    }
+    for (const TaggedWords& copy : Augment(sentence, options, synonyms, static_cast<uint64_t>(k))) {
+      json augmented = record;
+      if (format == DataFormat::kClassification) {
+        augmented["text"] = JoinWords(copy.words);
+      } else {
+        augmented["tokens"] = copy.words;
+        augmented["tags"] = copy.tags;
+      }
+      out += augmented.dump() + "\n";
+    }
+  }
+  return out;
 }
 
 void ThrowIfProblems(const fs::path& path, std::vector<DataIssue> issues, size_t total, int64_t examples) {

@@ -20,6 +20,7 @@
 
 #include "common/error.h"
 #include "common/job_spec.h"
+#include "common/text_augmentation.h"
 #include "worker/data/token_dataset.h"
 #include "worker/data/tokenizer/tokenizer.h"
 
@@ -112,6 +113,13 @@ struct RecordTexts {
   std::vector<int64_t> lines;  // each record's line (JSONL) or element (JSON array), from 1
 };
 RecordTexts ReadRecordTexts(const std::filesystem::path& path, DataFormat format);
+// data.augment: `options.copies` new records (JSONL) for each of `documents` (indices of the
+// file's records, repeats allowed), in that order; the k-th entry's copies are seeded by k.
+// classification: the text's words changed (text_pair and label kept); ner: tokens and tags
+// changed together (common/text_augmentation.h). Other formats: Error.
+std::string AugmentedRecords(const std::filesystem::path& path, DataFormat format,
+                             const std::vector<int64_t>& documents, const AugmentOptions& options,
+                             const Synonyms& synonyms);
 // Cuts an example to its first `max_len` tokens (labels and segments with them).
 void TruncateExample(Example& example, int64_t max_len);
 
