@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
   std::printf("### Near-duplicate detection (Jaccard >= %.2f, character 5-grams, 128 MinHash values)\n",
               options.threshold);
   std::printf("%zu short examples (8-30 words, 5%% exact copies, 5%% one-letter typos); one core\n\n", small);
-  std::printf("| method | seconds | examples/s | duplicates found | recall | precision | ratio to baseline (speed) |\n");
+  std::printf(
+      "| method | seconds | examples/s | duplicates found | recall | precision | ratio to baseline (speed) |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   std::printf("| every pair, exact Jaccard (baseline) | %.2f | %.0f | %lld | 1.000 | 1.000 | 1.00 |\n", baseline_s,
               static_cast<double>(small) / baseline_s, static_cast<long long>(real));
@@ -108,9 +109,10 @@ int main(int argc, char** argv) {
   start = std::chrono::steady_clock::now();
   const shardtune::DuplicateReport big = shardtune::FindDuplicates(many, options);
   const double big_s = Seconds(start);
-  std::printf("%zu examples: %.1f s (%.0f examples/s), %lld exact and %lld near duplicates; peak RSS %.0f MB "
-              "(%.0f MB of it the texts and the generator)\n",
-              million, big_s, static_cast<double>(million) / big_s, static_cast<long long>(big.exact),
-              static_cast<long long>(big.near), PeakRssMb(), rss_before);
+  std::printf(
+      "%zu examples: %.1f s (%.0f examples/s), %lld exact and %lld near duplicates; peak RSS %.0f MB "
+      "(%.0f MB of it the texts and the generator)\n",
+      million, big_s, static_cast<double>(million) / big_s, static_cast<long long>(big.exact),
+      static_cast<long long>(big.near), PeakRssMb(), rss_before);
   return 0;
 }

@@ -5,28 +5,20 @@
 #include <limits>
 
 #include "common/error.h"
+#include "common/hash_mix.h"
 
 namespace shardtune {
 
 namespace {
 
-// SplitMix64's finalizer: every input bit reaches every output bit.
-uint64_t Mix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-// FNV-1a over the bytes, from `basis`, finished by Mix.
+// FNV-1a over the bytes, from `basis`, finished by MixBits.
 uint64_t HashBytes(std::string_view bytes, uint64_t basis) {
   uint64_t h = basis;
   for (const char c : bytes) {
     h ^= static_cast<unsigned char>(c);
     h *= 0x100000001b3ULL;
   }
-  return Mix(h ^ bytes.size());
+  return MixBits(h ^ bytes.size());
 }
 
 bool IsAsciiPunctuation(unsigned char c) {
@@ -157,8 +149,8 @@ NearDuplicateIndex::NearDuplicateIndex(NearDuplicateOptions options) : options_(
   // The i-th hash function is multiply-shift: (a_i * h + b_i) >> 32 with a_i odd, fixed seeds.
   uint64_t state = 0x5348415244545545ULL;  // "SHARDTUE"
   for (int i = 0; i < kPermutations; ++i) {
-    multipliers_[i] = Mix(state += 0x9e3779b97f4a7c15ULL) | 1;
-    offsets_[i] = Mix(state += 0x9e3779b97f4a7c15ULL);
+    multipliers_[i] = MixBits(state += 0x9e3779b97f4a7c15ULL) | 1;
+    offsets_[i] = MixBits(state += 0x9e3779b97f4a7c15ULL);
   }
   buckets_.resize(static_cast<size_t>(bands_));
   next_.resize(static_cast<size_t>(bands_));
@@ -177,8 +169,8 @@ NearDuplicateIndex::Fingerprint NearDuplicateIndex::Fingerprinted(std::string_vi
 }
 
 uint64_t NearDuplicateIndex::BandKey(const Fingerprint& fingerprint, int band) const {
-  uint64_t key = Mix(static_cast<uint64_t>(band) + 1);
-  for (int r = 0; r < rows_; ++r) key = Mix(key ^ fingerprint.signature[static_cast<size_t>(band * rows_ + r)]);
+  uint64_t key = MixBits(static_cast<uint64_t>(band) + 1);
+  for (int r = 0; r < rows_; ++r) key = MixBits(key ^ fingerprint.signature[static_cast<size_t>(band * rows_ + r)]);
   return key;
 }
 

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/hash_mix.h"
 
 namespace shardtune {
 
@@ -61,14 +62,6 @@ std::vector<std::string> Replacement(const std::string& word, std::string synony
   words.front() = p.lead + words.front();
   words.back() += p.trail;
   return words;
-}
-
-uint64_t Mix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
 }
 
 enum class Operation { kSynonymReplacement, kRandomInsertion, kRandomSwap, kRandomDeletion };
@@ -277,9 +270,10 @@ std::vector<TaggedWords> Augment(const TaggedWords& sentence, const AugmentOptio
   std::vector<TaggedWords> copies;
   if (operations.empty() || sentence.words.empty()) return copies;
   for (int64_t c = 0; c < options.copies; ++c) {
-    const uint64_t seed = Mix(Mix(options.seed ^ 0x6564612d61756721ULL) ^ example_seed) + static_cast<uint64_t>(c);
+    const uint64_t seed =
+        MixBits(MixBits(options.seed ^ 0x6564612d61756721ULL) ^ example_seed) + static_cast<uint64_t>(c);
     const auto& [op, rate] = operations[static_cast<size_t>(c) % operations.size()];
-    TaggedWords copy = Augmenter(sentence, synonyms, Mix(seed)).Apply(op, rate);
+    TaggedWords copy = Augmenter(sentence, synonyms, MixBits(seed)).Apply(op, rate);
     if (sentence.tags.empty()) copy.tags.clear();
     // A copy no operation changed (no synonyms found, two equal words swapped) is the example
     // again: left out, as data.dedup would remove it.

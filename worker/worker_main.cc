@@ -177,6 +177,44 @@ std::string FiguresTable(const nlohmann::json& figures) {
   return text;
 }
 
+struct EvaluateArgs {
+  std::string model, adapter, data, tokenizer, out;
+  std::string output = "json";  // the figures nest (per class, confusion matrix): JSON unless asked
+  EvaluateOptions options;
+};
+
+// `shardtune-worker evaluate`'s options, read into `eval`.
+CLI::App* AddEvaluateCommand(CLI::App& app, EvaluateArgs& eval) {
+  CLI::App* evaluate = app.add_subcommand("evaluate", "a finished model's metrics on a dataset (its task's)");
+  evaluate->add_option("--model", eval.model, "Hugging Face model directory")->required();
+  evaluate->add_option("--adapter", eval.adapter, "PEFT adapter directory");
+  evaluate->add_option("--data", eval.data, "JSONL dataset")->required();
+  evaluate->add_option("--format", eval.options.format,
+                       "the data's format (default for classifiers: classification or ner)");
+  evaluate->add_option("--tokenizer", eval.tokenizer, "default: the model's");
+  evaluate->add_option("--max-seq-len", eval.options.max_seq_len, "longer examples are truncated")
+      ->check(CLI::PositiveNumber);
+  evaluate->add_option("--batch-size", eval.options.batch_size, "examples per forward")->check(CLI::PositiveNumber);
+  evaluate->add_option("--out", eval.out, "also write the metrics (JSON) to this file");
+  evaluate
+      ->add_option("--metrics", eval.options.generation_metrics,
+                   "generate an answer to each example's prompt and score it against the example's reference: "
+                   "exact_match, rouge_l, bleu, json_parse_rate, json_field_f1 (language models)")
+      ->delimiter(',');
+  evaluate->add_option("--max-new-tokens", eval.options.generate.max_new_tokens, "generated tokens per answer at most")
+      ->check(CLI::PositiveNumber);
+  evaluate->add_option("--num-samples", eval.options.num_samples, "answers per example (with --temperature > 0)")
+      ->check(CLI::PositiveNumber);
+  evaluate->add_option("--temperature", eval.options.generate.temperature, "0: greedy")->check(CLI::NonNegativeNumber);
+  evaluate->add_option("--top-p", eval.options.generate.top_p, "nucleus sampling's mass")->check(CLI::Range(0.0, 1.0));
+  evaluate->add_option("--seed", eval.options.generate.seed, "of the sampling");
+  evaluate->add_option("--generations-out", eval.options.generations_out,
+                       "also write each answer as JSONL: {line, prompt, reference, generated}");
+  evaluate->add_option("--output", eval.output, "json (default) or table: the top-level figures, one a line")
+      ->check(CLI::IsMember({"table", "json"}));
+  return evaluate;
+}
+
 // check-file: the Files API's check of an uploaded training file (check_file.h).
 struct CheckFileCommand {
   explicit CheckFileCommand(CLI::App& parent)
@@ -277,34 +315,8 @@ int main(int argc, char** argv) {
   InitModelArgs init_args;
   CLI::App* init = AddInitModelCommand(app, init_args);
 
-  CLI::App* evaluate = app.add_subcommand("evaluate", "a finished model's metrics on a dataset (its task's)");
-  EvaluateOptions eval;
-  std::string eval_model, eval_adapter, eval_data, eval_tokenizer, eval_out;
-  evaluate->add_option("--model", eval_model, "Hugging Face model directory")->required();
-  evaluate->add_option("--adapter", eval_adapter, "PEFT adapter directory");
-  evaluate->add_option("--data", eval_data, "JSONL dataset")->required();
-  evaluate->add_option("--format", eval.format, "the data's format (default for classifiers: classification or ner)");
-  evaluate->add_option("--tokenizer", eval_tokenizer, "default: the model's");
-  evaluate->add_option("--max-seq-len", eval.max_seq_len, "longer examples are truncated")->check(CLI::PositiveNumber);
-  evaluate->add_option("--batch-size", eval.batch_size, "examples per forward")->check(CLI::PositiveNumber);
-  evaluate->add_option("--out", eval_out, "also write the metrics (JSON) to this file");
-  evaluate
-      ->add_option("--metrics", eval.generation_metrics,
-                   "generate an answer to each example's prompt and score it against the example's reference: "
-                   "exact_match, rouge_l, bleu, json_parse_rate, json_field_f1 (language models)")
-      ->delimiter(',');
-  evaluate->add_option("--max-new-tokens", eval.generate.max_new_tokens, "generated tokens per answer at most")
-      ->check(CLI::PositiveNumber);
-  evaluate->add_option("--num-samples", eval.num_samples, "answers per example (with --temperature > 0)")
-      ->check(CLI::PositiveNumber);
-  evaluate->add_option("--temperature", eval.generate.temperature, "0: greedy")->check(CLI::NonNegativeNumber);
-  evaluate->add_option("--top-p", eval.generate.top_p, "nucleus sampling's mass")->check(CLI::Range(0.0, 1.0));
-  evaluate->add_option("--seed", eval.generate.seed, "of the sampling");
-  evaluate->add_option("--generations-out", eval.generations_out,
-                       "also write each answer as JSONL: {line, prompt, reference, generated}");
-  std::string eval_output = "json";  // the figures nest (per class, confusion matrix): JSON unless asked
-  evaluate->add_option("--output", eval_output, "json (default) or table: the top-level figures, one a line")
-      ->check(CLI::IsMember({"table", "json"}));
+  EvaluateArgs eval;
+  CLI::App* evaluate = AddEvaluateCommand(app, eval);
 
   for (CLI::App* command : {generate, tokenize, validate, check_file.app, exporter, init, evaluate}) {
     command->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
@@ -331,14 +343,14 @@ int main(int argc, char** argv) {
     if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
     if (exporter->parsed()) return Export(export_args);
     if (evaluate->parsed()) {
-      eval.model = eval_model;
-      eval.adapter = eval_adapter;
-      eval.data = eval_data;
-      eval.tokenizer = eval_tokenizer;
-      const nlohmann::json figures = EvaluateModel(eval);
+      eval.options.model = eval.model;
+      eval.options.adapter = eval.adapter;
+      eval.options.data = eval.data;
+      eval.options.tokenizer = eval.tokenizer;
+      const nlohmann::json figures = EvaluateModel(eval.options);
       const std::string text = figures.dump(2) + "\n";
-      if (!eval_out.empty()) WriteFileAtomic(eval_out, text);
-      std::cout << (eval_output == "json" ? text : FiguresTable(figures));
+      if (!eval.out.empty()) WriteFileAtomic(eval.out, text);
+      std::cout << (eval.output == "json" ? text : FiguresTable(figures));
       return kExitOk;
     }
     if (validate->parsed()) {
