@@ -227,54 +227,49 @@ std::string Tokenize13a(std::string_view text) {
   return out;
 }
 
-BleuScore CorpusBleu(const std::vector<std::string>& hypotheses,
-                     const std::vector<std::vector<std::string>>& references) {
-  ST_CHECK(hypotheses.size() == references.size(), "{} hypotheses but {} reference lists", hypotheses.size(),
-           references.size());
-  int64_t correct[4] = {0, 0, 0, 0}, total[4] = {0, 0, 0, 0};
-  BleuScore bleu;
-  for (size_t s = 0; s < hypotheses.size(); ++s) {
-    const std::vector<std::string> hypothesis = Words(Tokenize13a(hypotheses[s]));
-    const auto length = static_cast<int64_t>(hypothesis.size());
-    // The reference length closest to the hypothesis's (the shorter of two equally close).
-    int64_t closest = -1;
-    std::vector<std::vector<std::string>> tokenized;
-    for (const std::string& reference : references[s]) {
-      tokenized.push_back(Words(Tokenize13a(reference)));
-      const auto r = static_cast<int64_t>(tokenized.back().size());
-      if (closest < 0 || std::abs(r - length) < std::abs(closest - length) ||
-          (std::abs(r - length) == std::abs(closest - length) && r < closest)) {
-        closest = r;
-      }
-    }
-    ST_CHECK(closest >= 0, "hypothesis {} has no reference", s);
-    bleu.hypothesis_length += length;
-    bleu.reference_length += closest;
-    for (size_t n = 1; n <= 4; ++n) {
-      // Each n-gram counts up to the most times any one reference holds it.
-      std::map<std::vector<std::string>, int64_t> most;
-      for (const auto& reference : tokenized) {
-        for (const auto& [gram, count] : NgramCounts(reference, n)) most[gram] = std::max(most[gram], count);
-      }
-      for (const auto& [gram, count] : NgramCounts(hypothesis, n)) {
-        const auto it = most.find(gram);
-        if (it != most.end()) correct[n - 1] += std::min(count, it->second);
-      }
-      total[n - 1] += std::max<int64_t>(0, length - static_cast<int64_t>(n) + 1);
+void BleuStatistics::Add(std::string_view hypothesis_text, const std::vector<std::string>& references) {
+  const std::vector<std::string> hypothesis = Words(Tokenize13a(hypothesis_text));
+  const auto length = static_cast<int64_t>(hypothesis.size());
+  // The reference length closest to the hypothesis's (the shorter of two equally close).
+  int64_t closest = -1;
+  std::vector<std::vector<std::string>> tokenized;
+  for (const std::string& reference : references) {
+    tokenized.push_back(Words(Tokenize13a(reference)));
+    const auto r = static_cast<int64_t>(tokenized.back().size());
+    if (closest < 0 || std::abs(r - length) < std::abs(closest - length) ||
+        (std::abs(r - length) == std::abs(closest - length) && r < closest)) {
+      closest = r;
     }
   }
-  const double c = static_cast<double>(bleu.hypothesis_length), r = static_cast<double>(bleu.reference_length);
+  ST_CHECK(closest >= 0, "a hypothesis without a reference");
+  hypothesis_length += length;
+  reference_length += closest;
+  for (size_t n = 1; n <= 4; ++n) {
+    // Each n-gram counts up to the most times any one reference holds it.
+    std::map<std::vector<std::string>, int64_t> most;
+    for (const auto& reference : tokenized) {
+      for (const auto& [gram, count] : NgramCounts(reference, n)) most[gram] = std::max(most[gram], count);
+    }
+    for (const auto& [gram, count] : NgramCounts(hypothesis, n)) {
+      const auto it = most.find(gram);
+      if (it != most.end()) correct[n - 1] += std::min(count, it->second);
+    }
+    total[n - 1] += std::max<int64_t>(0, length - static_cast<int64_t>(n) + 1);
+  }
+}
+
+BleuScore BleuStatistics::Score() const {
+  BleuScore bleu;
+  bleu.hypothesis_length = hypothesis_length;
+  bleu.reference_length = reference_length;
+  const double c = static_cast<double>(hypothesis_length), r = static_cast<double>(reference_length);
   bleu.brevity_penalty = c >= r ? 1.0 : (c > 0 ? std::exp(1.0 - r / c) : 0.0);
   // No n-gram of any order matches: 0, with every precision 0 (as sacreBLEU returns early).
   if (correct[0] + correct[1] + correct[2] + correct[3] == 0) return bleu;
   // sacreBLEU's "exp" smoothing: the k-th order with no match counts 1 / 2^k matches.
   double smooth = 1.0, log_sum = 0.0;
-  bool zero = false;
   for (int n = 0; n < 4; ++n) {
-    if (total[n] == 0) {
-      zero = true;  // no n-grams of this order at all: BLEU is 0
-      break;
-    }
+    if (total[n] == 0) return bleu;  // no n-grams of this order at all: BLEU is 0
     if (correct[n] == 0) {
       smooth *= 2;
       bleu.precisions[n] = 100.0 / (smooth * static_cast<double>(total[n]));
@@ -283,8 +278,17 @@ BleuScore CorpusBleu(const std::vector<std::string>& hypotheses,
     }
     log_sum += std::log(bleu.precisions[n]);
   }
-  bleu.score = zero ? 0.0 : bleu.brevity_penalty * std::exp(log_sum / 4.0);
+  bleu.score = bleu.brevity_penalty * std::exp(log_sum / 4.0);
   return bleu;
+}
+
+BleuScore CorpusBleu(const std::vector<std::string>& hypotheses,
+                     const std::vector<std::vector<std::string>>& references) {
+  ST_CHECK(hypotheses.size() == references.size(), "{} hypotheses but {} reference lists", hypotheses.size(),
+           references.size());
+  BleuStatistics statistics;
+  for (size_t s = 0; s < hypotheses.size(); ++s) statistics.Add(hypotheses[s], references[s]);
+  return statistics.Score();
 }
 
 bool ExactMatch(std::string_view prediction, std::string_view reference) {
@@ -328,13 +332,65 @@ double PassAtK(int64_t n, int64_t correct, int64_t k) {
   return 1.0 - none;
 }
 
-GenerationScorer::GenerationScorer(std::vector<std::string> metrics) : metrics_(std::move(metrics)) {
+namespace {
+
+// Where GenerationScorer's sums are; pass@K's follow, in the order asked.
+enum SumIndex : size_t {
+  kSamples,
+  kExact,
+  kParsed,
+  kRougeL,
+  kBleuCorrect,                     // 4 values
+  kBleuTotal = kBleuCorrect + 4,    // 4 values
+  kHypothesisLength = kBleuTotal + 4,
+  kReferenceLength,
+  kFieldsPredicted,
+  kFieldsReference,
+  kFieldsCorrect,
+  kProblems,
+  kFixedSums,
+};
+
+// K of "pass@K" or "pass_at_K" (a positive integer); 0 for another name.
+int64_t PassK(const std::string& name) {
+  for (const std::string_view prefix : {std::string_view("pass@"), std::string_view("pass_at_")}) {
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    if (digits.empty() || digits.size() > 6 || !std::all_of(digits.begin(), digits.end(), IsDigit)) return 0;
+    return std::stoll(digits);
+  }
+  return 0;
+}
+
+}  // namespace
+
+GenerationScorer::GenerationScorer(std::vector<std::string> metrics, int64_t samples_per_problem)
+    : metrics_(std::move(metrics)), samples_per_problem_(samples_per_problem) {
+  ST_CHECK(samples_per_problem >= 1, "{} samples per problem", samples_per_problem);
+  const auto add_k = [this](int64_t k) {
+    if (std::find(pass_k_.begin(), pass_k_.end(), k) == pass_k_.end()) pass_k_.push_back(k);
+  };
   for (const std::string& name : metrics_) {
     if (std::find(Known().begin(), Known().end(), name) != Known().end()) continue;
+    if (name == "pass_at_k") {
+      add_k(1);
+      add_k(samples_per_problem);
+      continue;
+    }
+    if (const int64_t k = PassK(name); k > 0) {
+      if (k > samples_per_problem) {
+        Fail(ErrorCode::kInvalidArgument, "{} needs at least {} samples per problem, not {} (--num-samples)", name, k,
+             samples_per_problem);
+      }
+      add_k(k);
+      continue;
+    }
     std::string known;
     for (const std::string& k : Known()) known += (known.empty() ? "" : ", ") + k;
-    Fail(ErrorCode::kInvalidArgument, "unknown generation metric '{}'; expected one of: {}", name, known);
+    Fail(ErrorCode::kInvalidArgument, "unknown generation metric '{}'; expected one of: {}, pass@K (K a number)",
+         name, known);
   }
+  sums_.assign(kFixedSums + pass_k_.size(), 0.0);
 }
 
 const std::vector<std::string>& GenerationScorer::Known() {
@@ -346,32 +402,67 @@ void GenerationScorer::Add(const std::string& generated, const std::string& refe
   const auto wants = [this](const char* name) {
     return std::find(metrics_.begin(), metrics_.end(), name) != metrics_.end();
   };
-  ++samples_;
-  exact_ += ExactMatch(generated, reference) ? 1 : 0;
-  if (wants("rouge_l")) rouge_sum_ += RougeL(reference, generated).fmeasure;
+  Sum(kSamples) += 1;
+  Sum(kExact) += ExactMatch(generated, reference) ? 1 : 0;
+  Sum(kParsed) += ParsesAsJson(generated) ? 1 : 0;
+  if (wants("rouge_l")) Sum(kRougeL) += RougeL(reference, generated).fmeasure;
   if (wants("bleu")) {
-    hypotheses_.push_back(generated);
-    references_.push_back({reference});
+    BleuStatistics bleu;
+    bleu.Add(generated, {reference});
+    for (size_t n = 0; n < 4; ++n) {
+      Sum(kBleuCorrect + n) += static_cast<double>(bleu.correct[n]);
+      Sum(kBleuTotal + n) += static_cast<double>(bleu.total[n]);
+    }
+    Sum(kHypothesisLength) += static_cast<double>(bleu.hypothesis_length);
+    Sum(kReferenceLength) += static_cast<double>(bleu.reference_length);
   }
-  parsed_ += ParsesAsJson(generated) ? 1 : 0;
   if (wants("json_field_f1")) {
+    FieldCounts fields;
     try {
-      AddJsonFields(generated, reference, fields_);
+      AddJsonFields(generated, reference, fields);
     } catch (const Error& e) {
       Fail(ErrorCode::kInvalidArgument, "{}: json_field_f1: {}", where, e.what());
     }
+    Sum(kFieldsPredicted) += static_cast<double>(fields.predicted);
+    Sum(kFieldsReference) += static_cast<double>(fields.reference);
+    Sum(kFieldsCorrect) += static_cast<double>(fields.correct);
   }
 }
 
+void GenerationScorer::AddTested(int64_t passed) {
+  Sum(kProblems) += 1;
+  for (size_t i = 0; i < pass_k_.size(); ++i) Sum(kFixedSums + i) += PassAtK(samples_per_problem_, passed, pass_k_[i]);
+}
+
 nlohmann::json GenerationScorer::Metrics() const {
-  nlohmann::json out = {{"generated", samples_}};
-  const double n = samples_ > 0 ? static_cast<double>(samples_) : 1.0;
+  // The sums hold counts exactly (doubles represent integers up to 2^53).
+  const auto count = [this](size_t index) { return static_cast<int64_t>(std::llround(sums_[index])); };
+  nlohmann::json out = {{"generated", count(kSamples)}};
+  const double n = std::max(1.0, sums_[kSamples]);
   for (const std::string& name : metrics_) {
-    if (name == "exact_match") out[name] = static_cast<double>(exact_) / n;
-    if (name == "rouge_l") out[name] = rouge_sum_ / n;
-    if (name == "bleu") out[name] = CorpusBleu(hypotheses_, references_).score;
-    if (name == "json_parse_rate") out[name] = static_cast<double>(parsed_) / n;
-    if (name == "json_field_f1") out[name] = fields_.F1();
+    if (name == "exact_match") out[name] = sums_[kExact] / n;
+    if (name == "rouge_l") out[name] = sums_[kRougeL] / n;
+    if (name == "json_parse_rate") out[name] = sums_[kParsed] / n;
+    if (name == "json_field_f1") {
+      const FieldCounts fields{count(kFieldsPredicted), count(kFieldsReference), count(kFieldsCorrect)};
+      out[name] = fields.F1();
+    }
+    if (name == "bleu") {
+      BleuStatistics bleu;
+      for (size_t i = 0; i < 4; ++i) {
+        bleu.correct[i] = count(kBleuCorrect + i);
+        bleu.total[i] = count(kBleuTotal + i);
+      }
+      bleu.hypothesis_length = count(kHypothesisLength);
+      bleu.reference_length = count(kReferenceLength);
+      out[name] = bleu.Score().score;
+    }
+  }
+  if (RunsTests()) {
+    out["problems"] = count(kProblems);
+    const double problems = std::max(1.0, sums_[kProblems]);
+    for (size_t i = 0; i < pass_k_.size(); ++i)
+      out[fmt::format("pass@{}", pass_k_[i])] = sums_[kFixedSums + i] / problems;
   }
   return out;
 }

@@ -11,7 +11,8 @@
 //   json_field_f1    precision/recall/F1 over (key path, value) pairs, nested objects' keys
 //                    joined with "."; lists and scalars are compared whole; micro-averaged
 //   pass@k           the unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models
-//                    Trained on Code"): 1 - C(n - c, k) / C(n, k) for c of n samples passing
+//                    Trained on Code"): 1 - C(n - c, k) / C(n, k) for c of n samples passing,
+//                    averaged over the problems (the samples run by common/code_sandbox.h)
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -37,6 +38,15 @@ struct BleuScore {
   double brevity_penalty = 0;
   int64_t hypothesis_length = 0, reference_length = 0;
 };
+// What corpus BLEU sums over its sentences, so that parts of a corpus (a rank's share) add up.
+struct BleuStatistics {
+  int64_t correct[4] = {0, 0, 0, 0};  // clipped n-gram matches, n = 1..4
+  int64_t total[4] = {0, 0, 0, 0};    // the hypotheses' n-grams
+  int64_t hypothesis_length = 0, reference_length = 0;
+
+  void Add(std::string_view hypothesis, const std::vector<std::string>& references);
+  BleuScore Score() const;
+};
 // Corpus BLEU of hypotheses[i] against references[i] (one or more references each).
 BleuScore CorpusBleu(const std::vector<std::string>& hypotheses,
                      const std::vector<std::vector<std::string>>& references);
@@ -60,28 +70,36 @@ void AddJsonFields(std::string_view generation, std::string_view reference, Fiel
 // The unbiased pass@k for `correct` of `n` samples (k <= n).
 double PassAtK(int64_t n, int64_t correct, int64_t k);
 
-// Generated texts scored against their references by the metrics named (exact_match, rouge_l,
-// bleu, json_parse_rate, json_field_f1), all samples of all examples together: exact_match,
-// rouge_l and json_parse_rate are means over the samples, bleu is corpus BLEU over them,
-// json_field_f1 is micro-averaged over their fields.
+// Generated texts scored against their references by the metrics named, all samples of all
+// examples together: exact_match, rouge_l and json_parse_rate are means over the samples, bleu is
+// corpus BLEU over them, json_field_f1 is micro-averaged over their fields, and pass@K (K <=
+// the samples per problem; "pass_at_k": pass@1 and pass@n for n samples) the mean over problems.
+// Everything the figures come from is one vector of sums, so that ranks scoring their share of
+// the examples add them up in one collective.
 class GenerationScorer {
  public:
-  // Throws Error for a name it does not know, listing those it does.
-  explicit GenerationScorer(std::vector<std::string> metrics);
+  // Throws Error for a name it does not know, listing those it does, or a pass@K above
+  // `samples_per_problem`.
+  explicit GenerationScorer(std::vector<std::string> metrics, int64_t samples_per_problem = 1);
+  // The metrics a training evaluation can judge by (pass@K aside, whose names vary with K).
   static const std::vector<std::string>& Known();
 
   // `where` (file:line) names the example in errors: json_field_f1's reference must be a JSON object.
   void Add(const std::string& generated, const std::string& reference, const std::string& where);
+  // A problem's samples run against its tests: `passed` of samples_per_problem.
+  void AddTested(int64_t passed);
+  // Whether pass@K is asked for (the samples must then be run: common/code_sandbox.h).
+  bool RunsTests() const { return !pass_k_.empty(); }
+
+  std::vector<double>& sums() { return sums_; }
   // {"generated": samples, and each metric by name}.
   nlohmann::json Metrics() const;
 
  private:
+  double& Sum(size_t index) { return sums_[index]; }
   std::vector<std::string> metrics_;
-  int64_t samples_ = 0, exact_ = 0, parsed_ = 0;
-  double rouge_sum_ = 0;
-  std::vector<std::string> hypotheses_;
-  std::vector<std::vector<std::string>> references_;
-  FieldCounts fields_;
+  int64_t samples_per_problem_;
+  std::vector<int64_t> pass_k_;  // the pass@K asked for
+  std::vector<double> sums_;     // the layout: generation_metrics.cc's SumIndex, then pass@K's
 };
-
 }  // namespace shardtune

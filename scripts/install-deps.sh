@@ -17,6 +17,7 @@ packages=(
   systemd  # systemd-analyze verify on the service's unit (e2e.install); nothing is started
   prometheus  # promtool, which e2e.metrics checks GET /metrics with (the daemon is not started)
   wordnet-base  # WordNet's synonyms, for data.augment's synonym replacement and insertion
+  bubblewrap python3  # the sandbox that runs generated code against its tests (pass@k)
 )
 # `install-deps.sh bench` adds what `make bench` needs: the PyTorch baseline and gnuplot.
 if [ "${1:-}" = bench ]; then

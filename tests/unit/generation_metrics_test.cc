@@ -129,5 +129,57 @@ TEST(GenerationScorer, ScoresEachMetricAndNamesBadInput) {
   EXPECT_THROW(GenerationScorer({"rouge"}), Error);
 }
 
+// Ranks score their share of the examples and add up the sums: the figures equal one scorer's
+// over all the examples (corpus BLEU included, which is not a mean of per-rank BLEUs).
+TEST(GenerationScorer, SumsOfPartsGiveTheWholesFigures) {
+  const std::vector<std::string> metrics = {"exact_match", "rouge_l", "bleu", "json_parse_rate"};
+  const std::vector<std::pair<std::string, std::string>> pairs = {
+      {"the cat sat on the mat", "the cat sat on a mat"},
+      {R"({"name": "Ada", "year": 1815})", R"({"name": "Ada", "year": 1816})"},
+      {"a quick brown fox jumps", "the quick brown fox jumped over"},
+      {"hello", "hello"}};
+  GenerationScorer whole(metrics), first(metrics), second(metrics);
+  std::vector<std::string> hypotheses;
+  std::vector<std::vector<std::string>> references;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const auto& [generated, reference] = pairs[i];
+    whole.Add(generated, reference, "x");
+    (i % 2 == 0 ? first : second).Add(generated, reference, "x");
+    hypotheses.push_back(generated);
+    references.push_back({reference});
+  }
+  std::vector<double> sums = first.sums();
+  for (size_t i = 0; i < sums.size(); ++i) sums[i] += second.sums()[i];
+  GenerationScorer combined(metrics);
+  combined.sums() = sums;
+  const nlohmann::json a = whole.Metrics(), b = combined.Metrics();
+  EXPECT_EQ(a["generated"], 4);
+  EXPECT_EQ(b["generated"], 4);
+  for (const char* name : {"exact_match", "rouge_l", "bleu", "json_parse_rate"})
+    EXPECT_DOUBLE_EQ(a[name].get<double>(), b[name].get<double>()) << name;
+  EXPECT_DOUBLE_EQ(a["bleu"].get<double>(), CorpusBleu(hypotheses, references).score);
+  EXPECT_DOUBLE_EQ(a["exact_match"].get<double>(), 0.25);
+  EXPECT_DOUBLE_EQ(a["json_parse_rate"].get<double>(), 0.25);  // the object; "hello" is not JSON
+}
+
+TEST(GenerationScorer, PassAtKAveragesTheEstimatorOverProblems) {
+  GenerationScorer scorer({"pass@1", "pass_at_5", "pass_at_k"}, 10);
+  scorer.AddTested(3);   // 3 of 10 samples pass
+  scorer.AddTested(0);
+  scorer.AddTested(10);
+  const nlohmann::json m = scorer.Metrics();
+  EXPECT_EQ(m["problems"], 3);
+  EXPECT_DOUBLE_EQ(m["pass@1"].get<double>(), (0.3 + 0.0 + 1.0) / 3);
+  EXPECT_DOUBLE_EQ(m["pass@5"].get<double>(), (PassAtK(10, 3, 5) + 0.0 + 1.0) / 3);
+  // 1 - C(7, 5) / C(10, 5) = 1 - 21 / 252.
+  EXPECT_NEAR(PassAtK(10, 3, 5), 1.0 - 21.0 / 252.0, 1e-12);
+  EXPECT_DOUBLE_EQ(m["pass@10"].get<double>(), 2.0 / 3);  // pass_at_k: pass@1 and pass@n
+  EXPECT_TRUE(scorer.RunsTests());
+  EXPECT_FALSE(GenerationScorer({"rouge_l"}).RunsTests());
+  EXPECT_THROW(GenerationScorer({"pass@11"}, 10), Error);
+  EXPECT_THROW(GenerationScorer({"pass@"}, 10), Error);
+  EXPECT_THROW(GenerationScorer({"pass@0"}, 10), Error);
+}
+
 }  // namespace
 }  // namespace shardtune
