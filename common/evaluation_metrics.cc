@@ -29,6 +29,12 @@ const std::vector<EvaluationMetric>& EvaluationMetrics() {
       {metric::kEntityPrecision, MetricGoal::kHigher, {kTokens}},
       {metric::kEntityRecall, MetricGoal::kHigher, {kTokens}},
       {metric::kEntityF1, MetricGoal::kHigher, {kTokens}},
+      // evaluation.generate's (common/generation_metrics.h; GenerationScorer::Known()).
+      {"exact_match", MetricGoal::kHigher, {kLm}, true},
+      {"rouge_l", MetricGoal::kHigher, {kLm}, true},
+      {"bleu", MetricGoal::kHigher, {kLm}, true},
+      {"json_parse_rate", MetricGoal::kHigher, {kLm}, true},
+      {"json_field_f1", MetricGoal::kHigher, {kLm}, true},
   };
   return kTable;
 }

@@ -34,6 +34,7 @@ struct EvaluationMetric {
   std::string_view name;
   MetricGoal goal;
   std::vector<ModelTask> tasks;  // the tasks whose evaluation reports it
+  bool generated = false;        // scored on generated answers: only when evaluation.generate.metrics names it
 
   bool ReportedFor(ModelTask task) const;
   // Early stopping and output.keep_best can judge evaluations by it.

@@ -192,6 +192,23 @@ struct TrainingSpec {
   std::optional<double> classifier_dropout;
 };
 
+// Answers generated to the validation prompts at every evaluation (training.eval_every and the
+// end), scored against the validation answers by `metrics` (common/generation_metrics.h; a
+// language model's job only). The figures join the evaluation's in metrics.jsonl and TensorBoard,
+// and early stopping, output.keep_best and a sweep's objective can judge by them.
+struct GenerateEvaluationSpec {
+  std::vector<std::string> metrics;  // none: no generation
+  int64_t max_new_tokens = 64;
+  int64_t num_samples = 1;  // answers per prompt; more than one needs temperature > 0
+  double temperature = 0.0;  // 0: greedy
+  double top_p = 1.0;
+  int64_t max_examples = 0;  // the first N validation examples; 0: all
+};
+
+struct EvaluationSpec {
+  GenerateEvaluationSpec generate;
+};
+
 struct ShardingSpec {
   int zero_stage = 0;
   CommBackend backend = CommBackend::kAuto;
@@ -250,6 +267,7 @@ struct JobSpec {
   MethodSpec method;
   DataSpec data;
   TrainingSpec training;
+  EvaluationSpec evaluation;
   ShardingSpec sharding;
   OutputSpec output;
   ResourcesSpec resources;

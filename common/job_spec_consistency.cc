@@ -8,6 +8,7 @@
 #include <regex>
 
 #include "common/evaluation_metrics.h"
+#include "common/generation_metrics.h"
 #include "common/job_checks.h"
 #include "common/job_spec_reader.h"
 
@@ -77,6 +78,43 @@ void CheckWorldAndSchedule(Checks& c) {
 
 // Validation data, and what judges by it: early stopping, output.keep_best and the metric, which
 // must be one that the task's evaluation reports (common/evaluation_metrics.h).
+// evaluation.generate: answers of a language model to prompts with answers to score against.
+void CheckGeneration(Checks& c, bool has_validation) {
+  const JobSpec& spec = c.spec;
+  const GenerateEvaluationSpec& g = spec.evaluation.generate;
+  if (spec.model.task != ModelTask::kCausalLm) {
+    c.Problem("evaluation.generate", fmt::format("generates a language model's answers; this job trains a {}",
+                                                 NameOf(kTasks, spec.model.task)));
+    return;
+  }
+  if (!has_validation) {
+    c.Problem("evaluation.generate", "answers the validation prompts: give data.validation or data.validation_split");
+  }
+  try {
+    if (GenerationScorer(g.metrics, g.num_samples).RunsTests()) {
+      c.Problem("evaluation.generate.metrics",
+                "pass@k runs each answer against its example's tests: score the exported model with `shardtune "
+                "evaluate --metrics pass@K`");
+    }
+  } catch (const Error& e) {
+    c.Problem("evaluation.generate.metrics", e.what());
+  }
+  if (g.num_samples > 1 && g.temperature == 0.0) {
+    c.Problem("evaluation.generate.num_samples",
+              "greedy answers are all alike; give evaluation.generate.temperature > 0");
+  }
+  std::vector<DataFormat> formats = {spec.data.format};
+  for (const TaskSpec& task : spec.data.tasks) formats.push_back(task.format);
+  for (DataFormat format : formats) {
+    if (format == DataFormat::kText || format == DataFormat::kTokens) {
+      c.Problem("evaluation.generate",
+                fmt::format("needs prompts and answers (completion, alpaca, chat or sharegpt data), not {} data",
+                            ToString(format)));
+      break;
+    }
+  }
+}
+
 void CheckValidationAndMetric(Checks& c) {
   const JobSpec& spec = c.spec;
   if (!spec.data.validation.empty() && spec.data.validation_split > 0) {
@@ -90,11 +128,18 @@ void CheckValidationAndMetric(Checks& c) {
               "needs validation data to judge by: give data.validation or data.validation_split");
   }
   const std::vector<std::string> metrics = JudgingMetrics(spec.model.task);
+  const std::vector<std::string>& generated = spec.evaluation.generate.metrics;
+  const EvaluationMetric* known = FindEvaluationMetric(stopping.metric);
   if (std::find(metrics.begin(), metrics.end(), stopping.metric) == metrics.end()) {
     c.Problem("training.early_stopping.metric",
               fmt::format("'{}' is not a metric of a {} evaluation; expected one of: {}", stopping.metric,
                           NameOf(kTasks, spec.model.task), fmt::join(metrics, ", ")));
+  } else if (known->generated && std::find(generated.begin(), generated.end(), stopping.metric) == generated.end()) {
+    c.Problem("training.early_stopping.metric",
+              fmt::format("'{}' is a generation metric: list it in evaluation.generate.metrics", stopping.metric));
   }
+  const GenerateEvaluationSpec& g = spec.evaluation.generate;
+  if (!g.metrics.empty()) CheckGeneration(c, has_validation);
 }
 
 // What the export formats can write for the method.

@@ -154,6 +154,20 @@ void EmitTraining(YAML::Emitter& out, const TrainingSpec& t) {
   out << YAML::EndMap;
 }
 
+void EmitEvaluation(YAML::Emitter& out, const EvaluationSpec& e) {
+  const GenerateEvaluationSpec& g = e.generate;
+  if (g.metrics.empty()) return;  // the default: no section
+  out << YAML::Key << "evaluation" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "generate" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "metrics" << YAML::Value << YAML::Flow << g.metrics;
+  out << YAML::Key << "max_new_tokens" << YAML::Value << g.max_new_tokens;
+  out << YAML::Key << "num_samples" << YAML::Value << g.num_samples;
+  out << YAML::Key << "temperature" << YAML::Value << g.temperature;
+  out << YAML::Key << "top_p" << YAML::Value << g.top_p;
+  out << YAML::Key << "max_examples" << YAML::Value << g.max_examples;
+  out << YAML::EndMap << YAML::EndMap;
+}
+
 void EmitSharding(YAML::Emitter& out, const ShardingSpec& s) {
   out << YAML::Key << "sharding" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "zero_stage" << YAML::Value << s.zero_stage;
@@ -196,6 +210,7 @@ std::string JobSpecToYaml(const JobSpec& spec) {
   spec_yaml::EmitMethod(out, spec.method);
   spec_yaml::EmitData(out, spec.data);
   spec_yaml::EmitTraining(out, spec.training);
+  spec_yaml::EmitEvaluation(out, spec.evaluation);
   spec_yaml::EmitSharding(out, spec.sharding);
   spec_yaml::EmitOutput(out, spec.output);
   out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap;

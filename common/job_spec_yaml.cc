@@ -213,6 +213,19 @@ void ReadTraining(MapReader m, TrainingSpec* training) {
   m.Finish();
 }
 
+void ReadEvaluation(MapReader m, EvaluationSpec* evaluation) {
+  MapReader g = m.Section("generate");
+  GenerateEvaluationSpec& generate = evaluation->generate;
+  g.StringList("metrics", &generate.metrics);
+  g.Int("max_new_tokens", &generate.max_new_tokens, 1, 1 << 16);
+  g.Int("num_samples", &generate.num_samples, 1, 1000);
+  g.Double("temperature", &generate.temperature, 0.0, 100.0);
+  g.Double("top_p", &generate.top_p, 0.0, 1.0, /*min_open=*/true);
+  g.Int("max_examples", &generate.max_examples, 0);
+  g.Finish();
+  m.Finish();
+}
+
 void ReadSharding(MapReader m, ShardingSpec* sharding) {
   m.Int("zero_stage", &sharding->zero_stage, 0, 3);
   m.Enum("backend", &sharding->backend, kBackends);
@@ -265,6 +278,7 @@ JobSpec ReadSpec(const YAML::Node& root, const SpecOptions& options, SpecReader&
   ReadMethod(top.Section("method"), &spec.method);
   ReadData(top.Section("data"), &spec.data);
   ReadTraining(top.Section("training"), &spec.training);
+  ReadEvaluation(top.Section("evaluation"), &spec.evaluation);
   ReadSharding(top.Section("sharding"), &spec.sharding);
   if (spec.method.type != MethodType::kFull) spec.output.export_formats = {ExportFormat::kPeft};
   ReadOutput(top.Section("output"), &spec.output);

@@ -44,13 +44,6 @@ DataFormat FormatFor(const std::string& name, ModelTask task) {
   return *format;
 }
 
-// `ids` without the end-of-sequence tokens it ends with: an answer's end is not part of its
-// text (a tokenizer that does not list the model's EOS as special would decode it as a byte).
-std::vector<int64_t> WithoutEnd(std::vector<int64_t> ids, const std::vector<int64_t>& eos) {
-  while (!ids.empty() && std::find(eos.begin(), eos.end(), ids.back()) != eos.end()) ids.pop_back();
-  return ids;
-}
-
 // Each example's answers to its prompt, scored against its reference.
 nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loaded, const TokenDataset& dataset,
                                 const Tokenizer& tokenizer, DataFormat format) {
@@ -75,12 +68,12 @@ nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loa
            where, ToString(format));
     }
     const std::vector<int64_t>& eos = loaded.config.eos_token_ids();
-    const std::string reference = tokenizer.Decode(WithoutEnd(reference_ids, eos), /*skip_special_tokens=*/true);
+    const std::string reference = tokenizer.Decode(WithoutEos(reference_ids, eos), /*skip_special_tokens=*/true);
     for (int64_t k = 0; k < o.num_samples; ++k) {
       GenerateOptions options = o.generate;
       options.seed = o.generate.seed + static_cast<uint64_t>(i) * 1000003ULL + static_cast<uint64_t>(k);
       const std::string generated =
-          tokenizer.Decode(WithoutEnd(Generate(*loaded.model, prompt, options), eos), /*skip_special_tokens=*/true);
+          tokenizer.Decode(WithoutEos(Generate(*loaded.model, prompt, options), eos), /*skip_special_tokens=*/true);
       scorer.Add(generated, reference, where);
       if (!o.generations_out.empty()) {
         lines += nlohmann::json({{"line", line},

@@ -158,6 +158,10 @@ std::string Evaluation::Summary(const json& m) {
   for (const char* key :
        {metric::kPerplexity, metric::kAccuracy, metric::kMacroF1, metric::kEntityF1, metric::kTokenAccuracy})
     if (m.contains(key)) line += fmt::format(" {} {:.4f}", key, m.at(key).get<double>());
+  for (const EvaluationMetric& generated : EvaluationMetrics()) {  // evaluation.generate's
+    const std::string key(generated.name);
+    if (generated.generated && m.contains(key)) line += fmt::format(" {} {:.4f}", key, m.at(key).get<double>());
+  }
   return line;
 }
 

@@ -11,12 +11,10 @@
 
 namespace shardtune {
 
-namespace {
-
 int64_t SampleToken(const at::Tensor& logits, const GenerateOptions& options, std::mt19937_64& rng) {
   if (options.temperature <= 0.0) return logits.argmax().item<int64_t>();
   // Probabilities in double, sorted descending; the nucleus is the shortest prefix reaching top_p.
-  const at::Tensor probs = at::softmax(logits.to(at::kDouble) / options.temperature, -1).contiguous();
+  const at::Tensor probs = at::softmax(logits.cpu().to(at::kDouble) / options.temperature, -1).contiguous();
   const double* p = probs.data_ptr<double>();
   std::vector<int64_t> order(static_cast<size_t>(probs.numel()));
   std::iota(order.begin(), order.end(), int64_t{0});
@@ -33,7 +31,10 @@ int64_t SampleToken(const at::Tensor& logits, const GenerateOptions& options, st
   return order[keep - 1];
 }
 
-}  // namespace
+std::vector<int64_t> WithoutEos(std::vector<int64_t> ids, const std::vector<int64_t>& eos) {
+  while (!ids.empty() && std::find(eos.begin(), eos.end(), ids.back()) != eos.end()) ids.pop_back();
+  return ids;
+}
 
 PromptAndReference SplitAtTargets(const Example& e) {
   // The last run of trained tokens is the reference; everything before it, earlier answers of a

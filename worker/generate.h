@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <vector>
 
 #include "worker/inference_model.h"
@@ -27,6 +28,14 @@ struct PromptAndReference {
   std::vector<int64_t> prompt, reference;
 };
 PromptAndReference SplitAtTargets(const Example& example);
+
+// The next token from one position's logits (vocab,): the argmax at temperature 0, else drawn
+// from the top-p nucleus of the tempered distribution with `rng`.
+int64_t SampleToken(const at::Tensor& logits, const GenerateOptions& options, std::mt19937_64& rng);
+
+// `ids` without the end-of-sequence tokens it ends with: an answer's end is not part of its
+// text (a tokenizer that does not list the model's EOS as special would decode it as a byte).
+std::vector<int64_t> WithoutEos(std::vector<int64_t> ids, const std::vector<int64_t>& eos);
 
 // Returns only the new tokens (the prompt is not repeated).
 std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt,

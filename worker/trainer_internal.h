@@ -156,6 +156,8 @@ class Trainer {
   // Evaluation (trainer_evaluation.cc).
   // The early-stopping metric of the evaluation, on every rank.
   std::optional<double> Evaluate(int64_t step);
+  // evaluation.generate: the generation metrics' figures, on every rank (collective).
+  nlohmann::json GenerationFigures(int64_t step);
   // After an evaluation that gave `metric` (none without validation targets): tracks the best
   // one, keeps its weights with output.keep_best, and says whether training stops early.
   bool AfterEvaluation(int64_t step, std::optional<double> metric);

@@ -319,6 +319,14 @@ void CheckBase(SweepSpec& spec, const YAML::Node& root, const SweepOptions& opti
                    fmt::format("'{}' is not reported by a {} evaluation (the base's model.task); expected one of: {}",
                                spec.objective.metric, task, fmt::join(reported, ", ")));
   }
+  const EvaluationMetric* objective = FindEvaluationMetric(spec.objective.metric);
+  const std::vector<std::string>& generated = base.evaluation.generate.metrics;
+  if (objective != nullptr && objective->generated && !SetByParameter(spec, "evaluation.") &&
+      std::find(generated.begin(), generated.end(), spec.objective.metric) == generated.end()) {
+    reader.Problem(MarkAt(root, "objective", "metric"), "objective.metric",
+                   fmt::format("'{}' is a generation metric: the base must list it in evaluation.generate.metrics",
+                               spec.objective.metric));
+  }
   bool has_validation = !base.data.validation.empty() || base.data.validation_split > 0;
   for (const auto& t : base.data.tasks) has_validation = has_validation || !t.validation.empty();
   if (!has_validation && !SetByParameter(spec, "data.")) {

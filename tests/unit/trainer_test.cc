@@ -19,6 +19,7 @@
 #include "worker/data/formats.h"
 #include "worker/data/mixture.h"
 #include "worker/data/token_dataset.h"
+#include "worker/evaluate.h"
 #include "worker/export.h"
 #include "worker/generate.h"
 
@@ -428,6 +429,81 @@ TEST_F(TrainerTest, WritesTheExportedModelsAnswersToValidationPrompts) {
   } catch (const SpecError& e) {
     EXPECT_NE(std::string(e.what()).find("output.generations"), std::string::npos) << e.what();
   }
+}
+
+// evaluation.generate: the answers the training model generates at each evaluation (a whole
+// forward per token, as every ZeRO stage can run it) score as `shardtune evaluate` scores the
+// exported model's (generated with the KV cache), metric by metric.
+TEST_F(TrainerTest, GenerationMetricsDuringTrainingEqualThoseOfTheExportedModel) {
+  testing::WriteByteLevelModel(dir_ / "bytes");
+  const auto records = [](int count, int offset) {
+    std::string text;
+    for (int n = offset; n < offset + count; ++n) {
+      const int from = n % 5;
+      text += json({{"prompt", "count from " + std::to_string(from) + ":"},
+                    {"completion", " " + std::to_string(from + 1) + " " + std::to_string(from + 2) + " " +
+                                       std::to_string(from + 3) + " " + std::to_string(from + 4) + " " +
+                                       std::to_string(from + 5)}})
+                  .dump() +
+              "\n";
+    }
+    return text;
+  };
+  testing::WriteText(dir_ / "completions.jsonl", records(40, 0));
+  testing::WriteText(dir_ / "completions-val.jsonl", records(6, 3));
+  const JobSpec spec = ParseJobSpec(
+      "name: t\nmodel: {path: bytes}\n"
+      "data: {train: completions.jsonl, validation: completions-val.jsonl, format: completion}\n"
+      "training: {max_steps: 24, eval_every: 12, micro_batch_size: 4, optimizer: {lr: 1.0e-2},\n"
+      "           early_stopping: {patience: 5, metric: rouge_l}}\n"
+      "evaluation: {generate: {metrics: [exact_match, rouge_l, bleu], max_new_tokens: 16}}\n"
+      "output: {dir: run}\n",
+      "job.yaml", dir_.path());
+  EXPECT_FALSE(spec.training.early_stopping.Minimizes());
+  EXPECT_TRUE(RunTraining(spec).finished);
+  std::vector<json> evaluations;
+  for (const json& line : Metrics("run"))
+    if (line.contains("val_loss")) evaluations.push_back(line);
+  ASSERT_EQ(evaluations.size(), 2u);
+  for (const json& e : evaluations) {
+    EXPECT_EQ(e.at("generated"), 6) << e.dump();
+    for (const char* name : {"exact_match", "rouge_l", "bleu"}) {
+      ASSERT_TRUE(e.contains(name)) << e.dump();
+      EXPECT_GE(e.at(name).get<double>(), 0.0);
+    }
+    EXPECT_LE(e.at("rouge_l").get<double>(), 1.0);
+  }
+  EvaluateOptions options;
+  options.model = dir_ / "run" / "final";
+  options.data = dir_ / "completions-val.jsonl";
+  options.format = "completion";
+  options.generation_metrics = {"exact_match", "rouge_l", "bleu"};
+  options.generate.max_new_tokens = 16;
+  const json exported = EvaluateModel(options).at("generation");
+  const json& last = evaluations.back();
+  EXPECT_GT(last.at("rouge_l").get<double>(), 0.0);  // some answers right in part: the comparison means something
+  for (const char* name : {"exact_match", "rouge_l", "bleu"})
+    EXPECT_NEAR(last.at(name).get<double>(), exported.at(name).get<double>(), 1e-9) << name;
+  // The spec's checks.
+  const auto problem = [&](const std::string& evaluation, const std::string& extra = "") {
+    try {
+      ParseJobSpec("name: t\nmodel: {path: bytes}\n"
+                   "data: {train: completions.jsonl, validation: completions-val.jsonl, format: completion}\n"
+                   "output: {dir: x}\nevaluation: " +
+                       evaluation + "\n" + extra,
+                   "job.yaml", dir_.path());
+    } catch (const SpecError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(problem("{generate: {metrics: [rouge]}}").find("unknown generation metric 'rouge'"), std::string::npos);
+  EXPECT_NE(problem("{generate: {metrics: [pass@1]}}").find("shardtune evaluate"), std::string::npos);
+  EXPECT_NE(problem("{generate: {metrics: [bleu], num_samples: 4}}").find("temperature > 0"), std::string::npos);
+  EXPECT_NE(problem("{generate: {metrics: [bleu]}}", "training: {early_stopping: {patience: 2, metric: rouge_l}}")
+                .find("list it in evaluation.generate.metrics"),
+            std::string::npos);
+  EXPECT_NE(problem("{generate: {metrics: [bleu], max_new_token: 3}}").find("max_new_token"), std::string::npos);
 }
 
 TEST(AdamW, FollowsTheReferenceArithmeticAndSkipsDecayWhereTold) {
