@@ -12,6 +12,7 @@
 #include "common/job_spec.h"
 #include "common/run_dir.h"
 #include "worker/data/formats.h"
+#include "worker/data/record_texts.h"
 #include "worker/evaluation.h"
 #include "worker/generate.h"
 #include "worker/inference_model.h"
@@ -44,16 +45,35 @@ DataFormat FormatFor(const std::string& name, ModelTask task) {
   return *format;
 }
 
-// Each example's answers to its prompt, scored against its reference.
+// A generated completion as code: cut where Codex's sampler stopped (Chen et al. 2021: at a new
+// top-level statement), so that what follows the function does not run, or break, the program.
+std::string CompletionCode(const std::string& generated) {
+  size_t end = generated.size();
+  for (const char* stop : {"\nclass", "\ndef", "\n#", "\nif", "\nprint"}) end = std::min(end, generated.find(stop));
+  return generated.substr(0, end);
+}
+
+// Each example's answers to its prompt, scored against its reference; with pass@K, each answer
+// also run against the record's tests in the sandbox.
 nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loaded, const TokenDataset& dataset,
                                 const Tokenizer& tokenizer, DataFormat format) {
   if (loaded.config.task() != ModelTask::kCausalLm || !loaded.model) {
     Fail(ErrorCode::kInvalidArgument, "--metrics: generation metrics need a language model (this one is {})",
          ToString(loaded.config.task()));
   }
-  GenerationScorer scorer(o.generation_metrics);
+  GenerationScorer scorer(o.generation_metrics, o.num_samples);
   // The examples' lines in the file, for errors (the file rendered whole, so they align).
   const RecordTexts records = ReadRecordTexts(o.data, format);
+  std::vector<CodeTests> tests;
+  if (scorer.RunsTests()) {
+    if (format != DataFormat::kCompletion) {
+      Fail(ErrorCode::kInvalidArgument,
+           "--metrics pass@k: runs completion records with tests ({{\"prompt\", \"completion\"?, \"tests\"}}), not "
+           "{} data",
+           ToString(format));
+    }
+    tests = ReadCodeTests(o.data);
+  }
   std::string lines;
   for (size_t i = 0; i < dataset.examples.size(); ++i) {
     const auto [prompt, reference_ids] = SplitAtTargets(dataset.examples[i]);
@@ -69,21 +89,29 @@ nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loa
     }
     const std::vector<int64_t>& eos = loaded.config.eos_token_ids();
     const std::string reference = tokenizer.Decode(WithoutEos(reference_ids, eos), /*skip_special_tokens=*/true);
+    int64_t passed = 0;
     for (int64_t k = 0; k < o.num_samples; ++k) {
       GenerateOptions options = o.generate;
       options.seed = o.generate.seed + static_cast<uint64_t>(i) * 1000003ULL + static_cast<uint64_t>(k);
       const std::string generated =
           tokenizer.Decode(WithoutEos(Generate(*loaded.model, prompt, options), eos), /*skip_special_tokens=*/true);
       scorer.Add(generated, reference, where);
-      if (!o.generations_out.empty()) {
-        lines += nlohmann::json({{"line", line},
-                                 {"prompt", tokenizer.Decode(prompt, /*skip_special_tokens=*/false)},
-                                 {"reference", reference},
-                                 {"generated", generated}})
-                     .dump() +
-                 "\n";
+      nlohmann::json record = {{"line", line},
+                               {"prompt", tokenizer.Decode(prompt, /*skip_special_tokens=*/false)},
+                               {"reference", reference},
+                               {"generated", generated}};
+      if (scorer.RunsTests()) {
+        const CodeTests& t = tests.at(i);
+        std::string program = t.prompt + CompletionCode(generated) + "\n\n" + t.tests + "\n";
+        if (!t.entry_point.empty()) program += "\ncheck(" + t.entry_point + ")\n";
+        const SandboxResult run = RunPythonSandboxed(program, o.sandbox);
+        passed += run.passed ? 1 : 0;
+        record["passed"] = run.passed;
+        record["outcome"] = run.outcome;
       }
+      if (!o.generations_out.empty()) lines += record.dump() + "\n";
     }
+    if (scorer.RunsTests()) scorer.AddTested(passed);
   }
   if (!o.generations_out.empty()) WriteFileAtomic(o.generations_out, lines);
   return scorer.Metrics();
@@ -94,7 +122,7 @@ nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loa
 nlohmann::json EvaluateModel(const EvaluateOptions& o) {
   // The generation options are checked before anything is loaded.
   if (!o.generation_metrics.empty()) {
-    GenerationScorer check(o.generation_metrics);
+    GenerationScorer check(o.generation_metrics, o.num_samples);
     if (o.num_samples > 1 && o.generate.temperature == 0.0) {
       Fail(ErrorCode::kInvalidArgument, "--num-samples {}: greedy answers are all alike; give --temperature > 0",
            o.num_samples);

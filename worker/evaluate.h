@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/code_sandbox.h"
 #include "worker/generate.h"
 
 namespace shardtune {
@@ -28,10 +29,12 @@ struct EvaluateOptions {
   GenerateOptions generate;
   int64_t num_samples = 1;                // answers per example (sampling needs generate.temperature > 0)
   std::filesystem::path generations_out;  // optional: each answer as JSONL {"line", "prompt", "reference", "generated"}
+  // pass@k: each answer run against its record's tests in the code sandbox, with these limits.
+  SandboxLimits sandbox;
 };
 
 // {"model", "data", "examples", "val_loss", ...the task's figures, and with generation metrics
-// "generation": {"generated", each metric}}. Throws Error for bad input.
+// "generation": {"generated", each metric; with pass@K "problems" too}}. Throws Error for bad input.
 nlohmann::json EvaluateModel(const EvaluateOptions& options);
 
 }  // namespace shardtune

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "worker/data/communicator_cache_group.h"
 #include "worker/data/formats.h"
+#include "worker/data/record_texts.h"
 #include "worker/trainer_internal.h"
 
 namespace shardtune {

@@ -12,6 +12,7 @@
 #include "common/storage_roots.h"
 #include "worker/data/example_selection.h"
 #include "worker/data/formats.h"
+#include "worker/data/record_texts.h"
 #include "worker/data/token_cache.h"
 
 namespace shardtune {

@@ -199,7 +199,9 @@ CLI::App* AddEvaluateCommand(CLI::App& app, EvaluateArgs& eval) {
   evaluate
       ->add_option("--metrics", eval.options.generation_metrics,
                    "generate an answer to each example's prompt and score it against the example's reference: "
-                   "exact_match, rouge_l, bleu, json_parse_rate, json_field_f1 (language models)")
+                   "exact_match, rouge_l, bleu, json_parse_rate, json_field_f1, or pass@K: the share of problems "
+                   "with a passing answer among K of --num-samples, each run against its record's tests in a sandbox "
+                   "(language models)")
       ->delimiter(',');
   evaluate->add_option("--max-new-tokens", eval.options.generate.max_new_tokens, "generated tokens per answer at most")
       ->check(CLI::PositiveNumber);
@@ -209,7 +211,9 @@ CLI::App* AddEvaluateCommand(CLI::App& app, EvaluateArgs& eval) {
   evaluate->add_option("--top-p", eval.options.generate.top_p, "nucleus sampling's mass")->check(CLI::Range(0.0, 1.0));
   evaluate->add_option("--seed", eval.options.generate.seed, "of the sampling");
   evaluate->add_option("--generations-out", eval.options.generations_out,
-                       "also write each answer as JSONL: {line, prompt, reference, generated}");
+                       "also write each answer as JSONL: {line, prompt, reference, generated; passed, outcome}");
+  evaluate->add_option("--test-timeout", eval.options.sandbox.wall_seconds, "pass@K: seconds an answer's tests may run")
+      ->check(CLI::PositiveNumber);
   evaluate->add_option("--output", eval.output, "json (default) or table: the top-level figures, one a line")
       ->check(CLI::IsMember({"table", "json"}));
   return evaluate;

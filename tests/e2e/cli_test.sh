@@ -280,6 +280,10 @@ PY
     "16 16 True True Hi there! True"
   out=$("$bin/shardtune" evaluate --model "$work/runs/chat/final" --data "$work/chat.jsonl" --format chat --metrics rouge 2>&1)
   expect_contains "an unknown generation metric is named" "$out" "unknown generation metric 'rouge'"
+  out=$("$bin/shardtune" evaluate --model "$work/runs/chat/final" --data "$work/chat.jsonl" --format chat \
+        --metrics pass@1 2>&1)
+  expect_eq "pass@k on chat data exits 2" "$?" "2"
+  expect_contains "pass@k names the records it runs" "$out" "runs completion records with tests"
   text=$("$bin/shardtune" generate --model "$work/runs/chat/final" --prompt "Say hi" --max-new-tokens 5 --log-level warn)
   expect_eq "generate --prompt answers in text" "$?" "0"
   # The same answer through ids: the prompt tokenized, its greedy continuation, decoded.

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -504,6 +506,67 @@ TEST_F(TrainerTest, GenerationMetricsDuringTrainingEqualThoseOfTheExportedModel)
                 .find("list it in evaluation.generate.metrics"),
             std::string::npos);
   EXPECT_NE(problem("{generate: {metrics: [bleu], max_new_token: 3}}").find("max_new_token"), std::string::npos);
+}
+
+// pass@k end to end: a model taught three completions by heart writes them back; each runs
+// against its record's tests in the sandbox: one passes, one fails its assertion, one loops until
+// the test timeout. Only the first counts, and each answer's outcome is in --generations-out.
+TEST_F(TrainerTest, PassAtKRunsEachAnswerAgainstItsTestsInTheSandbox) {
+  if (access("/usr/bin/bwrap", X_OK) != 0) GTEST_SKIP() << "no /usr/bin/bwrap (scripts/install-deps.sh)";
+  testing::WriteByteLevelModel(dir_ / "bytes");
+  const std::vector<json> problems = {
+      {{"prompt", "def add(a, b):\n"}, {"completion", "    return a + b\n"}, {"tests", "assert add(2, 3) == 5"}},
+      {{"prompt", "def sub(a, b):\n"}, {"completion", "    return a + b\n"}, {"tests", "assert sub(5, 3) == 2"}},
+      {{"prompt", "def spin():\n"},
+       {"completion", "    while 1: pass\n"},
+       {"tests", "def check(f):\n    f()"},
+       {"entry_point", "spin"}}};
+  std::string text;
+  for (int copy = 0; copy < 8; ++copy)
+    for (const json& p : problems) text += p.dump() + "\n";
+  testing::WriteText(dir_ / "code.jsonl", text);
+  std::string tests_only;  // completions are optional where there are tests
+  for (json p : problems) {
+    p.erase("completion");
+    tests_only += p.dump() + "\n";
+  }
+  testing::WriteText(dir_ / "code-tests.jsonl", tests_only);
+  const JobSpec spec = ParseJobSpec(
+      "name: t\nmodel: {path: bytes}\ndata: {train: code.jsonl, format: completion}\n"
+      "training: {max_steps: 60, micro_batch_size: 6, optimizer: {lr: 1.0e-2}}\noutput: {dir: code-run}\n",
+      "job.yaml", dir_.path());
+  ASSERT_TRUE(RunTraining(spec).finished);
+  EvaluateOptions options;
+  options.model = dir_ / "code-run" / "final";
+  options.data = dir_ / "code-tests.jsonl";
+  options.format = "completion";
+  options.generation_metrics = {"pass@1"};
+  options.generate.max_new_tokens = 24;
+  options.sandbox.wall_seconds = 1;
+  options.generations_out = dir_ / "answers.jsonl";
+  const json scored = EvaluateModel(options).at("generation");
+  EXPECT_EQ(scored.at("problems"), 3);
+  EXPECT_NEAR(scored.at("pass@1").get<double>(), 1.0 / 3.0, 1e-12) << scored.dump();
+  std::ifstream in(dir_ / "answers.jsonl");
+  std::vector<json> answers;
+  for (std::string line; std::getline(in, line);) answers.push_back(json::parse(line));
+  ASSERT_EQ(answers.size(), 3u);
+  EXPECT_EQ(answers[0].at("generated"), "    return a + b\n") << "the model did not learn its completions";
+  EXPECT_EQ(answers[0].at("outcome"), "passed");
+  EXPECT_EQ(answers[1].at("outcome"), "exit status 1");
+  EXPECT_EQ(answers[2].at("outcome"), "timed out after 1 s");
+  // A record without tests is named by its line.
+  testing::WriteText(dir_ / "untested.jsonl", problems[0].dump() + "\n" + json({{"prompt", "x"}, {"completion", "y"}}).dump() + "\n");
+  options.data = dir_ / "untested.jsonl";
+  try {
+    EvaluateModel(options);
+    FAIL() << "a record without tests was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("untested.jsonl:2: [missing_key] 'tests' is missing"), std::string::npos)
+        << e.what();
+  }
+  options.generation_metrics = {"pass@2"};
+  EXPECT_THROW(EvaluateModel(options), Error);  // more than the samples per problem
 }
 
 TEST(AdamW, FollowsTheReferenceArithmeticAndSkipsDecayWhereTold) {

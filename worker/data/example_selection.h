@@ -40,7 +40,7 @@ struct SelectionInputs {
   double validation_split = 0.0;
   uint64_t seed = 0;  // of the split
   DataSpec::Dedup dedup;
-  // Every record's text (formats.h: ReadRecordTexts), needed when `find_duplicates`; the
+  // Every record's text (record_texts.h: ReadRecordTexts), needed when `find_duplicates`; the
   // validation texts only with a validation file.
   const std::vector<std::string>* train_texts = nullptr;
   const std::vector<std::string>* validation_texts = nullptr;

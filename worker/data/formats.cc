@@ -11,6 +11,7 @@
 #include "common/atomic_file.h"
 #include "common/hf_config.h"
 #include "common/storage_roots.h"
+#include "worker/data/record_reader.h"
 #include "worker/data/tokenizer/unicode.h"
 
 namespace shardtune {
@@ -18,9 +19,12 @@ namespace shardtune {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
+using record_reader::ForEachRecord;
+using record_reader::IsJsonArrayFile;
+using record_reader::kMaxReportedIssues;
+using record_reader::Issues;
 
-constexpr size_t kMaxReportedIssues = 50;
+namespace {
 
 std::string Trim(const std::string& s) {
   const size_t begin = s.find_first_not_of(" \t\n\r");
@@ -103,25 +107,6 @@ class SequenceBuilder {
   std::vector<Pending> run_;
   std::vector<int64_t> starts_;
   size_t segments_ = 0;
-};
-
-// Collects issues; stops reading details of a record after its first.
-class Issues {
- public:
-  void Add(const std::string& file, int64_t line, const std::string& code, const std::string& message) {
-    ++total_;
-    if (issues_.size() < kMaxReportedIssues) issues_.push_back({file, line, code, message});
-  }
-  bool empty() const { return total_ == 0; }
-  const std::vector<DataIssue>& issues() const { return issues_; }
-  size_t total() const { return total_; }
-  void ThrowIfAny() {
-    if (total_ > 0) throw DataError(issues_, total_);
-  }
-
- private:
-  std::vector<DataIssue> issues_;
-  size_t total_ = 0;
 };
 
 // A record's problem: thrown inside the parsing of one record, caught per record.
@@ -273,9 +258,16 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
     case DataFormat::kShareGpt:
       return RenderChat(ReadShareGpt(record), options);
     case DataFormat::kCompletion: {
-      RejectUnknownKeys(record, {"prompt", "completion"}, "unrecognized_key", "");
+      // "tests" and "entry_point": code to run an answer against (pass@k, record_texts.h); a record
+      // with tests may leave its completion out (it is then trained on the end token alone).
+      RejectUnknownKeys(record, {"prompt", "completion", "tests", "entry_point"}, "unrecognized_key", "");
+      const bool tested = record.contains("tests");
+      for (const char* key : {"tests", "entry_point"})
+        if (record.contains(key)) RequireString(record, key, "", /*allow_empty=*/true);
       const std::string prompt = RequireString(record, "prompt", "", /*allow_empty=*/true);
-      return PromptAndResponse(prompt, RequireString(record, "completion", ""), options);
+      const std::string completion =
+          tested && !record.contains("completion") ? "" : RequireString(record, "completion", "", tested);
+      return PromptAndResponse(prompt, completion, options);
     }
     case DataFormat::kAlpaca: {
       RejectUnknownKeys(record, {"instruction", "input", "output"}, "unrecognized_key", "");
@@ -372,64 +364,6 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
   }
 }
 
-// Whether the file's first non-blank character opens a JSON array (alpaca's usual form).
-bool IsJsonArrayFile(const fs::path& path) {
-  const GrantedFile opened(path);  // the storage sandbox, on the file really opened
-  std::ifstream in(opened.Name(), std::ios::binary);
-  if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", path.string());
-  char c = 0;
-  while (in.get(c)) {
-    if (c != ' ' && c != '\t' && c != '\r' && c != '\n') return c == '[';
-  }
-  return false;
-}
-
-// Records of a slice of a file: its JSONL lines, or the elements of one JSON array (the first
-// slice only: an array is not cut). `lines` gets the newlines the slice holds; `progress` (when
-// set) the bytes of the slice read so far, after each line.
-template <typename Visit>
-void ForEachRecord(const fs::path& path, const RecordSlice& slice, Issues& issues, int64_t* lines, Visit visit,
-                   const std::function<void(uint64_t)>& progress = {}) {
-  const std::string file = path.string();
-  const GrantedFile opened(path);  // read by descriptor: whatever the path names now
-  if (IsJsonArrayFile(opened.Name())) {
-    if (slice.begin > 0) return;
-    json array;
-    try {
-      array = json::parse(ReadFile(opened.Name()));
-    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
-      issues.Add(file, 1, "invalid_json", fmt::format("the JSON array does not parse: {}", e.what()));
-      return;
-    }
-    for (size_t i = 0; i < array.size(); ++i) visit(array[i], static_cast<int64_t>(i + 1));
-    return;
-  }
-  std::ifstream in(opened.Name(), std::ios::binary);
-  if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", file);
-  in.seekg(static_cast<std::streamoff>(slice.begin));
-  uint64_t at = slice.begin;
-  std::string line;
-  // Lines as std::getline splits the whole text: a last line without a newline counts.
-  for (int64_t number = 1; at < slice.end && std::getline(in, line); ++number) {
-    at += line.size() + 1;
-    if (!in.eof()) ++*lines;
-    if (progress) progress(at - slice.begin);
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    if (!IsValidUtf8(line)) {
-      issues.Add(file, number, "invalid_utf8", "the line is not valid UTF-8");
-      continue;
-    }
-    json record;
-    try {
-      record = json::parse(line);
-    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e500
-      issues.Add(file, number, "invalid_json", e.what());
-      continue;
-    }
-    visit(record, number);
-  }
-}
-
 }  // namespace
 
 const char* ToString(ChatTemplate t) {
@@ -482,6 +416,21 @@ ChatTemplate DetectChatTemplate(const fs::path& dir, std::string* reason) {
   *reason = "its chat_template matches no known template";
   return ChatTemplate::kPlain;
 }
+
+namespace record_reader {
+
+bool IsJsonArrayFile(const fs::path& path) {
+  const GrantedFile opened(path);  // the storage sandbox, on the file really opened
+  std::ifstream in(opened.Name(), std::ios::binary);
+  if (!in) Fail(ErrorCode::kNotFound, "{}: cannot open the data file", path.string());
+  char c = 0;
+  while (in.get(c)) {
+    if (c != ' ' && c != '\t' && c != '\r' && c != '\n') return c == '[';
+  }
+  return false;
+}
+
+}  // namespace record_reader
 
 std::string DataIssue::ToString() const { return fmt::format("{}:{}: [{}] {}", file, line, code, message); }
 
@@ -717,120 +666,6 @@ SliceReport RenderRecords(const fs::path& path, const FormatOptions& options, co
   report.issues = issues.issues();
   report.total_issues = issues.total();
   return report;
-}
-
-namespace {
-
-// The string at record[key], or "" (the records were validated when the token cache was built).
-std::string StringAt(const json& record, const char* key) {
-  const auto it = record.find(key);
-  return it != record.end() && it->is_string() ? it->get<std::string>() : "";
-}
-
-std::string RecordText(const json& record, DataFormat format) {
-  if (!record.is_object()) return record.dump();
-  std::string text;
-  const auto append = [&text](const std::string& part) { text += (text.empty() ? "" : "\n") + part; };
-  switch (format) {
-    case DataFormat::kChat:
-    case DataFormat::kShareGpt: {
-      const bool chat = format == DataFormat::kChat;
-      const auto turns = record.find(chat ? "messages" : "conversations");
-      if (turns == record.end() || !turns->is_array()) break;
-      // System messages are left out: a file's conversations often share one long system prompt,
-      // which would make every pair look alike.
-      for (const json& turn : *turns) {
-        if (!turn.is_object()) continue;
-        const std::string role = StringAt(turn, chat ? "role" : "from");
-        if (role != "system") append(role + ": " + StringAt(turn, chat ? "content" : "value"));
-      }
-      break;
-    }
-    case DataFormat::kCompletion:
-      append(StringAt(record, "prompt"));
-      append(StringAt(record, "completion"));
-      break;
-    case DataFormat::kAlpaca:
-      for (const char* key : {"instruction", "input", "output"}) append(StringAt(record, key));
-      break;
-    case DataFormat::kText:
-      append(StringAt(record, "text"));
-      break;
-    case DataFormat::kClassification:
-      append(StringAt(record, "text"));
-      if (record.contains("text_pair")) append(StringAt(record, "text_pair"));
-      break;
-    case DataFormat::kNer: {
-      const auto words = record.find("tokens");
-      if (words == record.end() || !words->is_array()) break;
-      for (const json& word : *words)
-        text += (text.empty() ? "" : " ") + (word.is_string() ? word.get<std::string>() : "");
-      break;
-    }
-    case DataFormat::kTokens: {
-      const auto ids = record.find("input_ids");
-      if (ids == record.end() || !ids->is_array()) break;
-      for (const json& id : *ids) text += (text.empty() ? "" : " ") + id.dump();
-      break;
-    }
-  }
-  return text;
-}
-
-}  // namespace
-
-RecordTexts ReadRecordTexts(const fs::path& path, DataFormat format) {
-  RecordTexts records;
-  Issues ignored;  // the records were validated when the token cache was built
-  int64_t lines = 0;
-  ForEachRecord(path, RecordSlice{}, ignored, &lines, [&](const json& record, int64_t line) {
-    records.texts.push_back(RecordText(record, format));
-    records.lines.push_back(line);
-  });
-  return records;
-}
-
-std::string AugmentedRecords(const fs::path& path, DataFormat format, const std::vector<int64_t>& documents,
-                             const AugmentOptions& options, const Synonyms& synonyms) {
-  if (format != DataFormat::kClassification && format != DataFormat::kNer) {
-    Fail(ErrorCode::kInvalidArgument, "data.augment applies to classification and ner data, not {}", ToString(format));
-  }
-  std::vector<json> records;
-  Issues ignored;  // the records were validated when the token cache was built
-  int64_t lines = 0;
-  ForEachRecord(path, RecordSlice{}, ignored, &lines, [&](const json& record, int64_t) { records.push_back(record); });
-  std::string out;
-  for (size_t k = 0; k < documents.size(); ++k) {
-    const auto d = static_cast<size_t>(documents[k]);
-    ST_CHECK(d < records.size(), "document {} of {} records", d, records.size());
-    const json& record = records[d];
-    TaggedWords sentence;
-    if (format == DataFormat::kClassification) {
-      sentence.words = SplitWords(StringAt(record, "text"));
-    } else {
-      for (const json& w : record.value("tokens", json::array())) sentence.words.push_back(w.get<std::string>());
-      for (const json& t : record.value("tags", json::array())) {
-        if (!t.is_string()) {
-          Fail(ErrorCode::kInvalidArgument,
-               "{}: record {}: data.augment keeps BIO tags aligned by name (O, B-X, I-X); "
-               "give the tags as names, not indices",
-               path.string(), d + 1);
-        }
-        sentence.tags.push_back(t.get<std::string>());
-      }
-    }
-    for (const TaggedWords& copy : Augment(sentence, options, synonyms, static_cast<uint64_t>(k))) {
-      json augmented = record;
-      if (format == DataFormat::kClassification) {
-        augmented["text"] = JoinWords(copy.words);
-      } else {
-        augmented["tokens"] = copy.words;
-        augmented["tags"] = copy.tags;
-      }
-      out += augmented.dump() + "\n";
-    }
-  }
-  return out;
 }
 
 void ThrowIfProblems(const fs::path& path, std::vector<DataIssue> issues, size_t total, int64_t examples) {

@@ -1,7 +1,8 @@
 #pragma once
 // Training data in the formats users already have, turned into token ids and loss labels:
 //   chat        OpenAI fine-tuning JSONL: {"messages": [{"role", "content", "weight"?}]}
-//   completion  {"prompt", "completion"}
+//   completion  {"prompt", "completion"}; for code, "tests" and "entry_point" too (pass@k;
+//               a record with tests may leave the completion out)
 //   alpaca      {"instruction", "input"?, "output"}, JSONL or one JSON array
 //   sharegpt    {"conversations": [{"from": "system"|"human"|"gpt", "value"}]}
 //   text        {"text"}: loss on every token
@@ -20,7 +21,6 @@
 
 #include "common/error.h"
 #include "common/job_spec.h"
-#include "common/text_augmentation.h"
 #include "worker/data/token_dataset.h"
 #include "worker/data/tokenizer/tokenizer.h"
 
@@ -104,22 +104,6 @@ SliceReport RenderRecords(const std::filesystem::path& path, const FormatOptions
 // Throws the DataError of a file's problems (the first 50 of `issues`, `total` in all), or of an
 // empty file when there are no problems and no examples.
 void ThrowIfProblems(const std::filesystem::path& path, std::vector<DataIssue> issues, size_t total, int64_t examples);
-// Every record's text as deduplication compares records (near_duplicates.h), in file order: the
-// values its format reads, joined by newlines (chat and sharegpt: "role: content" a message; ner:
-// the words joined by spaces; tokens: the ids), without labels or weights. For a file that
-// renders without problems, texts[i] is the record of the token cache's document i.
-struct RecordTexts {
-  std::vector<std::string> texts;
-  std::vector<int64_t> lines;  // each record's line (JSONL) or element (JSON array), from 1
-};
-RecordTexts ReadRecordTexts(const std::filesystem::path& path, DataFormat format);
-// data.augment: `options.copies` new records (JSONL) for each of `documents` (indices of the
-// file's records, repeats allowed), in that order; the k-th entry's copies are seeded by k.
-// classification: the text's words changed (text_pair and label kept); ner: tokens and tags
-// changed together (common/text_augmentation.h). Other formats: Error.
-std::string AugmentedRecords(const std::filesystem::path& path, DataFormat format,
-                             const std::vector<int64_t>& documents, const AugmentOptions& options,
-                             const Synonyms& synonyms);
 // Cuts an example to its first `max_len` tokens (labels and segments with them).
 void TruncateExample(Example& example, int64_t max_len);
 
