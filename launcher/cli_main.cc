@@ -34,6 +34,7 @@ const std::vector<std::pair<std::string, std::string>> kWorkerCommands = {
     {"export", "export a training checkpoint as a Hugging Face model or PEFT adapter"},
     {"init-model", "write a randomly initialized model for a config.json"},
     {"evaluate", "a finished model's metrics on a dataset (loss, accuracy, F1, ...)"},
+    {"synthesize", "new training examples written by a teacher model from seed examples"},
 };
 
 // The command word of argv: the first argument that is neither an option nor an option's value.
@@ -158,8 +159,8 @@ int main(int argc, char** argv) {
   for (const auto& [name, description] : kWorkerCommands) {
     if (command != name) continue;
     const std::vector<std::string> args(argv + 1, argv + argc);
-    // export --np N: N processes through mpirun, each writing its share of the files.
-    if (command == "export") return LaunchWorkerRanks(args, LaunchOptions{RanksOf(args)});
+    // export and synthesize --np N: N processes through mpirun, each doing its share.
+    if (command == "export" || command == "synthesize") return LaunchWorkerRanks(args, LaunchOptions{RanksOf(args)});
     return ExecWorker(args);
   }
 

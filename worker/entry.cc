@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <omp.h>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -9,6 +10,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -25,6 +28,7 @@
 #include "worker/cpu_allocator.h"
 #include "worker/data/formats.h"
 #include "worker/server_reporter.h"
+#include "worker/synthesize.h"
 #include "worker/trainer.h"
 
 namespace shardtune {
@@ -226,26 +230,26 @@ int RunWorker(const std::string& job_path, const std::string& log_level, LogForm
   }
 }
 
-int RunExport(const CheckpointExport& request, int processes) {
+namespace {
+
+// A command on this process, or on each of the ranks mpirun started: `processes` (--np; 0: not
+// given) must be the number taking part. A failure on one rank ends them all.
+int RunOnRanks(const std::string& command, int processes, double timeout_s,
+               const std::function<void(Communicator&)>& body) {
   std::unique_ptr<MpiRuntime> mpi;
   std::unique_ptr<Communicator> world;
   try {
-    // The ranks wait for each other only around the writes: the job's collective timeout bounds that.
-    const double timeout_s =
-        MpiRuntime::LaunchedByMpi()
-            ? LoadJobSpec(CheckpointDir(request.checkpoint_dir).Run().JobYaml()).sharding.collective_timeout_s
-            : 0;
     world = MpiOrSingleProcessWorld(mpi, timeout_s);
     if (processes > 0 && processes != world->size()) {
       if (world->size() == 1) {
         Fail(ErrorCode::kInvalidArgument,
-             "--np {}: the processes are started by mpirun: run `shardtune export ... --np {}` (or mpirun -np {} "
-             "shardtune-worker export ...)",
-             processes, processes, processes);
+             "--np {}: the processes are started by mpirun: run `shardtune {} ... --np {}` (or mpirun -np {} "
+             "shardtune-worker {} ...)",
+             processes, command, processes, processes, command);
       }
       Fail(ErrorCode::kInvalidArgument, "--np {}, but mpirun started {} processes", processes, world->size());
     }
-    ExportCheckpoint(request, *world);
+    body(*world);
     world.reset();
     mpi.reset();
     return kExitOk;
@@ -254,6 +258,37 @@ int RunExport(const CheckpointExport& request, int processes) {
     if (mpi && world && world->size() > 1) MpiRuntime::Abort(code);
     return code;
   }
+}
+
+}  // namespace
+
+int RunExport(const CheckpointExport& request, int processes) {
+  // The ranks wait for each other only around the writes: the job's collective timeout bounds that.
+  double timeout_s = 0;
+  try {
+    if (MpiRuntime::LaunchedByMpi())
+      timeout_s = LoadJobSpec(CheckpointDir(request.checkpoint_dir).Run().JobYaml()).sharding.collective_timeout_s;
+  } catch (const std::exception& e) {
+    return ReportFailure(e);
+  }
+  return RunOnRanks("export", processes, timeout_s, [&](Communicator& world) { ExportCheckpoint(request, world); });
+}
+
+int RunSynthesize(const SynthesizeOptions& options, int processes, bool json_output) {
+  // Ranks generate between collectives: a round's generation bounds a wait, generously.
+  return RunOnRanks("synthesize", processes, 3600, [&](Communicator& world) {
+    const nlohmann::json report = Synthesize(options, world);
+    if (world.rank() != 0) return;
+    if (json_output) {
+      std::cout << report.dump() << std::endl;
+      return;
+    }
+    std::cout << fmt::format("wrote {} examples to {} ({} candidates, {:.0f} tokens/s on {} rank{})\n",
+                             report["kept"].get<int64_t>(), options.out.string(), report["candidates"].get<int64_t>(),
+                             report["tokens_per_s"].get<double>(), world.size(), world.size() == 1 ? "" : "s");
+    for (const auto& [filter, count] : report["removed"].items())
+      if (count.get<int64_t>() > 0) std::cout << fmt::format("  removed {}: {}\n", filter, count.get<int64_t>());
+  });
 }
 
 }  // namespace shardtune

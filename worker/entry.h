@@ -7,6 +7,7 @@
 #include "common/exit_codes.h"
 #include "common/logging.h"
 #include "worker/export.h"
+#include "worker/synthesize.h"
 
 namespace shardtune {
 
@@ -22,6 +23,10 @@ int RunWorker(const std::string& job_path, const std::string& log_level, LogForm
 // split the output files among them). `processes` is --np (0: not given): it must be the number
 // of processes taking part. A failure on one rank ends them all; nothing is left visible.
 int RunExport(const CheckpointExport& request, int processes);
+
+// `shardtune synthesize` (worker/synthesize.h), on this process or the ranks mpirun started
+// (--np, as RunExport's); rank 0 prints what it did (`json_output`: as one JSON object).
+int RunSynthesize(const SynthesizeOptions& options, int processes, bool json_output);
 
 // Maps an exception from the training side to an exit code, logging it.
 int ReportFailure(const std::exception& error);

@@ -76,4 +76,61 @@ std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t
   return generated;
 }
 
+std::vector<std::vector<int64_t>> GenerateBatch(const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
+                                                const GenerateOptions& options, const std::vector<uint64_t>& seeds) {
+  const LlamaConfig& config = model.config();
+  ST_CHECK(prompts.size() == seeds.size(), "{} prompts but {} seeds", prompts.size(), seeds.size());
+  const auto b = static_cast<int64_t>(prompts.size());
+  std::vector<std::vector<int64_t>> generated(prompts.size());
+  if (b == 0) return generated;
+  int64_t longest = 0;
+  for (const auto& prompt : prompts) {
+    if (prompt.empty()) Fail(ErrorCode::kInvalidArgument, "generation needs at least one prompt token");
+    for (int64_t id : prompt) {
+      if (id < 0 || id >= config.vocab_size)
+        Fail(ErrorCode::kInvalidArgument, "prompt token {} is outside the vocabulary [0, {})", id, config.vocab_size);
+    }
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompt.size()));
+  }
+  at::NoGradGuard no_grad;
+  std::vector<std::mt19937_64> rngs;
+  for (uint64_t seed : seeds) rngs.emplace_back(seed);
+  // Left padding: every row's last prompt token is the last column.
+  at::Tensor input = at::zeros({b, longest}, at::kLong);
+  at::Tensor mask = at::zeros({b, longest}, at::kLong);
+  for (int64_t i = 0; i < b; ++i) {
+    const auto& prompt = prompts[static_cast<size_t>(i)];
+    const auto n = static_cast<int64_t>(prompt.size());
+    input[i].narrow(0, longest - n, n).copy_(at::tensor(prompt, at::kLong));
+    mask[i].narrow(0, longest - n, n).fill_(1);
+  }
+  const int64_t end_token = config.eos_token_ids.empty() ? 0 : config.eos_token_ids.front();
+  std::vector<bool> ended(prompts.size(), false);
+  KvCache cache;
+  at::Tensor step_mask = mask;
+  for (int64_t t = 0; t < options.max_new_tokens; ++t) {
+    const at::Tensor logits = model.Forward(input, step_mask, &cache);
+    const at::Tensor last = logits.select(1, logits.size(1) - 1);
+    std::vector<int64_t> next(prompts.size(), end_token);
+    bool all_ended = true;
+    for (int64_t i = 0; i < b; ++i) {
+      const auto row = static_cast<size_t>(i);
+      if (ended[row]) continue;
+      next[row] = SampleToken(last[i], options, rngs[row]);
+      generated[row].push_back(next[row]);
+      ended[row] = options.stop_at_eos && std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(),
+                                                    next[row]) != config.eos_token_ids.end();
+      all_ended = all_ended && ended[row];
+    }
+    if (all_ended) break;
+    input = at::tensor(next, at::kLong).view({b, 1});
+    // The mask covers the cache (prompt tuning's virtual tokens, which the model puts in front,
+    // are real) and the new token.
+    mask = at::cat({mask, at::ones({b, 1}, at::kLong)}, 1);
+    const int64_t virtual_tokens = cache.length + 1 - mask.size(1);
+    step_mask = virtual_tokens > 0 ? at::cat({at::ones({b, virtual_tokens}, at::kLong), mask}, 1) : mask;
+  }
+  return generated;
+}
+
 }  // namespace shardtune

@@ -41,4 +41,12 @@ std::vector<int64_t> WithoutEos(std::vector<int64_t> ids, const std::vector<int6
 std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options);
 
+// Answers to several prompts at once, one forward per new token for all of them: the prompts
+// left-padded (masked out; rotary attention depends only on the distance between positions, so a
+// row's answer is the one Generate gives, to rounding), each row sampled with its own
+// `seeds[i]`, rows that ended fed their end token until every row has ended. Returns each
+// prompt's new tokens, as Generate does.
+std::vector<std::vector<int64_t>> GenerateBatch(const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
+                                                const GenerateOptions& options, const std::vector<uint64_t>& seeds);
+
 }  // namespace shardtune

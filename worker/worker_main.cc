@@ -219,6 +219,47 @@ CLI::App* AddEvaluateCommand(CLI::App& app, EvaluateArgs& eval) {
   return evaluate;
 }
 
+struct SynthesizeArgs {
+  SynthesizeOptions options;
+  int processes = 0;
+};
+
+// `synthesize --model DIR --seed-data FILE --format F --num N --out FILE`, read into `args`.
+CLI::App* AddSynthesizeCommand(CLI::App& app, SynthesizeArgs& args) {
+  SynthesizeOptions& o = args.options;
+  CLI::App* synthesize =
+      app.add_subcommand("synthesize", "new training examples written by a teacher model from seed examples");
+  synthesize->add_option("--model", o.model, "the teacher: a Hugging Face language model directory")->required();
+  synthesize->add_option("--adapter", o.adapter, "a PEFT adapter on the teacher");
+  synthesize->add_option("--seed-data", o.seed_data, "JSONL seed examples of the format")->required();
+  synthesize->add_option("--format", o.format, "alpaca, chat, classification or completion")->required();
+  synthesize->add_option("--num", o.num, "examples to write")->check(CLI::PositiveNumber);
+  synthesize->add_option("--out", o.out, "the JSONL file to write")->required();
+  synthesize->add_option("--template", o.template_file,
+                         "a file with one example's text, fields as {name} (default: the format's, docs/data.md)");
+  synthesize->add_option("--shots", o.shots, "seed examples in each prompt")->check(CLI::PositiveNumber);
+  synthesize->add_option("--max-candidates", o.max_candidates, "give up after this many (default: 4 x --num)")
+      ->check(CLI::NonNegativeNumber);
+  synthesize->add_option("--batch-size", o.batch_size, "candidates a rank generates together")
+      ->check(CLI::PositiveNumber);
+  synthesize->add_option("--max-new-tokens", o.max_new_tokens, "tokens per candidate at most")
+      ->check(CLI::PositiveNumber);
+  synthesize->add_option("--temperature", o.temperature, "sampling temperature (0: greedy)")
+      ->check(CLI::NonNegativeNumber);
+  synthesize->add_option("--top-p", o.top_p, "nucleus sampling's mass")->check(CLI::Range(0.0, 1.0));
+  synthesize->add_option("--seed", o.seed, "of the shots and the sampling");
+  synthesize->add_option("--min-chars", o.min_chars, "shortest example text kept")->check(CLI::NonNegativeNumber);
+  synthesize->add_option("--max-chars", o.max_chars, "longest example text kept")->check(CLI::PositiveNumber);
+  synthesize->add_option("--dedup-threshold", o.dedup_threshold, "near duplicates: Jaccard similarity at least this")
+      ->check(CLI::Range(0.0, 1.0));
+  synthesize->add_option("--rouge-threshold", o.rouge_threshold,
+                         "drop a candidate whose ROUGE-L F against its closest seed is at least this")
+      ->check(CLI::Range(0.0, 1.0));
+  synthesize->add_option("--np", args.processes, "ranks that split the candidates (through mpirun)")
+      ->check(CLI::PositiveNumber);
+  return synthesize;
+}
+
 // check-file: the Files API's check of an uploaded training file (check_file.h).
 struct CheckFileCommand {
   explicit CheckFileCommand(CLI::App& parent)
@@ -321,8 +362,11 @@ int main(int argc, char** argv) {
 
   EvaluateArgs eval;
   CLI::App* evaluate = AddEvaluateCommand(app, eval);
+  SynthesizeArgs synth;
+  CLI::App* synthesize = AddSynthesizeCommand(app, synth);
+  add_output(synthesize, "json prints what was done as one JSON object");
 
-  for (CLI::App* command : {generate, tokenize, validate, check_file.app, exporter, init, evaluate}) {
+  for (CLI::App* command : {generate, tokenize, validate, check_file.app, exporter, init, evaluate, synthesize}) {
     command->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
     command->add_option("--log-format", log_format, "text, or json: one object a line")
         ->check(CLI::IsMember({"text", "json"}));
@@ -363,6 +407,7 @@ int main(int argc, char** argv) {
       return kExitOk;
     }
     if (check_file.app->parsed()) return check_file.Run();
+    if (synthesize->parsed()) return RunSynthesize(synth.options, synth.processes, output == "json");
   } catch (const std::exception& e) {
     if (output == "json") std::cout << FailureJson(e);
     return ReportFailure(e);

@@ -284,6 +284,19 @@ PY
         --metrics pass@1 2>&1)
   expect_eq "pass@k on chat data exits 2" "$?" "2"
   expect_contains "pass@k names the records it runs" "$out" "runs completion records with tests"
+  # synthesize through the CLI on 2 ranks (mpirun): every candidate accounted for. (A teacher that
+  # writes examples worth keeping is tests/unit/synthesize_test.cc's.)
+  out=$("$bin/shardtune" synthesize --model "$work/runs/chat/final" --seed-data "$work/chat.jsonl" --format chat \
+        --num 2 --max-candidates 4 --max-new-tokens 8 --batch-size 2 --out "$work/synthetic.jsonl" --np 2 \
+        --output json --log-level warn 2>&1)
+  expect_eq "synthesize --np 2 exits 0" "$?" "0"
+  counts=$(python3 -c 'import json,sys; r=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(r["ranks"], r["candidates"] == 4 or r["kept"] == 2, r["candidates"] == r["kept"] + sum(r["removed"].values()))' <<<"$out")
+  expect_eq "synthesize reports its ranks and every candidate" "$counts" "2 True True"
+  [ -f "$work/synthetic.jsonl" ] && pass "synthesize wrote its file" || fail "synthesize wrote no file"
+  out=$("$bin/shardtune" synthesize --model "$work/runs/chat/final" --seed-data "$work/chat.jsonl" --format ner \
+        --out "$work/x.jsonl" 2>&1)
+  expect_eq "synthesize of ner data exits 2" "$?" "2"
+  expect_contains "synthesize names the formats it writes" "$out" "alpaca, chat, classification or completion"
   text=$("$bin/shardtune" generate --model "$work/runs/chat/final" --prompt "Say hi" --max-new-tokens 5 --log-level warn)
   expect_eq "generate --prompt answers in text" "$?" "0"
   # The same answer through ids: the prompt tokenized, its greedy continuation, decoded.

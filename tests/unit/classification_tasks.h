@@ -27,12 +27,14 @@ namespace shardtune::testing {
 // with each letter (so that " Bo" starts with the token " B", which a causal model can tag), then
 // <s>, </s>, <pad>: vocab 311. No classifier dropout: the sharded runs must draw no randomness
 // that depends on how the batch is split.
-inline void WriteByteLevelModel(const std::filesystem::path& dir, uint64_t seed = 0) {
+// `extra` is spliced into config.json after the rest (later keys win: "max_position_embeddings": 512).
+inline void WriteByteLevelModel(const std::filesystem::path& dir, uint64_t seed = 0, const std::string& extra = "") {
   // (The special ids follow the tokenizer's; in JSON the later keys win over TinyConfig's.)
   WriteTinyModel(dir,
                  TinyConfig("llama",
                             R"("tie_word_embeddings": false, "classifier_dropout": 0.0, "bos_token_id": 308,
-                               "eos_token_id": 309, "pad_token_id": 310)",
+                               "eos_token_id": 309, "pad_token_id": 310)" +
+                                (extra.empty() ? "" : ", " + extra),
                             311),
                  seed);
   nlohmann::json vocab = nlohmann::json::object(), merges = nlohmann::json::array();

@@ -136,7 +136,7 @@ max_trials: 8
       "strategy (line 9, column 11): 'bayesain' is not one of: grid, random, bayesian (did you mean 'bayesian'?)",
       "objective.metric (line 10, column 21): 'val_accuracy' is not a metric the evaluation reports (did you mean "
       "'accuracy'?); expected one of: val_loss, perplexity, token_accuracy, accuracy, macro_f1, micro_f1, "
-      "entity_precision, entity_recall, entity_f1",
+      "entity_precision, entity_recall, entity_f1, exact_match, rouge_l, bleu, json_parse_rate, json_field_f1",
   };
   EXPECT_EQ(problems, expected);
 }

@@ -20,6 +20,8 @@ std::string StringAt(const json& record, const char* key) {
   return it != record.end() && it->is_string() ? it->get<std::string>() : "";
 }
 
+}  // namespace
+
 std::string RecordText(const json& record, DataFormat format) {
   if (!record.is_object()) return record.dump();
   std::string text;
@@ -69,8 +71,6 @@ std::string RecordText(const json& record, DataFormat format) {
   }
   return text;
 }
-
-}  // namespace
 
 RecordTexts ReadRecordTexts(const fs::path& path, DataFormat format) {
   RecordTexts records;
@@ -124,6 +124,15 @@ std::string AugmentedRecords(const fs::path& path, DataFormat format, const std:
     }
   }
   return out;
+}
+
+std::vector<json> ReadRecords(const fs::path& path) {
+  std::vector<json> records;
+  Issues issues;
+  int64_t lines = 0;
+  ForEachRecord(path, RecordSlice{}, issues, &lines, [&](const json& record, int64_t) { records.push_back(record); });
+  issues.ThrowIfAny();
+  return records;
 }
 
 std::vector<CodeTests> ReadCodeTests(const fs::path& path) {

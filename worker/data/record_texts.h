@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,11 @@ struct RecordTexts {
   std::vector<int64_t> lines;  // each record's line (JSONL) or element (JSON array), from 1
 };
 RecordTexts ReadRecordTexts(const std::filesystem::path& path, DataFormat format);
+// Every record of a file (JSONL lines or one JSON array's elements), as parsed; a line that does
+// not parse is a DataError naming it.
+std::vector<nlohmann::json> ReadRecords(const std::filesystem::path& path);
+// One record's text, as ReadRecordTexts reads it.
+std::string RecordText(const nlohmann::json& record, DataFormat format);
 // data.augment: `options.copies` new records (JSONL) for each of `documents` (indices of the
 // file's records, repeats allowed), in that order; the k-th entry's copies are seeded by k.
 // classification: the text's words changed (text_pair and label kept); ner: tokens and tags
