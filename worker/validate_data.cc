@@ -10,6 +10,7 @@
 #include "common/model_config.h"
 #include "common/run_dir.h"
 #include "common/storage_roots.h"
+#include "common/text_augmentation.h"
 #include "worker/data/example_selection.h"
 #include "worker/data/formats.h"
 #include "worker/data/record_texts.h"
@@ -65,6 +66,38 @@ json FileReport(const JobSpec& spec, const JobDataOptions& data, const FormatOpt
   return file;
 }
 
+// What data.balance: oversample and data.augment add to the task's training examples, as the
+// trainer makes them (trainer_data.cc): "balance_adds" and "augment_adds" in its file report.
+void AddBalanceAndAugmentation(const JobSpec& spec, const TaskSpec& task, uint64_t seed, std::vector<int64_t> train,
+                               json& report) {
+  const bool oversample = spec.data.balance == BalanceMode::kOversample;
+  if (!oversample && spec.data.augment.copies == 0) return;
+  if (oversample) {
+    std::map<std::string, int64_t> ids;  // a class id for each label, as written
+    std::vector<int64_t> classes;
+    for (const json& record : ReadRecords(task.train)) {
+      const auto label = record.is_object() ? record.find("label") : record.end();
+      classes.push_back(label == record.end() ? -1 : ids.emplace(label->dump(), ids.size()).first->second);
+    }
+    const size_t before = train.size();
+    train = Oversampled(train, classes, seed);
+    report["balance_adds"] = static_cast<int64_t>(train.size() - before);
+  }
+  if (spec.data.augment.copies > 0) {
+    AugmentOptions augment = spec.data.augment;
+    augment.seed = spec.training.seed;
+    const std::filesystem::path wordnet = Synonyms::DefaultDir();
+    Synonyms synonyms;
+    if (std::filesystem::exists(wordnet / "data.noun")) {
+      synonyms = Synonyms::Load(wordnet);
+    } else {
+      augment.synonym_replacement = augment.random_insertion = 0;
+    }
+    const std::string records = AugmentedRecords(task.train, task.format, train, augment, synonyms);
+    report["augment_adds"] = static_cast<int64_t>(std::count(records.begin(), records.end(), '\n'));
+  }
+}
+
 constexpr size_t kListed = 20;  // duplicate and leak pairs listed per file (all are counted)
 
 // Duplicates within a task's training file and copies of its validation examples there, as the
@@ -116,6 +149,7 @@ void AddDuplicateFindings(const JobSpec& spec, const TaskSpec& task, uint64_t se
         d.leaked, spec.data.dedup.mode == DedupMode::kNone ? " (data.dedup: near removes the training copies)" : ""));
   }
   if (validation != nullptr) (*validation)["leaked"] = d.leaked;
+  AddBalanceAndAugmentation(spec, task, seed, selection.train, train);
 }
 
 }  // namespace
@@ -137,7 +171,8 @@ json ValidateData(const std::string& job_path) {
 
   const std::filesystem::path cache_dir =
       spec.data.cache_dir.empty() ? RunDir(spec.output.dir).Cache() : std::filesystem::path(spec.data.cache_dir);
-  int64_t train_tokens = 0, train_examples = 0, exact = 0, near = 0, leaked = 0, removes = 0;
+  int64_t train_tokens = 0, train_examples = 0, exact = 0, near = 0, leaked = 0, removes = 0, balance_adds = 0,
+          augment_adds = 0;
   std::map<std::string, int64_t> label_counts;
   json labels = json::array();
   for (size_t t = 0; t < sources.size(); ++t) {
@@ -162,6 +197,8 @@ json ValidateData(const std::string& job_path) {
     near += train["duplicates"]["near"].get<int64_t>();
     leaked += train["leaked"].get<int64_t>();
     removes += train["dedup_removes"].get<int64_t>();
+    balance_adds += train.value("balance_adds", int64_t{0});
+    augment_adds += train.value("augment_adds", int64_t{0});
     for (const json& label : train.value("labels", json::array())) {
       const std::string name = label["name"].get<std::string>();
       if (!label_counts.count(name)) labels.push_back(name);
@@ -186,6 +223,8 @@ json ValidateData(const std::string& job_path) {
                      {"shingle", ToString(dedup.similarity.unit)},
                      {"ngram", dedup.similarity.ngram},
                      {"removes", removes}};
+  report["balance"] = {{"mode", ToString(spec.data.balance)}, {"adds", balance_adds}};
+  report["augment"] = {{"copies", spec.data.augment.copies}, {"adds", augment_adds}};
   const int64_t global = spec.GlobalBatchSize(spec.resources.world_size());
   report["per_epoch"] = {{"tokens", train_tokens},
                          {"steps", train_examples / global},
@@ -239,6 +278,13 @@ std::string ValidationText(const json& report) {
   if (dedup["mode"] != "none") {
     text += fmt::format("data.dedup {} removes {} training examples\n", dedup["mode"].get<std::string>(),
                         dedup["removes"].get<int64_t>());
+  }
+  if (report["balance"]["mode"] == "oversample") {
+    text += fmt::format("data.balance oversample adds {} training examples (repeats)\n",
+                        report["balance"]["adds"].get<int64_t>());
+  }
+  if (report["augment"]["copies"].get<int64_t>() > 0) {
+    text += fmt::format("data.augment adds {} new training examples\n", report["augment"]["adds"].get<int64_t>());
   }
   return text + "ok\n";
 }

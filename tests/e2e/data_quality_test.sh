@@ -111,6 +111,10 @@ write_job over none oversample
 out=$("$bin/shardtune" train over.yaml 2>&1)
 expect_eq "an oversampled job trains" "$?" "0"
 expect_contains "oversampling evens the classes" "$out" "oversampled 340 training examples to"
+oversampled=$(sed -n 's/.*oversampled 340 training examples to \([0-9]*\).*/\1/p' <<<"$out" | head -n 1)
+out=$("$bin/shardtune" validate-data over.yaml 2>&1)
+expect_contains "validate-data says what oversampling adds" "$out" \
+  "data.balance oversample adds $((oversampled - 340)) training examples"
 sed -e 's/task: sequence_classification, labels: \[negative, positive\]/task: token_classification/' \
     -e 's/format: classification/format: ner/' over.yaml > ner.yaml
 out=$("$bin/shardtune" validate-data ner.yaml 2>&1)
@@ -129,6 +133,9 @@ new=$(cat runs/augmented/cache/train-augmented-*.jsonl | wc -l)
 [ "$new" -gt 600 ] && pass "nearly every example got two changed copies ($new)" || fail "only $new augmented examples"
 expect_contains "the log counts the new examples" "$out" "augment: $new new examples, up to 2 for each of 340 training examples"
 expect_contains "augmented examples train; validation is unchanged" "$out" "data: $((340 + new)) training examples, 50 validation examples"
+out=$("$bin/shardtune" validate-data augmented.yaml --output json 2>&1)
+expect_eq "validate-data counts what augmentation adds, as training makes it" \
+  "$(python3 -c 'import json,sys; print(json.load(sys.stdin)["augment"]["adds"])' <<<"$out")" "$new"
 labels=$(python3 - runs/augmented/cache/train-augmented-*.jsonl <<'PY'
 import json, sys
 train = [json.loads(l) for l in open("train.jsonl")]
