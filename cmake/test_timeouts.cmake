@@ -13,5 +13,7 @@ function(shardtune_scale_timeouts)
       math(EXPR timeout "${timeout} * ${SHARDTUNE_TEST_TIMEOUT_SCALE}")
       set_tests_properties(${test} PROPERTIES TIMEOUT ${timeout})
     endif()
+    # The scripts' own waits (tests/e2e/checks.sh's wait_status) scale with it.
+    set_property(TEST ${test} APPEND PROPERTY ENVIRONMENT "SHARDTUNE_TEST_TIMEOUT_SCALE=${SHARDTUNE_TEST_TIMEOUT_SCALE}")
   endforeach()
 endfunction()

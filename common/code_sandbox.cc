@@ -1,6 +1,7 @@
 #include "common/code_sandbox.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <grp.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -15,8 +16,6 @@
 #include <fstream>
 #include <thread>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "common/error.h"
 
@@ -103,17 +102,55 @@ SandboxResult RunPythonSandboxed(const std::string& program, const SandboxLimits
   const bool root = geteuid() == 0;
   const uid_t user = root ? kNobody : getuid();
   const auto processes = static_cast<rlim_t>(TasksOf(user) + limits.processes);
-  const std::string fd = std::to_string(program_fd), status = std::to_string(status_fd), scratch_bytes = std::to_string(limits.scratch_bytes);
+  const std::string fd = std::to_string(program_fd), status = std::to_string(status_fd),
+                    scratch_bytes = std::to_string(limits.scratch_bytes);
   // The sandbox: new namespaces of every kind (no network device but loopback), /usr read-only
   // and nothing else of the host's file system, a tmpfs as the working directory, no
   // environment; bubblewrap's init dies with it, and the kernel kills every process in its PID
   // namespace then.
-  const std::vector<std::string> args = {
-      kBubblewrap, "--json-status-fd", status, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr", "--symlink",
-      "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin", "--proc", "/proc",
-      "--dev", "/dev", "--size", scratch_bytes, "--tmpfs", "/scratch", "--file", fd, "/program/main.py",
-      "--chdir", "/scratch", "--clearenv", "--setenv", "PATH", "/usr/bin", "--setenv", "HOME", "/scratch",
-      "--", kSandboxPython, "-I", "-B", "/program/main.py"};
+  const std::vector<std::string> args = {kBubblewrap,
+                                         "--json-status-fd",
+                                         status,
+                                         "--unshare-all",
+                                         "--die-with-parent",
+                                         "--new-session",
+                                         "--ro-bind",
+                                         "/usr",
+                                         "/usr",
+                                         "--symlink",
+                                         "usr/lib",
+                                         "/lib",
+                                         "--symlink",
+                                         "usr/lib64",
+                                         "/lib64",
+                                         "--symlink",
+                                         "usr/bin",
+                                         "/bin",
+                                         "--proc",
+                                         "/proc",
+                                         "--dev",
+                                         "/dev",
+                                         "--size",
+                                         scratch_bytes,
+                                         "--tmpfs",
+                                         "/scratch",
+                                         "--file",
+                                         fd,
+                                         "/program/main.py",
+                                         "--chdir",
+                                         "/scratch",
+                                         "--clearenv",
+                                         "--setenv",
+                                         "PATH",
+                                         "/usr/bin",
+                                         "--setenv",
+                                         "HOME",
+                                         "/scratch",
+                                         "--",
+                                         kSandboxPython,
+                                         "-I",
+                                         "-B",
+                                         "/program/main.py"};
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);

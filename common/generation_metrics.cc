@@ -340,8 +340,8 @@ enum SumIndex : size_t {
   kExact,
   kParsed,
   kRougeL,
-  kBleuCorrect,                     // 4 values
-  kBleuTotal = kBleuCorrect + 4,    // 4 values
+  kBleuCorrect,                   // 4 values
+  kBleuTotal = kBleuCorrect + 4,  // 4 values
   kHypothesisLength = kBleuTotal + 4,
   kReferenceLength,
   kFieldsPredicted,
@@ -387,8 +387,8 @@ GenerationScorer::GenerationScorer(std::vector<std::string> metrics, int64_t sam
     }
     std::string known;
     for (const std::string& k : Known()) known += (known.empty() ? "" : ", ") + k;
-    Fail(ErrorCode::kInvalidArgument, "unknown generation metric '{}'; expected one of: {}, pass@K (K a number)",
-         name, known);
+    Fail(ErrorCode::kInvalidArgument, "unknown generation metric '{}'; expected one of: {}, pass@K (K a number)", name,
+         known);
   }
   sums_.assign(kFixedSums + pass_k_.size(), 0.0);
 }

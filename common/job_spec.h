@@ -199,7 +199,7 @@ struct TrainingSpec {
 struct GenerateEvaluationSpec {
   std::vector<std::string> metrics;  // none: no generation
   int64_t max_new_tokens = 64;
-  int64_t num_samples = 1;  // answers per prompt; more than one needs temperature > 0
+  int64_t num_samples = 1;   // answers per prompt; more than one needs temperature > 0
   double temperature = 0.0;  // 0: greedy
   double top_p = 1.0;
   int64_t max_examples = 0;  // the first N validation examples; 0: all

@@ -1,8 +1,8 @@
 #include "worker/entry.h"
 
 #include <ATen/Parallel.h>
-#include <omp.h>
 #include <fmt/format.h>
+#include <omp.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>

@@ -76,7 +76,8 @@ std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t
   return generated;
 }
 
-std::vector<std::vector<int64_t>> GenerateBatch(const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
+std::vector<std::vector<int64_t>> GenerateBatch(const LlamaModel& model,
+                                                const std::vector<std::vector<int64_t>>& prompts,
                                                 const GenerateOptions& options, const std::vector<uint64_t>& seeds) {
   const LlamaConfig& config = model.config();
   ST_CHECK(prompts.size() == seeds.size(), "{} prompts but {} seeds", prompts.size(), seeds.size());

@@ -46,7 +46,8 @@ std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t
 // row's answer is the one Generate gives, to rounding), each row sampled with its own
 // `seeds[i]`, rows that ended fed their end token until every row has ended. Returns each
 // prompt's new tokens, as Generate does.
-std::vector<std::vector<int64_t>> GenerateBatch(const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
+std::vector<std::vector<int64_t>> GenerateBatch(const LlamaModel& model,
+                                                const std::vector<std::vector<int64_t>>& prompts,
                                                 const GenerateOptions& options, const std::vector<uint64_t>& seeds);
 
 }  // namespace shardtune

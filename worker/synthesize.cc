@@ -81,7 +81,8 @@ ExampleTemplate::ExampleTemplate(const std::string& text, DataFormat format) : f
       continue;
     }
     if (!fields_.empty() && literal.empty())
-      Fail(ErrorCode::kInvalidArgument, "template: {{{}}} follows {{{}}} with nothing between them", name, fields_.back());
+      Fail(ErrorCode::kInvalidArgument, "template: {{{}}} follows {{{}}} with nothing between them", name,
+           fields_.back());
     literals_.push_back(literal);
     literal.clear();
     fields_.push_back(name);
@@ -95,7 +96,8 @@ ExampleTemplate::ExampleTemplate(const std::string& text, DataFormat format) : f
       Fail(ErrorCode::kInvalidArgument, "template: {} data need {{{}}}", ToString(format), field);
   }
   if (Trimmed(literals_.front()).empty())
-    Fail(ErrorCode::kInvalidArgument, "template: it must open with text before its first field (where an example starts)");
+    Fail(ErrorCode::kInvalidArgument,
+         "template: it must open with text before its first field (where an example starts)");
 }
 
 ExampleTemplate ExampleTemplate::Default(DataFormat format) {
@@ -218,7 +220,8 @@ SynthesisFilter::SynthesisFilter(const SynthesizeOptions& options, DataFormat fo
       }()) {
   for (size_t i = 0; i < seed_texts_.size(); ++i)
     index_.Add(-1 - static_cast<int64_t>(i), index_.Fingerprinted(seed_texts_[i]));
-  for (const char* name : {"unparsed", "unknown_label", "too_short", "too_long", "duplicate", "near_duplicate", "rouge_l"})
+  for (const char* name :
+       {"unparsed", "unknown_label", "too_short", "too_long", "duplicate", "near_duplicate", "rouge_l"})
     removed_[name] = 0;
 }
 
@@ -270,8 +273,9 @@ json Synthesize(const SynthesizeOptions& o, Communicator& world) {
     shown.push_back(*rendered);
   }
   if (shown.size() < static_cast<size_t>(o.shots)) {
-    Fail(ErrorCode::kInvalidArgument, "{}: {} seed example{} the template can show; --shots {} needs at least that many",
-         o.seed_data.string(), shown.size(), shown.size() == 1 ? "" : "s", o.shots);
+    Fail(ErrorCode::kInvalidArgument,
+         "{}: {} seed example{} the template can show; --shots {} needs at least that many", o.seed_data.string(),
+         shown.size(), shown.size() == 1 ? "" : "s", o.shots);
   }
 
   const LoadedModel teacher = LoadModelForInference(o.model, o.adapter);
@@ -334,8 +338,7 @@ json Synthesize(const SynthesizeOptions& o, Communicator& world) {
     world.Broadcast(go_on, 0, CollectiveTag{"synthesize progress", round})->Wait();
     kept = static_cast<int64_t>(go_on[0].item<double>());
     candidates = static_cast<int64_t>(go_on[1].item<double>());
-    if (world.rank() == 0)
-      spdlog::info("synthesize: {} of {} kept after {} candidates", kept, o.num, candidates);
+    if (world.rank() == 0) spdlog::info("synthesize: {} of {} kept after {} candidates", kept, o.num, candidates);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (world.rank() == 0) WriteFileAtomic(o.out, out);
@@ -348,8 +351,9 @@ json Synthesize(const SynthesizeOptions& o, Communicator& world) {
                  {"tokens_per_s", seconds > 0 ? static_cast<double>(generated_tokens) / seconds : 0.0},
                  {"ranks", world.size()}};
   if (kept < o.num) {
-    spdlog::warn("synthesize: only {} of the {} examples asked for passed the filters in {} candidates (--max-candidates)",
-                 kept, o.num, candidates);
+    spdlog::warn(
+        "synthesize: only {} of the {} examples asked for passed the filters in {} candidates (--max-candidates)", kept,
+        o.num, candidates);
   }
   return report;
 }

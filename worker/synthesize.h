@@ -64,7 +64,7 @@ struct SynthesizeOptions {
   uint64_t seed = 0;
   int64_t min_chars = 1, max_chars = 4000;  // bounds on a record's text (record_texts.h)
   double dedup_threshold = 0.85;            // near duplicates: Jaccard of character 5-gram sets
-  double rouge_threshold = 0.7;             // ROUGE-L F against the most similar seed at or above which a candidate goes
+  double rouge_threshold = 0.7;  // ROUGE-L F against the most similar seed at or above which a candidate goes
 };
 
 // The filters, in the order they apply to each candidate (its continuation after the template's

@@ -7,8 +7,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <random>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "common/atomic_file.h"
 #include "common/error.h"

@@ -252,8 +252,9 @@ CLI::App* AddSynthesizeCommand(CLI::App& app, SynthesizeArgs& args) {
   synthesize->add_option("--max-chars", o.max_chars, "longest example text kept")->check(CLI::PositiveNumber);
   synthesize->add_option("--dedup-threshold", o.dedup_threshold, "near duplicates: Jaccard similarity at least this")
       ->check(CLI::Range(0.0, 1.0));
-  synthesize->add_option("--rouge-threshold", o.rouge_threshold,
-                         "drop a candidate whose ROUGE-L F against its closest seed is at least this")
+  synthesize
+      ->add_option("--rouge-threshold", o.rouge_threshold,
+                   "drop a candidate whose ROUGE-L F against its closest seed is at least this")
       ->check(CLI::Range(0.0, 1.0));
   synthesize->add_option("--np", args.processes, "ranks that split the candidates (through mpirun)")
       ->check(CLI::PositiveNumber);

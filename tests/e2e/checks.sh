@@ -52,6 +52,7 @@ field() {
 }
 # wait_status JOB_ID STATUS SECONDS
 wait_status() {
-  for _ in $(seq 1 $(($3 * 10))); do [ "$(field "$1" status)" == "$2" ] && return 0; sleep 0.1; done
+  # Under the sanitizers (make test-asan) everything is several times slower: the wait scales.
+  for _ in $(seq 1 $(($3 * 10 * ${SHARDTUNE_TEST_TIMEOUT_SCALE:-1}))); do [ "$(field "$1" status)" == "$2" ] && return 0; sleep 0.1; done
   return 1
 }

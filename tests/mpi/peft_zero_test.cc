@@ -7,9 +7,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "classification_tasks.h"
 #include "common/atomic_file.h"
 #include "common/safetensors.h"
-#include "classification_tasks.h"
 #include "run_comparison.h"
 #include "tiny_models.h"
 #include "worker/generate.h"
@@ -223,8 +223,9 @@ TEST_F(PeftZeroTest, GenerationMetricsEqualTheSingleProcessRun) {
     double lr;
     std::string generate;
   };
-  for (const Case& c : {Case{"full-greedy", "{type: full}", 1e-2, greedy}, Case{"full-sampled", "{type: full}", 1e-2, sampled},
-                        Case{"prompt", "{type: prompt, prompt: {num_virtual_tokens: 3}}", 1e-2, greedy}}) {
+  for (const Case& c :
+       {Case{"full-greedy", "{type: full}", 1e-2, greedy}, Case{"full-sampled", "{type: full}", 1e-2, sampled},
+        Case{"prompt", "{type: prompt, prompt: {num_virtual_tokens: 3}}", 1e-2, greedy}}) {
     SCOPED_TRACE(c.name + " np " + std::to_string(n));
     const fs::path reference = dir / ("ref-" + c.name + "-" + std::to_string(n));
     if (World().rank() == 0) RunTraining(spec(c.method, c.lr, c.generate, reference, 0));

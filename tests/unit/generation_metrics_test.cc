@@ -164,7 +164,7 @@ TEST(GenerationScorer, SumsOfPartsGiveTheWholesFigures) {
 
 TEST(GenerationScorer, PassAtKAveragesTheEstimatorOverProblems) {
   GenerationScorer scorer({"pass@1", "pass_at_5", "pass_at_k"}, 10);
-  scorer.AddTested(3);   // 3 of 10 samples pass
+  scorer.AddTested(3);  // 3 of 10 samples pass
   scorer.AddTested(0);
   scorer.AddTested(10);
   const nlohmann::json m = scorer.Metrics();

@@ -41,14 +41,16 @@ inline void WriteSentimentTeacher(const std::filesystem::path& dir) {
   }
   for (int k = 0; k < 8; ++k) {
     const bool positive = k % 2 == 0;
-    seeds += nlohmann::json({{"text", sentence(positive)}, {"label", positive ? "positive" : "negative"}}).dump() + "\n";
+    seeds +=
+        nlohmann::json({{"text", sentence(positive)}, {"label", positive ? "positive" : "negative"}}).dump() + "\n";
   }
   WriteText(dir / "teaching.jsonl", teaching);
   WriteText(dir / "seeds.jsonl", seeds);
-  RunTraining(ParseJobSpec("name: t\nmodel: {path: teacher}\ndata: {train: teaching.jsonl, format: text}\n"
-                           "training: {max_steps: 150, micro_batch_size: 4, optimizer: {lr: 1.0e-2}}\n"
-                           "output: {dir: run}\n",
-                           "job.yaml", dir));
+  RunTraining(
+      ParseJobSpec("name: t\nmodel: {path: teacher}\ndata: {train: teaching.jsonl, format: text}\n"
+                   "training: {max_steps: 150, micro_batch_size: 4, optimizer: {lr: 1.0e-2}}\n"
+                   "output: {dir: run}\n",
+                   "job.yaml", dir));
 }
 
 // Options asking the teacher of WriteSentimentTeacher(dir) for 6 examples into DIR/synthetic.jsonl.

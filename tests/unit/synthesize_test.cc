@@ -9,16 +9,16 @@
 #include <random>
 
 #include "classification_tasks.h"
-#include "synthesis_teacher.h"
+#include "common/atomic_file.h"
 #include "common/error.h"
+#include "sharding/comm/communicator.h"
+#include "synthesis_teacher.h"
 #include "test_util.h"
 #include "tiny_models.h"
+#include "worker/data/formats.h"
 #include "worker/generate.h"
 #include "worker/inference_model.h"
 #include "worker/trainer.h"
-#include "worker/data/formats.h"
-#include "common/atomic_file.h"
-#include "sharding/comm/communicator.h"
 
 namespace shardtune {
 namespace {
@@ -56,8 +56,8 @@ TEST(ExampleTemplate, RendersAndParsesEachFormat) {
   // A template of one's own.
   const ExampleTemplate custom("Review: {text} => {label};\n", DataFormat::kClassification);
   EXPECT_EQ(custom.Parse("fine => positive;\nReview: x"), json({{"text", "fine"}, {"label", "positive"}}));
-  EXPECT_THROW(ExampleTemplate("{text}{label}", DataFormat::kClassification), Error);         // fields adjoin
-  EXPECT_THROW(ExampleTemplate("Text: {text}\n", DataFormat::kClassification), Error);        // no {label}
+  EXPECT_THROW(ExampleTemplate("{text}{label}", DataFormat::kClassification), Error);          // fields adjoin
+  EXPECT_THROW(ExampleTemplate("Text: {text}\n", DataFormat::kClassification), Error);         // no {label}
   EXPECT_THROW(ExampleTemplate("Text: {txt} {label}\n", DataFormat::kClassification), Error);  // unknown field
   EXPECT_THROW(ExampleTemplate::Default(DataFormat::kNer), Error);
 }
@@ -67,24 +67,23 @@ TEST(SynthesisFilter, EachFilterRemovesWhatItShouldAndCountsIt) {
   options.min_chars = 8;
   options.max_chars = 60;
   const ExampleTemplate shape = ExampleTemplate::Default(DataFormat::kClassification);
-  const std::vector<std::string> seeds = {"the acting was wonderful and moving",
-                                          "a tedious film with a weak script"};
+  const std::vector<std::string> seeds = {"the acting was wonderful and moving", "a tedious film with a weak script"};
   SynthesisFilter filter(options, DataFormat::kClassification, shape, seeds,
                          {{"positive", "positive"}, {"negative", "negative"}});
   const auto admit = [&](const std::string& text, const std::string& label) {
     return filter.Admit(text + "\nLabel: " + label);
   };
   EXPECT_TRUE(admit("bright colours and a clever ending", "positive"));
-  EXPECT_FALSE(filter.Admit("no label line"));                                     // unparsed
-  EXPECT_FALSE(admit("a stunning and heartfelt story", "neutral"));                // unknown_label
-  EXPECT_FALSE(admit("meh", "negative"));                                          // too_short
-  EXPECT_FALSE(admit(std::string(70, 'x') + " long", "negative"));                 // too_long
-  EXPECT_FALSE(admit("bright colours and a clever ending", "negative"));            // duplicate of the admitted one
-  EXPECT_FALSE(admit("the acting was wonderful and moving!", "positive"));          // near duplicate of a seed
-  EXPECT_FALSE(admit("a tedious film with such a weak script", "negative"));        // ROUGE-L 0.93 to a seed
+  EXPECT_FALSE(filter.Admit("no label line"));                                // unparsed
+  EXPECT_FALSE(admit("a stunning and heartfelt story", "neutral"));           // unknown_label
+  EXPECT_FALSE(admit("meh", "negative"));                                     // too_short
+  EXPECT_FALSE(admit(std::string(70, 'x') + " long", "negative"));            // too_long
+  EXPECT_FALSE(admit("bright colours and a clever ending", "negative"));      // duplicate of the admitted one
+  EXPECT_FALSE(admit("the acting was wonderful and moving!", "positive"));    // near duplicate of a seed
+  EXPECT_FALSE(admit("a tedious film with such a weak script", "negative"));  // ROUGE-L 0.93 to a seed
   EXPECT_TRUE(admit("slow in the middle yet worth seeing", "positive"));
-  const std::map<std::string, int64_t> expected = {{"unparsed", 1},  {"unknown_label", 1}, {"too_short", 1},
-                                                   {"too_long", 1},  {"duplicate", 1},     {"near_duplicate", 1},
+  const std::map<std::string, int64_t> expected = {{"unparsed", 1}, {"unknown_label", 1}, {"too_short", 1},
+                                                   {"too_long", 1}, {"duplicate", 1},     {"near_duplicate", 1},
                                                    {"rouge_l", 1}};
   EXPECT_EQ(filter.removed(), expected);
 }

@@ -1,7 +1,6 @@
 #include "worker/trainer.h"
 
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <chrono>
@@ -489,11 +488,12 @@ TEST_F(TrainerTest, GenerationMetricsDuringTrainingEqualThoseOfTheExportedModel)
   // The spec's checks.
   const auto problem = [&](const std::string& evaluation, const std::string& extra = "") {
     try {
-      ParseJobSpec("name: t\nmodel: {path: bytes}\n"
-                   "data: {train: completions.jsonl, validation: completions-val.jsonl, format: completion}\n"
-                   "output: {dir: x}\nevaluation: " +
-                       evaluation + "\n" + extra,
-                   "job.yaml", dir_.path());
+      ParseJobSpec(
+          "name: t\nmodel: {path: bytes}\n"
+          "data: {train: completions.jsonl, validation: completions-val.jsonl, format: completion}\n"
+          "output: {dir: x}\nevaluation: " +
+              evaluation + "\n" + extra,
+          "job.yaml", dir_.path());
     } catch (const SpecError& e) {
       return std::string(e.what());
     }
@@ -556,7 +556,8 @@ TEST_F(TrainerTest, PassAtKRunsEachAnswerAgainstItsTestsInTheSandbox) {
   EXPECT_EQ(answers[1].at("outcome"), "exit status 1");
   EXPECT_EQ(answers[2].at("outcome"), "timed out after 1 s");
   // A record without tests is named by its line.
-  testing::WriteText(dir_ / "untested.jsonl", problems[0].dump() + "\n" + json({{"prompt", "x"}, {"completion", "y"}}).dump() + "\n");
+  testing::WriteText(dir_ / "untested.jsonl",
+                     problems[0].dump() + "\n" + json({{"prompt", "x"}, {"completion", "y"}}).dump() + "\n");
   options.data = dir_ / "untested.jsonl";
   try {
     EvaluateModel(options);

@@ -21,8 +21,8 @@ using nlohmann::json;
 
 using record_reader::ForEachRecord;
 using record_reader::IsJsonArrayFile;
-using record_reader::kMaxReportedIssues;
 using record_reader::Issues;
+using record_reader::kMaxReportedIssues;
 
 namespace {
 

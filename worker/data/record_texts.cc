@@ -142,17 +142,20 @@ std::vector<CodeTests> ReadCodeTests(const fs::path& path) {
   ForEachRecord(path, RecordSlice{}, issues, &lines, [&](const json& record, int64_t line) {
     const auto tests = record.is_object() ? record.find("tests") : record.end();
     if (!record.is_object() || tests == record.end()) {
-      issues.Add(path.string(), line, "missing_key", "'tests' is missing: pass@k runs each answer against its record's tests");
+      issues.Add(path.string(), line, "missing_key",
+                 "'tests' is missing: pass@k runs each answer against its record's tests");
       return;
     }
     if (!tests->is_string()) {
-      issues.Add(path.string(), line, "data_type", fmt::format("'tests' must be a string of Python, got {}", tests->type_name()));
+      issues.Add(path.string(), line, "data_type",
+                 fmt::format("'tests' must be a string of Python, got {}", tests->type_name()));
       return;
     }
     CodeTests t{line, StringAt(record, "prompt"), tests->get<std::string>(), ""};
     if (const auto entry = record.find("entry_point"); entry != record.end()) {
       if (!entry->is_string()) {
-        issues.Add(path.string(), line, "data_type", fmt::format("'entry_point' must be a string, got {}", entry->type_name()));
+        issues.Add(path.string(), line, "data_type",
+                   fmt::format("'entry_point' must be a string, got {}", entry->type_name()));
         return;
       }
       t.entry_point = entry->get<std::string>();
