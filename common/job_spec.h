@@ -202,7 +202,8 @@ struct GenerateEvaluationSpec {
   int64_t num_samples = 1;   // answers per prompt; more than one needs temperature > 0
   double temperature = 0.0;  // 0: greedy
   double top_p = 1.0;
-  int64_t max_examples = 0;  // the first N validation examples; 0: all
+  int64_t max_examples = 0;    // the first N validation examples; 0: all
+  double test_timeout_s = 10;  // pass@K: seconds an answer's tests may run (common/code_sandbox.h)
 };
 
 struct EvaluationSpec {

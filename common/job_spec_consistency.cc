@@ -90,12 +90,9 @@ void CheckGeneration(Checks& c, bool has_validation) {
   if (!has_validation) {
     c.Problem("evaluation.generate", "answers the validation prompts: give data.validation or data.validation_split");
   }
+  bool runs_tests = false;
   try {
-    if (GenerationScorer(g.metrics, g.num_samples).RunsTests()) {
-      c.Problem("evaluation.generate.metrics",
-                "pass@k runs each answer against its example's tests: score the exported model with `shardtune "
-                "evaluate --metrics pass@K`");
-    }
+    runs_tests = GenerationScorer(g.metrics, g.num_samples).RunsTests();
   } catch (const Error& e) {
     c.Problem("evaluation.generate.metrics", e.what());
   }
@@ -106,6 +103,13 @@ void CheckGeneration(Checks& c, bool has_validation) {
   std::vector<DataFormat> formats = {spec.data.format};
   for (const TaskSpec& task : spec.data.tasks) formats.push_back(task.format);
   for (DataFormat format : formats) {
+    if (runs_tests && format != DataFormat::kCompletion) {
+      c.Problem("evaluation.generate.metrics",
+                fmt::format("pass@k runs completion records with tests ({{\"prompt\", \"completion\"?, \"tests\"}}), "
+                            "not {} data",
+                            ToString(format)));
+      break;
+    }
     if (format == DataFormat::kText || format == DataFormat::kTokens) {
       c.Problem("evaluation.generate",
                 fmt::format("needs prompts and answers (completion, alpaca, chat or sharegpt data), not {} data",

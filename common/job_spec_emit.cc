@@ -165,6 +165,7 @@ void EmitEvaluation(YAML::Emitter& out, const EvaluationSpec& e) {
   out << YAML::Key << "temperature" << YAML::Value << g.temperature;
   out << YAML::Key << "top_p" << YAML::Value << g.top_p;
   out << YAML::Key << "max_examples" << YAML::Value << g.max_examples;
+  out << YAML::Key << "test_timeout_s" << YAML::Value << g.test_timeout_s;
   out << YAML::EndMap << YAML::EndMap;
 }
 

@@ -222,6 +222,7 @@ void ReadEvaluation(MapReader m, EvaluationSpec* evaluation) {
   g.Double("temperature", &generate.temperature, 0.0, 100.0);
   g.Double("top_p", &generate.top_p, 0.0, 1.0, /*min_open=*/true);
   g.Int("max_examples", &generate.max_examples, 0);
+  g.Double("test_timeout_s", &generate.test_timeout_s, 0.0, 3600.0, /*min_open=*/true);
   g.Finish();
   m.Finish();
 }

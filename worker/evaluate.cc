@@ -45,14 +45,6 @@ DataFormat FormatFor(const std::string& name, ModelTask task) {
   return *format;
 }
 
-// A generated completion as code: cut where Codex's sampler stopped (Chen et al. 2021: at a new
-// top-level statement), so that what follows the function does not run, or break, the program.
-std::string CompletionCode(const std::string& generated) {
-  size_t end = generated.size();
-  for (const char* stop : {"\nclass", "\ndef", "\n#", "\nif", "\nprint"}) end = std::min(end, generated.find(stop));
-  return generated.substr(0, end);
-}
-
 // Each example's answers to its prompt, scored against its reference; with pass@K, each answer
 // also run against the record's tests in the sandbox.
 nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loaded, const TokenDataset& dataset,
@@ -101,10 +93,7 @@ nlohmann::json ScoreGenerations(const EvaluateOptions& o, const LoadedModel& loa
                                {"reference", reference},
                                {"generated", generated}};
       if (scorer.RunsTests()) {
-        const CodeTests& t = tests.at(i);
-        std::string program = t.prompt + CompletionCode(generated) + "\n\n" + t.tests + "\n";
-        if (!t.entry_point.empty()) program += "\ncheck(" + t.entry_point + ")\n";
-        const SandboxResult run = RunPythonSandboxed(program, o.sandbox);
+        const SandboxResult run = RunPythonSandboxed(TestProgram(tests.at(i), generated), o.sandbox);
         passed += run.passed ? 1 : 0;
         record["passed"] = run.passed;
         record["outcome"] = run.outcome;

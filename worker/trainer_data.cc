@@ -9,6 +9,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/generation_metrics.h"
 #include "worker/data/communicator_cache_group.h"
 #include "worker/data/formats.h"
 #include "worker/data/record_texts.h"
@@ -178,6 +179,9 @@ void Trainer::LoadData() {
   tokenizer_ = std::move(job_data.tokenizer);
   if (rank0_ && !job_data.template_note.empty()) spdlog::info("{}", job_data.template_note);
 
+  const bool runs_tests =
+      !spec_.evaluation.generate.metrics.empty() &&
+      GenerationScorer(spec_.evaluation.generate.metrics, spec_.evaluation.generate.num_samples).RunsTests();
   std::vector<int64_t> sizes;
   std::vector<double> weights;
   for (size_t t = 0; t < sources.size(); ++t) {
@@ -195,6 +199,10 @@ void Trainer::LoadData() {
     std::shared_ptr<const TokenCache> held;
     if (!task.validation.empty()) held = CachedData(task.validation, job_data, options);
     TaskSelection selection = SelectTaskExamples(task, *train, held.get(), spec_.training.seed + t);
+    if (runs_tests) {  // the validation documents are the file's records, in order
+      const std::vector<CodeTests> tests = ReadCodeTests(held ? task.validation : task.train);
+      for (int64_t d : selection.validation) validation_tests_.push_back(tests.at(static_cast<size_t>(d)));
+    }
     validation_.Add(held ? held : train, std::move(selection.validation), max_seq_len_, /*pack=*/false);
     std::vector<int64_t> kept = std::move(selection.train);
     if (spec_.data.balance == BalanceMode::kClassWeights) UseClassWeights(*train, kept);

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "common/atomic_file.h"
+#include "common/code_sandbox.h"
 #include "common/error.h"
 #include "common/generation_metrics.h"
 #include "worker/evaluation.h"
@@ -112,6 +113,11 @@ json Trainer::GenerationFigures(int64_t step) {
   const int64_t answers = examples * g.num_samples;
   const int64_t rounds = (answers + micro_ * ranks_ - 1) / (micro_ * ranks_);
   const Example idle{{config_.pad_token_id(), config_.pad_token_id()}, {-100, -100}, {}, {}};
+  // pass@K: each answer runs against its example's tests on the rank that wrote it; the passes
+  // per example are summed over ranks.
+  std::vector<double> passes(scorer.RunsTests() ? static_cast<size_t>(examples) : 0, 0.0);
+  SandboxLimits sandbox;
+  sandbox.wall_seconds = g.test_timeout_s;
   for (int64_t round = 0; round < rounds; ++round) {
     std::vector<Answer> batch;
     const int64_t begin = (round * ranks_ + world_.rank()) * micro_;
@@ -155,6 +161,19 @@ json Trainer::GenerationFigures(int64_t step) {
       const std::string text = tokenizer_->Decode(WithoutEos(generated, eos), /*skip_special_tokens=*/true);
       scorer.Add(text, references[static_cast<size_t>(answer.example)],
                  fmt::format("validation example {}", answer.example + 1));
+      if (scorer.RunsTests()) {
+        const auto e = static_cast<size_t>(answer.example);
+        passes[e] += RunPythonSandboxed(TestProgram(validation_tests_.at(e), text), sandbox).passed ? 1 : 0;
+      }
+    }
+  }
+  if (scorer.RunsTests()) {
+    at::Tensor summed = at::tensor(passes, at::kDouble).to(device_);
+    AllReduceSumNow(world_, summed, CollectiveTag{"generation tests", step});
+    const at::Tensor host = summed.cpu();
+    // Every rank adds the same problems' figures after the sums below are added up: rank 0's count.
+    if (world_.rank() == 0) {
+      for (int64_t e = 0; e < examples; ++e) scorer.AddTested(static_cast<int64_t>(host[e].item<double>()));
     }
   }
   at::Tensor sums = at::tensor(scorer.sums(), at::kDouble).to(device_);

@@ -33,6 +33,7 @@
 #include "worker/data/example_set.h"
 #include "worker/data/formats.h"
 #include "worker/data/mixture.h"
+#include "worker/data/record_texts.h"
 #include "worker/data/token_dataset.h"
 #include "worker/data/tokenizer/tokenizer.h"
 #include "worker/metrics_log.h"
@@ -185,6 +186,8 @@ class Trainer {
   // validation example's part is its task.
   ExampleSet train_;
   ExampleSet validation_;
+  // evaluation.generate with pass@K: each validation example's record's tests (record_texts.h).
+  std::vector<CodeTests> validation_tests_;
   std::vector<int64_t> train_lengths_;  // with data.group_by_length: each training example's tokens
   std::vector<TaskRange> tasks_;        // where each task's examples are in train_
   std::vector<std::string> task_names_;

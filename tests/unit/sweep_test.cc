@@ -161,7 +161,8 @@ max_trials: 4
       "parameters.output.dir (line 5, column 3): is set by the sweep for each trial (NAME-NNN, SWEEP_DIR/trials/NNN)",
       "early_termination.reduction_factor (line 7, column 68): does not apply to early_termination.type 'median'",
       "objective.metric (line 6, column 21): 'accuracy' is not reported by a causal_lm evaluation (the base's "
-      "model.task); expected one of: val_loss, perplexity, token_accuracy",
+      "model.task); expected one of: val_loss, perplexity, token_accuracy, exact_match, rouge_l, bleu, "
+      "json_parse_rate, json_field_f1",
       "base (line 2, column 7): the base job has no validation data (data.validation or data.validation_split): its "
       "trials would report no objective",
       "early_termination.type (line 7, column 27): needs evaluations during training, but the base's "
@@ -169,6 +170,26 @@ max_trials: 4
       "parameters.training.optimizer.lr (line 4, column 26): the value 0.0 makes the base job invalid: "
       "training.optimizer.lr: must be in (0, 1000], got 0",
   };
+  EXPECT_EQ(problems, expected);
+}
+
+// A generation metric is an objective only when the base generates it (evaluation.generate).
+TEST_F(SweepSpecTest, AGenerationMetricNeedsTheBaseToAskForIt) {
+  WriteText(dir_ / "lm.yaml", R"(name: lm
+model: {path: model}
+data: {train: data/train.jsonl, format: completion, validation_split: 0.2}
+output: {dir: runs/lm}
+)");
+  const auto problems = Problems(R"(name: lm-sweep
+base: lm.yaml
+parameters:
+  training.optimizer.lr: {uniform: [1.0e-5, 1.0e-3]}
+objective: {metric: rouge_l}
+max_trials: 2
+)");
+  const std::vector<std::string> expected = {
+      "objective.metric (line 5, column 21): 'rouge_l' is a generation metric: the base must list it in "
+      "evaluation.generate.metrics"};
   EXPECT_EQ(problems, expected);
 }
 

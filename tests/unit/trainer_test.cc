@@ -500,7 +500,7 @@ TEST_F(TrainerTest, GenerationMetricsDuringTrainingEqualThoseOfTheExportedModel)
     return std::string("accepted");
   };
   EXPECT_NE(problem("{generate: {metrics: [rouge]}}").find("unknown generation metric 'rouge'"), std::string::npos);
-  EXPECT_NE(problem("{generate: {metrics: [pass@1]}}").find("shardtune evaluate"), std::string::npos);
+  EXPECT_NE(problem("{generate: {metrics: [pass@2]}}").find("needs at least 2 samples"), std::string::npos);
   EXPECT_NE(problem("{generate: {metrics: [bleu], num_samples: 4}}").find("temperature > 0"), std::string::npos);
   EXPECT_NE(problem("{generate: {metrics: [bleu]}}", "training: {early_stopping: {patience: 2, metric: rouge_l}}")
                 .find("list it in evaluation.generate.metrics"),
@@ -532,8 +532,9 @@ TEST_F(TrainerTest, PassAtKRunsEachAnswerAgainstItsTestsInTheSandbox) {
   }
   testing::WriteText(dir_ / "code-tests.jsonl", tests_only);
   const JobSpec spec = ParseJobSpec(
-      "name: t\nmodel: {path: bytes}\ndata: {train: code.jsonl, format: completion}\n"
-      "training: {max_steps: 60, micro_batch_size: 6, optimizer: {lr: 1.0e-2}}\noutput: {dir: code-run}\n",
+      "name: t\nmodel: {path: bytes}\ndata: {train: code.jsonl, validation: code-tests.jsonl, format: completion}\n"
+      "training: {max_steps: 60, micro_batch_size: 6, optimizer: {lr: 1.0e-2}}\noutput: {dir: code-run}\n"
+      "evaluation: {generate: {metrics: [pass@1], max_new_tokens: 24, test_timeout_s: 1}}\n",
       "job.yaml", dir_.path());
   ASSERT_TRUE(RunTraining(spec).finished);
   EvaluateOptions options;
@@ -555,6 +556,12 @@ TEST_F(TrainerTest, PassAtKRunsEachAnswerAgainstItsTestsInTheSandbox) {
   EXPECT_EQ(answers[0].at("outcome"), "passed");
   EXPECT_EQ(answers[1].at("outcome"), "exit status 1");
   EXPECT_EQ(answers[2].at("outcome"), "timed out after 1 s");
+  // The same during training (evaluation.generate): the evaluation after the last step.
+  json last;
+  for (const json& line : Metrics("code-run"))
+    if (line.contains("pass@1")) last = line;
+  EXPECT_EQ(last.value("problems", 0), 3) << last.dump();
+  EXPECT_NEAR(last.value("pass@1", -1.0), 1.0 / 3.0, 1e-12) << last.dump();
   // A record without tests is named by its line.
   testing::WriteText(dir_ / "untested.jsonl",
                      problems[0].dump() + "\n" + json({{"prompt", "x"}, {"completion", "y"}}).dump() + "\n");

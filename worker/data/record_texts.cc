@@ -1,5 +1,6 @@
 #include "worker/data/record_texts.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -164,6 +165,14 @@ std::vector<CodeTests> ReadCodeTests(const fs::path& path) {
   });
   issues.ThrowIfAny();
   return out;
+}
+
+std::string TestProgram(const CodeTests& tests, const std::string& answer) {
+  size_t end = answer.size();
+  for (const char* stop : {"\nclass", "\ndef", "\n#", "\nif", "\nprint"}) end = std::min(end, answer.find(stop));
+  std::string program = tests.prompt + answer.substr(0, end) + "\n\n" + tests.tests + "\n";
+  if (!tests.entry_point.empty()) program += "\ncheck(" + tests.entry_point + ")\n";
+  return program;
 }
 
 }  // namespace shardtune

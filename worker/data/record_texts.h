@@ -44,5 +44,10 @@ struct CodeTests {
 };
 // Every record's tests, in file order; a record without "tests" is an Error naming its line.
 std::vector<CodeTests> ReadCodeTests(const std::filesystem::path& path);
+// The program an answer is judged by: the prompt, the answer cut where Codex's sampler stopped
+// (Chen et al. 2021: at the first "\nclass", "\ndef", "\n#", "\nif" or "\nprint", a new
+// top-level statement, so that what follows the function neither runs nor breaks it), the tests,
+// and check(entry_point) when the record names one.
+std::string TestProgram(const CodeTests& tests, const std::string& answer);
 
 }  // namespace shardtune
