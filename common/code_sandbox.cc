@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -163,6 +164,12 @@ SandboxResult RunPythonSandboxed(const std::string& program, const SandboxLimits
     dup2(null, STDIN_FILENO);
     dup2(output_fd, STDOUT_FILENO);
     dup2(output_fd, STDERR_FILENO);
+    // Nothing else of this process's goes in (a trainer holds sockets, caches, MPI's pipes), and
+    // the open-files limit below counts only what the sandbox opens.
+    const auto [low, high] = std::minmax(program_fd, status_fd);
+    close_range(3, static_cast<unsigned>(low) - 1, 0);
+    close_range(static_cast<unsigned>(low) + 1, static_cast<unsigned>(high) - 1, 0);
+    close_range(static_cast<unsigned>(high) + 1, ~0U, 0);
     Limit(RLIMIT_CPU, static_cast<rlim_t>(limits.cpu_seconds));
     Limit(RLIMIT_AS, static_cast<rlim_t>(limits.memory_bytes));
     Limit(RLIMIT_NPROC, processes);

@@ -181,8 +181,17 @@ void CheckTaskAndData(Checks& c) {
       break;
     }
   }
+  // Several files of one classifier (real and synthetic data, mixed by weight) share one label
+  // set: the spec names it, so that every file's ids mean the same classes.
   if ((classification || ner) && !spec.data.tasks.empty()) {
-    c.Problem("data.tasks", "classification and NER train one dataset (one label set); give data.train");
+    if (spec.model.labels.empty()) {
+      c.Problem("data.tasks", "a classifier's tasks share one label set: give it as model.labels");
+    }
+    if (spec.data.balance == BalanceMode::kClassWeights) {
+      c.Problem("data.balance",
+                "class_weights counts one training file's classes; with data.tasks use oversample "
+                "or concatenate the files");
+    }
   }
   if ((classification || ner) && spec.data.packing) {
     c.Problem("data.packing",

@@ -158,6 +158,38 @@ TEST_F(ClassifierTest, ALlamaLearnsSentimentAndExportsAHuggingFaceClassifier) {
   EXPECT_NEAR(evaluated.at("val_loss").get<double>(), eval.at("val_loss").get<double>(), 1e-5);
 }
 
+// Real and synthetic files of one classifier, mixed by weight (data.tasks): one label set, from
+// model.labels; each file's examples drawn by its weight; validation pooled over the tasks.
+TEST_F(ClassifierTest, AClassifierMixesItsFilesByWeight) {
+  WriteSentimentData();
+  testing::WriteText(dir_ / "extra.jsonl", testing::SentimentData(40, 9));
+  const TrainingSummary summary = RunTraining(Spec(
+      "task: sequence_classification, labels: [negative, positive]}\n"
+      "data: {format: classification, tasks: [{name: real, train: train.jsonl, validation: val.jsonl, weight: 3},\n"
+      "                                       {name: synthetic, train: extra.jsonl, weight: 1}]}\n" +
+      std::string(kTraining) + "output: {dir: run}\n"));
+  EXPECT_TRUE(summary.finished);
+  const json eval = LastEvaluation("run");
+  EXPECT_EQ(eval.at("val_examples").get<int64_t>(), 60);
+  EXPECT_GE(eval.at("accuracy").get<double>(), 0.9) << eval.dump();
+  const auto problem = [&](const std::string& body) {
+    try {
+      Spec(body);
+    } catch (const SpecError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(problem("task: sequence_classification}\ndata: {format: classification, tasks: [{name: a, train: "
+                    "train.jsonl}]}\noutput: {dir: x}\n")
+                .find("give it as model.labels"),
+            std::string::npos);
+  EXPECT_NE(problem("task: sequence_classification, labels: [negative, positive]}\ndata: {format: classification, "
+                    "balance: class_weights, tasks: [{name: a, train: train.jsonl}]}\noutput: {dir: x}\n")
+                .find("class_weights counts one training file"),
+            std::string::npos);
+}
+
 TEST_F(ClassifierTest, ALlamaLearnsNamedEntities) {
   WriteNerData();
   const json eval = TrainClassifier("token_classification", kTraining);

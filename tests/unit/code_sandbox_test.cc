@@ -2,12 +2,14 @@
 // end, opens a socket or writes outside its scratch directory fails its own run and nothing else.
 #include "common/code_sandbox.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace shardtune {
 namespace {
@@ -99,6 +101,18 @@ TEST(CodeSandbox, WritesOnlyItsScratchDirectory) {
   const SandboxResult scratch =
       RunPythonSandboxed("open('notes.txt', 'w').write('kept')\nassert open('notes.txt').read() == 'kept'\n");
   EXPECT_TRUE(scratch.passed) << scratch.outcome << ": " << scratch.output;
+}
+
+// A process with many files open (a trainer's sockets and caches) still gets a sandbox: none of
+// them goes in, so the sandbox's own limit on open files is not spent before it starts.
+TEST(CodeSandbox, NoneOfThisProcesssFilesGoesIn) {
+  SKIP_WITHOUT_SANDBOX();
+  std::vector<int> open_files;
+  for (int i = 0; i < 100; ++i) open_files.push_back(open("/dev/null", O_RDONLY));
+  const SandboxResult r = RunPythonSandboxed("import os\nprint(len(os.listdir('/proc/self/fd')))\n");
+  for (int fd : open_files) close(fd);
+  EXPECT_TRUE(r.passed) << r.outcome << ": " << r.output;
+  EXPECT_LT(std::stoi(r.output.empty() ? "0" : r.output), 10) << r.output;
 }
 
 }  // namespace
