@@ -83,6 +83,105 @@ void Limit(int resource, rlim_t value) {
   setrlimit(resource, &limit);  // in the child: a failure leaves the inherited limit, never a larger one
 }
 
+// bubblewrap's command line: the program read from `program_fd`, its start reported on `status_fd`.
+// The sandbox: new namespaces of every kind (no network device but loopback), /usr read-only
+// and nothing else of the host's file system, a tmpfs as the working directory, no
+// environment; bubblewrap's init dies with it, and the kernel kills every process in its PID
+// namespace then.
+std::vector<std::string> BubblewrapArgs(int program_fd, int status_fd, const SandboxLimits& limits) {
+  const std::string fd = std::to_string(program_fd), status = std::to_string(status_fd),
+                    scratch_bytes = std::to_string(limits.scratch_bytes);
+  return {kBubblewrap,
+          "--json-status-fd",
+          status,
+          "--unshare-all",
+          "--die-with-parent",
+          "--new-session",
+          "--ro-bind",
+          "/usr",
+          "/usr",
+          "--symlink",
+          "usr/lib",
+          "/lib",
+          "--symlink",
+          "usr/lib64",
+          "/lib64",
+          "--symlink",
+          "usr/bin",
+          "/bin",
+          "--proc",
+          "/proc",
+          "--dev",
+          "/dev",
+          "--size",
+          scratch_bytes,
+          "--tmpfs",
+          "/scratch",
+          "--file",
+          fd,
+          "/program/main.py",
+          "--chdir",
+          "/scratch",
+          "--clearenv",
+          "--setenv",
+          "PATH",
+          "/usr/bin",
+          "--setenv",
+          "HOME",
+          "/scratch",
+          "--",
+          kSandboxPython,
+          "-I",
+          "-B",
+          "/program/main.py"};
+}
+
+// In the forked child: stdio to `output_fd`, every other descriptor but the two bubblewrap reads
+// closed, the limits set, nobody's identity taken when root; then bubblewrap. Only
+// async-signal-safe calls.
+[[noreturn]] void ExecSandbox(const std::vector<char*>& argv, int output_fd, int program_fd, int status_fd,
+                              const SandboxLimits& limits, rlim_t processes, bool root) {
+  const int null = open("/dev/null", O_RDONLY);
+  dup2(null, STDIN_FILENO);
+  dup2(output_fd, STDOUT_FILENO);
+  dup2(output_fd, STDERR_FILENO);
+  // Nothing else of this process's goes in (a trainer holds sockets, caches, MPI's pipes), and
+  // the open-files limit below counts only what the sandbox opens.
+  const auto [low, high] = std::minmax(program_fd, status_fd);
+  close_range(3, static_cast<unsigned>(low) - 1, 0);
+  close_range(static_cast<unsigned>(low) + 1, static_cast<unsigned>(high) - 1, 0);
+  close_range(static_cast<unsigned>(high) + 1, ~0U, 0);
+  Limit(RLIMIT_CPU, static_cast<rlim_t>(limits.cpu_seconds));
+  Limit(RLIMIT_AS, static_cast<rlim_t>(limits.memory_bytes));
+  Limit(RLIMIT_NPROC, processes);
+  Limit(RLIMIT_NOFILE, 64);
+  Limit(RLIMIT_FSIZE, 16 << 20);
+  Limit(RLIMIT_CORE, 0);
+  if (root && (setgroups(0, nullptr) != 0 || setgid(kNobody) != 0 || setuid(kNobody) != 0)) _exit(126);
+  execv(argv[0], argv.data());
+  _exit(127);
+}
+
+// What the wait saw, as a result; an Error when bubblewrap never started the program.
+SandboxResult Outcome(int wait_status, bool timed_out, std::string output, const std::string& started,
+                      const SandboxLimits& limits) {
+  SandboxResult result;
+  result.output = std::move(output);
+  if (!timed_out && started.find("child-pid") == std::string::npos) {
+    // bubblewrap failed before the program ran (user namespaces refused, say): no sample can be judged.
+    Fail(ErrorCode::kFailedPrecondition, "the code sandbox (bubblewrap) could not start: {}", result.output);
+  }
+  if (timed_out) {
+    result.outcome = fmt::format("timed out after {} s", limits.wall_seconds);
+  } else if (WIFEXITED(wait_status)) {
+    result.passed = WEXITSTATUS(wait_status) == 0;
+    result.outcome = result.passed ? "passed" : fmt::format("exit status {}", WEXITSTATUS(wait_status));
+  } else {
+    result.outcome = fmt::format("killed by signal {}", WIFSIGNALED(wait_status) ? WTERMSIG(wait_status) : 0);
+  }
+  return result;
+}
+
 }  // namespace
 
 SandboxResult RunPythonSandboxed(const std::string& program, const SandboxLimits& limits) {
@@ -103,55 +202,7 @@ SandboxResult RunPythonSandboxed(const std::string& program, const SandboxLimits
   const bool root = geteuid() == 0;
   const uid_t user = root ? kNobody : getuid();
   const auto processes = static_cast<rlim_t>(TasksOf(user) + limits.processes);
-  const std::string fd = std::to_string(program_fd), status = std::to_string(status_fd),
-                    scratch_bytes = std::to_string(limits.scratch_bytes);
-  // The sandbox: new namespaces of every kind (no network device but loopback), /usr read-only
-  // and nothing else of the host's file system, a tmpfs as the working directory, no
-  // environment; bubblewrap's init dies with it, and the kernel kills every process in its PID
-  // namespace then.
-  const std::vector<std::string> args = {kBubblewrap,
-                                         "--json-status-fd",
-                                         status,
-                                         "--unshare-all",
-                                         "--die-with-parent",
-                                         "--new-session",
-                                         "--ro-bind",
-                                         "/usr",
-                                         "/usr",
-                                         "--symlink",
-                                         "usr/lib",
-                                         "/lib",
-                                         "--symlink",
-                                         "usr/lib64",
-                                         "/lib64",
-                                         "--symlink",
-                                         "usr/bin",
-                                         "/bin",
-                                         "--proc",
-                                         "/proc",
-                                         "--dev",
-                                         "/dev",
-                                         "--size",
-                                         scratch_bytes,
-                                         "--tmpfs",
-                                         "/scratch",
-                                         "--file",
-                                         fd,
-                                         "/program/main.py",
-                                         "--chdir",
-                                         "/scratch",
-                                         "--clearenv",
-                                         "--setenv",
-                                         "PATH",
-                                         "/usr/bin",
-                                         "--setenv",
-                                         "HOME",
-                                         "/scratch",
-                                         "--",
-                                         kSandboxPython,
-                                         "-I",
-                                         "-B",
-                                         "/program/main.py"};
+  const std::vector<std::string> args = BubblewrapArgs(program_fd, status_fd, limits);
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
@@ -159,30 +210,10 @@ SandboxResult RunPythonSandboxed(const std::string& program, const SandboxLimits
   const pid_t pid = fork();
   if (pid < 0) Fail(ErrorCode::kIo, "sandbox: fork: {}", std::strerror(errno));
   if (pid == 0) {
-    // Only async-signal-safe calls until exec.
-    const int null = open("/dev/null", O_RDONLY);
-    dup2(null, STDIN_FILENO);
-    dup2(output_fd, STDOUT_FILENO);
-    dup2(output_fd, STDERR_FILENO);
-    // Nothing else of this process's goes in (a trainer holds sockets, caches, MPI's pipes), and
-    // the open-files limit below counts only what the sandbox opens.
-    const auto [low, high] = std::minmax(program_fd, status_fd);
-    close_range(3, static_cast<unsigned>(low) - 1, 0);
-    close_range(static_cast<unsigned>(low) + 1, static_cast<unsigned>(high) - 1, 0);
-    close_range(static_cast<unsigned>(high) + 1, ~0U, 0);
-    Limit(RLIMIT_CPU, static_cast<rlim_t>(limits.cpu_seconds));
-    Limit(RLIMIT_AS, static_cast<rlim_t>(limits.memory_bytes));
-    Limit(RLIMIT_NPROC, processes);
-    Limit(RLIMIT_NOFILE, 64);
-    Limit(RLIMIT_FSIZE, 16 << 20);
-    Limit(RLIMIT_CORE, 0);
-    if (root && (setgroups(0, nullptr) != 0 || setgid(kNobody) != 0 || setuid(kNobody) != 0)) _exit(126);
-    execv(argv[0], argv.data());
-    _exit(127);
+    ExecSandbox(argv, output_fd, program_fd, status_fd, limits, processes, root);
   }
   close(program_fd);
 
-  SandboxResult result;
   int wait_status = 0;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(limits.wall_seconds);
   bool timed_out = false;
@@ -195,23 +226,11 @@ SandboxResult RunPythonSandboxed(const std::string& program, const SandboxLimits
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  result.output = Tail(output_fd);
+  std::string output = Tail(output_fd);
   close(output_fd);
   const std::string started = Tail(status_fd);
   close(status_fd);
-  if (!timed_out && started.find("child-pid") == std::string::npos) {
-    // bubblewrap failed before the program ran (user namespaces refused, say): no sample can be judged.
-    Fail(ErrorCode::kFailedPrecondition, "the code sandbox (bubblewrap) could not start: {}", result.output);
-  }
-  if (timed_out) {
-    result.outcome = fmt::format("timed out after {} s", limits.wall_seconds);
-  } else if (WIFEXITED(wait_status)) {
-    result.passed = WEXITSTATUS(wait_status) == 0;
-    result.outcome = result.passed ? "passed" : fmt::format("exit status {}", WEXITSTATUS(wait_status));
-  } else {
-    result.outcome = fmt::format("killed by signal {}", WIFSIGNALED(wait_status) ? WTERMSIG(wait_status) : 0);
-  }
-  return result;
+  return Outcome(wait_status, timed_out, std::move(output), started, limits);
 }
 
 }  // namespace shardtune

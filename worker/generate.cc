@@ -11,6 +11,19 @@
 
 namespace shardtune {
 
+namespace {
+
+// A prompt generation can start from: at least one token, each in the vocabulary.
+void CheckPrompt(const std::vector<int64_t>& prompt, int64_t vocab_size) {
+  if (prompt.empty()) Fail(ErrorCode::kInvalidArgument, "generation needs at least one prompt token");
+  for (int64_t id : prompt) {
+    if (id < 0 || id >= vocab_size)
+      Fail(ErrorCode::kInvalidArgument, "prompt token {} is outside the vocabulary [0, {})", id, vocab_size);
+  }
+}
+
+}  // namespace
+
 int64_t SampleToken(const at::Tensor& logits, const GenerateOptions& options, std::mt19937_64& rng) {
   if (options.temperature <= 0.0) return logits.argmax().item<int64_t>();
   // Probabilities in double, sorted descending; the nucleus is the shortest prefix reaching top_p.
@@ -52,12 +65,7 @@ PromptAndReference SplitAtTargets(const Example& e) {
 std::vector<int64_t> Generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options) {
   const LlamaConfig& config = model.config();
-  if (prompt.empty()) Fail(ErrorCode::kInvalidArgument, "generation needs at least one prompt token");
-  for (int64_t id : prompt) {
-    if (id < 0 || id >= config.vocab_size) {
-      Fail(ErrorCode::kInvalidArgument, "prompt token {} is outside the vocabulary [0, {})", id, config.vocab_size);
-    }
-  }
+  CheckPrompt(prompt, config.vocab_size);
   at::NoGradGuard no_grad;
   std::mt19937_64 rng(options.seed);
   KvCache cache;
@@ -86,11 +94,7 @@ std::vector<std::vector<int64_t>> GenerateBatch(const LlamaModel& model,
   if (b == 0) return generated;
   int64_t longest = 0;
   for (const auto& prompt : prompts) {
-    if (prompt.empty()) Fail(ErrorCode::kInvalidArgument, "generation needs at least one prompt token");
-    for (int64_t id : prompt) {
-      if (id < 0 || id >= config.vocab_size)
-        Fail(ErrorCode::kInvalidArgument, "prompt token {} is outside the vocabulary [0, {})", id, config.vocab_size);
-    }
+    CheckPrompt(prompt, config.vocab_size);
     longest = std::max<int64_t>(longest, static_cast<int64_t>(prompt.size()));
   }
   at::NoGradGuard no_grad;

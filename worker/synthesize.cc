@@ -262,10 +262,11 @@ json Synthesize(const SynthesizeOptions& o, Communicator& world) {
 
   // The seeds: every record the template can show, each also indexed for the duplicate and
   // ROUGE-L filters.
-  const RecordTexts seed_texts = ReadRecordTexts(o.seed_data, *format);
+  std::vector<std::string> seed_texts;  // every seed's text (as data.dedup reads it), shown or not
   std::vector<std::string> shown;
   std::map<std::string, json> labels;  // classification: each seed label as the template shows it
   for (const json& record : ReadRecords(o.seed_data)) {
+    seed_texts.push_back(RecordText(record, *format));
     const std::optional<std::string> rendered = shape.Render(record);
     if (!rendered) continue;
     if (*format == DataFormat::kClassification && record.contains("label"))
@@ -286,7 +287,7 @@ json Synthesize(const SynthesizeOptions& o, Communicator& world) {
   sampling.temperature = o.temperature;
   sampling.top_p = o.top_p;
 
-  SynthesisFilter filter(o, *format, shape, seed_texts.texts, labels);
+  SynthesisFilter filter(o, *format, shape, seed_texts, labels);
 
   const int64_t limit = o.max_candidates > 0 ? o.max_candidates : 4 * o.num;
   const int64_t per_round = o.batch_size * world.size();
