@@ -32,10 +32,22 @@ enum class ChatTemplateChoice { kAuto, kLlama3, kChatml, kLlama2, kMistral, kPla
 enum class DedupMode { kNone, kExact, kNear };
 enum class BalanceMode { kNone, kOversample, kClassWeights };
 
+enum class QuantizationType { kNone, kNf4, kFp4 };
+
+// QLoRA (Dettmers et al., 2023): the frozen base's linear layers held in 4 bits, quantized at
+// load as bitsandbytes' quantize_4bit does (sharding/quant4.h) and dequantized into the compute
+// dtype (model.dtype) one unit at a time, just before use. Only under a parameter-efficient method.
+struct QuantizationSpec {
+  QuantizationType type = QuantizationType::kNone;
+  int64_t block_size = 64;   // elements per absmax: 64, 128, ..., 4096
+  bool double_quant = true;  // the absmax themselves quantized to 8 bits in blocks of 256
+};
+
 struct ModelSpec {
   std::string path;       // Hugging Face directory: config.json + *.safetensors (required)
   std::string tokenizer;  // (optional) defaults to the tokenizer in `path`
   ComputeDType dtype = ComputeDType::kFp32;
+  QuantizationSpec quantization;  // (optional) type none: the base in `dtype`
   ModelTask task = ModelTask::kCausalLm;
   // Classification and NER: the class (or BIO tag) names in id order. Default: config.json's
   // id2label, else the sorted names of the training data; the job.yaml a run writes records them.

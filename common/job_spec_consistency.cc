@@ -225,6 +225,12 @@ void CheckMethodCombinations(Checks& c) {
                                           "would share between documents; set packing: false",
                                           NameOf(kMethods, method.type)));
   }
+  if (c.spec.model.quantization.type != QuantizationType::kNone && method.type == MethodType::kFull) {
+    c.Problem("model.quantization",
+              "quantizes the frozen base of a parameter-efficient method (QLoRA), but method.type is 'full', which "
+              "trains every weight; use method.type lora (or another parameter-efficient method), or remove "
+              "model.quantization");
+  }
   if (method.type == MethodType::kPrefix && method.prefix.projection && !method.init_from.empty()) {
     c.Problem("method.init_from",
               "a saved prefix holds the projected keys and values, not the MLP that made them; set "

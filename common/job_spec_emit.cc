@@ -72,6 +72,14 @@ void EmitModel(YAML::Emitter& out, const ModelSpec& model) {
   out << YAML::Key << "dtype" << YAML::Value << NameOf(kDTypes, model.dtype);
   out << YAML::Key << "task" << YAML::Value << NameOf(kTasks, model.task);
   EmitStrings(out, "labels", model.labels);
+  if (model.quantization.type != QuantizationType::kNone) {
+    const QuantizationSpec& q = model.quantization;
+    out << YAML::Key << "quantization" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "type" << YAML::Value << NameOf(kQuantizationTypes, q.type);
+    out << YAML::Key << "block_size" << YAML::Value << q.block_size;
+    out << YAML::Key << "double_quant" << YAML::Value << q.double_quant;
+    out << YAML::EndMap;
+  }
   out << YAML::EndMap;
 }
 

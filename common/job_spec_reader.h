@@ -31,6 +31,8 @@ using EnumTable = std::vector<std::pair<std::string, E>>;
 
 inline const EnumTable<ComputeDType> kDTypes = {
     {"fp32", ComputeDType::kFp32}, {"bf16", ComputeDType::kBf16}, {"fp16", ComputeDType::kFp16}};
+inline const EnumTable<QuantizationType> kQuantizationTypes = {
+    {"none", QuantizationType::kNone}, {"nf4", QuantizationType::kNf4}, {"fp4", QuantizationType::kFp4}};
 inline const EnumTable<ModelTask> kTasks = {{"causal_lm", ModelTask::kCausalLm},
                                             {"sequence_classification", ModelTask::kSequenceClassification},
                                             {"token_classification", ModelTask::kTokenClassification}};

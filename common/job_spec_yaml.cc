@@ -39,12 +39,38 @@ std::string TargetPatternProblem(const std::string& pattern) {
   return "";
 }
 
+// bitsandbytes' names (bnb_4bit_quant_type, bnb_4bit_use_double_quant, the blocksize of
+// quantize_4bit, bnb_4bit_compute_dtype), shortened as the users write them.
+void ReadQuantization(MapReader m, ModelSpec* model, bool dtype_given) {
+  QuantizationSpec& q = model->quantization;
+  m.Enum("type", &q.type, kQuantizationTypes, /*required=*/true);
+  m.Int("block_size", &q.block_size, 1);
+  if (q.block_size < 64 || q.block_size > 4096 || (q.block_size & (q.block_size - 1)) != 0) {
+    m.Problem(m.Raw("block_size"), "block_size",
+              fmt::format("{} is not a block size bitsandbytes supports: 64, 128, 256, 512, 1024, 2048 or 4096",
+                          q.block_size));
+  }
+  m.Bool("double_quant", &q.double_quant);
+  // The dtype the dequantized weights compute in is the model's: the key may set model.dtype,
+  // or repeat it.
+  ComputeDType compute = model->dtype;
+  m.Enum("compute_dtype", &compute, kDTypes);
+  if (m.Has("compute_dtype") && dtype_given && compute != model->dtype) {
+    m.Problem(m.Raw("compute_dtype"), "compute_dtype",
+              fmt::format("is '{}' but model.dtype is '{}': the dequantized weights compute in model.dtype; give one",
+                          NameOf(kDTypes, compute), NameOf(kDTypes, model->dtype)));
+  }
+  model->dtype = compute;
+  m.Finish();
+}
+
 void ReadModel(MapReader m, ModelSpec* model) {
   m.Path("path", &model->path, /*required=*/true);
   m.Path("tokenizer", &model->tokenizer);
   m.Enum("dtype", &model->dtype, kDTypes);
   m.Enum("task", &model->task, kTasks);
   m.StringList("labels", &model->labels);
+  if (m.Has("quantization")) ReadQuantization(m.Section("quantization"), model, m.Has("dtype"));
   m.Finish();
 }
 

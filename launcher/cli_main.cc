@@ -65,7 +65,7 @@ int RanksOf(const std::vector<std::string>& args) {
 }
 
 struct PlanArgs {
-  std::string job, model, method = "full", dtype = "bf16", output = "table";
+  std::string job, model, method = "full", dtype = "bf16", output = "table", quantization = "none";
   int64_t gpus = 1, gpus_per_node = 8, zero_stage = 0, shard_group_size = 0, lora_r = 8, micro_batch = 1,
           seq_len = 2048;
   std::vector<std::string> lora_targets = {"q_proj", "v_proj"};
@@ -90,6 +90,16 @@ void ApplyPlanOptions(const PlanArgs& args, const CLI::App& command, bool only_g
         {"prompt", MethodType::kPrompt}};
     if (!methods.count(args.method)) Fail(ErrorCode::kInvalidArgument, "--method {}: not a method", args.method);
     in.method.type = methods.at(args.method);
+  }
+  if (given("--quantization")) {
+    in.quantization.type = args.quantization == "nf4"   ? QuantizationType::kNf4
+                           : args.quantization == "fp4" ? QuantizationType::kFp4
+                                                        : QuantizationType::kNone;
+  }
+  if (in.quantization.type != QuantizationType::kNone && in.method.type == MethodType::kFull) {
+    Fail(ErrorCode::kInvalidArgument,
+         "--quantization {}: a 4-bit base is frozen; give a parameter-efficient --method (lora, dora, ...)",
+         args.quantization);
   }
   if (given("--lora-r")) in.method.lora.r = args.lora_r;
   if (given("--lora-targets")) in.method.lora.target_modules = args.lora_targets;
@@ -142,6 +152,8 @@ void AddPlanOptions(CLI::App* planner, PlanArgs& plan) {
   planner->add_option("--shard-group-size", plan.shard_group_size, "hybrid sharding group size");
   planner->add_option("--method", plan.method, "full, lora, dora, ia3, adapter, prefix, prompt");
   planner->add_option("--lora-r", plan.lora_r, "LoRA rank");
+  planner->add_option("--quantization", plan.quantization, "none, nf4 or fp4: the frozen base in 4 bits (QLoRA)")
+      ->check(CLI::IsMember({"none", "nf4", "fp4"}));
   planner->add_option("--lora-targets", plan.lora_targets, "LoRA target modules (default q_proj v_proj)");
   planner->add_option("--dtype", plan.dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   planner->add_option("--micro-batch", plan.micro_batch, "examples per rank per step")->check(CLI::PositiveNumber);

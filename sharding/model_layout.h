@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "common/job_spec.h"
 #include "common/model_config.h"
 #include "sharding/parameter_layout.h"
 
@@ -11,5 +12,14 @@ namespace shardtune {
 
 std::vector<ParameterSpec> ModelParameterSpecs(const ModelConfig& config);
 std::vector<UnitSpec> ModelUnits(const ModelConfig& config);
+
+// QLoRA's split of a frozen base (`units` as a PEFT method leaves them): each frozen decoder
+// layer's linear weights (its 2-D ".weight" parameters: not norms or biases; the embedding and
+// the head are not layers) move to a unit of their own, "layer N 4-bit", right after the layer's,
+// held as 4-bit records of `format`. The layer's computation uses both units.
+std::vector<UnitSpec> QuantizedBaseUnits(std::vector<UnitSpec> units, const Quant4Format& format);
+
+// The 4-bit format model.quantization asks for; nullopt for none.
+std::optional<Quant4Format> Quant4FormatOf(const QuantizationSpec& spec);
 
 }  // namespace shardtune

@@ -17,15 +17,17 @@ ShardedLayout PlanLayout(const std::vector<UnitSpec>& units, int shard_count) {
     UnitLayout u;
     u.name = unit.name;
     u.trainable = unit.trainable;
+    u.quant4 = unit.quant4;
+    const int64_t alignment = u.alignment();
     int64_t offset = 0;
     for (const auto& spec : unit.parameters) {
-      offset = AlignUp(offset, kFlatAlignment);
+      offset = AlignUp(offset, alignment);
       const int64_t numel = NumelOf(spec.shape);
       u.parameters.push_back(ParameterSlot{spec, offset, numel});
       offset += numel;
     }
     u.numel = offset;
-    u.padded = AlignUp(std::max<int64_t>(offset, 1), kFlatAlignment * shard_count);
+    u.padded = AlignUp(std::max<int64_t>(offset, 1), alignment * shard_count);
     u.shard_size = u.padded / shard_count;
     layout.units.push_back(std::move(u));
   }

@@ -8,10 +8,17 @@
 // multiple of kFlatAlignment x shard_count, and shard k of the unit is the range
 // [k * shard_size, (k + 1) * shard_size). Offsets inside a unit do not depend on the shard
 // count, which is what lets a checkpoint written on N ranks load on M.
+//
+// A quantized unit (QLoRA's frozen linear weights, quant4.h) has the same element layout with
+// each parameter aligned to a whole record (256 x block_size elements) and the unit padded to
+// whole records per shard; it holds the records' bytes, not elements.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "sharding/quant4.h"
 
 namespace shardtune {
 
@@ -30,6 +37,7 @@ struct UnitSpec {
   // Frozen units (the base model under a parameter-efficient method) get no gradient and no
   // optimizer state; they are held in the compute dtype only.
   bool trainable = true;
+  std::optional<Quant4Format> quant4;  // frozen, held as 4-bit records (quant4.h)
 };
 
 struct ParameterSlot {
@@ -42,9 +50,17 @@ struct UnitLayout {
   std::string name;
   std::vector<ParameterSlot> parameters;
   bool trainable = true;
+  std::optional<Quant4Format> quant4;
   int64_t numel = 0;       // end of the last parameter (alignment gaps included)
   int64_t padded = 0;      // numel rounded up to kFlatAlignment x shard_count
   int64_t shard_size = 0;  // padded / shard_count
+
+  // Elements each parameter's offset is a multiple of.
+  int64_t alignment() const { return quant4 ? quant4->record_elements() : kFlatAlignment; }
+  // Bytes that `elements` elements of this unit (whole records where quantized) occupy.
+  int64_t StoredBytes(int64_t elements, int64_t compute_bytes) const {
+    return quant4 ? quant4->RecordBytesFor(elements) : elements * compute_bytes;
+  }
 };
 
 struct ShardedLayout {

@@ -55,10 +55,13 @@ double AttentionBytesPerToken(const PlanInput& in) {
 // for full fine-tuning; under a PEFT method the model's frozen, and the method's parameters as one
 // trainable unit of exactly their count (the adapters' own small units: their padding is not
 // counted), whose shard is the count over the shards, rounded up.
+// Under QLoRA the frozen layers' linear weights are units of 4-bit records (QuantizedBaseUnits).
 ShardedLayout PlannedLayout(const PlanInput& in, int64_t trainable_parameters, int64_t shards) {
-  ShardedLayout layout = PlanLayout(ModelUnits(in.model), static_cast<int>(shards));
-  if (in.method.type == MethodType::kFull) return layout;
-  for (UnitLayout& unit : layout.units) unit.trainable = false;
+  std::vector<UnitSpec> units = ModelUnits(in.model);
+  if (in.method.type == MethodType::kFull) return PlanLayout(units, static_cast<int>(shards));
+  for (UnitSpec& unit : units) unit.trainable = false;
+  if (const auto format = Quant4FormatOf(in.quantization)) units = QuantizedBaseUnits(std::move(units), *format);
+  ShardedLayout layout = PlanLayout(units, static_cast<int>(shards));
   UnitLayout method;
   method.name = ToString(in.method.type);
   method.numel = method.padded = trainable_parameters;
@@ -80,8 +83,20 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
   }
   // Offloaded, the master weights, the moments and the gradient's copy live in host memory.
   const bool offloaded = in.offload_optimizer && in.on_gpu;
-  const MemoryAccount held = ModelStateBytes(PlannedLayout(in, plan.trainable_parameters, shards),
-                                             ModelStateConfig{in.zero_stage, b, offloaded, in.persistence_threshold});
+  const ShardedLayout layout = PlannedLayout(in, plan.trainable_parameters, shards);
+  const MemoryAccount held =
+      ModelStateBytes(layout, ModelStateConfig{in.zero_stage, b, offloaded, in.persistence_threshold});
+  // Under QLoRA a gathered unit is at most the largest of the unquantized units and the 4-bit
+  // ones' bytes, and one 4-bit unit at a time is dequantized into the compute dtype.
+  int64_t largest_gathered = largest_padded * b, largest_dequantized = 0;
+  if (in.quantization.type != QuantizationType::kNone && in.method.type != MethodType::kFull) {
+    largest_gathered = 0;
+    for (size_t u = 0; u + 1 < layout.units.size(); ++u) {  // the last is the method's
+      const UnitLayout& unit = layout.units[u];
+      largest_gathered = std::max(largest_gathered, unit.StoredBytes(unit.padded, b));
+      if (unit.quant4) largest_dequantized = std::max(largest_dequantized, unit.padded * b);
+    }
+  }
   MemoryByKind m;
   m.parameters = held.parameters;
   m.gradients = held.gradients;
@@ -89,7 +104,8 @@ ModelStates Estimate(const PlanInput& in, const Plan& plan) {
   // Buffers: sharded parameters are gathered for the unit in use and `prefetch_layers` ahead;
   // sharded gradients hold whole-unit gradients while they are reduced (the unit whose backward
   // runs, and the reductions in flight).
-  if (policy.shards_parameters) m.buffers += (1 + in.prefetch_layers) * largest_padded * b;
+  if (policy.shards_parameters) m.buffers += (1 + in.prefetch_layers) * largest_gathered;
+  m.buffers += largest_dequantized;
   if (policy.shards_gradients && in.method.type == MethodType::kFull) {
     m.buffers += (1 + kReductionsInFlight) * largest_padded * 4;
   }
@@ -232,6 +248,20 @@ Plan MakePlan(const PlanInput& input) {
         break;
       }
     }
+    // A parameter-efficient job that does not fit as it is may fit with its base in 4 bits.
+    for (bool checkpointing : {input.activation_checkpointing, true}) {
+      if (input.method.type == MethodType::kFull || input.quantization.type != QuantizationType::kNone) break;
+      PlanInput other = input;
+      other.quantization = QuantizationSpec{QuantizationType::kNf4, 64, true};
+      other.activation_checkpointing = checkpointing;
+      const Plan p = Variant(plan, other);
+      if (!p.fits) continue;
+      plan.suggestions.push_back(fmt::format(
+          "model.quantization: {{type: nf4}} (QLoRA: the frozen base in 4 bits){} fits ({:.1f} GiB per rank)",
+          checkpointing && !input.activation_checkpointing ? " with training.activation_checkpointing: true" : "",
+          static_cast<double>(input.on_gpu ? p.device.total() : p.host.total()) / (1 << 30)));
+      break;
+    }
     if (plan.suggestions.empty()) {
       plan.suggestions.push_back(
           "nothing fits on this many devices: add ranks, shorten sequences, or use a "
@@ -267,6 +297,7 @@ PlanInput PlanInputForJob(const JobSpec& spec, int64_t ranks, double device_memo
   in.offload_optimizer = spec.sharding.offload_optimizer == OffloadTarget::kCpu;
   in.shard_group_size = spec.sharding.shard_group_size;
   in.method = spec.method;
+  in.quantization = spec.model.quantization;
   in.dtype = spec.model.dtype;
   in.micro_batch = spec.training.micro_batch_size;
   in.seq_len = spec.data.max_seq_len;
@@ -289,6 +320,9 @@ std::string PlanToJson(const Plan& plan) {
               {"zero_stage", in.zero_stage},
               {"offload_optimizer", in.offload_optimizer},
               {"method", ToString(in.method.type)},
+              {"quantization", in.quantization.type == QuantizationType::kNone  ? "none"
+                               : in.quantization.type == QuantizationType::kNf4 ? "nf4"
+                                                                                : "fp4"},
               {"dtype", ToString(in.dtype)},
               {"micro_batch_size", in.micro_batch},
               {"seq_len", in.seq_len},
@@ -307,11 +341,15 @@ std::string PlanToText(const Plan& plan) {
   const PlanInput& in = plan.input;
   auto gib = [](int64_t bytes) { return static_cast<double>(bytes) / (1 << 30); };
   std::string text = fmt::format(
-      "model: {} parameters ({} trainable, method {}), {} layers, hidden {}; {} ranks, ZeRO stage {}{}, {}, "
+      "model: {} parameters ({} trainable, method {}{}), {} layers, hidden {}; {} ranks, ZeRO stage {}{}, {}, "
       "micro-batch {} x {} tokens{}\n",
-      plan.parameters, plan.trainable_parameters, ToString(in.method.type), in.model.num_layers(),
-      in.model.hidden_size(), in.ranks, in.zero_stage, in.offload_optimizer ? " + optimizer offload" : "",
-      ToString(in.dtype), in.micro_batch, in.seq_len, in.activation_checkpointing ? ", activation checkpointing" : "");
+      plan.parameters, plan.trainable_parameters, ToString(in.method.type),
+      in.quantization.type == QuantizationType::kNone
+          ? ""
+          : fmt::format(", base in 4 bits ({})", in.quantization.type == QuantizationType::kNf4 ? "nf4" : "fp4"),
+      in.model.num_layers(), in.model.hidden_size(), in.ranks, in.zero_stage,
+      in.offload_optimizer ? " + optimizer offload" : "", ToString(in.dtype), in.micro_batch, in.seq_len,
+      in.activation_checkpointing ? ", activation checkpointing" : "");
   const MemoryByKind& d = in.on_gpu ? plan.device : plan.host;
   text += fmt::format(
       "per rank ({}): parameters {:.2f} GiB, gradients {:.2f} GiB, optimizer state {:.2f} GiB, buffers {:.2f} GiB, "

@@ -27,6 +27,7 @@ struct PlanInput {
   bool offload_optimizer = false;  // optimizer state (and fp32 master weights) in host memory
   int64_t shard_group_size = 0;    // 0: all ranks
   MethodSpec method;
+  QuantizationSpec quantization;  // QLoRA: the frozen base's linear weights in 4 bits
   ComputeDType dtype = ComputeDType::kBf16;
   int64_t micro_batch = 1;
   int64_t seq_len = 2048;

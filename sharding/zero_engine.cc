@@ -1,8 +1,11 @@
 #include "sharding/zero_engine.h"
 
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/error.h"
@@ -33,6 +36,16 @@ ZeroEngine::ZeroEngine(const std::vector<UnitSpec>& units, const ZeroConfig& con
   const int shard_count = policy_.shards_optimizer_state ? groups.shard->size() : 1;
   const int shard_rank = policy_.shards_optimizer_state ? groups.shard->rank() : 0;
   layout_ = PlanLayout(units, shard_count);
+  for (const UnitLayout& l : layout_.units) {
+    // The records are quantized and dequantized by host loops (quant4.h); a device kernel for
+    // them is not written yet.
+    if (l.quant4 && !config.device.is_cpu()) {
+      Fail(ErrorCode::kUnimplemented,
+           "model.quantization: 4-bit base weights are dequantized on the CPU only in this version; unit {} "
+           "would live on {}",
+           l.name, config.device.str());
+    }
+  }
   const bool master_is_parameters = MasterIsParameters(config.model_state());
   // Offloaded state lives in ordinary host memory. (LibTorch's page-locked allocator rounds
   // each block up to a power of two, up to twice the bytes planned; and a 16-bit upload converts
@@ -77,15 +90,17 @@ std::unique_ptr<ZeroEngine::Unit> ZeroEngine::MakeUnit(const UnitLayout& l, int 
   unit->trainable = l.trainable;
   // The compute-dtype parameters, frozen and trainable alike (in fp32 beside the optimizer, the
   // master weights' memory too).
+  // A quantized unit holds its records' bytes.
+  const at::ScalarType held = l.quant4 ? at::kByte : config_.compute_dtype;
   if (!policy_.shards_parameters) {
     unit->parameter_storage = ParameterStorage::kWhole;
   } else {
     unit->parameter_storage =
         StaysGathered(l, config_.model_state()) ? ParameterStorage::kShardAndWhole : ParameterStorage::kShardGathered;
-    unit->param_shard = at::zeros({l.shard_size}, Options(config_.compute_dtype));
+    unit->param_shard = at::zeros({l.StoredBytes(l.shard_size, 1)}, Options(held));
   }
   if (unit->parameter_storage != ParameterStorage::kShardGathered) {
-    unit->full = at::zeros({l.padded}, Options(config_.compute_dtype));
+    unit->full = at::zeros({l.StoredBytes(l.padded, 1)}, Options(held));
   }
   if (!l.trainable) return unit;  // no master weights, gradient or optimizer state
 
@@ -193,7 +208,7 @@ void ZeroEngine::Gather(int u) {
   Unit& unit = *units_[u];
   if (unit.full.defined() || unit.gather) return;
   if (!unit.gathered.defined()) {
-    unit.gathered = at::empty({unit.layout->padded}, Options(config_.compute_dtype));
+    unit.gathered = at::empty({unit.param_shard.numel() * groups_.shard->size()}, unit.param_shard.options());
   } else {
     AllocateStorage(unit.gathered);
   }
@@ -223,20 +238,31 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
   for (int u : units) {
     Unit& unit = *units_[u];
     ++unit.acquired;
+    if (unit.layout->quant4 && !unit.dequantized_live) {
+      if (unit.parameter_storage == ParameterStorage::kShardGathered) WaitGathered(u);
+      Dequantize(unit);
+    }
     if (unit.parameter_storage != ParameterStorage::kShardGathered) continue;
     WaitGathered(u);
     // Prefetch: the neighbours in the current direction are the next units to be needed. Only
     // from the unit that runs (the first listed); the others are borrowed (a tied lm_head).
     // Frozen base layers and their adapters alternate in use but not in order: the next of the
-    // same kind; in backward, only a unit whose backward is still to come.
-    for (int k = 1; u == units.front() && k <= config_.prefetch_units; ++k) {
-      const int next = u + (backward ? -k : k);
-      if (next < 0 || next >= static_cast<int>(units_.size())) break;
+    // same kind; in backward, only a unit whose backward is still to come. A layer's 4-bit unit
+    // (QLoRA) rides with its layer's: it takes no place of its own among the units ahead.
+    if (u != units.front()) continue;
+    const int step = backward ? -1 : 1;
+    int budget = config_.prefetch_units;
+    for (int next = u + step; next >= 0 && next < static_cast<int>(units_.size()); next += step) {
       const Unit& candidate = *units_[next];
+      const bool rides = candidate.layout->quant4.has_value();
+      // Forward, a layer's 4-bit unit comes right after the layer's: fetched with it.
+      if (budget == 0 && !(rides && !backward)) break;
+      if (std::find(units.begin(), units.end(), next) != units.end()) continue;  // this call's own
       if (candidate.parameter_storage == ParameterStorage::kShardGathered && candidate.trainable == unit.trainable &&
           (!backward || candidate.uses > 0)) {
         Gather(next);
       }
+      if (!rides) --budget;
     }
   }
 }
@@ -250,7 +276,8 @@ UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_
   for (int u : units) {
     Unit& unit = *units_[u];
     for (const auto& p : unit.layout->parameters) {
-      at::Tensor view = unit.full.narrow(0, p.offset, p.numel).view(p.spec.shape);
+      const at::Tensor& values = unit.layout->quant4 ? unit.dequantized : unit.full;
+      at::Tensor view = values.narrow(0, p.offset, p.numel).view(p.spec.shape);
       if (requires_grad && unit.trainable) view = view.detach().requires_grad_(true);
       params.Add(p.spec.name, view);
     }
@@ -261,9 +288,37 @@ UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_
 void ZeroEngine::Release(const std::vector<int>& units) {
   for (int u : units) {
     Unit& unit = *units_[u];
-    if (--unit.acquired > 0 || unit.parameter_storage != ParameterStorage::kShardGathered) continue;
-    Ungather(unit);  // gathered again at the next use
+    if (--unit.acquired > 0) continue;
+    if (unit.dequantized_live) {  // dequantized again at the next use
+      FreeStorage(unit.dequantized);
+      unit.dequantized_live = false;
+    }
+    if (unit.parameter_storage == ParameterStorage::kShardGathered) Ungather(unit);  // gathered again at the next use
   }
+}
+
+void ZeroEngine::Dequantize(Unit& unit) {
+  const UnitLayout& l = *unit.layout;
+  const Quant4Format& format = *l.quant4;
+  if (!unit.dequantized.defined()) {
+    unit.dequantized = at::empty({l.padded}, Options(config_.compute_dtype));
+  } else {
+    AllocateStorage(unit.dequantized);
+  }
+  // Written through its pointer: no in-place operation that a saved graph's version check would see.
+  const uint8_t* records = unit.full.data_ptr<uint8_t>();
+  const int64_t per_record = format.record_elements(), record_bytes = format.record_bytes();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, config_.compute_dtype, "Dequantize", [&] {
+    scalar_t* out = unit.dequantized.data_ptr<scalar_t>();
+    for (const ParameterSlot& p : l.parameters) {
+      const int64_t first = p.offset / per_record, records_of_p = (p.numel + per_record - 1) / per_record;
+      at::parallel_for(0, records_of_p, 1, [&](int64_t begin, int64_t end) {
+        const int64_t count = std::min(end * per_record, p.numel) - begin * per_record;
+        DequantizeRecords(records + (first + begin) * record_bytes, count, format, out + p.offset + begin * per_record);
+      });
+    }
+  });
+  unit.dequantized_live = true;
 }
 
 void ZeroEngine::NoteForwardUse(const std::vector<int>& units) {
@@ -449,9 +504,19 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
     if (!unit.trainable) {
       at::Tensor whole = unit.full;
       if (unit.parameter_storage == ParameterStorage::kShardGathered) {
-        whole = at::empty({unit.layout->padded}, Options(config_.compute_dtype));
+        whole = at::empty({unit.param_shard.numel() * groups_.shard->size()}, unit.param_shard.options());
         groups_.shard->AllGather(unit.param_shard, whole, CollectiveTag{unit.layout->name + " (export)", step_})
             ->Wait();
+      }
+      if (unit.layout->quant4) {  // the dequantized weights, in fp32
+        const Quant4Format& format = *unit.layout->quant4;
+        const at::Tensor records = whole.cpu();
+        at::Tensor values = at::zeros({unit.layout->padded}, at::kFloat);
+        for (const ParameterSlot& p : unit.layout->parameters) {
+          DequantizeRecords(records.data_ptr<uint8_t>() + format.RecordBytesFor(p.offset), p.numel, format,
+                            values.data_ptr<float>() + p.offset);
+        }
+        whole = values;
       }
       sink(*unit.layout, whole.to(at::kFloat));
       continue;
@@ -479,7 +544,8 @@ MemoryAccount ZeroEngine::memory() const { return ModelStateBytes(layout_, confi
 std::vector<at::Tensor> ZeroEngine::HeldTensors() const {
   std::vector<at::Tensor> held = {master_, grad_local_, grad_host_, optimizer_->exp_avg(), optimizer_->exp_avg_sq()};
   for (const auto& unit : units_) {
-    held.insert(held.end(), {unit->full, unit->master, unit->param_shard, unit->gathered, unit->full_grad});
+    held.insert(held.end(),
+                {unit->full, unit->master, unit->param_shard, unit->gathered, unit->dequantized, unit->full_grad});
   }
   for (const auto& pending : pending_) held.insert(held.end(), pending->keep_alive.begin(), pending->keep_alive.end());
   return held;

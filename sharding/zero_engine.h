@@ -19,7 +19,9 @@
 // group and gradient shards are also all-reduced across the replica group. Frozen units (the
 // base model under LoRA and its kin) are held in the compute dtype only, whole at stages 0-2 and
 // sharded at stage 3 (gathered for each use like any other unit); they have no gradient buffer,
-// no reduction and no optimizer state.
+// no reduction and no optimizer state. Quantized frozen units (QLoRA, quant4.h) are held as
+// 4-bit records, sharded and gathered as bytes at stage 3, and dequantized into the compute dtype
+// for each use (from the first Acquire to the last Release), at every stage.
 //
 // Contract: all ranks drive the engine through the same sequence of calls (the same units in
 // the same order, the same number of micro-batches); the engine issues collectives in that
@@ -212,8 +214,14 @@ class ZeroEngine {
   // Zeroes what of a unit's whole gradient buffer no contribution wrote (before its reduction).
   void EnsureGradientBuffer(Unit& unit);
   void ZeroUnwritten(Unit& unit);
-  void LoadShard(int u, WeightSource& source);                           // stage 3: this rank's shard of unit u
-  void LoadWhole(Unit& unit, WeightSource& source, Communicator* node);  // stages 0-2: the whole unit
+  void LoadShard(int u, WeightSource& source);                               // stage 3: this rank's shard of unit u
+  void LoadWhole(Unit& unit, WeightSource& source, Communicator* node);      // stages 0-2: the whole unit
+  void LoadQuantized(Unit& unit, WeightSource& source, Communicator* node);  // QLoRA's 4-bit units
+  // A quantized unit's records [first, first + count) quantized from `source` into `out`, the
+  // offsets of double quantization agreed over `group` (every rank of it calls with its range).
+  void QuantizeRecords(const Unit& unit, int64_t first, int64_t count, WeightSource& source, Communicator* group,
+                       uint8_t* out);
+  void Dequantize(Unit& unit);  // fills unit.dequantized from its gathered records
   void IssueReduction(int u);
   void RetirePending(size_t keep);  // completes all but the newest `keep` reductions
   std::string IndexJson() const;    // the checkpoint's index.json

@@ -53,7 +53,14 @@ struct ZeroEngine::Unit {
   // again once they are re-gathered, as FSDP does.
   at::Tensor gathered;
   at::Tensor gather_target;  // an alias of `gathered` with its own version counter (see Gather)
-  at::Tensor full_grad;      // (padded,) fp32: accumulated gradient before reduction (see gradient_storage)
+  // A quantized unit (layout->quant4): `full`, `param_shard` and `gathered` hold its records'
+  // bytes (kByte), and its parameters are dequantized into `dequantized` (padded elements,
+  // compute dtype) for each use: the memory from the first Acquire to the last Release, the same
+  // storage kept for the whole run so that a graph saved from forward sees the weights again
+  // when backward's Regather dequantizes them anew.
+  at::Tensor dequantized;
+  bool dequantized_live = false;
+  at::Tensor full_grad;  // (padded,) fp32: accumulated gradient before reduction (see gradient_storage)
   // Which parameters full_grad holds a gradient for since it was last reduced: the first
   // contribution is copied in rather than added to a zero-filled buffer (a pass over the whole
   // model's gradients saved each step); the rest is zeroed just before the reduction.

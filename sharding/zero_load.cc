@@ -5,6 +5,7 @@
 
 #include <climits>
 
+#include "sharding/quant4.h"
 #include "sharding/zero_engine.h"
 #include "sharding/zero_engine_internal.h"
 
@@ -56,7 +57,9 @@ void ZeroEngine::LoadWeights(WeightSource& source, Units which, Communicator* no
   for (size_t u = 0; u < units_.size(); ++u) {
     Unit& unit = *units_[u];
     if (!Selected(unit, which)) continue;
-    if (unit.parameter_storage == ParameterStorage::kWhole) {
+    if (unit.layout->quant4) {
+      LoadQuantized(unit, source, node);
+    } else if (unit.parameter_storage == ParameterStorage::kWhole) {
       LoadWhole(unit, source, node);
     } else {
       LoadShard(static_cast<int>(u), source);
@@ -97,6 +100,81 @@ void ZeroEngine::LoadWhole(Unit& unit, WeightSource& source, Communicator* node)
   if (pieces > 1) node->AllGather(part, whole, CollectiveTag{unit.layout->name + " (load)", step_})->Wait();
   if (!whole.is_same(unit.full)) unit.full.copy_(whole.narrow(0, 0, padded));
   if (own_master) unit.master.copy_(whole.narrow(0, unit.shard_begin, unit.shard_size));
+}
+
+void ZeroEngine::LoadQuantized(Unit& unit, WeightSource& source, Communicator* node) {
+  const Quant4Format& format = *unit.layout->quant4;
+  const int64_t per_record = format.record_elements(), record_bytes = format.record_bytes();
+  if (unit.parameter_storage != ParameterStorage::kWhole) {  // stage 3: the records of this rank's shard
+    QuantizeRecords(unit, unit.shard_begin / per_record, unit.shard_size / per_record, source, groups_.shard,
+                    unit.param_shard.data_ptr<uint8_t>());
+    if (unit.parameter_storage == ParameterStorage::kShardAndWhole) {
+      groups_.shard->AllGather(unit.param_shard, unit.full, CollectiveTag{unit.layout->name + " (load)", step_})
+          ->Wait();
+    }
+    return;
+  }
+  // Whole units: the ranks of the host quantize a piece of the records each, then gather them.
+  const int pieces = node != nullptr ? node->size() : 1;
+  const int mine = node != nullptr ? node->rank() : 0;
+  const int64_t records = unit.layout->padded / per_record, piece = (records + pieces - 1) / pieces;
+  at::Tensor whole = at::zeros({piece * pieces * record_bytes}, Options(at::kByte));
+  const int64_t first = std::min(records, mine * piece), count = std::min(records, first + piece) - first;
+  QuantizeRecords(unit, first, count, source, node, whole.data_ptr<uint8_t>() + mine * piece * record_bytes);
+  if (pieces > 1) {
+    node->AllGather(whole.narrow(0, mine * piece * record_bytes, piece * record_bytes), whole,
+                    CollectiveTag{unit.layout->name + " (load)", step_})
+        ->Wait();
+  }
+  unit.full.copy_(whole.narrow(0, 0, records * record_bytes));
+}
+
+void ZeroEngine::QuantizeRecords(const Unit& unit, int64_t first, int64_t count, WeightSource& source,
+                                 Communicator* group, uint8_t* out) {
+  const UnitLayout& l = *unit.layout;
+  const Quant4Format& format = *l.quant4;
+  const int64_t per_record = format.record_elements(), record_bytes = format.record_bytes();
+  // Up to this many records of a parameter are read at once (16 Mi elements at block size 64).
+  constexpr int64_t kRecordsPerRead = 1024;
+  std::vector<float> absmax(count * kNestedBlockSize, 0.0f);  // this range's blocks, record by record
+  std::vector<double> sums(l.padded / per_record, 0.0);       // every record's absmax sum; 0 where not ours
+  std::vector<int64_t> blocks_in(count, 0);                   // real blocks of each of our records
+  at::Tensor chunk;
+  for (const ParameterSlot& p : l.parameters) {
+    const int64_t p_first = p.offset / per_record, p_end = p_first + (p.numel + per_record - 1) / per_record;
+    const int64_t lo = std::max(first, p_first), hi = std::min(first + count, p_end);
+    for (int64_t r = lo; r < hi; r += kRecordsPerRead) {
+      const int64_t begin = (r - p_first) * per_record;  // inside the parameter
+      const int64_t n = std::min(p.numel, (std::min(hi, r + kRecordsPerRead) - p_first) * per_record) - begin;
+      if (!chunk.defined() || chunk.numel() < n) chunk = at::empty({n}, at::kFloat);
+      source.Read(p.spec, begin, n, chunk.narrow(0, 0, n));
+      QuantizeCodes(chunk.data_ptr<float>(), n, format, out + (r - first) * record_bytes,
+                    absmax.data() + (r - first) * kNestedBlockSize);
+      for (int64_t k = 0; k * per_record < n; ++k) {
+        const int64_t blocks = (std::min(per_record, n - k * per_record) + format.block_size - 1) / format.block_size;
+        blocks_in[r - first + k] = blocks;
+        sums[r + k] = RecordAbsmaxSum(absmax.data() + (r - first + k) * kNestedBlockSize, blocks);
+      }
+    }
+  }
+  if (format.double_quant && group != nullptr && group->size() > 1) {
+    // Each record's sum comes from the one rank that quantized it (0 + x is exact), so every rank
+    // gets the same offsets as one process would compute.
+    at::Tensor all = at::from_blob(sums.data(), {static_cast<int64_t>(sums.size())}, at::kDouble);
+    group->AllReduceSum(all, CollectiveTag{l.name + " (quantization offsets)", step_})->Wait();
+  }
+  for (const ParameterSlot& p : l.parameters) {
+    const int64_t p_first = p.offset / per_record, p_end = p_first + (p.numel + per_record - 1) / per_record;
+    if (std::max(first, p_first) >= std::min(first + count, p_end)) continue;
+    const int64_t blocks = (p.numel + format.block_size - 1) / format.block_size;
+    const float offset = format.double_quant
+                             ? AbsmaxOffset(std::vector<double>(sums.begin() + p_first, sums.begin() + p_end), blocks)
+                             : 0.0f;
+    for (int64_t r = std::max(first, p_first); r < std::min(first + count, p_end); ++r) {
+      EncodeRecordAbsmax(absmax.data() + (r - first) * kNestedBlockSize, blocks_in[r - first], offset, format,
+                         out + (r - first) * record_bytes);
+    }
+  }
 }
 
 }  // namespace shardtune

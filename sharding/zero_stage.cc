@@ -33,11 +33,13 @@ MemoryAccount ModelStateBytes(const ShardedLayout& layout, const ModelStateConfi
   for (const UnitLayout& unit : layout.units) {
     // Frozen and trainable units alike hold their compute-dtype parameters: whole, or a shard
     // (in fp32, not offloaded, the master shard itself) and whole too if they stay gathered.
+    // Quantized units hold their records' bytes.
+    const int64_t b = config.compute_bytes;
     if (!policy.shards_parameters) {
-      account.parameters += config.compute_bytes * unit.padded;
+      account.parameters += unit.StoredBytes(unit.padded, b);
     } else {
-      account.parameters += config.compute_bytes * unit.shard_size;
-      if (StaysGathered(unit, config)) account.parameters += config.compute_bytes * unit.padded;
+      account.parameters += unit.StoredBytes(unit.shard_size, b);
+      if (StaysGathered(unit, config)) account.parameters += unit.StoredBytes(unit.padded, b);
     }
     // A sharded state whose gradient accumulates whole over the step keeps the whole buffer too.
     if (unit.trainable && policy.shards_optimizer_state && !policy.shards_gradients) {

@@ -141,6 +141,31 @@ bool Has(const std::vector<ExportFormat>& formats, ExportFormat format) {
   return std::find(formats.begin(), formats.end(), format) != formats.end();
 }
 
+// This process's files of the merged model, the base weights read from the model directory in
+// their original precision (each tensor's mapped pages released once appended) with the adapter
+// merged; what full fine-tuning trained, from `trained`.
+void WriteMergedFromFiles(const std::function<at::Tensor(const ParameterSpec&)>& trained, const PeftMethod& peft,
+                          const fs::path& model_dir, const TensorLookup& adapter, const fs::path& staging,
+                          ComputeDType dtype, FileShare share) {
+  MergedModelFiles files(peft, staging, model_dir, dtype, share);
+  std::optional<SafetensorsCheckpoint> base;
+  if (!peft.full()) base = SafetensorsCheckpoint::Open(model_dir);
+  for (const UnitSpec& unit : peft.Units()) {
+    if (!Streamed(peft, unit)) continue;
+    for (const auto& p : unit.parameters) {
+      if (!files.Writes(p.name)) continue;
+      if (unit.trainable) {
+        files.AppendUnitParameter(p.name, trained(p), adapter);
+        continue;
+      }
+      files.AppendUnitParameter(p.name, ReadHfTensor(*base, model_dir, p), adapter);
+      const auto entry = base->Find(p.name);
+      entry->file->Evict(*entry->info);
+    }
+  }
+  files.Finish(adapter);
+}
+
 }  // namespace
 
 uint64_t MaxModelFileBytes() { return TestKnobs::FromEnvironment().export_shard_bytes.value_or(kMaxModelFileBytes); }
@@ -149,11 +174,21 @@ void ExportModel(ZeroEngine& engine, Communicator& world, const PeftMethod& peft
                  const fs::path& model_dir, ComputeDType dtype, const std::vector<ExportFormat>& formats) {
   const bool hf = Has(formats, ExportFormat::kHf), adapter = Has(formats, ExportFormat::kPeft);
   if (hf) RequireMergeable(peft);
+  const auto& units = engine.layout().units;
+  const bool quantized =
+      std::any_of(units.begin(), units.end(), [](const UnitLayout& u) { return u.quant4.has_value(); });
   std::map<std::string, at::Tensor> trainable;
   if (!peft.full()) trainable = GatherTrainable(engine);
   const TensorLookup lookup = [&](const std::string& name) { return trainable.at(name); };
   WriteStaged(world, out_dir, [&](const fs::path& staging) {
-    if (hf) {
+    if (hf && quantized) {
+      // Into the original weights, not the 4-bit ones the job trained on (as PEFT's
+      // merge_and_unload on a reloaded full-precision base).
+      const auto none = [](const ParameterSpec& p) -> at::Tensor {
+        Fail(ErrorCode::kInternal, "a quantized base trains no base weight ('{}')", p.name);
+      };
+      WriteMergedFromFiles(none, peft, model_dir, lookup, staging, dtype, ShareOf(world));
+    } else if (hf) {
       MergedModelFiles files(peft, staging, model_dir, dtype, ShareOf(world));
       engine.ForEachUnitGathered(
           [&](const UnitLayout& unit, const at::Tensor& full) {
@@ -187,31 +222,6 @@ at::Tensor ReadCheckpointTensor(const CheckpointReader& reader, const ParameterS
   return value;
 }
 
-// This process's files of the merged model: checkpoint parameters as trained, base weights (read
-// from the model directory, each tensor's mapped pages released once appended) with the adapter
-// merged.
-void WriteMergedFromCheckpoint(const CheckpointReader& reader, const PeftMethod& peft, const JobSpec& spec,
-                               const TensorLookup& adapter, const fs::path& staging, ComputeDType dtype,
-                               FileShare share) {
-  MergedModelFiles files(peft, staging, spec.model.path, dtype, share);
-  std::optional<SafetensorsCheckpoint> base;
-  if (!peft.full()) base = SafetensorsCheckpoint::Open(spec.model.path);
-  for (const UnitSpec& unit : peft.Units()) {
-    if (!Streamed(peft, unit)) continue;
-    for (const auto& p : unit.parameters) {
-      if (!files.Writes(p.name)) continue;
-      if (unit.trainable) {
-        files.AppendUnitParameter(p.name, ReadCheckpointTensor(reader, p), adapter);
-        continue;
-      }
-      files.AppendUnitParameter(p.name, ReadHfTensor(*base, spec.model.path, p), adapter);
-      const auto entry = base->Find(p.name);
-      entry->file->Evict(*entry->info);
-    }
-  }
-  files.Finish(adapter);
-}
-
 }  // namespace
 
 void ExportCheckpoint(const CheckpointExport& request, Communicator& world) {
@@ -235,7 +245,8 @@ void ExportCheckpoint(const CheckpointExport& request, Communicator& world) {
   const TensorLookup lookup = [&](const std::string& name) { return trainable.at(name); };
   WriteStaged(world, request.out_dir, [&](const fs::path& staging) {
     if (request.format == ExportFormat::kHf) {
-      WriteMergedFromCheckpoint(reader, peft, spec, lookup, staging, request.dtype, ShareOf(world));
+      const auto trained = [&](const ParameterSpec& p) { return ReadCheckpointTensor(reader, p); };
+      WriteMergedFromFiles(trained, peft, spec.model.path, lookup, staging, request.dtype, ShareOf(world));
     } else if (world.rank() == 0) {
       WritePeftAdapter(staging, peft, spec.model.path, trainable, request.dtype);
     }

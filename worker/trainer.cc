@@ -16,6 +16,7 @@
 #include "common/job_checks.h"
 #include "common/logging.h"
 #include "sharding/lr_schedule.h"
+#include "sharding/model_layout.h"
 #include "sharding/unit_function.h"
 #include "worker/blas_env.h"
 #include "worker/export.h"
@@ -89,7 +90,10 @@ void Trainer::Prepare() {
   steps_per_epoch_ = train_.size() / global_batch_;  // the last partial batch is dropped
   total_steps_ = spec_.training.max_steps > 0 ? spec_.training.max_steps : spec_.training.epochs * steps_per_epoch_;
   groups_ = MakeProcessGroups(world_, spec_.sharding.shard_group_size);
-  engine_ = std::make_unique<ZeroEngine>(peft_.Units(), EngineConfig(), groups_.groups);
+  std::vector<UnitSpec> units = peft_.Units();
+  if (const auto format = Quant4FormatOf(spec_.model.quantization))
+    units = QuantizedBaseUnits(std::move(units), *format);
+  engine_ = std::make_unique<ZeroEngine>(units, EngineConfig(), groups_.groups);
   model_ = MakeUnitModel(peft_, *engine_, compute_dtype_, device_);
   if (rank0_) {
     LogModel();

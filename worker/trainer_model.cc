@@ -139,7 +139,17 @@ void Trainer::LoadInitialWeights(bool resuming) {
   SafetensorsWeightSource files(spec_.model.path, spec_.sharding.load_buffer_mb << 20);
   std::map<std::string, ParameterSpec> base_specs;
   for (const auto& p : ModelParameterSpecs(config_)) base_specs[p.name] = p;
-  auto base = [&](const std::string& name) { return files.ReadWhole(base_specs.at(name)); };
+  // What an adapter's initialization sees of the base (DoRA's row norms): under QLoRA the
+  // dequantized weight the layer computes with, as PEFT's DoRA dequantizes a 4-bit layer.
+  auto base = [&](const std::string& name) {
+    at::Tensor value = files.ReadWhole(base_specs.at(name));
+    const std::optional<Quant4Format>& quant4 = engine_->layout().units[engine_->UnitOf(name)].quant4;
+    if (!quant4) return value;
+    value = value.contiguous();
+    at::Tensor dequantized = at::empty_like(value);
+    Dequantize4(Quantize4(value.data_ptr<float>(), value.numel(), *quant4), dequantized.data_ptr<float>());
+    return dequantized;
+  };
   std::map<std::string, at::Tensor> start;
   if (!resuming) start = std::move(init_adapter_);
   std::set<std::string> adapter;

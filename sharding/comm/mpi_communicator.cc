@@ -61,6 +61,8 @@ TypeAndOp MpiTypeOf(const at::Tensor& tensor) {
       return {MPI_DOUBLE, MPI_SUM};
     case at::kLong:
       return {MPI_INT64_T, MPI_SUM};
+    case at::kByte:  // quantized weights' records, gathered (never summed)
+      return {MPI_UINT8_T, MPI_SUM};
     case at::kBFloat16:
       return {MPI_UINT16_T, g_bf16_sum};
     case at::kHalf:

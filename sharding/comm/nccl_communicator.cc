@@ -53,6 +53,8 @@ ncclDataType_t NcclType(const at::Tensor& tensor) {
       return ncclBfloat16;
     case at::kLong:
       return ncclInt64;
+    case at::kByte:  // quantized weights' records, gathered (never summed)
+      return ncclUint8;
     default:
       Fail(ErrorCode::kInternal, "no NCCL type for {}", c10::toString(tensor.scalar_type()));
   }

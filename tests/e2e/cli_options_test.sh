@@ -32,6 +32,17 @@ out=$("$bin/shardtune" plan "$work/job.yaml" --zero-stage 3 --method lora --dtyp
 expect_eq "--zero-stage overrides the spec's" "$(json_field "$out" '["zero_stage"]')" "3"
 expect_eq "--method overrides the spec's" "$(json_field "$out" '["method"]')" "lora"
 expect_eq "--dtype overrides the spec's" "$(json_field "$out" '["dtype"]')" "bf16"
+# QLoRA: the issue's 100B-class example on one 141 GiB device, with and without the 4-bit base.
+m100="$src/examples/models/llama-100b-class.json"
+out=$("$bin/shardtune" plan --model "$m100" --method lora --lora-r 16 --quantization nf4 --gpus 1 --gpu-memory 141 \
+  --activation-checkpointing --output json)
+expect_eq "plan --quantization nf4: LoRA on the 100B-class model fits one 141 GiB device" "$(json_field "$out" '["fits"]')" "True"
+expect_eq "plan --quantization nf4 says so" "$(json_field "$out" '["quantization"]')" "nf4"
+out=$("$bin/shardtune" plan --model "$m100" --method lora --lora-r 16 --gpus 1 --gpu-memory 141 --activation-checkpointing)
+expect_contains "plan without it does not fit and suggests QLoRA" "$out" "suggestion: model.quantization: {type: nf4}"
+out=$("$bin/shardtune" plan --model "$m100" --quantization nf4 --gpus 1 2>&1)
+expect_eq "plan --quantization with full fine-tuning is refused" "$?" "2"
+expect_contains "and says why" "$out" "parameter-efficient --method"
 out=$("$bin/shardtune" plan "$work/job.yaml" --gpus 4 --cpu --output table)
 expect_contains "plan --output table names the ranks it planned" "$out" "4 ranks"
 out=$("$bin/shardtune" plan "$work/job.yaml" --model "$src/examples/tiny-llama/config.json" 2>&1)

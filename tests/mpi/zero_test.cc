@@ -10,6 +10,7 @@
 
 #include "common/atomic_file.h"
 #include "run_comparison.h"
+#include "sharding/model_layout.h"
 #include "sharding/planner.h"
 #include "sharding/unit_function.h"
 #include "sharding/zero_engine.h"
@@ -602,10 +603,17 @@ TEST_F(ZeroTest, ModelStateBytesIsWhatTheEngineAllocates) {
     for (size_t u = 0; u < units.size(); u += 2) units[u].trainable = false;
     return units;
   }();
+  // QLoRA's: the frozen layers' weights as 4-bit records, held and gathered as bytes.
+  const std::vector<UnitSpec> quantized = QuantizedBaseUnits(half_frozen, Quant4Format{});
   const std::vector<UnitSpec> small = {
       UnitSpec{"a", {ParameterSpec{"a.weight", {40, 30}, true}}, true},
       UnitSpec{"frozen", {ParameterSpec{"f.weight", {30, 30}, true}}, false},
       UnitSpec{"b", {ParameterSpec{"b.weight", {30}, true}, ParameterSpec{"b.bias", {30}, false}}, true}};
+  const std::vector<UnitSpec> small_quantized = [&] {
+    std::vector<UnitSpec> units = small;
+    units[1].quant4 = Quant4Format{Quant4Type::kFp4, 128, false};
+    return units;
+  }();
   at::manual_seed(13);
   const at::Tensor x = at::randn({5, 30});
   for (const int stage : {0, 1, 2, 3}) {
@@ -617,33 +625,37 @@ TEST_F(ZeroTest, ModelStateBytesIsWhatTheEngineAllocates) {
         zero.offload_optimizer = offload;
         for (const int64_t threshold : {int64_t{0}, int64_t{2000}}) {  // 2000: some units stay gathered
           zero.persistence_threshold = threshold;
-          for (const auto* units : {&model, &half_frozen}) {
-            SCOPED_TRACE(fmt::format("stage {} {} offload {} threshold {} {} np {}", stage, c10::toString(dtype),
-                                     offload, threshold, units == &model ? "full" : "half frozen", World().size()));
+          for (const auto* units : {&model, &half_frozen, &quantized}) {
+            SCOPED_TRACE(fmt::format(
+                "stage {} {} offload {} threshold {} {} np {}", stage, c10::toString(dtype), offload, threshold,
+                units == &model ? "full" : (units == &quantized ? "4-bit" : "half frozen"), World().size()));
             OwnedProcessGroups groups = MakeProcessGroups(World(), 0);
             const ZeroEngine engine(*units, zero, groups.groups);
             EXPECT_EQ(AllocatedBytes(engine), ModelStateBytes(engine.layout(), zero.model_state()).total());
           }
         }
-        SCOPED_TRACE(fmt::format("one step: stage {} {} offload {} np {}", stage, c10::toString(dtype), offload,
-                                 World().size()));
-        zero.persistence_threshold = 0;
-        OwnedProcessGroups groups = MakeProcessGroups(World(), 0);
-        ZeroEngine engine(small, zero, groups.groups);
-        engine.LoadWeights([](const ParameterSpec& p) { return at::randn(p.shape); });
-        engine.BeginStep(0);
-        engine.BeginMicroBatch(true);
-        const at::Tensor h =
-            ApplyUnits(engine, {1}, ThroughA(engine, 0, x.to(dtype)), [](const at::Tensor& v, const UnitParameters& p) {
-              return at::matmul(v, p("f.weight"));  // the frozen unit
-            });
-        StepOnMeanSquare(engine, ThroughB(engine, 2, h));
-        const int64_t allocated = AllocatedBytes(engine);
-        const int64_t computed = ModelStateBytes(engine.layout(), zero.model_state()).total();
-        EXPECT_EQ(allocated, computed);
-        if (World().rank() == 0) {
-          fmt::print("model-state bytes, np {} stage {} {}{}: allocated {}, ModelStateBytes {}\n", World().size(),
-                     stage, c10::toString(dtype), offload ? " offloaded" : "", allocated, computed);
+        for (const auto* units : {&small, &small_quantized}) {
+          SCOPED_TRACE(fmt::format("one step: stage {} {} offload {} np {}{}", stage, c10::toString(dtype), offload,
+                                   World().size(), units == &small ? "" : " 4-bit"));
+          zero.persistence_threshold = 0;
+          OwnedProcessGroups groups = MakeProcessGroups(World(), 0);
+          ZeroEngine engine(*units, zero, groups.groups);
+          engine.LoadWeights([](const ParameterSpec& p) { return at::randn(p.shape); });
+          engine.BeginStep(0);
+          engine.BeginMicroBatch(true);
+          const at::Tensor h = ApplyUnits(engine, {1}, ThroughA(engine, 0, x.to(dtype)),
+                                          [](const at::Tensor& v, const UnitParameters& p) {
+                                            return at::matmul(v, p("f.weight"));  // the frozen unit
+                                          });
+          StepOnMeanSquare(engine, ThroughB(engine, 2, h));
+          const int64_t allocated = AllocatedBytes(engine);
+          const int64_t computed = ModelStateBytes(engine.layout(), zero.model_state()).total();
+          EXPECT_EQ(allocated, computed);
+          if (World().rank() == 0) {
+            fmt::print("model-state bytes, np {} stage {} {}{}{}: allocated {}, ModelStateBytes {}\n", World().size(),
+                       stage, c10::toString(dtype), offload ? " offloaded" : "", units == &small ? "" : " 4-bit",
+                       allocated, computed);
+          }
         }
       }
     }

@@ -466,5 +466,38 @@ output: {dir: runs/up}
   }
 }
 
+TEST_F(JobSpecTest, QuantizationIsReadCheckedAndWrittenBack) {
+  const std::string lora = R"(name: qlora
+model:
+  path: model
+  quantization: {type: nf4, double_quant: true, block_size: 128, compute_dtype: bf16}
+data: {train: data/train.jsonl, format: tokens}
+method: {type: lora}
+output: {dir: runs/qlora}
+)";
+  const JobSpec spec = Parse(lora);
+  EXPECT_EQ(spec.model.quantization.type, QuantizationType::kNf4);
+  EXPECT_EQ(spec.model.quantization.block_size, 128);
+  EXPECT_TRUE(spec.model.quantization.double_quant);
+  EXPECT_EQ(spec.model.dtype, ComputeDType::kBf16);  // compute_dtype sets the model's dtype
+  const JobSpec again = ParseJobSpec(JobSpecToYaml(spec), "job.yaml", "/");
+  EXPECT_EQ(again.model.quantization.type, QuantizationType::kNf4);
+  EXPECT_EQ(again.model.quantization.block_size, 128);
+  EXPECT_EQ(Parse(kMinimal).model.quantization.type, QuantizationType::kNone);
+
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string text = lora;
+    text.replace(text.find(from), from.size(), to);
+    return text;
+  };
+  ExpectProblem(with("type: nf4", "type: int4"), {"model.quantization.type", "nf4", "fp4"});
+  ExpectProblem(with("block_size: 128", "block_size: 96"), {"model.quantization.block_size", "96", "64, 128"});
+  ExpectProblem(with("block_size: 128", "block_size: 8192"), {"model.quantization.block_size", "8192"});
+  ExpectProblem(with("double_quant", "double_quantization"), {"double_quantization", "double_quant, type"});
+  ExpectProblem(with("{type: lora}", "{type: full}"), {"model.quantization", "method.type is 'full'"});
+  ExpectProblem(with("  path: model\n", "  path: model\n  dtype: fp32\n"),
+                {"model.quantization.compute_dtype", "'bf16' but model.dtype is 'fp32'"});
+}
+
 }  // namespace
 }  // namespace shardtune

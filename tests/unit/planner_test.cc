@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "common/atomic_file.h"
+#include "sharding/model_layout.h"
 #include "sharding/zero_stage.h"
 #include "test_util.h"
 
@@ -112,6 +113,43 @@ TEST(Planner, PlansA100BModelOn1024RanksWithoutTensors) {
   const Plan plan = MakePlan(in);
   EXPECT_GT(plan.parameters, 100000000000);
   EXPECT_TRUE(plan.fits);
+}
+
+TEST(Planner, CountsA4BitBaseAndSuggestsQlora) {
+  // LoRA r 16 on the 100B-class model, one 141 GiB device: the bf16 base alone is 215 GB.
+  PlanInput in = Example("llama-100b-class.json");
+  in.method.type = MethodType::kLora;
+  in.method.lora.r = 16;
+  in.ranks = 1;
+  in.device_memory_bytes = 141.0 * (1 << 30);
+  in.activation_checkpointing = true;
+  const Plan lora = MakePlan(in);
+  EXPECT_FALSE(lora.fits);
+  ASSERT_FALSE(lora.suggestions.empty());
+  EXPECT_NE(lora.suggestions[0].find("model.quantization: {type: nf4}"), std::string::npos) << lora.suggestions[0];
+
+  in.quantization = QuantizationSpec{QuantizationType::kNf4, 64, true};
+  const Plan qlora = MakePlan(in);
+  EXPECT_TRUE(qlora.fits);
+  EXPECT_NE(PlanToText(qlora).find("base in 4 bits (nf4)"), std::string::npos) << PlanToText(qlora);
+  // Every layer weight here is whole records of 16,384 elements: 8,456 bytes each (0.516 a
+  // parameter); the embedding, head and norms stay bf16, and so do the adapter's parameters.
+  int64_t linear = 0, other = 0;
+  for (const ParameterSpec& p : ModelParameterSpecs(in.model)) {
+    const bool layer_weight = p.shape.size() == 2 && p.name.rfind("model.layers.", 0) == 0;
+    (layer_weight ? linear : other) += NumelOf(p.shape);
+  }
+  EXPECT_EQ(linear % 16384, 0);
+  const int64_t expected = linear / 16384 * 8456 + 2 * (other + qlora.trainable_parameters);
+  EXPECT_NEAR(static_cast<double>(qlora.device.parameters), static_cast<double>(expected), 1e-4 * expected);
+  EXPECT_LT(qlora.device.parameters, 0.55 * 2 * lora.device.parameters / 2);  // about a quarter of bf16's
+  // Two 80 GiB devices at stage 3: each holds half of the records.
+  in.ranks = 2;
+  in.zero_stage = 3;
+  in.device_memory_bytes = 80.0 * (1 << 30);
+  const Plan two = MakePlan(in);
+  EXPECT_TRUE(two.fits);
+  EXPECT_NEAR(static_cast<double>(two.device.parameters), expected / 2.0, 1e-3 * expected);
 }
 
 TEST(Planner, ModelStateBytesFollowsTheStageTable) {
