@@ -14,6 +14,7 @@
 #include "common/safetensors.h"
 #include "common/test_knobs.h"
 #include "sharding/checkpoint_reader.h"
+#include "sharding/model_layout.h"
 #include "worker/models/hf_io.h"
 #include "worker/peft/adapter_io.h"
 
@@ -175,8 +176,10 @@ void ExportModel(ZeroEngine& engine, Communicator& world, const PeftMethod& peft
   const bool hf = Has(formats, ExportFormat::kHf), adapter = Has(formats, ExportFormat::kPeft);
   if (hf) RequireMergeable(peft);
   const auto& units = engine.layout().units;
-  const bool quantized =
-      std::any_of(units.begin(), units.end(), [](const UnitLayout& u) { return u.quant4.has_value(); });
+  std::optional<Quant4Format> quantization;  // the base's 4-bit format, if it is quantized
+  for (const UnitLayout& unit : units)
+    if (unit.quant4) quantization = unit.quant4;
+  const bool quantized = quantization.has_value();
   std::map<std::string, at::Tensor> trainable;
   if (!peft.full()) trainable = GatherTrainable(engine);
   const TensorLookup lookup = [&](const std::string& name) { return trainable.at(name); };
@@ -200,7 +203,8 @@ void ExportModel(ZeroEngine& engine, Communicator& world, const PeftMethod& peft
           ZeroEngine::Buffer::kWeights, peft.full() ? ZeroEngine::Units::kAll : ZeroEngine::Units::kFrozen);
       files.Finish(lookup);
     }
-    if (adapter && world.rank() == 0) WritePeftAdapter(staging, peft, model_dir.string(), trainable, dtype);
+    if (adapter && world.rank() == 0)
+      WritePeftAdapter(staging, peft, model_dir.string(), trainable, dtype, quantization);
   });
 }
 
@@ -248,7 +252,8 @@ void ExportCheckpoint(const CheckpointExport& request, Communicator& world) {
       const auto trained = [&](const ParameterSpec& p) { return ReadCheckpointTensor(reader, p); };
       WriteMergedFromFiles(trained, peft, spec.model.path, lookup, staging, request.dtype, ShareOf(world));
     } else if (world.rank() == 0) {
-      WritePeftAdapter(staging, peft, spec.model.path, trainable, request.dtype);
+      WritePeftAdapter(staging, peft, spec.model.path, trainable, request.dtype,
+                       Quant4FormatOf(spec.model.quantization));
     }
   });
   spdlog::info("exported {} (model {}) to {}: {} MiB read from the checkpoint{}", request.checkpoint_dir.string(),

@@ -165,6 +165,15 @@ TEST_F(PeftZeroTest, QuantizedBaseOnEveryStageEqualsTheSingleProcessRun) {
   const double plain = Metrics(lora).front()["loss"].get<double>();
   EXPECT_NE(quantized, plain);
   EXPECT_NEAR(quantized, plain, 0.05 * plain);
+  // The model card says what the adapter was trained on, as PEFT's does.
+  const std::string card = ReadFile(*dir_ / fmt::format("ref-qlora-nf4-{}", 2 * n) / "final" / "README.md");
+  EXPECT_NE(card.find("---\nbase_model: "), std::string::npos) << card;
+  EXPECT_NE(card.find("library_name: peft"), std::string::npos) << card;
+  EXPECT_NE(card.find("- load_in_4bit: True\n- bnb_4bit_quant_type: nf4\n- bnb_4bit_use_double_quant: True\n"
+                      "- bnb_4bit_compute_dtype: float32"),
+            std::string::npos)
+      << card;
+  EXPECT_EQ(ReadFile(lora / "final" / "README.md").find("bitsandbytes"), std::string::npos);
   // The merged model is the original weight plus scale B A (scale = alpha / r = 2), not the
   // dequantized weight plus it.
   const fs::path run = *dir_ / fmt::format("ref-qlora-nf4-{}", 2 * n);

@@ -201,8 +201,36 @@ MethodSpec MethodFromConfig(const json& config, const fs::path& file) {
 
 }  // namespace
 
+namespace {
+
+// The model card PEFT's save_pretrained writes beside an adapter, with the training procedure's
+// bitsandbytes config (PEFT listed it so for QLoRA adapters) when the base was 4-bit.
+std::string ModelCard(const PeftMethod& peft, const std::string& base_model, ComputeDType dtype,
+                      const std::optional<Quant4Format>& quantization) {
+  std::string card = fmt::format(
+      "---\nbase_model: {}\nlibrary_name: peft\n---\n\n# {} adapter\n\nA {} adapter for `{}`, written by "
+      "shardtune in PEFT's layout (adapter_config.json, adapter_model.safetensors).\n",
+      base_model, PeftType(peft.spec().type), PeftType(peft.spec().type), base_model);
+  if (quantization) {
+    const char* compute = dtype == ComputeDType::kBf16   ? "bfloat16"
+                          : dtype == ComputeDType::kFp16 ? "float16"
+                                                         : "float32";
+    card += fmt::format(
+        "\n## Training procedure\n\nThe following `bitsandbytes` quantization config was used during training:\n"
+        "- quant_method: bitsandbytes\n- load_in_8bit: False\n- load_in_4bit: True\n"
+        "- bnb_4bit_quant_type: {}\n- bnb_4bit_use_double_quant: {}\n- bnb_4bit_compute_dtype: {}\n"
+        "- blocksize: {}\n",
+        Quant4TypeName(quantization->type), quantization->double_quant ? "True" : "False", compute,
+        quantization->block_size);
+  }
+  return card;
+}
+
+}  // namespace
+
 void WritePeftAdapter(const fs::path& dir, const PeftMethod& peft, const std::string& base_model,
-                      const std::map<std::string, at::Tensor>& tensors, ComputeDType dtype) {
+                      const std::map<std::string, at::Tensor>& tensors, ComputeDType dtype,
+                      const std::optional<Quant4Format>& quantization) {
   // Every tensor present and non-empty before anything is written.
   std::vector<ParameterSpec> expected = peft.parameters();
   for (const auto& p : peft.saved_parameters()) expected.push_back(p);
@@ -236,6 +264,7 @@ void WritePeftAdapter(const fs::path& dir, const PeftMethod& peft, const std::st
   }
   WriteSafetensors(dir / kWeightsFile, bytes);
   WriteFileAtomic(dir / kConfigFile, AdapterConfig(peft, base_model).dump(2) + "\n");
+  WriteFileAtomic(dir / "README.md", ModelCard(peft, base_model, dtype, quantization));
 }
 
 LoadedAdapter ReadPeftAdapter(const fs::path& dir, const ModelConfig& config) {

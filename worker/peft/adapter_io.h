@@ -10,18 +10,23 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "common/job_spec.h"
+#include "sharding/quant4.h"
 #include "worker/peft/peft.h"
 
 namespace shardtune {
 
-// Writes the adapter into `dir` (which exists). `tensors` maps every one of the method's
-// parameters and saved parameters (shardtune's names) to its fp32 value; a missing or empty one
-// is an error, and nothing is written then.
+// Writes the adapter into `dir` (which exists), and a README.md model card as PEFT's
+// save_pretrained does (front matter `base_model`, `library_name: peft`; for a 4-bit base,
+// `quantization` set, the bitsandbytes config it was trained on, in PEFT's words). `tensors` maps
+// every one of the method's parameters and saved parameters (shardtune's names) to its fp32 value;
+// a missing or empty one is an error, and nothing is written then.
 void WritePeftAdapter(const std::filesystem::path& dir, const PeftMethod& method, const std::string& base_model,
-                      const std::map<std::string, at::Tensor>& tensors, ComputeDType dtype);
+                      const std::map<std::string, at::Tensor>& tensors, ComputeDType dtype,
+                      const std::optional<Quant4Format>& quantization = std::nullopt);
 
 struct LoadedAdapter {
   MethodSpec method;                          // as adapter_config.json describes it
