@@ -202,6 +202,23 @@ void AllocateStorage(const at::Tensor& tensor) {
   storage->set_nbytes(bytes);
 }
 
+// Dequantizes every parameter of a 4-bit unit from its whole `records` into `out` (the unit's
+// padded elements, of any floating dtype, host memory), each parameter's records in parallel.
+void DequantizeUnit(const UnitLayout& layout, const uint8_t* records, const at::Tensor& out) {
+  const Quant4Format& format = *layout.quant4;
+  const int64_t per_record = format.record_elements();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "DequantizeUnit", [&] {
+    scalar_t* values = out.data_ptr<scalar_t>();
+    for (const ParameterSlot& p : layout.parameters) {
+      const uint8_t* first = records + format.RecordBytesFor(p.offset);
+      at::parallel_for(0, (p.numel + per_record - 1) / per_record, 1, [&](int64_t begin, int64_t end) {
+        const int64_t count = std::min(end * per_record, p.numel) - begin * per_record;
+        DequantizeRecords(first + begin * format.record_bytes(), count, format, values + p.offset + begin * per_record);
+      });
+    }
+  });
+}
+
 }  // namespace
 
 void ZeroEngine::Gather(int u) {
@@ -238,12 +255,10 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
   for (int u : units) {
     Unit& unit = *units_[u];
     ++unit.acquired;
-    if (unit.layout->quant4 && !unit.dequantized_live) {
-      if (unit.parameter_storage == ParameterStorage::kShardGathered) WaitGathered(u);
-      Dequantize(unit);
-    }
-    if (unit.parameter_storage != ParameterStorage::kShardGathered) continue;
-    WaitGathered(u);
+    const bool gathered_per_use = unit.parameter_storage == ParameterStorage::kShardGathered;
+    if (gathered_per_use) WaitGathered(u);
+    if (unit.layout->quant4 && !unit.dequantized_live) Dequantize(unit);
+    if (!gathered_per_use) continue;
     // Prefetch: the neighbours in the current direction are the next units to be needed. Only
     // from the unit that runs (the first listed); the others are borrowed (a tied lm_head).
     // Frozen base layers and their adapters alternate in use but not in order: the next of the
@@ -299,25 +314,13 @@ void ZeroEngine::Release(const std::vector<int>& units) {
 
 void ZeroEngine::Dequantize(Unit& unit) {
   const UnitLayout& l = *unit.layout;
-  const Quant4Format& format = *l.quant4;
   if (!unit.dequantized.defined()) {
     unit.dequantized = at::empty({l.padded}, Options(config_.compute_dtype));
   } else {
     AllocateStorage(unit.dequantized);
   }
   // Written through its pointer: no in-place operation that a saved graph's version check would see.
-  const uint8_t* records = unit.full.data_ptr<uint8_t>();
-  const int64_t per_record = format.record_elements(), record_bytes = format.record_bytes();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, config_.compute_dtype, "Dequantize", [&] {
-    scalar_t* out = unit.dequantized.data_ptr<scalar_t>();
-    for (const ParameterSlot& p : l.parameters) {
-      const int64_t first = p.offset / per_record, records_of_p = (p.numel + per_record - 1) / per_record;
-      at::parallel_for(0, records_of_p, 1, [&](int64_t begin, int64_t end) {
-        const int64_t count = std::min(end * per_record, p.numel) - begin * per_record;
-        DequantizeRecords(records + (first + begin) * record_bytes, count, format, out + p.offset + begin * per_record);
-      });
-    }
-  });
+  DequantizeUnit(l, unit.full.data_ptr<uint8_t>(), unit.dequantized);
   unit.dequantized_live = true;
 }
 
@@ -509,13 +512,8 @@ void ZeroEngine::ForEachUnitGathered(const std::function<void(const UnitLayout&,
             ->Wait();
       }
       if (unit.layout->quant4) {  // the dequantized weights, in fp32
-        const Quant4Format& format = *unit.layout->quant4;
-        const at::Tensor records = whole.cpu();
         at::Tensor values = at::zeros({unit.layout->padded}, at::kFloat);
-        for (const ParameterSlot& p : unit.layout->parameters) {
-          DequantizeRecords(records.data_ptr<uint8_t>() + format.RecordBytesFor(p.offset), p.numel, format,
-                            values.data_ptr<float>() + p.offset);
-        }
+        DequantizeUnit(*unit.layout, whole.cpu().data_ptr<uint8_t>(), values);
         whole = values;
       }
       sink(*unit.layout, whole.to(at::kFloat));

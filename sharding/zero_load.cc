@@ -139,10 +139,17 @@ void ZeroEngine::QuantizeRecords(const Unit& unit, int64_t first, int64_t count,
   std::vector<float> absmax(count * kNestedBlockSize, 0.0f);  // this range's blocks, record by record
   std::vector<double> sums(l.padded / per_record, 0.0);       // every record's absmax sum; 0 where not ours
   std::vector<int64_t> blocks_in(count, 0);                   // real blocks of each of our records
+  // The records [first, end) of parameter p, and the part of them in this range.
+  struct Records {
+    int64_t first, end, lo, hi;
+  };
+  auto records_of = [&](const ParameterSlot& p) {
+    const int64_t p_first = p.offset / per_record, p_end = p_first + (p.numel + per_record - 1) / per_record;
+    return Records{p_first, p_end, std::max(first, p_first), std::min(first + count, p_end)};
+  };
   at::Tensor chunk;
   for (const ParameterSlot& p : l.parameters) {
-    const int64_t p_first = p.offset / per_record, p_end = p_first + (p.numel + per_record - 1) / per_record;
-    const int64_t lo = std::max(first, p_first), hi = std::min(first + count, p_end);
+    const auto [p_first, p_end, lo, hi] = records_of(p);
     for (int64_t r = lo; r < hi; r += kRecordsPerRead) {
       const int64_t begin = (r - p_first) * per_record;  // inside the parameter
       const int64_t n = std::min(p.numel, (std::min(hi, r + kRecordsPerRead) - p_first) * per_record) - begin;
@@ -164,13 +171,13 @@ void ZeroEngine::QuantizeRecords(const Unit& unit, int64_t first, int64_t count,
     group->AllReduceSum(all, CollectiveTag{l.name + " (quantization offsets)", step_})->Wait();
   }
   for (const ParameterSlot& p : l.parameters) {
-    const int64_t p_first = p.offset / per_record, p_end = p_first + (p.numel + per_record - 1) / per_record;
-    if (std::max(first, p_first) >= std::min(first + count, p_end)) continue;
+    const auto [p_first, p_end, lo, hi] = records_of(p);
+    if (lo >= hi) continue;
     const int64_t blocks = (p.numel + format.block_size - 1) / format.block_size;
     const float offset = format.double_quant
                              ? AbsmaxOffset(std::vector<double>(sums.begin() + p_first, sums.begin() + p_end), blocks)
                              : 0.0f;
-    for (int64_t r = std::max(first, p_first); r < std::min(first + count, p_end); ++r) {
+    for (int64_t r = lo; r < hi; ++r) {
       EncodeRecordAbsmax(absmax.data() + (r - first) * kNestedBlockSize, blocks_in[r - first], offset, format,
                          out + (r - first) * record_bytes);
     }
