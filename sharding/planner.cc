@@ -16,6 +16,12 @@ using nlohmann::json;
 
 int64_t Bytes(ComputeDType dtype) { return dtype == ComputeDType::kFp32 ? 4 : 2; }
 
+// "none", or the 4-bit type's name.
+std::string QuantizationName(const QuantizationSpec& spec) {
+  const std::optional<Quant4Format> format = Quant4FormatOf(spec);
+  return format ? std::string(Quant4TypeName(format->type)) : "none";
+}
+
 // Whether a PEFT target list picks linear module `module` (matched as PEFT matches: the end of
 // its path, or a pattern the whole path of layer 0's module matches).
 bool Targets(const ModelConfig& c, const std::vector<std::string>& names, bool pattern, const LinearModule& module) {
@@ -249,8 +255,10 @@ Plan MakePlan(const PlanInput& input) {
       }
     }
     // A parameter-efficient job that does not fit as it is may fit with its base in 4 bits.
+    const bool qlora_may_help =
+        input.method.type != MethodType::kFull && input.quantization.type == QuantizationType::kNone;
     for (bool checkpointing : {input.activation_checkpointing, true}) {
-      if (input.method.type == MethodType::kFull || input.quantization.type != QuantizationType::kNone) break;
+      if (!qlora_may_help) break;
       PlanInput other = input;
       other.quantization = QuantizationSpec{QuantizationType::kNf4, 64, true};
       other.activation_checkpointing = checkpointing;
@@ -320,9 +328,7 @@ std::string PlanToJson(const Plan& plan) {
               {"zero_stage", in.zero_stage},
               {"offload_optimizer", in.offload_optimizer},
               {"method", ToString(in.method.type)},
-              {"quantization", in.quantization.type == QuantizationType::kNone  ? "none"
-                               : in.quantization.type == QuantizationType::kNf4 ? "nf4"
-                                                                                : "fp4"},
+              {"quantization", QuantizationName(in.quantization)},
               {"dtype", ToString(in.dtype)},
               {"micro_batch_size", in.micro_batch},
               {"seq_len", in.seq_len},
@@ -346,7 +352,7 @@ std::string PlanToText(const Plan& plan) {
       plan.parameters, plan.trainable_parameters, ToString(in.method.type),
       in.quantization.type == QuantizationType::kNone
           ? ""
-          : fmt::format(", base in 4 bits ({})", in.quantization.type == QuantizationType::kNf4 ? "nf4" : "fp4"),
+          : fmt::format(", base in 4 bits ({})", QuantizationName(in.quantization)),
       in.model.num_layers(), in.model.hidden_size(), in.ranks, in.zero_stage,
       in.offload_optimizer ? " + optimizer offload" : "", ToString(in.dtype), in.micro_batch, in.seq_len,
       in.activation_checkpointing ? ", activation checkpointing" : "");

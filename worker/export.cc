@@ -179,12 +179,11 @@ void ExportModel(ZeroEngine& engine, Communicator& world, const PeftMethod& peft
   std::optional<Quant4Format> quantization;  // the base's 4-bit format, if it is quantized
   for (const UnitLayout& unit : units)
     if (unit.quant4) quantization = unit.quant4;
-  const bool quantized = quantization.has_value();
   std::map<std::string, at::Tensor> trainable;
   if (!peft.full()) trainable = GatherTrainable(engine);
   const TensorLookup lookup = [&](const std::string& name) { return trainable.at(name); };
   WriteStaged(world, out_dir, [&](const fs::path& staging) {
-    if (hf && quantized) {
+    if (hf && quantization) {
       // Into the original weights, not the 4-bit ones the job trained on (as PEFT's
       // merge_and_unload on a reloaded full-precision base).
       const auto none = [](const ParameterSpec& p) -> at::Tensor {

@@ -29,8 +29,6 @@ DType SafetensorsDTypeOf(at::ScalarType type) {
   }
 }
 
-namespace {
-
 const char* TorchDTypeName(ComputeDType dtype) {
   switch (dtype) {
     case ComputeDType::kBf16:
@@ -41,6 +39,8 @@ const char* TorchDTypeName(ComputeDType dtype) {
       return "float32";
   }
 }
+
+namespace {
 
 // Files a Hugging Face model directory carries besides weights and config, copied on export so
 // the result is usable on its own.

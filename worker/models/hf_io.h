@@ -52,6 +52,8 @@ void WriteHfCompanions(const std::filesystem::path& dir, const std::filesystem::
 void InitializeWeights(FlatParameters& flat, uint64_t seed, double std = 0.02);
 
 at::ScalarType ToScalarType(ComputeDType dtype);
+// torch's name of a compute dtype, as config.json's torch_dtype says it: "bfloat16", "float16", "float32".
+const char* TorchDTypeName(ComputeDType dtype);
 DType SafetensorsDTypeOf(at::ScalarType type);
 
 }  // namespace shardtune

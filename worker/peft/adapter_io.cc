@@ -212,15 +212,12 @@ std::string ModelCard(const PeftMethod& peft, const std::string& base_model, Com
       "shardtune in PEFT's layout (adapter_config.json, adapter_model.safetensors).\n",
       base_model, PeftType(peft.spec().type), PeftType(peft.spec().type), base_model);
   if (quantization) {
-    const char* compute = dtype == ComputeDType::kBf16   ? "bfloat16"
-                          : dtype == ComputeDType::kFp16 ? "float16"
-                                                         : "float32";
     card += fmt::format(
         "\n## Training procedure\n\nThe following `bitsandbytes` quantization config was used during training:\n"
         "- quant_method: bitsandbytes\n- load_in_8bit: False\n- load_in_4bit: True\n"
         "- bnb_4bit_quant_type: {}\n- bnb_4bit_use_double_quant: {}\n- bnb_4bit_compute_dtype: {}\n"
         "- blocksize: {}\n",
-        Quant4TypeName(quantization->type), quantization->double_quant ? "True" : "False", compute,
+        Quant4TypeName(quantization->type), quantization->double_quant ? "True" : "False", TorchDTypeName(dtype),
         quantization->block_size);
   }
   return card;
