@@ -33,6 +33,7 @@ const std::vector<std::pair<std::string, std::string>> kWorkerCommands = {
     {"validate-data", "check every data file of a job: errors with file:line and a code"},
     {"export", "export a training checkpoint as a Hugging Face model or PEFT adapter"},
     {"init-model", "write a randomly initialized model for a config.json"},
+    {"quantize", "store a model's linear weights 4-bit (NF4/FP4), as transformers saves a bitsandbytes model"},
     {"evaluate", "a finished model's metrics on a dataset (loss, accuracy, F1, ...)"},
     {"synthesize", "new training examples written by a teacher model from seed examples"},
 };

@@ -37,6 +37,15 @@ std::vector<UnitSpec> QuantizedBaseUnits(std::vector<UnitSpec> units, const Quan
   return result;
 }
 
+std::set<std::string> QuantizedWeightNames(const std::vector<UnitSpec>& units) {
+  std::set<std::string> names;
+  for (const UnitSpec& unit : QuantizedBaseUnits(units, Quant4Format{})) {
+    if (!unit.quant4) continue;
+    for (const ParameterSpec& p : unit.parameters) names.insert(p.name);
+  }
+  return names;
+}
+
 std::optional<Quant4Format> Quant4FormatOf(const QuantizationSpec& spec) {
   if (spec.type == QuantizationType::kNone) return std::nullopt;
   return Quant4Format{spec.type == QuantizationType::kNf4 ? Quant4Type::kNf4 : Quant4Type::kFp4, spec.block_size,

@@ -6,6 +6,7 @@
 
 #include "sharding/model_layout.h"
 #include "sharding/parameter_layout.h"
+#include "sharding/prequantized.h"
 #include "sharding/zero_stage.h"
 
 namespace shardtune {
@@ -305,7 +306,7 @@ PlanInput PlanInputForJob(const JobSpec& spec, int64_t ranks, double device_memo
   in.offload_optimizer = spec.sharding.offload_optimizer == OffloadTarget::kCpu;
   in.shard_group_size = spec.sharding.shard_group_size;
   in.method = spec.method;
-  in.quantization = spec.model.quantization;
+  in.quantization = QuantizationOfJob(spec);
   in.dtype = spec.model.dtype;
   in.micro_batch = spec.training.micro_batch_size;
   in.seq_len = spec.data.max_seq_len;

@@ -72,7 +72,10 @@ SafetensorsCheckpoint::Entry CheckedWeightEntry(const SafetensorsCheckpoint& che
 }
 
 SafetensorsWeightSource::SafetensorsWeightSource(const fs::path& dir, int64_t buffer_bytes)
-    : dir_(dir), checkpoint_(SafetensorsCheckpoint::Open(dir)), buffer_bytes_(std::max<int64_t>(buffer_bytes, 64)) {}
+    : dir_(dir),
+      checkpoint_(SafetensorsCheckpoint::Open(dir)),
+      prequantized_(FindPrequantizedWeights(checkpoint_, dir)),
+      buffer_bytes_(std::max<int64_t>(buffer_bytes, 64)) {}
 
 SafetensorsWeightSource::~SafetensorsWeightSource() {
   for (const auto& [_, fd] : descriptors_) ::close(fd);
@@ -88,17 +91,30 @@ int SafetensorsWeightSource::FileDescriptor(const SafetensorsFile& file) {
 }
 
 void SafetensorsWeightSource::Check(const std::vector<ParameterSpec>& parameters) {
-  for (const ParameterSpec& spec : parameters) {
-    const SafetensorsCheckpoint::Entry entry = CheckedWeightEntry(checkpoint_, dir_, spec);
-    // The header was validated against the file's size when it was opened; a file cut short
-    // since (a copy still being written) is caught here rather than by a short read half-way.
+  // The header was validated against the file's size when it was opened; a file cut short since
+  // (a copy still being written) is caught here rather than by a short read half-way.
+  auto check_whole = [&](const SafetensorsCheckpoint::Entry& entry) {
     struct stat st {};
     ST_SYSCALL_CHECK(::fstat(FileDescriptor(*entry.file), &st), entry.file->path().string());
     const uint64_t end = entry.file->data_offset() + entry.info->end;
     if (static_cast<uint64_t>(st.st_size) < end) {
       Fail(ErrorCode::kDataLoss, "{}: tensor '{}' ends at byte {}, but the file has {} bytes (truncated?)",
-           entry.file->path().string(), spec.name, end, st.st_size);
+           entry.file->path().string(), entry.info->name, end, st.st_size);
     }
+  };
+  for (const ParameterSpec& spec : parameters) {
+    const auto quantized = prequantized_.find(spec.name);
+    if (quantized == prequantized_.end()) {
+      check_whole(CheckedWeightEntry(checkpoint_, dir_, spec));
+      continue;
+    }
+    const PrequantizedWeight& weight = quantized->second;
+    if (weight.shape != spec.shape) {
+      Fail(ErrorCode::kInvalidArgument,
+           "{}: tensor '{}' is stored 4-bit with shape {} (its quant_state) but config.json implies {}",
+           weight.packed.file->path().string(), spec.name, ShapeText(weight.shape), ShapeText(spec.shape));
+    }
+    for (const SafetensorsCheckpoint::Entry& entry : weight.entries()) check_whole(entry);
   }
 }
 
@@ -121,6 +137,21 @@ void SafetensorsWeightSource::ReadBytes(const SafetensorsCheckpoint::Entry& entr
 }
 
 void SafetensorsWeightSource::Read(const ParameterSpec& parameter, int64_t begin, int64_t count, at::Tensor out) {
+  if (const auto quantized = prequantized_.find(parameter.name); quantized != prequantized_.end()) {
+    // The records holding the range, dequantized (fp32, then out's dtype).
+    const PrequantizedWeight& weight = quantized->second;
+    const int64_t per_record = weight.format.record_elements();
+    ST_CHECK(begin >= 0 && count > 0 && begin + count <= weight.numel() && out.numel() == count,
+             "reading elements [{}, {}) of '{}' ({} elements)", begin, begin + count, parameter.name, weight.numel());
+    const int64_t first = begin / per_record, records = (begin + count + per_record - 1) / per_record - first;
+    std::vector<uint8_t> bytes(records * weight.format.record_bytes());
+    ReadRecords(parameter, weight.format, first, records, bytes.data());
+    const int64_t skip = begin - first * per_record;
+    at::Tensor values = at::empty({skip + count}, at::kFloat);
+    DequantizeRecords(bytes.data(), skip + count, weight.format, values.data_ptr<float>());
+    CopyThroughFp32(values.narrow(0, skip, count), out);
+    return;
+  }
   const SafetensorsCheckpoint::Entry entry = CheckedWeightEntry(checkpoint_, dir_, parameter);
   ST_CHECK(
       begin >= 0 && count >= 0 && begin + count <= entry.info->numel() && out.numel() == count && out.is_contiguous(),
@@ -141,6 +172,25 @@ void SafetensorsWeightSource::Read(const ParameterSpec& parameter, int64_t begin
     ReadBytes(entry, (begin + done) * element, staging_.data_ptr(), n * element);
     CopyThroughFp32(at::from_blob(staging_.data_ptr(), {n}, at::TensorOptions().dtype(type)), out.narrow(0, done, n));
   }
+}
+
+bool SafetensorsWeightSource::ReadRecords(const ParameterSpec& parameter, const Quant4Format& format, int64_t first,
+                                          int64_t count, uint8_t* records) {
+  const auto quantized = prequantized_.find(parameter.name);
+  if (quantized == prequantized_.end()) return false;
+  const PrequantizedWeight& weight = quantized->second;
+  if (weight.format != format) {
+    Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' is stored 4-bit as {}; the job holds it as {}",
+         weight.packed.file->path().string(), parameter.name, Quant4FormatText(weight.format),
+         Quant4FormatText(format));
+  }
+  ReadPrequantizedRecords(
+      weight, first, count,
+      [&](const SafetensorsCheckpoint::Entry& entry, uint64_t offset, void* out, uint64_t size) {
+        ReadBytes(entry, offset, out, size);
+      },
+      records);
+  return true;
 }
 
 at::Tensor SafetensorsWeightSource::ReadWhole(const ParameterSpec& parameter) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <set>
 
 #include "sharding/quant4.h"
 #include "sharding/zero_engine.h"
@@ -148,9 +149,15 @@ void ZeroEngine::QuantizeRecords(const Unit& unit, int64_t first, int64_t count,
     return Records{p_first, p_end, std::max(first, p_first), std::min(first + count, p_end)};
   };
   at::Tensor chunk;
+  std::set<std::string> stored;  // parameters the source held as records (a pre-quantized checkpoint)
   for (const ParameterSlot& p : l.parameters) {
     const auto [p_first, p_end, lo, hi] = records_of(p);
     for (int64_t r = lo; r < hi; r += kRecordsPerRead) {
+      const int64_t records = std::min(hi, r + kRecordsPerRead) - r;
+      if (source.ReadRecords(p.spec, format, r - p_first, records, out + (r - first) * record_bytes)) {
+        stored.insert(p.spec.name);
+        continue;
+      }
       const int64_t begin = (r - p_first) * per_record;  // inside the parameter
       const int64_t n = std::min(p.numel, (std::min(hi, r + kRecordsPerRead) - p_first) * per_record) - begin;
       if (!chunk.defined() || chunk.numel() < n) chunk = at::empty({n}, at::kFloat);
@@ -172,7 +179,7 @@ void ZeroEngine::QuantizeRecords(const Unit& unit, int64_t first, int64_t count,
   }
   for (const ParameterSlot& p : l.parameters) {
     const auto [p_first, p_end, lo, hi] = records_of(p);
-    if (lo >= hi) continue;
+    if (lo >= hi || stored.count(p.spec.name)) continue;
     const int64_t blocks = (p.numel + format.block_size - 1) / format.block_size;
     const float offset = format.double_quant
                              ? AbsmaxOffset(std::vector<double>(sums.begin() + p_first, sums.begin() + p_end), blocks)

@@ -15,6 +15,7 @@
 #include "common/test_knobs.h"
 #include "sharding/checkpoint_reader.h"
 #include "sharding/model_layout.h"
+#include "sharding/prequantized.h"
 #include "worker/models/hf_io.h"
 #include "worker/peft/adapter_io.h"
 
@@ -238,7 +239,16 @@ void ExportCheckpoint(const CheckpointExport& request, Communicator& world) {
   // The run's job.yaml records its classes.
   if (spec.model.task != ModelTask::kCausalLm) config.SetHead(spec.model.task, spec.model.labels);
   const PeftMethod peft(config, spec.method);
-  if (request.format == ExportFormat::kHf) RequireMergeable(peft);
+  if (request.format == ExportFormat::kHf) {
+    RequireMergeable(peft);
+    const auto stored = FindPrequantizedWeights(SafetensorsCheckpoint::Open(spec.model.path), spec.model.path);
+    if (!stored.empty()) {
+      Fail(ErrorCode::kFailedPrecondition,
+           "--to hf: {} trained on {}, which holds only 4-bit weights ('{}', ...); the merge needs the original "
+           "ones: export --to peft and merge the adapter into the original model",
+           request.checkpoint_dir.string(), spec.model.path, stored.begin()->first);
+    }
+  }
   // A parameter-efficient method's trainable parameters (small): merged into every base weight.
   std::map<std::string, at::Tensor> trainable;
   for (const UnitSpec& unit : peft.Units()) {

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "sharding/model_layout.h"
+#include "sharding/prequantized.h"
 #include "worker/models/hf_io.h"
 #include "worker/peft/adapter_io.h"
 #include "worker/peft/peft.h"
@@ -17,8 +18,26 @@ at::Tensor LoadedModel::TaskLogits(const Batch& batch) const {
   return config.task() == ModelTask::kSequenceClassification ? PooledLogits(logits, batch.attention_mask) : logits;
 }
 
+namespace {
+
+// Rounds the base's 4-bit weights (those QLoRA holds so) through `format`, where the checkpoint
+// holds their original values.
+void RoundThrough4Bit(const std::filesystem::path& model_dir, const std::vector<UnitSpec>& units,
+                      const Quant4Format& format, FlatParameters& flat) {
+  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::Open(model_dir);
+  at::NoGradGuard no_grad;
+  for (const std::string& name : QuantizedWeightNames(units)) {
+    if (FindPrequantizedWeight(checkpoint, model_dir, name)) continue;  // its values are 4-bit ones
+    at::Tensor value = flat.Value(*flat.Find(name));
+    const at::Tensor original = value.contiguous();
+    Dequantize4(Quantize4(original.data_ptr<float>(), original.numel(), format), value.data_ptr<float>());
+  }
+}
+
+}  // namespace
+
 LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir,
-                                  const ClassifierHead& head) {
+                                  const ClassifierHead& head, const std::optional<Quant4Format>& quantization) {
   LoadedModel loaded;
   ModelConfig& config = loaded.config;
   config = ModelConfig::Load(model_dir);
@@ -33,6 +52,12 @@ LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const 
   }
   loaded.weights = std::make_unique<FlatParameters>(ModelParameterSpecs(config));
   LoadHfWeights(model_dir, *loaded.weights, from_adapter);
+  if (quantization) {
+    std::vector<UnitSpec> units = peft ? peft->Units() : ModelUnits(config);
+    if (!peft)
+      for (UnitSpec& unit : units) unit.trainable = false;
+    RoundThrough4Bit(model_dir, units, *quantization, *loaded.weights);
+  }
   FlatParameters* flat = loaded.weights.get();
   auto lookup_in = [](FlatParameters* parameters) -> TensorLookup {
     return [parameters](const std::string& name) { return parameters->Value(*parameters->Find(name)); };

@@ -7,11 +7,13 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/model_config.h"
 #include "sharding/flat_parameters.h"
+#include "sharding/quant4.h"
 #include "worker/data/token_dataset.h"
 #include "worker/models/bert.h"
 #include "worker/models/llama.h"
@@ -37,7 +39,10 @@ struct ClassifierHead {
   ModelTask task = ModelTask::kCausalLm;
   std::vector<std::string> labels;
 };
+// `quantization`: the base computes with its linear weights rounded through this 4-bit format, as
+// a QLoRA job trained its adapter (a checkpoint stored 4-bit computes with its values anyway).
 LoadedModel LoadModelForInference(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir = {},
-                                  const ClassifierHead& head = {});
+                                  const ClassifierHead& head = {},
+                                  const std::optional<Quant4Format>& quantization = std::nullopt);
 
 }  // namespace shardtune

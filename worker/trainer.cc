@@ -91,8 +91,7 @@ void Trainer::Prepare() {
   total_steps_ = spec_.training.max_steps > 0 ? spec_.training.max_steps : spec_.training.epochs * steps_per_epoch_;
   groups_ = MakeProcessGroups(world_, spec_.sharding.shard_group_size);
   std::vector<UnitSpec> units = peft_.Units();
-  if (const auto format = Quant4FormatOf(spec_.model.quantization))
-    units = QuantizedBaseUnits(std::move(units), *format);
+  if (const auto format = Quant4FormatOf(quantization_)) units = QuantizedBaseUnits(std::move(units), *format);
   engine_ = std::make_unique<ZeroEngine>(units, EngineConfig(), groups_.groups);
   model_ = MakeUnitModel(peft_, *engine_, compute_dtype_, device_);
   if (rank0_) {
@@ -121,6 +120,7 @@ void Trainer::CheckSpec() {
          spec_.model.path);
   }
   ApplyDropouts();
+  ResolveQuantization();
   SetSequenceLimit();
   ranks_ = world_.size();
   RequireFitsWorld(spec_, ranks_);  // the ranks it runs on, which the spec may not name
@@ -145,6 +145,7 @@ void Trainer::SetSequenceLimit() {
 
 JobSpec Trainer::ShapeModel() {
   JobSpec resolved = spec_;
+  resolved.model.quantization = quantization_;
   if (spec_.model.task != ModelTask::kCausalLm) UseClassifierHead(resolved);
   peft_ = PeftMethod(config_, resolved.method);  // the model as this job shapes it
   resolved.method = peft_.spec();                // the target modules it applied (the family's defaults, if unset)

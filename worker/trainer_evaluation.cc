@@ -14,6 +14,7 @@
 #include "common/code_sandbox.h"
 #include "common/error.h"
 #include "common/generation_metrics.h"
+#include "sharding/model_layout.h"
 #include "worker/evaluation.h"
 #include "worker/generate.h"
 #include "worker/inference_model.h"
@@ -213,7 +214,8 @@ void Trainer::WriteGenerations() {
       std::count(spec_.output.export_formats.begin(), spec_.output.export_formats.end(), ExportFormat::kHf) > 0;
   // One process reads the exported model back: what a user of final/ would get.
   const LoadedModel loaded =
-      merged ? LoadModelForInference(final_dir) : LoadModelForInference(spec_.model.path, final_dir);
+      merged ? LoadModelForInference(final_dir)
+             : LoadModelForInference(spec_.model.path, final_dir, {}, Quant4FormatOf(quantization_));
   std::string lines;
   for (int64_t i = 0; i < wanted; ++i) {
     const auto [prompt, reference] = SplitAtTargets(validation_.Get(i));

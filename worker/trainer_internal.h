@@ -82,6 +82,10 @@ class Trainer {
   // The model (trainer_model.cc).
   // The model's regularization as training.* overrides it; what a family lacks is refused.
   void ApplyDropouts();
+  // quantization_: model.quantization, or the format a pre-quantized checkpoint was saved in;
+  // refuses what such a checkpoint cannot do (full fine-tuning, an hf export of the original
+  // weights, another format than the job asks for).
+  void ResolveQuantization();
   void ReadInitAdapter();  // method.init_from, checked against the method
   // Classification and NER: the model gets its family's classifier (`score`, `classifier`) over
   // the data's classes (which `resolved` records); PEFT methods train it in full (modules_to_save).
@@ -173,6 +177,7 @@ class Trainer {
   TestKnobs knobs_;           // read once, in Prepare
   int64_t profile_step_ = 0;  // SHARDTUNE_PROFILE_STEP (0: none), read once, in Prepare
   ModelConfig config_;
+  QuantizationSpec quantization_;  // the base's (ResolveQuantization)
   PeftMethod peft_;
   at::ScalarType compute_dtype_;
   at::Device device_;  // the world communicator's: the CPU under MPI, this rank's GPU under NCCL

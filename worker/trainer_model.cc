@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/safetensors.h"
 #include "sharding/model_layout.h"
+#include "sharding/prequantized.h"
 #include "sharding/weight_source.h"
 #include "worker/models/hf_io.h"
 #include "worker/peft/adapter_io.h"
@@ -52,6 +53,10 @@ class InitialWeights : public WeightSource {
     WeightSource& from = computed_.count(parameter.name) ? static_cast<WeightSource&>(compute_) : files_;
     from.Read(parameter, begin, count, std::move(out));
   }
+  bool ReadRecords(const ParameterSpec& parameter, const Quant4Format& format, int64_t first, int64_t count,
+                   uint8_t* records) override {
+    return !computed_.count(parameter.name) && files_.ReadRecords(parameter, format, first, count, records);
+  }
 
  private:
   SafetensorsWeightSource& files_;
@@ -72,6 +77,38 @@ void Trainer::ApplyDropouts() {
            config_.model_type());
     }
     config_.bert.hidden_dropout_prob = *t.hidden_dropout;
+  }
+}
+
+void Trainer::ResolveQuantization() {
+  quantization_ = QuantizationOfJob(spec_);
+  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::Open(spec_.model.path);
+  const auto weights = FindPrequantizedWeights(checkpoint, spec_.model.path);
+  if (weights.empty()) return;
+  const std::string& example = weights.begin()->first;
+  if (spec_.method.type == MethodType::kFull) {
+    Fail(ErrorCode::kInvalidArgument,
+         "method.type 'full': {} holds its linear weights 4-bit ('{}' and {} more), which full fine-tuning cannot "
+         "train; use a parameter-efficient method (QLoRA) or the original weights",
+         spec_.model.path, example, weights.size() - 1);
+  }
+  const auto& formats = spec_.output.export_formats;
+  if (std::find(formats.begin(), formats.end(), ExportFormat::kHf) != formats.end()) {
+    Fail(ErrorCode::kInvalidArgument,
+         "output.export: hf merges the adapter into the original weights, and {} holds only 4-bit ones ('{}', ...); "
+         "export peft and merge the adapter into the original model",
+         spec_.model.path, example);
+  }
+  const Quant4Format format = *Quant4FormatOf(quantization_);
+  for (const auto& [name, weight] : weights) {
+    if (weight.format != format) {
+      Fail(ErrorCode::kInvalidArgument, "model.quantization is {}, but {}: tensor '{}' is stored 4-bit as {}",
+           Quant4FormatText(format), weight.packed.file->path().string(), name, Quant4FormatText(weight.format));
+    }
+  }
+  if (rank0_ && spec_.model.quantization.type == QuantizationType::kNone) {
+    spdlog::info("{}: a 4-bit checkpoint ({} weights stored {}): QLoRA on it, as model.quantization would ask",
+                 spec_.model.path, weights.size(), Quant4FormatText(format));
   }
 }
 
@@ -144,7 +181,7 @@ void Trainer::LoadInitialWeights(bool resuming) {
   auto base = [&](const std::string& name) {
     at::Tensor value = files.ReadWhole(base_specs.at(name));
     const std::optional<Quant4Format>& quant4 = engine_->layout().units[engine_->UnitOf(name)].quant4;
-    if (!quant4) return value;
+    if (!quant4 || files.prequantized().count(name)) return value;  // a stored 4-bit weight reads dequantized
     value = value.contiguous();
     at::Tensor dequantized = at::empty_like(value);
     Dequantize4(Quantize4(value.data_ptr<float>(), value.numel(), *quant4), dequantized.data_ptr<float>());

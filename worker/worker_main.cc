@@ -25,6 +25,7 @@
 #include "worker/generate.h"
 #include "worker/models/hf_io.h"
 #include "worker/models/llama.h"
+#include "worker/quantize_model.h"
 #include "worker/validate_data.h"
 
 namespace shardtune {
@@ -56,6 +57,9 @@ struct GenerateArgs {
   std::string tokenizer;
   std::string format = "text";
   bool ignore_eos = false;
+  std::string quantization = "none";
+  int64_t quant_block_size = 64;
+  bool no_double_quant = false;
   GenerateOptions options;
 };
 
@@ -74,6 +78,13 @@ CLI::App* AddGenerateCommand(CLI::App& app, GenerateArgs& gen) {
   generate->add_option("--seed", gen.options.seed, "sampling seed");
   generate->add_option("--format", gen.format, "text or ids")->check(CLI::IsMember({"text", "ids"}));
   generate->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an end-of-sequence token");
+  generate
+      ->add_option("--quantization", gen.quantization,
+                   "none, nf4 or fp4: the base's linear weights in 4 bits, as a QLoRA adapter was trained on them")
+      ->check(CLI::IsMember({"none", "nf4", "fp4"}));
+  generate->add_option("--quant-block-size", gen.quant_block_size, "with --quantization: elements per absmax")
+      ->check(CLI::IsMember(std::vector<int64_t>(kQuant4BlockSizes.begin(), kQuant4BlockSizes.end())));
+  generate->add_flag("--no-double-quant", gen.no_double_quant, "with --quantization: fp32 absmax");
   return generate;
 }
 
@@ -93,7 +104,10 @@ int Generate(const GenerateArgs& args) {
            e.what());
     }
   }
-  const LoadedModel loaded = LoadModelForInference(args.model, args.adapter);
+  std::optional<Quant4Format> quantization;
+  if (args.quantization != "none")
+    quantization = Quant4Format{*ParseQuant4Type(args.quantization), args.quant_block_size, !args.no_double_quant};
+  const LoadedModel loaded = LoadModelForInference(args.model, args.adapter, {}, quantization);
   if (!loaded.model || loaded.config.task() != ModelTask::kCausalLm) {
     Fail(ErrorCode::kInvalidArgument, "{}: a {} does not generate text; generate needs a causal language model",
          args.model, loaded.config.Architecture());
@@ -144,6 +158,33 @@ int InitModel(const InitModelArgs& args) {
   WriteHfModel(args.out_dir, args.config_path, flat, ParseComputeDType(args.dtype), args.max_shard_mb * 1'000'000);
   spdlog::info("wrote a randomly initialized {} model ({} parameters, {}, seed {}) to {}", config.model_type(),
                flat.numel(), args.dtype, args.seed, args.out_dir);
+  return kExitOk;
+}
+
+struct QuantizeArgs {
+  std::string model_dir, out_dir, type = "nf4";
+  int64_t block_size = 64;
+  bool no_double_quant = false;
+};
+
+// `quantize MODEL_DIR --out DIR [--type nf4|fp4] [--block-size N] [--no-double-quant]`.
+CLI::App* AddQuantizeCommand(CLI::App& app, QuantizeArgs& args) {
+  CLI::App* quantize = app.add_subcommand(
+      "quantize", "store a model's linear weights 4-bit (NF4/FP4), as transformers saves a bitsandbytes model");
+  quantize->add_option("model", args.model_dir, "Hugging Face model directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  quantize->add_option("--out", args.out_dir, "output directory (must not exist)")->required();
+  quantize->add_option("--type", args.type, "nf4 or fp4")->check(CLI::IsMember({"nf4", "fp4"}));
+  quantize->add_option("--block-size", args.block_size, "elements per absmax: 64, 128, ..., 4096")
+      ->check(CLI::IsMember(std::vector<int64_t>(kQuant4BlockSizes.begin(), kQuant4BlockSizes.end())));
+  quantize->add_flag("--no-double-quant", args.no_double_quant, "keep the absmax in fp32 (bitsandbytes' nested=False)");
+  return quantize;
+}
+
+int Quantize(const QuantizeArgs& args) {
+  QuantizeModel(args.model_dir, args.out_dir,
+                Quant4Format{*ParseQuant4Type(args.type), args.block_size, !args.no_double_quant});
   return kExitOk;
 }
 
@@ -360,6 +401,8 @@ int main(int argc, char** argv) {
   CLI::App* exporter = AddExportCommand(app, export_args);
   InitModelArgs init_args;
   CLI::App* init = AddInitModelCommand(app, init_args);
+  QuantizeArgs quantize_args;
+  CLI::App* quantize = AddQuantizeCommand(app, quantize_args);
 
   EvaluateArgs eval;
   CLI::App* evaluate = AddEvaluateCommand(app, eval);
@@ -367,7 +410,8 @@ int main(int argc, char** argv) {
   CLI::App* synthesize = AddSynthesizeCommand(app, synth);
   add_output(synthesize, "json prints what was done as one JSON object");
 
-  for (CLI::App* command : {generate, tokenize, validate, check_file.app, exporter, init, evaluate, synthesize}) {
+  for (CLI::App* command :
+       {generate, tokenize, validate, check_file.app, exporter, init, quantize, evaluate, synthesize}) {
     command->add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off");
     command->add_option("--log-format", log_format, "text, or json: one object a line")
         ->check(CLI::IsMember({"text", "json"}));
@@ -389,6 +433,7 @@ int main(int argc, char** argv) {
     InitLogging(log_level, RankFromEnvironment(), ParseLogFormat(log_format));
     if (generate->parsed()) return Generate(gen);
     if (init->parsed()) return InitModel(init_args);
+    if (quantize->parsed()) return Quantize(quantize_args);
     if (tokenize->parsed()) return Tokenize(tokenizer_path, !no_special, decode);
     if (exporter->parsed()) return Export(export_args);
     if (evaluate->parsed()) {

@@ -10,6 +10,7 @@
 #include "common/atomic_file.h"
 #include "common/safetensors.h"
 #include "run_comparison.h"
+#include "sharding/prequantized.h"
 #include "sharding/weight_source.h"
 #include "sharding/zero_engine.h"
 #include "tiny_models.h"
@@ -308,6 +309,205 @@ TEST_F(LoadTest, TheLoadRecordCountsEachByteOfTheBaseModelOnce) {
       EXPECT_LE(b, tensor_bytes / World().size() + tensor_bytes / 4) << "a rank reads about its share";
     }
   }
+}
+
+// --- pre-quantized checkpoints (sharding/prequantized.h) ---
+
+// A frozen norm and a 4-bit unit: weights of several records with a partial last block (q), one
+// smaller than a block with an odd count (k), and one just over two records (o).
+std::vector<UnitSpec> QuantizedUnits(const Quant4Format& format) {
+  return {UnitSpec{"norms", {ParameterSpec{"n.weight", {40}, false}}, false},
+          UnitSpec{"layer 0 4-bit",
+                   {ParameterSpec{"q.weight", {130, 300}, true}, ParameterSpec{"k.weight", {7, 13}, true},
+                    ParameterSpec{"o.weight", {256, 129}, true}},
+                   false,
+                   format}};
+}
+
+// One checkpoint's values (bf16, seeded) and, for each 4-bit weight, its quantized tensors.
+struct QuantizedCheckpoint {
+  std::map<std::string, at::Tensor> values;  // bf16
+  std::map<std::string, Quant4Tensor> quantized;
+  std::vector<PrequantizedTensors> held;
+
+  explicit QuantizedCheckpoint(const Quant4Format& format) {
+    at::manual_seed(23);
+    for (const UnitSpec& unit : QuantizedUnits(format)) {
+      for (const ParameterSpec& p : unit.parameters) {
+        values[p.name] = at::randn(p.shape).to(at::kBFloat16).contiguous();
+        if (!unit.quant4) continue;
+        const at::Tensor fp32 = values[p.name].to(at::kFloat).contiguous();
+        quantized[p.name] = Quantize4(fp32.data_ptr<float>(), fp32.numel(), format);
+      }
+    }
+  }
+  // The original weights.
+  std::vector<TensorBytes> Original() const {
+    std::vector<TensorBytes> tensors;
+    for (const auto& [name, v] : values)
+      tensors.push_back(
+          TensorBytes{name, DType::kBF16, v.sizes().vec(), v.data_ptr(), static_cast<size_t>(v.nbytes())});
+    return tensors;
+  }
+  // The 4-bit weights in transformers' layout, the others as they are.
+  std::vector<TensorBytes> Stored() {
+    std::vector<TensorBytes> tensors;
+    for (const auto& [name, v] : values) {
+      const auto it = quantized.find(name);
+      if (it == quantized.end()) {
+        tensors.push_back(
+            TensorBytes{name, DType::kBF16, v.sizes().vec(), v.data_ptr(), static_cast<size_t>(v.nbytes())});
+        continue;
+      }
+      held.push_back(PrequantizedTensorsOf(name, v.sizes().vec(), "bfloat16", it->second));
+      tensors.insert(tensors.end(), held.back().tensors.begin(), held.back().tensors.end());
+    }
+    return tensors;
+  }
+};
+
+// Bytes of the tensors a load reads: every tensor but the maps and quant_states (read whole when
+// the checkpoint is opened).
+int64_t LoadedTensorBytes(const fs::path& dir) {
+  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::Open(dir);
+  int64_t bytes = 0;
+  for (const std::string& name : checkpoint.Names()) {
+    if (name.find("quant_map") != std::string::npos || name.find(".quant_state.") != std::string::npos) continue;
+    const TensorInfo& info = *checkpoint.Find(name)->info;
+    bytes += static_cast<int64_t>(info.end - info.begin);
+  }
+  return bytes;
+}
+
+TEST_F(LoadTest, APrequantizedCheckpointLoadsAsItsOriginalQuantizedAtLoad) {
+  // Written by transformers' layout (over several files, so that a weight's tensors may lie in
+  // different ones) and loaded: the engine holds the same records, reading each byte once.
+  for (const Quant4Format& format : {Quant4Format{}, Quant4Format{Quant4Type::kFp4, 128, false}}) {
+    const std::string name =
+        fmt::format("{}-{}-{}", Quant4TypeName(format.type), format.block_size, format.double_quant);
+    const fs::path original = *dir_ / ("original-" + name), stored = *dir_ / ("stored-" + name);
+    QuantizedCheckpoint checkpoint(format);
+    if (World().rank() == 0) {
+      fs::create_directories(original);
+      fs::create_directories(stored);
+      WriteSafetensorsModel(original, checkpoint.Original());
+      WriteSafetensorsModel(stored, checkpoint.Stored(), /*max_shard_bytes=*/20'000);
+    }
+    World().Barrier(CollectiveTag{"checkpoints written"});
+    ASSERT_TRUE(fs::exists(stored / "model.safetensors.index.json"));
+    const std::unique_ptr<Communicator> node = MakeNodeGroup(World());
+    for (int stage : {0, 3}) {
+      SCOPED_TRACE(fmt::format("{} stage {} on {} ranks", name, stage, World().size()));
+      OwnedProcessGroups groups = MakeProcessGroups(World(), 0);
+      ZeroEngine quantized_at_load(QuantizedUnits(format), Config(stage, at::kFloat), groups.groups);
+      SafetensorsWeightSource from_original(original, kBufferBytes);
+      quantized_at_load.LoadWeights(from_original, ZeroEngine::Units::kAll, node.get());
+      ZeroEngine loaded(QuantizedUnits(format), Config(stage, at::kFloat), groups.groups);
+      SafetensorsWeightSource from_stored(stored, kBufferBytes);
+      EXPECT_EQ(from_stored.prequantized().size(), 3u);
+      loaded.LoadWeights(from_stored, ZeroEngine::Units::kAll, node.get());
+      ExpectSameBits(Snapshot(loaded), Snapshot(quantized_at_load));
+      EXPECT_EQ(SumOverRanks(from_stored.bytes_read()), LoadedTensorBytes(stored)) << "each byte read once";
+    }
+    // The records are bitsandbytes' tensors cut at every 256 blocks, byte for byte.
+    SafetensorsWeightSource source(stored, kBufferBytes);
+    const ParameterSpec q{"q.weight", {130, 300}, true};
+    const std::vector<uint8_t> expected = RecordsOf(checkpoint.quantized.at("q.weight"));
+    const int64_t count = (130 * 300 + format.record_elements() - 1) / format.record_elements();  // 3 or 2
+    ASSERT_EQ(static_cast<int64_t>(expected.size()), count * format.record_bytes());
+    std::vector<uint8_t> records(expected.size());
+    ASSERT_TRUE(source.ReadRecords(q, format, 0, count, records.data()));
+    EXPECT_EQ(records, expected);
+    ASSERT_TRUE(source.ReadRecords(q, format, 1, count - 1, records.data()));
+    EXPECT_TRUE(std::equal(records.begin(), records.begin() + (count - 1) * format.record_bytes(),
+                           expected.begin() + format.record_bytes()));
+    EXPECT_FALSE(source.ReadRecords(ParameterSpec{"n.weight", {40}, false}, format, 0, 1, records.data()));
+    // Read gives the dequantized values of any range.
+    std::vector<float> all(130 * 300);
+    Dequantize4(checkpoint.quantized.at("q.weight"), all.data());
+    at::Tensor range = at::empty({20'000}, at::kFloat);
+    source.Read(q, 17'000, 20'000, range);
+    EXPECT_TRUE(at::equal(range, at::from_blob(all.data() + 17'000, {20'000}, at::kFloat)));
+  }
+}
+
+TEST_F(LoadTest, ABadPrequantizedCheckpointIsAnErrorNamingTheTensor) {
+  const Quant4Format nf4;
+  const fs::path mine = *dir_ / fmt::format("bad-4bit-rank-{}", World().rank());
+  // Writes the checkpoint with `change` applied to its tensors, and opens it.
+  auto open = [&](const std::function<void(std::vector<TensorBytes>&)>& change) {
+    QuantizedCheckpoint checkpoint(nf4);
+    std::vector<TensorBytes> tensors = checkpoint.Stored();
+    change(tensors);
+    fs::remove_all(mine);
+    fs::create_directories(mine);
+    WriteSafetensorsModel(mine, tensors);
+    return std::make_unique<SafetensorsWeightSource>(mine, kBufferBytes);
+  };
+  auto without = [](const std::string& name) {
+    return [name](std::vector<TensorBytes>& tensors) {
+      tensors.erase(std::find_if(tensors.begin(), tensors.end(), [&](const TensorBytes& t) { return t.name == name; }));
+    };
+  };
+  const std::string state = "q.weight.quant_state.bitsandbytes__nf4";
+  std::string text;  // a replacement quant_state, alive while it is written
+  auto with_state = [&](const std::string& json_text) {
+    return [&, json_text](std::vector<TensorBytes>& tensors) {
+      text = json_text;
+      for (TensorBytes& t : tensors) {
+        if (t.name != state) continue;
+        t.data = text.data();
+        t.nbytes = text.size();
+        t.shape = {static_cast<int64_t>(text.size())};
+      }
+    };
+  };
+  ExpectRefused([&] { open(without("q.weight.absmax")); }, {mine.string(), "'q.weight.absmax' is missing", state});
+  ExpectRefused([&] { open(without("k.weight.nested_absmax")); }, {"'k.weight.nested_absmax' is missing"});
+  ExpectRefused([&] { open(without(state)); },
+                {mine.string(), "'q.weight.quant_state.bitsandbytes__nf4' (or __fp4) is missing"});
+  ExpectRefused(
+      [&] {
+        open(with_state(R"({"quant_type": "nf4", "blocksize": 64, "shape": [130, 299], )"
+                        R"("nested_blocksize": 256, "nested_offset": 0.5})"));
+      },
+      {"'q.weight'", "is U8 [19500, 1]", "implies U8 of 19435 elements"});
+  ExpectRefused([&] { open(with_state(R"({"quant_type": "nf4", "blocksize": 96, "shape": [130, 300]})")); },
+                {state, "blocksize 96"});
+  ExpectRefused([&] { open(with_state("not json")); }, {state, "is not a JSON object"});
+  ExpectRefused([&] { open(with_state(R"({"quant_type": "fp4", "blocksize": 64, "shape": [130, 300]})")); },
+                {state, "quant_type"});
+  // The same number of elements in another shape than config.json's: caught by the check.
+  const auto transposed = open(with_state(R"({"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", )"
+                                          R"("shape": [300, 130], "nested_blocksize": 256, "nested_offset": 0.5})"));
+  ExpectRefused(
+      [&] {
+        transposed->Check({ParameterSpec{"q.weight", {130, 300}, true}});
+      },
+      {"'q.weight'", "stored 4-bit with shape [300, 130]", "config.json implies [130, 300]"});
+  // Another code map than bitsandbytes' NF4.
+  const std::vector<float> uniform = [] {
+    std::vector<float> v(16);
+    for (int k = 0; k < 16; ++k) v[k] = -1.0f + 2.0f * k / 15;
+    return v;
+  }();
+  ExpectRefused(
+      [&] {
+        open([&](std::vector<TensorBytes>& tensors) {
+          for (TensorBytes& t : tensors)
+            if (t.name == "o.weight.quant_map") t.data = uniform.data();
+        });
+      },
+      {"'o.weight.quant_map'", "not bitsandbytes'"});
+  // A job holding it in another format.
+  const auto good = open([&](std::vector<TensorBytes>&) {});
+  std::vector<uint8_t> records(Quant4Format{Quant4Type::kFp4}.record_bytes() * 3);
+  ExpectRefused(
+      [&] {
+        good->ReadRecords(ParameterSpec{"q.weight", {130, 300}, true}, Quant4Format{Quant4Type::kFp4}, 0, 3,
+                          records.data());
+      },
+      {"'q.weight'", "stored 4-bit as nf4 (block size 64, double quantization)", "the job holds it as fp4"});
 }
 
 }  // namespace

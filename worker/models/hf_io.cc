@@ -1,6 +1,7 @@
 #include "worker/models/hf_io.h"
 
 #include <ATen/core/grad_mode.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <cmath>
@@ -12,6 +13,7 @@
 #include "common/error.h"
 #include "common/run_dir.h"
 #include "common/safetensors.h"
+#include "sharding/prequantized.h"
 #include "sharding/weight_source.h"
 
 namespace shardtune {
@@ -62,6 +64,16 @@ at::ScalarType ToScalarType(ComputeDType dtype) {
 }
 
 at::Tensor ReadHfTensor(const SafetensorsCheckpoint& checkpoint, const fs::path& model_dir, const ParameterSpec& spec) {
+  if (const auto quantized = FindPrequantizedWeight(checkpoint, model_dir, spec.name)) {
+    // Stored 4-bit (a pre-quantized checkpoint): its dequantized values, as bitsandbytes' own.
+    if (quantized->shape != spec.shape) {
+      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' is stored 4-bit with shape [{}] but config.json implies [{}]",
+           quantized->packed.file->path().string(), spec.name, fmt::join(quantized->shape, ", "),
+           fmt::join(spec.shape, ", "));
+    }
+    std::vector<float> values = DequantizePrequantized(*quantized);
+    return at::from_blob(values.data(), spec.shape, at::kFloat).clone();
+  }
   const SafetensorsCheckpoint::Entry entry = CheckedWeightEntry(checkpoint, model_dir, spec);
   return ReadTensorFp32(*entry.file, *entry.info);
 }
@@ -84,6 +96,8 @@ void LoadHfWeights(const fs::path& model_dir, FlatParameters& flat, const std::s
     if (elsewhere.count(slot.spec.name)) continue;
     flat.Value(slot).copy_(ReadHfTensor(checkpoint, model_dir, slot.spec));
     used.insert(slot.spec.name);
+    if (const auto quantized = FindPrequantizedWeight(checkpoint, model_dir, slot.spec.name))
+      used.insert(quantized->tensor_names.begin(), quantized->tensor_names.end());
   }
   std::vector<std::string> unused;
   for (const auto& name : checkpoint.Names()) {
