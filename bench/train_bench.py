@@ -68,19 +68,25 @@ class Bench:
                     f.write(json.dumps({"input_ids": [r.randrange(3, 32000) for _ in range(SEQ)]}) + "\n")
         return path
 
-    def shardtune(self, name, ranks, stage, steps, micro=MICRO, tag=""):
-        """One shardtune run; the medians of its counted steps, from rank 0's metrics."""
+    def shardtune(self, name, ranks, stage, steps, micro=MICRO, tag="", method=None, quantization=None,
+                  profile_step=None):
+        """One shardtune run; the medians of its counted steps, from rank 0's metrics. `method`: the
+        job's method (YAML flow; full fine-tuning without it); `quantization`: a 4-bit base type;
+        `profile_step`: the step whose trace `dequantize_s` is read from (rank 0's)."""
         out = self.work / f"run-{name}-np{ranks}-z{stage}{tag}"
         shutil.rmtree(out, ignore_errors=True)
         job = self.work / f"job-{name}-np{ranks}-z{stage}{tag}.yaml"
+        quant = f", quantization: {{type: {quantization}}}" if quantization else ""
         job.write_text(
-            f"name: bench\nmodel: {{path: {self.model(name)}}}\n"
+            f"name: bench\nmodel: {{path: {self.model(name)}{quant}}}\n"
+            + (f"method: {method}\n" if method else "") +
             f"data: {{train: {self.data()}, format: tokens, max_seq_len: {SEQ}}}\n"
             f"training: {{max_steps: {steps}, micro_batch_size: {micro}, global_batch_size: {micro * ranks},"
             f" optimizer: {{lr: 1.0e-4}}}}\n"
             f"sharding: {{zero_stage: {stage}}}\noutput: {{dir: {out}}}\n"
             f"resources: {{ranks_per_node: {ranks}}}\n")
-        log = run([self.bin / "shardtune", "train", job, "--np", str(ranks)]).stderr
+        env = {"SHARDTUNE_PROFILE_STEP": str(profile_step)} if profile_step else None
+        log = run([self.bin / "shardtune", "train", job, "--np", str(ranks)], env=env).stderr
         blas = next((l.split("BLAS: ", 1)[1] for l in log.splitlines() if "BLAS: " in l), "unknown")
         lines = [json.loads(l) for l in open(out / "metrics.jsonl") if '"step_s"' in l][1:]
         med = lambda key: statistics.median(m[key] for m in lines)
@@ -92,6 +98,9 @@ class Bench:
             "model_state": lines[-1]["param_bytes"] + lines[-1]["grad_bytes"] + lines[-1]["optimizer_bytes"],
             "planned_state": predicted["parameters"] + predicted["gradients"] + predicted["optimizer"],
             "peak_rss": max(m["peak_rss_bytes"] for m in lines), "blas": blas.split(", ")[-1],
+            "param_bytes": lines[-1]["param_bytes"], "planned_parameters": predicted["parameters"],
+            "dequantize_s": dequantize_seconds(out, profile_step) if profile_step else None,
+            "profiled_step_s": next((m["step_s"] for m in lines if m["step"] == profile_step), None),
         }
 
     def ddp(self, name, ranks, steps, coretype=None):
@@ -118,6 +127,48 @@ class Bench:
         return float(out.split("gemm_gflops=")[1].split()[0]), out.split('blas="')[1].rstrip().rstrip('"')
 
 
+def dequantize_seconds(run_dir, step):
+    """Seconds rank 0 spent in QLoRA's dequantization (the engine's `shardtune::dequantize_4bit`
+    scopes) during profiled step `step`, from its Chrome trace."""
+    trace = json.load(open(Path(run_dir) / "logs" / f"profile-step-{step}-rank-00000.json"))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    return sum(e.get("dur", 0) for e in events if e.get("name") == "shardtune::dequantize_4bit") / 1e6
+
+
+def qlora(b, steps):
+    """QLoRA (NF4, double quantization) against LoRA on the same fp32 base, r 16 on every linear
+    layer: step time, the base's bytes per rank against the planner, peak RSS; the
+    dequantization's share of a step from the profiler."""
+    c = json.load(open(config_of("125m")))
+    h, i, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * i)  # the weights QLoRA holds 4-bit
+    lora = "{type: lora, lora: {r: 16, target_modules: all-linear}}"
+    print("\n## QLoRA against LoRA (Llama 125M, r 16 on all linear layers, fp32 compute)\n")
+    print(f"The same job twice, the base in fp32 and in NF4 with double quantization ({linear / 1e6:.1f}M "
+          "linear weights in 4 bits: 8,456 bytes per 16,384); parameters = what a rank holds of the "
+          "base and the adapter (metrics.jsonl's param_bytes), planned = the planner's figure.\n")
+    print("| ranks | stage | base | step s | QLoRA / LoRA step | parameters per rank | planned | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    profiled = None
+    for ranks, stage in ((1, 0), (2, 3), (4, 3)):
+        plain = b.shardtune("125m", ranks, stage, steps, method=lora, tag="-lora")
+        profile_step = steps if ranks == 1 else None
+        quant = b.shardtune("125m", ranks, stage, steps, method=lora, quantization="nf4", tag="-qlora",
+                            profile_step=profile_step)
+        if profile_step:
+            profiled = quant
+        for label, r in (("fp32", plain), ("NF4", quant)):
+            ratio = f"{quant['step_s'] / plain['step_s']:.2f}" if r is quant else ""
+            print(f"| {ranks} | {stage} | {label} | {r['step_s']:.2f} | {ratio} | {fmt_bytes(r['param_bytes'])} "
+                  f"| {fmt_bytes(r['planned_parameters'])} | {fmt_bytes(r['peak_rss'])} |")
+    if profiled and profiled["profiled_step_s"]:
+        share = profiled["dequantize_s"] / profiled["profiled_step_s"]
+        print(f"\nThe dequantization (forward, and again for backward's input gradients) took "
+              f"{profiled['dequantize_s']:.2f} s of the profiled {profiled['profiled_step_s']:.2f} s step at np 1 "
+              f"({share:.1%}; profiling slows a step a little).")
+
+
 def fmt_bytes(b):
     return f"{b / 2**20:.1f} MiB"
 
@@ -127,11 +178,15 @@ def main():
     p.add_argument("build")
     p.add_argument("out")
     p.add_argument("--quick", action="store_true", help="fewer steps (a smoke test of the benchmark itself)")
+    p.add_argument("--only", choices=["qlora"], help="run one section alone")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shardtune-bench-") as work:
         b = Bench(a.build, work, a.quick)
+        if a.only == "qlora":
+            qlora(b, 3 if a.quick else 5)
+            return
         steps_small, steps_large = (3, 2) if a.quick else (6, 3)
         steps_mfu = 2 if a.quick else 6  # the 125M model's MFU: the median of 5 counted steps
         print("## GEMM peak (one thread, fp32 2048 x 2048 products through LibTorch)\n")
@@ -201,6 +256,8 @@ def main():
                 memory[(ranks, stage)] = r
                 print(f"| {ranks} | {stage} | {fmt_bytes(r['model_state'])} | {fmt_bytes(r['planned_state'])} "
                       f"| {r['planned_state'] / r['model_state']:.3f} | {fmt_bytes(r['peak_rss'])} |")
+
+        qlora(b, 3 if a.quick else 5)
 
         print("\n## Targets\n")
         z = lambda s: series[("run", 2, s)]

@@ -106,9 +106,15 @@ void ZeroEngine::LoadWhole(Unit& unit, WeightSource& source, Communicator* node)
 void ZeroEngine::LoadQuantized(Unit& unit, WeightSource& source, Communicator* node) {
   const Quant4Format& format = *unit.layout->quant4;
   const int64_t per_record = format.record_elements(), record_bytes = format.record_bytes();
+  // The records are written on the host; a unit on a device gets them by copy.
+  auto on_host = [](const at::Tensor& t) {
+    return t.is_cpu() ? t : at::empty(t.sizes(), t.options().device(at::kCPU));
+  };
   if (unit.parameter_storage != ParameterStorage::kWhole) {  // stage 3: the records of this rank's shard
+    at::Tensor shard = on_host(unit.param_shard);
     QuantizeRecords(unit, unit.shard_begin / per_record, unit.shard_size / per_record, source, groups_.shard,
-                    unit.param_shard.data_ptr<uint8_t>());
+                    shard.data_ptr<uint8_t>());
+    if (!shard.is_same(unit.param_shard)) unit.param_shard.copy_(shard);
     if (unit.parameter_storage == ParameterStorage::kShardAndWhole) {
       groups_.shard->AllGather(unit.param_shard, unit.full, CollectiveTag{unit.layout->name + " (load)", step_})
           ->Wait();
@@ -120,13 +126,13 @@ void ZeroEngine::LoadQuantized(Unit& unit, WeightSource& source, Communicator* n
   const int mine = node != nullptr ? node->rank() : 0;
   const int64_t records = unit.layout->padded / per_record, piece = (records + pieces - 1) / pieces;
   at::Tensor whole = at::zeros({piece * pieces * record_bytes}, Options(at::kByte));
+  at::Tensor part = whole.narrow(0, mine * piece * record_bytes, piece * record_bytes);
+  at::Tensor written = on_host(part);
+  written.zero_();
   const int64_t first = std::min(records, mine * piece), count = std::min(records, first + piece) - first;
-  QuantizeRecords(unit, first, count, source, node, whole.data_ptr<uint8_t>() + mine * piece * record_bytes);
-  if (pieces > 1) {
-    node->AllGather(whole.narrow(0, mine * piece * record_bytes, piece * record_bytes), whole,
-                    CollectiveTag{unit.layout->name + " (load)", step_})
-        ->Wait();
-  }
+  QuantizeRecords(unit, first, count, source, node, written.data_ptr<uint8_t>());
+  if (!written.is_same(part)) part.copy_(written);
+  if (pieces > 1) node->AllGather(part, whole, CollectiveTag{unit.layout->name + " (load)", step_})->Wait();
   unit.full.copy_(whole.narrow(0, 0, records * record_bytes));
 }
 
@@ -174,8 +180,10 @@ void ZeroEngine::QuantizeRecords(const Unit& unit, int64_t first, int64_t count,
   if (format.double_quant && group != nullptr && group->size() > 1) {
     // Each record's sum comes from the one rank that quantized it (0 + x is exact), so every rank
     // gets the same offsets as one process would compute.
-    at::Tensor all = at::from_blob(sums.data(), {static_cast<int64_t>(sums.size())}, at::kDouble);
+    const at::Tensor host = at::from_blob(sums.data(), {static_cast<int64_t>(sums.size())}, at::kDouble);
+    at::Tensor all = host.to(group->device());
     group->AllReduceSum(all, CollectiveTag{l.name + " (quantization offsets)", step_})->Wait();
+    if (!all.is_same(host)) host.copy_(all);
   }
   for (const ParameterSlot& p : l.parameters) {
     const auto [p_first, p_end, lo, hi] = records_of(p);

@@ -3,7 +3,7 @@
 # at ZeRO stages 0, 2 and 3, with the optimizer on the GPU or offloaded to the host (ZeRO-Offload),
 # in fp32 and bf16, on 1 rank and, where the machine has two GPUs, on 2 (NCCL needs a GPU per
 # rank), gives the same losses: to within the difference of the two BLAS libraries in fp32; in
-# bf16, offloaded against not.
+# bf16, offloaded against not. So does QLoRA's 4-bit base, dequantized on the GPU.
 # Skipped (exit 77) only where this process sees no GPU (nvidia-smi lists none, or
 # CUDA_VISIBLE_DEVICES hides them all) and SHARDTUNE_REQUIRE_GPU=1 does not say there must be
 # one. Where it sees one, every failure fails, the NCCL probe's included (a CPU-only LibTorch
@@ -81,5 +81,23 @@ for run in "${plan[@]}"; do
       d = $1 - $2; if (d < 0) d = -d; if (d > t) { print "FAILED: " s " loss " $2 " vs " r " " $1; bad = 1 } }
       END { exit bad }' || failures=$((failures + 1))
 done
+# QLoRA: the 4-bit base dequantized by tensor operations on the GPU, by the host loop on the CPU
+# (the same fp32 arithmetic): LoRA at ZeRO-3 on the GPU against stage 0 on the CPU.
+for job in "cpu-qlora mpi 0" "gpu-qlora nccl 3"; do
+  read -r name backend stage <<< "$job"
+  write_job $name $backend $stage
+  sed -i 's|^model: .*|model: {path: base, quantization: {type: nf4}}\nmethod: {type: lora, lora: {r: 4, target_modules: all-linear}}|' \
+    "$work/$name.yaml"
+  "$bin/shardtune" train "$work/$name.yaml" --log-level warn || { echo "FAILED: $name"; exit 1; }
+done
+runs=$((runs + 1))
+if [ -z "$(losses gpu-qlora)" ] || [ "$(losses gpu-qlora | wc -w)" -ne "$(losses cpu-qlora | wc -w)" ]; then
+  echo "FAILED: gpu-qlora logged $(losses gpu-qlora | wc -w) losses, cpu-qlora $(losses cpu-qlora | wc -w)"
+  failures=$((failures + 1))
+else
+  paste <(losses cpu-qlora | tr ' ' '\n') <(losses gpu-qlora | tr ' ' '\n') | awk 'NF == 2 {
+      d = $1 - $2; if (d < 0) d = -d; if (d > 1e-3) { print "FAILED: gpu-qlora loss " $2 " vs cpu-qlora " $1; bad = 1 } }
+      END { exit bad }' || failures=$((failures + 1))
+fi
 echo "$((runs - failures)) passed, $failures failed (GPUs: $gpus)"
 [ "$failures" -eq 0 ]

@@ -12,6 +12,8 @@
 #include <random>
 #include <vector>
 
+#include "sharding/quant4_ops.h"
+
 namespace shardtune {
 namespace {
 
@@ -266,6 +268,29 @@ TEST(Quant4, RecordsQuantizedInPiecesEqualTheWholeTensors) {
   DequantizeRecords(bytes.data(), numel, format, out16.data());
   for (int64_t k = 0; k < numel; k += 101)
     EXPECT_EQ(static_cast<float>(out16[k]), static_cast<float>(at::BFloat16(out[k])));
+}
+
+TEST(Quant4, TensorOperationsDequantizeAsTheHostLoopBitForBit) {
+  // What a GPU rank runs (quant4_ops.h), run here on the CPU: the same values as the host loop in
+  // every dtype, over more records than one step takes and a last partial block.
+  for (const Quant4Format& format :
+       {Quant4Format{Quant4Type::kNf4, 64, true}, Quant4Format{Quant4Type::kFp4, 128, false}}) {
+    const int64_t numel = 70 * format.record_elements() + 4001;
+    const std::vector<float> x = Weights(numel, 11);
+    const std::vector<uint8_t> records = RecordsOf(Quantize4(x.data(), numel, format));
+    const at::Tensor bytes =
+        at::from_blob(const_cast<uint8_t*>(records.data()), {static_cast<int64_t>(records.size())}, at::kByte);
+    std::vector<float> host(numel);
+    DequantizeRecords(records.data(), numel, format, host.data());
+    const at::Tensor expected = at::from_blob(host.data(), {numel}, at::kFloat);
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      SCOPED_TRACE(std::string(Quant4TypeName(format.type)) + " into " + c10::toString(dtype));
+      at::Tensor out = at::empty({numel}, dtype);
+      DequantizeRecordsWithOps(bytes, numel, format, out);
+      EXPECT_TRUE(at::equal(out, expected.to(dtype)))
+          << "max difference " << (out.to(at::kFloat) - expected.to(dtype).to(at::kFloat)).abs().max().item<float>();
+    }
+  }
 }
 
 TEST(Quant4, BytesPerParameter) {
