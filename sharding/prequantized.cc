@@ -320,19 +320,23 @@ std::optional<Quant4Format> DeclaredQuantization(const fs::path& model_dir) {
   return Quant4Format{*parsed, 64, flag("bnb_4bit_use_double_quant")};
 }
 
+QuantizationSpec QuantizationSpecOf(const Quant4Format& format) {
+  QuantizationSpec q;
+  q.type = format.type == Quant4Type::kNf4 ? QuantizationType::kNf4 : QuantizationType::kFp4;
+  q.block_size = format.block_size;
+  q.double_quant = format.double_quant;
+  return q;
+}
+
 QuantizationSpec QuantizationOfJob(const JobSpec& spec) {
   if (spec.model.quantization.type != QuantizationType::kNone || spec.method.type == MethodType::kFull)
     return spec.model.quantization;
   std::optional<Quant4Format> format = DeclaredQuantization(spec.model.path);
   if (!format) return spec.model.quantization;
   // The block size is the tensors' (config.json does not say it).
-  const auto weights = FindPrequantizedWeights(SafetensorsCheckpoint::Open(spec.model.path), spec.model.path);
-  if (!weights.empty()) format = weights.begin()->second.format;
-  QuantizationSpec q;
-  q.type = format->type == Quant4Type::kNf4 ? QuantizationType::kNf4 : QuantizationType::kFp4;
-  q.block_size = format->block_size;
-  q.double_quant = format->double_quant;
-  return q;
+  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::Open(spec.model.path);
+  const auto weights = FindPrequantizedWeights(checkpoint, spec.model.path);
+  return QuantizationSpecOf(weights.empty() ? *format : weights.begin()->second.format);
 }
 
 }  // namespace shardtune

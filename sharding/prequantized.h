@@ -88,8 +88,11 @@ std::string QuantizationConfigJson(const Quant4Format& format, const std::string
 // a quantization shardtune cannot read (8-bit, GPTQ/AWQ..., a quant_storage other than uint8).
 std::optional<Quant4Format> DeclaredQuantization(const std::filesystem::path& model_dir);
 
-// The quantization a job's base has: model.quantization, or else the one its checkpoint was
-// saved in (DeclaredQuantization), as transformers loads a pre-quantized model.
+// The quantization a job's base has: model.quantization, or else the one its checkpoint declares
+// it was saved in (config.json's quantization_config; the block size its tensors'), as
+// transformers loads a pre-quantized model. (A checkpoint stored 4-bit without that declaration
+// is found by the trainer, which reads its tensors anyway.)
 QuantizationSpec QuantizationOfJob(const JobSpec& spec);
+QuantizationSpec QuantizationSpecOf(const Quant4Format& format);
 
 }  // namespace shardtune

@@ -241,7 +241,8 @@ void ExportCheckpoint(const CheckpointExport& request, Communicator& world) {
   const PeftMethod peft(config, spec.method);
   if (request.format == ExportFormat::kHf) {
     RequireMergeable(peft);
-    const auto stored = FindPrequantizedWeights(SafetensorsCheckpoint::Open(spec.model.path), spec.model.path);
+    const SafetensorsCheckpoint base = SafetensorsCheckpoint::Open(spec.model.path);
+    const auto stored = FindPrequantizedWeights(base, spec.model.path);
     if (!stored.empty()) {
       Fail(ErrorCode::kFailedPrecondition,
            "--to hf: {} trained on {}, which holds only 4-bit weights ('{}', ...); the merge needs the original "

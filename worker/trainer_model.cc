@@ -86,6 +86,8 @@ void Trainer::ResolveQuantization() {
   const auto weights = FindPrequantizedWeights(checkpoint, spec_.model.path);
   if (weights.empty()) return;
   const std::string& example = weights.begin()->first;
+  if (quantization_.type == QuantizationType::kNone && spec_.method.type != MethodType::kFull)
+    quantization_ = QuantizationSpecOf(weights.begin()->second.format);  // no quantization_config said so
   if (spec_.method.type == MethodType::kFull) {
     Fail(ErrorCode::kInvalidArgument,
          "method.type 'full': {} holds its linear weights 4-bit ('{}' and {} more), which full fine-tuning cannot "

@@ -84,6 +84,15 @@ losses() { python3 -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"
 expect_eq "four steps' losses" "$(losses runs/original/metrics.jsonl | wc -w)" "4"
 expect_eq "the two runs' losses are equal" "$(losses runs/stored/metrics.jsonl)" "$(losses runs/original/metrics.jsonl)"
 
+# Without config.json's quantization_config the tensors' quant_state still say it.
+cp -r base-nf4 undeclared
+python3 -c 'import json,sys; p=sys.argv[1]; c=json.load(open(p)); del c["quantization_config"]; json.dump(c, open(p, "w"))' \
+  undeclared/config.json
+job undeclared undeclared none peft
+"$bin/shardtune" train undeclared.yaml --np 2 > undeclared.log 2>&1
+expect_eq "QLoRA on 4-bit tensors that config.json does not declare trains" "$?" "0"
+expect_eq "with the same losses" "$(losses runs/undeclared/metrics.jsonl)" "$(losses runs/original/metrics.jsonl)"
+
 # 3. generate --adapter on the 4-bit base, and on the original one rounded through NF4: the same.
 gen() { "$bin/shardtune" generate --model "$1" --adapter runs/original/final --input-ids "1 11 12 13" \
           --max-new-tokens 6 --format ids --log-level warn "${@:2}"; }
