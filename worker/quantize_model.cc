@@ -21,14 +21,18 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* TorchDTypeOf(DType dtype) {
-  return dtype == DType::kBF16 ? "bfloat16" : dtype == DType::kF16 ? "float16" : "float32";
+// The dtype a weight of the checkpoint was stored in, as a compute dtype (torch's name for it
+// goes into the quant_state and config.json).
+ComputeDType ComputeDTypeOf(DType dtype) {
+  return dtype == DType::kBF16 ? ComputeDType::kBf16 : dtype == DType::kF16 ? ComputeDType::kFp16 : ComputeDType::kFp32;
 }
 
 }  // namespace
 
 void QuantizeModel(const fs::path& model_dir, const fs::path& out_dir, const Quant4Format& format) {
   const ModelConfig config = ModelConfig::Load(model_dir);
+  if (fs::exists(out_dir))
+    Fail(ErrorCode::kInvalidArgument, "--out {}: exists; give a new directory", out_dir.string());
   if (DeclaredQuantization(model_dir)) {
     Fail(ErrorCode::kInvalidArgument, "{}: the model is 4-bit already (config.json has a quantization_config)",
          model_dir.string());
@@ -39,10 +43,15 @@ void QuantizeModel(const fs::path& model_dir, const fs::path& out_dir, const Qua
   const std::set<std::string> quantized = QuantizedWeightNames(units);
   std::map<std::string, ParameterSpec> specs;
   for (const ParameterSpec& p : ModelParameterSpecs(config)) specs[p.name] = p;
+  for (const std::string& name : quantized) {  // before anything is read
+    if (!checkpoint.Find(name)) {
+      Fail(ErrorCode::kNotFound, "{}: tensor '{}' is missing from the checkpoint", model_dir.string(), name);
+    }
+  }
 
   std::vector<TensorBytes> tensors;
-  std::vector<PrequantizedTensors> held;  // the quantized weights' bytes, until written
-  std::optional<DType> weight_dtype;
+  std::vector<PrequantizedTensors> held;     // the quantized weights' bytes, until written
+  ComputeDType dtype = ComputeDType::kFp32;  // the quantized weights' original dtype
   int64_t quantized_elements = 0;
   for (const std::string& name : checkpoint.Names()) {
     const SafetensorsCheckpoint::Entry entry = *checkpoint.Find(name);
@@ -53,23 +62,15 @@ void QuantizeModel(const fs::path& model_dir, const fs::path& out_dir, const Qua
     }
     const ParameterSpec& spec = specs.at(name);
     const at::Tensor values = ReadHfTensor(checkpoint, model_dir, spec).contiguous();
-    held.push_back(PrequantizedTensorsOf(name, spec.shape, TorchDTypeOf(entry.info->dtype),
+    dtype = ComputeDTypeOf(entry.info->dtype);
+    held.push_back(PrequantizedTensorsOf(name, spec.shape, TorchDTypeName(dtype),
                                          Quantize4(values.data_ptr<float>(), values.numel(), format)));
     tensors.insert(tensors.end(), held.back().tensors.begin(), held.back().tensors.end());
-    weight_dtype = entry.info->dtype;
     quantized_elements += values.numel();
-  }
-  for (const std::string& name : quantized) {
-    if (!checkpoint.Find(name)) {
-      Fail(ErrorCode::kNotFound, "{}: tensor '{}' is missing from the checkpoint", model_dir.string(), name);
-    }
   }
 
   const StagedDirectory out(out_dir, StagedDirectory::Existing::kRefuse);
   out.Begin();
-  const ComputeDType dtype = weight_dtype == DType::kBF16  ? ComputeDType::kBf16
-                             : weight_dtype == DType::kF16 ? ComputeDType::kFp16
-                                                           : ComputeDType::kFp32;
   WriteHfCompanions(out.staging(), model_dir, dtype);
   nlohmann::json written = nlohmann::json::parse(ReadFile(out.staging() / "config.json"));
   written["quantization_config"] = nlohmann::json::parse(QuantizationConfigJson(format, TorchDTypeName(dtype)));

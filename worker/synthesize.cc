@@ -15,6 +15,7 @@
 #include "common/error.h"
 #include "common/generation_metrics.h"
 #include "common/near_duplicates.h"
+#include "common/trim.h"
 #include "worker/data/record_texts.h"
 #include "worker/data/tokenizer/tokenizer.h"
 #include "worker/generate.h"
@@ -26,12 +27,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-std::string Trimmed(const std::string& s) {
-  const size_t begin = s.find_first_not_of(" \t\r\n");
-  if (begin == std::string::npos) return "";
-  return s.substr(begin, s.find_last_not_of(" \t\r\n") - begin + 1);
-}
 
 // The fields each format's template may use; all but alpaca's input must be non-empty.
 const std::vector<std::string>& FieldsOf(DataFormat format) {
@@ -95,7 +90,7 @@ ExampleTemplate::ExampleTemplate(const std::string& text, DataFormat format) : f
     if (!optional && std::find(fields_.begin(), fields_.end(), field) == fields_.end())
       Fail(ErrorCode::kInvalidArgument, "template: {} data need {{{}}}", ToString(format), field);
   }
-  if (Trimmed(literals_.front()).empty())
+  if (TrimWhitespace(literals_.front()).empty())
     Fail(ErrorCode::kInvalidArgument,
          "template: it must open with text before its first field (where an example starts)");
 }
@@ -138,13 +133,13 @@ std::optional<std::string> ExampleTemplate::Render(const json& record) const {
 std::optional<json> ExampleTemplate::Parse(const std::string& continuation) const {
   // The example ends where the teacher starts the next one, if it does.
   std::string text = continuation;
-  const std::string next = "\n" + Trimmed(literals_.front());
+  const std::string next = "\n" + TrimWhitespace(literals_.front());
   if (const size_t at = text.find(next); at != std::string::npos) text.resize(at);
   std::map<std::string, std::string> values;
   size_t at = 0;
   for (size_t i = 0; i < fields_.size(); ++i) {
     const bool last = i + 1 == fields_.size();
-    const std::string end = last ? Trimmed(literals_.back()) : literals_[i + 1];
+    const std::string end = last ? TrimWhitespace(literals_.back()) : literals_[i + 1];
     size_t stop = text.size();
     if (!end.empty()) {
       stop = last ? text.rfind(end) : text.find(end, at);
@@ -153,7 +148,7 @@ std::optional<json> ExampleTemplate::Parse(const std::string& continuation) cons
         stop = text.size();  // the example's closing text may be left out
       }
     }
-    values[fields_[i]] = Trimmed(text.substr(at, stop - at));
+    values[fields_[i]] = TrimWhitespace(text.substr(at, stop - at));
     at = stop + end.size();
   }
   for (const auto& [field, value] : values) {

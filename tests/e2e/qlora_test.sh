@@ -122,6 +122,11 @@ job mismatch base-nf4 fp4 peft
 out=$("$bin/shardtune" train mismatch.yaml 2>&1)
 expect_eq "model.quantization other than the checkpoint's is refused" "$?" "2"
 expect_contains "naming a tensor and both formats" "$out" "model.quantization is fp4 (block size 64, double quantization), but"
+mkdir keep && echo mine > keep/file
+out=$("$bin/shardtune" quantize base --out keep 2>&1)
+expect_eq "quantize into an existing directory is refused" "$?" "2"
+expect_contains "naming it" "$out" "--out keep: exists"
+expect_eq "and leaves what was there" "$(cat keep/file)" "mine"
 out=$("$bin/shardtune" quantize base --out bad --type int4 2>&1)
 expect_eq "quantize --type int4 is refused" "$?" "2"
 

@@ -11,6 +11,7 @@
 #include "common/atomic_file.h"
 #include "common/hf_config.h"
 #include "common/storage_roots.h"
+#include "common/trim.h"
 #include "worker/data/record_reader.h"
 #include "worker/data/tokenizer/unicode.h"
 
@@ -26,13 +27,6 @@ using record_reader::kMaxReportedIssues;
 
 namespace {
 
-std::string Trim(const std::string& s) {
-  const size_t begin = s.find_first_not_of(" \t\n\r");
-  if (begin == std::string::npos) return "";
-  return s.substr(begin, s.find_last_not_of(" \t\n\r") - begin + 1);
-}
-
-// Builds one example segment by segment; `trained` segments get their ids as labels.
 // Builds one example segment by segment. Consecutive text segments are tokenized together, as
 // the rendered string would be (tokenizing them apart would add SentencePiece's dummy prefix or
 // split a byte-level space from its word); each token then belongs to the segment its text
@@ -121,7 +115,8 @@ std::string RequireString(const json& record, const char* key, const std::string
   if (!it->is_string())
     Problem("data_type", fmt::format("{}'{}' must be a string, got {}", context, key, it->type_name()));
   std::string value = it->get<std::string>();
-  if (!allow_empty && Trim(value).empty()) Problem("missing_content", fmt::format("{}'{}' is empty", context, key));
+  if (!allow_empty && TrimWhitespace(value).empty())
+    Problem("missing_content", fmt::format("{}'{}' is empty", context, key));
   return value;
 }
 
@@ -276,7 +271,7 @@ Example Render(const json& record, const FormatOptions& options, const LabelSet&
           record.contains("input") ? RequireString(record, "input", "", /*allow_empty=*/true) : "";
       const std::string output = RequireString(record, "output", "");
       // The Stanford Alpaca prompt.
-      const std::string prompt = Trim(input).empty()
+      const std::string prompt = TrimWhitespace(input).empty()
                                      ? "Below is an instruction that describes a task. Write a response that "
                                        "appropriately completes the request.\n\n"
                                        "### Instruction:\n" +
@@ -457,7 +452,7 @@ Example RenderChat(const std::vector<ChatMessage>& messages, const FormatOptions
         b.Text(m.role);
         b.Special("<|end_header_id|>");
         b.Text("\n\n");
-        b.Text(Trim(m.content), trained);
+        b.Text(TrimWhitespace(m.content), trained);
         b.Special("<|eot_id|>", trained);
       }
       break;
@@ -480,7 +475,7 @@ Example RenderChat(const std::vector<ChatMessage>& messages, const FormatOptions
       for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i) {
         const ChatMessage& m = messages[i];
         if (m.role == "user") {
-          std::string content = Trim(m.content);
+          std::string content = TrimWhitespace(m.content);
           if (!system.empty()) {
             content = llama2 ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content : system + "\n\n" + content;
             system.clear();
@@ -490,7 +485,7 @@ Example RenderChat(const std::vector<ChatMessage>& messages, const FormatOptions
         } else if (m.role == "assistant") {
           // llama2: ' ' + content + ' ' + eos; mistral: content + eos.
           if (llama2) b.Text(" ");
-          b.Text(Trim(m.content), m.trained);
+          b.Text(TrimWhitespace(m.content), m.trained);
           if (llama2) b.Text(" ");
           b.Id(options.eos_id, m.trained);
         }
