@@ -22,6 +22,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 SEQ, MICRO = 256, 4
 PYTHON = "/usr/bin/python3"  # Debian's, which has python3-torch
+TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")  # Debian's libtcmalloc-minimal4
 
 
 def run(argv, env=None, **kw):
@@ -32,6 +33,11 @@ def run(argv, env=None, **kw):
 
 def config_of(name):
     return BENCH / "models" / f"llama-{name}.json"
+
+
+# The shapes the DDP comparison runs: each model of bench/models with its head tied and untied
+# (a name's "-tied"/"-untied" suffix flips its config's tie_word_embeddings).
+SHAPES = ("30m", "30m-untied", "deep-gqa", "deep-gqa-tied", "125m", "125m-untied")
 
 
 def training_flops_per_token(c, seq=SEQ):
@@ -51,21 +57,35 @@ class Bench:
         self.quick = quick
         self.models = {}
 
+    def config(self, name):
+        """The config.json of shape `name`: bench/models' own, or one with its head tied or untied."""
+        for suffix, tied in (("-untied", False), ("-tied", True)):
+            if name.endswith(suffix):
+                c = json.load(open(config_of(name[: -len(suffix)])))
+                c["tie_word_embeddings"] = tied
+                path = self.work / f"config-{name}.json"
+                path.write_text(json.dumps(c, indent=2))
+                return path
+        return config_of(name)
+
     def model(self, name):
         if name not in self.models:
             d = self.work / f"model-{name}"
             if not d.exists():
-                run([self.bin / "shardtune", "init-model", "--config", config_of(name), "--out", d, "--log-level", "warn"])
+                run([self.bin / "shardtune", "init-model", "--config", self.config(name), "--out", d, "--log-level",
+                     "warn"])
             self.models[name] = d
         return self.models[name]
 
-    def data(self):
-        path = self.work / "train.jsonl"
+    def data(self, name):
+        """Random token sequences within shape `name`'s vocabulary."""
+        vocab = json.load(open(self.config(name)))["vocab_size"]
+        path = self.work / f"train-{vocab}.jsonl"
         if not path.exists():
             r = random.Random(0)
             with open(path, "w") as f:
                 for _ in range(256):
-                    f.write(json.dumps({"input_ids": [r.randrange(3, 32000) for _ in range(SEQ)]}) + "\n")
+                    f.write(json.dumps({"input_ids": [r.randrange(3, vocab) for _ in range(SEQ)]}) + "\n")
         return path
 
     def shardtune(self, name, ranks, stage, steps, micro=MICRO, tag="", method=None, quantization=None,
@@ -80,7 +100,7 @@ class Bench:
         job.write_text(
             f"name: bench\nmodel: {{path: {self.model(name)}{quant}}}\n"
             + (f"method: {method}\n" if method else "") +
-            f"data: {{train: {self.data()}, format: tokens, max_seq_len: {SEQ}}}\n"
+            f"data: {{train: {self.data(name)}, format: tokens, max_seq_len: {SEQ}}}\n"
             f"training: {{max_steps: {steps}, micro_batch_size: {micro}, global_batch_size: {micro * ranks},"
             f" optimizer: {{lr: 1.0e-4}}}}\n"
             f"sharding: {{zero_stage: {stage}}}\noutput: {{dir: {out}}}\n"
@@ -103,16 +123,22 @@ class Bench:
             "profiled_step_s": next((m["step_s"] for m in lines if m["step"] == profile_step), None),
         }
 
-    def ddp(self, name, ranks, steps, coretype=None):
-        """The baseline on `ranks` processes; `coretype` None runs OpenBLAS's own kernel choice."""
-        out = self.work / f"ddp-{name}-np{ranks}-{coretype or 'default'}.json"
+    def ddp(self, name, ranks, steps, coretype=None, tcmalloc=False):
+        """The baseline on `ranks` processes; `coretype` None runs OpenBLAS's own kernel choice;
+        `tcmalloc`: under tcmalloc (LD_PRELOAD), as PyTorch's CPU performance guide recommends:
+        glibc's malloc returns large blocks to the kernel, and every step faults them in again."""
+        out = self.work / f"ddp-{name}-np{ranks}-{coretype or 'default'}{'-tcmalloc' if tcmalloc else ''}.json"
         env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
         env["OMP_NUM_THREADS"] = "1"
         if coretype:
             env["OPENBLAS_CORETYPE"] = coretype
+        if tcmalloc:
+            if not TCMALLOC.exists():
+                sys.exit(f"{TCMALLOC} is missing: bash scripts/install-deps.sh bench")
+            env["LD_PRELOAD"] = str(TCMALLOC)
         port = str(29500 + random.randrange(1000))
         procs = [subprocess.Popen(
-            [PYTHON, BENCH / "ddp_baseline.py", config_of(name), "--rank", str(rank), "--world", str(ranks),
+            [PYTHON, BENCH / "ddp_baseline.py", self.config(name), "--rank", str(rank), "--world", str(ranks),
              "--port", port, "--seq-len", str(SEQ), "--micro-batch", str(MICRO), "--steps", str(steps),
              "--warmup", "1", "--out", out], env=env) for rank in range(ranks)]
         for p in procs:
@@ -169,6 +195,34 @@ def qlora(b, steps):
               f"({share:.1%}; profiling slows a step a little).")
 
 
+def shapes(b, names, rank_counts, pairs, steps, core):
+    """ZeRO-2 and ZeRO-3 (ZeRO-0 at one rank) against DDP with the same kernels and tcmalloc (the
+    baseline at its best here), shape by shape: `pairs` rounds of DDP then shardtune, alternating,
+    each ratio's median and range over them."""
+    print(f"\n## Throughput against PyTorch DDP (same kernels, tcmalloc) at several shapes (tokens/s ratio, "
+          f"median and range of {pairs} alternating pairs)\n")
+    print("| shape | hidden, layers, heads/kv, vocab, head | ranks | stage | ratio median | min – max | DDP tokens/s |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        c = json.load(open(b.config(name)))
+        shape = (f"{c['hidden_size']}, {c['num_hidden_layers']}, {c['num_attention_heads']}/"
+                 f"{c['num_key_value_heads']}, {c['vocab_size']}, {'tied' if c.get('tie_word_embeddings') else 'untied'}")
+        for ranks in rank_counts:
+            stages = (0,) if ranks == 1 else (2, 3)
+            ratios, ddp = {stage: [] for stage in stages}, []
+            for pair in range(pairs):
+                base = b.ddp(name, ranks, steps, core, tcmalloc=True)
+                ddp.append(base["tokens_per_s"])
+                for stage in stages:
+                    r = b.shardtune(name, ranks, stage, steps, tag=f"-pair{pair}")
+                    ratios[stage].append(r["tokens_per_s"] / base["tokens_per_s"])
+            for stage in stages:
+                v = ratios[stage]
+                print(f"| {name} | {shape} | {ranks} | ZeRO-{stage} | {statistics.median(v):.2f} | {min(v):.2f} – "
+                      f"{max(v):.2f} | {statistics.median(ddp):.0f} |")
+            sys.stdout.flush()
+
+
 def fmt_bytes(b):
     return f"{b / 2**20:.1f} MiB"
 
@@ -178,7 +232,10 @@ def main():
     p.add_argument("build")
     p.add_argument("out")
     p.add_argument("--quick", action="store_true", help="fewer steps (a smoke test of the benchmark itself)")
-    p.add_argument("--only", choices=["qlora"], help="run one section alone")
+    p.add_argument("--only", choices=["qlora", "shapes"], help="run one section alone")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="with --only shapes: which (comma-separated)")
+    p.add_argument("--ranks", default="1,2,4", help="with --only shapes: the rank counts")
+    p.add_argument("--pairs", type=int, default=3, help="with --only shapes: alternating pairs per figure")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +243,11 @@ def main():
         b = Bench(a.build, work, a.quick)
         if a.only == "qlora":
             qlora(b, 3 if a.quick else 5)
+            return
+        if a.only == "shapes":
+            _, blas = b.gemm_peak(seconds=1)
+            shapes(b, a.shapes.split(","), [int(r) for r in a.ranks.split(",")], a.pairs, 3 if a.quick else 5,
+                   blas.split(", ")[-1].split()[0])
             return
         steps_small, steps_large = (3, 2) if a.quick else (6, 3)
         steps_mfu = 2 if a.quick else 6  # the 125M model's MFU: the median of 5 counted steps

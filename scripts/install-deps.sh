@@ -19,9 +19,10 @@ packages=(
   wordnet-base  # WordNet's synonyms, for data.augment's synonym replacement and insertion
   bubblewrap python3  # the sandbox that runs generated code against its tests (pass@k)
 )
-# `install-deps.sh bench` adds what `make bench` needs: the PyTorch baseline and gnuplot.
+# `install-deps.sh bench` adds what `make bench` needs: the PyTorch baseline, tcmalloc (the
+# allocator PyTorch's CPU tuning guide recommends, under which the baseline also runs) and gnuplot.
 if [ "${1:-}" = bench ]; then
-  packages+=(python3-torch gnuplot-nox)
+  packages+=(python3-torch libtcmalloc-minimal4 gnuplot-nox)
 fi
 # `install-deps.sh fuzz` adds what `make fuzz` needs: clang and its libFuzzer (compiler-rt).
 if [ "${1:-}" = fuzz ]; then
