@@ -40,14 +40,19 @@ def config_of(name):
 SHAPES = ("30m", "30m-untied", "deep-gqa", "deep-gqa-tied", "125m", "125m-untied")
 
 
+def layer_linear_parameters(c):
+    """The parameters of the decoder layers' linear weights (q, k, v, o and the MLP's three)."""
+    h, i, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
+    return layers * (2 * h * h + 2 * h * kv + 3 * h * i)
+
+
 def training_flops_per_token(c, seq=SEQ):
     """6 x the parameters of every matrix product (layers and head), plus attention scores and
     their weighted sum (forward 4 x seq x hidden per layer, x3 with backward): the count of
     Kaplan et al. and of the PaLM paper's MFU, with the full (not causal-halved) score matrix."""
-    h, i, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
-    kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
-    matmul = layers * (2 * h * h + 2 * h * kv + 3 * h * i) + h * v
-    return 6 * matmul + 12 * layers * seq * h
+    matmul = layer_linear_parameters(c) + c["hidden_size"] * c["vocab_size"]
+    return 6 * matmul + 12 * c["num_hidden_layers"] * seq * c["hidden_size"]
 
 
 class Bench:
@@ -165,10 +170,7 @@ def qlora(b, steps):
     """QLoRA (NF4, double quantization) against LoRA on the same fp32 base, r 16 on every linear
     layer: step time, the base's bytes per rank against the planner, peak RSS; the
     dequantization's share of a step from the profiler."""
-    c = json.load(open(config_of("125m")))
-    h, i, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
-    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * i)  # the weights QLoRA holds 4-bit
+    linear = layer_linear_parameters(json.load(open(config_of("125m"))))  # the weights QLoRA holds 4-bit
     lora = "{type: lora, lora: {r: 16, target_modules: all-linear}}"
     print("\n## QLoRA against LoRA (Llama 125M, r 16 on all linear layers, fp32 compute)\n")
     print(f"The same job twice, the base in fp32 and in NF4 with double quantization ({linear / 1e6:.1f}M "

@@ -45,6 +45,17 @@ if ! "$bin/shardtune" train "$work/probe.yaml" > "$work/probe.log" 2>&1; then
   exit 1
 fi
 losses() { grep -o '"loss":[0-9.e+-]*' "$work/runs/$1/metrics.jsonl" | cut -d: -f2 | tr '\n' ' '; }
+# same_losses RUN REFERENCE TOLERANCE: every step's loss of RUN within TOLERANCE of REFERENCE's
+# (as many steps, at least one); prints what differs.
+same_losses() {
+  if [ "$(losses "$2" | wc -w)" -ne "$(losses "$1" | wc -w)" ] || [ -z "$(losses "$1")" ]; then
+    echo "FAILED: $1 logged $(losses "$1" | wc -w) losses, $2 $(losses "$2" | wc -w)"
+    return 1
+  fi
+  paste <(losses "$2" | tr ' ' '\n') <(losses "$1" | tr ' ' '\n') | awk -v s="$1" -v r="$2" -v t="$3" 'NF == 2 {
+      d = $1 - $2; if (d < 0) d = -d; if (d > t) { print "FAILED: " s " loss " $2 " vs " r " " $1; bad = 1 } }
+      END { exit bad }'
+}
 write_job cpu mpi 0
 "$bin/shardtune" train "$work/cpu.yaml" --log-level warn || exit 1
 rank_counts="1"
@@ -72,14 +83,7 @@ for run in "${plan[@]}"; do
   tolerance=1e-3
   [ "$dtype" = bf16 ] && tolerance=2e-2
   [ "$reference" = cpu-bf16 ] && tolerance=5e-2
-  if [ "$(losses "$reference" | wc -w)" -ne "$(losses $name | wc -w)" ] || [ -z "$(losses $name)" ]; then
-    echo "FAILED: $name logged $(losses $name | wc -w) losses, $reference $(losses "$reference" | wc -w)"
-    failures=$((failures + 1))
-    continue
-  fi
-  paste <(losses "$reference" | tr ' ' '\n') <(losses $name | tr ' ' '\n') | awk -v s=$name -v r="$reference" -v t=$tolerance 'NF == 2 {
-      d = $1 - $2; if (d < 0) d = -d; if (d > t) { print "FAILED: " s " loss " $2 " vs " r " " $1; bad = 1 } }
-      END { exit bad }' || failures=$((failures + 1))
+  same_losses $name "$reference" $tolerance || failures=$((failures + 1))
 done
 # QLoRA: the 4-bit base dequantized by tensor operations on the GPU, by the host loop on the CPU
 # (the same fp32 arithmetic): LoRA at ZeRO-3 on the GPU against stage 0 on the CPU.
@@ -91,13 +95,6 @@ for job in "cpu-qlora mpi 0" "gpu-qlora nccl 3"; do
   "$bin/shardtune" train "$work/$name.yaml" --log-level warn || { echo "FAILED: $name"; exit 1; }
 done
 runs=$((runs + 1))
-if [ -z "$(losses gpu-qlora)" ] || [ "$(losses gpu-qlora | wc -w)" -ne "$(losses cpu-qlora | wc -w)" ]; then
-  echo "FAILED: gpu-qlora logged $(losses gpu-qlora | wc -w) losses, cpu-qlora $(losses cpu-qlora | wc -w)"
-  failures=$((failures + 1))
-else
-  paste <(losses cpu-qlora | tr ' ' '\n') <(losses gpu-qlora | tr ' ' '\n') | awk 'NF == 2 {
-      d = $1 - $2; if (d < 0) d = -d; if (d > 1e-3) { print "FAILED: gpu-qlora loss " $2 " vs cpu-qlora " $1; bad = 1 } }
-      END { exit bad }' || failures=$((failures + 1))
-fi
+same_losses gpu-qlora cpu-qlora 1e-3 || failures=$((failures + 1))
 echo "$((runs - failures)) passed, $failures failed (GPUs: $gpus)"
 [ "$failures" -eq 0 ]
