@@ -179,6 +179,13 @@ std::map<std::string, PrequantizedWeight> FindPrequantizedWeights(const Safetens
   return found;
 }
 
+void CheckPrequantizedShape(const PrequantizedWeight& weight, const std::vector<int64_t>& shape) {
+  if (weight.shape == shape) return;
+  Fail(ErrorCode::kInvalidArgument,
+       "{}: tensor '{}' is stored 4-bit with shape [{}] (its quant_state) but config.json implies [{}]",
+       FileOf(weight.packed), weight.name, fmt::join(weight.shape, ", "), fmt::join(shape, ", "));
+}
+
 std::optional<PrequantizedWeight> FindPrequantizedWeight(const SafetensorsCheckpoint& checkpoint, const fs::path& dir,
                                                          const std::string& name) {
   for (Quant4Type type : {Quant4Type::kNf4, Quant4Type::kFp4}) {

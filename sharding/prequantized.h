@@ -54,6 +54,10 @@ std::map<std::string, PrequantizedWeight> FindPrequantizedWeights(const Safetens
 // "nf4 (block size 64, double quantization)": a format as messages name it.
 std::string Quant4FormatText(const Quant4Format& format);
 
+// Throws Error naming the file and the tensor when `weight`'s shape (its quant_state's) is not
+// `shape` (the one config.json implies).
+void CheckPrequantizedShape(const PrequantizedWeight& weight, const std::vector<int64_t>& shape);
+
 // The one weight `name`, when the checkpoint holds it 4-bit (checked as above).
 std::optional<PrequantizedWeight> FindPrequantizedWeight(const SafetensorsCheckpoint& checkpoint,
                                                          const std::filesystem::path& dir, const std::string& name);

@@ -108,13 +108,8 @@ void SafetensorsWeightSource::Check(const std::vector<ParameterSpec>& parameters
       check_whole(CheckedWeightEntry(checkpoint_, dir_, spec));
       continue;
     }
-    const PrequantizedWeight& weight = quantized->second;
-    if (weight.shape != spec.shape) {
-      Fail(ErrorCode::kInvalidArgument,
-           "{}: tensor '{}' is stored 4-bit with shape {} (its quant_state) but config.json implies {}",
-           weight.packed.file->path().string(), spec.name, ShapeText(weight.shape), ShapeText(spec.shape));
-    }
-    for (const SafetensorsCheckpoint::Entry& entry : weight.entries()) check_whole(entry);
+    CheckPrequantizedShape(quantized->second, spec.shape);
+    for (const SafetensorsCheckpoint::Entry& entry : quantized->second.entries()) check_whole(entry);
   }
 }
 

@@ -1,7 +1,6 @@
 #include "worker/models/hf_io.h"
 
 #include <ATen/core/grad_mode.h>
-#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <cmath>
@@ -66,11 +65,7 @@ at::ScalarType ToScalarType(ComputeDType dtype) {
 at::Tensor ReadHfTensor(const SafetensorsCheckpoint& checkpoint, const fs::path& model_dir, const ParameterSpec& spec) {
   if (const auto quantized = FindPrequantizedWeight(checkpoint, model_dir, spec.name)) {
     // Stored 4-bit (a pre-quantized checkpoint): its dequantized values, as bitsandbytes' own.
-    if (quantized->shape != spec.shape) {
-      Fail(ErrorCode::kInvalidArgument, "{}: tensor '{}' is stored 4-bit with shape [{}] but config.json implies [{}]",
-           quantized->packed.file->path().string(), spec.name, fmt::join(quantized->shape, ", "),
-           fmt::join(spec.shape, ", "));
-    }
+    CheckPrequantizedShape(*quantized, spec.shape);
     std::vector<float> values = DequantizePrequantized(*quantized);
     return at::from_blob(values.data(), spec.shape, at::kFloat).clone();
   }
