@@ -2,10 +2,12 @@
 """The baseline of bench/: PyTorch DistributedDataParallel over gloo, training a Llama of the same
 shape (a Hugging Face config.json), on the same batch and threads per rank as the shardtune run
 beside it, in fp32 with AdamW. Debian's python3-torch 1.13; its torch.distributed.fsdp does not
-import on Debian's Python 3.11, so DDP is the peer here.
+import on Debian's Python 3.11, so DDP is the peer here. With --lora-r, LoRA as PEFT computes it
+(base(x) + lora_B(lora_A(x)) * alpha / r) on every linear layer of the decoder, everything else
+frozen: the few lines of PyTorch a LoRA job is.
 
 Usage: ddp_baseline.py CONFIG.json --rank R --world N --port P --seq-len S --micro-batch B
-                       --steps K --warmup W --out RESULT.json
+                       --steps K --warmup W --out RESULT.json [--lora-r R [--lora-alpha A]]
 Rank 0 writes RESULT.json: median step seconds after the warm-up steps, global tokens per
 second, the BLAS kernels that ran and its peak RSS.
 """
@@ -97,6 +99,32 @@ class Llama(nn.Module):
         return self.lm_head(self.norm(x))
 
 
+class LoraLinear(nn.Module):
+    """A frozen nn.Linear plus B A scaled by alpha / r; A as nn.Linear initializes it, B zero
+    (PEFT's defaults)."""
+
+    def __init__(self, base, r, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.lora_A = nn.Linear(base.in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False)
+        nn.init.zeros_(self.lora_B.weight)
+        self.scaling = alpha / r
+
+    def forward(self, x):
+        return self.base(x) + self.lora_B(self.lora_A(x)) * self.scaling
+
+
+def add_lora(model, r, alpha):
+    """Freezes `model` and puts LoRA on the decoder's q, k, v, o, gate, up and down projections
+    (PEFT's "all-linear": every linear layer but the head)."""
+    model.requires_grad_(False)
+    for layer in model.layers:
+        for name, child in list(layer.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(layer, name, LoraLinear(child, r, alpha))
+
+
 def blas_kernels():
     for line in open("/proc/self/maps"):
         path = line.split()[-1]
@@ -116,13 +144,19 @@ def main():
     for name in ("--rank", "--world", "--port", "--seq-len", "--micro-batch", "--steps", "--warmup"):
         p.add_argument(name, type=int, required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--lora-r", type=int, help="LoRA of this rank on every linear layer, the rest frozen")
+    p.add_argument("--lora-alpha", type=float, default=8.0)
     a = p.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{a.port}", rank=a.rank, world_size=a.world)
     config = json.load(open(a.config))
     torch.manual_seed(0)
-    model = nn.parallel.DistributedDataParallel(Llama(config))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    llama = Llama(config)
+    if a.lora_r:
+        add_lora(llama, a.lora_r, a.lora_alpha)
+    model = nn.parallel.DistributedDataParallel(llama)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-4, weight_decay=0.0)
     generator = torch.Generator().manual_seed(1000 + a.rank)
     times = []
     for step in range(a.steps):
@@ -140,7 +174,8 @@ def main():
         step_s = statistics.median(times)
         json.dump({"step_s": step_s, "tokens_per_s": a.world * a.micro_batch * a.seq_len / step_s,
                    "blas": blas_kernels(), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                   "parameters": sum(p.numel() for p in model.parameters())},
+                   "parameters": sum(p.numel() for p in model.parameters()),
+                   "trained_parameters": sum(p.numel() for p in trained)},
                   open(a.out, "w"))
     dist.destroy_process_group()
 

@@ -1,10 +1,13 @@
 #!/usr/bin/python3
 """Training benchmarks of `make bench`: shardtune's ZeRO stages against PyTorch DDP (gloo) run
-side by side on the same Llama shape, batch and threads per rank; MFU against this machine's
-measured GEMM peak; memory per rank against the planner; communication and data-loading shares
-of the step. Prints markdown tables (ratios against the baseline) and writes gnuplot PNGs.
+side by side on the same Llama shape, batch and threads per rank; the same at several shapes
+(30M, 125M, a deep narrow GQA shape; tied and untied heads; np 1, 2, 4), for full fine-tuning and
+for LoRA, as the median and range of alternating pairs; MFU against this machine's measured
+GEMM peak; memory per rank against the planner; communication and data-loading shares of the
+step. Prints markdown tables (ratios against the baseline) and writes gnuplot PNGs.
 
-Usage: train_bench.py BUILD_DIR OUTPUT_DIR [--quick]
+Usage: train_bench.py BUILD_DIR OUTPUT_DIR [--quick] [--only qlora|shapes|lora-shapes
+                      [--shapes 30m,125m-untied,...] [--ranks 1,2,4] [--pairs 3]]
 Every run uses one thread per rank (OMP_NUM_THREADS=1), fp32, sequences of 256 tokens and a
 micro batch of 4 per rank; the first step of each run is a warm-up and is not counted.
 """
@@ -128,11 +131,13 @@ class Bench:
             "profiled_step_s": next((m["step_s"] for m in lines if m["step"] == profile_step), None),
         }
 
-    def ddp(self, name, ranks, steps, coretype=None, tcmalloc=False):
+    def ddp(self, name, ranks, steps, coretype=None, tcmalloc=False, lora_r=None):
         """The baseline on `ranks` processes; `coretype` None runs OpenBLAS's own kernel choice;
         `tcmalloc`: under tcmalloc (LD_PRELOAD), as PyTorch's CPU performance guide recommends:
-        glibc's malloc returns large blocks to the kernel, and every step faults them in again."""
-        out = self.work / f"ddp-{name}-np{ranks}-{coretype or 'default'}{'-tcmalloc' if tcmalloc else ''}.json"
+        glibc's malloc returns large blocks to the kernel, and every step faults them in again;
+        `lora_r`: LoRA of that rank on the decoder's linear layers, the rest frozen."""
+        out = self.work / (f"ddp-{name}-np{ranks}-{coretype or 'default'}{'-tcmalloc' if tcmalloc else ''}"
+                           f"{f'-lora{lora_r}' if lora_r else ''}.json")
         env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
         env["OMP_NUM_THREADS"] = "1"
         if coretype:
@@ -145,7 +150,8 @@ class Bench:
         procs = [subprocess.Popen(
             [PYTHON, BENCH / "ddp_baseline.py", self.config(name), "--rank", str(rank), "--world", str(ranks),
              "--port", port, "--seq-len", str(SEQ), "--micro-batch", str(MICRO), "--steps", str(steps),
-             "--warmup", "1", "--out", out], env=env) for rank in range(ranks)]
+             "--warmup", "1", "--out", out] + (["--lora-r", str(lora_r)] if lora_r else []), env=env)
+            for rank in range(ranks)]
         for p in procs:
             if p.wait() != 0:
                 sys.exit(f"the DDP baseline failed (exit {p.returncode})")
@@ -171,7 +177,6 @@ def qlora(b, steps):
     layer: step time, the base's bytes per rank against the planner, peak RSS; the
     dequantization's share of a step from the profiler."""
     linear = layer_linear_parameters(json.load(open(config_of("125m"))))  # the weights QLoRA holds 4-bit
-    lora = "{type: lora, lora: {r: 16, target_modules: all-linear}}"
     print("\n## QLoRA against LoRA (Llama 125M, r 16 on all linear layers, fp32 compute)\n")
     print(f"The same job twice, the base in fp32 and in NF4 with double quantization ({linear / 1e6:.1f}M "
           "linear weights in 4 bits: 8,456 bytes per 16,384); parameters = what a rank holds of the "
@@ -180,9 +185,9 @@ def qlora(b, steps):
     print("|---|---|---|---|---|---|---|---|")
     profiled = None
     for ranks, stage in ((1, 0), (2, 3), (4, 3)):
-        plain = b.shardtune("125m", ranks, stage, steps, method=lora, tag="-lora")
+        plain = b.shardtune("125m", ranks, stage, steps, method=LORA, tag="-lora")
         profile_step = steps if ranks == 1 else None
-        quant = b.shardtune("125m", ranks, stage, steps, method=lora, quantization="nf4", tag="-qlora",
+        quant = b.shardtune("125m", ranks, stage, steps, method=LORA, quantization="nf4", tag="-qlora",
                             profile_step=profile_step)
         if profile_step:
             profiled = quant
@@ -197,32 +202,51 @@ def qlora(b, steps):
               f"({share:.1%}; profiling slows a step a little).")
 
 
-def shapes(b, names, rank_counts, pairs, steps, core):
+LORA_R = 16
+LORA = f"{{type: lora, lora: {{r: {LORA_R}, target_modules: all-linear}}}}"  # alpha 8, no dropout: PEFT's defaults
+
+
+def shapes(b, names, rank_counts, pairs, steps, core, lora=False):
     """ZeRO-2 and ZeRO-3 (ZeRO-0 at one rank) against DDP with the same kernels and tcmalloc (the
     baseline at its best here), shape by shape: `pairs` rounds of DDP then shardtune, alternating,
-    each ratio's median and range over them."""
-    print(f"\n## Throughput against PyTorch DDP (same kernels, tcmalloc) at several shapes (tokens/s ratio, "
-          f"median and range of {pairs} alternating pairs)\n")
-    print("| shape | hidden, layers, heads/kv, vocab, head | ranks | stage | ratio median | min – max | DDP tokens/s |")
-    print("|---|---|---|---|---|---|---|")
+    each ratio's median and range over them, and each side's peak RSS per rank (rank 0's, the
+    median over the pairs). `lora`: both sides train LoRA r 16 on every linear layer of the
+    decoder, the base frozen (bench/ddp_baseline.py --lora-r). Returns {(name, ranks, stage):
+    the ratios}."""
+    what = f"LoRA r {LORA_R} on all linear layers, base frozen" if lora else "full fine-tuning"
+    print(f"\n## Throughput against PyTorch DDP at several shapes: {what} (same kernels, tcmalloc; "
+          f"tokens/s ratio, median and range of {pairs} alternating pairs)\n")
+    print("| shape | hidden, layers, heads/kv, vocab, head | ranks | stage | ratio median | min – max | DDP tokens/s "
+          "| peak RSS per rank | DDP's |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    measured = {}
     for name in names:
         c = json.load(open(b.config(name)))
         shape = (f"{c['hidden_size']}, {c['num_hidden_layers']}, {c['num_attention_heads']}/"
                  f"{c['num_key_value_heads']}, {c['vocab_size']}, {'tied' if c.get('tie_word_embeddings') else 'untied'}")
         for ranks in rank_counts:
             stages = (0,) if ranks == 1 else (2, 3)
-            ratios, ddp = {stage: [] for stage in stages}, []
+            runs, ddp = {stage: [] for stage in stages}, []
             for pair in range(pairs):
-                base = b.ddp(name, ranks, steps, core, tcmalloc=True)
-                ddp.append(base["tokens_per_s"])
+                base = b.ddp(name, ranks, steps, core, tcmalloc=True, lora_r=LORA_R if lora else None)
+                ddp.append(base)
                 for stage in stages:
-                    r = b.shardtune(name, ranks, stage, steps, tag=f"-pair{pair}")
-                    ratios[stage].append(r["tokens_per_s"] / base["tokens_per_s"])
+                    r = b.shardtune(name, ranks, stage, steps, method=LORA if lora else None,
+                                    tag=f"{'-lora' if lora else ''}-pair{pair}")
+                    runs[stage].append((r["tokens_per_s"] / base["tokens_per_s"], r["peak_rss"]))
+            ddp_rss = statistics.median(d["peak_rss_bytes"] for d in ddp)
             for stage in stages:
-                v = ratios[stage]
+                v = [ratio for ratio, _ in runs[stage]]
+                measured[(name, ranks, stage)] = v
+                rss = statistics.median(rss for _, rss in runs[stage])
                 print(f"| {name} | {shape} | {ranks} | ZeRO-{stage} | {statistics.median(v):.2f} | {min(v):.2f} – "
-                      f"{max(v):.2f} | {statistics.median(ddp):.0f} |")
+                      f"{max(v):.2f} | {statistics.median(d['tokens_per_s'] for d in ddp):.0f} | {fmt_bytes(rss)} "
+                      f"| {fmt_bytes(ddp_rss)} |")
             sys.stdout.flush()
+    medians = [statistics.median(v) for v in measured.values()]
+    print(f"\nMedian ratios from {min(medians):.2f} to {max(medians):.2f} over {len(medians)} shape, rank count "
+          f"and stage combinations; the lowest single pair {min(min(v) for v in measured.values()):.2f}.")
+    return measured
 
 
 def fmt_bytes(b):
@@ -234,10 +258,10 @@ def main():
     p.add_argument("build")
     p.add_argument("out")
     p.add_argument("--quick", action="store_true", help="fewer steps (a smoke test of the benchmark itself)")
-    p.add_argument("--only", choices=["qlora", "shapes"], help="run one section alone")
-    p.add_argument("--shapes", default=",".join(SHAPES), help="with --only shapes: which (comma-separated)")
-    p.add_argument("--ranks", default="1,2,4", help="with --only shapes: the rank counts")
-    p.add_argument("--pairs", type=int, default=3, help="with --only shapes: alternating pairs per figure")
+    p.add_argument("--only", choices=["qlora", "shapes", "lora-shapes"], help="run one section alone")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="with --only (lora-)shapes: which (comma-separated)")
+    p.add_argument("--ranks", default="1,2,4", help="with --only (lora-)shapes: the rank counts")
+    p.add_argument("--pairs", type=int, default=3, help="with --only (lora-)shapes: alternating pairs per figure")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,10 +270,10 @@ def main():
         if a.only == "qlora":
             qlora(b, 3 if a.quick else 5)
             return
-        if a.only == "shapes":
+        if a.only in ("shapes", "lora-shapes"):
             _, blas = b.gemm_peak(seconds=1)
             shapes(b, a.shapes.split(","), [int(r) for r in a.ranks.split(",")], a.pairs, 3 if a.quick else 5,
-                   blas.split(", ")[-1].split()[0])
+                   blas.split(", ")[-1].split()[0], lora=a.only == "lora-shapes")
             return
         steps_small, steps_large = (3, 2) if a.quick else (6, 3)
         steps_mfu = 2 if a.quick else 6  # the 125M model's MFU: the median of 5 counted steps
@@ -269,9 +293,9 @@ def main():
         rows, series = [], {}
         for ranks in (1, 2):
             base_user = b.ddp("30m", ranks, steps_small)
-            base_same = b.ddp("30m", ranks, steps_small, core)
-            rows.append((f"DDP np{ranks}, as users get it ({base_user['blas']})", base_user, base_same))
-            rows.append((f"DDP np{ranks}, same kernels ({base_same['blas']})", base_same, base_same))
+            base_same = b.ddp("30m", ranks, steps_small, core, tcmalloc=True)
+            rows.append((f"DDP np{ranks}, as users get it ({base_user['blas']}, glibc malloc)", base_user, base_same))
+            rows.append((f"DDP np{ranks}, same kernels ({base_same['blas']}, tcmalloc)", base_same, base_same))
             series[("DDP", ranks)] = base_same["tokens_per_s"]
             for stage in ((0,) if ranks == 1 else (0, 1, 2, 3)):
                 r = b.shardtune("30m", ranks, stage, steps_small)
@@ -323,13 +347,23 @@ def main():
 
         qlora(b, 3 if a.quick else 5)
 
+        # Every shape at np 1, 2 and 4 (two of them in --quick, one pair): about 1.5 hours here
+        # for each of full fine-tuning and LoRA.
+        names, rank_counts, pairs = (("30m", "deep-gqa"), (1, 2), 1) if a.quick else (SHAPES, (1, 2, 4), 3)
+        full = shapes(b, names, rank_counts, pairs, steps_small - 1, core)
+        lora = shapes(b, names, rank_counts, pairs, steps_small - 1, core, lora=True)
+        lowest = lambda measured: min(statistics.median(v) for v in measured.values())
+
         print("\n## Targets\n")
         z = lambda s: series[("run", 2, s)]
         checks = [
-            ("ZeRO-2 at np 2 >= 1.1x DDP throughput (same kernels)",
+            ("ZeRO-2 at np 2 >= 1.1x DDP throughput (30M, same kernels)",
              series[("ZeRO-2", 2)] / series[("DDP", 2)], 1.1, True),
+            ("every shape, rank count and stage >= 1.0x DDP (lowest median)", lowest(full), 1.0, True),
+            ("the same under LoRA >= 1.0x PyTorch LoRA (lowest median)", lowest(lora), 1.0, True),
             ("ZeRO-3 step time <= 1.25x ZeRO-0 (np 2)", z(3)["step_s"] / z(0)["step_s"], 1.25, False),
-            ("125M at np 1 >= 75% of the GEMM peak", mfu[("125m", 1)], 0.75, True),
+            ("125M at np 1 >= 85% of the GEMM peak", mfu[("125m", 1)], 0.85, True),
+            ("125M at np 2 >= 80% of the GEMM peak", mfu[("125m", 2)], 0.80, True),
         ]
         print("| target | measured | met |")
         print("|---|---|---|")
