@@ -234,13 +234,14 @@ def shapes(b, names, rank_counts, pairs, steps, core, lora=False):
                     r = b.shardtune(name, ranks, stage, steps, method=LORA if lora else None,
                                     tag=f"{'-lora' if lora else ''}-pair{pair}")
                     runs[stage].append((r["tokens_per_s"] / base["tokens_per_s"], r["peak_rss"]))
+            ddp_tokens = statistics.median(d["tokens_per_s"] for d in ddp)
             ddp_rss = statistics.median(d["peak_rss_bytes"] for d in ddp)
             for stage in stages:
                 v = [ratio for ratio, _ in runs[stage]]
                 measured[(name, ranks, stage)] = v
                 rss = statistics.median(rss for _, rss in runs[stage])
                 print(f"| {name} | {shape} | {ranks} | ZeRO-{stage} | {statistics.median(v):.2f} | {min(v):.2f} – "
-                      f"{max(v):.2f} | {statistics.median(d['tokens_per_s'] for d in ddp):.0f} | {fmt_bytes(rss)} "
+                      f"{max(v):.2f} | {ddp_tokens:.0f} | {fmt_bytes(rss)} "
                       f"| {fmt_bytes(ddp_rss)} |")
             sys.stdout.flush()
     medians = [statistics.median(v) for v in measured.values()]
