@@ -250,6 +250,31 @@ def shapes(b, names, rank_counts, pairs, steps, core, lora=False):
     return measured
 
 
+def measure_mfu(b, steps_small, steps_mfu, names=("30m", "125m")):
+    """Each model's training FLOP/s per core at np 1 and 2 (ZeRO-0) against the GEMM peak.
+    Returns {(name, ranks): MFU}."""
+    print("\n## MFU: training FLOP/s per core against the measured GEMM peak\n")
+    # A shared host's speed drifts by tens of percent within minutes, so each run gets its own
+    # peak: measured just before and just after it (1 s each), their mean.
+    print("Each run between two GEMM peak measurements; MFU against their mean.\n")
+    print("| model | ranks | tokens/s | GFLOP/s per core | GEMM peak before / after | of GEMM peak |")
+    print("|---|---|---|---|---|---|")
+    mfu = {}
+    for name in names:
+        steps = steps_mfu if name == "125m" else steps_small
+        flops = training_flops_per_token(json.load(open(config_of(name))))
+        for ranks in (1, 2):
+            before, _ = b.gemm_peak(seconds=1)
+            r = b.shardtune(name, ranks, 0, steps, tag="-mfu")
+            after, _ = b.gemm_peak(seconds=1)
+            per_core = r["tokens_per_s"] * flops / ranks / 1e9
+            mfu[(name, ranks)] = per_core / ((before + after) / 2)
+            print(f"| {name} | {ranks} | {r['tokens_per_s']:.0f} | {per_core:.1f} | {before:.1f} / {after:.1f} "
+                  f"| {mfu[(name, ranks)]:.0%} |")
+            sys.stdout.flush()
+    return mfu
+
+
 def fmt_bytes(b):
     return f"{b / 2**20:.1f} MiB"
 
@@ -259,7 +284,7 @@ def main():
     p.add_argument("build")
     p.add_argument("out")
     p.add_argument("--quick", action="store_true", help="fewer steps (a smoke test of the benchmark itself)")
-    p.add_argument("--only", choices=["qlora", "shapes", "lora-shapes"], help="run one section alone")
+    p.add_argument("--only", choices=["qlora", "shapes", "lora-shapes", "mfu"], help="run one section alone")
     p.add_argument("--shapes", default=",".join(SHAPES), help="with --only (lora-)shapes: which (comma-separated)")
     p.add_argument("--ranks", default="1,2,4", help="with --only (lora-)shapes: the rank counts")
     p.add_argument("--pairs", type=int, default=3, help="with --only (lora-)shapes: alternating pairs per figure")
@@ -270,6 +295,9 @@ def main():
         b = Bench(a.build, work, a.quick)
         if a.only == "qlora":
             qlora(b, 3 if a.quick else 5)
+            return
+        if a.only == "mfu":
+            measure_mfu(b, 3 if a.quick else 6, 2 if a.quick else 6, names=("125m",))
             return
         if a.only in ("shapes", "lora-shapes"):
             _, blas = b.gemm_peak(seconds=1)
@@ -317,23 +345,7 @@ def main():
             print(f"| ZeRO-{stage} | {fmt_bytes(r['comm_bytes'])} | {r['comm_s']:.3f} | {r['comm_exposed_s']:.3f} "
                   f"| {overlap:.0%} | {r['data_s'] / r['step_s']:.2%} |")
 
-        print("\n## MFU: training FLOP/s per core against the measured GEMM peak\n")
-        # A shared host's speed drifts by tens of percent within minutes, so each run gets its own
-        # peak: measured just before and just after it (1 s each), their mean.
-        print("Each run between two GEMM peak measurements; MFU against their mean.\n")
-        print("| model | ranks | tokens/s | GFLOP/s per core | GEMM peak before / after | of GEMM peak |")
-        print("|---|---|---|---|---|---|")
-        mfu = {}
-        for name, steps in (("30m", steps_small), ("125m", steps_mfu)):
-            flops = training_flops_per_token(json.load(open(config_of(name))))
-            for ranks in (1, 2):
-                before, _ = b.gemm_peak(seconds=1)
-                r = b.shardtune(name, ranks, 0, steps, tag="-mfu")
-                after, _ = b.gemm_peak(seconds=1)
-                per_core = r["tokens_per_s"] * flops / ranks / 1e9
-                mfu[(name, ranks)] = per_core / ((before + after) / 2)
-                print(f"| {name} | {ranks} | {r['tokens_per_s']:.0f} | {per_core:.1f} | {before:.1f} / {after:.1f} "
-                      f"| {mfu[(name, ranks)]:.0%} |")
+        mfu = measure_mfu(b, steps_small, steps_mfu)
 
         print("\n## Memory per rank: measured model state against the planner, and peak RSS (Llama 30M)\n")
         print("| ranks | stage | model state | planned | planned / measured | peak RSS |")

@@ -252,33 +252,44 @@ void ZeroEngine::WaitGathered(int u) {
 }
 
 void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
-  for (int u : units) {
-    Unit& unit = *units_[u];
-    ++unit.acquired;
-    const bool gathered_per_use = unit.parameter_storage == ParameterStorage::kShardGathered;
-    if (gathered_per_use) WaitGathered(u);
-    if (unit.layout->quant4 && !unit.dequantized_live) Dequantize(unit);
-    if (!gathered_per_use) continue;
-    // Prefetch: the neighbours in the current direction are the next units to be needed. Only
-    // from the unit that runs (the first listed); the others are borrowed (a tied lm_head).
-    // Frozen base layers and their adapters alternate in use but not in order: the next of the
-    // same kind; in backward, only a unit whose backward is still to come. A layer's 4-bit unit
-    // (QLoRA) rides with its layer's: it takes no place of its own among the units ahead.
-    if (u != units.front()) continue;
+  auto gathered_per_use = [this](int u) { return units_[u]->parameter_storage == ParameterStorage::kShardGathered; };
+  // Prefetch: the neighbours of unit `from` in the current direction are the next units to be
+  // needed: the next of the same kind (frozen base layers and their adapters alternate in use but
+  // not in order); in backward, only a unit whose backward is still to come. A layer's 4-bit unit
+  // (QLoRA) rides with its layer's: it takes no place of its own among the units ahead.
+  auto prefetch = [&](int from) {
+    const bool trainable = units_[from]->trainable;
     const int step = backward ? -1 : 1;
     int budget = config_.prefetch_units;
-    for (int next = u + step; next >= 0 && next < static_cast<int>(units_.size()); next += step) {
+    for (int next = from + step; next >= 0 && next < static_cast<int>(units_.size()); next += step) {
       const Unit& candidate = *units_[next];
       const bool rides = candidate.layout->quant4.has_value();
       // Forward, a layer's 4-bit unit comes right after the layer's: fetched with it.
       if (budget == 0 && !(rides && !backward)) break;
       if (std::find(units.begin(), units.end(), next) != units.end()) continue;  // this call's own
-      if (candidate.parameter_storage == ParameterStorage::kShardGathered && candidate.trainable == unit.trainable &&
-          (!backward || candidate.uses > 0)) {
+      if (gathered_per_use(next) && candidate.trainable == trainable && (!backward || candidate.uses > 0)) {
         Gather(next);
       }
       if (!rides) --budget;
     }
+  };
+  // The progress thread runs collectives one at a time in issue order, so this call's own
+  // gathers go first: waiting for them must not mean waiting behind the next call's prefetch.
+  for (int u : units) {
+    if (gathered_per_use(u)) Gather(u);
+  }
+  // Prefetch from the unit that runs (the first listed) and from each unit of the other kind
+  // that runs with it (a frozen layer's adapter), each to the next unit of its own kind. Others
+  // of the first's kind are borrowed (a tied lm_head) and prefetch nothing.
+  const bool first_trainable = units_[units.front()]->trainable;
+  for (int u : units) {
+    if (gathered_per_use(u) && (u == units.front() || units_[u]->trainable != first_trainable)) prefetch(u);
+  }
+  for (int u : units) {
+    Unit& unit = *units_[u];
+    ++unit.acquired;
+    if (gathered_per_use(u)) WaitGathered(u);
+    if (unit.layout->quant4 && !unit.dequantized_live) Dequantize(unit);
   }
 }
 

@@ -346,7 +346,7 @@ json Synthesize(const SynthesizeOptions& o, Communicator& world) {
                  {"seconds", seconds},
                  {"tokens_per_s", seconds > 0 ? static_cast<double>(generated_tokens) / seconds : 0.0},
                  {"ranks", world.size()}};
-  if (kept < o.num) {
+  if (kept < o.num && world.rank() == 0) {  // the counts are global: one warning, not one per rank
     spdlog::warn(
         "synthesize: only {} of the {} examples asked for passed the filters in {} candidates (--max-candidates)", kept,
         o.num, candidates);

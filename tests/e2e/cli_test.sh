@@ -290,7 +290,7 @@ PY
         --num 2 --max-candidates 4 --max-new-tokens 8 --batch-size 2 --out "$work/synthetic.jsonl" --np 2 \
         --output json --log-level warn 2>&1)
   expect_eq "synthesize --np 2 exits 0" "$?" "0"
-  counts=$(python3 -c 'import json,sys; r=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(r["ranks"], r["candidates"] == 4 or r["kept"] == 2, r["candidates"] == r["kept"] + sum(r["removed"].values()))' <<<"$out")
+  counts=$(python3 -c 'import json,sys; r=json.loads([l for l in sys.stdin.read().splitlines() if l.startswith("{")][-1]); print(r["ranks"], r["candidates"] == 4 or r["kept"] == 2, r["candidates"] == r["kept"] + sum(r["removed"].values()))' <<<"$out")
   expect_eq "synthesize reports its ranks and every candidate" "$counts" "2 True True"
   [ -f "$work/synthetic.jsonl" ] && pass "synthesize wrote its file" || fail "synthesize wrote no file"
   out=$("$bin/shardtune" synthesize --model "$work/runs/chat/final" --seed-data "$work/chat.jsonl" --format ner \

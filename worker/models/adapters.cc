@@ -1,5 +1,7 @@
 #include "worker/models/adapters.h"
 
+#include <vector>
+
 namespace shardtune {
 
 const LinearAdapter& LayerAdapters::operator[](size_t k) const {
@@ -15,10 +17,19 @@ at::Tensor AdaptedLinear(const at::Tensor& input, const at::Tensor& weight, cons
     y = Linear(x, weight, bias);
   } else {
     const at::Tensor dropped = a.lora_dropout > 0 ? at::dropout(x, a.lora_dropout, /*train=*/true) : x;
-    const at::Tensor lora = at::linear(at::linear(dropped, a.lora_a), a.lora_b) * a.lora_scale;
     if (!a.magnitude.defined()) {
-      y = Linear(x, weight, bias) + lora;
+      // W x + b + scale * B (A x), the second product accumulating in place into the first's
+      // fresh output (addmm_: beta 1, alpha scale): the scaling and the sum get no passes of
+      // their own over what is as large as the layer's output, forward or backward.
+      std::vector<int64_t> sizes = x.sizes().vec();
+      sizes.back() = weight.size(0);
+      const int64_t rows = x.numel() / x.size(-1);
+      at::Tensor base = Linear(x.reshape({rows, x.size(-1)}), weight, bias);
+      base.addmm_(at::linear(dropped.reshape({rows, x.size(-1)}), a.lora_a), a.lora_b.t(), /*beta=*/1,
+                  /*alpha=*/a.lora_scale);
+      y = base.view(sizes);
     } else {
+      const at::Tensor lora = at::linear(at::linear(dropped, a.lora_a), a.lora_b) * a.lora_scale;
       // DoRA, as PEFT computes it: the norm is detached (Liu et al., 2024, section 4.3).
       const at::Tensor merged = weight.to(at::kFloat) + a.lora_scale * at::matmul(a.lora_b, a.lora_a).to(at::kFloat);
       const at::Tensor norm = merged.norm(2, {1}).detach();
