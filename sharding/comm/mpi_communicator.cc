@@ -126,9 +126,6 @@ class MpiProgressThread {
   }
 
   int world_rank() const { return world_rank_; }
-  // Threads blocked waiting for an operation of this thread (MpiWork::Wait): while there is one,
-  // polling does not back off, since the core it would leave is the waiter's, idle.
-  const std::shared_ptr<std::atomic<int>>& waiters() const { return waiters_; }
 
  private:
   struct Task {
@@ -172,8 +169,7 @@ class MpiProgressThread {
     const auto start = std::chrono::steady_clock::now();
     const auto deadline = start + std::chrono::duration<double>(task.timeout_s);
     // Poll: spin briefly (short collectives finish in microseconds), then back off to sleeps
-    // that leave the cores to the ranks that compute; spin again while a thread waits for us (a
-    // transfer moves only as fast as it is polled, and the waiter has nothing else to run).
+    // that leave the cores to the ranks that compute.
     auto pause = std::chrono::microseconds(0);
     for (int flag = 0;;) {
       NamingTask(task, [&] { ST_MPI_CHECK(MPI_Test(&request, &flag, MPI_STATUS_IGNORE)); });
@@ -185,9 +181,7 @@ class MpiProgressThread {
                         "(another rank is stuck, dead, or issued different collectives)",
                         world_rank_, task.what, task.timeout_s));
       }
-      if (waiters_->load(std::memory_order_relaxed) > 0) {
-        pause = std::chrono::microseconds(0);
-      } else if (now - start > std::chrono::microseconds(200)) {
+      if (now - start > std::chrono::microseconds(200)) {
         pause = std::min(std::chrono::microseconds(500), pause + std::chrono::microseconds(20));
         std::this_thread::sleep_for(pause);
       }
@@ -210,7 +204,6 @@ class MpiProgressThread {
   std::deque<Task> queue_;
   bool stopping_ = false;
   std::exception_ptr first_failure_;  // set after the first failure: later operations fail at once with it
-  std::shared_ptr<std::atomic<int>> waiters_ = std::make_shared<std::atomic<int>>(0);
   std::thread thread_;
 };
 
@@ -219,21 +212,15 @@ namespace {
 class MpiWork : public Work {
  public:
   MpiWork(std::future<void> done, double timeout_s, std::string what, int rank,
-          std::shared_ptr<std::atomic<int64_t>> waited_ns, std::shared_ptr<std::atomic<int>> waiters)
+          std::shared_ptr<std::atomic<int64_t>> waited_ns)
       : done_(std::move(done)),
         timeout_s_(timeout_s),
         what_(std::move(what)),
         rank_(rank),
-        waited_ns_(std::move(waited_ns)),
-        waiters_(std::move(waiters)) {}
+        waited_ns_(std::move(waited_ns)) {}
   void Wait() override {
     if (!done_.valid()) return;
     const auto start = std::chrono::steady_clock::now();
-    struct Waiting {  // counted among the progress thread's waiters for the duration
-      std::atomic<int>& count;
-      explicit Waiting(std::atomic<int>& c) : count(c) { ++count; }
-      ~Waiting() { --count; }
-    } waiting(*waiters_);
     // The progress thread enforces the deadline; this one only guards against it being stuck
     // inside an MPI call that never returns.
     if (done_.wait_for(std::chrono::duration<double>(timeout_s_ + 30)) != std::future_status::ready) {
@@ -250,7 +237,6 @@ class MpiWork : public Work {
   std::string what_;
   int rank_;
   std::shared_ptr<std::atomic<int64_t>> waited_ns_;
-  std::shared_ptr<std::atomic<int>> waiters_;
 };
 
 class MpiCommunicator : public Communicator {
@@ -379,8 +365,7 @@ class MpiCommunicator : public Communicator {
     auto done = progress_->Submit(std::move(issue), what, timeout_s_,
                                   std::shared_ptr<std::atomic<int64_t>>(times(), &times()->busy_ns));
     return std::make_unique<MpiWork>(std::move(done), timeout_s_, what, progress_->world_rank(),
-                                     std::shared_ptr<std::atomic<int64_t>>(times(), &times()->waited_ns),
-                                     progress_->waiters());
+                                     std::shared_ptr<std::atomic<int64_t>>(times(), &times()->waited_ns));
   }
 
   MPI_Comm comm_;
