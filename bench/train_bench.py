@@ -163,6 +163,15 @@ class Bench:
         out = run([self.bin / "gemm_peak", "2048", str(seconds)], env=env).stdout
         return float(out.split("gemm_gflops=")[1].split()[0]), out.split('blas="')[1].rstrip().rstrip('"')
 
+    def gemm_peak_together(self, processes, seconds=1):
+        """The mean one-thread peak of `processes` gemm_peak processes run at once: what a core
+        does with every core of the run busy (they share caches, memory and power)."""
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        procs = [subprocess.Popen([self.bin / "gemm_peak", "2048", str(seconds)], env=env, stdout=subprocess.PIPE,
+                                  text=True) for _ in range(processes)]
+        outs = [p.communicate()[0] for p in procs]
+        return statistics.mean(float(o.split("gemm_gflops=")[1].split()[0]) for o in outs)
+
 
 def dequantize_seconds(run_dir, step):
     """Seconds rank 0 spent in QLoRA's dequantization (the engine's `shardtune::dequantize_4bit`
@@ -256,21 +265,29 @@ def measure_mfu(b, steps_small, steps_mfu, names=("30m", "125m")):
     print("\n## MFU: training FLOP/s per core against the measured GEMM peak\n")
     # A shared host's speed drifts by tens of percent within minutes, so each run gets its own
     # peak: measured just before and just after it (1 s each), their mean.
-    print("Each run between two GEMM peak measurements; MFU against their mean.\n")
-    print("| model | ranks | tokens/s | GFLOP/s per core | GEMM peak before / after | of GEMM peak |")
-    print("|---|---|---|---|---|---|")
+    # With several ranks the cores compute at once, and a core's peak with its neighbours busy
+    # (shared caches, memory bandwidth, power) is lower than alone: shown beside, as a second
+    # yardstick, the mean of as many one-thread peaks run together as there are ranks.
+    print("Each run between two GEMM peak measurements; MFU against their mean (and, with several ranks, "
+          "against the peak of as many one-thread GEMMs run at once).\n")
+    print("| model | ranks | tokens/s | GFLOP/s per core | GEMM peak before / after | of GEMM peak "
+          "| peak with every core busy | of it |")
+    print("|---|---|---|---|---|---|---|---|")
     mfu = {}
     for name in names:
         steps = steps_mfu if name == "125m" else steps_small
         flops = training_flops_per_token(json.load(open(config_of(name))))
         for ranks in (1, 2):
             before, _ = b.gemm_peak(seconds=1)
+            together_before = b.gemm_peak_together(ranks) if ranks > 1 else None
             r = b.shardtune(name, ranks, 0, steps, tag="-mfu")
+            together = (together_before + b.gemm_peak_together(ranks)) / 2 if ranks > 1 else None
             after, _ = b.gemm_peak(seconds=1)
             per_core = r["tokens_per_s"] * flops / ranks / 1e9
             mfu[(name, ranks)] = per_core / ((before + after) / 2)
+            busy = f"{together:.1f} | {per_core / together:.0%}" if together else "– | –"
             print(f"| {name} | {ranks} | {r['tokens_per_s']:.0f} | {per_core:.1f} | {before:.1f} / {after:.1f} "
-                  f"| {mfu[(name, ranks)]:.0%} |")
+                  f"| {mfu[(name, ranks)]:.0%} | {busy} |")
             sys.stdout.flush()
     return mfu
 
