@@ -161,7 +161,7 @@ class Bench:
         env = {"OPENBLAS_CORETYPE": coretype} if coretype else {}
         seconds = seconds or (1 if self.quick else 3)
         out = run([self.bin / "gemm_peak", "2048", str(seconds)], env=env).stdout
-        return float(out.split("gemm_gflops=")[1].split()[0]), out.split('blas="')[1].rstrip().rstrip('"')
+        return gflops_of(out), out.split('blas="')[1].rstrip().rstrip('"')
 
     def gemm_peak_together(self, processes, seconds=1):
         """The mean one-thread peak of `processes` gemm_peak processes run at once: what a core
@@ -170,7 +170,11 @@ class Bench:
         procs = [subprocess.Popen([self.bin / "gemm_peak", "2048", str(seconds)], env=env, stdout=subprocess.PIPE,
                                   text=True) for _ in range(processes)]
         outs = [p.communicate()[0] for p in procs]
-        return statistics.mean(float(o.split("gemm_gflops=")[1].split()[0]) for o in outs)
+        return statistics.mean(gflops_of(out) for out in outs)
+
+
+def gflops_of(gemm_peak_output):
+    return float(gemm_peak_output.split("gemm_gflops=")[1].split()[0])
 
 
 def dequantize_seconds(run_dir, step):
