@@ -6,8 +6,9 @@
 #   bench/gpu/device-check.sh [LOG_DIR]     (default $OUT, else device-logs/)
 # TORCH_CMAKE_PREFIX names another LibTorch than the one of python3's torch.
 # Each stage's log lands in LOG_DIR (7 files: the device tool returns at most 8); a failed stage
-# does not stop the ones after it that can run. The stages' limits add up to 560 s, inside the
-# device tool's 600 s a command: run it with timeout_s 600 and carry [".device"].
+# does not stop the ones after it that can run. The stages' limits add up to 630 s, a little over
+# the device tool's 600 s a command, which they reach only if everything is slow: run it with
+# timeout_s 600 and carry [".device"].
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 logs=$(realpath -m "${1:-${OUT:-device-logs}}")
@@ -64,10 +65,17 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 torch_prefix=${TORCH_CMAKE_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}
 # The NCCL that PyTorch loads, so that one process holds one NCCL.
 nccl_dir=$(python3 -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])' 2> /dev/null)
+# Else one installed beside CUDA or in the system (CMake's own search looks in CUDA's folders).
+if [ -z "$nccl_dir" ] || [ ! -f "$nccl_dir/include/nccl.h" ]; then
+  header=$(find /usr/local /usr/include /opt -name nccl.h -path '*include*' 2> /dev/null | head -n 1)
+  [ -n "$header" ] && nccl_dir=$(dirname "$(dirname "$header")")
+fi
 nccl_args=()
 if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/include/nccl.h" ]; then
-  nccl_args=(-DNCCL_INCLUDE_DIR="$nccl_dir/include" -DNCCL_LIBRARY="$(ls "$nccl_dir"/lib/libnccl.so* | head -n 1)")
+  library=$(find "$nccl_dir" /usr/local/cuda/ /usr/lib/x86_64-linux-gnu -name 'libnccl.so*' 2> /dev/null | head -n 1)
+  nccl_args=(-DNCCL_INCLUDE_DIR="$nccl_dir/include" ${library:+-DNCCL_LIBRARY="$library"})
 fi
+echo "NCCL: ${nccl_args[*]:-the one CMake finds}" | tee -a "$logs/machine.txt"
 # The cheapest things that could fail first: the packed mpirun starting a rank.
 stage preflight 30 mpirun -np 1 true || exit 1
 stage configure 80 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
@@ -83,7 +91,9 @@ torch_lib=$(grep -m 1 '^TORCH_LIBRARY:' "$build/CMakeCache.txt" | cut -d= -f2)
 echo "protobuf symbols exported by LibTorch: $(nm -D --defined-only "$(dirname "$torch_lib")"/libtorch_cpu.so* 2> /dev/null |
   grep -c _ZN6google8protobuf)" | tee -a "$logs/summary.txt"
 # Only what the checks run: the rest of the project builds in CI.
-stage build 200 cmake --build "$build" -j "$(nproc)" --target shardtune shardtune-worker gemm_peak nccl_mpi_test || exit 1
-SHARDTUNE_REQUIRE_GPU=1 stage ctest-gpu 100 ctest --test-dir "$build" -L gpu --output-on-failure --timeout 90
+# -k 0: a first build against another LibTorch reports every file that fails, not the first.
+stage build 200 cmake --build "$build" -j "$(nproc)" --target shardtune shardtune-worker gemm_peak nccl_mpi_test -- -k 0 ||
+  exit 1
+SHARDTUNE_REQUIRE_GPU=1 stage ctest-gpu 170 ctest --test-dir "$build" -L gpu --output-on-failure --timeout 160
 stage bench 150 bash bench/gpu/run.sh "$build" && cat "$logs/bench.log"
 echo "total: $((SECONDS - started)) s" | tee -a "$logs/summary.txt"
