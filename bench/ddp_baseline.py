@@ -64,8 +64,11 @@ class Layer(nn.Module):
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         repeat = self.heads // self.kv_heads
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim) + mask
-        attention = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, -1)
+        if x.is_cuda:  # PyTorch's fused (flash) attention, as a GPU user's model has it
+            attention = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            attention = ((q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim) + mask).softmax(-1) @ v
+        attention = attention.transpose(1, 2).reshape(b, s, -1)
         x = x + self.o_proj(attention)
         y = self.post_attention_layernorm(x)
         return x + self.down_proj(F.silu(self.gate_proj(y)) * self.up_proj(y))
@@ -88,11 +91,12 @@ class Llama(nn.Module):
     def forward(self, ids):
         s = ids.shape[1]
         head_dim = self.c["hidden_size"] // self.c["num_attention_heads"]
-        inv = 1.0 / (self.c.get("rope_theta", 10000.0) ** (torch.arange(0, head_dim, 2).float() / head_dim))
-        angles = torch.outer(torch.arange(s).float(), inv)
+        arange = lambda *a: torch.arange(*a, device=ids.device).float()  # noqa: E731
+        inv = 1.0 / (self.c.get("rope_theta", 10000.0) ** (arange(0, head_dim, 2) / head_dim))
+        angles = torch.outer(arange(s), inv)
         angles = torch.cat((angles, angles), dim=-1)
         cos, sin = angles.cos(), angles.sin()
-        mask = torch.full((s, s), float("-inf")).triu(1)
+        mask = torch.full((s, s), float("-inf"), device=ids.device).triu(1)
         x = self.embed_tokens(ids)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)

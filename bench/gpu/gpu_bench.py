@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """The GPU half of bench/ (run by bench/gpu/run.sh): a large bf16 matrix product, then a 1.1B
-Llama trained in bf16 on one GPU, with MFU against the dense bf16 peak and the measured product.
+Llama trained in bf16 on one GPU, with MFU against the dense bf16 peak and the measured product,
+and against PyTorch training the same model and batch (bench/gpu/torch_baseline.py) in
+alternating runs.
 
 Usage: gpu_bench.py BUILD_DIR
 """
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -16,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from train_bench import config_of, training_flops_per_token  # noqa: E402
 
 PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16, NVIDIA's datasheet
-SEQ, STEPS, WARMUP = 2048, 12, 2
+SEQ, STEPS, WARMUP, PAIRS = 2048, 12, 2, 2
 
 
 def largest_micro_batch(bin_dir, config):
@@ -44,6 +47,8 @@ def main():
                           text=True).stdout
     measured = float(gemm.split("gemm_gflops=")[1].split()[0]) / 1000
     print(f"- bf16 8192 x 8192 matrix product: {measured:.0f} TFLOP/s ({measured / PEAK_TFLOPS:.0%} of {PEAK_TFLOPS:.0f})")
+    config = json.load(open(config_of("1b")))
+    flops = training_flops_per_token(config, SEQ)
     with tempfile.TemporaryDirectory(prefix="shardtune-gpu-bench-") as work:
         work = Path(work)
         subprocess.run([bin_dir / "shardtune", "init-model", "--config", config_of("1b"), "--out", work / "model",
@@ -57,16 +62,30 @@ def main():
             f"data: {{train: {work / 'train.jsonl'}, format: tokens, max_seq_len: {SEQ}}}\n"
             f"training: {{max_steps: {STEPS}, micro_batch_size: {micro}, global_batch_size: {micro},"
             f" optimizer: {{lr: 1.0e-4}}}}\noutput: {{dir: {work / 'run'}}}\n")
-        subprocess.run([bin_dir / "shardtune-worker", work / "job.yaml"], check=True)
-        lines = [json.loads(l) for l in open(work / "run" / "metrics.jsonl") if '"step_s"' in l][WARMUP:]
-    tokens_per_s = statistics.median(m["tokens_per_s"] for m in lines)
-    config = json.load(open(config_of("1b")))
-    flops = training_flops_per_token(config, SEQ)
+        ours, theirs, rss = [], [], 0
+        for _ in range(PAIRS):  # alternating, so that a drift of the machine touches both alike
+            shutil.rmtree(work / "run", ignore_errors=True)
+            subprocess.run([bin_dir / "shardtune-worker", work / "job.yaml", "--log-level", "warn"], check=True)
+            lines = [json.loads(l) for l in open(work / "run" / "metrics.jsonl") if '"step_s"' in l][WARMUP:]
+            ours.append(statistics.median(m["tokens_per_s"] for m in lines))
+            rss = max(rss, max(m["peak_rss_bytes"] for m in lines))
+            baseline = subprocess.run(
+                [sys.executable, Path(__file__).resolve().parent / "torch_baseline.py", config_of("1b"), "--seq-len",
+                 str(SEQ), "--micro-batch", str(micro), "--steps", str(STEPS), "--warmup", str(WARMUP)],
+                check=True, capture_output=True, text=True)
+            theirs.append(json.loads(baseline.stdout.splitlines()[-1]))
+    tokens_per_s = statistics.median(ours)
     achieved = tokens_per_s * flops / 1e12
     print(f"- Llama 1.1B, bf16, seq {SEQ}, micro batch {micro}, one GPU: {tokens_per_s:.0f} tokens/s, "
           f"{achieved:.0f} TFLOP/s: MFU {achieved / PEAK_TFLOPS:.1%} of the datasheet peak, "
           f"{achieved / measured:.1%} of the measured product")
-    print(f"- peak memory of the process (host RSS): {max(m['peak_rss_bytes'] for m in lines) / 2**30:.1f} GiB")
+    ratios = sorted(o / t["tokens_per_s"] for o, t in zip(ours, theirs))
+    baseline_tokens = statistics.median(t["tokens_per_s"] for t in theirs)
+    print(f"- PyTorch on the same model and batch (bf16 autocast, flash attention, fused AdamW): "
+          f"{baseline_tokens:.0f} tokens/s, MFU {baseline_tokens * flops / 1e12 / PEAK_TFLOPS:.1%}; shardtune / PyTorch "
+          f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f} over {PAIRS} alternating pairs)")
+    print(f"- peak memory: shardtune's process {rss / 2**30:.1f} GiB of host RSS; PyTorch's "
+          f"{max(t['peak_gpu_bytes'] for t in theirs) / 2**30:.1f} GiB of GPU memory allocated")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ packages=(
   # headers, CMake and pkg-config files
   libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev libeigen3-dev
   libopenmpi-dev libgrpc++-dev libgrpc-dev libprotobuf-dev libabsl-dev libre2-dev libc-ares-dev
-  libsqlite3-dev libssl-dev zlib1g-dev libgtest-dev libgmock-dev libsentencepiece-dev
+  libsqlite3-dev libssl-dev zlib1g-dev libgtest-dev libgmock-dev libsentencepiece-dev libcpp-httplib-dev libbrotli-dev
   # programs the build runs
   protobuf-compiler libprotoc32 protobuf-compiler-grpc pkgconf pkgconf-bin libpkgconf3
   # shared libraries the programs load
   libyaml-cpp0.7 libspdlog1.10 libfmt9 libpcre2-8-0 libicu72 libgrpc++1.51 libgrpc29 libprotobuf32
-  libabsl20220623 libre2-9 libc-ares2 libsqlite3-0 libssl3 libsentencepiece0 zlib1g
+  libabsl20220623 libre2-9 libc-ares2 libsqlite3-0 libssl3 libsentencepiece0 zlib1g libcpp-httplib0.11 libbrotli1
   # Open MPI and what it loads
   openmpi-bin openmpi-common libopenmpi3 libpmix2 libhwloc15 libevent-core-2.1-7 libevent-pthreads-2.1-7
   libfabric1 libucx0 libibverbs1 librdmacm1 libpsm2-2 libpsm-infinipath1 libnl-3-200 libnl-route-3-200
