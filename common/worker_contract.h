@@ -41,6 +41,13 @@ inline constexpr std::array<std::string_view, 5> kJobEnvironment = {kEnvServer, 
 inline constexpr std::string_view kEnvEvaluationGate = "SHARDTUNE_EVALUATION_GATE";
 inline std::string VerdictFileName(int64_t step) { return "verdict-" + std::to_string(step); }
 
+// Set by the server for a sweep's trial: seconds rank 0 keeps trying to deliver a progress report
+// that carries an evaluation (val_loss) before it trains on without the server's answer. The
+// verdict on an evaluation (early termination) must not be lost to a server that is restarting;
+// every other report is sent once, and training goes on whatever becomes of it. Unset or "0": once.
+inline constexpr std::string_view kEnvEvaluationWait = "SHARDTUNE_EVALUATION_WAIT_S";
+inline constexpr double kTrialEvaluationWaitS = 300;
+
 // The interval the server asks for, given its heartbeat_timeout_s (0: heartbeats off).
 inline double HeartbeatIntervalFor(double heartbeat_timeout_s) { return heartbeat_timeout_s / 4; }
 

@@ -25,6 +25,12 @@ std::string Environment(std::string_view name) {
   return value != nullptr ? value : "";
 }
 
+// A call that may not have reached the server: no server listening, or none answering in time.
+bool Undelivered(const grpc::Status& status) {
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
 static_assert(static_cast<int>(contract::JobErrorKind::kBackend) == v1::JOB_ERROR_CODE_BACKEND &&
                   static_cast<int>(contract::JobErrorKind::kTimeout) == v1::JOB_ERROR_CODE_TIMEOUT &&
                   static_cast<int>(contract::JobErrorKind::kInvalidSpec) == v1::JOB_ERROR_CODE_INVALID_SPEC,
@@ -36,6 +42,8 @@ struct ServerReporter::Impl {
   std::unique_ptr<v1::WorkerService::Stub> stub;
   std::string job_id, token;
   int attempt = 0;
+  // How long an evaluation's report keeps trying to reach the server (contract::kEnvEvaluationWait).
+  std::chrono::milliseconds evaluation_wait{0};
   bool warned = false;
   // The heartbeat thread: sends one every `heartbeat_interval` until `stopping`.
   std::thread heartbeat;
@@ -78,10 +86,13 @@ struct ServerReporter::Impl {
     });
   }
 
-  std::unique_ptr<grpc::ClientContext> Context() {
+  // `wait_for_ready`: the call waits, up to its deadline, for a server that is not reachable yet
+  // (restarting) rather than failing at once.
+  std::unique_ptr<grpc::ClientContext> Context(bool wait_for_ready = false) {
     auto context = std::make_unique<grpc::ClientContext>();
     context->AddMetadata("authorization", "Bearer " + token);
     context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    context->set_wait_for_ready(wait_for_ready);
     return context;
   }
   void Check(const grpc::Status& status, const char* what) {
@@ -93,13 +104,14 @@ struct ServerReporter::Impl {
   void SendResult(v1::ResultReport report) {
     report.set_job_id(job_id);
     report.set_attempt(attempt);
-    // A few tries: a server restarting right now would otherwise fall back on the exit status alone.
+    // A few tries, each waiting for the server to be reachable: a server restarting right now
+    // would otherwise fall back on the exit status alone.
     constexpr int kTries = 3;
     grpc::Status status;
     for (int tried = 1; tried <= kTries; ++tried) {
       v1::WorkerReply reply;
-      status = stub->ReportResult(Context().get(), report, &reply);
-      if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+      status = stub->ReportResult(Context(/*wait_for_ready=*/true).get(), report, &reply);
+      if (status.ok() || !Undelivered(status)) break;
       if (tried < kTries) std::this_thread::sleep_for(std::chrono::seconds(1));
     }
     Check(status, "the result");
@@ -114,11 +126,17 @@ bool ServerReporter::ManagedByServer() {
 std::unique_ptr<ServerReporter> ServerReporter::FromEnvironment() {
   if (!ManagedByServer()) return nullptr;
   auto impl = std::make_unique<Impl>();
+  // A restarted server is found again within seconds (gRPC's back-off between attempts to
+  // connect otherwise grows to two minutes).
+  grpc::ChannelArguments channel;
+  channel.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   impl->stub = v1::WorkerService::NewStub(
-      grpc::CreateChannel(Environment(contract::kEnvServer), grpc::InsecureChannelCredentials()));
+      grpc::CreateCustomChannel(Environment(contract::kEnvServer), grpc::InsecureChannelCredentials(), channel));
   impl->job_id = Environment(contract::kEnvJobId);
   impl->token = Environment(contract::kEnvJobToken);
   impl->attempt = std::atoi(Environment(contract::kEnvJobAttempt).c_str());
+  if (const double wait_s = std::atof(Environment(contract::kEnvEvaluationWait).c_str()); wait_s > 0)
+    impl->evaluation_wait = std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000));
   if (const double interval_s = std::atof(Environment(contract::kEnvHeartbeatInterval).c_str()); interval_s > 0)
     impl->StartHeartbeats(std::chrono::milliseconds(static_cast<int64_t>(interval_s * 1000)));
   return std::unique_ptr<ServerReporter>(new ServerReporter(std::move(impl)));
@@ -138,8 +156,18 @@ bool ServerReporter::Progress(int64_t step, int64_t total_steps, double epoch, i
   report.set_trained_tokens(tokens);
   for (const auto& [k, v] : metrics) (*report.mutable_metrics())[k] = v;
   report.set_log_line(log_line);
+  // An evaluation of a sweep's trial is delivered, however long the server takes to come back (up
+  // to evaluation_wait): its verdict says whether the trial goes on. A report the server took
+  // twice (its answer lost) is judged once. Every other report is sent once.
+  const bool deliver = impl_->evaluation_wait.count() > 0 && metrics.count("val_loss") > 0;
+  const auto give_up = std::chrono::steady_clock::now() + impl_->evaluation_wait;
   v1::WorkerReply reply;
-  const grpc::Status status = impl_->stub->ReportProgress(impl_->Context().get(), report, &reply);
+  grpc::Status status;
+  for (;;) {
+    status = impl_->stub->ReportProgress(impl_->Context(deliver).get(), report, &reply);
+    if (!deliver || status.ok() || !Undelivered(status) || std::chrono::steady_clock::now() >= give_up) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
   impl_->Check(status, "progress");
   return status.ok() && reply.stop();
 }

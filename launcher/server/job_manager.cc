@@ -694,6 +694,10 @@ void JobManager::Launch(JobRecord& r, SlurmCalls& slurm) {
     env[name] = roots;
     ranks.environment.push_back(name);
   }
+  if (IsTrialKey(r.idempotency_key)) {  // its evaluations decide whether it goes on: none is lost
+    env[std::string(contract::kEnvEvaluationWait)] = std::to_string(contract::kTrialEvaluationWaitS);
+    ranks.environment.emplace_back(contract::kEnvEvaluationWait);
+  }
   if (config_.backend == "slurm") {
     PrepareSlurm(r, ranks, env, slurm);
     return;

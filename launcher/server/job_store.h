@@ -48,6 +48,17 @@ struct JobRecord {
   std::string openai;
 };
 
+// The idempotency key of sweep SWEEP_ID's trial N's job, "sweep/SWEEP_ID/trial/N": how the sweep
+// finds its trials' jobs again after a restart, and how the job manager knows a trial's job (a
+// label alone is the job's own to set; this key is the sweep's).
+inline std::string TrialKeyPrefix(const std::string& sweep_id) { return "sweep/" + sweep_id + "/trial/"; }
+inline std::string TrialKey(const std::string& sweep_id, int64_t trial) {
+  return TrialKeyPrefix(sweep_id) + std::to_string(trial);
+}
+inline bool IsTrialKey(const std::string& key) {
+  return key.rfind("sweep/", 0) == 0 && key.find("/trial/") != std::string::npos;
+}
+
 // Where a page of List starts: after the row (created_ms, id) in the order newest first, created_ms
 // the job's create_time in Unix milliseconds. A keyset, not an offset: rows inserted while a client
 // pages (always newer than every row already listed: JobManager keeps created_ms strictly increasing) neither shift a

@@ -178,6 +178,7 @@ int main(int argc, char** argv) {
     builder.RegisterService(sweep_service.get());
     // An upload's chunk is at most 4 MiB of bytes, plus the message's framing.
     builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxFileChunkBytes + (64 << 10)));
+    sweeps.Load();  // before the first report: an evaluation reported at once finds its sweep
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
     if (!server || port == 0) Fail(ErrorCode::kFailedPrecondition, "cannot listen on {}", config.listen);
     const ApiKeyTable keys(config);

@@ -28,11 +28,6 @@ constexpr auto kTick = std::chrono::milliseconds(500);
 // deleted, a storage root changed), and the sweep fails rather than spend its budget on it.
 constexpr int kMaxRefusedInARow = 3;
 
-// Trial N's job's idempotency key: how the sweep finds its job again after a restart.
-std::string TrialKey(const std::string& sweep_id, int64_t trial) {
-  return fmt::format("sweep/{}/trial/{}", sweep_id, trial);
-}
-
 // How a running sweep reads its spec: the paths are not checked again (each trial's job is, when
 // it is created) and an uploaded file stays named file:ID, so that the trial's job resolves it
 // for the tenant and records its use.
@@ -112,24 +107,31 @@ fs::path SweepManager::Journal(const std::string& sweep_id) const {
   return fs::path(jobs_.config().data_dir) / "sweeps" / sweep_id / "trials.jsonl";
 }
 
+void SweepManager::Load() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (loaded_) return;
+  loaded_ = true;
+  last_created_ms_ = store_.MaxCreatedMs();
+  for (const SweepRecord& record : store_.Running()) {
+    try {
+      runs_[record.sweep.id()] = Open(record);
+      spdlog::info("sweep {} ({}) resumed: {} trial(s) so far", record.sweep.id(), record.sweep.name(),
+                   runs_[record.sweep.id()]->search->state().trials().size());
+    } catch (const std::exception& e) {
+      SweepRecord failed = record;
+      failed.sweep.set_status(v1::SWEEP_STATUS_FAILED);
+      failed.sweep.set_message(fmt::format("could not be resumed: {}", e.what()));
+      *failed.sweep.mutable_finish_time() = api::TimeOfMs(NowMs());
+      store_.Update(failed);
+      spdlog::error("sweep {}: {}", record.sweep.id(), failed.sweep.message());
+    }
+  }
+}
+
 void SweepManager::Start() {
+  Load();
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    last_created_ms_ = store_.MaxCreatedMs();
-    for (const SweepRecord& record : store_.Running()) {
-      try {
-        runs_[record.sweep.id()] = Open(record);
-        spdlog::info("sweep {} ({}) resumed: {} trial(s) so far", record.sweep.id(), record.sweep.name(),
-                     runs_[record.sweep.id()]->search->state().trials().size());
-      } catch (const std::exception& e) {
-        SweepRecord failed = record;
-        failed.sweep.set_status(v1::SWEEP_STATUS_FAILED);
-        failed.sweep.set_message(fmt::format("could not be resumed: {}", e.what()));
-        *failed.sweep.mutable_finish_time() = api::TimeOfMs(NowMs());
-        store_.Update(failed);
-        spdlog::error("sweep {}: {}", record.sweep.id(), failed.sweep.message());
-      }
-    }
     CancelOrphanedTrialJobs();
   }
   thread_ = std::thread([this] { Loop(); });
@@ -140,7 +142,7 @@ void SweepManager::CancelOrphanedTrialJobs() {
     const auto sweep_id = r.job.labels().find("sweep");
     if (sweep_id == r.job.labels().end() || runs_.count(sweep_id->second)) continue;
     // Only a job the sweep made (its key); a label alone is the job's own to set.
-    if (r.idempotency_key.rfind(fmt::format("sweep/{}/trial/", sweep_id->second), 0) != 0) continue;
+    if (r.idempotency_key.rfind(TrialKeyPrefix(sweep_id->second), 0) != 0) continue;
     const auto sweep = store_.Get(sweep_id->second);
     if (!sweep || sweep->sweep.status() == v1::SWEEP_STATUS_RUNNING) continue;
     spdlog::warn("job {}: a trial of sweep {}, which has ended ({}): cancelled", r.job.id(), sweep_id->second,

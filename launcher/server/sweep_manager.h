@@ -39,7 +39,11 @@ class SweepManager {
   SweepManager(const SweepManager&) = delete;
   SweepManager& operator=(const SweepManager&) = delete;
 
-  // Resumes the sweeps the store has RUNNING and starts the thread (after JobManager::Start).
+  // Resumes the sweeps the store has RUNNING: before the server takes reports, so that an
+  // evaluation reported at once after a restart finds its sweep and is judged.
+  void Load();
+  // Cancels the jobs of sweeps that have ended and starts the thread (after Load and after
+  // JobManager::Start). Loads first if Load has not run.
   void Start();
   void Stop();
 
@@ -82,6 +86,7 @@ class SweepManager {
   std::condition_variable wake_;
   bool stopping_ = false;
   int64_t last_created_ms_ = 0;  // of the newest sweep (guarded by mutex_)
+  bool loaded_ = false;          // Load has run (guarded by mutex_)
   std::thread thread_;
 };
 

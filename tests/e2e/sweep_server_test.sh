@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sweeps through the server end to end on loopback (docs/sweeps.md, "Through the server"):
 #   1. a grid of 4 trials, one at a time, with ASHA, whose data.train is good for two trials and
-#      malformed for the other two (their jobs fail their data check): the server is killed
-#      (SIGKILL) once a trial has finished and restarted; the sweep continues and succeeds, every
+#      malformed for the other two (their jobs fail their data check): the server is frozen while
+#      the trial ASHA stops makes its first evaluation, then killed (SIGKILL) and restarted; the
+#      sweep continues and succeeds, every
 #      trial's job exists exactly once, the failed trials say why, the worse good trial is stopped
 #      at ASHA's first rung (its job cancelled, its objective kept), the best trial's final/ exists;
 #   2. a sweep cancelled while its trials run: it is CANCELLED, so are its trials' jobs, and no
@@ -61,14 +62,29 @@ start_server
 id=$("$bin/shardtune" sweep submit sweep.yaml)
 expect_eq "sweep submit exits 0" "$?" "0"
 expect_contains "it prints the sweep's id" "$id" "sweep-"
+# trial_running N: whether trial N's job runs (its label "trial" is N as 3 digits).
+trial_running() {
+  "$bin/shardtune" list --label "sweep=$id" --status running --output json 2>/dev/null |
+    python3 -c "import json,sys; print(any(j['labels'].get('trial') == '$1' for j in json.load(sys.stdin).get('jobs', [])))" \
+      2>/dev/null
+}
 for _ in $(seq 1 600); do [ "$(sweep_field "$id" "s.get('trials_finished', 0)")" -ge 1 ] 2>/dev/null && break; sleep 0.2; done
-before=$(sweep_field "$id" "len(s['trials'])")
 "$bin/shardtune" sweep watch "$id" --interval 0.5 > watch.out 2>&1 &
 watch_pid=$!
-sleep 1
+# Trial 002, the low rate on good data, is the one ASHA stops at its first evaluation (step 3).
+# The server freezes (SIGSTOP) as soon as its job runs, before its ranks have started, for
+# longer than the trial takes to reach step 3 and report it; then it is killed (SIGKILL) and
+# restarted. The evaluation's report must reach the restarted server and stop the trial at
+# step 3: a trial's rank 0 waits there until its report is delivered, where any other report is
+# sent once and lost with the server (before, the trial trained on, was judged at a later rung,
+# or finished its 60 steps with nobody watching and counted as completed).
+for _ in $(seq 1 1200); do [ "$(trial_running 002)" = True ] && break; sleep 0.1; done
+kill -STOP "$server_pid"
+before=$(grep -c '"event":"proposed"' state/jobs/sweeps/"$id"/trials.jsonl)
+sleep 12
 kill -9 "$server_pid"
 wait "$server_pid" 2>/dev/null
-pass "server killed (SIGKILL) with $before trial(s) proposed, $(grep -c '"event":"finished"' state/jobs/sweeps/"$id"/trials.jsonl) finished"
+pass "server frozen (SIGSTOP) for 12 s and killed (SIGKILL) with $before trial(s) proposed, $(grep -c '"event":"finished"' state/jobs/sweeps/"$id"/trials.jsonl) finished"
 sleep 2  # the watch finds it unreachable
 start_server
 wait "$watch_pid"
