@@ -39,6 +39,27 @@ TEST(Communicator, ReduceScatterGivesEachRankItsSummedSlice) {
   EXPECT_TRUE(at::equal(output, expected));
 }
 
+// Large operands take the MPI backend's pairwise algorithms (a megabyte and more for an
+// all-reduce; every reduce-scatter): element by element, in 16-bit types too, with an element
+// count that does not divide among the ranks (the last ranks' blocks are shorter or empty).
+TEST(Communicator, LargeAllReduceAndReduceScatterSumEveryElement) {
+  Communicator& world = World();
+  const int n = world.size();
+  const int64_t count = (int64_t{1} << 20) / 4 + 7;  // 1 MiB of floats and 7 more
+  at::Tensor t = at::arange(count, at::kLong).remainder(1000).to(at::kFloat) + 1000.0 * world.rank();
+  world.AllReduceSum(t, CollectiveTag{"large", 1})->Wait();
+  const at::Tensor expected = at::arange(count, at::kLong).remainder(1000).to(at::kFloat) * n + 1000.0 * (n * (n - 1) / 2.0);
+  EXPECT_TRUE(at::equal(t, expected));
+  at::Tensor half = at::full({2 * count}, world.rank() + 1, at::kBFloat16);
+  world.AllReduceSum(half, CollectiveTag{"large", 2})->Wait();
+  EXPECT_TRUE(at::equal(half, at::full({2 * count}, TriangleSum(n), at::kBFloat16)));
+  const int64_t chunk = count / 4;
+  const at::Tensor input = at::full({n * chunk}, world.rank() + 1, at::kBFloat16);
+  at::Tensor output = at::empty({chunk}, at::kBFloat16);
+  world.ReduceScatterSum(input, output, CollectiveTag{"large", 3})->Wait();
+  EXPECT_TRUE(at::equal(output, at::full({chunk}, TriangleSum(n), at::kBFloat16)));
+}
+
 TEST(Communicator, AllGatherConcatenatesInRankOrder) {
   Communicator& world = World();
   const int n = world.size();
