@@ -310,6 +310,13 @@ def main():
     p.add_argument("--ranks", default="1,2,4", help="with --only (lora-)shapes: the rank counts")
     p.add_argument("--pairs", type=int, default=3, help="with --only (lora-)shapes: alternating pairs per figure")
     a = p.parse_args()
+    # The benchmark measures the kernels shardtune picks from the CPU's flags (and gives DDP the
+    # same): an OPENBLAS_CORETYPE inherited from the environment (some hosts set one for every
+    # process) would pick them for both, unseen (a Haswell one halves the GEMM peak on a CPU with
+    # AVX-512). Dropped, and said.
+    if "OPENBLAS_CORETYPE" in os.environ:
+        print(f"(OPENBLAS_CORETYPE={os.environ.pop('OPENBLAS_CORETYPE')} was set in the environment: unset, so that "
+              "every run takes the kernels shardtune picks)", file=sys.stderr)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shardtune-bench-") as work:
