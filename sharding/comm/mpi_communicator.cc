@@ -309,17 +309,16 @@ class MpiCommunicator : public Communicator {
       return Submit(
           [=, comm = comm_, rank = rank_, size = size_]() -> MpiProgressThread::Started {
             const at::Tensor own = part(rank);
-            const int own_count = static_cast<int>(own.numel());
             auto sum_then_share = [=]() -> MpiProgressThread::Started {
               for (int64_t slot = 0; slot < size - 1; ++slot) own.add_(received[slot].narrow(0, 0, own.numel()));
-              return {Exchange(comm, rank, size, t.type,
-                               [&](int peer) { return Buffer{part(peer).data_ptr(), static_cast<int>(part(peer).numel())}; },
-                               [&](int) { return Buffer{own.data_ptr(), own_count}; }),
+              return {Exchange(
+                          comm, rank, size, t.type, [&](int peer) { return part(peer); }, [&](int) { return own; }),
                       nullptr};
             };
-            return {Exchange(comm, rank, size, t.type,
-                             [&](int peer) { return Buffer{received[Slot(peer, rank)].data_ptr(), own_count}; },
-                             [&](int peer) { return Buffer{part(peer).data_ptr(), static_cast<int>(part(peer).numel())}; }),
+            return {Exchange(
+                        comm, rank, size, t.type,
+                        [&](int peer) { return received[Slot(peer, rank)].narrow(0, 0, own.numel()); },
+                        [&](int peer) { return part(peer); }),
                     sum_then_share};
           },
           "all_reduce", tensor, tag);
@@ -347,10 +346,10 @@ class MpiCommunicator : public Communicator {
     at::Tensor received = at::empty({size_ - 1, count}, output.options());
     return Submit(
         [=, comm = comm_, rank = rank_, size = size_]() -> MpiProgressThread::Started {
-          char* in = static_cast<char*>(input.data_ptr());
-          return {Exchange(comm, rank, size, t.type,
-                           [&](int peer) { return Buffer{received[Slot(peer, rank)].data_ptr(), count}; },
-                           [&](int peer) { return Buffer{in + peer * output.nbytes(), count}; }),
+          const at::Tensor flat = input.view(-1);
+          return {Exchange(
+                      comm, rank, size, t.type, [&](int peer) { return received[Slot(peer, rank)]; },
+                      [&](int peer) { return flat.narrow(0, int64_t{peer} * count, count); }),
                   [=]() -> MpiProgressThread::Started {
                     const at::Tensor own = input.view(-1).narrow(0, int64_t{rank} * count, count);
                     if (own.data_ptr() != output.data_ptr()) output.view(-1).copy_(own);
@@ -423,25 +422,20 @@ class MpiCommunicator : public Communicator {
   // MPI's own, whose algorithms suit a few bytes (fewer messages).
   static constexpr size_t kPairwiseBytes = 1 << 20;
 
-  struct Buffer {
-    void* data;
-    int count;
-  };
   // The slot of `peer`'s part among a rank's received parts (every rank but itself, in order).
   static int64_t Slot(int peer, int rank) { return peer < rank ? peer : peer - 1; }
-  // Starts, with every other rank `peer`, a receive into recv(peer) and a send of send(peer)
-  // (Buffers): the point-to-point exchange the pairwise collectives are made of.
+  // Starts, with every other rank `peer`, a receive into the tensor recv(peer) and a send of the
+  // tensor send(peer) (contiguous): the point-to-point exchange the pairwise collectives are made of.
   template <typename Recv, typename Send>
-  static std::vector<MPI_Request> Exchange(MPI_Comm comm, int rank, int size, MPI_Datatype type, Recv recv,
-                                           Send send) {
+  static std::vector<MPI_Request> Exchange(MPI_Comm comm, int rank, int size, MPI_Datatype type, Recv recv, Send send) {
     std::vector<MPI_Request> requests;
     for (int peer = 0; peer < size; ++peer) {
       if (peer == rank) continue;
-      const Buffer in = recv(peer), out = send(peer);
+      const at::Tensor in = recv(peer), out = send(peer);
       requests.push_back(MPI_REQUEST_NULL);
-      ST_MPI_CHECK(MPI_Irecv(in.data, in.count, type, peer, kPairwiseTag, comm, &requests.back()));
+      ST_MPI_CHECK(MPI_Irecv(in.data_ptr(), Count(in), type, peer, kPairwiseTag, comm, &requests.back()));
       requests.push_back(MPI_REQUEST_NULL);
-      ST_MPI_CHECK(MPI_Isend(out.data, out.count, type, peer, kPairwiseTag, comm, &requests.back()));
+      ST_MPI_CHECK(MPI_Isend(out.data_ptr(), Count(out), type, peer, kPairwiseTag, comm, &requests.back()));
     }
     return requests;
   }

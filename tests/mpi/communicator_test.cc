@@ -48,7 +48,8 @@ TEST(Communicator, LargeAllReduceAndReduceScatterSumEveryElement) {
   const int64_t count = (int64_t{1} << 20) / 4 + 7;  // 1 MiB of floats and 7 more
   at::Tensor t = at::arange(count, at::kLong).remainder(1000).to(at::kFloat) + 1000.0 * world.rank();
   world.AllReduceSum(t, CollectiveTag{"large", 1})->Wait();
-  const at::Tensor expected = at::arange(count, at::kLong).remainder(1000).to(at::kFloat) * n + 1000.0 * (n * (n - 1) / 2.0);
+  const at::Tensor expected =
+      at::arange(count, at::kLong).remainder(1000).to(at::kFloat) * n + 1000.0 * (n * (n - 1) / 2.0);
   EXPECT_TRUE(at::equal(t, expected));
   at::Tensor half = at::full({2 * count}, world.rank() + 1, at::kBFloat16);
   world.AllReduceSum(half, CollectiveTag{"large", 2})->Wait();
