@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from train_bench import config_of, training_flops_per_token  # noqa: E402
+from train_bench import config_of, gflops_of, training_flops_per_token  # noqa: E402
 
 PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16, NVIDIA's datasheet
 SEQ, STEPS, WARMUP, PAIRS = 2048, 12, 2, 2
@@ -45,7 +45,7 @@ def main():
     micro = largest_micro_batch(bin_dir, config_of("1b"))
     gemm = subprocess.run([bin_dir / "gemm_peak", "8192", "5", "cuda", "bf16"], check=True, capture_output=True,
                           text=True).stdout
-    measured = float(gemm.split("gemm_gflops=")[1].split()[0]) / 1000
+    measured = gflops_of(gemm) / 1000
     print(f"- bf16 8192 x 8192 matrix product: {measured:.0f} TFLOP/s ({measured / PEAK_TFLOPS:.0%} of {PEAK_TFLOPS:.0f})")
     config = json.load(open(config_of("1b")))
     flops = training_flops_per_token(config, SEQ)
