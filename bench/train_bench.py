@@ -388,7 +388,7 @@ def main():
 
         qlora(b, 3 if a.quick else 5)
 
-        # Every shape at np 1, 2 and 4 (two of them in --quick, one pair): about 1.5 hours here
+        # Every shape at np 1, 2 and 4 (two of them in --quick, one pair): about 2 hours here
         # for each of full fine-tuning and LoRA.
         names, rank_counts, pairs = (("30m", "deep-gqa"), (1, 2), 1) if a.quick else (SHAPES, (1, 2, 4), 3)
         full = shapes(b, names, rank_counts, pairs, steps_small - 1, core)
