@@ -351,7 +351,7 @@ class MpiCommunicator : public Communicator {
                       comm, rank, size, t.type, [&](int peer) { return received[Slot(peer, rank)]; },
                       [&](int peer) { return flat.narrow(0, int64_t{peer} * count, count); }),
                   [=]() -> MpiProgressThread::Started {
-                    const at::Tensor own = input.view(-1).narrow(0, int64_t{rank} * count, count);
+                    const at::Tensor own = flat.narrow(0, int64_t{rank} * count, count);
                     if (own.data_ptr() != output.data_ptr()) output.view(-1).copy_(own);
                     for (int64_t slot = 0; slot < size - 1; ++slot) output.view(-1).add_(received[slot]);
                     return {};
