@@ -64,7 +64,7 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     call.inner_params = engine.Acquire(call.units, /*requires_grad=*/true);
     call.inner_input = AsLeaf(input);
     call.inner_output = call.compute(call.inner_input, call.inner_params);
-    engine.Release(call.units);
+    engine.ReleaseAfterForward(call.units);
     return {call.inner_output.detach()};
   }
 

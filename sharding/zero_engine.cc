@@ -177,6 +177,16 @@ void ZeroEngine::BeginStep(int64_t step) {
 void ZeroEngine::BeginMicroBatch(bool last) {
   last_micro_batch_ = last;
   for (auto& unit : units_) unit->uses = 0;
+  FreeHeldUnits();
+}
+
+void ZeroEngine::FreeHeldUnits() {
+  // Normally its backward has released them; held for a backward that never ran, their gathered
+  // values must not outlive the micro-batch (the optimizer step changes them).
+  for (int u : held_for_backward_) {
+    Unit& unit = *units_[u];
+    if (unit.acquired == 0 && !unit.gather) FreeUse(unit);
+  }
 }
 
 namespace {
@@ -267,8 +277,12 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
       // Forward, a layer's 4-bit unit comes right after the layer's: fetched with it.
       if (budget == 0 && !(rides && !backward)) break;
       if (std::find(units.begin(), units.end(), next) != units.end()) continue;  // this call's own
-      if (gathered_per_use(next) && candidate.trainable == trainable && (!backward || candidate.uses > 0)) {
+      const auto wanted = [&](int u) { return gathered_per_use(u) && (!backward || units_[u]->uses > 0); };
+      if (candidate.trainable == trainable && wanted(next)) {
         Gather(next);
+        for (int b : candidate.borrowed) {
+          if (wanted(b)) Gather(b);
+        }
       }
       if (!rides) --budget;
     }
@@ -280,10 +294,15 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
   }
   // Prefetch from the unit that runs (the first listed) and from each unit of the other kind
   // that runs with it (a frozen layer's adapter), each to the next unit of its own kind. Others
-  // of the first's kind are borrowed (a tied lm_head) and prefetch nothing.
-  const bool first_trainable = units_[units.front()]->trainable;
+  // of the first's kind are borrowed (a tied lm_head): they prefetch nothing, and are noted so
+  // that a prefetch of the first gathers them too.
+  Unit& first = *units_[units.front()];
   for (int u : units) {
-    if (gathered_per_use(u) && (u == units.front() || units_[u]->trainable != first_trainable)) prefetch(u);
+    if (u != units.front() && units_[u]->trainable == first.trainable) {
+      if (std::find(first.borrowed.begin(), first.borrowed.end(), u) == first.borrowed.end()) first.borrowed.push_back(u);
+    } else if (gathered_per_use(u)) {
+      prefetch(u);
+    }
   }
   for (int u : units) {
     Unit& unit = *units_[u];
@@ -293,7 +312,13 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
   }
 }
 
-void ZeroEngine::Regather(const std::vector<int>& units) { GatherForUse(units, /*backward=*/true); }
+void ZeroEngine::Regather(const std::vector<int>& units) {
+  if (!backward_began_) {
+    backward_began_ = true;
+    held_for_backward_ = last_forward_call_;
+  }
+  GatherForUse(units, /*backward=*/true);
+}
 
 UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_grad) {
   // With recompute, parameters that require grad are asked for only in backward.
@@ -314,13 +339,21 @@ UnitParameters ZeroEngine::Acquire(const std::vector<int>& units, bool requires_
 void ZeroEngine::Release(const std::vector<int>& units) {
   for (int u : units) {
     Unit& unit = *units_[u];
-    if (--unit.acquired > 0) continue;
-    if (unit.dequantized_live) {  // dequantized again at the next use
-      FreeStorage(unit.dequantized);
-      unit.dequantized_live = false;
-    }
-    if (unit.parameter_storage == ParameterStorage::kShardGathered) Ungather(unit);  // gathered again at the next use
+    if (--unit.acquired == 0) FreeUse(unit);
   }
+}
+
+void ZeroEngine::ReleaseAfterForward(const std::vector<int>& units) {
+  if (units != held_for_backward_) return Release(units);
+  for (int u : units) --units_[u]->acquired;  // its backward's Regather finds it gathered
+}
+
+void ZeroEngine::FreeUse(Unit& unit) {
+  if (unit.dequantized_live) {  // dequantized again at the next use
+    FreeStorage(unit.dequantized);
+    unit.dequantized_live = false;
+  }
+  if (unit.parameter_storage == ParameterStorage::kShardGathered) Ungather(unit);  // gathered again at the next use
 }
 
 void ZeroEngine::Dequantize(Unit& unit) {
@@ -340,6 +373,8 @@ void ZeroEngine::Dequantize(Unit& unit) {
 
 void ZeroEngine::NoteForwardUse(const std::vector<int>& units) {
   for (int u : units) ++units_[u]->uses;
+  last_forward_call_ = units;
+  backward_began_ = false;
 }
 
 void ZeroEngine::EnsureGradientBuffer(Unit& unit) {
@@ -450,6 +485,7 @@ void ZeroEngine::RetirePending(size_t keep) {
 
 double ZeroEngine::FinishGradients() {
   RetirePending(0);
+  FreeHeldUnits();
   for (auto& unit : units_) {
     ST_CHECK(unit->uses == 0, "unit {} still waits for {} gradients", unit->layout->name, unit->uses);
     // In grad_local_ itself, a unit no computation used this step had no reduction: its gradient is zero.

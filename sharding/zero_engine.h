@@ -153,6 +153,10 @@ class ZeroEngine {
   // they are fresh leaves for an inner autograd graph. Balanced by Release(units).
   UnitParameters Acquire(const std::vector<int>& units, bool requires_grad);
   void Release(const std::vector<int>& units);
+  // Release after a forward that kept its graph: as Release, except that the units of the last
+  // forward call of a micro-batch, whose backward runs next, stay gathered for it (see
+  // held_for_backward_).
+  void ReleaseAfterForward(const std::vector<int>& units);
   // Backward of units whose forward graph was kept (no recompute): gathers their parameters
   // again into the storage that graph references. Balanced by Release(units).
   void Regather(const std::vector<int>& units);
@@ -229,6 +233,8 @@ class ZeroEngine {
   void PublishParameters();  // master weights -> the parameters forward uses
   void Gather(int u);
   void Ungather(Unit& unit);
+  void FreeUse(Unit& unit);  // the memory of a use: dequantized weights, gathered parameters
+  void FreeHeldUnits();      // what held_for_backward_ still holds unused
   void GatherForUse(const std::vector<int>& units, bool backward);
   void WaitGathered(int u);
   CollectiveTag Tag(int u) const;
@@ -255,6 +261,15 @@ class ZeroEngine {
   std::deque<std::unique_ptr<Pending>> pending_;  // reductions in flight, oldest first
   int64_t step_ = 0;
   bool last_micro_batch_ = true;
+  // The last forward call of a micro-batch is the first whose backward runs (a tied head's,
+  // right after the loss): releasing its units only to gather them again at once would leave
+  // that gather with nothing to overlap (DeepSpeed keeps parameters reused within a distance;
+  // FSDP keeps its root's). Which call that is, is learned: each first Regather after a forward
+  // names the call last noted in it, and from then on that call's units stay gathered from its
+  // forward to its backward.
+  std::vector<int> last_forward_call_;
+  std::vector<int> held_for_backward_;
+  bool backward_began_ = false;
 };
 
 }  // namespace shardtune

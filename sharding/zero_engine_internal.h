@@ -66,6 +66,9 @@ struct ZeroEngine::Unit {
   // model's gradients saved each step); the rest is zeroed just before the reduction.
   std::vector<bool> grad_written;
   std::unique_ptr<Work> gather;
+  // Units of this unit's kind that calls led by it also use (a tied lm_head's call borrows the
+  // embedding's unit): gathered with it when it is prefetched.
+  std::vector<int> borrowed;
   int uses = 0;  // graph nodes of this micro-batch whose backward has not run yet
   int acquired = 0;
 

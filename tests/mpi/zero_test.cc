@@ -47,6 +47,7 @@ class ZeroTest : public ::testing::Test {
     if (World().rank() == 0) {
       // Untied, with biases: every kind of parameter. Example lengths vary, so batches pad.
       testing::WriteTinyModel(*dir_ / "tiny", testing::TinyConfig("qwen2", R"("tie_word_embeddings": false)"), 7);
+      testing::WriteTinyModel(*dir_ / "tied", testing::TinyConfig("llama", R"("tie_word_embeddings": true)"), 7);
       testing::WriteText(*dir_ / "tiny.jsonl", CountingData(48, 14, 3, 48));
       testing::WriteText(*dir_ / "stories.jsonl", CountingData(48, 20, 3, 512));
     }
@@ -222,6 +223,37 @@ TEST_F(ZeroTest, MemoryAndTrafficPerRankFollowTheStage) {
       EXPECT_NEAR(sent, expected, 0.02 * expected);
     }
   }
+}
+
+TEST_F(ZeroTest, StageThreeGathersATiedHeadAheadAndKeepsItForItsBackward) {
+  // The head's call borrows the embedding's unit. From the second step on, the engine gathers it
+  // ahead with the head's (prefetch), and keeps both gathered from the head's forward to its
+  // backward, which runs right after it: the embedding is gathered 3 times a step (its forward,
+  // the head's forward, its backward), the head's own unit once, every other unit twice, and
+  // each is reduce-scattered once. Before, the embedding took 4 gathers and the head 2.
+  const int n = World().size();
+  if (n == 1) GTEST_SKIP() << "one rank: nothing is gathered";
+  const std::string model = (*dir_ / "tied").string(), data = (*dir_ / "tiny.jsonl").string();
+  const fs::path reference = Reference(model, data, 2, 2 * n);
+  RunTraining(Spec(model, data, (*dir_ / "tied-s3").string(), 3, 2, 2 * n), World());
+  World().Barrier(CollectiveTag{"compare"});
+  ExpectSameRun(*dir_ / "tied-s3", reference);
+
+  const ShardedLayout layout = PlanLayout(LlamaUnits(LlamaConfig::Load(model)), n);
+  double expected = 0;
+  for (const UnitLayout& unit : layout.units) {
+    const bool embedding = unit.parameters.front().spec.name == "model.embed_tokens.weight";
+    const bool head = unit.parameters.front().spec.name == "model.norm.weight";
+    const int gathers = embedding ? 3 : head ? 1 : 2;
+    expected += static_cast<double>(gathers + 1) * (n - 1) * unit.shard_size * 4;
+  }
+  const std::vector<json> metrics = Metrics(*dir_ / "tied-s3");
+  ASSERT_GE(metrics.size(), 3u);
+  // A few bytes more: the loss's and the gradient norm's all-reduces.
+  for (size_t step = 1; step < metrics.size(); ++step)
+    EXPECT_NEAR(metrics[step]["comm_bytes"].get<double>(), expected, 0.002 * expected) << "step " << step + 1;
+  // The first step learns which call runs backward first: it gathers as before.
+  EXPECT_GT(metrics[0]["comm_bytes"].get<double>(), expected * 1.01);
 }
 
 TEST_F(ZeroTest, ThePlannerPredictsTheMeasuredModelStates) {
