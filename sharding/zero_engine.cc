@@ -315,6 +315,7 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
 void ZeroEngine::Regather(const std::vector<int>& units) {
   if (!backward_began_) {
     backward_began_ = true;
+    held_call_ = forward_calls_;
     held_for_backward_ = last_forward_call_;
   }
   GatherForUse(units, /*backward=*/true);
@@ -344,7 +345,9 @@ void ZeroEngine::Release(const std::vector<int>& units) {
 }
 
 void ZeroEngine::ReleaseAfterForward(const std::vector<int>& units) {
-  if (units != held_for_backward_) return Release(units);
+  // By position and units: another call may use the same units (the embedding's and the head's
+  // under a PEFT method that trains only the tied embedding), and must not keep them gathered.
+  if (forward_calls_ != held_call_ || units != held_for_backward_) return Release(units);
   for (int u : units) --units_[u]->acquired;  // its backward's Regather finds it gathered
 }
 
@@ -373,8 +376,10 @@ void ZeroEngine::Dequantize(Unit& unit) {
 
 void ZeroEngine::NoteForwardUse(const std::vector<int>& units) {
   for (int u : units) ++units_[u]->uses;
-  last_forward_call_ = units;
+  if (backward_began_) forward_calls_ = 0;  // a new micro-batch's forward
   backward_began_ = false;
+  ++forward_calls_;
+  last_forward_call_ = units;
 }
 
 void ZeroEngine::EnsureGradientBuffer(Unit& unit) {

@@ -269,6 +269,8 @@ class ZeroEngine {
   // forward to its backward.
   std::vector<int> last_forward_call_;
   std::vector<int> held_for_backward_;
+  int64_t forward_calls_ = 0;  // calls noted in this forward; the held one was the held_call_-th
+  int64_t held_call_ = 0;
   bool backward_began_ = false;
 };
 

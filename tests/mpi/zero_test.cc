@@ -544,6 +544,39 @@ TEST(ZeroGradients, AStepReducesOnlyItsOwnContributions) {
   }
 }
 
+// Stage 3 keeps the units of a micro-batch's last forward call gathered for its backward, which
+// runs next; an earlier call of the same units (a PEFT method training only a tied embedding
+// gives the embedding's call and the head's the same units) releases them as usual. Forward runs
+// a, b, a: from the second step on, a is gathered 3 times (both forwards, then once for both
+// backwards: the last call's backward finds it kept, the first's gets it by prefetch) and b
+// twice, and each is reduce-scattered once; the first step, which learns the last call, gathers a
+// once more.
+TEST(ZeroGradients, OnlyTheLastForwardCallKeepsItsUnitsForItsBackward) {
+  if (World().size() == 1) GTEST_SKIP() << "one rank: nothing is gathered";
+  const std::vector<UnitSpec> units = {
+      UnitSpec{"a", {ParameterSpec{"a.weight", {4, 3}, true}}, true},
+      UnitSpec{"b", {ParameterSpec{"b.weight", {3}, true}, ParameterSpec{"b.bias", {3}, false}}, true}};
+  at::manual_seed(9);
+  const at::Tensor x = at::randn({2, 3});
+  OwnedProcessGroups groups = MakeProcessGroups(World(), 0);
+  ZeroConfig zero;
+  zero.stage = 3;
+  ZeroEngine engine(units, zero, groups.groups);
+  engine.LoadWeights([](const ParameterSpec& p) { return at::full(p.shape, 0.5); });
+  // Every gather and reduce-scatter of a unit sends (n - 1) shards of 4-byte elements.
+  const int64_t n = World().size(), a = engine.layout().units[0].shard_size, b = engine.layout().units[1].shard_size;
+  auto bytes_of = [&](int64_t a_times, int64_t b_times) { return (n - 1) * 4 * (a_times * a + b_times * b); };
+  for (int64_t step = 1; step <= 3; ++step) {
+    SCOPED_TRACE(fmt::format("step {} np {}", step, n));
+    engine.BeginStep(step);
+    engine.BeginMicroBatch(true);
+    const int64_t before = groups.groups.shard->bytes_sent();
+    ThroughA(engine, 0, ThroughB(engine, 1, ThroughA(engine, 0, x))).pow(2).sum().backward();
+    EXPECT_EQ(groups.groups.shard->bytes_sent() - before, step == 1 ? bytes_of(5, 3) : bytes_of(4, 3));
+    engine.FinishGradients();
+  }
+}
+
 // ZeRO-Offload keeps the master weights and the optimizer state in host memory, apart from the
 // parameters (a copy even in fp32), and steps there from a host copy of the gradient. On a CPU
 // host and device memory are one, so this checks the offloaded path's copies and bookkeeping
