@@ -177,16 +177,6 @@ void ZeroEngine::BeginStep(int64_t step) {
 void ZeroEngine::BeginMicroBatch(bool last) {
   last_micro_batch_ = last;
   for (auto& unit : units_) unit->uses = 0;
-  FreeHeldUnits();
-}
-
-void ZeroEngine::FreeHeldUnits() {
-  // Normally its backward has released them; held for a backward that never ran, their gathered
-  // values must not outlive the micro-batch (the optimizer step changes them).
-  for (int u : held_for_backward_) {
-    Unit& unit = *units_[u];
-    if (unit.acquired == 0 && !unit.gather) FreeUse(unit);
-  }
 }
 
 namespace {
@@ -263,6 +253,8 @@ void ZeroEngine::WaitGathered(int u) {
 
 void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
   auto gathered_per_use = [this](int u) { return units_[u]->parameter_storage == ParameterStorage::kShardGathered; };
+  // A unit to gather ahead: gathered per use and, in backward, with a backward still to come.
+  auto wanted = [&](int u) { return gathered_per_use(u) && (!backward || units_[u]->uses > 0); };
   // Prefetch: the neighbours of unit `from` in the current direction are the next units to be
   // needed: the next of the same kind (frozen base layers and their adapters alternate in use but
   // not in order); in backward, only a unit whose backward is still to come. A layer's 4-bit unit
@@ -277,7 +269,6 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
       // Forward, a layer's 4-bit unit comes right after the layer's: fetched with it.
       if (budget == 0 && !(rides && !backward)) break;
       if (std::find(units.begin(), units.end(), next) != units.end()) continue;  // this call's own
-      const auto wanted = [&](int u) { return gathered_per_use(u) && (!backward || units_[u]->uses > 0); };
       if (candidate.trainable == trainable && wanted(next)) {
         Gather(next);
         for (int b : candidate.borrowed) {
@@ -299,7 +290,8 @@ void ZeroEngine::GatherForUse(const std::vector<int>& units, bool backward) {
   Unit& first = *units_[units.front()];
   for (int u : units) {
     if (u != units.front() && units_[u]->trainable == first.trainable) {
-      if (std::find(first.borrowed.begin(), first.borrowed.end(), u) == first.borrowed.end()) first.borrowed.push_back(u);
+      if (std::find(first.borrowed.begin(), first.borrowed.end(), u) == first.borrowed.end())
+        first.borrowed.push_back(u);
     } else if (gathered_per_use(u)) {
       prefetch(u);
     }
@@ -490,7 +482,6 @@ void ZeroEngine::RetirePending(size_t keep) {
 
 double ZeroEngine::FinishGradients() {
   RetirePending(0);
-  FreeHeldUnits();
   for (auto& unit : units_) {
     ST_CHECK(unit->uses == 0, "unit {} still waits for {} gradients", unit->layout->name, unit->uses);
     // In grad_local_ itself, a unit no computation used this step had no reduction: its gradient is zero.

@@ -234,7 +234,6 @@ class ZeroEngine {
   void Gather(int u);
   void Ungather(Unit& unit);
   void FreeUse(Unit& unit);  // the memory of a use: dequantized weights, gathered parameters
-  void FreeHeldUnits();      // what held_for_backward_ still holds unused
   void GatherForUse(const std::vector<int>& units, bool backward);
   void WaitGathered(int u);
   CollectiveTag Tag(int u) const;
@@ -266,7 +265,9 @@ class ZeroEngine {
   // that gather with nothing to overlap (DeepSpeed keeps parameters reused within a distance;
   // FSDP keeps its root's). Which call that is, is learned: each first Regather after a forward
   // names the call last noted in it, and from then on that call's units stay gathered from its
-  // forward to its backward.
+  // forward to its backward, which releases them (a backward that never runs leaves its units
+  // waiting for gradients: FinishGradients fails; DropGathered drops gathered copies before the
+  // weights change).
   std::vector<int> last_forward_call_;
   std::vector<int> held_for_backward_;
   int64_t forward_calls_ = 0;  // calls noted in this forward; the held one was the held_call_-th
