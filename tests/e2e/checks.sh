@@ -24,13 +24,25 @@ kill_server_processes() {
   done
 }
 
+# free_port: a port P whose next two ports are free too, below the ephemeral range, for a test's
+# servers (scripts/free_port.py says why). Where the script is not at hand (deb_checks.sh runs in
+# a chroot with only this file beside it), a random port below the ephemeral range.
+free_port() {
+  local script
+  script="$(dirname "${BASH_SOURCE[0]}")/../../scripts/free_port.py"
+  if [ -f "$script" ] && command -v python3 > /dev/null; then
+    python3 "$script" 3 && return 0
+  fi
+  echo $((20000 + RANDOM % 12000))
+}
+
 # with_scratch_server: the set-up of a test that starts its own server: a scratch directory
 # $work, a port $port, and an EXIT trap that kills the server ($server_pid, once set) and every
 # process its jobs left, then removes $work.
 with_scratch_server() {
   work=$(mktemp -d)
   server_pid=""
-  port=$((20000 + RANDOM % 20000))
+  port=$(free_port)
   trap 'if [ -n "$server_pid" ]; then kill -9 "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null; fi
         kill_server_processes "$port"; rm -rf "$work"' EXIT
 }

@@ -50,7 +50,7 @@ state=/var/lib/shardtune/test
 install -d -o shardtune -g shardtune -m 0750 "$state" "$state/data"
 cp -r base "$state/base" && cp /usr/share/shardtune/examples/data/count-up.jsonl "$state/data/"
 chown -R shardtune:shardtune "$state"
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 cat > "$state/server.yaml" <<YAML
 listen: 127.0.0.1:$port
 database: $state/jobs.db

@@ -11,7 +11,7 @@ set -uo pipefail
 bin=$1
 src=$2
 work=$(mktemp -d)
-port=$((20000 + RANDOM % 20000))
+port=""
 server_pid=""
 mounted=""
 cleanup() {
@@ -25,6 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 source "$(dirname "$0")/checks.sh"
+port=$(free_port)
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-f
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 cd "$work"

@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup EXIT
 source "$(dirname "$0")/checks.sh"
 
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 fault_port=$((port + 2))
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1

@@ -24,7 +24,7 @@ trap '[ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null; scontrol update
       bash "$src/deploy/slurm/local-cluster.sh" stop; rm -rf "$work"' EXIT
 source "$(dirname "$0")/checks.sh"
 
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 export SHARDTUNE_SERVER=127.0.0.1:$port SHARDTUNE_TOKEN=key-a OMP_NUM_THREADS=1
 cd "$work"
 cp "$src/deploy/slurm/job.sbatch.in" job.sbatch.in  # read at each launch: the last test changes it
@@ -126,7 +126,7 @@ expect_contains "sbatch says why" "$out" "invalid partition"
 # As root with run_as: the job is submitted as nobody (sbatch --uid), its ranks started by srun.
 kill "$server_pid"
 wait "$server_pid" 2> /dev/null
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 export SHARDTUNE_SERVER=127.0.0.1:$port
 cp train.jsonl roots/team-a/train.jsonl
 cat > server-nobody.yaml <<YAML
