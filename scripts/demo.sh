@@ -105,7 +105,7 @@ echo "   $lora"
 
 # The same job as a service: a shardtune-server (its SQLite file in demo-out/), the job submitted
 # through the CLI as a 2-rank ZeRO-3 job, watched to the end.
-port=$(python3 "$root/scripts/free_port.py" 1 2> /dev/null || echo $((20000 + RANDOM % 12000)))
+port=$(python3 "$root/scripts/free_port.py" 1)  # python3 is among what install-deps.sh installs
 cat > "$out/server.yaml" <<YAML
 listen: 127.0.0.1:$port
 database: $out/server/jobs.db
