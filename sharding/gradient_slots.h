@@ -16,10 +16,20 @@
 
 namespace shardtune {
 
+// A lookup's gradient kept as rows (an embedding's looked-up rows and their ids), where the
+// engine sums them over the ranks itself instead of reducing the whole table.
+struct LookedUpRows {
+  at::Tensor ids;   // (n,) int64
+  at::Tensor rows;  // (n, width), the gradient of each looked-up row
+};
+
 struct GradientSlot {
   at::Tensor parameter;  // the very tensor the unit computes with: what ops look the slot up by
   at::Tensor gradient;   // its gradient's place in the buffer, in its shape; undefined: none
   bool written = false;  // the buffer holds a contribution of this micro-batch already: add to it
+  // Set for a row lookup's call (UnitUse::kRowLookup) where the engine gathers rows: a lookup's
+  // backward appends its rows here and leaves `gradient` alone (it may be in a reduction already).
+  std::vector<LookedUpRows>* rows = nullptr;
 };
 
 // Installs, for its lifetime, each slot that has a gradient place, under its parameter.

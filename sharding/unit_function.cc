@@ -21,6 +21,7 @@ struct UnitCall {
   ZeroEngine* engine = nullptr;
   std::vector<int> units;
   UnitCompute compute;
+  UnitUse use = UnitUse::kCompute;
   bool recompute = false;
   // With recompute: the random generator's state at forward, so that the recomputation draws
   // the same dropout masks.
@@ -51,7 +52,7 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     UnitCall& call = *Calls().at(id);
     ctx->saved_data["call"] = id;
     ZeroEngine& engine = *call.engine;
-    engine.NoteForwardUse(call.units);
+    engine.NoteForwardUse(call.units, call.use);
     if (call.recompute) {
       ctx->save_for_backward({input});
       call.rng_state = RngState(engine);
@@ -93,7 +94,7 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     for (const auto& [name, tensor] : params.all()) {
       if (tensor.requires_grad()) inputs.push_back(tensor);
     }
-    std::vector<GradientSlot> slots = engine.GradientSlotsFor(params);
+    std::vector<GradientSlot> slots = engine.GradientSlotsFor(params, call->use);
     variable_list grads;
     if (!inputs.empty() && output.requires_grad()) {
       const ScopedGradientSlots installed(slots);
@@ -106,7 +107,7 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
     size_t next = input_grad ? 1 : 0;
     for (const auto& [name, tensor] : params.all())
       parameter_grads.push_back(tensor.requires_grad() ? grads[next++] : at::Tensor());
-    engine.AddGradients(call->units, params, parameter_grads, slots);
+    engine.AddGradients(call->units, params, parameter_grads, slots, call->use);
     engine.Release(call->units);
     return {input_grad ? grads[0] : at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -126,7 +127,8 @@ class UnitFunction : public torch::autograd::Function<UnitFunction> {
 
 }  // namespace
 
-at::Tensor ApplyUnits(ZeroEngine& engine, const std::vector<int>& units, const at::Tensor& input, UnitCompute compute) {
+at::Tensor ApplyUnits(ZeroEngine& engine, const std::vector<int>& units, const at::Tensor& input, UnitCompute compute,
+                      UnitUse use) {
   bool trainable = false;
   for (int u : units) trainable = trainable || engine.layout().units[u].trainable;
   // Nothing to differentiate (a frozen embedding under a PEFT method): no graph node either.
@@ -143,6 +145,7 @@ at::Tensor ApplyUnits(ZeroEngine& engine, const std::vector<int>& units, const a
   call->engine = &engine;
   call->units = units;
   call->compute = std::move(compute);
+  call->use = use;
   call->recompute = engine.config().recompute;
   const int64_t id = g_next_call++;
   Calls()[id] = call;

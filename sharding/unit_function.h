@@ -21,8 +21,10 @@ namespace shardtune {
 using UnitCompute = std::function<at::Tensor(const at::Tensor& input, const UnitParameters& params)>;
 
 // `input` is the unit's input (hidden states, or token ids for the embedding). `units` lists
-// the units whose parameters `compute` uses. Outside grad mode this simply computes.
-at::Tensor ApplyUnits(ZeroEngine& engine, const std::vector<int>& units, const at::Tensor& input, UnitCompute compute);
+// the units whose parameters `compute` uses; `use` says whether it only looks rows of them up.
+// Outside grad mode this simply computes.
+at::Tensor ApplyUnits(ZeroEngine& engine, const std::vector<int>& units, const at::Tensor& input, UnitCompute compute,
+                      UnitUse use = UnitUse::kCompute);
 
 // Forgets unit calls whose backward never ran (a step abandoned by an exception).
 void DropPendingUnitCalls();

@@ -110,6 +110,10 @@ std::unique_ptr<ZeroEngine::Unit> ZeroEngine::MakeUnit(const UnitLayout& l, int 
   if (!policy_.shards_optimizer_state) {
     unit->gradient_storage = GradientStorage::kLocalGradient;
     unit->full_grad = grad_local_.narrow(0, local, l.padded);
+    // A row lookup's gradient as rows (zero_engine.h): where the lookup's op keeps them
+    // (EmbeddingFunction: on the CPU, into an fp32 slot) and there is more than one rank.
+    unit->gathers_rows = groups_.world->size() > 1 && config_.device.is_cpu() && config_.compute_dtype == at::kFloat &&
+                         l.parameters.size() == 1 && l.parameters.front().spec.shape.size() == 2;
   } else if (!policy_.shards_gradients) {
     unit->gradient_storage = GradientStorage::kForStep;
     unit->full_grad = at::zeros({l.padded}, Options(at::kFloat));
@@ -171,6 +175,10 @@ void ZeroEngine::BeginStep(int64_t step) {
   for (auto& unit : units_) {
     unit->grad_written.assign(unit->layout->parameters.size(), false);
     unit->uses = 0;
+    unit->lookup_uses = 0;
+    unit->dense_reduced = false;
+    unit->rows.clear();
+    unit->rows_summed = at::Tensor();
   }
 }
 
@@ -366,8 +374,11 @@ void ZeroEngine::Dequantize(Unit& unit) {
   unit.dequantized_live = true;
 }
 
-void ZeroEngine::NoteForwardUse(const std::vector<int>& units) {
-  for (int u : units) ++units_[u]->uses;
+void ZeroEngine::NoteForwardUse(const std::vector<int>& units, UnitUse use) {
+  for (int u : units) {
+    ++units_[u]->uses;
+    if (use == UnitUse::kRowLookup && units_[u]->gathers_rows) ++units_[u]->lookup_uses;
+  }
   if (backward_began_) forward_calls_ = 0;  // a new micro-batch's forward
   backward_began_ = false;
   ++forward_calls_;
@@ -380,7 +391,7 @@ void ZeroEngine::EnsureGradientBuffer(Unit& unit) {
   unit.grad_written.assign(unit.layout->parameters.size(), false);
 }
 
-std::vector<GradientSlot> ZeroEngine::GradientSlotsFor(const UnitParameters& params) {
+std::vector<GradientSlot> ZeroEngine::GradientSlotsFor(const UnitParameters& params, UnitUse use) {
   std::vector<GradientSlot> slots;
   for (const auto& [name, tensor] : params.all()) {
     GradientSlot& slot = slots.emplace_back();
@@ -392,12 +403,18 @@ std::vector<GradientSlot> ZeroEngine::GradientSlotsFor(const UnitParameters& par
     const ParameterSlot& place = unit.layout->parameters[k];
     slot.gradient = unit.full_grad.narrow(0, place.offset, place.numel).view(tensor.sizes());
     slot.written = unit.grad_written[k];
+    if (use == UnitUse::kRowLookup && unit.gathers_rows) {
+      slot.rows = &unit.rows;
+    } else if (unit.dense_reduced) {
+      slot.gradient = at::Tensor();  // in a reduction: an op returns its gradient, which AddGradients refuses
+    }
   }
   return slots;
 }
 
 void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameters& params,
-                              const std::vector<at::Tensor>& grads, const std::vector<GradientSlot>& slots) {
+                              const std::vector<at::Tensor>& grads, const std::vector<GradientSlot>& slots,
+                              UnitUse use) {
   at::NoGradGuard no_grad;
   size_t i = 0;
   for (const auto& [name, tensor] : params.all()) {
@@ -405,6 +422,10 @@ void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameter
     const bool written_in_place = slots[i++].written;
     if (!grad.defined() && !written_in_place) continue;
     Unit& unit = *units_[UnitOf(name)];
+    if (unit.dense_reduced) {  // only lookups were left, and their ops kept rows (GradientSlotsFor)
+      ST_CHECK(!grad.defined(), "unit {} got a dense gradient after its reduction was issued", unit.layout->name);
+      continue;
+    }
     EnsureGradientBuffer(unit);
     const size_t k = unit.IndexOf(name);
     if (written_in_place) unit.grad_written[k] = true;
@@ -422,7 +443,25 @@ void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameter
   for (int u : units) {
     Unit& unit = *units_[u];
     ST_CHECK(unit.uses > 0, "unit {} got gradients for more uses than its forward had", unit.layout->name);
-    if (--unit.uses == 0 && unit.trainable && (policy_.shards_gradients || last_micro_batch_)) IssueReduction(u);
+    --unit.uses;
+    if (use == UnitUse::kRowLookup && unit.gathers_rows) {
+      --unit.lookup_uses;
+      // Rows enough to go densely anyway (AddLookedUpRows): summed now, so that many
+      // micro-batches hold no more than one table.
+      if (HeldRows(unit) * groups_.world->size() >= unit.layout->parameters.front().spec.shape[0]) SumRows(unit);
+    }
+    if (!unit.trainable || !(policy_.shards_gradients || last_micro_batch_)) continue;
+    if (unit.gathers_rows) {
+      // The dense part (a tied head's) as soon as only lookups are left; their rows at the end
+      // (FinishGradients). An untied embedding has no dense part.
+      const bool dense = std::find(unit.grad_written.begin(), unit.grad_written.end(), true) != unit.grad_written.end();
+      if (unit.uses == unit.lookup_uses && dense && !unit.dense_reduced) {
+        IssueReduction(u);
+        unit.dense_reduced = true;
+      }
+    } else if (unit.uses == 0) {
+      IssueReduction(u);
+    }
   }
 }
 
@@ -482,10 +521,12 @@ void ZeroEngine::RetirePending(size_t keep) {
 
 double ZeroEngine::FinishGradients() {
   RetirePending(0);
-  for (auto& unit : units_) {
-    ST_CHECK(unit->uses == 0, "unit {} still waits for {} gradients", unit->layout->name, unit->uses);
+  for (size_t u = 0; u < units_.size(); ++u) {
+    Unit& unit = *units_[u];
+    ST_CHECK(unit.uses == 0, "unit {} still waits for {} gradients", unit.layout->name, unit.uses);
     // In grad_local_ itself, a unit no computation used this step had no reduction: its gradient is zero.
-    if (unit->gradient_storage == GradientStorage::kLocalGradient) ZeroUnwritten(*unit);
+    if (unit.gradient_storage == GradientStorage::kLocalGradient) ZeroUnwritten(unit);
+    if (unit.gathers_rows && unit.trainable) AddLookedUpRows(static_cast<int>(u));
   }
   if (policy_.shards_optimizer_state && groups_.replica->size() > 1) {
     groups_.replica->AllReduceSum(grad_local_, CollectiveTag{"gradient shards", step_})->Wait();
@@ -497,6 +538,65 @@ double ZeroEngine::FinishGradients() {
     squares = sum.item<double>();
   }
   return std::sqrt(squares);
+}
+
+int64_t ZeroEngine::HeldRows(const Unit& unit) {
+  if (unit.rows_summed.defined()) return unit.layout->parameters.front().spec.shape[0];
+  int64_t count = 0;
+  for (const LookedUpRows& r : unit.rows) count += r.ids.numel();
+  return count;
+}
+
+void ZeroEngine::SumRows(Unit& unit) {
+  const std::vector<int64_t>& shape = unit.layout->parameters.front().spec.shape;
+  if (!unit.rows_summed.defined()) unit.rows_summed = at::zeros({shape[0], shape[1]}, Options(at::kFloat));
+  for (const LookedUpRows& r : unit.rows)
+    unit.rows_summed.index_add_(0, r.ids.reshape({-1}), r.rows.reshape({-1, shape[1]}));
+  unit.rows.clear();
+}
+
+void ZeroEngine::AddLookedUpRows(int u) {
+  // Every rank takes part, with or without rows of its own. The counts first: each rank's rows
+  // travel padded to the largest count; where that makes as many rows as the table has, the
+  // rows are summed into a table on each rank and the tables all-reduced instead.
+  Unit& unit = *units_[u];
+  Communicator& world = *groups_.world;
+  const CollectiveTag tag = Tag(u);
+  const int n = world.size();
+  const ParameterSlot& place = unit.layout->parameters.front();
+  const int64_t table_rows = place.spec.shape[0], width = place.spec.shape[1];
+  const at::Tensor gradient = unit.full_grad.narrow(0, place.offset, place.numel).view({table_rows, width});
+  at::Tensor counts = at::empty({n}, Options(at::kLong));
+  const at::Tensor own_count = at::full({1}, HeldRows(unit), Options(at::kLong));
+  world.AllGather(own_count, counts, tag)->Wait();
+  const int64_t most = counts.max().item<int64_t>();
+  if (most * n >= table_rows) {
+    SumRows(unit);
+    world.AllReduceSum(unit.rows_summed, tag)->Wait();
+    gradient.add_(unit.rows_summed);
+    unit.rows_summed = at::Tensor();
+    return;
+  }
+  at::Tensor ids = at::zeros({most}, Options(at::kLong)), rows = at::zeros({most, width}, Options(at::kFloat));
+  int64_t at = 0;
+  for (const LookedUpRows& r : unit.rows) {
+    const int64_t count = r.ids.numel();
+    ids.narrow(0, at, count).copy_(r.ids.reshape({-1}));
+    rows.narrow(0, at, count).copy_(r.rows.reshape({-1, width}));
+    at += count;
+  }
+  unit.rows.clear();
+  at::Tensor every_id = at::empty({n * most}, Options(at::kLong));
+  at::Tensor every_row = at::empty({n * most, width}, Options(at::kFloat));
+  std::unique_ptr<Work> ids_gathered = world.AllGather(ids, every_id, tag);
+  std::unique_ptr<Work> rows_gathered = world.AllGather(rows, every_row, tag);
+  ids_gathered->Wait();
+  rows_gathered->Wait();
+  // In rank order on every rank: the replicas' gradients stay equal to the bit.
+  for (int r = 0; r < n; ++r) {
+    const int64_t count = counts[r].item<int64_t>();
+    gradient.index_add_(0, every_id.narrow(0, r * most, count), every_row.narrow(0, r * most, count));
+  }
 }
 
 void ZeroEngine::OptimizerStep(double lr, double grad_scale) {

@@ -23,6 +23,14 @@
 // 4-bit records, sharded and gathered as bytes at stage 3, and dequantized into the compute dtype
 // for each use (from the first Acquire to the last Release), at every stage.
 //
+// Stage 0 on the CPU, with more than one rank: a unit that is one table only looked up
+// by rows (the input embedding, a call marked UnitUse::kRowLookup) has its dense gradient (a tied
+// head's) all-reduced as soon as the lookup is its only use left, early in backward; the
+// looked-up rows are gathered from every rank and added in rank order at the end. That reduction
+// is no longer the last thing backward waits for, and an untied embedding sends its rows (tokens
+// x width) instead of the whole table (vocabulary x width). Where the rows would outnumber the
+// table they are summed densely instead.
+//
 // Contract: all ranks drive the engine through the same sequence of calls (the same units in
 // the same order, the same number of micro-batches); the engine issues collectives in that
 // order. One thread. The engine owns every parameter, gradient and optimizer buffer; tensors it
@@ -48,6 +56,12 @@
 #include "sharding/zero_stage.h"
 
 namespace shardtune {
+
+// How a unit call uses its units' parameters (ApplyUnits).
+enum class UnitUse {
+  kCompute,    // anything: its backward writes or returns dense gradients
+  kRowLookup,  // it only looks rows of one table up (an embedding): its gradient is those rows
+};
 
 struct ProcessGroups {
   Communicator* world = nullptr;
@@ -160,16 +174,16 @@ class ZeroEngine {
   // Backward of units whose forward graph was kept (no recompute): gathers their parameters
   // again into the storage that graph references. Balanced by Release(units).
   void Regather(const std::vector<int>& units);
-  // Counts one forward use of each unit; each must be matched by one AddGradients.
-  void NoteForwardUse(const std::vector<int>& units);
+  // Counts one forward use of each unit; each must be matched by one AddGradients with the same use.
+  void NoteForwardUse(const std::vector<int>& units, UnitUse use);
   // Where the ops of a unit call's backward may write the gradients of `params` (one slot per
   // parameter of params.all(): the trainable fp32 ones; see gradient_slots.h).
-  std::vector<GradientSlot> GradientSlotsFor(const UnitParameters& params);
+  std::vector<GradientSlot> GradientSlotsFor(const UnitParameters& params, UnitUse use);
   // Adds a unit call's gradients for the named parameters: those in `grads` (undefined: no
   // contribution) to those its ops wrote into `slots`. When a unit has had every use of this
   // micro-batch back, its reduction is issued.
   void AddGradients(const std::vector<int>& units, const UnitParameters& params, const std::vector<at::Tensor>& grads,
-                    const std::vector<GradientSlot>& slots);
+                    const std::vector<GradientSlot>& slots, UnitUse use);
 
   // After the last backward of the step: waits for every reduction. Returns the global L2 norm
   // of the gradient.
@@ -228,7 +242,11 @@ class ZeroEngine {
   void Dequantize(Unit& unit);  // fills unit.dequantized from its gathered records
   void IssueReduction(int u);
   void RetirePending(size_t keep);  // completes all but the newest `keep` reductions
-  std::string IndexJson() const;    // the checkpoint's index.json
+  // Every rank's looked-up rows of unit u (LookedUpRows), added into its reduced gradient.
+  void AddLookedUpRows(int u);
+  static int64_t HeldRows(const Unit& unit);  // rows held (the table's row count once summed)
+  void SumRows(Unit& unit);                   // adds the held rows into unit.rows_summed
+  std::string IndexJson() const;              // the checkpoint's index.json
   void DropGathered();
   void PublishParameters();  // master weights -> the parameters forward uses
   void Gather(int u);

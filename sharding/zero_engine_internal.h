@@ -70,6 +70,13 @@ struct ZeroEngine::Unit {
   // embedding's unit): gathered with it when it is prefetched.
   std::vector<int> borrowed;
   int uses = 0;  // graph nodes of this micro-batch whose backward has not run yet
+  // Row lookups (UnitUse::kRowLookup): where `gathers_rows`, such a call's gradient is kept as
+  // rows for the step (see zero_engine.h) and counted in `lookup_uses` as well as in `uses`.
+  bool gathers_rows = false;
+  int lookup_uses = 0;
+  bool dense_reduced = false;  // this step's dense gradient is reduced (or in flight) already
+  std::vector<LookedUpRows> rows;
+  at::Tensor rows_summed;  // (table rows, width): held rows added up, once they are that many
   int acquired = 0;
 
   // The index of `name` in layout->parameters.

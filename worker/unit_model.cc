@@ -90,10 +90,12 @@ class LlamaUnitModel final : public FamilyUnitModel {
     // Prompt tuning: the batch starts with placeholders (WithVirtualTokens) that become the
     // virtual tokens, in a call of their own so that the frozen embedding needs no backward.
     const int64_t prompt = peft_.prompt_tokens(), seq = batch.input_ids.size(1);
-    at::Tensor h = ApplyUnits(engine_, embed_units_, ToDevice(batch.input_ids.narrow(1, prompt, seq - prompt), device_),
-                              [this](const at::Tensor& ids, const UnitParameters& p) {
-                                return blocks_.Embed(ids, p("model.embed_tokens.weight"));
-                              });
+    at::Tensor h = ApplyUnits(
+        engine_, embed_units_, ToDevice(batch.input_ids.narrow(1, prompt, seq - prompt), device_),
+        [this](const at::Tensor& ids, const UnitParameters& p) {
+          return blocks_.Embed(ids, p("model.embed_tokens.weight"));
+        },
+        UnitUse::kRowLookup);
     if (prompt > 0) {
       h = ApplyUnits(engine_, prompt_units_, h, [](const at::Tensor& x, const UnitParameters& p) {
         return PrependPrompt(x, p("prompt_embeddings"));

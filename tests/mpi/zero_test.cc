@@ -50,6 +50,11 @@ class ZeroTest : public ::testing::Test {
       testing::WriteTinyModel(*dir_ / "tied", testing::TinyConfig("llama", R"("tie_word_embeddings": true)"), 7);
       testing::WriteText(*dir_ / "tiny.jsonl", CountingData(48, 14, 3, 48));
       testing::WriteText(*dir_ / "stories.jsonl", CountingData(48, 20, 3, 512));
+      // A vocabulary wider than a step's tokens: the embedding's gradient travels as rows.
+      const std::string untied = R"("tie_word_embeddings": false)", tied = R"("tie_word_embeddings": true)";
+      testing::WriteTinyModel(*dir_ / "wide", testing::TinyConfig("llama", untied, kWideVocab), 11);
+      testing::WriteTinyModel(*dir_ / "wide-tied", testing::TinyConfig("llama", tied, kWideVocab), 13);
+      testing::WriteText(*dir_ / "wide.jsonl", CountingData(48, 14, 3, kWideVocab));
     }
     World().Barrier(CollectiveTag{"setup"});
   }
@@ -110,6 +115,7 @@ class ZeroTest : public ::testing::Test {
     }
   }
 
+  static constexpr int kWideVocab = 512;
   static fs::path* dir_;
 };
 
@@ -254,6 +260,44 @@ TEST_F(ZeroTest, StageThreeGathersATiedHeadAheadAndKeepsItForItsBackward) {
     EXPECT_NEAR(metrics[step]["comm_bytes"].get<double>(), expected, 0.002 * expected) << "step " << step + 1;
   // The first step learns which call runs backward first: it gathers as before.
   EXPECT_GT(metrics[0]["comm_bytes"].get<double>(), expected * 1.01);
+}
+
+TEST_F(ZeroTest, EmbeddingGradientsTravelAsLookedUpRows) {
+  // At stage 0 with more than one rank, the embedding's gradient is every rank's looked-up
+  // rows, gathered and added in rank order, plus (tied) the head's dense gradient, all-reduced
+  // as soon as backward leaves only the lookup: the single-process run, with and without
+  // accumulation (stage 1, which reduce-scatters the table, beside it). Untied, the table itself
+  // is never all-reduced.
+  const int n = World().size();
+  if (n == 1) GTEST_SKIP() << "one rank: nothing is reduced";
+  const std::string data = (*dir_ / "wide.jsonl").string();
+  for (const std::string name : {"wide", "wide-tied"}) {
+    const std::string model = (*dir_ / name).string();
+    for (int64_t accumulation : {1, 2}) {
+      const int64_t micro = 2, global = micro * n * accumulation;
+      const fs::path reference = Reference(model, data, micro, global);
+      for (int stage : {0, 1}) {
+        SCOPED_TRACE(fmt::format("{} stage {} np {} accumulation {}", name, stage, n, accumulation));
+        const std::string out = fmt::format("rows-{}-s{}-a{}", name, stage, accumulation);
+        RunTraining(Spec(model, data, (*dir_ / out).string(), stage, micro, global), World());
+        World().Barrier(CollectiveTag{"compare"});
+        ExpectSameRun(*dir_ / out, reference);
+      }
+    }
+  }
+  // Bytes sent at stage 0, untied, one micro-batch: the other units' all-reduce, and the rows'
+  // gathers (the counts, then at most micro x max_position_embeddings ids and rows per rank).
+  const LlamaConfig config = LlamaConfig::Load(*dir_ / "wide");
+  const double psi = 4.0 * static_cast<double>(config.num_parameters());
+  const double table = 4.0 * kWideVocab * static_cast<double>(config.hidden_size);
+  const double others = 2 * (psi - table) * (n - 1) / n;
+  const double rows = (n - 1) * (8.0 + 2 * 64 * (8.0 + 4.0 * static_cast<double>(config.hidden_size)));
+  for (const json& step : Metrics(*dir_ / "rows-wide-s0-a1")) {
+    const double sent = step["comm_bytes"].get<double>();
+    EXPECT_GT(sent, others * 0.99) << "step " << step["step"];
+    EXPECT_LT(sent, others * 1.02 + rows)
+        << "step " << step["step"] << "; the table all-reduced would add " << 2 * table * (n - 1) / n;
+  }
 }
 
 TEST_F(ZeroTest, ThePlannerPredictsTheMeasuredModelStates) {

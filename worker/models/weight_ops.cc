@@ -73,6 +73,10 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
     const at::Tensor index = ids.reshape({-1});
     at::Tensor rows = grads[0].reshape({-1, weight.size(1)});
     if (padding_idx >= 0) rows = rows * (index != padding_idx).unsqueeze(1).to(rows.scalar_type());
+    if (slot->rows != nullptr) {  // the engine sums the rows over the ranks (ZeroEngine::AddLookedUpRows)
+      slot->rows->push_back({index, rows});
+      return {at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     if (!slot->written) slot->gradient.zero_();
     slot->gradient.index_add_(0, index, rows);
     slot->written = true;
