@@ -112,8 +112,9 @@ std::unique_ptr<ZeroEngine::Unit> ZeroEngine::MakeUnit(const UnitLayout& l, int 
     unit->full_grad = grad_local_.narrow(0, local, l.padded);
     // A row lookup's gradient as rows (zero_engine.h): where the lookup's op keeps them
     // (EmbeddingFunction: on the CPU, into an fp32 slot) and there is more than one rank.
-    unit->gathers_rows = groups_.world->size() > 1 && config_.device.is_cpu() && config_.compute_dtype == at::kFloat &&
-                         l.parameters.size() == 1 && l.parameters.front().spec.shape.size() == 2;
+    unit->may_gather_rows = groups_.world->size() > 1 && config_.device.is_cpu() &&
+                            config_.compute_dtype == at::kFloat && l.parameters.size() == 1 &&
+                            l.parameters.front().spec.shape.size() == 2;
   } else if (!policy_.shards_gradients) {
     unit->gradient_storage = GradientStorage::kForStep;
     unit->full_grad = at::zeros({l.padded}, Options(at::kFloat));
@@ -176,6 +177,7 @@ void ZeroEngine::BeginStep(int64_t step) {
     unit->grad_written.assign(unit->layout->parameters.size(), false);
     unit->uses = 0;
     unit->lookup_uses = 0;
+    unit->dense_use = false;
     unit->dense_reduced = false;
     unit->rows.clear();
     unit->rows_summed = at::Tensor();
@@ -184,7 +186,10 @@ void ZeroEngine::BeginStep(int64_t step) {
 
 void ZeroEngine::BeginMicroBatch(bool last) {
   last_micro_batch_ = last;
-  for (auto& unit : units_) unit->uses = 0;
+  for (auto& unit : units_) {
+    unit->uses = 0;
+    unit->lookup_uses = 0;
+  }
 }
 
 namespace {
@@ -376,8 +381,15 @@ void ZeroEngine::Dequantize(Unit& unit) {
 
 void ZeroEngine::NoteForwardUse(const std::vector<int>& units, UnitUse use) {
   for (int u : units) {
-    ++units_[u]->uses;
-    if (use == UnitUse::kRowLookup && units_[u]->gathers_rows) ++units_[u]->lookup_uses;
+    Unit& unit = *units_[u];
+    ++unit.uses;
+    if (!unit.may_gather_rows) continue;
+    if (use == UnitUse::kRowLookup) {
+      unit.gathers_rows = true;
+      ++unit.lookup_uses;
+    } else {
+      unit.dense_use = true;
+    }
   }
   if (backward_began_) forward_calls_ = 0;  // a new micro-batch's forward
   backward_began_ = false;
@@ -454,8 +466,7 @@ void ZeroEngine::AddGradients(const std::vector<int>& units, const UnitParameter
     if (unit.gathers_rows) {
       // The dense part (a tied head's) as soon as only lookups are left; their rows at the end
       // (FinishGradients). An untied embedding has no dense part.
-      const bool dense = std::find(unit.grad_written.begin(), unit.grad_written.end(), true) != unit.grad_written.end();
-      if (unit.uses == unit.lookup_uses && dense && !unit.dense_reduced) {
+      if (unit.uses == unit.lookup_uses && unit.dense_use && !unit.dense_reduced) {
         IssueReduction(u);
         unit.dense_reduced = true;
       }

@@ -70,10 +70,15 @@ struct ZeroEngine::Unit {
   // embedding's unit): gathered with it when it is prefetched.
   std::vector<int> borrowed;
   int uses = 0;  // graph nodes of this micro-batch whose backward has not run yet
-  // Row lookups (UnitUse::kRowLookup): where `gathers_rows`, such a call's gradient is kept as
-  // rows for the step (see zero_engine.h) and counted in `lookup_uses` as well as in `uses`.
+  // Row lookups (UnitUse::kRowLookup, see zero_engine.h). `may_gather_rows`: the unit is one
+  // table and its gradient a whole-rank buffer (fixed at construction); `gathers_rows` from its
+  // first lookup on. Then a lookup's gradient is kept as rows for the step, each lookup counted
+  // in `lookup_uses` as well as in `uses`, and `dense_use` says whether a call of this step used
+  // the table otherwise (a tied head): the graph's shape, the same on every rank.
+  bool may_gather_rows = false;
   bool gathers_rows = false;
   int lookup_uses = 0;
+  bool dense_use = false;
   bool dense_reduced = false;  // this step's dense gradient is reduced (or in flight) already
   std::vector<LookedUpRows> rows;
   at::Tensor rows_summed;  // (table rows, width): held rows added up, once they are that many
