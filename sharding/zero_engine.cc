@@ -589,12 +589,12 @@ void ZeroEngine::AddLookedUpRows(int u) {
     return;
   }
   at::Tensor ids = at::zeros({most}, Options(at::kLong)), rows = at::zeros({most, width}, Options(at::kFloat));
-  int64_t at = 0;
+  int64_t filled = 0;
   for (const LookedUpRows& r : unit.rows) {
     const int64_t count = r.ids.numel();
-    ids.narrow(0, at, count).copy_(r.ids.reshape({-1}));
-    rows.narrow(0, at, count).copy_(r.rows.reshape({-1, width}));
-    at += count;
+    ids.narrow(0, filled, count).copy_(r.ids.reshape({-1}));
+    rows.narrow(0, filled, count).copy_(r.rows.reshape({-1, width}));
+    filled += count;
   }
   unit.rows.clear();
   at::Tensor every_id = at::empty({n * most}, Options(at::kLong));
