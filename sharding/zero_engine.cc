@@ -561,8 +561,7 @@ int64_t ZeroEngine::HeldRows(const Unit& unit) {
 void ZeroEngine::SumRows(Unit& unit) {
   const std::vector<int64_t>& shape = unit.layout->parameters.front().spec.shape;
   if (!unit.rows_summed.defined()) unit.rows_summed = at::zeros({shape[0], shape[1]}, Options(at::kFloat));
-  for (const LookedUpRows& r : unit.rows)
-    unit.rows_summed.index_add_(0, r.ids.reshape({-1}), r.rows.reshape({-1, shape[1]}));
+  for (const LookedUpRows& r : unit.rows) unit.rows_summed.index_add_(0, r.ids, r.rows);
   unit.rows.clear();
 }
 
@@ -592,8 +591,8 @@ void ZeroEngine::AddLookedUpRows(int u) {
   int64_t filled = 0;
   for (const LookedUpRows& r : unit.rows) {
     const int64_t count = r.ids.numel();
-    ids.narrow(0, filled, count).copy_(r.ids.reshape({-1}));
-    rows.narrow(0, filled, count).copy_(r.rows.reshape({-1, width}));
+    ids.narrow(0, filled, count).copy_(r.ids);
+    rows.narrow(0, filled, count).copy_(r.rows);
     filled += count;
   }
   unit.rows.clear();
