@@ -10,6 +10,8 @@
 #include <limits>
 #include <mutex>
 #include <set>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace shardtune {
@@ -143,6 +145,39 @@ TEST(FusedOps, AttentionMatchesTheExplicitSoftmax) {
             [&](const std::vector<at::Tensor>& x) { return ReferenceAttention(x[0], x[1], x[2], mask); }, 1e-5, 1e-6);
       }
     }
+  }
+}
+
+// Longer than a block of query rows (64), where the products stop at the last key a block's rows
+// see: masks that hide the keys after it (causal, a padded end, packed documents) and ones that
+// leave nothing to skip (a padded start, where a query that sees no key is uniform over all of
+// them, after a past).
+TEST(FusedOps, AttentionSkipsOnlyKeysNoQuerySees) {
+  at::manual_seed(8);
+  const int64_t b = 2, s = 150, heads = 4, kv_heads = 2, d = 16;
+  const at::Tensor query = at::arange(s).view({s, 1}), key = at::arange(s).view({1, s});
+  auto additive = [](const at::Tensor& allowed) {
+    return at::zeros(allowed.sizes()).masked_fill_(allowed.logical_not(), std::numeric_limits<float>::lowest());
+  };
+  const at::Tensor causal = key <= query;
+  const at::Tensor ended = at::stack({causal, causal.logical_and(key < 100)}).unsqueeze(1);  // batch 1 ends at 100
+  const at::Tensor document = (at::arange(s) >= 40).to(at::kLong) + (at::arange(s) >= 110).to(at::kLong);
+  const at::Tensor packed = causal.logical_and(document.view({s, 1}) == document.view({1, s})).view({1, 1, s, s});
+  const std::vector<std::pair<std::string, at::Tensor>> masks = {
+      {"causal", additive(causal.view({1, 1, s, s}))},
+      {"padded end", additive(ended)},
+      {"packed documents", additive(packed)},
+      {"padded start", CausalMask(s, s, {0, 70}, at::kFloat)},
+      {"past", CausalMask(s, s + 5, {0, 3}, at::kFloat)}};
+  for (const auto& [name, mask] : masks) {
+    SCOPED_TRACE(name);
+    const int64_t t = mask.size(3);
+    const at::Tensor q = at::randn({b, s, heads, d}).set_requires_grad(true);
+    const at::Tensor k = at::randn({b, t, kv_heads, d}).set_requires_grad(true);
+    const at::Tensor v = at::randn({b, t, kv_heads, d}).set_requires_grad(true);
+    ExpectSameGradients(
+        {q, k, v}, [&](const std::vector<at::Tensor>& x) { return Attention(x[0], x[1], x[2], mask, false, 0.0); },
+        [&](const std::vector<at::Tensor>& x) { return ReferenceAttention(x[0], x[1], x[2], mask); }, 1e-5, 1e-5);
   }
 }
 

@@ -142,20 +142,21 @@ SHARDTUNE_KERNEL void CrossEntropyBackwardRows(const float* logits, const int64_
   }
 }
 
-SHARDTUNE_KERNEL void AttentionSoftmaxRows(float* x, const float* mask, float scale, int64_t rows, int64_t t) {
+SHARDTUNE_KERNEL void AttentionSoftmaxRows(float* x, const float* mask, float scale, int64_t rows, int64_t width,
+                                           int64_t stride) {
   for (int64_t i = 0; i < rows; ++i) {
-    float* xi = x + i * t;
-    const float* mi = mask + i * t;
+    float* xi = x + i * stride;
+    const float* mi = mask + i * stride;
     float top = -std::numeric_limits<float>::max();
 #pragma omp simd reduction(max : top)
-    for (int64_t j = 0; j < t; ++j) {
+    for (int64_t j = 0; j < width; ++j) {
       xi[j] = xi[j] * scale + mi[j];
       top = std::max(top, xi[j]);
     }
     // A row that sees no key (all masked, e.g. padding) becomes uniform, as in the exact softmax.
     float sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < t; ++j) {
+    for (int64_t j = 0; j < width; ++j) {
       const float shifted = xi[j] - top;
       const float e = std::exp(std::max(shifted, kExpFloor));  // unconditional: it vectorizes
       xi[j] = shifted < kExpFloor ? 0.0f : e;
@@ -163,19 +164,20 @@ SHARDTUNE_KERNEL void AttentionSoftmaxRows(float* x, const float* mask, float sc
     }
     const float inverse = 1.0f / sum;
 #pragma omp simd
-    for (int64_t j = 0; j < t; ++j) xi[j] *= inverse;
+    for (int64_t j = 0; j < width; ++j) xi[j] *= inverse;
   }
 }
 
-SHARDTUNE_KERNEL void AttentionSoftmaxBackwardRows(const float* p, float* dx, float scale, int64_t rows, int64_t t) {
+SHARDTUNE_KERNEL void AttentionSoftmaxBackwardRows(const float* p, float* dx, float scale, int64_t rows, int64_t width,
+                                                   int64_t stride) {
   for (int64_t i = 0; i < rows; ++i) {
-    const float* pi = p + i * t;
-    float* dxi = dx + i * t;
+    const float* pi = p + i * stride;
+    float* dxi = dx + i * stride;
     float dot = 0;
 #pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < t; ++j) dot += dxi[j] * pi[j];
+    for (int64_t j = 0; j < width; ++j) dot += dxi[j] * pi[j];
 #pragma omp simd
-    for (int64_t j = 0; j < t; ++j) dxi[j] = scale * pi[j] * (dxi[j] - dot);
+    for (int64_t j = 0; j < width; ++j) dxi[j] = scale * pi[j] * (dxi[j] - dot);
   }
 }
 

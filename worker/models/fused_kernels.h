@@ -25,10 +25,11 @@ void SwiGluBackwardKernel(const float* dy, const float* gate, const float* up, f
 double CrossEntropyForwardRows(const float* logits, const int64_t* targets, float* lse, int64_t rows, int64_t v);
 void CrossEntropyBackwardRows(const float* logits, const int64_t* targets, const float* lse, float g, float* dx,
                               int64_t rows, int64_t v);
-// Attention probabilities of `rows` query rows of t scores, in place: x = softmax(scale x + mask)
-// per row, mask (rows, t) additive (the dtype's lowest value where a key is not visible).
-void AttentionSoftmaxRows(float* x, const float* mask, float scale, int64_t rows, int64_t t);
+// Attention probabilities of `rows` query rows of `width` scores each, `stride` apart, in place:
+// x = softmax(scale x + mask) per row, the mask additive with the same layout (the dtype's lowest
+// value where a key is not visible).
+void AttentionSoftmaxRows(float* x, const float* mask, float scale, int64_t rows, int64_t width, int64_t stride);
 // Its backward, in place on the probabilities' gradient: dx = scale p (dx - sum(dx p)).
-void AttentionSoftmaxBackwardRows(const float* p, float* dx, float scale, int64_t rows, int64_t t);
+void AttentionSoftmaxBackwardRows(const float* p, float* dx, float scale, int64_t rows, int64_t width, int64_t stride);
 
 }  // namespace shardtune::kernels
