@@ -1,7 +1,12 @@
 #include "launcher/rank_command.h"
 
+#include <sched.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 namespace shardtune {
 
@@ -24,7 +29,9 @@ std::vector<std::string> SrunArgv(const RankCommand& command) {
 
 std::vector<std::string> MpirunArgv(const RankCommand& command) {
   std::vector<std::string> argv = {command.program};
-  if (!StartsWithAny(command.extra_args, {"--bind-to", "-bind-to"})) argv.insert(argv.end(), {"--bind-to", "none"});
+  if (!StartsWithAny(command.extra_args, {"--bind-to", "-bind-to"})) {
+    argv.insert(argv.end(), {"--bind-to", command.bind_to_cores && command.hostfile.empty() ? "core" : "none"});
+  }
   argv.insert(argv.end(), command.extra_args.begin(), command.extra_args.end());
   if (!command.hostfile.empty()) {
     argv.insert(argv.end(), {"--hostfile", command.hostfile});
@@ -46,6 +53,18 @@ std::vector<std::string> RankCommandArgv(const RankCommand& command) {
   std::vector<std::string> argv = srun ? SrunArgv(command) : MpirunArgv(command);
   argv.insert(argv.end(), command.worker.begin(), command.worker.end());
   return argv;
+}
+
+bool RanksFillTheCores(int ranks) {
+  const char* threads = std::getenv("OMP_NUM_THREADS");
+  if (threads != nullptr && std::string(threads) != "1") return false;
+  cpu_set_t allowed;
+  if (::sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return false;
+  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+  if (ranks < 2 || CPU_COUNT(&allowed) != online || online != ranks) return false;
+  std::ifstream smt("/sys/devices/system/cpu/smt/active");
+  std::string active;
+  return std::getline(smt, active) && active == "0";
 }
 
 std::string JoinedCommandLine(const std::vector<std::string>& argv) {

@@ -25,6 +25,11 @@ struct RankCommand {
   // srun only: its MPI plugin (--mpi=; one that `srun --mpi=list` names). Debian's Open MPI has
   // no PMI1/PMI2 support, only PMIx.
   std::string mpi = "pmix";
+  // mpirun without a hostfile only: each rank bound to a core of its own (--bind-to core), for a
+  // job whose ranks take every core of this machine, one each (RanksFillTheCores). A rank that
+  // never leaves its core keeps its caches, and its communication thread's wake-ups take time
+  // from its own computation, not the other ranks' (docs/PERFORMANCE.md).
+  bool bind_to_cores = false;
   // The operator's own arguments for the program (server.yaml local.extra_args), placed before
   // the ones built here.
   std::vector<std::string> extra_args;
@@ -36,12 +41,19 @@ struct RankCommand {
 };
 
 // The argument vector, program first:
-//   mpirun [--bind-to none] EXTRA... [--hostfile H | --oversubscribe] [-x NAME]... -np N WORKER...
+//   mpirun [--bind-to none|core] EXTRA... [--hostfile H | --oversubscribe] [-x NAME]... -np N WORKER...
 //   srun --mpi=MPI EXTRA... --ntasks=N WORKER...
-// mpirun leaves ranks unbound unless EXTRA binds them: a rank runs its own intra-op threads
-// (cores / local ranks of them), which Open MPI's default binding of small jobs would pin to one
-// core; and Open MPI 5 and later refuse to bind more ranks than cores at all.
+// mpirun leaves ranks unbound unless EXTRA binds them or bind_to_cores is set: a rank runs its own
+// intra-op threads (cores / local ranks of them), which Open MPI's default binding of small jobs
+// would pin to one core; and Open MPI 5 and later refuse to bind more ranks than cores at all.
 std::vector<std::string> RankCommandArgv(const RankCommand& command);
+
+// Whether `ranks` ranks started on this machine would each get one core of it, alone: this
+// process may run on every online CPU, they are as many as the ranks, no two are hardware
+// threads of one core (the kernel says SMT is off), and OMP_NUM_THREADS asks for no more than one
+// thread a rank. Not when the process is confined to part of the machine (a Slurm allocation,
+// taskset), where other jobs may hold the rest.
+bool RanksFillTheCores(int ranks);
 
 // The words joined by spaces, for logs.
 std::string JoinedCommandLine(const std::vector<std::string>& argv);

@@ -35,6 +35,13 @@ out=$("$bin/shardtune" train "$work/two.yaml" --np 2 2>&1)
 if [ $? -eq 0 ]; then pass "train --np 2 exits 0"; else fail "train --np 2 failed: $out"; fi
 expect_contains "the plan names the ranks and the stage" "$out" "plan: 2 ranks, ZeRO stage 3"
 expect_contains "the memory breakdown is printed" "$out" "memory per rank: parameters"
+# Two ranks on a machine of two cores (no SMT, the whole machine this process's) get one each.
+cpus=$(python3 -c 'import os; print(len(os.sched_getaffinity(0)), os.cpu_count())')
+if [ "$cpus" = "2 2" ] && [ "$(cat /sys/devices/system/cpu/smt/active 2>/dev/null)" = 0 ]; then
+  expect_contains "the ranks fill this machine's two cores: each is bound to one" "$out" "starting: mpirun --bind-to core"
+else
+  expect_contains "the ranks leave cores free or share them: unbound" "$out" "starting: mpirun --bind-to none"
+fi
 if [ -f "$work/runs/two/final/model.safetensors" ] && [ -f "$work/runs/two/logs/rank-00001.log" ]; then
   pass "export and per-rank logs"; else fail "missing final/ or rank 1's log"; fi
 

@@ -3,12 +3,16 @@
 // starts ranks, the attempt supervisor (real processes), the error-code mapping both sides share
 // and how an ended attempt is settled.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <set>
+#include <string>
 #include <thread>
 
 #include "common/atomic_file.h"
@@ -280,6 +284,14 @@ TEST(RankCommand, BuildsTheClisTheLocalBackendsAndSlurmsCommandLines) {
   EXPECT_EQ(JoinedCommandLine(RankCommandArgv(cli)),
             "mpirun --bind-to none --hostfile hosts -np 4 /bin/shardtune-worker /jobs/a.yaml --log-level info");
 
+  cli.hostfile.clear();
+  cli.ranks = 2;
+  cli.bind_to_cores = true;  // shardtune train --np 2 on a machine of two cores
+  EXPECT_EQ(JoinedCommandLine(RankCommandArgv(cli)),
+            "mpirun --bind-to core --oversubscribe -np 2 /bin/shardtune-worker /jobs/a.yaml --log-level info");
+  cli.hostfile = "hosts";  // other machines' cores are not this one's
+  EXPECT_EQ(RankCommandArgv(cli)[2], "none");
+
   RankCommand server;  // the local backend: the operator's arguments, the worker contract's variables
   server.ranks = 2;
   server.hostfile = "/data/job-1/hostfile";
@@ -304,6 +316,44 @@ TEST(RankCommand, BuildsTheClisTheLocalBackendsAndSlurmsCommandLines) {
             "/usr/bin/srun --mpi=pmix --ntasks=2 /opt/my dir/shardtune-worker /data/it's.yaml");
   slurm.mpi = "pmi2";
   EXPECT_EQ(RankCommandArgv(slurm)[1], "--mpi=pmi2");
+}
+
+// Ranks are bound to cores only where they take the whole machine, a core each.
+TEST(RankCommand, BindsRanksOnlyWhereTheyFillTheMachinesCores) {
+  const int online = static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+  EXPECT_FALSE(RanksFillTheCores(online + 1));
+  EXPECT_FALSE(RanksFillTheCores(1));
+  std::ifstream smt("/sys/devices/system/cpu/smt/active");
+  std::string active;
+  const bool smt_off = std::getline(smt, active) && active == "0";
+  const char* threads = std::getenv("OMP_NUM_THREADS");
+  const std::string saved = threads != nullptr ? threads : "";
+  ::setenv("OMP_NUM_THREADS", "1", 1);
+  cpu_set_t all;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof(all), &all), 0);
+  const bool whole_machine = CPU_COUNT(&all) == online;
+  EXPECT_EQ(RanksFillTheCores(online), online >= 2 && whole_machine && smt_off);
+  ::setenv("OMP_NUM_THREADS", "2", 1);  // two threads a rank: a core each would halve them
+  EXPECT_FALSE(RanksFillTheCores(online));
+  ::setenv("OMP_NUM_THREADS", "1", 1);
+  if (online >= 2 && whole_machine) {  // confined to one CPU (as by taskset or an allocation)
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &all)) {
+        CPU_SET(cpu, &one);
+        break;
+      }
+    }
+    ASSERT_EQ(::sched_setaffinity(0, sizeof(one), &one), 0);
+    EXPECT_FALSE(RanksFillTheCores(online));
+    ASSERT_EQ(::sched_setaffinity(0, sizeof(all), &all), 0);
+  }
+  if (threads != nullptr) {
+    ::setenv("OMP_NUM_THREADS", saved.c_str(), 1);
+  } else {
+    ::unsetenv("OMP_NUM_THREADS");
+  }
 }
 
 TEST(Processes, APidFileNamesOneProcessNotItsPid) {
