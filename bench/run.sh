@@ -25,6 +25,9 @@ else
   echo "SKIPPED: $fixtures is absent"
 fi
 echo
+echo "## Attention: causal against a mask that hides nothing (one core, 125M head shape)"
+OMP_NUM_THREADS=1 "$build_dir/bin/attention_bench" $([ -n "$quick" ] && echo 256 || echo 256 1024 2048)
+echo
 "$build_dir/bin/dedup_bench" $([ -n "$quick" ] && echo "100000 2000")
 echo
 scale_work=$(mktemp -d /tmp/shardtune-scale.XXXXXX)
