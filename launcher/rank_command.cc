@@ -58,6 +58,12 @@ std::vector<std::string> RankCommandArgv(const RankCommand& command) {
 bool RanksFillTheCores(int ranks) {
   const char* threads = std::getenv("OMP_NUM_THREADS");
   if (threads != nullptr && std::string(threads) != "1") return false;
+  // Under a resource manager (or a default hostfile) mpirun may place ranks on other machines,
+  // whose cores this one cannot count.
+  for (const char* placer : {"SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "OMPI_MCA_orte_default_hostfile",
+                             "OMPI_MCA_rmaps_base_default_hostfile", "PRTE_MCA_prte_default_hostfile"}) {
+    if (std::getenv(placer) != nullptr) return false;
+  }
   cpu_set_t allowed;
   if (::sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return false;
   const long online = ::sysconf(_SC_NPROCESSORS_ONLN);

@@ -52,7 +52,8 @@ std::vector<std::string> RankCommandArgv(const RankCommand& command);
 // process may run on every online CPU, they are as many as the ranks, no two are hardware
 // threads of one core (the kernel says SMT is off), and OMP_NUM_THREADS asks for no more than one
 // thread a rank. Not when the process is confined to part of the machine (a Slurm allocation,
-// taskset), where other jobs may hold the rest.
+// taskset), where other jobs may hold the rest, nor under a resource manager (Slurm, PBS, LSF)
+// or a default hostfile, where mpirun may place the ranks on other machines.
 bool RanksFillTheCores(int ranks);
 
 // The words joined by spaces, for logs.

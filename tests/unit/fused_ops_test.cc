@@ -163,10 +163,14 @@ TEST(FusedOps, AttentionSkipsOnlyKeysNoQuerySees) {
   const at::Tensor ended = at::stack({causal, causal.logical_and(key < 100)}).unsqueeze(1);  // batch 1 ends at 100
   const at::Tensor document = (at::arange(s) >= 40).to(at::kLong) + (at::arange(s) >= 110).to(at::kLong);
   const at::Tensor packed = causal.logical_and(document.view({s, 1}) == document.view({1, s})).view({1, 1, s, s});
+  // Queries 70-79 see nothing (their block keeps every key), and the last block sees fewer keys
+  // than the one before it.
+  const at::Tensor blind = causal.logical_and(key < 100).logical_and((query < 70).logical_or(query >= 80));
   const std::vector<std::pair<std::string, at::Tensor>> masks = {
       {"causal", additive(causal.view({1, 1, s, s}))},
       {"padded end", additive(ended)},
       {"packed documents", additive(packed)},
+      {"blind queries mid-sequence, then a padded end", additive(blind.view({1, 1, s, s}))},
       {"padded start", CausalMask(s, s, {0, 70}, at::kFloat)},
       {"past", CausalMask(s, s + 5, {0, 3}, at::kFloat)}};
   for (const auto& [name, mask] : masks) {
@@ -217,7 +221,7 @@ TEST(FusedOps, KernelsRunOnEveryIntraOpThreadWithTheSameResult) {
   EXPECT_EQ(seen.size(), 2u) << "at::parallel_for ran on one thread: built without OpenMP?";
 
   at::manual_seed(7);
-  const int64_t b = 2, s = 33, heads = 4, d = 16;
+  const int64_t b = 2, s = 97, heads = 4, d = 16;  // two blocks of query rows, one partial
   const at::Tensor q = at::randn({b, s, heads, d}), k = at::randn({b, s, heads, d}), v = at::randn({b, s, heads, d});
   const at::Tensor mask = CausalMask(s, s, {0, 3}, at::kFloat);
   const at::Tensor x = at::randn({b, s, 1024}), weight = at::randn({1024});  // above SwiGlu's grain

@@ -336,6 +336,11 @@ TEST(RankCommand, BindsRanksOnlyWhereTheyFillTheMachinesCores) {
   ::setenv("OMP_NUM_THREADS", "2", 1);  // two threads a rank: a core each would halve them
   EXPECT_FALSE(RanksFillTheCores(online));
   ::setenv("OMP_NUM_THREADS", "1", 1);
+  if (std::getenv("SLURM_JOB_ID") == nullptr) {  // in an allocation, mpirun may use other nodes
+    ::setenv("SLURM_JOB_ID", "7", 1);
+    EXPECT_FALSE(RanksFillTheCores(online));
+    ::unsetenv("SLURM_JOB_ID");
+  }
   if (online >= 2 && whole_machine) {  // confined to one CPU (as by taskset or an allocation)
     cpu_set_t one;
     CPU_ZERO(&one);
