@@ -96,11 +96,8 @@ class Bench:
                     f.write(json.dumps({"input_ids": [r.randrange(3, vocab) for _ in range(SEQ)]}) + "\n")
         return path
 
-    def shardtune(self, name, ranks, stage, steps, micro=MICRO, tag="", method=None, quantization=None,
-                  profile_step=None):
-        """One shardtune run; the medians of its counted steps, from rank 0's metrics. `method`: the
-        job's method (YAML flow; full fine-tuning without it); `quantization`: a 4-bit base type;
-        `profile_step`: the step whose trace `dequantize_s` is read from (rank 0's)."""
+    def job(self, name, ranks, stage, steps, micro=MICRO, tag="", method=None, quantization=None):
+        """A job spec for shape `name` (written afresh) and its output directory (emptied)."""
         out = self.work / f"run-{name}-np{ranks}-z{stage}{tag}"
         shutil.rmtree(out, ignore_errors=True)
         job = self.work / f"job-{name}-np{ranks}-z{stage}{tag}.yaml"
@@ -113,6 +110,31 @@ class Bench:
             f" optimizer: {{lr: 1.0e-4}}}}\n"
             f"sharding: {{zero_stage: {stage}}}\noutput: {{dir: {out}}}\n"
             f"resources: {{ranks_per_node: {ranks}}}\n")
+        return job, out
+
+    def independent_pair(self, name, steps):
+        """Two np-1 runs of `name` at once, each on a CPU of its own where there are two: how fast a
+        core trains while another is as busy, with nothing to communicate or wait for. The mean of
+        the two runs' median tokens/s."""
+        cpus = sorted(os.sched_getaffinity(0))
+        runs = [self.job(name, 1, 0, steps, tag=f"-pair{i}") for i in range(2)]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        procs = [subprocess.Popen((["taskset", "-c", str(cpus[i])] if len(cpus) >= 2 else [])
+                                  + [str(self.bin / "shardtune"), "train", str(job), "--log-level", "warn"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for i, (job, _) in enumerate(runs)]
+        for p in procs:
+            if p.wait() != 0:
+                sys.exit(f"an independent np-1 run failed (exit {p.returncode})")
+        counted = lambda out: [json.loads(l) for l in open(out / "metrics.jsonl") if '"step_s"' in l][1:]
+        return statistics.mean(statistics.median(m["tokens_per_s"] for m in counted(out)) for _, out in runs)
+
+    def shardtune(self, name, ranks, stage, steps, micro=MICRO, tag="", method=None, quantization=None,
+                  profile_step=None):
+        """One shardtune run; the medians of its counted steps, from rank 0's metrics. `method`: the
+        job's method (YAML flow; full fine-tuning without it); `quantization`: a 4-bit base type;
+        `profile_step`: the step whose trace `dequantize_s` is read from (rank 0's)."""
+        job, out = self.job(name, ranks, stage, steps, micro, tag, method, quantization)
         env = {"SHARDTUNE_PROFILE_STEP": str(profile_step)} if profile_step else None
         log = run([self.bin / "shardtune", "train", job, "--np", str(ranks)], env=env).stderr
         blas = next((l.split("BLAS: ", 1)[1] for l in log.splitlines() if "BLAS: " in l), "unknown")
@@ -272,11 +294,15 @@ def measure_mfu(b, steps_small, steps_mfu, names=("30m", "125m")):
     # With several ranks the cores compute at once, and a core's peak with its neighbours busy
     # (shared caches, memory bandwidth, power) is lower than alone: shown beside, as a second
     # yardstick, the mean of as many one-thread peaks run together as there are ranks.
+    # The host's own ceiling for two busy cores: two np-1 jobs run at once right after the np-2
+    # run, each on its own CPU. np 2's tokens/s per core against theirs is what data parallelism
+    # costs (the all-reduce, waiting for the slower rank) with the host's drift mostly taken out.
     print("Each run between two GEMM peak measurements; MFU against their mean (and, with several ranks, "
-          "against the peak of as many one-thread GEMMs run at once).\n")
+          "against the peak of as many one-thread GEMMs run at once, and np 2's tokens/s per core against "
+          "two independent np-1 jobs run at once just after).\n")
     print("| model | ranks | tokens/s | GFLOP/s per core | GEMM peak before / after | of GEMM peak "
-          "| peak with every core busy | of it |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| peak with every core busy | of it | two np-1 jobs at once, tokens/s each | np 2 per core / them |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     mfu = {}
     for name in names:
         steps = steps_mfu if name == "125m" else steps_small
@@ -290,8 +316,10 @@ def measure_mfu(b, steps_small, steps_mfu, names=("30m", "125m")):
             per_core = r["tokens_per_s"] * flops / ranks / 1e9
             mfu[(name, ranks)] = per_core / ((before + after) / 2)
             busy = f"{together:.1f} | {per_core / together:.0%}" if together else "– | –"
+            pair = b.independent_pair(name, steps) if ranks == 2 else None
+            apart = f"{pair:.0f} | {r['tokens_per_s'] / ranks / pair:.2f}" if pair else "– | –"
             print(f"| {name} | {ranks} | {r['tokens_per_s']:.0f} | {per_core:.1f} | {before:.1f} / {after:.1f} "
-                  f"| {mfu[(name, ranks)]:.0%} | {busy} |")
+                  f"| {mfu[(name, ranks)]:.0%} | {busy} | {apart} |")
             sys.stdout.flush()
     return mfu
 
