@@ -53,8 +53,8 @@ int main(int argc, char** argv) {
   for (const int64_t s : lengths) {
     const int64_t b = std::max<int64_t>(1, kTokens / s);
     const at::Tensor query = at::arange(s).view({s, 1}), key = at::arange(s).view({1, s});
-    const at::Tensor causal = at::zeros({1, 1, s, s}).masked_fill_((key > query).view({1, 1, s, s}),
-                                                                   std::numeric_limits<float>::lowest());
+    const at::Tensor causal =
+        at::zeros({1, 1, s, s}).masked_fill_((key > query).view({1, 1, s, s}), std::numeric_limits<float>::lowest());
     const at::Tensor full = at::zeros({1, 1, s, s});
     const at::Tensor qkv = at::randn({b, s, 3, kHeads, kHeadSize});
     TimeOnce(qkv, causal);  // warm-up

@@ -41,7 +41,7 @@ int LaunchWorkerRanks(const std::vector<std::string>& args, const LaunchOptions&
   if (const char* mpirun = std::getenv("SHARDTUNE_MPIRUN")) command.program = mpirun;
   command.ranks = options.ranks;
   command.hostfile = options.hostfile;
-  command.bind_to_cores = options.hostfile.empty() && RanksFillTheCores(options.ranks);
+  command.bind_to_cores = RanksFillTheCores(options.ranks);  // applies without a hostfile only
   command.worker = {WorkerPath().string()};
   command.worker.insert(command.worker.end(), args.begin(), args.end());
   const std::vector<std::string> argv = RankCommandArgv(command);
