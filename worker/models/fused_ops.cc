@@ -10,10 +10,12 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <vector>
 
 #include "common/error.h"
+#include "worker/models/blas_gemm.h"
 #include "worker/models/fused_kernels.h"
 
 namespace shardtune {
@@ -195,9 +197,22 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
 
 // --- Attention ---
 
-// Head h of batch b of x (B, L, heads, D): an (L, D) matrix whose rows are x.stride(1) apart,
-// which BLAS reads and writes in place.
-at::Tensor HeadOf(const at::Tensor& x, int64_t b, int64_t h) { return x.select(0, b).select(1, h); }
+// Head h of batch b of x (B, L, heads, D), whose last stride is 1: an (L, D) row-major matrix
+// with rows x.stride(1) apart, which BLAS reads and writes in place.
+struct Head {
+  float* data;
+  int64_t ld;
+  float* Row(int64_t i) const { return data + i * ld; }
+};
+
+Head HeadOf(const at::Tensor& x, int64_t b, int64_t h) {
+  return {x.data_ptr<float>() + b * x.stride(0) + h * x.stride(2), x.stride(1)};
+}
+
+// The rows [begin, begin + rows) of an (S, T) row-major matrix from column `from` on, set to 0.
+void ZeroTail(float* matrix, int64_t t, int64_t begin, int64_t rows, int64_t from) {
+  for (int64_t i = begin; i < begin + rows; ++i) std::fill(matrix + i * t + from, matrix + (i + 1) * t, 0.0f);
+}
 
 // One (batch, key-value head) pair per task: the query heads of a group share its keys and
 // values and add into their gradients, so a group stays on one thread. The tasks run tensor ops
@@ -294,17 +309,17 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
       const int64_t mask_batch = mask.size(0) == 1 ? 0 : bi;
       const std::vector<QuerySpan>& spans = spans_of[mask_batch];
       const float* mask_rows = mask.data_ptr<float>() + mask_batch * s * t;
-      const at::Tensor key = HeadOf(k, bi, kv), value = HeadOf(v, bi, kv);
+      const Head key = HeadOf(k, bi, kv), value = HeadOf(v, bi, kv);
       for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
-        const at::Tensor p = probs.select(0, bi).select(0, h), query = HeadOf(q, bi, h), o = HeadOf(out, bi, h);
+        float* p = probs.data_ptr<float>() + (bi * heads + h) * s * t;
+        const Head query = HeadOf(q, bi, h), o = HeadOf(out, bi, h);
         for (const QuerySpan& span : spans) {
-          at::Tensor rows = p.narrow(0, span.begin, span.rows), seen = rows.narrow(1, 0, span.width);
-          at::Tensor o_rows = o.narrow(0, span.begin, span.rows);
-          at::mm_out(seen, query.narrow(0, span.begin, span.rows), key.narrow(0, 0, span.width).t());
-          kernels::AttentionSoftmaxRows(seen.data_ptr<float>(), mask_rows + span.begin * t, static_cast<float>(scale),
-                                        span.rows, span.width, t);
-          if (span.width < t) rows.narrow(1, span.width, t - span.width).zero_();  // read by the backward's dV
-          at::mm_out(o_rows, seen, value.narrow(0, 0, span.width));
+          float* rows = p + span.begin * t;
+          Gemm(false, true, span.rows, span.width, d, 1, query.Row(span.begin), query.ld, key.data, key.ld, 0, rows, t);
+          kernels::AttentionSoftmaxRows(rows, mask_rows + span.begin * t, static_cast<float>(scale), span.rows,
+                                        span.width, t);
+          ZeroTail(p, t, span.begin, span.rows, span.width);  // read by the backward's dV
+          Gemm(false, false, span.rows, d, span.width, 1, rows, t, value.data, value.ld, 0, o.Row(span.begin), o.ld);
         }
       }
     });
@@ -330,31 +345,28 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     const auto spans_of = QuerySpansOf(mask);
     ForKvHeads(b, kv_heads, [&](int64_t bi, int64_t kv) {
       const std::vector<QuerySpan>& spans = spans_of[mask.size(0) == 1 ? 0 : bi];
-      const at::Tensor key = HeadOf(k, bi, kv), value = HeadOf(v, bi, kv);
-      at::Tensor d_key = HeadOf(dk, bi, kv), d_value = HeadOf(dv, bi, kv);
-      at::Tensor d_scores = at::empty({s, t}, q.options());
+      const Head key = HeadOf(k, bi, kv), value = HeadOf(v, bi, kv);
+      const Head d_key = HeadOf(dk, bi, kv), d_value = HeadOf(dv, bi, kv);
+      const std::unique_ptr<float[]> d_scores(new float[s * t]);
       for (const QuerySpan& span : spans)  // never written below, read by dK's products
-        if (span.width < t) d_scores.narrow(0, span.begin, span.rows).narrow(1, span.width, t - span.width).zero_();
+        ZeroTail(d_scores.get(), t, span.begin, span.rows, span.width);
       const std::vector<KeyBlock> key_blocks = KeyBlocks(spans, t);
       for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
-        const at::Tensor p = probs.select(0, bi).select(0, h), g = HeadOf(d_out, bi, h), query = HeadOf(q, bi, h);
-        at::Tensor d_query = HeadOf(dq, bi, h);
+        const float* p = probs.data_ptr<float>() + (bi * heads + h) * s * t;
+        const Head g = HeadOf(d_out, bi, h), query = HeadOf(q, bi, h), d_query = HeadOf(dq, bi, h);
         for (const QuerySpan& span : spans) {
-          at::Tensor ds = d_scores.narrow(0, span.begin, span.rows).narrow(1, 0, span.width);
-          at::mm_out(ds, g.narrow(0, span.begin, span.rows), value.narrow(0, 0, span.width).t());
-          kernels::AttentionSoftmaxBackwardRows(p.narrow(0, span.begin, span.rows).data_ptr<float>(),
-                                                ds.data_ptr<float>(), scale, span.rows, span.width, t);
-          at::Tensor dq_rows = d_query.narrow(0, span.begin, span.rows);
-          at::mm_out(dq_rows, ds, key.narrow(0, 0, span.width));
+          float* ds = d_scores.get() + span.begin * t;
+          Gemm(false, true, span.rows, span.width, d, 1, g.Row(span.begin), g.ld, value.data, value.ld, 0, ds, t);
+          kernels::AttentionSoftmaxBackwardRows(p + span.begin * t, ds, scale, span.rows, span.width, t);
+          Gemm(false, false, span.rows, d, span.width, 1, ds, t, key.data, key.ld, 0, d_query.Row(span.begin),
+               d_query.ld);
         }
         for (const KeyBlock& keys : key_blocks) {
           const int64_t n = s - keys.first_row;
-          d_value.narrow(0, keys.begin, keys.size)
-              .addmm_(p.narrow(0, keys.first_row, n).narrow(1, keys.begin, keys.size).t(),
-                      g.narrow(0, keys.first_row, n));
-          d_key.narrow(0, keys.begin, keys.size)
-              .addmm_(d_scores.narrow(0, keys.first_row, n).narrow(1, keys.begin, keys.size).t(),
-                      query.narrow(0, keys.first_row, n));
+          Gemm(true, false, keys.size, d, n, 1, p + keys.first_row * t + keys.begin, t, g.Row(keys.first_row), g.ld, 1,
+               d_value.Row(keys.begin), d_value.ld);
+          Gemm(true, false, keys.size, d, n, 1, d_scores.get() + keys.first_row * t + keys.begin, t,
+               query.Row(keys.first_row), query.ld, 1, d_key.Row(keys.begin), d_key.ld);
         }
       }
     });
