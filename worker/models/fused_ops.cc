@@ -215,9 +215,9 @@ void ZeroTail(float* matrix, int64_t t, int64_t begin, int64_t rows, int64_t fro
 }
 
 // One (batch, key-value head) pair per task: the query heads of a group share its keys and
-// values and add into their gradients, so a group stays on one thread. The tasks run tensor ops
-// on views of inputs that require grad, and intra-op threads do not inherit the caller's grad
-// mode: each task turns it off itself.
+// values and add into their gradients, so a group stays on one thread. Where Gemm falls back to
+// LibTorch's product, the tasks run tensor ops, and intra-op threads do not inherit the caller's
+// grad mode: each task turns it off itself.
 template <typename F>
 void ForKvHeads(int64_t batch, int64_t kv_heads, const F& f) {
   at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
