@@ -43,6 +43,20 @@ TEST(BlasGemm, DirectProductMatchesLibTorch) { ExpectMatchesLibTorch(&Gemm); }
 
 TEST(BlasGemm, LibTorchFallbackMatchesLibTorch) { ExpectMatchesLibTorch(&GemmThroughLibTorch); }
 
+// What BLAS itself refuses: a broadcast operand (rows 0 apart) and an empty inner side, after
+// which beta 0 leaves zeros in C.
+TEST(BlasGemm, TakesBroadcastOperandsAndEmptySides) {
+  at::manual_seed(4);
+  const int64_t m = 5, n = 6, k = 7;
+  const at::Tensor a = at::randn({m, k}), row = at::randn({1, n});
+  at::Tensor c = at::full({m, n}, std::numeric_limits<float>::quiet_NaN());
+  Gemm(false, false, m, n, k, 1, a.data_ptr<float>(), k, row.data_ptr<float>(), 0, 0, c.data_ptr<float>(), n);
+  EXPECT_TRUE(at::allclose(c, at::mm(a, row.expand({k, n})), 1e-5, 1e-5));
+  c.fill_(std::numeric_limits<float>::quiet_NaN());
+  Gemm(false, false, m, n, 0, 1, a.data_ptr<float>(), k, row.data_ptr<float>(), n, 0, c.data_ptr<float>(), n);
+  EXPECT_TRUE(at::equal(c, at::zeros({m, n}))) << "an empty sum with beta 0";
+}
+
 // Where OpenBLAS is LibTorch's BLAS (Debian's LibTorch), its sgemm_ is exported, passes the
 // check, and is what Gemm calls.
 TEST(BlasGemm, CallsOpenBlasDirectlyWhereItIsLoaded) {

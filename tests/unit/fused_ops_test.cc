@@ -148,6 +148,20 @@ TEST(FusedOps, AttentionMatchesTheExplicitSoftmax) {
   }
 }
 
+// The output's gradient as a sum over positions gives it: the same row for every position
+// (stride 0), which BLAS cannot take as a matrix with rows apart.
+TEST(FusedOps, AttentionTakesAGradientBroadcastOverPositions) {
+  at::manual_seed(9);
+  const int64_t b = 2, s = 9, heads = 4, kv_heads = 2, d = 8;
+  const at::Tensor q = at::randn({b, s, heads, d}).set_requires_grad(true);
+  const at::Tensor k = at::randn({b, s, kv_heads, d}).set_requires_grad(true);
+  const at::Tensor v = at::randn({b, s, kv_heads, d}).set_requires_grad(true);
+  const at::Tensor mask = CausalMask(s, s, {0, 2}, at::kFloat);
+  ExpectSameGradients(
+      {q, k, v}, [&](const std::vector<at::Tensor>& x) { return Attention(x[0], x[1], x[2], mask, false, 0.0).sum(1); },
+      [&](const std::vector<at::Tensor>& x) { return ReferenceAttention(x[0], x[1], x[2], mask).sum(1); }, 1e-5, 1e-5);
+}
+
 // Longer than a block of query rows (64), where the products stop at the last key a block's rows
 // see: masks that hide the keys after it (causal, a padded end, packed documents) and ones that
 // leave nothing to skip (a padded start, where a query that sees no key is uniform over all of

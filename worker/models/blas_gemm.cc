@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <limits>
 
 namespace shardtune {
@@ -25,23 +26,26 @@ void CallRowMajor(Sgemm sgemm, bool ta, bool tb, int64_t m, int64_t n, int64_t k
   sgemm(tb ? "T" : "N", ta ? "T" : "N", &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
 }
 
-// A product whose every entry is a small integer, in every transposition and with beta 1 as
-// well as 0: a symbol of that name that computes anything else (another convention, a stub) is
-// not used.
+// A 2 x 3 product over 4 whose every entry is a small integer, in every transposition and with
+// beta 1 as well as 0: a symbol of that name that computes anything else (another convention,
+// swapped sides, a stub) is not used.
 bool PassesCheck(Sgemm sgemm) {
-  const float a[6] = {1, 2, 3, 4, 5, 6};     // 2 x 3, or its transpose stored 3 x 2
-  const float b[6] = {7, 8, 9, 10, 11, 12};  // 3 x 2, or its transpose stored 2 x 3
+  constexpr int m = 2, n = 3, k = 4;
+  float a[m * k], b[k * n];
+  for (int i = 0; i < m * k; ++i) a[i] = static_cast<float>(i + 1);
+  for (int i = 0; i < k * n; ++i) b[i] = static_cast<float>(i + 7);
   for (int ta = 0; ta < 2; ++ta) {
     for (int tb = 0; tb < 2; ++tb) {
-      float c[4] = {100, 100, 100, 100};
-      CallRowMajor(sgemm, ta, tb, 2, 2, 3, 1, a, ta ? 2 : 3, b, tb ? 3 : 2, 0, c, 2);
-      CallRowMajor(sgemm, ta, tb, 2, 2, 3, 2, a, ta ? 2 : 3, b, tb ? 3 : 2, 1, c, 2);  // c = 3 a b
-      for (int i = 0; i < 2; ++i) {
-        for (int j = 0; j < 2; ++j) {
+      float c[m * n];
+      std::fill(c, c + m * n, 100.0f);
+      CallRowMajor(sgemm, ta, tb, m, n, k, 1, a, ta ? m : k, b, tb ? k : n, 0, c, n);
+      CallRowMajor(sgemm, ta, tb, m, n, k, 2, a, ta ? m : k, b, tb ? k : n, 1, c, n);  // c = 3 a b
+      for (int i = 0; i < m; ++i) {
+        for (int j = 0; j < n; ++j) {
           float expected = 0;
-          for (int p = 0; p < 3; ++p)
-            expected += (ta ? a[p * 2 + i] : a[i * 3 + p]) * (tb ? b[j * 3 + p] : b[p * 2 + j]);
-          if (c[i * 2 + j] != 3 * expected) return false;
+          for (int p = 0; p < k; ++p)
+            expected += (ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+          if (c[i * n + j] != 3 * expected) return false;
         }
       }
     }
@@ -68,9 +72,12 @@ at::Tensor RowMajor(const float* data, int64_t rows, int64_t cols, int64_t ld) {
 void Gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   constexpr int64_t kInt32 = std::numeric_limits<int32_t>::max();
+  // BLAS takes rows at least a row's length apart, and no empty side; LibTorch takes any strides
+  // (rows 0 apart: a gradient broadcast over positions) and sizes.
+  const bool blas_layout = m > 0 && n > 0 && k > 0 && lda >= (transpose_a ? m : k) && ldb >= (transpose_b ? k : n) &&
+                           ldc >= n && std::max({m, n, k, lda, ldb, ldc}) <= kInt32;
   const Sgemm sgemm = DirectSgemm();
-  if (sgemm != nullptr && m <= kInt32 && n <= kInt32 && k <= kInt32 && lda <= kInt32 && ldb <= kInt32 &&
-      ldc <= kInt32) {
+  if (sgemm != nullptr && blas_layout) {
     CallRowMajor(sgemm, transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   } else {
     GemmThroughLibTorch(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

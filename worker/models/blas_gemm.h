@@ -11,6 +11,8 @@ namespace shardtune {
 // C = alpha op(A) op(B) + beta C, every matrix row-major: C is m x n with rows ldc apart,
 // op(A) m x k and op(B) k x n, where op(X) is X, or X's transpose when transpose_x (then X is
 // stored k x m, or n x k, with rows lda or ldb apart). With beta 0, what C held is ignored.
+// Products BLAS cannot take (an empty side, or rows closer than a row's length, as in a
+// gradient broadcast over positions) go through LibTorch.
 void Gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
