@@ -58,6 +58,11 @@ def training_flops_per_token(c, seq=SEQ):
     return 6 * matmul + 12 * c["num_hidden_layers"] * seq * c["hidden_size"]
 
 
+def counted_steps(out):
+    """A run's step records from rank 0's metrics in `out`, less the first (the warm-up)."""
+    return [json.loads(l) for l in open(out / "metrics.jsonl") if '"step_s"' in l][1:]
+
+
 class Bench:
     def __init__(self, build, work, quick):
         self.bin = Path(build).resolve() / "bin"
@@ -126,8 +131,7 @@ class Bench:
         for p in procs:
             if p.wait() != 0:
                 sys.exit(f"an independent np-1 run failed (exit {p.returncode})")
-        counted = lambda out: [json.loads(l) for l in open(out / "metrics.jsonl") if '"step_s"' in l][1:]
-        return statistics.mean(statistics.median(m["tokens_per_s"] for m in counted(out)) for _, out in runs)
+        return statistics.mean(statistics.median(m["tokens_per_s"] for m in counted_steps(out)) for _, out in runs)
 
     def shardtune(self, name, ranks, stage, steps, micro=MICRO, tag="", method=None, quantization=None,
                   profile_step=None):
@@ -138,7 +142,7 @@ class Bench:
         env = {"SHARDTUNE_PROFILE_STEP": str(profile_step)} if profile_step else None
         log = run([self.bin / "shardtune", "train", job, "--np", str(ranks)], env=env).stderr
         blas = next((l.split("BLAS: ", 1)[1] for l in log.splitlines() if "BLAS: " in l), "unknown")
-        lines = [json.loads(l) for l in open(out / "metrics.jsonl") if '"step_s"' in l][1:]
+        lines = counted_steps(out)
         med = lambda key: statistics.median(m[key] for m in lines)
         plan = json.loads(run([self.bin / "shardtune", "plan", job, "--cpu", "--output", "json"]).stdout)
         predicted = plan["per_rank"]["host"]
